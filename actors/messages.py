@@ -1,0 +1,125 @@
+"""The frozen values that travel between the actors of one call.
+
+Who sends what:
+
+    relay_reader      -> interrupt_handler : Inbound (typed ConversationRelay messages)
+    interrupt_handler -> llm_streamer      : TurnCommand
+    llm_streamer      -> tool_executor     : ToolBatch
+    tool_executor     -> llm_streamer      : ToolOutcome (on the batch's own results channel)
+    anyone            -> relay_writer      : Outbound (the writer is the only socket sender)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import trio
+
+from voiceagent.relay.protocol import (
+    Dtmf,
+    End,
+    Inbound,
+    Info,
+    Interrupt,
+    Language,
+    Outbound,
+    Play,
+    Prompt,
+    RelayErrorReport,
+    SendDigits,
+    Setup,
+    Text,
+)
+
+__all__ = [
+    "BargeIn", "Dtmf", "End", "Inbound", "Info", "Interrupt", "KeyPressed", "Language",
+    "Outbound", "Play", "Prompt", "RelayErrorReport", "SendDigits", "Setup", "Text",
+    "ToolBatch", "ToolCall", "ToolOutcome", "TurnCommand", "UserSaid",
+]
+
+
+# ------------------------------------------------------ interrupt_handler -> llm_streamer
+
+
+@dataclass(frozen=True, slots=True)
+class UserSaid:
+    """A final transcript: starts a turn, superseding any turn in flight."""
+
+    text: str
+    lang: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.text.strip():
+            raise ValueError("UserSaid needs non-blank text")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPressed:
+    """DTMF input, after buffering: one key, or a multi-digit entry ended by its terminator."""
+
+    digits: str
+
+    def __post_init__(self) -> None:
+        if not self.digits:
+            raise ValueError("KeyPressed needs at least one digit")
+
+
+@dataclass(frozen=True, slots=True)
+class BargeIn:
+    """The caller cut into our speech. ``heard`` is what Twilio says was played (stripped),
+    or None when Twilio did not say, in which case what we sent is what counts."""
+
+    heard: str | None
+    duration_ms: int | None = None
+
+
+TurnCommand = UserSaid | KeyPressed | BargeIn
+
+
+# ------------------------------------------------------ llm_streamer <-> tool_executor
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    tool_use_id: str
+    name: str
+    input: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutcome:
+    tool_use_id: str
+    name: str
+    status: Literal["success", "error"]
+    content: Mapping[str, Any] | str       # a JSON object on success, a reason on error
+    side_effect: bool = False
+    duration_s: float = 0.0
+    ends_call: bool = False
+
+    def __post_init__(self) -> None:
+        if self.status == "error" and not (isinstance(self.content, str) and self.content):
+            raise ValueError("an error outcome needs a non-empty reason")
+
+    def to_block(self) -> dict[str, Any]:
+        """The Converse ``toolResult`` block for this outcome."""
+        content: list[dict[str, Any]]
+        if isinstance(self.content, str):
+            content = [{"text": self.content}]
+        else:
+            content = [{"json": dict(self.content)}]
+        return {"toolResult": {"toolUseId": self.tool_use_id, "content": content,
+                               "status": self.status}}
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ToolBatch:
+    """The tool uses of one model reply. The executor runs them concurrently and sends one
+    outcome per call on ``results`` (buffered to ``len(calls)`` so it never blocks). Setting
+    ``abandoned`` (the turn was cancelled) cancels the calls without side effects; side-effect
+    calls run on, shielded, and still report."""
+
+    calls: tuple[ToolCall, ...]
+    results: trio.MemorySendChannel[ToolOutcome]
+    abandoned: trio.Event = field(default_factory=trio.Event)

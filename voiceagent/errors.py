@@ -1,0 +1,111 @@
+"""Every error voiceagent raises on purpose.
+
+    VoiceAgentError
+    ├── ConfigError            a use-case or profile file is wrong (path, key path, problem)
+    ├── SettingsError          environment settings missing or invalid (all listed at once)
+    ├── RelayError
+    │   ├── RelayProtocolError a frame from Twilio broke the protocol (type, field, problem)
+    │   ├── RelayClosed        we closed the socket (end sent, teardown)
+    │   └── RelayBroken        the peer went away (hang-up, network)
+    ├── LLMError               the model failed; ``retryable`` says whether trying again may help
+    │   ├── ModelThrottled
+    │   ├── ModelUnavailable
+    │   ├── ModelRejected      a ValidationException: the request (usually history) was refused
+    │   └── ModelStreamFailed  the stream broke after it started
+    ├── ToolError
+    │   ├── ToolInputInvalid   arguments did not match the tool's JSON schema
+    │   ├── ToolTimeout
+    │   └── ToolFailed         the tool raised
+    └── StoreError             the store could not be reached or refused a write
+
+Names say whose fault it was. Messages say what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class VoiceAgentError(Exception):
+    """Base of every error raised on purpose."""
+
+
+class ConfigError(VoiceAgentError):
+    def __init__(self, path: str, key_path: str, problem: str) -> None:
+        self.path = path
+        self.key_path = key_path
+        self.problem = problem
+        where = f"{path}: {key_path}" if key_path else path
+        super().__init__(f"{where}: {problem}")
+
+
+class SettingsError(VoiceAgentError):
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"cannot start, {len(problems)} setting(s) to fix:\n{lines}")
+
+
+class RelayError(VoiceAgentError):
+    pass
+
+
+class RelayProtocolError(RelayError):
+    def __init__(self, frame_type: str, field: str, problem: str) -> None:
+        self.frame_type = frame_type
+        self.field = field
+        self.problem = problem
+        super().__init__(f"relay frame type={frame_type!r} field={field!r}: {problem}")
+
+
+class RelayClosed(RelayError):
+    """We closed the socket; sending after this is a bug in the caller of send()."""
+
+
+class RelayBroken(RelayError):
+    """The peer closed the socket or the network failed: a normal way for a call to end."""
+
+
+class LLMError(VoiceAgentError):
+    retryable: bool = False
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(f"{code}: {message}")
+
+
+class ModelThrottled(LLMError):
+    retryable = True
+
+
+class ModelUnavailable(LLMError):
+    retryable = True
+
+
+class ModelRejected(LLMError):
+    retryable = False
+
+
+class ModelStreamFailed(LLMError):
+    retryable = True
+
+
+class ToolError(VoiceAgentError):
+    def __init__(self, tool: str, problem: str) -> None:
+        self.tool = tool
+        self.problem = problem
+        super().__init__(f"tool {tool!r}: {problem}")
+
+
+class ToolInputInvalid(ToolError):
+    pass
+
+
+class ToolTimeout(ToolError):
+    pass
+
+
+class ToolFailed(ToolError):
+    pass
+
+
+class StoreError(VoiceAgentError):
+    pass

@@ -1,0 +1,103 @@
+"""The one interface every model backend implements, and the events a model stream yields.
+
+Backends: ``bedrock`` (production, ConverseStream) and ``scripted`` (offline, deterministic).
+Actors see only this module. A stream is an async context manager around a receive channel so
+that leaving the turn (done, cancelled by a barge-in, or failed) closes the upstream at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+# A Converse message: {"role": "user"|"assistant", "content": [block, ...]}. Blocks are
+# {"text": str}, {"toolUse": {"toolUseId", "name", "input"}} or
+# {"toolResult": {"toolUseId", "content": [{"json": {...}} | {"text": str}], "status"}}.
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceConfig:
+    max_tokens: int = 300               # spoken replies are short; long ones cost latency
+    temperature: float | None = None
+    top_p: float | None = None
+    stop_sequences: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOptions:
+    """Per-use-case switches that only some backends or models honour."""
+
+    latency_optimized: bool = False     # performanceConfig.latency = "optimized"
+    prompt_caching: bool = False        # cachePoint after the static system prompt and tools
+    guardrail_id: str | None = None
+    guardrail_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LLMRequest:
+    call_sid: str
+    use_case: str
+    model_id: str
+    system: tuple[str, ...]             # system prompt text blocks, static part first
+    messages: tuple[Message, ...]       # a valid Converse history ending in a user message
+    tools: tuple[Mapping[str, Any], ...] = ()   # Bedrock toolSpec objects
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    options: ModelOptions = field(default_factory=ModelOptions)
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolUseRequest:
+    tool_use_id: str
+    name: str
+    input: Mapping[str, Any]            # assembled from the streamed JSON fragments
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    stop_reason: str                    # end_turn, tool_use, max_tokens, ...
+    usage: Usage | None = None
+    first_token_s: float | None = None  # request sent -> first delta, when the backend knows
+
+
+LLMEvent = TextDelta | ToolUseRequest | StreamEnd
+
+
+class LLM(Protocol):
+    """A model backend. One instance per process, shared by every call."""
+
+    name: str
+
+    def stream(self, request: LLMRequest) -> AbstractAsyncContextManager[
+        trio.abc.ReceiveChannel[LLMEvent]
+    ]:
+        """Open one model call. Leaving the context closes the upstream stream, in bounded
+        time, without blocking the event loop. Raises ``LLMError`` subclasses, from entering
+        or from iterating."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release pools and threads at process exit."""
+        ...
+
+
+def tool_specs(tools: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any], ...]:
+    """Bedrock wants ``{"toolSpec": {...}}`` wrappers; use cases store the inner objects."""
+    return tuple({"toolSpec": dict(spec)} for spec in tools)

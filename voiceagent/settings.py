@@ -1,0 +1,137 @@
+"""Every setting, read once from the environment at start-up.
+
+Problems are collected, not raised one by one: a deploy with three mistakes fails once, with a
+message that lists all three and says what to set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from voiceagent.errors import SettingsError
+
+DEFAULT_MODEL = "us.amazon.nova-lite-v1:0"
+BUNDLED_CONFIG = Path(__file__).parent / "bundled_config"
+SOURCE_CONFIG = Path(__file__).parent.parent / "config"
+
+
+class Settings(BaseModel):
+    """Field aliases are the environment variable names (the original sample's, where it had
+    one). Durations carry their unit in the name."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    port: int = Field(3000, alias="PORT", ge=0, le=65535)
+    host: str = Field("0.0.0.0", alias="HOST")  # noqa: S104 - a container must listen on all
+    store: Literal["sqlite", "dynamodb"] = Field("sqlite", alias="STORE")
+    llm: Literal["bedrock", "scripted"] = Field("bedrock", alias="LLM")
+    data_dir: Path = Field(Path(".voiceagent"), alias="DATA_DIR")
+    config_dir: Path | None = Field(None, alias="CONFIG_DIR")
+    table_name: str | None = Field(None, alias="TABLE_NAME")
+    aws_region: str | None = Field(None, alias="AWS_REGION")
+    stack_use_case: str = Field("restaurantOrderingUseCase", alias="STACK_USE_CASE")
+    model_identifier: str = Field(DEFAULT_MODEL, alias="MODEL_IDENTIFIER")
+    ws_url: str | None = Field(None, alias="WS_URL")
+    public_url: str | None = Field(None, alias="PUBLIC_URL")
+    twilio_auth_token: str | None = Field(None, alias="TWILIO_AUTH_TOKEN", repr=False)
+    twilio_account_sid: str | None = Field(None, alias="TWILIO_ACCOUNT_SID")
+    validate_signatures: bool = Field(True, alias="VALIDATE_SIGNATURES")
+    time_zone: str = Field("UTC", alias="TIME_ZONE")
+    log_format: Literal["auto", "json", "console"] = Field("auto", alias="LOG_FORMAT")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
+    log_content: bool = Field(False, alias="LOG_CONTENT")   # prompts/transcripts in debug logs
+    scripted_first_token_delay_ms: int = Field(250, alias="SCRIPTED_FIRST_TOKEN_DELAY_MS",
+                                               ge=0, le=10_000)
+    scripted_token_delay_ms: int = Field(25, alias="SCRIPTED_TOKEN_DELAY_MS", ge=0, le=2_000)
+    max_tool_rounds: int = Field(4, alias="MAX_TOOL_ROUNDS", ge=1, le=20)
+    max_concurrent_turns: int = Field(400, alias="MAX_CONCURRENT_TURNS", ge=1, le=10_000)
+    store_threads: int = Field(32, alias="STORE_THREADS", ge=1, le=1024)
+    session_ttl_s: int = Field(24 * 3600, alias="SESSION_TTL_S", ge=60)
+    flush_timeout_s: float = Field(5.0, alias="FLUSH_TIMEOUT_S", gt=0, le=120)
+    setup_timeout_s: float = Field(10.0, alias="SETUP_TIMEOUT_S", gt=0, le=120)
+    max_frame_bytes: int = Field(64 * 1024, alias="MAX_FRAME_BYTES", ge=1024)
+    demo: bool = Field(False, alias="DEMO")
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone; use an IANA name such as "
+                             "America/Los_Angeles") from None
+        return value
+
+    @field_validator("ws_url")
+    @classmethod
+    def _wss(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("wss://", "ws://")):
+            raise ValueError("must start with wss:// (Twilio only connects to wss)")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("must be the https:// base URL Twilio calls, e.g. "
+                             "https://agent.example.com")
+        return value.rstrip("/") if value else value
+
+    @property
+    def resolved_config_dir(self) -> Path:
+        """``CONFIG_DIR``, else the repository's ``config/``, else the copy in the wheel."""
+        if self.config_dir is not None:
+            return self.config_dir
+        return SOURCE_CONFIG if SOURCE_CONFIG.is_dir() else BUNDLED_CONFIG
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build and check the settings; raise SettingsError listing every problem."""
+        source = dict(os.environ if env is None else env)
+        if "MODEL_IDENTIFIER" not in source and source.get("INFERENCE_PROFILE_ARN"):
+            source["MODEL_IDENTIFIER"] = source["INFERENCE_PROFILE_ARN"]
+        values: dict[str, Any] = {k: v for k, v in source.items() if v != ""}
+        values.update(overrides)
+        problems = _cross_checks(values)
+        try:
+            settings = cls.model_validate(values)
+        except ValidationError as err:
+            problems = [f"{_env_name(e['loc'])}: {e['msg']}" for e in err.errors()] + problems
+        if problems:
+            raise SettingsError(problems)
+        return settings
+
+
+def _flag(value: Any, default: bool) -> bool:
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _cross_checks(values: Mapping[str, Any]) -> list[str]:
+    """Rules that span settings, checked on the raw values so they report with the rest."""
+    problems = []
+    if values.get("STORE", values.get("store")) == "dynamodb" and not values.get(
+            "TABLE_NAME", values.get("table_name")):
+        problems.append("TABLE_NAME: required when STORE=dynamodb (the DynamoDB table)")
+    demo = _flag(values.get("DEMO", values.get("demo")), False)
+    validate = _flag(values.get("VALIDATE_SIGNATURES", values.get("validate_signatures")), True)
+    if validate and not demo and not values.get("TWILIO_AUTH_TOKEN",
+                                                values.get("twilio_auth_token")):
+        problems.append("TWILIO_AUTH_TOKEN: required to check Twilio's signatures; set it, "
+                        "or run `voiceagent demo` for an offline try-out")
+    return problems
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    name = str(loc[0]) if loc else "?"
+    field = Settings.model_fields.get(name)
+    return field.alias if field is not None and field.alias else name

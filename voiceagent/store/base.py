@@ -1,0 +1,54 @@
+"""The one interface both stores implement: DynamoDB-shaped items in a single table.
+
+An item is a plain JSON-like dict with ``pk`` and ``sk`` (strings), optionally ``pk1``/``sk1``
+(the GSI ``index-1-full``) and ``expireAt`` (epoch seconds, the TTL attribute). Values are
+str, int, float, bool, None, lists and dicts; backends convert to and from their own encoding
+(DynamoDB numbers are Decimals) so callers always get plain Python values back.
+
+What the items mean lives in ``records.py``; backends know nothing of calls or use cases, which
+is what lets one contract test suite cover them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+Item = dict[str, Any]
+
+INDEX_NAME = "index-1-full"
+BATCH_LIMIT = 25                      # DynamoDB BatchWriteItem's limit; enforced for both stores
+
+
+class Store(Protocol):
+    """A table of items. Every method is safe to call from the trio loop: blocking drivers run
+    in worker threads through the process's shared limiter. Errors are ``StoreError``."""
+
+    name: str
+
+    async def get(self, pk: str, sk: str) -> Item | None: ...
+
+    async def put(self, item: Item) -> None:
+        """Insert or replace the item with the same pk/sk."""
+        ...
+
+    async def put_many(self, items: Sequence[Item]) -> None:
+        """Write items in order, batched by at most ``BATCH_LIMIT``; all or an error."""
+        ...
+
+    async def query(
+        self, pk: str, sk_prefix: str = "", *, descending: bool = False, limit: int | None = None
+    ) -> list[Item]:
+        """Items of one partition whose sk starts with the prefix, sorted by sk."""
+        ...
+
+    async def query_index(
+        self, pk1: str, sk1_prefix: str = "", *, descending: bool = False,
+        limit: int | None = None,
+    ) -> list[Item]:
+        """Items whose pk1 matches and sk1 starts with the prefix, sorted by sk1."""
+        ...
+
+    async def delete(self, pk: str, sk: str) -> None: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,299 @@
+"""Use cases and caller profiles: the YAML in ``config/`` and the store items made from it.
+
+A use case is everything that makes one agent differ from another: persona prompt, model,
+tools, DTMF handlers, ConversationRelay attributes and (for offline runs) scripted replies.
+Files are read strictly: an unknown key or a wrong type is a ``ConfigError`` naming the file
+and the key path, so a typo fails at load time rather than on a live call.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from voiceagent.errors import ConfigError
+from voiceagent.llm.base import InferenceConfig, ModelOptions
+
+USER_CONTEXT_MARK = "<<USER_CONTEXT>>"     # the original sample's placeholders, kept so its
+CURRENT_DATE_MARK = "<<CURRENT_DATE>>"     # prompt items work unchanged
+
+# ConversationRelay attributes we pass through (spec §4.2). Anything else is a typo until the
+# spec says otherwise: Twilio ends the call at setup on some bad attributes.
+RELAY_ATTRIBUTES = frozenset({
+    "welcomeGreeting", "welcomeGreetingInterruptible", "language", "ttsLanguage",
+    "transcriptionLanguage", "ttsProvider", "voice", "transcriptionProvider", "speechModel",
+    "profanityFilter", "dtmfDetection", "partialPrompts", "interruptible",
+    "interruptSensitivity", "reportInputDuringAgentSpeech", "preemptible", "hints", "debug",
+    "elevenlabsTextNormalization", "intelligenceService", "deepgramSmartFormat",
+    "speechTimeout", "ignoreBackchannel", "backgroundNoiseReduction", "events",
+    "eotThreshold", "eagerEotThreshold", "partialPromptOnHangup", "asrSmartFormat",
+    "ttsTextNormalization", "ttsLanguageTextNormalization", "includeInPrompt", "customerName",
+    "applicationReconnect", "echoPromptFiltering", "turnDetection",
+})
+M = TypeVar("M", bound=BaseModel)
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ToolDeclaration(_Strict):
+    """A tool the model may call: Bedrock's toolSpec, with the schema checked on every call."""
+
+    name: str
+    description: str = Field(min_length=1)
+    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object",
+                                                                  "properties": {}})
+    timeout_s: float | None = Field(default=None, gt=0, le=120)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, value: str) -> str:
+        if not TOOL_NAME.match(value):
+            raise ValueError("tool names are 1-64 of a-z A-Z 0-9 _ - (Bedrock's rule)")
+        return value
+
+    def tool_spec(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description,
+                "inputSchema": {"json": self.input_schema}}
+
+
+class DtmfHandler(_Strict):
+    """What one key (or a buffered entry) does. ``reply`` is spoken; ``tool`` runs a tool;
+    ``to_model`` hands the keys to the model as caller input. At least one must be set."""
+
+    reply: str | None = None
+    tool: str | None = None
+    input: dict[str, Any] = Field(default_factory=dict)
+    to_model: bool = False
+
+
+class DtmfConfig(_Strict):
+    handlers: dict[str, DtmfHandler] = Field(default_factory=dict)
+    terminator: str = "#"              # ends a multi-digit entry
+    idle_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    max_digits: int = Field(default=12, ge=1, le=64)
+    collect_after: str | None = None   # a key that starts multi-digit entry (e.g. "*")
+    default_to_model: bool = True      # keys without a handler go to the model
+
+
+class LanguageEntry(_Strict):
+    code: str
+    ttsProvider: str | None = None     # noqa: N815 - TwiML attribute names, as Twilio spells them
+    voice: str | None = None
+    transcriptionProvider: str | None = None  # noqa: N815
+    speechModel: str | None = None     # noqa: N815
+
+
+class ScriptedToolStep(_Strict):
+    name: str
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScriptedRule(_Strict):
+    """Offline model behaviour: a regex over the caller's words -> a streamed reply, or a tool
+    call whose result is spoken with ``then`` (``{field}`` fills from the result object)."""
+
+    match: str
+    reply: str | None = None
+    tool: ScriptedToolStep | None = None
+    then: str | None = None
+
+    @field_validator("match")
+    @classmethod
+    def _regex_ok(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"not a valid regular expression: {err}") from None
+        return value
+
+
+class ScriptedConfig(_Strict):
+    rules: tuple[ScriptedRule, ...] = ()
+    fallback: str = "Sorry, I did not catch that. Could you say it another way?"
+    first_token_delay_ms: int | None = Field(default=None, ge=0, le=10_000)
+    token_delay_ms: int | None = Field(default=None, ge=0, le=2_000)
+
+
+class HandoffConfig(_Strict):
+    """Where ``liveAgentHandoff`` sends the caller (used by ``POST /action``)."""
+
+    mode: Literal["enqueue", "dial", "none"] = "none"
+    queue: str | None = None
+    workflow_sid: str | None = None
+    number: str | None = None
+    message: str = "Connecting you with a member of our team."
+
+
+class UseCase(_Strict):
+    name: str = Field(min_length=1)
+    title: str = ""
+    description: str = ""
+    prompt: str = Field(min_length=1)
+    model: str | None = None
+    time_zone: str | None = None
+    inference: InferenceSettings = Field(default_factory=lambda: InferenceSettings())
+    model_options: ModelOptionSettings = Field(default_factory=lambda: ModelOptionSettings())
+    relay: dict[str, str | bool | int | float] = Field(default_factory=dict)
+    languages: tuple[LanguageEntry, ...] = ()
+    tools: tuple[ToolDeclaration, ...] = ()
+    dtmf: DtmfConfig = Field(default_factory=DtmfConfig)
+    handoff: HandoffConfig = Field(default_factory=HandoffConfig)
+    scripted: ScriptedConfig = Field(default_factory=ScriptedConfig)
+
+    @field_validator("relay")
+    @classmethod
+    def _relay_known(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - RELAY_ATTRIBUTES)
+        if unknown:
+            raise ValueError(f"unknown ConversationRelay attribute(s) {unknown}; spell them as "
+                             "in Twilio's docs (camelCase), e.g. welcomeGreeting")
+        return value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone_ok(cls, value: str | None) -> str | None:
+        if value is not None:
+            _zone(value)
+        return value
+
+    @property
+    def welcome_greeting(self) -> str | None:
+        greeting = self.relay.get("welcomeGreeting")
+        return str(greeting) if greeting else None
+
+    def tool(self, name: str) -> ToolDeclaration | None:
+        return next((t for t in self.tools if t.name == name), None)
+
+    def tool_specs(self) -> tuple[dict[str, Any], ...]:
+        return tuple(t.tool_spec() for t in self.tools)
+
+
+class InferenceSettings(_Strict):
+    max_tokens: int = Field(default=300, ge=1, le=8192)
+    temperature: float | None = Field(default=None, ge=0, le=1)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop_sequences: tuple[str, ...] = ()
+
+    def to_config(self) -> InferenceConfig:
+        return InferenceConfig(self.max_tokens, self.temperature, self.top_p,
+                               self.stop_sequences)
+
+
+class ModelOptionSettings(_Strict):
+    latency_optimized: bool = False
+    prompt_caching: bool = False
+    guardrail_id: str | None = None
+    guardrail_version: str | None = None
+
+    def to_options(self) -> ModelOptions:
+        return ModelOptions(self.latency_optimized, self.prompt_caching, self.guardrail_id,
+                            self.guardrail_version)
+
+
+UseCase.model_rebuild()
+
+
+class Profile(_Strict):
+    phone: str
+    first_name: str = ""
+    last_name: str = ""
+    email: str = ""
+    use_case: str | None = None
+
+    @field_validator("phone")
+    @classmethod
+    def _e164(cls, value: str) -> str:
+        if not E164.match(value):
+            raise ValueError("must be an E.164 number such as +14155550100")
+        return value
+
+
+class ProfilesFile(_Strict):
+    profiles: tuple[Profile, ...] = ()
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as "
+                         "America/Los_Angeles") from None
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def parse_model(model: type[M], data: Any, source: str) -> M:
+    """Validate ``data``; the first problem becomes a ConfigError naming source and key path."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        problem = first["msg"]
+        if first["type"] == "extra_forbidden":
+            problem = "unknown key (check the spelling; see config/README.md for the keys)"
+        raise ConfigError(source, _key_path(tuple(first["loc"])), problem) from None
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(str(path), "", f"cannot read: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(str(path), where, f"not valid YAML: {err}") from None
+
+
+def load_use_case_file(path: Path) -> UseCase:
+    data = read_yaml(path)
+    if not isinstance(data, Mapping):
+        raise ConfigError(str(path), "", "must be a YAML mapping of use-case keys")
+    return parse_model(UseCase, data, str(path))
+
+
+def load_profiles_file(path: Path) -> tuple[Profile, ...]:
+    data = read_yaml(path)
+    return parse_model(ProfilesFile, data or {}, str(path)).profiles
+
+
+# ------------------------------------------------------------------ prompt rendering
+
+
+def caller_context(profile: Profile | None) -> str:
+    if profile is not None and profile.first_name:
+        name = f"{profile.first_name} {profile.last_name}".strip()
+        return (f"The caller is {name}, a returning customer. Greet them by first name "
+                "and do not ask for their name again.")
+    return ("The caller's name is not known. Ask for their first name early in the "
+            "conversation, naturally, and use it afterwards.")
+
+
+def render_prompt(use_case: UseCase, profile: Profile | None, now: dt.datetime,
+                  default_zone: str) -> str:
+    """The system prompt for one call, with the caller and the local date filled in."""
+    zone = _zone(use_case.time_zone or default_zone)
+    local = now.astimezone(zone)
+    date_text = local.strftime("%A, %B %-d, %Y, %-I:%M %p ") + (local.tzname() or "")
+    return (use_case.prompt
+            .replace(USER_CONTEXT_MARK, caller_context(profile))
+            .replace(CURRENT_DATE_MARK, date_text.strip()))
