@@ -1,0 +1,227 @@
+"""The conversation of one call, kept valid for Bedrock's Converse API at every step.
+
+One owner (the call's llm_streamer) mutates it; everything else gets copies. The rules it keeps
+are the ValidationException triggers measured in ``bedrock-trio-facts.md``: roles alternate and
+start with the user, no empty content or blank text, every toolUse is answered by exactly its
+toolResults in the next message, and an assistant message records what the caller heard.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+Message = dict[str, Any]
+
+CALL_CONNECTED = "(The call has connected.)"   # stands before a greeting: Converse must open
+TOOL_USE_ID = re.compile(r"^[a-zA-Z0-9_.:-]{1,64}$")                 # with a user message
+
+
+def _text(block: dict[str, Any]) -> str | None:
+    value = block.get("text")
+    return value if isinstance(value, str) else None
+
+
+class History:
+    def __init__(self, messages: Iterable[Message] = ()) -> None:
+        self._messages: list[Message] = [copy.deepcopy(m) for m in messages]
+        self._sealed = 0          # messages before this index can no longer change
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    @property
+    def messages(self) -> tuple[Message, ...]:
+        return tuple(copy.deepcopy(self._messages))
+
+    def mark(self) -> int:
+        """Where the next turn starts; pass it to ``apply_heard`` after a barge-in."""
+        return len(self._messages)
+
+    # ------------------------------------------------------------------ appending
+
+    def add_user_text(self, text: str) -> None:
+        text = text.strip()
+        if text:
+            self._append("user", [{"text": text}])
+
+    def add_assistant(self, text: str, tool_uses: Sequence[dict[str, Any]] = ()) -> None:
+        """Record what the assistant said (right-stripped: Converse rejects trailing blanks)
+        and the tools it asked for. Nothing said and nothing asked records nothing."""
+        blocks: list[dict[str, Any]] = []
+        if text.strip():
+            blocks.append({"text": text.strip()})
+        blocks.extend({"toolUse": copy.deepcopy(dict(use))} for use in tool_uses)
+        if blocks:
+            self._append("assistant", blocks)
+
+    def add_tool_results(self, results: Sequence[dict[str, Any]]) -> None:
+        """All results of one assistant message go in one user message, in its order."""
+        if results:
+            self._append("user", [copy.deepcopy(dict(r)) for r in results])
+
+    def _append(self, role: str, blocks: list[dict[str, Any]]) -> None:
+        last = self._messages[-1] if self._messages else None
+        if last is not None and last["role"] == role and len(self._messages) > self._sealed:
+            last["content"].extend(blocks)          # merge: roles must alternate
+        else:
+            self._messages.append({"role": role, "content": blocks})
+
+    # ------------------------------------------------------------------ barge-in
+
+    def apply_heard(self, start: int, heard: str) -> None:
+        """Cut the assistant text since ``start`` down to what the caller heard.
+
+        Twilio's ``utteranceUntilInterrupt`` covers the whole talk cycle, which may span several
+        assistant messages (text, tool round, more text). It is matched against their texts in
+        order by length; tool blocks stay, since their results already stand in the history.
+        Assistant messages left with nothing are removed and the neighbours merged.
+        """
+        remaining = heard.strip()
+        for message in self._messages[start:]:
+            if message["role"] != "assistant":
+                continue
+            kept: list[dict[str, Any]] = []
+            for block in message["content"]:
+                said = _text(block)
+                if said is None:
+                    kept.append(block)
+                    continue
+                take, remaining = _take_prefix(said, remaining)
+                if take:
+                    kept.append({"text": take})
+            message["content"] = kept
+        self._drop_empty(start)
+
+    def _drop_empty(self, start: int) -> None:
+        rebuilt = self._messages[:start]
+        for message in self._messages[start:]:
+            if not message["content"]:
+                continue
+            if rebuilt and rebuilt[-1]["role"] == message["role"]:
+                rebuilt[-1]["content"].extend(message["content"])
+            else:
+                rebuilt.append(message)
+        self._messages = rebuilt
+
+    # ------------------------------------------------------------------ persistence
+
+    def take_sealed(self, *, final: bool = False) -> list[tuple[int, Message]]:
+        """Messages that can no longer change (all but the last, or all when ``final``),
+        each returned once, for the write-behind queue."""
+        end = len(self._messages) if final else max(len(self._messages) - 1, 0)
+        out = [(i, copy.deepcopy(self._messages[i])) for i in range(self._sealed, end)]
+        self._sealed = max(self._sealed, end)
+        return out
+
+    # ------------------------------------------------------------------ requests
+
+    def for_request(self) -> tuple[Message, ...]:
+        """The history as Converse wants it: a greeting-first history gets a neutral user
+        message before it, since a conversation must start with the user."""
+        messages = list(self.messages)
+        if messages and messages[0]["role"] == "assistant":
+            messages.insert(0, {"role": "user", "content": [{"text": CALL_CONNECTED}]})
+        return tuple(messages)
+
+    def last_assistant_text(self) -> str:
+        for message in reversed(self._messages):
+            if message["role"] == "assistant":
+                return " ".join(t for b in message["content"] if (t := _text(b)) is not None)
+        return ""
+
+    def has_tool_blocks(self) -> bool:
+        return any("toolUse" in b or "toolResult" in b
+                   for m in self._messages for b in m["content"])
+
+
+def _take_prefix(said: str, heard: str) -> tuple[str, str]:
+    """Split ``heard`` into the part that covers ``said`` and the rest."""
+    if not heard:
+        return "", ""
+    if len(heard) >= len(said):
+        rest = heard[len(said):].lstrip()
+        return (heard[:len(said)] if heard.startswith(said) else said).rstrip(), rest
+    return heard.rstrip(), ""
+
+
+def converse_problems(messages: Sequence[Message], *, tools_configured: bool = True
+                      ) -> list[str]:
+    """Every way ``messages`` would make ConverseStream raise a ValidationException.
+
+    Empty list = valid. Used by the model backends before sending, by the property tests, and
+    by the fake Bedrock endpoint on every request it receives.
+    """
+    problems: list[str] = []
+    if not messages:
+        return ["messages: empty"]
+    if messages[0].get("role") != "user":
+        problems.append("messages[0]: a conversation must start with a user message")
+    pending_uses: list[str] = []
+    for i, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        where = f"messages[{i}]"
+        if role not in ("user", "assistant"):
+            problems.append(f"{where}: role {role!r} is not user or assistant")
+        if i and messages[i - 1].get("role") == role:
+            problems.append(f"{where}: roles must alternate between user and assistant")
+        if not isinstance(content, list) or not content:
+            problems.append(f"{where}: content is empty")
+            content = []
+        uses: list[str] = []
+        results: list[str] = []
+        for j, block in enumerate(content):
+            problems.extend(_block_problems(f"{where}.content[{j}]", block, role, uses, results))
+        if pending_uses and sorted(results) != sorted(pending_uses):
+            problems.append(f"{where}: expected toolResult blocks for {sorted(pending_uses)}, "
+                            f"got {sorted(results)}")
+        elif results and not pending_uses:
+            problems.append(f"{where}: toolResult blocks without toolUse in the previous turn")
+        pending_uses = uses
+        if (tool_blocks := uses or results) and not tools_configured:
+            problems.append(f"{where}: tool blocks {tool_blocks} need a toolConfig")
+    if pending_uses:
+        problems.append(f"messages[{len(messages) - 1}]: toolUse {pending_uses} has no result")
+    last = messages[-1]
+    if last.get("role") == "assistant":
+        texts = [b["text"] for b in last.get("content", []) if isinstance(b.get("text"), str)]
+        if texts and texts[-1] != texts[-1].rstrip():
+            problems.append("final assistant content cannot end with trailing whitespace")
+    return problems
+
+
+def _block_problems(where: str, block: Any, role: Any, uses: list[str],
+                    results: list[str]) -> list[str]:
+    if not isinstance(block, dict) or len(block) != 1:
+        return [f"{where}: a block has exactly one member"]
+    (kind, value), = block.items()
+    if kind == "text":
+        if not isinstance(value, str) or not value.strip():
+            return [f"{where}: text is blank"]
+        return []
+    if kind == "toolUse":
+        if role != "assistant":
+            return [f"{where}: toolUse outside an assistant message"]
+        tool_id = value.get("toolUseId", "")
+        uses.append(tool_id)
+        problems = [] if TOOL_USE_ID.match(tool_id) else [f"{where}: bad toolUseId"]
+        if not isinstance(value.get("input"), dict):
+            problems.append(f"{where}: toolUse input must be an object")
+        return problems
+    if kind == "toolResult":
+        if role != "user":
+            return [f"{where}: toolResult outside a user message"]
+        results.append(value.get("toolUseId", ""))
+        content = value.get("content") or []
+        problems = []
+        if value.get("status") == "error" and not content:
+            problems.append(f"{where}: an error toolResult needs content")
+        for item in content:
+            if "json" in item and not isinstance(item["json"], dict):
+                problems.append(f"{where}: toolResult json must be an object")
+            if "text" in item and not str(item["text"]).strip():
+                problems.append(f"{where}: toolResult text is blank")
+        return problems
+    return [f"{where}: unexpected block {kind!r}"]
