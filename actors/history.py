@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -27,7 +28,8 @@ def _text(block: dict[str, Any]) -> str | None:
 class History:
     def __init__(self, messages: Iterable[Message] = ()) -> None:
         self._messages: list[Message] = [copy.deepcopy(m) for m in messages]
-        self._sealed = 0          # messages before this index can no longer change
+        self._meta: list[dict[str, Any]] = [{} for _ in self._messages]  # for transcripts
+        self._sealed = len(self._messages)  # messages before this index can no longer change
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -62,12 +64,18 @@ class History:
         if results:
             self._append("user", [copy.deepcopy(dict(r)) for r in results])
 
+    def annotate(self, **meta: Any) -> None:
+        """Attach transcript facts (turn number, kind) to the last message."""
+        if self._messages:
+            self._meta[-1].update(meta)
+
     def _append(self, role: str, blocks: list[dict[str, Any]]) -> None:
         last = self._messages[-1] if self._messages else None
         if last is not None and last["role"] == role and len(self._messages) > self._sealed:
             last["content"].extend(blocks)          # merge: roles must alternate
         else:
             self._messages.append({"role": role, "content": blocks})
+            self._meta.append({"at_ms": int(time.time() * 1000)})
 
     # ------------------------------------------------------------------ barge-in
 
@@ -80,9 +88,10 @@ class History:
         Assistant messages left with nothing are removed and the neighbours merged.
         """
         remaining = heard.strip()
-        for message in self._messages[start:]:
+        for message, meta in zip(self._messages[start:], self._meta[start:], strict=True):
             if message["role"] != "assistant":
                 continue
+            generated = " ".join(t for b in message["content"] if (t := _text(b)) is not None)
             kept: list[dict[str, Any]] = []
             for block in message["content"]:
                 said = _text(block)
@@ -93,26 +102,33 @@ class History:
                 if take:
                     kept.append({"text": take})
             message["content"] = kept
+            if generated:
+                meta.update(generated=generated, interrupted=True)
         self._drop_empty(start)
 
     def _drop_empty(self, start: int) -> None:
-        rebuilt = self._messages[:start]
-        for message in self._messages[start:]:
+        rebuilt, meta = self._messages[:start], self._meta[:start]
+        for message, facts in zip(self._messages[start:], self._meta[start:], strict=True):
             if not message["content"]:
                 continue
             if rebuilt and rebuilt[-1]["role"] == message["role"]:
                 rebuilt[-1]["content"].extend(message["content"])
+                meta[-1].update(facts)
             else:
                 rebuilt.append(message)
-        self._messages = rebuilt
+                meta.append(facts)
+        self._messages, self._meta = rebuilt, meta
 
     # ------------------------------------------------------------------ persistence
 
-    def take_sealed(self, *, final: bool = False) -> list[tuple[int, Message]]:
-        """Messages that can no longer change (all but the last, or all when ``final``),
-        each returned once, for the write-behind queue."""
+    def take_sealed(self, *, final: bool = False
+                    ) -> list[tuple[int, Message, dict[str, Any]]]:
+        """Messages that can no longer change, each returned once with its transcript facts,
+        for the write-behind queue. Call it when the caller starts a new turn (a barge-in
+        can no longer amend the turn before) and with ``final`` at teardown."""
         end = len(self._messages) if final else max(len(self._messages) - 1, 0)
-        out = [(i, copy.deepcopy(self._messages[i])) for i in range(self._sealed, end)]
+        out = [(i, copy.deepcopy(self._messages[i]), dict(self._meta[i]))
+               for i in range(self._sealed, end)]
         self._sealed = max(self._sealed, end)
         return out
 

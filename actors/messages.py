@@ -49,6 +49,7 @@ class UserSaid:
 
     text: str
     lang: str = ""
+    received_at: float | None = None      # trio.current_time() when the prompt arrived
 
     def __post_init__(self) -> None:
         if not self.text.strip():
@@ -60,6 +61,7 @@ class KeyPressed:
     """DTMF input, after buffering: one key, or a multi-digit entry ended by its terminator."""
 
     digits: str
+    received_at: float | None = None
 
     def __post_init__(self) -> None:
         if not self.digits:

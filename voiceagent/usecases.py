@@ -78,11 +78,13 @@ class DtmfHandler(_Strict):
 
 
 class DtmfConfig(_Strict):
+    """Keys with a handler act at once; other keys collect into an entry (an order number)
+    that ends with the terminator, ``max_digits`` or ``idle_timeout_s`` of silence."""
+
     handlers: dict[str, DtmfHandler] = Field(default_factory=dict)
     terminator: str = "#"              # ends a multi-digit entry
     idle_timeout_s: float = Field(default=2.0, gt=0, le=30)
     max_digits: int = Field(default=12, ge=1, le=64)
-    collect_after: str | None = None   # a key that starts multi-digit entry (e.g. "*")
     default_to_model: bool = True      # keys without a handler go to the model
 
 

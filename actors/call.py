@@ -1,0 +1,205 @@
+"""One call = one nursery: the supervisor that wires the actors and owns teardown.
+
+    relay_reader -> interrupt_handler -> llm_streamer -> tool_executor
+                                              |               |
+                                              v               v
+                                         relay_writer  <------+
+
+The reader returning (the caller hung up, or Twilio closed after our ``end``) starts an
+orderly cascade: each actor closes its channel ends and the next one finishes. A deadline
+bounds the cascade; only a side-effect tool, shielded, may run to its own timeout. Whatever
+happens, sealed history is handed to the write-behind queue and flushed within a bound.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import trio
+
+from actors import interrupt_handler, llm_streamer, relay_reader, relay_writer, tool_executor
+from actors.context import CallContext, TurnStats
+from actors.history import History, Message
+from actors.messages import Inbound, Outbound, Setup, ToolBatch, TurnCommand
+from actors.relay_reader import FrameStats
+from actors.relay_socket import RelaySocket
+from actors.relay_writer import WriterStats
+from voiceagent.errors import RelayBroken
+from voiceagent.llm.base import LLM
+from voiceagent.logs import call_sid_var
+from voiceagent.relay.protocol import Rejected, parse_frame
+from voiceagent.store.base import Store
+from voiceagent.tools.registry import ToolRegistry
+from voiceagent.usecases import UseCase
+
+log = logging.getLogger(__name__)
+
+TEARDOWN_S = 2.0                 # hang-up -> every actor finished (side-effect tools aside)
+MAX_FRAMES_BEFORE_SETUP = 20
+INBOUND_BUFFER = 16              # absorbs a burst of frames while a barge-in is processed
+
+
+class CallRejected(Exception):
+    """The socket's setup does not belong to a call we prepared (bad token, unknown call)."""
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """What the edges prepared for this call during ``/twiml``, or rebuilt at connect."""
+
+    call_sid: str
+    use_case: UseCase
+    system_prompt: str
+    model_id: str
+    greeting: str | None = None
+    caller: str = ""
+    called: str = ""
+    history: tuple[Message, ...] = ()       # a resumed conversation (reconnect)
+
+
+@dataclass
+class CallServices:
+    """Process-wide parts every call uses."""
+
+    llm: LLM
+    store: Store
+    registry: ToolRegistry
+    persist: Callable[[str, int, Message, dict[str, Any]], None]   # write-behind, never awaits
+    flush: Callable[[str, float], Awaitable[bool]]
+    settings: Any = None
+    max_tool_rounds: int = 4
+    max_frame_bytes: int = 64 * 1024
+    setup_timeout_s: float = 10.0
+    flush_timeout_s: float = 5.0
+
+
+@dataclass
+class CallReport:
+    call_sid: str = ""
+    ended_by: str = "hangup"
+    frames: FrameStats = field(default_factory=FrameStats)
+    writer: WriterStats = field(default_factory=WriterStats)
+    turns: TurnStats = field(default_factory=TurnStats)
+    flushed: bool = True
+    history: History | None = None
+
+
+Resolve = Callable[[Setup], Awaitable[CallPlan]]
+
+
+async def run_call(socket: RelaySocket, *, resolve: Resolve, services: CallServices,
+                   report: CallReport | None = None) -> CallReport:
+    """Serve one ConversationRelay session until it ends. Never raises for the caller's or
+    Twilio's behaviour; a bug in an actor ends this call (1011) and no other."""
+    report = report if report is not None else CallReport()
+    setup = await _wait_setup(socket, services, report.frames)
+    if setup is None:
+        report.ended_by = "no-setup"
+        await socket.close(1008, "setup expected")
+        return report
+    report.call_sid = setup.call_sid
+    call_sid_var.set(setup.call_sid)
+    try:
+        plan = await resolve(setup)
+    except CallRejected as err:
+        log.warning("call rejected", extra={"reason": str(err)})
+        report.ended_by = "rejected"
+        await socket.close(1008, "unknown session")
+        return report
+    history = History(plan.history)
+    if plan.greeting and not plan.history:
+        history.add_assistant(plan.greeting)        # Twilio speaks it; the model must know
+        history.annotate(kind="greeting")
+    report.history = history
+    try:
+        await _supervise(socket, plan, history, services, report)
+    except Exception:
+        report.ended_by = "error"
+        log.exception("call failed")
+        await socket.close(1011, "internal error")
+    finally:
+        with trio.move_on_after(services.flush_timeout_s, shield=True):
+            report.flushed = await _persist_all(plan.call_sid, history, services)
+    log.info("call ended", extra={"ended_by": report.ended_by, "turns": report.turns.turns,
+                                  "barge_ins": report.turns.barge_ins,
+                                  "frames_rejected": sum(report.frames.rejected.values())})
+    return report
+
+
+async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
+                     services: CallServices, report: CallReport) -> None:
+    out_send, out_recv = trio.open_memory_channel[Outbound](0)
+    in_send, in_recv = trio.open_memory_channel[Inbound](INBOUND_BUFFER)
+    cmd_send, cmd_recv = trio.open_memory_channel[TurnCommand](0)
+    tool_send, tool_recv = trio.open_memory_channel[ToolBatch](0)
+    ctx = CallContext(
+        call_sid=plan.call_sid, use_case=plan.use_case, model_id=plan.model_id,
+        system_prompt=plan.system_prompt, llm=services.llm, history=history,
+        outbound=out_send.clone(), tools=tool_send, max_tool_rounds=services.max_tool_rounds,
+        tool_wait_s=_longest_tool_timeout(plan.use_case, services.registry),
+        stats=report.turns)
+    env = tool_executor.ToolEnv(
+        call_sid=plan.call_sid, use_case=plan.use_case, registry=services.registry,
+        store=services.store, outbound=out_send.clone(), caller=plan.caller,
+        called=plan.called, settings=services.settings)
+    out_send.close()                                 # each actor now holds its own clone
+
+    def persist(sealed: list[tuple[int, Message, dict[str, Any]]]) -> None:
+        for index, message, meta in sealed:
+            services.persist(plan.call_sid, index, message, meta)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(relay_writer.run, socket=socket, outbound=out_recv,
+                                   stats=report.writer))
+        nursery.start_soon(partial(tool_executor.run, requests=tool_recv, env=env))
+        nursery.start_soon(partial(llm_streamer.run, commands=cmd_recv, ctx=ctx,
+                                   persist=persist))
+        nursery.start_soon(partial(interrupt_handler.run, inbound=in_recv, commands=cmd_send,
+                                   dtmf=plan.use_case.dtmf))
+        await relay_reader.run(socket=socket, inbound=in_send, stats=report.frames,
+                               max_frame_bytes=services.max_frame_bytes)
+        nursery.cancel_scope.deadline = trio.current_time() + TEARDOWN_S
+    if report.writer.ended:
+        report.ended_by = "end"
+
+
+async def _wait_setup(socket: RelaySocket, services: CallServices,
+                      stats: FrameStats) -> Setup | None:
+    """The first useful frame must be ``setup``; anything before it is counted and dropped."""
+    with trio.move_on_after(services.setup_timeout_s):
+        for _ in range(MAX_FRAMES_BEFORE_SETUP):
+            try:
+                frame = await socket.receive()
+            except RelayBroken:
+                return None
+            stats.received += 1
+            message = parse_frame(frame, max_bytes=services.max_frame_bytes)
+            if isinstance(message, Setup):
+                return message
+            if isinstance(message, Rejected):
+                stats.reject(message)
+            else:
+                stats.rejected["before_setup"] += 1
+                log.warning("message before setup dropped",
+                            extra={"kind": type(message).__name__})
+    log.warning("no setup received", extra={"frames": stats.received})
+    return None
+
+
+async def _persist_all(call_sid: str, history: History, services: CallServices) -> bool:
+    for index, message, meta in history.take_sealed(final=True):
+        services.persist(call_sid, index, message, meta)
+    return await services.flush(call_sid, services.flush_timeout_s)
+
+
+def _longest_tool_timeout(use_case: UseCase, registry: ToolRegistry) -> float:
+    longest = 0.0
+    for declaration in use_case.tools:
+        definition = registry.get(declaration.name)
+        if definition is not None:
+            longest = max(longest, declaration.timeout_s or definition.timeout_s)
+    return longest + 1.0

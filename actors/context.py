@@ -1,0 +1,42 @@
+"""What every actor of one call shares: who the call is, the model, the history, the channels.
+
+Built by ``actors.call``; the llm_streamer is the only task that mutates ``history``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import trio
+
+from actors.history import History
+from actors.messages import Outbound, ToolBatch
+from voiceagent.llm.base import LLM
+from voiceagent.usecases import UseCase
+
+
+@dataclass
+class TurnStats:
+    """Per-call figures, summed into process metrics when the call ends."""
+
+    turns: int = 0
+    barge_ins: int = 0
+    superseded: int = 0
+    tool_calls: int = 0
+    model_errors: int = 0
+    latencies_s: list[float] = field(default_factory=list)   # prompt -> first token handed over
+
+
+@dataclass
+class CallContext:
+    call_sid: str
+    use_case: UseCase
+    model_id: str
+    system_prompt: str
+    llm: LLM
+    history: History
+    outbound: trio.MemorySendChannel[Outbound]
+    tools: trio.MemorySendChannel[ToolBatch]
+    max_tool_rounds: int = 4
+    tool_wait_s: float = 30.0        # longest a cancelled turn waits for side-effect tools
+    stats: TurnStats = field(default_factory=TurnStats)

@@ -1,0 +1,83 @@
+"""Runs the conversation: one turn at a time, each started by a command from the interrupt
+handler, and owns the history.
+
+A new prompt or key supersedes the turn in flight; a barge-in cancels it and then cuts the
+history down to what Twilio says the caller heard. Sealed history goes to the write-behind
+queue at the start of each turn, never awaited: no store round trip precedes a first token.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import trio
+
+from actors import turn
+from actors.context import CallContext
+from actors.messages import BargeIn, KeyPressed, ToolCall, TurnCommand, UserSaid
+from actors.turn_slot import TurnSlot
+from voiceagent.logs import turn_var
+
+log = logging.getLogger(__name__)
+
+Persist = Callable[[list[tuple[int, dict[str, Any], dict[str, Any]]]], None]
+
+
+async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallContext,
+              persist: Persist) -> None:
+    """Returns when ``commands`` ends, after cancelling the turn in flight. Owns (and closes)
+    ``commands``, ``ctx.outbound`` and ``ctx.tools``."""
+    with commands, ctx.outbound, ctx.tools:
+        async with trio.open_nursery() as nursery:
+            slot = TurnSlot(nursery)
+            mark = 0                            # where the last turn's messages start
+            async for command in commands:
+                match command:
+                    case BargeIn(heard=heard):
+                        ctx.stats.barge_ins += 1
+                        await slot.cancel_and_wait(reason="barge-in")
+                        if heard is not None:
+                            ctx.history.apply_heard(mark, heard)
+                    case UserSaid() | KeyPressed():
+                        if slot.busy:
+                            ctx.stats.superseded += 1
+                        await slot.cancel_and_wait(reason="superseded")
+                        plan = _plan(ctx, command)
+                        if plan is None:
+                            continue
+                        persist(ctx.history.take_sealed())
+                        ctx.history.add_user_text(_user_words(command))
+                        mark = ctx.history.mark()
+                        ctx.stats.turns += 1
+                        await slot.restart(partial(_turn, ctx, plan, command, ctx.stats.turns))
+            await slot.cancel_and_wait(reason="hangup")
+
+
+async def _turn(ctx: CallContext, plan: turn.TurnPlan, command: UserSaid | KeyPressed,
+                number: int) -> None:
+    turn_var.set(number)
+    await turn.run(ctx, plan, received_at=command.received_at)
+
+
+def _user_words(command: UserSaid | KeyPressed) -> str:
+    if isinstance(command, UserSaid):
+        return command.text
+    return f"(The caller pressed {command.digits} on the keypad.)"
+
+
+def _plan(ctx: CallContext, command: UserSaid | KeyPressed) -> turn.TurnPlan | None:
+    if isinstance(command, UserSaid):
+        return turn.TurnPlan()
+    dtmf = ctx.use_case.dtmf
+    handler = dtmf.handlers.get(command.digits)
+    if handler is None:
+        return turn.TurnPlan() if dtmf.default_to_model else None
+    tool = None
+    if handler.tool:
+        tool = ToolCall(f"dtmf_{ctx.stats.turns + 1}_{handler.tool}"[:64], handler.tool,
+                        handler.input)
+    return turn.TurnPlan(say_first=handler.reply, tool_first=tool,
+                         use_model=handler.to_model or tool is not None)

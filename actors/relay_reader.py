@@ -1,0 +1,56 @@
+"""WebSocket frames in -> typed messages out, in arrival order.
+
+A frame we cannot use is counted and logged (reason, type, size; never content) and dropped:
+one bad frame must not end the call. The reader returns when the peer closes the socket,
+which is how a hang-up reaches the supervisor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import trio
+
+from actors.messages import Inbound, Setup
+from actors.relay_socket import RelaySocket
+from voiceagent.errors import RelayBroken
+from voiceagent.relay.protocol import Rejected, parse_frame
+
+log = logging.getLogger(__name__)
+
+
+class FrameStats:
+    """Per-call frame counters; the metrics layer sums them across calls."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.rejected: Counter[str] = Counter()
+
+    def reject(self, rejected: Rejected) -> None:
+        self.rejected[rejected.reason] += 1
+        log.warning("frame rejected", extra={"reason": rejected.reason,
+                                             "frame_type": rejected.frame_type,
+                                             "size": rejected.size,
+                                             "problem": rejected.problem})
+
+
+async def run(*, socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
+              stats: FrameStats, max_frame_bytes: int) -> None:
+    """Owns ``inbound``: closing it tells the interrupt handler there is no more input."""
+    with inbound:
+        while True:
+            try:
+                frame = await socket.receive()
+            except RelayBroken:
+                log.info("relay closed by peer", extra={"frames": stats.received})
+                return
+            stats.received += 1
+            message = parse_frame(frame, max_bytes=max_frame_bytes)
+            match message:
+                case Rejected():
+                    stats.reject(message)
+                case Setup():
+                    log.warning("second setup ignored")
+                case _:
+                    await inbound.send(message)

@@ -1,0 +1,157 @@
+"""Runs the tool calls of one model reply: concurrently, schema-checked, each with a timeout.
+
+Tools run in the executor's nursery, not in the turn's cancel scope, because a barge-in must
+not cut a tool that changes the world halfway. A batch the turn abandons is cancelled, except
+for side-effect tools, which run on shielded and still report. Side-effect tools run at most
+once per toolUseId. Every failure becomes an ``error`` outcome with a reason the model can
+act on; nothing a tool does can raise into the call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from actors.messages import Outbound, ToolBatch, ToolCall, ToolOutcome
+from voiceagent.store.base import Store
+from voiceagent.tools.base import ToolDefinition
+from voiceagent.tools.registry import ToolRegistry
+from voiceagent.usecases import UseCase
+
+log = logging.getLogger(__name__)
+
+CANCELLED = "cancelled: the caller interrupted before this finished"
+
+
+@dataclass
+class ToolEnv:
+    call_sid: str
+    use_case: UseCase
+    registry: ToolRegistry
+    store: Store
+    outbound: trio.MemorySendChannel[Outbound]
+    caller: str = ""
+    called: str = ""
+    settings: Any = None
+    done: dict[str, ToolOutcome] = field(default_factory=dict)     # side effects, by id
+    running: dict[str, trio.Event] = field(default_factory=dict)
+
+
+@dataclass
+class _Context:
+    """The ``ToolContext`` a tool function receives."""
+
+    call_sid: str
+    use_case: str
+    caller: str
+    called: str
+    tool_use_id: str
+    store: Store
+    settings: Any
+    _outbound: trio.MemorySendChannel[Outbound]
+
+    async def send(self, message: Outbound) -> None:
+        await self._outbound.send(message)
+
+
+async def run(*, requests: trio.MemoryReceiveChannel[ToolBatch], env: ToolEnv) -> None:
+    async with trio.open_nursery() as nursery:
+        with requests, env.outbound:
+            async for batch in requests:
+                nursery.start_soon(_run_batch, batch, env)
+
+
+async def _run_batch(batch: ToolBatch, env: ToolEnv) -> None:
+    async with trio.open_nursery() as watcher:
+        async def abandon_when_told() -> None:
+            await batch.abandoned.wait()
+            calls.cancel_scope.cancel(reason="turn abandoned")
+
+        async with trio.open_nursery() as calls:
+            watcher.start_soon(abandon_when_told)
+            for call in batch.calls:
+                calls.start_soon(_run_one, call, batch.results, env)
+        watcher.cancel_scope.cancel()
+
+
+async def _run_one(call: ToolCall, results: trio.MemorySendChannel[ToolOutcome],
+                   env: ToolEnv) -> None:
+    definition = env.registry.get(call.name)
+    side_effect = definition is not None and definition.side_effect
+    try:
+        outcome = await _outcome(call, definition, env)
+    except trio.Cancelled:
+        _deliver(results, ToolOutcome(call.tool_use_id, call.name, "error", CANCELLED))
+        raise
+    _deliver(results, outcome)
+    if side_effect:
+        env.done[call.tool_use_id] = outcome
+
+
+def _deliver(results: trio.MemorySendChannel[ToolOutcome], outcome: ToolOutcome) -> None:
+    try:
+        results.send_nowait(outcome)       # buffered to the batch size: never blocks
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        log.info("tool outcome had no listener", extra={"tool": outcome.name})
+
+
+async def _outcome(call: ToolCall, definition: ToolDefinition | None,
+                   env: ToolEnv) -> ToolOutcome:
+    declaration = env.use_case.tool(call.name)
+    if definition is None or declaration is None:
+        return _error(call, f"unknown tool {call.name!r}; available: "
+                            f"{[t.name for t in env.use_case.tools]}")
+    problems = env.registry.validate_input(declaration, call.input)
+    if problems:
+        log.info("tool input invalid", extra={"tool": call.name, "problems": len(problems)})
+        return _error(call, "invalid input: " + "; ".join(problems))
+    if definition.side_effect:
+        if call.tool_use_id in env.done:
+            return env.done[call.tool_use_id]
+        if (running := env.running.get(call.tool_use_id)) is not None:
+            await running.wait()
+            return env.done.get(call.tool_use_id) or _error(call, "duplicate call failed")
+        env.running[call.tool_use_id] = trio.Event()
+        try:
+            with trio.CancelScope(shield=True):
+                return await _invoke(call, definition, declaration.timeout_s, env)
+        finally:
+            env.running.pop(call.tool_use_id).set()
+    return await _invoke(call, definition, declaration.timeout_s, env)
+
+
+async def _invoke(call: ToolCall, definition: ToolDefinition, timeout_s: float | None,
+                  env: ToolEnv) -> ToolOutcome:
+    limit_s = timeout_s or definition.timeout_s
+    context = _Context(env.call_sid, env.use_case.name, env.caller, env.called,
+                       call.tool_use_id, env.store, env.settings, env.outbound)
+    started = trio.current_time()
+    try:
+        with trio.fail_after(limit_s):
+            result = await definition.function(context, call.input)
+    except trio.TooSlowError:
+        log.warning("tool timed out", extra={"tool": call.name, "timeout_s": limit_s})
+        return _error(call, f"timed out after {limit_s:g} s; tell the caller and offer "
+                            "another way", definition)
+    except trio.Cancelled:
+        raise
+    except Exception as err:
+        log.warning("tool failed", extra={"tool": call.name, "error": type(err).__name__})
+        return _error(call, f"failed: {type(err).__name__}: {err}"[:300], definition)
+    elapsed = trio.current_time() - started
+    if not isinstance(result, Mapping):
+        return _error(call, "returned something that is not a JSON object", definition)
+    log.info("tool done", extra={"tool": call.name, "duration_ms": round(elapsed * 1000)})
+    return ToolOutcome(call.tool_use_id, call.name, "success", dict(result),
+                       side_effect=definition.side_effect, duration_s=elapsed,
+                       ends_call=definition.ends_turn)
+
+
+def _error(call: ToolCall, reason: str, definition: ToolDefinition | None = None
+           ) -> ToolOutcome:
+    return ToolOutcome(call.tool_use_id, call.name, "error", reason,
+                       side_effect=definition is not None and definition.side_effect)

@@ -1,0 +1,171 @@
+"""One turn: the model's reply streamed to the caller, tool rounds, and what goes in history.
+
+A turn runs inside its own cancel scope (see ``turn_slot``). Whatever way it ends (done,
+barge-in, superseded, hang-up, model error), it records what the caller can have heard, closes
+the talk cycle, and leaves the history valid for the next request.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+import trio
+
+from actors.context import CallContext
+from actors.messages import ToolBatch, ToolCall, ToolOutcome
+from actors.speaker import Speaker
+from voiceagent.errors import LLMError, ModelRejected
+from voiceagent.llm.base import LLMRequest, StreamEnd, TextDelta, ToolUseRequest
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S = 1.0
+TOO_MANY_ROUNDS = ("I'm sorry, that is taking me longer than it should. "
+                   "Could you tell me once more what you need?")
+APOLOGY_SILENT = "Sorry, I'm having a little trouble right now. Could you say that again?"
+APOLOGY_CUT = " Sorry, I lost my train of thought. Could you say that again?"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPlan:
+    """What starts the turn: the model (a prompt), or a keypad handler's reply and tool."""
+
+    say_first: str | None = None
+    tool_first: ToolCall | None = None
+    use_model: bool = True
+
+
+@dataclass
+class _ToolRound:
+    text: str
+    calls: tuple[ToolCall, ...]
+    batch: ToolBatch
+    results: trio.MemoryReceiveChannel[ToolOutcome]
+    outcomes: list[ToolOutcome] = field(default_factory=list)
+    delivered: bool = False          # the executor has the batch: outcomes will come
+
+
+async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = None) -> None:
+    speaker = Speaker(ctx.outbound)
+    rounds: list[_ToolRound] = []
+    try:
+        await _converse(ctx, plan, speaker, rounds)
+    except trio.Cancelled:
+        with trio.move_on_after(ctx.tool_wait_s, shield=True):
+            await _settle_side_effects(rounds)
+        _record_cut(ctx, speaker, rounds)
+        raise
+    except LLMError as err:
+        ctx.stats.model_errors += 1
+        _log_model_error(ctx, err)
+        await speaker.say_text(APOLOGY_CUT if speaker.segment else APOLOGY_SILENT)
+        ctx.history.add_assistant(speaker.segment)
+    else:
+        ctx.history.add_assistant(speaker.segment)
+    finally:
+        if speaker.first_token_at is not None and received_at is not None:
+            ctx.stats.latencies_s.append(speaker.first_token_at - received_at)
+        with (trio.move_on_after(CLOSE_TIMEOUT_S, shield=True),
+              suppress(trio.BrokenResourceError, trio.ClosedResourceError)):
+            await speaker.close()
+
+
+async def _converse(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
+                    rounds: list[_ToolRound]) -> None:
+    if plan.say_first:
+        await speaker.say_text(plan.say_first)
+    calls: tuple[ToolCall, ...] = (plan.tool_first,) if plan.tool_first else ()
+    if not calls and not plan.use_model:
+        return
+    for _ in range(ctx.max_tool_rounds + 1):
+        if calls:
+            outcomes = await _tool_round(ctx, speaker, calls, rounds)
+            if any(o.ends_call for o in outcomes):
+                return
+            if len(rounds) >= ctx.max_tool_rounds:
+                await speaker.say_text(TOO_MANY_ROUNDS)
+                return
+        calls = await _model_round(ctx, speaker)
+        if not calls:
+            return
+
+
+async def _model_round(ctx: CallContext, speaker: Speaker) -> tuple[ToolCall, ...]:
+    request = LLMRequest(
+        call_sid=ctx.call_sid, use_case=ctx.use_case.name, model_id=ctx.model_id,
+        system=(ctx.system_prompt,), messages=ctx.history.for_request(),
+        tools=ctx.use_case.tool_specs(), inference=ctx.use_case.inference.to_config(),
+        options=ctx.use_case.model_options.to_options())
+    calls: list[ToolCall] = []
+    async with ctx.llm.stream(request) as events:
+        async for event in events:
+            match event:
+                case TextDelta(text=text):
+                    await speaker.say(text)
+                case ToolUseRequest(tool_use_id=tool_use_id, name=name, input=args):
+                    calls.append(ToolCall(tool_use_id, name, args))
+                case StreamEnd(stop_reason=reason):
+                    log.debug("model round ended", extra={"stop_reason": reason})
+    return tuple(calls)
+
+
+async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall, ...],
+                      rounds: list[_ToolRound]) -> list[ToolOutcome]:
+    results_send, results = trio.open_memory_channel[ToolOutcome](len(calls))
+    current = _ToolRound(speaker.segment, calls, ToolBatch(calls, results_send), results)
+    rounds.append(current)
+    ctx.stats.tool_calls += len(calls)
+    await ctx.tools.send(current.batch)
+    current.delivered = True
+    while len(current.outcomes) < len(calls):
+        current.outcomes.append(await results.receive())
+    ordered = _in_call_order(current)
+    ctx.history.add_assistant(current.text, [_use_block(c) for c in calls])
+    ctx.history.add_tool_results([o.to_block() for o in ordered])
+    rounds.remove(current)
+    speaker.new_segment()
+    return ordered
+
+
+async def _settle_side_effects(rounds: list[_ToolRound]) -> None:
+    """After a cancel: tools without side effects are abandoned; those with side effects run
+    on (shielded in the executor), and their results are awaited so history records them."""
+    for current in rounds:
+        current.batch.abandoned.set()
+        while current.delivered and len(current.outcomes) < len(current.calls):
+            try:
+                current.outcomes.append(await current.results.receive())
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                break
+
+
+def _record_cut(ctx: CallContext, speaker: Speaker, rounds: list[_ToolRound]) -> None:
+    """Record a cut-short turn: what was spoken, plus side-effect tools that really ran."""
+    for current in rounds:
+        done = {o.tool_use_id: o for o in current.outcomes if o.side_effect}
+        kept = [c for c in current.calls if c.tool_use_id in done]
+        ctx.history.add_assistant(current.text, [_use_block(c) for c in kept])
+        ctx.history.add_tool_results([done[c.tool_use_id].to_block() for c in kept])
+        if current.text == speaker.segment:
+            speaker.new_segment()
+    ctx.history.add_assistant(speaker.segment)
+
+
+def _in_call_order(current: _ToolRound) -> list[ToolOutcome]:
+    by_id = {o.tool_use_id: o for o in current.outcomes}
+    return [by_id[c.tool_use_id] for c in current.calls if c.tool_use_id in by_id]
+
+
+def _use_block(call: ToolCall) -> dict[str, object]:
+    return {"toolUseId": call.tool_use_id, "name": call.name, "input": dict(call.input)}
+
+
+def _log_model_error(ctx: CallContext, err: LLMError) -> None:
+    extra: dict[str, object] = {"code": err.code, "kind": type(err).__name__}
+    if isinstance(err, ModelRejected):
+        extra["history_shape"] = [
+            f"{m['role'][0]}:{'+'.join(next(iter(b)) for b in m['content'])}"
+            for m in ctx.history.for_request()]
+    log.warning("model error, apologising", extra=extra)

@@ -1,0 +1,101 @@
+"""Use cases and profiles as the running service reads them: from the store, use cases cached.
+
+``config/`` is the source of truth; ``voiceagent config load`` (or, for the embedded SQLite
+store, start-up) writes it to the store, and every server process reads it from there.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from voiceagent.errors import ConfigError
+from voiceagent.store import records
+from voiceagent.store.base import Store
+from voiceagent.tools.registry import ToolRegistry
+from voiceagent.usecases import Profile, UseCase, load_profiles_file, load_use_case_file
+
+log = logging.getLogger(__name__)
+
+USE_CASE_TTL_S = 60.0
+
+
+class UnknownUseCase(LookupError):
+    pass
+
+
+class Catalog:
+    def __init__(self, store: Store, registry: ToolRegistry) -> None:
+        self._store = store
+        self._registry = registry
+        self._cache: dict[str, tuple[float, UseCase]] = {}
+
+    async def use_case(self, name: str) -> UseCase:
+        cached = self._cache.get(name)
+        if cached is not None and trio.current_time() - cached[0] < USE_CASE_TTL_S:
+            return cached[1]
+        item = await self._store.get(name, "configuration")
+        if item is None:
+            raise UnknownUseCase(f"no use case {name!r} in the store; run "
+                                 "`voiceagent config load` or check STACK_USE_CASE")
+        use_case = records.use_case_from_item(item)
+        self._registry.check_use_case(use_case)
+        self._cache[name] = (trio.current_time(), use_case)
+        return use_case
+
+    async def all_use_cases(self) -> list[UseCase]:
+        items = await self._store.query_index("use-case")
+        return [records.use_case_from_item(item) for item in items]
+
+    async def profile(self, phone: str) -> Profile | None:
+        if not phone:
+            return None
+        item = await self._store.get(phone, "profile")
+        return records.profile_from_item(item) if item is not None else None
+
+
+@dataclass(frozen=True)
+class ConfigSet:
+    use_cases: tuple[UseCase, ...]
+    profiles: tuple[Profile, ...]
+
+
+def read_config_dir(path: Path, registry: ToolRegistry) -> ConfigSet:
+    """Every use case under ``usecases/`` and ``profiles.yaml``, validated; tools must exist."""
+    folder = path / "usecases"
+    if not folder.is_dir():
+        raise ConfigError(str(path), "", "no usecases/ folder here; point CONFIG_DIR at a "
+                                         "folder laid out like the repository's config/")
+    use_cases = tuple(load_use_case_file(f) for f in sorted(folder.glob("*.y*ml")))
+    for use_case in use_cases:
+        registry.check_use_case(use_case)
+    names = [u.name for u in use_cases]
+    if len(set(names)) != len(names):
+        raise ConfigError(str(folder), "name", f"two files declare the same use case: {names}")
+    profiles_path = path / "profiles.yaml"
+    profiles = load_profiles_file(profiles_path) if profiles_path.exists() else ()
+    for index, profile in enumerate(profiles):
+        if profile.use_case is not None and profile.use_case not in names:
+            raise ConfigError(str(profiles_path), f"profiles[{index}].use_case",
+                              f"no use case {profile.use_case!r}; known: {names}")
+    return ConfigSet(use_cases, profiles)
+
+
+async def write_config(store: Store, config: ConfigSet) -> dict[str, str]:
+    """Write use cases and profiles; returns what happened to each (created, updated,
+    unchanged) so a re-run is visibly idempotent."""
+    outcome: dict[str, str] = {}
+    items = [records.use_case_item(u) for u in config.use_cases]
+    items += [records.profile_item(p) for p in config.profiles]
+    for item in items:
+        current = await store.get(item["pk"], item["sk"])
+        label = f"{item['sk']}:{item['pk']}"
+        if current == item:
+            outcome[label] = "unchanged"
+            continue
+        await store.put(item)
+        outcome[label] = "created" if current is None else "updated"
+    return outcome

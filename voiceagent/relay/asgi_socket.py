@@ -1,0 +1,76 @@
+"""The relay WebSocket as a ``RelaySocket``, straight on ASGI (hypercorn).
+
+We take the relay route before Quart sees it: Quart's websocket wrapper cancels the handler
+when the peer disconnects, which would turn every hang-up into a cancellation. Here a
+disconnect is just ``RelayBroken`` from ``receive``, and the call winds down in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from voiceagent.errors import RelayBroken
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Any      # hypercorn's ASGIReceiveCallable
+Send = Any         # hypercorn's ASGISendCallable
+
+
+class AsgiRelaySocket:
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self._closed = False
+
+    async def receive(self) -> str | bytes:
+        while True:
+            event = await self._receive()
+            kind = event.get("type")
+            if kind == "websocket.receive":
+                text = event.get("text")
+                if text is not None:
+                    return str(text)
+                return bytes(event.get("bytes") or b"")
+            if kind == "websocket.disconnect":
+                self._closed = True
+                raise RelayBroken(f"peer closed the socket (code {event.get('code')})")
+
+    async def send(self, text: str) -> None:
+        if self._closed:
+            raise RelayBroken("socket already closed")
+        try:
+            await self._send({"type": "websocket.send", "text": text})
+        except Exception as err:          # hypercorn raises its own types on a dead transport
+            self._closed = True
+            raise RelayBroken(f"send failed: {type(err).__name__}") from err
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        except Exception as err:
+            log.debug("close after the peer left", extra={"error": type(err).__name__})
+
+
+async def accept(receive: Receive, send: Send) -> bool:
+    """Complete the handshake; False when the peer left before it."""
+    event = await receive()
+    if event.get("type") != "websocket.connect":
+        return False
+    await send({"type": "websocket.accept"})
+    return True
+
+
+async def reject(receive: Receive, send: Send, status: int, body: str) -> None:
+    """Answer the upgrade with a plain HTTP response instead of accepting it."""
+    event = await receive()
+    if event.get("type") != "websocket.connect":
+        return
+    await send({"type": "websocket.http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+    await send({"type": "websocket.http.response.body", "body": body.encode()})

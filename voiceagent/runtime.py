@@ -1,0 +1,132 @@
+"""Everything one server process shares across calls, opened and closed in one place.
+
+Store, model, tool registry, write-behind queue, catalog and sessions are created here once;
+calls get them through ``CallServices``. Nothing lives at module level, so tests can open as
+many runtimes as they like, each with its own fakes passed in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from actors.call import CallReport, CallServices
+from voiceagent.catalog import Catalog, read_config_dir, write_config
+from voiceagent.llm.base import LLM
+from voiceagent.llm.scripted import ScriptedLLM
+from voiceagent.sessions import Sessions
+from voiceagent.settings import Settings
+from voiceagent.store import records
+from voiceagent.store.base import Store
+from voiceagent.store.write_behind import WriteBehind
+from voiceagent.tools.registry import ToolRegistry, default_registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CallCounters:
+    active: int = 0
+    total: int = 0
+    reports: list[CallReport] = field(default_factory=list)   # the last few, for tests/metrics
+    keep: int = 100
+
+    def finished(self, report: CallReport) -> None:
+        self.reports.append(report)
+        del self.reports[:-self.keep]
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    llm: LLM
+    registry: ToolRegistry
+    writer: WriteBehind
+    catalog: Catalog
+    sessions: Sessions
+    calls: CallCounters = field(default_factory=CallCounters)
+    draining: bool = False
+
+    def call_services(self) -> CallServices:
+        return CallServices(
+            llm=self.llm, store=self.store, registry=self.registry, persist=self._persist,
+            flush=self._flush, settings=self.settings,
+            max_tool_rounds=self.settings.max_tool_rounds,
+            max_frame_bytes=self.settings.max_frame_bytes,
+            setup_timeout_s=self.settings.setup_timeout_s,
+            flush_timeout_s=self.settings.flush_timeout_s)
+
+    def _persist(self, call_sid: str, index: int, message: dict[str, Any],
+                 meta: dict[str, Any]) -> None:
+        at_ms = int(meta.get("at_ms", 0))
+        item = records.chat_item(call_sid, at_ms, index, message, meta,
+                                 self.settings.session_ttl_s)
+        self.writer.submit(item, call_sid=call_sid)
+
+    async def _flush(self, call_sid: str, timeout_s: float) -> bool:
+        return await self.writer.flush(call_sid, timeout_s=timeout_s)
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings, *, llm: LLM | None = None,
+                       store: Store | None = None,
+                       registry: ToolRegistry | None = None) -> AsyncIterator[Runtime]:
+    """Open the process's parts; on exit, flush pending writes (bounded) and close them."""
+    registry = registry or default_registry()
+    async with AsyncExitStack() as stack:
+        if store is None:
+            store = await stack.enter_async_context(_open_store(settings))
+        if settings.store == "sqlite":
+            changes = await write_config(store, read_config_dir(settings.resolved_config_dir,
+                                                                registry))
+            log.info("config loaded into the embedded store",
+                     extra={"changed": sum(v != "unchanged" for v in changes.values())})
+        catalog = Catalog(store, registry)
+        if llm is None:
+            llm = await stack.enter_async_context(_open_llm(settings, catalog))
+        writer = WriteBehind(store)
+        runtime = Runtime(settings=settings, store=store, llm=llm, registry=registry,
+                          writer=writer, catalog=catalog,
+                          sessions=Sessions(settings=settings, store=store, catalog=catalog,
+                                            writer=writer))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            try:
+                yield runtime
+            finally:
+                with trio.move_on_after(settings.flush_timeout_s, shield=True):
+                    await writer.flush(timeout_s=settings.flush_timeout_s)
+                nursery.cancel_scope.cancel(reason="runtime closing")
+
+
+@asynccontextmanager
+async def _open_store(settings: Settings) -> AsyncIterator[Store]:
+    limiter = trio.CapacityLimiter(settings.store_threads)
+    if settings.store == "sqlite":
+        from voiceagent.store.sqlite import open_sqlite_store
+        async with open_sqlite_store(settings.data_dir / "voiceagent.db",
+                                     limiter=limiter) as store:
+            yield store
+    else:
+        from voiceagent.store.dynamodb import open_dynamodb_store  # type: ignore[import-not-found,unused-ignore]  # issue 4
+        async with open_dynamodb_store(settings, limiter=limiter) as store:
+            yield store
+
+
+@asynccontextmanager
+async def _open_llm(settings: Settings, catalog: Catalog) -> AsyncIterator[LLM]:
+    if settings.llm == "scripted":
+        yield ScriptedLLM.from_use_cases(
+            await catalog.all_use_cases(),
+            first_token_delay_s=settings.scripted_first_token_delay_ms / 1000,
+            token_delay_s=settings.scripted_token_delay_ms / 1000)
+        return
+    from voiceagent.llm.bedrock import open_bedrock_llm
+    async with open_bedrock_llm(settings) as bedrock:
+        yield bedrock

@@ -1,0 +1,50 @@
+"""X-Twilio-Signature checks for webhooks and the WebSocket upgrade.
+
+Twilio signs the URL it was given (scheme, public host, path, query), plus the sorted form
+parameters for a POST. Behind a TLS-terminating proxy the app sees ``http`` on an internal
+host, so the URL is rebuilt from PUBLIC_URL / WS_URL when set, else from the request as it
+arrived (with X-Forwarded-Proto/Host, which our own proxies set).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from twilio.request_validator import RequestValidator, get_signature_algorithm
+
+log = logging.getLogger(__name__)
+
+
+def public_base(headers: Mapping[str, str], scheme: str, host: str,
+                configured: str | None) -> str:
+    """``https://host`` as Twilio sees it."""
+    if configured:
+        return configured.rstrip("/")
+    proto = headers.get("x-forwarded-proto", scheme).split(",")[0].strip()
+    forwarded_host = headers.get("x-forwarded-host", "").split(",")[0].strip()
+    return f"{proto}://{forwarded_host or host}"
+
+
+def to_ws(url: str) -> str:
+    if url.startswith("https://"):
+        return "wss://" + url[len("https://"):]
+    if url.startswith("http://"):
+        return "ws://" + url[len("http://"):]
+    return url
+
+
+def is_valid(auth_token: str, url: str, params: Mapping[str, str],
+             headers: Mapping[str, str]) -> bool:
+    """True when the request carries a valid signature for ``url`` and ``params``."""
+    signature = headers.get("x-twilio-signature", "")
+    if not signature:
+        return False
+    algorithm = get_signature_algorithm(headers.get("x-twilio-webhooks-signature-settings"))
+    return bool(RequestValidator(auth_token).validate(url, dict(params), signature,
+                                                      algorithm=algorithm))
+
+
+def sign(auth_token: str, url: str, params: Mapping[str, str] | None = None) -> str:
+    """What Twilio would send; used by the terminal caller and the load generator."""
+    return str(RequestValidator(auth_token).compute_signature(url, dict(params or {})))

@@ -1,0 +1,51 @@
+"""TwiML documents, built with the twilio package (never by string concatenation)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from twilio.twiml.voice_response import VoiceResponse
+
+from voiceagent.usecases import UseCase
+
+MAX_TWIML_BYTES = 64 * 1024          # Twilio's limit for one document
+
+
+def connect_relay(*, ws_url: str, action_url: str, use_case: UseCase,
+                  parameters: Mapping[str, str], greeting: bool = True) -> str:
+    """``<Connect action><ConversationRelay url …>`` with the use case's attributes.
+
+    ``greeting=False`` leaves the welcome greeting out: on a reconnect Twilio would play it
+    again to a caller who is mid-conversation.
+    """
+    response = VoiceResponse()
+    connect = response.connect(action=action_url)
+    attributes = {k: _value(v)   # camelCase names pass through the builder as-is
+                  for k, v in use_case.relay.items()
+                  if greeting or k != "welcomeGreeting"}
+    relay = connect.conversation_relay(url=ws_url, **attributes)
+    for entry in use_case.languages:
+        relay.language(**{k: v for k, v in entry.model_dump().items() if v is not None})
+    for name, value in parameters.items():
+        relay.parameter(name=name, value=value)
+    document = str(response)
+    if len(document.encode()) > MAX_TWIML_BYTES:
+        raise ValueError(f"TwiML for use case {use_case.name!r} is over Twilio's 64 KB limit")
+    return document
+
+
+def say_and_hang_up(message: str) -> str:
+    response = VoiceResponse()
+    response.say(message)
+    response.hangup()
+    return str(response)
+
+
+def empty() -> str:
+    return str(VoiceResponse())
+
+
+def _value(value: str | bool | int | float) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,129 @@
+"""The HTTP and WebSocket edges: POST /twiml, POST /action, GET /health, WS relay.
+
+The relay route is served straight on ASGI (see ``relay/asgi_socket.py``); everything else is
+a small quart-trio app. Signatures are checked before any work when VALIDATE_SIGNATURES is on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from actors.call import CallReport, run_call
+from voiceagent import signature, twiml
+from voiceagent.catalog import UnknownUseCase
+from voiceagent.logs import call_sid_var
+from voiceagent.relay import asgi_socket
+from voiceagent.runtime import Runtime
+from voiceagent.sessions import TOKEN_PARAMETER
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RELAY_PATH = "/relay"
+SORRY = "Sorry, we cannot take your call right now. Please try again later."
+XML = "text/xml; charset=utf-8"
+
+
+def relay_path(runtime: Runtime) -> str:
+    if runtime.settings.ws_url:
+        return urlsplit(runtime.settings.ws_url).path or DEFAULT_RELAY_PATH
+    return DEFAULT_RELAY_PATH
+
+
+def create_app(runtime: Runtime) -> Any:
+    """The ASGI application for one runtime."""
+    app = QuartTrio("voiceagent")
+    settings = runtime.settings
+    path = relay_path(runtime)
+
+    def base_url() -> str:
+        return signature.public_base(request.headers, request.scheme, request.host,
+                                     settings.public_url)
+
+    async def signed(form: dict[str, str]) -> bool:
+        if not settings.validate_signatures:
+            return True
+        url = base_url() + request.full_path.rstrip("?")
+        ok = signature.is_valid(settings.twilio_auth_token or "", url, form, request.headers)
+        if not ok:
+            log.warning("bad signature", extra={"path": request.path})
+        return ok
+
+    @app.post("/twiml")
+    async def twiml_webhook() -> Response:
+        form = dict((await request.form).items())
+        if not await signed(form):
+            return Response("invalid signature", status=403)
+        if "CallSid" not in form:
+            return Response("CallSid missing: this endpoint is Twilio's voice webhook",
+                            status=400)
+        call_sid_var.set(form["CallSid"])
+        if runtime.draining:
+            return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+        try:
+            session = await runtime.sessions.prepare(form)
+            use_case = await runtime.catalog.use_case(session.use_case)
+        except UnknownUseCase as err:
+            log.error("use case missing", extra={"error": str(err)})
+            return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+        ws_url = settings.ws_url or signature.to_ws(base_url()) + path
+        document = twiml.connect_relay(
+            ws_url=ws_url, action_url=base_url() + "/action", use_case=use_case,
+            parameters={TOKEN_PARAMETER: session.token})
+        return Response(document, mimetype=XML)
+
+    @app.post("/action")
+    async def action_webhook() -> Response:
+        form = dict((await request.form).items())
+        if not await signed(form):
+            return Response("invalid signature", status=403)
+        status = form.get("SessionStatus", "")
+        log.info("relay session ended", extra={"status": status,
+                                               "error_code": form.get("ErrorCode", "")})
+        if status == "completed":
+            return Response(twiml.empty(), mimetype=XML)
+        return Response(twiml.say_and_hang_up("Thank you for calling. Goodbye."), mimetype=XML)
+
+    @app.get("/health")
+    async def health() -> Response:
+        body = {"status": "draining" if runtime.draining else "ok",
+                "active_calls": runtime.calls.active}
+        return Response(json.dumps(body), status=503 if runtime.draining else 200,
+                        mimetype="application/json")
+
+    async def relay(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = {k.decode("latin1").lower(): v.decode("latin1")
+                   for k, v in scope.get("headers", [])}
+        if settings.validate_signatures:
+            url = settings.ws_url or signature.to_ws(
+                signature.public_base(headers, "https" if scope["scheme"] == "wss" else "http",
+                                      headers.get("host", ""), settings.public_url)) + path
+            if not signature.is_valid(settings.twilio_auth_token or "", url, {}, headers):
+                log.warning("bad signature on relay upgrade")
+                await asgi_socket.reject(receive, send, 403, "invalid signature")
+                return
+        if not await asgi_socket.accept(receive, send):
+            return
+        socket = asgi_socket.AsgiRelaySocket(receive, send)
+        runtime.calls.active += 1
+        runtime.calls.total += 1
+        report = CallReport()
+        try:
+            await run_call(socket, resolve=runtime.sessions.resolve,
+                           services=runtime.call_services(), report=report)
+        finally:
+            runtime.calls.active -= 1
+            runtime.calls.finished(report)
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket" and scope["path"] == path:
+            await relay(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return asgi
