@@ -30,6 +30,8 @@ class Speaker:
         """Hand one token to the writer. A cancel while waiting means it was not sent."""
         if not token:
             return
+        if not self._segment and self.spoke and not token[0].isspace():
+            token = " " + token             # a new segment after a tool round: keep words apart
         await self._outbound.send(Text(token))
         self._segment.append(token)
         if not self.spoke:

@@ -79,13 +79,15 @@ async def _converse(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
     calls: tuple[ToolCall, ...] = (plan.tool_first,) if plan.tool_first else ()
     if not calls and not plan.use_model:
         return
-    for _ in range(ctx.max_tool_rounds + 1):
+    rounds_done = 0
+    while True:
         if calls:
-            outcomes = await _tool_round(ctx, speaker, calls, rounds)
-            if any(o.ends_call for o in outcomes):
-                return
-            if len(rounds) >= ctx.max_tool_rounds:
+            if rounds_done >= ctx.max_tool_rounds:
                 await speaker.say_text(TOO_MANY_ROUNDS)
+                return
+            outcomes = await _tool_round(ctx, speaker, calls, rounds)
+            rounds_done += 1
+            if any(o.ends_call for o in outcomes):
                 return
         calls = await _model_round(ctx, speaker)
         if not calls:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import trio
 
+import voiceagent.store.records as records
 from voiceagent.errors import ConfigError
-from voiceagent.store import records
 from voiceagent.store.base import Store
 from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import Profile, UseCase, load_profiles_file, load_use_case_file

@@ -87,6 +87,10 @@ class ModelRejected(LLMError):
 class ModelStreamFailed(LLMError):
     retryable = True
 
+    def __init__(self, code: str, message: str, *, after_tokens: bool = False) -> None:
+        self.after_tokens = after_tokens    # content already reached the caller: do not replay
+        super().__init__(code, message)
+
 
 class ToolError(VoiceAgentError):
     def __init__(self, tool: str, problem: str) -> None:

@@ -15,13 +15,13 @@ from typing import Any
 
 import trio
 
+import voiceagent.store.records as records
 from actors.call import CallReport, CallServices
 from voiceagent.catalog import Catalog, read_config_dir, write_config
 from voiceagent.llm.base import LLM
 from voiceagent.llm.scripted import ScriptedLLM
 from voiceagent.sessions import Sessions
 from voiceagent.settings import Settings
-from voiceagent.store import records
 from voiceagent.store.base import Store
 from voiceagent.store.write_behind import WriteBehind
 from voiceagent.tools.registry import ToolRegistry, default_registry
@@ -35,10 +35,25 @@ class CallCounters:
     total: int = 0
     reports: list[CallReport] = field(default_factory=list)   # the last few, for tests/metrics
     keep: int = 100
+    _idle: trio.Event = field(default_factory=trio.Event)
+
+    def started(self) -> None:
+        if self.active == 0:
+            self._idle = trio.Event()
+        self.active += 1
+        self.total += 1
 
     def finished(self, report: CallReport) -> None:
+        self.active -= 1
         self.reports.append(report)
         del self.reports[:-self.keep]
+        if self.active == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until no call is in progress (drain, tests)."""
+        if self.active:
+            await self._idle.wait()
 
 
 @dataclass

@@ -33,7 +33,7 @@ async def serve(runtime: Runtime, *, host: str, port: int,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until SIGINT/SIGTERM or ``shutdown`` is set. ``task_status`` gets the bound
     URLs (port 0 picks a free port: tests and the demo use that)."""
-    stop = shutdown or trio.Event()
+    stop = shutdown if shutdown is not None else trio.Event()
 
     async def trigger() -> None:
         async with trio.open_nursery() as nursery:

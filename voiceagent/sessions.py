@@ -16,13 +16,13 @@ from collections.abc import Mapping
 
 import trio
 
+import voiceagent.store.records as records
 from actors.call import CallPlan, CallRejected
 from actors.history import Message, converse_problems
 from actors.messages import Setup
 from voiceagent.catalog import Catalog
 from voiceagent.logs import mask_phone
 from voiceagent.settings import Settings
-from voiceagent.store import records
 from voiceagent.store.base import Store
 from voiceagent.store.write_behind import WriteBehind
 from voiceagent.usecases import render_prompt

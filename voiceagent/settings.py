@@ -28,7 +28,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
 
     port: int = Field(3000, alias="PORT", ge=0, le=65535)
-    host: str = Field("0.0.0.0", alias="HOST")  # noqa: S104 - a container must listen on all
+    host: str = Field("0.0.0.0", alias="HOST")     # a container must listen on all interfaces
     store: Literal["sqlite", "dynamodb"] = Field("sqlite", alias="STORE")
     llm: Literal["bedrock", "scripted"] = Field("bedrock", alias="LLM")
     data_dir: Path = Field(Path(".voiceagent"), alias="DATA_DIR")

@@ -90,10 +90,10 @@ class DtmfConfig(_Strict):
 
 class LanguageEntry(_Strict):
     code: str
-    ttsProvider: str | None = None     # noqa: N815 - TwiML attribute names, as Twilio spells them
+    ttsProvider: str | None = None      # TwiML attribute names, spelled as Twilio does
     voice: str | None = None
-    transcriptionProvider: str | None = None  # noqa: N815
-    speechModel: str | None = None     # noqa: N815
+    transcriptionProvider: str | None = None
+    speechModel: str | None = None
 
 
 class ScriptedToolStep(_Strict):

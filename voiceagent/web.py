@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from quart import Response, request
@@ -41,15 +41,18 @@ def create_app(runtime: Runtime) -> Any:
     settings = runtime.settings
     path = relay_path(runtime)
 
+    def headers() -> dict[str, str]:
+        return {k.lower(): v for k, v in request.headers.items()}
+
     def base_url() -> str:
-        return signature.public_base(request.headers, request.scheme, request.host,
+        return signature.public_base(headers(), request.scheme, request.host,
                                      settings.public_url)
 
     async def signed(form: dict[str, str]) -> bool:
         if not settings.validate_signatures:
             return True
         url = base_url() + request.full_path.rstrip("?")
-        ok = signature.is_valid(settings.twilio_auth_token or "", url, form, request.headers)
+        ok = signature.is_valid(settings.twilio_auth_token or "", url, form, headers())
         if not ok:
             log.warning("bad signature", extra={"path": request.path})
         return ok
@@ -110,20 +113,18 @@ def create_app(runtime: Runtime) -> Any:
         if not await asgi_socket.accept(receive, send):
             return
         socket = asgi_socket.AsgiRelaySocket(receive, send)
-        runtime.calls.active += 1
-        runtime.calls.total += 1
+        runtime.calls.started()
         report = CallReport()
         try:
             await run_call(socket, resolve=runtime.sessions.resolve,
                            services=runtime.call_services(), report=report)
         finally:
-            runtime.calls.active -= 1
             runtime.calls.finished(report)
 
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and scope["path"] == path:
             await relay(scope, receive, send)
         else:
-            await app(scope, receive, send)
+            await app(cast(Any, scope), receive, send)
 
     return asgi

@@ -7,8 +7,14 @@ one) and its size, never its content, so the reader can count and log it and the
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, assert_never
+
+MAX_FRAME_BYTES = 65536
 
 # ---------------------------------------------------------------- Twilio -> us
 
@@ -86,25 +92,45 @@ class Text:
     lang: str | None = None
     interruptible: bool | None = None
     preemptible: bool | None = None
+    # No check on ``token``: "" with last=True is how a talk cycle is closed.
 
 
 @dataclass(frozen=True, slots=True)
 class Play:
     source: str
-    loop: int | None = None
+    loop: int | None = None          # 0 means 1000 times, Twilio's maximum
     preemptible: bool | None = None
     interruptible: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise ValueError("Play.source must be a non-empty URL")
+        if self.loop is not None and self.loop < 0:
+            raise ValueError("Play.loop must be >= 0 (0 means 1000 times)")
+
+
+_SEND_DIGITS = re.compile(r"[0-9w#*]+")
 
 
 @dataclass(frozen=True, slots=True)
 class SendDigits:
-    digits: str
+    digits: str                      # the set both carriers accept; Telnyx's A-D/W are left out
+
+    def __post_init__(self) -> None:
+        if _SEND_DIGITS.fullmatch(self.digits) is None:
+            raise ValueError("SendDigits.digits must be non-empty and only 0-9, w, # or *")
 
 
 @dataclass(frozen=True, slots=True)
 class Language:
     tts_language: str | None = None
     transcription_language: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [v for v in (self.tts_language, self.transcription_language) if v is not None]
+        if not given or not all(given):
+            raise ValueError("Language needs tts_language and/or transcription_language, "
+                             "and neither may be empty")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,3 +139,207 @@ class End:
 
 
 Outbound = Text | Play | SendDigits | Language | End
+
+
+# ---------------------------------------------------------------- parsing
+
+
+class _BadField(Exception):
+    """Raised inside a parser only; ``parse_frame`` turns it into ``Rejected("bad_field")``."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+_Frame = dict[str, object]
+
+_LOGGABLE_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,40}")
+_DTMF_DIGITS = frozenset("0123456789*#ABCD")  # A-D: Telnyx
+
+
+def parse_frame(data: str | bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Inbound | Rejected:
+    """Never raises on bad input, because one bad frame must not end the call.
+
+    Known fields are checked strictly so a surprise shows up as a counted rejection rather
+    than a wrong value deep in a turn; unknown fields are ignored because Twilio adds them
+    often. JSON ``null`` in an optional field counts as absent, so a carrier that sends
+    ``null`` instead of leaving a field out does not lose a whole frame.
+    """
+    if not isinstance(data, str):
+        return Rejected("binary", None, len(data))
+    size = len(data) if data.isascii() else len(data.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        return Rejected("too_large", None, size)
+    try:
+        frame = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested past the limit
+        return Rejected("bad_json", None, size)
+    if not isinstance(frame, dict):
+        return Rejected("not_object", None, size)
+    frame_type = frame.get("type")
+    if not isinstance(frame_type, str):
+        return Rejected("missing_type", None, size)
+    parser = _PARSERS.get(frame_type)
+    if parser is None:
+        loggable = frame_type if _LOGGABLE_TYPE.fullmatch(frame_type) else "<unprintable>"
+        return Rejected("unknown_type", loggable, size)
+    try:
+        return parser(frame)
+    except _BadField as err:
+        return Rejected("bad_field", frame_type, size, err.problem)
+
+
+def describe(rejected: Rejected) -> str:
+    """One log-safe line: Rejected holds no frame content, so neither does this."""
+    line = f"reason={rejected.reason} type={rejected.frame_type or '-'} size={rejected.size}"
+    return f"{line} problem={rejected.problem}" if rejected.problem else line
+
+
+_SETUP_TEXT = {"account_sid": "accountSid", "from_number": "from", "to_number": "to",
+               "call_status": "callStatus", "direction": "direction", "caller_name": "callerName",
+               "parent_call_sid": "parentCallSid", "forwarded_from": "forwardedFrom",
+               "call_type": "callType"}
+
+
+def _parse_setup(frame: _Frame) -> Setup:
+    session_id = _required_str(frame, "sessionId")
+    call_sid = _required_str(frame, "callSid")
+    if not call_sid:
+        raise _BadField("callSid: must not be empty")
+    text = {name: _optional_str(frame, key) or "" for name, key in _SETUP_TEXT.items()}
+    text["call_status"] = text["call_status"].lower()  # Twilio IN_PROGRESS, Telnyx active
+    return Setup(session_id=session_id, call_sid=call_sid, **text,
+                 custom_parameters=_custom_parameters(frame))
+
+
+def _parse_prompt(frame: _Frame) -> Prompt:
+    last = frame.get("last")
+    if last is not None and not isinstance(last, bool):
+        raise _BadField(f"last: expected boolean, got {_json_type(last)}")
+    return Prompt(
+        text=_required_str(frame, "voicePrompt"),
+        last=True if last is None else last,
+        lang=_optional_str(frame, "lang") or "",
+    )
+
+
+def _parse_dtmf(frame: _Frame) -> Dtmf:
+    digit = _required_str(frame, "digit")
+    if len(digit) != 1 or digit not in _DTMF_DIGITS:
+        raise _BadField("digit: expected one of 0-9 * # A-D")
+    return Dtmf(digit)
+
+
+def _parse_interrupt(frame: _Frame) -> Interrupt:
+    return Interrupt(
+        heard=_optional_str(frame, "utteranceUntilInterrupt"),
+        duration_ms=_optional_int(frame, "durationUntilInterruptMs"),
+    )
+
+
+def _parse_info(frame: _Frame) -> Info:
+    return Info(
+        name=_required_str(frame, "name"),
+        value=_as_text("value", frame.get("value")),
+        ts=_optional_int(frame, "ts"),
+    )
+
+
+def _parse_error(frame: _Frame) -> RelayErrorReport:
+    return RelayErrorReport(_required_str(frame, "description"))
+
+
+_PARSERS: dict[str, Callable[[_Frame], Inbound]] = {
+    "setup": _parse_setup, "prompt": _parse_prompt, "dtmf": _parse_dtmf,
+    "interrupt": _parse_interrupt, "info": _parse_info, "error": _parse_error,
+}
+
+
+def _required_str(frame: _Frame, key: str) -> str:
+    value = frame.get(key)
+    if value is None:
+        raise _BadField(f"{key}: missing")
+    if not isinstance(value, str):
+        raise _BadField(f"{key}: expected string, got {_json_type(value)}")
+    return value
+
+
+def _optional_str(frame: _Frame, key: str) -> str | None:
+    return None if frame.get(key) is None else _required_str(frame, key)
+
+
+def _optional_int(frame: _Frame, key: str) -> int | None:
+    """Twilio documents a number but has been seen sending "460"; Telnyx sends 460.7."""
+    value = frame.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _BadField(f"{key}: expected number, got {_json_type(value)}")
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(value)  # also takes " 460 ", "1_000", "inf"; isfinite drops the last
+    except ValueError:
+        raise _BadField(f"{key}: expected number, got non-numeric string") from None
+    if not math.isfinite(number):
+        raise _BadField(f"{key}: expected a finite number")
+    return int(number)
+
+
+def _custom_parameters(frame: _Frame) -> dict[str, str]:
+    """Twilio sends strings; Telnyx may send any JSON value, kept as its JSON text."""
+    params = frame.get("customParameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise _BadField(f"customParameters: expected object, got {_json_type(params)}")
+    return {name: _as_text("customParameters", value) for name, value in params.items()}
+
+
+def _as_text(key: str, value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    except (ValueError, RecursionError):
+        raise _BadField(f"{key}: value cannot be represented as text") from None
+
+
+_JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "number",
+               str: "string", list: "array", dict: "object"}
+
+
+def _json_type(value: object) -> str:
+    """Named in problems instead of the value, which may be what the caller said."""
+    return _JSON_TYPES.get(type(value), "value")
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def encode(message: Outbound) -> str:
+    """Optional fields are left out when None, so Twilio's own defaults (and TwiML) apply."""
+    match message:
+        case Text():
+            body = _frame("text", token=message.token, last=message.last, lang=message.lang,
+                          interruptible=message.interruptible, preemptible=message.preemptible)
+        case Play():
+            body = _frame("play", source=message.source, loop=message.loop,
+                          preemptible=message.preemptible, interruptible=message.interruptible)
+        case SendDigits():
+            body = _frame("sendDigits", digits=message.digits)
+        case Language():
+            body = _frame("language", ttsLanguage=message.tts_language,
+                          transcriptionLanguage=message.transcription_language)
+        case End():
+            body = _frame("end", handoffData=message.handoff_data)
+        case _:
+            assert_never(message)
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def _frame(frame_type: str, **fields: object) -> dict[str, object]:
+    return {"type": frame_type} | {k: v for k, v in fields.items() if v is not None}

@@ -1,0 +1,54 @@
+"""Start the real server (hypercorn + quart-trio + the relay route) on 127.0.0.1, port 0."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from voiceagent.llm.base import LLM
+from voiceagent.runtime import Runtime, open_runtime
+from voiceagent.server import serve
+from voiceagent.settings import Settings
+
+FIXTURE_CONFIG = Path(__file__).parent / "fixtures" / "config"
+AUTH_TOKEN = "test-auth-token-not-secret"
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings from nothing but what the test says: never the developer's environment."""
+    values: dict[str, Any] = {
+        "STORE": "sqlite", "LLM": "scripted", "DATA_DIR": str(data_dir),
+        "CONFIG_DIR": str(FIXTURE_CONFIG), "STACK_USE_CASE": "testUseCase",
+        "HOST": "127.0.0.1", "PORT": "0", "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "LOG_FORMAT": "console"}
+    values.update({k: str(v) for k, v in overrides.items()})
+    return Settings.from_env(values)
+
+
+@dataclass
+class RunningServer:
+    url: str
+    runtime: Runtime
+    stop: trio.Event
+
+
+@asynccontextmanager
+async def running_server(settings: Settings, *, llm: LLM | None = None
+                         ) -> AsyncIterator[RunningServer]:
+    async with open_runtime(settings, llm=llm) as runtime, trio.open_nursery() as nursery:
+        stop = trio.Event()
+
+        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+            await serve(runtime, host=settings.host, port=settings.port, shutdown=stop,
+                        task_status=task_status)
+
+        binds = await nursery.start(run)
+        try:
+            yield RunningServer(binds[0], runtime, stop)
+        finally:
+            stop.set()

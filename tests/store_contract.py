@@ -1,0 +1,264 @@
+"""What every ``Store`` backend must do, as plain async checks taking a fresh, empty store.
+
+``tests/test_store_contract.py`` runs each check against each backend; a new backend passes
+when it passes all of them. Each check asserts; none relies on another having run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from voiceagent.store import records
+from voiceagent.store.base import BATCH_LIMIT, Store
+from voiceagent.store.write_behind import StoreRejected, is_permanent
+from voiceagent.usecases import (
+    DtmfConfig,
+    DtmfHandler,
+    InferenceSettings,
+    Profile,
+    ToolDeclaration,
+    UseCase,
+)
+
+Check = Callable[[Store], Awaitable[None]]
+CHECKS: list[Check] = []
+
+
+def check(fn: Check) -> Check:
+    CHECKS.append(fn)
+    return fn
+
+
+@check
+async def check_put_get_replace(store: Store) -> None:
+    item = {"pk": "a", "sk": "one", "pk1": "kind", "sk1": "x", "expireAt": 2_000_000_000,
+            "value": 1}
+    await store.put(item)
+    assert await store.get("a", "one") == item
+    replacement = {"pk": "a", "sk": "one", "other": "field"}
+    await store.put(replacement)
+    assert await store.get("a", "one") == replacement      # replaced whole, not merged
+    assert await store.query_index("kind") == []            # and left the index
+
+
+@check
+async def check_get_missing(store: Store) -> None:
+    assert await store.get("nobody", "nothing") is None
+    await store.put({"pk": "a", "sk": "b"})
+    assert await store.get("a", "c") is None
+    assert await store.get("b", "b") is None
+
+
+@check
+async def check_query_prefix_sort_descending_limit(store: Store) -> None:
+    for sk in ["chat::3", "chat::1", "profile", "chat::2", "chat:x", "chat::10"]:
+        await store.put({"pk": "call", "sk": sk})
+    await store.put({"pk": "other", "sk": "chat::0"})
+
+    def sks(items: list[dict[str, Any]]) -> list[str]:
+        return [item["sk"] for item in items]
+
+    assert sks(await store.query("call", "chat::")) == ["chat::1", "chat::10", "chat::2",
+                                                        "chat::3"]
+    assert sks(await store.query("call", "chat::", descending=True)) == [
+        "chat::3", "chat::2", "chat::10", "chat::1"]
+    assert sks(await store.query("call", "chat::", limit=2)) == ["chat::1", "chat::10"]
+    assert sks(await store.query("call", "chat::", descending=True, limit=1)) == ["chat::3"]
+    assert sks(await store.query("call")) == ["chat::1", "chat::10", "chat::2", "chat::3",
+                                              "chat:x", "profile"]    # byte order: ':' < 'x'
+    assert await store.query("call", "CHAT::") == []        # prefixes are case-sensitive
+    assert await store.query("call", "chat::%") == []       # and literal
+    assert await store.query("nobody") == []
+
+
+@check
+async def check_sort_is_utf8_byte_order(store: Store) -> None:
+    keys = ["\U0001f355", "é", "Z", "z", "a", "\uff5e"]
+    for sk in keys:
+        await store.put({"pk": "sorted", "sk": sk, "pk1": "sorted", "sk1": sk})
+    expected = sorted(keys, key=lambda k: k.encode())
+    assert expected == ["Z", "a", "z", "é", "\uff5e", "\U0001f355"]
+    assert [i["sk"] for i in await store.query("sorted")] == expected
+    assert [i["sk1"] for i in await store.query_index("sorted")] == expected
+
+
+@check
+async def check_query_index(store: Store) -> None:
+    await store.put({"pk": "b", "sk": "configuration", "pk1": "use-case", "sk1": "beta"})
+    await store.put({"pk": "a", "sk": "configuration", "pk1": "use-case", "sk1": "alpha"})
+    await store.put({"pk": "c", "sk": "configuration", "pk1": "use-case", "sk1": "alps"})
+    await store.put({"pk": "d", "sk": "profile", "pk1": "profile", "sk1": "alpha"})
+    await store.put({"pk": "e", "sk": "configuration", "pk1": "use-case"})   # no sk1: sparse
+    names = [item["sk1"] for item in await store.query_index("use-case")]
+    assert names == ["alpha", "alps", "beta"]
+    assert [i["pk"] for i in await store.query_index("use-case", "alp")] == ["a", "c"]
+    assert [i["pk"] for i in await store.query_index("use-case", descending=True,
+                                                     limit=2)] == ["b", "c"]
+    assert (await store.query_index("profile"))[0] == {"pk": "d", "sk": "profile",
+                                                       "pk1": "profile", "sk1": "alpha"}
+    assert await store.query_index("nothing") == []
+
+
+@check
+async def check_put_many_in_order(store: Store) -> None:
+    count = BATCH_LIMIT * 2 + 7
+    items = [{"pk": "call", "sk": f"chat::{i:04d}", "i": i} for i in range(count)]
+    items.append({"pk": "call", "sk": "chat::0003", "i": "rewritten"})   # later one wins
+    await store.put_many(items)
+    stored = await store.query("call", "chat::")
+    assert len(stored) == count
+    assert [item["i"] for item in stored[:5]] == [0, 1, 2, "rewritten", 4]
+    assert stored[-1] == items[count - 1]
+    await store.put_many([])
+    assert len(await store.query("call")) == count
+
+
+@check
+async def check_delete(store: Store) -> None:
+    await store.put({"pk": "a", "sk": "b", "pk1": "k", "sk1": "v"})
+    await store.put({"pk": "a", "sk": "c"})
+    await store.delete("a", "b")
+    assert await store.get("a", "b") is None
+    assert await store.query_index("k") == []
+    assert [item["sk"] for item in await store.query("a")] == ["c"]
+    await store.delete("a", "missing")                      # deleting nothing is fine
+    assert await store.get("a", "c") == {"pk": "a", "sk": "c"}
+
+
+@check
+async def check_value_types_round_trip(store: Store) -> None:
+    item = {
+        "pk": "types", "sk": "all", "int": 42, "negative": -7, "big": 2**53 + 1,
+        "float": 0.1, "whole_float": 2.5, "true": True, "false": False, "none": None,
+        "empty_string": "", "empty_list": [], "empty_map": {},
+        "unicode": "Grüße, 東京, emoji \U0001f355, quote \" and backslash \\",
+        "nested": {"list": [1, "two", 3.5, None, {"deep": [True, {"x": []}]}],
+                   "map": {"ä": "ö", "n": 0}},
+    }
+    await store.put(item)
+    stored = await store.get("types", "all")
+    assert stored == item
+    assert stored is not None
+    assert type(stored["int"]) is int
+    assert type(stored["big"]) is int
+    assert type(stored["float"]) is float
+    assert math.isclose(stored["float"], 0.1)
+    assert stored["true"] is True
+    assert stored["false"] is False
+    assert stored["none"] is None
+
+
+@check
+async def check_rejects_invalid_items(store: Store) -> None:
+    """Items DynamoDB would refuse fail as permanent errors, and nothing of the call lands."""
+    good = {"pk": "ok", "sk": "1"}
+    for bad in ({"pk": "", "sk": "x"}, {"pk": "p", "sk": "s", "pk1": "", "sk1": "v"},
+                {"pk": "p", "sk": "s", "value": math.nan}):
+        with pytest.raises(StoreRejected) as caught:
+            await store.put_many([good, bad])
+        assert is_permanent(caught.value)
+    assert await store.get("ok", "1") is None
+
+
+@check
+async def check_use_case_round_trip(store: Store) -> None:
+    use_case = UseCase(
+        name="roundTrip", title="Round trip", description="Every kind of field",
+        prompt="Hello <<USER_CONTEXT>>\n\"quoted\" ünïcode", model="us.amazon.nova-lite-v1:0",
+        time_zone="Europe/Paris", inference=InferenceSettings(max_tokens=123, temperature=0.5),
+        relay={"welcomeGreeting": "Hi", "interruptible": True, "speechTimeout": 1.5},
+        tools=(ToolDeclaration(name="CheckRestaurantPickUpTime", description="When",
+                               input_schema={"type": "object", "properties": {
+                                   "n": {"type": "integer"}}}, timeout_s=2.0),),
+        dtmf=DtmfConfig(handlers={"1": DtmfHandler(reply="One"),
+                                  "2": DtmfHandler(tool="CheckRestaurantPickUpTime")},
+                        idle_timeout_s=2.0))
+    item = records.use_case_item(use_case)
+    await store.put(item)
+    stored = await store.get("roundTrip", "configuration")
+    assert stored == item
+    assert stored is not None
+    assert records.use_case_from_item(stored) == use_case
+    listed = await store.query_index("use-case")
+    assert [records.use_case_from_item(i).name for i in listed] == ["roundTrip"]
+
+
+@check
+async def check_profile_round_trip(store: Store) -> None:
+    profiles = [Profile(phone="+15555550101", first_name="Ada", last_name="Byron",
+                        email="ada@example.com", use_case="restaurantOrderingUseCase"),
+                Profile(phone="+15555550100", first_name="Pat")]
+    for profile in profiles:
+        await store.put(records.profile_item(profile))
+    stored = await store.get("+15555550101", "profile")
+    assert stored is not None
+    assert records.profile_from_item(stored) == profiles[0]
+    listed = [records.profile_from_item(i) for i in await store.query_index("profile")]
+    assert listed == [profiles[1], profiles[0]]             # by phone number
+
+
+@check
+async def check_session_round_trip(store: Store) -> None:
+    profile = Profile(phone="+15555550100", first_name="Pat", use_case="x")
+    older = records.CallSession(
+        call_sid="CA" + "1" * 32, token="tok-1", use_case="x", system_prompt="Be brief.",
+        model_id="us.amazon.nova-lite-v1:0", caller="+15555550100", called="+15555550199",
+        profile=profile, greeting="Hello!", created_at=1_750_000_000.25)
+    newer = records.CallSession(
+        call_sid="CA" + "2" * 32, token="tok-2", use_case="y", system_prompt="Be kind.",
+        model_id="m", caller="+15555550102", called="+15555550199", profile=None,
+        greeting=None, created_at=1_750_000_060.5)
+    for session in (older, newer):
+        await store.put(records.session_item(session, ttl_s=86_400))
+    stored = await store.get(older.call_sid, "connection")
+    assert stored is not None
+    assert stored["expireAt"] == 1_750_086_400
+    assert records.session_from_item(stored) == older
+    recent = await store.query_index("call", descending=True)
+    assert [records.session_from_item(i) for i in recent] == [newer, older]
+
+
+@check
+async def check_chat_ordering(store: Store) -> None:
+    call_sid = "CA" + "3" * 32
+    messages = [(1_750_000_000_000 + at, seq, {"role": role, "content": [{"text": text}]})
+                for at, seq, role, text in [(0, 0, "user", "hi"), (5, 1, "assistant", "hello"),
+                                            (5, 2, "user", "pizza"),
+                                            (10_000, 3, "assistant", "sure")]]
+    for at_ms, seq, message in reversed(messages):        # written out of order
+        await store.put(records.chat_item(call_sid, at_ms, seq, message,
+                                          {"turn": seq, "kind": "said", "heard": None},
+                                          ttl_s=3_600))
+    await store.put({"pk": call_sid, "sk": "connection"})
+    entries = [records.chat_from_item(i) for i in await store.query(call_sid, "chat::")]
+    assert [e["chat"] for e in entries] == [m for _, _, m in messages]
+    assert [(e["at_ms"], e["seq"]) for e in entries] == [(a, s) for a, s, _ in messages]
+    assert entries[0]["meta"] == {"turn": 0, "kind": "said"}
+    last = await store.query(call_sid, "chat::", descending=True, limit=1)
+    assert records.chat_from_item(last[0])["chat"]["content"] == [{"text": "sure"}]
+
+
+@check
+async def check_order_via_query_index(store: Store) -> None:
+    order = {"order_items": [{"line_item": "Cheese pizza", "line_amount": 10.95}],
+             "order_type": "pickup", "order_total": 10.95}
+    first = records.order_item("+15555550100", "CA" + "4" * 28 + "1234", "+15555550199",
+                               order, at_s=1_750_000_000, ttl_s=7 * 86_400)
+    second = records.order_item("CA" + "5" * 32, "CA" + "5" * 32, "+15555550199",
+                                {**order, "order_total": 5.0}, at_s=1_750_000_100, ttl_s=60)
+    elsewhere = records.order_item("+15555550100", "CA" + "6" * 32, "+15555550188", order,
+                                   at_s=1_750_000_200, ttl_s=60)
+    unindexed = records.order_item("+15555550100", "CA" + "7" * 32, "", order,
+                                   at_s=1_750_000_300, ttl_s=60)
+    await store.put_many([first, second, elsewhere, unindexed])
+    orders = await store.query_index("restaurantOrder", "+15555550199")
+    assert {o["sk"] for o in orders} == {first["sk"], second["sk"]}
+    assert first["sk"] == "restaurantOrder::1234::1750000000"
+    by_caller = await store.query("+15555550100", "restaurantOrder::")
+    assert len(by_caller) == 3
+    assert by_caller[0]["order"] == order
+    assert (await store.get(first["pk"], first["sk"])) == first

@@ -1,0 +1,370 @@
+"""The seven invariants of DESIGN.md, proven on one call's nursery driven through channels.
+
+Every test runs on trio's virtual clock (``autojump_clock``): the model's pauses take no real
+time, and the timings asserted are exact.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from actors.history import CALL_CONNECTED, converse_problems
+from tests.call_harness import GREETING, open_test_call, plain_use_case
+from tests.fakes import FakeLLM, tool_use, words
+from voiceagent.errors import ModelStreamFailed, ModelThrottled
+from voiceagent.llm.base import StreamEnd, TextDelta
+from voiceagent.tools.base import ToolDefinition
+from voiceagent.tools.registry import ToolRegistry
+
+REPLY = "We open at nine and close at ten tonight."
+
+
+def texts(frames: list[dict[str, Any]]) -> list[str]:
+    return [f["token"] for f in frames if f["type"] == "text" and f["token"]]
+
+
+def closers(frames: list[dict[str, Any]]) -> int:
+    return sum(1 for f in frames if f["type"] == "text" and f["last"])
+
+
+async def test_a_turn_streams_tokens_then_closes_once(autojump_clock: Any) -> None:
+    llm = FakeLLM([words(REPLY, gap_s=0.1, first_s=0.2)])
+    async with open_test_call(llm) as call:
+        start = trio.current_time()
+        call.say("when are you open?")
+        first = await call.frame()
+        assert first == {"type": "text", "token": "We", "last": False}
+        assert trio.current_time() - start == pytest.approx(0.2)
+        text, frames = await call.reply()
+        assert "We" + text == REPLY
+        assert frames[-1] == {"type": "text", "token": "", "last": True}
+        assert closers(frames) == 1
+    assert call.history == (
+        {"role": "assistant", "content": [{"text": GREETING}]},
+        {"role": "user", "content": [{"text": "when are you open?"}]},
+        {"role": "assistant", "content": [{"text": REPLY}]},
+    )
+    assert all(isinstance(raw, str) and json.loads(raw) for raw in call.socket.raw_sent)
+
+
+async def test_greeting_is_the_first_assistant_message_and_request_starts_with_user(
+        autojump_clock: Any) -> None:
+    llm = FakeLLM([words("Sure.")])
+    async with open_test_call(llm) as call:
+        call.say("hi")
+        await call.reply()
+    request = llm.requests[0]
+    assert request.messages[0] == {"role": "user", "content": [{"text": CALL_CONNECTED}]}
+    assert request.messages[1] == {"role": "assistant", "content": [{"text": GREETING}]}
+    assert not llm.violations
+
+
+async def test_barge_in_stops_tokens_closes_stream_and_keeps_what_was_heard(
+        autojump_clock: Any) -> None:
+    llm = FakeLLM([words(REPLY, gap_s=0.5, first_s=0.1)])
+    async with open_test_call(llm) as call:
+        call.say("when are you open?")
+        assert (await call.frame())["token"] == "We"
+        assert (await call.frame())["token"] == " open"
+        call.interrupt(heard="We open ")
+        interrupted_at = trio.current_time()
+        await trio.testing.wait_all_tasks_blocked()
+        after = call.socket.pending()
+        assert texts(after) == []                       # no token of the old turn
+        assert after == [{"type": "text", "token": "", "last": True}]
+        assert llm.open_streams == 0
+        assert llm.closed_at[0] == interrupted_at       # closed at once, in virtual time
+        await trio.sleep(5)
+        assert call.socket.pending() == []
+    assert call.history[-1] == {"role": "assistant", "content": [{"text": "We open"}]}
+    assert call.writer.persisted[-1][3]["generated"] == "We open"
+
+
+async def test_barge_in_with_nothing_heard_drops_the_turn_and_merges_the_caller(
+        autojump_clock: Any) -> None:
+    llm = FakeLLM([words(REPLY, gap_s=0.5), words("Sure, a large one.")])
+    async with open_test_call(llm) as call:
+        call.say("when are you open?")
+        await call.frame()
+        call.interrupt(heard="")
+        call.say("actually, I want a pizza")
+        assert await call.reply() == ("", [{"type": "text", "token": "", "last": True}])
+        text, _ = await call.reply()
+        assert text == "Sure, a large one."
+    assert call.history[1:] == (
+        {"role": "user", "content": [{"text": "when are you open?"},
+                                     {"text": "actually, I want a pizza"}]},
+        {"role": "assistant", "content": [{"text": "Sure, a large one."}]},
+    )
+    assert not llm.violations
+
+
+async def test_interrupt_after_the_reply_finished_still_cuts_history(
+        autojump_clock: Any) -> None:
+    llm = FakeLLM([words(REPLY)])
+    async with open_test_call(llm) as call:
+        call.say("hours?")
+        await call.reply()                               # streaming done, TTS still playing
+        call.interrupt(heard="We open at nine and")
+        await trio.testing.wait_all_tasks_blocked()
+        assert call.socket.pending() == []              # nothing to close: cycle was closed
+    assert call.history[-1]["content"] == [{"text": "We open at nine and"}]
+
+
+async def test_new_prompt_supersedes_the_reply_and_nothing_is_lost(autojump_clock: Any) -> None:
+    llm = FakeLLM([words(REPLY, gap_s=0.5), words("A large pepperoni, coming up.")])
+    async with open_test_call(llm) as call:
+        call.say("when are you open?")
+        await call.frame()                               # "We" was sent
+        call.say("and I'd like a large pepperoni")
+        frames = []
+        while True:
+            frame = await call.frame()
+            frames.append(frame)
+            if frame["type"] == "text" and frame["token"] == " up.":
+                break
+        frames.append(await call.frame())
+        assert frames[0] == {"type": "text", "token": "", "last": True}   # old cycle closed
+        assert "".join(texts(frames)) == "A large pepperoni, coming up."
+        assert closers(frames) == 2
+    assert call.history[1:] == (
+        {"role": "user", "content": [{"text": "when are you open?"}]},
+        {"role": "assistant", "content": [{"text": "We"}]},
+        {"role": "user", "content": [{"text": "and I'd like a large pepperoni"}]},
+        {"role": "assistant", "content": [{"text": "A large pepperoni, coming up."}]},
+    )
+    assert call.report.turns.superseded == 1
+
+
+def order_registry(runs: list[float], *, duration_s: float = 3.0,
+                   started: trio.Event | None = None) -> ToolRegistry:
+    registry = ToolRegistry()
+    started = started if started is not None else trio.Event()
+
+    async def place(ctx: Any, args: Any) -> dict[str, Any]:
+        started.set()
+        await trio.sleep(duration_s)
+        runs.append(trio.current_time())
+        return {"status": "placed", "order_number": 42}
+
+    async def lookup(ctx: Any, args: Any) -> dict[str, Any]:
+        started.set()
+        await trio.sleep(duration_s)
+        runs.append(-1.0)
+        return {"minutes": 20}
+
+    registry.register(ToolDefinition("placeOrder", place, side_effect=True, timeout_s=10))
+    registry.register(ToolDefinition("pickupTime", lookup, timeout_s=10))
+    return registry
+
+
+TOOLS = [{"name": "placeOrder", "description": "Place the order",
+          "input_schema": {"type": "object", "properties": {"item": {"type": "string"}},
+                           "required": ["item"]}},
+         {"name": "pickupTime", "description": "Minutes to pickup"}]
+
+
+async def test_side_effect_tool_completes_under_barge_in_and_is_recorded(
+        autojump_clock: Any) -> None:
+    runs: list[float] = []
+    started = trio.Event()
+    llm = FakeLLM([tool_use("tu_1", "placeOrder", {"item": "pizza"}, before="Placing it now."),
+                   words("Your order number is 42.")])
+    async with open_test_call(llm, use_case=plain_use_case(tools=TOOLS),
+                              registry=order_registry(runs, started=started)) as call:
+        call.say("order a pizza")
+        await started.wait()
+        call.interrupt(heard="Placing it now.")
+        interrupted_at = trio.current_time()
+        await trio.sleep(10)
+        assert runs == [interrupted_at + 3.0]             # ran to completion, once
+        assert texts(call.socket.pending())[-1] == " now."
+    assert call.history[2:] == (
+        {"role": "assistant", "content": [
+            {"text": "Placing it now."},
+            {"toolUse": {"toolUseId": "tu_1", "name": "placeOrder", "input": {"item": "pizza"}}}]},
+        {"role": "user", "content": [{"toolResult": {
+            "toolUseId": "tu_1", "content": [{"json": {"status": "placed", "order_number": 42}}],
+            "status": "success"}}]},
+    )
+
+
+async def test_tool_without_side_effects_is_abandoned_on_barge_in(autojump_clock: Any) -> None:
+    runs: list[float] = []
+    started = trio.Event()
+    llm = FakeLLM([tool_use("tu_1", "pickupTime", before="Let me check."), words("Ok.")])
+    async with open_test_call(llm, use_case=plain_use_case(tools=TOOLS),
+                              registry=order_registry(runs, started=started)) as call:
+        call.say("when can I pick up?")
+        await started.wait()
+        call.interrupt(heard="Let me check.")
+        await trio.sleep(10)
+        assert runs == []                                # cancelled, never finished
+    assert call.history[-1] == {"role": "assistant", "content": [{"text": "Let me check."}]}
+    assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
+
+
+async def test_tool_round_text_reaches_caller_before_tool_runs(autojump_clock: Any) -> None:
+    runs: list[float] = []
+    llm = FakeLLM([tool_use("tu_1", "pickupTime", before="One moment."),
+                   words("About twenty minutes.")])
+    async with open_test_call(llm, use_case=plain_use_case(tools=TOOLS),
+                              registry=order_registry(runs, duration_s=2.0)) as call:
+        call.say("pickup time?")
+        text, frames = await call.reply()
+        assert text == "One moment. About twenty minutes."
+        assert closers(frames) == 1                      # one cycle across the tool round
+    assert [m["role"] for m in call.history] == ["assistant", "user", "assistant", "user",
+                                                 "assistant"]
+    assert not llm.violations
+    assert llm.requests[1].messages[-1]["content"][0]["toolResult"]["content"] == [
+        {"json": {"minutes": 20}}]
+
+
+async def test_invalid_tool_input_becomes_an_error_result(autojump_clock: Any) -> None:
+    llm = FakeLLM([tool_use("tu_1", "placeOrder", {"item": 5}), words("Sorry, which item?")])
+    async with open_test_call(llm, use_case=plain_use_case(tools=TOOLS),
+                              registry=order_registry([])) as call:
+        call.say("order")
+        text, _ = await call.reply()
+        assert text == "Sorry, which item?"
+    result = call.history[3]["content"][0]["toolResult"]
+    assert result["status"] == "error"
+    assert "item" in result["content"][0]["text"]
+
+
+async def test_too_many_tool_rounds_end_with_a_spoken_fallback(autojump_clock: Any) -> None:
+    def script(request: Any) -> list[Any]:
+        return tool_use(f"tu_{len(request.messages)}", "pickupTime")
+
+    llm = FakeLLM(script)
+    async with open_test_call(llm, use_case=plain_use_case(tools=TOOLS),
+                              registry=order_registry([], duration_s=0.1)) as call:
+        call.say("loop forever")
+        text, frames = await call.reply()
+        assert "longer than it should" in text
+        assert closers(frames) == 1
+    assert len(llm.requests) == 5          # 4 tool rounds (the default limit), then no more
+    assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("script", "expected"), [
+    ([ModelThrottled("throttlingException", "slow down")], "having a little trouble"),
+    ([0.1, TextDelta("We open"), ModelStreamFailed("modelStreamErrorException", "x")],
+     "We open Sorry, I lost my train of thought"),
+])
+async def test_model_error_is_spoken_and_history_stays_valid(
+        autojump_clock: Any, script: list[Any], expected: str) -> None:
+    llm = FakeLLM([script, words("Back again.")])
+    async with open_test_call(llm) as call:
+        call.say("hours?")
+        text, frames = await call.reply()
+        assert text.startswith(expected) or expected in text
+        assert closers(frames) == 1
+        call.say("hours please")
+        text, _ = await call.reply()
+        assert text == "Back again."
+    assert not llm.violations
+    assert call.report.turns.model_errors == 1
+
+
+async def test_hang_up_mid_stream_tears_down_in_bounded_time_and_flushes(
+        autojump_clock: Any) -> None:
+    llm = FakeLLM([words(REPLY, gap_s=1.0)])
+    async with open_test_call(llm) as call:
+        call.say("hours?")
+        await call.frame()
+        start = trio.current_time()
+        await call.hang_up()
+        assert trio.current_time() - start < 1.0
+    assert llm.open_streams == 0
+    assert call.writer.flushed == [call.report.call_sid]
+    persisted = [m for _, _, m, _ in call.writer.persisted]
+    assert persisted == list(call.history)
+    assert [i for _, i, _, _ in call.writer.persisted] == list(range(len(call.history)))
+
+
+async def test_one_writer_sends_every_frame(autojump_clock: Any) -> None:
+    registry = ToolRegistry()
+
+    async def hold(ctx: Any, args: Any) -> dict[str, Any]:
+        from actors.messages import Play
+        await ctx.send(Play("https://example.com/hold.mp3"))
+        return {"ok": True}
+
+    registry.register(ToolDefinition("hold", hold))
+    llm = FakeLLM([tool_use("tu_1", "hold", before="Hold on."), words("Done.")])
+    use_case = plain_use_case(tools=[{"name": "hold", "description": "hold music"}])
+    async with open_test_call(llm, use_case=use_case, registry=registry) as call:
+        call.say("hold please")
+        _, frames = await call.reply()
+        assert {"type": "play", "source": "https://example.com/hold.mp3"} in frames
+    assert len(call.socket.senders) == 1
+    assert "relay_writer" in next(iter(call.socket.senders))
+
+
+async def test_a_broken_call_does_not_touch_another(autojump_clock: Any) -> None:
+    healthy = FakeLLM([words(REPLY)])
+    broken = FakeLLM([[0.1, RuntimeError("a bug in a backend")]])
+    async with open_test_call(healthy) as good, open_test_call(broken) as bad:
+        bad.say("crash please")
+        good.say("hours?")
+        text, _ = await good.reply()
+        assert "We" + text == REPLY or text == REPLY
+        with trio.fail_after(5):
+            await bad.done.wait()
+        assert bad.report.ended_by == "error"
+        assert bad.socket.closed_with == (1011, "internal error")
+        good.say("thanks")
+        await good.reply()
+    assert good.report.ended_by == "hangup"
+
+
+async def test_dtmf_handler_reply_and_multi_digit_entry(autojump_clock: Any) -> None:
+    use_case = plain_use_case(dtmf={"handlers": {"1": {"reply": "We open at nine."}},
+                                    "idle_timeout_s": 2.0})
+    llm = FakeLLM([words("Order 4 2 7 is on its way.")])
+    async with open_test_call(llm, use_case=use_case) as call:
+        call.dtmf("1")
+        text, _ = await call.reply()
+        assert text == "We open at nine."
+        assert llm.requests == []                        # a reply handler needs no model
+        for digit in "427":
+            call.dtmf(digit)
+        pressed_at = trio.current_time()
+        await call.frame()
+        assert trio.current_time() - pressed_at == pytest.approx(2.0 + 0.2)
+        await call.reply()
+    assert call.history[1] == {"role": "user", "content": [
+        {"text": "(The caller pressed 1 on the keypad.)"}]}
+    assert call.history[3] == {"role": "user", "content": [
+        {"text": "(The caller pressed 427 on the keypad.)"}]}
+
+
+async def test_malformed_frames_are_counted_and_the_call_goes_on(autojump_clock: Any) -> None:
+    llm = FakeLLM([words("Fine.")])
+    async with open_test_call(llm) as call:
+        for frame in (b"\x00binary", "{not json", '{"type": "surprise"}', "[1, 2]",
+                      '{"type": "prompt", "voicePrompt": 7}', "x" * 70_000):
+            call.socket.push(frame)
+        call.say("still there?")
+        text, _ = await call.reply()
+        assert text == "Fine."
+    assert sum(call.report.frames.rejected.values()) == 6
+
+
+async def test_stream_end_without_text_still_records_valid_history(autojump_clock: Any) -> None:
+    llm = FakeLLM([[0.1, StreamEnd("end_turn")], words("Hello?")])
+    async with open_test_call(llm) as call:
+        call.say("hmm")
+        await trio.sleep(1)
+        assert call.socket.pending() == []              # nothing spoken, nothing to close
+        call.say("hello?")
+        text, _ = await call.reply()
+        assert text == "Hello?"
+    assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]

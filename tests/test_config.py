@@ -1,0 +1,143 @@
+"""The shipped config loads, fits the tool registry, and bad files fail with exact key paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from voiceagent.errors import ConfigError
+from voiceagent.llm.scripted import ScriptedLLM
+from voiceagent.tools.registry import default_registry
+from voiceagent.usecases import (
+    CURRENT_DATE_MARK,
+    USER_CONTEXT_MARK,
+    UseCase,
+    load_profiles_file,
+    load_use_case_file,
+)
+
+CONFIG = Path(__file__).parent.parent / "config"
+SHIPPED = ("restaurantOrderingUseCase", "albertEinsteinUseCase")
+MINIMAL = "name: demo\nprompt: Say hello.\n"
+
+
+def _shipped() -> dict[str, UseCase]:
+    return {name: load_use_case_file(CONFIG / "usecases" / f"{name}.yaml") for name in SHIPPED}
+
+
+def _load_error(tmp_path: Path, text: str) -> tuple[Path, ConfigError]:
+    path = tmp_path / "usecase.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_use_case_file(path)
+    return path, caught.value
+
+
+def test_shipped_use_cases_load_and_fit_the_registry() -> None:
+    use_cases = _shipped()
+    registry = default_registry()
+    for name, uc in use_cases.items():
+        assert uc.name == name
+        assert USER_CONTEXT_MARK in uc.prompt
+        assert CURRENT_DATE_MARK in uc.prompt
+        assert uc.time_zone == "America/Los_Angeles"
+        assert uc.relay["transcriptionProvider"] == "Deepgram"
+        assert uc.relay["speechModel"] == "nova-3-general"
+        assert 8 <= len(uc.scripted.rules) <= 15
+        registry.check_use_case(uc)
+    ScriptedLLM.from_use_cases(use_cases.values())   # every rule's regex compiles
+
+
+def test_restaurant_use_case_declares_its_tools_and_keys() -> None:
+    uc = _shipped()["restaurantOrderingUseCase"]
+    assert [t.name for t in uc.tools] == [
+        "PlaceOrderFunction", "CheckRestaurantPickUpTime", "CheckRestaurantDeliveryTime",
+        "liveAgentHandoff", "endCall"]
+    assert (uc.relay["ttsProvider"], uc.relay["voice"]) == ("Google", "en-US-Journey-O")
+    assert uc.relay["dtmfDetection"] is True
+    assert uc.relay["interruptible"] == "any"
+    assert uc.dtmf.handlers["0"].tool == "liveAgentHandoff"
+    assert uc.dtmf.handlers["2"].tool == "CheckRestaurantPickUpTime"
+    assert uc.handoff.mode == "enqueue"
+    assert uc.handoff.queue
+    order = uc.tool("PlaceOrderFunction")
+    assert order is not None
+    assert order.input_schema["properties"]["order_type"]["enum"] == ["pickup", "delivery"]
+    ruled = {r.tool.name for r in uc.scripted.rules if r.tool is not None}
+    assert ruled == {t.name for t in uc.tools}
+
+
+def test_profiles_load_and_name_shipped_use_cases() -> None:
+    profiles = load_profiles_file(CONFIG / "profiles.yaml")
+    assert 2 <= len(profiles) <= 3
+    assert all(p.phone.startswith("+1555") for p in profiles)
+    assert {p.use_case for p in profiles} <= set(SHIPPED)
+
+
+def test_unknown_key_names_file_and_dotted_path(tmp_path: Path) -> None:
+    path, err = _load_error(tmp_path, MINIMAL + (
+        "tools:\n  - name: endCall\n    description: Hang up.\n    inpt_schema: {}\n"))
+    assert err.path == str(path)
+    assert err.key_path == "tools[0].inpt_schema"
+    assert "unknown key" in err.problem
+    assert str(path) in str(err)
+
+
+def test_unknown_nested_dtmf_key(tmp_path: Path) -> None:
+    _, err = _load_error(tmp_path, MINIMAL + 'dtmf:\n  handlers:\n    "1":\n      say: hi\n')
+    assert err.key_path == "dtmf.handlers.1.say"
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    _, err = _load_error(tmp_path, MINIMAL + "inference:\n  max_tokens: lots\n")
+    assert err.key_path == "inference.max_tokens"
+    assert "integer" in err.problem
+
+
+def test_bad_regex(tmp_path: Path) -> None:
+    _, err = _load_error(tmp_path, MINIMAL + (
+        "scripted:\n  rules:\n    - match: hello\n      reply: Hi.\n"
+        "    - match: (unclosed\n      reply: Oops.\n"))
+    assert err.key_path == "scripted.rules[1].match"
+    assert "regular expression" in err.problem
+
+
+def test_unknown_relay_attribute(tmp_path: Path) -> None:
+    _, err = _load_error(tmp_path, MINIMAL + "relay:\n  interruptByDtmf: true\n")
+    assert err.key_path == "relay"
+    assert "interruptByDtmf" in err.problem
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    _, err = _load_error(tmp_path, "name: demo\n")
+    assert err.key_path == "prompt"
+
+
+def test_bad_time_zone(tmp_path: Path) -> None:
+    _, err = _load_error(tmp_path, MINIMAL + "time_zone: Mars/Olympus\n")
+    assert err.key_path == "time_zone"
+
+
+def test_bad_e164(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.yaml"
+    path.write_text('profiles:\n  - phone: "+15555550100"\n  - phone: "4155550100"\n',
+                    encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_profiles_file(path)
+    assert caught.value.path == str(path)
+    assert caught.value.key_path == "profiles[1].phone"
+    assert "E.164" in caught.value.problem
+
+
+def test_bad_yaml(tmp_path: Path) -> None:
+    path, err = _load_error(tmp_path, "name: demo\nprompt: [unclosed\n")
+    assert err.path == str(path)
+    assert err.key_path == "line 3"
+    assert err.problem.startswith("not valid YAML")
+
+
+def test_not_a_mapping(tmp_path: Path) -> None:
+    _, err = _load_error(tmp_path, "- just\n- a list\n")
+    assert err.key_path == ""
+    assert "mapping" in err.problem

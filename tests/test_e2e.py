@@ -1,0 +1,205 @@
+"""End to end: the real server on 127.0.0.1 and a real WebSocket client playing Twilio.
+
+Real sockets mean real time: each test has a time limit, and the scripted model's delays are
+a few milliseconds so the suite stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
+from voiceagent.caller import CallerError, Identity, open_call, post_form, release_transport
+from voiceagent.signature import sign
+
+STORY_START = "Once upon a time"
+
+
+async def test_greeting_twiml_and_a_turn(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                assert call.target.greeting == "Hello, this is Test Pizza."
+                assert call.target.attributes["dtmfDetection"] == "true"
+                assert call.target.action == server.url + "/action"
+                assert set(call.target.parameters) == {"sessionToken"}
+                await call.say("what are your hours?")
+                reply = await call.read_reply()
+                assert reply.text.startswith("We are open from eleven")
+                assert reply.closed
+                await call.hang_up()
+            await _wait_calls_done(server)
+            report = server.runtime.calls.reports[-1]
+    assert report.history is not None
+    assert report.history.messages[0] == {
+        "role": "assistant", "content": [{"text": "Hello, this is Test Pizza."}]}
+
+
+async def test_barge_in_mid_stream(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                await call.say("tell me a story")
+                tokens = []
+                while len(tokens) < 4:
+                    frame = await call.receive()
+                    assert frame is not None
+                    tokens.append(frame["token"])
+                heard = await call.interrupt()
+                assert heard.startswith(STORY_START)
+                after = []
+                with trio.move_on_after(0.5):
+                    while (frame := await call.receive()) is not None:
+                        after.append(frame)
+                # frames already on the wire may arrive; then exactly one closer, then nothing
+                closers = [f for f in after if f.get("last")]
+                assert len(closers) == 1
+                assert after[-1] == {"type": "text", "token": "", "last": True}
+                assert len(after) <= 3
+                await call.hang_up()
+            await _wait_calls_done(server)
+            history = server.runtime.calls.reports[-1].history
+    assert history is not None
+    assert history.messages[-1]["content"][0]["text"] == heard.strip()
+
+
+async def test_prompt_during_a_stream_answers_the_new_prompt(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                await call.say("tell me a story")
+                first = await call.receive()
+                assert first is not None
+                assert first["token"] == "Once"
+                await call.say("what are your hours?")
+                story_rest, hours = await call.read_reply(), await call.read_reply()
+                assert story_rest.closed                 # the story's cycle closed, cut short
+                assert len(story_rest.tokens) < 40
+                assert hours.text.startswith("We are open")
+                await call.hang_up()
+            await _wait_calls_done(server)
+            history = server.runtime.calls.reports[-1].history
+    assert history is not None
+    users = [m for m in history.messages if m["role"] == "user"]
+    said = [b["text"] for m in users for b in m["content"]]
+    assert said == ["tell me a story", "what are your hours?"]
+
+
+async def test_dtmf_and_tool_through_the_server(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                await call.dtmf("1")
+                reply = await call.read_reply()
+                assert reply.text == "We are open from eleven to nine."
+                await call.say("when can I pick up my order?")
+                reply = await call.read_reply()
+                assert reply.text.startswith("Your order will be ready in")
+                await call.hang_up()
+
+
+async def test_hang_up_mid_stream_persists_the_conversation(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            identity = Identity()
+            async with open_call(server.url, auth_token=AUTH_TOKEN, identity=identity) as call:
+                await call.say("tell me a story")
+                assert (await call.receive()) is not None
+                await call.hang_up()
+            await _wait_calls_done(server)
+            items = await server.runtime.store.query(identity.call_sid, "chat::")
+            session = await server.runtime.store.get(identity.call_sid, "connection")
+    assert session is not None
+    roles = [item["chat"]["role"] for item in items]
+    assert roles[:2] == ["assistant", "user"]
+
+
+async def test_hostile_frames_beside_a_healthy_call(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as bad, \
+                    open_call(server.url, auth_token=AUTH_TOKEN) as good:
+                for frame in (b"\x00\x01binary", "{broken json", '{"type": "mystery"}',
+                              '{"type": "prompt", "voicePrompt": ["x"]}', "y" * 100_000):
+                    await bad.send_raw(frame)
+                await good.say("what are your hours?")
+                assert (await good.read_reply()).text.startswith("We are open")
+                await bad.say("what are your hours?")
+                assert (await bad.read_reply()).text.startswith("We are open")
+                await bad.hang_up()
+                await good.hang_up()
+            await _wait_calls_done(server)
+            rejected = [sum(r.frames.rejected.values()) for r in server.runtime.calls.reports]
+    assert sorted(rejected) == [0, 5]
+
+
+async def test_fifty_concurrent_calls(tmp_path: Path) -> None:
+    results: list[str] = []
+    with trio.fail_after(60):
+        async with running_server(make_settings(tmp_path)) as server:
+            async def one_call(n: int) -> None:
+                async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                    await call.say("what are your hours?")
+                    results.append((await call.read_reply()).text)
+                    await call.hang_up()
+
+            async with trio.open_nursery() as nursery:
+                for n in range(50):
+                    nursery.start_soon(one_call, n)
+            await _wait_calls_done(server)
+            assert server.runtime.calls.total == 50
+    assert len(results) == 50
+    assert all(text.startswith("We are open") for text in results)
+
+
+async def test_unsigned_requests_are_refused(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            with pytest.raises(CallerError, match="403"):
+                await post_form(server.url + "/twiml", {"CallSid": "CA1", "From": "+1"})
+            assert await upgrade_status(server.url, "/relay") == 403
+            signed = {"X-Twilio-Signature": sign(AUTH_TOKEN, "ws://elsewhere.example/relay")}
+            assert await upgrade_status(server.url, "/relay", signed) == 403
+
+
+async def test_socket_with_a_wrong_session_token_is_closed(tmp_path: Path) -> None:
+    """A signed handshake is replayable (it covers only the URL); the token minted by the
+    signed /twiml request is what binds a socket to a call."""
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path, VALIDATE_SIGNATURES="false",
+                                                DEMO="true")) as server:
+            form = {"CallSid": "CA" + "7" * 32, "From": "+15555550100", "To": "+15555550199"}
+            await post_form(server.url + "/twiml", form)
+            async with open_websocket_url(server.url.replace("http", "ws") + "/relay") as ws:
+                await ws.send_message(json.dumps({
+                    "type": "setup", "sessionId": "VX1", "callSid": form["CallSid"],
+                    "customParameters": {"sessionToken": "forged"}}))
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.get_message()
+                await release_transport(ws)
+            assert closed.value.reason.code == 1008
+            await server.runtime.calls.wait_idle()
+    assert server.runtime.calls.reports[-1].ended_by == "rejected"
+
+
+async def upgrade_status(base_url: str, path: str,
+                         headers: dict[str, str] | None = None) -> int:
+    """The HTTP status a WebSocket upgrade gets, by hand (trio-websocket 0.12 leaks the TCP
+    stream of a rejected handshake, which the warnings-as-errors policy would flag)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
+             "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+             "Sec-WebSocket-Version: 13", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    async with await trio.open_tcp_stream(host, int(port)) as stream:
+        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = await stream.receive_some(4096)
+    return int(head.split(b" ", 2)[1])
+
+
+async def _wait_calls_done(server: RunningServer) -> None:
+    await server.runtime.calls.wait_idle()

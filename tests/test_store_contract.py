@@ -1,0 +1,124 @@
+"""Every backend against the store contract (``tests/store_contract.py``), then what is
+particular to the SQLite file.
+
+A backend is a name in ``BACKENDS`` mapping to a factory that opens a fresh, empty store for
+one test; a DynamoDB entry (moto's server mode on 127.0.0.1, a table per test) slots in there.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.store_contract import CHECKS, Check
+from voiceagent.errors import StoreError
+from voiceagent.store.base import Store
+from voiceagent.store.sqlite import SqliteStore, open_sqlite_store
+
+BackendFactory = Callable[[Path], AbstractAsyncContextManager[Store]]
+
+
+@asynccontextmanager
+async def _sqlite_backend(tmp_path: Path) -> AsyncIterator[Store]:
+    async with open_sqlite_store(tmp_path / "data" / "store.db",
+                                 limiter=trio.CapacityLimiter(4)) as store:
+        yield store
+
+
+BACKENDS: dict[str, BackendFactory] = {"sqlite": _sqlite_backend}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    async with BACKENDS[request.param](tmp_path) as opened:
+        yield opened
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
+async def test_contract(store: Store, check: Check) -> None:
+    with trio.fail_after(10):
+        await check(store)
+
+
+# ------------------------------------------------------------------ SQLite in particular
+
+
+async def test_sqlite_keeps_items_across_reopen_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "folders" / "store.db"
+    limiter = trio.CapacityLimiter(2)
+    with trio.fail_after(10):
+        async with open_sqlite_store(path, limiter=limiter) as first:
+            assert first.name == f"sqlite:{path}"
+            await first.put({"pk": "a", "sk": "b", "n": 1})
+        async with open_sqlite_store(path, limiter=limiter) as second:
+            assert await second.get("a", "b") == {"pk": "a", "sk": "b", "n": 1}
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_sqlite_removes_expired_items_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    limiter = trio.CapacityLimiter(2)
+    with trio.fail_after(10):
+        async with open_sqlite_store(path, limiter=limiter) as store:
+            await store.put_many([{"pk": "old", "sk": "x", "expireAt": 1_000},
+                                  {"pk": "new", "sk": "x", "expireAt": 4_000_000_000},
+                                  {"pk": "forever", "sk": "x"}])
+            assert await store.get("old", "x") is not None     # reads do not hide them
+        async with open_sqlite_store(path, limiter=limiter) as store:
+            assert await store.get("old", "x") is None
+            assert await store.get("new", "x") is not None
+            assert await store.get("forever", "x") is not None
+
+
+async def test_sqlite_open_error_names_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where a folder should be")
+    path = blocker / "store.db"
+    with trio.fail_after(10), pytest.raises(StoreError, match=re.escape(str(path))):
+        async with open_sqlite_store(path, limiter=trio.CapacityLimiter(1)):
+            pass
+
+
+async def test_sqlite_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with trio.fail_after(10), pytest.raises(StoreError, match=re.escape(str(path))):
+        async with open_sqlite_store(path, limiter=trio.CapacityLimiter(1)):
+            pass
+
+
+async def test_sqlite_closed_store_raises_store_error(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_sqlite_store(tmp_path / "s.db",
+                                     limiter=trio.CapacityLimiter(1)) as store:
+            pass
+        assert isinstance(store, SqliteStore)
+        await store.aclose()                                  # idempotent
+        with pytest.raises(StoreError, match="closed"):
+            await store.get("a", "b")
+
+
+async def test_sqlite_many_concurrent_callers_share_the_limiter(tmp_path: Path) -> None:
+    limiter = trio.CapacityLimiter(2)
+    with trio.fail_after(10):
+        async with open_sqlite_store(tmp_path / "s.db", limiter=limiter) as store:
+            async with trio.open_nursery() as nursery:
+                for i in range(30):
+                    nursery.start_soon(store.put, {"pk": "p", "sk": f"{i:02d}"})
+            assert len(await store.query("p")) == 30
+            assert limiter.borrowed_tokens == 0
+
+
+async def test_sqlite_rejects_limit_below_one(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with open_sqlite_store(tmp_path / "s.db",
+                                     limiter=trio.CapacityLimiter(1)) as store:
+            with pytest.raises(ValueError, match="limit"):
+                await store.query("p", limit=0)

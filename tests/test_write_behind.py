@@ -1,0 +1,338 @@
+"""The write-behind queue against a fake store that can go down: order, batching, retries,
+refusals and flush deadlines, all in trio's virtual time (``autojump_clock``)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from voiceagent.errors import StoreError
+from voiceagent.store.base import BATCH_LIMIT, Item
+from voiceagent.store.write_behind import StoreRejected, WriteBehind
+
+Key = tuple[str, str]
+LOGGER = "voiceagent.store.write_behind"
+
+
+class FakeStore:
+    """Records every ``put_many`` attempt with its virtual time. ``down`` makes attempts fail
+    (transient); keys in ``refuse`` make a batch holding them fail permanently."""
+
+    name = "fake"
+
+    def __init__(self, latency_s: float = 0.0) -> None:
+        self.latency_s = latency_s
+        self.down = False
+        self.refuse: set[Key] = set()
+        self.bug: set[Key] = set()
+        self.items: dict[Key, Item] = {}
+        self.attempts: list[tuple[float, list[Key]]] = []
+        self.batches: list[list[Key]] = []           # the attempts that succeeded
+
+    @property
+    def written(self) -> list[Key]:
+        return [key for batch in self.batches for key in batch]
+
+    async def put_many(self, items: Sequence[Item]) -> None:
+        keys = [(item["pk"], item["sk"]) for item in items]
+        self.attempts.append((trio.current_time(), keys))
+        await trio.sleep(self.latency_s)
+        if self.down:
+            raise StoreError("fake store is down")
+        if self.refuse.intersection(keys):
+            raise StoreRejected("fake store refuses this item")
+        if self.bug.intersection(keys):
+            raise TypeError("a bug in a backend")
+        self.batches.append(keys)
+        self.items.update(zip(keys, (dict(item) for item in items), strict=True))
+
+    async def put(self, item: Item) -> None:
+        await self.put_many([item])
+
+    async def get(self, pk: str, sk: str) -> Item | None:
+        await trio.lowlevel.checkpoint()
+        return self.items.get((pk, sk))
+
+    async def query(self, pk: str, sk_prefix: str = "", *, descending: bool = False,
+                    limit: int | None = None) -> list[Item]:
+        raise NotImplementedError
+
+    async def query_index(self, pk1: str, sk1_prefix: str = "", *, descending: bool = False,
+                          limit: int | None = None) -> list[Item]:
+        raise NotImplementedError
+
+    async def delete(self, pk: str, sk: str) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+def chat(call_sid: str, n: int, **extra: Any) -> Item:
+    return {"pk": call_sid, "sk": f"chat::{n:04d}", **extra}
+
+
+def attempt_times(store: FakeStore) -> list[float]:
+    return [round(at, 6) for at, _ in store.attempts]
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER]
+
+
+async def test_order_holds_and_batches_stay_within_the_limit(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = FakeStore(latency_s=0.01)
+    writer = WriteBehind(store, jitter=lambda: 1.0)
+    submitted = [chat(f"CA{i % 3}", i) for i in range(70)]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            for item in submitted:
+                writer.submit(item, call_sid=item["pk"])
+            assert writer.statistics().pending == 70
+            assert await writer.flush(timeout_s=5.0)
+            assert trio.current_time() == pytest.approx(0.03)      # three batches, 10 ms each
+            nursery.cancel_scope.cancel(reason="test over")
+    assert [len(batch) for batch in store.batches] == [BATCH_LIMIT, BATCH_LIMIT, 20]
+    assert store.written == [(i["pk"], i["sk"]) for i in submitted]
+    for call in ("CA0", "CA1", "CA2"):
+        own = [key for key in store.written if key[0] == call]
+        assert own == sorted(own)
+    stats = writer.statistics()
+    assert (stats.pending, stats.written, stats.failed, stats.retries) == (0, 70, 0, 0)
+    assert stats.oldest_pending_age_s == 0.0
+    assert not stats.store_down
+
+
+async def test_a_batch_never_writes_one_key_twice(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = FakeStore()
+    writer = WriteBehind(store)
+    session = {"pk": "CA1", "sk": "connection"}
+    sequence = [{**session, "v": 1}, chat("CA1", 1), {**session, "v": 2}, chat("CA1", 2),
+                {**session, "v": 3}]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            for item in sequence:
+                writer.submit(item, call_sid="CA1")
+            assert await writer.flush("CA1", timeout_s=1.0)
+            nursery.cancel_scope.cancel(reason="test over")
+    assert store.batches == [[("CA1", "connection"), ("CA1", "chat::0001")],
+                             [("CA1", "connection"), ("CA1", "chat::0002")],
+                             [("CA1", "connection")]]
+    assert store.items[("CA1", "connection")]["v"] == 3             # the last one won
+
+
+async def test_retries_with_backoff_while_down_then_drains_in_order(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    store = FakeStore()
+    store.down = True
+    writer = WriteBehind(store, jitter=lambda: 1.0)
+
+    async def recover_at(at: float) -> None:
+        await trio.sleep_until(at)
+        store.down = False
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            nursery.start_soon(recover_at, 1.0)
+            for n in range(3):
+                writer.submit(chat("CA1", n, secret="card 4111"), call_sid="CA1")
+            await trio.sleep(0.5)
+            writer.submit(chat("CA2", 0), call_sid="CA2")
+            stats = writer.statistics()
+            assert (stats.pending, stats.written, stats.store_down) == (4, 0, True)
+            assert stats.oldest_pending_age_s == pytest.approx(0.5)
+            assert stats.retries == 3                               # at 0.05, 0.15, 0.35
+            assert await writer.flush(timeout_s=10.0)
+            assert trio.current_time() == pytest.approx(1.55)
+            nursery.cancel_scope.cancel(reason="test over")
+    # 0 fails, then waits of 0.05, 0.1, 0.2, 0.4, 0.8; the store is back at 1.0
+    assert attempt_times(store) == [0.0, 0.05, 0.15, 0.35, 0.75, 1.55, 1.55]
+    assert all(keys == store.attempts[0][1] for _, keys in store.attempts[:6])  # same batch
+    assert store.written == [("CA1", "chat::0000"), ("CA1", "chat::0001"),
+                             ("CA1", "chat::0002"), ("CA2", "chat::0000")]
+    assert writer.statistics().retries == 5
+    logged = messages(caplog)
+    assert logged.count("store writes failing, retrying with backoff") == 1
+    assert logged.count("store writes recovered") == 1
+    recovered = next(r for r in caplog.records if r.getMessage() == "store writes recovered")
+    assert vars(recovered)["retries"] == 5
+    assert "4111" not in caplog.text
+
+
+async def test_backoff_is_capped(autojump_clock: trio.testing.MockClock) -> None:
+    store = FakeStore()
+    store.down = True
+    writer = WriteBehind(store, jitter=lambda: 1.0)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            writer.submit(chat("CA1", 0), call_sid="CA1")
+            await trio.sleep(30)
+            nursery.cancel_scope.cancel(reason="test over")
+    times = attempt_times(store)
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(times)]
+    assert gaps[:10] == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0]
+    assert writer.statistics().pending == 1
+
+
+async def test_default_jitter_keeps_delays_between_half_and_full(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = FakeStore()
+    store.down = True
+    writer = WriteBehind(store)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            writer.submit(chat("CA1", 0), call_sid="CA1")
+            await trio.sleep(20)
+            nursery.cancel_scope.cancel(reason="test over")
+    times = attempt_times(store)
+    for n, (a, b) in enumerate(itertools.pairwise(times)):
+        full = min(5.0, 0.05 * 2**n)
+        assert full / 2 - 1e-6 <= b - a <= full + 1e-6
+
+
+async def test_refused_item_is_dropped_counted_and_logged_by_key(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    store = FakeStore()
+    bad = {"pk": "+15555550123", "sk": "profile", "firstName": "Secretname"}
+    store.refuse.add(("+15555550123", "profile"))
+    writer = WriteBehind(store, jitter=lambda: 1.0)
+    items = [chat("CA1", 0), chat("CA1", 1), bad, chat("CA1", 2), chat("CA1", 3)]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            for item in items:
+                writer.submit(item, call_sid="CA1")
+            assert await writer.flush("CA1", timeout_s=1.0)
+            assert trio.current_time() == 0.0                      # no backoff for refusals
+            await trio.sleep(10)                                   # and no retries later
+            nursery.cancel_scope.cancel(reason="test over")
+    assert store.written == [("CA1", "chat::0000"), ("CA1", "chat::0001"),
+                             ("CA1", "chat::0002"), ("CA1", "chat::0003")]
+    tried_bad = [keys for _, keys in store.attempts if ("+15555550123", "profile") in keys]
+    assert len(tried_bad) == 2                  # in its batch, then alone to find it
+    stats = writer.statistics()
+    assert (stats.written, stats.failed, stats.retries, stats.pending) == (4, 1, 0, 0)
+    [record] = [r for r in caplog.records if r.getMessage() == "store refused item, dropped"]
+    assert record.levelno == logging.ERROR
+    assert (vars(record)["pk"], vars(record)["sk"]) == ("+1555***0123", "profile")
+    assert "Secretname" not in caplog.text
+    assert "+15555550123" not in caplog.text
+
+
+async def test_a_backend_bug_costs_the_item_not_the_process(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    store = FakeStore()
+    store.bug.add(("CA1", "chat::0001"))
+    writer = WriteBehind(store)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            for n in range(3):
+                writer.submit(chat("CA1", n), call_sid="CA1")
+            assert await writer.flush(timeout_s=1.0)
+            nursery.cancel_scope.cancel(reason="test over")
+    assert store.written == [("CA1", "chat::0000"), ("CA1", "chat::0002")]
+    assert writer.statistics().failed == 1
+    [record] = [r for r in caplog.records if r.name == LOGGER]
+    assert record.exc_info is not None
+    assert vars(record)["error"] == "TypeError"
+
+
+async def test_flush_times_out_while_the_store_is_down(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    store = FakeStore()
+    store.down = True
+    writer = WriteBehind(store)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            writer.submit(chat("CA1", 0), call_sid="CA1")
+            writer.submit(chat("CA2", 0), call_sid="CA2")
+            writer.submit(chat("CA1", 1), call_sid="CA1")
+            assert not await writer.flush("CA1", timeout_s=2.0)
+            assert trio.current_time() == pytest.approx(2.0)
+            assert not await writer.flush(timeout_s=1.0)
+            assert trio.current_time() == pytest.approx(3.0)
+            nursery.cancel_scope.cancel(reason="test over")
+    timeouts = [r for r in caplog.records if r.getMessage() == "store flush timed out"]
+    assert [(vars(r)["pending"], vars(r)["scope"]) for r in timeouts] == [
+        (2, "call"), (3, "all")]
+    assert writer.statistics().pending == 3
+    assert store.written == []
+
+
+async def test_flush_for_one_call_waits_only_up_to_its_own_items(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = FakeStore(latency_s=1.0)
+    writer = WriteBehind(store)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            assert await writer.flush("CA-none", timeout_s=1.0)   # nothing queued for it
+            assert await writer.flush(timeout_s=1.0)
+            assert trio.current_time() == 0.0
+            writer.submit(chat("CA-A", 0), call_sid="CA-A")
+            for n in range(30):
+                writer.submit(chat("CA-B", n), call_sid="CA-B")
+            assert await writer.flush("CA-A", timeout_s=5.0)
+            assert trio.current_time() == pytest.approx(1.0)       # the first batch only
+            assert writer.statistics().pending == 6
+            assert await writer.flush("CA-B", timeout_s=5.0)
+            assert trio.current_time() == pytest.approx(2.0)
+            nursery.cancel_scope.cancel(reason="test over")
+    assert [len(batch) for batch in store.batches] == [BATCH_LIMIT, 6]
+
+
+async def test_submit_copies_the_item_and_checks_its_keys(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = FakeStore()
+    writer = WriteBehind(store)
+    item = chat("CA1", 0, chat={"role": "user", "content": [{"text": "hi"}]})
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            writer.submit(item, call_sid="CA1")
+            item["chat"]["content"][0]["text"] = "changed later"
+            with pytest.raises(ValueError, match="pk"):
+                writer.submit({"sk": "x"}, call_sid="CA1")
+            assert await writer.flush(timeout_s=1.0)
+            nursery.cancel_scope.cancel(reason="test over")
+    assert store.items[("CA1", "chat::0000")]["chat"]["content"] == [{"text": "hi"}]
+    assert writer.statistics().written == 1
+
+
+async def test_items_submitted_before_run_starts_are_written(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = FakeStore()
+    writer = WriteBehind(store)
+    writer.submit(chat("CA1", 0), call_sid="CA1")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            assert await writer.flush(timeout_s=1.0)
+            nursery.cancel_scope.cancel(reason="test over")
+    assert store.written == [("CA1", "chat::0000")]
+
+
+async def test_only_one_drainer_may_run(autojump_clock: trio.testing.MockClock) -> None:
+    writer = WriteBehind(FakeStore())
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            with pytest.raises(RuntimeError, match="already running"):
+                await writer.run()
+            nursery.cancel_scope.cancel(reason="test over")

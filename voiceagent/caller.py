@@ -1,0 +1,209 @@
+"""Twilio's side of a call, played against any ConversationRelay server.
+
+Used by ``voiceagent call`` (a person types what the caller says), ``voiceagent demo``, the
+end-to-end tests and the load generator: POST the voice webhook as Twilio would (signed when
+an auth token is given), follow the TwiML to the WebSocket (signed handshake), send ``setup``,
+then speak, barge in, press keys and hang up.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import urllib.error
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+
+from voiceagent import signature
+
+HTTP_TIMEOUT_S = 10.0
+
+
+class CallerError(Exception):
+    """Something an ordinary user can fix: server down, bad URL, not a relay TwiML."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    from_number: str = "+15555550100"
+    to_number: str = "+15555550199"
+    call_sid: str = field(default_factory=lambda: "CA" + secrets.token_hex(16))
+    account_sid: str = "AC" + "0" * 32
+
+
+@dataclass(frozen=True)
+class RelayTarget:
+    """What the TwiML told Twilio to do."""
+
+    url: str
+    action: str
+    greeting: str | None
+    attributes: dict[str, str]
+    parameters: dict[str, str]
+
+
+@dataclass
+class Reply:
+    tokens: list[str] = field(default_factory=list)
+    frames: list[dict[str, Any]] = field(default_factory=list)   # every frame of the reply
+    closed: bool = False           # a text frame with last: true arrived
+    ended: dict[str, Any] | None = None                          # an `end` frame
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens)
+
+
+def _post_form(url: str, form: dict[str, str], auth_token: str | None) -> str:
+    data = urllib.parse.urlencode(form).encode()
+    request = urllib.request.Request(url, data=data, method="POST")
+    request.add_header("Content-Type", "application/x-www-form-urlencoded")
+    if auth_token:
+        request.add_header("X-Twilio-Signature", signature.sign(auth_token, url, form))
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+            return str(response.read().decode())
+    except urllib.error.HTTPError as err:
+        raise CallerError(f"{url} answered HTTP {err.code}: {err.read()[:200].decode()}") from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise CallerError(f"cannot reach {url}: {reason}. Is the server running?") from None
+
+
+async def post_form(url: str, form: dict[str, str], auth_token: str | None = None) -> str:
+    """POST a Twilio-style form webhook; returns the body (TwiML)."""
+    return await trio.to_thread.run_sync(_post_form, url, form, auth_token)
+
+
+def parse_relay_twiml(document: str) -> RelayTarget:
+    try:
+        root = ET.fromstring(document)
+    except ET.ParseError as err:
+        raise CallerError(f"the webhook did not answer TwiML: {err}") from None
+    connect = root.find("Connect")
+    relay = connect.find("ConversationRelay") if connect is not None else None
+    if connect is None or relay is None or "url" not in relay.attrib:
+        raise CallerError("the TwiML has no <Connect><ConversationRelay url=...>: "
+                          + document[:200])
+    parameters = {p.attrib["name"]: p.attrib.get("value", "")
+                  for p in relay.findall("Parameter")}
+    return RelayTarget(url=relay.attrib["url"], action=connect.attrib.get("action", ""),
+                       greeting=relay.attrib.get("welcomeGreeting"),
+                       attributes=dict(relay.attrib), parameters=parameters)
+
+
+async def release_transport(ws: WebSocketConnection) -> None:
+    """trio-websocket 0.12 leaves the TCP stream open when the server closes first (its
+    reader stops without closing it, and aclose() then returns early); close it ourselves."""
+    await ws._close_stream()    # no public way to do this in 0.12
+
+
+class RelayCall:
+    """One connected relay session, seen from Twilio's side."""
+
+    def __init__(self, ws: WebSocketConnection, target: RelayTarget, identity: Identity):
+        self.ws = ws
+        self.target = target
+        self.identity = identity
+        self.heard = ""                 # tokens of the talk cycle now "playing"
+        self.closed_by_server: int | None = None
+
+    async def send_json(self, frame: dict[str, Any]) -> None:
+        await self.ws.send_message(json.dumps(frame))
+
+    async def send_raw(self, data: str | bytes) -> None:
+        await self.ws.send_message(data)
+
+    async def setup(self) -> None:
+        await self.send_json({
+            "type": "setup", "sessionId": "VX" + secrets.token_hex(16),
+            "accountSid": self.identity.account_sid, "parentCallSid": "",
+            "callSid": self.identity.call_sid, "from": self.identity.from_number,
+            "to": self.identity.to_number, "forwardedFrom": "", "callType": "PSTN",
+            "callerName": "", "direction": "inbound", "callStatus": "RINGING",
+            "customParameters": self.target.parameters})
+
+    async def say(self, text: str, *, last: bool = True, lang: str = "en-US") -> None:
+        self.heard = ""
+        await self.send_json({"type": "prompt", "voicePrompt": text, "lang": lang,
+                              "last": last})
+
+    async def interrupt(self, heard: str | None = None, duration_ms: int = 500) -> str:
+        """Barge in; by default the caller heard every token received so far."""
+        spoken = self.heard if heard is None else heard
+        await self.send_json({"type": "interrupt", "utteranceUntilInterrupt": spoken,
+                              "durationUntilInterruptMs": duration_ms})
+        self.heard = ""
+        return spoken
+
+    async def dtmf(self, digit: str) -> None:
+        await self.send_json({"type": "dtmf", "digit": digit})
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The next frame from the server, or None when it closed the socket."""
+        try:
+            message = await self.ws.get_message()
+        except ConnectionClosed as closed:
+            self.closed_by_server = closed.reason.code if closed.reason else None
+            await release_transport(self.ws)
+            return None
+        if isinstance(message, bytes):
+            raise CallerError("the server sent a binary frame; ConversationRelay is JSON text")
+        frame: dict[str, Any] = json.loads(message)
+        if frame.get("type") == "text":
+            self.heard += str(frame.get("token", ""))
+        return frame
+
+    async def read_reply(self) -> Reply:
+        """Frames until the talk cycle closes (``last: true``), ``end``, or the socket does."""
+        reply = Reply()
+        while (frame := await self.receive()) is not None:
+            reply.frames.append(frame)
+            if frame.get("type") == "text":
+                if frame.get("token"):
+                    reply.tokens.append(str(frame["token"]))
+                if frame.get("last"):
+                    reply.closed = True
+                    return reply
+            elif frame.get("type") == "end":
+                reply.ended = frame
+                return reply
+        return reply
+
+    async def hang_up(self) -> None:
+        await self.ws.aclose(code=1000, reason="Closing websocket session")
+
+
+@asynccontextmanager
+async def open_call(base_url: str, *, auth_token: str | None = None,
+                    identity: Identity | None = None) -> AsyncIterator[RelayCall]:
+    """Dial ``base_url`` as Twilio would and yield the connected session (setup sent)."""
+    identity = identity or Identity()
+    base = base_url.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise CallerError(f"{base_url!r} is not an http(s) URL; try http://127.0.0.1:3000")
+    form = {"CallSid": identity.call_sid, "AccountSid": identity.account_sid,
+            "From": identity.from_number, "To": identity.to_number,
+            "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}
+    target = parse_relay_twiml(await post_form(base + "/twiml", form, auth_token))
+    headers: list[tuple[bytes, bytes]] = []
+    if auth_token:
+        headers.append((b"X-Twilio-Signature", signature.sign(auth_token, target.url).encode()))
+    try:
+        async with open_websocket_url(target.url, extra_headers=headers,
+                                      connect_timeout=HTTP_TIMEOUT_S) as ws:
+            call = RelayCall(ws, target, identity)
+            await call.setup()
+            yield call
+    except HandshakeError as err:
+        raise CallerError(f"the relay socket at {target.url} refused us: {err}") from None
+    except OSError as err:
+        raise CallerError(f"cannot open the relay socket at {target.url}: {err}") from None

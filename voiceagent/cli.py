@@ -1,0 +1,154 @@
+"""The ``voiceagent`` command: serve, demo, call.
+
+Every subcommand returns an exit code; a domain error prints one clear line (no traceback)
+and returns non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from voiceagent import logs
+from voiceagent.caller import CallerError, Identity, open_call
+from voiceagent.errors import ConfigError, SettingsError
+from voiceagent.settings import Settings
+from voiceagent.terminal import Transcript, interactive, scripted
+
+log = logging.getLogger(__name__)
+
+DEMO_WARNING = ("DEMO MODE: Twilio signature checks are OFF, the model is the offline "
+                "scripted one and state is in a local SQLite file. Never expose this server.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args))
+    except (SettingsError, ConfigError, CallerError) as err:
+        print(f"voiceagent: {err}", file=sys.stderr)
+        return 2
+    except BaseExceptionGroup as group:          # errors from inside a nursery arrive grouped
+        known, rest = group.split((SettingsError, ConfigError, CallerError))
+        if known is None or rest is not None:
+            raise
+        for leaf in _leaves(known):
+            print(f"voiceagent: {leaf}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for err in group.exceptions:
+        out.extend(_leaves(err) if isinstance(err, BaseExceptionGroup) else [err])
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voiceagent", description=__doc__)
+    commands = parser.add_subparsers()
+
+    serve = commands.add_parser("serve", help="run the service (settings from the environment)")
+    serve.set_defaults(run=_serve)
+
+    demo = commands.add_parser("demo", help="run offline and talk to the restaurant agent")
+    demo.add_argument("--say", action="append", default=[], metavar="TEXT",
+                      help="play a scripted caller instead of typing (repeatable)")
+    demo.add_argument("--port", type=int, default=0, help="port to serve on (default: any free)")
+    demo.add_argument("--data-dir", type=Path, default=None,
+                      help="where the SQLite store lives (default: a temporary folder)")
+    demo.add_argument("--from", dest="from_number", default="+15555550100",
+                      help="caller's number (profiles in config/profiles.yaml pick use cases)")
+    demo.add_argument("-v", "--verbose", action="store_true", help="show server logs")
+    demo.set_defaults(run=_demo)
+
+    call = commands.add_parser("call", help="be the caller against a running server")
+    call.add_argument("url", nargs="?", default="http://127.0.0.1:3000",
+                      help="the server's base URL (default http://127.0.0.1:3000)")
+    call.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"),
+                      help="sign requests as Twilio would (default: $TWILIO_AUTH_TOKEN)")
+    call.add_argument("--from", dest="from_number", default="+15555550100")
+    call.add_argument("--to", dest="to_number", default="+15555550199")
+    call.add_argument("--say", action="append", default=[], metavar="TEXT")
+    call.set_defaults(run=_call)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    logs.configure(settings.log_format, settings.log_level)
+    if settings.llm == "bedrock":
+        from voiceagent.llm.bedrock import check_bedrock_ready
+        problems = check_bedrock_ready(settings)
+        if problems:
+            raise SettingsError(problems)
+    trio.run(_serve_async, settings)
+    return 0
+
+
+async def _serve_async(settings: Settings) -> None:
+    from voiceagent.runtime import open_runtime
+    from voiceagent.server import serve
+
+    async with open_runtime(settings) as runtime:
+        await serve(runtime, host=settings.host, port=settings.port)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="voiceagent-demo-") as scratch:
+        settings = Settings.from_env(
+            {k: v for k, v in os.environ.items() if k in ("CONFIG_DIR", "TIME_ZONE")},
+            STORE="sqlite", LLM="scripted", DEMO=True, VALIDATE_SIGNATURES=False,
+            DATA_DIR=str(args.data_dir or scratch), HOST="127.0.0.1", PORT=args.port,
+            LOG_FORMAT="console", LOG_LEVEL="INFO" if args.verbose else "WARNING")
+        logs.configure(settings.log_format, settings.log_level)
+        print(DEMO_WARNING, file=sys.stderr)
+        trio.run(_demo_async, settings, args)
+    return 0
+
+
+async def _demo_async(settings: Settings, args: argparse.Namespace) -> None:
+    from voiceagent.runtime import open_runtime
+    from voiceagent.server import serve
+
+    async with open_runtime(settings) as runtime, trio.open_nursery() as nursery:
+        stop = trio.Event()
+        binds = await nursery.start(lambda task_status: serve(
+            runtime, host=settings.host, port=settings.port, shutdown=stop,
+            task_status=task_status))
+        url = binds[0]
+        print(f"server listening on {url}", file=sys.stderr)
+        try:
+            await _converse(url, None, Identity(from_number=args.from_number), args.say)
+        finally:
+            stop.set()
+
+
+def _call(args: argparse.Namespace) -> int:
+    logs.configure("console", "WARNING")
+    identity = Identity(from_number=args.from_number, to_number=args.to_number)
+    trio.run(_converse, args.url, args.auth_token, identity, args.say)
+    return 0
+
+
+async def _converse(url: str, auth_token: str | None, identity: Identity,
+                    lines: Sequence[str]) -> None:
+    transcript = Transcript()
+    async with open_call(url, auth_token=auth_token, identity=identity) as call:
+        if lines:
+            await scripted(call, lines, transcript)
+        else:
+            await interactive(call, transcript)

@@ -1,0 +1,276 @@
+"""An offline model: regex rules from each use case's ``scripted`` section, streamed with
+fixed delays so demos run without AWS and tests can assert exact virtual timings.
+
+It keeps the parts of Bedrock's contract the runtime depends on: text arrives as word tokens
+(leading space kept, as Converse streams them), a tool call ends the stream with ``tool_use``,
+the turn after a tool result speaks from that result, and in ``strict`` mode a history that
+ConverseStream would refuse raises ``ModelRejected`` just as the real service would. That last
+part is how the tests prove the runtime never sends an invalid history.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from actors.history import converse_problems
+from voiceagent.errors import ModelRejected
+from voiceagent.llm.base import (
+    LLMEvent,
+    LLMRequest,
+    Message,
+    StreamEnd,
+    TextDelta,
+    ToolUseRequest,
+    Usage,
+)
+from voiceagent.usecases import ScriptedConfig, ScriptedRule, UseCase
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FIRST_TOKEN_DELAY_S = 0.25
+DEFAULT_TOKEN_DELAY_S = 0.025
+APOLOGY = "Sorry, I couldn't get that done just now. Could we try that again?"
+DONE = "Okay, that's taken care of."
+_TOKEN = re.compile(r"\s*\S+")
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedStatistics:
+    streams_opened: int
+    streams_open: int                    # generators still running: 0 once every turn is left
+
+
+@dataclass(frozen=True, slots=True)
+class _Script:
+    config: ScriptedConfig
+    patterns: tuple[re.Pattern[str], ...]
+    first_token_delay_s: float
+    token_delay_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    text: str
+    tool: ToolUseRequest | None = None
+
+
+class ScriptedLLM:
+    """Deterministic backend; one instance serves every call (it holds no per-call state)."""
+
+    name = "scripted"
+
+    def __init__(self, scripts: Mapping[str, ScriptedConfig], *,
+                 first_token_delay_s: float = DEFAULT_FIRST_TOKEN_DELAY_S,
+                 token_delay_s: float = DEFAULT_TOKEN_DELAY_S, strict: bool = True) -> None:
+        self._first_token_delay_s = first_token_delay_s
+        self._token_delay_s = token_delay_s
+        self._strict = strict
+        self._scripts = {name: self._prepare(config) for name, config in scripts.items()}
+        self._default = self._prepare(ScriptedConfig())
+        self._opened = 0
+        self._open = 0
+
+    @classmethod
+    def from_use_cases(cls, use_cases: Iterable[UseCase], *,
+                       first_token_delay_s: float = DEFAULT_FIRST_TOKEN_DELAY_S,
+                       token_delay_s: float = DEFAULT_TOKEN_DELAY_S,
+                       strict: bool = True) -> ScriptedLLM:
+        return cls({uc.name: uc.scripted for uc in use_cases},
+                   first_token_delay_s=first_token_delay_s, token_delay_s=token_delay_s,
+                   strict=strict)
+
+    def _prepare(self, config: ScriptedConfig) -> _Script:
+        first, gap = config.first_token_delay_ms, config.token_delay_ms
+        return _Script(
+            config, tuple(re.compile(rule.match, re.IGNORECASE) for rule in config.rules),
+            self._first_token_delay_s if first is None else first / 1000,
+            self._token_delay_s if gap is None else gap / 1000)
+
+    def statistics(self) -> ScriptedStatistics:
+        return ScriptedStatistics(self._opened, self._open)
+
+    @trio.as_safe_channel
+    async def stream(self, request: LLMRequest) -> AsyncGenerator[LLMEvent, None]:
+        """Leaving the context cancels the generator between tokens, like closing Bedrock's
+        stream. Raises ``ModelRejected`` (strict) where ConverseStream would."""
+        if self._strict and (problems := converse_problems(
+                request.messages, tools_configured=bool(request.tools))):
+            raise ModelRejected("ValidationException", "; ".join(problems))
+        script = self._scripts.get(request.use_case, self._default)
+        plan = _plan(script, request)
+        tokens = _TOKEN.findall(plan.text)
+        if not tokens and plan.tool is None:     # say something: an empty turn helps no one
+            tokens = _TOKEN.findall(ScriptedConfig().fallback)
+        self._opened += 1
+        self._open += 1
+        try:
+            started = trio.current_time()
+            first_token_s: float | None = None
+            delay = script.first_token_delay_s
+            for token in tokens:
+                await trio.sleep(delay)
+                delay = script.token_delay_s
+                if first_token_s is None:
+                    first_token_s = trio.current_time() - started
+                yield TextDelta(token)
+            output = len(tokens)
+            if plan.tool is not None:
+                await trio.sleep(delay)
+                output += len(json.dumps(plan.tool.input)) // 4 + 1
+                yield plan.tool
+            usage = Usage(input_tokens=_rough_input_tokens(request), output_tokens=output)
+            yield StreamEnd("tool_use" if plan.tool is not None else "end_turn", usage=usage,
+                            first_token_s=first_token_s)
+        finally:
+            self._open -= 1
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _plan(script: _Script, request: LLMRequest) -> _Plan:
+    messages = request.messages
+    fallback = _Plan(script.config.fallback)
+    last = messages[-1] if messages else None
+    if last is None or last.get("role") != "user" or not last.get("content"):
+        return fallback
+    blocks: list[dict[str, Any]] = last["content"]
+    if "text" in blocks[-1]:
+        words = " ".join(b["text"] for b in blocks if isinstance(b.get("text"), str))
+        return _answer(script, words, request)
+    results = [b["toolResult"] for b in blocks if isinstance(b.get("toolResult"), dict)]
+    if results:
+        return _Plan(_after_tool(script.config, messages, results))
+    return fallback
+
+
+def _answer(script: _Script, words: str, request: LLMRequest) -> _Plan:
+    offered = _tool_names(request.tools)
+    for index, (rule, pattern) in enumerate(zip(script.config.rules, script.patterns,
+                                                strict=True)):
+        if not pattern.search(words):
+            continue
+        if rule.tool is None:
+            log.debug("scripted rule matched", extra={"rule": index, "kind": "reply"})
+            return _Plan(rule.reply or script.config.fallback)
+        if rule.tool.name not in offered:       # a model cannot call a tool it was not given
+            continue
+        log.debug("scripted rule matched", extra={"rule": index, "kind": "tool"})
+        use_id = f"tooluse_{_count_tool_uses(request.messages) + 1}"
+        return _Plan((rule.reply or "").strip(),
+                     ToolUseRequest(use_id, rule.tool.name, copy.deepcopy(rule.tool.input)))
+    return _Plan(script.config.fallback)
+
+
+def _after_tool(config: ScriptedConfig, messages: Sequence[Message],
+                results: list[dict[str, Any]]) -> str:
+    previous = messages[-2] if len(messages) >= 2 else {}
+    uses = [b["toolUse"] for b in previous.get("content", ())
+            if previous.get("role") == "assistant" and isinstance(b.get("toolUse"), dict)]
+    if not uses:
+        return config.fallback
+    use = uses[-1]
+    result = next((r for r in results if r.get("toolUseId") == use.get("toolUseId")),
+                  results[-1])
+    if result.get("status") == "error":
+        return APOLOGY
+    rule = _rule_for(config.rules, use)
+    if rule is None or rule.then is None:
+        return DONE
+    return fill(rule.then, _result_data(result)) or DONE
+
+
+def _rule_for(rules: Sequence[ScriptedRule], use: Mapping[str, Any]) -> ScriptedRule | None:
+    """The rule that asked for ``use``: same tool and input, else the first with that tool."""
+    named = [r for r in rules if r.tool is not None and r.tool.name == use.get("name")]
+    for rule in named:
+        if rule.tool is not None and rule.tool.input == use.get("input"):
+            return rule
+    return named[0] if named else None
+
+
+def _result_data(result: Mapping[str, Any]) -> dict[str, Any]:
+    for item in result.get("content") or ():
+        if isinstance(item.get("json"), dict):
+            return dict(item["json"])
+        if isinstance(item.get("text"), str):
+            return {"text": item["text"]}
+    return {}
+
+
+class _Field:
+    """A result value for ``str.format_map``: a missing field or a spec that does not fit
+    the value renders as plain text (or nothing) instead of raising."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __format__(self, spec: str) -> str:
+        if self.value is None:
+            return ""
+        try:
+            return format(self.value, spec)
+        except (ValueError, TypeError):
+            return str(self.value)
+
+    def __str__(self) -> str:
+        return "" if self.value is None else str(self.value)
+
+    __repr__ = __str__
+
+    def __getitem__(self, key: Any) -> _Field:
+        try:
+            return _Field(self.value[key])
+        except (KeyError, IndexError, TypeError):
+            return _Field(None)
+
+    def __getattr__(self, name: str) -> _Field:
+        return _Field(None)                     # JSON results have no attributes
+
+
+class _Fields(dict[str, _Field]):
+    def __missing__(self, key: str) -> _Field:
+        return _Field(None)
+
+
+def fill(template: str, data: Mapping[str, Any]) -> str:
+    """``template`` with ``{field}`` placeholders filled from ``data``; never raises."""
+    try:
+        text = template.format_map(_Fields({k: _Field(v) for k, v in data.items()}))
+    except (ValueError, IndexError, KeyError):  # unbalanced braces or positional fields
+        text = _PLACEHOLDER.sub("", template)
+    text = re.sub(r"\$(?=[\s.,!?]|$)", "", text)             # a price that was left out
+    text = re.sub(r"\s+([.,!?;:])", r"\1", re.sub(r"\s+", " ", text))
+    return re.sub(r"[,;:]+(?=[.,!?;:])", "", text).strip()      # "soup,." -> "soup."
+
+
+def _tool_names(tools: Sequence[Mapping[str, Any]]) -> set[str]:
+    names: set[str] = set()
+    for spec in tools:
+        inner = spec.get("toolSpec", spec)
+        if isinstance(inner, Mapping) and isinstance(inner.get("name"), str):
+            names.add(inner["name"])
+    return names
+
+
+def _count_tool_uses(messages: Sequence[Message]) -> int:
+    return sum(1 for m in messages if m.get("role") == "assistant"
+               for b in m.get("content", ()) if isinstance(b, dict) and "toolUse" in b)
+
+
+def _rough_input_tokens(request: LLMRequest) -> int:
+    size = sum(len(text) for text in request.system)
+    size += len(json.dumps(request.messages, default=str))
+    size += len(json.dumps([dict(t) for t in request.tools], default=str))
+    return max(1, size // 4)

@@ -1,0 +1,344 @@
+"""What the items in the table mean: the one mapping between domain values and store items.
+
+Every backend stores exactly these items, so one contract suite covers them all. Attribute
+names and encodings follow the original Node sample, so voiceagent runs against a table that
+sample filled: ``tools`` and ``dtmfHandlers`` are JSON *strings*, ``conversationRelayParams``
+a map, ``systemPrompt`` a list of ``{"text"}`` blocks. Use-case items also carry a
+``voiceagent`` attribute with the whole model, so fields the sample has no attribute for
+(inference settings, scripted replies, handoff) survive the round trip; when it is present
+it wins, and the sample attributes are a compatible view of it.
+
+Keys (pk / sk, GSI pk1 / sk1):
+
+    use case       name        configuration                     use-case / name
+    profile        +E.164      profile                           profile / +E.164
+    call session   CallSid     connection                        call / <ISO UTC>#<CallSid>
+    chat message   CallSid     chat::<epoch ms:13>::<seq:6>
+    order          owner       restaurantOrder::<sid[-4:]>::<s>  restaurantOrder / to-number
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from voiceagent.errors import ConfigError
+from voiceagent.logs import mask_phone
+from voiceagent.store.base import Item
+from voiceagent.usecases import RELAY_ATTRIBUTES, Profile, UseCase, parse_model
+
+log = logging.getLogger(__name__)
+
+USE_CASE_SK = "configuration"
+PROFILE_SK = "profile"
+SESSION_SK = "connection"
+CHAT_PREFIX = "chat::"
+ORDER_PREFIX = "restaurantOrder::"
+
+USE_CASE_INDEX = "use-case"          # pk1 values: list one kind of item through the GSI
+PROFILE_INDEX = "profile"
+CALL_INDEX = "call"
+ORDER_INDEX = "restaurantOrder"
+
+KEY_ATTRIBUTES = frozenset({"pk", "sk", "pk1", "sk1", "expireAt"})
+_SAMPLE_USE_CASE_ATTRIBUTES = ("title", "description", "prompt", "tools", "dtmfHandlers",
+                               "conversationRelayParams", "llmModel")
+_CHAT_SK = re.compile(r"^chat::(\d+)(?:::(\d+))?")
+
+
+def _json_text(value: Any) -> str:
+    """JSON as the sample's ``JSON.stringify`` wrote it: compact, non-ASCII kept."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _expect_sk(item: Item, sk: str, kind: str) -> None:
+    if item.get("sk") != sk or not isinstance(item.get("pk"), str):
+        raise ValueError(f"not a {kind} item: expected sk={sk!r} and a string pk")
+
+
+# ------------------------------------------------------------------ use cases
+
+
+def use_case_item(uc: UseCase) -> Item:
+    handlers = {
+        digit: {"replyWithText": handler.reply is not None, "replyText": handler.reply or "",
+                "replyWithFunction": handler.tool is not None,
+                "replyFunction": handler.tool or ""}
+        for digit, handler in uc.dtmf.handlers.items()}
+    item: Item = {
+        "pk": uc.name, "sk": USE_CASE_SK, "pk1": USE_CASE_INDEX, "sk1": uc.name,
+        "title": uc.title, "description": uc.description, "prompt": uc.prompt,
+        "tools": _json_text([{"toolSpec": spec} for spec in uc.tool_specs()]),
+        "dtmfHandlers": _json_text(handlers),
+        "conversationRelayParams": dict(uc.relay),
+        "voiceagent": uc.model_dump(mode="json"),
+    }
+    if uc.model is not None:
+        item["llmModel"] = uc.model
+    return item
+
+
+def use_case_from_item(item: Item) -> UseCase:
+    """The use case an item describes: from its ``voiceagent`` attribute when present, else
+    from the sample's attributes. Raises ``ConfigError`` naming the item and key path."""
+    _expect_sk(item, USE_CASE_SK, "use case")
+    source = f"store item {item['pk']}/{USE_CASE_SK}"
+    full = item.get("voiceagent")
+    if isinstance(full, Mapping):
+        try:
+            uc = parse_model(UseCase, full, source)
+        except ConfigError as err:   # e.g. written by a newer version during a rolling deploy
+            log.warning("use case voiceagent attribute unreadable, using the sample attributes",
+                        extra={"use_case": item["pk"], "key_path": err.key_path,
+                               "problem": err.problem})
+        else:
+            _warn_if_edited(item, uc)
+            return uc
+    return parse_model(UseCase, _sample_use_case(item, source), source)
+
+
+def _warn_if_edited(item: Item, uc: UseCase) -> None:
+    """Someone changed a sample attribute (say the prompt, in the console) but not the
+    ``voiceagent`` attribute, which wins: say so rather than silently ignore the edit."""
+    ours = use_case_item(uc)
+    edited = [key for key in _SAMPLE_USE_CASE_ATTRIBUTES if item.get(key) != ours.get(key)]
+    if edited:
+        log.warning("use case item edited outside voiceagent; its voiceagent attribute wins",
+                    extra={"use_case": uc.name, "attributes": edited})
+
+
+def _sample_use_case(item: Item, source: str) -> dict[str, Any]:
+    name = item["pk"]
+    data: dict[str, Any] = {
+        "name": name, "title": item.get("title", ""), "description": item.get("description", ""),
+        "prompt": _decode_prompt(item.get("prompt", "")),
+        "relay": _sample_relay(name, item.get("conversationRelayParams")),
+        "tools": _sample_tools(item.get("tools"), source),
+    }
+    if item.get("llmModel"):
+        data["model"] = item["llmModel"]
+    declared = {t.get("name") for t in data["tools"]}
+    data["dtmf"] = {"handlers": _sample_dtmf(name, item.get("dtmfHandlers"), declared, source)}
+    return data
+
+
+def _decode_prompt(prompt: Any) -> Any:
+    """The sample stored ``JSON.stringify(text)``: a string inside quotes, escapes and all."""
+    if isinstance(prompt, str) and len(prompt) >= 2 and prompt[0] == prompt[-1] == '"':
+        try:
+            decoded = json.loads(prompt)
+        except ValueError:
+            return prompt
+        if isinstance(decoded, str):
+            return decoded
+    return prompt
+
+
+def _parse_json_text(value: Any, source: str, attribute: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return None
+    try:
+        return json.loads(value)
+    except ValueError as err:
+        raise ConfigError(source, attribute, f"not valid JSON text: {err}") from None
+
+
+def _sample_tools(value: Any, source: str) -> list[dict[str, Any]]:
+    specs = _parse_json_text(value, source, "tools") or []
+    if not isinstance(specs, list):
+        raise ConfigError(source, "tools", "must be a JSON list of toolSpec objects")
+    tools = []
+    for spec in specs:
+        inner = spec.get("toolSpec", spec) if isinstance(spec, Mapping) else {}
+        tool: dict[str, Any] = {"name": inner.get("name"),
+                                "description": inner.get("description")}
+        schema = inner.get("inputSchema")
+        if isinstance(schema, Mapping):
+            tool["input_schema"] = schema.get("json", schema)
+        tools.append(tool)
+    return tools
+
+
+def _sample_dtmf(name: str, value: Any, declared: set[Any],
+                 source: str) -> dict[str, dict[str, Any]]:
+    """The sample's digit -> {replyWithText, replyText, replyWithFunction, replyFunction}.
+    Its items map digits to tools no use case declares; those keys keep their reply only."""
+    raw = _parse_json_text(value, source, "dtmfHandlers") or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(source, "dtmfHandlers", "must be a JSON object keyed by digit")
+    handlers: dict[str, dict[str, Any]] = {}
+    undeclared: list[str] = []
+    for digit, spec in raw.items():
+        if not isinstance(spec, Mapping):
+            continue
+        handler: dict[str, Any] = {}
+        if spec.get("replyWithText") and spec.get("replyText"):
+            handler["reply"] = spec["replyText"]
+        tool = spec.get("replyFunction")
+        if spec.get("replyWithFunction") and tool:
+            if tool in declared:
+                handler["tool"] = tool
+            else:
+                undeclared.append(str(digit))
+        if handler:
+            handlers[str(digit)] = handler
+    if undeclared:
+        log.warning("use case dtmf handlers name undeclared tools; their tool is dropped",
+                    extra={"use_case": name, "digits": undeclared})
+    return handlers
+
+
+def _sample_relay(name: str, value: Any) -> dict[str, Any]:
+    params = dict(value) if isinstance(value, Mapping) else {}
+    dropped = sorted(key for key, v in params.items()
+                     if key not in RELAY_ATTRIBUTES or not isinstance(v, str | bool | int | float))
+    if dropped:
+        log.warning("use case relay attributes dropped: unknown to ConversationRelay or not "
+                    "a scalar", extra={"use_case": name, "attributes": dropped})
+    return {key: v for key, v in params.items() if key not in dropped}
+
+
+# ------------------------------------------------------------------ profiles
+
+
+def profile_item(p: Profile) -> Item:
+    item: Item = {"pk": p.phone, "sk": PROFILE_SK, "pk1": PROFILE_INDEX, "sk1": p.phone,
+                  "firstName": p.first_name, "lastName": p.last_name, "email": p.email}
+    if p.use_case is not None:
+        item["useCase"] = p.use_case
+    return item
+
+
+def profile_from_item(item: Item) -> Profile:
+    """Raises ``ConfigError`` (phone number masked) when the item is not a valid profile."""
+    _expect_sk(item, PROFILE_SK, "profile")
+    data = {"phone": item["pk"], "first_name": item.get("firstName") or "",
+            "last_name": item.get("lastName") or "", "email": item.get("email") or "",
+            "use_case": item.get("useCase") or None}
+    return parse_model(Profile, data, f"store item {mask_phone(item['pk'])}/{PROFILE_SK}")
+
+
+# ------------------------------------------------------------------ call sessions
+
+
+@dataclass(frozen=True, slots=True)
+class CallSession:
+    """What ``/twiml`` decided for one call, so its socket (maybe on another process) can
+    pick the call up: the rendered prompt, the model, who called whom."""
+
+    call_sid: str
+    token: str                       # minted per call, checked against the socket's setup
+    use_case: str
+    system_prompt: str
+    model_id: str
+    caller: str
+    called: str
+    profile: Profile | None
+    greeting: str | None
+    created_at: float                # epoch seconds
+
+
+def _iso_utc(epoch_s: float) -> str:
+    """Fixed width, so sk1 values sort by time: 2025-05-01T17:03:09.120Z."""
+    moment = dt.datetime.fromtimestamp(epoch_s, dt.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def session_item(s: CallSession, ttl_s: int) -> Item:
+    return {
+        "pk": s.call_sid, "sk": SESSION_SK,
+        "pk1": CALL_INDEX, "sk1": f"{_iso_utc(s.created_at)}#{s.call_sid}",
+        "llmModel": s.model_id, "useCase": s.use_case,
+        "userContext": profile_item(s.profile) if s.profile is not None else {},
+        "systemPrompt": [{"text": s.system_prompt}],
+        "token": s.token, "greeting": s.greeting, "From": s.caller, "To": s.called,
+        "createdAt": s.created_at, "expireAt": int(s.created_at) + ttl_s,
+    }
+
+
+def session_from_item(item: Item) -> CallSession:
+    """Also reads the sample's session items (no token, no createdAt: empty and 0)."""
+    _expect_sk(item, SESSION_SK, "call session")
+    blocks = item.get("systemPrompt") or []
+    prompt = "\n".join(b["text"] for b in blocks
+                       if isinstance(b, Mapping) and isinstance(b.get("text"), str))
+    greeting = item.get("greeting")
+    return CallSession(
+        call_sid=item["pk"], token=str(item.get("token") or ""),
+        use_case=str(item.get("useCase") or ""), system_prompt=prompt,
+        model_id=str(item.get("llmModel") or ""), caller=str(item.get("From") or ""),
+        called=str(item.get("To") or ""), profile=_session_profile(item.get("userContext")),
+        greeting=greeting if isinstance(greeting, str) else None,
+        created_at=float(item.get("createdAt") or 0.0))
+
+
+def _session_profile(context: Any) -> Profile | None:
+    if not isinstance(context, Mapping) or not context.get("pk"):
+        return None
+    try:
+        return profile_from_item({**context, "sk": PROFILE_SK})
+    except (ConfigError, ValueError) as err:
+        log.warning("session profile unusable, continuing without it",
+                    extra={"error": type(err).__name__})
+        return None
+
+
+# ------------------------------------------------------------------ chat messages
+
+
+class ChatEntry(TypedDict):
+    call_sid: str
+    at_ms: int
+    seq: int
+    chat: dict[str, Any]             # one Converse message: {"role", "content"}
+    meta: dict[str, Any]             # transcript facts: turn, kind, heard, generated, ...
+
+
+def chat_key(at_ms: int, seq: int) -> str:
+    """Zero padded, so keys sort by time and then by position in the history."""
+    return f"{CHAT_PREFIX}{at_ms:013d}::{seq:06d}"
+
+
+def chat_item(call_sid: str, at_ms: int, seq: int, message: Mapping[str, Any],
+              meta: Mapping[str, Any], ttl_s: int) -> Item:
+    """``meta`` becomes top-level attributes (``None`` values left out); it may not use the
+    names of keys or of ``chat``."""
+    clash = sorted(KEY_ATTRIBUTES.intersection(meta) | ({"chat"} & set(meta)))
+    if clash:
+        raise ValueError(f"chat meta may not set {clash}: those are the item's own attributes")
+    item: Item = {"pk": call_sid, "sk": chat_key(at_ms, seq), "chat": dict(message)}
+    item.update((key, value) for key, value in meta.items() if value is not None)
+    item["expireAt"] = at_ms // 1000 + ttl_s
+    return item
+
+
+def chat_from_item(item: Item) -> ChatEntry:
+    """Also reads the sample's ``chat::<ms>`` keys (seq 0)."""
+    sk = item.get("sk")
+    match = _CHAT_SK.match(sk) if isinstance(sk, str) else None
+    if match is None or not isinstance(item.get("chat"), Mapping):
+        raise ValueError("not a chat item: expected sk 'chat::<epoch ms>...' and a chat map")
+    meta = {k: v for k, v in item.items() if k not in KEY_ATTRIBUTES and k != "chat"}
+    return ChatEntry(call_sid=item["pk"], at_ms=int(match.group(1)),
+                     seq=int(match.group(2) or 0), chat=dict(item["chat"]), meta=meta)
+
+
+# ------------------------------------------------------------------ orders
+
+
+def order_item(owner: str, call_sid: str, called: str, order: Mapping[str, Any], at_s: int,
+               ttl_s: int) -> Item:
+    """``owner`` is the caller's phone (their profile's pk) or the CallSid. Without a called
+    number the order is left out of the index: a GSI key may not be empty."""
+    item: Item = {"pk": owner, "sk": f"{ORDER_PREFIX}{call_sid[-4:]}::{at_s}",
+                  "order": dict(order), "expireAt": at_s + ttl_s}
+    if called:
+        item.update(pk1=ORDER_INDEX, sk1=called)
+    return item

@@ -1,0 +1,269 @@
+"""The embedded store: the DynamoDB table's items in one SQLite file.
+
+The default for development and single-process deployments, and the reference the DynamoDB
+store is checked against: both pass ``tests/store_contract.py``. Each item is kept whole as
+JSON in ``attrs``; ``pk``, ``sk``, ``pk1``, ``sk1`` and ``expireAt`` are copied into columns so
+SQLite can key, index and expire on them. Text compares byte-wise in UTF-8 (SQLite's BINARY
+collation), which is DynamoDB's sort order for string keys.
+
+Like DynamoDB the index is sparse: an item is in it only when it has both ``pk1`` and ``sk1``.
+Expired items (``expireAt`` in the past) are deleted when the store opens, which stands in for
+DynamoDB's TTL sweeper; like DynamoDB, reads do not hide items that expired since.
+
+Threads: one connection, opened with ``check_same_thread=False`` and used under a
+``threading.Lock``; every call runs in a worker thread through ``run_blocking`` and the
+limiter the owner passes in. WAL mode lets a ``sqlite3`` shell read while the service writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from voiceagent.errors import StoreError
+from voiceagent.store.base import BATCH_LIMIT, Item
+from voiceagent.store.write_behind import StoreRejected
+from voiceagent.threads import run_blocking
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Row = tuple[str, str, str | None, str | None, int | float | None, str]
+
+MAX_ITEM_BYTES = 400 * 1024          # DynamoDB's item limit, so both stores refuse alike
+BUSY_TIMEOUT_S = 5.0
+_EPOCH_LIMIT = 2**62                 # expireAt must fit SQLite's 64-bit INTEGER
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    pk TEXT NOT NULL,
+    sk TEXT NOT NULL,
+    pk1 TEXT,
+    sk1 TEXT,
+    expireAt INTEGER,
+    attrs TEXT NOT NULL,
+    PRIMARY KEY (pk, sk)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS items_index_1 ON items (pk1, sk1);
+CREATE INDEX IF NOT EXISTS items_expire_at ON items (expireAt);
+"""
+_UPSERT = ("INSERT OR REPLACE INTO items (pk, sk, pk1, sk1, expireAt, attrs) "
+           "VALUES (?, ?, ?, ?, ?, ?)")
+
+
+class SqliteStore:
+    """Owns its connection; ``aclose`` (or leaving ``open_sqlite_store``) closes it."""
+
+    def __init__(self, path: Path, connection: sqlite3.Connection, *,
+                 limiter: trio.CapacityLimiter) -> None:
+        self.name = f"sqlite:{path}"
+        self._path = path
+        self._connection = connection
+        self._limiter = limiter
+        self._lock = threading.Lock()
+        self._closed = False
+
+    async def get(self, pk: str, sk: str) -> Item | None:
+        def read(db: sqlite3.Connection) -> Item | None:
+            row = db.execute("SELECT attrs FROM items WHERE pk = ? AND sk = ?",
+                             (pk, sk)).fetchone()
+            return _decode(row[0]) if row is not None else None
+
+        return await self._run("get", read)
+
+    async def put(self, item: Item) -> None:
+        await self.put_many([item])
+
+    async def put_many(self, items: Sequence[Item]) -> None:
+        """Every item is checked before anything is written (``StoreRejected`` names the
+        problem); then each chunk of ``BATCH_LIMIT`` is one transaction, in order."""
+        rows = [_encode(item) for item in items]
+        for start in range(0, len(rows), BATCH_LIMIT):
+            chunk = rows[start:start + BATCH_LIMIT]
+            await self._run("put", partial(_write_chunk, rows=chunk))
+
+    async def query(self, pk: str, sk_prefix: str = "", *, descending: bool = False,
+                    limit: int | None = None) -> list[Item]:
+        return await self._select("query", "pk", "sk", pk, sk_prefix, descending, limit)
+
+    async def query_index(self, pk1: str, sk1_prefix: str = "", *, descending: bool = False,
+                          limit: int | None = None) -> list[Item]:
+        return await self._select("query_index", "pk1", "sk1", pk1, sk1_prefix, descending,
+                                  limit)
+
+    async def delete(self, pk: str, sk: str) -> None:
+        def remove(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM items WHERE pk = ? AND sk = ?", (pk, sk))
+
+        await self._run("delete", remove)
+
+    async def aclose(self) -> None:
+        """Close the connection; idempotent, and finishes even when cancelled."""
+        if self._closed:
+            return
+        self._closed = True
+
+        def close() -> None:
+            with self._lock:
+                self._connection.close()
+
+        with trio.CancelScope(shield=True):
+            await run_blocking(close, limiter=self._limiter)
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _select(self, operation: str, key: str, sort: str, value: str, prefix: str,
+                      descending: bool, limit: int | None) -> list[Item]:
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        sql = f"SELECT attrs FROM items WHERE {key} = ? AND {sort} IS NOT NULL"
+        params: list[Any] = [value]
+        if prefix:                   # the range uses the index; substr makes it exact
+            sql += f" AND {sort} >= ? AND substr({sort}, 1, ?) = ?"
+            params += [prefix, len(prefix), prefix]
+        direction = "DESC" if descending else "ASC"
+        sql += f" ORDER BY {sort} {direction}, pk {direction}, sk {direction} LIMIT ?"
+        params.append(limit if limit is not None else -1)
+
+        def read(db: sqlite3.Connection) -> list[Item]:
+            return [_decode(row[0]) for row in db.execute(sql, params)]
+
+        return await self._run(operation, read)
+
+    async def _run(self, operation: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreError(f"sqlite {operation} on {self._path}: the store is closed")
+
+        def call() -> T:
+            with self._lock:
+                return fn(self._connection)
+
+        try:
+            return await run_blocking(call, limiter=self._limiter)
+        except (sqlite3.IntegrityError, sqlite3.DataError) as err:
+            raise StoreRejected(f"sqlite {operation} on {self._path} refused the item: "
+                                f"{err}") from err
+        except sqlite3.Error as err:
+            raise StoreError(f"sqlite {operation} failed on {self._path}: {err}; check the "
+                             "file is writable and not locked by another program") from err
+
+
+@asynccontextmanager
+async def open_sqlite_store(path: Path, *, limiter: trio.CapacityLimiter
+                            ) -> AsyncIterator[SqliteStore]:
+    """Open (creating the folder, file and schema as needed) and close on exit. Raises
+    ``StoreError`` naming the path when the file cannot be opened."""
+    connection = await run_blocking(lambda: _connect(path), limiter=limiter)
+    store = SqliteStore(path, connection, limiter=limiter)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StoreError(f"cannot create the folder for the sqlite store {path}: "
+                         f"{err.strerror}") from err
+    connection: sqlite3.Connection | None = None
+    try:
+        connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                     timeout=BUSY_TIMEOUT_S)
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        connection.executescript(SCHEMA)
+        expired = connection.execute("DELETE FROM items WHERE expireAt < ?",
+                                     (int(time.time()),)).rowcount
+    except sqlite3.Error as err:
+        if connection is not None:
+            connection.close()
+        raise StoreError(f"cannot open the sqlite store {path}: {err}; check the path is "
+                         "a writable file and not another program's database") from err
+    log.info("sqlite store opened", extra={"path": str(path), "expired_removed": expired})
+    return connection
+
+
+def _write_chunk(db: sqlite3.Connection, rows: list[Row]) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.executemany(_UPSERT, rows)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _decode(attrs: str) -> Item:
+    try:
+        item = json.loads(attrs)
+    except ValueError as err:
+        raise StoreError(f"an item in the sqlite store is not valid JSON: {err}") from err
+    if not isinstance(item, dict):
+        raise StoreError("an item in the sqlite store is not a JSON object")
+    return item
+
+
+# ------------------------------------------------------------------ item checks
+
+
+def _encode(item: Item) -> Row:
+    """The row for an item, or ``StoreRejected`` for what DynamoDB would refuse too."""
+    if not isinstance(item, dict):
+        raise StoreRejected(f"an item must be a dict, not {type(item).__name__}")
+    for key in ("pk", "sk"):
+        if not isinstance(item.get(key), str) or not item[key]:
+            raise StoreRejected(f"item attribute {key!r} must be a non-empty string")
+    for key in ("pk1", "sk1"):
+        if key in item and (not isinstance(item[key], str) or not item[key]):
+            raise StoreRejected(f"item attribute {key!r} must be a non-empty string when "
+                                "present (it is an index key)")
+    expire_at = item.get("expireAt")
+    if expire_at is not None and (isinstance(expire_at, bool)
+                                  or not isinstance(expire_at, int | float)
+                                  or not abs(expire_at) < _EPOCH_LIMIT):
+        raise StoreRejected("item attribute 'expireAt' must be epoch seconds (a number)")
+    for key, value in item.items():
+        _check_value(value, key)
+    attrs = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+    if len(attrs.encode()) > MAX_ITEM_BYTES:
+        raise StoreRejected(f"item is larger than {MAX_ITEM_BYTES} bytes as JSON (DynamoDB's "
+                            "item limit)")
+    indexed = "pk1" in item and "sk1" in item
+    return (item["pk"], item["sk"], item["pk1"] if indexed else None,
+            item["sk1"] if indexed else None, expire_at, attrs)
+
+
+def _check_value(value: Any, where: str) -> None:
+    """Plain JSON values only, so what comes back equals what went in."""
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise StoreRejected(f"item attribute {where!r} is {value}: not storable")
+        return
+    if isinstance(value, list | tuple):
+        for index, element in enumerate(value):
+            _check_value(element, f"{where}[{index}]")
+        return
+    if isinstance(value, dict):
+        for key, element in value.items():
+            if not isinstance(key, str):
+                raise StoreRejected(f"item attribute {where!r} has a {type(key).__name__} "
+                                    "key; map keys must be strings")
+            _check_value(element, f"{where}.{key}")
+        return
+    raise StoreRejected(f"item attribute {where!r} is a {type(value).__name__}; items hold "
+                        "str, int, float, bool, None, lists and dicts")

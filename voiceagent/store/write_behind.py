@@ -1,0 +1,232 @@
+"""The process's write-behind queue: every call's writes go through it, off the critical path.
+
+A call keeps its state in memory and ``submit``s items here; one drainer task (``run``, in the
+server's nursery) writes them in submission order, up to ``BATCH_LIMIT`` at a time. So no
+store round trip sits between a caller's words and the first token, and a store outage does
+not stop a call: writes wait, retried with capped exponential backoff, and land in order once
+the store is back. Calls that end ``flush`` their own items with a deadline.
+
+Order: items are written in global FIFO order (so per-call order holds). A batch never holds
+two writes of one pk/sk (DynamoDB rejects that): the batch ends before the second one.
+
+Failures: a ``StoreError`` is transient and retried forever, unless it is ``permanent`` (the
+store refused the item itself, see ``StoreRejected``). A permanently refused batch is retried
+item by item so only the bad item is dropped; it is logged by key, never by content.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from voiceagent.errors import StoreError
+from voiceagent.logs import mask_phone
+from voiceagent.store.base import BATCH_LIMIT, Item, Store
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 0.05
+BACKOFF_CAP_S = 5.0
+
+
+class StoreRejected(StoreError):
+    """The store refused an item as invalid (bad key, unsupported value, too large): trying
+    again cannot help. Backends raise it for such items; any ``StoreError`` with a true
+    ``permanent`` attribute is treated the same way."""
+
+    permanent = True
+
+
+def is_permanent(err: BaseException) -> bool:
+    return bool(getattr(err, "permanent", False))
+
+
+def _jitter_factor() -> float:
+    return random.uniform(0.5, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBehindStatistics:
+    pending: int                     # submitted, not yet written or dropped
+    written: int
+    failed: int                      # refused permanently and dropped
+    retries: int                     # attempts repeated after a transient error
+    oldest_pending_age_s: float      # the lag; 0.0 when nothing is pending
+    store_down: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    seq: int
+    call_sid: str
+    key: tuple[str, str]
+    item: Item
+    submitted_at: float
+
+
+class WriteBehind:
+    """Owns the queue; the store stays owned (and closed) by whoever opened it."""
+
+    def __init__(self, store: Store, *, jitter: Callable[[], float] = _jitter_factor
+                 ) -> None:
+        """``jitter`` returns the factor in [0.5, 1] applied to each backoff delay (tests
+        pin it to 1.0 for exact virtual times)."""
+        self._store = store
+        self._jitter = jitter
+        self._queue: collections.deque[_Entry] = collections.deque()
+        self._next_seq = 1
+        self._done_seq = 0           # every entry with seq <= this is written or dropped
+        self._last_by_call: dict[str, int] = {}
+        self._wakeup = trio.Event()
+        self._progress = trio.Event()
+        self._written = 0
+        self._failed = 0
+        self._retries = 0
+        self._down_since: float | None = None
+        self._running = False
+        self._retries_before_outage = 0
+
+    # ------------------------------------------------------------------ producers
+
+    def submit(self, item: Item, *, call_sid: str) -> None:
+        """Queue ``item`` (copied, so later changes by the caller do not leak in). Never
+        blocks. Raises ``ValueError`` at once for an item without string pk and sk."""
+        pk, sk = item.get("pk"), item.get("sk")
+        if not isinstance(pk, str) or not isinstance(sk, str):
+            raise ValueError("a store item needs string 'pk' and 'sk' attributes")
+        seq = self._next_seq
+        self._next_seq += 1
+        self._queue.append(_Entry(seq, call_sid, (pk, sk), copy.deepcopy(item),
+                                  trio.current_time()))
+        self._last_by_call[call_sid] = seq
+        self._wakeup.set()
+
+    async def flush(self, call_sid: str | None = None, *, timeout_s: float) -> bool:
+        """Wait until every item submitted before this call (for ``call_sid``, or all) is
+        written or dropped. False when ``timeout_s`` passed first; the items stay queued."""
+        await trio.lowlevel.checkpoint()
+        target = self._next_seq - 1 if call_sid is None else self._last_by_call.get(call_sid)
+        if target is None or target <= self._done_seq:
+            return True
+        with trio.move_on_after(timeout_s):
+            while self._done_seq < target:
+                await self._progress.wait()
+            return True
+        pending = sum(1 for e in self._queue
+                      if e.seq <= target and (call_sid is None or e.call_sid == call_sid))
+        log.warning("store flush timed out", extra={
+            "pending": pending, "timeout_s": timeout_s,
+            "scope": "call" if call_sid is not None else "all"})
+        return False
+
+    def statistics(self) -> WriteBehindStatistics:
+        age = trio.current_time() - self._queue[0].submitted_at if self._queue else 0.0
+        return WriteBehindStatistics(
+            pending=len(self._queue), written=self._written, failed=self._failed,
+            retries=self._retries, oldest_pending_age_s=age,
+            store_down=self._down_since is not None)
+
+    # ------------------------------------------------------------------ the drainer
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Drain the queue until cancelled. Start it with ``nursery.start``. A batch being
+        written when the cancel comes finishes its current attempt (store calls are not
+        abandoned), but its entries stay queued."""
+        if self._running:
+            raise RuntimeError("WriteBehind.run is already running: one drainer keeps order")
+        self._running = True
+        task_status.started()
+        try:
+            await self._drain()
+        finally:
+            self._running = False
+
+    async def _drain(self) -> None:
+        while True:
+            if not self._queue:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+                continue
+            batch = self._next_batch()
+            await self._write(batch)
+            for _ in batch:
+                entry = self._queue.popleft()
+                if self._last_by_call.get(entry.call_sid) == entry.seq:
+                    del self._last_by_call[entry.call_sid]
+            self._done_seq = batch[-1].seq
+            self._progress.set()
+            self._progress = trio.Event()
+
+    def _next_batch(self) -> list[_Entry]:
+        """The head of the queue: at most BATCH_LIMIT entries, no key twice."""
+        batch: list[_Entry] = []
+        keys: set[tuple[str, str]] = set()
+        for entry in self._queue:
+            if len(batch) == BATCH_LIMIT or entry.key in keys:
+                break
+            batch.append(entry)
+            keys.add(entry.key)
+        return batch
+
+    async def _write(self, batch: list[_Entry]) -> None:
+        """Write the batch, retrying transient errors until it lands. Returns once every
+        entry is written or dropped as refused."""
+        attempt = 0
+        while True:
+            try:
+                await self._store.put_many([entry.item for entry in batch])
+            except trio.Cancelled:
+                raise
+            except Exception as err:
+                if isinstance(err, StoreError) and not is_permanent(err):
+                    attempt += 1
+                    self._note_failure(err)
+                    await trio.sleep(self._backoff_s(attempt))
+                    self._retries += 1
+                    continue
+                await self._refused(batch, err)
+                return
+            self._note_recovery()
+            self._written += len(batch)
+            return
+
+    async def _refused(self, batch: list[_Entry], err: Exception) -> None:
+        """Find the refused item(s) by writing one at a time; drop only those. An error that
+        is not a StoreError (a bug in a backend) is treated the same, so it costs items, not
+        the process."""
+        if len(batch) > 1:
+            for entry in batch:
+                await self._write([entry])
+            return
+        entry = batch[0]
+        self._failed += 1
+        log.error("store refused item, dropped", exc_info=not isinstance(err, StoreError),
+                  extra={"pk": mask_phone(entry.key[0]) if entry.key[0].startswith("+")
+                         else entry.key[0], "sk": entry.key[1],
+                         "error": type(err).__name__, "failed": self._failed})
+
+    def _backoff_s(self, attempt: int) -> float:
+        delay: float = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** (attempt - 1))
+        return delay * self._jitter()
+
+    def _note_failure(self, err: StoreError) -> None:
+        if self._down_since is None:
+            self._down_since = trio.current_time()
+            self._retries_before_outage = self._retries
+            log.warning("store writes failing, retrying with backoff", extra={
+                "error": type(err).__name__, "reason": str(err), "pending": len(self._queue)})
+
+    def _note_recovery(self) -> None:
+        if self._down_since is not None:
+            log.info("store writes recovered", extra={
+                "down_s": round(trio.current_time() - self._down_since, 3),
+                "retries": self._retries - self._retries_before_outage,
+                "pending": len(self._queue)})
+            self._down_since = None

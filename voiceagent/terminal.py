@@ -1,0 +1,147 @@
+"""The conversation in a terminal: a person (or a list of lines) plays the caller.
+
+Lines starting with ``/`` are commands: ``/interrupt`` barges in and reports what was heard,
+``/dtmf 1`` presses keys, ``/hangup`` ends the call, ``/help`` lists them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+import trio
+
+from voiceagent.caller import RelayCall, Reply
+
+HELP = ("Type what the caller says and press Enter. Commands: /interrupt (barge in), "
+        "/dtmf 123 (press keys), /hangup, /help")
+REPLY_TIMEOUT_S = 30.0
+
+
+class Transcript:
+    """Prints the conversation, tokens as they arrive."""
+
+    def __init__(self, out: TextIO = sys.stdout) -> None:
+        self.out = out
+        self.open = False
+
+    def agent_token(self, token: str) -> None:
+        if not self.open:
+            self.out.write("agent: ")
+            self.open = True
+        self.out.write(token)
+        self.out.flush()
+
+    def line(self, text: str) -> None:
+        self.end_reply()
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def end_reply(self) -> None:
+        if self.open:
+            self.out.write("\n")
+            self.open = False
+
+
+def _show(frame: dict[str, object], transcript: Transcript) -> bool:
+    """Print one server frame; True when the server ended the session."""
+    kind = frame.get("type")
+    if kind == "text":
+        if frame.get("token"):
+            transcript.agent_token(str(frame["token"]))
+        if frame.get("last"):
+            transcript.end_reply()
+    elif kind == "end":
+        transcript.line(f"[the agent ended the session; handoffData={frame.get('handoffData')}]")
+        return True
+    elif kind == "play":
+        transcript.line(f"[play {frame.get('source')}]")
+    elif kind == "sendDigits":
+        transcript.line(f"[sendDigits {frame.get('digits')}]")
+    elif kind == "language":
+        transcript.line(f"[language tts={frame.get('ttsLanguage')} "
+                        f"stt={frame.get('transcriptionLanguage')}]")
+    return False
+
+
+async def scripted(call: RelayCall, lines: Sequence[str], transcript: Transcript) -> None:
+    """Say each line, wait for the whole reply, print both. For the README and CI."""
+    if call.target.greeting:
+        transcript.line(f"agent: {call.target.greeting}")
+    for line in lines:
+        transcript.line(f"caller: {line}")
+        if not await _command(call, line, transcript):
+            return
+        if line.startswith("/") and not line.startswith("/dtmf"):
+            continue
+        with trio.move_on_after(REPLY_TIMEOUT_S) as waited:
+            reply = await _print_reply(call, transcript)
+        if waited.cancelled_caught:
+            transcript.line("[no reply within 30 s]")
+            return
+        if not reply.closed:            # ended by the agent, or the socket closed
+            return
+    await call.hang_up()
+
+
+async def _print_reply(call: RelayCall, transcript: Transcript) -> Reply:
+    reply = Reply()
+    while (frame := await call.receive()) is not None:
+        reply.frames.append(frame)
+        if _show(frame, transcript):
+            reply.ended = frame
+            return reply
+        if frame.get("type") == "text" and frame.get("last"):
+            reply.closed = True
+            return reply
+    transcript.line("[the server closed the call]")
+    return reply
+
+
+async def _command(call: RelayCall, line: str, transcript: Transcript) -> bool:
+    """Act on one input line; False when the call is over."""
+    if line == "/hangup":
+        await call.hang_up()
+        transcript.line("[you hung up]")
+        return False
+    if line == "/interrupt":
+        heard = await call.interrupt()
+        transcript.line(f"[you barged in; the caller had heard: {heard!r}]")
+    elif line.startswith("/dtmf"):
+        digits = line.removeprefix("/dtmf").strip()
+        for digit in digits:
+            await call.dtmf(digit)
+        if not digits:
+            transcript.line("[usage: /dtmf 123]")
+    elif line == "/help":
+        transcript.line(HELP)
+    elif line.startswith("/"):
+        transcript.line(f"[unknown command {line}; {HELP}]")
+    elif line.strip():
+        await call.say(line)
+    return True
+
+
+async def interactive(call: RelayCall, transcript: Transcript) -> None:
+    """A person types; replies stream in as they arrive, so barge-in can be tried live."""
+    transcript.line(HELP)
+    if call.target.greeting:
+        transcript.line(f"agent: {call.target.greeting}")
+    async with trio.open_nursery() as nursery:
+        async def listen() -> None:
+            while (frame := await call.receive()) is not None:
+                if _show(frame, transcript):
+                    break
+            transcript.line("[call ended]")
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(listen)
+        while True:
+            try:
+                line = await trio.to_thread.run_sync(input, abandon_on_cancel=True)
+            except EOFError:
+                line = "/hangup"
+            if not await _command(call, line.strip(), transcript):
+                nursery.cancel_scope.cancel()
+                return

@@ -1,0 +1,155 @@
+"""Tool code by name, and the checks that tie it to the use cases that declare tools.
+
+The registry is built once at start-up (``default_registry()``) and shared read-only by every
+call. A use case declares each tool's schema; the registry holds the code. ``check_use_case``
+runs at load time, so a use case naming a tool nobody wrote, or carrying a schema that is not
+valid JSON Schema, fails before a caller hears anything.
+
+Input problems are reported by field path and rule only: tool arguments may hold what the
+caller said (an address, a name), so no argument value is echoed into problems or logs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, ValidationError
+
+from voiceagent.errors import ConfigError
+from voiceagent.tools.base import ToolDefinition, ToolFunction
+from voiceagent.tools.restaurant import restaurant_tools
+from voiceagent.usecases import ToolDeclaration, UseCase
+
+
+class ToolRegistry:
+    def __init__(self, definitions: Iterable[ToolDefinition] = ()) -> None:
+        self._definitions: dict[str, ToolDefinition] = {}
+        self._validators: dict[str, Draft202012Validator] = {}   # by canonical schema JSON
+        for definition in definitions:
+            self.register(definition)
+
+    def register(self, definition: ToolDefinition) -> None:
+        """Add a tool. Registering a name twice is a programming error (``ValueError``)."""
+        if definition.name in self._definitions:
+            raise ValueError(f"tool {definition.name!r} is already registered")
+        self._definitions[definition.name] = definition
+
+    def tool(self, name: str, *, side_effect: bool = False, timeout_s: float = 10.0,
+             ends_turn: bool = False) -> Callable[[ToolFunction], ToolFunction]:
+        """Decorator form of ``register``; returns the function unchanged."""
+        def decorate(function: ToolFunction) -> ToolFunction:
+            self.register(ToolDefinition(name, function, side_effect=side_effect,
+                                         timeout_s=timeout_s, ends_turn=ends_turn))
+            return function
+        return decorate
+
+    def get(self, name: str) -> ToolDefinition | None:
+        return self._definitions.get(name)
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(sorted(self._definitions))
+
+    # ------------------------------------------------------------------ load-time checks
+
+    def check_use_case(self, uc: UseCase) -> None:
+        """Every tool the use case names has code here and a valid schema; raises
+        ``ConfigError`` at the first problem, with the key path inside the use case."""
+        source = f"use case {uc.name}"
+        for i, declaration in enumerate(uc.tools):
+            self._require(declaration.name, source, f"tools[{i}].name")
+            self._compile(declaration.input_schema, source, f"tools[{i}].input_schema")
+        declared = {t.name for t in uc.tools}
+        named: list[tuple[str, str]] = [
+            (handler.tool, f"dtmf.handlers.{digit}.tool")
+            for digit, handler in uc.dtmf.handlers.items() if handler.tool is not None]
+        named += [(rule.tool.name, f"scripted.rules[{i}].tool.name")
+                  for i, rule in enumerate(uc.scripted.rules) if rule.tool is not None]
+        for name, key_path in named:
+            self._require(name, source, key_path)
+            if name not in declared:
+                raise ConfigError(source, key_path, f"tool {name!r} is not declared in this "
+                                  f"use case's tools; declared: {sorted(declared)}")
+
+    def _require(self, name: str, source: str, key_path: str) -> None:
+        if name not in self._definitions:
+            raise ConfigError(source, key_path, "no tool registered under this name; "
+                              f"registered: {list(self.names())}")
+
+    # ------------------------------------------------------------------ input validation
+
+    def validator_for(self, decl: ToolDeclaration) -> Draft202012Validator:
+        """The compiled validator for a declaration's schema, compiled once per schema."""
+        return self._compile(decl.input_schema, f"tool {decl.name}", "input_schema")
+
+    def validate_input(self, decl: ToolDeclaration, args: Mapping[str, Any]) -> list[str]:
+        """Readable problems with ``args`` (empty = valid), each ``<field path>: <rule>``."""
+        validator = self.validator_for(decl)
+        errors = sorted(validator.iter_errors(dict(args)),
+                        key=lambda e: (_field_path(e), str(e.validator)))
+        problems: list[str] = []
+        for error in errors:
+            problem = f"{_field_path(error)}: {_describe(error)}"
+            if problem not in problems:
+                problems.append(problem)
+        return problems
+
+    def _compile(self, schema: dict[str, Any], source: str,
+                 key_path: str) -> Draft202012Validator:
+        key = json.dumps(schema, sort_keys=True, default=str)
+        if (validator := self._validators.get(key)) is not None:
+            return validator
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as err:
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.path)
+            raise ConfigError(source, key_path + where,
+                              f"not a valid JSON schema: {err.message}") from None
+        if schema.get("type") != "object":
+            raise ConfigError(source, key_path + ".type",
+                              'a tool input schema must be {"type": "object", ...} (Bedrock)')
+        validator = Draft202012Validator(schema)
+        self._validators[key] = validator
+        return validator
+
+
+def _field_path(error: ValidationError) -> str:
+    path = ""
+    for part in error.absolute_path:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "input"
+
+
+def _describe(error: ValidationError) -> str:
+    """What the rule wants, in words, from the schema side only (never the caller's value)."""
+    rule, instance = error.validator, error.instance
+    wanted: Any = error.validator_value
+    if rule == "required" and isinstance(instance, dict):
+        missing = [name for name in wanted if name not in instance]
+        return f"missing required field(s) {missing}"
+    if rule == "additionalProperties" and isinstance(instance, dict):
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        known = set(schema.get("properties", {}))
+        return f"unexpected field(s) {sorted(set(instance) - known)}"
+    if rule == "type":
+        return f"must be of type {wanted}" if isinstance(wanted, str) else \
+            f"must be one of the types {list(wanted)}"
+    words = {
+        "enum": "must be one of {}", "const": "must be {}",
+        "minimum": "must be at least {}", "maximum": "must be at most {}",
+        "exclusiveMinimum": "must be more than {}", "exclusiveMaximum": "must be less than {}",
+        "minLength": "must have at least {} characters",
+        "maxLength": "must have at most {} characters",
+        "minItems": "must have at least {} items", "maxItems": "must have at most {} items",
+        "pattern": "must match the pattern {}", "format": "must be a valid {}",
+    }
+    if isinstance(rule, str) and rule in words:
+        return words[rule].format(list(wanted) if isinstance(wanted, list | tuple) else wanted)
+    return f"does not satisfy the schema rule {rule!r}"
+
+
+def default_registry() -> ToolRegistry:
+    """A registry with every built-in tool; the service builds one at start-up."""
+    return ToolRegistry(restaurant_tools())
