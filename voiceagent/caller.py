@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,13 +197,14 @@ async def open_call(base_url: str, *, auth_token: str | None = None,
     headers: list[tuple[bytes, bytes]] = []
     if auth_token:
         headers.append((b"X-Twilio-Signature", signature.sign(auth_token, target.url).encode()))
-    try:
-        async with open_websocket_url(target.url, extra_headers=headers,
-                                      connect_timeout=HTTP_TIMEOUT_S) as ws:
-            call = RelayCall(ws, target, identity)
-            await call.setup()
-            yield call
-    except HandshakeError as err:
-        raise CallerError(f"the relay socket at {target.url} refused us: {err}") from None
-    except OSError as err:
-        raise CallerError(f"cannot open the relay socket at {target.url}: {err}") from None
+    async with AsyncExitStack() as stack:
+        try:
+            ws = await stack.enter_async_context(open_websocket_url(
+                target.url, extra_headers=headers, connect_timeout=HTTP_TIMEOUT_S))
+        except HandshakeError as err:
+            raise CallerError(f"the relay socket at {target.url} refused us: {err}") from None
+        except OSError as err:
+            raise CallerError(f"cannot open the relay socket at {target.url}: {err}") from None
+        call = RelayCall(ws, target, identity)
+        await call.setup()
+        yield call

@@ -22,8 +22,8 @@ REPLY_TIMEOUT_S = 30.0
 class Transcript:
     """Prints the conversation, tokens as they arrive."""
 
-    def __init__(self, out: TextIO = sys.stdout) -> None:
-        self.out = out
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
         self.open = False
 
     def agent_token(self, token: str) -> None:

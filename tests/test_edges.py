@@ -1,0 +1,99 @@
+"""The edges: settings at start-up, signatures, TwiML, and the CLI's demo."""
+
+from __future__ import annotations
+
+import pytest
+
+from voiceagent import signature, twiml
+from voiceagent.cli import main
+from voiceagent.errors import SettingsError
+from voiceagent.settings import Settings
+from voiceagent.usecases import LanguageEntry, UseCase
+
+
+def test_every_settings_problem_is_reported_at_once() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"PORT": "eighty", "STORE": "dynamodb", "TIME_ZONE": "Mars/Base",
+                           "WS_URL": "http://x/relay"})
+    message = str(caught.value)
+    for name in ("PORT", "TIME_ZONE", "WS_URL", "TABLE_NAME", "TWILIO_AUTH_TOKEN"):
+        assert name in message
+    assert "voiceagent demo" in message
+    assert len(caught.value.problems) == 5
+
+
+def test_settings_defaults_and_the_original_sample_alias() -> None:
+    settings = Settings.from_env({"TWILIO_AUTH_TOKEN": "s3cr3t-token",
+                                  "INFERENCE_PROFILE_ARN": "arn:aws:bedrock:x"})
+    assert settings.port == 3000
+    assert settings.store == "sqlite"
+    assert settings.llm == "bedrock"
+    assert settings.model_identifier == "arn:aws:bedrock:x"
+    assert "s3cr3t" not in repr(settings)            # the token never shows in a repr
+    assert settings.twilio_auth_token == "s3cr3t-token"
+
+
+def test_signature_matches_the_spec_worked_examples() -> None:
+    params = {"CallSid": "CA1234567890ABCDE", "Caller": "+12349013030", "Digits": "1234",
+              "From": "+12349013030", "To": "+18005551212"}
+    url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    assert signature.sign("12345", url, params) == "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+    assert signature.sign("12345", "wss://agent.example.com/relay") == \
+        "7CqIVSnwJUUqw+gxShy+t9T534Y="
+    good = {"x-twilio-signature": "7CqIVSnwJUUqw+gxShy+t9T534Y="}
+    assert signature.is_valid("12345", "wss://agent.example.com/relay", {}, good)
+    assert not signature.is_valid("12345", "https://agent.example.com/relay", {}, good)
+    assert not signature.is_valid("12345", "wss://agent.example.com/relay", {}, {})
+
+
+def test_public_base_behind_a_proxy() -> None:
+    headers = {"x-forwarded-proto": "https", "x-forwarded-host": "agent.example.com"}
+    assert signature.public_base(headers, "http", "10.0.0.5:3000", None) == \
+        "https://agent.example.com"
+    assert signature.public_base({}, "http", "h:1", "https://pub.example/") == \
+        "https://pub.example"
+    assert signature.to_ws("https://agent.example.com") == "wss://agent.example.com"
+
+
+def test_twiml_carries_the_relay_attributes_languages_and_token() -> None:
+    use_case = UseCase(name="x", prompt="p",
+                       relay={"welcomeGreeting": "Hi & welcome", "dtmfDetection": True,
+                              "interruptible": "speech"},
+                       languages=(LanguageEntry(code="es-US", voice="es-US-Neural2-A"),))
+    document = twiml.connect_relay(ws_url="wss://a.example/relay",
+                                   action_url="https://a.example/action", use_case=use_case,
+                                   parameters={"sessionToken": "tok"})
+    assert '<Connect action="https://a.example/action">' in document
+    assert 'dtmfDetection="true"' in document
+    assert 'welcomeGreeting="Hi &amp; welcome"' in document
+    assert '<Language code="es-US" voice="es-US-Neural2-A" />' in document
+    assert '<Parameter name="sessionToken" value="tok" />' in document
+    again = twiml.connect_relay(ws_url="wss://a.example/relay", action_url="https://a/action",
+                                use_case=use_case, parameters={}, greeting=False)
+    assert "welcomeGreeting" not in again
+
+
+def test_demo_plays_a_scripted_caller(capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CONFIG_DIR", "TIME_ZONE"):
+        monkeypatch.delenv(name, raising=False)
+    code = main(["demo", "--say", "What are your hours?", "--say", "/dtmf 1",
+                 "--say", "goodbye"])
+    out = capsys.readouterr()
+    assert code == 0
+    lines = out.out.splitlines()
+    assert lines[0].startswith("agent: Hi, thanks for calling Twilio Dough Boy Pizza")
+    assert lines[1] == "caller: What are your hours?"
+    assert lines[2].startswith("agent: We're open Tuesday through Thursday")
+    assert lines[4].startswith("agent: We're open")
+    assert "goodbye" in lines[-1].lower()
+    assert "DEMO MODE" in out.err
+
+
+def test_call_reports_an_unreachable_server_in_one_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["call", "http://127.0.0.1:9", "--say", "hi"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "cannot reach http://127.0.0.1:9/twiml" in err
+    assert "Traceback" not in err

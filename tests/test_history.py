@@ -1,0 +1,109 @@
+"""History keeps Converse's rules by construction; converse_problems finds every break."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.history import CALL_CONNECTED, History, converse_problems
+
+
+def use(tool_id: str) -> dict[str, object]:
+    return {"toolUseId": tool_id, "name": "lookup", "input": {}}
+
+
+def result(tool_id: str) -> dict[str, object]:
+    return {"toolResult": {"toolUseId": tool_id, "content": [{"json": {"ok": 1}}],
+                           "status": "success"}}
+
+
+def test_heard_text_spans_a_tool_round() -> None:
+    history = History()
+    history.add_user_text("what time?")
+    start = history.mark()
+    history.add_assistant("Let me check.", [use("t1")])
+    history.add_tool_results([result("t1")])
+    history.add_assistant("It is nine o'clock now.")
+    history.apply_heard(start, "Let me check. It is nine")
+    assert history.messages[1]["content"] == [{"text": "Let me check."},
+                                              {"toolUse": use("t1")}]
+    assert history.messages[3] == {"role": "assistant", "content": [{"text": "It is nine"}]}
+    assert converse_problems(history.for_request()) == []
+
+
+def test_nothing_heard_drops_text_but_keeps_answered_tool_uses() -> None:
+    history = History()
+    history.add_user_text("order")
+    start = history.mark()
+    history.add_assistant("Placing it.", [use("t1")])
+    history.add_tool_results([result("t1")])
+    history.add_assistant("Done, number 4.")
+    history.apply_heard(start, "")
+    assert [m["role"] for m in history.messages] == ["user", "assistant", "user"]
+    assert history.messages[1]["content"] == [{"toolUse": use("t1")}]
+    history.add_user_text("thanks")
+    assert history.messages[2]["content"][-1] == {"text": "thanks"}
+    assert converse_problems(history.messages) == []
+
+
+def test_blank_and_whitespace_are_never_recorded() -> None:
+    history = History()
+    history.add_user_text("   ")
+    history.add_assistant("  \n")
+    assert len(history) == 0
+    history.add_user_text("hi")
+    history.add_assistant("Hello there!  ")
+    assert history.messages[-1]["content"] == [{"text": "Hello there!"}]
+
+
+def test_sealed_messages_are_handed_over_once_and_last_waits() -> None:
+    history = History()
+    history.add_assistant("Welcome.")
+    history.add_user_text("hi")
+    assert [i for i, _, _ in history.take_sealed()] == [0]
+    history.add_assistant("Hello.")
+    assert [i for i, _, _ in history.take_sealed()] == [1]
+    assert [i for i, _, _ in history.take_sealed(final=True)] == [2]
+    assert history.take_sealed(final=True) == []
+
+
+def test_greeting_first_history_gets_a_neutral_opening_for_requests() -> None:
+    history = History()
+    history.add_assistant("Hi, this is Pizza.")
+    history.add_user_text("hello")
+    messages = history.for_request()
+    assert messages[0] == {"role": "user", "content": [{"text": CALL_CONNECTED}]}
+    assert converse_problems(messages) == []
+
+
+@pytest.mark.parametrize(("messages", "fragment"), [
+    ([], "empty"),
+    ([{"role": "assistant", "content": [{"text": "hi"}]}], "start with a user"),
+    ([{"role": "user", "content": [{"text": "a"}]}, {"role": "user", "content": [{"text": "b"}]}],
+     "alternate"),
+    ([{"role": "user", "content": []}], "content is empty"),
+    ([{"role": "user", "content": [{"text": " "}]}], "blank"),
+    ([{"role": "user", "content": [{"text": "a"}]},
+      {"role": "assistant", "content": [{"toolUse": use("t1")}]},
+      {"role": "user", "content": [{"text": "b"}]}], "expected toolResult"),
+    ([{"role": "user", "content": [result("t9")]}], "without toolUse"),
+    ([{"role": "user", "content": [{"text": "a"}]},
+      {"role": "assistant", "content": [{"text": "ends with space "}]}], "trailing whitespace"),
+    ([{"role": "user", "content": [{"text": "a"}]},
+      {"role": "assistant", "content": [{"toolUse": {**use("bad id!"), "input": {}}}]},
+      {"role": "user", "content": [result("bad id!")]}], "bad toolUseId"),
+    ([{"role": "user", "content": [{"toolResult": {"toolUseId": "t", "content": [],
+                                                   "status": "error"}}]}], "needs content"),
+    ([{"role": "system", "content": [{"text": "x"}]}], "role"),
+])
+def test_converse_problems_names_each_violation(messages: list[dict[str, object]],
+                                                fragment: str) -> None:
+    problems = converse_problems(messages)  # type: ignore[arg-type]
+    assert any(fragment in p for p in problems), problems
+
+
+def test_tool_blocks_need_a_tool_config() -> None:
+    messages = [{"role": "user", "content": [{"text": "a"}]},
+                {"role": "assistant", "content": [{"toolUse": use("t1")}]},
+                {"role": "user", "content": [result("t1")]}]
+    assert converse_problems(messages) == []
+    assert any("toolConfig" in p for p in converse_problems(messages, tools_configured=False))

@@ -1,0 +1,87 @@
+"""Random schedules of prompts, barge-ins, keys, tool calls and hang-ups always leave a history
+that Bedrock's Converse API accepts, and every request the model saw was valid too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from actors.history import converse_problems
+from tests.call_harness import open_test_call, plain_use_case
+from tests.fakes import FakeLLM, Step, tool_use, words
+from voiceagent.errors import ModelStreamFailed
+from voiceagent.llm.base import LLMRequest, TextDelta
+from voiceagent.tools.base import ToolDefinition
+from voiceagent.tools.registry import ToolRegistry
+
+TOOLS = [{"name": "placeOrder", "description": "Place an order"},
+         {"name": "lookup", "description": "Look something up"}]
+
+
+def registry() -> ToolRegistry:
+    async def slow(ctx: Any, args: Any) -> dict[str, Any]:
+        await trio.sleep(0.7)
+        return {"done": True}
+
+    return ToolRegistry([ToolDefinition("placeOrder", slow, side_effect=True),
+                         ToolDefinition("lookup", slow)])
+
+
+def script(request: LLMRequest) -> list[Step]:
+    last = request.messages[-1]["content"]
+    if "toolResult" in last[0]:
+        return words("All done, anything else?", gap_s=0.05)
+    said = " ".join(b.get("text", "") for b in last)
+    n = len(request.messages)
+    if "order" in said:
+        return tool_use(f"tu_{n}", "placeOrder", before="Placing that")
+    if "both" in said:
+        steps = tool_use(f"tu_{n}a", "lookup")
+        return [*steps[:-1], *tool_use(f"tu_{n}b", "placeOrder")[1:]]
+    if "fail" in said:
+        return [0.1, TextDelta("Well"), ModelStreamFailed("modelStreamErrorException", "x")]
+    return words("Sure thing, we have that " * (3 if "long" in said else 1), gap_s=0.1)
+
+
+actions = st.lists(st.one_of(
+    st.tuples(st.just("say"), st.sampled_from(["hi", "order pizza", "both please", "long one",
+                                               "fail now", "   "])),
+    st.tuples(st.just("interrupt"), st.one_of(st.none(), st.text(max_size=20))),
+    st.tuples(st.just("dtmf"), st.sampled_from(list("0123456789#*"))),
+    st.tuples(st.just("wait"), st.sampled_from([0.0, 0.05, 0.3, 1.0, 3.0])),
+), max_size=14)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(schedule=actions)
+async def test_any_schedule_leaves_a_valid_history(schedule: list[tuple[str, Any]],
+                                                    autojump_clock: Any) -> None:
+    llm = FakeLLM(script)
+    use_case = plain_use_case(tools=TOOLS, dtmf={"handlers": {"5": {"reply": "Five it is."}},
+                                                 "idle_timeout_s": 0.5})
+    async with open_test_call(llm, use_case=use_case, registry=registry()) as call:
+        for kind, value in schedule:
+            match kind:
+                case "say":
+                    call.say(value)
+                case "interrupt":
+                    call.interrupt(value)
+                case "dtmf":
+                    call.dtmf(value)
+                case "wait":
+                    await trio.sleep(value)
+            await trio.testing.wait_all_tasks_blocked()
+    history = call.report.history
+    assert history is not None
+    assert llm.violations == []
+    if len(history):
+        assert converse_problems(history.for_request()) == []
+    persisted = [message for _, _, message, _ in call.writer.persisted]
+    assert persisted == list(history.messages)
+    frames = call.socket.raw_sent
+    assert all(frame.startswith("{") for frame in frames)
