@@ -97,3 +97,38 @@ def test_call_reports_an_unreachable_server_in_one_line(
     assert code == 2
     assert "cannot reach http://127.0.0.1:9/twiml" in err
     assert "Traceback" not in err
+
+
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    """Nothing from the developer's shell: no AWS identity, no Twilio token."""
+    import os
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "TWILIO_")) or name in (
+                "STORE", "LLM", "DEMO", "VALIDATE_SIGNATURES", "TABLE_NAME", "PORT"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", f"{tmp_path}/no-such-config")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", f"{tmp_path}/no-such-credentials")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def test_serve_without_a_token_says_what_to_set(capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: object) -> None:
+    _isolated_env(monkeypatch, tmp_path)
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "TWILIO_AUTH_TOKEN" in err
+    assert "voiceagent demo" in err
+    assert "Traceback" not in err
+
+
+def test_serve_with_bedrock_and_no_aws_identity_stops_at_start(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: object) -> None:
+    _isolated_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "token")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "AWS_REGION" in err
+    assert "voiceagent demo" in err
+    assert "Traceback" not in err
