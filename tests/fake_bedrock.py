@@ -1,0 +1,452 @@
+"""A local Bedrock Runtime endpoint that speaks the real ConverseStream wire format, so the real
+boto3 client parses real frames.
+
+HTTP/1.1 with keep-alive on 127.0.0.1; ``POST /model/{modelId}/converse-stream`` answers
+``200`` with ``Transfer-Encoding: chunked`` and one event-stream frame per chunk (a
+``Content-Length`` body would make urllib3 read everything at the end). Each request takes the
+next scripted reply (``push``), else asks ``responder``. Replies are event frames with delays,
+exception frames mid-stream, HTTP errors with ``x-amzn-ErrorType``, or delayed headers.
+
+Every request body is recorded and checked against Converse's rules; problems collect in
+``violations`` so a test asserts there are none. Every connection records when the client
+closed it, from a reader that watches the socket while the reply is being written.
+
+    async with running_fake_bedrock() as fake:
+        fake.push(text_reply(["Hello", " there"]))
+        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake.endpoint_url)
+
+``python -m tests.fake_bedrock`` serves the benchmark script (model id ``bench.d{N}.g{MS}``:
+N text deltas MS milliseconds apart; see ``bench_reply``) and ``GET /stats`` until interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http
+import json
+import math
+import re
+import struct
+import sys
+import time
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+import trio
+
+from actors.history import converse_problems
+
+ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
+_PATH = re.compile(r"^/model/(?P<model>[^/]+)/converse-stream$")
+_METADATA = re.compile(r"^[a-zA-Z0-9 \t\n\r\f\v:_@$#=/+,\-.]{0,256}$")
+_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_BENCH_MODEL = re.compile(
+    r"^bench\.d(?P<deltas>\d+)\.g(?P<gap_ms>\d+)(\.h(?P<headers_ms>\d+))?$")
+
+
+# ---------------------------------------------------------------------------- frames
+
+def encode_frame(headers: Mapping[str, str], payload: bytes) -> bytes:
+    """One event-stream message: prelude (total length, headers length, CRC32), headers
+    (all type 7, string), payload, CRC32 of everything before it. Big-endian throughout."""
+    encoded = b"".join(_header(name, value) for name, value in headers.items())
+    prelude = struct.pack("!II", 16 + len(encoded) + len(payload), len(encoded))
+    message = prelude + struct.pack("!I", zlib.crc32(prelude)) + encoded + payload
+    return message + struct.pack("!I", zlib.crc32(message))
+
+
+def _header(name: str, value: str) -> bytes:
+    raw_name, raw_value = name.encode(), value.encode()
+    return (struct.pack("!B", len(raw_name)) + raw_name
+            + struct.pack("!BH", 7, len(raw_value)) + raw_value)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    data: bytes
+    delay_s: float = 0.0                # slept before this frame is sent
+
+
+def event(event_type: str, body: Mapping[str, Any], *, delay_s: float = 0.0) -> Frame:
+    headers = {":message-type": "event", ":event-type": event_type,
+               ":content-type": "application/json"}
+    return Frame(encode_frame(headers, json.dumps(body).encode()), delay_s)
+
+
+def exception(exception_type: str, message: str = "scripted", *, delay_s: float = 0.0,
+              **fields: Any) -> Frame:
+    """A modeled error inside the stream, e.g. ``throttlingException`` (camelCase)."""
+    headers = {":message-type": "exception", ":exception-type": exception_type,
+               ":content-type": "application/json"}
+    return Frame(encode_frame(headers, json.dumps({"message": message, **fields}).encode()),
+                 delay_s)
+
+
+def error(code: str, message: str = "scripted", *, delay_s: float = 0.0) -> Frame:
+    """An unmodeled error: ``:message-type error`` with code and message headers."""
+    headers = {":message-type": "error", ":error-code": code, ":error-message": message}
+    return Frame(encode_frame(headers, b""), delay_s)
+
+
+def message_start() -> Frame:
+    return event("messageStart", {"role": "assistant"})
+
+
+def text_events(deltas: Iterable[str], *, index: int = 0, gap_s: float = 0.0,
+                first_delay_s: float | None = None, stop: bool = True) -> list[Frame]:
+    frames = []
+    for n, text in enumerate(deltas):
+        delay = gap_s if n or first_delay_s is None else first_delay_s
+        frames.append(event("contentBlockDelta", {"contentBlockIndex": index,
+                                                  "delta": {"text": text}}, delay_s=delay))
+    if stop:
+        frames.append(event("contentBlockStop", {"contentBlockIndex": index}))
+    return frames
+
+
+def tool_events(index: int, tool_use_id: str, name: str, fragments: Iterable[str], *,
+                gap_s: float = 0.0) -> list[Frame]:
+    """A toolUse block: start (id and name), the input JSON in fragments, stop."""
+    frames = [event("contentBlockStart", {"contentBlockIndex": index, "start": {
+        "toolUse": {"toolUseId": tool_use_id, "name": name}}})]
+    frames += [event("contentBlockDelta", {"contentBlockIndex": index,
+                                           "delta": {"toolUse": {"input": fragment}}},
+                     delay_s=gap_s) for fragment in fragments]
+    frames.append(event("contentBlockStop", {"contentBlockIndex": index}))
+    return frames
+
+
+def reasoning_events(index: int, texts: Iterable[str]) -> list[Frame]:
+    frames = [event("contentBlockDelta", {"contentBlockIndex": index, "delta": {
+        "reasoningContent": {"text": text}}}) for text in texts]
+    frames.append(event("contentBlockDelta", {"contentBlockIndex": index, "delta": {
+        "reasoningContent": {"signature": "c2lnbmF0dXJl"}}}))
+    frames.append(event("contentBlockStop", {"contentBlockIndex": index}))
+    return frames
+
+
+def message_end(stop_reason: str = "end_turn", *, input_tokens: int = 12,
+                output_tokens: int = 5, cache_read: int | None = None,
+                cache_write: int | None = None) -> list[Frame]:
+    usage: dict[str, int] = {"inputTokens": input_tokens, "outputTokens": output_tokens,
+                             "totalTokens": input_tokens + output_tokens}
+    if cache_read is not None:
+        usage["cacheReadInputTokens"] = cache_read
+    if cache_write is not None:
+        usage["cacheWriteInputTokens"] = cache_write
+    return [event("messageStop", {"stopReason": stop_reason}),
+            event("metadata", {"usage": usage, "metrics": {"latencyMs": 42}, "p": "abcdef"})]
+
+
+# ---------------------------------------------------------------------------- replies
+
+@dataclass(frozen=True, slots=True)
+class StreamReply:
+    frames: tuple[Frame, ...]
+    headers_delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpError:
+    status: int
+    error_type: str                     # x-amzn-ErrorType, e.g. "ThrottlingException"
+    message: str = "scripted"
+    delay_s: float = 0.0
+
+
+Reply = StreamReply | HttpError
+
+
+def stream_reply(*parts: Frame | Sequence[Frame], headers_delay_s: float = 0.0) -> StreamReply:
+    frames: list[Frame] = []
+    for part in parts:
+        frames.extend([part] if isinstance(part, Frame) else part)
+    return StreamReply(tuple(frames), headers_delay_s)
+
+
+def text_reply(deltas: Sequence[str], *, gap_s: float = 0.0, stop_reason: str = "end_turn",
+               headers_delay_s: float = 0.0, **usage: Any) -> StreamReply:
+    return stream_reply(message_start(), text_events(deltas, gap_s=gap_s),
+                        message_end(stop_reason, **usage), headers_delay_s=headers_delay_s)
+
+
+# ---------------------------------------------------------------------------- records
+
+@dataclass(eq=False)
+class ConnectionRecord:
+    id: int
+    opened_at: float                    # time.perf_counter()
+    closed_at: float | None = None      # when the client closed (EOF or reset)
+    requests: int = 0
+    closed: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass(eq=False)
+class RecordedRequest:
+    index: int
+    model_id: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    connection: ConnectionRecord
+    received_at: float
+    frames_sent: int = 0
+    outcome: str = "pending"            # complete | client_closed | http_error
+    done: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def call_sid(self) -> str:
+        return str((self.body.get("requestMetadata") or {}).get("callSid", ""))
+
+
+def request_problems(body: Mapping[str, Any]) -> list[str]:
+    """What ConverseStream would refuse in ``body``, beyond what botocore checks locally."""
+    tool_config = body.get("toolConfig")
+    tools = tool_config.get("tools", []) if isinstance(tool_config, Mapping) else []
+    problems = converse_problems(body.get("messages") or [], tools_configured=bool(tools))
+    if tool_config is not None and not tools:
+        problems.append("toolConfig.tools: empty")
+    for n, tool in enumerate(tools):
+        spec = tool.get("toolSpec")
+        if spec is not None and not _TOOL_NAME.match(str(spec.get("name", ""))):
+            problems.append(f"toolConfig.tools[{n}]: bad name")
+        if spec is not None and "json" not in (spec.get("inputSchema") or {}):
+            problems.append(f"toolConfig.tools[{n}]: no inputSchema.json")
+    for n, block in enumerate(body.get("system") or []):
+        if "text" in block and not str(block["text"]).strip():
+            problems.append(f"system[{n}]: blank text")
+    metadata = body.get("requestMetadata") or {}
+    if len(metadata) > 16:
+        problems.append("requestMetadata: more than 16 entries")
+    for key, value in metadata.items():
+        if not key or not _METADATA.match(key) or not _METADATA.match(str(value)):
+            problems.append(f"requestMetadata[{key!r}]: outside the allowed pattern")
+    if (body.get("inferenceConfig") or {}).get("maxTokens", 1) < 1:
+        problems.append("inferenceConfig.maxTokens: below 1")
+    return problems
+
+
+# ---------------------------------------------------------------------------- the server
+
+class FakeBedrock:
+    """Scripted replies in arrival order (``push``), then ``responder``, else an HTTP 500."""
+
+    def __init__(self, *, responder: Callable[[RecordedRequest], Reply] | None = None,
+                 keep_bodies: bool = True) -> None:
+        self.responder = responder
+        self.keep_bodies = keep_bodies
+        self.port = 0
+        self.requests: list[RecordedRequest] = []
+        self.connections: list[ConnectionRecord] = []
+        self.violations: list[str] = []
+        self._script: deque[Reply] = deque()
+        self._arrived = trio.lowlevel.ParkingLot()
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def push(self, *replies: Reply) -> None:
+        self._script.extend(replies)
+
+    async def wait_requests(self, count: int) -> list[RecordedRequest]:
+        while len(self.requests) < count:
+            await self._arrived.park()
+        return self.requests[:count]
+
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Listen on 127.0.0.1, an ephemeral port, until cancelled."""
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self.endpoint_url)
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        record = ConnectionRecord(len(self.connections), time.perf_counter())
+        self.connections.append(record)
+        send, receive = trio.open_memory_channel[tuple[str, str, dict[str, str], bytes]](
+            math.inf)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read, stream, record, send, nursery.cancel_scope)
+                async with receive:
+                    async for method, path, headers, body in receive:
+                        await self._respond(stream, record, method, path, headers, body)
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _read(self, stream: trio.SocketStream, record: ConnectionRecord,
+                    send: trio.MemorySendChannel[tuple[str, str, dict[str, str], bytes]],
+                    writer: trio.CancelScope) -> None:
+        """Parses requests, and notes the moment the client closes, even mid-reply."""
+        buffer = bytearray()
+        with send:
+            while True:
+                try:
+                    data = await stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    record.closed_at = time.perf_counter()
+                    record.closed.set()
+                    writer.cancel()             # stop writing a reply nobody reads
+                    return
+                buffer += data
+                while (request := _parse_request(buffer)) is not None:
+                    await send.send(request)
+
+    async def _respond(self, stream: trio.SocketStream, record: ConnectionRecord,
+                       method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+        if method == "GET" and path == "/stats":
+            await _send_json(stream, 200, self.stats())
+            return
+        match = _PATH.match(path)
+        if method != "POST" or match is None:
+            await _send_json(stream, 404, {"message": f"fake: no route {method} {path}"},
+                             error_type="UnknownOperationException")
+            return
+        request = self._record(unquote(match["model"]), headers, body, record)
+        try:
+            reply = self._next_reply(request)
+            if isinstance(reply, HttpError):
+                await trio.sleep(reply.delay_s)
+                request.outcome = "http_error"
+                await _send_json(stream, reply.status, {"message": reply.message},
+                                 error_type=reply.error_type)
+                return
+            await trio.sleep(reply.headers_delay_s)
+            await stream.send_all(b"HTTP/1.1 200 OK\r\n"
+                                  b"Content-Type: application/vnd.amazon.eventstream\r\n"
+                                  b"Transfer-Encoding: chunked\r\n"
+                                  b"x-amzn-RequestId: fake-%d\r\n\r\n" % request.index)
+            for frame in reply.frames:
+                if frame.delay_s:
+                    await trio.sleep(frame.delay_s)
+                await stream.send_all(b"%x\r\n%b\r\n" % (len(frame.data), frame.data))
+                request.frames_sent += 1
+            await stream.send_all(b"0\r\n\r\n")
+            request.outcome = "complete"
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            request.outcome = "client_closed"
+        finally:
+            if request.outcome == "pending":
+                request.outcome = "client_closed"
+            request.done.set()
+
+    def _record(self, model_id: str, headers: dict[str, str], raw: bytes,
+                connection: ConnectionRecord) -> RecordedRequest:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = {}
+            self.violations.append(f"request {len(self.requests)}: body is not JSON")
+        index = len(self.requests)
+        self.violations.extend(f"request {index}: {p}" for p in request_problems(body))
+        if not self.keep_bodies:
+            body = {"requestMetadata": body.get("requestMetadata", {})}
+        request = RecordedRequest(index, model_id, body, headers, connection,
+                                  time.perf_counter())
+        connection.requests += 1
+        self.requests.append(request)
+        self._arrived.unpark_all()
+        return request
+
+    def _next_reply(self, request: RecordedRequest) -> Reply:
+        if self._script:
+            return self._script.popleft()
+        if self.responder is not None:
+            return self.responder(request)
+        return HttpError(500, "InternalServerException", "fake: no scripted reply")
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "connections": [{"id": c.id, "opened_at": c.opened_at, "closed_at": c.closed_at,
+                             "requests": c.requests} for c in self.connections],
+            "requests": [{"index": r.index, "call_sid": r.call_sid,
+                          "connection": r.connection.id, "received_at": r.received_at,
+                          "frames_sent": r.frames_sent, "outcome": r.outcome}
+                         for r in self.requests],
+            "violations": self.violations[:20],
+        }
+
+
+def _parse_request(buffer: bytearray) -> tuple[str, str, dict[str, str], bytes] | None:
+    """Take one complete request off the front of ``buffer``, if there is one."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+    method, path, _ = head[0].split(" ", 2)
+    headers = {}
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    if len(buffer) < end + 4 + length:
+        return None
+    body = bytes(buffer[end + 4:end + 4 + length])
+    del buffer[:end + 4 + length]
+    return method, path, headers, body
+
+
+async def _send_json(stream: trio.SocketStream, status: int, body: Any, *,
+                     error_type: str | None = None) -> None:
+    data = json.dumps(body).encode()
+    head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}",
+            "Content-Type: application/json", f"Content-Length: {len(data)}"]
+    if error_type is not None:
+        head.append(f"x-amzn-ErrorType: {error_type}{ERROR_TYPE_SUFFIX}")
+    await stream.send_all(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+
+
+@asynccontextmanager
+async def running_fake_bedrock(**options: Any) -> AsyncIterator[FakeBedrock]:
+    """The fake, served for the duration of the block, then stopped by cancelling it."""
+    fake = FakeBedrock(**options)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        yield fake
+        nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------- benchmark mode
+
+def bench_reply(request: RecordedRequest) -> Reply:
+    """``bench.d{N}.g{MS}[.h{MS}]``: N word deltas MS milliseconds apart (the first after MS),
+    optionally the headers only after ``h`` milliseconds."""
+    match = _BENCH_MODEL.match(request.model_id)
+    if match is None:
+        return HttpError(400, "ValidationException", "fake: model id is not bench.dN.gMS")
+    deltas, gap_s = int(match["deltas"]), int(match["gap_ms"]) / 1000
+    headers_delay_s = int(match["headers_ms"] or 0) / 1000
+    return text_reply([f" w{n}" for n in range(deltas)], gap_s=gap_s,
+                      output_tokens=deltas, headers_delay_s=headers_delay_s)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port-file", help="write the port here once listening")
+    args = parser.parse_args(argv)
+    fake = FakeBedrock(responder=bench_reply, keep_bodies=False)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fake.serve)
+            print(fake.port, flush=True)
+            if args.port_file:
+                with open(args.port_file, "w") as out:  # noqa: ASYNC230 - once, at start-up
+                    out.write(str(fake.port))
+    with suppress(KeyboardInterrupt):
+        trio.run(run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

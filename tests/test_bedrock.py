@@ -1,0 +1,713 @@
+"""The Bedrock backend against a local endpoint that speaks the ConverseStream wire format.
+
+The real boto3 client is used, pointed at the fake through AWS_ENDPOINT_URL_BEDROCK_RUNTIME,
+with dummy credentials and no AWS config files. These are real-socket, real-thread tests: no
+autojump clock, a time limit on each. Every request the fake receives is checked against the
+Converse history rules, and each test asserts the fake saw no violation.
+"""
+
+from __future__ import annotations
+
+import binascii
+import logging
+import os
+import struct
+import time
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from botocore.eventstream import EventStreamBuffer
+from botocore.exceptions import EventStreamError
+
+from actors.history import History
+from tests.fake_bedrock import (
+    FakeBedrock,
+    HttpError,
+    encode_frame,
+    error,
+    event,
+    exception,
+    message_end,
+    message_start,
+    reasoning_events,
+    running_fake_bedrock,
+    stream_reply,
+    text_events,
+    text_reply,
+    tool_events,
+)
+from voiceagent.errors import (
+    ModelRejected,
+    ModelStreamFailed,
+    ModelThrottled,
+    ModelUnavailable,
+)
+from voiceagent.llm.base import (
+    LLMEvent,
+    LLMRequest,
+    ModelOptions,
+    StreamEnd,
+    TextDelta,
+    ToolUseRequest,
+    Usage,
+    tool_specs,
+)
+from voiceagent.llm.bedrock import BedrockLLM, check_bedrock_ready, open_bedrock_llm
+from voiceagent.llm.bedrock_converse import (
+    FrameDecoder,
+    ReplyError,
+    StreamFault,
+    ThinkingFilter,
+    event_of,
+    history_shape,
+    metadata_value,
+    prompt_caching,
+)
+from voiceagent.llm.bedrock_transport import classify
+from voiceagent.settings import Settings
+
+CALL_SID = "CA0123456789abcdef0123456789abcdef"
+NOVA = "us.amazon.nova-lite-v1:0"
+CLAUDE = "us.anthropic.claude-3-7-sonnet-20250219-v1:0"
+CLOSE_BOUND_S = 1.0                 # generous; the benchmark measures the real figure
+LOOKUP = {"name": "lookup_hours", "description": "Opening hours for a date.",
+          "inputSchema": {"json": {"type": "object",
+                                   "properties": {"date": {"type": "string"}}}}}
+BOOK = {"name": "book_table", "description": "Book a table.",
+        "inputSchema": {"json": {"type": "object",
+                                 "properties": {"time": {"type": "string"}}}}}
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Dummy credentials only: nothing from the developer's environment or ~/.aws."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+async def fake(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeBedrock]:
+    async with running_fake_bedrock() as server:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", server.endpoint_url)
+        yield server
+
+
+@pytest.fixture
+async def llm(fake: FakeBedrock) -> AsyncIterator[BedrockLLM]:
+    backend = BedrockLLM(region="us-east-1", max_concurrent_streams=250,
+                         retry_base_delay_s=0.02)
+    yield backend
+    await backend.aclose()
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": [{"text": text}]}
+
+
+def request(messages: Sequence[dict[str, Any]] = (user("When do you open?"),), *,
+            model_id: str = NOVA, **fields: Any) -> LLMRequest:
+    values: dict[str, Any] = {"call_sid": CALL_SID, "use_case": "testUseCase",
+                              "model_id": model_id, "system": ("You are a host.",),
+                              "messages": tuple(messages)}
+    values.update(fields)
+    return LLMRequest(**values)
+
+
+async def collect(llm: BedrockLLM, llm_request: LLMRequest) -> list[LLMEvent]:
+    async with llm.stream(llm_request) as events:
+        return [item async for item in events]
+
+
+def without_end(events: list[LLMEvent]) -> list[LLMEvent]:
+    assert isinstance(events[-1], StreamEnd)
+    return events[:-1]
+
+
+async def wait_threads_done(llm: BedrockLLM) -> float:
+    """Poll until every worker thread has finished; returns how long that took."""
+    started = time.perf_counter()
+    while llm.statistics().threads_busy:        # noqa: ASYNC110 - threads signal no event
+        await trio.sleep(0.001)
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------- the fake itself
+
+def test_encoder_reproduces_the_public_vector() -> None:
+    frame = encode_frame({}, b'{"foo": "bar"}')
+    assert binascii.hexlify(frame[:12], " ").decode() == "00 00 00 1e 00 00 00 00 ba f2 f6 8a"
+    assert binascii.hexlify(frame[-4:], " ").decode() == "ae 72 58 e4"
+    assert len(frame) == 30
+
+
+def test_botocore_decodes_the_encoders_frames() -> None:
+    buffer = EventStreamBuffer()
+    buffer.add_data(event("contentBlockDelta", {"contentBlockIndex": 0,
+                                                "delta": {"text": "Hi"}}).data
+                    + exception("throttlingException", "slow down").data
+                    + error("InternalFailure", "boom").data)
+    first, second, third = list(buffer)
+    assert first.headers == {":message-type": "event", ":event-type": "contentBlockDelta",
+                             ":content-type": "application/json"}
+    assert first.payload == b'{"contentBlockIndex": 0, "delta": {"text": "Hi"}}'
+    assert second.headers[":exception-type"] == "throttlingException"
+    assert third.headers[":error-code"] == "InternalFailure"
+    assert third.payload == b""
+
+
+def test_decoder_agrees_with_botocore_however_the_body_is_chunked() -> None:
+    body = b"".join(f.data for f in [
+        *text_events(["Hi", " there"]), exception("throttlingException", "slow"),
+        error("InternalFailure", "boom")])
+    reference = [(m.headers, m.payload) for m in _botocore_messages(body)]
+    for cut in range(1, len(body)):
+        decoder = FrameDecoder()
+        got = decoder.feed(body[:cut]) + decoder.feed(body[cut:])
+        assert [(dict(h), p) for h, p in got] == reference, cut
+        assert decoder.pending == 0
+
+
+def test_decoder_reads_every_header_type() -> None:
+    headers = (_raw_header(b"t", 0, b"") + _raw_header(b"f", 1, b"")
+               + _raw_header(b"b", 2, b"\xff") + _raw_header(b"s", 3, b"\x01\x02")
+               + _raw_header(b"i", 4, struct.pack("!i", -7))
+               + _raw_header(b"l", 5, struct.pack("!q", 2**40))
+               + _raw_header(b"by", 6, struct.pack("!H", 3) + b"abc")
+               + _raw_header(b"ts", 8, struct.pack("!q", 1_700_000_000_000))
+               + _raw_header(b"u", 9, bytes(range(16))))
+    prelude = struct.pack("!II", 16 + len(headers) + 2, len(headers))
+    message = prelude + struct.pack("!I", zlib.crc32(prelude)) + headers + b"{}"
+    frame = message + struct.pack("!I", zlib.crc32(message))
+    ((decoded, payload),) = FrameDecoder().feed(frame)
+    (reference,) = _botocore_messages(frame)
+    assert payload == b"{}"
+    assert decoded["t"] is True
+    assert decoded["f"] is False
+    assert decoded["by"] == b"abc"
+    assert decoded["u"] == bytes(range(16))
+    for name in ("b", "s", "i", "l"):
+        assert decoded[name] == reference.headers[name]
+    assert decoded["ts"] == 1_700_000_000_000
+
+
+def test_decoder_refuses_a_corrupt_frame() -> None:
+    frame = bytearray(event("messageStop", {"stopReason": "end_turn"}).data)
+    frame[-6] ^= 1
+    with pytest.raises(ReplyError, match="CorruptFrame"):
+        FrameDecoder().feed(bytes(frame))
+
+
+def test_exception_and_error_messages_raise_with_their_codes() -> None:
+    ((headers, payload),) = FrameDecoder().feed(exception("throttlingException", "x").data)
+    with pytest.raises(StreamFault) as caught:
+        event_of(headers, payload)
+    assert caught.value.code == "throttlingException"
+    ((headers, payload),) = FrameDecoder().feed(error("InternalFailure", "y").data)
+    with pytest.raises(StreamFault, match="InternalFailure: y"):
+        event_of(headers, payload)
+
+
+@pytest.mark.parametrize("text", [
+    "<thinking>plan</thinking>\n\nWe open at nine.",
+    "We open <thinking>a<b</thinking>at nine. <th> stays, a < b stays",
+    "Ends inside <thinking>never closed",
+    "<thinking></thinking><thinking>x</thinking>Hi",
+])
+def test_thinking_is_dropped_wherever_the_deltas_split(text: str) -> None:
+    expected = _think_once(text)
+    assert "thinking>" not in expected
+    for first in range(len(text)):
+        for second in range(first, len(text)):
+            parts = [text[:first], text[first:second], text[second:]]
+            thinking = ThinkingFilter()
+            got = "".join(thinking.feed(part) for part in parts) + thinking.flush()
+            assert got == expected, (first, second)
+
+
+def _think_once(text: str) -> str:
+    thinking = ThinkingFilter()
+    return thinking.feed(text) + thinking.flush()
+
+
+def test_request_metadata_values_are_made_acceptable() -> None:
+    assert metadata_value("CA12 ok:_@$#=/+,-.") == "CA12 ok:_@$#=/+,-."
+    assert metadata_value("a?b<c>é") == "a_b_c__"
+    assert len(metadata_value("x" * 300)) == 256
+
+
+def test_prompt_caching_support_by_model_id() -> None:
+    assert prompt_caching("anthropic.claude-3-7-sonnet-20250219-v1:0").tools
+    assert prompt_caching("global.anthropic.claude-sonnet-4-5-20250929-v1:0").tools
+    nova = prompt_caching("eu.amazon.nova-pro-v1:0")
+    assert nova.system
+    assert not nova.tools
+    assert not prompt_caching("anthropic.claude-3-haiku-20240307-v1:0").system
+    assert not prompt_caching("arn:aws:bedrock:us-east-1:1:application-inference-profile/x").system
+
+
+def test_history_shape_has_kinds_and_counts_only() -> None:
+    messages = [user("secret words"),
+                {"role": "assistant", "content": [
+                    {"text": "more secret"}, {"toolUse": {"toolUseId": "a", "name": "n",
+                                                          "input": {}}},
+                    {"toolUse": {"toolUseId": "b", "name": "n", "input": {}}}]}]
+    assert history_shape(messages) == ["user:text", "assistant:text+toolUse*2"]
+
+
+@pytest.mark.parametrize(("code", "kind", "retryable"), [
+    ("throttlingException", "throttled", True),
+    ("serviceUnavailableException", "unavailable", True),
+    ("internalServerException", "unavailable", True),
+    ("modelStreamErrorException", "stream", True),
+    ("validationException", "rejected", False),
+    ("somethingNewException", "stream", False),
+])
+def test_errors_inside_the_stream_map_like_their_http_twins(code: str, kind: str,
+                                                            retryable: bool) -> None:
+    """botocore's EventStreamError (camelCase code) and our own frame decoder's StreamFault
+    classify alike."""
+    pascal = code[0].upper() + code[1:]
+    botocore_error = EventStreamError({"Error": {"Code": code, "Message": "m"}},
+                                      "ConverseStream")
+    for failure in (classify(botocore_error), classify(StreamFault(code, "m"))):
+        assert (failure.code, failure.kind, failure.retryable) == (pascal, kind, retryable)
+        assert failure.message == "m"
+
+
+def _botocore_messages(data: bytes) -> list[Any]:
+    buffer = EventStreamBuffer()
+    buffer.add_data(data)
+    return list(buffer)
+
+
+def _raw_header(name: bytes, kind: int, value: bytes) -> bytes:
+    return struct.pack("!B", len(name)) + name + struct.pack("!B", kind) + value
+
+
+# ---------------------------------------------------------------------------- replies
+
+async def test_plain_text_streams_each_delta_as_it_arrives(
+        fake: FakeBedrock, llm: BedrockLLM) -> None:
+    """No buffering into sentences: each delta is received before the next one is sent."""
+    deltas = ["We open", " at nine", " every day."]
+    fake.push(text_reply(deltas, gap_s=0.15, cache_read=7, cache_write=3))
+    received: list[tuple[LLMEvent, int]] = []
+    with trio.fail_after(5):
+        async with llm.stream(request()) as events:
+            async for item in events:
+                received.append((item, fake.requests[0].frames_sent))
+    texts = [item for item, _ in received if isinstance(item, TextDelta)]
+    assert texts == [TextDelta(d) for d in deltas]
+    # frames sent when each text was received: messageStart + the deltas so far (the frames
+    # after the last delta follow it without a pause)
+    assert [sent for item, sent in received if isinstance(item, TextDelta)][:2] == [2, 3]
+    end = received[-1][0]
+    assert isinstance(end, StreamEnd)
+    assert end.stop_reason == "end_turn"
+    assert end.usage == Usage(input_tokens=12, output_tokens=5, cache_read_tokens=7,
+                              cache_write_tokens=3)
+    assert end.first_token_s is not None
+    assert 0.1 < end.first_token_s < 1.0
+    assert fake.violations == []
+
+
+async def test_request_body_carries_system_config_and_sanitised_metadata(
+        fake: FakeBedrock, llm: BedrockLLM) -> None:
+    fake.push(text_reply(["Hi."]))
+    with trio.fail_after(5):
+        await collect(llm, request(call_sid="CA1?<x>", use_case="pizza shop!"))
+    sent = fake.requests[0]
+    assert sent.model_id == NOVA
+    assert sent.body["system"] == [{"text": "You are a host."}]
+    assert sent.body["inferenceConfig"] == {"maxTokens": 300}
+    assert sent.body["requestMetadata"] == {"callSid": "CA1__x_", "useCase": "pizza shop_"}
+    assert "toolConfig" not in sent.body
+    assert "performanceConfig" not in sent.body
+    assert sent.headers["authorization"].startswith("AWS4-HMAC-SHA256 ")
+    assert "/us-east-1/bedrock/aws4_request" in sent.headers["authorization"]
+    assert fake.violations == []
+
+
+async def test_options_caching_latency_guardrail_and_arn_model_id(
+        fake: FakeBedrock, llm: BedrockLLM) -> None:
+    options = ModelOptions(latency_optimized=True, prompt_caching=True,
+                           guardrail_id="gr-123", guardrail_version="2")
+    arn = ("arn:aws:bedrock:us-east-1:123456789012:inference-profile/"
+           "us.anthropic.claude-3-5-haiku-20241022-v1:0")
+    fake.push(text_reply(["a"]), text_reply(["b"]), text_reply(["c"]))
+    with trio.fail_after(5):
+        await collect(llm, request(model_id=arn, system=("static", "today is Monday"),
+                                   tools=(LOOKUP,), options=options))
+        await collect(llm, request(model_id=NOVA, tools=tool_specs([LOOKUP]),
+                                   options=options))
+        await collect(llm, request(model_id="meta.llama3-70b-instruct-v1:0",
+                                   tools=(LOOKUP,), options=options))
+    claude, nova, llama = (r.body for r in fake.requests)
+    assert fake.requests[0].model_id == arn
+    cache = {"cachePoint": {"type": "default"}}
+    assert claude["system"] == [{"text": "static"}, cache, {"text": "today is Monday"}]
+    assert claude["toolConfig"]["tools"] == [{"toolSpec": LOOKUP}, cache]
+    assert claude["performanceConfig"] == {"latency": "optimized"}
+    assert claude["guardrailConfig"] == {"guardrailIdentifier": "gr-123",
+                                         "guardrailVersion": "2",
+                                         "streamProcessingMode": "async"}
+    assert nova["system"] == [{"text": "You are a host."}, cache]
+    assert nova["toolConfig"]["tools"] == [{"toolSpec": LOOKUP}]     # Nova: no tool caching
+    assert "cachePoint" not in str(llama)
+    assert fake.violations == []
+
+
+async def test_tool_call_as_the_first_block(fake: FakeBedrock, llm: BedrockLLM) -> None:
+    fragments = ["", '{"date": "2025', '-06-01", "dur', 'ation_min": 30}']
+    fake.push(stream_reply(message_start(), tool_events(0, "tooluse_a1", "lookup_hours",
+                                                        fragments),
+                           message_end("tool_use")))
+    with trio.fail_after(5):
+        events = await collect(llm, request(tools=(LOOKUP,)))
+    assert without_end(events) == [
+        ToolUseRequest("tooluse_a1", "lookup_hours", {"date": "2025-06-01",
+                                                      "duration_min": 30})]
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    assert end.stop_reason == "tool_use"
+    assert fake.requests[0].body["toolConfig"] == {"tools": [{"toolSpec": LOOKUP}]}
+    assert fake.violations == []
+
+
+async def test_parallel_tool_calls_and_text_spoken_before_them(
+        fake: FakeBedrock, llm: BedrockLLM) -> None:
+    """The text is yielded at once, while the tool blocks are still streaming."""
+    fake.push(stream_reply(
+        message_start(), text_events(["Let me check", " both."]),
+        tool_events(1, "tooluse_1", "lookup_hours", ['{"date": ', '"today"}'], gap_s=0.1),
+        tool_events(2, "tooluse_2", "book_table", ['{"time": "19:00"}']),
+        message_end("tool_use")))
+    received: list[tuple[LLMEvent, int]] = []
+    with trio.fail_after(5):
+        async with llm.stream(request(tools=(LOOKUP, BOOK))) as events:
+            async for item in events:
+                received.append((item, fake.requests[0].frames_sent))
+    assert without_end([item for item, _ in received]) == [
+        TextDelta("Let me check"), TextDelta(" both."),
+        ToolUseRequest("tooluse_1", "lookup_hours", {"date": "today"}),
+        ToolUseRequest("tooluse_2", "book_table", {"time": "19:00"})]
+    total = 1 + 3 + 4 + 3 + 2
+    assert received[1][1] < total - 5       # " both." arrived before the first tool finished
+    assert fake.violations == []
+
+
+async def test_three_tool_rounds_with_a_growing_history(
+        fake: FakeBedrock, llm: BedrockLLM) -> None:
+    """The runtime's loop, by hand: each round's request is a valid Converse history, and
+    every round reuses the one kept-alive connection."""
+    fake.push(
+        stream_reply(message_start(), text_events(["Checking."]),
+                     tool_events(1, "tooluse_r1", "lookup_hours", ['{"date": "today"}']),
+                     message_end("tool_use")),
+        stream_reply(message_start(),
+                     tool_events(0, "tooluse_r2a", "lookup_hours", ['{"date": "mon"}']),
+                     tool_events(1, "tooluse_r2b", "book_table", ['{"time": "19:00"}']),
+                     message_end("tool_use")),
+        stream_reply(message_start(),
+                     tool_events(0, "tooluse_r3", "book_table", ['{"time": "20:00"}']),
+                     message_end("tool_use")),
+        text_reply(["All booked", " for eight."]))
+    history = History()
+    history.add_user_text("Book me a table.")
+    with trio.fail_after(10):
+        for _ in range(3):
+            events = await collect(llm, request(history.for_request(), tools=(LOOKUP, BOOK)))
+            text = "".join(e.text for e in events if isinstance(e, TextDelta))
+            uses = [e for e in events if isinstance(e, ToolUseRequest)]
+            assert uses
+            history.add_assistant(text, [{"toolUseId": u.tool_use_id, "name": u.name,
+                                          "input": dict(u.input)} for u in uses])
+            history.add_tool_results([{"toolResult": {
+                "toolUseId": u.tool_use_id, "status": "success",
+                "content": [{"json": {"ok": True}}]}} for u in uses])
+        events = await collect(llm, request(history.for_request(), tools=(LOOKUP, BOOK)))
+    assert without_end(events) == [TextDelta("All booked"), TextDelta(" for eight.")]
+    assert len(fake.requests) == 4
+    assert [len(r.body["messages"]) for r in fake.requests] == [1, 3, 5, 7]
+    assert all("toolConfig" in r.body for r in fake.requests)
+    assert {r.connection.id for r in fake.requests} == {0}
+    assert fake.violations == []
+
+
+async def test_tool_blocks_in_history_get_a_tool_config_without_tools(
+        fake: FakeBedrock, llm: BedrockLLM) -> None:
+    history = History()
+    history.add_user_text("Hours?")
+    history.add_assistant("", [{"toolUseId": "dtmf_1_lookup_hours", "name": "lookup_hours",
+                                "input": {}}])
+    history.add_tool_results([{"toolResult": {"toolUseId": "dtmf_1_lookup_hours",
+                                              "status": "success",
+                                              "content": [{"text": "9 to 5"}]}}])
+    fake.push(text_reply(["Nine to five."]))
+    with trio.fail_after(5):
+        await collect(llm, request(history.for_request(), tools=()))
+    tools = fake.requests[0].body["toolConfig"]["tools"]
+    assert [t["toolSpec"]["name"] for t in tools] == ["lookup_hours"]
+    assert fake.violations == []
+
+
+async def test_reasoning_and_thinking_spans_never_reach_the_caller(
+        fake: FakeBedrock, llm: BedrockLLM) -> None:
+    fake.push(stream_reply(
+        message_start(), reasoning_events(0, ["The user wants", " hours."]),
+        text_events(["<thin", "king>plan: say nine</thi", "nking>\n\nWe open", " at nine.",
+                     " <thinking>x</thinking> Bye."], index=1),
+        event("someFutureEvent", {"x": 1}),
+        message_end()))
+    with trio.fail_after(5):
+        events = await collect(llm, request())
+    spoken = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert spoken == "We open at nine.  Bye."
+    assert all(e.text for e in events if isinstance(e, TextDelta))
+    assert fake.violations == []
+
+
+# ---------------------------------------------------------------------------- errors
+
+async def test_throttling_before_the_first_token_is_retried(
+        fake: FakeBedrock, llm: BedrockLLM) -> None:
+    fake.push(HttpError(429, "ThrottlingException", "Too many requests"),
+              stream_reply(message_start(), exception("throttlingException", delay_s=0.01)),
+              text_reply(["Finally."]))
+    with trio.fail_after(5):
+        events = await collect(llm, request())
+    assert without_end(events) == [TextDelta("Finally.")]
+    assert len(fake.requests) == 3
+    stats = llm.statistics()
+    assert stats.retries == 2
+    assert stats.errors_by_code == {"ThrottlingException": 2}
+    assert fake.violations == []
+
+
+async def test_a_reply_cut_short_before_content_is_retried(
+        fake: FakeBedrock, llm: BedrockLLM) -> None:
+    fake.push(stream_reply(message_start()), text_reply(["Whole."]))
+    with trio.fail_after(5):
+        events = await collect(llm, request())
+    assert without_end(events) == [TextDelta("Whole.")]
+    assert llm.statistics().errors_by_code == {"IncompleteStream": 1}
+    assert len(fake.requests) == 2
+
+
+async def test_retries_are_bounded(fake: FakeBedrock, llm: BedrockLLM) -> None:
+    fake.push(*[HttpError(503, "ServiceUnavailableException")] * 3)
+    with trio.fail_after(5), pytest.raises(ModelUnavailable) as caught:
+        await collect(llm, request())
+    assert caught.value.code == "ServiceUnavailableException"
+    assert len(fake.requests) == 3                  # the first try and two retries
+
+
+async def test_retries_stop_at_the_latency_budget(fake: FakeBedrock) -> None:
+    llm = BedrockLLM(region="us-east-1", retry_budget_s=0.2, retry_base_delay_s=0.5)
+    fake.push(HttpError(429, "ThrottlingException"))
+    try:
+        with trio.fail_after(5), pytest.raises(ModelThrottled):
+            await collect(llm, request())
+    finally:
+        await llm.aclose()
+    assert len(fake.requests) == 1
+
+
+async def test_error_mid_stream_after_text_is_not_retried(
+        fake: FakeBedrock, llm: BedrockLLM) -> None:
+    fake.push(stream_reply(message_start(), text_events(["We open", " at"], stop=False),
+                           exception("modelStreamErrorException", "model broke",
+                                     delay_s=0.05, originalStatusCode=500)))
+    received: list[LLMEvent] = []
+
+    async def turn() -> None:
+        async with llm.stream(request()) as events:
+            async for item in events:
+                received.append(item)
+
+    with trio.fail_after(5), pytest.raises(ModelStreamFailed) as caught:
+        await turn()
+    assert received == [TextDelta("We open"), TextDelta(" at")]
+    assert caught.value.after_tokens is True
+    assert caught.value.code == "ModelStreamErrorException"
+    assert len(fake.requests) == 1
+
+
+async def test_unmodeled_error_frame_after_text(fake: FakeBedrock, llm: BedrockLLM) -> None:
+    fake.push(stream_reply(message_start(), text_events(["Hi"], stop=False),
+                           error("InternalFailure", "boom")))
+    with trio.fail_after(5), pytest.raises(ModelStreamFailed) as caught:
+        await collect(llm, request())
+    assert caught.value.after_tokens is True
+    assert caught.value.code == "InternalFailure"
+
+
+async def test_validation_exception_is_rejected_without_retry_and_logs_only_shape(
+        fake: FakeBedrock, llm: BedrockLLM, caplog: pytest.LogCaptureFixture) -> None:
+    fake.push(HttpError(400, "ValidationException",
+                        "A conversation must alternate between user and assistant roles."))
+    secret = "my card number is 4111"
+    with (caplog.at_level(logging.INFO), trio.fail_after(5),
+          pytest.raises(ModelRejected) as caught):
+        await collect(llm, request([user(secret)]))
+    assert caught.value.code == "ValidationException"
+    assert len(fake.requests) == 1
+    failures = [r for r in caplog.records if r.getMessage() == "bedrock call failed"]
+    assert len(failures) == 1
+    assert failures[0].__dict__["history_shape"] == ["user:text"]
+    assert all(secret not in str(r.__dict__) for r in caplog.records)
+
+
+async def test_validation_exception_inside_the_stream(fake: FakeBedrock,
+                                                      llm: BedrockLLM) -> None:
+    fake.push(stream_reply(message_start(), exception("validationException", "bad")))
+    with trio.fail_after(5), pytest.raises(ModelRejected):
+        await collect(llm, request())
+    assert len(fake.requests) == 1
+
+
+# ---------------------------------------------------------------------------- cancellation
+
+async def test_cancel_mid_stream_closes_the_upstream(fake: FakeBedrock,
+                                                     llm: BedrockLLM) -> None:
+    fake.push(text_reply([f" w{n}" for n in range(200)], gap_s=0.02))
+    received = 0
+    with trio.fail_after(5):
+        with trio.CancelScope() as scope:
+            async with llm.stream(request()) as events:
+                async for _ in events:
+                    received += 1
+                    if received == 5:
+                        await trio.sleep(0.008)         # cancel in a gap: worker in recv()
+                        cancelled_at = time.perf_counter()
+                        scope.cancel(reason="barge-in")
+        returned_s = time.perf_counter() - cancelled_at
+        sent = fake.requests[0]
+        await sent.connection.closed.wait()
+        await sent.done.wait()
+        await wait_threads_done(llm)
+    assert sent.connection.closed_at is not None
+    assert sent.connection.closed_at - cancelled_at < CLOSE_BOUND_S
+    assert returned_s < 0.05
+    assert sent.outcome == "client_closed"
+    assert sent.frames_sent < 20                        # Bedrock stopped generating
+    assert llm.limiter.borrowed_tokens == 0
+    stats = llm.statistics()
+    assert stats.cancellations == 1
+    assert stats.streams_open == 0
+    assert len(stats.cancel_to_closed_s) == 1
+    assert stats.cancel_to_closed_s[0] < CLOSE_BOUND_S
+
+
+async def test_cancel_before_the_headers_closes_the_upstream(
+        fake: FakeBedrock, llm: BedrockLLM) -> None:
+    """The model has not answered yet: the connection is closed now, not when it does."""
+    fake.push(text_reply(["late"], headers_delay_s=5))
+    with trio.fail_after(3):
+        async with trio.open_nursery() as nursery:
+            async def turn() -> None:
+                await collect(llm, request())
+
+            nursery.start_soon(turn)
+            (sent,) = await fake.wait_requests(1)
+            await trio.sleep(0.05)
+            cancelled_at = time.perf_counter()
+            nursery.cancel_scope.cancel(reason="barge-in")
+        returned_s = time.perf_counter() - cancelled_at
+        await sent.connection.closed.wait()
+        await wait_threads_done(llm)
+    assert sent.connection.closed_at is not None
+    assert sent.connection.closed_at - cancelled_at < CLOSE_BOUND_S
+    assert returned_s < 0.05
+    assert llm.limiter.borrowed_tokens == 0
+    assert llm.statistics().cancellations == 1
+
+
+async def test_a_cancelled_stream_does_not_break_the_next(
+        fake: FakeBedrock, llm: BedrockLLM) -> None:
+    fake.push(text_reply(["a"] * 50, gap_s=0.02), text_reply(["Next", " turn."]))
+    with trio.fail_after(5):
+        async with llm.stream(request()) as events:
+            await events.receive()
+        events_after = await collect(llm, request())
+    assert without_end(events_after) == [TextDelta("Next"), TextDelta(" turn.")]
+    assert fake.requests[1].connection is not fake.requests[0].connection
+    assert fake.violations == []
+
+
+# ---------------------------------------------------------------------------- capacity
+
+async def test_200_concurrent_streams_all_complete(fake: FakeBedrock,
+                                                   llm: BedrockLLM) -> None:
+    deltas = 20
+
+    def reply(sent: Any) -> Any:
+        sid = sent.call_sid
+        return text_reply([f" {sid}-{n}" for n in range(deltas)], gap_s=0.01)
+
+    fake.responder = reply
+    results: dict[str, list[LLMEvent]] = {}
+
+    async def one(n: int) -> None:
+        sid = f"CA{n:03d}"
+        results[sid] = await collect(llm, request(call_sid=sid))
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            for n in range(200):
+                nursery.start_soon(one, n)
+    assert len(results) == 200
+    for sid, events in results.items():
+        assert without_end(events) == [TextDelta(f" {sid}-{n}") for n in range(deltas)]
+    assert llm.statistics().streams_completed == 200
+    assert llm.limiter.borrowed_tokens == 0
+    assert fake.violations == []
+
+
+# ---------------------------------------------------------------------------- start-up
+
+def _settings(**env: str) -> Settings:
+    return Settings.from_env({"TWILIO_AUTH_TOKEN": "test-token", **env})
+
+
+def test_check_ready_names_what_to_set(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
+                 "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name)
+    problems = check_bedrock_ready(_settings())
+    assert len(problems) == 2
+    assert problems[0].startswith("AWS_REGION:")
+    assert problems[1].startswith("AWS credentials:")
+    assert all("voiceagent demo" in p for p in problems)
+
+
+def test_check_ready_accepts_the_standard_chain(aws_env: None) -> None:
+    assert check_bedrock_ready(_settings(AWS_REGION="us-east-1")) == []
+
+
+async def test_open_bedrock_llm_warms_a_connection_the_first_call_reuses(
+        fake: FakeBedrock) -> None:
+    settings = _settings(AWS_REGION="us-east-1", MAX_CONCURRENT_TURNS="8")
+    fake.push(text_reply(["Hello."]))
+    with trio.fail_after(5):
+        async with open_bedrock_llm(settings) as llm:
+            assert llm.limiter.total_tokens == 8
+            while not fake.connections:     # noqa: ASYNC110 - the fake accepts in its own time
+                await trio.sleep(0.001)
+            assert fake.requests == []      # connected, nothing sent
+            events = await collect(llm, request())
+    assert without_end(events) == [TextDelta("Hello.")]
+    assert len(fake.connections) == 1
+    assert fake.requests[0].connection.id == 0
