@@ -24,7 +24,7 @@ import trio
 from actors import interrupt_handler, llm_streamer, relay_reader, relay_writer, tool_executor
 from actors.context import CallContext, TurnStats
 from actors.history import History, Message
-from actors.messages import Inbound, Outbound, Setup, ToolBatch, TurnCommand
+from actors.messages import EndCall, Inbound, Outbound, Setup, ToolBatch, TurnCommand
 from actors.relay_reader import FrameStats
 from actors.relay_socket import RelaySocket
 from actors.relay_writer import WriterStats
@@ -75,6 +75,12 @@ class CallServices:
     max_frame_bytes: int = 64 * 1024
     setup_timeout_s: float = 10.0
     flush_timeout_s: float = 5.0
+    max_call_duration_s: float = 4 * 3600.0      # Twilio's own limit; set lower in settings
+    max_history_messages: int = 200
+    max_prompt_chars: int = 2000
+    idle_reprompt_s: float | None = None
+    max_reprompts: int = 2
+    end_calls: trio.Event = field(default_factory=trio.Event)  # set: end calls politely
 
 
 @dataclass
@@ -141,7 +147,7 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
         system_prompt=plan.system_prompt, llm=services.llm, history=history,
         outbound=out_send.clone(), tools=tool_send, max_tool_rounds=services.max_tool_rounds,
         tool_wait_s=_longest_tool_timeout(plan.use_case, services.registry),
-        stats=report.turns)
+        max_history_messages=services.max_history_messages, stats=report.turns)
     env = tool_executor.ToolEnv(
         call_sid=plan.call_sid, use_case=plan.use_case, registry=services.registry,
         store=services.store, outbound=out_send.clone(), caller=plan.caller,
@@ -158,13 +164,39 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
         nursery.start_soon(partial(tool_executor.run, requests=tool_recv, env=env))
         nursery.start_soon(partial(llm_streamer.run, commands=cmd_recv, ctx=ctx,
                                    persist=persist))
+        policy = interrupt_handler.InputPolicy(
+            dtmf=plan.use_case.dtmf, max_prompt_chars=services.max_prompt_chars,
+            idle_reprompt_s=services.idle_reprompt_s, max_reprompts=services.max_reprompts)
+        limits = await nursery.start(partial(_end_at_limits, commands=cmd_send.clone(),
+                                             services=services))
         nursery.start_soon(partial(interrupt_handler.run, inbound=in_recv, commands=cmd_send,
-                                   dtmf=plan.use_case.dtmf))
+                                   policy=policy))
         await relay_reader.run(socket=socket, inbound=in_send, stats=report.frames,
                                max_frame_bytes=services.max_frame_bytes)
+        limits.cancel(reason="hangup")
         nursery.cancel_scope.deadline = trio.current_time() + TEARDOWN_S
     if report.writer.ended:
         report.ended_by = "end"
+
+
+DRAINING = ("I'm sorry, we have to end this call now for maintenance. "
+            "Please call back in a minute.")
+TOO_LONG = "I'm sorry, we have reached the time limit for this call. Please call back anytime."
+
+
+async def _end_at_limits(*, commands: trio.MemorySendChannel[TurnCommand],
+                         services: CallServices,
+                         task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+    """Ends the call politely when the server drains or the call reaches its maximum length.
+    Cancelled (through the scope it reports) when the caller hangs up first."""
+    with trio.CancelScope() as scope, commands:
+        task_status.started(scope)
+        with trio.move_on_after(services.max_call_duration_s) as waited:
+            await services.end_calls.wait()
+        if waited.cancelled_caught:
+            await commands.send(EndCall(TOO_LONG, "max-duration"))
+        else:
+            await commands.send(EndCall(DRAINING, "server-draining"))
 
 
 async def _wait_setup(socket: RelaySocket, services: CallServices,

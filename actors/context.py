@@ -39,4 +39,5 @@ class CallContext:
     tools: trio.MemorySendChannel[ToolBatch]
     max_tool_rounds: int = 4
     tool_wait_s: float = 30.0        # longest a cancelled turn waits for side-effect tools
+    max_history_messages: int = 200  # older turns are trimmed (in valid pairs) from memory
     stats: TurnStats = field(default_factory=TurnStats)

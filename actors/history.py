@@ -30,6 +30,7 @@ class History:
         self._messages: list[Message] = [copy.deepcopy(m) for m in messages]
         self._meta: list[dict[str, Any]] = [{} for _ in self._messages]  # for transcripts
         self._sealed = len(self._messages)  # messages before this index can no longer change
+        self._offset = 0          # messages trimmed from memory (they are in the store)
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -127,10 +128,29 @@ class History:
         for the write-behind queue. Call it when the caller starts a new turn (a barge-in
         can no longer amend the turn before) and with ``final`` at teardown."""
         end = len(self._messages) if final else max(len(self._messages) - 1, 0)
-        out = [(i, copy.deepcopy(self._messages[i]), dict(self._meta[i]))
+        out = [(self._offset + i, copy.deepcopy(self._messages[i]), dict(self._meta[i]))
                for i in range(self._sealed, end)]
         self._sealed = max(self._sealed, end)
         return out
+
+    def trim(self, max_messages: int) -> int:
+        """Forget the oldest sealed messages so at most ``max_messages`` stay in memory.
+
+        The cut lands on a user message that holds caller words (not tool results), so the
+        history still opens with the user and no toolUse loses its result. Returns how many
+        messages were dropped. Unsealed messages are never dropped: they are not stored yet.
+        """
+        if len(self._messages) <= max_messages:
+            return 0
+        for cut in range(len(self._messages) - max_messages, self._sealed + 1):
+            message = self._messages[cut] if cut < len(self._messages) else None
+            if message is not None and message["role"] == "user" and not any(
+                    "toolResult" in block for block in message["content"]):
+                del self._messages[:cut], self._meta[:cut]
+                self._sealed -= cut
+                self._offset += cut
+                return cut
+        return 0
 
     # ------------------------------------------------------------------ requests
 

@@ -17,7 +17,15 @@ import trio
 
 from actors import turn
 from actors.context import CallContext
-from actors.messages import BargeIn, KeyPressed, ToolCall, TurnCommand, UserSaid
+from actors.messages import (
+    BargeIn,
+    EndCall,
+    KeyPressed,
+    Reprompt,
+    ToolCall,
+    TurnCommand,
+    UserSaid,
+)
 from actors.turn_slot import TurnSlot
 from voiceagent.logs import turn_var
 
@@ -34,6 +42,7 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
         async with trio.open_nursery() as nursery:
             slot = TurnSlot(nursery)
             mark = 0                            # where the last turn's messages start
+            ending = False                      # EndCall sent: no new turns
             async for command in commands:
                 match command:
                     case BargeIn(heard=heard):
@@ -41,7 +50,7 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                         await slot.cancel_and_wait(reason="barge-in")
                         if heard is not None:
                             ctx.history.apply_heard(mark, heard)
-                    case UserSaid() | KeyPressed():
+                    case UserSaid() | KeyPressed() if not ending:
                         if slot.busy:
                             ctx.stats.superseded += 1
                         await slot.cancel_and_wait(reason="superseded")
@@ -49,10 +58,24 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                         if plan is None:
                             continue
                         persist(ctx.history.take_sealed())
+                        ctx.history.trim(ctx.max_history_messages)
                         ctx.history.add_user_text(_user_words(command))
                         mark = ctx.history.mark()
                         ctx.stats.turns += 1
                         await slot.restart(partial(_turn, ctx, plan, command, ctx.stats.turns))
+                    case Reprompt(text=text):
+                        if not slot.busy and not ending:
+                            mark = ctx.history.mark()
+                            await slot.restart(partial(
+                                turn.run, ctx, turn.TurnPlan(say_first=text, use_model=False)))
+                    case EndCall(text=text, reason=reason):
+                        if ending:
+                            continue
+                        ending = True
+                        log.info("ending the call", extra={"reason": reason})
+                        await slot.restart(partial(turn.run, ctx, turn.TurnPlan(
+                            say_first=text, use_model=False, end_reason=reason)),
+                            reason="ending")
             await slot.cancel_and_wait(reason="hangup")
 
 

@@ -34,8 +34,8 @@ from voiceagent.relay.protocol import (
 )
 
 __all__ = [
-    "BargeIn", "Dtmf", "End", "Inbound", "Info", "Interrupt", "KeyPressed", "Language",
-    "Outbound", "Play", "Prompt", "RelayErrorReport", "SendDigits", "Setup", "Text",
+    "BargeIn", "Dtmf", "End", "EndCall", "Inbound", "Info", "Interrupt", "KeyPressed", "Language",
+    "Outbound", "Play", "Prompt", "RelayErrorReport", "Reprompt", "SendDigits", "Setup", "Text",
     "ToolBatch", "ToolCall", "ToolOutcome", "TurnCommand", "UserSaid",
 ]
 
@@ -77,7 +77,22 @@ class BargeIn:
     duration_ms: int | None = None
 
 
-TurnCommand = UserSaid | KeyPressed | BargeIn
+@dataclass(frozen=True, slots=True)
+class Reprompt:
+    """The caller has been silent too long: ask whether they are still there."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndCall:
+    """End the session politely: say ``text``, then send ``end`` with ``reason``."""
+
+    text: str
+    reason: str
+
+
+TurnCommand = UserSaid | KeyPressed | BargeIn | Reprompt | EndCall
 
 
 # ------------------------------------------------------ llm_streamer <-> tool_executor

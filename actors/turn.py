@@ -7,6 +7,7 @@ the talk cycle, and leaves the history valid for the next request.
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 import trio
 
 from actors.context import CallContext
-from actors.messages import ToolBatch, ToolCall, ToolOutcome
+from actors.messages import End, ToolBatch, ToolCall, ToolOutcome
 from actors.speaker import Speaker
 from voiceagent.errors import LLMError, ModelRejected
 from voiceagent.llm.base import LLMRequest, StreamEnd, TextDelta, ToolUseRequest
@@ -35,6 +36,7 @@ class TurnPlan:
     say_first: str | None = None
     tool_first: ToolCall | None = None
     use_model: bool = True
+    end_reason: str | None = None       # send `end` after speaking (a polite end of call)
 
 
 @dataclass
@@ -64,6 +66,8 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
         ctx.history.add_assistant(speaker.segment)
     else:
         ctx.history.add_assistant(speaker.segment)
+        if plan.end_reason is not None:
+            await ctx.outbound.send(End(json.dumps({"reasonCode": plan.end_reason})))
     finally:
         if speaker.first_token_at is not None and received_at is not None:
             ctx.stats.latencies_s.append(speaker.first_token_at - received_at)

@@ -66,16 +66,25 @@ class Runtime:
     catalog: Catalog
     sessions: Sessions
     calls: CallCounters = field(default_factory=CallCounters)
-    draining: bool = False
+    draining: bool = False                       # /health fails, /twiml refuses new calls
+    end_calls: trio.Event = field(default_factory=trio.Event)   # live calls end politely
 
     def call_services(self) -> CallServices:
+        settings = self.settings
         return CallServices(
             llm=self.llm, store=self.store, registry=self.registry, persist=self._persist,
-            flush=self._flush, settings=self.settings,
-            max_tool_rounds=self.settings.max_tool_rounds,
-            max_frame_bytes=self.settings.max_frame_bytes,
-            setup_timeout_s=self.settings.setup_timeout_s,
-            flush_timeout_s=self.settings.flush_timeout_s)
+            flush=self._flush, settings=settings, max_tool_rounds=settings.max_tool_rounds,
+            max_frame_bytes=settings.max_frame_bytes, setup_timeout_s=settings.setup_timeout_s,
+            flush_timeout_s=settings.flush_timeout_s,
+            max_call_duration_s=settings.max_call_duration_s,
+            max_history_messages=settings.max_history_messages,
+            max_prompt_chars=settings.max_prompt_chars,
+            idle_reprompt_s=settings.idle_reprompt_s or None,
+            max_reprompts=settings.max_reprompts, end_calls=self.end_calls)
+
+    @property
+    def at_capacity(self) -> bool:
+        return self.calls.active >= self.settings.max_calls
 
     def _persist(self, call_sid: str, index: int, message: dict[str, Any],
                  meta: dict[str, Any]) -> None:

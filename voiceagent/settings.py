@@ -57,6 +57,19 @@ class Settings(BaseModel):
     setup_timeout_s: float = Field(10.0, alias="SETUP_TIMEOUT_S", gt=0, le=120)
     max_frame_bytes: int = Field(64 * 1024, alias="MAX_FRAME_BYTES", ge=1024)
     demo: bool = Field(False, alias="DEMO")
+    twilio_shared_key_secret: str | None = Field(None, alias="TWILIO_SHARED_KEY_SECRET",
+                                                 repr=False)   # HMAC-SHA256 webhook rules
+    trust_proxy_headers: bool = Field(False, alias="TRUST_PROXY_HEADERS")
+    max_calls: int = Field(200, alias="MAX_CALLS", ge=1, le=100_000)
+    over_capacity: Literal["twiml", "503"] = Field("twiml", alias="OVER_CAPACITY")
+    max_call_duration_s: float = Field(3600.0, alias="MAX_CALL_DURATION_S", gt=0,
+                                       le=4 * 3600)
+    idle_reprompt_s: float = Field(20.0, alias="IDLE_REPROMPT_S", ge=0, le=600)
+    max_reprompts: int = Field(2, alias="MAX_REPROMPTS", ge=0, le=10)
+    max_history_messages: int = Field(200, alias="MAX_HISTORY_MESSAGES", ge=4, le=10_000)
+    max_prompt_chars: int = Field(2000, alias="MAX_PROMPT_CHARS", ge=10, le=100_000)
+    drain_timeout_s: float = Field(90.0, alias="DRAIN_TIMEOUT_S", ge=0, le=3600)
+    ping_interval_s: float = Field(20.0, alias="PING_INTERVAL_S", ge=0, le=300)
 
     @field_validator("time_zone")
     @classmethod
