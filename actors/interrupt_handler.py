@@ -50,6 +50,7 @@ class InputPolicy:
     max_prompt_chars: int = 2000
     idle_reprompt_s: float | None = None        # None: never re-prompt
     max_reprompts: int = 2                      # then end the call
+    min_turn_gap_s: float = 0.3                 # faster prompts merge into one turn
 
 
 class _KeyBuffer:
@@ -116,7 +117,7 @@ async def run(*, inbound: trio.MemoryReceiveChannel[Inbound],
               policy: InputPolicy | None = None) -> None:
     """Owns ``commands``; returns when ``inbound`` ends (the caller hung up)."""
     policy = policy or InputPolicy()
-    keys, idle = _KeyBuffer(policy.dtmf), _Idle(policy)
+    keys, idle, turns = _KeyBuffer(policy.dtmf), _Idle(policy), _Turns()
     backlog: deque[Inbound] = deque()
     with inbound, commands:
         while True:
@@ -135,12 +136,17 @@ async def run(*, inbound: trio.MemoryReceiveChannel[Inbound],
                 continue
             if isinstance(message, Prompt | Dtmf | Interrupt):
                 idle.heard_from_caller()
-            command = _command(message, policy, keys, inbound, backlog)
+            command = await _command(message, policy, keys, turns, inbound, backlog)
             if command is not None:
                 await commands.send(command)
 
 
-def _command(message: Inbound, policy: InputPolicy, keys: _KeyBuffer,
+@dataclass
+class _Turns:
+    last_at: float = -math.inf                  # when the last prompt became a turn
+
+
+async def _command(message: Inbound, policy: InputPolicy, keys: _KeyBuffer, turns: _Turns,
              inbound: trio.MemoryReceiveChannel[Inbound],
              backlog: deque[Inbound]) -> TurnCommand | None:
     now = trio.current_time()
@@ -149,7 +155,9 @@ def _command(message: Inbound, policy: InputPolicy, keys: _KeyBuffer,
             return None
         case Prompt(text=text, lang=lang):
             words = [clean_prompt(text, policy.max_prompt_chars)]
-            words += _queued_prompts(inbound, backlog, policy)
+            words += await _queued_prompts(inbound, backlog, policy,
+                                           turns.last_at + policy.min_turn_gap_s)
+            turns.last_at = trio.current_time()
             said = clean_prompt(" ".join(w for w in words if w), policy.max_prompt_chars)
             if not said:
                 log.info("blank prompt ignored")
@@ -169,14 +177,21 @@ def _command(message: Inbound, policy: InputPolicy, keys: _KeyBuffer,
     return None
 
 
-def _queued_prompts(inbound: trio.MemoryReceiveChannel[Inbound], backlog: deque[Inbound],
-                    policy: InputPolicy) -> list[str]:
-    """Final prompts already waiting join this one; anything else waits its turn."""
+async def _queued_prompts(inbound: trio.MemoryReceiveChannel[Inbound], backlog: deque[Inbound],
+                          policy: InputPolicy, hold_until: float) -> list[str]:
+    """Final prompts that are waiting, or that arrive before ``hold_until``, join this one;
+    anything else waits its turn in ``backlog``. The hold only bites when prompts come faster
+    than a person speaks: a flood costs one model call, not one per frame."""
     merged: list[str] = []
     while not backlog:
-        try:
-            queued = inbound.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel):
+        queued: Inbound | None = None
+        with trio.move_on_at(hold_until):
+            try:
+                queued = await inbound.receive() if trio.current_time() < hold_until \
+                    else inbound.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                pass
+        if queued is None:
             break
         if isinstance(queued, Prompt) and queued.last:
             merged.append(clean_prompt(queued.text, policy.max_prompt_chars))

@@ -36,6 +36,7 @@ class TestCall:
     llm: LLM
     store: MemoryStore
     done: trio.Event
+    services: CallServices
 
     def say(self, text: str) -> None:
         self.socket.push({"type": "prompt", "voicePrompt": text, "lang": "en-US", "last": True})
@@ -77,7 +78,9 @@ class TestCall:
 async def open_test_call(llm: FakeLLM | LLM, *, use_case: UseCase | None = None,
                          registry: ToolRegistry | None = None,
                          store: MemoryStore | None = None,
-                         resolve: Any = None) -> AsyncIterator[TestCall]:
+                         resolve: Any = None,
+                         services_changes: dict[str, Any] | None = None
+                         ) -> AsyncIterator[TestCall]:
     socket, writer, store = MemorySocket(), RecordingWriter(), store or MemoryStore()
     use_case = use_case or plain_use_case()
     plan = CallPlan(call_sid=CALL_SID, use_case=use_case, system_prompt=use_case.prompt,
@@ -88,7 +91,8 @@ async def open_test_call(llm: FakeLLM | LLM, *, use_case: UseCase | None = None,
         return plan
 
     services = CallServices(llm=llm, store=store, registry=registry or ToolRegistry(),
-                            persist=writer.persist, flush=writer.flush)
+                            persist=writer.persist, flush=writer.flush,
+                            **(services_changes or {}))
     report, done = CallReport(), trio.Event()
 
     async def run() -> None:
@@ -103,7 +107,7 @@ async def open_test_call(llm: FakeLLM | LLM, *, use_case: UseCase | None = None,
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run)
             socket.push(setup_frame(CALL_SID))
-            call = TestCall(socket, report, writer, llm, store, done)
+            call = TestCall(socket, report, writer, llm, store, done, services)
             yield call
             if not done.is_set():
                 await call.hang_up()

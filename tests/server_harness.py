@@ -25,7 +25,10 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "STORE": "sqlite", "LLM": "scripted", "DATA_DIR": str(data_dir),
         "CONFIG_DIR": str(FIXTURE_CONFIG), "STACK_USE_CASE": "testUseCase",
         "HOST": "127.0.0.1", "PORT": "0", "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "LOG_FORMAT": "console"}
+        "LOG_FORMAT": "console", "DRAIN_TIMEOUT_S": "2",
+        # hypercorn's ping task outlives its socket by up to one interval, which would hold
+        # every shutdown for the graceful timeout; test_quiet_calls_get_pings turns them on.
+        "PING_INTERVAL_S": "0"}
     values.update({k: str(v) for k, v in overrides.items()})
     return Settings.from_env(values)
 

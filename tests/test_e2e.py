@@ -79,7 +79,7 @@ async def test_prompt_during_a_stream_answers_the_new_prompt(tmp_path: Path) -> 
                 await call.say("what are your hours?")
                 story_rest, hours = await call.read_reply(), await call.read_reply()
                 assert story_rest.closed                 # the story's cycle closed, cut short
-                assert len(story_rest.tokens) < 40
+                assert len(story_rest.tokens) < 120      # of about 150: cut short
                 assert hours.text.startswith("We are open")
                 await call.hang_up()
             await _wait_calls_done(server)

@@ -48,8 +48,10 @@ def test_signature_matches_the_spec_worked_examples() -> None:
 
 def test_public_base_behind_a_proxy() -> None:
     headers = {"x-forwarded-proto": "https", "x-forwarded-host": "agent.example.com"}
+    assert signature.public_base(headers, "http", "10.0.0.5:3000", None,
+                                 trust_forwarded=True) == "https://agent.example.com"
     assert signature.public_base(headers, "http", "10.0.0.5:3000", None) == \
-        "https://agent.example.com"
+        "http://10.0.0.5:3000"                      # untrusted: a caller could send them
     assert signature.public_base({}, "http", "h:1", "https://pub.example/") == \
         "https://pub.example"
     assert signature.to_ws("https://agent.example.com") == "wss://agent.example.com"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 
 import hypercorn.trio
@@ -14,15 +15,21 @@ from voiceagent.web import create_app
 
 log = logging.getLogger(__name__)
 
+GRACEFUL_S = 2.0                   # after our own drain, hypercorn's last grace
+END_GRACE_S = 10.0                 # drain deadline -> calls said goodbye and hung up
+WATCHDOG_S = 10.0                  # a peer that stopped reading can hold a shielded send
 HARD_FRAME_LIMIT = 1024 * 1024     # hypercorn closes the socket (1009) beyond this; the
                                    # reader drops frames over MAX_FRAME_BYTES before that
 
 
-def hypercorn_config(host: str, port: int) -> Config:
+def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0) -> Config:
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.websocket_max_message_size = HARD_FRAME_LIMIT
-    config.graceful_timeout = 5.0
+    # Twilio sends nothing on a quiet call and the ALB cuts idle connections (60 s default):
+    # WebSocket pings keep the path alive without a frame Twilio would reject.
+    config.websocket_ping_interval = ping_interval_s or None
+    config.graceful_timeout = GRACEFUL_S
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
@@ -40,11 +47,43 @@ async def serve(runtime: Runtime, *, host: str, port: int,
             nursery.start_soon(_wait_signal, stop)
             await stop.wait()
             nursery.cancel_scope.cancel()
-        runtime.draining = True
-        log.info("shutting down", extra={"active_calls": runtime.calls.active})
+        await drain(runtime)
+        outer.start_soon(_watchdog)
 
-    await hypercorn.trio.serve(create_app(runtime), hypercorn_config(host, port),
-                               shutdown_trigger=trigger, task_status=task_status)
+    config = hypercorn_config(host, port, ping_interval_s=runtime.settings.ping_interval_s)
+    async with trio.open_nursery() as outer:
+        await hypercorn.trio.serve(create_app(runtime), config, shutdown_trigger=trigger,
+                                   task_status=task_status)
+        outer.cancel_scope.cancel()
+
+
+async def drain(runtime: Runtime) -> None:
+    """Stop taking calls, let live ones finish up to DRAIN_TIMEOUT_S, then end them politely
+    and flush pending writes. /health fails from the first moment, so the load balancer
+    stops routing while the calls run on."""
+    runtime.draining = True
+    settings = runtime.settings
+    log.info("draining", extra={"active_calls": runtime.calls.active,
+                                "deadline_s": settings.drain_timeout_s})
+    with trio.move_on_after(settings.drain_timeout_s):
+        await runtime.calls.wait_idle()
+    if runtime.calls.active:
+        log.info("drain deadline reached, ending calls", extra={
+            "active_calls": runtime.calls.active})
+        runtime.end_calls.set()
+        with trio.move_on_after(END_GRACE_S):
+            await runtime.calls.wait_idle()
+    flushed = await runtime.writer.flush(timeout_s=settings.flush_timeout_s)
+    log.info("drained", extra={"active_calls": runtime.calls.active, "flushed": flushed})
+
+
+async def _watchdog() -> None:
+    """hypercorn shields a WebSocket send; a peer that stopped reading would hold the process
+    past any deadline. Everything is flushed by now, so exiting is safe."""
+    await trio.sleep(GRACEFUL_S + WATCHDOG_S)
+    log.error("shutdown stuck on a connection that stopped reading; exiting")
+    logging.shutdown()
+    os._exit(0)
 
 
 async def _wait_signal(stop: trio.Event) -> None:

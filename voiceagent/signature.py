@@ -17,10 +17,14 @@ log = logging.getLogger(__name__)
 
 
 def public_base(headers: Mapping[str, str], scheme: str, host: str,
-                configured: str | None) -> str:
-    """``https://host`` as Twilio sees it."""
+                configured: str | None, *, trust_forwarded: bool = False) -> str:
+    """``https://host`` as Twilio sees it: PUBLIC_URL when set; else the request, rewritten by
+    X-Forwarded-Proto/Host only when our own proxy sets them (anyone can send those headers,
+    and trusting them lets a caller choose which URL the signature is checked against)."""
     if configured:
         return configured.rstrip("/")
+    if not trust_forwarded:
+        return f"{scheme}://{host}"
     proto = headers.get("x-forwarded-proto", scheme).split(",")[0].strip()
     forwarded_host = headers.get("x-forwarded-host", "").split(",")[0].strip()
     return f"{proto}://{forwarded_host or host}"
@@ -35,14 +39,22 @@ def to_ws(url: str) -> str:
 
 
 def is_valid(auth_token: str, url: str, params: Mapping[str, str],
-             headers: Mapping[str, str]) -> bool:
-    """True when the request carries a valid signature for ``url`` and ``params``."""
+             headers: Mapping[str, str], *, shared_key_secret: str | None = None) -> bool:
+    """True when the request carries a valid signature for ``url`` and ``params``.
+
+    With a Webhooks Rule, Twilio signs with a shared key (HMAC-SHA256) and says so in
+    X-Twilio-Webhooks-Signature-Settings; otherwise with the auth token (HMAC-SHA1).
+    """
     signature = headers.get("x-twilio-signature", "")
     if not signature:
         return False
-    algorithm = get_signature_algorithm(headers.get("x-twilio-webhooks-signature-settings"))
-    return bool(RequestValidator(auth_token).validate(url, dict(params), signature,
-                                                      algorithm=algorithm))
+    settings = headers.get("x-twilio-webhooks-signature-settings")
+    secret = shared_key_secret if settings else auth_token
+    if not secret:
+        return False
+    algorithm = get_signature_algorithm(settings)
+    return bool(RequestValidator(secret).validate(url, dict(params), signature,
+                                                  algorithm=algorithm))
 
 
 def sign(auth_token: str, url: str, params: Mapping[str, str] | None = None) -> str:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RELAY_PATH = "/relay"
 SORRY = "Sorry, we cannot take your call right now. Please try again later."
 XML = "text/xml; charset=utf-8"
+CAPACITY_MARGIN = 10     # sockets for calls /twiml admitted just before the limit was reached
 
 
 def relay_path(runtime: Runtime) -> str:
@@ -46,16 +47,25 @@ def create_app(runtime: Runtime) -> Any:
 
     def base_url() -> str:
         return signature.public_base(headers(), request.scheme, request.host,
-                                     settings.public_url)
+                                     settings.public_url,
+                                     trust_forwarded=settings.trust_proxy_headers)
+
+    def check(url: str, params: dict[str, str], given: dict[str, str]) -> bool:
+        return signature.is_valid(settings.twilio_auth_token or "", url, params, given,
+                                  shared_key_secret=settings.twilio_shared_key_secret)
 
     async def signed(form: dict[str, str]) -> bool:
         if not settings.validate_signatures:
             return True
-        url = base_url() + request.full_path.rstrip("?")
-        ok = signature.is_valid(settings.twilio_auth_token or "", url, form, headers())
+        ok = check(base_url() + request.full_path.rstrip("?"), form, headers())
         if not ok:
             log.warning("bad signature", extra={"path": request.path})
         return ok
+
+    def refuse_call() -> Response:
+        if settings.over_capacity == "503":           # Twilio's fallback URL takes over
+            return Response("over capacity", status=503, headers={"Retry-After": "5"})
+        return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
 
     @app.post("/twiml")
     async def twiml_webhook() -> Response:
@@ -66,8 +76,10 @@ def create_app(runtime: Runtime) -> Any:
             return Response("CallSid missing: this endpoint is Twilio's voice webhook",
                             status=400)
         call_sid_var.set(form["CallSid"])
-        if runtime.draining:
-            return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+        if runtime.draining or runtime.at_capacity:
+            log.warning("call refused", extra={"draining": runtime.draining,
+                                               "active_calls": runtime.calls.active})
+            return refuse_call()
         try:
             session = await runtime.sessions.prepare(form)
             use_case = await runtime.catalog.use_case(session.use_case)
@@ -103,13 +115,17 @@ def create_app(runtime: Runtime) -> Any:
         headers = {k.decode("latin1").lower(): v.decode("latin1")
                    for k, v in scope.get("headers", [])}
         if settings.validate_signatures:
-            url = settings.ws_url or signature.to_ws(
-                signature.public_base(headers, "https" if scope["scheme"] == "wss" else "http",
-                                      headers.get("host", ""), settings.public_url)) + path
-            if not signature.is_valid(settings.twilio_auth_token or "", url, {}, headers):
+            base = signature.public_base(headers, "https" if scope["scheme"] == "wss" else "http",
+                                         headers.get("host", ""), settings.public_url,
+                                         trust_forwarded=settings.trust_proxy_headers)
+            if not check(settings.ws_url or signature.to_ws(base) + path, {}, headers):
                 log.warning("bad signature on relay upgrade")
                 await asgi_socket.reject(receive, send, 403, "invalid signature")
                 return
+        if runtime.calls.active >= settings.max_calls + CAPACITY_MARGIN:
+            log.warning("relay refused: over capacity")
+            await asgi_socket.reject(receive, send, 503, "over capacity")
+            return
         if not await asgi_socket.accept(receive, send):
             return
         socket = asgi_socket.AsgiRelaySocket(receive, send)

@@ -1,0 +1,149 @@
+"""Limits and hostile input at the call level, on trio's virtual clock: floods, absurd
+prompts, silent callers, maximum duration, the server draining, tools that fail or hang."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from actors.history import History, converse_problems
+from actors.interrupt_handler import IDLE_GOODBYE, REPROMPT
+from tests.call_harness import open_test_call, plain_use_case
+from tests.fakes import FakeLLM, tool_use, words
+from voiceagent.tools.base import ToolDefinition
+from voiceagent.tools.registry import ToolRegistry
+
+
+async def test_a_flood_of_prompts_costs_at_most_two_model_calls(autojump_clock: Any) -> None:
+    llm = FakeLLM([words("Got it.")])
+    async with open_test_call(llm) as call:
+        for n in range(200):
+            call.say(f"prompt number {n}")
+        while (await call.reply())[0] != "Got it.":
+            pass
+    # the first prompt starts a turn at once; the rest of the burst merges into one more
+    assert len(llm.requests) <= 2
+    assert llm.open_streams == 0
+    said = " ".join(b["text"] for m in call.history if m["role"] == "user"
+                    for b in m["content"])
+    assert "prompt number 0" in said
+    assert all(len(b["text"]) <= 2000 for m in call.history for b in m["content"])
+
+
+async def test_absurd_prompts_are_cleaned_and_capped(autojump_clock: Any) -> None:
+    llm = FakeLLM([words("Okay.")])
+    async with open_test_call(llm) as call:
+        call.say("hello\x00\x07 there\x1b[31m " + "blah " * 10_000)
+        await call.reply()
+    text = llm.requests[0].messages[-1]["content"][0]["text"]
+    assert text.startswith("hello   there [31m blah")
+    assert len(text) <= 2000
+    assert not any(ord(c) < 32 for c in text)
+
+
+async def test_silent_caller_is_reprompted_then_bid_goodbye(autojump_clock: Any) -> None:
+    llm = FakeLLM([words("Hi!")])
+    async with open_test_call(llm, services_changes={"idle_reprompt_s": 10.0,
+                                                     "max_reprompts": 2}) as call:
+        start = trio.current_time()
+        text, _ = await call.reply()
+        assert text == REPROMPT
+        assert trio.current_time() - start == pytest.approx(10.0)
+        call.say("yes, sorry")                 # speaking resets the count
+        await call.reply()
+        for _ in range(2):
+            assert (await call.reply())[0] == REPROMPT
+        text, frames = await call.reply()
+        assert text == IDLE_GOODBYE
+        end = await call.frame()
+        assert end == {"type": "end", "handoffData": '{"reasonCode": "caller-silent"}'}
+    assert llm.requests[0].messages[-1]["content"][0]["text"] == "yes, sorry"
+
+
+async def test_maximum_call_duration_ends_politely(autojump_clock: Any) -> None:
+    llm = FakeLLM([words("A very long story " * 20, gap_s=1.0)])
+    async with open_test_call(llm, services_changes={"max_call_duration_s": 30.0}) as call:
+        call.say("tell me everything")
+        frames = []
+        while (frame := await call.frame())["type"] != "end":
+            frames.append(frame)
+        assert trio.current_time() == pytest.approx(30.0)
+        assert frame["handoffData"] == '{"reasonCode": "max-duration"}'
+        spoken = "".join(f["token"] for f in frames)
+        assert "time limit" in spoken
+        assert sum(1 for f in frames if f["last"]) == 2    # the story's cycle, the goodbye's
+        call.say("wait!")                                  # after end: nothing more is sent
+        await trio.testing.wait_all_tasks_blocked()
+        assert call.socket.pending() == []
+    assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
+
+
+async def test_draining_ends_live_calls_politely(autojump_clock: Any) -> None:
+    llm = FakeLLM([words("Sure.")])
+    async with open_test_call(llm) as call:
+        call.say("hello")
+        await call.reply()
+        call.services.end_calls.set()
+        text, frames = await call.reply()
+        assert "call back" in text
+        assert (await call.frame())["type"] == "end"
+
+
+def flaky_registry() -> ToolRegistry:
+    async def explode(ctx: Any, args: Any) -> dict[str, Any]:
+        raise RuntimeError("database on fire")
+
+    async def hang(ctx: Any, args: Any) -> dict[str, Any]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    return ToolRegistry([ToolDefinition("explode", explode),
+                         ToolDefinition("hang", hang, timeout_s=5.0)])
+
+
+@pytest.mark.parametrize(("tool", "reason"), [("explode", "failed: RuntimeError"),
+                                              ("hang", "timed out after 5 s")])
+async def test_a_failing_or_hanging_tool_becomes_an_error_result(
+        autojump_clock: Any, tool: str, reason: str) -> None:
+    llm = FakeLLM([tool_use("tu_1", tool), words("Sorry, that did not work.")])
+    use_case = plain_use_case(tools=[{"name": "explode", "description": "x"},
+                                     {"name": "hang", "description": "y"}])
+    async with open_test_call(llm, use_case=use_case, registry=flaky_registry()) as call:
+        call.say("do it")
+        text, _ = await call.reply()
+        assert text == "Sorry, that did not work."
+    result = call.history[3]["content"][0]["toolResult"]
+    assert result["status"] == "error"
+    assert result["content"][0]["text"].startswith(reason)
+
+
+def test_history_is_trimmed_in_valid_pairs() -> None:
+    history = History()
+    history.add_assistant("Welcome.")
+    for n in range(30):
+        history.add_user_text(f"question {n}")
+        history.add_assistant("Checking.", [{"toolUseId": f"t{n}", "name": "x", "input": {}}])
+        history.add_tool_results([{"toolResult": {"toolUseId": f"t{n}",
+                                                  "content": [{"json": {}}],
+                                                  "status": "success"}}])
+        history.add_assistant(f"Answer {n}.")
+    sealed = history.take_sealed()
+    dropped = history.trim(10)
+    assert dropped > 0
+    assert len(history) <= 10
+    assert history.messages[0]["role"] == "user"
+    assert converse_problems(history.messages) == []
+    history.add_user_text("one more")
+    later = history.take_sealed()
+    assert later[0][0] == sealed[-1][0] + 1          # store keys keep counting
+
+
+def test_services_change_helper_is_plain() -> None:
+    from actors.call import CallServices
+    services = CallServices(llm=FakeLLM([]), store=None, registry=ToolRegistry(),  # type: ignore[arg-type]
+                            persist=lambda *a: None, flush=None)  # type: ignore[arg-type]
+    assert replace(services, idle_reprompt_s=3.0).idle_reprompt_s == 3.0
