@@ -17,6 +17,7 @@ import logging
 import math
 import re
 from collections import deque
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 import trio
@@ -185,12 +186,9 @@ async def _queued_prompts(inbound: trio.MemoryReceiveChannel[Inbound], backlog: 
     merged: list[str] = []
     while not backlog:
         queued: Inbound | None = None
-        with trio.move_on_at(hold_until):
-            try:
-                queued = await inbound.receive() if trio.current_time() < hold_until \
-                    else inbound.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                pass
+        with trio.move_on_at(hold_until), suppress(trio.WouldBlock, trio.EndOfChannel):
+            queued = await inbound.receive() if trio.current_time() < hold_until \
+                else inbound.receive_nowait()
         if queued is None:
             break
         if isinstance(queued, Prompt) and queued.last:

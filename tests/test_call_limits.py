@@ -57,7 +57,7 @@ async def test_silent_caller_is_reprompted_then_bid_goodbye(autojump_clock: Any)
         await call.reply()
         for _ in range(2):
             assert (await call.reply())[0] == REPROMPT
-        text, frames = await call.reply()
+        text, _ = await call.reply()
         assert text == IDLE_GOODBYE
         end = await call.frame()
         assert end == {"type": "end", "handoffData": '{"reasonCode": "caller-silent"}'}
@@ -88,7 +88,7 @@ async def test_draining_ends_live_calls_politely(autojump_clock: Any) -> None:
         call.say("hello")
         await call.reply()
         call.services.end_calls.set()
-        text, frames = await call.reply()
+        text, _ = await call.reply()
         assert "call back" in text
         assert (await call.frame())["type"] == "end"
 
