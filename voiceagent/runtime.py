@@ -34,17 +34,20 @@ class CallCounters:
     active: int = 0
     total: int = 0
     reports: list[CallReport] = field(default_factory=list)   # the last few, for tests/metrics
+    live: list[CallReport] = field(default_factory=list)      # calls in progress
     keep: int = 100
     _idle: trio.Event = field(default_factory=trio.Event)
 
-    def started(self) -> None:
+    def started(self, report: CallReport) -> None:
         if self.active == 0:
             self._idle = trio.Event()
         self.active += 1
         self.total += 1
+        self.live.append(report)
 
     def finished(self, report: CallReport) -> None:
         self.active -= 1
+        self.live.remove(report)
         self.reports.append(report)
         del self.reports[:-self.keep]
         if self.active == 0:
@@ -92,6 +95,17 @@ class Runtime:
         item = records.chat_item(call_sid, at_ms, index, message, meta,
                                  self.settings.session_ttl_s)
         self.writer.submit(item, call_sid=call_sid)
+
+    def persist_stuck_calls(self) -> int:
+        """Hand the histories of calls that did not end in time to the write-behind queue
+        (a peer that stopped reading can hold a call past every deadline)."""
+        count = 0
+        for report in self.calls.live:
+            if report.history is not None:
+                for index, message, meta in report.history.take_sealed(final=True):
+                    self._persist(report.call_sid, index, message, meta)
+                    count += 1
+        return count
 
     async def _flush(self, call_sid: str, timeout_s: float) -> bool:
         return await self.writer.flush(call_sid, timeout_s=timeout_s)

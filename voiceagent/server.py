@@ -16,7 +16,6 @@ from voiceagent.web import create_app
 log = logging.getLogger(__name__)
 
 GRACEFUL_S = 2.0                   # after our own drain, hypercorn's last grace
-END_GRACE_S = 10.0                 # drain deadline -> calls said goodbye and hung up
 WATCHDOG_S = 10.0                  # a peer that stopped reading can hold a shielded send
 HARD_FRAME_LIMIT = 1024 * 1024     # hypercorn closes the socket (1009) beyond this; the
                                    # reader drops frames over MAX_FRAME_BYTES before that
@@ -71,8 +70,11 @@ async def drain(runtime: Runtime) -> None:
         log.info("drain deadline reached, ending calls", extra={
             "active_calls": runtime.calls.active})
         runtime.end_calls.set()
-        with trio.move_on_after(END_GRACE_S):
+        with trio.move_on_after(settings.end_grace_s):
             await runtime.calls.wait_idle()
+    if runtime.calls.active:
+        log.warning("calls stuck at shutdown", extra={
+            "active_calls": runtime.calls.active, "messages": runtime.persist_stuck_calls()})
     flushed = await runtime.writer.flush(timeout_s=settings.flush_timeout_s)
     log.info("drained", extra={"active_calls": runtime.calls.active, "flushed": flushed})
 

@@ -69,6 +69,7 @@ class Settings(BaseModel):
     max_history_messages: int = Field(200, alias="MAX_HISTORY_MESSAGES", ge=4, le=10_000)
     max_prompt_chars: int = Field(2000, alias="MAX_PROMPT_CHARS", ge=10, le=100_000)
     drain_timeout_s: float = Field(90.0, alias="DRAIN_TIMEOUT_S", ge=0, le=3600)
+    end_grace_s: float = Field(10.0, alias="END_GRACE_S", ge=0, le=600)  # goodbye -> hung up
     ping_interval_s: float = Field(20.0, alias="PING_INTERVAL_S", ge=0, le=300)
 
     @field_validator("time_zone")

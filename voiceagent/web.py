@@ -129,8 +129,8 @@ def create_app(runtime: Runtime) -> Any:
         if not await asgi_socket.accept(receive, send):
             return
         socket = asgi_socket.AsgiRelaySocket(receive, send)
-        runtime.calls.started()
         report = CallReport()
+        runtime.calls.started(report)
         try:
             await run_call(socket, resolve=runtime.sessions.resolve,
                            services=runtime.call_services(), report=report)

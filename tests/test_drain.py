@@ -1,0 +1,158 @@
+"""Graceful drain with a real process and a real SIGTERM: the load balancer is told first,
+live calls finish or are ended politely, writes are flushed, the process exits 0; and a peer
+that stopped reading cannot hold a deploy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.server_harness import AUTH_TOKEN, FIXTURE_CONFIG
+from voiceagent.caller import Identity, open_call
+from voiceagent.store.sqlite import open_sqlite_store
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class ServerProcess:
+    def __init__(self, process: trio.Process, url: str) -> None:
+        self.process = process
+        self.url = url
+        self.events: list[dict[str, Any]] = []
+        self._buffer = b""
+
+    async def wait_log(self, event: str) -> dict[str, Any]:
+        """Read the JSON log lines on stderr until one has this event name."""
+        assert self.process.stderr is not None
+        while True:
+            for entry in self.events:
+                if entry.get("event") == event:
+                    return entry
+            chunk = await self.process.stderr.receive_some(65536)
+            if not chunk:
+                raise AssertionError(f"server exited before logging {event!r}")
+            self._buffer += chunk
+            *lines, self._buffer = self._buffer.split(b"\n")
+            self.events += [json.loads(line) for line in lines if line.startswith(b"{")]
+
+
+@asynccontextmanager
+async def serve_process(tmp_path: Path, config_dir: Path = FIXTURE_CONFIG,
+                        **env: str) -> AsyncIterator[ServerProcess]:
+    port = free_port()
+    values = {"PATH": os.environ.get("PATH", ""), "STORE": "sqlite", "LLM": "scripted",
+              "DATA_DIR": str(tmp_path / "data"), "CONFIG_DIR": str(config_dir),
+              "STACK_USE_CASE": "testUseCase", "HOST": "127.0.0.1", "PORT": str(port),
+              "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "LOG_FORMAT": "json", "PING_INTERVAL_S": "0",
+              "PYTHONPATH": str(Path(__file__).parent.parent)}
+    values.update(env)
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "voiceagent", "serve"], env=values,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = ServerProcess(process, f"http://127.0.0.1:{port}")
+    try:
+        await server.wait_log(f"Running on http://127.0.0.1:{port} (CTRL + C to quit)")
+        yield server
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+async def test_sigterm_drains_live_calls_then_exits_zero(tmp_path: Path) -> None:
+    identity = Identity()
+    with trio.fail_after(60):
+        async with serve_process(tmp_path, DRAIN_TIMEOUT_S="1.5", END_GRACE_S="5") as server:
+            assert await trio.to_thread.run_sync(_get, server.url + "/health") == 200
+            async with open_call(server.url, auth_token=AUTH_TOKEN, identity=identity) as call:
+                await call.say("what are your hours?")
+                assert (await call.read_reply()).text.startswith("We are open")
+                server.process.send_signal(signal.SIGTERM)
+                await server.wait_log("draining")
+                assert await trio.to_thread.run_sync(_get, server.url + "/health") == 503
+                refused = await _twiml_status_and_body(server.url)
+                assert "ConversationRelay" not in refused
+                await call.say("what are your hours?")           # the live call goes on
+                assert (await call.read_reply()).text.startswith("We are open")
+                goodbye = await call.read_reply()                # then the drain deadline
+                assert "call back in a minute" in goodbye.text
+                assert goodbye.closed
+                end = await call.receive()
+                assert end is not None
+                assert end["type"] == "end"
+                assert json.loads(end["handoffData"]) == {"reasonCode": "server-draining"}
+            assert await server.process.wait() == 0
+            drained = await server.wait_log("drained")
+    assert drained["flushed"] is True
+    async with open_sqlite_store(tmp_path / "data" / "voiceagent.db",
+                                 limiter=trio.CapacityLimiter(1)) as store:
+        items = await store.query(identity.call_sid, "chat::")
+    said = [b.get("text", "") for item in items for b in item["chat"]["content"]]
+    assert said[0] == "Hello, this is Test Pizza."
+    assert "call back in a minute" in said[-1]
+
+
+async def _twiml_status_and_body(base: str) -> str:
+    from voiceagent.caller import post_form
+    form = {"CallSid": "CA" + "9" * 32, "From": "+15555550100", "To": "+15555550199"}
+    return await post_form(base + "/twiml", form, AUTH_TOKEN)
+
+
+def bulk_config(folder: Path) -> Path:
+    """A use case that streams megabytes at full speed, made here rather than committed."""
+    (folder / "usecases").mkdir(parents=True)
+    words = " ".join(f"w{n}" for n in range(50_000))      # ~1.5 MB of frames, <400 KB item
+    (folder / "usecases" / "bulk.yaml").write_text(json.dumps({
+        "name": "bulkUseCase", "prompt": "You read long lists.",
+        "scripted": {"first_token_delay_ms": 0, "token_delay_ms": 0, "fallback": words}}))
+    return folder
+
+
+async def test_a_peer_that_stopped_reading_cannot_hold_a_deploy(tmp_path: Path) -> None:
+    identity = Identity()
+    with trio.fail_after(60):
+        async with serve_process(tmp_path, bulk_config(tmp_path / "config"),
+                                 STACK_USE_CASE="bulkUseCase", DRAIN_TIMEOUT_S="0.5",
+                                 END_GRACE_S="1") as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN, identity=identity) as call:
+                await call.say("read me everything")
+                first = await call.receive()              # then stop reading
+                assert first is not None
+                await server.wait_log("session prepared")
+                started = trio.current_time()
+                server.process.send_signal(signal.SIGTERM)
+                assert await server.process.wait() == 0
+                took = trio.current_time() - started
+                await server.wait_log("calls stuck at shutdown")
+    assert took < 25                   # drain 0.5 + goodbye 1 + hypercorn 2 + watchdog 10
+    async with open_sqlite_store(tmp_path / "data" / "voiceagent.db",
+                                 limiter=trio.CapacityLimiter(1)) as store:
+        items = await store.query(identity.call_sid, "chat::")
+    assert [item["chat"]["role"] for item in items][:1] == ["user"]
