@@ -81,6 +81,7 @@ class CallServices:
     idle_reprompt_s: float | None = None
     max_reprompts: int = 2
     end_calls: trio.Event = field(default_factory=trio.Event)  # set: end calls politely
+    log_content: bool = False
 
 
 @dataclass
@@ -147,7 +148,8 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
         system_prompt=plan.system_prompt, llm=services.llm, history=history,
         outbound=out_send.clone(), tools=tool_send, max_tool_rounds=services.max_tool_rounds,
         tool_wait_s=_longest_tool_timeout(plan.use_case, services.registry),
-        max_history_messages=services.max_history_messages, stats=report.turns)
+        max_history_messages=services.max_history_messages, stats=report.turns,
+        log_content=services.log_content)
     env = tool_executor.ToolEnv(
         call_sid=plan.call_sid, use_case=plan.use_case, registry=services.registry,
         store=services.store, outbound=out_send.clone(), caller=plan.caller,

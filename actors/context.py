@@ -40,4 +40,5 @@ class CallContext:
     max_tool_rounds: int = 4
     tool_wait_s: float = 30.0        # longest a cancelled turn waits for side-effect tools
     max_history_messages: int = 200  # older turns are trimmed (in valid pairs) from memory
+    log_content: bool = False        # LOG_CONTENT: what was said, redacted, at debug level
     stats: TurnStats = field(default_factory=TurnStats)

@@ -27,7 +27,7 @@ from actors.messages import (
     UserSaid,
 )
 from actors.turn_slot import TurnSlot
-from voiceagent.logs import turn_var
+from voiceagent.logs import redact, turn_var
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                         persist(ctx.history.take_sealed())
                         ctx.history.trim(ctx.max_history_messages)
                         ctx.history.add_user_text(_user_words(command))
+                        if ctx.log_content:
+                            log.debug("caller said", extra={
+                                "text": redact(_user_words(command))})
                         mark = ctx.history.mark()
                         ctx.stats.turns += 1
                         await slot.restart(partial(_turn, ctx, plan, command, ctx.stats.turns))

@@ -19,6 +19,7 @@ from actors.messages import End, ToolBatch, ToolCall, ToolOutcome
 from actors.speaker import Speaker
 from voiceagent.errors import LLMError, ModelRejected
 from voiceagent.llm.base import LLMRequest, StreamEnd, TextDelta, ToolUseRequest
+from voiceagent.logs import redact
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
         if plan.end_reason is not None:
             await ctx.outbound.send(End(json.dumps({"reasonCode": plan.end_reason})))
     finally:
+        if ctx.log_content and speaker.spoke:
+            log.debug("agent said", extra={"text": redact(ctx.history.last_assistant_text())})
         if speaker.first_token_at is not None and received_at is not None:
             ctx.stats.latencies_s.append(speaker.first_token_at - received_at)
         with (trio.move_on_after(CLOSE_TIMEOUT_S, shield=True),

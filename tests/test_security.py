@@ -293,3 +293,18 @@ def test_use_case_loader_only_ever_raises_config_error(data: Any) -> None:
     except ConfigError as err:
         problem = str(err)
     assert problem == "" or problem.startswith("fuzz.yaml")
+
+
+async def test_content_is_logged_only_when_asked_and_redacted(
+        tmp_path: Path, log_lines: list[str]) -> None:
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path, LOG_CONTENT="true")) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                await call.say("hours? call me on +1 415 555 0199, card 4111 1111 1111 1111")
+                await call.read_reply()
+                await call.hang_up()
+            await server.runtime.calls.wait_idle()
+    said = [json.loads(line) for line in log_lines if '"caller said"' in line]
+    assert len(said) == 1
+    assert said[0]["text"].startswith("hours? call me on +1415***0199, card [card]")
+    assert any('"agent said"' in line and "We are open" in line for line in log_lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any, Literal
@@ -25,6 +26,16 @@ def mask_phone(number: str) -> str:
     if len(number) < 8:
         return "***" if number else ""
     return f"{number[:5]}***{number[-4:]}"
+
+
+PHONE = re.compile(r"\+?\d[\d\s().-]{7,}\d")
+CARD = re.compile(r"\b(?:\d[ -]?){13,19}\b")
+
+
+def redact(text: str) -> str:
+    """Content for a debug log: card-like and phone-like digit runs are masked first."""
+    text = CARD.sub("[card]", text)
+    return PHONE.sub(lambda m: mask_phone(re.sub(r"[^\d+]", "", m.group())), text)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -83,7 +83,8 @@ class Runtime:
             max_history_messages=settings.max_history_messages,
             max_prompt_chars=settings.max_prompt_chars,
             idle_reprompt_s=settings.idle_reprompt_s or None,
-            max_reprompts=settings.max_reprompts, end_calls=self.end_calls)
+            max_reprompts=settings.max_reprompts, end_calls=self.end_calls,
+            log_content=settings.log_content)
 
     @property
     def at_capacity(self) -> bool:
