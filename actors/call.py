@@ -176,8 +176,11 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
         await relay_reader.run(socket=socket, inbound=in_send, stats=report.frames,
                                max_frame_bytes=services.max_frame_bytes)
         limits.cancel(reason="hangup")
+        if report.frames.abusive:
+            report.ended_by = "bad-frames"
+            await socket.close(1008, "too many unusable frames")
         nursery.cancel_scope.deadline = trio.current_time() + TEARDOWN_S
-    if report.writer.ended:
+    if report.writer.ended and report.ended_by == "hangup":
         report.ended_by = "end"
 
 

@@ -51,7 +51,7 @@ class InputPolicy:
     max_prompt_chars: int = 2000
     idle_reprompt_s: float | None = None        # None: never re-prompt
     max_reprompts: int = 2                      # then end the call
-    min_turn_gap_s: float = 0.3                 # faster prompts merge into one turn
+    min_turn_gap_s: float = 0.3                 # at most two turns start in this window
 
 
 class _KeyBuffer:
@@ -144,7 +144,11 @@ async def run(*, inbound: trio.MemoryReceiveChannel[Inbound],
 
 @dataclass
 class _Turns:
-    last_at: float = -math.inf                  # when the last prompt became a turn
+    """When the last two prompts became turns: a third within ``min_turn_gap_s`` of the
+    first is held and merged, so a burst costs at most two model calls per gap while a
+    quick correction after a barge-in is never delayed."""
+
+    starts: tuple[float, float] = (-math.inf, -math.inf)
 
 
 async def _command(message: Inbound, policy: InputPolicy, keys: _KeyBuffer, turns: _Turns,
@@ -157,8 +161,8 @@ async def _command(message: Inbound, policy: InputPolicy, keys: _KeyBuffer, turn
         case Prompt(text=text, lang=lang):
             words = [clean_prompt(text, policy.max_prompt_chars)]
             words += await _queued_prompts(inbound, backlog, policy,
-                                           turns.last_at + policy.min_turn_gap_s)
-            turns.last_at = trio.current_time()
+                                           turns.starts[0] + policy.min_turn_gap_s)
+            turns.starts = (turns.starts[1], trio.current_time())
             said = clean_prompt(" ".join(w for w in words if w), policy.max_prompt_chars)
             if not said:
                 log.info("blank prompt ignored")

@@ -20,15 +20,21 @@ from voiceagent.relay.protocol import Rejected, parse_frame
 log = logging.getLogger(__name__)
 
 
+MAX_CONSECUTIVE_REJECTS = 10     # Twilio's own rule for what it receives: then it hangs up
+
+
 class FrameStats:
     """Per-call frame counters; the metrics layer sums them across calls."""
 
     def __init__(self) -> None:
         self.received = 0
         self.rejected: Counter[str] = Counter()
+        self.consecutive_rejects = 0
+        self.abusive = False            # closed for sending junk only
 
     def reject(self, rejected: Rejected) -> None:
         self.rejected[rejected.reason] += 1
+        self.consecutive_rejects += 1
         log.warning("frame rejected", extra={"reason": rejected.reason,
                                              "frame_type": rejected.frame_type,
                                              "size": rejected.size,
@@ -50,7 +56,14 @@ async def run(*, socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
             match message:
                 case Rejected():
                     stats.reject(message)
+                    if stats.consecutive_rejects >= MAX_CONSECUTIVE_REJECTS:
+                        log.warning("closing: only unusable frames",
+                                    extra={"consecutive": stats.consecutive_rejects})
+                        stats.abusive = True
+                        return
+                    continue
                 case Setup():
                     log.warning("second setup ignored")
                 case _:
                     await inbound.send(message)
+            stats.consecutive_rejects = 0
