@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
 
+from tests.dynamodb_support import open_test_table, shared_moto, stop_shared_moto
 from tests.store_contract import CHECKS, Check
 from voiceagent.errors import StoreError
 from voiceagent.store.base import Store
@@ -31,7 +32,21 @@ async def _sqlite_backend(tmp_path: Path) -> AsyncIterator[Store]:
         yield store
 
 
-BACKENDS: dict[str, BackendFactory] = {"sqlite": _sqlite_backend}
+@asynccontextmanager
+async def _dynamodb_backend(tmp_path: Path) -> AsyncIterator[Store]:
+    """A table of its own on the shared moto server (started on first use)."""
+    async with open_test_table(shared_moto().endpoint) as store:
+        yield store
+
+
+BACKENDS: dict[str, BackendFactory] = {"sqlite": _sqlite_backend, "dynamodb": _dynamodb_backend}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _moto_stopped_at_the_end() -> Iterator[None]:
+    """The shared moto server starts with the first DynamoDB check; it stops with the run."""
+    yield
+    stop_shared_moto()
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -18,7 +18,8 @@ import trio
 
 from voiceagent import logs
 from voiceagent.caller import CallerError, Identity, open_call
-from voiceagent.errors import ConfigError, SettingsError
+from voiceagent.cli_store import add_commands
+from voiceagent.errors import ConfigError, SettingsError, StoreError
 from voiceagent.settings import Settings
 from voiceagent.terminal import Transcript, interactive, scripted
 
@@ -36,11 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args))
-    except (SettingsError, ConfigError, CallerError) as err:
+    except (SettingsError, ConfigError, CallerError, StoreError) as err:
         print(f"voiceagent: {err}", file=sys.stderr)
         return 2
     except BaseExceptionGroup as group:          # errors from inside a nursery arrive grouped
-        known, rest = group.split((SettingsError, ConfigError, CallerError))
+        known, rest = group.split((SettingsError, ConfigError, CallerError, StoreError))
         if known is None or rest is not None:
             raise
         for leaf in _leaves(known):
@@ -84,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--to", dest="to_number", default="+15555550199")
     call.add_argument("--say", action="append", default=[], metavar="TEXT")
     call.set_defaults(run=_call)
+    add_commands(commands)
     return parser
 
 

@@ -153,7 +153,7 @@ async def _open_store(settings: Settings) -> AsyncIterator[Store]:
                                      limiter=limiter) as store:
             yield store
     else:
-        from voiceagent.store.dynamodb import open_dynamodb_store  # type: ignore[import-not-found,unused-ignore]  # issue 4
+        from voiceagent.store.dynamodb import open_dynamodb_store
         async with open_dynamodb_store(settings, limiter=limiter) as store:
             yield store
 

@@ -1,0 +1,307 @@
+"""``voiceagent config``, ``voiceagent calls`` and ``voiceagent store``: the state behind the
+service, from a terminal or a deploy step.
+
+Every command reads its settings from the environment like ``serve`` (STORE, TABLE_NAME,
+AWS_REGION, DATA_DIR, CONFIG_DIR, ...) and opens the same store the service uses. None of them
+talks to Twilio, so none needs TWILIO_AUTH_TOKEN. Output goes to stdout; a domain error is one
+line on stderr and exit code 2 (``cli.main`` prints ConfigError, SettingsError, StoreError).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+import yaml
+from pydantic import BaseModel
+
+import voiceagent.store.records as records
+from voiceagent import logs, transcripts
+from voiceagent.catalog import ConfigSet, read_config_dir, write_config
+from voiceagent.errors import ConfigError
+from voiceagent.logs import mask_phone
+from voiceagent.settings import Settings
+from voiceagent.store.base import Store
+from voiceagent.tools.registry import default_registry
+from voiceagent.usecases import Profile, UseCase
+
+STORE_THREADS = 8
+EXPORT_HEADER = ("# Exported by `voiceagent config export`; edit it, then "
+                 "`voiceagent config load`.\n")
+DEFAULT_EXPORT_DIR = Path("config-export")
+LINE_WIDTH = 10_000                 # long values stay on one line, as in config/ itself
+
+
+def add_commands(commands: Any) -> None:
+    """Add the subcommands to ``voiceagent``'s subparsers (``argparse._SubParsersAction``)."""
+    config = commands.add_parser("config", help="use cases and profiles in the store")
+    config_commands = config.add_subparsers(dest="config_command", required=True,
+                                             metavar="{load,list,show,export}")
+    load = config_commands.add_parser(
+        "load", help="validate config/ and write it to the store (idempotent)")
+    load.add_argument("--config-dir", type=Path, default=None,
+                      help="folder laid out like config/ (default: $CONFIG_DIR, else ./config)")
+    load.set_defaults(run=_config_load)
+    listing = config_commands.add_parser("list", help="use cases and profiles, one line each")
+    listing.set_defaults(run=_config_list)
+    show = config_commands.add_parser("show", help="one use case as YAML")
+    show.add_argument("name", help="the use case's name")
+    show.set_defaults(run=_config_show)
+    export = config_commands.add_parser(
+        "export", help="write the store's use cases and profiles as YAML files like config/")
+    export.add_argument("--out", type=Path, default=DEFAULT_EXPORT_DIR,
+                        help=f"folder to write (default: ./{DEFAULT_EXPORT_DIR})")
+    export.set_defaults(run=_config_export)
+
+    calls = commands.add_parser("calls", help="recorded calls and their transcripts")
+    calls_commands = calls.add_subparsers(dest="calls_command", required=True,
+                                           metavar="{list,show}")
+    recent = calls_commands.add_parser("list", help="recent calls, newest first")
+    recent.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    recent.set_defaults(run=_calls_list)
+    one = calls_commands.add_parser("show", help="one call, turn by turn")
+    one.add_argument("call_sid", metavar="CALLSID")
+    one.set_defaults(run=_calls_show)
+
+    store = commands.add_parser("store", help="the store itself")
+    store_commands = store.add_subparsers(dest="store_command", required=True,
+                                           metavar="{init}")
+    init = store_commands.add_parser(
+        "init", help="create the DynamoDB table (or the SQLite file) if it does not exist")
+    init.set_defaults(run=_store_init)
+
+
+# ------------------------------------------------------------------ plumbing
+
+
+def _settings() -> Settings:
+    """The service's settings, minus the Twilio token: these commands never see Twilio."""
+    settings = Settings.from_env(VALIDATE_SIGNATURES=False)
+    logs.configure(settings.log_format,
+                   "WARNING" if settings.log_level == "INFO" else settings.log_level)
+    return settings
+
+
+@asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    """The store ``serve`` would open (same SQLite file, same table), for one command."""
+    limiter = trio.CapacityLimiter(STORE_THREADS)
+    if settings.store == "sqlite":
+        from voiceagent.store.sqlite import open_sqlite_store
+        async with open_sqlite_store(settings.data_dir / "voiceagent.db",
+                                     limiter=limiter) as sqlite:
+            yield sqlite
+    else:
+        from voiceagent.store.dynamodb import open_dynamodb_store
+        async with open_dynamodb_store(settings, limiter=limiter) as dynamodb:
+            yield dynamodb
+
+
+# ------------------------------------------------------------------ config
+
+
+def _config_load(args: argparse.Namespace) -> int:
+    settings = _settings()
+    folder = args.config_dir or settings.resolved_config_dir
+    config = read_config_dir(folder, default_registry())      # ConfigError: file and key
+    trio.run(_load, settings, config, folder)
+    return 0
+
+
+async def _load(settings: Settings, config: ConfigSet, folder: Path) -> None:
+    async with open_store(settings) as store:
+        outcome = await write_config(store, config)
+        known_use_cases = {u.name for u in config.use_cases}
+        known_profiles = {p.phone for p in config.profiles}
+        extra_use_cases = [i["pk"] for i in await store.query_index(records.USE_CASE_INDEX)
+                           if i["pk"] not in known_use_cases]
+        extra_profiles = [i["pk"] for i in await store.query_index(records.PROFILE_INDEX)
+                          if i["pk"] not in known_profiles]
+    for use_case in config.use_cases:
+        print(f"use case {use_case.name}: {outcome[f'{records.USE_CASE_SK}:{use_case.name}']}")
+    for profile in config.profiles:
+        print(f"profile {mask_phone(profile.phone)}: "
+              f"{outcome[f'{records.PROFILE_SK}:{profile.phone}']}")
+    for name in extra_use_cases:
+        print(f"use case {name}: kept (in the store, not in {folder})")
+    for phone in extra_profiles:
+        print(f"profile {mask_phone(phone)}: kept (in the store, not in {folder})")
+    counts = Counter(outcome.values())
+    print(f"{len(outcome)} items in {store.name}: {counts['created']} created, "
+          f"{counts['updated']} updated, {counts['unchanged']} unchanged")
+
+
+def _config_list(args: argparse.Namespace) -> int:
+    return trio.run(_list, _settings())
+
+
+async def _list(settings: Settings) -> int:
+    async with open_store(settings) as store:
+        use_case_items = await store.query_index(records.USE_CASE_INDEX)
+        profile_items = await store.query_index(records.PROFILE_INDEX)
+    code = 0
+    for item in use_case_items:
+        try:
+            use_case = records.use_case_from_item(item)
+        except ConfigError as err:
+            print(f"use case {item['pk']}: unreadable: {err}")
+            code = 1
+            continue
+        model = use_case.model or "default model"
+        print(f"use case {use_case.name}: {use_case.title or '(no title)'} "
+              f"({len(use_case.tools)} tools, {len(use_case.dtmf.handlers)} keys, {model})")
+    for item in profile_items:
+        try:
+            profile = records.profile_from_item(item)
+        except ConfigError as err:
+            print(f"profile {mask_phone(str(item['pk']))}: unreadable: {err.problem}")
+            code = 1
+            continue
+        name = f"{profile.first_name} {profile.last_name}".strip() or "(no name)"
+        print(f"profile {mask_phone(profile.phone)}: {name}, "
+              f"use case {profile.use_case or '(STACK_USE_CASE)'}")
+    if not use_case_items and not profile_items:
+        print(f"nothing in {store.name}; load config/ with `voiceagent config load`")
+    return code
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    return trio.run(_show, _settings(), args.name)
+
+
+async def _show(settings: Settings, name: str) -> int:
+    async with open_store(settings) as store:
+        item = await store.get(name, records.USE_CASE_SK)
+        if item is None:
+            names = [i["pk"] for i in await store.query_index(records.USE_CASE_INDEX)]
+            print(f"voiceagent: no use case {name!r} in {store.name}; there are: "
+                  f"{', '.join(names) or 'none'}", file=sys.stderr)
+            return 2
+    sys.stdout.write(dump_yaml(exportable(records.use_case_from_item(item))))
+    return 0
+
+
+def _config_export(args: argparse.Namespace) -> int:
+    return trio.run(_export, _settings(), args.out)
+
+
+async def _export(settings: Settings, out: Path) -> int:
+    async with open_store(settings) as store:
+        use_cases = [records.use_case_from_item(item)
+                     for item in await store.query_index(records.USE_CASE_INDEX)]
+        profiles = [records.profile_from_item(item)
+                    for item in await store.query_index(records.PROFILE_INDEX)]
+    for path, text in export_files(use_cases, profiles).items():
+        target = out / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        print(f"wrote {target}")
+    print(f"{len(use_cases)} use cases and {len(profiles)} profiles from {store.name}")
+    return 0
+
+
+def export_files(use_cases: list[UseCase], profiles: list[Profile]) -> dict[str, str]:
+    """Relative path -> YAML text, laid out like config/ and the same bytes every time."""
+    files = {f"usecases/{u.name}.yaml": EXPORT_HEADER + dump_yaml(exportable(u))
+             for u in sorted(use_cases, key=lambda u: u.name)}
+    files["profiles.yaml"] = EXPORT_HEADER + dump_yaml(
+        {"profiles": [exportable(p) for p in sorted(profiles, key=lambda p: p.phone)]})
+    return files
+
+
+def exportable(value: Any) -> Any:
+    """A model as YAML-ready data: its fields in declared order, defaults left out, and
+    free-form maps (relay attributes, schemas) sorted, since a DynamoDB map has no order."""
+    if isinstance(value, BaseModel):
+        out: dict[str, Any] = {}
+        for name, field in type(value).model_fields.items():
+            current = getattr(value, name)
+            if (not field.is_required()
+                    and current == field.get_default(call_default_factory=True)):
+                continue
+            out[field.alias or name] = exportable(current)
+        return out
+    if isinstance(value, Mapping):
+        return {str(key): exportable(value[key]) for key in sorted(value, key=str)}
+    if isinstance(value, list | tuple):
+        return [exportable(element) for element in value]
+    return value
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (prompts) as literal blocks, so the file reads like the source."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value,
+                                   style="|" if "\n" in value else None)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True,
+                     width=LINE_WIDTH, default_flow_style=False)
+
+
+# ------------------------------------------------------------------ calls
+
+
+def _calls_list(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        print("voiceagent: --limit must be at least 1", file=sys.stderr)
+        return 2
+    return trio.run(_recent, _settings(), args.limit)
+
+
+async def _recent(settings: Settings, limit: int) -> int:
+    async with open_store(settings) as store:
+        calls = await transcripts.recent_calls(store, limit=limit)
+    if not calls:
+        print(f"no calls in {store.name}")
+        return 0
+    print("\n".join(transcripts.format_calls(calls, settings.time_zone)))
+    return 0
+
+
+def _calls_show(args: argparse.Namespace) -> int:
+    return trio.run(_transcript, _settings(), args.call_sid)
+
+
+async def _transcript(settings: Settings, call_sid: str) -> int:
+    async with open_store(settings) as store:
+        transcript = await transcripts.load_transcript(store, call_sid)
+    if transcript is None:
+        print(f"voiceagent: no call {call_sid} in {store.name} (items expire after "
+              "SESSION_TTL_S)", file=sys.stderr)
+        return 2
+    print("\n".join(transcripts.format_transcript(transcript, settings.time_zone)))
+    return 0
+
+
+# ------------------------------------------------------------------ store
+
+
+def _store_init(args: argparse.Namespace) -> int:
+    return trio.run(_init, _settings())
+
+
+async def _init(settings: Settings) -> int:
+    if settings.store == "sqlite":
+        async with open_store(settings) as store:
+            print(f"{store.name} is ready (SQLite creates its file and schema on first use)")
+        return 0
+    from voiceagent.store.dynamodb import open_dynamodb_store
+    async with open_dynamodb_store(settings, limiter=trio.CapacityLimiter(STORE_THREADS),
+                                   check_table=False) as store:
+        for line in await store.ensure_table():
+            print(line)
+        print(f"{store.name} at {store.endpoint} is ready")
+    return 0
