@@ -14,6 +14,7 @@ from voiceagent.llm.base import LLM
 from voiceagent.runtime import Runtime, open_runtime
 from voiceagent.server import serve
 from voiceagent.settings import Settings
+from voiceagent.tools.registry import ToolRegistry
 
 FIXTURE_CONFIG = Path(__file__).parent / "fixtures" / "config"
 AUTH_TOKEN = "test-auth-token-not-secret"
@@ -41,9 +42,11 @@ class RunningServer:
 
 
 @asynccontextmanager
-async def running_server(settings: Settings, *, llm: LLM | None = None
+async def running_server(settings: Settings, *, llm: LLM | None = None,
+                         registry: ToolRegistry | None = None
                          ) -> AsyncIterator[RunningServer]:
-    async with open_runtime(settings, llm=llm) as runtime, trio.open_nursery() as nursery:
+    async with open_runtime(settings, llm=llm, registry=registry) as runtime, \
+            trio.open_nursery() as nursery:
         stop = trio.Event()
 
         async def run(task_status: trio.TaskStatus[list[str]]) -> None:

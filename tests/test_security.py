@@ -34,8 +34,11 @@ from tests.fake_bedrock import (
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from voiceagent.caller import Identity, open_call, parse_relay_twiml
 from voiceagent.errors import ConfigError
+from voiceagent.llm.scripted import APOLOGY
 from voiceagent.logs import JsonFormatter, _ContextFilter
 from voiceagent.signature import sign
+from voiceagent.tools.base import ToolDefinition
+from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import UseCase, parse_model
 
 PUBLIC = "https://agent.example.com"
@@ -308,3 +311,31 @@ async def test_content_is_logged_only_when_asked_and_redacted(
     assert len(said) == 1
     assert said[0]["text"].startswith("hours? call me on +1415***0199, card [card]")
     assert any('"agent said"' in line and "We are open" in line for line in log_lines)
+
+
+
+@pytest.mark.parametrize("failure", ["raises", "hangs"])
+async def test_a_broken_tool_through_the_server_gives_an_apology(
+        tmp_path: Path, failure: str) -> None:
+    async def broken(ctx: Any, args: Any) -> dict[str, Any]:
+        if failure == "raises":
+            raise RuntimeError("kitchen printer offline")
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    registry = ToolRegistry([ToolDefinition("CheckRestaurantPickUpTime", broken,
+                                            timeout_s=0.5)])
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path), registry=registry) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as broken_call, \
+                    open_call(server.url, auth_token=AUTH_TOKEN) as healthy:
+                await broken_call.say("when can I pick up?")
+                await healthy.say("what are your hours?")
+                assert (await healthy.read_reply()).text.startswith("We are open")
+                reply = await broken_call.read_reply()
+                assert reply.text == APOLOGY
+                await broken_call.say("what are your hours?")      # the call goes on
+                assert (await broken_call.read_reply()).text.startswith("We are open")
+                await broken_call.hang_up()
+                await healthy.hang_up()
+            await server.runtime.calls.wait_idle()
