@@ -103,10 +103,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 async def _serve_async(settings: Settings) -> None:
     from voiceagent.runtime import open_runtime
-    from voiceagent.server import serve
+    from voiceagent.server import serve, wait_signal
 
-    async with open_runtime(settings) as runtime:
-        await serve(runtime, host=settings.host, port=settings.port)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait_signal, stop)       # before start-up: an early SIGTERM drains
+        async with open_runtime(settings) as runtime:
+            await serve(runtime, host=settings.host, port=settings.port, shutdown=stop)
+        nursery.cancel_scope.cancel()
 
 
 def _demo(args: argparse.Namespace) -> int:

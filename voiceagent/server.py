@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 
 import hypercorn.trio
 import trio
@@ -21,9 +22,17 @@ HARD_FRAME_LIMIT = 1024 * 1024     # hypercorn closes the socket (1009) beyond t
                                    # reader drops frames over MAX_FRAME_BYTES before that
 
 
-def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0) -> Config:
+def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0,
+                     reuse_port: bool = False) -> Config:
     config = Config()
-    config.bind = [f"{host}:{port}"]
+    if reuse_port:
+        # One trio process per core (docker/entrypoint.sh starts them): hypercorn 0.18 sets
+        # SO_REUSEPORT only for its own multi-worker mode, so bind here and hand it the fd.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server((host, port), family=family, reuse_port=True)
+        config.bind = [f"fd://{listener.detach()}"]
+    else:
+        config.bind = [f"{host}:{port}"]
     config.websocket_max_message_size = HARD_FRAME_LIMIT
     # Twilio sends nothing on a quiet call and the ALB cuts idle connections (60 s default):
     # WebSocket pings keep the path alive without a frame Twilio would reject.
@@ -37,19 +46,21 @@ def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0) -> 
 async def serve(runtime: Runtime, *, host: str, port: int,
                 shutdown: trio.Event | None = None,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve until SIGINT/SIGTERM or ``shutdown`` is set. ``task_status`` gets the bound
-    URLs (port 0 picks a free port: tests and the demo use that)."""
+    """Serve until ``shutdown`` is set (by default: until SIGINT/SIGTERM). ``task_status``
+    gets the bound URLs (port 0 picks a free port: tests and the demo use that)."""
     stop = shutdown if shutdown is not None else trio.Event()
 
     async def trigger() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_wait_signal, stop)
+            if shutdown is None:
+                nursery.start_soon(wait_signal, stop)
             await stop.wait()
             nursery.cancel_scope.cancel()
         await drain(runtime)
         outer.start_soon(_watchdog)
 
-    config = hypercorn_config(host, port, ping_interval_s=runtime.settings.ping_interval_s)
+    config = hypercorn_config(host, port, ping_interval_s=runtime.settings.ping_interval_s,
+                              reuse_port=runtime.settings.reuse_port)
     async with trio.open_nursery() as outer:
         await hypercorn.trio.serve(create_app(runtime), config, shutdown_trigger=trigger,
                                    task_status=task_status)
@@ -88,7 +99,8 @@ async def _watchdog() -> None:
     os._exit(0)
 
 
-async def _wait_signal(stop: trio.Event) -> None:
+async def wait_signal(stop: trio.Event) -> None:
+    """Set ``stop`` on the first SIGINT or SIGTERM."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("signal received", extra={"signal": signal.Signals(signum).name})

@@ -57,6 +57,7 @@ class Settings(BaseModel):
     setup_timeout_s: float = Field(10.0, alias="SETUP_TIMEOUT_S", gt=0, le=120)
     max_frame_bytes: int = Field(64 * 1024, alias="MAX_FRAME_BYTES", ge=1024)
     demo: bool = Field(False, alias="DEMO")
+    reuse_port: bool = Field(False, alias="REUSE_PORT")   # several processes, one port
     twilio_shared_key_secret: str | None = Field(None, alias="TWILIO_SHARED_KEY_SECRET",
                                                  repr=False)   # HMAC-SHA256 webhook rules
     trust_proxy_headers: bool = Field(False, alias="TRUST_PROXY_HEADERS")

@@ -1,0 +1,70 @@
+# syntax=docker/dockerfile:1
+#
+# voiceagent service image.
+#
+#   docker build -t voiceagent .                       # this machine's architecture
+#   sam/build-images.sh                                # linux/arm64 or amd64, pushed to ECR
+#   docker run --rm -p 127.0.0.1:3000:3000 --env-file .env voiceagent
+#
+# Stage 1 builds a wheel of the project and of every dependency, and installs them into a
+# virtual environment; stage 2 copies only that environment onto a clean base, so no compiler,
+# wheel cache or source tree ends up in the image. The base is pinned to a patch release:
+# raise it deliberately (and rebuild) for Python security releases.
+
+FROM python:3.11.17-slim-bookworm AS build
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+WORKDIR /src
+# Only what the wheel is built from (see .dockerignore): the image never contains the tests.
+COPY pyproject.toml README.md ./
+COPY config ./config
+COPY actors ./actors
+COPY voiceagent ./voiceagent
+
+RUN python -m pip wheel --wheel-dir /wheels . \
+ && python -m venv /opt/venv \
+ && /opt/venv/bin/python -m pip install --no-index --find-links /wheels /wheels/voiceagent-*.whl \
+ && /opt/venv/bin/python -m pip uninstall --yes pip setuptools \
+ && /opt/venv/bin/voiceagent --help > /dev/null
+
+
+FROM python:3.11.17-slim-bookworm AS runtime
+
+LABEL org.opencontainers.image.title="voiceagent" \
+      org.opencontainers.image.description="Phone agents on Twilio ConversationRelay and Amazon Bedrock" \
+      org.opencontainers.image.licenses="MIT"
+
+# Settings the image fixes; everything else comes from the environment at run time (see
+# .env.example). LOG_FORMAT=json: one JSON object per line for CloudWatch.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOST=0.0.0.0 \
+    PORT=3000 \
+    LOG_FORMAT=json \
+    DATA_DIR=/var/lib/voiceagent
+
+# A fixed numeric uid/gid, so Kubernetes-style runAsNonRoot checks and volume ownership work.
+RUN groupadd --system --gid 10001 voiceagent \
+ && useradd --system --uid 10001 --gid voiceagent --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin voiceagent \
+ && install -d -o voiceagent -g voiceagent -m 0750 /var/lib/voiceagent
+
+COPY --from=build /opt/venv /opt/venv
+COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/voiceagent-entrypoint
+
+USER 10001:10001
+WORKDIR /var/lib/voiceagent
+EXPOSE 3000
+
+# `voiceagent serve` drains on SIGTERM (the entrypoint forwards it to every worker). Give it
+# time: docker stop -t 120, ECS stopTimeout 120.
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '3000'), timeout=4)"]
+
+ENTRYPOINT ["/usr/local/bin/voiceagent-entrypoint"]
+CMD ["voiceagent", "serve"]
