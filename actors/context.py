@@ -15,6 +15,20 @@ from voiceagent.llm.base import LLM
 from voiceagent.usecases import UseCase
 
 
+@dataclass(frozen=True, slots=True)
+class ModelRound:
+    """One model call of a turn, for metrics and the per-turn summary."""
+
+    turn: int
+    stop_reason: str                       # "cancelled" when a barge-in or hang-up cut it
+    first_token_s: float | None = None     # request sent -> first delta (backend's figure)
+    overhead_s: float | None = None        # first delta received -> handed to the writer
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
 @dataclass
 class TurnStats:
     """Per-call figures, summed into process metrics when the call ends."""
@@ -25,6 +39,7 @@ class TurnStats:
     tool_calls: int = 0
     model_errors: int = 0
     latencies_s: list[float] = field(default_factory=list)   # prompt -> first token handed over
+    rounds: list[ModelRound] = field(default_factory=list)
 
 
 @dataclass

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from actors.context import CallContext
+from actors.context import CallContext, ModelRound
 from actors.messages import End, ToolBatch, ToolCall, ToolOutcome
 from actors.speaker import Speaker
 from voiceagent.errors import LLMError, ModelRejected
-from voiceagent.llm.base import LLMRequest, StreamEnd, TextDelta, ToolUseRequest
+from voiceagent.llm.base import LLMRequest, StreamEnd, TextDelta, ToolUseRequest, Usage
 from voiceagent.logs import redact
 
 log = logging.getLogger(__name__)
@@ -108,15 +108,23 @@ async def _model_round(ctx: CallContext, speaker: Speaker) -> tuple[ToolCall, ..
         tools=ctx.use_case.tool_specs(), inference=ctx.use_case.inference.to_config(),
         options=ctx.use_case.model_options.to_options())
     calls: list[ToolCall] = []
-    async with ctx.llm.stream(request) as events:
-        async for event in events:
-            match event:
-                case TextDelta(text=text):
-                    await speaker.say(text)
-                case ToolUseRequest(tool_use_id=tool_use_id, name=name, input=args):
-                    calls.append(ToolCall(tool_use_id, name, args))
-                case StreamEnd(stop_reason=reason):
-                    log.debug("model round ended", extra={"stop_reason": reason})
+    overhead_s: float | None = None
+    end: StreamEnd | None = None
+    try:
+        async with ctx.llm.stream(request) as events:
+            async for event in events:
+                match event:
+                    case TextDelta(text=text):
+                        received = trio.current_time()
+                        await speaker.say(text)
+                        if overhead_s is None:
+                            overhead_s = trio.current_time() - received
+                    case ToolUseRequest(tool_use_id=tool_use_id, name=name, input=args):
+                        calls.append(ToolCall(tool_use_id, name, args))
+                    case StreamEnd():
+                        end = event
+    finally:
+        ctx.stats.rounds.append(_round_record(ctx, end, overhead_s))
     return tuple(calls)
 
 
@@ -160,6 +168,16 @@ def _record_cut(ctx: CallContext, speaker: Speaker, rounds: list[_ToolRound]) ->
         if current.text == speaker.segment:
             speaker.new_segment()
     ctx.history.add_assistant(speaker.segment)
+
+
+def _round_record(ctx: CallContext, end: StreamEnd | None,
+                  overhead_s: float | None) -> ModelRound:
+    usage = end.usage if end is not None and end.usage is not None else Usage()
+    return ModelRound(
+        turn=ctx.stats.turns, stop_reason=end.stop_reason if end else "cancelled",
+        first_token_s=end.first_token_s if end else None, overhead_s=overhead_s,
+        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens)
 
 
 def _in_call_order(current: _ToolRound) -> list[ToolOutcome]:

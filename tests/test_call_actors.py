@@ -368,3 +368,23 @@ async def test_stream_end_without_text_still_records_valid_history(autojump_cloc
         text, _ = await call.reply()
         assert text == "Hello?"
     assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
+
+
+async def test_each_model_round_is_recorded_for_metrics(autojump_clock: Any) -> None:
+    from voiceagent.llm.base import Usage
+    done = StreamEnd("end_turn", Usage(input_tokens=120, output_tokens=3, cache_read_tokens=100),
+                     first_token_s=0.42)
+    llm = FakeLLM([[0.2, TextDelta("We"), 0.1, TextDelta(" open."), done],
+                   words("A long answer " * 5, gap_s=1.0)])
+    async with open_test_call(llm) as call:
+        call.say("hours?")
+        await call.reply()
+        call.say("tell me more")
+        await call.frame()
+        call.interrupt(heard="A long")
+        await call.frame()
+    first, cut = call.report.turns.rounds
+    assert (first.turn, first.stop_reason, first.first_token_s) == (1, "end_turn", 0.42)
+    assert (first.input_tokens, first.output_tokens, first.cache_read_tokens) == (120, 3, 100)
+    assert first.overhead_s == 0.0                  # virtual clock: no time passes in our code
+    assert (cut.turn, cut.stop_reason) == (2, "cancelled")
