@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,8 @@ from voiceagent import logs, transcripts
 from voiceagent.catalog import ConfigSet, read_config_dir, write_config
 from voiceagent.errors import ConfigError
 from voiceagent.logs import mask_phone
+from voiceagent.runtime import open_store
 from voiceagent.settings import Settings
-from voiceagent.store.base import Store
 from voiceagent.tools.registry import default_registry
 from voiceagent.usecases import Profile, UseCase
 
@@ -86,21 +85,6 @@ def _settings() -> Settings:
     logs.configure(settings.log_format,
                    "WARNING" if settings.log_level == "INFO" else settings.log_level)
     return settings
-
-
-@asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    """The store ``serve`` would open (same SQLite file, same table), for one command."""
-    limiter = trio.CapacityLimiter(STORE_THREADS)
-    if settings.store == "sqlite":
-        from voiceagent.store.sqlite import open_sqlite_store
-        async with open_sqlite_store(settings.data_dir / "voiceagent.db",
-                                     limiter=limiter) as sqlite:
-            yield sqlite
-    else:
-        from voiceagent.store.dynamodb import open_dynamodb_store
-        async with open_dynamodb_store(settings, limiter=limiter) as dynamodb:
-            yield dynamodb
 
 
 # ------------------------------------------------------------------ config

@@ -8,7 +8,7 @@ many runtimes as they like, each with its own fakes passed in.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +20,7 @@ from actors.call import CallReport, CallServices
 from voiceagent.catalog import Catalog, read_config_dir, write_config
 from voiceagent.llm.base import LLM
 from voiceagent.llm.scripted import ScriptedLLM
+from voiceagent.metrics import Metrics
 from voiceagent.sessions import Sessions
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
@@ -36,6 +37,7 @@ class CallCounters:
     reports: list[CallReport] = field(default_factory=list)   # the last few, for tests/metrics
     live: list[CallReport] = field(default_factory=list)      # calls in progress
     keep: int = 100
+    on_finished: Callable[[CallReport], None] | None = None    # metrics
     _idle: trio.Event = field(default_factory=trio.Event)
 
     def started(self, report: CallReport) -> None:
@@ -50,6 +52,11 @@ class CallCounters:
         self.live.remove(report)
         self.reports.append(report)
         del self.reports[:-self.keep]
+        if self.on_finished is not None:
+            try:
+                self.on_finished(report)
+            except Exception:
+                log.exception("call report hook failed")
         if self.active == 0:
             self._idle.set()
 
@@ -71,6 +78,7 @@ class Runtime:
     calls: CallCounters = field(default_factory=CallCounters)
     draining: bool = False                       # /health fails, /twiml refuses new calls
     end_calls: trio.Event = field(default_factory=trio.Event)   # live calls end politely
+    metrics: Metrics | None = None
 
     def call_services(self) -> CallServices:
         settings = self.settings
@@ -84,7 +92,8 @@ class Runtime:
             max_prompt_chars=settings.max_prompt_chars,
             idle_reprompt_s=settings.idle_reprompt_s or None,
             max_reprompts=settings.max_reprompts, end_calls=self.end_calls,
-            log_content=settings.log_content)
+            log_content=settings.log_content,
+            on_turn=self.metrics.on_turn if self.metrics is not None else None)
 
     @property
     def at_capacity(self) -> bool:
@@ -120,7 +129,7 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
     registry = registry or default_registry()
     async with AsyncExitStack() as stack:
         if store is None:
-            store = await stack.enter_async_context(_open_store(settings))
+            store = await stack.enter_async_context(open_store(settings))
         if settings.store == "sqlite":
             changes = await write_config(store, read_config_dir(settings.resolved_config_dir,
                                                                 registry))
@@ -134,8 +143,12 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
                           writer=writer, catalog=catalog,
                           sessions=Sessions(settings=settings, store=store, catalog=catalog,
                                             writer=writer))
+        runtime.metrics = Metrics(runtime)
+        runtime.calls.on_finished = runtime.metrics.on_call_finished
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
+            if runtime.metrics.emf_enabled:
+                await nursery.start(runtime.metrics.run_emf)
             try:
                 yield runtime
             finally:
@@ -145,7 +158,8 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
 
 
 @asynccontextmanager
-async def _open_store(settings: Settings) -> AsyncIterator[Store]:
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    """The store the settings name, with its own thread limiter (never trio's default)."""
     limiter = trio.CapacityLimiter(settings.store_threads)
     if settings.store == "sqlite":
         from voiceagent.store.sqlite import open_sqlite_store
