@@ -18,7 +18,7 @@ import trio
 
 import voiceagent.store.records as records
 from actors.call import CallPlan, CallRejected
-from actors.history import Message, converse_problems
+from actors.history import History, Message, converse_problems
 from actors.messages import Setup
 from voiceagent.catalog import Catalog
 from voiceagent.logs import mask_phone
@@ -98,12 +98,10 @@ class Sessions:
         """The conversation so far, for a socket that reconnects to a known call."""
         items = await self._store.query(call_sid, "chat::")
         messages = tuple(records.chat_from_item(item)["chat"] for item in items)
-        if messages and converse_problems(messages, tools_configured=True):
-            leading = messages[0]["role"] == "assistant"
-            if not (leading and not converse_problems(messages[1:])):
-                log.warning("saved history unusable, starting fresh",
-                            extra={"messages": len(messages)})
-                return ()
+        if messages and converse_problems(History(messages).for_request()):
+            log.warning("saved history unusable, starting fresh",
+                        extra={"messages": len(messages)})
+            return ()
         return messages
 
     def _forget_stale(self) -> None:
