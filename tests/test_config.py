@@ -44,7 +44,7 @@ def test_shipped_use_cases_load_and_fit_the_registry() -> None:
         assert uc.time_zone == "America/Los_Angeles"
         assert uc.relay["transcriptionProvider"] == "Deepgram"
         assert uc.relay["speechModel"] == "nova-3-general"
-        assert 8 <= len(uc.scripted.rules) <= 15
+        assert 8 <= len(uc.scripted.rules) <= 20
         registry.check_use_case(uc)
     ScriptedLLM.from_use_cases(use_cases.values())   # every rule's regex compiles
 
@@ -53,7 +53,8 @@ def test_restaurant_use_case_declares_its_tools_and_keys() -> None:
     uc = _shipped()["restaurantOrderingUseCase"]
     assert [t.name for t in uc.tools] == [
         "PlaceOrderFunction", "CheckRestaurantPickUpTime", "CheckRestaurantDeliveryTime",
-        "liveAgentHandoff", "endCall"]
+        "sendConfirmationSms", "CheckOrderStatus", "switchLanguage", "liveAgentHandoff",
+        "endCall"]
     assert (uc.relay["ttsProvider"], uc.relay["voice"]) == ("Google", "en-US-Journey-O")
     assert uc.relay["dtmfDetection"] is True
     assert uc.relay["interruptible"] == "any"

@@ -171,8 +171,9 @@ def test_register_and_decorator() -> None:
         registry.register(ToolDefinition("Echo", echo))
     assert registry.names() == ("Echo",)
     assert default_registry().names() == (
-        "CheckRestaurantDeliveryTime", "CheckRestaurantPickUpTime", "PlaceOrderFunction",
-        "endCall", "liveAgentHandoff")
+        "CheckOrderStatus", "CheckRestaurantDeliveryTime", "CheckRestaurantPickUpTime",
+        "PlaceOrderFunction", "endCall", "liveAgentHandoff", "sendConfirmationSms",
+        "switchLanguage")
 
 
 # ------------------------------------------------------------------ restaurant tools
@@ -191,7 +192,9 @@ async def test_place_order_writes_the_order_item() -> None:
         "pk": "+15555550100", "sk": sk, "pk1": "restaurantOrder", "sk1": "+15555550199",
         "order": {"order_items": args["current_order"], "order_type": "pickup",
                   "order_total": 29.90},
-        "expireAt": NOW_S + 7 * 24 * 3600}
+        "expireAt": NOW_S + 7 * 24 * 3600,      # the sample's item, and for CheckOrderStatus:
+        "orderNumber": result["order_number"], "placedAt": NOW_S,
+        "readyInMinutes": result["ready_in_minutes"]}
     assert [i["sk"] for i in await store.query_index("restaurantOrder", "+1555555019")] == [sk]
     number = order_number(SID, NOW_S)
     assert len(number) == 4

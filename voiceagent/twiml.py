@@ -49,3 +49,28 @@ def _value(value: str | bool | int | float) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def enqueue(message: str, *, queue: str | None, workflow_sid: str | None = None,
+            task: str | None = None) -> str:
+    """``<Say>`` then ``<Enqueue>``: a TaskRouter/Flex workflow (with the handoff data as the
+    ``<Task>``) when ``workflow_sid`` is set, else the named queue."""
+    response = VoiceResponse()
+    if message:
+        response.say(message)
+    if workflow_sid:
+        element = response.enqueue(queue, workflow_sid=workflow_sid)
+        if task:
+            element.task(task)
+    else:
+        response.enqueue(queue)
+    return str(response)
+
+
+def dial(message: str, number: str) -> str:
+    """``<Say>`` then ``<Dial>`` the number (a person's phone or a front desk)."""
+    response = VoiceResponse()
+    if message:
+        response.say(message)
+    response.dial(number)
+    return str(response)

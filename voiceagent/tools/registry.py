@@ -20,6 +20,7 @@ from jsonschema.exceptions import SchemaError, ValidationError
 
 from voiceagent.errors import ConfigError
 from voiceagent.tools.base import ToolDefinition, ToolFunction
+from voiceagent.tools.messaging import messaging_tools
 from voiceagent.tools.restaurant import restaurant_tools
 from voiceagent.usecases import ToolDeclaration, UseCase
 
@@ -152,4 +153,4 @@ def _describe(error: ValidationError) -> str:
 
 def default_registry() -> ToolRegistry:
     """A registry with every built-in tool; the service builds one at start-up."""
-    return ToolRegistry(restaurant_tools())
+    return ToolRegistry((*restaurant_tools(), *messaging_tools()))

@@ -12,6 +12,7 @@ import json
 import time
 import zlib
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Any
 
 from voiceagent.relay.protocol import End
@@ -23,6 +24,7 @@ DELIVERY_MINUTES = (30, 40, 45)
 LARGE_ORDER_ITEMS = 5              # this many items or more take a little longer
 LARGE_ORDER_EXTRA_MINUTES = 5
 CHECK_TIMEOUT_S = 5.0
+RECENT_ORDERS = 3
 
 Clock = Callable[[], float]
 
@@ -63,10 +65,30 @@ def restaurant_tools(*, clock: Clock = time.time) -> tuple[ToolDefinition, ...]:
             "order": order, "expireAt": epoch_s + ORDER_TTL_S}
         if ctx.called:             # a GSI key may not be empty: unindexed without a number
             item.update(pk1="restaurantOrder", sk1=ctx.called)
+        number = order_number(ctx.call_sid, epoch_s)
+        minutes = _minutes(ctx.call_sid, order_type, len(items))
+        item.update(orderNumber=number, placedAt=epoch_s, readyInMinutes=minutes)
         await ctx.store.put(item)
-        return {"status": "placed", "order_number": order_number(ctx.call_sid, epoch_s),
+        return {"status": "placed", "order_number": number,
                 "order_type": order_type, "order_total": order["order_total"],
-                "ready_in_minutes": _minutes(ctx.call_sid, order_type, len(items))}
+                "ready_in_minutes": minutes}
+
+    async def check_order_status(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
+        """The caller's recent orders at this restaurant (the number they called), newest
+        first, each with whether it should be ready or on its way by now."""
+        if not ctx.caller or not ctx.called:
+            return {"orders": [], "note": "the caller's number is unknown, so their orders "
+                    "cannot be looked up"}
+        items = await ctx.store.query_index("restaurantOrder", ctx.called)
+        mine = [item for item in items if item.get("pk") == ctx.caller
+                and str(item.get("sk", "")).startswith("restaurantOrder::")]
+        mine.sort(key=_placed_at, reverse=True)
+        now = int(clock())
+        orders = [_order_status(item, now) for item in mine[:RECENT_ORDERS]]
+        if not orders:
+            return {"orders": [], "note": "no recent orders from this caller's number"}
+        return {"orders": orders, "latest": orders[0], "order_number": orders[0]["order_number"],
+                "state": orders[0]["state"]}
 
     return (
         ToolDefinition("PlaceOrderFunction", place_order, side_effect=True),
@@ -74,10 +96,52 @@ def restaurant_tools(*, clock: Clock = time.time) -> tuple[ToolDefinition, ...]:
                        timeout_s=CHECK_TIMEOUT_S),
         ToolDefinition("CheckRestaurantDeliveryTime", check_delivery_time,
                        timeout_s=CHECK_TIMEOUT_S),
+        ToolDefinition("CheckOrderStatus", check_order_status, timeout_s=CHECK_TIMEOUT_S),
         ToolDefinition("liveAgentHandoff", live_agent_handoff, timeout_s=CHECK_TIMEOUT_S,
                        ends_turn=True),
         ToolDefinition("endCall", end_call, timeout_s=CHECK_TIMEOUT_S, ends_turn=True),
     )
+
+
+def _number(value: Any) -> float | None:
+    """A stored number (DynamoDB gives Decimal back) as a float; None when not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return None
+    return float(value)
+
+
+def _placed_at(item: Mapping[str, Any]) -> int:
+    if (placed := _number(item.get("placedAt"))) is not None:
+        return int(placed)
+    tail = str(item.get("sk", "")).rsplit("::", 1)[-1]     # restaurantOrder::{sid}::{epoch}
+    return int(tail) if tail.isdigit() else 0
+
+
+def _order_status(item: Mapping[str, Any], now: int) -> dict[str, Any]:
+    order = item.get("order") if isinstance(item.get("order"), Mapping) else {}
+    assert isinstance(order, Mapping)
+    order_type = str(order.get("order_type", "pickup"))
+    placed = _placed_at(item)
+    minutes = _number(item.get("readyInMinutes"))
+    left = None
+    if minutes is not None and placed:
+        left = max(0, int((placed + minutes * 60 - now + 59) // 60))
+    if left is None:
+        state = "being prepared"
+    elif left == 0:
+        state = "delivered or out for delivery" if order_type == "delivery" else \
+            "ready for pickup"
+    else:
+        state = "on its way soon" if order_type == "delivery" else "being prepared"
+    result: dict[str, Any] = {
+        "order_number": str(item.get("orderNumber", "")), "order_type": order_type,
+        "order_total": _number(order.get("order_total")), "state": state,
+        "items": [str(line.get("line_item", "")) for line in order.get("order_items", ())
+                  if isinstance(line, Mapping)],
+        "minutes_ago": max(0, (now - placed) // 60) if placed else None}
+    if left is not None:
+        result["minutes_left"] = left
+    return result
 
 
 async def check_pickup_time(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:

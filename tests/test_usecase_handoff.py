@@ -1,0 +1,162 @@
+"""Session end through the real server: live-agent handoff, goodbye, and reconnect-resume."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import trio
+from trio_websocket import open_websocket_url
+
+from voiceagent.caller import RelayCall, parse_relay_twiml
+from voiceagent.llm.base import LLMEvent, LLMRequest
+from voiceagent.llm.scripted import ScriptedLLM
+from voiceagent.settings import SOURCE_CONFIG
+from voiceagent.signature import sign
+from voiceagent.testing import agent_server
+from voiceagent.usecases import load_use_case_file
+
+RESTAURANT = "restaurantOrderingUseCase"
+
+
+def _config_with_handoff(tmp_path: Path, handoff: str) -> Path:
+    """A copy of the shipped config whose restaurant use case hands off as given."""
+    config = tmp_path / "config"
+    (config / "usecases").mkdir(parents=True)
+    text = (SOURCE_CONFIG / "usecases" / f"{RESTAURANT}.yaml").read_text()
+    start = text.index("\nhandoff:\n")
+    end = text.index("\nscripted:\n")
+    (config / "usecases" / f"{RESTAURANT}.yaml").write_text(
+        text[:start] + "\n" + handoff + text[end:])
+    return config
+
+
+async def test_handoff_tool_then_action_enqueues(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with agent_server(SOURCE_CONFIG, use_case=RESTAURANT, data_dir=tmp_path) as agent:
+            async with agent.call() as call:
+                turn = await call.say("can I talk to a person please")
+                assert turn.ended is not None
+                assert turn.tool("liveAgentHandoff").input["reason_code"] == "user-requested"
+            handoff = turn.ended["handoffData"]
+            assert json.loads(handoff)["reasonCode"] == "user-requested"
+            body = await agent.post("/action", {
+                "CallSid": call.call_sid, "SessionStatus": "ended", "CallStatus": "in-progress",
+                "HandoffData": handoff, "SessionId": "VX1", "SessionDuration": "5"})
+    root = ET.fromstring(body)
+    assert [child.tag for child in root] == ["Say", "Enqueue"]
+    assert root[0].text == "One moment, I'm connecting you with someone at the restaurant."
+    assert root[1].text == "dough-boy-front-counter"
+
+
+async def test_handoff_to_a_flex_workflow_carries_the_task(tmp_path: Path) -> None:
+    config = _config_with_handoff(tmp_path, "handoff:\n  mode: enqueue\n"
+                                  "  workflow_sid: WW0123456789abcdef0123456789abcdef\n")
+    with trio.fail_after(30):
+        async with agent_server(config, use_case=RESTAURANT, data_dir=tmp_path) as agent:
+            async with agent.call() as call:
+                turn = await call.press("0")
+                assert turn.ended is not None
+            body = await agent.post("/action", {
+                "CallSid": call.call_sid, "SessionStatus": "ended", "CallStatus": "in-progress",
+                "HandoffData": turn.ended["handoffData"]})
+    enqueue = ET.fromstring(body).find("Enqueue")
+    assert enqueue is not None
+    assert enqueue.attrib["workflowSid"] == "WW0123456789abcdef0123456789abcdef"
+    task = enqueue.find("Task")
+    assert task is not None
+    assert task.text is not None
+    assert json.loads(task.text)["reasonCode"] == "user-requested"
+
+
+async def test_handoff_dials_the_number(tmp_path: Path) -> None:
+    config = _config_with_handoff(tmp_path, "handoff:\n  mode: dial\n  number: '+15555550123'\n"
+                                  "  message: Putting you through.\n")
+    with trio.fail_after(30):
+        async with agent_server(config, use_case=RESTAURANT, data_dir=tmp_path) as agent:
+            async with agent.call() as call:
+                turn = await call.say("I want to speak to a manager")
+                assert turn.ended is not None
+            body = await agent.post("/action", {
+                "CallSid": call.call_sid, "SessionStatus": "ended", "CallStatus": "in-progress",
+                "HandoffData": turn.ended["handoffData"]})
+    root = ET.fromstring(body)
+    assert [(c.tag, c.text) for c in root] == [("Say", "Putting you through."),
+                                               ("Dial", "+15555550123")]
+
+
+async def test_end_call_and_completed_sessions(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with agent_server(SOURCE_CONFIG, use_case=RESTAURANT, data_dir=tmp_path) as agent:
+            async with agent.call() as call:
+                turn = await call.say("that's all, goodbye")
+                assert turn.ended is not None
+            ended = await agent.post("/action", {
+                "CallSid": call.call_sid, "SessionStatus": "ended", "CallStatus": "in-progress",
+                "HandoffData": turn.ended["handoffData"]})
+            completed = await agent.post("/action", {
+                "CallSid": call.call_sid, "SessionStatus": "completed",
+                "CallStatus": "completed"})
+            dropped = await agent.post("/action", {
+                "CallSid": call.call_sid, "SessionStatus": "failed", "CallStatus": "completed",
+                "ErrorCode": "64105"})
+            unknown = await agent.post("/action", {
+                "CallSid": "CA" + "9" * 32, "SessionStatus": "ended",
+                "HandoffData": json.dumps({"reasonCode": "legal"})})
+    assert [c.tag for c in ET.fromstring(ended)] == ["Say", "Hangup"]
+    assert list(ET.fromstring(completed)) == []
+    assert [c.tag for c in ET.fromstring(unknown)] == ["Say", "Hangup"]
+    assert [c.tag for c in ET.fromstring(dropped)] == ["Say", "Hangup"]   # no reconnect
+
+
+class RecordingLLM:
+    """The scripted model, remembering every request it was sent."""
+
+    name = "recording"
+
+    def __init__(self, inner: ScriptedLLM) -> None:
+        self.inner = inner
+        self.requests: list[LLMRequest] = []
+
+    def stream(self, request: LLMRequest) -> AbstractAsyncContextManager[
+            trio.MemoryReceiveChannel[LLMEvent]]:
+        self.requests.append(request)
+        return self.inner.stream(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_failed_session_reconnects_and_resumes(tmp_path: Path) -> None:
+    restaurant = load_use_case_file(SOURCE_CONFIG / "usecases" / f"{RESTAURANT}.yaml")
+    llm = RecordingLLM(ScriptedLLM.from_use_cases([restaurant], first_token_delay_s=0.001,
+                                                  token_delay_s=0.0))
+    with trio.fail_after(30):
+        async with agent_server(SOURCE_CONFIG, use_case=RESTAURANT, data_dir=tmp_path,
+                                llm=llm) as agent:
+            async with agent.call() as call:
+                first = await call.say("what are your hours?")
+                assert "Tuesday" in first.text
+            body = await agent.post("/action", {
+                "CallSid": call.call_sid, "SessionStatus": "failed", "CallStatus": "in-progress",
+                "ErrorCode": "64105", "ErrorMessage": "Websocket ended"})
+            target = parse_relay_twiml(body)
+            assert target.greeting is None
+            assert "welcomeGreeting" not in target.attributes
+            assert target.action == agent.url + "/action"
+            assert set(target.parameters) == {"sessionToken"}
+            signed = [(b"X-Twilio-Signature", sign(agent.auth_token, target.url).encode())]
+            async with open_websocket_url(target.url, extra_headers=signed) as ws:
+                again = RelayCall(ws, target, call.relay.identity)   # same CallSid
+                await again.setup()
+                await again.say("where are you located?")
+                reply = await again.read_reply()
+                assert "Spear Street" in reply.text
+                await again.hang_up()
+            await agent.runtime.calls.wait_idle()
+    said = [b["text"] for m in llm.requests[-1].messages for b in m["content"] if "text" in b]
+    earlier = [restaurant.welcome_greeting, "what are your hours?", first.text]
+    assert [text for text in said if text in earlier] == earlier      # the first socket's turns
+    assert said[-1] == "where are you located?"

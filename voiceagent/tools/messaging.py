@@ -1,0 +1,87 @@
+"""Tools that reach the caller another way: a confirmation text message, a language switch.
+
+``sendConfirmationSms`` uses the twilio package's REST client (blocking ``requests``) in a
+worker thread. It needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_SMS_FROM; when one is
+missing it fails with a reason that says which, and the model apologises to the caller.
+TWILIO_API_BASE_URL points the client at a local fake of Twilio's API in tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+from voiceagent.logs import mask_phone
+from voiceagent.relay.protocol import Language
+from voiceagent.threads import run_blocking
+from voiceagent.tools.base import ToolContext, ToolDefinition, ToolResult
+
+log = logging.getLogger(__name__)
+
+SMS_HTTP_TIMEOUT_S = 10.0
+SMS_TOOL_TIMEOUT_S = 15.0
+MAX_SMS_CHARS = 480                 # about three segments; a confirmation needs far fewer
+_SMS_LIMITER = trio.CapacityLimiter(16)   # REST calls never take the store's or model's threads
+
+
+class SmsUnavailable(Exception):
+    """Text messages are not configured; the reason names the missing settings."""
+
+
+def _send_sms(*, account_sid: str, auth_token: str, base_url: str | None, to: str,
+              from_: str, body: str) -> str:
+    from twilio.http.http_client import TwilioHttpClient
+    from twilio.rest import Client
+
+    client = Client(account_sid, auth_token,
+                    http_client=TwilioHttpClient(timeout=SMS_HTTP_TIMEOUT_S))
+    if base_url:
+        client.api.base_url = base_url.rstrip("/")
+    message = client.messages.create(to=to, from_=from_, body=body)
+    return str(message.sid)
+
+
+async def send_confirmation_sms(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
+    settings = ctx.settings
+    values = {"TWILIO_ACCOUNT_SID": getattr(settings, "twilio_account_sid", None),
+              "TWILIO_AUTH_TOKEN": getattr(settings, "twilio_auth_token", None),
+              "TWILIO_SMS_FROM": getattr(settings, "twilio_sms_from", None)}
+    missing = [name for name, value in values.items() if not value]
+    if missing:
+        raise SmsUnavailable(f"text messages are not set up on this line ({', '.join(missing)} "
+                             "not set); tell the caller you cannot send a text right now")
+    if not ctx.caller.startswith("+"):
+        raise ValueError("the caller's phone number is unknown, so no text can be sent")
+    body = str(args.get("message", "")).strip()[:MAX_SMS_CHARS]
+    if not body:
+        raise ValueError("message is empty: write the confirmation text to send")
+    sid = await run_blocking(
+        lambda: _send_sms(account_sid=str(values["TWILIO_ACCOUNT_SID"]),
+                          auth_token=str(values["TWILIO_AUTH_TOKEN"]),
+                          base_url=getattr(settings, "twilio_api_base_url", None),
+                          to=ctx.caller, from_=str(values["TWILIO_SMS_FROM"]), body=body),
+        limiter=_SMS_LIMITER)
+    log.info("confirmation text sent", extra={"to": mask_phone(ctx.caller), "message_sid": sid})
+    return {"status": "sent", "message_sid": sid}
+
+
+async def switch_language(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
+    """Switch speech and transcription to one of the use case's ``languages`` (its schema's
+    ``enum`` lists them); the voice for the language comes from the TwiML ``<Language>``."""
+    code = str(args.get("language", "")).strip()
+    if not code:
+        raise ValueError("language is empty: give one of the language codes offered")
+    await ctx.send(Language(tts_language=code, transcription_language=code))
+    return {"status": "switched", "language": code,
+            "instruction": f"From now on, reply only in the language {code}."}
+
+
+def messaging_tools() -> tuple[ToolDefinition, ...]:
+    return (
+        ToolDefinition("sendConfirmationSms", send_confirmation_sms, side_effect=True,
+                       timeout_s=SMS_TOOL_TIMEOUT_S),
+        ToolDefinition("switchLanguage", switch_language, timeout_s=5.0),
+    )
