@@ -5,7 +5,9 @@ Built by ``actors.call``; the llm_streamer is the only task that mutates ``histo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -40,6 +42,7 @@ class TurnStats:
     model_errors: int = 0
     latencies_s: list[float] = field(default_factory=list)   # prompt -> first token handed over
     rounds: list[ModelRound] = field(default_factory=list)
+    tools: list[tuple[str, str, float]] = field(default_factory=list)  # name, status, seconds
 
 
 @dataclass
@@ -57,3 +60,4 @@ class CallContext:
     max_history_messages: int = 200  # older turns are trimmed (in valid pairs) from memory
     log_content: bool = False        # LOG_CONTENT: what was said, redacted, at debug level
     stats: TurnStats = field(default_factory=TurnStats)
+    on_turn: Callable[[dict[str, Any]], None] | None = None   # the turn summary (metrics)

@@ -11,6 +11,7 @@ import json
 import logging
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -19,7 +20,7 @@ from actors.messages import End, ToolBatch, ToolCall, ToolOutcome
 from actors.speaker import Speaker
 from voiceagent.errors import LLMError, ModelRejected
 from voiceagent.llm.base import LLMRequest, StreamEnd, TextDelta, ToolUseRequest, Usage
-from voiceagent.logs import redact
+from voiceagent.logs import redact, turn_var
 
 log = logging.getLogger(__name__)
 
@@ -53,27 +54,41 @@ class _ToolRound:
 async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = None) -> None:
     speaker = Speaker(ctx.outbound)
     rounds: list[_ToolRound] = []
+    marks = (len(ctx.stats.rounds), len(ctx.stats.tools))
+    cut_by: str | None = None
+    model_error: str | None = None
     try:
         await _converse(ctx, plan, speaker, rounds)
-    except trio.Cancelled:
+    except trio.Cancelled as cancel:
+        cut_by = str(cancel.reason or "cancelled")
         with trio.move_on_after(ctx.tool_wait_s, shield=True):
             await _settle_side_effects(rounds)
         _record_cut(ctx, speaker, rounds)
         raise
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        cut_by = "writer-gone"                  # the caller hung up mid-turn: end quietly
+        _record_cut(ctx, speaker, rounds)
     except LLMError as err:
+        model_error = type(err).__name__
         ctx.stats.model_errors += 1
         _log_model_error(ctx, err)
-        await speaker.say_text(APOLOGY_CUT if speaker.segment else APOLOGY_SILENT)
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await speaker.say_text(APOLOGY_CUT if speaker.segment else APOLOGY_SILENT)
         ctx.history.add_assistant(speaker.segment)
     else:
         ctx.history.add_assistant(speaker.segment)
         if plan.end_reason is not None:
-            await ctx.outbound.send(End(json.dumps({"reasonCode": plan.end_reason})))
+            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await ctx.outbound.send(End(json.dumps({"reasonCode": plan.end_reason})))
     finally:
         if ctx.log_content and speaker.spoke:
             log.debug("agent said", extra={"text": redact(ctx.history.last_assistant_text())})
+        latency_s = None
         if speaker.first_token_at is not None and received_at is not None:
-            ctx.stats.latencies_s.append(speaker.first_token_at - received_at)
+            latency_s = speaker.first_token_at - received_at
+            ctx.stats.latencies_s.append(latency_s)
+        _summarise(ctx, marks, kind="caller" if received_at is not None else "system",
+                   latency_s=latency_s, cut_by=cut_by, model_error=model_error)
         with (trio.move_on_after(CLOSE_TIMEOUT_S, shield=True),
               suppress(trio.BrokenResourceError, trio.ClosedResourceError)):
             await speaker.close()
@@ -139,6 +154,7 @@ async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall,
     while len(current.outcomes) < len(calls):
         current.outcomes.append(await results.receive())
     ordered = _in_call_order(current)
+    ctx.stats.tools.extend((o.name, o.status, o.duration_s) for o in ordered)
     ctx.history.add_assistant(current.text, [_use_block(c) for c in calls])
     ctx.history.add_tool_results([o.to_block() for o in ordered])
     rounds.remove(current)
@@ -178,6 +194,38 @@ def _round_record(ctx: CallContext, end: StreamEnd | None,
         first_token_s=end.first_token_s if end else None, overhead_s=overhead_s,
         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _summarise(ctx: CallContext, marks: tuple[int, int], *, kind: str,
+               latency_s: float | None, cut_by: str | None, model_error: str | None) -> None:
+    """The turn's one summary line ("turn done"), also handed to ``ctx.on_turn``."""
+    rounds = ctx.stats.rounds[marks[0]:]
+    first = rounds[0] if rounds else None
+    summary: dict[str, Any] = {
+        "kind": kind, "call_sid": ctx.call_sid, "turn": turn_var.get(),
+        "latency_ms": _ms(latency_s),
+        "first_token_ms": _ms(first.first_token_s) if first else None,
+        "overhead_ms": _ms(first.overhead_s) if first else None,
+        "first_token_ms_by_round": [_ms(r.first_token_s) for r in rounds
+                                    if r.first_token_s is not None],
+        "rounds": len(rounds),
+        "input_tokens": sum(r.input_tokens for r in rounds),
+        "output_tokens": sum(r.output_tokens for r in rounds),
+        "stop_reason": rounds[-1].stop_reason if rounds else ("cancelled" if cut_by else "none"),
+        "barge_in": cut_by == "barge-in", "cut_by": cut_by, "model_error": model_error,
+        "tools": [{"tool": name, "status": status, "duration_ms": _ms(seconds)}
+                  for name, status, seconds in ctx.stats.tools[marks[1]:]]}
+    log.info("turn done", extra={k: v for k, v in summary.items()
+                                 if k not in ("call_sid", "turn", "first_token_ms_by_round")})
+    if ctx.on_turn is not None:
+        try:
+            ctx.on_turn(summary)
+        except Exception:
+            log.exception("turn summary hook failed")
 
 
 def _in_call_order(current: _ToolRound) -> list[ToolOutcome]:

@@ -388,3 +388,16 @@ async def test_each_model_round_is_recorded_for_metrics(autojump_clock: Any) -> 
     assert (first.input_tokens, first.output_tokens, first.cache_read_tokens) == (120, 3, 100)
     assert first.overhead_s == 0.0                  # virtual clock: no time passes in our code
     assert (cut.turn, cut.stop_reason) == (2, "cancelled")
+
+
+async def test_caller_gone_mid_turn_ends_the_turn_quietly(autojump_clock: Any) -> None:
+    llm = FakeLLM([words(REPLY, gap_s=0.5)])
+    async with open_test_call(llm) as call:
+        call.say("hours?")
+        await call.frame()
+        call.socket.closed_with = (1006, "gone")          # sends now fail: the writer stops
+        await trio.sleep(2)
+        await call.hang_up()
+    assert call.report.ended_by == "hangup"               # not an internal error
+    assert call.history[-1]["role"] == "assistant"
+    assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]

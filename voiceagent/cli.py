@@ -16,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from voiceagent import logs
+from voiceagent import bench, logs
 from voiceagent.caller import CallerError, Identity, open_call
 from voiceagent.cli_store import add_commands
 from voiceagent.errors import ConfigError, SettingsError, StoreError
@@ -86,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--say", action="append", default=[], metavar="TEXT")
     call.set_defaults(run=_call)
     add_commands(commands)
+    bench.add_command(commands)
     return parser
 
 

@@ -72,6 +72,13 @@ class Settings(BaseModel):
     drain_timeout_s: float = Field(90.0, alias="DRAIN_TIMEOUT_S", ge=0, le=3600)
     end_grace_s: float = Field(10.0, alias="END_GRACE_S", ge=0, le=600)  # goodbye -> hung up
     ping_interval_s: float = Field(20.0, alias="PING_INTERVAL_S", ge=0, le=300)
+    twilio_sms_from: str | None = Field(None, alias="TWILIO_SMS_FROM")   # sendConfirmationSms
+    twilio_api_base_url: str | None = Field(None, alias="TWILIO_API_BASE_URL")  # tests, mocks
+    # CloudWatch Embedded Metric Format lines on stdout; unset: on when METRICS_NAMESPACE is
+    # set (the SAM template sets it, and scales on the ActiveCalls metric)
+    metrics_emf: bool | None = Field(None, alias="METRICS_EMF")
+    metrics_namespace: str | None = Field(None, alias="METRICS_NAMESPACE")
+    metrics_service_name: str = Field("voiceagent", alias="METRICS_SERVICE_NAME")
 
     @field_validator("time_zone")
     @classmethod
@@ -97,6 +104,15 @@ class Settings(BaseModel):
             raise ValueError("must be the https:// base URL Twilio calls, e.g. "
                              "https://agent.example.com")
         return value.rstrip("/") if value else value
+
+    @property
+    def emf_enabled(self) -> bool:
+        return self.metrics_emf if self.metrics_emf is not None else bool(
+            self.metrics_namespace)
+
+    @property
+    def metrics_namespace_or_default(self) -> str:
+        return self.metrics_namespace or "VoiceAgent"
 
     @property
     def resolved_config_dir(self) -> Path:

@@ -1,0 +1,76 @@
+"""``voiceagent bench`` in-process against the real server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from voiceagent import cli
+from voiceagent.bench import BenchOptions, Step, format_table, percentiles, run_bench
+
+
+async def test_bench_against_the_real_server(tmp_path: Path) -> None:
+    script = (Step("say", "what are your hours?"), Step("barge", "tell me a story", 3),
+              Step("dtmf", "1"))
+    out = tmp_path / "bench.json"
+    progress = io.StringIO()
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            result = await run_bench(BenchOptions(
+                url=server.url, calls=4, ramp_s=0.2, script=script, auth_token=AUTH_TOKEN,
+                server_pid=os.getpid(), json_path=out), stream=progress)
+            await server.runtime.calls.wait_idle()
+            assert server.runtime.calls.total == 4
+    assert json.loads(out.read_text()) == result
+    assert result["calls"] == 4
+    assert result["calls_completed"] == 4
+    assert result["errors"] == 0
+    assert result["turns"] == 12
+    assert result["latency_ms"]["count"] == 12            # every turn's first token timed
+    assert result["barge_in_stop_ms"]["count"] == 4
+    assert result["inter_token_ms"]["count"] > 0
+    for key in ("latency_ms", "inter_token_ms", "barge_in_stop_ms"):
+        row = result[key]
+        assert 0 <= row["p50"] <= row["p95"] <= row["p99"] <= row["max"]
+    assert result["latency_ms"]["p50"] >= 20              # the fixture model's first token
+    server_figures = result["server"]
+    assert server_figures["pid"] == os.getpid()
+    assert server_figures["rss_kb_peak"] >= server_figures["rss_kb_before"] > 0
+    assert server_figures["cpu_s"] > 0
+    assert "calls 4/4 done" in progress.getvalue()
+    assert "application latency" in format_table(result)
+
+
+async def test_bench_counts_errors(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            result = await run_bench(BenchOptions(
+                url=server.url, calls=2, ramp_s=0, auth_token="wrong-token", progress=False))
+    assert result["errors"] == 2
+    assert result["calls_completed"] == 0
+    assert result["server"] is None
+    (kind,) = result["error_kinds"]
+    assert "403" in kind
+
+
+def test_percentiles_nearest_rank() -> None:
+    values = [i / 1000 for i in range(1, 101)]
+    assert percentiles(values) == {"count": 100, "p50": 50.0, "p95": 95.0, "p99": 99.0,
+                                   "max": 100.0}
+    assert percentiles([])["p99"] is None
+
+
+def test_cli_registers_bench() -> None:
+    args = cli._parser().parse_args(["bench", "http://127.0.0.1:1", "-n", "3", "--say", "hi",
+                                     "--barge", "2:tell me a story", "--dtmf", "1"])
+    assert args.calls == 3
+    assert args.script == [Step("say", "hi"), Step("barge", "tell me a story", 2),
+                           Step("dtmf", "1")]
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args(["bench", "http://x", "--barge", "story"])

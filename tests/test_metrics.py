@@ -1,0 +1,265 @@
+"""Metrics: /metrics after real calls through the real server, EMF lines, turn summary logs."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from voiceagent.caller import open_call
+from voiceagent.logs import JsonFormatter, _ContextFilter
+from voiceagent.metrics import Metrics
+
+
+def _scrape(url: str) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        content_type = response.headers["Content-Type"]
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return content_type, samples
+
+
+def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_after_real_calls(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                await call.say("what are your hours?")
+                assert (await call.read_reply()).closed
+                await call.say("when can I pick up my order?")
+                assert (await call.read_reply()).text.startswith("Your order will be ready")
+                await call.hang_up()
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                await call.send_raw("{broken json")
+                await call.send_raw('{"type": "mystery"}')
+                await call.say("tell me a story")
+                for _ in range(3):
+                    assert (await call.receive()) is not None
+                await call.interrupt()
+                await call.say("what are your hours?")
+                reply = await call.read_reply()
+                while not reply.text.startswith("We are open"):
+                    reply = await call.read_reply()   # the cut story's closer comes first
+                await call.hang_up()
+            await server.runtime.calls.wait_idle()
+            reports = list(server.runtime.calls.reports)
+            content_type, samples = await trio.to_thread.run_sync(_scrape, server.url)
+    assert content_type.startswith("text/plain; version=0.0.4")
+    rejected = {}
+    for report in reports:
+        for reason, count in report.frames.rejected.items():
+            rejected[reason] = rejected.get(reason, 0) + count
+    assert sum(rejected.values()) == 2
+    for reason, count in rejected.items():
+        assert _value(samples, "voiceagent_frames_rejected_total", reason=reason) == count
+    assert _value(samples, "voiceagent_calls_total", ended_by="hangup") == 2
+    assert _value(samples, "voiceagent_active_calls") == 0
+    assert _value(samples, "voiceagent_turns_total") == 4
+    assert _value(samples, "voiceagent_turn_latency_seconds_count") == 4
+    assert _value(samples, "voiceagent_barge_ins_total") == 1
+    assert _value(samples, "voiceagent_turns_cut_total", reason="barge-in") == 1
+    assert _value(samples, "voiceagent_tool_duration_seconds_count",
+                  tool="CheckRestaurantPickUpTime") == 1
+    assert _value(samples, "voiceagent_tool_errors_total",
+                  tool="CheckRestaurantPickUpTime") == 0
+    assert _value(samples, "voiceagent_write_behind_pending") == 0
+    assert _value(samples, "voiceagent_write_behind_failed_total") == 0
+    assert _value(samples, "voiceagent_write_behind_written_total") > 0
+    latencies = sum(len(r.turns.latencies_s) for r in reports)
+    assert latencies == 4
+    bound = max(s for r in reports for s in r.turns.latencies_s)
+    assert _value(samples, "voiceagent_turn_latency_seconds_sum") <= bound * 4 + 1e-9
+
+
+def _check_emf(line: str) -> dict[str, Any]:
+    """The EMF specification's rules for one log event."""
+    document = json.loads(line)
+    aws = document["_aws"]
+    assert isinstance(aws["Timestamp"], int)
+    (directive,) = aws["CloudWatchMetrics"]
+    assert directive["Namespace"] == "TestNamespace"
+    assert directive["Dimensions"] == [["ServiceName"]]
+    assert document["ServiceName"] == "test-service"
+    for metric in directive["Metrics"]:
+        assert set(metric) <= {"Name", "Unit", "StorageResolution"}
+        value = document[metric["Name"]]
+        assert isinstance(value, int | float)
+        assert not isinstance(value, bool)
+    return document
+
+
+async def test_emf_lines_per_turn_and_active_calls(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, METRICS_NAMESPACE="TestNamespace",
+                             METRICS_SERVICE_NAME="test-service")
+    assert settings.emf_enabled
+    assert not make_settings(tmp_path).emf_enabled
+    assert not make_settings(tmp_path, METRICS_NAMESPACE="x", METRICS_EMF="false").emf_enabled
+    with trio.fail_after(20):
+        async with running_server(settings) as server:
+            assert server.runtime.metrics is not None
+            stream = io.StringIO()
+            server.runtime.metrics._emf_stream = stream
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                await call.say("what are your hours?")
+                assert (await call.read_reply()).closed
+                server.runtime.metrics.emit_active_calls()
+                await call.hang_up()
+            await server.runtime.calls.wait_idle()
+    documents = [_check_emf(line) for line in stream.getvalue().splitlines()]
+    turns = [d for d in documents if "Turns" in d]
+    active = [d for d in documents if "ActiveCalls" in d]
+    assert len(turns) == 1
+    assert turns[0]["Turns"] == 1
+    assert turns[0]["TurnLatency"] > 0
+    assert turns[0]["CallSid"].startswith("CA")
+    assert {m["Name"] for m in turns[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"]} == {
+        "TurnLatency", "ModelFirstToken", "RelayOverhead", "Turns"}
+    assert active == [{**active[0], "ActiveCalls": 1}]
+
+
+async def test_active_calls_emitted_periodically(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, METRICS_EMF="true", METRICS_NAMESPACE="TestNamespace",
+                             METRICS_SERVICE_NAME="test-service")
+    with trio.fail_after(10):
+        async with running_server(settings) as server:
+            stream = io.StringIO()
+            metrics = Metrics(server.runtime, emf_stream=stream)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(metrics.run_emf, 0.05)
+                await trio.sleep(0.22)
+                nursery.cancel_scope.cancel()
+    documents = [_check_emf(line) for line in stream.getvalue().splitlines()]
+    assert len(documents) >= 3
+    assert all(d["ActiveCalls"] == 0 for d in documents)
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.addFilter(_ContextFilter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def captured() -> Any:
+    handler = _Capture()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+async def test_turn_summary_lines_carry_call_sid_and_turn(tmp_path: Path,
+                                                          captured: _Capture) -> None:
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                call_sid = call.identity.call_sid
+                await call.say("what are your hours?")
+                assert (await call.read_reply()).closed
+                await call.say("tell me a story")
+                assert (await call.receive()) is not None
+                await call.interrupt()
+                await call.hang_up()
+            await server.runtime.calls.wait_idle()
+    entries = [json.loads(line) for line in captured.lines]
+    ours = [e for e in entries if e["call_sid"] == call_sid]
+    call_lines = [e for e in ours if e["logger"].startswith("actors.")]
+    assert any(e["event"] == "call ended" for e in call_lines)
+    # every line an actor wrote for this call names it; lines inside a turn name the turn
+    actor_lines = [e for e in entries if e["logger"].startswith("actors.")
+                   and e["event"] != "message before setup dropped"]
+    assert all(e["call_sid"] == call_sid for e in actor_lines)
+    summaries = [e for e in ours if e["event"] == "turn done"]
+    assert [s["turn"] for s in summaries] == [1, 2]
+    first, second = summaries
+    assert first["latency_ms"] > 0
+    assert first["first_token_ms"] is not None
+    assert first["overhead_ms"] is not None
+    assert first["stop_reason"] == "end_turn"
+    assert first["barge_in"] is False
+    assert first["rounds"] == 1
+    assert {"input_tokens", "output_tokens", "tools", "model_error"} <= set(first)
+    assert second["barge_in"] is True
+    assert second["stop_reason"] == "cancelled"
+
+
+def test_bedrock_and_write_behind_figures_sampled_at_scrape() -> None:
+    from types import SimpleNamespace
+
+    from voiceagent.llm.bedrock import BedrockStatistics
+    from voiceagent.store.write_behind import WriteBehindStatistics
+
+    bedrock = BedrockStatistics(
+        streams_opened=7, streams_open=1, streams_completed=5, retries=2, cancellations=3,
+        errors_by_code={"ThrottlingException": 2}, threads_busy=1,
+        cancel_to_closed_s=(0.001, 0.002, 0.003), cancel_to_exit_s=(),
+        first_token_s=(0.3,))
+    writer = WriteBehindStatistics(pending=4, written=10, failed=1, retries=2,
+                                   oldest_pending_age_s=1.5, store_down=False)
+    settings = make_settings(Path("/nonexistent"))
+    runtime: Any = SimpleNamespace(
+        settings=settings, calls=SimpleNamespace(active=2), draining=False,
+        writer=SimpleNamespace(statistics=lambda: writer),
+        llm=SimpleNamespace(statistics=lambda: bedrock))
+    text = Metrics(runtime).exposition().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert _value(samples, "voiceagent_active_calls") == 2
+    assert _value(samples, "voiceagent_write_behind_pending") == 4
+    assert _value(samples, "voiceagent_write_behind_lag_seconds") == 1.5
+    assert _value(samples, "voiceagent_write_behind_failed_total") == 1
+    assert _value(samples, "voiceagent_bedrock_cancellations_total") == 3
+    assert _value(samples, "voiceagent_bedrock_errors_total", code="ThrottlingException") == 2
+    assert _value(samples, "voiceagent_bedrock_cancel_to_closed_seconds",
+                  quantile="0.5") == pytest.approx(0.002)
+    assert _value(samples, "voiceagent_bedrock_cancel_to_closed_seconds", quantile="1") == 0.003
+    assert _value(samples, "voiceagent_bedrock_first_token_seconds", quantile="0.99") == 0.3
+
+
+async def test_model_and_tool_errors_by_kind(tmp_path: Path) -> None:
+    from tests.fakes import FakeLLM, tool_use, words
+    from voiceagent.errors import ModelThrottled
+
+    llm = FakeLLM([[0.001, ModelThrottled("ThrottlingException", "slow down")],
+                   tool_use("t1", "NoSuchTool"), words("ok then", 0.001, 0.001)])
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path), llm=llm) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                await call.say("hello")
+                assert (await call.read_reply()).text.startswith("Sorry")
+                await call.say("hello again")
+                assert (await call.read_reply()).text == "ok then"
+                await call.hang_up()
+            await server.runtime.calls.wait_idle()
+            _, samples = await trio.to_thread.run_sync(_scrape, server.url)
+    assert _value(samples, "voiceagent_model_errors_total", type="ModelThrottled") == 1
+    assert _value(samples, "voiceagent_tool_errors_total", tool="NoSuchTool") == 1
+    assert _value(samples, "voiceagent_tool_duration_seconds_count", tool="NoSuchTool") == 1
+    assert _value(samples, "voiceagent_turns_total") == 2
+    assert _value(samples, "voiceagent_turn_latency_seconds_count") == 2

@@ -1,0 +1,325 @@
+"""``voiceagent bench URL``: a load generator playing Twilio against any ConversationRelay server.
+
+N calls are started over a ramp of R seconds; each plays a script of turns (say a prompt,
+say one and barge in after K tokens, press a key), timing what a caller would notice:
+
+* application latency: prompt (or key) sent -> first token received;
+* inter-token gap: between consecutive tokens of one reply;
+* barge-in stop time: ``interrupt`` sent -> the last frame of the cut reply (its closer).
+
+A progress line on stderr shows calls done, errors and the rolling median; at the end a table
+is printed and the figures are written as JSON. With ``--server-pid`` (a local process) the
+server's CPU time and RSS are read from ``/proc`` before, during and after the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import trio
+
+from voiceagent.caller import CallerError, Identity, RelayCall, open_call
+
+STEP_TIMEOUT_S = 15.0
+CLOSER_TIMEOUT_S = 5.0          # interrupt sent -> the cut reply's closer must arrive by then
+PROGRESS_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str                   # "say" | "barge" | "dtmf"
+    text: str
+    barge_after: int = 0        # tokens received before the interrupt
+
+    @classmethod
+    def parse_barge(cls, value: str) -> Step:
+        count, sep, text = value.partition(":")
+        if not sep or not count.isdigit() or int(count) < 1 or not text:
+            raise argparse.ArgumentTypeError("use K:TEXT, e.g. 3:tell me a story")
+        return cls("barge", text, int(count))
+
+
+DEFAULT_SCRIPT = (Step("say", "what are your hours?"),)
+
+
+@dataclass
+class Figures:
+    latency_s: list[float] = field(default_factory=list)
+    gap_s: list[float] = field(default_factory=list)
+    barge_stop_s: list[float] = field(default_factory=list)
+    tokens: int = 0
+    turns: int = 0
+    calls_done: int = 0
+    calls_started: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=200))
+
+    def latency(self, seconds: float) -> None:
+        self.latency_s.append(seconds)
+        self.recent.append(seconds)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    url: str
+    calls: int = 10
+    ramp_s: float = 1.0
+    script: tuple[Step, ...] = DEFAULT_SCRIPT
+    auth_token: str | None = None
+    server_pid: int | None = None
+    hold_s: float = 0.0             # stay connected (idle) after the script
+    think_s: float = 0.0            # pause between turns
+    json_path: Path | None = None
+    progress: bool = True
+
+
+# ---------------------------------------------------------------------- /proc
+
+
+def _clock_ticks() -> int:
+    return os.sysconf("SC_CLK_TCK")
+
+
+def read_process(pid: int) -> dict[str, float] | None:
+    """CPU seconds (user+system) and RSS (KiB) of a local process, or None if unreadable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    cpu_s = (int(fields[11]) + int(fields[12])) / _clock_ticks()
+    rss_kb = next((float(line.split()[1]) for line in status.splitlines()
+                   if line.startswith("VmRSS:")), 0.0)
+    return {"cpu_s": cpu_s, "rss_kb": rss_kb}
+
+
+# ---------------------------------------------------------------------- one call
+
+
+async def _turn(call: RelayCall, step: Step, figures: Figures) -> None:
+    sent = trio.current_time()
+    if step.kind == "dtmf":
+        await call.dtmf(step.text)
+    else:
+        await call.say(step.text)
+    figures.turns += 1
+    last_token_at: float | None = None
+    received = 0
+    with trio.fail_after(STEP_TIMEOUT_S):
+        while True:
+            frame = await call.receive()
+            now = trio.current_time()
+            if frame is None:
+                raise CallerError("the server closed the socket mid-turn")
+            if frame.get("type") == "end":
+                return
+            if frame.get("type") != "text":
+                continue
+            if frame.get("token"):
+                received += 1
+                figures.tokens += 1
+                if last_token_at is None:
+                    figures.latency(now - sent)
+                else:
+                    figures.gap_s.append(now - last_token_at)
+                last_token_at = now
+            if frame.get("last"):
+                return
+            if step.kind == "barge" and received >= step.barge_after:
+                break
+    interrupted = trio.current_time()
+    await call.interrupt()
+    with trio.fail_after(CLOSER_TIMEOUT_S):
+        while (frame := await call.receive()) is not None:
+            if frame.get("type") == "text" and frame.get("token"):
+                figures.tokens += 1
+            if frame.get("last") or frame.get("type") == "end":
+                figures.barge_stop_s.append(trio.current_time() - interrupted)
+                return
+    raise CallerError("the server closed the socket after a barge-in")
+
+
+async def _one_call(options: BenchOptions, index: int, figures: Figures) -> None:
+    figures.calls_started += 1
+    try:
+        identity = Identity(from_number=f"+1555{index:07d}")
+        async with open_call(options.url, auth_token=options.auth_token,
+                             identity=identity) as call:
+            for number, step in enumerate(options.script):
+                if number and options.think_s:
+                    await trio.sleep(options.think_s)
+                await _turn(call, step, figures)
+            if options.hold_s:
+                await trio.sleep(options.hold_s)
+            await call.hang_up()
+    except trio.TooSlowError:
+        figures.errors["timeout"] += 1
+    except (CallerError, OSError) as err:
+        figures.errors[type(err).__name__ + ": " + str(err)[:80]] += 1
+    except Exception as err:      # one broken call is counted, the run goes on
+        figures.errors[type(err).__name__ + ": " + str(err)[:80]] += 1
+    finally:
+        figures.calls_done += 1
+
+
+# ---------------------------------------------------------------------- the run
+
+
+def percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float | int | None]:
+    """count, p50/p95/p99 (nearest rank) and max, in ms by default."""
+    if not values:
+        return {"count": 0, "p50": None, "p95": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def rank(q: float) -> float:
+        return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)] * scale, 3)
+
+    return {"count": len(ordered), "p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99),
+            "max": round(ordered[-1] * scale, 3)}
+
+
+async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> dict[str, Any]:
+    stream = stream if stream is not None else sys.stderr
+    figures = Figures()
+    before = read_process(options.server_pid) if options.server_pid else None
+    peak_rss = before["rss_kb"] if before else 0.0
+    started = trio.current_time()
+    wall_started = time.time()
+
+    async def progress(cancel: trio.CancelScope) -> None:
+        nonlocal peak_rss
+        with cancel:
+            while True:
+                if options.server_pid and (now := read_process(options.server_pid)):
+                    peak_rss = max(peak_rss, now["rss_kb"])
+                if options.progress:
+                    stream.write("\r" + _progress_line(figures, options.calls))
+                    stream.flush()
+                await trio.sleep(PROGRESS_INTERVAL_S)
+
+    progress_scope = trio.CancelScope()
+    async with trio.open_nursery() as outer:
+        outer.start_soon(progress, progress_scope)
+        async with trio.open_nursery() as nursery:
+            for index in range(options.calls):
+                if index and options.ramp_s:
+                    await trio.sleep_until(started + options.ramp_s * index / options.calls)
+                nursery.start_soon(_one_call, options, index, figures)
+        progress_scope.cancel()
+    duration_s = trio.current_time() - started
+    if options.progress:
+        stream.write("\r" + _progress_line(figures, options.calls) + "\n")
+    after = read_process(options.server_pid) if options.server_pid else None
+    result: dict[str, Any] = {
+        "url": options.url, "started_at": round(wall_started, 3),
+        "duration_s": round(duration_s, 3), "calls": options.calls,
+        "ramp_s": options.ramp_s,
+        "script": [{"kind": s.kind, "text": s.text, "barge_after": s.barge_after}
+                   for s in options.script],
+        "calls_completed": figures.calls_done - sum(figures.errors.values()),
+        "errors": sum(figures.errors.values()), "error_kinds": dict(figures.errors),
+        "turns": figures.turns, "tokens": figures.tokens,
+        "latency_ms": percentiles(figures.latency_s),
+        "inter_token_ms": percentiles(figures.gap_s),
+        "barge_in_stop_ms": percentiles(figures.barge_stop_s),
+        "server": None}
+    if before and after:
+        cpu_s = after["cpu_s"] - before["cpu_s"]
+        result["server"] = {
+            "pid": options.server_pid, "cpu_s": round(cpu_s, 3),
+            "cpu_percent": round(100 * cpu_s / duration_s, 1) if duration_s else None,
+            "cpu_per_token_us": round(cpu_s / figures.tokens * 1e6, 1) if figures.tokens
+            else None,
+            "rss_kb_before": before["rss_kb"], "rss_kb_after": after["rss_kb"],
+            "rss_kb_peak": max(peak_rss, after["rss_kb"])}
+    if options.json_path is not None:
+        options.json_path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _progress_line(figures: Figures, total: int) -> str:
+    recent = sorted(figures.recent)
+    p50 = f"{recent[len(recent) // 2] * 1000:.1f} ms" if recent else "-"
+    active = figures.calls_started - figures.calls_done
+    return (f"calls {figures.calls_done}/{total} done, {active} active, "
+            f"{sum(figures.errors.values())} errors, turns {figures.turns}, "
+            f"latency p50 {p50} (last {len(recent)})")
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [f"{result['calls']} calls over {result['ramp_s']:g} s ramp, "
+             f"{result['turns']} turns, {result['tokens']} tokens, {result['errors']} errors, "
+             f"{result['duration_s']:.1f} s",
+             f"{'(ms)':<24}{'count':>8}{'p50':>10}{'p95':>10}{'p99':>10}{'max':>10}"]
+    for key, label in (("latency_ms", "application latency"),
+                       ("inter_token_ms", "inter-token gap"),
+                       ("barge_in_stop_ms", "barge-in stop")):
+        row = result[key]
+        cells = "".join("         -" if row[q] is None else f"{row[q]:>10.2f}"
+                        for q in ("p50", "p95", "p99", "max"))
+        lines.append(f"{label:<24}{row['count']:>8}{cells}")
+    if result["server"]:
+        server = result["server"]
+        lines.append(f"server pid {server['pid']}: cpu {server['cpu_s']:.2f} s "
+                     f"({server['cpu_percent']}%), {server['cpu_per_token_us']} us/token, "
+                     f"rss {server['rss_kb_before']:.0f} -> peak {server['rss_kb_peak']:.0f} "
+                     f"KiB")
+    for kind, count in sorted(result["error_kinds"].items()):
+        lines.append(f"error x{count}: {kind}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- the command
+
+
+def add_command(commands: Any) -> None:
+    """Register ``voiceagent bench`` on the CLI's subparsers."""
+    bench = commands.add_parser(
+        "bench", help="load-test any ConversationRelay server, playing Twilio",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:3000")
+    bench.add_argument("-n", "--calls", type=int, default=10, help="calls in all (default 10)")
+    bench.add_argument("-r", "--ramp", type=float, default=1.0, dest="ramp_s",
+                       help="seconds over which calls start (default 1)")
+    bench.add_argument("--say", dest="script", action="append", metavar="TEXT",
+                       type=lambda text: Step("say", text), help="a turn (repeatable, in order)")
+    bench.add_argument("--barge", dest="script", action="append", metavar="K:TEXT",
+                       type=Step.parse_barge, help="a turn interrupted after K tokens")
+    bench.add_argument("--dtmf", dest="script", action="append", metavar="DIGIT",
+                       type=lambda digit: Step("dtmf", digit), help="a key press turn")
+    bench.add_argument("--think", type=float, default=0.0, dest="think_s",
+                       help="seconds between turns")
+    bench.add_argument("--hold", type=float, default=0.0, dest="hold_s",
+                       help="seconds to stay connected, idle, after the script")
+    bench.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"),
+                       help="sign requests as Twilio would (default: $TWILIO_AUTH_TOKEN)")
+    bench.add_argument("--server-pid", type=int, default=None,
+                       help="a local server process: report its CPU and RSS from /proc")
+    bench.add_argument("--json", type=Path, default=Path("bench-results.json"),
+                       dest="json_path", help="where to write the figures")
+    bench.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    bench.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.calls < 1:
+        raise CallerError("--calls must be at least 1")
+    options = BenchOptions(
+        url=args.url, calls=args.calls, ramp_s=max(0.0, args.ramp_s),
+        script=tuple(args.script or DEFAULT_SCRIPT), auth_token=args.auth_token,
+        server_pid=args.server_pid, hold_s=args.hold_s, think_s=args.think_s,
+        json_path=args.json_path, progress=not args.quiet)
+    result = trio.run(run_bench, options)
+    print(format_table(result))
+    print(f"figures written to {args.json_path}", file=sys.stderr)
+    return 1 if result["errors"] else 0

@@ -1,0 +1,239 @@
+"""Process metrics: Prometheus (``GET /metrics``) and CloudWatch Embedded Metric Format.
+
+One ``Metrics`` per ``Runtime``, each with its own ``CollectorRegistry`` (nothing global, so
+tests can run many runtimes side by side). The actors know nothing of Prometheus; figures
+arrive three ways:
+
+* per turn, from the turn summary (``CallServices.on_turn``): turns, application latency,
+  model time to first token, relay overhead, tokens, tool latency/errors, model errors;
+* per call, from the ``CallReport`` when the call ends (``CallCounters.on_finished``): calls,
+  barge-ins, frames rejected by reason;
+* at scrape time, from the parts' own ``statistics()``: active calls, write-behind queue,
+  Bedrock streams and cancel -> upstream-closed times.
+
+With ``METRICS_EMF`` on, every turn also prints one EMF JSON line on stdout (CloudWatch Logs
+turns it into metrics), and ``run_emf`` prints ``ActiveCalls`` at least once a minute: the
+metric the SAM template's autoscaling policy tracks (namespace ``METRICS_NAMESPACE``,
+dimension ``ServiceName`` = ``METRICS_SERVICE_NAME``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics as stats
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TextIO
+
+import trio
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from actors.call import CallReport
+    from voiceagent.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
+TOOL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+EMF_ACTIVE_CALLS_INTERVAL_S = 30.0     # the scaling policy needs one point a minute
+
+
+class Metrics:
+    def __init__(self, runtime: Runtime, *, emf_stream: TextIO | None = None) -> None:
+        self.runtime = runtime
+        settings = runtime.settings
+        self.emf_enabled = bool(settings.emf_enabled)
+        self.namespace = settings.metrics_namespace_or_default
+        self.service_name = settings.metrics_service_name
+        self._emf_stream = emf_stream
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.calls = Counter("voiceagent_calls", "Calls ended, by how they ended",
+                             ["ended_by"], registry=r)
+        self.turns = Counter("voiceagent_turns", "Turns (prompts and keypresses answered)",
+                             registry=r)
+        self.latency = Histogram(
+            "voiceagent_turn_latency_seconds",
+            "Application latency: prompt received -> first token handed to the writer",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.first_token = Histogram(
+            "voiceagent_model_first_token_seconds",
+            "Model time to first token (request sent -> first delta), per model round",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.overhead = Histogram(
+            "voiceagent_relay_overhead_seconds",
+            "First model delta received -> handed to the relay writer",
+            buckets=OVERHEAD_BUCKETS, registry=r)
+        self.tokens = Counter("voiceagent_model_tokens", "Model tokens", ["kind"], registry=r)
+        self.barge_ins = Counter("voiceagent_barge_ins", "Barge-ins (interrupt frames acted on)",
+                                 registry=r)
+        self.cut_turns = Counter("voiceagent_turns_cut", "Turns cancelled before their end",
+                                 ["reason"], registry=r)
+        self.tool_latency = Histogram("voiceagent_tool_duration_seconds",
+                                      "Tool run time, by tool", ["tool"],
+                                      buckets=TOOL_BUCKETS, registry=r)
+        self.tool_errors = Counter("voiceagent_tool_errors", "Tool error outcomes, by tool",
+                                   ["tool"], registry=r)
+        self.model_errors = Counter("voiceagent_model_errors",
+                                    "Model errors that reached a caller, by type", ["type"],
+                                    registry=r)
+        self.frames_rejected = Counter("voiceagent_frames_rejected",
+                                       "Relay frames dropped, by reason", ["reason"], registry=r)
+        r.register(_Sampled(runtime))
+
+    # ------------------------------------------------------------------ feeding
+
+    def on_turn(self, summary: Mapping[str, Any]) -> None:
+        """One finished turn (the dict ``actors.turn`` logs as "turn done")."""
+        if summary.get("kind") == "caller":           # not re-prompts or goodbyes
+            self.turns.inc()
+        if (latency_ms := summary.get("latency_ms")) is not None:
+            self.latency.observe(latency_ms / 1000)
+        for first_token_ms in summary.get("first_token_ms_by_round", ()):
+            self.first_token.observe(first_token_ms / 1000)
+        if (overhead_ms := summary.get("overhead_ms")) is not None:
+            self.overhead.observe(overhead_ms / 1000)
+        self.tokens.labels("input").inc(summary.get("input_tokens", 0))
+        self.tokens.labels("output").inc(summary.get("output_tokens", 0))
+        if summary.get("cut_by"):
+            self.cut_turns.labels(summary["cut_by"]).inc()
+        for tool in summary.get("tools", ()):
+            self.tool_latency.labels(tool["tool"]).observe(tool["duration_ms"] / 1000)
+            if tool["status"] != "success":
+                self.tool_errors.labels(tool["tool"]).inc()
+        if summary.get("model_error"):
+            self.model_errors.labels(summary["model_error"]).inc()
+        if self.emf_enabled:
+            self.emit_turn(summary)
+
+    def on_call_finished(self, report: CallReport) -> None:
+        self.calls.labels(report.ended_by).inc()
+        self.barge_ins.inc(report.turns.barge_ins)
+        for reason, count in report.frames.rejected.items():
+            self.frames_rejected.labels(reason).inc(count)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # ------------------------------------------------------------------ EMF
+
+    def emit_turn(self, summary: Mapping[str, Any]) -> None:
+        values = {"TurnLatency": summary.get("latency_ms"),
+                  "ModelFirstToken": summary.get("first_token_ms"),
+                  "RelayOverhead": summary.get("overhead_ms")}
+        present = {k: v for k, v in values.items() if v is not None}
+        metrics = [{"Name": name, "Unit": "Milliseconds"} for name in present]
+        metrics.append({"Name": "Turns", "Unit": "Count"})
+        if summary.get("barge_in"):
+            metrics.append({"Name": "BargeIns", "Unit": "Count"})
+        self._emit(metrics, {**present, "Turns": 1, "BargeIns": 1,
+                             "CallSid": summary.get("call_sid", ""),
+                             "Turn": summary.get("turn", 0),
+                             "StopReason": summary.get("stop_reason", "")})
+
+    def emit_active_calls(self) -> None:
+        self._emit([{"Name": "ActiveCalls", "Unit": "Count"}],
+                   {"ActiveCalls": self.runtime.calls.active})
+
+    def _emit(self, metrics: list[dict[str, str]], values: Mapping[str, Any]) -> None:
+        names = {m["Name"] for m in metrics}
+        document = {
+            "_aws": {"Timestamp": int(time.time() * 1000),
+                     "CloudWatchMetrics": [{"Namespace": self.namespace,
+                                            "Dimensions": [["ServiceName"]],
+                                            "Metrics": metrics}]},
+            "ServiceName": self.service_name,
+            **{k: v for k, v in values.items() if k in names or not _is_metric_name(k)}}
+        stream = self._emf_stream or sys.stdout
+        stream.write(json.dumps(document, separators=(",", ":")) + "\n")
+        stream.flush()
+
+    async def run_emf(self, interval_s: float = EMF_ACTIVE_CALLS_INTERVAL_S, *,
+                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Print ``ActiveCalls`` now and every ``interval_s`` until cancelled."""
+        task_status.started()
+        while True:
+            self.emit_active_calls()
+            await trio.sleep(interval_s)
+
+
+def _is_metric_name(key: str) -> bool:
+    return key in {"TurnLatency", "ModelFirstToken", "RelayOverhead", "Turns", "BargeIns"}
+
+
+class _Sampled(Collector):
+    """Figures read from the parts at scrape time (no bookkeeping on the call path)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        runtime = self.runtime
+        yield _gauge("voiceagent_active_calls", "Calls in progress", runtime.calls.active)
+        yield _gauge("voiceagent_draining", "1 while the process drains", int(runtime.draining))
+        writer = runtime.writer.statistics()
+        yield _gauge("voiceagent_write_behind_pending", "History items not yet written",
+                     writer.pending)
+        yield _gauge("voiceagent_write_behind_lag_seconds",
+                     "Age of the oldest pending history item", writer.oldest_pending_age_s)
+        yield _gauge("voiceagent_write_behind_store_down", "1 while the store refuses writes",
+                     int(writer.store_down))
+        yield _counter("voiceagent_write_behind_written", "History items written",
+                       writer.written)
+        yield _counter("voiceagent_write_behind_failed",
+                       "History items refused permanently and dropped", writer.failed)
+        yield _counter("voiceagent_write_behind_retries", "Write attempts repeated",
+                       writer.retries)
+        sample: Callable[[], Any] | None = getattr(runtime.llm, "statistics", None)
+        if sample is None:
+            return
+        bedrock = sample()
+        if not hasattr(bedrock, "cancel_to_closed_s"):      # not BedrockLLM's figures
+            return
+        yield _gauge("voiceagent_bedrock_streams_open", "ConverseStream calls open",
+                     bedrock.streams_open)
+        yield _counter("voiceagent_bedrock_streams", "ConverseStream calls opened",
+                       bedrock.streams_opened)
+        yield _counter("voiceagent_bedrock_cancellations",
+                       "Streams left before their end (barge-in, hang-up)",
+                       bedrock.cancellations)
+        yield _counter("voiceagent_bedrock_retries", "Bedrock calls retried", bedrock.retries)
+        errors = CounterMetricFamily("voiceagent_bedrock_errors",
+                                     "Upstream errors (retried or not), by code",
+                                     labels=["code"])
+        for code, count in sorted(bedrock.errors_by_code.items()):
+            errors.add_metric([code], count)
+        yield errors
+        for name, window, text in (
+                ("voiceagent_bedrock_cancel_to_closed_seconds", bedrock.cancel_to_closed_s,
+                 "Cancel -> upstream connection shut down, over the last 100 cancels"),
+                ("voiceagent_bedrock_first_token_seconds", bedrock.first_token_s,
+                 "Stream opened -> first content, over the last 100 streams")):
+            family = GaugeMetricFamily(name, text, labels=["quantile"])
+            for q, value in _quantiles(window).items():
+                family.add_metric([q], value)
+            yield family
+
+
+def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, text, value=value)
+
+
+def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, text, value=value)
+
+
+def _quantiles(window: tuple[float, ...]) -> dict[str, float]:
+    if not window:
+        return {}
+    if len(window) == 1:
+        return {"0.5": window[0], "0.99": window[0], "1": window[0]}
+    cuts = stats.quantiles(window, n=100, method="inclusive")
+    return {"0.5": cuts[49], "0.99": cuts[98], "1": max(window)}
