@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import server_process
 from trio_websocket import ConnectionClosed
 
 from voiceagent.caller import Identity, open_call
@@ -41,32 +42,12 @@ JUNK: list[str | bytes] = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {**os.environ, "STORE": "sqlite", "LLM": "scripted", "DATA_DIR": str(data_dir),
-           "HOST": "127.0.0.1", "PORT": str(port), "TWILIO_AUTH_TOKEN": TOKEN,
-           "LOG_LEVEL": "ERROR", "LOG_FORMAT": "json", "PING_INTERVAL_S": "0",
-           "SCRIPTED_FIRST_TOKEN_DELAY_MS": str(FIRST_TOKEN_MS), "MAX_CALLS": "2000",
-           "SCRIPTED_TOKEN_DELAY_MS": "10", "DRAIN_TIMEOUT_S": "2",
-           "PYTHONPATH": str(Path(__file__).parent.parent)}
-    process = subprocess.Popen([sys.executable, "-m", "voiceagent", "serve"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return process, url
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the server did not start within 30 s")
+    return server_process.start_server({
+        "STORE": "sqlite", "LLM": "scripted", "DATA_DIR": str(data_dir),
+        "TWILIO_AUTH_TOKEN": TOKEN, "LOG_LEVEL": "ERROR", "LOG_FORMAT": "json",
+        "PING_INTERVAL_S": "0", "SCRIPTED_FIRST_TOKEN_DELAY_MS": str(FIRST_TOKEN_MS),
+        "MAX_CALLS": "2000", "SCRIPTED_TOKEN_DELAY_MS": "10", "DRAIN_TIMEOUT_S": "2"})
 
 
 async def healthy_call(url: str, turns: int, latencies: list[float],

@@ -23,16 +23,17 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import server_process
+
 from voiceagent.bench import BenchOptions, Step, format_table, percentiles, run_bench
 
 ROOT = Path(__file__).parent.parent
@@ -46,34 +47,14 @@ SCRIPT = (Step("say", "what are your hours?"), Step("barge", "tell me a story", 
 STORY = Step("say", "tell me a story")      # --story: one long reply (~170 tokens) per call
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def start_server(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {**os.environ, "STORE": "sqlite", "LLM": "scripted", "DATA_DIR": str(data_dir),
+    env = {"STORE": "sqlite", "LLM": "scripted", "DATA_DIR": str(data_dir),
            "CONFIG_DIR": str(ROOT / "tests" / "fixtures" / "config"),
-           "STACK_USE_CASE": "testUseCase", "HOST": "127.0.0.1", "PORT": str(port),
-           "TWILIO_AUTH_TOKEN": TOKEN, "LOG_LEVEL": "INFO", "LOG_FORMAT": "json",
-           "PING_INTERVAL_S": "0", "MAX_CALLS": "2000", "DRAIN_TIMEOUT_S": "2",
-           "IDLE_REPROMPT_S": "0", "PYTHONPATH": str(ROOT)}
-    env.pop("METRICS_NAMESPACE", None)
+           "STACK_USE_CASE": "testUseCase", "TWILIO_AUTH_TOKEN": TOKEN, "LOG_LEVEL": "INFO",
+           "LOG_FORMAT": "json", "PING_INTERVAL_S": "0", "MAX_CALLS": "2000",
+           "DRAIN_TIMEOUT_S": "2", "IDLE_REPROMPT_S": "0", "METRICS_NAMESPACE": ""}
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "voiceagent", "serve"], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=log_file)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return process, url
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the server did not start within 30 s")
+        return server_process.start_server(env, stderr=log_file)
 
 
 def server_overheads_ms(log_path: Path) -> list[float]:

@@ -8,11 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from voiceagent.llm.base import LLM
-from voiceagent.runtime import Runtime, open_runtime
-from voiceagent.server import serve
+from voiceagent.runtime import Runtime
+from voiceagent.server import open_server
 from voiceagent.settings import Settings
 from voiceagent.tools.registry import ToolRegistry
 
@@ -38,23 +36,11 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
 class RunningServer:
     url: str
     runtime: Runtime
-    stop: trio.Event
 
 
 @asynccontextmanager
 async def running_server(settings: Settings, *, llm: LLM | None = None,
                          registry: ToolRegistry | None = None
                          ) -> AsyncIterator[RunningServer]:
-    async with open_runtime(settings, llm=llm, registry=registry) as runtime, \
-            trio.open_nursery() as nursery:
-        stop = trio.Event()
-
-        async def run(task_status: trio.TaskStatus[list[str]]) -> None:
-            await serve(runtime, host=settings.host, port=settings.port, shutdown=stop,
-                        task_status=task_status)
-
-        binds = await nursery.start(run)
-        try:
-            yield RunningServer(binds[0], runtime, stop)
-        finally:
-            stop.set()
+    async with open_server(settings, llm=llm, registry=registry) as (url, runtime):
+        yield RunningServer(url, runtime)

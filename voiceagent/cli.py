@@ -128,20 +128,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 async def _demo_async(settings: Settings, args: argparse.Namespace) -> None:
-    from voiceagent.runtime import open_runtime
-    from voiceagent.server import serve
+    from voiceagent.server import open_server
 
-    async with open_runtime(settings) as runtime, trio.open_nursery() as nursery:
-        stop = trio.Event()
-        binds = await nursery.start(lambda task_status: serve(
-            runtime, host=settings.host, port=settings.port, shutdown=stop,
-            task_status=task_status))
-        url = binds[0]
+    async with open_server(settings) as (url, _):
         print(f"server listening on {url}", file=sys.stderr)
-        try:
-            await _converse(url, None, Identity(from_number=args.from_number), args.say)
-        finally:
-            stop.set()
+        await _converse(url, None, Identity(from_number=args.from_number), args.say)
 
 
 def _call(args: argparse.Namespace) -> int:

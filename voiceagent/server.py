@@ -6,12 +6,18 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
 
 import hypercorn.trio
 import trio
 from hypercorn.config import Config
 
-from voiceagent.runtime import Runtime
+from voiceagent.llm.base import LLM
+from voiceagent.runtime import Runtime, open_runtime
+from voiceagent.settings import Settings
+from voiceagent.tools.registry import ToolRegistry
 from voiceagent.web import create_app
 
 log = logging.getLogger(__name__)
@@ -65,6 +71,24 @@ async def serve(runtime: Runtime, *, host: str, port: int,
         await hypercorn.trio.serve(create_app(runtime), config, shutdown_trigger=trigger,
                                    task_status=task_status)
         outer.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_server(settings: Settings, *, llm: LLM | None = None,
+                      registry: ToolRegistry | None = None
+                      ) -> AsyncIterator[tuple[str, Runtime]]:
+    """The whole service in this process on the settings' host and port (port 0 picks a free
+    one), yielding its URL and runtime; leaving drains and stops it. For the demo, tests and
+    ``voiceagent.testing``."""
+    async with open_runtime(settings, llm=llm, registry=registry) as runtime, \
+            trio.open_nursery() as nursery:
+        stop = trio.Event()
+        binds = await nursery.start(partial(serve, runtime, host=settings.host,
+                                            port=settings.port, shutdown=stop))
+        try:
+            yield binds[0], runtime
+        finally:
+            stop.set()
 
 
 async def drain(runtime: Runtime) -> None:

@@ -33,8 +33,8 @@ import trio
 from actors.call import CallReport
 from voiceagent.caller import Identity, RelayCall, open_call, post_form
 from voiceagent.llm.base import LLM
-from voiceagent.runtime import Runtime, open_runtime
-from voiceagent.server import serve
+from voiceagent.runtime import Runtime
+from voiceagent.server import open_server
 from voiceagent.settings import Settings
 from voiceagent.tools.registry import ToolRegistry
 
@@ -245,16 +245,5 @@ async def agent_server(config_dir: str | Path, *, use_case: str | None = None,
     with tempfile.TemporaryDirectory(prefix="voiceagent-test-") as scratch:
         chosen = make_settings(config_dir, use_case=use_case,
                                data_dir=data_dir or scratch, **settings)
-        async with open_runtime(chosen, llm=llm, registry=registry) as runtime, \
-                trio.open_nursery() as nursery:
-            stop = trio.Event()
-
-            async def run(task_status: trio.TaskStatus[list[str]]) -> None:
-                await serve(runtime, host=chosen.host, port=chosen.port, shutdown=stop,
-                            task_status=task_status)
-
-            binds = await nursery.start(run)
-            try:
-                yield AgentServer(binds[0], runtime, chosen.twilio_auth_token or "")
-            finally:
-                stop.set()
+        async with open_server(chosen, llm=llm, registry=registry) as (url, runtime):
+            yield AgentServer(url, runtime, chosen.twilio_auth_token or "")
