@@ -11,7 +11,7 @@ import trio
 
 from tests.fakes import FakeLLM, tool_use, words
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
-from voiceagent.caller import Identity, open_call
+from voiceagent.caller import Identity, open_call, post_form
 from voiceagent.settings import SOURCE_CONFIG
 from voiceagent.tools.registry import ToolRegistry, default_registry
 
@@ -96,3 +96,20 @@ async def test_multi_digit_entry_ends_by_silence_or_terminator(tmp_path: Path) -
     said = [b["text"] for m in history.messages if m["role"] == "user" for b in m["content"]]
     assert said == ["(The caller pressed 427 on the keypad.)",
                     "(The caller pressed 55 on the keypad.)"]
+
+
+async def test_a_call_whose_socket_keeps_failing_is_not_reconnected_forever(
+        tmp_path: Path) -> None:
+    form = {"CallSid": "CA" + "3" * 32, "From": "+15555550100", "To": "+15555550199"}
+    failed = {"CallSid": form["CallSid"], "SessionStatus": "failed", "ErrorCode": "64105",
+              "CallStatus": "in-progress"}
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            await post_form(server.url + "/twiml", form, AUTH_TOKEN)
+            await server.runtime.writer.flush(timeout_s=5)
+            answers = [await post_form(server.url + "/action", failed, AUTH_TOKEN)
+                       for _ in range(4)]
+    assert all("<ConversationRelay" in answer for answer in answers[:3])
+    assert "welcomeGreeting" not in answers[0]
+    assert "<Hangup />" in answers[3]
+    assert "<ConversationRelay" not in answers[3]

@@ -29,6 +29,9 @@ from voiceagent.tools.registry import ToolRegistry, default_registry
 
 log = logging.getLogger(__name__)
 
+MAX_RECONNECTS = 3
+RECONNECTS_REMEMBERED = 10_000
+
 
 @dataclass
 class CallCounters:
@@ -78,6 +81,7 @@ class Runtime:
     calls: CallCounters = field(default_factory=CallCounters)
     draining: bool = False                       # /health fails, /twiml refuses new calls
     end_calls: trio.Event = field(default_factory=trio.Event)   # live calls end politely
+    reconnects: dict[str, int] = field(default_factory=dict)    # CallSid -> sessions re-made
     metrics: Metrics | None = None
 
     def call_services(self) -> CallServices:
@@ -94,6 +98,14 @@ class Runtime:
             max_reprompts=settings.max_reprompts, end_calls=self.end_calls,
             log_content=settings.log_content,
             on_turn=self.metrics.on_turn if self.metrics is not None else None)
+
+    def may_reconnect(self, call_sid: str) -> bool:
+        """At most MAX_RECONNECTS fresh relay sessions per call (per process): a socket that
+        keeps failing must not keep the caller in a loop."""
+        self.reconnects[call_sid] = self.reconnects.get(call_sid, 0) + 1
+        if len(self.reconnects) > RECONNECTS_REMEMBERED:
+            del self.reconnects[next(iter(self.reconnects))]
+        return self.reconnects[call_sid] <= MAX_RECONNECTS
 
     @property
     def at_capacity(self) -> bool:

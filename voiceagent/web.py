@@ -133,7 +133,7 @@ def create_app(runtime: Runtime) -> Any:
                 log.error("use case missing", extra={"error": str(err)})
         if status == "failed":
             if (form.get("CallStatus", "").lower() != "in-progress" or session is None
-                    or use_case is None):
+                    or use_case is None or not runtime.may_reconnect(call_sid)):
                 return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
             log.info("reconnecting the relay session")   # the new socket resumes the history
             ws_url = settings.ws_url or signature.to_ws(base_url()) + path
