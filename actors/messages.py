@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import trio
 
+from voiceagent.llm.base import ToolUseRequest
 from voiceagent.relay.protocol import (
     Dtmf,
     End,
@@ -98,11 +99,8 @@ TurnCommand = UserSaid | KeyPressed | BargeIn | Reprompt | EndCall
 # ------------------------------------------------------ llm_streamer <-> tool_executor
 
 
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    tool_use_id: str
-    name: str
-    input: Mapping[str, Any]
+# What the model asks for is what the executor runs: one type, not a copy of it.
+ToolCall = ToolUseRequest
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,8 +134,8 @@ async def _model_round(ctx: CallContext, speaker: Speaker) -> tuple[ToolCall, ..
                         await speaker.say(text)
                         if overhead_s is None:
                             overhead_s = trio.current_time() - received
-                    case ToolUseRequest(tool_use_id=tool_use_id, name=name, input=args):
-                        calls.append(ToolCall(tool_use_id, name, args))
+                    case ToolUseRequest():
+                        calls.append(event)
                     case StreamEnd():
                         end = event
     finally:

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from voiceagent.errors import StoreRejected
 from voiceagent.store import records
 from voiceagent.store.base import BATCH_LIMIT, Store
-from voiceagent.store.write_behind import StoreRejected, is_permanent
+from voiceagent.store.write_behind import is_permanent
 from voiceagent.usecases import (
     DtmfConfig,
     DtmfHandler,

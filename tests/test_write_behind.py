@@ -12,9 +12,9 @@ import pytest
 import trio
 import trio.testing
 
-from voiceagent.errors import StoreError
+from voiceagent.errors import StoreError, StoreRejected
 from voiceagent.store.base import BATCH_LIMIT, Item
-from voiceagent.store.write_behind import StoreRejected, WriteBehind
+from voiceagent.store.write_behind import WriteBehind
 
 Key = tuple[str, str]
 LOGGER = "voiceagent.store.write_behind"

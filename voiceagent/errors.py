@@ -17,6 +17,7 @@
     │   ├── ToolTimeout
     │   └── ToolFailed         the tool raised
     └── StoreError             the store could not be reached or refused a write
+        └── StoreRejected      it refused the item itself: trying again cannot help
 
 Names say whose fault it was. Messages say what was wrong and what to do about it.
 """
@@ -113,3 +114,11 @@ class ToolFailed(ToolError):
 
 class StoreError(VoiceAgentError):
     pass
+
+
+class StoreRejected(StoreError):
+    """The store refused an item as invalid (bad key, unsupported value, too large): trying
+    again cannot help. Backends raise it for such items; any ``StoreError`` with a true
+    ``permanent`` attribute is treated the same way."""
+
+    permanent = True

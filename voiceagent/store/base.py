@@ -14,10 +14,45 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from voiceagent.errors import StoreRejected
+from voiceagent.logs import mask_phone
+
 Item = dict[str, Any]
 
 INDEX_NAME = "index-1-full"
+TTL_ATTRIBUTE = "expireAt"
 BATCH_LIMIT = 25                      # DynamoDB BatchWriteItem's limit; enforced for both stores
+
+
+def describe_key(pk: Any, sk: Any) -> str:
+    """``pk=... sk=...`` for messages and logs: phone numbers masked, nothing else shown."""
+    return f"pk={_masked(pk)} sk={_masked(sk)}"
+
+
+def _masked(value: Any) -> str:
+    text = str(value)
+    return mask_phone(text) if text.startswith("+") else text
+
+
+def check_item_keys(item: Item) -> None:
+    """The key rules every backend enforces (DynamoDB's own), so both stores refuse alike:
+    ``StoreRejected`` for a missing or empty pk/sk, an empty index key, a non-numeric TTL."""
+    if not isinstance(item, dict):
+        raise StoreRejected(f"an item must be a dict, not {type(item).__name__}")
+    for key in ("pk", "sk"):
+        if not isinstance(item.get(key), str) or not item[key]:
+            raise StoreRejected(f"item attribute {key!r} must be a non-empty string "
+                                f"({describe_key(item.get('pk'), item.get('sk'))})")
+    for key in ("pk1", "sk1"):
+        if key in item and (not isinstance(item[key], str) or not item[key]):
+            raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: item attribute "
+                                f"{key!r} must be a non-empty string when present (it is an "
+                                "index key)")
+    expire_at = item.get(TTL_ATTRIBUTE)
+    if expire_at is not None and (isinstance(expire_at, bool)
+                                  or not isinstance(expire_at, int | float)):
+        raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: item attribute "
+                            f"{TTL_ATTRIBUTE!r} must be epoch seconds (a number)")
 
 
 class Store(Protocol):

@@ -43,11 +43,16 @@ from botocore.exceptions import (
     ParamValidationError,
 )
 
-from voiceagent.errors import SettingsError, StoreError
-from voiceagent.logs import mask_phone
+from voiceagent.errors import SettingsError, StoreError, StoreRejected
 from voiceagent.settings import Settings
-from voiceagent.store.base import BATCH_LIMIT, INDEX_NAME, Item
-from voiceagent.store.write_behind import StoreRejected
+from voiceagent.store.base import (
+    BATCH_LIMIT,
+    INDEX_NAME,
+    TTL_ATTRIBUTE,
+    Item,
+    check_item_keys,
+    describe_key,
+)
 from voiceagent.threads import run_blocking
 
 log = logging.getLogger(__name__)
@@ -65,22 +70,11 @@ UNPROCESSED_BACKOFF_CAP_S = 1.0
 TABLE_ACTIVE_TIMEOUT_S = 300.0       # a new on-demand table is usually ACTIVE within seconds
 TABLE_POLL_S = 0.5
 MAX_ITEM_BYTES = 400 * 1024          # DynamoDB's item limit, counted as DynamoDB counts it
-TTL_ATTRIBUTE = "expireAt"
 
 _PERMANENT_CODES = frozenset({"ValidationException", "SerializationException"})
 _CREDENTIAL_CODES = frozenset({"AccessDeniedException", "UnrecognizedClientException",
                                "InvalidSignatureException", "ExpiredTokenException",
                                "MissingAuthenticationTokenException"})
-
-
-def describe_key(pk: Any, sk: Any) -> str:
-    """``pk=... sk=...`` for messages and logs: phone numbers masked, nothing else shown."""
-    return f"pk={_masked(pk)} sk={_masked(sk)}"
-
-
-def _masked(value: Any) -> str:
-    text = str(value)
-    return mask_phone(text) if text.startswith("+") else text
 
 
 class DynamoDBStore:
@@ -331,7 +325,7 @@ class DynamoDBStore:
     def _encode(self, item: Item) -> tuple[Key, dict[str, Any]]:
         """The item as DynamoDB attribute values, or ``StoreRejected`` for what DynamoDB
         would refuse (checked here so that nothing of a call with a bad item is written)."""
-        _check_keys(item)
+        check_item_keys(item)
         key = (item["pk"], item["sk"])
         try:
             attributes = {name: self._serializer.serialize(_to_dynamo(value, name))
@@ -483,25 +477,6 @@ def _batches(encoded: Sequence[tuple[Key, dict[str, Any]]]
         keys.add(entry[0])
     if batch:
         yield batch
-
-
-def _check_keys(item: Item) -> None:
-    if not isinstance(item, dict):
-        raise StoreRejected(f"an item must be a dict, not {type(item).__name__}")
-    for key in ("pk", "sk"):
-        if not isinstance(item.get(key), str) or not item[key]:
-            raise StoreRejected(f"item attribute {key!r} must be a non-empty string "
-                                f"({describe_key(item.get('pk'), item.get('sk'))})")
-    for key in ("pk1", "sk1"):
-        if key in item and (not isinstance(item[key], str) or not item[key]):
-            raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: item attribute "
-                                f"{key!r} must be a non-empty string when present (it is an "
-                                "index key)")
-    expire_at = item.get(TTL_ATTRIBUTE)
-    if expire_at is not None and (isinstance(expire_at, bool)
-                                  or not isinstance(expire_at, int | float)):
-        raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: item attribute "
-                            f"{TTL_ATTRIBUTE!r} must be epoch seconds (a number)")
 
 
 def _to_dynamo(value: Any, where: str) -> Any:

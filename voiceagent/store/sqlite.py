@@ -31,9 +31,8 @@ from typing import Any, TypeVar
 
 import trio
 
-from voiceagent.errors import StoreError
-from voiceagent.store.base import BATCH_LIMIT, Item
-from voiceagent.store.write_behind import StoreRejected
+from voiceagent.errors import StoreError, StoreRejected
+from voiceagent.store.base import BATCH_LIMIT, Item, check_item_keys, describe_key
 from voiceagent.threads import run_blocking
 
 log = logging.getLogger(__name__)
@@ -221,20 +220,11 @@ def _decode(attrs: str) -> Item:
 
 def _encode(item: Item) -> Row:
     """The row for an item, or ``StoreRejected`` for what DynamoDB would refuse too."""
-    if not isinstance(item, dict):
-        raise StoreRejected(f"an item must be a dict, not {type(item).__name__}")
-    for key in ("pk", "sk"):
-        if not isinstance(item.get(key), str) or not item[key]:
-            raise StoreRejected(f"item attribute {key!r} must be a non-empty string")
-    for key in ("pk1", "sk1"):
-        if key in item and (not isinstance(item[key], str) or not item[key]):
-            raise StoreRejected(f"item attribute {key!r} must be a non-empty string when "
-                                "present (it is an index key)")
+    check_item_keys(item)
     expire_at = item.get("expireAt")
-    if expire_at is not None and (isinstance(expire_at, bool)
-                                  or not isinstance(expire_at, int | float)
-                                  or not abs(expire_at) < _EPOCH_LIMIT):
-        raise StoreRejected("item attribute 'expireAt' must be epoch seconds (a number)")
+    if expire_at is not None and not abs(expire_at) < _EPOCH_LIMIT:
+        raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: item attribute "
+                            "'expireAt' must be epoch seconds (a number)")
     for key, value in item.items():
         _check_value(value, key)
     attrs = json.dumps(item, ensure_ascii=False, separators=(",", ":"))

@@ -35,14 +35,6 @@ BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 5.0
 
 
-class StoreRejected(StoreError):
-    """The store refused an item as invalid (bad key, unsupported value, too large): trying
-    again cannot help. Backends raise it for such items; any ``StoreError`` with a true
-    ``permanent`` attribute is treated the same way."""
-
-    permanent = True
-
-
 def is_permanent(err: BaseException) -> bool:
     return bool(getattr(err, "permanent", False))
 
