@@ -82,6 +82,7 @@ class CallServices:
     max_reprompts: int = 2
     end_calls: trio.Event = field(default_factory=trio.Event)  # set: end calls politely
     log_content: bool = False
+    token_hold_s: float = 0.0
     on_turn: Callable[[dict[str, Any]], None] | None = None   # each turn's summary (metrics)
 
 
@@ -150,7 +151,8 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
         outbound=out_send.clone(), tools=tool_send, max_tool_rounds=services.max_tool_rounds,
         tool_wait_s=_longest_tool_timeout(plan.use_case, services.registry),
         max_history_messages=services.max_history_messages, stats=report.turns,
-        log_content=services.log_content, on_turn=services.on_turn)
+        log_content=services.log_content, token_hold_s=services.token_hold_s,
+        on_turn=services.on_turn)
     env = tool_executor.ToolEnv(
         call_sid=plan.call_sid, use_case=plan.use_case, registry=services.registry,
         store=services.store, outbound=out_send.clone(), caller=plan.caller,

@@ -59,5 +59,6 @@ class CallContext:
     tool_wait_s: float = 30.0        # longest a cancelled turn waits for side-effect tools
     max_history_messages: int = 200  # older turns are trimmed (in valid pairs) from memory
     log_content: bool = False        # LOG_CONTENT: what was said, redacted, at debug level
+    token_hold_s: float = 0.0        # TOKEN_HOLD_MS: later tokens of a reply sent together
     stats: TurnStats = field(default_factory=TurnStats)
     on_turn: Callable[[dict[str, Any]], None] | None = None   # the turn summary (metrics)

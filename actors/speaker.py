@@ -1,21 +1,37 @@
-"""What one turn says: tokens go to the relay writer as they arrive, and the speaker remembers
-exactly what was handed over, because that (not what the model generated) is what the caller
-can have heard.
+"""What one turn says: tokens go to the relay writer, and the speaker remembers exactly what
+was handed over, because that (not what the model generated) is what the caller can have heard.
+
+The first token of a reply (and the first after a tool round) goes at once: it is the latency
+the caller notices. Later tokens are held briefly and sent together, at the end of a clause or
+when ``hold_s`` has passed, whichever comes first. The caller is by then listening to the
+audio of what was already sent, and ConversationRelay speaks clause by clause, so the hold is
+not heard; it divides the frames (and their CPU, here and at Twilio) by the tokens per chunk.
+Held text that was never sent is dropped on a cut and is not in ``segment``: the history keeps
+only what could have been heard.
 """
 
 from __future__ import annotations
+
+import math
 
 import trio
 
 from actors.messages import Outbound, Text
 
 SPLIT = " "
+CLAUSE_ENDS = (".", ",", "!", "?", ";", ":", "\n")
+MAX_HELD_CHARS = 400        # keep frames small: Twilio's frame size limit is not documented
 
 
 class Speaker:
-    def __init__(self, outbound: trio.MemorySendChannel[Outbound]) -> None:
+    def __init__(self, outbound: trio.MemorySendChannel[Outbound], hold_s: float = 0.0) -> None:
         self._outbound = outbound
-        self._segment: list[str] = []       # text since the last tool round
+        self._hold_s = hold_s
+        self._segment: list[str] = []       # text sent since the last tool round
+        self._held: list[str] = []          # received, not yet sent
+        self._held_chars = 0
+        self._flush_at = math.inf
+        self._closed = False
         self.spoke = False
         self.first_token_at: float | None = None
 
@@ -23,29 +39,74 @@ class Speaker:
     def segment(self) -> str:
         return "".join(self._segment)
 
+    @property
+    def flush_at(self) -> float:
+        """When held text must go out even if no more tokens come (``inf``: nothing held)."""
+        return self._flush_at
+
     def new_segment(self) -> None:
         self._segment = []
 
     async def say(self, token: str) -> None:
-        """Hand one token to the writer. A cancel while waiting means it was not sent."""
+        """Send or hold one token. A cancel while sending means it was not sent."""
         if not token:
             return
-        if not self._segment and self.spoke and not token[0].isspace():
+        first_of_segment = not self._segment and not self._held
+        if first_of_segment and self.spoke and not token[0].isspace():
             token = " " + token             # a new segment after a tool round: keep words apart
-        await self._outbound.send(Text(token))
-        self._segment.append(token)
-        if not self.spoke:
-            self.spoke = True
-            self.first_token_at = trio.current_time()
+        if first_of_segment or self._hold_s <= 0:
+            await self._send(token)
+            return
+        if not self._held:
+            self._flush_at = trio.current_time() + self._hold_s
+        self._held.append(token)
+        self._held_chars += len(token)
+        if (token.rstrip(" ").endswith(CLAUSE_ENDS) or self._held_chars >= MAX_HELD_CHARS
+                or trio.current_time() >= self._flush_at):
+            await self.flush()
 
     async def say_text(self, text: str) -> None:
-        """Speak a fixed sentence (a fallback or a DTMF reply) as word tokens."""
+        """Speak a fixed sentence (a fallback or a DTMF reply): it is whole, so nothing of it
+        is left held."""
         for token in split_tokens(text):
             await self.say(token)
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Send what is held now (the hold expired, a tool round starts, an apology follows)."""
+        if self._held:
+            await self._send("".join(self._held))
+
+    async def finish(self) -> None:
+        """The reply is complete: send what is held with ``last: true`` (one frame instead of
+        two), or close the talk cycle. The writer drops a closer when nothing was spoken."""
+        if self._closed:
+            return
+        text = "".join(self._held)
+        await self._send(text, last=True)
+        self._closed = True
 
     async def close(self) -> None:
-        """Close the talk cycle. The writer drops it when nothing was spoken."""
+        """Close the talk cycle after a cut or an error; held text is dropped, never sent."""
+        if self._closed:
+            return
+        self._drop_held()
         await self._outbound.send(Text("", last=True))
+        self._closed = True
+
+    async def _send(self, text: str, *, last: bool = False) -> None:
+        await self._outbound.send(Text(text, last=last))
+        self._drop_held()
+        if text:
+            self._segment.append(text)
+            if not self.spoke:
+                self.spoke = True
+                self.first_token_at = trio.current_time()
+
+    def _drop_held(self) -> None:
+        self._held.clear()
+        self._held_chars = 0
+        self._flush_at = math.inf
 
 
 def split_tokens(text: str) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,14 @@ from actors.context import CallContext, ModelRound
 from actors.messages import End, ToolBatch, ToolCall, ToolOutcome
 from actors.speaker import Speaker
 from voiceagent.errors import LLMError, ModelRejected
-from voiceagent.llm.base import LLMRequest, StreamEnd, TextDelta, ToolUseRequest, Usage
+from voiceagent.llm.base import (
+    LLMEvent,
+    LLMRequest,
+    StreamEnd,
+    TextDelta,
+    ToolUseRequest,
+    Usage,
+)
 from voiceagent.logs import redact, turn_var
 
 log = logging.getLogger(__name__)
@@ -52,7 +60,7 @@ class _ToolRound:
 
 
 async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = None) -> None:
-    speaker = Speaker(ctx.outbound)
+    speaker = Speaker(ctx.outbound, ctx.token_hold_s)
     rounds: list[_ToolRound] = []
     marks = (len(ctx.stats.rounds), len(ctx.stats.tools))
     cut_by: str | None = None
@@ -73,6 +81,7 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
         ctx.stats.model_errors += 1
         _log_model_error(ctx, err)
         with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await speaker.flush()           # what the model said before it failed
             await speaker.say_text(APOLOGY_CUT if speaker.segment else APOLOGY_SILENT)
         ctx.history.add_assistant(speaker.segment)
     else:
@@ -96,6 +105,12 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
 
 async def _converse(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
                     rounds: list[_ToolRound]) -> None:
+    await _say_all(ctx, plan, speaker, rounds)
+    await speaker.finish()
+
+
+async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
+                   rounds: list[_ToolRound]) -> None:
     if plan.say_first:
         await speaker.say_text(plan.say_first)
     calls: tuple[ToolCall, ...] = (plan.tool_first,) if plan.tool_first else ()
@@ -127,8 +142,14 @@ async def _model_round(ctx: CallContext, speaker: Speaker) -> tuple[ToolCall, ..
     end: StreamEnd | None = None
     try:
         async with ctx.llm.stream(request) as events:
-            async for event in events:
+            while True:
+                try:
+                    event = await _next_event(events, speaker.flush_at)
+                except trio.EndOfChannel:
+                    break
                 match event:
+                    case None:
+                        await speaker.flush()       # held text is due: no token came
                     case TextDelta(text=text):
                         received = trio.current_time()
                         await speaker.say(text)
@@ -143,8 +164,20 @@ async def _model_round(ctx: CallContext, speaker: Speaker) -> tuple[ToolCall, ..
     return tuple(calls)
 
 
+async def _next_event(events: trio.abc.ReceiveChannel[LLMEvent],
+                      flush_at: float) -> LLMEvent | None:
+    """The next model event, or None at ``flush_at``. Both streams are memory channels
+    underneath, so a receive cut by the deadline loses nothing."""
+    if flush_at == math.inf:
+        return await events.receive()
+    with trio.move_on_at(flush_at):
+        return await events.receive()
+    return None
+
+
 async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall, ...],
                       rounds: list[_ToolRound]) -> list[ToolOutcome]:
+    await speaker.flush()                   # spoken while the tool runs
     results_send, results = trio.open_memory_channel[ToolOutcome](len(calls))
     current = _ToolRound(speaker.segment, calls, ToolBatch(calls, results_send), results)
     rounds.append(current)

@@ -97,6 +97,7 @@ class Runtime:
             idle_reprompt_s=settings.idle_reprompt_s or None,
             max_reprompts=settings.max_reprompts, end_calls=self.end_calls,
             log_content=settings.log_content,
+            token_hold_s=settings.token_hold_ms / 1000,
             on_turn=self.metrics.on_turn if self.metrics is not None else None)
 
     def may_reconnect(self, call_sid: str) -> bool:
