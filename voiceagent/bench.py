@@ -4,12 +4,16 @@ N calls are started over a ramp of R seconds; each plays a script of turns (say 
 say one and barge in after K tokens, press a key), timing what a caller would notice:
 
 * application latency: prompt (or key) sent -> first token received;
-* inter-token gap: between consecutive tokens of one reply;
+* inter-frame gap: between consecutive text frames of one reply (a server may send several
+  tokens in one frame);
 * barge-in stop time: ``interrupt`` sent -> the last frame of the cut reply (its closer).
 
 A progress line on stderr shows calls done, errors and the rolling median; at the end a table
-is printed and the figures are written as JSON. With ``--server-pid`` (a local process) the
-server's CPU time and RSS are read from ``/proc`` before, during and after the run.
+is printed and the figures are written as JSON. Tokens are counted as words received (the
+scripted model streams one word per token; real models' tokens are a little shorter), so a
+server that sends several tokens per frame is compared fairly with one that sends one. With
+``--server-pid`` (a local process) the server's CPU time and RSS are read from ``/proc``
+before, during and after the run.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ class Figures:
     latency_s: list[float] = field(default_factory=list)
     gap_s: list[float] = field(default_factory=list)
     barge_stop_s: list[float] = field(default_factory=list)
-    tokens: int = 0
+    tokens: int = 0             # words received
+    frames: int = 0             # text frames with content
     turns: int = 0
     calls_done: int = 0
     calls_started: int = 0
@@ -125,9 +130,11 @@ async def _turn(call: RelayCall, step: Step, figures: Figures) -> None:
                 return
             if frame.get("type") != "text":
                 continue
-            if frame.get("token"):
-                received += 1
-                figures.tokens += 1
+            if token := frame.get("token"):
+                words = _words(token)
+                received += words
+                figures.tokens += words
+                figures.frames += 1
                 if last_token_at is None:
                     figures.latency(now - sent)
                 else:
@@ -141,12 +148,17 @@ async def _turn(call: RelayCall, step: Step, figures: Figures) -> None:
     await call.interrupt()
     with trio.fail_after(CLOSER_TIMEOUT_S):
         while (frame := await call.receive()) is not None:
-            if frame.get("type") == "text" and frame.get("token"):
-                figures.tokens += 1
+            if frame.get("type") == "text" and (token := frame.get("token")):
+                figures.tokens += _words(token)
+                figures.frames += 1
             if frame.get("last") or frame.get("type") == "end":
                 figures.barge_stop_s.append(trio.current_time() - interrupted)
                 return
     raise CallerError("the server closed the socket after a barge-in")
+
+
+def _words(token: object) -> int:
+    return len(str(token).split())
 
 
 async def _one_call(options: BenchOptions, index: int, figures: Figures) -> None:
@@ -228,9 +240,9 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
                    for s in options.script],
         "calls_completed": figures.calls_done - sum(figures.errors.values()),
         "errors": sum(figures.errors.values()), "error_kinds": dict(figures.errors),
-        "turns": figures.turns, "tokens": figures.tokens,
+        "turns": figures.turns, "tokens": figures.tokens, "frames": figures.frames,
         "latency_ms": percentiles(figures.latency_s),
-        "inter_token_ms": percentiles(figures.gap_s),
+        "inter_frame_ms": percentiles(figures.gap_s),
         "barge_in_stop_ms": percentiles(figures.barge_stop_s),
         "server": None}
     if before and after:
@@ -258,11 +270,12 @@ def _progress_line(figures: Figures, total: int) -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     lines = [f"{result['calls']} calls over {result['ramp_s']:g} s ramp, "
-             f"{result['turns']} turns, {result['tokens']} tokens, {result['errors']} errors, "
+             f"{result['turns']} turns, {result['tokens']} tokens in {result['frames']} frames, "
+             f"{result['errors']} errors, "
              f"{result['duration_s']:.1f} s",
              f"{'(ms)':<24}{'count':>8}{'p50':>10}{'p95':>10}{'p99':>10}{'max':>10}"]
     for key, label in (("latency_ms", "application latency"),
-                       ("inter_token_ms", "inter-token gap"),
+                       ("inter_frame_ms", "inter-frame gap"),
                        ("barge_in_stop_ms", "barge-in stop")):
         row = result[key]
         cells = "".join("         -" if row[q] is None else f"{row[q]:>10.2f}"
