@@ -137,42 +137,43 @@ async def _model_round(ctx: CallContext, speaker: Speaker) -> tuple[ToolCall, ..
         system=(ctx.system_prompt,), messages=ctx.history.for_request(),
         tools=ctx.use_case.tool_specs(), inference=ctx.use_case.inference.to_config(),
         options=ctx.use_case.model_options.to_options())
-    calls: list[ToolCall] = []
-    overhead_s: float | None = None
-    end: StreamEnd | None = None
+    received = _Received()
     try:
         async with ctx.llm.stream(request) as events:
-            while True:
-                try:
-                    event = await _next_event(events, speaker.flush_at)
-                except trio.EndOfChannel:
-                    break
-                match event:
-                    case None:
-                        await speaker.flush()       # held text is due: no token came
-                    case TextDelta(text=text):
-                        received = trio.current_time()
-                        await speaker.say(text)
-                        if overhead_s is None:
-                            overhead_s = trio.current_time() - received
-                    case ToolUseRequest():
-                        calls.append(event)
-                    case StreamEnd():
-                        end = event
+            with suppress(trio.EndOfChannel):
+                while True:
+                    if speaker.flush_at == math.inf:
+                        await _take(await events.receive(), speaker, received)
+                        continue
+                    # Tokens are held: one deadline for the whole window, not one per token.
+                    # A clause-end flush cut by it keeps its text held; the flush below sends it.
+                    with trio.move_on_at(speaker.flush_at):
+                        while speaker.flush_at < math.inf:
+                            await _take(await events.receive(), speaker, received)
+                    await speaker.flush()
     finally:
-        ctx.stats.rounds.append(_round_record(ctx, end, overhead_s))
-    return tuple(calls)
+        ctx.stats.rounds.append(_round_record(ctx, received.end, received.overhead_s))
+    return tuple(received.calls)
 
 
-async def _next_event(events: trio.abc.ReceiveChannel[LLMEvent],
-                      flush_at: float) -> LLMEvent | None:
-    """The next model event, or None at ``flush_at``. Both streams are memory channels
-    underneath, so a receive cut by the deadline loses nothing."""
-    if flush_at == math.inf:
-        return await events.receive()
-    with trio.move_on_at(flush_at):
-        return await events.receive()
-    return None
+@dataclass
+class _Received:
+    calls: list[ToolCall] = field(default_factory=list)
+    overhead_s: float | None = None     # first delta received -> handed to the writer
+    end: StreamEnd | None = None
+
+
+async def _take(event: LLMEvent, speaker: Speaker, received: _Received) -> None:
+    match event:
+        case TextDelta(text=text):
+            at = trio.current_time()
+            await speaker.say(text)
+            if received.overhead_s is None:
+                received.overhead_s = trio.current_time() - at
+        case ToolUseRequest():
+            received.calls.append(event)
+        case StreamEnd():
+            received.end = event
 
 
 async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall, ...],

@@ -336,3 +336,39 @@ async def test_only_one_drainer_may_run(autojump_clock: trio.testing.MockClock) 
             with pytest.raises(RuntimeError, match="already running"):
                 await writer.run()
             nursery.cancel_scope.cancel(reason="test over")
+
+
+async def test_a_lingering_batch_gathers_items_from_many_calls(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = FakeStore()
+    writer = WriteBehind(store, linger_s=0.05)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            for n in range(10):                   # ten calls' turns, 12 ms apart
+                writer.submit(chat(f"CA{n}", 0), call_sid=f"CA{n}")
+                await trio.sleep(0.012)
+            await trio.sleep(0.2)
+            nursery.cancel_scope.cancel(reason="test over")
+    assert [len(batch) for batch in store.batches] == [5, 5]   # not ten writes of one
+    assert writer.statistics().written == 10
+
+
+async def test_a_flush_does_not_wait_for_the_linger(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = FakeStore()
+    writer = WriteBehind(store, linger_s=10.0)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            writer.submit(chat("CA1", 0), call_sid="CA1")
+            await trio.sleep(1.0)
+            assert store.batches == []             # lingering: nothing written yet
+            assert await writer.flush("CA1", timeout_s=1.0)
+            assert trio.current_time() == pytest.approx(1.0)
+            writer.submit(chat("CA1", 1), call_sid="CA1")
+            writer.submit(chat("CA2", 0), call_sid="CA2")
+            assert await writer.flush(timeout_s=1.0)
+            assert trio.current_time() == pytest.approx(1.0)
+            nursery.cancel_scope.cancel(reason="test over")
+    assert [len(batch) for batch in store.batches] == [1, 2]

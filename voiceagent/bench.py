@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import random
 import sys
 import time
 from collections import Counter, deque
@@ -83,6 +84,7 @@ class BenchOptions:
     server_pid: int | None = None
     hold_s: float = 0.0             # stay connected (idle) after the script
     think_s: float = 0.0            # pause between turns
+    think_jitter: float = 0.0       # each pause is think_s x uniform(1 - j, 1 + j)
     json_path: Path | None = None
     progress: bool = True
 
@@ -165,11 +167,13 @@ async def _one_call(options: BenchOptions, index: int, figures: Figures) -> None
     figures.calls_started += 1
     try:
         identity = Identity(from_number=f"+1555{index:07d}")
+        pauses = random.Random(index)           # the same pauses on every run
         async with open_call(options.url, auth_token=options.auth_token,
                              identity=identity) as call:
             for number, step in enumerate(options.script):
                 if number and options.think_s:
-                    await trio.sleep(options.think_s)
+                    jitter = options.think_jitter
+                    await trio.sleep(options.think_s * pauses.uniform(1 - jitter, 1 + jitter))
                 await _turn(call, step, figures)
             if options.hold_s:
                 await trio.sleep(options.hold_s)
@@ -312,6 +316,9 @@ def add_command(commands: Any) -> None:
                        type=lambda digit: Step("dtmf", digit), help="a key press turn")
     bench.add_argument("--think", type=float, default=0.0, dest="think_s",
                        help="seconds between turns")
+    bench.add_argument("--think-jitter", type=float, default=0.0, metavar="J",
+                       help="vary each pause by up to +-J of --think (0-1; real callers are "
+                            "not in step)")
     bench.add_argument("--hold", type=float, default=0.0, dest="hold_s",
                        help="seconds to stay connected, idle, after the script")
     bench.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"),
@@ -331,6 +338,7 @@ def _run(args: argparse.Namespace) -> int:
         url=args.url, calls=args.calls, ramp_s=max(0.0, args.ramp_s),
         script=tuple(args.script or DEFAULT_SCRIPT), auth_token=args.auth_token,
         server_pid=args.server_pid, hold_s=args.hold_s, think_s=args.think_s,
+        think_jitter=min(1.0, max(0.0, args.think_jitter)),
         json_path=args.json_path, progress=not args.quiet)
     result = trio.run(run_bench, options)
     print(format_table(result))

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_RECONNECTS = 3
 RECONNECTS_REMEMBERED = 10_000
+WRITE_LINGER_S = 0.05     # write-behind: a batch waits this long for company (see WriteBehind)
 
 
 @dataclass
@@ -151,7 +152,7 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
         catalog = Catalog(store, registry)
         if llm is None:
             llm = await stack.enter_async_context(_open_llm(settings, catalog))
-        writer = WriteBehind(store)
+        writer = WriteBehind(store, linger_s=WRITE_LINGER_S)
         runtime = Runtime(settings=settings, store=store, llm=llm, registry=registry,
                           writer=writer, catalog=catalog,
                           sessions=Sessions(settings=settings, store=store, catalog=catalog,

@@ -65,12 +65,17 @@ class _Entry:
 class WriteBehind:
     """Owns the queue; the store stays owned (and closed) by whoever opened it."""
 
-    def __init__(self, store: Store, *, jitter: Callable[[], float] = _jitter_factor
-                 ) -> None:
+    def __init__(self, store: Store, *, jitter: Callable[[], float] = _jitter_factor,
+                 linger_s: float = 0.0) -> None:
         """``jitter`` returns the factor in [0.5, 1] applied to each backoff delay (tests
-        pin it to 1.0 for exact virtual times)."""
+        pin it to 1.0 for exact virtual times). ``linger_s``: how long a batch that is not
+        full waits for more items (unless a call's ``flush`` is waiting): under load, each
+        store write then carries many calls' items instead of one turn's."""
         self._store = store
         self._jitter = jitter
+        self._linger_s = linger_s
+        self._hurry = trio.Event()       # set while a flush waits: no lingering
+        self._flushing = 0
         self._queue: collections.deque[_Entry] = collections.deque()
         self._next_seq = 1
         self._done_seq = 0           # every entry with seq <= this is written or dropped
@@ -106,10 +111,15 @@ class WriteBehind:
         target = self._next_seq - 1 if call_sid is None else self._last_by_call.get(call_sid)
         if target is None or target <= self._done_seq:
             return True
-        with trio.move_on_after(timeout_s):
-            while self._done_seq < target:
-                await self._progress.wait()
-            return True
+        self._flushing += 1
+        self._hurry.set()
+        try:
+            with trio.move_on_after(timeout_s):
+                while self._done_seq < target:
+                    await self._progress.wait()
+                return True
+        finally:
+            self._flushing -= 1
         pending = sum(1 for e in self._queue
                       if e.seq <= target and (call_sid is None or e.call_sid == call_sid))
         log.warning("store flush timed out", extra={
@@ -146,6 +156,11 @@ class WriteBehind:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
                 continue
+            if self._linger_s > 0 and len(self._queue) < BATCH_LIMIT and not self._flushing:
+                with trio.move_on_after(self._linger_s):
+                    await self._hurry.wait()
+                if not self._flushing:
+                    self._hurry = trio.Event()
             batch = self._next_batch()
             await self._write(batch)
             for _ in batch:
