@@ -20,22 +20,57 @@ def free_port() -> int:
 
 
 def start_server(env: dict[str, str], *, stderr: IO[bytes] | int = subprocess.DEVNULL,
-                 start_timeout_s: float = 30.0) -> tuple[subprocess.Popen[bytes], str]:
+                 start_timeout_s: float = 30.0, port: int | None = None
+                 ) -> tuple[subprocess.Popen[bytes], str]:
     """The server with ``env`` over this environment (HOST, PORT and PYTHONPATH are set here);
-    returns the process and its base URL once the port accepts connections."""
-    port = free_port()
+    returns the process and its base URL once the port accepts connections. ``port``: join
+    the workers already on it (they and this one need REUSE_PORT=1 in ``env``)."""
+    port = port if port is not None else free_port()
     full = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port),
             "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "voiceagent", "serve"], env=full,
                                stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + start_timeout_s
     while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return process, f"http://127.0.0.1:{port}"
-        except OSError:
-            if process.poll() is not None:
-                break
-            time.sleep(0.1)
+        if _listening(process.pid, port) if env.get("REUSE_PORT") else _accepts(port):
+            return process, f"http://127.0.0.1:{port}"
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
     process.kill()
     raise SystemExit(f"the server did not start within {start_timeout_s:g} s")
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _listening(pid: int, port: int) -> bool:
+    """Whether ``pid`` itself listens on ``port`` (a sibling worker may already accept on
+    it, so a connection proves nothing)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False

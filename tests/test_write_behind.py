@@ -372,3 +372,19 @@ async def test_a_flush_does_not_wait_for_the_linger(
             assert trio.current_time() == pytest.approx(1.0)
             nursery.cancel_scope.cancel(reason="test over")
     assert [len(batch) for batch in store.batches] == [1, 2]
+
+
+async def test_an_urgent_item_is_written_without_lingering(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = FakeStore()
+    writer = WriteBehind(store, linger_s=10.0)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            writer.submit(chat("CA1", 0), call_sid="CA1", urgent=True)
+            await trio.sleep(0.001)
+            assert store.written == [("CA1", "chat::0000")]
+            writer.submit(chat("CA1", 1), call_sid="CA1")
+            await trio.sleep(1.0)
+            assert len(store.written) == 1          # an ordinary item lingers again
+            nursery.cancel_scope.cancel(reason="test over")

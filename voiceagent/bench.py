@@ -4,8 +4,8 @@ N calls are started over a ramp of R seconds; each plays a script of turns (say 
 say one and barge in after K tokens, press a key), timing what a caller would notice:
 
 * application latency: prompt (or key) sent -> first token received;
-* inter-frame gap: between consecutive text frames of one reply (a server may send several
-  tokens in one frame);
+* inter-token gap: between consecutive text frames of one reply (what the caller's TTS sees;
+  a server may send several tokens in one frame);
 * barge-in stop time: ``interrupt`` sent -> the last frame of the cut reply (its closer).
 
 A progress line on stderr shows calls done, errors and the rolling median; at the end a table
@@ -81,7 +81,7 @@ class BenchOptions:
     ramp_s: float = 1.0
     script: tuple[Step, ...] = DEFAULT_SCRIPT
     auth_token: str | None = None
-    server_pid: int | None = None
+    server_pids: tuple[int, ...] = ()   # local server processes: CPU and RSS summed
     hold_s: float = 0.0             # stay connected (idle) after the script
     think_s: float = 0.0            # pause between turns
     think_jitter: float = 0.0       # each pause is think_s x uniform(1 - j, 1 + j)
@@ -94,6 +94,19 @@ class BenchOptions:
 
 def _clock_ticks() -> int:
     return os.sysconf("SC_CLK_TCK")
+
+
+def read_processes(pids: tuple[int, ...]) -> dict[str, float] | None:
+    """CPU seconds and RSS (KiB) summed over local processes (a server with several workers),
+    or None if any is unreadable."""
+    total = {"cpu_s": 0.0, "rss_kb": 0.0}
+    for pid in pids:
+        one = read_process(pid)
+        if one is None:
+            return None
+        total["cpu_s"] += one["cpu_s"]
+        total["rss_kb"] += one["rss_kb"]
+    return total if pids else None
 
 
 def read_process(pid: int) -> dict[str, float] | None:
@@ -207,7 +220,7 @@ def percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float |
 async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> dict[str, Any]:
     stream = stream if stream is not None else sys.stderr
     figures = Figures()
-    before = read_process(options.server_pid) if options.server_pid else None
+    before = read_processes(options.server_pids)
     peak_rss = before["rss_kb"] if before else 0.0
     started = trio.current_time()
     wall_started = time.time()
@@ -216,7 +229,7 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
         nonlocal peak_rss
         with cancel:
             while True:
-                if options.server_pid and (now := read_process(options.server_pid)):
+                if options.server_pids and (now := read_processes(options.server_pids)):
                     peak_rss = max(peak_rss, now["rss_kb"])
                 if options.progress:
                     stream.write("\r" + _progress_line(figures, options.calls))
@@ -235,7 +248,7 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
     duration_s = trio.current_time() - started
     if options.progress:
         stream.write("\r" + _progress_line(figures, options.calls) + "\n")
-    after = read_process(options.server_pid) if options.server_pid else None
+    after = read_processes(options.server_pids)
     result: dict[str, Any] = {
         "url": options.url, "started_at": round(wall_started, 3),
         "duration_s": round(duration_s, 3), "calls": options.calls,
@@ -246,13 +259,13 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
         "errors": sum(figures.errors.values()), "error_kinds": dict(figures.errors),
         "turns": figures.turns, "tokens": figures.tokens, "frames": figures.frames,
         "latency_ms": percentiles(figures.latency_s),
-        "inter_frame_ms": percentiles(figures.gap_s),
+        "inter_token_ms": percentiles(figures.gap_s),
         "barge_in_stop_ms": percentiles(figures.barge_stop_s),
         "server": None}
     if before and after:
         cpu_s = after["cpu_s"] - before["cpu_s"]
         result["server"] = {
-            "pid": options.server_pid, "cpu_s": round(cpu_s, 3),
+            "pids": list(options.server_pids), "cpu_s": round(cpu_s, 3),
             "cpu_percent": round(100 * cpu_s / duration_s, 1) if duration_s else None,
             "cpu_per_token_us": round(cpu_s / figures.tokens * 1e6, 1) if figures.tokens
             else None,
@@ -279,7 +292,7 @@ def format_table(result: dict[str, Any]) -> str:
              f"{result['duration_s']:.1f} s",
              f"{'(ms)':<24}{'count':>8}{'p50':>10}{'p95':>10}{'p99':>10}{'max':>10}"]
     for key, label in (("latency_ms", "application latency"),
-                       ("inter_frame_ms", "inter-frame gap"),
+                       ("inter_token_ms", "inter-token gap"),
                        ("barge_in_stop_ms", "barge-in stop")):
         row = result[key]
         cells = "".join("         -" if row[q] is None else f"{row[q]:>10.2f}"
@@ -287,7 +300,8 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{label:<24}{row['count']:>8}{cells}")
     if result["server"]:
         server = result["server"]
-        lines.append(f"server pid {server['pid']}: cpu {server['cpu_s']:.2f} s "
+        pids = ",".join(str(pid) for pid in server["pids"])
+        lines.append(f"server pid {pids}: cpu {server['cpu_s']:.2f} s "
                      f"({server['cpu_percent']}%), {server['cpu_per_token_us']} us/token, "
                      f"rss {server['rss_kb_before']:.0f} -> peak {server['rss_kb_peak']:.0f} "
                      f"KiB")
@@ -323,8 +337,9 @@ def add_command(commands: Any) -> None:
                        help="seconds to stay connected, idle, after the script")
     bench.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"),
                        help="sign requests as Twilio would (default: $TWILIO_AUTH_TOKEN)")
-    bench.add_argument("--server-pid", type=int, default=None,
-                       help="a local server process: report its CPU and RSS from /proc")
+    bench.add_argument("--server-pid", type=int, action="append", metavar="PID",
+                       help="a local server process: report its CPU and RSS from /proc "
+                            "(repeat for each worker; figures are summed)")
     bench.add_argument("--json", type=Path, default=Path("bench-results.json"),
                        dest="json_path", help="where to write the figures")
     bench.add_argument("-q", "--quiet", action="store_true", help="no progress line")
@@ -337,7 +352,7 @@ def _run(args: argparse.Namespace) -> int:
     options = BenchOptions(
         url=args.url, calls=args.calls, ramp_s=max(0.0, args.ramp_s),
         script=tuple(args.script or DEFAULT_SCRIPT), auth_token=args.auth_token,
-        server_pid=args.server_pid, hold_s=args.hold_s, think_s=args.think_s,
+        server_pids=tuple(args.server_pid or ()), hold_s=args.hold_s, think_s=args.think_s,
         think_jitter=min(1.0, max(0.0, args.think_jitter)),
         json_path=args.json_path, progress=not args.quiet)
     result = trio.run(run_bench, options)

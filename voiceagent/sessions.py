@@ -49,7 +49,7 @@ class Sessions:
         self._forget_stale()
         self._pending[call_sid] = (trio.current_time(), session)
         self._writer.submit(records.session_item(session, self._settings.session_ttl_s),
-                            call_sid=call_sid)
+                            call_sid=call_sid, urgent=True)   # its socket may reach a sibling
         log.info("session prepared", extra={"use_case": session.use_case,
                                             "caller": mask_phone(caller),
                                             "known_caller": session.profile is not None})

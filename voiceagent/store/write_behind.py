@@ -91,9 +91,10 @@ class WriteBehind:
 
     # ------------------------------------------------------------------ producers
 
-    def submit(self, item: Item, *, call_sid: str) -> None:
+    def submit(self, item: Item, *, call_sid: str, urgent: bool = False) -> None:
         """Queue ``item`` (copied, so later changes by the caller do not leak in). Never
-        blocks. Raises ``ValueError`` at once for an item without string pk and sk."""
+        blocks. Raises ``ValueError`` at once for an item without string pk and sk.
+        ``urgent``: another process may look for it soon (a session): do not linger."""
         pk, sk = item.get("pk"), item.get("sk")
         if not isinstance(pk, str) or not isinstance(sk, str):
             raise ValueError("a store item needs string 'pk' and 'sk' attributes")
@@ -103,6 +104,8 @@ class WriteBehind:
                                   trio.current_time()))
         self._last_by_call[call_sid] = seq
         self._wakeup.set()
+        if urgent:
+            self._hurry.set()
 
     async def flush(self, call_sid: str | None = None, *, timeout_s: float) -> bool:
         """Wait until every item submitted before this call (for ``call_sid``, or all) is
