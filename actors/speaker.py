@@ -1,11 +1,13 @@
 """What one turn says: tokens go to the relay writer, and the speaker remembers exactly what
 was handed over, because that (not what the model generated) is what the caller can have heard.
 
-The first token of a reply (and the first after a tool round) goes at once: it is the latency
-the caller notices. Later tokens are held briefly and sent together, at the end of a clause or
-when ``hold_s`` has passed, whichever comes first. The caller is by then listening to the
-audio of what was already sent, and ConversationRelay speaks clause by clause, so the hold is
-not heard; it divides the frames (and their CPU, here and at Twilio) by the tokens per chunk.
+A reply's first clause, or its first ``STREAMED_CHARS`` characters (and the same after a tool
+round), streams token by token: it is the
+latency the caller notices, whatever the TTS needs before it starts speaking. Later tokens are
+held briefly and sent together, at the end of a clause or when ``hold_s`` has passed,
+whichever comes first. The caller is by then listening to the first clause, and
+ConversationRelay speaks clause by clause, so the hold is not heard; it divides the frames
+(and their CPU, here and at Twilio) by the tokens per chunk.
 Held text that was never sent is dropped on a cut and is not in ``segment``: the history keeps
 only what could have been heard.
 """
@@ -20,6 +22,7 @@ from actors.messages import Outbound, Text
 
 SPLIT = " "
 CLAUSE_ENDS = (".", ",", "!", "?", ";", ":", "\n")
+STREAMED_CHARS = 60         # a first clause longer than this is held from here on
 MAX_HELD_CHARS = 400        # keep frames small: Twilio's frame size limit is not documented
 
 
@@ -28,6 +31,8 @@ class Speaker:
         self._outbound = outbound
         self._hold_s = hold_s
         self._segment: list[str] = []       # text sent since the last tool round
+        self._clause_sent = False           # the segment's first clause is out: hold now
+        self._sent_chars = 0
         self._held: list[str] = []          # received, not yet sent
         self._held_chars = 0
         self._flush_at = math.inf
@@ -46,6 +51,8 @@ class Speaker:
 
     def new_segment(self) -> None:
         self._segment = []
+        self._clause_sent = False
+        self._sent_chars = 0
 
     async def say(self, token: str) -> None:
         """Send or hold one token. A cancel while sending means it was not sent."""
@@ -54,14 +61,16 @@ class Speaker:
         first_of_segment = not self._segment and not self._held
         if first_of_segment and self.spoke and not token[0].isspace():
             token = " " + token             # a new segment after a tool round: keep words apart
-        if first_of_segment or self._hold_s <= 0:
+        if not self._clause_sent or self._hold_s <= 0:
             await self._send(token)
+            self._sent_chars += len(token)
+            self._clause_sent = _ends_clause(token) or self._sent_chars >= STREAMED_CHARS
             return
         if not self._held:
             self._flush_at = trio.current_time() + self._hold_s
         self._held.append(token)
         self._held_chars += len(token)
-        if (token.rstrip(" ").endswith(CLAUSE_ENDS) or self._held_chars >= MAX_HELD_CHARS
+        if (_ends_clause(token) or self._held_chars >= MAX_HELD_CHARS
                 or trio.current_time() >= self._flush_at):
             await self.flush()
 
@@ -107,6 +116,10 @@ class Speaker:
         self._held.clear()
         self._held_chars = 0
         self._flush_at = math.inf
+
+
+def _ends_clause(token: str) -> bool:
+    return token.rstrip(" ").endswith(CLAUSE_ENDS)
 
 
 def split_tokens(text: str) -> list[str]:

@@ -1,5 +1,6 @@
-"""TOKEN_HOLD_MS: a reply's first token goes at once, later ones go together at a clause end or
-when the hold expires; held text that was never sent is never spoken nor recorded.
+"""TOKEN_HOLD_MS: a reply's first clause streams token by token, later tokens go together at a
+clause end or when the hold expires; held text that was never sent is never spoken nor
+recorded.
 
 Virtual clock throughout, so each frame's send time is asserted exactly.
 """
@@ -36,54 +37,72 @@ async def timed_reply(call: call_harness.TestCall) -> list[tuple[float, str, boo
             return frames
 
 
-async def test_first_token_at_once_then_chunks_at_clause_ends_and_hold_expiry(
+async def test_first_clause_streams_then_chunks_at_clause_ends_and_hold_expiry(
         autojump_clock: Any) -> None:
-    llm = FakeLLM([words("We open at nine and close at ten tonight.", gap_s=0.03, first_s=0.2)])
+    llm = FakeLLM([words("We open at nine, and close at ten tonight.", gap_s=0.03,
+                         first_s=0.2)])
     async with open_test_call(llm, services_changes=HOLD) as call:
         call.say("when are you open?")
         frames = await timed_reply(call)
     assert frames == [
-        (0.2, "We", False),                        # the latency the caller notices: not held
-        (0.33, " open at nine and", False),        # " open" came at 0.23: held 0.1 s
-        (0.44, " close at ten tonight.", False),   # a clause end goes at once
+        (0.2, "We", False),                        # the first clause: the latency the
+        (0.23, " open", False),                    # caller notices, whatever the TTS
+        (0.26, " at", False),                      # needs before it speaks
+        (0.29, " nine,", False),
+        (0.42, " and close at ten", False),        # " and" came at 0.32: held 0.1 s
+        (0.44, " tonight.", False),                # a clause end goes at once
         (0.44, "", True),
     ]
-    assert call.history[-1]["content"] == [{"text": "We open at nine and close at ten tonight."}]
-    assert call.report.writer.tokens == 3
+    assert call.history[-1]["content"] == [{"text": "We open at nine, and close at ten tonight."}]
+    assert call.report.writer.tokens == 6
 
 
 async def test_the_final_chunk_carries_last_true(autojump_clock: Any) -> None:
-    llm = FakeLLM([words("Sure thing", gap_s=0.03, first_s=0.2)])
+    llm = FakeLLM([words("Sure, a large one", gap_s=0.03, first_s=0.2)])
     async with open_test_call(llm, services_changes=HOLD) as call:
         call.say("a pizza please")
-        assert await timed_reply(call) == [(0.2, "Sure", False), (0.23, " thing", True)]
-    assert call.history[-1]["content"] == [{"text": "Sure thing"}]
+        assert await timed_reply(call) == [(0.2, "Sure,", False), (0.29, " a large one", True)]
+    assert call.history[-1]["content"] == [{"text": "Sure, a large one"}]
 
 
-async def test_a_slow_model_waits_no_longer_than_the_hold(autojump_clock: Any) -> None:
-    llm = FakeLLM([words("We open at nine", gap_s=0.5, first_s=0.2)])
+async def test_a_long_first_clause_is_held_after_its_first_characters(
+        autojump_clock: Any) -> None:
+    text = "We open every single day of the week from eleven in the morning until late"
+    llm = FakeLLM([words(text, gap_s=0.03, first_s=0.2)])
     async with open_test_call(llm, services_changes=HOLD) as call:
         call.say("hours?")
         frames = await timed_reply(call)
-    assert frames == [(0.2, "We", False), (0.8, " open", False), (1.3, " at", False),
-                      (1.7, " nine", True)]
+    streamed = [token for _, token, _ in frames[:-1]]
+    assert all(" " not in token.strip() for token in streamed)      # one word per frame
+    assert len("".join(streamed)) >= 60 > len("".join(streamed[:-1]))
+    assert frames[-1][1:] == (" until late", True)                  # held, then sent last
+    assert "".join(token for _, token, _ in frames) == text
+
+
+async def test_a_slow_model_waits_no_longer_than_the_hold(autojump_clock: Any) -> None:
+    llm = FakeLLM([words("Sure, we open at nine", gap_s=0.5, first_s=0.2)])
+    async with open_test_call(llm, services_changes=HOLD) as call:
+        call.say("hours?")
+        frames = await timed_reply(call)
+    assert frames == [(0.2, "Sure,", False), (0.8, " we", False), (1.3, " open", False),
+                      (1.8, " at", False), (2.2, " nine", True)]
 
 
 async def test_barge_in_drops_held_tokens_they_are_never_sent_nor_recorded(
         autojump_clock: Any) -> None:
-    llm = FakeLLM([words("We open at nine and close at ten tonight.", gap_s=0.03,
+    llm = FakeLLM([words("Sure, we open at nine and close at ten tonight.", gap_s=0.03,
                          first_s=0.2)])
     async with open_test_call(llm, services_changes=HOLD) as call:
         call.say("when are you open?")
-        assert (await call.frame())["token"] == "We"
-        await trio.sleep_until(0.3)                # " open at nine" is held, not sent
+        assert (await call.frame())["token"] == "Sure,"
+        await trio.sleep_until(0.3)                # " we open at" is held, not sent
         call.interrupt(heard=None)
         await trio.testing.wait_all_tasks_blocked()
         assert call.socket.pending() == [{"type": "text", "token": "", "last": True}]
         assert llm.open_streams == 0
         await trio.sleep(5)
         assert call.socket.pending() == []
-    assert call.history[-1]["content"] == [{"text": "We"}]   # what was sent, nothing held
+    assert call.history[-1]["content"] == [{"text": "Sure,"}]   # what was sent, not held
     assert call.report.writer.tokens == 1
 
 
@@ -97,7 +116,7 @@ async def test_held_text_is_spoken_before_a_tool_runs(autojump_clock: Any) -> No
         return {"minutes": 20}
 
     registry.register(ToolDefinition("pickupTime", lookup, timeout_s=10))
-    before = words("Let me look that up for you", gap_s=0.03)[:-1]   # no clause end
+    before = words("Sure, let me look that up for you", gap_s=0.03)[:-1]
     llm = FakeLLM([[*before, *tool_use("tu_1", "pickupTime")[1:]],
                    words("About twenty minutes.", gap_s=0.03)])
     use_case = plain_use_case(tools=[{"name": "pickupTime", "description": "Minutes"}])
@@ -105,28 +124,30 @@ async def test_held_text_is_spoken_before_a_tool_runs(autojump_clock: Any) -> No
                               services_changes=HOLD) as call:
         call.say("when is it ready?")
         frames = await timed_reply(call)
-    assert frames[:3] == [(0.2, "Let", False), (0.33, " me look that up", False),
-                          (0.38, " for you", False)]   # flushed as the tool starts
+    assert frames[:3] == [(0.2, "Sure,", False), (0.33, " let me look that", False),
+                          (0.41, " up for you", False)]   # flushed as the tool starts
     assert "".join(token for _, token, _ in frames) == (
-        "Let me look that up for you About twenty minutes.")
+        "Sure, let me look that up for you About twenty minutes.")
     tool_at = round(started_at[0], 6)
     assert "".join(token for at, token, _ in frames if at <= tool_at) == (
-        "Let me look that up for you")
-    assert frames[-3:] == [(round(tool_at + 2.2, 6), " About", False),
-                           (round(tool_at + 2.26, 6), " twenty minutes.", False),
-                           (round(tool_at + 2.26, 6), "", True)]
+        "Sure, let me look that up for you")
+    after = round(tool_at + 2.2, 6)                 # the next round's first clause streams
+    assert frames[-4:] == [(after, " About", False), (round(after + 0.03, 6), " twenty", False),
+                           (round(after + 0.06, 6), " minutes.", False),
+                           (round(after + 0.06, 6), "", True)]
 
 
 async def test_a_model_failure_sends_what_was_held_then_the_apology(
         autojump_clock: Any) -> None:
-    llm = FakeLLM([[0.1, TextDelta("We"), 0.03, TextDelta(" open"),
+    llm = FakeLLM([[0.1, TextDelta("Sure,"), 0.03, TextDelta(" we"), 0.03, TextDelta(" open"),
                     ModelStreamFailed("modelStreamErrorException", "x")]])
     async with open_test_call(llm, services_changes=HOLD) as call:
         call.say("hours?")
         frames = await timed_reply(call)
+    assert frames[:2] == [(0.1, "Sure,", False), (0.16, " we open", False)]
     text = "".join(token for _, token, _ in frames)
-    assert text == "We open" + APOLOGY_CUT
-    assert call.history[-1]["content"] == [{"text": "We open" + APOLOGY_CUT}]
+    assert text == "Sure, we open" + APOLOGY_CUT
+    assert call.history[-1]["content"] == [{"text": "Sure, we open" + APOLOGY_CUT}]
 
 
 def test_the_hold_is_a_setting_with_a_bound() -> None:

@@ -50,8 +50,8 @@ class Settings(BaseModel):
                                                ge=0, le=10_000)
     scripted_token_delay_ms: int = Field(25, alias="SCRIPTED_TOKEN_DELAY_MS", ge=0, le=2_000)
     max_tool_rounds: int = Field(4, alias="MAX_TOOL_ROUNDS", ge=1, le=20)
-    # after a reply's first token, later tokens are held up to this long (or to the end of
-    # a clause) and sent as one frame; 0 sends every token as it comes
+    # after a reply's first clause, tokens are held up to this long (or to the end of a
+    # clause) and sent as one frame; 0 sends every token as it comes
     token_hold_ms: int = Field(100, alias="TOKEN_HOLD_MS", ge=0, le=1000)
     max_concurrent_turns: int = Field(400, alias="MAX_CONCURRENT_TURNS", ge=1, le=10_000)
     store_threads: int = Field(32, alias="STORE_THREADS", ge=1, le=1024)
