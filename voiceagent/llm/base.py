@@ -90,7 +90,8 @@ class LLM(Protocol):
     ]:
         """Open one model call. Leaving the context closes the upstream stream, in bounded
         time, without blocking the event loop. Raises ``LLMError`` subclasses, from entering
-        or from iterating."""
+        or from iterating. ``receive`` must lose nothing when cancelled (as trio's memory
+        channels): a turn waits on it under the deadline of its held text."""
         ...
 
     async def aclose(self) -> None:
