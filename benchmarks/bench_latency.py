@@ -15,7 +15,12 @@ prompt. Figures per level:
   (``us/token``: every cost of the calls, set-up and hang-up included), and the same less the
   idle phase's CPU (``(turns)``: what the turns cost). The scripted model's own pacing (a trio
   timer per token) runs inside the server too; its cost alone, measured in this process
-  (``model us/token``), is the floor no relay can go below on this machine.
+  before and after the run with the price of a bare timer wakeup, is the floor no relay can go
+  below on this machine, and shows how fast the machine was while the run lasted.
+
+With ``--baseline URL`` (any ConversationRelay server) or ``--baseline-unchunked`` (ours,
+one frame per token), each level is run again against the baseline and the client-side
+figures are printed side by side with their ratios.
 
 The client shares the machine's cores with the server, so its own latency figures include
 that contention; the goals are checked on the server-side figures.
@@ -159,6 +164,30 @@ def run_baseline(baseline: Baseline, calls: int, ramp_s: float, scratch: Path,
         stop(processes)
 
 
+def wakeup_cpu_us(tasks: int, wakeups: int = 100, gap_s: float = 0.025) -> float:
+    """CPU per trio timer wakeup with ``tasks`` tasks sleeping ``gap_s`` in turn: the
+    machine's price of an event. On small VMs a lone wakeup from idle costs several times
+    what it costs when many share one (cold caches), so CPU per token falls as load rises."""
+    async def sleeper() -> None:
+        for _ in range(wakeups):
+            await trio.sleep(gap_s)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(tasks):
+                nursery.start_soon(sleeper)
+
+    started = time.process_time()
+    trio.run(run)
+    return round((time.process_time() - started) / (tasks * wakeups) * 1e6, 1)
+
+
+def machine_speed() -> str:
+    return (f"a trio timer wakeup costs {wakeup_cpu_us(1)} us of CPU alone, "
+            f"{wakeup_cpu_us(100)} us with 100 sharing; the scripted model alone "
+            f"{model_cpu_per_token_us()} us per token")
+
+
 def run_level(calls: int, ramp_s: float, scratch: Path, think_s: float,
               workers: int, baseline: Baseline | None = None) -> dict[str, Any]:
     processes, url, logs = start_servers(scratch / f"data-{calls}", scratch, calls, workers)
@@ -259,8 +288,8 @@ def main() -> int:
                             unchunked=args.baseline_unchunked and not args.baseline)
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-latency-{os.getpid()}"
     scratch.mkdir(parents=True, exist_ok=True)
-    model_us = model_cpu_per_token_us()
-    print(f"the scripted model alone: {model_us} us of CPU per token (its pacing timer)")
+    speed_before = machine_speed()
+    print(f"machine speed before: {speed_before}")
     results = []
     for calls in args.levels:
         result = run_level(calls, calls * args.ramp_per_call, scratch, args.think,
@@ -276,7 +305,9 @@ def main() -> int:
     print(f"\nmachine: {os.cpu_count()} cpus, {platform.machine()}, "
           f"python {platform.python_version()}; script: {[s.kind for s in SCRIPT]}, "
           f"think {args.think:g} s (+-{THINK_JITTER:.0%}); {args.workers} server "
-          f"process(es); model alone {model_us} us/token")
+          f"process(es)")
+    print(f"machine speed before: {speed_before}")
+    print(f"machine speed after:  {machine_speed()}")
     print(f"{'calls':>6} {'overhead p50':>13} {'p99':>8} {'client p99':>11} "
           f"{'KiB/idle call':>14} {'us/token':>9} {'(turns)':>9} {'cpu %':>6} {'errors':>7}")
     for result in results:
@@ -302,7 +333,7 @@ def main() -> int:
         if result["baseline"]:
             print(side_by_side(result))
     if args.json:
-        args.json.write_text(json.dumps({"model_us_per_token": model_us, "levels": results},
+        args.json.write_text(json.dumps({"machine_speed_before": speed_before, "levels": results},
                                         indent=2) + "\n")
     return 0
 
