@@ -71,6 +71,9 @@ async def test_metrics_after_real_calls(tmp_path: Path) -> None:
     assert _value(samples, "voiceagent_turns_total") == 4
     assert _value(samples, "voiceagent_turn_latency_seconds_count") == 4
     assert _value(samples, "voiceagent_barge_ins_total") == 1
+    frames = sum(r.writer.tokens for r in reports)
+    assert frames > 0
+    assert _value(samples, "voiceagent_text_frames_total") == frames
     assert _value(samples, "voiceagent_turns_cut_total", reason="barge-in") == 1
     assert _value(samples, "voiceagent_tool_duration_seconds_count",
                   tool="CheckRestaurantPickUpTime") == 1

@@ -84,6 +84,9 @@ class Metrics:
         self.model_errors = Counter("voiceagent_model_errors",
                                     "Model errors that reached a caller, by type", ["type"],
                                     registry=r)
+        self.text_frames = Counter("voiceagent_text_frames",
+                                   "Text frames sent to the relay (a frame may carry several "
+                                   "tokens, see TOKEN_HOLD_MS)", registry=r)
         self.frames_rejected = Counter("voiceagent_frames_rejected",
                                        "Relay frames dropped, by reason", ["reason"], registry=r)
         r.register(_Sampled(runtime))
@@ -116,6 +119,7 @@ class Metrics:
     def on_call_finished(self, report: CallReport) -> None:
         self.calls.labels(report.ended_by).inc()
         self.barge_ins.inc(report.turns.barge_ins)
+        self.text_frames.inc(report.writer.tokens)
         for reason, count in report.frames.rejected.items():
             self.frames_rejected.labels(reason).inc(count)
 
