@@ -45,6 +45,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import server_process
+from bench_floor import wakeups
 
 from voiceagent.bench import BenchOptions, Step, format_table, percentiles, run_bench
 from voiceagent.llm.base import LLMRequest, TextDelta
@@ -164,27 +165,9 @@ def run_baseline(baseline: Baseline, calls: int, ramp_s: float, scratch: Path,
         stop(processes)
 
 
-def wakeup_cpu_us(tasks: int, wakeups: int = 100, gap_s: float = 0.025) -> float:
-    """CPU per trio timer wakeup with ``tasks`` tasks sleeping ``gap_s`` in turn: the
-    machine's price of an event. On small VMs a lone wakeup from idle costs several times
-    what it costs when many share one (cold caches), so CPU per token falls as load rises."""
-    async def sleeper() -> None:
-        for _ in range(wakeups):
-            await trio.sleep(gap_s)
-
-    async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            for _ in range(tasks):
-                nursery.start_soon(sleeper)
-
-    started = time.process_time()
-    trio.run(run)
-    return round((time.process_time() - started) / (tasks * wakeups) * 1e6, 1)
-
-
 def machine_speed() -> str:
-    return (f"a trio timer wakeup costs {wakeup_cpu_us(1)} us of CPU alone, "
-            f"{wakeup_cpu_us(100)} us with 100 sharing; the scripted model alone "
+    return (f"a trio timer wakeup costs {wakeups(1)} us of CPU alone, "
+            f"{wakeups(100)} us with 100 sharing; the scripted model alone "
             f"{model_cpu_per_token_us()} us per token")
 
 
