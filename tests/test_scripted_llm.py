@@ -268,3 +268,24 @@ async def test_is_an_llm() -> None:
     llm: LLM = ScriptedLLM({})
     assert llm.name == "scripted"
     await llm.aclose()
+
+
+async def test_a_receive_cut_by_a_deadline_loses_nothing(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A turn waits on the stream under its held text's deadline (TOKEN_HOLD_MS)."""
+    received: list[LLMEvent] = []
+    cuts = 0
+    with trio.fail_after(10):
+        async with _llm().stream(_request([_user("What are your hours?")])) as events:
+            while True:
+                with trio.move_on_after(0.1) as window:          # shorter than every gap
+                    try:
+                        received.append(await events.receive())
+                    except trio.EndOfChannel:
+                        break
+                cuts += window.cancelled_caught
+    assert cuts >= 10
+    assert _text([(0.0, e) for e in received]) == "We open at eleven."
+    assert isinstance(received[-1], StreamEnd)
+    assert received[-1].first_token_s == 0.5
+    assert sum(isinstance(e, StreamEnd) for e in received) == 1

@@ -112,18 +112,18 @@ class ScriptedLLM:
         tokens = _TOKEN.findall(plan.text)
         if not tokens and plan.tool is None:     # say something: an empty turn helps no one
             tokens = _TOKEN.findall(ScriptedConfig().fallback)
-        events: list[LLMEvent] = [TextDelta(token) for token in tokens]
+        events: list[TextDelta | ToolUseRequest] = [TextDelta(token) for token in tokens]
         output = len(tokens)
         if plan.tool is not None:
             output += len(json.dumps(plan.tool.input)) // 4 + 1
             events.append(plan.tool)
-        events.append(StreamEnd("tool_use" if plan.tool is not None else "end_turn",
-                                usage=Usage(input_tokens=_rough_input_tokens(request),
-                                            output_tokens=output)))
+        end = StreamEnd("tool_use" if plan.tool is not None else "end_turn",
+                        usage=Usage(input_tokens=_rough_input_tokens(request),
+                                    output_tokens=output))
         self._opened += 1
         self._open += 1
         try:
-            yield _Paced(events, script.first_token_delay_s, script.token_delay_s)
+            yield _Paced(events, end, script.first_token_delay_s, script.token_delay_s)
         finally:
             self._open -= 1
 
@@ -132,37 +132,37 @@ class ScriptedLLM:
 
 
 class _Paced(trio.abc.ReceiveChannel[LLMEvent]):
-    """The planned events, each due a fixed delay after the one before. Receiving sleeps until
-    the next is due: no helper task and no channel per stream, so the model's own cost stays
-    out of what the benchmarks charge to the relay."""
+    """The planned events, each due a fixed delay after the one before, then ``end``.
+    Receiving sleeps until the next is due: no helper task and no channel per stream, so the
+    fake costs what a model event must (one timer wakeup per token), not a task switch more."""
 
-    def __init__(self, events: list[LLMEvent], first_s: float, gap_s: float) -> None:
+    def __init__(self, events: list[TextDelta | ToolUseRequest], end: StreamEnd,
+                 first_s: float, gap_s: float) -> None:
         self._events = events
+        self._end: StreamEnd | None = end
         self._next = 0
         self._gap_s = gap_s
-        self._due = trio.current_time() + first_s
         self._started = trio.current_time()
+        self._due = self._started + first_s
         self._first_token_s: float | None = None
 
     async def receive(self) -> LLMEvent:
-        if self._next >= len(self._events):
-            raise trio.EndOfChannel
+        if self._next == len(self._events):
+            if self._end is None:
+                raise trio.EndOfChannel
+            await trio.lowlevel.checkpoint()        # before taking it: a cancel loses nothing
+            end, self._end = self._end, None
+            return StreamEnd(end.stop_reason, usage=end.usage, first_token_s=self._first_token_s)
+        await trio.sleep_until(self._due)           # a cancel here loses nothing
         event = self._events[self._next]
-        if not isinstance(event, StreamEnd):
-            await trio.sleep_until(self._due)       # a cancel here loses nothing
-        else:
-            await trio.lowlevel.checkpoint()
         self._next += 1
-        if isinstance(event, StreamEnd):
-            return StreamEnd(event.stop_reason, usage=event.usage,
-                             first_token_s=self._first_token_s)
         if self._first_token_s is None and isinstance(event, TextDelta):
             self._first_token_s = trio.current_time() - self._started
         self._due = max(self._due, trio.current_time()) + self._gap_s
         return event
 
     async def aclose(self) -> None:
-        self._next = len(self._events)
+        self._next, self._end = len(self._events), None
 
 
 def _plan(script: _Script, request: LLMRequest) -> _Plan:
