@@ -70,6 +70,8 @@ async def serve_process(tmp_path: Path, config_dir: Path = FIXTURE_CONFIG,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     server = ServerProcess(process, f"http://127.0.0.1:{port}")
     try:
+        settled = await server.wait_log("heap settled")     # start-up frozen, then it listens
+        assert settled["frozen_objects"] > 10_000
         await server.wait_log(f"Running on http://127.0.0.1:{port} (CTRL + C to quit)")
         yield server
     finally:

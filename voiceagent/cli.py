@@ -103,6 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _serve_async(settings: Settings) -> None:
+    from voiceagent import heap
     from voiceagent.runtime import open_runtime
     from voiceagent.server import serve, wait_signal
 
@@ -110,6 +111,7 @@ async def _serve_async(settings: Settings) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(wait_signal, stop)       # before start-up: an early SIGTERM drains
         async with open_runtime(settings) as runtime:
+            heap.settle_after_startup()
             await serve(runtime, host=settings.host, port=settings.port, shutdown=stop)
         nursery.cancel_scope.cancel()
 
