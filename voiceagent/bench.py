@@ -1,7 +1,7 @@
 """``voiceagent bench URL``: a load generator playing Twilio against any ConversationRelay server.
 
 N calls are started over a ramp of R seconds; each plays a script of turns (say a prompt,
-say one and barge in after K tokens, press a key), timing what a caller would notice:
+say one and barge in after K words, press a key), timing what a caller would notice:
 
 * application latency: prompt (or key) sent -> first token received;
 * inter-token gap: between consecutive text frames of one reply (what the caller's TTS sees;
@@ -12,8 +12,8 @@ A progress line on stderr shows calls done, errors and the rolling median; at th
 is printed and the figures are written as JSON. Tokens are counted as words received (the
 scripted model streams one word per token; real models' tokens are a little shorter), so a
 server that sends several tokens per frame is compared fairly with one that sends one. With
-``--server-pid`` (a local process) the server's CPU time and RSS are read from ``/proc``
-before, during and after the run.
+``--server-pid`` (local processes, one per worker) the server's CPU time and RSS are read from
+``/proc`` before, during and after the run, and summed.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
         nonlocal peak_rss
         with cancel:
             while True:
-                if options.server_pids and (now := read_processes(options.server_pids)):
+                if now := read_processes(options.server_pids):
                     peak_rss = max(peak_rss, now["rss_kb"])
                 if options.progress:
                     stream.write("\r" + _progress_line(figures, options.calls))
