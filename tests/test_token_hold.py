@@ -7,6 +7,7 @@ Virtual clock throughout, so each frame's send time is asserted exactly.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,10 @@ import trio.testing
 from actors.turn import APOLOGY_CUT
 from tests import call_harness
 from tests.call_harness import open_test_call, plain_use_case
+from tests.fake_bedrock import running_fake_bedrock, text_reply
 from tests.fakes import FakeLLM, tool_use, words
+from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from voiceagent.caller import open_call
 from voiceagent.errors import ModelStreamFailed
 from voiceagent.llm.base import TextDelta
 from voiceagent.settings import Settings
@@ -155,3 +159,28 @@ def test_the_hold_is_a_setting_with_a_bound() -> None:
     assert Settings.model_validate({"TOKEN_HOLD_MS": "0"}).token_hold_ms == 0
     with pytest.raises(ValueError, match="TOKEN_HOLD_MS"):
         Settings.model_validate({"TOKEN_HOLD_MS": "5000"})
+
+
+async def test_chunks_through_the_server_and_the_real_bedrock_backend(
+        tmp_path: Path, aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deltas from Bedrock's event stream (a worker thread per stream) under the hold's
+    deadlines: every word arrives once, in order, the first clause delta by delta."""
+    deltas = ["Sure,", " we", " bake", " thin", " crust", " and", " thick", " crust", " pies",
+              " every", " day", " of", " the", " week", " from", " eleven", " until", " nine"]
+    async with running_fake_bedrock(responder=lambda request: text_reply(
+            deltas, gap_s=0.03)) as bedrock:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", bedrock.endpoint_url)
+        settings = make_settings(tmp_path, LLM="bedrock", AWS_REGION="us-east-1")
+        assert settings.token_hold_ms == 100
+        with trio.fail_after(30):
+            async with running_server(settings) as server:
+                async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                    await call.say("what crusts do you have?")
+                    reply = await call.read_reply()
+                    await call.hang_up()
+                await server.runtime.calls.wait_idle()
+    assert reply.closed
+    assert reply.text == "".join(deltas)
+    assert reply.tokens[0] == "Sure,"                     # the first clause, as it came
+    assert len(reply.tokens) < len(deltas)                # the rest in chunks
+    assert bedrock.violations == []
