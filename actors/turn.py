@@ -68,7 +68,7 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
     try:
         await _converse(ctx, plan, speaker, rounds)
     except trio.Cancelled as cancel:
-        cut_by = str(cancel.reason or "cancelled")
+        cut_by = await _why_cancelled(cancel)
         with trio.move_on_after(ctx.tool_wait_s, shield=True):
             await _settle_side_effects(rounds)
         _record_cut(ctx, speaker, rounds)
@@ -101,6 +101,17 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
         with (trio.move_on_after(CLOSE_TIMEOUT_S, shield=True),
               suppress(trio.BrokenResourceError, trio.ClosedResourceError)):
             await speaker.close()
+
+
+async def _why_cancelled(cancel: trio.Cancelled) -> str:
+    """Why the turn was cut. A deadline inside the turn (a model's pacing sleep, a hold
+    window) that expired in the same scheduler tick as the turn's cancel may have raised
+    first, with no reason; a checkpoint here raises the cancel of the turn's own scope."""
+    try:
+        await trio.lowlevel.checkpoint()
+    except trio.Cancelled as own:
+        return str(own.reason or cancel.reason or "cancelled")
+    return str(cancel.reason or "cancelled")
 
 
 async def _converse(ctx: CallContext, plan: TurnPlan, speaker: Speaker,

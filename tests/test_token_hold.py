@@ -7,6 +7,7 @@ Virtual clock throughout, so each frame's send time is asserted exactly.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,10 @@ import pytest
 import trio
 import trio.testing
 
-from actors.turn import APOLOGY_CUT
+from actors.context import CallContext
+from actors.history import History
+from actors.turn import APOLOGY_CUT, TurnPlan
+from actors.turn import run as run_turn
 from tests import call_harness
 from tests.call_harness import open_test_call, plain_use_case
 from tests.fake_bedrock import running_fake_bedrock, text_reply
@@ -184,3 +188,47 @@ async def test_chunks_through_the_server_and_the_real_bedrock_backend(
     assert reply.tokens[0] == "Sure,"                     # the first clause, as it came
     assert len(reply.tokens) < len(deltas)                # the rest in chunks
     assert bedrock.violations == []
+
+
+async def _cut_as_the_window_expires() -> tuple[str | None, str, str]:
+    """One turn whose hold window is due at 0.33 s, cancelled at 0.33 s from another task:
+    (the turn's recorded cut_by, the text sent, the history's assistant text)."""
+    llm = FakeLLM([[0.2, TextDelta("Sure,"), 0.03, TextDelta(" we"), 10.0, TextDelta(" open")]])
+    out_send, out_recv = trio.open_memory_channel[Any](math.inf)
+    tools_send, _ = trio.open_memory_channel[Any](0)
+    history = History(())
+    history.add_user_text("hours?")
+    summaries: list[dict[str, Any]] = []
+    ctx = CallContext(call_sid="CA1", use_case=plain_use_case(), model_id="m",
+                      system_prompt="x", llm=llm, history=history, outbound=out_send,
+                      tools=tools_send, token_hold_s=0.1, on_turn=summaries.append)
+    start = trio.current_time()
+    turn_scope = trio.CancelScope()
+
+    async def the_turn() -> None:
+        with turn_scope:
+            await run_turn(ctx, TurnPlan(), received_at=trio.current_time())
+
+    async def barge_in() -> None:
+        await trio.sleep_until(start + 0.33)         # " we" was held at 0.23: due now
+        turn_scope.cancel(reason="barge-in")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(the_turn)
+        nursery.start_soon(barge_in)
+    (summary,) = summaries
+    sent = "".join(out_recv.receive_nowait().token
+                   for _ in range(out_recv.statistics().current_buffer_used))
+    return summary["cut_by"], sent, history.last_assistant_text()
+
+
+async def test_a_cancel_as_the_window_expires_keeps_the_turns_reason(
+        autojump_clock: Any) -> None:
+    """The turn's cancel and its hold window's deadline in the same scheduler tick: the turn
+    is still recorded as cut by its own cancel. trio runs a tick's tasks in random order, so
+    the race is tried many times."""
+    for _ in range(24):
+        cut_by, sent, recorded = await _cut_as_the_window_expires()
+        assert cut_by == "barge-in"
+        assert sent in ("Sure,", "Sure, we")     # " we" went out if the window won the tick
+        assert recorded == sent                  # what was sent, never what was held
