@@ -40,7 +40,7 @@ class TurnStats:
     superseded: int = 0
     tool_calls: int = 0
     model_errors: int = 0
-    latencies_s: list[float] = field(default_factory=list)   # prompt -> first token handed over
+    latencies_s: list[float] = field(default_factory=list)   # prompt in -> first token out
     rounds: list[ModelRound] = field(default_factory=list)
     tools: list[tuple[str, str, float]] = field(default_factory=list)  # name, status, seconds
 

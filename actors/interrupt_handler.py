@@ -158,7 +158,7 @@ async def _command(message: Inbound, policy: InputPolicy, keys: _KeyBuffer, turn
     match message:
         case Prompt(last=False):
             return None
-        case Prompt(text=text, lang=lang):
+        case Prompt(text=text, lang=lang, received_at=received_at):
             words = [clean_prompt(text, policy.max_prompt_chars)]
             words += await _queued_prompts(inbound, backlog, policy,
                                            turns.starts[0] + policy.min_turn_gap_s)
@@ -167,12 +167,13 @@ async def _command(message: Inbound, policy: InputPolicy, keys: _KeyBuffer, turn
             if not said:
                 log.info("blank prompt ignored")
                 return None
-            return UserSaid(said, lang, received_at=now)
+            return UserSaid(said, lang, received_at=now if received_at is None else received_at)
         case Interrupt(heard=heard, duration_ms=duration_ms):
             return BargeIn(heard.strip() if heard is not None else None, duration_ms)
-        case Dtmf(digit=digit):
+        case Dtmf(digit=digit, received_at=received_at):
             entry = keys.press(digit)
-            return KeyPressed(entry, received_at=now) if entry else None
+            at = now if received_at is None else received_at
+            return KeyPressed(entry, received_at=at) if entry else None
         case Info(name=name):
             log.debug("relay info", extra={"name": name})
         case RelayErrorReport():

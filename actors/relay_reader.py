@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import replace
 
 import trio
 
-from actors.messages import Inbound, Setup
+from actors.messages import Dtmf, Inbound, Prompt, Setup
 from actors.relay_socket import RelaySocket
 from voiceagent.errors import RelayBroken
 from voiceagent.relay.protocol import Rejected, parse_frame
@@ -51,6 +52,7 @@ async def run(*, socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
             except RelayBroken:
                 log.info("relay closed by peer", extra={"frames": stats.received})
                 return
+            received_at = trio.current_time()
             stats.received += 1
             message = parse_frame(frame, max_bytes=max_frame_bytes)
             match message:
@@ -64,6 +66,8 @@ async def run(*, socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
                     continue
                 case Setup():
                     log.warning("second setup ignored")
+                case Prompt(last=True) | Dtmf():
+                    await inbound.send(replace(message, received_at=received_at))
                 case _:
                     await inbound.send(message)
             stats.consecutive_rejects = 0

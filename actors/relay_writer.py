@@ -52,6 +52,8 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outbou
                     stats.frames += 1
                     if isinstance(frame, Text) and frame.token:
                         stats.tokens += 1
+                        if frame.on_sent is not None:
+                            frame.on_sent(trio.current_time())
             except RelayBroken:
                 log.info("relay writer stopped: peer gone")
                 return

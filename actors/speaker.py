@@ -37,7 +37,8 @@ class Speaker:
         self._flush_at = math.inf
         self._closed = False
         self.spoke = False
-        self.first_token_at: float | None = None
+        self.first_token_at: float | None = None        # handed to the writer
+        self.first_token_sent_at: float | None = None   # on the socket (the writer says)
 
     @property
     def segment(self) -> str:
@@ -103,13 +104,18 @@ class Speaker:
         self._closed = True
 
     async def _send(self, text: str, *, last: bool = False) -> None:
-        await self._outbound.send(Text(text, last=last))
+        first = bool(text) and not self.spoke
+        await self._outbound.send(Text(text, last=last, on_sent=self._first_sent if first
+                                       else None))
         self._drop_held()
         if text:
             self._segment.append(text)
-            if not self.spoke:
+            if first:
                 self.spoke = True
                 self.first_token_at = trio.current_time()
+
+    def _first_sent(self, at: float) -> None:
+        self.first_token_sent_at = at
 
     def _drop_held(self) -> None:
         self._held.clear()

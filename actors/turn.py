@@ -92,15 +92,17 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
     finally:
         if ctx.log_content and speaker.spoke:
             log.debug("agent said", extra={"text": redact(ctx.history.last_assistant_text())})
-        latency_s = None
-        if speaker.first_token_at is not None and received_at is not None:
-            latency_s = speaker.first_token_at - received_at
-            ctx.stats.latencies_s.append(latency_s)
-        _summarise(ctx, marks, kind="caller" if received_at is not None else "system",
-                   latency_s=latency_s, cut_by=cut_by, model_error=model_error)
         with (trio.move_on_after(CLOSE_TIMEOUT_S, shield=True),
               suppress(trio.BrokenResourceError, trio.ClosedResourceError)):
             await speaker.close()
+        # The closer above went through the writer after the first token did, so the writer
+        # has stamped the first token's send by now (unless the caller was gone first).
+        latency_s = None
+        if speaker.first_token_sent_at is not None and received_at is not None:
+            latency_s = speaker.first_token_sent_at - received_at
+            ctx.stats.latencies_s.append(latency_s)
+        _summarise(ctx, marks, kind="caller" if received_at is not None else "system",
+                   latency_s=latency_s, cut_by=cut_by, model_error=model_error)
 
 
 async def _why_cancelled(cancel: trio.Cancelled) -> str:

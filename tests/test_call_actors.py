@@ -401,3 +401,31 @@ async def test_caller_gone_mid_turn_ends_the_turn_quietly(autojump_clock: Any) -
     assert call.report.ended_by == "hangup"               # not an internal error
     assert call.history[-1]["role"] == "assistant"
     assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
+
+
+async def test_latency_counts_from_the_prompt_frame_to_the_first_token_on_the_socket(
+        autojump_clock: Any) -> None:
+    """Twilio's application latency: the prompt frame's arrival to the first token frame's
+    send. A socket whose sends take 50 ms shows in the figure (handing the token to the
+    writer is not the end of it), for a prompt and for a keypad entry alike."""
+    reply = [0.2, TextDelta("We"), 0.1, TextDelta(" open."), StreamEnd("end_turn")]
+    llm = FakeLLM([reply])
+    summaries: list[dict[str, Any]] = []
+    use_case = plain_use_case(dtmf={"default_to_model": True})
+    async with open_test_call(llm, use_case=use_case,
+                              services_changes={"on_turn": summaries.append}) as call:
+        plain_send = call.socket.send
+
+        async def slow_send(text: str) -> None:
+            await trio.sleep(0.05)
+            await plain_send(text)
+
+        call.socket.send = slow_send  # type: ignore[method-assign]
+        call.say("hours?")
+        await call.reply()
+        await trio.sleep(1)
+        call.dtmf("1")
+        call.dtmf("#")                      # the entry is complete when its terminator comes
+        await call.reply()
+    assert [s["latency_ms"] for s in summaries] == [pytest.approx(250.0)] * 2
+    assert call.report.turns.latencies_s == [pytest.approx(0.25)] * 2

@@ -61,7 +61,7 @@ class Metrics:
                              registry=r)
         self.latency = Histogram(
             "voiceagent_turn_latency_seconds",
-            "Application latency: prompt received -> first token handed to the writer",
+            "Application latency: prompt frame received -> first token frame sent",
             buckets=LATENCY_BUCKETS, registry=r)
         self.first_token = Histogram(
             "voiceagent_model_first_token_seconds",

@@ -40,11 +40,15 @@ class Prompt:
     text: str                        # voicePrompt
     last: bool = True                # False = a cumulative partial (partialPrompts="true")
     lang: str = ""
+    # when the frame came off the socket (trio clock), stamped by the reader: application
+    # latency counts from here, as Twilio's Voice Insights does
+    received_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Dtmf:
     digit: str
+    received_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,8 @@ class Text:
     interruptible: bool | None = None
     preemptible: bool | None = None
     # No check on ``token``: "" with last=True is how a talk cycle is closed.
+    # Not sent: called by the writer with the trio time the frame went out on the socket.
+    on_sent: Callable[[float], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
