@@ -44,7 +44,9 @@ async def test_bench_against_the_real_server(tmp_path: Path) -> None:
     assert server_figures["pids"] == [os.getpid()]
     assert server_figures["rss_kb_peak"] >= server_figures["rss_kb_before"] > 0
     assert server_figures["cpu_s"] > 0
-    assert "calls 4/4 done" in progress.getvalue()
+    assert "4/4 calls done" in progress.getvalue()
+    assert len(result["barge_ins"]) == 4               # CallSid and when, for the endpoint
+    assert result["words_after_interrupt"]["count"] == 4
     assert "application latency" in format_table(result)
 
 

@@ -8,12 +8,15 @@ say one and barge in after K words, press a key), timing what a caller would not
   a server may send several tokens in one frame);
 * barge-in stop time: ``interrupt`` sent -> the last frame of the cut reply (its closer).
 
-A progress line on stderr shows calls done, errors and the rolling median; at the end a table
-is printed and the figures are written as JSON. Tokens are counted as words received (the
-scripted model streams one word per token; real models' tokens are a little shorter), so a
-server that sends several tokens per frame is compared fairly with one that sends one. With
-``--server-pid`` (local processes, one per worker) the server's CPU time and RSS are read from
-``/proc`` before, during and after the run, and summed.
+A progress bar on stderr shows calls done, calls active, errors and the rolling median
+latency (a line every few seconds when stderr is not a terminal); at the end a table is
+printed and the figures are written as JSON. Each barge-in is also recorded with its CallSid
+and the moment it was sent on the system-wide monotonic clock, so a local model endpoint's
+own records can tell when the upstream stream was closed after it. Tokens are counted as
+words received (the scripted model streams one word per token; real models' tokens are a
+little shorter), so a server that sends several tokens per frame is compared fairly with one
+that sends one. With ``--server-pid`` (local processes, one per worker) the server's CPU time
+and RSS are read from ``/proc`` before, during and after the run, and summed.
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import trio
+from tqdm import tqdm
 
 from voiceagent.caller import CallerError, Identity, RelayCall, open_call
 
 STEP_TIMEOUT_S = 15.0
 CLOSER_TIMEOUT_S = 5.0          # interrupt sent -> the cut reply's closer must arrive by then
 PROGRESS_INTERVAL_S = 0.5
+NON_TTY_INTERVAL_S = 5.0        # progress lines in a log: one every 5 s
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,9 @@ class Figures:
     calls_started: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=200))
+    # (CallSid, time.monotonic() when the interrupt went out): comparable across processes
+    barge_ins: list[tuple[str, float]] = field(default_factory=list)
+    late_tokens: list[int] = field(default_factory=list)   # words after each interrupt
 
     def latency(self, seconds: float) -> None:
         self.latency_s.append(seconds)
@@ -160,14 +168,18 @@ async def _turn(call: RelayCall, step: Step, figures: Figures) -> None:
             if step.kind == "barge" and received >= step.barge_after:
                 break
     interrupted = trio.current_time()
+    figures.barge_ins.append((call.identity.call_sid, time.monotonic()))
     await call.interrupt()
+    late = 0                            # in flight when the interrupt left, or sent after it
     with trio.fail_after(CLOSER_TIMEOUT_S):
         while (frame := await call.receive()) is not None:
             if frame.get("type") == "text" and (token := frame.get("token")):
+                late += _words(token)
                 figures.tokens += _words(token)
                 figures.frames += 1
             if frame.get("last") or frame.get("type") == "end":
                 figures.barge_stop_s.append(trio.current_time() - interrupted)
+                figures.late_tokens.append(late)
                 return
     raise CallerError("the server closed the socket after a barge-in")
 
@@ -225,29 +237,33 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
     started = trio.current_time()
     wall_started = time.time()
 
+    bar = _progress_bar(options, stream)
+
     async def progress(cancel: trio.CancelScope) -> None:
         nonlocal peak_rss
         with cancel:
             while True:
                 if now := read_processes(options.server_pids):
                     peak_rss = max(peak_rss, now["rss_kb"])
-                if options.progress:
-                    stream.write("\r" + _progress_line(figures, options.calls))
-                    stream.flush()
+                if bar is not None:
+                    _show(bar, figures)
                 await trio.sleep(PROGRESS_INTERVAL_S)
 
     progress_scope = trio.CancelScope()
-    async with trio.open_nursery() as outer:
-        outer.start_soon(progress, progress_scope)
-        async with trio.open_nursery() as nursery:
-            for index in range(options.calls):
-                if index and options.ramp_s:
-                    await trio.sleep_until(started + options.ramp_s * index / options.calls)
-                nursery.start_soon(_one_call, options, index, figures)
-        progress_scope.cancel()
+    try:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(progress, progress_scope)
+            async with trio.open_nursery() as nursery:
+                for index in range(options.calls):
+                    if index and options.ramp_s:
+                        await trio.sleep_until(started + options.ramp_s * index / options.calls)
+                    nursery.start_soon(_one_call, options, index, figures)
+            progress_scope.cancel()
+    finally:
+        if bar is not None:
+            _show(bar, figures)
+            bar.close()
     duration_s = trio.current_time() - started
-    if options.progress:
-        stream.write("\r" + _progress_line(figures, options.calls) + "\n")
     after = read_processes(options.server_pids)
     result: dict[str, Any] = {
         "url": options.url, "started_at": round(wall_started, 3),
@@ -261,6 +277,9 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
         "latency_ms": percentiles(figures.latency_s),
         "inter_token_ms": percentiles(figures.gap_s),
         "barge_in_stop_ms": percentiles(figures.barge_stop_s),
+        "words_after_interrupt": percentiles([float(n) for n in figures.late_tokens], 1.0),
+        "barge_ins": [{"call_sid": sid, "sent_at_monotonic": at}
+                      for sid, at in figures.barge_ins],
         "server": None}
     if before and after:
         cpu_s = after["cpu_s"] - before["cpu_s"]
@@ -276,13 +295,24 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
     return result
 
 
-def _progress_line(figures: Figures, total: int) -> str:
+def _progress_bar(options: BenchOptions, stream: TextIO) -> tqdm[Any] | None:
+    """A bar on a terminal; elsewhere (a CI log, a file) one line every few seconds."""
+    if not options.progress:
+        return None
+    terminal = stream.isatty()
+    return tqdm(total=options.calls, unit="call", file=stream, dynamic_ncols=terminal,
+                ascii=not terminal, mininterval=0.2 if terminal else NON_TTY_INTERVAL_S,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} calls done [{elapsed}] "
+                           "{postfix}")
+
+
+def _show(bar: tqdm[Any], figures: Figures) -> None:
     recent = sorted(figures.recent)
     p50 = f"{recent[len(recent) // 2] * 1000:.1f} ms" if recent else "-"
     active = figures.calls_started - figures.calls_done
-    return (f"calls {figures.calls_done}/{total} done, {active} active, "
-            f"{sum(figures.errors.values())} errors, turns {figures.turns}, "
-            f"latency p50 {p50} (last {len(recent)})")
+    bar.set_postfix_str(f"{active} active, {sum(figures.errors.values())} errors, "
+                        f"{figures.turns} turns, latency p50 {p50}", refresh=False)
+    bar.update(figures.calls_done - bar.n)
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -298,6 +328,10 @@ def format_table(result: dict[str, Any]) -> str:
         cells = "".join("         -" if row[q] is None else f"{row[q]:>10.2f}"
                         for q in ("p50", "p95", "p99", "max"))
         lines.append(f"{label:<24}{row['count']:>8}{cells}")
+    late = result.get("words_after_interrupt") or {}
+    if late.get("count"):
+        lines.append(f"words received after an interrupt was sent (in flight): p50 "
+                     f"{late['p50']:g}, p99 {late['p99']:g}, max {late['max']:g}")
     if result["server"]:
         server = result["server"]
         pids = ",".join(str(pid) for pid in server["pids"])
