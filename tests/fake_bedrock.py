@@ -16,7 +16,9 @@ closed it, from a reader that watches the socket while the reply is being writte
         monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake.endpoint_url)
 
 ``python -m tests.fake_bedrock`` serves the benchmark script (model id ``bench.d{N}.g{MS}``:
-N text deltas MS milliseconds apart; see ``bench_reply``) and ``GET /stats`` until interrupted.
+N text deltas MS milliseconds apart; see ``bench_reply``) and ``GET /stats`` until interrupted;
+with ``--scripted CONFIG_DIR`` it answers as the use cases there script it, at the pace
+``--first-token-ms`` and ``--token-ms`` give (the latency benchmarks' model).
 """
 
 from __future__ import annotations
@@ -34,12 +36,18 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import trio
 
 from actors.history import converse_problems
+from voiceagent.catalog import read_config_dir
+from voiceagent.errors import ModelRejected
+from voiceagent.llm.base import LLMRequest, TextDelta, ToolUseRequest, Usage
+from voiceagent.llm.scripted import ScriptedLLM
+from voiceagent.tools.registry import default_registry
 
 ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
 _PATH = re.compile(r"^/model/(?P<model>[^/]+)/converse-stream$")
@@ -184,6 +192,7 @@ class ConnectionRecord:
     closed_at: float | None = None      # when the client closed (EOF or reset)
     requests: int = 0
     closed: trio.Event = field(default_factory=trio.Event)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)   # ends the handler
 
 
 @dataclass(eq=False)
@@ -196,7 +205,10 @@ class RecordedRequest:
     received_at: float
     frames_sent: int = 0
     outcome: str = "pending"            # complete | client_closed | http_error
+    first_late_s: float | None = None   # the first paced frame went out this late (our lag)
     done: trio.Event = field(default_factory=trio.Event)
+    path: str = ""                      # as sent, percent-encoding included
+    raw_body: bytes = b""               # as sent (kept with keep_bodies)
 
     @property
     def call_sid(self) -> str:
@@ -231,6 +243,8 @@ def request_problems(body: Mapping[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- the server
+
+_Parsed = tuple[str, str, dict[str, str], bytes]     # method, path, headers, body
 
 class FakeBedrock:
     """Scripted replies in arrival order (``push``), then ``responder``, else an HTTP 500."""
@@ -269,22 +283,35 @@ class FakeBedrock:
     async def _handle(self, stream: trio.SocketStream) -> None:
         record = ConnectionRecord(len(self.connections), time.perf_counter())
         self.connections.append(record)
-        send, receive = trio.open_memory_channel[tuple[str, str, dict[str, str], bytes]](
-            math.inf)
+        send, receive = trio.open_memory_channel[_Parsed](math.inf)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read, stream, record, send, nursery.cancel_scope)
-                async with receive:
-                    async for method, path, headers, body in receive:
-                        await self._respond(stream, record, method, path, headers, body)
-                nursery.cancel_scope.cancel()
+            with record.scope:
+                await self._serve_connection(stream, record, send, receive)
         finally:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
+    def drop_idle_connections(self) -> int:
+        """Close every connection with no reply in flight, as a server's keep-alive timeout
+        does, without telling the client; returns how many."""
+        busy = {r.connection.id for r in self.requests if not r.done.is_set()}
+        idle = [c for c in self.connections if c.closed_at is None and c.id not in busy]
+        for connection in idle:
+            connection.scope.cancel()
+        return len(idle)
+
+    async def _serve_connection(self, stream: trio.SocketStream, record: ConnectionRecord,
+                                send: trio.MemorySendChannel[_Parsed],
+                                receive: trio.MemoryReceiveChannel[_Parsed]) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read, stream, record, send, nursery.cancel_scope)
+            async with receive:
+                async for method, path, headers, body in receive:
+                    await self._respond(stream, record, method, path, headers, body)
+            nursery.cancel_scope.cancel()
+
     async def _read(self, stream: trio.SocketStream, record: ConnectionRecord,
-                    send: trio.MemorySendChannel[tuple[str, str, dict[str, str], bytes]],
-                    writer: trio.CancelScope) -> None:
+                    send: trio.MemorySendChannel[_Parsed], writer: trio.CancelScope) -> None:
         """Parses requests, and notes the moment the client closes, even mid-reply."""
         buffer = bytearray()
         with send:
@@ -313,24 +340,36 @@ class FakeBedrock:
                              error_type="UnknownOperationException")
             return
         request = self._record(unquote(match["model"]), headers, body, record)
+        request.path = path
+        if self.keep_bodies:
+            request.raw_body = body
         try:
             reply = self._next_reply(request)
+            if not self.keep_bodies:
+                request.body = {"requestMetadata": request.body.get("requestMetadata", {})}
             if isinstance(reply, HttpError):
                 await trio.sleep(reply.delay_s)
                 request.outcome = "http_error"
                 await _send_json(stream, reply.status, {"message": reply.message},
                                  error_type=reply.error_type)
                 return
-            await trio.sleep(reply.headers_delay_s)
+            # Each delay counts from when the frame before it was due, not from when it went
+            # out: under load the pace stays the model's, as a real endpoint's would.
+            due = trio.current_time() + reply.headers_delay_s
+            await trio.sleep_until(due)
             await stream.send_all(b"HTTP/1.1 200 OK\r\n"
                                   b"Content-Type: application/vnd.amazon.eventstream\r\n"
                                   b"Transfer-Encoding: chunked\r\n"
                                   b"x-amzn-RequestId: fake-%d\r\n\r\n" % request.index)
             for frame in reply.frames:
                 if frame.delay_s:
-                    await trio.sleep(frame.delay_s)
+                    due += frame.delay_s
+                    await trio.sleep_until(due)
+                request.frames_sent += 1    # before the send: a client in this process may
+                                            # read the frame before this task runs again
                 await stream.send_all(b"%x\r\n%b\r\n" % (len(frame.data), frame.data))
-                request.frames_sent += 1
+                if frame.delay_s and request.first_late_s is None:
+                    request.first_late_s = trio.current_time() - due    # this side's lag
             await stream.send_all(b"0\r\n\r\n")
             request.outcome = "complete"
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -349,8 +388,6 @@ class FakeBedrock:
             self.violations.append(f"request {len(self.requests)}: body is not JSON")
         index = len(self.requests)
         self.violations.extend(f"request {index}: {p}" for p in request_problems(body))
-        if not self.keep_bodies:
-            body = {"requestMetadata": body.get("requestMetadata", {})}
         request = RecordedRequest(index, model_id, body, headers, connection,
                                   time.perf_counter())
         connection.requests += 1
@@ -371,7 +408,8 @@ class FakeBedrock:
                              "requests": c.requests} for c in self.connections],
             "requests": [{"index": r.index, "call_sid": r.call_sid,
                           "connection": r.connection.id, "received_at": r.received_at,
-                          "frames_sent": r.frames_sent, "outcome": r.outcome}
+                          "frames_sent": r.frames_sent, "outcome": r.outcome,
+                          "first_late_s": r.first_late_s}
                          for r in self.requests],
             "violations": self.violations[:20],
         }
@@ -430,11 +468,70 @@ def bench_reply(request: RecordedRequest) -> Reply:
                       output_tokens=deltas, headers_delay_s=headers_delay_s)
 
 
+def scripted_responder(llm: ScriptedLLM, *, first_token_s: float | None = None,
+                       token_s: float | None = None,
+                       times: int = 1) -> Callable[[RecordedRequest], Reply]:
+    """Replies from the use cases' ``scripted`` sections (what ``LLM=scripted`` says in
+    process), streamed as ConverseStream events: text deltas, then a toolUse block when a
+    rule calls a tool, then messageStop and metadata. ``first_token_s`` (request received ->
+    first delta) and ``token_s`` (between deltas) override the use cases' own pace; ``times``
+    says each text that many times over (longer replies for the same turns: what one more
+    token costs). A history Converse would refuse gets the service's answer, HTTP 400
+    ValidationException."""
+    def respond(request: RecordedRequest) -> Reply:
+        body = request.body
+        metadata = body.get("requestMetadata") or {}
+        tools = (body.get("toolConfig") or {}).get("tools") or []
+        asked = LLMRequest(
+            call_sid=str(metadata.get("callSid", "")), use_case=str(metadata.get("useCase", "")),
+            model_id=request.model_id,
+            system=tuple(str(b["text"]) for b in body.get("system") or () if "text" in b),
+            messages=tuple(body.get("messages") or ()),
+            tools=tuple(t for t in tools if "toolSpec" in t))
+        try:
+            reply = llm.reply(asked)
+        except ModelRejected as err:
+            return HttpError(400, "ValidationException", str(err))
+        first = reply.first_token_delay_s if first_token_s is None else first_token_s
+        gap = reply.token_delay_s if token_s is None else token_s
+        texts = [e.text for e in reply.events if isinstance(e, TextDelta)] * times
+        frames: list[Frame] = [message_start()]
+        if texts:
+            frames += text_events(texts, gap_s=gap, first_delay_s=first)
+        for n, tool in enumerate(e for e in reply.events if isinstance(e, ToolUseRequest)):
+            frames += tool_events(n + 1, tool.tool_use_id, tool.name,
+                                  [json.dumps(dict(tool.input))], gap_s=gap if texts else first)
+        usage = reply.end.usage or Usage()
+        frames += message_end(reply.end.stop_reason, input_tokens=usage.input_tokens,
+                              output_tokens=usage.output_tokens)
+        return StreamReply(tuple(frames))
+
+    return respond
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port-file", help="write the port here once listening")
+    parser.add_argument("--scripted", metavar="CONFIG_DIR", type=Path,
+                        help="answer as the use cases in CONFIG_DIR script it (their "
+                             "`scripted` rules), instead of the bench.dN.gMS model ids")
+    parser.add_argument("--first-token-ms", type=float, default=None,
+                        help="with --scripted: request received -> first delta, overriding "
+                             "the use cases' first_token_delay_ms")
+    parser.add_argument("--token-ms", type=float, default=None,
+                        help="with --scripted: between deltas, overriding token_delay_ms")
+    parser.add_argument("--reply-times", type=int, default=1, metavar="K",
+                        help="with --scripted: say each reply K times over (default 1)")
     args = parser.parse_args(argv)
-    fake = FakeBedrock(responder=bench_reply, keep_bodies=False)
+    responder = bench_reply
+    if args.scripted is not None:
+        use_cases = read_config_dir(args.scripted, default_registry()).use_cases
+        responder = scripted_responder(
+            ScriptedLLM.from_use_cases(use_cases),
+            first_token_s=None if args.first_token_ms is None else args.first_token_ms / 1000,
+            token_s=None if args.token_ms is None else args.token_ms / 1000,
+            times=max(1, args.reply_times))
+    fake = FakeBedrock(responder=responder, keep_bodies=False)
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:

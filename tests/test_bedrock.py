@@ -14,10 +14,15 @@ import struct
 import time
 import zlib
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 import trio
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer
 from botocore.exceptions import EventStreamError
 
@@ -33,11 +38,13 @@ from tests.fake_bedrock import (
     message_start,
     reasoning_events,
     running_fake_bedrock,
+    scripted_responder,
     stream_reply,
     text_events,
     text_reply,
     tool_events,
 )
+from voiceagent.catalog import read_config_dir
 from voiceagent.errors import (
     ModelRejected,
     ModelStreamFailed,
@@ -54,7 +61,12 @@ from voiceagent.llm.base import (
     Usage,
     tool_specs,
 )
-from voiceagent.llm.bedrock import BedrockLLM, check_bedrock_ready, open_bedrock_llm
+from voiceagent.llm.bedrock import (
+    BedrockLLM,
+    check_bedrock_ready,
+    open_bedrock_llm,
+    proxy_for,
+)
 from voiceagent.llm.bedrock_converse import (
     FrameDecoder,
     ReplyError,
@@ -66,7 +78,9 @@ from voiceagent.llm.bedrock_converse import (
     prompt_caching,
 )
 from voiceagent.llm.bedrock_transport import classify
+from voiceagent.llm.scripted import ScriptedLLM
 from voiceagent.settings import Settings
+from voiceagent.tools.registry import default_registry
 
 CALL_SID = "CA0123456789abcdef0123456789abcdef"
 NOVA = "us.amazon.nova-lite-v1:0"
@@ -87,10 +101,16 @@ async def fake(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         yield server
 
 
+@pytest.fixture(params=["native", "threads"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every backend test runs on both ways of carrying a stream."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def llm(fake: FakeBedrock) -> AsyncIterator[BedrockLLM]:
+async def llm(fake: FakeBedrock, transport: Any) -> AsyncIterator[BedrockLLM]:
     backend = BedrockLLM(region="us-east-1", max_concurrent_streams=250,
-                         retry_base_delay_s=0.02)
+                         retry_base_delay_s=0.02, transport=transport)
     yield backend
     await backend.aclose()
 
@@ -694,3 +714,223 @@ async def test_open_bedrock_llm_warms_a_connection_the_first_call_reuses(
     assert without_end(events) == [TextDelta("Hello.")]
     assert len(fake.connections) == 1
     assert fake.requests[0].connection.id == 0
+
+
+# ------------------------------------------------- the benchmarks' endpoint (scripted replies)
+
+BENCH_CONFIG = Path(__file__).resolve().parent.parent / "benchmarks" / "config"
+
+
+async def test_the_scripted_endpoint_says_what_the_scripted_model_says(
+        aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The latency benchmarks' model: the benchmark use case's rules, streamed over the real
+    wire format at the pace given, tool round included, so the real backend relays the same
+    words the in-process scripted model says."""
+    use_cases = read_config_dir(BENCH_CONFIG, default_registry()).use_cases
+    scripted = ScriptedLLM.from_use_cases(use_cases)
+    (bench,) = use_cases
+    responder = scripted_responder(scripted, first_token_s=0.05, token_s=0.002)
+    async with running_fake_bedrock(responder=responder) as server:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", server.endpoint_url)
+        backend = BedrockLLM(region="us-east-1", retry_base_delay_s=0.02)
+        try:
+            asked = request([user("what are your hours?")], use_case=bench.name,
+                            tools=bench.tool_specs())
+            with trio.fail_after(10):
+                started = trio.current_time()
+                events = await collect(backend, asked)
+                waited = trio.current_time() - started
+                pickup = request([user("when can I pick up my order?")], use_case=bench.name,
+                                 tools=bench.tool_specs())
+                tool_round = await collect(backend, pickup)
+        finally:
+            await backend.aclose()
+    expected = scripted.reply(asked)
+    assert [e.text for e in events if isinstance(e, TextDelta)] == [
+        e.text for e in expected.events if isinstance(e, TextDelta)]
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    assert end.stop_reason == "end_turn"
+    assert end.usage is not None
+    assert expected.end.usage is not None
+    assert end.usage.output_tokens == expected.end.usage.output_tokens
+    assert waited >= 0.05 + 0.002 * (len(events) - 2)   # paced: the deltas after the first
+    (tool,) = [e for e in tool_round if isinstance(e, ToolUseRequest)]
+    assert tool.name == "CheckRestaurantPickUpTime"
+    last = tool_round[-1]
+    assert isinstance(last, StreamEnd)
+    assert last.stop_reason == "tool_use"
+    assert server.violations == []
+
+
+async def test_the_scripted_endpoint_refuses_a_history_converse_would(
+        aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    scripted = ScriptedLLM.from_use_cases(
+        read_config_dir(BENCH_CONFIG, default_registry()).use_cases)
+    async with running_fake_bedrock(responder=scripted_responder(scripted)) as server:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", server.endpoint_url)
+        backend = BedrockLLM(region="us-east-1", retry_base_delay_s=0.02)
+        try:
+            with trio.fail_after(10), pytest.raises(ModelRejected):
+                await collect(backend, request([{"role": "assistant",
+                                                 "content": [{"text": "hi"}]}]))
+        finally:
+            await backend.aclose()
+
+
+# ------------------------------------------------- the native transport's own promises
+
+def _resign(sent: Any, secret: str = "not-a-secret") -> str:
+    """The signature botocore computes for what the endpoint received (the Host header and
+    the path as they came), at the request's own X-Amz-Date."""
+    headers = sent.headers
+    names = [n.strip() for n in headers["authorization"].split("SignedHeaders=")[1]
+             .split(",")[0].split(";")]
+    signed = AWSRequest(method="POST", url=f"http://{headers['host']}{sent.path}",
+                        data=sent.raw_body,
+                        headers={n: headers[n] for n in names if n != "host"})
+    signed.context["timestamp"] = headers["x-amz-date"]
+    auth = SigV4Auth(Credentials("AKIDEXAMPLE", secret), "bedrock", "us-east-1")
+    canonical = auth.canonical_request(signed)
+    return str(auth.signature(auth.string_to_sign(signed, canonical), signed))
+
+
+@pytest.mark.parametrize("model_id", [NOVA, "arn:aws:bedrock:us-east-1:123456789012:"
+                                            "application-inference-profile/a1b2 c3"])
+async def test_native_requests_are_signed_as_botocore_signs_them(
+        fake: FakeBedrock, model_id: str) -> None:
+    """What reaches the endpoint verifies: path, Host and body are the ones signed (a
+    mismatch is a 403 on every call in production), and the path is the one boto3 sends."""
+    fake.push(text_reply(["Hi."]), text_reply(["Hi."]))
+    backends = [BedrockLLM(region="us-east-1", transport=t) for t in ("native", "threads")]
+    try:
+        with trio.fail_after(5):
+            for backend in backends:
+                await collect(backend, request(model_id=model_id))
+    finally:
+        for backend in backends:
+            await backend.aclose()
+    native, boto = fake.requests
+    assert backends[0].statistics().transport == "native"
+    assert native.path == boto.path
+    assert unquote(native.path.split("/")[2]) == model_id
+    assert native.body == boto.body
+    authorization = native.headers["authorization"]
+    assert "Credential=AKIDEXAMPLE/" in authorization
+    assert "/us-east-1/bedrock/aws4_request" in authorization
+    assert "host" in authorization.split("SignedHeaders=")[1]
+    assert f"Signature={_resign(native)}" in authorization
+    assert f"Signature={_resign(native, 'another-secret')}" not in authorization
+    assert native.headers["user-agent"].startswith("voiceagent/")
+
+
+async def test_native_reuses_kept_alive_connections(fake: FakeBedrock) -> None:
+    fake.push(*(text_reply(["Hi."]) for _ in range(3)))
+    llm = BedrockLLM(region="us-east-1", transport="native")
+    try:
+        with trio.fail_after(5):
+            for _ in range(3):
+                await collect(llm, request())
+    finally:
+        await llm.aclose()
+    assert len({r.connection.id for r in fake.requests}) == 1
+    stats = llm.statistics()
+    assert (stats.connections_opened, stats.connections_reused) == (1, 2)
+
+
+async def test_a_kept_alive_connection_the_server_dropped_is_replaced_unseen(
+        fake: FakeBedrock) -> None:
+    """The endpoint closed an idle connection: the next stream goes out on a new one, with
+    no retry and no error."""
+    fake.push(text_reply(["One."]), text_reply(["Two."]))
+    llm = BedrockLLM(region="us-east-1", transport="native")
+    try:
+        with trio.fail_after(5):
+            await collect(llm, request())
+            await fake.requests[0].done.wait()      # the fake's side of the reply ended too
+            assert fake.drop_idle_connections() == 1
+            await trio.sleep(0.05)                  # the FIN reaches our side
+            events = await collect(llm, request())
+    finally:
+        await llm.aclose()
+    assert without_end(events) == [TextDelta("Two.")]
+    assert len(fake.connections) == 2
+    assert llm.statistics().retries == 0
+    assert llm.statistics().errors_by_code == {}
+
+
+async def test_silence_past_the_read_timeout_ends_the_stream(
+        fake: FakeBedrock, transport: Any) -> None:
+    """Before any content: unavailable (not retried: the model may still be generating);
+    after content: the stream failed after tokens, and the runtime apologises."""
+    fake.push(stream_reply(message_start(), text_events(["late"], first_delay_s=1.0)),
+              stream_reply(message_start(), text_events(["Early", " then"], gap_s=1.0,
+                                                        first_delay_s=0.0)))
+    llm = BedrockLLM(region="us-east-1", transport=transport, read_timeout_s=0.2)
+    received: list[LLMEvent] = []
+
+    async def second() -> None:
+        async with llm.stream(request()) as events:
+            async for item in events:
+                received.append(item)
+
+    try:
+        with trio.fail_after(5):
+            with pytest.raises(ModelUnavailable) as before:
+                await collect(llm, request())
+            with pytest.raises(ModelStreamFailed) as after:
+                await second()
+    finally:
+        await llm.aclose()
+    assert before.value.code == "ReadTimeout"
+    assert after.value.after_tokens
+    assert received == [TextDelta("Early")]
+    assert len(fake.requests) == 2                  # neither was retried
+
+
+def test_auto_transport_is_native_unless_a_proxy_applies(
+        aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "https://bedrock-runtime.us-east-1.amazonaws.com"
+    assert proxy_for(url) is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert proxy_for(url) == "http://proxy.internal:3128"
+    monkeypatch.setenv("NO_PROXY", ".amazonaws.com")
+    assert proxy_for(url) is None
+
+
+async def test_with_a_proxy_auto_uses_threads(fake: FakeBedrock,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")     # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "")
+    llm = BedrockLLM(region="us-east-1", retry_base_delay_s=0.01)
+    try:
+        await llm.warm_up()
+    finally:
+        await llm.aclose()
+    assert llm.statistics().transport == "threads"
+
+
+async def test_a_bedrock_api_key_is_sent_as_a_bearer_token(
+        fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "bedrock-api-key-example")
+    fake.push(text_reply(["Hi."]))
+    llm = BedrockLLM(region="us-east-1", transport="native")
+    try:
+        with trio.fail_after(5):
+            await collect(llm, request())
+    finally:
+        await llm.aclose()
+    assert fake.requests[0].headers["authorization"] == "Bearer bedrock-api-key-example"
+    assert "x-amz-date" not in fake.requests[0].headers
+
+
+async def test_a_bedrock_api_key_never_goes_over_plain_http(
+        aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "bedrock-api-key-example")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "http://bedrock.example.internal")
+    llm = BedrockLLM(region="us-east-1", transport="native")
+    try:
+        with trio.fail_after(5), pytest.raises(ModelUnavailable, match="only over https"):
+            await llm.warm_up()
+    finally:
+        await llm.aclose()

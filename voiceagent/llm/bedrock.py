@@ -1,15 +1,17 @@
-"""Amazon Bedrock ConverseStream backend: one boto3 client per process, one worker thread per
-model call, and cancellation that closes the HTTP connection at once.
+"""Amazon Bedrock ConverseStream backend: one per process, two ways to carry a stream, and
+cancellation that closes the HTTP connection at once.
 
-Threads. boto3 blocks, so each HTTP attempt runs in a worker thread (trio's thread cache)
-holding a token of the backend's own ``CapacityLimiter`` (sized to MAX_CONCURRENT_TURNS, never
-trio's shared default) until the thread has really finished; ``bedrock_transport`` has the
-thread side. A stream lives across an ``async with`` that yields to the caller, so it starts
-its thread with ``start_thread_soon`` rather than holding a task in ``to_thread``.
+Transports (``BEDROCK_TRANSPORT``). ``native`` (the default where no proxy applies):
+``bedrock_native`` speaks HTTP/1.1 on trio sockets, signs with botocore, and the turn's own
+task reads the reply: no thread and no hand-off per event, so a loaded process does not wait
+on the GIL behind streaming threads. ``threads``: boto3 in a worker thread per HTTP attempt
+(``bedrock_transport``), for endpoints reached through a proxy. Either way an attempt holds a
+token of the backend's own ``CapacityLimiter`` (MAX_CONCURRENT_TURNS, never trio's shared
+default) until it has really finished.
 
-Cancellation. Leaving a stream's context before its end aborts the attempt from the trio
-thread without blocking: its socket is shut down, the worker's read returns at once, and
-Bedrock gets the FIN that stops generation, also when the headers are still pending.
+Cancellation. Leaving a stream's context before its end aborts the attempt without blocking:
+its socket is closed (native) or shut down under the worker's read (threads), and Bedrock
+gets the FIN that stops generation, also when the headers are still pending.
 
 Resilience. Throttling, unavailability and model-stream errors that arrive before any content
 reached the caller are retried (bounded, jittered, within a latency budget) inside the stream;
@@ -25,18 +27,24 @@ import logging
 import os
 import random
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import boto3
+import botocore
+import botocore.session
 import trio
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError
+from botocore.httpsession import get_cert_path
 
 from actors.history import converse_problems
+from voiceagent import __version__
 from voiceagent.errors import (
     LLMError,
     ModelRejected,
@@ -47,6 +55,15 @@ from voiceagent.errors import (
 )
 from voiceagent.llm.base import LLMEvent, LLMRequest, StreamEnd
 from voiceagent.llm.bedrock_converse import build_converse_request, history_shape
+from voiceagent.llm.bedrock_native import (
+    ConnectionPool,
+    Endpoint,
+    NativeAttempt,
+    Signer,
+    classify_native,
+    request_body,
+    ssl_context,
+)
 from voiceagent.llm.bedrock_transport import (
     Attempt,
     Failure,
@@ -67,6 +84,9 @@ RETRY_BUDGET_S = 2.5                # no retry starts later than this after the 
 RETRY_BASE_DELAY_S = 0.2            # retry n waits base * 2**n, half of it jittered
 RECENT = 100                        # durations kept for statistics()
 OFFLINE_HINT = "or run `voiceagent demo` for an offline try-out"
+Transport = Literal["auto", "native", "threads"]
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})     # local fakes: plain http is fine
+AnyAttempt = Attempt | NativeAttempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +97,13 @@ class BedrockStatistics:
     retries: int
     cancellations: int               # left before their end (barge-in, superseded, hang-up)
     errors_by_code: dict[str, int]   # every upstream error, retried or not
-    threads_busy: int                # worker threads not yet finished (limiter tokens held)
+    threads_busy: int                # attempts not yet finished (limiter tokens held)
     cancel_to_closed_s: tuple[float, ...]   # cancel -> upstream socket shut down, last 100
-    cancel_to_exit_s: tuple[float, ...]     # cancel -> worker thread done, token back
+    cancel_to_exit_s: tuple[float, ...]     # cancel -> attempt done, token back
     first_token_s: tuple[float, ...]        # stream opened -> first content, last 100
+    transport: str = "threads"              # native | threads
+    connections_opened: int = 0             # native: new connections (the rest reused)
+    connections_reused: int = 0
 
 
 def _llm_error(failure: Failure, *, after_tokens: bool) -> LLMError:
@@ -107,7 +130,7 @@ class _ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         self._payload = payload
         self._opened_at = trio.current_time()
         self._started_at = time.perf_counter()
-        self._attempt: Attempt | None = None
+        self._attempt: AnyAttempt | None = None
         self._retries = 0
         self._content = False               # content reached the caller: no more retries
         self._ended = False
@@ -122,7 +145,7 @@ class _ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
             if attempt is None or self._closed:
                 raise trio.ClosedResourceError("the model stream was closed")
             try:
-                item = await attempt.inbox.receive()
+                item = await attempt.receive()
             except trio.EndOfChannel:
                 self._ended = True
                 raise
@@ -136,7 +159,7 @@ class _ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
                 self._content = True
             return item
 
-    async def _after_failure(self, attempt: Attempt, failure: Failure) -> None:
+    async def _after_failure(self, attempt: AnyAttempt, failure: Failure) -> None:
         """Start the next attempt, or raise."""
         backend = self._backend
         backend._counts.errors[failure.code] += 1
@@ -215,8 +238,9 @@ class BedrockLLM:
     """The production ``LLM``: one instance (one boto3 client and connection pool) per process.
 
     The constructor does no I/O; the client is created in a thread by ``warm_up`` or by the
-    first ``stream``. ``max_concurrent_streams`` sizes both the worker-thread limiter and the
-    connection pool: a stream past it waits for a slot.
+    first ``stream``. ``max_concurrent_streams`` sizes both the attempt limiter and the
+    connection pool: a stream past it waits for a slot. ``transport``: see the module
+    docstring (``auto`` is native unless a proxy applies to the endpoint).
     """
 
     name = "bedrock"
@@ -226,8 +250,9 @@ class BedrockLLM:
                  read_timeout_s: float = READ_TIMEOUT_S, max_retries: int = MAX_RETRIES,
                  retry_budget_s: float = RETRY_BUDGET_S,
                  retry_base_delay_s: float = RETRY_BASE_DELAY_S,
-                 check_history: bool = True) -> None:
+                 check_history: bool = True, transport: Transport = "auto") -> None:
         self.region = region
+        self.transport: Transport = transport
         self.max_concurrent_streams = max_concurrent_streams
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
@@ -240,12 +265,15 @@ class BedrockLLM:
         self._client: Any = None
         self._client_lock = trio.Lock()
         self._mailbox: Mailbox | None = None
+        self._pool: ConnectionPool | None = None         # native transport
+        self._signer: Signer | None = None
         self._counts = _Counts()
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> BedrockLLM:
         options: dict[str, Any] = {"region": settings.aws_region,
-                                   "max_concurrent_streams": settings.max_concurrent_turns}
+                                   "max_concurrent_streams": settings.max_concurrent_turns,
+                                   "transport": settings.bedrock_transport}
         options.update(overrides)
         return cls(**options)
 
@@ -260,9 +288,26 @@ class BedrockLLM:
         connection to the endpoint, so the first caller does not pay for either. A failed
         connection is only logged: the first call connects again."""
         client = await self._ready_client()
+        if self._pool is not None:
+            await self._warm_native(self._pool)
+            return
         await run_blocking(partial(open_connection, client), limiter=self._setup_limiter)
 
+    async def _warm_native(self, pool: ConnectionPool) -> None:
+        started = time.perf_counter()
+        try:
+            connection, _ = await pool.acquire(fresh=True)
+        except (OSError, trio.TooSlowError) as err:
+            log.warning("bedrock warm-up could not connect",
+                        extra={"error": type(err).__name__})
+            return
+        pool.keep_idle(connection)
+        log.info("bedrock connection warmed",
+                 extra={"connect_ms": round((time.perf_counter() - started) * 1000, 1)})
+
     async def aclose(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
         if self._client is not None:
             client, self._client = self._client, None
             await run_blocking(client.close, limiter=self._setup_limiter)
@@ -276,7 +321,10 @@ class BedrockLLM:
             threads_busy=self._limiter.borrowed_tokens,
             cancel_to_closed_s=tuple(counts.cancel_to_closed_s),
             cancel_to_exit_s=tuple(counts.cancel_to_exit_s),
-            first_token_s=tuple(counts.first_token_s))
+            first_token_s=tuple(counts.first_token_s),
+            transport="native" if self._pool is not None else "threads",
+            connections_opened=self._pool.opened if self._pool is not None else 0,
+            connections_reused=self._pool.reused if self._pool is not None else 0)
 
     # -- streams
 
@@ -299,7 +347,9 @@ class BedrockLLM:
         finally:
             model_stream.close()
 
-    async def _start_attempt(self, payload: dict[str, Any], started_at: float) -> Attempt:
+    async def _start_attempt(self, payload: dict[str, Any], started_at: float) -> AnyAttempt:
+        if self._pool is not None and self._signer is not None:
+            return await self._start_native(self._pool, self._signer, payload, started_at)
         token = trio.lowlevel.current_trio_token()
         if self._mailbox is None or self._mailbox.token is not token:
             self._mailbox = Mailbox(token)
@@ -315,10 +365,34 @@ class BedrockLLM:
             raise
         return attempt
 
-    def _attempt_finished(self, attempt: Attempt, exited_at: float) -> None:
+    async def _start_native(self, pool: ConnectionPool, signer: Signer,
+                            payload: dict[str, Any], started_at: float) -> NativeAttempt:
+        """Sign, connect (or reuse) and send; a failure to do so is the attempt's first item,
+        as on the thread side, so retries and errors follow one path."""
+        model_id, body = request_body(payload)
+        target, headers, failure = "", list[tuple[str, str]](), None
+        try:
+            target, headers = await signer.request(model_id, body)
+        except Exception as err:            # no credentials, a refresh that failed
+            failure = classify_native(err)
+        attempt = NativeAttempt(pool, target, headers, body, started_at=started_at,
+                                read_timeout_s=self.read_timeout_s,
+                                on_finished=self._attempt_finished)
+        await self._limiter.acquire_on_behalf_of(attempt)
+        try:
+            if failure is not None:
+                attempt.fail(failure)
+            else:
+                await attempt.open()
+        except BaseException:
+            attempt.close()                 # gives the limiter token back
+            raise
+        return attempt
+
+    def _attempt_finished(self, attempt: AnyAttempt, exited_at: float) -> None:
         self._limiter.release_on_behalf_of(attempt)
         if attempt.cancelled_at is not None:
-            closed_at = attempt.tracker.closed_at or exited_at
+            closed_at = attempt.closed_at or exited_at
             self._counts.cancel_to_closed_s.append(max(closed_at - attempt.cancelled_at, 0.0))
             self._counts.cancel_to_exit_s.append(exited_at - attempt.cancelled_at)
 
@@ -346,22 +420,65 @@ class BedrockLLM:
 
     def _create_client(self) -> Any:
         """Worker thread. Endpoints come from AWS_ENDPOINT_URL(_BEDROCK_RUNTIME), which boto3
-        reads itself; botocore's retries are off (see the module docstring)."""
+        reads itself; botocore's retries are off (see the module docstring). The native
+        transport takes the client's resolved endpoint and region, and the session's
+        credentials and CA bundle, so both transports reach the same place the same way."""
         config = Config(connect_timeout=self.connect_timeout_s,
                         read_timeout=self.read_timeout_s,
                         retries={"mode": "standard", "total_max_attempts": 1},
                         max_pool_connections=self.max_concurrent_streams,
                         tcp_keepalive=True, user_agent_appid="voiceagent")
         try:
-            session = boto3.session.Session(region_name=self.region)
+            core = botocore.session.Session()
+            session = boto3.session.Session(botocore_session=core, region_name=self.region)
             client = session.client("bedrock-runtime", config=config)
         except BotoCoreError as err:
             raise ModelUnavailable(type(err).__name__,
                                    f"cannot create the Bedrock client: {err}") from err
+        url = client.meta.endpoint_url
+        proxy = proxy_for(url)
+        if self.transport == "native" or (self.transport == "auto" and proxy is None):
+            self._setup_native(core, url, client.meta.region_name)
+            return client
+        if proxy is not None:
+            log.info("bedrock streams use worker threads: a proxy applies to the endpoint",
+                     extra={"proxy_scheme": urlsplit(proxy).scheme})
         if not install_tracking(client):
             log.warning("bedrock connection tracking unavailable: a cancel before the "
                         "response headers waits for them")
         return client
+
+    def _setup_native(self, core: botocore.session.Session, url: str, region: str) -> None:
+        """Worker thread: the endpoint, the signer and the connection pool."""
+        endpoint = Endpoint.from_url(url, region)
+        context = None
+        if endpoint.scheme == "https":
+            context = ssl_context(core.get_config_variable("ca_bundle") or get_cert_path(True))
+        try:
+            credentials = core.get_credentials()
+        except BotoCoreError as err:
+            raise ModelUnavailable(type(err).__name__, f"AWS credentials: {err}") from err
+        bearer = os.environ.get("AWS_BEARER_TOKEN_BEDROCK") or None
+        if bearer and endpoint.scheme != "https" and endpoint.host not in LOOPBACK:
+            raise ModelUnavailable("InvalidEndpointConfiguration",
+                                   "AWS_BEARER_TOKEN_BEDROCK is sent only over https; the "
+                                   f"Bedrock endpoint is {url}")
+        user_agent = f"voiceagent/{__version__} trio-native botocore/{botocore.__version__}"
+        self._signer = Signer(endpoint, credentials, bearer, user_agent, self._setup_limiter)
+        self._pool = ConnectionPool(endpoint, connect_timeout_s=self.connect_timeout_s,
+                                    max_idle=self.max_concurrent_streams, ssl_context=context)
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (HTTPS_PROXY etc., unless NO_PROXY
+    excludes the host), as botocore would use it."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # no stub
+    if not proxy or bypass(parts.hostname or "", proxies):
+        return None
+    return proxy
 
 
 # ---------------------------------------------------------------- start-up

@@ -251,6 +251,11 @@ def classify(exc: BaseException) -> Failure:
     return Failure(type(exc).__name__, str(exc), "bug", False, exc)
 
 
+def failure_for(code: str, message: str, status: int, exc: BaseException) -> Failure:
+    """An HTTP error answer (before the stream), by its x-amzn-ErrorType code and status."""
+    return _by_code(code, message, status, exc, in_stream=False)
+
+
 def _by_code(raw_code: str, message: str, status: int, exc: BaseException, *,
              in_stream: bool) -> Failure:
     code = raw_code[:1].upper() + raw_code[1:]
@@ -331,6 +336,14 @@ class Attempt:
         self._mailbox.post(self, None, time.perf_counter())
 
     # -- trio thread
+
+    async def receive(self) -> Item:
+        """The next item in order; ``EndOfChannel`` once the thread is done."""
+        return await self.inbox.receive()
+
+    @property
+    def closed_at(self) -> float | None:
+        return self.tracker.closed_at
 
     def deliver(self, items: Sequence[Item]) -> None:
         if not self._closed:

@@ -51,6 +51,14 @@ class ScriptedStatistics:
 
 
 @dataclass(frozen=True, slots=True)
+class ScriptedReply:
+    events: tuple[TextDelta | ToolUseRequest, ...]
+    end: StreamEnd
+    first_token_delay_s: float
+    token_delay_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class _Script:
     config: ScriptedConfig
     patterns: tuple[re.Pattern[str], ...]
@@ -104,6 +112,19 @@ class ScriptedLLM:
             LLMEvent]]:
         """Leaving the context ends the stream between tokens, like closing Bedrock's stream.
         Raises ``ModelRejected`` (strict) where ConverseStream would."""
+        reply = self.reply(request)
+        self._opened += 1
+        self._open += 1
+        try:
+            yield _Paced(list(reply.events), reply.end, reply.first_token_delay_s,
+                         reply.token_delay_s)
+        finally:
+            self._open -= 1
+
+    def reply(self, request: LLMRequest) -> ScriptedReply:
+        """What the model will say to ``request``, unpaced: the stream above plays it, and the
+        local Bedrock endpoint of the benchmarks streams it as ConverseStream events.
+        Raises ``ModelRejected`` (strict) where ConverseStream would."""
         if self._strict and (problems := converse_problems(
                 request.messages, tools_configured=bool(request.tools))):
             raise ModelRejected("ValidationException", "; ".join(problems))
@@ -120,12 +141,8 @@ class ScriptedLLM:
         end = StreamEnd("tool_use" if plan.tool is not None else "end_turn",
                         usage=Usage(input_tokens=_rough_input_tokens(request),
                                     output_tokens=output))
-        self._opened += 1
-        self._open += 1
-        try:
-            yield _Paced(events, end, script.first_token_delay_s, script.token_delay_s)
-        finally:
-            self._open -= 1
+        return ScriptedReply(tuple(events), end, script.first_token_delay_s,
+                             script.token_delay_s)
 
     async def aclose(self) -> None:
         return None

@@ -1,0 +1,427 @@
+"""ConverseStream on trio itself: HTTP/1.1 (h11) on trio sockets, read by the turn's own task.
+
+Why not a thread per stream. With boto3, every stream is a worker thread that wakes for each
+event and needs the GIL; at 500 concurrent calls (benchmarks/bench_latency.py) the trio
+thread queued behind ~100 of them: p99 application latency overhead 177 ms, interrupt ->
+upstream closed 116 ms. Here an event costs one socket read, h11's chunk parse and the frame
+decoder, on the event loop, with no hand-off; a cancel closes the socket at once (Bedrock
+gets the FIN that stops generation) because the read that waits for it is our own.
+
+The request. ``build_converse_request`` gives the operation's input; ConverseStream is
+rest-json, so the body is that input as JSON minus ``modelId``, which goes in the path,
+percent-encoded as botocore does. botocore's ``SigV4Auth`` signs it (service ``bedrock``), or
+a Bedrock API key (``AWS_BEARER_TOKEN_BEDROCK``) is sent as a bearer token, as botocore
+prefers when one is set. Credentials come from boto3's standard chain; temporary ones are
+refreshed in a worker thread (the refresh may do I/O), never on the event loop.
+
+Connections. One LIFO pool of keep-alive connections per endpoint. An idle connection that
+has become readable (the server closed it) or is older than ``IDLE_MAX_S`` is dropped
+before reuse; a request whose reused connection dies before any response byte is sent again
+once on a new connection, as urllib3 does.
+
+Proxies are not tunnelled: ``BedrockLLM`` uses worker threads when one applies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import select
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import h11
+import trio
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials, ReadOnlyCredentials
+from botocore.utils import percent_encode
+
+from voiceagent.llm.base import LLMEvent
+from voiceagent.llm.bedrock_converse import FrameDecoder, ReplyAssembler, ReplyError, event_of
+from voiceagent.llm.bedrock_transport import Failure, classify, failure_for
+from voiceagent.threads import run_blocking
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 65536
+IDLE_MAX_S = 30.0                   # Bedrock's front ends drop idle connections after ~60 s
+MAX_ERROR_BODY = 64 * 1024
+SIGNING_NAME = "bedrock"            # the endpoint prefix is bedrock-runtime, the signer's is not
+
+Item = LLMEvent | Failure
+
+
+class BedrockHTTPError(Exception):
+    """An HTTP error answer before the stream started (status, x-amzn-ErrorType, message)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(f"HTTP {status} {code}: {message}")
+
+
+class ReadTimeout(Exception):
+    """No byte from Bedrock for longer than the read timeout."""
+
+
+# ---------------------------------------------------------------- endpoint and signing
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    scheme: str
+    host: str
+    port: int
+    base_path: str                  # "" unless the endpoint URL has a path
+    region: str
+
+    @classmethod
+    def from_url(cls, url: str, region: str) -> Endpoint:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) endpoint URL: {url!r}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"), region)
+
+    @property
+    def netloc(self) -> str:
+        """``host[:port]`` as SigV4 canonicalises it: the default port is left out."""
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+    def url(self, path: str) -> str:
+        """The full URL of ``path`` (which includes ``base_path``)."""
+        return f"{self.scheme}://{self.netloc}{path}"
+
+
+class Signer:
+    """What goes in the headers to prove who we are: SigV4 or a Bedrock API key."""
+
+    def __init__(self, endpoint: Endpoint, credentials: Credentials | None,
+                 bearer_token: str | None, user_agent: str,
+                 refresh_limiter: trio.CapacityLimiter) -> None:
+        self._endpoint = endpoint
+        self._credentials = credentials
+        self._bearer_token = bearer_token
+        self._user_agent = user_agent
+        self._refresh_limiter = refresh_limiter
+
+    async def _frozen(self) -> ReadOnlyCredentials:
+        credentials = self._credentials
+        if credentials is None:
+            raise BedrockHTTPError(0, "NoCredentialsError", "no AWS credentials found")
+        refresh_needed = getattr(credentials, "refresh_needed", None)
+        if refresh_needed is not None and refresh_needed():
+            # temporary credentials near expiry: fetching new ones may do network I/O
+            frozen: ReadOnlyCredentials = await run_blocking(
+                credentials.get_frozen_credentials, limiter=self._refresh_limiter)
+            return frozen
+        return credentials.get_frozen_credentials()
+
+    async def request(self, model_id: str, body: bytes) -> tuple[str, list[tuple[str, str]]]:
+        """The request target and its headers (signed)."""
+        path = f"{self._endpoint.base_path}/model/{percent_encode(model_id)}/converse-stream"
+        headers = {"Content-Type": "application/json"}
+        if self._bearer_token:
+            headers["Authorization"] = f"Bearer {self._bearer_token}"
+        else:
+            signed = AWSRequest(method="POST", url=self._endpoint.url(path), data=body,
+                                headers=headers)
+            SigV4Auth(await self._frozen(), SIGNING_NAME, self._endpoint.region).add_auth(signed)
+            headers = dict(signed.headers.items())
+        return path, [("Host", self._endpoint.netloc), *headers.items(),
+                      ("User-Agent", self._user_agent), ("Content-Length", str(len(body)))]
+
+
+def request_body(payload: dict[str, Any]) -> tuple[str, bytes]:
+    """``(modelId, body)``: the operation's input minus the path label, as botocore sends it."""
+    body = dict(payload)
+    model_id = str(body.pop("modelId"))
+    return model_id, json.dumps(body, separators=(",", ":")).encode()
+
+
+# ---------------------------------------------------------------- connections
+
+class Connection:
+    __slots__ = ("h11", "idle_since", "socket", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, socket: trio.socket.SocketType) -> None:
+        self.stream = stream
+        self.socket = socket                # the TCP socket under TLS, for a close that
+        self.h11 = h11.Connection(h11.CLIENT)   # never blocks and never checkpoints
+        self.idle_since = 0.0
+
+    def close_now(self) -> None:
+        """Synchronous: the peer gets a FIN (or a reset) now; any waiter is woken."""
+        with suppress(OSError):
+            self.socket.close()
+
+    def looks_closed(self) -> bool:
+        """Idle connections have nothing to read: anything readable is the server's close
+        (EOF, a TLS alert) or garbage. Either way it cannot carry a request."""
+        try:
+            readable, _, _ = select.select([self.socket.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+
+class ConnectionPool:
+    """Keep-alive connections to one endpoint, newest first."""
+
+    def __init__(self, endpoint: Endpoint, *, connect_timeout_s: float, max_idle: int,
+                 ssl_context: ssl.SSLContext | None) -> None:
+        self.endpoint = endpoint
+        self.connect_timeout_s = connect_timeout_s
+        self.max_idle = max_idle
+        self._ssl = ssl_context
+        self._idle: deque[Connection] = deque()
+        self.opened = 0
+        self.reused = 0
+
+    async def acquire(self, *, fresh: bool = False) -> tuple[Connection, bool]:
+        """A connection and whether it had carried a request before."""
+        now = trio.current_time()
+        while self._idle and not fresh:
+            connection = self._idle.pop()
+            if now - connection.idle_since < IDLE_MAX_S and not connection.looks_closed():
+                self.reused += 1
+                return connection, True
+            connection.close_now()
+        return await self._connect(), False
+
+    async def _connect(self) -> Connection:
+        with trio.fail_after(self.connect_timeout_s):
+            tcp = await trio.open_tcp_stream(self.endpoint.host, self.endpoint.port)
+            try:
+                stream: trio.abc.Stream = tcp
+                if self.endpoint.scheme == "https":
+                    assert self._ssl is not None
+                    tls = trio.SSLStream(tcp, self._ssl, server_hostname=self.endpoint.host,
+                                         https_compatible=True)
+                    await tls.do_handshake()
+                    stream = tls
+            except BaseException:
+                tcp.socket.close()
+                raise
+        tcp.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_KEEPALIVE, 1)
+        self.opened += 1
+        return Connection(stream, tcp.socket)
+
+    def keep_idle(self, connection: Connection) -> None:
+        """A new connection that has carried nothing yet (the warm-up's)."""
+        connection.idle_since = trio.current_time()
+        self._idle.append(connection)
+
+    def release(self, connection: Connection) -> None:
+        """After a complete exchange: keep it if both sides may go on, else close it."""
+        state = connection.h11
+        if (state.our_state is h11.DONE and state.their_state is h11.DONE
+                and len(self._idle) < self.max_idle):
+            state.start_next_cycle()
+            connection.idle_since = trio.current_time()
+            self._idle.append(connection)
+        else:
+            connection.close_now()
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close_now()
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+
+def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=ca_bundle)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+# ---------------------------------------------------------------- one attempt
+
+class NativeAttempt:
+    """One HTTP request and its streamed reply, read by whoever calls ``receive``.
+
+    ``receive`` is cancel-safe: it awaits only the socket read, which consumes nothing when
+    cancelled, and everything after a read is done synchronously. ``abort`` and ``close``
+    never block: they may run in a ``finally`` of a cancelled turn.
+    """
+
+    def __init__(self, pool: ConnectionPool, target: str, headers: list[tuple[str, str]],
+                 body: bytes, *, started_at: float, read_timeout_s: float,
+                 on_finished: Callable[[NativeAttempt, float], None]) -> None:
+        self._pool = pool
+        self._target = target
+        self._headers = headers
+        self._body = body
+        self._read_timeout_s = read_timeout_s
+        self._on_finished = on_finished
+        self._assembler = ReplyAssembler(started_at)
+        self._decoder = FrameDecoder()
+        self._items: deque[Item] = deque()
+        self._connection: Connection | None = None
+        self._reused = False
+        self._status: int | None = None
+        self._error_type = ""
+        self._error_body = bytearray()
+        self._ended = False                 # nothing more will be queued
+        self._complete = False              # the exchange finished cleanly: reusable
+        self._closed = False
+        self._deadline = 0.0
+        self.cancelled_at: float | None = None      # perf_counter() at abort
+        self.closed_at: float | None = None         # perf_counter() when the socket closed
+
+    async def open(self, *, fresh: bool = False) -> None:
+        """Connect (or reuse) and send the request. A network failure is queued as the
+        attempt's first item, like an error answer."""
+        try:
+            self._connection, self._reused = await self._pool.acquire(fresh=fresh)
+            state = self._connection.h11
+            data = state.send(h11.Request(method="POST", target=self._target,
+                                          headers=self._headers)) or b""
+            data += state.send(h11.Data(data=self._body)) or b""
+            data += state.send(h11.EndOfMessage()) or b""
+            with trio.fail_after(self._pool.connect_timeout_s):
+                await self._connection.stream.send_all(data)
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError,
+                h11.ProtocolError) as err:
+            reused = self._reused
+            self._drop_connection()
+            if reused and not fresh:
+                await self.open(fresh=True)         # the server had closed a kept-alive one
+                return
+            if isinstance(err, trio.TooSlowError):
+                err = OSError(f"no connection to Bedrock within "
+                              f"{self._pool.connect_timeout_s:g} s")
+            self._fail(classify_native(err))
+        except BaseException:
+            self._drop_connection()
+            raise
+        self._deadline = trio.current_time() + self._read_timeout_s
+
+    async def receive(self) -> Item:
+        """The next event or failure; ``EndOfChannel`` after the last."""
+        while not self._items:
+            if self._ended:
+                raise trio.EndOfChannel
+            await self._step()
+        return self._items.popleft()
+
+    async def _step(self) -> None:
+        connection = self._connection
+        if connection is None:
+            self._fail(classify_native(OSError("the connection is gone")))
+            return
+        try:
+            event = connection.h11.next_event()
+            if event is h11.NEED_DATA:
+                with trio.move_on_at(self._deadline) as waited:
+                    data = await connection.stream.receive_some(READ_SIZE)
+                if waited.cancelled_caught:
+                    raise ReadTimeout(f"no data from Bedrock for {self._read_timeout_s:g} s")
+                self._deadline = trio.current_time() + self._read_timeout_s
+                connection.h11.receive_data(bytes(data))
+                return
+            self._take(event)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError,
+                h11.ProtocolError) as err:
+            if self._reused and self._status is None and not self.cancelled_at:
+                # a kept-alive connection the server had closed: the request never ran
+                self._drop_connection()
+                await self.open(fresh=True)
+                return
+            self._fail(classify_native(err))
+        except Exception as err:            # the reply's own faults; anything else is a bug
+            self._fail(classify_native(err))
+
+    def _take(self, event: Any) -> None:
+        if isinstance(event, h11.Response):
+            self._status = event.status_code
+            for name, value in event.headers:
+                if name == b"x-amzn-errortype":
+                    self._error_type = value.decode("latin-1").split(":", 1)[0]
+        elif isinstance(event, h11.Data):
+            if self._status == 200:
+                out: list[LLMEvent] = []
+                for headers, payload in self._decoder.feed(bytes(event.data)):
+                    event_type, body = event_of(headers, payload)   # raises StreamFault
+                    self._assembler.feed_event(event_type, body, out)
+                self._items.extend(out)
+            elif len(self._error_body) < MAX_ERROR_BODY:
+                self._error_body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            if self._status != 200:
+                raise self._http_error()
+            if self._decoder.pending:
+                raise ReplyError("IncompleteStream", "the body ended inside an event frame")
+            out = []
+            self._assembler.finish(out)
+            self._items.extend(out)
+            self._ended = self._complete = True
+        elif isinstance(event, h11.ConnectionClosed):
+            raise OSError("Bedrock closed the connection")
+
+    def _http_error(self) -> BedrockHTTPError:
+        status = self._status or 0
+        message = ""
+        try:
+            body = json.loads(self._error_body or b"{}")
+            message = str(body.get("message") or body.get("Message") or "")
+            code = self._error_type or str(body.get("__type", "")).rsplit("#", 1)[-1]
+        except (ValueError, AttributeError):
+            code = self._error_type
+        return BedrockHTTPError(status, code or f"HTTP{status}", message)
+
+    def fail(self, failure: Failure) -> None:
+        """End the attempt with ``failure`` as its next item (signing failed, say)."""
+        self._fail(failure)
+
+    def _fail(self, failure: Failure) -> None:
+        self._items.append(failure)
+        self._ended = True
+        self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.close_now()
+            self._connection = None
+
+    def abort(self) -> None:
+        """Stop now, wherever the exchange is: the socket is closed from here."""
+        self.cancelled_at = time.perf_counter()
+        if self._connection is not None:
+            self._drop_connection()
+            self.closed_at = time.perf_counter()
+        self._ended = True
+
+    def close(self) -> None:
+        """Done with it: a completed exchange gives its connection back to the pool."""
+        if self._closed:
+            return
+        self._closed = True
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            if self._complete:
+                self._pool.release(connection)
+            else:
+                connection.close_now()
+        self._on_finished(self, time.perf_counter())
+
+
+def classify_native(err: BaseException) -> Failure:
+    """As the thread side classifies, plus this side's own two errors."""
+    if isinstance(err, BedrockHTTPError):
+        return failure_for(err.code, err.message, err.status, err)
+    if isinstance(err, ReadTimeout):
+        return Failure("ReadTimeout", str(err), "unavailable", False, err)
+    return classify(err)
