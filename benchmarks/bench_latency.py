@@ -1,29 +1,38 @@
-"""Latency, memory and CPU at 50 to 2000 concurrent calls (issue 8's goals).
+"""Application latency, barge-in, memory and CPU at 50 to 2000 concurrent calls (issue 8).
 
-A fresh ``voiceagent serve`` process per load level (scripted model with the benchmark use
-case in benchmarks/config: 20-40 word replies at 40 tokens/s after a 200 ms first token;
-SQLite store; signatures on; JSON logs at INFO), and ``voiceagent bench``'s generator in this
-process playing Twilio: each call says hours / barges into the menu after 3 words / specials
-/ pickup (a tool round) / presses 1, with ``--think`` seconds between a reply and the next
-prompt. Figures per level:
+Each level runs on a fresh local stack (``local_stack.py``): the local Bedrock endpoint and
+local DynamoDB in their own processes, and ``voiceagent serve`` (signatures on, JSON logs at
+INFO, the benchmark use case: 20-40 word replies, one tool, one keypad handler). The load is
+``voiceagent bench``'s generator in this process, playing Twilio. Per level:
 
-* server overhead: from the server's own "turn done" lines, prompt received -> first token
-  handed to the writer, minus the model's time to first token (what the framework adds);
-* memory per idle call: RSS growth while N calls sit connected and silent (first phase, on
-  the fresh process), divided by N;
-* CPU per relayed token: server CPU seconds over the loaded phase / tokens the callers got
-  (``us/token``: every cost of the calls, set-up and hang-up included), and the same less the
-  idle phase's CPU (``(turns)``: what the turns cost). The scripted model's own pacing (a trio
-  timer per token) runs inside the server too; its cost alone, measured in this process
-  before and after the run with the price of a bare timer wakeup, is the floor no relay can go
-  below on this machine, and shows how fast the machine was while the run lasted.
+1. idle: N calls connect, set up and stay silent for 3 s; memory per idle call is the
+   server's RSS growth divided by N;
+2. loaded: N calls ramped over N x 20 ms, each saying hours / barging into the menu after 3
+   words / specials / pickup (a tool round) / pressing 1, with ``--think`` seconds (+-50 %)
+   between a reply and the next prompt.
 
-With ``--baseline URL`` (any ConversationRelay server) or ``--baseline-unchunked`` (ours,
-one frame per token), each level is run again against the baseline and the client-side
-figures are printed side by side with their ratios.
+Figures:
 
-The client shares the machine's cores with the server, so its own latency figures include
-that contention; the goals are checked on the server-side figures.
+* application latency overhead, server side: from the server's own "turn done" lines, prompt
+  frame received -> first token frame sent (Twilio's "application latency"), minus the
+  model's first-token delay; the endpoint's own lag in sending that first token (it shares
+  the cores) is shown beside it and is included, not subtracted;
+* the same seen by the callers (client side, their own scheduling on the same cores
+  included);
+* barge-in: interrupt sent -> the cut reply's closer received (client), and interrupt sent ->
+  the upstream ConverseStream connection closed, as the Bedrock endpoint saw it (the shared
+  monotonic clock of this machine; an upper bound for the server's cancel -> closed);
+* CPU per relayed token, all in (every cost of the calls over the loaded phase, set-up and
+  hang-up included, divided by the words the callers received); ``bench_token_cpu.py``
+  measures what one more token costs;
+* the CPU of the endpoint and of DynamoDB, which share the machine's two cores with the
+  server and the callers.
+
+With ``--baseline URL`` (any ConversationRelay server, already running) or
+``--baseline-unchunked`` (ours with TOKEN_HOLD_MS=0: one frame per token), each level is run
+again against the baseline and the client-side figures are printed side by side.
+
+    python benchmarks/bench_latency.py --levels 50 200 500 1000 2000 --workers 2
 """
 
 from __future__ import annotations
@@ -32,10 +41,10 @@ import argparse
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,34 +54,37 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import server_process
-from bench_floor import wakeups
+from local_stack import TOKEN, Stack, StackOptions, local_stack
 
-from voiceagent.bench import BenchOptions, Step, format_table, percentiles, run_bench
-from voiceagent.llm.base import LLMRequest, TextDelta
-from voiceagent.llm.scripted import ScriptedLLM
-from voiceagent.usecases import ScriptedConfig
+from voiceagent.bench import (
+    BenchOptions,
+    Step,
+    format_table,
+    percentiles,
+    read_process,
+    run_bench,
+)
 
-ROOT = Path(__file__).parent.parent
-TOKEN = "bench-token-not-secret"
 GOAL_OVERHEAD_P99_MS = {500: 5.0, 2000: 50.0}
 GOAL_IDLE_KB = 100.0
+GOAL_UPSTREAM_CLOSED_P99_MS = 10.0
 THINK_JITTER = 0.5              # pauses vary +-50 %: callers are not in step
-GOAL_CPU_PER_TOKEN_US = 30.0
+IDLE_HOLD_S = 3.0
 SCRIPT = (Step("say", "what are your hours?"), Step("barge", "what is on the menu?", 3),
           Step("say", "any specials today?"), Step("say", "when can I pick up my order?"),
           Step("dtmf", "1"))
 
 
-def start_servers(data_dir: Path, log_dir: Path, calls: int, workers: int,
+# ------------------------------------------------------------------ the server's side
+
+def start_servers(stack: Stack, log_dir: Path, name: str, workers: int,
                   extra_env: dict[str, str] | None = None
                   ) -> tuple[list[subprocess.Popen[bytes]], str, list[Path]]:
-    """``workers`` server processes on one port (REUSE_PORT, as the container runs them),
-    sharing one SQLite file; each logs to its own file."""
-    env = {"STORE": "sqlite", "LLM": "scripted", "DATA_DIR": str(data_dir),
-           "CONFIG_DIR": str(ROOT / "benchmarks" / "config"),
-           "STACK_USE_CASE": "benchUseCase", "TWILIO_AUTH_TOKEN": TOKEN, "LOG_LEVEL": "INFO",
-           "LOG_FORMAT": "json", "PING_INTERVAL_S": "0", "MAX_CALLS": "5000",
-           "DRAIN_TIMEOUT_S": "2", "IDLE_REPROMPT_S": "0", "METRICS_NAMESPACE": ""}
+    """``workers`` server processes on one port (REUSE_PORT, as the container runs them);
+    each logs JSON lines to its own file."""
+    env = {**stack.env, "LOG_LEVEL": "INFO", "LOG_FORMAT": "json", "PING_INTERVAL_S": "0",
+           "MAX_CALLS": "5000", "MAX_CONCURRENT_TURNS": "5000", "DRAIN_TIMEOUT_S": "2",
+           "IDLE_REPROMPT_S": "0", "METRICS_NAMESPACE": ""}
     env.update(extra_env or {})
     if workers > 1:
         env["REUSE_PORT"] = "1"
@@ -81,7 +93,7 @@ def start_servers(data_dir: Path, log_dir: Path, calls: int, workers: int,
     port: int | None = None
     url = ""
     for worker in range(workers):
-        log_path = log_dir / f"server-{calls}-{worker}{'-baseline' if extra_env else ''}.log"
+        log_path = log_dir / f"server-{name}-{worker}.log"
         with log_path.open("wb") as log_file:
             process, url = server_process.start_server(env, stderr=log_file, port=port)
         port = int(url.rsplit(":", 1)[1])
@@ -90,47 +102,73 @@ def start_servers(data_dir: Path, log_dir: Path, calls: int, workers: int,
     return processes, url, logs
 
 
-def server_overheads_ms(log_paths: list[Path]) -> list[float]:
-    values = []
-    lines = [line for path in log_paths for line in path.read_text().splitlines()]
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        # one model round that streamed text at once: latency - model time is all ours
-        if (entry.get("event") == "turn done" and entry.get("latency_ms") is not None
-                and entry.get("first_token_ms") is not None and entry.get("rounds") == 1
-                and entry.get("stop_reason") == "end_turn"):
-            values.append(entry["latency_ms"] - entry["first_token_ms"])
-    return values
+def stop_servers(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.terminate()                  # SIGTERM: the server drains
+    for process in processes:
+        server_process.stop(process, timeout_s=60)
 
 
-def model_cpu_per_token_us(streams: int = 200, words: int = 40) -> float:
-    """CPU per token of the scripted model alone: ``streams`` concurrent replies drained in
-    this process, paced as in the benchmark (25 ms per token)."""
-    reply = " ".join(["word"] * words)
-    llm = ScriptedLLM({"m": ScriptedConfig(fallback=reply, first_token_delay_ms=0,
-                                           token_delay_ms=25)})
-    request = LLMRequest(call_sid="CA0", use_case="m", model_id="scripted", system=("x",),
-                         messages=({"role": "user", "content": [{"text": "hi"}]},))
-    tokens = 0
+def turn_summaries(log_paths: list[Path]) -> list[dict[str, Any]]:
+    turns = []
+    for path in log_paths:
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") == "turn done" and entry.get("kind") == "caller":
+                turns.append(entry)
+    return turns
 
-    async def drain() -> None:
-        nonlocal tokens
-        async with llm.stream(request) as events:
-            async for event in events:
-                tokens += isinstance(event, TextDelta)
 
-    async def run() -> None:
-        async with trio.open_nursery() as nursery:
-            for _ in range(streams):
-                nursery.start_soon(drain)
+def server_overheads_ms(turns: list[dict[str, Any]], first_token_ms: float) -> list[float]:
+    """Caller turns the model answered: application latency minus the model's delay."""
+    return [t["latency_ms"] - first_token_ms for t in turns
+            if t.get("latency_ms") is not None and t.get("rounds", 0) >= 1]
 
-    started = time.process_time()
-    trio.run(run)
-    return round((time.process_time() - started) / tokens * 1e6, 1)
 
+def keypad_latencies_ms(turns: list[dict[str, Any]]) -> list[float]:
+    """Keypad handler replies (no model): application latency is all ours."""
+    return [t["latency_ms"] for t in turns
+            if t.get("latency_ms") is not None and t.get("rounds", 0) == 0]
+
+
+# ------------------------------------------------------------------ the endpoint's side
+
+def endpoint_stats(stack: Stack) -> dict[str, Any] | None:
+    url = stack.env.get("AWS_ENDPOINT_URL_BEDROCK_RUNTIME")
+    if url is None:
+        return None
+    with urllib.request.urlopen(url + "/stats", timeout=30) as response:
+        stats: dict[str, Any] = json.loads(response.read())
+        return stats
+
+
+def upstream_closed_ms(barge_ins: list[dict[str, Any]], stats: dict[str, Any]) -> list[float]:
+    """Per barge-in: interrupt sent (the caller's clock) -> the endpoint saw the stream's
+    connection close. Both are CLOCK_MONOTONIC readings (``time.monotonic`` and
+    ``time.perf_counter`` on Linux), shared by every process of the machine."""
+    closed_at = {c["id"]: c["closed_at"] for c in stats["connections"]}
+    by_call: dict[str, list[dict[str, Any]]] = {}
+    for request in stats["requests"]:
+        by_call.setdefault(request["call_sid"], []).append(request)
+    figures = []
+    for barge in barge_ins:
+        sent = barge["sent_at_monotonic"]
+        cut = [r for r in by_call.get(barge["call_sid"], ())
+               if r["outcome"] == "client_closed" and r["received_at"] <= sent
+               and (closed_at.get(r["connection"]) or 0) >= sent]
+        if cut:
+            figures.append(min(closed_at[r["connection"]] for r in cut) - sent)
+    return figures
+
+
+def endpoint_lag_ms(stats: dict[str, Any]) -> list[float]:
+    return [r["first_late_s"] for r in stats["requests"] if r.get("first_late_s") is not None]
+
+
+# ------------------------------------------------------------------ one level
 
 @dataclass(frozen=True)
 class Baseline:
@@ -139,69 +177,94 @@ class Baseline:
     url: str | None = None              # already running (any ConversationRelay server)
     pids: tuple[int, ...] = ()          # its local processes, for CPU per token
     auth_token: str = TOKEN
-    unchunked: bool = False             # ours with TOKEN_HOLD_MS=0, started per level
+    unchunked: bool = False             # ours with TOKEN_HOLD_MS=0, on the same stack
 
 
-def stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        process.send_signal(signal.SIGTERM)
-    for process in processes:
-        process.wait(timeout=60)
+@dataclass(frozen=True)
+class Plan:
+    stack: StackOptions
+    workers: int
+    think_s: float
+    ramp_per_call_s: float
+    scratch: Path
 
 
-def run_baseline(baseline: Baseline, calls: int, ramp_s: float, scratch: Path,
-                 think_s: float, workers: int) -> dict[str, Any]:
-    processes: list[subprocess.Popen[bytes]] = []
-    url, pids = baseline.url or "", baseline.pids
-    if baseline.unchunked:
-        processes, url, _ = start_servers(scratch / f"data-{calls}-baseline", scratch, calls,
-                                          workers, {"TOKEN_HOLD_MS": "0"})
+def helper_cpu_s(stack: Stack) -> dict[str, float]:
+    cpu = {}
+    for name, pid in stack.helper_pids.items():
+        figures = read_process(pid)
+        if figures is not None:
+            cpu[name] = figures["cpu_s"]
+    return cpu
+
+
+def loaded_run(url: str, calls: int, plan: Plan, pids: tuple[int, ...],
+               auth_token: str = TOKEN) -> dict[str, Any]:
+    return trio.run(run_bench, BenchOptions(
+        url=url, calls=calls, ramp_s=calls * plan.ramp_per_call_s, script=SCRIPT,
+        auth_token=auth_token, server_pids=pids, think_s=plan.think_s,
+        think_jitter=THINK_JITTER, progress=True))
+
+
+def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, Any]:
+    scratch = plan.scratch / f"level-{calls}"
+    with local_stack(plan.stack, scratch) as stack:
+        processes, url, logs = start_servers(stack, scratch, f"{calls}", plan.workers)
         pids = tuple(process.pid for process in processes)
-    try:
-        return trio.run(run_bench, BenchOptions(
-            url=url, calls=calls, ramp_s=ramp_s, script=SCRIPT, auth_token=baseline.auth_token,
-            server_pids=pids, think_s=think_s, think_jitter=THINK_JITTER, progress=True))
-    finally:
-        stop(processes)
-
-
-def machine_speed() -> str:
-    return (f"a trio timer wakeup costs {wakeups(1)} us of CPU alone, "
-            f"{wakeups(100)} us with 100 sharing; the scripted model alone "
-            f"{model_cpu_per_token_us()} us per token")
-
-
-def run_level(calls: int, ramp_s: float, scratch: Path, think_s: float,
-              workers: int, baseline: Baseline | None = None) -> dict[str, Any]:
-    processes, url, logs = start_servers(scratch / f"data-{calls}", scratch, calls, workers)
-    pids = tuple(process.pid for process in processes)
-    try:
-        idle = trio.run(run_bench, BenchOptions(
-            url=url, calls=calls, ramp_s=ramp_s, script=(), auth_token=TOKEN,
-            server_pids=pids, hold_s=3.0, progress=False))
-        loaded = trio.run(run_bench, BenchOptions(
-            url=url, calls=calls, ramp_s=ramp_s, script=SCRIPT, auth_token=TOKEN,
-            server_pids=pids, think_s=think_s, think_jitter=THINK_JITTER, progress=True))
-    finally:
-        stop(processes)
-    overheads = server_overheads_ms(logs)
+        try:
+            idle = trio.run(run_bench, BenchOptions(
+                url=url, calls=calls, ramp_s=calls * plan.ramp_per_call_s, script=(),
+                auth_token=TOKEN, server_pids=pids, hold_s=IDLE_HOLD_S, progress=False))
+            helpers_before = helper_cpu_s(stack)
+            loaded = loaded_run(url, calls, plan, pids)
+            helpers_after = helper_cpu_s(stack)
+            stats = endpoint_stats(stack)
+        finally:
+            stop_servers(processes)
+        base = run_baseline(baseline, stack, calls, plan, scratch) if baseline else None
+    turns = turn_summaries(logs)
     idle_server = idle["server"] or {}
     idle_kb = (idle_server.get("rss_kb_peak", 0) - idle_server.get("rss_kb_before", 0)) / calls
-    loaded_server = loaded["server"] or {}
-    marginal = None
-    if loaded_server and idle_server and loaded["tokens"]:
-        # the idle phase costs what every call costs without a turn (webhook, handshake,
-        # setup, hang-up, flush); what is left is the turns' cost
-        turns_cpu_s = loaded_server["cpu_s"] - idle_server["cpu_s"]
-        marginal = round(turns_cpu_s / loaded["tokens"] * 1e6, 1)
-    return {"calls": calls, "workers": workers, "ramp_s": ramp_s, "think_s": think_s,
-            "idle_errors": idle["errors"], "idle_kb_per_call": round(idle_kb, 1),
-            "loaded": loaded, "idle_cpu_s": idle_server.get("cpu_s"),
-            "cpu_per_token_turns_us": marginal,
-            "server_overhead_ms": percentiles([v / 1000 for v in overheads]),
-            "baseline": run_baseline(baseline, calls, ramp_s, scratch, think_s, workers)
-            if baseline else None}
+    duration = loaded["duration_s"] or 1.0
+    helpers = {name: round(100 * (helpers_after[name] - helpers_before.get(name, 0.0))
+                           / duration, 1) for name in helpers_after}
+    return {
+        "calls": calls, "workers": plan.workers, "stack": plan.stack.describe(),
+        "think_s": plan.think_s, "ramp_s": calls * plan.ramp_per_call_s,
+        "idle_errors": idle["errors"], "idle_kb_per_call": round(idle_kb, 1),
+        "loaded": loaded,
+        "overhead_ms": percentiles([v / 1000 for v in server_overheads_ms(
+            turns, plan.stack.first_token_ms)]),
+        "keypad_latency_ms": percentiles([v / 1000 for v in keypad_latencies_ms(turns)]),
+        "client_overhead_ms": _minus(loaded["latency_ms"], plan.stack.first_token_ms),
+        "upstream_closed_ms": percentiles(upstream_closed_ms(loaded["barge_ins"], stats))
+        if stats else None,
+        "endpoint_lag_ms": percentiles(endpoint_lag_ms(stats)) if stats else None,
+        "endpoint_violations": stats["violations"] if stats else None,
+        "helpers_cpu_percent": helpers,
+        "baseline": base}
 
+
+def run_baseline(baseline: Baseline, stack: Stack, calls: int, plan: Plan,
+                 scratch: Path) -> dict[str, Any]:
+    if baseline.url:
+        return loaded_run(baseline.url, calls, plan, baseline.pids, baseline.auth_token)
+    processes, url, _ = start_servers(stack, scratch, f"{calls}-baseline", plan.workers,
+                                      {"TOKEN_HOLD_MS": "0"})
+    try:
+        result = loaded_run(url, calls, plan, tuple(p.pid for p in processes))
+        result["url"] = "ours, TOKEN_HOLD_MS=0 (one frame per token)"
+        return result
+    finally:
+        stop_servers(processes)
+
+
+def _minus(row: dict[str, Any], ms: float) -> dict[str, Any]:
+    return {k: (round(v - ms, 3) if k != "count" and v is not None else v)
+            for k, v in row.items()}
+
+
+# ------------------------------------------------------------------ report
 
 SIDE_BY_SIDE = (("application latency p50 (ms)", ("latency_ms", "p50")),
                 ("application latency p99 (ms)", ("latency_ms", "p99")),
@@ -241,6 +304,70 @@ def check(label: str, value: float | None, goal: float, calls: int) -> str:
             f"{value - goal:.1f} ({value / goal:.1f}x)")
 
 
+def _p(row: dict[str, Any] | None, q: str) -> str:
+    value = (row or {}).get(q)
+    return "-" if value is None else f"{value:.2f}"
+
+
+def print_level(result: dict[str, Any]) -> None:
+    print(f"\n== {result['calls']} calls ==")
+    print(format_table(result["loaded"]))
+    print(f"server overhead (ms): {result['overhead_ms']}")
+    print(f"keypad replies, no model (ms): {result['keypad_latency_ms']}")
+    print(f"endpoint's own lag sending first tokens (ms): {result['endpoint_lag_ms']}")
+    print(f"interrupt sent -> upstream closed at the endpoint (ms): "
+          f"{result['upstream_closed_ms']}")
+    print(f"idle: {result['idle_kb_per_call']} KiB RSS per connected idle call "
+          f"({result['idle_errors']} errors); helpers' CPU: {result['helpers_cpu_percent']}")
+    if result["endpoint_violations"]:
+        print(f"!! the endpoint saw requests Converse would refuse: "
+              f"{result['endpoint_violations'][:3]}")
+    if result["baseline"]:
+        print(side_by_side(result))
+
+
+def print_summary(results: list[dict[str, Any]], plan: Plan) -> None:
+    print(f"\nmachine: {os.cpu_count()} cpus, {platform.machine()}, python "
+          f"{platform.python_version()}; {plan.stack.describe()}; script: "
+          f"{[s.kind for s in SCRIPT]}, think {plan.think_s:g} s (+-{THINK_JITTER:.0%}); "
+          f"{plan.workers} server process(es)")
+    print(f"{'calls':>6} | {'overhead p50':>12} {'p95':>7} {'p99':>7} | {'client p99':>10} | "
+          f"{'barge stop':>10} {'upstream':>8} | {'KiB/idle':>8} | {'us/token':>8} "
+          f"{'cpu %':>6} {'helpers %':>14} | {'errors':>6}")
+    for r in results:
+        loaded = r["loaded"]
+        server = loaded["server"] or {}
+        helpers = "+".join(f"{v:g}" for v in r["helpers_cpu_percent"].values()) or "-"
+        print(f"{r['calls']:>6} | {_p(r['overhead_ms'], 'p50'):>12} "
+              f"{_p(r['overhead_ms'], 'p95'):>7} {_p(r['overhead_ms'], 'p99'):>7} | "
+              f"{_p(r['client_overhead_ms'], 'p99'):>10} | "
+              f"{_p(loaded['barge_in_stop_ms'], 'p99'):>10} "
+              f"{_p(r['upstream_closed_ms'], 'p99'):>8} | {r['idle_kb_per_call']:>8} | "
+              f"{server.get('cpu_per_token_us')!s:>8} {server.get('cpu_percent')!s:>6} "
+              f"{helpers:>14} | {loaded['errors'] + r['idle_errors']:>6}")
+    print("(overhead: server side, prompt frame in -> first token frame out, minus the "
+          "model's first-token delay; client p99: the same seen by the callers; barge stop: "
+          "interrupt sent -> closer received; upstream: interrupt sent -> the endpoint saw "
+          "the stream close; helpers: endpoint+DynamoDB)")
+    by_calls = {r["calls"]: r for r in results}
+    for calls, goal in GOAL_OVERHEAD_P99_MS.items():
+        if calls in by_calls:
+            print(check("p99 application latency overhead (ms)",
+                        by_calls[calls]["overhead_ms"]["p99"], goal, calls))
+    for r in results:
+        answered = r["loaded"]["calls_completed"]
+        print(f"calls answered at {r['calls']} calls: {answered} of {r['calls']}"
+              f" ({'met' if answered == r['calls'] else 'missed'})")
+    top = results[-1]
+    print(check("memory per idle call (KiB)", top["idle_kb_per_call"], GOAL_IDLE_KB,
+                top["calls"]))
+    for r in results:
+        if r["upstream_closed_ms"] and r["upstream_closed_ms"]["count"]:
+            print(check("interrupt sent -> upstream closed p99 (ms)",
+                        r["upstream_closed_ms"]["p99"], GOAL_UPSTREAM_CLOSED_P99_MS,
+                        r["calls"]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", type=int, nargs="+", default=[50, 200, 500, 1000, 2000])
@@ -252,6 +379,15 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes sharing the port (REUSE_PORT), as the "
                              "container runs one per core (default 1)")
+    parser.add_argument("--llm", choices=("bedrock", "scripted"), default="bedrock",
+                        help="bedrock: the local ConverseStream endpoint, in its own process "
+                             "(default); scripted: the offline model inside the server")
+    parser.add_argument("--store", choices=("dynamodb", "sqlite"), default="dynamodb",
+                        help="dynamodb: moto's server (default); sqlite: the embedded file")
+    parser.add_argument("--first-token-ms", type=float, default=200.0,
+                        help="the model's time to first token (default 200)")
+    parser.add_argument("--token-ms", type=float, default=25.0,
+                        help="between the model's tokens (default 25: 40 tokens/s)")
     parser.add_argument("--baseline", metavar="URL", default=None,
                         help="another ConversationRelay server, already running: loaded the "
                              "same way after ours at each level, ratios printed side by side")
@@ -261,8 +397,8 @@ def main() -> int:
                         help="the baseline's Twilio auth token (to sign as Twilio would)")
     parser.add_argument("--baseline-unchunked", action="store_true",
                         help="baseline: this server with TOKEN_HOLD_MS=0 (one frame per "
-                             "token, as relays commonly send), started per level")
-    parser.add_argument("--json", type=Path, default=None)
+                             "token, as relays commonly send), on the same stack")
+    parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = parser.parse_args()
     baseline = None
     if args.baseline or args.baseline_unchunked:
@@ -270,54 +406,19 @@ def main() -> int:
                             auth_token=args.baseline_auth_token,
                             unchunked=args.baseline_unchunked and not args.baseline)
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-latency-{os.getpid()}"
-    scratch.mkdir(parents=True, exist_ok=True)
-    speed_before = machine_speed()
-    print(f"machine speed before: {speed_before}")
+    plan = Plan(StackOptions(llm=args.llm, store=args.store,
+                             first_token_ms=args.first_token_ms, token_ms=args.token_ms),
+                workers=args.workers, think_s=args.think,
+                ramp_per_call_s=args.ramp_per_call, scratch=scratch)
+    started = time.monotonic()
     results = []
     for calls in args.levels:
-        result = run_level(calls, calls * args.ramp_per_call, scratch, args.think,
-                           args.workers, baseline)
-        results.append(result)
-        print(f"\n== {calls} calls ==")
-        print(format_table(result["loaded"]))
-        print(f"server overhead (ms): {result['server_overhead_ms']}")
-        print(f"idle: {result['idle_kb_per_call']} KiB RSS per connected idle call "
-              f"({result['idle_errors']} errors)")
-        if result["baseline"]:
-            print(side_by_side(result))
-    print(f"\nmachine: {os.cpu_count()} cpus, {platform.machine()}, "
-          f"python {platform.python_version()}; script: {[s.kind for s in SCRIPT]}, "
-          f"think {args.think:g} s (+-{THINK_JITTER:.0%}); {args.workers} server "
-          f"process(es)")
-    print(f"machine speed before: {speed_before}")
-    print(f"machine speed after:  {machine_speed()}")
-    print(f"{'calls':>6} {'overhead p50':>13} {'p99':>8} {'client p99':>11} "
-          f"{'KiB/idle call':>14} {'us/token':>9} {'(turns)':>9} {'cpu %':>6} {'errors':>7}")
-    for result in results:
-        loaded, overhead = result["loaded"], result["server_overhead_ms"]
-        server = loaded["server"] or {}
-        print(f"{result['calls']:>6} {overhead['p50']!s:>13} {overhead['p99']!s:>8} "
-              f"{loaded['latency_ms']['p99']!s:>11} {result['idle_kb_per_call']:>14} "
-              f"{server.get('cpu_per_token_us')!s:>9} "
-              f"{result['cpu_per_token_turns_us']!s:>9} {server.get('cpu_percent')!s:>6} "
-              f"{loaded['errors'] + result['idle_errors']:>7}")
-    by_calls = {r["calls"]: r for r in results}
-    for calls, goal in GOAL_OVERHEAD_P99_MS.items():
-        if calls in by_calls:
-            print(check("p99 server overhead (ms)", by_calls[calls]["server_overhead_ms"]["p99"],
-                        goal, calls))
-    top = results[-1]
-    print(check("memory per idle call (KiB)", top["idle_kb_per_call"], GOAL_IDLE_KB,
-                top["calls"]))
-    for result in results:
-        print(check("CPU per relayed token, turns (us)", result["cpu_per_token_turns_us"],
-                    GOAL_CPU_PER_TOKEN_US, result["calls"]))
-    for result in results:
-        if result["baseline"]:
-            print(side_by_side(result))
+        results.append(run_level(calls, plan, baseline))
+        print_level(results[-1])
+    print_summary(results, plan)
+    print(f"done in {time.monotonic() - started:.0f} s; logs under {scratch}")
     if args.json:
-        args.json.write_text(json.dumps({"machine_speed_before": speed_before, "levels": results},
-                                        indent=2) + "\n")
+        args.json.write_text(json.dumps({"levels": results}, indent=2) + "\n")
     return 0
 
 

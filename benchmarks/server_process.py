@@ -7,8 +7,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,3 +77,31 @@ def _listening(pid: int, port: int) -> bool:
         if target.startswith("socket:[") and target[8:-1] in inodes:
             return True
     return False
+
+
+def wait_for(probe: Callable[[], T], process: subprocess.Popen[bytes], timeout_s: float,
+             what: str) -> T:
+    """``probe()``'s first truthy answer (errors count as not yet), while ``process`` lives."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if answer := probe():
+                return answer
+        except OSError:
+            pass
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited with code {process.returncode} at start-up")
+        time.sleep(0.05)
+    process.kill()
+    raise SystemExit(f"{what} did not start within {timeout_s:g} s")
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """Terminate and reap ``process``; killed if it does not go within ``timeout_s``."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout_s)

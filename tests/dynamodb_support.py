@@ -55,6 +55,10 @@ class MotoServer:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> MotoServer:
         if self._process is not None:
             raise RuntimeError("moto server already running")

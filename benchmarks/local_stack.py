@@ -1,0 +1,127 @@
+"""The machine the latency benchmarks load: local DynamoDB, local Bedrock, and the server.
+
+Each part is its own process on 127.0.0.1, as in production each is its own service:
+
+* DynamoDB: moto's server (``python -m moto.server``), the table made by ``voiceagent store
+  init`` and the benchmark use case written by ``voiceagent config load``, as an operator
+  would;
+* Bedrock: the fake ConverseStream endpoint (``python -m tests.fake_bedrock --scripted``),
+  answering with the benchmark use case's scripted replies at the pace given (first-token
+  delay, then one word per delta), so the server's real Bedrock backend parses real frames;
+* the server: ``voiceagent serve`` workers on one port (REUSE_PORT, one process per core as
+  the container runs them).
+
+``--llm scripted`` and ``--store sqlite`` swap in the embedded defaults instead (the model then
+paces itself inside the server, and its timers count as the server's CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import server_process
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "benchmarks" / "config"
+TOKEN = "bench-token-not-secret"
+START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    llm: str = "bedrock"                # bedrock: the local endpoint | scripted: in the server
+    store: str = "dynamodb"             # dynamodb: moto's server | sqlite: a file
+    first_token_ms: float = 200.0       # the model's time to first token
+    token_ms: float = 25.0              # between tokens (40 tokens/s)
+    reply_times: int = 1                # each scripted reply said this many times over
+
+    def describe(self) -> str:
+        model = ("local Bedrock endpoint (ConverseStream wire format)" if self.llm == "bedrock"
+                 else "scripted model in the server")
+        store = "local DynamoDB (moto server)" if self.store == "dynamodb" else "SQLite file"
+        return (f"{model}, first token {self.first_token_ms:g} ms, then a word every "
+                f"{self.token_ms:g} ms; {store}")
+
+
+@dataclass
+class Stack:
+    options: StackOptions
+    env: dict[str, str]                 # what a server process needs on top of os.environ
+    helper_pids: dict[str, int] = field(default_factory=dict)   # "bedrock", "dynamodb"
+
+
+def _aws_env(scratch: Path) -> dict[str, str]:
+    """Dummy credentials and no AWS files: nothing may reach AWS."""
+    return {"AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_CONFIG_FILE": str(scratch / "no-aws-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(scratch / "no-aws-credentials"),
+            "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def _start_fake_bedrock(options: StackOptions, log: IO[bytes]) -> tuple[subprocess.Popen[bytes],
+                                                                         int]:
+    port_file = Path(tempfile.mkstemp(prefix="fake-bedrock-port-")[1])
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.fake_bedrock", "--port-file", str(port_file),
+             "--scripted", str(CONFIG), "--first-token-ms", str(options.first_token_ms),
+             "--token-ms", str(options.token_ms), "--reply-times", str(options.reply_times)],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+        port = server_process.wait_for(lambda: port_file.read_text().strip(), process,
+                                       START_TIMEOUT_S, "the local Bedrock endpoint")
+        return process, int(port)
+    finally:
+        port_file.unlink(missing_ok=True)
+
+
+def _run_cli(args: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run([sys.executable, "-m", "voiceagent", *args], cwd=ROOT,
+                          env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"voiceagent {' '.join(args)} failed:\n{done.stderr.strip()}")
+
+
+@contextmanager
+def local_stack(options: StackOptions, scratch: Path, name: str = "bench") -> Iterator[Stack]:
+    """The model and the store for one load level, started fresh and stopped on exit; the
+    servers are started by the caller with ``stack.env``."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    env = {"CONFIG_DIR": str(CONFIG), "STACK_USE_CASE": "benchUseCase",
+           "TWILIO_AUTH_TOKEN": TOKEN, **_aws_env(scratch)}
+    stack = Stack(options, env)
+    with ExitStack() as cleanup:
+        log = cleanup.enter_context((scratch / f"{name}-helpers.log").open("ab"))
+        if options.llm == "bedrock":
+            bedrock, port = _start_fake_bedrock(options, log)
+            cleanup.callback(server_process.stop, bedrock)
+            env.update({"LLM": "bedrock", "AWS_ENDPOINT_URL_BEDROCK_RUNTIME":
+                        f"http://127.0.0.1:{port}"})
+            stack.helper_pids["bedrock"] = bedrock.pid
+        else:
+            env.update({"LLM": "scripted",
+                        "SCRIPTED_FIRST_TOKEN_DELAY_MS": str(round(options.first_token_ms)),
+                        "SCRIPTED_TOKEN_DELAY_MS": str(round(options.token_ms))})
+        if options.store == "dynamodb":
+            from tests.dynamodb_support import MotoServer
+            moto = MotoServer(scratch / f"{name}-moto.log").start()
+            cleanup.callback(moto.stop)
+            env.update({"STORE": "dynamodb", "TABLE_NAME": "voiceagent-bench",
+                        "AWS_ENDPOINT_URL_DYNAMODB": moto.endpoint})
+            if moto.pid is not None:
+                stack.helper_pids["dynamodb"] = moto.pid
+            _run_cli(["store", "init"], env)
+            _run_cli(["config", "load", "--config-dir", str(CONFIG)], env)
+        else:
+            env.update({"STORE": "sqlite", "DATA_DIR": str(scratch / f"{name}-data")})
+        yield stack
