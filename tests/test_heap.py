@@ -1,11 +1,15 @@
-"""Start-up objects are frozen out of the collector's walks (voiceagent.heap)."""
+"""The heap settled for latency (voiceagent.heap): start-up frozen, rarer full collections,
+and the pauses that remain measured."""
 
 from __future__ import annotations
 
 import gc
 import logging
+from functools import partial
 
 import pytest
+import trio
+import trio.testing
 
 from voiceagent import heap
 
@@ -22,3 +26,50 @@ def test_settle_freezes_what_start_up_built(caplog: pytest.LogCaptureFixture) ->
     finally:
         gc.unfreeze()
     assert gc.get_freeze_count() == 0
+
+
+def test_settle_waits_longer_between_full_collections() -> None:
+    before = gc.get_threshold()
+    try:
+        heap.settle_after_startup()
+        assert gc.get_threshold() == heap.GC_THRESHOLDS
+        assert heap.GC_THRESHOLDS[2] > 10                  # CPython's default is 10
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_gc_pauses_are_timed_by_generation() -> None:
+    pauses = heap.GcPauses()
+    gc.callbacks.append(pauses.callback)
+    try:
+        gc.collect(0)
+        gc.collect(2)
+        gc.collect(2)
+    finally:
+        gc.callbacks.remove(pauses.callback)
+    assert sum(pauses.counts[2]) >= 2          # automatic young ones may come on top
+    assert pauses.sums[2] > 0
+    assert pauses.longest[2] <= pauses.sums[2]
+    summary = pauses.summary()
+    assert summary["2"]["count"] == sum(pauses.counts[2])
+    assert summary["2"]["longest_ms"] == round(pauses.longest[2] * 1000, 2)
+    assert set(summary) == {"0", "1", "2"}
+
+
+def test_loop_lag_is_how_late_a_timer_ran() -> None:
+    clock = trio.testing.MockClock()
+    seen: list[float] = []
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(heap.watch_loop_lag, seen.append, interval_s=0.1))
+            await trio.testing.wait_all_tasks_blocked()
+            clock.jump(0.1)                     # on time
+            await trio.testing.wait_all_tasks_blocked()
+            clock.jump(0.25)                    # the next was due at 0.2: 0.15 late
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+
+    trio.run(run, clock=clock)
+    assert seen == [pytest.approx(0.0), pytest.approx(0.15)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -14,6 +15,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from voiceagent import heap
 from voiceagent.caller import open_call
 from voiceagent.logs import JsonFormatter, _ContextFilter
 from voiceagent.metrics import Metrics
@@ -266,3 +268,20 @@ async def test_model_and_tool_errors_by_kind(tmp_path: Path) -> None:
     assert _value(samples, "voiceagent_tool_duration_seconds_count", tool="NoSuchTool") == 1
     assert _value(samples, "voiceagent_turns_total") == 2
     assert _value(samples, "voiceagent_turn_latency_seconds_count") == 2
+
+
+async def test_gc_pauses_and_loop_lag_are_exposed(tmp_path: Path) -> None:
+    """What every call waits for beyond its own work: collections by generation (once the
+    process records them, as ``voiceagent serve`` does) and the event loop's lag."""
+    heap.record_gc_pauses()
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            await trio.sleep(0.25)                      # a couple of lag samples
+            gc.collect(1)
+            _, samples = await trio.to_thread.run_sync(_scrape, server.url)
+    assert _value(samples, "voiceagent_gc_pause_seconds_count", generation="1") >= 1
+    assert _value(samples, "voiceagent_gc_pause_seconds_sum", generation="1") > 0
+    assert _value(samples, "voiceagent_gc_pause_seconds_bucket", generation="1",
+                  le="+Inf") == _value(samples, "voiceagent_gc_pause_seconds_count",
+                                       generation="1")
+    assert _value(samples, "voiceagent_event_loop_lag_seconds_count") >= 2

@@ -236,6 +236,7 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
     peak_rss = before["rss_kb"] if before else 0.0
     started = trio.current_time()
     wall_started = time.time()
+    client_cpu_started = time.process_time()
 
     bar = _progress_bar(options, stream)
 
@@ -264,6 +265,7 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
             _show(bar, figures)
             bar.close()
     duration_s = trio.current_time() - started
+    client_cpu_s = time.process_time() - client_cpu_started
     after = read_processes(options.server_pids)
     result: dict[str, Any] = {
         "url": options.url, "started_at": round(wall_started, 3),
@@ -280,6 +282,10 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
         "words_after_interrupt": percentiles([float(n) for n in figures.late_tokens], 1.0),
         "barge_ins": [{"call_sid": sid, "sent_at_monotonic": at}
                       for sid, at in figures.barge_ins],
+        # this load generator's own CPU: when it nears 100 % of a core, its timings include
+        # its own queueing, and so do those of anything sharing that core
+        "client_cpu_percent": round(100 * client_cpu_s / duration_s, 1) if duration_s
+        else None,
         "server": None}
     if before and after:
         cpu_s = after["cpu_s"] - before["cpu_s"]
@@ -339,6 +345,7 @@ def format_table(result: dict[str, Any]) -> str:
                      f"({server['cpu_percent']}%), {server['cpu_per_token_us']} us/token, "
                      f"rss {server['rss_kb_before']:.0f} -> peak {server['rss_kb_peak']:.0f} "
                      f"KiB")
+    lines.append(f"load generator (this process): cpu {result['client_cpu_percent']}%")
     for kind, count in sorted(result["error_kinds"].items()):
         lines.append(f"error x{count}: {kind}")
     return "\n".join(lines)

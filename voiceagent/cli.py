@@ -108,12 +108,17 @@ async def _serve_async(settings: Settings) -> None:
     from voiceagent.server import serve, wait_signal
 
     stop = trio.Event()
+    pauses = heap.record_gc_pauses()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(wait_signal, stop)       # before start-up: an early SIGTERM drains
         async with open_runtime(settings) as runtime:
             heap.settle_after_startup()
             await serve(runtime, host=settings.host, port=settings.port, shutdown=stop)
+            lag_ms = round((runtime.metrics.loop_lag_longest if runtime.metrics else 0) * 1e3, 2)
         nursery.cancel_scope.cancel()
+    # what the process's calls waited for, beyond their own work (benchmarks read this line)
+    log.info("server stopped", extra={"gc_pauses": pauses.summary(),
+                                      "loop_lag_longest_ms": lag_ms})
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics as stats
 import sys
 import time
@@ -29,8 +30,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+from voiceagent import heap
 
 if TYPE_CHECKING:
     from actors.call import CallReport
@@ -42,6 +50,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 TOOL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 EMF_ACTIVE_CALLS_INTERVAL_S = 30.0     # the scaling policy needs one point a minute
 
 
@@ -89,6 +98,11 @@ class Metrics:
                                    "tokens, see TOKEN_HOLD_MS)", registry=r)
         self.frames_rejected = Counter("voiceagent_frames_rejected",
                                        "Relay frames dropped, by reason", ["reason"], registry=r)
+        self.loop_lag = Histogram(
+            "voiceagent_event_loop_lag_seconds",
+            "How late the event loop ran a timer (sampled every 100 ms): latency every call "
+            "pays, whatever its cause", buckets=LAG_BUCKETS, registry=r)
+        self.loop_lag_longest = 0.0
         r.register(_Sampled(runtime))
 
     # ------------------------------------------------------------------ feeding
@@ -122,6 +136,10 @@ class Metrics:
         self.text_frames.inc(report.writer.tokens)
         for reason, count in report.frames.rejected.items():
             self.frames_rejected.labels(reason).inc(count)
+
+    def observe_loop_lag(self, lag_s: float) -> None:
+        self.loop_lag.observe(lag_s)
+        self.loop_lag_longest = max(self.loop_lag_longest, lag_s)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -195,6 +213,19 @@ class _Sampled(Collector):
                        "History items refused permanently and dropped", writer.failed)
         yield _counter("voiceagent_write_behind_retries", "Write attempts repeated",
                        writer.retries)
+        pauses = heap.gc_pauses()
+        if pauses is not None:
+            gc_family = HistogramMetricFamily(
+                "voiceagent_gc_pause_seconds",
+                "Cyclic garbage collections, by generation: the event loop stops for each",
+                labels=["generation"])
+            for generation, counts in pauses.counts.items():
+                cumulative, buckets = 0, []
+                for bound, count in zip((*pauses.buckets, math.inf), counts, strict=True):
+                    cumulative += count
+                    buckets.append(("+Inf" if bound == math.inf else str(bound), cumulative))
+                gc_family.add_metric([str(generation)], buckets, pauses.sums[generation])
+            yield gc_family
         sample: Callable[[], Any] | None = getattr(runtime.llm, "statistics", None)
         if sample is None:
             return

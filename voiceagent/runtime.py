@@ -11,12 +11,14 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
 
 import voiceagent.store.records as records
 from actors.call import CallReport, CallServices
+from voiceagent import heap
 from voiceagent.catalog import Catalog, read_config_dir, write_config
 from voiceagent.llm.base import LLM
 from voiceagent.llm.scripted import ScriptedLLM
@@ -161,6 +163,7 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
         runtime.calls.on_finished = runtime.metrics.on_call_finished
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
+            await nursery.start(partial(heap.watch_loop_lag, runtime.metrics.observe_loop_lag))
             if runtime.metrics.emf_enabled:
                 await nursery.start(runtime.metrics.run_emf)
             try:

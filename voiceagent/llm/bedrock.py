@@ -59,6 +59,7 @@ from voiceagent.llm.bedrock_native import (
     ConnectionPool,
     Endpoint,
     NativeAttempt,
+    ReadWatchdog,
     Signer,
     classify_native,
     request_body,
@@ -267,6 +268,7 @@ class BedrockLLM:
         self._mailbox: Mailbox | None = None
         self._pool: ConnectionPool | None = None         # native transport
         self._signer: Signer | None = None
+        self._watchdog = ReadWatchdog()
         self._counts = _Counts()
 
     @classmethod
@@ -377,7 +379,7 @@ class BedrockLLM:
             failure = classify_native(err)
         attempt = NativeAttempt(pool, target, headers, body, started_at=started_at,
                                 read_timeout_s=self.read_timeout_s,
-                                on_finished=self._attempt_finished)
+                                on_finished=self._attempt_finished, watchdog=self._watchdog)
         await self._limiter.acquire_on_behalf_of(attempt)
         try:
             if failure is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import select
 import ssl
 import time
@@ -51,6 +52,7 @@ from voiceagent.threads import run_blocking
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
+WATCHDOG_SLACK_S = 0.05             # read timeouts fire up to this late
 IDLE_MAX_S = 30.0                   # Bedrock's front ends drop idle connections after ~60 s
 MAX_ERROR_BODY = 64 * 1024
 SIGNING_NAME = "bedrock"            # the endpoint prefix is bedrock-runtime, the signer's is not
@@ -247,6 +249,47 @@ def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
     return context
 
 
+# ---------------------------------------------------------------- read timeouts
+
+class ReadWatchdog:
+    """Ends reads that have waited longer than the read timeout: one task for every stream
+    of a trio run, instead of a cancel scope around each read (one per model event, which
+    cost as much as parsing the event). It sleeps while no stream is open."""
+
+    def __init__(self) -> None:
+        self._attempts: set[NativeAttempt] = set()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._changed = trio.Event()
+
+    def watch(self, attempt: NativeAttempt) -> None:
+        token = trio.lowlevel.current_trio_token()
+        if self._token is not token:          # a new trio run (tests start many)
+            self._token, self._attempts = token, set()
+            self._changed = trio.Event()
+            trio.lowlevel.spawn_system_task(self._run, name="bedrock read watchdog")
+        self._attempts.add(attempt)
+        self._changed.set()
+
+    def forget(self, attempt: NativeAttempt) -> None:
+        self._attempts.discard(attempt)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._attempts:
+                self._changed = trio.Event()
+                await self._changed.wait()
+                continue
+            now = trio.current_time()
+            for attempt in [a for a in self._attempts if a.read_deadline <= now]:
+                self._attempts.discard(attempt)
+                attempt.time_out()
+            if self._attempts:
+                soonest = min(a.read_deadline for a in self._attempts)
+                # Deadlines only move later as data comes, so waking at the soonest one is
+                # early, never late; the slack batches the checks of busy streams.
+                await trio.sleep_until(max(soonest, now + WATCHDOG_SLACK_S))
+
+
 # ---------------------------------------------------------------- one attempt
 
 class NativeAttempt:
@@ -259,8 +302,10 @@ class NativeAttempt:
 
     def __init__(self, pool: ConnectionPool, target: str, headers: list[tuple[str, str]],
                  body: bytes, *, started_at: float, read_timeout_s: float,
-                 on_finished: Callable[[NativeAttempt, float], None]) -> None:
+                 on_finished: Callable[[NativeAttempt, float], None],
+                 watchdog: ReadWatchdog) -> None:
         self._pool = pool
+        self._watchdog = watchdog
         self._target = target
         self._headers = headers
         self._body = body
@@ -277,7 +322,8 @@ class NativeAttempt:
         self._ended = False                 # nothing more will be queued
         self._complete = False              # the exchange finished cleanly: reusable
         self._closed = False
-        self._deadline = 0.0
+        self._timed_out = False
+        self.read_deadline = math.inf       # the watchdog ends the read past this
         self.cancelled_at: float | None = None      # perf_counter() at abort
         self.closed_at: float | None = None         # perf_counter() when the socket closed
 
@@ -307,7 +353,9 @@ class NativeAttempt:
         except BaseException:
             self._drop_connection()
             raise
-        self._deadline = trio.current_time() + self._read_timeout_s
+        if not self._ended:
+            self.read_deadline = trio.current_time() + self._read_timeout_s
+            self._watchdog.watch(self)
 
     async def receive(self) -> Item:
         """The next event or failure; ``EndOfChannel`` after the last."""
@@ -325,16 +373,17 @@ class NativeAttempt:
         try:
             event = connection.h11.next_event()
             if event is h11.NEED_DATA:
-                with trio.move_on_at(self._deadline) as waited:
-                    data = await connection.stream.receive_some(READ_SIZE)
-                if waited.cancelled_caught:
-                    raise ReadTimeout(f"no data from Bedrock for {self._read_timeout_s:g} s")
-                self._deadline = trio.current_time() + self._read_timeout_s
+                data = await connection.stream.receive_some(READ_SIZE)
+                self.read_deadline = trio.current_time() + self._read_timeout_s
                 connection.h11.receive_data(bytes(data))
                 return
             self._take(event)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError,
                 h11.ProtocolError) as err:
+            if self._timed_out:
+                self._fail(classify_native(ReadTimeout(
+                    f"no data from Bedrock for {self._read_timeout_s:g} s")))
+                return
             if self._reused and self._status is None and not self.cancelled_at:
                 # a kept-alive connection the server had closed: the request never ran
                 self._drop_connection()
@@ -368,6 +417,7 @@ class NativeAttempt:
             self._assembler.finish(out)
             self._items.extend(out)
             self._ended = self._complete = True
+            self._watchdog.forget(self)
         elif isinstance(event, h11.ConnectionClosed):
             raise OSError("Bedrock closed the connection")
 
@@ -390,11 +440,17 @@ class NativeAttempt:
         self._items.append(failure)
         self._ended = True
         self._drop_connection()
+        self._watchdog.forget(self)
 
     def _drop_connection(self) -> None:
         if self._connection is not None:
             self._connection.close_now()
             self._connection = None
+
+    def time_out(self) -> None:
+        """The watchdog's: the read has waited too long; closing the socket ends it."""
+        self._timed_out = True
+        self._drop_connection()
 
     def abort(self) -> None:
         """Stop now, wherever the exchange is: the socket is closed from here."""
@@ -409,6 +465,7 @@ class NativeAttempt:
         if self._closed:
             return
         self._closed = True
+        self._watchdog.forget(self)
         connection, self._connection = self._connection, None
         if connection is not None:
             if self._complete:
