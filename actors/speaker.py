@@ -74,6 +74,18 @@ class Speaker:
                 or trio.current_time() >= self._flush_at):
             await self.flush()
 
+    async def hold(self, token: str) -> None:
+        """Add a token to what the next ``flush`` sends (a held window read all at once);
+        only the size cap sends early."""
+        if not token:
+            return
+        if not self._held:
+            self._flush_at = trio.current_time() + self._hold_s
+        self._held.append(token)
+        self._held_chars += len(token)
+        if self._held_chars >= MAX_HELD_CHARS:
+            await self.flush()
+
     async def say_text(self, text: str) -> None:
         """Speak a fixed sentence (a fallback or a DTMF reply): it is whole, so nothing of it
         is left held."""

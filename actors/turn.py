@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,17 +154,20 @@ async def _model_round(ctx: CallContext, speaker: Speaker) -> tuple[ToolCall, ..
     received = _Received()
     try:
         async with ctx.llm.stream(request) as events:
+            take_ready = getattr(events, "take_ready", None)
             with suppress(trio.EndOfChannel):
-                while True:
+                while received.end is None:
                     if speaker.flush_at == math.inf:
                         await _take(await events.receive(), speaker, received)
-                        continue
-                    # Tokens are held: one deadline for the whole window, not one per token.
-                    # A clause-end flush cut by it keeps its text held; the flush below sends it.
-                    with trio.move_on_at(speaker.flush_at):
-                        while speaker.flush_at < math.inf:
-                            await _take(await events.receive(), speaker, received)
-                    await speaker.flush()
+                    elif take_ready is not None:
+                        await _held_windows(speaker, take_ready, received, ctx.token_hold_s)
+                    else:
+                        # One deadline for the whole window, not one per token. A clause-end
+                        # flush cut by it keeps its text held; the flush below sends it.
+                        with trio.move_on_at(speaker.flush_at):
+                            while speaker.flush_at < math.inf:
+                                await _take(await events.receive(), speaker, received)
+                        await speaker.flush()
     finally:
         ctx.stats.rounds.append(_round_record(ctx, received.end, received.overhead_s))
     return tuple(received.calls)
@@ -174,6 +178,31 @@ class _Received:
     calls: list[ToolCall] = field(default_factory=list)
     overhead_s: float | None = None     # first delta received -> handed to the writer
     end: StreamEnd | None = None
+
+
+async def _held_windows(speaker: Speaker, take_ready: Callable[[], Awaitable[list[LLMEvent]]],
+                        received: _Received, hold_s: float) -> None:
+    """Text is held (the reply's first clause is out): the model is read once per hold window,
+    not once per token, and what came in the window goes out in one frame at its end. The
+    caller is listening to the first clause meanwhile, so a later clause sent at the end of
+    its window instead of at its last word is not heard; the turn wakes a few times a
+    second instead of at every token. Returns when a window brought nothing (the model paused
+    or ended): the next token is waited for as usual."""
+    due = speaker.flush_at
+    while True:
+        await trio.sleep_until(due)         # a cut here: the held text was never sent
+        batch = await take_ready()
+        for event in batch:
+            if isinstance(event, TextDelta):
+                await speaker.hold(event.text)
+            else:
+                await _take(event, speaker, received)
+        if received.end is not None:
+            return                          # the reply's last frame carries it, last: true
+        await speaker.flush()
+        if not batch:
+            return
+        due = trio.current_time() + hold_s
 
 
 async def _take(event: LLMEvent, speaker: Speaker, received: _Received) -> None:

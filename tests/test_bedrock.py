@@ -934,3 +934,47 @@ async def test_a_bedrock_api_key_never_goes_over_plain_http(
             await llm.warm_up()
     finally:
         await llm.aclose()
+
+
+async def test_take_ready_hands_over_what_arrived_without_waiting(
+        fake: FakeBedrock, llm: BedrockLLM) -> None:
+    """A turn holding text reads the stream once per window: everything that came since,
+    in order, and nothing is waited for."""
+    deltas = [f" w{n}" for n in range(12)]
+    fake.push(text_reply(deltas, gap_s=0.02))
+    texts: list[str] = []
+    with trio.fail_after(5):
+        async with llm.stream(request()) as events:
+            first = await events.receive()
+            assert isinstance(first, TextDelta)
+            texts.append(first.text)
+            await trio.sleep(0.1)
+            started = trio.current_time()
+            batch = await events.take_ready()  # type: ignore[attr-defined]
+            assert trio.current_time() - started < 0.015      # nothing waited for
+            assert len(batch) >= 3
+            end = None
+            while end is None:
+                for item in [*batch, await events.receive()]:
+                    if isinstance(item, TextDelta):
+                        texts.append(item.text)
+                    elif isinstance(item, StreamEnd):
+                        end = item
+                batch = []
+    assert texts == deltas
+    assert end.stop_reason == "end_turn"
+
+
+async def test_take_ready_gives_the_events_before_a_failure_first(
+        fake: FakeBedrock, llm: BedrockLLM) -> None:
+    fake.push(stream_reply(message_start(), text_events(["Sure,", " we"], gap_s=0.01,
+                                                        stop=False),
+                           exception("throttlingException", delay_s=0.01)))
+    with trio.fail_after(5):
+        async with llm.stream(request()) as events:
+            assert await events.receive() == TextDelta("Sure,")
+            await trio.sleep(0.1)
+            assert await events.take_ready() == [TextDelta(" we")]  # type: ignore[attr-defined]
+            with pytest.raises(ModelStreamFailed) as failed:
+                await events.receive()
+    assert failed.value.after_tokens

@@ -1,6 +1,6 @@
 """TOKEN_HOLD_MS: a reply's first clause streams token by token, later tokens go together at a
-clause end or when the hold expires; held text that was never sent is never spoken nor
-recorded.
+clause end or when the hold expires (or, from a stream that can hand over what has arrived,
+once per window); held text that was never sent is never spoken nor recorded.
 
 Virtual clock throughout, so each frame's send time is asserted exactly.
 """
@@ -26,10 +26,12 @@ from tests.fakes import FakeLLM, tool_use, words
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from voiceagent.caller import open_call
 from voiceagent.errors import ModelStreamFailed
-from voiceagent.llm.base import TextDelta
+from voiceagent.llm.base import LLMRequest, StreamEnd, TextDelta
+from voiceagent.llm.scripted import ScriptedLLM
 from voiceagent.settings import Settings
 from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
+from voiceagent.usecases import ScriptedConfig
 
 HOLD = {"token_hold_s": 0.1}
 
@@ -232,3 +234,69 @@ async def test_a_cancel_as_the_window_expires_keeps_the_turns_reason(
         assert cut_by == "barge-in"
         assert sent in ("Sure,", "Sure, we")     # " we" went out if the window won the tick
         assert recorded == sent                  # what was sent, never what was held
+
+
+# ------------------------------------------- streams that hand over what has arrived
+
+def scripted(text: str, *, first_ms: int = 200, gap_ms: int = 30) -> ScriptedLLM:
+    """The offline model: its stream can hand over every token due by now at once."""
+    return ScriptedLLM({"test": ScriptedConfig(fallback=text, first_token_delay_ms=first_ms,
+                                               token_delay_ms=gap_ms)})
+
+
+async def test_held_text_is_read_once_a_window_and_sent_in_one_frame(
+        autojump_clock: Any) -> None:
+    """With a stream that has ``take_ready`` the turn sleeps through the window and takes
+    every token that came in it: one wake and one frame per window, not one per token. The
+    first clause is untouched; the reply's last frame carries last: true."""
+    llm = scripted("We open at nine, and close at ten every night of the week.")
+    async with open_test_call(llm, services_changes=HOLD) as call:
+        call.say("when are you open?")
+        frames = await timed_reply(call)
+    assert frames == [
+        (0.2, "We", False), (0.23, " open", False), (0.26, " at", False),
+        (0.29, " nine,", False),                   # the first clause, as it came
+        (0.42, " and close at ten", False),        # " and" at 0.32: the window ends 0.42
+        (0.52, " every night of", False),          # came 0.44-0.50, sent at 0.52
+        (0.62, " the week.", True),                # the end came in this window too
+    ]
+    assert call.history[-1]["content"] == [
+        {"text": "We open at nine, and close at ten every night of the week."}]
+
+
+async def test_a_cut_inside_a_read_window_sends_and_records_nothing_more(
+        autojump_clock: Any) -> None:
+    llm = scripted("Sure, we open at nine and close at ten tonight.")
+    async with open_test_call(llm, services_changes=HOLD) as call:
+        call.say("when are you open?")
+        assert (await call.frame())["token"] == "Sure,"
+        await trio.sleep_until(0.3)                # " we" is held; the rest not read yet
+        call.interrupt(heard=None)
+        await trio.testing.wait_all_tasks_blocked()
+        assert call.socket.pending() == [{"type": "text", "token": "", "last": True}]
+        assert llm.statistics().streams_open == 0  # the stream is closed
+        await trio.sleep(5)
+        assert call.socket.pending() == []
+    assert call.history[-1]["content"] == [{"text": "Sure,"}]
+
+
+async def test_scripted_take_ready_keeps_the_models_own_pace(autojump_clock: Any) -> None:
+    """Tokens nobody read are still due when the model made them: reading late takes them
+    all, and the next comes a gap after the last one's due time, not after the read."""
+    llm = scripted("one two three four five", first_ms=100, gap_ms=50)
+    request = LLMRequest(call_sid="CA1", use_case="test", model_id="m", system=("x",),
+                         messages=({"role": "user", "content": [{"text": "count"}]},))
+    async with llm.stream(request) as events:
+        await trio.sleep_until(0.22)
+        first = await events.take_ready()              # due 0.10, 0.15, 0.20
+        assert await events.take_ready() == []         # nothing more yet
+        fourth = await events.receive()                # due 0.25
+        at_fourth = trio.current_time()
+        await trio.sleep_until(1.0)
+        rest = await events.take_ready()
+    assert first == [TextDelta("one"), TextDelta(" two"), TextDelta(" three")]
+    assert (fourth, at_fourth) == (TextDelta(" four"), pytest.approx(0.25))
+    assert rest[0] == TextDelta(" five")
+    end = rest[1]
+    assert isinstance(end, StreamEnd)
+    assert end.first_token_s == pytest.approx(0.1)

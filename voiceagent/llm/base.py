@@ -91,7 +91,12 @@ class LLM(Protocol):
         """Open one model call. Leaving the context closes the upstream stream, in bounded
         time, without blocking the event loop. Raises ``LLMError`` subclasses, from entering
         or from iterating. ``receive`` must lose nothing when cancelled (as trio's memory
-        channels): a turn waits on it under the deadline of its held text."""
+        channels): a turn waits on it under the deadline of its held text.
+
+        A stream may also offer ``async take_ready() -> list[LLMEvent]``: every event that
+        has arrived, without waiting for more (failures after events are raised by the next
+        read). A turn holding text then reads it once per hold window instead of once per
+        token; both built-in backends offer it."""
         ...
 
     async def aclose(self) -> None:

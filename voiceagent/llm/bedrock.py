@@ -68,6 +68,7 @@ from voiceagent.llm.bedrock_native import (
 from voiceagent.llm.bedrock_transport import (
     Attempt,
     Failure,
+    Item,
     Mailbox,
     install_tracking,
     open_connection,
@@ -132,6 +133,7 @@ class _ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         self._opened_at = trio.current_time()
         self._started_at = time.perf_counter()
         self._attempt: AnyAttempt | None = None
+        self._ready: collections.deque[Item] = collections.deque()   # taken, not yet handed
         self._retries = 0
         self._content = False               # content reached the caller: no more retries
         self._ended = False
@@ -145,20 +147,48 @@ class _ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
             attempt = self._attempt
             if attempt is None or self._closed:
                 raise trio.ClosedResourceError("the model stream was closed")
-            try:
-                item = await attempt.receive()
-            except trio.EndOfChannel:
-                self._ended = True
-                raise
+            if self._ready:
+                item = self._ready.popleft()
+            else:
+                try:
+                    item = await attempt.receive()
+                except trio.EndOfChannel:
+                    self._ended = True
+                    raise
             if isinstance(item, Failure):
                 await self._after_failure(attempt, item)
                 continue
-            if isinstance(item, StreamEnd):
-                self._ended = True
-                self._backend._stream_completed(item)
+            return self._note(item)
+
+    async def take_ready(self) -> list[LLMEvent]:
+        """What has arrived, without waiting for more: a turn holding text reads once per
+        hold window instead of once per token. A failure after events is met at the next
+        read, so the events before it are spoken first."""
+        out: list[LLMEvent] = []
+        while True:
+            attempt = self._attempt
+            if attempt is None or self._closed:
+                raise trio.ClosedResourceError("the model stream was closed")
+            items = [*self._ready, *await attempt.take_ready()]
+            self._ready.clear()
+            for at, item in enumerate(items):
+                if isinstance(item, Failure):
+                    if out:
+                        self._ready.extend(items[at:])
+                        return out
+                    await self._after_failure(attempt, item)    # raises, or tries again
+                    break
+                out.append(self._note(item))
             else:
-                self._content = True
-            return item
+                return out
+
+    def _note(self, item: LLMEvent) -> LLMEvent:
+        if isinstance(item, StreamEnd):
+            self._ended = True
+            self._backend._stream_completed(item)
+        else:
+            self._content = True
+        return item
 
     async def _after_failure(self, attempt: AnyAttempt, failure: Failure) -> None:
         """Start the next attempt, or raise."""

@@ -166,14 +166,18 @@ class Connection:
         with suppress(OSError):
             self.socket.close()
 
+    def readable(self) -> bool:
+        """Bytes (or an EOF) wait on the socket: a read now would not block."""
+        try:
+            ready, _, _ = select.select([self.socket.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return True                     # closed under us: let the read say how
+        return bool(ready)
+
     def looks_closed(self) -> bool:
         """Idle connections have nothing to read: anything readable is the server's close
         (EOF, a TLS alert) or garbage. Either way it cannot carry a request."""
-        try:
-            readable, _, _ = select.select([self.socket.fileno()], [], [], 0)
-        except (OSError, ValueError):
-            return True
-        return bool(readable)
+        return self.readable()
 
 
 class ConnectionPool:
@@ -365,33 +369,46 @@ class NativeAttempt:
             await self._step()
         return self._items.popleft()
 
-    async def _step(self) -> None:
+    async def take_ready(self) -> list[Item]:
+        """What has already arrived, without waiting for more (a TLS record half in may be
+        waited for): queued items, then whatever the socket holds."""
+        while not self._ended and await self._step(wait=False):
+            pass
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    async def _step(self, *, wait: bool = True) -> bool:
+        """Take one h11 event, or read once. False (``wait`` off): nothing to read now."""
         connection = self._connection
         if connection is None:
             self._fail(classify_native(OSError("the connection is gone")))
-            return
+            return True
         try:
             event = connection.h11.next_event()
             if event is h11.NEED_DATA:
+                if not wait and not connection.readable():
+                    return False
                 data = await connection.stream.receive_some(READ_SIZE)
                 self.read_deadline = trio.current_time() + self._read_timeout_s
                 connection.h11.receive_data(bytes(data))
-                return
+                return True
             self._take(event)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError,
                 h11.ProtocolError) as err:
             if self._timed_out:
                 self._fail(classify_native(ReadTimeout(
                     f"no data from Bedrock for {self._read_timeout_s:g} s")))
-                return
+                return True
             if self._reused and self._status is None and not self.cancelled_at:
                 # a kept-alive connection the server had closed: the request never ran
                 self._drop_connection()
                 await self.open(fresh=True)
-                return
+                return True
             self._fail(classify_native(err))
         except Exception as err:            # the reply's own faults; anything else is a bug
             self._fail(classify_native(err))
+        return True
 
     def _take(self, event: Any) -> None:
         if isinstance(event, h11.Response):

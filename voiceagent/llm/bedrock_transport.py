@@ -341,6 +341,15 @@ class Attempt:
         """The next item in order; ``EndOfChannel`` once the thread is done."""
         return await self.inbox.receive()
 
+    async def take_ready(self) -> list[Item]:
+        """The items the worker has posted so far, without waiting."""
+        await trio.lowlevel.checkpoint()
+        items: list[Item] = []
+        with suppress(trio.WouldBlock, trio.EndOfChannel):
+            while True:
+                items.append(self.inbox.receive_nowait())
+        return items
+
     @property
     def closed_at(self) -> float | None:
         return self.tracker.closed_at

@@ -178,6 +178,25 @@ class _Paced(trio.abc.ReceiveChannel[LLMEvent]):
         self._due = max(self._due, trio.current_time()) + self._gap_s
         return event
 
+    async def take_ready(self) -> list[LLMEvent]:
+        """The events due by now, without waiting: a model streams on while nobody reads,
+        so each keeps the time it was due at."""
+        await trio.lowlevel.checkpoint()
+        now = trio.current_time()
+        out: list[LLMEvent] = []
+        while self._next < len(self._events) and self._due <= now:
+            event = self._events[self._next]
+            self._next += 1
+            if self._first_token_s is None and isinstance(event, TextDelta):
+                self._first_token_s = self._due - self._started
+            self._due += self._gap_s
+            out.append(event)
+        if self._next == len(self._events) and self._end is not None:
+            end, self._end = self._end, None
+            out.append(StreamEnd(end.stop_reason, usage=end.usage,
+                                 first_token_s=self._first_token_s))
+        return out
+
     async def aclose(self) -> None:
         self._next, self._end = len(self._events), None
 
