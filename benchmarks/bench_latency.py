@@ -3,36 +3,44 @@
 Each level runs on a fresh local stack (``local_stack.py``): the local Bedrock endpoint and
 local DynamoDB in their own processes, and ``voiceagent serve`` (signatures on, JSON logs at
 INFO, the benchmark use case: 20-40 word replies, one tool, one keypad handler). The load is
-``voiceagent bench``'s generator in this process, playing Twilio. Per level:
+``voiceagent bench``'s generator in this process, playing Twilio. Per level, N calls are
+started over N x 20 ms and then all stay up together:
 
-1. idle: N calls connect, set up and stay silent for 3 s; memory per idle call is the
-   server's RSS growth divided by N;
-2. loaded: N calls ramped over N x 20 ms, each saying hours / barging into the menu after 3
-   words / specials / pickup (a tool round) / pressing 1, with ``--think`` seconds (+-50 %)
-   between a reply and the next prompt.
+1. idle: every call connects, sets up and stays silent until all have been up for 3 s;
+   memory per idle call is the server's RSS growth divided by N;
+2. loaded: every call plays hours / barging into the menu after 3 words / specials / pickup
+   (a tool round) / pressing 1, again and again until all have been up together for
+   ``--window`` seconds (30). A caller hears each reply out at TTS pace (``--listen-wpm``,
+   150) and takes ``--think`` seconds (1.5, +-50 %) to answer, as on a real call. The
+   figures come from the turns of that window, when all N calls are up.
 
 Figures:
 
 * application latency overhead, server side: from the server's own "turn done" lines, prompt
   frame received -> first token frame sent (Twilio's "application latency"), minus the
-  model's first-token delay; the endpoint's own lag in sending that first token (it shares
-  the cores) is shown beside it and is included, not subtracted;
-* the same seen by the callers (client side, their own scheduling on the same cores
-  included);
+  model's first-token delay as the endpoint delivered it (the configured delay plus the
+  endpoint's own lag for that request, which it records); the figure minus the configured
+  delay only is printed beside it;
+* the same seen by the callers (client side: their own scheduling included);
 * barge-in: interrupt sent -> the cut reply's closer received (client), and interrupt sent ->
   the upstream ConverseStream connection closed, as the Bedrock endpoint saw it (the shared
   monotonic clock of this machine; an upper bound for the server's cancel -> closed);
 * CPU per relayed token, all in (every cost of the calls over the loaded phase, set-up and
   hang-up included, divided by the words the callers received); ``bench_token_cpu.py``
   measures what one more token costs;
-* the CPU of the endpoint and of DynamoDB, which share the machine's two cores with the
-  server and the callers.
+* the CPU of the endpoint and of DynamoDB, and the server's collections and longest loop lag
+  (its "server stopped" line).
+
+When a core is left over (one worker on two cores), the worker runs on core 0 and the callers
+and fakes on the rest (``--no-pin`` to let them mix): the server's figures are then its own,
+not its load generator's.
 
 With ``--baseline URL`` (any ConversationRelay server, already running) or
 ``--baseline-unchunked`` (ours with TOKEN_HOLD_MS=0: one frame per token), each level is run
 again against the baseline and the client-side figures are printed side by side.
 
-    python benchmarks/bench_latency.py --levels 50 200 500 1000 2000 --workers 2
+    python benchmarks/bench_latency.py --levels 50 200 500 1000
+    python benchmarks/bench_latency.py --levels 2000 --workers 2
 """
 
 from __future__ import annotations
@@ -69,13 +77,29 @@ GOAL_OVERHEAD_P99_MS = {500: 5.0, 2000: 50.0}
 GOAL_IDLE_KB = 100.0
 GOAL_UPSTREAM_CLOSED_P99_MS = 10.0
 THINK_JITTER = 0.5              # pauses vary +-50 %: callers are not in step
-IDLE_HOLD_S = 3.0
+IDLE_HOLD_S = 3.0               # every call connected and silent this long: memory
+LISTEN_WPM = 150.0              # a caller hears the reply out at TTS pace before answering
+WINDOW_S = 30.0                 # every call up at once this long after the ramp
 SCRIPT = (Step("say", "what are your hours?"), Step("barge", "what is on the menu?", 3),
           Step("say", "any specials today?"), Step("say", "when can I pick up my order?"),
           Step("dtmf", "1"))
 
 
 # ------------------------------------------------------------------ the server's side
+
+def pin_layout(workers: int, pin: bool) -> list[set[int]] | None:
+    """With ``pin`` and a core to spare: worker n on core n, and this process (the callers)
+    with everything it starts (the fakes) on the cores left, so the server's figures are
+    its own and not its load generator's. None: no pinning."""
+    cores = sorted(os.sched_getaffinity(0))
+    if not pin or len(cores) <= workers:
+        return None
+    os.sched_setaffinity(0, set(cores[workers:]))
+    return [{core} for core in cores[:workers]]
+
+
+PINNED: list[set[int]] | None = None
+
 
 def start_servers(stack: Stack, log_dir: Path, name: str, workers: int,
                   extra_env: dict[str, str] | None = None
@@ -95,7 +119,9 @@ def start_servers(stack: Stack, log_dir: Path, name: str, workers: int,
     for worker in range(workers):
         log_path = log_dir / f"server-{name}-{worker}.log"
         with log_path.open("wb") as log_file:
-            process, url = server_process.start_server(env, stderr=log_file, port=port)
+            process, url = server_process.start_server(
+                env, stderr=log_file, port=port,
+                cpus=PINNED[worker % len(PINNED)] if PINNED else None)
         port = int(url.rsplit(":", 1)[1])
         processes.append(process)
         logs.append(log_path)
@@ -107,6 +133,30 @@ def stop_servers(processes: list[subprocess.Popen[bytes]]) -> None:
         process.terminate()                  # SIGTERM: the server drains
     for process in processes:
         server_process.stop(process, timeout_s=60)
+
+
+def exit_lines(log_paths: list[Path]) -> list[dict[str, Any]]:
+    """Each worker's "server stopped" line: its collections and its longest loop lag."""
+    found = []
+    for path in log_paths:
+        for line in path.read_text().splitlines():
+            if '"server stopped"' in line:
+                found.append(json.loads(line))
+    return found
+
+
+def pauses(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collections summed over the workers, by generation, and the longest loop lag."""
+    total: dict[str, dict[str, float]] = {}
+    for line in lines:
+        for generation, row in (line.get("gc_pauses") or {}).items():
+            into = total.setdefault(generation, {"count": 0, "total_ms": 0.0,
+                                                 "longest_ms": 0.0})
+            into["count"] += row["count"]
+            into["total_ms"] = round(into["total_ms"] + row["total_ms"], 1)
+            into["longest_ms"] = max(into["longest_ms"], row["longest_ms"])
+    return {"gc": total, "loop_lag_longest_ms": max(
+        (line.get("loop_lag_longest_ms") or 0.0 for line in lines), default=None)}
 
 
 def turn_summaries(log_paths: list[Path]) -> list[dict[str, Any]]:
@@ -122,10 +172,50 @@ def turn_summaries(log_paths: list[Path]) -> list[dict[str, Any]]:
     return turns
 
 
-def server_overheads_ms(turns: list[dict[str, Any]], first_token_ms: float) -> list[float]:
-    """Caller turns the model answered: application latency minus the model's delay."""
-    return [t["latency_ms"] - first_token_ms for t in turns
-            if t.get("latency_ms") is not None and t.get("rounds", 0) >= 1]
+def steady(turns: list[dict[str, Any]], loaded: dict[str, Any]) -> list[dict[str, Any]]:
+    """The turns that ended after the ramp, when every call was up."""
+    since = loaded["started_at"] + loaded["measured_from_s"]
+    return [t for t in turns if t.get("ts", 0) >= since]
+
+
+def server_overheads_ms(turns: list[dict[str, Any]], first_token_ms: float,
+                        lags_ms: dict[tuple[str, int], float] | None = None) -> list[float]:
+    """Caller turns the model answered: application latency minus the model's delay, and
+    minus the endpoint's own lag for that turn's request when ``lags_ms`` has it."""
+    values = []
+    for t in turns:
+        if t.get("latency_ms") is None or t.get("rounds", 0) < 1:
+            continue
+        lag = 0.0 if lags_ms is None else lags_ms.get((t.get("call_sid", ""), t["turn"]))
+        if lag is not None:
+            values.append(t["latency_ms"] - first_token_ms - lag)
+    return values
+
+
+def lags_by_turn(turns: list[dict[str, Any]], stats: dict[str, Any]) -> dict[tuple[str, int],
+                                                                             float]:
+    """The endpoint's lag sending the first token of each turn's first request: a call's
+    requests in order against its turns in order, each turn taking as many requests as it
+    had model rounds (a call whose counts do not match is left out)."""
+    requests: dict[str, list[dict[str, Any]]] = {}
+    for request in stats["requests"]:
+        requests.setdefault(request["call_sid"], []).append(request)
+    by_call: dict[str, list[dict[str, Any]]] = {}
+    for t in turns:
+        by_call.setdefault(t.get("call_sid", ""), []).append(t)
+    lags = {}
+    for call_sid, call_turns in by_call.items():
+        queue = sorted(requests.get(call_sid, ()), key=lambda r: r["index"])
+        ordered = sorted(call_turns, key=lambda t: t["turn"])
+        if sum(t.get("rounds", 0) for t in ordered) != len(queue):
+            continue
+        at = 0
+        for t in ordered:
+            rounds = t.get("rounds", 0)
+            if rounds and queue[at].get("first_late_s") is not None:
+                lags[(call_sid, t["turn"])] = queue[at]["first_late_s"] * 1000
+            at += rounds
+    return lags
 
 
 def keypad_latencies_ms(turns: list[dict[str, Any]]) -> list[float]:
@@ -164,8 +254,9 @@ def upstream_closed_ms(barge_ins: list[dict[str, Any]], stats: dict[str, Any]) -
     return figures
 
 
-def endpoint_lag_ms(stats: dict[str, Any]) -> list[float]:
-    return [r["first_late_s"] for r in stats["requests"] if r.get("first_late_s") is not None]
+def endpoint_lag_ms(stats: dict[str, Any], since_monotonic: float) -> list[float]:
+    return [r["first_late_s"] for r in stats["requests"]
+            if r.get("first_late_s") is not None and r["received_at"] >= since_monotonic]
 
 
 # ------------------------------------------------------------------ one level
@@ -187,6 +278,8 @@ class Plan:
     think_s: float
     ramp_per_call_s: float
     scratch: Path
+    listen_wpm: float = LISTEN_WPM
+    window_s: float = WINDOW_S
 
 
 def helper_cpu_s(stack: Stack) -> dict[str, float]:
@@ -200,10 +293,13 @@ def helper_cpu_s(stack: Stack) -> dict[str, float]:
 
 def loaded_run(url: str, calls: int, plan: Plan, pids: tuple[int, ...],
                auth_token: str = TOKEN) -> dict[str, Any]:
+    """Every call up at once for ``plan.window_s`` after the ramp; figures from then on."""
+    ramp_s = calls * plan.ramp_per_call_s
     return trio.run(run_bench, BenchOptions(
-        url=url, calls=calls, ramp_s=calls * plan.ramp_per_call_s, script=SCRIPT,
-        auth_token=auth_token, server_pids=pids, think_s=plan.think_s,
-        think_jitter=THINK_JITTER, progress=True))
+        url=url, calls=calls, ramp_s=ramp_s, script=SCRIPT, auth_token=auth_token,
+        server_pids=pids, think_s=plan.think_s, think_jitter=THINK_JITTER,
+        listen_wpm=plan.listen_wpm, until_s=ramp_s + plan.window_s, measure_from_s=ramp_s,
+        progress=True))
 
 
 def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, Any]:
@@ -212,9 +308,10 @@ def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, An
         processes, url, logs = start_servers(stack, scratch, f"{calls}", plan.workers)
         pids = tuple(process.pid for process in processes)
         try:
+            ramp_s = calls * plan.ramp_per_call_s
             idle = trio.run(run_bench, BenchOptions(
-                url=url, calls=calls, ramp_s=calls * plan.ramp_per_call_s, script=(),
-                auth_token=TOKEN, server_pids=pids, hold_s=IDLE_HOLD_S, progress=False))
+                url=url, calls=calls, ramp_s=ramp_s, script=(), auth_token=TOKEN,
+                server_pids=pids, until_s=ramp_s + IDLE_HOLD_S, progress=False))
             helpers_before = helper_cpu_s(stack)
             loaded = loaded_run(url, calls, plan, pids)
             helpers_after = helper_cpu_s(stack)
@@ -222,7 +319,9 @@ def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, An
         finally:
             stop_servers(processes)
         base = run_baseline(baseline, stack, calls, plan, scratch) if baseline else None
-    turns = turn_summaries(logs)
+    turns = steady(turn_summaries(logs), loaded)
+    since = loaded["started_at_monotonic"] + loaded["measured_from_s"]
+    lags = lags_by_turn(turn_summaries(logs), stats) if stats else None
     idle_server = idle["server"] or {}
     idle_kb = (idle_server.get("rss_kb_peak", 0) - idle_server.get("rss_kb_before", 0)) / calls
     duration = loaded["duration_s"] or 1.0
@@ -230,18 +329,22 @@ def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, An
                            / duration, 1) for name in helpers_after}
     return {
         "calls": calls, "workers": plan.workers, "stack": plan.stack.describe(),
+        "first_token_ms": plan.stack.first_token_ms,
         "think_s": plan.think_s, "ramp_s": calls * plan.ramp_per_call_s,
         "idle_errors": idle["errors"], "idle_kb_per_call": round(idle_kb, 1),
         "loaded": loaded,
         "overhead_ms": percentiles([v / 1000 for v in server_overheads_ms(
+            turns, plan.stack.first_token_ms, lags)]),
+        "overhead_vs_configured_ms": percentiles([v / 1000 for v in server_overheads_ms(
             turns, plan.stack.first_token_ms)]),
         "keypad_latency_ms": percentiles([v / 1000 for v in keypad_latencies_ms(turns)]),
         "client_overhead_ms": _minus(loaded["latency_ms"], plan.stack.first_token_ms),
         "upstream_closed_ms": percentiles(upstream_closed_ms(loaded["barge_ins"], stats))
         if stats else None,
-        "endpoint_lag_ms": percentiles(endpoint_lag_ms(stats)) if stats else None,
+        "endpoint_lag_ms": percentiles(endpoint_lag_ms(stats, since)) if stats else None,
         "endpoint_violations": stats["violations"] if stats else None,
         "helpers_cpu_percent": helpers,
+        "server_pauses": pauses(exit_lines(logs)),
         "baseline": base}
 
 
@@ -312,13 +415,18 @@ def _p(row: dict[str, Any] | None, q: str) -> str:
 def print_level(result: dict[str, Any]) -> None:
     print(f"\n== {result['calls']} calls ==")
     print(format_table(result["loaded"]))
-    print(f"server overhead (ms): {result['overhead_ms']}")
+    print(f"server overhead (ms), minus the model's delay as the endpoint delivered it: "
+          f"{result['overhead_ms']}")
+    print(f"server overhead (ms), minus the configured {result['first_token_ms']:g} ms only: "
+          f"{result['overhead_vs_configured_ms']}")
     print(f"keypad replies, no model (ms): {result['keypad_latency_ms']}")
     print(f"endpoint's own lag sending first tokens (ms): {result['endpoint_lag_ms']}")
     print(f"interrupt sent -> upstream closed at the endpoint (ms): "
           f"{result['upstream_closed_ms']}")
     print(f"idle: {result['idle_kb_per_call']} KiB RSS per connected idle call "
           f"({result['idle_errors']} errors); helpers' CPU: {result['helpers_cpu_percent']}")
+    print(f"server's collections over its life (idle phase included) and longest loop lag: "
+          f"{result['server_pauses']}")
     if result["endpoint_violations"]:
         print(f"!! the endpoint saw requests Converse would refuse: "
               f"{result['endpoint_violations'][:3]}")
@@ -327,10 +435,14 @@ def print_level(result: dict[str, Any]) -> None:
 
 
 def print_summary(results: list[dict[str, Any]], plan: Plan) -> None:
+    pinning = (f"server worker(s) pinned to {PINNED}, callers and fakes to "
+               f"{sorted(os.sched_getaffinity(0))}" if PINNED else "no pinning")
     print(f"\nmachine: {os.cpu_count()} cpus, {platform.machine()}, python "
           f"{platform.python_version()}; {plan.stack.describe()}; script: "
-          f"{[s.kind for s in SCRIPT]}, think {plan.think_s:g} s (+-{THINK_JITTER:.0%}); "
-          f"{plan.workers} server process(es)")
+          f"{[s.kind for s in SCRIPT]} played until every call has been up for "
+          f"{plan.window_s:g} s, each reply heard at {plan.listen_wpm:g} wpm, then "
+          f"{plan.think_s:g} s (+-{THINK_JITTER:.0%}); {plan.workers} server process(es), "
+          f"{pinning}")
     print(f"{'calls':>6} | {'overhead p50':>12} {'p95':>7} {'p99':>7} | {'client p99':>10} | "
           f"{'barge stop':>10} {'upstream':>8} | {'KiB/idle':>8} | {'us/token':>8} "
           f"{'cpu %':>6} {'helpers %':>14} | {'errors':>6}")
@@ -346,7 +458,8 @@ def print_summary(results: list[dict[str, Any]], plan: Plan) -> None:
               f"{server.get('cpu_per_token_us')!s:>8} {server.get('cpu_percent')!s:>6} "
               f"{helpers:>14} | {loaded['errors'] + r['idle_errors']:>6}")
     print("(overhead: server side, prompt frame in -> first token frame out, minus the "
-          "model's first-token delay; client p99: the same seen by the callers; barge stop: "
+          "model's first-token delay as the endpoint delivered it; client p99: the callers' "
+          "latency minus the configured delay; barge stop: "
           "interrupt sent -> closer received; upstream: interrupt sent -> the endpoint saw "
           "the stream close; helpers: endpoint+DynamoDB)")
     by_calls = {r["calls"]: r for r in results}
@@ -373,9 +486,15 @@ def main() -> int:
     parser.add_argument("--levels", type=int, nargs="+", default=[50, 200, 500, 1000, 2000])
     parser.add_argument("--ramp-per-call", type=float, default=0.02,
                         help="seconds of ramp per call (default 0.02: 500 calls over 10 s)")
-    parser.add_argument("--think", type=float, default=4.0,
-                        help="seconds between a reply and the next prompt (default 4; a "
-                             "caller first listens to the reply, which takes longer)")
+    parser.add_argument("--think", type=float, default=1.5,
+                        help="seconds a caller takes to answer once the reply has been "
+                             "heard out (default 1.5, varied +-50%%)")
+    parser.add_argument("--listen-wpm", type=float, default=LISTEN_WPM,
+                        help="words a minute the caller hears the reply at before thinking "
+                             "(default 150, TTS pace; 0: answer as soon as the text is in)")
+    parser.add_argument("--window", type=float, default=WINDOW_S,
+                        help="seconds every call is up at once after the ramp; the figures "
+                             "come from that window (default 30)")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes sharing the port (REUSE_PORT), as the "
                              "container runs one per core (default 1)")
@@ -399,7 +518,12 @@ def main() -> int:
                         help="baseline: this server with TOKEN_HOLD_MS=0 (one frame per "
                              "token, as relays commonly send), on the same stack")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="let every process run on every core (default: the server's "
+                             "workers get a core each when one is left for the callers)")
     args = parser.parse_args()
+    global PINNED
+    PINNED = pin_layout(args.workers, args.pin)
     baseline = None
     if args.baseline or args.baseline_unchunked:
         baseline = Baseline(url=args.baseline, pids=tuple(args.baseline_pid or ()),
@@ -409,7 +533,8 @@ def main() -> int:
     plan = Plan(StackOptions(llm=args.llm, store=args.store,
                              first_token_ms=args.first_token_ms, token_ms=args.token_ms),
                 workers=args.workers, think_s=args.think,
-                ramp_per_call_s=args.ramp_per_call, scratch=scratch)
+                ramp_per_call_s=args.ramp_per_call, scratch=scratch,
+                listen_wpm=args.listen_wpm, window_s=args.window)
     started = time.monotonic()
     results = []
     for calls in args.levels:

@@ -34,7 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_latency import Plan, loaded_run, start_servers, stop_servers
+import bench_latency
+from bench_latency import Plan, loaded_run, pin_layout, start_servers, stop_servers
 from local_stack import StackOptions, local_stack
 
 GOAL_US = 30.0
@@ -70,7 +71,11 @@ def main() -> int:
     parser.add_argument("--token-ms", type=float, default=25.0)
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a server setting for both runs (e.g. TOKEN_HOLD_MS=0)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="let every process run on every core (default: as "
+                             "bench_latency.py pins them)")
     args = parser.parse_args()
+    bench_latency.PINNED = pin_layout(args.workers, args.pin)
     if args.llm != "bedrock":
         raise SystemExit("--times needs the local Bedrock endpoint (--llm bedrock)")
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-token-cpu-{os.getpid()}"

@@ -23,16 +23,19 @@ def free_port() -> int:
 
 
 def start_server(env: dict[str, str], *, stderr: IO[bytes] | int = subprocess.DEVNULL,
-                 start_timeout_s: float = 30.0, port: int | None = None
-                 ) -> tuple[subprocess.Popen[bytes], str]:
+                 start_timeout_s: float = 30.0, port: int | None = None,
+                 cpus: set[int] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """The server with ``env`` over this environment (HOST, PORT and PYTHONPATH are set here);
     returns the process and its base URL once the port accepts connections. ``port``: join
-    the workers already on it (they and this one need REUSE_PORT=1 in ``env``)."""
+    the workers already on it (they and this one need REUSE_PORT=1 in ``env``). ``cpus``:
+    the only cores it may run on."""
     port = port if port is not None else free_port()
     full = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port),
             "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "voiceagent", "serve"], env=full,
                                stdout=subprocess.DEVNULL, stderr=stderr)
+    if cpus:
+        os.sched_setaffinity(process.pid, cpus)
     deadline = time.monotonic() + start_timeout_s
     while time.monotonic() < deadline:
         if _listening(process.pid, port) if env.get("REUSE_PORT") else _accepts(port):

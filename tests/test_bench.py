@@ -6,6 +6,7 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -79,3 +80,32 @@ def test_cli_registers_bench() -> None:
                            Step("dtmf", "1")]
     with pytest.raises(SystemExit):
         cli._parser().parse_args(["bench", "http://x", "--barge", "story"])
+
+
+async def test_calls_stay_up_together_and_only_the_steady_turns_count(tmp_path: Path) -> None:
+    """``until_s``: every call plays its script again until then, so all are up at once;
+    ``measure_from_s``: the turns of the ramp are not in the figures; ``listen_wpm``: the
+    caller hears each reply out before its next turn."""
+    most = 0
+
+    async def watch(runtime: Any) -> None:
+        nonlocal most
+        while True:
+            most = max(most, runtime.calls.active)
+            await trio.sleep(0.01)
+
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch, server.runtime)
+                result = await run_bench(BenchOptions(
+                    url=server.url, calls=3, ramp_s=0.2, script=(Step("say", "hours?"),),
+                    auth_token=AUTH_TOKEN, think_s=0.1, listen_wpm=3000.0, until_s=1.5,
+                    measure_from_s=0.5, progress=False))
+                nursery.cancel_scope.cancel()
+    assert result["errors"] == 0
+    assert most == 3                                      # all three were up together
+    assert result["turns"] > 3                            # the script played again
+    assert 0 < result["latency_ms"]["count"] <= result["turns"] - 3   # not the first turns
+    assert result["duration_s"] >= 1.5
+    assert result["measured_from_s"] == 0.5

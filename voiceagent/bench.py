@@ -1,7 +1,9 @@
 """``voiceagent bench URL``: a load generator playing Twilio against any ConversationRelay server.
 
 N calls are started over a ramp of R seconds; each plays a script of turns (say a prompt,
-say one and barge in after K words, press a key), timing what a caller would notice:
+say one and barge in after K words, press a key), hearing each reply out at a speaking pace
+if asked (``--listen-wpm``) and pausing (``--think``), and with ``--duration`` plays it again
+until all N have been up together for a while; it times what a caller would notice:
 
 * application latency: prompt (or key) sent -> first token received;
 * inter-token gap: between consecutive text frames of one reply (what the caller's TTS sees;
@@ -63,6 +65,8 @@ DEFAULT_SCRIPT = (Step("say", "what are your hours?"),)
 
 @dataclass
 class Figures:
+    started: float = 0.0        # trio time the run began
+    measure_from: float = 0.0   # turns sent before this (trio time) are not in the figures
     latency_s: list[float] = field(default_factory=list)
     gap_s: list[float] = field(default_factory=list)
     barge_stop_s: list[float] = field(default_factory=list)
@@ -93,6 +97,9 @@ class BenchOptions:
     hold_s: float = 0.0             # stay connected (idle) after the script
     think_s: float = 0.0            # pause between turns
     think_jitter: float = 0.0       # each pause is think_s x uniform(1 - j, 1 + j)
+    listen_wpm: float = 0.0         # before thinking, hear the reply out at this pace
+    until_s: float = 0.0            # keep each call going (script again, or idle) this long
+    measure_from_s: float = 0.0     # figures from turns sent this long after the start only
     json_path: Path | None = None
     progress: bool = True
 
@@ -134,13 +141,15 @@ def read_process(pid: int) -> dict[str, float] | None:
 # ---------------------------------------------------------------------- one call
 
 
-async def _turn(call: RelayCall, step: Step, figures: Figures) -> None:
+async def _turn(call: RelayCall, step: Step, figures: Figures) -> int:
+    """One turn; returns the words of the reply the caller heard out (0 after a barge-in)."""
     sent = trio.current_time()
     if step.kind == "dtmf":
         await call.dtmf(step.text)
     else:
         await call.say(step.text)
     figures.turns += 1
+    counted = sent >= figures.measure_from
     last_token_at: float | None = None
     received = 0
     with trio.fail_after(STEP_TIMEOUT_S):
@@ -150,7 +159,7 @@ async def _turn(call: RelayCall, step: Step, figures: Figures) -> None:
             if frame is None:
                 raise CallerError("the server closed the socket mid-turn")
             if frame.get("type") == "end":
-                return
+                return received
             if frame.get("type") != "text":
                 continue
             if token := frame.get("token"):
@@ -158,17 +167,19 @@ async def _turn(call: RelayCall, step: Step, figures: Figures) -> None:
                 received += words
                 figures.tokens += words
                 figures.frames += 1
-                if last_token_at is None:
-                    figures.latency(now - sent)
-                else:
-                    figures.gap_s.append(now - last_token_at)
+                if counted:
+                    if last_token_at is None:
+                        figures.latency(now - sent)
+                    else:
+                        figures.gap_s.append(now - last_token_at)
                 last_token_at = now
             if frame.get("last"):
-                return
+                return received
             if step.kind == "barge" and received >= step.barge_after:
                 break
     interrupted = trio.current_time()
-    figures.barge_ins.append((call.identity.call_sid, time.monotonic()))
+    if counted:
+        figures.barge_ins.append((call.identity.call_sid, time.monotonic()))
     await call.interrupt()
     late = 0                            # in flight when the interrupt left, or sent after it
     with trio.fail_after(CLOSER_TIMEOUT_S):
@@ -178,9 +189,10 @@ async def _turn(call: RelayCall, step: Step, figures: Figures) -> None:
                 figures.tokens += _words(token)
                 figures.frames += 1
             if frame.get("last") or frame.get("type") == "end":
-                figures.barge_stop_s.append(trio.current_time() - interrupted)
-                figures.late_tokens.append(late)
-                return
+                if counted:
+                    figures.barge_stop_s.append(trio.current_time() - interrupted)
+                    figures.late_tokens.append(late)
+                return 0
     raise CallerError("the server closed the socket after a barge-in")
 
 
@@ -190,16 +202,24 @@ def _words(token: object) -> int:
 
 async def _one_call(options: BenchOptions, index: int, figures: Figures) -> None:
     figures.calls_started += 1
+    until = figures.started + options.until_s
     try:
         identity = Identity(from_number=f"+1555{index:07d}")
         pauses = random.Random(index)           # the same pauses on every run
         async with open_call(options.url, auth_token=options.auth_token,
                              identity=identity) as call:
-            for number, step in enumerate(options.script):
-                if number and options.think_s:
-                    jitter = options.think_jitter
-                    await trio.sleep(options.think_s * pauses.uniform(1 - jitter, 1 + jitter))
-                await _turn(call, step, figures)
+            heard = 0
+            first = True
+            while options.script:
+                for step in options.script:
+                    if not first:
+                        await _pause(options, heard, pauses)
+                    first = False
+                    heard = await _turn(call, step, figures)
+                if trio.current_time() >= until:
+                    break                       # played once, and the time is up
+            if options.until_s:
+                await trio.sleep_until(until)
             if options.hold_s:
                 await trio.sleep(options.hold_s)
             await call.hang_up()
@@ -211,6 +231,16 @@ async def _one_call(options: BenchOptions, index: int, figures: Figures) -> None
         figures.errors[type(err).__name__ + ": " + str(err)[:80]] += 1
     finally:
         figures.calls_done += 1
+
+
+async def _pause(options: BenchOptions, heard_words: int, pauses: random.Random) -> None:
+    """Between turns: the caller hears the reply out (``listen_wpm``), then thinks."""
+    seconds = heard_words * 60 / options.listen_wpm if options.listen_wpm else 0.0
+    if options.think_s:
+        jitter = options.think_jitter
+        seconds += options.think_s * pauses.uniform(1 - jitter, 1 + jitter)
+    if seconds:
+        await trio.sleep(seconds)
 
 
 # ---------------------------------------------------------------------- the run
@@ -235,7 +265,9 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
     before = read_processes(options.server_pids)
     peak_rss = before["rss_kb"] if before else 0.0
     started = trio.current_time()
+    figures.started, figures.measure_from = started, started + options.measure_from_s
     wall_started = time.time()
+    monotonic_started = time.monotonic()
     client_cpu_started = time.process_time()
 
     bar = _progress_bar(options, stream)
@@ -269,8 +301,9 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
     after = read_processes(options.server_pids)
     result: dict[str, Any] = {
         "url": options.url, "started_at": round(wall_started, 3),
+        "started_at_monotonic": monotonic_started,
         "duration_s": round(duration_s, 3), "calls": options.calls,
-        "ramp_s": options.ramp_s,
+        "ramp_s": options.ramp_s, "measured_from_s": options.measure_from_s,
         "script": [{"kind": s.kind, "text": s.text, "barge_after": s.barge_after}
                    for s in options.script],
         "calls_completed": figures.calls_done - sum(figures.errors.values()),
@@ -376,6 +409,13 @@ def add_command(commands: Any) -> None:
                             "not in step)")
     bench.add_argument("--hold", type=float, default=0.0, dest="hold_s",
                        help="seconds to stay connected, idle, after the script")
+    bench.add_argument("--listen-wpm", type=float, default=0.0, metavar="W",
+                       help="before each pause, hear the reply out as if spoken at W words "
+                            "a minute (Twilio's TTS speaks about 150): a caller's real pace")
+    bench.add_argument("--duration", type=float, default=0.0, dest="until_s", metavar="S",
+                       help="every call repeats its script until S seconds after the start, "
+                            "so all of them are up at once; figures then count the turns "
+                            "after the ramp only (all calls connected)")
     bench.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"),
                        help="sign requests as Twilio would (default: $TWILIO_AUTH_TOKEN)")
     bench.add_argument("--server-pid", type=int, action="append", metavar="PID",
@@ -390,11 +430,15 @@ def add_command(commands: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.calls < 1:
         raise CallerError("--calls must be at least 1")
+    if args.until_s and args.until_s <= args.ramp_s:
+        raise CallerError(f"--duration {args.until_s:g} must be longer than the ramp "
+                          f"({args.ramp_s:g} s), or no call is measured")
     options = BenchOptions(
         url=args.url, calls=args.calls, ramp_s=max(0.0, args.ramp_s),
         script=tuple(args.script or DEFAULT_SCRIPT), auth_token=args.auth_token,
         server_pids=tuple(args.server_pid or ()), hold_s=args.hold_s, think_s=args.think_s,
-        think_jitter=min(1.0, max(0.0, args.think_jitter)),
+        think_jitter=min(1.0, max(0.0, args.think_jitter)), listen_wpm=args.listen_wpm,
+        until_s=args.until_s, measure_from_s=args.ramp_s if args.until_s else 0.0,
         json_path=args.json_path, progress=not args.quiet)
     result = trio.run(run_bench, options)
     print(format_table(result))

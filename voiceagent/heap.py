@@ -2,16 +2,21 @@
 
 CPython's cyclic collector stops the event loop while it runs, for every call at once, and a
 full collection walks every object the process tracks: about 940 per live call here (trio
-tasks' coroutines, cancel scopes, hypercorn's protocol objects, the call's state), so ~70 ms
-at 500 calls. Two settings, measured with benchmarks/bench_latency.py at 500 calls:
+tasks' coroutines, cancel scopes, hypercorn's protocol objects, the call's state), so
+~40-70 ms at 500 calls in one process and ~0.2-0.7 s at 2000. Two settings, measured with
+benchmarks/bench_latency.py (benchmarks/RESULTS.md):
 
 * everything built at start-up (modules, botocore's models, pydantic schemas, the catalog)
   lives as long as the process, so it is frozen out of the collector's walks;
-* a full collection waits for 100 middle-generation ones instead of 10 (``GC_THRESHOLDS``).
-  Calls live for minutes, so their objects reach the oldest generation and each full
-  collection found little to free: they came every ~6 s and took 45-75 ms, and p99
-  application latency overhead fell from ~20 ms to ~13 ms without them. Cyclic garbage that
-  reached the oldest generation waits longer to be freed: a few MB at 500 calls.
+* a full collection waits for 1000 middle-generation ones instead of 10 (``GC_THRESHOLDS``):
+  a few minutes under load instead of every ~6 s. Calls live for minutes, so their objects
+  reach the oldest generation, and each full collection found little to free: what it
+  finds is mostly hypercorn's per-connection object cycles (~35 objects a connection) and
+  botocore's response parsers. That garbage now waits longer: bounded by the calls of the
+  last ~1000 middle collections (tens of MB at 2000 calls), freed at the next full one.
+  At 500 calls p99 application latency overhead fell from ~20 ms to ~10 ms, at 2000
+  from ~900 ms to ~150 ms. A full collection still stops every call when it comes:
+  ``voiceagent_gc_pause_seconds{generation="2"}`` shows how long.
 
 ``GcPauses`` times every collection (``gc.callbacks``) for /metrics, and ``watch_loop_lag``
 samples how late the event loop runs a timer: the latency every call pays, whatever its
@@ -31,7 +36,7 @@ import trio
 
 log = logging.getLogger(__name__)
 
-GC_THRESHOLDS = (700, 10, 100)          # CPython's defaults are (700, 10, 10)
+GC_THRESHOLDS = (700, 10, 1000)         # CPython's defaults are (700, 10, 10)
 PAUSE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 LAG_INTERVAL_S = 0.1
 
