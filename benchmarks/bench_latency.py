@@ -49,6 +49,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -304,6 +305,10 @@ def loaded_run(url: str, calls: int, plan: Plan, pids: tuple[int, ...],
 
 def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, Any]:
     scratch = plan.scratch / f"level-{calls}"
+    for n in range(2, 100):
+        if not scratch.exists():
+            break
+        scratch = plan.scratch / f"level-{calls}-{n}"       # a repeat keeps its own logs
     with local_stack(plan.stack, scratch) as stack:
         processes, url, logs = start_servers(stack, scratch, f"{calls}", plan.workers)
         pids = tuple(process.pid for process in processes)
@@ -462,11 +467,14 @@ def print_summary(results: list[dict[str, Any]], plan: Plan) -> None:
           "latency minus the configured delay; barge stop: "
           "interrupt sent -> closer received; upstream: interrupt sent -> the endpoint saw "
           "the stream close; helpers: endpoint+DynamoDB)")
-    by_calls = {r["calls"]: r for r in results}
     for calls, goal in GOAL_OVERHEAD_P99_MS.items():
-        if calls in by_calls:
-            print(check("p99 application latency overhead (ms)",
-                        by_calls[calls]["overhead_ms"]["p99"], goal, calls))
+        runs = [r["overhead_ms"]["p99"] for r in results
+                if r["calls"] == calls and r["overhead_ms"]["p99"] is not None]
+        if runs:
+            label = ("p99 application latency overhead (ms)" if len(runs) == 1 else
+                     f"p99 application latency overhead (ms), median of {len(runs)} runs "
+                     f"{sorted(runs)}")
+            print(check(label, statistics.median(runs), goal, calls))
     for r in results:
         answered = r["loaded"]["calls_completed"]
         print(f"calls answered at {r['calls']} calls: {answered} of {r['calls']}"
@@ -518,6 +526,9 @@ def main() -> int:
                         help="baseline: this server with TOKEN_HOLD_MS=0 (one frame per "
                              "token, as relays commonly send), on the same stack")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    parser.add_argument("--repeat", type=int, default=1, metavar="R",
+                        help="run each level R times on fresh stacks; goals are checked on "
+                             "the median (one stall of this shared machine moves a p99)")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="let every process run on every core (default: the server's "
                              "workers get a core each when one is left for the callers)")
@@ -538,8 +549,9 @@ def main() -> int:
     started = time.monotonic()
     results = []
     for calls in args.levels:
-        results.append(run_level(calls, plan, baseline))
-        print_level(results[-1])
+        for _ in range(args.repeat):
+            results.append(run_level(calls, plan, baseline))
+            print_level(results[-1])
     print_summary(results, plan)
     print(f"done in {time.monotonic() - started:.0f} s; logs under {scratch}")
     if args.json:
