@@ -4,11 +4,12 @@ was handed over, because that (not what the model generated) is what the caller 
 A reply's first clause, or its first ``STREAMED_CHARS`` characters (and the same after a tool
 round), streams token by token: it is the latency the caller notices, whatever the TTS needs
 before it starts speaking. Later tokens are held briefly and sent together, at the end of a
-clause or when ``hold_s`` has passed, whichever comes first. The caller is by then listening
-to the first clause, and ConversationRelay speaks clause by clause, so the hold is not heard;
-it cuts the frames (and their CPU, here and at Twilio). Held text that was never sent is
-dropped on a cut and is not in ``segment``: the history keeps only what could have been
-heard.
+clause or when ``hold_s`` has passed, whichever comes first (or, when the model's stream can
+hand over what has arrived, everything that came in the window at its end: ``hold``). The
+caller is by then listening to the first clause, and ConversationRelay speaks clause by
+clause, so the hold is not heard; it cuts the frames (and their CPU, here and at Twilio).
+Held text that was never sent is dropped on a cut and is not in ``segment``: the history
+keeps only what could have been heard.
 """
 
 from __future__ import annotations

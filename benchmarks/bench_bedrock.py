@@ -1,8 +1,9 @@
 """Bedrock backend costs: CPU per relayed delta, and cancel -> upstream closed.
 
 The fake Bedrock endpoint (tests/fake_bedrock.py) runs in a subprocess, so the CPU measured
-here (this process's CPU time) is the client's alone: boto3 parsing, the worker threads, the
-hand-off to trio, and a consumer that receives every delta.
+here (this process's CPU time) is the client's alone: the backend's transport (``--transport``:
+native, HTTP on trio sockets read by the consumer's task, the default; or threads, boto3 in a
+worker thread per stream with a hand-off to trio), and a consumer that receives every delta.
 
 1. Capacity: ``--streams`` concurrent streams of ``--deltas`` text deltas ``--gap-ms`` apart
    (40 deltas/s by default), on warm connections. Reported: CPU per delta, compared with the
@@ -10,8 +11,8 @@ hand-off to trio, and a consumer that receives every delta.
    ``--no-naive``) and with the 90 us figure measured for it in the facts file.
 2. Cancellation: ``--cancel-trials`` streams cancelled mid-gap after a few deltas, and a few
    cancelled while the response headers are pending. Reported: p50/p99 of trio regaining
-   control, the socket shut down, the worker thread finished, and the endpoint seeing the
-   connection closed (CLOCK_MONOTONIC is shared across processes on Linux).
+   control, the socket shut down, the attempt finished (its worker thread, with threads), and
+   the endpoint seeing the connection closed (CLOCK_MONOTONIC is shared across processes).
 
     /work/venv/bin/python benchmarks/bench_bedrock.py --streams 100 --deltas 100
 """
@@ -287,7 +288,7 @@ async def cancellation(llm: BedrockLLM, endpoint: Endpoint, trials: int,
           f"{header_trials} before the headers")
     print(f"  trio regains control:        {_ms(returned)}")
     print(f"  socket shut down (client):   {_ms(backend.cancel_to_closed_s)}")
-    print(f"  worker thread done:          {_ms(backend.cancel_to_exit_s)}")
+    print(f"  attempt done (thread exit):  {_ms(backend.cancel_to_exit_s)}")
     print(f"  endpoint sees close, mid:    {_ms(seen['mid'])}  ({len(seen['mid'])} trials)")
     print(f"  endpoint sees close, hdrs:   {_ms(seen['hdr'])}  ({len(seen['hdr'])} trials)")
     print(f"  limiter tokens still held: {llm.limiter.borrowed_tokens}")
@@ -304,9 +305,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--header-trials", type=int, default=10)
     parser.add_argument("--no-naive", action="store_true",
                         help="skip measuring the naive design on this machine")
+    parser.add_argument("--transport", choices=("native", "threads"), default="native",
+                        help="how our backend carries the streams (default native)")
     args = parser.parse_args(argv)
 
-    print(_machine())
+    print(_machine() + f"; our transport: {args.transport}")
     endpoint = Endpoint()
     env = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "not-a-secret",
            "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
@@ -316,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.update(env)
 
     async def run() -> None:
-        llm = BedrockLLM(region="us-east-1", max_concurrent_streams=args.streams + 10)
+        llm = BedrockLLM(region="us-east-1", max_concurrent_streams=args.streams + 10,
+                         transport=args.transport)
         try:
             await llm.warm_up()
             ours = await capacity(llm, args.streams, args.deltas, args.gap_ms)

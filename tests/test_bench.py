@@ -45,7 +45,9 @@ async def test_bench_against_the_real_server(tmp_path: Path) -> None:
     assert server_figures["pids"] == [os.getpid()]
     assert server_figures["rss_kb_peak"] >= server_figures["rss_kb_before"] > 0
     assert server_figures["cpu_s"] > 0
-    assert "4/4 calls done" in progress.getvalue()
+    lines = progress.getvalue().splitlines()
+    assert "4/4 calls done" in lines[-1]                 # a line per redraw, not one long
+    assert "\r" not in progress.getvalue()               # line of carriage returns
     assert len(result["barge_ins"]) == 4               # CallSid and when, for the endpoint
     assert result["words_after_interrupt"]["count"] == 4
     assert "application latency" in format_table(result)

@@ -334,13 +334,30 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
     return result
 
 
+class _LogLines:
+    """For a stream that is not a terminal: tqdm redraws its line with a carriage return,
+    which a log file keeps as one endless line; here each redraw is a line of its own."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip("\n")
+        if line.strip():
+            self._stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
 def _progress_bar(options: BenchOptions, stream: TextIO) -> tqdm[Any] | None:
     """A bar on a terminal; elsewhere (a CI log, a file) one line every few seconds."""
     if not options.progress:
         return None
     terminal = stream.isatty()
-    return tqdm(total=options.calls, unit="call", file=stream, dynamic_ncols=terminal,
-                ascii=not terminal, mininterval=0.2 if terminal else NON_TTY_INTERVAL_S,
+    return tqdm(total=options.calls, unit="call", file=stream if terminal else _LogLines(stream),
+                dynamic_ncols=terminal, ascii=not terminal,
+                mininterval=0.2 if terminal else NON_TTY_INTERVAL_S,
                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} calls done [{elapsed}] "
                            "{postfix}")
 
