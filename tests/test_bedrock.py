@@ -978,3 +978,41 @@ async def test_take_ready_gives_the_events_before_a_failure_first(
             with pytest.raises(ModelStreamFailed) as failed:
                 await events.receive()
     assert failed.value.after_tokens
+
+
+async def test_readiness_checks_work_past_selects_1024_descriptors() -> None:
+    """A busy server's sockets have descriptors past 1024, where ``select`` gives up: an idle
+    pooled connection must still look alive, and one with bytes waiting, readable."""
+    import os
+    import socket as stdlib_socket
+
+    from voiceagent.llm.bedrock_native import Connection
+
+    left, right = stdlib_socket.socketpair()
+    high = trio.socket.from_stdlib_socket(stdlib_socket.socket(fileno=os.dup2(left.fileno(),
+                                                                              1500)))
+    left.close()
+    try:
+        assert high.fileno() == 1500
+        connection = Connection(trio.SocketStream(high), high)
+        assert not connection.readable()
+        assert not connection.looks_closed()
+        right.send(b"x")
+        assert connection.readable()
+    finally:
+        high.close()
+        right.close()
+
+
+async def test_no_credentials_is_unavailable_on_both_transports(
+        fake: FakeBedrock, transport: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    llm = BedrockLLM(region="us-east-1", transport=transport)
+    try:
+        with trio.fail_after(10), pytest.raises(ModelUnavailable) as caught:
+            await collect(llm, request())
+    finally:
+        await llm.aclose()
+    assert caught.value.code == "NoCredentialsError"
+    assert fake.requests == []

@@ -42,6 +42,7 @@ import trio
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
+from botocore.exceptions import NoCredentialsError
 from botocore.utils import percent_encode
 
 from voiceagent.llm.base import LLMEvent
@@ -119,7 +120,7 @@ class Signer:
     async def _frozen(self) -> ReadOnlyCredentials:
         credentials = self._credentials
         if credentials is None:
-            raise BedrockHTTPError(0, "NoCredentialsError", "no AWS credentials found")
+            raise NoCredentialsError()      # unavailable, as boto3 says on the thread side
         refresh_needed = getattr(credentials, "refresh_needed", None)
         if refresh_needed is not None and refresh_needed():
             # temporary credentials near expiry: fetching new ones may do network I/O
@@ -167,12 +168,14 @@ class Connection:
             self.socket.close()
 
     def readable(self) -> bool:
-        """Bytes (or an EOF) wait on the socket: a read now would not block."""
-        try:
-            ready, _, _ = select.select([self.socket.fileno()], [], [], 0)
-        except (OSError, ValueError):
+        """Bytes (or an EOF, or an error) wait on the socket: a read now would not block.
+        ``poll``, not ``select``: a busy server's descriptors go past select's 1024."""
+        fileno = self.socket.fileno()
+        if fileno < 0:
             return True                     # closed under us: let the read say how
-        return bool(ready)
+        poller = select.poll()
+        poller.register(fileno, select.POLLIN)
+        return bool(poller.poll(0))
 
     def looks_closed(self) -> bool:
         """Idle connections have nothing to read: anything readable is the server's close
