@@ -15,9 +15,8 @@ benchmarks/bench_latency.py (benchmarks/RESULTS.md):
   botocore's response parsers. That garbage now waits longer: bounded by the calls of the
   last ~1000 middle collections (tens of MB at 2000 calls), freed at the next full one.
   p99 application latency overhead at 500 calls (one worker on its own core): ~20 ms with
-  CPython's defaults, ~13 ms after 100, ~10 ms after 1000; at 2000 calls, 914 ms after 100
-  and 123 ms after 1000. A full collection still stops every call when it comes:
-  ``voiceagent_gc_pause_seconds{generation="2"}`` shows how long.
+  CPython's defaults, ~13 ms after 100, ~10 ms after 1000. A full collection still stops
+  every call when it comes: ``voiceagent_gc_pause_seconds{generation="2"}`` shows how long.
 
 ``GcPauses`` times every collection (``gc.callbacks``) for /metrics, and ``watch_loop_lag``
 samples how late the event loop runs a timer: the latency every call pays, whatever its

@@ -329,7 +329,7 @@ class BedrockLLM:
         started = time.perf_counter()
         try:
             connection, _ = await pool.acquire(fresh=True)
-        except (OSError, trio.TooSlowError) as err:
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as err:   # TLS failed
             log.warning("bedrock warm-up could not connect",
                         extra={"error": type(err).__name__})
             return
