@@ -67,10 +67,7 @@ class Speaker:
             self._sent_chars += len(token)
             self._clause_sent = _ends_clause(token) or self._sent_chars >= STREAMED_CHARS
             return
-        if not self._held:
-            self._flush_at = trio.current_time() + self._hold_s
-        self._held.append(token)
-        self._held_chars += len(token)
+        self._add_held(token)
         if (_ends_clause(token) or self._held_chars >= MAX_HELD_CHARS
                 or trio.current_time() >= self._flush_at):
             await self.flush()
@@ -80,12 +77,15 @@ class Speaker:
         only the size cap sends early."""
         if not token:
             return
+        self._add_held(token)
+        if self._held_chars >= MAX_HELD_CHARS:
+            await self.flush()
+
+    def _add_held(self, token: str) -> None:
         if not self._held:
             self._flush_at = trio.current_time() + self._hold_s
         self._held.append(token)
         self._held_chars += len(token)
-        if self._held_chars >= MAX_HELD_CHARS:
-            await self.flush()
 
     async def say_text(self, text: str) -> None:
         """Speak a fixed sentence (a fallback or a DTMF reply): it is whole, so nothing of it

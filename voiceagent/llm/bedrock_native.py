@@ -177,11 +177,6 @@ class Connection:
         poller.register(fileno, select.POLLIN)
         return bool(poller.poll(0))
 
-    def looks_closed(self) -> bool:
-        """Idle connections have nothing to read: anything readable is the server's close
-        (EOF, a TLS alert) or garbage. Either way it cannot carry a request."""
-        return self.readable()
-
 
 class ConnectionPool:
     """Keep-alive connections to one endpoint, newest first."""
@@ -201,7 +196,9 @@ class ConnectionPool:
         now = trio.current_time()
         while self._idle and not fresh:
             connection = self._idle.pop()
-            if now - connection.idle_since < IDLE_MAX_S and not connection.looks_closed():
+            # an idle connection has nothing to read: anything readable is the server's
+            # close (EOF, a TLS alert) or garbage, and it cannot carry a request
+            if now - connection.idle_since < IDLE_MAX_S and not connection.readable():
                 self.reused += 1
                 return connection, True
             connection.close_now()
