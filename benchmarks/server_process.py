@@ -36,15 +36,9 @@ def start_server(env: dict[str, str], *, stderr: IO[bytes] | int = subprocess.DE
                                stdout=subprocess.DEVNULL, stderr=stderr)
     if cpus:
         os.sched_setaffinity(process.pid, cpus)
-    deadline = time.monotonic() + start_timeout_s
-    while time.monotonic() < deadline:
-        if _listening(process.pid, port) if env.get("REUSE_PORT") else _accepts(port):
-            return process, f"http://127.0.0.1:{port}"
-        if process.poll() is not None:
-            break
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit(f"the server did not start within {start_timeout_s:g} s")
+    wait_for(lambda: _listening(process.pid, port) if env.get("REUSE_PORT") else _accepts(port),
+             process, start_timeout_s, "the server")
+    return process, f"http://127.0.0.1:{port}"
 
 
 def _accepts(port: int) -> bool:

@@ -168,14 +168,11 @@ class _Paced(trio.abc.ReceiveChannel[LLMEvent]):
             if self._end is None:
                 raise trio.EndOfChannel
             await trio.lowlevel.checkpoint()        # before taking it: a cancel loses nothing
-            end, self._end = self._end, None
-            return StreamEnd(end.stop_reason, usage=end.usage, first_token_s=self._first_token_s)
+            return self._take_end()
         await trio.sleep_until(self._due)           # a cancel here loses nothing
-        event = self._events[self._next]
-        self._next += 1
-        if self._first_token_s is None and isinstance(event, TextDelta):
-            self._first_token_s = trio.current_time() - self._started
-        self._due = max(self._due, trio.current_time()) + self._gap_s
+        now = trio.current_time()
+        event = self._take_next(now)
+        self._due = max(self._due, now) + self._gap_s
         return event
 
     async def take_ready(self) -> list[LLMEvent]:
@@ -185,17 +182,24 @@ class _Paced(trio.abc.ReceiveChannel[LLMEvent]):
         now = trio.current_time()
         out: list[LLMEvent] = []
         while self._next < len(self._events) and self._due <= now:
-            event = self._events[self._next]
-            self._next += 1
-            if self._first_token_s is None and isinstance(event, TextDelta):
-                self._first_token_s = self._due - self._started
+            out.append(self._take_next(self._due))
             self._due += self._gap_s
-            out.append(event)
         if self._next == len(self._events) and self._end is not None:
-            end, self._end = self._end, None
-            out.append(StreamEnd(end.stop_reason, usage=end.usage,
-                                 first_token_s=self._first_token_s))
+            out.append(self._take_end())
         return out
+
+    def _take_next(self, at: float) -> LLMEvent:
+        """The next planned event, produced at ``at``."""
+        event = self._events[self._next]
+        self._next += 1
+        if self._first_token_s is None and isinstance(event, TextDelta):
+            self._first_token_s = at - self._started
+        return event
+
+    def _take_end(self) -> StreamEnd:
+        end, self._end = self._end, None
+        assert end is not None
+        return StreamEnd(end.stop_reason, usage=end.usage, first_token_s=self._first_token_s)
 
     async def aclose(self) -> None:
         self._next, self._end = len(self._events), None
