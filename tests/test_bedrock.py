@@ -24,7 +24,6 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer
-from botocore.exceptions import EventStreamError
 
 from actors.history import History
 from tests.fake_bedrock import (
@@ -72,12 +71,13 @@ from voiceagent.llm.bedrock_converse import (
     ReplyError,
     StreamFault,
     ThinkingFilter,
+    build_converse_request,
     event_of,
     history_shape,
     metadata_value,
     prompt_caching,
 )
-from voiceagent.llm.bedrock_transport import classify
+from voiceagent.llm.bedrock_errors import BedrockHTTPError, classify
 from voiceagent.llm.scripted import ScriptedLLM
 from voiceagent.settings import Settings
 from voiceagent.tools.registry import default_registry
@@ -101,16 +101,10 @@ async def fake(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         yield server
 
 
-@pytest.fixture(params=["native", "threads"])
-def transport(request: pytest.FixtureRequest) -> str:
-    """Every backend test runs on both ways of carrying a stream."""
-    return str(request.param)
-
-
 @pytest.fixture
-async def llm(fake: FakeBedrock, transport: Any) -> AsyncIterator[BedrockLLM]:
+async def llm(fake: FakeBedrock) -> AsyncIterator[BedrockLLM]:
     backend = BedrockLLM(region="us-east-1", max_concurrent_streams=250,
-                         retry_base_delay_s=0.02, transport=transport)
+                         retry_base_delay_s=0.02)
     yield backend
     await backend.aclose()
 
@@ -138,10 +132,11 @@ def without_end(events: list[LLMEvent]) -> list[LLMEvent]:
     return events[:-1]
 
 
-async def wait_threads_done(llm: BedrockLLM) -> float:
-    """Poll until every worker thread has finished; returns how long that took."""
+async def wait_attempts_done(llm: BedrockLLM) -> float:
+    """Poll until every HTTP exchange has given its limiter token back; returns how long
+    that took."""
     started = time.perf_counter()
-    while llm.statistics().threads_busy:        # noqa: ASYNC110 - threads signal no event
+    while llm.statistics().attempts_open:       # noqa: ASYNC110 - the backend has no event
         await trio.sleep(0.001)
     return time.perf_counter() - started
 
@@ -279,14 +274,16 @@ def test_history_shape_has_kinds_and_counts_only() -> None:
 ])
 def test_errors_inside_the_stream_map_like_their_http_twins(code: str, kind: str,
                                                             retryable: bool) -> None:
-    """botocore's EventStreamError (camelCase code) and our own frame decoder's StreamFault
-    classify alike."""
+    """An exception frame (camelCase code) classifies as the HTTP answer of the same name,
+    except that an unknown one inside a stream is the stream's fault, not the request's."""
     pascal = code[0].upper() + code[1:]
-    botocore_error = EventStreamError({"Error": {"Code": code, "Message": "m"}},
-                                      "ConverseStream")
-    for failure in (classify(botocore_error), classify(StreamFault(code, "m"))):
-        assert (failure.code, failure.kind, failure.retryable) == (pascal, kind, retryable)
-        assert failure.message == "m"
+    failure = classify(StreamFault(code, "m"))
+    assert (failure.code, failure.kind, failure.retryable) == (pascal, kind, retryable)
+    assert failure.message == "m"
+    http = classify(BedrockHTTPError(400, pascal, "m"))
+    assert http.code == pascal
+    if kind != "stream" or pascal == "ModelStreamErrorException":
+        assert (http.kind, http.retryable) == (kind, retryable)
 
 
 def _botocore_messages(data: bytes) -> list[Any]:
@@ -600,7 +597,7 @@ async def test_cancel_mid_stream_closes_the_upstream(fake: FakeBedrock,
         sent = fake.requests[0]
         await sent.connection.closed.wait()
         await sent.done.wait()
-        await wait_threads_done(llm)
+        await wait_attempts_done(llm)
     assert sent.connection.closed_at is not None
     assert sent.connection.closed_at - cancelled_at < CLOSE_BOUND_S
     assert returned_s < 0.05
@@ -630,7 +627,7 @@ async def test_cancel_before_the_headers_closes_the_upstream(
             nursery.cancel_scope.cancel(reason="barge-in")
         returned_s = time.perf_counter() - cancelled_at
         await sent.connection.closed.wait()
-        await wait_threads_done(llm)
+        await wait_attempts_done(llm)
     assert sent.connection.closed_at is not None
     assert sent.connection.closed_at - cancelled_at < CLOSE_BOUND_S
     assert returned_s < 0.05
@@ -778,7 +775,7 @@ async def test_the_scripted_endpoint_refuses_a_history_converse_would(
             await backend.aclose()
 
 
-# ------------------------------------------------- the native transport's own promises
+# ------------------------------------------------- the transport's own promises
 
 def _resign(sent: Any, secret: str = "not-a-secret") -> str:
     """The signature botocore computes for what the endpoint received (the Host header and
@@ -797,36 +794,48 @@ def _resign(sent: Any, secret: str = "not-a-secret") -> str:
 
 @pytest.mark.parametrize("model_id", [NOVA, "arn:aws:bedrock:us-east-1:123456789012:"
                                             "application-inference-profile/a1b2 c3"])
-async def test_native_requests_are_signed_as_botocore_signs_them(
+async def test_requests_are_signed_as_botocore_signs_them(
         fake: FakeBedrock, model_id: str) -> None:
     """What reaches the endpoint verifies: path, Host and body are the ones signed (a
-    mismatch is a 403 on every call in production), and the path is the one boto3 sends."""
+    mismatch is a 403 on every call in production), and path and body are the ones boto3
+    itself sends for the same call."""
     fake.push(text_reply(["Hi."]), text_reply(["Hi."]))
-    backends = [BedrockLLM(region="us-east-1", transport=t) for t in ("native", "threads")]
+    backend = BedrockLLM(region="us-east-1")
     try:
-        with trio.fail_after(5):
-            for backend in backends:
-                await collect(backend, request(model_id=model_id))
+        with trio.fail_after(10):
+            await collect(backend, request(model_id=model_id))
+            await trio.to_thread.run_sync(_converse_with_boto3, request(model_id=model_id))
     finally:
-        for backend in backends:
-            await backend.aclose()
-    native, boto = fake.requests
-    assert backends[0].statistics().transport == "native"
-    assert native.path == boto.path
-    assert unquote(native.path.split("/")[2]) == model_id
-    assert native.body == boto.body
-    authorization = native.headers["authorization"]
+        await backend.aclose()
+    ours, boto = fake.requests
+    assert ours.path == boto.path
+    assert unquote(ours.path.split("/")[2]) == model_id
+    assert ours.body == boto.body
+    authorization = ours.headers["authorization"]
     assert "Credential=AKIDEXAMPLE/" in authorization
     assert "/us-east-1/bedrock/aws4_request" in authorization
     assert "host" in authorization.split("SignedHeaders=")[1]
-    assert f"Signature={_resign(native)}" in authorization
-    assert f"Signature={_resign(native, 'another-secret')}" not in authorization
-    assert native.headers["user-agent"].startswith("voiceagent/")
+    assert f"Signature={_resign(ours)}" in authorization
+    assert f"Signature={_resign(ours, 'another-secret')}" not in authorization
+    assert ours.headers["user-agent"].startswith("voiceagent/")
 
 
-async def test_native_reuses_kept_alive_connections(fake: FakeBedrock) -> None:
+def _converse_with_boto3(llm_request: LLMRequest) -> None:
+    """The reference: boto3's own client, sending the same operation input."""
+    import boto3
+
+    client = boto3.client("bedrock-runtime", region_name="us-east-1")
+    try:
+        response = client.converse_stream(**build_converse_request(llm_request))
+        for _ in response["stream"]:
+            pass
+    finally:
+        client.close()
+
+
+async def test_kept_alive_connections_are_reused(fake: FakeBedrock) -> None:
     fake.push(*(text_reply(["Hi."]) for _ in range(3)))
-    llm = BedrockLLM(region="us-east-1", transport="native")
+    llm = BedrockLLM(region="us-east-1")
     try:
         with trio.fail_after(5):
             for _ in range(3):
@@ -843,13 +852,13 @@ async def test_a_kept_alive_connection_the_server_dropped_is_replaced_unseen(
     """The endpoint closed an idle connection: the next stream goes out on a new one, with
     no retry and no error."""
     fake.push(text_reply(["One."]), text_reply(["Two."]))
-    llm = BedrockLLM(region="us-east-1", transport="native")
+    llm = BedrockLLM(region="us-east-1")
     try:
         with trio.fail_after(5):
             await collect(llm, request())
             await fake.requests[0].done.wait()      # the fake's side of the reply ended too
             assert fake.drop_idle_connections() == 1
-            await trio.sleep(0.05)                  # the FIN reaches our side
+            await trio.sleep(0.05)                  # FIXME: wait on the fake's close
             events = await collect(llm, request())
     finally:
         await llm.aclose()
@@ -859,14 +868,14 @@ async def test_a_kept_alive_connection_the_server_dropped_is_replaced_unseen(
     assert llm.statistics().errors_by_code == {}
 
 
-async def test_silence_past_the_read_timeout_ends_the_stream(
-        fake: FakeBedrock, transport: Any) -> None:
-    """Before any content: unavailable (not retried: the model may still be generating);
-    after content: the stream failed after tokens, and the runtime apologises."""
+async def test_silence_past_the_read_timeout_ends_the_attempt(fake: FakeBedrock) -> None:
+    """Before any content: the attempt is retried (the next one answers); after content:
+    the stream failed after tokens, and the runtime apologises."""
     fake.push(stream_reply(message_start(), text_events(["late"], first_delay_s=1.0)),
+              text_reply(["On time."]),
               stream_reply(message_start(), text_events(["Early", " then"], gap_s=1.0,
                                                         first_delay_s=0.0)))
-    llm = BedrockLLM(region="us-east-1", transport=transport, read_timeout_s=0.2)
+    llm = BedrockLLM(region="us-east-1", read_timeout_s=0.2, retry_base_delay_s=0.01)
     received: list[LLMEvent] = []
 
     async def second() -> None:
@@ -876,19 +885,23 @@ async def test_silence_past_the_read_timeout_ends_the_stream(
 
     try:
         with trio.fail_after(5):
-            with pytest.raises(ModelUnavailable) as before:
-                await collect(llm, request())
+            retried = await collect(llm, request())
             with pytest.raises(ModelStreamFailed) as after:
                 await second()
+            await fake.requests[2].done.wait()
     finally:
         await llm.aclose()
-    assert before.value.code == "ReadTimeout"
+    assert without_end(retried) == [TextDelta("On time.")]
+    assert llm.statistics().errors_by_code == {"ReadTimeout": 2}
+    assert after.value.code == "ReadTimeout"
     assert after.value.after_tokens
     assert received == [TextDelta("Early")]
-    assert len(fake.requests) == 2                  # neither was retried
+    assert len(fake.requests) == 3
+    assert [r.outcome for r in fake.requests] == ["client_closed", "complete",
+                                                  "client_closed"]
 
 
-def test_auto_transport_is_native_unless_a_proxy_applies(
+def test_the_proxy_comes_from_https_proxy_unless_no_proxy_excludes_the_host(
         aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     url = "https://bedrock-runtime.us-east-1.amazonaws.com"
     assert proxy_for(url) is None
@@ -898,23 +911,25 @@ def test_auto_transport_is_native_unless_a_proxy_applies(
     assert proxy_for(url) is None
 
 
-async def test_with_a_proxy_auto_uses_threads(fake: FakeBedrock,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")     # nothing listens there
+async def test_an_https_proxy_url_is_refused_with_what_to_set(
+        fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "https://user:pw@proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "")
-    llm = BedrockLLM(region="us-east-1", retry_base_delay_s=0.01)
+    llm = BedrockLLM(region="us-east-1")
     try:
-        await llm.warm_up()
+        with trio.fail_after(5), pytest.raises(ModelUnavailable) as caught:
+            await llm.warm_up()
     finally:
         await llm.aclose()
-    assert llm.statistics().transport == "threads"
+    assert "only http:// proxies" in str(caught.value)
+    assert "pw" not in str(caught.value)
 
 
 async def test_a_bedrock_api_key_is_sent_as_a_bearer_token(
         fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "bedrock-api-key-example")
     fake.push(text_reply(["Hi."]))
-    llm = BedrockLLM(region="us-east-1", transport="native")
+    llm = BedrockLLM(region="us-east-1")
     try:
         with trio.fail_after(5):
             await collect(llm, request())
@@ -928,7 +943,7 @@ async def test_a_bedrock_api_key_never_goes_over_plain_http(
         aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "bedrock-api-key-example")
     monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "http://bedrock.example.internal")
-    llm = BedrockLLM(region="us-east-1", transport="native")
+    llm = BedrockLLM(region="us-east-1")
     try:
         with trio.fail_after(5), pytest.raises(ModelUnavailable, match="only over https"):
             await llm.warm_up()
@@ -949,9 +964,7 @@ async def test_take_ready_hands_over_what_arrived_without_waiting(
             assert isinstance(first, TextDelta)
             texts.append(first.text)
             await trio.sleep(0.1)
-            started = trio.current_time()
             batch = await events.take_ready()  # type: ignore[attr-defined]
-            assert trio.current_time() - started < 0.015      # nothing waited for
             assert len(batch) >= 3
             end = None
             while end is None:
@@ -963,6 +976,25 @@ async def test_take_ready_hands_over_what_arrived_without_waiting(
                 batch = []
     assert texts == deltas
     assert end.stop_reason == "end_turn"
+
+
+async def test_take_ready_returns_at_once_when_nothing_has_arrived(
+        fake: FakeBedrock, llm: BedrockLLM, mock_clock: trio.testing.MockClock) -> None:
+    """Nothing arrived: an empty batch now, not a wait for the next event. The clock is
+    virtual and jumps as soon as everything waits: a wait would show as time passed, the
+    fake's next event being 5 s away. (It jumps only once the setup's worker thread is
+    done, or it would jump past every deadline while the thread runs.)"""
+    fake.push(stream_reply(message_start(), text_events(["Hi", " there"], gap_s=5.0,
+                                                        first_delay_s=0.0)))
+    with trio.fail_after(600):
+        async with llm.stream(request()) as events:
+            assert await events.receive() == TextDelta("Hi")
+            mock_clock.autojump_threshold = 0
+            before = trio.current_time()
+            assert await events.take_ready() == []  # type: ignore[attr-defined]
+            assert trio.current_time() == before
+            assert await events.receive() == TextDelta(" there")
+            assert trio.current_time() - before == pytest.approx(5.0, abs=0.1)
 
 
 async def test_take_ready_gives_the_events_before_a_failure_first(
@@ -980,38 +1012,42 @@ async def test_take_ready_gives_the_events_before_a_failure_first(
     assert failed.value.after_tokens
 
 
-async def test_readiness_checks_work_past_selects_1024_descriptors() -> None:
+async def test_reads_work_past_selects_1024_descriptors() -> None:
     """A busy server's sockets have descriptors past 1024, where ``select`` gives up: an idle
-    pooled connection must still look alive, and one with bytes waiting, readable."""
+    connection must still read as empty-and-alive, and one with bytes waiting, readable."""
     import os
+    import resource
     import socket as stdlib_socket
 
-    from voiceagent.llm.bedrock_native import Connection
+    from voiceagent.llm.net import Link
 
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048 <= hard or (soft < 2048 and hard == resource.RLIM_INFINITY):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
     left, right = stdlib_socket.socketpair()
-    high = trio.socket.from_stdlib_socket(stdlib_socket.socket(fileno=os.dup2(left.fileno(),
-                                                                              1500)))
+    link = Link(stdlib_socket.socket(fileno=os.dup2(left.fileno(), 1500)))
     left.close()
     try:
-        assert high.fileno() == 1500
-        connection = Connection(trio.SocketStream(high), high)
-        assert not connection.readable()          # idle and alive: the pool would reuse it
+        assert link.receive_nowait() is None      # idle and alive: the pool would reuse it
         right.send(b"x")
-        assert connection.readable()
-    finally:
-        high.close()
+        assert link.receive_nowait() == b"x"
         right.close()
+        assert link.receive_nowait() == b""       # the peer's FIN
+    finally:
+        link.close_now()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-async def test_no_credentials_is_unavailable_on_both_transports(
-        fake: FakeBedrock, transport: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_no_credentials_is_unavailable_and_says_what_to_check(
+        fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name)
-    llm = BedrockLLM(region="us-east-1", transport=transport)
+    llm = BedrockLLM(region="us-east-1")
     try:
         with trio.fail_after(10), pytest.raises(ModelUnavailable) as caught:
             await collect(llm, request())
     finally:
         await llm.aclose()
-    assert caught.value.code == "NoCredentialsError"
+    assert caught.value.code == "NoCredentials"
+    assert "AWS_PROFILE" in str(caught.value)
     assert fake.requests == []

@@ -220,7 +220,7 @@ def test_bedrock_and_write_behind_figures_sampled_at_scrape() -> None:
 
     bedrock = BedrockStatistics(
         streams_opened=7, streams_open=1, streams_completed=5, retries=2, cancellations=3,
-        errors_by_code={"ThrottlingException": 2}, threads_busy=1,
+        errors_by_code={"ThrottlingException": 2}, attempts_open=1,
         cancel_to_closed_s=(0.001, 0.002, 0.003), cancel_to_exit_s=(),
         first_token_s=(0.3,))
     writer = WriteBehindStatistics(pending=4, written=10, failed=1, retries=2,

@@ -1,28 +1,27 @@
-"""Amazon Bedrock ConverseStream backend: one per process, two ways to carry a stream, and
-cancellation that closes the HTTP connection at once.
+"""Amazon Bedrock ConverseStream backend: one per process, streams read by the turn's own task,
+and cancellation that closes the HTTP connection at once.
 
-Transports (``BEDROCK_TRANSPORT``). ``native`` (the default where no proxy applies):
-``bedrock_native`` speaks HTTP/1.1 on trio sockets, signs with botocore, and the turn's own
-task reads the reply: no thread and no hand-off per event, so a loaded process does not wait
-on the GIL behind streaming threads. ``threads``: boto3 in a worker thread per HTTP attempt
-(``bedrock_transport``), for endpoints reached through a proxy. Either way an attempt holds a
-token of the backend's own ``CapacityLimiter`` (MAX_CONCURRENT_TURNS, never trio's shared
-default) until it has really finished.
+Carrying a stream. ``bedrock_http`` speaks HTTP/1.1 on trio sockets (TLS, a CONNECT proxy if
+HTTPS_PROXY names one), signs with botocore, and the turn's own task reads the reply: no
+thread and no hand-off per event, so a loaded process never waits on the GIL behind streaming
+threads. An attempt holds a token of the backend's own ``CapacityLimiter``
+(MAX_CONCURRENT_TURNS) until it has finished. boto3 is used once, in a thread, to resolve the
+endpoint, the region, the credentials and the CA bundle exactly as any boto3 client would.
 
 Cancellation. Leaving a stream's context before its end aborts the attempt without blocking:
-its socket is closed (native) or shut down under the worker's read (threads), and Bedrock
-gets the FIN that stops generation, also when the headers are still pending.
+its socket is closed, and Bedrock gets the FIN that stops generation, also when the headers
+are still pending.
 
-Resilience. Throttling, unavailability and model-stream errors that arrive before any content
-reached the caller are retried (bounded, jittered, within a latency budget) inside the stream;
-botocore's own retries are off so that one budget governs them. After content, any error
-raises ``ModelStreamFailed(after_tokens=True)`` and the runtime apologises.
+Resilience. Every fault (HTTP errors, errors inside the stream, and every network fault) is a
+``Failure`` (``bedrock_errors``). Those that may pass and arrive before any content reached the
+caller are retried inside the stream: bounded, jittered, within a latency budget, and within
+the process's retry quota. After content, any error raises ``ModelStreamFailed(after_tokens=
+True)`` and the turn apologises after what was said. No fault escapes as a library exception.
 """
 
 from __future__ import annotations
 
 import collections
-import contextvars
 import logging
 import os
 import random
@@ -32,14 +31,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
 import botocore
 import botocore.session
 import trio
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 from botocore.httpsession import get_cert_path
 
@@ -55,25 +53,18 @@ from voiceagent.errors import (
 )
 from voiceagent.llm.base import LLMEvent, LLMRequest, StreamEnd
 from voiceagent.llm.bedrock_converse import build_converse_request, history_shape
-from voiceagent.llm.bedrock_native import (
+from voiceagent.llm.bedrock_errors import Failure, RetryBudget, classify
+from voiceagent.llm.bedrock_http import (
+    Attempt,
     ConnectionPool,
     Endpoint,
-    NativeAttempt,
+    Item,
     ReadWatchdog,
     Signer,
-    classify_native,
     request_body,
     ssl_context,
 )
-from voiceagent.llm.bedrock_transport import (
-    Attempt,
-    Failure,
-    Item,
-    Mailbox,
-    install_tracking,
-    open_connection,
-    run_attempt,
-)
+from voiceagent.llm.net import Proxy, redact_url
 from voiceagent.settings import Settings
 from voiceagent.threads import run_blocking
 
@@ -86,9 +77,7 @@ RETRY_BUDGET_S = 2.5                # no retry starts later than this after the 
 RETRY_BASE_DELAY_S = 0.2            # retry n waits base * 2**n, half of it jittered
 RECENT = 100                        # durations kept for statistics()
 OFFLINE_HINT = "or run `voiceagent demo` for an offline try-out"
-Transport = Literal["auto", "native", "threads"]
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})     # local fakes: plain http is fine
-AnyAttempt = Attempt | NativeAttempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +88,13 @@ class BedrockStatistics:
     retries: int
     cancellations: int               # left before their end (barge-in, superseded, hang-up)
     errors_by_code: dict[str, int]   # every upstream error, retried or not
-    threads_busy: int                # attempts not yet finished (limiter tokens held)
-    cancel_to_closed_s: tuple[float, ...]   # cancel -> upstream socket shut down, last 100
+    attempts_open: int               # HTTP exchanges not yet finished (limiter tokens held)
+    cancel_to_closed_s: tuple[float, ...]   # cancel -> upstream socket closed, last 100
     cancel_to_exit_s: tuple[float, ...]     # cancel -> attempt done, token back
     first_token_s: tuple[float, ...]        # stream opened -> first content, last 100
-    transport: str = "threads"              # native | threads
-    connections_opened: int = 0             # native: new connections (the rest reused)
+    connections_opened: int = 0             # new connections (the rest reused)
     connections_reused: int = 0
+    retry_quota: int = 0                    # what is left of the process's retry quota
 
 
 def _llm_error(failure: Failure, *, after_tokens: bool) -> LLMError:
@@ -113,7 +102,7 @@ def _llm_error(failure: Failure, *, after_tokens: bool) -> LLMError:
         return ModelStreamFailed(failure.code, failure.message, after_tokens=True)
     if failure.kind == "throttled":
         return ModelThrottled(failure.code, failure.message)
-    if failure.kind == "unavailable":
+    if failure.kind in ("unavailable", "credentials"):
         return ModelUnavailable(failure.code, failure.message)
     if failure.kind == "rejected":
         return ModelRejected(failure.code, failure.message)
@@ -123,7 +112,8 @@ def _llm_error(failure: Failure, *, after_tokens: bool) -> LLMError:
 # ---------------------------------------------------------------- the stream a turn sees
 
 class _ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
-    """The events of one model call, across its retries. Raises ``LLMError`` subclasses."""
+    """The events of one model call, across its retries. Raises ``LLMError`` subclasses and
+    nothing else."""
 
     def __init__(self, backend: BedrockLLM, request: LLMRequest,
                  payload: dict[str, Any]) -> None:
@@ -132,9 +122,10 @@ class _ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         self._payload = payload
         self._opened_at = trio.current_time()
         self._started_at = time.perf_counter()
-        self._attempt: AnyAttempt | None = None
+        self._attempt: Attempt | None = None
         self._ready: collections.deque[Item] = collections.deque()   # taken, not yet handed
         self._retries = 0
+        self._quota_taken = 0               # the last retry's cost, given back on success
         self._content = False               # content reached the caller: no more retries
         self._ended = False
         self._closed = False
@@ -185,21 +176,23 @@ class _ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
     def _note(self, item: LLMEvent) -> LLMEvent:
         if isinstance(item, StreamEnd):
             self._ended = True
-            self._backend._stream_completed(item)
+            self._backend._stream_completed(item, self._quota_taken)
         else:
             self._content = True
         return item
 
-    async def _after_failure(self, attempt: AnyAttempt, failure: Failure) -> None:
+    async def _after_failure(self, attempt: Attempt, failure: Failure) -> None:
         """Start the next attempt, or raise."""
         backend = self._backend
         backend._counts.errors[failure.code] += 1
         delay = self._retry_delay(failure)
         if delay is None:
             self._ended = True
-            if failure.kind == "bug":
-                raise failure.cause
             self._log_failure(failure)
+            if failure.kind == "bug":
+                raise ModelStreamFailed("InternalError", f"{type(failure.cause).__name__}: "
+                                        f"{failure.message}", after_tokens=self._content
+                                        ) from failure.cause
             raise _llm_error(failure, after_tokens=self._content) from failure.cause
         attempt.close()
         self._attempt = None
@@ -218,6 +211,12 @@ class _ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         delay = base / 2 + random.uniform(0, base / 2)
         if trio.current_time() - self._opened_at + delay > backend.retry_budget_s:
             return None
+        cost = backend.retry_quota.take(failure)
+        if not cost:
+            log.warning("bedrock retry quota spent: not retried",
+                        extra={"code": failure.code})
+            return None
+        self._quota_taken = cost
         return delay
 
     def _log_failure(self, failure: Failure) -> None:
@@ -226,7 +225,15 @@ class _ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         if failure.kind == "rejected":
             extra["history_shape"] = history_shape(self._request.messages)
             extra["model_id"] = self._request.model_id
-        log.warning("bedrock call failed", extra=extra)
+        if failure.kind == "bug":
+            log.error("bedrock call failed: a bug in voiceagent", extra=extra,
+                      exc_info=failure.cause)
+        elif failure.kind == "credentials":
+            log.error("bedrock refused our credentials", extra={
+                **extra, "model_id": self._request.model_id, "what_to_check": failure.message})
+        else:
+            extra["error"] = failure.message
+            log.warning("bedrock call failed", extra=extra)
 
     def close(self) -> None:
         """Sync and non-blocking, so it is safe in ``finally`` when cancelled."""
@@ -265,13 +272,20 @@ class _Counts:
         default_factory=partial(collections.deque, maxlen=RECENT))
 
 
-class BedrockLLM:
-    """The production ``LLM``: one instance (one boto3 client and connection pool) per process.
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    """What boto3 resolved, once, in a thread."""
 
-    The constructor does no I/O; the client is created in a thread by ``warm_up`` or by the
-    first ``stream``. ``max_concurrent_streams`` sizes both the attempt limiter and the
-    connection pool: a stream past it waits for a slot. ``transport``: see the module
-    docstring (``auto`` is native unless a proxy applies to the endpoint).
+    pool: ConnectionPool
+    signer: Signer
+
+
+class BedrockLLM:
+    """The production ``LLM``: one instance (one connection pool) per process.
+
+    The constructor does no I/O; the endpoint, credentials and pool are set up in a thread by
+    ``warm_up`` or by the first ``stream``. ``max_concurrent_streams`` sizes both the attempt
+    limiter and the pool: a stream past it waits for a slot.
     """
 
     name = "bedrock"
@@ -281,31 +295,27 @@ class BedrockLLM:
                  read_timeout_s: float = READ_TIMEOUT_S, max_retries: int = MAX_RETRIES,
                  retry_budget_s: float = RETRY_BUDGET_S,
                  retry_base_delay_s: float = RETRY_BASE_DELAY_S,
-                 check_history: bool = True, transport: Transport = "auto") -> None:
+                 check_history: bool = True) -> None:
         self.region = region
-        self.transport: Transport = transport
         self.max_concurrent_streams = max_concurrent_streams
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.max_retries = max_retries
         self.retry_budget_s = retry_budget_s
         self.retry_base_delay_s = retry_base_delay_s
+        self.retry_quota = RetryBudget()
         self._check_history = check_history
         self._limiter = trio.CapacityLimiter(max_concurrent_streams)
         self._setup_limiter = trio.CapacityLimiter(1)
-        self._client: Any = None
-        self._client_lock = trio.Lock()
-        self._mailbox: Mailbox | None = None
-        self._pool: ConnectionPool | None = None         # native transport
-        self._signer: Signer | None = None
+        self._setup: _Setup | None = None
+        self._setup_lock = trio.Lock()
         self._watchdog = ReadWatchdog()
         self._counts = _Counts()
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> BedrockLLM:
         options: dict[str, Any] = {"region": settings.aws_region,
-                                   "max_concurrent_streams": settings.max_concurrent_turns,
-                                   "transport": settings.bedrock_transport}
+                                   "max_concurrent_streams": settings.max_concurrent_turns}
         options.update(overrides)
         return cls(**options)
 
@@ -316,60 +326,53 @@ class BedrockLLM:
     # -- lifecycle
 
     async def warm_up(self) -> None:
-        """Create the client (model files, endpoint resolution) in a thread and open one
-        connection to the endpoint, so the first caller does not pay for either. A failed
-        connection is only logged: the first call connects again."""
-        client = await self._ready_client()
-        if self._pool is not None:
-            await self._warm_native(self._pool)
-            return
-        await run_blocking(partial(open_connection, client), limiter=self._setup_limiter)
-
-    async def _warm_native(self, pool: ConnectionPool) -> None:
+        """Resolve the endpoint and credentials (in a thread) and open one connection, so the
+        first caller pays for neither. A failed connection is only logged: the first call
+        connects again."""
+        pool = (await self._ready()).pool
         started = time.perf_counter()
         try:
             connection, _ = await pool.acquire(fresh=True)
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as err:   # TLS failed
-            log.warning("bedrock warm-up could not connect",
-                        extra={"error": type(err).__name__})
+        except Exception as err:
+            log.warning("bedrock warm-up could not connect", extra={
+                "error": classify(err).message, "code": classify(err).code})
             return
         pool.keep_idle(connection)
         log.info("bedrock connection warmed",
                  extra={"connect_ms": round((time.perf_counter() - started) * 1000, 1)})
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-        if self._client is not None:
-            client, self._client = self._client, None
-            await run_blocking(client.close, limiter=self._setup_limiter)
+        if self._setup is not None:
+            self._setup.pool.close()
+        await trio.lowlevel.checkpoint()
 
     def statistics(self) -> BedrockStatistics:
         counts = self._counts
+        pool = self._setup.pool if self._setup is not None else None
         return BedrockStatistics(
             streams_opened=counts.streams_opened, streams_open=counts.streams_open,
             streams_completed=counts.streams_completed, retries=counts.retries,
             cancellations=counts.cancellations, errors_by_code=dict(counts.errors),
-            threads_busy=self._limiter.borrowed_tokens,
+            attempts_open=self._limiter.borrowed_tokens,
             cancel_to_closed_s=tuple(counts.cancel_to_closed_s),
             cancel_to_exit_s=tuple(counts.cancel_to_exit_s),
             first_token_s=tuple(counts.first_token_s),
-            transport="native" if self._pool is not None else "threads",
-            connections_opened=self._pool.opened if self._pool is not None else 0,
-            connections_reused=self._pool.reused if self._pool is not None else 0)
+            connections_opened=pool.opened if pool is not None else 0,
+            connections_reused=pool.reused if pool is not None else 0,
+            retry_quota=self.retry_quota.available)
 
     # -- streams
 
     @asynccontextmanager
     async def stream(self, request: LLMRequest) -> AsyncIterator[trio.abc.ReceiveChannel[
             LLMEvent]]:
-        """One ConverseStream call. Entering sends the request; leaving before the end shuts
-        the connection down at once, without blocking. Raises ``LLMError`` subclasses from
-        entering or iterating (after retries, see the module docstring)."""
+        """One ConverseStream call. Entering sends the request; leaving before the end closes
+        the connection at once, without blocking. Raises ``LLMError`` subclasses from entering
+        or iterating (after retries, see the module docstring)."""
         payload = build_converse_request(request)
         if self._check_history:
             self._warn_on_history(request, "toolConfig" in payload)
-        await self._ready_client()
+        await self._ready()
         model_stream = _ModelStream(self, request, payload)
         self._counts.streams_opened += 1
         self._counts.streams_open += 1
@@ -379,37 +382,19 @@ class BedrockLLM:
         finally:
             model_stream.close()
 
-    async def _start_attempt(self, payload: dict[str, Any], started_at: float) -> AnyAttempt:
-        if self._pool is not None and self._signer is not None:
-            return await self._start_native(self._pool, self._signer, payload, started_at)
-        token = trio.lowlevel.current_trio_token()
-        if self._mailbox is None or self._mailbox.token is not token:
-            self._mailbox = Mailbox(token)
-        attempt = Attempt(self._mailbox, self._attempt_finished)
-        await self._limiter.acquire_on_behalf_of(attempt)
-        try:
-            context = contextvars.copy_context()      # the CallSid follows into the thread
-            trio.lowlevel.start_thread_soon(
-                partial(context.run, run_attempt, self._client, payload, attempt, started_at),
-                attempt.thread_done, name="bedrock stream")
-        except BaseException:
-            self._limiter.release_on_behalf_of(attempt)
-            raise
-        return attempt
-
-    async def _start_native(self, pool: ConnectionPool, signer: Signer,
-                            payload: dict[str, Any], started_at: float) -> NativeAttempt:
+    async def _start_attempt(self, payload: dict[str, Any], started_at: float) -> Attempt:
         """Sign, connect (or reuse) and send; a failure to do so is the attempt's first item,
-        as on the thread side, so retries and errors follow one path."""
+        so retries and errors follow one path."""
+        setup = await self._ready()
         model_id, body = request_body(payload)
         target, headers, failure = "", list[tuple[str, str]](), None
         try:
-            target, headers = await signer.request(model_id, body)
+            target, headers = await setup.signer.request(model_id, body)
         except Exception as err:            # no credentials, a refresh that failed
-            failure = classify_native(err)
-        attempt = NativeAttempt(pool, target, headers, body, started_at=started_at,
-                                read_timeout_s=self.read_timeout_s,
-                                on_finished=self._attempt_finished, watchdog=self._watchdog)
+            failure = classify(err)
+        attempt = Attempt(setup.pool, target, headers, body, started_at=started_at,
+                          read_timeout_s=self.read_timeout_s,
+                          on_finished=self._attempt_finished, watchdog=self._watchdog)
         await self._limiter.acquire_on_behalf_of(attempt)
         try:
             if failure is not None:
@@ -421,15 +406,16 @@ class BedrockLLM:
             raise
         return attempt
 
-    def _attempt_finished(self, attempt: AnyAttempt, exited_at: float) -> None:
+    def _attempt_finished(self, attempt: Attempt, exited_at: float) -> None:
         self._limiter.release_on_behalf_of(attempt)
         if attempt.cancelled_at is not None:
             closed_at = attempt.closed_at or exited_at
             self._counts.cancel_to_closed_s.append(max(closed_at - attempt.cancelled_at, 0.0))
             self._counts.cancel_to_exit_s.append(exited_at - attempt.cancelled_at)
 
-    def _stream_completed(self, end: StreamEnd) -> None:
+    def _stream_completed(self, end: StreamEnd, quota_taken: int) -> None:
         self._counts.streams_completed += 1
+        self.retry_quota.succeeded(quota_taken)
         if end.first_token_s is not None:
             self._counts.first_token_s.append(end.first_token_s)
 
@@ -442,68 +428,58 @@ class BedrockLLM:
                 "problems": problems[:3], "count": len(problems),
                 "history_shape": history_shape(request.messages)})
 
-    async def _ready_client(self) -> Any:
-        if self._client is None:
-            async with self._client_lock:
-                if self._client is None:
-                    self._client = await run_blocking(self._create_client,
-                                                      limiter=self._setup_limiter)
-        return self._client
+    async def _ready(self) -> _Setup:
+        if self._setup is None:
+            async with self._setup_lock:
+                if self._setup is None:
+                    self._setup = await run_blocking(self._resolve,
+                                                     limiter=self._setup_limiter)
+        return self._setup
 
-    def _create_client(self) -> Any:
-        """Worker thread. Endpoints come from AWS_ENDPOINT_URL(_BEDROCK_RUNTIME), which boto3
-        reads itself; botocore's retries are off (see the module docstring). The native
-        transport takes the client's resolved endpoint and region, and the session's
-        credentials and CA bundle, so both transports reach the same place the same way."""
-        config = Config(connect_timeout=self.connect_timeout_s,
-                        read_timeout=self.read_timeout_s,
-                        retries={"mode": "standard", "total_max_attempts": 1},
-                        max_pool_connections=self.max_concurrent_streams,
-                        tcp_keepalive=True, user_agent_appid="voiceagent")
+    def _resolve(self) -> _Setup:
+        """Worker thread. A boto3 client resolves the endpoint (AWS_ENDPOINT_URL(_BEDROCK_
+        RUNTIME), FIPS and dual-stack settings, the region) as any boto3 client would; the
+        session gives the credentials (its standard chain) and the CA bundle (AWS_CA_BUNDLE or
+        the profile's ca_bundle, else botocore's own). The client itself sends nothing."""
         try:
             core = botocore.session.Session()
             session = boto3.session.Session(botocore_session=core, region_name=self.region)
-            client = session.client("bedrock-runtime", config=config)
+            client = session.client("bedrock-runtime")
+            url, region = client.meta.endpoint_url, client.meta.region_name
+            client.close()
+            credentials = core.get_credentials()
         except BotoCoreError as err:
             raise ModelUnavailable(type(err).__name__,
-                                   f"cannot create the Bedrock client: {err}") from err
-        url = client.meta.endpoint_url
-        proxy = proxy_for(url)
-        if self.transport == "native" or (self.transport == "auto" and proxy is None):
-            self._setup_native(core, url, client.meta.region_name)
-            return client
-        if proxy is not None:
-            log.info("bedrock streams use worker threads: a proxy applies to the endpoint",
-                     extra={"proxy_scheme": urlsplit(proxy).scheme})
-        if not install_tracking(client):
-            log.warning("bedrock connection tracking unavailable: a cancel before the "
-                        "response headers waits for them")
-        return client
-
-    def _setup_native(self, core: botocore.session.Session, url: str, region: str) -> None:
-        """Worker thread: the endpoint, the signer and the connection pool."""
+                                   f"cannot set up the Bedrock client: {err}") from err
         endpoint = Endpoint.from_url(url, region)
         context = None
         if endpoint.scheme == "https":
             context = ssl_context(core.get_config_variable("ca_bundle") or get_cert_path(True))
-        try:
-            credentials = core.get_credentials()
-        except BotoCoreError as err:
-            raise ModelUnavailable(type(err).__name__, f"AWS credentials: {err}") from err
         bearer = os.environ.get("AWS_BEARER_TOKEN_BEDROCK") or None
         if bearer and endpoint.scheme != "https" and endpoint.host not in LOOPBACK:
             raise ModelUnavailable("InvalidEndpointConfiguration",
                                    "AWS_BEARER_TOKEN_BEDROCK is sent only over https; the "
                                    f"Bedrock endpoint is {url}")
-        user_agent = f"voiceagent/{__version__} trio-native botocore/{botocore.__version__}"
-        self._signer = Signer(endpoint, credentials, bearer, user_agent, self._setup_limiter)
-        self._pool = ConnectionPool(endpoint, connect_timeout_s=self.connect_timeout_s,
-                                    max_idle=self.max_concurrent_streams, ssl_context=context)
+        proxy = None
+        proxy_url = proxy_for(url)
+        if proxy_url is not None:
+            try:
+                proxy = Proxy.from_url(proxy_url)
+            except ValueError as err:
+                raise ModelUnavailable("InvalidProxyConfiguration", str(err)) from err
+            log.info("bedrock reached through a proxy",
+                     extra={"proxy": redact_url(proxy_url)})
+        user_agent = f"voiceagent/{__version__} trio botocore/{botocore.__version__}"
+        signer = Signer(endpoint, credentials, bearer, user_agent, self._setup_limiter)
+        pool = ConnectionPool(endpoint, connect_timeout_s=self.connect_timeout_s,
+                              max_idle=self.max_concurrent_streams, ssl_context=context,
+                              proxy=proxy)
+        return _Setup(pool, signer)
 
 
 def proxy_for(url: str) -> str | None:
     """The proxy the environment names for ``url`` (HTTPS_PROXY etc., unless NO_PROXY
-    excludes the host), as botocore would use it."""
+    excludes the host), as botocore and requests read them."""
     parts = urlsplit(url)
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(parts.scheme) or proxies.get("all")
@@ -548,6 +524,9 @@ def check_bedrock_ready(settings: Settings) -> list[str]:
 async def open_bedrock_llm(settings: Settings) -> AsyncIterator[BedrockLLM]:
     """The backend for ``settings``, warmed up; its client is closed on exit. A client that
     cannot be created (no region, bad profile) raises ``SettingsError``."""
+    if os.environ.get("BEDROCK_TRANSPORT"):
+        log.warning("BEDROCK_TRANSPORT is no longer read: there is one transport (trio HTTP, "
+                    "through HTTPS_PROXY when one applies); remove the setting")
     llm = BedrockLLM.from_settings(settings)
     try:
         try:

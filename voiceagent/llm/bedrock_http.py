@@ -1,25 +1,27 @@
-"""ConverseStream on trio itself: HTTP/1.1 (h11) on trio sockets, read by the turn's own task.
+"""ConverseStream over HTTP/1.1 on trio: the request signed, a pool of kept-alive connections,
+and one exchange read by the turn's own task.
 
-Why not a thread per stream. With boto3, every stream is a worker thread that wakes for each
-event and needs the GIL; at 500 concurrent calls (benchmarks/bench_latency.py) the trio
-thread queued behind ~100 of them: p99 application latency overhead 177 ms, interrupt ->
-upstream closed 116 ms. Here an event costs one socket read, h11's chunk parse and the frame
-decoder, on the event loop, with no hand-off; a cancel closes the socket at once (Bedrock
-gets the FIN that stops generation) because the read that waits for it is our own.
+Why on the event loop and not a thread per stream: with boto3, every stream was a worker
+thread that woke for each event and needed the GIL; at 500 concurrent calls the trio thread
+queued behind ~100 of them (p99 overhead 177 ms, interrupt -> upstream closed 116 ms). Here an
+event costs one read, h11's chunk parse and the frame decoder, with no hand-off; a cancel
+closes the socket at once (Bedrock gets the FIN that stops generation) because the read that
+waits for it is our own.
 
-The request. ``build_converse_request`` gives the operation's input; ConverseStream is
-rest-json, so the body is that input as JSON minus ``modelId``, which goes in the path,
-percent-encoded as botocore does. botocore's ``SigV4Auth`` signs it (service ``bedrock``), or
-a Bedrock API key (``AWS_BEARER_TOKEN_BEDROCK``) is sent as a bearer token, as botocore
-prefers when one is set. Credentials come from boto3's standard chain; temporary ones are
-refreshed in a worker thread (the refresh may do I/O), never on the event loop.
+Libraries, each through its public API: h11 parses HTTP/1.1 (the parser under httpx and
+hypercorn); the standard library's ``ssl`` does TLS with certificate and host-name checks
+(``net.Link``); botocore's ``SigV4Auth`` signs, or a Bedrock API key is sent as a bearer token,
+as botocore prefers when one is set; boto3's credential chain supplies credentials, refreshed
+in a worker thread when they near expiry (the refresh may do I/O).
 
-Connections. One LIFO pool of keep-alive connections per endpoint. An idle connection that
-has become readable (the server closed it) or is older than ``IDLE_MAX_S`` is dropped
-before reuse; a request whose reused connection dies before any response byte is sent again
-once on a new connection, as urllib3 does.
+The request: ConverseStream is rest-json, so the body is the operation's input as JSON minus
+``modelId``, which goes in the path, percent-encoded as botocore does.
 
-Proxies are not tunnelled: ``BedrockLLM`` uses worker threads when one applies.
+Connections: one LIFO pool of kept-alive connections per endpoint, through the proxy that
+HTTPS_PROXY / NO_PROXY name, if any. An idle connection with anything to read (the server
+closed it) or older than ``IDLE_MAX_S`` is dropped before reuse; a request whose reused
+connection dies before any response byte is sent again once on a new connection, as urllib3
+does. Only an exchange that completed cleanly goes back to the pool.
 """
 
 from __future__ import annotations
@@ -27,12 +29,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import select
 import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,32 +47,24 @@ from botocore.utils import percent_encode
 
 from voiceagent.llm.base import LLMEvent
 from voiceagent.llm.bedrock_converse import FrameDecoder, ReplyAssembler, ReplyError, event_of
-from voiceagent.llm.bedrock_transport import Failure, classify, failure_for
+from voiceagent.llm.bedrock_errors import (
+    BedrockHTTPError,
+    ConnectTimeout,
+    Failure,
+    ReadTimeout,
+    classify,
+)
+from voiceagent.llm.net import Link, Proxy, open_link
 from voiceagent.threads import run_blocking
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 65536
 WATCHDOG_SLACK_S = 0.05             # read timeouts fire up to this late
 IDLE_MAX_S = 30.0                   # Bedrock's front ends drop idle connections after ~60 s
 MAX_ERROR_BODY = 64 * 1024
 SIGNING_NAME = "bedrock"            # the endpoint prefix is bedrock-runtime, the signer's is not
 
 Item = LLMEvent | Failure
-
-
-class BedrockHTTPError(Exception):
-    """An HTTP error answer before the stream started (status, x-amzn-ErrorType, message)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        self.status = status
-        self.code = code
-        self.message = message
-        super().__init__(f"HTTP {status} {code}: {message}")
-
-
-class ReadTimeout(Exception):
-    """No byte from Bedrock for longer than the read timeout."""
 
 
 # ---------------------------------------------------------------- endpoint and signing
@@ -120,10 +112,10 @@ class Signer:
     async def _frozen(self) -> ReadOnlyCredentials:
         credentials = self._credentials
         if credentials is None:
-            raise NoCredentialsError()      # unavailable, as boto3 says on the thread side
-        refresh_needed = getattr(credentials, "refresh_needed", None)
+            raise NoCredentialsError()
+        refresh_needed = getattr(credentials, "refresh_needed", None)   # temporary ones
         if refresh_needed is not None and refresh_needed():
-            # temporary credentials near expiry: fetching new ones may do network I/O
+            # near expiry: fetching new ones may do network I/O (STS, the container endpoint)
             frozen: ReadOnlyCredentials = await run_blocking(
                 credentials.get_frozen_credentials, limiter=self._refresh_limiter)
             return frozen
@@ -154,38 +146,31 @@ def request_body(payload: dict[str, Any]) -> tuple[str, bytes]:
 # ---------------------------------------------------------------- connections
 
 class Connection:
-    __slots__ = ("h11", "idle_since", "socket", "stream")
+    __slots__ = ("h11", "idle_since", "link")
 
-    def __init__(self, stream: trio.abc.Stream, socket: trio.socket.SocketType) -> None:
-        self.stream = stream
-        self.socket = socket                # the TCP socket under TLS, for a close that
-        self.h11 = h11.Connection(h11.CLIENT)   # never blocks and never checkpoints
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.h11 = h11.Connection(h11.CLIENT)
         self.idle_since = 0.0
 
-    def close_now(self) -> None:
-        """Synchronous: the peer gets a FIN (or a reset) now; any waiter is woken."""
-        with suppress(OSError):
-            self.socket.close()
-
-    def readable(self) -> bool:
-        """Bytes (or an EOF, or an error) wait on the socket: a read now would not block.
-        ``poll``, not ``select``: a busy server's descriptors go past select's 1024."""
-        fileno = self.socket.fileno()
-        if fileno < 0:
-            return True                     # closed under us: let the read say how
-        poller = select.poll()
-        poller.register(fileno, select.POLLIN)
-        return bool(poller.poll(0))
+    def usable_idle(self) -> bool:
+        """An idle connection has nothing to read: anything there is the server's close (an
+        EOF, a TLS alert) or garbage, and it cannot carry a request."""
+        try:
+            return self.link.receive_nowait() is None
+        except (OSError, ssl.SSLError, trio.ClosedResourceError):
+            return False
 
 
 class ConnectionPool:
-    """Keep-alive connections to one endpoint, newest first."""
+    """Kept-alive connections to one endpoint, newest first."""
 
     def __init__(self, endpoint: Endpoint, *, connect_timeout_s: float, max_idle: int,
-                 ssl_context: ssl.SSLContext | None) -> None:
+                 ssl_context: ssl.SSLContext | None, proxy: Proxy | None = None) -> None:
         self.endpoint = endpoint
         self.connect_timeout_s = connect_timeout_s
         self.max_idle = max_idle
+        self.proxy = proxy
         self._ssl = ssl_context
         self._idle: deque[Connection] = deque()
         self.opened = 0
@@ -196,31 +181,23 @@ class ConnectionPool:
         now = trio.current_time()
         while self._idle and not fresh:
             connection = self._idle.pop()
-            # an idle connection has nothing to read: anything readable is the server's
-            # close (EOF, a TLS alert) or garbage, and it cannot carry a request
-            if now - connection.idle_since < IDLE_MAX_S and not connection.readable():
+            if now - connection.idle_since < IDLE_MAX_S and connection.usable_idle():
                 self.reused += 1
                 return connection, True
-            connection.close_now()
+            connection.link.close_now()
         return await self._connect(), False
 
     async def _connect(self) -> Connection:
-        with trio.fail_after(self.connect_timeout_s):
-            tcp = await trio.open_tcp_stream(self.endpoint.host, self.endpoint.port)
-            try:
-                stream: trio.abc.Stream = tcp
-                if self.endpoint.scheme == "https":
-                    assert self._ssl is not None
-                    tls = trio.SSLStream(tcp, self._ssl, server_hostname=self.endpoint.host,
-                                         https_compatible=True)
-                    await tls.do_handshake()
-                    stream = tls
-            except BaseException:
-                tcp.socket.close()
-                raise
-        tcp.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_KEEPALIVE, 1)
-        self.opened += 1
-        return Connection(stream, tcp.socket)
+        endpoint = self.endpoint
+        with trio.move_on_after(self.connect_timeout_s):
+            link = await open_link(endpoint.host, endpoint.port,
+                                   tls=self._ssl if endpoint.scheme == "https" else None,
+                                   proxy=self.proxy)
+            self.opened += 1
+            return Connection(link)
+        via = f" through the proxy {self.proxy.host}:{self.proxy.port}" if self.proxy else ""
+        raise ConnectTimeout(f"no connection to {endpoint.host}:{endpoint.port}{via} within "
+                             f"{self.connect_timeout_s:g} s")
 
     def keep_idle(self, connection: Connection) -> None:
         """A new connection that has carried nothing yet (the warm-up's)."""
@@ -236,11 +213,11 @@ class ConnectionPool:
             connection.idle_since = trio.current_time()
             self._idle.append(connection)
         else:
-            connection.close_now()
+            connection.link.close_now()
 
     def close(self) -> None:
         while self._idle:
-            self._idle.pop().close_now()
+            self._idle.pop().link.close_now()
 
     @property
     def idle(self) -> int:
@@ -248,7 +225,10 @@ class ConnectionPool:
 
 
 def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """Certificates checked against ``ca_bundle`` (AWS_CA_BUNDLE, the profile's ca_bundle,
+    else botocore's bundle), host names checked, TLS 1.2 at least, as botocore does."""
     context = ssl.create_default_context(cafile=ca_bundle)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
     return context
 
@@ -261,11 +241,11 @@ class ReadWatchdog:
     cost as much as parsing the event). It sleeps while no stream is open."""
 
     def __init__(self) -> None:
-        self._attempts: set[NativeAttempt] = set()
+        self._attempts: set[Attempt] = set()
         self._token: trio.lowlevel.TrioToken | None = None
         self._changed = trio.Event()
 
-    def watch(self, attempt: NativeAttempt) -> None:
+    def watch(self, attempt: Attempt) -> None:
         token = trio.lowlevel.current_trio_token()
         if self._token is not token:          # a new trio run (tests start many)
             self._token, self._attempts = token, set()
@@ -274,7 +254,7 @@ class ReadWatchdog:
         self._attempts.add(attempt)
         self._changed.set()
 
-    def forget(self, attempt: NativeAttempt) -> None:
+    def forget(self, attempt: Attempt) -> None:
         self._attempts.discard(attempt)
 
     async def _run(self) -> None:
@@ -294,19 +274,20 @@ class ReadWatchdog:
                 await trio.sleep_until(max(soonest, now + WATCHDOG_SLACK_S))
 
 
-# ---------------------------------------------------------------- one attempt
+# ---------------------------------------------------------------- one exchange
 
-class NativeAttempt:
+class Attempt:
     """One HTTP request and its streamed reply, read by whoever calls ``receive``.
 
-    ``receive`` is cancel-safe: it awaits only the socket read, which consumes nothing when
-    cancelled, and everything after a read is done synchronously. ``abort`` and ``close``
-    never block: they may run in a ``finally`` of a cancelled turn.
+    ``receive`` is cancel-safe: it waits only for the socket to be readable, which consumes
+    nothing, and everything after a read is done synchronously. ``abort`` and ``close``
+    never block: they may run in a ``finally`` of a cancelled turn. Every fault becomes a
+    ``Failure`` item; nothing raises out of ``receive`` but ``EndOfChannel``.
     """
 
     def __init__(self, pool: ConnectionPool, target: str, headers: list[tuple[str, str]],
                  body: bytes, *, started_at: float, read_timeout_s: float,
-                 on_finished: Callable[[NativeAttempt, float], None],
+                 on_finished: Callable[[Attempt, float], None],
                  watchdog: ReadWatchdog) -> None:
         self._pool = pool
         self._watchdog = watchdog
@@ -332,7 +313,7 @@ class NativeAttempt:
         self.closed_at: float | None = None         # perf_counter() when the socket closed
 
     async def open(self, *, fresh: bool = False) -> None:
-        """Connect (or reuse) and send the request. A network failure is queued as the
+        """Connect (or reuse) and send the request. A failure to do so is queued as the
         attempt's first item, like an error answer."""
         try:
             self._connection, self._reused = await self._pool.acquire(fresh=fresh)
@@ -342,18 +323,17 @@ class NativeAttempt:
             data += state.send(h11.Data(data=self._body)) or b""
             data += state.send(h11.EndOfMessage()) or b""
             with trio.fail_after(self._pool.connect_timeout_s):
-                await self._connection.stream.send_all(data)
-        except (OSError, trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError,
-                h11.ProtocolError) as err:
+                await self._connection.link.send_all(data)
+        except Exception as err:
             reused = self._reused
             self._drop_connection()
             if reused and not fresh:
                 await self.open(fresh=True)         # the server had closed a kept-alive one
                 return
             if isinstance(err, trio.TooSlowError):
-                err = OSError(f"no connection to Bedrock within "
-                              f"{self._pool.connect_timeout_s:g} s")
-            self._fail(classify_native(err))
+                err = ConnectTimeout(f"could not send the request within "
+                                     f"{self._pool.connect_timeout_s:g} s")
+            self._fail(classify(err))
         except BaseException:
             self._drop_connection()
             raise
@@ -370,8 +350,8 @@ class NativeAttempt:
         return self._items.popleft()
 
     async def take_ready(self) -> list[Item]:
-        """What has already arrived, without waiting for more (a TLS record half in may be
-        waited for): queued items, then whatever the socket holds."""
+        """Everything that has already arrived (in the socket, the TLS layer or the parser),
+        without waiting for more."""
         while not self._ended and await self._step(wait=False):
             pass
         items = list(self._items)
@@ -379,35 +359,36 @@ class NativeAttempt:
         return items
 
     async def _step(self, *, wait: bool = True) -> bool:
-        """Take one h11 event, or read once. False (``wait`` off): nothing to read now."""
+        """Take one h11 event, or read once. False (``wait`` off): nothing has arrived."""
         connection = self._connection
         if connection is None:
-            self._fail(classify_native(OSError("the connection is gone")))
+            self._fail(classify(ConnectionResetError("the connection is gone")))
             return True
         try:
             event = connection.h11.next_event()
             if event is h11.NEED_DATA:
-                if not wait and not connection.readable():
-                    return False
-                data = await connection.stream.receive_some(READ_SIZE)
+                if wait:
+                    data = await connection.link.receive()
+                else:
+                    ready = connection.link.receive_nowait()
+                    if ready is None:
+                        return False
+                    data = ready
                 self.read_deadline = trio.current_time() + self._read_timeout_s
-                connection.h11.receive_data(bytes(data))
+                connection.h11.receive_data(data)
                 return True
             self._take(event)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError,
-                h11.ProtocolError) as err:
+        except Exception as err:
+            fault: Exception = err
             if self._timed_out:
-                self._fail(classify_native(ReadTimeout(
-                    f"no data from Bedrock for {self._read_timeout_s:g} s")))
-                return True
-            if self._reused and self._status is None and not self.cancelled_at:
+                fault = ReadTimeout(f"no data from Bedrock for {self._read_timeout_s:g} s")
+            elif (self._reused and self._status is None and not self.cancelled_at
+                  and not isinstance(err, BedrockHTTPError | ReplyError)):
                 # a kept-alive connection the server had closed: the request never ran
                 self._drop_connection()
                 await self.open(fresh=True)
                 return True
-            self._fail(classify_native(err))
-        except Exception as err:            # the reply's own faults; anything else is a bug
-            self._fail(classify_native(err))
+            self._fail(classify(fault))
         return True
 
     def _take(self, event: Any) -> None:
@@ -436,7 +417,7 @@ class NativeAttempt:
             self._ended = self._complete = True
             self._watchdog.forget(self)
         elif isinstance(event, h11.ConnectionClosed):
-            raise OSError("Bedrock closed the connection")
+            raise ConnectionResetError("Bedrock closed the connection")
 
     def _http_error(self) -> BedrockHTTPError:
         status = self._status or 0
@@ -461,13 +442,14 @@ class NativeAttempt:
 
     def _drop_connection(self) -> None:
         if self._connection is not None:
-            self._connection.close_now()
+            self._connection.link.close_now()
             self._connection = None
 
     def time_out(self) -> None:
         """The watchdog's: the read has waited too long; closing the socket ends it."""
         self._timed_out = True
-        self._drop_connection()
+        if self._connection is not None:
+            self._connection.link.close_now()
 
     def abort(self) -> None:
         """Stop now, wherever the exchange is: the socket is closed from here."""
@@ -478,7 +460,8 @@ class NativeAttempt:
         self._ended = True
 
     def close(self) -> None:
-        """Done with it: a completed exchange gives its connection back to the pool."""
+        """Done with it: a completed exchange gives its connection back to the pool; any
+        other is closed (a cancelled or failed exchange never carries another request)."""
         if self._closed:
             return
         self._closed = True
@@ -488,14 +471,5 @@ class NativeAttempt:
             if self._complete:
                 self._pool.release(connection)
             else:
-                connection.close_now()
+                connection.link.close_now()
         self._on_finished(self, time.perf_counter())
-
-
-def classify_native(err: BaseException) -> Failure:
-    """As the thread side classifies, plus this side's own two errors."""
-    if isinstance(err, BedrockHTTPError):
-        return failure_for(err.code, err.message, err.status, err)
-    if isinstance(err, ReadTimeout):
-        return Failure("ReadTimeout", str(err), "unavailable", False, err)
-    return classify(err)

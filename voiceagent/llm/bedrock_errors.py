@@ -1,0 +1,179 @@
+"""What went wrong with a Bedrock call, in the terms the retry policy and the runtime need.
+
+Every fault an exchange can meet ends here as a ``Failure``: an HTTP error answer, an error
+inside the event stream, a reply that broke Converse's own rules, and every network fault
+(refused, reset, closed early, TLS, DNS, timeouts, a proxy that refuses). None of them
+escapes as a raw library exception: a turn that sees one apologises and the call goes on.
+
+Kinds: ``throttled`` and ``unavailable`` may pass if tried again; ``rejected`` is the
+request's own fault (usually the history); ``credentials`` is who we are (expired, unknown
+or missing credentials, no model access): trying again cannot help, and the log says what to
+check; ``stream`` broke inside a reply; ``bug`` is ours.
+
+Retries share one per-process quota, as botocore's ``standard`` retry mode does (its own
+``RetryQuota`` class and costs): each retry takes from it, each success gives back, so under
+sustained throttling the process stops multiplying its load instead of tripling it.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass
+
+import h11
+import trio
+from botocore.exceptions import BotoCoreError, NoCredentialsError
+from botocore.retries.quota import RetryQuota
+
+from voiceagent.llm.bedrock_converse import ReplyError, StreamFault
+from voiceagent.llm.net import ProxyRefused
+
+# botocore.retries.standard.RetryQuotaChecker's costs (private there, so restated here)
+RETRY_COST = 14
+THROTTLING_RETRY_COST = 5
+NO_RETRY_INCREMENT = 1
+
+CREDENTIALS_HINT = ("check the task role or AWS_PROFILE / AWS_ACCESS_KEY_ID, that temporary "
+                    "credentials are refreshed, and the machine's clock")
+ACCESS_HINT = ("grant bedrock:InvokeModelWithResponseStream on the model (and its inference "
+               "profile) and enable model access in the Bedrock console for this region")
+TLS_HINT = ("the endpoint's certificate is not trusted: if a proxy or a private endpoint "
+            "presents its own CA, set AWS_CA_BUNDLE (or ca_bundle in the AWS profile)")
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    code: str                      # PascalCase, as in the HTTP error type
+    message: str
+    kind: str                      # throttled | unavailable | rejected | credentials | stream | bug
+    retryable: bool                # before any content, trying again may help
+    cause: BaseException
+
+
+class BedrockHTTPError(Exception):
+    """An HTTP error answer before the stream started (status, x-amzn-ErrorType, message)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(f"HTTP {status} {code}: {message}")
+
+
+class ReadTimeout(Exception):
+    """No byte from Bedrock for longer than the read timeout."""
+
+
+class ConnectTimeout(Exception):
+    """No connection (TCP, proxy tunnel and TLS handshake) within the connect timeout."""
+
+
+_KINDS: dict[str, tuple[str, bool]] = {
+    "ThrottlingException": ("throttled", True),
+    "ServiceUnavailableException": ("unavailable", True),
+    "InternalServerException": ("unavailable", True),
+    "ModelNotReadyException": ("unavailable", True),
+    "ModelTimeoutException": ("unavailable", False),
+    "ModelStreamErrorException": ("stream", True),
+    "ModelErrorException": ("stream", False),
+    "ValidationException": ("rejected", False),
+    "ResourceNotFoundException": ("rejected", False),
+    "AccessDeniedException": ("credentials", False),
+    "ExpiredTokenException": ("credentials", False),
+    "ExpiredToken": ("credentials", False),
+    "UnrecognizedClientException": ("credentials", False),
+    "InvalidSignatureException": ("credentials", False),
+    "IncompleteSignatureException": ("credentials", False),
+    "MissingAuthenticationTokenException": ("credentials", False),
+    "InvalidClientTokenId": ("credentials", False),
+    "SignatureDoesNotMatch": ("credentials", False),
+}
+
+
+def classify(exc: BaseException) -> Failure:
+    """``exc``, raised while opening or reading an exchange, as a ``Failure``."""
+    if isinstance(exc, BedrockHTTPError):
+        return _by_code(exc.code, exc.message, exc.status, exc, in_stream=False)
+    if isinstance(exc, StreamFault):
+        return _by_code(exc.code, exc.message, 0, exc, in_stream=True)
+    if isinstance(exc, ReplyError):
+        return Failure(exc.code, exc.message, "stream", True, exc)
+    if isinstance(exc, NoCredentialsError):
+        return Failure("NoCredentials", f"no AWS credentials found; {CREDENTIALS_HINT}",
+                       "credentials", False, exc)
+    if isinstance(exc, BotoCoreError):      # a credential refresh that failed, a bad config
+        return Failure(type(exc).__name__, f"{exc}; {CREDENTIALS_HINT}", "credentials",
+                       False, exc)
+    return network_failure(exc)
+
+
+def network_failure(exc: BaseException) -> Failure:
+    """Every way the connection itself can fail. Anything not known here is a bug."""
+    if isinstance(exc, ReadTimeout):
+        return Failure("ReadTimeout", str(exc), "unavailable", True, exc)
+    if isinstance(exc, ConnectTimeout | trio.TooSlowError):
+        return Failure("ConnectTimeout", str(exc) or "connect timeout", "unavailable", True,
+                       exc)
+    if isinstance(exc, ProxyRefused):
+        return Failure("ProxyRefused", f"{exc} (check HTTPS_PROXY and NO_PROXY)",
+                       "unavailable", exc.status == 0 or exc.status >= 500, exc)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Failure("TLSCertificateError", f"{exc.verify_message}; {TLS_HINT}",
+                       "unavailable", False, exc)
+    if isinstance(exc, ssl.SSLError):
+        return Failure("TLSError", str(exc), "unavailable", True, exc)
+    if isinstance(exc, socket.gaierror):
+        return Failure("DNSError", f"cannot resolve the Bedrock host: {exc}", "unavailable",
+                       True, exc)
+    if isinstance(exc, ConnectionRefusedError):
+        return Failure("ConnectionRefused", str(exc), "unavailable", True, exc)
+    if isinstance(exc, OSError | h11.ProtocolError | trio.BrokenResourceError
+                  | trio.ClosedResourceError):
+        return Failure("ConnectionClosed", _closed_message(exc), "unavailable", True, exc)
+    return Failure(type(exc).__name__, str(exc), "bug", False, exc)
+
+
+def _closed_message(exc: BaseException) -> str:
+    if isinstance(exc, h11.RemoteProtocolError):
+        return f"Bedrock's connection ended mid-reply: {exc}"
+    return f"the connection to Bedrock failed: {type(exc).__name__}: {exc}".rstrip(": ")
+
+
+def _by_code(raw_code: str, message: str, status: int, exc: BaseException, *,
+             in_stream: bool) -> Failure:
+    code = raw_code[:1].upper() + raw_code[1:]
+    if code in _KINDS:
+        kind, retryable = _KINDS[code]
+    elif status == 429:
+        kind, retryable = "throttled", True
+    elif status >= 500 and not in_stream:
+        kind, retryable = "unavailable", True
+    elif status in (401, 403):
+        kind, retryable = "credentials", False
+    else:
+        kind, retryable = ("stream" if in_stream else "rejected"), False
+    if kind == "credentials":
+        hint = ACCESS_HINT if code == "AccessDeniedException" else CREDENTIALS_HINT
+        message = f"{message}; {hint}"
+    return Failure(code, message, kind, retryable, exc)
+
+
+class RetryBudget:
+    """The process's retry quota (botocore's ``RetryQuota``, its standard-mode costs)."""
+
+    def __init__(self, capacity: int = RetryQuota.INITIAL_CAPACITY) -> None:
+        self._quota = RetryQuota(capacity)
+
+    @property
+    def available(self) -> int:
+        return int(self._quota.available_capacity)
+
+    def take(self, failure: Failure) -> int:
+        """The cost of retrying after ``failure``, taken from the quota; 0 if it is spent."""
+        cost = THROTTLING_RETRY_COST if failure.kind == "throttled" else RETRY_COST
+        return cost if self._quota.acquire(cost) else 0
+
+    def succeeded(self, taken: int) -> None:
+        """A call succeeded after retries that took ``taken`` (0: none)."""
+        self._quota.release(taken or NO_RETRY_INCREMENT)
