@@ -1,9 +1,8 @@
 """Bedrock backend costs: CPU per relayed delta, and cancel -> upstream closed.
 
 The fake Bedrock endpoint (tests/fake_bedrock.py) runs in a subprocess, so the CPU measured
-here (this process's CPU time) is the client's alone: the backend's transport (``--transport``:
-native, HTTP on trio sockets read by the consumer's task, the default; or threads, boto3 in a
-worker thread per stream with a hand-off to trio), and a consumer that receives every delta.
+here (this process's CPU time) is the client's alone: the backend (HTTP on trio sockets, read
+by the consumer's task; TLS with ``--tls``), and a consumer that receives every delta.
 
 1. Capacity: ``--streams`` concurrent streams of ``--deltas`` text deltas ``--gap-ms`` apart
    (40 deltas/s by default), on warm connections. Reported: CPU per delta, compared with the
@@ -11,7 +10,7 @@ worker thread per stream with a hand-off to trio), and a consumer that receives 
    ``--no-naive``) and with the 90 us figure measured for it in the facts file.
 2. Cancellation: ``--cancel-trials`` streams cancelled mid-gap after a few deltas, and a few
    cancelled while the response headers are pending. Reported: p50/p99 of trio regaining
-   control, the socket shut down, the attempt finished (its worker thread, with threads), and
+   control, the socket closed, the attempt finished (its limiter token back), and
    the endpoint seeing the connection closed (CLOCK_MONOTONIC is shared across processes).
 
     /work/venv/bin/python benchmarks/bench_bedrock.py --streams 100 --deltas 100
@@ -273,7 +272,7 @@ async def cancellation(llm: BedrockLLM, endpoint: Endpoint, trials: int,
                 scope.cancel(reason="barge-in")
                 await trio.sleep_forever()
         returned.append(time.perf_counter() - cancels[sid])
-        while llm.statistics().threads_busy:    # noqa: ASYNC110 - a thread, not a task
+        while llm.limiter.borrowed_tokens:      # noqa: ASYNC110 - no event to wait on
             await trio.sleep(0.001)
     await trio.sleep(0.2)
     stats = await trio.to_thread.run_sync(endpoint.stats)
@@ -287,8 +286,8 @@ async def cancellation(llm: BedrockLLM, endpoint: Endpoint, trials: int,
     print(f"cancellation: {trials} mid-stream trials (cancel mid-gap after 3-8 deltas), "
           f"{header_trials} before the headers")
     print(f"  trio regains control:        {_ms(returned)}")
-    print(f"  socket shut down (client):   {_ms(backend.cancel_to_closed_s)}")
-    print(f"  attempt done (thread exit):  {_ms(backend.cancel_to_exit_s)}")
+    print(f"  socket closed (client):      {_ms(backend.cancel_to_closed_s)}")
+    print(f"  attempt done (token back):   {_ms(backend.cancel_to_exit_s)}")
     print(f"  endpoint sees close, mid:    {_ms(seen['mid'])}  ({len(seen['mid'])} trials)")
     print(f"  endpoint sees close, hdrs:   {_ms(seen['hdr'])}  ({len(seen['hdr'])} trials)")
     print(f"  limiter tokens still held: {llm.limiter.borrowed_tokens}")
@@ -305,11 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--header-trials", type=int, default=10)
     parser.add_argument("--no-naive", action="store_true",
                         help="skip measuring the naive design on this machine")
-    parser.add_argument("--transport", choices=("native", "threads"), default="native",
-                        help="how our backend carries the streams (default native)")
     args = parser.parse_args(argv)
 
-    print(_machine() + f"; our transport: {args.transport}")
+    print(_machine())
     endpoint = Endpoint()
     env = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "not-a-secret",
            "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
@@ -319,8 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.update(env)
 
     async def run() -> None:
-        llm = BedrockLLM(region="us-east-1", max_concurrent_streams=args.streams + 10,
-                         transport=args.transport)
+        llm = BedrockLLM(region="us-east-1", max_concurrent_streams=args.streams + 10)
         try:
             await llm.warm_up()
             ours = await capacity(llm, args.streams, args.deltas, args.gap_ms)

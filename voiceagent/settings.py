@@ -54,6 +54,10 @@ class Settings(BaseModel):
     # clause) and sent as one frame; 0 sends every token as it comes
     token_hold_ms: int = Field(100, alias="TOKEN_HOLD_MS", ge=0, le=1000)
     max_concurrent_turns: int = Field(400, alias="MAX_CONCURRENT_TURNS", ge=1, le=10_000)
+    # TCP + proxy tunnel + TLS handshake; longest silence from Bedrock, first event included
+    bedrock_connect_timeout_s: float = Field(3.0, alias="BEDROCK_CONNECT_TIMEOUT_S", gt=0,
+                                             le=60)
+    bedrock_read_timeout_s: float = Field(10.0, alias="BEDROCK_READ_TIMEOUT_S", gt=0, le=300)
     store_threads: int = Field(32, alias="STORE_THREADS", ge=1, le=1024)
     session_ttl_s: int = Field(24 * 3600, alias="SESSION_TTL_S", ge=60)
     flush_timeout_s: float = Field(5.0, alias="FLUSH_TIMEOUT_S", gt=0, le=120)

@@ -38,6 +38,7 @@ import boto3
 import botocore
 import botocore.session
 import trio
+from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError
 from botocore.httpsession import get_cert_path
 
@@ -78,6 +79,8 @@ RETRY_BASE_DELAY_S = 0.2            # retry n waits base * 2**n, half of it jitt
 RECENT = 100                        # durations kept for statistics()
 OFFLINE_HINT = "or run `voiceagent demo` for an offline try-out"
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})     # local fakes: plain http is fine
+RENEWABLE = frozenset({"ExpiredTokenException", "ExpiredToken", "UnrecognizedClientException",
+                       "InvalidClientTokenId", "InvalidSignatureException"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,7 @@ class _ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         self._ready: collections.deque[Item] = collections.deque()   # taken, not yet handed
         self._retries = 0
         self._quota_taken = 0               # the last retry's cost, given back on success
+        self._renewed = False               # credentials found anew once already
         self._content = False               # content reached the caller: no more retries
         self._ended = False
         self._closed = False
@@ -186,6 +190,8 @@ class _ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         backend = self._backend
         backend._counts.errors[failure.code] += 1
         delay = self._retry_delay(failure)
+        if delay is None and await self._renewed_credentials(failure):
+            delay = 0.0
         if delay is None:
             self._ended = True
             self._log_failure(failure)
@@ -202,6 +208,26 @@ class _ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
                                                 "delay_ms": round(delay * 1000)})
         await trio.sleep(delay)
         self._attempt = await backend._start_attempt(self._payload, self._started_at)
+
+    async def _renewed_credentials(self, failure: Failure) -> bool:
+        """Credentials refused as expired or unknown, before any content: found anew through
+        the chain, once per stream; True if the attempt should be made again."""
+        if (self._content or self._renewed or failure.code not in RENEWABLE
+                or self._backend._setup is None):
+            return False
+        self._renewed = True
+        signer = self._backend._setup.signer
+        if signer.uses_bearer_token:
+            return False
+        try:
+            await signer.renew()
+        except Exception as err:            # the chain itself fails now: say so, once
+            log.error("bedrock credentials could not be renewed",
+                      extra={"error": f"{type(err).__name__}: {err}"})
+            return False
+        log.warning("bedrock refused our credentials: renewed them through the chain",
+                    extra={"code": failure.code})
+        return True
 
     def _retry_delay(self, failure: Failure) -> float | None:
         backend = self._backend
@@ -315,7 +341,9 @@ class BedrockLLM:
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> BedrockLLM:
         options: dict[str, Any] = {"region": settings.aws_region,
-                                   "max_concurrent_streams": settings.max_concurrent_turns}
+                                   "max_concurrent_streams": settings.max_concurrent_turns,
+                                   "connect_timeout_s": settings.bedrock_connect_timeout_s,
+                                   "read_timeout_s": settings.bedrock_read_timeout_s}
         options.update(overrides)
         return cls(**options)
 
@@ -447,7 +475,6 @@ class BedrockLLM:
             client = session.client("bedrock-runtime")
             url, region = client.meta.endpoint_url, client.meta.region_name
             client.close()
-            credentials = core.get_credentials()
         except BotoCoreError as err:
             raise ModelUnavailable(type(err).__name__,
                                    f"cannot set up the Bedrock client: {err}") from err
@@ -470,11 +497,21 @@ class BedrockLLM:
             log.info("bedrock reached through a proxy",
                      extra={"proxy": redact_url(proxy_url)})
         user_agent = f"voiceagent/{__version__} trio botocore/{botocore.__version__}"
-        signer = Signer(endpoint, credentials, bearer, user_agent, self._setup_limiter)
+        try:
+            signer = Signer(endpoint, _resolve_credentials, bearer, user_agent,
+                            self._setup_limiter)
+        except BotoCoreError as err:
+            raise ModelUnavailable(type(err).__name__, f"AWS credentials: {err}") from err
         pool = ConnectionPool(endpoint, connect_timeout_s=self.connect_timeout_s,
                               max_idle=self.max_concurrent_streams, ssl_context=context,
                               proxy=proxy)
         return _Setup(pool, signer)
+
+
+def _resolve_credentials() -> Credentials | None:
+    """Blocking: boto3's standard chain, from its start (a fresh session)."""
+    credentials: Credentials | None = botocore.session.Session().get_credentials()
+    return credentials
 
 
 def proxy_for(url: str) -> str | None:

@@ -98,16 +98,33 @@ class Endpoint:
 
 
 class Signer:
-    """What goes in the headers to prove who we are: SigV4 or a Bedrock API key."""
+    """What goes in the headers to prove who we are: SigV4 or a Bedrock API key.
 
-    def __init__(self, endpoint: Endpoint, credentials: Credentials | None,
+    ``resolve`` (blocking) finds credentials through boto3's standard chain; it runs once at
+    start-up and again by ``renew`` when Bedrock refuses the ones we have as expired or
+    unknown (rotated or revoked before their stated expiry), so one refusal costs one retry,
+    not every call until the process restarts.
+    """
+
+    def __init__(self, endpoint: Endpoint, resolve: Callable[[], Credentials | None],
                  bearer_token: str | None, user_agent: str,
                  refresh_limiter: trio.CapacityLimiter) -> None:
         self._endpoint = endpoint
-        self._credentials = credentials
+        self._resolve = resolve
+        self._credentials = None if bearer_token else resolve()
         self._bearer_token = bearer_token
         self._user_agent = user_agent
         self._refresh_limiter = refresh_limiter
+        self.renewals = 0
+
+    @property
+    def uses_bearer_token(self) -> bool:
+        return bool(self._bearer_token)
+
+    async def renew(self) -> None:
+        """Credentials found anew through the whole chain, in a thread."""
+        self._credentials = await run_blocking(self._resolve, limiter=self._refresh_limiter)
+        self.renewals += 1
 
     async def _frozen(self) -> ReadOnlyCredentials:
         credentials = self._credentials
