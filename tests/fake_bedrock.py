@@ -7,6 +7,10 @@ HTTP/1.1 with keep-alive on 127.0.0.1; ``POST /model/{modelId}/converse-stream``
 next scripted reply (``push``), else asks ``responder``. Replies are event frames with delays,
 exception frames mid-stream, HTTP errors with ``x-amzn-ErrorType``, or delayed headers.
 
+Faults a network can make are replies too: ``Hangup`` (the connection closes mid-stream, FIN
+or RST), ``HangupBeforeHeaders`` (closed after the request, not one byte answered) and
+``Stall`` (headers and some frames, then silence until the client gives up).
+
 Every request body is recorded and checked against Converse's rules; problems collect in
 ``violations`` so a test asserts there are none. Every connection records when the client
 closed it, from a reader that watches the socket while the reply is being written.
@@ -14,6 +18,12 @@ closed it, from a reader that watches the socket while the reply is being writte
     async with running_fake_bedrock() as fake:
         fake.push(text_reply(["Hello", " there"]))
         monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake.endpoint_url)
+
+With ``tls=True`` it serves HTTPS with a certificate for ``localhost`` and ``127.0.0.1`` from
+a private CA (``trustme``): ``endpoint_url`` is ``https://localhost:{port}`` and
+``ca_bundle`` the CA's PEM file, for ``AWS_CA_BUNDLE`` or ``verify=``. Each frame is still
+one ``send_all``, so one TLS record. With ``accepted_keys`` it answers a SigV4 signature
+from any other access key id as an expired token (403 ``ExpiredTokenException``).
 
 ``python -m tests.fake_bedrock`` serves the benchmark script (model id ``bench.d{N}.g{MS}``:
 N text deltas MS milliseconds apart; see ``bench_reply``) and ``GET /stats`` until interrupted;
@@ -28,16 +38,19 @@ import http
 import json
 import math
 import re
+import socket
+import ssl
 import struct
 import sys
+import tempfile
 import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import ExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import trio
@@ -49,12 +62,17 @@ from voiceagent.llm.base import LLMRequest, TextDelta, ToolUseRequest, Usage
 from voiceagent.llm.scripted import ScriptedLLM
 from voiceagent.tools.registry import default_registry
 
+if TYPE_CHECKING:
+    import trustme
+
 ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
 _PATH = re.compile(r"^/model/(?P<model>[^/]+)/converse-stream$")
 _METADATA = re.compile(r"^[a-zA-Z0-9 \t\n\r\f\v:_@$#=/+,\-.]{0,256}$")
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _BENCH_MODEL = re.compile(
     r"^bench\.d(?P<deltas>\d+)\.g(?P<gap_ms>\d+)(\.h(?P<headers_ms>\d+))?$")
+_CREDENTIAL = re.compile(r"Credential=(?P<key>[^/,\s]+)/")
+EXPIRED_TOKEN_MESSAGE = "The security token included in the request is expired"
 
 
 # ---------------------------------------------------------------------------- frames
@@ -167,7 +185,35 @@ class HttpError:
     delay_s: float = 0.0
 
 
-Reply = StreamReply | HttpError
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    """``200`` headers, the first ``after_frames`` of ``frames`` (their delays kept), then the
+    TCP connection closes with no chunked terminator: a FIN (``reset=False``; over TLS without
+    a ``close_notify``, as a dying load balancer would) or an RST (``reset=True``: SO_LINGER 0,
+    then close). With an RST, bytes still in our send buffer are dropped; frames the client's
+    kernel already holds are read before the reset error (small frames on loopback: all)."""
+    after_frames: int
+    reset: bool = False
+    frames: tuple[Frame, ...] = ()
+    headers_delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HangupBeforeHeaders:
+    """The request is read, then the connection closes (FIN or RST) without one byte sent."""
+    reset: bool = False
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """``200`` headers and ``frames``, then nothing more, the connection held open until the
+    client closes it (its read timeout): outcome ``stalled``, then ``client_closed``."""
+    frames: tuple[Frame, ...] = ()
+    headers_delay_s: float = 0.0
+
+
+Reply = StreamReply | HttpError | Hangup | HangupBeforeHeaders | Stall
 
 
 def stream_reply(*parts: Frame | Sequence[Frame], headers_delay_s: float = 0.0) -> StreamReply:
@@ -183,6 +229,22 @@ def text_reply(deltas: Sequence[str], *, gap_s: float = 0.0, stop_reason: str = 
                         message_end(stop_reason, **usage), headers_delay_s=headers_delay_s)
 
 
+def burst_reply(deltas: Sequence[str], *, first_delay_s: float, stop_reason: str = "end_turn",
+                **usage: Any) -> StreamReply:
+    """The first delta ``first_delay_s`` after the headers, every other frame right behind it,
+    back to back: over TLS, one record per event arriving in one burst."""
+    return stream_reply(message_start(), text_events(deltas, first_delay_s=first_delay_s),
+                        message_end(stop_reason, **usage))
+
+
+def hangup_reply(deltas: Sequence[str], after: int, reset: bool = False, *,
+                 gap_s: float = 0.0) -> Hangup:
+    """messageStart, the text deltas, contentBlockStop, messageStop and metadata, cut after
+    the first ``after`` of those frames (``after=1``: only messageStart arrives)."""
+    frames = [message_start(), *text_events(deltas, gap_s=gap_s), *message_end()]
+    return Hangup(after, reset, tuple(frames))
+
+
 # ---------------------------------------------------------------------------- records
 
 @dataclass(eq=False)
@@ -193,6 +255,9 @@ class ConnectionRecord:
     requests: int = 0
     closed: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)   # ends the handler
+    hung_up_at: float | None = None     # when this side closed it on purpose (Hangup...)
+    server_closed: trio.Event = field(default_factory=trio.Event)   # this side's socket closed
+    tls: bool = False                   # the handshake was done (tls=True)
 
 
 @dataclass(eq=False)
@@ -204,11 +269,13 @@ class RecordedRequest:
     connection: ConnectionRecord
     received_at: float
     frames_sent: int = 0
-    outcome: str = "pending"            # complete | client_closed | http_error
+    # complete | client_closed | http_error | hangup | reset | stalled (still held open)
+    outcome: str = "pending"
     first_late_s: float | None = None   # the first paced frame went out this late (our lag)
     done: trio.Event = field(default_factory=trio.Event)
     path: str = ""                      # as sent, percent-encoding included
     raw_body: bytes = b""               # as sent (kept with keep_bodies)
+    access_key: str | None = None       # Credential=AKID/... of the SigV4 Authorization
 
     @property
     def call_sid(self) -> str:
@@ -247,22 +314,65 @@ def request_problems(body: Mapping[str, Any]) -> list[str]:
 _Parsed = tuple[str, str, dict[str, str], bytes]     # method, path, headers, body
 
 class FakeBedrock:
-    """Scripted replies in arrival order (``push``), then ``responder``, else an HTTP 500."""
+    """Scripted replies in arrival order (``push``), then ``responder``, else an HTTP 500.
+
+    ``tls``: serve HTTPS, certificate for localhost and 127.0.0.1 from ``ca`` (a new
+    ``trustme.CA`` unless given). ``accepted_keys``: when a set, a request signed with an
+    access key id outside it is answered 403 ``ExpiredTokenException`` (and takes no scripted
+    reply); the set is kept, not copied, so a test changes it in place."""
 
     def __init__(self, *, responder: Callable[[RecordedRequest], Reply] | None = None,
-                 keep_bodies: bool = True) -> None:
+                 keep_bodies: bool = True, tls: bool = False, ca: trustme.CA | None = None,
+                 accepted_keys: set[str] | None = None) -> None:
         self.responder = responder
         self.keep_bodies = keep_bodies
         self.port = 0
         self.requests: list[RecordedRequest] = []
         self.connections: list[ConnectionRecord] = []
         self.violations: list[str] = []
+        self.accepted_keys = accepted_keys
+        self.tls = tls
+        self.ca: trustme.CA | None = None
+        if tls:
+            import trustme  # only here: the benchmark mode runs without it
+
+            self.ca = ca or trustme.CA()
+        self.ca_bundle: str | None = None   # the CA's PEM file (running_fake_bedrock writes it)
+        self.tls_failures = 0               # handshakes that failed (client distrusts us...)
+        self.tls_errors: list[str] = []
+        self._ssl_context: ssl.SSLContext | None = None
+        if self.ca is not None:
+            self._ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.ca.issue_cert("localhost", "127.0.0.1").configure_cert(self._ssl_context)
         self._script: deque[Reply] = deque()
         self._arrived = trio.lowlevel.ParkingLot()
+        self._tls_failed = trio.lowlevel.ParkingLot()
 
     @property
     def endpoint_url(self) -> str:
+        if self.tls:
+            return f"https://localhost:{self.port}"
         return f"http://127.0.0.1:{self.port}"
+
+    def write_ca_bundle(self, path: Path) -> str:
+        """The CA certificate as PEM at ``path``; sets and returns ``ca_bundle``."""
+        if self.ca is None:
+            raise RuntimeError("FakeBedrock: no CA without tls=True")
+        self.ca.cert_pem.write_to_path(str(path))
+        self.ca_bundle = str(path)
+        return self.ca_bundle
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts this fake's CA (and nothing else)."""
+        if self.ca is None:
+            raise RuntimeError("FakeBedrock: no CA without tls=True")
+        context = ssl.create_default_context()
+        context.load_verify_locations(cadata=self.ca.cert_pem.bytes().decode())
+        return context
+
+    async def wait_tls_failures(self, count: int) -> None:
+        while self.tls_failures < count:
+            await self._tls_failed.park()
 
     def push(self, *replies: Reply) -> None:
         self._script.extend(replies)
@@ -280,16 +390,44 @@ class FakeBedrock:
         task_status.started(self.endpoint_url)
         await trio.serve_listeners(self._handle, listeners)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        record = ConnectionRecord(len(self.connections), time.perf_counter())
-        self.connections.append(record)
-        send, receive = trio.open_memory_channel[_Parsed](math.inf)
+    async def _handle(self, raw: trio.SocketStream) -> None:
+        opened_at = time.perf_counter()
+        stream: trio.abc.Stream = raw
+        record: ConnectionRecord | None = None
         try:
+            if self._ssl_context is not None:
+                stream = await self._handshake(raw)
+                if stream is raw:
+                    return
+            record = ConnectionRecord(len(self.connections), opened_at,
+                                      tls=self._ssl_context is not None)
+            self.connections.append(record)
+            send, receive = trio.open_memory_channel[_Parsed](math.inf)
             with record.scope:
-                await self._serve_connection(stream, record, send, receive)
+                await self._serve_connection(stream, raw, record, send, receive)
         finally:
             with trio.CancelScope(shield=True):
-                await stream.aclose()
+                if record is None or record.hung_up_at is not None or stream is raw:
+                    await raw.aclose()
+                else:
+                    with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await stream.aclose()   # close_notify, then the socket
+                    await raw.aclose()
+                if record is not None:
+                    record.server_closed.set()
+
+    async def _handshake(self, raw: trio.SocketStream) -> trio.abc.Stream:
+        """The TLS stream, or ``raw`` itself when the handshake failed (then counted)."""
+        assert self._ssl_context is not None
+        tls = trio.SSLStream(raw, self._ssl_context, server_side=True)
+        try:
+            await tls.do_handshake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+            self.tls_failures += 1
+            self.tls_errors.append(repr(err.__cause__ or err))
+            self._tls_failed.unpark_all()
+            return raw
+        return tls
 
     def drop_idle_connections(self) -> int:
         """Close every connection with no reply in flight, as a server's keep-alive timeout
@@ -300,17 +438,20 @@ class FakeBedrock:
             connection.scope.cancel()
         return len(idle)
 
-    async def _serve_connection(self, stream: trio.SocketStream, record: ConnectionRecord,
+    async def _serve_connection(self, stream: trio.abc.Stream, raw: trio.SocketStream,
+                                record: ConnectionRecord,
                                 send: trio.MemorySendChannel[_Parsed],
                                 receive: trio.MemoryReceiveChannel[_Parsed]) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read, stream, record, send, nursery.cancel_scope)
             async with receive:
                 async for method, path, headers, body in receive:
-                    await self._respond(stream, record, method, path, headers, body)
+                    await self._respond(stream, raw, record, method, path, headers, body)
+                    if record.hung_up_at is not None:
+                        break
             nursery.cancel_scope.cancel()
 
-    async def _read(self, stream: trio.SocketStream, record: ConnectionRecord,
+    async def _read(self, stream: trio.abc.Stream, record: ConnectionRecord,
                     send: trio.MemorySendChannel[_Parsed], writer: trio.CancelScope) -> None:
         """Parses requests, and notes the moment the client closes, even mid-reply."""
         buffer = bytearray()
@@ -320,6 +461,8 @@ class FakeBedrock:
                     data = await stream.receive_some(65536)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
+                if record.hung_up_at is not None:
+                    return                      # this side closed it, not the client
                 if not data:
                     record.closed_at = time.perf_counter()
                     record.closed.set()
@@ -329,8 +472,9 @@ class FakeBedrock:
                 while (request := _parse_request(buffer)) is not None:
                     await send.send(request)
 
-    async def _respond(self, stream: trio.SocketStream, record: ConnectionRecord,
-                       method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+    async def _respond(self, stream: trio.abc.Stream, raw: trio.SocketStream,
+                       record: ConnectionRecord, method: str, path: str,
+                       headers: dict[str, str], body: bytes) -> None:
         if method == "GET" and path == "/stats":
             await _send_json(stream, 200, self.stats())
             return
@@ -341,9 +485,15 @@ class FakeBedrock:
             return
         request = self._record(unquote(match["model"]), headers, body, record)
         request.path = path
+        request.access_key = _access_key(headers)
         if self.keep_bodies:
             request.raw_body = body
         try:
+            if self.accepted_keys is not None and request.access_key not in self.accepted_keys:
+                request.outcome = "http_error"
+                await _send_json(stream, 403, {"message": EXPIRED_TOKEN_MESSAGE},
+                                 error_type="ExpiredTokenException")
+                return
             reply = self._next_reply(request)
             if not self.keep_bodies:
                 request.body = {"requestMetadata": request.body.get("requestMetadata", {})}
@@ -353,29 +503,27 @@ class FakeBedrock:
                 await _send_json(stream, reply.status, {"message": reply.message},
                                  error_type=reply.error_type)
                 return
-            # Each delay counts from when the frame before it was due, not from when it went
-            # out: under load the pace stays the model's, as a real endpoint's would.
-            due = trio.current_time() + reply.headers_delay_s
-            await trio.sleep_until(due)
-            await stream.send_all(b"HTTP/1.1 200 OK\r\n"
-                                  b"Content-Type: application/vnd.amazon.eventstream\r\n"
-                                  b"Transfer-Encoding: chunked\r\n"
-                                  b"x-amzn-RequestId: fake-%d\r\n\r\n" % request.index)
-            for frame in reply.frames:
-                if frame.delay_s:
-                    due += frame.delay_s
-                    await trio.sleep_until(due)
-                request.frames_sent += 1    # before the send: a client in this process may
-                                            # read the frame before this task runs again
-                await stream.send_all(b"%x\r\n%b\r\n" % (len(frame.data), frame.data))
-                if frame.delay_s and request.first_late_s is None:
-                    request.first_late_s = trio.current_time() - due    # this side's lag
-            await stream.send_all(b"0\r\n\r\n")
+            if isinstance(reply, HangupBeforeHeaders):
+                await trio.sleep(reply.delay_s)
+                request.outcome = _hang_up(raw, record, reset=reply.reset)
+                return
+            if isinstance(reply, Hangup):
+                await _send_stream(stream, request, reply.frames[:reply.after_frames],
+                                   reply.headers_delay_s, end=False)
+                request.outcome = _hang_up(raw, record, reset=reply.reset)
+                return
+            if isinstance(reply, Stall):
+                await _send_stream(stream, request, reply.frames, reply.headers_delay_s,
+                                   end=False)
+                request.outcome = "stalled"
+                await trio.sleep_forever()      # until the reader sees the client close
+            await _send_stream(stream, request, reply.frames, reply.headers_delay_s, end=True)
             request.outcome = "complete"
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             request.outcome = "client_closed"
         finally:
-            if request.outcome == "pending":
+            if request.outcome == "pending" or (request.outcome == "stalled"
+                                                and record.closed.is_set()):
                 request.outcome = "client_closed"
             request.done.set()
 
@@ -405,14 +553,61 @@ class FakeBedrock:
     def stats(self) -> dict[str, Any]:
         return {
             "connections": [{"id": c.id, "opened_at": c.opened_at, "closed_at": c.closed_at,
-                             "requests": c.requests} for c in self.connections],
+                             "hung_up_at": c.hung_up_at, "requests": c.requests}
+                            for c in self.connections],
             "requests": [{"index": r.index, "call_sid": r.call_sid,
                           "connection": r.connection.id, "received_at": r.received_at,
                           "frames_sent": r.frames_sent, "outcome": r.outcome,
-                          "first_late_s": r.first_late_s}
+                          "first_late_s": r.first_late_s, "access_key": r.access_key}
                          for r in self.requests],
             "violations": self.violations[:20],
+            "tls_failures": self.tls_failures,
         }
+
+
+def _access_key(headers: Mapping[str, str]) -> str | None:
+    match = _CREDENTIAL.search(headers.get("authorization", ""))
+    return match["key"] if match else None
+
+
+async def _send_stream(stream: trio.abc.Stream, request: RecordedRequest,
+                       frames: Sequence[Frame], headers_delay_s: float, *, end: bool) -> None:
+    """``200`` headers, then each frame as one chunk (one ``send_all``, so one TLS record),
+    and with ``end`` the chunked terminator."""
+    # Each delay counts from when the frame before it was due, not from when it went out:
+    # under load the pace stays the model's, as a real endpoint's would.
+    due = trio.current_time() + headers_delay_s
+    await trio.sleep_until(due)
+    await stream.send_all(b"HTTP/1.1 200 OK\r\n"
+                          b"Content-Type: application/vnd.amazon.eventstream\r\n"
+                          b"Transfer-Encoding: chunked\r\n"
+                          b"x-amzn-RequestId: fake-%d\r\n\r\n" % request.index)
+    for frame in frames:
+        if frame.delay_s:
+            due += frame.delay_s
+            await trio.sleep_until(due)
+        request.frames_sent += 1    # before the send: a client in this process may
+                                    # read the frame before this task runs again
+        await stream.send_all(b"%x\r\n%b\r\n" % (len(frame.data), frame.data))
+        if frame.delay_s and request.first_late_s is None:
+            request.first_late_s = trio.current_time() - due    # this side's lag
+    if end:
+        await stream.send_all(b"0\r\n\r\n")
+
+
+def _hang_up(raw: trio.SocketStream, record: ConnectionRecord, *, reset: bool) -> str:
+    """Close the TCP connection under any TLS layer (no close_notify): FIN, or RST with
+    ``reset``. Synchronous, so the connection's reader sees ``hung_up_at`` before it runs
+    again. Returns the outcome to record."""
+    record.hung_up_at = time.perf_counter()
+    sock = raw.socket
+    with suppress(OSError):         # the client may be gone already
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            sock.shutdown(socket.SHUT_WR)
+    sock.close()
+    return "reset" if reset else "hangup"
 
 
 def _parse_request(buffer: bytearray) -> tuple[str, str, dict[str, str], bytes] | None:
@@ -434,7 +629,7 @@ def _parse_request(buffer: bytearray) -> tuple[str, str, dict[str, str], bytes] 
     return method, path, headers, body
 
 
-async def _send_json(stream: trio.SocketStream, status: int, body: Any, *,
+async def _send_json(stream: trio.abc.Stream, status: int, body: Any, *,
                      error_type: str | None = None) -> None:
     data = json.dumps(body).encode()
     head = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}",
@@ -445,13 +640,21 @@ async def _send_json(stream: trio.SocketStream, status: int, body: Any, *,
 
 
 @asynccontextmanager
-async def running_fake_bedrock(**options: Any) -> AsyncIterator[FakeBedrock]:
-    """The fake, served for the duration of the block, then stopped by cancelling it."""
+async def running_fake_bedrock(*, ca_dir: Path | None = None,
+                               **options: Any) -> AsyncIterator[FakeBedrock]:
+    """The fake, served for the duration of the block, then stopped by cancelling it. With
+    ``tls=True`` the CA's PEM goes to ``ca_dir`` (else a temporary directory removed on exit)
+    and its path is ``fake.ca_bundle``."""
     fake = FakeBedrock(**options)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fake.serve)
-        yield fake
-        nursery.cancel_scope.cancel()
+    with ExitStack() as files:
+        if fake.tls:
+            directory = ca_dir if ca_dir is not None else Path(files.enter_context(
+                tempfile.TemporaryDirectory(prefix="fake-bedrock-ca-")))
+            fake.write_ca_bundle(directory / "fake-bedrock-ca.pem")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fake.serve)
+            yield fake
+            nursery.cancel_scope.cancel()
 
 
 # ---------------------------------------------------------------------------- benchmark mode
@@ -523,7 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reply-times", type=int, default=1, metavar="K",
                         help="with --scripted: say each reply K times over (default 1)")
     args = parser.parse_args(argv)
-    responder = bench_reply
+    responder: Callable[[RecordedRequest], Reply] = bench_reply
     if args.scripted is not None:
         use_cases = read_config_dir(args.scripted, default_registry()).use_cases
         responder = scripted_responder(

@@ -858,7 +858,7 @@ async def test_a_kept_alive_connection_the_server_dropped_is_replaced_unseen(
             await collect(llm, request())
             await fake.requests[0].done.wait()      # the fake's side of the reply ended too
             assert fake.drop_idle_connections() == 1
-            await trio.sleep(0.05)                  # FIXME: wait on the fake's close
+            await fake.connections[0].server_closed.wait()     # its FIN is ours now
             events = await collect(llm, request())
     finally:
         await llm.aclose()

@@ -110,6 +110,7 @@ def classify(exc: BaseException) -> Failure:
 
 def network_failure(exc: BaseException) -> Failure:
     """Every way the connection itself can fail. Anything not known here is a bug."""
+    exc = _connect_error(exc)
     if isinstance(exc, ReadTimeout):
         return Failure("ReadTimeout", str(exc), "unavailable", True, exc)
     if isinstance(exc, ConnectTimeout | trio.TooSlowError):
@@ -132,6 +133,17 @@ def network_failure(exc: BaseException) -> Failure:
                   | trio.ClosedResourceError):
         return Failure("ConnectionClosed", _closed_message(exc), "unavailable", True, exc)
     return Failure(type(exc).__name__, str(exc), "bug", False, exc)
+
+
+def _connect_error(exc: BaseException) -> BaseException:
+    """trio's ``open_tcp_stream`` raises one ``OSError`` for all the addresses it tried, the
+    individual errors in its cause: when they are all of one kind, that kind says more."""
+    cause = exc.__cause__
+    if type(exc) is OSError and isinstance(cause, BaseExceptionGroup):
+        kinds = {type(inner) for inner in cause.exceptions}
+        if len(kinds) == 1:
+            return cause.exceptions[0]
+    return exc
 
 
 def _closed_message(exc: BaseException) -> str:

@@ -75,7 +75,7 @@ class Link:
     """A connected socket, plain or TLS. Not for concurrent use by two tasks, except that
     ``close_now`` may come from anywhere in the trio thread."""
 
-    __slots__ = ("_incoming", "_outgoing", "_sock", "_tls", "_unsent")
+    __slots__ = ("_failed", "_incoming", "_outgoing", "_sock", "_tls", "_unsent")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -84,6 +84,7 @@ class Link:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._unsent = b""                  # TLS bytes produced by a read, not yet sent
+        self._failed: OSError | None = None     # met after data that was handed over first
 
     @property
     def closed(self) -> bool:
@@ -162,6 +163,8 @@ class Link:
         has (a TLS record only partly in counts as nothing yet), ``b""`` at the end."""
         if self.closed:
             raise trio.ClosedResourceError("the connection was closed")
+        if self._failed is not None:
+            raise self._failed
         if self._tls is None:
             return self._recv_nowait()
         return self._read_tls()
@@ -180,7 +183,13 @@ class Link:
             try:
                 data = tls.read(READ_SIZE)
             except ssl.SSLWantReadError:
-                raw = self._recv_nowait()
+                try:
+                    raw = self._recv_nowait()
+                except OSError as err:      # a reset: what was decrypted before it goes first
+                    if not chunks:
+                        raise
+                    self._failed = err
+                    break
                 if raw is None:
                     break
                 if raw:
