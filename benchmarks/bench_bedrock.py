@@ -24,10 +24,12 @@ import math
 import os
 import platform
 import random
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -39,7 +41,6 @@ sys.path.insert(0, str(ROOT))
 import boto3  # noqa: E402
 import botocore  # noqa: E402
 import trio  # noqa: E402
-import urllib3  # noqa: E402
 
 from voiceagent.llm.base import LLMRequest, StreamEnd, TextDelta  # noqa: E402
 from voiceagent.llm.bedrock import BedrockLLM  # noqa: E402
@@ -57,7 +58,7 @@ def _machine() -> str:
                 break
     return (f"machine: {os.cpu_count()} CPUs, {model}; Python {platform.python_version()}; "
             f"boto3 {boto3.__version__}, botocore {botocore.__version__}, "
-            f"urllib3 {version('urllib3')}, trio {trio.__version__}")
+            f"trio {trio.__version__}, h11 {version('h11')}")
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -81,22 +82,26 @@ def _request(sid: str, model_id: str) -> LLMRequest:
 class Endpoint:
     """The fake Bedrock endpoint in a subprocess, on 127.0.0.1."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: bool = False) -> None:
         self._dir = tempfile.TemporaryDirectory()
         port_file = Path(self._dir.name) / "port"
+        self.ca_file = Path(self._dir.name) / "ca.pem" if tls else None
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.fake_bedrock", "--port-file", str(port_file)],
+            [sys.executable, "-m", "tests.fake_bedrock", "--port-file", str(port_file),
+             *(["--tls", str(self.ca_file)] if self.ca_file else [])],
             cwd=ROOT, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while not port_file.exists() or not port_file.read_text():
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise RuntimeError("the fake endpoint did not start")
             time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{port_file.read_text()}"
+        port = port_file.read_text()
+        self.url = f"https://localhost:{port}" if tls else f"http://127.0.0.1:{port}"
 
     def stats(self) -> dict[str, Any]:
-        with urllib3.PoolManager() as pool:
-            stats: dict[str, Any] = json.loads(pool.request("GET", self.url + "/stats").data)
+        context = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else None
+        with urllib.request.urlopen(self.url + "/stats", timeout=30, context=context) as answer:
+            stats: dict[str, Any] = json.loads(answer.read())
         return stats
 
     def stop(self) -> None:
@@ -302,17 +307,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gap-ms", type=int, default=25)
     parser.add_argument("--cancel-trials", type=int, default=50)
     parser.add_argument("--header-trials", type=int, default=10)
+    parser.add_argument("--tls", action="store_true",
+                        help="the endpoint speaks TLS (a private CA, via AWS_CA_BUNDLE)")
     parser.add_argument("--no-naive", action="store_true",
                         help="skip measuring the naive design on this machine")
     args = parser.parse_args(argv)
 
     print(_machine())
-    endpoint = Endpoint()
+    endpoint = Endpoint(tls=args.tls)
+    print(f"endpoint: {endpoint.url} ({'TLS, private CA' if args.tls else 'plain HTTP'})")
     env = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "not-a-secret",
            "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_CONFIG_FILE": os.devnull + "-none", "AWS_EC2_METADATA_DISABLED": "true",
            "AWS_SHARED_CREDENTIALS_FILE": os.devnull + "-none",
-           "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": endpoint.url}
+           "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": endpoint.url,
+           **({"AWS_CA_BUNDLE": str(endpoint.ca_file)} if endpoint.ca_file else {})}
     os.environ.update(env)
 
     async def run() -> None:

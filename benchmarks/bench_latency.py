@@ -525,6 +525,9 @@ def main() -> int:
     parser.add_argument("--baseline-unchunked", action="store_true",
                         help="baseline: this server with TOKEN_HOLD_MS=0 (one frame per "
                              "token, as relays commonly send), on the same stack")
+    parser.add_argument("--tls", action="store_true",
+                        help="the local Bedrock endpoint speaks TLS (a private CA, trusted "
+                             "through AWS_CA_BUNDLE), as the real one does")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--repeat", type=int, default=1, metavar="R",
                         help="run each level R times on fresh stacks; goals are checked on "
@@ -542,7 +545,8 @@ def main() -> int:
                             unchunked=args.baseline_unchunked and not args.baseline)
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-latency-{os.getpid()}"
     plan = Plan(StackOptions(llm=args.llm, store=args.store,
-                             first_token_ms=args.first_token_ms, token_ms=args.token_ms),
+                             first_token_ms=args.first_token_ms, token_ms=args.token_ms,
+                             tls=args.tls),
                 workers=args.workers, think_s=args.think,
                 ramp_per_call_s=args.ramp_per_call, scratch=scratch,
                 listen_wpm=args.listen_wpm, window_s=args.window)

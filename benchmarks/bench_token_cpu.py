@@ -69,6 +69,8 @@ def main() -> int:
     parser.add_argument("--llm", choices=("bedrock", "scripted"), default="bedrock")
     parser.add_argument("--store", choices=("dynamodb", "sqlite"), default="dynamodb")
     parser.add_argument("--token-ms", type=float, default=25.0)
+    parser.add_argument("--tls", action="store_true",
+                        help="the local Bedrock endpoint speaks TLS, as the real one does")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a server setting for both runs (e.g. TOKEN_HOLD_MS=0)")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
@@ -79,7 +81,8 @@ def main() -> int:
     if args.llm != "bedrock":
         raise SystemExit("--times needs the local Bedrock endpoint (--llm bedrock)")
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-token-cpu-{os.getpid()}"
-    plan = Plan(StackOptions(llm=args.llm, store=args.store, token_ms=args.token_ms),
+    plan = Plan(StackOptions(llm=args.llm, store=args.store, token_ms=args.token_ms,
+                             tls=args.tls),
                 workers=args.workers, think_s=args.think, ramp_per_call_s=0.02,
                 scratch=scratch)
     extra = dict(item.split("=", 1) for item in args.env)

@@ -42,11 +42,14 @@ class StackOptions:
     first_token_ms: float = 200.0       # the model's time to first token
     token_ms: float = 25.0              # between tokens (40 tokens/s)
     reply_times: int = 1                # each scripted reply said this many times over
+    tls: bool = False                   # the endpoint speaks TLS (a private CA)
 
     def describe(self) -> str:
         model = ("local Bedrock endpoint (ConverseStream wire format)" if self.llm == "bedrock"
                  else "scripted model in the server")
         store = "local DynamoDB (moto server)" if self.store == "dynamodb" else "SQLite file"
+        if self.llm == "bedrock" and self.tls:
+            model += " over TLS"
         return (f"{model}, first token {self.first_token_ms:g} ms, then a word every "
                 f"{self.token_ms:g} ms; {store}")
 
@@ -67,14 +70,16 @@ def _aws_env(scratch: Path) -> dict[str, str]:
             "AWS_EC2_METADATA_DISABLED": "true"}
 
 
-def _start_fake_bedrock(options: StackOptions, log: IO[bytes]) -> tuple[subprocess.Popen[bytes],
-                                                                         int]:
+def _start_fake_bedrock(options: StackOptions, log: IO[bytes], ca_file: Path
+                        ) -> tuple[subprocess.Popen[bytes], int]:
     port_file = Path(tempfile.mkstemp(prefix="fake-bedrock-port-")[1])
+    tls = ["--tls", str(ca_file)] if options.tls else []
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", "tests.fake_bedrock", "--port-file", str(port_file),
              "--scripted", str(CONFIG), "--first-token-ms", str(options.first_token_ms),
-             "--token-ms", str(options.token_ms), "--reply-times", str(options.reply_times)],
+             "--token-ms", str(options.token_ms), "--reply-times", str(options.reply_times),
+             *tls],
             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
         port = server_process.wait_for(lambda: port_file.read_text().strip(), process,
@@ -103,10 +108,14 @@ def local_stack(options: StackOptions, scratch: Path, name: str = "bench") -> It
     with ExitStack() as cleanup:
         log = cleanup.enter_context((scratch / f"{name}-helpers.log").open("ab"))
         if options.llm == "bedrock":
-            bedrock, port = _start_fake_bedrock(options, log)
+            ca_file = scratch / f"{name}-bedrock-ca.pem"
+            bedrock, port = _start_fake_bedrock(options, log, ca_file)
             cleanup.callback(server_process.stop, bedrock)
             env.update({"LLM": "bedrock", "AWS_ENDPOINT_URL_BEDROCK_RUNTIME":
                         f"http://127.0.0.1:{port}"})
+            if options.tls:
+                env.update({"AWS_ENDPOINT_URL_BEDROCK_RUNTIME": f"https://localhost:{port}",
+                            "AWS_CA_BUNDLE": str(ca_file)})
             stack.helper_pids["bedrock"] = bedrock.pid
         else:
             env.update({"LLM": "scripted",

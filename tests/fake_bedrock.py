@@ -725,6 +725,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="with --scripted: between deltas, overriding token_delay_ms")
     parser.add_argument("--reply-times", type=int, default=1, metavar="K",
                         help="with --scripted: say each reply K times over (default 1)")
+    parser.add_argument("--tls", metavar="CA_FILE", type=Path, default=None,
+                        help="serve TLS (https://localhost:PORT) with a new private CA, its "
+                             "certificate written to CA_FILE (point AWS_CA_BUNDLE at it)")
     args = parser.parse_args(argv)
     responder: Callable[[RecordedRequest], Reply] = bench_reply
     if args.scripted is not None:
@@ -734,7 +737,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             first_token_s=None if args.first_token_ms is None else args.first_token_ms / 1000,
             token_s=None if args.token_ms is None else args.token_ms / 1000,
             times=max(1, args.reply_times))
-    fake = FakeBedrock(responder=responder, keep_bodies=False)
+    fake = FakeBedrock(responder=responder, keep_bodies=False, tls=args.tls is not None)
+    if args.tls is not None:
+        fake.write_ca_bundle(args.tls)
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:

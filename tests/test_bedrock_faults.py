@@ -315,3 +315,27 @@ async def test_sustained_throttling_spends_the_retry_quota_then_stops_retrying(
     assert llm.statistics().retries == 2
     assert len(fake.requests) == 5
     assert llm.statistics().retry_quota == 2
+
+
+async def test_credentials_near_expiry_are_refreshed_in_a_thread_before_signing(
+        fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside botocore's mandatory refresh window (under 10 minutes left) every signature
+    fetches credentials first, and a rotation is picked up with no refusal at all. The fetch
+    is blocking network I/O and the credentials endpoint is served by this very event loop:
+    had it run on the loop, the loop could not have answered it, and the call would fail."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    async with running_credentials_server(expires_in_s=300) as credentials:
+        monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", credentials.url)
+        fake.push(text_reply(["One."]), text_reply(["Two."]))
+        llm = BedrockLLM(region="us-east-1", retry_base_delay_s=0.01)
+        try:
+            with trio.fail_after(15):
+                assert texts(await collect(llm)) == ["One."]
+                fake.accepted_keys = {credentials.rotate()}
+                assert texts(await collect(llm)) == ["Two."]
+        finally:
+            await llm.aclose()
+    assert llm.statistics().errors_by_code == {}
+    assert fake.requests[-1].access_key in fake.accepted_keys
+    assert credentials.requests >= 3                # resolved, then refreshed per signature
