@@ -20,9 +20,13 @@ from voiceagent.caller import open_call
 from voiceagent.logs import JsonFormatter, _ContextFilter
 from voiceagent.metrics import Metrics
 
+METRICS_TOKEN = "test-metrics-token"
+
 
 def _scrape(url: str) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+    request = urllib.request.Request(url + "/metrics",
+                                     headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
         content_type = response.headers["Content-Type"]
         text = response.read().decode()
     samples = {}
@@ -38,7 +42,8 @@ def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
 
 async def test_metrics_after_real_calls(tmp_path: Path) -> None:
     with trio.fail_after(30):
-        async with running_server(make_settings(tmp_path)) as server:
+        async with running_server(make_settings(tmp_path,
+                                                METRICS_TOKEN=METRICS_TOKEN)) as server:
             async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
                 await call.say("what are your hours?")
                 assert (await call.read_reply()).closed
@@ -180,7 +185,8 @@ def captured() -> Any:
 async def test_turn_summary_lines_carry_call_sid_and_turn(tmp_path: Path,
                                                           captured: _Capture) -> None:
     with trio.fail_after(20):
-        async with running_server(make_settings(tmp_path)) as server:
+        async with running_server(make_settings(tmp_path,
+                                                METRICS_TOKEN=METRICS_TOKEN)) as server:
             async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
                 call_sid = call.identity.call_sid
                 await call.say("what are your hours?")
@@ -254,7 +260,8 @@ async def test_model_and_tool_errors_by_kind(tmp_path: Path) -> None:
     llm = FakeLLM([[0.001, ModelThrottled("ThrottlingException", "slow down")],
                    tool_use("t1", "NoSuchTool"), words("ok then", 0.001, 0.001)])
     with trio.fail_after(20):
-        async with running_server(make_settings(tmp_path), llm=llm) as server:
+        async with running_server(make_settings(tmp_path, METRICS_TOKEN=METRICS_TOKEN),
+                                  llm=llm) as server:
             async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
                 await call.say("hello")
                 assert (await call.read_reply()).text.startswith("Sorry")
@@ -275,7 +282,8 @@ async def test_gc_pauses_and_loop_lag_are_exposed(tmp_path: Path) -> None:
     process records them, as ``voiceagent serve`` does) and the event loop's lag."""
     heap.record_gc_pauses()
     with trio.fail_after(30):
-        async with running_server(make_settings(tmp_path)) as server:
+        async with running_server(make_settings(tmp_path,
+                                                METRICS_TOKEN=METRICS_TOKEN)) as server:
             await trio.sleep(0.25)                      # a couple of lag samples
             gc.collect(1)
             _, samples = await trio.to_thread.run_sync(_scrape, server.url)

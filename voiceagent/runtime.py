@@ -85,6 +85,8 @@ class Runtime:
     draining: bool = False                       # /health fails, /twiml refuses new calls
     end_calls: trio.Event = field(default_factory=trio.Event)   # live calls end politely
     reconnects: dict[str, int] = field(default_factory=dict)    # CallSid -> sessions re-made
+    # relay sockets accepted whose setup is not resolved yet, oldest first (web.py)
+    sockets_waiting: dict[Any, None] = field(default_factory=dict)
     metrics: Metrics | None = None
 
     def call_services(self) -> CallServices:

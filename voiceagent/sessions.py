@@ -3,7 +3,20 @@
 ``/twiml`` picks the use case, renders the prompt, mints a token that goes to Twilio in a
 ``<Parameter>`` and comes back in ``setup``, and writes the session item behind. The socket
 finds the session in this process's memory (no store round trip), else in the store (the
-webhook landed on another process), else rebuilds it from the use case and profile.
+webhook landed on another process).
+
+Why a token at all: Twilio's signature on the WebSocket upgrade covers only the URL, which
+is the same for every call, so a captured signed upgrade could otherwise open any call with
+any ``from`` and ``to``. So a socket is served only with a session that a signed request
+minted, and each token is used once:
+
+* a CallSid nobody prepared, a token that does not match, and an empty token are refused;
+* claiming consumes the token (in memory and in the store), so the token of a call that
+  ended, or of a socket that went away, opens nothing;
+* while a socket holds the call, a second one for the same CallSid is refused, and a
+  replayed ``/twiml`` for a CallSid already seen mints nothing (it would take the call over);
+* Twilio's reconnect after a failed relay session gets a fresh token through the signed
+  ``/action`` callback (``renew``), once the old socket is gone.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 
 import trio
 
@@ -33,6 +47,14 @@ TOKEN_PARAMETER = "sessionToken"
 PENDING_TTL_S = 120.0            # a /twiml whose socket never came is forgotten after this
 
 
+class SessionExists(Exception):
+    """A ``/twiml`` for a CallSid this service has already prepared: a replay, or a retry."""
+
+
+class SessionBusy(Exception):
+    """A fresh token was asked for a call whose socket is still connected here."""
+
+
 class Sessions:
     def __init__(self, *, settings: Settings, store: Store, catalog: Catalog,
                  writer: WriteBehind) -> None:
@@ -40,44 +62,89 @@ class Sessions:
         self._store = store
         self._catalog = catalog
         self._writer = writer
-        self._pending: dict[str, tuple[float, records.CallSession]] = {}
+        # minted, not claimed yet: when, the session, and whether it resumes a conversation
+        self._pending: dict[str, tuple[float, records.CallSession, bool]] = {}
+        self._live: set[str] = set()            # CallSids with a socket here
 
     async def prepare(self, form: Mapping[str, str]) -> records.CallSession:
-        """Build the session for Twilio's call webhook (form fields CallSid, From, To)."""
+        """Build the session for Twilio's call webhook (form fields CallSid, From, To).
+        Raises ``SessionExists`` for a CallSid already prepared, here or in the store."""
         call_sid, caller, called = form["CallSid"], form.get("From", ""), form.get("To", "")
-        session = await self._build(call_sid, caller, called, token=secrets.token_urlsafe(18))
         self._forget_stale()
-        self._pending[call_sid] = (trio.current_time(), session)
-        self._writer.submit(records.session_item(session, self._settings.session_ttl_s),
-                            call_sid=call_sid, urgent=True)   # its socket may reach a sibling
+        if (call_sid in self._pending or call_sid in self._live
+                or await self._store.get(call_sid, "connection") is not None):
+            raise SessionExists(call_sid)
+        session = await self._build(call_sid, caller, called, token=secrets.token_urlsafe(18))
+        if call_sid in self._pending or call_sid in self._live:     # raced while building
+            raise SessionExists(call_sid)
+        self._offer(session, resumes=False)
         log.info("session prepared", extra={"use_case": session.use_case,
                                             "caller": mask_phone(caller),
                                             "known_caller": session.profile is not None})
         return session
 
+    async def renew(self, session: records.CallSession) -> records.CallSession:
+        """A fresh token for Twilio's reconnect of ``session``'s call, after its relay
+        session failed (the signed ``/action`` callback asks). ``SessionBusy`` while a socket
+        still holds the call here."""
+        if session.call_sid in self._live:
+            raise SessionBusy(session.call_sid)
+        renewed = replace(session, token=secrets.token_urlsafe(18))
+        self._offer(renewed, resumes=True)
+        log.info("session token renewed for a reconnect")
+        return renewed
+
+    def _offer(self, session: records.CallSession, *, resumes: bool) -> None:
+        """Wait for the socket here, and in the store for a sibling process."""
+        self._pending[session.call_sid] = (trio.current_time(), session, resumes)
+        self._writer.submit(records.session_item(session, self._settings.session_ttl_s),
+                            call_sid=session.call_sid, urgent=True)
+
     async def resolve(self, setup: Setup) -> CallPlan:
-        """The plan for a socket that sent ``setup``; CallRejected when its token is wrong."""
+        """The plan for a socket that sent ``setup``, which claims the call (see the module
+        docstring); ``CallRejected`` for anything but the one unused token of a known call.
+        The caller must ``release`` the call when its socket ends."""
+        call_sid = setup.call_sid
         token = setup.custom_parameters.get(TOKEN_PARAMETER, "")
-        pending = self._pending.pop(setup.call_sid, None)
+        if not token:
+            raise CallRejected("no session token in setup")
+        if call_sid in self._live:
+            raise CallRejected("a socket is already connected for this call")
         history: tuple[Message, ...] = ()
+        pending = self._pending.get(call_sid)
         if pending is not None:
-            session = pending[1]
+            _, session, resumes = pending
+            if resumes:
+                history = await self._saved_history(call_sid)
         else:
-            item = await self._store.get(setup.call_sid, "connection")
+            item = await self._store.get(call_sid, "connection")
             if item is None:
-                log.warning("no session for this call, rebuilding from the use case")
-                session = await self._build(setup.call_sid, setup.from_number,
-                                            setup.to_number, token=token)
-            else:
-                session = records.session_from_item(item)
-                history = await self._saved_history(setup.call_sid)
-        if not secrets.compare_digest(session.token, token):
-            raise CallRejected("session token does not match the call's /twiml request")
+                raise CallRejected("no call was prepared with this CallSid")
+            session = records.session_from_item(item)
+            history = await self._saved_history(call_sid)
+        if not session.token or not secrets.compare_digest(session.token, token):
+            # a wrong token consumes nothing: the right socket may still come
+            raise CallRejected("session token does not match the call's signed request")
         use_case = await self._catalog.use_case(session.use_case)
+        if call_sid in self._live:                  # another socket won while we waited
+            raise CallRejected("a socket is already connected for this call")
+        self._pending.pop(call_sid, None)
+        self._live.add(call_sid)
+        self._writer.submit(records.session_item(replace(session, token=""),
+                                                 self._settings.session_ttl_s),
+                            call_sid=call_sid, urgent=True)      # used: never again
         return CallPlan(call_sid=session.call_sid, use_case=use_case,
                         system_prompt=session.system_prompt, model_id=session.model_id,
                         greeting=None if history else session.greeting,
                         caller=session.caller, called=session.called, history=history)
+
+    def release(self, call_sid: str) -> None:
+        """The socket that claimed ``call_sid`` has ended."""
+        self._live.discard(call_sid)
+
+    def holds(self, call_sid: str) -> bool:
+        """A socket here holds ``call_sid``."""
+        return call_sid in self._live
 
     async def _build(self, call_sid: str, caller: str, called: str, *,
                      token: str) -> records.CallSession:
@@ -106,5 +173,5 @@ class Sessions:
 
     def _forget_stale(self) -> None:
         cutoff = trio.current_time() - PENDING_TTL_S
-        for call_sid in [k for k, (at, _) in self._pending.items() if at < cutoff]:
+        for call_sid in [k for k, (at, _, _) in self._pending.items() if at < cutoff]:
             del self._pending[call_sid]

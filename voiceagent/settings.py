@@ -69,6 +69,9 @@ class Settings(BaseModel):
                                                  repr=False)   # HMAC-SHA256 webhook rules
     trust_proxy_headers: bool = Field(False, alias="TRUST_PROXY_HEADERS")
     max_calls: int = Field(200, alias="MAX_CALLS", ge=1, le=100_000)
+    # relay sockets accepted but without a resolved setup yet (each for SETUP_TIMEOUT_S at
+    # most): their own budget, so sockets that never send setup cannot crowd out calls
+    max_sockets_waiting: int = Field(50, alias="MAX_SOCKETS_WAITING", ge=1, le=100_000)
     over_capacity: Literal["twiml", "503"] = Field("twiml", alias="OVER_CAPACITY")
     max_call_duration_s: float = Field(3600.0, alias="MAX_CALL_DURATION_S", gt=0,
                                        le=4 * 3600)
@@ -86,6 +89,8 @@ class Settings(BaseModel):
     metrics_emf: bool | None = Field(None, alias="METRICS_EMF")
     metrics_namespace: str | None = Field(None, alias="METRICS_NAMESPACE")
     metrics_service_name: str = Field("voiceagent", alias="METRICS_SERVICE_NAME")
+    # GET /metrics answers only requests with "Authorization: Bearer <METRICS_TOKEN>"
+    metrics_token: str | None = Field(None, alias="METRICS_TOKEN", repr=False)
 
     @field_validator("time_zone")
     @classmethod

@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
 import voiceagent.store.records as records
-from actors.call import CallReport, run_call
-from voiceagent import signature, twiml
+from actors.call import CallPlan, CallRejected, CallReport, run_call
+from actors.messages import Setup
+from voiceagent import jsonlimits, signature, twiml
 from voiceagent.catalog import UnknownUseCase
 from voiceagent.logs import call_sid_var
 from voiceagent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voiceagent.relay import asgi_socket
 from voiceagent.runtime import Runtime
-from voiceagent.sessions import TOKEN_PARAMETER
+from voiceagent.sessions import TOKEN_PARAMETER, SessionBusy, SessionExists
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +36,59 @@ GOODBYE = "Thank you for calling. Goodbye."
 NO_AGENT = "Sorry, no one is available to take your call right now. Please call back later."
 NORMAL_ENDS = frozenset({"end-call", "endCall", "completed"})   # reasonCodes that just hang up
 CAPACITY_MARGIN = 10     # sockets for calls /twiml admitted just before the limit was reached
+MAX_WEBHOOK_BYTES = 64 * 1024   # Twilio's webhook bodies are a few KB
 
 
 def _handoff_data(text: str) -> dict[str, Any]:
     """``HandoffData`` as sent in our ``end`` frame: a JSON object, else nothing usable."""
     try:
-        data = json.loads(text) if text else {}
-    except ValueError:
+        data = jsonlimits.loads(text) if text else {}
+    except ValueError:                  # not JSON, or nested too deep: TooDeep
         return {}
     return data if isinstance(data, dict) else {}
+
+
+class _SocketStanding:
+    """One relay socket's place. Until its setup is resolved a socket is not a call: it waits
+    in a budget of its own (MAX_SOCKETS_WAITING, each for SETUP_TIMEOUT_S at most), so sockets
+    that never send setup cannot take the places of calls. When that budget is full, the
+    socket that has waited longest is closed to make room: Twilio's own socket sends setup
+    within milliseconds of connecting, so what has waited longest is the idle one. A socket
+    whose setup claims its call is one of the calls until it ends."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self.report = CallReport()
+        self.scope = trio.CancelScope()         # cancelled only to evict it while waiting
+        self._waiting = True
+        self._call_sid: str | None = None
+        waiting = runtime.sockets_waiting
+        if len(waiting) >= runtime.settings.max_sockets_waiting:
+            oldest = next(iter(waiting))
+            oldest._leave_waiting()
+            oldest.scope.cancel()
+        waiting[self] = None
+
+    async def claim(self, setup: Setup) -> CallPlan:
+        runtime = self._runtime
+        self._leave_waiting()
+        if runtime.calls.active >= runtime.settings.max_calls + CAPACITY_MARGIN:
+            raise CallRejected("over capacity")
+        plan = await runtime.sessions.resolve(setup)
+        self._call_sid = plan.call_sid
+        runtime.calls.started(self.report)
+        return plan
+
+    def end(self) -> None:
+        self._leave_waiting()
+        if self._call_sid is not None:
+            self._runtime.sessions.release(self._call_sid)
+            self._runtime.calls.finished(self.report)
+
+    def _leave_waiting(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self._runtime.sockets_waiting.pop(self, None)
 
 
 def relay_path(runtime: Runtime) -> str:
@@ -53,6 +100,7 @@ def relay_path(runtime: Runtime) -> str:
 def create_app(runtime: Runtime) -> Any:
     """The ASGI application for one runtime."""
     app = QuartTrio("voiceagent")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_WEBHOOK_BYTES    # bodies sent without a length too
     settings = runtime.settings
     path = relay_path(runtime)
 
@@ -68,13 +116,23 @@ def create_app(runtime: Runtime) -> Any:
         return signature.is_valid(settings.twilio_auth_token or "", url, params, given,
                                   shared_key_secret=settings.twilio_shared_key_secret)
 
-    async def signed(form: dict[str, str]) -> bool:
-        if not settings.validate_signatures:
-            return True
-        ok = check(base_url() + request.full_path.rstrip("?"), form, headers())
-        if not ok:
+    async def signed_form() -> dict[str, str] | Response:
+        """The webhook's form if its signature is valid, else the answer to send. Nothing
+        unauthenticated is parsed: the signature header must be there before the body is
+        read, and the body must fit MAX_WEBHOOK_BYTES (Twilio's are a few KB)."""
+        if settings.validate_signatures and "x-twilio-signature" not in headers():
+            log.warning("unsigned webhook", extra={"path": request.path})
+            return Response("invalid signature", status=403)
+        if (request.content_length or 0) > MAX_WEBHOOK_BYTES:
+            log.warning("webhook body too large", extra={"path": request.path,
+                                                         "bytes": request.content_length})
+            return Response("request body too large", status=413)
+        form = dict((await request.form).items())
+        if settings.validate_signatures and not check(
+                base_url() + request.full_path.rstrip("?"), form, headers()):
             log.warning("bad signature", extra={"path": request.path})
-        return ok
+            return Response("invalid signature", status=403)
+        return form
 
     def refuse_call() -> Response:
         if settings.over_capacity == "503":           # Twilio's fallback URL takes over
@@ -83,9 +141,9 @@ def create_app(runtime: Runtime) -> Any:
 
     @app.post("/twiml")
     async def twiml_webhook() -> Response:
-        form = dict((await request.form).items())
-        if not await signed(form):
-            return Response("invalid signature", status=403)
+        form = await signed_form()
+        if isinstance(form, Response):
+            return form
         if "CallSid" not in form:
             return Response("CallSid missing: this endpoint is Twilio's voice webhook",
                             status=400)
@@ -97,6 +155,11 @@ def create_app(runtime: Runtime) -> Any:
         try:
             session = await runtime.sessions.prepare(form)
             use_case = await runtime.catalog.use_case(session.use_case)
+        except SessionExists:
+            # a replayed (or retried) webhook: minting again would hand the call to whoever
+            # sent it, so the first answer stands
+            log.warning("call webhook for a call already prepared: refused")
+            return Response("this call was already answered", status=409)
         except UnknownUseCase as err:
             log.error("use case missing", extra={"error": str(err)})
             return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
@@ -109,9 +172,9 @@ def create_app(runtime: Runtime) -> Any:
     @app.post("/action")
     async def action_webhook() -> Response:
         """Twilio's session-end callback: hand over to a person, say goodbye, or reconnect."""
-        form = dict((await request.form).items())
-        if not await signed(form):
-            return Response("invalid signature", status=403)
+        form = await signed_form()
+        if isinstance(form, Response):
+            return form
         status, call_sid = form.get("SessionStatus", ""), form.get("CallSid", "")
         if call_sid:
             call_sid_var.set(call_sid)
@@ -135,11 +198,16 @@ def create_app(runtime: Runtime) -> Any:
             if (form.get("CallStatus", "").lower() != "in-progress" or session is None
                     or use_case is None or not runtime.may_reconnect(call_sid)):
                 return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+            try:
+                renewed = await runtime.sessions.renew(session)
+            except SessionBusy:
+                log.warning("reconnect refused: the call's socket is still connected")
+                return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
             log.info("reconnecting the relay session")   # the new socket resumes the history
             ws_url = settings.ws_url or signature.to_ws(base_url()) + path
             document = twiml.connect_relay(
                 ws_url=ws_url, action_url=base_url() + "/action", use_case=use_case,
-                parameters={TOKEN_PARAMETER: session.token}, greeting=False)
+                parameters={TOKEN_PARAMETER: renewed.token}, greeting=False)
             return Response(document, mimetype=XML)
         handoff = _handoff_data(form.get("HandoffData", ""))
         reason = str(handoff.get("reasonCode", ""))
@@ -165,8 +233,15 @@ def create_app(runtime: Runtime) -> Any:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        if runtime.metrics is None:
-            return Response("metrics off", status=404)
+        """Only with METRICS_TOKEN set, and only for a request that carries it: call counts,
+        error codes and latencies are for the operator, not for anyone on the public port."""
+        token = settings.metrics_token
+        if runtime.metrics is None or not token:
+            return Response("not found", status=404)
+        given = request.headers.get("Authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return Response("unauthorized", status=401,
+                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
         return Response(runtime.metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
 
     async def relay(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -180,20 +255,20 @@ def create_app(runtime: Runtime) -> Any:
                 log.warning("bad signature on relay upgrade")
                 await asgi_socket.reject(receive, send, 403, "invalid signature")
                 return
-        if runtime.calls.active >= settings.max_calls + CAPACITY_MARGIN:
-            log.warning("relay refused: over capacity")
-            await asgi_socket.reject(receive, send, 503, "over capacity")
-            return
         if not await asgi_socket.accept(receive, send):
             return
         socket = asgi_socket.AsgiRelaySocket(receive, send)
-        report = CallReport()
-        runtime.calls.started(report)
+        standing = _SocketStanding(runtime)
         try:
-            await run_call(socket, resolve=runtime.sessions.resolve,
-                           services=runtime.call_services(), report=report)
+            with standing.scope:
+                await run_call(socket, resolve=standing.claim,
+                               services=runtime.call_services(), report=standing.report)
+            if standing.scope.cancelled_caught:
+                log.warning("relay socket closed: no setup while newer sockets waited")
+                with trio.move_on_after(1.0, shield=True):
+                    await socket.close(1008, "setup expected")
         finally:
-            runtime.calls.finished(report)
+            standing.end()
 
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and scope["path"] == path:

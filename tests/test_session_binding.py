@@ -1,0 +1,260 @@
+"""A relay socket is served only with the one session a signed request minted for its call,
+through the real server with signatures on and real WebSocket clients.
+
+Twilio's signature on the upgrade covers only the URL (the same for every call), so these
+tests hold a validly signed upgrade throughout, as an attacker with one captured handshake
+would, and show what it does not open.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
+from voiceagent.caller import CallerError, Identity, open_call, post_form, release_transport
+from voiceagent.signature import sign
+
+VICTIM = "+15555550100"
+
+
+def relay_url(server: RunningServer) -> str:
+    return server.url.replace("http://", "ws://") + "/relay"
+
+
+@asynccontextmanager
+async def signed_socket(server: RunningServer) -> AsyncIterator[WebSocketConnection]:
+    """A relay socket whose upgrade carries a valid signature (a captured one)."""
+    url = relay_url(server)
+    headers = [(b"X-Twilio-Signature", sign(AUTH_TOKEN, url).encode())]
+    async with open_websocket_url(url, extra_headers=headers) as ws:
+        yield ws
+
+
+def setup_frame(call_sid: str, token: str | None, *, caller: str = VICTIM) -> str:
+    parameters = {} if token is None else {"sessionToken": token}
+    return json.dumps({"type": "setup", "sessionId": "VX1", "callSid": call_sid,
+                       "from": caller, "to": "+15555550199", "customParameters": parameters})
+
+
+async def closed_with(ws: WebSocketConnection) -> int | None:
+    """The close code the server sends (after any frames); None if it sent a text frame."""
+    try:
+        await ws.get_message()
+    except ConnectionClosed as closed:
+        await release_transport(ws)
+        return closed.reason.code
+    return None
+
+
+async def answered(server: RunningServer, call_sid: str, token: str) -> bool:
+    """A socket with this setup is served: a prompt gets a reply."""
+    async with signed_socket(server) as ws:
+        await ws.send_message(setup_frame(call_sid, token))
+        await ws.send_message(json.dumps({"type": "prompt", "voicePrompt": "hours?",
+                                          "lang": "en-US", "last": True}))
+        code = await closed_with(ws)
+        assert code in (None, 1008)
+        return code is None
+
+
+@pytest.mark.parametrize("token", ["anything", "", None])
+async def test_a_call_sid_nobody_prepared_is_refused_whatever_the_token(
+        tmp_path: Path, token: str | None) -> None:
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            async with signed_socket(server) as ws:
+                await ws.send_message(setup_frame("CA" + "e" * 32, token))
+                assert await closed_with(ws) == 1008
+            await server.runtime.calls.wait_idle()
+            assert server.runtime.calls.total == 0          # never counted as a call
+            item = await server.runtime.store.get("CA" + "e" * 32, "connection")
+    assert item is None                                     # nothing rebuilt or written
+
+
+async def test_a_second_socket_for_a_live_call_is_refused_and_the_call_goes_on(
+        tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            identity = Identity(from_number=VICTIM)
+            async with open_call(server.url, auth_token=AUTH_TOKEN, identity=identity) as call:
+                token = call.target.parameters["sessionToken"]
+                assert not await answered(server, identity.call_sid, token)
+                await call.say("what are your hours?")
+                assert (await call.read_reply()).text.startswith("We are open")
+                await call.hang_up()
+            await server.runtime.calls.wait_idle()
+    ended = [r.ended_by for r in server.runtime.calls.reports]
+    assert ended.count("rejected") == 0                     # the refused one was never a call
+    assert server.runtime.calls.total == 1
+
+
+async def test_the_token_of_an_ended_call_opens_nothing(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            identity = Identity()
+            async with open_call(server.url, auth_token=AUTH_TOKEN, identity=identity) as call:
+                token = call.target.parameters["sessionToken"]
+                await call.hang_up()
+            await server.runtime.calls.wait_idle()
+            await server.runtime.writer.flush(identity.call_sid, timeout_s=5)
+            assert not await answered(server, identity.call_sid, token)
+
+
+async def test_a_wrong_token_does_not_spoil_the_right_one(tmp_path: Path) -> None:
+    """A forged setup for a ringing call is refused without consuming the call's token, so
+    Twilio's own socket still gets the call."""
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            identity = Identity()
+            form = {"CallSid": identity.call_sid, "From": VICTIM, "To": "+15555550199"}
+            url = server.url + "/twiml"
+            twiml = await post_form(url, form, AUTH_TOKEN)
+            token = twiml.split('name="sessionToken" value="')[1].split('"')[0]
+            assert not await answered(server, identity.call_sid, "forged")
+            assert await answered(server, identity.call_sid, token)
+
+
+async def test_a_replayed_twiml_request_mints_nothing_and_takes_nothing_over(
+        tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            identity = Identity(from_number=VICTIM)
+            form = {"CallSid": identity.call_sid, "AccountSid": identity.account_sid,
+                    "From": VICTIM, "To": identity.to_number, "CallStatus": "ringing",
+                    "Direction": "inbound", "ApiVersion": "2010-04-01"}
+            async with open_call(server.url, auth_token=AUTH_TOKEN, identity=identity) as call:
+                with pytest.raises(CallerError, match="409"):
+                    await post_form(server.url + "/twiml", form, AUTH_TOKEN)   # the replay
+                await call.say("what are your hours?")
+                assert (await call.read_reply()).text.startswith("We are open")
+                await call.hang_up()
+            await server.runtime.calls.wait_idle()
+            with pytest.raises(CallerError, match="409"):          # and after it ended
+                await post_form(server.url + "/twiml", form, AUTH_TOKEN)
+    assert [r.ended_by for r in server.runtime.calls.reports] == ["hangup"]
+
+
+async def test_twilio_reconnects_a_failed_session_with_a_fresh_token(tmp_path: Path) -> None:
+    """The relay session fails, Twilio calls /action (signed) and connects again with the
+    TwiML it gets back: a fresh token for the same call, which resumes the conversation.
+    The old token stays dead."""
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            identity = Identity()
+            async with open_call(server.url, auth_token=AUTH_TOKEN, identity=identity) as call:
+                old = call.target.parameters["sessionToken"]
+                await call.say("what are your hours?")
+                assert (await call.read_reply()).text.startswith("We are open")
+                await call.ws.aclose(code=1011, reason="relay session failed")
+            await server.runtime.calls.wait_idle()
+            reconnect = await post_form(server.url + "/action", {
+                "CallSid": identity.call_sid, "SessionStatus": "failed",
+                "CallStatus": "in-progress", "ErrorCode": "64107"}, AUTH_TOKEN)
+            fresh = reconnect.split('name="sessionToken" value="')[1].split('"')[0]
+            assert fresh != old
+            assert not await answered(server, identity.call_sid, old)
+            assert await answered(server, identity.call_sid, fresh)
+            await server.runtime.calls.wait_idle()
+    resumed = server.runtime.calls.reports[-1].history
+    assert resumed is not None
+    said = [b.get("text", "") for m in resumed.for_request() for b in m["content"]]
+    assert "what are your hours?" in said                   # the first session's turn
+
+
+async def test_sockets_that_never_send_setup_never_keep_a_call_out(tmp_path: Path) -> None:
+    """Idle signed sockets wait in a budget of their own: they are not calls, and when the
+    budget is full the one that waited longest makes room for Twilio's socket."""
+    settings = make_settings(tmp_path, MAX_CALLS="2", MAX_SOCKETS_WAITING="3",
+                             SETUP_TIMEOUT_S="60")
+    with trio.fail_after(30):
+        async with running_server(settings) as server:
+            async with signed_socket(server) as idle1, signed_socket(server) as idle2, \
+                    signed_socket(server) as idle3:
+                while len(server.runtime.sockets_waiting) < 3:  # noqa: ASYNC110 - no event
+                    await trio.sleep(0.01)
+                assert server.runtime.calls.active == 0
+                async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                    await call.say("what are your hours?")
+                    assert (await call.read_reply()).text.startswith("We are open")
+                    assert server.runtime.calls.active == 1
+                    assert await closed_with(idle1) == 1008     # the longest waiting
+                    await call.hang_up()
+                assert len(server.runtime.sockets_waiting) == 2
+                for ws in (idle2, idle3):
+                    await ws.aclose()
+            await server.runtime.calls.wait_idle()
+
+
+# ---------------------------------------------------------------- webhook bodies
+
+async def raw_post(server: RunningServer, path: str, head: list[str], body: bytes = b""
+                   ) -> tuple[int, float]:
+    """Send a request head (and maybe part of a body) by hand; the status, and how long the
+    answer took. The body is never sent in full: a server that waits for it hangs here."""
+    host, port = server.url.removeprefix("http://").split(":")
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}",
+             "Content-Type: application/x-www-form-urlencoded", *head]
+    started = trio.current_time()
+    async with await trio.open_tcp_stream(host, int(port)) as stream:
+        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        answer = await stream.receive_some(4096)
+    return int(answer.split(b" ", 2)[1]), trio.current_time() - started
+
+
+@pytest.mark.parametrize("path", ["/twiml", "/action"])
+async def test_an_unsigned_webhook_is_refused_before_its_body_is_read(
+        tmp_path: Path, path: str) -> None:
+    with trio.fail_after(10):
+        async with running_server(make_settings(tmp_path)) as server:
+            status, _ = await raw_post(server, path, ["Content-Length: 16000000"], b"a=1&")
+    assert status == 403
+
+
+async def test_a_signed_looking_webhook_over_64_kib_is_refused_unread(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with running_server(make_settings(tmp_path)) as server:
+            status, _ = await raw_post(server, "/twiml", [
+                "Content-Length: 16000000", "X-Twilio-Signature: bm90LWEtc2lnbmF0dXJl"])
+            assert status == 413
+            chunk = b"a" * 65536
+            chunked = b"".join(b"%x\r\n%b\r\n" % (len(chunk), chunk) for _ in range(3))
+            status, _ = await raw_post(server, "/twiml", [
+                "Transfer-Encoding: chunked", "X-Twilio-Signature: bm90LWEtc2lnbmF0dXJl"],
+                chunked)
+            assert status == 413
+
+
+# ---------------------------------------------------------------- /metrics
+
+async def get_status(url: str, headers: dict[str, str] | None = None) -> int:
+    import urllib.error
+    import urllib.request
+
+    def fetch() -> int:
+        request = urllib.request.Request(url, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as err:
+            return err.code
+    return await trio.to_thread.run_sync(fetch)
+
+
+async def test_metrics_need_their_own_token(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            assert await get_status(server.url + "/metrics") == 404
+        settings = make_settings(tmp_path, METRICS_TOKEN="scrape-me")
+        async with running_server(settings) as server:
+            url = server.url + "/metrics"
+            assert await get_status(url) == 401
+            assert await get_status(url, {"Authorization": "Bearer wrong"}) == 401
+            assert await get_status(url, {"Authorization": f"Bearer {AUTH_TOKEN}"}) == 401
+            assert await get_status(url, {"Authorization": "Bearer scrape-me"}) == 200
