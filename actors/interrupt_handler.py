@@ -6,9 +6,12 @@ and a silent caller is re-prompted, then bid goodbye. Keeping these decisions in
 by one ordered channel, is what guarantees an interrupt cancels the turn it was meant for and
 never the turn started by the prompt that follows it.
 
-Input is untrusted: prompts are cleaned of control characters and capped in length, and final
-prompts that queue up while the model is busy are merged into one turn, so a flood of prompts
-costs one model call, not one each.
+Input is untrusted: prompts are cleaned of control characters and capped in length, and at
+most two turns start per ``min_turn_gap_s`` whatever starts them. A prompt or a completed key
+entry that would start a third is held until the gap has passed, and the caller's input that
+is waiting or arrives meanwhile (prompts, keys, or both) joins it: a flood of either costs at
+most two model calls per gap, and is read as fast as it comes, so nothing is left to work
+through after the caller has gone.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -118,88 +120,148 @@ async def run(*, inbound: trio.MemoryReceiveChannel[Inbound],
               policy: InputPolicy | None = None) -> None:
     """Owns ``commands``; returns when ``inbound`` ends (the caller hung up)."""
     policy = policy or InputPolicy()
-    keys, idle, turns = _KeyBuffer(policy.dtmf), _Idle(policy), _Turns()
-    backlog: deque[Inbound] = deque()
+    keys, idle = _KeyBuffer(policy.dtmf), _Idle(policy)
+    gate = _Gate(policy, keys, inbound, commands)
     with inbound, commands:
         while True:
             message: Inbound | None = None
             with trio.move_on_at(min(keys.deadline, idle.deadline)):
                 try:
-                    message = backlog.popleft() if backlog else await inbound.receive()
+                    message = await inbound.receive()
                 except trio.EndOfChannel:
                     return
             now = trio.current_time()
-            if message is None:
-                if now >= keys.deadline and (entry := keys.take()):
-                    await commands.send(KeyPressed(entry, received_at=now))
-                elif now >= idle.deadline:
-                    await commands.send(idle.expired())
-                continue
-            if isinstance(message, Prompt | Dtmf | Interrupt):
-                idle.heard_from_caller()
-            command = await _command(message, policy, keys, turns, inbound, backlog)
-            if command is not None:
-                await commands.send(command)
+            if message is not None:
+                if isinstance(message, Prompt | Dtmf | Interrupt):
+                    idle.heard_from_caller()
+                await gate.take(message)
+            elif now >= keys.deadline and (entry := keys.take()):
+                await gate.start(_Held(policy, received_at=now, entry=entry))
+            elif now >= idle.deadline:
+                await commands.send(idle.expired())
 
 
 @dataclass
-class _Turns:
-    """When the last two prompts became turns: a third within ``min_turn_gap_s`` of the
-    first is held and merged, so a burst costs at most two model calls per gap while a
-    quick correction after a barge-in is never delayed."""
+class _Held:
+    """The caller's input for the next turn, gathered while that turn waits at the gate.
 
-    starts: tuple[float, float] = (-math.inf, -math.inf)
+    Prompts join as words. A key entry replaces one held before it: started one after the
+    other, the newer turn would have superseded the older at once. Once keys and words meet,
+    the keys are told to the model in words (their handlers skipped: one turn cannot both run
+    a handler and answer what was said), except keys the use case keeps from the model.
+    """
+
+    policy: InputPolicy
+    received_at: float
+    lang: str = ""
+    words: list[str] = field(default_factory=list)
+    chars: int = 0
+    entry: str | None = None
+    replaced: int = 0               # entries a newer entry replaced, for the log
+
+    def add_words(self, text: str, lang: str) -> None:
+        if not text:
+            return
+        if self.entry is not None:
+            entry, self.entry = self.entry, None
+            self._add_entry_words(entry)
+        self.lang = self.lang or lang
+        if self.chars <= self.policy.max_prompt_chars:     # a flood stops growing the list
+            self.words.append(text)
+            self.chars += len(text) + 1
+
+    def add_entry(self, entry: str) -> None:
+        if self.words:
+            self._add_entry_words(entry)
+            return
+        self.replaced += self.entry is not None
+        self.entry = entry
+
+    def _add_entry_words(self, entry: str) -> None:
+        dtmf = self.policy.dtmf
+        if entry in dtmf.handlers or dtmf.default_to_model:
+            self.add_words(KeyPressed(entry).as_words(), "")
+
+    def command(self) -> UserSaid | KeyPressed | None:
+        if self.entry is not None:
+            return KeyPressed(self.entry, received_at=self.received_at)
+        said = clean_prompt(" ".join(self.words), self.policy.max_prompt_chars)
+        return UserSaid(said, self.lang, received_at=self.received_at) if said else None
 
 
-async def _command(message: Inbound, policy: InputPolicy, keys: _KeyBuffer, turns: _Turns,
-             inbound: trio.MemoryReceiveChannel[Inbound],
-             backlog: deque[Inbound]) -> TurnCommand | None:
-    now = trio.current_time()
-    match message:
-        case Prompt(last=False):
-            return None
-        case Prompt(text=text, lang=lang, received_at=received_at):
-            words = [clean_prompt(text, policy.max_prompt_chars)]
-            words += await _queued_prompts(inbound, backlog, policy,
-                                           turns.starts[0] + policy.min_turn_gap_s)
-            turns.starts = (turns.starts[1], trio.current_time())
-            said = clean_prompt(" ".join(w for w in words if w), policy.max_prompt_chars)
-            if not said:
-                log.info("blank prompt ignored")
-                return None
-            return UserSaid(said, lang, received_at=now if received_at is None else received_at)
-        case Interrupt(heard=heard, duration_ms=duration_ms):
-            return BargeIn(heard.strip() if heard is not None else None, duration_ms)
-        case Dtmf(digit=digit, received_at=received_at):
-            entry = keys.press(digit)
-            at = now if received_at is None else received_at
-            return KeyPressed(entry, received_at=at) if entry else None
-        case Info(name=name):
-            log.debug("relay info", extra={"name": name})
-        case RelayErrorReport():
-            log.warning("twilio rejected a message we sent")
-        case _:
-            log.warning("unexpected inbound message", extra={"kind": type(message).__name__})
-    return None
+class _Gate:
+    """Where every turn starts, whatever starts it: at most two in ``min_turn_gap_s``. A turn
+    that would be a third is held until the gap has passed (a person never speaks or keys
+    that fast, and a quick correction after a barge-in is the second, never delayed), and the
+    caller's input that is waiting or arrives meanwhile joins it.
 
+    An interrupt that arrives while a turn is held is about the speech already playing (the
+    held turn has said nothing yet), so it goes on at once as a barge-in, ahead of the held
+    turn; other messages start nothing and are only logged. So the gathering never stops
+    early, and a flood of anything is read as fast as it comes."""
 
-async def _queued_prompts(inbound: trio.MemoryReceiveChannel[Inbound], backlog: deque[Inbound],
-                          policy: InputPolicy, hold_until: float) -> list[str]:
-    """Final prompts that are waiting, or that arrive before ``hold_until``, join this one;
-    anything else waits its turn in ``backlog``. The hold only bites when prompts come faster
-    than a person speaks: a flood costs one model call, not one per frame."""
-    merged: list[str] = []
-    while not backlog:
-        queued: Inbound | None = None
-        with trio.move_on_at(hold_until), suppress(trio.WouldBlock, trio.EndOfChannel):
-            queued = await inbound.receive() if trio.current_time() < hold_until \
-                else inbound.receive_nowait()
-        if queued is None:
-            break
-        if isinstance(queued, Prompt) and queued.last:
-            merged.append(clean_prompt(queued.text, policy.max_prompt_chars))
-        elif not (isinstance(queued, Prompt) and not queued.last):
-            backlog.append(queued)
-    if merged:
-        log.info("queued prompts merged", extra={"count": len(merged) + 1})
-    return merged
+    def __init__(self, policy: InputPolicy, keys: _KeyBuffer,
+                 inbound: trio.MemoryReceiveChannel[Inbound],
+                 commands: trio.MemorySendChannel[TurnCommand]) -> None:
+        self.policy = policy
+        self.keys = keys
+        self.inbound = inbound
+        self.commands = commands
+        self.starts = (-math.inf, -math.inf)       # when the last two turns started
+
+    async def take(self, message: Inbound) -> None:
+        """One message in arrival order; a turn if it is words or completes a key entry."""
+        at = message.received_at if isinstance(message, Prompt | Dtmf) else None
+        held = _Held(self.policy, received_at=trio.current_time() if at is None else at)
+        await self._join(message, held)
+        if held.entry is not None or held.words:
+            await self.start(held)
+        elif isinstance(message, Prompt) and message.last:
+            log.info("blank prompt ignored")
+
+    async def start(self, held: _Held) -> None:
+        """Starts the held turn once the gate opens: at once unless two turns started in the
+        last gap. The caller hanging up ends the gathering, not the wait."""
+        hold_until = self.starts[0] + self.policy.min_turn_gap_s
+        joined, ended = 0, False
+        while True:
+            queued: Inbound | None = None
+            with trio.move_on_at(hold_until), suppress(trio.WouldBlock):
+                try:
+                    queued = await self.inbound.receive() \
+                        if trio.current_time() < hold_until else self.inbound.receive_nowait()
+                except trio.EndOfChannel:
+                    ended = True
+            if queued is None:
+                break
+            await self._join(queued, held)
+            joined += 1
+        if ended:
+            await trio.sleep_until(hold_until)
+        if joined:
+            log.info("queued input merged", extra={"frames": joined + 1,
+                                                   "entries_replaced": held.replaced})
+        command = held.command()
+        if command is not None:
+            self.starts = (self.starts[1], trio.current_time())
+            await self.commands.send(command)
+
+    async def _join(self, message: Inbound, held: _Held) -> None:
+        match message:
+            case Prompt(last=False):
+                pass
+            case Prompt(text=text, lang=lang):
+                held.add_words(clean_prompt(text, self.policy.max_prompt_chars), lang)
+            case Dtmf(digit=digit):
+                if (entry := self.keys.press(digit)) is not None:
+                    held.add_entry(entry)
+            case Interrupt(heard=heard, duration_ms=duration_ms):
+                await self.commands.send(
+                    BargeIn(heard.strip() if heard is not None else None, duration_ms))
+            case Info(name=name):
+                log.debug("relay info", extra={"name": name})
+            case RelayErrorReport():
+                log.warning("twilio rejected a message we sent")
+            case _:
+                log.warning("unexpected inbound message",
+                            extra={"kind": type(message).__name__})

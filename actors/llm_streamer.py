@@ -91,7 +91,7 @@ async def _turn(ctx: CallContext, plan: turn.TurnPlan, command: UserSaid | KeyPr
 def _user_words(command: UserSaid | KeyPressed) -> str:
     if isinstance(command, UserSaid):
         return command.text
-    return f"(The caller pressed {command.digits} on the keypad.)"
+    return command.as_words()
 
 
 def _plan(ctx: CallContext, command: UserSaid | KeyPressed) -> turn.TurnPlan | None:

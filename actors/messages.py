@@ -68,6 +68,10 @@ class KeyPressed:
         if not self.digits:
             raise ValueError("KeyPressed needs at least one digit")
 
+    def as_words(self) -> str:
+        """How the entry reaches the history and the model."""
+        return f"(The caller pressed {self.digits} on the keypad.)"
+
 
 @dataclass(frozen=True, slots=True)
 class BargeIn:

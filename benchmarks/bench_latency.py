@@ -49,6 +49,7 @@ import argparse
 import json
 import os
 import platform
+import ssl
 import statistics
 import subprocess
 import sys
@@ -231,7 +232,9 @@ def endpoint_stats(stack: Stack) -> dict[str, Any] | None:
     url = stack.env.get("AWS_ENDPOINT_URL_BEDROCK_RUNTIME")
     if url is None:
         return None
-    with urllib.request.urlopen(url + "/stats", timeout=30) as response:
+    ca_bundle = stack.env.get("AWS_CA_BUNDLE")
+    context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
+    with urllib.request.urlopen(url + "/stats", timeout=30, context=context) as response:
         stats: dict[str, Any] = json.loads(response.read())
         return stats
 

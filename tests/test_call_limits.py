@@ -3,15 +3,19 @@ prompts, silent callers, maximum duration, the server draining, tools that fail 
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from actors import interrupt_handler
 from actors.history import History, converse_problems
 from actors.interrupt_handler import IDLE_GOODBYE, REPROMPT
+from actors.messages import Inbound, Prompt, TurnCommand, UserSaid
 from tests.call_harness import open_test_call, plain_use_case
 from tests.fakes import FakeLLM, tool_use, words
 from voiceagent.tools.base import ToolDefinition
@@ -33,6 +37,152 @@ async def test_a_flood_of_prompts_costs_at_most_three_model_calls(autojump_clock
                     for b in m["content"])
     assert "prompt number 0" in said
     assert all(len(b["text"]) <= 2000 for m in call.history for b in m["content"])
+
+
+async def test_a_flood_of_keys_costs_at_most_three_model_calls(autojump_clock: Any) -> None:
+    """1,200 presses are 100 entries of twelve digits: they merge like prompts, the newest
+    entry standing for the ones it replaced, and all are read before the caller hangs up."""
+    llm = FakeLLM([words("Got it.")])
+    async with open_test_call(llm) as call:
+        for n in range(1200):
+            call.dtmf(str(n % 10))
+        while (await call.reply())[0] != "Got it.":
+            pass
+        await trio.testing.wait_all_tasks_blocked()
+        assert call.socket.pending() == []            # no turn left to start
+        await call.hang_up()
+    assert len(llm.requests) <= 3
+    assert call.report.turns.turns <= 3
+    assert call.report.frames.received == 1 + 1200    # setup and every key
+    assert call.history[-2]["content"][-1] == {
+        "text": "(The caller pressed 890123456789 on the keypad.)"}
+
+
+async def test_keys_and_prompts_flooding_together_merge_into_one_turn(
+        autojump_clock: Any) -> None:
+    llm = FakeLLM([words("Got it.")])
+    use_case = plain_use_case(dtmf={"handlers": {"1": {"reply": "One."}}})
+    async with open_test_call(llm, use_case=use_case) as call:
+        for n in range(300):
+            call.say(f"prompt {n}")
+            call.dtmf("1")
+        while (await call.reply())[0] != "Got it.":
+            pass
+    assert len(llm.requests) <= 3
+    said = " ".join(b["text"] for m in call.history if m["role"] == "user"
+                    for b in m["content"])
+    assert said.startswith("prompt 0 (The caller pressed 1 on the keypad.) prompt 1 (The")
+    assert all(len(b["text"]) <= 2000 for m in call.history for b in m["content"])
+
+
+async def test_prompts_and_interrupts_flooding_together_cost_at_most_three_model_calls(
+        autojump_clock: Any) -> None:
+    """An interrupt that comes while a turn is held is about the speech already playing: it
+    cuts that, and the held turn (words from both sides of it) still gets its answer."""
+    llm = FakeLLM([words("Got it.")])
+    async with open_test_call(llm) as call:
+        for n in range(200):
+            call.say(f"prompt {n}")
+            call.interrupt(heard="")
+        while (await call.reply())[0] != "Got it.":
+            pass
+    assert len(llm.requests) <= 3
+    assert call.report.turns.barge_ins == 200
+    assert llm.violations == []
+
+
+async def test_keys_kept_from_the_model_stay_out_of_a_merged_turn(autojump_clock: Any) -> None:
+    llm = FakeLLM([words("Got it.")])
+    use_case = plain_use_case(dtmf={"default_to_model": False})
+    async with open_test_call(llm, use_case=use_case) as call:
+        for n in range(100):
+            call.say(f"prompt {n}")
+            call.dtmf("7")
+            call.dtmf("#")
+        while (await call.reply())[0] != "Got it.":
+            pass
+    said = " ".join(b["text"] for r in llm.requests for m in r.messages if m["role"] == "user"
+                    for b in m["content"] if "text" in b)
+    assert "prompt 99" in said
+    assert "keypad" not in said
+
+
+async def test_turns_start_at_most_two_per_gap_under_mixed_input(autojump_clock: Any) -> None:
+    """Prompts and keys every 50 ms: each model call opens at least a gap after the one two
+    before it, to the end."""
+    llm = FakeLLM([words("Got it.", first_s=5.0)])
+    async with open_test_call(llm) as call:
+        for n in range(40):
+            if n % 2:
+                call.dtmf("5")
+                call.dtmf("#")
+            else:
+                call.say(f"prompt {n}")
+            await trio.sleep(0.05)
+        await call.hang_up()
+    starts = llm.opened_at
+    assert len(starts) >= 10
+    assert all(b - a >= 0.3 - 1e-9 for a, b in zip(starts[:-2], starts[2:], strict=True))
+
+
+async def test_a_turn_held_when_the_caller_hangs_up_still_waits_for_the_gate(
+        autojump_clock: Any) -> None:
+    """The caller's last words still reach the transcript, and no faster than the gate."""
+    in_send, in_recv = trio.open_memory_channel[Inbound](math.inf)
+    cmd_send, cmd_recv = trio.open_memory_channel[TurnCommand](0)
+    sent: list[tuple[str, float]] = []
+
+    async def streamer() -> None:
+        async for command in cmd_recv:
+            assert isinstance(command, UserSaid)
+            sent.append((command.text, trio.current_time()))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(streamer)
+        nursery.start_soon(partial(interrupt_handler.run, inbound=in_recv, commands=cmd_send))
+        start = trio.current_time()
+        for n in range(3):
+            in_send.send_nowait(Prompt(f"p{n}", received_at=trio.current_time()))
+            await trio.testing.wait_all_tasks_blocked()
+        await trio.sleep(0.1)
+        in_send.close()                                  # hung up while p2 is held
+    assert [(text, at - start) for text, at in sent] == [
+        ("p0", 0.0), ("p1", 0.0), ("p2", pytest.approx(0.3))]
+
+
+async def test_keys_at_a_steady_rate_start_at_most_two_turns_per_gap(
+        autojump_clock: Any) -> None:
+    """Not only a burst: a key every 20 ms for 3 s (handler replies, no model) is held to the
+    same rate, and the last key still gets its answer."""
+    use_case = plain_use_case(dtmf={"handlers": {"1": {"reply": "One."},
+                                                 "2": {"reply": "Two."}}})
+    async with open_test_call(FakeLLM([words("unused")]), use_case=use_case) as call:
+        start = trio.current_time()
+        for n in range(150):
+            call.dtmf("1" if n < 149 else "2")
+            await trio.sleep(0.02)
+        while (await call.reply())[0] != "Two.":
+            pass
+        elapsed = trio.current_time() - start
+    turns = call.report.turns.turns
+    assert turns <= 2 * (elapsed / 0.3 + 1)
+    assert turns < 150 / 2
+    assert call.history[-1] == {"role": "assistant", "content": [{"text": "Two."}]}
+
+
+async def test_two_quick_keys_act_at_once_and_a_third_waits_out_the_gap(
+        autojump_clock: Any) -> None:
+    use_case = plain_use_case(dtmf={"handlers": {d: {"reply": f"Key {d}."} for d in "123"}})
+    async with open_test_call(FakeLLM([words("unused")]), use_case=use_case) as call:
+        start = trio.current_time()
+        for digit in "123":
+            call.dtmf(digit)
+            await trio.testing.wait_all_tasks_blocked()
+        for digit, at in (("1", 0.0), ("2", 0.0), ("3", 0.3)):   # the first two at once
+            assert (await call.reply())[0] == f"Key {digit}."
+            assert trio.current_time() - start == pytest.approx(at)
+    users = [m["content"][0]["text"] for m in call.history if m["role"] == "user"]
+    assert users == [f"(The caller pressed {d} on the keypad.)" for d in "123"]
 
 
 async def test_absurd_prompts_are_cleaned_and_capped(autojump_clock: Any) -> None:

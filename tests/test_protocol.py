@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from voiceagent.relay.protocol import (
+    MAX_FRAME_DEPTH,
     Dtmf,
     End,
     Inbound,
@@ -309,14 +310,65 @@ def test_bad_json(text: str) -> None:
     assert (result.reason, result.frame_type) == ("bad_json", None)
 
 
-def test_deeply_nested_json_is_bad_json_not_a_crash() -> None:
+def test_deeply_nested_json_is_rejected_before_it_is_decoded() -> None:
     text = "[" * 60000 + "]" * 60000
-    assert parse_frame(text, max_bytes=200000) == Rejected("bad_json", None, 120000)
+    assert parse_frame(text, max_bytes=200000) == Rejected(
+        "too_deep", None, 120000, f"nested deeper than {MAX_FRAME_DEPTH} levels")
 
 
-def test_lone_surrogate_inside_a_string_is_kept_and_sized() -> None:
-    text = '{"type":"prompt","voicePrompt":"\ud800"}'
-    assert parse_frame(text) == Prompt("\ud800")
+def test_nesting_is_bounded_at_the_frame_depth() -> None:
+    def nested(levels: int) -> str:              # the frame's own object is the first level
+        inner = levels - 1
+        return '{"type":"info","name":"n","value":' + "[" * inner + "]" * inner + "}"
+
+    inner = MAX_FRAME_DEPTH - 1
+    assert parse_frame(nested(MAX_FRAME_DEPTH)) == Info("n", "[" * inner + "]" * inner)
+    deep = nested(MAX_FRAME_DEPTH + 1)
+    assert parse_frame(deep) == Rejected("too_deep", None, len(deep),
+                                         f"nested deeper than {MAX_FRAME_DEPTH} levels")
+    assert describe(Rejected("too_deep", None, 9, "nested deeper than 32 levels")) == (
+        "reason=too_deep type=- size=9 problem=nested deeper than 32 levels")
+
+
+def test_brackets_inside_strings_are_not_nesting() -> None:
+    said = '[{"\\"' * 100                  # brackets, escaped quotes and backslashes
+    assert parse(type="prompt", voicePrompt=said) == Prompt(said)
+
+
+@pytest.mark.parametrize("text", [
+    '{"type":"prompt","voicePrompt":"a\ud800b"}',          # a real lone surrogate
+    '{"type":"prompt","voicePrompt":"a\\ud800b"}',        # one escaped in the JSON
+    '{"type":"prompt","voicePrompt":"a\\udfffb"}',        # a low half alone
+])
+def test_lone_surrogates_become_replacement_characters(text: str) -> None:
+    result = parse_frame(text)
+    assert result == Prompt("a\ufffdb")
+    assert isinstance(result, Prompt)
+    result.text.encode("utf-8")                             # valid Unicode: encodes
+
+
+def test_surrogate_pairs_are_one_character_and_kept() -> None:
+    assert parse_frame('{"type":"prompt","voicePrompt":"\\ud83d\\ude00 \\ud83d"}') == (
+        Prompt("\U0001f600 \ufffd"))
+
+
+def test_lone_surrogates_are_replaced_in_every_field() -> None:
+    bad = "\\ud800"
+    setup = parse_frame(
+        f'{{"type":"setup","sessionId":"VX{bad}","callSid":"CA{bad}","from":"+1{bad}",'
+        f'"to":"{bad}","callerName":"{bad}","customParameters":{{"k{bad}":"v{bad}",'
+        f'"n":["{bad}"]}}}}')
+    assert setup == Setup(session_id="VX\ufffd", call_sid="CA\ufffd", from_number="+1\ufffd",
+                          to_number="\ufffd", caller_name="\ufffd",
+                          custom_parameters={"k\ufffd": "v\ufffd", "n": '["\ufffd"]'})
+    assert parse_frame(f'{{"type":"interrupt","utteranceUntilInterrupt":"{bad}"}}') == (
+        Interrupt("\ufffd"))
+    assert parse_frame(f'{{"type":"info","name":"{bad}","value":{{"x":"{bad}"}}}}') == (
+        Info("\ufffd", '{"x":"\ufffd"}'))
+    assert parse_frame(f'{{"type":"error","description":"{bad}"}}') == (
+        RelayErrorReport("\ufffd"))
+    unknown = f'{{"type":"{bad}"}}'
+    assert parse_frame(unknown) == Rejected("unknown_type", "<unprintable>", len(unknown))
 
 
 @pytest.mark.parametrize("text", ["[]", '["setup"]', '"setup"', "42", "null", "true"])

@@ -118,6 +118,7 @@ async def test_a_wrong_token_does_not_spoil_the_right_one(tmp_path: Path) -> Non
             twiml = await post_form(url, form, AUTH_TOKEN)
             token = twiml.split('name="sessionToken" value="')[1].split('"')[0]
             assert not await answered(server, identity.call_sid, "forged")
+            assert not await answered(server, identity.call_sid, "forg\u00e9 \ufffd")
             assert await answered(server, identity.call_sid, token)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -13,6 +14,16 @@ from functools import partial
 import hypercorn.trio
 import trio
 from hypercorn.config import Config
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Scope,
+)
 
 from voiceagent.llm.base import LLM
 from voiceagent.runtime import Runtime, open_runtime
@@ -26,6 +37,8 @@ GRACEFUL_S = 2.0                   # after our own drain, hypercorn's last grace
 WATCHDOG_S = 10.0                  # a peer that stopped reading can hold a shielded send
 HARD_FRAME_LIMIT = 1024 * 1024     # hypercorn closes the socket (1009) beyond this; the
                                    # reader drops frames over MAX_FRAME_BYTES before that
+BODY_TIMEOUT_S = 10.0              # a request's whole body, from the end of its headers:
+                                   # Twilio sends its few KB at once
 
 
 def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0,
@@ -44,6 +57,11 @@ def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0,
     # WebSocket pings keep the path alive without a frame Twilio would reject.
     config.websocket_ping_interval = ping_interval_s or None
     config.graceful_timeout = GRACEFUL_S
+    # Slow bodies are bounded by ``bounded_bodies``, not by ``config.read_timeout``: that one
+    # bounds every read of a connection, WebSockets included, so it would cut a quiet call
+    # (Twilio sends nothing between utterances, and pings may be off), while a body trickled
+    # a byte at a time, just under it, would never trip it. Slow headers are already bounded
+    # by ``keep_alive_timeout`` (5 s), which runs from the connection's start to its request.
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
@@ -68,9 +86,47 @@ async def serve(runtime: Runtime, *, host: str, port: int,
     config = hypercorn_config(host, port, ping_interval_s=runtime.settings.ping_interval_s,
                               reuse_port=runtime.settings.reuse_port)
     async with trio.open_nursery() as outer:
-        await hypercorn.trio.serve(create_app(runtime), config, shutdown_trigger=trigger,
-                                   task_status=task_status)
+        await hypercorn.trio.serve(bounded_bodies(create_app(runtime)), config,
+                                   shutdown_trigger=trigger, task_status=task_status)
         outer.cancel_scope.cancel()
+
+
+def bounded_bodies(app: ASGIFramework) -> ASGIFramework:
+    """An HTTP request whose body has not all arrived ``BODY_TIMEOUT_S`` after its headers is
+    answered 408 and its connection closed (hypercorn closes a connection whose request body
+    was left unread), however slowly the bytes keep coming. Quart's own BODY_TIMEOUT (60 s)
+    applies only to a handler that reads the body; this applies to every request. WebSocket
+    upgrades have no body and pass untouched."""
+    async def asgi(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        responded = False
+
+        async def receive_in_time() -> ASGIReceiveEvent:
+            message = await receive()
+            if not message.get("more_body", False):
+                body_clock.deadline = math.inf        # all there: the handler takes its time
+            return message
+
+        async def send_noting(message: ASGISendEvent) -> None:
+            nonlocal responded
+            responded = responded or message["type"] == "http.response.start"
+            await send(message)
+
+        with trio.CancelScope(deadline=trio.current_time() + BODY_TIMEOUT_S) as body_clock:
+            await app(scope, receive_in_time, send_noting)
+        if body_clock.cancelled_caught:
+            log.warning("request body too slow", extra={"path": scope.get("path", ""),
+                                                        "timeout_s": BODY_TIMEOUT_S})
+            if not responded:
+                await send(HTTPResponseStartEvent(
+                    type="http.response.start", status=408, trailers=False,
+                    headers=[(b"content-type", b"text/plain"), (b"connection", b"close")]))
+                await send(HTTPResponseBodyEvent(type="http.response.body",
+                                                 body=b"request body too slow",
+                                                 more_body=False))
+    return asgi
 
 
 @asynccontextmanager

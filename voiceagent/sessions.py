@@ -122,7 +122,8 @@ class Sessions:
                 raise CallRejected("no call was prepared with this CallSid")
             session = records.session_from_item(item)
             history = await self._saved_history(call_sid)
-        if not session.token or not secrets.compare_digest(session.token, token):
+        if not session.token or not secrets.compare_digest(session.token.encode(),
+                                                           token.encode()):
             # a wrong token consumes nothing: the right socket may still come
             raise CallRejected("session token does not match the call's signed request")
         use_case = await self._catalog.use_case(session.use_case)

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from voiceagent import jsonlimits
 from voiceagent.llm.base import (
     InferenceConfig,
     LLMEvent,
@@ -447,7 +448,10 @@ class ReplyAssembler:
     def _tool(self, pending: _PendingTool, out: list[LLMEvent]) -> None:
         raw = "".join(pending.parts).strip() or "{}"
         try:
-            value = json.loads(raw)
+            value = jsonlimits.loads(raw)
+        except jsonlimits.TooDeep:
+            raise ReplyError("MalformedToolInput", f"tool {pending.name!r}: the input nests "
+                             f"deeper than {jsonlimits.MAX_DEPTH} levels") from None
         except ValueError:
             value = None
         if not isinstance(value, dict):

@@ -3,6 +3,10 @@
 Field names and quirks follow ``shared/spec/conversation-relay.md``. Parsing never raises for
 bad input: it returns a ``Rejected`` value carrying the reason, the frame's type (when it had
 one) and its size, never its content, so the reader can count and log it and the call goes on.
+
+Text leaves the parser as valid Unicode: JSON may carry lone surrogates (``"\\ud800"``), which
+no UTF-8 encoder accepts, so storage, logs and the model would each fail on them somewhere far
+from here. They become U+FFFD in every string a message carries.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, assert_never
 
+from voiceagent import jsonlimits
+
 MAX_FRAME_BYTES = 65536
+MAX_FRAME_DEPTH = jsonlimits.MAX_DEPTH   # Twilio's frames nest two levels (customParameters)
 
 # ---------------------------------------------------------------- Twilio -> us
 
@@ -72,7 +79,8 @@ class RelayErrorReport:
 Inbound = Setup | Prompt | Dtmf | Interrupt | Info | RelayErrorReport
 
 RejectReason = Literal[
-    "binary", "too_large", "bad_json", "not_object", "missing_type", "unknown_type", "bad_field"
+    "binary", "too_large", "bad_json", "too_deep", "not_object", "missing_type", "unknown_type",
+    "bad_field"
 ]
 
 
@@ -161,6 +169,7 @@ class _BadField(Exception):
 _Frame = dict[str, object]
 
 _LOGGABLE_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,40}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _DTMF_DIGITS = frozenset("0123456789*#ABCD")  # A-D: Telnyx
 
 
@@ -178,8 +187,10 @@ def parse_frame(data: str | bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Inbou
     if size > max_bytes:
         return Rejected("too_large", None, size)
     try:
-        frame = json.loads(data)
-    except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested past the limit
+        frame = jsonlimits.loads(data, max_depth=MAX_FRAME_DEPTH)
+    except jsonlimits.TooDeep:
+        return Rejected("too_deep", None, size, f"nested deeper than {MAX_FRAME_DEPTH} levels")
+    except ValueError:
         return Rejected("bad_json", None, size)
     if not isinstance(frame, dict):
         return Rejected("not_object", None, size)
@@ -268,7 +279,13 @@ def _required_str(frame: _Frame, key: str) -> str:
         raise _BadField(f"{key}: missing")
     if not isinstance(value, str):
         raise _BadField(f"{key}: expected string, got {_json_type(value)}")
-    return value
+    return _valid_text(value)
+
+
+def _valid_text(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD. JSON's ``\\uD83D\\uDE00`` pairs
+    are joined by the decoder already, so whatever surrogate is left is one on its own."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
 def _optional_str(frame: _Frame, key: str) -> str | None:
@@ -300,17 +317,18 @@ def _custom_parameters(frame: _Frame) -> dict[str, str]:
         return {}
     if not isinstance(params, dict):
         raise _BadField(f"customParameters: expected object, got {_json_type(params)}")
-    return {name: _as_text("customParameters", value) for name, value in params.items()}
+    return {_valid_text(name): _as_text("customParameters", value)
+            for name, value in params.items()}
 
 
 def _as_text(key: str, value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return value
+        return _valid_text(value)
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    except (ValueError, RecursionError):
+        return _valid_text(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+    except ValueError:
         raise _BadField(f"{key}: value cannot be represented as text") from None
 
 

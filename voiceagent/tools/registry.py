@@ -18,6 +18,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
+from voiceagent import jsonlimits
 from voiceagent.errors import ConfigError
 from voiceagent.tools.base import ToolDefinition, ToolFunction
 from voiceagent.tools.messaging import messaging_tools
@@ -86,7 +87,12 @@ class ToolRegistry:
         return self._compile(decl.input_schema, f"tool {decl.name}", "input_schema")
 
     def validate_input(self, decl: ToolDeclaration, args: Mapping[str, Any]) -> list[str]:
-        """Readable problems with ``args`` (empty = valid), each ``<field path>: <rule>``."""
+        """Readable problems with ``args`` (empty = valid), each ``<field path>: <rule>``.
+        Nesting is bounded first: the validator, the history's serializer and the store all
+        recurse, and the input of a model that did not come through a JSON parse (a scripted
+        or a test model) has had no bound yet."""
+        if jsonlimits.depth(dict(args)) > jsonlimits.MAX_DEPTH:
+            return [f"input: nested deeper than {jsonlimits.MAX_DEPTH} levels"]
         validator = self.validator_for(decl)
         errors = sorted(validator.iter_errors(dict(args)),
                         key=lambda e: (_field_path(e), str(e.validator)))

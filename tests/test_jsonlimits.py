@@ -1,0 +1,163 @@
+"""The nesting bound on JSON from outside, and the places that parse or take such JSON: the
+depth scan (strings, escapes), its agreement with ``depth`` on parsed values, the model's tool
+input as Bedrock streams it, and tool input handed over as a dict."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from voiceagent import jsonlimits
+from voiceagent.jsonlimits import MAX_DEPTH, TooDeep, depth, loads
+from voiceagent.llm.base import LLMEvent, ToolUseRequest
+from voiceagent.llm.bedrock_converse import ReplyAssembler, ReplyError
+from voiceagent.tools.registry import ToolRegistry
+from voiceagent.usecases import ToolDeclaration
+
+
+def nested(levels: int, inner: str = "") -> str:
+    """``levels`` arrays, the innermost holding ``inner``."""
+    return "[" * levels + inner + "]" * levels
+
+
+def test_the_bound_is_inclusive() -> None:
+    assert loads(nested(MAX_DEPTH)) == json.loads(nested(MAX_DEPTH))
+    with pytest.raises(TooDeep, match=f"deeper than {MAX_DEPTH} levels"):
+        loads(nested(MAX_DEPTH + 1))
+    assert loads(nested(3), max_depth=3) == [[[]]]
+    with pytest.raises(TooDeep):
+        loads('{"a": {"b": [1]}}', max_depth=2)
+
+
+def test_too_deep_is_a_value_error_like_any_malformed_json() -> None:
+    with pytest.raises(ValueError, match="nested deeper"):
+        loads(nested(100))
+    with pytest.raises(ValueError, match="Expecting"):
+        loads("{")
+
+
+def test_nesting_far_past_the_interpreter_limit_is_too_deep_not_a_recursion_error() -> None:
+    with pytest.raises(TooDeep):
+        loads(nested(200_000))
+
+
+def test_bytes_are_decoded_as_utf8() -> None:
+    assert loads(b'{"a": "\xc3\xa9"}') == {"a": "\u00e9"}
+    with pytest.raises(TooDeep):
+        loads(nested(40).encode())
+
+
+@pytest.mark.parametrize("text", [
+    json.dumps(["[" * 100]),                           # brackets inside a string
+    json.dumps({"{" * 50: "[" * 50}),                  # in a key too
+    json.dumps(['\\"' + "[" * 100]),                   # an escaped quote does not end it
+    json.dumps(["\\", "x"]),                           # an escaped backslash then a real quote
+    json.dumps(["\\\\\"" + "{" * 60 + '"']),            # backslashes and quotes mixed
+])
+def test_brackets_inside_strings_do_not_count(text: str) -> None:
+    assert loads(text, max_depth=2) == json.loads(text)
+
+
+def test_a_string_ending_in_an_escaped_backslash_closes_where_it_should() -> None:
+    """After ``"\\\\"`` the string is over, so the brackets that follow are nesting."""
+    text = '["\\\\", ' + nested(5) + "]"
+    assert json.loads(text) == ["\\", [[[[[]]]]]]
+    with pytest.raises(TooDeep):
+        loads(text, max_depth=5)
+    assert loads(text, max_depth=6) == ["\\", [[[[[]]]]]]
+
+
+def test_depth_of_parsed_values() -> None:
+    assert depth("x") == depth(7) == depth(None) == 0
+    assert depth({}) == depth([]) == 1
+    assert depth({"a": [1, {"b": "[[["}]}) == 3
+    assert depth([[], [[[]]], []]) == 4
+
+
+def test_depth_stops_counting_past_its_limit_without_recursion() -> None:
+    value: list[Any] = []
+    for _ in range(200_000):
+        value = [value]
+    assert depth(value, limit=MAX_DEPTH) == MAX_DEPTH + 1
+    assert depth(value, limit=5) == 6
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab,:'),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(alphabet='[]{}"\\ab', max_size=4), children, max_size=3),
+    max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_the_text_scan_and_the_value_walk_agree(value: Any) -> None:
+    """Any value, its text full of brackets, quotes and backslashes in strings: it loads
+    exactly at its own depth, and one level less is too deep."""
+    text = json.dumps(value)
+    levels = depth(value)
+    assert loads(text, max_depth=levels) == value
+    if levels:
+        with pytest.raises(TooDeep):
+            loads(text, max_depth=levels - 1)
+
+
+# ---------------------------------------------------------------- the model's tool input
+
+
+def assembled_tool(fragments: list[str]) -> list[LLMEvent]:
+    """What the Bedrock reply assembler makes of one toolUse block streamed in ``fragments``."""
+    assembler = ReplyAssembler(started_at=0.0)
+    out: list[LLMEvent] = []
+    assembler.feed_event("contentBlockStart", {"contentBlockIndex": 0, "start": {
+        "toolUse": {"toolUseId": "tu_1", "name": "lookup"}}}, out)
+    for fragment in fragments:
+        assembler.feed_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {
+            "toolUse": {"input": fragment}}}, out)
+    assembler.feed_event("contentBlockStop", {"contentBlockIndex": 0}, out)
+    return out
+
+
+def object_nested(levels: int) -> str:
+    """A JSON object ``levels`` deep, itself the first level."""
+    return '{"a":' * (levels - 1) + "{}" + "}" * (levels - 1)
+
+
+def test_tool_input_at_the_bound_is_a_tool_call() -> None:
+    text = object_nested(MAX_DEPTH)
+    cut = len(text) // 2
+    [request] = assembled_tool([text[:cut], text[cut:]])
+    assert request == ToolUseRequest("tu_1", "lookup", json.loads(text))
+
+
+@pytest.mark.parametrize("levels", [MAX_DEPTH + 1, 100_000])
+def test_tool_input_past_the_bound_is_a_malformed_reply(levels: int) -> None:
+    text = object_nested(levels)
+    with pytest.raises(ReplyError, match="deeper than") as raised:
+        assembled_tool([text[:7], text[7:]])
+    assert raised.value.code == "MalformedToolInput"
+
+
+def test_tool_input_that_is_not_an_object_is_still_malformed() -> None:
+    with pytest.raises(ReplyError, match="not a JSON object"):
+        assembled_tool(["[1, 2]"])
+
+
+def test_tool_input_handed_over_as_a_dict_is_bounded_before_the_schema_is() -> None:
+    declaration = ToolDeclaration(name="lookup", description="x", input_schema={
+        "type": "object", "properties": {"a": {"type": "object"}}})
+    registry = ToolRegistry()
+    deep: dict[str, Any] = {}
+    for _ in range(MAX_DEPTH - 1):
+        deep = {"a": deep}
+    assert registry.validate_input(declaration, deep) == []
+    for levels in (MAX_DEPTH, 50_000):                  # one level more, and far more
+        deeper = deep
+        for _ in range(levels - MAX_DEPTH + 1):
+            deeper = {"a": deeper}
+        assert registry.validate_input(declaration, deeper) == [
+            f"input: nested deeper than {jsonlimits.MAX_DEPTH} levels"]
