@@ -59,6 +59,7 @@ class CallPlan:
     caller: str = ""
     called: str = ""
     history: tuple[Message, ...] = ()       # a resumed conversation (reconnect)
+    history_meta: tuple[dict[str, Any], ...] = ()   # its stored facts, at_ms included
 
 
 @dataclass
@@ -119,7 +120,8 @@ async def run_call(socket: RelaySocket, *, resolve: Resolve, services: CallServi
         report.ended_by = "rejected"
         await socket.close(1008, "unknown session")
         return report
-    history = History(plan.history)
+    history = (History.resumed(plan.history, plan.history_meta or [{} for _ in plan.history])
+               if plan.history else History())
     if plan.greeting and not plan.history:
         history.add_assistant(plan.greeting)        # Twilio speaks it; the model must know
         history.annotate(kind="greeting")
@@ -153,6 +155,7 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
         max_history_messages=services.max_history_messages, stats=report.turns,
         log_content=services.log_content, token_hold_s=services.token_hold_s,
         on_turn=services.on_turn)
+    marks = ctx.marks                                # reader marks, slot counts, writer obeys
     env = tool_executor.ToolEnv(
         call_sid=plan.call_sid, use_case=plan.use_case, registry=services.registry,
         store=services.store, outbound=out_send.clone(), caller=plan.caller,
@@ -165,7 +168,7 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(relay_writer.run, socket=socket, outbound=out_recv,
-                                   stats=report.writer))
+                                   stats=report.writer, marks=marks))
         nursery.start_soon(partial(tool_executor.run, requests=tool_recv, env=env))
         nursery.start_soon(partial(llm_streamer.run, commands=cmd_recv, ctx=ctx,
                                    persist=persist))
@@ -177,7 +180,7 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
         nursery.start_soon(partial(interrupt_handler.run, inbound=in_recv, commands=cmd_send,
                                    policy=policy))
         await relay_reader.run(socket=socket, inbound=in_send, stats=report.frames,
-                               max_frame_bytes=services.max_frame_bytes)
+                               max_frame_bytes=services.max_frame_bytes, marks=marks)
         limits.cancel(reason="hangup")
         if report.frames.abusive:
             report.ended_by = "bad-frames"

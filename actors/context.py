@@ -13,6 +13,7 @@ import trio
 
 from actors.history import History
 from actors.messages import Outbound, ToolBatch
+from actors.turn_slot import CutMarks
 from voiceagent.llm.base import LLM
 from voiceagent.usecases import UseCase
 
@@ -62,3 +63,4 @@ class CallContext:
     token_hold_s: float = 0.0        # TOKEN_HOLD_MS: later tokens of a reply sent together
     stats: TurnStats = field(default_factory=TurnStats)
     on_turn: Callable[[dict[str, Any]], None] | None = None   # the turn summary (metrics)
+    marks: CutMarks = field(default_factory=CutMarks)         # barge-in, shared with the writer

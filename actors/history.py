@@ -18,6 +18,8 @@ Message = dict[str, Any]
 
 CALL_CONNECTED = "(The call has connected.)"   # stands before a greeting: Converse must open
 TOOL_USE_ID = re.compile(r"^[a-zA-Z0-9_.:-]{1,64}$")                 # with a user message
+LOST_RESULT = ("The call's connection dropped before this tool's result was recorded; "
+               "whether it ran is unknown. Check before repeating it.")
 
 
 def _text(block: dict[str, Any]) -> str | None:
@@ -26,11 +28,36 @@ def _text(block: dict[str, Any]) -> str | None:
 
 
 class History:
-    def __init__(self, messages: Iterable[Message] = ()) -> None:
+    def __init__(self, messages: Iterable[Message] = (),
+                 meta: Sequence[dict[str, Any]] | None = None) -> None:
         self._messages: list[Message] = [copy.deepcopy(m) for m in messages]
-        self._meta: list[dict[str, Any]] = [{} for _ in self._messages]  # for transcripts
-        self._sealed = len(self._messages)  # messages before this index can no longer change
+        self._meta: list[dict[str, Any]] = (   # for transcripts; at_ms keys the stored item
+            [dict(m) for m in meta] if meta is not None else [{} for _ in self._messages])
+        if len(self._meta) != len(self._messages):
+            raise ValueError("History: one meta mapping per message")
+        self._sealed = len(self._messages)  # messages before this index are in the store
         self._offset = 0          # messages trimmed from memory (they are in the store)
+
+    @classmethod
+    def resumed(cls, messages: Sequence[Message], meta: Sequence[dict[str, Any]]) -> History:
+        """A conversation reloaded from the store when Twilio reconnects a failed relay
+        session. The first socket may have failed anywhere: before the model answered the
+        caller (it ends with the caller's words), right after a tool result, or with a
+        toolUse whose result never got stored. The next prompt merges into a trailing user
+        message (which is stored again under its own key, ``meta``'s at_ms and its index), and
+        a dangling toolUse is answered with an error result, so the next request is valid."""
+        history = cls(messages, meta)
+        history._close_dangling_tool_uses()
+        return history
+
+    def _close_dangling_tool_uses(self) -> None:
+        if not self._messages or self._messages[-1]["role"] != "assistant":
+            return
+        uses = [b["toolUse"] for b in self._messages[-1]["content"]
+                if isinstance(b.get("toolUse"), dict)]
+        self.add_tool_results([{"toolResult": {
+            "toolUseId": use.get("toolUseId", ""), "status": "error",
+            "content": [{"text": LOST_RESULT}]}} for use in uses])
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -42,6 +69,13 @@ class History:
     def mark(self) -> int:
         """Where the next turn starts; pass it to ``apply_heard`` after a barge-in."""
         return len(self._messages)
+
+    @property
+    def session_start(self) -> int:
+        """Where this relay session's messages start: 0 for a new call (a barge-in into the
+        greeting cuts it), the end of a resumed conversation (what the first session said
+        was heard, and is stored)."""
+        return self._sealed
 
     # ------------------------------------------------------------------ appending
 
@@ -72,8 +106,10 @@ class History:
 
     def _append(self, role: str, blocks: list[dict[str, Any]]) -> None:
         last = self._messages[-1] if self._messages else None
-        if last is not None and last["role"] == role and len(self._messages) > self._sealed:
+        if last is not None and last["role"] == role:
             last["content"].extend(blocks)          # merge: roles must alternate
+            # A stored message that changes is stored again (its key is its at_ms and index).
+            self._sealed = min(self._sealed, len(self._messages) - 1)
         else:
             self._messages.append({"role": role, "content": blocks})
             self._meta.append({"at_ms": int(time.time() * 1000)})

@@ -40,8 +40,8 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
     ``commands``, ``ctx.outbound`` and ``ctx.tools``."""
     with commands, ctx.outbound, ctx.tools:
         async with trio.open_nursery() as nursery:
-            slot = TurnSlot(nursery)
-            mark = 0                            # where the last turn's messages start
+            slot = TurnSlot(nursery, ctx.marks)
+            mark = ctx.history.session_start    # where the last turn's messages start
             ending = False                      # EndCall sent: no new turns
             async for command in commands:
                 match command:

@@ -13,8 +13,9 @@ from dataclasses import replace
 
 import trio
 
-from actors.messages import Dtmf, Inbound, Prompt, Setup
+from actors.messages import Dtmf, Inbound, Interrupt, Prompt, Setup
 from actors.relay_socket import RelaySocket
+from actors.turn_slot import CutMarks
 from voiceagent.errors import RelayBroken
 from voiceagent.relay.protocol import Rejected, parse_frame
 
@@ -22,6 +23,11 @@ log = logging.getLogger(__name__)
 
 
 MAX_CONSECUTIVE_REJECTS = 10     # Twilio's own rule for what it receives: then it hangs up
+# Only frames that are not ConversationRelay at all count toward that limit. Twilio adds
+# message types (and fields) over time: a type or a field we do not know is counted and
+# ignored, whatever the number, and never ends a call.
+MALFORMED = frozenset({"binary", "too_large", "too_deep", "bad_json", "not_object",
+                       "missing_type"})
 
 
 class FrameStats:
@@ -35,7 +41,8 @@ class FrameStats:
 
     def reject(self, rejected: Rejected) -> None:
         self.rejected[rejected.reason] += 1
-        self.consecutive_rejects += 1
+        if rejected.reason in MALFORMED:
+            self.consecutive_rejects += 1
         log.warning("frame rejected", extra={"reason": rejected.reason,
                                              "frame_type": rejected.frame_type,
                                              "size": rejected.size,
@@ -43,7 +50,7 @@ class FrameStats:
 
 
 async def run(*, socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
-              stats: FrameStats, max_frame_bytes: int) -> None:
+              stats: FrameStats, max_frame_bytes: int, marks: CutMarks | None = None) -> None:
     """Owns ``inbound``: closing it tells the interrupt handler there is no more input."""
     with inbound:
         while True:
@@ -66,6 +73,10 @@ async def run(*, socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
                     continue
                 case Setup():
                     log.warning("second setup ignored")
+                case Interrupt():
+                    if marks is not None:
+                        marks.cut()             # before anything else runs: see CutMarks
+                    await inbound.send(message)
                 case Prompt(last=True) | Dtmf():
                     await inbound.send(replace(message, received_at=received_at))
                 case _:

@@ -2,7 +2,9 @@
 
 It also keeps the talk-cycle rule in one place: a cycle opened by a token is closed by exactly
 one ``last: true`` frame, a closing frame with nothing to close is dropped, an ``end`` first
-closes an open cycle, and nothing is sent after ``end``.
+closes an open cycle, and nothing is sent after ``end``. And the barge-in rule: once the relay
+reader has read an interrupt, no word of the cut turn is sent (``CutMarks``); its closing
+frame still is, since it carries no word and closes the cycle.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import trio
 
 from actors.messages import End, Outbound, Text
 from actors.relay_socket import RelaySocket
+from actors.turn_slot import CutMarks
 from voiceagent.errors import RelayBroken
 from voiceagent.relay.protocol import encode
 
@@ -24,11 +27,12 @@ class WriterStats:
         self.frames = 0
         self.tokens = 0
         self.dropped_after_end = 0
+        self.dropped_after_cut = 0        # words of a turn the caller had cut off
         self.ended = False                # we sent `end`
 
 
 async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outbound],
-              stats: WriterStats) -> None:
+              stats: WriterStats, marks: CutMarks | None = None) -> None:
     """Returns when every sender closed its end, or when the peer went away."""
     cycle_open = False
     ended = False
@@ -37,6 +41,14 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outbou
             if ended:
                 stats.dropped_after_end += 1
                 continue
+            if (isinstance(message, Text) and message.token and marks is not None
+                    and marks.speaking_cut):
+                # Checked here, with no await between the check and the send (CutMarks).
+                stats.dropped_after_cut += 1
+                marks.withhold(message.token)
+                if not message.last:
+                    continue
+                message = Text("", last=True)       # the words go, the cycle still closes
             frames: list[Outbound] = [message]
             match message:
                 case Text(token="", last=True) if not cycle_open:

@@ -259,7 +259,7 @@ def _record_cut(ctx: CallContext, speaker: Speaker, rounds: list[_ToolRound]) ->
         ctx.history.add_tool_results([done[c.tool_use_id].to_block() for c in kept])
         if current.text == speaker.segment:
             speaker.new_segment()
-    ctx.history.add_assistant(speaker.segment)
+    ctx.history.add_assistant(ctx.marks.sent_part(speaker.segment))
 
 
 def _round_record(ctx: CallContext, end: StreamEnd | None,

@@ -18,9 +18,52 @@ log = logging.getLogger(__name__)
 Turn = Callable[[], Awaitable[None]]
 
 
+class CutMarks:
+    """Which turn is speaking, and whether the caller has cut it off.
+
+    An interrupt travels reader -> interrupt handler -> streamer before the turn is
+    cancelled; meanwhile a token already handed to the writer would still go out. So the
+    relay reader marks the cut the moment it reads the interrupt (``cut``), before anything
+    else runs, and the writer checks the mark right before each send (``speaking_cut``):
+    once the reader has read an interrupt, no text of the cut turn leaves the writer. The slot
+    counts turns (``turn_started``), so the next turn speaks freely. Plain attributes, no
+    locks: everything runs in one trio thread and nothing here awaits.
+    """
+
+    __slots__ = ("_cut_through", "_turn", "withheld")
+
+    def __init__(self) -> None:
+        self._turn = 0                  # turns started so far; the newest may be speaking
+        self._cut_through = -1          # the newest turn the caller cut off
+        self.withheld = ""              # the speaking turn's words the writer did not send
+
+    def turn_started(self) -> None:
+        self._turn += 1
+        self.withheld = ""
+
+    def cut(self) -> None:
+        self._cut_through = self._turn
+
+    def withhold(self, text: str) -> None:
+        """The writer dropped ``text`` of the cut turn: never heard, so never in history."""
+        self.withheld += text
+
+    def sent_part(self, segment: str) -> str:
+        """``segment`` (what the speaking turn handed the writer, in order) less the words
+        the writer withheld, which are always its end."""
+        if self.withheld and segment.endswith(self.withheld):
+            return segment[:len(segment) - len(self.withheld)]
+        return segment
+
+    @property
+    def speaking_cut(self) -> bool:
+        return self._cut_through == self._turn
+
+
 class TurnSlot:
-    def __init__(self, nursery: trio.Nursery) -> None:
+    def __init__(self, nursery: trio.Nursery, marks: CutMarks | None = None) -> None:
         self._nursery = nursery
+        self._marks = marks or CutMarks()
         self._scope: trio.CancelScope | None = None
         self._done: trio.Event | None = None
 
@@ -30,6 +73,7 @@ class TurnSlot:
 
     async def restart(self, turn: Turn, *, reason: str = "superseded") -> None:
         await self.cancel_and_wait(reason=reason)
+        self._marks.turn_started()
         self._scope, self._done = await self._nursery.start(_run_scoped, turn)
 
     async def cancel_and_wait(self, *, reason: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,9 @@ class MemorySocket:
         self.senders: set[str] = set()
         self.closed_with: tuple[int, str] | None = None
         self.hung_up = False
+        # in order: ("read", frame) when the call's reader got a frame, ("send", frame) when
+        # the writer handed one over (before the send's own checkpoint)
+        self.timeline: list[tuple[str, dict[str, Any]]] = []
 
     # --- Twilio's side
     def push(self, frame: dict[str, Any] | str | bytes) -> None:
@@ -114,13 +118,17 @@ class MemorySocket:
     # --- the RelaySocket the call sees
     async def receive(self) -> str | bytes:
         try:
-            return await self._in_recv.receive()
+            frame = await self._in_recv.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise RelayBroken("test hung up") from None
+        with suppress(ValueError, TypeError):
+            self.timeline.append(("read", json.loads(frame)))
+        return frame
 
     async def send(self, text: str) -> None:
         if self.closed_with is not None or self.hung_up:
             raise RelayBroken("closed")
+        self.timeline.append(("send", json.loads(text)))
         await trio.lowlevel.checkpoint()
         self.senders.add(trio.lowlevel.current_task().name)
         self.raw_sent.append(text)

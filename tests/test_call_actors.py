@@ -429,3 +429,35 @@ async def test_latency_counts_from_the_prompt_frame_to_the_first_token_on_the_so
         await call.reply()
     assert [s["latency_ms"] for s in summaries] == [pytest.approx(250.0)] * 2
     assert call.report.turns.latencies_s == [pytest.approx(0.25)] * 2
+
+
+LONG_REPLY = " ".join(f"word{n}" for n in range(60))
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_no_word_of_a_cut_turn_leaves_after_the_interrupt_is_read(
+        autojump_clock: Any, seed: int) -> None:
+    """Tokens back to back (no gap at all), the interrupt pushed after a random number of
+    them and a random number of scheduler passes: once the call's reader has read the
+    interrupt, the writer hands the socket no further word of that turn, only its closer.
+    Each seed is another schedule (trio also shuffles the order of ready tasks)."""
+    import random
+
+    rng = random.Random(seed)
+    llm = FakeLLM([words(LONG_REPLY, gap_s=0, first_s=0.1)])
+    async with open_test_call(llm) as call:
+        call.say("tell me everything")
+        for _ in range(rng.randint(1, 20)):
+            await call.frame()
+        for _ in range(rng.randint(0, 6)):
+            await trio.lowlevel.checkpoint()
+        call.interrupt(heard=None)
+        await trio.testing.wait_all_tasks_blocked()
+        timeline = list(call.socket.timeline)
+    read_at = next(n for n, (kind, frame) in enumerate(timeline)
+                   if kind == "read" and frame["type"] == "interrupt")
+    after = [frame for kind, frame in timeline[read_at:] if kind == "send"]
+    assert texts(after) == []
+    assert after[:1] == [{"type": "text", "token": "", "last": True}] or after == []
+    spoken = "".join(f.get("token", "") for kind, f in timeline[:read_at] if kind == "send")
+    assert call.history[-1] == {"role": "assistant", "content": [{"text": spoken.strip()}]}

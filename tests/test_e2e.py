@@ -203,3 +203,24 @@ async def upgrade_status(base_url: str, path: str,
 
 async def _wait_calls_done(server: RunningServer) -> None:
     await server.runtime.calls.wait_idle()
+
+
+async def test_unknown_message_types_never_end_a_call(tmp_path: Path) -> None:
+    """Twilio adds message types over time: any number of them is counted and ignored. Only
+    frames that are not ConversationRelay at all (binary, broken JSON, oversize) count
+    toward the ten-in-a-row limit."""
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                for n in range(30):
+                    await call.send_json({"type": f"futureEvent{n % 3}", "name": "x"})
+                await call.say("what are your hours?")
+                assert (await call.read_reply()).text.startswith("We are open")
+                for _ in range(10):
+                    await call.send_raw("{broken json")
+                assert await call.receive() is None
+                assert call.closed_by_server == 1008
+            await server.runtime.calls.wait_idle()
+    report = server.runtime.calls.reports[-1]
+    assert report.frames.rejected["unknown_type"] == 30
+    assert report.ended_by == "bad-frames"

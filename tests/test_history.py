@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from actors.history import CALL_CONNECTED, History, converse_problems
@@ -107,3 +109,44 @@ def test_tool_blocks_need_a_tool_config() -> None:
                 {"role": "user", "content": [result("t1")]}]
     assert converse_problems(messages) == []
     assert any("toolConfig" in p for p in converse_problems(messages, tools_configured=False))
+
+
+def _tool_use(tool_id: str) -> dict[str, Any]:
+    return {"toolUse": {"toolUseId": tool_id, "name": "placeOrder", "input": {}}}
+
+
+def test_a_resumed_history_ending_with_the_caller_merges_the_next_prompt() -> None:
+    stored = [{"role": "assistant", "content": [{"text": "Hello."}]},
+              {"role": "user", "content": [{"text": "I want a pizza"}]}]
+    history = History.resumed(stored, [{"at_ms": 1000}, {"at_ms": 2000}])
+    history.add_user_text("a large one")
+    assert converse_problems(history.for_request()) == []
+    assert history.messages[-1] == {"role": "user", "content": [
+        {"text": "I want a pizza"}, {"text": "a large one"}]}
+    history.add_assistant("Sure.")
+    sealed = history.take_sealed()
+    assert [(index, meta["at_ms"]) for index, _, meta in sealed] == [(1, 2000)]
+
+
+def test_a_resumed_history_after_a_tool_result_takes_the_prompt_in_that_message() -> None:
+    stored = [{"role": "user", "content": [{"text": "order please"}]},
+              {"role": "assistant", "content": [_tool_use("tu_1")]},
+              {"role": "user", "content": [{"toolResult": {
+                  "toolUseId": "tu_1", "content": [{"json": {"ok": True}}]}}]}]
+    history = History.resumed(stored, [{"at_ms": n} for n in range(3)])
+    history.add_user_text("is it done?")
+    assert converse_problems(history.for_request()) == []
+    assert len(history) == 3
+
+
+def test_a_resumed_history_with_a_dangling_tool_use_gets_an_error_result() -> None:
+    stored = [{"role": "user", "content": [{"text": "order please"}]},
+              {"role": "assistant", "content": [{"text": "Placing it."}, _tool_use("tu_1"),
+                                                _tool_use("tu_2")]}]
+    history = History.resumed(stored, [{"at_ms": n} for n in range(2)])
+    assert converse_problems(history.for_request()) == []
+    results = history.messages[-1]["content"]
+    assert [r["toolResult"]["toolUseId"] for r in results] == ["tu_1", "tu_2"]
+    assert {r["toolResult"]["status"] for r in results} == {"error"}
+    history.add_user_text("hello?")
+    assert converse_problems(history.for_request()) == []

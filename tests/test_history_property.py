@@ -10,8 +10,9 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from actors.call import CallPlan
 from actors.history import converse_problems
-from tests.call_harness import open_test_call, plain_use_case
+from tests.call_harness import CALL_SID, open_test_call, plain_use_case
 from tests.fakes import FakeLLM, Step, tool_use, words
 from voiceagent.errors import ModelStreamFailed
 from voiceagent.llm.base import LLMRequest, TextDelta
@@ -85,3 +86,61 @@ async def test_any_schedule_leaves_a_valid_history(schedule: list[tuple[str, Any
     assert persisted == list(history.messages)
     frames = call.socket.raw_sent
     assert all(frame.startswith("{") for frame in frames)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(schedule=actions, split=st.integers(min_value=0, max_value=14),
+       resumed_with=actions)
+async def test_a_call_resumed_anywhere_goes_on_with_a_valid_history(
+        schedule: list[tuple[str, Any]], split: int, resumed_with: list[tuple[str, Any]],
+        autojump_clock: Any) -> None:
+    """The relay session fails at a random point of a random call (the socket drops, as the
+    caller hanging up looks to us) and Twilio reconnects: the second socket resumes from what
+    the store holds. Every request the model sees stays valid, and the store, each message
+    under its own key, ends up holding exactly the conversation."""
+    llm = FakeLLM(script)
+    use_case = plain_use_case(tools=TOOLS, dtmf={"handlers": {"5": {"reply": "Five it is."}},
+                                                 "idle_timeout_s": 0.5})
+    stored: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+
+    async def play(call: Any, actions: list[tuple[str, Any]]) -> None:
+        for kind, value in actions:
+            match kind:
+                case "say":
+                    call.say(value)
+                case "interrupt":
+                    call.interrupt(value)
+                case "dtmf":
+                    call.dtmf(value)
+                case "wait":
+                    await trio.sleep(value)
+            await trio.testing.wait_all_tasks_blocked()
+
+    async with open_test_call(llm, use_case=use_case, registry=registry()) as first:
+        await play(first, schedule[:split])
+    stored.update({index: (message, meta) for _, index, message, meta
+                   in first.writer.persisted})
+    keys = sorted(stored)
+    assert keys == list(range(len(keys)))
+    plan = CallPlan(call_sid=CALL_SID, use_case=use_case, system_prompt=use_case.prompt,
+                    model_id="test-model", greeting=None,
+                    history=tuple(stored[k][0] for k in keys),
+                    history_meta=tuple(stored[k][1] for k in keys))
+
+    async def resume(setup: Any) -> CallPlan:
+        await trio.lowlevel.checkpoint()
+        return plan
+
+    async with open_test_call(llm, use_case=use_case, registry=registry(),
+                              resolve=resume) as second:
+        await play(second, [*resumed_with, ("say", "hi"), ("wait", 3.0)])
+    assert llm.violations == []
+    history = second.report.history
+    assert history is not None
+    assert converse_problems(history.for_request()) == []
+    for _, index, message, meta in second.writer.persisted:
+        if index in stored:                         # stored again: under the same key
+            assert meta.get("at_ms") == stored[index][1].get("at_ms")
+        stored[index] = (message, meta)
+    assert [stored[k][0] for k in sorted(stored)] == list(history.messages)

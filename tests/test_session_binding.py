@@ -8,6 +8,7 @@ would, and show what it does not open.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -259,3 +260,40 @@ async def test_metrics_need_their_own_token(tmp_path: Path) -> None:
             assert await get_status(url, {"Authorization": "Bearer wrong"}) == 401
             assert await get_status(url, {"Authorization": f"Bearer {AUTH_TOKEN}"}) == 401
             assert await get_status(url, {"Authorization": "Bearer scrape-me"}) == 200
+
+
+async def test_a_session_that_failed_before_the_reply_resumes_with_a_valid_history(
+        tmp_path: Path) -> None:
+    """The first socket dies right after the caller spoke, before the model's first token:
+    the stored conversation ends with the caller's words. The resumed socket's next prompt
+    joins that message (roles must alternate), so the model answers instead of Bedrock's
+    ValidationException turning every later turn into an apology."""
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            identity = Identity()
+            async with open_call(server.url, auth_token=AUTH_TOKEN, identity=identity) as call:
+                await call.say("hello there")
+                await call.ws.aclose(code=1011, reason="relay session failed")
+            await server.runtime.calls.wait_idle()
+            reconnect = await post_form(server.url + "/action", {
+                "CallSid": identity.call_sid, "SessionStatus": "failed",
+                "CallStatus": "in-progress", "ErrorCode": "64107"}, AUTH_TOKEN)
+            fresh = reconnect.split('name="sessionToken" value="')[1].split('"')[0]
+            async with signed_socket(server) as ws:
+                await ws.send_message(setup_frame(identity.call_sid, fresh))
+                await ws.send_message(json.dumps({"type": "prompt", "lang": "en-US",
+                                                  "voicePrompt": "what are your hours?",
+                                                  "last": True}))
+                words = []
+                while True:
+                    frame = json.loads(await ws.get_message())
+                    words.append(frame.get("token", ""))
+                    if frame.get("last"):
+                        break
+                await ws.aclose()
+            await server.runtime.calls.wait_idle()
+    assert "".join(words).startswith("We are open")
+    resumed = server.runtime.calls.reports[-1].history
+    assert resumed is not None
+    roles = [m["role"] for m in resumed.for_request()]
+    assert all(a != b for a, b in itertools.pairwise(roles))

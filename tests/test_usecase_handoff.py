@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+import pytest
 import trio
 from trio_websocket import open_websocket_url
 
@@ -160,3 +161,24 @@ async def test_failed_session_reconnects_and_resumes(tmp_path: Path) -> None:
     earlier = [restaurant.welcome_greeting, "what are your hours?", first.text]
     assert [text for text in said if text in earlier] == earlier      # the first socket's turns
     assert said[-1] == "where are you located?"
+
+
+@pytest.mark.parametrize("reason", ["caller-silent", "max-duration", "server-draining",
+                                    "end-call", "legal", ""])
+async def test_only_the_handoff_tools_end_hands_off(tmp_path: Path, reason: str) -> None:
+    """A silent caller, a call at its time limit, a draining server, the agent hanging up,
+    or an end nobody marked as a handoff: goodbye and hang up, never the agents' queue."""
+    with trio.fail_after(30):
+        async with agent_server(SOURCE_CONFIG, use_case=RESTAURANT, data_dir=tmp_path) as agent:
+            async with agent.call() as call:
+                await call.say("hello")
+            body = await agent.post("/action", {
+                "CallSid": call.call_sid, "SessionStatus": "ended",
+                "CallStatus": "in-progress",
+                "HandoffData": json.dumps({"reasonCode": reason}) if reason else ""})
+            handoff = await agent.post("/action", {
+                "CallSid": call.call_sid, "SessionStatus": "ended",
+                "CallStatus": "in-progress",
+                "HandoffData": json.dumps({"handoff": True, "reasonCode": reason or "x"})})
+    assert [c.tag for c in ET.fromstring(body)] == ["Say", "Hangup"]
+    assert "Enqueue" in [c.tag for c in ET.fromstring(handoff)]

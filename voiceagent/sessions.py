@@ -27,6 +27,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 import trio
 
@@ -111,17 +112,18 @@ class Sessions:
         if call_sid in self._live:
             raise CallRejected("a socket is already connected for this call")
         history: tuple[Message, ...] = ()
+        history_meta: tuple[dict[str, Any], ...] = ()
         pending = self._pending.get(call_sid)
         if pending is not None:
             _, session, resumes = pending
             if resumes:
-                history = await self._saved_history(call_sid)
+                history, history_meta = await self._saved_history(call_sid)
         else:
             item = await self._store.get(call_sid, "connection")
             if item is None:
                 raise CallRejected("no call was prepared with this CallSid")
             session = records.session_from_item(item)
-            history = await self._saved_history(call_sid)
+            history, history_meta = await self._saved_history(call_sid)
         if not session.token or not secrets.compare_digest(session.token.encode(),
                                                            token.encode()):
             # a wrong token consumes nothing: the right socket may still come
@@ -137,7 +139,8 @@ class Sessions:
         return CallPlan(call_sid=session.call_sid, use_case=use_case,
                         system_prompt=session.system_prompt, model_id=session.model_id,
                         greeting=None if history else session.greeting,
-                        caller=session.caller, called=session.called, history=history)
+                        caller=session.caller, called=session.called, history=history,
+                        history_meta=history_meta)
 
     def release(self, call_sid: str) -> None:
         """The socket that claimed ``call_sid`` has ended."""
@@ -162,15 +165,19 @@ class Sessions:
             called=called, profile=profile, greeting=use_case.welcome_greeting,
             created_at=now)
 
-    async def _saved_history(self, call_sid: str) -> tuple[Message, ...]:
-        """The conversation so far, for a socket that reconnects to a known call."""
-        items = await self._store.query(call_sid, "chat::")
-        messages = tuple(records.chat_from_item(item)["chat"] for item in items)
-        if messages and converse_problems(History(messages).for_request()):
+    async def _saved_history(self, call_sid: str
+                             ) -> tuple[tuple[Message, ...], tuple[dict[str, Any], ...]]:
+        """The conversation so far and each message's stored facts (its at_ms keys it), for a
+        socket that reconnects to a known call; repaired as ``History.resumed`` does."""
+        entries = [records.chat_from_item(item)
+                   for item in await self._store.query(call_sid, "chat::")]
+        messages = tuple(entry["chat"] for entry in entries)
+        meta = tuple({**entry["meta"], "at_ms": entry["at_ms"]} for entry in entries)
+        if messages and converse_problems(History.resumed(messages, meta).for_request()):
             log.warning("saved history unusable, starting fresh",
                         extra={"messages": len(messages)})
-            return ()
-        return messages
+            return (), ()
+        return messages, meta
 
     def _forget_stale(self) -> None:
         cutoff = trio.current_time() - PENDING_TTL_S

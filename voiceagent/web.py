@@ -34,7 +34,11 @@ SORRY = "Sorry, we cannot take your call right now. Please try again later."
 XML = "text/xml; charset=utf-8"
 GOODBYE = "Thank you for calling. Goodbye."
 NO_AGENT = "Sorry, no one is available to take your call right now. Please call back later."
-NORMAL_ENDS = frozenset({"end-call", "endCall", "completed"})   # reasonCodes that just hang up
+# A session end hands the call to a person only when its HandoffData says so: the handoff
+# tool's {"handoff": true, ...}, or Twilio's samples' reasonCode "live-agent-handoff". Every
+# other end (the caller was silent, the call's time was up, the server drains, the agent hung
+# up) says goodbye and hangs up.
+HANDOFF_REASON = "live-agent-handoff"
 CAPACITY_MARGIN = 10     # sockets for calls /twiml admitted just before the limit was reached
 MAX_WEBHOOK_BYTES = 64 * 1024   # Twilio's webhook bodies are a few KB
 
@@ -211,7 +215,8 @@ def create_app(runtime: Runtime) -> Any:
             return Response(document, mimetype=XML)
         handoff = _handoff_data(form.get("HandoffData", ""))
         reason = str(handoff.get("reasonCode", ""))
-        if reason and reason not in NORMAL_ENDS and use_case is not None:
+        wants_person = handoff.get("handoff") is True or reason == HANDOFF_REASON
+        if wants_person and use_case is not None:
             config = use_case.handoff
             log.info("live-agent handoff", extra={"reason": reason, "mode": config.mode})
             if config.mode == "enqueue" and (config.queue or config.workflow_sid):

@@ -156,7 +156,7 @@ async def check_delivery_time(ctx: ToolContext, args: Mapping[str, Any]) -> Tool
 
 async def live_agent_handoff(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     """Ends the relay session; ``POST /action`` reads the handoff data and connects a person."""
-    data = {"reasonCode": str(args.get("reason_code", "user-requested")),
+    data = {"handoff": True, "reasonCode": str(args.get("reason_code", "user-requested")),
             "reasonDescription": str(args.get("summary", "")), "useCase": ctx.use_case}
     await ctx.send(End(handoff_data=json.dumps(data)))
     return {"status": "transferring"}
