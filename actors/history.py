@@ -18,6 +18,7 @@ Message = dict[str, Any]
 
 CALL_CONNECTED = "(The call has connected.)"   # stands before a greeting: Converse must open
 TOOL_USE_ID = re.compile(r"^[a-zA-Z0-9_.:-]{1,64}$")                 # with a user message
+_CALL_CONNECTED_MESSAGE: Message = {"role": "user", "content": [{"text": CALL_CONNECTED}]}
 LOST_RESULT = ("The call's connection dropped before this tool's result was recorded; "
                "whether it ran is unknown. Check before repeating it.")
 
@@ -37,6 +38,10 @@ class History:
             raise ValueError("History: one meta mapping per message")
         self._sealed = len(self._messages)  # messages before this index are in the store
         self._offset = 0          # messages trimmed from memory (they are in the store)
+        # Copies handed to model requests, one per message, made when first asked for and
+        # kept until that message changes: a request shares the unchanged ones instead of
+        # copying the whole conversation on every model round (the prompt's path).
+        self._snapshots: list[Message | None] = [None] * len(self._messages)
 
     @classmethod
     def resumed(cls, messages: Sequence[Message], meta: Sequence[dict[str, Any]]) -> History:
@@ -110,9 +115,11 @@ class History:
             last["content"].extend(blocks)          # merge: roles must alternate
             # A stored message that changes is stored again (its key is its at_ms and index).
             self._sealed = min(self._sealed, len(self._messages) - 1)
+            self._snapshots[-1] = None
         else:
             self._messages.append({"role": role, "content": blocks})
             self._meta.append({"at_ms": int(time.time() * 1000)})
+            self._snapshots.append(None)
 
     # ------------------------------------------------------------------ barge-in
 
@@ -145,6 +152,7 @@ class History:
 
     def _drop_empty(self, start: int) -> None:
         rebuilt, meta = self._messages[:start], self._meta[:start]
+        self._snapshots[start:] = [None] * (len(self._messages) - start)
         for message, facts in zip(self._messages[start:], self._meta[start:], strict=True):
             if not message["content"]:
                 continue
@@ -155,6 +163,7 @@ class History:
                 rebuilt.append(message)
                 meta.append(facts)
         self._messages, self._meta = rebuilt, meta
+        del self._snapshots[len(rebuilt):]
 
     # ------------------------------------------------------------------ persistence
 
@@ -182,7 +191,7 @@ class History:
             message = self._messages[cut] if cut < len(self._messages) else None
             if message is not None and message["role"] == "user" and not any(
                     "toolResult" in block for block in message["content"]):
-                del self._messages[:cut], self._meta[:cut]
+                del self._messages[:cut], self._meta[:cut], self._snapshots[:cut]
                 self._sealed -= cut
                 self._offset += cut
                 return cut
@@ -192,10 +201,18 @@ class History:
 
     def for_request(self) -> tuple[Message, ...]:
         """The history as Converse wants it: a greeting-first history gets a neutral user
-        message before it, since a conversation must start with the user."""
-        messages = list(self.messages)
+        message before it, since a conversation must start with the user.
+
+        The messages are shared with earlier and later requests while they do not change:
+        whoever receives them must not modify them (the backends only serialize them)."""
+        messages: list[Message] = []
+        snapshots = self._snapshots
+        for i, snapshot in enumerate(snapshots):
+            if snapshot is None:
+                snapshot = snapshots[i] = copy.deepcopy(self._messages[i])
+            messages.append(snapshot)
         if messages and messages[0]["role"] == "assistant":
-            messages.insert(0, {"role": "user", "content": [{"text": CALL_CONNECTED}]})
+            messages.insert(0, _CALL_CONNECTED_MESSAGE)
         return tuple(messages)
 
     def last_assistant_text(self) -> str:

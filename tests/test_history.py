@@ -150,3 +150,51 @@ def test_a_resumed_history_with_a_dangling_tool_use_gets_an_error_result() -> No
     assert {r["toolResult"]["status"] for r in results} == {"error"}
     history.add_user_text("hello?")
     assert converse_problems(history.for_request()) == []
+
+
+def test_requests_share_unchanged_messages_and_never_see_later_changes() -> None:
+    """No deep copy of the whole conversation per model round: a message is copied once,
+    shared by every request until it changes; a change (a merge, a barge-in cut) makes a new
+    copy and leaves the copies already handed out as they were."""
+    history = History()
+    history.add_user_text("hello")
+    history.add_assistant("Hi, what can I get you?")
+    history.add_user_text("a pizza")
+    first = history.for_request()
+    history.add_user_text("a large one")            # merges into the last message
+    history.add_assistant("A large pizza coming up, and")
+    second = history.for_request()
+    assert second[0] is first[0]
+    assert second[1] is first[1]
+    assert second[2] is not first[2]
+    assert first[2] == {"role": "user", "content": [{"text": "a pizza"}]}
+    history.apply_heard(3, "A large pizza")
+    third = history.for_request()
+    assert third[3] == {"role": "assistant", "content": [{"text": "A large pizza"}]}
+    assert second[3] == {"role": "assistant",
+                         "content": [{"text": "A large pizza coming up, and"}]}
+    assert third[0] is first[0]
+    assert converse_problems(third) == []
+
+
+def test_a_request_body_built_from_shared_messages_leaves_them_as_they_were() -> None:
+    import copy
+    import json
+
+    from voiceagent.llm.base import LLMRequest
+    from voiceagent.llm.bedrock_converse import build_converse_request
+
+    history = History()
+    history.add_assistant("Hello.")
+    history.add_user_text("order please")
+    history.add_assistant("Placing it.", [use("tu_1")])
+    history.add_tool_results([result("tu_1")])
+    shared = history.for_request()
+    before = copy.deepcopy(shared)
+    body = build_converse_request(LLMRequest(
+        call_sid="CA1", use_case="u", model_id="m", system=("s",), messages=shared,
+        tools=({"name": "lookup", "description": "d",
+                "inputSchema": {"json": {"type": "object"}}},)))
+    json.dumps(body)
+    assert shared == before
+    assert history.for_request()[0] is shared[0]
