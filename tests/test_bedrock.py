@@ -85,7 +85,6 @@ from voiceagent.tools.registry import default_registry
 CALL_SID = "CA0123456789abcdef0123456789abcdef"
 NOVA = "us.amazon.nova-lite-v1:0"
 CLAUDE = "us.anthropic.claude-3-7-sonnet-20250219-v1:0"
-CLOSE_BOUND_S = 1.0                 # generous; the benchmark measures the real figure
 LOOKUP = {"name": "lookup_hours", "description": "Opening hours for a date.",
           "inputSchema": {"json": {"type": "object",
                                    "properties": {"date": {"type": "string"}}}}}
@@ -319,7 +318,7 @@ async def test_plain_text_streams_each_delta_as_it_arrives(
     assert end.usage == Usage(input_tokens=12, output_tokens=5, cache_read_tokens=7,
                               cache_write_tokens=3)
     assert end.first_token_s is not None
-    assert 0.1 < end.first_token_s < 1.0
+    assert end.first_token_s >= 0.15                    # the pause before the first delta
     assert fake.violations == []
 
 
@@ -582,39 +581,37 @@ async def test_validation_exception_inside_the_stream(fake: FakeBedrock,
 
 async def test_cancel_mid_stream_closes_the_upstream(fake: FakeBedrock,
                                                      llm: BedrockLLM) -> None:
-    fake.push(text_reply([f" w{n}" for n in range(200)], gap_s=0.02))
+    """Five words, then the model pauses for 30 s: a cancel in that pause returns and the
+    endpoint sees the connection closed within the test's 3 s, so neither waited for the
+    next event (no wall-clock assertion: the pause is the bound)."""
+    fake.push(stream_reply(message_start(), text_events([f" w{n}" for n in range(5)]),
+                           text_events([" later"] * 100, first_delay_s=30.0, index=1)))
     received = 0
-    with trio.fail_after(5):
+    with trio.fail_after(3):
         with trio.CancelScope() as scope:
             async with llm.stream(request()) as events:
                 async for _ in events:
                     received += 1
                     if received == 5:
-                        await trio.sleep(0.008)         # cancel in a gap: worker in recv()
-                        cancelled_at = time.perf_counter()
                         scope.cancel(reason="barge-in")
-        returned_s = time.perf_counter() - cancelled_at
         sent = fake.requests[0]
         await sent.connection.closed.wait()
         await sent.done.wait()
         await wait_attempts_done(llm)
-    assert sent.connection.closed_at is not None
-    assert sent.connection.closed_at - cancelled_at < CLOSE_BOUND_S
-    assert returned_s < 0.05
     assert sent.outcome == "client_closed"
-    assert sent.frames_sent < 20                        # Bedrock stopped generating
+    assert sent.frames_sent == 1 + 5 + 1                # start, 5 words, stop: no more
     assert llm.limiter.borrowed_tokens == 0
     stats = llm.statistics()
     assert stats.cancellations == 1
     assert stats.streams_open == 0
     assert len(stats.cancel_to_closed_s) == 1
-    assert stats.cancel_to_closed_s[0] < CLOSE_BOUND_S
 
 
 async def test_cancel_before_the_headers_closes_the_upstream(
         fake: FakeBedrock, llm: BedrockLLM) -> None:
-    """The model has not answered yet: the connection is closed now, not when it does."""
-    fake.push(text_reply(["late"], headers_delay_s=5))
+    """The model answers only after 30 s: the connection is closed now, not when it does
+    (within the test's 3 s)."""
+    fake.push(text_reply(["late"], headers_delay_s=30))
     with trio.fail_after(3):
         async with trio.open_nursery() as nursery:
             async def turn() -> None:
@@ -622,15 +619,11 @@ async def test_cancel_before_the_headers_closes_the_upstream(
 
             nursery.start_soon(turn)
             (sent,) = await fake.wait_requests(1)
-            await trio.sleep(0.05)
-            cancelled_at = time.perf_counter()
             nursery.cancel_scope.cancel(reason="barge-in")
-        returned_s = time.perf_counter() - cancelled_at
         await sent.connection.closed.wait()
         await wait_attempts_done(llm)
     assert sent.connection.closed_at is not None
-    assert sent.connection.closed_at - cancelled_at < CLOSE_BOUND_S
-    assert returned_s < 0.05
+    assert sent.frames_sent == 0
     assert llm.limiter.borrowed_tokens == 0
     assert llm.statistics().cancellations == 1
 

@@ -23,8 +23,12 @@ async def test_barge_in_while_the_order_is_placed_places_it_once(tmp_path: Path)
     real = registry.get("PlaceOrderFunction")
     assert real is not None
     started, release = trio.Event(), trio.Event()
+    runs: list[str] = []                         # what the store cannot show: order items are
+                                                 # keyed by whole seconds, so two runs in one
+                                                 # second would be one item
 
     async def slow_place(ctx: Any, args: Any) -> dict[str, Any]:
+        runs.append(ctx.call_sid)
         started.set()
         await release.wait()                     # the caller barges in meanwhile
         return await real.function(ctx, args)
@@ -48,6 +52,7 @@ async def test_barge_in_while_the_order_is_placed_places_it_once(tmp_path: Path)
             await server.runtime.calls.wait_idle()
             orders = await server.runtime.store.query_index("restaurantOrder")
             history = server.runtime.calls.reports[-1].history
+    assert runs == [identity.call_sid]
     assert len(orders) == 1
     assert history is not None
     order_ids = {b["toolUse"]["toolUseId"] for m in history.messages for b in m["content"]

@@ -1,0 +1,104 @@
+"""Actors one at a time, through their own channels, on the virtual clock: the promises the
+whole-call tests cannot isolate (a rule that holds only because another actor happens not to
+break it is not tested by a whole call)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import trio
+import trio.testing
+
+from actors import relay_writer, tool_executor
+from actors.messages import End, Outbound, Text, ToolBatch, ToolCall, ToolOutcome
+from actors.relay_writer import WriterStats
+from actors.turn_slot import CutMarks
+from tests.call_harness import plain_use_case
+from tests.fakes import MemorySocket, MemoryStore
+from voiceagent.tools.base import ToolDefinition
+from voiceagent.tools.registry import ToolRegistry
+
+ORDER_TOOL = [{"name": "placeOrder", "description": "Place an order"}]
+
+
+async def test_the_writer_sends_nothing_after_end(autojump_clock: Any) -> None:
+    """Whoever still sends after ``end`` (a turn, a tool, a reprompt), nothing reaches the
+    socket: Twilio would treat it as a protocol error on a session it is handing over."""
+    socket, stats = MemorySocket(), WriterStats()
+    send, receive = trio.open_memory_channel[Outbound](math.inf)
+    for message in (Text("Goodbye"), End('{"reasonCode": "end-call"}'), Text("late"),
+                    Text("", last=True), End("{}")):
+        send.send_nowait(message)
+    send.close()
+    with trio.fail_after(10):
+        await relay_writer.run(socket=socket, outbound=receive, stats=stats)
+    assert socket.pending() == [
+        {"type": "text", "token": "Goodbye", "last": False},
+        {"type": "text", "token": "", "last": True},        # end closes the open cycle first
+        {"type": "end", "handoffData": '{"reasonCode": "end-call"}'}]
+    assert stats.dropped_after_end == 3
+
+
+async def test_the_writer_withholds_the_words_of_a_cut_turn(autojump_clock: Any) -> None:
+    socket, stats, marks = MemorySocket(), WriterStats(), CutMarks()
+    send, receive = trio.open_memory_channel[Outbound](math.inf)
+    marks.turn_started()
+    send.send_nowait(Text("We open"))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: relay_writer.run(socket=socket, outbound=receive,
+                                                        stats=stats, marks=marks))
+            await trio.testing.wait_all_tasks_blocked()
+            marks.cut()                                     # the reader read an interrupt
+            send.send_nowait(Text(" at nine"))
+            send.send_nowait(Text(" and", last=True))       # the closer keeps, without words
+            await trio.testing.wait_all_tasks_blocked()
+            assert marks.withheld == " at nine and"
+            marks.turn_started()                            # the next turn speaks freely
+            await trio.testing.wait_all_tasks_blocked()
+            send.send_nowait(Text("Sure."))
+            send.close()
+    assert [(f["token"], f["last"]) for f in socket.pending()] == [
+        ("We open", False), ("", True), ("Sure.", False)]
+    assert marks.withheld == ""                             # reset by the new turn
+    assert stats.dropped_after_cut == 2
+
+
+async def test_a_side_effect_tool_runs_once_per_tool_use_id(autojump_clock: Any) -> None:
+    """The same toolUseId asked twice (a retried model round, a duplicate in one reply):
+    the order is placed once, and both askers get its one outcome."""
+    runs: list[str] = []
+
+    async def place(ctx: Any, args: Any) -> dict[str, Any]:
+        runs.append(ctx.tool_use_id)
+        await trio.sleep(1.0)
+        return {"status": "placed", "order": len(runs)}
+
+    registry = ToolRegistry([ToolDefinition("placeOrder", place, side_effect=True)])
+    outbound_send, _outbound = trio.open_memory_channel[Outbound](math.inf)
+    env = tool_executor.ToolEnv(call_sid="CA1", use_case=plain_use_case(tools=ORDER_TOOL),
+                                registry=registry, store=MemoryStore(),
+                                outbound=outbound_send)
+    requests_send, requests = trio.open_memory_channel[ToolBatch](0)
+    outcomes: list[ToolOutcome] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: tool_executor.run(requests=requests, env=env))
+            for when in ("concurrently", "concurrently", "after it finished"):
+                if when == "after it finished":
+                    await trio.sleep(5.0)
+                results_send, results = trio.open_memory_channel[ToolOutcome](1)
+                await requests_send.send(ToolBatch((ToolCall("tu_1", "placeOrder", {}),),
+                                                   results_send))
+                nursery.start_soon(_collect, results, outcomes)
+            await trio.sleep(10.0)
+            await requests_send.aclose()
+    assert runs == ["tu_1"]
+    assert [o.status for o in outcomes] == ["success"] * 3
+    assert {o.content["order"] for o in outcomes if isinstance(o.content, dict)} == {1}
+
+
+async def _collect(results: trio.MemoryReceiveChannel[ToolOutcome],
+                   into: list[ToolOutcome]) -> None:
+    into.append(await results.receive())
