@@ -57,6 +57,21 @@ actions = st.lists(st.one_of(
 ), max_size=14)
 
 
+async def play(call: Any, schedule: list[tuple[str, Any]]) -> None:
+    """Twilio's side of a schedule, each step left to settle before the next."""
+    for kind, value in schedule:
+        match kind:
+            case "say":
+                call.say(value)
+            case "interrupt":
+                call.interrupt(value)
+            case "dtmf":
+                call.dtmf(value)
+            case "wait":
+                await trio.sleep(value)
+        await trio.testing.wait_all_tasks_blocked()
+
+
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(schedule=actions)
@@ -66,17 +81,7 @@ async def test_any_schedule_leaves_a_valid_history(schedule: list[tuple[str, Any
     use_case = plain_use_case(tools=TOOLS, dtmf={"handlers": {"5": {"reply": "Five it is."}},
                                                  "idle_timeout_s": 0.5})
     async with open_test_call(llm, use_case=use_case, registry=registry()) as call:
-        for kind, value in schedule:
-            match kind:
-                case "say":
-                    call.say(value)
-                case "interrupt":
-                    call.interrupt(value)
-                case "dtmf":
-                    call.dtmf(value)
-                case "wait":
-                    await trio.sleep(value)
-            await trio.testing.wait_all_tasks_blocked()
+        await play(call, schedule)
     history = call.report.history
     assert history is not None
     assert llm.violations == []
@@ -103,19 +108,6 @@ async def test_a_call_resumed_anywhere_goes_on_with_a_valid_history(
     use_case = plain_use_case(tools=TOOLS, dtmf={"handlers": {"5": {"reply": "Five it is."}},
                                                  "idle_timeout_s": 0.5})
     stored: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
-
-    async def play(call: Any, actions: list[tuple[str, Any]]) -> None:
-        for kind, value in actions:
-            match kind:
-                case "say":
-                    call.say(value)
-                case "interrupt":
-                    call.interrupt(value)
-                case "dtmf":
-                    call.dtmf(value)
-                case "wait":
-                    await trio.sleep(value)
-            await trio.testing.wait_all_tasks_blocked()
 
     async with open_test_call(llm, use_case=use_case, registry=registry()) as first:
         await play(first, schedule[:split])
