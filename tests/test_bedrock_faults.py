@@ -339,3 +339,20 @@ async def test_credentials_near_expiry_are_refreshed_in_a_thread_before_signing(
     assert llm.statistics().errors_by_code == {}
     assert fake.requests[-1].access_key in fake.accepted_keys
     assert credentials.requests >= 3                # resolved, then refreshed per signature
+
+
+async def test_the_profiles_ca_bundle_is_honoured_too(
+        fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``ca_bundle`` in the AWS profile, as botocore reads it, when AWS_CA_BUNDLE is unset."""
+    config = tmp_path / "aws-config"
+    config.write_text(f"[default]\nca_bundle = {fake.ca_bundle}\n")
+    monkeypatch.delenv("AWS_CA_BUNDLE")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    fake.push(text_reply(["Trusted."]))
+    llm = BedrockLLM(region="us-east-1")
+    try:
+        with trio.fail_after(10):
+            assert texts(await collect(llm)) == ["Trusted."]
+    finally:
+        await llm.aclose()
+    assert fake.tls_failures == 0
