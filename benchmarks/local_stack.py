@@ -13,6 +13,10 @@ Each part is its own process on 127.0.0.1, as in production each is its own serv
 
 ``--llm scripted`` and ``--store sqlite`` swap in the embedded defaults instead (the model then
 paces itself inside the server, and its timers count as the server's CPU).
+
+``--tls``: the endpoint speaks TLS with a private CA. Its URL names ``localhost`` (a host name
+to resolve, as Bedrock's is) unless ``BENCH_TLS_HOST`` says otherwise (``127.0.0.1``: no name
+resolution on the path; the certificate is valid for both).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "benchmarks" / "config"
 TOKEN = "bench-token-not-secret"
 START_TIMEOUT_S = 30.0
+
+
+TLS_HOST = os.environ.get("BENCH_TLS_HOST", "localhost")   # the certificate names both
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,7 @@ def local_stack(options: StackOptions, scratch: Path, name: str = "bench") -> It
             env.update({"LLM": "bedrock", "AWS_ENDPOINT_URL_BEDROCK_RUNTIME":
                         f"http://127.0.0.1:{port}"})
             if options.tls:
-                env.update({"AWS_ENDPOINT_URL_BEDROCK_RUNTIME": f"https://localhost:{port}",
+                env.update({"AWS_ENDPOINT_URL_BEDROCK_RUNTIME": f"https://{TLS_HOST}:{port}",
                             "AWS_CA_BUNDLE": str(ca_file)})
             stack.helper_pids["bedrock"] = bedrock.pid
         else:
