@@ -258,8 +258,8 @@ async def test_handoff_and_end_call_send_end_with_json() -> None:
     assert handoff.handoff_data is not None
     assert end.handoff_data is not None
     assert json.loads(handoff.handoff_data) == {
-        "reasonCode": "financial", "reasonDescription": "Refund for a late order.",
-        "useCase": "restaurantOrderingUseCase"}
+        "handoff": True, "reasonCode": "financial",
+        "reasonDescription": "Refund for a late order.", "useCase": "restaurantOrderingUseCase"}
     assert json.loads(end.handoff_data) == {"reasonCode": "end-call"}
     tools = _tools()
     assert tools["liveAgentHandoff"].ends_turn
