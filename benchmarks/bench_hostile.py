@@ -1,10 +1,22 @@
 """Healthy calls beside hostile ones: do the healthy calls keep their latency?
 
 Starts ``voiceagent serve`` in its own process (scripted model, SQLite, signatures on), then
-runs the same healthy workload twice: alone, and next to calls that flood the server with
-binary frames, broken JSON, oversized frames, wrong field types and bursts of prompts.
+runs the same healthy workload twice: alone, and next to attackers (``--attacks``, all by
+default):
+
+* ``frames``: calls that flood the server with binary frames, broken JSON, oversized frames,
+  wrong field types and bursts of prompts;
+* ``posts``: unsigned 16 MB POSTs to /twiml and /action, and ones with a made-up signature
+  header, each sent as fast as the server takes it;
+* ``idle``: validly signed relay sockets (a captured handshake) that never send setup,
+  opened again as soon as they are closed;
+* ``dtmf``: calls that press keys as fast as they can;
+* ``replay``: a live healthy call's signed /twiml sent again, and setups for CallSids nobody
+  prepared with made-up tokens.
+
 Prints application latency (prompt sent -> first token received, minus the scripted model's
-first-token delay) for both runs and the ratio. Everything stays on 127.0.0.1.
+first-token delay) for both runs and the ratio, and what each attacker achieved.
+Everything stays on 127.0.0.1.
 
     python benchmarks/bench_hostile.py --healthy 20 --hostile 20 --turns 5
 """
@@ -21,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import trio
@@ -28,11 +41,14 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import server_process
-from trio_websocket import ConnectionClosed
+from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
-from voiceagent.caller import Identity, open_call
+from voiceagent.caller import CallerError, Identity, open_call, post_form, release_transport
+from voiceagent.signature import sign
 
 TOKEN = "bench-token"
+ATTACKS = ("frames", "posts", "idle", "dtmf", "replay")
+POST_BYTES = 16 * 1024 * 1024
 CALL_LIMIT_S = 60
 FIRST_TOKEN_MS = 50
 JUNK: list[str | bytes] = [
@@ -51,10 +67,11 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 async def healthy_call(url: str, turns: int, latencies: list[float],
-                       errors: list[str]) -> None:
+                       errors: list[str], live: list[Identity]) -> None:
     caller = Identity(from_number="+15555550199")
     with trio.move_on_after(CALL_LIMIT_S) as limit:
         async with open_call(url, auth_token=TOKEN, identity=caller) as call:
+            live.append(caller)
             for _ in range(turns):
                 sent = time.perf_counter()
                 await call.say("what are your hours?")
@@ -94,25 +111,133 @@ async def hostile_call(url: str, stop: trio.Event, sent: list[int], closed: list
             nursery.cancel_scope.cancel()
 
 
-async def run_phase(url: str, healthy: int, hostile: int,
-                    turns: int) -> tuple[list[float], int, int]:
+async def big_post(url: str, stop: trio.Event, tally: Counter[str]) -> None:
+    """16 MB bodies, unsigned or with a made-up signature, as fast as the server reads."""
+    host, port = url.removeprefix("http://").split(":")
+    n = 0
+    while not stop.is_set():
+        path = ("/twiml", "/action")[n % 2]
+        fake_signature = ["X-Twilio-Signature: bm90LWEtc2lnbmF0dXJl"] if n % 4 >= 2 else []
+        head = "\r\n".join([f"POST {path} HTTP/1.1", f"Host: {host}:{port}",
+                             "Content-Type: application/x-www-form-urlencoded",
+                             f"Content-Length: {POST_BYTES}", *fake_signature])
+        n += 1
+        with trio.move_on_after(5):
+            async with await trio.open_tcp_stream(host, int(port)) as stream:
+                await stream.send_all(head.encode() + b"\r\n\r\n")
+                async with trio.open_nursery() as nursery:
+                    async def body() -> None:
+                        chunk = b"CallSid=" + b"A" * (1024 * 1024 - 8)
+                        with contextlib.suppress(trio.BrokenResourceError):
+                            for _ in range(POST_BYTES // len(chunk)):
+                                await stream.send_all(chunk)
+                                tally["post MB sent"] += 1
+                    nursery.start_soon(body)
+                    with contextlib.suppress(trio.BrokenResourceError):
+                        answer = await stream.receive_some(4096)
+                        tally[f"post answered {answer[9:12].decode() or 'closed'}"] += 1
+                    nursery.cancel_scope.cancel()
+
+
+async def idle_socket(url: str, stop: trio.Event, tally: Counter[str]) -> None:
+    """A captured signed upgrade: connect, say nothing, reconnect when closed."""
+    ws_url = url.replace("http://", "ws://") + "/relay"
+    headers = [(b"X-Twilio-Signature", sign(TOKEN, ws_url).encode())]
+    while not stop.is_set():
+        try:
+            async with open_websocket_url(ws_url, extra_headers=headers) as ws:
+                tally["idle sockets opened"] += 1
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.get_message()
+                tally["idle sockets closed by the server"] += 1
+                await release_transport(ws)
+        except HandshakeError:
+            tally["idle sockets refused"] += 1
+            await trio.sleep(0.05)
+
+
+async def dtmf_flood(url: str, stop: trio.Event, tally: Counter[str]) -> None:
+    while not stop.is_set():
+        async with open_call(url, auth_token=TOKEN) as call, trio.open_nursery() as nursery:
+            async def drain() -> None:
+                while (frame := await call.receive()) is not None:
+                    tally["dtmf replies (text frames)"] += frame.get("type") == "text"
+                nursery.cancel_scope.cancel()
+            nursery.start_soon(drain)
+            with contextlib.suppress(ConnectionClosed):
+                while not stop.is_set():
+                    await call.dtmf("1234567890*#"[tally["keys pressed"] % 12])
+                    tally["keys pressed"] += 1
+                    await trio.lowlevel.checkpoint()
+                await call.hang_up()
+            nursery.cancel_scope.cancel()
+
+
+async def replay(url: str, stop: trio.Event, tally: Counter[str], live: list[Identity]
+                 ) -> None:
+    ws_url = url.replace("http://", "ws://") + "/relay"
+    headers = [(b"X-Twilio-Signature", sign(TOKEN, ws_url).encode())]
+    while not stop.is_set():
+        if live:
+            victim = live[tally["replays"] % len(live)]
+            form = {"CallSid": victim.call_sid, "AccountSid": victim.account_sid,
+                    "From": victim.from_number, "To": victim.to_number,
+                    "CallStatus": "ringing", "Direction": "inbound",
+                    "ApiVersion": "2010-04-01"}
+            try:
+                await post_form(url + "/twiml", form, TOKEN)
+                tally["replayed /twiml answered 200"] += 1
+            except CallerError as err:
+                tally[f"replayed /twiml refused {str(err).split('HTTP ')[1][:3]}"] += 1
+            tally["replays"] += 1
+        async with open_websocket_url(ws_url, extra_headers=headers) as ws:
+            await ws.send_message(json.dumps({
+                "type": "setup", "sessionId": "VX1", "callSid": Identity().call_sid,
+                "from": "+15555550100", "to": "+15555550199",
+                "customParameters": {"sessionToken": "anything"}}))
+            try:
+                await ws.get_message()
+                tally["forged setups served"] += 1
+            except ConnectionClosed as closed:
+                tally[f"forged setups closed {closed.reason.code}"] += 1
+                await release_transport(ws)
+        await trio.sleep(0.01)
+
+
+async def run_phase(url: str, healthy: int, hostile: int, turns: int,
+                    attacks: tuple[str, ...]) -> tuple[list[float], Counter[str]]:
     latencies: list[float] = []
     errors: list[str] = []
     sent, closed = [0], [0]
+    tally: Counter[str] = Counter()
+    live: list[Identity] = []
     stop = trio.Event()
     async with trio.open_nursery() as outer:
-        for _ in range(hostile):
-            outer.start_soon(hostile_call, url, stop, sent, closed)
+        for n in range(hostile):
+            attack = attacks[n % len(attacks)]
+            if attack == "frames":
+                outer.start_soon(hostile_call, url, stop, sent, closed)
+            elif attack == "posts":
+                outer.start_soon(big_post, url, stop, tally)
+            elif attack == "idle":
+                outer.start_soon(idle_socket, url, stop, tally)
+            elif attack == "dtmf":
+                outer.start_soon(dtmf_flood, url, stop, tally)
+            else:
+                outer.start_soon(replay, url, stop, tally, live)
         if hostile:
             await trio.sleep(1.0)                           # let the flood build up
         async with trio.open_nursery() as nursery:
             for _ in range(healthy):
-                nursery.start_soon(healthy_call, url, turns, latencies, errors)
+                nursery.start_soon(healthy_call, url, turns, latencies, errors, live)
         stop.set()
         outer.cancel_scope.deadline = trio.current_time() + 10
     if errors:
         print(f"errors: {len(errors)}, first: {errors[0]}", file=sys.stderr)
-    return latencies, sent[0], closed[0]
+    tally["junk frames sent"] = sent[0]
+    tally["junk sockets closed by the server"] = closed[0]
+    tally["healthy errors"] = len(errors)
+    return latencies, tally
 
 
 def pct(values: list[float], q: float) -> float:
@@ -125,20 +250,25 @@ def main() -> int:
     parser.add_argument("--healthy", type=int, default=20)
     parser.add_argument("--hostile", type=int, default=20)
     parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS),
+                        help="what the hostile callers do, shared out among them")
     args = parser.parse_args()
     data = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-hostile-{os.getpid()}"
     process, url = start_server(data)
     try:
-        alone, _, _ = trio.run(run_phase, url, args.healthy, 0, args.turns)
-        beside, junk, closed = trio.run(run_phase, url, args.healthy, args.hostile, args.turns)
+        attacks = tuple(args.attacks)
+        alone, _ = trio.run(run_phase, url, args.healthy, 0, args.turns, attacks)
+        beside, tally = trio.run(run_phase, url, args.healthy, args.hostile, args.turns,
+                                 attacks)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
     print(f"machine: {os.cpu_count()} cpus, {platform.processor() or platform.machine()}, "
           f"python {platform.python_version()}")
-    print(f"healthy calls {args.healthy} x {args.turns} turns; hostile calls {args.hostile} "
-          f"sent {junk} junk frames during the second run; the server closed {closed} of "
-          "their sockets")
+    print(f"healthy calls {args.healthy} x {args.turns} turns; {args.hostile} attackers "
+          f"({', '.join(attacks)}) during the second run:")
+    for name, count in sorted(tally.items()):
+        print(f"  {name}: {count}")
     print(f"{'application latency overhead (ms)':36} {'p50':>8} {'p95':>8} {'p99':>8}")
     for label, values in (("healthy alone", alone), ("healthy beside hostile", beside)):
         print(f"{label:36} {pct(values, .5):8.2f} {pct(values, .95):8.2f} "
@@ -147,7 +277,7 @@ def main() -> int:
     print(f"p99 ratio beside/alone: {ratio:.2f}  (mean {statistics.mean(beside):.2f} ms vs "
           f"{statistics.mean(alone):.2f} ms)")
     print(json.dumps({"alone_p99_ms": pct(alone, .99), "beside_p99_ms": pct(beside, .99),
-                      "ratio_p99": ratio, "junk_frames": junk}))
+                      "ratio_p99": ratio, "attackers": dict(tally)}))
     return 0
 
 
