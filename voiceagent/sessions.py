@@ -146,10 +146,6 @@ class Sessions:
         """The socket that claimed ``call_sid`` has ended."""
         self._live.discard(call_sid)
 
-    def holds(self, call_sid: str) -> bool:
-        """A socket here holds ``call_sid``."""
-        return call_sid in self._live
-
     async def _build(self, call_sid: str, caller: str, called: str, *,
                      token: str) -> records.CallSession:
         profile = await self._catalog.profile(caller)

@@ -115,7 +115,6 @@ class Signer:
         self._bearer_token = bearer_token
         self._user_agent = user_agent
         self._refresh_limiter = refresh_limiter
-        self.renewals = 0
 
     @property
     def uses_bearer_token(self) -> bool:
@@ -124,7 +123,6 @@ class Signer:
     async def renew(self) -> None:
         """Credentials found anew through the whole chain, in a thread."""
         self._credentials = await run_blocking(self._resolve, limiter=self._refresh_limiter)
-        self.renewals += 1
 
     async def _frozen(self) -> ReadOnlyCredentials:
         credentials = self._credentials
