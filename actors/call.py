@@ -23,13 +23,13 @@ import trio
 
 from actors import interrupt_handler, llm_streamer, relay_reader, relay_writer, tool_executor
 from actors.context import CallContext, TurnStats
-from actors.history import History, Message
+from actors.history import History
 from actors.messages import EndCall, Inbound, Outbound, Setup, ToolBatch, TurnCommand
 from actors.relay_reader import FrameStats
 from actors.relay_socket import RelaySocket
 from actors.relay_writer import WriterStats
 from voiceagent.errors import RelayBroken
-from voiceagent.llm.base import LLM
+from voiceagent.llm.base import LLM, Message
 from voiceagent.logs import call_sid_var
 from voiceagent.relay.protocol import Rejected, parse_frame
 from voiceagent.store.base import Store

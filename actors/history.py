@@ -1,23 +1,22 @@
 """The conversation of one call, kept valid for Bedrock's Converse API at every step.
 
 One owner (the call's llm_streamer) mutates it; everything else gets copies. The rules it keeps
-are the ValidationException triggers measured in ``bedrock-trio-facts.md``: roles alternate and
-start with the user, no empty content or blank text, every toolUse is answered by exactly its
-toolResults in the next message, and an assistant message records what the caller heard.
+are the model layer's (``voiceagent.llm.converse``): roles alternate and start with the user,
+no empty content or blank text, every toolUse is answered by exactly its toolResults in the
+next message; and an assistant message records what the caller heard.
 """
 
 from __future__ import annotations
 
 import copy
-import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-Message = dict[str, Any]
+from voiceagent.llm.base import Message
 
 CALL_CONNECTED = "(The call has connected.)"   # stands before a greeting: Converse must open
-TOOL_USE_ID = re.compile(r"^[a-zA-Z0-9_.:-]{1,64}$")                 # with a user message
+                                               # with a user message
 _CALL_CONNECTED_MESSAGE: Message = {"role": "user", "content": [{"text": CALL_CONNECTED}]}
 LOST_RESULT = ("The call's connection dropped before this tool's result was recorded; "
                "whether it ran is unknown. Check before repeating it.")
@@ -234,83 +233,3 @@ def _take_prefix(said: str, heard: str) -> tuple[str, str]:
         rest = heard[len(said):].lstrip()
         return (heard[:len(said)] if heard.startswith(said) else said).rstrip(), rest
     return heard.rstrip(), ""
-
-
-def converse_problems(messages: Sequence[Message], *, tools_configured: bool = True
-                      ) -> list[str]:
-    """Every way ``messages`` would make ConverseStream raise a ValidationException.
-
-    Empty list = valid. Used by the model backends before sending, by the property tests, and
-    by the fake Bedrock endpoint on every request it receives.
-    """
-    problems: list[str] = []
-    if not messages:
-        return ["messages: empty"]
-    if messages[0].get("role") != "user":
-        problems.append("messages[0]: a conversation must start with a user message")
-    pending_uses: list[str] = []
-    for i, message in enumerate(messages):
-        role, content = message.get("role"), message.get("content")
-        where = f"messages[{i}]"
-        if role not in ("user", "assistant"):
-            problems.append(f"{where}: role {role!r} is not user or assistant")
-        if i and messages[i - 1].get("role") == role:
-            problems.append(f"{where}: roles must alternate between user and assistant")
-        if not isinstance(content, list) or not content:
-            problems.append(f"{where}: content is empty")
-            content = []
-        uses: list[str] = []
-        results: list[str] = []
-        for j, block in enumerate(content):
-            problems.extend(_block_problems(f"{where}.content[{j}]", block, role, uses, results))
-        if pending_uses and sorted(results) != sorted(pending_uses):
-            problems.append(f"{where}: expected toolResult blocks for {sorted(pending_uses)}, "
-                            f"got {sorted(results)}")
-        elif results and not pending_uses:
-            problems.append(f"{where}: toolResult blocks without toolUse in the previous turn")
-        pending_uses = uses
-        if (tool_blocks := uses or results) and not tools_configured:
-            problems.append(f"{where}: tool blocks {tool_blocks} need a toolConfig")
-    if pending_uses:
-        problems.append(f"messages[{len(messages) - 1}]: toolUse {pending_uses} has no result")
-    last = messages[-1]
-    if last.get("role") == "assistant":
-        texts = [b["text"] for b in last.get("content", []) if isinstance(b.get("text"), str)]
-        if texts and texts[-1] != texts[-1].rstrip():
-            problems.append("final assistant content cannot end with trailing whitespace")
-    return problems
-
-
-def _block_problems(where: str, block: Any, role: Any, uses: list[str],
-                    results: list[str]) -> list[str]:
-    if not isinstance(block, dict) or len(block) != 1:
-        return [f"{where}: a block has exactly one member"]
-    (kind, value), = block.items()
-    if kind == "text":
-        if not isinstance(value, str) or not value.strip():
-            return [f"{where}: text is blank"]
-        return []
-    if kind == "toolUse":
-        if role != "assistant":
-            return [f"{where}: toolUse outside an assistant message"]
-        tool_id = value.get("toolUseId", "")
-        uses.append(tool_id)
-        problems = [] if TOOL_USE_ID.match(tool_id) else [f"{where}: bad toolUseId"]
-        if not isinstance(value.get("input"), dict):
-            problems.append(f"{where}: toolUse input must be an object")
-        return problems
-    if kind == "toolResult":
-        if role != "user":
-            return [f"{where}: toolResult outside a user message"]
-        results.append(value.get("toolUseId", ""))
-        content = value.get("content") or []
-        problems = []
-        if value.get("status") == "error" and not content:
-            problems.append(f"{where}: an error toolResult needs content")
-        for item in content:
-            if "json" in item and not isinstance(item["json"], dict):
-                problems.append(f"{where}: toolResult json must be an object")
-            if "text" in item and not str(item["text"]).strip():
-                problems.append(f"{where}: toolResult text is blank")
-        return problems
-    return [f"{where}: unexpected block {kind!r}"]

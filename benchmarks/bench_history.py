@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors.history import History, Message
+from actors.history import History
+from voiceagent.llm.base import Message
 
 REPLY = "Sure, we have that today, and it comes with a side of garlic bread and a drink."
 

@@ -55,10 +55,10 @@ from urllib.parse import unquote
 
 import trio
 
-from actors.history import converse_problems
 from voiceagent.catalog import read_config_dir
 from voiceagent.errors import ModelRejected
 from voiceagent.llm.base import LLMRequest, TextDelta, ToolUseRequest, Usage
+from voiceagent.llm.converse import converse_problems
 from voiceagent.llm.scripted import ScriptedLLM
 from voiceagent.tools.registry import default_registry
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import trio
 
-from actors.history import converse_problems
 from voiceagent.errors import ModelRejected, RelayBroken
 from voiceagent.llm.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolUseRequest
+from voiceagent.llm.converse import converse_problems
 
 Step = LLMEvent | float | BaseException          # a float is a pause in seconds
 

@@ -13,11 +13,12 @@ import pytest
 import trio
 import trio.testing
 
-from actors.history import CALL_CONNECTED, converse_problems
+from actors.history import CALL_CONNECTED
 from tests.call_harness import GREETING, open_test_call, plain_use_case
 from tests.fakes import FakeLLM, tool_use, words
 from voiceagent.errors import ModelStreamFailed, ModelThrottled
 from voiceagent.llm.base import StreamEnd, TextDelta
+from voiceagent.llm.converse import converse_problems
 from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
 

@@ -13,11 +13,12 @@ import trio
 import trio.testing
 
 from actors import interrupt_handler
-from actors.history import History, converse_problems
+from actors.history import History
 from actors.interrupt_handler import IDLE_GOODBYE, REPROMPT
 from actors.messages import Inbound, Prompt, TurnCommand, UserSaid
 from tests.call_harness import open_test_call, plain_use_case
 from tests.fakes import FakeLLM, tool_use, words
+from voiceagent.llm.converse import converse_problems
 from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
 

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from actors.history import CALL_CONNECTED, History, converse_problems
+from actors.history import CALL_CONNECTED, History
+from voiceagent.llm.converse import converse_problems
 
 
 def use(tool_id: str) -> dict[str, object]:

@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.call import CallPlan
-from actors.history import converse_problems
 from tests.call_harness import CALL_SID, open_test_call, plain_use_case
 from tests.fakes import FakeLLM, Step, tool_use, words
 from voiceagent.errors import ModelStreamFailed
 from voiceagent.llm.base import LLMRequest, TextDelta
+from voiceagent.llm.converse import converse_problems
 from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
 

@@ -33,9 +33,11 @@ import trio
 
 import voiceagent.store.records as records
 from actors.call import CallPlan, CallRejected
-from actors.history import History, Message, converse_problems
+from actors.history import History
 from actors.messages import Setup
 from voiceagent.catalog import Catalog
+from voiceagent.llm.base import Message
+from voiceagent.llm.converse import converse_problems
 from voiceagent.logs import mask_phone
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store

@@ -42,7 +42,6 @@ from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError
 from botocore.httpsession import get_cert_path
 
-from actors.history import converse_problems
 from voiceagent import __version__
 from voiceagent.errors import (
     LLMError,
@@ -65,6 +64,7 @@ from voiceagent.llm.bedrock_http import (
     request_body,
     ssl_context,
 )
+from voiceagent.llm.converse import converse_problems
 from voiceagent.llm.net import Proxy, redact_url
 from voiceagent.settings import Settings
 from voiceagent.threads import run_blocking

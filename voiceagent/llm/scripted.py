@@ -21,7 +21,6 @@ from typing import Any
 
 import trio
 
-from actors.history import converse_problems
 from voiceagent.errors import ModelRejected
 from voiceagent.llm.base import (
     LLMEvent,
@@ -32,6 +31,7 @@ from voiceagent.llm.base import (
     ToolUseRequest,
     Usage,
 )
+from voiceagent.llm.converse import converse_problems
 from voiceagent.usecases import ScriptedConfig, ScriptedRule, UseCase
 
 log = logging.getLogger(__name__)
