@@ -21,6 +21,7 @@ import math
 import re
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import assert_never
 
 import trio
 
@@ -35,6 +36,7 @@ from actors.messages import (
     Prompt,
     RelayErrorReport,
     Reprompt,
+    Setup,
     TurnCommand,
     UserSaid,
 )
@@ -262,6 +264,7 @@ class _Gate:
                 log.debug("relay info", extra={"name": name})
             case RelayErrorReport():
                 log.warning("twilio rejected a message we sent")
+            case Setup():
+                log.warning("second setup ignored")     # the reader drops these already
             case _:
-                log.warning("unexpected inbound message",
-                            extra={"kind": type(message).__name__})
+                assert_never(message)

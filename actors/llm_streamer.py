@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, assert_never
 
 import trio
 
@@ -79,6 +79,10 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                         await slot.restart(partial(turn.run, ctx, turn.TurnPlan(
                             say_first=text, use_model=False, end_reason=reason)),
                             reason="ending")
+                    case UserSaid() | KeyPressed():
+                        pass                    # the call is ending: no new turns
+                    case _:
+                        assert_never(command)
             await slot.cancel_and_wait(reason="hangup")
 
 

@@ -10,10 +10,19 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import replace
+from typing import assert_never
 
 import trio
 
-from actors.messages import Dtmf, Inbound, Interrupt, Prompt, Setup
+from actors.messages import (
+    Dtmf,
+    Inbound,
+    Info,
+    Interrupt,
+    Prompt,
+    RelayErrorReport,
+    Setup,
+)
 from actors.relay_socket import RelaySocket
 from actors.turn_slot import CutMarks
 from voiceagent.errors import RelayBroken
@@ -79,6 +88,8 @@ async def run(*, socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
                     await inbound.send(message)
                 case Prompt(last=True) | Dtmf():
                     await inbound.send(replace(message, received_at=received_at))
-                case _:
+                case Prompt() | Info() | RelayErrorReport():
                     await inbound.send(message)
+                case _:
+                    assert_never(message)
             stats.consecutive_rejects = 0

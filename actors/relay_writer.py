@@ -10,10 +10,11 @@ frame still is, since it carries no word and closes the cycle.
 from __future__ import annotations
 
 import logging
+from typing import assert_never
 
 import trio
 
-from actors.messages import End, Outbound, Text
+from actors.messages import End, Language, Outbound, Play, SendDigits, Text
 from actors.relay_socket import RelaySocket
 from actors.turn_slot import CutMarks
 from voiceagent.errors import RelayBroken
@@ -58,6 +59,10 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outbou
                 case End() if cycle_open:
                     frames.insert(0, Text("", last=True))
                     cycle_open = False
+                case End() | Play() | SendDigits() | Language():
+                    pass
+                case _:
+                    assert_never(message)
             try:
                 for frame in frames:
                     await socket.send(encode(frame))

@@ -13,7 +13,7 @@ import math
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 import trio
 
@@ -22,6 +22,7 @@ from actors.messages import End, ToolBatch, ToolCall, ToolOutcome
 from actors.speaker import Speaker
 from voiceagent.errors import LLMError, ModelRejected
 from voiceagent.llm.base import (
+    HeldReads,
     LLMEvent,
     LLMRequest,
     StreamEnd,
@@ -154,7 +155,7 @@ async def _model_round(ctx: CallContext, speaker: Speaker) -> tuple[ToolCall, ..
     received = _Received()
     try:
         async with ctx.llm.stream(request) as events:
-            take_ready = getattr(events, "take_ready", None)
+            take_ready = events.take_ready if isinstance(events, HeldReads) else None
             with suppress(trio.EndOfChannel):
                 while received.end is None:
                     if speaker.flush_at == math.inf:
@@ -216,6 +217,8 @@ async def _take(event: LLMEvent, speaker: Speaker, received: _Received) -> None:
             received.calls.append(event)
         case StreamEnd():
             received.end = event
+        case _:
+            assert_never(event)
 
 
 async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall, ...],

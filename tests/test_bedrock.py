@@ -51,6 +51,7 @@ from voiceagent.errors import (
     ModelUnavailable,
 )
 from voiceagent.llm.base import (
+    HeldReads,
     LLMEvent,
     LLMRequest,
     ModelOptions,
@@ -953,6 +954,7 @@ async def test_take_ready_hands_over_what_arrived_without_waiting(
     texts: list[str] = []
     with trio.fail_after(5):
         async with llm.stream(request()) as events:
+            assert isinstance(events, HeldReads)        # turns read it once per window
             first = await events.receive()
             assert isinstance(first, TextDelta)
             texts.append(first.text)

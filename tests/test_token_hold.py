@@ -26,7 +26,7 @@ from tests.fakes import FakeLLM, tool_use, words
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from voiceagent.caller import open_call
 from voiceagent.errors import ModelStreamFailed
-from voiceagent.llm.base import LLMRequest, StreamEnd, TextDelta
+from voiceagent.llm.base import HeldReads, LLMRequest, StreamEnd, TextDelta
 from voiceagent.llm.scripted import ScriptedLLM
 from voiceagent.settings import Settings
 from voiceagent.tools.base import ToolDefinition
@@ -287,6 +287,7 @@ async def test_scripted_take_ready_keeps_the_models_own_pace(autojump_clock: Any
     request = LLMRequest(call_sid="CA1", use_case="test", model_id="m", system=("x",),
                          messages=({"role": "user", "content": [{"text": "count"}]},))
     async with llm.stream(request) as events:
+        assert isinstance(events, HeldReads)
         await trio.sleep_until(0.22)
         first = await events.take_ready()              # due 0.10, 0.15, 0.20
         assert await events.take_ready() == []         # nothing more yet

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 
@@ -80,6 +80,17 @@ class StreamEnd:
 LLMEvent = TextDelta | ToolUseRequest | StreamEnd
 
 
+@runtime_checkable
+class HeldReads(Protocol):
+    """A model stream that can hand over everything that has arrived without waiting."""
+
+    async def take_ready(self) -> list[LLMEvent]:
+        """Every event that has arrived (in the socket, the TLS layer or the parser), without
+        waiting for more; a failure after events is raised by the next read, so the events
+        before it are spoken first."""
+        ...
+
+
 class LLM(Protocol):
     """A model backend. One instance per process, shared by every call."""
 
@@ -93,10 +104,8 @@ class LLM(Protocol):
         or from iterating. ``receive`` must lose nothing when cancelled (as trio's memory
         channels): a turn waits on it under the deadline of its held text.
 
-        A stream may also offer ``async take_ready() -> list[LLMEvent]``: every event that
-        has arrived, without waiting for more (failures after events are raised by the next
-        read). A turn holding text then reads it once per hold window instead of once per
-        token; both built-in backends offer it."""
+        A stream may also be a ``HeldReads``: a turn holding text then reads it once per hold
+        window instead of once per token; both built-in backends' streams are."""
         ...
 
     async def aclose(self) -> None:
