@@ -32,6 +32,7 @@ from voiceagent.errors import RelayBroken
 from voiceagent.llm.base import LLM, Message
 from voiceagent.logs import call_sid_var
 from voiceagent.relay.protocol import Rejected, parse_frame
+from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import UseCase
@@ -71,7 +72,7 @@ class CallServices:
     registry: ToolRegistry
     persist: Callable[[str, int, Message, dict[str, Any]], None]   # write-behind, never awaits
     flush: Callable[[str, float], Awaitable[bool]]
-    settings: Any = None
+    settings: Settings | None = None
     max_tool_rounds: int = 4
     max_frame_bytes: int = 64 * 1024
     setup_timeout_s: float = 10.0

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
 from actors.messages import Outbound, ToolBatch, ToolCall, ToolOutcome
+from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
@@ -36,7 +36,7 @@ class ToolEnv:
     outbound: trio.MemorySendChannel[Outbound]
     caller: str = ""
     called: str = ""
-    settings: Any = None
+    settings: Settings | None = None
     done: dict[str, ToolOutcome] = field(default_factory=dict)     # side effects, by id
     running: dict[str, trio.Event] = field(default_factory=dict)
 
@@ -51,7 +51,7 @@ class _Context:
     called: str
     tool_use_id: str
     store: Store
-    settings: Any
+    settings: Settings | None
     _outbound: trio.MemorySendChannel[Outbound]
 
     async def send(self, message: Outbound) -> None:

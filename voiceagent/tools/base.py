@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from voiceagent.relay.protocol import Outbound
+    from voiceagent.settings import Settings
     from voiceagent.store.base import Store
 
 ToolResult = dict[str, Any]           # a JSON object: Bedrock rejects arrays and scalars here
@@ -26,7 +27,7 @@ class ToolContext(Protocol):
     called: str                       # E.164 To number
     tool_use_id: str
     store: Store
-    settings: Any                     # voiceagent.settings.Settings; Any to keep tools light
+    settings: Settings | None         # None only where a test runs tools without settings
 
     async def send(self, message: Outbound) -> None:
         """Queue a ``Play``, ``SendDigits``, ``Language`` or ``End`` for the relay writer."""

@@ -46,9 +46,9 @@ def _send_sms(*, account_sid: str, auth_token: str, base_url: str | None, to: st
 
 async def send_confirmation_sms(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     settings = ctx.settings
-    values = {"TWILIO_ACCOUNT_SID": getattr(settings, "twilio_account_sid", None),
-              "TWILIO_AUTH_TOKEN": getattr(settings, "twilio_auth_token", None),
-              "TWILIO_SMS_FROM": getattr(settings, "twilio_sms_from", None)}
+    values = {"TWILIO_ACCOUNT_SID": settings and settings.twilio_account_sid,
+              "TWILIO_AUTH_TOKEN": settings and settings.twilio_auth_token,
+              "TWILIO_SMS_FROM": settings and settings.twilio_sms_from}
     missing = [name for name, value in values.items() if not value]
     if missing:
         raise SmsUnavailable(f"text messages are not set up on this line ({', '.join(missing)} "
@@ -61,7 +61,7 @@ async def send_confirmation_sms(ctx: ToolContext, args: Mapping[str, Any]) -> To
     sid = await run_blocking(
         lambda: _send_sms(account_sid=str(values["TWILIO_ACCOUNT_SID"]),
                           auth_token=str(values["TWILIO_AUTH_TOKEN"]),
-                          base_url=getattr(settings, "twilio_api_base_url", None),
+                          base_url=settings.twilio_api_base_url if settings else None,
                           to=ctx.caller, from_=str(values["TWILIO_SMS_FROM"]), body=body),
         limiter=_SMS_LIMITER)
     log.info("confirmation text sent", extra={"to": mask_phone(ctx.caller), "message_sid": sid})
