@@ -7,7 +7,7 @@ by the consumer's task; TLS with ``--tls``), and a consumer that receives every 
 1. Capacity: ``--streams`` concurrent streams of ``--deltas`` text deltas ``--gap-ms`` apart
    (40 deltas/s by default), on warm connections. Reported: CPU per delta, compared with the
    naive design (one blocking ``trio.from_thread.run_sync`` hop per event, run here too unless
-   ``--no-naive``) and with the 90 us figure measured for it in the facts file.
+   ``--no-naive``) and with the 90 us figure measured for it on an earlier machine.
 2. Cancellation: ``--cancel-trials`` streams cancelled mid-gap after a few deltas, and a few
    cancelled while the response headers are pending. Reported: p50/p99 of trio regaining
    control, the socket closed, the attempt finished (its limiter token back), and
@@ -46,7 +46,7 @@ from voiceagent.llm.base import LLMRequest, StreamEnd, TextDelta  # noqa: E402
 from voiceagent.llm.bedrock import BedrockLLM  # noqa: E402
 from voiceagent.llm.bedrock_converse import build_converse_request  # noqa: E402
 
-NAIVE_BASELINE_US = 90.0            # bedrock-trio-facts.md, section 3.3
+NAIVE_BASELINE_US = 90.0            # measured for the naive design before this project began
 
 
 def _machine() -> str:
@@ -194,7 +194,7 @@ async def capacity(llm: BedrockLLM, streams: int, deltas: int, gap_ms: int) -> f
 
 
 async def naive_capacity(streams: int, deltas: int, gap_ms: int) -> float:
-    """The design the facts file measured at ~90 us: one thread per stream, each event
+    """The design first measured at ~90 us: one thread per stream, each event
     handed to trio with a blocking ``from_thread.run_sync`` hop, botocore's event parser."""
     client = await trio.to_thread.run_sync(lambda: boto3.session.Session().client(
         "bedrock-runtime", region_name="us-east-1", config=botocore.config.Config(
@@ -329,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             await llm.warm_up()
             ours = await capacity(llm, args.streams, args.deltas, args.gap_ms)
-            print(f"  vs the naive design's {NAIVE_BASELINE_US:.0f} us in the facts file "
+            print(f"  vs the naive design's {NAIVE_BASELINE_US:.0f} us measured before "
                   f"(a faster machine): x{ours / NAIVE_BASELINE_US:.2f}")
             if not args.no_naive:
                 naive = await naive_capacity(args.streams, args.deltas, args.gap_ms)

@@ -1,4 +1,5 @@
-"""The seven invariants of DESIGN.md, proven on one call's nursery driven through channels.
+"""The invariants of one call (docs/architecture.md), proven on its nursery driven through
+channels.
 
 Every test runs on trio's virtual clock (``autojump_clock``): the model's pauses take no real
 time, and the timings asserted are exact.

@@ -1,6 +1,7 @@
 """ConversationRelay messages: a strict parse of what Twilio sends, an encoder for what we send.
 
-Field names and quirks follow ``shared/spec/conversation-relay.md``. Parsing never raises for
+Field names and quirks follow Twilio's ConversationRelay WebSocket messages documentation
+(https://www.twilio.com/docs/voice/conversationrelay/websocket-messages). Parsing never raises for
 bad input: it returns a ``Rejected`` value carrying the reason, the frame's type (when it had
 one) and its size, never its content, so the reader can count and log it and the call goes on.
 
