@@ -102,3 +102,78 @@ async def test_a_side_effect_tool_runs_once_per_tool_use_id(autojump_clock: Any)
 async def _collect(results: trio.MemoryReceiveChannel[ToolOutcome],
                    into: list[ToolOutcome]) -> None:
     into.append(await results.receive())
+
+
+# ---------------------------------------------------------------- relay_reader
+
+async def test_the_reader_types_frames_stamps_arrivals_and_marks_a_cut(
+        autojump_clock: Any) -> None:
+    """Frames in, typed messages out in order; final prompts and keys carry their arrival
+    time; an interrupt marks the cut before it is passed on; junk is counted, not passed;
+    the peer closing ends the reader and closes its channel."""
+    from actors import relay_reader
+    from actors.messages import Dtmf, Inbound, Interrupt, Prompt
+    from actors.relay_reader import FrameStats
+
+    socket, stats, marks = MemorySocket(), FrameStats(), CutMarks()
+    marks.turn_started()
+    send, receive = trio.open_memory_channel[Inbound](math.inf)
+    await trio.sleep(1.5)
+    for frame in ({"type": "prompt", "voicePrompt": "hel", "lang": "en-US", "last": False},
+                  {"type": "prompt", "voicePrompt": "hello", "lang": "en-US", "last": True},
+                  "{broken", {"type": "somethingNew"}, {"type": "dtmf", "digit": "5"},
+                  {"type": "interrupt", "utteranceUntilInterrupt": "We",
+                   "durationUntilInterruptMs": 300}):
+        socket.push(frame)
+    socket.hang_up()
+    with trio.fail_after(10):
+        await relay_reader.run(socket=socket, inbound=send, stats=stats, max_frame_bytes=65536,
+                               marks=marks)
+    messages = [message async for message in receive]
+    assert [type(m) for m in messages] == [Prompt, Prompt, Dtmf, Interrupt]
+    partial, final, key, interrupt = messages
+    assert isinstance(partial, Prompt) and partial.received_at is None
+    assert isinstance(final, Prompt) and final.received_at == 1.5
+    assert isinstance(key, Dtmf) and key.received_at == 1.5
+    assert isinstance(interrupt, Interrupt) and interrupt.heard == "We"
+    assert marks.speaking_cut
+    assert dict(stats.rejected) == {"bad_json": 1, "unknown_type": 1}
+    assert stats.received == 6
+
+
+# ---------------------------------------------------------------- speaker
+
+async def test_the_speaker_streams_the_first_clause_and_holds_the_rest(
+        autojump_clock: Any) -> None:
+    """Token by token until the first clause ends; then held and sent together at a clause
+    end or when the hold expires; ``segment`` is exactly what was handed over, and a close
+    drops held text without sending it."""
+    from actors.speaker import Speaker
+
+    send, receive = trio.open_memory_channel[Outbound](math.inf)
+    speaker = Speaker(send, hold_s=0.1)
+    for token in ("Sure", ",", " we", " have"):
+        await speaker.say(token)
+    assert [m.token for m in _texts(receive)] == ["Sure", ","]    # " we have" is held
+    assert speaker.flush_at == trio.current_time() + 0.1
+    await speaker.say(" pizza.")                            # a clause end sends what is held
+    assert [m.token for m in _texts(receive)] == [" we have pizza."]
+    await speaker.say(" And")
+    await trio.sleep(0.1)
+    await speaker.say(" more")                              # the window has passed
+    assert [m.token for m in _texts(receive)] == [" And more"]
+    await speaker.say(" never sent")
+    await speaker.close()
+    assert [(m.token, m.last) for m in _texts(receive)] == [("", True)]
+    assert speaker.segment == "Sure, we have pizza. And more"
+
+
+def _texts(receive: trio.MemoryReceiveChannel[Outbound]) -> list[Text]:
+    out = []
+    while True:
+        try:
+            message = receive.receive_nowait()
+        except trio.WouldBlock:
+            return out
+        assert isinstance(message, Text)
+        out.append(message)
