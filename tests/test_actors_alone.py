@@ -132,10 +132,14 @@ async def test_the_reader_types_frames_stamps_arrivals_and_marks_a_cut(
     messages = [message async for message in receive]
     assert [type(m) for m in messages] == [Prompt, Prompt, Dtmf, Interrupt]
     partial, final, key, interrupt = messages
-    assert isinstance(partial, Prompt) and partial.received_at is None
-    assert isinstance(final, Prompt) and final.received_at == 1.5
-    assert isinstance(key, Dtmf) and key.received_at == 1.5
-    assert isinstance(interrupt, Interrupt) and interrupt.heard == "We"
+    assert isinstance(partial, Prompt)
+    assert partial.received_at is None
+    assert isinstance(final, Prompt)
+    assert final.received_at == 1.5
+    assert isinstance(key, Dtmf)
+    assert key.received_at == 1.5
+    assert isinstance(interrupt, Interrupt)
+    assert interrupt.heard == "We"
     assert marks.speaking_cut
     assert dict(stats.rejected) == {"bad_json": 1, "unknown_type": 1}
     assert stats.received == 6
