@@ -24,7 +24,7 @@ import trio
 from actors import interrupt_handler, llm_streamer, relay_reader, relay_writer, tool_executor
 from actors.context import CallContext, TurnStats
 from actors.history import History
-from actors.messages import EndCall, Inbound, Outbound, Setup, ToolBatch, TurnCommand
+from actors.messages import EndCall, Inbound, Outgoing, Setup, ToolBatch, TurnCommand
 from actors.relay_reader import FrameStats
 from actors.relay_socket import RelaySocket
 from actors.relay_writer import WriterStats
@@ -144,7 +144,7 @@ async def run_call(socket: RelaySocket, *, resolve: Resolve, services: CallServi
 
 async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
                      services: CallServices, report: CallReport) -> None:
-    out_send, out_recv = trio.open_memory_channel[Outbound](0)
+    out_send, out_recv = trio.open_memory_channel[Outgoing](0)
     in_send, in_recv = trio.open_memory_channel[Inbound](INBOUND_BUFFER)
     cmd_send, cmd_recv = trio.open_memory_channel[TurnCommand](0)
     tool_send, tool_recv = trio.open_memory_channel[ToolBatch](0)

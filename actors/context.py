@@ -12,7 +12,7 @@ from typing import Any
 import trio
 
 from actors.history import History
-from actors.messages import Outbound, ToolBatch
+from actors.messages import Outgoing, ToolBatch
 from actors.turn_slot import CutMarks
 from voiceagent.llm.base import LLM
 from voiceagent.usecases import UseCase
@@ -54,7 +54,7 @@ class CallContext:
     system_prompt: str
     llm: LLM
     history: History
-    outbound: trio.MemorySendChannel[Outbound]
+    outbound: trio.MemorySendChannel[Outgoing]
     tools: trio.MemorySendChannel[ToolBatch]
     max_tool_rounds: int = 4
     tool_wait_s: float = 30.0        # longest a cancelled turn waits for side-effect tools

@@ -11,7 +11,7 @@ Who sends what:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,10 +35,47 @@ from voiceagent.relay.protocol import (
 )
 
 __all__ = [
-    "BargeIn", "Dtmf", "End", "EndCall", "Inbound", "Info", "Interrupt", "KeyPressed", "Language",
-    "Outbound", "Play", "Prompt", "RelayErrorReport", "Reprompt", "SendDigits", "Setup", "Text",
-    "ToolBatch", "ToolCall", "ToolOutcome", "TurnCommand", "UserSaid",
+    "BargeIn",
+    "Dtmf",
+    "End",
+    "EndCall",
+    "Inbound",
+    "Info",
+    "Interrupt",
+    "KeyPressed",
+    "Language",
+    "Outbound",
+    "Outgoing",
+    "Play",
+    "Prompt",
+    "RelayErrorReport",
+    "Reprompt",
+    "SendDigits",
+    "Setup",
+    "Text",
+    "Timed",
+    "ToolBatch",
+    "ToolCall",
+    "ToolOutcome",
+    "TurnCommand",
+    "UserSaid",
 ]
+
+
+# ------------------------------------------------------ anyone -> relay_writer
+
+
+@dataclass(frozen=True, slots=True)
+class Timed:
+    """A text frame whose sender wants to know when it went out on the socket (the first
+    word of a reply: Twilio measures latency to it). The writer sends ``frame`` and calls
+    ``on_sent`` with the trio time; the hook never reaches the wire type."""
+
+    frame: Text
+    on_sent: Callable[[float], None] = field(compare=False, repr=False)
+
+
+Outgoing = Outbound | Timed                 # what the relay writer's channel carries
 
 
 # ------------------------------------------------------ interrupt_handler -> llm_streamer

@@ -14,7 +14,7 @@ from typing import assert_never
 
 import trio
 
-from actors.messages import End, Language, Outbound, Play, SendDigits, Text
+from actors.messages import End, Language, Outbound, Outgoing, Play, SendDigits, Text, Timed
 from actors.relay_socket import RelaySocket
 from actors.turn_slot import CutMarks
 from voiceagent.errors import RelayBroken
@@ -32,13 +32,15 @@ class WriterStats:
         self.ended = False                # we sent `end`
 
 
-async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outbound],
+async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoing],
               stats: WriterStats, marks: CutMarks | None = None) -> None:
     """Returns when every sender closed its end, or when the peer went away."""
     cycle_open = False
     ended = False
     with outbound:
-        async for message in outbound:
+        async for outgoing in outbound:
+            message, on_sent = ((outgoing.frame, outgoing.on_sent)
+                                if isinstance(outgoing, Timed) else (outgoing, None))
             if ended:
                 stats.dropped_after_end += 1
                 continue
@@ -49,7 +51,7 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outbou
                 marks.withhold(message.token)
                 if not message.last:
                     continue
-                message = Text("", last=True)       # the words go, the cycle still closes
+                message, on_sent = Text("", last=True), None  # the words go, the cycle closes
             frames: list[Outbound] = [message]
             match message:
                 case Text(token="", last=True) if not cycle_open:
@@ -69,8 +71,8 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outbou
                     stats.frames += 1
                     if isinstance(frame, Text) and frame.token:
                         stats.tokens += 1
-                        if frame.on_sent is not None:
-                            frame.on_sent(trio.current_time())
+                    if frame is message and on_sent is not None:
+                        on_sent(trio.current_time())
             except RelayBroken:
                 log.info("relay writer stopped: peer gone")
                 return

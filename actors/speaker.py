@@ -18,7 +18,7 @@ import math
 
 import trio
 
-from actors.messages import Outbound, Text
+from actors.messages import Outgoing, Text, Timed
 
 SPLIT = " "
 CLAUSE_ENDS = (".", ",", "!", "?", ";", ":", "\n")
@@ -27,7 +27,7 @@ MAX_HELD_CHARS = 400        # keep frames small: Twilio's frame size limit is no
 
 
 class Speaker:
-    def __init__(self, outbound: trio.MemorySendChannel[Outbound], hold_s: float = 0.0) -> None:
+    def __init__(self, outbound: trio.MemorySendChannel[Outgoing], hold_s: float = 0.0) -> None:
         self._outbound = outbound
         self._hold_s = hold_s
         self._segment: list[str] = []       # text sent since the last tool round
@@ -118,8 +118,8 @@ class Speaker:
 
     async def _send(self, text: str, *, last: bool = False) -> None:
         first = bool(text) and not self.spoke
-        await self._outbound.send(Text(text, last=last, on_sent=self._first_sent if first
-                                       else None))
+        frame = Text(text, last=last)
+        await self._outbound.send(Timed(frame, self._first_sent) if first else frame)
         self._drop_held()
         if text:
             self._segment.append(text)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from actors.messages import Outbound, ToolBatch, ToolCall, ToolOutcome
+from actors.messages import Outbound, Outgoing, ToolBatch, ToolCall, ToolOutcome
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 from voiceagent.tools.base import ToolDefinition
@@ -33,7 +33,7 @@ class ToolEnv:
     use_case: UseCase
     registry: ToolRegistry
     store: Store
-    outbound: trio.MemorySendChannel[Outbound]
+    outbound: trio.MemorySendChannel[Outgoing]
     caller: str = ""
     called: str = ""
     settings: Settings | None = None
@@ -52,7 +52,7 @@ class _Context:
     tool_use_id: str
     store: Store
     settings: Settings | None
-    _outbound: trio.MemorySendChannel[Outbound]
+    _outbound: trio.MemorySendChannel[Outgoing]
 
     async def send(self, message: Outbound) -> None:
         await self._outbound.send(message)

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from actors import relay_writer, tool_executor
-from actors.messages import End, Outbound, Text, ToolBatch, ToolCall, ToolOutcome
+from actors.messages import End, Outbound, Text, Timed, ToolBatch, ToolCall, ToolOutcome
 from actors.relay_writer import WriterStats
 from actors.turn_slot import CutMarks
 from tests.call_harness import plain_use_case
@@ -179,5 +179,7 @@ def _texts(receive: trio.MemoryReceiveChannel[Outbound]) -> list[Text]:
             message = receive.receive_nowait()
         except trio.WouldBlock:
             return out
+        if isinstance(message, Timed):          # the first word: the writer reports its send
+            message = message.frame
         assert isinstance(message, Text)
         out.append(message)

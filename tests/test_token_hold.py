@@ -17,6 +17,7 @@ import trio.testing
 
 from actors.context import CallContext
 from actors.history import History
+from actors.messages import Timed
 from actors.turn import APOLOGY_CUT, TurnPlan
 from actors.turn import run as run_turn
 from tests import call_harness
@@ -219,8 +220,9 @@ async def _cut_as_the_window_expires() -> tuple[str | None, str, str]:
         nursery.start_soon(the_turn)
         nursery.start_soon(barge_in)
     (summary,) = summaries
-    sent = "".join(out_recv.receive_nowait().token
-                   for _ in range(out_recv.statistics().current_buffer_used))
+    frames = [out_recv.receive_nowait()
+              for _ in range(out_recv.statistics().current_buffer_used)]
+    sent = "".join((f.frame if isinstance(f, Timed) else f).token for f in frames)
     return summary["cut_by"], sent, history.last_assistant_text()
 
 

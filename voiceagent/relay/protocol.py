@@ -106,8 +106,6 @@ class Text:
     interruptible: bool | None = None
     preemptible: bool | None = None
     # No check on ``token``: "" with last=True is how a talk cycle is closed.
-    # Not sent: called by the writer with the trio time the frame went out on the socket.
-    on_sent: Callable[[float], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
