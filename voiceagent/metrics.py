@@ -26,7 +26,7 @@ import statistics as stats
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -42,7 +42,9 @@ from voiceagent import heap
 
 if TYPE_CHECKING:
     from actors.call import CallReport
-    from voiceagent.runtime import Runtime
+    from voiceagent.llm.base import LLM
+    from voiceagent.settings import Settings
+    from voiceagent.store.write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,29 @@ LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 EMF_ACTIVE_CALLS_INTERVAL_S = 30.0     # the scaling policy needs one point a minute
 
 
+class _Calls(Protocol):
+    @property
+    def active(self) -> int: ...
+
+
+class Observed(Protocol):
+    """What the metrics read from the process, sampled at scrape time: the runtime passes
+    itself, and metrics need nothing else of it (so neither module imports the other)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def calls(self) -> _Calls: ...
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def writer(self) -> WriteBehind: ...
+    @property
+    def llm(self) -> LLM: ...
+
+
 class Metrics:
-    def __init__(self, runtime: Runtime, *, emf_stream: TextIO | None = None) -> None:
+    def __init__(self, runtime: Observed, *, emf_stream: TextIO | None = None) -> None:
         self.runtime = runtime
         settings = runtime.settings
         self.emf_enabled = bool(settings.emf_enabled)
@@ -193,7 +216,7 @@ def _is_metric_name(key: str) -> bool:
 class _Sampled(Collector):
     """Figures read from the parts at scrape time (no bookkeeping on the call path)."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Observed) -> None:
         self.runtime = runtime
 
     def collect(self) -> Iterator[Metric]:
