@@ -1,0 +1,219 @@
+"""The stream a turn sees for one Bedrock call: its events across retries, and the decision,
+after each failure, to try again or to raise.
+
+Retries happen only while nothing reached the caller: bounded in number, jittered, within a
+latency budget and within the process's retry quota (``bedrock_errors.RetryBudget``). Once
+per stream, credentials refused as expired or unknown are found anew through the chain and
+the request is sent again. What cannot be retried raises an ``LLMError`` subclass, and
+nothing else: a library exception here would end the call instead of an apology.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from voiceagent.errors import (
+    LLMError,
+    ModelRejected,
+    ModelStreamFailed,
+    ModelThrottled,
+    ModelUnavailable,
+)
+from voiceagent.llm.base import LLMEvent, LLMRequest, StreamEnd
+from voiceagent.llm.bedrock_converse import history_shape
+from voiceagent.llm.bedrock_errors import Failure
+from voiceagent.llm.bedrock_http import Attempt, Item
+
+if TYPE_CHECKING:
+    from voiceagent.llm.bedrock import BedrockLLM
+
+log = logging.getLogger("voiceagent.llm.bedrock")
+
+RENEWABLE = frozenset({"ExpiredTokenException", "ExpiredToken", "UnrecognizedClientException",
+                       "InvalidClientTokenId", "InvalidSignatureException"})
+
+
+def _llm_error(failure: Failure, *, after_tokens: bool) -> LLMError:
+    if after_tokens:
+        return ModelStreamFailed(failure.code, failure.message, after_tokens=True)
+    if failure.kind == "throttled":
+        return ModelThrottled(failure.code, failure.message)
+    if failure.kind in ("unavailable", "credentials"):
+        return ModelUnavailable(failure.code, failure.message)
+    if failure.kind == "rejected":
+        return ModelRejected(failure.code, failure.message)
+    return ModelStreamFailed(failure.code, failure.message, after_tokens=False)
+
+
+# ---------------------------------------------------------------- the stream a turn sees
+
+class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
+    """The events of one model call, across its retries. Raises ``LLMError`` subclasses and
+    nothing else."""
+
+    def __init__(self, backend: BedrockLLM, request: LLMRequest,
+                 payload: dict[str, Any]) -> None:
+        self._backend = backend
+        self._request = request
+        self._payload = payload
+        self._opened_at = trio.current_time()
+        self._started_at = time.perf_counter()
+        self._attempt: Attempt | None = None
+        self._ready: collections.deque[Item] = collections.deque()   # taken, not yet handed
+        self._retries = 0
+        self._quota_taken = 0               # the last retry's cost, given back on success
+        self._renewed = False               # credentials found anew once already
+        self._content = False               # content reached the caller: no more retries
+        self._ended = False
+        self._closed = False
+
+    async def start(self) -> None:
+        self._attempt = await self._backend._start_attempt(self._payload, self._started_at)
+
+    async def receive(self) -> LLMEvent:
+        while True:
+            attempt = self._attempt
+            if attempt is None or self._closed:
+                raise trio.ClosedResourceError("the model stream was closed")
+            if self._ready:
+                item = self._ready.popleft()
+            else:
+                try:
+                    item = await attempt.receive()
+                except trio.EndOfChannel:
+                    self._ended = True
+                    raise
+            if isinstance(item, Failure):
+                await self._after_failure(attempt, item)
+                continue
+            return self._note(item)
+
+    async def take_ready(self) -> list[LLMEvent]:
+        """What has arrived, without waiting for more: a turn holding text reads once per
+        hold window instead of once per token. A failure after events is met at the next
+        read, so the events before it are spoken first."""
+        out: list[LLMEvent] = []
+        while True:
+            attempt = self._attempt
+            if attempt is None or self._closed:
+                raise trio.ClosedResourceError("the model stream was closed")
+            items = [*self._ready, *await attempt.take_ready()]
+            self._ready.clear()
+            for at, item in enumerate(items):
+                if isinstance(item, Failure):
+                    if out:
+                        self._ready.extend(items[at:])
+                        return out
+                    await self._after_failure(attempt, item)    # raises, or tries again
+                    break
+                out.append(self._note(item))
+            else:
+                return out
+
+    def _note(self, item: LLMEvent) -> LLMEvent:
+        if isinstance(item, StreamEnd):
+            self._ended = True
+            self._backend._stream_completed(item, self._quota_taken)
+        else:
+            self._content = True
+        return item
+
+    async def _after_failure(self, attempt: Attempt, failure: Failure) -> None:
+        """Start the next attempt, or raise."""
+        backend = self._backend
+        backend._counts.errors[failure.code] += 1
+        delay = self._retry_delay(failure)
+        if delay is None and await self._renewed_credentials(failure):
+            delay = 0.0
+        if delay is None:
+            self._ended = True
+            self._log_failure(failure)
+            if failure.kind == "bug":
+                raise ModelStreamFailed("InternalError", f"{type(failure.cause).__name__}: "
+                                        f"{failure.message}", after_tokens=self._content
+                                        ) from failure.cause
+            raise _llm_error(failure, after_tokens=self._content) from failure.cause
+        attempt.close()
+        self._attempt = None
+        self._retries += 1
+        backend._counts.retries += 1
+        log.info("bedrock call retried", extra={"code": failure.code, "retry": self._retries,
+                                                "delay_ms": round(delay * 1000)})
+        await trio.sleep(delay)
+        self._attempt = await backend._start_attempt(self._payload, self._started_at)
+
+    async def _renewed_credentials(self, failure: Failure) -> bool:
+        """Credentials refused as expired or unknown, before any content: found anew through
+        the chain, once per stream; True if the attempt should be made again."""
+        if (self._content or self._renewed or failure.code not in RENEWABLE
+                or self._backend._setup is None):
+            return False
+        self._renewed = True
+        signer = self._backend._setup.signer
+        if signer.uses_bearer_token:
+            return False
+        try:
+            await signer.renew()
+        except Exception as err:            # the chain itself fails now: say so, once
+            log.error("bedrock credentials could not be renewed",
+                      extra={"error": f"{type(err).__name__}: {err}"})
+            return False
+        log.warning("bedrock refused our credentials: renewed them through the chain",
+                    extra={"code": failure.code})
+        return True
+
+    def _retry_delay(self, failure: Failure) -> float | None:
+        backend = self._backend
+        if self._content or not failure.retryable or self._retries >= backend.max_retries:
+            return None
+        base = backend.retry_base_delay_s * 2.0 ** self._retries
+        delay = base / 2 + random.uniform(0, base / 2)
+        if trio.current_time() - self._opened_at + delay > backend.retry_budget_s:
+            return None
+        cost = backend.retry_quota.take(failure)
+        if not cost:
+            log.warning("bedrock retry quota spent: not retried",
+                        extra={"code": failure.code})
+            return None
+        self._quota_taken = cost
+        return delay
+
+    def _log_failure(self, failure: Failure) -> None:
+        extra: dict[str, Any] = {"code": failure.code, "kind": failure.kind,
+                                 "after_tokens": self._content, "retries": self._retries}
+        if failure.kind == "rejected":
+            extra["history_shape"] = history_shape(self._request.messages)
+            extra["model_id"] = self._request.model_id
+        if failure.kind == "bug":
+            log.error("bedrock call failed: a bug in voiceagent", extra=extra,
+                      exc_info=failure.cause)
+        elif failure.kind == "credentials":
+            log.error("bedrock refused our credentials", extra={
+                **extra, "model_id": self._request.model_id, "what_to_check": failure.message})
+        else:
+            extra["error"] = failure.message
+            log.warning("bedrock call failed", extra=extra)
+
+    def close(self) -> None:
+        """Sync and non-blocking, so it is safe in ``finally`` when cancelled."""
+        if self._closed:
+            return
+        self._closed = True
+        attempt = self._attempt
+        if not self._ended:
+            self._backend._counts.cancellations += 1
+            if attempt is not None:
+                attempt.abort()
+        if attempt is not None:
+            attempt.close()
+        self._backend._counts.streams_open -= 1
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
