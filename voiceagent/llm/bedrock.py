@@ -49,15 +49,8 @@ from voiceagent.errors import (
 from voiceagent.llm.base import LLMEvent, LLMRequest, StreamEnd
 from voiceagent.llm.bedrock_converse import build_converse_request, history_shape
 from voiceagent.llm.bedrock_errors import RetryBudget, classify
-from voiceagent.llm.bedrock_http import (
-    Attempt,
-    ConnectionPool,
-    Endpoint,
-    ReadWatchdog,
-    Signer,
-    request_body,
-    ssl_context,
-)
+from voiceagent.llm.bedrock_http import Attempt, ConnectionPool, ReadWatchdog, ssl_context
+from voiceagent.llm.bedrock_signing import Endpoint, Signer, request_body
 from voiceagent.llm.bedrock_stream import ModelStream
 from voiceagent.llm.converse import converse_problems
 from voiceagent.llm.net import Proxy, redact_url
