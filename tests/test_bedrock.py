@@ -68,17 +68,14 @@ from voiceagent.llm.bedrock import (
     proxy_for,
 )
 from voiceagent.llm.bedrock_converse import (
-    FrameDecoder,
-    ReplyError,
-    StreamFault,
     ThinkingFilter,
     build_converse_request,
-    event_of,
     history_shape,
     metadata_value,
     prompt_caching,
 )
 from voiceagent.llm.bedrock_errors import BedrockHTTPError, classify
+from voiceagent.llm.eventstream import FrameDecoder, ReplyError, StreamFault, event_of
 from voiceagent.llm.scripted import ScriptedLLM
 from voiceagent.settings import Settings
 from voiceagent.tools.registry import default_registry

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from voiceagent import jsonlimits
 from voiceagent.jsonlimits import MAX_DEPTH, TooDeep, depth, loads
 from voiceagent.llm.base import LLMEvent, ToolUseRequest
-from voiceagent.llm.bedrock_converse import ReplyAssembler, ReplyError
+from voiceagent.llm.bedrock_converse import ReplyAssembler
+from voiceagent.llm.eventstream import ReplyError
 from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import ToolDeclaration
 

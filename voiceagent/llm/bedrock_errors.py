@@ -26,7 +26,7 @@ import trio
 from botocore.exceptions import BotoCoreError, NoCredentialsError
 from botocore.retries.quota import RetryQuota
 
-from voiceagent.llm.bedrock_converse import ReplyError, StreamFault
+from voiceagent.llm.eventstream import ReplyError, StreamFault
 from voiceagent.llm.net import ProxyRefused
 
 # botocore.retries.standard.RetryQuotaChecker's costs (private there, so restated here)

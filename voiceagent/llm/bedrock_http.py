@@ -39,7 +39,7 @@ import h11
 import trio
 
 from voiceagent.llm.base import LLMEvent
-from voiceagent.llm.bedrock_converse import FrameDecoder, ReplyAssembler, ReplyError, event_of
+from voiceagent.llm.bedrock_converse import ReplyAssembler
 from voiceagent.llm.bedrock_errors import (
     BedrockHTTPError,
     ConnectTimeout,
@@ -48,6 +48,7 @@ from voiceagent.llm.bedrock_errors import (
     classify,
 )
 from voiceagent.llm.bedrock_signing import Endpoint
+from voiceagent.llm.eventstream import FrameDecoder, ReplyError, event_of
 from voiceagent.llm.net import Link, Proxy, open_link
 
 log = logging.getLogger(__name__)
