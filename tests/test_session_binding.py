@@ -65,6 +65,18 @@ async def answered(server: RunningServer, call_sid: str, token: str) -> bool:
         return code is None
 
 
+def token_in(twiml: str) -> str:
+    """The session token a TwiML answer hands to Twilio."""
+    return twiml.split('name="sessionToken" value="')[1].split('"')[0]
+
+
+async def reconnect_token(server: RunningServer, call_sid: str) -> str:
+    """Twilio's signed /action after a failed relay session: the reconnect's fresh token."""
+    return token_in(await post_form(server.url + "/action", {
+        "CallSid": call_sid, "SessionStatus": "failed", "CallStatus": "in-progress",
+        "ErrorCode": "64107"}, AUTH_TOKEN))
+
+
 @pytest.mark.parametrize("token", ["anything", "", None])
 async def test_a_call_sid_nobody_prepared_is_refused_whatever_the_token(
         tmp_path: Path, token: str | None) -> None:
@@ -116,8 +128,7 @@ async def test_a_wrong_token_does_not_spoil_the_right_one(tmp_path: Path) -> Non
             identity = Identity()
             form = {"CallSid": identity.call_sid, "From": VICTIM, "To": "+15555550199"}
             url = server.url + "/twiml"
-            twiml = await post_form(url, form, AUTH_TOKEN)
-            token = twiml.split('name="sessionToken" value="')[1].split('"')[0]
+            token = token_in(await post_form(url, form, AUTH_TOKEN))
             assert not await answered(server, identity.call_sid, "forged")
             assert not await answered(server, identity.call_sid, "forg\u00e9 \ufffd")
             assert await answered(server, identity.call_sid, token)
@@ -156,10 +167,7 @@ async def test_twilio_reconnects_a_failed_session_with_a_fresh_token(tmp_path: P
                 assert (await call.read_reply()).text.startswith("We are open")
                 await call.ws.aclose(code=1011, reason="relay session failed")
             await server.runtime.calls.wait_idle()
-            reconnect = await post_form(server.url + "/action", {
-                "CallSid": identity.call_sid, "SessionStatus": "failed",
-                "CallStatus": "in-progress", "ErrorCode": "64107"}, AUTH_TOKEN)
-            fresh = reconnect.split('name="sessionToken" value="')[1].split('"')[0]
+            fresh = await reconnect_token(server, identity.call_sid)
             assert fresh != old
             assert not await answered(server, identity.call_sid, old)
             assert await answered(server, identity.call_sid, fresh)
@@ -275,10 +283,7 @@ async def test_a_session_that_failed_before_the_reply_resumes_with_a_valid_histo
                 await call.say("hello there")
                 await call.ws.aclose(code=1011, reason="relay session failed")
             await server.runtime.calls.wait_idle()
-            reconnect = await post_form(server.url + "/action", {
-                "CallSid": identity.call_sid, "SessionStatus": "failed",
-                "CallStatus": "in-progress", "ErrorCode": "64107"}, AUTH_TOKEN)
-            fresh = reconnect.split('name="sessionToken" value="')[1].split('"')[0]
+            fresh = await reconnect_token(server, identity.call_sid)
             async with signed_socket(server) as ws:
                 await ws.send_message(setup_frame(identity.call_sid, fresh))
                 await ws.send_message(json.dumps({"type": "prompt", "lang": "en-US",
