@@ -25,9 +25,8 @@ from __future__ import annotations
 import decimal
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from decimal import Decimal
 from functools import partial
 from typing import Any, TypeVar
 
@@ -46,19 +45,27 @@ from botocore.exceptions import (
 from voiceagent.errors import SettingsError, StoreError, StoreRejected
 from voiceagent.settings import Settings
 from voiceagent.store.base import (
-    BATCH_LIMIT,
     INDEX_NAME,
     TTL_ATTRIBUTE,
     Item,
     check_item_keys,
     describe_key,
 )
+from voiceagent.store.dynamodb_table import is_active, table_definition, table_problems
+from voiceagent.store.dynamodb_values import (
+    Key,
+    batches,
+    error_code,
+    item_size,
+    plain,
+    to_dynamo,
+    where,
+)
 from voiceagent.threads import run_blocking
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Key = tuple[str, str]
 
 CONNECT_TIMEOUT_S = 2.0
 READ_TIMEOUT_S = 4.0
@@ -113,7 +120,7 @@ class DynamoDBStore:
         batches of at most ``BATCH_LIMIT`` go out in order. A batch never holds one key twice:
         it ends before the repeat, so the later write lands later and wins."""
         encoded = [self._encode(item) for item in items]
-        for batch in _batches(encoded):
+        for batch in batches(encoded):
             if len(batch) == 1:
                 key, attributes = batch[0]
                 await self._call("put", partial(self._client.put_item,
@@ -151,7 +158,7 @@ class DynamoDBStore:
             response = await self._call("describe", lambda: self._client.describe_table(
                 TableName=self.table_name), read=True)
         except StoreError as err:
-            if _code(err.__cause__) == "ResourceNotFoundException":
+            if error_code(err.__cause__) == "ResourceNotFoundException":
                 return None
             raise
         table: dict[str, Any] = response["Table"]
@@ -163,9 +170,9 @@ class DynamoDBStore:
         try:
             table = await self.describe()
         except StoreError as err:
-            if _code(err.__cause__) in _CREDENTIAL_CODES:
+            if error_code(err.__cause__) in _CREDENTIAL_CODES:
                 log.warning("cannot describe the table, skipping the schema check",
-                            extra={"table": self.table_name, "error": _code(err.__cause__)})
+                            extra={"table": self.table_name, "error": error_code(err.__cause__)})
                 return
             raise
         if table is None:
@@ -193,10 +200,10 @@ class DynamoDBStore:
             raise StoreError(f"DynamoDB table {self.table_name!r} exists at {self.endpoint} "
                              f"with another schema: {'; '.join(problems)}")
         with trio.move_on_after(timeout_s):
-            while not _is_active(table):
+            while not is_active(table):
                 await trio.sleep(TABLE_POLL_S)
                 table = await self.describe() or table
-        if not _is_active(table):
+        if not is_active(table):
             raise StoreError(f"DynamoDB table {self.table_name!r} is not ACTIVE after "
                              f"{timeout_s:g} s (status {table.get('TableStatus')}); run "
                              "`voiceagent store init` again to keep waiting")
@@ -213,7 +220,7 @@ class DynamoDBStore:
         try:
             return await self._call("create_table", create)
         except StoreError as err:
-            if _code(err.__cause__) != "ResourceInUseException":    # created meanwhile
+            if error_code(err.__cause__) != "ResourceInUseException":    # created meanwhile
                 raise
             return await self.describe() or {}
 
@@ -294,7 +301,7 @@ class DynamoDBStore:
         except ClientError as err:
             raise self._client_error(operation, err, keys) from err
         except ParamValidationError as err:
-            raise StoreRejected(f"dynamodb {operation} refused {_where(keys)}before sending: "
+            raise StoreRejected(f"dynamodb {operation} refused {where(keys)}before sending: "
                                 f"{err}") from err
         except NoCredentialsError as err:
             raise StoreError(f"dynamodb {operation}: no AWS credentials found; set them the "
@@ -304,10 +311,10 @@ class DynamoDBStore:
 
     def _client_error(self, operation: str, err: ClientError, keys: Sequence[Key]
                       ) -> StoreError:
-        code = _code(err)
+        code = error_code(err)
         message = str(err.response.get("Error", {}).get("Message", ""))[:300]
         if code in _PERMANENT_CODES:
-            return StoreRejected(f"DynamoDB refused {_where(keys)}({operation}, {code}): "
+            return StoreRejected(f"DynamoDB refused {where(keys)}({operation}, {code}): "
                                  f"{message}")
         if code == "ResourceNotFoundException":
             return StoreError(f"DynamoDB table {self.table_name!r} not found at "
@@ -328,21 +335,21 @@ class DynamoDBStore:
         check_item_keys(item)
         key = (item["pk"], item["sk"])
         try:
-            attributes = {name: self._serializer.serialize(_to_dynamo(value, name))
+            attributes = {name: self._serializer.serialize(to_dynamo(value, name))
                           for name, value in item.items()}
         except StoreRejected as err:
             raise StoreRejected(f"{describe_key(*key)}: {err}") from None
         except (decimal.DecimalException, TypeError) as err:
             raise StoreRejected(f"{describe_key(*key)}: a number is outside DynamoDB's range "
                                 f"(38 digits, 1e-130 to 1e126): {type(err).__name__}") from None
-        size = _item_size(attributes)
+        size = item_size(attributes)
         if size > MAX_ITEM_BYTES:
             raise StoreRejected(f"{describe_key(*key)}: the item is {size} bytes, over "
                                 f"DynamoDB's 400 KB item limit ({MAX_ITEM_BYTES} bytes)")
         return key, attributes
 
     def _decode(self, attributes: Mapping[str, Any]) -> Item:
-        return {name: _plain(self._deserializer.deserialize(value))
+        return {name: plain(self._deserializer.deserialize(value))
                 for name, value in attributes.items()}
 
 
@@ -389,148 +396,4 @@ async def open_dynamodb_store(settings: Settings, *, limiter: trio.CapacityLimit
         await store.aclose()
 
 
-def table_definition(table_name: str) -> dict[str, Any]:
-    """CreateTable's arguments: the original sample's table, billed on demand."""
-    strings = [{"AttributeName": name, "AttributeType": "S"}
-               for name in ("pk", "sk", "pk1", "sk1")]
-    return {
-        "TableName": table_name, "BillingMode": "PAY_PER_REQUEST",
-        "AttributeDefinitions": strings,
-        "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"},
-                      {"AttributeName": "sk", "KeyType": "RANGE"}],
-        "GlobalSecondaryIndexes": [{
-            "IndexName": INDEX_NAME,
-            "KeySchema": [{"AttributeName": "pk1", "KeyType": "HASH"},
-                          {"AttributeName": "sk1", "KeyType": "RANGE"}],
-            "Projection": {"ProjectionType": "ALL"}}],
-    }
-
-
-def table_problems(table: Mapping[str, Any]) -> list[str]:
-    """How a DescribeTable ``Table`` differs from ``table_definition``: one entry each."""
-    problems: list[str] = []
-    types = {d["AttributeName"]: d["AttributeType"]
-             for d in table.get("AttributeDefinitions", [])}
-    expected = table_definition(str(table.get("TableName", "")))
-    want_keys = _key_schema(expected["KeySchema"])
-    have_keys = _key_schema(table.get("KeySchema", []))
-    if have_keys != want_keys:
-        problems.append(f"key schema is {have_keys}, expected {want_keys}")
-    indexes = {i["IndexName"]: i for i in table.get("GlobalSecondaryIndexes", [])}
-    index = indexes.get(INDEX_NAME)
-    want_index = _key_schema(expected["GlobalSecondaryIndexes"][0]["KeySchema"])
-    if index is None:
-        problems.append(f"no global secondary index {INDEX_NAME!r} "
-                        f"(expected {want_index}, projection ALL)")
-    else:
-        have_index = _key_schema(index.get("KeySchema", []))
-        if have_index != want_index:
-            problems.append(f"index {INDEX_NAME} key schema is {have_index}, "
-                            f"expected {want_index}")
-        projection = index.get("Projection", {}).get("ProjectionType")
-        if projection != "ALL":
-            problems.append(f"index {INDEX_NAME} projects {projection}, expected ALL")
-    for name in ("pk", "sk", "pk1", "sk1"):
-        if name in types and types[name] != "S":
-            problems.append(f"attribute {name} has type {types[name]}, expected S (string)")
-    return problems
-
-
-def _key_schema(schema: Sequence[Mapping[str, str]]) -> str:
-    roles = {e["KeyType"]: e["AttributeName"] for e in schema}
-    return f"{roles.get('HASH')}/{roles.get('RANGE')}"
-
-
-def _is_active(table: Mapping[str, Any]) -> bool:
-    indexes = table.get("GlobalSecondaryIndexes", [])
-    return table.get("TableStatus") == "ACTIVE" and all(
-        i.get("IndexStatus", "ACTIVE") == "ACTIVE" for i in indexes)
-
-
 # ------------------------------------------------------------------ values
-
-
-def _code(err: BaseException | None) -> str:
-    if isinstance(err, ClientError):
-        return str(err.response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def _where(keys: Sequence[Key]) -> str:
-    if not keys:
-        return ""
-    if len(keys) == 1:
-        return f"item {describe_key(*keys[0])} "
-    return (f"a batch of {len(keys)} items (from {describe_key(*keys[0])} to "
-            f"{describe_key(*keys[-1])}) ")
-
-
-def _batches(encoded: Sequence[tuple[Key, dict[str, Any]]]
-             ) -> Iterator[list[tuple[Key, dict[str, Any]]]]:
-    batch: list[tuple[Key, dict[str, Any]]] = []
-    keys: set[Key] = set()
-    for entry in encoded:
-        if len(batch) == BATCH_LIMIT or entry[0] in keys:
-            yield batch
-            batch, keys = [], set()
-        batch.append(entry)
-        keys.add(entry[0])
-    if batch:
-        yield batch
-
-
-def _to_dynamo(value: Any, where: str) -> Any:
-    """Plain values as TypeSerializer takes them: floats become Decimals (exactly the
-    float's shortest repr), tuples lists; anything else JSON would not hold is refused."""
-    if value is None or isinstance(value, str | bool | int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise StoreRejected(f"item attribute {where!r} is {value}: not storable")
-        return Decimal(repr(value))
-    if isinstance(value, list | tuple):
-        return [_to_dynamo(element, f"{where}[{i}]") for i, element in enumerate(value)]
-    if isinstance(value, dict):
-        out = {}
-        for key, element in value.items():
-            if not isinstance(key, str):
-                raise StoreRejected(f"item attribute {where!r} has a {type(key).__name__} "
-                                    "key; map keys must be strings")
-            out[key] = _to_dynamo(element, f"{where}.{key}")
-        return out
-    raise StoreRejected(f"item attribute {where!r} is a {type(value).__name__}; items hold "
-                        "str, int, float, bool, None, lists and dicts")
-
-
-def _plain(value: Any) -> Any:
-    """DynamoDB's values as plain Python: Decimal -> int or float, sets -> sorted lists."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {key: _plain(element) for key, element in value.items()}
-    if isinstance(value, list):
-        return [_plain(element) for element in value]
-    if isinstance(value, set | frozenset):
-        return sorted(_plain(element) for element in value)
-    return value
-
-
-def _item_size(attributes: Mapping[str, Any]) -> int:
-    """DynamoDB's size of an item: names plus values, per its documented rules."""
-    return sum(len(name.encode()) + _value_size(value) for name, value in attributes.items())
-
-
-def _value_size(value: Mapping[str, Any]) -> int:
-    (kind, data), = value.items()
-    if kind == "S":
-        return len(str(data).encode())
-    if kind == "N":
-        return len(str(data).lstrip("-").replace(".", "")) // 2 + 2
-    if kind in ("BOOL", "NULL"):
-        return 1
-    if kind == "L":
-        return 3 + sum(1 + _value_size(element) for element in data)
-    if kind == "M":
-        return 3 + sum(1 + len(key.encode()) + _value_size(element)
-                       for key, element in data.items())
-    return len(str(data).encode())

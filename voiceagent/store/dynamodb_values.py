@@ -1,0 +1,103 @@
+"""Item values between plain Python and DynamoDB's types, and an item's size as DynamoDB
+counts it (its 400 KB limit is checked before a write, so a refused item is refused here with
+its key path, not by the service in the middle of a batch)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from voiceagent.errors import StoreRejected
+from voiceagent.store.base import BATCH_LIMIT, describe_key
+
+Key = tuple[str, str]                # (pk, sk)
+
+
+def to_dynamo(value: Any, where: str) -> Any:
+    """Plain values as TypeSerializer takes them: floats become Decimals (exactly the
+    float's shortest repr), tuples lists; anything else JSON would not hold is refused."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise StoreRejected(f"item attribute {where!r} is {value}: not storable")
+        return Decimal(repr(value))
+    if isinstance(value, list | tuple):
+        return [to_dynamo(element, f"{where}[{i}]") for i, element in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for key, element in value.items():
+            if not isinstance(key, str):
+                raise StoreRejected(f"item attribute {where!r} has a {type(key).__name__} "
+                                    "key; map keys must be strings")
+            out[key] = to_dynamo(element, f"{where}.{key}")
+        return out
+    raise StoreRejected(f"item attribute {where!r} is a {type(value).__name__}; items hold "
+                        "str, int, float, bool, None, lists and dicts")
+
+
+def plain(value: Any) -> Any:
+    """DynamoDB's values as plain Python: Decimal -> int or float, sets -> sorted lists."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {key: plain(element) for key, element in value.items()}
+    if isinstance(value, list):
+        return [plain(element) for element in value]
+    if isinstance(value, set | frozenset):
+        return sorted(plain(element) for element in value)
+    return value
+
+
+def item_size(attributes: Mapping[str, Any]) -> int:
+    """DynamoDB's size of an item: names plus values, per its documented rules."""
+    return sum(len(name.encode()) + _value_size(value) for name, value in attributes.items())
+
+
+def _value_size(value: Mapping[str, Any]) -> int:
+    (kind, data), = value.items()
+    if kind == "S":
+        return len(str(data).encode())
+    if kind == "N":
+        return len(str(data).lstrip("-").replace(".", "")) // 2 + 2
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind == "L":
+        return 3 + sum(1 + _value_size(element) for element in data)
+    if kind == "M":
+        return 3 + sum(1 + len(key.encode()) + _value_size(element)
+                       for key, element in data.items())
+    return len(str(data).encode())
+
+
+def error_code(err: BaseException | None) -> str:
+    if isinstance(err, ClientError):
+        return str(err.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def where(keys: Sequence[Key]) -> str:
+    if not keys:
+        return ""
+    if len(keys) == 1:
+        return f"item {describe_key(*keys[0])} "
+    return (f"a batch of {len(keys)} items (from {describe_key(*keys[0])} to "
+            f"{describe_key(*keys[-1])}) ")
+
+
+def batches(encoded: Sequence[tuple[Key, dict[str, Any]]]
+             ) -> Iterator[list[tuple[Key, dict[str, Any]]]]:
+    batch: list[tuple[Key, dict[str, Any]]] = []
+    keys: set[Key] = set()
+    for entry in encoded:
+        if len(batch) == BATCH_LIMIT or entry[0] in keys:
+            yield batch
+            batch, keys = [], set()
+        batch.append(entry)
+        keys.add(entry[0])
+    if batch:
+        yield batch
