@@ -71,9 +71,9 @@ from voiceagent.bench import (
     Step,
     format_table,
     percentiles,
-    read_process,
     run_bench,
 )
+from voiceagent.procstat import read_process
 
 GOAL_OVERHEAD_P99_MS = {500: 5.0, 2000: 50.0}
 GOAL_IDLE_KB = 100.0

@@ -36,14 +36,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import trio
-from tqdm import tqdm
 
+from voiceagent.bench_progress import progress_bar, show_progress
 from voiceagent.caller import CallerError, Identity, RelayCall, open_call
+from voiceagent.procstat import read_processes
 
 STEP_TIMEOUT_S = 15.0
 CLOSER_TIMEOUT_S = 5.0          # interrupt sent -> the cut reply's closer must arrive by then
 PROGRESS_INTERVAL_S = 0.5
-NON_TTY_INTERVAL_S = 5.0        # progress lines in a log: one every 5 s
 
 
 @dataclass(frozen=True)
@@ -102,40 +102,6 @@ class BenchOptions:
     measure_from_s: float = 0.0     # figures from turns sent this long after the start only
     json_path: Path | None = None
     progress: bool = True
-
-
-# ---------------------------------------------------------------------- /proc
-
-
-def _clock_ticks() -> int:
-    return os.sysconf("SC_CLK_TCK")
-
-
-def read_processes(pids: tuple[int, ...]) -> dict[str, float] | None:
-    """CPU seconds and RSS (KiB) summed over local processes (a server with several workers),
-    or None if any is unreadable."""
-    total = {"cpu_s": 0.0, "rss_kb": 0.0}
-    for pid in pids:
-        one = read_process(pid)
-        if one is None:
-            return None
-        total["cpu_s"] += one["cpu_s"]
-        total["rss_kb"] += one["rss_kb"]
-    return total if pids else None
-
-
-def read_process(pid: int) -> dict[str, float] | None:
-    """CPU seconds (user+system) and RSS (KiB) of a local process, or None if unreadable."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    cpu_s = (int(fields[11]) + int(fields[12])) / _clock_ticks()
-    rss_kb = next((float(line.split()[1]) for line in status.splitlines()
-                   if line.startswith("VmRSS:")), 0.0)
-    return {"cpu_s": cpu_s, "rss_kb": rss_kb}
 
 
 # ---------------------------------------------------------------------- one call
@@ -270,7 +236,7 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
     monotonic_started = time.monotonic()
     client_cpu_started = time.process_time()
 
-    bar = _progress_bar(options, stream)
+    bar = progress_bar(options, stream)
 
     async def progress(cancel: trio.CancelScope) -> None:
         nonlocal peak_rss
@@ -279,7 +245,7 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
                 if now := read_processes(options.server_pids):
                     peak_rss = max(peak_rss, now["rss_kb"])
                 if bar is not None:
-                    _show(bar, figures)
+                    show_progress(bar, figures)
                 await trio.sleep(PROGRESS_INTERVAL_S)
 
     progress_scope = trio.CancelScope()
@@ -294,7 +260,7 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
             progress_scope.cancel()
     finally:
         if bar is not None:
-            _show(bar, figures)
+            show_progress(bar, figures)
             bar.close()
     duration_s = trio.current_time() - started
     client_cpu_s = time.process_time() - client_cpu_started
@@ -332,43 +298,6 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
     if options.json_path is not None:
         options.json_path.write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-class _LogLines:
-    """For a stream that is not a terminal: tqdm redraws its line with a carriage return,
-    which a log file keeps as one endless line; here each redraw is a line of its own."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-
-    def write(self, text: str) -> None:
-        line = text.replace("\r", "").strip("\n")
-        if line.strip():
-            self._stream.write(line + "\n")
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-
-def _progress_bar(options: BenchOptions, stream: TextIO) -> tqdm[Any] | None:
-    """A bar on a terminal; elsewhere (a CI log, a file) one line every few seconds."""
-    if not options.progress:
-        return None
-    terminal = stream.isatty()
-    return tqdm(total=options.calls, unit="call", file=stream if terminal else _LogLines(stream),
-                dynamic_ncols=terminal, ascii=not terminal,
-                mininterval=0.2 if terminal else NON_TTY_INTERVAL_S,
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} calls done [{elapsed}] "
-                           "{postfix}")
-
-
-def _show(bar: tqdm[Any], figures: Figures) -> None:
-    recent = sorted(figures.recent)
-    p50 = f"{recent[len(recent) // 2] * 1000:.1f} ms" if recent else "-"
-    active = figures.calls_started - figures.calls_done
-    bar.set_postfix_str(f"{active} active, {sum(figures.errors.values())} errors, "
-                        f"{figures.turns} turns, latency p50 {p50}", refresh=False)
-    bar.update(figures.calls_done - bar.n)
 
 
 def format_table(result: dict[str, Any]) -> str:
