@@ -26,6 +26,7 @@ from voiceagent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voiceagent.relay import asgi_socket
 from voiceagent.runtime import Runtime
 from voiceagent.sessions import TOKEN_PARAMETER, SessionBusy, SessionExists
+from voiceagent.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -101,183 +102,211 @@ def relay_path(runtime: Runtime) -> str:
     return DEFAULT_RELAY_PATH
 
 
-def create_app(runtime: Runtime) -> Any:
-    """The ASGI application for one runtime."""
-    app = QuartTrio("voiceagent")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_WEBHOOK_BYTES    # bodies sent without a length too
-    settings = runtime.settings
-    path = relay_path(runtime)
+def _headers() -> dict[str, str]:
+    return {k.lower(): v for k, v in request.headers.items()}
 
-    def headers() -> dict[str, str]:
-        return {k.lower(): v for k, v in request.headers.items()}
 
-    def base_url() -> str:
-        return signature.public_base(headers(), request.scheme, request.host,
-                                     settings.public_url,
-                                     trust_forwarded=settings.trust_proxy_headers)
+def _base_url(settings: Settings) -> str:
+    return signature.public_base(_headers(), request.scheme, request.host, settings.public_url,
+                                 trust_forwarded=settings.trust_proxy_headers)
 
-    def check(url: str, params: dict[str, str], given: dict[str, str]) -> bool:
-        return signature.is_valid(settings.twilio_auth_token or "", url, params, given,
-                                  shared_key_secret=settings.twilio_shared_key_secret)
 
-    async def signed_form() -> dict[str, str] | Response:
-        """The webhook's form if its signature is valid, else the answer to send. Nothing
-        unauthenticated is parsed: the signature header must be there before the body is
-        read, and the body must fit MAX_WEBHOOK_BYTES (Twilio's are a few KB)."""
-        if settings.validate_signatures and "x-twilio-signature" not in headers():
-            log.warning("unsigned webhook", extra={"path": request.path})
-            return Response("invalid signature", status=403)
-        if (request.content_length or 0) > MAX_WEBHOOK_BYTES:
-            log.warning("webhook body too large", extra={"path": request.path,
-                                                         "bytes": request.content_length})
-            return Response("request body too large", status=413)
-        form = dict((await request.form).items())
-        if settings.validate_signatures and not check(
-                base_url() + request.full_path.rstrip("?"), form, headers()):
-            log.warning("bad signature", extra={"path": request.path})
-            return Response("invalid signature", status=403)
+def _check(settings: Settings, url: str, params: dict[str, str],
+           given: dict[str, str]) -> bool:
+    return signature.is_valid(settings.twilio_auth_token or "", url, params, given,
+                              shared_key_secret=settings.twilio_shared_key_secret)
+
+
+async def _signed_form(settings: Settings) -> dict[str, str] | Response:
+    """The webhook's form if its signature is valid, else the answer to send. Nothing
+    unauthenticated is parsed: the signature header must be there before the body is
+    read, and the body must fit MAX_WEBHOOK_BYTES (Twilio's are a few KB)."""
+    if settings.validate_signatures and "x-twilio-signature" not in _headers():
+        log.warning("unsigned webhook", extra={"path": request.path})
+        return Response("invalid signature", status=403)
+    if (request.content_length or 0) > MAX_WEBHOOK_BYTES:
+        log.warning("webhook body too large", extra={"path": request.path,
+                                                     "bytes": request.content_length})
+        return Response("request body too large", status=413)
+    form = dict((await request.form).items())
+    if settings.validate_signatures and not _check(settings,
+            _base_url(settings) + request.full_path.rstrip("?"), form, _headers()):
+        log.warning("bad signature", extra={"path": request.path})
+        return Response("invalid signature", status=403)
+    return form
+
+
+def _refuse_call(settings: Settings) -> Response:
+    if settings.over_capacity == "503":           # Twilio's fallback URL takes over
+        return Response("over capacity", status=503, headers={"Retry-After": "5"})
+    return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+
+
+async def twiml_webhook(runtime: Runtime) -> Response:
+    """Twilio's call webhook, while the phone rings: the session, then the relay's TwiML."""
+    settings, path = runtime.settings, relay_path(runtime)
+    form = await _signed_form(settings)
+    if isinstance(form, Response):
         return form
-
-    def refuse_call() -> Response:
-        if settings.over_capacity == "503":           # Twilio's fallback URL takes over
-            return Response("over capacity", status=503, headers={"Retry-After": "5"})
+    if "CallSid" not in form:
+        return Response("CallSid missing: this endpoint is Twilio's voice webhook",
+                        status=400)
+    call_sid_var.set(form["CallSid"])
+    if runtime.draining or runtime.at_capacity:
+        log.warning("call refused", extra={"draining": runtime.draining,
+                                           "active_calls": runtime.calls.active})
+        return _refuse_call(settings)
+    try:
+        session = await runtime.sessions.prepare(form)
+        use_case = await runtime.catalog.use_case(session.use_case)
+    except SessionExists:
+        # a replayed (or retried) webhook: minting again would hand the call to whoever
+        # sent it, so the first answer stands
+        log.warning("call webhook for a call already prepared: refused")
+        return Response("this call was already answered", status=409)
+    except UnknownUseCase as err:
+        log.error("use case missing", extra={"error": str(err)})
         return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+    ws_url = settings.ws_url or signature.to_ws(_base_url(settings)) + path
+    document = twiml.connect_relay(
+        ws_url=ws_url, action_url=_base_url(settings) + "/action", use_case=use_case,
+        parameters={TOKEN_PARAMETER: session.token})
+    return Response(document, mimetype=XML)
 
-    @app.post("/twiml")
-    async def twiml_webhook() -> Response:
-        form = await signed_form()
-        if isinstance(form, Response):
-            return form
-        if "CallSid" not in form:
-            return Response("CallSid missing: this endpoint is Twilio's voice webhook",
-                            status=400)
-        call_sid_var.set(form["CallSid"])
-        if runtime.draining or runtime.at_capacity:
-            log.warning("call refused", extra={"draining": runtime.draining,
-                                               "active_calls": runtime.calls.active})
-            return refuse_call()
+
+async def action_webhook(runtime: Runtime) -> Response:
+    """Twilio's session-end callback: hand over to a person, say goodbye, or reconnect."""
+    settings, path = runtime.settings, relay_path(runtime)
+    form = await _signed_form(settings)
+    if isinstance(form, Response):
+        return form
+    status, call_sid = form.get("SessionStatus", ""), form.get("CallSid", "")
+    if call_sid:
+        call_sid_var.set(call_sid)
+    log.info("relay session ended", extra={"status": status,
+                                           "error_code": form.get("ErrorCode", "")})
+    if status == "completed":                # the caller hung up: Twilio ignores the TwiML
+        return Response(twiml.empty(), mimetype=XML)
+    session = None
+    if call_sid:
+        # the socket's write-behind may still hold this call's last messages
+        await runtime.writer.flush(call_sid, timeout_s=settings.flush_timeout_s)
+        item = await runtime.store.get(call_sid, "connection")
+        session = records.session_from_item(item) if item is not None else None
+    use_case = None
+    if session is not None:
         try:
-            session = await runtime.sessions.prepare(form)
             use_case = await runtime.catalog.use_case(session.use_case)
-        except SessionExists:
-            # a replayed (or retried) webhook: minting again would hand the call to whoever
-            # sent it, so the first answer stands
-            log.warning("call webhook for a call already prepared: refused")
-            return Response("this call was already answered", status=409)
         except UnknownUseCase as err:
             log.error("use case missing", extra={"error": str(err)})
+    if status == "failed":
+        if (form.get("CallStatus", "").lower() != "in-progress" or session is None
+                or use_case is None or not runtime.may_reconnect(call_sid)):
             return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
-        ws_url = settings.ws_url or signature.to_ws(base_url()) + path
-        document = twiml.connect_relay(
-            ws_url=ws_url, action_url=base_url() + "/action", use_case=use_case,
-            parameters={TOKEN_PARAMETER: session.token})
-        return Response(document, mimetype=XML)
-
-    @app.post("/action")
-    async def action_webhook() -> Response:
-        """Twilio's session-end callback: hand over to a person, say goodbye, or reconnect."""
-        form = await signed_form()
-        if isinstance(form, Response):
-            return form
-        status, call_sid = form.get("SessionStatus", ""), form.get("CallSid", "")
-        if call_sid:
-            call_sid_var.set(call_sid)
-        log.info("relay session ended", extra={"status": status,
-                                               "error_code": form.get("ErrorCode", "")})
-        if status == "completed":                # the caller hung up: Twilio ignores the TwiML
-            return Response(twiml.empty(), mimetype=XML)
-        session = None
-        if call_sid:
-            # the socket's write-behind may still hold this call's last messages
-            await runtime.writer.flush(call_sid, timeout_s=settings.flush_timeout_s)
-            item = await runtime.store.get(call_sid, "connection")
-            session = records.session_from_item(item) if item is not None else None
-        use_case = None
-        if session is not None:
-            try:
-                use_case = await runtime.catalog.use_case(session.use_case)
-            except UnknownUseCase as err:
-                log.error("use case missing", extra={"error": str(err)})
-        if status == "failed":
-            if (form.get("CallStatus", "").lower() != "in-progress" or session is None
-                    or use_case is None or not runtime.may_reconnect(call_sid)):
-                return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
-            try:
-                renewed = await runtime.sessions.renew(session)
-            except SessionBusy:
-                log.warning("reconnect refused: the call's socket is still connected")
-                return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
-            log.info("reconnecting the relay session")   # the new socket resumes the history
-            ws_url = settings.ws_url or signature.to_ws(base_url()) + path
-            document = twiml.connect_relay(
-                ws_url=ws_url, action_url=base_url() + "/action", use_case=use_case,
-                parameters={TOKEN_PARAMETER: renewed.token}, greeting=False)
-            return Response(document, mimetype=XML)
-        handoff = _handoff_data(form.get("HandoffData", ""))
-        reason = str(handoff.get("reasonCode", ""))
-        wants_person = handoff.get("handoff") is True or reason == HANDOFF_REASON
-        if wants_person and use_case is not None:
-            config = use_case.handoff
-            log.info("live-agent handoff", extra={"reason": reason, "mode": config.mode})
-            if config.mode == "enqueue" and (config.queue or config.workflow_sid):
-                return Response(twiml.enqueue(config.message, queue=config.queue,
-                                              workflow_sid=config.workflow_sid,
-                                              task=json.dumps(handoff)), mimetype=XML)
-            if config.mode == "dial" and config.number:
-                return Response(twiml.dial(config.message, config.number), mimetype=XML)
-            log.warning("handoff asked for, but the use case has no handoff target")
-            return Response(twiml.say_and_hang_up(NO_AGENT), mimetype=XML)
-        return Response(twiml.say_and_hang_up(GOODBYE), mimetype=XML)
-
-    @app.get("/health")
-    async def health() -> Response:
-        body = {"status": "draining" if runtime.draining else "ok",
-                "active_calls": runtime.calls.active}
-        return Response(json.dumps(body), status=503 if runtime.draining else 200,
-                        mimetype="application/json")
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        """Only with METRICS_TOKEN set, and only for a request that carries it: call counts,
-        error codes and latencies are for the operator, not for anyone on the public port."""
-        token = settings.metrics_token
-        if runtime.metrics is None or not token:
-            return Response("not found", status=404)
-        given = request.headers.get("Authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            return Response("unauthorized", status=401,
-                            headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
-        return Response(runtime.metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
-
-    async def relay(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        headers = {k.decode("latin1").lower(): v.decode("latin1")
-                   for k, v in scope.get("headers", [])}
-        if settings.validate_signatures:
-            base = signature.public_base(headers, "https" if scope["scheme"] == "wss" else "http",
-                                         headers.get("host", ""), settings.public_url,
-                                         trust_forwarded=settings.trust_proxy_headers)
-            if not check(settings.ws_url or signature.to_ws(base) + path, {}, headers):
-                log.warning("bad signature on relay upgrade")
-                await asgi_socket.reject(receive, send, 403, "invalid signature")
-                return
-        if not await asgi_socket.accept(receive, send):
-            return
-        socket = asgi_socket.AsgiRelaySocket(receive, send)
-        standing = _SocketStanding(runtime)
         try:
-            with standing.scope:
-                await run_call(socket, resolve=standing.claim,
-                               services=runtime.call_services(), report=standing.report)
-            if standing.scope.cancelled_caught:
-                log.warning("relay socket closed: no setup while newer sockets waited")
-                with trio.move_on_after(1.0, shield=True):
-                    await socket.close(1008, "setup expected")
-        finally:
-            standing.end()
+            renewed = await runtime.sessions.renew(session)
+        except SessionBusy:
+            log.warning("reconnect refused: the call's socket is still connected")
+            return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+        log.info("reconnecting the relay session")   # the new socket resumes the history
+        ws_url = settings.ws_url or signature.to_ws(_base_url(settings)) + path
+        document = twiml.connect_relay(
+            ws_url=ws_url, action_url=_base_url(settings) + "/action", use_case=use_case,
+            parameters={TOKEN_PARAMETER: renewed.token}, greeting=False)
+        return Response(document, mimetype=XML)
+    handoff = _handoff_data(form.get("HandoffData", ""))
+    reason = str(handoff.get("reasonCode", ""))
+    wants_person = handoff.get("handoff") is True or reason == HANDOFF_REASON
+    if wants_person and use_case is not None:
+        config = use_case.handoff
+        log.info("live-agent handoff", extra={"reason": reason, "mode": config.mode})
+        if config.mode == "enqueue" and (config.queue or config.workflow_sid):
+            return Response(twiml.enqueue(config.message, queue=config.queue,
+                                          workflow_sid=config.workflow_sid,
+                                          task=json.dumps(handoff)), mimetype=XML)
+        if config.mode == "dial" and config.number:
+            return Response(twiml.dial(config.message, config.number), mimetype=XML)
+        log.warning("handoff asked for, but the use case has no handoff target")
+        return Response(twiml.say_and_hang_up(NO_AGENT), mimetype=XML)
+    return Response(twiml.say_and_hang_up(GOODBYE), mimetype=XML)
+
+
+async def health(runtime: Runtime) -> Response:
+    body = {"status": "draining" if runtime.draining else "ok",
+            "active_calls": runtime.calls.active}
+    return Response(json.dumps(body), status=503 if runtime.draining else 200,
+                    mimetype="application/json")
+
+
+async def metrics(runtime: Runtime) -> Response:
+    """Only with METRICS_TOKEN set, and only for a request that carries it: call counts,
+    error codes and latencies are for the operator, not for anyone on the public port."""
+    token = runtime.settings.metrics_token
+    if runtime.metrics is None or not token:
+        return Response("not found", status=404)
+    given = request.headers.get("Authorization", "")
+    if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return Response("unauthorized", status=401,
+                        headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+    return Response(runtime.metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
+
+
+async def relay(runtime: Runtime, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The relay socket: signature on the upgrade, then one call (see ``_SocketStanding``)."""
+    settings, path = runtime.settings, relay_path(runtime)
+    headers = {k.decode("latin1").lower(): v.decode("latin1")
+               for k, v in scope.get("headers", [])}
+    if settings.validate_signatures:
+        base = signature.public_base(headers, "https" if scope["scheme"] == "wss" else "http",
+                                     headers.get("host", ""), settings.public_url,
+                                     trust_forwarded=settings.trust_proxy_headers)
+        if not _check(settings, settings.ws_url or signature.to_ws(base) + path, {}, headers):
+            log.warning("bad signature on relay upgrade")
+            await asgi_socket.reject(receive, send, 403, "invalid signature")
+            return
+    if not await asgi_socket.accept(receive, send):
+        return
+    socket = asgi_socket.AsgiRelaySocket(receive, send)
+    standing = _SocketStanding(runtime)
+    try:
+        with standing.scope:
+            await run_call(socket, resolve=standing.claim,
+                           services=runtime.call_services(), report=standing.report)
+        if standing.scope.cancelled_caught:
+            log.warning("relay socket closed: no setup while newer sockets waited")
+            with trio.move_on_after(1.0, shield=True):
+                await socket.close(1008, "setup expected")
+    finally:
+        standing.end()
+
+
+def create_app(runtime: Runtime) -> Any:
+    """The ASGI application for one runtime: the routes below, bound to it, and the relay
+    socket served straight on ASGI."""
+    app = QuartTrio("voiceagent")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_WEBHOOK_BYTES    # bodies sent without a length too
+    path = relay_path(runtime)
+
+    async def on_twiml() -> Response:
+        return await twiml_webhook(runtime)
+
+    async def on_action() -> Response:
+        return await action_webhook(runtime)
+
+    async def on_health() -> Response:
+        return await health(runtime)
+
+    async def on_metrics() -> Response:
+        return await metrics(runtime)
+
+    app.add_url_rule("/twiml", "twiml", on_twiml, methods=["POST"])
+    app.add_url_rule("/action", "action", on_action, methods=["POST"])
+    app.add_url_rule("/health", "health", on_health, methods=["GET"])
+    app.add_url_rule("/metrics", "metrics", on_metrics, methods=["GET"])
 
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and scope["path"] == path:
-            await relay(scope, receive, send)
+            await relay(runtime, scope, receive, send)
         else:
             await app(cast(Any, scope), receive, send)
 
