@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import server_process
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
-from voiceagent.caller import CallerError, Identity, open_call, post_form, release_transport
+from voiceagent.app.caller import CallerError, Identity, open_call, post_form, release_transport
 from voiceagent.signature import sign
 
 TOKEN = "bench-token"

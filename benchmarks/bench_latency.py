@@ -66,14 +66,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import server_process
 from local_stack import TOKEN, Stack, StackOptions, local_stack
 
-from voiceagent.bench import (
+from voiceagent.app.bench import (
     BenchOptions,
     Step,
     format_table,
     percentiles,
     run_bench,
 )
-from voiceagent.procstat import read_process
+from voiceagent.app.procstat import read_process
 
 GOAL_OVERHEAD_P99_MS = {500: 5.0, 2000: 50.0}
 GOAL_IDLE_KB = 100.0

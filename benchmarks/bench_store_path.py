@@ -28,9 +28,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from voiceagent.caller import Identity, open_call
-from voiceagent.runtime import open_runtime
-from voiceagent.server import serve
+from voiceagent.app.caller import Identity, open_call
+from voiceagent.app.runtime import open_runtime
+from voiceagent.app.server import serve
 from voiceagent.settings import Settings
 from voiceagent.store.base import Item
 from voiceagent.store.sqlite import open_sqlite_store

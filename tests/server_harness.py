@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from voiceagent.app.runtime import Runtime
+from voiceagent.app.server import open_server
 from voiceagent.llm.base import LLM
-from voiceagent.runtime import Runtime
-from voiceagent.server import open_server
 from voiceagent.settings import Settings
 from voiceagent.tools.registry import ToolRegistry
 

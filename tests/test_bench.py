@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
-from voiceagent import cli
-from voiceagent.bench import BenchOptions, Step, format_table, percentiles, run_bench
+from voiceagent.app import cli
+from voiceagent.app.bench import BenchOptions, Step, format_table, percentiles, run_bench
 
 
 async def test_bench_against_the_real_server(tmp_path: Path) -> None:

@@ -21,9 +21,9 @@ from boto3.dynamodb.types import TypeSerializer
 import voiceagent.store.records as records
 from tests.dynamodb_support import aws_env, isolate_env, moto_endpoint, raw_client, table_name
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
-from voiceagent.caller import Identity, open_call
+from voiceagent.app.caller import Identity, open_call
+from voiceagent.app.cli import main
 from voiceagent.catalog import read_config_dir
-from voiceagent.cli import main
 from voiceagent.store.dynamodb import DynamoDBStore, table_definition
 from voiceagent.store.sqlite import open_sqlite_store
 from voiceagent.tools.registry import default_registry

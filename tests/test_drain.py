@@ -15,7 +15,7 @@ import trio
 
 from tests.serve_process import serve_process
 from tests.server_harness import AUTH_TOKEN
-from voiceagent.caller import Identity, open_call
+from voiceagent.app.caller import Identity, open_call
 from voiceagent.store.sqlite import open_sqlite_store
 
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ async def test_sigterm_drains_live_calls_then_exits_zero(tmp_path: Path) -> None
 
 
 async def _twiml_status_and_body(base: str) -> str:
-    from voiceagent.caller import post_form
+    from voiceagent.app.caller import post_form
     form = {"CallSid": "CA" + "9" * 32, "From": "+15555550100", "To": "+15555550199"}
     return await post_form(base + "/twiml", form, AUTH_TOKEN)
 

@@ -24,7 +24,7 @@ from tests.dynamodb_support import (
     table_name,
 )
 from tests.server_harness import AUTH_TOKEN, FIXTURE_CONFIG, make_settings, running_server
-from voiceagent.caller import Identity, RelayCall, open_call
+from voiceagent.app.caller import Identity, RelayCall, open_call
 from voiceagent.catalog import read_config_dir, write_config
 from voiceagent.store.dynamodb import DynamoDBStore
 from voiceagent.store.write_behind import WriteBehind, WriteBehindStatistics

@@ -14,7 +14,7 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
-from voiceagent.caller import CallerError, Identity, open_call, post_form, release_transport
+from voiceagent.app.caller import CallerError, Identity, open_call, post_form, release_transport
 from voiceagent.signature import sign
 
 STORY_START = "Once upon a time"

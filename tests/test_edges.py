@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from voiceagent import signature, twiml
-from voiceagent.cli import main
+from voiceagent.app.cli import main
 from voiceagent.errors import SettingsError
 from voiceagent.settings import Settings
 from voiceagent.usecases import LanguageEntry, UseCase

@@ -1,4 +1,4 @@
-"""The heap settled for latency (voiceagent.heap): start-up frozen, rarer full collections,
+"""The heap settled for latency (voiceagent.app.heap): start-up frozen, rarer full collections,
 and the pauses that remain measured."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import pytest
 import trio
 import trio.testing
 
-from voiceagent import heap
+from voiceagent.app import heap
 
 
 def test_settle_freezes_what_start_up_built(caplog: pytest.LogCaptureFixture) -> None:
     built_at_startup = [[n] for n in range(1000)]        # lists: always tracked
     try:
-        with caplog.at_level(logging.INFO, logger="voiceagent.heap"):
+        with caplog.at_level(logging.INFO, logger="voiceagent.app.heap"):
             heap.settle_after_startup()
         assert gc.get_freeze_count() >= len(built_at_startup)
         assert all(gc.is_tracked(x) for x in built_at_startup)   # frozen, still tracked

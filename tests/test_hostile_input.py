@@ -14,7 +14,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-import voiceagent.server
+import voiceagent.app.server
 from actors.turn import APOLOGY_SILENT
 from tests.fake_bedrock import (
     RecordedRequest,
@@ -28,7 +28,7 @@ from tests.fake_bedrock import (
 )
 from tests.fakes import FakeLLM, tool_use, words
 from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
-from voiceagent.caller import (
+from voiceagent.app.caller import (
     Identity,
     RelayTarget,
     open_call,
@@ -268,7 +268,7 @@ async def test_a_request_body_sent_a_byte_at_a_time_is_cut_off(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Headers that promise 1,000 bytes, then a byte every 0.1 s: each read is quick, so only
     a bound on the whole body ends it. The server answers 408 and closes the connection."""
-    monkeypatch.setattr(voiceagent.server, "BODY_TIMEOUT_S", 1.0, raising=False)
+    monkeypatch.setattr(voiceagent.app.server, "BODY_TIMEOUT_S", 1.0, raising=False)
     with trio.fail_after(20):
         async with running_server(make_settings(tmp_path)) as server:
             host, port = server.url.removeprefix("http://").split(":")
@@ -303,7 +303,7 @@ async def test_quiet_calls_and_bodies_sent_in_pieces_in_time_are_not_cut(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The body bound is for HTTP bodies only: a relay socket quiet for longer than it is
     served, and a webhook whose body comes in two pieces within it is answered."""
-    monkeypatch.setattr(voiceagent.server, "BODY_TIMEOUT_S", 0.5, raising=False)
+    monkeypatch.setattr(voiceagent.app.server, "BODY_TIMEOUT_S", 0.5, raising=False)
     identity = Identity()
     form = {"CallSid": identity.call_sid, "From": identity.from_number,
             "To": identity.to_number, "CallStatus": "ringing"}

@@ -15,10 +15,10 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
-from voiceagent import heap
-from voiceagent.caller import open_call
+from voiceagent.app import heap
+from voiceagent.app.caller import open_call
+from voiceagent.app.metrics import Metrics
 from voiceagent.logs import JsonFormatter, _ContextFilter
-from voiceagent.metrics import Metrics
 
 METRICS_TOKEN = "test-metrics-token"
 

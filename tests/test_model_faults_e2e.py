@@ -36,7 +36,7 @@ from tests.fake_bedrock import (
 from tests.proxy_support import running_proxy
 from tests.serve_process import ServerProcess, serve_process
 from tests.server_harness import AUTH_TOKEN
-from voiceagent.caller import Identity, open_call
+from voiceagent.app.caller import Identity, open_call
 from voiceagent.store.sqlite import open_sqlite_store
 
 pytestmark = pytest.mark.slow

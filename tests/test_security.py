@@ -31,7 +31,7 @@ from tests.fake_bedrock import (
     text_reply,
 )
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
-from voiceagent.caller import Identity, open_call, parse_relay_twiml
+from voiceagent.app.caller import Identity, open_call, parse_relay_twiml
 from voiceagent.errors import ConfigError
 from voiceagent.llm.scripted import APOLOGY
 from voiceagent.logs import JsonFormatter, _ContextFilter

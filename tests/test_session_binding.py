@@ -19,7 +19,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
-from voiceagent.caller import CallerError, Identity, open_call, post_form, release_transport
+from voiceagent.app.caller import CallerError, Identity, open_call, post_form, release_transport
 from voiceagent.signature import sign
 
 VICTIM = "+15555550100"

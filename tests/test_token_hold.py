@@ -25,7 +25,7 @@ from tests.call_harness import open_test_call, plain_use_case
 from tests.fake_bedrock import running_fake_bedrock, text_reply
 from tests.fakes import FakeLLM, tool_use, words
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
-from voiceagent.caller import open_call
+from voiceagent.app.caller import open_call
 from voiceagent.errors import ModelStreamFailed
 from voiceagent.llm.base import HeldReads, LLMRequest, StreamEnd, TextDelta
 from voiceagent.llm.scripted import ScriptedLLM

@@ -37,7 +37,7 @@ from tests.dynamodb_support import (
     table_name,
 )
 from tests.server_harness import AUTH_TOKEN, FIXTURE_CONFIG
-from voiceagent.caller import Identity, RelayCall, RelayTarget, parse_relay_twiml, post_form
+from voiceagent.app.caller import Identity, RelayCall, RelayTarget, parse_relay_twiml, post_form
 from voiceagent.signature import sign
 from voiceagent.store.dynamodb import DynamoDBStore
 from voiceagent.usecases import Profile, UseCase

@@ -11,7 +11,7 @@ import trio
 
 from tests.fakes import FakeLLM, tool_use, words
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
-from voiceagent.caller import Identity, open_call, post_form
+from voiceagent.app.caller import Identity, open_call, post_form
 from voiceagent.settings import SOURCE_CONFIG
 from voiceagent.tools.registry import ToolRegistry, default_registry
 

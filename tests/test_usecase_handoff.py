@@ -11,12 +11,12 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from voiceagent.caller import RelayCall, parse_relay_twiml
+from voiceagent.app.caller import RelayCall, parse_relay_twiml
+from voiceagent.app.testing import agent_server
 from voiceagent.llm.base import LLMEvent, LLMRequest
 from voiceagent.llm.scripted import ScriptedLLM
 from voiceagent.settings import SOURCE_CONFIG
 from voiceagent.signature import sign
-from voiceagent.testing import agent_server
 from voiceagent.usecases import load_use_case_file
 
 RESTAURANT = "restaurantOrderingUseCase"

@@ -1,5 +1,5 @@
 """The restaurant use case's newer tools, as conversations through the real server
-(voiceagent.testing): confirmation texts, order status, and switching to Spanish."""
+(voiceagent.app.testing): confirmation texts, order status, and switching to Spanish."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import trio
 
+from voiceagent.app.testing import agent_server
 from voiceagent.settings import SOURCE_CONFIG
-from voiceagent.testing import agent_server
 
 RESTAURANT = "restaurantOrderingUseCase"
 ACCOUNT = "AC" + "1" * 32

@@ -1,7 +1,9 @@
 """voiceagent: phone agents on Twilio ConversationRelay and Amazon Bedrock.
 
-The service edges (HTTP, WebSocket, model, store, tools) live here; the per-call runtime lives in
-the sibling package ``actors``.
+Three layers, arrows one way (docs/architecture.md): ``voiceagent.app`` is the edges (HTTP
+and WebSocket app, server, CLI, sessions, runtime, metrics, load generator, testing helpers);
+the sibling package ``actors`` runs one call; the rest of ``voiceagent`` is the parts they use
+(model, store, relay protocol, tools, use cases, settings), which import neither.
 """
 
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
 import sys
 
-from voiceagent.cli import main
+from voiceagent.app.cli import main
 
 sys.exit(main())

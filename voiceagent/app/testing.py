@@ -2,7 +2,7 @@
 
 ::
 
-    from voiceagent.testing import agent_server
+    from voiceagent.app.testing import agent_server
 
     async def test_hours(tmp_path):
         async with agent_server("config", use_case="restaurantOrderingUseCase",
@@ -31,10 +31,10 @@ from typing import Any
 import trio
 
 from actors.call import CallReport
-from voiceagent.caller import Identity, RelayCall, open_call, post_form
+from voiceagent.app.caller import Identity, RelayCall, open_call, post_form
+from voiceagent.app.runtime import Runtime
+from voiceagent.app.server import open_server
 from voiceagent.llm.base import LLM
-from voiceagent.runtime import Runtime
-from voiceagent.server import open_server
 from voiceagent.settings import Settings
 from voiceagent.tools.registry import ToolRegistry
 

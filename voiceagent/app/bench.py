@@ -37,9 +37,9 @@ from typing import Any, TextIO
 
 import trio
 
-from voiceagent.bench_progress import progress_bar, show_progress
-from voiceagent.caller import CallerError, Identity, RelayCall, open_call
-from voiceagent.procstat import read_processes
+from voiceagent.app.bench_progress import progress_bar, show_progress
+from voiceagent.app.caller import CallerError, Identity, RelayCall, open_call
+from voiceagent.app.procstat import read_processes
 
 STEP_TIMEOUT_S = 15.0
 CLOSER_TIMEOUT_S = 5.0          # interrupt sent -> the cut reply's closer must arrive by then

@@ -21,11 +21,12 @@ import yaml
 from pydantic import BaseModel
 
 import voiceagent.store.records as records
-from voiceagent import logs, transcripts
+from voiceagent import logs
+from voiceagent.app import transcripts
+from voiceagent.app.runtime import open_store
 from voiceagent.catalog import ConfigSet, read_config_dir, write_config
 from voiceagent.errors import ConfigError
 from voiceagent.logs import mask_phone
-from voiceagent.runtime import open_store
 from voiceagent.settings import Settings
 from voiceagent.tools.registry import default_registry
 from voiceagent.usecases import Profile, UseCase

@@ -12,7 +12,7 @@ from typing import TextIO
 
 import trio
 
-from voiceagent.caller import RelayCall, Reply
+from voiceagent.app.caller import RelayCall, Reply
 
 HELP = ("Type what the caller says and press Enter. Commands: /interrupt (barge in), "
         "/dtmf 123 (press keys), /hangup, /help")

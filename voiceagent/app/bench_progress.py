@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from tqdm import tqdm
 
 if TYPE_CHECKING:
-    from voiceagent.bench import BenchOptions, Figures
+    from voiceagent.app.bench import BenchOptions, Figures
 
 NON_TTY_INTERVAL_S = 5.0        # progress lines in a log: one every 5 s
 

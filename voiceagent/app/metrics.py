@@ -38,7 +38,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from voiceagent import heap
+from voiceagent.app import heap
 
 if TYPE_CHECKING:
     from actors.call import CallReport

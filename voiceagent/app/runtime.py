@@ -18,12 +18,12 @@ import trio
 
 import voiceagent.store.records as records
 from actors.call import CallReport, CallServices
-from voiceagent import heap
+from voiceagent.app import heap
+from voiceagent.app.metrics import Metrics
+from voiceagent.app.sessions import Sessions
 from voiceagent.catalog import Catalog, read_config_dir, write_config
 from voiceagent.llm.base import LLM
 from voiceagent.llm.scripted import ScriptedLLM
-from voiceagent.metrics import Metrics
-from voiceagent.sessions import Sessions
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 from voiceagent.store.write_behind import WriteBehind

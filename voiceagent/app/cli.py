@@ -16,12 +16,13 @@ from pathlib import Path
 
 import trio
 
-from voiceagent import bench, logs
-from voiceagent.caller import CallerError, Identity, open_call
-from voiceagent.cli_store import add_commands
+from voiceagent import logs
+from voiceagent.app import bench
+from voiceagent.app.caller import CallerError, Identity, open_call
+from voiceagent.app.cli_store import add_commands
+from voiceagent.app.terminal import Transcript, interactive, scripted
 from voiceagent.errors import ConfigError, SettingsError, StoreError
 from voiceagent.settings import Settings
-from voiceagent.terminal import Transcript, interactive, scripted
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _serve_async(settings: Settings) -> None:
-    from voiceagent import heap
-    from voiceagent.runtime import open_runtime
-    from voiceagent.server import serve, wait_signal
+    from voiceagent.app import heap
+    from voiceagent.app.runtime import open_runtime
+    from voiceagent.app.server import serve, wait_signal
 
     stop = trio.Event()
     pauses = heap.record_gc_pauses()
@@ -135,7 +136,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 async def _demo_async(settings: Settings, args: argparse.Namespace) -> None:
-    from voiceagent.server import open_server
+    from voiceagent.app.server import open_server
 
     async with open_server(settings) as (url, _):
         print(f"server listening on {url}", file=sys.stderr)

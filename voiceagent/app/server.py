@@ -25,11 +25,11 @@ from hypercorn.typing import (
     Scope,
 )
 
+from voiceagent.app.runtime import Runtime, open_runtime
+from voiceagent.app.web import create_app
 from voiceagent.llm.base import LLM
-from voiceagent.runtime import Runtime, open_runtime
 from voiceagent.settings import Settings
 from voiceagent.tools.registry import ToolRegistry
-from voiceagent.web import create_app
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ async def open_server(settings: Settings, *, llm: LLM | None = None,
                       ) -> AsyncIterator[tuple[str, Runtime]]:
     """The whole service in this process on the settings' host and port (port 0 picks a free
     one), yielding its URL and runtime; leaving drains and stops it. For the demo, tests and
-    ``voiceagent.testing``."""
+    ``voiceagent.app.testing``."""
     async with open_runtime(settings, llm=llm, registry=registry) as runtime, \
             trio.open_nursery() as nursery:
         stop = trio.Event()

@@ -20,12 +20,12 @@ import voiceagent.store.records as records
 from actors.call import CallPlan, CallRejected, CallReport, run_call
 from actors.messages import Setup
 from voiceagent import jsonlimits, signature, twiml
+from voiceagent.app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from voiceagent.app.runtime import Runtime
+from voiceagent.app.sessions import TOKEN_PARAMETER, SessionBusy, SessionExists
 from voiceagent.catalog import UnknownUseCase
 from voiceagent.logs import call_sid_var
-from voiceagent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voiceagent.relay import asgi_socket
-from voiceagent.runtime import Runtime
-from voiceagent.sessions import TOKEN_PARAMETER, SessionBusy, SessionExists
 from voiceagent.settings import Settings
 
 log = logging.getLogger(__name__)
