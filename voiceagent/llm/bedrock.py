@@ -168,8 +168,9 @@ class BedrockLLM:
         try:
             connection, _ = await pool.acquire(fresh=True)
         except Exception as err:
-            log.warning("bedrock warm-up could not connect", extra={
-                "error": classify(err).message, "code": classify(err).code})
+            failure = classify(err)
+            log.warning("bedrock warm-up could not connect",
+                        extra={"error": failure.message, "code": failure.code})
             return
         pool.keep_idle(connection)
         log.info("bedrock connection warmed",
