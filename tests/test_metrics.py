@@ -7,18 +7,24 @@ import io
 import json
 import logging
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from tests.test_write_behind import FakeStore
 from voiceagent.app import heap
 from voiceagent.app.caller import open_call
 from voiceagent.app.metrics import Metrics
+from voiceagent.app.runtime import CallCounters
 from voiceagent.logs import JsonFormatter, _ContextFilter
+from voiceagent.settings import Settings
+from voiceagent.store.write_behind import WriteBehind
 
 METRICS_TOKEN = "test-metrics-token"
 
@@ -155,6 +161,48 @@ async def test_active_calls_emitted_periodically(tmp_path: Path) -> None:
     documents = [_check_emf(line) for line in stream.getvalue().splitlines()]
     assert len(documents) >= 3
     assert all(d["ActiveCalls"] == 0 for d in documents)
+    assert all(d["StoreWriteFailures"] == 0 for d in documents)     # zeros are points too
+
+
+@dataclass
+class _Observed:
+    """The four things Metrics reads, around a write-behind queue over a refusing store."""
+    settings: Settings
+    writer: WriteBehind
+    calls: CallCounters = field(default_factory=CallCounters)
+    draining: bool = False
+    llm: Any = None
+
+
+async def test_emf_counts_write_failures_once_and_model_errors_per_turn(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    store = FakeStore()
+    store.refuse.add(("CA1", "chat::0001"))
+    writer = WriteBehind(store)
+    observed = _Observed(make_settings(tmp_path, METRICS_NAMESPACE="TestNamespace",
+                                       METRICS_SERVICE_NAME="test-service"), writer)
+    stream = io.StringIO()
+    metrics = Metrics(observed, emf_stream=stream)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            metrics.emit_active_calls()
+            for index in range(3):
+                writer.submit({"pk": "CA1", "sk": f"chat::{index:04d}"}, call_sid="CA1")
+            assert await writer.flush("CA1", timeout_s=5)
+            metrics.emit_active_calls()
+            metrics.emit_active_calls()
+            nursery.cancel_scope.cancel(reason="test over")
+    metrics.on_turn({"kind": "caller", "latency_ms": 900, "model_error": "throttled",
+                     "call_sid": "CA1", "turn": 2})
+    metrics.on_turn({"kind": "caller", "latency_ms": 400, "call_sid": "CA1", "turn": 3})
+    documents = [_check_emf(line) for line in stream.getvalue().splitlines()]
+    assert [d["StoreWriteFailures"] for d in documents[:3]] == [0, 1, 0]
+    failed_turn, good_turn = documents[3:]
+    assert {m["Name"] for m in failed_turn["_aws"]["CloudWatchMetrics"][0]["Metrics"]} == {
+        "TurnLatency", "Turns", "ModelErrors"}
+    assert failed_turn["ModelErrors"] == 1
+    assert "ModelErrors" not in good_turn
 
 
 class _Capture(logging.Handler):

@@ -91,6 +91,13 @@ class Settings(BaseModel):
     metrics_service_name: str = Field("voiceagent", alias="METRICS_SERVICE_NAME")
     # GET /metrics answers only requests with "Authorization: Bearer <METRICS_TOKEN>"
     metrics_token: str | None = Field(None, alias="METRICS_TOKEN", repr=False)
+    # ECS task scale-in protection while calls run (app/task_protection.py); "auto": on when
+    # the ECS agent is there (ECS sets ECS_AGENT_URI in every container)
+    task_protection: Literal["auto", "off"] = Field("auto", alias="TASK_PROTECTION")
+    task_protection_idle_s: float = Field(30.0, alias="TASK_PROTECTION_IDLE_S", ge=0, le=3600)
+    task_protection_max_minutes: int = Field(120, alias="TASK_PROTECTION_MAX_MINUTES", ge=1,
+                                             le=2880)
+    ecs_agent_uri: str | None = Field(None, alias="ECS_AGENT_URI")
 
     @field_validator("time_zone")
     @classmethod

@@ -12,9 +12,10 @@ arrive three ways:
   Bedrock streams and cancel -> upstream-closed times.
 
 With ``METRICS_EMF`` on, every turn also prints one EMF JSON line on stdout (CloudWatch Logs
-turns it into metrics), and ``run_emf`` prints ``ActiveCalls`` at least once a minute: the
-metric the SAM template's autoscaling policy tracks (namespace ``METRICS_NAMESPACE``,
-dimension ``ServiceName`` = ``METRICS_SERVICE_NAME``).
+turns it into metrics), and ``run_emf`` prints ``ActiveCalls`` and ``StoreWriteFailures``
+every 10 s: the metrics the SAM template's autoscaling policy and alarms read (namespace
+``METRICS_NAMESPACE``, dimension ``ServiceName`` = ``METRICS_SERVICE_NAME``). A turn that
+ended on a model error adds ``ModelErrors`` to its line.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 TOOL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-EMF_ACTIVE_CALLS_INTERVAL_S = 30.0     # the scaling policy needs one point a minute
+# ActiveCalls and StoreWriteFailures: the scaling policy needs a point a minute, and the
+# "ActiveCalls missing" alarm counts 30 points per task in five minutes to see a silent task
+EMF_ACTIVE_CALLS_INTERVAL_S = 10.0
 
 
 class _Calls(Protocol):
@@ -85,6 +88,7 @@ class Metrics:
         self.namespace = settings.metrics_namespace_or_default
         self.service_name = settings.metrics_service_name
         self._emf_stream = emf_stream
+        self._failed_reported = 0            # write-behind failures already in an EMF line
         self.registry = CollectorRegistry()
         r = self.registry
         self.calls = Counter("voiceagent_calls", "Calls ended, by how they ended",
@@ -178,14 +182,22 @@ class Metrics:
         metrics.append({"Name": "Turns", "Unit": "Count"})
         if summary.get("barge_in"):
             metrics.append({"Name": "BargeIns", "Unit": "Count"})
-        self._emit(metrics, {**present, "Turns": 1, "BargeIns": 1,
+        if summary.get("model_error"):
+            metrics.append({"Name": "ModelErrors", "Unit": "Count"})
+        self._emit(metrics, {**present, "Turns": 1, "BargeIns": 1, "ModelErrors": 1,
                              "CallSid": summary.get("call_sid", ""),
                              "Turn": summary.get("turn", 0),
                              "StopReason": summary.get("stop_reason", "")})
 
     def emit_active_calls(self) -> None:
-        self._emit([{"Name": "ActiveCalls", "Unit": "Count"}],
-                   {"ActiveCalls": self.runtime.calls.active})
+        """Both figures every interval, zeros included: the alarms tell "no failures" from
+        "no reports" by the points' count."""
+        failed = self.runtime.writer.statistics().failed
+        self._emit([{"Name": "ActiveCalls", "Unit": "Count"},
+                    {"Name": "StoreWriteFailures", "Unit": "Count"}],
+                   {"ActiveCalls": self.runtime.calls.active,
+                    "StoreWriteFailures": failed - self._failed_reported})
+        self._failed_reported = failed
 
     def _emit(self, metrics: list[dict[str, str]], values: Mapping[str, Any]) -> None:
         names = {m["Name"] for m in metrics}
@@ -210,7 +222,8 @@ class Metrics:
 
 
 def _is_metric_name(key: str) -> bool:
-    return key in {"TurnLatency", "ModelFirstToken", "RelayOverhead", "Turns", "BargeIns"}
+    return key in {"TurnLatency", "ModelFirstToken", "RelayOverhead", "Turns", "BargeIns",
+                   "ModelErrors", "ActiveCalls", "StoreWriteFailures"}
 
 
 class _Sampled(Collector):

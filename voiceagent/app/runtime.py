@@ -21,6 +21,7 @@ from actors.call import CallReport, CallServices
 from voiceagent.app import heap
 from voiceagent.app.metrics import Metrics
 from voiceagent.app.sessions import Sessions
+from voiceagent.app.task_protection import AgentEndpoint, Policy, hold_while_busy
 from voiceagent.catalog import Catalog, read_config_dir, write_config
 from voiceagent.llm.base import LLM
 from voiceagent.llm.scripted import ScriptedLLM
@@ -45,6 +46,7 @@ class CallCounters:
     keep: int = 100
     on_finished: Callable[[CallReport], None] | None = None    # metrics
     _idle: trio.Event = field(default_factory=trio.Event)
+    _changed: trio.Event = field(default_factory=trio.Event)
 
     def started(self, report: CallReport) -> None:
         if self.active == 0:
@@ -52,6 +54,7 @@ class CallCounters:
         self.active += 1
         self.total += 1
         self.live.append(report)
+        self._announce()
 
     def finished(self, report: CallReport) -> None:
         self.active -= 1
@@ -65,6 +68,15 @@ class CallCounters:
                 log.exception("call report hook failed")
         if self.active == 0:
             self._idle.set()
+        self._announce()
+
+    async def wait_changed(self) -> None:
+        """Until a call starts or ends (task protection follows the count)."""
+        await self._changed.wait()
+
+    def _announce(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     async def wait_idle(self) -> None:
         """Until no call is in progress (drain, tests)."""
@@ -168,6 +180,12 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
             await nursery.start(partial(heap.watch_loop_lag, runtime.metrics.observe_loop_lag))
             if runtime.metrics.emf_enabled:
                 await nursery.start(runtime.metrics.run_emf)
+            if settings.task_protection == "auto" and settings.ecs_agent_uri:
+                await nursery.start(partial(
+                    hold_while_busy, runtime.calls, AgentEndpoint(settings.ecs_agent_uri),
+                    Policy(idle_release_s=settings.task_protection_idle_s,
+                           max_hold_minutes=settings.task_protection_max_minutes,
+                           shared=settings.reuse_port)))
             try:
                 yield runtime
             finally:
