@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 import trio
@@ -22,9 +23,18 @@ from voiceagent.app.caller import CallerError, Identity, open_call
 from voiceagent.app.cli_store import add_commands
 from voiceagent.app.terminal import Transcript, interactive, scripted
 from voiceagent.errors import ConfigError, SettingsError, StoreError
-from voiceagent.settings import Settings
+from voiceagent.settings import DEFAULT_MODEL, Settings
 
 log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Phone agents on Twilio ConversationRelay and Amazon Bedrock.
+
+Start here: `voiceagent demo` talks to the restaurant agent offline; `voiceagent check` says
+what is missing for a real call; `voiceagent serve` runs the service."""
+EPILOG = """\
+Settings come from environment variables and a .env file in the current folder (the
+environment wins); .env.example lists every one. `voiceagent COMMAND --help` for a command."""
 
 DEMO_WARNING = ("DEMO MODE: Twilio signature checks are OFF, the model is the offline "
                 "scripted one and state is in a local SQLite file. Never expose this server.")
@@ -60,10 +70,18 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="voiceagent", description=__doc__)
-    commands = parser.add_subparsers()
+    parser = argparse.ArgumentParser(
+        prog="voiceagent", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"voiceagent {_version()}",
+                        help="print the installed version and exit")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the service (settings from the environment)")
+    serve = commands.add_parser(
+        "serve", help="run the service (settings from the environment and .env)",
+        description="Serve Twilio's webhooks and ConversationRelay sockets on HOST:PORT until "
+                    "SIGTERM or Ctrl-C, then drain live calls. Every setting comes from the "
+                    "environment (see .env.example); all problems are reported at once.")
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser("demo", help="run offline and talk to the restaurant agent")
@@ -77,14 +95,21 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("-v", "--verbose", action="store_true", help="show server logs")
     demo.set_defaults(run=_demo)
 
-    call = commands.add_parser("call", help="be the caller against a running server")
+    call = commands.add_parser(
+        "call", help="be the caller against a running server",
+        description="Play Twilio against a running server: POST /twiml signed with the auth "
+                    "token, open the relay socket, then type (or --say) what the caller says.")
     call.add_argument("url", nargs="?", default="http://127.0.0.1:3000",
                       help="the server's base URL (default http://127.0.0.1:3000)")
     call.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"),
                       help="sign requests as Twilio would (default: $TWILIO_AUTH_TOKEN)")
-    call.add_argument("--from", dest="from_number", default="+15555550100")
-    call.add_argument("--to", dest="to_number", default="+15555550199")
-    call.add_argument("--say", action="append", default=[], metavar="TEXT")
+    call.add_argument("--from", dest="from_number", default="+15555550100",
+                      help="the caller's number (default +15555550100); profiles pick use "
+                           "cases by it")
+    call.add_argument("--to", dest="to_number", default="+15555550199",
+                      help="the number called (default +15555550199)")
+    call.add_argument("--say", action="append", default=[], metavar="TEXT",
+                      help="play a scripted caller instead of typing (repeatable)")
     call.set_defaults(run=_call)
     add_commands(commands)
     bench.add_command(commands)
@@ -92,15 +117,38 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+    settings = settings_for_serving()
     logs.configure(settings.log_format, settings.log_level)
-    if settings.llm == "bedrock":
-        from voiceagent.llm.bedrock import check_bedrock_ready
-        problems = check_bedrock_ready(settings)
-        if problems:
-            raise SettingsError(problems)
     trio.run(_serve_async, settings)
     return 0
+
+
+def settings_for_serving() -> Settings:
+    """The settings, or one SettingsError with every problem: the settings' own and what
+    would stop Bedrock (no region, no credentials), so a deploy fails once, not once per
+    mistake."""
+    problems: list[str] = []
+    settings: Settings | None = None
+    try:
+        settings = Settings.from_env()
+    except SettingsError as err:
+        problems.extend(err.problems)
+    llm = settings.llm if settings is not None else os.environ.get("LLM") or "bedrock"
+    if llm == "bedrock":
+        from voiceagent.llm.bedrock import check_bedrock_ready
+        problems.extend(check_bedrock_ready(settings or Settings.model_construct(
+            aws_region=os.environ.get("AWS_REGION") or None,
+            model_identifier=os.environ.get("MODEL_IDENTIFIER") or DEFAULT_MODEL)))
+    if problems or settings is None:
+        raise SettingsError(problems)
+    return settings
+
+
+def _version() -> str:
+    try:
+        return metadata.version("voiceagent")
+    except metadata.PackageNotFoundError:          # a source tree that was never installed
+        return "unknown (not installed)"
 
 
 async def _serve_async(settings: Settings) -> None:

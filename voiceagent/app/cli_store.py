@@ -66,7 +66,8 @@ def add_commands(commands: Any) -> None:
     recent.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     recent.set_defaults(run=_calls_list)
     one = calls_commands.add_parser("show", help="one call, turn by turn")
-    one.add_argument("call_sid", metavar="CALLSID")
+    one.add_argument("call_sid", metavar="CALLSID",
+                     help="the call's CallSid (CA...), as `voiceagent calls list` shows it")
     one.set_defaults(run=_calls_show)
 
     store = commands.add_parser("store", help="the store itself")

@@ -1,0 +1,63 @@
+"""The command line explains itself: help on every command and option, --version, and every
+setting problem in one message."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib import metadata
+
+import pytest
+
+from voiceagent.app import cli
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str = "voiceagent"
+             ) -> Iterator[tuple[str, argparse.ArgumentParser, argparse.Action | None]]:
+    yield path, parser, None
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                assert helps.get(name), f"`{path} {name}` has no help line in `{path} --help`"
+                yield from _parsers(sub, f"{path} {name}")
+
+
+def test_every_command_and_option_has_help() -> None:
+    missing = []
+    commands = 0
+    for path, parser, _ in _parsers(cli._parser()):
+        commands += 1
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            if not action.help or action.help == argparse.SUPPRESS:
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+    assert commands >= 10                  # serve, demo, call, check, bench, config ..., calls ...
+    assert not missing, f"options without help: {missing}"
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"voiceagent {metadata.version('voiceagent')}"
+
+
+def test_serve_reports_every_setting_problem_at_once(tmp_path: object) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PORT": "not-a-port",
+           "STORE": "dynamodb", "TIME_ZONE": "Mars/Olympus", "LLM": "bedrock",
+           "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    done = subprocess.run([sys.executable, "-m", "voiceagent", "serve"], env=env,
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("voiceagent: cannot start, 6 setting(s) to fix:"), done.stderr
+    said = "\n".join(lines[1:])
+    for name in ("PORT:", "TIME_ZONE:", "TABLE_NAME:", "TWILIO_AUTH_TOKEN:", "AWS_REGION:",
+                 "AWS credentials:"):
+        assert name in said, f"{name} missing from:\n{done.stderr}"
+    assert "Traceback" not in done.stderr
