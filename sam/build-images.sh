@@ -6,7 +6,12 @@
 # Then deploy with the printed parameters (sam/cloud-deploy-infra-template.yml). Needs docker
 # with buildx (an arm64 image builds on x86_64 through QEMU emulation: slower, but works) and
 # the AWS CLI v2 with credentials that may push to the repository.
-# DRY_RUN=1 prints the commands instead of running them.
+#
+# The repository's tags are immutable (a tag always means the same image, so a deploy of tag X
+# runs what was built as X), images are scanned on push, and a lifecycle policy keeps the newest
+# 200 tagged images and expires untagged ones after 7 days. The script creates the repository
+# that way, or brings an existing one there (IMMUTABLE, and the policy), saying what it changed.
+# DRY_RUN=1 prints every aws and docker command instead of running it.
 set -euo pipefail
 
 # --- settings: edit here, or set them in the environment -----------------------------------------
@@ -15,8 +20,9 @@ set -euo pipefail
 ECR_REPO="${ECR_REPO:-}"
 # Repository name: the template's ECRImageName parameter (created if it does not exist).
 ECR_REPO_NAME="${ECR_REPO_NAME:-voiceagent}"
-# Image tag: the template's ImageTag. Default: the git commit (with -dirty for local changes),
-# so every build deploys as a new task definition.
+# Image tag: the template's ImageTag. Default: the git commit, so every build deploys as a new
+# task definition; with local changes <commit>-dirty-<UTC yyyymmddHHMMSS>, since a tag cannot be
+# pushed twice.
 ECR_TAG="${ECR_TAG:-}"
 # The template's CpuArchitecture parameter: ARM64 (Graviton, the default) or X86_64.
 CPU_ARCHITECTURE="${CPU_ARCHITECTURE:-ARM64}"
@@ -30,9 +36,23 @@ fail() {
     exit 2
 }
 
+# The command as a shell would read it back: arguments with anything but plain characters in
+# single quotes.
+show() {
+    local line="+" arg quote="'" escaped="'\\''"
+    for arg in "$@"; do
+        if [[ "$arg" =~ ^[A-Za-z0-9_./:=@,+-]+$ ]]; then
+            line+=" $arg"
+        else
+            line+=" '${arg//$quote/$escaped}'"
+        fi
+    done
+    printf '%s\n' "$line"
+}
+
 run() {
     if [ "$DRY_RUN" = 1 ]; then
-        printf '+ %s\n' "$*"
+        show "$@"
     else
         "$@"
     fi
@@ -70,7 +90,7 @@ if [ -z "$ECR_TAG" ]; then
         fail "set ECR_TAG (not in a git checkout, so no commit to tag the image with)"
     fi
     if [ -n "$(git status --porcelain 2>/dev/null)" ]; then
-        ECR_TAG="$ECR_TAG-dirty"
+        ECR_TAG="$ECR_TAG-dirty-$(date -u +%Y%m%d%H%M%S)"
     fi
 fi
 if ! [[ "$ECR_TAG" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]]; then
@@ -87,11 +107,53 @@ fi
 image="$ECR_REPO/$ECR_REPO_NAME:$ECR_TAG"
 printf 'building %s for %s\n' "$image" "$platform" >&2
 
-if [ "$DRY_RUN" != 1 ] && ! aws ecr describe-repositories --region "$AWS_REGION" \
-        --repository-names "$ECR_REPO_NAME" > /dev/null 2>&1; then
-    printf 'creating ECR repository %s (scan on push)\n' "$ECR_REPO_NAME" >&2
+# Keep the newest 200 tagged images (a rollback needs the previous ones; a task definition whose
+# image expired cannot start tasks any more), expire untagged ones (a build's leftovers) after
+# 7 days.
+lifecycle_policy='{"rules":[{"rulePriority":1,"description":"expire untagged images after 7 days","selection":{"tagStatus":"untagged","countType":"sinceImagePushed","countUnit":"days","countNumber":7},"action":{"type":"expire"}},{"rulePriority":2,"description":"keep the newest 200 tagged images","selection":{"tagStatus":"tagged","tagPatternList":["*"],"countType":"imageCountMoreThan","countNumber":200},"action":{"type":"expire"}}]}'
+
+if [ "$DRY_RUN" = 1 ]; then
+    show aws ecr describe-repositories --region "$AWS_REGION" --repository-names "$ECR_REPO_NAME" \
+        --query 'repositories[0].imageTagMutability' --output text
+    printf '# if the repository does not exist:\n'
+    show aws ecr create-repository --region "$AWS_REGION" --repository-name "$ECR_REPO_NAME" \
+        --image-tag-mutability IMMUTABLE --image-scanning-configuration scanOnPush=true
+    printf '# if its tags are MUTABLE:\n'
+    show aws ecr put-image-tag-mutability --region "$AWS_REGION" \
+        --repository-name "$ECR_REPO_NAME" --image-tag-mutability IMMUTABLE
+elif ! mutability="$(aws ecr describe-repositories --region "$AWS_REGION" \
+        --repository-names "$ECR_REPO_NAME" --query 'repositories[0].imageTagMutability' \
+        --output text 2>/dev/null)"; then
+    printf 'creating ECR repository %s (immutable tags, scan on push)\n' "$ECR_REPO_NAME" >&2
     aws ecr create-repository --region "$AWS_REGION" --repository-name "$ECR_REPO_NAME" \
-        --image-scanning-configuration scanOnPush=true > /dev/null
+        --image-tag-mutability IMMUTABLE --image-scanning-configuration scanOnPush=true > /dev/null
+elif [ "$mutability" = MUTABLE ]; then
+    printf 'ECR repository %s: tags were MUTABLE, setting IMMUTABLE\n' "$ECR_REPO_NAME" >&2
+    aws ecr put-image-tag-mutability --region "$AWS_REGION" --repository-name "$ECR_REPO_NAME" \
+        --image-tag-mutability IMMUTABLE > /dev/null
+else
+    printf 'ECR repository %s: tags are %s\n' "$ECR_REPO_NAME" "$mutability" >&2
+fi
+# Put every time: the same policy again changes nothing.
+if [ "$DRY_RUN" = 1 ]; then
+    show aws ecr put-lifecycle-policy --region "$AWS_REGION" --repository-name "$ECR_REPO_NAME" \
+        --lifecycle-policy-text "$lifecycle_policy"
+else
+    aws ecr put-lifecycle-policy --region "$AWS_REGION" --repository-name "$ECR_REPO_NAME" \
+        --lifecycle-policy-text "$lifecycle_policy" > /dev/null
+    printf 'ECR repository %s: lifecycle policy set (newest 200 tagged images kept, untagged ones expire after 7 days)\n' \
+        "$ECR_REPO_NAME" >&2
+fi
+
+# An immutable tag is pushed once: a second push of it would fail after the whole build.
+if [ "$DRY_RUN" = 1 ]; then
+    printf '# stops here if the tag is already in the repository:\n'
+    show aws ecr describe-images --region "$AWS_REGION" --repository-name "$ECR_REPO_NAME" \
+        --image-ids "imageTag=$ECR_TAG"
+elif aws ecr describe-images --region "$AWS_REGION" --repository-name "$ECR_REPO_NAME" \
+        --image-ids "imageTag=$ECR_TAG" > /dev/null 2>&1; then
+    fail "$image is already in ECR and tags are immutable: deploy it as it is" \
+         "(ImageTag=$ECR_TAG), or set ECR_TAG to a new tag"
 fi
 
 if [ "$DRY_RUN" = 1 ]; then

@@ -11,6 +11,7 @@ checked with shellcheck and run.
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 from samtranslator.yaml_helper import yaml_parse
 
+from voiceagent.app import metrics as app_metrics
 from voiceagent.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,6 +175,10 @@ class Resolver:
             return str(left) == str(right)
         if key == "Fn::Not":
             return not self.resolve(arg[0])
+        if key == "Fn::And":
+            return all(self.resolve(a) for a in arg)
+        if key == "Fn::Or":
+            return any(self.resolve(a) for a in arg)
         if key == "Condition":
             return self.condition(arg)
         return {key: self.resolve(arg)}
@@ -264,9 +270,39 @@ def test_table_matches_the_original_sample(path: Path) -> None:
     assert Resolver(_template(path), {"TableName": "mine"}).resolve(table["TableName"]) == "mine"
 
 
-def test_local_template_turns_on_bedrock_invocation_logging() -> None:
+def _local_resources_for(template: Mapping[str, Any], enable: str) -> set[str]:
+    """The resources the local-dev stack creates with EnableInvocationLogging=``enable``."""
+    resolver = Resolver(template, {"EnableInvocationLogging": enable})
+    return {name for name, resource in template["Resources"].items()
+            if "Condition" not in resource or resolver.condition(resource["Condition"])}
+
+
+def test_local_template_leaves_bedrock_invocation_logging_off_by_default() -> None:
+    """Invocation logging is account-wide and holds full prompts: opt-in only."""
+    template = _template(LOCAL)
+    parameter = template["Parameters"]["EnableInvocationLogging"]
+    assert (parameter["Default"], parameter["AllowedValues"]) == ("false", ["true", "false"])
+    assert _local_resources_for(template, "false") == {"ConversationRelayAppDatabase"}
+    outputs = Resolver(template, {}).resolve(template["Outputs"])
+    assert all(Resolver(template, {}).condition(o["Condition"]) is False
+               for o in template["Outputs"].values() if "Condition" in o)
+    assert {"DynamoDBTable", "TableArn", "Region"} <= set(outputs)
+    # the transform keeps the condition on what it generates from the function
+    transformed = _translate(LOCAL)
+    unconditional = {name for name, r in transformed["Resources"].items()
+                     if "Condition" not in r}
+    assert unconditional == {"ConversationRelayAppDatabase"}
+    # and the local stack grants no Bedrock access at all: the app runs with your credentials
+    for resource in template["Resources"].values():
+        for statement in _statements(resource) if resource["Type"] == "AWS::IAM::Role" else []:
+            assert "bedrock:Invoke" not in json.dumps(statement)
+
+
+def test_local_template_turns_on_bedrock_invocation_logging_when_asked() -> None:
     template = _template(LOCAL)
     resources = template["Resources"]
+    created = _local_resources_for(template, "true")
+    assert created == set(resources)
     custom, = (r for r in resources.values() if r["Type"].startswith("Custom::"))
     function = resources[custom["Properties"]["ServiceToken"]["Fn::GetAtt"][0]]
     code = function["Properties"]["InlineCode"]
@@ -292,13 +328,23 @@ TEST_PARAMETERS = {
     "BedrockModelArns": MODEL_ARNS, "DomainName": "agent.example.com",
     "CertificateArn": "arn:aws:acm:eu-west-1:111122223333:certificate/abc",
     "TwilioAuthTokenSecretArn":
-        "arn:aws:secretsmanager:eu-west-1:111122223333:secret:voiceagent/twilio-AbCdEf"}
+        "arn:aws:secretsmanager:eu-west-1:111122223333:secret:voiceagent/twilio-AbCdEf",
+    "ImageTag": "0123456789ab"}
+# The one wildcard resource allowed without a condition: task ids are not known in advance.
+CLUSTER_TASKS = "arn:aws:ecs:eu-west-1:111122223333:task/<Cluster>/*"
 
 
-def _task_role_grants(template: Mapping[str, Any]) -> dict[str, set[str]]:
-    """action -> resources the task role allows; fails on wildcards and on any other way of
-    granting it something (managed policies, separate policy resources, NotAction)."""
-    resolver = Resolver(template, TEST_PARAMETERS)
+def _conditional(resource: str, condition: Mapping[str, Any]) -> str:
+    return f"{resource} if {json.dumps(condition, sort_keys=True)}"
+
+
+def _task_role_grants(template: Mapping[str, Any],
+                      parameters: Mapping[str, Any] = TEST_PARAMETERS) -> dict[str, set[str]]:
+    """action -> resources the task role allows (a conditional grant reads "<resource> if
+    <condition>"); fails on wildcards (but for this cluster's tasks, and for a resource whose
+    condition pins it to exact values) and on any other way of granting it something (managed
+    policies, separate policy resources, NotAction)."""
+    resolver = Resolver(template, parameters)
     role = template["Resources"]["TaskRole"]
     assert "ManagedPolicyArns" not in role["Properties"]
     for other in template["Resources"].values():      # nothing attaches more to the role
@@ -312,47 +358,116 @@ def _task_role_grants(template: Mapping[str, Any]) -> dict[str, set[str]]:
         "ArnLike": {"aws:SourceArn": "arn:aws:ecs:eu-west-1:111122223333:*"}}
 
     granted: dict[str, set[str]] = {}
-    for statement in _statements(role):
-        statement = resolver.resolve(statement)
+    for statement in filter(None, map(resolver.resolve, _statements(role))):
         assert statement["Effect"] == "Allow"
         assert "NotAction" not in statement
         assert "NotResource" not in statement
         actions, resources = _as_list(statement["Action"]), _as_list(statement["Resource"])
+        condition = statement.get("Condition")
+        if condition is not None:         # only exact matches, on exact values
+            assert set(condition) <= {"StringEquals", "ArnEquals"}, condition
+            assert "*" not in json.dumps(condition), condition
         for action in actions:
             assert "*" not in action, action
             for resource in resources:
-                assert "*" not in resource, resource
-                granted.setdefault(action, set()).add(resource)
+                assert resource, "an empty resource"
+                assert "*" not in resource or condition or resource == CLUSTER_TASKS, resource
+                granted.setdefault(action, set()).add(
+                    _conditional(resource, condition) if condition else resource)
     return granted
 
 
-def test_task_role_is_least_privilege() -> None:
-    granted = _task_role_grants(_template(CLOUD))
+FOUNDATION_ID = "anthropic.claude-x-v1:0"
+FOUNDATION_ARN = "arn:aws:bedrock:eu-west-1::foundation-model/anthropic.claude-x-v1:0"
+PROFILE_ID = "eu.anthropic.claude-x-v1:0"
+PROFILE_ARN = "arn:aws:bedrock:eu-west-1:111122223333:inference-profile/eu.anthropic.claude-x-v1:0"
+APP_PROFILE_ARN = "arn:aws:bedrock:eu-west-1:111122223333:application-inference-profile/a1b2c3"
+ANY_FOUNDATION_MODEL = "arn:aws:bedrock:*::foundation-model/*"
+
+
+def _behind(profile: str) -> str:
+    """The foundation models a profile routes to, in any region, reachable only through it."""
+    return _conditional(ANY_FOUNDATION_MODEL,
+                        {"StringEquals": {"bedrock:InferenceProfileArn": profile}})
+
+
+@pytest.mark.parametrize(("identifier", "expected"), [
+    pytest.param(FOUNDATION_ID, {FOUNDATION_ARN}, id="foundation-model-id"),
+    pytest.param(PROFILE_ID, {PROFILE_ARN, _behind(PROFILE_ARN)}, id="profile-id"),
+    pytest.param(PROFILE_ARN, {PROFILE_ARN, _behind(PROFILE_ARN)}, id="profile-arn"),
+    pytest.param(APP_PROFILE_ARN, {APP_PROFILE_ARN, _behind(APP_PROFILE_ARN)},
+                 id="application-profile-arn"),
+    # harmless: no request names a foundation model as its profile
+    pytest.param(FOUNDATION_ARN, {FOUNDATION_ARN, _behind(FOUNDATION_ARN)},
+                 id="foundation-model-arn"),
+])
+@pytest.mark.parametrize("extra", [[""], MODEL_ARNS], ids=["no-extra-models", "extra-models"])
+def test_task_role_is_least_privilege(identifier: str, expected: set[str],
+                                      extra: list[str]) -> None:
+    granted = _task_role_grants(_template(CLOUD), {
+        **TEST_PARAMETERS, "ModelIdentifier": identifier, "BedrockModelArns": extra})
     table = "arn:aws:dynamodb:eu-west-1:111122223333:table/voiceagent-prod"
     dynamodb = {a: r for a, r in granted.items() if a.startswith("dynamodb:")}
     bedrock = {a: r for a, r in granted.items() if a.startswith("bedrock:")}
-    assert set(granted) == set(dynamodb) | set(bedrock), "only DynamoDB and Bedrock"
+    ecs = {a: r for a, r in granted.items() if a.startswith("ecs:")}
+    assert set(granted) == set(dynamodb) | set(bedrock) | set(ecs), "only DynamoDB, Bedrock, ECS"
     assert set(dynamodb) == {
         "dynamodb:DescribeTable", "dynamodb:DescribeTimeToLive", "dynamodb:GetItem",
         "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem", "dynamodb:Query"}
     for resources in dynamodb.values():
         assert resources == {table, f"{table}/index/index-1-full"}
-    assert set(bedrock) == {"bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"}
+    # ConverseStream is all the app calls: no InvokeModel
+    assert set(bedrock) == {"bedrock:InvokeModelWithResponseStream"}
+    assert bedrock["bedrock:InvokeModelWithResponseStream"] == expected | {
+        arn for arn in extra if arn}
+    # its own task's scale-in protection, through the ECS agent
+    assert ecs == {"ecs:UpdateTaskProtection": {CLUSTER_TASKS},
+                   "ecs:GetTaskProtection": {CLUSTER_TASKS}}
+
+
+@pytest.mark.parametrize("prefix", ["us", "eu", "apac", "us-gov", "global", "jp", "au", "ca"])
+def test_every_geography_prefix_is_a_profile_id(prefix: str) -> None:
+    identifier = f"{prefix}.amazon.nova-lite-v1:0"
+    granted = _task_role_grants(_template(CLOUD), {
+        **TEST_PARAMETERS, "ModelIdentifier": identifier, "BedrockModelArns": [""]})
+    profile = f"arn:aws:bedrock:eu-west-1:111122223333:inference-profile/{identifier}"
+    assert granted["bedrock:InvokeModelWithResponseStream"] == {profile, _behind(profile)}
+
+
+def test_default_model_is_a_profile_and_no_extra_models() -> None:
+    template = _template(CLOUD)
+    parameters = template["Parameters"]
+    assert parameters["BedrockModelArns"]["Default"] == ""
+    defaults = {k: v for k, v in TEST_PARAMETERS.items()
+                if k not in ("ModelIdentifier", "BedrockModelArns")}
     profile = ("arn:aws:bedrock:eu-west-1:111122223333:inference-profile/"
-               "eu.anthropic.claude-x-v1:0")
-    for resources in bedrock.values():
-        assert resources == {profile, *MODEL_ARNS}
+               + parameters["ModelIdentifier"]["Default"])
+    assert _task_role_grants(template, defaults)["bedrock:InvokeModelWithResponseStream"] == {
+        profile, _behind(profile)}
+    pattern = parameters["ModelIdentifier"]["AllowedPattern"]
+    for good in (FOUNDATION_ID, PROFILE_ID, PROFILE_ARN, APP_PROFILE_ARN, FOUNDATION_ARN):
+        assert re.fullmatch(pattern, good), good
+    for bad in ("", "two words", "arn:aws:bedrock:eu-west-1:1:inference-profile/a,b"):
+        assert not re.fullmatch(pattern, bad), bad
 
 
-@pytest.mark.parametrize("mutation", ["action", "resource", "managed"])
+@pytest.mark.parametrize("mutation", ["action", "resource", "managed", "unconditioned",
+                                      "wildcard-condition"])
 def test_least_privilege_check_catches_wildcards(mutation: str) -> None:
     template = _template(CLOUD)
     role = template["Resources"]["TaskRole"]["Properties"]
-    statement = role["Policies"][0]["PolicyDocument"]["Statement"][0]
+    statements = role["Policies"][0]["PolicyDocument"]["Statement"]
+    statement = statements[0]
+    behind, = (s["Fn::If"][1] for s in statements
+               if "Fn::If" in s and s["Fn::If"][1].get("Sid") == "ModelsBehindTheProfile")
     if mutation == "action":
         statement["Action"] = "dynamodb:*"
     elif mutation == "resource":
         statement["Resource"] = "*"
+    elif mutation == "unconditioned":
+        del behind["Condition"]
+    elif mutation == "wildcard-condition":
+        behind["Condition"] = {"StringLike": {"bedrock:InferenceProfileArn": "*"}}
     else:
         role["ManagedPolicyArns"] = ["arn:aws:iam::aws:policy/AmazonDynamoDBFullAccess"]
     with pytest.raises(AssertionError):
@@ -404,7 +519,10 @@ def test_container_environment_is_a_valid_app_configuration() -> None:
     assert env["STACK_USE_CASE"] == "restaurantOrderingUseCase"
     assert env["PUBLIC_URL"] == "https://agent.example.com"
     assert env["WS_URL"] == "wss://agent.example.com/relay"
-    assert env["WORKERS"] == "1"                      # TaskCpu 1024: one vCPU
+    assert env["WORKERS"] == "1"                      # one process per task, always
+    assert env["MAX_CALL_DURATION_S"] == "3300"
+    assert env["DRAIN_TIMEOUT_S"] == "90"
+    assert env["TASK_PROTECTION"] == "auto"
     assert env["METRICS_SERVICE_NAME"] == resolver.resolve(
         template["Resources"]["Service"]["Properties"]["ServiceName"])
     # The token comes from Secrets Manager or SSM at start, never as a plain value.
@@ -414,6 +532,8 @@ def test_container_environment_is_a_valid_app_configuration() -> None:
     assert "NoEcho" not in json.dumps(template["Parameters"]), "no secret is a parameter"
     settings = Settings.from_env({**env, "TWILIO_AUTH_TOKEN": "from-the-secret"})
     assert settings.public_url == "https://agent.example.com"
+    assert settings.max_call_duration_s == 3300
+    assert settings.task_protection == "auto"
     # SIGTERM -> drain -> end calls politely -> flush, all inside the stop timeout
     assert (settings.drain_timeout_s + settings.end_grace_s + settings.flush_timeout_s
             < container["StopTimeout"])
@@ -434,9 +554,6 @@ def test_service_drains_calls_and_rolls_back() -> None:
     group = resolver.resolve(resources["TargetGroup"]["Properties"])
     assert group["HealthCheckPath"] == "/health"
     assert group["TargetType"] == "ip"
-    delay, = (a["Value"] for a in group["TargetGroupAttributes"]
-              if a["Key"] == "deregistration_delay.timeout_seconds")
-    assert 60 <= int(delay) < container["StopTimeout"]
 
     balancer = resolver.resolve(resources["LoadBalancer"]["Properties"])
     attributes = {a["Key"]: a["Value"] for a in balancer["LoadBalancerAttributes"]}
@@ -466,6 +583,67 @@ def test_service_drains_calls_and_rolls_back() -> None:
     assert template["Parameters"]["CpuArchitecture"]["Default"] == "ARM64"
 
 
+def _deregistration_delay(template: Mapping[str, Any]) -> int:
+    group = template["Resources"]["TargetGroup"]["Properties"]
+    delay, = (a["Value"] for a in group["TargetGroupAttributes"]
+              if a["Key"] == "deregistration_delay.timeout_seconds")
+    return int(delay)
+
+
+@pytest.mark.parametrize("seconds", ["default", 60, 3480])
+def test_every_call_ends_before_the_load_balancer_would_cut_it(seconds: Any) -> None:
+    """A stopping task's sockets stay open for the deregistration delay (the ALB maximum, fixed);
+    the app ends every call with its goodbye before that, whatever MaxCallSeconds allows."""
+    template = _template(CLOUD)
+    parameters = template["Parameters"]
+    assert "DrainSeconds" not in parameters
+    limits = parameters["MaxCallSeconds"]
+    assert (limits["Default"], limits["MinValue"], limits["MaxValue"]) == (3300, 60, 3480)
+    assert _deregistration_delay(template) == 3600
+    overrides = {} if seconds == "default" else {"MaxCallSeconds": seconds}
+    container = Resolver(template, {**TEST_PARAMETERS, **overrides}).resolve(
+        _container(template))
+    env = {item["Name"]: str(item["Value"]) for item in container["Environment"]}
+    settings = Settings.from_env({**env, "TWILIO_AUTH_TOKEN": "from-the-secret"})
+    assert settings.max_call_duration_s == (3300 if seconds == "default" else seconds)
+    # the goodbye is said, the caller hangs up (END_GRACE_S) and a minute is left over
+    assert settings.max_call_duration_s + settings.end_grace_s + 60 <= 3600
+    # SIGTERM comes after deregistration: drain, goodbye, flush inside the stop timeout
+    assert (settings.drain_timeout_s + settings.end_grace_s + settings.flush_timeout_s
+            < container["StopTimeout"] == 120)
+
+
+def test_one_process_per_task() -> None:
+    """No several workers behind one port: the health checks would reach one of them at random,
+    and scale-in protection is per task. A bigger task buys nothing: more tasks instead."""
+    template = _template(CLOUD)
+    assert "Mappings" not in template
+    assert template["Parameters"]["TaskCpu"]["AllowedValues"] == ["256", "512", "1024"]
+    assert template["Parameters"]["TaskCpu"]["Default"] == "1024"
+    for cpu in template["Parameters"]["TaskCpu"]["AllowedValues"]:
+        container = Resolver(template, {**TEST_PARAMETERS, "TaskCpu": cpu}).resolve(
+            _container(template))
+        env = {item["Name"]: str(item["Value"]) for item in container["Environment"]}
+        assert env["WORKERS"] == "1", cpu
+
+
+def test_image_tag_is_required_and_never_latest() -> None:
+    template = _template(CLOUD)
+    parameter = template["Parameters"]["ImageTag"]
+    assert "Default" not in parameter
+    for good in ("0123456789ab", "0123456789ab-dirty-20260101120000", "v1.2.3", "_x"):
+        assert re.fullmatch(parameter["AllowedPattern"], good), good
+    for bad in ("", ".x", "-x", "a" * 129, "a:b", "a/b"):
+        assert not re.fullmatch(parameter["AllowedPattern"], bad), bad
+    assertion, = template["Rules"]["ImageTagIsNotLatest"]["Assertions"]
+    assert "latest" in assertion["AssertDescription"]
+    assert Resolver(template, {"ImageTag": "latest"}).resolve(assertion["Assert"]) is False
+    assert Resolver(template, {"ImageTag": "0123456789ab"}).resolve(assertion["Assert"]) is True
+    container = Resolver(template, TEST_PARAMETERS).resolve(_container(template))
+    assert container["Image"] == (
+        "111122223333.dkr.ecr.eu-west-1.amazonaws.com/voiceagent:0123456789ab")
+
+
 def test_private_subnets_reach_aws_through_endpoints() -> None:
     template = _template(CLOUD)
     resolver = Resolver(template, TEST_PARAMETERS)
@@ -475,9 +653,10 @@ def test_private_subnets_reach_aws_through_endpoints() -> None:
             properties = resolver.resolve(resource["Properties"])
             service = properties["ServiceName"].removeprefix("com.amazonaws.eu-west-1.")
             endpoints[service] = properties["VpcEndpointType"]
+    # ecs: the ECS agent sets task scale-in protection through the ECS API
     assert endpoints == {"dynamodb": "Gateway", "s3": "Gateway", "bedrock-runtime": "Interface",
                          "ecr.api": "Interface", "ecr.dkr": "Interface", "logs": "Interface",
-                         "secretsmanager": "Interface", "ssm": "Interface"}
+                         "secretsmanager": "Interface", "ssm": "Interface", "ecs": "Interface"}
     zones = {json.dumps(template["Resources"][name]["Properties"]["AvailabilityZone"])
              for name in ("PrivateSubnet1", "PrivateSubnet2")}
     assert len(zones) == 2
@@ -485,7 +664,7 @@ def test_private_subnets_reach_aws_through_endpoints() -> None:
 
 def test_autoscaling_on_cpu_and_active_calls() -> None:
     template = _template(CLOUD)
-    resolver = Resolver(template, {**TEST_PARAMETERS, "TaskCpu": "2048", "TaskMemory": "4096"})
+    resolver = Resolver(template, TEST_PARAMETERS)
     policies = {name: resolver.resolve(r["Properties"]) for name, r in
                 template["Resources"].items()
                 if r["Type"] == "AWS::ApplicationAutoScaling::ScalingPolicy"}
@@ -496,18 +675,181 @@ def test_autoscaling_on_cpu_and_active_calls() -> None:
         "PredefinedMetricType": "ECSServiceAverageCPUUtilization"}
     calls, = (p for p in policies.values() if "CustomizedMetricSpecification" in
               p["TargetTrackingScalingPolicyConfiguration"])
-    queries = calls["TargetTrackingScalingPolicyConfiguration"][
-        "CustomizedMetricSpecification"]["Metrics"]
-    metric = next(q for q in queries if "MetricStat" in q)["MetricStat"]["Metric"]
-    assert metric["Namespace"] == "VoiceAgent"
-    assert metric["MetricName"] == "ActiveCalls"
-    assert metric["Dimensions"] == [{"Name": "ServiceName", "Value": "voiceagent-prod-voiceagent"}]
-    expression, = (q["Expression"] for q in queries if q.get("ReturnData"))
-    assert expression.endswith("* 2"), "per task = per process x two processes on 2 vCPU"
+    # one process per task: the processes' average is the calls per task, no multiplier
+    metric = calls["TargetTrackingScalingPolicyConfiguration"]["CustomizedMetricSpecification"]
+    assert metric == {
+        "Namespace": "VoiceAgent", "MetricName": "ActiveCalls", "Statistic": "Average",
+        "Dimensions": [{"Name": "ServiceName", "Value": "voiceagent-prod-voiceagent"}]}
     assert {"TwimlAPI", "RelayWebSocketURL"} <= set(template["Outputs"])
     outputs = resolver.resolve(template["Outputs"])
     assert outputs["TwimlAPI"]["Value"] == "https://agent.example.com/twiml"
     assert outputs["RelayWebSocketURL"]["Value"] == "wss://agent.example.com/relay"
+
+
+# ------------------------------------------------------------------------------- alarms
+
+def _alarms(template: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Alarm properties by the metric names the alarm reads (sorted, comma-joined)."""
+    found = {}
+    for resource in template["Resources"].values():
+        if resource["Type"] == "AWS::CloudWatch::Alarm":
+            properties = resource["Properties"]
+            names = [properties["MetricName"]] if "MetricName" in properties else [
+                q["MetricStat"]["Metric"]["MetricName"] for q in properties["Metrics"]
+                if "MetricStat" in q]
+            found[",".join(sorted(json.dumps(n) if isinstance(n, dict) else n
+                                  for n in names))] = properties
+    return found
+
+
+def _queries(alarm: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return {q["Id"]: q for q in alarm["Metrics"]}
+
+
+def test_alarms_notify_a_topic_that_cloudwatch_can_publish_to() -> None:
+    template = _template(CLOUD)
+    resources = template["Resources"]
+    topic = resources["AlarmTopic"]
+    assert topic["Type"] == "AWS::SNS::Topic"
+    # not alias/aws/sns: CloudWatch cannot use the AWS managed key, and would fail to publish
+    key = resources[topic["Properties"]["KmsMasterKeyId"]["Ref"]]
+    assert key["Type"] == "AWS::KMS::Key"
+    assert key["Properties"]["EnableKeyRotation"] is True
+    cloudwatch, = (s for s in key["Properties"]["KeyPolicy"]["Statement"]
+                   if s["Principal"] == {"Service": "cloudwatch.amazonaws.com"})
+    assert set(cloudwatch["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
+
+    subscription, = (r for r in resources.values() if r["Type"] == "AWS::SNS::Subscription")
+    assert subscription["Properties"]["Protocol"] == "email"
+    assert subscription["Properties"]["TopicArn"] == {"Ref": "AlarmTopic"}
+    assert subscription["Properties"]["Endpoint"] == {"Ref": "AlarmEmail"}
+    email = template["Parameters"]["AlarmEmail"]
+    assert email["Default"] == ""
+    assert Resolver(template, {}).condition(subscription["Condition"]) is False
+    assert Resolver(template, {"AlarmEmail": "ops@example.com"}).condition(
+        subscription["Condition"]) is True
+    for good in ("", "ops@example.com", "first.last+voice@sub.example.co.uk"):
+        assert re.fullmatch(email["AllowedPattern"], good), good
+    for bad in ("ops", "ops@example", "two words@example.com", "a@b@example.com"):
+        assert not re.fullmatch(email["AllowedPattern"], bad), bad
+    assert template["Outputs"]["AlarmTopicArn"]["Value"] == {"Ref": "AlarmTopic"}
+
+    alarms = [r["Properties"] for r in resources.values()
+              if r["Type"] == "AWS::CloudWatch::Alarm"]
+    assert len(alarms) == 7
+    resolver = Resolver(template, TEST_PARAMETERS)
+    for alarm in alarms:
+        name = resolver.resolve(alarm["AlarmName"])
+        assert name.startswith("voiceagent-prod-"), name
+        assert alarm["AlarmActions"] == alarm["OKActions"] == [{"Ref": "AlarmTopic"}], name
+        assert alarm["TreatMissingData"] in ("notBreaching", "breaching"), name
+        description = resolver.resolve(alarm["AlarmDescription"])
+        assert "First check:" in description, name              # the runbook's first line
+        assert 100 <= len(description) <= 1024, name
+        assert "${" not in description, name
+        # a Unit that is not the published one would leave the alarm without data
+        assert "Unit" not in json.dumps(alarm), name
+
+
+def test_alarm_conditions() -> None:
+    template = _template(CLOUD)
+    parameters = template["Parameters"]
+    alarms = _alarms(template)
+    balancer = {"Name": "LoadBalancer",
+                "Value": {"Fn::GetAtt": ["LoadBalancer", "LoadBalancerFullName"]}}
+    group = {"Name": "TargetGroup", "Value": {"Fn::GetAtt": ["TargetGroup", "TargetGroupFullName"]}}
+    service = [{"Name": "ServiceName", "Value": {"Fn::Sub": "${AWS::StackName}-voiceagent"}}]
+    # the dimension the app publishes with (METRICS_SERVICE_NAME)
+    assert {"Name": "METRICS_SERVICE_NAME", "Value": service[0]["Value"]} in _container(
+        template)["Environment"]
+
+    five_xx = alarms["HTTPCode_ELB_5XX_Count,HTTPCode_Target_5XX_Count"]
+    queries = _queries(five_xx)
+    for query in ("elb", "target"):
+        stat = queries[query]["MetricStat"]
+        assert (stat["Period"], stat["Stat"]) == (300, "Sum")
+        assert stat["Metric"]["Namespace"] == "AWS/ApplicationELB"
+        assert stat["Metric"]["Dimensions"] == [balancer]
+        assert queries[query]["ReturnData"] is False
+    assert queries["total"]["Expression"] == "FILL(elb, 0) + FILL(target, 0)"
+    assert five_xx["Threshold"] == {"Ref": "Alarm5xxPerFiveMinutes"}
+    assert parameters["Alarm5xxPerFiveMinutes"]["Default"] == 5
+    assert five_xx["ComparisonOperator"] == "GreaterThanThreshold"
+
+    unhealthy = alarms["UnHealthyHostCount"]
+    assert unhealthy["Dimensions"] == [group, balancer]
+    assert (unhealthy["Statistic"], unhealthy["Period"], unhealthy["EvaluationPeriods"],
+            unhealthy["DatapointsToAlarm"], unhealthy["ComparisonOperator"],
+            unhealthy["Threshold"]) == ("Maximum", 60, 3, 3, "GreaterThanThreshold", 0)
+    healthy = alarms["HealthyHostCount"]
+    assert healthy["Dimensions"] == [group, balancer]
+    assert (healthy["Statistic"], healthy["ComparisonOperator"], healthy["Threshold"]) == (
+        "Minimum", "LessThanThreshold", 1)
+    assert healthy["TreatMissingData"] == "breaching"       # nothing registered is no service
+
+    for name, statistic, threshold in (
+            ("ModelErrors", "Sum", {"Ref": "AlarmModelErrorsPerFiveMinutes"}),
+            ("StoreWriteFailures", "Sum", 0)):
+        alarm = alarms[name]
+        assert alarm["Namespace"] == {"Ref": "MetricNamespace"}
+        assert alarm["Dimensions"] == service
+        assert (alarm["Statistic"], alarm["Period"], alarm["Threshold"]) == (
+            statistic, 300, threshold)
+        assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+        assert alarm["TreatMissingData"] == "notBreaching"
+    assert parameters["AlarmModelErrorsPerFiveMinutes"]["Default"] == 5
+
+    latency = alarms["TurnLatency"]
+    assert latency["Namespace"] == {"Ref": "MetricNamespace"}
+    assert latency["Dimensions"] == service
+    assert (latency["ExtendedStatistic"], latency["Period"], latency["DatapointsToAlarm"],
+            latency["EvaluationPeriods"]) == ("p99", 300, 2, 3)
+    assert latency["Threshold"] == {"Ref": "AlarmTurnLatencyP99Ms"}
+    assert parameters["AlarmTurnLatencyP99Ms"]["Default"] == 2000
+    assert latency["TreatMissingData"] == "notBreaching"
+
+    # the app publishes every custom metric an alarm or the scaling policy reads
+    for name in ("ModelErrors", "StoreWriteFailures", "TurnLatency", "ActiveCalls"):
+        assert app_metrics._is_metric_name(name), name
+
+
+def test_metrics_missing_alarm_counts_the_points_each_task_owes() -> None:
+    template = _template(CLOUD)
+    alarm = next(a for key, a in _alarms(template).items() if "RunningTaskCount" in key)
+    queries = _queries(alarm)
+    running = queries["running"]["MetricStat"]
+    assert running["Metric"]["Namespace"] == "ECS/ContainerInsights"
+    assert running["Metric"]["Dimensions"] == [
+        {"Name": "ClusterName", "Value": {"Ref": "Cluster"}},
+        {"Name": "ServiceName", "Value": {"Fn::GetAtt": ["Service", "Name"]}}]
+    reports = queries["reports"]["MetricStat"]
+    assert reports["Metric"]["MetricName"] == {"Ref": "ActiveCallsMetricName"}
+    assert reports["Stat"] == "SampleCount"
+    assert running["Period"] == reports["Period"] == 300
+    # Container Insights is on: RunningTaskCount exists
+    assert {"Name": "containerInsights", "Value": "enabled"} in template["Resources"][
+        "Cluster"]["Properties"]["ClusterSettings"]
+    # one process per task, one point per EMF interval
+    per_task = round(300 / app_metrics.EMF_ACTIVE_CALLS_INTERVAL_S)
+    assert per_task == 30
+    expression = queries["missing"]["Expression"]
+    assert f"* {per_task}" in expression
+    assert (alarm["ComparisonOperator"], alarm["Threshold"], alarm["EvaluationPeriods"],
+            alarm["DatapointsToAlarm"]) == ("GreaterThanOrEqualToThreshold", 15, 2, 2)
+
+    def missing(tasks: float, points: int | None) -> float:
+        code = re.sub(r"FILL\((\w+), 0\)", r"fill(\1)", expression)
+        # the template's own expression, with nothing but these three names to reach
+        return float(eval(code, {"__builtins__": {}}, {
+            "running": tasks, "reports": points, "fill": lambda v: 0 if v is None else v}))
+
+    fires = alarm["Threshold"]
+    assert missing(4, 120) == 0                           # four tasks, every point
+    assert missing(4, 116) < fires                        # each a point short (timer drift)
+    assert missing(4, 124) < fires
+    assert missing(4.5, 133) < fires                      # one started halfway through
+    assert missing(4, 90) >= fires                        # one task silent
+    assert missing(1, None) >= fires                      # nothing at all reaches CloudWatch
 
 
 # ------------------------------------------------------------------------------- Dockerfile
@@ -574,10 +916,26 @@ def test_shell_scripts_pass_shellcheck(script: Path, shell: str) -> None:
     assert os.access(script, os.X_OK), f"{script.name} must be executable"
 
 
-def _run_build_script(**env: str) -> subprocess.CompletedProcess[str]:
+def _run_build_script(script: Path = BUILD_SCRIPT,
+                      **env: str) -> subprocess.CompletedProcess[str]:
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent"}
-    return subprocess.run(["bash", str(BUILD_SCRIPT)], env={**base, **env}, cwd=ROOT,
+    return subprocess.run(["bash", str(script)], env={**base, **env}, cwd=ROOT,
                           capture_output=True, text=True, timeout=30, check=False)
+
+
+def _dry_run_commands(result: subprocess.CompletedProcess[str]) -> list[list[str]]:
+    """The commands DRY_RUN=1 printed, as argument lists (the login pipeline stays one)."""
+    return [shlex.split(line[2:]) for line in result.stdout.splitlines()
+            if line.startswith("+ ")]
+
+
+def _command(commands: list[list[str]], *prefix: str) -> list[str]:
+    found, = (c for c in commands if c[:len(prefix)] == list(prefix))
+    return found
+
+
+def _option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
 
 
 def test_build_script_says_which_setting_is_missing() -> None:
@@ -599,13 +957,148 @@ def test_build_script_builds_for_the_task_architecture(architecture: str, platfo
     result = _run_build_script(ECR_REPO="123456789012.dkr.ecr.eu-west-1.amazonaws.com",
                                ECR_TAG="v1.2.3", CPU_ARCHITECTURE=architecture, DRY_RUN="1")
     assert result.returncode == 0, result.stderr
-    commands = [line[2:] for line in result.stdout.splitlines() if line.startswith("+ ")]
-    login, build = commands
-    assert "aws ecr get-login-password --region eu-west-1" in login
-    assert shlex.split(build) == [
+    commands = _dry_run_commands(result)
+    login = _command(commands, "aws", "ecr", "get-login-password")
+    assert login[3:6] == ["--region", "eu-west-1", "|"]
+    build = _command(commands, "docker")
+    assert build == [
         "docker", "buildx", "build", "--platform", platform, "--provenance=false", "--tag",
         "123456789012.dkr.ecr.eu-west-1.amazonaws.com/voiceagent:v1.2.3", "--push", "."]
+    assert commands[-2:] == [login, build]
     assert f"CpuArchitecture={architecture}" in result.stdout
+
+
+def test_build_script_makes_tags_immutable_and_expires_old_images() -> None:
+    result = _run_build_script(ECR_REPO="123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+                               ECR_TAG="v1.2.3", DRY_RUN="1")
+    assert result.returncode == 0, result.stderr
+    commands = _dry_run_commands(result)
+    assert all(c[0] in ("aws", "docker") for c in commands), commands
+    where = ["--region", "eu-west-1"]
+    create = _command(commands, "aws", "ecr", "create-repository")
+    assert create[3:5] == where
+    assert _option(create, "--repository-name") == "voiceagent"
+    assert _option(create, "--image-tag-mutability") == "IMMUTABLE"
+    assert _option(create, "--image-scanning-configuration") == "scanOnPush=true"
+    mutability = _command(commands, "aws", "ecr", "put-image-tag-mutability")
+    assert mutability[3:5] == where
+    assert _option(mutability, "--image-tag-mutability") == "IMMUTABLE"
+    lifecycle = _command(commands, "aws", "ecr", "put-lifecycle-policy")
+    assert lifecycle[3:5] == where
+    assert _option(lifecycle, "--repository-name") == "voiceagent"
+    policy = json.loads(_option(lifecycle, "--lifecycle-policy-text"))
+    rules = {rule["selection"]["tagStatus"]: rule for rule in policy["rules"]}
+    assert set(rules) == {"untagged", "tagged"}
+    assert sorted(r["rulePriority"] for r in policy["rules"]) == [1, 2]
+    assert all(rule["action"] == {"type": "expire"} for rule in policy["rules"])
+    assert rules["untagged"]["selection"] == {"tagStatus": "untagged",
+                                              "countType": "sinceImagePushed",
+                                              "countUnit": "days", "countNumber": 7}
+    assert rules["tagged"]["selection"] == {"tagStatus": "tagged", "tagPatternList": ["*"],
+                                            "countType": "imageCountMoreThan",
+                                            "countNumber": 200}
+    # the tag is looked for before the build: an immutable tag cannot be pushed twice
+    lookup = _command(commands, "aws", "ecr", "describe-images")
+    assert _option(lookup, "--image-ids") == "imageTag=v1.2.3"
+    order = [c[2] if c[0] == "aws" else c[0] for c in commands]
+    assert order.index("put-lifecycle-policy") < order.index("describe-images") < order.index(
+        "docker")
+    # the conditional steps say when they apply
+    assert "# if the repository does not exist:" in result.stdout
+    assert "# if its tags are MUTABLE:" in result.stdout
+
+
+@pytest.fixture
+def fake_aws(tmp_path: Path) -> Path:
+    """A PATH folder with stand-in `aws` and `docker` that record their arguments; `aws ecr
+    describe-repositories` answers FAKE_MUTABILITY (fails when it is empty: no repository) and
+    `aws ecr describe-images` succeeds when FAKE_TAG_EXISTS=1."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "aws").write_text(
+        "#!/bin/sh\n"
+        'echo "aws $*" >> "$RECORD"\n'
+        'case "$*" in\n'
+        '  *describe-repositories*) [ -n "${FAKE_MUTABILITY:-}" ] || exit 254\n'
+        '                           echo "$FAKE_MUTABILITY" ;;\n'
+        '  *describe-images*) [ "${FAKE_TAG_EXISTS:-0}" = 1 ] || exit 254 ;;\n'
+        "  *get-login-password*) echo password ;;\n"
+        "esac\n")
+    (folder / "docker").write_text(
+        '#!/bin/sh\necho "docker $*" >> "$RECORD"\n'
+        'if [ "$1" = login ]; then cat > /dev/null; fi\n')      # the password, from the pipe
+    for tool in folder.iterdir():
+        tool.chmod(0o755)
+    return folder
+
+
+@pytest.mark.parametrize(("mutability", "expected", "said"), [
+    ("", "create-repository", "creating ECR repository voiceagent (immutable tags"),
+    ("MUTABLE", "put-image-tag-mutability", "tags were MUTABLE, setting IMMUTABLE"),
+    ("IMMUTABLE", None, "tags are IMMUTABLE"),
+])
+def test_build_script_brings_the_repository_to_immutable_tags(
+        fake_aws: Path, tmp_path: Path, mutability: str, expected: str | None,
+        said: str) -> None:
+    record = tmp_path / "record"
+    result = _run_build_script(ECR_REPO="123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+                               ECR_TAG="v1.2.3", PATH=f"{fake_aws}:/usr/bin:/bin",
+                               RECORD=str(record), FAKE_MUTABILITY=mutability)
+    assert result.returncode == 0, result.stderr
+    calls = record.read_text().splitlines()
+    changes = {"create-repository", "put-image-tag-mutability"}
+    made = {name for name in changes if any(f"aws ecr {name} " in call for call in calls)}
+    assert made == ({expected} if expected else set())
+    if expected:
+        change, = (call for call in calls if f"aws ecr {expected} " in call)
+        assert "--image-tag-mutability IMMUTABLE" in change
+    assert said in result.stderr
+    assert any(call.startswith("aws ecr put-lifecycle-policy ") for call in calls)
+    assert "lifecycle policy set" in result.stderr
+    assert calls[-1].startswith("docker buildx build ")
+
+
+def test_build_script_refuses_a_tag_that_is_already_pushed(fake_aws: Path,
+                                                            tmp_path: Path) -> None:
+    record = tmp_path / "record"
+    result = _run_build_script(ECR_REPO="123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+                               ECR_TAG="v1.2.3", PATH=f"{fake_aws}:/usr/bin:/bin",
+                               RECORD=str(record), FAKE_MUTABILITY="IMMUTABLE",
+                               FAKE_TAG_EXISTS="1")
+    assert result.returncode == 2
+    assert "already in ECR" in result.stderr
+    assert not any(call.startswith("docker buildx build") for call in
+                   record.read_text().splitlines())
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_build_script_tags_a_dirty_tree_with_the_time(tmp_path: Path) -> None:
+    """Tags are immutable, so two builds of one dirty tree must not share a tag."""
+    checkout = tmp_path / "checkout"
+    (checkout / "sam").mkdir(parents=True)
+    script = checkout / "sam" / "build-images.sh"
+    shutil.copy(BUILD_SCRIPT, script)
+    git = ["git", "-C", str(checkout), "-c", "user.name=test", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True, timeout=30)
+    subprocess.run([*git, "add", "."], check=True, timeout=30)
+    subprocess.run([*git, "commit", "-q", "-m", "one"], check=True, timeout=30)
+    commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], check=True, timeout=30,
+                            capture_output=True, text=True).stdout.strip()
+
+    def tag() -> str:
+        result = _run_build_script(script, DRY_RUN="1",
+                                   ECR_REPO="123456789012.dkr.ecr.eu-west-1.amazonaws.com")
+        assert result.returncode == 0, result.stderr
+        build = _command(_dry_run_commands(result), "docker")
+        return _option(build, "--tag").rsplit(":", 1)[1]
+
+    assert tag() == commit
+    (checkout / "change.txt").write_text("local change\n")
+    dirty = tag()
+    match = re.fullmatch(rf"{commit}-dirty-(\d{{14}})", dirty)
+    assert match, dirty
+    stamped = calendar.timegm(time.strptime(match.group(1), "%Y%m%d%H%M%S"))   # as UTC
+    assert abs(time.time() - stamped) < 120, dirty
 
 
 @pytest.fixture
