@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import urllib.error
@@ -36,7 +35,7 @@ def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/health", timeout=TIMEOUT_S) as response:
             return bool(response.status == 200)
-    except (urllib.error.URLError, OSError, socket.timeout):
+    except (TimeoutError, urllib.error.URLError, OSError):
         return False
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().out.strip() == f"voiceagent {metadata.version('voiceagent')}"
 
 
-def test_serve_reports_every_setting_problem_at_once(tmp_path: object) -> None:
+def test_serve_reports_every_setting_problem_at_once(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PORT": "not-a-port",
            "STORE": "dynamodb", "TIME_ZONE": "Mars/Olympus", "LLM": "bedrock",
            "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
@@ -61,3 +62,20 @@ def test_serve_reports_every_setting_problem_at_once(tmp_path: object) -> None:
                  "AWS credentials:"):
         assert name in said, f"{name} missing from:\n{done.stderr}"
     assert "Traceback" not in done.stderr
+
+
+def test_serve_reads_dotenv_and_the_environment_wins(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("TIME_ZONE=Mars/Olympus\nPORT=70000\n")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LLM": "scripted",
+           "TWILIO_AUTH_TOKEN": "not-secret", "PORT": "3000"}
+    done = subprocess.run([sys.executable, "-m", "voiceagent", "serve"], env=env,
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "1 setting(s) to fix" in done.stderr, done.stderr
+    assert "TIME_ZONE: unknown time zone" in done.stderr       # from the file
+    assert "PORT" not in done.stderr                           # the environment's 3000 won
+    missing = subprocess.run([sys.executable, "-m", "voiceagent", "serve", "--env-file",
+                              "nowhere.env"], env=env, cwd=str(tmp_path),
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2
+    assert "--env-file: no file at nowhere.env" in missing.stderr

@@ -152,7 +152,8 @@ class Settings(BaseModel):
         try:
             settings = cls.model_validate(values)
         except ValidationError as err:
-            problems = [f"{_env_name(e['loc'])}: {e['msg']}" for e in err.errors()] + problems
+            problems = [f"{_env_name(e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                        for e in err.errors()] + problems
         if problems:
             raise SettingsError(problems)
         return settings

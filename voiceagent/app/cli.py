@@ -18,7 +18,7 @@ from pathlib import Path
 import trio
 
 from voiceagent import logs
-from voiceagent.app import bench
+from voiceagent.app import bench, check
 from voiceagent.app.caller import CallerError, Identity, open_call
 from voiceagent.app.cli_store import add_commands
 from voiceagent.app.terminal import Transcript, interactive, scripted
@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve Twilio's webhooks and ConversationRelay sockets on HOST:PORT until "
                     "SIGTERM or Ctrl-C, then drain live calls. Every setting comes from the "
                     "environment (see .env.example); all problems are reported at once.")
+    serve.add_argument("--env-file", type=Path, default=None, metavar="PATH",
+                       help="read settings from this file (default: ./.env when it exists); "
+                            "variables already in the environment win")
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser("demo", help="run offline and talk to the restaurant agent")
@@ -113,12 +116,20 @@ def _parser() -> argparse.ArgumentParser:
     call.set_defaults(run=_call)
     add_commands(commands)
     bench.add_command(commands)
+    check.add_command(commands)
     return parser
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from voiceagent.app.dotenv_file import load_dotenv_file
+
+    if args.env_file is not None and not args.env_file.is_file():
+        raise SettingsError([f"--env-file: no file at {args.env_file}"])
+    read = load_dotenv_file(args.env_file)
     settings = settings_for_serving()
     logs.configure(settings.log_format, settings.log_level)
+    if read is not None:
+        log.info("settings read from a file too", extra={"env_file": str(read)})
     trio.run(_serve_async, settings)
     return 0
 

@@ -1,0 +1,282 @@
+"""The checks of ``voiceagent check`` that need the settings and AWS: who the credentials are
+(STS GetCallerIdentity), the store (the DynamoDB table, or the SQLite data folder). The model
+and Twilio checks are in ``check_models`` and ``check_twilio``.
+
+Each check uses the service's own code and settings (the store's DynamoDB client and table
+rules, boto3's credential chain), runs its blocking calls through ``run_blocking`` with the
+check's own limiter, is bounded by a timeout, and turns every failure it knows into an
+``Outcome`` whose advice says what to set or allow. A failure never stops a later check.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import boto3
+import trio
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+import voiceagent.store.records as records
+from voiceagent.errors import ConfigError, SettingsError, StoreError
+from voiceagent.settings import Settings
+from voiceagent.store.base import INDEX_NAME
+from voiceagent.store.dynamodb import DynamoDBStore, make_client
+from voiceagent.store.dynamodb_table import is_active, table_problems
+from voiceagent.store.dynamodb_values import error_code
+from voiceagent.threads import run_blocking
+from voiceagent.usecases import UseCase
+
+AWS_TIMEOUT_S = 15.0                 # one check's AWS calls, botocore's own retries included
+AWS_CONNECT_TIMEOUT_S = 3.0
+AWS_READ_TIMEOUT_S = 5.0
+STS_FALLBACK_REGION = "us-east-1"
+
+Status = Literal["pass", "fail", "skip"]
+
+NETWORK_ADVICE = ("check the network path to AWS: HTTPS_PROXY / NO_PROXY, and AWS_CA_BUNDLE "
+                  "when a proxy or private endpoint presents its own CA")
+CREDENTIALS_ADVICE = ("set AWS credentials the usual way: AWS_PROFILE (after `aws sso login`), "
+                      "or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; on ECS the task role "
+                      "supplies them")
+STORE_ACTIONS = ("dynamodb:DescribeTable, dynamodb:GetItem, dynamodb:PutItem, "
+                 "dynamodb:DeleteItem, dynamodb:BatchWriteItem and dynamodb:Query")
+_REFUSED_KEYS = frozenset({"InvalidClientTokenId", "SignatureDoesNotMatch",
+                           "UnrecognizedClientException", "InvalidSignatureException",
+                           "MissingAuthenticationTokenException"})
+_EXPIRED = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired"})
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One line of the checklist, and what to do under it (failures and some skips)."""
+
+    name: str
+    status: Status
+    detail: str
+    advice: tuple[str, ...] = ()
+
+
+def passed(name: str, detail: str) -> Outcome:
+    return Outcome(name, "pass", detail)
+
+
+def failed(name: str, detail: str, *advice: str) -> Outcome:
+    return Outcome(name, "fail", detail, advice)
+
+
+def skipped(name: str, detail: str, *advice: str) -> Outcome:
+    return Outcome(name, "skip", detail, advice)
+
+
+@dataclass
+class CheckContext:
+    """What the checks share: the settings, and what an earlier check learnt that a later one
+    uses (the account for IAM ARNs in advice, the use cases the table holds)."""
+
+    settings: Settings
+    limiter: trio.CapacityLimiter
+    number: str | None = None
+    account_id: str | None = None
+    stored_use_cases: tuple[UseCase, ...] | None = None    # None: the table was not read
+
+
+# ---------------------------------------------------------------- settings
+
+def settings_outcome(dotenv: Path | None) -> tuple[Settings | None, Outcome]:
+    """The settings as ``serve`` builds them, every problem listed when they are invalid."""
+    source = "environment" + (f" and {dotenv}" if dotenv is not None else "")
+    try:
+        settings = Settings.from_env()
+    except SettingsError as err:
+        return None, failed("settings", f"{len(err.problems)} problem(s) in the {source}",
+                            *err.problems, "every setting is described in .env.example")
+    return settings, passed("settings", f"valid ({source}; STORE={settings.store}, "
+                                        f"LLM={settings.llm})")
+
+
+# ---------------------------------------------------------------- AWS credentials
+
+async def aws_identity(ctx: CheckContext) -> list[Outcome]:
+    """STS GetCallerIdentity: which account and principal boto3's chain finds."""
+    settings, name = ctx.settings, "AWS credentials"
+    if settings.store == "sqlite" and settings.llm == "scripted":
+        return [skipped(name, "STORE=sqlite and LLM=scripted: nothing calls AWS")]
+    if settings.store == "sqlite" and os.environ.get("AWS_BEARER_TOKEN_BEDROCK"):
+        return [skipped(name, "STORE=sqlite, and Bedrock takes AWS_BEARER_TOKEN_BEDROCK")]
+    try:
+        with trio.fail_after(AWS_TIMEOUT_S):
+            identity = await run_blocking(partial(_caller_identity, settings.aws_region),
+                                          limiter=ctx.limiter, abandon_on_cancel=True)
+    except trio.TooSlowError:
+        return [failed(name, f"STS did not answer within {AWS_TIMEOUT_S:g} s", NETWORK_ADVICE)]
+    except NoCredentialsError:
+        return [failed(name, "no AWS credentials found (environment, AWS_PROFILE and ~/.aws, "
+                             "SSO, container or instance role)", CREDENTIALS_ADVICE)]
+    except ClientError as err:
+        return [_sts_refused(name, err)]
+    except (BotoConnectionError, HTTPClientError) as err:
+        return [failed(name, f"cannot reach STS: {err}", NETWORK_ADVICE)]
+    except BotoCoreError as err:        # a profile that does not exist, a bad config file
+        return [failed(name, f"AWS configuration: {err}",
+                       "fix AWS_PROFILE or ~/.aws/config, or unset AWS_PROFILE")]
+    ctx.account_id = str(identity["Account"])
+    return [passed(name, f"account {identity['Account']}, {identity['Arn']}")]
+
+
+def _caller_identity(region: str | None) -> dict[str, Any]:
+    """Worker thread: one STS call with short timeouts. Without a region (the other checks
+    say so) the credentials are still checked, in STS's global endpoint's region."""
+    config = Config(connect_timeout=AWS_CONNECT_TIMEOUT_S, read_timeout=AWS_READ_TIMEOUT_S,
+                    retries={"mode": "standard", "total_max_attempts": 2})
+    session = boto3.session.Session(region_name=region)
+    client = session.client("sts", region_name=session.region_name or STS_FALLBACK_REGION,
+                            config=config)
+    try:
+        return dict(client.get_caller_identity())
+    finally:
+        client.close()
+
+
+def _sts_refused(name: str, err: ClientError) -> Outcome:
+    code = error_code(err)
+    message = str(err.response.get("Error", {}).get("Message", ""))[:200]
+    if code in _EXPIRED:
+        return failed(name, f"the credentials have expired ({code})",
+                      "get new ones: `aws sso login` for an SSO profile, or a fresh "
+                      "AWS_SESSION_TOKEN with its key pair")
+    if code in _REFUSED_KEYS:
+        return failed(name, f"AWS refused the access key ({code}): {message}",
+                      "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE; IAM "
+                      "console > Users > Security credentials shows whether a key is active",
+                      "SignatureDoesNotMatch can also mean this machine's clock is wrong")
+    return failed(name, f"STS refused GetCallerIdentity ({code}): {message}",
+                  CREDENTIALS_ADVICE)
+
+
+# ---------------------------------------------------------------- the store
+
+async def store_check(ctx: CheckContext) -> list[Outcome]:
+    if ctx.settings.store == "sqlite":
+        return [await run_blocking(partial(data_dir_outcome, ctx.settings.data_dir),
+                                   limiter=ctx.limiter)]
+    return [await _table_outcome(ctx)]
+
+
+async def _table_outcome(ctx: CheckContext) -> Outcome:
+    settings = ctx.settings
+    name = f"DynamoDB table {settings.table_name}"
+    region = settings.aws_region or "<region>"
+    try:
+        with trio.fail_after(AWS_TIMEOUT_S):
+            client = await run_blocking(partial(make_client, settings, max_pool_connections=2),
+                                        limiter=ctx.limiter)
+            region = str(client.meta.region_name)
+            store = DynamoDBStore(str(settings.table_name), client, limiter=ctx.limiter)
+            try:
+                return await _inspect_table(ctx, store, name, region)
+            finally:
+                await store.aclose()
+    except trio.TooSlowError:
+        return failed(name, f"DynamoDB did not answer within {AWS_TIMEOUT_S:g} s",
+                      NETWORK_ADVICE)
+    except SettingsError as err:
+        return failed(name, "; ".join(err.problems))
+    except StoreError as err:
+        return _store_failure(ctx, name, region, err)
+
+
+async def _inspect_table(ctx: CheckContext, store: DynamoDBStore, name: str,
+                         region: str) -> Outcome:
+    table = await store.describe()
+    if table is None:
+        return failed(name, f"does not exist at {store.endpoint}",
+                      "create it with `voiceagent store init` (same settings)",
+                      f"or set TABLE_NAME to an existing table: DynamoDB console > Tables "
+                      f"(region {region}) lists them; check AWS_REGION too")
+    problems = table_problems(table)
+    if problems:
+        return failed(name, "exists, but is not keyed the way voiceagent needs", *problems,
+                      f"voiceagent needs pk/sk (strings) and a GSI {INDEX_NAME} on pk1/sk1 "
+                      "projecting ALL: run `voiceagent store init` with a new TABLE_NAME")
+    if not is_active(table):
+        return failed(name, f"is {table.get('TableStatus')}, not ACTIVE yet",
+                      "wait until DynamoDB console > Tables shows it Active, then check again")
+    use_cases, unreadable = await _stored_use_cases(store)
+    ctx.stored_use_cases = use_cases
+    names = sorted(u.name for u in use_cases)
+    load = "run `voiceagent config load` to write config/ to the table"
+    if unreadable:
+        return failed(name, f"{len(unreadable)} use case item(s) cannot be read",
+                      *unreadable, load)
+    wanted = ctx.settings.stack_use_case
+    if wanted not in names:
+        advice = [load] + ([f"or set STACK_USE_CASE to one of: {', '.join(names)}"]
+                           if names else [])
+        return failed(name, f"has voiceagent's keys, but no use case {wanted!r} "
+                            "(STACK_USE_CASE) in it", *advice)
+    return passed(name, f"pk/sk, GSI {INDEX_NAME} on pk1/sk1, ACTIVE; "
+                        f"{len(names)} use case(s), {wanted} among them")
+
+
+async def _stored_use_cases(store: DynamoDBStore) -> tuple[tuple[UseCase, ...], list[str]]:
+    use_cases: list[UseCase] = []
+    unreadable: list[str] = []
+    for item in await store.query_index(records.USE_CASE_INDEX):
+        try:
+            use_cases.append(records.use_case_from_item(item))
+        except ConfigError as err:
+            unreadable.append(f"use case {item.get('pk')}: {err.problem}")
+    return tuple(use_cases), unreadable
+
+
+def _store_failure(ctx: CheckContext, name: str, region: str, err: StoreError) -> Outcome:
+    code = error_code(err.__cause__)
+    if code == "AccessDeniedException":
+        arn = (f"arn:aws:dynamodb:{region}:{ctx.account_id or '<account>'}:table/"
+               f"{ctx.settings.table_name}")
+        return failed(name, f"access denied: {err}",
+                      f"allow {STORE_ACTIONS} on {arn} and {arn}/index/* in the IAM policy of "
+                      "the role or user these credentials belong to")
+    if code in _REFUSED_KEYS | _EXPIRED or isinstance(err.__cause__, NoCredentialsError):
+        return failed(name, str(err), CREDENTIALS_ADVICE)
+    if isinstance(err.__cause__, BotoConnectionError | HTTPClientError):
+        return failed(name, f"cannot reach DynamoDB: {err.__cause__}", NETWORK_ADVICE,
+                      "AWS_ENDPOINT_URL_DYNAMODB, when set, must point at a running endpoint")
+    return failed(name, str(err))
+
+
+def data_dir_outcome(data_dir: Path) -> Outcome:
+    """Blocking (file system): DATA_DIR can hold the SQLite file, now or once created."""
+    name = "SQLite data dir"
+    path = data_dir.absolute()
+    if path.exists() and not path.is_dir():
+        return failed(name, f"DATA_DIR={data_dir} is a file, not a folder",
+                      "set DATA_DIR to a folder (it is created when missing)")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".voiceagent-check-"):
+            pass
+    except OSError as err:
+        return failed(name, f"cannot write in {existing}: {err.strerror}",
+                      "set DATA_DIR to a folder this user can write, or fix its permissions")
+    database = path / "voiceagent.db"
+    if database.exists() and not os.access(database, os.R_OK | os.W_OK):
+        return failed(name, f"{database} is not readable and writable by this user",
+                      "fix its permissions, or set DATA_DIR to another folder")
+    if existing != path:
+        return passed(name, f"{path} will be created (in {existing}, which is writable)")
+    return passed(name, f"{path} is writable")
