@@ -27,6 +27,7 @@ import trio
 
 from actors.messages import (
     BargeIn,
+    ConfigUpdated,
     Dtmf,
     EndCall,
     Inbound,
@@ -37,6 +38,8 @@ from actors.messages import (
     RelayErrorReport,
     Reprompt,
     Setup,
+    SpeakerEvent,
+    TokensPlayed,
     TurnCommand,
     UserSaid,
 )
@@ -46,6 +49,8 @@ log = logging.getLogger(__name__)
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 REPROMPT = "Are you still there?"
+MAX_PLAYED_CHARS = 8000          # tokensPlayed kept per turn (a reply is far shorter)
+MAX_DETAIL_CHARS = 500           # of a configUpdated payload, in the log
 IDLE_GOODBYE = "I haven't heard from you, so I'll end the call now. Please call back anytime."
 
 
@@ -134,7 +139,8 @@ async def run(*, inbound: trio.MemoryReceiveChannel[Inbound],
                     return
             now = trio.current_time()
             if message is not None:
-                if isinstance(message, Prompt | Dtmf | Interrupt):
+                if isinstance(message, Prompt | Dtmf | Interrupt) or (
+                        isinstance(message, SpeakerEvent) and message.who == "caller"):
                     idle.heard_from_caller()
                 await gate.take(message)
             elif now >= keys.deadline and (entry := keys.take()):
@@ -210,6 +216,10 @@ class _Gate:
         self.inbound = inbound
         self.commands = commands
         self.starts = (-math.inf, -math.inf)       # when the last two turns started
+        # tokensPlayed since the last turn started: what the caller heard of its reply, for
+        # an interrupt that does not say (utteranceUntilInterrupt left out)
+        self.played: list[str] = []
+        self.played_chars = 0
 
     async def take(self, message: Inbound) -> None:
         """One message in arrival order; a turn if it is words or completes a key entry."""
@@ -246,6 +256,7 @@ class _Gate:
         command = held.command()
         if command is not None:
             self.starts = (self.starts[1], trio.current_time())
+            self.played, self.played_chars = [], 0
             await self.commands.send(command)
 
     async def _join(self, message: Inbound, held: _Held) -> None:
@@ -258,8 +269,20 @@ class _Gate:
                 if (entry := self.keys.press(digit)) is not None:
                     held.add_entry(entry)
             case Interrupt(heard=heard, duration_ms=duration_ms):
+                if heard is None and self.played:
+                    heard = " ".join(self.played)
+                self.played, self.played_chars = [], 0
                 await self.commands.send(
                     BargeIn(heard.strip() if heard is not None else None, duration_ms))
+            case TokensPlayed(text=text):
+                if text.strip() and self.played_chars < MAX_PLAYED_CHARS:
+                    self.played.append(text.strip())
+                    self.played_chars += len(text)
+            case ConfigUpdated(detail=detail):
+                log.info("relay configuration updated",
+                         extra={"detail": detail[:MAX_DETAIL_CHARS]})
+            case SpeakerEvent(who=who, speaking=speaking):
+                log.debug("speaker event", extra={"who": who, "speaking": speaking})
             case Info(name=name):
                 log.debug("relay info", extra={"name": name})
             case RelayErrorReport():

@@ -19,8 +19,11 @@ import trio
 
 from voiceagent.llm.base import ToolUseRequest
 from voiceagent.relay.protocol import (
+    Config,
+    ConfigUpdated,
     Dtmf,
     End,
+    Hints,
     Inbound,
     Info,
     Interrupt,
@@ -31,14 +34,19 @@ from voiceagent.relay.protocol import (
     RelayErrorReport,
     SendDigits,
     Setup,
+    SpeakerEvent,
     Text,
+    TokensPlayed,
 )
 
 __all__ = [
     "BargeIn",
+    "Config",
+    "ConfigUpdated",
     "Dtmf",
     "End",
     "EndCall",
+    "Hints",
     "Inbound",
     "Info",
     "Interrupt",
@@ -52,8 +60,10 @@ __all__ = [
     "Reprompt",
     "SendDigits",
     "Setup",
+    "SpeakerEvent",
     "Text",
     "Timed",
+    "TokensPlayed",
     "ToolBatch",
     "ToolCall",
     "ToolOutcome",

@@ -8,6 +8,7 @@ which is how a hang-up reaches the supervisor.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import replace
 from typing import assert_never
@@ -15,6 +16,7 @@ from typing import assert_never
 import trio
 
 from actors.messages import (
+    ConfigUpdated,
     Dtmf,
     Inbound,
     Info,
@@ -22,6 +24,8 @@ from actors.messages import (
     Prompt,
     RelayErrorReport,
     Setup,
+    SpeakerEvent,
+    TokensPlayed,
 )
 from actors.relay_socket import RelaySocket
 from actors.turn_slot import CutMarks
@@ -31,6 +35,7 @@ from voiceagent.relay.protocol import Rejected, parse_frame
 log = logging.getLogger(__name__)
 
 
+LOGGABLE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,40}")
 MAX_CONSECUTIVE_REJECTS = 10     # Twilio's own rule for what it receives: then it hangs up
 # Only frames that are not ConversationRelay at all count toward that limit. Twilio adds
 # message types (and fields) over time: a type or a field we do not know is counted and
@@ -47,6 +52,8 @@ class FrameStats:
         self.rejected: Counter[str] = Counter()
         self.consecutive_rejects = 0
         self.abusive = False            # closed for sending junk only
+        # info events this release has no type for, by name (Twilio adds them over time)
+        self.other_info: Counter[str] = Counter()
 
     def reject(self, rejected: Rejected) -> None:
         self.rejected[rejected.reason] += 1
@@ -56,6 +63,10 @@ class FrameStats:
                                              "frame_type": rejected.frame_type,
                                              "size": rejected.size,
                                              "problem": rejected.problem})
+
+
+def _loggable(name: str) -> str:
+    return name if LOGGABLE_NAME.fullmatch(name) else "<unprintable>"
 
 
 async def run(*, socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
@@ -88,7 +99,11 @@ async def run(*, socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
                     await inbound.send(message)
                 case Prompt(last=True) | Dtmf():
                     await inbound.send(replace(message, received_at=received_at))
-                case Prompt() | Info() | RelayErrorReport():
+                case Info(name=name):
+                    stats.other_info[_loggable(name)] += 1       # counted, then passed on
+                    await inbound.send(message)
+                case (Prompt() | SpeakerEvent() | TokensPlayed() | ConfigUpdated()
+                      | RelayErrorReport()):
                     await inbound.send(message)
                 case _:
                     assert_never(message)

@@ -14,7 +14,18 @@ from typing import assert_never
 
 import trio
 
-from actors.messages import End, Language, Outbound, Outgoing, Play, SendDigits, Text, Timed
+from actors.messages import (
+    Config,
+    End,
+    Hints,
+    Language,
+    Outbound,
+    Outgoing,
+    Play,
+    SendDigits,
+    Text,
+    Timed,
+)
 from actors.relay_socket import RelaySocket
 from actors.turn_slot import CutMarks
 from voiceagent.errors import RelayBroken
@@ -61,7 +72,7 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
                 case End() if cycle_open:
                     frames.insert(0, Text("", last=True))
                     cycle_open = False
-                case End() | Play() | SendDigits() | Language():
+                case End() | Play() | SendDigits() | Language() | Config() | Hints():
                     pass
                 case _:
                     assert_never(message)

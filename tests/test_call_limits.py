@@ -15,7 +15,16 @@ import trio.testing
 from actors import interrupt_handler
 from actors.history import History
 from actors.interrupt_handler import IDLE_GOODBYE, REPROMPT
-from actors.messages import Inbound, Prompt, TurnCommand, UserSaid
+from actors.messages import (
+    BargeIn,
+    Inbound,
+    Interrupt,
+    Prompt,
+    SpeakerEvent,
+    TokensPlayed,
+    TurnCommand,
+    UserSaid,
+)
 from tests.call_harness import open_test_call, plain_use_case
 from tests.fakes import FakeLLM, tool_use, words
 from voiceagent.llm.converse import converse_problems
@@ -314,3 +323,30 @@ async def test_only_junk_frames_close_the_call(autojump_clock: Any) -> None:
             await call.done.wait()
     assert call.socket.closed_with == (1008, "too many unusable frames")
     assert call.report.ended_by == "bad-frames"
+
+
+async def test_tokens_played_stand_in_for_an_interrupt_that_does_not_say(
+        autojump_clock: Any) -> None:
+    """tokensPlayed (the ``tokens-played`` subscription) is what the caller really heard: an
+    interrupt without utteranceUntilInterrupt uses it, and a new turn starts it afresh."""
+    in_send, in_recv = trio.open_memory_channel[Inbound](math.inf)
+    cmd_send, cmd_recv = trio.open_memory_channel[TurnCommand](math.inf)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(interrupt_handler.run, inbound=in_recv, commands=cmd_send))
+        for message in (TokensPlayed("Welcome!"),
+                        Prompt("hours?", received_at=trio.current_time()),
+                        TokensPlayed("We open at nine,"), TokensPlayed(" and close"),
+                        SpeakerEvent("caller", True), Interrupt(None, 900),
+                        Prompt("and Sunday?", received_at=trio.current_time()),
+                        TokensPlayed("Closed Sunday."),
+                        Interrupt("Closed", 300),
+                        Interrupt(None, 10)):
+            in_send.send_nowait(message)
+            await trio.sleep(0.5)
+        in_send.close()
+    commands = [command async for command in cmd_recv]
+    said = [(type(c).__name__, getattr(c, "text", None) or getattr(c, "heard", None))
+            for c in commands]
+    assert said == [("UserSaid", "hours?"), ("BargeIn", "We open at nine, and close"),
+                    ("UserSaid", "and Sunday?"), ("BargeIn", "Closed"), ("BargeIn", None)]
+    assert [c.duration_ms for c in commands if isinstance(c, BargeIn)] == [900, 300, 10]

@@ -12,8 +12,11 @@ from hypothesis import strategies as st
 
 from voiceagent.relay.protocol import (
     MAX_FRAME_DEPTH,
+    Config,
+    ConfigUpdated,
     Dtmf,
     End,
+    Hints,
     Inbound,
     Info,
     Interrupt,
@@ -25,7 +28,9 @@ from voiceagent.relay.protocol import (
     RelayErrorReport,
     SendDigits,
     Setup,
+    SpeakerEvent,
     Text,
+    TokensPlayed,
     describe,
     encode,
     parse_frame,
@@ -232,7 +237,19 @@ def test_interrupt_utterance_must_be_a_string() -> None:
 
 def test_info_speaker_event() -> None:
     assert parse(type="info", name="agentSpeaking", value="on", ts=1763000000000) == \
-        Info("agentSpeaking", "on", 1763000000000)
+        SpeakerEvent("agent", True, 1763000000000)
+    assert parse(type="info", name="clientSpeaking", value="off") == \
+        SpeakerEvent("caller", False, None)
+    assert rejected(type="info", name="clientSpeaking", value="maybe").problem == \
+        "value: clientSpeaking expects on or off"
+
+
+def test_info_tokens_played_and_config_updated_are_typed() -> None:
+    assert parse(type="info", name="tokensPlayed", value="Hello there.", ts=5) == \
+        TokensPlayed("Hello there.", 5)
+    assert parse(type="info", name="configUpdated",
+                 value={"ttsProvider": "Amazon", "reason": "failover"}) == \
+        ConfigUpdated('{"ttsProvider":"Amazon","reason":"failover"}')
 
 
 @pytest.mark.parametrize(("value", "kept"), [
@@ -244,14 +261,15 @@ def test_info_value_is_coerced_to_text(value: object, kept: str) -> None:
 
 
 def test_info_without_value_or_ts() -> None:
-    assert parse(type="info", name="configUpdated") == Info("configUpdated", "", None)
+    assert parse(type="info", name="configUpdated") == ConfigUpdated("", None)
+    assert parse(type="info", name="somethingNew") == Info("somethingNew", "", None)
 
 
 def test_info_ts_as_string_or_float() -> None:
     assert parse(type="info", name="clientSpeaking", value="off", ts="17") == \
-        Info("clientSpeaking", "off", 17)
-    assert parse(type="info", name="clientSpeaking", value="off", ts=17.9) == \
-        Info("clientSpeaking", "off", 17)
+        SpeakerEvent("caller", False, 17)
+    assert parse(type="info", name="roundTripDelayMs", value="1", ts=17.9) == \
+        Info("roundTripDelayMs", "1", 17)
 
 
 @pytest.mark.parametrize(("fields", "problem"), [
@@ -428,6 +446,15 @@ def test_describe_has_no_content() -> None:
     (End(handoff_data='{"reasonCode":"transfer"}'),
      '{"type":"end","handoffData":"{\\"reasonCode\\":\\"transfer\\"}"}'),
     (End(handoff_data=""), '{"type":"end","handoffData":""}'),
+    (Config.of({"interruptible": "speech", "dtmfDetection": True}),
+     '{"type":"config","dtmfDetection":true,"interruptible":"speech"}'),
+    (Config.of(languages=[{"code": "en-US", "speechModel": "nova-3-general",
+                           "hints": "visa,mastercard"}]),
+     '{"type":"config","languages":[{"code":"en-US","hints":"visa,mastercard",'
+     '"speechModel":"nova-3-general"}]}'),
+    (Hints(("margherita", "quattro formaggi")),
+     '{"type":"hints","hints":"margherita,quattro formaggi"}'),
+    (Hints(("pizza",), language="it-IT"), '{"type":"hints","hints":"pizza","language":"it-IT"}'),
 ])
 def test_encode_exact(message: Outbound, expected: str) -> None:
     assert encode(message) == expected
@@ -436,6 +463,24 @@ def test_encode_exact(message: Outbound, expected: str) -> None:
 def test_handoff_data_stays_a_string_on_the_wire() -> None:
     data = json.dumps({"reasonCode": "live-agent-handoff", "callerId": "x"})
     assert json.loads(encode(End(handoff_data=data)))["handoffData"] == data
+
+
+@pytest.mark.parametrize(("settings", "languages", "problem"), [
+    ({}, [], "at least one setting"),
+    ({"url": "wss://elsewhere"}, [], "cannot change \\['url'\\] mid-call"),
+    ({}, [{"voice": "x"}], "needs its code"),
+    ({}, [{"code": "en-US", "welcomeGreeting": "hi"}], "cannot change \\['welcomeGreeting'\\]"),
+])
+def test_config_changes_only_what_twilio_lets_change(
+        settings: dict[str, str], languages: list[dict[str, str]], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        Config.of(settings, languages)
+
+
+@pytest.mark.parametrize("phrases", [(), ("",), ("a,b",), ("ok", " ")])
+def test_hints_need_plain_phrases(phrases: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="Hints needs phrases"):
+        Hints(phrases)
 
 
 @pytest.mark.parametrize("digits", ["", "12a", "1W", "A", "1 2", "+1"])

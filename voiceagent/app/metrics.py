@@ -125,6 +125,10 @@ class Metrics:
                                    "tokens, see TOKEN_HOLD_MS)", registry=r)
         self.frames_rejected = Counter("voiceagent_frames_rejected",
                                        "Relay frames dropped, by reason", ["reason"], registry=r)
+        self.info_other = Counter(
+            "voiceagent_relay_info_other",
+            "Relay info events of a name this release has no type for (Twilio adds them): "
+            "passed on and logged at debug level", registry=r)
         self.loop_lag = Histogram(
             "voiceagent_event_loop_lag_seconds",
             "How late the event loop ran a timer (sampled every 100 ms): latency every call "
@@ -163,6 +167,7 @@ class Metrics:
         self.text_frames.inc(report.writer.tokens)
         for reason, count in report.frames.rejected.items():
             self.frames_rejected.labels(reason).inc(count)
+        self.info_other.inc(sum(report.frames.other_info.values()))
 
     def observe_loop_lag(self, lag_s: float) -> None:
         self.loop_lag.observe(lag_s)

@@ -66,10 +66,43 @@ class Interrupt:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeakerEvent:
+    """``agentSpeaking`` / ``clientSpeaking`` (the ``speaker-events`` subscription)."""
+
+    who: Literal["agent", "caller"]
+    speaking: bool
+    ts: int | None = None            # epoch ms, when Twilio gives it
+
+
+@dataclass(frozen=True, slots=True)
+class TokensPlayed:
+    """``tokensPlayed``: text Twilio just finished speaking (``tokens-played``): the only live
+    record of what the caller actually heard."""
+
+    text: str
+    ts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigUpdated:
+    """``configUpdated`` (``config-updated``): a configuration change took effect, ours or a
+    provider failover. Its payload is not documented field by field, so it is kept as JSON
+    text for the log."""
+
+    detail: str
+    ts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Info:
+    """Any other ``info`` event (``debugging`` output, names Twilio adds later)."""
+
     name: str
     value: str
     ts: int | None = None
+
+
+InfoEvent = SpeakerEvent | TokensPlayed | ConfigUpdated | Info
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +110,7 @@ class RelayErrorReport:
     description: str                 # Twilio's "error" message: it rejected one of ours
 
 
-Inbound = Setup | Prompt | Dtmf | Interrupt | Info | RelayErrorReport
+Inbound = Setup | Prompt | Dtmf | Interrupt | InfoEvent | RelayErrorReport
 
 RejectReason = Literal[
     "binary", "too_large", "bad_json", "too_deep", "not_object", "missing_type", "unknown_type",
@@ -146,12 +179,71 @@ class Language:
                              "and neither may be empty")
 
 
+Setting = str | bool | int | float
+
+# What Twilio's dynamic configuration may change mid-call (docs: "Update configuration during a
+# call"); anything else stays as the TwiML set it, failover included.
+CONFIG_SESSION_SETTINGS = frozenset({
+    "interruptible", "preemptible", "dtmfDetection", "reportInputDuringAgentSpeech",
+    "partialPrompts", "speechTimeout", "echoPromptFiltering", "interruptSensitivity",
+    "ignoreBackchannel", "profanityFilter", "eotThreshold"})
+CONFIG_LANGUAGE_SETTINGS = frozenset({
+    "speechModel", "hints", "transcriptionProvider", "voice", "ttsProvider",
+    "ttsTextNormalization", "ttsLanguageTextNormalization", "elevenlabsTextNormalization",
+    "asrSmartFormat"})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Change session settings, and one or more languages' settings, during the call. Names
+    are the TwiML attribute names; each language entry names its ``code``."""
+
+    settings: tuple[tuple[str, Setting], ...] = ()
+    languages: tuple[tuple[tuple[str, Setting], ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.settings and not self.languages:
+            raise ValueError("Config needs at least one setting or language to change")
+        unknown = sorted({k for k, _ in self.settings} - CONFIG_SESSION_SETTINGS)
+        if unknown:
+            raise ValueError(f"Config cannot change {unknown} mid-call; it can change "
+                             f"{sorted(CONFIG_SESSION_SETTINGS)}")
+        for entry in self.languages:
+            names = {k for k, _ in entry}
+            if "code" not in names:
+                raise ValueError("each Config language needs its code")
+            unknown = sorted(names - CONFIG_LANGUAGE_SETTINGS - {"code"})
+            if unknown:
+                raise ValueError(f"Config cannot change {unknown} of a language; it can "
+                                 f"change {sorted(CONFIG_LANGUAGE_SETTINGS)}")
+
+    @classmethod
+    def of(cls, settings: dict[str, Setting] | None = None,
+           languages: list[dict[str, Setting]] | None = None) -> Config:
+        return cls(tuple(sorted((settings or {}).items())),
+                   tuple(tuple(sorted(entry.items())) for entry in languages or ()))
+
+
+@dataclass(frozen=True, slots=True)
+class Hints:
+    """Replace the speech recognition hints (phrases to favour), for ``language`` or for the
+    active language."""
+
+    phrases: tuple[str, ...]
+    language: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.phrases or not all(p.strip() and "," not in p for p in self.phrases):
+            raise ValueError("Hints needs phrases, none blank and none with a comma (the "
+                             "wire form is comma-separated)")
+
+
 @dataclass(frozen=True, slots=True)
 class End:
     handoff_data: str | None = None  # a string on the wire: JSON-encode structured data first
 
 
-Outbound = Text | Play | SendDigits | Language | End
+Outbound = Text | Play | SendDigits | Language | Config | Hints | End
 
 
 # ---------------------------------------------------------------- parsing
@@ -254,12 +346,23 @@ def _parse_interrupt(frame: _Frame) -> Interrupt:
     )
 
 
-def _parse_info(frame: _Frame) -> Info:
-    return Info(
-        name=_required_str(frame, "name"),
-        value=_as_text("value", frame.get("value")),
-        ts=_optional_int(frame, "ts"),
-    )
+_SPEAKERS: dict[str, Literal["agent", "caller"]] = {"agentSpeaking": "agent",
+                                                    "clientSpeaking": "caller"}
+
+
+def _parse_info(frame: _Frame) -> InfoEvent:
+    name = _required_str(frame, "name")
+    value = _as_text("value", frame.get("value"))
+    ts = _optional_int(frame, "ts")
+    if name in _SPEAKERS:
+        if value not in ("on", "off"):
+            raise _BadField(f"value: {name} expects on or off")
+        return SpeakerEvent(_SPEAKERS[name], value == "on", ts)
+    if name == "tokensPlayed":
+        return TokensPlayed(value, ts)
+    if name == "configUpdated":
+        return ConfigUpdated(value, ts)
+    return Info(name=name, value=value, ts=ts)
 
 
 def _parse_error(frame: _Frame) -> RelayErrorReport:
@@ -357,6 +460,14 @@ def encode(message: Outbound) -> str:
         case Language():
             body = _frame("language", ttsLanguage=message.tts_language,
                           transcriptionLanguage=message.transcription_language)
+        case Config():
+            # The envelope mirrors the TwiML: session attributes at the top, one entry per
+            # <Language>. Twilio's page lists what may change; its field layout is read from
+            # there (see docs/conversation-relay-2026.md).
+            body = _frame("config", **dict(message.settings),
+                          languages=[dict(entry) for entry in message.languages] or None)
+        case Hints():
+            body = _frame("hints", hints=",".join(message.phrases), language=message.language)
         case End():
             body = _frame("end", handoffData=message.handoff_data)
         case _:
