@@ -6,32 +6,45 @@
 #   sam/build-images.sh                                # linux/arm64 or amd64, pushed to ECR
 #   docker run --rm -p 127.0.0.1:3000:3000 --env-file .env voiceagent
 #
-# Stage 1 builds a wheel of the project and of every dependency, and installs them into a
-# virtual environment; stage 2 copies only that environment onto a clean base, so no compiler,
-# wheel cache or source tree ends up in the image. The base is pinned to a patch release:
-# raise it deliberately (and rebuild) for Python security releases.
+# Stage 1 installs the dependencies exactly as locked (requirements/service.lock.txt: every
+# version pinned, every file's sha256 checked) and then the project, without resolving anything
+# again, into a virtual environment; stage 2 copies only that environment onto a clean base, so
+# no compiler, cache or source tree ends up in the image. docs/dependencies.md says how to
+# change a dependency (requirements/lock.sh) or the base.
+#
+# The base is pinned to a patch release and to the digest of its multi-platform index (one
+# digest for linux/amd64 and linux/arm64), the same in both stages: a rebuild gets the same
+# base until the pin is moved on purpose (a Python or Debian security release). To move it:
+#   docker/pin-base-image.sh [3.11.N]
+# reads `docker buildx imagetools inspect python:3.11.N-slim-bookworm` and rewrites both FROMs.
+# Base digest: from public Dockerfiles that pin python:3.11.17-slim-bookworm to it
+# (MortyYJT/commerce-support-agent, Damel91/flower-mcp); not yet read from Docker Hub here.
 
-FROM python:3.11.17-slim-bookworm AS build
+FROM python:3.11.17-slim-bookworm@sha256:2333bd330d12de02514770b3585cad313644316047cdee24a7acfdece6de6efb AS build
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
-# Only what the wheel is built from (see .dockerignore): the image never contains the tests.
+# The dependencies first: this layer is rebuilt only when the lock changes.
+COPY requirements/service.lock.txt ./requirements/
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/python -m pip install --require-hashes -r requirements/service.lock.txt
+
+# Then the project itself (see .dockerignore: the image never contains the tests). pip check
+# fails the build if pyproject.toml asks for something the lock does not have.
 COPY pyproject.toml README.md ./
 COPY config ./config
 COPY actors ./actors
 COPY voiceagent ./voiceagent
-
-RUN python -m pip wheel --wheel-dir /wheels . \
- && python -m venv /opt/venv \
- && /opt/venv/bin/python -m pip install --no-index --find-links /wheels /wheels/voiceagent-*.whl \
+RUN /opt/venv/bin/python -m pip install --no-deps . \
+ && /opt/venv/bin/python -m pip check \
  && /opt/venv/bin/python -m pip uninstall --yes pip setuptools \
  && /opt/venv/bin/voiceagent --help > /dev/null
 
 
-FROM python:3.11.17-slim-bookworm AS runtime
+FROM python:3.11.17-slim-bookworm@sha256:2333bd330d12de02514770b3585cad313644316047cdee24a7acfdece6de6efb AS runtime
 
 LABEL org.opencontainers.image.title="voiceagent" \
       org.opencontainers.image.description="Phone agents on Twilio ConversationRelay and Amazon Bedrock" \

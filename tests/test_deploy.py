@@ -894,8 +894,8 @@ def test_dockerignore_is_an_allowlist() -> None:
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "*"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "config", "actors", "voiceagent",
-                       "docker/entrypoint.sh"}
+    assert allowed == {"pyproject.toml", "requirements/service.lock.txt", "README.md", "config",
+                       "actors", "voiceagent", "docker/entrypoint.sh"}
     # every COPY source of the build stage is in the context
     for stage, instruction, rest in _dockerfile():
         if stage == 0 and instruction == "COPY":
@@ -1281,17 +1281,20 @@ def _pip(*args: str, timeout: float) -> None:
 @pytest.fixture(scope="module")
 def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clean virtual environment with nothing but the project's wheel and its dependencies,
-    made the way the Dockerfile makes it: wheels first, then an offline install of them."""
+    made the way the Dockerfile makes it: the service lock (hashes checked), then the project
+    without resolving anything, then pip check."""
     scratch = tmp_path_factory.mktemp("wheel")
     wheels = scratch / "wheels"
     _pip("wheel", "--no-deps", "--wheel-dir", str(wheels), str(ROOT), timeout=120)
     wheel, = wheels.glob("voiceagent-*.whl")
-    _pip("download", "--dest", str(wheels), str(wheel), timeout=180)
     venv = scratch / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
                    timeout=60)
-    _pip("--python", str(venv / "bin" / "python"), "install", "--no-compile", "--no-index",
-         "--find-links", str(wheels), str(wheel), timeout=180)
+    python = str(venv / "bin" / "python")
+    _pip("--python", python, "install", "--no-compile", "--require-hashes", "-r",
+         str(ROOT / "requirements" / "service.lock.txt"), timeout=180)
+    _pip("--python", python, "install", "--no-compile", "--no-deps", str(wheel), timeout=60)
+    _pip("--python", python, "check", timeout=60)
     return venv
 
 

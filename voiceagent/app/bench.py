@@ -227,6 +227,7 @@ def percentiles(values: list[float], scale: float = 1000.0) -> dict[str, float |
 
 async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> dict[str, Any]:
     stream = stream if stream is not None else sys.stderr
+    bar = progress_bar(options, stream)         # first: without tqdm, fail before any call
     figures = Figures()
     before = read_processes(options.server_pids)
     peak_rss = before["rss_kb"] if before else 0.0
@@ -235,8 +236,6 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
     wall_started = time.time()
     monotonic_started = time.monotonic()
     client_cpu_started = time.process_time()
-
-    bar = progress_bar(options, stream)
 
     async def progress(cancel: trio.CancelScope) -> None:
         nonlocal peak_rss
