@@ -25,6 +25,7 @@ from actors import interrupt_handler, llm_streamer, relay_reader, relay_writer, 
 from actors.context import CallContext, TurnStats
 from actors.history import History
 from actors.messages import EndCall, Inbound, Outgoing, Setup, ToolBatch, TurnCommand
+from actors.relay_control import RelayControl
 from actors.relay_reader import FrameStats
 from actors.relay_socket import RelaySocket
 from actors.relay_writer import WriterStats
@@ -155,7 +156,7 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
         tool_wait_s=_longest_tool_timeout(plan.use_case, services.registry),
         max_history_messages=services.max_history_messages, stats=report.turns,
         log_content=services.log_content, token_hold_s=services.token_hold_s,
-        on_turn=services.on_turn)
+        on_turn=services.on_turn, relay=RelayControl.for_use_case(plan.use_case))
     marks = ctx.marks                                # reader marks, slot counts, writer obeys
     env = tool_executor.ToolEnv(
         call_sid=plan.call_sid, use_case=plan.use_case, registry=services.registry,

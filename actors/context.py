@@ -13,6 +13,7 @@ import trio
 
 from actors.history import History
 from actors.messages import Outgoing, ToolBatch
+from actors.relay_control import RelayControl
 from actors.turn_slot import CutMarks
 from voiceagent.llm.base import LLM
 from voiceagent.usecases import UseCase
@@ -64,3 +65,4 @@ class CallContext:
     stats: TurnStats = field(default_factory=TurnStats)
     on_turn: Callable[[dict[str, Any]], None] | None = None   # the turn summary (metrics)
     marks: CutMarks = field(default_factory=CutMarks)         # barge-in, shared with the writer
+    relay: RelayControl | None = None                         # language, rules, reply flags

@@ -26,6 +26,7 @@ from actors.messages import (
     TurnCommand,
     UserSaid,
 )
+from actors.relay_control import ReplyFlags
 from actors.turn_slot import TurnSlot
 from voiceagent.logs import redact, turn_var
 
@@ -89,6 +90,11 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
 async def _turn(ctx: CallContext, plan: turn.TurnPlan, command: UserSaid | KeyPressed,
                 number: int) -> None:
     turn_var.set(number)
+    if ctx.relay is not None and isinstance(command, UserSaid):
+        # before the reply's first word: Twilio speaks it in the caller's language
+        switch = ctx.relay.switch_for(command.lang)
+        for message in ([switch] if switch else []) + ctx.relay.for_caller(command.text):
+            await ctx.outbound.send(message)
     await turn.run(ctx, plan, received_at=command.received_at)
 
 
@@ -110,4 +116,5 @@ def _plan(ctx: CallContext, command: UserSaid | KeyPressed) -> turn.TurnPlan | N
         tool = ToolCall(f"dtmf_{ctx.stats.turns + 1}_{handler.tool}"[:64], handler.tool,
                         handler.input)
     return turn.TurnPlan(say_first=handler.reply, tool_first=tool,
-                         use_model=handler.to_model or tool is not None)
+                         use_model=handler.to_model or tool is not None,
+                         say_first_flags=ReplyFlags(handler.interruptible, handler.preemptible))

@@ -19,6 +19,7 @@ import math
 import trio
 
 from actors.messages import Outgoing, Text, Timed
+from actors.relay_control import ReplyFlags
 
 SPLIT = " "
 CLAUSE_ENDS = (".", ",", "!", "?", ";", ":", "\n")
@@ -40,6 +41,9 @@ class Speaker:
         self.spoke = False
         self.first_token_at: float | None = None        # handed to the writer
         self.first_token_sent_at: float | None = None   # on the socket (the writer says)
+        # interruptible/preemptible on the frames sent from now on (a use case's reply
+        # controls: an order confirmation the caller cannot cut, a filler a reply may)
+        self.flags = ReplyFlags()
 
     @property
     def segment(self) -> str:
@@ -118,7 +122,8 @@ class Speaker:
 
     async def _send(self, text: str, *, last: bool = False) -> None:
         first = bool(text) and not self.spoke
-        frame = Text(text, last=last)
+        frame = Text(text, last=last, interruptible=self.flags.interruptible,
+                     preemptible=self.flags.preemptible)
         await self._outbound.send(Timed(frame, self._first_sent) if first else frame)
         self._drop_held()
         if text:

@@ -19,6 +19,7 @@ import trio
 
 from actors.context import CallContext, ModelRound
 from actors.messages import End, ToolBatch, ToolCall, ToolOutcome
+from actors.relay_control import ReplyFlags
 from actors.speaker import Speaker
 from voiceagent.errors import LLMError, ModelRejected
 from voiceagent.llm.base import (
@@ -46,6 +47,7 @@ class TurnPlan:
     """What starts the turn: the model (a prompt), or a keypad handler's reply and tool."""
 
     say_first: str | None = None
+    say_first_flags: ReplyFlags = field(default_factory=ReplyFlags)   # a DTMF reply's flags
     tool_first: ToolCall | None = None
     use_model: bool = True
     end_reason: str | None = None       # send `end` after speaking (a polite end of call)
@@ -88,6 +90,10 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
         ctx.history.add_assistant(speaker.segment)
     else:
         ctx.history.add_assistant(speaker.segment)
+        if ctx.relay is not None and speaker.spoke:
+            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                for message in ctx.relay.for_agent(ctx.history.last_assistant_text()):
+                    await ctx.outbound.send(message)
         if plan.end_reason is not None:
             with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await ctx.outbound.send(End(json.dumps({"reasonCode": plan.end_reason})))
@@ -127,7 +133,9 @@ async def _converse(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
 async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
                    rounds: list[_ToolRound]) -> None:
     if plan.say_first:
+        speaker.flags = plan.say_first_flags
         await speaker.say_text(plan.say_first)
+        speaker.flags = ReplyFlags()
     calls: tuple[ToolCall, ...] = (plan.tool_first,) if plan.tool_first else ()
     if not calls and not plan.use_model:
         return
@@ -147,9 +155,11 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
 
 
 async def _model_round(ctx: CallContext, speaker: Speaker) -> tuple[ToolCall, ...]:
+    note = ctx.relay.language_note() if ctx.relay is not None else None
     request = LLMRequest(
         call_sid=ctx.call_sid, use_case=ctx.use_case.name, model_id=ctx.model_id,
-        system=(ctx.system_prompt,), messages=ctx.history.for_request(),
+        system=(ctx.system_prompt, note) if note else (ctx.system_prompt,),
+        messages=ctx.history.for_request(),
         tools=ctx.use_case.tool_specs(), inference=ctx.use_case.inference.to_config(),
         options=ctx.use_case.model_options.to_options())
     received = _Received()
@@ -228,6 +238,10 @@ async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall,
     current = _ToolRound(speaker.segment, calls, ToolBatch(calls, results_send), results)
     rounds.append(current)
     ctx.stats.tool_calls += len(calls)
+    if ctx.relay is not None:
+        for call in calls:
+            for message in ctx.relay.for_tool(call.name):
+                await ctx.outbound.send(message)     # before the tool runs: hints, a model
     await ctx.tools.send(current.batch)
     current.delivered = True
     while len(current.outcomes) < len(calls):
@@ -238,6 +252,11 @@ async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall,
     ctx.history.add_tool_results([o.to_block() for o in ordered])
     rounds.remove(current)
     speaker.new_segment()
+    for call in calls:
+        declaration = ctx.use_case.tool(call.name)
+        if declaration is not None and declaration.reply is not None:
+            speaker.flags = ReplyFlags(declaration.reply.interruptible,
+                                       declaration.reply.preemptible)
     return ordered
 
 

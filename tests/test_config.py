@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from voiceagent import twiml
 from voiceagent.errors import ConfigError
 from voiceagent.llm.scripted import ScriptedLLM
+from voiceagent.relay.protocol import Config, Hints
 from voiceagent.tools.registry import default_registry
 from voiceagent.usecases import (
     CURRENT_DATE_MARK,
     USER_CONTEXT_MARK,
+    ReplyControls,
     UseCase,
     load_profiles_file,
     load_use_case_file,
@@ -69,6 +74,44 @@ def test_restaurant_use_case_declares_its_tools_and_keys() -> None:
     assert ruled == {t.name for t in uc.tools}
 
 
+def test_restaurant_use_case_changes_the_session_as_the_call_goes() -> None:
+    uc = _shipped()["restaurantOrderingUseCase"]
+    order = uc.tool("PlaceOrderFunction")
+    assert order is not None
+    assert order.reply == ReplyControls(interruptible=False)
+    assert uc.relay["debug"] == "speaker-events tokens-played"
+    assert uc.relay["events"] == "config-updated"
+    ordering, digits = uc.relay_updates
+    assert ordering.when.caller_says is not None
+    assert re.search(ordering.when.caller_says, "I'd like to order a pizza", re.IGNORECASE)
+    (hints,) = ordering.messages()
+    assert isinstance(hints, Hints)
+    assert {"The Works", "Veggie Stromboli", "Popcorn Shrimp"} <= set(hints.phrases)
+    assert digits.when.agent_says is not None
+    for asked in ("What's a good phone number for you?", "And the zip code?"):
+        assert re.search(digits.when.agent_says, asked, re.IGNORECASE)
+    assert not re.search(digits.when.agent_says, "Your order number is 12.", re.IGNORECASE)
+    assert digits.messages() == (
+        Config.of(languages=[{"code": "en-US", "speechModel": "nova-2-phonecall"}]),)
+
+
+def test_einstein_use_case_answers_in_the_callers_language() -> None:
+    uc = _shipped()["albertEinsteinUseCase"]
+    assert uc.relay["transcriptionLanguage"] == "multi"
+    assert [e.code for e in uc.languages] == ["en-US", "es-ES"]
+    assert uc.auto_language_enabled
+    spanish = uc.language_for("es")
+    assert spanish is not None
+    assert spanish.failover_attributes() == {"code": "es-ES", "ttsProvider": "Google",
+                                             "voice": "es-ES-Neural2-A"}
+    document = twiml.connect_relay(ws_url="wss://a/relay", action_url="https://a/action",
+                                   use_case=uc, parameters={})
+    relay = ET.fromstring(document).find("Connect/ConversationRelay")
+    assert relay is not None
+    assert [(e.tag, e.attrib) for e in relay.iterfind("Failover/Language")] == [
+        ("Language", {"code": "es-ES", "ttsProvider": "Google", "voice": "es-ES-Neural2-A"})]
+
+
 def test_profiles_load_and_name_shipped_use_cases() -> None:
     profiles = load_profiles_file(CONFIG / "profiles.yaml")
     assert 2 <= len(profiles) <= 3
@@ -106,7 +149,7 @@ def test_bad_regex(tmp_path: Path) -> None:
 
 def test_unknown_relay_attribute(tmp_path: Path) -> None:
     _, err = _load_error(tmp_path, MINIMAL + "relay:\n  interruptByDtmf: true\n")
-    assert err.key_path == "relay"
+    assert err.key_path == "relay.interruptByDtmf"
     assert "interruptByDtmf" in err.problem
 
 

@@ -172,8 +172,8 @@ def test_register_and_decorator() -> None:
     assert registry.names() == ("Echo",)
     assert default_registry().names() == (
         "CheckOrderStatus", "CheckRestaurantDeliveryTime", "CheckRestaurantPickUpTime",
-        "PlaceOrderFunction", "endCall", "liveAgentHandoff", "sendConfirmationSms",
-        "switchLanguage")
+        "PlaceOrderFunction", "endCall", "liveAgentHandoff", "playAudio",
+        "sendConfirmationSms", "sendDigits", "setSpeechHints", "switchLanguage")
 
 
 # ------------------------------------------------------------------ restaurant tools

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from twilio.twiml.voice_response import VoiceResponse
 
+from voiceagent.relay.protocol import Setting
 from voiceagent.usecases import UseCase
 
 MAX_TWIML_BYTES = 64 * 1024          # Twilio's limit for one document
@@ -13,19 +14,27 @@ MAX_TWIML_BYTES = 64 * 1024          # Twilio's limit for one document
 
 def connect_relay(*, ws_url: str, action_url: str, use_case: UseCase,
                   parameters: Mapping[str, str], greeting: bool = True) -> str:
-    """``<Connect action><ConversationRelay url …>`` with the use case's attributes.
+    """``<Connect action><ConversationRelay url …>`` with the use case's attributes, its
+    ``<Language>`` children, one ``<Failover>`` holding the backup of each language that
+    declares one, and the ``<Parameter>``s.
 
     ``greeting=False`` leaves the welcome greeting out: on a reconnect Twilio would play it
     again to a caller who is mid-conversation.
     """
     response = VoiceResponse()
     connect = response.connect(action=action_url)
-    attributes = {k: _value(v)   # camelCase names pass through the builder as-is
-                  for k, v in use_case.relay.items()
+    # TwiML names pass through the builder as-is: lower_camel keeps names without "_"
+    attributes = {k: _value(v) for k, v in (use_case.relay | use_case.relay_extra).items()
                   if greeting or k != "welcomeGreeting"}
     relay = connect.conversation_relay(url=ws_url, **attributes)
     for entry in use_case.languages:
-        relay.language(**{k: v for k, v in entry.model_dump().items() if v is not None})
+        relay.language(**_values(entry.attributes()))
+    backups = [attrs for entry in use_case.languages
+               if (attrs := entry.failover_attributes()) is not None]
+    if backups:
+        failover = relay.add_child("Failover")      # twilio 9.13.0 has no builder for it
+        for attrs in backups:
+            failover.add_child("Language", **_values(attrs))
     for name, value in parameters.items():
         relay.parameter(name=name, value=value)
     document = str(response)
@@ -45,10 +54,14 @@ def empty() -> str:
     return str(VoiceResponse())
 
 
-def _value(value: str | bool | int | float) -> str:
+def _value(value: Setting) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _values(attributes: Mapping[str, Setting]) -> dict[str, str]:
+    return {name: _value(value) for name, value in attributes.items()}
 
 
 def enqueue(message: str, *, queue: str | None, workflow_sid: str | None = None,

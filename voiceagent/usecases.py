@@ -16,37 +16,45 @@ from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from voiceagent.errors import ConfigError
 from voiceagent.llm.base import InferenceConfig, ModelOptions
+from voiceagent.relay.protocol import Setting
+from voiceagent.usecase_relay import (
+    KEY_PROBLEM,
+    LANGUAGE_BUILDER_ATTRIBUTES,
+    RELAY_BUILDER_ATTRIBUTES,
+    RELAY_EXTRA_NAME,
+    RELAY_SOURCE,
+    TWILIO_VERSION,
+    LanguageEntry,
+    RelayTrigger,
+    RelayUpdate,
+    ReplyControls,
+    SettingValue,
+    Strict,
+    key_problem,
+    regex_ok,
+    unknown_attribute,
+)
+
+__all__ = ["LANGUAGE_BUILDER_ATTRIBUTES", "RELAY_BUILDER_ATTRIBUTES", "TWILIO_VERSION",
+           "LanguageEntry", "RelayTrigger", "RelayUpdate", "ReplyControls", "Setting"]
 
 USER_CONTEXT_MARK = "<<USER_CONTEXT>>"     # the original sample's placeholders, kept so its
 CURRENT_DATE_MARK = "<<CURRENT_DATE>>"     # prompt items work unchanged
 
-# ConversationRelay attributes we pass through (spec §4.2). Anything else is a typo until the
-# spec says otherwise: Twilio ends the call at setup on some bad attributes.
-RELAY_ATTRIBUTES = frozenset({
-    "welcomeGreeting", "welcomeGreetingInterruptible", "language", "ttsLanguage",
-    "transcriptionLanguage", "ttsProvider", "voice", "transcriptionProvider", "speechModel",
-    "profanityFilter", "dtmfDetection", "partialPrompts", "interruptible",
-    "interruptSensitivity", "reportInputDuringAgentSpeech", "preemptible", "hints", "debug",
-    "elevenlabsTextNormalization", "intelligenceService", "deepgramSmartFormat",
-    "speechTimeout", "ignoreBackchannel", "backgroundNoiseReduction", "events",
-    "eotThreshold", "eagerEotThreshold", "partialPromptOnHangup", "asrSmartFormat",
-    "ttsTextNormalization", "ttsLanguageTextNormalization", "includeInPrompt", "customerName",
-    "applicationReconnect", "echoPromptFiltering", "turnDetection",
-})
 M = TypeVar("M", bound=BaseModel)
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ToolDeclaration(_Strict):
+class ToolDeclaration(Strict):
     """A tool the model may call: Bedrock's toolSpec, with the schema checked on every call."""
 
     name: str
@@ -54,6 +62,7 @@ class ToolDeclaration(_Strict):
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object",
                                                                   "properties": {}})
     timeout_s: float | None = Field(default=None, gt=0, le=120)
+    reply: ReplyControls | None = None
 
     @field_validator("name")
     @classmethod
@@ -67,17 +76,27 @@ class ToolDeclaration(_Strict):
                 "inputSchema": {"json": self.input_schema}}
 
 
-class DtmfHandler(_Strict):
-    """What one key (or a buffered entry) does. ``reply`` is spoken; ``tool`` runs a tool;
-    ``to_model`` hands the keys to the model as caller input. At least one must be set."""
+class DtmfHandler(Strict):
+    """What one key (or a buffered entry) does. ``reply`` is spoken, with ``interruptible`` /
+    ``preemptible`` on its frames when set; ``tool`` runs a tool; ``to_model`` hands the keys
+    to the model as caller input. At least one must be set."""
 
     reply: str | None = None
     tool: str | None = None
     input: dict[str, Any] = Field(default_factory=dict)
     to_model: bool = False
+    interruptible: bool | None = None
+    preemptible: bool | None = None
+
+    @model_validator(mode="after")
+    def _flags_need_reply(self) -> DtmfHandler:
+        if self.reply is None and (self.interruptible is not None
+                                   or self.preemptible is not None):
+            raise key_problem((), "interruptible and preemptible apply to reply; set reply")
+        return self
 
 
-class DtmfConfig(_Strict):
+class DtmfConfig(Strict):
     """Keys with a handler act at once; other keys collect into an entry (an order number)
     that ends with the terminator, ``max_digits`` or ``idle_timeout_s`` of silence."""
 
@@ -88,20 +107,14 @@ class DtmfConfig(_Strict):
     default_to_model: bool = True      # keys without a handler go to the model
 
 
-class LanguageEntry(_Strict):
-    code: str
-    ttsProvider: str | None = None      # TwiML attribute names, spelled as Twilio does
-    voice: str | None = None
-    transcriptionProvider: str | None = None
-    speechModel: str | None = None
 
 
-class ScriptedToolStep(_Strict):
+class ScriptedToolStep(Strict):
     name: str
     input: dict[str, Any] = Field(default_factory=dict)
 
 
-class ScriptedRule(_Strict):
+class ScriptedRule(Strict):
     """Offline model behaviour: a regex over the caller's words -> a streamed reply, or a tool
     call whose result is spoken with ``then`` (``{field}`` fills from the result object)."""
 
@@ -113,21 +126,17 @@ class ScriptedRule(_Strict):
     @field_validator("match")
     @classmethod
     def _regex_ok(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as err:
-            raise ValueError(f"not a valid regular expression: {err}") from None
-        return value
+        return regex_ok(value)
 
 
-class ScriptedConfig(_Strict):
+class ScriptedConfig(Strict):
     rules: tuple[ScriptedRule, ...] = ()
     fallback: str = "Sorry, I did not catch that. Could you say it another way?"
     first_token_delay_ms: int | None = Field(default=None, ge=0, le=10_000)
     token_delay_ms: int | None = Field(default=None, ge=0, le=2_000)
 
 
-class HandoffConfig(_Strict):
+class HandoffConfig(Strict):
     """Where ``liveAgentHandoff`` sends the caller (used by ``POST /action``)."""
 
     mode: Literal["enqueue", "dial", "none"] = "none"
@@ -137,7 +146,7 @@ class HandoffConfig(_Strict):
     message: str = "Connecting you with a member of our team."
 
 
-class UseCase(_Strict):
+class UseCase(Strict):
     name: str = Field(min_length=1)
     title: str = ""
     description: str = ""
@@ -146,8 +155,11 @@ class UseCase(_Strict):
     time_zone: str | None = None
     inference: InferenceSettings = Field(default_factory=lambda: InferenceSettings())
     model_options: ModelOptionSettings = Field(default_factory=lambda: ModelOptionSettings())
-    relay: dict[str, str | bool | int | float] = Field(default_factory=dict)
+    relay: dict[str, SettingValue] = Field(default_factory=dict)
+    relay_extra: dict[str, SettingValue] = Field(default_factory=dict)
     languages: tuple[LanguageEntry, ...] = ()
+    auto_language: bool | None = None
+    relay_updates: tuple[RelayUpdate, ...] = ()
     tools: tuple[ToolDeclaration, ...] = ()
     dtmf: DtmfConfig = Field(default_factory=DtmfConfig)
     handoff: HandoffConfig = Field(default_factory=HandoffConfig)
@@ -155,11 +167,29 @@ class UseCase(_Strict):
 
     @field_validator("relay")
     @classmethod
-    def _relay_known(cls, value: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(value) - RELAY_ATTRIBUTES)
-        if unknown:
-            raise ValueError(f"unknown ConversationRelay attribute(s) {unknown}; spell them as "
-                             "in Twilio's docs (camelCase), e.g. welcomeGreeting")
+    def _relay_known(cls, value: dict[str, Setting]) -> dict[str, Setting]:
+        for key in value:
+            if key not in RELAY_BUILDER_ATTRIBUTES:
+                problem = unknown_attribute(key, RELAY_BUILDER_ATTRIBUTES,
+                                             "ConversationRelay", RELAY_SOURCE)
+                raise key_problem((key,), problem + "; put an attribute Twilio documents "
+                                   "that the builder does not name yet under relay_extra")
+        return value
+
+    @field_validator("relay_extra")
+    @classmethod
+    def _extra_not_builder_named(cls, value: dict[str, Setting]) -> dict[str, Setting]:
+        for key in value:
+            if key in RELAY_BUILDER_ATTRIBUTES:
+                problem = f"the installed twilio builder names {key}: put {key} under relay:"
+            elif key == "url":
+                problem = "url is the relay socket's address, which the server sets"
+            elif not RELAY_EXTRA_NAME.match(key):
+                problem = ("not a TwiML attribute name: lowerCamelCase letters and digits, "
+                           "spelled as in Twilio's docs (e.g. eotThreshold)")
+            else:
+                continue
+            raise key_problem((key,), problem)
         return value
 
     @field_validator("time_zone")
@@ -169,10 +199,50 @@ class UseCase(_Strict):
             _zone(value)
         return value
 
+    @model_validator(mode="after")
+    def _consistent(self) -> UseCase:
+        seen: set[str] = set()
+        for i, entry in enumerate(self.languages):
+            if entry.code.lower() in seen:
+                raise key_problem(("languages", i, "code"),
+                                   f"language {entry.code} is declared twice")
+            seen.add(entry.code.lower())
+        if self.auto_language and not self.languages:
+            raise key_problem(("auto_language",), "auto_language switches among the "
+                               "languages declared under languages; declare them")
+        declared = {t.name for t in self.tools}
+        for i, rule in enumerate(self.relay_updates):
+            if rule.when.tool is not None and rule.when.tool not in declared:
+                raise key_problem(("relay_updates", i, "when", "tool"),
+                                   f"tool {rule.when.tool!r} is not declared in this use "
+                                   f"case's tools; declared: {sorted(declared)}")
+        return self
+
     @property
     def welcome_greeting(self) -> str | None:
         greeting = self.relay.get("welcomeGreeting")
         return str(greeting) if greeting else None
+
+    @property
+    def auto_language_enabled(self) -> bool:
+        """Whether to answer in the language the caller speaks: ``auto_language`` when set,
+        else whether the use case declares more than one language."""
+        if self.auto_language is not None:
+            return self.auto_language
+        return len(self.languages) > 1
+
+    def language_for(self, lang: str) -> LanguageEntry | None:
+        """The declared language for ``lang``: the entry whose code equals it (case aside),
+        else the first with the same primary subtag (Twilio's ``multi`` transcription
+        reports only ``es``), else None."""
+        if not lang:
+            return None
+        wanted = lang.lower()
+        exact = next((e for e in self.languages if e.code.lower() == wanted), None)
+        if exact is not None:
+            return exact
+        primary = _primary_subtag(wanted)
+        return next((e for e in self.languages if _primary_subtag(e.code) == primary), None)
 
     def tool(self, name: str) -> ToolDeclaration | None:
         return next((t for t in self.tools if t.name == name), None)
@@ -181,7 +251,11 @@ class UseCase(_Strict):
         return tuple(t.tool_spec() for t in self.tools)
 
 
-class InferenceSettings(_Strict):
+def _primary_subtag(code: str) -> str:
+    return code.replace("_", "-").split("-", 1)[0].lower()
+
+
+class InferenceSettings(Strict):
     max_tokens: int = Field(default=300, ge=1, le=8192)
     temperature: float | None = Field(default=None, ge=0, le=1)
     top_p: float | None = Field(default=None, ge=0, le=1)
@@ -192,7 +266,7 @@ class InferenceSettings(_Strict):
                                self.stop_sequences)
 
 
-class ModelOptionSettings(_Strict):
+class ModelOptionSettings(Strict):
     latency_optimized: bool = False
     prompt_caching: bool = False
     guardrail_id: str | None = None
@@ -206,7 +280,7 @@ class ModelOptionSettings(_Strict):
 UseCase.model_rebuild()
 
 
-class Profile(_Strict):
+class Profile(Strict):
     phone: str
     first_name: str = ""
     last_name: str = ""
@@ -221,7 +295,7 @@ class Profile(_Strict):
         return value
 
 
-class ProfilesFile(_Strict):
+class ProfilesFile(Strict):
     profiles: tuple[Profile, ...] = ()
 
 
@@ -249,10 +323,13 @@ def parse_model(model: type[M], data: Any, source: str) -> M:
         return model.model_validate(data)
     except ValidationError as err:
         first = err.errors()[0]
+        loc = tuple(first["loc"])
         problem = first["msg"]
         if first["type"] == "extra_forbidden":
             problem = "unknown key (check the spelling; see config/README.md for the keys)"
-        raise ConfigError(source, _key_path(tuple(first["loc"])), problem) from None
+        elif first["type"] == KEY_PROBLEM:
+            loc += tuple(first.get("ctx", {}).get("at", ()))
+        raise ConfigError(source, _key_path(loc), problem) from None
 
 
 def read_yaml(path: Path) -> Any:

@@ -202,8 +202,9 @@ def export_files(use_cases: list[UseCase], profiles: list[Profile]) -> dict[str,
 
 
 def exportable(value: Any) -> Any:
-    """A model as YAML-ready data: its fields in declared order, defaults left out, and
-    free-form maps (relay attributes, schemas) sorted, since a DynamoDB map has no order."""
+    """A model as YAML-ready data: its fields in declared order, defaults left out, then its
+    extras (a language's TwiML attributes) sorted, and free-form maps (relay attributes,
+    schemas) sorted, since a DynamoDB map has no order."""
     if isinstance(value, BaseModel):
         out: dict[str, Any] = {}
         for name, field in type(value).model_fields.items():
@@ -212,6 +213,8 @@ def exportable(value: Any) -> Any:
                     and current == field.get_default(call_default_factory=True)):
                 continue
             out[field.alias or name] = exportable(current)
+        extra = value.model_extra or {}
+        out |= {key: exportable(extra[key]) for key in sorted(extra)}
         return out
     if isinstance(value, Mapping):
         return {str(key): exportable(value[key]) for key in sorted(value, key=str)}

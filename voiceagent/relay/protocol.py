@@ -1,4 +1,5 @@
-"""ConversationRelay messages: a strict parse of what Twilio sends, an encoder for what we send.
+"""ConversationRelay messages: a strict parse of what Twilio sends (what we send, and its
+encoder, are in ``outbound`` and re-exported here).
 
 Field names and quirks follow Twilio's ConversationRelay WebSocket messages documentation
 (https://www.twilio.com/docs/voice/conversationrelay/websocket-messages). Parsing never raises for
@@ -17,9 +18,26 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, assert_never
+from typing import Literal
 
 from voiceagent import jsonlimits
+from voiceagent.relay.outbound import (
+    CONFIG_LANGUAGE_SETTINGS,
+    CONFIG_SESSION_SETTINGS,
+    Config,
+    End,
+    Hints,
+    Language,
+    Outbound,
+    Play,
+    SendDigits,
+    Setting,
+    Text,
+    encode,
+)
+
+__all__ = ["CONFIG_LANGUAGE_SETTINGS", "CONFIG_SESSION_SETTINGS", "Config", "End", "Hints",
+           "Language", "Outbound", "Play", "SendDigits", "Setting", "Text", "encode"]
 
 MAX_FRAME_BYTES = 65536
 MAX_FRAME_DEPTH = jsonlimits.MAX_DEPTH   # Twilio's frames nest two levels (customParameters)
@@ -127,123 +145,6 @@ class Rejected:
     size: int
     problem: str = ""               # which field and why, without values
 
-
-# ---------------------------------------------------------------- us -> Twilio
-
-
-@dataclass(frozen=True, slots=True)
-class Text:
-    token: str
-    last: bool = False
-    lang: str | None = None
-    interruptible: bool | None = None
-    preemptible: bool | None = None
-    # No check on ``token``: "" with last=True is how a talk cycle is closed.
-
-
-@dataclass(frozen=True, slots=True)
-class Play:
-    source: str
-    loop: int | None = None          # 0 means 1000 times, Twilio's maximum
-    preemptible: bool | None = None
-    interruptible: bool | None = None
-
-    def __post_init__(self) -> None:
-        if not self.source:
-            raise ValueError("Play.source must be a non-empty URL")
-        if self.loop is not None and self.loop < 0:
-            raise ValueError("Play.loop must be >= 0 (0 means 1000 times)")
-
-
-_SEND_DIGITS = re.compile(r"[0-9w#*]+")
-
-
-@dataclass(frozen=True, slots=True)
-class SendDigits:
-    digits: str                      # the set both carriers accept; Telnyx's A-D/W are left out
-
-    def __post_init__(self) -> None:
-        if _SEND_DIGITS.fullmatch(self.digits) is None:
-            raise ValueError("SendDigits.digits must be non-empty and only 0-9, w, # or *")
-
-
-@dataclass(frozen=True, slots=True)
-class Language:
-    tts_language: str | None = None
-    transcription_language: str | None = None
-
-    def __post_init__(self) -> None:
-        given = [v for v in (self.tts_language, self.transcription_language) if v is not None]
-        if not given or not all(given):
-            raise ValueError("Language needs tts_language and/or transcription_language, "
-                             "and neither may be empty")
-
-
-Setting = str | bool | int | float
-
-# What Twilio's dynamic configuration may change mid-call (docs: "Update configuration during a
-# call"); anything else stays as the TwiML set it, failover included.
-CONFIG_SESSION_SETTINGS = frozenset({
-    "interruptible", "preemptible", "dtmfDetection", "reportInputDuringAgentSpeech",
-    "partialPrompts", "speechTimeout", "echoPromptFiltering", "interruptSensitivity",
-    "ignoreBackchannel", "profanityFilter", "eotThreshold"})
-CONFIG_LANGUAGE_SETTINGS = frozenset({
-    "speechModel", "hints", "transcriptionProvider", "voice", "ttsProvider",
-    "ttsTextNormalization", "ttsLanguageTextNormalization", "elevenlabsTextNormalization",
-    "asrSmartFormat"})
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """Change session settings, and one or more languages' settings, during the call. Names
-    are the TwiML attribute names; each language entry names its ``code``."""
-
-    settings: tuple[tuple[str, Setting], ...] = ()
-    languages: tuple[tuple[tuple[str, Setting], ...], ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.settings and not self.languages:
-            raise ValueError("Config needs at least one setting or language to change")
-        unknown = sorted({k for k, _ in self.settings} - CONFIG_SESSION_SETTINGS)
-        if unknown:
-            raise ValueError(f"Config cannot change {unknown} mid-call; it can change "
-                             f"{sorted(CONFIG_SESSION_SETTINGS)}")
-        for entry in self.languages:
-            names = {k for k, _ in entry}
-            if "code" not in names:
-                raise ValueError("each Config language needs its code")
-            unknown = sorted(names - CONFIG_LANGUAGE_SETTINGS - {"code"})
-            if unknown:
-                raise ValueError(f"Config cannot change {unknown} of a language; it can "
-                                 f"change {sorted(CONFIG_LANGUAGE_SETTINGS)}")
-
-    @classmethod
-    def of(cls, settings: dict[str, Setting] | None = None,
-           languages: list[dict[str, Setting]] | None = None) -> Config:
-        return cls(tuple(sorted((settings or {}).items())),
-                   tuple(tuple(sorted(entry.items())) for entry in languages or ()))
-
-
-@dataclass(frozen=True, slots=True)
-class Hints:
-    """Replace the speech recognition hints (phrases to favour), for ``language`` or for the
-    active language."""
-
-    phrases: tuple[str, ...]
-    language: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.phrases or not all(p.strip() and "," not in p for p in self.phrases):
-            raise ValueError("Hints needs phrases, none blank and none with a comma (the "
-                             "wire form is comma-separated)")
-
-
-@dataclass(frozen=True, slots=True)
-class End:
-    handoff_data: str | None = None  # a string on the wire: JSON-encode structured data first
-
-
-Outbound = Text | Play | SendDigits | Language | Config | Hints | End
 
 
 # ---------------------------------------------------------------- parsing
@@ -442,38 +343,3 @@ def _json_type(value: object) -> str:
     """Named in problems instead of the value, which may be what the caller said."""
     return _JSON_TYPES.get(type(value), "value")
 
-
-# ---------------------------------------------------------------- encoding
-
-
-def encode(message: Outbound) -> str:
-    """Optional fields are left out when None, so Twilio's own defaults (and TwiML) apply."""
-    match message:
-        case Text():
-            body = _frame("text", token=message.token, last=message.last, lang=message.lang,
-                          interruptible=message.interruptible, preemptible=message.preemptible)
-        case Play():
-            body = _frame("play", source=message.source, loop=message.loop,
-                          preemptible=message.preemptible, interruptible=message.interruptible)
-        case SendDigits():
-            body = _frame("sendDigits", digits=message.digits)
-        case Language():
-            body = _frame("language", ttsLanguage=message.tts_language,
-                          transcriptionLanguage=message.transcription_language)
-        case Config():
-            # The envelope mirrors the TwiML: session attributes at the top, one entry per
-            # <Language>. Twilio's page lists what may change; its field layout is read from
-            # there (see docs/conversation-relay-2026.md).
-            body = _frame("config", **dict(message.settings),
-                          languages=[dict(entry) for entry in message.languages] or None)
-        case Hints():
-            body = _frame("hints", hints=",".join(message.phrases), language=message.language)
-        case End():
-            body = _frame("end", handoffData=message.handoff_data)
-        case _:
-            assert_never(message)
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-
-
-def _frame(frame_type: str, **fields: object) -> dict[str, object]:
-    return {"type": frame_type} | {k: v for k, v in fields.items() if v is not None}

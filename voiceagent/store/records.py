@@ -30,7 +30,7 @@ from typing import Any, TypedDict
 from voiceagent.errors import ConfigError
 from voiceagent.logs import mask_phone
 from voiceagent.store.base import Item
-from voiceagent.usecases import RELAY_ATTRIBUTES, Profile, UseCase, parse_model
+from voiceagent.usecases import RELAY_BUILDER_ATTRIBUTES, Profile, UseCase, parse_model
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +198,11 @@ def _sample_dtmf(name: str, value: Any, declared: set[Any],
 def _sample_relay(name: str, value: Any) -> dict[str, Any]:
     params = dict(value) if isinstance(value, Mapping) else {}
     dropped = sorted(key for key, v in params.items()
-                     if key not in RELAY_ATTRIBUTES or not isinstance(v, str | bool | int | float))
+                     if key not in RELAY_BUILDER_ATTRIBUTES
+                     or not isinstance(v, str | bool | int | float))
     if dropped:
-        log.warning("use case relay attributes dropped: unknown to ConversationRelay or not "
-                    "a scalar", extra={"use_case": name, "attributes": dropped})
+        log.warning("use case relay attributes dropped: not named by the twilio builder, or "
+                    "not a scalar", extra={"use_case": name, "attributes": dropped})
     return {key: v for key, v in params.items() if key not in dropped}
 
 

@@ -21,6 +21,7 @@ from jsonschema.exceptions import SchemaError, ValidationError
 from voiceagent import jsonlimits
 from voiceagent.errors import ConfigError
 from voiceagent.tools.base import ToolDefinition, ToolFunction
+from voiceagent.tools.call_control import call_control_tools
 from voiceagent.tools.messaging import messaging_tools
 from voiceagent.tools.restaurant import restaurant_tools
 from voiceagent.usecases import ToolDeclaration, UseCase
@@ -159,4 +160,4 @@ def _describe(error: ValidationError) -> str:
 
 def default_registry() -> ToolRegistry:
     """A registry with every built-in tool; the service builds one at start-up."""
-    return ToolRegistry((*restaurant_tools(), *messaging_tools()))
+    return ToolRegistry((*restaurant_tools(), *messaging_tools(), *call_control_tools()))

@@ -1,0 +1,65 @@
+"""Built-in tools that act on the call itself: play an audio file, press keys down the line
+(an extension after a transfer), and change the session's hints mid-call.
+
+They reach Twilio the way every tool does, by asking the relay writer to send a message
+(``ToolContext.send``); the input is checked against the use case's schema first, and again
+here against what Twilio accepts, so a model's bad argument becomes an error result it can
+act on, never a frame Twilio drops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from voiceagent.relay.protocol import Hints, Play, SendDigits
+from voiceagent.tools.base import ToolContext, ToolDefinition, ToolResult
+
+MAX_LOOP = 10                   # Twilio allows 1000 (loop=0); a model should never need that
+
+
+class ToolInputError(ValueError):
+    """The model's input breaks one of Twilio's rules: the message says which."""
+
+
+async def play_audio(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
+    source = str(args.get("url", ""))
+    parts = urlsplit(source)
+    if parts.scheme != "https" or not parts.netloc:
+        raise ToolInputError("url: must be an https:// URL of an audio file Twilio can fetch")
+    loop = int(args.get("loop", 1))
+    if not 1 <= loop <= MAX_LOOP:
+        raise ToolInputError(f"loop: must be 1 to {MAX_LOOP}")
+    await ctx.send(Play(source, loop=loop, interruptible=bool(args.get("interruptible", True))))
+    return {"playing": True, "loop": loop}
+
+
+async def send_digits(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
+    digits = str(args.get("digits", ""))
+    try:
+        message = SendDigits(digits)
+    except ValueError:
+        raise ToolInputError("digits: only 0-9, *, # and w (a half-second pause), "
+                             "at least one") from None
+    await ctx.send(message)
+    return {"sent": len(digits)}
+
+
+async def set_hints(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
+    phrases = tuple(str(p).strip() for p in args.get("phrases", ()))
+    try:
+        message = Hints(phrases)
+    except ValueError:
+        raise ToolInputError("phrases: one or more words or phrases, none blank and none "
+                             "containing a comma") from None
+    await ctx.send(message)
+    return {"hints": len(phrases)}
+
+
+def call_control_tools() -> tuple[ToolDefinition, ...]:
+    # sendDigits changes the world (a key pressed cannot be taken back): it runs once per
+    # toolUseId and is not cut by a barge-in.
+    return (ToolDefinition("playAudio", play_audio, timeout_s=5.0),
+            ToolDefinition("sendDigits", send_digits, side_effect=True, timeout_s=5.0),
+            ToolDefinition("setSpeechHints", set_hints, timeout_s=5.0))

@@ -1,0 +1,253 @@
+"""The ConversationRelay part of a use case: which TwiML attributes exist (read from the
+installed twilio builder), ``<Language>`` entries with their failover, the ``relay_updates``
+rules that change the session mid-call, and reply controls.
+
+Split from ``usecases`` so each stays readable; ``usecases`` re-exports what callers use.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from importlib.metadata import version
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from twilio.twiml import lower_camel
+from twilio.twiml.voice_response import Connect, ConversationRelay
+
+from voiceagent.relay.protocol import Config, Hints, Setting
+
+RELAY_EXTRA_NAME = re.compile(r"^[a-z][A-Za-z0-9]*$")
+
+
+# ------------------------------------------------------------------ TwiML attribute names
+
+
+def _builder_names(method: Callable[..., Any], *, leave_out: str = "") -> frozenset[str]:
+    """The TwiML spelling of each named parameter of a twilio builder method: the builder
+    passes each through ``lower_camel``, which keeps camelCase names (``speechTimeout``)."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(str(lower_camel(p.name))
+                     for p in inspect.signature(method).parameters.values()
+                     if p.kind in named and p.name not in ("self", leave_out))
+
+
+# What ``relay:`` and ``languages:`` accept is what the installed builder names, so a twilio
+# upgrade that adds an attribute makes it usable here without a change of ours. Twilio ends a
+# call at setup on some bad attributes, so anything else is a typo until shown otherwise;
+# ``relay_extra`` takes the ones Twilio documents before the builder names them.
+TWILIO_VERSION = version("twilio")
+RELAY_BUILDER_ATTRIBUTES = _builder_names(Connect.conversation_relay, leave_out="url")
+LANGUAGE_BUILDER_ATTRIBUTES = _builder_names(ConversationRelay.language)
+RELAY_SOURCE = ("attributes the installed twilio package's ConversationRelay builder names "
+                 f"(twilio {TWILIO_VERSION}, Connect.conversation_relay), spelled as in TwiML")
+LANGUAGE_SOURCE = ("attributes the installed twilio package's ConversationRelay builder "
+                    f"names for <Language> (twilio {TWILIO_VERSION}, "
+                    "ConversationRelay.language), spelled as in TwiML")
+
+# A validation error whose key path goes deeper than where the validator sits: ``at`` is
+# appended to pydantic's location, so a bad key inside a mapping is named itself.
+KEY_PROBLEM = "voiceagent_key_problem"
+
+
+def key_problem(at: tuple[str | int, ...], problem: str) -> PydanticCustomError:
+    return PydanticCustomError(KEY_PROBLEM, "{problem}", {"problem": problem, "at": at})
+
+
+def _did_you_mean(name: str, allowed: frozenset[str]) -> str | None:
+    if lower_camel(name) in allowed:           # welcome_greeting: the Python spelling
+        return str(lower_camel(name))
+    by_lower = {a.lower(): a for a in allowed}
+    close = difflib.get_close_matches(name.lower(), sorted(by_lower), n=1)
+    return by_lower[close[0]] if close else None
+
+
+def unknown_attribute(name: str, allowed: frozenset[str], what: str, source: str) -> str:
+    guess = _did_you_mean(name, allowed)
+    hint = f" (did you mean {guess}?)" if guess else ""
+    return f"unknown {what} attribute {name!r}{hint}; allowed are the {source}"
+
+
+def _scalar(value: Any) -> Any:
+    if not isinstance(value, str | bool | int | float):
+        raise ValueError("must be a string, a number or true/false")
+    return value
+
+
+SettingValue = Annotated[Setting, BeforeValidator(_scalar)]
+
+
+def regex_ok(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ValueError(f"not a valid regular expression: {err}") from None
+    return value
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReplyControls(Strict):
+    """``interruptible`` / ``preemptible`` on the text frames of one spoken reply (None: as
+    the TwiML set them). On a tool: the model's reply after that tool runs, so an order
+    confirmation can be made one the caller cannot talk over."""
+
+    interruptible: bool | None = None
+    preemptible: bool | None = None
+
+    @model_validator(mode="after")
+    def _something_set(self) -> ReplyControls:
+        if self.interruptible is None and self.preemptible is None:
+            raise key_problem((), "set interruptible and/or preemptible (true or false)")
+        return self
+
+
+class LanguageEntry(BaseModel):
+    """One ``<Language>`` child: ``code`` plus any attribute the builder's ``language()``
+    names, spelled as in TwiML (``voice``, ``ttsProvider``, ``speechModel``, ``hints`` ...),
+    and an optional ``failover``: this language's backup providers, rendered inside the one
+    ``<Failover>`` child. The attributes are kept as pydantic extras so the names allowed
+    follow the installed builder; read them with ``attributes()``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    __pydantic_extra__: dict[str, SettingValue] = Field(init=False)
+
+    code: str = Field(min_length=1)
+    failover: dict[str, SettingValue] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names_known(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for key in data:
+                if key != "failover" and key not in LANGUAGE_BUILDER_ATTRIBUTES:
+                    raise key_problem((str(key),), unknown_attribute(
+                        str(key), LANGUAGE_BUILDER_ATTRIBUTES, "<Language>", LANGUAGE_SOURCE))
+        return data
+
+    @field_validator("failover")
+    @classmethod
+    def _failover_known(cls, value: dict[str, Setting] | None) -> dict[str, Setting] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("failover needs at least one attribute (leave it out for "
+                             "Twilio's default backup)")
+        allowed = LANGUAGE_BUILDER_ATTRIBUTES - {"code"}
+        for key in value:
+            if key not in allowed:
+                raise key_problem((key,), unknown_attribute(
+                    key, allowed, "<Failover> <Language>", LANGUAGE_SOURCE + ", code aside"))
+        return value
+
+    def attributes(self) -> dict[str, Setting]:
+        """The ``<Language>`` element's attributes by TwiML name, ``code`` first."""
+        return {"code": self.code, **(self.model_extra or {})}
+
+    def failover_attributes(self) -> dict[str, Setting] | None:
+        """The attributes of this language's ``<Language>`` inside ``<Failover>``, ``code``
+        first; None when it declares no failover."""
+        if self.failover is None:
+            return None
+        return {"code": self.code, **self.failover}
+
+
+class RelayTrigger(Strict):
+    """When a ``relay_updates`` rule fires: exactly one of ``tool`` (before that tool runs),
+    ``caller_says`` (a regex searched, case-insensitively, in a final caller prompt) and
+    ``agent_says`` (the same, in a finished agent reply)."""
+
+    tool: str | None = None
+    caller_says: str | None = Field(default=None, min_length=1)
+    agent_says: str | None = Field(default=None, min_length=1)
+
+    @field_validator("caller_says", "agent_says")
+    @classmethod
+    def _regex_ok(cls, value: str | None) -> str | None:
+        return value if value is None else regex_ok(value)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RelayTrigger:
+        given = [v for v in (self.tool, self.caller_says, self.agent_says) if v is not None]
+        if len(given) != 1:
+            raise key_problem((), "when needs exactly one of tool, caller_says, agent_says "
+                               f"(got {len(given)})")
+        return self
+
+
+class RelayUpdate(Strict):
+    """A rule that changes the ConversationRelay session mid-call: ``config`` (session
+    settings), ``languages`` (per-language settings, each with its ``code``) and ``hints``
+    (phrases for speech recognition, replacing the current ones). Each is checked at load by
+    building the protocol message it becomes."""
+
+    when: RelayTrigger
+    config: dict[str, SettingValue] | None = None
+    languages: tuple[dict[str, SettingValue], ...] | None = None
+    hints: tuple[str, ...] | None = None
+    hints_language: str | None = Field(default=None, min_length=1)
+    once: bool = True                  # fire at most once per call
+
+    @field_validator("config")
+    @classmethod
+    def _config_ok(cls, value: dict[str, Setting] | None) -> dict[str, Setting] | None:
+        return value if value is None else _built(lambda: Config.of(settings=value), value)
+
+    @field_validator("languages")
+    @classmethod
+    def _languages_ok(cls, value: tuple[dict[str, Setting], ...] | None,
+                      ) -> tuple[dict[str, Setting], ...] | None:
+        if value is None:
+            return None
+        return _built(lambda: Config.of(languages=[dict(entry) for entry in value]), value)
+
+    @field_validator("hints")
+    @classmethod
+    def _hints_ok(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return value if value is None else _built(lambda: Hints(value), value)
+
+    @model_validator(mode="after")
+    def _acts(self) -> RelayUpdate:
+        if self.config is None and self.languages is None and self.hints is None:
+            raise key_problem((), "a relay update needs config, languages and/or hints")
+        if self.hints_language is not None and self.hints is None:
+            raise key_problem(("hints_language",), "hints_language names the language of "
+                               "hints; set hints too")
+        return self
+
+    def messages(self) -> tuple[Config | Hints, ...]:
+        """What to send when the rule fires: one ``config`` (session settings and languages
+        together), then ``hints``."""
+        messages: list[Config | Hints] = []
+        if self.config is not None or self.languages is not None:
+            messages.append(Config.of(dict(self.config or {}),
+                                      [dict(entry) for entry in self.languages or ()]))
+        if self.hints is not None:
+            messages.append(Hints(self.hints, self.hints_language))
+        return tuple(messages)
+
+
+V = TypeVar("V")
+
+
+def _built(build: Callable[[], object], value: V) -> V:
+    """``value`` when the protocol message ``build`` makes of it is valid; its ValueError
+    (what Twilio cannot change, a blank hint) becomes the config error."""
+    try:
+        build()
+    except ValueError as err:
+        raise key_problem((), str(err)) from None
+    return value
