@@ -4,6 +4,7 @@ call-control tools (play, sendDigits, hints), and info events."""
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import yaml
 
 from tests.fakes import FakeLLM, tool_use, words
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
-from voiceagent.app.caller import RelayCall, Reply, open_call
+from voiceagent.app.caller import RelayCall, Reply, open_call, post_form
 from voiceagent.llm.base import LLMRequest
 
 USE_CASE: dict[str, Any] = {
@@ -201,3 +202,26 @@ async def test_info_events_are_taken_and_unknown_ones_counted(tmp_path: Path) ->
     assert report.history is not None
     assistant = [m for m in report.history.messages if m["role"] == "assistant"]
     assert assistant[-1]["content"][0]["text"] == "We open"
+
+
+async def test_the_webhook_renders_builder_attributes_languages_and_failover(
+        tmp_path: Path) -> None:
+    relay = {**USE_CASE["relay"], "elevenlabsLanguageTextNormalization": True,
+             "turnDetection": True}
+    settings = _settings(tmp_path, relay=relay, relay_extra={"eotThreshold": 0.7})
+    form = {"CallSid": "CA" + "1" * 32, "AccountSid": "AC" + "2" * 32, "From": "+15555550100",
+            "To": "+15555550199", "CallStatus": "ringing", "Direction": "inbound"}
+    with trio.fail_after(20):
+        async with running_server(settings, llm=FakeLLM([words("x")])) as server:
+            document = await post_form(server.url + "/twiml", form, AUTH_TOKEN)
+    element = ET.fromstring(document).find("Connect/ConversationRelay")
+    assert element is not None
+    assert element.attrib["elevenlabsLanguageTextNormalization"] == "true"
+    assert element.attrib["turnDetection"] == "true"
+    assert element.attrib["eotThreshold"] == "0.7"
+    assert [lang.attrib for lang in element.findall("Language")] == [
+        {"code": "en-US", "voice": "UgBBYS2sOqTuMpoF3BR0"},
+        {"code": "es-ES", "voice": "es-voice-1"}]
+    (failover,) = element.findall("Failover")
+    assert [lang.attrib for lang in failover.findall("Language")] == [
+        {"code": "es-ES", "ttsProvider": "Google", "voice": "es-ES-Neural2-A"}]
