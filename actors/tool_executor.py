@@ -5,6 +5,10 @@ not cut a tool that changes the world halfway. A batch the turn abandons is canc
 for side-effect tools, which run on shielded and still report. Side-effect tools run at most
 once per toolUseId. Every failure becomes an ``error`` outcome with a reason the model can
 act on; nothing a tool does can raise into the call.
+
+Every tool gets a ``ToolContext`` (voiceagent/tools/base.py). An async tool runs on trio; a
+blocking one in a worker thread from the registry's limiter (TOOL_THREADS), under the same
+timeout: when it expires the thread is abandoned, not stopped, and runs on to its end.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ from dataclasses import dataclass, field
 
 import trio
 
-from actors.messages import Outbound, Outgoing, ToolBatch, ToolCall, ToolOutcome
+from actors.messages import Outgoing, ToolBatch, ToolCall, ToolOutcome
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
-from voiceagent.tools.base import ToolDefinition
+from voiceagent.tools.base import ToolContext, ToolDefinition, ToolLog
 from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import UseCase
 
@@ -39,23 +43,6 @@ class ToolEnv:
     settings: Settings | None = None
     done: dict[str, ToolOutcome] = field(default_factory=dict)     # side effects, by id
     running: dict[str, trio.Event] = field(default_factory=dict)
-
-
-@dataclass
-class _Context:
-    """The ``ToolContext`` a tool function receives."""
-
-    call_sid: str
-    use_case: str
-    caller: str
-    called: str
-    tool_use_id: str
-    store: Store
-    settings: Settings | None
-    _outbound: trio.MemorySendChannel[Outgoing]
-
-    async def send(self, message: Outbound) -> None:
-        await self._outbound.send(message)
 
 
 async def run(*, requests: trio.MemoryReceiveChannel[ToolBatch], env: ToolEnv) -> None:
@@ -127,12 +114,11 @@ async def _outcome(call: ToolCall, definition: ToolDefinition | None,
 async def _invoke(call: ToolCall, definition: ToolDefinition, timeout_s: float | None,
                   env: ToolEnv) -> ToolOutcome:
     limit_s = timeout_s or definition.timeout_s
-    context = _Context(env.call_sid, env.use_case.name, env.caller, env.called,
-                       call.tool_use_id, env.store, env.settings, env.outbound)
     started = trio.current_time()
     try:
         with trio.fail_after(limit_s):
-            result = await definition.function(context, call.input)
+            result = await definition.call(_context(call, definition, env), call.input,
+                                           threads=env.registry.threads)
     except trio.TooSlowError:
         log.warning("tool timed out", extra={"tool": call.name, "timeout_s": limit_s})
         return _error(call, f"timed out after {limit_s:g} s; tell the caller and offer "
@@ -149,6 +135,17 @@ async def _invoke(call: ToolCall, definition: ToolDefinition, timeout_s: float |
     return ToolOutcome(call.tool_use_id, call.name, "success", dict(result),
                        side_effect=definition.side_effect, duration_s=elapsed,
                        ends_call=definition.ends_turn)
+
+
+def _context(call: ToolCall, definition: ToolDefinition, env: ToolEnv) -> ToolContext:
+    fields = {"call_sid": env.call_sid, "tool": definition.name,
+              "tool_use_id": call.tool_use_id}
+    return ToolContext(
+        call_sid=env.call_sid, caller=env.caller, called=env.called, use_case=env.use_case,
+        tool_name=definition.name, tool_use_id=call.tool_use_id, store=env.store,
+        settings=env.settings if env.settings is not None else Settings.model_validate({}),
+        log=ToolLog(logging.getLogger(f"voiceagent.tools.{definition.name}"), fields),
+        _sender=env.outbound.send)
 
 
 def _error(call: ToolCall, reason: str, definition: ToolDefinition | None = None

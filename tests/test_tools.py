@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import trio
 
-from voiceagent.errors import ConfigError
-from voiceagent.relay.protocol import End, Outbound
-from voiceagent.store.base import Item
-from voiceagent.tools.base import ToolContext, ToolDefinition, ToolResult
+from voiceagent.errors import ConfigError, ToolMessageRefused
+from voiceagent.relay.protocol import End, Text
+from voiceagent.settings import Settings
+from voiceagent.store.base import Item, Store
+from voiceagent.tools import ToolContext, ToolDefinition, ToolLog, ToolMessage, ToolResult, tool
+from voiceagent.tools.base import tools_defined_in
 from voiceagent.tools.registry import ToolRegistry, default_registry
 from voiceagent.tools.restaurant import order_number, restaurant_tools
 from voiceagent.usecases import ToolDeclaration, UseCase, load_use_case_file
@@ -46,18 +48,20 @@ class FakeStore:
         return found[:limit]
 
 
-@dataclass
 class FakeContext:
-    store: FakeStore
-    call_sid: str = SID
-    use_case: str = "restaurantOrderingUseCase"
-    caller: str = "+15555550100"
-    called: str = "+15555550199"
-    tool_use_id: str = "tooluse_1"
-    settings: Any = None
-    sent: list[Outbound] = field(default_factory=list)
+    """The real ``ToolContext`` with a fake store, recording what the tool sends."""
 
-    async def send(self, message: Outbound) -> None:
+    def __init__(self, store: FakeStore, *, call_sid: str = SID, caller: str = "+15555550100",
+                 called: str = "+15555550199") -> None:
+        self.store = store
+        self.sent: list[ToolMessage] = []
+        self.context = ToolContext(
+            call_sid=call_sid, caller=caller, called=called,
+            use_case=load_use_case_file(RESTAURANT), tool_name="test", tool_use_id="tooluse_1",
+            store=cast(Store, store), settings=Settings.model_validate({}),
+            log=ToolLog(logging.getLogger("test"), {}), _sender=self._record)
+
+    async def _record(self, message: ToolMessage) -> None:
         self.sent.append(message)
 
 
@@ -67,7 +71,9 @@ def _tools() -> dict[str, ToolDefinition]:
 
 async def _run(name: str, ctx: FakeContext, args: Mapping[str, Any]) -> ToolResult:
     with trio.fail_after(10):
-        return await _tools()[name].function(cast(ToolContext, ctx), args)
+        result = await _tools()[name].call(ctx.context, args, threads=trio.CapacityLimiter(1))
+    assert isinstance(result, dict)
+    return result
 
 
 def _use_case(**changes: Any) -> UseCase:
@@ -157,15 +163,16 @@ def test_dtmf_and_scripted_tools_must_be_registered_and_declared() -> None:
     registry.check_use_case(_use_case(dtmf={"handlers": {"0": {"tool": "endCall"}}}))
 
 
+@tool("Echo", side_effect=True, timeout_s=2.0)
+async def echo(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
+    return dict(args)
+
+
 def test_register_and_decorator() -> None:
-    registry = ToolRegistry()
-
-    @registry.tool("Echo", side_effect=True, timeout_s=2.0)
-    async def echo(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
-        return dict(args)
-
-    definition = registry.get("Echo")
+    (definition,) = tools_defined_in(__name__)
     assert definition == ToolDefinition("Echo", echo, side_effect=True, timeout_s=2.0)
+    registry = ToolRegistry([definition])
+    assert registry.get("Echo") is definition
     assert registry.get("Nope") is None
     with pytest.raises(ValueError, match="already registered"):
         registry.register(ToolDefinition("Echo", echo))
@@ -264,4 +271,30 @@ async def test_handoff_and_end_call_send_end_with_json() -> None:
     tools = _tools()
     assert tools["liveAgentHandoff"].ends_turn
     assert tools["endCall"].ends_turn
+
+
+def test_the_decorator_refuses_mistakes_at_import() -> None:
+    async def speak(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
+        return {}
+
+    def lookup(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
+        return {}
+
+    with pytest.raises(ValueError, match="Bedrock's rule"):
+        tool("no spaces")
+    with pytest.raises(TypeError, match="plain def: make it an async def, or pass blocking"):
+        tool("Lookup")(lookup)
+    with pytest.raises(TypeError, match="async def with blocking=True"):
+        tool("Speak", blocking=True)(speak)
+    with pytest.raises(ValueError, match=r"'Echo' is registered twice in tests\.test_tools: "
+                                         r"by echo and by .*speak"):
+        tool("Echo")(speak)
+
+
+async def test_a_tool_cannot_send_text() -> None:
+    ctx = FakeContext(FakeStore())
+    with pytest.raises(ToolMessageRefused, match="cannot send Text: only the model speaks"):
+        await ctx.context.send(cast(ToolMessage, Text("Hello", last=True)))
+    await ctx.context.send(End())
+    assert ctx.sent == [End()]
 

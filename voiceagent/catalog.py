@@ -69,9 +69,13 @@ def read_config_dir(path: Path, registry: ToolRegistry) -> ConfigSet:
     if not folder.is_dir():
         raise ConfigError(str(path), "", "no usecases/ folder here; point CONFIG_DIR at a "
                                          "folder laid out like the repository's config/")
-    use_cases = tuple(load_use_case_file(f) for f in sorted(folder.glob("*.y*ml")))
-    for use_case in use_cases:
-        registry.check_use_case(use_case)
+    files = sorted(folder.glob("*.y*ml"))
+    use_cases = tuple(load_use_case_file(f) for f in files)
+    for file, use_case in zip(files, use_cases, strict=True):
+        try:
+            registry.check_use_case(use_case)
+        except ConfigError as err:          # say which file, not only which use case
+            raise ConfigError(str(file), err.key_path, err.problem) from err
     names = [u.name for u in use_cases]
     if len(set(names)) != len(names):
         raise ConfigError(str(folder), "name", f"two files declare the same use case: {names}")

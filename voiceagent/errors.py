@@ -15,7 +15,8 @@
     ├── ToolError
     │   ├── ToolInputInvalid   arguments did not match the tool's JSON schema
     │   ├── ToolTimeout
-    │   └── ToolFailed         the tool raised
+    │   ├── ToolFailed         the tool raised
+    │   └── ToolMessageRefused a tool asked to send what tools may not (a Text: the model speaks)
     └── StoreError             the store could not be reached or refused a write
         └── StoreRejected      it refused the item itself: trying again cannot help
 
@@ -110,6 +111,10 @@ class ToolTimeout(ToolError):
 
 class ToolFailed(ToolError):
     pass
+
+
+class ToolMessageRefused(ToolError):
+    """``ToolContext.send`` got a message tools may not send; the tool's call fails with it."""
 
 
 class StoreError(VoiceAgentError):

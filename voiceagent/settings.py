@@ -6,7 +6,9 @@ message that lists all three and says what to set.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +21,7 @@ from voiceagent.errors import SettingsError
 DEFAULT_MODEL = "us.amazon.nova-lite-v1:0"
 BUNDLED_CONFIG = Path(__file__).parent / "bundled_config"
 SOURCE_CONFIG = Path(__file__).parent.parent / "config"
+MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", re.ASCII)
 
 
 class Settings(BaseModel):
@@ -59,11 +62,17 @@ class Settings(BaseModel):
                                              le=60)
     bedrock_read_timeout_s: float = Field(10.0, alias="BEDROCK_READ_TIMEOUT_S", gt=0, le=300)
     store_threads: int = Field(32, alias="STORE_THREADS", ge=1, le=1024)
+    # modules whose @tool functions are registered at start-up, comma-separated (docs/tools.md)
+    tools_modules: tuple[str, ...] = Field((), alias="TOOLS")
+    tool_threads: int = Field(16, alias="TOOL_THREADS", ge=1, le=1024)   # blocking=True tools
     session_ttl_s: int = Field(24 * 3600, alias="SESSION_TTL_S", ge=60)
     flush_timeout_s: float = Field(5.0, alias="FLUSH_TIMEOUT_S", gt=0, le=120)
     setup_timeout_s: float = Field(10.0, alias="SETUP_TIMEOUT_S", gt=0, le=120)
     max_frame_bytes: int = Field(64 * 1024, alias="MAX_FRAME_BYTES", ge=1024)
     demo: bool = Field(False, alias="DEMO")
+    # GET /phone: a browser page that plays Twilio's side of a call (docs/phone.md); for
+    # development only, so only on a loopback HOST (or with DEMO)
+    phone_page: bool = Field(False, alias="PHONE_PAGE")
     reuse_port: bool = Field(False, alias="REUSE_PORT")   # several processes, one port
     twilio_shared_key_secret: str | None = Field(None, alias="TWILIO_SHARED_KEY_SECRET",
                                                  repr=False)   # HMAC-SHA256 webhook rules
@@ -108,6 +117,19 @@ class Settings(BaseModel):
             raise ValueError("unknown time zone; use an IANA name such as "
                              "America/Los_Angeles") from None
         return value
+
+    @field_validator("tools_modules", mode="before")
+    @classmethod
+    def _modules(cls, value: Any) -> Any:
+        if not isinstance(value, str | list | tuple):
+            return value                     # pydantic reports the type
+        parts = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+        names = list(dict.fromkeys(part.strip() for part in parts if part.strip()))
+        bad = [name for name in names if not MODULE_NAME.match(name)]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))}: not a Python module name; list "
+                             "modules to import, comma-separated (my_agent.tools,other.tools)")
+        return tuple(names)
 
     @field_validator("ws_url")
     @classmethod
@@ -179,7 +201,25 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
                                                 values.get("twilio_auth_token")):
         problems.append("TWILIO_AUTH_TOKEN: required to check Twilio's signatures; set it, "
                         "or run `voiceagent demo` for an offline try-out")
+    host = str(values.get("HOST", values.get("host", "0.0.0.0")))
+    if (_flag(values.get("PHONE_PAGE", values.get("phone_page")), False) and not demo
+            and not is_loopback(host)):
+        problems.append(f"PHONE_PAGE: the browser phone (/phone) is for development and is "
+                        f"served only on a loopback HOST, not on {host!r}: set "
+                        "HOST=127.0.0.1, or turn PHONE_PAGE off (voiceagent demo --web "
+                        "serves it on 127.0.0.1)")
     return problems
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, or an address in 127.0.0.0/8 or ``::1`` (brackets allowed)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:

@@ -35,7 +35,7 @@ from voiceagent.llm.bedrock import BedrockLLM, check_bedrock_ready
 from voiceagent.llm.bedrock_errors import ACCESS_HINT, CREDENTIALS_HINT
 from voiceagent.settings import Settings
 from voiceagent.threads import run_blocking
-from voiceagent.tools.registry import default_registry
+from voiceagent.tools.plugins import build_registry
 from voiceagent.usecases import UseCase
 
 MODEL_TIMEOUT_S = 30.0               # connect + first event + Bedrock's own retries, with room
@@ -79,12 +79,13 @@ async def model_checks(ctx: CheckContext) -> list[Outcome]:
         use_cases, source = ctx.stored_use_cases, "the table"
     else:
         try:
-            config = await run_blocking(partial(read_config_dir, settings.resolved_config_dir,
-                                                default_registry()), limiter=ctx.limiter)
+            config = await run_blocking(lambda: read_config_dir(
+                settings.resolved_config_dir, build_registry(settings)), limiter=ctx.limiter)
         except ConfigError as err:
             return [failed(NAME, f"cannot read the use cases: {err}",
-                           "fix that file (config/README.md lists every key), or point "
-                           "CONFIG_DIR at a folder laid out like config/")]
+                           "fix that file (config/README.md lists every key) or tool module "
+                           "(docs/tools.md), or point CONFIG_DIR at a folder laid out like "
+                           "config/")]
         use_cases, source = config.use_cases, str(settings.resolved_config_dir)
     problems, region = await run_blocking(partial(_ready, settings), limiter=ctx.limiter)
     if problems:

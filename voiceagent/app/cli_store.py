@@ -28,7 +28,7 @@ from voiceagent.catalog import ConfigSet, read_config_dir, write_config
 from voiceagent.errors import ConfigError
 from voiceagent.logs import mask_phone
 from voiceagent.settings import Settings
-from voiceagent.tools.registry import default_registry
+from voiceagent.tools.plugins import build_registry
 from voiceagent.usecases import Profile, UseCase
 
 STORE_THREADS = 8
@@ -95,7 +95,8 @@ def _settings() -> Settings:
 def _config_load(args: argparse.Namespace) -> int:
     settings = _settings()
     folder = args.config_dir or settings.resolved_config_dir
-    config = read_config_dir(folder, default_registry())      # ConfigError: file and key
+    # ConfigError, one line: the tool module, or the use case's file and key path
+    config = read_config_dir(folder, build_registry(settings))
     trio.run(_load, settings, config, folder)
     return 0
 

@@ -28,7 +28,8 @@ from voiceagent.llm.scripted import ScriptedLLM
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 from voiceagent.store.write_behind import WriteBehind
-from voiceagent.tools.registry import ToolRegistry, default_registry
+from voiceagent.tools.plugins import build_registry
+from voiceagent.tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +156,21 @@ class Runtime:
 async def open_runtime(settings: Settings, *, llm: LLM | None = None,
                        store: Store | None = None,
                        registry: ToolRegistry | None = None) -> AsyncIterator[Runtime]:
-    """Open the process's parts; on exit, flush pending writes (bounded) and close them."""
-    registry = registry or default_registry()
+    """Open the process's parts; on exit, flush pending writes (bounded) and close them.
+
+    Without ``registry``, the tools are built from the settings (built-ins, entry points,
+    TOOLS), and with the embedded store config/ is read and checked against them, both before
+    anything is opened: a bad tool module or use case raises ``ConfigError`` first."""
+    registry = registry or build_registry(settings)
+    config = (read_config_dir(settings.resolved_config_dir, registry)
+              if settings.store == "sqlite" else None)
+    log.info("tools registered", extra={"tools": len(registry.names()),
+                                        "from": sorted(set(registry.origins.values()))})
     async with AsyncExitStack() as stack:
         if store is None:
             store = await stack.enter_async_context(open_store(settings))
-        if settings.store == "sqlite":
-            changes = await write_config(store, read_config_dir(settings.resolved_config_dir,
-                                                                registry))
+        if config is not None:
+            changes = await write_config(store, config)
             log.info("config loaded into the embedded store",
                      extra={"changed": sum(v != "unchanged" for v in changes.values())})
         catalog = Catalog(store, registry)

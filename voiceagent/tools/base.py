@@ -1,46 +1,157 @@
-"""What a tool is: an async callable registered by name, plus how it behaves under barge-in.
+"""What a tool is: a function registered by name with ``@tool``, the context it runs with, and
+how it behaves under barge-in.
 
-The input schema is declared in the use case (a Bedrock ``toolSpec``); the registry only holds
-the code. A use case naming a tool the registry does not have fails at load time.
+The input schema is declared in the use case (a Bedrock ``toolSpec``); the code registers
+here. Every tool, built-in or plugin, is a module-level function decorated with ``tool``: the
+decorator records a ``ToolDefinition`` on a collector keyed by the function's module, and
+``voiceagent.tools.plugins.build_registry`` takes each named module's definitions from it at
+start-up. A use case naming a tool nobody registered fails at load time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import trio
+
+from voiceagent.errors import ToolMessageRefused
+from voiceagent.relay.outbound import Config, End, Hints, Language, Play, SendDigits
+from voiceagent.threads import run_blocking
+from voiceagent.usecases import TOOL_NAME
 
 if TYPE_CHECKING:
-    from voiceagent.relay.protocol import Outbound
     from voiceagent.settings import Settings
     from voiceagent.store.base import Store
+    from voiceagent.usecases import UseCase
 
 ToolResult = dict[str, Any]           # a JSON object: Bedrock rejects arrays and scalars here
 
+# What a tool may ask the relay writer to send. Not ``Text``: the model is the one who speaks,
+# so a tool returns what should be said in its result instead.
+ToolMessage = Play | SendDigits | Language | End | Config | Hints
 
-class ToolContext(Protocol):
-    """What a running tool may touch. Tools never see the socket: they ask for a message."""
+
+class ToolLog(logging.LoggerAdapter[logging.Logger]):
+    """A logger that puts the call and the tool on every entry, keeping the entry's own
+    fields (the standard adapter would replace them)."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]
+                ) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolContext:
+    """Everything a running tool may use; the same for built-in and plugin tools.
+
+    Tools never see the socket: ``send`` asks the relay writer for a message. ``store`` and
+    ``send`` are async: a blocking tool (in a worker thread) reaches them through
+    ``trio.from_thread.run(ctx.send, message)``.
+    """
 
     call_sid: str
-    use_case: str
     caller: str                       # E.164 From number ("" when unknown)
-    called: str                       # E.164 To number
-    tool_use_id: str
-    store: Store
-    settings: Settings | None         # None only where a test runs tools without settings
+    called: str                       # E.164 To number ("" when unknown)
+    use_case: UseCase                 # the call's use case; its name is ``use_case.name``
+    tool_name: str
+    tool_use_id: str                  # the model's id for this call of the tool
+    store: Store                      # the service's store (async get / put / query_index)
+    settings: Settings                # the process's settings (defaults in a settings-less test)
+    log: ToolLog                      # entries carry call_sid, tool and tool_use_id
+    _sender: Callable[[ToolMessage], Awaitable[None]] = field(repr=False)
 
-    async def send(self, message: Outbound) -> None:
-        """Queue a ``Play``, ``SendDigits``, ``Language`` or ``End`` for the relay writer."""
-        ...
+    async def send(self, message: ToolMessage) -> None:
+        """Queue a ``Play``, ``SendDigits``, ``Language``, ``End``, ``Config`` or ``Hints``
+        for the relay writer. Anything else (a ``Text``) raises ``ToolMessageRefused``, which
+        the model sees as the tool's error."""
+        if not isinstance(message, ToolMessage):
+            raise ToolMessageRefused(self.tool_name, (
+                f"a tool cannot send {type(message).__name__}: only the model speaks to the "
+                "caller; return what should be said in the tool's result instead"))
+        await self._sender(message)
 
 
 ToolFunction = Callable[[ToolContext, Mapping[str, Any]], Awaitable[ToolResult]]
+BlockingToolFunction = Callable[[ToolContext, Mapping[str, Any]], ToolResult]
 
 
 @dataclass(frozen=True, slots=True)
 class ToolDefinition:
     name: str
-    function: ToolFunction
+    function: ToolFunction | BlockingToolFunction
     side_effect: bool = False         # True: shielded from barge-in, runs once per toolUseId
     timeout_s: float = 10.0
     ends_turn: bool = False           # True: the model is not called again after it (endCall)
+    blocking: bool = False            # True: a plain def, run in a worker thread
+
+    def __post_init__(self) -> None:
+        is_async = inspect.iscoroutinefunction(self.function)
+        if self.blocking and is_async:
+            raise TypeError(f"tool {self.name!r} is an async def with blocking=True: drop "
+                            "blocking (it runs on trio), or make it a plain def")
+        if not self.blocking and not is_async:
+            raise TypeError(f"tool {self.name!r} is a plain def: make it an async def, or "
+                            "pass blocking=True to run it in a worker thread")
+
+    async def call(self, context: ToolContext, args: Mapping[str, Any], *,
+                   threads: trio.CapacityLimiter) -> object:
+        """Run the function: awaited on trio, or, when ``blocking``, in a worker thread taken
+        from ``threads``. A cancelled blocking tool (its timeout, a barge-in) is abandoned:
+        its thread runs on to its end, holding its token of ``threads`` until then."""
+        if self.blocking:
+            function = cast(BlockingToolFunction, self.function)
+            return await run_blocking(partial(function, context, args), limiter=threads,
+                                      abandon_on_cancel=True)
+        return await cast(ToolFunction, self.function)(context, args)
+
+
+# ------------------------------------------------------------------ the decorator
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# module name -> tool name -> (function's qualified name, definition). Filled as modules are
+# imported; read by ``tools_defined_in``. A module imported again replaces its own entries.
+_COLLECTED: dict[str, dict[str, tuple[str, ToolDefinition]]] = {}
+
+
+def tool(name: str, *, side_effect: bool = False, timeout_s: float = 10.0,
+         ends_turn: bool = False, blocking: bool = False) -> Callable[[F], F]:
+    """Register the decorated function as the tool ``name``; returns it unchanged.
+
+    ``side_effect``: it changes the world, so it runs once per toolUseId and a barge-in does
+    not cut it. ``timeout_s``: the limit unless the use case sets its own. ``ends_turn``: the
+    model is not called again after it (it ended the call). ``blocking``: a plain ``def`` run
+    in a worker thread (TOOL_THREADS of them); otherwise an ``async def`` run on trio.
+    Mistakes (a bad name, an async/plain mismatch, a name used twice in one module) raise
+    when the module is imported.
+    """
+    if not TOOL_NAME.match(name):
+        raise ValueError(f"tool name {name!r}: 1-64 of a-z A-Z 0-9 _ - (Bedrock's rule)")
+    if not timeout_s > 0:
+        raise ValueError(f"tool {name!r}: timeout_s must be more than 0")
+
+    def decorate(function: F) -> F:
+        definition = ToolDefinition(name, function, side_effect=side_effect,
+                                    timeout_s=timeout_s, ends_turn=ends_turn, blocking=blocking)
+        module = _COLLECTED.setdefault(function.__module__, {})
+        earlier = module.get(name)
+        if earlier is not None and earlier[0] != function.__qualname__:
+            raise ValueError(f"tool {name!r} is registered twice in {function.__module__}: "
+                             f"by {earlier[0]} and by {function.__qualname__}")
+        module[name] = (function.__qualname__, definition)
+        return function
+    return decorate
+
+
+def tools_defined_in(module: str) -> tuple[ToolDefinition, ...]:
+    """Definitions ``@tool`` recorded in ``module`` or its submodules (a package may spread
+    its tools over files), in the order they were defined, module by module."""
+    return tuple(definition for name, tools in list(_COLLECTED.items())
+                 if name == module or name.startswith(module + ".")
+                 for _, definition in tools.values())

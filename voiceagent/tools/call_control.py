@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from voiceagent.relay.protocol import Hints, Play, SendDigits
-from voiceagent.tools.base import ToolContext, ToolDefinition, ToolResult
+from voiceagent.relay.outbound import Hints, Play, SendDigits
+from voiceagent.tools.base import ToolContext, ToolResult, tool
 
 MAX_LOOP = 10                   # Twilio allows 1000 (loop=0); a model should never need that
 
@@ -23,6 +23,7 @@ class ToolInputError(ValueError):
     """The model's input breaks one of Twilio's rules: the message says which."""
 
 
+@tool("playAudio", timeout_s=5.0)
 async def play_audio(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     source = str(args.get("url", ""))
     parts = urlsplit(source)
@@ -35,6 +36,8 @@ async def play_audio(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     return {"playing": True, "loop": loop}
 
 
+# A key pressed cannot be taken back: it runs once per toolUseId and a barge-in does not cut it.
+@tool("sendDigits", side_effect=True, timeout_s=5.0)
 async def send_digits(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     digits = str(args.get("digits", ""))
     try:
@@ -46,6 +49,7 @@ async def send_digits(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     return {"sent": len(digits)}
 
 
+@tool("setSpeechHints", timeout_s=5.0)
 async def set_hints(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     phrases = tuple(str(p).strip() for p in args.get("phrases", ()))
     try:
@@ -55,11 +59,3 @@ async def set_hints(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
                              "containing a comma") from None
     await ctx.send(message)
     return {"hints": len(phrases)}
-
-
-def call_control_tools() -> tuple[ToolDefinition, ...]:
-    # sendDigits changes the world (a key pressed cannot be taken back): it runs once per
-    # toolUseId and is not cut by a barge-in.
-    return (ToolDefinition("playAudio", play_audio, timeout_s=5.0),
-            ToolDefinition("sendDigits", send_digits, side_effect=True, timeout_s=5.0),
-            ToolDefinition("setSpeechHints", set_hints, timeout_s=5.0))

@@ -15,9 +15,9 @@ from typing import Any
 import trio
 
 from voiceagent.logs import mask_phone
-from voiceagent.relay.protocol import Language
+from voiceagent.relay.outbound import Language
 from voiceagent.threads import run_blocking
-from voiceagent.tools.base import ToolContext, ToolDefinition, ToolResult
+from voiceagent.tools.base import ToolContext, ToolResult, tool
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,12 @@ def _send_sms(*, account_sid: str, auth_token: str, base_url: str | None, to: st
     return str(message.sid)
 
 
+@tool("sendConfirmationSms", side_effect=True, timeout_s=SMS_TOOL_TIMEOUT_S)
 async def send_confirmation_sms(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     settings = ctx.settings
-    values = {"TWILIO_ACCOUNT_SID": settings and settings.twilio_account_sid,
-              "TWILIO_AUTH_TOKEN": settings and settings.twilio_auth_token,
-              "TWILIO_SMS_FROM": settings and settings.twilio_sms_from}
+    values = {"TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
+              "TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
+              "TWILIO_SMS_FROM": settings.twilio_sms_from}
     missing = [name for name, value in values.items() if not value]
     if missing:
         raise SmsUnavailable(f"text messages are not set up on this line ({', '.join(missing)} "
@@ -61,13 +62,14 @@ async def send_confirmation_sms(ctx: ToolContext, args: Mapping[str, Any]) -> To
     sid = await run_blocking(
         lambda: _send_sms(account_sid=str(values["TWILIO_ACCOUNT_SID"]),
                           auth_token=str(values["TWILIO_AUTH_TOKEN"]),
-                          base_url=settings.twilio_api_base_url if settings else None,
+                          base_url=settings.twilio_api_base_url,
                           to=ctx.caller, from_=str(values["TWILIO_SMS_FROM"]), body=body),
         limiter=_SMS_LIMITER)
     log.info("confirmation text sent", extra={"to": mask_phone(ctx.caller), "message_sid": sid})
     return {"status": "sent", "message_sid": sid}
 
 
+@tool("switchLanguage", timeout_s=5.0)
 async def switch_language(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     """Switch speech and transcription to one of the use case's ``languages`` (its schema's
     ``enum`` lists them); the voice for the language comes from the TwiML ``<Language>``."""
@@ -77,11 +79,3 @@ async def switch_language(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResu
     await ctx.send(Language(tts_language=code, transcription_language=code))
     return {"status": "switched", "language": code,
             "instruction": f"From now on, reply only in the language {code}."}
-
-
-def messaging_tools() -> tuple[ToolDefinition, ...]:
-    return (
-        ToolDefinition("sendConfirmationSms", send_confirmation_sms, side_effect=True,
-                       timeout_s=SMS_TOOL_TIMEOUT_S),
-        ToolDefinition("switchLanguage", switch_language, timeout_s=5.0),
-    )

@@ -1,9 +1,10 @@
 """Tool code by name, and the checks that tie it to the use cases that declare tools.
 
-The registry is built once at start-up (``default_registry()``) and shared read-only by every
-call. A use case declares each tool's schema; the registry holds the code. ``check_use_case``
-runs at load time, so a use case naming a tool nobody wrote, or carrying a schema that is not
-valid JSON Schema, fails before a caller hears anything.
+The registry is built once at start-up (``plugins.build_registry(settings)``: the built-ins,
+entry points and TOOLS modules) and shared read-only by every call, with the thread limiter
+its blocking tools share. A use case declares each tool's schema; the registry holds the
+code. ``check_use_case`` runs at load time, so a use case naming a tool nobody wrote, or
+carrying a schema that is not valid JSON Schema, fails before a caller hears anything.
 
 Input problems are reported by field path and rule only: tool arguments may hold what the
 caller said (an address, a name), so no argument value is echoed into problems or logs.
@@ -12,42 +13,45 @@ caller said (an address, a name), so no argument value is echoed into problems o
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import trio
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
+import voiceagent.tools.call_control
+import voiceagent.tools.messaging
+import voiceagent.tools.restaurant
 from voiceagent import jsonlimits
 from voiceagent.errors import ConfigError
-from voiceagent.tools.base import ToolDefinition, ToolFunction
-from voiceagent.tools.call_control import call_control_tools
-from voiceagent.tools.messaging import messaging_tools
-from voiceagent.tools.restaurant import restaurant_tools
+from voiceagent.tools.base import ToolDefinition, tools_defined_in
 from voiceagent.usecases import ToolDeclaration, UseCase
+
+BUILTIN_MODULES = (voiceagent.tools.restaurant.__name__, voiceagent.tools.messaging.__name__,
+                   voiceagent.tools.call_control.__name__)
+DEFAULT_TOOL_THREADS = 16           # TOOL_THREADS' default
 
 
 class ToolRegistry:
-    def __init__(self, definitions: Iterable[ToolDefinition] = ()) -> None:
+    """Definitions by name, and ``threads``: the limiter every blocking tool of the process
+    takes its worker thread from (never trio's default one, shared with everything else)."""
+
+    def __init__(self, definitions: Iterable[ToolDefinition] = (), *,
+                 threads: trio.CapacityLimiter | None = None) -> None:
         self._definitions: dict[str, ToolDefinition] = {}
         self._validators: dict[str, Draft202012Validator] = {}   # by canonical schema JSON
+        self.threads = threads or trio.CapacityLimiter(DEFAULT_TOOL_THREADS)
+        self.origins: dict[str, str] = {}        # tool name -> where it came from, for people
         for definition in definitions:
             self.register(definition)
 
-    def register(self, definition: ToolDefinition) -> None:
+    def register(self, definition: ToolDefinition, *, origin: str = "") -> None:
         """Add a tool. Registering a name twice is a programming error (``ValueError``)."""
         if definition.name in self._definitions:
             raise ValueError(f"tool {definition.name!r} is already registered")
         self._definitions[definition.name] = definition
-
-    def tool(self, name: str, *, side_effect: bool = False, timeout_s: float = 10.0,
-             ends_turn: bool = False) -> Callable[[ToolFunction], ToolFunction]:
-        """Decorator form of ``register``; returns the function unchanged."""
-        def decorate(function: ToolFunction) -> ToolFunction:
-            self.register(ToolDefinition(name, function, side_effect=side_effect,
-                                         timeout_s=timeout_s, ends_turn=ends_turn))
-            return function
-        return decorate
+        self.origins[definition.name] = origin or definition.function.__module__
 
     def get(self, name: str) -> ToolDefinition | None:
         return self._definitions.get(name)
@@ -158,6 +162,12 @@ def _describe(error: ValidationError) -> str:
     return f"does not satisfy the schema rule {rule!r}"
 
 
+def builtin_tools() -> tuple[ToolDefinition, ...]:
+    """Every tool voiceagent itself registers (``@tool`` in ``BUILTIN_MODULES``)."""
+    return tuple(d for module in BUILTIN_MODULES for d in tools_defined_in(module))
+
+
 def default_registry() -> ToolRegistry:
-    """A registry with every built-in tool; the service builds one at start-up."""
-    return ToolRegistry((*restaurant_tools(), *messaging_tools(), *call_control_tools()))
+    """The built-in tools alone: for tests and tools of our own. The service builds its
+    registry with ``plugins.build_registry(settings)``."""
+    return ToolRegistry(builtin_tools())

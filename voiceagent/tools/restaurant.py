@@ -12,11 +12,20 @@ import json
 import time
 import zlib
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
-from voiceagent.relay.protocol import End
-from voiceagent.tools.base import ToolContext, ToolDefinition, ToolResult
+from voiceagent.relay.outbound import End
+from voiceagent.tools.base import (
+    ToolContext,
+    ToolDefinition,
+    ToolFunction,
+    ToolResult,
+    tool,
+    tools_defined_in,
+)
 
 ORDER_TTL_S = 7 * 24 * 3600
 PICKUP_MINUTES = (15, 20, 25)
@@ -44,63 +53,62 @@ def order_number(call_sid: str, epoch_s: int) -> str:
     return str(_stable(f"{call_sid}:{epoch_s}") % 9000 + 1000)
 
 
+@tool("PlaceOrderFunction", side_effect=True)
+async def place_order(ctx: ToolContext, args: Mapping[str, Any], *,
+                      clock: Clock = time.time) -> ToolResult:
+    order_type = str(args.get("order_type", "pickup"))
+    address = args.get("delivery_address")
+    if order_type == "delivery" and not address:
+        raise ValueError("a delivery order needs delivery_address: ask the caller for "
+                         "the address, then place the order again")
+    epoch_s = int(clock())
+    items = [dict(line) for line in args.get("current_order", ())]
+    order: dict[str, Any] = {"order_items": items, "order_type": order_type,
+                             "order_total": args["order_total"]}
+    if order_type == "delivery":
+        order["delivery_address"] = str(address)
+    item: dict[str, Any] = {
+        "pk": ctx.caller or ctx.call_sid,
+        "sk": f"restaurantOrder::{ctx.call_sid[-4:]}::{epoch_s}",
+        "order": order, "expireAt": epoch_s + ORDER_TTL_S}
+    if ctx.called:             # a GSI key may not be empty: unindexed without a number
+        item.update(pk1="restaurantOrder", sk1=ctx.called)
+    number = order_number(ctx.call_sid, epoch_s)
+    minutes = _minutes(ctx.call_sid, order_type, len(items))
+    item.update(orderNumber=number, placedAt=epoch_s, readyInMinutes=minutes)
+    await ctx.store.put(item)
+    return {"status": "placed", "order_number": number,
+            "order_type": order_type, "order_total": order["order_total"],
+            "ready_in_minutes": minutes}
+
+
+@tool("CheckOrderStatus", timeout_s=CHECK_TIMEOUT_S)
+async def check_order_status(ctx: ToolContext, args: Mapping[str, Any], *,
+                             clock: Clock = time.time) -> ToolResult:
+    """The caller's recent orders at this restaurant (the number they called), newest
+    first, each with whether it should be ready or on its way by now."""
+    if not ctx.caller or not ctx.called:
+        return {"orders": [], "note": "the caller's number is unknown, so their orders "
+                "cannot be looked up"}
+    items = await ctx.store.query_index("restaurantOrder", ctx.called)
+    mine = [item for item in items if item.get("pk") == ctx.caller
+            and str(item.get("sk", "")).startswith("restaurantOrder::")]
+    mine.sort(key=_placed_at, reverse=True)
+    now = int(clock())
+    orders = [_order_status(item, now) for item in mine[:RECENT_ORDERS]]
+    if not orders:
+        return {"orders": [], "note": "no recent orders from this caller's number"}
+    return {"orders": orders, "latest": orders[0], "order_number": orders[0]["order_number"],
+            "state": orders[0]["state"]}
+
+
 def restaurant_tools(*, clock: Clock = time.time) -> tuple[ToolDefinition, ...]:
-    """The built-in tools; ``clock`` (epoch seconds) is injectable for tests."""
-
-    async def place_order(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
-        order_type = str(args.get("order_type", "pickup"))
-        address = args.get("delivery_address")
-        if order_type == "delivery" and not address:
-            raise ValueError("a delivery order needs delivery_address: ask the caller for "
-                             "the address, then place the order again")
-        epoch_s = int(clock())
-        items = [dict(line) for line in args.get("current_order", ())]
-        order: dict[str, Any] = {"order_items": items, "order_type": order_type,
-                                 "order_total": args["order_total"]}
-        if order_type == "delivery":
-            order["delivery_address"] = str(address)
-        item: dict[str, Any] = {
-            "pk": ctx.caller or ctx.call_sid,
-            "sk": f"restaurantOrder::{ctx.call_sid[-4:]}::{epoch_s}",
-            "order": order, "expireAt": epoch_s + ORDER_TTL_S}
-        if ctx.called:             # a GSI key may not be empty: unindexed without a number
-            item.update(pk1="restaurantOrder", sk1=ctx.called)
-        number = order_number(ctx.call_sid, epoch_s)
-        minutes = _minutes(ctx.call_sid, order_type, len(items))
-        item.update(orderNumber=number, placedAt=epoch_s, readyInMinutes=minutes)
-        await ctx.store.put(item)
-        return {"status": "placed", "order_number": number,
-                "order_type": order_type, "order_total": order["order_total"],
-                "ready_in_minutes": minutes}
-
-    async def check_order_status(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
-        """The caller's recent orders at this restaurant (the number they called), newest
-        first, each with whether it should be ready or on its way by now."""
-        if not ctx.caller or not ctx.called:
-            return {"orders": [], "note": "the caller's number is unknown, so their orders "
-                    "cannot be looked up"}
-        items = await ctx.store.query_index("restaurantOrder", ctx.called)
-        mine = [item for item in items if item.get("pk") == ctx.caller
-                and str(item.get("sk", "")).startswith("restaurantOrder::")]
-        mine.sort(key=_placed_at, reverse=True)
-        now = int(clock())
-        orders = [_order_status(item, now) for item in mine[:RECENT_ORDERS]]
-        if not orders:
-            return {"orders": [], "note": "no recent orders from this caller's number"}
-        return {"orders": orders, "latest": orders[0], "order_number": orders[0]["order_number"],
-                "state": orders[0]["state"]}
-
-    return (
-        ToolDefinition("PlaceOrderFunction", place_order, side_effect=True),
-        ToolDefinition("CheckRestaurantPickUpTime", check_pickup_time,
-                       timeout_s=CHECK_TIMEOUT_S),
-        ToolDefinition("CheckRestaurantDeliveryTime", check_delivery_time,
-                       timeout_s=CHECK_TIMEOUT_S),
-        ToolDefinition("CheckOrderStatus", check_order_status, timeout_s=CHECK_TIMEOUT_S),
-        ToolDefinition("liveAgentHandoff", live_agent_handoff, timeout_s=CHECK_TIMEOUT_S,
-                       ends_turn=True),
-        ToolDefinition("endCall", end_call, timeout_s=CHECK_TIMEOUT_S, ends_turn=True),
-    )
+    """This module's tools, with ``clock`` (epoch seconds) in place of the time: for tests."""
+    timed: dict[Any, ToolFunction] = {place_order: partial(place_order, clock=clock),
+                                      check_order_status: partial(check_order_status,
+                                                                  clock=clock)}
+    return tuple(replace(d, function=timed.get(d.function, d.function))
+                 for d in tools_defined_in(__name__))
 
 
 def _number(value: Any) -> float | None:
@@ -144,24 +152,28 @@ def _order_status(item: Mapping[str, Any], now: int) -> dict[str, Any]:
     return result
 
 
+@tool("CheckRestaurantPickUpTime", timeout_s=CHECK_TIMEOUT_S)
 async def check_pickup_time(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     count = int(args.get("item_count", 0))
     return {"order_type": "pickup", "minutes": _minutes(ctx.call_sid, "pickup", count)}
 
 
+@tool("CheckRestaurantDeliveryTime", timeout_s=CHECK_TIMEOUT_S)
 async def check_delivery_time(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     count = int(args.get("item_count", 0))
     return {"order_type": "delivery", "minutes": _minutes(ctx.call_sid, "delivery", count)}
 
 
+@tool("liveAgentHandoff", timeout_s=CHECK_TIMEOUT_S, ends_turn=True)
 async def live_agent_handoff(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     """Ends the relay session; ``POST /action`` reads the handoff data and connects a person."""
     data = {"handoff": True, "reasonCode": str(args.get("reason_code", "user-requested")),
-            "reasonDescription": str(args.get("summary", "")), "useCase": ctx.use_case}
+            "reasonDescription": str(args.get("summary", "")), "useCase": ctx.use_case.name}
     await ctx.send(End(handoff_data=json.dumps(data)))
     return {"status": "transferring"}
 
 
+@tool("endCall", timeout_s=CHECK_TIMEOUT_S, ends_turn=True)
 async def end_call(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     await ctx.send(End(handoff_data=json.dumps({"reasonCode": "end-call"})))
     return {"status": "ended"}

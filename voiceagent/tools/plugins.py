@@ -1,0 +1,108 @@
+"""The process's tools: the built-ins, then installed packages' entry points, then the modules
+TOOLS names, registered once at start-up.
+
+``build_registry(settings)`` is what ``serve`` (through ``open_runtime``), ``config load`` and
+``check`` use. A tool module is an ordinary Python module whose tool functions carry
+``@voiceagent.tools.tool``: importing it registers them. Installed packages offer such
+modules through the ``voiceagent.tools`` entry-point group, one module per entry point::
+
+    [project.entry-points."voiceagent.tools"]
+    my_agent = "my_agent.tools"
+
+An entry point names a module, never an attribute (``my_agent.tools:something``), so the
+same module works in TOOLS and as an entry point. Every problem stops start-up with one
+``ConfigError`` line: where the module was named (TOOLS, or the entry point and its
+package), the module, and what is wrong: it could not be imported (the exception's type and
+message, no traceback), it registers no tool, or one of its names is already taken.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+
+import trio
+
+from voiceagent.errors import ConfigError
+from voiceagent.settings import Settings
+from voiceagent.tools.base import ToolDefinition, tools_defined_in
+from voiceagent.tools.registry import BUILTIN_MODULES, ToolRegistry
+
+ENTRY_POINT_GROUP = "voiceagent.tools"
+MAX_PROBLEM_CHARS = 300             # an import error's message, on one line
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSource:
+    """Where a tool module was named: ``where`` is "TOOLS" or the entry point."""
+
+    where: str
+    module: str
+
+    def __str__(self) -> str:
+        return f"{self.where} module {self.module}"
+
+    def error(self, problem: str) -> ConfigError:
+        return ConfigError(self.where, self.module, problem)
+
+
+def build_registry(settings: Settings) -> ToolRegistry:
+    """Built-ins, then entry points (by name), then TOOLS modules (in order), with a thread
+    limiter of TOOL_THREADS for blocking tools. Raises ``ConfigError`` at the first problem;
+    imports modules, so call it once, at start-up."""
+    registry = ToolRegistry(threads=trio.CapacityLimiter(settings.tool_threads))
+    for module in BUILTIN_MODULES:
+        _add(registry, tools_defined_in(module), f"voiceagent's built-in {module}", None)
+    sources = [*entry_point_sources(), *(ToolSource("TOOLS", m) for m in settings.tools_modules)]
+    for source in sources:
+        _add(registry, load_module(source), str(source), source)
+    return registry
+
+
+def entry_point_sources() -> list[ToolSource]:
+    """The installed ``voiceagent.tools`` entry points, sorted by name; an entry point naming
+    an attribute rather than a module is an error."""
+    found = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (ep.name, ep.value))
+    sources: list[ToolSource] = []
+    for entry in found:
+        source = ToolSource(_describe(entry), entry.value)
+        if entry.attr is not None:
+            raise source.error(f"names an attribute; a {ENTRY_POINT_GROUP} entry point names a "
+                               f"module ({entry.module}) whose @tool functions register when "
+                               "it is imported")
+        sources.append(source)
+    return sources
+
+
+def load_module(source: ToolSource) -> tuple[ToolDefinition, ...]:
+    """Import the module and return the tools it (or its submodules) registered."""
+    try:
+        importlib.import_module(source.module)
+    except Exception as err:
+        message = " ".join(str(err).split())[:MAX_PROBLEM_CHARS]
+        raise source.error(f"cannot import it: {type(err).__name__}: {message}") from err
+    definitions = tools_defined_in(source.module)
+    if not definitions:
+        raise source.error("registers no tools: decorate its tool functions with "
+                           "@voiceagent.tools.tool(\"ToolName\")")
+    return definitions
+
+
+def _add(registry: ToolRegistry, definitions: tuple[ToolDefinition, ...], origin: str,
+         source: ToolSource | None) -> None:
+    for definition in definitions:
+        current = registry.get(definition.name)
+        if current is definition:          # a package and its submodule both named: one tool
+            continue
+        if current is not None:
+            problem = (f"tool {definition.name!r} is already registered by "
+                       f"{registry.origins[definition.name]}; rename one of them (a tool name "
+                       "is unique in the process)")
+            raise source.error(problem) if source else ConfigError(origin, "", problem)
+        registry.register(definition, origin=origin)
+
+
+def _describe(entry: EntryPoint) -> str:
+    package = f" of {entry.dist.name} {entry.dist.version}" if entry.dist is not None else ""
+    return f"entry point {entry.name!r}{package} ({ENTRY_POINT_GROUP})"
