@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--from", dest="from_number", default="+15555550100",
                       help="caller's number (profiles in config/profiles.yaml pick use cases)")
     demo.add_argument("-v", "--verbose", action="store_true", help="show server logs")
+    demo.add_argument("--web", action="store_true",
+                      help="talk in the browser instead: serve the phone page (/phone) on "
+                           "127.0.0.1 and print its URL; Ctrl-C stops")
     demo.set_defaults(run=_demo)
 
     call = commands.add_parser(
@@ -182,12 +185,17 @@ async def _serve_async(settings: Settings) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.web and args.say:
+        raise CallerError("--say plays a scripted caller here; with --web the caller is "
+                          "you, in the browser: use one or the other")
+    # --web: Ctrl-C ends a browser call at once (politely, with `end`), no 90 s drain
+    web = {"PHONE_PAGE": True, "DRAIN_TIMEOUT_S": 0} if args.web else {}
     with tempfile.TemporaryDirectory(prefix="voiceagent-demo-") as scratch:
         settings = Settings.from_env(
-            {k: v for k, v in os.environ.items() if k in ("CONFIG_DIR", "TIME_ZONE")},
+            {k: v for k, v in os.environ.items() if k in ("CONFIG_DIR", "TIME_ZONE", "TOOLS")},
             STORE="sqlite", LLM="scripted", DEMO=True, VALIDATE_SIGNATURES=False,
             DATA_DIR=str(args.data_dir or scratch), HOST="127.0.0.1", PORT=args.port,
-            LOG_FORMAT="console", LOG_LEVEL="INFO" if args.verbose else "WARNING")
+            LOG_FORMAT="console", LOG_LEVEL="INFO" if args.verbose else "WARNING", **web)
         logs.configure(settings.log_format, settings.log_level)
         print(DEMO_WARNING, file=sys.stderr)
         trio.run(_demo_async, settings, args)
@@ -199,7 +207,28 @@ async def _demo_async(settings: Settings, args: argparse.Namespace) -> None:
 
     async with open_server(settings) as (url, _):
         print(f"server listening on {url}", file=sys.stderr)
-        await _converse(url, None, Identity(from_number=args.from_number), args.say)
+        if args.web:
+            await _serve_phone_page(url, args.from_number)
+        else:
+            await _converse(url, None, Identity(from_number=args.from_number), args.say)
+
+
+async def _serve_phone_page(url: str, from_number: str) -> None:
+    """Print the phone page's URL and serve it until Ctrl-C (or SIGTERM)."""
+    from urllib.parse import quote
+
+    from voiceagent.app.phone_page import DEFAULT_FROM
+    from voiceagent.app.server import wait_signal
+
+    query = "" if from_number == DEFAULT_FROM else f"?from={quote(from_number)}"
+    print(f"Talk to the agent in your browser: {url}/phone{query}", flush=True)
+    print("(Chrome, Edge or Safari for speech; any browser to type. Ctrl-C stops.)",
+          file=sys.stderr)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(wait_signal, stop)
+        await stop.wait()
+        nursery.cancel_scope.cancel()
 
 
 def _call(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ from actors.call import CallPlan, CallRejected, CallReport, run_call
 from actors.messages import Setup
 from voiceagent import jsonlimits, signature, twiml
 from voiceagent.app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from voiceagent.app.phone_page import PATH as PHONE_PATH
+from voiceagent.app.phone_page import PhoneDesk, PhoneRefused
 from voiceagent.app.runtime import Runtime
 from voiceagent.app.sessions import TOKEN_PARAMETER, SessionBusy, SessionExists
 from voiceagent.catalog import UnknownUseCase
@@ -61,8 +63,9 @@ class _SocketStanding:
     within milliseconds of connecting, so what has waited longest is the idle one. A socket
     whose setup claims its call is one of the calls until it ends."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, *, call_sid: str | None = None) -> None:
         self._runtime = runtime
+        self._bound = call_sid                  # a phone page socket claims only its call
         self.report = CallReport()
         self.scope = trio.CancelScope()         # cancelled only to evict it while waiting
         self._waiting = True
@@ -77,6 +80,8 @@ class _SocketStanding:
     async def claim(self, setup: Setup) -> CallPlan:
         runtime = self._runtime
         self._leave_waiting()
+        if self._bound is not None and setup.call_sid != self._bound:
+            raise CallRejected("this socket was opened for another call")
         if runtime.calls.active >= runtime.settings.max_calls + CAPACITY_MARGIN:
             raise CallRejected("over capacity")
         plan = await runtime.sessions.resolve(setup)
@@ -251,12 +256,22 @@ async def metrics(runtime: Runtime) -> Response:
     return Response(runtime.metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
 
 
-async def relay(runtime: Runtime, scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """The relay socket: signature on the upgrade, then one call (see ``_SocketStanding``)."""
+async def relay(runtime: Runtime, scope: dict[str, Any], receive: Any, send: Any,
+                phone: PhoneDesk | None = None) -> None:
+    """The relay socket: signature on the upgrade (or, with the phone page on, the token of
+    one page load: ``PhoneDesk.admit``), then one call (see ``_SocketStanding``)."""
     settings, path = runtime.settings, relay_path(runtime)
     headers = {k.decode("latin1").lower(): v.decode("latin1")
                for k, v in scope.get("headers", [])}
-    if settings.validate_signatures:
+    bound = None
+    if phone is not None:
+        try:
+            bound = phone.admit(scope, headers)
+        except PhoneRefused as err:
+            log.warning("phone page socket refused", extra={"reason": str(err)})
+            await asgi_socket.reject(receive, send, 403, "invalid session token")
+            return
+    if bound is None and settings.validate_signatures:
         base = signature.public_base(headers, "https" if scope["scheme"] == "wss" else "http",
                                      headers.get("host", ""), settings.public_url,
                                      trust_forwarded=settings.trust_proxy_headers)
@@ -267,7 +282,7 @@ async def relay(runtime: Runtime, scope: dict[str, Any], receive: Any, send: Any
     if not await asgi_socket.accept(receive, send):
         return
     socket = asgi_socket.AsgiRelaySocket(receive, send)
-    standing = _SocketStanding(runtime)
+    standing = _SocketStanding(runtime, call_sid=bound)
     try:
         with standing.scope:
             await run_call(socket, resolve=standing.claim,
@@ -303,10 +318,14 @@ def create_app(runtime: Runtime) -> Any:
     app.add_url_rule("/action", "action", on_action, methods=["POST"])
     app.add_url_rule("/health", "health", on_health, methods=["GET"])
     app.add_url_rule("/metrics", "metrics", on_metrics, methods=["GET"])
+    phone = PhoneDesk(runtime, path) if runtime.settings.phone_page else None
+    if phone is not None:                 # development only: no route at all otherwise
+        app.add_url_rule(PHONE_PATH, "phone", phone.page, methods=["GET"])
+        app.add_url_rule(PHONE_PATH + "/<name>", "phone_asset", phone.asset, methods=["GET"])
 
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and scope["path"] == path:
-            await relay(runtime, scope, receive, send)
+            await relay(runtime, scope, receive, send, phone)
         else:
             await app(cast(Any, scope), receive, send)
 
