@@ -85,6 +85,13 @@ WINDOW_S = 30.0                 # every call up at once this long after the ramp
 SCRIPT = (Step("say", "what are your hours?"), Step("barge", "what is on the menu?", 3),
           Step("say", "any specials today?"), Step("say", "when can I pick up my order?"),
           Step("dtmf", "1"))
+# --shape gate (issue 20): callers connect at GATE_RATE calls/s; only when all are connected
+# does each wait uniform(0, GATE_SPREAD_S), then speak three turns 4-12 s apart
+GATE_RATE = 50.0
+GATE_SPREAD_S = 8.0
+GATE_THINK_S = 8.0               # x uniform(0.5, 1.5): 4-12 s
+GATE_SCRIPT = (Step("say", "what are your hours?"), Step("say", "any specials today?"),
+               Step("say", "when can I pick up my order?"))
 
 
 # ------------------------------------------------------------------ the server's side
@@ -284,6 +291,7 @@ class Plan:
     scratch: Path
     listen_wpm: float = LISTEN_WPM
     window_s: float = WINDOW_S
+    shape: str = "steady"              # or "gate": see GATE_SCRIPT
 
 
 def helper_cpu_s(stack: Stack) -> dict[str, float]:
@@ -297,7 +305,13 @@ def helper_cpu_s(stack: Stack) -> dict[str, float]:
 
 def loaded_run(url: str, calls: int, plan: Plan, pids: tuple[int, ...],
                auth_token: str = TOKEN) -> dict[str, Any]:
-    """Every call up at once for ``plan.window_s`` after the ramp; figures from then on."""
+    """Every call up at once for ``plan.window_s`` after the ramp; figures from then on. With
+    ``shape="gate"``: every turn counts, the first ones in a burst right after the ramp."""
+    if plan.shape == "gate":
+        return trio.run(run_bench, BenchOptions(
+            url=url, calls=calls, ramp_s=calls / GATE_RATE, script=GATE_SCRIPT,
+            auth_token=auth_token, server_pids=pids, think_s=GATE_THINK_S,
+            think_jitter=THINK_JITTER, gate=True, spread_s=GATE_SPREAD_S, progress=True))
     ramp_s = calls * plan.ramp_per_call_s
     return trio.run(run_bench, BenchOptions(
         url=url, calls=calls, ramp_s=ramp_s, script=SCRIPT, auth_token=auth_token,
@@ -531,6 +545,11 @@ def main() -> int:
     parser.add_argument("--tls", action="store_true",
                         help="the local Bedrock endpoint speaks TLS (a private CA, trusted "
                              "through AWS_CA_BUNDLE), as the real one does")
+    parser.add_argument("--shape", choices=("steady", "gate"), default="steady",
+                        help="steady: every call up at once for --window, figures after the "
+                             "ramp; gate: calls connect at 50/s, then each waits 0-8 s and "
+                             "speaks 3 turns 4-12 s apart, every turn counted (issue 20; use "
+                             "--first-token-ms 300 --token-ms 20)")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--repeat", type=int, default=1, metavar="R",
                         help="run each level R times on fresh stacks; goals are checked on "
@@ -552,7 +571,7 @@ def main() -> int:
                              tls=args.tls),
                 workers=args.workers, think_s=args.think,
                 ramp_per_call_s=args.ramp_per_call, scratch=scratch,
-                listen_wpm=args.listen_wpm, window_s=args.window)
+                listen_wpm=args.listen_wpm, window_s=args.window, shape=args.shape)
     started = time.monotonic()
     results = []
     for calls in args.levels:

@@ -111,3 +111,35 @@ async def test_calls_stay_up_together_and_only_the_steady_turns_count(tmp_path: 
     assert 0 < result["latency_ms"]["count"] <= result["turns"] - 3   # not the first turns
     assert result["duration_s"] >= 1.5
     assert result["measured_from_s"] == 0.5
+
+
+async def test_the_gate_holds_every_first_turn_until_all_calls_are_connected(
+        tmp_path: Path) -> None:
+    """``gate``: the burst of first turns right after a ramp (issue 20's load shape); a call
+    that fails to connect still counts, so the gate never waits for it."""
+    seen: dict[str, float] = {}
+
+    async def watch(runtime: Any) -> None:
+        while True:
+            now = trio.current_time()
+            if runtime.calls.active == 4:
+                seen.setdefault("all_connected", now)
+            if any(report.turns.turns for report in runtime.calls.live):
+                seen.setdefault("first_turn", now)
+            await trio.sleep(0.005)
+
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch, server.runtime)
+                result = await run_bench(BenchOptions(
+                    url=server.url, calls=4, ramp_s=0.4, script=(Step("say", "hours?"),),
+                    auth_token=AUTH_TOKEN, gate=True, spread_s=0.2, progress=False))
+                refused = await run_bench(BenchOptions(
+                    url=server.url, calls=3, ramp_s=0.1, script=(Step("say", "hours?"),),
+                    auth_token="wrong-token", gate=True, progress=False))
+                nursery.cancel_scope.cancel()
+    assert result["errors"] == 0
+    assert result["turns"] == 4
+    assert seen["first_turn"] >= seen["all_connected"]
+    assert refused["errors"] == 3                         # and the run ended: no gate hang

@@ -31,6 +31,7 @@ import random
 import sys
 import time
 from collections import Counter, deque
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -80,6 +81,8 @@ class Figures:
     # (CallSid, time.monotonic() when the interrupt went out): comparable across processes
     barge_ins: list[tuple[str, float]] = field(default_factory=list)
     late_tokens: list[int] = field(default_factory=list)   # words after each interrupt
+    arrived: int = 0            # calls connected, or failed before connecting
+    gate: trio.Event = field(default_factory=trio.Event)    # every call has arrived
 
     def latency(self, seconds: float) -> None:
         self.latency_s.append(seconds)
@@ -100,6 +103,10 @@ class BenchOptions:
     listen_wpm: float = 0.0         # before thinking, hear the reply out at this pace
     until_s: float = 0.0            # keep each call going (script again, or idle) this long
     measure_from_s: float = 0.0     # figures from turns sent this long after the start only
+    # the "connect all, then talk" shape: no call speaks before every call is connected,
+    # then each waits uniform(0, spread_s): the burst of first turns right after a ramp
+    gate: bool = False
+    spread_s: float = 0.0
     json_path: Path | None = None
     progress: bool = True
 
@@ -172,8 +179,16 @@ async def _one_call(options: BenchOptions, index: int, figures: Figures) -> None
     try:
         identity = Identity(from_number=f"+1555{index:07d}")
         pauses = random.Random(index)           # the same pauses on every run
-        async with open_call(options.url, auth_token=options.auth_token,
-                             identity=identity) as call:
+        async with AsyncExitStack() as stack:
+            try:
+                call = await stack.enter_async_context(open_call(
+                    options.url, auth_token=options.auth_token, identity=identity))
+            finally:
+                _arrived(options, figures)      # connected or failed: the gate counts both
+            if options.gate:
+                await figures.gate.wait()
+            if options.spread_s:
+                await trio.sleep(pauses.uniform(0, options.spread_s))
             heard = 0
             first = True
             while options.script:
@@ -197,6 +212,12 @@ async def _one_call(options: BenchOptions, index: int, figures: Figures) -> None
         figures.errors[type(err).__name__ + ": " + str(err)[:80]] += 1
     finally:
         figures.calls_done += 1
+
+
+def _arrived(options: BenchOptions, figures: Figures) -> None:
+    figures.arrived += 1
+    if figures.arrived >= options.calls:
+        figures.gate.set()
 
 
 async def _pause(options: BenchOptions, heard_words: int, pauses: random.Random) -> None:
@@ -361,6 +382,11 @@ def add_command(commands: Any) -> None:
                        help="every call repeats its script until S seconds after the start, "
                             "so all of them are up at once; figures then count the turns "
                             "after the ramp only (all calls connected)")
+    bench.add_argument("--gate", action="store_true",
+                       help="no call speaks until every call is connected (the burst of "
+                            "first turns right after a ramp)")
+    bench.add_argument("--spread", type=float, default=0.0, dest="spread_s", metavar="S",
+                       help="each call waits uniform(0, S) seconds before its first turn")
     bench.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"),
                        help="sign requests as Twilio would (default: $TWILIO_AUTH_TOKEN)")
     bench.add_argument("--server-pid", type=int, action="append", metavar="PID",
@@ -384,7 +410,8 @@ def _run(args: argparse.Namespace) -> int:
         server_pids=tuple(args.server_pid or ()), hold_s=args.hold_s, think_s=args.think_s,
         think_jitter=min(1.0, max(0.0, args.think_jitter)), listen_wpm=args.listen_wpm,
         until_s=args.until_s, measure_from_s=args.ramp_s if args.until_s else 0.0,
-        json_path=args.json_path, progress=not args.quiet)
+        json_path=args.json_path, progress=not args.quiet, gate=args.gate,
+        spread_s=max(0.0, args.spread_s))
     result = trio.run(run_bench, options)
     print(format_table(result))
     print(f"figures written to {args.json_path}", file=sys.stderr)
