@@ -459,12 +459,18 @@ def print_level(result: dict[str, Any]) -> None:
 def print_summary(results: list[dict[str, Any]], plan: Plan) -> None:
     pinning = (f"server worker(s) pinned to {PINNED}, callers and fakes to "
                f"{sorted(os.sched_getaffinity(0))}" if PINNED else "no pinning")
+    if plan.shape == "gate":
+        shape = (f"gate shape: calls connect at {GATE_RATE:g}/s, then each waits 0-"
+                 f"{GATE_SPREAD_S:g} s and says {len(GATE_SCRIPT)} turns "
+                 f"{GATE_THINK_S * (1 - THINK_JITTER):g}-{GATE_THINK_S * (1 + THINK_JITTER):g} "
+                 "s apart, every turn counted")
+    else:
+        shape = (f"script: {[s.kind for s in SCRIPT]} played until every call has been up "
+                 f"for {plan.window_s:g} s, each reply heard at {plan.listen_wpm:g} wpm, then "
+                 f"{plan.think_s:g} s (+-{THINK_JITTER:.0%})")
     print(f"\nmachine: {os.cpu_count()} cpus, {platform.machine()}, python "
-          f"{platform.python_version()}; {plan.stack.describe()}; script: "
-          f"{[s.kind for s in SCRIPT]} played until every call has been up for "
-          f"{plan.window_s:g} s, each reply heard at {plan.listen_wpm:g} wpm, then "
-          f"{plan.think_s:g} s (+-{THINK_JITTER:.0%}); {plan.workers} server process(es), "
-          f"{pinning}")
+          f"{platform.python_version()}; {plan.stack.describe()}; {shape}; "
+          f"{plan.workers} server process(es), {pinning}")
     print(f"{'calls':>6} | {'overhead p50':>12} {'p95':>7} {'p99':>7} | {'client p99':>10} | "
           f"{'barge stop':>10} {'upstream':>8} | {'KiB/idle':>8} | {'us/token':>8} "
           f"{'cpu %':>6} {'helpers %':>14} | {'errors':>6}")
