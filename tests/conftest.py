@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.wheelhouse import Wheelhouse, WheelVenv, build_wheelhouse, make_wheel_venv
+
 
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -23,3 +25,17 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Wheelhouse:
+    """voiceagent's wheel and every wheel installing it needs, fetched once per session
+    (tests/wheelhouse.py); installs from it run offline."""
+    return build_wheelhouse(tmp_path_factory.mktemp("wheelhouse") / "wheels")
+
+
+@pytest.fixture(scope="session")
+def user_venv(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Wheelhouse) -> WheelVenv:
+    """A folder whose .venv has voiceagent installed from its wheel, as a user would have it,
+    with pytest and pytest-trio: one per session, shared by the scaffold and tutorial tests."""
+    return make_wheel_venv(tmp_path_factory.mktemp("user"), wheelhouse)

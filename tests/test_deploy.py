@@ -38,6 +38,7 @@ from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 from samtranslator.yaml_helper import yaml_parse
 
+from tests.wheelhouse import Wheelhouse
 from voiceagent.app import metrics as app_metrics
 from voiceagent.settings import Settings
 
@@ -1279,21 +1280,20 @@ def _pip(*args: str, timeout: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def wheel_venv(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Wheelhouse) -> Path:
     """A clean virtual environment with nothing but the project's wheel and its dependencies,
     made the way the Dockerfile makes it: the service lock (hashes checked), then the project
-    without resolving anything, then pip check."""
-    scratch = tmp_path_factory.mktemp("wheel")
-    wheels = scratch / "wheels"
-    _pip("wheel", "--no-deps", "--wheel-dir", str(wheels), str(ROOT), timeout=120)
-    wheel, = wheels.glob("voiceagent-*.whl")
-    venv = scratch / "venv"
+    without resolving anything, then pip check; offline, from the session's wheelhouse
+    (tests/wheelhouse.py)."""
+    venv = tmp_path_factory.mktemp("wheel") / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
                    timeout=60)
     python = str(venv / "bin" / "python")
-    _pip("--python", python, "install", "--no-compile", "--require-hashes", "-r",
-         str(ROOT / "requirements" / "service.lock.txt"), timeout=180)
-    _pip("--python", python, "install", "--no-compile", "--no-deps", str(wheel), timeout=60)
+    _pip("--python", python, "install", "--no-compile", *wheelhouse.offline(),
+         "--require-hashes", "-r", str(ROOT / "requirements" / "service.lock.txt"),
+         timeout=180)
+    _pip("--python", python, "install", "--no-compile", *wheelhouse.offline(), "--no-deps",
+         str(wheelhouse.wheel), timeout=60)
     _pip("--python", python, "check", timeout=60)
     return venv
 

@@ -157,10 +157,13 @@ class Settings(BaseModel):
 
     @property
     def resolved_config_dir(self) -> Path:
-        """``CONFIG_DIR``, else the repository's ``config/``, else the copy in the wheel."""
+        """``CONFIG_DIR``, else the repository's ``config/`` (running from a checkout), else
+        the copy in the wheel. Only a checkout's: installed, the folder beside the package is
+        site-packages, where a ``config/`` would be some other distribution's."""
         if self.config_dir is not None:
             return self.config_dir
-        return SOURCE_CONFIG if SOURCE_CONFIG.is_dir() else BUNDLED_CONFIG
+        checkout = (SOURCE_CONFIG.parent / "pyproject.toml").is_file()
+        return SOURCE_CONFIG if checkout and SOURCE_CONFIG.is_dir() else BUNDLED_CONFIG
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
