@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """\
 Phone agents on Twilio ConversationRelay and Amazon Bedrock.
 
-Start here: `voiceagent demo` talks to the restaurant agent offline; `voiceagent check` says
-what is missing for a real call; `voiceagent serve` runs the service."""
+Start here: `voiceagent demo` talks to the restaurant agent offline (`--web`: in your
+browser); `voiceagent init DIR` starts an agent of your own; `voiceagent check` says what is
+missing for a real call; `voiceagent serve` runs the service."""
 EPILOG = """\
 Settings come from environment variables and a .env file in the current folder (the
 environment wins); .env.example lists every one. `voiceagent COMMAND --help` for a command."""
