@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import suppress
 from functools import partial
 from typing import Any, assert_never
 
@@ -93,8 +94,9 @@ async def _turn(ctx: CallContext, plan: turn.TurnPlan, command: UserSaid | KeyPr
     if ctx.relay is not None and isinstance(command, UserSaid):
         # before the reply's first word: Twilio speaks it in the caller's language
         switch = ctx.relay.switch_for(command.lang)
-        for message in ([switch] if switch else []) + ctx.relay.for_caller(command.text):
-            await ctx.outbound.send(message)
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):   # caller gone
+            for message in ([switch] if switch else []) + ctx.relay.for_caller(command.text):
+                await ctx.outbound.send(message)
     await turn.run(ctx, plan, received_at=command.received_at)
 
 
