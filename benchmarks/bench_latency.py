@@ -49,12 +49,15 @@ import argparse
 import json
 import os
 import platform
+import signal
 import ssl
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -292,6 +295,8 @@ class Plan:
     listen_wpm: float = LISTEN_WPM
     window_s: float = WINDOW_S
     shape: str = "steady"              # or "gate": see GATE_SCRIPT
+    profile: Path | None = None        # py-spy flame graphs of the loaded phase go here
+    server_env: tuple[tuple[str, str], ...] = ()    # --server-env: what does X cost?
 
 
 def helper_cpu_s(stack: Stack) -> dict[str, float]:
@@ -301,6 +306,38 @@ def helper_cpu_s(stack: Stack) -> dict[str, float]:
         if figures is not None:
             cpu[name] = figures["cpu_s"]
     return cpu
+
+
+@contextmanager
+def profiling(folder: Path | None, pids: tuple[int, ...], name: str) -> Iterator[None]:
+    """py-spy samples each server process while the block runs (``--nonblocking``: it reads
+    the process's memory without stopping it, so the figures stay the server's own) and
+    writes a flame graph per process; ``*.gil.svg`` only the samples holding the GIL, where
+    a thread of boto3's shows up against the event loop; ``*.txt`` the same samples as
+    collapsed stacks, one line per stack, to sum with a script."""
+    if folder is None:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for n, pid in enumerate(pids):
+        for suffix, form, extra in (("svg", "flamegraph", []), ("gil.svg", "flamegraph", ["--gil"]),
+                                    ("txt", "raw", [])):
+            out = folder / f"flame-{name}-{n}.{suffix}"
+            spies.append(subprocess.Popen(
+                ["py-spy", "record", "--pid", str(pid), "--nonblocking", "--threads",
+                 "--rate", "200", "--format", form, "--output", str(out)] + extra,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)      # py-spy writes its file on SIGINT
+        for spy in spies:
+            _, err = spy.communicate(timeout=60)
+            if spy.returncode not in (0, -signal.SIGINT):
+                print(f"py-spy: {err.decode()[-300:]}", file=sys.stderr)
+        print(f"flame graphs: {folder}/flame-{name}-*.svg", file=sys.stderr)
 
 
 def loaded_run(url: str, calls: int, plan: Plan, pids: tuple[int, ...],
@@ -327,7 +364,8 @@ def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, An
             break
         scratch = plan.scratch / f"level-{calls}-{n}"       # a repeat keeps its own logs
     with local_stack(plan.stack, scratch) as stack:
-        processes, url, logs = start_servers(stack, scratch, f"{calls}", plan.workers)
+        processes, url, logs = start_servers(stack, scratch, f"{calls}", plan.workers,
+                                             dict(plan.server_env))
         pids = tuple(process.pid for process in processes)
         try:
             ramp_s = calls * plan.ramp_per_call_s
@@ -335,7 +373,8 @@ def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, An
                 url=url, calls=calls, ramp_s=ramp_s, script=(), auth_token=TOKEN,
                 server_pids=pids, until_s=ramp_s + IDLE_HOLD_S, progress=False))
             helpers_before = helper_cpu_s(stack)
-            loaded = loaded_run(url, calls, plan, pids)
+            with profiling(plan.profile, pids, f"{calls}-calls"):
+                loaded = loaded_run(url, calls, plan, pids)
             helpers_after = helper_cpu_s(stack)
             stats = endpoint_stats(stack)
         finally:
@@ -557,6 +596,12 @@ def main() -> int:
                              "speaks 3 turns 4-12 s apart, every turn counted (issue 20; use "
                              "--first-token-ms 300 --token-ms 20)")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for our server (repeatable), to see what it costs: "
+                             "e.g. LOG_LEVEL=WARNING")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="sample the server with py-spy (pip install py-spy; root or "
+                             "ptrace rights) through each loaded phase; flame graphs to DIR")
     parser.add_argument("--repeat", type=int, default=1, metavar="R",
                         help="run each level R times on fresh stacks; goals are checked on "
                              "the median (one stall of this shared machine moves a p99)")
@@ -577,7 +622,9 @@ def main() -> int:
                              tls=args.tls),
                 workers=args.workers, think_s=args.think,
                 ramp_per_call_s=args.ramp_per_call, scratch=scratch,
-                listen_wpm=args.listen_wpm, window_s=args.window, shape=args.shape)
+                listen_wpm=args.listen_wpm, window_s=args.window, shape=args.shape,
+                profile=args.profile, server_env=tuple(
+                    tuple(pair.split("=", 1)) for pair in args.server_env))  # type: ignore[misc]
     started = time.monotonic()
     results = []
     for calls in args.levels:

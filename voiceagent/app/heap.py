@@ -46,6 +46,8 @@ def settle_after_startup() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    if _installed is not None:      # start-up's collections (this one, botocore loading its
+        _installed.reset()          # models) are no pause a call waited for
     log.info("heap settled", extra={"frozen_objects": gc.get_freeze_count(),
                                     "gc_thresholds": list(GC_THRESHOLDS)})
 
@@ -56,10 +58,13 @@ class GcPauses:
 
     def __init__(self) -> None:
         self.buckets = PAUSE_BUCKETS
+        self._started = 0.0
+        self.reset()
+
+    def reset(self) -> None:
         self.counts = {g: [0] * (len(PAUSE_BUCKETS) + 1) for g in range(3)}
         self.sums = dict.fromkeys(range(3), 0.0)
         self.longest = dict.fromkeys(range(3), 0.0)
-        self._started = 0.0
 
     def callback(self, phase: str, info: dict[str, Any]) -> None:
         """For ``gc.callbacks``; it runs inside the pause, so it does very little."""
