@@ -326,7 +326,7 @@ def profiling(folder: Path | None, pids: tuple[int, ...], name: str) -> Iterator
             out = folder / f"flame-{name}-{n}.{suffix}"
             spies.append(subprocess.Popen(
                 ["py-spy", "record", "--pid", str(pid), "--nonblocking", "--threads",
-                 "--rate", "200", "--format", form, "--output", str(out)] + extra,
+                  "--rate", "200", "--format", form, "--output", str(out), *extra],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
     try:
         yield
@@ -624,7 +624,7 @@ def main() -> int:
                 ramp_per_call_s=args.ramp_per_call, scratch=scratch,
                 listen_wpm=args.listen_wpm, window_s=args.window, shape=args.shape,
                 profile=args.profile, server_env=tuple(
-                    tuple(pair.split("=", 1)) for pair in args.server_env))  # type: ignore[misc]
+                    tuple(pair.split("=", 1)) for pair in args.server_env))
     started = time.monotonic()
     results = []
     for calls in args.levels:
