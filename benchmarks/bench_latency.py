@@ -95,6 +95,9 @@ GATE_SPREAD_S = 8.0
 GATE_THINK_S = 8.0               # x uniform(0.5, 1.5): 4-12 s
 GATE_SCRIPT = (Step("say", "what are your hours?"), Step("say", "any specials today?"),
                Step("say", "when can I pick up my order?"))
+# --shape gate-barge: the same, but the second turn barges into the menu after 3 words, for
+# interrupt -> upstream closed under the gate's bursts
+GATE_BARGE_SCRIPT = (GATE_SCRIPT[0], Step("barge", "what is on the menu?", 3), GATE_SCRIPT[2])
 
 
 # ------------------------------------------------------------------ the server's side
@@ -138,6 +141,22 @@ def start_servers(stack: Stack, log_dir: Path, name: str, workers: int,
         processes.append(process)
         logs.append(log_path)
     return processes, url, logs
+
+
+def start_minimal(stack: Stack, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The floor to compare with (issue 20): ``minimal_server.py`` on the same model
+    endpoint and core as ours, keeping history in memory, signing and storing nothing."""
+    port = server_process.free_port()
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "minimal_server.py"), "--port",
+             str(port)], env={**os.environ, **stack.env}, stdout=subprocess.DEVNULL,
+            stderr=log_file)
+    if PINNED:
+        os.sched_setaffinity(process.pid, PINNED[0])
+    server_process.wait_for(lambda: server_process.accepts(port), process, 30.0,
+                            "the minimal server")
+    return process, f"http://127.0.0.1:{port}"
 
 
 def stop_servers(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -283,6 +302,7 @@ class Baseline:
     pids: tuple[int, ...] = ()          # its local processes, for CPU per token
     auth_token: str = TOKEN
     unchunked: bool = False             # ours with TOKEN_HOLD_MS=0, on the same stack
+    minimal: bool = False               # benchmarks/minimal_server.py, on the same stack
 
 
 @dataclass(frozen=True)
@@ -344,9 +364,10 @@ def loaded_run(url: str, calls: int, plan: Plan, pids: tuple[int, ...],
                auth_token: str = TOKEN) -> dict[str, Any]:
     """Every call up at once for ``plan.window_s`` after the ramp; figures from then on. With
     ``shape="gate"``: every turn counts, the first ones in a burst right after the ramp."""
-    if plan.shape == "gate":
+    if plan.shape.startswith("gate"):
+        script = GATE_BARGE_SCRIPT if plan.shape == "gate-barge" else GATE_SCRIPT
         return trio.run(run_bench, BenchOptions(
-            url=url, calls=calls, ramp_s=calls / GATE_RATE, script=GATE_SCRIPT,
+            url=url, calls=calls, ramp_s=calls / GATE_RATE, script=script,
             auth_token=auth_token, server_pids=pids, think_s=GATE_THINK_S,
             think_jitter=THINK_JITTER, gate=True, spread_s=GATE_SPREAD_S, progress=True))
     ramp_s = calls * plan.ramp_per_call_s
@@ -413,6 +434,14 @@ def run_baseline(baseline: Baseline, stack: Stack, calls: int, plan: Plan,
                  scratch: Path) -> dict[str, Any]:
     if baseline.url:
         return loaded_run(baseline.url, calls, plan, baseline.pids, baseline.auth_token)
+    if baseline.minimal:
+        process, url = start_minimal(stack, scratch / f"minimal-{calls}.log")
+        try:
+            result = loaded_run(url, calls, plan, (process.pid,))
+            result["url"] = "minimal_server.py: history in memory, no signatures, no store"
+            return result
+        finally:
+            stop_servers([process])
     processes, url, _ = start_servers(stack, scratch, f"{calls}-baseline", plan.workers,
                                       {"TOKEN_HOLD_MS": "0"})
     try:
@@ -435,6 +464,7 @@ SIDE_BY_SIDE = (("application latency p50 (ms)", ("latency_ms", "p50")),
                 ("inter-token gap p99 (ms)", ("inter_token_ms", "p99")),
                 ("barge-in stop p99 (ms)", ("barge_in_stop_ms", "p99")),
                 ("server CPU per token (us)", ("server", "cpu_per_token_us")),
+                ("server CPU (% of a core)", ("server", "cpu_percent")),
                 ("frames per 100 tokens", ("frames_per_100", None)),
                 ("errors", ("errors", None)))
 
@@ -498,8 +528,8 @@ def print_level(result: dict[str, Any]) -> None:
 def print_summary(results: list[dict[str, Any]], plan: Plan) -> None:
     pinning = (f"server worker(s) pinned to {PINNED}, callers and fakes to "
                f"{sorted(os.sched_getaffinity(0))}" if PINNED else "no pinning")
-    if plan.shape == "gate":
-        shape = (f"gate shape: calls connect at {GATE_RATE:g}/s, then each waits 0-"
+    if plan.shape.startswith("gate"):
+        shape = (f"{plan.shape} shape: calls connect at {GATE_RATE:g}/s, then each waits 0-"
                  f"{GATE_SPREAD_S:g} s and says {len(GATE_SCRIPT)} turns "
                  f"{GATE_THINK_S * (1 - THINK_JITTER):g}-{GATE_THINK_S * (1 + THINK_JITTER):g} "
                  "s apart, every turn counted")
@@ -587,14 +617,18 @@ def main() -> int:
     parser.add_argument("--baseline-unchunked", action="store_true",
                         help="baseline: this server with TOKEN_HOLD_MS=0 (one frame per "
                              "token, as relays commonly send), on the same stack")
+    parser.add_argument("--baseline-minimal", action="store_true",
+                        help="baseline: benchmarks/minimal_server.py (history in memory, no "
+                             "signatures, no store, no logs), on the same stack and core")
     parser.add_argument("--tls", action="store_true",
                         help="the local Bedrock endpoint speaks TLS (a private CA, trusted "
                              "through AWS_CA_BUNDLE), as the real one does")
-    parser.add_argument("--shape", choices=("steady", "gate"), default="steady",
+    parser.add_argument("--shape", choices=("steady", "gate", "gate-barge"), default="steady",
                         help="steady: every call up at once for --window, figures after the "
                              "ramp; gate: calls connect at 50/s, then each waits 0-8 s and "
                              "speaks 3 turns 4-12 s apart, every turn counted (issue 20; use "
-                             "--first-token-ms 300 --token-ms 20)")
+                             "--first-token-ms 300 --token-ms 20); gate-barge: the second "
+                             "turn barges in after 3 words")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for our server (repeatable), to see what it costs: "
@@ -612,10 +646,11 @@ def main() -> int:
     global PINNED
     PINNED = pin_layout(args.workers, args.pin)
     baseline = None
-    if args.baseline or args.baseline_unchunked:
+    if args.baseline or args.baseline_unchunked or args.baseline_minimal:
         baseline = Baseline(url=args.baseline, pids=tuple(args.baseline_pid or ()),
                             auth_token=args.baseline_auth_token,
-                            unchunked=args.baseline_unchunked and not args.baseline)
+                            unchunked=args.baseline_unchunked and not args.baseline,
+                            minimal=args.baseline_minimal and not args.baseline)
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-latency-{os.getpid()}"
     plan = Plan(StackOptions(llm=args.llm, store=args.store,
                              first_token_ms=args.first_token_ms, token_ms=args.token_ms,

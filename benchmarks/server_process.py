@@ -36,12 +36,12 @@ def start_server(env: dict[str, str], *, stderr: IO[bytes] | int = subprocess.DE
                                stdout=subprocess.DEVNULL, stderr=stderr)
     if cpus:
         os.sched_setaffinity(process.pid, cpus)
-    wait_for(lambda: _listening(process.pid, port) if env.get("REUSE_PORT") else _accepts(port),
+    wait_for(lambda: _listening(process.pid, port) if env.get("REUSE_PORT") else accepts(port),
              process, start_timeout_s, "the server")
     return process, f"http://127.0.0.1:{port}"
 
 
-def _accepts(port: int) -> bool:
+def accepts(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return True
