@@ -24,7 +24,8 @@ from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from voiceagent.app.caller import Identity, open_call
 from voiceagent.app.cli import main
 from voiceagent.catalog import read_config_dir
-from voiceagent.store.dynamodb import DynamoDBStore, table_definition
+from voiceagent.store.dynamodb import DynamoDBStore
+from voiceagent.store.dynamodb_table import table_definition
 from voiceagent.store.sqlite import open_sqlite_store
 from voiceagent.tools.registry import default_registry
 

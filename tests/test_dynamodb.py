@@ -28,14 +28,14 @@ from tests.dynamodb_support import (
 )
 from voiceagent.errors import SettingsError, StoreError, StoreRejected
 from voiceagent.settings import Settings
-from voiceagent.store import dynamodb
+from voiceagent.store import dynamodb_admin
 from voiceagent.store.base import BATCH_LIMIT
 from voiceagent.store.dynamodb import (
     UNPROCESSED_ATTEMPTS,
     DynamoDBStore,
     open_dynamodb_store,
-    table_definition,
 )
+from voiceagent.store.dynamodb_table import table_definition
 from voiceagent.store.write_behind import is_permanent
 
 __all__ = ["moto_endpoint"]          # the fixture, imported so pytest finds it here
@@ -270,7 +270,7 @@ async def test_ensure_table_waits_until_the_table_and_its_index_are_active(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Real time (a virtual clock would jump to the deadline while a call is in a thread),
     with the poll interval shortened."""
-    monkeypatch.setattr(dynamodb, "TABLE_POLL_S", 0.01)
+    monkeypatch.setattr(dynamodb_admin, "TABLE_POLL_S", 0.01)
     client = raw_client("http://127.0.0.1:9")
     store = DynamoDBStore("new", client, limiter=trio.CapacityLimiter(2))
     definition = table_definition("new")

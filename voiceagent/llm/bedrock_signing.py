@@ -66,8 +66,10 @@ class Signer:
 
     def __init__(self, endpoint: Endpoint, resolve: Callable[[], Credentials | None],
                  bearer_token: str | None, user_agent: str,
-                 refresh_limiter: trio.CapacityLimiter) -> None:
+                 refresh_limiter: trio.CapacityLimiter, *,
+                 signing_name: str = SIGNING_NAME) -> None:
         self._endpoint = endpoint
+        self._signing_name = signing_name
         self._resolve = resolve
         self._credentials = None if bearer_token else resolve()
         self._bearer_token = bearer_token
@@ -95,18 +97,23 @@ class Signer:
         return credentials.get_frozen_credentials()
 
     async def request(self, model_id: str, body: bytes) -> tuple[str, list[tuple[str, str]]]:
-        """The request target and its headers (signed)."""
+        """The ConverseStream request target and its headers (signed)."""
         path = f"{self._endpoint.base_path}/model/{percent_encode(model_id)}/converse-stream"
-        headers = {"Content-Type": "application/json"}
+        return path, await self.headers(path, body, {"Content-Type": "application/json"})
+
+    async def headers(self, path: str, body: bytes, headers: dict[str, str]
+                      ) -> list[tuple[str, str]]:
+        """``headers`` plus what proves who sent a POST of ``body`` to ``path``."""
         if self._bearer_token:
-            headers["Authorization"] = f"Bearer {self._bearer_token}"
+            headers = {**headers, "Authorization": f"Bearer {self._bearer_token}"}
         else:
             signed = AWSRequest(method="POST", url=self._endpoint.url(path), data=body,
                                 headers=headers)
-            SigV4Auth(await self._frozen(), SIGNING_NAME, self._endpoint.region).add_auth(signed)
+            SigV4Auth(await self._frozen(), self._signing_name,
+                      self._endpoint.region).add_auth(signed)
             headers = dict(signed.headers.items())
-        return path, [("Host", self._endpoint.netloc), *headers.items(),
-                      ("User-Agent", self._user_agent), ("Content-Length", str(len(body)))]
+        return [("Host", self._endpoint.netloc), *headers.items(),
+                ("User-Agent", self._user_agent), ("Content-Length", str(len(body)))]
 
 
 def request_body(payload: dict[str, Any]) -> tuple[str, bytes]:

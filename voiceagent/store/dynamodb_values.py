@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 
 from voiceagent.errors import StoreRejected
 from voiceagent.store.base import BATCH_LIMIT, describe_key
+from voiceagent.store.dynamodb_http import DynamoDBHttpError
 
 Key = tuple[str, str]                # (pk, sk)
 
@@ -75,9 +76,10 @@ def _value_size(value: Mapping[str, Any]) -> int:
 
 
 def error_code(err: BaseException | None) -> str:
+    """DynamoDB's name for the error, from boto3's client or from the writes' own."""
     if isinstance(err, ClientError):
         return str(err.response.get("Error", {}).get("Code", ""))
-    return ""
+    return str(getattr(err, "code", "")) if isinstance(err, DynamoDBHttpError) else ""
 
 
 def where(keys: Sequence[Key]) -> str:

@@ -1,0 +1,272 @@
+"""The DynamoDB store's HTTP writer against an endpoint that misbehaves on purpose
+(``tests/fake_dynamodb.py``, on 127.0.0.1): every fault is a ``StoreError``, transient unless
+DynamoDB refused the item itself (``StoreRejected``); a kept-alive connection the server
+dropped is replaced without the caller noticing; the request is DynamoDB's JSON 1.0, signed
+with SigV4 for ``dynamodb``; and the write-behind queue retries until the writes land.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import trio
+
+from tests.fake_dynamodb import (
+    TABLE,
+    FakeDynamoDB,
+    Reply,
+    http_store,
+    running_fake_dynamodb,
+    signature_ok,
+)
+from voiceagent.errors import StoreError, StoreRejected
+from voiceagent.store import dynamodb, write_behind
+from voiceagent.store.write_behind import WriteBehind, is_permanent
+
+pytestmark = pytest.mark.timeout(30)
+
+PHONE = "+15555550123"
+SECRET = "not-a-secret"              # conftest's aws_env: AKIDEXAMPLE / not-a-secret
+
+
+def item(sk: str, **values: Any) -> dict[str, Any]:
+    return {"pk": PHONE, "sk": sk, **values}
+
+
+@pytest.fixture
+async def fake(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDynamoDB]:
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                 "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    async with running_fake_dynamodb() as server:
+        yield server
+
+
+@pytest.mark.parametrize(("status", "code", "permanent"), [
+    (500, "InternalServerError", False),
+    (400, "ValidationException", True),
+    (400, "ProvisionedThroughputExceededException", False),
+    (400, "SerializationException", True),
+])
+async def test_an_error_answer_is_transient_or_permanent_by_its_code(
+        fake: FakeDynamoDB, status: int, code: str, permanent: bool) -> None:
+    fake.script.append(Reply("error", status, code))
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            with pytest.raises(StoreError) as caught:
+                await store.put(item("chat::1"))
+            assert fake.items == {}
+            await store.put(item("chat::1"))        # the connection was kept: it carries this
+            assert store._http is not None
+            assert (store._http._pool.opened, store._http._pool.reused) == (1, 1)
+    assert isinstance(caught.value, StoreRejected) is permanent
+    assert is_permanent(caught.value) is permanent
+    assert code in str(caught.value)
+    assert PHONE not in str(caught.value)
+    assert len(fake.requests) == 2                  # the writer itself never retries an error
+    assert list(fake.items) == [(PHONE, "chat::1")]
+
+
+async def test_an_expired_token_is_transient_and_the_credentials_are_found_anew(
+        fake: FakeDynamoDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake.script.extend([Reply("error", 500, "InternalServerError"),
+                        Reply("error", 400, "ExpiredTokenException")])
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDROTATED")    # rotated underneath
+            monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "rotated-secret")
+            with pytest.raises(StoreError):
+                await store.put(item("a"))          # a 500: the credentials are kept
+            with pytest.raises(StoreError) as expired:
+                await store.put(item("a"))          # expired: found anew for the next one
+            await store.put(item("a"))
+    assert not is_permanent(expired.value)
+    assert "ExpiredTokenException" in str(expired.value)
+    assert "check the AWS credentials" in str(expired.value)
+    assert [r.access_key for r in fake.requests] == ["AKIDEXAMPLE", "AKIDEXAMPLE", "AKIDROTATED"]
+    assert signature_ok(fake.requests[1], SECRET)
+    assert signature_ok(fake.requests[2], "rotated-secret")
+    assert list(fake.items) == [(PHONE, "a")]
+
+
+async def test_an_answer_failing_its_crc32_is_a_transient_error(fake: FakeDynamoDB) -> None:
+    fake.script.append(Reply("bad_crc"))
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            with pytest.raises(StoreError, match="CRC32") as caught:
+                await store.put(item("a"))
+            await store.put(item("b"))              # a correct CRC32 passes
+    assert not is_permanent(caught.value)
+    assert len(fake.requests) == 2
+
+
+async def test_a_reset_before_the_answer_is_a_transient_error(fake: FakeDynamoDB) -> None:
+    fake.script.append(Reply("reset"))
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            with pytest.raises(StoreError, match="ConnectionResetError") as caught:
+                await store.put(item("a"))
+            await store.put(item("b"))
+    assert not is_permanent(caught.value)
+    assert len(fake.requests) == 2                  # a new connection's failure: not re-sent
+    assert fake.connections == 2
+    assert list(fake.items) == [(PHONE, "b")]
+
+
+async def test_no_answer_is_a_transient_error_at_the_read_timeout(fake: FakeDynamoDB) -> None:
+    fake.script.append(Reply("stall"))
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url, read_timeout_s=0.3) as store:
+            start = trio.current_time()
+            with pytest.raises(StoreError, match=r"no answer from .* within 0.3 s") as caught:
+                await store.put(item("a"))
+            waited = trio.current_time() - start
+            await fake.wait_client_closed(1)        # the client gave the connection up
+            await store.put(item("b"))
+    assert 0.3 <= waited < 2.0
+    assert not is_permanent(caught.value)
+    assert fake.endpoint_url in str(caught.value)
+    assert fake.connections == 2
+    assert list(fake.items) == [(PHONE, "b")]
+
+
+async def test_a_kept_alive_connection_the_server_closed_is_replaced(
+        fake: FakeDynamoDB) -> None:
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            await store.put(item("a"))
+            await fake.close_idle(1)                # the server's keep-alive timeout
+            await store.put(item("b"))
+    assert fake.connections == 2
+    assert [r.connection for r in fake.requests] == [0, 1]
+    assert list(fake.items) == [(PHONE, "a"), (PHONE, "b")]
+
+
+@pytest.mark.parametrize("kind", ["hangup", "reset"])
+async def test_a_reused_connection_dying_before_any_answer_is_sent_again_once(
+        fake: FakeDynamoDB, kind: str) -> None:
+    """The server took the request on the kept-alive connection, then closed it unanswered
+    (it had timed it out as we sent): sent again on a new connection, as urllib3 does."""
+    fake.script.extend([Reply("ok"), Reply(kind)])
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            await store.put(item("a"))
+            await store.put(item("b"))
+            assert store._http is not None
+            assert (store._http._pool.opened, store._http._pool.reused) == (2, 1)
+    assert [r.connection for r in fake.requests] == [0, 0, 1]
+    assert fake.requests[1].body == fake.requests[2].body
+    assert list(fake.items) == [(PHONE, "a"), (PHONE, "b")]
+
+
+async def test_an_answer_cut_short_on_a_reused_connection_is_not_sent_again(
+        fake: FakeDynamoDB) -> None:
+    fake.script.extend([Reply("ok"), Reply("truncated")])
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            await store.put(item("a"))
+            with pytest.raises(StoreError) as caught:
+                await store.put(item("b"))
+    assert not is_permanent(caught.value)
+    assert [r.connection for r in fake.requests] == [0, 0]
+
+
+async def test_unprocessed_items_are_sent_again_and_only_they(
+        fake: FakeDynamoDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dynamodb, "UNPROCESSED_BACKOFF_BASE_S", 0.001)
+    fake.script.append(Reply("unprocessed", count=2))
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            await store.put_many([item(f"m{i}", i=i) for i in range(5)])
+            fake.script.extend([Reply("unprocessed", count=1)] * dynamodb.UNPROCESSED_ATTEMPTS)
+            with pytest.raises(StoreError, match="1 of 2 items unprocessed") as caught:
+                await store.put_many([item("x"), item("y")])
+    sent = [[i["sk"]["S"] for i in r.put_items()] for r in fake.requests]
+    assert sent[:2] == [["m0", "m1", "m2", "m3", "m4"], ["m3", "m4"]]
+    assert sent[2:] == [["x", "y"]] + [["y"]] * (dynamodb.UNPROCESSED_ATTEMPTS - 1)
+    assert {r.operation for r in fake.requests} == {"BatchWriteItem"}
+    assert not is_permanent(caught.value)
+    assert sorted(sk for _, sk in fake.items) == ["m0", "m1", "m2", "m3", "m4", "x"]
+
+
+async def test_the_requests_are_dynamodb_json_signed_for_dynamodb(fake: FakeDynamoDB) -> None:
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            await store.put(item("one", n=1.5, big=10**30, flag=True, none=None,
+                                 list=["a", 2, []], map={"k": "vé"}))
+            await store.put_many([item(f"b{i}") for i in range(3)])
+    put, batch = fake.requests
+    for seen, operation in ((put, "PutItem"), (batch, "BatchWriteItem")):
+        assert (seen.method, seen.target) == ("POST", "/")
+        assert seen.headers["x-amz-target"] == f"DynamoDB_20120810.{operation}"
+        assert seen.headers["content-type"] == "application/x-amz-json-1.0"
+        assert seen.headers["host"] == f"127.0.0.1:{fake.port}"
+        assert seen.headers["content-length"] == str(len(seen.body))
+        assert seen.headers["user-agent"].startswith("voiceagent/")
+        authorization = seen.headers["authorization"]
+        assert re.match(r"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/\d{8}/us-east-1/dynamodb/"
+                        r"aws4_request, SignedHeaders=\S*host\S*x-amz-target", authorization)
+        assert signature_ok(seen, SECRET)
+        assert not signature_ok(replace(seen, body=seen.body + b" "), SECRET)
+    assert put.payload == {"TableName": TABLE, "Item": {
+        "pk": {"S": PHONE}, "sk": {"S": "one"}, "n": {"N": "1.5"},
+        "big": {"N": str(10**30)}, "flag": {"BOOL": True}, "none": {"NULL": True},
+        "list": {"L": [{"S": "a"}, {"N": "2"}, {"L": []}]}, "map": {"M": {"k": {"S": "vé"}}}}}
+    assert batch.payload == {"RequestItems": {TABLE: [
+        {"PutRequest": {"Item": {"pk": {"S": PHONE}, "sk": {"S": f"b{i}"}}}} for i in range(3)]}}
+    assert put.connection == batch.connection == 0
+
+
+async def test_a_cancel_lets_the_write_in_flight_finish(fake: FakeDynamoDB) -> None:
+    fake.script.append(Reply("hold"))
+    outcome: list[str] = []
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            async with trio.open_nursery() as nursery:
+                async def write() -> None:
+                    await store.put(item("a"))
+                    outcome.append("returned")
+
+                nursery.start_soon(write)
+                await fake.wait_requests(1)
+                nursery.cancel_scope.cancel()       # before the answer comes
+                fake.release.set()
+    assert outcome == ["returned"]
+    assert list(fake.items) == [(PHONE, "a")]
+
+
+async def test_the_write_behind_retries_until_the_writes_land(
+        fake: FakeDynamoDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(write_behind, "BACKOFF_BASE_S", 0.02)
+    fake.script.extend([Reply("error", 500, "InternalServerError")] * 2)
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            writer = WriteBehind(store, jitter=lambda: 1.0)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(writer.run)
+                start = trio.current_time()
+                for i in range(3):
+                    writer.submit(item(f"chat::{i}", text=f"t{i}"), call_sid="CA1")
+                assert await writer.flush(timeout_s=5.0)
+                took = trio.current_time() - start
+                stats = writer.statistics()
+                # a refused item is dropped, the rest of its batch written
+                fake.script.extend([Reply("error", 400, "ValidationException"), Reply("ok"),
+                                    Reply("error", 400, "ValidationException"), Reply("ok")])
+                for sk in ("good", "bad", "fine"):
+                    writer.submit(item(sk), call_sid="CA2")
+                assert await writer.flush(timeout_s=5.0)
+                after = writer.statistics()
+                nursery.cancel_scope.cancel()
+    assert (stats.written, stats.retries, stats.failed, stats.pending) == (3, 2, 0, 0)
+    assert not stats.store_down
+    assert took >= 0.02 + 0.04                      # the two backoffs, jitter pinned
+    assert (after.written, after.failed) == (5, 1)
+    assert [len(r.put_items()) for r in fake.requests] == [3, 3, 3, 3, 1, 1, 1]
+    assert sorted(sk for _, sk in fake.items) == ["chat::0", "chat::1", "chat::2", "fine",
+                                                   "good"]
+    assert fake.connections == 1                    # error answers keep the connection

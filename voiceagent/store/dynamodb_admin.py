@@ -1,0 +1,129 @@
+"""The table itself, for ``voiceagent store init``, ``check`` and start-up: describe it, check
+its keys, create it (on demand, GSI, TTL) and wait until it is ACTIVE. Rare, slow calls: they
+go through the store's boto3 client in a worker thread, like its reads."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import trio
+
+from voiceagent.errors import StoreError
+from voiceagent.store.base import INDEX_NAME, TTL_ATTRIBUTE
+from voiceagent.store.dynamodb_table import is_active, table_definition, table_problems
+from voiceagent.store.dynamodb_values import Key, error_code
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+TABLE_ACTIVE_TIMEOUT_S = 300.0       # a new on-demand table is usually ACTIVE within seconds
+TABLE_POLL_S = 0.5
+CREDENTIAL_CODES = frozenset({"AccessDeniedException", "UnrecognizedClientException",
+                              "InvalidSignatureException", "ExpiredTokenException",
+                              "MissingAuthenticationTokenException"})
+
+
+class TableAdmin:
+    """Mixed into ``DynamoDBStore``, which provides these."""
+
+    table_name: str
+    _client: Any
+
+    @property
+    def endpoint(self) -> str:
+        raise NotImplementedError
+
+    async def _call(self, operation: str, fn: Callable[[], T], *,
+                    keys: tuple[Key, ...] | list[Key] = (), read: bool = False) -> T:
+        raise NotImplementedError
+
+    async def describe(self) -> dict[str, Any] | None:
+        """DescribeTable's ``Table``, or None when there is no such table."""
+        try:
+            response = await self._call("describe", lambda: self._client.describe_table(
+                TableName=self.table_name), read=True)
+        except StoreError as err:
+            if error_code(err.__cause__) == "ResourceNotFoundException":
+                return None
+            raise
+        table: dict[str, Any] = response["Table"]
+        return table
+
+    async def check_table(self) -> None:
+        """Fail early, naming the table and endpoint, when the table is missing or keyed
+        differently. A principal not allowed to DescribeTable is let through (logged)."""
+        try:
+            table = await self.describe()
+        except StoreError as err:
+            if error_code(err.__cause__) in CREDENTIAL_CODES:
+                log.warning("cannot describe the table, skipping the schema check",
+                            extra={"table": self.table_name, "error": error_code(err.__cause__)})
+                return
+            raise
+        if table is None:
+            raise StoreError(f"DynamoDB table {self.table_name!r} does not exist at "
+                             f"{self.endpoint}; create it with `voiceagent store init` or "
+                             "check TABLE_NAME and AWS_REGION")
+        problems = table_problems(table)
+        if problems:
+            raise StoreError(f"DynamoDB table {self.table_name!r} does not have voiceagent's "
+                             f"schema: {'; '.join(problems)}")
+
+    async def ensure_table(self, *, timeout_s: float = TABLE_ACTIVE_TIMEOUT_S) -> list[str]:
+        """Create the table (on-demand, GSI, TTL) unless it exists, wait until it is ACTIVE,
+        and return what was done, one line each. An existing table with the right keys is
+        left as it is (TTL is switched on if off); other keys raise ``StoreError`` listing
+        every difference."""
+        done: list[str] = []
+        table = await self.describe()
+        if table is None:
+            table = await self._create_table()
+            done.append(f"created table {self.table_name} (pk/sk strings, GSI {INDEX_NAME} "
+                        "on pk1/sk1 projecting ALL, on-demand)")
+        problems = table_problems(table)
+        if problems:
+            raise StoreError(f"DynamoDB table {self.table_name!r} exists at {self.endpoint} "
+                             f"with another schema: {'; '.join(problems)}")
+        with trio.move_on_after(timeout_s):
+            while not is_active(table):
+                await trio.sleep(TABLE_POLL_S)
+                table = await self.describe() or table
+        if not is_active(table):
+            raise StoreError(f"DynamoDB table {self.table_name!r} is not ACTIVE after "
+                             f"{timeout_s:g} s (status {table.get('TableStatus')}); run "
+                             "`voiceagent store init` again to keep waiting")
+        done.extend(await self._ensure_ttl())
+        if not done:
+            done.append(f"table {self.table_name} already exists with the expected schema")
+        return done
+
+    async def _create_table(self) -> dict[str, Any]:
+        def create() -> dict[str, Any]:
+            response = self._client.create_table(**table_definition(self.table_name))
+            return dict(response["TableDescription"])
+
+        try:
+            return await self._call("create_table", create)
+        except StoreError as err:
+            if error_code(err.__cause__) != "ResourceInUseException":    # created meanwhile
+                raise
+            return await self.describe() or {}
+
+    async def _ensure_ttl(self) -> list[str]:
+        response = await self._call("describe_ttl", lambda: self._client.describe_time_to_live(
+            TableName=self.table_name), read=True)
+        ttl = response.get("TimeToLiveDescription", {})
+        status, attribute = ttl.get("TimeToLiveStatus"), ttl.get("AttributeName")
+        if status in ("ENABLED", "ENABLING"):
+            if attribute != TTL_ATTRIBUTE:
+                raise StoreError(f"DynamoDB table {self.table_name!r} has TTL on "
+                                 f"{attribute!r}; voiceagent's items expire on "
+                                 f"{TTL_ATTRIBUTE!r}")
+            return []
+        await self._call("update_ttl", lambda: self._client.update_time_to_live(
+            TableName=self.table_name, TimeToLiveSpecification={
+                "Enabled": True, "AttributeName": TTL_ATTRIBUTE}))
+        return [f"enabled TTL on {TTL_ATTRIBUTE}"]

@@ -1,0 +1,198 @@
+"""DynamoDB's writes on the event loop, over the connections and the signer the model uses.
+
+Why not boto3 in a worker thread, as the reads still go: botocore spends ~2.5 ms of CPU on
+each request (parameter validation, serialisation, signing, urllib3, parsing), and it spends
+it holding the GIL in a thread the event loop then has to win the GIL back from, up to a
+switch interval (5 ms) each time the loop wakes. Measured with the gate shape of
+``benchmarks/bench_latency.py`` at 500 calls (issue 20, benchmarks/RESULTS.md): writes are most
+of a call's store requests (sessions, then every message), and with them in threads the server
+used 51 % of its core and added 35 ms at p99; the same load on SQLite 38 % and 11 ms. Here a
+write is one ``json.dumps``, one SigV4 signature and one exchange on a kept-alive connection,
+done in the loop's own time between other work, with no hand-off.
+
+The protocol: DynamoDB's JSON 1.0, ``POST /`` with ``X-Amz-Target: DynamoDB_20120810.<Op>`` and
+the operation's input as botocore sends it (attribute values already typed: ``{"S": ...}``,
+``{"N": "12"}``); an error is a 4xx/5xx whose JSON names it in ``__type`` (after the ``#``) and
+``message``. The body's CRC32 (``x-amz-crc32``) is checked, as botocore does. The parts are the
+model transport's (``voiceagent.llm``): h11, the standard library's TLS with the CA bundle
+botocore would use, HTTPS_PROXY / NO_PROXY, a LIFO pool of kept-alive connections; botocore's
+SigV4 with the credentials of boto3's standard chain, renewed when DynamoDB calls them expired
+or unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+import botocore
+import botocore.session
+import h11
+import trio
+from botocore.credentials import Credentials
+from botocore.httpsession import get_cert_path
+
+from voiceagent import __version__
+from voiceagent.errors import SettingsError
+from voiceagent.llm.bedrock import proxy_for
+from voiceagent.llm.bedrock_http import Connection, ConnectionPool, ssl_context
+from voiceagent.llm.bedrock_signing import Endpoint, Signer
+from voiceagent.llm.net import Proxy
+
+TARGET_PREFIX = "DynamoDB_20120810"
+CONTENT_TYPE = "application/x-amz-json-1.0"
+SIGNING_NAME = "dynamodb"
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024      # a write's answer is small; a read's at most ~1 MB
+
+
+class DynamoDBHttpError(Exception):
+    """DynamoDB answered with an error: ``code`` as botocore names it (``__type`` after '#')."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class DynamoDBHttp:
+    """One endpoint's requests, from the event loop. Transport failures (refused, reset,
+    timed out, TLS) are raised as they are, for the store to translate."""
+
+    def __init__(self, pool: ConnectionPool, signer: Signer, *, read_timeout_s: float) -> None:
+        self._pool = pool
+        self._signer = signer
+        self.read_timeout_s = read_timeout_s
+        self._path = pool.endpoint.base_path or "/"
+        self.endpoint_url = pool.endpoint.url(pool.endpoint.base_path)
+
+    async def call(self, operation: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """One request; its answer as JSON. A reused connection that turns out dead before
+        any answer arrived is replaced once (the request is sent again, as urllib3 does: the
+        writes sent this way are idempotent puts)."""
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        headers = await self._signer.headers(self._path, body, {
+            "Content-Type": CONTENT_TYPE, "X-Amz-Target": f"{TARGET_PREFIX}.{operation}"})
+        try:
+            status, crc, data = await self._exchange(headers, body, fresh=False)
+        except _DeadIdle:
+            status, crc, data = await self._exchange(headers, body, fresh=True)
+        if crc is not None and zlib.crc32(data) != crc:
+            raise OSError(f"the answer to {operation} failed its CRC32 check (corrupted in "
+                          "transit)")
+        try:
+            answer = json.loads(data) if data else {}
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise DynamoDBHttpError("InvalidResponse", f"HTTP {status}, not a JSON object: "
+                                    f"{data[:200]!r}", status)
+        if status >= 300:
+            code = str(answer.get("__type", "")).rpartition("#")[2] or f"HTTP{status}"
+            message = str(answer.get("message") or answer.get("Message") or "")
+            if code in RENEW_CREDENTIALS:
+                await self._signer.renew()          # rotated or expired: the next try signs anew
+            raise DynamoDBHttpError(code, message, status)
+        return answer
+
+    async def _exchange(self, headers: list[tuple[str, str]], body: bytes, *,
+                        fresh: bool) -> tuple[int, int | None, bytes]:
+        connection, reused = await self._pool.acquire(fresh=fresh)
+        answered = False
+        try:
+            with trio.fail_after(self.read_timeout_s):
+                state = connection.h11
+                data = state.send(h11.Request(method="POST", target=self._path,
+                                              headers=headers)) or b""
+                data += state.send(h11.Data(data=body)) or b""
+                data += state.send(h11.EndOfMessage()) or b""
+                await connection.link.send_all(data)
+                status, crc, chunks, size = 0, None, [], 0
+                while True:
+                    event = state.next_event()
+                    if event is h11.NEED_DATA:
+                        state.receive_data(await connection.link.receive())
+                    elif isinstance(event, h11.Response):
+                        answered = True
+                        status, crc = event.status_code, _crc(event.headers)
+                    elif isinstance(event, h11.Data):
+                        size += len(event.data)
+                        if size > MAX_RESPONSE_BYTES:
+                            raise OSError(f"an answer over {MAX_RESPONSE_BYTES} bytes")
+                        chunks.append(event.data)
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                    else:                           # ConnectionClosed before the end
+                        raise ConnectionResetError("DynamoDB closed the connection mid-answer")
+        except BaseException as err:
+            connection.link.close_now()
+            if reused and not fresh and not answered and isinstance(
+                    err, OSError | h11.ProtocolError | trio.BrokenResourceError):
+                raise _DeadIdle() from err
+            raise
+        self._pool.release(connection)
+        return status, crc, b"".join(chunks)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+RENEW_CREDENTIALS = frozenset({"ExpiredTokenException", "UnrecognizedClientException",
+                               "InvalidSignatureException"})
+
+
+class _DeadIdle(Exception):
+    """A kept-alive connection the server had closed: send on a new one."""
+
+
+def _crc(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"x-amz-crc32":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _resolve_credentials() -> Credentials | None:
+    """Blocking: boto3's standard chain, from its start."""
+    credentials: Credentials | None = botocore.session.Session().get_credentials()
+    return credentials
+
+
+def make_http(endpoint_url: str, region: str, *, connect_timeout_s: float,
+              read_timeout_s: float, max_idle: int,
+              refresh_limiter: trio.CapacityLimiter) -> DynamoDBHttp:
+    """Blocking (credentials and the CA bundle are read from disk): call it in a thread.
+    ``endpoint_url`` and ``region`` as the boto3 client resolved them, so AWS_ENDPOINT_URL_
+    DYNAMODB, FIPS and the rest apply alike to reads and writes."""
+    endpoint = Endpoint.from_url(endpoint_url, region)
+    context = None
+    if endpoint.scheme == "https":
+        core = botocore.session.Session()
+        bundle = core.get_config_variable("ca_bundle") or get_cert_path(True)
+        try:
+            context = ssl_context(bundle)
+        except (OSError, ssl.SSLError) as err:
+            raise SettingsError([f"AWS_CA_BUNDLE (or the profile's ca_bundle): cannot load "
+                                 f"{bundle} for DynamoDB: {err}"]) from None
+    proxy = None
+    proxy_url = proxy_for(endpoint_url)
+    if proxy_url is not None:
+        try:
+            proxy = Proxy.from_url(proxy_url)
+        except ValueError as err:
+            raise SettingsError([f"HTTPS_PROXY / HTTP_PROXY for DynamoDB: {err}"]) from None
+    user_agent = f"voiceagent/{__version__} trio botocore/{botocore.__version__}"
+    signer = Signer(endpoint, _resolve_credentials, None, user_agent, refresh_limiter,
+                    signing_name=SIGNING_NAME)
+    pool = ConnectionPool(endpoint, connect_timeout_s=connect_timeout_s, max_idle=max_idle,
+                          ssl_context=context, proxy=proxy)
+    return DynamoDBHttp(pool, signer, read_timeout_s=read_timeout_s)
+
+
+__all__ = ["Connection", "DynamoDBHttp", "DynamoDBHttpError", "make_http"]
