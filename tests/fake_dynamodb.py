@@ -242,6 +242,10 @@ class FakeDynamoDB:
         if reply.kind == "error":
             return reply.status, {"__type": ERROR_PREFIX + reply.code,
                                   "message": f"fake: {reply.code}"}
+        if seen.operation == "GetItem":
+            key = seen.payload["Key"]
+            found = self.items.get((key["pk"]["S"], key["sk"]["S"]))
+            return 200, {"Item": found} if found is not None else {}
         items = seen.put_items()
         keep = len(items) - reply.count if reply.kind == "unprocessed" else len(items)
         for item in items[:keep]:

@@ -67,7 +67,7 @@ def _spy_on_writes(store: DynamoDBStore, monkeypatch: pytest.MonkeyPatch
         via_boto3.append(model.name)
 
     monkeypatch.setattr(http, "call", spy)
-    for operation in ("PutItem", "BatchWriteItem"):
+    for operation in ("PutItem", "BatchWriteItem", "GetItem"):
         store._client.meta.events.register(f"before-call.dynamodb.{operation}", record)
     return sent, via_boto3
 
@@ -92,10 +92,12 @@ async def test_writes_go_over_http_and_read_back_exactly(
                 assert await store.query("CA01") == messages
                 assert await store.query_index("profile") == [PROFILE]
                 # moto's server (werkzeug) answers "Connection: close": one connection per
-                # write, none kept (reuse is tested against test_dynamodb_http_faults' fake)
+                # request, none kept (reuse is tested against test_dynamodb_http_faults' fake)
                 pool = store._http._pool
-                assert (pool.opened, pool.reused, pool.idle) == (3, 0, 0)
-    assert sent == [("PutItem", 1), ("BatchWriteItem", 25), ("BatchWriteItem", 5)]
+                assert (pool.opened, pool.reused, pool.idle) == (4, 0, 0)
+                assert await store.get(PHONE, "nothing here") is None
+    assert sent == [("PutItem", 1), ("BatchWriteItem", 25), ("BatchWriteItem", 5),
+                    ("GetItem", 1), ("GetItem", 1)]
     assert via_boto3 == []
 
 

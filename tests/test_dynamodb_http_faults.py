@@ -239,6 +239,26 @@ async def test_a_cancel_lets_the_write_in_flight_finish(fake: FakeDynamoDB) -> N
     assert list(fake.items) == [(PHONE, "a")]
 
 
+async def test_a_read_is_abandoned_when_cancelled_and_reads_what_was_written(
+        fake: FakeDynamoDB) -> None:
+    """Nobody wants a cancelled read's answer (the call it was for has gone): its connection
+    is closed at once, unlike a write's."""
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            await store.put(item("a", text="hello"))
+            assert await store.get(PHONE, "a") == item("a", text="hello")
+            assert await store.get(PHONE, "missing") is None
+            fake.script.append(Reply("stall"))
+            with trio.move_on_after(5) as waited:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(store.get, PHONE, "a")
+                    await fake.wait_requests(4)
+                    nursery.cancel_scope.cancel()
+            await fake.wait_client_closed(1)
+    assert not waited.cancelled_caught
+    assert [r.operation for r in fake.requests] == ["PutItem", "GetItem", "GetItem", "GetItem"]
+
+
 async def test_the_write_behind_retries_until_the_writes_land(
         fake: FakeDynamoDB, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(write_behind, "BACKOFF_BASE_S", 0.02)

@@ -5,11 +5,12 @@ every attribute projected, TTL on ``expireAt``), so a table that sample filled w
 and ``voiceagent store init`` (``ensure_table``) creates the same one anywhere.
 
 One low-level boto3 client per process, owned by the store (``aclose`` closes it), created
-with ``open_dynamodb_store``. Reads and table work run in a worker thread through
+with ``open_dynamodb_store``. Queries and table work run in a worker thread through
 ``run_blocking`` and the limiter the owner passes in; the client's connection pool is sized to
-that limiter. Writes (every message of every call) go from the event loop instead, through
-``dynamodb_http`` (why: there), when the store was opened with ``open_dynamodb_store``; a store
-built around a bare client writes through it. The endpoint and credentials come from the
+that limiter. Writes (every message of every call) and single-item reads (every call's
+profile) go from the event loop instead, through ``dynamodb_http`` (why: there), when the
+store was opened with ``open_dynamodb_store``; a store built around a bare client uses it for
+everything. The endpoint and credentials come from the
 standard AWS variables and files, which boto3 reads itself (``AWS_ENDPOINT_URL_DYNAMODB``
 points it at DynamoDB Local or moto) and the writes follow.
 
@@ -109,10 +110,13 @@ class DynamoDBStore(TableAdmin):
     # ------------------------------------------------------------------ the Store interface
 
     async def get(self, pk: str, sk: str) -> Item | None:
-        response = await self._call(
-            "get", lambda: self._client.get_item(
-                TableName=self.table_name, Key=self._key(pk, sk), ConsistentRead=True),
-            keys=[(pk, sk)], read=True)
+        request = {"TableName": self.table_name, "Key": self._key(pk, sk),
+                   "ConsistentRead": True}
+        if self._http is not None:      # on every call's path (its caller's profile)
+            response = await self._call_http("get", "GetItem", request, [(pk, sk)], read=True)
+        else:
+            response = await self._call("get", partial(self._client.get_item, **request),
+                                        keys=[(pk, sk)], read=True)
         found = response.get("Item")
         return self._decode(found) if found is not None else None
 
@@ -237,15 +241,15 @@ class DynamoDBStore(TableAdmin):
             raise StoreError(f"dynamodb {operation} on {self.table_name} failed: {err}") from err
 
     async def _call_http(self, operation: str, target: str, payload: dict[str, Any],
-                         keys: Sequence[Key]) -> dict[str, Any]:
-        """One write from the event loop, errors translated as ``_call`` does. A cancel
-        waits for the attempt to end (bounded by the connect and read timeouts), as a write
-        in a thread would."""
+                         keys: Sequence[Key], *, read: bool = False) -> dict[str, Any]:
+        """One request from the event loop, errors translated as ``_call`` does. A cancel
+        waits for a write's attempt to end (bounded by the connect and read timeouts), as a
+        write in a thread would; a read is abandoned (its connection closed)."""
         if self._closed or self._http is None:
             raise StoreError(f"dynamodb {operation} on {self.table_name}: the store is closed")
         await trio.lowlevel.checkpoint_if_cancelled()     # as a thread's start would
         try:
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=not read):
                 answer = await self._http.call(target, payload)
         except DynamoDBHttpError as err:
             raise self._error(operation, err.code, err.message, keys) from err

@@ -1,6 +1,7 @@
-"""DynamoDB's writes on the event loop, over the connections and the signer the model uses.
+"""DynamoDB's writes and single-item reads on the event loop, over the connections and the
+signer the model uses.
 
-Why not boto3 in a worker thread, as the reads still go: botocore spends ~2.5 ms of CPU on
+Why not boto3 in a worker thread, as queries still go: botocore spends ~2.5 ms of CPU on
 each request (parameter validation, serialisation, signing, urllib3, parsing), and it spends
 it holding the GIL in a thread the event loop then has to win the GIL back from, up to a
 switch interval (5 ms) each time the loop wakes. Measured with the gate shape of
@@ -72,7 +73,7 @@ class DynamoDBHttp:
     async def call(self, operation: str, payload: dict[str, Any]) -> dict[str, Any]:
         """One request; its answer as JSON. A reused connection that turns out dead before
         any answer arrived is replaced once (the request is sent again, as urllib3 does: the
-        writes sent this way are idempotent puts)."""
+        requests sent this way are idempotent puts and gets)."""
         body = json.dumps(payload, separators=(",", ":")).encode()
         headers = await self._signer.headers(self._path, body, {
             "Content-Type": CONTENT_TYPE, "X-Amz-Target": f"{TARGET_PREFIX}.{operation}"})
