@@ -49,15 +49,10 @@ import argparse
 import json
 import os
 import platform
-import signal
-import ssl
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,18 +62,27 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import server_process
+from latency_figures import (
+    endpoint_lag_ms,
+    endpoint_stats,
+    exit_lines,
+    keypad_latencies_ms,
+    lags_by_turn,
+    pauses,
+    server_overheads_ms,
+    steady,
+    turn_summaries,
+    upstream_closed_ms,
+)
+from latency_report import check, p_, print_gate_goals, print_level
 from local_stack import TOKEN, Stack, StackOptions, local_stack
 
-from voiceagent.app.bench import (
-    BenchOptions,
-    Step,
-    format_table,
-    percentiles,
-    run_bench,
-)
+from voiceagent.app.bench import BenchOptions, Step, run_bench
+from voiceagent.app.bench_report import percentiles
 from voiceagent.app.procstat import read_process
 
-GOAL_OVERHEAD_P99_MS = {500: 5.0, 2000: 50.0}
+GOAL_OVERHEAD_P99_MS = {500: 5.0, 2000: 50.0}          # issue 8, the steady shape
+GATE_GOAL_OVERHEAD_P99_MS = {500: 8.0, 2000: 50.0}     # issue 20, the gate shapes
 GOAL_IDLE_KB = 100.0
 GOAL_UPSTREAM_CLOSED_P99_MS = 10.0
 THINK_JITTER = 0.5              # pauses vary +-50 %: callers are not in step
@@ -166,132 +170,6 @@ def stop_servers(processes: list[subprocess.Popen[bytes]]) -> None:
         server_process.stop(process, timeout_s=60)
 
 
-def exit_lines(log_paths: list[Path]) -> list[dict[str, Any]]:
-    """Each worker's "server stopped" line: its collections and its longest loop lag."""
-    found = []
-    for path in log_paths:
-        for line in path.read_text().splitlines():
-            if '"server stopped"' in line:
-                found.append(json.loads(line))
-    return found
-
-
-def pauses(lines: list[dict[str, Any]]) -> dict[str, Any]:
-    """Collections summed over the workers, by generation, and the longest loop lag."""
-    total: dict[str, dict[str, float]] = {}
-    for line in lines:
-        for generation, row in (line.get("gc_pauses") or {}).items():
-            into = total.setdefault(generation, {"count": 0, "total_ms": 0.0,
-                                                 "longest_ms": 0.0})
-            into["count"] += row["count"]
-            into["total_ms"] = round(into["total_ms"] + row["total_ms"], 1)
-            into["longest_ms"] = max(into["longest_ms"], row["longest_ms"])
-    return {"gc": total, "loop_lag_longest_ms": max(
-        (line.get("loop_lag_longest_ms") or 0.0 for line in lines), default=None)}
-
-
-def turn_summaries(log_paths: list[Path]) -> list[dict[str, Any]]:
-    turns = []
-    for path in log_paths:
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("event") == "turn done" and entry.get("kind") == "caller":
-                turns.append(entry)
-    return turns
-
-
-def steady(turns: list[dict[str, Any]], loaded: dict[str, Any]) -> list[dict[str, Any]]:
-    """The turns that ended after the ramp, when every call was up."""
-    since = loaded["started_at"] + loaded["measured_from_s"]
-    return [t for t in turns if t.get("ts", 0) >= since]
-
-
-def server_overheads_ms(turns: list[dict[str, Any]], first_token_ms: float,
-                        lags_ms: dict[tuple[str, int], float] | None = None) -> list[float]:
-    """Caller turns the model answered: application latency minus the model's delay, and
-    minus the endpoint's own lag for that turn's request when ``lags_ms`` has it."""
-    values = []
-    for t in turns:
-        if t.get("latency_ms") is None or t.get("rounds", 0) < 1:
-            continue
-        lag = 0.0 if lags_ms is None else lags_ms.get((t.get("call_sid", ""), t["turn"]))
-        if lag is not None:
-            values.append(t["latency_ms"] - first_token_ms - lag)
-    return values
-
-
-def lags_by_turn(turns: list[dict[str, Any]], stats: dict[str, Any]) -> dict[tuple[str, int],
-                                                                             float]:
-    """The endpoint's lag sending the first token of each turn's first request: a call's
-    requests in order against its turns in order, each turn taking as many requests as it
-    had model rounds (a call whose counts do not match is left out)."""
-    requests: dict[str, list[dict[str, Any]]] = {}
-    for request in stats["requests"]:
-        requests.setdefault(request["call_sid"], []).append(request)
-    by_call: dict[str, list[dict[str, Any]]] = {}
-    for t in turns:
-        by_call.setdefault(t.get("call_sid", ""), []).append(t)
-    lags = {}
-    for call_sid, call_turns in by_call.items():
-        queue = sorted(requests.get(call_sid, ()), key=lambda r: r["index"])
-        ordered = sorted(call_turns, key=lambda t: t["turn"])
-        if sum(t.get("rounds", 0) for t in ordered) != len(queue):
-            continue
-        at = 0
-        for t in ordered:
-            rounds = t.get("rounds", 0)
-            if rounds and queue[at].get("first_late_s") is not None:
-                lags[(call_sid, t["turn"])] = queue[at]["first_late_s"] * 1000
-            at += rounds
-    return lags
-
-
-def keypad_latencies_ms(turns: list[dict[str, Any]]) -> list[float]:
-    """Keypad handler replies (no model): application latency is all ours."""
-    return [t["latency_ms"] for t in turns
-            if t.get("latency_ms") is not None and t.get("rounds", 0) == 0]
-
-
-# ------------------------------------------------------------------ the endpoint's side
-
-def endpoint_stats(stack: Stack) -> dict[str, Any] | None:
-    url = stack.env.get("AWS_ENDPOINT_URL_BEDROCK_RUNTIME")
-    if url is None:
-        return None
-    ca_bundle = stack.env.get("AWS_CA_BUNDLE")
-    context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
-    with urllib.request.urlopen(url + "/stats", timeout=30, context=context) as response:
-        stats: dict[str, Any] = json.loads(response.read())
-        return stats
-
-
-def upstream_closed_ms(barge_ins: list[dict[str, Any]], stats: dict[str, Any]) -> list[float]:
-    """Per barge-in: interrupt sent (the caller's clock) -> the endpoint saw the stream's
-    connection close. Both are CLOCK_MONOTONIC readings (``time.monotonic`` and
-    ``time.perf_counter`` on Linux), shared by every process of the machine."""
-    closed_at = {c["id"]: c["closed_at"] for c in stats["connections"]}
-    by_call: dict[str, list[dict[str, Any]]] = {}
-    for request in stats["requests"]:
-        by_call.setdefault(request["call_sid"], []).append(request)
-    figures = []
-    for barge in barge_ins:
-        sent = barge["sent_at_monotonic"]
-        cut = [r for r in by_call.get(barge["call_sid"], ())
-               if r["outcome"] == "client_closed" and r["received_at"] <= sent
-               and (closed_at.get(r["connection"]) or 0) >= sent]
-        if cut:
-            figures.append(min(closed_at[r["connection"]] for r in cut) - sent)
-    return figures
-
-
-def endpoint_lag_ms(stats: dict[str, Any], since_monotonic: float) -> list[float]:
-    return [r["first_late_s"] for r in stats["requests"]
-            if r.get("first_late_s") is not None and r["received_at"] >= since_monotonic]
-
-
 # ------------------------------------------------------------------ one level
 
 @dataclass(frozen=True)
@@ -328,38 +206,6 @@ def helper_cpu_s(stack: Stack) -> dict[str, float]:
     return cpu
 
 
-@contextmanager
-def profiling(folder: Path | None, pids: tuple[int, ...], name: str) -> Iterator[None]:
-    """py-spy samples each server process while the block runs (``--nonblocking``: it reads
-    the process's memory without stopping it, so the figures stay the server's own) and
-    writes a flame graph per process; ``*.gil.svg`` only the samples holding the GIL, where
-    a thread of boto3's shows up against the event loop; ``*.txt`` the same samples as
-    collapsed stacks, one line per stack, to sum with a script."""
-    if folder is None:
-        yield
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    spies = []
-    for n, pid in enumerate(pids):
-        for suffix, form, extra in (("svg", "flamegraph", []), ("gil.svg", "flamegraph", ["--gil"]),
-                                    ("txt", "raw", [])):
-            out = folder / f"flame-{name}-{n}.{suffix}"
-            spies.append(subprocess.Popen(
-                ["py-spy", "record", "--pid", str(pid), "--nonblocking", "--threads",
-                  "--rate", "200", "--format", form, "--output", str(out), *extra],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-    try:
-        yield
-    finally:
-        for spy in spies:
-            spy.send_signal(signal.SIGINT)      # py-spy writes its file on SIGINT
-        for spy in spies:
-            _, err = spy.communicate(timeout=60)
-            if spy.returncode not in (0, -signal.SIGINT):
-                print(f"py-spy: {err.decode()[-300:]}", file=sys.stderr)
-        print(f"flame graphs: {folder}/flame-{name}-*.svg", file=sys.stderr)
-
-
 def loaded_run(url: str, calls: int, plan: Plan, pids: tuple[int, ...],
                auth_token: str = TOKEN) -> dict[str, Any]:
     """Every call up at once for ``plan.window_s`` after the ramp; figures from then on. With
@@ -394,7 +240,7 @@ def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, An
                 url=url, calls=calls, ramp_s=ramp_s, script=(), auth_token=TOKEN,
                 server_pids=pids, until_s=ramp_s + IDLE_HOLD_S, progress=False))
             helpers_before = helper_cpu_s(stack)
-            with profiling(plan.profile, pids, f"{calls}-calls"):
+            with server_process.profiling(plan.profile, pids, f"{calls}-calls"):
                 loaded = loaded_run(url, calls, plan, pids)
             helpers_after = helper_cpu_s(stack)
             stats = endpoint_stats(stack)
@@ -459,72 +305,6 @@ def _minus(row: dict[str, Any], ms: float) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ report
 
-SIDE_BY_SIDE = (("application latency p50 (ms)", ("latency_ms", "p50")),
-                ("application latency p99 (ms)", ("latency_ms", "p99")),
-                ("inter-token gap p99 (ms)", ("inter_token_ms", "p99")),
-                ("barge-in stop p99 (ms)", ("barge_in_stop_ms", "p99")),
-                ("server CPU per token (us)", ("server", "cpu_per_token_us")),
-                ("server CPU (% of a core)", ("server", "cpu_percent")),
-                ("frames per 100 tokens", ("frames_per_100", None)),
-                ("errors", ("errors", None)))
-
-
-def side_by_side(result: dict[str, Any]) -> str:
-    """Client-side figures of our server and the baseline, same script, same run."""
-    ours, theirs = result["loaded"], result["baseline"]
-    lines = [f"{result['calls']} calls, ours vs baseline ({theirs['url']}):",
-             f"  {'':<30}{'ours':>10}{'baseline':>10}{'ratio':>8}"]
-    for label, (key, sub) in SIDE_BY_SIDE:
-        values = []
-        for run in (ours, theirs):
-            if key == "frames_per_100":
-                value = round(100 * run["frames"] / run["tokens"], 1) if run["tokens"] else None
-            else:
-                value = run.get(key)
-                value = (value or {}).get(sub) if sub else value
-            values.append(value)
-        ratio = (f"{values[0] / values[1]:.2f}" if isinstance(values[0], int | float)
-                 and isinstance(values[1], int | float) and values[1] else "-")
-        lines.append(f"  {label:<30}{values[0]!s:>10}{values[1]!s:>10}{ratio:>8}")
-    return "\n".join(lines)
-
-
-def check(label: str, value: float | None, goal: float, calls: int) -> str:
-    if value is None:
-        return f"{label} at {calls} calls: not measured"
-    if value <= goal:
-        return f"{label} at {calls} calls: {value} <= goal {goal}: met"
-    return (f"{label} at {calls} calls: {value} > goal {goal}: missed by "
-            f"{value - goal:.1f} ({value / goal:.1f}x)")
-
-
-def _p(row: dict[str, Any] | None, q: str) -> str:
-    value = (row or {}).get(q)
-    return "-" if value is None else f"{value:.2f}"
-
-
-def print_level(result: dict[str, Any]) -> None:
-    print(f"\n== {result['calls']} calls ==")
-    print(format_table(result["loaded"]))
-    print(f"server overhead (ms), minus the model's delay as the endpoint delivered it: "
-          f"{result['overhead_ms']}")
-    print(f"server overhead (ms), minus the configured {result['first_token_ms']:g} ms only: "
-          f"{result['overhead_vs_configured_ms']}")
-    print(f"keypad replies, no model (ms): {result['keypad_latency_ms']}")
-    print(f"endpoint's own lag sending first tokens (ms): {result['endpoint_lag_ms']}")
-    print(f"interrupt sent -> upstream closed at the endpoint (ms): "
-          f"{result['upstream_closed_ms']}")
-    print(f"idle: {result['idle_kb_per_call']} KiB RSS per connected idle call "
-          f"({result['idle_errors']} errors); helpers' CPU: {result['helpers_cpu_percent']}")
-    print(f"server's collections over its life (idle phase included) and longest loop lag: "
-          f"{result['server_pauses']}")
-    if result["endpoint_violations"]:
-        print(f"!! the endpoint saw requests Converse would refuse: "
-              f"{result['endpoint_violations'][:3]}")
-    if result["baseline"]:
-        print(side_by_side(result))
-
-
 def print_summary(results: list[dict[str, Any]], plan: Plan) -> None:
     pinning = (f"server worker(s) pinned to {PINNED}, callers and fakes to "
                f"{sorted(os.sched_getaffinity(0))}" if PINNED else "no pinning")
@@ -547,11 +327,11 @@ def print_summary(results: list[dict[str, Any]], plan: Plan) -> None:
         loaded = r["loaded"]
         server = loaded["server"] or {}
         helpers = "+".join(f"{v:g}" for v in r["helpers_cpu_percent"].values()) or "-"
-        print(f"{r['calls']:>6} | {_p(r['overhead_ms'], 'p50'):>12} "
-              f"{_p(r['overhead_ms'], 'p95'):>7} {_p(r['overhead_ms'], 'p99'):>7} | "
-              f"{_p(r['client_overhead_ms'], 'p99'):>10} | "
-              f"{_p(loaded['barge_in_stop_ms'], 'p99'):>10} "
-              f"{_p(r['upstream_closed_ms'], 'p99'):>8} | {r['idle_kb_per_call']:>8} | "
+        print(f"{r['calls']:>6} | {p_(r['overhead_ms'], 'p50'):>12} "
+              f"{p_(r['overhead_ms'], 'p95'):>7} {p_(r['overhead_ms'], 'p99'):>7} | "
+              f"{p_(r['client_overhead_ms'], 'p99'):>10} | "
+              f"{p_(loaded['barge_in_stop_ms'], 'p99'):>10} "
+              f"{p_(r['upstream_closed_ms'], 'p99'):>8} | {r['idle_kb_per_call']:>8} | "
               f"{server.get('cpu_per_token_us')!s:>8} {server.get('cpu_percent')!s:>6} "
               f"{helpers:>14} | {loaded['errors'] + r['idle_errors']:>6}")
     print("(overhead: server side, prompt frame in -> first token frame out, minus the "
@@ -559,7 +339,8 @@ def print_summary(results: list[dict[str, Any]], plan: Plan) -> None:
           "latency minus the configured delay; barge stop: "
           "interrupt sent -> closer received; upstream: interrupt sent -> the endpoint saw "
           "the stream close; helpers: endpoint+DynamoDB)")
-    for calls, goal in GOAL_OVERHEAD_P99_MS.items():
+    goals = GATE_GOAL_OVERHEAD_P99_MS if plan.shape.startswith("gate") else GOAL_OVERHEAD_P99_MS
+    for calls, goal in goals.items():
         runs = [r["overhead_ms"]["p99"] for r in results
                 if r["calls"] == calls and r["overhead_ms"]["p99"] is not None]
         if runs:
@@ -567,6 +348,8 @@ def print_summary(results: list[dict[str, Any]], plan: Plan) -> None:
                      f"p99 application latency overhead (ms), median of {len(runs)} runs "
                      f"{sorted(runs)}")
             print(check(label, statistics.median(runs), goal, calls))
+    if plan.shape.startswith("gate"):
+        print_gate_goals(results)
     for r in results:
         answered = r["loaded"]["calls_completed"]
         print(f"calls answered at {r['calls']} calls: {answered} of {r['calls']}"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TypeVar
 
@@ -102,3 +104,35 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=timeout_s)
+
+
+@contextmanager
+def profiling(folder: Path | None, pids: tuple[int, ...], name: str) -> Iterator[None]:
+    """py-spy samples each server process while the block runs (``--nonblocking``: it reads
+    the process's memory without stopping it, so the figures stay the server's own) and
+    writes a flame graph per process; ``*.gil.svg`` only the samples holding the GIL, where
+    a thread of boto3's shows up against the event loop; ``*.txt`` the same samples as
+    collapsed stacks, one line per stack, to sum with a script."""
+    if folder is None:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for n, pid in enumerate(pids):
+        for suffix, form, extra in (("svg", "flamegraph", []), ("gil.svg", "flamegraph", ["--gil"]),
+                                    ("txt", "raw", [])):
+            out = folder / f"flame-{name}-{n}.{suffix}"
+            spies.append(subprocess.Popen(
+                ["py-spy", "record", "--pid", str(pid), "--nonblocking", "--threads",
+                  "--rate", "200", "--format", form, "--output", str(out), *extra],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)      # py-spy writes its file on SIGINT
+        for spy in spies:
+            _, err = spy.communicate(timeout=60)
+            if spy.returncode not in (0, -signal.SIGINT):
+                print(f"py-spy: {err.decode()[-300:]}", file=sys.stderr)
+        print(f"flame graphs: {folder}/flame-{name}-*.svg", file=sys.stderr)

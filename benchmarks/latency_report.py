@@ -1,0 +1,91 @@
+"""bench_latency.py's printed figures: one level's table, the side-by-side against a
+baseline, and the goals each run is checked against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from voiceagent.app.bench_report import format_table
+
+GATE_GOAL_CPU_RATIO = 2.0       # issue 20: server CPU at 500 calls / the minimal server's
+GATE_GOAL_RSS_MB_AT_2000 = 200.0
+
+
+SIDE_BY_SIDE = (("application latency p50 (ms)", ("latency_ms", "p50")),
+                ("application latency p99 (ms)", ("latency_ms", "p99")),
+                ("inter-token gap p99 (ms)", ("inter_token_ms", "p99")),
+                ("barge-in stop p99 (ms)", ("barge_in_stop_ms", "p99")),
+                ("server CPU per token (us)", ("server", "cpu_per_token_us")),
+                ("server CPU (% of a core)", ("server", "cpu_percent")),
+                ("frames per 100 tokens", ("frames_per_100", None)),
+                ("errors", ("errors", None)))
+
+
+def side_by_side(result: dict[str, Any]) -> str:
+    """Client-side figures of our server and the baseline, same script, same run."""
+    ours, theirs = result["loaded"], result["baseline"]
+    lines = [f"{result['calls']} calls, ours vs baseline ({theirs['url']}):",
+             f"  {'':<30}{'ours':>10}{'baseline':>10}{'ratio':>8}"]
+    for label, (key, sub) in SIDE_BY_SIDE:
+        values = []
+        for run in (ours, theirs):
+            if key == "frames_per_100":
+                value = round(100 * run["frames"] / run["tokens"], 1) if run["tokens"] else None
+            else:
+                value = run.get(key)
+                value = (value or {}).get(sub) if sub else value
+            values.append(value)
+        ratio = (f"{values[0] / values[1]:.2f}" if isinstance(values[0], int | float)
+                 and isinstance(values[1], int | float) and values[1] else "-")
+        lines.append(f"  {label:<30}{values[0]!s:>10}{values[1]!s:>10}{ratio:>8}")
+    return "\n".join(lines)
+
+
+def check(label: str, value: float | None, goal: float, calls: int) -> str:
+    if value is None:
+        return f"{label} at {calls} calls: not measured"
+    if value <= goal:
+        return f"{label} at {calls} calls: {value} <= goal {goal}: met"
+    return (f"{label} at {calls} calls: {value} > goal {goal}: missed by "
+            f"{value - goal:.1f} ({value / goal:.1f}x)")
+
+
+def p_(row: dict[str, Any] | None, q: str) -> str:
+    value = (row or {}).get(q)
+    return "-" if value is None else f"{value:.2f}"
+
+
+def print_level(result: dict[str, Any]) -> None:
+    print(f"\n== {result['calls']} calls ==")
+    print(format_table(result["loaded"]))
+    print(f"server overhead (ms), minus the model's delay as the endpoint delivered it: "
+          f"{result['overhead_ms']}")
+    print(f"server overhead (ms), minus the configured {result['first_token_ms']:g} ms only: "
+          f"{result['overhead_vs_configured_ms']}")
+    print(f"keypad replies, no model (ms): {result['keypad_latency_ms']}")
+    print(f"endpoint's own lag sending first tokens (ms): {result['endpoint_lag_ms']}")
+    print(f"interrupt sent -> upstream closed at the endpoint (ms): "
+          f"{result['upstream_closed_ms']}")
+    print(f"idle: {result['idle_kb_per_call']} KiB RSS per connected idle call "
+          f"({result['idle_errors']} errors); helpers' CPU: {result['helpers_cpu_percent']}")
+    print(f"server's collections over its life (idle phase included) and longest loop lag: "
+          f"{result['server_pauses']}")
+    if result["endpoint_violations"]:
+        print(f"!! the endpoint saw requests Converse would refuse: "
+              f"{result['endpoint_violations'][:3]}")
+    if result["baseline"]:
+        print(side_by_side(result))
+
+
+def print_gate_goals(results: list[dict[str, Any]]) -> None:
+    """Issue 20's other goals: CPU against the minimal server, RSS at 2000 calls."""
+    for r in results:
+        server, base = r["loaded"]["server"] or {}, r["baseline"]
+        if base and str(base.get("url", "")).startswith("minimal_server"):
+            theirs = (base["server"] or {}).get("cpu_percent")
+            if server.get("cpu_percent") and theirs:
+                print(check("server CPU / the minimal server's", round(
+                    server["cpu_percent"] / theirs, 2), GATE_GOAL_CPU_RATIO, r["calls"]))
+        if r["calls"] == 2000 and server.get("rss_kb_peak"):
+            print(check("server RSS peak (MB)", round(server["rss_kb_peak"] / 1024, 1),
+                        GATE_GOAL_RSS_MB_AT_2000, r["calls"]))
