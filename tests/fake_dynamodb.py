@@ -271,12 +271,12 @@ async def running_fake_dynamodb(*, ca: trustme.CA | None = None
 
 
 @asynccontextmanager
-async def http_store(endpoint_url: str, *, read_timeout_s: float = 2.0
+async def http_store(endpoint_url: str, *, read_timeout_s: float = 2.0, at_once: int = 4
                      ) -> AsyncIterator[DynamoDBStore]:
     """A store on table ``TABLE`` whose writes go through ``make_http`` to ``endpoint_url``
     (credentials and CA bundle from the environment, as ``open_dynamodb_store`` finds them).
     Its boto3 client (reads only) points there too and is never used by the writes."""
-    limiter = trio.CapacityLimiter(4)
+    limiter = trio.CapacityLimiter(at_once)
     http = await trio.to_thread.run_sync(lambda: make_http(
         endpoint_url, "us-east-1", connect_timeout_s=2.0, read_timeout_s=read_timeout_s,
         max_idle=4, refresh_limiter=limiter))

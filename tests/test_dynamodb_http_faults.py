@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from tests.fake_dynamodb import (
     TABLE,
@@ -257,6 +258,23 @@ async def test_a_read_is_abandoned_when_cancelled_and_reads_what_was_written(
             await fake.wait_client_closed(1)
     assert not waited.cancelled_caught
     assert [r.operation for r in fake.requests] == ["PutItem", "GetItem", "GetItem", "GetItem"]
+
+
+async def test_requests_in_flight_are_bounded_by_the_store_limiter(fake: FakeDynamoDB) -> None:
+    """A burst of calls must not open a connection each to DynamoDB: STORE_THREADS bounds
+    the requests in flight, as it bounded the threads."""
+    fake.script.append(Reply("hold"))
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url, at_once=1) as store:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.put, item("a"))
+                await fake.wait_requests(1)
+                nursery.start_soon(store.get, PHONE, "a")
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(fake.requests) == 1          # the read waits for the write
+                fake.release.set()
+            assert [r.operation for r in fake.requests] == ["PutItem", "GetItem"]
+    assert fake.connections == 1
 
 
 async def test_the_write_behind_retries_until_the_writes_land(

@@ -247,10 +247,10 @@ class DynamoDBStore(TableAdmin):
         write in a thread would; a read is abandoned (its connection closed)."""
         if self._closed or self._http is None:
             raise StoreError(f"dynamodb {operation} on {self.table_name}: the store is closed")
-        await trio.lowlevel.checkpoint_if_cancelled()     # as a thread's start would
         try:
-            with trio.CancelScope(shield=not read):
-                answer = await self._http.call(target, payload)
+            async with self._limiter:       # at most STORE_THREADS requests at once, as threads
+                with trio.CancelScope(shield=not read):
+                    answer = await self._http.call(target, payload)
         except DynamoDBHttpError as err:
             raise self._error(operation, err.code, err.message, keys) from err
         except NoCredentialsError as err:
