@@ -170,3 +170,4 @@ async def test_over_tls_the_ca_bundle_is_trusted_and_no_other_ca(
     assert fake.requests[0].headers["host"] == f"localhost:{fake.port}"
     assert not is_permanent(caught.value)
     assert "certificate verify failed" in str(caught.value)
+    assert "AWS_CA_BUNDLE" in str(caught.value)

@@ -259,6 +259,10 @@ class DynamoDBStore(TableAdmin):
         except trio.TooSlowError as err:
             raise StoreError(f"dynamodb {operation} on {self.table_name}: no answer from "
                              f"{self.endpoint} within {self._http.read_timeout_s:g} s") from err
+        except ssl.SSLCertVerificationError as err:
+            raise StoreError(f"dynamodb {operation}: the certificate of {self.endpoint} is not "
+                             f"trusted ({err}); if a proxy or a private endpoint signs with "
+                             "its own CA, point AWS_CA_BUNDLE at that CA") from err
         except (OSError, ssl.SSLError, socket.gaierror, h11.ProtocolError, ConnectTimeout,
                 ProxyRefused, BotoCoreError, trio.BrokenResourceError,
                 trio.ClosedResourceError) as err:
