@@ -158,11 +158,15 @@ async def check_rejects_invalid_items(store: Store) -> None:
     """Items DynamoDB would refuse fail as permanent errors, and nothing of the call lands."""
     good = {"pk": "ok", "sk": "1"}
     for bad in ({"pk": "", "sk": "x"}, {"pk": "p", "sk": "s", "pk1": "", "sk1": "v"},
-                {"pk": "p", "sk": "s", "value": math.nan}):
+                {"pk": "p", "sk": "s", "value": math.nan}, {"pk": "p", "sk": "s" * 1025},
+                {"pk": "p" * 2049, "sk": "s"}, {"pk": "p", "sk": "s", "sk1": "é" * 513}):
         with pytest.raises(StoreRejected) as caught:
             await store.put_many([good, bad])
         assert is_permanent(caught.value)
     assert await store.get("ok", "1") is None
+    await store.put_many([{"pk": "p" * 2048, "sk": "s" * 1024, "pk1": "q" * 2048,
+                          "sk1": "é" * 512}])                  # at the limits: written
+    assert await store.get("p" * 2048, "s" * 1024) is not None
 
 
 @check

@@ -122,10 +122,10 @@ async def test_a_missing_table_is_transient_and_says_how_to_create_it(
         assert "create it with `voiceagent store init`" in message
 
 
-async def test_an_item_moto_refuses_is_rejected_for_good(
+async def test_a_key_over_dynamodbs_limit_is_refused_before_anything_is_sent(
         moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A sort key over DynamoDB's 1024 bytes passes our own checks; the service refuses it
-    (ValidationException), which no retry can fix."""
+    """A sort key over DynamoDB's 1024 bytes (the service would answer ValidationException) is
+    refused by our own check, so a batch that holds one writes nothing at all."""
     isolate_env(monkeypatch, aws_env(moto_endpoint, tmp_path))
     too_long = "s" * 1025
     with trio.fail_after(20):
@@ -133,15 +133,15 @@ async def test_an_item_moto_refuses_is_rejected_for_good(
             async with open_dynamodb_store(_settings(table.table_name),
                                            limiter=trio.CapacityLimiter(2)) as store:
                 sent, _ = _spy_on_writes(store, monkeypatch)
+                batch = [{"pk": PHONE, "sk": f"chat::{i:02d}"} for i in range(30)]
                 with pytest.raises(StoreRejected) as caught:
-                    await store.put({"pk": PHONE, "sk": too_long, "text": "x"})
+                    await store.put_many([*batch, {"pk": PHONE, "sk": too_long, "text": "x"}])
                 await store.put({"pk": PHONE, "sk": "s" * 1024})   # at the limit: written
                 assert [item["sk"] for item in await store.query(PHONE)] == ["s" * 1024]
-    assert sent == [("PutItem", 1), ("PutItem", 1)]
+    assert sent == [("PutItem", 1)]
     assert is_permanent(caught.value)
     message = str(caught.value)
-    assert "(put, ValidationException)" in message
-    assert "range key" in message
+    assert "'sk' is 1025 bytes, over DynamoDB's 1024" in message
     assert "pk=+1555***0123" in message
     assert PHONE not in message
 

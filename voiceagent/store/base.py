@@ -34,9 +34,13 @@ def _masked(value: Any) -> str:
     return mask_phone(text) if text.startswith("+") else text
 
 
+KEY_BYTES = {"pk": 2048, "pk1": 2048, "sk": 1024, "sk1": 1024}    # DynamoDB's key limits
+
+
 def check_item_keys(item: Item) -> None:
-    """The key rules every backend enforces (DynamoDB's own), so both stores refuse alike:
-    ``StoreRejected`` for a missing or empty pk/sk, an empty index key, a non-numeric TTL."""
+    """The key rules every backend enforces (DynamoDB's own), so both stores refuse alike and
+    before anything of a batch is sent: ``StoreRejected`` for a missing or empty pk/sk, an
+    empty index key, a key longer than DynamoDB allows, a non-numeric TTL."""
     if not isinstance(item, dict):
         raise StoreRejected(f"an item must be a dict, not {type(item).__name__}")
     for key in ("pk", "sk"):
@@ -48,6 +52,11 @@ def check_item_keys(item: Item) -> None:
             raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: item attribute "
                                 f"{key!r} must be a non-empty string when present (it is an "
                                 "index key)")
+    for key, limit in KEY_BYTES.items():
+        if key in item and len(item[key].encode()) > limit:
+            raise StoreRejected(f"{describe_key(item['pk'][:40], item['sk'][:40])}: item "
+                                f"attribute {key!r} is {len(item[key].encode())} bytes, over "
+                                f"DynamoDB's {limit} for a key")
     expire_at = item.get(TTL_ATTRIBUTE)
     if expire_at is not None and (isinstance(expire_at, bool)
                                   or not isinstance(expire_at, int | float)):
