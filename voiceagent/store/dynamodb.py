@@ -10,9 +10,9 @@ with ``open_dynamodb_store``. Queries and table work run in a worker thread thro
 that limiter. Writes (every message of every call) and single-item reads (every call's
 profile) go from the event loop instead, through ``dynamodb_http`` (why: there), when the
 store was opened with ``open_dynamodb_store``; a store built around a bare client uses it for
-everything. The endpoint and credentials come from the
-standard AWS variables and files, which boto3 reads itself (``AWS_ENDPOINT_URL_DYNAMODB``
-points it at DynamoDB Local or moto) and the writes follow.
+everything. The endpoint and credentials come from the standard AWS variables and files,
+which boto3 reads itself (``AWS_ENDPOINT_URL_DYNAMODB`` points it at DynamoDB Local or moto),
+and the loop's requests go where the client would.
 
 Values: callers hand in and get back plain JSON-like values. Numbers travel as Decimal and
 come back as ``int`` when whole and ``float`` otherwise (DynamoDB keeps no number type, so a
@@ -97,7 +97,7 @@ class DynamoDBStore(TableAdmin):
         self.name = f"dynamodb:{table_name}"
         self.table_name = table_name
         self._client = client
-        self._http = http               # writes from the event loop; None: through the client
+        self._http = http               # writes and gets from the loop; None: the client
         self._limiter = limiter
         self._serializer = TypeSerializer()
         self._deserializer = TypeDeserializer()
