@@ -15,8 +15,9 @@ What it does, per ConversationRelay (/work/shared/spec/conversation-relay.md):
 * ``/relay`` WebSocket: ``setup`` gives the callSid; a final ``prompt`` (``last: true``) or a
   ``dtmf`` key starts a turn: the model's text deltas go out as ``text`` frames as they arrive,
   then ``{"token": "", "last": true}``; ``interrupt`` cancels the turn in flight (the Bedrock
-  connection is closed at once by leaving the stream) and trims the assistant's last message to
-  what the caller heard. Anything else is ignored.
+  connection is closed at once by leaving the stream), closes the cut reply with ``last: true``
+  as ours does, and trims the assistant's last message to what the caller heard. Anything else
+  is ignored.
 
 One turn at a time per call, in its own task under a ``CancelScope``: a new prompt or an
 interrupt cancels it and waits for it to finish, so the history is only ever changed by one
@@ -127,8 +128,13 @@ class Relay:
 
     async def _interrupted(self, heard: str) -> None:
         """The caller cut in: the reply stops, and the history keeps only what was heard
-        (nothing heard: the assistant's message goes, the next prompt joins the user's)."""
+        (nothing heard: the assistant's message goes, the next prompt joins the user's). A
+        reply cut off is closed (``last: true``), as ours is, so callers waiting for a turn's
+        end get it."""
+        speaking = self._done is not None and not self._done.is_set()
         await self.stop_turn()
+        if speaking:
+            await self._send(CLOSER)
         history = self.history
         if history and history[-1]["role"] == "assistant":
             if heard:

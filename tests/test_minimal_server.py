@@ -125,8 +125,8 @@ async def test_minimal_server_streams_keeps_history_and_stops_on_interrupt(
             assert first.outcome == second.outcome == "complete"
 
             # call 2 (while call 1 stays open): an interrupt mid-reply closes the upstream
-            # at once, nothing more of that turn is sent, and the history keeps what was
-            # heard; then a keypad press is a turn of its own
+            # at once, the cut reply gets its closer and nothing more, and the history keeps
+            # what was heard; then a keypad press is a turn of its own
             slow = [f" w{n}" for n in range(20)]
             fake.push(text_reply(slow, gap_s=0.5), text_reply(["Pressed", " one."]))
             async with open_call(url) as other:
@@ -143,8 +143,9 @@ async def test_minimal_server_streams_keeps_history_and_stops_on_interrupt(
                 assert closed_at - interrupted_at < 0.4      # w1 is due 0.5 s after w0
                 assert interrupted.outcome == "client_closed"
                 assert interrupted.frames_sent < len(slow)
+                assert await _frame(other) == {"type": "text", "token": "", "last": True}
                 await other.dtmf("1")
-                keyed = await _reply(other)             # w1... or a closer would show up here
+                keyed = await _reply(other)             # w1 would show up here
                 assert keyed.closed
                 assert keyed.tokens == ["Pressed", " one."]
                 assert fake.requests[3].body["messages"] == [
