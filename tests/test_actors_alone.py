@@ -183,3 +183,44 @@ def _texts(receive: trio.MemoryReceiveChannel[Outbound]) -> list[Text]:
             message = message.frame
         assert isinstance(message, Text)
         out.append(message)
+
+
+async def test_the_reader_cancels_the_speaking_turn_before_anyone_else_runs(
+        autojump_clock: Any) -> None:
+    """Interrupt -> upstream closed is the reader's read plus one scheduler pass: the turn's
+    scope is cancelled when the reader reads the interrupt, not after the interrupt handler
+    and the streamer have passed it on (nobody reads ``inbound`` here)."""
+    from actors import relay_reader
+    from actors.messages import Inbound, Interrupt
+    from actors.relay_reader import FrameStats
+    from actors.turn_slot import TurnSlot
+
+    socket, marks = MemorySocket(), CutMarks()
+    send, receive = trio.open_memory_channel[Inbound](math.inf)
+    outcome: list[str] = []
+
+    async def speaking() -> None:
+        try:
+            await trio.sleep(60)
+            outcome.append("finished")
+        except trio.Cancelled:
+            outcome.append("cancelled")
+            raise
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            slot = TurnSlot(nursery, marks)
+            await slot.restart(speaking)
+            await trio.testing.wait_all_tasks_blocked()
+            socket.push({"type": "interrupt", "utteranceUntilInterrupt": "We",
+                         "durationUntilInterruptMs": 300})
+            socket.hang_up()
+            started = trio.current_time()
+            await relay_reader.run(socket=socket, inbound=send, stats=FrameStats(),
+                                   max_frame_bytes=65536, marks=marks)
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcome == ["cancelled"]
+            assert not slot.busy
+            await slot.cancel_and_wait(reason="barge-in")      # the streamer's, later: no-op
+            assert trio.current_time() == started               # no time passed
+    assert [type(m) async for m in receive] == [Interrupt]      # passed on, never read
