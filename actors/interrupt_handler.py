@@ -1,7 +1,9 @@
 """Turns the caller's input, in arrival order, into commands for the llm_streamer.
 
 It decides what interrupts what: an ``interrupt`` becomes a barge-in (with what Twilio says
-was heard), a final prompt supersedes the reply in flight, DTMF keys are buffered into entries,
+was heard; the relay reader has already cancelled the speaking turn when it read it, see
+``CutMarks``, so the barge-in waits for that turn's cleanup and records what was heard), a
+final prompt supersedes the reply in flight, DTMF keys are buffered into entries,
 and a silent caller is re-prompted, then bid goodbye. Keeping these decisions in one task, fed
 by one ordered channel, is what guarantees an interrupt cancels the turn it was meant for and
 never the turn started by the prompt that follows it.
