@@ -1011,7 +1011,7 @@ async def test_reads_work_past_selects_1024_descriptors() -> None:
     import resource
     import socket as stdlib_socket
 
-    from voiceagent.llm.net import Link
+    from voiceagent.net import Link
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 2048 <= hard or (soft < 2048 and hard == resource.RLIM_INFINITY):

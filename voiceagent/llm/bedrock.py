@@ -25,13 +25,11 @@ import collections
 import logging
 import os
 import time
-import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
 
 import boto3
 import botocore
@@ -42,6 +40,7 @@ from botocore.exceptions import BotoCoreError
 from botocore.httpsession import get_cert_path
 
 from voiceagent import __version__
+from voiceagent.aws_http import ConnectionPool, Endpoint, ssl_context
 from voiceagent.errors import (
     ModelUnavailable,
     SettingsError,
@@ -49,11 +48,11 @@ from voiceagent.errors import (
 from voiceagent.llm.base import LLMEvent, LLMRequest, StreamEnd
 from voiceagent.llm.bedrock_converse import build_converse_request, history_shape
 from voiceagent.llm.bedrock_errors import RetryBudget, classify
-from voiceagent.llm.bedrock_http import Attempt, ConnectionPool, ReadWatchdog, ssl_context
-from voiceagent.llm.bedrock_signing import Endpoint, Signer, request_body
+from voiceagent.llm.bedrock_http import Attempt, ReadWatchdog
+from voiceagent.llm.bedrock_signing import BedrockSigner, request_body
 from voiceagent.llm.bedrock_stream import ModelStream
 from voiceagent.llm.converse import converse_problems
-from voiceagent.llm.net import Proxy, redact_url
+from voiceagent.net import Proxy, proxy_for, redact_url
 from voiceagent.settings import Settings
 from voiceagent.threads import run_blocking
 
@@ -109,7 +108,7 @@ class _Setup:
     """What boto3 resolved, once, in a thread."""
 
     pool: ConnectionPool
-    signer: Signer
+    signer: BedrockSigner
 
 
 class BedrockLLM:
@@ -305,7 +304,7 @@ class BedrockLLM:
                      extra={"proxy": redact_url(proxy_url)})
         user_agent = f"voiceagent/{__version__} trio botocore/{botocore.__version__}"
         try:
-            signer = Signer(endpoint, _resolve_credentials, bearer, user_agent,
+            signer = BedrockSigner(endpoint, _resolve_credentials, bearer, user_agent,
                             self._setup_limiter)
         except BotoCoreError as err:
             raise ModelUnavailable(type(err).__name__, f"AWS credentials: {err}") from err
@@ -319,18 +318,6 @@ def _resolve_credentials() -> Credentials | None:
     """Blocking: boto3's standard chain, from its start (a fresh session)."""
     credentials: Credentials | None = botocore.session.Session().get_credentials()
     return credentials
-
-
-def proxy_for(url: str) -> str | None:
-    """The proxy the environment names for ``url`` (HTTPS_PROXY etc., unless NO_PROXY
-    excludes the host), as botocore and requests read them."""
-    parts = urlsplit(url)
-    proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get(parts.scheme) or proxies.get("all")
-    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # no stub
-    if not proxy or bypass(parts.hostname or "", proxies):
-        return None
-    return proxy
 
 
 # ---------------------------------------------------------------- start-up

@@ -26,8 +26,9 @@ import trio
 from botocore.exceptions import BotoCoreError, NoCredentialsError
 from botocore.retries.quota import RetryQuota
 
+from voiceagent.aws_http import ConnectTimeout
 from voiceagent.llm.eventstream import ReplyError, StreamFault
-from voiceagent.llm.net import ProxyRefused
+from voiceagent.net import ProxyRefused
 
 # botocore.retries.standard.RetryQuotaChecker's costs (private there, so restated here)
 RETRY_COST = 14
@@ -63,10 +64,6 @@ class BedrockHTTPError(Exception):
 
 class ReadTimeout(Exception):
     """No byte from Bedrock for longer than the read timeout."""
-
-
-class ConnectTimeout(Exception):
-    """No connection (TCP, proxy tunnel and TLS handshake) within the connect timeout."""
 
 
 _KINDS: dict[str, tuple[str, bool]] = {

@@ -17,7 +17,8 @@ in a worker thread when they near expiry (the refresh may do I/O).
 The request: ConverseStream is rest-json, so the body is the operation's input as JSON minus
 ``modelId``, which goes in the path, percent-encoded as botocore does.
 
-Connections: one LIFO pool of kept-alive connections per endpoint, through the proxy that
+Connections (``voiceagent.aws_http``, shared with the store's writes): one LIFO pool of
+kept-alive connections per endpoint, through the proxy that
 HTTPS_PROXY / NO_PROXY name, if any. An idle connection with anything to read (the server
 closed it) or older than ``IDLE_MAX_S`` is dropped before reuse; a request whose reused
 connection dies before any response byte is sent again once on a new connection, as urllib3
@@ -29,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,116 +38,23 @@ from typing import Any
 import h11
 import trio
 
+from voiceagent.aws_http import Connection, ConnectionPool, ConnectTimeout
 from voiceagent.llm.base import LLMEvent
 from voiceagent.llm.bedrock_converse import ReplyAssembler
 from voiceagent.llm.bedrock_errors import (
     BedrockHTTPError,
-    ConnectTimeout,
     Failure,
     ReadTimeout,
     classify,
 )
-from voiceagent.llm.bedrock_signing import Endpoint
 from voiceagent.llm.eventstream import FrameDecoder, ReplyError, event_of
-from voiceagent.llm.net import Link, Proxy, open_link
 
 log = logging.getLogger(__name__)
 
 WATCHDOG_SLACK_S = 0.05             # read timeouts fire up to this late
-IDLE_MAX_S = 30.0                   # Bedrock's front ends drop idle connections after ~60 s
 MAX_ERROR_BODY = 64 * 1024
 
 Item = LLMEvent | Failure
-
-
-# ---------------------------------------------------------------- connections
-
-class Connection:
-    __slots__ = ("h11", "idle_since", "link")
-
-    def __init__(self, link: Link) -> None:
-        self.link = link
-        self.h11 = h11.Connection(h11.CLIENT)
-        self.idle_since = 0.0
-
-    def usable_idle(self) -> bool:
-        """An idle connection has nothing to read: anything there is the server's close (an
-        EOF, a TLS alert) or garbage, and it cannot carry a request."""
-        try:
-            return self.link.receive_nowait() is None
-        except (OSError, ssl.SSLError, trio.ClosedResourceError):
-            return False
-
-
-class ConnectionPool:
-    """Kept-alive connections to one endpoint, newest first."""
-
-    def __init__(self, endpoint: Endpoint, *, connect_timeout_s: float, max_idle: int,
-                 ssl_context: ssl.SSLContext | None, proxy: Proxy | None = None) -> None:
-        self.endpoint = endpoint
-        self.connect_timeout_s = connect_timeout_s
-        self.max_idle = max_idle
-        self.proxy = proxy
-        self._ssl = ssl_context
-        self._idle: deque[Connection] = deque()
-        self.opened = 0
-        self.reused = 0
-
-    async def acquire(self, *, fresh: bool = False) -> tuple[Connection, bool]:
-        """A connection and whether it had carried a request before."""
-        now = trio.current_time()
-        while self._idle and not fresh:
-            connection = self._idle.pop()
-            if now - connection.idle_since < IDLE_MAX_S and connection.usable_idle():
-                self.reused += 1
-                return connection, True
-            connection.link.close_now()
-        return await self._connect(), False
-
-    async def _connect(self) -> Connection:
-        endpoint = self.endpoint
-        with trio.move_on_after(self.connect_timeout_s):
-            link = await open_link(endpoint.host, endpoint.port,
-                                   tls=self._ssl if endpoint.scheme == "https" else None,
-                                   proxy=self.proxy)
-            self.opened += 1
-            return Connection(link)
-        via = f" through the proxy {self.proxy.host}:{self.proxy.port}" if self.proxy else ""
-        raise ConnectTimeout(f"no connection to {endpoint.host}:{endpoint.port}{via} within "
-                             f"{self.connect_timeout_s:g} s")
-
-    def keep_idle(self, connection: Connection) -> None:
-        """A new connection that has carried nothing yet (the warm-up's)."""
-        connection.idle_since = trio.current_time()
-        self._idle.append(connection)
-
-    def release(self, connection: Connection) -> None:
-        """After a complete exchange: keep it if both sides may go on, else close it."""
-        state = connection.h11
-        if (state.our_state is h11.DONE and state.their_state is h11.DONE
-                and len(self._idle) < self.max_idle):
-            state.start_next_cycle()
-            connection.idle_since = trio.current_time()
-            self._idle.append(connection)
-        else:
-            connection.link.close_now()
-
-    def close(self) -> None:
-        while self._idle:
-            self._idle.pop().link.close_now()
-
-    @property
-    def idle(self) -> int:
-        return len(self._idle)
-
-
-def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
-    """Certificates checked against ``ca_bundle`` (AWS_CA_BUNDLE, the profile's ca_bundle,
-    else botocore's bundle), host names checked, TLS 1.2 at least, as botocore does."""
-    context = ssl.create_default_context(cafile=ca_bundle)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(["http/1.1"])
-    return context
 
 
 # ---------------------------------------------------------------- read timeouts

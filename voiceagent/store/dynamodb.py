@@ -49,9 +49,9 @@ from botocore.exceptions import (
     ParamValidationError,
 )
 
+from voiceagent.aws_http import ConnectTimeout
 from voiceagent.errors import SettingsError, StoreError, StoreRejected
-from voiceagent.llm.bedrock_errors import ConnectTimeout
-from voiceagent.llm.net import ProxyRefused
+from voiceagent.net import ProxyRefused
 from voiceagent.settings import Settings
 from voiceagent.store.base import (
     INDEX_NAME,

@@ -15,10 +15,10 @@ The protocol: DynamoDB's JSON 1.0, ``POST /`` with ``X-Amz-Target: DynamoDB_2012
 the operation's input as botocore sends it (attribute values already typed: ``{"S": ...}``,
 ``{"N": "12"}``); an error is a 4xx/5xx whose JSON names it in ``__type`` (after the ``#``) and
 ``message``. The body's CRC32 (``x-amz-crc32``) is checked, as botocore does. The parts are the
-model transport's (``voiceagent.llm``): h11, the standard library's TLS with the CA bundle
-botocore would use, HTTPS_PROXY / NO_PROXY, a LIFO pool of kept-alive connections; botocore's
-SigV4 with the credentials of boto3's standard chain, renewed when DynamoDB calls them expired
-or unknown.
+model's (``voiceagent.aws_http`` and ``voiceagent.net``): h11, the standard library's TLS with
+the CA bundle botocore would use, HTTPS_PROXY / NO_PROXY, a LIFO pool of kept-alive
+connections; botocore's SigV4 with the credentials of boto3's standard chain, renewed when
+DynamoDB calls them expired or unknown.
 """
 
 from __future__ import annotations
@@ -37,11 +37,9 @@ from botocore.credentials import Credentials
 from botocore.httpsession import get_cert_path
 
 from voiceagent import __version__
+from voiceagent.aws_http import Connection, ConnectionPool, Endpoint, Signer, ssl_context
 from voiceagent.errors import SettingsError
-from voiceagent.llm.bedrock import proxy_for
-from voiceagent.llm.bedrock_http import Connection, ConnectionPool, ssl_context
-from voiceagent.llm.bedrock_signing import Endpoint, Signer
-from voiceagent.llm.net import Proxy
+from voiceagent.net import Proxy, proxy_for
 
 TARGET_PREFIX = "DynamoDB_20120810"
 CONTENT_TYPE = "application/x-amz-json-1.0"

@@ -1,6 +1,7 @@
-"""One client connection for the model's HTTP exchanges: TCP, optionally tunnelled through an
-HTTP CONNECT proxy, optionally TLS, with a read that can say "nothing has arrived" without
-waiting.
+"""One client connection for HTTP exchanges with AWS (the model's streams, the store's writes):
+TCP, optionally tunnelled through an HTTP CONNECT proxy (``proxy_for`` reads HTTPS_PROXY and
+NO_PROXY as botocore does), optionally TLS, with a read that can say "nothing has arrived"
+without waiting.
 
 Why not ``trio.SSLStream``. A turn that holds text reads the model once per hold window and
 must take everything that has arrived by then, wherever it sits: in the kernel, or already
@@ -23,6 +24,7 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
+import urllib.request
 from contextlib import suppress
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -268,3 +270,15 @@ async def _tunnel(link: Link, proxy: Proxy, host: str, port: int) -> bytes:
             raise ProxyRefused(event.status_code, event.reason.decode("latin-1"))
         if isinstance(event, h11.ConnectionClosed):
             raise ProxyRefused(0, "closed the connection before answering CONNECT")
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (HTTPS_PROXY etc., unless NO_PROXY
+    excludes the host), as botocore and requests read them."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # no stub
+    if not proxy or bypass(parts.hostname or "", proxies):
+        return None
+    return proxy

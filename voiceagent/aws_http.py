@@ -1,0 +1,203 @@
+"""HTTP/1.1 to AWS endpoints from the event loop, shared by the model's streams and the
+store's writes: where a request goes (``Endpoint``), who sent it (``Signer``: botocore's SigV4
+with boto3's credential chain), and kept-alive connections to one endpoint
+(``ConnectionPool``) over ``voiceagent.net`` (TCP, a CONNECT proxy, the standard library's TLS).
+Neither user's protocol is here: ConverseStream's event stream is ``voiceagent.llm``'s,
+DynamoDB's JSON is ``voiceagent.store``'s.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import h11
+import trio
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials, ReadOnlyCredentials
+from botocore.exceptions import NoCredentialsError
+
+from voiceagent.net import Link, Proxy, open_link
+from voiceagent.threads import run_blocking
+
+IDLE_MAX_S = 30.0                   # AWS front ends drop idle connections after ~60 s
+
+
+class ConnectTimeout(Exception):
+    """No connection (TCP, proxy tunnel and TLS handshake) within the connect timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    scheme: str
+    host: str
+    port: int
+    base_path: str                  # "" unless the endpoint URL has a path
+    region: str
+
+    @classmethod
+    def from_url(cls, url: str, region: str) -> Endpoint:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) endpoint URL: {url!r}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"), region)
+
+    @property
+    def netloc(self) -> str:
+        """``host[:port]`` as SigV4 canonicalises it: the default port is left out."""
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+    def url(self, path: str) -> str:
+        """The full URL of ``path`` (which includes ``base_path``)."""
+        return f"{self.scheme}://{self.netloc}{path}"
+
+
+class Signer:
+    """What goes in the headers to prove who we are: SigV4 (as ``signing_name``), or a bearer
+    token (a Bedrock API key) when one is given.
+
+    ``resolve`` (blocking) finds credentials through boto3's standard chain; it runs once at
+    start-up and again by ``renew`` when Bedrock refuses the ones we have as expired or
+    unknown (rotated or revoked before their stated expiry), so one refusal costs one retry,
+    not every call until the process restarts.
+    """
+
+    def __init__(self, endpoint: Endpoint, resolve: Callable[[], Credentials | None],
+                 bearer_token: str | None, user_agent: str,
+                 refresh_limiter: trio.CapacityLimiter, *, signing_name: str) -> None:
+        self._endpoint = endpoint
+        self._signing_name = signing_name
+        self._resolve = resolve
+        self._credentials = None if bearer_token else resolve()
+        self._bearer_token = bearer_token
+        self._user_agent = user_agent
+        self._refresh_limiter = refresh_limiter
+
+    @property
+    def uses_bearer_token(self) -> bool:
+        return bool(self._bearer_token)
+
+    async def renew(self) -> None:
+        """Credentials found anew through the whole chain, in a thread."""
+        self._credentials = await run_blocking(self._resolve, limiter=self._refresh_limiter)
+
+    async def _frozen(self) -> ReadOnlyCredentials:
+        credentials = self._credentials
+        if credentials is None:
+            raise NoCredentialsError()
+        refresh_needed = getattr(credentials, "refresh_needed", None)   # temporary ones
+        if refresh_needed is not None and refresh_needed():
+            # near expiry: fetching new ones may do network I/O (STS, the container endpoint)
+            frozen: ReadOnlyCredentials = await run_blocking(
+                credentials.get_frozen_credentials, limiter=self._refresh_limiter)
+            return frozen
+        return credentials.get_frozen_credentials()
+
+    async def headers(self, path: str, body: bytes, headers: dict[str, str]
+                      ) -> list[tuple[str, str]]:
+        """``headers`` plus what proves who sent a POST of ``body`` to ``path``."""
+        if self._bearer_token:
+            headers = {**headers, "Authorization": f"Bearer {self._bearer_token}"}
+        else:
+            signed = AWSRequest(method="POST", url=self._endpoint.url(path), data=body,
+                                headers=headers)
+            SigV4Auth(await self._frozen(), self._signing_name,
+                      self._endpoint.region).add_auth(signed)
+            headers = dict(signed.headers.items())
+        return [("Host", self._endpoint.netloc), *headers.items(),
+                ("User-Agent", self._user_agent), ("Content-Length", str(len(body)))]
+
+
+class Connection:
+    __slots__ = ("h11", "idle_since", "link")
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.idle_since = 0.0
+
+    def usable_idle(self) -> bool:
+        """An idle connection has nothing to read: anything there is the server's close (an
+        EOF, a TLS alert) or garbage, and it cannot carry a request."""
+        try:
+            return self.link.receive_nowait() is None
+        except (OSError, ssl.SSLError, trio.ClosedResourceError):
+            return False
+
+
+class ConnectionPool:
+    """Kept-alive connections to one endpoint, newest first."""
+
+    def __init__(self, endpoint: Endpoint, *, connect_timeout_s: float, max_idle: int,
+                 ssl_context: ssl.SSLContext | None, proxy: Proxy | None = None) -> None:
+        self.endpoint = endpoint
+        self.connect_timeout_s = connect_timeout_s
+        self.max_idle = max_idle
+        self.proxy = proxy
+        self._ssl = ssl_context
+        self._idle: deque[Connection] = deque()
+        self.opened = 0
+        self.reused = 0
+
+    async def acquire(self, *, fresh: bool = False) -> tuple[Connection, bool]:
+        """A connection and whether it had carried a request before."""
+        now = trio.current_time()
+        while self._idle and not fresh:
+            connection = self._idle.pop()
+            if now - connection.idle_since < IDLE_MAX_S and connection.usable_idle():
+                self.reused += 1
+                return connection, True
+            connection.link.close_now()
+        return await self._connect(), False
+
+    async def _connect(self) -> Connection:
+        endpoint = self.endpoint
+        with trio.move_on_after(self.connect_timeout_s):
+            link = await open_link(endpoint.host, endpoint.port,
+                                   tls=self._ssl if endpoint.scheme == "https" else None,
+                                   proxy=self.proxy)
+            self.opened += 1
+            return Connection(link)
+        via = f" through the proxy {self.proxy.host}:{self.proxy.port}" if self.proxy else ""
+        raise ConnectTimeout(f"no connection to {endpoint.host}:{endpoint.port}{via} within "
+                             f"{self.connect_timeout_s:g} s")
+
+    def keep_idle(self, connection: Connection) -> None:
+        """A new connection that has carried nothing yet (the warm-up's)."""
+        connection.idle_since = trio.current_time()
+        self._idle.append(connection)
+
+    def release(self, connection: Connection) -> None:
+        """After a complete exchange: keep it if both sides may go on, else close it."""
+        state = connection.h11
+        if (state.our_state is h11.DONE and state.their_state is h11.DONE
+                and len(self._idle) < self.max_idle):
+            state.start_next_cycle()
+            connection.idle_since = trio.current_time()
+            self._idle.append(connection)
+        else:
+            connection.link.close_now()
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().link.close_now()
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+
+def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """Certificates checked against ``ca_bundle`` (AWS_CA_BUNDLE, the profile's ca_bundle,
+    else botocore's bundle), host names checked, TLS 1.2 at least, as botocore does."""
+    context = ssl.create_default_context(cafile=ca_bundle)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    return context
