@@ -30,7 +30,6 @@ class BedrockSigner(Signer):
                  refresh_limiter: trio.CapacityLimiter) -> None:
         super().__init__(endpoint, resolve, bearer_token, user_agent, refresh_limiter,
                          signing_name=SIGNING_NAME)
-        self._endpoint = endpoint
 
     async def request(self, model_id: str, body: bytes) -> tuple[str, list[tuple[str, str]]]:
         """The ConverseStream request target and its headers (signed)."""

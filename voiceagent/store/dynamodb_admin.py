@@ -5,8 +5,8 @@ go through the store's boto3 client in a worker thread, like its reads."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -26,19 +26,21 @@ CREDENTIAL_CODES = frozenset({"AccessDeniedException", "UnrecognizedClientExcept
                               "MissingAuthenticationTokenException"})
 
 
-class TableAdmin:
-    """Mixed into ``DynamoDBStore``, which provides these."""
+class _StoreParts(Protocol):
+    """What ``TableAdmin`` uses of the store it is mixed into (``DynamoDBStore``)."""
 
     table_name: str
     _client: Any
 
     @property
-    def endpoint(self) -> str:
-        raise NotImplementedError
+    def endpoint(self) -> str: ...
 
     async def _call(self, operation: str, fn: Callable[[], T], *,
-                    keys: tuple[Key, ...] | list[Key] = (), read: bool = False) -> T:
-        raise NotImplementedError
+                    keys: Sequence[Key] = (), read: bool = False) -> T: ...
+
+
+class TableAdmin(_StoreParts):
+    """Mixed into ``DynamoDBStore``: the table calls, apart from the item calls."""
 
     async def describe(self) -> dict[str, Any] | None:
         """DescribeTable's ``Table``, or None when there is no such table."""

@@ -37,7 +37,7 @@ from botocore.credentials import Credentials
 from botocore.httpsession import get_cert_path
 
 from voiceagent import __version__
-from voiceagent.aws_http import Connection, ConnectionPool, Endpoint, Signer, ssl_context
+from voiceagent.aws_http import ConnectionPool, Endpoint, Signer, ssl_context
 from voiceagent.errors import SettingsError
 from voiceagent.net import Proxy, proxy_for
 
@@ -192,6 +192,3 @@ def make_http(endpoint_url: str, region: str, *, connect_timeout_s: float,
     pool = ConnectionPool(endpoint, connect_timeout_s=connect_timeout_s, max_idle=max_idle,
                           ssl_context=context, proxy=proxy)
     return DynamoDBHttp(pool, signer, read_timeout_s=read_timeout_s)
-
-
-__all__ = ["Connection", "DynamoDBHttp", "DynamoDBHttpError", "make_http"]
