@@ -65,7 +65,6 @@ from voiceagent.llm.bedrock import (
     BedrockLLM,
     check_bedrock_ready,
     open_bedrock_llm,
-    proxy_for,
 )
 from voiceagent.llm.bedrock_converse import (
     ThinkingFilter,
@@ -77,6 +76,7 @@ from voiceagent.llm.bedrock_converse import (
 from voiceagent.llm.bedrock_errors import BedrockHTTPError, classify
 from voiceagent.llm.eventstream import FrameDecoder, ReplyError, StreamFault, event_of
 from voiceagent.llm.scripted import ScriptedLLM
+from voiceagent.net import proxy_for
 from voiceagent.settings import Settings
 from voiceagent.tools.registry import default_registry
 
@@ -914,6 +914,24 @@ async def test_an_https_proxy_url_is_refused_with_what_to_set(
         await llm.aclose()
     assert "only http:// proxies" in str(caught.value)
     assert "pw" not in str(caught.value)
+
+
+async def test_a_ca_bundle_that_cannot_be_read_is_a_model_error_that_names_it(
+        fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Not a FileNotFoundError from a worker thread: the setting, the path, and the service."""
+    missing = tmp_path / "no-such-ca.pem"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "https://127.0.0.1:9")
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(missing))
+    llm = BedrockLLM(region="us-east-1")
+    try:
+        with trio.fail_after(5), pytest.raises(ModelUnavailable) as caught:
+            await llm.warm_up()
+    finally:
+        await llm.aclose()
+    assert caught.value.code == "InvalidCABundle"
+    assert "AWS_CA_BUNDLE" in str(caught.value)
+    assert str(missing) in str(caught.value)
+    assert "Bedrock" in str(caught.value)
 
 
 async def test_a_bedrock_api_key_is_sent_as_a_bearer_token(

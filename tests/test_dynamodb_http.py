@@ -22,9 +22,10 @@ from tests.dynamodb_support import (
     table_name,
 )
 from tests.fake_dynamodb import http_store, running_fake_dynamodb
-from voiceagent.errors import StoreError, StoreRejected
+from voiceagent.errors import SettingsError, StoreError, StoreRejected
 from voiceagent.settings import Settings
 from voiceagent.store.dynamodb import DynamoDBStore, open_dynamodb_store
+from voiceagent.store.dynamodb_http import make_http
 from voiceagent.store.write_behind import is_permanent
 
 __all__ = ["moto_endpoint"]          # the fixture, imported so pytest finds it here
@@ -171,3 +172,25 @@ async def test_over_tls_the_ca_bundle_is_trusted_and_no_other_ca(
     assert not is_permanent(caught.value)
     assert "certificate verify failed" in str(caught.value)
     assert "AWS_CA_BUNDLE" in str(caught.value)
+
+
+def test_a_ca_bundle_or_proxy_that_cannot_be_used_stops_start_up_with_what_to_fix(
+        aws_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(missing))
+    url = "https://dynamodb.us-east-1.amazonaws.com"
+    with pytest.raises(SettingsError) as caught:
+        make_http(url, "us-east-1", connect_timeout_s=1, read_timeout_s=1, max_idle=1,
+                  refresh_limiter=trio.CapacityLimiter(1))
+    assert "AWS_CA_BUNDLE" in str(caught.value)
+    assert str(missing) in str(caught.value)
+    assert "DynamoDB" in str(caught.value)
+    monkeypatch.delenv("AWS_CA_BUNDLE")
+    monkeypatch.setenv("HTTPS_PROXY", "https://user:pw@proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "")
+    with pytest.raises(SettingsError) as caught:
+        make_http(url, "us-east-1", connect_timeout_s=1, read_timeout_s=1, max_idle=1,
+                  refresh_limiter=trio.CapacityLimiter(1))
+    assert "HTTPS_PROXY" in str(caught.value)
+    assert "only http:// proxies" in str(caught.value)
+    assert "pw" not in str(caught.value)

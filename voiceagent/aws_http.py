@@ -14,21 +14,35 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import botocore
+import botocore.session
 import h11
 import trio
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.exceptions import NoCredentialsError
+from botocore.httpsession import get_cert_path
 
-from voiceagent.net import Link, Proxy, open_link
+from voiceagent import __version__
+from voiceagent.net import Link, Proxy, open_link, proxy_for, redact_url
 from voiceagent.threads import run_blocking
 
 IDLE_MAX_S = 30.0                   # AWS front ends drop idle connections after ~60 s
+USER_AGENT = f"voiceagent/{__version__} trio botocore/{botocore.__version__}"
 
 
 class ConnectTimeout(Exception):
     """No connection (TCP, proxy tunnel and TLS handshake) within the connect timeout."""
+
+
+class LinkSettingsError(ValueError):
+    """The CA bundle or the proxy the environment names cannot be used; the message names
+    the setting and the value at fault, so each user turns it into its own error."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        self.setting = setting              # "ca_bundle" or "proxy"
+        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +206,45 @@ class ConnectionPool:
     @property
     def idle(self) -> int:
         return len(self._idle)
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """How to reach one endpoint as boto3 would: its TLS trust and its proxy."""
+
+    ssl_context: ssl.SSLContext | None      # None for http://
+    proxy: Proxy | None
+    proxy_url: str | None                   # as the environment gave it, for a log line
+
+
+def link_settings(endpoint: Endpoint, url: str, *, service: str) -> LinkSettings:
+    """Blocking (the CA bundle is read from disk). The CA bundle is AWS_CA_BUNDLE, else the
+    profile's ca_bundle, else botocore's own; the proxy is HTTPS_PROXY / HTTP_PROXY unless
+    NO_PROXY excludes the host. ``service`` names the user in errors ("Bedrock")."""
+    context = None
+    if endpoint.scheme == "https":
+        bundle = (botocore.session.Session().get_config_variable("ca_bundle")
+                  or get_cert_path(True))
+        try:
+            context = ssl_context(bundle)
+        except (OSError, ssl.SSLError) as err:
+            raise LinkSettingsError("ca_bundle", f"AWS_CA_BUNDLE (or the profile's "
+                                    f"ca_bundle): cannot load {bundle} for {service}: "
+                                    f"{err}") from None
+    proxy, proxy_url = None, proxy_for(url)
+    if proxy_url is not None:
+        try:
+            proxy = Proxy.from_url(proxy_url)
+        except ValueError as err:
+            raise LinkSettingsError("proxy", f"HTTPS_PROXY / HTTP_PROXY for {service}: "
+                                    f"{err}") from None
+    return LinkSettings(context, proxy, None if proxy_url is None else redact_url(proxy_url))
+
+
+def resolve_credentials() -> Credentials | None:
+    """Blocking: boto3's standard chain, from its start (a fresh session), for ``Signer``."""
+    credentials: Credentials | None = botocore.session.Session().get_credentials()
+    return credentials
 
 
 def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:

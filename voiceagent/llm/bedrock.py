@@ -35,12 +35,16 @@ import boto3
 import botocore
 import botocore.session
 import trio
-from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError
-from botocore.httpsession import get_cert_path
 
-from voiceagent import __version__
-from voiceagent.aws_http import ConnectionPool, Endpoint, ssl_context
+from voiceagent.aws_http import (
+    USER_AGENT,
+    ConnectionPool,
+    Endpoint,
+    LinkSettingsError,
+    link_settings,
+    resolve_credentials,
+)
 from voiceagent.errors import (
     ModelUnavailable,
     SettingsError,
@@ -52,7 +56,6 @@ from voiceagent.llm.bedrock_http import Attempt, ReadWatchdog
 from voiceagent.llm.bedrock_signing import BedrockSigner, request_body
 from voiceagent.llm.bedrock_stream import ModelStream
 from voiceagent.llm.converse import converse_problems
-from voiceagent.net import Proxy, proxy_for, redact_url
 from voiceagent.settings import Settings
 from voiceagent.threads import run_blocking
 
@@ -285,39 +288,28 @@ class BedrockLLM:
             raise ModelUnavailable(type(err).__name__,
                                    f"cannot set up the Bedrock client: {err}") from err
         endpoint = Endpoint.from_url(url, region)
-        context = None
-        if endpoint.scheme == "https":
-            context = ssl_context(core.get_config_variable("ca_bundle") or get_cert_path(True))
+        try:
+            link = link_settings(endpoint, url, service="Bedrock")
+        except LinkSettingsError as err:
+            code = ("InvalidProxyConfiguration" if err.setting == "proxy"
+                    else "InvalidCABundle")
+            raise ModelUnavailable(code, str(err)) from err
         bearer = os.environ.get("AWS_BEARER_TOKEN_BEDROCK") or None
         if bearer and endpoint.scheme != "https" and endpoint.host not in LOOPBACK:
             raise ModelUnavailable("InvalidEndpointConfiguration",
                                    "AWS_BEARER_TOKEN_BEDROCK is sent only over https; the "
                                    f"Bedrock endpoint is {url}")
-        proxy = None
-        proxy_url = proxy_for(url)
-        if proxy_url is not None:
-            try:
-                proxy = Proxy.from_url(proxy_url)
-            except ValueError as err:
-                raise ModelUnavailable("InvalidProxyConfiguration", str(err)) from err
-            log.info("bedrock reached through a proxy",
-                     extra={"proxy": redact_url(proxy_url)})
-        user_agent = f"voiceagent/{__version__} trio botocore/{botocore.__version__}"
+        if link.proxy_url is not None:
+            log.info("bedrock reached through a proxy", extra={"proxy": link.proxy_url})
         try:
-            signer = BedrockSigner(endpoint, _resolve_credentials, bearer, user_agent,
-                            self._setup_limiter)
+            signer = BedrockSigner(endpoint, resolve_credentials, bearer, USER_AGENT,
+                                   self._setup_limiter)
         except BotoCoreError as err:
             raise ModelUnavailable(type(err).__name__, f"AWS credentials: {err}") from err
         pool = ConnectionPool(endpoint, connect_timeout_s=self.connect_timeout_s,
-                              max_idle=self.max_concurrent_streams, ssl_context=context,
-                              proxy=proxy)
+                              max_idle=self.max_concurrent_streams,
+                              ssl_context=link.ssl_context, proxy=link.proxy)
         return _Setup(pool, signer)
-
-
-def _resolve_credentials() -> Credentials | None:
-    """Blocking: boto3's standard chain, from its start (a fresh session)."""
-    credentials: Credentials | None = botocore.session.Session().get_credentials()
-    return credentials
 
 
 # ---------------------------------------------------------------- start-up

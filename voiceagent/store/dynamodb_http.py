@@ -24,22 +24,23 @@ DynamoDB calls them expired or unknown.
 from __future__ import annotations
 
 import json
-import ssl
 import zlib
 from collections.abc import Iterable
 from typing import Any
 
-import botocore
-import botocore.session
 import h11
 import trio
-from botocore.credentials import Credentials
-from botocore.httpsession import get_cert_path
 
-from voiceagent import __version__
-from voiceagent.aws_http import ConnectionPool, Endpoint, Signer, ssl_context
+from voiceagent.aws_http import (
+    USER_AGENT,
+    ConnectionPool,
+    Endpoint,
+    LinkSettingsError,
+    Signer,
+    link_settings,
+    resolve_credentials,
+)
 from voiceagent.errors import SettingsError
-from voiceagent.net import Proxy, proxy_for
 
 TARGET_PREFIX = "DynamoDB_20120810"
 CONTENT_TYPE = "application/x-amz-json-1.0"
@@ -157,12 +158,6 @@ def _crc(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-def _resolve_credentials() -> Credentials | None:
-    """Blocking: boto3's standard chain, from its start."""
-    credentials: Credentials | None = botocore.session.Session().get_credentials()
-    return credentials
-
-
 def make_http(endpoint_url: str, region: str, *, connect_timeout_s: float,
               read_timeout_s: float, max_idle: int,
               refresh_limiter: trio.CapacityLimiter) -> DynamoDBHttp:
@@ -170,25 +165,12 @@ def make_http(endpoint_url: str, region: str, *, connect_timeout_s: float,
     ``endpoint_url`` and ``region`` as the boto3 client resolved them, so AWS_ENDPOINT_URL_
     DYNAMODB, FIPS and the rest apply alike to reads and writes."""
     endpoint = Endpoint.from_url(endpoint_url, region)
-    context = None
-    if endpoint.scheme == "https":
-        core = botocore.session.Session()
-        bundle = core.get_config_variable("ca_bundle") or get_cert_path(True)
-        try:
-            context = ssl_context(bundle)
-        except (OSError, ssl.SSLError) as err:
-            raise SettingsError([f"AWS_CA_BUNDLE (or the profile's ca_bundle): cannot load "
-                                 f"{bundle} for DynamoDB: {err}"]) from None
-    proxy = None
-    proxy_url = proxy_for(endpoint_url)
-    if proxy_url is not None:
-        try:
-            proxy = Proxy.from_url(proxy_url)
-        except ValueError as err:
-            raise SettingsError([f"HTTPS_PROXY / HTTP_PROXY for DynamoDB: {err}"]) from None
-    user_agent = f"voiceagent/{__version__} trio botocore/{botocore.__version__}"
-    signer = Signer(endpoint, _resolve_credentials, None, user_agent, refresh_limiter,
+    try:
+        link = link_settings(endpoint, endpoint_url, service="DynamoDB")
+    except LinkSettingsError as err:
+        raise SettingsError([str(err)]) from None
+    signer = Signer(endpoint, resolve_credentials, None, USER_AGENT, refresh_limiter,
                     signing_name=SIGNING_NAME)
     pool = ConnectionPool(endpoint, connect_timeout_s=connect_timeout_s, max_idle=max_idle,
-                          ssl_context=context, proxy=proxy)
+                          ssl_context=link.ssl_context, proxy=link.proxy)
     return DynamoDBHttp(pool, signer, read_timeout_s=read_timeout_s)
