@@ -79,7 +79,8 @@ class Model:
 class Relay:
     """One relay session: its history, and the turn in flight (at most one)."""
 
-    __slots__ = ("_done", "_model", "_nursery", "_scope", "_send", "call_sid", "history")
+    __slots__ = ("_closed", "_done", "_model", "_nursery", "_scope", "_send", "call_sid",
+                 "history")
 
     def __init__(self, model: Model, send: Send, nursery: trio.Nursery) -> None:
         self._model = model
@@ -87,6 +88,7 @@ class Relay:
         self._nursery = nursery
         self._scope: trio.CancelScope | None = None
         self._done: trio.Event | None = None
+        self._closed = False        # the turn in flight sent its closer itself
         self.call_sid = ""
         self.history: list[Message] = []
 
@@ -123,7 +125,7 @@ class Relay:
             history[-1]["content"].append({"text": text})
         else:
             history.append({"role": "user", "content": [{"text": text}]})
-        self._scope, self._done = trio.CancelScope(), trio.Event()
+        self._scope, self._done, self._closed = trio.CancelScope(), trio.Event(), False
         self._nursery.start_soon(self._turn, self._scope, self._done)
 
     async def _interrupted(self, heard: str) -> None:
@@ -133,7 +135,7 @@ class Relay:
         end get it."""
         speaking = self._done is not None and not self._done.is_set()
         await self.stop_turn()
-        if speaking:
+        if speaking and not self._closed:   # cancelled before (or while) sending its own
             await self._send(CLOSER)
         history = self.history
         if history and history[-1]["role"] == "assistant":
@@ -164,6 +166,8 @@ class Relay:
                 except LLMError:
                     pass            # the backend has logged it; the caller hears the turn end
                 await send(CLOSER)
+                self._closed = True             # no checkpoint between: an interrupt now
+                                                # finds it set and sends no second closer
         finally:
             reply = "".join(parts).strip()
             if reply:
