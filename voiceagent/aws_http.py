@@ -214,7 +214,7 @@ class LinkSettings:
 
     ssl_context: ssl.SSLContext | None      # None for http://
     proxy: Proxy | None
-    proxy_url: str | None                   # as the environment gave it, for a log line
+    proxy_url: str | None                   # its URL, password redacted, for a log line
 
 
 def link_settings(endpoint: Endpoint, url: str, *, service: str) -> LinkSettings:
