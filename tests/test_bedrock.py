@@ -902,36 +902,37 @@ def test_the_proxy_comes_from_https_proxy_unless_no_proxy_excludes_the_host(
     assert proxy_for(url) is None
 
 
+async def warm_up_refused() -> ModelUnavailable:
+    """A backend set up from the environment as it stands: what its warm-up raised."""
+    llm = BedrockLLM(region="us-east-1")
+    try:
+        with trio.fail_after(5), pytest.raises(ModelUnavailable) as caught:
+            await llm.warm_up()
+    finally:
+        await llm.aclose()
+    return caught.value
+
+
 async def test_an_https_proxy_url_is_refused_with_what_to_set(
         fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTP_PROXY", "https://user:pw@proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "")
-    llm = BedrockLLM(region="us-east-1")
-    try:
-        with trio.fail_after(5), pytest.raises(ModelUnavailable) as caught:
-            await llm.warm_up()
-    finally:
-        await llm.aclose()
-    assert "only http:// proxies" in str(caught.value)
-    assert "pw" not in str(caught.value)
+    caught = await warm_up_refused()
+    assert "only http:// proxies" in str(caught)
+    assert "pw" not in str(caught)
 
 
 async def test_a_ca_bundle_that_cannot_be_read_is_a_model_error_that_names_it(
-        fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        aws_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Not a FileNotFoundError from a worker thread: the setting, the path, and the service."""
     missing = tmp_path / "no-such-ca.pem"
     monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "https://127.0.0.1:9")
     monkeypatch.setenv("AWS_CA_BUNDLE", str(missing))
-    llm = BedrockLLM(region="us-east-1")
-    try:
-        with trio.fail_after(5), pytest.raises(ModelUnavailable) as caught:
-            await llm.warm_up()
-    finally:
-        await llm.aclose()
-    assert caught.value.code == "InvalidCABundle"
-    assert "AWS_CA_BUNDLE" in str(caught.value)
-    assert str(missing) in str(caught.value)
-    assert "Bedrock" in str(caught.value)
+    caught = await warm_up_refused()
+    assert caught.code == "InvalidCABundle"
+    assert "AWS_CA_BUNDLE" in str(caught)
+    assert str(missing) in str(caught)
+    assert "Bedrock" in str(caught)
 
 
 async def test_a_bedrock_api_key_is_sent_as_a_bearer_token(
@@ -952,12 +953,7 @@ async def test_a_bedrock_api_key_never_goes_over_plain_http(
         aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "bedrock-api-key-example")
     monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "http://bedrock.example.internal")
-    llm = BedrockLLM(region="us-east-1")
-    try:
-        with trio.fail_after(5), pytest.raises(ModelUnavailable, match="only over https"):
-            await llm.warm_up()
-    finally:
-        await llm.aclose()
+    assert "only over https" in str(await warm_up_refused())
 
 
 async def test_take_ready_hands_over_what_arrived_without_waiting(

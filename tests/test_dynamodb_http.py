@@ -7,6 +7,7 @@ CA bundle boto3 would use is the one trusted. The faults of a misbehaving endpoi
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -178,10 +179,11 @@ def test_a_ca_bundle_or_proxy_that_cannot_be_used_stops_start_up_with_what_to_fi
         aws_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-ca.pem"
     monkeypatch.setenv("AWS_CA_BUNDLE", str(missing))
-    url = "https://dynamodb.us-east-1.amazonaws.com"
+    build = partial(make_http, "https://dynamodb.us-east-1.amazonaws.com", "us-east-1",
+                    connect_timeout_s=1, read_timeout_s=1, max_idle=1,
+                    refresh_limiter=trio.CapacityLimiter(1))
     with pytest.raises(SettingsError) as caught:
-        make_http(url, "us-east-1", connect_timeout_s=1, read_timeout_s=1, max_idle=1,
-                  refresh_limiter=trio.CapacityLimiter(1))
+        build()
     assert "AWS_CA_BUNDLE" in str(caught.value)
     assert str(missing) in str(caught.value)
     assert "DynamoDB" in str(caught.value)
@@ -189,8 +191,7 @@ def test_a_ca_bundle_or_proxy_that_cannot_be_used_stops_start_up_with_what_to_fi
     monkeypatch.setenv("HTTPS_PROXY", "https://user:pw@proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "")
     with pytest.raises(SettingsError) as caught:
-        make_http(url, "us-east-1", connect_timeout_s=1, read_timeout_s=1, max_idle=1,
-                  refresh_limiter=trio.CapacityLimiter(1))
+        build()
     assert "HTTPS_PROXY" in str(caught.value)
     assert "only http:// proxies" in str(caught.value)
     assert "pw" not in str(caught.value)

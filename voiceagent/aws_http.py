@@ -217,14 +217,16 @@ class LinkSettings:
     proxy_url: str | None                   # its URL, password redacted, for a log line
 
 
-def link_settings(endpoint: Endpoint, url: str, *, service: str) -> LinkSettings:
+def link_settings(endpoint: Endpoint, url: str, *, service: str,
+                  session: botocore.session.Session | None = None) -> LinkSettings:
     """Blocking (the CA bundle is read from disk). The CA bundle is AWS_CA_BUNDLE, else the
     profile's ca_bundle, else botocore's own; the proxy is HTTPS_PROXY / HTTP_PROXY unless
-    NO_PROXY excludes the host. ``service`` names the user in errors ("Bedrock")."""
+    NO_PROXY excludes the host. ``service`` names the user in errors ("Bedrock");
+    ``session``, when the caller already made one, saves reading the AWS config again."""
     context = None
     if endpoint.scheme == "https":
-        bundle = (botocore.session.Session().get_config_variable("ca_bundle")
-                  or get_cert_path(True))
+        core = session or botocore.session.Session()
+        bundle = core.get_config_variable("ca_bundle") or get_cert_path(True)
         try:
             context = ssl_context(bundle)
         except (OSError, ssl.SSLError) as err:

@@ -289,7 +289,7 @@ class BedrockLLM:
                                    f"cannot set up the Bedrock client: {err}") from err
         endpoint = Endpoint.from_url(url, region)
         try:
-            link = link_settings(endpoint, url, service="Bedrock")
+            link = link_settings(endpoint, url, service="Bedrock", session=core)
         except LinkSettingsError as err:
             code = ("InvalidProxyConfiguration" if err.setting == "proxy"
                     else "InvalidCABundle")
