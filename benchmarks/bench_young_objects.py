@@ -77,7 +77,7 @@ def _label(task: trio.lowlevel.Task) -> str:
     return f"{'.'.join(task.name.split('.')[-2:])} [{' > '.join(waits[-3:])}]"
 
 
-def _reach(task: trio.lowlevel.Task, ids: dict[int, Any], seen: set[int]) -> list[Any]:
+def _reach(task: trio.lowlevel.Task, ids: set[int], seen: set[int]) -> list[Any]:
     """The young objects reachable from the task's chain of awaits through young objects
     only, that no task before it reached."""
     found = []
@@ -95,16 +95,17 @@ def _reach(task: trio.lowlevel.Task, ids: dict[int, Any], seen: set[int]) -> lis
 
 def attribute(young: list[Any], root: trio.lowlevel.Task) -> dict[str, Any]:
     """Young objects by the server task that holds them, and by type; then the callers'."""
-    ids = {id(o): o for o in young}
+    ids = {id(o) for o in young}
     by_task: Counter[str] = Counter()
     by_type: Counter[str] = Counter()
     seen: set[int] = set()
     tasks = _tasks(root)
     for task in tasks:
         if not _is_client(task):
-            for obj in _reach(task, ids, seen):
-                by_task[_label(task)] += 1
-                by_type[type(obj).__qualname__] += 1
+            if not (held := _reach(task, ids, seen)):
+                continue
+            by_task[_label(task)] += len(held)
+            by_type.update(type(obj).__qualname__ for obj in held)
     callers = sum(len(_reach(task, ids, seen)) for task in tasks if _is_client(task))
     rest = Counter(type(o).__qualname__ for o in young if id(o) not in seen)
     return {"by_task": by_task, "by_type": by_type, "server": sum(by_task.values()),
@@ -167,7 +168,8 @@ def report(result: dict[str, Any], top: int) -> None:
     print(f"{calls} calls, each idle after one more turn. Young objects still alive, a call: "
           f"{per['young']:.1f} = {per['server']:.1f} held by the server's waiting tasks + "
           f"{per['callers']:.1f} by the callers' + {per['other']:.1f} reached from neither "
-          "(each turn's records: history, store queue, reports)")
+          "(the waiting tasks' cancel scopes, held by the old task objects; each turn's records: "
+          "history, store queue, reports)")
     print(f"\nby server task, a call (top {top}):")
     for label, count in result["by_task"].most_common(top):
         print(f"  {count / calls:7.1f}  {label}")
