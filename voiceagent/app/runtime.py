@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -28,8 +28,12 @@ from voiceagent.llm.scripted import ScriptedLLM
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 from voiceagent.store.write_behind import WriteBehind
+from voiceagent.threads import run_blocking
 from voiceagent.tools.plugins import build_registry
 from voiceagent.tools.registry import ToolRegistry
+
+if TYPE_CHECKING:
+    import botocore.session
 
 log = logging.getLogger(__name__)
 
@@ -167,15 +171,16 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
     log.info("tools registered", extra={"tools": len(registry.names()),
                                         "from": sorted(set(registry.origins.values()))})
     async with AsyncExitStack() as stack:
+        aws = await _aws_session(settings, store_given=store is not None, llm_given=llm is not None)
         if store is None:
-            store = await stack.enter_async_context(open_store(settings))
+            store = await stack.enter_async_context(open_store(settings, aws=aws))
         if config is not None:
             changes = await write_config(store, config)
             log.info("config loaded into the embedded store",
                      extra={"changed": sum(v != "unchanged" for v in changes.values())})
         catalog = Catalog(store, registry)
         if llm is None:
-            llm = await stack.enter_async_context(_open_llm(settings, catalog))
+            llm = await stack.enter_async_context(_open_llm(settings, catalog, aws=aws))
         writer = WriteBehind(store, linger_s=WRITE_LINGER_S)
         runtime = Runtime(settings=settings, store=store, llm=llm, registry=registry,
                           writer=writer, catalog=catalog,
@@ -202,9 +207,23 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
                 nursery.cancel_scope.cancel(reason="runtime closing")
 
 
+async def _aws_session(settings: Settings, *, store_given: bool,
+                       llm_given: bool) -> botocore.session.Session | None:
+    """One botocore session for the DynamoDB client and the Bedrock endpoint, when both are
+    ours to open. Each session loads and keeps its own copy of botocore's data (partitions,
+    endpoint rules, defaults, the service models): a second one cost every server process
+    ~7 MB of its ~75 MB at start (benchmarks/RESULTS.md, issue 20)."""
+    if (store_given or settings.store != "dynamodb") or (llm_given or settings.llm != "bedrock"):
+        return None                     # one AWS user at most: it makes its own
+    import botocore.session
+    return await run_blocking(botocore.session.Session, limiter=trio.CapacityLimiter(1))
+
+
 @asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    """The store the settings name, with its own thread limiter (never trio's default)."""
+async def open_store(settings: Settings, *, aws: botocore.session.Session | None = None
+                     ) -> AsyncIterator[Store]:
+    """The store the settings name, with its own thread limiter (never trio's default).
+    ``aws``: the botocore session to make the DynamoDB client from (else its own)."""
     limiter = trio.CapacityLimiter(settings.store_threads)
     if settings.store == "sqlite":
         from voiceagent.store.sqlite import open_sqlite_store
@@ -213,12 +232,13 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
             yield store
     else:
         from voiceagent.store.dynamodb import open_dynamodb_store
-        async with open_dynamodb_store(settings, limiter=limiter) as store:
+        async with open_dynamodb_store(settings, limiter=limiter, session=aws) as store:
             yield store
 
 
 @asynccontextmanager
-async def _open_llm(settings: Settings, catalog: Catalog) -> AsyncIterator[LLM]:
+async def _open_llm(settings: Settings, catalog: Catalog, *,
+                    aws: botocore.session.Session | None = None) -> AsyncIterator[LLM]:
     if settings.llm == "scripted":
         yield ScriptedLLM.from_use_cases(
             await catalog.all_use_cases(),
@@ -226,5 +246,5 @@ async def _open_llm(settings: Settings, catalog: Catalog) -> AsyncIterator[LLM]:
             token_delay_s=settings.scripted_token_delay_ms / 1000)
         return
     from voiceagent.llm.bedrock import open_bedrock_llm
-    async with open_bedrock_llm(settings) as bedrock:
+    async with open_bedrock_llm(settings, session=aws) as bedrock:
         yield bedrock

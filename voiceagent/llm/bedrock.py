@@ -129,8 +129,10 @@ class BedrockLLM:
                  read_timeout_s: float = READ_TIMEOUT_S, max_retries: int = MAX_RETRIES,
                  retry_budget_s: float = RETRY_BUDGET_S,
                  retry_base_delay_s: float = RETRY_BASE_DELAY_S,
-                 check_history: bool = True) -> None:
+                 check_history: bool = True,
+                 session: botocore.session.Session | None = None) -> None:
         self.region = region
+        self._session = session         # the runtime's, shared with the store; else our own
         self.max_concurrent_streams = max_concurrent_streams
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
@@ -274,14 +276,14 @@ class BedrockLLM:
         return self._setup
 
     def _resolve(self) -> _Setup:
-        """Worker thread. A boto3 client resolves the endpoint (AWS_ENDPOINT_URL(_BEDROCK_
-        RUNTIME), FIPS and dual-stack settings, the region) as any boto3 client would; the
-        session gives the credentials (its standard chain) and the CA bundle (AWS_CA_BUNDLE or
-        the profile's ca_bundle, else botocore's own). The client itself sends nothing."""
+        """Worker thread. A botocore client (what a boto3 client wraps) resolves the endpoint
+        (AWS_ENDPOINT_URL(_BEDROCK_RUNTIME), FIPS and dual-stack settings, the region) as any
+        boto3 client would; the session gives the credentials (its standard chain) and the CA
+        bundle (AWS_CA_BUNDLE or the profile's ca_bundle, else botocore's own). The client
+        itself sends nothing. The session is the runtime's when the store shares it."""
         try:
-            core = botocore.session.Session()
-            session = boto3.session.Session(botocore_session=core, region_name=self.region)
-            client = session.client("bedrock-runtime")
+            core = self._session or botocore.session.Session()
+            client = core.create_client("bedrock-runtime", region_name=self.region)
             url, region = client.meta.endpoint_url, client.meta.region_name
             client.close()
         except BotoCoreError as err:
@@ -344,13 +346,15 @@ def check_bedrock_ready(settings: Settings) -> list[str]:
 
 
 @asynccontextmanager
-async def open_bedrock_llm(settings: Settings) -> AsyncIterator[BedrockLLM]:
+async def open_bedrock_llm(settings: Settings, *, session: botocore.session.Session | None = None
+                           ) -> AsyncIterator[BedrockLLM]:
     """The backend for ``settings``, warmed up; its client is closed on exit. A client that
-    cannot be created (no region, bad profile) raises ``SettingsError``."""
+    cannot be created (no region, bad profile) raises ``SettingsError``. ``session``: the
+    runtime's botocore session, when the store uses one too."""
     if os.environ.get("BEDROCK_TRANSPORT"):
         log.warning("BEDROCK_TRANSPORT is no longer read: there is one transport (trio HTTP, "
                     "through HTTPS_PROXY when one applies); remove the setting")
-    llm = BedrockLLM.from_settings(settings)
+    llm = BedrockLLM.from_settings(settings, session=session)
     try:
         try:
             await llm.warm_up()

@@ -4,15 +4,16 @@ The table is the original sample's (pk/sk string keys, GSI ``index-1-full`` on p
 every attribute projected, TTL on ``expireAt``), so a table that sample filled works unchanged
 and ``voiceagent store init`` (``ensure_table``) creates the same one anywhere.
 
-One low-level boto3 client per process, owned by the store (``aclose`` closes it), created
-with ``open_dynamodb_store``. Queries and table work run in a worker thread through
-``run_blocking`` and the limiter the owner passes in; the client's connection pool is sized to
-that limiter. Writes (every message of every call) and single-item reads (every call's
-profile) go from the event loop instead, through ``dynamodb_http`` (why: there), when the
-store was opened with ``open_dynamodb_store``; a store built around a bare client uses it for
-everything. The endpoint and credentials come from the standard AWS variables and files,
-which boto3 reads itself (``AWS_ENDPOINT_URL_DYNAMODB`` points it at DynamoDB Local or moto),
-and the loop's requests go where the client would.
+One low-level client per process (botocore's, which boto3's clients are), owned by the store
+(``aclose`` closes it), created with ``open_dynamodb_store`` from the botocore session the
+runtime shares with the model, when it has one (``open_runtime``). Queries and table work run
+in a worker thread through ``run_blocking`` and the limiter the owner passes in; the client's
+connection pool is sized to that limiter. Writes (every message of every call) and single-item
+reads (every call's profile) go from the event loop instead, through ``dynamodb_http`` (why:
+there), when the store was opened with ``open_dynamodb_store``; a store built around a bare
+client uses it for everything. The endpoint and credentials come from the standard AWS
+variables and files, which boto3 reads itself (``AWS_ENDPOINT_URL_DYNAMODB`` points it at
+DynamoDB Local or moto), and the loop's requests go where the client would.
 
 Values: callers hand in and get back plain JSON-like values. Numbers travel as Decimal and
 come back as ``int`` when whole and ``float`` otherwise (DynamoDB keeps no number type, so a
@@ -36,7 +37,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar
 
-import boto3
+import botocore.session
 import h11
 import trio
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
@@ -321,15 +322,18 @@ class DynamoDBStore(TableAdmin):
 # ------------------------------------------------------------------ opening
 
 
-def make_client(settings: Settings, *, max_pool_connections: int) -> Any:
-    """The process's boto3 DynamoDB client (blocking: call it in a worker thread)."""
+def make_client(settings: Settings, *, max_pool_connections: int,
+                session: botocore.session.Session | None = None) -> Any:
+    """The process's DynamoDB client (blocking: call it in a worker thread), from ``session``
+    when the runtime shares one with the model
+    (``open_runtime``)."""
     config = Config(
         retries={"mode": "standard", "total_max_attempts": TOTAL_MAX_ATTEMPTS},
         connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
         max_pool_connections=max_pool_connections, tcp_keepalive=True)
     try:
-        session = boto3.session.Session(region_name=settings.aws_region)
-        return session.client("dynamodb", config=config)
+        core = session or botocore.session.Session()
+        return core.create_client("dynamodb", region_name=settings.aws_region, config=config)
     except NoRegionError:
         raise SettingsError(["AWS_REGION: required for the DynamoDB store (the table's "
                              "region, e.g. us-east-1)"]) from None
@@ -339,7 +343,9 @@ def make_client(settings: Settings, *, max_pool_connections: int) -> Any:
 
 @asynccontextmanager
 async def open_dynamodb_store(settings: Settings, *, limiter: trio.CapacityLimiter,
-                              check_table: bool = True) -> AsyncIterator[DynamoDBStore]:
+                              check_table: bool = True,
+                              session: botocore.session.Session | None = None
+                              ) -> AsyncIterator[DynamoDBStore]:
     """Create the client, check the table (``check_table``: exists, keyed as expected) and
     close the client on exit. ``SettingsError`` without TABLE_NAME or a region; ``StoreError``
     naming the table and endpoint when it cannot be used."""
@@ -348,13 +354,13 @@ async def open_dynamodb_store(settings: Settings, *, limiter: trio.CapacityLimit
     table_name = settings.table_name
     tokens = limiter.total_tokens
     pool = max(1, int(tokens)) if math.isfinite(tokens) else DEFAULT_POOL_CONNECTIONS
-    client = await run_blocking(lambda: make_client(settings, max_pool_connections=pool),
-                                limiter=limiter)
+    client = await run_blocking(lambda: make_client(settings, max_pool_connections=pool,
+                                                    session=session), limiter=limiter)
     try:
         http = await run_blocking(lambda: make_http(
             client.meta.endpoint_url, client.meta.region_name,
             connect_timeout_s=CONNECT_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S, max_idle=pool,
-            refresh_limiter=limiter), limiter=limiter)
+            refresh_limiter=limiter, session=session), limiter=limiter)
     except BaseException:
         with trio.CancelScope(shield=True):
             await run_blocking(client.close, limiter=limiter)

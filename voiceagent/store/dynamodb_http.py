@@ -28,6 +28,7 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
+import botocore.session
 import h11
 import trio
 
@@ -159,14 +160,14 @@ def _crc(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
 
 
 def make_http(endpoint_url: str, region: str, *, connect_timeout_s: float,
-              read_timeout_s: float, max_idle: int,
-              refresh_limiter: trio.CapacityLimiter) -> DynamoDBHttp:
+              read_timeout_s: float, max_idle: int, refresh_limiter: trio.CapacityLimiter,
+              session: botocore.session.Session | None = None) -> DynamoDBHttp:
     """Blocking (credentials and the CA bundle are read from disk): call it in a thread.
     ``endpoint_url`` and ``region`` as the boto3 client resolved them, so AWS_ENDPOINT_URL_
     DYNAMODB, FIPS and the rest apply alike to reads and writes."""
     endpoint = Endpoint.from_url(endpoint_url, region)
     try:
-        link = link_settings(endpoint, endpoint_url, service="DynamoDB")
+        link = link_settings(endpoint, endpoint_url, service="DynamoDB", session=session)
     except LinkSettingsError as err:
         raise SettingsError([str(err)]) from None
     signer = Signer(endpoint, resolve_credentials, None, USER_AGENT, refresh_limiter,
