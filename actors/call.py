@@ -23,8 +23,9 @@ import trio
 
 from actors import interrupt_handler, llm_streamer, relay_reader, relay_writer, tool_executor
 from actors.context import CallContext, TurnStats
+from actors.end_signal import EndSignal
 from actors.history import History
-from actors.messages import EndCall, Inbound, Outgoing, Setup, ToolBatch, TurnCommand
+from actors.messages import Inbound, Outgoing, Setup, ToolBatch, TurnCommand
 from actors.relay_control import RelayControl
 from actors.relay_reader import FrameStats
 from actors.relay_socket import RelaySocket
@@ -83,7 +84,7 @@ class CallServices:
     max_prompt_chars: int = 2000
     idle_reprompt_s: float | None = None
     max_reprompts: int = 2
-    end_calls: trio.Event = field(default_factory=trio.Event)  # set: end calls politely
+    end_calls: EndSignal = field(default_factory=EndSignal)   # set: end calls politely
     log_content: bool = False
     token_hold_s: float = 0.0
     on_turn: Callable[[dict[str, Any]], None] | None = None   # each turn's summary (metrics)
@@ -176,40 +177,18 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
                                    persist=persist))
         policy = interrupt_handler.InputPolicy(
             dtmf=plan.use_case.dtmf, max_prompt_chars=services.max_prompt_chars,
-            idle_reprompt_s=services.idle_reprompt_s, max_reprompts=services.max_reprompts)
-        limits = await nursery.start(partial(_end_at_limits, commands=cmd_send.clone(),
-                                             services=services))
+            idle_reprompt_s=services.idle_reprompt_s, max_reprompts=services.max_reprompts,
+            max_call_s=services.max_call_duration_s)
         nursery.start_soon(partial(interrupt_handler.run, inbound=in_recv, commands=cmd_send,
-                                   policy=policy))
+                                   policy=policy, ending=services.end_calls))
         await relay_reader.run(socket=socket, inbound=in_send, stats=report.frames,
                                max_frame_bytes=services.max_frame_bytes, marks=marks)
-        limits.cancel(reason="hangup")
         if report.frames.abusive:
             report.ended_by = "bad-frames"
             await socket.close(1008, "too many unusable frames")
         nursery.cancel_scope.deadline = trio.current_time() + TEARDOWN_S
     if report.writer.ended and report.ended_by == "hangup":
         report.ended_by = "end"
-
-
-DRAINING = ("I'm sorry, we have to end this call now for maintenance. "
-            "Please call back in a minute.")
-TOO_LONG = "I'm sorry, we have reached the time limit for this call. Please call back anytime."
-
-
-async def _end_at_limits(*, commands: trio.MemorySendChannel[TurnCommand],
-                         services: CallServices,
-                         task_status: trio.TaskStatus[trio.CancelScope]) -> None:
-    """Ends the call politely when the server drains or the call reaches its maximum length.
-    Cancelled (through the scope it reports) when the caller hangs up first."""
-    with trio.CancelScope() as scope, commands:
-        task_status.started(scope)
-        with trio.move_on_after(services.max_call_duration_s) as waited:
-            await services.end_calls.wait()
-        if waited.cancelled_caught:
-            await commands.send(EndCall(TOO_LONG, "max-duration"))
-        else:
-            await commands.send(EndCall(DRAINING, "server-draining"))
 
 
 async def _wait_setup(socket: RelaySocket, services: CallServices,

@@ -1,12 +1,13 @@
 """Turns the caller's input, in arrival order, into commands for the llm_streamer.
 
-It decides what interrupts what: an ``interrupt`` becomes a barge-in (with what Twilio says
-was heard; the relay reader has already cancelled the speaking turn when it read it, see
+It decides what interrupts what: an ``interrupt`` becomes a barge-in (with what Twilio says was
+heard; the relay reader has already cancelled the speaking turn when it read it, see
 ``CutMarks``, so the barge-in waits for that turn's cleanup and records what was heard), a
-final prompt supersedes the reply in flight, DTMF keys are buffered into entries,
-and a silent caller is re-prompted, then bid goodbye. Keeping these decisions in one task, fed
-by one ordered channel, is what guarantees an interrupt cancels the turn it was meant for and
-never the turn started by the prompt that follows it.
+final prompt supersedes the reply in flight, DTMF keys are buffered into entries, a silent
+caller is re-prompted, then bid goodbye, and the call is ended politely at its maximum length
+or when the server drains (``EndSignal``). Keeping these decisions in one task, fed by one
+ordered channel, is what guarantees an interrupt cancels the turn it was meant for and never
+the turn started by the prompt that follows it.
 
 Input is untrusted: prompts are cleaned of control characters and capped in length, and at
 most two turns start per ``min_turn_gap_s`` whatever starts them. A prompt or a completed key
@@ -27,6 +28,7 @@ from typing import assert_never
 
 import trio
 
+from actors.end_signal import EndSignal
 from actors.messages import (
     BargeIn,
     ConfigUpdated,
@@ -54,6 +56,9 @@ REPROMPT = "Are you still there?"
 MAX_PLAYED_CHARS = 8000          # tokensPlayed kept per turn (a reply is far shorter)
 MAX_DETAIL_CHARS = 500           # of a configUpdated payload, in the log
 IDLE_GOODBYE = "I haven't heard from you, so I'll end the call now. Please call back anytime."
+DRAINING = ("I'm sorry, we have to end this call now for maintenance. "
+            "Please call back in a minute.")
+TOO_LONG = "I'm sorry, we have reached the time limit for this call. Please call back anytime."
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class InputPolicy:
     idle_reprompt_s: float | None = None        # None: never re-prompt
     max_reprompts: int = 2                      # then end the call
     min_turn_gap_s: float = 0.3                 # at most two turns start in this window
+    max_call_s: float = math.inf                # then end the call
 
 
 class _KeyBuffer:
@@ -116,6 +122,33 @@ class _Idle:
         return Reprompt(REPROMPT)
 
 
+class _Limits:
+    """The call's end from outside the conversation: its maximum length, or the server
+    draining. At most one goodbye, whichever comes first."""
+
+    def __init__(self, policy: InputPolicy, ending: EndSignal) -> None:
+        self.deadline = trio.current_time() + policy.max_call_s
+        self.ending = ending
+        self.said = False
+
+    def reached(self) -> EndCall | None:
+        if self.said:
+            return None
+        if self.ending.is_set():
+            command = EndCall(DRAINING, "server-draining")
+        elif trio.current_time() >= self.deadline:
+            command = EndCall(TOO_LONG, "max-duration")
+        else:
+            return None
+        self.said, self.deadline = True, math.inf
+        return command
+
+    def wake(self, scope: trio.CancelScope) -> None:
+        """Until the goodbye is said, the server draining wakes the wait in ``scope``."""
+        if not self.said:
+            self.ending.waiting(scope)
+
+
 def clean_prompt(text: str, limit: int) -> str:
     cleaned = CONTROL.sub(" ", text).strip()
     if len(cleaned) > limit:
@@ -126,19 +159,26 @@ def clean_prompt(text: str, limit: int) -> str:
 
 async def run(*, inbound: trio.MemoryReceiveChannel[Inbound],
               commands: trio.MemorySendChannel[TurnCommand],
-              policy: InputPolicy | None = None) -> None:
-    """Owns ``commands``; returns when ``inbound`` ends (the caller hung up)."""
+              policy: InputPolicy | None = None, ending: EndSignal | None = None) -> None:
+    """Owns ``commands``; returns when ``inbound`` ends (the caller hung up). ``ending``: the
+    server's signal to end its calls (draining)."""
     policy = policy or InputPolicy()
     keys, idle = _KeyBuffer(policy.dtmf), _Idle(policy)
+    limits = _Limits(policy, ending or EndSignal())
     gate = _Gate(policy, keys, inbound, commands)
     with inbound, commands:
         while True:
+            if (goodbye := limits.reached()) is not None:
+                await commands.send(goodbye)
             message: Inbound | None = None
-            with trio.move_on_at(min(keys.deadline, idle.deadline)):
+            with trio.move_on_at(min(keys.deadline, idle.deadline, limits.deadline)) as waiting:
+                limits.wake(waiting)
                 try:
                     message = await inbound.receive()
                 except trio.EndOfChannel:
                     return
+                finally:
+                    limits.ending.done_waiting(waiting)
             now = trio.current_time()
             if message is not None:
                 if isinstance(message, Prompt | Dtmf | Interrupt) or (

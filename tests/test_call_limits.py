@@ -13,8 +13,9 @@ import trio
 import trio.testing
 
 from actors import interrupt_handler
+from actors.end_signal import EndSignal
 from actors.history import History
-from actors.interrupt_handler import IDLE_GOODBYE, REPROMPT
+from actors.interrupt_handler import DRAINING, IDLE_GOODBYE, REPROMPT
 from actors.messages import (
     BargeIn,
     Inbound,
@@ -248,10 +249,29 @@ async def test_draining_ends_live_calls_politely(autojump_clock: Any) -> None:
     async with open_test_call(llm) as call:
         call.say("hello")
         await call.reply()
-        call.services.end_calls.set()
+        await trio.testing.wait_all_tasks_blocked()
+        ending = call.services.end_calls
+        assert ending.waiters == 1                  # the handler's wait, and no task of its own
+        ending.set()
         text, _ = await call.reply()
-        assert "call back" in text
+        assert text == DRAINING
         assert (await call.frame())["type"] == "end"
+        call.say("one more thing")                  # the goodbye is said once, nothing spins
+        await trio.testing.wait_all_tasks_blocked()
+        assert call.socket.pending() == []
+        assert ending.waiters == 0
+    assert ending.waiters == 0
+
+
+async def test_a_call_set_up_while_the_server_drains_ends_at_once(autojump_clock: Any) -> None:
+    ending = EndSignal()
+    ending.set()
+    async with open_test_call(FakeLLM([]), services_changes={"end_calls": ending}) as call:
+        text, _ = await call.reply()
+        assert text == DRAINING
+        assert (await call.frame())["handoffData"] == '{"reasonCode": "server-draining"}'
+        assert trio.current_time() == 0
+    assert ending.waiters == 0
 
 
 def flaky_registry() -> ToolRegistry:

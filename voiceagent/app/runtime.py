@@ -18,6 +18,7 @@ import trio
 
 import voiceagent.store.records as records
 from actors.call import CallReport, CallServices
+from actors.end_signal import EndSignal
 from voiceagent.app import heap
 from voiceagent.app.metrics import Metrics
 from voiceagent.app.sessions import Sessions
@@ -100,7 +101,7 @@ class Runtime:
     sessions: Sessions
     calls: CallCounters = field(default_factory=CallCounters)
     draining: bool = False                       # /health fails, /twiml refuses new calls
-    end_calls: trio.Event = field(default_factory=trio.Event)   # live calls end politely
+    end_calls: EndSignal = field(default_factory=EndSignal)     # live calls end politely
     reconnects: dict[str, int] = field(default_factory=dict)    # CallSid -> sessions re-made
     # relay sockets accepted whose setup is not resolved yet, oldest first (web.py)
     sockets_waiting: dict[Any, None] = field(default_factory=dict)
