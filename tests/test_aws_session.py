@@ -19,6 +19,8 @@ from tests.fake_bedrock import running_fake_bedrock, text_reply
 from voiceagent.app.runtime import open_runtime
 from voiceagent.llm.base import LLMRequest, TextDelta
 from voiceagent.settings import Settings
+from voiceagent.store import dynamodb_http
+from voiceagent.store.dynamodb import open_dynamodb_store
 
 __all__ = ["moto_endpoint"]          # the fixture, imported so pytest finds it here
 
@@ -65,3 +67,29 @@ async def test_the_store_and_the_model_come_from_one_session_and_both_work(
     assert len({session for _, session in made}) == 1, made
     assert fake.violations == []
 
+
+
+async def test_a_store_opened_alone_reads_the_aws_config_through_one_session(
+        moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its client and its requests from the loop (CA bundle, proxy) share the session it
+    makes, as the runtime's store and model share the runtime's."""
+    linked: list[int | None] = []
+    link = dynamodb_http.link_settings
+
+    def spy_link(*args: Any, session: botocore.session.Session | None = None,
+                 **kwargs: Any) -> Any:
+        linked.append(None if session is None else id(session))
+        return link(*args, session=session, **kwargs)
+
+    with trio.fail_after(30):
+        async with open_test_table(moto_endpoint) as table:
+            isolate_env(monkeypatch, aws_env(moto_endpoint, tmp_path))
+            made = _spy_on_clients(monkeypatch)
+            monkeypatch.setattr(dynamodb_http, "link_settings", spy_link)
+            settings = Settings.from_env(STORE="dynamodb", TABLE_NAME=table.table_name,
+                                         VALIDATE_SIGNATURES=False)
+            async with open_dynamodb_store(settings, limiter=trio.CapacityLimiter(2)) as store:
+                await store.put({"pk": "a", "sk": "b"})
+                assert await store.get("a", "b") == {"pk": "a", "sk": "b"}
+    assert [service for service, _ in made] == ["dynamodb"]
+    assert linked == [made[0][1]]

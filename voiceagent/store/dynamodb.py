@@ -324,9 +324,8 @@ class DynamoDBStore(TableAdmin):
 
 def make_client(settings: Settings, *, max_pool_connections: int,
                 session: botocore.session.Session | None = None) -> Any:
-    """The process's DynamoDB client (blocking: call it in a worker thread), from ``session``
-    when the runtime shares one with the model
-    (``open_runtime``)."""
+    """The process's DynamoDB client, from ``session`` or a session of its own (blocking:
+    call it in a worker thread)."""
     config = Config(
         retries={"mode": "standard", "total_max_attempts": TOTAL_MAX_ATTEMPTS},
         connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
@@ -348,19 +347,22 @@ async def open_dynamodb_store(settings: Settings, *, limiter: trio.CapacityLimit
                               ) -> AsyncIterator[DynamoDBStore]:
     """Create the client, check the table (``check_table``: exists, keyed as expected) and
     close the client on exit. ``SettingsError`` without TABLE_NAME or a region; ``StoreError``
-    naming the table and endpoint when it cannot be used."""
+    naming the table and endpoint when it cannot be used. ``session``: the botocore session the
+    runtime shares with the model; else one of its own, for the client and the loop's requests
+    alike (each session reads the AWS config and loads botocore's data anew)."""
     if not settings.table_name:
         raise SettingsError(["TABLE_NAME: required for the DynamoDB store (the table's name)"])
     table_name = settings.table_name
     tokens = limiter.total_tokens
     pool = max(1, int(tokens)) if math.isfinite(tokens) else DEFAULT_POOL_CONNECTIONS
+    core = session or await run_blocking(botocore.session.Session, limiter=limiter)
     client = await run_blocking(lambda: make_client(settings, max_pool_connections=pool,
-                                                    session=session), limiter=limiter)
+                                                    session=core), limiter=limiter)
     try:
         http = await run_blocking(lambda: make_http(
             client.meta.endpoint_url, client.meta.region_name,
             connect_timeout_s=CONNECT_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S, max_idle=pool,
-            refresh_limiter=limiter, session=session), limiter=limiter)
+            refresh_limiter=limiter, session=core), limiter=limiter)
     except BaseException:
         with trio.CancelScope(shield=True):
             await run_blocking(client.close, limiter=limiter)
