@@ -37,10 +37,9 @@ class History:
             raise ValueError("History: one meta mapping per message")
         self._sealed = len(self._messages)  # messages before this index are in the store
         self._offset = 0          # messages trimmed from memory (they are in the store)
-        # Copies handed to model requests, one per message, made when first asked for and
-        # kept until that message changes: a request shares the unchanged ones instead of
-        # copying the whole conversation on every model round (the prompt's path).
-        self._snapshots: list[Message | None] = [None] * len(self._messages)
+        # A message is never changed in place once it is in ``_messages``: a change (a merge,
+        # a barge-in cut) puts a new dict in its slot. So model requests share the messages
+        # themselves, with no copy per request and no second copy kept for requests.
 
     @classmethod
     def resumed(cls, messages: Sequence[Message], meta: Sequence[dict[str, Any]]) -> History:
@@ -111,14 +110,13 @@ class History:
     def _append(self, role: str, blocks: list[dict[str, Any]]) -> None:
         last = self._messages[-1] if self._messages else None
         if last is not None and last["role"] == role:
-            last["content"].extend(blocks)          # merge: roles must alternate
+            # merge (roles must alternate) into a new message: requests may hold the old one
+            self._messages[-1] = {"role": role, "content": [*last["content"], *blocks]}
             # A stored message that changes is stored again (its key is its at_ms and index).
             self._sealed = min(self._sealed, len(self._messages) - 1)
-            self._snapshots[-1] = None
         else:
             self._messages.append({"role": role, "content": blocks})
             self._meta.append({"at_ms": int(time.time() * 1000)})
-            self._snapshots.append(None)
 
     # ------------------------------------------------------------------ barge-in
 
@@ -131,7 +129,8 @@ class History:
         Assistant messages left with nothing are removed and the neighbours merged.
         """
         remaining = heard.strip()
-        for message, meta in zip(self._messages[start:], self._meta[start:], strict=True):
+        for at in range(start, len(self._messages)):
+            message, meta = self._messages[at], self._meta[at]
             if message["role"] != "assistant":
                 continue
             generated = " ".join(t for b in message["content"] if (t := _text(b)) is not None)
@@ -144,25 +143,24 @@ class History:
                 take, remaining = _take_prefix(said, remaining)
                 if take:
                     kept.append({"text": take})
-            message["content"] = kept
+            self._messages[at] = {"role": "assistant", "content": kept}
             if generated:
                 meta.update(generated=generated, interrupted=True)
         self._drop_empty(start)
 
     def _drop_empty(self, start: int) -> None:
         rebuilt, meta = self._messages[:start], self._meta[:start]
-        self._snapshots[start:] = [None] * (len(self._messages) - start)
         for message, facts in zip(self._messages[start:], self._meta[start:], strict=True):
             if not message["content"]:
                 continue
             if rebuilt and rebuilt[-1]["role"] == message["role"]:
-                rebuilt[-1]["content"].extend(message["content"])
+                rebuilt[-1] = {"role": message["role"],
+                               "content": [*rebuilt[-1]["content"], *message["content"]]}
                 meta[-1].update(facts)
             else:
                 rebuilt.append(message)
                 meta.append(facts)
         self._messages, self._meta = rebuilt, meta
-        del self._snapshots[len(rebuilt):]
 
     # ------------------------------------------------------------------ persistence
 
@@ -190,7 +188,7 @@ class History:
             message = self._messages[cut] if cut < len(self._messages) else None
             if message is not None and message["role"] == "user" and not any(
                     "toolResult" in block for block in message["content"]):
-                del self._messages[:cut], self._meta[:cut], self._snapshots[:cut]
+                del self._messages[:cut], self._meta[:cut]
                 self._sealed -= cut
                 self._offset += cut
                 return cut
@@ -202,17 +200,12 @@ class History:
         """The history as Converse wants it: a greeting-first history gets a neutral user
         message before it, since a conversation must start with the user.
 
-        The messages are shared with earlier and later requests while they do not change:
-        whoever receives them must not modify them (the backends only serialize them)."""
-        messages: list[Message] = []
-        snapshots = self._snapshots
-        for i, snapshot in enumerate(snapshots):
-            if snapshot is None:
-                snapshot = snapshots[i] = copy.deepcopy(self._messages[i])
-            messages.append(snapshot)
-        if messages and messages[0]["role"] == "assistant":
-            messages.insert(0, _CALL_CONNECTED_MESSAGE)
-        return tuple(messages)
+        The messages are the history's own, shared with earlier and later requests: the
+        history never changes one in place, and whoever receives them must not either (the
+        backends only serialize them)."""
+        if self._messages and self._messages[0]["role"] == "assistant":
+            return (_CALL_CONNECTED_MESSAGE, *self._messages)
+        return tuple(self._messages)
 
     def last_assistant_text(self) -> str:
         for message in reversed(self._messages):

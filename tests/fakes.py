@@ -4,6 +4,7 @@ on it; none of them is used outside tests."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -47,6 +48,9 @@ class FakeLLM:
     name: str = "fake"
     requests: list[LLMRequest] = field(default_factory=list)
     violations: list[list[str]] = field(default_factory=list)
+    # each request's messages as the model saw them: the history shares its messages with
+    # requests, so a later change made in place would show as a difference from these
+    sent_messages: list[list[Any]] = field(default_factory=list)
     opened_at: list[float] = field(default_factory=list)
     closed_at: list[float] = field(default_factory=list)
     open_streams: int = 0
@@ -63,6 +67,7 @@ class FakeLLM:
     @trio.as_safe_channel
     async def _stream(self, request: LLMRequest) -> AsyncIterator[LLMEvent]:
         self.requests.append(request)
+        self.sent_messages.append(copy.deepcopy(list(request.messages)))
         problems = converse_problems(request.messages, tools_configured=bool(request.tools))
         if problems:
             self.violations.append(problems)

@@ -85,6 +85,7 @@ async def test_any_schedule_leaves_a_valid_history(schedule: list[tuple[str, Any
     history = call.report.history
     assert history is not None
     assert llm.violations == []
+    assert [list(r.messages) for r in llm.requests] == llm.sent_messages
     if len(history):
         assert converse_problems(history.for_request()) == []
     persisted = [message for _, _, message, _ in call.writer.persisted]
@@ -128,6 +129,7 @@ async def test_a_call_resumed_anywhere_goes_on_with_a_valid_history(
                               resolve=resume) as second:
         await play(second, [*resumed_with, ("say", "hi"), ("wait", 3.0)])
     assert llm.violations == []
+    assert [list(r.messages) for r in llm.requests] == llm.sent_messages
     history = second.report.history
     assert history is not None
     assert converse_problems(history.for_request()) == []
