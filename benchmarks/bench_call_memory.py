@@ -1,0 +1,175 @@
+"""What a call costs the server's heap: connected and idle, then after each turn it says.
+
+RSS at 2000 calls (issue 20) is what a process holds before its first call plus what each
+call holds while it waits, and the load benchmark sees only the sum, on a noisy machine. This
+measures the second part alone, and where it goes, in seconds: the real server runs in this
+process (hypercorn, the relay route, the actors), N calls connect, and the heap the server's
+side allocated and still holds is traced (``tracemalloc``) at each step; the callers' side,
+which runs in this process too, is left out by its frames. Allocation sites are summed by the
+innermost frame of ours or of a library, so trio's and hypercorn's parts show as such.
+
+    python benchmarks/bench_call_memory.py --calls 200                  # scripted model, SQLite
+    python benchmarks/bench_call_memory.py --calls 60 --stack           # local Bedrock + moto
+
+``--stack`` starts the local ConverseStream endpoint and moto's DynamoDB (as bench_latency.py
+does) so the turns take the Bedrock transport and the store's HTTP path; at most 8 turns run
+at once, since tracing slows the process several times over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import inspect
+import os
+import sys
+import tempfile
+import tracemalloc
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import trio
+import trio.testing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from voiceagent.app.testing import agent_server
+
+CONFIG = Path(__file__).resolve().parent / "config"
+CLIENT_FRAMES = ("voiceagent/app/caller.py", "voiceagent/app/testing.py", "trio_websocket/")
+PROMPTS = ("Do you have a table for two tonight?", "What is on the menu for dinner today?",
+           "Can you book it for eight please?", "When is my pick up ready?")
+TRACE_DEPTH = 40
+AT_ONCE = 8                 # turns in flight: tracing slows the server several times over
+
+
+def _is_client(frame: tracemalloc.Frame) -> bool:
+    """The callers' library frames, and ``measure`` (its callers' tasks); every trace also
+    passes through ``main``'s ``trio.run``, which is not the client's."""
+    if frame.filename == __file__:
+        return frame.lineno in _MEASURE_LINES
+    return any(part in frame.filename for part in CLIENT_FRAMES)
+
+
+def _server_side(snapshot: tracemalloc.Snapshot) -> list[tracemalloc.Trace]:
+    return [trace for trace in snapshot.traces
+            if not any(_is_client(frame) for frame in trace.traceback)]
+
+
+def _site(trace: tracemalloc.Trace) -> str:
+    frame = trace.traceback[-1]                 # the innermost: where the bytes were asked for
+    name = frame.filename
+    for marker in ("site-packages/", "/voiceagent/", "/actors/"):
+        if marker in name:
+            name = marker.strip("/").replace("site-packages", "") + "/" + name.split(marker)[-1]
+            break
+    else:
+        name = name.rsplit("/", 1)[-1]
+    return f"{name.lstrip('/')}:{frame.lineno}"
+
+
+def _held(snapshot: tracemalloc.Snapshot) -> tuple[int, Counter[str]]:
+    sites: Counter[str] = Counter()
+    for trace in _server_side(snapshot):
+        sites[_site(trace)] += trace.size
+    return sum(sites.values()), sites
+
+
+async def measure(calls: int, turns: int, top: int, settings: dict[str, str]) -> None:
+    async with agent_server(CONFIG, use_case="benchUseCase", MAX_CALLS=str(calls + 10),
+                            IDLE_REPROMPT_S="0", **settings) as agent:
+        steps = [trio.Semaphore(0) for _ in range(turns + 1)]
+        go = [trio.Event() for _ in range(turns)]
+        done = trio.Event()
+        at_once = trio.Semaphore(AT_ONCE)
+
+        async def caller(i: int) -> None:
+            async with agent.call(call_sid=f"CA{i:032x}") as conversation:
+                steps[0].release()
+                for turn in range(turns):
+                    await go[turn].wait()
+                    async with at_once:
+                        await conversation.say(PROMPTS[turn % len(PROMPTS)])
+                    steps[turn + 1].release()
+                await done.wait()
+
+        async def settled() -> tuple[int, Counter[str]]:
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            gc.collect()
+            return _held(tracemalloc.take_snapshot())
+
+        async with trio.open_nursery() as nursery:
+            warm = trio.Event()
+
+            async def warm_up() -> None:            # the first call's one-off costs
+                async with agent.call(call_sid="CA" + "f" * 32) as conversation:
+                    await conversation.say(PROMPTS[0])
+                    warm.set()
+                    await done.wait()
+
+            nursery.start_soon(warm_up)
+            await warm.wait()
+            tracemalloc.start(TRACE_DEPTH)
+            base, base_sites = await settled()
+            for i in range(calls):
+                nursery.start_soon(caller, i)
+            rows = []
+            previous = (base, base_sites)
+            for step in range(turns + 1):
+                for _ in range(calls):
+                    await steps[step].acquire()
+                now = await settled()
+                rows.append((step, now))
+                label = "connected, no turn yet" if step == 0 else f"after turn {step}"
+                print(f"{label:>24}: {(now[0] - base) / calls / 1024:7.1f} KiB a call "
+                      f"({(now[0] - previous[0]) / calls / 1024:+.1f})", flush=True)
+                previous = now
+                if step < turns:
+                    go[step].set()
+            tracemalloc.stop()
+            idle_sites, last_sites = rows[0][1][1], rows[-1][1][1]
+            for what, sites in (("connected and idle", idle_sites - base_sites),
+                                (f"added by {turns} turn(s)", last_sites - idle_sites)):
+                print(f"\nheld per call, {what}, by allocation site (top {top}):")
+                for site, size in sites.most_common(top):
+                    print(f"  {size / calls:8.0f} B  {site}")
+            done.set()
+
+
+_lines, _first = inspect.getsourcelines(measure)
+_MEASURE_LINES = range(_first, _first + len(_lines))
+
+
+@contextmanager
+def _stack_settings(use_stack: bool) -> Iterator[dict[str, str]]:
+    if not use_stack:
+        yield {}
+        return
+    import local_stack
+    with tempfile.TemporaryDirectory() as scratch, local_stack.local_stack(
+            local_stack.StackOptions(first_token_ms=30, token_ms=2), Path(scratch)) as stack:
+        os.environ.update(stack.env)        # the AWS settings botocore reads for itself
+        yield {k: v for k, v in stack.env.items() if k in ("STORE", "LLM", "TABLE_NAME")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--turns", type=int, default=3, help="turns each call says (default 3)")
+    parser.add_argument("--top", type=int, default=15, help="allocation sites listed")
+    parser.add_argument("--stack", action="store_true",
+                        help="the local Bedrock endpoint and moto's DynamoDB instead of the "
+                             "scripted model and SQLite")
+    args = parser.parse_args()
+    with _stack_settings(args.stack) as settings:
+        print(f"{args.calls} calls, {args.turns} turns each, "
+              f"{'local Bedrock + moto' if args.stack else 'scripted model + SQLite'}; "
+              f"server side only, tracemalloc", flush=True)
+        trio.run(measure, args.calls, args.turns, args.top, settings)
+
+
+if __name__ == "__main__":
+    main()
