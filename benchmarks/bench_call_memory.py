@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio.testing
@@ -71,6 +72,18 @@ def _site(trace: tracemalloc.Trace) -> str:
     return f"{name.lstrip('/')}:{frame.lineno}"
 
 
+OWNERS = (("trio", ("trio/", "trio.")), ("hypercorn, wsproto, h11", ("hypercorn/", "wsproto/",
+          "h11/")), ("ours", ("voiceagent/", "actors/")))
+
+
+def _owner(site: str) -> str:
+    """trio's, the HTTP and WebSocket layers', ours, or the standard library's and the rest."""
+    for owner, parts in OWNERS:
+        if any(part in site for part in parts):
+            return owner
+    return "stdlib and other"
+
+
 def _held(snapshot: tracemalloc.Snapshot) -> tuple[int, Counter[str]]:
     sites: Counter[str] = Counter()
     for trace in _server_side(snapshot):
@@ -78,7 +91,7 @@ def _held(snapshot: tracemalloc.Snapshot) -> tuple[int, Counter[str]]:
     return sum(sites.values()), sites
 
 
-async def measure(calls: int, turns: int, top: int, settings: dict[str, str]) -> None:
+async def measure(calls: int, turns: int, top: int, settings: dict[str, Any]) -> None:
     async with agent_server(CONFIG, use_case="benchUseCase", MAX_CALLS=str(calls + 10),
                             IDLE_REPROMPT_S="0", **settings) as agent:
         steps = [trio.Semaphore(0) for _ in range(turns + 1)]
@@ -136,6 +149,12 @@ async def measure(calls: int, turns: int, top: int, settings: dict[str, str]) ->
                 print(f"\nheld per call, {what}, by allocation site (top {top}):")
                 for site, size in sites.most_common(top):
                     print(f"  {size / calls:8.0f} B  {site}")
+                owners: Counter[str] = Counter()
+                for site, size in sites.items():
+                    owners[_owner(site)] += size
+                print("  by whose code asked for it: " + ", ".join(
+                    f"{owner} {size / calls / 1024:.1f} KiB"
+                    for owner, size in owners.most_common()))
             done.set()
 
 
@@ -144,7 +163,7 @@ _MEASURE_LINES = range(_first, _first + len(_lines))
 
 
 @contextmanager
-def _stack_settings(use_stack: bool) -> Iterator[dict[str, str]]:
+def _stack_settings(use_stack: bool) -> Iterator[dict[str, Any]]:
     if not use_stack:
         yield {}
         return

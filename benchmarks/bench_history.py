@@ -1,5 +1,7 @@
 """What a model round pays to build its request's history: a deep copy of the whole
-conversation (the earlier design) against copies kept per message until it changes (now).
+conversation (the first design) against the history's own messages, shared (now: a message
+is never changed in place, so requests need no copy; before that, one copy of each message
+was kept for requests until it changed).
 
 A call of N turns is replayed into a ``History``: each turn the caller speaks, the model asks
 for a tool every third turn (toolUse, then its toolResult), and answers. At every model round
@@ -64,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--turns", type=int, nargs="+", default=[10, 40, 100])
     parser.add_argument("--repeat", type=int, default=200, help="calls replayed per size")
     args = parser.parse_args(argv)
-    print(f"{'turns':>6} {'messages':>9} {'deep copy us/round':>19} {'kept copies':>12} "
+    print(f"{'turns':>6} {'messages':>9} {'deep copy us/round':>19} {'shared':>12} "
           f"{'ratio':>6}")
     for turns in args.turns:
         figures, messages = [], 0
