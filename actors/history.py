@@ -1,6 +1,7 @@
 """The conversation of one call, kept valid for Bedrock's Converse API at every step.
 
-One owner (the call's llm_streamer) mutates it; everything else gets copies. The rules it keeps
+One owner (the call's llm_streamer) changes it; everything else gets copies, except model
+requests, which share its messages (it never changes a message in place). The rules it keeps
 are the model layer's (``voiceagent.llm.converse``): roles alternate and start with the user,
 no empty content or blank text, every toolUse is answered by exactly its toolResults in the
 next message; and an assistant message records what the caller heard.
