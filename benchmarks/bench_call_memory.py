@@ -144,8 +144,10 @@ async def measure(calls: int, turns: int, top: int, settings: dict[str, Any]) ->
                     go[step].set()
             tracemalloc.stop()
             idle_sites, last_sites = rows[0][1][1], rows[-1][1][1]
-            for what, sites in (("connected and idle", idle_sites - base_sites),
-                                (f"added by {turns} turn(s)", last_sites - idle_sites)):
+            parts = [("connected and idle", idle_sites - base_sites)]
+            if turns:
+                parts.append((f"added by {turns} turn(s)", last_sites - idle_sites))
+            for what, sites in parts:
                 print(f"\nheld per call, {what}, by allocation site (top {top}):")
                 for site, size in sites.most_common(top):
                     print(f"  {size / calls:8.0f} B  {site}")
