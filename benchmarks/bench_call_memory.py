@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from voiceagent.app.testing import agent_server
 
+ROOT = str(Path(__file__).resolve().parent.parent) + "/"
 CONFIG = Path(__file__).resolve().parent / "config"
 CLIENT_FRAMES = ("voiceagent/app/caller.py", "voiceagent/app/testing.py", "trio_websocket/")
 PROMPTS = ("Do you have a table for two tonight?", "What is on the menu for dinner today?",
@@ -62,14 +63,10 @@ def _server_side(snapshot: tracemalloc.Snapshot) -> list[tracemalloc.Trace]:
 
 def _site(trace: tracemalloc.Trace) -> str:
     frame = trace.traceback[-1]                 # the innermost: where the bytes were asked for
-    name = frame.filename
-    for marker in ("site-packages/", "/voiceagent/", "/actors/"):
-        if marker in name:
-            name = marker.strip("/").replace("site-packages", "") + "/" + name.split(marker)[-1]
-            break
-    else:
+    name = frame.filename.split("site-packages/")[-1].removeprefix(ROOT)
+    if name.startswith("/"):                    # the standard library: its file name is enough
         name = name.rsplit("/", 1)[-1]
-    return f"{name.lstrip('/')}:{frame.lineno}"
+    return f"{name}:{frame.lineno}"
 
 
 OWNERS = (("trio", ("trio/", "trio.")), ("hypercorn, wsproto, h11", ("hypercorn/", "wsproto/",
@@ -129,21 +126,20 @@ async def measure(calls: int, turns: int, top: int, settings: dict[str, Any]) ->
             base, base_sites = await settled()
             for i in range(calls):
                 nursery.start_soon(caller, i)
-            rows = []
-            previous = (base, base_sites)
+            held, idle_sites = base, base_sites
             for step in range(turns + 1):
                 for _ in range(calls):
                     await steps[step].acquire()
-                now = await settled()
-                rows.append((step, now))
+                now, last_sites = await settled()
+                if step == 0:
+                    idle_sites = last_sites
                 label = "connected, no turn yet" if step == 0 else f"after turn {step}"
-                print(f"{label:>24}: {(now[0] - base) / calls / 1024:7.1f} KiB a call "
-                      f"({(now[0] - previous[0]) / calls / 1024:+.1f})", flush=True)
-                previous = now
+                print(f"{label:>24}: {(now - base) / calls / 1024:7.1f} KiB a call "
+                      f"({(now - held) / calls / 1024:+.1f})", flush=True)
+                held = now
                 if step < turns:
                     go[step].set()
             tracemalloc.stop()
-            idle_sites, last_sites = rows[0][1][1], rows[-1][1][1]
             parts = [("connected and idle", idle_sites - base_sites)]
             if turns:
                 parts.append((f"added by {turns} turn(s)", last_sites - idle_sites))
