@@ -148,6 +148,10 @@ class _Limits:
         if not self.said:
             self.ending.waiting(scope)
 
+    def done(self, scope: trio.CancelScope) -> None:
+        """The wait in ``scope`` is over: the server draining no longer wakes it."""
+        self.ending.done_waiting(scope)
+
 
 def clean_prompt(text: str, limit: int) -> str:
     cleaned = CONTROL.sub(" ", text).strip()
@@ -178,7 +182,7 @@ async def run(*, inbound: trio.MemoryReceiveChannel[Inbound],
                 except trio.EndOfChannel:
                     return
                 finally:
-                    limits.ending.done_waiting(waiting)
+                    limits.done(waiting)
             now = trio.current_time()
             if message is not None:
                 if isinstance(message, Prompt | Dtmf | Interrupt) or (
