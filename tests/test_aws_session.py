@@ -1,12 +1,16 @@
 """The runtime makes its DynamoDB client and resolves its Bedrock endpoint from one botocore
 session: each session loads and keeps its own copy of botocore's data (partitions, endpoint
 rules, defaults, service models), ~7 MB a server process paid twice (benchmarks/RESULTS.md,
-issue 20). Against moto's server and the local ConverseStream endpoint: both still work, each
-reached where the environment says.
+issue 20). Once both clients exist the session goes, and with it the data only client creation
+needed (``endpoints.json``, ~8 MB). Against moto's server and the local ConverseStream
+endpoint: both still work, each reached where the environment says.
 """
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ import trio
 from tests.dynamodb_support import aws_env, isolate_env, moto_endpoint, open_test_table
 from tests.fake_bedrock import running_fake_bedrock, text_reply
 from voiceagent.app.runtime import open_runtime
+from voiceagent.aws_session import new_session
 from voiceagent.llm.base import LLMRequest, TextDelta
 from voiceagent.settings import Settings
 from voiceagent.store import dynamodb_http
@@ -31,14 +36,19 @@ REQUEST = LLMRequest(call_sid="CA" + "0" * 32, use_case="testUseCase",
                      messages=({"role": "user", "content": [{"text": "When do you open?"}]},))
 
 
-def _spy_on_clients(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """(service, the id of the session it came from) for every botocore client made."""
+def _spy_on_clients(monkeypatch: pytest.MonkeyPatch,
+                    sessions: list[weakref.ref[botocore.session.Session]] | None = None
+                    ) -> list[tuple[str, int]]:
+    """(service, the id of the session it came from) for every botocore client made;
+    ``sessions``: a weak reference to each such session, too."""
     made: list[tuple[str, int]] = []
     create = botocore.session.Session.create_client
 
     def spy(self: botocore.session.Session, service_name: str, *args: Any,
             **kwargs: Any) -> Any:
         made.append((service_name, id(self)))
+        if sessions is not None:
+            sessions.append(weakref.ref(self))
         return create(self, service_name, *args, **kwargs)
 
     monkeypatch.setattr(botocore.session.Session, "create_client", spy)
@@ -93,3 +103,53 @@ async def test_a_store_opened_alone_reads_the_aws_config_through_one_session(
                 assert await store.get("a", "b") == {"pk": "a", "sk": "b"}
     assert [service for service, _ in made] == ["dynamodb"]
     assert linked == [made[0][1]]
+
+
+def _botocore_data_bytes(snapshot: tracemalloc.Snapshot) -> int:
+    """Bytes still alive that botocore's loader allocated (the JSON data files it parsed)."""
+    return sum(stat.size for stat in snapshot.statistics("traceback")
+               if any(frame.filename.endswith("botocore/loaders.py")
+                      for frame in stat.traceback))
+
+
+async def test_once_both_clients_exist_nothing_keeps_the_session_or_its_data(
+        moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a server process holds for its whole life: the clients, not the session they
+    were made from nor the files only client creation reads (~10 MB kept, before; the
+    DynamoDB client's own service model, ~2 MB, is what is left)."""
+    sessions: list[weakref.ref[botocore.session.Session]] = []
+    with trio.fail_after(30):
+        async with running_fake_bedrock() as fake, open_test_table(moto_endpoint) as table:
+            isolate_env(monkeypatch, {**aws_env(moto_endpoint, tmp_path),
+                                      "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake.endpoint_url})
+            made = _spy_on_clients(monkeypatch, sessions)
+            fake.push(text_reply(["Still", " here."]))
+            settings = Settings.from_env(STORE="dynamodb", TABLE_NAME=table.table_name,
+                                         LLM="bedrock", VALIDATE_SIGNATURES=False,
+                                         CONFIG_DIR=str(tmp_path))
+            tracemalloc.start(16)
+            try:
+                async with open_runtime(settings) as runtime:
+                    gc.collect()
+                    kept = _botocore_data_bytes(tracemalloc.take_snapshot())
+                    alive = [ref() for ref in sessions if ref() is not None]
+                    await runtime.store.put({"pk": "+15555550123", "sk": "profile", "n": 2})
+                    assert (await runtime.store.query("+15555550123"))[0]["n"] == 2
+                    async with runtime.llm.stream(REQUEST) as events:
+                        said = "".join([e.text async for e in events
+                                        if isinstance(e, TextDelta)])
+            finally:
+                tracemalloc.stop()
+    assert sorted(service for service, _ in made) == ["bedrock-runtime", "dynamodb"]
+    assert alive == []
+    assert kept < 4_000_000, f"{kept / 1e6:.1f} MB of botocore's data files still held"
+    assert said == "Still here."
+
+
+def test_the_session_reads_each_data_file_anew_and_keeps_none() -> None:
+    """botocore's own loader hands out the object it keeps; ours parses again."""
+    ours = new_session().get_component("data_loader")
+    theirs = botocore.session.Session().get_component("data_loader")
+    assert ours.load_data("partitions") == ours.load_data("partitions")
+    assert ours.load_data("partitions") is not ours.load_data("partitions")
+    assert theirs.load_data("partitions") is theirs.load_data("partitions")

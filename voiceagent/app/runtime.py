@@ -29,12 +29,11 @@ from voiceagent.llm.scripted import ScriptedLLM
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 from voiceagent.store.write_behind import WriteBehind
-from voiceagent.threads import run_blocking
 from voiceagent.tools.plugins import build_registry
 from voiceagent.tools.registry import ToolRegistry
 
 if TYPE_CHECKING:
-    import botocore.session
+    from voiceagent.aws_session import StartupSession
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +171,7 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
     log.info("tools registered", extra={"tools": len(registry.names()),
                                         "from": sorted(set(registry.origins.values()))})
     async with AsyncExitStack() as stack:
-        aws = await _aws_session(settings, store_given=store is not None, llm_given=llm is not None)
+        aws = _aws_session(settings, store_given=store is not None, llm_given=llm is not None)
         if store is None:
             store = await stack.enter_async_context(open_store(settings, aws=aws))
         if config is not None:
@@ -182,6 +181,8 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
         catalog = Catalog(store, registry)
         if llm is None:
             llm = await stack.enter_async_context(_open_llm(settings, catalog, aws=aws))
+        if aws is not None:
+            aws.release()           # both clients exist: botocore's data files can go
         writer = WriteBehind(store, linger_s=WRITE_LINGER_S)
         runtime = Runtime(settings=settings, store=store, llm=llm, registry=registry,
                           writer=writer, catalog=catalog,
@@ -208,23 +209,24 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
                 nursery.cancel_scope.cancel(reason="runtime closing")
 
 
-async def _aws_session(settings: Settings, *, store_given: bool,
-                       llm_given: bool) -> botocore.session.Session | None:
+def _aws_session(settings: Settings, *, store_given: bool,
+                 llm_given: bool) -> StartupSession | None:
     """One botocore session for the DynamoDB client and the Bedrock endpoint, when both are
-    ours to open. Each session loads and keeps its own copy of botocore's data (partitions,
-    endpoint rules, defaults, the service models): a second one cost every server process
-    ~7 MB of its ~75 MB at start (benchmarks/RESULTS.md, issue 20)."""
+    ours to open: the AWS config is read and botocore's data parsed once. Each session loads
+    its own copy of that data (~10 MB); a second one cost every server process ~7 MB at
+    start, and the session's data kept after start-up another ~8 MB (benchmarks/RESULTS.md,
+    issue 20), hence one, released once both clients exist."""
     if (store_given or settings.store != "dynamodb") or (llm_given or settings.llm != "bedrock"):
         return None                     # one AWS user at most: it makes its own
-    import botocore.session
-    return await run_blocking(botocore.session.Session, limiter=trio.CapacityLimiter(1))
+    from voiceagent.aws_session import StartupSession
+    return StartupSession()
 
 
 @asynccontextmanager
-async def open_store(settings: Settings, *, aws: botocore.session.Session | None = None
+async def open_store(settings: Settings, *, aws: StartupSession | None = None
                      ) -> AsyncIterator[Store]:
     """The store the settings name, with its own thread limiter (never trio's default).
-    ``aws``: the botocore session to make the DynamoDB client from (else its own)."""
+    ``aws``: the session to make the DynamoDB client from (else its own)."""
     limiter = trio.CapacityLimiter(settings.store_threads)
     if settings.store == "sqlite":
         from voiceagent.store.sqlite import open_sqlite_store
@@ -239,7 +241,7 @@ async def open_store(settings: Settings, *, aws: botocore.session.Session | None
 
 @asynccontextmanager
 async def _open_llm(settings: Settings, catalog: Catalog, *,
-                    aws: botocore.session.Session | None = None) -> AsyncIterator[LLM]:
+                    aws: StartupSession | None = None) -> AsyncIterator[LLM]:
     if settings.llm == "scripted":
         yield ScriptedLLM.from_use_cases(
             await catalog.all_use_cases(),

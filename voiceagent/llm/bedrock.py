@@ -32,8 +32,6 @@ from functools import partial
 from typing import Any
 
 import boto3
-import botocore
-import botocore.session
 import trio
 from botocore.exceptions import BotoCoreError
 
@@ -45,6 +43,7 @@ from voiceagent.aws_http import (
     link_settings,
     resolve_credentials,
 )
+from voiceagent.aws_session import StartupSession, session_from
 from voiceagent.errors import (
     ModelUnavailable,
     SettingsError,
@@ -130,7 +129,7 @@ class BedrockLLM:
                  retry_budget_s: float = RETRY_BUDGET_S,
                  retry_base_delay_s: float = RETRY_BASE_DELAY_S,
                  check_history: bool = True,
-                 session: botocore.session.Session | None = None) -> None:
+                 session: StartupSession | None = None) -> None:
         self.region = region
         self._session = session         # the runtime's, shared with the store; else our own
         self.max_concurrent_streams = max_concurrent_streams
@@ -280,9 +279,10 @@ class BedrockLLM:
         (AWS_ENDPOINT_URL(_BEDROCK_RUNTIME), FIPS and dual-stack settings, the region) as any
         boto3 client would; the session gives the credentials (its standard chain) and the CA
         bundle (AWS_CA_BUNDLE or the profile's ca_bundle, else botocore's own). The client
-        itself sends nothing. The session is the runtime's when the store shares it."""
+        itself sends nothing. The session is the runtime's when the store shares it, and
+        nothing here keeps it once this returns (``voiceagent.aws_session``)."""
         try:
-            core = self._session or botocore.session.Session()
+            core = session_from(self._session)
             client = core.create_client("bedrock-runtime", region_name=self.region)
             url, region = client.meta.endpoint_url, client.meta.region_name
             client.close()
@@ -346,11 +346,11 @@ def check_bedrock_ready(settings: Settings) -> list[str]:
 
 
 @asynccontextmanager
-async def open_bedrock_llm(settings: Settings, *, session: botocore.session.Session | None = None
+async def open_bedrock_llm(settings: Settings, *, session: StartupSession | None = None
                            ) -> AsyncIterator[BedrockLLM]:
     """The backend for ``settings``, warmed up; its client is closed on exit. A client that
     cannot be created (no region, bad profile) raises ``SettingsError``. ``session``: the
-    runtime's botocore session, when the store uses one too."""
+    runtime's botocore session, lent while the store's client is made from it too."""
     if os.environ.get("BEDROCK_TRANSPORT"):
         log.warning("BEDROCK_TRANSPORT is no longer read: there is one transport (trio HTTP, "
                     "through HTTPS_PROXY when one applies); remove the setting")

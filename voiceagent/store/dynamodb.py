@@ -51,6 +51,7 @@ from botocore.exceptions import (
 )
 
 from voiceagent.aws_http import ConnectTimeout
+from voiceagent.aws_session import StartupSession, new_session, session_from
 from voiceagent.errors import SettingsError, StoreError, StoreRejected
 from voiceagent.net import ProxyRefused
 from voiceagent.settings import Settings
@@ -331,7 +332,7 @@ def make_client(settings: Settings, *, max_pool_connections: int,
         connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
         max_pool_connections=max_pool_connections, tcp_keepalive=True)
     try:
-        core = session or botocore.session.Session()
+        core = session or new_session()
         return core.create_client("dynamodb", region_name=settings.aws_region, config=config)
     except NoRegionError:
         raise SettingsError(["AWS_REGION: required for the DynamoDB store (the table's "
@@ -340,33 +341,43 @@ def make_client(settings: Settings, *, max_pool_connections: int,
         raise StoreError(f"cannot create the DynamoDB client: {err}") from err
 
 
+def _make_both(settings: Settings, pool: int, refresh_limiter: trio.CapacityLimiter,
+               lender: StartupSession | None) -> tuple[Any, DynamoDBHttp]:
+    """Worker thread: the boto3 client and the loop's requests, from one session that
+    nothing keeps once they exist (``voiceagent.aws_session``)."""
+    try:
+        core = session_from(lender)
+    except BotoCoreError as err:
+        raise StoreError(f"cannot create the DynamoDB client: {err}") from err
+    client = make_client(settings, max_pool_connections=pool, session=core)
+    try:
+        http = make_http(client.meta.endpoint_url, client.meta.region_name,
+                         connect_timeout_s=CONNECT_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S,
+                         max_idle=pool, refresh_limiter=refresh_limiter, session=core)
+    except BaseException:
+        client.close()
+        raise
+    return client, http
+
+
 @asynccontextmanager
 async def open_dynamodb_store(settings: Settings, *, limiter: trio.CapacityLimiter,
                               check_table: bool = True,
-                              session: botocore.session.Session | None = None
+                              session: StartupSession | None = None
                               ) -> AsyncIterator[DynamoDBStore]:
     """Create the client, check the table (``check_table``: exists, keyed as expected) and
     close the client on exit. ``SettingsError`` without TABLE_NAME or a region; ``StoreError``
-    naming the table and endpoint when it cannot be used. ``session``: the botocore session the
-    runtime shares with the model; else one of its own, for the client and the loop's requests
-    alike (each session reads the AWS config and loads botocore's data anew)."""
+    naming the table and endpoint when it cannot be used. ``session``: the runtime's session,
+    lent while the model's endpoint is resolved from it too; else one of its own, for the
+    client and the loop's requests alike (each session reads the AWS config and botocore's
+    data anew)."""
     if not settings.table_name:
         raise SettingsError(["TABLE_NAME: required for the DynamoDB store (the table's name)"])
     table_name = settings.table_name
     tokens = limiter.total_tokens
     pool = max(1, int(tokens)) if math.isfinite(tokens) else DEFAULT_POOL_CONNECTIONS
-    core = session or await run_blocking(botocore.session.Session, limiter=limiter)
-    client = await run_blocking(lambda: make_client(settings, max_pool_connections=pool,
-                                                    session=core), limiter=limiter)
-    try:
-        http = await run_blocking(lambda: make_http(
-            client.meta.endpoint_url, client.meta.region_name,
-            connect_timeout_s=CONNECT_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S, max_idle=pool,
-            refresh_limiter=limiter, session=core), limiter=limiter)
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await run_blocking(client.close, limiter=limiter)
-        raise
+    client, http = await run_blocking(partial(_make_both, settings, pool, limiter, session),
+                                      limiter=limiter)
     store = DynamoDBStore(table_name, client, limiter=limiter, http=http)
     try:
         if check_table:
