@@ -10,10 +10,14 @@ innermost frame of ours or of a library, so trio's and hypercorn's parts show as
 
     python benchmarks/bench_call_memory.py --calls 200                  # scripted model, SQLite
     python benchmarks/bench_call_memory.py --calls 60 --stack           # local Bedrock + moto
+    python benchmarks/bench_call_memory.py --calls 200 --stack --turns 0 --in-flight
 
 ``--stack`` starts the local ConverseStream endpoint and moto's DynamoDB (as bench_latency.py
 does) so the turns take the Bedrock transport and the store's HTTP path; at most 8 turns run
-at once, since tracing slows the process several times over.
+at once, since tracing slows the process several times over. ``--in-flight`` (with
+``--stack``): then every call says one more thing, and the heap is traced while all those
+turns wait for the model's first token (the endpoint holds it back for a minute): what a turn
+in flight costs, its model stream and connection included.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from voiceagent.app.testing import agent_server
+from voiceagent.llm.bedrock import BedrockLLM
 
 ROOT = str(Path(__file__).resolve().parent.parent) + "/"
 CONFIG = Path(__file__).resolve().parent / "config"
@@ -46,6 +51,7 @@ PROMPTS = ("Do you have a table for two tonight?", "What is on the menu for dinn
            "Can you book it for eight please?", "When is my pick up ready?")
 TRACE_DEPTH = 40
 AT_ONCE = 8                 # turns in flight: tracing slows the server several times over
+IN_FLIGHT_FIRST_TOKEN_MS = 60_000   # --in-flight: long enough to trace every turn waiting
 
 
 def _is_client(frame: tracemalloc.Frame) -> bool:
@@ -88,11 +94,14 @@ def _held(snapshot: tracemalloc.Snapshot) -> tuple[int, Counter[str]]:
     return sum(sites.values()), sites
 
 
-async def measure(calls: int, turns: int, top: int, settings: dict[str, Any]) -> None:
+async def measure(calls: int, turns: int, top: int, settings: dict[str, Any],
+                  in_flight: bool = False) -> None:
     async with agent_server(CONFIG, use_case="benchUseCase", MAX_CALLS=str(calls + 10),
-                            IDLE_REPROMPT_S="0", **settings) as agent:
+                            MAX_CONCURRENT_TURNS=str(calls + 10), IDLE_REPROMPT_S="0",
+                            **settings) as agent:
         steps = [trio.Semaphore(0) for _ in range(turns + 1)]
         go = [trio.Event() for _ in range(turns)]
+        flying, sent = trio.Event(), trio.Semaphore(0)
         done = trio.Event()
         at_once = trio.Semaphore(AT_ONCE)
 
@@ -104,6 +113,10 @@ async def measure(calls: int, turns: int, top: int, settings: dict[str, Any]) ->
                     async with at_once:
                         await conversation.say(PROMPTS[turn % len(PROMPTS)])
                     steps[turn + 1].release()
+                if in_flight:
+                    await flying.wait()
+                    await conversation.relay.say(PROMPTS[turns % len(PROMPTS)])
+                    sent.release()
                 await done.wait()
 
         async def settled() -> tuple[int, Counter[str]]:
@@ -116,7 +129,10 @@ async def measure(calls: int, turns: int, top: int, settings: dict[str, Any]) ->
 
             async def warm_up() -> None:            # the first call's one-off costs
                 async with agent.call(call_sid="CA" + "f" * 32) as conversation:
-                    await conversation.say(PROMPTS[0])
+                    if in_flight:                   # its stream waits, as the others will
+                        await conversation.relay.say(PROMPTS[0])
+                    else:
+                        await conversation.say(PROMPTS[0])
                     warm.set()
                     await done.wait()
 
@@ -139,10 +155,24 @@ async def measure(calls: int, turns: int, top: int, settings: dict[str, Any]) ->
                 held = now
                 if step < turns:
                     go[step].set()
-            tracemalloc.stop()
             parts = [("connected and idle", idle_sites - base_sites)]
             if turns:
                 parts.append((f"added by {turns} turn(s)", last_sites - idle_sites))
+            if in_flight:
+                flying.set()
+                for _ in range(calls):
+                    await sent.acquire()
+                llm = agent.runtime.llm
+                assert isinstance(llm, BedrockLLM)
+                streams = llm.limiter   # a token a stream (the warm call's may have ended)
+                while streams.borrowed_tokens < calls:
+                    await trio.testing.wait_all_tasks_blocked(0.01)
+                now, flight_sites = await settled()
+                print(f"{'a turn in flight':>24}: {(now - base) / calls / 1024:7.1f} KiB a call "
+                      f"({(now - held) / calls / 1024:+.1f})", flush=True)
+                parts.append(("added by a turn waiting for its first token",
+                              flight_sites - last_sites))
+            tracemalloc.stop()
             for what, sites in parts:
                 print(f"\nheld per call, {what}, by allocation site (top {top}):")
                 for site, size in sites.most_common(top):
@@ -161,13 +191,14 @@ _MEASURE_LINES = range(_first, _first + len(_lines))
 
 
 @contextmanager
-def _stack_settings(use_stack: bool) -> Iterator[dict[str, Any]]:
+def _stack_settings(use_stack: bool, first_token_ms: float) -> Iterator[dict[str, Any]]:
     if not use_stack:
         yield {}
         return
     import local_stack
     with tempfile.TemporaryDirectory() as scratch, local_stack.local_stack(
-            local_stack.StackOptions(first_token_ms=30, token_ms=2), Path(scratch)) as stack:
+            local_stack.StackOptions(first_token_ms=first_token_ms, token_ms=2),
+            Path(scratch)) as stack:
         os.environ.update(stack.env)        # the AWS settings botocore reads for itself
         yield {k: v for k, v in stack.env.items() if k in ("STORE", "LLM", "TABLE_NAME")}
 
@@ -180,12 +211,21 @@ def main() -> None:
     parser.add_argument("--stack", action="store_true",
                         help="the local Bedrock endpoint and moto's DynamoDB instead of the "
                              "scripted model and SQLite")
+    parser.add_argument("--in-flight", action="store_true",
+                        help="with --stack and --turns 0: trace every call's turn while it "
+                             "waits for the model's first token")
     args = parser.parse_args()
-    with _stack_settings(args.stack) as settings:
+    if args.in_flight and (not args.stack or args.turns):
+        parser.error("--in-flight needs --stack and --turns 0 (the endpoint holds every "
+                     "first token back for a minute)")
+    first_token_ms = IN_FLIGHT_FIRST_TOKEN_MS if args.in_flight else 30
+    with _stack_settings(args.stack, first_token_ms) as settings:
         print(f"{args.calls} calls, {args.turns} turns each, "
               f"{'local Bedrock + moto' if args.stack else 'scripted model + SQLite'}; "
               f"server side only, tracemalloc", flush=True)
-        trio.run(measure, args.calls, args.turns, args.top, settings)
+        if args.in_flight:                  # the model's read timeout must outlast the wait
+            settings["BEDROCK_READ_TIMEOUT_S"] = str(2 * IN_FLIGHT_FIRST_TOKEN_MS / 1000)
+        trio.run(measure, args.calls, args.turns, args.top, settings, args.in_flight)
 
 
 if __name__ == "__main__":
