@@ -21,7 +21,7 @@ import trio
 from tests.dynamodb_support import aws_env, isolate_env, moto_endpoint, open_test_table
 from tests.fake_bedrock import running_fake_bedrock, text_reply
 from voiceagent.app.runtime import open_runtime
-from voiceagent.aws_session import new_session
+from voiceagent.aws_session import StartupSession, new_session
 from voiceagent.llm.base import LLMRequest, TextDelta
 from voiceagent.settings import Settings
 from voiceagent.store import dynamodb_http
@@ -153,3 +153,13 @@ def test_the_session_reads_each_data_file_anew_and_keeps_none() -> None:
     assert ours.load_data("partitions") == ours.load_data("partitions")
     assert ours.load_data("partitions") is not ours.load_data("partitions")
     assert theirs.load_data("partitions") is theirs.load_data("partitions")
+
+
+def test_the_lender_gives_one_session_until_released() -> None:
+    lender = StartupSession()
+    first = lender.get()
+    assert lender.get() is first
+    lender.release()
+    again = lender.get()
+    assert again is not first
+    assert again.get_component("data_loader") is not first.get_component("data_loader")

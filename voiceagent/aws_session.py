@@ -12,6 +12,7 @@ the files again (a few milliseconds); a server makes none.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import botocore.loaders
@@ -34,16 +35,19 @@ class StartupSession:
 
     def __init__(self) -> None:
         self._session: botocore.session.Session | None = None
+        self._lock = threading.Lock()       # two worker threads asking at once get one
 
     def get(self) -> botocore.session.Session:
         """Blocking, the first time (see ``new_session``); call it in a worker thread and
         keep the session no longer than the function that asked."""
-        if self._session is None:
-            self._session = new_session()
-        return self._session
+        with self._lock:
+            if self._session is None:
+                self._session = new_session()
+            return self._session
 
     def release(self) -> None:
-        self._session = None
+        with self._lock:
+            self._session = None
 
 
 def session_from(lender: StartupSession | None) -> botocore.session.Session:
