@@ -143,16 +143,20 @@ async def measure(calls: int, turns: int, top: int, settings: dict[str, Any],
             for i in range(calls):
                 nursery.start_soon(caller, i)
             held, idle_sites = base, base_sites
+
+            def show(label: str, now: int) -> int:
+                print(f"{label:>24}: {(now - base) / calls / 1024:7.1f} KiB a call "
+                      f"({(now - held) / calls / 1024:+.1f})", flush=True)
+                return now
+
             for step in range(turns + 1):
                 for _ in range(calls):
                     await steps[step].acquire()
                 now, last_sites = await settled()
                 if step == 0:
                     idle_sites = last_sites
-                label = "connected, no turn yet" if step == 0 else f"after turn {step}"
-                print(f"{label:>24}: {(now - base) / calls / 1024:7.1f} KiB a call "
-                      f"({(now - held) / calls / 1024:+.1f})", flush=True)
-                held = now
+                held = show("connected, no turn yet" if step == 0 else f"after turn {step}",
+                            now)
                 if step < turns:
                     go[step].set()
             parts = [("connected and idle", idle_sites - base_sites)]
@@ -168,8 +172,7 @@ async def measure(calls: int, turns: int, top: int, settings: dict[str, Any],
                 while streams.borrowed_tokens < calls:
                     await trio.testing.wait_all_tasks_blocked(0.01)
                 now, flight_sites = await settled()
-                print(f"{'a turn in flight':>24}: {(now - base) / calls / 1024:7.1f} KiB a call "
-                      f"({(now - held) / calls / 1024:+.1f})", flush=True)
+                show("a turn in flight", now)
                 parts.append(("added by a turn waiting for its first token",
                               flight_sites - last_sites))
             tracemalloc.stop()
