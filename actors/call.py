@@ -5,6 +5,9 @@
                                               v               v
                                          relay_writer  <------+
 
+The tool executor has no task of its own: each batch the streamer submits runs as a task in
+this nursery (``tool_executor.ToolExecutor``).
+
 The reader returning (the caller hung up, or Twilio closed after our ``end``) starts an
 orderly cascade: each actor closes its channel ends and the next one finishes. A deadline
 bounds the cascade; only a side-effect tool, shielded, may run to its own timeout. Whatever
@@ -25,7 +28,7 @@ from actors import interrupt_handler, llm_streamer, relay_reader, relay_writer, 
 from actors.context import CallContext, TurnStats
 from actors.end_signal import EndSignal
 from actors.history import History
-from actors.messages import Inbound, Outgoing, Setup, ToolBatch, TurnCommand
+from actors.messages import Inbound, Outgoing, Setup, TurnCommand
 from actors.relay_control import RelayControl
 from actors.relay_reader import FrameStats
 from actors.relay_socket import RelaySocket
@@ -149,30 +152,29 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
     out_send, out_recv = trio.open_memory_channel[Outgoing](0)
     in_send, in_recv = trio.open_memory_channel[Inbound](INBOUND_BUFFER)
     cmd_send, cmd_recv = trio.open_memory_channel[TurnCommand](0)
-    tool_send, tool_recv = trio.open_memory_channel[ToolBatch](0)
-    ctx = CallContext(
-        call_sid=plan.call_sid, use_case=plan.use_case, model_id=plan.model_id,
-        system_prompt=plan.system_prompt, llm=services.llm, history=history,
-        outbound=out_send.clone(), tools=tool_send, max_tool_rounds=services.max_tool_rounds,
-        tool_wait_s=_longest_tool_timeout(plan.use_case, services.registry),
-        max_history_messages=services.max_history_messages, stats=report.turns,
-        log_content=services.log_content, token_hold_s=services.token_hold_s,
-        on_turn=services.on_turn, relay=RelayControl.for_use_case(plan.use_case))
-    marks = ctx.marks                                # reader marks, slot counts, writer obeys
     env = tool_executor.ToolEnv(
         call_sid=plan.call_sid, use_case=plan.use_case, registry=services.registry,
         store=services.store, outbound=out_send.clone(), caller=plan.caller,
         called=plan.called, settings=services.settings)
-    out_send.close()                                 # each actor now holds its own clone
 
     def persist(sealed: list[tuple[int, Message, dict[str, Any]]]) -> None:
         for index, message, meta in sealed:
             services.persist(plan.call_sid, index, message, meta)
 
     async with trio.open_nursery() as nursery:
+        ctx = CallContext(
+            call_sid=plan.call_sid, use_case=plan.use_case, model_id=plan.model_id,
+            system_prompt=plan.system_prompt, llm=services.llm, history=history,
+            outbound=out_send.clone(), tools=tool_executor.ToolExecutor(nursery, env),
+            max_tool_rounds=services.max_tool_rounds,
+            tool_wait_s=_longest_tool_timeout(plan.use_case, services.registry),
+            max_history_messages=services.max_history_messages, stats=report.turns,
+            log_content=services.log_content, token_hold_s=services.token_hold_s,
+            on_turn=services.on_turn, relay=RelayControl.for_use_case(plan.use_case))
+        marks = ctx.marks                            # reader marks, slot counts, writer obeys
+        out_send.close()                             # each actor now holds its own clone
         nursery.start_soon(partial(relay_writer.run, socket=socket, outbound=out_recv,
                                    stats=report.writer, marks=marks))
-        nursery.start_soon(partial(tool_executor.run, requests=tool_recv, env=env))
         nursery.start_soon(partial(llm_streamer.run, commands=cmd_recv, ctx=ctx,
                                    persist=persist))
         policy = interrupt_handler.InputPolicy(

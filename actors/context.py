@@ -12,8 +12,9 @@ from typing import Any
 import trio
 
 from actors.history import History
-from actors.messages import Outgoing, ToolBatch
+from actors.messages import Outgoing
 from actors.relay_control import RelayControl
+from actors.tool_executor import ToolExecutor
 from actors.turn_slot import CutMarks
 from voiceagent.llm.base import LLM
 from voiceagent.usecases import UseCase
@@ -56,7 +57,7 @@ class CallContext:
     llm: LLM
     history: History
     outbound: trio.MemorySendChannel[Outgoing]
-    tools: trio.MemorySendChannel[ToolBatch]
+    tools: ToolExecutor
     max_tool_rounds: int = 4
     tool_wait_s: float = 30.0        # longest a cancelled turn waits for side-effect tools
     max_history_messages: int = 200  # older turns are trimmed (in valid pairs) from memory

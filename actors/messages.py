@@ -4,7 +4,7 @@ Who sends what:
 
     relay_reader      -> interrupt_handler : Inbound (typed ConversationRelay messages)
     interrupt_handler -> llm_streamer      : TurnCommand
-    llm_streamer      -> tool_executor     : ToolBatch
+    llm_streamer      -> tool_executor     : ToolBatch (submitted; each runs as its own task)
     tool_executor     -> llm_streamer      : ToolOutcome (on the batch's own results channel)
     anyone            -> relay_writer      : Outbound (the writer is the only socket sender)
 """

@@ -9,13 +9,21 @@ act on; nothing a tool does can raise into the call.
 Every tool gets a ``ToolContext`` (voiceagent/tools/base.py). An async tool runs on trio; a
 blocking one in a worker thread from the registry's limiter (TOOL_THREADS), under the same
 timeout: when it expires the thread is abandoned, not stopped, and runs on to its end.
+
+The executor has no standing task: the streamer hands it a batch (``submit``) and the batch
+runs as its own task in the call's nursery. Most turns call no tool, and a task waiting on a
+channel for batches cost every call ~6 KiB (the task, its nursery, the channel) and a fresh
+await chain for the young collections after each batch (issue 20). Each batch holds its own
+clone of the outbound channel, so the writer still ends only when the streamer has closed the
+executor and the last batch is done.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import TracebackType
 
 import trio
 
@@ -45,14 +53,42 @@ class ToolEnv:
     running: dict[str, trio.Event] = field(default_factory=dict)
 
 
-async def run(*, requests: trio.MemoryReceiveChannel[ToolBatch], env: ToolEnv) -> None:
-    async with trio.open_nursery() as nursery:
-        with requests, env.outbound:
-            async for batch in requests:
-                nursery.start_soon(_run_batch, batch, env)
+class ToolExecutor:
+    """Starts each batch in the call's nursery (not the turn's cancel scope: see above)."""
+
+    def __init__(self, nursery: trio.Nursery, env: ToolEnv) -> None:
+        self._nursery = nursery
+        self._env = env
+        self._closed = False
+
+    def submit(self, batch: ToolBatch) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the tool executor is closed: the call is ending")
+        # the same ``done`` and ``running`` (side effects run once per call), its own outbound
+        batch_env = replace(self._env, outbound=self._env.outbound.clone())
+        self._nursery.start_soon(_run_batch, batch, batch_env, name="tool batch")
+
+    def close(self) -> None:
+        """No batch after this; the executor's outbound clone goes (running batches hold
+        their own until they are done)."""
+        if not self._closed:
+            self._closed = True
+            self._env.outbound.close()
+
+    def __enter__(self) -> ToolExecutor:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
 
 
 async def _run_batch(batch: ToolBatch, env: ToolEnv) -> None:
+    with env.outbound:
+        await _run_calls(batch, env)
+
+
+async def _run_calls(batch: ToolBatch, env: ToolEnv) -> None:
     async with trio.open_nursery() as watcher:
         async def abandon_when_told() -> None:
             await batch.abandoned.wait()

@@ -242,7 +242,7 @@ async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall,
         for call in calls:
             for message in ctx.relay.for_tool(call.name):
                 await ctx.outbound.send(message)     # before the tool runs: hints, a model
-    await ctx.tools.send(current.batch)
+    ctx.tools.submit(current.batch)
     current.delivered = True
     while len(current.outcomes) < len(calls):
         current.outcomes.append(await results.receive())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -16,6 +17,7 @@ from actors.relay_writer import WriterStats
 from actors.turn_slot import CutMarks
 from tests.call_harness import plain_use_case
 from tests.fakes import MemorySocket, MemoryStore
+from voiceagent.relay.outbound import Play
 from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
 
@@ -75,28 +77,69 @@ async def test_a_side_effect_tool_runs_once_per_tool_use_id(autojump_clock: Any)
         await trio.sleep(1.0)
         return {"status": "placed", "order": len(runs)}
 
-    registry = ToolRegistry([ToolDefinition("placeOrder", place, side_effect=True)])
-    outbound_send, _outbound = trio.open_memory_channel[Outbound](math.inf)
-    env = tool_executor.ToolEnv(call_sid="CA1", use_case=plain_use_case(tools=ORDER_TOOL),
-                                registry=registry, store=MemoryStore(),
-                                outbound=outbound_send)
-    requests_send, requests = trio.open_memory_channel[ToolBatch](0)
+    env, _outbound = _order_env(place)
     outcomes: list[ToolOutcome] = []
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: tool_executor.run(requests=requests, env=env))
-            for when in ("concurrently", "concurrently", "after it finished"):
-                if when == "after it finished":
-                    await trio.sleep(5.0)
-                results_send, results = trio.open_memory_channel[ToolOutcome](1)
-                await requests_send.send(ToolBatch((ToolCall("tu_1", "placeOrder", {}),),
-                                                   results_send))
-                nursery.start_soon(_collect, results, outcomes)
-            await trio.sleep(10.0)
-            await requests_send.aclose()
+            with tool_executor.ToolExecutor(nursery, env) as executor:
+                for when in ("concurrently", "concurrently", "after it finished"):
+                    if when == "after it finished":
+                        await trio.sleep(5.0)
+                    results_send, results = trio.open_memory_channel[ToolOutcome](1)
+                    executor.submit(ToolBatch((ToolCall("tu_1", "placeOrder", {}),),
+                                              results_send))
+                    nursery.start_soon(_collect, results, outcomes)
     assert runs == ["tu_1"]
     assert [o.status for o in outcomes] == ["success"] * 3
     assert {o.content["order"] for o in outcomes if isinstance(o.content, dict)} == {1}
+
+
+async def test_the_executor_lets_the_writer_end_only_after_its_last_batch(
+        autojump_clock: Any) -> None:
+    """The executor has no task of its own: a batch runs as a task of the nursery it was
+    given, with its own share of the outbound channel. Closing the executor (the streamer
+    ending) refuses further batches, and the outbound channel ends when the last running
+    batch is done, not before: a side-effect tool still running can speak, and the writer's
+    end cascade waits for it."""
+    async def announce(ctx: Any, args: Any) -> dict[str, Any]:
+        await trio.sleep(2.0)
+        await ctx.send(Play("https://example.com/chime.mp3"))
+        return {"status": "placed"}
+
+    env, outbound = _order_env(announce)
+    heard: list[Outbound] = []
+    ended_at: list[float] = []
+
+    async def writer() -> None:
+        async for message in outbound:
+            heard.append(message)
+        ended_at.append(trio.current_time())
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            results_send, results = trio.open_memory_channel[ToolOutcome](1)
+            with tool_executor.ToolExecutor(nursery, env) as executor:
+                executor.submit(ToolBatch((ToolCall("tu_1", "placeOrder", {}),),
+                                          results_send))
+            with pytest.raises(trio.ClosedResourceError, match="call is ending"):
+                executor.submit(ToolBatch((ToolCall("tu_2", "placeOrder", {}),),
+                                          results_send))
+            outcome = await results.receive()
+    assert outcome.status == "success"
+    assert [m.source for m in heard if isinstance(m, Play)] == ["https://example.com/chime.mp3"]
+    assert ended_at == [pytest.approx(2.0)]
+
+
+def _order_env(place: Any) -> tuple[tool_executor.ToolEnv,
+                                     trio.MemoryReceiveChannel[Outbound]]:
+    """A call whose one tool, ``placeOrder``, is ``place`` with side effects."""
+    registry = ToolRegistry([ToolDefinition("placeOrder", place, side_effect=True)])
+    outbound_send, outbound = trio.open_memory_channel[Outbound](math.inf)
+    env = tool_executor.ToolEnv(call_sid="CA1", use_case=plain_use_case(tools=ORDER_TOOL),
+                                registry=registry, store=MemoryStore(),
+                                outbound=outbound_send)
+    return env, outbound
 
 
 async def _collect(results: trio.MemoryReceiveChannel[ToolOutcome],
