@@ -1,0 +1,74 @@
+"""hypercorn's per-connection objects are freed when the connection ends (reference counting),
+not left as a cycle for a full collection, which the server runs rarely on purpose
+(voiceagent/app/connection_cycle.py). Through a real server: a ``/twiml`` request and a whole
+call over the relay socket, with the cyclic collector off so nothing but reference counting
+can free anything."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import hypercorn.trio.run as worker
+import pytest
+import trio
+import trio.testing
+from hypercorn.trio.tcp_server import TCPServer
+
+from voiceagent.app import connection_cycle
+from voiceagent.app.testing import agent_server
+from voiceagent.settings import SOURCE_CONFIG
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@contextmanager
+def _collector_off() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _servers() -> int:
+    """hypercorn's connection servers the process still holds, reachable or not."""
+    return sum(isinstance(o, TCPServer) for o in gc.get_objects())
+
+
+async def test_ended_connections_leave_nothing_for_the_collector(tmp_path: Path) -> None:
+    with trio.fail_after(30), _collector_off():
+        async with agent_server(SOURCE_CONFIG, use_case="restaurantOrderingUseCase",
+                                data_dir=tmp_path) as agent:
+            assert worker.TCPServer is connection_cycle.ReleasingTCPServer
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            before = _servers()
+            async with agent.call() as call:        # /twiml, then the relay socket
+                assert _servers() > before          # the socket's server is alive meanwhile
+                turn = await call.say("When are you open?")
+                assert turn.text
+            await agent.post("/action", {"CallSid": call.call_sid, "SessionStatus": "ended",
+                                         "CallStatus": "completed"})
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            assert _servers() == before
+
+
+def test_install_is_idempotent_and_refuses_an_unknown_hypercorn(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(worker, "TCPServer", TCPServer)
+    assert connection_cycle.install()
+    assert connection_cycle.install()                       # again: nothing changes
+    assert worker.TCPServer is connection_cycle.ReleasingTCPServer
+
+    class SomethingElse:
+        pass
+
+    monkeypatch.setattr(worker, "TCPServer", SomethingElse)
+    with caplog.at_level(logging.WARNING, logger="voiceagent.app.connection_cycle"):
+        assert not connection_cycle.install()
+    assert worker.TCPServer is SomethingElse                # left as found
+    assert "not the one expected" in caplog.text
