@@ -256,11 +256,15 @@ async def metrics(runtime: Runtime) -> Response:
     return Response(runtime.metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
 
 
-async def relay(runtime: Runtime, scope: dict[str, Any], receive: Any, send: Any,
-                phone: PhoneDesk | None = None) -> None:
-    """The relay socket: signature on the upgrade (or, with the phone page on, the token of
-    one page load: ``PhoneDesk.admit``), then one call (see ``_SocketStanding``)."""
-    settings, path = runtime.settings, relay_path(runtime)
+class _Refused(Exception):
+    """The upgrade is refused (403); the message says why, to the peer."""
+
+
+def _admit(runtime: Runtime, scope: dict[str, Any], phone: PhoneDesk | None) -> str | None:
+    """The CallSid a phone-page socket is bound to, or None for Twilio's (signed) socket.
+    Apart from ``relay`` so that the upgrade's headers die here and are not held by the
+    call's frame for the call's life (~1 KiB a call, issue 20)."""
+    settings = runtime.settings
     headers = {k.decode("latin1").lower(): v.decode("latin1")
                for k, v in scope.get("headers", [])}
     bound = None
@@ -269,16 +273,27 @@ async def relay(runtime: Runtime, scope: dict[str, Any], receive: Any, send: Any
             bound = phone.admit(scope, headers)
         except PhoneRefused as err:
             log.warning("phone page socket refused", extra={"reason": str(err)})
-            await asgi_socket.reject(receive, send, 403, "invalid session token")
-            return
+            raise _Refused("invalid session token") from None
     if bound is None and settings.validate_signatures:
         base = signature.public_base(headers, "https" if scope["scheme"] == "wss" else "http",
                                      headers.get("host", ""), settings.public_url,
                                      trust_forwarded=settings.trust_proxy_headers)
-        if not _check(settings, settings.ws_url or signature.to_ws(base) + path, {}, headers):
+        url = settings.ws_url or signature.to_ws(base) + relay_path(runtime)
+        if not _check(settings, url, {}, headers):
             log.warning("bad signature on relay upgrade")
-            await asgi_socket.reject(receive, send, 403, "invalid signature")
-            return
+            raise _Refused("invalid signature")
+    return bound
+
+
+async def relay(runtime: Runtime, scope: dict[str, Any], receive: Any, send: Any,
+                phone: PhoneDesk | None = None) -> None:
+    """The relay socket: signature on the upgrade (or, with the phone page on, the token of
+    one page load: ``PhoneDesk.admit``), then one call (see ``_SocketStanding``)."""
+    try:
+        bound = _admit(runtime, scope, phone)
+    except _Refused as err:
+        await asgi_socket.reject(receive, send, 403, str(err))
+        return
     if not await asgi_socket.accept(receive, send):
         return
     socket = asgi_socket.AsgiRelaySocket(receive, send)
