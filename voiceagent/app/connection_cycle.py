@@ -5,9 +5,10 @@ hypercorn 0.18's ``TCPServer`` keeps its protocol, and the protocol keeps the se
 enough to reach the oldest generation (a relay socket lives for the call; even a ``/twiml``
 request outlives a few young collections under load), so when it ends the cycle is freed only
 by a full collection, and the server runs those rarely on purpose (``heap.GC_THRESHOLDS``: one
-costs 0.2-0.7 s at 2000 calls). Measured with the real server (issue 20): each ended call
-left 8.4 KiB of heap to the next full collection (its ``/twiml`` request's connection and its
-relay socket's, ~50 objects), 17 MB for 2000 calls, and RSS at 2000 calls peaks as calls end.
+costs 0.2-0.7 s at 2000 calls). Measured with the real server (issue 20,
+``benchmarks/bench_old_garbage.py``): each ended call left 5.5-7.5 KiB of heap to the next
+full collection (its ``/twiml`` request's connection and its relay socket's, 40-55 objects),
+11-15 MB for 2000 calls, and RSS at 2000 calls peaks as calls end.
 
 The server that hypercorn's trio worker makes for each connection drops its protocol when the
 connection is done, which breaks the cycle so reference counting frees it at once. hypercorn
