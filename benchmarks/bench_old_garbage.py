@@ -64,10 +64,11 @@ async def measure(calls: int, barge: bool, hang_up: bool, top: int,
                     await conversation.relay.receive()
                     await conversation.relay.interrupt("What")
                 await conversation.say(PROMPTS[2])
-                if not hang_up:
+                if not hang_up:                 # counted while the call is still up
                     said.release()
                     await done.wait()
-            said.release()
+                    return
+            said.release()                      # counted once the call has ended
 
         async with trio.open_nursery() as nursery:
             await trio.testing.wait_all_tasks_blocked(0.05)
