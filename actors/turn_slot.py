@@ -47,6 +47,11 @@ class CutMarks:
         self._scope = scope
         self.withheld = ""
 
+    def turn_ended(self, scope: trio.CancelScope) -> None:
+        """The turn is done: a cut has nothing left to cancel, so let its scope go."""
+        if self._scope is scope:
+            self._scope = None
+
     def cut(self) -> None:
         self._cut_through = self._turn
         if self._scope is not None:     # a finished turn's scope ignores this
@@ -69,6 +74,11 @@ class CutMarks:
 
 
 class TurnSlot:
+    """The streamer's handle on the turn in flight. A finished turn's scope and event are let
+    go at once: at thousands of idle calls, keeping each call's last ones adds up."""
+
+    __slots__ = ("_done", "_marks", "_nursery", "_scope")
+
     def __init__(self, nursery: trio.Nursery, marks: CutMarks | None = None) -> None:
         self._nursery = nursery
         self._marks = marks or CutMarks()
@@ -83,7 +93,7 @@ class TurnSlot:
         await self.cancel_and_wait(reason=reason)
         self._scope, self._done = trio.CancelScope(), trio.Event()
         self._marks.turn_started(self._scope)
-        self._nursery.start_soon(_run_scoped, turn, self._scope, self._done)
+        self._nursery.start_soon(self._run_scoped, turn, self._scope, self._done)
 
     async def cancel_and_wait(self, *, reason: str) -> None:
         """Cancel the turn in flight (if any) and wait until its cleanup has run."""
@@ -93,12 +103,14 @@ class TurnSlot:
             await self._done.wait()
         self._scope = None
 
-
-async def _run_scoped(turn: Turn, scope: trio.CancelScope, done: trio.Event) -> None:
-    """The scope is made before the task starts, so a cancel that comes first (a barge-in
-    before the turn ran) ends the turn at its first checkpoint."""
-    try:
-        with scope:
-            await turn()
-    finally:
-        done.set()
+    async def _run_scoped(self, turn: Turn, scope: trio.CancelScope, done: trio.Event) -> None:
+        """The scope is made before the task starts, so a cancel that comes first (a
+        barge-in before the turn ran) ends the turn at its first checkpoint."""
+        try:
+            with scope:
+                await turn()
+        finally:
+            done.set()
+            if self._scope is scope:        # not superseded: nothing else refers to it
+                self._scope = self._done = None
+            self._marks.turn_ended(scope)

@@ -267,3 +267,42 @@ async def test_the_reader_cancels_the_speaking_turn_before_anyone_else_runs(
             await slot.cancel_and_wait(reason="barge-in")      # the streamer's, later: no-op
             assert trio.current_time() == started               # no time passed
     assert [type(m) async for m in receive] == [Interrupt]      # passed on, never read
+
+
+async def test_a_finished_turn_leaves_nothing_behind_in_the_slot(autojump_clock: Any) -> None:
+    """A call spends most of its life between turns; at thousands of calls, each keeping its
+    last turn's cancel scope and event costs megabytes. Once a turn is done (finished or cut
+    off), neither the slot nor the cut marks refer to them, so reference counting frees them
+    with the collector off; a cut after that is harmless, and the next turn starts freely."""
+    import gc
+    import weakref
+
+    from actors.turn_slot import TurnSlot
+
+    marks, ran = CutMarks(), []
+
+    async def speaking() -> None:
+        await trio.sleep(1)
+        ran.append("spoke")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            slot = TurnSlot(nursery, marks)
+            gc.disable()
+            try:
+                for turn in range(2):
+                    await slot.restart(speaking)
+                    held = [weakref.ref(slot._scope), weakref.ref(slot._done)]  # type: ignore[arg-type]
+                    assert slot.busy
+                    if turn == 1:
+                        marks.cut()                    # the caller cuts the second one off
+                    await trio.testing.wait_all_tasks_blocked()
+                    await trio.sleep(2)
+                    assert not slot.busy
+                    assert [ref() for ref in held] == [None, None]
+            finally:
+                gc.enable()
+            marks.cut()                                # nothing left to cancel: harmless
+            await slot.restart(speaking)
+            assert slot.busy
+    assert ran == ["spoke", "spoke"]
