@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -122,7 +121,7 @@ class Attempt:
         self._on_finished = on_finished
         self._assembler = ReplyAssembler(started_at)
         self._decoder = FrameDecoder()
-        self._items: deque[Item] = deque()
+        self._items: list[Item] = []      # a list: an empty deque costs ~600 B a turn
         self._connection: Connection | None = None
         self._reused = False
         self._status: int | None = None
@@ -171,15 +170,14 @@ class Attempt:
             if self._ended:
                 raise trio.EndOfChannel
             await self._step()
-        return self._items.popleft()
+        return self._items.pop(0)
 
     async def take_ready(self) -> list[Item]:
         """Everything that has already arrived (in the socket, the TLS layer or the parser),
         without waiting for more."""
         while not self._ended and await self._step(wait=False):
             pass
-        items = list(self._items)
-        self._items.clear()
+        items, self._items = self._items, []
         return items
 
     async def _step(self, *, wait: bool = True) -> bool:

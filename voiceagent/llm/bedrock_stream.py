@@ -10,7 +10,6 @@ nothing else: a library exception here would end the call instead of an apology.
 
 from __future__ import annotations
 
-import collections
 import logging
 import random
 import time
@@ -65,7 +64,7 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         self._opened_at = trio.current_time()
         self._started_at = time.perf_counter()
         self._attempt: Attempt | None = None
-        self._ready: collections.deque[Item] = collections.deque()   # taken, not yet handed
+        self._ready: list[Item] = []        # taken, not yet handed (rarely any)
         self._retries = 0
         self._quota_taken = 0               # the last retry's cost, given back on success
         self._renewed = False               # credentials found anew once already
@@ -82,7 +81,7 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
             if attempt is None or self._closed:
                 raise trio.ClosedResourceError("the model stream was closed")
             if self._ready:
-                item = self._ready.popleft()
+                item = self._ready.pop(0)
             else:
                 try:
                     item = await attempt.receive()
