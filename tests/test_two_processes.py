@@ -1,6 +1,10 @@
 """Two real server processes on one DynamoDB table (moto on 127.0.0.1), as behind a load
 balancer: Twilio's webhook lands on process A and the relay socket on process B.
 
+A reaches the table over a slow link (``SlowLink``: every request it sends arrives
+``A_STORE_DELAY_S`` late), so its write-behind puts the session item well after its
+``/twiml`` has answered, as under load, and a socket sent to B at once gets there first.
+
 Both processes are ``python -m voiceagent serve`` with STORE=dynamodb and the same WS_URL, the
 public relay URL Twilio is given and signs, which here is A's; the test plays the balancer by
 sending the socket to B's port with the signature Twilio would compute for WS_URL. The table
@@ -10,11 +14,14 @@ with DynamoDB, ``serve`` reads config from the table and never loads config/ its
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -48,6 +55,56 @@ REPO = Path(__file__).parent.parent
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 POLL_S = 0.02
+A_STORE_DELAY_S = 0.15
+
+
+class SlowLink:
+    """A TCP forwarder on 127.0.0.1 that holds each chunk a client sends for ``delay_s``
+    before passing it on (the answers come back at once): a store that is slow to take
+    writes, which no polite local endpoint is. Threads, as the module's fixture is not async."""
+
+    def __init__(self, upstream: str, delay_s: float) -> None:
+        parts = urlsplit(upstream)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._delay_s = delay_s
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._sockets: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return                                  # closed
+            server = socket.create_connection(self._upstream)
+            self._sockets += [client, server]
+            for source, sink, delay in ((client, server, self._delay_s), (server, client, 0.0)):
+                thread = threading.Thread(target=self._pump, args=(source, sink, delay),
+                                          daemon=True)
+                self._threads.append(thread)
+                thread.start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, delay_s: float) -> None:
+        try:
+            while chunk := source.recv(65536):
+                time.sleep(delay_s)                     # the link's latency, on purpose
+                sink.sendall(chunk)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)   # wakes the blocked accept
+        self._listener.close()
+        for sock in self._sockets:
+            sock.close()
+        for thread in self._threads:
+            thread.join(timeout=STOP_TIMEOUT_S)
 
 
 @dataclasses.dataclass
@@ -128,12 +185,14 @@ def servers(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     ws_url = f"ws://127.0.0.1:{ports['a']}/relay"
     logs = {name: tmp_path / f"{name}.log" for name in ports}
     processes: dict[str, subprocess.Popen[bytes]] = {}
+    slow = SlowLink(moto_endpoint, A_STORE_DELAY_S)
+    endpoints = {"a": slow.url, "b": moto_endpoint}
     try:
         for name, port in ports.items():
             with open(logs[name], "wb") as log:
                 processes[name] = subprocess.Popen(
                     [sys.executable, "-m", "voiceagent", "serve"], cwd=REPO,
-                    env=_env(moto_endpoint, tmp_path, table, PORT=str(port), WS_URL=ws_url),
+                    env=_env(endpoints[name], tmp_path, table, PORT=str(port), WS_URL=ws_url),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         for name, url in urls.items():
@@ -141,6 +200,7 @@ def servers(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield Servers(urls["a"], urls["b"], ws_url, table, moto_endpoint, logs)
     finally:
         _stop(list(processes.values()))
+        slow.close()
         client.delete_table(TableName=table)
 
 
@@ -259,3 +319,24 @@ async def test_b_refuses_a_call_whose_session_item_is_missing(servers: Servers) 
                 assert call.closed_by_server == 1008
             assert await store.query(identity.call_sid, "chat::") == []
     assert "call rejected" in servers.events("b", identity.call_sid)
+
+
+async def test_b_serves_a_socket_sent_to_it_the_moment_a_answered(servers: Servers) -> None:
+    """The balancer sends the socket to B as soon as A's /twiml answered, before A's
+    write-behind has put the session item (A's link to the store is slow): B waits for the
+    item instead of refusing the call (at 1000 calls over two processes, 290 were refused
+    before B waited)."""
+    identity = Identity(from_number="+15555550122")
+    with trio.fail_after(30):
+        twiml = await post_form(servers.a_url + "/twiml", _form(identity), AUTH_TOKEN)
+        target = parse_relay_twiml(twiml)
+        async with _socket_on_b(servers, target, identity,
+                                target.parameters["sessionToken"]) as call:
+            await call.say("what are your hours?")
+            reply = await call.read_reply()
+            assert reply.text.startswith("We are open from eleven")
+            await call.hang_up()
+    assert "session prepared" in servers.events("a", identity.call_sid)
+    assert "session found in the store after waiting" in servers.events("b",
+                                                                        identity.call_sid)
+    assert "call rejected" not in servers.events("b", identity.call_sid)
