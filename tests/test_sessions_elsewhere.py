@@ -1,8 +1,10 @@
 """A socket that a balancer sends to another process than the one that answered its signed
-``/twiml``: that process writes the session behind, so the socket can arrive first. Measured
-with two processes at 1000 calls (``bench_latency.py --shape gate-barge --workers 2``), 290
-calls were refused with "unknown session" before this; each process here is a ``Sessions``
-with its own write-behind queue over one shared store, on the virtual clock."""
+``/twiml``. With the session written behind, the socket got there first: two processes at
+1000 calls (``bench_latency.py --shape gate-barge --workers 2``) refused 290 calls with
+"unknown session". Now the webhook writes the session before it answers (ahead of the
+queue), and the other process waits a bounded while for a session still queued (a stalled
+store, a renewal behind the call's other writes). Each process here is a ``Sessions`` with
+its own write-behind queue over one shared store, on the virtual clock."""
 
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ import pytest
 import trio
 
 import voiceagent.store.records as records
-from actors.call import CallRejected
+from actors.call import CallPlan, CallRejected
 from tests.fakes import MemoryStore, setup_frame
-from voiceagent.app.sessions import MINTED_ELSEWHERE_WAITS_S, Sessions
+from voiceagent.app.sessions import MINTED_ELSEWHERE_WAITS_S, SESSION_WRITE_S, Sessions
 from voiceagent.catalog import Catalog
 from voiceagent.relay.protocol import Setup, parse_frame
 from voiceagent.settings import Settings
@@ -31,14 +33,21 @@ USE_CASE = UseCase(name="elsewhereUseCase", prompt="Be brief. <<USER_CONTEXT>>",
 
 
 class CountingStore(MemoryStore):
+    """Counts session reads; ``stall_s``: how long each write hangs before it lands."""
+
     def __init__(self) -> None:
         super().__init__()
         self.session_reads = 0
+        self.stall_s = 0.0
 
     async def get(self, pk: str, sk: str) -> dict[str, Any] | None:
         if sk == records.SESSION_SK:
             self.session_reads += 1
         return await super().get(pk, sk)
+
+    async def put(self, item: dict[str, Any]) -> None:
+        await trio.sleep(self.stall_s)
+        await super().put(item)
 
 
 def _process(store: CountingStore) -> tuple[Sessions, WriteBehind]:
@@ -61,30 +70,60 @@ async def _store_with_use_case() -> CountingStore:
     return store
 
 
-async def test_a_socket_that_beats_the_session_write_waits_for_it(autojump_clock: Any) -> None:
+async def _prepare_on(a: Sessions) -> records.CallSession:
+    return await a.prepare({"CallSid": CALL_SID, "From": "+15555550100",
+                            "To": "+15555550199"})
+
+
+async def _resolve_while_a_drains_after(b: Sessions, a_writer: WriteBehind, token: str,
+                                        delay_s: float) -> tuple[CallPlan, float]:
+    """B resolves the socket while A's write-behind starts draining only after ``delay_s``."""
+    async with trio.open_nursery() as nursery:
+        async def a_drains() -> None:
+            await trio.sleep(delay_s)
+            await nursery.start(a_writer.run)
+
+        nursery.start_soon(a_drains)
+        started = trio.current_time()
+        plan = await b.resolve(_setup(token))
+        waited = trio.current_time() - started
+        nursery.cancel_scope.cancel()
+    return plan, waited
+
+
+async def test_the_session_is_in_the_store_when_the_webhook_answers(
+        autojump_clock: Any) -> None:
     store = await _store_with_use_case()
     a, a_writer = _process(store)
     b, _ = _process(store)
-    session = await a.prepare({"CallSid": CALL_SID, "From": "+15555550100",
-                               "To": "+15555550199"})
-    assert await store.get(CALL_SID, records.SESSION_SK) is None    # still behind, on A
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            async def a_writes_after(delay: float) -> None:
-                await trio.sleep(delay)
-                await nursery.start(a_writer.run)
-
-            nursery.start_soon(a_writes_after, 0.3)
-            started = trio.current_time()
-            plan = await b.resolve(_setup(session.token))
-            waited = trio.current_time() - started
-            nursery.cancel_scope.cancel()
-    assert plan.call_sid == CALL_SID
-    assert plan.system_prompt == session.system_prompt          # A's session, not rebuilt
+        session = await _prepare_on(a)                 # A's queue is not even draining
+        assert a_writer.statistics().pending == 0
+        started = trio.current_time()
+        plan = await b.resolve(_setup(session.token))
+    assert trio.current_time() == started               # found at the first read
+    assert store.session_reads == 2                     # A's replay check, B's one read
+    assert plan.system_prompt == session.system_prompt  # A's session, not rebuilt
     assert plan.greeting == "Hello from elsewhere."
-    assert 0.3 <= waited <= sum(MINTED_ELSEWHERE_WAITS_S)
     with pytest.raises(CallRejected, match="already connected"):   # claimed: B holds it
         await b.resolve(_setup(session.token))
+
+
+async def test_a_socket_that_beats_a_stalled_session_write_waits_for_it(
+        autojump_clock: Any) -> None:
+    store = await _store_with_use_case()
+    a, a_writer = _process(store)
+    b, _ = _process(store)
+    with trio.fail_after(10):
+        store.stall_s = 60.0                           # the webhook's write hangs...
+        started = trio.current_time()
+        session = await _prepare_on(a)
+        assert trio.current_time() - started == pytest.approx(SESSION_WRITE_S)
+        assert await store.get(CALL_SID, records.SESSION_SK) is None   # ...so it is queued
+        store.stall_s = 0.0
+        plan, waited = await _resolve_while_a_drains_after(b, a_writer, session.token, 0.3)
+    assert plan.call_sid == CALL_SID
+    assert 0.3 <= waited <= sum(MINTED_ELSEWHERE_WAITS_S)
 
 
 async def test_a_call_nobody_prepared_is_refused_after_a_bounded_wait(
@@ -100,24 +139,19 @@ async def test_a_call_nobody_prepared_is_refused_after_a_bounded_wait(
 
 async def test_a_renewed_token_is_awaited_and_a_wrong_one_still_refused(
         autojump_clock: Any) -> None:
-    """Twilio's reconnect gets a fresh token from ``/action`` on one process while the store
-    still holds the used session (token spent) written by another."""
+    """Twilio's reconnect gets a fresh token from ``/action`` on A while A still has a write
+    of that call queued (the claim of its first socket): the renewal queues behind it, so the
+    reconnect that B gets waits for it."""
     store = await _store_with_use_case()
     a, a_writer = _process(store)
     b, _ = _process(store)
-    session = await a.prepare({"CallSid": CALL_SID, "From": "+15555550100",
-                               "To": "+15555550199"})
-    await store.put(records.session_item(replace(session, token=""), 3600))   # claimed once
-    renewed = await a.renew(session)
     with trio.fail_after(10):
+        session = await _prepare_on(a)
+        a_writer.submit(records.session_item(replace(session, token=""), 3600),
+                        call_sid=CALL_SID, urgent=True)      # A's claim, still queued
+        renewed = await a.renew(session)
         with pytest.raises(CallRejected, match="does not match"):
-            await b.resolve(_setup(session.token))                  # the spent one
-        async with trio.open_nursery() as nursery:
-            async def a_writes_after(delay: float) -> None:
-                await trio.sleep(delay)
-                await nursery.start(a_writer.run)
-
-            nursery.start_soon(a_writes_after, 0.5)
-            plan = await b.resolve(_setup(renewed.token))
-            nursery.cancel_scope.cancel()
+            await b.resolve(_setup("not-a-token"))
+        plan, waited = await _resolve_while_a_drains_after(b, a_writer, renewed.token, 0.5)
     assert plan.call_sid == CALL_SID
+    assert 0.5 <= waited <= sum(MINTED_ELSEWHERE_WAITS_S)

@@ -388,3 +388,79 @@ async def test_an_urgent_item_is_written_without_lingering(
             await trio.sleep(1.0)
             assert len(store.written) == 1          # an ordinary item lingers again
             nursery.cancel_scope.cancel(reason="test over")
+
+
+def session(call_sid: str, token: str) -> Item:
+    return {"pk": call_sid, "sk": "connection", "token": token}
+
+
+async def test_write_now_goes_ahead_of_a_backlog(autojump_clock: trio.testing.MockClock
+                                                 ) -> None:
+    """A session must be readable by another process when its webhook answers, however long
+    the queue of other calls' writes is; those stay queued, in order."""
+    store = FakeStore(latency_s=0.01)
+    writer = WriteBehind(store)
+    for n in range(100):
+        writer.submit(chat(f"CA{n}", 0), call_sid=f"CA{n}")
+    with trio.fail_after(60):
+        started = trio.current_time()
+        assert await writer.write_now(session("CAnew", "t1"), call_sid="CAnew", timeout_s=2.0)
+        assert trio.current_time() - started == pytest.approx(0.01)     # one round trip
+    assert store.written == [("CAnew", "connection")]
+    assert writer.statistics().pending == 100
+    assert writer.statistics().written == 1
+
+
+async def test_write_now_queues_behind_a_write_of_the_same_call(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A renewed session must not land before the call's older session write still queued,
+    which would then overwrite it."""
+    store = FakeStore()
+    writer = WriteBehind(store)
+    writer.submit(session("CA1", ""), call_sid="CA1", urgent=True)       # the claim, queued
+    with trio.fail_after(60):
+        assert not await writer.write_now(session("CA1", "t2"), call_sid="CA1", timeout_s=2.0)
+        assert store.written == []
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            assert await writer.flush("CA1", timeout_s=10)
+            nursery.cancel_scope.cancel(reason="test over")
+    assert store.items[("CA1", "connection")]["token"] == "t2"           # the newest won
+
+
+async def test_write_now_leaves_a_stalled_or_down_store_to_the_queue(
+        autojump_clock: trio.testing.MockClock) -> None:
+    store = FakeStore(latency_s=30.0)                                    # a stalled request
+    writer = WriteBehind(store, jitter=lambda: 1.0)
+    with trio.fail_after(60):
+        started = trio.current_time()
+        assert not await writer.write_now(session("CA1", "t1"), call_sid="CA1", timeout_s=2.0)
+        assert trio.current_time() - started == pytest.approx(2.0)
+        assert writer.statistics().pending == 1                          # queued instead
+        store.latency_s, store.down = 0.0, True
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await trio.testing.wait_all_tasks_blocked()        # its attempt failed
+            assert writer.statistics().store_down
+            tried = len(store.attempts)
+            started = trio.current_time()
+            assert not await writer.write_now(session("CA2", "t2"), call_sid="CA2",
+                                              timeout_s=2.0)
+            assert trio.current_time() == started                      # no attempt, no wait
+            assert len(store.attempts) == tried
+            store.down = False
+            assert await writer.flush(timeout_s=30)
+            nursery.cancel_scope.cancel(reason="test over")
+    assert store.items[("CA1", "connection")]["token"] == "t1"
+    assert store.items[("CA2", "connection")]["token"] == "t2"
+
+
+async def test_write_now_queues_an_item_the_store_failed(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    store = FakeStore()
+    store.down = True                                  # the queue has not noticed yet
+    writer = WriteBehind(store)
+    with trio.fail_after(60), caplog.at_level(logging.WARNING, LOGGER):
+        assert not await writer.write_now(session("CA1", "t1"), call_sid="CA1", timeout_s=2.0)
+    assert writer.statistics().pending == 1
+    assert messages(caplog) == ["store write ahead of the queue failed; queued instead"]

@@ -1,10 +1,10 @@
 """A call's session: prepared during ``/twiml`` while the phone rings, claimed by its socket.
 
 ``/twiml`` picks the use case, renders the prompt, mints a token that goes to Twilio in a
-``<Parameter>`` and comes back in ``setup``, and writes the session item behind. The socket
-finds the session in this process's memory (no store round trip), else in the store (the
-webhook landed on another process), where it may not have landed yet: see
-``_minted_elsewhere``.
+``<Parameter>`` and comes back in ``setup``, and writes the session item before it answers
+(``_offer``). The socket finds the session in this process's memory (no store round trip),
+else in the store (the webhook landed on another process), where it may not have landed
+yet: see ``_minted_elsewhere``.
 
 Why a token at all: Twilio's signature on the WebSocket upgrade covers only the URL, which
 is the same for every call, so a captured signed upgrade could otherwise open any call with
@@ -49,9 +49,11 @@ log = logging.getLogger(__name__)
 
 TOKEN_PARAMETER = "sessionToken"
 PENDING_TTL_S = 120.0            # a /twiml whose socket never came is forgotten after this
-# A session minted by another process is written behind there, so its socket can arrive here
-# first: read the store again after each of these pauses (~1.5 s in all) before refusing.
+# A session minted by another process may still be queued there (its store stalled, or a
+# renewal waits behind the call's writes): read the store again after each of these pauses
+# (~1.5 s in all) before refusing.
 MINTED_ELSEWHERE_WAITS_S = (0.05, 0.1, 0.2, 0.4, 0.8)
+SESSION_WRITE_S = 2.0            # /twiml waits this long for the session item, then queues it
 
 
 class SessionExists(Exception):
@@ -84,7 +86,7 @@ class Sessions:
         session = await self._build(call_sid, caller, called, token=secrets.token_urlsafe(18))
         if call_sid in self._pending or call_sid in self._live:     # raced while building
             raise SessionExists(call_sid)
-        self._offer(session, resumes=False)
+        await self._offer(session, resumes=False)
         log.info("session prepared", extra={"use_case": session.use_case,
                                             "caller": mask_phone(caller),
                                             "known_caller": session.profile is not None})
@@ -97,15 +99,19 @@ class Sessions:
         if session.call_sid in self._live:
             raise SessionBusy(session.call_sid)
         renewed = replace(session, token=secrets.token_urlsafe(18))
-        self._offer(renewed, resumes=True)
+        await self._offer(renewed, resumes=True)
         log.info("session token renewed for a reconnect")
         return renewed
 
-    def _offer(self, session: records.CallSession, *, resumes: bool) -> None:
-        """Wait for the socket here, and in the store for a sibling process."""
+    async def _offer(self, session: records.CallSession, *, resumes: bool) -> None:
+        """Wait for the socket here, and in the store for a sibling process. The item is
+        written before the webhook answers, ahead of the write-behind queue: behind it, with
+        two processes at 1000 calls, the socket reached the other process first for ~30 % of
+        calls, the backlog being seconds long. A slow or failing store leaves it to the
+        queue after ``SESSION_WRITE_S``; the socket here is served either way."""
         self._pending[session.call_sid] = (trio.current_time(), session, resumes)
-        self._writer.submit(records.session_item(session, self._settings.session_ttl_s),
-                            call_sid=session.call_sid, urgent=True)
+        await self._writer.write_now(records.session_item(session, self._settings.session_ttl_s),
+                                     call_sid=session.call_sid, timeout_s=SESSION_WRITE_S)
 
     async def resolve(self, setup: Setup) -> CallPlan:
         """The plan for a socket that sent ``setup``, which claims the call (see the module
@@ -146,11 +152,12 @@ class Sessions:
 
     async def _minted_elsewhere(self, call_sid: str, token: str) -> records.CallSession:
         """The session of a call whose signed ``/twiml`` (or ``/action``) another process
-        answered. That process writes the session behind, and a balancer may send the
-        socket here straight away: with two processes at 1000 calls, 290 calls were refused
-        before the item landed. So a missing item, or one whose token does not match yet (a
-        renewal), is read again after each pause of ``MINTED_ELSEWHERE_WAITS_S``; a CallSid
-        nobody prepared costs six consistent reads and ~1.5 s of its own socket, no more."""
+        answered. That process writes the session before it answers, unless its store
+        stalled (then it is queued) or the call has writes queued there (a renewal waits
+        behind them), and a balancer may send the socket here straight away. So a missing
+        item, or one whose token does not match yet (a renewal), is read again after each
+        pause of ``MINTED_ELSEWHERE_WAITS_S``; a CallSid nobody prepared costs six consistent
+        reads and ~1.5 s of its own socket, no more."""
         waited = 0.0
         for pause in (*MINTED_ELSEWHERE_WAITS_S, None):
             item = await self._store.get(call_sid, "connection")

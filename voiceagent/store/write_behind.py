@@ -107,6 +107,28 @@ class WriteBehind:
         if urgent:
             self._hurry.set()
 
+    async def write_now(self, item: Item, *, call_sid: str, timeout_s: float) -> bool:
+        """Write ``item`` at once, ahead of the queue, for a reader in another process that
+        cannot wait for the backlog (a session, whose socket a balancer may send anywhere).
+        Order per call holds: with a write of ``call_sid`` still queued, or the store known
+        to be down, or no answer within ``timeout_s`` (or a store error), the item is queued
+        as ``submit(urgent=True)`` would, and False is returned. True: it is in the store."""
+        if call_sid in self._last_by_call or self._down_since is not None:
+            self.submit(item, call_sid=call_sid, urgent=True)
+            return False
+        copied = copy.deepcopy(item)
+        with trio.move_on_after(timeout_s):
+            try:
+                await self._store.put(copied)
+            except StoreError as err:
+                log.warning("store write ahead of the queue failed; queued instead",
+                            extra={"error": type(err).__name__, "sk": copied.get("sk")})
+            else:
+                self._written += 1
+                return True
+        self.submit(item, call_sid=call_sid, urgent=True)
+        return False
+
     async def flush(self, call_sid: str | None = None, *, timeout_s: float) -> bool:
         """Wait until every item submitted before this call (for ``call_sid``, or all) is
         written or dropped. False when ``timeout_s`` passed first; the items stay queued."""
