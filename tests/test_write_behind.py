@@ -464,3 +464,21 @@ async def test_write_now_queues_an_item_the_store_failed(
         assert not await writer.write_now(session("CA1", "t1"), call_sid="CA1", timeout_s=2.0)
     assert writer.statistics().pending == 1
     assert messages(caplog) == ["store write ahead of the queue failed; queued instead"]
+
+
+async def test_write_now_cancelled_from_outside_still_queues_the_item(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The webhook's request may be cancelled mid-write (its client went away): the session
+    it had minted must still reach the store."""
+    store = FakeStore(latency_s=5.0)
+    writer = WriteBehind(store)
+    with trio.move_on_after(1.0):
+        await writer.write_now(session("CA1", "t1"), call_sid="CA1", timeout_s=2.0)
+    assert writer.statistics().pending == 1
+    store.latency_s = 0.0
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            assert await writer.flush(timeout_s=10)
+            nursery.cancel_scope.cancel(reason="test over")
+    assert store.items[("CA1", "connection")]["token"] == "t1"

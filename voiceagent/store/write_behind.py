@@ -117,17 +117,21 @@ class WriteBehind:
             self.submit(item, call_sid=call_sid, urgent=True)
             return False
         copied = copy.deepcopy(item)
-        with trio.move_on_after(timeout_s):
-            try:
-                await self._store.put(copied)
-            except StoreError as err:
-                log.warning("store write ahead of the queue failed; queued instead",
-                            extra={"error": type(err).__name__, "sk": copied.get("sk")})
-            else:
+        written = False
+        try:
+            with trio.move_on_after(timeout_s):
+                try:
+                    await self._store.put(copied)
+                    written = True
+                except StoreError as err:
+                    log.warning("store write ahead of the queue failed; queued instead",
+                                extra={"error": type(err).__name__, "sk": copied.get("sk")})
+        finally:        # also when the webhook itself is cancelled: the item is never lost
+            if written:
                 self._written += 1
-                return True
-        self.submit(item, call_sid=call_sid, urgent=True)
-        return False
+            else:
+                self.submit(item, call_sid=call_sid, urgent=True)
+        return written
 
     async def flush(self, call_sid: str | None = None, *, timeout_s: float) -> bool:
         """Wait until every item submitted before this call (for ``call_sid``, or all) is
