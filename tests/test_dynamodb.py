@@ -88,6 +88,21 @@ async def test_numbers_come_back_as_plain_int_and_float(moto_endpoint: str) -> N
             assert await store.get("n", "bad") is None
 
 
+async def test_whole_floats_come_back_as_ints_equal_only_up_to_2_to_the_53(
+        moto_endpoint: str) -> None:
+    """What the module docstring promises, and where it stops: DynamoDB keeps no number type,
+    so 1e30 (a float that is not 10**30 exactly) comes back as the int of its decimal form."""
+    with trio.fail_after(20):
+        async with open_test_table(moto_endpoint) as store:
+            await store.put({"pk": "w", "sk": "w", "whole": 2.0**53, "big": 1e30})
+            stored = await store.get("w", "w")
+    assert stored is not None
+    assert stored["whole"] == 2**53
+    assert type(stored["whole"]) is int
+    assert stored["big"] == 10**30
+    assert stored["big"] != 1e30
+
+
 async def test_refused_items_name_their_key_with_the_phone_masked(moto_endpoint: str) -> None:
     with trio.fail_after(20):
         async with open_test_table(moto_endpoint) as store:

@@ -17,7 +17,8 @@ DynamoDB Local or moto), and the loop's requests go where the client would.
 
 Values: callers hand in and get back plain JSON-like values. Numbers travel as Decimal and
 come back as ``int`` when whole and ``float`` otherwise (DynamoDB keeps no number type, so a
-float with a whole value comes back as an int that equals it).
+float with a whole value comes back as an int: equal to it up to 2**53; beyond, the int of
+its shortest decimal form, e.g. 1e30 comes back as 10**30, which differs from the float).
 
 Errors: ``StoreError`` for what may pass (throttling, 5xx, the endpoint unreachable, the table
 or the credentials missing: fixable without losing the item), ``StoreRejected`` (permanent)
