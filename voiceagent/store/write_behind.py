@@ -7,7 +7,9 @@ not stop a call: writes wait, retried with capped exponential backoff, and land 
 the store is back. Calls that end ``flush`` their own items with a deadline.
 
 Order: items are written in global FIFO order (so per-call order holds). A batch never holds
-two writes of one pk/sk (DynamoDB rejects that): the batch ends before the second one.
+two writes of one pk/sk (DynamoDB rejects that): the batch ends before the second one. The one
+exception is ``write_now`` (a session, which another process may read at once): it goes ahead
+of the queue only when its call has nothing queued, so per-call order still holds.
 
 Failures: a ``StoreError`` is transient and retried forever, unless it is ``permanent`` (the
 store refused the item itself, see ``StoreRejected``). A permanently refused batch is retried
