@@ -70,6 +70,14 @@ async def _store_with_use_case() -> CountingStore:
     return store
 
 
+async def _two_processes() -> tuple[CountingStore, Sessions, WriteBehind, Sessions]:
+    """A and B over one store; A's write-behind queue is returned, B's is never drained."""
+    store = await _store_with_use_case()
+    a, a_writer = _process(store)
+    b, _ = _process(store)
+    return store, a, a_writer, b
+
+
 async def _prepare_on(a: Sessions) -> records.CallSession:
     return await a.prepare({"CallSid": CALL_SID, "From": "+15555550100",
                             "To": "+15555550199"})
@@ -93,9 +101,7 @@ async def _resolve_while_a_drains_after(b: Sessions, a_writer: WriteBehind, toke
 
 async def test_the_session_is_in_the_store_when_the_webhook_answers(
         autojump_clock: Any) -> None:
-    store = await _store_with_use_case()
-    a, a_writer = _process(store)
-    b, _ = _process(store)
+    store, a, a_writer, b = await _two_processes()
     with trio.fail_after(10):
         session = await _prepare_on(a)                 # A's queue is not even draining
         assert a_writer.statistics().pending == 0
@@ -111,9 +117,7 @@ async def test_the_session_is_in_the_store_when_the_webhook_answers(
 
 async def test_a_socket_that_beats_a_stalled_session_write_waits_for_it(
         autojump_clock: Any) -> None:
-    store = await _store_with_use_case()
-    a, a_writer = _process(store)
-    b, _ = _process(store)
+    store, a, a_writer, b = await _two_processes()
     with trio.fail_after(10):
         store.stall_s = 60.0                           # the webhook's write hangs...
         started = trio.current_time()
@@ -142,9 +146,7 @@ async def test_a_renewed_token_is_awaited_and_a_wrong_one_still_refused(
     """Twilio's reconnect gets a fresh token from ``/action`` on A while A still has a write
     of that call queued (the claim of its first socket): the renewal queues behind it, so the
     reconnect that B gets waits for it."""
-    store = await _store_with_use_case()
-    a, a_writer = _process(store)
-    b, _ = _process(store)
+    _, a, a_writer, b = await _two_processes()
     with trio.fail_after(10):
         session = await _prepare_on(a)
         a_writer.submit(records.session_item(replace(session, token=""), 3600),

@@ -118,16 +118,15 @@ class WriteBehind:
         if call_sid in self._last_by_call or self._down_since is not None:
             self.submit(item, call_sid=call_sid, urgent=True)
             return False
-        copied = copy.deepcopy(item)
         written = False
         try:
             with trio.move_on_after(timeout_s):
                 try:
-                    await self._store.put(copied)
+                    await self._store.put(item)     # awaited here: nothing can change it
                     written = True
                 except StoreError as err:
                     log.warning("store write ahead of the queue failed; queued instead",
-                                extra={"error": type(err).__name__, "sk": copied.get("sk")})
+                                extra={"error": type(err).__name__, "sk": item.get("sk")})
         finally:        # also when the webhook itself is cancelled: the item is never lost
             if written:
                 self._written += 1
