@@ -4,13 +4,18 @@
 "unknown session". Now the webhook writes the session before it answers (ahead of the
 queue), and the other process waits a bounded while for a session still queued (a stalled
 store, a renewal behind the call's other writes). Each process here is a ``Sessions`` with
-its own write-behind queue over one shared store, on the virtual clock."""
+its own write-behind queue over one shared store, on the virtual clock.
+
+Twilio's reconnect after a failed relay session is the same story the other way round: the
+``/action`` may reach another process than the one whose socket failed, and that one's queue
+may still hold the socket's last messages, which the resuming socket reads from the store."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pytest
 import trio
@@ -27,22 +32,27 @@ from voiceagent.store.write_behind import WriteBehind
 from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import UseCase
 
+T = TypeVar("T")
 CALL_SID = "CA" + "7" * 32
 USE_CASE = UseCase(name="elsewhereUseCase", prompt="Be brief. <<USER_CONTEXT>>",
                    relay={"welcomeGreeting": "Hello from elsewhere."})
 
 
 class CountingStore(MemoryStore):
-    """Counts session reads; ``stall_s``: how long each write hangs before it lands."""
+    """Counts reads of sessions and of sockets' end marks; ``stall_s``: how long each write
+    hangs before it lands."""
 
     def __init__(self) -> None:
         super().__init__()
         self.session_reads = 0
+        self.written_reads = 0
+        self.closed_reads = 0
         self.stall_s = 0.0
 
     async def get(self, pk: str, sk: str) -> dict[str, Any] | None:
-        if sk == records.SESSION_SK:
-            self.session_reads += 1
+        self.session_reads += sk == records.SESSION_SK
+        self.written_reads += sk.startswith(records.SOCKET_WRITTEN_PREFIX)
+        self.closed_reads += sk.startswith(records.SOCKET_CLOSED_PREFIX)
         return await super().get(pk, sk)
 
     async def put(self, item: dict[str, Any]) -> None:
@@ -83,9 +93,10 @@ async def _prepare_on(a: Sessions) -> records.CallSession:
                             "To": "+15555550199"})
 
 
-async def _resolve_while_a_drains_after(b: Sessions, a_writer: WriteBehind, token: str,
-                                        delay_s: float) -> tuple[CallPlan, float]:
-    """B resolves the socket while A's write-behind starts draining only after ``delay_s``."""
+async def _while_a_drains_after(a_writer: WriteBehind, delay_s: float,
+                                work: Callable[[], Awaitable[T]]) -> tuple[T, float]:
+    """``work`` (B's) while A's write-behind starts draining only after ``delay_s``; what
+    it returned and how long it took."""
     async with trio.open_nursery() as nursery:
         async def a_drains() -> None:
             await trio.sleep(delay_s)
@@ -93,10 +104,15 @@ async def _resolve_while_a_drains_after(b: Sessions, a_writer: WriteBehind, toke
 
         nursery.start_soon(a_drains)
         started = trio.current_time()
-        plan = await b.resolve(_setup(token))
+        result = await work()
         waited = trio.current_time() - started
         nursery.cancel_scope.cancel()
-    return plan, waited
+    return result, waited
+
+
+async def _resolve_while_a_drains_after(b: Sessions, a_writer: WriteBehind, token: str,
+                                        delay_s: float) -> tuple[CallPlan, float]:
+    return await _while_a_drains_after(a_writer, delay_s, lambda: b.resolve(_setup(token)))
 
 
 async def test_the_session_is_in_the_store_when_the_webhook_answers(
@@ -157,3 +173,99 @@ async def test_a_renewed_token_is_awaited_and_a_wrong_one_still_refused(
         plan, waited = await _resolve_while_a_drains_after(b, a_writer, renewed.token, 0.5)
     assert plan.call_sid == CALL_SID
     assert 0.5 <= waited <= sum(MINTED_ELSEWHERE_WAITS_S)
+
+
+async def _claimed_on_a(store: CountingStore, a: Sessions, a_writer: WriteBehind
+                        ) -> records.CallSession:
+    """A prepared the call and its socket claimed it there; A's claim has landed."""
+    session = await _prepare_on(a)
+    await a.resolve(_setup(session.token))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a_writer.run)
+        await a_writer.flush(timeout_s=1)
+        nursery.cancel_scope.cancel()
+    item = await store.get(CALL_SID, records.SESSION_SK)
+    assert item is not None
+    assert item["token"] == ""
+    return records.session_from_item(item)
+
+
+async def _a_socket_ends(a: Sessions, a_writer: WriteBehind, texts: list[str]) -> None:
+    """A's socket hands its last messages to A's queue and ends, as ``run_call`` does."""
+    for seq, text in enumerate(texts, start=1):
+        a_writer.submit(records.chat_item(CALL_SID, 1_000 + seq, seq, {
+            "role": "user" if seq % 2 else "assistant", "content": [{"text": text}]}, {},
+            3600), call_sid=CALL_SID)
+    await a.socket_ended(CALL_SID)
+    a.release(CALL_SID)
+
+
+async def test_a_reconnect_on_another_process_waits_for_the_old_socket_s_last_messages(
+        autojump_clock: Any) -> None:
+    """The socket on A failed; Twilio's ``/action`` reaches B while A's queue still holds
+    the socket's last exchange. B renews only once A's "written" mark is in the store, so
+    the socket that resumes the call (anywhere) reads the whole conversation."""
+    store, a, a_writer, b = await _two_processes()
+    with trio.fail_after(30):
+        claimed = await _claimed_on_a(store, a, a_writer)
+        await _a_socket_ends(a, a_writer, ["what are your hours?", "Eleven to ten."])
+        assert await store.query(CALL_SID, records.CHAT_PREFIX) == []
+        renewed, waited = await _while_a_drains_after(a_writer, 2.5,
+                                                      lambda: b.renew(claimed))
+        saved = await store.query(CALL_SID, records.CHAT_PREFIX)
+        assert [records.chat_from_item(i)["chat"]["content"][0]["text"] for i in saved] == [
+            "what are your hours?", "Eleven to ten."]
+        assert 2.5 <= waited <= 2.5 + 0.8    # past the grace: A said it was draining
+        assert store.closed_reads == 1
+        assert (renewed.generation, claimed.generation) == (1, 0)
+        plan = await b.resolve(_setup(renewed.token))    # resumes: B's own pending session
+    assert [m["content"][0]["text"] for m in plan.history] == [
+        "what are your hours?", "Eleven to ten."]
+    item = await store.get(CALL_SID, records.SESSION_SK)
+    assert item is not None
+    assert item["generation"] == 1
+    assert item["token"] == renewed.token
+
+
+async def test_a_reconnect_whose_old_process_reported_no_end_goes_on_after_a_grace(
+        autojump_clock: Any) -> None:
+    """The process that held the socket died with its queue: neither mark ever comes. B
+    reconnects once SOCKET_CLOSED_GRACE_S has passed without a "closed" mark."""
+    store, a, a_writer, b = await _two_processes()
+    with trio.fail_after(30):
+        claimed = await _claimed_on_a(store, a, a_writer)
+        started = trio.current_time()
+        renewed = await b.renew(claimed)
+    assert trio.current_time() - started == pytest.approx(1.55)     # 0.05 + ... + 0.8
+    assert (store.written_reads, store.closed_reads) == (6, 1)
+    assert renewed.generation == 1
+    assert renewed.token
+
+
+async def test_a_reconnect_waits_for_a_draining_process_as_long_as_it_waits_itself(
+        autojump_clock: Any) -> None:
+    """A reported its socket closed, but its queue does not move (its store stalls): B waits
+    FLUSH_TIMEOUT_S, as A itself does for its writes, then reconnects with what is stored."""
+    store, a, a_writer, b = await _two_processes()
+    with trio.fail_after(30):
+        claimed = await _claimed_on_a(store, a, a_writer)
+        await _a_socket_ends(a, a_writer, ["what are your hours?"])
+        started = trio.current_time()
+        await b.renew(claimed)
+    assert trio.current_time() - started == pytest.approx(Settings().flush_timeout_s)
+    assert (store.written_reads, store.closed_reads) == (11, 1)    # 0.05 .. 0.8 x4, 0.25
+
+
+async def test_a_session_no_socket_claimed_is_renewed_at_once(autojump_clock: Any) -> None:
+    """Its socket was refused or never came: no mark will ever be written for it, so each of
+    Twilio's reconnects must not wait for one."""
+    store, a, _, b = await _two_processes()
+    with trio.fail_after(10):
+        session = await _prepare_on(a)
+        started = trio.current_time()
+        renewed = await b.renew(session)
+        again = await b.renew(renewed)
+    assert trio.current_time() == started
+    assert store.written_reads == store.closed_reads == 0
+    assert (renewed.generation, again.generation) == (1, 2)
+    assert len({session.token, renewed.token, again.token}) == 3

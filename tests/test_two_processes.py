@@ -4,6 +4,8 @@ balancer: Twilio's webhook lands on process A and the relay socket on process B.
 A reaches the table over a slow link (``SlowLink``: every request it sends arrives
 ``A_STORE_DELAY_S`` late), as a loaded store is: a session item written behind would land
 well after A's ``/twiml`` had answered, and a socket sent to B at once would get there first.
+The same link makes a socket's last messages on A land after a reconnect's ``/action`` that
+the balancer sends to B.
 
 Both processes are ``python -m voiceagent serve`` with STORE=dynamodb and the same WS_URL, the
 public relay URL Twilio is given and signs, which here is A's; the test plays the balancer by
@@ -212,11 +214,13 @@ def _form(identity: Identity) -> dict[str, str]:
 
 @asynccontextmanager
 async def _socket_on_b(servers: Servers, target: RelayTarget, identity: Identity,
-                       token: str) -> AsyncIterator[RelayCall]:
-    """The relay socket Twilio opens for ``target``, routed to process B: the URL and its
-    signature are the public ones, only the port is B's."""
+                       token: str, *, process_url: str | None = None
+                       ) -> AsyncIterator[RelayCall]:
+    """The relay socket Twilio opens for ``target``, routed to process B (or to the process
+    at ``process_url``): the URL and its signature are the public ones, only the port is
+    the process's."""
     public = urlsplit(target.url)
-    routed = urlunsplit(public._replace(netloc=urlsplit(servers.b_url).netloc))
+    routed = urlunsplit(public._replace(netloc=urlsplit(process_url or servers.b_url).netloc))
     headers = [(b"X-Twilio-Signature", sign(AUTH_TOKEN, target.url).encode())]
     async with open_websocket_url(routed, extra_headers=headers, connect_timeout=10) as ws:
         call = RelayCall(ws, dataclasses.replace(target, parameters={
@@ -231,6 +235,15 @@ async def _item_appears(store: DynamoDBStore, pk: str, sk: str) -> dict[str, Any
         item = await store.get(pk, sk)
         if item is not None:
             return item
+        await trio.sleep(POLL_S)
+
+
+async def _claim_lands(store: DynamoDBStore, call_sid: str) -> None:
+    """The socket's claim (the session with its token used up) is in the table."""
+    while True:
+        item = await store.get(call_sid, records.SESSION_SK)
+        if item is not None and item["token"] == "":
+            return
         await trio.sleep(POLL_S)
 
 
@@ -340,3 +353,43 @@ async def test_b_serves_a_socket_sent_to_it_the_moment_a_answered(servers: Serve
     assert "session found in the store after waiting" not in servers.events(
         "b", identity.call_sid)
     assert "call rejected" not in servers.events("b", identity.call_sid)
+
+
+async def test_a_reconnect_answered_by_b_waits_for_the_last_messages_of_a_s_socket(
+        servers: Servers) -> None:
+    """The relay session on A fails right after a turn; Twilio's ``/action`` reaches B at
+    once, while A's slow link still carries that turn's messages. B answers only once A's
+    "written" mark (queued behind them) is in the table, so the socket that resumes the call,
+    here on B, reads the whole conversation."""
+    identity = Identity(from_number="+15555550133")
+    call_sid = identity.call_sid
+    with trio.fail_after(30):
+        async with _table(servers) as store:
+            target, _ = await _prepared_on_a(servers, store, identity)
+            token = target.parameters["sessionToken"]
+            async with _socket_on_b(servers, target, identity, token,
+                                    process_url=servers.a_url) as call:
+                await _claim_lands(store, call_sid)     # a call going on a while
+                await call.say("what are your hours?")
+                assert (await call.read_reply()).text.startswith("We are open from eleven")
+                await call.hang_up()                    # the relay session fails here
+            answer = await post_form(servers.b_url + "/action", {
+                "CallSid": call_sid, "SessionStatus": "failed", "CallStatus": "in-progress",
+                "ErrorCode": "64105"}, AUTH_TOKEN)
+            saved = await store.query(call_sid, records.CHAT_PREFIX)    # the moment B answered
+            assert [records.chat_from_item(i)["chat"]["role"] for i in saved] == [
+                "assistant", "user", "assistant"]
+            assert await store.get(call_sid, records.socket_mark_sk(
+                records.SOCKET_WRITTEN_PREFIX, 0)) is not None
+            again = parse_relay_twiml(answer)
+            async with _socket_on_b(servers, again, identity,
+                                    again.parameters["sessionToken"]) as call:
+                await call.say("where are you?")
+                await call.read_reply()
+                await call.hang_up()
+            resumed = await _messages(store, call_sid, 5)
+    assert [records.chat_from_item(i)["chat"]["role"] for i in resumed] == [
+        "assistant", "user", "assistant", "user", "assistant"]          # no second greeting
+    b_events = servers.events("b", call_sid)
+    assert "the previous socket's messages found in the store after waiting" in b_events
+    assert "call rejected" not in b_events

@@ -428,6 +428,21 @@ async def test_write_now_queues_behind_a_write_of_the_same_call(
     assert store.items[("CA1", "connection")]["token"] == "t2"           # the newest won
 
 
+async def test_write_now_unordered_goes_ahead_of_the_call_s_own_writes(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A socket's "closed" mark tells another process at once that the call's writes are on
+    their way, so it must not wait behind them; it has a key none of them touches."""
+    store = FakeStore()
+    writer = WriteBehind(store)
+    writer.submit(chat("CA1", 0), call_sid="CA1")
+    mark = {"pk": "CA1", "sk": "socketClosed::000000"}
+    with trio.fail_after(60):
+        assert await writer.write_now(mark, call_sid="CA1", timeout_s=2.0, ordered=False)
+    assert store.written == [("CA1", "socketClosed::000000")]
+    assert writer.queued("CA1")
+    assert writer.statistics().pending == 1
+
+
 async def test_write_now_leaves_a_stalled_or_down_store_to_the_queue(
         autojump_clock: trio.testing.MockClock) -> None:
     store = FakeStore(latency_s=30.0)                                    # a stalled request

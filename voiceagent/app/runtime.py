@@ -153,6 +153,9 @@ class Runtime:
         return count
 
     async def _flush(self, call_sid: str, timeout_s: float) -> bool:
+        """The call's socket handed over its last messages: mark its end behind them (a
+        reconnect on another process waits for the mark), then wait for the writes."""
+        await self.sessions.socket_ended(call_sid)
         return await self.writer.flush(call_sid, timeout_s=timeout_s)
 
 

@@ -18,6 +18,10 @@ minted, and each token is used once:
   replayed ``/twiml`` for a CallSid already seen mints nothing (it would take the call over);
 * Twilio's reconnect after a failed relay session gets a fresh token through the signed
   ``/action`` callback (``renew``), once the old socket is gone.
+
+A reconnect may land on a third process, which resumes the conversation from the store. So
+the old socket's end is marked in the store behind its last messages (``socket_ended``), and
+``renew`` waits for that mark (``_previous_socket_ended``) before it mints the new token.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ PENDING_TTL_S = 120.0            # a /twiml whose socket never came is forgotten
 # (~1.5 s in all) before refusing.
 MINTED_ELSEWHERE_WAITS_S = (0.05, 0.1, 0.2, 0.4, 0.8)
 SESSION_WRITE_S = 2.0            # /twiml waits this long for the session item, then queues it
+SOCKET_END_FIRST_WAIT_S = 0.05   # renew reads the old socket's end marks again after pauses
+SOCKET_END_LONGEST_WAIT_S = 0.8  # doubling from this to this, for FLUSH_TIMEOUT_S in all
+SOCKET_CLOSED_GRACE_S = 1.5      # no "closed" mark by then: no process is draining its writes
 
 
 class SessionExists(Exception):
@@ -73,7 +80,7 @@ class Sessions:
         self._writer = writer
         # minted, not claimed yet: when, the session, and whether it resumes a conversation
         self._pending: dict[str, tuple[float, records.CallSession, bool]] = {}
-        self._live: set[str] = set()            # CallSids with a socket here
+        self._live: dict[str, int] = {}         # CallSids with a socket here: its generation
 
     async def prepare(self, form: Mapping[str, str]) -> records.CallSession:
         """Build the session for Twilio's call webhook (form fields CallSid, From, To).
@@ -98,7 +105,9 @@ class Sessions:
         still holds the call here."""
         if session.call_sid in self._live:
             raise SessionBusy(session.call_sid)
-        renewed = replace(session, token=secrets.token_urlsafe(18))
+        await self._previous_socket_ended(session)
+        renewed = replace(session, token=secrets.token_urlsafe(18),
+                          generation=session.generation + 1)
         await self._offer(renewed, resumes=True)
         log.info("session token renewed for a reconnect")
         return renewed
@@ -140,7 +149,7 @@ class Sessions:
         if call_sid in self._live:                  # another socket won while we waited
             raise CallRejected("a socket is already connected for this call")
         self._pending.pop(call_sid, None)
-        self._live.add(call_sid)
+        self._live[call_sid] = session.generation
         self._writer.submit(records.session_item(replace(session, token=""),
                                                  self._settings.session_ttl_s),
                             call_sid=call_sid, urgent=True)      # used: never again
@@ -176,9 +185,68 @@ class Sessions:
                                f"after {waited:.2f} s)")
         return session                      # refused by the caller: the token differs
 
+    async def socket_ended(self, call_sid: str) -> None:
+        """Mark the end of ``call_sid``'s socket here: at once, and behind the last messages
+        it handed to the write-behind queue (call it after them). See
+        ``_previous_socket_ended``, which reads both marks."""
+        generation = self._live.get(call_sid)
+        if generation is None:
+            return
+        now, ttl_s = time.time(), self._settings.session_ttl_s
+        self._writer.submit(records.socket_mark_item(records.SOCKET_WRITTEN_PREFIX, call_sid,
+                                                     generation, now, ttl_s),
+                            call_sid=call_sid, urgent=True)
+        await self._writer.write_now(
+            records.socket_mark_item(records.SOCKET_CLOSED_PREFIX, call_sid, generation, now,
+                                     ttl_s),
+            call_sid=call_sid, timeout_s=SESSION_WRITE_S, ordered=False)
+
+    async def _previous_socket_ended(self, session: records.CallSession) -> None:
+        """Wait for the socket that a reconnect replaces to have written everything. That
+        socket may have been served by another process, whose queue can be seconds behind
+        under load, and the new socket may reach a third process, which reads the
+        conversation from the store. Once the old socket's "written" mark is there (it is
+        queued behind its messages, its claim included), the resumed history misses
+        nothing, and the old claim (token "") cannot land after the renewal and lock the
+        reconnect out. Its "closed" mark, written at once, says its process is alive and
+        draining: then the wait goes on up to FLUSH_TIMEOUT_S, as long as that process waits
+        for its own writes. Without it after SOCKET_CLOSED_GRACE_S, the process died (its
+        queue with it) or has not seen its socket close: nothing more will come.
+
+        Not waited for when ``session`` (as ``/action`` read it from the store) still has a
+        token, that is, no socket claimed it (refused, or never came): no mark will ever
+        come for it, at any of Twilio's reconnects. Nor with the marks still queued here:
+        this process's own ``/action`` flush has already waited for them."""
+        call_sid, generation = session.call_sid, session.generation
+        if session.token or self._writer.queued(call_sid):
+            return
+        written = records.socket_mark_sk(records.SOCKET_WRITTEN_PREFIX, generation)
+        closed = records.socket_mark_sk(records.SOCKET_CLOSED_PREFIX, generation)
+        waited, closed_seen = 0.0, False
+        for pause in (*_pauses(self._settings.flush_timeout_s), None):
+            if await self._store.get(call_sid, written) is not None:
+                if waited:
+                    log.info("the previous socket's messages found in the store after waiting",
+                             extra={"waited_ms": round(waited * 1000)})
+                return
+            if not closed_seen and waited >= SOCKET_CLOSED_GRACE_S:
+                closed_seen = await self._store.get(call_sid, closed) is not None
+                if not closed_seen:
+                    log.warning("no process reported the previous socket's end (it may have "
+                                "died with its queue): reconnecting with the history stored",
+                                extra={"waited_ms": round(waited * 1000)})
+                    return
+            if pause is None:
+                break
+            await trio.sleep(pause)
+            waited += pause
+        log.warning("the previous socket's last messages are not all in the store yet: "
+                    "reconnecting with the history stored",
+                    extra={"waited_ms": round(waited * 1000)})
+
     def release(self, call_sid: str) -> None:
         """The socket that claimed ``call_sid`` has ended."""
-        self._live.discard(call_sid)
+        self._live.pop(call_sid, None)
 
     async def _build(self, call_sid: str, caller: str, called: str, *,
                      token: str) -> records.CallSession:
@@ -218,3 +286,15 @@ class Sessions:
 def _matches(session: records.CallSession, token: str) -> bool:
     return bool(session.token) and secrets.compare_digest(session.token.encode(),
                                                           token.encode())
+
+
+def _pauses(budget_s: float) -> list[float]:
+    """Doubling pauses from SOCKET_END_FIRST_WAIT_S, none longer than
+    SOCKET_END_LONGEST_WAIT_S, summing to ``budget_s``."""
+    pauses: list[float] = []
+    pause, left = SOCKET_END_FIRST_WAIT_S, budget_s
+    while left > 1e-9:
+        pauses.append(min(pause, left))
+        left -= pauses[-1]
+        pause = min(pause * 2, SOCKET_END_LONGEST_WAIT_S)
+    return pauses

@@ -38,6 +38,8 @@ USE_CASE_SK = "configuration"
 PROFILE_SK = "profile"
 SESSION_SK = "connection"
 CHAT_PREFIX = "chat::"
+SOCKET_CLOSED_PREFIX = "socketClosed::"      # a socket's end, written at once
+SOCKET_WRITTEN_PREFIX = "socketWritten::"    # and behind its last messages
 ORDER_PREFIX = "restaurantOrder::"
 
 USE_CASE_INDEX = "use-case"          # pk1 values: list one kind of item through the GSI
@@ -244,6 +246,7 @@ class CallSession:
     profile: Profile | None
     greeting: str | None
     created_at: float                # epoch seconds
+    generation: int = 0              # relay sessions before this one (each reconnect adds 1)
 
 
 def _iso_utc(epoch_s: float) -> str:
@@ -261,11 +264,12 @@ def session_item(s: CallSession, ttl_s: int) -> Item:
         "systemPrompt": [{"text": s.system_prompt}],
         "token": s.token, "greeting": s.greeting, "From": s.caller, "To": s.called,
         "createdAt": s.created_at, "expireAt": int(s.created_at) + ttl_s,
+        "generation": s.generation,
     }
 
 
 def session_from_item(item: Item) -> CallSession:
-    """Also reads the sample's session items (no token, no createdAt: empty and 0)."""
+    """Also reads the sample's session items (no token, createdAt or generation: empty and 0)."""
     _expect_sk(item, SESSION_SK, "call session")
     blocks = item.get("systemPrompt") or []
     prompt = "\n".join(b["text"] for b in blocks
@@ -277,7 +281,23 @@ def session_from_item(item: Item) -> CallSession:
         model_id=str(item.get("llmModel") or ""), caller=str(item.get("From") or ""),
         called=str(item.get("To") or ""), profile=_session_profile(item.get("userContext")),
         greeting=greeting if isinstance(greeting, str) else None,
-        created_at=float(item.get("createdAt") or 0.0))
+        created_at=float(item.get("createdAt") or 0.0),
+        generation=int(item.get("generation") or 0))
+
+
+def socket_mark_sk(prefix: str, generation: int) -> str:
+    return f"{prefix}{generation:06d}"
+
+
+def socket_mark_item(prefix: str, call_sid: str, generation: int, at: float,
+                     ttl_s: int) -> Item:
+    """The end of a call's relay socket (of its ``generation``), as a process that served
+    it saw it. ``SOCKET_CLOSED_PREFIX``: written at once, so a reconnect on another process
+    knows that this socket's writes are on their way. ``SOCKET_WRITTEN_PREFIX``: written
+    behind the socket's last messages in the same write-behind queue, which keeps order per
+    call, so once it is in the store everything the socket wrote is too."""
+    return {"pk": call_sid, "sk": socket_mark_sk(prefix, generation), "at": at,
+            "expireAt": int(at) + ttl_s}
 
 
 def _session_profile(context: Any) -> Profile | None:

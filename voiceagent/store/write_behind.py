@@ -9,7 +9,8 @@ the store is back. Calls that end ``flush`` their own items with a deadline.
 Order: items are written in global FIFO order (so per-call order holds). A batch never holds
 two writes of one pk/sk (DynamoDB rejects that): the batch ends before the second one. The one
 exception is ``write_now`` (a session, which another process may read at once): it goes ahead
-of the queue only when its call has nothing queued, so per-call order still holds.
+of the queue only when its call has nothing queued, so per-call order still holds (or for a
+key no other write of the call touches: a socket's end mark).
 
 Failures: a ``StoreError`` is transient and retried forever, unless it is ``permanent`` (the
 store refused the item itself, see ``StoreRejected``). A permanently refused batch is retried
@@ -109,13 +110,15 @@ class WriteBehind:
         if urgent:
             self._hurry.set()
 
-    async def write_now(self, item: Item, *, call_sid: str, timeout_s: float) -> bool:
+    async def write_now(self, item: Item, *, call_sid: str, timeout_s: float,
+                        ordered: bool = True) -> bool:
         """Write ``item`` at once, ahead of the queue, for a reader in another process that
         cannot wait for the backlog (a session, whose socket a balancer may send anywhere).
-        Order per call holds: with a write of ``call_sid`` still queued, or the store known
-        to be down, or no answer within ``timeout_s`` (or a store error), the item is queued
-        as ``submit(urgent=True)`` would, and False is returned. True: it is in the store."""
-        if call_sid in self._last_by_call or self._down_since is not None:
+        Order per call holds: with a write of ``call_sid`` still queued (unless ``ordered``
+        is False: a key no other write of the call touches), or the store known to be down,
+        or no answer within ``timeout_s`` (or a store error), the item is queued as
+        ``submit(urgent=True)`` would, and False is returned. True: it is in the store."""
+        if (ordered and self.queued(call_sid)) or self._down_since is not None:
             self.submit(item, call_sid=call_sid, urgent=True)
             return False
         written = False
@@ -133,6 +136,10 @@ class WriteBehind:
             else:
                 self.submit(item, call_sid=call_sid, urgent=True)
         return written
+
+    def queued(self, call_sid: str) -> bool:
+        """Whether a write of ``call_sid`` is still waiting here (its store is behind it)."""
+        return call_sid in self._last_by_call
 
     async def flush(self, call_sid: str | None = None, *, timeout_s: float) -> bool:
         """Wait until every item submitted before this call (for ``call_sid``, or all) is
