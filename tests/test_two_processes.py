@@ -393,3 +393,21 @@ async def test_a_reconnect_answered_by_b_waits_for_the_last_messages_of_a_s_sock
     b_events = servers.events("b", call_sid)
     assert "the previous socket's messages found in the store after waiting" in b_events
     assert "call rejected" not in b_events
+
+
+async def test_a_call_whose_relay_keeps_failing_is_reconnected_three_times_across_tasks(
+        servers: Servers) -> None:
+    """The limit on reconnects is the call's, not a process's: Twilio's ``/action`` after
+    each failure lands on A, then B, then A..., and the fourth one hangs up. Counted per
+    process, each would have allowed three (six in all)."""
+    identity = Identity(from_number="+15555550144")
+    failed = {"CallSid": identity.call_sid, "SessionStatus": "failed",
+              "CallStatus": "in-progress", "ErrorCode": "64105"}
+    with trio.fail_after(30):
+        await post_form(servers.a_url + "/twiml", _form(identity), AUTH_TOKEN)
+        answers = [await post_form(url + "/action", failed, AUTH_TOKEN)
+                   for url in (servers.a_url, servers.b_url) * 2]
+    assert ["<ConversationRelay" in answer for answer in answers] == [True, True, True, False]
+    assert "<Hangup />" in answers[3]
+    assert "reconnect refused: the call's relay session keeps failing" in servers.events(
+        "b", identity.call_sid)

@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_RECONNECTS = 3
-RECONNECTS_REMEMBERED = 10_000
 WRITE_LINGER_S = 0.05     # write-behind: a batch waits this long for company (see WriteBehind)
 
 
@@ -101,7 +99,6 @@ class Runtime:
     calls: CallCounters = field(default_factory=CallCounters)
     draining: bool = False                       # /health fails, /twiml refuses new calls
     end_calls: EndSignal = field(default_factory=EndSignal)     # live calls end politely
-    reconnects: dict[str, int] = field(default_factory=dict)    # CallSid -> sessions re-made
     # relay sockets accepted whose setup is not resolved yet, oldest first (web.py)
     sockets_waiting: dict[Any, None] = field(default_factory=dict)
     metrics: Metrics | None = None
@@ -121,14 +118,6 @@ class Runtime:
             log_content=settings.log_content,
             token_hold_s=settings.token_hold_ms / 1000,
             on_turn=self.metrics.on_turn if self.metrics is not None else None)
-
-    def may_reconnect(self, call_sid: str) -> bool:
-        """At most MAX_RECONNECTS fresh relay sessions per call (per process): a socket that
-        keeps failing must not keep the caller in a loop."""
-        self.reconnects[call_sid] = self.reconnects.get(call_sid, 0) + 1
-        if len(self.reconnects) > RECONNECTS_REMEMBERED:
-            del self.reconnects[next(iter(self.reconnects))]
-        return self.reconnects[call_sid] <= MAX_RECONNECTS
 
     @property
     def at_capacity(self) -> bool:

@@ -57,6 +57,9 @@ PENDING_TTL_S = 120.0            # a /twiml whose socket never came is forgotten
 # renewal waits behind the call's writes): read the store again after each of these pauses
 # (~1.5 s in all) before refusing.
 MINTED_ELSEWHERE_WAITS_S = (0.05, 0.1, 0.2, 0.4, 0.8)
+# A socket that keeps failing must not keep the caller in a loop: at most this many fresh
+# relay sessions per call, counted in its session item (its generation), so across processes.
+MAX_RECONNECTS = 3
 SESSION_WRITE_S = 2.0            # /twiml waits this long for the session item, then queues it
 SOCKET_END_FIRST_WAIT_S = 0.05   # renew reads the old socket's end marks again after pauses
 SOCKET_END_LONGEST_WAIT_S = 0.8  # doubling from this to this, for FLUSH_TIMEOUT_S in all

@@ -24,7 +24,12 @@ from voiceagent.app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voiceagent.app.phone_page import PATH as PHONE_PATH
 from voiceagent.app.phone_page import PhoneDesk, PhoneRefused
 from voiceagent.app.runtime import Runtime
-from voiceagent.app.sessions import TOKEN_PARAMETER, SessionBusy, SessionExists
+from voiceagent.app.sessions import (
+    MAX_RECONNECTS,
+    TOKEN_PARAMETER,
+    SessionBusy,
+    SessionExists,
+)
 from voiceagent.catalog import UnknownUseCase
 from voiceagent.logs import call_sid_var
 from voiceagent.relay import asgi_socket
@@ -206,7 +211,11 @@ async def action_webhook(runtime: Runtime) -> Response:
             log.error("use case missing", extra={"error": str(err)})
     if status == "failed":
         if (form.get("CallStatus", "").lower() != "in-progress" or session is None
-                or use_case is None or not runtime.may_reconnect(call_sid)):
+                or use_case is None):
+            return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+        if session.generation >= MAX_RECONNECTS:       # by any process: the store counts
+            log.warning("reconnect refused: the call's relay session keeps failing",
+                        extra={"reconnects": session.generation})
             return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
         try:
             renewed = await runtime.sessions.renew(session)
