@@ -266,6 +266,32 @@ async def test_a_session_no_socket_claimed_is_renewed_at_once(autojump_clock: An
         renewed = await b.renew(session)
         again = await b.renew(renewed)
     assert trio.current_time() == started
-    assert store.written_reads == store.closed_reads == 0
+    assert (store.written_reads, store.closed_reads) == (0, 2)      # one look each
     assert (renewed.generation, again.generation) == (1, 2)
     assert len({session.token, renewed.token, again.token}) == 3
+
+
+async def test_a_socket_that_failed_before_its_claim_landed_does_not_lock_the_reconnect_out(
+        autojump_clock: Any) -> None:
+    """A's socket claimed the call and failed while A's claim (token "") was still queued
+    there. Renewed at once on B, the claim would land after B's renewal and the reconnect's
+    socket, on a third process, would find no token to match. A's "closed" mark tells B that
+    a socket did claim it: B waits for A's queue, and the renewal is the item's last write."""
+    store, a, a_writer, b = await _two_processes()
+    with trio.fail_after(30):
+        session = await _prepare_on(a)
+        await a.resolve(_setup(session.token))              # the claim: queued on A
+        await _a_socket_ends(a, a_writer, ["hello?"])
+        item = await store.get(CALL_SID, records.SESSION_SK)
+        assert item is not None
+        assert item["token"] == session.token               # what /action on B reads
+        renewed, waited = await _while_a_drains_after(
+            a_writer, 0.3, lambda: b.renew(records.session_from_item(item)))
+        async with trio.open_nursery() as nursery:     # whatever A still had, it writes
+            await nursery.start(a_writer.run)
+            await a_writer.flush(timeout_s=1)
+            nursery.cancel_scope.cancel()
+        c, _ = _process(store)                 # the reconnect's socket reaches a third one
+        plan = await c.resolve(_setup(renewed.token))
+    assert [m["content"][0]["text"] for m in plan.history] == ["hello?"]
+    assert 0.3 <= waited <= 0.3 + 0.4

@@ -217,15 +217,22 @@ class Sessions:
         queue with it) or has not seen its socket close: nothing more will come.
 
         Not waited for when ``session`` (as ``/action`` read it from the store) still has a
-        token, that is, no socket claimed it (refused, or never came): no mark will ever
-        come for it, at any of Twilio's reconnects. Nor with the marks still queued here:
-        this process's own ``/action`` flush has already waited for them."""
+        token and no "closed" mark is there: as far as the store knows no socket claimed it
+        (refused, or never came), and no mark will ever come for it, at any of Twilio's
+        reconnects. (With a "closed" mark, a socket did claim it and failed before its claim
+        landed: that claim is on its way, and is waited for.) Nor with the marks still
+        queued here: this process's own ``/action`` flush has already waited for them."""
         call_sid, generation = session.call_sid, session.generation
-        if session.token or self._writer.queued(call_sid):
+        if self._writer.queued(call_sid):
             return
         written = records.socket_mark_sk(records.SOCKET_WRITTEN_PREFIX, generation)
         closed = records.socket_mark_sk(records.SOCKET_CLOSED_PREFIX, generation)
-        waited, closed_seen = 0.0, False
+        closed_seen = False
+        if session.token:
+            if await self._store.get(call_sid, closed) is None:
+                return
+            closed_seen = True
+        waited = 0.0
         for pause in (*_pauses(self._settings.flush_timeout_s), None):
             if await self._store.get(call_sid, written) is not None:
                 if waited:
