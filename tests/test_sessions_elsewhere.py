@@ -23,7 +23,13 @@ import trio
 import voiceagent.store.records as records
 from actors.call import CallPlan, CallRejected
 from tests.fakes import MemoryStore, setup_frame
-from voiceagent.app.sessions import MINTED_ELSEWHERE_WAITS_S, SESSION_WRITE_S, Sessions
+from voiceagent.app.sessions import (
+    MINTED_ELSEWHERE_WAITS_S,
+    SESSION_WRITE_S,
+    SOCKET_CLOSED_GRACE_S,
+    SessionBusy,
+    Sessions,
+)
 from voiceagent.catalog import Catalog
 from voiceagent.relay.protocol import Setup, parse_frame
 from voiceagent.settings import Settings
@@ -190,8 +196,15 @@ async def _claimed_on_a(store: CountingStore, a: Sessions, a_writer: WriteBehind
     return records.session_from_item(item)
 
 
-async def _a_socket_ends(a: Sessions, a_writer: WriteBehind, texts: list[str]) -> None:
-    """A's socket hands its last messages to A's queue and ends, as ``run_call`` does."""
+async def _a_socket_ends(a: Sessions, a_writer: WriteBehind, texts: list[str], *,
+                         behind_s: float = 0.0) -> None:
+    """A's socket hands its last messages to A's queue and ends, as ``run_call`` does.
+    ``behind_s``: A's queue is that far behind (another call's write waits that long)."""
+    if behind_s:
+        other = "CA" + "1" * 32
+        a_writer.submit(records.chat_item(other, 1_000, 0, {
+            "role": "user", "content": [{"text": "another call"}]}, {}, 3600), call_sid=other)
+        await trio.sleep(behind_s)
     for seq, text in enumerate(texts, start=1):
         a_writer.submit(records.chat_item(CALL_SID, 1_000 + seq, seq, {
             "role": "user" if seq % 2 else "assistant", "content": [{"text": text}]}, {},
@@ -208,7 +221,8 @@ async def test_a_reconnect_on_another_process_waits_for_the_old_socket_s_last_me
     store, a, a_writer, b = await _two_processes()
     with trio.fail_after(30):
         claimed = await _claimed_on_a(store, a, a_writer)
-        await _a_socket_ends(a, a_writer, ["what are your hours?", "Eleven to ten."])
+        await _a_socket_ends(a, a_writer, ["what are your hours?", "Eleven to ten."],
+                             behind_s=1.0)
         assert await store.query(CALL_SID, records.CHAT_PREFIX) == []
         renewed, waited = await _while_a_drains_after(a_writer, 2.5,
                                                       lambda: b.renew(claimed))
@@ -225,6 +239,23 @@ async def test_a_reconnect_on_another_process_waits_for_the_old_socket_s_last_me
     assert item is not None
     assert item["generation"] == 1
     assert item["token"] == renewed.token
+
+
+async def test_a_queue_not_behind_writes_no_closed_mark_and_its_written_mark_is_in_time(
+        autojump_clock: Any) -> None:
+    """The usual call end: A's queue is not behind, so A writes nothing of its own for the
+    socket's end; its "written" mark lands with the last messages, within B's grace."""
+    store, a, a_writer, b = await _two_processes()
+    with trio.fail_after(30):
+        claimed = await _claimed_on_a(store, a, a_writer)
+        await _a_socket_ends(a, a_writer, ["what are your hours?"])
+        closed = records.socket_mark_sk(records.SOCKET_CLOSED_PREFIX, 0)
+        assert await store.get(CALL_SID, closed) is None
+        store.closed_reads = 0
+        _, waited = await _while_a_drains_after(a_writer, 0.3, lambda: b.renew(claimed))
+        assert len(await store.query(CALL_SID, records.CHAT_PREFIX)) == 1
+    assert waited == pytest.approx(0.35)                # read after 0.05, 0.1, 0.2
+    assert (store.written_reads, store.closed_reads) == (4, 0)
 
 
 async def test_a_reconnect_whose_old_process_reported_no_end_goes_on_after_a_grace(
@@ -249,7 +280,7 @@ async def test_a_reconnect_waits_for_a_draining_process_as_long_as_it_waits_itse
     store, a, a_writer, b = await _two_processes()
     with trio.fail_after(30):
         claimed = await _claimed_on_a(store, a, a_writer)
-        await _a_socket_ends(a, a_writer, ["what are your hours?"])
+        await _a_socket_ends(a, a_writer, ["what are your hours?"], behind_s=1.0)
         started = trio.current_time()
         await b.renew(claimed)
     assert trio.current_time() - started == pytest.approx(Settings().flush_timeout_s)
@@ -281,7 +312,7 @@ async def test_a_socket_that_failed_before_its_claim_landed_does_not_lock_the_re
     with trio.fail_after(30):
         session = await _prepare_on(a)
         await a.resolve(_setup(session.token))              # the claim: queued on A
-        await _a_socket_ends(a, a_writer, ["hello?"])
+        await _a_socket_ends(a, a_writer, ["hello?"], behind_s=1.0)
         item = await store.get(CALL_SID, records.SESSION_SK)
         assert item is not None
         assert item["token"] == session.token               # what /action on B reads
@@ -295,3 +326,36 @@ async def test_a_socket_that_failed_before_its_claim_landed_does_not_lock_the_re
         plan = await c.resolve(_setup(renewed.token))
     assert [m["content"][0]["text"] for m in plan.history] == ["hello?"]
     assert 0.3 <= waited <= 0.3 + 0.4
+
+
+async def test_a_reconnect_asked_before_the_socket_here_wound_down_waits_for_it(
+        autojump_clock: Any) -> None:
+    """Twilio asks ``/action`` the moment the relay session failed; the process that served
+    the socket may not have seen it end yet. The renewal waits for that (and for the socket's
+    last writes), instead of hanging up on the caller; a socket that stays refuses it."""
+    store, a, a_writer, _ = await _two_processes()
+    with trio.fail_after(30):
+        session = await _prepare_on(a)
+        await a.resolve(_setup(session.token))
+
+        async def socket_ends_after(delay_s: float) -> None:
+            await trio.sleep(delay_s)
+            await _a_socket_ends(a, a_writer, ["are you there?"])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(socket_ends_after, 0.2)
+            await nursery.start(a_writer.run)
+            started = trio.current_time()
+            renewed = await a.renew(session)
+            waited = trio.current_time() - started
+            saved = await store.query(CALL_SID, records.CHAT_PREFIX)
+            nursery.cancel_scope.cancel()
+        assert waited == pytest.approx(0.2)
+        assert len(saved) == 1                               # its last writes are in
+        assert renewed.generation == 1
+
+        await a.resolve(_setup(renewed.token))               # the reconnect's socket, here
+        started = trio.current_time()
+        with pytest.raises(SessionBusy):
+            await a.renew(renewed)
+    assert trio.current_time() - started == pytest.approx(SOCKET_CLOSED_GRACE_S)

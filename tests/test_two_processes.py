@@ -411,3 +411,29 @@ async def test_a_call_whose_relay_keeps_failing_is_reconnected_three_times_acros
     assert "<Hangup />" in answers[3]
     assert "reconnect refused: the call's relay session keeps failing" in servers.events(
         "b", identity.call_sid)
+
+
+async def test_a_reconnect_answered_by_the_socket_s_own_process_while_it_still_flushes(
+        servers: Servers) -> None:
+    """Twilio's ``/action`` comes the moment the relay session fails, and the balancer may
+    send it to the process that served the socket, which is still writing the call's last
+    messages over its slow link. It must reconnect the call, not hang up on it."""
+    identity = Identity(from_number="+15555550155")
+    call_sid = identity.call_sid
+    with trio.fail_after(30):
+        async with _table(servers) as store:
+            target, _ = await _prepared_on_a(servers, store, identity)
+            async with _socket_on_b(servers, target, identity,
+                                    target.parameters["sessionToken"],
+                                    process_url=servers.a_url) as call:
+                await _claim_lands(store, call_sid)
+                await call.say("what are your hours?")
+                assert (await call.read_reply()).text.startswith("We are open from eleven")
+                await call.hang_up()
+            answer = await post_form(servers.a_url + "/action", {
+                "CallSid": call_sid, "SessionStatus": "failed", "CallStatus": "in-progress",
+                "ErrorCode": "64105"}, AUTH_TOKEN)
+            assert "<ConversationRelay" in answer, answer
+            saved = await store.query(call_sid, records.CHAT_PREFIX)
+    assert [records.chat_from_item(i)["chat"]["role"] for i in saved] == [
+        "assistant", "user", "assistant"]

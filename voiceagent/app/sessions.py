@@ -64,6 +64,9 @@ SESSION_WRITE_S = 2.0            # /twiml waits this long for the session item, 
 SOCKET_END_FIRST_WAIT_S = 0.05   # renew reads the old socket's end marks again after pauses
 SOCKET_END_LONGEST_WAIT_S = 0.8  # doubling from this to this, for FLUSH_TIMEOUT_S in all
 SOCKET_CLOSED_GRACE_S = 1.5      # no "closed" mark by then: no process is draining its writes
+# The "closed" mark is written (one store write ahead of the queue) only when the queue is
+# this far behind, that is, when the "written" mark may not land within the grace above.
+QUEUE_BEHIND_S = 0.5
 
 
 class SessionExists(Exception):
@@ -84,6 +87,7 @@ class Sessions:
         # minted, not claimed yet: when, the session, and whether it resumes a conversation
         self._pending: dict[str, tuple[float, records.CallSession, bool]] = {}
         self._live: dict[str, int] = {}         # CallSids with a socket here: its generation
+        self._gone: dict[str, trio.Event] = {}  # set when that socket ends (a renewal waits)
 
     async def prepare(self, form: Mapping[str, str]) -> records.CallSession:
         """Build the session for Twilio's call webhook (form fields CallSid, From, To).
@@ -105,9 +109,9 @@ class Sessions:
     async def renew(self, session: records.CallSession) -> records.CallSession:
         """A fresh token for Twilio's reconnect of ``session``'s call, after its relay
         session failed (the signed ``/action`` callback asks). ``SessionBusy`` while a socket
-        still holds the call here."""
+        still holds the call here, SOCKET_CLOSED_GRACE_S after the ask."""
         if session.call_sid in self._live:
-            raise SessionBusy(session.call_sid)
+            await self._socket_here_ended(session.call_sid)
         await self._previous_socket_ended(session)
         renewed = replace(session, token=secrets.token_urlsafe(18),
                           generation=session.generation + 1)
@@ -189,16 +193,19 @@ class Sessions:
         return session                      # refused by the caller: the token differs
 
     async def socket_ended(self, call_sid: str) -> None:
-        """Mark the end of ``call_sid``'s socket here: at once, and behind the last messages
-        it handed to the write-behind queue (call it after them). See
-        ``_previous_socket_ended``, which reads both marks."""
-        generation = self._live.get(call_sid)
+        """``call_sid``'s socket here has ended and handed its last messages to the
+        write-behind queue (call it after them): the call may be renewed now, and its end is
+        marked in the store behind those messages, and also at once when the queue is behind
+        (see ``_previous_socket_ended``, which reads both marks)."""
+        generation = self._socket_gone(call_sid)
         if generation is None:
             return
         now, ttl_s = time.time(), self._settings.session_ttl_s
         self._writer.submit(records.socket_mark_item(records.SOCKET_WRITTEN_PREFIX, call_sid,
                                                      generation, now, ttl_s),
                             call_sid=call_sid, urgent=True)
+        if self._writer.statistics().oldest_pending_age_s < QUEUE_BEHIND_S:
+            return      # "written" lands well within a reconnect's grace: no write of its own
         await self._writer.write_now(
             records.socket_mark_item(records.SOCKET_CLOSED_PREFIX, call_sid, generation, now,
                                      ttl_s),
@@ -211,10 +218,12 @@ class Sessions:
         conversation from the store. Once the old socket's "written" mark is there (it is
         queued behind its messages, its claim included), the resumed history misses
         nothing, and the old claim (token "") cannot land after the renewal and lock the
-        reconnect out. Its "closed" mark, written at once, says its process is alive and
-        draining: then the wait goes on up to FLUSH_TIMEOUT_S, as long as that process waits
-        for its own writes. Without it after SOCKET_CLOSED_GRACE_S, the process died (its
-        queue with it) or has not seen its socket close: nothing more will come.
+        reconnect out. Its "closed" mark, written at once when that process's queue is
+        QUEUE_BEHIND_S or more behind, says it is alive and draining: then the wait goes on
+        up to FLUSH_TIMEOUT_S, as long as that process waits for its own writes. With neither
+        after SOCKET_CLOSED_GRACE_S, the process died (its queue with it) or has not seen its
+        socket close: nothing more will come. (A queue less behind than that lands the
+        "written" mark within the grace; so the usual call end costs no write of its own.)
 
         Not waited for when ``session`` (as ``/action`` read it from the store) still has a
         token and no "closed" mark is there: as far as the store knows no socket claimed it
@@ -254,9 +263,31 @@ class Sessions:
                     "reconnecting with the history stored",
                     extra={"waited_ms": round(waited * 1000)})
 
+    async def _socket_here_ended(self, call_sid: str) -> None:
+        """Twilio asks for the reconnect the moment the relay session failed, and this
+        process's call may not have seen its socket end yet (its reader has to notice the
+        close, its actors to wind down). Wait for that a bounded while (``SessionBusy``
+        after it), then for the socket's last writes: the new socket resumes the call from
+        the store. Refused at once, a reconnect that raced the teardown hung up on the
+        caller."""
+        ended = self._gone.setdefault(call_sid, trio.Event())
+        with trio.move_on_after(SOCKET_CLOSED_GRACE_S):
+            await ended.wait()
+        if call_sid in self._live:
+            raise SessionBusy(call_sid)
+        await self._writer.flush(call_sid, timeout_s=self._settings.flush_timeout_s)
+
+    def _socket_gone(self, call_sid: str) -> int | None:
+        """The socket of ``call_sid`` here has ended: its generation, if it had claimed."""
+        ended = self._gone.pop(call_sid, None)
+        if ended is not None:
+            ended.set()
+        return self._live.pop(call_sid, None)
+
     def release(self, call_sid: str) -> None:
-        """The socket that claimed ``call_sid`` has ended."""
-        self._live.pop(call_sid, None)
+        """The socket that claimed ``call_sid`` has ended (and its writes were flushed, or
+        given up on); ``socket_ended`` has usually said so already."""
+        self._socket_gone(call_sid)
 
     async def _build(self, call_sid: str, caller: str, called: str, *,
                      token: str) -> records.CallSession:
