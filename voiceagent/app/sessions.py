@@ -197,13 +197,14 @@ class Sessions:
         write-behind queue (call it after them): the call may be renewed now, and its end is
         marked in the store behind those messages, and also at once when the queue is behind
         (see ``_previous_socket_ended``, which reads both marks)."""
-        generation = self._socket_gone(call_sid)
+        generation = self._live.get(call_sid)
         if generation is None:
             return
         now, ttl_s = time.time(), self._settings.session_ttl_s
         self._writer.submit(records.socket_mark_item(records.SOCKET_WRITTEN_PREFIX, call_sid,
                                                      generation, now, ttl_s),
                             call_sid=call_sid, urgent=True)
+        self._socket_gone(call_sid)     # a renewal waiting here goes on: its flush has the mark
         if self._writer.statistics().oldest_pending_age_s < QUEUE_BEHIND_S:
             return      # "written" lands well within a reconnect's grace: no write of its own
         await self._writer.write_now(
