@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from tests.test_write_behind import FakeStore
 from voiceagent.app import heap
-from voiceagent.app.caller import open_call
+from voiceagent.app.caller import open_call, post_form
 from voiceagent.app.metrics import Metrics
 from voiceagent.app.runtime import CallCounters
 from voiceagent.logs import JsonFormatter, _ContextFilter
@@ -99,6 +99,31 @@ async def test_metrics_after_real_calls(tmp_path: Path) -> None:
     assert latencies == 4
     bound = max(s for r in reports for s in r.turns.latencies_s)
     assert _value(samples, "voiceagent_turn_latency_seconds_sum") <= bound * 4 + 1e-9
+
+
+async def test_reconnects_counted_by_outcome(tmp_path: Path) -> None:
+    """Twilio's ``/action`` after failed relay sessions: one asked while the call's socket
+    stays connected (refused once the wait for its end runs out), one after it ended, two
+    for sessions no socket took, then one over the limit."""
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path,
+                                                METRICS_TOKEN=METRICS_TOKEN)) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                call_sid = call.identity.call_sid
+                failed = {"CallSid": call_sid, "SessionStatus": "failed",
+                          "CallStatus": "in-progress", "ErrorCode": "64105"}
+                busy = await post_form(server.url + "/action", failed, AUTH_TOKEN)
+                await call.hang_up()
+            await server.runtime.calls.wait_idle()
+            answers = [await post_form(server.url + "/action", failed, AUTH_TOKEN)
+                       for _ in range(4)]
+            _, samples = await trio.to_thread.run_sync(_scrape, server.url)
+    assert "<Hangup />" in busy
+    assert ["<ConversationRelay" in answer for answer in answers] == [True, True, True, False]
+    assert _value(samples, "voiceagent_reconnects_total", outcome="refused_busy") == 1
+    assert _value(samples, "voiceagent_reconnects_total", outcome="resumed") == 3
+    assert _value(samples, "voiceagent_reconnects_total", outcome="refused_limit") == 1
+    assert _value(samples, "voiceagent_reconnects_total", outcome="resumed_partial") == 0
 
 
 def _check_emf(line: str) -> dict[str, Any]:

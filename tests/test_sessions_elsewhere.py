@@ -173,7 +173,7 @@ async def test_a_renewed_token_is_awaited_and_a_wrong_one_still_refused(
         session = await _prepare_on(a)
         a_writer.submit(records.session_item(replace(session, token=""), 3600),
                         call_sid=CALL_SID, urgent=True)      # A's claim, still queued
-        renewed = await a.renew(session)
+        renewed, _ = await a.renew(session)
         with pytest.raises(CallRejected, match="does not match"):
             await b.resolve(_setup("not-a-token"))
         plan, waited = await _resolve_while_a_drains_after(b, a_writer, renewed.token, 0.5)
@@ -224,8 +224,9 @@ async def test_a_reconnect_on_another_process_waits_for_the_old_socket_s_last_me
         await _a_socket_ends(a, a_writer, ["what are your hours?", "Eleven to ten."],
                              behind_s=1.0)
         assert await store.query(CALL_SID, records.CHAT_PREFIX) == []
-        renewed, waited = await _while_a_drains_after(a_writer, 2.5,
-                                                      lambda: b.renew(claimed))
+        (renewed, complete), waited = await _while_a_drains_after(
+            a_writer, 2.5, lambda: b.renew(claimed))
+        assert complete
         saved = await store.query(CALL_SID, records.CHAT_PREFIX)
         assert [records.chat_from_item(i)["chat"]["content"][0]["text"] for i in saved] == [
             "what are your hours?", "Eleven to ten."]
@@ -252,7 +253,9 @@ async def test_a_queue_not_behind_writes_no_closed_mark_and_its_written_mark_is_
         closed = records.socket_mark_sk(records.SOCKET_CLOSED_PREFIX, 0)
         assert await store.get(CALL_SID, closed) is None
         store.closed_reads = 0
-        _, waited = await _while_a_drains_after(a_writer, 0.3, lambda: b.renew(claimed))
+        (_, complete), waited = await _while_a_drains_after(
+            a_writer, 0.3, lambda: b.renew(claimed))
+        assert complete
         assert len(await store.query(CALL_SID, records.CHAT_PREFIX)) == 1
     assert waited == pytest.approx(0.35)                # read after 0.05, 0.1, 0.2
     assert (store.written_reads, store.closed_reads) == (4, 0)
@@ -266,7 +269,8 @@ async def test_a_reconnect_whose_old_process_reported_no_end_goes_on_after_a_gra
     with trio.fail_after(30):
         claimed = await _claimed_on_a(store, a, a_writer)
         started = trio.current_time()
-        renewed = await b.renew(claimed)
+        renewed, complete = await b.renew(claimed)
+    assert not complete                                 # what A's queue held is lost
     assert trio.current_time() - started == pytest.approx(1.55)     # 0.05 + ... + 0.8
     assert (store.written_reads, store.closed_reads) == (6, 1)
     assert renewed.generation == 1
@@ -282,7 +286,8 @@ async def test_a_reconnect_waits_for_a_draining_process_as_long_as_it_waits_itse
         claimed = await _claimed_on_a(store, a, a_writer)
         await _a_socket_ends(a, a_writer, ["what are your hours?"], behind_s=1.0)
         started = trio.current_time()
-        await b.renew(claimed)
+        _, complete = await b.renew(claimed)
+    assert not complete
     assert trio.current_time() - started == pytest.approx(Settings().flush_timeout_s)
     assert (store.written_reads, store.closed_reads) == (11, 1)    # 0.05 .. 0.8 x4, 0.25
 
@@ -294,8 +299,10 @@ async def test_a_session_no_socket_claimed_is_renewed_at_once(autojump_clock: An
     with trio.fail_after(10):
         session = await _prepare_on(a)
         started = trio.current_time()
-        renewed = await b.renew(session)
-        again = await b.renew(renewed)
+        renewed, complete = await b.renew(session)
+        again, complete_again = await b.renew(renewed)
+    assert complete
+    assert complete_again
     assert trio.current_time() == started
     assert (store.written_reads, store.closed_reads) == (0, 2)      # one look each
     assert (renewed.generation, again.generation) == (1, 2)
@@ -316,8 +323,9 @@ async def test_a_socket_that_failed_before_its_claim_landed_does_not_lock_the_re
         item = await store.get(CALL_SID, records.SESSION_SK)
         assert item is not None
         assert item["token"] == session.token               # what /action on B reads
-        renewed, waited = await _while_a_drains_after(
+        (renewed, complete), waited = await _while_a_drains_after(
             a_writer, 0.3, lambda: b.renew(records.session_from_item(item)))
+        assert complete
         async with trio.open_nursery() as nursery:     # whatever A still had, it writes
             await nursery.start(a_writer.run)
             await a_writer.flush(timeout_s=1)
@@ -346,8 +354,9 @@ async def test_a_reconnect_asked_before_the_socket_here_wound_down_waits_for_it(
             nursery.start_soon(socket_ends_after, 0.2)
             await nursery.start(a_writer.run)
             started = trio.current_time()
-            renewed = await a.renew(session)
+            renewed, complete = await a.renew(session)
             waited = trio.current_time() - started
+            assert complete
             saved = await store.query(CALL_SID, records.CHAT_PREFIX)
             nursery.cancel_scope.cancel()
         assert waited == pytest.approx(0.2)

@@ -108,6 +108,11 @@ class Metrics:
             "First model delta received -> handed to the relay writer",
             buckets=OVERHEAD_BUCKETS, registry=r)
         self.tokens = Counter("voiceagent_model_tokens", "Model tokens", ["kind"], registry=r)
+        self.reconnects = Counter(
+            "voiceagent_reconnects",
+            "Reconnects Twilio asked for after a failed relay session, by outcome: resumed, "
+            "resumed_partial (the failed socket's last messages may be missing), refused_busy, "
+            "refused_limit", ["outcome"], registry=r)
         self.barge_ins = Counter("voiceagent_barge_ins", "Barge-ins (interrupt frames acted on)",
                                  registry=r)
         self.cut_turns = Counter("voiceagent_turns_cut", "Turns cancelled before their end",
@@ -168,6 +173,9 @@ class Metrics:
         for reason, count in report.frames.rejected.items():
             self.frames_rejected.labels(reason).inc(count)
         self.info_other.inc(sum(report.frames.other_info.values()))
+
+    def on_reconnect(self, outcome: str) -> None:
+        self.reconnects.labels(outcome).inc()
 
     def observe_loop_lag(self, lag_s: float) -> None:
         self.loop_lag.observe(lag_s)

@@ -32,7 +32,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -67,6 +67,11 @@ SOCKET_CLOSED_GRACE_S = 1.5      # no "closed" mark by then: no process is drain
 # The "closed" mark is written (one store write ahead of the queue) only when the queue is
 # this far behind, that is, when the "written" mark may not land within the grace above.
 QUEUE_BEHIND_S = 0.5
+
+
+class Renewal(NamedTuple):
+    session: records.CallSession      # the fresh token for the reconnect
+    history_complete: bool            # False: the failed socket's last messages may be missing
 
 
 class SessionExists(Exception):
@@ -106,18 +111,18 @@ class Sessions:
                                             "known_caller": session.profile is not None})
         return session
 
-    async def renew(self, session: records.CallSession) -> records.CallSession:
+    async def renew(self, session: records.CallSession) -> Renewal:
         """A fresh token for Twilio's reconnect of ``session``'s call, after its relay
         session failed (the signed ``/action`` callback asks). ``SessionBusy`` while a socket
         still holds the call here, SOCKET_CLOSED_GRACE_S after the ask."""
         if session.call_sid in self._live:
             await self._socket_here_ended(session.call_sid)
-        await self._previous_socket_ended(session)
+        complete = await self._previous_socket_ended(session)
         renewed = replace(session, token=secrets.token_urlsafe(18),
                           generation=session.generation + 1)
         await self._offer(renewed, resumes=True)
         log.info("session token renewed for a reconnect")
-        return renewed
+        return Renewal(renewed, complete)
 
     async def _offer(self, session: records.CallSession, *, resumes: bool) -> None:
         """Wait for the socket here, and in the store for a sibling process. The item is
@@ -212,7 +217,7 @@ class Sessions:
                                      ttl_s),
             call_sid=call_sid, timeout_s=SESSION_WRITE_S, ordered=False)
 
-    async def _previous_socket_ended(self, session: records.CallSession) -> None:
+    async def _previous_socket_ended(self, session: records.CallSession) -> bool:
         """Wait for the socket that a reconnect replaces to have written everything. That
         socket may have been served by another process, whose queue can be seconds behind
         under load, and the new socket may reach a third process, which reads the
@@ -231,16 +236,19 @@ class Sessions:
         (refused, or never came), and no mark will ever come for it, at any of Twilio's
         reconnects. (With a "closed" mark, a socket did claim it and failed before its claim
         landed: that claim is on its way, and is waited for.) Nor with the marks still
-        queued here: this process's own ``/action`` flush has already waited for them."""
+        queued here: this process's own ``/action`` flush has already waited for them.
+
+        False when it stopped waiting without the "written" mark (the resumed history may
+        miss the old socket's last messages), or when those are still queued here."""
         call_sid, generation = session.call_sid, session.generation
         if self._writer.queued(call_sid):
-            return
+            return False
         written = records.socket_mark_sk(records.SOCKET_WRITTEN_PREFIX, generation)
         closed = records.socket_mark_sk(records.SOCKET_CLOSED_PREFIX, generation)
         closed_seen = False
         if session.token:
             if await self._store.get(call_sid, closed) is None:
-                return
+                return True
             closed_seen = True
         waited = 0.0
         for pause in (*_pauses(self._settings.flush_timeout_s), None):
@@ -248,14 +256,14 @@ class Sessions:
                 if waited:
                     log.info("the previous socket's messages found in the store after waiting",
                              extra={"waited_ms": round(waited * 1000)})
-                return
+                return True
             if not closed_seen and waited >= SOCKET_CLOSED_GRACE_S:
                 closed_seen = await self._store.get(call_sid, closed) is not None
                 if not closed_seen:
                     log.warning("no process reported the previous socket's end (it may have "
                                 "died with its queue): reconnecting with the history stored",
                                 extra={"waited_ms": round(waited * 1000)})
-                    return
+                    return False
             if pause is None:
                 break
             await trio.sleep(pause)
@@ -263,6 +271,7 @@ class Sessions:
         log.warning("the previous socket's last messages are not all in the store yet: "
                     "reconnecting with the history stored",
                     extra={"waited_ms": round(waited * 1000)})
+        return False
 
     async def _socket_here_ended(self, call_sid: str) -> None:
         """Twilio asks for the reconnect the moment the relay session failed, and this

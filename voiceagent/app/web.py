@@ -216,12 +216,15 @@ async def action_webhook(runtime: Runtime) -> Response:
         if session.generation >= MAX_RECONNECTS:       # by any process: the store counts
             log.warning("reconnect refused: the call's relay session keeps failing",
                         extra={"reconnects": session.generation})
+            _count_reconnect(runtime, "refused_limit")
             return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
         try:
-            renewed = await runtime.sessions.renew(session)
+            renewed, complete = await runtime.sessions.renew(session)
         except SessionBusy:
             log.warning("reconnect refused: the call's socket is still connected")
+            _count_reconnect(runtime, "refused_busy")
             return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+        _count_reconnect(runtime, "resumed" if complete else "resumed_partial")
         log.info("reconnecting the relay session")   # the new socket resumes the history
         ws_url = settings.ws_url or signature.to_ws(_base_url(settings)) + path
         document = twiml.connect_relay(
@@ -243,6 +246,11 @@ async def action_webhook(runtime: Runtime) -> Response:
         log.warning("handoff asked for, but the use case has no handoff target")
         return Response(twiml.say_and_hang_up(NO_AGENT), mimetype=XML)
     return Response(twiml.say_and_hang_up(GOODBYE), mimetype=XML)
+
+
+def _count_reconnect(runtime: Runtime, outcome: str) -> None:
+    if runtime.metrics is not None:
+        runtime.metrics.on_reconnect(outcome)
 
 
 async def health(runtime: Runtime) -> Response:
