@@ -9,7 +9,7 @@ import logging
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -105,9 +105,13 @@ async def test_reconnects_counted_by_outcome(tmp_path: Path) -> None:
     """Twilio's ``/action`` after failed relay sessions: one asked while the call's socket
     stays connected (refused once the wait for its end runs out), one after it ended, two
     for sessions no socket took, then one over the limit."""
+    settings = make_settings(tmp_path, METRICS_TOKEN=METRICS_TOKEN,
+                             METRICS_NAMESPACE="TestNamespace", METRICS_SERVICE_NAME="test-service")
     with trio.fail_after(30):
-        async with running_server(make_settings(tmp_path,
-                                                METRICS_TOKEN=METRICS_TOKEN)) as server:
+        async with running_server(settings) as server:
+            assert server.runtime.metrics is not None
+            stream = io.StringIO()
+            server.runtime.metrics._emf_stream = stream
             async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
                 call_sid = call.identity.call_sid
                 failed = {"CallSid": call_sid, "SessionStatus": "failed",
@@ -124,6 +128,13 @@ async def test_reconnects_counted_by_outcome(tmp_path: Path) -> None:
     assert _value(samples, "voiceagent_reconnects_total", outcome="resumed") == 3
     assert _value(samples, "voiceagent_reconnects_total", outcome="refused_limit") == 1
     assert _value(samples, "voiceagent_reconnects_total", outcome="resumed_partial") == 0
+    documents = [_check_emf(line) for line in stream.getvalue().splitlines()]
+    reconnects = [d for d in documents if "Reconnects" in d]
+    assert [d["Outcome"] for d in reconnects] == [
+        "refused_busy", "resumed", "resumed", "resumed", "refused_limit"]
+    assert all(d["CallSid"] == call_sid and d["Reconnects"] == 1 for d in reconnects)
+    assert [d.get("ReconnectsRefused") for d in reconnects] == [1, None, None, None, 1]
+    assert not any("ReconnectsPartial" in d for d in reconnects)
 
 
 def _check_emf(line: str) -> dict[str, Any]:
@@ -289,6 +300,22 @@ async def test_turn_summary_lines_carry_call_sid_and_turn(tmp_path: Path,
     assert {"input_tokens", "output_tokens", "tools", "model_error"} <= set(first)
     assert second["barge_in"] is True
     assert second["stop_reason"] == "cancelled"
+
+
+def test_a_partial_reconnect_is_its_own_emf_figure() -> None:
+    """The one an alarm wants: a call resumed without the failed socket's last messages."""
+    from types import SimpleNamespace
+
+    settings = make_settings(Path("/nonexistent"), METRICS_NAMESPACE="TestNamespace",
+                             METRICS_SERVICE_NAME="test-service")
+    stream = io.StringIO()
+    metrics = Metrics(cast(Any, SimpleNamespace(settings=settings)), emf_stream=stream)
+    metrics.on_reconnect("resumed_partial", "CA" + "5" * 32)
+    (document,) = [_check_emf(line) for line in stream.getvalue().splitlines()]
+    assert {m["Name"] for m in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]} == {
+        "Reconnects", "ReconnectsPartial"}
+    assert (document["ReconnectsPartial"], document["Outcome"]) == (1, "resumed_partial")
+    assert "ReconnectsRefused" not in document
 
 
 def test_bedrock_and_write_behind_figures_sampled_at_scrape() -> None:

@@ -174,8 +174,10 @@ class Metrics:
             self.frames_rejected.labels(reason).inc(count)
         self.info_other.inc(sum(report.frames.other_info.values()))
 
-    def on_reconnect(self, outcome: str) -> None:
+    def on_reconnect(self, outcome: str, call_sid: str) -> None:
         self.reconnects.labels(outcome).inc()
+        if self.emf_enabled:
+            self.emit_reconnect(outcome, call_sid)
 
     def observe_loop_lag(self, lag_s: float) -> None:
         self.loop_lag.observe(lag_s)
@@ -201,6 +203,17 @@ class Metrics:
                              "CallSid": summary.get("call_sid", ""),
                              "Turn": summary.get("turn", 0),
                              "StopReason": summary.get("stop_reason", "")})
+
+    def emit_reconnect(self, outcome: str, call_sid: str) -> None:
+        """``Reconnects`` for each, and ``ReconnectsPartial`` or ``ReconnectsRefused`` for
+        those: the figures an alarm on calls that lost context or were hung up on needs."""
+        metrics = [{"Name": "Reconnects", "Unit": "Count"}]
+        if outcome == "resumed_partial":
+            metrics.append({"Name": "ReconnectsPartial", "Unit": "Count"})
+        elif outcome != "resumed":
+            metrics.append({"Name": "ReconnectsRefused", "Unit": "Count"})
+        self._emit(metrics, {"Reconnects": 1, "ReconnectsPartial": 1, "ReconnectsRefused": 1,
+                             "Outcome": outcome, "CallSid": call_sid})
 
     def emit_active_calls(self) -> None:
         """Both figures every interval, zeros included: the alarms tell "no failures" from
@@ -236,7 +249,8 @@ class Metrics:
 
 def _is_metric_name(key: str) -> bool:
     return key in {"TurnLatency", "ModelFirstToken", "RelayOverhead", "Turns", "BargeIns",
-                   "ModelErrors", "ActiveCalls", "StoreWriteFailures"}
+                   "ModelErrors", "ActiveCalls", "StoreWriteFailures", "Reconnects",
+                   "ReconnectsPartial", "ReconnectsRefused"}
 
 
 class _Sampled(Collector):

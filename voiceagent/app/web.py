@@ -216,15 +216,15 @@ async def action_webhook(runtime: Runtime) -> Response:
         if session.generation >= MAX_RECONNECTS:       # by any process: the store counts
             log.warning("reconnect refused: the call's relay session keeps failing",
                         extra={"reconnects": session.generation})
-            _count_reconnect(runtime, "refused_limit")
+            _count_reconnect(runtime, "refused_limit", call_sid)
             return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
         try:
             renewed, complete = await runtime.sessions.renew(session)
         except SessionBusy:
             log.warning("reconnect refused: the call's socket is still connected")
-            _count_reconnect(runtime, "refused_busy")
+            _count_reconnect(runtime, "refused_busy", call_sid)
             return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
-        _count_reconnect(runtime, "resumed" if complete else "resumed_partial")
+        _count_reconnect(runtime, "resumed" if complete else "resumed_partial", call_sid)
         log.info("reconnecting the relay session")   # the new socket resumes the history
         ws_url = settings.ws_url or signature.to_ws(_base_url(settings)) + path
         document = twiml.connect_relay(
@@ -248,9 +248,9 @@ async def action_webhook(runtime: Runtime) -> Response:
     return Response(twiml.say_and_hang_up(GOODBYE), mimetype=XML)
 
 
-def _count_reconnect(runtime: Runtime, outcome: str) -> None:
+def _count_reconnect(runtime: Runtime, outcome: str, call_sid: str) -> None:
     if runtime.metrics is not None:
-        runtime.metrics.on_reconnect(outcome)
+        runtime.metrics.on_reconnect(outcome, call_sid)
 
 
 async def health(runtime: Runtime) -> Response:
