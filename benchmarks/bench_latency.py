@@ -69,6 +69,7 @@ from latency_figures import (
     keypad_latencies_ms,
     lags_by_turn,
     pauses,
+    reconnects,
     server_overheads_ms,
     steady,
     turn_summaries,
@@ -77,7 +78,7 @@ from latency_figures import (
 from latency_report import check, p_, print_gate_goals, print_level
 from local_stack import TOKEN, Stack, StackOptions, local_stack
 
-from voiceagent.app.bench import BenchOptions, Step, run_bench
+from voiceagent.app.bench import FAIL_STEP, BenchOptions, Step, run_bench
 from voiceagent.app.bench_report import percentiles
 from voiceagent.app.procstat import read_process
 
@@ -102,6 +103,12 @@ GATE_SCRIPT = (Step("say", "what are your hours?"), Step("say", "any specials to
 # --shape gate-barge: the same, but the second turn barges into the menu after 3 words, for
 # interrupt -> upstream closed under the gate's bursts
 GATE_BARGE_SCRIPT = (GATE_SCRIPT[0], Step("barge", "what is on the menu?", 3), GATE_SCRIPT[2])
+# --shape gate-fail: the relay session fails after the second turn (Twilio's /action, a new
+# socket with the history resumed): with --workers 2, the failed socket, /action and the new
+# socket land where the kernel puts them, as a balancer does
+GATE_FAIL_SCRIPT = (GATE_SCRIPT[0], GATE_SCRIPT[1], FAIL_STEP, GATE_SCRIPT[2])
+GATE_SCRIPTS = {"gate": GATE_SCRIPT, "gate-barge": GATE_BARGE_SCRIPT,
+                "gate-fail": GATE_FAIL_SCRIPT}
 
 
 # ------------------------------------------------------------------ the server's side
@@ -211,7 +218,7 @@ def loaded_run(url: str, calls: int, plan: Plan, pids: tuple[int, ...],
     """Every call up at once for ``plan.window_s`` after the ramp; figures from then on. With
     ``shape="gate"``: every turn counts, the first ones in a burst right after the ramp."""
     if plan.shape.startswith("gate"):
-        script = GATE_BARGE_SCRIPT if plan.shape == "gate-barge" else GATE_SCRIPT
+        script = GATE_SCRIPTS[plan.shape]
         return trio.run(run_bench, BenchOptions(
             url=url, calls=calls, ramp_s=calls / GATE_RATE, script=script,
             auth_token=auth_token, server_pids=pids, think_s=GATE_THINK_S,
@@ -273,6 +280,7 @@ def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, An
         "endpoint_violations": stats["violations"] if stats else None,
         "helpers_cpu_percent": helpers,
         "server_pauses": pauses(exit_lines(logs)),
+        "reconnects": reconnects(logs),
         "baseline": base}
 
 
@@ -312,7 +320,9 @@ def print_summary(results: list[dict[str, Any]], plan: Plan) -> None:
         shape = (f"{plan.shape} shape: calls connect at {GATE_RATE:g}/s, then each waits 0-"
                  f"{GATE_SPREAD_S:g} s and says {len(GATE_SCRIPT)} turns "
                  f"{GATE_THINK_S * (1 - THINK_JITTER):g}-{GATE_THINK_S * (1 + THINK_JITTER):g} "
-                 "s apart, every turn counted")
+                 "s apart, every turn counted"
+                 + (", the relay session failing after the second (reconnected)"
+                    if plan.shape == "gate-fail" else ""))
     else:
         shape = (f"script: {[s.kind for s in SCRIPT]} played until every call has been up "
                  f"for {plan.window_s:g} s, each reply heard at {plan.listen_wpm:g} wpm, then "
@@ -354,6 +364,13 @@ def print_summary(results: list[dict[str, Any]], plan: Plan) -> None:
         answered = r["loaded"]["calls_completed"]
         print(f"calls answered at {r['calls']} calls: {answered} of {r['calls']}"
               f" ({'met' if answered == r['calls'] else 'missed'})")
+    for r in results:
+        if r["loaded"]["reconnect_ms"]["count"] or r["reconnects"]["outcomes"]:
+            waited = r["reconnects"]["waited_ms"]
+            print(f"reconnects at {r['calls']} calls: relay session failed -> new socket set "
+                  f"up (ms) {r['loaded']['reconnect_ms']}; /action answered "
+                  f"{r['reconnects']['outcomes']}; waited for the failed socket's last "
+                  f"messages {len(waited)} times (ms): {percentiles([w / 1000 for w in waited])}")
     top = results[-1]
     print(check("memory per idle call (KiB)", top["idle_kb_per_call"], GOAL_IDLE_KB,
                 top["calls"]))
@@ -406,12 +423,13 @@ def main() -> int:
     parser.add_argument("--tls", action="store_true",
                         help="the local Bedrock endpoint speaks TLS (a private CA, trusted "
                              "through AWS_CA_BUNDLE), as the real one does")
-    parser.add_argument("--shape", choices=("steady", "gate", "gate-barge"), default="steady",
+    parser.add_argument("--shape", choices=("steady", *GATE_SCRIPTS), default="steady",
                         help="steady: every call up at once for --window, figures after the "
                              "ramp; gate: calls connect at 50/s, then each waits 0-8 s and "
                              "speaks 3 turns 4-12 s apart, every turn counted (issue 20; use "
                              "--first-token-ms 300 --token-ms 20); gate-barge: the second "
-                             "turn barges in after 3 words")
+                             "turn barges in after 3 words; gate-fail: the relay session "
+                             "fails after the second turn, and the call is reconnected")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for our server (repeatable), to see what it costs: "

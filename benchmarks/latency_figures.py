@@ -23,6 +23,25 @@ def exit_lines(log_paths: list[Path]) -> list[dict[str, Any]]:
     return found
 
 
+def reconnects(log_paths: list[Path]) -> dict[str, Any]:
+    """What the servers' ``/action`` answered each reconnect, by outcome (their "reconnect
+    answered" lines: ``resumed``, ``resumed_partial``, ``refused_busy``, ``refused_limit``),
+    and how long the waits for a failed socket's last messages were, where there were any."""
+    counts: dict[str, int] = {}
+    waited_ms: list[float] = []
+    for path in log_paths:
+        for line in path.read_text().splitlines():
+            if '"reconnect answered"' not in line and "after waiting" not in line:
+                continue
+            entry = json.loads(line)
+            if entry.get("event") == "reconnect answered":
+                outcome = str(entry.get("outcome"))
+                counts[outcome] = counts.get(outcome, 0) + 1
+            elif "waited_ms" in entry and "previous socket" in str(entry.get("event")):
+                waited_ms.append(float(entry["waited_ms"]))
+    return {"outcomes": counts, "waited_ms": waited_ms}
+
+
 def pauses(lines: list[dict[str, Any]]) -> dict[str, Any]:
     """Collections summed over the workers, by generation, and the longest loop lag."""
     total: dict[str, dict[str, float]] = {}

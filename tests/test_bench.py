@@ -53,6 +53,36 @@ async def test_bench_against_the_real_server(tmp_path: Path) -> None:
     assert "application latency" in format_table(result)
 
 
+async def test_failed_relay_sessions_reconnect_and_the_calls_go_on(tmp_path: Path) -> None:
+    """``--fail``: each call's socket fails after its first turn; /action hands back a new
+    one, whose socket resumes the conversation (the server's reports say so: the second
+    socket of each call started from the first one's history, without the greeting)."""
+    script = (Step("say", "what are your hours?"), Step("fail", ""),
+              Step("say", "when can I pick up my order?"))
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            result = await run_bench(BenchOptions(
+                url=server.url, calls=3, ramp_s=0.1, script=script, auth_token=AUTH_TOKEN,
+                progress=False))
+            await server.runtime.calls.wait_idle()
+            reports = list(server.runtime.calls.reports)
+    assert result["errors"] == 0
+    assert result["calls_completed"] == 3
+    assert result["turns"] == 6
+    assert result["reconnect_ms"]["count"] == 3
+    assert "reconnect" in format_table(result)
+    assert server.runtime.calls.total == 6                  # two sockets a call
+    by_call: dict[str, list[list[dict[str, Any]]]] = {}
+    for report in reports:
+        assert report.history is not None
+        by_call.setdefault(report.call_sid, []).append(list(report.history.messages))
+    assert len(by_call) == 3
+    for first, second in by_call.values():
+        assert [m["role"] for m in first] == ["assistant", "user", "assistant"]
+        assert second[:3] == first                     # resumed from the first socket's
+        assert second[3]["content"] == [{"text": "when can I pick up my order?"}]
+
+
 async def test_bench_counts_errors(tmp_path: Path) -> None:
     with trio.fail_after(20):
         async with running_server(make_settings(tmp_path)) as server:
@@ -74,12 +104,13 @@ def test_percentiles_nearest_rank() -> None:
 
 def test_cli_registers_bench() -> None:
     args = cli._parser().parse_args(["bench", "http://127.0.0.1:1", "-n", "3", "--say", "hi",
-                                     "--barge", "2:tell me a story", "--dtmf", "1",
+                                     "--barge", "2:tell me a story", "--dtmf", "1", "--fail",
+                                     "--say", "again",
                                      "--server-pid", "10", "--server-pid", "11"])
     assert args.calls == 3
     assert args.server_pid == [10, 11]
     assert args.script == [Step("say", "hi"), Step("barge", "tell me a story", 2),
-                           Step("dtmf", "1")]
+                           Step("dtmf", "1"), Step("fail", ""), Step("say", "again")]
     with pytest.raises(SystemExit):
         cli._parser().parse_args(["bench", "http://x", "--barge", "story"])
 

@@ -368,3 +368,35 @@ async def test_a_reconnect_asked_before_the_socket_here_wound_down_waits_for_it(
         with pytest.raises(SessionBusy):
             await a.renew(renewed)
     assert trio.current_time() - started == pytest.approx(SOCKET_CLOSED_GRACE_S)
+
+
+async def test_a_reconnect_s_socket_on_the_process_that_answered_twiml_is_served(
+        autojump_clock: Any) -> None:
+    """A answered ``/twiml``; the call's socket went to B, failed there, and B renewed it.
+    The reconnect's socket lands on A, which still holds the first token as pending: it must
+    look in the store rather than refuse (``bench_latency.py --shape gate-fail --workers 2``
+    at 50 calls: 2 refused with "session token does not match" before)."""
+    store = await _store_with_use_case()
+    a, _ = _process(store)
+    b, b_writer = _process(store)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(b_writer.run)
+            session = await _prepare_on(a)
+            await b.resolve(_setup(session.token))              # the first socket, on B
+            b_writer.submit(records.chat_item(CALL_SID, 1_000, 0, {
+                "role": "assistant", "content": [{"text": "Hello from elsewhere."}]}, {},
+                3600), call_sid=CALL_SID)
+            await b.socket_ended(CALL_SID)
+            b.release(CALL_SID)
+            assert await b_writer.flush(CALL_SID, timeout_s=1)  # as B's /action does
+            item = await store.get(CALL_SID, records.SESSION_SK)
+            assert item is not None
+            renewed, _ = await b.renew(records.session_from_item(item))
+            nursery.cancel_scope.cancel()
+        plan = await a.resolve(_setup(renewed.token))
+    assert plan.call_sid == CALL_SID
+    assert [m["content"][0]["text"] for m in plan.history] == ["Hello from elsewhere."]
+    assert plan.greeting is None                    # resumed: no second greeting
+    with pytest.raises(CallRejected, match="does not match"):
+        await _process(store)[0].resolve(_setup(session.token))   # the first token: spent

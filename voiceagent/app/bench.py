@@ -39,7 +39,14 @@ import trio
 
 from voiceagent.app.bench_progress import progress_bar, show_progress
 from voiceagent.app.bench_report import format_table, percentiles
-from voiceagent.app.caller import CallerError, Identity, RelayCall, open_call
+from voiceagent.app.caller import (
+    CallerError,
+    Identity,
+    RelayCall,
+    open_call,
+    open_relay,
+    reconnect_target,
+)
 from voiceagent.app.procstat import read_processes
 
 STEP_TIMEOUT_S = 15.0
@@ -49,7 +56,7 @@ PROGRESS_INTERVAL_S = 0.5
 
 @dataclass(frozen=True)
 class Step:
-    kind: str                   # "say" | "barge" | "dtmf"
+    kind: str                   # "say" | "barge" | "dtmf" | "fail" (the relay session fails)
     text: str
     barge_after: int = 0        # tokens received before the interrupt
 
@@ -62,6 +69,7 @@ class Step:
 
 
 DEFAULT_SCRIPT = (Step("say", "what are your hours?"),)
+FAIL_STEP = Step("fail", "")
 
 
 @dataclass
@@ -81,6 +89,7 @@ class Figures:
     # (CallSid, time.monotonic() when the interrupt went out): comparable across processes
     barge_ins: list[tuple[str, float]] = field(default_factory=list)
     late_tokens: list[int] = field(default_factory=list)   # words after each interrupt
+    reconnect_s: list[float] = field(default_factory=list)  # socket failed -> new one set up
     arrived: int = 0            # calls connected, or failed before connecting
     gate: trio.Event = field(default_factory=trio.Event)    # every call has arrived
 
@@ -196,7 +205,11 @@ async def _one_call(options: BenchOptions, index: int, figures: Figures) -> None
                     if not first:
                         await _pause(options, heard, pauses)
                     first = False
-                    heard = await _turn(call, step, figures)
+                    if step.kind == "fail":
+                        call = await _reconnect(stack, options, call, figures)
+                        heard = 0
+                    else:
+                        heard = await _turn(call, step, figures)
                 if trio.current_time() >= until:
                     break                       # played once, and the time is up
             if options.until_s:
@@ -212,6 +225,25 @@ async def _one_call(options: BenchOptions, index: int, figures: Figures) -> None
         figures.errors[type(err).__name__ + ": " + str(err)[:80]] += 1
     finally:
         figures.calls_done += 1
+
+
+async def _reconnect(stack: AsyncExitStack, options: BenchOptions, call: RelayCall,
+                     figures: Figures) -> RelayCall:
+    """The relay session fails; Twilio asks ``/action`` and opens the socket it answers
+    with. Timed from the failure to the new socket's setup sent: the silence a caller hears
+    on top of Twilio's own."""
+    failed = trio.current_time()
+    await call.fail()
+    with trio.fail_after(STEP_TIMEOUT_S):
+        target = await reconnect_target(options.url, call.identity.call_sid,
+                                        auth_token=options.auth_token)
+    # not inside the deadline's scope: the socket's nursery outlives it (its own connect
+    # timeout bounds the handshake)
+    again = await stack.enter_async_context(open_relay(target, call.identity,
+                                                       auth_token=options.auth_token))
+    if failed >= figures.measure_from:
+        figures.reconnect_s.append(trio.current_time() - failed)
+    return again
 
 
 def _arrived(options: BenchOptions, figures: Figures) -> None:
@@ -286,6 +318,7 @@ async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> d
         "inter_token_ms": percentiles(figures.gap_s),
         "barge_in_stop_ms": percentiles(figures.barge_stop_s),
         "words_after_interrupt": percentiles([float(n) for n in figures.late_tokens], 1.0),
+        "reconnect_ms": percentiles(figures.reconnect_s),
         "barge_ins": [{"call_sid": sid, "sent_at_monotonic": at}
                       for sid, at in figures.barge_ins],
         # this load generator's own CPU: when it nears 100 % of a core, its timings include
@@ -322,6 +355,10 @@ def add_command(commands: Any) -> None:
                        type=Step.parse_barge, help="a turn interrupted after K tokens")
     bench.add_argument("--dtmf", dest="script", action="append", metavar="DIGIT",
                        type=lambda digit: Step("dtmf", digit), help="a key press turn")
+    bench.add_argument("--fail", dest="script", action="append_const", const=FAIL_STEP,
+                       help="the relay session fails here: the socket closes with 1011, "
+                            "/action is asked (SessionStatus=failed) and the call goes on "
+                            "over the socket it answers with")
     bench.add_argument("--think", type=float, default=0.0, dest="think_s",
                        help="seconds between turns")
     bench.add_argument("--think-jitter", type=float, default=0.0, metavar="J",

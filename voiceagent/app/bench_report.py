@@ -27,8 +27,11 @@ def format_table(result: dict[str, Any]) -> str:
              f"{'(ms)':<24}{'count':>8}{'p50':>10}{'p95':>10}{'p99':>10}{'max':>10}"]
     for key, label in (("latency_ms", "application latency"),
                        ("inter_token_ms", "inter-token gap"),
-                       ("barge_in_stop_ms", "barge-in stop")):
-        row = result[key]
+                       ("barge_in_stop_ms", "barge-in stop"),
+                       ("reconnect_ms", "reconnect")):
+        row = result.get(key)
+        if row is None or (key == "reconnect_ms" and not row["count"]):
+            continue
         cells = "".join("         -" if row[q] is None else f"{row[q]:>10.2f}"
                         for q in ("p50", "p95", "p99", "max"))
         lines.append(f"{label:<24}{row['count']:>8}{cells}")

@@ -181,6 +181,11 @@ class RelayCall:
     async def hang_up(self) -> None:
         await self.ws.aclose(code=1000, reason="Closing websocket session")
 
+    async def fail(self) -> None:
+        """The relay session fails: the socket closes with an error, as Twilio's side of a
+        broken session does; Twilio then asks ``/action`` what to do."""
+        await self.ws.aclose(code=1011, reason="relay session failed")
+
 
 @asynccontextmanager
 async def open_call(base_url: str, *, auth_token: str | None = None,
@@ -194,6 +199,15 @@ async def open_call(base_url: str, *, auth_token: str | None = None,
             "From": identity.from_number, "To": identity.to_number,
             "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}
     target = parse_relay_twiml(await post_form(base + "/twiml", form, auth_token))
+    async with open_relay(target, identity, auth_token=auth_token) as call:
+        yield call
+
+
+@asynccontextmanager
+async def open_relay(target: RelayTarget, identity: Identity, *,
+                     auth_token: str | None = None) -> AsyncIterator[RelayCall]:
+    """The relay socket for ``target`` (from ``/twiml``, or ``/action`` for a reconnect),
+    signed as Twilio signs it, with setup sent."""
     headers: list[tuple[bytes, bytes]] = []
     if auth_token:
         headers.append((b"X-Twilio-Signature", signature.sign(auth_token, target.url).encode()))
@@ -208,3 +222,16 @@ async def open_call(base_url: str, *, auth_token: str | None = None,
         call = RelayCall(ws, target, identity)
         await call.setup()
         yield call
+
+
+async def reconnect_target(base_url: str, call_sid: str, *,
+                           auth_token: str | None = None) -> RelayTarget:
+    """What Twilio does after a relay session failed with the call still up: ask ``/action``
+    (SessionStatus=failed) for the next TwiML, which must connect a new relay session."""
+    form = {"CallSid": call_sid, "SessionStatus": "failed", "CallStatus": "in-progress",
+            "ErrorCode": "64105", "ErrorMessage": "Websocket ended"}
+    document = await post_form(base_url.rstrip("/") + "/action", form, auth_token)
+    if "<ConversationRelay" not in document:
+        raise CallerError("the server did not reconnect the call after its relay session "
+                          "failed (its /action answer has no ConversationRelay)")
+    return parse_relay_twiml(document)

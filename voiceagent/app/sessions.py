@@ -147,11 +147,14 @@ class Sessions:
         history: tuple[Message, ...] = ()
         history_meta: tuple[dict[str, Any], ...] = ()
         pending = self._pending.get(call_sid)
-        if pending is not None:
+        if pending is not None and _matches(pending[1], token):
             _, session, resumes = pending
             if resumes:
                 history, history_meta = await self._saved_history(call_sid)
         else:
+            # Not minted here, or minted here and renewed since by another process: the call's
+            # first socket went elsewhere, failed, and the reconnect's socket came back here
+            # (a stale pending session refused it at once before)
             session = await self._minted_elsewhere(call_sid, token)
             history, history_meta = await self._saved_history(call_sid)
         if not _matches(session, token):

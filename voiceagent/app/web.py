@@ -224,8 +224,8 @@ async def action_webhook(runtime: Runtime) -> Response:
             log.warning("reconnect refused: the call's socket is still connected")
             _count_reconnect(runtime, "refused_busy", call_sid)
             return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+        # the new socket resumes the history
         _count_reconnect(runtime, "resumed" if complete else "resumed_partial", call_sid)
-        log.info("reconnecting the relay session")   # the new socket resumes the history
         ws_url = settings.ws_url or signature.to_ws(_base_url(settings)) + path
         document = twiml.connect_relay(
             ws_url=ws_url, action_url=_base_url(settings) + "/action", use_case=use_case,
@@ -249,6 +249,9 @@ async def action_webhook(runtime: Runtime) -> Response:
 
 
 def _count_reconnect(runtime: Runtime, outcome: str, call_sid: str) -> None:
+    """One log line per reconnect with its outcome (as in ``voiceagent_reconnects_total``),
+    and the metrics."""
+    log.info("reconnect answered", extra={"outcome": outcome})
     if runtime.metrics is not None:
         runtime.metrics.on_reconnect(outcome, call_sid)
 
