@@ -137,6 +137,25 @@ async def test_reconnects_counted_by_outcome(tmp_path: Path) -> None:
     assert not any("ReconnectsPartial" in d for d in reconnects)
 
 
+async def test_action_answers_an_apology_when_the_store_cannot_give_the_session(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that times out under a mass reconnect: Twilio gets TwiML it can play (a 500
+    would make it play its own application error), and the log says why."""
+    from voiceagent.errors import StoreError
+
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            async def unreadable(pk: str, sk: str) -> dict[str, Any] | None:
+                raise StoreError("dynamodb get: no answer within 4 s")
+
+            monkeypatch.setattr(server.runtime.store, "get", unreadable)
+            answer = await post_form(server.url + "/action", {
+                "CallSid": "CA" + "6" * 32, "SessionStatus": "failed",
+                "CallStatus": "in-progress", "ErrorCode": "64105"}, AUTH_TOKEN)
+    assert "<Hangup />" in answer
+    assert "<Say" in answer
+
+
 def _check_emf(line: str) -> dict[str, Any]:
     """The EMF specification's rules for one log event."""
     document = json.loads(line)

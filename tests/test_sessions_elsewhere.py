@@ -31,6 +31,7 @@ from voiceagent.app.sessions import (
     Sessions,
 )
 from voiceagent.catalog import Catalog
+from voiceagent.errors import StoreError
 from voiceagent.relay.protocol import Setup, parse_frame
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
@@ -400,3 +401,32 @@ async def test_a_reconnect_s_socket_on_the_process_that_answered_twiml_is_served
     assert plan.greeting is None                    # resumed: no second greeting
     with pytest.raises(CallRejected, match="does not match"):
         await _process(store)[0].resolve(_setup(session.token))   # the first token: spent
+
+
+async def test_every_wait_of_a_reconnect_ends_by_its_deadline(autojump_clock: Any) -> None:
+    """``/action`` already spent most of its budget (its flush waited on a backed-up queue):
+    the wait for the old socket's marks stops at the deadline, not FLUSH_TIMEOUT_S later, so
+    the webhook answers well within Twilio's 15 s."""
+    store, a, a_writer, b = await _two_processes()
+    with trio.fail_after(30):
+        claimed = await _claimed_on_a(store, a, a_writer)
+        await _a_socket_ends(a, a_writer, ["what are your hours?"], behind_s=1.0)  # "closed"
+        started = trio.current_time()
+        _, complete = await b.renew(claimed, deadline=started + 0.5)
+    assert trio.current_time() - started == pytest.approx(0.5)
+    assert not complete
+
+
+async def test_a_store_that_fails_the_mark_reads_still_lets_the_call_reconnect(
+        autojump_clock: Any) -> None:
+    store, a, a_writer, b = await _two_processes()
+    with trio.fail_after(30):
+        claimed = await _claimed_on_a(store, a, a_writer)
+
+        async def unreadable(pk: str, sk: str) -> dict[str, Any] | None:
+            raise StoreError("dynamodb get: no answer within 4 s")
+
+        store.get = unreadable                          # type: ignore[method-assign]
+        renewed, complete = await b.renew(claimed)
+    assert not complete                                 # counted as resumed_partial
+    assert renewed.generation == 1

@@ -41,6 +41,7 @@ from actors.call import CallPlan, CallRejected
 from actors.history import History
 from actors.messages import Setup
 from voiceagent.catalog import Catalog
+from voiceagent.errors import StoreError
 from voiceagent.llm.base import Message
 from voiceagent.llm.converse import converse_problems
 from voiceagent.logs import mask_phone
@@ -111,13 +112,19 @@ class Sessions:
                                             "known_caller": session.profile is not None})
         return session
 
-    async def renew(self, session: records.CallSession) -> Renewal:
+    async def renew(self, session: records.CallSession, *,
+                    deadline: float | None = None) -> Renewal:
         """A fresh token for Twilio's reconnect of ``session``'s call, after its relay
         session failed (the signed ``/action`` callback asks). ``SessionBusy`` while a socket
-        still holds the call here, SOCKET_CLOSED_GRACE_S after the ask."""
+        still holds the call here, SOCKET_CLOSED_GRACE_S after the ask. Every wait for the
+        old socket ends by ``deadline`` (trio time; default FLUSH_TIMEOUT_S from now), then
+        the renewal is written (SESSION_WRITE_S at most): Twilio gives up on a webhook after
+        15 s, and a mass failure (a task dying with hundreds of calls) backs the store up."""
+        if deadline is None:
+            deadline = trio.current_time() + self._settings.flush_timeout_s
         if session.call_sid in self._live:
-            await self._socket_here_ended(session.call_sid)
-        complete = await self._previous_socket_ended(session)
+            await self._socket_here_ended(session.call_sid, deadline)
+        complete = await self._previous_socket_ended(session, deadline)
         renewed = replace(session, token=secrets.token_urlsafe(18),
                           generation=session.generation + 1)
         await self._offer(renewed, resumes=True)
@@ -220,7 +227,8 @@ class Sessions:
                                      ttl_s),
             call_sid=call_sid, timeout_s=SESSION_WRITE_S, ordered=False)
 
-    async def _previous_socket_ended(self, session: records.CallSession) -> bool:
+    async def _previous_socket_ended(self, session: records.CallSession,
+                                     deadline: float) -> bool:
         """Wait for the socket that a reconnect replaces to have written everything. That
         socket may have been served by another process, whose queue can be seconds behind
         under load, and the new socket may reach a third process, which reads the
@@ -229,10 +237,11 @@ class Sessions:
         nothing, and the old claim (token "") cannot land after the renewal and lock the
         reconnect out. Its "closed" mark, written at once when that process's queue is
         QUEUE_BEHIND_S or more behind, says it is alive and draining: then the wait goes on
-        up to FLUSH_TIMEOUT_S, as long as that process waits for its own writes. With neither
-        after SOCKET_CLOSED_GRACE_S, the process died (its queue with it) or has not seen its
-        socket close: nothing more will come. (A queue less behind than that lands the
-        "written" mark within the grace; so the usual call end costs no write of its own.)
+        up to the deadline (FLUSH_TIMEOUT_S), as long as that process waits for its own
+        writes. With neither after SOCKET_CLOSED_GRACE_S, the process died (its queue with
+        it) or has not seen its socket close: nothing more will come. (A queue less behind
+        than that lands the "written" mark within the grace; so the usual call end costs no
+        write of its own.) A store that fails the reads: the reconnect goes on too.
 
         Not waited for when ``session`` (as ``/action`` read it from the store) still has a
         token and no "closed" mark is there: as far as the store knows no socket claimed it
@@ -248,13 +257,23 @@ class Sessions:
             return False
         written = records.socket_mark_sk(records.SOCKET_WRITTEN_PREFIX, generation)
         closed = records.socket_mark_sk(records.SOCKET_CLOSED_PREFIX, generation)
+        try:
+            return await self._read_socket_marks(call_sid, session.token, written, closed,
+                                                 deadline)
+        except StoreError as err:           # a reconnect with what is stored beats none
+            log.warning("the previous socket's end marks unreadable: reconnecting with the "
+                        "history stored", extra={"error": str(err)})
+            return False
+
+    async def _read_socket_marks(self, call_sid: str, token: str, written: str, closed: str,
+                                 deadline: float) -> bool:
         closed_seen = False
-        if session.token:
+        if token:
             if await self._store.get(call_sid, closed) is None:
                 return True
             closed_seen = True
         waited = 0.0
-        for pause in (*_pauses(self._settings.flush_timeout_s), None):
+        for pause in (*_pauses(deadline - trio.current_time()), None):
             if await self._store.get(call_sid, written) is not None:
                 if waited:
                     log.info("the previous socket's messages found in the store after waiting",
@@ -276,7 +295,7 @@ class Sessions:
                     extra={"waited_ms": round(waited * 1000)})
         return False
 
-    async def _socket_here_ended(self, call_sid: str) -> None:
+    async def _socket_here_ended(self, call_sid: str, deadline: float) -> None:
         """Twilio asks for the reconnect the moment the relay session failed, and this
         process's call may not have seen its socket end yet (its reader has to notice the
         close, its actors to wind down). Wait for that a bounded while (``SessionBusy``
@@ -284,11 +303,11 @@ class Sessions:
         the store. Refused at once, a reconnect that raced the teardown hung up on the
         caller."""
         ended = self._gone.setdefault(call_sid, trio.Event())
-        with trio.move_on_after(SOCKET_CLOSED_GRACE_S):
+        with trio.move_on_at(min(trio.current_time() + SOCKET_CLOSED_GRACE_S, deadline)):
             await ended.wait()
         if call_sid in self._live:
             raise SessionBusy(call_sid)
-        await self._writer.flush(call_sid, timeout_s=self._settings.flush_timeout_s)
+        await self._writer.flush(call_sid, timeout_s=max(0.0, deadline - trio.current_time()))
 
     def _socket_gone(self, call_sid: str) -> int | None:
         """The socket of ``call_sid`` here has ended: its generation, if it had claimed."""

@@ -31,6 +31,7 @@ from voiceagent.app.sessions import (
     SessionExists,
 )
 from voiceagent.catalog import UnknownUseCase
+from voiceagent.errors import StoreError
 from voiceagent.logs import call_sid_var
 from voiceagent.relay import asgi_socket
 from voiceagent.settings import Settings
@@ -198,10 +199,18 @@ async def action_webhook(runtime: Runtime) -> Response:
     if status == "completed":                # the caller hung up: Twilio ignores the TwiML
         return Response(twiml.empty(), mimetype=XML)
     session = None
+    # everything a reconnect waits for ends by then (Twilio gives up on a webhook at 15 s)
+    deadline = trio.current_time() + settings.flush_timeout_s
     if call_sid:
         # the socket's write-behind may still hold this call's last messages
         await runtime.writer.flush(call_sid, timeout_s=settings.flush_timeout_s)
-        item = await runtime.store.get(call_sid, "connection")
+        try:
+            item = await runtime.store.get(call_sid, "connection")
+        except StoreError as err:
+            # without the session nothing can be resumed or handed off: an apology, not a
+            # 500 (Twilio would play its own application error)
+            log.error("call session unreadable", extra={"error": str(err)})
+            return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
         session = records.session_from_item(item) if item is not None else None
     use_case = None
     if session is not None:
@@ -219,7 +228,7 @@ async def action_webhook(runtime: Runtime) -> Response:
             _count_reconnect(runtime, "refused_limit", call_sid)
             return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
         try:
-            renewed, complete = await runtime.sessions.renew(session)
+            renewed, complete = await runtime.sessions.renew(session, deadline=deadline)
         except SessionBusy:
             log.warning("reconnect refused: the call's socket is still connected")
             _count_reconnect(runtime, "refused_busy", call_sid)
