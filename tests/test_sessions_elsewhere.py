@@ -417,16 +417,26 @@ async def test_every_wait_of_a_reconnect_ends_by_its_deadline(autojump_clock: An
     assert not complete
 
 
-async def test_a_store_that_fails_the_mark_reads_still_lets_the_call_reconnect(
-        autojump_clock: Any) -> None:
+async def _unreadable(pk: str, sk: str) -> dict[str, Any] | None:
+    raise StoreError("dynamodb get: no answer within 4 s")
+
+
+async def _unanswered(pk: str, sk: str) -> dict[str, Any] | None:
+    await trio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize(("get", "elapsed_s"), [(_unreadable, 0.0), (_unanswered, 2.0)])
+async def test_a_store_that_fails_or_stalls_the_mark_reads_still_lets_the_call_reconnect(
+        autojump_clock: Any, get: Any, elapsed_s: float) -> None:
+    """A failing read, or one the store never answers (it must not stretch the webhook past
+    its deadline): the reconnect goes on with what is stored, counted as partial."""
     store, a, a_writer, b = await _two_processes()
     with trio.fail_after(30):
         claimed = await _claimed_on_a(store, a, a_writer)
-
-        async def unreadable(pk: str, sk: str) -> dict[str, Any] | None:
-            raise StoreError("dynamodb get: no answer within 4 s")
-
-        store.get = unreadable                          # type: ignore[method-assign]
-        renewed, complete = await b.renew(claimed)
+        store.get = get                                 # type: ignore[method-assign]
+        started = trio.current_time()
+        renewed, complete = await b.renew(claimed, deadline=started + 2.0)
+    assert trio.current_time() - started == pytest.approx(elapsed_s)
     assert not complete                                 # counted as resumed_partial
     assert renewed.generation == 1

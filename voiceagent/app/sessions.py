@@ -65,6 +65,7 @@ SESSION_WRITE_S = 2.0            # /twiml waits this long for the session item, 
 SOCKET_END_FIRST_WAIT_S = 0.05   # renew reads the old socket's end marks again after pauses
 SOCKET_END_LONGEST_WAIT_S = 0.8  # doubling from this to this, for FLUSH_TIMEOUT_S in all
 SOCKET_CLOSED_GRACE_S = 1.5      # no "closed" mark by then: no process is draining its writes
+MARK_READ_S = 1.0                # the least time the mark reads get, past renew's deadline
 # The "closed" mark is written (one store write ahead of the queue) only when the queue is
 # this far behind, that is, when the "written" mark may not land within the grace above.
 QUEUE_BEHIND_S = 0.5
@@ -257,13 +258,18 @@ class Sessions:
             return False
         written = records.socket_mark_sk(records.SOCKET_WRITTEN_PREFIX, generation)
         closed = records.socket_mark_sk(records.SOCKET_CLOSED_PREFIX, generation)
-        try:
-            return await self._read_socket_marks(call_sid, session.token, written, closed,
-                                                 deadline)
-        except StoreError as err:           # a reconnect with what is stored beats none
-            log.warning("the previous socket's end marks unreadable: reconnecting with the "
-                        "history stored", extra={"error": str(err)})
-            return False
+        # a store slow to answer must not stretch the webhook either; one read always fits
+        with trio.move_on_at(max(deadline, trio.current_time() + MARK_READ_S)):
+            try:
+                return await self._read_socket_marks(call_sid, session.token, written,
+                                                     closed, deadline)
+            except StoreError as err:       # a reconnect with what is stored beats none
+                log.warning("the previous socket's end marks unreadable: reconnecting with "
+                            "the history stored", extra={"error": str(err)})
+                return False
+        log.warning("the store did not answer for the previous socket's end marks in time: "
+                    "reconnecting with the history stored")
+        return False
 
     async def _read_socket_marks(self, call_sid: str, token: str, written: str, closed: str,
                                  deadline: float) -> bool:
