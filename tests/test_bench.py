@@ -13,7 +13,8 @@ import trio
 
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from voiceagent.app import cli
-from voiceagent.app.bench import BenchOptions, Step, format_table, percentiles, run_bench
+from voiceagent.app.bench import BenchOptions, Step, run_bench
+from voiceagent.app.bench_report import format_table, percentiles
 
 
 async def test_bench_against_the_real_server(tmp_path: Path) -> None:

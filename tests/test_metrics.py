@@ -46,6 +46,14 @@ def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def _capture_emf(runtime: Any) -> io.StringIO:
+    """The server's EMF lines go here instead of stdout."""
+    assert runtime.metrics is not None
+    stream = io.StringIO()
+    runtime.metrics._emf_stream = stream
+    return stream
+
+
 async def test_metrics_after_real_calls(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with running_server(make_settings(tmp_path,
@@ -109,9 +117,7 @@ async def test_reconnects_counted_by_outcome(tmp_path: Path) -> None:
                              METRICS_NAMESPACE="TestNamespace", METRICS_SERVICE_NAME="test-service")
     with trio.fail_after(30):
         async with running_server(settings) as server:
-            assert server.runtime.metrics is not None
-            stream = io.StringIO()
-            server.runtime.metrics._emf_stream = stream
+            stream = _capture_emf(server.runtime)
             async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
                 call_sid = call.identity.call_sid
                 failed = {"CallSid": call_sid, "SessionStatus": "failed",
@@ -181,9 +187,7 @@ async def test_emf_lines_per_turn_and_active_calls(tmp_path: Path) -> None:
     assert not make_settings(tmp_path, METRICS_NAMESPACE="x", METRICS_EMF="false").emf_enabled
     with trio.fail_after(20):
         async with running_server(settings) as server:
-            assert server.runtime.metrics is not None
-            stream = io.StringIO()
-            server.runtime.metrics._emf_stream = stream
+            stream = _capture_emf(server.runtime)
             async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
                 await call.say("what are your hours?")
                 assert (await call.read_reply()).closed

@@ -227,11 +227,9 @@ async def open_relay(target: RelayTarget, identity: Identity, *,
 async def reconnect_target(base_url: str, call_sid: str, *,
                            auth_token: str | None = None) -> RelayTarget:
     """What Twilio does after a relay session failed with the call still up: ask ``/action``
-    (SessionStatus=failed) for the next TwiML, which must connect a new relay session."""
+    (SessionStatus=failed) for the next TwiML, which must connect a new relay session
+    (``parse_relay_twiml`` refuses anything else, an apology and hang-up included)."""
     form = {"CallSid": call_sid, "SessionStatus": "failed", "CallStatus": "in-progress",
             "ErrorCode": "64105", "ErrorMessage": "Websocket ended"}
-    document = await post_form(base_url.rstrip("/") + "/action", form, auth_token)
-    if "<ConversationRelay" not in document:
-        raise CallerError("the server did not reconnect the call after its relay session "
-                          "failed (its /action answer has no ConversationRelay)")
-    return parse_relay_twiml(document)
+    return parse_relay_twiml(await post_form(base_url.rstrip("/") + "/action", form,
+                                             auth_token))

@@ -18,7 +18,7 @@ from pathlib import Path
 import trio
 
 from voiceagent import logs
-from voiceagent.app import bench, check, init
+from voiceagent.app import bench_cli, check, init
 from voiceagent.app.caller import CallerError, Identity, open_call
 from voiceagent.app.cli_store import add_commands
 from voiceagent.app.terminal import Transcript, interactive, scripted
@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="play a scripted caller instead of typing (repeatable)")
     call.set_defaults(run=_call)
     add_commands(commands)
-    bench.add_command(commands)
+    bench_cli.add_command(commands)
     check.add_command(commands)
     init.add_command(commands)
     return parser

@@ -63,7 +63,7 @@ MINTED_ELSEWHERE_WAITS_S = (0.05, 0.1, 0.2, 0.4, 0.8)
 MAX_RECONNECTS = 3
 SESSION_WRITE_S = 2.0            # /twiml waits this long for the session item, then queues it
 SOCKET_END_FIRST_WAIT_S = 0.05   # renew reads the old socket's end marks again after pauses
-SOCKET_END_LONGEST_WAIT_S = 0.8  # doubling from this to this, for FLUSH_TIMEOUT_S in all
+SOCKET_END_LONGEST_WAIT_S = 0.8  # doubling from this to this, until renew's deadline
 SOCKET_CLOSED_GRACE_S = 1.5      # no "closed" mark by then: no process is draining its writes
 MARK_READ_S = 1.0                # the least time the mark reads get, past renew's deadline
 # The "closed" mark is written (one store write ahead of the queue) only when the queue is
