@@ -137,3 +137,28 @@ async def test_sqlite_rejects_limit_below_one(tmp_path: Path) -> None:
                                      limiter=trio.CapacityLimiter(1)) as store:
             with pytest.raises(ValueError, match="limit"):
                 await store.query("p", limit=0)
+
+
+async def test_sqlite_openers_of_a_new_file_at_once_all_open_it(tmp_path: Path) -> None:
+    """Several workers on a container's first start open the same new file at once. Switching
+    it to WAL needs the write lock while each holds a read lock, and SQLite answers one of
+    them SQLITE_BUSY at once (a deadlock, so no busy wait): about one round in 25 failed,
+    and a worker exited. 200 rounds of four openers; the same locks across threads as
+    across processes."""
+    limiter = trio.CapacityLimiter(4)
+    failures: list[str] = []
+
+    async def open_once(path: Path) -> None:
+        try:
+            async with open_sqlite_store(path, limiter=limiter):
+                pass
+        except StoreError as err:
+            failures.append(str(err))
+
+    with trio.fail_after(60):
+        for round_ in range(200):
+            path = tmp_path / f"round{round_}" / "store.db"
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(open_once, path)
+    assert failures == []

@@ -181,7 +181,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     try:
         connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                                      timeout=BUSY_TIMEOUT_S)
-        connection.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(connection, deadline=time.monotonic() + BUSY_TIMEOUT_S)
         connection.execute("PRAGMA synchronous = NORMAL")
         connection.executescript(SCHEMA)
         expired = connection.execute("DELETE FROM items WHERE expireAt < ?",
@@ -193,6 +193,25 @@ def _connect(path: Path) -> sqlite3.Connection:
                          "a writable file and not another program's database") from err
     log.info("sqlite store opened", extra={"path": str(path), "expired_removed": expired})
     return connection
+
+
+def _switch_to_wal(connection: sqlite3.Connection, *, deadline: float) -> None:
+    """Processes that open a new file at once (``WORKERS=2`` on a container's first start)
+    each hold a read lock and want the write lock to change the journal. SQLite answers one of
+    them SQLITE_BUSY at once, without its busy handler, since waiting would deadlock (about 1
+    start in 25 measured, and that worker exited). The other one is done within milliseconds,
+    so the answer is to try again, until the same busy timeout as any other lock wait."""
+    pause = 0.005
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            busy = getattr(err, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)                # a worker thread (run_blocking), never the loop
+        pause = min(pause * 2, 0.25)
 
 
 def _write_chunk(db: sqlite3.Connection, rows: list[Row]) -> None:
