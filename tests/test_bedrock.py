@@ -20,6 +20,7 @@ from urllib.parse import unquote
 
 import pytest
 import trio
+import trio.testing
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -43,6 +44,7 @@ from tests.fake_bedrock import (
     text_reply,
     tool_events,
 )
+from voiceagent.aws_http import IDLE_MAX_S
 from voiceagent.catalog import read_config_dir
 from voiceagent.errors import (
     ModelRejected,
@@ -836,6 +838,35 @@ async def test_kept_alive_connections_are_reused(fake: FakeBedrock) -> None:
     assert len({r.connection.id for r in fake.requests}) == 1
     stats = llm.statistics()
     assert (stats.connections_opened, stats.connections_reused) == (1, 2)
+
+
+@pytest.mark.timeout(20)          # virtual time below; this bounds the real waits
+async def test_connections_a_burst_left_idle_are_closed_once_expired(
+        fake: FakeBedrock, mock_clock: trio.testing.MockClock) -> None:
+    """Three streams at once open three connections; the traffic after them reuses only the
+    newest, so the other two would sit idle (and, against AWS, half-closed) for the life of
+    the process. Past IDLE_MAX_S the pool closes them on its next use."""
+    fake.push(*(text_reply(["Hi."]) for _ in range(5)))
+    llm = BedrockLLM(region="us-east-1")
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(collect, llm, request())
+        mock_clock.jump(IDLE_MAX_S - 10)
+        await collect(llm, request())               # the newest, idle 20 s: reused
+        mock_clock.jump(15)
+        await collect(llm, request())               # the other two, idle 35 s: closed
+        stats = llm.statistics()
+        assert (stats.connections_opened, stats.connections_reused) == (3, 2)
+        assert stats.connections_expired == 2
+        used_late = {r.connection.id for r in fake.requests[3:]}
+        assert len(used_late) == 1
+        for connection in fake.connections:
+            if connection.id not in used_late:
+                await connection.closed.wait()      # the client's FIN reached the endpoint
+        assert [c.closed_at is None for c in fake.connections].count(True) == 1
+    finally:
+        await llm.aclose()
 
 
 async def test_a_kept_alive_connection_the_server_dropped_is_replaced_unseen(

@@ -159,13 +159,15 @@ class ConnectionPool:
         self._idle: deque[Connection] = deque()
         self.opened = 0
         self.reused = 0
+        self.expired = 0                    # closed for idling past IDLE_MAX_S
 
     async def acquire(self, *, fresh: bool = False) -> tuple[Connection, bool]:
         """A connection and whether it had carried a request before."""
         now = trio.current_time()
+        self._close_expired(now)
         while self._idle and not fresh:
             connection = self._idle.pop()
-            if now - connection.idle_since < IDLE_MAX_S and connection.usable_idle():
+            if connection.usable_idle():
                 self.reused += 1
                 return connection, True
             connection.link.close_now()
@@ -186,6 +188,7 @@ class ConnectionPool:
     def keep_idle(self, connection: Connection) -> None:
         """A new connection that has carried nothing yet (the warm-up's)."""
         connection.idle_since = trio.current_time()
+        self._close_expired(connection.idle_since)
         self._idle.append(connection)
 
     def release(self, connection: Connection) -> None:
@@ -195,9 +198,21 @@ class ConnectionPool:
                 and len(self._idle) < self.max_idle):
             state.start_next_cycle()
             connection.idle_since = trio.current_time()
+            self._close_expired(connection.idle_since)
             self._idle.append(connection)
         else:
             connection.link.close_now()
+
+    def _close_expired(self, now: float) -> None:
+        """Oldest first. A burst leaves many connections below the few that steady traffic
+        reuses, and the newest-first pop never reaches them: AWS closes them after ~60 s idle,
+        and each sat half-closed (CLOSE_WAIT: a descriptor, kernel buffers, TLS state) for the
+        life of the process, up to ``max_idle`` of them. The deque is in ``idle_since`` order,
+        so the expired ones are at its left end."""
+        idle = self._idle
+        while idle and now - idle[0].idle_since >= IDLE_MAX_S:
+            idle.popleft().link.close_now()
+            self.expired += 1
 
     def close(self) -> None:
         while self._idle:

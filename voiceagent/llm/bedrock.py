@@ -84,6 +84,7 @@ class BedrockStatistics:
     first_token_s: tuple[float, ...]        # stream opened -> first content, last 100
     connections_opened: int = 0             # new connections (the rest reused)
     connections_reused: int = 0
+    connections_expired: int = 0            # closed after idling past IDLE_MAX_S
     retry_quota: int = 0                    # what is left of the process's retry quota
 
 
@@ -197,6 +198,7 @@ class BedrockLLM:
             first_token_s=tuple(counts.first_token_s),
             connections_opened=pool.opened if pool is not None else 0,
             connections_reused=pool.reused if pool is not None else 0,
+            connections_expired=pool.expired if pool is not None else 0,
             retry_quota=self.retry_quota.available)
 
     # -- streams
