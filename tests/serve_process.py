@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -47,8 +48,10 @@ class ServerProcess:
 
 
 @asynccontextmanager
-async def serve_process(tmp_path: Path, config_dir: Path = FIXTURE_CONFIG,
+async def serve_process(tmp_path: Path, config_dir: Path = FIXTURE_CONFIG, *,
+                        open_files: tuple[int, int] | None = None,
                         **env: str) -> AsyncIterator[ServerProcess]:
+    """``open_files``: the (soft, hard) RLIMIT_NOFILE the server starts with."""
     port = free_port()
     values = {"PATH": os.environ.get("PATH", ""), "STORE": "sqlite", "LLM": "scripted",
               "DATA_DIR": str(tmp_path / "data"), "CONFIG_DIR": str(config_dir),
@@ -56,9 +59,15 @@ async def serve_process(tmp_path: Path, config_dir: Path = FIXTURE_CONFIG,
               "TWILIO_AUTH_TOKEN": AUTH_TOKEN, "LOG_FORMAT": "json", "PING_INTERVAL_S": "0",
               "PYTHONPATH": str(Path(__file__).parent.parent)}
     values.update(env)
+
+    def limit_open_files() -> None:
+        assert open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
+
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "voiceagent", "serve"], env=values,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=limit_open_files if open_files is not None else None)
     server = ServerProcess(process, f"http://127.0.0.1:{port}")
     try:
         settled = await server.wait_log("heap settled")     # start-up frozen, then it listens

@@ -169,9 +169,11 @@ def _version() -> str:
 
 async def _serve_async(settings: Settings) -> None:
     from voiceagent.app import heap
+    from voiceagent.app.open_files import ensure_open_files
     from voiceagent.app.runtime import open_runtime
     from voiceagent.app.server import serve, wait_signal
 
+    ensure_open_files(settings)
     stop = trio.Event()
     pauses = heap.record_gc_pauses()
     async with trio.open_nursery() as nursery:

@@ -1,0 +1,76 @@
+"""The open-file limit a server needs for MAX_CALLS, raised at start-up when the system allows.
+
+Every call holds its relay socket; each turn streaming from Bedrock holds a connection (at
+most MAX_CONCURRENT_TURNS, kept alive between turns); DynamoDB has its client's pool and the
+loop's. Past the soft limit ``accept`` fails with EMFILE: trio logs it and tries again every
+0.1 s, and new calls wait unanswered in the listen backlog while the calls already up go on
+(measured: a soft limit of 120 under 150 calls, 49 such pauses). Many systems start processes
+at a soft limit of 1024 with a far higher hard limit, which any process may raise its own soft
+limit to, so the server does that; when the hard limit itself is too low, it says so once at
+start-up, with what to change, instead of failing quietly under load.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+from voiceagent.app.web import CAPACITY_MARGIN
+from voiceagent.settings import Settings
+
+try:
+    import resource
+except ImportError:                   # Windows: no such limit to raise
+    resource = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+OVERHEAD = 128          # the interpreter, logs, the listener, threads' wakeups, webhooks in flight
+
+
+class OpenFiles(NamedTuple):
+    needed: int
+    soft: int            # after any raise; -1 when unlimited
+    hard: int            # -1 when unlimited
+    raised_from: int | None
+
+
+def files_needed(settings: Settings) -> int:
+    model = settings.max_concurrent_turns if settings.llm == "bedrock" else 0
+    store = 2 * settings.store_threads if settings.store == "dynamodb" else 8
+    return settings.max_calls + CAPACITY_MARGIN + model + store + OVERHEAD
+
+
+def ensure_open_files(settings: Settings) -> OpenFiles | None:
+    """Raise the soft limit to what the settings need (up to the hard limit) and log the
+    outcome: info when enough, a warning naming the fix when not. None where the platform
+    has no such limit."""
+    if resource is None:
+        return None
+    needed = files_needed(settings)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    raised_from = None
+    if soft != unlimited and soft < needed:
+        target = needed if hard == unlimited else min(needed, hard)
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                raised_from, soft = soft, target
+            except (ValueError, OSError) as err:      # e.g. macOS caps it below the hard limit
+                log.warning("cannot raise the open-file limit",
+                            extra={"soft": soft, "wanted": target, "error": str(err)})
+    outcome = OpenFiles(needed, -1 if soft == unlimited else soft,
+                        -1 if hard == unlimited else hard, raised_from)
+    if soft != unlimited and soft < needed:
+        log.warning("open-file limit too low for MAX_CALLS", extra={
+            "soft": outcome.soft, "hard": outcome.hard, "needed": needed,
+            "max_calls": settings.max_calls,
+            "max_concurrent_turns": settings.max_concurrent_turns,
+            "effect": "past the limit new calls wait unanswered",
+            "fix": "raise the hard limit (docker run --ulimit nofile=65536, systemd "
+                   "LimitNOFILE=65536; the SAM template sets 65536) or lower MAX_CALLS"})
+    else:
+        log.info("open-file limit", extra={"soft": outcome.soft, "hard": outcome.hard,
+                                           "needed": needed, "raised_from": raised_from})
+    return outcome
