@@ -173,12 +173,12 @@ async def _serve_async(settings: Settings) -> None:
     from voiceagent.app.runtime import open_runtime
     from voiceagent.app.server import serve, wait_signal
 
-    ensure_open_files(settings)
     stop = trio.Event()
     pauses = heap.record_gc_pauses()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(wait_signal, stop)       # before start-up: an early SIGTERM drains
         async with open_runtime(settings) as runtime:
+            ensure_open_files(settings)             # once start-up went well: one line if not
             heap.settle_after_startup()
             await serve(runtime, host=settings.host, port=settings.port, shutdown=stop)
             lag_ms = round((runtime.metrics.loop_lag_longest if runtime.metrics else 0) * 1e3, 2)
