@@ -13,7 +13,6 @@ start-up, with what to change, instead of failing quietly under load.
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
 
 from voiceagent.app.web import CAPACITY_MARGIN
 from voiceagent.settings import Settings
@@ -28,25 +27,17 @@ log = logging.getLogger(__name__)
 OVERHEAD = 128          # the interpreter, logs, the listener, threads' wakeups, webhooks in flight
 
 
-class OpenFiles(NamedTuple):
-    needed: int
-    soft: int            # after any raise; -1 when unlimited
-    hard: int            # -1 when unlimited
-    raised_from: int | None
-
-
 def files_needed(settings: Settings) -> int:
     model = settings.max_concurrent_turns if settings.llm == "bedrock" else 0
     store = 2 * settings.store_threads if settings.store == "dynamodb" else 8
     return settings.max_calls + CAPACITY_MARGIN + model + store + OVERHEAD
 
 
-def ensure_open_files(settings: Settings) -> OpenFiles | None:
+def ensure_open_files(settings: Settings) -> None:
     """Raise the soft limit to what the settings need (up to the hard limit) and log the
-    outcome: info when enough, a warning naming the fix when not. None where the platform
-    has no such limit."""
+    outcome: info when enough, a warning naming the fix when not (-1 for unlimited)."""
     if resource is None:
-        return None
+        return
     needed = files_needed(settings)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     unlimited = resource.RLIM_INFINITY
@@ -60,17 +51,15 @@ def ensure_open_files(settings: Settings) -> OpenFiles | None:
             except (ValueError, OSError) as err:      # e.g. macOS caps it below the hard limit
                 log.warning("cannot raise the open-file limit",
                             extra={"soft": soft, "wanted": target, "error": str(err)})
-    outcome = OpenFiles(needed, -1 if soft == unlimited else soft,
-                        -1 if hard == unlimited else hard, raised_from)
+    shown = {"soft": -1 if soft == unlimited else soft,
+             "hard": -1 if hard == unlimited else hard, "needed": needed}
     if soft != unlimited and soft < needed:
         log.warning("open-file limit too low for MAX_CALLS", extra={
-            "soft": outcome.soft, "hard": outcome.hard, "needed": needed,
+            **shown,
             "max_calls": settings.max_calls,
             "max_concurrent_turns": settings.max_concurrent_turns,
             "effect": "past the limit new calls wait unanswered",
             "fix": "raise the hard limit (docker run --ulimit nofile=65536, systemd "
                    "LimitNOFILE=65536; the SAM template sets 65536) or lower MAX_CALLS"})
     else:
-        log.info("open-file limit", extra={"soft": outcome.soft, "hard": outcome.hard,
-                                           "needed": needed, "raised_from": raised_from})
-    return outcome
+        log.info("open-file limit", extra={**shown, "raised_from": raised_from})
