@@ -279,7 +279,7 @@ async def http_store(endpoint_url: str, *, read_timeout_s: float = 2.0, at_once:
     limiter = trio.CapacityLimiter(at_once)
     http = await trio.to_thread.run_sync(lambda: make_http(
         endpoint_url, "us-east-1", connect_timeout_s=2.0, read_timeout_s=read_timeout_s,
-        max_idle=4, refresh_limiter=limiter))
+        max_idle=4))
     client = await trio.to_thread.run_sync(lambda: raw_client(endpoint_url))
     store = DynamoDBStore(TABLE, client, limiter=limiter, http=http)
     try:

@@ -180,8 +180,7 @@ def test_a_ca_bundle_or_proxy_that_cannot_be_used_stops_start_up_with_what_to_fi
     missing = tmp_path / "no-such-ca.pem"
     monkeypatch.setenv("AWS_CA_BUNDLE", str(missing))
     build = partial(make_http, "https://dynamodb.us-east-1.amazonaws.com", "us-east-1",
-                    connect_timeout_s=1, read_timeout_s=1, max_idle=1,
-                    refresh_limiter=trio.CapacityLimiter(1))
+                    connect_timeout_s=1, read_timeout_s=1, max_idle=1)
     with pytest.raises(SettingsError) as caught:
         build()
     assert "AWS_CA_BUNDLE" in str(caught.value)

@@ -7,6 +7,7 @@ with SigV4 for ``dynamodb``; and the write-behind queue retries until the writes
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from botocore.credentials import RefreshableCredentials
 
 from tests.fake_dynamodb import (
     TABLE,
@@ -91,6 +93,79 @@ async def test_an_expired_token_is_transient_and_the_credentials_are_found_anew(
     assert [r.access_key for r in fake.requests] == ["AKIDEXAMPLE", "AKIDEXAMPLE", "AKIDROTATED"]
     assert signature_ok(fake.requests[1], SECRET)
     assert signature_ok(fake.requests[2], "rotated-secret")
+    assert list(fake.items) == [(PHONE, "a")]
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+async def test_requests_refused_as_expired_at_once_do_not_wait_on_each_other(
+        fake: FakeDynamoDB, monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+    """Every STORE_THREADS request refused as expired at once: each renewal used to wait for
+    a token of the limiter the requests themselves held, and the writes, shielded, hung
+    for good (even one, with STORE_THREADS=1)."""
+    fake.script.extend([Reply("error", 400, "ExpiredTokenException")] * threads)
+    outcomes: list[str] = []
+
+    async def put(sk: str) -> None:
+        try:
+            await store.put(item(sk))
+            outcomes.append("written")
+        except StoreError as err:
+            outcomes.append(type(err).__name__)
+
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url, at_once=threads) as store:
+            monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDROTATED")
+            async with trio.open_nursery() as nursery:
+                for i in range(threads):
+                    nursery.start_soon(put, f"chat::{i}")
+            await store.put(item("after"))
+    assert outcomes == ["StoreError"] * threads
+    assert fake.requests[-1].access_key == "AKIDROTATED"
+    assert list(fake.items) == [(PHONE, "after")]
+
+
+async def test_credentials_in_their_refresh_window_do_not_stall_the_store(
+        fake: FakeDynamoDB) -> None:
+    """Temporary credentials (a task role) are refreshed in a thread once inside botocore's
+    15-minute window, while the request holds a store token: the refresh took a token of the
+    same limiter, and STORE_THREADS requests at once hung for good."""
+    def soon(minutes: int) -> str:
+        return (datetime.datetime.now(datetime.UTC)
+                + datetime.timedelta(minutes=minutes)).isoformat()
+
+    def refresh() -> dict[str, str]:
+        return {"access_key": "AKIDREFRESHED", "secret_key": "s", "token": "t",
+                "expiry_time": soon(60)}
+
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url, at_once=2) as store:
+            assert store._http is not None
+            store._http._signer._credentials = RefreshableCredentials.create_from_metadata(
+                {"access_key": "AKIDOLD", "secret_key": "s", "token": "t",
+                 "expiry_time": soon(10)}, refresh_using=refresh, method="container-role")
+            async with trio.open_nursery() as nursery:
+                for sk in ("a", "b"):
+                    nursery.start_soon(store.put, item(sk))
+    assert sorted(fake.items) == [(PHONE, "a"), (PHONE, "b")]
+    assert {r.access_key for r in fake.requests} == {"AKIDREFRESHED"}
+
+
+async def test_a_chain_that_finds_nothing_keeps_the_credentials_we_had(
+        fake: FakeDynamoDB) -> None:
+    """The instance metadata service failing at the moment of a renewal: with no credentials
+    nothing would be sent, so no refusal would ever ask for another lookup and every write
+    failed until a restart."""
+    fake.script.append(Reply("error", 400, "ExpiredTokenException"))
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            assert store._http is not None
+            signer = store._http._signer
+            signer._resolve = lambda: None
+            with pytest.raises(StoreError, match="ExpiredTokenException"):
+                await store.put(item("a"))
+            await store.put(item("a"))              # sent, with the credentials we had
+            assert signer.renewals == 1
+    assert [r.access_key for r in fake.requests] == ["AKIDEXAMPLE", "AKIDEXAMPLE"]
     assert list(fake.items) == [(PHONE, "a")]
 
 

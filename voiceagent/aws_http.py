@@ -8,6 +8,7 @@ DynamoDB's JSON is ``voiceagent.store``'s.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -28,7 +29,10 @@ from voiceagent import __version__
 from voiceagent.net import Link, Proxy, open_link, proxy_for, redact_url
 from voiceagent.threads import run_blocking
 
+log = logging.getLogger(__name__)
+
 IDLE_MAX_S = 30.0                   # AWS front ends drop idle connections after ~60 s
+REFRESH_THREADS = 4                 # credential lookups and refreshes in flight, per signer
 USER_AGENT = f"voiceagent/{__version__} trio botocore/{botocore.__version__}"
 
 
@@ -81,26 +85,47 @@ class Signer:
     start-up and again by ``renew`` when Bedrock refuses the ones we have as expired or
     unknown (rotated or revoked before their stated expiry), so one refusal costs one retry,
     not every call until the process restarts.
+
+    Credential work has threads of its own (``REFRESH_THREADS``), never a limiter its callers
+    may hold: the store signed while holding a token of the limiter its refreshes waited on,
+    so STORE_THREADS requests in a refresh window (or refused as expired) waited for each
+    other forever, their writes shielded. botocore refreshes one at a time and, until the
+    last minutes, hands the others the current credentials at once, so a few threads keep
+    requests moving while one refresh waits on the network.
     """
 
     def __init__(self, endpoint: Endpoint, resolve: Callable[[], Credentials | None],
-                 bearer_token: str | None, user_agent: str,
-                 refresh_limiter: trio.CapacityLimiter, *, signing_name: str) -> None:
+                 bearer_token: str | None, user_agent: str, *, signing_name: str) -> None:
         self._endpoint = endpoint
         self._signing_name = signing_name
         self._resolve = resolve
         self._credentials = None if bearer_token else resolve()
         self._bearer_token = bearer_token
         self._user_agent = user_agent
-        self._refresh_limiter = refresh_limiter
+        self._refresh_limiter = trio.CapacityLimiter(REFRESH_THREADS)
+        self._renewing = trio.Lock()
+        self.renewals = 0                   # completed lookups through the chain
 
     @property
     def uses_bearer_token(self) -> bool:
         return bool(self._bearer_token)
 
     async def renew(self) -> None:
-        """Credentials found anew through the whole chain, in a thread."""
-        self._credentials = await run_blocking(self._resolve, limiter=self._refresh_limiter)
+        """Credentials found anew through the whole chain, in a thread. Requests refused at
+        once share one lookup. A chain that finds nothing (the instance metadata service
+        failing for a moment) keeps the credentials we had: with none, nothing would be sent,
+        so no refusal would ever ask for another lookup."""
+        seen = self.renewals
+        async with self._renewing:
+            if self.renewals != seen:
+                return                      # renewed while this request waited its turn
+            found = await run_blocking(self._resolve, limiter=self._refresh_limiter)
+            self.renewals += 1
+        if found is None:
+            log.warning("the AWS credential chain found nothing; keeping the credentials "
+                        "we had", extra={"service": self._signing_name})
+            return
+        self._credentials = found
 
     async def _frozen(self) -> ReadOnlyCredentials:
         credentials = self._credentials

@@ -306,8 +306,7 @@ class BedrockLLM:
         if link.proxy_url is not None:
             log.info("bedrock reached through a proxy", extra={"proxy": link.proxy_url})
         try:
-            signer = BedrockSigner(endpoint, resolve_credentials, bearer, USER_AGENT,
-                                   self._setup_limiter)
+            signer = BedrockSigner(endpoint, resolve_credentials, bearer, USER_AGENT)
         except BotoCoreError as err:
             raise ModelUnavailable(type(err).__name__, f"AWS credentials: {err}") from err
         pool = ConnectionPool(endpoint, connect_timeout_s=self.connect_timeout_s,

@@ -13,7 +13,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import trio
 from botocore.credentials import Credentials
 from botocore.utils import percent_encode
 
@@ -26,9 +25,8 @@ class BedrockSigner(Signer):
     """The model's signer: SigV4 as ``bedrock``, or the Bedrock API key as a bearer token."""
 
     def __init__(self, endpoint: Endpoint, resolve: Callable[[], Credentials | None],
-                 bearer_token: str | None, user_agent: str,
-                 refresh_limiter: trio.CapacityLimiter) -> None:
-        super().__init__(endpoint, resolve, bearer_token, user_agent, refresh_limiter,
+                 bearer_token: str | None, user_agent: str) -> None:
+        super().__init__(endpoint, resolve, bearer_token, user_agent,
                          signing_name=SIGNING_NAME)
 
     async def request(self, model_id: str, body: bytes) -> tuple[str, list[tuple[str, str]]]:

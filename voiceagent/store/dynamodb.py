@@ -342,7 +342,7 @@ def make_client(settings: Settings, *, max_pool_connections: int,
         raise StoreError(f"cannot create the DynamoDB client: {err}") from err
 
 
-def _make_both(settings: Settings, pool: int, refresh_limiter: trio.CapacityLimiter,
+def _make_both(settings: Settings, pool: int,
                lender: StartupSession | None) -> tuple[Any, DynamoDBHttp]:
     """Worker thread: the boto3 client and the loop's requests, from one session that
     nothing keeps once they exist (``voiceagent.aws_session``)."""
@@ -354,7 +354,7 @@ def _make_both(settings: Settings, pool: int, refresh_limiter: trio.CapacityLimi
     try:
         http = make_http(client.meta.endpoint_url, client.meta.region_name,
                          connect_timeout_s=CONNECT_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S,
-                         max_idle=pool, refresh_limiter=refresh_limiter, session=core)
+                         max_idle=pool, session=core)
     except BaseException:
         client.close()
         raise
@@ -377,7 +377,7 @@ async def open_dynamodb_store(settings: Settings, *, limiter: trio.CapacityLimit
     table_name = settings.table_name
     tokens = limiter.total_tokens
     pool = max(1, int(tokens)) if math.isfinite(tokens) else DEFAULT_POOL_CONNECTIONS
-    client, http = await run_blocking(partial(_make_both, settings, pool, limiter, session),
+    client, http = await run_blocking(partial(_make_both, settings, pool, session),
                                       limiter=limiter)
     store = DynamoDBStore(table_name, client, limiter=limiter, http=http)
     try:

@@ -160,7 +160,7 @@ def _crc(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
 
 
 def make_http(endpoint_url: str, region: str, *, connect_timeout_s: float,
-              read_timeout_s: float, max_idle: int, refresh_limiter: trio.CapacityLimiter,
+              read_timeout_s: float, max_idle: int,
               session: botocore.session.Session | None = None) -> DynamoDBHttp:
     """Blocking (credentials and the CA bundle are read from disk): call it in a thread.
     ``endpoint_url`` and ``region`` as the boto3 client resolved them, so AWS_ENDPOINT_URL_
@@ -170,7 +170,7 @@ def make_http(endpoint_url: str, region: str, *, connect_timeout_s: float,
         link = link_settings(endpoint, endpoint_url, service="DynamoDB", session=session)
     except LinkSettingsError as err:
         raise SettingsError([str(err)]) from None
-    signer = Signer(endpoint, resolve_credentials, None, USER_AGENT, refresh_limiter,
+    signer = Signer(endpoint, resolve_credentials, None, USER_AGENT,
                     signing_name=SIGNING_NAME)
     pool = ConnectionPool(endpoint, connect_timeout_s=connect_timeout_s, max_idle=max_idle,
                           ssl_context=link.ssl_context, proxy=link.proxy)
