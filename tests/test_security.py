@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -145,6 +146,35 @@ async def test_calls_beyond_the_limit_are_refused(tmp_path: Path, mode: str,
                     assert "<Hangup />" in body
                     assert "ConversationRelay" not in body
                 await call.hang_up()
+
+
+async def test_new_calls_are_refused_while_the_write_backlog_is_full(tmp_path: Path) -> None:
+    """A store that takes no writes for hours: the backlog grew with every turn until the
+    process was killed for memory, with all of it. Past WRITE_BACKLOG_MAX new calls are
+    refused as over capacity; once the store has taken the backlog, they are answered."""
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path, WRITE_BACKLOG_MAX="100")) as server:
+            url = server.url + "/twiml"
+            headers = {"X-Twilio-Signature": sign(AUTH_TOKEN, url, FORM)}
+            writer = server.runtime.writer
+            blocker = sqlite3.connect(tmp_path / "voiceagent.db", isolation_level=None)
+            try:
+                blocker.execute("BEGIN EXCLUSIVE")          # the store cannot write
+                for i in range(100):
+                    writer.submit({"pk": "CAbacklog", "sk": f"chat::{i:03d}"},
+                                  call_sid="CAbacklog")
+                status, body = await post(url, FORM, headers)
+                assert status == 200
+                assert "<Say>" in body
+                assert "ConversationRelay" not in body
+            finally:
+                blocker.execute("ROLLBACK")
+                blocker.close()
+            assert await writer.flush(timeout_s=20)
+            assert writer.pending == 0
+            status, body = await post(url, FORM, headers)
+    assert status == 200
+    assert "ConversationRelay" in body
 
 
 async def test_quiet_calls_get_websocket_pings(tmp_path: Path) -> None:

@@ -78,6 +78,10 @@ class Settings(BaseModel):
                                                  repr=False)   # HMAC-SHA256 webhook rules
     trust_proxy_headers: bool = Field(False, alias="TRUST_PROXY_HEADERS")
     max_calls: int = Field(200, alias="MAX_CALLS", ge=1, le=100_000)
+    # items waiting for the store (~0.8 KB each): past it new calls are refused as over
+    # capacity, so a long store outage ends in "busy" answers, not in a killed process
+    write_backlog_max: int = Field(1_000_000, alias="WRITE_BACKLOG_MAX", ge=100,
+                                   le=100_000_000)
     # relay sockets accepted but without a resolved setup yet (each for SETUP_TIMEOUT_S at
     # most): their own budget, so sockets that never send setup cannot crowd out calls
     max_sockets_waiting: int = Field(50, alias="MAX_SOCKETS_WAITING", ge=1, le=100_000)

@@ -121,7 +121,8 @@ class Runtime:
 
     @property
     def at_capacity(self) -> bool:
-        return self.calls.active >= self.settings.max_calls
+        return (self.calls.active >= self.settings.max_calls
+                or self.writer.pending >= self.settings.write_backlog_max)
 
     def _persist(self, call_sid: str, index: int, message: dict[str, Any],
                  meta: dict[str, Any]) -> None:

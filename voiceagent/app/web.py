@@ -165,7 +165,8 @@ async def twiml_webhook(runtime: Runtime) -> Response:
     call_sid_var.set(form["CallSid"])
     if runtime.draining or runtime.at_capacity:
         log.warning("call refused", extra={"draining": runtime.draining,
-                                           "active_calls": runtime.calls.active})
+                                           "active_calls": runtime.calls.active,
+                                           "write_backlog": runtime.writer.pending})
         return _refuse_call(settings)
     try:
         session = await runtime.sessions.prepare(form)

@@ -137,6 +137,11 @@ class WriteBehind:
                 self.submit(item, call_sid=call_sid, urgent=True)
         return written
 
+    @property
+    def pending(self) -> int:
+        """Submitted, not yet written or dropped: memory a store outage makes grow."""
+        return len(self._queue)
+
     def queued(self, call_sid: str) -> bool:
         """Whether a write of ``call_sid`` is still waiting here (its store is behind it)."""
         return call_sid in self._last_by_call
