@@ -121,6 +121,16 @@ class StoreError(VoiceAgentError):
     pass
 
 
+class StorePartlyWritten(StoreError):
+    """Transient, but part of a ``put_many`` is stored: only the items keyed ``remaining``
+    (pk, sk) are not. Sending the rest again would spend a throttled table's capacity on
+    writes it already took, and prolong the throttling."""
+
+    def __init__(self, message: str, remaining: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.remaining = remaining
+
+
 class StoreRejected(StoreError):
     """The store refused an item as invalid (bad key, unsupported value, too large): trying
     again cannot help. Backends raise it for such items; any ``StoreError`` with a true

@@ -53,7 +53,7 @@ from botocore.exceptions import (
 
 from voiceagent.aws_http import ConnectTimeout
 from voiceagent.aws_session import StartupSession, new_session, session_from
-from voiceagent.errors import SettingsError, StoreError, StoreRejected
+from voiceagent.errors import SettingsError, StoreError, StorePartlyWritten, StoreRejected
 from voiceagent.net import ProxyRefused
 from voiceagent.settings import Settings
 from voiceagent.store.base import (
@@ -135,9 +135,14 @@ class DynamoDBStore(TableAdmin):
         for item in items:
             encoded.append(self._encode(item))
             await trio.lowlevel.checkpoint()
-        for batch in batches(encoded):
+        split = list(batches(encoded))
+        for n, batch in enumerate(split):
             if len(batch) > 1:
-                await self._write_batch(batch)
+                try:
+                    await self._write_batch(batch)
+                except StorePartlyWritten as err:
+                    later = [key for rest in split[n + 1:] for key, _ in rest]
+                    raise StorePartlyWritten(str(err), err.remaining + later) from None
                 continue
             key, attributes = batch[0]
             if self._http is not None:
@@ -191,8 +196,11 @@ class DynamoDBStore(TableAdmin):
             if attempt < UNPROCESSED_ATTEMPTS:
                 await trio.sleep(min(UNPROCESSED_BACKOFF_CAP_S,
                                      UNPROCESSED_BACKOFF_BASE_S * 2.0 ** (attempt - 1)))
-        raise StoreError(f"DynamoDB left {len(requests)} of {len(batch)} items unprocessed "
-                         f"after {UNPROCESSED_ATTEMPTS} attempts (throttled); try again later")
+        remaining = [(request["PutRequest"]["Item"]["pk"]["S"],
+                      request["PutRequest"]["Item"]["sk"]["S"]) for request in requests]
+        raise StorePartlyWritten(f"DynamoDB left {len(requests)} of {len(batch)} items "
+                                 f"unprocessed after {UNPROCESSED_ATTEMPTS} attempts "
+                                 "(throttled); try again later", remaining)
 
     async def _query(self, operation: str, index: str | None, key: str, sort: str,
                      value: str, prefix: str, descending: bool,

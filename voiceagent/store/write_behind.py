@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import trio
 
-from voiceagent.errors import StoreError
+from voiceagent.errors import StoreError, StorePartlyWritten
 from voiceagent.logs import mask_phone
 from voiceagent.store.base import BATCH_LIMIT, Item, Store
 
@@ -234,6 +234,10 @@ class WriteBehind:
             except trio.Cancelled:
                 raise
             except Exception as err:
+                if isinstance(err, StorePartlyWritten):
+                    left = set(err.remaining)
+                    self._written += sum(1 for entry in batch if entry.key not in left)
+                    batch = [entry for entry in batch if entry.key in left] or batch
                 if isinstance(err, StoreError) and not is_permanent(err):
                     attempt += 1
                     self._note_failure(err)
