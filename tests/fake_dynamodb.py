@@ -133,6 +133,10 @@ class FakeDynamoDB:
         while len(self.requests) < count:
             await self._changed.park()
 
+    async def wait_change(self) -> None:
+        """Until something changes: a request, or a connection the client closed."""
+        await self._changed.park()
+
     async def wait_client_closed(self, count: int) -> None:
         while self.client_closed < count:
             await self._changed.park()

@@ -169,6 +169,31 @@ async def test_a_chain_that_finds_nothing_keeps_the_credentials_we_had(
     assert list(fake.items) == [(PHONE, "a")]
 
 
+async def test_a_write_ahead_of_the_queue_ends_at_its_callers_deadline(
+        fake: FakeDynamoDB, mock_clock: trio.testing.MockClock) -> None:
+    """``write_now`` gives a session 2 s (``/twiml`` waits on it). Writes are shielded so a
+    cancel cannot abandon one, and the budget became the attempt's own read timeout (4 s
+    here, ~10 s with a dead kept-alive connection) under a stalled DynamoDB. Now the
+    attempt ends at the caller's deadline and the item waits in the queue."""
+    fake.script.append(Reply("stall"))
+    outcome: list[bool] = []
+    async with http_store(fake.endpoint_url, read_timeout_s=4.0) as store:
+        writer = WriteBehind(store, jitter=lambda: 1.0)
+
+        async def write() -> None:
+            outcome.append(await writer.write_now(item("session"), call_sid="CA1",
+                                                  timeout_s=2.0))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            await fake.wait_requests(1)             # sent, and DynamoDB says nothing
+            mock_clock.jump(2.5)                    # past the caller's 2 s, not the 4 s
+            while fake.client_closed < 1:           # the attempt gave up its connection
+                await fake.wait_change()
+        assert outcome == [False]
+        assert writer.pending == 1                  # the session waits in the queue
+
+
 async def test_an_answer_failing_its_crc32_is_a_transient_error(fake: FakeDynamoDB) -> None:
     fake.script.append(Reply("bad_crc"))
     with trio.fail_after(10):

@@ -255,13 +255,21 @@ class DynamoDBStore(TableAdmin):
                          keys: Sequence[Key], *, read: bool = False) -> dict[str, Any]:
         """One request from the event loop, errors translated as ``_call`` does. A cancel
         waits for a write's attempt to end (bounded by the connect and read timeouts), as a
-        write in a thread would; a read is abandoned (its connection closed)."""
+        write in a thread would; a read is abandoned (its connection closed). A caller's
+        deadline still ends a write's attempt: ``write_now``'s 2 s for a session became the
+        attempt's 4 s read timeout, or ~10 s with a dead kept-alive connection, under a
+        stalled DynamoDB (``/twiml`` and ``/action`` wait on it, and Twilio on them)."""
         if self._closed or self._http is None:
             raise StoreError(f"dynamodb {operation} on {self.table_name}: the store is closed")
+        deadline = math.inf if read else trio.current_effective_deadline()
         try:
             async with self._limiter:       # at most STORE_THREADS requests at once, as threads
                 with trio.CancelScope(shield=not read):
-                    answer = await self._http.call(target, payload)
+                    with trio.CancelScope(deadline=deadline) as budget:
+                        answer = await self._http.call(target, payload)
+                if budget.cancelled_caught:
+                    raise StoreError(f"dynamodb {operation} on {self.table_name}: no answer "
+                                     "within the caller's time; it may still be applied")
         except DynamoDBHttpError as err:
             raise self._error(operation, err.code, err.message, keys) from err
         except NoCredentialsError as err:
