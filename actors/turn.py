@@ -94,15 +94,17 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
             with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 for message in ctx.relay.for_agent(ctx.history.last_assistant_text()):
                     await ctx.outbound.send(message)
-        if plan.end_reason is not None:
-            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await ctx.outbound.send(End(json.dumps({"reasonCode": plan.end_reason})))
     finally:
         if ctx.log_content and speaker.spoke:
             log.debug("agent said", extra={"text": redact(ctx.history.last_assistant_text())})
         with (trio.move_on_after(CLOSE_TIMEOUT_S, shield=True),
               suppress(trio.BrokenResourceError, trio.ClosedResourceError)):
             await speaker.close()
+            # A goodbye ends the session even when a barge-in or a model error cut it: the
+            # streamer ignores everything once it is ending, so without ``end`` the caller
+            # was left with an agent that answers nothing until they hang up.
+            if plan.end_reason is not None:
+                await ctx.outbound.send(End(json.dumps({"reasonCode": plan.end_reason})))
         # The closer above went through the writer after the first token did, so the writer
         # has stamped the first token's send by now (unless the caller was gone first).
         latency_s = None
