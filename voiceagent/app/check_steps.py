@@ -32,7 +32,8 @@ import voiceagent.store.records as records
 from voiceagent.errors import ConfigError, SettingsError, StoreError
 from voiceagent.settings import Settings
 from voiceagent.store.base import INDEX_NAME
-from voiceagent.store.dynamodb import DynamoDBStore, make_client
+from voiceagent.store.dynamodb import DynamoDBStore
+from voiceagent.store.dynamodb_client import make_client
 from voiceagent.store.dynamodb_table import is_active, table_problems
 from voiceagent.store.dynamodb_values import error_code
 from voiceagent.threads import run_blocking

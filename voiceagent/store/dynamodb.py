@@ -38,21 +38,18 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, TypeVar
 
-import botocore.session
 import h11
 import trio
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     NoCredentialsError,
-    NoRegionError,
     ParamValidationError,
 )
 
 from voiceagent.aws_http import ConnectTimeout
-from voiceagent.aws_session import StartupSession, new_session, session_from
+from voiceagent.aws_session import StartupSession
 from voiceagent.errors import SettingsError, StoreError, StorePartlyWritten, StoreRejected
 from voiceagent.net import ProxyRefused
 from voiceagent.settings import Settings
@@ -63,7 +60,8 @@ from voiceagent.store.base import (
     describe_key,
 )
 from voiceagent.store.dynamodb_admin import CREDENTIAL_CODES, TableAdmin
-from voiceagent.store.dynamodb_http import DynamoDBHttp, DynamoDBHttpError, make_http
+from voiceagent.store.dynamodb_client import make_both
+from voiceagent.store.dynamodb_http import DynamoDBHttp, DynamoDBHttpError
 from voiceagent.store.dynamodb_values import (
     Key,
     batches,
@@ -79,10 +77,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-CONNECT_TIMEOUT_S = 2.0
-READ_TIMEOUT_S = 4.0
 DEFAULT_POOL_CONNECTIONS = 64       # for a limiter without a bound
-TOTAL_MAX_ATTEMPTS = 2               # botocore's own retry; the write-behind retries beyond
 UNPROCESSED_ATTEMPTS = 6             # BatchWriteItem rounds before UnprocessedItems is an error
 UNPROCESSED_BACKOFF_BASE_S = 0.05
 UNPROCESSED_BACKOFF_CAP_S = 1.0
@@ -340,43 +335,6 @@ class DynamoDBStore(TableAdmin):
 # ------------------------------------------------------------------ opening
 
 
-def make_client(settings: Settings, *, max_pool_connections: int,
-                session: botocore.session.Session | None = None) -> Any:
-    """The process's DynamoDB client, from ``session`` or a session of its own (blocking:
-    call it in a worker thread)."""
-    config = Config(
-        retries={"mode": "standard", "total_max_attempts": TOTAL_MAX_ATTEMPTS},
-        connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
-        max_pool_connections=max_pool_connections, tcp_keepalive=True)
-    try:
-        core = session or new_session()
-        return core.create_client("dynamodb", region_name=settings.aws_region, config=config)
-    except NoRegionError:
-        raise SettingsError(["AWS_REGION: required for the DynamoDB store (the table's "
-                             "region, e.g. us-east-1)"]) from None
-    except BotoCoreError as err:
-        raise StoreError(f"cannot create the DynamoDB client: {err}") from err
-
-
-def _make_both(settings: Settings, pool: int,
-               lender: StartupSession | None) -> tuple[Any, DynamoDBHttp]:
-    """Worker thread: the boto3 client and the loop's requests, from one session that
-    nothing keeps once they exist (``voiceagent.aws_session``)."""
-    try:
-        core = session_from(lender)
-    except BotoCoreError as err:
-        raise StoreError(f"cannot create the DynamoDB client: {err}") from err
-    client = make_client(settings, max_pool_connections=pool, session=core)
-    try:
-        http = make_http(client.meta.endpoint_url, client.meta.region_name,
-                         connect_timeout_s=CONNECT_TIMEOUT_S, read_timeout_s=READ_TIMEOUT_S,
-                         max_idle=pool, session=core)
-    except BaseException:
-        client.close()
-        raise
-    return client, http
-
-
 @asynccontextmanager
 async def open_dynamodb_store(settings: Settings, *, limiter: trio.CapacityLimiter,
                               check_table: bool = True,
@@ -393,7 +351,7 @@ async def open_dynamodb_store(settings: Settings, *, limiter: trio.CapacityLimit
     table_name = settings.table_name
     tokens = limiter.total_tokens
     pool = max(1, int(tokens)) if math.isfinite(tokens) else DEFAULT_POOL_CONNECTIONS
-    client, http = await run_blocking(partial(_make_both, settings, pool, session),
+    client, http = await run_blocking(partial(make_both, settings, pool, session),
                                       limiter=limiter)
     store = DynamoDBStore(table_name, client, limiter=limiter, http=http)
     try:

@@ -172,7 +172,7 @@ class WriteBehind:
     def statistics(self) -> WriteBehindStatistics:
         age = trio.current_time() - self._queue[0].submitted_at if self._queue else 0.0
         return WriteBehindStatistics(
-            pending=len(self._queue), written=self._written, failed=self._failed,
+            pending=self.pending, written=self._written, failed=self._failed,
             retries=self._retries, oldest_pending_age_s=age,
             store_down=self._down_since is not None)
 
