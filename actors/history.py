@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from voiceagent.llm.base import Message
@@ -21,6 +22,17 @@ CALL_CONNECTED = "(The call has connected.)"   # stands before a greeting: Conve
 _CALL_CONNECTED_MESSAGE: Message = {"role": "user", "content": [{"text": CALL_CONNECTED}]}
 LOST_RESULT = ("The call's connection dropped before this tool's result was recorded; "
                "whether it ran is unknown. Check before repeating it.")
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """Where a turn's words start in the history: a message, and how many of its blocks come
+    before them. A turn that speaks right after another (a re-prompt, a goodbye) merges its
+    words into the message before it, since roles alternate; a barge-in into it must cut only
+    its own blocks, not the earlier reply's."""
+
+    index: int
+    blocks: int = 0
 
 
 def _text(block: dict[str, Any]) -> str | None:
@@ -70,16 +82,19 @@ class History:
     def messages(self) -> tuple[Message, ...]:
         return tuple(copy.deepcopy(self._messages))
 
-    def mark(self) -> int:
-        """Where the next turn starts; pass it to ``apply_heard`` after a barge-in."""
-        return len(self._messages)
+    def mark(self) -> Mark:
+        """Where the next turn's words go; pass it to ``apply_heard`` after a barge-in."""
+        last = self._messages[-1] if self._messages else None
+        if last is not None and last["role"] == "assistant":
+            return Mark(len(self._messages) - 1, len(last["content"]))
+        return Mark(len(self._messages))
 
     @property
-    def session_start(self) -> int:
+    def session_start(self) -> Mark:
         """Where this relay session's messages start: 0 for a new call (a barge-in into the
         greeting cuts it), the end of a resumed conversation (what the first session said
         was heard, and is stored)."""
-        return self._sealed
+        return Mark(self._sealed)
 
     # ------------------------------------------------------------------ appending
 
@@ -121,7 +136,7 @@ class History:
 
     # ------------------------------------------------------------------ barge-in
 
-    def apply_heard(self, start: int, heard: str) -> None:
+    def apply_heard(self, start: Mark, heard: str) -> None:
         """Cut the assistant text since ``start`` down to what the caller heard.
 
         Twilio's ``utteranceUntilInterrupt`` covers the whole talk cycle, which may span several
@@ -130,24 +145,48 @@ class History:
         Assistant messages left with nothing are removed and the neighbours merged.
         """
         remaining = heard.strip()
-        for at in range(start, len(self._messages)):
+        for at in range(start.index, len(self._messages)):
             message, meta = self._messages[at], self._meta[at]
             if message["role"] != "assistant":
                 continue
-            generated = " ".join(t for b in message["content"] if (t := _text(b)) is not None)
-            kept: list[dict[str, Any]] = []
-            for block in message["content"]:
+            before = start.blocks if at == start.index else 0   # an earlier turn's blocks
+            kept: list[dict[str, Any]] = list(message["content"][:before])
+            cut = False
+            for block in message["content"][before:]:
                 said = _text(block)
                 if said is None:
                     kept.append(block)
                     continue
                 take, remaining = _take_prefix(said, remaining)
+                cut = True
                 if take:
                     kept.append({"text": take})
             self._messages[at] = {"role": "assistant", "content": kept}
-            if generated:
-                meta.update(generated=generated, interrupted=True)
-        self._drop_empty(start)
+            if cut:
+                meta.update(generated=_texts(message), interrupted=True)
+        self._drop_empty(start.index)
+
+    def drop_unsent(self, start: Mark, unsent: str) -> None:
+        """Take ``unsent`` (words the relay writer withheld after the turn recorded them) off
+        the end of the assistant text since ``start``: with no word from Twilio on what was
+        heard, what was sent is what counts."""
+        unsent = unsent.strip()
+        for at in range(len(self._messages) - 1, start.index - 1, -1):
+            message = self._messages[at]
+            if message["role"] != "assistant":
+                continue
+            blocks = message["content"]
+            last = len(blocks) - 1
+            said = _text(blocks[last]) if blocks else None
+            if (said is None or last < (start.blocks if at == start.index else 0)
+                    or not unsent or not said.endswith(unsent)):
+                return
+            kept = said[:len(said) - len(unsent)].rstrip()
+            self._messages[at] = {"role": "assistant", "content": [
+                *blocks[:last], *([{"text": kept}] if kept else [])]}
+            self._meta[at].update(generated=_texts(message), interrupted=True)
+            self._drop_empty(start.index)
+            return
 
     def _drop_empty(self, start: int) -> None:
         rebuilt, meta = self._messages[:start], self._meta[:start]
@@ -211,12 +250,16 @@ class History:
     def last_assistant_text(self) -> str:
         for message in reversed(self._messages):
             if message["role"] == "assistant":
-                return " ".join(t for b in message["content"] if (t := _text(b)) is not None)
+                return _texts(message)
         return ""
 
     def has_tool_blocks(self) -> bool:
         return any("toolUse" in b or "toolResult" in b
                    for m in self._messages for b in m["content"])
+
+
+def _texts(message: Message) -> str:
+    return " ".join(t for b in message["content"] if (t := _text(b)) is not None)
 
 
 def _take_prefix(said: str, heard: str) -> tuple[str, str]:

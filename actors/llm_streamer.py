@@ -50,15 +50,23 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                     case BargeIn(heard=heard):
                         ctx.stats.barge_ins += 1
                         await slot.cancel_and_wait(reason="barge-in")
+                        unsent = ctx.marks.take_unrecorded()
                         if heard is not None:
                             ctx.history.apply_heard(mark, heard)
+                        elif unsent:
+                            ctx.history.drop_unsent(mark, unsent)
                     case UserSaid() | KeyPressed() if not ending:
+                        # Planned first: a key entry the use case ignores starts no turn, so
+                        # it must not cut the reply in flight either (with interruptible
+                        # "speech", Twilio goes on playing it).
+                        plan = _plan(ctx, command)
+                        if plan is None:
+                            log.info("key entry ignored: no handler, and the use case's "
+                                     "dtmf.default_to_model is false")
+                            continue
                         if slot.busy:
                             ctx.stats.superseded += 1
                         await slot.cancel_and_wait(reason="superseded")
-                        plan = _plan(ctx, command)
-                        if plan is None:
-                            continue
                         persist(ctx.history.take_sealed())
                         ctx.history.trim(ctx.max_history_messages)
                         ctx.history.add_user_text(_user_words(command))
@@ -78,6 +86,8 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                             continue
                         ending = True
                         log.info("ending the call", extra={"reason": reason})
+                        await slot.cancel_and_wait(reason="ending")
+                        mark = ctx.history.mark()   # a barge-in cuts the goodbye, not before
                         await slot.restart(partial(turn.run, ctx, turn.TurnPlan(
                             say_first=text, use_model=False, end_reason=reason)),
                             reason="ending")

@@ -84,12 +84,17 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
         model_error = type(err).__name__
         ctx.stats.model_errors += 1
         _log_model_error(ctx, err)
-        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await speaker.flush()           # what the model said before it failed
-            await speaker.say_text(APOLOGY_CUT if speaker.segment else APOLOGY_SILENT)
-        ctx.history.add_assistant(speaker.segment)
+        try:
+            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await speaker.flush()       # what the model said before it failed
+                await speaker.say_text(APOLOGY_CUT if speaker.segment else APOLOGY_SILENT)
+        except trio.Cancelled as cancel:    # the caller cut into the apology
+            cut_by = await _why_cancelled(cancel)
+            _record_cut(ctx, speaker, rounds)
+            raise
+        ctx.history.add_assistant(ctx.marks.sent_part(speaker.segment))
     else:
-        ctx.history.add_assistant(speaker.segment)
+        ctx.history.add_assistant(ctx.marks.sent_part(speaker.segment))
         if ctx.relay is not None and speaker.spoke:
             with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 for message in ctx.relay.for_agent(ctx.history.last_assistant_text()):

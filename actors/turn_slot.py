@@ -34,18 +34,20 @@ class CutMarks:
     thread and nothing here awaits.
     """
 
-    __slots__ = ("_cut_through", "_scope", "_turn", "withheld")
+    __slots__ = ("_cut_through", "_recorded", "_scope", "_turn", "withheld")
 
     def __init__(self) -> None:
         self._turn = 0                  # turns started so far; the newest may be speaking
         self._cut_through = -1          # the newest turn the caller cut off
         self._scope: trio.CancelScope | None = None     # the newest turn's
         self.withheld = ""              # the speaking turn's words the writer did not send
+        self._recorded = 0              # of ``withheld``, what ``sent_part`` took off
 
     def turn_started(self, scope: trio.CancelScope | None = None) -> None:
         self._turn += 1
         self._scope = scope
         self.withheld = ""
+        self._recorded = 0
 
     def turn_ended(self, scope: trio.CancelScope) -> None:
         """The turn is done: a cut has nothing left to cancel, so let its scope go."""
@@ -65,8 +67,18 @@ class CutMarks:
         """``segment`` (what the speaking turn handed the writer, in order) less the words
         the writer withheld, which are always its end."""
         if self.withheld and segment.endswith(self.withheld):
+            self._recorded = len(self.withheld)
             return segment[:len(segment) - len(self.withheld)]
         return segment
+
+    def take_unrecorded(self) -> str:
+        """Words the writer withheld after the turn recorded what it said (the turn's last
+        frame was handed over, the turn ended and recorded it, and only then did the writer
+        check the frame against a cut the reader had just marked), each returned once. They
+        were never heard: the streamer takes them off the history when Twilio does not say
+        what was heard."""
+        unrecorded, self._recorded = self.withheld[self._recorded:], len(self.withheld)
+        return unrecorded
 
     @property
     def speaking_cut(self) -> bool:

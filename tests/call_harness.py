@@ -79,9 +79,10 @@ async def open_test_call(llm: FakeLLM | LLM, *, use_case: UseCase | None = None,
                          registry: ToolRegistry | None = None,
                          store: MemoryStore | None = None,
                          resolve: Any = None,
-                         services_changes: dict[str, Any] | None = None
+                         services_changes: dict[str, Any] | None = None,
+                         socket: MemorySocket | None = None
                          ) -> AsyncIterator[TestCall]:
-    socket, writer, store = MemorySocket(), RecordingWriter(), store or MemoryStore()
+    socket, writer, store = socket or MemorySocket(), RecordingWriter(), store or MemoryStore()
     use_case = use_case or plain_use_case()
     plan = CallPlan(call_sid=CALL_SID, use_case=use_case, system_prompt=use_case.prompt,
                     model_id="test-model", greeting=use_case.welcome_greeting,

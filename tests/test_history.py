@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from actors.history import CALL_CONNECTED, History
+from actors.history import CALL_CONNECTED, History, Mark
 from voiceagent.llm.converse import converse_problems
 
 
@@ -31,6 +31,37 @@ def test_heard_text_spans_a_tool_round() -> None:
                                               {"toolUse": use("t1")}]
     assert history.messages[3] == {"role": "assistant", "content": [{"text": "It is nine"}]}
     assert converse_problems(history.for_request()) == []
+
+
+def test_a_turn_merged_into_the_reply_before_it_is_cut_alone() -> None:
+    """A re-prompt or goodbye follows a reply: its words join the reply's message, and the
+    mark taken before it says which blocks are its own."""
+    history = History()
+    history.add_user_text("hours?")
+    history.add_assistant("We open at nine.")
+    start = history.mark()
+    assert start == Mark(1, 1)
+    history.add_assistant("Are you still there?")
+    history.apply_heard(start, "Are")
+    assert history.messages[1]["content"] == [{"text": "We open at nine."}, {"text": "Are"}]
+    history.apply_heard(start, "")
+    assert history.messages[1]["content"] == [{"text": "We open at nine."}]
+    history.drop_unsent(start, " at nine.")         # before the mark: not this turn's words
+    assert history.messages[1]["content"] == [{"text": "We open at nine."}]
+    assert converse_problems(history.for_request()) == []
+
+
+def test_unsent_words_come_off_the_end_only_when_they_are_there() -> None:
+    history = History()
+    history.add_user_text("hours?")
+    start = history.mark()
+    history.add_assistant("Sure. We open at nine")
+    history.drop_unsent(start, " at ten")
+    assert history.messages[-1]["content"] == [{"text": "Sure. We open at nine"}]
+    history.drop_unsent(start, " We open at nine")
+    assert history.messages[-1]["content"] == [{"text": "Sure."}]
+    history.drop_unsent(start, "Sure.")
+    assert [m["role"] for m in history.messages] == ["user"]
 
 
 def test_nothing_heard_drops_text_but_keeps_answered_tool_uses() -> None:
@@ -169,7 +200,7 @@ def test_requests_share_unchanged_messages_and_never_see_later_changes() -> None
     assert second[1] is first[1]
     assert second[2] is not first[2]
     assert first[2] == {"role": "user", "content": [{"text": "a pizza"}]}
-    history.apply_heard(3, "A large pizza")
+    history.apply_heard(Mark(3), "A large pizza")
     third = history.for_request()
     assert third[3] == {"role": "assistant", "content": [{"text": "A large pizza"}]}
     assert second[3] == {"role": "assistant",

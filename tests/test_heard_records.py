@@ -1,0 +1,172 @@
+"""What the history records when the caller cuts in, in the corners a review of the actors
+(2026-12-05) found wrong: a re-prompt or goodbye that merges into the reply before it, an
+apology after a model error, a key entry the use case ignores, and the last words of a reply
+that the writer withheld after the turn had recorded them. Each failed before its fix.
+
+On trio's virtual clock, with the test playing Twilio (``open_test_call``) or, where the race
+is between two actors, playing the relay writer itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio.testing
+
+from actors import interrupt_handler, llm_streamer, tool_executor
+from actors.context import CallContext
+from actors.history import History
+from actors.messages import BargeIn, Outgoing, Text, Timed, TurnCommand, UserSaid
+from tests.call_harness import open_test_call, plain_use_case
+from tests.fakes import FakeLLM, MemorySocket, MemoryStore, words
+from voiceagent.errors import ModelStreamFailed
+from voiceagent.llm.base import TextDelta
+from voiceagent.llm.converse import converse_problems
+from voiceagent.tools.registry import ToolRegistry
+
+REPLY = "We open at nine and close at ten tonight."
+
+
+async def test_a_cut_reprompt_keeps_the_reply_before_it_whole(autojump_clock: Any) -> None:
+    """The re-prompt merges into the reply's message (roles alternate). A barge-in into it
+    cut nothing before: the mark stood after that message, so the whole re-prompt stayed."""
+    llm = FakeLLM([words(REPLY)])
+    async with open_test_call(llm, services_changes={"idle_reprompt_s": 5.0}) as call:
+        call.say("hours?")
+        await call.reply()
+        text, _ = await call.reply()                    # five silent seconds later
+        assert text == interrupt_handler.REPROMPT
+        call.interrupt(heard="Are you")
+        await trio.testing.wait_all_tasks_blocked()
+        assert call.history[-1] == {"role": "assistant",
+                                    "content": [{"text": REPLY}, {"text": "Are you"}]}
+    assert call.writer.persisted[-1][3]["interrupted"] is True
+    assert not llm.violations
+
+
+async def test_a_cut_goodbye_cuts_only_the_goodbye(autojump_clock: Any) -> None:
+    """The goodbye of a draining server, cut by the caller: before, the heard words were
+    matched from the reply's start, so the reply was replaced by the goodbye's first words."""
+    llm = FakeLLM([words(REPLY)])
+    async with open_test_call(llm) as call:
+        call.say("hours?")
+        await call.reply()
+        call.services.end_calls.set()
+        text, _ = await call.reply()
+        assert text.startswith(interrupt_handler.DRAINING[:20])
+        call.interrupt(heard="I'm sorry, we have")
+        await trio.testing.wait_all_tasks_blocked()
+        assert call.history[-1] == {"role": "assistant", "content": [
+            {"text": REPLY}, {"text": "I'm sorry, we have"}]}
+
+
+class GatedSocket(MemorySocket):
+    """Twilio's side, slow to take one frame: the writer's send of the first frame holding
+    ``when`` waits until the test releases it."""
+
+    def __init__(self, when: str) -> None:
+        super().__init__()
+        self.when = when
+        self.held = trio.Event()
+        self.release = trio.Event()
+
+    async def send(self, text: str) -> None:
+        if self.when in text and not self.release.is_set():
+            self.held.set()
+            await self.release.wait()
+        await super().send(text)
+
+
+async def test_a_barge_in_during_the_apology_records_what_was_heard(
+        autojump_clock: Any) -> None:
+    """The model failed after "We open"; the caller cut into the apology that followed. The
+    cut used to leave the turn's words out of the history altogether."""
+    socket = GatedSocket("Sorry")
+    llm = FakeLLM([[0.1, TextDelta("We open"),
+                    ModelStreamFailed("modelStreamErrorException", "x")],
+                   words("Back again.")])
+    async with open_test_call(llm, socket=socket) as call:
+        call.say("hours?")
+        await socket.held.wait()                # the apology's first word is on its way
+        call.interrupt(heard="We open")
+        await trio.testing.wait_all_tasks_blocked()
+        socket.release.set()
+        await trio.sleep(1)
+        assert call.history[-2:] == (
+            {"role": "user", "content": [{"text": "hours?"}]},
+            {"role": "assistant", "content": [{"text": "We open"}]})
+        assert call.report.turns.model_errors == 1
+        call.say("hours please")
+        while (await call.reply())[0] != "Back again.":
+            pass
+    assert not llm.violations
+
+
+async def test_an_ignored_key_entry_does_not_cut_the_reply(autojump_clock: Any) -> None:
+    """A key with no handler, in a use case that keeps keys from the model, starts no turn;
+    before, it still cancelled the reply in flight, which Twilio (interruptible "speech")
+    went on playing up to where our text stopped."""
+    use_case = plain_use_case(dtmf={"handlers": {"1": {"reply": "We open at nine."}},
+                                    "default_to_model": False})
+    llm = FakeLLM([words(REPLY, gap_s=0.5)])
+    async with open_test_call(llm, use_case=use_case) as call:
+        call.say("hours?")
+        assert (await call.frame())["token"] == "We"
+        call.dtmf("5")
+        call.dtmf("#")                          # an entry, "5": no handler, not for the model
+        text, _ = await call.reply()
+        assert "We" + text == REPLY
+        assert call.report.turns.superseded == 0
+    assert call.history[-2:] == (
+        {"role": "user", "content": [{"text": "hours?"}]},
+        {"role": "assistant", "content": [{"text": REPLY}]})
+
+
+async def test_words_the_writer_withholds_after_the_turn_recorded_them_are_not_kept(
+        autojump_clock: Any) -> None:
+    """With TOKEN_HOLD_MS, a reply's last frame carries the held text. The turn hands it to
+    the writer and records it; if the reader reads an interrupt before the writer checks the
+    frame, the writer withholds it, unheard. The test plays the writer to put the three in
+    that order (in a call it is up to the scheduler). Twilio says nothing of what was heard,
+    so what was sent counts: the withheld words must not be in the history."""
+    out_send, out_recv = trio.open_memory_channel[Outgoing](0)
+    commands_send, commands = trio.open_memory_channel[TurnCommand](0)
+    llm = FakeLLM([words("Sure. We open at nine and close at ten", gap_s=0.01)])
+    use_case = plain_use_case()
+    sent: list[str] = []
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            env = tool_executor.ToolEnv(call_sid="CA1", use_case=use_case,
+                                        registry=ToolRegistry(), store=MemoryStore(),
+                                        outbound=out_send.clone())
+            ctx = CallContext(call_sid="CA1", use_case=use_case, model_id="test-model",
+                              system_prompt=use_case.prompt, llm=llm, history=History(),
+                              outbound=out_send, tools=tool_executor.ToolExecutor(nursery, env),
+                              token_hold_s=0.2)
+            nursery.start_soon(lambda: llm_streamer.run(commands=commands, ctx=ctx,
+                                                        persist=lambda sealed: None))
+            async with commands_send:
+                await commands_send.send(UserSaid("hours?", received_at=0.0))
+                async for outgoing in out_recv:
+                    if isinstance(outgoing, Timed):
+                        outgoing.on_sent(trio.current_time())
+                        outgoing = outgoing.frame
+                    assert isinstance(outgoing, Text)
+                    if outgoing.last and outgoing.token:
+                        await trio.testing.wait_all_tasks_blocked()   # the turn recorded it
+                        ctx.marks.cut()                 # the reader reads an interrupt
+                        ctx.marks.withhold(outgoing.token)          # then the writer checks
+                        break
+                    sent.append(outgoing.token)
+                assert "".join(sent) == "Sure."
+                assert ctx.history.last_assistant_text().endswith("close at ten")
+                await commands_send.send(BargeIn(heard=None))
+                await trio.testing.wait_all_tasks_blocked()
+                assert ctx.history.messages[-1] == {"role": "assistant",
+                                                    "content": [{"text": "Sure."}]}
+                await commands_send.send(BargeIn(heard=None))       # once only
+                await trio.testing.wait_all_tasks_blocked()
+                assert ctx.history.messages[-1]["content"] == [{"text": "Sure."}]
+            nursery.cancel_scope.deadline = trio.current_time() + 5
+    assert converse_problems(ctx.history.for_request()) == []
