@@ -8,10 +8,11 @@
 The tool executor has no task of its own: each batch the streamer submits runs as a task in
 this nursery (``tool_executor.ToolExecutor``).
 
-The reader returning (the caller hung up, or Twilio closed after our ``end``) starts an
-orderly cascade: each actor closes its channel ends and the next one finishes. A deadline
-bounds the cascade; only a side-effect tool, shielded, may run to its own timeout. Whatever
-happens, sealed history is handed to the write-behind queue and flushed within a bound.
+The reader returning (the caller hung up, Twilio closed after our ``end``, or we gave up
+waiting for that: ``END_CLOSE_S``) starts an orderly cascade: each actor closes its channel
+ends and the next one finishes. A deadline bounds the cascade; only a side-effect tool,
+shielded, may run to its own timeout. Whatever happens, sealed history is handed to the
+write-behind queue and flushed within a bound.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ from voiceagent.usecases import UseCase
 log = logging.getLogger(__name__)
 
 TEARDOWN_S = 2.0                 # hang-up -> every actor finished (side-effect tools aside)
+# `end` sent -> we close the socket ourselves if Twilio has not (it does within ~90 ms): a
+# peer that is gone without a FIN (a dead NAT, a crashed proxy) would otherwise hold the
+# call, its MAX_CALLS slot and its session until TCP gives up, ~15 minutes later
+END_CLOSE_S = 10.0
 MAX_FRAMES_BEFORE_SETUP = 20
 INBOUND_BUFFER = 16              # absorbs a burst of frames while a barge-in is processed
 
@@ -173,8 +178,13 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
             on_turn=services.on_turn, relay=RelayControl.for_use_case(plan.use_case))
         marks = ctx.marks                            # reader marks, slot counts, writer obeys
         out_send.close()                             # each actor now holds its own clone
+        reading = trio.CancelScope()
+
+        def after_end() -> None:
+            reading.deadline = min(reading.deadline, trio.current_time() + END_CLOSE_S)
+
         nursery.start_soon(partial(relay_writer.run, socket=socket, outbound=out_recv,
-                                   stats=report.writer, marks=marks))
+                                   stats=report.writer, marks=marks, on_end=after_end))
         nursery.start_soon(partial(llm_streamer.run, commands=cmd_recv, ctx=ctx,
                                    persist=persist))
         policy = interrupt_handler.InputPolicy(
@@ -183,8 +193,13 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
             max_call_s=services.max_call_duration_s)
         nursery.start_soon(partial(interrupt_handler.run, inbound=in_recv, commands=cmd_send,
                                    policy=policy, ending=services.end_calls))
-        await relay_reader.run(socket=socket, inbound=in_send, stats=report.frames,
-                               max_frame_bytes=services.max_frame_bytes, marks=marks)
+        with reading:
+            await relay_reader.run(socket=socket, inbound=in_send, stats=report.frames,
+                                   max_frame_bytes=services.max_frame_bytes, marks=marks)
+        if reading.cancelled_caught:
+            log.warning("twilio did not close the socket after end; closing it",
+                        extra={"waited_s": END_CLOSE_S})
+            await socket.close(1000, "session ended")
         if report.frames.abusive:
             report.ended_by = "bad-frames"
             await socket.close(1008, "too many unusable frames")

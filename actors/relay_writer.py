@@ -10,6 +10,7 @@ frame still is, since it carries no word and closes the cycle.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import assert_never
 
 import trio
@@ -44,8 +45,10 @@ class WriterStats:
 
 
 async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoing],
-              stats: WriterStats, marks: CutMarks | None = None) -> None:
-    """Returns when every sender closed its end, or when the peer went away."""
+              stats: WriterStats, marks: CutMarks | None = None,
+              on_end: Callable[[], None] | None = None) -> None:
+    """Returns when every sender closed its end, or when the peer went away. ``on_end``: told
+    once ``end`` is on the socket (the supervisor then waits a while for Twilio to close)."""
     cycle_open = False
     ended = False
     with outbound:
@@ -90,3 +93,5 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
             if isinstance(message, End):
                 ended = stats.ended = True
                 log.info("end sent", extra={"handoff": message.handoff_data is not None})
+                if on_end is not None:
+                    on_end()

@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from actors import interrupt_handler
+from actors.call import END_CLOSE_S
 from actors.end_signal import EndSignal
 from actors.history import History
 from actors.interrupt_handler import DRAINING, IDLE_GOODBYE, REPROMPT
@@ -261,6 +262,25 @@ async def test_draining_ends_live_calls_politely(autojump_clock: Any) -> None:
         assert call.socket.pending() == []
         assert ending.waiters == 0
     assert ending.waiters == 0
+
+
+async def test_a_peer_that_never_closes_after_end_is_closed_by_us(autojump_clock: Any) -> None:
+    """Twilio closes the socket ~90 ms after our ``end``. A peer gone without a FIN (a dead
+    NAT or proxy) never does: the call, its slot and its session used to stay until TCP gave
+    up. Now we close it ourselves ``END_CLOSE_S`` after the end, and the call ends."""
+    llm = FakeLLM([words("Sure.")])
+    async with open_test_call(llm) as call:
+        call.say("hello")
+        await call.reply()
+        call.services.end_calls.set()
+        await call.reply()
+        assert (await call.frame())["type"] == "end"
+        ended_at = trio.current_time()
+        await call.done.wait()                      # the test, as Twilio, never closes
+        assert trio.current_time() - ended_at == pytest.approx(END_CLOSE_S)
+        assert call.socket.closed_with == (1000, "session ended")
+        assert call.report.ended_by == "end"
+        assert call.report.flushed
 
 
 async def test_a_call_set_up_while_the_server_drains_ends_at_once(autojump_clock: Any) -> None:

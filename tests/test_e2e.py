@@ -13,6 +13,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+import actors.call
 from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
 from voiceagent.app.caller import CallerError, Identity, open_call, post_form, release_transport
 from voiceagent.signature import sign
@@ -233,3 +234,24 @@ async def test_unknown_message_types_never_end_a_call(tmp_path: Path) -> None:
     report = server.runtime.calls.reports[-1]
     assert report.frames.rejected["unknown_type"] == 30
     assert report.ended_by == "bad-frames"
+
+
+async def test_the_server_closes_a_socket_left_open_after_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twilio closes the socket ~90 ms after our ``end``; a peer that never does (gone
+    without a FIN) is closed by the server ``END_CLOSE_S`` later, and the call ends."""
+    monkeypatch.setattr(actors.call, "END_CLOSE_S", 0.5)
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                await call.say("what are your hours?")
+                await call.read_reply()
+                server.runtime.end_calls.set()              # a goodbye, then `end`
+                while (await call.read_reply()).ended is None:
+                    pass
+                ended_at = trio.current_time()
+                assert await call.receive() is None         # we never close: the server does
+                assert call.closed_by_server == 1000
+                assert trio.current_time() - ended_at >= 0.5
+            await server.runtime.calls.wait_idle()
+    assert server.runtime.calls.reports[-1].ended_by == "end"
