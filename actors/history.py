@@ -34,6 +34,10 @@ class Mark:
     index: int
     blocks: int = 0
 
+    def after_trim(self, dropped: int) -> Mark | None:
+        """This mark once ``History.trim`` dropped ``dropped`` messages; None if it went."""
+        return Mark(self.index - dropped, self.blocks) if self.index >= dropped else None
+
 
 def _text(block: dict[str, Any]) -> str | None:
     value = block.get("text")
@@ -166,6 +170,18 @@ class History:
                 meta.update(generated=_texts(message), interrupted=True)
         self._drop_empty(start.index)
 
+    def fits(self, start: Mark, heard: str) -> bool:
+        """Whether ``heard`` can be what the caller heard of the words since ``start``: one
+        begins the other (case and spacing aside). Nothing heard fits any turn."""
+        heard = _normal(heard)
+        said = _normal(" ".join(
+            t for at in range(start.index, len(self._messages))
+            if self._messages[at]["role"] == "assistant"
+            for b in self._messages[at]["content"][start.blocks if at == start.index else 0:]
+            if (t := _text(b)) is not None))
+        shorter = min(len(heard), len(said))
+        return not heard or (shorter > 0 and heard[:shorter] == said[:shorter])
+
     def drop_unsent(self, start: Mark, unsent: str) -> None:
         """Take ``unsent`` (words the relay writer withheld after the turn recorded them) off
         the end of the assistant text since ``start``: with no word from Twilio on what was
@@ -256,6 +272,10 @@ class History:
     def has_tool_blocks(self) -> bool:
         return any("toolUse" in b or "toolResult" in b
                    for m in self._messages for b in m["content"])
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.casefold().split())
 
 
 def _texts(message: Message) -> str:

@@ -18,6 +18,7 @@ import trio
 
 from actors import turn
 from actors.context import CallContext
+from actors.history import History, Mark
 from actors.messages import (
     BargeIn,
     EndCall,
@@ -43,7 +44,7 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
     with commands, ctx.outbound, ctx.tools:
         async with trio.open_nursery() as nursery:
             slot = TurnSlot(nursery, ctx.marks)
-            mark = ctx.history.session_start    # where the last turn's messages start
+            playing = _Playing(ctx.history.session_start)
             ending = False                      # EndCall sent: no new turns
             async for command in commands:
                 match command:
@@ -52,9 +53,9 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                         await slot.cancel_and_wait(reason="barge-in")
                         unsent = ctx.marks.take_unrecorded()
                         if heard is not None:
-                            ctx.history.apply_heard(mark, heard)
+                            ctx.history.apply_heard(playing.cut(ctx.history, heard), heard)
                         elif unsent:
-                            ctx.history.drop_unsent(mark, unsent)
+                            ctx.history.drop_unsent(playing.newest, unsent)
                     case UserSaid() | KeyPressed() if not ending:
                         # Planned first: a key entry the use case ignores starts no turn, so
                         # it must not cut the reply in flight either (with interruptible
@@ -68,17 +69,17 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                             ctx.stats.superseded += 1
                         await slot.cancel_and_wait(reason="superseded")
                         persist(ctx.history.take_sealed())
-                        ctx.history.trim(ctx.max_history_messages)
+                        dropped = ctx.history.trim(ctx.max_history_messages)
                         ctx.history.add_user_text(_user_words(command))
                         if ctx.log_content:
                             log.debug("caller said", extra={
                                 "text": redact(_user_words(command))})
-                        mark = ctx.history.mark()
+                        playing.started(ctx.history.mark(), dropped)
                         ctx.stats.turns += 1
                         await slot.restart(partial(_turn, ctx, plan, command, ctx.stats.turns))
                     case Reprompt(text=text):
                         if not slot.busy and not ending:
-                            mark = ctx.history.mark()
+                            playing.started(ctx.history.mark())
                             await slot.restart(partial(
                                 turn.run, ctx, turn.TurnPlan(say_first=text, use_model=False)))
                     case EndCall(text=text, reason=reason):
@@ -87,7 +88,7 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                         ending = True
                         log.info("ending the call", extra={"reason": reason})
                         await slot.cancel_and_wait(reason="ending")
-                        mark = ctx.history.mark()   # a barge-in cuts the goodbye, not before
+                        playing.started(ctx.history.mark())
                         await slot.restart(partial(turn.run, ctx, turn.TurnPlan(
                             say_first=text, use_model=False, end_reason=reason)),
                             reason="ending")
@@ -96,6 +97,32 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                     case _:
                         assert_never(command)
             await slot.cancel_and_wait(reason="hangup")
+
+
+class _Playing:
+    """Where the turns begin whose words Twilio may still be playing: the newest, and the one
+    before it, whose audio a new turn queues behind when a prompt came while it played (with
+    reportInputDuringAgentSpeech, a "mhm"). Twilio's interrupt says what was heard of the
+    reply playing, so the heard words go to the newest turn they fit, and everything after
+    that turn's start, thrown away by Twilio unheard, is cut with it."""
+
+    __slots__ = ("earlier", "newest")
+
+    def __init__(self, start: Mark) -> None:
+        self.earlier: Mark | None = None
+        self.newest = start
+
+    def started(self, start: Mark, dropped: int = 0) -> None:
+        """A turn starts at ``start``, after ``History.trim`` dropped ``dropped`` messages."""
+        self.earlier, self.newest = self.newest.after_trim(dropped), start
+
+    def cut(self, history: History, heard: str) -> Mark:
+        """The start to cut from; after the cut, nothing before it plays."""
+        if self.earlier is not None and not history.fits(self.newest, heard) \
+                and history.fits(self.earlier, heard):
+            self.newest = self.earlier
+        self.earlier = None
+        return self.newest
 
 
 async def _turn(ctx: CallContext, plan: turn.TurnPlan, command: UserSaid | KeyPressed,

@@ -170,3 +170,44 @@ async def test_words_the_writer_withholds_after_the_turn_recorded_them_are_not_k
                 assert ctx.history.messages[-1]["content"] == [{"text": "Sure."}]
             nursery.cancel_scope.deadline = trio.current_time() + 5
     assert converse_problems(ctx.history.for_request()) == []
+
+
+async def test_an_interrupt_into_an_earlier_reply_still_playing_cuts_that_reply(
+        autojump_clock: Any) -> None:
+    """With reportInputDuringAgentSpeech, a prompt ("mhm") can start a turn while Twilio
+    still plays the reply before it; the new reply queues behind. An interrupt then says
+    what was heard of the reply playing, the earlier one: that reply is cut to it, and the
+    queued one, which Twilio threw away unheard, is dropped. Before, the heard words were
+    matched against the newest reply and replaced it."""
+    llm = FakeLLM([words(REPLY), words("Sure, anything else?")])
+    async with open_test_call(llm) as call:
+        call.say("hours?")
+        await call.reply()
+        call.say("mhm")
+        text, _ = await call.reply()
+        assert text == "Sure, anything else?"
+        call.interrupt(heard="We open at nine")
+        await trio.testing.wait_all_tasks_blocked()
+        assert call.history[-3:] == (
+            {"role": "user", "content": [{"text": "hours?"}]},
+            {"role": "assistant", "content": [{"text": "We open at nine"}]},
+            {"role": "user", "content": [{"text": "mhm"}]})
+        call.say("what about Sunday?")
+        await call.reply()
+    assert not llm.violations
+
+
+async def test_an_interrupt_into_the_newest_reply_leaves_the_earlier_one_whole(
+        autojump_clock: Any) -> None:
+    llm = FakeLLM([words(REPLY), words("Sure, anything else?")])
+    async with open_test_call(llm) as call:
+        call.say("hours?")
+        await call.reply()
+        call.say("mhm")
+        await call.reply()
+        call.interrupt(heard="Sure, any")
+        await trio.testing.wait_all_tasks_blocked()
+        assert call.history[-3:] == (
+            {"role": "assistant", "content": [{"text": REPLY}]},
+            {"role": "user", "content": [{"text": "mhm"}]},
+            {"role": "assistant", "content": [{"text": "Sure, any"}]})

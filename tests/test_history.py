@@ -230,3 +230,17 @@ def test_a_request_body_built_from_shared_messages_leaves_them_as_they_were() ->
     json.dumps(body)
     assert shared == before
     assert history.for_request()[0] is shared[0]
+
+
+def test_heard_words_fit_a_turn_when_one_begins_the_other() -> None:
+    history = History()
+    history.add_user_text("hours?")
+    start = history.mark()
+    history.add_assistant("We open at nine.")
+    assert history.fits(start, "we  OPEN at")                  # case and spacing aside
+    assert history.fits(start, "We open at nine. Anything else")   # more than this turn
+    assert history.fits(start, "")
+    assert not history.fits(start, "Sure, anything")
+    assert not history.fits(history.mark(), "We open")          # nothing said since
+    assert Mark(5, 1).after_trim(2) == Mark(3, 1)
+    assert Mark(1).after_trim(2) is None
