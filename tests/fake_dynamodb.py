@@ -37,6 +37,7 @@ from voiceagent.store.dynamodb_http import make_http
 
 TABLE = "fake-table"
 ERROR_PREFIX = "com.amazonaws.dynamodb.v20120810#"
+REQUEST_BYTES_MAX = 16 * 1024 * 1024      # DynamoDB refuses a larger BatchWriteItem
 _AUTHORIZATION = re.compile(
     r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<scope>(?P<date>\d{8})/(?P<region>[^/]+)/"
     r"(?P<service>[^/]+)/aws4_request), SignedHeaders=(?P<signed>[a-z0-9;-]+), "
@@ -246,6 +247,9 @@ class FakeDynamoDB:
         if reply.kind == "error":
             return reply.status, {"__type": ERROR_PREFIX + reply.code,
                                   "message": f"fake: {reply.code}"}
+        if seen.operation == "BatchWriteItem" and len(seen.body) > REQUEST_BYTES_MAX:
+            return 400, {"__type": ERROR_PREFIX + "ValidationException",
+                         "message": "The total request size exceeds 16 MB."}     # as DynamoDB
         if seen.operation == "GetItem":
             key = seen.payload["Key"]
             found = self.items.get((key["pk"]["S"], key["sk"]["S"]))

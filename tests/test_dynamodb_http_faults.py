@@ -49,6 +49,30 @@ async def fake(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         yield server
 
 
+async def test_large_items_outside_ascii_are_batched_within_dynamodbs_16_mb(
+        fake: FakeDynamoDB) -> None:
+    """25 items just under 400 KB each, in Chinese: 10 MB as DynamoDB counts them, ~20 MB as
+    JSON on the wire (a 3-byte character takes six as an escape). DynamoDB refuses a batch over
+    16 MB as a whole (ValidationException, permanent), so the write-behind queue would have
+    dropped every item with it. The batches are now cut to fit."""
+    text = "中" * 130_000                       # 390,000 bytes
+    items = [item(f"chat::{n:02d}", text=text) for n in range(25)]
+    with trio.fail_after(20):
+        async with http_store(fake.endpoint_url) as store:
+            await store.put_many(items)
+    sizes = [len(seen.body) for seen in fake.requests]
+    assert len(sizes) > 1
+    assert all(size <= 16 * 1024 * 1024 for size in sizes), sizes
+    assert sorted(sk for _, sk in fake.items) == [f"chat::{n:02d}" for n in range(25)]
+
+
+def test_small_items_still_go_25_to_a_batch() -> None:
+    from voiceagent.store.dynamodb_values import batches
+    encoded = [((PHONE, f"chat::{n:03d}"), {"pk": {"S": PHONE}, "sk": {"S": f"chat::{n:03d}"},
+                                            "text": {"S": "x" * 2000}}) for n in range(60)]
+    assert [len(batch) for batch in batches(encoded)] == [25, 25, 10]
+
+
 @pytest.mark.parametrize(("status", "code", "permanent"), [
     (500, "InternalServerError", False),
     (400, "ValidationException", True),

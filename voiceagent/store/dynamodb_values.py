@@ -17,6 +17,13 @@ from voiceagent.store.dynamodb_http import DynamoDBHttpError
 
 Key = tuple[str, str]                # (pk, sk)
 
+REQUEST_BYTES_MAX = 16 * 1024 * 1024   # BatchWriteItem refuses a larger request, all of it
+# On the wire a value's byte takes at most 6 (JSON writes a control character as \u00XX, and
+# a 3-byte character as one \uXXXX); wrappers and type tags are counted per item
+WIRE_BYTES_PER_BYTE = 6
+WIRE_BYTES_PER_ITEM = 1024
+BATCH_WIRE_BYTES = REQUEST_BYTES_MAX - 64 * 1024      # room for the request's envelope
+
 
 def to_dynamo(value: Any, where: str) -> Any:
     """Plain values as TypeSerializer takes them: floats become Decimals (exactly the
@@ -93,13 +100,20 @@ def where(keys: Sequence[Key]) -> str:
 
 def batches(encoded: Sequence[tuple[Key, dict[str, Any]]]
              ) -> Iterator[list[tuple[Key, dict[str, Any]]]]:
+    """BatchWriteItem requests: at most ``BATCH_LIMIT`` items, no key twice, and within its
+    16 MB. Items of up to 400 KB each, written as JSON, can pass 16 MB at 25 (text outside
+    ASCII doubles on the wire), and DynamoDB would refuse the whole batch, good items too."""
     batch: list[tuple[Key, dict[str, Any]]] = []
     keys: set[Key] = set()
+    wire = 0
     for entry in encoded:
-        if len(batch) == BATCH_LIMIT or entry[0] in keys:
+        size = WIRE_BYTES_PER_BYTE * item_size(entry[1]) + WIRE_BYTES_PER_ITEM
+        if batch and (len(batch) == BATCH_LIMIT or entry[0] in keys
+                      or wire + size > BATCH_WIRE_BYTES):
             yield batch
-            batch, keys = [], set()
+            batch, keys, wire = [], set(), 0
         batch.append(entry)
         keys.add(entry[0])
+        wire += size
     if batch:
         yield batch
