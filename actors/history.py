@@ -10,6 +10,7 @@ next message; and an assistant message records what the caller heard.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,9 +18,12 @@ from typing import Any
 
 from voiceagent.llm.base import Message
 
+log = logging.getLogger(__name__)
+
 CALL_CONNECTED = "(The call has connected.)"   # stands before a greeting: Converse must open
                                                # with a user message
 _CALL_CONNECTED_MESSAGE: Message = {"role": "user", "content": [{"text": CALL_CONNECTED}]}
+MAX_UNANSWERED_CHARS = 8000      # caller words one user message keeps (4 prompts at the cap)
 LOST_RESULT = ("The call's connection dropped before this tool's result was recorded; "
                "whether it ran is unknown. Check before repeating it.")
 
@@ -106,6 +110,31 @@ class History:
         text = text.strip()
         if text:
             self._append("user", [{"text": text}])
+            self._cap_caller_words()
+
+    def _cap_caller_words(self) -> None:
+        """Prompts the agent never answered (each reply cut before a word was heard) merge
+        into one user message; a caller who keeps cutting in, or a noisy line, would grow it
+        without end, and every model request and store write carries all of it. Past
+        ``MAX_UNANSWERED_CHARS`` its oldest words go (tool results stay)."""
+        blocks = self._messages[-1]["content"]
+        total = sum(len(t) for b in blocks if (t := _text(b)) is not None)
+        if total <= MAX_UNANSWERED_CHARS:
+            return
+        kept: list[dict[str, Any]] = []
+        dropped = 0
+        for at, block in enumerate(blocks):
+            said = _text(block)
+            if said is not None and total > MAX_UNANSWERED_CHARS and at < len(blocks) - 1:
+                total -= len(said)
+                dropped += 1
+                continue
+            kept.append(block)
+        self._messages[-1] = {"role": "user", "content": kept}
+        meta = self._meta[-1]
+        meta["words_dropped"] = int(meta.get("words_dropped", 0)) + dropped
+        log.warning("unanswered caller words dropped", extra={
+            "prompts": dropped, "limit_chars": MAX_UNANSWERED_CHARS})
 
     def add_assistant(self, text: str, tool_uses: Sequence[dict[str, Any]] = ()) -> None:
         """Record what the assistant said (right-stripped: Converse rejects trailing blanks)

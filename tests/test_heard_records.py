@@ -16,7 +16,7 @@ import trio.testing
 
 from actors import interrupt_handler, llm_streamer, tool_executor
 from actors.context import CallContext
-from actors.history import History
+from actors.history import MAX_UNANSWERED_CHARS, History
 from actors.messages import BargeIn, Outgoing, Text, Timed, TurnCommand, UserSaid
 from tests.call_harness import open_test_call, plain_use_case
 from tests.fakes import FakeLLM, MemorySocket, MemoryStore, words
@@ -211,3 +211,23 @@ async def test_an_interrupt_into_the_newest_reply_leaves_the_earlier_one_whole(
             {"role": "assistant", "content": [{"text": REPLY}]},
             {"role": "user", "content": [{"text": "mhm"}]},
             {"role": "assistant", "content": [{"text": "Sure, any"}]})
+
+
+async def test_a_caller_who_keeps_cutting_in_does_not_grow_the_request(
+        autojump_clock: Any) -> None:
+    """Each reply cut before a word was heard leaves the caller's words unanswered, and the
+    next prompt merges into them: 40 such rounds grew one message to 60,000 characters, sent
+    with every model request. It is capped; the newest words are kept."""
+    llm = FakeLLM([words(REPLY, gap_s=0.5)])
+    async with open_test_call(llm) as call:
+        for n in range(40):
+            call.say(f"round {n} " + "blah " * 300)
+            await call.frame()
+            call.interrupt(heard="")
+            await trio.sleep(1)
+        await trio.testing.wait_all_tasks_blocked()
+        last = call.history[-1]
+        assert last["role"] == "user"
+        assert sum(len(b["text"]) for b in last["content"]) <= MAX_UNANSWERED_CHARS
+        assert last["content"][-1]["text"].startswith("round 39 ")
+        assert len(str(llm.requests[-1].messages)) < 2 * MAX_UNANSWERED_CHARS

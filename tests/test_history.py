@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from actors.history import CALL_CONNECTED, History, Mark
+from actors.history import CALL_CONNECTED, MAX_UNANSWERED_CHARS, History, Mark
 from voiceagent.llm.converse import converse_problems
 
 
@@ -244,3 +244,20 @@ def test_heard_words_fit_a_turn_when_one_begins_the_other() -> None:
     assert not history.fits(history.mark(), "We open")          # nothing said since
     assert Mark(5, 1).after_trim(2) == Mark(3, 1)
     assert Mark(1).after_trim(2) is None
+
+
+def test_unanswered_caller_words_are_capped_oldest_first() -> None:
+    history = History()
+    history.add_user_text("order")
+    history.add_assistant("", [use("t1")])
+    history.add_tool_results([result("t1")])       # the reply after it was cut unheard
+    for n in range(30):
+        history.add_user_text(f"{n:02d} " + "word " * 200)
+    blocks = history.messages[-1]["content"]
+    texts = [b["text"] for b in blocks if "text" in b]
+    assert sum(map(len, texts)) <= MAX_UNANSWERED_CHARS
+    assert texts[-1].startswith("29 ")              # the newest words stay
+    assert blocks[0] == result("t1")                # a tool result is never dropped
+    history.add_user_text("x" * (MAX_UNANSWERED_CHARS + 10))   # alone over: still kept
+    assert history.messages[-1]["content"][-1]["text"].startswith("xxx")
+    assert converse_problems(history.for_request()) == []

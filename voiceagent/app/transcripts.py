@@ -128,6 +128,8 @@ def _block_lines(block: Mapping[str, Any], role: Any, meta: Mapping[str, Any], o
         if meta.get("interrupted"):
             notes.append("barge-in: the line above is what the caller heard")
             notes.append(f"generated: {_one_line(str(meta.get('generated', '')))}")
+        if meta.get("words_dropped"):
+            notes.append(f"{meta['words_dropped']} earlier unanswered prompts dropped (cap)")
         return [Line(offset, speaker, _one_line(block["text"]), tuple(notes))]
     use = block.get("toolUse")
     if isinstance(use, Mapping):
