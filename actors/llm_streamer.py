@@ -52,10 +52,11 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                         ctx.stats.barge_ins += 1
                         await slot.cancel_and_wait(reason="barge-in")
                         unsent = ctx.marks.take_unrecorded()
+                        start = playing.cut(ctx.history, heard)
                         if heard is not None:
-                            ctx.history.apply_heard(playing.cut(ctx.history, heard), heard)
+                            ctx.history.apply_heard(start, heard)
                         elif unsent:
-                            ctx.history.drop_unsent(playing.newest, unsent)
+                            ctx.history.drop_unsent(start, unsent)
                     case UserSaid() | KeyPressed() if not ending:
                         # Planned first: a key entry the use case ignores starts no turn, so
                         # it must not cut the reply in flight either (with interruptible
@@ -106,22 +107,25 @@ class _Playing:
     reply playing, so the heard words go to the newest turn they fit, and everything after
     that turn's start, thrown away by Twilio unheard, is cut with it."""
 
-    __slots__ = ("earlier", "newest")
+    __slots__ = ("earlier", "newest", "purged")
 
     def __init__(self, start: Mark) -> None:
         self.earlier: Mark | None = None
         self.newest = start
+        self.purged = False         # a barge-in since ``newest`` started: it plays no more
 
     def started(self, start: Mark, dropped: int = 0) -> None:
         """A turn starts at ``start``, after ``History.trim`` dropped ``dropped`` messages."""
-        self.earlier, self.newest = self.newest.after_trim(dropped), start
+        self.earlier = None if self.purged else self.newest.after_trim(dropped)
+        self.newest, self.purged = start, False
 
-    def cut(self, history: History, heard: str) -> Mark:
-        """The start to cut from; after the cut, nothing before it plays."""
-        if self.earlier is not None and not history.fits(self.newest, heard) \
-                and history.fits(self.earlier, heard):
+    def cut(self, history: History, heard: str | None) -> Mark:
+        """The start to cut from (``heard``: Twilio's words, if it said); after the cut,
+        nothing before it plays."""
+        if heard is not None and self.earlier is not None \
+                and not history.fits(self.newest, heard) and history.fits(self.earlier, heard):
             self.newest = self.earlier
-        self.earlier = None
+        self.earlier, self.purged = None, True
         return self.newest
 
 

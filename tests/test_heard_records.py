@@ -231,3 +231,23 @@ async def test_a_caller_who_keeps_cutting_in_does_not_grow_the_request(
         assert sum(len(b["text"]) for b in last["content"]) <= MAX_UNANSWERED_CHARS
         assert last["content"][-1]["text"].startswith("round 39 ")
         assert len(str(llm.requests[-1].messages)) < 2 * MAX_UNANSWERED_CHARS
+
+
+async def test_a_reply_cut_once_is_never_taken_for_one_still_playing(
+        autojump_clock: Any) -> None:
+    """After a barge-in Twilio has thrown away everything queued: the reply it cut cannot be
+    the one an interrupt into the next turn is about, even when the heard words fit it
+    better (here, Twilio's rendering of the new reply differs from our text)."""
+    llm = FakeLLM([words(REPLY), words("Sure, 2 large pizzas.")])
+    async with open_test_call(llm) as call:
+        call.say("hours?")
+        await call.reply()
+        call.interrupt(heard="We open at nine and close")
+        call.say("and pizza?")
+        await call.reply()
+        call.interrupt(heard="We")          # fits the cut reply, not "Sure, ..."
+        await trio.testing.wait_all_tasks_blocked()
+        assert call.history[-3:] == (
+            {"role": "assistant", "content": [{"text": "We open at nine and close"}]},
+            {"role": "user", "content": [{"text": "and pizza?"}]},
+            {"role": "assistant", "content": [{"text": "We"}]})
