@@ -28,6 +28,7 @@ from types import TracebackType
 import trio
 
 from actors.messages import Outgoing, ToolBatch, ToolCall, ToolOutcome
+from voiceagent import jsonlimits
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 from voiceagent.tools.base import ToolContext, ToolDefinition, ToolLog
@@ -167,6 +168,15 @@ async def _invoke(call: ToolCall, definition: ToolDefinition, timeout_s: float |
     elapsed = trio.current_time() - started
     if not isinstance(result, Mapping):
         return _error(call, "returned something that is not a JSON object", definition)
+    try:
+        result, changed = jsonlimits.plain(result)
+    except ValueError as err:
+        log.warning("tool result cannot be JSON", extra={"tool": call.name,
+                                                         "problem": str(err)[:200]})
+        return _error(call, f"returned a result JSON cannot hold: {err}"[:300], definition)
+    if changed:
+        log.warning("tool result changed to fit JSON; return text, numbers, lists and dicts",
+                    extra={"tool": call.name, "changed": sorted(set(changed))[:10]})
     log.info("tool done", extra={"tool": call.name, "duration_ms": round(elapsed * 1000)})
     return ToolOutcome(call.tool_use_id, call.name, "success", dict(result),
                        side_effect=definition.side_effect, duration_s=elapsed,
@@ -186,5 +196,5 @@ def _context(call: ToolCall, definition: ToolDefinition, env: ToolEnv) -> ToolCo
 
 def _error(call: ToolCall, reason: str, definition: ToolDefinition | None = None
            ) -> ToolOutcome:
-    return ToolOutcome(call.tool_use_id, call.name, "error", reason,
+    return ToolOutcome(call.tool_use_id, call.name, "error", jsonlimits.valid_text(reason),
                        side_effect=definition is not None and definition.side_effect)

@@ -322,6 +322,40 @@ async def test_a_failing_or_hanging_tool_becomes_an_error_result(
     assert result["content"][0]["text"].startswith(reason)
 
 
+async def test_a_tool_result_json_cannot_hold_is_made_plain_not_fatal(
+        autojump_clock: Any) -> None:
+    """A plugin returning a datetime, a Decimal, NaN, a set or a lone surrogate: the history
+    used to keep them as they were, and the real Bedrock backend's serializer then raised
+    TypeError in the next model round, ending the call (1011). Made JSON at the executor,
+    with a warning for the plugin's author; failing the tool could make the model repeat a
+    side effect."""
+    import datetime
+    from decimal import Decimal
+
+    from voiceagent.llm.bedrock_converse import build_converse_request
+    from voiceagent.llm.bedrock_signing import request_body
+
+    async def quote(ctx: Any, args: Any) -> dict[str, Any]:
+        return {"at": datetime.date(2026, 12, 5), "price": Decimal("9.50"),
+                "rating": float("nan"), "tags": {"veg"}, "note": "caf\ud800e"}
+
+    registry = ToolRegistry([ToolDefinition("quote", quote, side_effect=True)])
+    llm = FakeLLM([tool_use("tu_1", "quote"), words("Nine fifty.")])
+    use_case = plain_use_case(tools=[{"name": "quote", "description": "x"}])
+    async with open_test_call(llm, use_case=use_case, registry=registry) as call:
+        call.say("how much?")
+        text, _ = await call.reply()
+        assert text == "Nine fifty."
+    result = call.history[3]["content"][0]["toolResult"]
+    assert result["status"] == "success"
+    assert result["content"][0]["json"] == {
+        "at": "2026-12-05", "price": "9.50", "rating": None, "tags": "{'veg'}",
+        "note": "caf\ufffde"}
+    _, body = request_body(build_converse_request(llm.requests[-1]))   # the real serializer
+    assert b'"price":"9.50"' in body
+    assert call.report.ended_by == "hangup"
+
+
 def test_history_is_trimmed_in_valid_pairs() -> None:
     history = History()
     history.add_assistant("Welcome.")

@@ -162,3 +162,23 @@ def test_tool_input_handed_over_as_a_dict_is_bounded_before_the_schema_is() -> N
             deeper = {"a": deeper}
         assert registry.validate_input(declaration, deeper) == [
             f"input: nested deeper than {jsonlimits.MAX_DEPTH} levels"]
+
+
+def test_plain_says_what_changed_and_refuses_what_cannot_be_json() -> None:
+    value, changed = jsonlimits.plain({"n": 1, "x": [float("inf")], "s": "ok"})
+    assert value == {"n": 1, "x": [None], "s": "ok"}
+    assert changed == ["Infinity as null"]
+    assert jsonlimits.plain({"a": [1, {"b": "c"}]}) == ({"a": [1, {"b": "c"}]}, [])
+    circular: dict[str, object] = {}
+    circular["self"] = circular
+    for bad, why in ((circular, "nested deeper"), ({("a", "b"): 1}, "keys must be"),
+                     ({"deep": _nested(40)}, "nested deeper than 32")):
+        with pytest.raises(ValueError, match=why):
+            jsonlimits.plain(bad)
+
+
+def _nested(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = [value]
+    return value

@@ -12,6 +12,7 @@ when the text has enough brackets to exceed the bound at all, so ordinary frames
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 MAX_DEPTH = 32
@@ -66,3 +67,40 @@ def depth(value: Any, *, limit: int = MAX_DEPTH) -> int:
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, level + 1) for child in children)
     return deepest
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD. JSON's ``\\uD83D\\uDE00`` pairs
+    are joined by the decoder already, so whatever surrogate is left is one on its own, and
+    UTF-8 (a model request, the store) cannot encode it."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
+def plain(value: Any) -> tuple[Any, list[str]]:
+    """``value`` as JSON holds it, for what came from code we do not control (a tool's
+    result), and what had to change. The model request and the store serialize it later,
+    far from the tool, where a ``datetime`` would end the call; failing the tool instead
+    could make the model run a side effect again. So values JSON has no type for become
+    their text, NaN and infinities null, and a lone surrogate U+FFFD (UTF-8 cannot encode
+    it). ``ValueError`` for what cannot be made JSON: too deep, circular, a non-text key."""
+    if depth(value) > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    changed: list[str] = []
+
+    def as_text(other: Any) -> str:
+        changed.append(f"{type(other).__name__} as text")
+        return str(other)
+
+    def as_null(constant: str) -> None:
+        changed.append(f"{constant} as null")
+
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=as_text)
+    except (TypeError, ValueError, RecursionError) as err:
+        raise ValueError(str(err)) from None
+    if (cleaned := valid_text(text)) != text:
+        changed.append("lone surrogate as U+FFFD")
+    return json.loads(cleaned, parse_constant=as_null), changed

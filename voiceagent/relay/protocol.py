@@ -161,7 +161,6 @@ class _BadField(Exception):
 _Frame = dict[str, object]
 
 _LOGGABLE_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,40}")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _DTMF_DIGITS = frozenset("0123456789*#ABCD")  # A-D: Telnyx
 
 
@@ -285,10 +284,7 @@ def _required_str(frame: _Frame, key: str) -> str:
     return _valid_text(value)
 
 
-def _valid_text(text: str) -> str:
-    """``text`` with each lone surrogate replaced by U+FFFD. JSON's ``\\uD83D\\uDE00`` pairs
-    are joined by the decoder already, so whatever surrogate is left is one on its own."""
-    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+_valid_text = jsonlimits.valid_text
 
 
 def _optional_str(frame: _Frame, key: str) -> str | None:
