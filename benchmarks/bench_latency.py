@@ -435,8 +435,9 @@ def main() -> int:
                         help="a setting for our server (repeatable), to see what it costs: "
                              "e.g. LOG_LEVEL=WARNING")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                        help="sample the server with py-spy (pip install py-spy; root or "
-                             "ptrace rights) through each loaded phase; flame graphs to DIR")
+                        help="sample the server with py-spy (pip install "
+                             "'voiceagent[profile]'; root or ptrace rights) through each "
+                             "loaded phase; flame graphs to DIR")
     parser.add_argument("--repeat", type=int, default=1, metavar="R",
                         help="run each level R times on fresh stacks; goals are checked on "
                              "the median (one stall of this shared machine moves a p99)")

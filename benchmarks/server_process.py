@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -116,6 +117,8 @@ def profiling(folder: Path | None, pids: tuple[int, ...], name: str) -> Iterator
     if folder is None:
         yield
         return
+    if shutil.which("py-spy") is None:
+        raise SystemExit("--profile needs py-spy on PATH: pip install 'voiceagent[profile]'")
     folder.mkdir(parents=True, exist_ok=True)
     spies = []
     for n, pid in enumerate(pids):
