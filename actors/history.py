@@ -178,6 +178,8 @@ class History:
         Assistant messages left with nothing are removed and the neighbours merged.
         """
         remaining = heard.strip()
+        # An earlier turn's message may be in the store already: what changes is stored again
+        self._sealed = min(self._sealed, start.index)
         for at in range(start.index, len(self._messages)):
             message, meta = self._messages[at], self._meta[at]
             if message["role"] != "assistant":
@@ -227,6 +229,7 @@ class History:
                     or not unsent or not said.endswith(unsent)):
                 return
             kept = said[:len(said) - len(unsent)].rstrip()
+            self._sealed = min(self._sealed, at)
             self._messages[at] = {"role": "assistant", "content": [
                 *blocks[:last], *([{"text": kept}] if kept else [])]}
             self._meta[at].update(generated=_texts(message), interrupted=True)

@@ -19,7 +19,7 @@ from actors.context import CallContext
 from actors.history import MAX_UNANSWERED_CHARS, History
 from actors.messages import BargeIn, Outgoing, Text, Timed, TurnCommand, UserSaid
 from tests.call_harness import open_test_call, plain_use_case
-from tests.fakes import FakeLLM, MemorySocket, MemoryStore, words
+from tests.fakes import FakeLLM, MemorySocket, MemoryStore, tool_use, words
 from voiceagent.errors import ModelStreamFailed
 from voiceagent.llm.base import TextDelta
 from voiceagent.llm.converse import converse_problems
@@ -251,3 +251,25 @@ async def test_a_reply_cut_once_is_never_taken_for_one_still_playing(
             {"role": "assistant", "content": [{"text": "We open at nine and close"}]},
             {"role": "user", "content": [{"text": "and pizza?"}]},
             {"role": "assistant", "content": [{"text": "We"}]})
+
+
+async def test_a_cut_into_an_earlier_turn_is_stored_again(autojump_clock: Any) -> None:
+    """The earlier turn's message was already handed to the store when the next prompt came;
+    cutting it to what was heard must store it again, or a resumed call (and the transcript)
+    would keep the words the caller never heard. Found by a property test."""
+    from tests.test_history_property import TOOLS, registry
+
+    llm = FakeLLM([tool_use("tu_1", "placeOrder", before="Placing that"),
+                   words("Sure thing.")])
+    async with open_test_call(llm, use_case=plain_use_case(tools=TOOLS),
+                              registry=registry()) as call:
+        call.say("order pizza")
+        await trio.sleep(0.5)                   # "Placing that" said, the order placing
+        call.say("hi")                          # a "mhm" while it still plays
+        await trio.testing.wait_all_tasks_blocked()
+        call.interrupt(heard="Placing")
+        await trio.sleep(2)
+        assert call.history[2]["content"][0] == {"text": "Placing"}
+        assert "toolResult" in call.history[3]["content"][0]
+    stored = {index: message for _, index, message, _ in call.writer.persisted}
+    assert [stored[i] for i in range(len(call.history))] == list(call.history)

@@ -51,7 +51,10 @@ def script(request: LLMRequest) -> list[Step]:
 actions = st.lists(st.one_of(
     st.tuples(st.just("say"), st.sampled_from(["hi", "order pizza", "both please", "long one",
                                                "fail now", "   "])),
-    st.tuples(st.just("interrupt"), st.one_of(st.none(), st.text(max_size=20))),
+    # heard: any text, or the start of something the agent says (which may fit a turn
+    # before the newest: a reply still playing when a prompt started the next)
+    st.tuples(st.just("interrupt"), st.one_of(st.none(), st.text(max_size=20), st.sampled_from(
+        ["Sure", "Sure thing, we", "Placing", "Placing that", "All done", "Well", "Five it"]))),
     st.tuples(st.just("dtmf"), st.sampled_from(list("0123456789#*"))),
     st.tuples(st.just("wait"), st.sampled_from([0.0, 0.05, 0.3, 1.0, 3.0])),
 ), max_size=14)
@@ -88,8 +91,8 @@ async def test_any_schedule_leaves_a_valid_history(schedule: list[tuple[str, Any
     assert [list(r.messages) for r in llm.requests] == llm.sent_messages
     if len(history):
         assert converse_problems(history.for_request()) == []
-    persisted = [message for _, _, message, _ in call.writer.persisted]
-    assert persisted == list(history.messages)
+    stored = {index: message for _, index, message, _ in call.writer.persisted}  # last wins
+    assert [stored.get(i) for i in range(len(history))] == list(history.messages)
     frames = call.socket.raw_sent
     assert all(frame.startswith("{") for frame in frames)
 
