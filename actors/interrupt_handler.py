@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 REPROMPT = "Are you still there?"
+MAX_AGENT_SPEECH_S = 120.0       # the silence timer waits at most this long for "agent off"
 MAX_PLAYED_CHARS = 8000          # tokensPlayed kept per turn (a reply is far shorter)
 MAX_DETAIL_CHARS = 500           # of a configUpdated payload, in the log
 IDLE_GOODBYE = "I haven't heard from you, so I'll end the call now. Please call back anytime."
@@ -97,7 +98,10 @@ class _KeyBuffer:
 
 
 class _Idle:
-    """Silence timer: restarts on any caller input."""
+    """Silence timer: restarts on any caller input. With Twilio's speaker events, it also
+    stands still while the agent speaks and restarts when the agent stops: a reply longer
+    than ``idle_reprompt_s`` of audio (60 words at 150 a minute) would otherwise be followed
+    at once by "are you still there?", the caller never having had a silence to answer in."""
 
     def __init__(self, policy: InputPolicy) -> None:
         self.policy = policy
@@ -108,6 +112,13 @@ class _Idle:
     def heard_from_caller(self) -> None:
         self.reprompts = 0
         self._arm()
+
+    def agent_speaking(self, speaking: bool) -> None:
+        if self.deadline == math.inf:       # off, or the goodbye is said: nothing to move
+            return
+        self._arm()
+        if speaking:                        # an "off" that never comes cannot stop it
+            self.deadline += MAX_AGENT_SPEECH_S
 
     def _arm(self) -> None:
         after = self.policy.idle_reprompt_s
@@ -188,6 +199,8 @@ async def run(*, inbound: trio.MemoryReceiveChannel[Inbound],
                 if isinstance(message, Prompt | Dtmf | Interrupt) or (
                         isinstance(message, SpeakerEvent) and message.who == "caller"):
                     idle.heard_from_caller()
+                elif isinstance(message, SpeakerEvent):
+                    idle.agent_speaking(message.speaking)
                 await gate.take(message)
             elif now >= keys.deadline and (entry := keys.take()):
                 await gate.start(_Held(policy, received_at=now, entry=entry))

@@ -227,6 +227,35 @@ async def test_silent_caller_is_reprompted_then_bid_goodbye(autojump_clock: Any)
     assert llm.requests[0].messages[-1]["content"][0]["text"] == "yes, sorry"
 
 
+async def test_the_silence_timer_counts_from_the_end_of_the_agents_speech(
+        autojump_clock: Any) -> None:
+    """With speaker events, a reply that plays longer than IDLE_REPROMPT_S is not followed
+    at once by "are you still there?": silence counts from when Twilio says the agent
+    stopped. An "off" that never comes holds the timer back by MAX_AGENT_SPEECH_S at most."""
+    from actors.interrupt_handler import MAX_AGENT_SPEECH_S
+
+    def agent(speaking: str) -> dict[str, Any]:
+        return {"type": "info", "name": "agentSpeaking", "value": speaking}
+
+    llm = FakeLLM([words("A long story " * 10, gap_s=0.01)])
+    async with open_test_call(llm, services_changes={"idle_reprompt_s": 10.0}) as call:
+        call.say("tell me a story")
+        await call.reply()                      # streamed in a moment...
+        call.socket.push(agent("on"))
+        await trio.sleep(25)                    # ...and played for 25 s
+        assert call.socket.pending() == []      # no reprompt while the agent speaks
+        call.socket.push(agent("off"))
+        off_at = trio.current_time()
+        text, _ = await call.reply()
+        assert text == REPROMPT
+        assert trio.current_time() - off_at == pytest.approx(10.0)
+        call.socket.push(agent("on"))           # the reprompt plays; "off" is lost
+        on_at = trio.current_time()
+        text, _ = await call.reply()
+        assert text == REPROMPT
+        assert trio.current_time() - on_at == pytest.approx(10.0 + MAX_AGENT_SPEECH_S)
+
+
 async def test_maximum_call_duration_ends_politely(autojump_clock: Any) -> None:
     llm = FakeLLM([words("A very long story " * 20, gap_s=1.0)])
     async with open_test_call(llm, services_changes={"max_call_duration_s": 30.0}) as call:
