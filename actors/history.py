@@ -222,16 +222,19 @@ class History:
             message = self._messages[at]
             if message["role"] != "assistant":
                 continue
+            # the last text of the turn: a tool round's text stands before its toolUse blocks,
+            # which never went to the writer
             blocks = message["content"]
-            last = len(blocks) - 1
-            said = _text(blocks[last]) if blocks else None
+            texts = [n for n, block in enumerate(blocks) if _text(block) is not None]
+            last = texts[-1] if texts else -1
+            said = _text(blocks[last]) if texts else None
             if (said is None or last < (start.blocks if at == start.index else 0)
                     or not unsent or not said.endswith(unsent)):
                 return
             kept = said[:len(said) - len(unsent)].rstrip()
             self._sealed = min(self._sealed, at)
             self._messages[at] = {"role": "assistant", "content": [
-                *blocks[:last], *([{"text": kept}] if kept else [])]}
+                *blocks[:last], *([{"text": kept}] if kept else []), *blocks[last + 1:]]}
             self._meta[at].update(generated=_texts(message), interrupted=True)
             self._drop_empty(start.index)
             return

@@ -261,3 +261,18 @@ def test_unanswered_caller_words_are_capped_oldest_first() -> None:
     history.add_user_text("x" * (MAX_UNANSWERED_CHARS + 10))   # alone over: still kept
     assert history.messages[-1]["content"][-1]["text"].startswith("xxx")
     assert converse_problems(history.for_request()) == []
+
+
+def test_unsent_words_of_a_tool_round_come_off_before_its_tool_use() -> None:
+    """A turn cut in a tool round records the round's text with the side-effect toolUse
+    that ran; words of that text the writer withheld come off it, the toolUse stays."""
+    history = History()
+    history.add_user_text("order")
+    start = history.mark()
+    history.add_assistant("Placing that now", [use("t1")])
+    history.add_tool_results([result("t1")])
+    history.drop_unsent(start, " now")
+    assert history.messages[1]["content"] == [{"text": "Placing that"}, {"toolUse": use("t1")}]
+    history.drop_unsent(start, "Placing that")
+    assert history.messages[1]["content"] == [{"toolUse": use("t1")}]
+    assert converse_problems(history.for_request()) == []
