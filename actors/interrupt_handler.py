@@ -113,6 +113,14 @@ class _Idle:
         self.reprompts = 0
         self._arm()
 
+    def saw(self, message: Inbound) -> None:
+        """Every message from Twilio passes here, whichever loop reads it."""
+        if isinstance(message, Prompt | Dtmf | Interrupt) or (
+                isinstance(message, SpeakerEvent) and message.who == "caller"):
+            self.heard_from_caller()
+        elif isinstance(message, SpeakerEvent):
+            self.agent_speaking(message.speaking)
+
     def agent_speaking(self, speaking: bool) -> None:
         if self.deadline == math.inf:       # off, or the goodbye is said: nothing to move
             return
@@ -180,7 +188,7 @@ async def run(*, inbound: trio.MemoryReceiveChannel[Inbound],
     policy = policy or InputPolicy()
     keys, idle = _KeyBuffer(policy.dtmf), _Idle(policy)
     limits = _Limits(policy, ending or EndSignal())
-    gate = _Gate(policy, keys, inbound, commands)
+    gate = _Gate(policy, keys, idle, inbound, commands)
     with inbound, commands:
         while True:
             if (goodbye := limits.reached()) is not None:
@@ -196,11 +204,7 @@ async def run(*, inbound: trio.MemoryReceiveChannel[Inbound],
                     limits.done(waiting)
             now = trio.current_time()
             if message is not None:
-                if isinstance(message, Prompt | Dtmf | Interrupt) or (
-                        isinstance(message, SpeakerEvent) and message.who == "caller"):
-                    idle.heard_from_caller()
-                elif isinstance(message, SpeakerEvent):
-                    idle.agent_speaking(message.speaking)
+                idle.saw(message)
                 await gate.take(message)
             elif now >= keys.deadline and (entry := keys.take()):
                 await gate.start(_Held(policy, received_at=now, entry=entry))
@@ -264,16 +268,17 @@ class _Gate:
 
     An interrupt that arrives while a turn is held is about the speech already playing (the
     held turn has said nothing yet), so it goes on at once as a barge-in, ahead of the held
-    turn; other messages start nothing and are only logged. So the gathering never stops
-    early, and a flood of anything is read as fast as it comes."""
+    turn; other messages start nothing (they still move the silence timer). So the gathering
+    never stops early, and a flood of anything is read as fast as it comes."""
 
-    def __init__(self, policy: InputPolicy, keys: _KeyBuffer,
+    def __init__(self, policy: InputPolicy, keys: _KeyBuffer, idle: _Idle,
                  inbound: trio.MemoryReceiveChannel[Inbound],
                  commands: trio.MemorySendChannel[TurnCommand]) -> None:
         self.policy = policy
         self.keys = keys
         self.inbound = inbound
         self.commands = commands
+        self.idle = idle
         self.starts = (-math.inf, -math.inf)       # when the last two turns started
         # tokensPlayed since the last turn started: what the caller heard of its reply, for
         # an interrupt that does not say (utteranceUntilInterrupt left out)
@@ -305,6 +310,7 @@ class _Gate:
                     ended = True
             if queued is None:
                 break
+            self.idle.saw(queued)
             await self._join(queued, held)
             joined += 1
         if ended:

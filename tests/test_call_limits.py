@@ -256,6 +256,26 @@ async def test_the_silence_timer_counts_from_the_end_of_the_agents_speech(
         assert trio.current_time() - on_at == pytest.approx(10.0 + MAX_AGENT_SPEECH_S)
 
 
+async def test_speaker_events_read_while_a_turn_is_held_move_the_silence_timer(
+        autojump_clock: Any) -> None:
+    """A third prompt inside the turn gap is held, and what arrives meanwhile is read by the
+    gate: an "agent on" among it used to be only logged, and the re-prompt then came while
+    the agent still spoke."""
+    llm = FakeLLM([words("Sure.")])
+    async with open_test_call(llm, services_changes={"idle_reprompt_s": 10.0}) as call:
+        for text in ("one", "two", "three"):
+            call.say(text)                      # "three" waits out the gap...
+        call.socket.push({"type": "info", "name": "agentSpeaking", "value": "on"})
+        await trio.sleep(30)                    # ...and "on" is read while it waits
+        assert REPROMPT not in "".join(
+            f.get("token", "") for f in call.socket.pending() if f["type"] == "text")
+        call.socket.push({"type": "info", "name": "agentSpeaking", "value": "off"})
+        off_at = trio.current_time()
+        while (await call.reply())[0] != REPROMPT:
+            pass
+        assert trio.current_time() - off_at == pytest.approx(10.0)
+
+
 async def test_maximum_call_duration_ends_politely(autojump_clock: Any) -> None:
     llm = FakeLLM([words("A very long story " * 20, gap_s=1.0)])
     async with open_test_call(llm, services_changes={"max_call_duration_s": 30.0}) as call:
