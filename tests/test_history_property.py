@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 import trio.testing
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from actors.call import CallPlan
@@ -141,3 +141,55 @@ async def test_a_call_resumed_anywhere_goes_on_with_a_valid_history(
             assert meta.get("at_ms") == stored[index][1].get("at_ms")
         stored[index] = (message, meta)
     assert [stored[k][0] for k in sorted(stored)] == list(history.messages)
+
+
+lively = st.lists(st.one_of(
+    st.tuples(st.just("say"), st.sampled_from(["hi", "order pizza", "both please", "long one",
+                                               "fail now"])),
+    st.tuples(st.just("interrupt"), st.one_of(st.none(), st.sampled_from(
+        ["", "Sure", "Sure thing, we", "Placing", "Placing that", "All done", "Well",
+         "Are you", "I'm sorry", "xyz"]))),
+    st.tuples(st.just("dtmf"), st.sampled_from(list("05#"))),
+    st.tuples(st.just("wait"), st.sampled_from([0.0, 0.05, 0.3, 0.5, 1.0, 3.0, 6.0])),
+    st.tuples(st.just("agent"), st.sampled_from(["on", "off"])),
+    st.tuples(st.just("drain"), st.none()),
+), max_size=20)
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(schedule=lively, hold=st.sampled_from([0.0, 0.2]), cap=st.sampled_from([4, 200]))
+@example(schedule=[("say", "order pizza"), ("wait", 0.5), ("say", "hi"),
+                   ("interrupt", "Placing")], hold=0.0, cap=200)     # found by a longer run
+async def test_reprompts_goodbyes_speaker_events_and_caps_keep_history_and_store_in_step(
+        schedule: list[tuple[str, Any]], hold: float, cap: int, autojump_clock: Any) -> None:
+    """The same, with what moves turns from outside the caller's words: silence re-prompts,
+    a draining server's goodbye (and the socket we close after `end`), speaker events, held
+    tokens, a small history cap; heard words are drawn from what the agent says, so a cut
+    may land on a turn before the newest. The store, last write winning per key, always
+    holds the history as it is (a cut into a stored message used to be missed)."""
+    llm = FakeLLM(script)
+    use_case = plain_use_case(tools=TOOLS, dtmf={"handlers": {"5": {"reply": "Five it is."}},
+                                                 "idle_timeout_s": 0.5})
+    changes = {"idle_reprompt_s": 2.0, "max_reprompts": 5, "token_hold_s": hold,
+               "max_history_messages": cap}
+    async with open_test_call(llm, use_case=use_case, registry=registry(),
+                              services_changes=changes) as call:
+        for kind, value in schedule:
+            if kind == "drain":
+                call.services.end_calls.set()
+            elif call.socket.closed_with is None:   # closed after `end`: nothing comes
+                if kind == "agent":
+                    call.socket.push({"type": "info", "name": "agentSpeaking", "value": value})
+                else:
+                    await play(call, [(kind, value)])
+            await trio.testing.wait_all_tasks_blocked()
+    history = call.report.history
+    assert history is not None
+    assert llm.violations == []
+    assert [list(r.messages) for r in llm.requests] == llm.sent_messages
+    if len(history):
+        assert converse_problems(history.for_request()) == []
+    stored = {index: message for _, index, message, _ in call.writer.persisted}
+    first = max(stored) + 1 - len(history) if stored else 0    # trimmed from memory before
+    assert [stored.get(first + i) for i in range(len(history))] == list(history.messages)
