@@ -192,7 +192,7 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
             idle_reprompt_s=services.idle_reprompt_s, max_reprompts=services.max_reprompts,
             max_call_s=services.max_call_duration_s)
         nursery.start_soon(partial(interrupt_handler.run, inbound=in_recv, commands=cmd_send,
-                                   policy=policy, ending=services.end_calls))
+                                   policy=policy, ending=services.end_calls, marks=marks))
         with reading:
             await relay_reader.run(socket=socket, inbound=in_send, stats=report.frames,
                                    max_frame_bytes=services.max_frame_bytes, marks=marks)

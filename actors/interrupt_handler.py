@@ -47,6 +47,7 @@ from actors.messages import (
     TurnCommand,
     UserSaid,
 )
+from actors.turn_slot import CutMarks
 from voiceagent.usecases import DtmfConfig
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,10 @@ class _Idle:
         after = self.policy.idle_reprompt_s
         self.deadline = trio.current_time() + after if after else math.inf
 
+    def waiting_for_agent(self) -> None:
+        """The silence ran out while a turn was in flight: it counts from now again."""
+        self._arm()
+
     def expired(self) -> TurnCommand:
         self.reprompts += 1
         self._arm()
@@ -182,9 +187,12 @@ def clean_prompt(text: str, limit: int) -> str:
 
 async def run(*, inbound: trio.MemoryReceiveChannel[Inbound],
               commands: trio.MemorySendChannel[TurnCommand],
-              policy: InputPolicy | None = None, ending: EndSignal | None = None) -> None:
+              policy: InputPolicy | None = None, ending: EndSignal | None = None,
+              marks: CutMarks | None = None) -> None:
     """Owns ``commands``; returns when ``inbound`` ends (the caller hung up). ``ending``: the
-    server's signal to end its calls (draining)."""
+    server's signal to end its calls (draining). ``marks``: whether a turn is in flight; the
+    silence of a caller waiting for a slow tool or model is not theirs to be re-prompted for
+    (nor, three times over, hung up on)."""
     policy = policy or InputPolicy()
     keys, idle = _KeyBuffer(policy.dtmf), _Idle(policy)
     limits = _Limits(policy, ending or EndSignal())
@@ -209,7 +217,10 @@ async def run(*, inbound: trio.MemoryReceiveChannel[Inbound],
             elif now >= keys.deadline and (entry := keys.take()):
                 await gate.start(_Held(policy, received_at=now, entry=entry))
             elif now >= idle.deadline:
-                await commands.send(idle.expired())
+                if marks is not None and marks.turn_running:
+                    idle.waiting_for_agent()
+                else:
+                    await commands.send(idle.expired())
 
 
 @dataclass

@@ -81,6 +81,11 @@ class CutMarks:
         return unrecorded
 
     @property
+    def turn_running(self) -> bool:
+        """A turn is in flight (the model, a tool): the silence is ours, not the caller's."""
+        return self._scope is not None
+
+    @property
     def speaking_cut(self) -> bool:
         return self._cut_through == self._turn
 

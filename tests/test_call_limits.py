@@ -276,6 +276,33 @@ async def test_speaker_events_read_while_a_turn_is_held_move_the_silence_timer(
         assert trio.current_time() - off_at == pytest.approx(10.0)
 
 
+async def test_a_caller_waiting_for_a_slow_tool_is_not_reprompted_or_hung_up_on(
+        autojump_clock: Any) -> None:
+    """The caller is silent because the agent is working: a 70 s tool with IDLE_REPROMPT_S
+    at 20. Re-prompts were skipped while the turn ran but still counted, so the third silence
+    ended the call in the middle of the order with "I haven't heard from you"."""
+    async def slow(ctx: Any, args: Any) -> dict[str, Any]:
+        await trio.sleep(70)
+        return {"status": "placed"}
+
+    registry = ToolRegistry([ToolDefinition("placeOrder", slow, side_effect=True,
+                                            timeout_s=90)])
+    llm = FakeLLM([tool_use("tu_1", "placeOrder", before="Placing it."),
+                   words("Your order is placed.")])
+    use_case = plain_use_case(tools=[{"name": "placeOrder", "description": "x"}])
+    async with open_test_call(llm, use_case=use_case, registry=registry,
+                              services_changes={"idle_reprompt_s": 20.0}) as call:
+        said_at = trio.current_time()
+        call.say("order a pizza")
+        text, frames = await call.reply()
+        assert text == "Placing it. Your order is placed."
+        assert all(f["type"] == "text" for f in frames)
+        assert trio.current_time() - said_at > 70
+        text, _ = await call.reply()                # the caller's silence starts now
+        assert text == REPROMPT
+        assert 80 <= trio.current_time() - said_at <= 100
+
+
 async def test_maximum_call_duration_ends_politely(autojump_clock: Any) -> None:
     llm = FakeLLM([words("A very long story " * 20, gap_s=1.0)])
     async with open_test_call(llm, services_changes={"max_call_duration_s": 30.0}) as call:
