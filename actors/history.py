@@ -247,7 +247,10 @@ class History:
             if rebuilt and rebuilt[-1]["role"] == message["role"]:
                 rebuilt[-1] = {"role": message["role"],
                                "content": [*rebuilt[-1]["content"], *message["content"]]}
-                meta[-1].update(facts)
+                # the merged message keeps its own store key (at_ms, index), and is stored
+                # again under it; its own facts win over the later message's
+                meta[-1] = {**facts, **meta[-1]}
+                self._sealed = min(self._sealed, len(rebuilt) - 1)
             else:
                 rebuilt.append(message)
                 meta.append(facts)

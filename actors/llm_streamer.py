@@ -34,6 +34,8 @@ from voiceagent.logs import redact, turn_var
 
 log = logging.getLogger(__name__)
 
+MAX_PLAYING = 8         # turn starts kept as candidates for an interrupt's heard words
+
 Persist = Callable[[list[tuple[int, dict[str, Any], dict[str, Any]]]], None]
 
 
@@ -53,7 +55,9 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                         await slot.cancel_and_wait(reason="barge-in")
                         unsent = ctx.marks.take_unrecorded()
                         start = playing.cut(ctx.history, heard)
-                        if heard is not None:
+                        if start is None:
+                            pass
+                        elif heard is not None:
                             ctx.history.apply_heard(start, heard)
                         elif unsent:
                             ctx.history.drop_unsent(start, unsent)
@@ -101,32 +105,43 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
 
 
 class _Playing:
-    """Where the turns begin whose words Twilio may still be playing: the newest, and the one
-    before it, whose audio a new turn queues behind when a prompt came while it played (with
-    reportInputDuringAgentSpeech, a "mhm"). Twilio's interrupt says what was heard of the
+    """Where the turns begin whose words Twilio may still be playing: every turn started since
+    the last barge-in (a few at most), since a new turn's audio queues behind the reply still
+    playing when a prompt came during it (with reportInputDuringAgentSpeech, a "mhm", then
+    maybe a "yeah" that replaces that turn). Twilio's interrupt says what was heard of the
     reply playing, so the heard words go to the newest turn they fit, and everything after
     that turn's start, thrown away by Twilio unheard, is cut with it."""
 
-    __slots__ = ("earlier", "newest", "purged")
+    __slots__ = ("purged", "starts")
 
     def __init__(self, start: Mark) -> None:
-        self.earlier: Mark | None = None
-        self.newest = start
-        self.purged = False         # a barge-in since ``newest`` started: it plays no more
+        self.starts = [start]           # oldest first; the last is the newest turn's
+        self.purged = False             # a barge-in since the newest started: none plays
 
     def started(self, start: Mark, dropped: int = 0) -> None:
         """A turn starts at ``start``, after ``History.trim`` dropped ``dropped`` messages."""
-        self.earlier = None if self.purged else self.newest.after_trim(dropped)
-        self.newest, self.purged = start, False
+        earlier = [] if self.purged else self.starts[-(MAX_PLAYING - 1):]
+        if dropped:
+            earlier = [m for s in earlier if (m := s.after_trim(dropped)) is not None]
+        self.starts, self.purged = [*earlier, start], False
 
-    def cut(self, history: History, heard: str | None) -> Mark:
+    @property
+    def newest(self) -> Mark:
+        return self.starts[-1]
+
+    def cut(self, history: History, heard: str | None) -> Mark | None:
         """The start to cut from (``heard``: Twilio's words, if it said); after the cut,
-        nothing before it plays."""
-        if heard is not None and self.earlier is not None \
-                and not history.fits(self.newest, heard) and history.fits(self.earlier, heard):
-            self.newest = self.earlier
-        self.earlier, self.purged = None, True
-        return self.newest
+        nothing before it plays. None: no turn started since the last cut, which already
+        recorded what was heard (a second interrupt must not cut it again: "" would drop
+        a message the store already holds)."""
+        if self.purged:
+            return None
+        chosen = self.starts[-1]
+        if heard is not None and not history.fits(chosen, heard):
+            chosen = next((s for s in reversed(self.starts[:-1]) if history.fits(s, heard)),
+                          chosen)
+        self.starts, self.purged = [chosen], True
+        return chosen
 
 
 async def _turn(ctx: CallContext, plan: turn.TurnPlan, command: UserSaid | KeyPressed,

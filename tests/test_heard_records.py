@@ -273,3 +273,74 @@ async def test_a_cut_into_an_earlier_turn_is_stored_again(autojump_clock: Any) -
         assert "toolResult" in call.history[3]["content"][0]
     stored = {index: message for _, index, message, _ in call.writer.persisted}
     assert [stored[i] for i in range(len(call.history))] == list(call.history)
+
+
+async def test_an_interrupt_into_a_reply_playing_behind_two_newer_turns_cuts_that_reply(
+        autojump_clock: Any) -> None:
+    """A's reply still plays; the caller says "mhm" (turn B starts, says nothing yet) and
+    then "yeah" (turn C supersedes B). Twilio still plays A, C queues behind it. The
+    interrupt says what was heard of A: A must be cut to it and C dropped. Found by a review
+    helper: only the two newest starts were kept (B's and C's, the same), so A was no
+    candidate and C's reply was replaced by A's words while A stayed whole."""
+    with trio.fail_after(60):
+        llm = FakeLLM([words(REPLY), words("Sure, anything else?")])
+        async with open_test_call(llm) as call:
+            call.say("hours?")
+            await call.reply()                  # A sent in full; Twilio still plays it
+            call.say("mhm")                     # B starts (first token due 0.2 s later)
+            await trio.sleep(0.1)
+            call.say("yeah")                    # C supersedes B before B said a word
+            text, _ = await call.reply()
+            assert text == "Sure, anything else?"
+            call.interrupt(heard="We open at nine")
+            await trio.testing.wait_all_tasks_blocked()
+            assert call.history[-3:] == (
+                {"role": "user", "content": [{"text": "hours?"}]},
+                {"role": "assistant", "content": [{"text": "We open at nine"}]},
+                {"role": "user", "content": [{"text": "mhm"}, {"text": "yeah"}]})
+
+
+async def test_a_cut_into_an_earlier_tool_turn_keeps_each_stored_message_under_its_key(
+        autojump_clock: Any, monkeypatch: Any) -> None:
+    """An earlier turn (text + side-effect tool, then "All done ...") still plays when "mhm"
+    starts the next one; an interrupt cuts the earlier turn to "Placing". _drop_empty drops
+    the empty "All done" message and merges the "mhm" user message into the toolResult
+    message, copying the later message's at_ms over the stored one's. The store keys an item
+    by (at_ms, index): the toolResult message is written under a second key and the old item
+    stays, so the stored conversation (what a reconnect resumes) has two user messages in a
+    row and the toolResult twice, and a reconnect started afresh. Found by a review helper."""
+    import actors.history as history_module
+
+    class Clock:                                   # wall time that follows the trio clock
+        @staticmethod
+        def time() -> float:
+            return 1_700_000_000.0 + trio.current_time()
+
+    monkeypatch.setattr(history_module, "time", Clock)
+    from tests.test_history_property import TOOLS, registry
+    from voiceagent.llm.converse import converse_problems
+
+    with trio.fail_after(60):
+        llm = FakeLLM([tool_use("tu_1", "placeOrder", before="Placing that"),
+                       words("All done, anything else?"), words("Sure thing.")])
+        async with open_test_call(llm, use_case=plain_use_case(tools=TOOLS),
+                                  registry=registry()) as call:
+            call.say("order pizza")
+            await call.reply()                  # "Placing that", tool, "All done, ..."
+            await trio.sleep(2)
+            call.say("mhm")                     # while the earlier turn still plays
+            await call.reply()
+            call.interrupt(heard="Placing")
+            await trio.testing.wait_all_tasks_blocked()
+            assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
+        # what the store holds, by the real item key (at_ms, index), in sort-key order
+        stored: dict[tuple[int, int], dict[str, Any]] = {}
+        for _, index, message, meta in call.writer.persisted:
+            stored[(int(meta.get("at_ms", 0)), index)] = message
+        resumed = [stored[key] for key in sorted(stored)]
+        metas = [{"at_ms": at} for at, _ in sorted(stored)]
+        # what sessions._saved_history checks on a reconnect ("saved history unusable,
+        # starting fresh" when it fails)
+        assert converse_problems(history_module.History.resumed(resumed, metas)
+                                 .for_request()) == []
+        assert resumed == list(call.history)

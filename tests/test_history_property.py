@@ -161,6 +161,8 @@ lively = st.lists(st.one_of(
 @given(schedule=lively, hold=st.sampled_from([0.0, 0.2]), cap=st.sampled_from([4, 200]))
 @example(schedule=[("say", "order pizza"), ("wait", 0.5), ("say", "hi"),
                    ("interrupt", "Placing")], hold=0.0, cap=200)     # found by a longer run
+@example(schedule=[("dtmf", "5"), ("wait", 0.3), ("say", "hi"), ("say", "hi"),
+                   ("interrupt", "Five it"), ("interrupt", "")], hold=0.0, cap=4)  # and another
 async def test_reprompts_goodbyes_speaker_events_and_caps_keep_history_and_store_in_step(
         schedule: list[tuple[str, Any]], hold: float, cap: int, autojump_clock: Any) -> None:
     """The same, with what moves turns from outside the caller's words: silence re-prompts,
