@@ -255,3 +255,26 @@ async def test_the_server_closes_a_socket_left_open_after_end(
                 assert trio.current_time() - ended_at >= 0.5
             await server.runtime.calls.wait_idle()
     assert server.runtime.calls.reports[-1].ended_by == "end"
+
+
+async def test_a_store_failing_during_the_call_webhook_is_a_polite_refusal_not_a_500(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DynamoDB throttled or unreachable while /twiml prepares the session: the answer was an
+    HTTP 500, which has Twilio play its "application error" to the caller. Now it is the
+    refusal an over-capacity server gives (an apology, or 503 for the fallback URL). Found
+    by a review helper."""
+    from voiceagent.errors import StoreError
+
+    async def failing_get(*args: object, **kwargs: object) -> None:
+        raise StoreError("dynamodb get failed (ProvisionedThroughputExceededException)")
+
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            monkeypatch.setattr(server.runtime.store, "get", failing_get)
+            identity = Identity()
+            form = {"CallSid": identity.call_sid, "From": identity.from_number,
+                    "To": identity.to_number, "CallStatus": "ringing"}
+            answer = await post_form(server.url + "/twiml", form, AUTH_TOKEN)
+    assert "<Hangup" in answer
+    assert "<Say" in answer
+    assert "<Connect" not in answer

@@ -179,6 +179,12 @@ async def twiml_webhook(runtime: Runtime) -> Response:
     except UnknownUseCase as err:
         log.error("use case missing", extra={"error": str(err)})
         return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+    except StoreError as err:
+        # throttled or unreachable: a 500 would have Twilio play its "application error";
+        # refused as over capacity instead (the fallback URL with OVER_CAPACITY=503)
+        log.error("store unavailable while preparing a call: refused",
+                  extra={"error": str(err)[:300]})
+        return _refuse_call(settings)
     ws_url = settings.ws_url or signature.to_ws(_base_url(settings)) + path
     document = twiml.connect_relay(
         ws_url=ws_url, action_url=_base_url(settings) + "/action", use_case=use_case,
