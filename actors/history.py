@@ -38,6 +38,10 @@ class Mark:
     index: int
     blocks: int = 0
 
+    def first_block(self, at: int) -> int:
+        """In message ``at``, the first block that is this turn's (after an earlier turn's)."""
+        return self.blocks if at == self.index else 0
+
     def after_trim(self, dropped: int) -> Mark | None:
         """This mark once ``History.trim`` dropped ``dropped`` messages; None if it went."""
         return Mark(self.index - dropped, self.blocks) if self.index >= dropped else None
@@ -184,7 +188,7 @@ class History:
             message, meta = self._messages[at], self._meta[at]
             if message["role"] != "assistant":
                 continue
-            before = start.blocks if at == start.index else 0   # an earlier turn's blocks
+            before = start.first_block(at)
             kept: list[dict[str, Any]] = list(message["content"][:before])
             cut = False
             for block in message["content"][before:]:
@@ -208,7 +212,7 @@ class History:
         said = _normal(" ".join(
             t for at in range(start.index, len(self._messages))
             if self._messages[at]["role"] == "assistant"
-            for b in self._messages[at]["content"][start.blocks if at == start.index else 0:]
+            for b in self._messages[at]["content"][start.first_block(at):]
             if (t := _text(b)) is not None))
         shorter = min(len(heard), len(said))
         return not heard or (shorter > 0 and heard[:shorter] == said[:shorter])
@@ -228,7 +232,7 @@ class History:
             texts = [n for n, block in enumerate(blocks) if _text(block) is not None]
             last = texts[-1] if texts else -1
             said = _text(blocks[last]) if texts else None
-            if (said is None or last < (start.blocks if at == start.index else 0)
+            if (said is None or last < start.first_block(at)
                     or not unsent or not said.endswith(unsent)):
                 return
             kept = said[:len(said) - len(unsent)].rstrip()

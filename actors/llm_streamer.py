@@ -56,8 +56,8 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                         unsent = ctx.marks.take_unrecorded()
                         start = playing.cut(ctx.history, heard)
                         if start is None:
-                            pass
-                        elif heard is not None:
+                            continue
+                        if heard is not None:
                             ctx.history.apply_heard(start, heard)
                         elif unsent:
                             ctx.history.drop_unsent(start, unsent)
@@ -124,10 +124,6 @@ class _Playing:
         if dropped:
             earlier = [m for s in earlier if (m := s.after_trim(dropped)) is not None]
         self.starts, self.purged = [*earlier, start], False
-
-    @property
-    def newest(self) -> Mark:
-        return self.starts[-1]
 
     def cut(self, history: History, heard: str | None) -> Mark | None:
         """The start to cut from (``heard``: Twilio's words, if it said); after the cut,

@@ -60,6 +60,21 @@ actions = st.lists(st.one_of(
 ), max_size=14)
 
 
+def check_call(call: Any, llm: FakeLLM) -> None:
+    """Every request the model saw was valid and is what was sent; the history is valid;
+    the store, the last write winning per key, holds it as it is (the messages trimmed from
+    memory, if any, before it)."""
+    history = call.report.history
+    assert history is not None
+    assert llm.violations == []
+    assert [list(r.messages) for r in llm.requests] == llm.sent_messages
+    if len(history):
+        assert converse_problems(history.for_request()) == []
+    stored = {index: message for _, index, message, _ in call.writer.persisted}
+    first = max(stored) + 1 - len(history) if stored else 0
+    assert [stored.get(first + i) for i in range(len(history))] == list(history.messages)
+
+
 async def play(call: Any, schedule: list[tuple[str, Any]]) -> None:
     """Twilio's side of a schedule, each step left to settle before the next."""
     for kind, value in schedule:
@@ -85,14 +100,7 @@ async def test_any_schedule_leaves_a_valid_history(schedule: list[tuple[str, Any
                                                  "idle_timeout_s": 0.5})
     async with open_test_call(llm, use_case=use_case, registry=registry()) as call:
         await play(call, schedule)
-    history = call.report.history
-    assert history is not None
-    assert llm.violations == []
-    assert [list(r.messages) for r in llm.requests] == llm.sent_messages
-    if len(history):
-        assert converse_problems(history.for_request()) == []
-    stored = {index: message for _, index, message, _ in call.writer.persisted}  # last wins
-    assert [stored.get(i) for i in range(len(history))] == list(history.messages)
+    check_call(call, llm)
     frames = call.socket.raw_sent
     assert all(frame.startswith("{") for frame in frames)
 
@@ -186,12 +194,4 @@ async def test_reprompts_goodbyes_speaker_events_and_caps_keep_history_and_store
                 else:
                     await play(call, [(kind, value)])
             await trio.testing.wait_all_tasks_blocked()
-    history = call.report.history
-    assert history is not None
-    assert llm.violations == []
-    assert [list(r.messages) for r in llm.requests] == llm.sent_messages
-    if len(history):
-        assert converse_problems(history.for_request()) == []
-    stored = {index: message for _, index, message, _ in call.writer.persisted}
-    first = max(stored) + 1 - len(history) if stored else 0    # trimmed from memory before
-    assert [stored.get(first + i) for i in range(len(history))] == list(history.messages)
+    check_call(call, llm)

@@ -281,10 +281,8 @@ def _required_str(frame: _Frame, key: str) -> str:
         raise _BadField(f"{key}: missing")
     if not isinstance(value, str):
         raise _BadField(f"{key}: expected string, got {_json_type(value)}")
-    return _valid_text(value)
+    return jsonlimits.valid_text(value)
 
-
-_valid_text = jsonlimits.valid_text
 
 
 def _optional_str(frame: _Frame, key: str) -> str | None:
@@ -316,7 +314,7 @@ def _custom_parameters(frame: _Frame) -> dict[str, str]:
         return {}
     if not isinstance(params, dict):
         raise _BadField(f"customParameters: expected object, got {_json_type(params)}")
-    return {_valid_text(name): _as_text("customParameters", value)
+    return {jsonlimits.valid_text(name): _as_text("customParameters", value)
             for name, value in params.items()}
 
 
@@ -324,9 +322,9 @@ def _as_text(key: str, value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return _valid_text(value)
+        return jsonlimits.valid_text(value)
     try:
-        return _valid_text(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+        return jsonlimits.valid_text(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
     except ValueError:
         raise _BadField(f"{key}: value cannot be represented as text") from None
 

@@ -39,7 +39,7 @@ def make_client(settings: Settings, *, max_pool_connections: int,
 
 
 def make_both(settings: Settings, pool: int,
-               lender: StartupSession | None) -> tuple[Any, DynamoDBHttp]:
+              lender: StartupSession | None) -> tuple[Any, DynamoDBHttp]:
     """Worker thread: the boto3 client and the loop's requests, from one session that
     nothing keeps once they exist (``voiceagent.aws_session``)."""
     try:

@@ -18,8 +18,8 @@ from voiceagent.store.dynamodb_http import DynamoDBHttpError
 Key = tuple[str, str]                # (pk, sk)
 
 REQUEST_BYTES_MAX = 16 * 1024 * 1024   # BatchWriteItem refuses a larger request, all of it
-# On the wire a value's byte takes at most 6 (JSON writes a control character as \u00XX, and
-# a 3-byte character as one \uXXXX); wrappers and type tags are counted per item
+# On the wire a value's byte takes at most 6 (JSON writes a control character, 1 byte, and a
+# 3-byte character each as a 6-character escape); wrappers and type tags are counted per item
 WIRE_BYTES_PER_BYTE = 6
 WIRE_BYTES_PER_ITEM = 1024
 BATCH_WIRE_BYTES = REQUEST_BYTES_MAX - 64 * 1024      # room for the request's envelope
