@@ -122,11 +122,13 @@ async def test_reconnects_counted_by_outcome(tmp_path: Path) -> None:
                 call_sid = call.identity.call_sid
                 failed = {"CallSid": call_sid, "SessionStatus": "failed",
                           "CallStatus": "in-progress", "ErrorCode": "64105"}
-                busy = await post_form(server.url + "/action", failed, AUTH_TOKEN)
+                busy = await post_form(server.url + "/action",
+                                       {**failed, "SessionId": call.session_id}, AUTH_TOKEN)
                 await call.hang_up()
             await server.runtime.calls.wait_idle()
-            answers = [await post_form(server.url + "/action", failed, AUTH_TOKEN)
-                       for _ in range(4)]
+            answers = [await post_form(server.url + "/action", {**failed, "SessionId": f"VX{n}"},
+                                       AUTH_TOKEN)
+                       for n in range(4)]
             _, samples = await trio.to_thread.run_sync(_scrape, server.url)
     assert "<Hangup />" in busy
     assert ["<ConversationRelay" in answer for answer in answers] == [True, True, True, False]
@@ -156,7 +158,7 @@ async def test_action_answers_an_apology_when_the_store_cannot_give_the_session(
 
             monkeypatch.setattr(server.runtime.store, "get", unreadable)
             answer = await post_form(server.url + "/action", {
-                "CallSid": "CA" + "6" * 32, "SessionStatus": "failed",
+                "CallSid": "CA" + "6" * 32, "SessionId": "VX1", "SessionStatus": "failed",
                 "CallStatus": "in-progress", "ErrorCode": "64105"}, AUTH_TOKEN)
     assert "<Hangup />" in answer
     assert "<Say" in answer

@@ -70,11 +70,23 @@ def token_in(twiml: str) -> str:
     return twiml.split('name="sessionToken" value="')[1].split('"')[0]
 
 
-async def reconnect_token(server: RunningServer, call_sid: str) -> str:
+def failed_form(call_sid: str, session_id: str) -> dict[str, str]:
+    """Twilio's /action form after the relay session ``session_id`` failed."""
+    return {"CallSid": call_sid, "SessionId": session_id, "SessionStatus": "failed",
+            "CallStatus": "in-progress", "ErrorCode": "64107"}
+
+
+async def refused(base_url: str, form: dict[str, str]) -> str:
+    """The error a signed /action that must mint nothing answers (its HTTP status in it)."""
+    with pytest.raises(CallerError, match="already answered") as refusal:
+        await post_form(base_url + "/action", form, AUTH_TOKEN)
+    return str(refusal.value)
+
+
+async def reconnect_token(server: RunningServer, call_sid: str, session_id: str) -> str:
     """Twilio's signed /action after a failed relay session: the reconnect's fresh token."""
-    return token_in(await post_form(server.url + "/action", {
-        "CallSid": call_sid, "SessionStatus": "failed", "CallStatus": "in-progress",
-        "ErrorCode": "64107"}, AUTH_TOKEN))
+    return token_in(await post_form(server.url + "/action", failed_form(call_sid, session_id),
+                                    AUTH_TOKEN))
 
 
 @pytest.mark.parametrize("token", ["anything", "", None])
@@ -167,7 +179,7 @@ async def test_twilio_reconnects_a_failed_session_with_a_fresh_token(tmp_path: P
                 assert (await call.read_reply()).text.startswith("We are open")
                 await call.ws.aclose(code=1011, reason="relay session failed")
             await server.runtime.calls.wait_idle()
-            fresh = await reconnect_token(server, identity.call_sid)
+            fresh = await reconnect_token(server, identity.call_sid, call.session_id)
             assert fresh != old
             assert not await answered(server, identity.call_sid, old)
             assert await answered(server, identity.call_sid, fresh)
@@ -176,6 +188,73 @@ async def test_twilio_reconnects_a_failed_session_with_a_fresh_token(tmp_path: P
     assert resumed is not None
     said = [b.get("text", "") for m in resumed.for_request() for b in m["content"]]
     assert "what are your hours?" in said                   # the first session's turn
+
+
+async def test_a_replayed_action_callback_never_reopens_the_call(tmp_path: Path) -> None:
+    """Twilio asks ``/action`` once per relay session; a signed one captured (from a log, a
+    proxy) verifies as well when replayed. Answered again, it handed out a token that
+    reopened the call with its history, also after the caller hung up. Now a SessionId is
+    answered once, and nothing is renewed after the call's relay ended; the reconnect
+    Twilio itself asked for still works."""
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            identity = Identity()
+            async with open_call(server.url, auth_token=AUTH_TOKEN, identity=identity) as call:
+                await call.say("what are your hours?")
+                assert (await call.read_reply()).text.startswith("We are open")
+                await call.ws.aclose(code=1011, reason="relay session failed")
+            await server.runtime.calls.wait_idle()
+            captured = failed_form(identity.call_sid, call.session_id)
+            fresh = await reconnect_token(server, identity.call_sid, call.session_id)
+            assert "409" in await refused(server.url, captured)   # while the call goes on
+            assert await answered(server, identity.call_sid, fresh)   # Twilio's reconnect
+            await server.runtime.calls.wait_idle()
+            await post_form(server.url + "/action", {
+                "CallSid": identity.call_sid, "SessionId": "VX2", "SessionStatus": "completed",
+                "CallStatus": "completed"}, AUTH_TOKEN)         # the caller hung up
+            for form in (captured, failed_form(identity.call_sid, "VX2")):
+                assert "409" in await refused(server.url, form)
+    assert server.runtime.calls.total == 2                  # the call and its one reconnect
+
+
+async def test_a_replayed_action_on_another_process_is_refused_too(tmp_path: Path) -> None:
+    """The store holds which relay sessions were answered: a replay that a balancer sends to
+    a second process sharing the table is refused as well, as is a renewal after the call's
+    relay ended there (``SessionStatus=ended``: we said goodbye)."""
+    identity = Identity()
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as first, \
+                running_server(make_settings(tmp_path)) as second:
+            await post_form(first.url + "/twiml", {"CallSid": identity.call_sid,
+                                                   "From": VICTIM, "To": "+15555550199"},
+                            AUTH_TOKEN)
+            form = failed_form(identity.call_sid, "VX" + "a" * 32)
+            token_in(await post_form(first.url + "/action", form, AUTH_TOKEN))
+            assert "409" in await refused(second.url, form)
+            await post_form(first.url + "/action", {
+                "CallSid": identity.call_sid, "SessionId": "VX" + "b" * 32,
+                "SessionStatus": "ended", "CallStatus": "in-progress"}, AUTH_TOKEN)
+            await first.runtime.writer.flush(timeout_s=5)
+            assert "409" in await refused(
+                second.url, failed_form(identity.call_sid, "VX" + "b" * 32))
+
+
+@pytest.mark.parametrize("session_id", [None, "", "VX1/../x", "VX" + "1" * 80])
+async def test_a_failed_session_without_a_proper_session_id_gets_no_token(
+        tmp_path: Path, session_id: str | None) -> None:
+    """Twilio always sends the SessionId; without it (or with one that is not an id) a
+    replay could not be told apart, so nothing is minted, and the answer says why."""
+    identity = Identity()
+    form = failed_form(identity.call_sid, session_id or "")
+    if session_id is None:
+        del form["SessionId"]
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            await post_form(server.url + "/twiml", {"CallSid": identity.call_sid,
+                                                    "From": VICTIM, "To": "+15555550199"},
+                            AUTH_TOKEN)
+            with pytest.raises(CallerError, match=r"400.*relay session's id"):
+                await post_form(server.url + "/action", form, AUTH_TOKEN)
 
 
 async def test_sockets_that_never_send_setup_never_keep_a_call_out(tmp_path: Path) -> None:
@@ -283,7 +362,7 @@ async def test_a_session_that_failed_before_the_reply_resumes_with_a_valid_histo
                 await call.say("hello there")
                 await call.ws.aclose(code=1011, reason="relay session failed")
             await server.runtime.calls.wait_idle()
-            fresh = await reconnect_token(server, identity.call_sid)
+            fresh = await reconnect_token(server, identity.call_sid, call.session_id)
             async with signed_socket(server) as ws:
                 await ws.send_message(setup_frame(identity.call_sid, fresh))
                 await ws.send_message(json.dumps({"type": "prompt", "lang": "en-US",

@@ -374,8 +374,8 @@ async def test_a_reconnect_answered_by_b_waits_for_the_last_messages_of_a_s_sock
                 assert (await call.read_reply()).text.startswith("We are open from eleven")
                 await call.hang_up()                    # the relay session fails here
             answer = await post_form(servers.b_url + "/action", {
-                "CallSid": call_sid, "SessionStatus": "failed", "CallStatus": "in-progress",
-                "ErrorCode": "64105"}, AUTH_TOKEN)
+                "CallSid": call_sid, "SessionId": call.session_id, "SessionStatus": "failed",
+                "CallStatus": "in-progress", "ErrorCode": "64105"}, AUTH_TOKEN)
             saved = await store.query(call_sid, records.CHAT_PREFIX)    # the moment B answered
             assert [records.chat_from_item(i)["chat"]["role"] for i in saved] == [
                 "assistant", "user", "assistant"]
@@ -405,8 +405,9 @@ async def test_a_call_whose_relay_keeps_failing_is_reconnected_three_times_acros
               "CallStatus": "in-progress", "ErrorCode": "64105"}
     with trio.fail_after(30):
         await post_form(servers.a_url + "/twiml", _form(identity), AUTH_TOKEN)
-        answers = [await post_form(url + "/action", failed, AUTH_TOKEN)
-                   for url in (servers.a_url, servers.b_url) * 2]
+        answers = [await post_form(url + "/action", {**failed, "SessionId": f"VX{n}"},
+                                   AUTH_TOKEN)
+                   for n, url in enumerate((servers.a_url, servers.b_url) * 2)]
     assert ["<ConversationRelay" in answer for answer in answers] == [True, True, True, False]
     assert "<Hangup />" in answers[3]
     assert "reconnect refused: the call's relay session keeps failing" in servers.events(
@@ -431,8 +432,8 @@ async def test_a_reconnect_answered_by_the_socket_s_own_process_while_it_still_f
                 assert (await call.read_reply()).text.startswith("We are open from eleven")
                 await call.hang_up()
             answer = await post_form(servers.a_url + "/action", {
-                "CallSid": call_sid, "SessionStatus": "failed", "CallStatus": "in-progress",
-                "ErrorCode": "64105"}, AUTH_TOKEN)
+                "CallSid": call_sid, "SessionId": call.session_id, "SessionStatus": "failed",
+                "CallStatus": "in-progress", "ErrorCode": "64105"}, AUTH_TOKEN)
             assert "<ConversationRelay" in answer, answer
             saved = await store.query(call_sid, records.CHAT_PREFIX)
     assert [records.chat_from_item(i)["chat"]["role"] for i in saved] == [

@@ -112,8 +112,9 @@ async def test_a_call_whose_socket_keeps_failing_is_not_reconnected_forever(
         async with running_server(make_settings(tmp_path)) as server:
             await post_form(server.url + "/twiml", form, AUTH_TOKEN)
             await server.runtime.writer.flush(timeout_s=5)
-            answers = [await post_form(server.url + "/action", failed, AUTH_TOKEN)
-                       for _ in range(4)]
+            answers = [await post_form(server.url + "/action", {**failed, "SessionId": f"VX{n}"},
+                                       AUTH_TOKEN)
+                       for n in range(4)]
     assert all("<ConversationRelay" in answer for answer in answers[:3])
     assert "welcomeGreeting" not in answers[0]
     assert "<Hangup />" in answers[3]

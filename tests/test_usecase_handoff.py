@@ -141,7 +141,8 @@ async def test_failed_session_reconnects_and_resumes(tmp_path: Path) -> None:
                 first = await call.say("what are your hours?")
                 assert "Tuesday" in first.text
             body = await agent.post("/action", {
-                "CallSid": call.call_sid, "SessionStatus": "failed", "CallStatus": "in-progress",
+                "CallSid": call.call_sid, "SessionId": call.relay.session_id,
+                "SessionStatus": "failed", "CallStatus": "in-progress",
                 "ErrorCode": "64105", "ErrorMessage": "Websocket ended"})
             target = parse_relay_twiml(body)
             assert target.greeting is None

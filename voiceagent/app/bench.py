@@ -235,7 +235,7 @@ async def _reconnect(stack: AsyncExitStack, options: BenchOptions, call: RelayCa
     await call.fail()
     with trio.fail_after(STEP_TIMEOUT_S):
         target = await reconnect_target(options.url, call.identity.call_sid,
-                                        auth_token=options.auth_token)
+                                        call.session_id, auth_token=options.auth_token)
     # not inside the deadline's scope: the socket's nursery outlives it (its own connect
     # timeout bounds the handshake)
     again = await stack.enter_async_context(open_relay(target, call.identity,

@@ -114,6 +114,7 @@ class RelayCall:
         self.target = target
         self.identity = identity
         self.heard = ""                 # tokens of the talk cycle now "playing"
+        self.session_id = "VX" + secrets.token_hex(16)   # this relay session's, as Twilio's
         self.closed_by_server: int | None = None
 
     async def send_json(self, frame: dict[str, Any]) -> None:
@@ -124,7 +125,7 @@ class RelayCall:
 
     async def setup(self) -> None:
         await self.send_json({
-            "type": "setup", "sessionId": "VX" + secrets.token_hex(16),
+            "type": "setup", "sessionId": self.session_id,
             "accountSid": self.identity.account_sid, "parentCallSid": "",
             "callSid": self.identity.call_sid, "from": self.identity.from_number,
             "to": self.identity.to_number, "forwardedFrom": "", "callType": "PSTN",
@@ -224,12 +225,14 @@ async def open_relay(target: RelayTarget, identity: Identity, *,
         yield call
 
 
-async def reconnect_target(base_url: str, call_sid: str, *,
+async def reconnect_target(base_url: str, call_sid: str, session_id: str, *,
                            auth_token: str | None = None) -> RelayTarget:
     """What Twilio does after a relay session failed with the call still up: ask ``/action``
     (SessionStatus=failed) for the next TwiML, which must connect a new relay session
-    (``parse_relay_twiml`` refuses anything else, an apology and hang-up included)."""
-    form = {"CallSid": call_sid, "SessionStatus": "failed", "CallStatus": "in-progress",
+    (``parse_relay_twiml`` refuses anything else, an apology and hang-up included).
+    ``session_id``: the failed relay session's, as its ``setup`` gave it."""
+    form = {"CallSid": call_sid, "SessionId": session_id, "SessionStatus": "failed",
+            "CallStatus": "in-progress",
             "ErrorCode": "64105", "ErrorMessage": "Websocket ended"}
     return parse_relay_twiml(await post_form(base_url.rstrip("/") + "/action", form,
                                              auth_token))

@@ -112,7 +112,7 @@ class Metrics:
             "voiceagent_reconnects",
             "Reconnects Twilio asked for after a failed relay session, by outcome: resumed, "
             "resumed_partial (the failed socket's last messages may be missing), refused_busy, "
-            "refused_limit", ["outcome"], registry=r)
+            "refused_limit, refused_replay", ["outcome"], registry=r)
         self.barge_ins = Counter("voiceagent_barge_ins", "Barge-ins (interrupt frames acted on)",
                                  registry=r)
         self.cut_turns = Counter("voiceagent_turns_cut", "Turns cancelled before their end",

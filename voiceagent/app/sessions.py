@@ -17,7 +17,9 @@ minted, and each token is used once:
 * while a socket holds the call, a second one for the same CallSid is refused, and a
   replayed ``/twiml`` for a CallSid already seen mints nothing (it would take the call over);
 * Twilio's reconnect after a failed relay session gets a fresh token through the signed
-  ``/action`` callback (``renew``), once the old socket is gone.
+  ``/action`` callback (``renew``), once the old socket is gone; once per relay session
+  (``answer_failure``), and never after the call's relay ended (``relay_ended``), so a
+  captured ``/action`` replayed later cannot reopen the call and read its history.
 
 A reconnect may land on a third process, which resumes the conversation from the store. So
 the old socket's end is marked in the store behind its last messages (``socket_ended``), and
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -84,6 +87,14 @@ class SessionBusy(Exception):
     """A fresh token was asked for a call whose socket is still connected here."""
 
 
+class ActionReplayed(Exception):
+    """A failed relay session's ``/action`` answered before, or one that came after the
+    call's relay ended: a replayed request, since Twilio asks once per relay session."""
+
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9]{1,64}$")      # Twilio's are VX + 32 hex digits
+
+
 class Sessions:
     def __init__(self, *, settings: Settings, store: Store, catalog: Catalog,
                  writer: WriteBehind) -> None:
@@ -95,6 +106,8 @@ class Sessions:
         self._pending: dict[str, tuple[float, records.CallSession, bool]] = {}
         self._live: dict[str, int] = {}         # CallSids with a socket here: its generation
         self._gone: dict[str, trio.Event] = {}  # set when that socket ends (a renewal waits)
+        # (CallSid, SessionId) of failed relay sessions answered here lately: when
+        self._answered: dict[tuple[str, str], float] = {}
 
     async def prepare(self, form: Mapping[str, str]) -> records.CallSession:
         """Build the session for Twilio's call webhook (form fields CallSid, From, To).
@@ -131,6 +144,40 @@ class Sessions:
         await self._offer(renewed, resumes=True)
         log.info("session token renewed for a reconnect")
         return Renewal(renewed, complete)
+
+    async def answer_failure(self, call_sid: str, session_id: str) -> None:
+        """Claim the one answer a failed relay session's ``/action`` gets. Twilio asks once
+        per relay session (each has its own SessionId); a signed request captured from a
+        log, a proxy or a debugging tool verifies just as well when replayed, and a renewal
+        hands whoever sent it a token that opens the call with its history. So a SessionId
+        is answered once (marked in the store before the answer, for the other processes,
+        and here, for a replay racing that write), and not at all once the call's relay has
+        ended (``relay_ended``). ``ActionReplayed`` otherwise, ``ValueError`` for a
+        SessionId that is not one, ``StoreError`` when the marks cannot be read."""
+        if not SESSION_ID.match(session_id):
+            raise ValueError(f"SessionId {session_id[:70]!r} is not a relay session's id")
+        self._forget_stale()
+        key = (call_sid, session_id)
+        if key in self._answered:
+            raise ActionReplayed("this relay session's end was answered before")
+        self._answered[key] = trio.current_time()
+        answered = records.RELAY_ANSWERED_PREFIX + session_id
+        marks = {item["sk"] for item in await self._store.query(call_sid, records.RELAY_PREFIX)}
+        if records.RELAY_ENDED_SK in marks:
+            raise ActionReplayed("the call's relay has ended")
+        if answered in marks:
+            raise ActionReplayed("this relay session's end was answered before")
+        await self._writer.write_now(
+            records.relay_mark_item(call_sid, answered, time.time(),
+                                    self._settings.session_ttl_s),
+            call_sid=call_sid, timeout_s=SESSION_WRITE_S, ordered=False)
+
+    def relay_ended(self, call_sid: str) -> None:
+        """The call's relay is over for good (the caller hung up, or ``/action`` answered
+        with anything but a reconnect): no replayed ``/action`` renews it after this."""
+        self._writer.submit(records.relay_mark_item(call_sid, records.RELAY_ENDED_SK,
+                                                    time.time(), self._settings.session_ttl_s),
+                            call_sid=call_sid, urgent=True)
 
     async def _offer(self, session: records.CallSession, *, resumes: bool) -> None:
         """Wait for the socket here, and in the store for a sibling process. The item is
@@ -360,6 +407,8 @@ class Sessions:
         cutoff = trio.current_time() - PENDING_TTL_S
         for call_sid in [k for k, (at, _, _) in self._pending.items() if at < cutoff]:
             del self._pending[call_sid]
+        for key in [k for k, at in self._answered.items() if at < cutoff]:
+            del self._answered[key]
 
 
 def _matches(session: records.CallSession, token: str) -> bool:

@@ -27,6 +27,7 @@ from voiceagent.app.runtime import Runtime
 from voiceagent.app.sessions import (
     MAX_RECONNECTS,
     TOKEN_PARAMETER,
+    ActionReplayed,
     SessionBusy,
     SessionExists,
 )
@@ -204,6 +205,8 @@ async def action_webhook(runtime: Runtime) -> Response:
     log.info("relay session ended", extra={"status": status,
                                            "error_code": form.get("ErrorCode", "")})
     if status == "completed":                # the caller hung up: Twilio ignores the TwiML
+        if call_sid:
+            runtime.sessions.relay_ended(call_sid)
         return Response(twiml.empty(), mimetype=XML)
     session = None
     # everything a reconnect waits for ends by then (Twilio gives up on a webhook at 15 s)
@@ -229,6 +232,21 @@ async def action_webhook(runtime: Runtime) -> Response:
         if (form.get("CallStatus", "").lower() != "in-progress" or session is None
                 or use_case is None):
             return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+        try:
+            await runtime.sessions.answer_failure(call_sid, form.get("SessionId", ""))
+        except ValueError as err:
+            log.warning("reconnect refused: bad SessionId", extra={"error": str(err)})
+            return Response(f"{err}: this endpoint is ConversationRelay's action callback",
+                            status=400)
+        except ActionReplayed as err:
+            # the first answer stands: another token would open the call to whoever sent this
+            log.warning("reconnect refused: a replayed action callback",
+                        extra={"error": str(err)})
+            _count_reconnect(runtime, "refused_replay", call_sid)
+            return Response("this relay session's end was already answered", status=409)
+        except StoreError as err:
+            log.error("relay session marks unreadable", extra={"error": str(err)})
+            return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
         if session.generation >= MAX_RECONNECTS:       # by any process: the store counts
             log.warning("reconnect refused: the call's relay session keeps failing",
                         extra={"reconnects": session.generation})
@@ -247,6 +265,8 @@ async def action_webhook(runtime: Runtime) -> Response:
             ws_url=ws_url, action_url=_base_url(settings) + "/action", use_case=use_case,
             parameters={TOKEN_PARAMETER: renewed.token}, greeting=False)
         return Response(document, mimetype=XML)
+    if call_sid:
+        runtime.sessions.relay_ended(call_sid)
     handoff = _handoff_data(form.get("HandoffData", ""))
     reason = str(handoff.get("reasonCode", ""))
     wants_person = handoff.get("handoff") is True or reason == HANDOFF_REASON

@@ -13,6 +13,8 @@ Keys (pk / sk, GSI pk1 / sk1):
     use case       name        configuration                     use-case / name
     profile        +E.164      profile                           profile / +E.164
     call session   CallSid     connection                        call / <ISO UTC>#<CallSid>
+    socket end     CallSid     socketClosed:: / socketWritten::<generation:6>
+    relay answered CallSid     relayAnswered::<SessionId>, relayEnded
     chat message   CallSid     chat::<epoch ms:13>::<seq:6>
     order          owner       restaurantOrder::<sid[-4:]>::<s>  restaurantOrder / to-number
 """
@@ -40,6 +42,9 @@ SESSION_SK = "connection"
 CHAT_PREFIX = "chat::"
 SOCKET_CLOSED_PREFIX = "socketClosed::"      # a socket's end, written at once
 SOCKET_WRITTEN_PREFIX = "socketWritten::"    # and behind its last messages
+RELAY_PREFIX = "relay"                       # both items below
+RELAY_ANSWERED_PREFIX = "relayAnswered::"    # a failed relay session /action answered
+RELAY_ENDED_SK = "relayEnded"                # the call's last relay session is over
 ORDER_PREFIX = "restaurantOrder::"
 
 USE_CASE_INDEX = "use-case"          # pk1 values: list one kind of item through the GSI
@@ -298,6 +303,13 @@ def socket_mark_item(prefix: str, call_sid: str, generation: int, at: float,
     call, so once it is in the store everything the socket wrote is too."""
     return {"pk": call_sid, "sk": socket_mark_sk(prefix, generation), "at": at,
             "expireAt": int(at) + ttl_s}
+
+
+def relay_mark_item(call_sid: str, sk: str, at: float, ttl_s: int) -> Item:
+    """That ``/action`` has answered a relay session's end (``RELAY_ANSWERED_PREFIX`` and its
+    SessionId), or that the call's relay is over (``RELAY_ENDED_SK``): a replay of a signed
+    ``/action`` must not mint a reconnect token again."""
+    return {"pk": call_sid, "sk": sk, "at": at, "expireAt": int(at) + ttl_s}
 
 
 def _session_profile(context: Any) -> Profile | None:
