@@ -8,6 +8,7 @@ would, and show what it does not open.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -279,6 +280,47 @@ async def test_sockets_that_never_send_setup_never_keep_a_call_out(tmp_path: Pat
                 for ws in (idle2, idle3):
                     await ws.aclose()
             await server.runtime.calls.wait_idle()
+
+
+async def test_setups_for_calls_nobody_prepared_stay_within_the_waiting_budget(
+        tmp_path: Path) -> None:
+    """A setup naming an unknown CallSid is looked up in the store for ~1.5 s (the session
+    may have been minted by another process). Such sockets left the waiting budget the
+    moment they sent setup, so a captured signed upgrade replayed with made-up CallSids
+    had any number of lookups running (six store reads each). Now a socket counts as
+    waiting until its setup is resolved: the oldest lookup makes room for the newest."""
+    settings = make_settings(tmp_path, MAX_SOCKETS_WAITING="3", SETUP_TIMEOUT_S="60")
+    sockets = 9
+    with trio.fail_after(30):
+        async with running_server(settings) as server:
+            sessions, running, most, lookups = server.runtime.sessions, 0, 0, 0
+            lookup = sessions._minted_elsewhere
+
+            async def counted(call_sid: str, token: str) -> object:
+                nonlocal running, most, lookups
+                lookups += 1
+                running += 1
+                most = max(most, running)
+                try:
+                    return await lookup(call_sid, token)
+                finally:
+                    running -= 1
+
+            sessions._minted_elsewhere = counted        # type: ignore[method-assign]
+            async with contextlib.AsyncExitStack() as stack:
+                opened = []
+                for n in range(sockets):
+                    ws = await stack.enter_async_context(signed_socket(server))
+                    await ws.send_message(setup_frame(f"CA{n:032d}", "made-up"))
+                    opened.append(ws)
+                    while lookups <= n:        # noqa: ASYNC110 - until its lookup started
+                        await trio.sleep(0.001)
+                codes = [await closed_with(ws) for ws in opened]
+            await server.runtime.calls.wait_idle()
+            assert server.runtime.calls.total == 0
+            assert not server.runtime.sockets_waiting
+    assert codes == [1008] * sockets
+    assert most <= 3
 
 
 # ---------------------------------------------------------------- webhook bodies

@@ -67,8 +67,11 @@ class _SocketStanding:
     in a budget of its own (MAX_SOCKETS_WAITING, each for SETUP_TIMEOUT_S at most), so sockets
     that never send setup cannot take the places of calls. When that budget is full, the
     socket that has waited longest is closed to make room: Twilio's own socket sends setup
-    within milliseconds of connecting, so what has waited longest is the idle one. A socket
-    whose setup claims its call is one of the calls until it ends."""
+    within milliseconds of connecting, and its session is usually in this process's memory,
+    so what has waited longest is an idle one, or one whose setup names a call nobody
+    prepared (looked up in the store for ~1.5 s: counted here until then, so a flood of
+    those costs a bounded number of sockets and store reads). A socket whose setup claims
+    its call is one of the calls until it ends."""
 
     def __init__(self, runtime: Runtime, *, call_sid: str | None = None) -> None:
         self._runtime = runtime
@@ -86,12 +89,12 @@ class _SocketStanding:
 
     async def claim(self, setup: Setup) -> CallPlan:
         runtime = self._runtime
-        self._leave_waiting()
         if self._bound is not None and setup.call_sid != self._bound:
             raise CallRejected("this socket was opened for another call")
         if runtime.calls.active >= runtime.settings.max_calls + CAPACITY_MARGIN:
             raise CallRejected("over capacity")
         plan = await runtime.sessions.resolve(setup)
+        self._leave_waiting()           # no checkpoint since resolve: never evicted as a call
         self._call_sid = plan.call_sid
         runtime.calls.started(self.report)
         return plan
@@ -359,7 +362,8 @@ async def relay(runtime: Runtime, scope: dict[str, Any], receive: Any, send: Any
             await run_call(socket, resolve=standing.claim,
                            services=runtime.call_services(), report=standing.report)
         if standing.scope.cancelled_caught:
-            log.warning("relay socket closed: no setup while newer sockets waited")
+            log.warning("relay socket closed: no setup, or its call not found yet, while "
+                        "newer sockets waited")
             with trio.move_on_after(1.0, shield=True):
                 await socket.close(1008, "setup expected")
     finally:
