@@ -14,14 +14,18 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
+import voiceagent.app.sessions as sessions_module
 from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
 from voiceagent.app.caller import CallerError, Identity, open_call, post_form, release_transport
 from voiceagent.signature import sign
+from voiceagent.tools.base import ToolDefinition
+from voiceagent.tools.registry import ToolRegistry
 
 VICTIM = "+15555550100"
 
@@ -189,6 +193,52 @@ async def test_twilio_reconnects_a_failed_session_with_a_fresh_token(tmp_path: P
     assert resumed is not None
     said = [b.get("text", "") for m in resumed.for_request() for b in m["content"]]
     assert "what are your hours?" in said                   # the first session's turn
+
+
+async def test_a_session_failing_during_a_side_effect_tool_is_reconnected(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The socket drops while an order is being placed (a side-effect tool runs to its end,
+    shielded). Twilio's ``/action`` comes at once; the call here winds down only when the
+    tool is done. The closed socket tells the reconnect to wait for that: it answered "still
+    connected" after SOCKET_CLOSED_GRACE_S and the caller was hung up on."""
+    monkeypatch.setattr(sessions_module, "SOCKET_CLOSED_GRACE_S", 0.05)
+    started, release = trio.Event(), trio.Event()
+
+    async def place(ctx: Any, args: Any) -> dict[str, Any]:
+        started.set()
+        await release.wait()
+        return {"minutes": 25}
+
+    registry = ToolRegistry([ToolDefinition("CheckRestaurantPickUpTime", place,
+                                            side_effect=True, timeout_s=10)])
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path), registry=registry) as server:
+            identity = Identity()
+            sessions = server.runtime.sessions
+            async with open_call(server.url, auth_token=AUTH_TOKEN, identity=identity) as call:
+                await call.say("when can I pick up?")
+                await started.wait()
+                await call.ws.aclose(code=1011, reason="relay session failed")
+            answer = ""
+
+            async def action() -> None:
+                nonlocal answer
+                answer = await post_form(server.url + "/action",
+                                         failed_form(identity.call_sid, call.session_id),
+                                         AUTH_TOKEN)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(action)
+                while identity.call_sid not in sessions._gone:  # noqa: ASYNC110 - it waits
+                    await trio.sleep(0.005)
+                await trio.sleep(0.2)                   # past the grace, the tool still busy
+                assert identity.call_sid in sessions._live
+                release.set()
+            assert await answered(server, identity.call_sid, token_in(answer))
+            await server.runtime.calls.wait_idle()
+    results = [b["toolResult"] for m in server.runtime.calls.reports[-1].history.messages
+               for b in m["content"] if "toolResult" in b]
+    assert results[0]["content"] == [{"json": {"minutes": 25}}]
 
 
 async def test_a_replayed_action_callback_never_reopens_the_call(tmp_path: Path) -> None:

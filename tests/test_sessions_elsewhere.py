@@ -371,6 +371,47 @@ async def test_a_reconnect_asked_before_the_socket_here_wound_down_waits_for_it(
     assert trio.current_time() - started == pytest.approx(SOCKET_CLOSED_GRACE_S)
 
 
+@pytest.mark.parametrize("closes_after_s", [0.0, 1.0])
+async def test_a_reconnect_waits_for_a_closed_socket_s_call_to_wind_down(
+        autojump_clock: Any, closes_after_s: float) -> None:
+    """The relay session fails while a side-effect tool runs (an order placed, 4 s); the
+    socket here closes at once, or a second later, but the call winds down only when the
+    tool has finished and its result is written. The renewal waits for that, up to the
+    webhook's deadline: after SOCKET_CLOSED_GRACE_S it refused, as if the socket were still
+    connected, and the caller was hung up on. One whose call outlives the deadline is
+    refused at the deadline."""
+    store, a, a_writer, _ = await _two_processes()
+    with trio.fail_after(60):
+        session = await _prepare_on(a)
+        await a.resolve(_setup(session.token))
+
+        async def socket_closes_then_call_ends() -> None:
+            await trio.sleep(closes_after_s)
+            a.socket_closed(CALL_SID)
+            await trio.sleep(4.0 - closes_after_s)             # the tool finishing
+            await _a_socket_ends(a, a_writer, ["order a pizza"])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(socket_closes_then_call_ends)
+            await nursery.start(a_writer.run)
+            started = trio.current_time()
+            renewed, complete = await a.renew(session, deadline=started + 10.0)
+            waited = trio.current_time() - started
+            saved = await store.query(CALL_SID, records.CHAT_PREFIX)
+            nursery.cancel_scope.cancel()
+        assert waited == pytest.approx(4.0)
+        assert complete
+        assert len(saved) == 1                               # the call's last write is in
+        assert renewed.generation == 1
+
+        await a.resolve(_setup(renewed.token))               # the reconnect's socket
+        a.socket_closed(CALL_SID)                            # closed; its call never ends
+        started = trio.current_time()
+        with pytest.raises(SessionBusy):
+            await a.renew(renewed, deadline=started + 6.0)
+    assert trio.current_time() - started == pytest.approx(6.0)
+
+
 async def test_a_reconnect_s_socket_on_the_process_that_answered_twiml_is_served(
         autojump_clock: Any) -> None:
     """A answered ``/twiml``; the call's socket went to B, failed there, and B renewed it.

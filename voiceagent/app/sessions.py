@@ -106,6 +106,7 @@ class Sessions:
         self._pending: dict[str, tuple[float, records.CallSession, bool]] = {}
         self._live: dict[str, int] = {}         # CallSids with a socket here: its generation
         self._gone: dict[str, trio.Event] = {}  # set when that socket ends (a renewal waits)
+        self._closing: dict[str, trio.Event] = {}   # set when it closed, its call winding down
         # (CallSid, SessionId) of failed relay sessions answered here lately: when
         self._answered: dict[tuple[str, str], float] = {}
 
@@ -133,7 +134,9 @@ class Sessions:
         still holds the call here, SOCKET_CLOSED_GRACE_S after the ask. Every wait for the
         old socket ends by ``deadline`` (trio time; default FLUSH_TIMEOUT_S from now), then
         the renewal is written (SESSION_WRITE_S at most): Twilio gives up on a webhook after
-        15 s, and a mass failure (a task dying with hundreds of calls) backs the store up."""
+        15 s, and a mass failure (a task dying with hundreds of calls) backs the store up.
+        A socket here that has closed but whose call still winds down (a side-effect tool
+        finishing) is waited for up to the deadline."""
         if deadline is None:
             deadline = trio.current_time() + self._settings.flush_timeout_s
         if session.call_sid in self._live:
@@ -348,25 +351,38 @@ class Sessions:
                     extra={"waited_ms": round(waited * 1000)})
         return False
 
+    def socket_closed(self, call_sid: str) -> None:
+        """The socket that claimed ``call_sid`` here has closed; its call may take a while
+        longer to wind down (a side-effect tool runs to its end, up to its timeout), and a
+        reconnect waits for that rather than hang up on the caller."""
+        if call_sid in self._live:
+            self._closing.setdefault(call_sid, trio.Event()).set()
+
     async def _socket_here_ended(self, call_sid: str, deadline: float) -> None:
         """Twilio asks for the reconnect the moment the relay session failed, and this
         process's call may not have seen its socket end yet (its reader has to notice the
-        close, its actors to wind down). Wait for that a bounded while (``SessionBusy``
-        after it), then for the socket's last writes: the new socket resumes the call from
-        the store. Refused at once, a reconnect that raced the teardown hung up on the
-        caller."""
+        close, its actors to wind down). Wait for the socket to close a bounded while
+        (``SessionBusy`` after it: as far as this process knows, it is connected), then for
+        the call to wind down, up to the deadline (a side-effect tool finishing; refused
+        after the grace, a reconnect during a 3 s order placement hung up on the caller),
+        then for the socket's last writes: the new socket resumes the call from the store."""
         ended = self._gone.setdefault(call_sid, trio.Event())
+        closing = self._closing.setdefault(call_sid, trio.Event())
         with trio.move_on_at(min(trio.current_time() + SOCKET_CLOSED_GRACE_S, deadline)):
-            await ended.wait()
+            await closing.wait()
+        if closing.is_set():
+            with trio.move_on_at(deadline):
+                await ended.wait()
         if call_sid in self._live:
             raise SessionBusy(call_sid)
         await self._writer.flush(call_sid, timeout_s=max(0.0, deadline - trio.current_time()))
 
     def _socket_gone(self, call_sid: str) -> int | None:
         """The socket of ``call_sid`` here has ended: its generation, if it had claimed."""
-        ended = self._gone.pop(call_sid, None)
-        if ended is not None:
-            ended.set()
+        for events in (self._closing, self._gone):
+            event = events.pop(call_sid, None)
+            if event is not None:
+                event.set()
         return self._live.pop(call_sid, None)
 
     def release(self, call_sid: str) -> None:

@@ -80,6 +80,7 @@ class _SocketStanding:
         self.scope = trio.CancelScope()         # cancelled only to evict it while waiting
         self._waiting = True
         self._call_sid: str | None = None
+        self._socket_closed = False
         waiting = runtime.sockets_waiting
         if len(waiting) >= runtime.settings.max_sockets_waiting:
             oldest = next(iter(waiting))
@@ -96,8 +97,17 @@ class _SocketStanding:
         plan = await runtime.sessions.resolve(setup)
         self._leave_waiting()           # no checkpoint since resolve: never evicted as a call
         self._call_sid = plan.call_sid
+        if self._socket_closed:
+            runtime.sessions.socket_closed(plan.call_sid)
         runtime.calls.started(self.report)
         return plan
+
+    def socket_closed(self) -> None:
+        """Its socket closed (the peer left, a send failed, or we closed it): a reconnect
+        waits for the call's wind-down instead of refusing it as connected."""
+        self._socket_closed = True
+        if self._call_sid is not None:
+            self._runtime.sessions.socket_closed(self._call_sid)
 
     def end(self) -> None:
         self._leave_waiting()
@@ -355,8 +365,8 @@ async def relay(runtime: Runtime, scope: dict[str, Any], receive: Any, send: Any
         return
     if not await asgi_socket.accept(receive, send):
         return
-    socket = asgi_socket.AsgiRelaySocket(receive, send)
     standing = _SocketStanding(runtime, call_sid=bound)
+    socket = asgi_socket.AsgiRelaySocket(receive, send, on_closed=standing.socket_closed)
     try:
         with standing.scope:
             await run_call(socket, resolve=standing.claim,

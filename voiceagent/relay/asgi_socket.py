@@ -8,6 +8,7 @@ disconnect is just ``RelayBroken`` from ``receive``, and the call winds down in 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from voiceagent.errors import RelayBroken
@@ -20,10 +21,18 @@ Send = Any         # hypercorn's ASGISendCallable
 
 
 class AsgiRelaySocket:
-    def __init__(self, receive: Receive, send: Send) -> None:
+    def __init__(self, receive: Receive, send: Send,
+                 on_closed: Callable[[], None] | None = None) -> None:
         self._receive = receive
         self._send = send
+        self._on_closed = on_closed     # once, when the socket is known closed, either side
         self._closed = False
+
+    def _mark_closed(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._on_closed is not None:
+                self._on_closed()
 
     async def receive(self) -> str | bytes:
         while True:
@@ -35,7 +44,7 @@ class AsgiRelaySocket:
                     return str(text)
                 return bytes(event.get("bytes") or b"")
             if kind == "websocket.disconnect":
-                self._closed = True
+                self._mark_closed()
                 raise RelayBroken(f"peer closed the socket (code {event.get('code')})")
 
     async def send(self, text: str) -> None:
@@ -44,13 +53,13 @@ class AsgiRelaySocket:
         try:
             await self._send({"type": "websocket.send", "text": text})
         except Exception as err:          # hypercorn raises its own types on a dead transport
-            self._closed = True
+            self._mark_closed()
             raise RelayBroken(f"send failed: {type(err).__name__}") from err
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self._closed:
             return
-        self._closed = True
+        self._mark_closed()
         try:
             await self._send({"type": "websocket.close", "code": code, "reason": reason})
         except Exception as err:
