@@ -36,23 +36,32 @@ log = logging.getLogger(__name__)
 
 GRACEFUL_S = 2.0                   # after our own drain, hypercorn's last grace
 WATCHDOG_S = 10.0                  # a peer that stopped reading can hold a shielded send
+                                   # (until DEAD_PEER_S, on Linux)
 HARD_FRAME_LIMIT = 1024 * 1024     # hypercorn closes the socket (1009) beyond this; the
                                    # reader drops frames over MAX_FRAME_BYTES before that
 BODY_TIMEOUT_S = 10.0              # a request's whole body, from the end of its headers:
                                    # Twilio sends its few KB at once
+# A peer gone without a FIN (a NAT or balancer dropped the flow) or one that stopped reading
+# (its window at zero) would hold a call's send for ever: hypercorn shields send_all from
+# cancellation, so neither the call's teardown nor a drain can end it, and the call keeps its
+# place, its session and its socket. The kernel drops such a connection once data has gone
+# unacknowledged this long (zero-window probes included, Linux 5.10 and later); keepalive
+# probes do the same for a connection with nothing to send (pings off).
+DEAD_PEER_S = 30.0
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 20, 5, 3
 
 
 def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0,
                      reuse_port: bool = False) -> Config:
     config = Config()
-    if reuse_port:
-        # One trio process per core (docker/entrypoint.sh starts them): hypercorn 0.18 sets
-        # SO_REUSEPORT only for its own multi-worker mode, so bind here and hand it the fd.
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.create_server((host, port), family=family, reuse_port=True)
-        config.bind = [f"fd://{listener.detach()}"]
-    else:
-        config.bind = [f"{host}:{port}"]
+    # Bound here and handed to hypercorn as an fd: accepted connections inherit the
+    # listener's options (``_drop_dead_peers``), which hypercorn offers no hook for; and for
+    # one trio process per core (docker/entrypoint.sh starts them) SO_REUSEPORT, which
+    # hypercorn 0.18 sets only for its own multi-worker mode.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.create_server((host, port), family=family, reuse_port=reuse_port)
+    _drop_dead_peers(listener)
+    config.bind = [f"fd://{listener.detach()}"]
     config.websocket_max_message_size = HARD_FRAME_LIMIT
     # Twilio sends nothing on a quiet call and the ALB cuts idle connections (60 s default):
     # WebSocket pings keep the path alive without a frame Twilio would reject.
@@ -66,6 +75,19 @@ def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0,
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
+
+
+def _drop_dead_peers(listener: socket.socket) -> None:
+    """See DEAD_PEER_S. Options the platform lacks (TCP_USER_TIMEOUT is Linux's) are left
+    out: a laptop without them serves as before."""
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_USER_TIMEOUT", int(DEAD_PEER_S * 1000)),
+                        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+                        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                        ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            listener.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 async def serve(runtime: Runtime, *, host: str, port: int,

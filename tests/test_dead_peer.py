@@ -1,0 +1,87 @@
+"""A peer that stops reading, through the real server and a real TCP connection.
+
+hypercorn shields its ``send_all`` from cancellation, so a relay socket whose peer keeps the
+connection open but no longer reads (its receive window at zero) held the call's send, and
+with it the call, its place under MAX_CALLS and its session, for ever: no teardown deadline
+or drain could end it. The listener's TCP_USER_TIMEOUT (``DEAD_PEER_S``) has the kernel drop
+such a connection; here it is one second, and the peer is a socket with a 4 KiB receive
+buffer that stops reading after its prompt, while the model streams megabytes.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+import wsproto
+import wsproto.events
+
+import voiceagent.app.server as server_module
+from tests.fakes import FakeLLM
+from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from voiceagent.app.caller import Identity, open_call, parse_relay_twiml, post_form
+from voiceagent.llm.base import StreamEnd, TextDelta
+from voiceagent.signature import sign
+
+pytestmark = pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"),
+                                reason="TCP_USER_TIMEOUT is Linux's")
+
+CHUNK = "word " * 6_000              # 30 KB a delta; 200 of them: far more than the buffers
+
+
+async def _stalled_call(url: str, identity: Identity) -> trio.SocketStream:
+    """A call whose socket sent setup and a prompt, then reads nothing more."""
+    target = parse_relay_twiml(await post_form(url + "/twiml", {
+        "CallSid": identity.call_sid, "From": identity.from_number,
+        "To": identity.to_number}, AUTH_TOKEN))
+    host, port = url.removeprefix("http://").split(":")
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)     # before connect: the window
+    await sock.connect((host, int(port)))
+    stream = trio.SocketStream(sock)
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    signature = sign(AUTH_TOKEN, target.url)
+    await stream.send_all(client.send(wsproto.events.Request(
+        host=f"{host}:{port}", target="/relay",
+        extra_headers=[(b"X-Twilio-Signature", signature.encode())])))
+    accepted = False
+    while not accepted:
+        client.receive_data(await stream.receive_some(4096))
+        accepted = any(isinstance(e, wsproto.events.AcceptConnection)
+                       for e in client.events())
+    for frame in ({"type": "setup", "sessionId": "VX" + "1" * 32,
+                   "callSid": identity.call_sid, "from": identity.from_number,
+                   "to": identity.to_number, "customParameters": target.parameters},
+                  {"type": "prompt", "voicePrompt": "tell me everything", "lang": "en-US",
+                   "last": True}):
+        await stream.send_all(client.send(wsproto.events.TextMessage(json.dumps(frame))))
+    return stream
+
+
+async def test_a_peer_that_stops_reading_loses_its_call_and_frees_its_place(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_module, "DEAD_PEER_S", 1.0)
+    llm = FakeLLM([[0.0, *[TextDelta(CHUNK) for _ in range(200)], StreamEnd("end_turn")],
+                   [0.0, TextDelta("We are open."), StreamEnd("end_turn")]])
+    identity = Identity()
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path, MAX_CALLS="1"), llm=llm) as server:
+            # closed on the way out even when the test fails, before the server shuts down:
+            # a send still stalled there would hold the shutdown too
+            async with await _stalled_call(server.url, identity):
+                while server.runtime.calls.active == 0:     # noqa: ASYNC110 - until it claims
+                    await trio.sleep(0.01)
+                await server.runtime.calls.wait_idle()     # the kernel dropped the connection
+                assert identity.call_sid not in server.runtime.sessions._live
+                async with open_call(server.url, auth_token=AUTH_TOKEN) as call:  # its place
+                    await call.say("what are your hours?")
+                    assert (await call.read_reply()).text == "We are open."
+                    await call.hang_up()
+                await server.runtime.calls.wait_idle()
+    stalled = server.runtime.calls.reports[0]
+    assert stalled.call_sid == identity.call_sid
+    assert stalled.ended_by == "hangup"                # the peer gone, not an error of ours
+    assert llm.closed_at                               # the model stream was closed too
