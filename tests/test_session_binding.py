@@ -171,6 +171,32 @@ async def test_a_replayed_twiml_request_mints_nothing_and_takes_nothing_over(
     assert [r.ended_by for r in server.runtime.calls.reports] == ["hangup"]
 
 
+async def test_a_replayed_twiml_request_mints_nothing_after_the_session_expired(
+        tmp_path: Path) -> None:
+    """Twilio's signature carries no time, so a captured ``/twiml`` verifies for as long as
+    the auth token lives. Once the session item expired (SESSION_TTL_S, a day), a replay
+    minted a new session with the caller's profile in its prompt, and the token for it.
+    A ``callSeen`` item, with nothing of the caller in it, outlives the session."""
+    identity = Identity(from_number=VICTIM)
+    form = {"CallSid": identity.call_sid, "From": VICTIM, "To": identity.to_number}
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            store = server.runtime.store
+            async with open_call(server.url, auth_token=AUTH_TOKEN, identity=identity) as call:
+                await call.hang_up()
+            await server.runtime.calls.wait_idle()
+            await server.runtime.writer.flush(timeout_s=5)
+            seen = await store.get(identity.call_sid, "callSeen")
+            for item in await store.query(identity.call_sid):      # what expires with it
+                if item["sk"] != "callSeen":
+                    await store.delete(item["pk"], item["sk"])
+            with pytest.raises(CallerError, match="409"):
+                await post_form(server.url + "/twiml", form, AUTH_TOKEN)
+    assert seen is not None
+    assert set(seen) == {"pk", "sk", "at", "expireAt"}         # nothing of the caller
+    assert seen["expireAt"] - seen["at"] >= 365 * 24 * 3600
+
+
 async def test_twilio_reconnects_a_failed_session_with_a_fresh_token(tmp_path: Path) -> None:
     """The relay session fails, Twilio calls /action (signed) and connects again with the
     TwiML it gets back: a fresh token for the same call, which resumes the conversation.

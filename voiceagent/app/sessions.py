@@ -15,7 +15,11 @@ minted, and each token is used once:
 * claiming consumes the token (in memory and in the store), so the token of a call that
   ended, or of a socket that went away, opens nothing;
 * while a socket holds the call, a second one for the same CallSid is refused, and a
-  replayed ``/twiml`` for a CallSid already seen mints nothing (it would take the call over);
+  replayed ``/twiml`` for a CallSid already seen mints nothing (it would take the call over,
+  or, once the call is over, open a new one with the caller's profile in its prompt): the
+  session item says so while it lives, and a ``callSeen`` item with nothing of the caller
+  in it for CALL_SEEN_TTL_S after that (Twilio's signature carries no time: a captured
+  request verifies until the auth token is rotated);
 * Twilio's reconnect after a failed relay session gets a fresh token through the signed
   ``/action`` callback (``renew``), once the old socket is gone; once per relay session
   (``answer_failure``), and never after the call's relay ended (``relay_ended``), so a
@@ -65,6 +69,7 @@ MINTED_ELSEWHERE_WAITS_S = (0.05, 0.1, 0.2, 0.4, 0.8)
 # relay sessions per call, counted in its session item (its generation), so across processes.
 MAX_RECONNECTS = 3
 SESSION_WRITE_S = 2.0            # /twiml waits this long for the session item, then queues it
+CALL_SEEN_TTL_S = 400 * 24 * 3600    # a replayed /twiml refused this long (rotate the token)
 SOCKET_END_FIRST_WAIT_S = 0.05   # renew reads the old socket's end marks again after pauses
 SOCKET_END_LONGEST_WAIT_S = 0.8  # doubling from this to this, until renew's deadline
 SOCKET_CLOSED_GRACE_S = 1.5      # no "closed" mark by then: no process is draining its writes
@@ -115,17 +120,24 @@ class Sessions:
         Raises ``SessionExists`` for a CallSid already prepared, here or in the store."""
         call_sid, caller, called = form["CallSid"], form.get("From", ""), form.get("To", "")
         self._forget_stale()
-        if (call_sid in self._pending or call_sid in self._live
-                or await self._store.get(call_sid, "connection") is not None):
+        if call_sid in self._pending or call_sid in self._live or await self._seen(call_sid):
             raise SessionExists(call_sid)
         session = await self._build(call_sid, caller, called, token=secrets.token_urlsafe(18))
         if call_sid in self._pending or call_sid in self._live:     # raced while building
             raise SessionExists(call_sid)
         await self._offer(session, resumes=False)
+        self._writer.submit(records.call_seen_item(call_sid, session.created_at, max(
+            CALL_SEEN_TTL_S, self._settings.session_ttl_s)), call_sid=call_sid)
         log.info("session prepared", extra={"use_case": session.use_case,
                                             "caller": mask_phone(caller),
                                             "known_caller": session.profile is not None})
         return session
+
+    async def _seen(self, call_sid: str) -> bool:
+        """Whether a ``/twiml`` for ``call_sid`` was answered before, by any process: its
+        session item, or (that one expired) its ``callSeen`` item."""
+        return (await self._store.get(call_sid, records.SESSION_SK) is not None
+                or await self._store.get(call_sid, records.CALL_SEEN_SK) is not None)
 
     async def renew(self, session: records.CallSession, *,
                     deadline: float | None = None) -> Renewal:

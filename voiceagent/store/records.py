@@ -15,6 +15,7 @@ Keys (pk / sk, GSI pk1 / sk1):
     call session   CallSid     connection                        call / <ISO UTC>#<CallSid>
     socket end     CallSid     socketClosed:: / socketWritten::<generation:6>
     relay answered CallSid     relayAnswered::<SessionId>, relayEnded
+    call seen      CallSid     callSeen
     chat message   CallSid     chat::<epoch ms:13>::<seq:6>
     order          owner       restaurantOrder::<sid[-4:]>::<s>  restaurantOrder / to-number
 """
@@ -45,6 +46,7 @@ SOCKET_WRITTEN_PREFIX = "socketWritten::"    # and behind its last messages
 RELAY_PREFIX = "relay"                       # both items below
 RELAY_ANSWERED_PREFIX = "relayAnswered::"    # a failed relay session /action answered
 RELAY_ENDED_SK = "relayEnded"                # the call's last relay session is over
+CALL_SEEN_SK = "callSeen"                    # /twiml prepared this call once (kept long)
 ORDER_PREFIX = "restaurantOrder::"
 
 USE_CASE_INDEX = "use-case"          # pk1 values: list one kind of item through the GSI
@@ -310,6 +312,12 @@ def relay_mark_item(call_sid: str, sk: str, at: float, ttl_s: int) -> Item:
     SessionId), or that the call's relay is over (``RELAY_ENDED_SK``): a replay of a signed
     ``/action`` must not mint a reconnect token again."""
     return {"pk": call_sid, "sk": sk, "at": at, "expireAt": int(at) + ttl_s}
+
+
+def call_seen_item(call_sid: str, at: float, ttl_s: int) -> Item:
+    """That ``/twiml`` prepared this call: no prompt, no profile, nothing of the caller, so
+    it can outlive the session item by far (a replayed ``/twiml`` stays refused)."""
+    return {"pk": call_sid, "sk": CALL_SEEN_SK, "at": at, "expireAt": int(at) + ttl_s}
 
 
 def _session_profile(context: Any) -> Profile | None:
