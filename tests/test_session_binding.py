@@ -21,6 +21,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 import voiceagent.app.sessions as sessions_module
+import voiceagent.store.records as records
 from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
 from voiceagent.app.caller import CallerError, Identity, open_call, post_form, release_transport
 from voiceagent.signature import sign
@@ -176,7 +177,7 @@ async def test_a_replayed_twiml_request_mints_nothing_after_the_session_expired(
     """Twilio's signature carries no time, so a captured ``/twiml`` verifies for as long as
     the auth token lives. Once the session item expired (SESSION_TTL_S, a day), a replay
     minted a new session with the caller's profile in its prompt, and the token for it.
-    A ``callSeen`` item, with nothing of the caller in it, outlives the session."""
+    A ``connectionSeen`` item, with nothing of the caller in it, outlives the session."""
     identity = Identity(from_number=VICTIM)
     form = {"CallSid": identity.call_sid, "From": VICTIM, "To": identity.to_number}
     with trio.fail_after(20):
@@ -186,9 +187,9 @@ async def test_a_replayed_twiml_request_mints_nothing_after_the_session_expired(
                 await call.hang_up()
             await server.runtime.calls.wait_idle()
             await server.runtime.writer.flush(timeout_s=5)
-            seen = await store.get(identity.call_sid, "callSeen")
+            seen = await store.get(identity.call_sid, records.CALL_SEEN_SK)
             for item in await store.query(identity.call_sid):      # what expires with it
-                if item["sk"] != "callSeen":
+                if item["sk"] != records.CALL_SEEN_SK:
                     await store.delete(item["pk"], item["sk"])
             with pytest.raises(CallerError, match="409"):
                 await post_form(server.url + "/twiml", form, AUTH_TOKEN)

@@ -127,11 +127,11 @@ async def test_the_session_is_in_the_store_when_the_webhook_answers(
     store, a, a_writer, b = await _two_processes()
     with trio.fail_after(10):
         session = await _prepare_on(a)                 # A's queue is not even draining
-        assert a_writer.statistics().pending == 1      # the callSeen item, no socket's need
+        assert a_writer.statistics().pending == 1      # connectionSeen, which no socket needs
         started = trio.current_time()
         plan = await b.resolve(_setup(session.token))
     assert trio.current_time() == started               # found at the first read
-    assert store.session_reads == 2                     # A's replay check, B's one read
+    assert store.session_reads == 1                     # B's one read (A's check: a query)
     assert plan.system_prompt == session.system_prompt  # A's session, not rebuilt
     assert plan.greeting == "Hello from elsewhere."
     with pytest.raises(CallRejected, match="already connected"):   # claimed: B holds it

@@ -17,9 +17,9 @@ minted, and each token is used once:
 * while a socket holds the call, a second one for the same CallSid is refused, and a
   replayed ``/twiml`` for a CallSid already seen mints nothing (it would take the call over,
   or, once the call is over, open a new one with the caller's profile in its prompt): the
-  session item says so while it lives, and a ``callSeen`` item with nothing of the caller
-  in it for CALL_SEEN_TTL_S after that (Twilio's signature carries no time: a captured
-  request verifies until the auth token is rotated);
+  session item says so while it lives, and a ``connectionSeen`` item with nothing of the
+  caller in it for CALL_SEEN_TTL_S after that (Twilio's signature carries no time: a
+  captured request verifies until the auth token is rotated);
 * Twilio's reconnect after a failed relay session gets a fresh token through the signed
   ``/action`` callback (``renew``), once the old socket is gone; once per relay session
   (``answer_failure``), and never after the call's relay ended (``relay_ended``), so a
@@ -135,9 +135,9 @@ class Sessions:
 
     async def _seen(self, call_sid: str) -> bool:
         """Whether a ``/twiml`` for ``call_sid`` was answered before, by any process: its
-        session item, or (that one expired) its ``callSeen`` item."""
-        return (await self._store.get(call_sid, records.SESSION_SK) is not None
-                or await self._store.get(call_sid, records.CALL_SEEN_SK) is not None)
+        session item, or (that one expired) its ``connectionSeen`` item; one read finds
+        both, their keys sharing the prefix."""
+        return bool(await self._store.query(call_sid, records.SESSION_SK, limit=1))
 
     async def renew(self, session: records.CallSession, *,
                     deadline: float | None = None) -> Renewal:

@@ -15,7 +15,7 @@ Keys (pk / sk, GSI pk1 / sk1):
     call session   CallSid     connection                        call / <ISO UTC>#<CallSid>
     socket end     CallSid     socketClosed:: / socketWritten::<generation:6>
     relay answered CallSid     relayAnswered::<SessionId>, relayEnded
-    call seen      CallSid     callSeen
+    call seen      CallSid     connectionSeen
     chat message   CallSid     chat::<epoch ms:13>::<seq:6>
     order          owner       restaurantOrder::<sid[-4:]>::<s>  restaurantOrder / to-number
 """
@@ -46,7 +46,7 @@ SOCKET_WRITTEN_PREFIX = "socketWritten::"    # and behind its last messages
 RELAY_PREFIX = "relay"                       # both items below
 RELAY_ANSWERED_PREFIX = "relayAnswered::"    # a failed relay session /action answered
 RELAY_ENDED_SK = "relayEnded"                # the call's last relay session is over
-CALL_SEEN_SK = "callSeen"                    # /twiml prepared this call once (kept long)
+CALL_SEEN_SK = "connectionSeen"              # /twiml prepared this call once (kept long)
 ORDER_PREFIX = "restaurantOrder::"
 
 USE_CASE_INDEX = "use-case"          # pk1 values: list one kind of item through the GSI
