@@ -59,7 +59,9 @@ def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0,
     # one trio process per core (docker/entrypoint.sh starts them) SO_REUSEPORT, which
     # hypercorn 0.18 sets only for its own multi-worker mode.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.create_server((host, port), family=family, reuse_port=reuse_port)
+    listener = socket.create_server(      # IPv4 too on "::", as hypercorn's own bind had it
+        (host, port), family=family, reuse_port=reuse_port,
+        dualstack_ipv6=family == socket.AF_INET6 and socket.has_dualstack_ipv6())
     _drop_dead_peers(listener)
     config.bind = [f"fd://{listener.detach()}"]
     config.websocket_max_message_size = HARD_FRAME_LIMIT
