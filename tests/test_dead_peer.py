@@ -87,17 +87,19 @@ async def test_a_peer_that_stops_reading_loses_its_call_and_frees_its_place(
     assert llm.closed_at                               # the model stream was closed too
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "::"])
-def test_the_listener_hands_its_limits_to_every_connection(host: str) -> None:
+@pytest.mark.parametrize(("host", "connect_to"), [("127.0.0.1", "127.0.0.1"),
+                                                  ("::", "127.0.0.1"), ("[::1]", "::1")])
+def test_the_listener_hands_its_limits_to_every_connection(host: str, connect_to: str) -> None:
     """Accepted sockets inherit the listener's options (hypercorn has no hook for its
-    accepted sockets); on "::" IPv4 callers still get in, as with hypercorn's own bind."""
-    if host == "::" and not socket.has_dualstack_ipv6():
+    accepted sockets); on "::" IPv4 callers still get in, and HOST=[::1] binds, as with
+    hypercorn's own bind."""
+    if ":" in host and not socket.has_dualstack_ipv6():
         pytest.skip("no dual-stack IPv6 here")
     config = server_module.hypercorn_config(host, 0)
     with socket.socket(fileno=int(config.bind[0].removeprefix("fd://"))) as listener:
         listener.settimeout(5)
         port = listener.getsockname()[1]
-        with socket.create_connection(("127.0.0.1", port), timeout=5):
+        with socket.create_connection((connect_to, port), timeout=5):
             accepted, _ = listener.accept()
         with accepted:
             assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1

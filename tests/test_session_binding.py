@@ -24,6 +24,7 @@ import voiceagent.app.sessions as sessions_module
 import voiceagent.store.records as records
 from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
 from voiceagent.app.caller import CallerError, Identity, open_call, post_form, release_transport
+from voiceagent.errors import StoreError
 from voiceagent.signature import sign
 from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
@@ -315,6 +316,36 @@ async def test_a_replayed_action_on_another_process_is_refused_too(tmp_path: Pat
             await first.runtime.writer.flush(timeout_s=5)
             assert "409" in await refused(
                 second.url, failed_form(identity.call_sid, "VX" + "b" * 32))
+
+
+async def test_a_failure_answered_with_an_apology_stays_unrenewable(tmp_path: Path) -> None:
+    """The store throttles the relay marks' read when Twilio's /action comes: the answer is
+    an apology and a hang-up. The call's relay has ended, and says so once the store takes
+    writes again, so the same signed request replayed later, on another process, mints
+    nothing (found by a review helper)."""
+    identity = Identity()
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as first, \
+                running_server(make_settings(tmp_path)) as second:
+            await post_form(first.url + "/twiml", {"CallSid": identity.call_sid,
+                                                   "From": VICTIM, "To": "+15555550199"},
+                            AUTH_TOKEN)
+            form = failed_form(identity.call_sid, "VX" + "c" * 32)
+            store = first.runtime.store
+            real_query = store.query
+
+            async def throttled(pk: str, sk_prefix: str = "", **kw: Any) -> Any:
+                if sk_prefix == records.RELAY_PREFIX:
+                    raise StoreError("ProvisionedThroughputExceededException")
+                return await real_query(pk, sk_prefix, **kw)
+
+            store.query = throttled                     # type: ignore[method-assign]
+            answer = await post_form(first.url + "/action", form, AUTH_TOKEN)
+            store.query = real_query                    # type: ignore[method-assign]
+            await first.runtime.writer.flush(timeout_s=5)
+            assert "409" in await refused(second.url, form)
+    assert "<Hangup" in answer
+    assert "sessionToken" not in answer
 
 
 @pytest.mark.parametrize("session_id", [None, "", "VX1/../x", "VX" + "1" * 80])

@@ -58,6 +58,7 @@ def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0,
     # listener's options (``_drop_dead_peers``), which hypercorn offers no hook for; and for
     # one trio process per core (docker/entrypoint.sh starts them) SO_REUSEPORT, which
     # hypercorn 0.18 sets only for its own multi-worker mode.
+    host = host.strip("[]")               # HOST=[::1] is allowed, as hypercorn took it
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.create_server(      # IPv4 too on "::", as hypercorn's own bind had it
         (host, port), family=family, reuse_port=reuse_port,

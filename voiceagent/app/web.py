@@ -259,6 +259,7 @@ async def action_webhook(runtime: Runtime) -> Response:
             return Response("this relay session's end was already answered", status=409)
         except StoreError as err:
             log.error("relay session marks unreadable", extra={"error": str(err)})
+            runtime.sessions.relay_ended(call_sid)      # hung up: its replay renews nothing
             return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
         if session.generation >= MAX_RECONNECTS:       # by any process: the store counts
             log.warning("reconnect refused: the call's relay session keeps failing",
