@@ -37,7 +37,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -204,10 +204,12 @@ class Sessions:
         await self._writer.write_now(records.session_item(session, self._settings.session_ttl_s),
                                      call_sid=session.call_sid, timeout_s=SESSION_WRITE_S)
 
-    async def resolve(self, setup: Setup) -> CallPlan:
+    async def resolve(self, setup: Setup, *,
+                      on_retry: Callable[[], None] | None = None) -> CallPlan:
         """The plan for a socket that sent ``setup``, which claims the call (see the module
         docstring); ``CallRejected`` for anything but the one unused token of a known call.
-        The caller must ``release`` the call when its socket ends."""
+        The caller must ``release`` the call when its socket ends. ``on_retry``: called once
+        if the call was not in the store at the first read and is looked up again."""
         call_sid = setup.call_sid
         token = setup.custom_parameters.get(TOKEN_PARAMETER, "")
         if not token:
@@ -225,7 +227,7 @@ class Sessions:
             # Not minted here, or minted here and renewed since by another process: the call's
             # first socket went elsewhere, failed, and the reconnect's socket came back here
             # (a stale pending session refused it at once before)
-            session = await self._minted_elsewhere(call_sid, token)
+            session = await self._minted_elsewhere(call_sid, token, on_retry)
             history, history_meta = await self._saved_history(call_sid)
         if not _matches(session, token):
             # a wrong token consumes nothing: the right socket may still come
@@ -244,7 +246,9 @@ class Sessions:
                         caller=session.caller, called=session.called, history=history,
                         history_meta=history_meta)
 
-    async def _minted_elsewhere(self, call_sid: str, token: str) -> records.CallSession:
+    async def _minted_elsewhere(self, call_sid: str, token: str,
+                                on_retry: Callable[[], None] | None = None
+                                ) -> records.CallSession:
         """The session of a call whose signed ``/twiml`` (or ``/action``) another process
         answered. That process writes the session before it answers, unless its store
         stalled (then it is queued) or the call has writes queued there (a renewal waits
@@ -263,6 +267,8 @@ class Sessions:
                 return session
             if pause is None:
                 break
+            if not waited and on_retry is not None:
+                on_retry()
             await trio.sleep(pause)
             waited += pause
         if session is None:

@@ -67,34 +67,43 @@ class _SocketStanding:
     in a budget of its own (MAX_SOCKETS_WAITING, each for SETUP_TIMEOUT_S at most), so sockets
     that never send setup cannot take the places of calls. When that budget is full, the
     socket that has waited longest is closed to make room: Twilio's own socket sends setup
-    within milliseconds of connecting, and its session is usually in this process's memory,
-    so what has waited longest is an idle one, or one whose setup names a call nobody
-    prepared (looked up in the store for ~1.5 s: counted here until then, so a flood of
-    those costs a bounded number of sockets and store reads). A socket whose setup claims
-    its call is one of the calls until it ends."""
+    within milliseconds of connecting, so what has waited longest is an idle one.
+
+    A setup leaves the budget while its call is looked up: Twilio's own sockets find their
+    session at the first read, however slow the store (a mass reconnect after a task died
+    lands hundreds on a process that did not mint them), and must not evict each other. One
+    whose call is not there at the first read is looked up again for ~1.5 s (its session
+    may still be on its way from another process), and waits in the budget again meanwhile:
+    a flood of setups naming calls nobody prepared costs a bounded number of sockets and
+    store reads. A socket whose setup claims its call is one of the calls until it ends."""
 
     def __init__(self, runtime: Runtime, *, call_sid: str | None = None) -> None:
         self._runtime = runtime
         self._bound = call_sid                  # a phone page socket claims only its call
         self.report = CallReport()
         self.scope = trio.CancelScope()         # cancelled only to evict it while waiting
-        self._waiting = True
+        self._waiting = False
         self._call_sid: str | None = None
         self._socket_closed = False
-        waiting = runtime.sockets_waiting
-        if len(waiting) >= runtime.settings.max_sockets_waiting:
+        self._enter_waiting()
+
+    def _enter_waiting(self) -> None:
+        waiting = self._runtime.sockets_waiting
+        if len(waiting) >= self._runtime.settings.max_sockets_waiting:
             oldest = next(iter(waiting))
             oldest._leave_waiting()
             oldest.scope.cancel()
         waiting[self] = None
+        self._waiting = True
 
     async def claim(self, setup: Setup) -> CallPlan:
         runtime = self._runtime
+        self._leave_waiting()
         if self._bound is not None and setup.call_sid != self._bound:
             raise CallRejected("this socket was opened for another call")
         if runtime.calls.active >= runtime.settings.max_calls + CAPACITY_MARGIN:
             raise CallRejected("over capacity")
-        plan = await runtime.sessions.resolve(setup)
+        plan = await runtime.sessions.resolve(setup, on_retry=self._enter_waiting)
         self._leave_waiting()           # no checkpoint since resolve: never evicted as a call
         self._call_sid = plan.call_sid
         if self._socket_closed:
