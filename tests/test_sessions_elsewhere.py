@@ -412,6 +412,62 @@ async def test_a_reconnect_waits_for_a_closed_socket_s_call_to_wind_down(
     assert trio.current_time() - started == pytest.approx(6.0)
 
 
+async def test_a_reconnect_on_another_process_waits_for_a_call_still_winding_down(
+        autojump_clock: Any) -> None:
+    """The socket on A drops while a side-effect tool runs (4 s); Twilio's ``/action``
+    reaches B. A's queue is not behind, so A wrote no "closed" mark, and B took the silence
+    for a dead process after SOCKET_CLOSED_GRACE_S: it resumed the call without the tool's
+    result, which the history repair then reports as an error (the order placed, the caller
+    told it failed). A now marks a socket whose call outlives its close by QUEUE_BEHIND_S,
+    and B waits for the call's last writes (found by a review helper)."""
+    store, a, a_writer, b = await _two_processes()
+    with trio.fail_after(60):
+        claimed = await _claimed_on_a(store, a, a_writer)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(a_writer.run)
+            a.socket_closed(CALL_SID)
+            closed_at = trio.current_time()
+
+            async def tool_finishes() -> None:
+                await trio.sleep(4.0)
+                await _a_socket_ends(a, a_writer, ["(the order is placed)"])
+
+            nursery.start_soon(tool_finishes)
+            await trio.sleep(0.8)                            # /action comes 0.5-1.2 s later
+            renewed, complete = await b.renew(claimed)
+            waited = trio.current_time() - closed_at
+            saved = await store.query(CALL_SID, records.CHAT_PREFIX)
+            nursery.cancel_scope.cancel()
+    assert complete
+    assert [records.chat_from_item(i)["chat"]["content"][0]["text"] for i in saved] == [
+        "(the order is placed)"]
+    assert 4.0 <= waited <= 4.0 + 0.8
+    assert renewed.generation == 1
+
+
+async def test_a_call_that_ends_soon_after_its_socket_closes_costs_no_mark(
+        autojump_clock: Any) -> None:
+    """The usual hang-up: the call winds down within QUEUE_BEHIND_S of its socket closing,
+    so no "closed" mark is written for it (its "written" mark says everything)."""
+    store, a, a_writer, _ = await _two_processes()
+    with trio.fail_after(30):
+        await _claimed_on_a(store, a, a_writer)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(a_writer.run)
+            a.socket_closed(CALL_SID)
+            await trio.sleep(0.1)
+            await _a_socket_ends(a, a_writer, ["bye"])
+            await trio.sleep(2.0)
+            assert await a_writer.flush(timeout_s=1)
+            nursery.cancel_scope.cancel()
+    assert await store.get(CALL_SID, records.socket_mark_sk(
+        records.SOCKET_WRITTEN_PREFIX, 0)) is not None
+    assert await store.get(CALL_SID, records.socket_mark_sk(
+        records.SOCKET_CLOSED_PREFIX, 0)) is None
+
+
 async def test_a_reconnect_s_socket_on_the_process_that_answered_twiml_is_served(
         autojump_clock: Any) -> None:
     """A answered ``/twiml``; the call's socket went to B, failed there, and B renewed it.

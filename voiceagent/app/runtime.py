@@ -185,6 +185,7 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
         runtime.calls.on_finished = runtime.metrics.on_call_finished
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
+            await nursery.start(runtime.sessions.run)
             await nursery.start(partial(heap.watch_loop_lag, runtime.metrics.observe_loop_lag))
             if runtime.metrics.emf_enabled:
                 await nursery.start(runtime.metrics.run_emf)

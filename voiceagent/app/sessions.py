@@ -37,6 +37,7 @@ import logging
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -51,7 +52,7 @@ from voiceagent.catalog import Catalog
 from voiceagent.errors import StoreError
 from voiceagent.llm.base import Message
 from voiceagent.llm.converse import converse_problems
-from voiceagent.logs import mask_phone
+from voiceagent.logs import call_sid_var, mask_phone
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 from voiceagent.store.write_behind import WriteBehind
@@ -75,7 +76,9 @@ SOCKET_END_LONGEST_WAIT_S = 0.8  # doubling from this to this, until renew's dea
 SOCKET_CLOSED_GRACE_S = 1.5      # no "closed" mark by then: no process is draining its writes
 MARK_READ_S = 1.0                # the least time the mark reads get, past renew's deadline
 # The "closed" mark is written (one store write ahead of the queue) only when the queue is
-# this far behind, that is, when the "written" mark may not land within the grace above.
+# this far behind, that is, when the "written" mark may not land within the grace above; or
+# when a call is still winding down this long after its socket closed (a side-effect tool
+# finishing), for the same reason.
 QUEUE_BEHIND_S = 0.5
 
 
@@ -112,6 +115,9 @@ class Sessions:
         self._live: dict[str, int] = {}         # CallSids with a socket here: its generation
         self._gone: dict[str, trio.Event] = {}  # set when that socket ends (a renewal waits)
         self._closing: dict[str, trio.Event] = {}   # set when it closed, its call winding down
+        # sockets closed here lately, oldest first: when to look again, CallSid, generation
+        self._wind_downs: deque[tuple[float, str, int]] = deque()
+        self._wind_down_added = trio.Event()
         # (CallSid, SessionId) of failed relay sessions answered here lately: when
         self._answered: dict[tuple[str, str], float] = {}
 
@@ -372,9 +378,43 @@ class Sessions:
     def socket_closed(self, call_sid: str) -> None:
         """The socket that claimed ``call_sid`` here has closed; its call may take a while
         longer to wind down (a side-effect tool runs to its end, up to its timeout), and a
-        reconnect waits for that rather than hang up on the caller."""
-        if call_sid in self._live:
-            self._closing.setdefault(call_sid, trio.Event()).set()
+        reconnect waits for that rather than hang up on the caller: here through
+        ``_closing``, on another process through the "closed" mark, which ``run`` writes
+        for a call still winding down QUEUE_BEHIND_S after its socket closed."""
+        generation = self._live.get(call_sid)
+        if generation is None:
+            return
+        self._closing.setdefault(call_sid, trio.Event()).set()
+        self._wind_downs.append((trio.current_time() + QUEUE_BEHIND_S, call_sid, generation))
+        self._wind_down_added.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Marks the sockets whose calls outlive their close (see ``socket_closed``): without
+        the mark, a reconnect answered by another process took the silence for a dead
+        process after SOCKET_CLOSED_GRACE_S and resumed the call without the tool's result,
+        which the history repair then calls an error (the order placed, the caller told it
+        failed). One task for every call; each mark is written in a task of its own."""
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                if not self._wind_downs:
+                    self._wind_down_added = trio.Event()
+                    await self._wind_down_added.wait()
+                    continue
+                due, call_sid, generation = self._wind_downs[0]
+                await trio.sleep_until(due)
+                self._wind_downs.popleft()
+                if self._live.get(call_sid) == generation:
+                    nursery.start_soon(self._mark_closed, call_sid, generation)
+
+    async def _mark_closed(self, call_sid: str, generation: int) -> None:
+        call_sid_var.set(call_sid)
+        log.info("call still winding down after its socket closed: marking the socket's end")
+        await self._writer.write_now(
+            records.socket_mark_item(records.SOCKET_CLOSED_PREFIX, call_sid, generation,
+                                     time.time(), self._settings.session_ttl_s),
+            call_sid=call_sid, timeout_s=SESSION_WRITE_S, ordered=False)
 
     async def _socket_here_ended(self, call_sid: str, deadline: float) -> None:
         """Twilio asks for the reconnect the moment the relay session failed, and this
