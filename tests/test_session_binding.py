@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import trio
+from trio.testing import wait_all_tasks_blocked
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 import voiceagent.app.sessions as sessions_module
@@ -471,6 +472,49 @@ async def test_twilio_s_own_sockets_resolving_from_a_slow_store_do_not_evict_eac
                     await ws.aclose()
             await second.runtime.calls.wait_idle()
     assert codes == [None, None, None]                  # each got its reply
+
+
+async def test_a_socket_whose_lookup_claimed_its_call_is_never_evicted_as_a_call() -> None:
+    """A socket waiting in the budget while its call is looked up again: the lookup finds
+    the session and claims the call, and in the same pass of the scheduler, before that
+    task runs on, a newer socket evicts it. The cancel used to land on the socket's whole
+    call, which was then cut at its first checkpoint with its token spent; it lands on the
+    lookup only, which has already finished (found by a review helper)."""
+    from types import SimpleNamespace
+
+    from voiceagent.app.web import _SocketStanding
+
+    looked_up = trio.Event()
+    claimed: list[str] = []
+
+    class LookedUpAgain:
+        async def resolve(self, setup: Any, *, on_retry: Any) -> Any:
+            on_retry()                          # not at the first read: waits in the budget
+            await looked_up.wait()              # the store answers the second read
+            claimed.append(setup.call_sid)      # token consumed, the call live
+            return SimpleNamespace(call_sid=setup.call_sid)
+
+    calls = SimpleNamespace(active=0, started=lambda report: None)
+    runtime = SimpleNamespace(settings=SimpleNamespace(max_sockets_waiting=1, max_calls=10),
+                              calls=calls, sockets_waiting={}, sessions=LookedUpAgain())
+    standing = _SocketStanding(runtime)         # type: ignore[arg-type]
+    served = False
+
+    async def call() -> None:
+        nonlocal served
+        with standing.scope:
+            await standing.claim(SimpleNamespace(call_sid="CA1"))   # type: ignore[arg-type]
+            await trio.sleep(0.1)               # the call runs
+            served = True
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            await wait_all_tasks_blocked()
+            looked_up.set()                     # the claimer is rescheduled...
+            _SocketStanding(runtime)            # type: ignore[arg-type]  # ...a socket comes
+    assert claimed == ["CA1"]
+    assert served
 
 
 # ---------------------------------------------------------------- webhook bodies

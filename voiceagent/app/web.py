@@ -82,6 +82,7 @@ class _SocketStanding:
         self._bound = call_sid                  # a phone page socket claims only its call
         self.report = CallReport()
         self.scope = trio.CancelScope()         # cancelled only to evict it while waiting
+        self._resolving: trio.CancelScope | None = None   # its call's lookup, while it runs
         self._waiting = False
         self._call_sid: str | None = None
         self._socket_closed = False
@@ -90,11 +91,16 @@ class _SocketStanding:
     def _enter_waiting(self) -> None:
         waiting = self._runtime.sockets_waiting
         if len(waiting) >= self._runtime.settings.max_sockets_waiting:
-            oldest = next(iter(waiting))
-            oldest._leave_waiting()
-            oldest.scope.cancel()
+            next(iter(waiting))._evict()
         waiting[self] = None
         self._waiting = True
+
+    def _evict(self) -> None:
+        """Close it to make room: before setup, its whole call; during its lookup, only the
+        lookup, so that a cancel arriving after the lookup has already claimed the call (its
+        task rescheduled, not yet run) is ignored rather than ending a claimed call."""
+        self._leave_waiting()
+        (self._resolving or self.scope).cancel()
 
     async def claim(self, setup: Setup) -> CallPlan:
         runtime = self._runtime
@@ -103,8 +109,14 @@ class _SocketStanding:
             raise CallRejected("this socket was opened for another call")
         if runtime.calls.active >= runtime.settings.max_calls + CAPACITY_MARGIN:
             raise CallRejected("over capacity")
-        plan = await runtime.sessions.resolve(setup, on_retry=self._enter_waiting)
-        self._leave_waiting()           # no checkpoint since resolve: never evicted as a call
+        plan = None
+        with trio.CancelScope() as self._resolving:
+            plan = await runtime.sessions.resolve(setup, on_retry=self._enter_waiting)
+        self._resolving = None
+        self._leave_waiting()
+        if plan is None:
+            raise CallRejected("closed while its call was looked up, to make room for newer "
+                               "sockets")
         self._call_sid = plan.call_sid
         if self._socket_closed:
             runtime.sessions.socket_closed(plan.call_sid)
