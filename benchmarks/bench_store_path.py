@@ -59,6 +59,10 @@ class CountingStore:
         self._note("put_many")
         await self.inner.put_many(items)
 
+    async def put_new(self, item: Item) -> bool:
+        self._note("put_new")
+        return await self.inner.put_new(item)  # type: ignore[no-any-return]
+
     async def query(self, pk: str, sk_prefix: str = "", **kw: Any) -> list[Item]:
         self._note("query")
         return await self.inner.query(pk, sk_prefix, **kw)  # type: ignore[no-any-return]

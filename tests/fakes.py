@@ -183,6 +183,14 @@ class MemoryStore:
         for item in items:
             await self.put(item)
 
+    async def put_new(self, item: dict[str, Any]) -> bool:
+        await trio.lowlevel.checkpoint()
+        if (item["pk"], item["sk"]) in self.items:
+            return False
+        self.puts += 1                          # no checkpoint since the look: atomic
+        self.items[(item["pk"], item["sk"])] = json.loads(json.dumps(item))
+        return True
+
     async def query(self, pk: str, sk_prefix: str = "", *, descending: bool = False,
                     limit: int | None = None) -> list[dict[str, Any]]:
         found = sorted((v for (p, s), v in self.items.items()

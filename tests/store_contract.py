@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import trio
 
 from voiceagent.errors import StoreRejected
 from voiceagent.store import records
@@ -44,6 +45,27 @@ async def check_put_get_replace(store: Store) -> None:
     await store.put(replacement)
     assert await store.get("a", "one") == replacement      # replaced whole, not merged
     assert await store.query_index("kind") == []            # and left the index
+
+
+@check
+async def check_put_new_claims_once(store: Store) -> None:
+    """Of several claims on one key at once, exactly one wins; the item is the winner's,
+    and a key taken by ``put`` counts as taken."""
+    won: list[int] = []
+
+    async def claim(n: int) -> None:
+        if await store.put_new({"pk": "call", "sk": "claim", "by": n}):
+            won.append(n)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(4):
+            nursery.start_soon(claim, n)
+    assert len(won) == 1
+    assert await store.get("call", "claim") == {"pk": "call", "sk": "claim", "by": won[0]}
+    assert await store.put_new({"pk": "call", "sk": "other"})          # another key: free
+    await store.put({"pk": "call", "sk": "put"})
+    assert not await store.put_new({"pk": "call", "sk": "put", "by": 9})
+    assert await store.get("call", "put") == {"pk": "call", "sk": "put"}
 
 
 @check

@@ -103,6 +103,27 @@ async def test_writes_go_over_http_and_read_back_exactly(
     assert via_boto3 == []
 
 
+async def test_a_claim_goes_over_http_and_a_second_one_is_told_it_lost(
+        moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``put_new`` on the production path: a conditional PutItem, whose
+    ConditionalCheckFailedException (its ``__type`` as DynamoDB spells it) means "taken",
+    not an error."""
+    isolate_env(monkeypatch, aws_env(moto_endpoint, tmp_path))
+    claim = {"pk": "CA01", "sk": "relayAnswered::VX1", "at": 1.5}
+    with trio.fail_after(30):
+        async with open_test_table(moto_endpoint) as table:
+            async with open_dynamodb_store(_settings(table.table_name),
+                                           limiter=trio.CapacityLimiter(4)) as store:
+                sent, via_boto3 = _spy_on_writes(store, monkeypatch)
+                first = await store.put_new(claim)
+                second = await store.put_new({**claim, "at": 2.5})
+                kept = await store.get("CA01", "relayAnswered::VX1")
+    assert (first, second) == (True, False)
+    assert kept == claim
+    assert sent == [("PutItem", 1), ("PutItem", 1), ("GetItem", 1)]
+    assert via_boto3 == []
+
+
 async def test_a_missing_table_is_transient_and_says_how_to_create_it(
         moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     isolate_env(monkeypatch, aws_env(moto_endpoint, tmp_path))

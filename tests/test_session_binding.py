@@ -349,6 +349,50 @@ async def test_a_failure_answered_with_an_apology_stays_unrenewable(tmp_path: Pa
     assert "sessionToken" not in answer
 
 
+async def test_one_action_sent_to_two_processes_at_once_is_answered_once(
+        tmp_path: Path) -> None:
+    """A replay racing Twilio's own ``/action`` to another process: both read the marks
+    before either wrote one. The claim is a conditional write, which one process wins; the
+    other answers 409 (found by a review helper: both handed out a token before)."""
+    identity = Identity()
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as first, \
+                running_server(make_settings(tmp_path)) as second:
+            await post_form(first.url + "/twiml", {"CallSid": identity.call_sid,
+                                                   "From": VICTIM, "To": "+15555550199"},
+                            AUTH_TOKEN)
+            both_read, reading = trio.Event(), 0
+            for server in (first, second):
+                real_query = server.runtime.store.query
+
+                async def in_step(pk: str, sk_prefix: str = "", *, _real: Any = real_query,
+                                  **kw: Any) -> Any:
+                    nonlocal reading
+                    found = await _real(pk, sk_prefix, **kw)
+                    if sk_prefix == records.RELAY_PREFIX:
+                        reading += 1
+                        if reading == 2:
+                            both_read.set()
+                        await both_read.wait()          # neither has claimed yet
+                    return found
+
+                server.runtime.store.query = in_step    # type: ignore[method-assign]
+            form = failed_form(identity.call_sid, "VX" + "d" * 32)
+            answers: list[str] = []
+
+            async def post(url: str) -> None:
+                try:
+                    answers.append(token_in(await post_form(url + "/action", form,
+                                                            AUTH_TOKEN)))
+                except CallerError as err:
+                    answers.append(str(err))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(post, first.url)
+                nursery.start_soon(post, second.url)
+    assert sorted("409" in answer for answer in answers) == [False, True], answers
+
+
 @pytest.mark.parametrize("session_id", [None, "", "VX1/../x", "VX" + "1" * 80])
 async def test_a_failed_session_without_a_proper_session_id_gets_no_token(
         tmp_path: Path, session_id: str | None) -> None:

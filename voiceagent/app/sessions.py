@@ -171,10 +171,13 @@ class Sessions:
         per relay session (each has its own SessionId); a signed request captured from a
         log, a proxy or a debugging tool verifies just as well when replayed, and a renewal
         hands whoever sent it a token that opens the call with its history. So a SessionId
-        is answered once (marked in the store before the answer, for the other processes,
-        and here, for a replay racing that write), and not at all once the call's relay has
-        ended (``relay_ended``). ``ActionReplayed`` otherwise, ``ValueError`` for a
-        SessionId that is not one, ``StoreError`` when the marks cannot be read."""
+        is answered once (claimed in the store with a conditional write, which one process
+        wins, before the answer; and here, for a replay racing that write), and not at all
+        once the call's relay has ended (``relay_ended``). ``ActionReplayed`` otherwise,
+        ``ValueError`` for a SessionId that is not one, ``StoreError`` when the marks cannot
+        be read. A store that cannot take the claim in SESSION_WRITE_S gets it queued, and
+        the reconnect goes on: a caller hung up on during a store incident is the surer
+        harm than a replay racing Twilio's own request to the millisecond."""
         if not SESSION_ID.match(session_id):
             raise ValueError(f"SessionId {session_id[:70]!r} is not a relay session's id")
         self._forget_stale()
@@ -188,10 +191,18 @@ class Sessions:
             raise ActionReplayed("the call's relay has ended")
         if answered in marks:
             raise ActionReplayed("this relay session's end was answered before")
-        await self._writer.write_now(
-            records.relay_mark_item(call_sid, answered, time.time(),
-                                    self._settings.session_ttl_s),
-            call_sid=call_sid, timeout_s=SESSION_WRITE_S, ordered=False)
+        mark = records.relay_mark_item(call_sid, answered, time.time(),
+                                       self._settings.session_ttl_s)
+        try:
+            with trio.fail_after(SESSION_WRITE_S):
+                claimed = await self._store.put_new(mark)
+        except (StoreError, trio.TooSlowError) as err:
+            log.warning("the relay session's answer could not be claimed in the store: "
+                        "answering, its mark queued", extra={"error": str(err)[:300]})
+            self._writer.submit(mark, call_sid=call_sid, urgent=True)
+            return
+        if not claimed:
+            raise ActionReplayed("this relay session's end was answered by another process")
 
     def relay_ended(self, call_sid: str) -> None:
         """The call's relay is over for good (the caller hung up, or ``/action`` answered

@@ -80,6 +80,12 @@ class Store(Protocol):
         """Write items in order, batched by at most ``BATCH_LIMIT``; all or an error."""
         ...
 
+    async def put_new(self, item: Item) -> bool:
+        """Insert the item unless one with its pk/sk is there, atomically across processes:
+        True if written, False if one was there (also one expired but not yet removed, as
+        DynamoDB's TTL leaves them a while). For a claim that only one process may win."""
+        ...
+
     async def query(
         self, pk: str, sk_prefix: str = "", *, descending: bool = False, limit: int | None = None
     ) -> list[Item]:

@@ -84,6 +84,7 @@ UNPROCESSED_BACKOFF_CAP_S = 1.0
 MAX_ITEM_BYTES = 400 * 1024          # DynamoDB's item limit, counted as DynamoDB counts it
 
 _PERMANENT_CODES = frozenset({"ValidationException", "SerializationException"})
+CONDITION_FAILED = "ConditionalCheckFailedException"    # put_new: the item was there
 
 
 class DynamoDBStore(TableAdmin):
@@ -147,6 +148,22 @@ class DynamoDBStore(TableAdmin):
                 await self._call("put", partial(self._client.put_item,
                                                 TableName=self.table_name, Item=attributes),
                                  keys=[key])
+
+    async def put_new(self, item: Item) -> bool:
+        key, attributes = self._encode(item)
+        request = {"TableName": self.table_name, "Item": attributes,
+                   "ConditionExpression": "attribute_not_exists(pk)"}
+        try:
+            if self._http is not None:
+                await self._call_http("put_new", "PutItem", request, [key])
+            else:
+                await self._call("put_new", partial(self._client.put_item, **request),
+                                 keys=[key])
+        except StoreError as err:
+            if error_code(err.__cause__) == CONDITION_FAILED:
+                return False
+            raise
+        return True
 
     async def query(self, pk: str, sk_prefix: str = "", *, descending: bool = False,
                     limit: int | None = None) -> list[Item]:

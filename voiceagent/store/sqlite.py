@@ -59,6 +59,8 @@ CREATE INDEX IF NOT EXISTS items_expire_at ON items (expireAt);
 """
 _UPSERT = ("INSERT OR REPLACE INTO items (pk, sk, pk1, sk1, expireAt, attrs) "
            "VALUES (?, ?, ?, ?, ?, ?)")
+_INSERT_NEW = ("INSERT OR IGNORE INTO items (pk, sk, pk1, sk1, expireAt, attrs) "
+               "VALUES (?, ?, ?, ?, ?, ?)")
 
 
 class SqliteStore:
@@ -91,6 +93,14 @@ class SqliteStore:
         for start in range(0, len(rows), BATCH_LIMIT):
             chunk = rows[start:start + BATCH_LIMIT]
             await self._run("put", partial(_write_chunk, rows=chunk))
+
+    async def put_new(self, item: Item) -> bool:
+        row = _encode(item)
+
+        def insert(db: sqlite3.Connection) -> bool:
+            return bool(db.execute(_INSERT_NEW, row).rowcount == 1)   # autocommit: atomic
+
+        return await self._run("put_new", insert)
 
     async def query(self, pk: str, sk_prefix: str = "", *, descending: bool = False,
                     limit: int | None = None) -> list[Item]:
