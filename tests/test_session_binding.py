@@ -84,6 +84,18 @@ def failed_form(call_sid: str, session_id: str) -> dict[str, str]:
             "CallStatus": "in-progress", "ErrorCode": "64107"}
 
 
+@asynccontextmanager
+async def prepared_on_two(tmp_path: Path, identity: Identity
+                          ) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
+    """Two processes sharing one store, and a call the first one's ``/twiml`` prepared."""
+    async with running_server(make_settings(tmp_path)) as first, \
+            running_server(make_settings(tmp_path)) as second:
+        await post_form(first.url + "/twiml", {"CallSid": identity.call_sid,
+                                               "From": VICTIM, "To": "+15555550199"},
+                        AUTH_TOKEN)
+        yield first, second
+
+
 async def refused(base_url: str, form: dict[str, str]) -> str:
     """The error a signed /action that must mint nothing answers (its HTTP status in it)."""
     with pytest.raises(CallerError, match="already answered") as refusal:
@@ -303,11 +315,7 @@ async def test_a_replayed_action_on_another_process_is_refused_too(tmp_path: Pat
     relay ended there (``SessionStatus=ended``: we said goodbye)."""
     identity = Identity()
     with trio.fail_after(30):
-        async with running_server(make_settings(tmp_path)) as first, \
-                running_server(make_settings(tmp_path)) as second:
-            await post_form(first.url + "/twiml", {"CallSid": identity.call_sid,
-                                                   "From": VICTIM, "To": "+15555550199"},
-                            AUTH_TOKEN)
+        async with prepared_on_two(tmp_path, identity) as (first, second):
             form = failed_form(identity.call_sid, "VX" + "a" * 32)
             token_in(await post_form(first.url + "/action", form, AUTH_TOKEN))
             assert "409" in await refused(second.url, form)
@@ -326,11 +334,7 @@ async def test_a_failure_answered_with_an_apology_stays_unrenewable(tmp_path: Pa
     nothing (found by a review helper)."""
     identity = Identity()
     with trio.fail_after(30):
-        async with running_server(make_settings(tmp_path)) as first, \
-                running_server(make_settings(tmp_path)) as second:
-            await post_form(first.url + "/twiml", {"CallSid": identity.call_sid,
-                                                   "From": VICTIM, "To": "+15555550199"},
-                            AUTH_TOKEN)
+        async with prepared_on_two(tmp_path, identity) as (first, second):
             form = failed_form(identity.call_sid, "VX" + "c" * 32)
             store = first.runtime.store
             real_query = store.query
@@ -356,11 +360,7 @@ async def test_one_action_sent_to_two_processes_at_once_is_answered_once(
     other answers 409 (found by a review helper: both handed out a token before)."""
     identity = Identity()
     with trio.fail_after(30):
-        async with running_server(make_settings(tmp_path)) as first, \
-                running_server(make_settings(tmp_path)) as second:
-            await post_form(first.url + "/twiml", {"CallSid": identity.call_sid,
-                                                   "From": VICTIM, "To": "+15555550199"},
-                            AUTH_TOKEN)
+        async with prepared_on_two(tmp_path, identity) as (first, second):
             both_read, reading = trio.Event(), 0
             for server in (first, second):
                 real_query = server.runtime.store.query
