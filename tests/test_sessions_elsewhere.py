@@ -468,6 +468,35 @@ async def test_a_call_that_ends_soon_after_its_socket_closes_costs_no_mark(
         records.SOCKET_CLOSED_PREFIX, 0)) is None
 
 
+async def test_a_mark_that_fails_with_a_bug_does_not_stop_the_marking(
+        autojump_clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Sessions.run`` is one task for every call, in the runtime's nursery: a bug in one
+    mark's write would have ended it, and the server with it. It is logged instead, and the
+    next socket's mark is written."""
+    store, a, a_writer, _ = await _two_processes()
+    real_write, failures = a_writer.write_now, [RuntimeError("a bug")]
+
+    async def write_now(item: Any, **kw: Any) -> bool:
+        if failures:
+            raise failures.pop()
+        return await real_write(item, **kw)
+
+    with trio.fail_after(30):
+        await _claimed_on_a(store, a, a_writer)
+        monkeypatch.setattr(a_writer, "write_now", write_now)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(a_writer.run)
+            a.socket_closed(CALL_SID)                       # its mark: the bug
+            await trio.sleep(1.0)
+            a.socket_closed(CALL_SID)                       # closed again: marked
+            await trio.sleep(1.0)
+            nursery.cancel_scope.cancel()
+    assert not failures
+    assert await store.get(CALL_SID, records.socket_mark_sk(
+        records.SOCKET_CLOSED_PREFIX, 0)) is not None
+
+
 async def test_a_reconnect_s_socket_on_the_process_that_answered_twiml_is_served(
         autojump_clock: Any) -> None:
     """A answered ``/twiml``; the call's socket went to B, failed there, and B renewed it.

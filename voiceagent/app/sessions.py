@@ -422,10 +422,13 @@ class Sessions:
     async def _mark_closed(self, call_sid: str, generation: int) -> None:
         call_sid_var.set(call_sid)
         log.info("call still winding down after its socket closed: marking the socket's end")
-        await self._writer.write_now(
-            records.socket_mark_item(records.SOCKET_CLOSED_PREFIX, call_sid, generation,
-                                     time.time(), self._settings.session_ttl_s),
-            call_sid=call_sid, timeout_s=SESSION_WRITE_S, ordered=False)
+        try:
+            await self._writer.write_now(
+                records.socket_mark_item(records.SOCKET_CLOSED_PREFIX, call_sid, generation,
+                                         time.time(), self._settings.session_ttl_s),
+                call_sid=call_sid, timeout_s=SESSION_WRITE_S, ordered=False)
+        except Exception:           # a bug here costs one reconnect's wait, not the process
+            log.exception("marking a closed socket failed")
 
     async def _socket_here_ended(self, call_sid: str, deadline: float) -> None:
         """Twilio asks for the reconnect the moment the relay session failed, and this
