@@ -186,7 +186,7 @@ class MemoryStore:
     async def put_new(self, item: dict[str, Any]) -> bool:
         await trio.lowlevel.checkpoint()
         if (item["pk"], item["sk"]) in self.items:
-            return False
+            return bool(self.items[(item["pk"], item["sk"])] == item)
         self.puts += 1                          # no checkpoint since the look: atomic
         self.items[(item["pk"], item["sk"])] = json.loads(json.dumps(item))
         return True

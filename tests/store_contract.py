@@ -66,6 +66,10 @@ async def check_put_new_claims_once(store: Store) -> None:
     await store.put({"pk": "call", "sk": "put"})
     assert not await store.put_new({"pk": "call", "sk": "put", "by": 9})
     assert await store.get("call", "put") == {"pk": "call", "sk": "put"}
+    # the winner's own item again (its first attempt applied, the answer lost): still won
+    winner = {"pk": "call", "sk": "claim", "by": won[0]}
+    assert await store.put_new(winner)
+    assert not await store.put_new({**winner, "by": won[0] + 1})
 
 
 @check

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from tests.test_write_behind import FakeStore
 from voiceagent.app import heap
-from voiceagent.app.caller import open_call, post_form
+from voiceagent.app.caller import CallerError, open_call, post_form
 from voiceagent.app.metrics import Metrics
 from voiceagent.app.runtime import CallCounters
 from voiceagent.logs import JsonFormatter, _ContextFilter
@@ -110,38 +110,46 @@ async def test_metrics_after_real_calls(tmp_path: Path) -> None:
 
 
 async def test_reconnects_counted_by_outcome(tmp_path: Path) -> None:
-    """Twilio's ``/action`` after failed relay sessions: one asked while the call's socket
-    stays connected (refused once the wait for its end runs out), one after it ended, two
-    for sessions no socket took, then one over the limit."""
+    """Twilio's ``/action`` after failed relay sessions: on one call, asked while its socket
+    stays connected (refused once the wait for its end runs out: the call is hung up on);
+    on another, three for sessions no socket took, one over the limit, and a replay of the
+    first."""
     settings = make_settings(tmp_path, METRICS_TOKEN=METRICS_TOKEN,
                              METRICS_NAMESPACE="TestNamespace", METRICS_SERVICE_NAME="test-service")
+    failed = {"SessionStatus": "failed", "CallStatus": "in-progress", "ErrorCode": "64105"}
     with trio.fail_after(30):
         async with running_server(settings) as server:
             stream = _capture_emf(server.runtime)
             async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                busy_sid = call.identity.call_sid
+                busy = await post_form(server.url + "/action", {
+                    **failed, "CallSid": busy_sid, "SessionId": call.session_id}, AUTH_TOKEN)
+                await call.hang_up()
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
                 call_sid = call.identity.call_sid
-                failed = {"CallSid": call_sid, "SessionStatus": "failed",
-                          "CallStatus": "in-progress", "ErrorCode": "64105"}
-                busy = await post_form(server.url + "/action",
-                                       {**failed, "SessionId": call.session_id}, AUTH_TOKEN)
                 await call.hang_up()
             await server.runtime.calls.wait_idle()
-            answers = [await post_form(server.url + "/action", {**failed, "SessionId": f"VX{n}"},
-                                       AUTH_TOKEN)
-                       for n in range(4)]
+            answers = [await post_form(server.url + "/action", {
+                **failed, "CallSid": call_sid, "SessionId": f"VX{n}"}, AUTH_TOKEN)
+                for n in range(4)]
+            with pytest.raises(CallerError, match="409"):
+                await post_form(server.url + "/action", {
+                    **failed, "CallSid": call_sid, "SessionId": "VX0"}, AUTH_TOKEN)
             _, samples = await trio.to_thread.run_sync(_scrape, server.url)
     assert "<Hangup />" in busy
     assert ["<ConversationRelay" in answer for answer in answers] == [True, True, True, False]
     assert _value(samples, "voiceagent_reconnects_total", outcome="refused_busy") == 1
     assert _value(samples, "voiceagent_reconnects_total", outcome="resumed") == 3
     assert _value(samples, "voiceagent_reconnects_total", outcome="refused_limit") == 1
+    assert _value(samples, "voiceagent_reconnects_total", outcome="refused_replay") == 1
     assert _value(samples, "voiceagent_reconnects_total", outcome="resumed_partial") == 0
     documents = [_check_emf(line) for line in stream.getvalue().splitlines()]
     reconnects = [d for d in documents if "Reconnects" in d]
     assert [d["Outcome"] for d in reconnects] == [
-        "refused_busy", "resumed", "resumed", "resumed", "refused_limit"]
-    assert all(d["CallSid"] == call_sid and d["Reconnects"] == 1 for d in reconnects)
-    assert [d.get("ReconnectsRefused") for d in reconnects] == [1, None, None, None, 1]
+        "refused_busy", "resumed", "resumed", "resumed", "refused_limit", "refused_replay"]
+    assert [d["CallSid"] for d in reconnects] == [busy_sid] + [call_sid] * 5
+    assert all(d["Reconnects"] == 1 for d in reconnects)
+    assert [d.get("ReconnectsRefused") for d in reconnects] == [1, None, None, None, 1, None]
     assert not any("ReconnectsPartial" in d for d in reconnects)
 
 

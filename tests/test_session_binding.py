@@ -23,6 +23,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 import voiceagent.app.sessions as sessions_module
 import voiceagent.store.records as records
+from actors.call import CallRejected
 from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
 from voiceagent.app.caller import CallerError, Identity, open_call, post_form, release_transport
 from voiceagent.errors import StoreError
@@ -393,6 +394,32 @@ async def test_one_action_sent_to_two_processes_at_once_is_answered_once(
     assert sorted("409" in answer for answer in answers) == [False, True], answers
 
 
+async def test_an_apology_for_an_unreadable_session_stays_unrenewable(tmp_path: Path) -> None:
+    """/action's other apology for a store that cannot answer (the session item's read
+    throttled) ends the call's relay too: the same signed request replayed later on another
+    process mints nothing (found by a review helper). Every answer but a reconnect writes
+    relayEnded."""
+    identity = Identity()
+    with trio.fail_after(30):
+        async with prepared_on_two(tmp_path, identity) as (first, second):
+            form = failed_form(identity.call_sid, "VX" + "d" * 32)
+            store = first.runtime.store
+            real_get = store.get
+
+            async def throttled(pk: str, sk: str) -> Any:
+                if sk == "connection":
+                    raise StoreError("ProvisionedThroughputExceededException")
+                return await real_get(pk, sk)
+
+            store.get = throttled                       # type: ignore[method-assign]
+            answer = await post_form(first.url + "/action", form, AUTH_TOKEN)
+            store.get = real_get                        # type: ignore[method-assign]
+            await first.runtime.writer.flush(timeout_s=5)
+            assert "<Hangup" in answer
+            assert "sessionToken" not in answer
+            assert "409" in await refused(second.url, form)
+
+
 @pytest.mark.parametrize("session_id", [None, "", "VX1/../x", "VX" + "1" * 80])
 async def test_a_failed_session_without_a_proper_session_id_gets_no_token(
         tmp_path: Path, session_id: str | None) -> None:
@@ -559,6 +586,52 @@ async def test_a_socket_whose_lookup_claimed_its_call_is_never_evicted_as_a_call
             _SocketStanding(runtime)            # type: ignore[arg-type]  # ...a socket comes
     assert claimed == ["CA1"]
     assert served
+
+
+async def test_a_socket_evicted_as_its_setup_arrives_is_not_cut_after_claiming() -> None:
+    """The setup frame of a waiting socket has arrived (its task rescheduled, not yet run)
+    when a newer socket evicts it, cancelling the socket's whole scope. The claim ran to its
+    end without a checkpoint (a session minted here, its use case cached), spending the
+    token and counting the call, which was then cut at its first checkpoint. Now the claim
+    sees the eviction and refuses first (found by a review helper)."""
+    from types import SimpleNamespace
+
+    from voiceagent.app.web import _SocketStanding
+
+    setup_arrived = trio.Event()
+    claimed: list[str] = []
+
+    class InMemory:
+        async def resolve(self, setup: Any, *, on_retry: Any) -> Any:
+            claimed.append(setup.call_sid)      # found in _pending: no await at all
+            return SimpleNamespace(call_sid=setup.call_sid)
+
+    started: list[Any] = []
+    calls = SimpleNamespace(active=0, started=started.append)
+    runtime = SimpleNamespace(settings=SimpleNamespace(max_sockets_waiting=1, max_calls=10),
+                              calls=calls, sockets_waiting={}, sessions=InMemory())
+    standing = _SocketStanding(runtime)         # type: ignore[arg-type]
+    served = False
+
+    async def call() -> None:
+        nonlocal served
+        with standing.scope:
+            await setup_arrived.wait()          # run_call's wait for setup
+            try:
+                await standing.claim(SimpleNamespace(call_sid="CA1"))   # type: ignore[arg-type]
+            except CallRejected:                # refused before claiming: fine
+                return
+            await trio.sleep(0.1)               # the call runs
+            served = True
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            await wait_all_tasks_blocked()
+            setup_arrived.set()                 # the setup frame is in: rescheduled...
+            _SocketStanding(runtime)            # type: ignore[arg-type]  # ...a socket comes
+    assert not claimed                          # refused before its token was spent
+    assert not served
 
 
 # ---------------------------------------------------------------- webhook bodies

@@ -210,7 +210,7 @@ class Metrics:
         metrics = [{"Name": "Reconnects", "Unit": "Count"}]
         if outcome == "resumed_partial":
             metrics.append({"Name": "ReconnectsPartial", "Unit": "Count"})
-        elif outcome != "resumed":
+        elif outcome not in ("resumed", "refused_replay"):    # a replay hangs up on nobody
             metrics.append({"Name": "ReconnectsRefused", "Unit": "Count"})
         self._emit(metrics, {"Reconnects": 1, "ReconnectsPartial": 1, "ReconnectsRefused": 1,
                              "Outcome": outcome, "CallSid": call_sid})

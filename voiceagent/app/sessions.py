@@ -191,8 +191,9 @@ class Sessions:
             raise ActionReplayed("the call's relay has ended")
         if answered in marks:
             raise ActionReplayed("this relay session's end was answered before")
-        mark = records.relay_mark_item(call_sid, answered, time.time(),
-                                       self._settings.session_ttl_s)
+        mark = {**records.relay_mark_item(call_sid, answered, time.time(),
+                                          self._settings.session_ttl_s),
+                "claim": secrets.token_urlsafe(12)}    # ours alone: see Store.put_new
         try:
             with trio.fail_after(SESSION_WRITE_S):
                 claimed = await self._store.put_new(mark)

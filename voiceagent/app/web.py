@@ -105,6 +105,9 @@ class _SocketStanding:
     async def claim(self, setup: Setup) -> CallPlan:
         runtime = self._runtime
         self._leave_waiting()
+        if self.scope.cancel_called:    # evicted as its setup arrived: the cancel lands on
+            raise CallRejected(         # the call's first checkpoint, after a claim
+                "closed to make room for newer sockets as its setup arrived")
         if self._bound is not None and setup.call_sid != self._bound:
             raise CallRejected("this socket was opened for another call")
         if runtime.calls.active >= runtime.settings.max_calls + CAPACITY_MARGIN:
@@ -238,6 +241,14 @@ async def action_webhook(runtime: Runtime) -> Response:
         call_sid_var.set(call_sid)
     log.info("relay session ended", extra={"status": status,
                                            "error_code": form.get("ErrorCode", "")})
+
+    def last_words(text: str) -> Response:
+        """Any answer but a reconnect ends the call's relay for good: say so in the store,
+        so that this signed request, replayed later to any process, renews nothing."""
+        if call_sid:
+            runtime.sessions.relay_ended(call_sid)
+        return Response(twiml.say_and_hang_up(text), mimetype=XML)
+
     if status == "completed":                # the caller hung up: Twilio ignores the TwiML
         if call_sid:
             runtime.sessions.relay_ended(call_sid)
@@ -254,7 +265,7 @@ async def action_webhook(runtime: Runtime) -> Response:
             # without the session nothing can be resumed or handed off: an apology, not a
             # 500 (Twilio would play its own application error)
             log.error("call session unreadable", extra={"error": str(err)})
-            return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+            return last_words(SORRY)
         session = records.session_from_item(item) if item is not None else None
     use_case = None
     if session is not None:
@@ -265,7 +276,7 @@ async def action_webhook(runtime: Runtime) -> Response:
     if status == "failed":
         if (form.get("CallStatus", "").lower() != "in-progress" or session is None
                 or use_case is None):
-            return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+            return last_words(SORRY)
         try:
             await runtime.sessions.answer_failure(call_sid, form.get("SessionId", ""))
         except ValueError as err:
@@ -280,19 +291,18 @@ async def action_webhook(runtime: Runtime) -> Response:
             return Response("this relay session's end was already answered", status=409)
         except StoreError as err:
             log.error("relay session marks unreadable", extra={"error": str(err)})
-            runtime.sessions.relay_ended(call_sid)      # hung up: its replay renews nothing
-            return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+            return last_words(SORRY)
         if session.generation >= MAX_RECONNECTS:       # by any process: the store counts
             log.warning("reconnect refused: the call's relay session keeps failing",
                         extra={"reconnects": session.generation})
             _count_reconnect(runtime, "refused_limit", call_sid)
-            return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+            return last_words(SORRY)
         try:
             renewed, complete = await runtime.sessions.renew(session, deadline=deadline)
         except SessionBusy:
             log.warning("reconnect refused: the call's socket is still connected")
             _count_reconnect(runtime, "refused_busy", call_sid)
-            return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+            return last_words(SORRY)
         # the new socket resumes the history
         _count_reconnect(runtime, "resumed" if complete else "resumed_partial", call_sid)
         ws_url = settings.ws_url or signature.to_ws(_base_url(settings)) + path
@@ -301,7 +311,7 @@ async def action_webhook(runtime: Runtime) -> Response:
             parameters={TOKEN_PARAMETER: renewed.token}, greeting=False)
         return Response(document, mimetype=XML)
     if call_sid:
-        runtime.sessions.relay_ended(call_sid)
+        runtime.sessions.relay_ended(call_sid)          # a handoff or a goodbye: over
     handoff = _handoff_data(form.get("HandoffData", ""))
     reason = str(handoff.get("reasonCode", ""))
     wants_person = handoff.get("handoff") is True or reason == HANDOFF_REASON

@@ -81,9 +81,12 @@ class Store(Protocol):
         ...
 
     async def put_new(self, item: Item) -> bool:
-        """Insert the item unless one with its pk/sk is there, atomically across processes:
-        True if written, False if one was there (also one expired but not yet removed, as
-        DynamoDB's TTL leaves them a while). For a claim that only one process may win."""
+        """Insert the item unless one with its pk/sk is there, atomically across processes,
+        for a claim that only one process may win. True if written, or if an item equal to
+        it is there: a retried attempt whose first try was applied (a connection lost after
+        DynamoDB wrote it) finds its own item, so a claim item must carry something unique
+        to its claimer. False if another one is there (also one expired but not yet
+        removed, as DynamoDB's TTL leaves them a while)."""
         ...
 
     async def query(

@@ -160,9 +160,11 @@ class DynamoDBStore(TableAdmin):
                 await self._call("put_new", partial(self._client.put_item, **request),
                                  keys=[key])
         except StoreError as err:
-            if error_code(err.__cause__) == CONDITION_FAILED:
-                return False
-            raise
+            if error_code(err.__cause__) != CONDITION_FAILED:
+                raise
+            # a resend (our HTTP client's on a dead kept-alive connection, botocore's on a
+            # 500) of an attempt DynamoDB had applied finds our own item: still ours
+            return await self.get(*key) == item
         return True
 
     async def query(self, pk: str, sk_prefix: str = "", *, descending: bool = False,

@@ -98,7 +98,11 @@ class SqliteStore:
         row = _encode(item)
 
         def insert(db: sqlite3.Connection) -> bool:
-            return bool(db.execute(_INSERT_NEW, row).rowcount == 1)   # autocommit: atomic
+            if db.execute(_INSERT_NEW, row).rowcount == 1:      # autocommit: atomic
+                return True
+            found = db.execute("SELECT attrs FROM items WHERE pk = ? AND sk = ?",
+                               row[:2]).fetchone()
+            return found is not None and _decode(found[0]) == item
 
         return await self._run("put_new", insert)
 

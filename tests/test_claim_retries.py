@@ -1,0 +1,127 @@
+"""``put_new`` when the first attempt was applied but its answer lost, against a fake DynamoDB
+endpoint that honours ``attribute_not_exists`` and misbehaves on cue.
+
+Our HTTP client sends a request again when a kept-alive connection dies before any answer,
+and botocore retries a 500: DynamoDB may have applied the first attempt either way, and the
+resend then fails its condition on our own item. Reported as lost, a relay session's claim
+had Twilio's genuine ``/action`` answered 409 and the caller hung up on (found by a review
+helper). The claim's own item, found there, is a win.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+
+from tests.fake_dynamodb import (
+    ERROR_PREFIX,
+    TABLE,
+    FakeDynamoDB,
+    Reply,
+    Seen,
+    http_store,
+)
+from voiceagent.store.dynamodb import DynamoDBStore
+
+
+class ConditionalFake(FakeDynamoDB):
+    """The fake, honouring PutItem's attribute_not_exists(pk); ``apply_first`` requests
+    (by index) are applied as they arrive, whatever the scripted reply then does (DynamoDB
+    took the write, the answer was lost)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.apply_on_arrival: set[int] = set()
+        fake = self
+
+        class Recorder(list):  # type: ignore[type-arg]
+            def append(self, seen: Seen) -> None:
+                super().append(seen)
+                if len(self) - 1 in fake.apply_on_arrival:
+                    item = seen.payload["Item"]
+                    fake.items.setdefault((item["pk"]["S"], item["sk"]["S"]), item)
+
+        self.requests = Recorder()
+
+    def _answer(self, seen: Seen, reply: Reply) -> tuple[int, dict[str, Any]]:
+        if (reply.kind == "ok" and seen.operation == "PutItem"
+                and "ConditionExpression" in seen.payload):
+            item = seen.payload["Item"]
+            key = (item["pk"]["S"], item["sk"]["S"])
+            if key in self.items and len(self.requests) - 1 not in self.apply_on_arrival:
+                return 400, {"__type": ERROR_PREFIX + "ConditionalCheckFailedException",
+                             "message": "The conditional request failed"}
+        return super()._answer(seen, reply)
+
+
+@pytest.fixture
+async def cfake(aws_env: None, monkeypatch: pytest.MonkeyPatch
+                ) -> AsyncIterator[ConditionalFake]:
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                 "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    fake = ConditionalFake()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        try:
+            yield fake
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+CLAIM = {"pk": "CA01", "sk": "relayAnswered::VX1", "at": 1.5}
+
+
+async def test_a_claim_applied_before_its_connection_died_is_still_won_over_http(
+        cfake: ConditionalFake) -> None:
+    """A kept-alive connection that dies after DynamoDB took the conditional PutItem but
+    before its answer: dynamodb_http sends the request again on a fresh connection
+    (``_DeadIdle``), which fails its condition on our own item; a consistent read finds
+    the item ours."""
+    with trio.fail_after(10):
+        async with http_store(cfake.endpoint_url) as store:
+            await store.put({"pk": "CA01", "sk": "warm"})     # a kept-alive connection
+            cfake.apply_on_arrival.add(1)                    # the claim lands...
+            cfake.script.append(Reply("hangup"))             # ...its answer never comes
+            won = await store.put_new(CLAIM)
+    assert [seen.operation for seen in cfake.requests] == [
+        "PutItem", "PutItem", "PutItem", "GetItem"]
+    assert (CLAIM["pk"], CLAIM["sk"]) in cfake.items
+    assert won is True
+
+
+async def test_a_claim_applied_before_a_500_is_still_won_over_boto3(
+        cfake: ConditionalFake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same over the boto3 path (a store built around a bare client): our client's
+    standard retry mode (TOTAL_MAX_ATTEMPTS=2) sends the conditional PutItem again after a
+    500 whose write DynamoDB applied (DynamoDB documents that a 500 may have been)."""
+    from voiceagent.settings import Settings
+    from voiceagent.store.dynamodb_client import make_client
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", cfake.endpoint_url)
+    settings = Settings.from_env(STORE="dynamodb", TABLE_NAME=TABLE,
+                                 VALIDATE_SIGNATURES=False)
+    client = await trio.to_thread.run_sync(
+        lambda: make_client(settings, max_pool_connections=4))
+    store = DynamoDBStore(TABLE, client, limiter=trio.CapacityLimiter(4))
+    cfake.apply_on_arrival.add(0)
+    cfake.script.append(Reply("error", 500, "InternalServerError"))
+    try:
+        with trio.fail_after(20):
+            won = await store.put_new(CLAIM)
+    finally:
+        await store.aclose()
+    assert [seen.operation for seen in cfake.requests] == ["PutItem", "PutItem", "GetItem"]
+    assert won is True
+
+
+async def test_put_new_over_http_still_loses_to_another_claimer(
+        cfake: ConditionalFake) -> None:
+    """The read after a failed condition is no loophole: another claimer's item loses."""
+    with trio.fail_after(10):
+        async with http_store(cfake.endpoint_url) as store:
+            assert await store.put_new({**CLAIM, "claim": "theirs"})
+            won = await store.put_new({**CLAIM, "claim": "ours"})
+    assert won is False
