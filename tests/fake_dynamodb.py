@@ -266,10 +266,12 @@ class FakeDynamoDB:
 
 
 @asynccontextmanager
-async def running_fake_dynamodb(*, ca: trustme.CA | None = None
+async def running_fake_dynamodb(*, ca: trustme.CA | None = None,
+                                kind: type[FakeDynamoDB] | None = None
                                 ) -> AsyncIterator[FakeDynamoDB]:
-    """Served for the block, then stopped (every connection closed)."""
-    fake = FakeDynamoDB(ca=ca)
+    """Served for the block, then stopped (every connection closed). ``kind``: a subclass
+    that answers some request its own way."""
+    fake = (kind or FakeDynamoDB)(ca=ca)
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
         try:

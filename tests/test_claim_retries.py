@@ -23,6 +23,7 @@ from tests.fake_dynamodb import (
     Reply,
     Seen,
     http_store,
+    running_fake_dynamodb,
 )
 from voiceagent.store.dynamodb import DynamoDBStore
 
@@ -32,8 +33,8 @@ class ConditionalFake(FakeDynamoDB):
     (by index) are applied as they arrive, whatever the scripted reply then does (DynamoDB
     took the write, the answer was lost)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.apply_on_arrival: set[int] = set()
         fake = self
 
@@ -63,13 +64,9 @@ async def cfake(aws_env: None, monkeypatch: pytest.MonkeyPatch
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
                  "all_proxy"):
         monkeypatch.delenv(name, raising=False)
-    fake = ConditionalFake()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fake.serve)
-        try:
-            yield fake
-        finally:
-            nursery.cancel_scope.cancel()
+    async with running_fake_dynamodb(kind=ConditionalFake) as fake:
+        assert isinstance(fake, ConditionalFake)
+        yield fake
 
 
 CLAIM = {"pk": "CA01", "sk": "relayAnswered::VX1", "at": 1.5}

@@ -545,6 +545,15 @@ async def test_twilio_s_own_sockets_resolving_from_a_slow_store_do_not_evict_eac
     assert codes == [None, None, None]                  # each got its reply
 
 
+def lone_socket_runtime(sessions: object) -> Any:
+    """Just what a ``_SocketStanding`` reads of its runtime: a budget of one waiting socket,
+    and ``sessions`` to resolve its setup."""
+    from types import SimpleNamespace
+    return SimpleNamespace(settings=SimpleNamespace(max_sockets_waiting=1, max_calls=10),
+                           calls=SimpleNamespace(active=0, started=lambda report: None),
+                           sockets_waiting={}, sessions=sessions)
+
+
 async def test_a_socket_whose_lookup_claimed_its_call_is_never_evicted_as_a_call() -> None:
     """A socket waiting in the budget while its call is looked up again: the lookup finds
     the session and claims the call, and in the same pass of the scheduler, before that
@@ -565,9 +574,7 @@ async def test_a_socket_whose_lookup_claimed_its_call_is_never_evicted_as_a_call
             claimed.append(setup.call_sid)      # token consumed, the call live
             return SimpleNamespace(call_sid=setup.call_sid)
 
-    calls = SimpleNamespace(active=0, started=lambda report: None)
-    runtime = SimpleNamespace(settings=SimpleNamespace(max_sockets_waiting=1, max_calls=10),
-                              calls=calls, sockets_waiting={}, sessions=LookedUpAgain())
+    runtime = lone_socket_runtime(LookedUpAgain())
     standing = _SocketStanding(runtime)         # type: ignore[arg-type]
     served = False
 
@@ -606,10 +613,7 @@ async def test_a_socket_evicted_as_its_setup_arrives_is_not_cut_after_claiming()
             claimed.append(setup.call_sid)      # found in _pending: no await at all
             return SimpleNamespace(call_sid=setup.call_sid)
 
-    started: list[Any] = []
-    calls = SimpleNamespace(active=0, started=started.append)
-    runtime = SimpleNamespace(settings=SimpleNamespace(max_sockets_waiting=1, max_calls=10),
-                              calls=calls, sockets_waiting={}, sessions=InMemory())
+    runtime = lone_socket_runtime(InMemory())
     standing = _SocketStanding(runtime)         # type: ignore[arg-type]
     served = False
 
