@@ -113,10 +113,12 @@ class _SocketStanding:
         if runtime.calls.active >= runtime.settings.max_calls + CAPACITY_MARGIN:
             raise CallRejected("over capacity")
         plan = None
-        with trio.CancelScope() as self._resolving:
-            plan = await runtime.sessions.resolve(setup, on_retry=self._enter_waiting)
-        self._resolving = None
-        self._leave_waiting()
+        try:
+            with trio.CancelScope() as self._resolving:
+                plan = await runtime.sessions.resolve(setup, on_retry=self._enter_waiting)
+        finally:                        # refused too: out of the budget, no scope to cancel
+            self._resolving = None
+            self._leave_waiting()
         if plan is None:
             raise CallRejected("closed while its call was looked up, to make room for newer "
                                "sockets")
