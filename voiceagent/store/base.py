@@ -86,7 +86,9 @@ class Store(Protocol):
         it is there: a retried attempt whose first try was applied (a connection lost after
         DynamoDB wrote it) finds its own item, so a claim item must carry something unique
         to its claimer. False if another one is there (also one expired but not yet
-        removed, as DynamoDB's TTL leaves them a while)."""
+        removed, as DynamoDB's TTL leaves them a while), or if one is there that cannot be
+        read to tell: a claim in doubt is lost. ``StoreError`` only when the write itself
+        got no answer."""
         ...
 
     async def query(

@@ -152,7 +152,8 @@ class DynamoDBStore(TableAdmin):
     async def put_new(self, item: Item) -> bool:
         key, attributes = self._encode(item)
         request = {"TableName": self.table_name, "Item": attributes,
-                   "ConditionExpression": "attribute_not_exists(pk)"}
+                   "ConditionExpression": "attribute_not_exists(pk)",
+                   "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
         try:
             if self._http is not None:
                 await self._call_http("put_new", "PutItem", request, [key])
@@ -162,10 +163,27 @@ class DynamoDBStore(TableAdmin):
         except StoreError as err:
             if error_code(err.__cause__) != CONDITION_FAILED:
                 raise
-            # a resend (our HTTP client's on a dead kept-alive connection, botocore's on a
-            # 500) of an attempt DynamoDB had applied finds our own item: still ours
-            return await self.get(*key) == item
+            # A resend (our HTTP client's on a dead kept-alive connection, botocore's on a
+            # 500) of an attempt DynamoDB had applied finds our own item: still ours. The
+            # item found comes with the failed condition; an endpoint that leaves it out
+            # costs a read, and a read that fails counts as lost: the item is somebody's.
+            found = self._found_item(err.__cause__)
+            if found is None:
+                try:
+                    return await self.get(*key) == item
+                except StoreError:
+                    return False
+            return self._decode(found) == item
         return True
+
+    @staticmethod
+    def _found_item(err: BaseException | None) -> dict[str, Any] | None:
+        if isinstance(err, DynamoDBHttpError):
+            return err.item
+        if isinstance(err, ClientError):
+            found = err.response.get("Item")
+            return found if isinstance(found, dict) else None
+        return None
 
     async def query(self, pk: str, sk_prefix: str = "", *, descending: bool = False,
                     limit: int | None = None) -> list[Item]:

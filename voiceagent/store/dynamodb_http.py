@@ -52,11 +52,13 @@ MAX_RESPONSE_BYTES = 4 * 1024 * 1024      # a write's answer is small; a read's 
 class DynamoDBHttpError(Exception):
     """DynamoDB answered with an error: ``code`` as botocore names it (``__type`` after '#')."""
 
-    def __init__(self, code: str, message: str, status: int) -> None:
+    def __init__(self, code: str, message: str, status: int,
+                 item: dict[str, Any] | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.status = status
+        self.item = item        # the item a failed condition found (ALL_OLD), as sent
 
 
 class DynamoDBHttp:
@@ -96,7 +98,9 @@ class DynamoDBHttp:
             message = str(answer.get("message") or answer.get("Message") or "")
             if code in RENEW_CREDENTIALS:
                 await self._signer.renew()          # rotated or expired: the next try signs anew
-            raise DynamoDBHttpError(code, message, status)
+            found = answer.get("Item")
+            raise DynamoDBHttpError(code, message, status,
+                                    found if isinstance(found, dict) else None)
         return answer
 
     async def _exchange(self, headers: list[tuple[str, str]], body: bytes, *,
