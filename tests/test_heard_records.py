@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
 from actors import interrupt_handler, llm_streamer, tool_executor
 from actors.context import CallContext
 from actors.history import MAX_UNANSWERED_CHARS, History
-from actors.messages import BargeIn, Outgoing, Text, Timed, TurnCommand, UserSaid
+from actors.messages import BargeIn, EndCall, Outgoing, Text, Timed, TurnCommand, UserSaid
 from tests.call_harness import open_test_call, plain_use_case
 from tests.fakes import FakeLLM, MemorySocket, MemoryStore, tool_use, words
 from voiceagent.errors import ModelStreamFailed
@@ -170,6 +171,61 @@ async def test_words_the_writer_withholds_after_the_turn_recorded_them_are_not_k
                 assert ctx.history.messages[-1]["content"] == [{"text": "Sure."}]
             nursery.cancel_scope.deadline = trio.current_time() + 5
     assert converse_problems(ctx.history.for_request()) == []
+
+
+@pytest.mark.xfail(strict=True, reason="open defect (eleventh pass): an EndCall handled "
+                   "between the reader's cut and its BargeIn starts the goodbye turn, which "
+                   "resets CutMarks.withheld before the BargeIn takes it, and the BargeIn "
+                   "then cancels the goodbye the caller never cut")
+async def test_a_drain_between_an_interrupt_and_its_barge_in_keeps_the_unheard_words_out(
+        autojump_clock: Any) -> None:
+    """As the test above, but a drain's (or the length limit's) ``EndCall`` reaches the
+    streamer between the reader's cut and the handler's ``BargeIn``. Found by a review
+    helper (helper-15), reproduced here: the words the writer withheld stay in the history,
+    since the goodbye turn's start resets ``CutMarks.withheld`` before the barge-in takes
+    them; and depending on scheduling the barge-in also cancels the goodbye, which the
+    caller never cut (only its ``end`` goes out). The fix needs the barge-in to act on the
+    turn the reader cut (``CutMarks._cut_through``), not on the turn in flight."""
+    out_send, out_recv = trio.open_memory_channel[Outgoing](0)
+    commands_send, commands = trio.open_memory_channel[TurnCommand](0)
+    llm = FakeLLM([words("Sure. We open at nine and close at ten", gap_s=0.01)])
+    use_case = plain_use_case()
+    later: list[Any] = []
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            env = tool_executor.ToolEnv(call_sid="CA1", use_case=use_case,
+                                        registry=ToolRegistry(), store=MemoryStore(),
+                                        outbound=out_send.clone())
+            ctx = CallContext(call_sid="CA1", use_case=use_case, model_id="test-model",
+                              system_prompt=use_case.prompt, llm=llm, history=History(),
+                              outbound=out_send, tools=tool_executor.ToolExecutor(nursery, env),
+                              token_hold_s=0.2)
+            nursery.start_soon(lambda: llm_streamer.run(commands=commands, ctx=ctx,
+                                                        persist=lambda sealed: None))
+
+            async def writer_after_the_cut() -> None:
+                async for outgoing in out_recv:
+                    later.append(outgoing.frame if isinstance(outgoing, Timed) else outgoing)
+
+            async with commands_send:
+                await commands_send.send(UserSaid("hours?", received_at=0.0))
+                async for outgoing in out_recv:
+                    if isinstance(outgoing, Timed):
+                        outgoing.on_sent(trio.current_time())
+                        outgoing = outgoing.frame
+                    assert isinstance(outgoing, Text)
+                    if outgoing.last and outgoing.token:
+                        await trio.testing.wait_all_tasks_blocked()   # the turn recorded it
+                        ctx.marks.cut()                 # the reader reads an interrupt
+                        ctx.marks.withhold(outgoing.token)          # then the writer checks
+                        break
+                nursery.start_soon(writer_after_the_cut)
+                await commands_send.send(EndCall("Goodbye.", "server-draining"))
+                await commands_send.send(BargeIn(heard=None))
+                await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.deadline = trio.current_time() + 5
+    assert ctx.history.messages[1]["content"][0] == {"text": "Sure."}
+    assert [f.token for f in later if isinstance(f, Text) and f.token] == ["Goodbye."]
 
 
 async def test_an_interrupt_into_an_earlier_reply_still_playing_cuts_that_reply(
