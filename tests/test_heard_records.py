@@ -124,6 +124,44 @@ async def test_an_ignored_key_entry_does_not_cut_the_reply(autojump_clock: Any) 
         {"role": "assistant", "content": [{"text": REPLY}]})
 
 
+def _streamer_alone(nursery: trio.Nursery, llm: FakeLLM,
+                    outbound: trio.MemorySendChannel[Outgoing],
+                    commands: trio.MemoryReceiveChannel[TurnCommand]) -> CallContext:
+    """The streamer of a plain use case with TOKEN_HOLD_MS 200, no reader or writer: the
+    test plays those."""
+    use_case = plain_use_case()
+    env = tool_executor.ToolEnv(call_sid="CA1", use_case=use_case, registry=ToolRegistry(),
+                                store=MemoryStore(), outbound=outbound.clone())
+    ctx = CallContext(call_sid="CA1", use_case=use_case, model_id="test-model",
+                      system_prompt=use_case.prompt, llm=llm, history=History(),
+                      outbound=outbound, tools=tool_executor.ToolExecutor(nursery, env),
+                      token_hold_s=0.2)
+    nursery.start_soon(lambda: llm_streamer.run(commands=commands, ctx=ctx,
+                                                persist=lambda sealed: None))
+    return ctx
+
+
+async def _cut_as_the_last_frame_is_checked(out_recv: trio.MemoryReceiveChannel[Outgoing],
+                                            ctx: CallContext) -> list[str]:
+    """Play the writer up to the reply's last frame (with the held text), sending the
+    others (the tokens returned); then put three things in this order: the turn records
+    that frame, the reader reads an interrupt, the writer checks the frame and withholds
+    it (in a call it is up to the scheduler)."""
+    sent: list[str] = []
+    async for outgoing in out_recv:
+        if isinstance(outgoing, Timed):
+            outgoing.on_sent(trio.current_time())
+            outgoing = outgoing.frame
+        assert isinstance(outgoing, Text)
+        if outgoing.last and outgoing.token:
+            await trio.testing.wait_all_tasks_blocked()     # the turn recorded it
+            ctx.marks.cut()                                 # the reader reads an interrupt
+            ctx.marks.withhold(outgoing.token)              # then the writer checks
+            break
+        sent.append(outgoing.token)
+    return sent
+
+
 async def test_words_the_writer_withholds_after_the_turn_recorded_them_are_not_kept(
         autojump_clock: Any) -> None:
     """With TOKEN_HOLD_MS, a reply's last frame carries the held text. The turn hands it to
@@ -134,32 +172,12 @@ async def test_words_the_writer_withholds_after_the_turn_recorded_them_are_not_k
     out_send, out_recv = trio.open_memory_channel[Outgoing](0)
     commands_send, commands = trio.open_memory_channel[TurnCommand](0)
     llm = FakeLLM([words("Sure. We open at nine and close at ten", gap_s=0.01)])
-    use_case = plain_use_case()
-    sent: list[str] = []
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            env = tool_executor.ToolEnv(call_sid="CA1", use_case=use_case,
-                                        registry=ToolRegistry(), store=MemoryStore(),
-                                        outbound=out_send.clone())
-            ctx = CallContext(call_sid="CA1", use_case=use_case, model_id="test-model",
-                              system_prompt=use_case.prompt, llm=llm, history=History(),
-                              outbound=out_send, tools=tool_executor.ToolExecutor(nursery, env),
-                              token_hold_s=0.2)
-            nursery.start_soon(lambda: llm_streamer.run(commands=commands, ctx=ctx,
-                                                        persist=lambda sealed: None))
+            ctx = _streamer_alone(nursery, llm, out_send, commands)
             async with commands_send:
                 await commands_send.send(UserSaid("hours?", received_at=0.0))
-                async for outgoing in out_recv:
-                    if isinstance(outgoing, Timed):
-                        outgoing.on_sent(trio.current_time())
-                        outgoing = outgoing.frame
-                    assert isinstance(outgoing, Text)
-                    if outgoing.last and outgoing.token:
-                        await trio.testing.wait_all_tasks_blocked()   # the turn recorded it
-                        ctx.marks.cut()                 # the reader reads an interrupt
-                        ctx.marks.withhold(outgoing.token)          # then the writer checks
-                        break
-                    sent.append(outgoing.token)
+                sent = await _cut_as_the_last_frame_is_checked(out_recv, ctx)
                 assert "".join(sent) == "Sure."
                 assert ctx.history.last_assistant_text().endswith("close at ten")
                 await commands_send.send(BargeIn(heard=None))
@@ -189,19 +207,10 @@ async def test_a_drain_between_an_interrupt_and_its_barge_in_keeps_the_unheard_w
     out_send, out_recv = trio.open_memory_channel[Outgoing](0)
     commands_send, commands = trio.open_memory_channel[TurnCommand](0)
     llm = FakeLLM([words("Sure. We open at nine and close at ten", gap_s=0.01)])
-    use_case = plain_use_case()
     later: list[Any] = []
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            env = tool_executor.ToolEnv(call_sid="CA1", use_case=use_case,
-                                        registry=ToolRegistry(), store=MemoryStore(),
-                                        outbound=out_send.clone())
-            ctx = CallContext(call_sid="CA1", use_case=use_case, model_id="test-model",
-                              system_prompt=use_case.prompt, llm=llm, history=History(),
-                              outbound=out_send, tools=tool_executor.ToolExecutor(nursery, env),
-                              token_hold_s=0.2)
-            nursery.start_soon(lambda: llm_streamer.run(commands=commands, ctx=ctx,
-                                                        persist=lambda sealed: None))
+            ctx = _streamer_alone(nursery, llm, out_send, commands)
 
             async def writer_after_the_cut() -> None:
                 async for outgoing in out_recv:
@@ -209,16 +218,7 @@ async def test_a_drain_between_an_interrupt_and_its_barge_in_keeps_the_unheard_w
 
             async with commands_send:
                 await commands_send.send(UserSaid("hours?", received_at=0.0))
-                async for outgoing in out_recv:
-                    if isinstance(outgoing, Timed):
-                        outgoing.on_sent(trio.current_time())
-                        outgoing = outgoing.frame
-                    assert isinstance(outgoing, Text)
-                    if outgoing.last and outgoing.token:
-                        await trio.testing.wait_all_tasks_blocked()   # the turn recorded it
-                        ctx.marks.cut()                 # the reader reads an interrupt
-                        ctx.marks.withhold(outgoing.token)          # then the writer checks
-                        break
+                await _cut_as_the_last_frame_is_checked(out_recv, ctx)
                 nursery.start_soon(writer_after_the_cut)
                 await commands_send.send(EndCall("Goodbye.", "server-draining"))
                 await commands_send.send(BargeIn(heard=None))
