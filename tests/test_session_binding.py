@@ -14,6 +14,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ import voiceagent.store.records as records
 from actors.call import CallRejected
 from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
 from voiceagent.app.caller import CallerError, Identity, open_call, post_form, release_transport
+from voiceagent.app.socket_standing import SocketStanding
 from voiceagent.errors import StoreError
 from voiceagent.signature import sign
 from voiceagent.tools.base import ToolDefinition
@@ -545,13 +547,37 @@ async def test_twilio_s_own_sockets_resolving_from_a_slow_store_do_not_evict_eac
     assert codes == [None, None, None]                  # each got its reply
 
 
-def lone_socket_runtime(sessions: object) -> Any:
-    """Just what a ``_SocketStanding`` reads of its runtime: a budget of one waiting socket,
-    and ``sessions`` to resolve its setup."""
-    from types import SimpleNamespace
-    return SimpleNamespace(settings=SimpleNamespace(max_sockets_waiting=1, max_calls=10),
-                           calls=SimpleNamespace(active=0, started=lambda report: None),
-                           sockets_waiting={}, sessions=sessions)
+async def served_after_eviction(sessions: object, release: trio.Event, *,
+                                setup_arrives: bool) -> bool:
+    """A socket alone in a budget of one whose claim, once ``release`` is set, is rescheduled
+    (``setup_arrives``: its setup frame comes then; else ``sessions`` waits on ``release``
+    inside its lookup), and in that same pass of the scheduler a newer socket evicts it.
+    Whether the socket went on to serve its call."""
+    runtime = SimpleNamespace(settings=SimpleNamespace(max_sockets_waiting=1, max_calls=10),
+                              calls=SimpleNamespace(active=0, started=lambda report: None),
+                              sockets_waiting={}, sessions=sessions)
+    standing = SocketStanding(runtime)          # type: ignore[arg-type]
+    served = False
+
+    async def call() -> None:
+        nonlocal served
+        with standing.scope:
+            if setup_arrives:
+                await release.wait()            # run_call's wait for setup
+            try:
+                await standing.claim(SimpleNamespace(call_sid="CA1"))   # type: ignore[arg-type]
+            except CallRejected:                # refused before claiming
+                return
+            await trio.sleep(0.1)               # the call runs
+            served = True
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call)
+            await wait_all_tasks_blocked()
+            release.set()                       # the claimer is rescheduled...
+            SocketStanding(runtime)             # type: ignore[arg-type]  # ...a socket comes
+    return served
 
 
 async def test_a_socket_whose_lookup_claimed_its_call_is_never_evicted_as_a_call() -> None:
@@ -560,10 +586,6 @@ async def test_a_socket_whose_lookup_claimed_its_call_is_never_evicted_as_a_call
     task runs on, a newer socket evicts it. The cancel used to land on the socket's whole
     call, which was then cut at its first checkpoint with its token spent; it lands on the
     lookup only, which has already finished (found by a review helper)."""
-    from types import SimpleNamespace
-
-    from voiceagent.app.web import _SocketStanding
-
     looked_up = trio.Event()
     claimed: list[str] = []
 
@@ -574,23 +596,7 @@ async def test_a_socket_whose_lookup_claimed_its_call_is_never_evicted_as_a_call
             claimed.append(setup.call_sid)      # token consumed, the call live
             return SimpleNamespace(call_sid=setup.call_sid)
 
-    runtime = lone_socket_runtime(LookedUpAgain())
-    standing = _SocketStanding(runtime)         # type: ignore[arg-type]
-    served = False
-
-    async def call() -> None:
-        nonlocal served
-        with standing.scope:
-            await standing.claim(SimpleNamespace(call_sid="CA1"))   # type: ignore[arg-type]
-            await trio.sleep(0.1)               # the call runs
-            served = True
-
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(call)
-            await wait_all_tasks_blocked()
-            looked_up.set()                     # the claimer is rescheduled...
-            _SocketStanding(runtime)            # type: ignore[arg-type]  # ...a socket comes
+    served = await served_after_eviction(LookedUpAgain(), looked_up, setup_arrives=False)
     assert claimed == ["CA1"]
     assert served
 
@@ -601,11 +607,6 @@ async def test_a_socket_evicted_as_its_setup_arrives_is_not_cut_after_claiming()
     end without a checkpoint (a session minted here, its use case cached), spending the
     token and counting the call, which was then cut at its first checkpoint. Now the claim
     sees the eviction and refuses first (found by a review helper)."""
-    from types import SimpleNamespace
-
-    from voiceagent.app.web import _SocketStanding
-
-    setup_arrived = trio.Event()
     claimed: list[str] = []
 
     class InMemory:
@@ -613,27 +614,7 @@ async def test_a_socket_evicted_as_its_setup_arrives_is_not_cut_after_claiming()
             claimed.append(setup.call_sid)      # found in _pending: no await at all
             return SimpleNamespace(call_sid=setup.call_sid)
 
-    runtime = lone_socket_runtime(InMemory())
-    standing = _SocketStanding(runtime)         # type: ignore[arg-type]
-    served = False
-
-    async def call() -> None:
-        nonlocal served
-        with standing.scope:
-            await setup_arrived.wait()          # run_call's wait for setup
-            try:
-                await standing.claim(SimpleNamespace(call_sid="CA1"))   # type: ignore[arg-type]
-            except CallRejected:                # refused before claiming: fine
-                return
-            await trio.sleep(0.1)               # the call runs
-            served = True
-
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(call)
-            await wait_all_tasks_blocked()
-            setup_arrived.set()                 # the setup frame is in: rescheduled...
-            _SocketStanding(runtime)            # type: ignore[arg-type]  # ...a socket comes
+    served = await served_after_eviction(InMemory(), trio.Event(), setup_arrives=True)
     assert not claimed                          # refused before its token was spent
     assert not served
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from voiceagent.app.web import CAPACITY_MARGIN
+from voiceagent.app.socket_standing import CAPACITY_MARGIN
 from voiceagent.settings import Settings
 
 try:

@@ -21,6 +21,7 @@ from actors.call import CallReport, CallServices
 from actors.end_signal import EndSignal
 from voiceagent.app import heap
 from voiceagent.app.metrics import Metrics
+from voiceagent.app.relay_answers import RelayAnswers
 from voiceagent.app.sessions import Sessions
 from voiceagent.app.task_protection import AgentEndpoint, Policy, hold_while_busy
 from voiceagent.catalog import Catalog, read_config_dir, write_config
@@ -96,6 +97,7 @@ class Runtime:
     writer: WriteBehind
     catalog: Catalog
     sessions: Sessions
+    relay_answers: RelayAnswers
     calls: CallCounters = field(default_factory=CallCounters)
     draining: bool = False                       # /health fails, /twiml refuses new calls
     end_calls: EndSignal = field(default_factory=EndSignal)     # live calls end politely
@@ -180,7 +182,9 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
         runtime = Runtime(settings=settings, store=store, llm=llm, registry=registry,
                           writer=writer, catalog=catalog,
                           sessions=Sessions(settings=settings, store=store, catalog=catalog,
-                                            writer=writer))
+                                            writer=writer),
+                          relay_answers=RelayAnswers(settings=settings, store=store,
+                                                     writer=writer))
         runtime.metrics = Metrics(runtime)
         runtime.calls.on_finished = runtime.metrics.on_call_finished
         async with trio.open_nursery() as nursery:

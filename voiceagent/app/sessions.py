@@ -21,20 +21,19 @@ minted, and each token is used once:
   caller in it for CALL_SEEN_TTL_S after that (Twilio's signature carries no time: a
   captured request verifies until the auth token is rotated);
 * Twilio's reconnect after a failed relay session gets a fresh token through the signed
-  ``/action`` callback (``renew``), once the old socket is gone; once per relay session
-  (``answer_failure``), and never after the call's relay ended (``relay_ended``), so a
-  captured ``/action`` replayed later cannot reopen the call and read its history.
+  ``/action`` callback (``renew``), once the old socket is gone; once per relay session,
+  and never after the call's relay ended (``relay_answers.RelayAnswers``), so a captured
+  ``/action`` replayed later cannot reopen the call and read its history.
 
 A reconnect may land on a third process, which resumes the conversation from the store. So
 the old socket's end is marked in the store behind its last messages (``socket_ended``), and
-``renew`` waits for that mark (``_previous_socket_ended``) before it mints the new token.
+``renew`` waits for that mark (``socket_marks``) before it mints the new token.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import secrets
 import time
 from collections import deque
@@ -48,8 +47,8 @@ import voiceagent.store.records as records
 from actors.call import CallPlan, CallRejected
 from actors.history import History
 from actors.messages import Setup
+from voiceagent.app.socket_marks import SOCKET_CLOSED_GRACE_S, previous_socket_ended
 from voiceagent.catalog import Catalog
-from voiceagent.errors import StoreError
 from voiceagent.llm.base import Message
 from voiceagent.llm.converse import converse_problems
 from voiceagent.logs import call_sid_var, mask_phone
@@ -71,10 +70,6 @@ MINTED_ELSEWHERE_WAITS_S = (0.05, 0.1, 0.2, 0.4, 0.8)
 MAX_RECONNECTS = 3
 SESSION_WRITE_S = 2.0            # /twiml waits this long for the session item, then queues it
 CALL_SEEN_TTL_S = 400 * 24 * 3600    # a replayed /twiml refused this long (rotate the token)
-SOCKET_END_FIRST_WAIT_S = 0.05   # renew reads the old socket's end marks again after pauses
-SOCKET_END_LONGEST_WAIT_S = 0.8  # doubling from this to this, until renew's deadline
-SOCKET_CLOSED_GRACE_S = 1.5      # no "closed" mark by then: no process is draining its writes
-MARK_READ_S = 1.0                # the least time the mark reads get, past renew's deadline
 # The "closed" mark is written (one store write ahead of the queue) only when the queue is
 # this far behind, that is, when the "written" mark may not land within the grace above; or
 # when a call is still winding down this long after its socket closed (a side-effect tool
@@ -95,14 +90,6 @@ class SessionBusy(Exception):
     """A fresh token was asked for a call whose socket is still connected here."""
 
 
-class ActionReplayed(Exception):
-    """A failed relay session's ``/action`` answered before, or one that came after the
-    call's relay ended: a replayed request, since Twilio asks once per relay session."""
-
-
-SESSION_ID = re.compile(r"^[A-Za-z0-9]{1,64}$")      # Twilio's are VX + 32 hex digits
-
-
 class Sessions:
     def __init__(self, *, settings: Settings, store: Store, catalog: Catalog,
                  writer: WriteBehind) -> None:
@@ -118,8 +105,6 @@ class Sessions:
         # sockets closed here lately, oldest first: when to look again, CallSid, generation
         self._wind_downs: deque[tuple[float, str, int]] = deque()
         self._wind_down_added = trio.Event()
-        # (CallSid, SessionId) of failed relay sessions answered here lately: when
-        self._answered: dict[tuple[str, str], float] = {}
 
     async def prepare(self, form: Mapping[str, str]) -> records.CallSession:
         """Build the session for Twilio's call webhook (form fields CallSid, From, To).
@@ -159,58 +144,13 @@ class Sessions:
             deadline = trio.current_time() + self._settings.flush_timeout_s
         if session.call_sid in self._live:
             await self._socket_here_ended(session.call_sid, deadline)
-        complete = await self._previous_socket_ended(session, deadline)
+        complete = await previous_socket_ended(self._store, self._writer, session,
+                                               deadline)
         renewed = replace(session, token=secrets.token_urlsafe(18),
                           generation=session.generation + 1)
         await self._offer(renewed, resumes=True)
         log.info("session token renewed for a reconnect")
         return Renewal(renewed, complete)
-
-    async def answer_failure(self, call_sid: str, session_id: str) -> None:
-        """Claim the one answer a failed relay session's ``/action`` gets. Twilio asks once
-        per relay session (each has its own SessionId); a signed request captured from a
-        log, a proxy or a debugging tool verifies just as well when replayed, and a renewal
-        hands whoever sent it a token that opens the call with its history. So a SessionId
-        is answered once (claimed in the store with a conditional write, which one process
-        wins, before the answer; and here, for a replay racing that write), and not at all
-        once the call's relay has ended (``relay_ended``). ``ActionReplayed`` otherwise,
-        ``ValueError`` for a SessionId that is not one, ``StoreError`` when the marks cannot
-        be read. A store that cannot take the claim in SESSION_WRITE_S gets it queued, and
-        the reconnect goes on: a caller hung up on during a store incident is the surer
-        harm than a replay racing Twilio's own request to the millisecond."""
-        if not SESSION_ID.match(session_id):
-            raise ValueError(f"SessionId {session_id[:70]!r} is not a relay session's id")
-        self._forget_stale()
-        key = (call_sid, session_id)
-        if key in self._answered:
-            raise ActionReplayed("this relay session's end was answered before")
-        self._answered[key] = trio.current_time()
-        answered = records.RELAY_ANSWERED_PREFIX + session_id
-        marks = {item["sk"] for item in await self._store.query(call_sid, records.RELAY_PREFIX)}
-        if records.RELAY_ENDED_SK in marks:
-            raise ActionReplayed("the call's relay has ended")
-        if answered in marks:
-            raise ActionReplayed("this relay session's end was answered before")
-        mark = {**records.relay_mark_item(call_sid, answered, time.time(),
-                                          self._settings.session_ttl_s),
-                "claim": secrets.token_urlsafe(12)}    # ours alone: see Store.put_new
-        try:
-            with trio.fail_after(SESSION_WRITE_S):
-                claimed = await self._store.put_new(mark)
-        except (StoreError, trio.TooSlowError) as err:
-            log.warning("the relay session's answer could not be claimed in the store: "
-                        "answering, its mark queued", extra={"error": str(err)[:300]})
-            self._writer.submit(mark, call_sid=call_sid, urgent=True)
-            return
-        if not claimed:
-            raise ActionReplayed("this relay session's end was answered by another process")
-
-    def relay_ended(self, call_sid: str) -> None:
-        """The call's relay is over for good (the caller hung up, or ``/action`` answered
-        with anything but a reconnect): no replayed ``/action`` renews it after this."""
-        self._writer.submit(records.relay_mark_item(call_sid, records.RELAY_ENDED_SK,
-                                                    time.time(), self._settings.session_ttl_s),
-                            call_sid=call_sid, urgent=True)
 
     async def _offer(self, session: records.CallSession, *, resumes: bool) -> None:
         """Wait for the socket here, and in the store for a sibling process. The item is
@@ -298,7 +238,7 @@ class Sessions:
         """``call_sid``'s socket here has ended and handed its last messages to the
         write-behind queue (call it after them): the call may be renewed now, and its end is
         marked in the store behind those messages, and also at once when the queue is behind
-        (see ``_previous_socket_ended``, which reads both marks)."""
+        (see ``socket_marks.previous_socket_ended``, which reads both marks)."""
         generation = self._live.get(call_sid)
         if generation is None:
             return
@@ -309,83 +249,7 @@ class Sessions:
         self._socket_gone(call_sid)     # a renewal waiting here goes on: its flush has the mark
         if self._writer.statistics().oldest_pending_age_s < QUEUE_BEHIND_S:
             return      # "written" lands well within a reconnect's grace: no write of its own
-        await self._writer.write_now(
-            records.socket_mark_item(records.SOCKET_CLOSED_PREFIX, call_sid, generation, now,
-                                     ttl_s),
-            call_sid=call_sid, timeout_s=SESSION_WRITE_S, ordered=False)
-
-    async def _previous_socket_ended(self, session: records.CallSession,
-                                     deadline: float) -> bool:
-        """Wait for the socket that a reconnect replaces to have written everything. That
-        socket may have been served by another process, whose queue can be seconds behind
-        under load, and the new socket may reach a third process, which reads the
-        conversation from the store. Once the old socket's "written" mark is there (it is
-        queued behind its messages, its claim included), the resumed history misses
-        nothing, and the old claim (token "") cannot land after the renewal and lock the
-        reconnect out. Its "closed" mark, written at once when that process's queue is
-        QUEUE_BEHIND_S or more behind, says it is alive and draining: then the wait goes on
-        up to the deadline (FLUSH_TIMEOUT_S), as long as that process waits for its own
-        writes. With neither after SOCKET_CLOSED_GRACE_S, the process died (its queue with
-        it) or has not seen its socket close: nothing more will come. (A queue less behind
-        than that lands the "written" mark within the grace; so the usual call end costs no
-        write of its own.) A store that fails the reads: the reconnect goes on too.
-
-        Not waited for when ``session`` (as ``/action`` read it from the store) still has a
-        token and no "closed" mark is there: as far as the store knows no socket claimed it
-        (refused, or never came), and no mark will ever come for it, at any of Twilio's
-        reconnects. (With a "closed" mark, a socket did claim it and failed before its claim
-        landed: that claim is on its way, and is waited for.) Nor with the marks still
-        queued here: this process's own ``/action`` flush has already waited for them.
-
-        False when it stopped waiting without the "written" mark (the resumed history may
-        miss the old socket's last messages), or when those are still queued here."""
-        call_sid, generation = session.call_sid, session.generation
-        if self._writer.queued(call_sid):
-            return False
-        written = records.socket_mark_sk(records.SOCKET_WRITTEN_PREFIX, generation)
-        closed = records.socket_mark_sk(records.SOCKET_CLOSED_PREFIX, generation)
-        # a store slow to answer must not stretch the webhook either; one read always fits
-        with trio.move_on_at(max(deadline, trio.current_time() + MARK_READ_S)):
-            try:
-                return await self._read_socket_marks(call_sid, session.token, written,
-                                                     closed, deadline)
-            except StoreError as err:       # a reconnect with what is stored beats none
-                log.warning("the previous socket's end marks unreadable: reconnecting with "
-                            "the history stored", extra={"error": str(err)})
-                return False
-        log.warning("the store did not answer for the previous socket's end marks in time: "
-                    "reconnecting with the history stored")
-        return False
-
-    async def _read_socket_marks(self, call_sid: str, token: str, written: str, closed: str,
-                                 deadline: float) -> bool:
-        closed_seen = False
-        if token:
-            if await self._store.get(call_sid, closed) is None:
-                return True
-            closed_seen = True
-        waited = 0.0
-        for pause in (*_pauses(deadline - trio.current_time()), None):
-            if await self._store.get(call_sid, written) is not None:
-                if waited:
-                    log.info("the previous socket's messages found in the store after waiting",
-                             extra={"waited_ms": round(waited * 1000)})
-                return True
-            if not closed_seen and waited >= SOCKET_CLOSED_GRACE_S:
-                closed_seen = await self._store.get(call_sid, closed) is not None
-                if not closed_seen:
-                    log.warning("no process reported the previous socket's end (it may have "
-                                "died with its queue): reconnecting with the history stored",
-                                extra={"waited_ms": round(waited * 1000)})
-                    return False
-            if pause is None:
-                break
-            await trio.sleep(pause)
-            waited += pause
-        log.warning("the previous socket's last messages are not all in the store yet: "
-                    "reconnecting with the history stored",
-                    extra={"waited_ms": round(waited * 1000)})
-        return False
+        await self._write_closed_mark(call_sid, generation, now)
 
     def socket_closed(self, call_sid: str) -> None:
         """The socket that claimed ``call_sid`` here has closed; its call may take a while
@@ -424,12 +288,16 @@ class Sessions:
         call_sid_var.set(call_sid)
         log.info("call still winding down after its socket closed: marking the socket's end")
         try:
-            await self._writer.write_now(
-                records.socket_mark_item(records.SOCKET_CLOSED_PREFIX, call_sid, generation,
-                                         time.time(), self._settings.session_ttl_s),
-                call_sid=call_sid, timeout_s=SESSION_WRITE_S, ordered=False)
+            await self._write_closed_mark(call_sid, generation, time.time())
         except Exception:           # a bug here costs one reconnect's wait, not the process
             log.exception("marking a closed socket failed")
+
+    async def _write_closed_mark(self, call_sid: str, generation: int, at: float) -> None:
+        """The "closed" mark, ahead of the queue: its key is the socket's alone."""
+        await self._writer.write_now(
+            records.socket_mark_item(records.SOCKET_CLOSED_PREFIX, call_sid, generation, at,
+                                     self._settings.session_ttl_s),
+            call_sid=call_sid, timeout_s=SESSION_WRITE_S, ordered=False)
 
     async def _socket_here_ended(self, call_sid: str, deadline: float) -> None:
         """Twilio asks for the reconnect the moment the relay session failed, and this
@@ -496,22 +364,8 @@ class Sessions:
         cutoff = trio.current_time() - PENDING_TTL_S
         for call_sid in [k for k, (at, _, _) in self._pending.items() if at < cutoff]:
             del self._pending[call_sid]
-        for key in [k for k, at in self._answered.items() if at < cutoff]:
-            del self._answered[key]
 
 
 def _matches(session: records.CallSession, token: str) -> bool:
     return bool(session.token) and secrets.compare_digest(session.token.encode(),
                                                           token.encode())
-
-
-def _pauses(budget_s: float) -> list[float]:
-    """Doubling pauses from SOCKET_END_FIRST_WAIT_S, none longer than
-    SOCKET_END_LONGEST_WAIT_S, summing to ``budget_s``."""
-    pauses: list[float] = []
-    pause, left = SOCKET_END_FIRST_WAIT_S, budget_s
-    while left > 1e-9:
-        pauses.append(min(pause, left))
-        left -= pauses[-1]
-        pause = min(pause * 2, SOCKET_END_LONGEST_WAIT_S)
-    return pauses

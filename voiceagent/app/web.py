@@ -17,20 +17,20 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 import voiceagent.store.records as records
-from actors.call import CallPlan, CallRejected, CallReport, run_call
-from actors.messages import Setup
+from actors.call import run_call
 from voiceagent import jsonlimits, signature, twiml
 from voiceagent.app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voiceagent.app.phone_page import PATH as PHONE_PATH
 from voiceagent.app.phone_page import PhoneDesk, PhoneRefused
+from voiceagent.app.relay_answers import ActionReplayed
 from voiceagent.app.runtime import Runtime
 from voiceagent.app.sessions import (
     MAX_RECONNECTS,
     TOKEN_PARAMETER,
-    ActionReplayed,
     SessionBusy,
     SessionExists,
 )
+from voiceagent.app.socket_standing import SocketStanding
 from voiceagent.catalog import UnknownUseCase
 from voiceagent.errors import StoreError
 from voiceagent.logs import call_sid_var
@@ -49,7 +49,6 @@ NO_AGENT = "Sorry, no one is available to take your call right now. Please call 
 # other end (the caller was silent, the call's time was up, the server drains, the agent hung
 # up) says goodbye and hangs up.
 HANDOFF_REASON = "live-agent-handoff"
-CAPACITY_MARGIN = 10     # sockets for calls /twiml admitted just before the limit was reached
 MAX_WEBHOOK_BYTES = 64 * 1024   # Twilio's webhook bodies are a few KB
 
 
@@ -60,91 +59,6 @@ def _handoff_data(text: str) -> dict[str, Any]:
     except ValueError:                  # not JSON, or nested too deep: TooDeep
         return {}
     return data if isinstance(data, dict) else {}
-
-
-class _SocketStanding:
-    """One relay socket's place. Until its setup is resolved a socket is not a call: it waits
-    in a budget of its own (MAX_SOCKETS_WAITING, each for SETUP_TIMEOUT_S at most), so sockets
-    that never send setup cannot take the places of calls. When that budget is full, the
-    socket that has waited longest is closed to make room: Twilio's own socket sends setup
-    within milliseconds of connecting, so what has waited longest is an idle one.
-
-    A setup leaves the budget while its call is looked up: Twilio's own sockets find their
-    session at the first read, however slow the store (a mass reconnect after a task died
-    lands hundreds on a process that did not mint them), and must not evict each other. One
-    whose call is not there at the first read is looked up again for ~1.5 s (its session
-    may still be on its way from another process), and waits in the budget again meanwhile:
-    a flood of setups naming calls nobody prepared costs a bounded number of sockets and
-    store reads. A socket whose setup claims its call is one of the calls until it ends."""
-
-    def __init__(self, runtime: Runtime, *, call_sid: str | None = None) -> None:
-        self._runtime = runtime
-        self._bound = call_sid                  # a phone page socket claims only its call
-        self.report = CallReport()
-        self.scope = trio.CancelScope()         # cancelled only to evict it while waiting
-        self._resolving: trio.CancelScope | None = None   # its call's lookup, while it runs
-        self._waiting = False
-        self._call_sid: str | None = None
-        self._socket_closed = False
-        self._enter_waiting()
-
-    def _enter_waiting(self) -> None:
-        waiting = self._runtime.sockets_waiting
-        if len(waiting) >= self._runtime.settings.max_sockets_waiting:
-            next(iter(waiting))._evict()
-        waiting[self] = None
-        self._waiting = True
-
-    def _evict(self) -> None:
-        """Close it to make room: before setup, its whole call; during its lookup, only the
-        lookup, so that a cancel arriving after the lookup has already claimed the call (its
-        task rescheduled, not yet run) is ignored rather than ending a claimed call."""
-        self._leave_waiting()
-        (self._resolving or self.scope).cancel()
-
-    async def claim(self, setup: Setup) -> CallPlan:
-        runtime = self._runtime
-        self._leave_waiting()
-        if self.scope.cancel_called:    # evicted as its setup arrived: the cancel lands on
-            raise CallRejected(         # the call's first checkpoint, after a claim
-                "closed to make room for newer sockets as its setup arrived")
-        if self._bound is not None and setup.call_sid != self._bound:
-            raise CallRejected("this socket was opened for another call")
-        if runtime.calls.active >= runtime.settings.max_calls + CAPACITY_MARGIN:
-            raise CallRejected("over capacity")
-        plan = None
-        try:
-            with trio.CancelScope() as self._resolving:
-                plan = await runtime.sessions.resolve(setup, on_retry=self._enter_waiting)
-        finally:                        # refused too: out of the budget, no scope to cancel
-            self._resolving = None
-            self._leave_waiting()
-        if plan is None:
-            raise CallRejected("closed while its call was looked up, to make room for newer "
-                               "sockets")
-        self._call_sid = plan.call_sid
-        if self._socket_closed:
-            runtime.sessions.socket_closed(plan.call_sid)
-        runtime.calls.started(self.report)
-        return plan
-
-    def socket_closed(self) -> None:
-        """Its socket closed (the peer left, a send failed, or we closed it): a reconnect
-        waits for the call's wind-down instead of refusing it as connected."""
-        self._socket_closed = True
-        if self._call_sid is not None:
-            self._runtime.sessions.socket_closed(self._call_sid)
-
-    def end(self) -> None:
-        self._leave_waiting()
-        if self._call_sid is not None:
-            self._runtime.sessions.release(self._call_sid)
-            self._runtime.calls.finished(self.report)
-
-    def _leave_waiting(self) -> None:
-        if self._waiting:
-            self._waiting = False
-            self._runtime.sockets_waiting.pop(self, None)
 
 
 def relay_path(runtime: Runtime) -> str:
@@ -248,12 +162,12 @@ async def action_webhook(runtime: Runtime) -> Response:
         """Any answer but a reconnect ends the call's relay for good: say so in the store,
         so that this signed request, replayed later to any process, renews nothing."""
         if call_sid:
-            runtime.sessions.relay_ended(call_sid)
+            runtime.relay_answers.relay_ended(call_sid)
         return Response(twiml.say_and_hang_up(text), mimetype=XML)
 
     if status == "completed":                # the caller hung up: Twilio ignores the TwiML
         if call_sid:
-            runtime.sessions.relay_ended(call_sid)
+            runtime.relay_answers.relay_ended(call_sid)
         return Response(twiml.empty(), mimetype=XML)
     session = None
     # everything a reconnect waits for ends by then (Twilio gives up on a webhook at 15 s)
@@ -280,7 +194,7 @@ async def action_webhook(runtime: Runtime) -> Response:
                 or use_case is None):
             return last_words(SORRY)
         try:
-            await runtime.sessions.answer_failure(call_sid, form.get("SessionId", ""))
+            await runtime.relay_answers.answer_failure(call_sid, form.get("SessionId", ""))
         except ValueError as err:
             log.warning("reconnect refused: bad SessionId", extra={"error": str(err)})
             return Response(f"{err}: this endpoint is ConversationRelay's action callback",
@@ -313,7 +227,7 @@ async def action_webhook(runtime: Runtime) -> Response:
             parameters={TOKEN_PARAMETER: renewed.token}, greeting=False)
         return Response(document, mimetype=XML)
     if call_sid:
-        runtime.sessions.relay_ended(call_sid)          # a handoff or a goodbye: over
+        runtime.relay_answers.relay_ended(call_sid)          # a handoff or a goodbye: over
     handoff = _handoff_data(form.get("HandoffData", ""))
     reason = str(handoff.get("reasonCode", ""))
     wants_person = handoff.get("handoff") is True or reason == HANDOFF_REASON
@@ -391,7 +305,7 @@ def _admit(runtime: Runtime, scope: dict[str, Any], phone: PhoneDesk | None) -> 
 async def relay(runtime: Runtime, scope: dict[str, Any], receive: Any, send: Any,
                 phone: PhoneDesk | None = None) -> None:
     """The relay socket: signature on the upgrade (or, with the phone page on, the token of
-    one page load: ``PhoneDesk.admit``), then one call (see ``_SocketStanding``)."""
+    one page load: ``PhoneDesk.admit``), then one call (see ``SocketStanding``)."""
     try:
         bound = _admit(runtime, scope, phone)
     except _Refused as err:
@@ -399,7 +313,7 @@ async def relay(runtime: Runtime, scope: dict[str, Any], receive: Any, send: Any
         return
     if not await asgi_socket.accept(receive, send):
         return
-    standing = _SocketStanding(runtime, call_sid=bound)
+    standing = SocketStanding(runtime, call_sid=bound)
     socket = asgi_socket.AsgiRelaySocket(receive, send, on_closed=standing.socket_closed)
     try:
         with standing.scope:

@@ -65,6 +65,7 @@ from voiceagent.store.dynamodb_http import DynamoDBHttp, DynamoDBHttpError
 from voiceagent.store.dynamodb_values import (
     Key,
     batches,
+    condition_failed_item,
     error_code,
     item_size,
     plain,
@@ -167,7 +168,7 @@ class DynamoDBStore(TableAdmin):
             # 500) of an attempt DynamoDB had applied finds our own item: still ours. The
             # item found comes with the failed condition; an endpoint that leaves it out
             # costs a read, and a read that fails counts as lost: the item is somebody's.
-            found = self._found_item(err.__cause__)
+            found = condition_failed_item(err.__cause__)
             if found is None:
                 try:
                     return await self.get(*key) == item
@@ -175,15 +176,6 @@ class DynamoDBStore(TableAdmin):
                     return False
             return self._decode(found) == item
         return True
-
-    @staticmethod
-    def _found_item(err: BaseException | None) -> dict[str, Any] | None:
-        if isinstance(err, DynamoDBHttpError):
-            return err.item
-        if isinstance(err, ClientError):
-            found = err.response.get("Item")
-            return found if isinstance(found, dict) else None
-        return None
 
     async def query(self, pk: str, sk_prefix: str = "", *, descending: bool = False,
                     limit: int | None = None) -> list[Item]:

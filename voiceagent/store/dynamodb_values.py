@@ -89,6 +89,17 @@ def error_code(err: BaseException | None) -> str:
     return str(getattr(err, "code", "")) if isinstance(err, DynamoDBHttpError) else ""
 
 
+def condition_failed_item(err: BaseException | None) -> dict[str, Any] | None:
+    """The item a failed condition found (ReturnValuesOnConditionCheckFailure ALL_OLD), in
+    DynamoDB's encoding, from boto3's client or from the writes' own; None when left out."""
+    if isinstance(err, DynamoDBHttpError):
+        return err.item
+    if isinstance(err, ClientError):
+        found = err.response.get("Item")
+        return found if isinstance(found, dict) else None
+    return None
+
+
 def where(keys: Sequence[Key]) -> str:
     if not keys:
         return ""

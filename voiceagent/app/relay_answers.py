@@ -1,0 +1,89 @@
+"""Which failed relay sessions ``/action`` has answered, so a replayed one mints nothing.
+
+Twilio asks ``/action`` once per relay session (each has its own SessionId), and its signature
+carries no time: a signed request captured from a log, a proxy or a debugging tool verifies
+just as well when replayed, and a reconnect's answer hands whoever sent it a session token
+that opens the call with its history. So a failed session is answered once, across
+processes (``relayAnswered::<SessionId>``), and none is renewed once the call's relay has
+ended (``relayEnded``: the caller hung up, or ``/action`` answered anything but a
+reconnect).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+
+import trio
+
+import voiceagent.store.records as records
+from voiceagent.app.sessions import PENDING_TTL_S, SESSION_WRITE_S
+from voiceagent.errors import StoreError
+from voiceagent.settings import Settings
+from voiceagent.store.base import Store
+from voiceagent.store.write_behind import WriteBehind
+
+log = logging.getLogger(__name__)
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9]{1,64}$")      # Twilio's are VX + 32 hex digits
+
+
+class ActionReplayed(Exception):
+    """A failed relay session's ``/action`` answered before, or one that came after the
+    call's relay ended: a replayed request, since Twilio asks once per relay session."""
+
+
+class RelayAnswers:
+    def __init__(self, *, settings: Settings, store: Store, writer: WriteBehind) -> None:
+        self._settings = settings
+        self._store = store
+        self._writer = writer
+        # (CallSid, SessionId) of failed relay sessions answered here lately: when
+        self._answered: dict[tuple[str, str], float] = {}
+
+    async def answer_failure(self, call_sid: str, session_id: str) -> None:
+        """Claim the one answer a failed relay session's ``/action`` gets: claimed in the
+        store with a conditional write, which one process wins, before the answer, and
+        here, for a replay racing that write; none once the call's relay has ended
+        (``relay_ended``). ``ActionReplayed`` otherwise,
+        ``ValueError`` for a SessionId that is not one, ``StoreError`` when the marks cannot
+        be read. A store that cannot take the claim in SESSION_WRITE_S gets it queued, and
+        the reconnect goes on: a caller hung up on during a store incident is the surer
+        harm than a replay racing Twilio's own request to the millisecond."""
+        if not SESSION_ID.match(session_id):
+            raise ValueError(f"SessionId {session_id[:70]!r} is not a relay session's id")
+        cutoff = trio.current_time() - PENDING_TTL_S
+        for stale in [k for k, at in self._answered.items() if at < cutoff]:
+            del self._answered[stale]
+        key = (call_sid, session_id)
+        if key in self._answered:
+            raise ActionReplayed("this relay session's end was answered before")
+        self._answered[key] = trio.current_time()
+        answered = records.RELAY_ANSWERED_PREFIX + session_id
+        marks = {item["sk"] for item in await self._store.query(call_sid, records.RELAY_PREFIX)}
+        if records.RELAY_ENDED_SK in marks:
+            raise ActionReplayed("the call's relay has ended")
+        if answered in marks:
+            raise ActionReplayed("this relay session's end was answered before")
+        mark = {**records.relay_mark_item(call_sid, answered, time.time(),
+                                          self._settings.session_ttl_s),
+                "claim": secrets.token_urlsafe(12)}    # ours alone: see Store.put_new
+        try:
+            with trio.fail_after(SESSION_WRITE_S):
+                claimed = await self._store.put_new(mark)
+        except (StoreError, trio.TooSlowError) as err:
+            log.warning("the relay session's answer could not be claimed in the store: "
+                        "answering, its mark queued", extra={"error": str(err)[:300]})
+            self._writer.submit(mark, call_sid=call_sid, urgent=True)
+            return
+        if not claimed:
+            raise ActionReplayed("this relay session's end was answered by another process")
+
+    def relay_ended(self, call_sid: str) -> None:
+        """The call's relay is over for good (the caller hung up, or ``/action`` answered
+        with anything but a reconnect): no replayed ``/action`` renews it after this."""
+        self._writer.submit(records.relay_mark_item(call_sid, records.RELAY_ENDED_SK,
+                                                    time.time(), self._settings.session_ttl_s),
+                            call_sid=call_sid, urgent=True)

@@ -1,0 +1,112 @@
+"""The end of the socket a reconnect replaces, as marks in the store (``Sessions.renew``).
+
+A reconnect may land on a third process, which resumes the conversation from the store, so
+the process that served the failed socket marks its end behind its last messages
+("written"), and at once when its queue is behind or its call still winds down ("closed");
+here a renewal reads them, a bounded while.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+import voiceagent.store.records as records
+from voiceagent.errors import StoreError
+from voiceagent.store.base import Store
+from voiceagent.store.write_behind import WriteBehind
+
+log = logging.getLogger(__name__)
+
+SOCKET_END_FIRST_WAIT_S = 0.05   # renew reads the old socket's end marks again after pauses
+SOCKET_END_LONGEST_WAIT_S = 0.8  # doubling from this to this, until renew's deadline
+SOCKET_CLOSED_GRACE_S = 1.5      # no "closed" mark by then: no process is draining its writes
+MARK_READ_S = 1.0                # the least time the mark reads get, past renew's deadline
+
+
+async def previous_socket_ended(store: Store, writer: WriteBehind,
+                                session: records.CallSession, deadline: float) -> bool:
+    """Wait for the socket that a reconnect replaces to have written everything. That
+    socket may have been served by another process, whose queue can be seconds behind
+    under load, and the new socket may reach a third process, which reads the
+    conversation from the store. Once the old socket's "written" mark is there (it is
+    queued behind its messages, its claim included), the resumed history misses
+    nothing, and the old claim (token "") cannot land after the renewal and lock the
+    reconnect out. Its "closed" mark, written at once when that process's queue is
+    ``sessions.QUEUE_BEHIND_S`` or more behind (or its call still winds down that long after
+    the socket closed), says it is alive and draining: then the wait goes on up to the
+    deadline (FLUSH_TIMEOUT_S), as long as that process waits for its own writes. With
+    neither after SOCKET_CLOSED_GRACE_S, the process died (its queue with it) or has not
+    seen its socket close: nothing more will come. (A queue less behind than that lands
+    the "written" mark within the grace; so the usual call end costs no write of its
+    own.) A store that fails the reads: the reconnect goes on too.
+
+    Not waited for when ``session`` (as ``/action`` read it from the store) still has a
+    token and no "closed" mark is there: as far as the store knows no socket claimed it
+    (refused, or never came), and no mark will ever come for it, at any of Twilio's
+    reconnects. (With a "closed" mark, a socket did claim it and failed before its claim
+    landed: that claim is on its way, and is waited for.) Nor with the marks still
+    queued here: this process's own ``/action`` flush has already waited for them.
+
+    False when it stopped waiting without the "written" mark (the resumed history may
+    miss the old socket's last messages), or when those are still queued here."""
+    call_sid, generation = session.call_sid, session.generation
+    if writer.queued(call_sid):
+        return False
+    written = records.socket_mark_sk(records.SOCKET_WRITTEN_PREFIX, generation)
+    closed = records.socket_mark_sk(records.SOCKET_CLOSED_PREFIX, generation)
+    # a store slow to answer must not stretch the webhook either; one read always fits
+    with trio.move_on_at(max(deadline, trio.current_time() + MARK_READ_S)):
+        try:
+            return await _read_socket_marks(store, call_sid, session.token, written,
+                                          closed, deadline)
+        except StoreError as err:       # a reconnect with what is stored beats none
+            log.warning("the previous socket's end marks unreadable: reconnecting with "
+                        "the history stored", extra={"error": str(err)})
+            return False
+    log.warning("the store did not answer for the previous socket's end marks in time: "
+                "reconnecting with the history stored")
+    return False
+
+async def _read_socket_marks(store: Store, call_sid: str, token: str, written: str,
+                         closed: str, deadline: float) -> bool:
+    closed_seen = False
+    if token:
+        if await store.get(call_sid, closed) is None:
+            return True
+        closed_seen = True
+    waited = 0.0
+    for pause in (*_pauses(deadline - trio.current_time()), None):
+        if await store.get(call_sid, written) is not None:
+            if waited:
+                log.info("the previous socket's messages found in the store after waiting",
+                         extra={"waited_ms": round(waited * 1000)})
+            return True
+        if not closed_seen and waited >= SOCKET_CLOSED_GRACE_S:
+            closed_seen = await store.get(call_sid, closed) is not None
+            if not closed_seen:
+                log.warning("no process reported the previous socket's end (it may have "
+                            "died with its queue): reconnecting with the history stored",
+                            extra={"waited_ms": round(waited * 1000)})
+                return False
+        if pause is None:
+            break
+        await trio.sleep(pause)
+        waited += pause
+    log.warning("the previous socket's last messages are not all in the store yet: "
+                "reconnecting with the history stored",
+                extra={"waited_ms": round(waited * 1000)})
+    return False
+
+
+def _pauses(budget_s: float) -> list[float]:
+    """Doubling pauses from SOCKET_END_FIRST_WAIT_S, none longer than
+    SOCKET_END_LONGEST_WAIT_S, summing to ``budget_s``."""
+    pauses: list[float] = []
+    pause, left = SOCKET_END_FIRST_WAIT_S, budget_s
+    while left > 1e-9:
+        pauses.append(min(pause, left))
+        left -= pauses[-1]
+        pause = min(pause * 2, SOCKET_END_LONGEST_WAIT_S)
+    return pauses

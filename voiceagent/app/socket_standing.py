@@ -1,0 +1,96 @@
+"""A relay socket's place before and after its setup: the waiting budget, and its call."""
+
+from __future__ import annotations
+
+import trio
+
+from actors.call import CallPlan, CallRejected, CallReport
+from actors.messages import Setup
+from voiceagent.app.runtime import Runtime
+
+CAPACITY_MARGIN = 10     # sockets for calls /twiml admitted just before the limit was reached
+
+
+class SocketStanding:
+    """One relay socket's place. Until its setup is resolved a socket is not a call: it waits
+    in a budget of its own (MAX_SOCKETS_WAITING, each for SETUP_TIMEOUT_S at most), so sockets
+    that never send setup cannot take the places of calls. When that budget is full, the
+    socket that has waited longest is closed to make room: Twilio's own socket sends setup
+    within milliseconds of connecting, so what has waited longest is an idle one.
+
+    A setup leaves the budget while its call is looked up: Twilio's own sockets find their
+    session at the first read, however slow the store (a mass reconnect after a task died
+    lands hundreds on a process that did not mint them), and must not evict each other. One
+    whose call is not there at the first read is looked up again for ~1.5 s (its session
+    may still be on its way from another process), and waits in the budget again meanwhile:
+    a flood of setups naming calls nobody prepared costs a bounded number of sockets and
+    store reads. A socket whose setup claims its call is one of the calls until it ends."""
+
+    def __init__(self, runtime: Runtime, *, call_sid: str | None = None) -> None:
+        self._runtime = runtime
+        self._bound = call_sid                  # a phone page socket claims only its call
+        self.report = CallReport()
+        self.scope = trio.CancelScope()         # cancelled only to evict it while waiting
+        self._resolving: trio.CancelScope | None = None   # its call's lookup, while it runs
+        self._waiting = False
+        self._call_sid: str | None = None
+        self._socket_closed = False
+        self._enter_waiting()
+
+    def _enter_waiting(self) -> None:
+        waiting = self._runtime.sockets_waiting
+        if len(waiting) >= self._runtime.settings.max_sockets_waiting:
+            next(iter(waiting))._evict()
+        waiting[self] = None
+        self._waiting = True
+
+    def _evict(self) -> None:
+        """Close it to make room: before setup, its whole call; during its lookup, only the
+        lookup, so that a cancel arriving after the lookup has already claimed the call (its
+        task rescheduled, not yet run) is ignored rather than ending a claimed call."""
+        self._leave_waiting()
+        (self._resolving or self.scope).cancel()
+
+    async def claim(self, setup: Setup) -> CallPlan:
+        runtime = self._runtime
+        self._leave_waiting()
+        if self.scope.cancel_called:    # evicted as its setup arrived: the cancel lands on
+            raise CallRejected(         # the call's first checkpoint, after a claim
+                "closed to make room for newer sockets as its setup arrived")
+        if self._bound is not None and setup.call_sid != self._bound:
+            raise CallRejected("this socket was opened for another call")
+        if runtime.calls.active >= runtime.settings.max_calls + CAPACITY_MARGIN:
+            raise CallRejected("over capacity")
+        plan = None
+        try:
+            with trio.CancelScope() as self._resolving:
+                plan = await runtime.sessions.resolve(setup, on_retry=self._enter_waiting)
+        finally:                        # refused too: out of the budget, no scope to cancel
+            self._resolving = None
+            self._leave_waiting()
+        if plan is None:
+            raise CallRejected("closed while its call was looked up, to make room for newer "
+                               "sockets")
+        self._call_sid = plan.call_sid
+        if self._socket_closed:
+            runtime.sessions.socket_closed(plan.call_sid)
+        runtime.calls.started(self.report)
+        return plan
+
+    def socket_closed(self) -> None:
+        """Its socket closed (the peer left, a send failed, or we closed it): a reconnect
+        waits for the call's wind-down instead of refusing it as connected."""
+        self._socket_closed = True
+        if self._call_sid is not None:
+            self._runtime.sessions.socket_closed(self._call_sid)
+
+    def end(self) -> None:
+        self._leave_waiting()
+        if self._call_sid is not None:
+            self._runtime.sessions.release(self._call_sid)
+            self._runtime.calls.finished(self.report)
+
+    def _leave_waiting(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self._runtime.sockets_waiting.pop(self, None)
