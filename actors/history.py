@@ -12,13 +12,15 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from actors.history_span import Mark, next_words, rejoin, split_off, unmoved
 from voiceagent.llm.base import Message
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CALL_CONNECTED", "LOST_RESULT", "MAX_UNANSWERED_CHARS", "History", "Mark"]
 
 CALL_CONNECTED = "(The call has connected.)"   # stands before a greeting: Converse must open
                                                # with a user message
@@ -26,25 +28,6 @@ _CALL_CONNECTED_MESSAGE: Message = {"role": "user", "content": [{"text": CALL_CO
 MAX_UNANSWERED_CHARS = 8000      # caller words one user message keeps (4 prompts at the cap)
 LOST_RESULT = ("The call's connection dropped before this tool's result was recorded; "
                "whether it ran is unknown. Check before repeating it.")
-
-
-@dataclass(frozen=True, slots=True)
-class Mark:
-    """Where a turn's words start in the history: a message, and how many of its blocks come
-    before them. A turn that speaks right after another (a re-prompt, a goodbye) merges its
-    words into the message before it, since roles alternate; a barge-in into it must cut only
-    its own blocks, not the earlier reply's."""
-
-    index: int
-    blocks: int = 0
-
-    def first_block(self, at: int) -> int:
-        """In message ``at``, the first block that is this turn's (after an earlier turn's)."""
-        return self.blocks if at == self.index else 0
-
-    def after_trim(self, dropped: int) -> Mark | None:
-        """This mark once ``History.trim`` dropped ``dropped`` messages; None if it went."""
-        return Mark(self.index - dropped, self.blocks) if self.index >= dropped else None
 
 
 def _text(block: dict[str, Any]) -> str | None:
@@ -96,10 +79,7 @@ class History:
 
     def mark(self) -> Mark:
         """Where the next turn's words go; pass it to ``apply_heard`` after a barge-in."""
-        last = self._messages[-1] if self._messages else None
-        if last is not None and last["role"] == "assistant":
-            return Mark(len(self._messages) - 1, len(last["content"]))
-        return Mark(len(self._messages))
+        return next_words(self._messages)
 
     @property
     def session_start(self) -> Mark:
@@ -116,26 +96,26 @@ class History:
             self._append("user", [{"text": text}])
             self._cap_caller_words()
 
-    def _cap_caller_words(self) -> None:
+    def _cap_caller_words(self, at: int = -1) -> None:
         """Prompts the agent never answered (each reply cut before a word was heard) merge
         into one user message; a caller who keeps cutting in, or a noisy line, would grow it
         without end, and every model request and store write carries all of it. Past
         ``MAX_UNANSWERED_CHARS`` its oldest words go (tool results stay)."""
-        blocks = self._messages[-1]["content"]
+        blocks = self._messages[at]["content"]
         total = sum(len(t) for b in blocks if (t := _text(b)) is not None)
         if total <= MAX_UNANSWERED_CHARS:
             return
         kept: list[dict[str, Any]] = []
         dropped = 0
-        for at, block in enumerate(blocks):
+        for n, block in enumerate(blocks):
             said = _text(block)
-            if said is not None and total > MAX_UNANSWERED_CHARS and at < len(blocks) - 1:
+            if said is not None and total > MAX_UNANSWERED_CHARS and n < len(blocks) - 1:
                 total -= len(said)
                 dropped += 1
                 continue
             kept.append(block)
-        self._messages[-1] = {"role": "user", "content": kept}
-        meta = self._meta[-1]
+        self._messages[at] = {"role": "user", "content": kept}
+        meta = self._meta[at]
         meta["words_dropped"] = int(meta.get("words_dropped", 0)) + dropped
         log.warning("unanswered caller words dropped", extra={
             "prompts": dropped, "limit_chars": MAX_UNANSWERED_CHARS})
@@ -205,17 +185,43 @@ class History:
                 meta.update(generated=_texts(message), interrupted=True)
         self._drop_empty(start.index)
 
-    def fits(self, start: Mark, heard: str) -> bool:
-        """Whether ``heard`` can be what the caller heard of the words since ``start``: one
-        begins the other (case and spacing aside). Nothing heard fits any turn."""
+    def fits(self, start: Mark, heard: str, end: Mark | None = None) -> bool:
+        """Whether ``heard`` can be what the caller heard of the words from ``start`` (up to
+        ``end``, a later turn's start): one begins the other (case and spacing aside).
+        Nothing heard fits any turn."""
         heard = _normal(heard)
+        stop = len(self._messages) if end is None else min(end.index + 1, len(self._messages))
         said = _normal(" ".join(
-            t for at in range(start.index, len(self._messages))
+            t for at in range(start.index, stop)
             if self._messages[at]["role"] == "assistant"
-            for b in self._messages[at]["content"][start.first_block(at):]
+            for b in self._messages[at]["content"][
+                start.first_block(at):None if end is None or at < end.index else end.blocks]
             if (t := _text(b)) is not None))
         shorter = min(len(heard), len(said))
         return not heard or (shorter > 0 and heard[:shorter] == said[:shorter])
+
+    def record_cut(self, start: Mark, end: Mark | None, *, heard: str | None,
+                   unsent: str) -> Callable[[Mark], Mark]:
+        """Cut the turns from ``start`` to what the caller heard (``apply_heard``), or, when
+        Twilio did not say, take off the words the writer withheld (``drop_unsent``).
+
+        ``end``: where a turn that started after the caller cut in begins (a goodbye, a
+        re-prompt). Its words went out after the interrupt and are heard, so the cut stops
+        there; they are set aside, and put back after the cut. Returns where a mark at or
+        after ``end`` now stands (the cut may have emptied or shortened the message a
+        goodbye merged into)."""
+        if heard is None and not unsent:
+            return unmoved
+        tail = split_off(self._messages, self._meta, end) if end is not None else None
+        if heard is not None:
+            self.apply_heard(start, heard)
+        else:
+            self.drop_unsent(start, unsent)
+        if end is None or tail is None:
+            return unmoved
+        moved, merged_at = rejoin(self._messages, self._meta, end, tail)
+        self._sealed = min(self._sealed, merged_at)
+        return moved
 
     def drop_unsent(self, start: Mark, unsent: str) -> None:
         """Take ``unsent`` (words the relay writer withheld after the turn recorded them) off
@@ -245,6 +251,7 @@ class History:
 
     def _drop_empty(self, start: int) -> None:
         rebuilt, meta = self._messages[:start], self._meta[:start]
+        merged: list[int] = []
         for message, facts in zip(self._messages[start:], self._meta[start:], strict=True):
             if not message["content"]:
                 continue
@@ -255,10 +262,14 @@ class History:
                 # again under it; its own facts win over the later message's
                 meta[-1] = {**facts, **meta[-1]}
                 self._sealed = min(self._sealed, len(rebuilt) - 1)
+                if message["role"] == "user":
+                    merged.append(len(rebuilt) - 1)
             else:
                 rebuilt.append(message)
                 meta.append(facts)
         self._messages, self._meta = rebuilt, meta
+        for at in merged:               # two prompts the cut reply stood between
+            self._cap_caller_words(at)
 
     # ------------------------------------------------------------------ persistence
 

@@ -52,15 +52,14 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                 match command:
                     case BargeIn(heard=heard):
                         ctx.stats.barge_ins += 1
-                        await slot.cancel_and_wait(reason="barge-in")
-                        unsent = ctx.marks.take_unrecorded()
-                        start = playing.cut(ctx.history, heard)
-                        if start is None:
-                            continue
-                        if heard is not None:
-                            ctx.history.apply_heard(start, heard)
-                        elif unsent:
-                            ctx.history.drop_unsent(start, unsent)
+                        through = ctx.marks.take_cut()
+                        # The caller is speaking: stop, except the goodbye if it began
+                        # after the cut (it went out after the interrupt, and tells them why
+                        # the call ends). Heard words cut only turns up to the one cut.
+                        if through >= ctx.marks.turn or not ending:
+                            await slot.cancel_and_wait(reason="barge-in")
+                        playing.cut(ctx.history, through, heard,
+                                    ctx.marks.take_unrecorded(through))
                     case UserSaid() | KeyPressed() if not ending:
                         # Planned first: a key entry the use case ignores starts no turn, so
                         # it must not cut the reply in flight either (with interruptible
@@ -79,24 +78,26 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                         if ctx.log_content:
                             log.debug("caller said", extra={
                                 "text": redact(_user_words(command))})
-                        playing.started(ctx.history.mark(), dropped)
+                        start = ctx.history.mark()
                         ctx.stats.turns += 1
-                        await slot.restart(partial(_turn, ctx, plan, command, ctx.stats.turns))
+                        playing.started(await slot.restart(
+                            partial(_turn, ctx, plan, command, ctx.stats.turns)), start, dropped)
                     case Reprompt(text=text):
                         if not slot.busy and not ending:
-                            playing.started(ctx.history.mark())
-                            await slot.restart(partial(
-                                turn.run, ctx, turn.TurnPlan(say_first=text, use_model=False)))
+                            start = ctx.history.mark()
+                            playing.started(await slot.restart(partial(
+                                turn.run, ctx, turn.TurnPlan(say_first=text, use_model=False))),
+                                start)
                     case EndCall(text=text, reason=reason):
                         if ending:
                             continue
                         ending = True
                         log.info("ending the call", extra={"reason": reason})
                         await slot.cancel_and_wait(reason="ending")
-                        playing.started(ctx.history.mark())
-                        await slot.restart(partial(turn.run, ctx, turn.TurnPlan(
+                        start = ctx.history.mark()
+                        playing.started(await slot.restart(partial(turn.run, ctx, turn.TurnPlan(
                             say_first=text, use_model=False, end_reason=reason)),
-                            reason="ending")
+                            reason="ending"), start)
                     case UserSaid() | KeyPressed():
                         pass                    # the call is ending: no new turns
                     case _:
@@ -110,34 +111,38 @@ class _Playing:
     playing when a prompt came during it (with reportInputDuringAgentSpeech, a "mhm", then
     maybe a "yeah" that replaces that turn). Twilio's interrupt says what was heard of the
     reply playing, so the heard words go to the newest turn they fit, and everything after
-    that turn's start, thrown away by Twilio unheard, is cut with it."""
+    that turn's start up to the turn the reader cut, thrown away by Twilio unheard, is cut
+    with it. A turn begun after the reader's cut (a goodbye) is heard, and stays."""
 
-    __slots__ = ("purged", "starts")
+    __slots__ = ("starts",)
 
     def __init__(self, start: Mark) -> None:
-        self.starts = [start]           # oldest first; the last is the newest turn's
-        self.purged = False             # a barge-in since the newest started: none plays
+        self.starts: list[tuple[int, Mark]] = [(0, start)]  # (turn, start), oldest first
 
-    def started(self, start: Mark, dropped: int = 0) -> None:
-        """A turn starts at ``start``, after ``History.trim`` dropped ``dropped`` messages."""
-        earlier = [] if self.purged else self.starts[-(MAX_PLAYING - 1):]
+    def started(self, number: int, start: Mark, dropped: int = 0) -> None:
+        """Turn ``number`` starts at ``start``, after ``History.trim`` dropped ``dropped``
+        messages."""
+        earlier = self.starts[-(MAX_PLAYING - 1):]
         if dropped:
-            earlier = [m for s in earlier if (m := s.after_trim(dropped)) is not None]
-        self.starts, self.purged = [*earlier, start], False
+            earlier = [(n, m) for n, s in earlier if (m := s.after_trim(dropped)) is not None]
+        self.starts = [*earlier, (number, start)]
 
-    def cut(self, history: History, heard: str | None) -> Mark | None:
-        """The start to cut from (``heard``: Twilio's words, if it said); after the cut,
-        nothing before it plays. None: no turn started since the last cut, which already
-        recorded what was heard (a second interrupt must not cut it again: "" would drop
-        a message the store already holds)."""
-        if self.purged:
-            return None
-        chosen = self.starts[-1]
-        if heard is not None and not history.fits(chosen, heard):
-            chosen = next((s for s in reversed(self.starts[:-1]) if history.fits(s, heard)),
+    def cut(self, history: History, through: int, heard: str | None, unsent: str) -> None:
+        """Record the caller cutting off turn ``through``: the turns up to it are cut to
+        ``heard`` (Twilio's words, if it said) or lose ``unsent`` (what the writer withheld),
+        and none of them plays any more. With none left (a second interrupt into the same
+        turn) nothing is cut again: "" would drop a message the store already holds."""
+        cut = [start for number, start in self.starts if number <= through]
+        later = [(number, start) for number, start in self.starts if number > through]
+        if not cut:
+            return
+        end = later[0][1] if later else None
+        chosen = cut[-1]
+        if heard is not None and not history.fits(chosen, heard, end):
+            chosen = next((s for s in reversed(cut[:-1]) if history.fits(s, heard, end)),
                           chosen)
-        self.starts, self.purged = [chosen], True
-        return chosen
+        moved = history.record_cut(chosen, end, heard=heard, unsent=unsent)
+        self.starts = [(number, moved(start)) for number, start in later]
 
 
 async def _turn(ctx: CallContext, plan: turn.TurnPlan, command: UserSaid | KeyPressed,

@@ -9,11 +9,16 @@ llm_streamer task calls ``restart`` and ``cancel_and_wait``.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import trio
 
 log = logging.getLogger(__name__)
+
+MAX_PENDING_CUTS = 64   # interrupts read but not yet taken by the streamer; the channels
+                        # between them hold far fewer. Past it the oldest go, and a barge-in
+                        # then cuts a newer turn: the behaviour before turns were numbered.
 
 Turn = Callable[[], Awaitable[None]]
 
@@ -30,24 +35,34 @@ class CutMarks:
     after the interrupt has passed through the handler and the streamer (each hop a pass of
     the scheduler, ~3 ms each at 1000 calls); the streamer's barge-in then finds the turn
     cancelled and waits for its cleanup as before. The slot counts turns (``turn_started``),
-    so the next turn speaks freely. Plain attributes, no locks: everything runs in one trio
-    thread and nothing here awaits.
+    so the next turn speaks freely; each cut remembers the turn it cut (``take_cut``), since
+    a goodbye may start before the barge-in arrives and must not be taken for the turn cut.
+    Plain attributes, no locks: everything runs in one trio thread and nothing here awaits.
     """
 
-    __slots__ = ("_cut_through", "_recorded", "_scope", "_turn", "withheld")
+    __slots__ = ("_cut_through", "_cuts", "_earlier", "_recorded", "_scope", "_turn",
+                 "withheld")
 
     def __init__(self) -> None:
         self._turn = 0                  # turns started so far; the newest may be speaking
         self._cut_through = -1          # the newest turn the caller cut off
+        self._cuts: deque[int] = deque(maxlen=MAX_PENDING_CUTS)   # per cut, the turn it cut
         self._scope: trio.CancelScope | None = None     # the newest turn's
         self.withheld = ""              # the speaking turn's words the writer did not send
         self._recorded = 0              # of ``withheld``, what ``sent_part`` took off
+        self._earlier: dict[int, str] = {}  # a cut turn's unrecorded words, once superseded
 
-    def turn_started(self, scope: trio.CancelScope | None = None) -> None:
+    def turn_started(self, scope: trio.CancelScope | None = None) -> int:
+        """Returns the new turn's number. Words withheld from the turn before, which it had
+        recorded (``take_unrecorded``), are kept for its barge-in: a goodbye can start
+        between the reader's cut and the barge-in that records it."""
+        if unrecorded := self.withheld[self._recorded:]:
+            self._earlier[self._turn] = unrecorded
         self._turn += 1
         self._scope = scope
         self.withheld = ""
         self._recorded = 0
+        return self._turn
 
     def turn_ended(self, scope: trio.CancelScope) -> None:
         """The turn is done: a cut has nothing left to cancel, so let its scope go."""
@@ -56,8 +71,22 @@ class CutMarks:
 
     def cut(self) -> None:
         self._cut_through = self._turn
+        self._cuts.append(self._turn)
         if self._scope is not None:     # a finished turn's scope ignores this
             self._scope.cancel(reason="barge-in")
+
+    def take_cut(self) -> int:
+        """The turn the oldest barge-in not yet taken cut off: the one speaking when the
+        reader read its interrupt, which the barge-in reaches after a hop through the
+        handler, by when a goodbye or a re-prompt may have started (those went out after
+        the interrupt: heard, not cut). A barge-in the reader never marked cuts the newest
+        turn."""
+        return self._cuts.popleft() if self._cuts else self._turn
+
+    @property
+    def turn(self) -> int:
+        """The newest turn's number (0 before the first: the greeting Twilio speaks)."""
+        return self._turn
 
     def withhold(self, text: str) -> None:
         """The writer dropped ``text`` of the cut turn: never heard, so never in history."""
@@ -71,13 +100,19 @@ class CutMarks:
             return segment[:len(segment) - len(self.withheld)]
         return segment
 
-    def take_unrecorded(self) -> str:
-        """Words the writer withheld after the turn recorded what it said (the turn's last
-        frame was handed over, the turn ended and recorded it, and only then did the writer
-        check the frame against a cut the reader had just marked), each returned once. They
-        were never heard: the streamer takes them off the history when Twilio does not say
-        what was heard."""
-        unrecorded, self._recorded = self.withheld[self._recorded:], len(self.withheld)
+    def take_unrecorded(self, turn: int | None = None) -> str:
+        """Words the writer withheld from ``turn`` (the newest if None) after the turn
+        recorded what it said (the turn's last frame was handed over, the turn ended and
+        recorded it, and only then did the writer check the frame against a cut the reader
+        had just marked), each returned once. They were never heard: the streamer takes
+        them off the history when Twilio does not say what was heard."""
+        turn = self._turn if turn is None else turn
+        if turn == self._turn:
+            unrecorded, self._recorded = self.withheld[self._recorded:], len(self.withheld)
+        else:
+            unrecorded = self._earlier.get(turn, "")
+        for older in [t for t in self._earlier if t <= turn]:
+            del self._earlier[older]
         return unrecorded
 
     @property
@@ -106,11 +141,13 @@ class TurnSlot:
     def busy(self) -> bool:
         return self._done is not None and not self._done.is_set()
 
-    async def restart(self, turn: Turn, *, reason: str = "superseded") -> None:
+    async def restart(self, turn: Turn, *, reason: str = "superseded") -> int:
+        """Returns the new turn's number (``CutMarks.turn_started``)."""
         await self.cancel_and_wait(reason=reason)
         self._scope, self._done = trio.CancelScope(), trio.Event()
-        self._marks.turn_started(self._scope)
+        number = self._marks.turn_started(self._scope)
         self._nursery.start_soon(self._run_scoped, turn, self._scope, self._done)
+        return number
 
     async def cancel_and_wait(self, *, reason: str) -> None:
         """Cancel the turn in flight (if any) and wait until its cleanup has run."""

@@ -191,41 +191,82 @@ async def test_words_the_writer_withholds_after_the_turn_recorded_them_are_not_k
     assert converse_problems(ctx.history.for_request()) == []
 
 
-@pytest.mark.xfail(strict=True, reason="open defect (eleventh pass): an EndCall handled "
-                   "between the reader's cut and its BargeIn starts the goodbye turn, which "
-                   "resets CutMarks.withheld before the BargeIn takes it, and the BargeIn "
-                   "then cancels the goodbye the caller never cut")
-async def test_a_drain_between_an_interrupt_and_its_barge_in_keeps_the_unheard_words_out(
-        autojump_clock: Any) -> None:
-    """As the test above, but a drain's (or the length limit's) ``EndCall`` reaches the
-    streamer between the reader's cut and the handler's ``BargeIn``. Found by a review
-    helper (helper-15), reproduced here: the words the writer withheld stay in the history,
-    since the goodbye turn's start resets ``CutMarks.withheld`` before the barge-in takes
-    them; and depending on scheduling the barge-in also cancels the goodbye, which the
-    caller never cut (only its ``end`` goes out). The fix needs the barge-in to act on the
-    turn the reader cut (``CutMarks._cut_through``), not on the turn in flight."""
+async def _drain_between_cut_and_barge_in(heard: str | None, *, recorded: bool,
+                                          then_cut: str | None = None) -> CallContext:
+    """The reply's last frame is withheld as the reader reads an interrupt (as above); a
+    drain's (or the length limit's) ``EndCall`` reaches the streamer before the handler's
+    ``BargeIn`` does, so the goodbye starts between the two (``recorded``: and has said its
+    words and recorded them before the barge-in is taken). ``then_cut``: the caller then
+    cuts the goodbye too, hearing that much of it."""
     out_send, out_recv = trio.open_memory_channel[Outgoing](0)
     commands_send, commands = trio.open_memory_channel[TurnCommand](0)
     llm = FakeLLM([words("Sure. We open at nine and close at ten", gap_s=0.01)])
-    later: list[Any] = []
+    later: list[str] = []
+    goodbye_sent = trio.Event()
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             ctx = _streamer_alone(nursery, llm, out_send, commands)
 
             async def writer_after_the_cut() -> None:
                 async for outgoing in out_recv:
-                    later.append(outgoing.frame if isinstance(outgoing, Timed) else outgoing)
+                    frame = outgoing.frame if isinstance(outgoing, Timed) else outgoing
+                    if isinstance(frame, Text) and frame.token:
+                        later.append(frame.token)
+                        goodbye_sent.set()
+                        if not recorded:        # Twilio slow to take it: the turn waits
+                            await trio.sleep(1)
 
             async with commands_send:
                 await commands_send.send(UserSaid("hours?", received_at=0.0))
                 await _cut_as_the_last_frame_is_checked(out_recv, ctx)
                 nursery.start_soon(writer_after_the_cut)
                 await commands_send.send(EndCall("Goodbye.", "server-draining"))
-                await commands_send.send(BargeIn(heard=None))
+                await goodbye_sent.wait()
                 await trio.testing.wait_all_tasks_blocked()
+                assert (ctx.history.messages[-1]["content"][-1] == {"text": "Goodbye."}) \
+                    == recorded
+                await commands_send.send(BargeIn(heard=heard))
+                await trio.testing.wait_all_tasks_blocked()
+                if then_cut is not None:
+                    await trio.sleep(2)                 # the goodbye recorded
+                    ctx.marks.cut()
+                    await commands_send.send(BargeIn(heard=then_cut))
+                    await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.deadline = trio.current_time() + 5
-    assert ctx.history.messages[1]["content"][0] == {"text": "Sure."}
-    assert [f.token for f in later if isinstance(f, Text) and f.token] == ["Goodbye."]
+    assert later == ["Goodbye."]                # the caller never cut it: all of it went out
+    assert converse_problems(ctx.history.for_request()) == []
+    return ctx
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+async def test_a_drain_between_an_interrupt_and_its_barge_in_keeps_the_unheard_words_out(
+        recorded: bool, autojump_clock: Any) -> None:
+    """Found by a review helper (helper-15): the goodbye turn's start reset
+    ``CutMarks.withheld`` before the barge-in took it, so the withheld words stayed in the
+    history; and the barge-in cancelled the goodbye, which the caller never cut (only its
+    ``end`` went out). The barge-in now acts on the turn the reader cut."""
+    ctx = await _drain_between_cut_and_barge_in(None, recorded=recorded)
+    assert ctx.history.messages[1:] == (
+        {"role": "assistant", "content": [{"text": "Sure."}, {"text": "Goodbye."}]},)
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+async def test_heard_words_cut_the_reply_but_not_a_goodbye_begun_after_the_interrupt(
+        recorded: bool, autojump_clock: Any) -> None:
+    """Twilio says what was heard of the reply; the goodbye merged into the reply's message
+    went out after the interrupt. Before, the heard words were matched against the reply
+    and the goodbye together, and the goodbye was cut away."""
+    ctx = await _drain_between_cut_and_barge_in("Sure. We open", recorded=recorded)
+    assert ctx.history.messages[1:] == ({"role": "assistant", "content": [
+        {"text": "Sure. We open"}, {"text": "Goodbye."}]},)
+
+
+async def test_a_reply_heard_not_at_all_leaves_the_goodbye_in_its_place(
+        autojump_clock: Any) -> None:
+    """Nothing of the reply was heard: its message goes, the goodbye takes its place, and a
+    second interrupt, into the goodbye, cuts the goodbye where it now stands."""
+    ctx = await _drain_between_cut_and_barge_in("", recorded=True, then_cut="Good")
+    assert ctx.history.messages[1:] == ({"role": "assistant", "content": [{"text": "Good"}]},)
 
 
 async def test_an_interrupt_into_an_earlier_reply_still_playing_cuts_that_reply(

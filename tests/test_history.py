@@ -276,3 +276,74 @@ def test_unsent_words_of_a_tool_round_come_off_before_its_tool_use() -> None:
     history.drop_unsent(start, "Placing that")
     assert history.messages[1]["content"] == [{"toolUse": use("t1")}]
     assert converse_problems(history.for_request()) == []
+
+
+def test_prompts_merged_by_a_cut_are_capped_too() -> None:
+    """A reply cut to nothing between two prompts (a "mhm" started the next turn while it
+    played) merges them; the merge grew the message past the cap, which only a new prompt
+    checked. Found while reworking the barge-in (twelfth pass)."""
+    history = History()
+    history.add_user_text("a" * 6000)
+    start = history.mark()
+    history.add_assistant("We open at nine.")
+    history.add_user_text("b" * 6000)
+    history.apply_heard(start, "")
+    assert [m["role"] for m in history.messages] == ["user"]
+    assert sum(len(b["text"]) for b in history.messages[0]["content"]) <= MAX_UNANSWERED_CHARS
+    assert history.messages[0]["content"][-1]["text"] == "b" * 6000
+
+
+def _reply_then_goodbye(goodbye_said: bool) -> tuple[History, Mark, Mark]:
+    """A reply with a tool round, cut by the caller; then a goodbye, begun after the cut,
+    whose words merge into the reply's last message."""
+    history = History()
+    history.add_user_text("hours?")
+    start = history.mark()
+    history.add_assistant("Let me check.", [use("t1")])
+    history.add_tool_results([result("t1")])
+    history.add_assistant("We open at nine.")
+    end = history.mark()
+    if goodbye_said:
+        history.add_assistant("Goodbye.")
+    return history, start, end
+
+
+@pytest.mark.parametrize("goodbye_said", [True, False])
+@pytest.mark.parametrize(("heard", "unsent", "reply"), [
+    ("Let me check.", "", ["Let me check."]),
+    ("", "", []),
+    ("Let me", "", ["Let me"]),
+    ("Let me check. We open", "", ["Let me check.", "We open"]),
+    ("Let me check. We open at nine. Goodbye.", "", ["Let me check.", "We open at nine."]),
+    (None, " at nine.", ["Let me check.", "We open"]),
+    (None, "We open at nine.", ["Let me check."]),
+    (None, "", ["Let me check.", "We open at nine."]),
+])
+def test_a_cut_stops_where_a_turn_begun_after_it_starts(
+        goodbye_said: bool, heard: str | None, unsent: str, reply: list[str]) -> None:
+    """The cut turns lose what was not heard; the goodbye keeps all its words, and its mark
+    follows it wherever the cut moved it."""
+    history, start, end = _reply_then_goodbye(goodbye_said)
+    moved = history.record_cut(start, end, heard=heard, unsent=unsent)
+    said = [b["text"] for m in history.messages[1:] if m["role"] == "assistant"
+            for b in m["content"] if "text" in b]
+    assert said == reply + (["Goodbye."] if goodbye_said else [])
+    assert any("toolUse" in b for b in history.messages[1]["content"])   # its result stands
+    assert converse_problems(history.for_request()) == []
+    at = moved(end)
+    if goodbye_said:
+        assert history.messages[at.index]["content"][at.blocks:] == [{"text": "Goodbye."}]
+    else:
+        assert at == history.mark()
+        history.add_assistant("Goodbye.")       # the goodbye records after the cut
+        assert history.messages[at.index]["content"][at.blocks:] == [{"text": "Goodbye."}]
+
+
+def test_heard_words_fit_only_the_turns_before_the_end() -> None:
+    history, start, end = _reply_then_goodbye(goodbye_said=True)
+    """Twilio's heard words may run on past the turn (one begins the other); the goodbye's
+    words are not the cut turn's, so they do not count against it."""
+    assert not history.fits(start, "Let me check. We open at nine. Bye now")
+    assert history.fits(start, "Let me check. We open at nine. Bye now", end)
+    assert not history.fits(start, "Let me check. We close", end)
+    assert history.fits(end, "Good")
