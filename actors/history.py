@@ -45,6 +45,9 @@ class History:
             raise ValueError("History: one meta mapping per message")
         self._sealed = len(self._messages)  # messages before this index are in the store
         self._offset = 0          # messages trimmed from memory (they are in the store)
+        # per position, the at_ms of the item the store holds there (None: none), so that
+        # an item a cut moved or dropped is removed, not left for a reconnect to resume
+        self._stored_at: list[int | None] = [_at_ms(m) for m in self._meta]
         # A message is never changed in place once it is in ``_messages``: a change (a merge,
         # a barge-in cut) puts a new dict in its slot. So model requests share the messages
         # themselves, with no copy per request and no second copy kept for requests.
@@ -277,11 +280,24 @@ class History:
                     ) -> list[tuple[int, Message, dict[str, Any]]]:
         """Messages that can no longer change, each returned once with its transcript facts,
         for the write-behind queue. Call it when the caller starts a new turn (a barge-in
-        can no longer amend the turn before) and with ``final`` at teardown."""
+        can no longer amend the turn before) and with ``final`` at teardown.
+
+        A stored message that a cut dropped, or moved to another position (its item is keyed
+        by at_ms and position), comes first as a tombstone: an empty message with
+        ``{"at_ms": ..., "dropped": True}``, written over the old item."""
         end = len(self._messages) if final else max(len(self._messages) - 1, 0)
-        out = [(self._offset + i, copy.deepcopy(self._messages[i]), dict(self._meta[i]))
-               for i in range(self._sealed, end)]
+        at = [_at_ms(m) for m in self._meta]
+        was = self._stored_at
+        out: list[tuple[int, Message, dict[str, Any]]] = [
+            (self._offset + i, {}, {"at_ms": old, "dropped": True})
+            for i in range(min(self._sealed, len(was)), len(was))
+            if (old := was[i]) is not None and (i >= len(at) or old != at[i])]
+        out += [(self._offset + i, copy.deepcopy(self._messages[i]), dict(self._meta[i]))
+                for i in range(self._sealed, end)]
         self._sealed = max(self._sealed, end)
+        self._stored_at = [*at[:self._sealed], *(
+            at[i] if i < len(was) and was[i] == at[i] else None
+            for i in range(self._sealed, len(at)))]
         return out
 
     def trim(self, max_messages: int) -> int:
@@ -300,6 +316,7 @@ class History:
                 del self._messages[:cut], self._meta[:cut]
                 self._sealed -= cut
                 self._offset += cut
+                del self._stored_at[:cut]
                 return cut
         return 0
 
@@ -325,6 +342,11 @@ class History:
     def has_tool_blocks(self) -> bool:
         return any("toolUse" in b or "toolResult" in b
                    for m in self._messages for b in m["content"])
+
+
+def _at_ms(meta: dict[str, Any]) -> int:
+    """The item key's time, as the store writes it (``records.chat_key``)."""
+    return int(meta.get("at_ms", 0))
 
 
 def _normal(text: str) -> str:

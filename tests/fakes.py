@@ -155,6 +155,21 @@ class RecordingWriter:
                 meta: dict[str, Any]) -> None:
         self.persisted.append((call_sid, index, message, meta))
 
+    def stored(self) -> list[dict[str, Any]]:
+        """What a store would hold after these writes, read back as a reconnect reads it:
+        each write is the real item (``records.chat_item``, keyed by at_ms and position),
+        the last write of a key wins, and ``records.chat_entries`` reads them in key order,
+        tombstones left out. Each entry's ``chat`` is a message, its ``meta`` the facts."""
+        from voiceagent.store import records
+
+        items: dict[tuple[str, str], dict[str, Any]] = {}
+        for call_sid, index, message, meta in self.persisted:
+            item = records.chat_item(call_sid, int(meta.get("at_ms", 0)), index, message,
+                                     meta, ttl_s=3600)
+            items[(item["pk"], item["sk"])] = item
+        return [dict(entry) for entry in records.chat_entries(
+            items[key] for key in sorted(items))]
+
     async def flush(self, call_sid: str, timeout_s: float) -> bool:
         self.flushed.append(call_sid)
         return True
@@ -216,3 +231,13 @@ def setup_frame(call_sid: str = "CA" + "1" * 32, token: str = "tok") -> dict[str
     return {"type": "setup", "sessionId": "VX1", "callSid": call_sid, "accountSid": "AC1",
             "from": "+15555550100", "to": "+15555550199", "callStatus": "RINGING",
             "customParameters": {"sessionToken": token}}
+
+
+class WallClock:
+    """Wall time that follows trio's clock, for ``actors.history.time``: each message's
+    at_ms (part of its store key) is then apart, as in a call, instead of the same
+    millisecond for a whole test on the virtual clock."""
+
+    @staticmethod
+    def time() -> float:
+        return 1_700_000_000.0 + trio.current_time()

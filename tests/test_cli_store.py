@@ -297,6 +297,9 @@ def _conversation() -> list[dict[str, Any]]:
     items += [records.chat_item(CALL_SID, EPOCH_S * 1000 + at, seq,
                                 {"role": role, "content": content}, meta, ttl_s=TTL_S)
               for seq, (at, role, content, meta) in enumerate(messages)]
+    # a reply a later barge-in cut away after it was stored: its tombstone is no message
+    items.append(records.chat_item(CALL_SID, EPOCH_S * 1000 + 65_500, len(messages), {},
+                                   {"dropped": True}, ttl_s=TTL_S))
     return items
 
 

@@ -9,6 +9,8 @@ is between two actors, playing the relay writer itself.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -20,7 +22,7 @@ from actors.context import CallContext
 from actors.history import MAX_UNANSWERED_CHARS, History
 from actors.messages import BargeIn, EndCall, Outgoing, Text, Timed, TurnCommand, UserSaid
 from tests.call_harness import open_test_call, plain_use_case
-from tests.fakes import FakeLLM, MemorySocket, MemoryStore, tool_use, words
+from tests.fakes import FakeLLM, MemorySocket, MemoryStore, WallClock, tool_use, words
 from voiceagent.errors import ModelStreamFailed
 from voiceagent.llm.base import TextDelta
 from voiceagent.llm.converse import converse_problems
@@ -368,8 +370,7 @@ async def test_a_cut_into_an_earlier_turn_is_stored_again(autojump_clock: Any) -
         await trio.sleep(2)
         assert call.history[2]["content"][0] == {"text": "Placing"}
         assert "toolResult" in call.history[3]["content"][0]
-    stored = {index: message for _, index, message, _ in call.writer.persisted}
-    assert [stored[i] for i in range(len(call.history))] == list(call.history)
+    assert [entry["chat"] for entry in call.writer.stored()] == list(call.history)
 
 
 async def test_an_interrupt_into_a_reply_playing_behind_two_newer_turns_cuts_that_reply(
@@ -397,6 +398,35 @@ async def test_an_interrupt_into_a_reply_playing_behind_two_newer_turns_cuts_tha
                 {"role": "user", "content": [{"text": "mhm"}, {"text": "yeah"}]})
 
 
+def _resumable(call: Any) -> list[dict[str, Any]]:
+    """What a reconnect would resume from the store (``sessions._saved_history``), checked
+    as it checks it ("saved history unusable, starting fresh" when it fails)."""
+    entries = call.writer.stored()
+    resumed = [entry["chat"] for entry in entries]
+    metas = [{**entry["meta"], "at_ms": entry["at_ms"]} for entry in entries]
+    assert converse_problems(History.resumed(resumed, metas).for_request()) == []
+    return resumed
+
+
+@asynccontextmanager
+async def _an_order_still_playing(monkeypatch: Any) -> AsyncIterator[Any]:
+    """A call whose last turn ("Placing that", a side-effect tool, "All done, ...") was
+    sent in full and still plays at Twilio; each message's at_ms (its store key) apart."""
+    import actors.history as history_module
+    from tests.test_history_property import TOOLS, registry
+
+    monkeypatch.setattr(history_module, "time", WallClock)
+    with trio.fail_after(60):
+        llm = FakeLLM([tool_use("tu_1", "placeOrder", before="Placing that"),
+                       words("All done, anything else?"), words("Sure thing.")])
+        async with open_test_call(llm, use_case=plain_use_case(tools=TOOLS),
+                                  registry=registry()) as call:
+            call.say("order pizza")
+            await call.reply()
+            await trio.sleep(2)
+            yield call
+
+
 async def test_a_cut_into_an_earlier_tool_turn_keeps_each_stored_message_under_its_key(
         autojump_clock: Any, monkeypatch: Any) -> None:
     """An earlier turn (text + side-effect tool, then "All done ...") still plays when "mhm"
@@ -406,38 +436,31 @@ async def test_a_cut_into_an_earlier_tool_turn_keeps_each_stored_message_under_i
     by (at_ms, index): the toolResult message is written under a second key and the old item
     stays, so the stored conversation (what a reconnect resumes) has two user messages in a
     row and the toolResult twice, and a reconnect started afresh. Found by a review helper."""
-    import actors.history as history_module
+    async with _an_order_still_playing(monkeypatch) as call:
+        call.say("mhm")                         # while the earlier turn still plays
+        await call.reply()
+        call.interrupt(heard="Placing")
+        await trio.testing.wait_all_tasks_blocked()
+        assert converse_problems(call.report.history.for_request()) == []
+    assert _resumable(call) == list(call.history)
 
-    class Clock:                                   # wall time that follows the trio clock
-        @staticmethod
-        def time() -> float:
-            return 1_700_000_000.0 + trio.current_time()
 
-    monkeypatch.setattr(history_module, "time", Clock)
-    from tests.test_history_property import TOOLS, registry
-    from voiceagent.llm.converse import converse_problems
-
-    with trio.fail_after(60):
-        llm = FakeLLM([tool_use("tu_1", "placeOrder", before="Placing that"),
-                       words("All done, anything else?"), words("Sure thing.")])
-        async with open_test_call(llm, use_case=plain_use_case(tools=TOOLS),
-                                  registry=registry()) as call:
-            call.say("order pizza")
-            await call.reply()                  # "Placing that", tool, "All done, ..."
-            await trio.sleep(2)
-            call.say("mhm")                     # while the earlier turn still plays
-            await call.reply()
-            call.interrupt(heard="Placing")
-            await trio.testing.wait_all_tasks_blocked()
-            assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
-        # what the store holds, by the real item key (at_ms, index), in sort-key order
-        stored: dict[tuple[int, int], dict[str, Any]] = {}
-        for _, index, message, meta in call.writer.persisted:
-            stored[(int(meta.get("at_ms", 0)), index)] = message
-        resumed = [stored[key] for key in sorted(stored)]
-        metas = [{"at_ms": at} for at, _ in sorted(stored)]
-        # what sessions._saved_history checks on a reconnect ("saved history unusable,
-        # starting fresh" when it fails)
-        assert converse_problems(history_module.History.resumed(resumed, metas)
-                                 .for_request()) == []
-        assert resumed == list(call.history)
+async def test_a_stored_message_a_cut_drops_is_not_resumed(
+        autojump_clock: Any, monkeypatch: Any) -> None:
+    """As above, but "yeah" follows "mhm" before its reply, so the new turn's start hands
+    "All done, ..." to the store first; the cut then drops it. Its item stayed: a reconnect
+    resumed a reply the caller never heard, and once the next reply was stored under the
+    same position, two assistant messages in a row (the saved history unusable). Found in
+    the twelfth pass; the dropped item is now written over with a tombstone."""
+    async with _an_order_still_playing(monkeypatch) as call:
+        call.say("mhm")                         # while the earlier turn still plays
+        await trio.sleep(0.1)
+        call.say("yeah")                        # before the "mhm" turn said a word
+        await call.reply()
+        call.interrupt(heard="Placing")
+        await trio.testing.wait_all_tasks_blocked()
+        assert "All done" not in str(call.history)
+        call.say("and a drink")                 # its start hands the cut to the store
+        await call.reply()
+        await trio.testing.wait_all_tasks_blocked()
+    assert _resumable(call) == list(call.history)

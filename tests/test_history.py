@@ -347,3 +347,36 @@ def test_heard_words_fit_only_the_turns_before_the_end() -> None:
     assert history.fits(start, "Let me check. We open at nine. Bye now", end)
     assert not history.fits(start, "Let me check. We close", end)
     assert history.fits(end, "Good")
+
+
+def test_a_stored_message_a_cut_drops_or_moves_is_written_over() -> None:
+    """Items are keyed by at_ms and position: a stored reply that a cut drops, and a stored
+    message that a merge takes out of its position, leave their items behind unless a
+    tombstone writes over them."""
+    history = History()
+    history.add_user_text("order pizza")
+    start = history.mark()
+    history.add_assistant("Placing that.", [use("t1")])
+    history.add_tool_results([result("t1")])
+    history.add_assistant("All done.")
+    history.add_user_text("mhm")
+    keys = [(meta["at_ms"], index) for index, _, meta in history.take_sealed(final=True)]
+    assert len(keys) == 5
+    history.apply_heard(start, "Placing")           # "All done." goes; "mhm" merges up
+    written = history.take_sealed(final=True)
+    assert [(meta["at_ms"], index) for index, message, meta in written if not message] \
+        == keys[3:]                                 # "All done." and "mhm" as they were
+    assert all(meta["dropped"] is True for _, message, meta in written if not message)
+    assert [index for index, message, _ in written if message] == [1, 2]
+    assert history.take_sealed(final=True) == []    # each once
+
+
+def test_messages_trimmed_from_memory_are_not_tombstoned() -> None:
+    history = History()
+    for n in range(6):
+        history.add_user_text(f"question {n}")
+        history.add_assistant(f"answer {n}")
+    history.take_sealed(final=True)
+    assert history.trim(4) == 8
+    history.add_user_text("one more")
+    assert [index for index, _, _ in history.take_sealed(final=True)] == [12]

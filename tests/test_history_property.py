@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from actors.call import CallPlan
 from tests.call_harness import CALL_SID, open_test_call, plain_use_case
-from tests.fakes import FakeLLM, Step, tool_use, words
+from tests.fakes import FakeLLM, RecordingWriter, Step, tool_use, words
 from voiceagent.errors import ModelStreamFailed
 from voiceagent.llm.base import LLMRequest, TextDelta
 from voiceagent.llm.converse import converse_problems
@@ -70,9 +70,8 @@ def check_call(call: Any, llm: FakeLLM) -> None:
     assert [list(r.messages) for r in llm.requests] == llm.sent_messages
     if len(history):
         assert converse_problems(history.for_request()) == []
-    stored = {index: message for _, index, message, _ in call.writer.persisted}
-    first = max(stored) + 1 - len(history) if stored else 0
-    assert [stored.get(first + i) for i in range(len(history))] == list(history.messages)
+    stored = [entry["chat"] for entry in call.writer.stored()]
+    assert stored[len(stored) - len(history):] == list(history.messages)
 
 
 async def play(call: Any, schedule: list[tuple[str, Any]]) -> None:
@@ -119,18 +118,14 @@ async def test_a_call_resumed_anywhere_goes_on_with_a_valid_history(
     llm = FakeLLM(script)
     use_case = plain_use_case(tools=TOOLS, dtmf={"handlers": {"5": {"reply": "Five it is."}},
                                                  "idle_timeout_s": 0.5})
-    stored: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
-
     async with open_test_call(llm, use_case=use_case, registry=registry()) as first:
         await play(first, schedule[:split])
-    stored.update({index: (message, meta) for _, index, message, meta
-                   in first.writer.persisted})
-    keys = sorted(stored)
-    assert keys == list(range(len(keys)))
+    entries = first.writer.stored()                 # as sessions._saved_history reads them
     plan = CallPlan(call_sid=CALL_SID, use_case=use_case, system_prompt=use_case.prompt,
                     model_id="test-model", greeting=None,
-                    history=tuple(stored[k][0] for k in keys),
-                    history_meta=tuple(stored[k][1] for k in keys))
+                    history=tuple(entry["chat"] for entry in entries),
+                    history_meta=tuple({**entry["meta"], "at_ms": entry["at_ms"]}
+                                       for entry in entries))
 
     async def resume(setup: Any) -> CallPlan:
         await trio.lowlevel.checkpoint()
@@ -144,11 +139,8 @@ async def test_a_call_resumed_anywhere_goes_on_with_a_valid_history(
     history = second.report.history
     assert history is not None
     assert converse_problems(history.for_request()) == []
-    for _, index, message, meta in second.writer.persisted:
-        if index in stored:                         # stored again: under the same key
-            assert meta.get("at_ms") == stored[index][1].get("at_ms")
-        stored[index] = (message, meta)
-    assert [stored[k][0] for k in sorted(stored)] == list(history.messages)
+    both = RecordingWriter(persisted=[*first.writer.persisted, *second.writer.persisted])
+    assert [entry["chat"] for entry in both.stored()] == list(history.messages)
 
 
 lively = st.lists(st.one_of(
@@ -171,6 +163,9 @@ lively = st.lists(st.one_of(
                    ("interrupt", "Placing")], hold=0.0, cap=200)     # found by a longer run
 @example(schedule=[("dtmf", "5"), ("wait", 0.3), ("say", "hi"), ("say", "hi"),
                    ("interrupt", "Five it"), ("interrupt", "")], hold=0.0, cap=4)  # and another
+@example(schedule=[("say", "order pizza"), ("wait", 3.0), ("say", "hi"), ("say", "hi"),
+                   ("wait", 1.0), ("interrupt", "Placing"), ("say", "hi"), ("wait", 3.0)],
+         hold=0.0, cap=200)     # a stored reply that the cut drops (twelfth pass)
 async def test_reprompts_goodbyes_speaker_events_and_caps_keep_history_and_store_in_step(
         schedule: list[tuple[str, Any]], hold: float, cap: int, autojump_clock: Any) -> None:
     """The same, with what moves turns from outside the caller's words: silence re-prompts,

@@ -237,6 +237,16 @@ def test_chat_item_meta_and_reserved_names() -> None:
     assert (sample_style["at_ms"], sample_style["seq"]) == (1_712_345_678_901, 0)
 
 
+def test_chat_entries_leave_out_tombstones() -> None:
+    """A message a barge-in cut away after it was stored is written over with a tombstone
+    (``History.take_sealed``): the conversation read back leaves it out."""
+    said = {"role": "user", "content": [{"text": "hours?"}]}
+    items = [records.chat_item("CAx", 1_000, 0, said, {"at_ms": 1_000}, ttl_s=60),
+             records.chat_item("CAx", 1_001, 1, {}, {"at_ms": 1_001, "dropped": True},
+                               ttl_s=60)]
+    assert [entry["chat"] for entry in records.chat_entries(items)] == [said]
+
+
 def test_order_item_keys() -> None:
     order = {"order_items": [], "order_type": "pickup", "order_total": 0}
     item = records.order_item("+15555550100", "CAabcdef9876", "+15555550199", order,

@@ -198,9 +198,11 @@ async def _claimed_on_a(store: CountingStore, a: Sessions, a_writer: WriteBehind
 
 
 async def _a_socket_ends(a: Sessions, a_writer: WriteBehind, texts: list[str], *,
-                         behind_s: float = 0.0) -> None:
+                         behind_s: float = 0.0, dropped: tuple[int, ...] = ()) -> None:
     """A's socket hands its last messages to A's queue and ends, as ``run_call`` does.
-    ``behind_s``: A's queue is that far behind (another call's write waits that long)."""
+    ``behind_s``: A's queue is that far behind (another call's write waits that long).
+    ``dropped``: the positions (from 1) of messages a barge-in then cut away, whose items
+    the history's tombstones write over."""
     if behind_s:
         other = "CA" + "1" * 32
         a_writer.submit(records.chat_item(other, 1_000, 0, {
@@ -210,8 +212,31 @@ async def _a_socket_ends(a: Sessions, a_writer: WriteBehind, texts: list[str], *
         a_writer.submit(records.chat_item(CALL_SID, 1_000 + seq, seq, {
             "role": "user" if seq % 2 else "assistant", "content": [{"text": text}]}, {},
             3600), call_sid=CALL_SID)
+    for seq in dropped:
+        a_writer.submit(records.chat_item(CALL_SID, 1_000 + seq, seq, {},
+                                          {"at_ms": 1_000 + seq, "dropped": True}, 3600),
+                        call_sid=CALL_SID)
     await a.socket_ended(CALL_SID)
     a.release(CALL_SID)
+
+
+async def test_a_reconnect_resumes_without_a_message_a_barge_in_cut_away(
+        autojump_clock: Any) -> None:
+    """A stored reply that a later barge-in cut away is written over with a tombstone; the
+    socket that resumes the call must not read it as something the caller heard (nor, with
+    the next reply stored, as two assistant messages in a row, which start it afresh)."""
+    store, a, a_writer, b = await _two_processes()
+    with trio.fail_after(30):
+        claimed = await _claimed_on_a(store, a, a_writer)
+        await _a_socket_ends(a, a_writer, ["what are your hours?", "Eleven to ten.",
+                                           "and Sunday?", "Closed on Sundays."], dropped=(4,))
+        (renewed, complete), _ = await _while_a_drains_after(
+            a_writer, 0.0, lambda: b.renew(claimed))
+        assert complete
+        plan = await b.resolve(_setup(renewed.token))
+    assert [m["content"][0]["text"] for m in plan.history] == [
+        "what are your hours?", "Eleven to ten.", "and Sunday?"]
+    assert len(await store.query(CALL_SID, records.CHAT_PREFIX)) == 4    # the tombstone
 
 
 async def test_a_reconnect_on_another_process_waits_for_the_old_socket_s_last_messages(

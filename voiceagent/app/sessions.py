@@ -350,8 +350,7 @@ class Sessions:
                              ) -> tuple[tuple[Message, ...], tuple[dict[str, Any], ...]]:
         """The conversation so far and each message's stored facts (its at_ms keys it), for a
         socket that reconnects to a known call; repaired as ``History.resumed`` does."""
-        entries = [records.chat_from_item(item)
-                   for item in await self._store.query(call_sid, "chat::")]
+        entries = records.chat_entries(await self._store.query(call_sid, records.CHAT_PREFIX))
         messages = tuple(entry["chat"] for entry in entries)
         meta = tuple({**entry["meta"], "at_ms": entry["at_ms"]} for entry in entries)
         if messages and converse_problems(History.resumed(messages, meta).for_request()):

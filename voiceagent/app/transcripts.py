@@ -66,7 +66,8 @@ async def recent_calls(store: Store, *, limit: int = 20) -> list[CallSummary]:
 
     async def count(call_sid: str) -> None:
         async with gate:
-            counts[call_sid] = len(await store.query(call_sid, records.CHAT_PREFIX))
+            counts[call_sid] = len(records.chat_entries(
+                await store.query(call_sid, records.CHAT_PREFIX)))
 
     async with trio.open_nursery() as nursery:
         for session in sessions:
@@ -79,8 +80,7 @@ async def load_transcript(store: Store, call_sid: str) -> Transcript | None:
     """The call's session and messages in order; None when the store has neither."""
     item = await store.get(call_sid, records.SESSION_SK)
     session = records.session_from_item(item) if item is not None else None
-    entries = tuple(records.chat_from_item(found)
-                    for found in await store.query(call_sid, records.CHAT_PREFIX))
+    entries = records.chat_entries(await store.query(call_sid, records.CHAT_PREFIX))
     if session is None and not entries:
         return None
     return Transcript(call_sid, session, entries)

@@ -16,7 +16,7 @@ Keys (pk / sk, GSI pk1 / sk1):
     socket end     CallSid     socketClosed:: / socketWritten::<generation:6>
     relay answered CallSid     relayAnswered::<SessionId>, relayEnded
     call seen      CallSid     connectionSeen
-    chat message   CallSid     chat::<epoch ms:13>::<seq:6>
+    chat message   CallSid     chat::<epoch ms:13>::<seq:6>  (a tombstone: chat {}, dropped)
     order          owner       restaurantOrder::<sid[-4:]>::<s>  restaurantOrder / to-number
 """
 
@@ -26,7 +26,7 @@ import datetime as dt
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -369,6 +369,15 @@ def chat_from_item(item: Item) -> ChatEntry:
     meta = {k: v for k, v in item.items() if k not in KEY_ATTRIBUTES and k != "chat"}
     return ChatEntry(call_sid=item["pk"], at_ms=int(match.group(1)),
                      seq=int(match.group(2) or 0), chat=dict(item["chat"]), meta=meta)
+
+
+def chat_entries(items: Iterable[Item]) -> tuple[ChatEntry, ...]:
+    """A call's chat items (as ``query`` returns them, in key order) as its conversation:
+    tombstones left out. A tombstone (``chat`` empty, ``dropped`` true) is written over the
+    item of a message a barge-in later cut away or moved; the store has no delete in its
+    write-behind path, and a put keeps the per-key order the queue already guarantees."""
+    entries = (chat_from_item(item) for item in items)
+    return tuple(entry for entry in entries if not entry["meta"].get("dropped"))
 
 
 # ------------------------------------------------------------------ orders
