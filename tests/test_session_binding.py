@@ -27,7 +27,7 @@ import voiceagent.store.records as records
 from actors.call import CallRejected
 from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
 from voiceagent.app.caller import CallerError, Identity, open_call, post_form, release_transport
-from voiceagent.app.socket_standing import SocketStanding
+from voiceagent.app.socket_standing import CAPACITY_MARGIN, SocketStanding
 from voiceagent.errors import StoreError
 from voiceagent.signature import sign
 from voiceagent.tools.base import ToolDefinition
@@ -555,7 +555,7 @@ async def served_after_eviction(sessions: object, release: trio.Event, *,
     Whether the socket went on to serve its call."""
     runtime = SimpleNamespace(settings=SimpleNamespace(max_sockets_waiting=1, max_calls=10),
                               calls=SimpleNamespace(active=0, started=lambda report: None),
-                              sockets_waiting={}, sessions=sessions)
+                              sockets_waiting={}, sessions=sessions, claims_running=0)
     standing = SocketStanding(runtime)          # type: ignore[arg-type]
     served = False
 
@@ -719,3 +719,39 @@ async def test_a_session_that_failed_before_the_reply_resumes_with_a_valid_histo
     assert resumed is not None
     roles = [m["role"] for m in resumed.for_request()]
     assert all(a != b for a, b in itertools.pairwise(roles))
+
+
+async def test_setups_looked_up_at_once_stay_within_the_capacity_margin(
+        autojump_clock: Any) -> None:
+    """Capacity was checked before the lookup, which awaits the store: a mass reconnect
+    (tokens minted by /action while this process had no calls) had every socket pass the
+    check before any became a call, and all became calls, far past MAX_CALLS and the
+    open-file budget sized for MAX_CALLS + CAPACITY_MARGIN. Lookups under way now count."""
+    started: list[str] = []
+    runtime = SimpleNamespace(
+        settings=SimpleNamespace(max_sockets_waiting=100, max_calls=2),
+        calls=SimpleNamespace(active=0, started=lambda report: started.append("call")),
+        sockets_waiting={}, claims_running=0)
+
+    class SlowStore:
+        async def resolve(self, setup: Any, *, on_retry: Any) -> Any:
+            await trio.sleep(1)                 # every lookup awaits the store
+            return SimpleNamespace(call_sid=setup.call_sid)
+
+    runtime.sessions = SlowStore()
+    refused: list[str] = []
+
+    async def setup_arrives(n: int) -> None:
+        standing = SocketStanding(runtime)      # type: ignore[arg-type]
+        try:
+            await standing.claim(SimpleNamespace(call_sid=f"CA{n}"))  # type: ignore[arg-type]
+        except CallRejected as err:
+            refused.append(str(err))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for n in range(20):
+                nursery.start_soon(setup_arrives, n)
+    assert len(started) == 2 + CAPACITY_MARGIN
+    assert refused == ["over capacity"] * (20 - 2 - CAPACITY_MARGIN)
+    assert runtime.claims_running == 0

@@ -103,6 +103,7 @@ class Runtime:
     end_calls: EndSignal = field(default_factory=EndSignal)     # live calls end politely
     # relay sockets accepted whose setup is not resolved yet, oldest first (web.py)
     sockets_waiting: dict[Any, None] = field(default_factory=dict)
+    claims_running: int = 0                      # setups whose call is being looked up
     metrics: Metrics | None = None
 
     def call_services(self) -> CallServices:

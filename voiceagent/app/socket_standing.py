@@ -59,13 +59,17 @@ class SocketStanding:
                 "closed to make room for newer sockets as its setup arrived")
         if self._bound is not None and setup.call_sid != self._bound:
             raise CallRejected("this socket was opened for another call")
-        if runtime.calls.active >= runtime.settings.max_calls + CAPACITY_MARGIN:
+        # the lookups under way count: each may become a call while the others await it
+        if (runtime.calls.active + runtime.claims_running
+                >= runtime.settings.max_calls + CAPACITY_MARGIN):
             raise CallRejected("over capacity")
         plan = None
+        runtime.claims_running += 1
         try:
             with trio.CancelScope() as self._resolving:
                 plan = await runtime.sessions.resolve(setup, on_retry=self._enter_waiting)
         finally:                        # refused too: out of the budget, no scope to cancel
+            runtime.claims_running -= 1
             self._resolving = None
             self._leave_waiting()
         if plan is None:
