@@ -222,8 +222,11 @@ class History:
             self.drop_unsent(start, unsent)
         if end is None or tail is None:
             return unmoved
-        moved, merged_at = rejoin(self._messages, self._meta, end, tail)
-        self._sealed = min(self._sealed, merged_at)
+        moved, merged = rejoin(self._messages, self._meta, end, tail)
+        for at in merged:
+            self._sealed = min(self._sealed, at)
+            if self._messages[at]["role"] == "user":    # a prompt put back after one
+                self._cap_caller_words(at)
         return moved
 
     def drop_unsent(self, start: Mark, unsent: str) -> None:

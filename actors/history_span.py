@@ -53,12 +53,12 @@ def split_off(messages: list[Message], meta: list[dict[str, Any]], end: Mark) ->
 
 
 def rejoin(messages: list[Message], meta: list[dict[str, Any]], end: Mark,
-           tail: Tail) -> tuple[Callable[[Mark], Mark], int]:
+           tail: Tail) -> tuple[Callable[[Mark], Mark], list[int]]:
     """Put back what ``split_off`` took out, each message merged into the one before it when
     the roles meet (roles alternate). Returns where a mark at or after ``end`` now stands,
-    and the first message a merge changed (to be stored again)."""
+    and the messages a merge changed (to be stored again, and two prompts capped)."""
     landed: list[Mark] = []             # where each message's first block went
-    merged_at = len(messages) + len(tail[0])
+    merged: list[int] = []
     for message, facts in zip(*tail, strict=True):
         last = messages[-1] if messages else None
         if last is not None and last["role"] == message["role"]:
@@ -66,7 +66,7 @@ def rejoin(messages: list[Message], meta: list[dict[str, Any]], end: Mark,
             if message["content"]:
                 messages[-1] = {"role": last["role"],
                                 "content": [*last["content"], *message["content"]]}
-                merged_at = min(merged_at, len(messages) - 1)
+                merged.append(len(messages) - 1)
         else:
             landed.append(Mark(len(messages)))
             if message["content"]:
@@ -81,7 +81,7 @@ def rejoin(messages: list[Message], meta: list[dict[str, Any]], end: Mark,
         to = landed[k] if k < len(landed) else after
         return Mark(to.index, to.blocks + mark.blocks - (end.blocks if k == 0 else 0))
 
-    return moved, merged_at
+    return moved, merged
 
 
 def next_words(messages: list[Message]) -> Mark:

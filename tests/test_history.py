@@ -380,3 +380,24 @@ def test_messages_trimmed_from_memory_are_not_tombstoned() -> None:
     assert history.trim(4) == 8
     history.add_user_text("one more")
     assert [index for index, _, _ in history.take_sealed(final=True)] == [12]
+
+
+def test_prompts_a_cut_puts_back_together_are_capped_too() -> None:
+    """The reader cut turn 1; a re-prompt started and was superseded before it said a word;
+    a prompt started turn 3; then turn 1's barge-in, nothing heard: its reply goes, and the
+    prompt set aside after the re-prompt's empty place merged into turn 1's prompt without
+    the cap (12,000 characters). Found by a review helper (helper-20)."""
+    from actors.llm_streamer import _Playing
+
+    history = History()
+    playing = _Playing(history.session_start)
+    history.add_user_text("a" * 6000)
+    playing.started(1, history.mark())
+    history.add_assistant("We open at nine.")
+    playing.started(2, history.mark())              # the re-prompt: says nothing
+    history.add_user_text("b" * 6000)
+    playing.started(3, history.mark())
+    playing.cut(history, 1, "", "")
+    assert [m["role"] for m in history.messages] == ["user"]
+    assert sum(len(b["text"]) for b in history.messages[0]["content"]) <= MAX_UNANSWERED_CHARS
+    assert history.messages[0]["content"][-1]["text"] == "b" * 6000

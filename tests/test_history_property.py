@@ -10,9 +10,11 @@ import trio.testing
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import actors.history as history_module
 from actors.call import CallPlan
+from actors.history import History
 from tests.call_harness import CALL_SID, open_test_call, plain_use_case
-from tests.fakes import FakeLLM, RecordingWriter, Step, tool_use, words
+from tests.fakes import FakeLLM, RecordingWriter, Step, WallClock, tool_use, words
 from voiceagent.errors import ModelStreamFailed
 from voiceagent.llm.base import LLMRequest, TextDelta
 from voiceagent.llm.converse import converse_problems
@@ -63,15 +65,21 @@ actions = st.lists(st.one_of(
 def check_call(call: Any, llm: FakeLLM) -> None:
     """Every request the model saw was valid and is what was sent; the history is valid;
     the store, the last write winning per key, holds it as it is (the messages trimmed from
-    memory, if any, before it)."""
+    memory, if any, before it), one message per position, and a reconnect could resume
+    all of it."""
     history = call.report.history
     assert history is not None
     assert llm.violations == []
     assert [list(r.messages) for r in llm.requests] == llm.sent_messages
     if len(history):
         assert converse_problems(history.for_request()) == []
-    stored = [entry["chat"] for entry in call.writer.stored()]
+    entries = call.writer.stored()
+    stored = [entry["chat"] for entry in entries]
     assert stored[len(stored) - len(history):] == list(history.messages)
+    assert [entry["seq"] for entry in entries] == list(range(len(entries)))
+    if entries:
+        metas = [{**entry["meta"], "at_ms": entry["at_ms"]} for entry in entries]
+        assert converse_problems(History.resumed(stored, metas).for_request()) == []
 
 
 async def play(call: Any, schedule: list[tuple[str, Any]]) -> None:
@@ -93,10 +101,12 @@ async def play(call: Any, schedule: list[tuple[str, Any]]) -> None:
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(schedule=actions)
 async def test_any_schedule_leaves_a_valid_history(schedule: list[tuple[str, Any]],
-                                                    autojump_clock: Any) -> None:
+                                                    autojump_clock: Any,
+                                                    monkeypatch: Any) -> None:
     llm = FakeLLM(script)
     use_case = plain_use_case(tools=TOOLS, dtmf={"handlers": {"5": {"reply": "Five it is."}},
                                                  "idle_timeout_s": 0.5})
+    monkeypatch.setattr(history_module, "time", WallClock)  # at_ms apart, as in a call
     async with open_test_call(llm, use_case=use_case, registry=registry()) as call:
         await play(call, schedule)
     check_call(call, llm)
@@ -110,7 +120,7 @@ async def test_any_schedule_leaves_a_valid_history(schedule: list[tuple[str, Any
        resumed_with=actions)
 async def test_a_call_resumed_anywhere_goes_on_with_a_valid_history(
         schedule: list[tuple[str, Any]], split: int, resumed_with: list[tuple[str, Any]],
-        autojump_clock: Any) -> None:
+        autojump_clock: Any, monkeypatch: Any) -> None:
     """The relay session fails at a random point of a random call (the socket drops, as the
     caller hanging up looks to us) and Twilio reconnects: the second socket resumes from what
     the store holds. Every request the model sees stays valid, and the store, each message
@@ -118,6 +128,7 @@ async def test_a_call_resumed_anywhere_goes_on_with_a_valid_history(
     llm = FakeLLM(script)
     use_case = plain_use_case(tools=TOOLS, dtmf={"handlers": {"5": {"reply": "Five it is."}},
                                                  "idle_timeout_s": 0.5})
+    monkeypatch.setattr(history_module, "time", WallClock)  # at_ms apart, as in a call
     async with open_test_call(llm, use_case=use_case, registry=registry()) as first:
         await play(first, schedule[:split])
     entries = first.writer.stored()                 # as sessions._saved_history reads them
@@ -167,7 +178,8 @@ lively = st.lists(st.one_of(
                    ("wait", 1.0), ("interrupt", "Placing"), ("say", "hi"), ("wait", 3.0)],
          hold=0.0, cap=200)     # a stored reply that the cut drops (twelfth pass)
 async def test_reprompts_goodbyes_speaker_events_and_caps_keep_history_and_store_in_step(
-        schedule: list[tuple[str, Any]], hold: float, cap: int, autojump_clock: Any) -> None:
+        schedule: list[tuple[str, Any]], hold: float, cap: int, autojump_clock: Any,
+        monkeypatch: Any) -> None:
     """The same, with what moves turns from outside the caller's words: silence re-prompts,
     a draining server's goodbye (and the socket we close after `end`), speaker events, held
     tokens, a small history cap; heard words are drawn from what the agent says, so a cut
@@ -176,6 +188,7 @@ async def test_reprompts_goodbyes_speaker_events_and_caps_keep_history_and_store
     llm = FakeLLM(script)
     use_case = plain_use_case(tools=TOOLS, dtmf={"handlers": {"5": {"reply": "Five it is."}},
                                                  "idle_timeout_s": 0.5})
+    monkeypatch.setattr(history_module, "time", WallClock)  # at_ms apart, as in a call
     changes = {"idle_reprompt_s": 2.0, "max_reprompts": 5, "token_hold_s": hold,
                "max_history_messages": cap}
     async with open_test_call(llm, use_case=use_case, registry=registry(),
