@@ -97,7 +97,7 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                         start = ctx.history.mark()
                         playing.started(await slot.restart(partial(turn.run, ctx, turn.TurnPlan(
                             say_first=text, use_model=False, end_reason=reason)),
-                            reason="ending"), start)
+                            reason="ending", goodbye=True), start)
                     case UserSaid() | KeyPressed():
                         pass                    # the call is ending: no new turns
                     case _:

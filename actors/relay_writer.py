@@ -66,6 +66,8 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
                 if not message.last:
                     continue
                 message, on_sent = Text("", last=True), None  # the words go, the cycle closes
+            elif isinstance(message, Text) and message.token and marks is not None:
+                marks.spoke()                   # from here on, a cut is of this turn
             frames: list[Outbound] = [message]
             match message:
                 case Text(token="", last=True) if not cycle_open:

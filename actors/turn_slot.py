@@ -40,8 +40,8 @@ class CutMarks:
     Plain attributes, no locks: everything runs in one trio thread and nothing here awaits.
     """
 
-    __slots__ = ("_cut_through", "_cuts", "_earlier", "_recorded", "_scope", "_turn",
-                 "withheld")
+    __slots__ = ("_cut_through", "_cuts", "_earlier", "_recorded", "_scope", "_silent_goodbye",
+                 "_turn", "withheld")
 
     def __init__(self) -> None:
         self._turn = 0                  # turns started so far; the newest may be speaking
@@ -51,8 +51,10 @@ class CutMarks:
         self.withheld = ""              # the speaking turn's words the writer did not send
         self._recorded = 0              # of ``withheld``, what ``sent_part`` took off
         self._earlier: dict[int, str] = {}  # a cut turn's unrecorded words, once superseded
+        self._silent_goodbye = False    # the newest turn is a goodbye not a word of which is out
 
-    def turn_started(self, scope: trio.CancelScope | None = None) -> int:
+    def turn_started(self, scope: trio.CancelScope | None = None, *,
+                     goodbye: bool = False) -> int:
         """Returns the new turn's number. Words withheld from the turn before, which it had
         recorded (``take_unrecorded``), are kept for its barge-in: a goodbye can start
         between the reader's cut and the barge-in that records it."""
@@ -60,6 +62,7 @@ class CutMarks:
             self._earlier[self._turn] = unrecorded
         self._turn += 1
         self._scope = scope
+        self._silent_goodbye = goodbye
         self.withheld = ""
         self._recorded = 0
         return self._turn
@@ -70,10 +73,19 @@ class CutMarks:
             self._scope = None
 
     def cut(self) -> None:
-        self._cut_through = self._turn
-        self._cuts.append(self._turn)
-        if self._scope is not None:     # a finished turn's scope ignores this
+        """An interrupt is about the speech Twilio plays: a goodbye that has not sent a word
+        yet is not what the caller cut (the reply before it is), and goes out whole after
+        it, so the caller learns why the call ends. Any other turn stops: the caller is
+        speaking, and a new prompt follows."""
+        through = self._turn - 1 if self._silent_goodbye else self._turn
+        self._cut_through = through
+        self._cuts.append(through)
+        if self._scope is not None and through == self._turn:   # a finished turn's: ignored
             self._scope.cancel(reason="barge-in")
+
+    def spoke(self) -> None:
+        """The writer sent a word of the newest turn."""
+        self._silent_goodbye = False
 
     def take_cut(self) -> int:
         """The turn the oldest barge-in not yet taken cut off: the one speaking when the
@@ -141,11 +153,12 @@ class TurnSlot:
     def busy(self) -> bool:
         return self._done is not None and not self._done.is_set()
 
-    async def restart(self, turn: Turn, *, reason: str = "superseded") -> int:
+    async def restart(self, turn: Turn, *, reason: str = "superseded",
+                      goodbye: bool = False) -> int:
         """Returns the new turn's number (``CutMarks.turn_started``)."""
         await self.cancel_and_wait(reason=reason)
         self._scope, self._done = trio.CancelScope(), trio.Event()
-        number = self._marks.turn_started(self._scope)
+        number = self._marks.turn_started(self._scope, goodbye=goodbye)
         self._nursery.start_soon(self._run_scoped, turn, self._scope, self._done)
         return number
 

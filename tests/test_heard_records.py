@@ -17,10 +17,11 @@ import pytest
 import trio
 import trio.testing
 
-from actors import interrupt_handler, llm_streamer, tool_executor
+from actors import interrupt_handler, llm_streamer, relay_writer, tool_executor
 from actors.context import CallContext
 from actors.history import MAX_UNANSWERED_CHARS, History
 from actors.messages import BargeIn, EndCall, Outgoing, Text, Timed, TurnCommand, UserSaid
+from actors.relay_writer import WriterStats
 from tests.call_harness import open_test_call, plain_use_case
 from tests.fakes import FakeLLM, MemorySocket, MemoryStore, WallClock, tool_use, words
 from voiceagent.errors import ModelStreamFailed
@@ -213,6 +214,7 @@ async def _drain_between_cut_and_barge_in(heard: str | None, *, recorded: bool,
                 async for outgoing in out_recv:
                     frame = outgoing.frame if isinstance(outgoing, Timed) else outgoing
                     if isinstance(frame, Text) and frame.token:
+                        ctx.marks.spoke()       # as the writer does as it sends a word
                         later.append(frame.token)
                         goodbye_sent.set()
                         if not recorded:        # Twilio slow to take it: the turn waits
@@ -464,3 +466,45 @@ async def test_a_stored_message_a_cut_drops_is_not_resumed(
         await call.reply()
         await trio.testing.wait_all_tasks_blocked()
     assert _resumable(call) == list(call.history)
+
+
+async def test_an_interrupt_read_as_the_goodbye_starts_does_not_silence_it(
+        autojump_clock: Any) -> None:
+    """The reply still plays at Twilio when the server drains; the goodbye turn starts, and
+    before a word of it is out the reader reads the caller's interrupt, which is about the
+    reply. The goodbye was taken for the turn cut: all its words were withheld and only
+    `end` went out, so the caller heard nothing before being hung up on. It now goes out
+    whole after the interrupt, and the reply is cut to what was heard. Found by a review
+    helper (helper-20)."""
+    out_send, out_recv = trio.open_memory_channel[Outgoing](0)
+    checked_send, checked = trio.open_memory_channel[Outgoing](0)
+    commands_send, commands = trio.open_memory_channel[TurnCommand](0)
+    socket = MemorySocket()
+    llm = FakeLLM([words("Sure. We open at nine and close at ten tonight.", gap_s=0.01)])
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            ctx = _streamer_alone(nursery, llm, out_send, commands)
+
+            async def writer_slow_to_look_at_the_goodbye() -> None:
+                async with checked_send:
+                    async for outgoing in out_recv:
+                        frame = outgoing.frame if isinstance(outgoing, Timed) else outgoing
+                        if isinstance(frame, Text) and frame.token.startswith("Goodbye"):
+                            ctx.marks.cut()     # the reader reads an interrupt first
+                        await checked_send.send(outgoing)
+
+            nursery.start_soon(writer_slow_to_look_at_the_goodbye)
+            nursery.start_soon(lambda: relay_writer.run(socket=socket, outbound=checked,
+                                                        stats=WriterStats(), marks=ctx.marks))
+            async with commands_send:
+                await commands_send.send(UserSaid("hours?", received_at=0.0))
+                await trio.sleep(2)                         # the reply is all out
+                await commands_send.send(EndCall("Goodbye for now.", "server-draining"))
+                await trio.testing.wait_all_tasks_blocked()
+                await commands_send.send(BargeIn(heard="Sure. We open at nine"))
+                await trio.sleep(2)
+            nursery.cancel_scope.deadline = trio.current_time() + 5
+    sent = [f.get("token") for f in socket.pending() if f["type"] in ("text", "end")]
+    assert "Goodbye for now." in "".join(t for t in sent if t)
+    assert ctx.history.messages[1:] == ({"role": "assistant", "content": [
+        {"text": "Sure. We open at nine"}, {"text": "Goodbye for now."}]},)
