@@ -755,3 +755,47 @@ async def test_setups_looked_up_at_once_stay_within_the_capacity_margin(
     assert len(started) == 2 + CAPACITY_MARGIN
     assert refused == ["over capacity"] * (20 - 2 - CAPACITY_MARGIN)
     assert runtime.claims_running == 0
+
+
+async def test_setups_looked_up_again_do_not_refuse_a_real_call(autojump_clock: Any) -> None:
+    """Lookups that found nothing at the first read and are looked up again (made-up
+    CallSids, or a session still on its way from another process) wait in the budget,
+    where they can be evicted; counted as calls to come, a dozen of them refused a real
+    Twilio socket as over capacity (found by a review helper, helper-21)."""
+    started: list[str] = []
+    runtime = SimpleNamespace(
+        settings=SimpleNamespace(max_sockets_waiting=50, max_calls=2),
+        calls=SimpleNamespace(active=0, started=lambda report: started.append("call")),
+        sockets_waiting={}, claims_running=0)
+
+    class Sessions:
+        async def resolve(self, setup: Any, *, on_retry: Any) -> Any:
+            if setup.call_sid == "CAreal":
+                return SimpleNamespace(call_sid="CAreal")
+            await trio.sleep(0.01)
+            on_retry()                          # back in the waiting budget
+            await trio.sleep(1.5)
+            raise CallRejected("no such call")
+
+    runtime.sessions = Sessions()
+    outcome: dict[str, str] = {}
+
+    async def setup_arrives(call_sid: str) -> None:
+        standing = SocketStanding(runtime)      # type: ignore[arg-type]
+        try:
+            with standing.scope:
+                await standing.claim(SimpleNamespace(call_sid=call_sid))  # type: ignore[arg-type]
+                outcome[call_sid] = "call"
+        except CallRejected as err:
+            outcome[call_sid] = str(err)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for n in range(2 + CAPACITY_MARGIN):
+                nursery.start_soon(setup_arrives, f"CAmadeup{n}")
+            await trio.sleep(0.1)
+            assert len(runtime.sockets_waiting) == 2 + CAPACITY_MARGIN
+            assert runtime.claims_running == 0
+            await setup_arrives("CAreal")
+    assert outcome["CAreal"] == "call"
+    assert runtime.claims_running == 0

@@ -35,6 +35,7 @@ class SocketStanding:
         self._waiting = False
         self._call_sid: str | None = None
         self._socket_closed = False
+        self._counted = False                   # in runtime.claims_running
         self._enter_waiting()
 
     def _enter_waiting(self) -> None:
@@ -59,17 +60,21 @@ class SocketStanding:
                 "closed to make room for newer sockets as its setup arrived")
         if self._bound is not None and setup.call_sid != self._bound:
             raise CallRejected("this socket was opened for another call")
-        # the lookups under way count: each may become a call while the others await it
+        # lookups at their first read count: each may become a call while the others await
+        # it (a mass reconnect). One looked up again waits in the budget instead, where it
+        # can be evicted: its call was nowhere at the first read, and a flood of made-up
+        # CallSids must not refuse real calls.
         if (runtime.calls.active + runtime.claims_running
                 >= runtime.settings.max_calls + CAPACITY_MARGIN):
             raise CallRejected("over capacity")
         plan = None
         runtime.claims_running += 1
+        self._counted = True
         try:
             with trio.CancelScope() as self._resolving:
-                plan = await runtime.sessions.resolve(setup, on_retry=self._enter_waiting)
+                plan = await runtime.sessions.resolve(setup, on_retry=self._looked_up_again)
         finally:                        # refused too: out of the budget, no scope to cancel
-            runtime.claims_running -= 1
+            self._uncount()
             self._resolving = None
             self._leave_waiting()
         if plan is None:
@@ -80,6 +85,15 @@ class SocketStanding:
             runtime.sessions.socket_closed(plan.call_sid)
         runtime.calls.started(self.report)
         return plan
+
+    def _looked_up_again(self) -> None:
+        self._uncount()
+        self._enter_waiting()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._runtime.claims_running -= 1
 
     def socket_closed(self) -> None:
         """Its socket closed (the peer left, a send failed, or we closed it): a reconnect
