@@ -61,6 +61,10 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
             if (isinstance(message, Text) and message.token and marks is not None
                     and marks.speaking_cut):
                 # Checked here, with no await between the check and the send (CutMarks).
+                # The marks are the newest turn's: a frame is checked in the scheduler pass
+                # after the writer takes it, before its turn's end can wake the streamer to
+                # start another (two passes at least), so the newest turn is the frame's
+                # own. An await between taking a frame and this check would break that.
                 stats.dropped_after_cut += 1
                 marks.withhold(message.token)
                 if not message.last:

@@ -36,6 +36,7 @@ from voiceagent.logs import redact, turn_var
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 1.0
+END_TIMEOUT_S = 10.0    # a goodbye's `end`: the writer may still be sending to a slow Twilio
 TOO_MANY_ROUNDS = ("I'm sorry, that is taking me longer than it should. "
                    "Could you tell me once more what you need?")
 APOLOGY_SILENT = "Sorry, I'm having a little trouble right now. Could you say that again?"
@@ -105,10 +106,15 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
         with (trio.move_on_after(CLOSE_TIMEOUT_S, shield=True),
               suppress(trio.BrokenResourceError, trio.ClosedResourceError)):
             await speaker.close()
+        if plan.end_reason is not None:
             # A goodbye ends the session even when a barge-in or a model error cut it: the
             # streamer ignores everything once it is ending, so without ``end`` the caller
-            # was left with an agent that answers nothing until they hang up.
-            if plan.end_reason is not None:
+            # was left with an agent that answers nothing until they hang up. It gets its
+            # own, longer bound: a writer still sending the goodbye to a slow Twilio made
+            # the closer's second drop it. A caller gone ends the wait at once (the writer
+            # stops and its channel breaks).
+            with (trio.move_on_after(END_TIMEOUT_S, shield=True),
+                  suppress(trio.BrokenResourceError, trio.ClosedResourceError)):
                 await ctx.outbound.send(End(json.dumps({"reasonCode": plan.end_reason})))
         # The closer above went through the writer after the first token did, so the writer
         # has stamped the first token's send by now (unless the caller was gone first).

@@ -9,6 +9,7 @@ is between two actors, playing the relay writer itself.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -508,3 +509,38 @@ async def test_an_interrupt_read_as_the_goodbye_starts_does_not_silence_it(
     assert "Goodbye for now." in "".join(t for t in sent if t)
     assert ctx.history.messages[1:] == ({"role": "assistant", "content": [
         {"text": "Sure. We open at nine"}, {"text": "Goodbye for now."}]},)
+
+
+class _SlowAtTheGoodbyeSocket(MemorySocket):
+    """Twilio slow to take the goodbye's closing frame (two seconds: a congested link)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.goodbye = False
+
+    async def send(self, text: str) -> None:
+        frame = json.loads(text)
+        if "maintenance" in frame.get("token", ""):
+            self.goodbye = True
+        if self.goodbye and frame.get("type") == "text" and frame.get("last"):
+            await trio.sleep(2)
+        await super().send(text)
+
+
+async def test_a_goodbye_sends_end_even_when_twilio_is_slow_to_take_it(
+        autojump_clock: Any) -> None:
+    """The goodbye's `end` was sent under the closer's one-second bound: with the writer
+    still sending the goodbye's last frame, it was dropped, and nothing sent it again (the
+    streamer is ending, the limit said): the call stayed open after the goodbye until the
+    caller hung up. Found by a review helper (helper-21)."""
+    socket = _SlowAtTheGoodbyeSocket()
+    with trio.fail_after(60):
+        async with open_test_call(FakeLLM([words("We open at nine.")]), socket=socket) as call:
+            call.say("hours?")
+            await call.reply()
+            call.services.end_calls.set()
+            text, frames = await call.reply()
+            assert text.startswith(interrupt_handler.DRAINING[:20])
+            while frames[-1]["type"] != "end":
+                frames.append(await call.frame())
+    assert call.report.writer.ended
