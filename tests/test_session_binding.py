@@ -799,3 +799,41 @@ async def test_setups_looked_up_again_do_not_refuse_a_real_call(autojump_clock: 
             await setup_arrives("CAreal")
     assert outcome["CAreal"] == "call"
     assert runtime.claims_running == 0
+
+
+async def test_a_call_being_looked_up_counts_for_twiml(tmp_path: Path) -> None:
+    """A socket's call, minted elsewhere, is being looked up in a slow store when /twiml
+    asks for one more call on a process at MAX_CALLS 1: the new call is refused (a polite
+    goodbye), and the socket's call goes on. /twiml counted only the calls already running,
+    so both were admitted (helper-21)."""
+    identity, newcomer = Identity(), Identity()
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as first, \
+                running_server(make_settings(tmp_path, MAX_CALLS="1")) as second:
+            token = token_in(await post_form(first.url + "/twiml", {
+                "CallSid": identity.call_sid, "From": VICTIM, "To": "+15555550199"},
+                AUTH_TOKEN))
+            store, answer = second.runtime.store, trio.Event()
+            real_get = store.get
+
+            async def slow(pk: str, sk: str) -> Any:
+                if pk == identity.call_sid:
+                    await answer.wait()                 # the store under a mass reconnect
+                return await real_get(pk, sk)
+
+            store.get = slow                            # type: ignore[method-assign]
+            async with signed_socket(second) as ws:
+                await ws.send_message(setup_frame(identity.call_sid, token))
+                while second.runtime.claims_running == 0:  # noqa: ASYNC110 - no event
+                    await trio.sleep(0.005)
+                refused = await post_form(second.url + "/twiml", {
+                    "CallSid": newcomer.call_sid, "From": VICTIM, "To": "+15555550199"},
+                    AUTH_TOKEN)
+                assert "<Hangup" in refused
+                assert "ConversationRelay" not in refused
+                answer.set()
+                await ws.send_message(json.dumps({"type": "prompt", "lang": "en-US",
+                                                  "voicePrompt": "hours?", "last": True}))
+                assert await closed_with(ws) is None    # its reply came
+                await ws.aclose()
+            await second.runtime.calls.wait_idle()

@@ -124,7 +124,8 @@ class Runtime:
 
     @property
     def at_capacity(self) -> bool:
-        return (self.calls.active >= self.settings.max_calls
+        """Sockets whose calls are being looked up (at the first read) are calls to come."""
+        return (self.calls.active + self.claims_running >= self.settings.max_calls
                 or self.writer.pending >= self.settings.write_backlog_max)
 
     def _persist(self, call_sid: str, index: int, message: dict[str, Any],
