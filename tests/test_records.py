@@ -247,25 +247,6 @@ def test_chat_entries_leave_out_tombstones() -> None:
     assert [entry["chat"] for entry in records.chat_entries(items)] == [said]
 
 
-def test_chat_entries_follow_positions_not_clocks() -> None:
-    """The call was resumed on a host whose clock runs 5 s behind: its messages' keys sort
-    before the first host's. The positions give the conversation's order."""
-    def said(role: str, text: str) -> dict[str, Any]:
-        return {"role": role, "content": [{"text": text}]}
-
-    first = [records.chat_item("CAx", 10_000 + n, n, said(role, text), {}, ttl_s=60)
-             for n, (role, text) in enumerate([("user", "hours?"), ("assistant", "Nine.")])]
-    resumed = [records.chat_item("CAx", 6_000 + n, n, said(role, text), {}, ttl_s=60)
-               for n, (role, text) in [(2, ("user", "Sunday?")), (3, ("assistant", "Closed."))]]
-    in_key_order = sorted([*first, *resumed], key=lambda item: item["sk"])
-    assert [e["chat"]["content"][0]["text"] for e in records.chat_entries(in_key_order)] == [
-        "hours?", "Nine.", "Sunday?", "Closed."]
-    sample = [{"pk": "CAx", "sk": f"chat::{at}", "chat": said("user", str(at))}
-              for at in (1_000, 2_000, 3_000)]
-    assert [e["chat"]["content"][0]["text"] for e in records.chat_entries(sample)] == [
-        "1000", "2000", "3000"]
-
-
 def test_order_item_keys() -> None:
     order = {"order_items": [], "order_type": "pickup", "order_total": 0}
     item = records.order_item("+15555550100", "CAabcdef9876", "+15555550199", order,

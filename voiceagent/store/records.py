@@ -372,18 +372,12 @@ def chat_from_item(item: Item) -> ChatEntry:
 
 
 def chat_entries(items: Iterable[Item]) -> tuple[ChatEntry, ...]:
-    """A call's chat items (as ``query`` returns them, in key order) as its conversation, in
-    the order of their positions, tombstones left out.
-
-    A tombstone (``chat`` empty, ``dropped`` true) is written over the item of a message a
-    barge-in later cut away or moved; the store has no delete in its write-behind path, and
-    a put keeps the per-key order the queue already guarantees. So each position holds one
-    live item, and the position, not the time in the key, orders them: a call resumed on a
-    host whose clock is behind the first one's stamps its messages earlier. Items of the
-    original sample (no position) stay in key order."""
+    """A call's chat items (as ``query`` returns them, in key order) as its conversation:
+    tombstones left out. A tombstone (``chat`` empty, ``dropped`` true) is written over the
+    item of a message a barge-in later cut away or moved; the store has no delete in its
+    write-behind path, and a put keeps the per-key order the queue already guarantees."""
     entries = (chat_from_item(item) for item in items)
-    live = [entry for entry in entries if not entry["meta"].get("dropped")]
-    return tuple(sorted(live, key=lambda entry: entry["seq"]))
+    return tuple(entry for entry in entries if not entry["meta"].get("dropped"))
 
 
 # ------------------------------------------------------------------ orders
