@@ -397,3 +397,23 @@ def test_calls_show_a_real_call(sqlite_env: Path, tmp_path: Path,
     assert "generated: Once upon a" in text
     assert "-> CheckRestaurantPickUpTime {}" in text
     assert "<- CheckRestaurantPickUpTime result: {" in text
+
+
+def test_calls_list_survives_a_malformed_chat_item(sqlite_env: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """One call's chat item whose ``chat`` is not a map (written by hand, or by another
+    tool) costs that call nothing in the listing; parsing every item to count them lost
+    the whole listing (helper-22)."""
+    other = "CA" + "b" * 32
+
+    async def fill() -> None:
+        async with open_sqlite_store(sqlite_env / "voiceagent.db",
+                                     limiter=trio.CapacityLimiter(2)) as store:
+            await store.put_many(_conversation())
+            await store.put({"pk": other, "sk": "chat::0000000001000::000000",
+                             "chat": '{"role": "user"}'})
+
+    trio.run(fill)
+    assert run(capsys, "calls", "list")[1:] == [
+        other + "  2025-06-15 16:06:40 UTC  otherUseCase  +1555***0123  1",
+        "CA" + "a" * 32 + "  2025-06-15 15:06:40 UTC  testUseCase   +1555***0100  7"]

@@ -591,3 +591,30 @@ async def test_a_store_that_fails_or_stalls_the_mark_reads_still_lets_the_call_r
     assert trio.current_time() - started == pytest.approx(elapsed_s)
     assert not complete                                 # counted as resumed_partial
     assert renewed.generation == 1
+
+
+async def test_a_fresh_start_keeps_its_messages_apart_from_the_unusable_ones(
+        autojump_clock: Any) -> None:
+    """A reconnect that finds the saved history unusable starts afresh and writes from
+    position 0 again, under later times; read back, each socket's messages stay together
+    (the old ones first), as the next reconnect and ``calls show`` read them. Ordering by
+    position interleaved them (helper-22, against a change reverted the same day)."""
+    from actors.history import History
+
+    store = await _store_with_use_case()
+    sessions, _ = _process(store)
+    for at_ms, seq, text in ((1_000, 0, "old: hi"), (3_000, 2, "old: table for two")):
+        await store.put(records.chat_item(CALL_SID, at_ms, seq, {
+            "role": "user", "content": [{"text": text}]}, {"at_ms": at_ms}, 3600))
+    assert await sessions._saved_history(CALL_SID) == ((), ())     # unusable: two prompts
+    fresh = History()
+    fresh.add_assistant("new: Hello again.")
+    fresh.add_user_text("new: where were we?")
+    fresh.add_assistant("new: Let's start over.")
+    for index, message, meta in fresh.take_sealed(final=True):
+        await store.put(records.chat_item(CALL_SID, 5_000 + index, index, message,
+                                          {**meta, "at_ms": 5_000 + index}, 3600))
+    texts = [entry["chat"]["content"][0]["text"] for entry in
+             records.chat_entries(await store.query(CALL_SID, records.CHAT_PREFIX))]
+    assert texts == ["old: hi", "old: table for two", "new: Hello again.",
+                     "new: where were we?", "new: Let's start over."]

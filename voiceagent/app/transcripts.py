@@ -66,8 +66,9 @@ async def recent_calls(store: Store, *, limit: int = 20) -> list[CallSummary]:
 
     async def count(call_sid: str) -> None:
         async with gate:
-            counts[call_sid] = len(records.chat_entries(
-                await store.query(call_sid, records.CHAT_PREFIX)))
+            # counted, not parsed: one malformed item must not lose the whole listing
+            counts[call_sid] = sum(not item.get("dropped") for item in
+                                   await store.query(call_sid, records.CHAT_PREFIX))
 
     async with trio.open_nursery() as nursery:
         for session in sessions:
