@@ -289,18 +289,22 @@ class History:
         by at_ms and position), comes first as a tombstone: an empty message with
         ``{"at_ms": ..., "dropped": True}``, written over the old item."""
         end = len(self._messages) if final else max(len(self._messages) - 1, 0)
-        at = [_at_ms(m) for m in self._meta]
-        was = self._stored_at
+        # Below ``_sealed`` nothing changed since it was stored (a change lowers it), so only
+        # the positions from there on are compared: a turn's start stays O(new messages).
+        low = min(self._sealed, len(self._stored_at))
+        was = self._stored_at[low:]
+        at = [_at_ms(m) for m in self._meta[low:]]
         out: list[tuple[int, Message, dict[str, Any]]] = [
-            (self._offset + i, {}, {"at_ms": old, "dropped": True})
-            for i in range(min(self._sealed, len(was)), len(was))
-            if (old := was[i]) is not None and (i >= len(at) or old != at[i])]
+            (self._offset + low + k, {}, {"at_ms": old, "dropped": True})
+            for k, old in enumerate(was)
+            if old is not None and (k >= len(at) or old != at[k])]
         out += [(self._offset + i, copy.deepcopy(self._messages[i]), dict(self._meta[i]))
                 for i in range(self._sealed, end)]
         self._sealed = max(self._sealed, end)
-        self._stored_at = [*at[:self._sealed], *(
-            at[i] if i < len(was) and was[i] == at[i] else None
-            for i in range(self._sealed, len(at)))]
+        stored = self._sealed - low
+        self._stored_at[low:] = [*at[:stored], *(
+            at[k] if k < len(was) and was[k] == at[k] else None
+            for k in range(stored, len(at)))]
         return out
 
     def trim(self, max_messages: int) -> int:
