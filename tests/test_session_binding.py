@@ -721,38 +721,45 @@ async def test_a_session_that_failed_before_the_reply_resumes_with_a_valid_histo
     assert all(a != b for a, b in itertools.pairwise(roles))
 
 
+def _runtime_for_claims(sessions: object, *, waiting: int, started: list[str]) -> Any:
+    """A runtime at MAX_CALLS 2 for SocketStanding alone, counting the calls started."""
+    return SimpleNamespace(
+        settings=SimpleNamespace(max_sockets_waiting=waiting, max_calls=2),
+        calls=SimpleNamespace(active=0, started=lambda report: started.append("call")),
+        sockets_waiting={}, claims_running=0, sessions=sessions)
+
+
+async def _claim(runtime: Any, call_sid: str, outcome: dict[str, str]) -> None:
+    """A socket's setup for ``call_sid`` claims its call: "call", or why it was refused."""
+    standing = SocketStanding(runtime)
+    try:
+        with standing.scope:
+            await standing.claim(SimpleNamespace(call_sid=call_sid))  # type: ignore[arg-type]
+            outcome[call_sid] = "call"
+    except CallRejected as err:
+        outcome[call_sid] = str(err)
+
+
 async def test_setups_looked_up_at_once_stay_within_the_capacity_margin(
         autojump_clock: Any) -> None:
     """Capacity was checked before the lookup, which awaits the store: a mass reconnect
     (tokens minted by /action while this process had no calls) had every socket pass the
     check before any became a call, and all became calls, far past MAX_CALLS and the
     open-file budget sized for MAX_CALLS + CAPACITY_MARGIN. Lookups under way now count."""
-    started: list[str] = []
-    runtime = SimpleNamespace(
-        settings=SimpleNamespace(max_sockets_waiting=100, max_calls=2),
-        calls=SimpleNamespace(active=0, started=lambda report: started.append("call")),
-        sockets_waiting={}, claims_running=0)
-
     class SlowStore:
         async def resolve(self, setup: Any, *, on_retry: Any) -> Any:
             await trio.sleep(1)                 # every lookup awaits the store
             return SimpleNamespace(call_sid=setup.call_sid)
 
-    runtime.sessions = SlowStore()
-    refused: list[str] = []
-
-    async def setup_arrives(n: int) -> None:
-        standing = SocketStanding(runtime)      # type: ignore[arg-type]
-        try:
-            await standing.claim(SimpleNamespace(call_sid=f"CA{n}"))  # type: ignore[arg-type]
-        except CallRejected as err:
-            refused.append(str(err))
-
+    started: list[str] = []
+    runtime = _runtime_for_claims(SlowStore(), waiting=100, started=started)
+    outcome: dict[str, str] = {}
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             for n in range(20):
-                nursery.start_soon(setup_arrives, n)
+                nursery.start_soon(_claim, runtime, f"CA{n}", outcome)
     assert len(started) == 2 + CAPACITY_MARGIN
+    refused = [result for result in outcome.values() if result != "call"]
     assert refused == ["over capacity"] * (20 - 2 - CAPACITY_MARGIN)
     assert runtime.claims_running == 0
 
@@ -762,12 +769,6 @@ async def test_setups_looked_up_again_do_not_refuse_a_real_call(autojump_clock: 
     CallSids, or a session still on its way from another process) wait in the budget,
     where they can be evicted; counted as calls to come, a dozen of them refused a real
     Twilio socket as over capacity (found by a review helper, helper-21)."""
-    started: list[str] = []
-    runtime = SimpleNamespace(
-        settings=SimpleNamespace(max_sockets_waiting=50, max_calls=2),
-        calls=SimpleNamespace(active=0, started=lambda report: started.append("call")),
-        sockets_waiting={}, claims_running=0)
-
     class Sessions:
         async def resolve(self, setup: Any, *, on_retry: Any) -> Any:
             if setup.call_sid == "CAreal":
@@ -777,26 +778,16 @@ async def test_setups_looked_up_again_do_not_refuse_a_real_call(autojump_clock: 
             await trio.sleep(1.5)
             raise CallRejected("no such call")
 
-    runtime.sessions = Sessions()
+    runtime = _runtime_for_claims(Sessions(), waiting=50, started=[])
     outcome: dict[str, str] = {}
-
-    async def setup_arrives(call_sid: str) -> None:
-        standing = SocketStanding(runtime)      # type: ignore[arg-type]
-        try:
-            with standing.scope:
-                await standing.claim(SimpleNamespace(call_sid=call_sid))  # type: ignore[arg-type]
-                outcome[call_sid] = "call"
-        except CallRejected as err:
-            outcome[call_sid] = str(err)
-
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             for n in range(2 + CAPACITY_MARGIN):
-                nursery.start_soon(setup_arrives, f"CAmadeup{n}")
+                nursery.start_soon(_claim, runtime, f"CAmadeup{n}", outcome)
             await trio.sleep(0.1)
             assert len(runtime.sockets_waiting) == 2 + CAPACITY_MARGIN
             assert runtime.claims_running == 0
-            await setup_arrives("CAreal")
+            await _claim(runtime, "CAreal", outcome)
     assert outcome["CAreal"] == "call"
     assert runtime.claims_running == 0
 
