@@ -112,13 +112,12 @@ class CutMarks:
             return segment[:len(segment) - len(self.withheld)]
         return segment
 
-    def take_unrecorded(self, turn: int | None = None) -> str:
-        """Words the writer withheld from ``turn`` (the newest if None) after the turn
-        recorded what it said (the turn's last frame was handed over, the turn ended and
-        recorded it, and only then did the writer check the frame against a cut the reader
-        had just marked), each returned once. They were never heard: the streamer takes
+    def take_unrecorded(self, turn: int) -> str:
+        """Words the writer withheld from ``turn`` after the turn recorded what it said (the
+        turn's last frame was handed over, the turn ended and recorded it, and only then did
+        the writer check the frame against a cut the reader had just marked), each returned
+        once. They were never heard: the streamer takes
         them off the history when Twilio does not say what was heard."""
-        turn = self._turn if turn is None else turn
         if turn == self._turn:
             unrecorded, self._recorded = self.withheld[self._recorded:], len(self.withheld)
         else:
