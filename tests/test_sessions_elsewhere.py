@@ -593,28 +593,70 @@ async def test_a_store_that_fails_or_stalls_the_mark_reads_still_lets_the_call_r
     assert renewed.generation == 1
 
 
-async def test_a_fresh_start_keeps_its_messages_apart_from_the_unusable_ones(
+async def _drained(writer: WriteBehind) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        assert await writer.flush(timeout_s=1)
+        nursery.cancel_scope.cancel()
+
+
+async def _reconnect(store: CountingStore, on: Sessions) -> CallPlan:
+    """Twilio's ``/action`` after a failed relay session, then the new socket, on ``on``."""
+    item = await store.get(CALL_SID, records.SESSION_SK)
+    assert item is not None
+    renewed, complete = await on.renew(records.session_from_item(item))
+    assert complete
+    return await on.resolve(_setup(renewed.token))
+
+
+async def test_a_fresh_start_sets_the_unusable_history_aside_for_the_next_reconnect(
         autojump_clock: Any) -> None:
-    """A reconnect that finds the saved history unusable starts afresh and writes from
-    position 0 again, under later times; read back, each socket's messages stay together
-    (the old ones first), as the next reconnect and ``calls show`` read them. Ordering by
-    position interleaved them (helper-22, against a change reverted the same day)."""
+    """A reconnect that finds the saved history unusable starts afresh (greeting again) and
+    writes from position 0 again, under later times. The next reconnect must resume that
+    fresh conversation: it read the unusable items too, and started afresh on every
+    reconnect. Read back, each socket's messages stay together, the old ones first
+    (ordering by position interleaved them: helper-22), and ``calls show`` says where the
+    call started afresh."""
     from actors.history import History
+    from voiceagent.app.transcripts import AFRESH_NOTE, format_transcript, load_transcript
 
     store = await _store_with_use_case()
-    sessions, _ = _process(store)
-    for at_ms, seq, text in ((1_000, 0, "old: hi"), (3_000, 2, "old: table for two")):
-        await store.put(records.chat_item(CALL_SID, at_ms, seq, {
-            "role": "user", "content": [{"text": text}]}, {"at_ms": at_ms}, 3600))
-    assert await sessions._saved_history(CALL_SID) == ((), ())     # unusable: two prompts
-    fresh = History()
-    fresh.add_assistant("new: Hello again.")
-    fresh.add_user_text("new: where were we?")
-    fresh.add_assistant("new: Let's start over.")
-    for index, message, meta in fresh.take_sealed(final=True):
-        await store.put(records.chat_item(CALL_SID, 5_000 + index, index, message,
-                                          {**meta, "at_ms": 5_000 + index}, 3600))
-    texts = [entry["chat"]["content"][0]["text"] for entry in
-             records.chat_entries(await store.query(CALL_SID, records.CHAT_PREFIX))]
-    assert texts == ["old: hi", "old: table for two", "new: Hello again.",
-                     "new: where were we?", "new: Let's start over."]
+    a, a_writer = _process(store)
+    b, b_writer = _process(store)
+    with trio.fail_after(30):
+        await _claimed_on_a(store, a, a_writer)
+        for at_ms, seq, text in ((1_000, 0, "old: hi"), (3_000, 2, "old: table for two")):
+            a_writer.submit(records.chat_item(CALL_SID, at_ms, seq, {
+                "role": "user", "content": [{"text": text}]}, {"at_ms": at_ms}, 3600),
+                call_sid=CALL_SID)                       # two prompts in a row: unusable
+        await a.socket_ended(CALL_SID)
+        a.release(CALL_SID)
+        await _drained(a_writer)
+
+        plan = await _reconnect(store, b)
+        assert (plan.history, plan.greeting) == ((), "Hello from elsewhere.")
+        fresh = History()
+        fresh.add_assistant("new: Hello again.")
+        fresh.add_user_text("new: where were we?")
+        fresh.add_assistant("new: Let's start over.")
+        for index, message, meta in fresh.take_sealed(final=True):
+            b_writer.submit(records.chat_item(CALL_SID, 5_000 + index, index, message,
+                                              {**meta, "at_ms": 5_000 + index}, 3600),
+                            call_sid=CALL_SID)
+        await b.socket_ended(CALL_SID)
+        b.release(CALL_SID)
+        await _drained(b_writer)
+
+        plan = await _reconnect(store, a)
+        transcript = await load_transcript(cast(Store, store), CALL_SID)
+    assert [m["content"][0]["text"] for m in plan.history] == [
+        "new: Hello again.", "new: where were we?", "new: Let's start over."]
+    assert plan.greeting is None
+    assert transcript is not None
+    assert [entry["chat"]["content"][0]["text"] for entry in transcript.entries] == [
+        "old: hi", "old: table for two", "new: Hello again.", "new: where were we?",
+        "new: Let's start over."]
+    shown = format_transcript(transcript, "UTC")
+    note = next(i for i, line in enumerate(shown) if AFRESH_NOTE in line)
+    assert "new: Hello again." in shown[note - 1]
+    assert sum(AFRESH_NOTE in line for line in shown) == 1

@@ -179,17 +179,17 @@ class Sessions:
         pending = self._pending.get(call_sid)
         if pending is not None and _matches(pending[1], token):
             _, session, resumes = pending
-            if resumes:
-                history, history_meta = await self._saved_history(call_sid)
         else:
             # Not minted here, or minted here and renewed since by another process: the call's
             # first socket went elsewhere, failed, and the reconnect's socket came back here
             # (a stale pending session refused it at once before)
             session = await self._minted_elsewhere(call_sid, token, on_retry)
-            history, history_meta = await self._saved_history(call_sid)
+            resumes = True
         if not _matches(session, token):
             # a wrong token consumes nothing: the right socket may still come
             raise CallRejected("session token does not match the call's signed request")
+        if resumes:
+            history, history_meta, session = await self._saved_history(session)
         use_case = await self._catalog.use_case(session.use_case)
         if call_sid in self._live:                  # another socket won while we waited
             raise CallRejected("a socket is already connected for this call")
@@ -346,18 +346,25 @@ class Sessions:
             called=called, profile=profile, greeting=use_case.welcome_greeting,
             created_at=now)
 
-    async def _saved_history(self, call_sid: str
-                             ) -> tuple[tuple[Message, ...], tuple[dict[str, Any], ...]]:
+    async def _saved_history(self, session: records.CallSession
+                             ) -> tuple[tuple[Message, ...], tuple[dict[str, Any], ...],
+                                        records.CallSession]:
         """The conversation so far and each message's stored facts (its at_ms keys it), for a
-        socket that reconnects to a known call; repaired as ``History.resumed`` does."""
-        entries = records.chat_entries(await self._store.query(call_sid, records.CHAT_PREFIX))
+        socket that reconnects to a known call; repaired as ``History.resumed`` does. Beyond
+        repair, the call starts afresh and the session it returns says where: the unusable
+        items stay for the transcript, and the next reconnect reads only what comes after
+        them (it used to read them again, and start afresh again, on every reconnect)."""
+        entries = [entry for entry in records.chat_entries(
+                       await self._store.query(session.call_sid, records.CHAT_PREFIX))
+                   if entry["at_ms"] > session.history_after_ms]
         messages = tuple(entry["chat"] for entry in entries)
         meta = tuple({**entry["meta"], "at_ms": entry["at_ms"]} for entry in entries)
         if messages and converse_problems(History.resumed(messages, meta).for_request()):
             log.warning("saved history unusable, starting fresh",
                         extra={"messages": len(messages)})
-            return (), ()
-        return messages, meta
+            return (), (), replace(session, history_after_ms=max(
+                entry["at_ms"] for entry in entries))
+        return messages, meta, session
 
     def _forget_stale(self) -> None:
         cutoff = trio.current_time() - PENDING_TTL_S

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -24,6 +24,8 @@ from voiceagent.logs import mask_phone
 from voiceagent.store.base import Store
 
 LIST_CONCURRENCY = 8                 # message counts fetched at once by ``recent_calls``
+AFRESH_NOTE = ("a reconnect started the call afresh here: the conversation above could not "
+               "be resumed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +112,17 @@ def transcript_lines(transcript: Transcript) -> list[Line]:
     start = transcript.started_at
     names: dict[str, str] = {}                   # toolUseId -> tool name, for the results
     lines: list[Line] = []
+    set_aside = transcript.session.history_after_ms if transcript.session else 0
     for entry in transcript.entries:
         offset = entry["at_ms"] / 1000 - start
         role = entry["chat"].get("role")
         meta = entry["meta"]
+        first = len(lines)
         for block in entry["chat"].get("content") or []:
             lines.extend(_block_lines(block, role, meta, offset, names))
+        if 0 < set_aside < entry["at_ms"] and first and len(lines) > first:
+            lines[first] = replace(lines[first], notes=(AFRESH_NOTE, *lines[first].notes))
+            set_aside = 0
     return lines
 
 

@@ -254,6 +254,9 @@ class CallSession:
     greeting: str | None
     created_at: float                # epoch seconds
     generation: int = 0              # relay sessions before this one (each reconnect adds 1)
+    # chat items up to this at_ms hold a conversation a reconnect could not resume: kept for
+    # the transcript, not read back (0: every item counts)
+    history_after_ms: int = 0
 
 
 def _iso_utc(epoch_s: float) -> str:
@@ -271,7 +274,7 @@ def session_item(s: CallSession, ttl_s: int) -> Item:
         "systemPrompt": [{"text": s.system_prompt}],
         "token": s.token, "greeting": s.greeting, "From": s.caller, "To": s.called,
         "createdAt": s.created_at, "expireAt": int(s.created_at) + ttl_s,
-        "generation": s.generation,
+        "generation": s.generation, "historyAfterMs": s.history_after_ms,
     }
 
 
@@ -289,7 +292,8 @@ def session_from_item(item: Item) -> CallSession:
         called=str(item.get("To") or ""), profile=_session_profile(item.get("userContext")),
         greeting=greeting if isinstance(greeting, str) else None,
         created_at=float(item.get("createdAt") or 0.0),
-        generation=int(item.get("generation") or 0))
+        generation=int(item.get("generation") or 0),
+        history_after_ms=int(item.get("historyAfterMs") or 0))
 
 
 def socket_mark_sk(prefix: str, generation: int) -> str:
