@@ -58,6 +58,12 @@ class CallRejected(Exception):
     """The socket's setup does not belong to a call we prepared (bad token, unknown call)."""
 
 
+class CallUnavailable(Exception):
+    """The call may well be ours, but loading it failed (the store throttled or down, its
+    use case gone): closed 1011, a failure of ours, which Twilio reports to ``action``,
+    whose answer may reconnect the call once the store is back."""
+
+
 @dataclass(frozen=True)
 class CallPlan:
     """What the edges prepared for this call during ``/twiml``, or rebuilt at connect."""
@@ -130,6 +136,11 @@ async def run_call(socket: RelaySocket, *, resolve: Resolve, services: CallServi
         log.warning("call rejected", extra={"reason": str(err)})
         report.ended_by = "rejected"
         await socket.close(1008, "unknown session")
+        return report
+    except CallUnavailable as err:
+        log.error("call could not be loaded", extra={"reason": str(err)[:300]})
+        report.ended_by = "unavailable"
+        await socket.close(1011, "call unavailable")
         return report
     history = (History.resumed(plan.history, plan.history_meta or [{} for _ in plan.history])
                if plan.history else History())

@@ -122,9 +122,16 @@ def test_setup_null_optional_fields_count_as_absent() -> None:
     assert result == Setup(session_id="VX1", call_sid="CA1")
 
 
+CALL_SID_PROBLEM = "expected 1-128 letters, digits or _ . : -"
+
+
 @pytest.mark.parametrize(("fields", "problem"), [
     ({"sessionId": "VX1"}, "callSid: missing"),
-    ({"sessionId": "VX1", "callSid": ""}, "callSid: must not be empty"),
+    ({"sessionId": "VX1", "callSid": ""}, "callSid: " + CALL_SID_PROBLEM),
+    # unauthenticated until its token is checked, then a store key and each log line's
+    # CallSid: 60 KB of it, or a line break, must get no further (helper-23)
+    ({"sessionId": "VX1", "callSid": "CA" + "x" * 127}, "callSid: " + CALL_SID_PROBLEM),
+    ({"sessionId": "VX1", "callSid": "CA1\nlevel=ERROR"}, "callSid: " + CALL_SID_PROBLEM),
     ({"sessionId": "VX1", "callSid": 7}, "callSid: expected string, got number"),
     ({"callSid": "CA1"}, "sessionId: missing"),
     ({"sessionId": ["VX1"], "callSid": "CA1"}, "sessionId: expected string, got array"),
@@ -373,10 +380,10 @@ def test_surrogate_pairs_are_one_character_and_kept() -> None:
 def test_lone_surrogates_are_replaced_in_every_field() -> None:
     bad = "\\ud800"
     setup = parse_frame(
-        f'{{"type":"setup","sessionId":"VX{bad}","callSid":"CA{bad}","from":"+1{bad}",'
+        f'{{"type":"setup","sessionId":"VX{bad}","callSid":"CA1","from":"+1{bad}",'
         f'"to":"{bad}","callerName":"{bad}","customParameters":{{"k{bad}":"v{bad}",'
         f'"n":["{bad}"]}}}}')
-    assert setup == Setup(session_id="VX\ufffd", call_sid="CA\ufffd", from_number="+1\ufffd",
+    assert setup == Setup(session_id="VX\ufffd", call_sid="CA1", from_number="+1\ufffd",
                           to_number="\ufffd", caller_name="\ufffd",
                           custom_parameters={"k\ufffd": "v\ufffd", "n": '["\ufffd"]'})
     assert parse_frame(f'{{"type":"interrupt","utteranceUntilInterrupt":"{bad}"}}') == (
@@ -536,7 +543,8 @@ def typed_frames(draw: st.DrawFn, values: st.SearchStrategy[object] = plausible)
 USABLE = Inbound | Rejected
 # Problems come from a fixed vocabulary, so no frame value can end up in one.
 PROBLEM = re.compile(
-    r"missing|must not be empty|value cannot be represented as text|expected a finite number"
+    r"missing|expected 1-128 letters, digits or _ \. : -"
+    r"|value cannot be represented as text|expected a finite number"
     r"|expected (string|number|boolean|object|one of 0-9 \* # A-D)"
     r"(, got (null|boolean|number|string|array|object|non-numeric string))?")
 
@@ -587,7 +595,8 @@ def test_rejections_carry_no_content(fields: dict[str, Any]) -> None:
 
 
 @FAST
-@given(st.builds(Setup, session_id=st.text(), call_sid=st.text(min_size=1),
+@given(st.builds(Setup, session_id=st.text(),
+                 call_sid=st.from_regex(r"\A[A-Za-z0-9_.:-]{1,128}\Z"),
                  account_sid=st.text(), from_number=st.text(), to_number=st.text(),
                  call_status=st.sampled_from(["", "ringing", "in_progress", "active"]),
                  direction=st.text(), caller_name=st.text(), parent_call_sid=st.text(),

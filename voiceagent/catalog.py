@@ -13,7 +13,7 @@ from pathlib import Path
 import trio
 
 import voiceagent.store.records as records
-from voiceagent.errors import ConfigError
+from voiceagent.errors import ConfigError, StoreError
 from voiceagent.store.base import Store
 from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import Profile, UseCase, load_profiles_file, load_use_case_file
@@ -37,7 +37,18 @@ class Catalog:
         cached = self._cache.get(name)
         if cached is not None and trio.current_time() - cached[0] < USE_CASE_TTL_S:
             return cached[1]
-        item = await self._store.get(name, "configuration")
+        try:
+            item = await self._store.get(name, "configuration")
+        except StoreError as err:
+            if cached is None:
+                raise
+            # throttled or unreachable: the use case it had is better than no call at all;
+            # the next lookup reads again
+            log.warning("use case unreadable, using the cached one",
+                        extra={"use_case": name, "age_s": round(trio.current_time()
+                                                                - cached[0]),
+                               "error": str(err)[:300]})
+            return cached[1]
         if item is None:
             raise UnknownUseCase(f"no use case {name!r} in the store; run "
                                  "`voiceagent config load` or check STACK_USE_CASE")

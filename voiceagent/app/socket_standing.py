@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import trio
 
-from actors.call import CallPlan, CallRejected, CallReport
+from actors.call import CallPlan, CallRejected, CallReport, CallUnavailable
 from actors.messages import Setup
 from voiceagent.app.runtime import Runtime
+from voiceagent.catalog import UnknownUseCase
+from voiceagent.errors import StoreError
 
 CAPACITY_MARGIN = 10     # sockets for calls /twiml admitted just before the limit was reached
 
@@ -73,6 +75,8 @@ class SocketStanding:
         try:
             with trio.CancelScope() as self._resolving:
                 plan = await runtime.sessions.resolve(setup, on_retry=self._looked_up_again)
+        except (StoreError, UnknownUseCase) as err:
+            raise CallUnavailable(f"{type(err).__name__}: {err}") from err
         finally:                        # refused too: out of the budget, no scope to cancel
             self._uncount()
             self._resolving = None

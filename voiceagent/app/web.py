@@ -189,6 +189,10 @@ async def action_webhook(runtime: Runtime) -> Response:
             use_case = await runtime.catalog.use_case(session.use_case)
         except UnknownUseCase as err:
             log.error("use case missing", extra={"error": str(err)})
+        except StoreError as err:
+            # its cache ran out and the store is throttled or unreachable: as above
+            log.error("use case unreadable", extra={"error": str(err)[:300]})
+            return last_words(SORRY)
     if status == "failed":
         if (form.get("CallStatus", "").lower() != "in-progress" or session is None
                 or use_case is None):

@@ -161,6 +161,7 @@ class _BadField(Exception):
 _Frame = dict[str, object]
 
 _LOGGABLE_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,40}")
+_CALL_SID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _DTMF_DIGITS = frozenset("0123456789*#ABCD")  # A-D: Telnyx
 
 
@@ -213,8 +214,10 @@ _SETUP_TEXT = {"account_sid": "accountSid", "from_number": "from", "to_number": 
 def _parse_setup(frame: _Frame) -> Setup:
     session_id = _required_str(frame, "sessionId")
     call_sid = _required_str(frame, "callSid")
-    if not call_sid:
-        raise _BadField("callSid: must not be empty")
+    if not _CALL_SID.fullmatch(call_sid):
+        # unauthenticated until its token is checked, and a store key and every log line's
+        # CallSid after: Twilio's are CA + 32 hex digits (Telnyx's: v3:... ids)
+        raise _BadField("callSid: expected 1-128 letters, digits or _ . : -")
     text = {name: _optional_str(frame, key) or "" for name, key in _SETUP_TEXT.items()}
     text["call_status"] = text["call_status"].lower()  # Twilio IN_PROGRESS, Telnyx active
     return Setup(session_id=session_id, call_sid=call_sid, **text,
