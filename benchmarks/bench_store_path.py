@@ -63,6 +63,10 @@ class CountingStore:
         self._note("put_new")
         return await self.inner.put_new(item)  # type: ignore[no-any-return]
 
+    async def put_unless_newer(self, item: Item, version: str) -> bool:
+        self._note("put_unless_newer")
+        return await self.inner.put_unless_newer(item, version)  # type: ignore[no-any-return]
+
     async def query(self, pk: str, sk_prefix: str = "", **kw: Any) -> list[Item]:
         self._note("query")
         return await self.inner.query(pk, sk_prefix, **kw)  # type: ignore[no-any-return]

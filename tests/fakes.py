@@ -206,6 +206,15 @@ class MemoryStore:
         self.items[(item["pk"], item["sk"])] = json.loads(json.dumps(item))
         return True
 
+    async def put_unless_newer(self, item: dict[str, Any], version: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        stored = self.items.get((item["pk"], item["sk"]), {}).get(version)
+        if isinstance(stored, int | float) and stored > item[version]:
+            return False
+        self.puts += 1                          # no checkpoint since the look: atomic
+        self.items[(item["pk"], item["sk"])] = json.loads(json.dumps(item))
+        return True
+
     async def query(self, pk: str, sk_prefix: str = "", *, descending: bool = False,
                     limit: int | None = None) -> list[dict[str, Any]]:
         found = sorted((v for (p, s), v in self.items.items()

@@ -73,6 +73,27 @@ async def check_put_new_claims_once(store: Store) -> None:
 
 
 @check
+async def check_put_unless_newer_never_goes_back_a_version(store: Store) -> None:
+    """A write of the same or a later version lands; one of an earlier version (a queue
+    that was behind) does not, and says so; a first write, or one over an item without the
+    version, lands."""
+    v0 = {"pk": "call", "sk": "connection", "generation": 0, "token": "first"}
+    assert await store.put_unless_newer(v0, "generation")
+    claimed = {**v0, "token": ""}
+    assert await store.put_unless_newer(claimed, "generation")          # same version
+    renewed = {**v0, "generation": 1, "token": "second"}
+    assert await store.put_unless_newer(renewed, "generation")
+    assert not await store.put_unless_newer(claimed, "generation")      # late: refused
+    assert await store.get("call", "connection") == renewed
+    await store.put({"pk": "call", "sk": "legacy", "token": "the sample's"})
+    assert await store.put_unless_newer({**v0, "sk": "legacy"}, "generation")
+    assert await store.get("call", "legacy") == {**v0, "sk": "legacy"}
+    with pytest.raises(ValueError, match="must be a number"):
+        await store.put_unless_newer({"pk": "call", "sk": "x", "generation": "1"},
+                                     "generation")
+
+
+@check
 async def check_get_missing(store: Store) -> None:
     assert await store.get("nobody", "nothing") is None
     await store.put({"pk": "a", "sk": "b"})

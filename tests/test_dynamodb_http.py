@@ -126,6 +126,27 @@ async def test_a_claim_goes_over_http_and_a_second_one_is_told_it_lost(
     assert via_boto3 == []
 
 
+async def test_a_session_write_older_than_the_stored_one_goes_over_http_and_is_refused(
+        moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``put_unless_newer`` on the production path: one conditional PutItem each; the
+    failed condition means "superseded", not an error."""
+    isolate_env(monkeypatch, aws_env(moto_endpoint, tmp_path))
+    renewed = {"pk": "CA01", "sk": "connection", "generation": 1, "token": "second"}
+    with trio.fail_after(30):
+        async with open_test_table(moto_endpoint) as table:
+            async with open_dynamodb_store(_settings(table.table_name),
+                                           limiter=trio.CapacityLimiter(4)) as store:
+                sent, via_boto3 = _spy_on_writes(store, monkeypatch)
+                first = await store.put_unless_newer(renewed, "generation")
+                late = await store.put_unless_newer(
+                    {**renewed, "generation": 0, "token": ""}, "generation")
+                kept = await store.get("CA01", "connection")
+    assert (first, late) == (True, False)
+    assert kept == renewed
+    assert sent == [("PutItem", 1), ("PutItem", 1), ("GetItem", 1)]
+    assert via_boto3 == []
+
+
 async def test_a_missing_table_is_transient_and_says_how_to_create_it(
         moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     isolate_env(monkeypatch, aws_env(moto_endpoint, tmp_path))

@@ -66,6 +66,10 @@ class CountingStore(MemoryStore):
         await trio.sleep(self.stall_s)
         await super().put(item)
 
+    async def put_unless_newer(self, item: dict[str, Any], version: str) -> bool:
+        await trio.sleep(self.stall_s)
+        return await super().put_unless_newer(item, version)
+
 
 def _process(store: CountingStore) -> tuple[Sessions, WriteBehind]:
     writer = WriteBehind(cast(Store, store), jitter=lambda: 1.0)

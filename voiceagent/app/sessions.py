@@ -160,7 +160,8 @@ class Sessions:
         queue after ``SESSION_WRITE_S``; the socket here is served either way."""
         self._pending[session.call_sid] = (trio.current_time(), session, resumes)
         await self._writer.write_now(records.session_item(session, self._settings.session_ttl_s),
-                                     call_sid=session.call_sid, timeout_s=SESSION_WRITE_S)
+                                     call_sid=session.call_sid, timeout_s=SESSION_WRITE_S,
+                                     version=records.SESSION_VERSION)
 
     async def resolve(self, setup: Setup, *,
                       on_retry: Callable[[], None] | None = None) -> CallPlan:
@@ -197,7 +198,8 @@ class Sessions:
         self._live[call_sid] = session.generation
         self._writer.submit(records.session_item(replace(session, token=""),
                                                  self._settings.session_ttl_s),
-                            call_sid=call_sid, urgent=True)      # used: never again
+                            call_sid=call_sid, urgent=True,      # used: never again
+                            version=records.SESSION_VERSION)    # nor over a renewal
         return CallPlan(call_sid=session.call_sid, use_case=use_case,
                         system_prompt=session.system_prompt, model_id=session.model_id,
                         greeting=None if history else session.greeting,

@@ -91,6 +91,14 @@ class Store(Protocol):
         got no answer."""
         ...
 
+    async def put_unless_newer(self, item: Item, version: str) -> bool:
+        """Insert or replace the item, atomically across processes, unless the one there
+        has a greater number in its ``version`` attribute: a write that a queue held back
+        (a call's claim, behind a throttled store) must not undo a later process's newer
+        one (the reconnect's session). False if it did not land for that reason. ``item``
+        must carry ``version`` as a number; an item there without one is replaced."""
+        ...
+
     async def query(
         self, pk: str, sk_prefix: str = "", *, descending: bool = False, limit: int | None = None
     ) -> list[Item]:

@@ -177,6 +177,27 @@ class DynamoDBStore(TableAdmin):
             return self._decode(found) == item
         return True
 
+    async def put_unless_newer(self, item: Item, version: str) -> bool:
+        key, attributes = self._encode(item)
+        if "N" not in attributes.get(version, {}):
+            raise ValueError(f"put_unless_newer: the item's {version!r} must be a number")
+        request = {"TableName": self.table_name, "Item": attributes,
+                   "ConditionExpression": "attribute_not_exists(pk) OR "
+                                          "attribute_not_exists(#v) OR #v <= :v",
+                   "ExpressionAttributeNames": {"#v": version},
+                   "ExpressionAttributeValues": {":v": attributes[version]}}
+        try:
+            if self._http is not None:
+                await self._call_http("put_unless_newer", "PutItem", request, [key])
+            else:
+                await self._call("put_unless_newer", partial(self._client.put_item,
+                                                             **request), keys=[key])
+        except StoreError as err:
+            if error_code(err.__cause__) != CONDITION_FAILED:
+                raise
+            return False            # a resend of an applied attempt meets <=: never here
+        return True
+
     async def query(self, pk: str, sk_prefix: str = "", *, descending: bool = False,
                     limit: int | None = None) -> list[Item]:
         return await self._query("query", None, "pk", "sk", pk, sk_prefix, descending, limit)

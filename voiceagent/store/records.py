@@ -265,6 +265,11 @@ def _iso_utc(epoch_s: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# orders a session's writes across processes: a claim queued behind a throttled store must
+# not land over the renewal another process wrote since (``Store.put_unless_newer``)
+SESSION_VERSION = "generation"
+
+
 def session_item(s: CallSession, ttl_s: int) -> Item:
     return {
         "pk": s.call_sid, "sk": SESSION_SK,

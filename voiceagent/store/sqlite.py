@@ -106,6 +106,13 @@ class SqliteStore:
 
         return await self._run("put_new", insert)
 
+    async def put_unless_newer(self, item: Item, version: str) -> bool:
+        if not _is_number(item.get(version)):
+            raise ValueError(f"put_unless_newer: the item's {version!r} must be a number")
+        row = _encode(item)
+        return await self._run("put_unless_newer", partial(
+            _write_unless_newer, row=row, version=version, value=item[version]))
+
     async def query(self, pk: str, sk_prefix: str = "", *, descending: bool = False,
                     limit: int | None = None) -> list[Item]:
         return await self._select("query", "pk", "sk", pk, sk_prefix, descending, limit)
@@ -236,6 +243,28 @@ def _write_chunk(db: sqlite3.Connection, rows: list[Row]) -> None:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def _write_unless_newer(db: sqlite3.Connection, row: Row, version: str, value: float
+                        ) -> bool:
+    db.execute("BEGIN IMMEDIATE")           # the look and the write: one writer at a time
+    try:
+        found = db.execute("SELECT attrs FROM items WHERE pk = ? AND sk = ?",
+                           row[:2]).fetchone()
+        stored = _decode(found[0]).get(version) if found is not None else None
+        newer = isinstance(stored, int | float) and not isinstance(stored, bool) and (
+            stored > value)
+        if not newer:
+            db.execute(_UPSERT, row)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return not newer
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _decode(attrs: str) -> Item:

@@ -10,7 +10,9 @@ Order: items are written in global FIFO order (so per-call order holds). A batch
 two writes of one pk/sk (DynamoDB rejects that): the batch ends before the second one. The one
 exception is ``write_now`` (a session, which another process may read at once): it goes ahead
 of the queue only when its call has nothing queued, so per-call order still holds (or for a
-key no other write of the call touches: a socket's end mark).
+key no other write of the call touches: a socket's end mark). Across processes, writes of one
+key can still cross (one process's queue behind a throttled store): an item whose writes
+carry a ``version`` (a session's generation) is written on condition, never over a newer one.
 
 Failures: a ``StoreError`` is transient and retried forever, unless it is ``permanent`` (the
 store refused the item itself, see ``StoreRejected``). A permanently refused batch is retried
@@ -63,6 +65,7 @@ class _Entry:
     key: tuple[str, str]
     item: Item
     submitted_at: float
+    version: str | None = None       # see ``submit``
 
 
 class WriteBehind:
@@ -94,38 +97,45 @@ class WriteBehind:
 
     # ------------------------------------------------------------------ producers
 
-    def submit(self, item: Item, *, call_sid: str, urgent: bool = False) -> None:
+    def submit(self, item: Item, *, call_sid: str, urgent: bool = False,
+               version: str | None = None) -> None:
         """Queue ``item`` (copied, so later changes by the caller do not leak in). Never
         blocks. Raises ``ValueError`` at once for an item without string pk and sk.
-        ``urgent``: another process may look for it soon (a session): do not linger."""
+        ``urgent``: another process may look for it soon (a session): do not linger.
+        ``version``: the attribute that orders this key's writes across processes (a
+        session's generation); written alone, and dropped if the store has a newer one."""
         pk, sk = item.get("pk"), item.get("sk")
         if not isinstance(pk, str) or not isinstance(sk, str):
             raise ValueError("a store item needs string 'pk' and 'sk' attributes")
         seq = self._next_seq
         self._next_seq += 1
         self._queue.append(_Entry(seq, call_sid, (pk, sk), copy.deepcopy(item),
-                                  trio.current_time()))
+                                  trio.current_time(), version))
         self._last_by_call[call_sid] = seq
         self._wakeup.set()
         if urgent:
             self._hurry.set()
 
     async def write_now(self, item: Item, *, call_sid: str, timeout_s: float,
-                        ordered: bool = True) -> bool:
+                        ordered: bool = True, version: str | None = None) -> bool:
         """Write ``item`` at once, ahead of the queue, for a reader in another process that
         cannot wait for the backlog (a session, whose socket a balancer may send anywhere).
         Order per call holds: with a write of ``call_sid`` still queued (unless ``ordered``
         is False: a key no other write of the call touches), or the store known to be down,
         or no answer within ``timeout_s`` (or a store error), the item is queued as
-        ``submit(urgent=True)`` would, and False is returned. True: it is in the store."""
-        if (ordered and self.queued(call_sid)) or self._down_since is not None:
-            self.submit(item, call_sid=call_sid, urgent=True)
+        ``submit(urgent=True)`` would, and False is returned. True: it is in the store (or
+        superseded: see ``submit``'s ``version``). A key of its own (not ``ordered``) is
+        tried even while the queue backs off from a failing store: a socket's end mark
+        says this process is alive and behind, which is when a reconnect elsewhere needs
+        it most (queued, it told the other process nothing: helper-25)."""
+        if (ordered and (self.queued(call_sid) or self._down_since is not None)):
+            self.submit(item, call_sid=call_sid, urgent=True, version=version)
             return False
         written = False
         try:
             with trio.move_on_after(timeout_s):
                 try:
-                    await self._store.put(item)     # awaited here: nothing can change it
+                    await self._put(item, version)  # awaited here: nothing can change it
                     written = True
                 except StoreError as err:
                     log.warning("store write ahead of the queue failed; queued instead",
@@ -134,8 +144,15 @@ class WriteBehind:
             if written:
                 self._written += 1
             else:
-                self.submit(item, call_sid=call_sid, urgent=True)
+                self.submit(item, call_sid=call_sid, urgent=True, version=version)
         return written
+
+    async def _put(self, item: Item, version: str | None) -> None:
+        if version is None:
+            await self._store.put(item)
+        elif not await self._store.put_unless_newer(item, version):
+            log.info("store write superseded by a newer one, dropped",
+                     extra={"sk": item.get("sk"), "version": item.get(version)})
 
     @property
     def pending(self) -> int:
@@ -218,7 +235,8 @@ class WriteBehind:
         batch: list[_Entry] = []
         keys: set[tuple[str, str]] = set()
         for entry in self._queue:
-            if len(batch) == BATCH_LIMIT or entry.key in keys:
+            if len(batch) == BATCH_LIMIT or entry.key in keys or (
+                    batch and (entry.version or batch[0].version)):
                 break
             batch.append(entry)
             keys.add(entry.key)
@@ -230,7 +248,10 @@ class WriteBehind:
         attempt = 0
         while True:
             try:
-                await self._store.put_many([entry.item for entry in batch])
+                if batch[0].version is not None:        # always alone: see _next_batch
+                    await self._put(batch[0].item, batch[0].version)
+                else:
+                    await self._store.put_many([entry.item for entry in batch])
             except trio.Cancelled:
                 raise
             except Exception as err:

@@ -1,0 +1,152 @@
+"""A session's writes never go back a generation, whichever process's queue lands last.
+
+Found by a review helper (helper-25): process A served a call while DynamoDB throttled A's
+writes, so A's claim of the session (token spent) waited in A's queue, and so did the
+"closed" mark A writes when its queue is behind (``write_now`` queued everything while the
+queue backed off). The socket failed; ``/action`` on B read the session (token still there)
+and no mark, took it that no socket had claimed the call, and renewed it at once. When A's
+backoff ended, A's stale claim (generation 0, no token) overwrote B's renewal: the
+reconnect's socket was refused on any third process, and the reconnect count went back to 0.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+import trio
+
+import voiceagent.store.records as records
+from actors.messages import Setup
+from tests.fakes import setup_frame
+from tests.test_sessions_elsewhere import USE_CASE, CountingStore, _store_with_use_case
+from voiceagent.app.sessions import Sessions
+from voiceagent.catalog import Catalog
+from voiceagent.errors import StoreError
+from voiceagent.relay.protocol import parse_frame
+from voiceagent.settings import Settings
+from voiceagent.store.base import Store
+from voiceagent.store.write_behind import WriteBehind
+from voiceagent.tools.registry import ToolRegistry
+
+CALL_SID = "CA" + "7" * 32
+
+
+class ThrottledView:
+    """Process A's view of the shared table: its writes fail while ``down`` (throttled);
+    reads go through."""
+
+    name = "throttled"
+
+    def __init__(self, store: CountingStore) -> None:
+        self._store = store
+        self.down = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def _ok(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.down:
+            raise StoreError("ProvisionedThroughputExceededException (A's writes)")
+
+    async def put(self, item: dict[str, Any]) -> None:
+        await self.put_many([item])
+
+    async def put_many(self, items: Any) -> None:
+        await self._ok()
+        for item in items:
+            await self._store.put(item)
+
+    async def put_unless_newer(self, item: dict[str, Any], version: str) -> bool:
+        await self._ok()
+        return await self._store.put_unless_newer(item, version)
+
+
+def _sessions_on(store: Any) -> tuple[Sessions, WriteBehind]:
+    writer = WriteBehind(cast(Store, store), jitter=lambda: 1.0)
+    settings = Settings.model_validate({"STACK_USE_CASE": USE_CASE.name})
+    return Sessions(settings=settings, store=cast(Store, store),
+                    catalog=Catalog(cast(Store, store), ToolRegistry()), writer=writer), writer
+
+
+def _setup(token: str) -> Setup:
+    frame = parse_frame(json.dumps(setup_frame(CALL_SID, token)))
+    assert isinstance(frame, Setup)
+    return frame
+
+
+async def test_a_claim_held_back_by_a_throttled_queue_never_undoes_the_renewal(
+        autojump_clock: Any) -> None:
+    shared = await _store_with_use_case()
+    view = ThrottledView(shared)
+    a, a_writer = _sessions_on(view)
+    b, _ = _sessions_on(shared)
+    c, _ = _sessions_on(shared)
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a_writer.run)
+            session = await a.prepare({"CallSid": CALL_SID, "From": "+15555550100",
+                                       "To": "+15555550199"})
+            assert await a_writer.flush(timeout_s=1)     # connectionSeen landed
+            view.down = True                              # DynamoDB throttles A for ~3 s
+            await a.resolve(_setup(session.token))       # claimed on A: queued
+            await trio.sleep(3.0)
+            view.down = False                             # over; A's queue still backs off
+            assert a_writer.statistics().store_down
+            a_writer.submit(records.chat_item(CALL_SID, 2_000, 1, {
+                "role": "user", "content": [{"text": "hello?"}]}, {}, 3600),
+                call_sid=CALL_SID)
+            await a.socket_ended(CALL_SID)                # the socket failed
+            a.release(CALL_SID)
+            # the "closed" mark went ahead of the backed-off queue: B knows A is draining
+            closed = records.socket_mark_sk(records.SOCKET_CLOSED_PREFIX, 0)
+            assert await shared.get(CALL_SID, closed) is not None
+            item = await shared.get(CALL_SID, records.SESSION_SK)
+            assert item is not None
+            (renewed, complete) = await b.renew(records.session_from_item(item))
+            assert complete                               # it waited for A's last writes
+            assert await a_writer.flush(timeout_s=10)
+            nursery.cancel_scope.cancel()
+        stored = await shared.get(CALL_SID, records.SESSION_SK)
+        plan = await c.resolve(_setup(renewed.token))     # the reconnect's socket, on C
+    assert stored is not None
+    assert (stored["token"], stored["generation"]) == (renewed.token, 1)
+    assert [m["content"][0]["text"] for m in plan.history] == ["hello?"]
+
+
+async def test_a_claim_that_lands_after_a_renewal_is_dropped_not_written(
+        autojump_clock: Any) -> None:
+    """The same race with A cut off from the store until after B renewed (its "closed"
+    mark lost too): B cannot know to wait for A, but A's claim, landing late, must not
+    undo B's renewal; A's other writes still land."""
+    shared = await _store_with_use_case()
+    view = ThrottledView(shared)
+    a, a_writer = _sessions_on(view)
+    b, _ = _sessions_on(shared)
+    c, _ = _sessions_on(shared)
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a_writer.run)
+            session = await a.prepare({"CallSid": CALL_SID, "From": "+15555550100",
+                                       "To": "+15555550199"})
+            assert await a_writer.flush(timeout_s=1)
+            view.down = True
+            await a.resolve(_setup(session.token))
+            a_writer.submit(records.chat_item(CALL_SID, 2_000, 1, {
+                "role": "user", "content": [{"text": "hello?"}]}, {}, 3600),
+                call_sid=CALL_SID)
+            await a.socket_ended(CALL_SID)
+            a.release(CALL_SID)
+            item = await shared.get(CALL_SID, records.SESSION_SK)
+            assert item is not None
+            renewed, _ = await b.renew(records.session_from_item(item))
+            view.down = False                             # A reaches the store again
+            assert await a_writer.flush(timeout_s=10)
+            nursery.cancel_scope.cancel()
+        stored = await shared.get(CALL_SID, records.SESSION_SK)
+        plan = await c.resolve(_setup(renewed.token))
+    assert stored is not None
+    assert (stored["token"], stored["generation"]) == (renewed.token, 1)
+    assert [m["content"][0]["text"] for m in plan.history] == ["hello?"]
+    assert a_writer.statistics().failed == 0
