@@ -76,21 +76,32 @@ def _setup(token: str) -> Setup:
     return frame
 
 
-async def test_a_claim_held_back_by_a_throttled_queue_never_undoes_the_renewal(
-        autojump_clock: Any) -> None:
+async def _three_processes() -> tuple[CountingStore, ThrottledView, tuple[Sessions, WriteBehind],
+                                     Sessions, Sessions]:
+    """A (its writes through a view that can be throttled), B and C over one store."""
     shared = await _store_with_use_case()
     view = ThrottledView(shared)
-    a, a_writer = _sessions_on(view)
-    b, _ = _sessions_on(shared)
-    c, _ = _sessions_on(shared)
+    return shared, view, _sessions_on(view), _sessions_on(shared)[0], _sessions_on(shared)[0]
+
+
+async def _claimed_on_throttled_a(nursery: trio.Nursery, a: Sessions, a_writer: WriteBehind,
+                                  view: ThrottledView) -> None:
+    """A prepared the call; then DynamoDB throttles A, and the call's socket claims it on
+    A: the claim waits in A's queue."""
+    await nursery.start(a_writer.run)
+    session = await a.prepare({"CallSid": CALL_SID, "From": "+15555550100",
+                               "To": "+15555550199"})
+    assert await a_writer.flush(timeout_s=1)             # connectionSeen landed
+    view.down = True
+    await a.resolve(_setup(session.token))
+
+
+async def test_a_claim_held_back_by_a_throttled_queue_never_undoes_the_renewal(
+        autojump_clock: Any) -> None:
+    shared, view, (a, a_writer), b, c = await _three_processes()
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
-            await nursery.start(a_writer.run)
-            session = await a.prepare({"CallSid": CALL_SID, "From": "+15555550100",
-                                       "To": "+15555550199"})
-            assert await a_writer.flush(timeout_s=1)     # connectionSeen landed
-            view.down = True                              # DynamoDB throttles A for ~3 s
-            await a.resolve(_setup(session.token))       # claimed on A: queued
+            await _claimed_on_throttled_a(nursery, a, a_writer, view)
             await trio.sleep(3.0)
             view.down = False                             # over; A's queue still backs off
             assert a_writer.statistics().store_down
@@ -120,19 +131,10 @@ async def test_a_claim_that_lands_after_a_renewal_is_dropped_not_written(
     """The same race with A cut off from the store until after B renewed (its "closed"
     mark lost too): B cannot know to wait for A, but A's claim, landing late, must not
     undo B's renewal; A's other writes still land."""
-    shared = await _store_with_use_case()
-    view = ThrottledView(shared)
-    a, a_writer = _sessions_on(view)
-    b, _ = _sessions_on(shared)
-    c, _ = _sessions_on(shared)
+    shared, view, (a, a_writer), b, c = await _three_processes()
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
-            await nursery.start(a_writer.run)
-            session = await a.prepare({"CallSid": CALL_SID, "From": "+15555550100",
-                                       "To": "+15555550199"})
-            assert await a_writer.flush(timeout_s=1)
-            view.down = True
-            await a.resolve(_setup(session.token))
+            await _claimed_on_throttled_a(nursery, a, a_writer, view)
             a_writer.submit(records.chat_item(CALL_SID, 2_000, 1, {
                 "role": "user", "content": [{"text": "hello?"}]}, {}, 3600),
                 call_sid=CALL_SID)
