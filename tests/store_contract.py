@@ -6,6 +6,7 @@ when it passes all of them. Each check asserts; none relies on another having ru
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,7 +16,7 @@ import trio
 
 from voiceagent.errors import StoreRejected
 from voiceagent.store import records
-from voiceagent.store.base import BATCH_LIMIT, Store
+from voiceagent.store.base import BATCH_LIMIT, MAX_ITEM_BYTES, Store, item_size
 from voiceagent.store.write_behind import is_permanent
 from voiceagent.usecases import (
     DtmfConfig,
@@ -214,6 +215,26 @@ async def check_rejects_invalid_items(store: Store) -> None:
     await store.put_many([{"pk": "p" * 2048, "sk": "s" * 1024, "pk1": "q" * 2048,
                           "sk1": "é" * 512}])                  # at the limits: written
     assert await store.get("p" * 2048, "s" * 1024) is not None
+
+
+@check
+async def check_item_size_is_dynamodbs_measure(store: Store) -> None:
+    """400 KB as DynamoDB counts an item (names and values, strings in UTF-8), not its JSON: a
+    tool result that is a JSON document in a string, ~350 KB of it, takes ~420 KB as JSON (each
+    quote escaped), and DynamoDB stores it. Past the limit, every store refuses. (Exactly at the
+    limit is ``test_item_size_at_the_limit_passes``: moto refuses from 405,000 bytes.)"""
+    doc = json.dumps([{"sku": f"A{n:05d}", "name": "Margherita", "size": "large"}
+                      for n in range(6200)])
+    assert len(json.dumps(doc)) > MAX_ITEM_BYTES > len(doc) > 300 * 1024
+    fits = {"pk": "size", "sk": "fits", "text": doc}
+    await store.put(fits)
+    assert await store.get("size", "fits") == fits
+    for over in ({"pk": "size", "sk": "over", "text": "é" * (MAX_ITEM_BYTES // 2)},
+                 {"pk": "size", "sk": "over", "list": ["x" * 1000] * 410}):
+        assert item_size(over) > MAX_ITEM_BYTES
+        with pytest.raises(StoreRejected, match="400 KB"):
+            await store.put(over)
+    assert await store.get("size", "over") is None
 
 
 @check

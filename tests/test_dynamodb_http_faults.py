@@ -67,9 +67,11 @@ async def test_large_items_outside_ascii_are_batched_within_dynamodbs_16_mb(
 
 
 def test_small_items_still_go_25_to_a_batch() -> None:
-    from voiceagent.store.dynamodb_values import batches
-    encoded = [((PHONE, f"chat::{n:03d}"), {"pk": {"S": PHONE}, "sk": {"S": f"chat::{n:03d}"},
-                                            "text": {"S": "x" * 2000}}) for n in range(60)]
+    from voiceagent.store.dynamodb_values import Encoded, batches
+    encoded = [Encoded((PHONE, f"chat::{n:03d}"), {"pk": {"S": PHONE},
+                                                   "sk": {"S": f"chat::{n:03d}"},
+                                                   "text": {"S": "x" * 2000}}, 2030)
+               for n in range(60)]
     assert [len(batch) for batch in batches(encoded)] == [25, 25, 10]
 
 

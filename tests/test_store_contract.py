@@ -18,8 +18,8 @@ import trio
 
 from tests.dynamodb_support import open_test_table, shared_moto, stop_shared_moto
 from tests.store_contract import CHECKS, Check
-from voiceagent.errors import StoreError
-from voiceagent.store.base import Store
+from voiceagent.errors import StoreError, StoreRejected
+from voiceagent.store.base import MAX_ITEM_BYTES, Store, check_item_size, item_size
 from voiceagent.store.sqlite import SqliteStore, open_sqlite_store
 
 BackendFactory = Callable[[Path], AbstractAsyncContextManager[Store]]
@@ -59,6 +59,33 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 async def test_contract(store: Store, check: Check) -> None:
     with trio.fail_after(10):
         await check(store)
+
+
+# ------------------------------------------------------------------ the limits both refuse by
+
+
+def test_item_size_counts_as_dynamodb_does() -> None:
+    """Names and values; strings in UTF-8 bytes; a number one byte per two significant digits
+    plus one (and one more where the pairs may split unevenly); lists and maps 3, and 1 more
+    per element."""
+    assert item_size({"pk": "a", "sk": "é"}) == 2 + 1 + 2 + 2
+    assert item_size({"n": 12_300, "f": 0.25, "t": True, "z": None}) == (
+        1 + 3) + (1 + 3) + (1 + 1) + (1 + 1)
+    assert item_size({"l": ["ab", []], "m": {"k": "v", "e": {}}}) == (
+        1 + 3 + (1 + 2) + (1 + 3)) + (1 + 3 + (1 + 1 + 1) + (1 + 1 + 3))
+
+
+async def test_item_size_at_the_limit_passes(tmp_path: Path) -> None:
+    """Exactly 400 KB is stored; one byte more is refused (moto's own limit is lower)."""
+    overhead = item_size({"pk": "size", "sk": "at", "text": ""})
+    at_limit = {"pk": "size", "sk": "at", "text": "é" * ((MAX_ITEM_BYTES - overhead) // 2)}
+    assert item_size(at_limit) == check_item_size(at_limit) == MAX_ITEM_BYTES
+    with pytest.raises(StoreRejected, match="400 KB"):
+        check_item_size({**at_limit, "text": at_limit["text"] + "x"})
+    with trio.fail_after(10):
+        async with _sqlite_backend(tmp_path) as store:
+            await store.put(at_limit)
+            assert await store.get("size", "at") == at_limit
 
 
 # ------------------------------------------------------------------ SQLite in particular

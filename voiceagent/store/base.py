@@ -11,7 +11,8 @@ is what lets one contract test suite cover them all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any, Protocol
 
 from voiceagent.errors import StoreRejected
@@ -22,6 +23,7 @@ Item = dict[str, Any]
 INDEX_NAME = "index-1-full"
 TTL_ATTRIBUTE = "expireAt"
 BATCH_LIMIT = 25                      # DynamoDB BatchWriteItem's limit; enforced for both stores
+MAX_ITEM_BYTES = 400 * 1024           # DynamoDB's item limit, counted by ``item_size``
 
 
 def describe_key(pk: Any, sk: Any) -> str:
@@ -62,6 +64,48 @@ def check_item_keys(item: Item) -> None:
                                   or not isinstance(expire_at, int | float)):
         raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: item attribute "
                             f"{TTL_ATTRIBUTE!r} must be epoch seconds (a number)")
+
+
+def item_size(item: Mapping[str, Any]) -> int:
+    """An item's size as DynamoDB counts it against its 400 KB (names plus values, by the
+    rules of its "item sizes and formats" page), never its JSON: escapes and punctuation are
+    not stored. Both stores refuse by this one measure, so they cannot drift apart. Takes the
+    plain values ``check_item_size``'s callers have already checked."""
+    return sum(len(name.encode()) + _value_size(value) for name, value in item.items())
+
+
+def _value_size(value: Any) -> int:
+    if value is None or isinstance(value, bool):
+        return 1
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, int | float):
+        return _number_size(value)
+    if isinstance(value, list | tuple):
+        return 3 + sum(1 + _value_size(element) for element in value)
+    if isinstance(value, dict):
+        return 3 + sum(1 + len(key.encode()) + _value_size(element)
+                       for key, element in value.items())
+    raise TypeError(f"not a plain item value: {type(value).__name__}")
+
+
+def _number_size(value: int | float) -> int:
+    """One byte per two significant digits, leading and trailing zeros trimmed, plus one; the
+    pairs are aligned to the decimal point, so an odd split costs one more (``1.5`` is ``01``
+    ``50``): counting the worst case refuses here what DynamoDB might refuse at the limit."""
+    digits = "".join(map(str, Decimal(repr(value) if isinstance(value, float) else value)
+                         .as_tuple().digits)).strip("0")
+    return len(digits) // 2 + 2
+
+
+def check_item_size(item: Item) -> int:
+    """The item's ``item_size``, or ``StoreRejected`` (naming its key) past DynamoDB's limit."""
+    size = item_size(item)
+    if size > MAX_ITEM_BYTES:
+        raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: the item is {size} "
+                            f"bytes, over DynamoDB's 400 KB item limit ({MAX_ITEM_BYTES} "
+                            "bytes, as DynamoDB counts an item's size)")
+    return size
 
 
 class Store(Protocol):

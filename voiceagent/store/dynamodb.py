@@ -57,17 +57,18 @@ from voiceagent.store.base import (
     INDEX_NAME,
     Item,
     check_item_keys,
+    check_item_size,
     describe_key,
 )
 from voiceagent.store.dynamodb_admin import CREDENTIAL_CODES, TableAdmin
 from voiceagent.store.dynamodb_client import make_both
 from voiceagent.store.dynamodb_http import DynamoDBHttp, DynamoDBHttpError
 from voiceagent.store.dynamodb_values import (
+    Encoded,
     Key,
     batches,
     condition_failed_item,
     error_code,
-    item_size,
     plain,
     to_dynamo,
     where,
@@ -82,7 +83,6 @@ DEFAULT_POOL_CONNECTIONS = 64       # for a limiter without a bound
 UNPROCESSED_ATTEMPTS = 6             # BatchWriteItem rounds before UnprocessedItems is an error
 UNPROCESSED_BACKOFF_BASE_S = 0.05
 UNPROCESSED_BACKOFF_CAP_S = 1.0
-MAX_ITEM_BYTES = 400 * 1024          # DynamoDB's item limit, counted as DynamoDB counts it
 
 _PERMANENT_CODES = frozenset({"ValidationException", "SerializationException"})
 CONDITION_FAILED = "ConditionalCheckFailedException"    # put_new: the item was there
@@ -138,10 +138,10 @@ class DynamoDBStore(TableAdmin):
                 try:
                     await self._write_batch(batch)
                 except StorePartlyWritten as err:
-                    later = [key for rest in split[n + 1:] for key, _ in rest]
+                    later = [entry.key for rest in split[n + 1:] for entry in rest]
                     raise StorePartlyWritten(str(err), err.remaining + later) from None
                 continue
-            key, attributes = batch[0]
+            key, attributes, _ = batch[0]
             if self._http is not None:
                 await self._call_http("put", "PutItem", {
                     "TableName": self.table_name, "Item": attributes}, [key])
@@ -151,7 +151,7 @@ class DynamoDBStore(TableAdmin):
                                  keys=[key])
 
     async def put_new(self, item: Item) -> bool:
-        key, attributes = self._encode(item)
+        key, attributes, _ = self._encode(item)
         request = {"TableName": self.table_name, "Item": attributes,
                    "ConditionExpression": "attribute_not_exists(pk)",
                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
@@ -223,11 +223,11 @@ class DynamoDBStore(TableAdmin):
 
     # ------------------------------------------------------------------ helpers
 
-    async def _write_batch(self, batch: list[tuple[Key, dict[str, Any]]]) -> None:
+    async def _write_batch(self, batch: list[Encoded]) -> None:
         """One BatchWriteItem, then its UnprocessedItems again with backoff, a bounded number
         of times; what is still left is a (transient) ``StoreError``."""
-        requests = [{"PutRequest": {"Item": attributes}} for _, attributes in batch]
-        keys = [key for key, _ in batch]
+        requests = [{"PutRequest": {"Item": entry.attributes}} for entry in batch]
+        keys = [entry.key for entry in batch]
         for attempt in range(1, UNPROCESSED_ATTEMPTS + 1):
             payload = {"RequestItems": {self.table_name: requests}}
             if self._http is not None:
@@ -358,7 +358,7 @@ class DynamoDBStore(TableAdmin):
     def _key(self, pk: str, sk: str) -> dict[str, Any]:
         return {"pk": {"S": pk}, "sk": {"S": sk}}
 
-    def _encode(self, item: Item) -> tuple[Key, dict[str, Any]]:
+    def _encode(self, item: Item) -> Encoded:
         """The item as DynamoDB attribute values, or ``StoreRejected`` for what DynamoDB
         would refuse (checked here so that nothing of a call with a bad item is written)."""
         check_item_keys(item)
@@ -371,11 +371,7 @@ class DynamoDBStore(TableAdmin):
         except (decimal.DecimalException, TypeError) as err:
             raise StoreRejected(f"{describe_key(*key)}: a number is outside DynamoDB's range "
                                 f"(38 digits, 1e-130 to 1e126): {type(err).__name__}") from None
-        size = item_size(attributes)
-        if size > MAX_ITEM_BYTES:
-            raise StoreRejected(f"{describe_key(*key)}: the item is {size} bytes, over "
-                                f"DynamoDB's 400 KB item limit ({MAX_ITEM_BYTES} bytes)")
-        return key, attributes
+        return Encoded(key, attributes, check_item_size(item))
 
     def _decode(self, attributes: Mapping[str, Any]) -> Item:
         return {name: plain(self._deserializer.deserialize(value))

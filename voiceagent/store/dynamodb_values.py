@@ -1,13 +1,13 @@
-"""Item values between plain Python and DynamoDB's types, and an item's size as DynamoDB
-counts it (its 400 KB limit is checked before a write, so a refused item is refused here with
-its key path, not by the service in the middle of a batch)."""
+"""Item values between plain Python and DynamoDB's types, and BatchWriteItem requests cut to
+fit DynamoDB's 16 MB by each item's size as DynamoDB counts it (``base.item_size``, the measure
+both stores refuse by)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from botocore.exceptions import ClientError
 
@@ -16,6 +16,15 @@ from voiceagent.store.base import BATCH_LIMIT, describe_key
 from voiceagent.store.dynamodb_http import DynamoDBHttpError
 
 Key = tuple[str, str]                # (pk, sk)
+
+
+class Encoded(NamedTuple):
+    """An item ready to send: its key, its attribute values, and ``base.item_size`` of it."""
+
+    key: Key
+    attributes: dict[str, Any]
+    size: int
+
 
 REQUEST_BYTES_MAX = 16 * 1024 * 1024   # BatchWriteItem refuses a larger request, all of it
 # On the wire a value's byte takes at most 6 (JSON writes a control character, 1 byte, and a
@@ -61,27 +70,6 @@ def plain(value: Any) -> Any:
     return value
 
 
-def item_size(attributes: Mapping[str, Any]) -> int:
-    """DynamoDB's size of an item: names plus values, per its documented rules."""
-    return sum(len(name.encode()) + _value_size(value) for name, value in attributes.items())
-
-
-def _value_size(value: Mapping[str, Any]) -> int:
-    (kind, data), = value.items()
-    if kind == "S":
-        return len(str(data).encode())
-    if kind == "N":
-        return len(str(data).lstrip("-").replace(".", "")) // 2 + 2
-    if kind in ("BOOL", "NULL"):
-        return 1
-    if kind == "L":
-        return 3 + sum(1 + _value_size(element) for element in data)
-    if kind == "M":
-        return 3 + sum(1 + len(key.encode()) + _value_size(element)
-                       for key, element in data.items())
-    return len(str(data).encode())
-
-
 def error_code(err: BaseException | None) -> str:
     """DynamoDB's name for the error, from boto3's client or from the writes' own."""
     if isinstance(err, ClientError):
@@ -109,22 +97,21 @@ def where(keys: Sequence[Key]) -> str:
             f"{describe_key(*keys[-1])}) ")
 
 
-def batches(encoded: Sequence[tuple[Key, dict[str, Any]]]
-             ) -> Iterator[list[tuple[Key, dict[str, Any]]]]:
+def batches(encoded: Sequence[Encoded]) -> Iterator[list[Encoded]]:
     """BatchWriteItem requests: at most ``BATCH_LIMIT`` items, no key twice, and within its
     16 MB. Items of up to 400 KB each, written as JSON, can pass 16 MB at 25 (text outside
     ASCII doubles on the wire), and DynamoDB would refuse the whole batch, good items too."""
-    batch: list[tuple[Key, dict[str, Any]]] = []
+    batch: list[Encoded] = []
     keys: set[Key] = set()
     wire = 0
     for entry in encoded:
-        size = WIRE_BYTES_PER_BYTE * item_size(entry[1]) + WIRE_BYTES_PER_ITEM
-        if batch and (len(batch) == BATCH_LIMIT or entry[0] in keys
+        size = WIRE_BYTES_PER_BYTE * entry.size + WIRE_BYTES_PER_ITEM
+        if batch and (len(batch) == BATCH_LIMIT or entry.key in keys
                       or wire + size > BATCH_WIRE_BYTES):
             yield batch
             batch, keys, wire = [], set(), 0
         batch.append(entry)
-        keys.add(entry[0])
+        keys.add(entry.key)
         wire += size
     if batch:
         yield batch

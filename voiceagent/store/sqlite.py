@@ -32,7 +32,13 @@ from typing import Any, TypeVar
 import trio
 
 from voiceagent.errors import StoreError, StoreRejected
-from voiceagent.store.base import BATCH_LIMIT, Item, check_item_keys, describe_key
+from voiceagent.store.base import (
+    BATCH_LIMIT,
+    Item,
+    check_item_keys,
+    check_item_size,
+    describe_key,
+)
 from voiceagent.threads import run_blocking
 
 log = logging.getLogger(__name__)
@@ -40,7 +46,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Row = tuple[str, str, str | None, str | None, int | float | None, str]
 
-MAX_ITEM_BYTES = 400 * 1024          # DynamoDB's item limit, so both stores refuse alike
 BUSY_TIMEOUT_S = 5.0
 _EPOCH_LIMIT = 2**62                 # expireAt must fit SQLite's 64-bit INTEGER
 
@@ -289,10 +294,8 @@ def _encode(item: Item) -> Row:
                             "'expireAt' must be epoch seconds (a number)")
     for key, value in item.items():
         _check_value(value, key)
+    check_item_size(item)            # as DynamoDB counts it: the JSON's escapes are not stored
     attrs = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
-    if len(attrs.encode()) > MAX_ITEM_BYTES:
-        raise StoreRejected(f"item is larger than {MAX_ITEM_BYTES} bytes as JSON (DynamoDB's "
-                            "item limit)")
     indexed = "pk1" in item and "sk1" in item
     return (item["pk"], item["sk"], item["pk1"] if indexed else None,
             item["sk1"] if indexed else None, expire_at, attrs)
