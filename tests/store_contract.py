@@ -16,7 +16,13 @@ import trio
 
 from voiceagent.errors import StoreRejected
 from voiceagent.store import records
-from voiceagent.store.base import BATCH_LIMIT, MAX_ITEM_BYTES, Store, item_size
+from voiceagent.store.base import (
+    BATCH_LIMIT,
+    MAX_ITEM_BYTES,
+    MAX_NESTING_LEVELS,
+    Store,
+    item_size,
+)
 from voiceagent.store.write_behind import is_permanent
 from voiceagent.usecases import (
     DtmfConfig,
@@ -235,6 +241,31 @@ async def check_item_size_is_dynamodbs_measure(store: Store) -> None:
         with pytest.raises(StoreRejected, match="400 KB"):
             await store.put(over)
     assert await store.get("size", "over") is None
+
+
+def _nested(levels: int) -> Any:
+    """A value whose scalar is at ``levels``, counting the attribute as level 1 as DynamoDB
+    does: maps and lists in turn around it."""
+    value: Any = "leaf"
+    for level in range(levels - 1):
+        value = {"n": value} if level % 2 else [value]
+    return value
+
+
+@check
+async def check_nesting_is_bounded_as_dynamodb_bounds_it(store: Store) -> None:
+    """A scalar at level 32 is stored, at level 33 refused (DynamoDB's ValidationException,
+    which moto does not raise), and one far deeper refused alike, not a RecursionError."""
+    deepest = {"pk": "nest", "sk": "32", "value": _nested(MAX_NESTING_LEVELS),
+               "other": {"flat": 1}}
+    await store.put(deepest)
+    assert await store.get("nest", "32") == deepest
+    for levels in (MAX_NESTING_LEVELS + 1, 5_000):
+        with pytest.raises(StoreRejected, match=r"'value' nests .* 32 levels") as caught:
+            await store.put_many([{"pk": "nest", "sk": "ok"},
+                                  {"pk": "nest", "sk": "deep", "value": _nested(levels)}])
+        assert is_permanent(caught.value)
+    assert await store.query("nest") == [deepest]             # nothing of the call landed
 
 
 @check

@@ -24,6 +24,7 @@ INDEX_NAME = "index-1-full"
 TTL_ATTRIBUTE = "expireAt"
 BATCH_LIMIT = 25                      # DynamoDB BatchWriteItem's limit; enforced for both stores
 MAX_ITEM_BYTES = 400 * 1024           # DynamoDB's item limit, counted by ``item_size``
+MAX_NESTING_LEVELS = 32               # DynamoDB's for a document, an attribute being level 1
 
 
 def describe_key(pk: Any, sk: Any) -> str:
@@ -64,6 +65,27 @@ def check_item_keys(item: Item) -> None:
                                   or not isinstance(expire_at, int | float)):
         raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: item attribute "
                             f"{TTL_ATTRIBUTE!r} must be epoch seconds (a number)")
+
+
+def check_item_nesting(item: Item) -> None:
+    """``StoreRejected`` for an item DynamoDB refuses as nested too deep (ValidationException
+    "Nesting Levels have exceeded supported limits"), which moto does not check. DynamoDB
+    counts an attribute as level 1 and the elements of a list or map one level below it, up
+    to 32: a scalar under 31 maps is stored, under 32 refused, so a list or map at level 32
+    is refused, here even when empty (erring towards refusing here rather than in the middle
+    of a batch). A loop, not recursion, and run before anything else walks the item, so an
+    item nested thousands deep is refused, not a ``RecursionError``."""
+    stack = [(value, 1, name) for name, value in item.items()]
+    while stack:
+        value, level, name = stack.pop()
+        if not isinstance(value, dict | list | tuple):
+            continue
+        if level >= MAX_NESTING_LEVELS:
+            raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: item attribute "
+                                f"{name!r} nests lists and maps deeper than DynamoDB's "
+                                f"{MAX_NESTING_LEVELS} levels (the attribute is level 1)")
+        elements = value.values() if isinstance(value, dict) else value
+        stack.extend((element, level + 1, name) for element in elements)
 
 
 def item_size(item: Mapping[str, Any]) -> int:

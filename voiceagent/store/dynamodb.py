@@ -57,6 +57,7 @@ from voiceagent.store.base import (
     INDEX_NAME,
     Item,
     check_item_keys,
+    check_item_nesting,
     check_item_size,
     describe_key,
 )
@@ -362,6 +363,7 @@ class DynamoDBStore(TableAdmin):
         """The item as DynamoDB attribute values, or ``StoreRejected`` for what DynamoDB
         would refuse (checked here so that nothing of a call with a bad item is written)."""
         check_item_keys(item)
+        check_item_nesting(item)            # DynamoDB refuses it; moto does not
         key = (item["pk"], item["sk"])
         try:
             attributes = {name: self._serializer.serialize(to_dynamo(value, name))

@@ -36,6 +36,7 @@ from voiceagent.store.base import (
     BATCH_LIMIT,
     Item,
     check_item_keys,
+    check_item_nesting,
     check_item_size,
     describe_key,
 )
@@ -292,6 +293,7 @@ def _encode(item: Item) -> Row:
     if expire_at is not None and not abs(expire_at) < _EPOCH_LIMIT:
         raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: item attribute "
                             "'expireAt' must be epoch seconds (a number)")
+    check_item_nesting(item)
     for key, value in item.items():
         _check_value(value, key)
     check_item_size(item)            # as DynamoDB counts it: the JSON's escapes are not stored
