@@ -179,7 +179,7 @@ class DynamoDBStore(TableAdmin):
         return True
 
     async def put_unless_newer(self, item: Item, version: str) -> bool:
-        key, attributes = self._encode(item)
+        key, attributes, _ = self._encode(item)
         if "N" not in attributes.get(version, {}):
             raise ValueError(f"put_unless_newer: the item's {version!r} must be a number")
         request = {"TableName": self.table_name, "Item": attributes,
