@@ -129,7 +129,8 @@ async def _outcome(call: ToolCall, definition: ToolDefinition | None,
     if definition is None or declaration is None:
         return _error(call, f"unknown tool {call.name!r}; available: "
                             f"{[t.name for t in env.use_case.tools]}")
-    problems = env.registry.validate_input(declaration, call.input)
+    problems = ([call.input_problem] if call.input_problem is not None
+                else env.registry.validate_input(declaration, call.input))
     if problems:
         log.info("tool input invalid", extra={"tool": call.name, "problems": len(problems)})
         return _error(call, "invalid input: " + "; ".join(problems))

@@ -169,6 +169,10 @@ def message_end(stop_reason: str = "end_turn", *, input_tokens: int = 12,
             event("metadata", {"usage": usage, "metrics": {"latencyMs": 42}, "p": "abcdef"})]
 
 
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
+
+
 # ---------------------------------------------------------------------------- replies
 
 @dataclass(frozen=True, slots=True)
@@ -530,7 +534,7 @@ class FakeBedrock:
     def _record(self, model_id: str, headers: dict[str, str], raw: bytes,
                 connection: ConnectionRecord) -> RecordedRequest:
         try:
-            body = json.loads(raw)
+            body = json.loads(raw, parse_constant=_not_json)    # NaN, Infinity: as Bedrock
         except ValueError:
             body = {}
             self.violations.append(f"request {len(self.requests)}: body is not JSON")

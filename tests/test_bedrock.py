@@ -445,6 +445,55 @@ async def test_three_tool_rounds_with_a_growing_history(
     assert fake.violations == []
 
 
+async def test_a_tool_input_number_json_cannot_hold_never_reaches_the_next_request(
+        fake: FakeBedrock, llm: BedrockLLM) -> None:
+    """``1e999`` is JSON text that Python reads as infinity. The call comes with null in its
+    place and a problem for the tool's error result, so the history stays JSON and the next
+    request is one Bedrock can read (the fake refuses ``Infinity`` as Bedrock would)."""
+    fake.push(stream_reply(message_start(),
+                           tool_events(0, "tooluse_n", "book_table", ['{"time": 1e99', '9}']),
+                           message_end("tool_use")),
+              text_reply(["What time would you like?"]))
+    history = History()
+    history.add_user_text("Book the table for a very late time.")
+    with trio.fail_after(5):
+        events = await collect(llm, request(history.for_request(), tools=(BOOK,)))
+        [use] = [e for e in events if isinstance(e, ToolUseRequest)]
+        assert use.input == {"time": None}
+        assert "not finite" in (use.input_problem or "")
+        history.add_assistant("", [{"toolUseId": use.tool_use_id, "name": use.name,
+                                    "input": dict(use.input)}])
+        history.add_tool_results([{"toolResult": {
+            "toolUseId": use.tool_use_id, "status": "error",
+            "content": [{"text": f"invalid input: {use.input_problem}"}]}}])
+        events = await collect(llm, request(history.for_request(), tools=(BOOK,)))
+    assert without_end(events) == [TextDelta("What time would you like?")]
+    assert fake.requests[1].body["messages"][1]["content"] == [{"toolUse": {
+        "toolUseId": "tooluse_n", "name": "book_table", "input": {"time": None}}}]
+    assert fake.violations == []
+
+
+async def test_a_history_json_cannot_hold_is_refused_here_not_sent(
+        fake: FakeBedrock, llm: BedrockLLM) -> None:
+    """Should a NaN reach the history some other way, the request is a ``ModelRejected``
+    (the turn apologises and logs its code) before anything is sent: never a body with
+    ``NaN`` in it."""
+    poisoned = [user("Book it."),
+                {"role": "assistant", "content": [{"toolUse": {
+                    "toolUseId": "tooluse_1", "name": "book_table",
+                    "input": {"time": float("nan")}}}]},
+                {"role": "user", "content": [{"toolResult": {
+                    "toolUseId": "tooluse_1", "status": "success",
+                    "content": [{"json": {"booked": float("inf")}}]}}]}]
+    with trio.fail_after(5), pytest.raises(ModelRejected) as caught:
+        await collect(llm, request(poisoned, tools=(BOOK,)))
+    assert caught.value.code == "InvalidRequestBody"
+    assert "not sent" in str(caught.value)
+    assert fake.requests == []
+    stats = llm.statistics()
+    assert (stats.streams_opened, stats.streams_open, stats.cancellations) == (0, 0, 0)
+
+
 async def test_tool_blocks_in_history_get_a_tool_config_without_tools(
         fake: FakeBedrock, llm: BedrockLLM) -> None:
     history = History()

@@ -18,7 +18,7 @@ from actors.history import CALL_CONNECTED
 from tests.call_harness import GREETING, open_test_call, plain_use_case
 from tests.fakes import FakeLLM, tool_use, words
 from voiceagent.errors import ModelStreamFailed, ModelThrottled
-from voiceagent.llm.base import StreamEnd, TextDelta
+from voiceagent.llm.base import StreamEnd, TextDelta, ToolUseRequest
 from voiceagent.llm.converse import converse_problems
 from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
@@ -238,6 +238,26 @@ async def test_invalid_tool_input_becomes_an_error_result(autojump_clock: Any) -
     result = call.history[3]["content"][0]["toolResult"]
     assert result["status"] == "error"
     assert "item" in result["content"][0]["text"]
+
+
+async def test_tool_input_the_model_layer_refused_is_an_error_result_and_never_runs(
+        autojump_clock: Any) -> None:
+    """A call whose input could not be used as sent (a number JSON cannot hold): the tool
+    does not run, the model reads why and answers the caller."""
+    runs: list[float] = []
+    problem = "input: a number that is not finite"
+    refused = ToolUseRequest("tu_1", "pickupTime", {"minutes": None}, input_problem=problem)
+    llm = FakeLLM([[0.1, refused, StreamEnd("tool_use")], words("Sorry, when was that?")])
+    async with open_test_call(llm, use_case=plain_use_case(tools=TOOLS),
+                              registry=order_registry(runs, duration_s=0.5)) as call:
+        call.say("pick up in a zillion minutes")
+        text, _ = await call.reply()
+        assert text == "Sorry, when was that?"
+    assert runs == []
+    assert call.history[3] == {"role": "user", "content": [{"toolResult": {
+        "toolUseId": "tu_1", "content": [{"text": f"invalid input: {problem}"}],
+        "status": "error"}}]}
+    assert not llm.violations
 
 
 async def test_too_many_tool_rounds_end_with_a_spoken_fallback(autojump_clock: Any) -> None:

@@ -1,6 +1,7 @@
 """The nesting bound on JSON from outside, and the places that parse or take such JSON: the
-depth scan (strings, escapes), its agreement with ``depth`` on parsed values, the model's tool
-input as Bedrock streams it, and tool input handed over as a dict."""
+depth scan (strings, escapes), its agreement with ``depth`` on parsed values, numbers JSON has
+no value for, the model's tool input as Bedrock streams it, and tool input handed over as a
+dict."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from voiceagent import jsonlimits
-from voiceagent.jsonlimits import MAX_DEPTH, TooDeep, depth, loads
+from voiceagent.jsonlimits import MAX_DEPTH, NotFinite, TooDeep, depth, loads
 from voiceagent.llm.base import LLMEvent, ToolUseRequest
 from voiceagent.llm.bedrock_converse import ReplyAssembler
 from voiceagent.llm.eventstream import ReplyError
@@ -107,6 +108,22 @@ def test_the_text_scan_and_the_value_walk_agree(value: Any) -> None:
             loads(text, max_depth=levels - 1)
 
 
+@pytest.mark.parametrize("text", ['{"n": NaN}', '{"n": Infinity}', "[-Infinity]",
+                                  '{"n": 1e999}', "[-2e308]", '{"a": {"b": [1, 1e400]}}'])
+def test_numbers_json_has_no_value_for_are_refused(text: str) -> None:
+    """``1e999`` is valid JSON text, but Python reads it as infinity, which ``json.dumps``
+    writes back as ``Infinity``: not JSON."""
+    with pytest.raises(NotFinite, match="not finite"):
+        loads(text)
+    assert isinstance(NotFinite(), ValueError)          # malformed, for every caller
+    assert repr(loads(text, finite=False)) == repr(json.loads(text))    # NaN != NaN
+
+
+def test_finite_numbers_at_the_edges_load() -> None:
+    assert loads('[1.7976931348623157e308, -1e308, 5e-324, 1e-999, 12, -0.0, "NaN"]') == [
+        1.7976931348623157e308, -1e308, 5e-324, 0.0, 12, -0.0, "NaN"]
+
+
 # ---------------------------------------------------------------- the model's tool input
 
 
@@ -141,6 +158,18 @@ def test_tool_input_past_the_bound_is_a_malformed_reply(levels: int) -> None:
     with pytest.raises(ReplyError, match="deeper than") as raised:
         assembled_tool([text[:7], text[7:]])
     assert raised.value.code == "MalformedToolInput"
+
+
+def test_tool_input_with_a_number_json_cannot_hold_is_a_call_the_tool_refuses() -> None:
+    """Not a retry (the model meant it) and not the value as parsed (``inf`` in the history
+    would make every later request body ``Infinity``, not JSON): the call with null in its
+    place, and the problem, which becomes the tool's error result."""
+    [request] = assembled_tool(['{"quantity": 1e99', '9, "size": "L", "x": [NaN, 2]}'])
+    assert request == ToolUseRequest(
+        "tu_1", "lookup", {"quantity": None, "size": "L", "x": [None, 2]},
+        input_problem="input: a number that is not finite (NaN, Infinity, or too large for "
+                      "a 64-bit float); JSON has no such value")
+    json.dumps(request.input, allow_nan=False)
 
 
 def test_tool_input_that_is_not_an_object_is_still_malformed() -> None:

@@ -7,11 +7,17 @@ log line) recurses again: a few kilobytes of ``[[[[...`` became a ``RecursionErr
 500, a dead socket) somewhere far from the parse. Here the nesting is checked first, and only
 when the text has enough brackets to exceed the bound at all, so ordinary frames pay one
 ``str.count`` pass.
+
+Numbers JSON has no value for (``NaN``, ``Infinity``, and ``1e999``, which Python reads as
+infinity) are refused too unless the caller asks for them: the model's tool input goes into
+the history, and a request body holding ``Infinity`` is not JSON, so Bedrock would refuse
+every later request of the call.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -22,14 +28,36 @@ class TooDeep(ValueError):
     """The text nests arrays and objects deeper than allowed."""
 
 
-def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
-    """``json.loads`` that raises ``TooDeep`` (a ``ValueError``) past ``max_depth`` levels,
-    like any other malformed JSON."""
+class NotFinite(ValueError):
+    """The text holds a number JSON has no value for."""
+
+    def __init__(self) -> None:
+        super().__init__("a number that is not finite (NaN, Infinity, or too large for a "
+                         "64-bit float); JSON has no such value")
+
+
+def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH, finite: bool = True) -> Any:
+    """``json.loads`` that raises ``TooDeep`` past ``max_depth`` levels and, unless
+    ``finite`` is False, ``NotFinite`` for NaN, Infinity or a number out of a float's range:
+    both ``ValueError``, like any other malformed JSON."""
     if isinstance(text, bytes | bytearray):
         text = bytes(text).decode("utf-8")
     if text.count("[") + text.count("{") > max_depth:
         _check_depth(text, max_depth)
-    return json.loads(text)
+    if not finite:
+        return json.loads(text)
+    return json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NotFinite
+    return value
+
+
+def _refuse_constant(constant: str) -> None:
+    raise NotFinite
 
 
 def _check_depth(text: str, max_depth: int) -> None:

@@ -55,7 +55,8 @@ MAX_WEBHOOK_BYTES = 64 * 1024   # Twilio's webhook bodies are a few KB
 def _handoff_data(text: str) -> dict[str, Any]:
     """``HandoffData`` as sent in our ``end`` frame: a JSON object, else nothing usable."""
     try:
-        data = jsonlimits.loads(text) if text else {}
+        # finite=False: our own end frame's JSON (json.dumps writes NaN), read as written
+        data = jsonlimits.loads(text, finite=False) if text else {}
     except ValueError:                  # not JSON, or nested too deep: TooDeep
         return {}
     return data if isinstance(data, dict) else {}

@@ -60,6 +60,9 @@ class ToolUseRequest:
     tool_use_id: str
     name: str
     input: Mapping[str, Any]            # assembled from the streamed JSON fragments
+    # Why the input as the model sent it cannot be used (it is then the nearest JSON object,
+    # for the history): the tool is not run, and its error result tells the model why.
+    input_problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -212,8 +212,9 @@ class BedrockLLM:
         payload = build_converse_request(request)
         if self._check_history:
             self._warn_on_history(request, "toolConfig" in payload)
+        model_id, body = request_body(payload)     # once for every attempt; ModelRejected
         await self._ready()
-        model_stream = ModelStream(self, request, payload)
+        model_stream = ModelStream(self, request, model_id, body)
         self._counts.streams_opened += 1
         self._counts.streams_open += 1
         try:
@@ -222,11 +223,10 @@ class BedrockLLM:
         finally:
             model_stream.close()
 
-    async def _start_attempt(self, payload: dict[str, Any], started_at: float) -> Attempt:
+    async def _start_attempt(self, model_id: str, body: bytes, started_at: float) -> Attempt:
         """Sign, connect (or reuse) and send; a failure to do so is the attempt's first item,
         so retries and errors follow one path."""
         setup = await self._ready()
-        model_id, body = request_body(payload)
         target, headers, failure = "", list[tuple[str, str]](), None
         try:
             target, headers = await setup.signer.request(model_id, body)

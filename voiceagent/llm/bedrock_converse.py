@@ -320,11 +320,17 @@ class ReplyAssembler:
 
     def _tool(self, pending: _PendingTool, out: list[LLMEvent]) -> None:
         raw = "".join(pending.parts).strip() or "{}"
+        problem = None
         try:
             value = jsonlimits.loads(raw)
         except jsonlimits.TooDeep:
             raise ReplyError("MalformedToolInput", f"tool {pending.name!r}: the input nests "
                              f"deeper than {jsonlimits.MAX_DEPTH} levels") from None
+        except jsonlimits.NotFinite as err:
+            # The history keeps the input with null in place of each such number (the model
+            # request must be JSON), and the tool's error result says why it did not run.
+            value, _ = jsonlimits.plain(jsonlimits.loads(raw, finite=False))
+            problem = f"input: {err}"
         except ValueError:
             value = None
         if not isinstance(value, dict):
@@ -332,4 +338,4 @@ class ReplyAssembler:
                              f"tool {pending.name!r}: the input is not a JSON object")
         if self.first_content_at is None:
             self.first_content_at = time.perf_counter()
-        out.append(ToolUseRequest(pending.tool_use_id, pending.name, value))
+        out.append(ToolUseRequest(pending.tool_use_id, pending.name, value, problem))

@@ -17,6 +17,7 @@ from botocore.credentials import Credentials
 from botocore.utils import percent_encode
 
 from voiceagent.aws_http import Endpoint, Signer
+from voiceagent.errors import ModelRejected
 
 SIGNING_NAME = "bedrock"            # the endpoint prefix is bedrock-runtime, the signer's is not
 
@@ -36,7 +37,16 @@ class BedrockSigner(Signer):
 
 
 def request_body(payload: dict[str, Any]) -> tuple[str, bytes]:
-    """``(modelId, body)``: the operation's input minus the path label, as botocore sends it."""
+    """``(modelId, body)``: the operation's input minus the path label, as botocore sends it.
+
+    Raises ``ModelRejected`` for a value JSON cannot hold (NaN, an infinity): Python would
+    write ``NaN``, which is not JSON, and Bedrock would refuse the request anyway, so it is
+    not sent; the turn apologises and the log names the code."""
     body = dict(payload)
     model_id = str(body.pop("modelId"))
-    return model_id, json.dumps(body, separators=(",", ":")).encode()
+    try:
+        text = json.dumps(body, separators=(",", ":"), allow_nan=False)
+    except ValueError as err:
+        raise ModelRejected("InvalidRequestBody",
+                            f"the request cannot be written as JSON ({err}); not sent") from err
+    return model_id, text.encode()

@@ -56,11 +56,12 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
     """The events of one model call, across its retries. Raises ``LLMError`` subclasses and
     nothing else."""
 
-    def __init__(self, backend: BedrockLLM, request: LLMRequest,
-                 payload: dict[str, Any]) -> None:
+    def __init__(self, backend: BedrockLLM, request: LLMRequest, model_id: str,
+                 body: bytes) -> None:
         self._backend = backend
         self._request = request
-        self._payload = payload
+        self._model_id = model_id
+        self._body = body                   # the request as sent, every attempt
         self._opened_at = trio.current_time()
         self._started_at = time.perf_counter()
         self._attempt: Attempt | None = None
@@ -73,7 +74,8 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         self._closed = False
 
     async def start(self) -> None:
-        self._attempt = await self._backend._start_attempt(self._payload, self._started_at)
+        self._attempt = await self._backend._start_attempt(self._model_id, self._body,
+                                                           self._started_at)
 
     async def receive(self) -> LLMEvent:
         while True:
@@ -145,7 +147,8 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         log.info("bedrock call retried", extra={"code": failure.code, "retry": self._retries,
                                                 "delay_ms": round(delay * 1000)})
         await trio.sleep(delay)
-        self._attempt = await backend._start_attempt(self._payload, self._started_at)
+        self._attempt = await backend._start_attempt(self._model_id, self._body,
+                                                     self._started_at)
 
     async def _renewed_credentials(self, failure: Failure) -> bool:
         """Credentials refused as expired or unknown, before any content: found anew through

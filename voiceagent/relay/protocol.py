@@ -179,7 +179,9 @@ def parse_frame(data: str | bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Inbou
     if size > max_bytes:
         return Rejected("too_large", None, size)
     try:
-        frame = jsonlimits.loads(data, max_depth=MAX_FRAME_DEPTH)
+        # finite=False: a field checks its own number ("expected a finite number"), and a
+        # NaN among Telnyx's customParameters is text to us, not a reason to lose the frame
+        frame = jsonlimits.loads(data, max_depth=MAX_FRAME_DEPTH, finite=False)
     except jsonlimits.TooDeep:
         return Rejected("too_deep", None, size, f"nested deeper than {MAX_FRAME_DEPTH} levels")
     except ValueError:
