@@ -78,7 +78,7 @@ from voiceagent.llm.bedrock_converse import (
 from voiceagent.llm.bedrock_errors import BedrockHTTPError, classify
 from voiceagent.llm.eventstream import FrameDecoder, ReplyError, StreamFault, event_of
 from voiceagent.llm.scripted import ScriptedLLM
-from voiceagent.net import proxy_for
+from voiceagent.net import proxy_for, redact_url
 from voiceagent.settings import Settings
 from voiceagent.tools.registry import default_registry
 
@@ -980,6 +980,36 @@ def test_the_proxy_comes_from_https_proxy_unless_no_proxy_excludes_the_host(
     assert proxy_for(url) == "http://proxy.internal:3128"
     monkeypatch.setenv("NO_PROXY", ".amazonaws.com")
     assert proxy_for(url) is None
+
+
+@pytest.mark.parametrize(("url", "redacted"), [
+    ("http://s3cr3t-token@proxy.internal:3128", "http://***@proxy.internal:3128"),
+    ("http://agent:s3cr3t-token@proxy.internal:3128/", "http://***@proxy.internal:3128/"),
+    ("http://agent:s3cr3t@token@proxy.internal:3128", "http://***@proxy.internal:3128"),
+    ("s3cr3t-token@proxy.internal:3128", "***@proxy.internal:3128"),      # no scheme
+    ("http://proxy.internal:3128", "http://proxy.internal:3128"),
+    ("http://proxy.internal:3128/a@b", "http://proxy.internal:3128/a@b"),
+])
+def test_a_proxy_url_is_logged_without_its_user_name_or_password(url: str,
+                                                                 redacted: str) -> None:
+    """A proxy or gateway often takes its token as the user name alone."""
+    assert redact_url(url) == redacted
+
+
+async def test_the_proxy_named_at_start_up_shows_no_credential(
+        fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://s3cr3t-token@127.0.0.1:9")     # nobody there
+    monkeypatch.setenv("NO_PROXY", "")
+    llm = BedrockLLM(region="us-east-1")
+    try:
+        with caplog.at_level(logging.INFO), trio.fail_after(5):
+            await llm.warm_up()                 # a connection refused is only logged
+    finally:
+        await llm.aclose()
+    [named] = [r for r in caplog.records if r.getMessage() == "bedrock reached through a proxy"]
+    assert named.__dict__["proxy"] == "http://***@127.0.0.1:9"
+    assert all("s3cr3t" not in str(r.__dict__) for r in caplog.records)
 
 
 async def warm_up_refused() -> ModelUnavailable:

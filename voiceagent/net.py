@@ -22,6 +22,7 @@ loses no byte. ``close_now`` is synchronous and wakes any task waiting on the so
 from __future__ import annotations
 
 import base64
+import re
 import socket
 import ssl
 import urllib.request
@@ -65,12 +66,17 @@ class Proxy:
         return cls(parts.hostname, parts.port or 80, authorization)
 
 
+# an optional scheme and //, then everything up to the authority's last @ (a password may
+# hold an @ of its own); the authority ends at the first / ? or #
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://|//)?[^/?#]*@")
+
+
 def redact_url(url: str) -> str:
-    """``url`` without its password, for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
+    """``url`` without its user name and password, for logs and errors: a proxy or gateway
+    often takes its token as the user name alone (``http://TOKEN@proxy:3128``). Also for a
+    URL given without its scheme, as HTTPS_PROXY may be."""
+    return _USERINFO.sub(r"\1***@", url, count=1)
+
 
 
 class Link:
