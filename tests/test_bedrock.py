@@ -69,6 +69,7 @@ from voiceagent.llm.bedrock import (
     open_bedrock_llm,
 )
 from voiceagent.llm.bedrock_converse import (
+    CUT_OFF,
     ThinkingFilter,
     build_converse_request,
     history_shape,
@@ -471,6 +472,26 @@ async def test_a_tool_input_number_json_cannot_hold_never_reaches_the_next_reque
     assert fake.requests[1].body["messages"][1]["content"] == [{"toolUse": {
         "toolUseId": "tooluse_n", "name": "book_table", "input": {"time": None}}}]
     assert fake.violations == []
+
+
+async def test_a_tool_input_cut_off_by_max_tokens_is_not_retried(
+        fake: FakeBedrock, llm: BedrockLLM) -> None:
+    """It would be cut off again on every try (each a whole generation, the caller waiting):
+    one request, the words before it stand, and the call comes with the reason for the
+    tool's error result, so the model is told."""
+    fake.push(*[stream_reply(message_start(), text_events(["One moment."]),
+                             tool_events(1, "tooluse_c", "book_table", ['{"time": "19', ':0']),
+                             message_end("max_tokens"))] * 3)
+    with trio.fail_after(5):
+        events = await collect(llm, request(tools=(BOOK,)))
+    assert without_end(events) == [
+        TextDelta("One moment."), ToolUseRequest("tooluse_c", "book_table", {}, CUT_OFF)]
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    assert end.stop_reason == "max_tokens"
+    assert len(fake.requests) == 1
+    assert llm.statistics().retries == 0
+    assert llm.statistics().errors_by_code == {}
 
 
 async def test_a_history_json_cannot_hold_is_refused_here_not_sent(

@@ -6,6 +6,7 @@ dict."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -14,8 +15,8 @@ from hypothesis import strategies as st
 
 from voiceagent import jsonlimits
 from voiceagent.jsonlimits import MAX_DEPTH, NotFinite, TooDeep, depth, loads
-from voiceagent.llm.base import LLMEvent, ToolUseRequest
-from voiceagent.llm.bedrock_converse import ReplyAssembler
+from voiceagent.llm.base import LLMEvent, StreamEnd, ToolUseRequest
+from voiceagent.llm.bedrock_converse import CUT_OFF, ReplyAssembler
 from voiceagent.llm.eventstream import ReplyError
 from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import ToolDeclaration
@@ -127,8 +128,9 @@ def test_finite_numbers_at_the_edges_load() -> None:
 # ---------------------------------------------------------------- the model's tool input
 
 
-def assembled_tool(fragments: list[str]) -> list[LLMEvent]:
-    """What the Bedrock reply assembler makes of one toolUse block streamed in ``fragments``."""
+def assembled_tool(fragments: list[str], stop_reason: str = "tool_use") -> list[LLMEvent]:
+    """What the Bedrock reply assembler makes of a reply of one toolUse block streamed in
+    ``fragments``, without its ``StreamEnd``."""
     assembler = ReplyAssembler(started_at=0.0)
     out: list[LLMEvent] = []
     assembler.feed_event("contentBlockStart", {"contentBlockIndex": 0, "start": {
@@ -137,6 +139,11 @@ def assembled_tool(fragments: list[str]) -> list[LLMEvent]:
         assembler.feed_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {
             "toolUse": {"input": fragment}}}, out)
     assembler.feed_event("contentBlockStop", {"contentBlockIndex": 0}, out)
+    assembler.feed_event("messageStop", {"stopReason": stop_reason}, out)
+    assembler.finish(out)
+    end = out.pop()
+    assert isinstance(end, StreamEnd)
+    assert end.stop_reason == stop_reason
     return out
 
 
@@ -172,9 +179,27 @@ def test_tool_input_with_a_number_json_cannot_hold_is_a_call_the_tool_refuses() 
     json.dumps(request.input, allow_nan=False)
 
 
-def test_tool_input_that_is_not_an_object_is_still_malformed() -> None:
-    with pytest.raises(ReplyError, match="not a JSON object"):
-        assembled_tool(["[1, 2]"])
+@pytest.mark.parametrize("fragments", [["[1, 2]"], ['{"item": "pizza", "qty'], ["1e999"]])
+def test_tool_input_that_is_not_an_object_is_still_malformed(fragments: list[str]) -> None:
+    with pytest.raises(ReplyError, match="not a JSON object") as raised:
+        assembled_tool(fragments)
+    assert raised.value.code == "MalformedToolInput"
+
+
+@pytest.mark.parametrize("fragments", [['{"items": ["pepperoni", "sa'],
+                                       ['{"note": "pepperoni", "n": 1e999, "m": [']])
+def test_tool_input_cut_off_by_max_tokens_is_a_call_the_tool_refuses(
+        fragments: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    """Cut off by the reply's token limit, the input would be cut off again on every try:
+    the call comes with an empty input (the history needs one) and the reason, which the
+    tool's error result gives the model; the log names the tool and the stop reason."""
+    with caplog.at_level(logging.WARNING):
+        assert assembled_tool(fragments, stop_reason="max_tokens") == [
+            ToolUseRequest("tu_1", "lookup", {}, input_problem=CUT_OFF)]
+    [record] = caplog.records
+    assert record.__dict__["tool"] == "lookup"
+    assert record.__dict__["stop_reason"] == "max_tokens"
+    assert "pepperoni" not in str(record.__dict__)              # sizes, never the input
 
 
 def test_tool_input_handed_over_as_a_dict_is_bounded_before_the_schema_is() -> None:

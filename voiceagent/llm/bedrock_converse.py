@@ -8,6 +8,7 @@ tests and the benchmark.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,10 +28,14 @@ from voiceagent.llm.base import (
 )
 from voiceagent.llm.eventstream import ReplyError
 
+log = logging.getLogger("voiceagent.llm.bedrock")
+
 CACHE_POINT_TYPE = "default"
 METADATA_LIMIT = 256
 UNAVAILABLE_TOOL = ("A tool used earlier in this call. It is not available now; "
                     "do not call it.")
+CUT_OFF = ("input: cut off, the reply reached its token limit (maxTokens) before the input "
+           "was complete, so the tool did not run; call it again with a shorter input")
 # Bedrock's requestMetadata pattern [a-zA-Z0-9\s:_@$#=/+,-.]{0,256}; botocore does not check it.
 _METADATA_DISALLOWED = re.compile(r"[^a-zA-Z0-9 \t\n\r\f\v:_@$#=/+,\-.]")
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -250,16 +255,19 @@ class ReplyAssembler:
 
     Text is passed on delta by delta (minus thinking spans); a toolUse block becomes one
     ``ToolUseRequest`` when it stops, its input joined from the streamed JSON fragments;
-    reasoning, citations and unknown deltas are dropped. ``finish`` adds the ``StreamEnd``.
-    Owned by one worker thread.
+    reasoning, citations and unknown deltas are dropped. ``finish`` adds the ``StreamEnd``,
+    after any toolUse whose input is not JSON: only the stop reason, which comes after the
+    blocks, says whether maxTokens cut it off. Owned by the task that reads the reply.
     """
 
-    __slots__ = ("_filter", "_started_at", "_stop_reason", "_tools", "_usage", "first_content_at")
+    __slots__ = ("_filter", "_started_at", "_stop_reason", "_tools", "_unparsed", "_usage",
+                 "first_content_at")
 
     def __init__(self, started_at: float) -> None:
         self._started_at = started_at       # perf_counter() when the stream was opened
         self._filter = ThinkingFilter()
         self._tools: dict[int, _PendingTool] = {}
+        self._unparsed: list[_PendingTool] = []     # input not a JSON object; see finish
         self._stop_reason: str | None = None
         self._usage: Usage | None = None
         self.first_content_at: float | None = None
@@ -308,6 +316,8 @@ class ReplyAssembler:
             self._tool(self._tools.pop(index), out)
         if self._stop_reason is None:
             raise ReplyError("IncompleteStream", "the event stream ended before messageStop")
+        for pending in self._unparsed:
+            self._unparsed_tool(pending, out)
         first = (None if self.first_content_at is None
                  else self.first_content_at - self._started_at)
         out.append(StreamEnd(self._stop_reason, usage=self._usage, first_token_s=first))
@@ -319,23 +329,45 @@ class ReplyAssembler:
             out.append(TextDelta(text))
 
     def _tool(self, pending: _PendingTool, out: list[LLMEvent]) -> None:
-        raw = "".join(pending.parts).strip() or "{}"
-        problem = None
-        try:
-            value = jsonlimits.loads(raw)
-        except jsonlimits.TooDeep:
-            raise ReplyError("MalformedToolInput", f"tool {pending.name!r}: the input nests "
-                             f"deeper than {jsonlimits.MAX_DEPTH} levels") from None
-        except jsonlimits.NotFinite as err:
-            # The history keeps the input with null in place of each such number (the model
-            # request must be JSON), and the tool's error result says why it did not run.
-            value, _ = jsonlimits.plain(jsonlimits.loads(raw, finite=False))
-            problem = f"input: {err}"
-        except ValueError:
-            value = None
+        value, problem = _tool_input(pending)
         if not isinstance(value, dict):
-            raise ReplyError("MalformedToolInput",
-                             f"tool {pending.name!r}: the input is not a JSON object")
+            self._unparsed.append(pending)
+            return
         if self.first_content_at is None:
             self.first_content_at = time.perf_counter()
         out.append(ToolUseRequest(pending.tool_use_id, pending.name, value, problem))
+
+    def _unparsed_tool(self, pending: _PendingTool, out: list[LLMEvent]) -> None:
+        """A toolUse whose input is not a JSON object. Cut off by maxTokens, it would be cut
+        off again on every try: the call goes on with an empty input (the history needs one)
+        and ``CUT_OFF`` as its problem, so the tool does not run and the model reads why.
+        Otherwise the model garbled it, which a new try may not repeat."""
+        if self._stop_reason != "max_tokens":
+            raise ReplyError("MalformedToolInput",
+                             f"tool {pending.name!r}: the input is not a JSON object")
+        log.warning("tool input cut off by maxTokens: not run, the model is told", extra={
+            "tool": pending.name, "stop_reason": self._stop_reason,
+            "input_chars": sum(len(part) for part in pending.parts)})
+        if self.first_content_at is None:
+            self.first_content_at = time.perf_counter()
+        out.append(ToolUseRequest(pending.tool_use_id, pending.name, {}, CUT_OFF))
+
+
+def _tool_input(pending: _PendingTool) -> tuple[Any, str | None]:
+    """The input as parsed (None if it is not JSON), and why it cannot be used as sent. A
+    number JSON has no value for becomes null: the history must stay JSON for the model
+    request, and the problem becomes the tool's error result."""
+    raw = "".join(pending.parts).strip() or "{}"
+    try:
+        return jsonlimits.loads(raw), None
+    except jsonlimits.TooDeep:
+        raise ReplyError("MalformedToolInput", f"tool {pending.name!r}: the input nests "
+                         f"deeper than {jsonlimits.MAX_DEPTH} levels") from None
+    except jsonlimits.NotFinite as err:
+        try:
+            value, _ = jsonlimits.plain(jsonlimits.loads(raw, finite=False))
+        except ValueError:                  # malformed further on as well
+            return None, None
+        return value, f"input: {err}"
+    except ValueError:
+        return None, None
