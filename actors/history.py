@@ -17,6 +17,7 @@ from typing import Any
 
 from actors.history_span import Mark, next_words, rejoin, split_off, unmoved
 from voiceagent.llm.base import Message
+from voiceagent.llm.converse import results_apart
 
 log = logging.getLogger(__name__)
 
@@ -335,10 +336,15 @@ class History:
 
         The messages are the history's own, shared with earlier and later requests: the
         history never changes one in place, and whoever receives them must not either (the
-        backends only serialize them)."""
-        if self._messages and self._messages[0]["role"] == "assistant":
-            return (_CALL_CONNECTED_MESSAGE, *self._messages)
-        return tuple(self._messages)
+        backends only serialize them).
+
+        A user message holding a tool round's results and caller words (they merge, roles
+        alternating) goes as two (``results_apart``): Bedrock refuses "conversation
+        blocks and tool result blocks in the same turn" for some models (Llama 4, Claude 3
+        Opus), and the history keeps what happened, the request what every model takes."""
+        head = ((_CALL_CONNECTED_MESSAGE,)
+                if self._messages and self._messages[0]["role"] == "assistant" else ())
+        return (*head, *results_apart(self._messages))
 
     def last_assistant_text(self) -> str:
         for message in reversed(self._messages):

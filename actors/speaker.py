@@ -50,6 +50,11 @@ class Speaker:
         return "".join(self._segment)
 
     @property
+    def quiet(self) -> bool:
+        """Nothing sent or held since the last tool round (or the turn's start)."""
+        return not self._segment and not self._held
+
+    @property
     def flush_at(self) -> float:
         """When held text must go out even if no more tokens come (``inf``: nothing held)."""
         return self._flush_at

@@ -41,6 +41,11 @@ TOO_MANY_ROUNDS = ("I'm sorry, that is taking me longer than it should. "
                    "Could you tell me once more what you need?")
 APOLOGY_SILENT = "Sorry, I'm having a little trouble right now. Could you say that again?"
 APOLOGY_CUT = " Sorry, I lost my train of thought. Could you say that again?"
+# a model round that ends without a word where the caller waits for one: after a tool round
+# (the caller heard "let me check", then silence until the idle re-prompt), or stopped by a
+# content filter or guardrail
+NO_WORDS = "Sorry, I lost my train of thought. Could you say that again?"
+STOPPED_QUIET = ("content_filtered", "guardrail_intervened")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +169,9 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
                 return
         calls = await _model_round(ctx, speaker)
         if not calls:
+            if speaker.quiet and (rounds_done or ctx.stats.rounds[-1].stop_reason
+                                  in STOPPED_QUIET):
+                await speaker.say_text(NO_WORDS)
             return
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from actors.history import CALL_CONNECTED, MAX_UNANSWERED_CHARS, History, Mark
-from voiceagent.llm.converse import converse_problems
+from voiceagent.llm.converse import NO_REPLY, converse_problems
 
 
 def use(tool_id: str) -> dict[str, object]:
@@ -75,8 +75,17 @@ def test_nothing_heard_drops_text_but_keeps_answered_tool_uses() -> None:
     assert [m["role"] for m in history.messages] == ["user", "assistant", "user"]
     assert history.messages[1]["content"] == [{"toolUse": use("t1")}]
     history.add_user_text("thanks")
-    assert history.messages[2]["content"][-1] == {"text": "thanks"}
-    assert converse_problems(history.messages) == []
+    assert history.messages[2]["content"] == [result("t1"), {"text": "thanks"}]
+    # some models refuse a tool result and caller words in one turn: the request splits it
+    assert converse_problems(history.messages) == [
+        "messages[2]: toolResult blocks and other blocks in one user turn (some models "
+        "refuse it: put the results in a turn of their own)"]
+    request = history.for_request()
+    assert request[2:] == (
+        {"role": "user", "content": [result("t1")]},
+        {"role": "assistant", "content": [{"text": NO_REPLY}]},
+        {"role": "user", "content": [{"text": "thanks"}]})
+    assert converse_problems(request) == []
 
 
 def test_blank_and_whitespace_are_never_recorded() -> None:

@@ -47,6 +47,9 @@ def converse_problems(messages: Sequence[Message], *, tools_configured: bool = T
         results: list[str] = []
         for j, block in enumerate(content):
             problems.extend(_block_problems(f"{where}.content[{j}]", block, role, uses, results))
+        if results and len(results) < len(content):
+            problems.append(f"{where}: toolResult blocks and other blocks in one user turn "
+                            "(some models refuse it: put the results in a turn of their own)")
         if pending_uses and sorted(results) != sorted(pending_uses):
             problems.append(f"{where}: expected toolResult blocks for {sorted(pending_uses)}, "
                             f"got {sorted(results)}")
@@ -98,3 +101,34 @@ def _block_problems(where: str, block: Any, role: Any, uses: list[str],
                 problems.append(f"{where}: toolResult text is blank")
         return problems
     return [f"{where}: unexpected block {kind!r}"]
+
+
+# stands between a tool round's results and caller words that came before any reply to them
+# (the reply cut before its first word, or empty)
+NO_REPLY = "..."
+_NO_REPLY_MESSAGE: Message = {"role": "assistant", "content": [{"text": NO_REPLY}]}
+
+
+def results_apart(messages: Sequence[Message]) -> Sequence[Message]:
+    """``messages`` with each user message that holds toolResult blocks and other blocks
+    sent as two, ``NO_REPLY`` between them (the rule ``converse_problems`` checks). The
+    same sequence when none does, which is nearly always: no copy per request."""
+    if not any(_mixes_results(m) for m in messages):
+        return messages
+    return [part for message in messages for part in _apart(message)]
+
+
+def _mixes_results(message: Message) -> bool:
+    content = message["content"]
+    return (message["role"] == "user" and len(content) > 1
+            and any("toolResult" in b for b in content)
+            and not all("toolResult" in b for b in content))
+
+
+def _apart(message: Message) -> tuple[Message, ...]:
+    if not _mixes_results(message):
+        return (message,)
+    content = message["content"]
+    return ({"role": "user", "content": [b for b in content if "toolResult" in b]},
+            _NO_REPLY_MESSAGE,
+            {"role": "user", "content": [b for b in content if "toolResult" not in b]})

@@ -1,0 +1,90 @@
+"""Model rounds that end without a word where the caller waits for one, and the tool results
+they leave next to the caller's next words. Found by a review helper (helper-24): after a
+tool round, a reply that came back empty left the caller in silence until the idle
+re-prompt, and the caller's next words then shared a user message with the tool results,
+which Bedrock refuses for some models ("Conversation blocks and tool result blocks cannot be
+provided in the same turn"), every turn after it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from actors.turn import NO_WORDS
+from tests.call_harness import open_test_call, plain_use_case
+from tests.fakes import FakeLLM, tool_use, words
+from tests.test_call_actors import TOOLS, order_registry
+from voiceagent.llm.base import StreamEnd, TextDelta
+from voiceagent.llm.converse import NO_REPLY
+
+
+def _texts(message: dict[str, Any]) -> list[str]:
+    return [block["text"] for block in message["content"] if "text" in block]
+
+
+async def test_an_empty_reply_after_a_tool_round_is_not_silence(autojump_clock: Any) -> None:
+    runs: list[float] = []
+    llm = FakeLLM([tool_use("tu_1", "pickupTime", before="Let me check."),
+                   [0.2, StreamEnd("end_turn")],
+                   words("Twenty minutes.")])
+    async with open_test_call(llm, use_case=plain_use_case(tools=TOOLS),
+                              registry=order_registry(runs, duration_s=0.5)) as call:
+        call.say("when can I pick up?")
+        heard, _ = await call.reply()
+        call.say("so when?")
+        again, _ = await call.reply()
+    assert heard == "Let me check. " + NO_WORDS
+    assert again == "Twenty minutes."
+    assert len(runs) == 1
+    assert [(m["role"], _texts(m)) for m in call.history[-5:]] == [
+        ("assistant", ["Let me check."]), ("user", []), ("assistant", [NO_WORDS]),
+        ("user", ["so when?"]), ("assistant", ["Twenty minutes."])]
+    assert llm.violations == []
+
+
+async def test_a_reply_a_content_filter_stopped_before_a_word_is_not_silence(
+        autojump_clock: Any) -> None:
+    llm = FakeLLM([[0.3, StreamEnd("content_filtered")], words("We open at nine.")])
+    async with open_test_call(llm) as call:
+        call.say("tell me something awful")
+        heard, _ = await call.reply()
+        call.say("when do you open?")
+        again, _ = await call.reply()
+    assert (heard, again) == (NO_WORDS, "We open at nine.")
+
+
+async def test_a_filtered_reply_that_spoke_first_keeps_its_words(autojump_clock: Any) -> None:
+    llm = FakeLLM([[0.3, TextDelta("Well,"), StreamEnd("content_filtered")]])
+    async with open_test_call(llm) as call:
+        call.say("tell me something awful")
+        heard, _ = await call.reply()
+    assert heard == "Well,"
+
+
+async def test_caller_words_after_a_cut_follow_up_go_apart_from_the_tool_results(
+        autojump_clock: Any) -> None:
+    """The follow-up to a tool round is cut before its first word: the caller's words and
+    the tool result share the user message in the history (roles alternate), and the
+    request sends them as two turns with ``NO_REPLY`` between, which every model takes."""
+    runs: list[float] = []
+    llm = FakeLLM([tool_use("tu_1", "pickupTime"),
+                   [5.0, TextDelta("Twenty"), TextDelta(" minutes.")],
+                   words("About twenty minutes.")])
+    async with open_test_call(llm, use_case=plain_use_case(tools=TOOLS),
+                              registry=order_registry(runs, duration_s=0.5)) as call:
+        call.say("when can I pick up?")
+        await trio.sleep(2.0)                       # the tool ran; the follow-up thinks
+        call.interrupt("")
+        call.say("actually, how long?")
+        heard, _ = await call.reply()
+    assert heard == "About twenty minutes."
+    assert llm.violations == []
+    last = llm.requests[-1].messages
+    assert [m["role"] for m in last[-3:]] == ["user", "assistant", "user"]
+    assert [next(iter(b)) for b in last[-3]["content"]] == ["toolResult"]
+    assert _texts(last[-2]) == [NO_REPLY]
+    assert _texts(last[-1]) == ["actually, how long?"]
+    merged = [m for m in call.history if m["role"] == "user"
+              and any("toolResult" in b for b in m["content"])]
+    assert _texts(merged[-1]) == ["actually, how long?"]      # the history keeps it as was
