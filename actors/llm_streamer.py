@@ -9,6 +9,7 @@ queue at the start of each turn, never awaited: no store round trip precedes a f
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from contextlib import suppress
 from functools import partial
@@ -172,7 +173,9 @@ def _plan(ctx: CallContext, command: UserSaid | KeyPressed) -> turn.TurnPlan | N
         return turn.TurnPlan() if dtmf.default_to_model else None
     tool = None
     if handler.tool:
-        tool = ToolCall(f"dtmf_{ctx.stats.turns + 1}_{handler.tool}"[:64], handler.tool,
+        # unique in the whole conversation, a resumed one too (its turns count from 0
+        # again): some models refuse a toolUse id used before
+        tool = ToolCall(f"dtmf_{secrets.token_hex(6)}_{handler.tool}"[:64], handler.tool,
                         handler.input)
     return turn.TurnPlan(say_first=handler.reply, tool_first=tool,
                          use_model=handler.to_model or tool is not None,

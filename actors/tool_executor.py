@@ -20,6 +20,7 @@ executor and the last batch is done.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,10 @@ from voiceagent.usecases import UseCase
 log = logging.getLogger(__name__)
 
 CANCELLED = "cancelled: the caller interrupted before this finished"
+# A result goes to the model on every request after it, and one round's results are stored
+# as one item (DynamoDB's limit: 400 KB): past this, it was dropped by the store, and a
+# reconnect then found the conversation broken and started it afresh (helper-25)
+MAX_RESULT_BYTES = 32 * 1024
 
 
 @dataclass
@@ -178,6 +183,13 @@ async def _invoke(call: ToolCall, definition: ToolDefinition, timeout_s: float |
     if changed:
         log.warning("tool result changed to fit JSON; return text, numbers, lists and dicts",
                     extra={"tool": call.name, "changed": sorted(set(changed))[:10]})
+    size = len(json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > MAX_RESULT_BYTES:
+        log.warning("tool result too large, dropped; return only what the model needs",
+                    extra={"tool": call.name, "bytes": size, "limit": MAX_RESULT_BYTES})
+        ran = " The tool did run: check before repeating it." if definition.side_effect else ""
+        return _error(call, f"its result was {size} bytes, over the {MAX_RESULT_BYTES}-byte "
+                            f"limit, so it was dropped.{ran}", definition)
     log.info("tool done", extra={"tool": call.name, "duration_ms": round(elapsed * 1000)})
     return ToolOutcome(call.tool_use_id, call.name, "success", dict(result),
                        side_effect=definition.side_effect, duration_s=elapsed,

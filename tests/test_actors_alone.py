@@ -131,6 +131,32 @@ async def test_the_executor_lets_the_writer_end_only_after_its_last_batch(
     assert ended_at == [pytest.approx(2.0)]
 
 
+@pytest.mark.parametrize(("chars", "status"), [(30_000, "success"), (40_000, "error")])
+async def test_a_tool_result_over_the_limit_reaches_neither_the_model_nor_the_store(
+        autojump_clock: Any, chars: int, status: str) -> None:
+    """A result goes to the model on every later request, and one round's results are one
+    stored item (DynamoDB: 400 KB); a 420 KB menu was dropped by the store, and the call's
+    next reconnect found its history broken and started afresh (helper-25). The model is
+    told what happened instead, and that the order tool did run."""
+    async def place(ctx: Any, args: Any) -> dict[str, Any]:
+        return {"menu": "pizza " * (chars // 6)}
+
+    env, _outbound = _order_env(place)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            with tool_executor.ToolExecutor(nursery, env) as executor:
+                results_send, results = trio.open_memory_channel[ToolOutcome](1)
+                executor.submit(ToolBatch((ToolCall("tu_1", "placeOrder", {}),),
+                                          results_send))
+                outcome = await results.receive()
+    assert outcome.status == status
+    if status == "error":
+        assert outcome.content == (
+            f"its result was {chars // 6 * 6 + 11} bytes, over the "
+            f"{tool_executor.MAX_RESULT_BYTES}-byte limit, so it was dropped. The tool did "
+            "run: check before repeating it.")
+
+
 def _order_env(place: Any) -> tuple[tool_executor.ToolEnv,
                                      trio.MemoryReceiveChannel[Outbound]]:
     """A call whose one tool, ``placeOrder``, is ``place`` with side effects."""

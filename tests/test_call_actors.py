@@ -14,8 +14,9 @@ import pytest
 import trio
 import trio.testing
 
+from actors.call import CallPlan
 from actors.history import CALL_CONNECTED
-from tests.call_harness import GREETING, open_test_call, plain_use_case
+from tests.call_harness import CALL_SID, GREETING, open_test_call, plain_use_case
 from tests.fakes import FakeLLM, tool_use, words
 from voiceagent.errors import ModelStreamFailed, ModelThrottled
 from voiceagent.llm.base import StreamEnd, TextDelta, ToolUseRequest
@@ -366,6 +367,38 @@ async def test_dtmf_handler_reply_and_multi_digit_entry(autojump_clock: Any) -> 
         {"text": "(The caller pressed 1 on the keypad.)"}]}
     assert call.history[3] == {"role": "user", "content": [
         {"text": "(The caller pressed 427 on the keypad.)"}]}
+
+
+async def test_a_keypad_tool_in_a_resumed_call_gets_an_id_of_its_own(
+        autojump_clock: Any) -> None:
+    """A resumed call counts its turns from 0 again: keypad tool ids made from the turn
+    number repeated one already in the history, which some models refuse (helper-24)."""
+    use_case = plain_use_case(tools=TOOLS, dtmf={"handlers": {"2": {"tool": "pickupTime"}}})
+    earlier = ({"role": "user", "content": [{"text": "(The caller pressed 2 on the keypad.)"}]},
+               {"role": "assistant", "content": [{"toolUse": {
+                   "toolUseId": "dtmf_1_pickupTime", "name": "pickupTime", "input": {}}}]},
+               {"role": "user", "content": [{"toolResult": {
+                   "toolUseId": "dtmf_1_pickupTime", "status": "success",
+                   "content": [{"json": {"minutes": 20}}]}}]},
+               {"role": "assistant", "content": [{"text": "About twenty minutes."}]})
+    plan = CallPlan(call_sid=CALL_SID, use_case=use_case, system_prompt=use_case.prompt,
+                    model_id="test-model", history=earlier)
+
+    async def resume(setup: Any) -> CallPlan:
+        await trio.lowlevel.checkpoint()
+        return plan
+
+    runs: list[float] = []
+    llm = FakeLLM([words("Still about twenty minutes.")])
+    async with open_test_call(llm, use_case=use_case, resolve=resume,
+                              registry=order_registry(runs, duration_s=0.5)) as call:
+        call.dtmf("2")
+        text, _ = await call.reply()
+    assert text == "Still about twenty minutes."
+    assert llm.violations == []
+    ids = [b["toolUse"]["toolUseId"] for m in llm.requests[-1].messages
+           for b in m["content"] if "toolUse" in b]
+    assert len(ids) == len(set(ids)) == 2
 
 
 async def test_malformed_frames_are_counted_and_the_call_goes_on(autojump_clock: Any) -> None:

@@ -137,6 +137,15 @@ def test_greeting_first_history_gets_a_neutral_opening_for_requests() -> None:
     ([{"role": "user", "content": [{"toolResult": {"toolUseId": "t", "content": [],
                                                    "status": "error"}}]}], "needs content"),
     ([{"role": "system", "content": [{"text": "x"}]}], "role"),
+    ([{"role": "user", "content": [{"text": "a"}]},
+      {"role": "assistant", "content": [{"toolUse": use("t1")}]},
+      {"role": "user", "content": [result("t1")]},
+      {"role": "assistant", "content": [{"toolUse": use("t1")}]},
+      {"role": "user", "content": [result("t1")]}], "'t1' used before"),
+    ([{"role": "user", "content": [{"text": "a"}]},
+      {"role": "assistant", "content": [{"toolUse": use("t1")}]},
+      {"role": "user", "content": [result("t1"), {"text": "b"}]}],
+     "toolResult blocks and other blocks"),
 ])
 def test_converse_problems_names_each_violation(messages: list[dict[str, object]],
                                                 fragment: str) -> None:

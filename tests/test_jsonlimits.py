@@ -226,7 +226,7 @@ def test_plain_says_what_changed_and_refuses_what_cannot_be_json() -> None:
     circular: dict[str, object] = {}
     circular["self"] = circular
     for bad, why in ((circular, "nested deeper"), ({("a", "b"): 1}, "keys must be"),
-                     ({"deep": _nested(40)}, "nested deeper than 32")):
+                     ({"deep": _nested(40)}, f"nested deeper than {MAX_DEPTH}")):
         with pytest.raises(ValueError, match=why):
             jsonlimits.plain(bad)
 
@@ -235,4 +235,30 @@ def _nested(levels: int) -> object:
     value: object = 1
     for _ in range(levels):
         value = [value]
+    return value
+
+
+def test_a_tool_input_and_result_as_deep_as_allowed_fit_a_stored_chat_item() -> None:
+    """Both are stored inside a chat item; DynamoDB refuses items nested past 32 levels, and
+    a refused message left the history a reconnect resumes broken: what the limit lets
+    through, the store must take."""
+    from actors.history import History
+    from voiceagent.store import records
+    from voiceagent.store.base import check_item_nesting
+
+    deepest = _object_nested(MAX_DEPTH)
+    assert depth(deepest) == MAX_DEPTH
+    history = History()
+    history.add_user_text("order")
+    history.add_assistant("", [{"toolUseId": "t1", "name": "placeOrder", "input": deepest}])
+    history.add_tool_results([{"toolResult": {"toolUseId": "t1", "status": "success",
+                                              "content": [{"json": deepest}]}}])
+    for index, message, meta in history.take_sealed(final=True):
+        check_item_nesting(records.chat_item("CA1", 1_000, index, message, meta, 3600))
+
+
+def _object_nested(levels: int) -> dict[str, object]:
+    value: dict[str, object] = {"leaf": 1}
+    for _ in range(levels - 1):
+        value = {"n": value}
     return value

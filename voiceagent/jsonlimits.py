@@ -21,7 +21,10 @@ import math
 import re
 from typing import Any
 
-MAX_DEPTH = 32
+# A tool's input and result are stored inside a chat item, 7 levels down (chat > content >
+# block > toolResult > content > block > json); DynamoDB refuses an item nested past 32
+# levels, and a refused message broke the history a reconnect resumes
+MAX_DEPTH = 24
 
 
 class TooDeep(ValueError):

@@ -33,6 +33,7 @@ def converse_problems(messages: Sequence[Message], *, tools_configured: bool = T
     if messages[0].get("role") != "user":
         problems.append("messages[0]: a conversation must start with a user message")
     pending_uses: list[str] = []
+    seen_uses: set[str] = set()
     for i, message in enumerate(messages):
         role, content = message.get("role"), message.get("content")
         where = f"messages[{i}]"
@@ -56,6 +57,10 @@ def converse_problems(messages: Sequence[Message], *, tools_configured: bool = T
         elif results and not pending_uses:
             problems.append(f"{where}: toolResult blocks without toolUse in the previous turn")
         pending_uses = uses
+        for use in uses:
+            if use in seen_uses:
+                problems.append(f"{where}: toolUse id {use!r} used before: ids must be unique")
+            seen_uses.add(use)
         if (tool_blocks := uses or results) and not tools_configured:
             problems.append(f"{where}: tool blocks {tool_blocks} need a toolConfig")
     if pending_uses:
