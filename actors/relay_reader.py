@@ -96,6 +96,10 @@ async def run(*, socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
                 case Interrupt():
                     if marks is not None:
                         marks.cut()             # before anything else runs: see CutMarks
+                    if message.problem is not None:
+                        stats.rejected["interrupt_field"] += 1
+                        log.warning("interrupt field unusable, taken as absent",
+                                    extra={"problem": message.problem})
                     await inbound.send(message)
                 case Prompt(last=True) | Dtmf():
                     await inbound.send(replace(message, received_at=received_at))

@@ -88,6 +88,24 @@ async def test_barge_in_stops_tokens_closes_stream_and_keeps_what_was_heard(
     assert call.writer.persisted[-1][3]["generated"] == "We open"
 
 
+async def test_a_barge_in_with_an_unusable_duration_still_cuts_the_reply(
+        autojump_clock: Any) -> None:
+    """A field of the interrupt that cannot be read (a carrier's empty string) is taken as
+    absent: the barge-in was dropped as a bad frame, and the reply went on over the caller
+    and into the history as heard (helper-23)."""
+    llm = FakeLLM([words(REPLY, gap_s=0.5, first_s=0.1)])
+    async with open_test_call(llm) as call:
+        call.say("when are you open?")
+        assert (await call.frame())["token"] == "We"
+        call.socket.push({"type": "interrupt", "utteranceUntilInterrupt": "We",
+                          "durationUntilInterruptMs": ""})
+        await trio.testing.wait_all_tasks_blocked()
+        assert texts(call.socket.pending()) == []
+        assert llm.open_streams == 0
+    assert call.history[-1] == {"role": "assistant", "content": [{"text": "We"}]}
+    assert call.report.frames.rejected["interrupt_field"] == 1
+
+
 async def test_barge_in_with_nothing_heard_drops_the_turn_and_merges_the_caller(
         autojump_clock: Any) -> None:
     llm = FakeLLM([words(REPLY, gap_s=0.5), words("Sure, a large one.")])

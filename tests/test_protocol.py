@@ -227,19 +227,28 @@ def test_interrupt_empty_utterance_is_not_none() -> None:
     ("Infinity", "durationUntilInterruptMs: expected a finite number"),
     ([460], "durationUntilInterruptMs: expected number, got array"),
 ])
-def test_interrupt_bad_duration(duration: object, problem: str) -> None:
-    assert rejected(type="interrupt", durationUntilInterruptMs=duration).problem == problem
+def test_interrupt_bad_duration_is_taken_as_absent(duration: object, problem: str) -> None:
+    """A barge-in is never dropped for a detail of it (helper-23): rejected, the reply went
+    on as if the caller had heard it all."""
+    result = parse(type="interrupt", utteranceUntilInterrupt="We open",
+                   durationUntilInterruptMs=duration)
+    assert result == Interrupt("We open", None)
+    assert isinstance(result, Interrupt)
+    assert result.problem == problem
 
 
-def test_interrupt_non_finite_json_number_is_rejected() -> None:
+def test_interrupt_non_finite_json_number_is_taken_as_absent() -> None:
     result = parse_frame('{"type":"interrupt","durationUntilInterruptMs":NaN}')
-    assert isinstance(result, Rejected)
-    assert result.problem == "durationUntilInterruptMs: expected a finite number"
+    assert isinstance(result, Interrupt)
+    assert (result.duration_ms, result.problem) == (
+        None, "durationUntilInterruptMs: expected a finite number")
 
 
-def test_interrupt_utterance_must_be_a_string() -> None:
-    assert rejected(type="interrupt", utteranceUntilInterrupt=["x"]).problem == \
-        "utteranceUntilInterrupt: expected string, got array"
+def test_interrupt_utterance_that_is_not_a_string_is_taken_as_absent() -> None:
+    result = parse(type="interrupt", utteranceUntilInterrupt=["x"], durationUntilInterruptMs=9)
+    assert result == Interrupt(None, 9)
+    assert isinstance(result, Interrupt)
+    assert result.problem == "utteranceUntilInterrupt: expected string, got array"
 
 
 def test_info_speaker_event() -> None:

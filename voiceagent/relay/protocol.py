@@ -81,6 +81,9 @@ class Dtmf:
 class Interrupt:
     heard: str | None                # utteranceUntilInterrupt; None when Twilio left it out
     duration_ms: int | None = None   # durationUntilInterruptMs, coerced from int/float/str
+    # a field that was there but unusable, and so taken as absent: a barge-in is never
+    # dropped for a detail of it (the reply would go on over the caller, recorded as heard)
+    problem: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,10 +248,17 @@ def _parse_dtmf(frame: _Frame) -> Dtmf:
 
 
 def _parse_interrupt(frame: _Frame) -> Interrupt:
-    return Interrupt(
-        heard=_optional_str(frame, "utteranceUntilInterrupt"),
-        duration_ms=_optional_int(frame, "durationUntilInterruptMs"),
-    )
+    problems: list[str] = []
+    heard = duration_ms = None
+    try:
+        heard = _optional_str(frame, "utteranceUntilInterrupt")
+    except _BadField as err:
+        problems.append(err.problem)
+    try:
+        duration_ms = _optional_int(frame, "durationUntilInterruptMs")
+    except _BadField as err:
+        problems.append(err.problem)
+    return Interrupt(heard, duration_ms, "; ".join(problems) or None)
 
 
 _SPEAKERS: dict[str, Literal["agent", "caller"]] = {"agentSpeaking": "agent",
