@@ -77,6 +77,7 @@ class CallPlan:
     called: str = ""
     history: tuple[Message, ...] = ()       # a resumed conversation (reconnect)
     history_meta: tuple[dict[str, Any], ...] = ()   # its stored facts, at_ms included
+    history_after_ms: int = 0   # a saved conversation set aside up to here: stamp after it
 
 
 @dataclass
@@ -144,6 +145,7 @@ async def run_call(socket: RelaySocket, *, resolve: Resolve, services: CallServi
         return report
     history = (History.resumed(plan.history, plan.history_meta or [{} for _ in plan.history])
                if plan.history else History())
+    history.keep_after(plan.history_after_ms)
     if plan.greeting and not plan.history:
         history.add_assistant(plan.greeting)        # Twilio speaks it; the model must know
         history.annotate(kind="greeting")

@@ -49,6 +49,10 @@ class History:
         # per position, the at_ms of the item the store holds there (None: none), so that
         # an item a cut moved or dropped is removed, not left for a reconnect to resume
         self._stored_at: list[int | None] = [_at_ms(m) for m in self._meta]
+        # a new message's at_ms (its store key) comes after every one before it, whatever
+        # the wall clock does (stepped back, another process's a little behind): a reconnect
+        # reads the messages in key order
+        self._last_at_ms = max((_at_ms(m) for m in self._meta), default=0)
         # A message is never changed in place once it is in ``_messages``: a change (a merge,
         # a barge-in cut) puts a new dict in its slot. So model requests share the messages
         # themselves, with no copy per request and no second copy kept for requests.
@@ -64,6 +68,11 @@ class History:
         history = cls(messages, meta)
         history._close_dangling_tool_uses()
         return history
+
+    def keep_after(self, at_ms: int) -> None:
+        """Stamp new messages after ``at_ms``: a saved conversation set aside there stays
+        before them in the store's key order."""
+        self._last_at_ms = max(self._last_at_ms, at_ms)
 
     def _close_dangling_tool_uses(self) -> None:
         if not self._messages or self._messages[-1]["role"] != "assistant":
@@ -153,7 +162,8 @@ class History:
             self._sealed = min(self._sealed, len(self._messages) - 1)
         else:
             self._messages.append({"role": role, "content": blocks})
-            self._meta.append({"at_ms": int(time.time() * 1000)})
+            self._last_at_ms = max(int(time.time() * 1000), self._last_at_ms + 1)
+            self._meta.append({"at_ms": self._last_at_ms})
 
     # ------------------------------------------------------------------ barge-in
 

@@ -419,3 +419,29 @@ def test_prompts_a_cut_puts_back_together_are_capped_too() -> None:
     assert [m["role"] for m in history.messages] == ["user"]
     assert sum(len(b["text"]) for b in history.messages[0]["content"]) <= MAX_UNANSWERED_CHARS
     assert history.messages[0]["content"][-1]["text"] == "b" * 6000
+
+
+def test_store_times_only_go_forward_and_start_after_a_set_aside(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message's at_ms is its store key, and a reconnect reads messages in key order: a
+    wall clock stepped back (or a process a little behind the one before it) must not put a
+    later message before an earlier one, nor a fresh conversation before the one it set
+    aside."""
+    import actors.history as history_module
+
+    now = iter([5.000, 4.000, 4.000, 9.000])
+
+    class SteppedBack:
+        @staticmethod
+        def time() -> float:
+            return next(now)
+
+    monkeypatch.setattr(history_module, "time", SteppedBack)
+    history = History()
+    history.keep_after(6_000)
+    history.add_assistant("Hello again.")
+    history.add_user_text("where were we?")
+    history.add_assistant("Let's start over.")
+    history.add_user_text("ok")
+    assert [meta["at_ms"] for _, _, meta in history.take_sealed(final=True)] == [
+        6_001, 6_002, 6_003, 9_000]

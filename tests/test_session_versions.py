@@ -152,3 +152,45 @@ async def test_a_claim_that_lands_after_a_renewal_is_dropped_not_written(
     assert (stored["token"], stored["generation"]) == (renewed.token, 1)
     assert [m["content"][0]["text"] for m in plan.history] == ["hello?"]
     assert a_writer.statistics().failed == 0
+
+
+BROKEN = [  # a toolUse whose next message is caller words, not its result: beyond repair
+    (1_000, {"role": "assistant", "content": [
+        {"toolUse": {"toolUseId": "tu_old", "name": "x", "input": {}}}]}),
+    (1_001, {"role": "user", "content": [{"text": "old words"}]}),
+]
+
+
+async def test_a_set_aside_history_stays_set_aside_when_the_claim_is_superseded(
+        autojump_clock: Any) -> None:
+    """A reconnect on A sets a broken history aside and the call goes on afresh while A's
+    writes are throttled; the socket fails and B renews the session before A's claim lands
+    (then dropped as older). The set-aside was a field of that claim, so the next reconnect
+    read the broken items again and threw the fresh conversation away with them (helper-28).
+    It is a mark among the chat items now, in A's queue ahead of the fresh messages."""
+    shared, view, (a, a_writer), b, c = await _three_processes()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a_writer.run)
+            minter, m_writer = _sessions_on(shared)          # /twiml answered elsewhere
+            await nursery.start(m_writer.run)
+            session = await minter.prepare({"CallSid": CALL_SID, "From": "+15555550100",
+                                            "To": "+15555550199"})
+            for at_ms, message in BROKEN:
+                await shared.put(records.chat_item(CALL_SID, at_ms, 0, message, {}, 3600))
+            view.down = True
+            plan = await a.resolve(_setup(session.token))   # minted elsewhere: resumes
+            assert (plan.history, plan.history_after_ms) == ((), 1_001)
+            a_writer.submit(records.chat_item(CALL_SID, 5_000, 0, {
+                "role": "user", "content": [{"text": "fresh words"}]}, {}, 3600),
+                call_sid=CALL_SID)
+            await a.socket_ended(CALL_SID)
+            a.release(CALL_SID)
+            item = await shared.get(CALL_SID, records.SESSION_SK)
+            assert item is not None
+            renewed, _ = await b.renew(records.session_from_item(item))
+            view.down = False
+            assert await a_writer.flush(timeout_s=10)
+            nursery.cancel_scope.cancel()
+        plan = await c.resolve(_setup(renewed.token))
+    assert [m["content"][0].get("text") for m in plan.history] == ["fresh words"]

@@ -657,10 +657,12 @@ async def test_a_fresh_start_sets_the_unusable_history_aside_for_the_next_reconn
         "new: Hello again.", "new: where were we?", "new: Let's start over."]
     assert plan.greeting is None
     assert transcript is not None
-    assert [entry["chat"]["content"][0]["text"] for entry in transcript.entries] == [
-        "old: hi", "old: table for two", "new: Hello again.", "new: where were we?",
-        "new: Let's start over."]
+    assert [entry["chat"]["content"][0]["text"] if entry["chat"] else "(set aside)"
+            for entry in transcript.entries] == [
+        "old: hi", "old: table for two", "(set aside)", "new: Hello again.",
+        "new: where were we?", "new: Let's start over."]
     shown = format_transcript(transcript, "UTC")
     note = next(i for i, line in enumerate(shown) if AFRESH_NOTE in line)
     assert "new: Hello again." in shown[note - 1]
     assert sum(AFRESH_NOTE in line for line in shown) == 1
+    assert "5 messages" in shown[2]

@@ -189,13 +189,18 @@ class Sessions:
         if not _matches(session, token):
             # a wrong token consumes nothing: the right socket may still come
             raise CallRejected("session token does not match the call's signed request")
+        set_aside_at = 0
         if resumes:
-            history, history_meta, session = await self._saved_history(session)
+            history, history_meta, set_aside_at = await self._saved_history(call_sid)
         use_case = await self._catalog.use_case(session.use_case)
         if call_sid in self._live:                  # another socket won while we waited
             raise CallRejected("a socket is already connected for this call")
         self._pending.pop(call_sid, None)
         self._live[call_sid] = session.generation
+        if set_aside_at:                # ahead of everything this socket writes: see records
+            self._writer.submit(records.set_aside_item(call_sid, set_aside_at,
+                                                       self._settings.session_ttl_s),
+                                call_sid=call_sid)
         self._writer.submit(records.session_item(replace(session, token=""),
                                                  self._settings.session_ttl_s),
                             call_sid=call_sid, urgent=True,      # used: never again
@@ -204,7 +209,7 @@ class Sessions:
                         system_prompt=session.system_prompt, model_id=session.model_id,
                         greeting=None if history else session.greeting,
                         caller=session.caller, called=session.called, history=history,
-                        history_meta=history_meta)
+                        history_meta=history_meta, history_after_ms=set_aside_at)
 
     async def _minted_elsewhere(self, call_sid: str, token: str,
                                 on_retry: Callable[[], None] | None = None
@@ -348,25 +353,23 @@ class Sessions:
             called=called, profile=profile, greeting=use_case.welcome_greeting,
             created_at=now)
 
-    async def _saved_history(self, session: records.CallSession
-                             ) -> tuple[tuple[Message, ...], tuple[dict[str, Any], ...],
-                                        records.CallSession]:
+    async def _saved_history(self, call_sid: str
+                             ) -> tuple[tuple[Message, ...], tuple[dict[str, Any], ...], int]:
         """The conversation so far and each message's stored facts (its at_ms keys it), for a
         socket that reconnects to a known call; repaired as ``History.resumed`` does. Beyond
-        repair, the call starts afresh and the session it returns says where: the unusable
-        items stay for the transcript, and the next reconnect reads only what comes after
-        them (it used to read them again, and start afresh again, on every reconnect)."""
-        entries = [entry for entry in records.chat_entries(
-                       await self._store.query(session.call_sid, records.CHAT_PREFIX))
-                   if entry["at_ms"] > session.history_after_ms]
+        repair, the call starts afresh: the third value is where to set the old conversation
+        aside (0: nothing to). It used to be read again, and the call started afresh again,
+        on every reconnect."""
+        entries = records.since_set_aside([records.chat_from_item(item) for item in
+                                           await self._store.query(call_sid,
+                                                                   records.CHAT_PREFIX)])
         messages = tuple(entry["chat"] for entry in entries)
         meta = tuple({**entry["meta"], "at_ms": entry["at_ms"]} for entry in entries)
         if messages and converse_problems(History.resumed(messages, meta).for_request()):
             log.warning("saved history unusable, starting fresh",
                         extra={"messages": len(messages)})
-            return (), (), replace(session, history_after_ms=max(
-                entry["at_ms"] for entry in entries))
-        return messages, meta, session
+            return (), (), max(entry["at_ms"] for entry in entries)
+        return messages, meta, 0
 
     def _forget_stale(self) -> None:
         cutoff = trio.current_time() - PENDING_TTL_S

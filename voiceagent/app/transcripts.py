@@ -41,7 +41,7 @@ class CallSummary:
 class Transcript:
     call_sid: str
     session: records.CallSession | None      # None for a call whose session item is gone
-    entries: tuple[records.ChatEntry, ...]
+    entries: tuple[records.ChatEntry, ...]      # set-aside marks included (shown as notes)
 
     @property
     def started_at(self) -> float:
@@ -69,7 +69,7 @@ async def recent_calls(store: Store, *, limit: int = 20) -> list[CallSummary]:
     async def count(call_sid: str) -> None:
         async with gate:
             # counted, not parsed: one malformed item must not lose the whole listing
-            counts[call_sid] = sum(not item.get("dropped") for item in
+            counts[call_sid] = sum(not records.is_mark(item) for item in
                                    await store.query(call_sid, records.CHAT_PREFIX))
 
     async with trio.open_nursery() as nursery:
@@ -83,7 +83,10 @@ async def load_transcript(store: Store, call_sid: str) -> Transcript | None:
     """The call's session and messages in order; None when the store has neither."""
     item = await store.get(call_sid, records.SESSION_SK)
     session = records.session_from_item(item) if item is not None else None
-    entries = records.chat_entries(await store.query(call_sid, records.CHAT_PREFIX))
+    # the set-aside marks stay in, for ``transcript_lines`` to show; tombstones do not
+    entries = tuple(entry for entry in (records.chat_from_item(item) for item in
+                                        await store.query(call_sid, records.CHAT_PREFIX))
+                    if not entry["meta"].get("dropped"))
     if session is None and not entries:
         return None
     return Transcript(call_sid, session, entries)
@@ -112,17 +115,20 @@ def transcript_lines(transcript: Transcript) -> list[Line]:
     start = transcript.started_at
     names: dict[str, str] = {}                   # toolUseId -> tool name, for the results
     lines: list[Line] = []
-    set_aside = transcript.session.history_after_ms if transcript.session else 0
+    set_aside = False
     for entry in transcript.entries:
+        if entry["meta"].get(records.SET_ASIDE):
+            set_aside = bool(lines)
+            continue
         offset = entry["at_ms"] / 1000 - start
         role = entry["chat"].get("role")
         meta = entry["meta"]
         first = len(lines)
         for block in entry["chat"].get("content") or []:
             lines.extend(_block_lines(block, role, meta, offset, names))
-        if 0 < set_aside < entry["at_ms"] and first and len(lines) > first:
+        if set_aside and len(lines) > first:
             lines[first] = replace(lines[first], notes=(AFRESH_NOTE, *lines[first].notes))
-            set_aside = 0
+            set_aside = False
     return lines
 
 
@@ -164,7 +170,7 @@ def format_transcript(transcript: Transcript, zone: str) -> list[str]:
     else:
         head.append("  (no session item: it expired or was never written)")
     head.append(f"  started {format_time(transcript.started_at, zone)}, "
-                f"{len(transcript.entries)} messages")
+                f"{sum(not records.is_mark(e['meta']) for e in transcript.entries)} messages")
     body: list[str] = []
     for line in transcript_lines(transcript):
         body.append(f"{_offset(line.offset_s):>9}  {line.speaker:<6}  {line.text}")

@@ -26,7 +26,7 @@ import datetime as dt
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -254,9 +254,6 @@ class CallSession:
     greeting: str | None
     created_at: float                # epoch seconds
     generation: int = 0              # relay sessions before this one (each reconnect adds 1)
-    # chat items up to this at_ms hold a conversation a reconnect could not resume: kept for
-    # the transcript, not read back (0: every item counts)
-    history_after_ms: int = 0
 
 
 def _iso_utc(epoch_s: float) -> str:
@@ -279,7 +276,7 @@ def session_item(s: CallSession, ttl_s: int) -> Item:
         "systemPrompt": [{"text": s.system_prompt}],
         "token": s.token, "greeting": s.greeting, "From": s.caller, "To": s.called,
         "createdAt": s.created_at, "expireAt": int(s.created_at) + ttl_s,
-        "generation": s.generation, "historyAfterMs": s.history_after_ms,
+        "generation": s.generation,
     }
 
 
@@ -297,8 +294,7 @@ def session_from_item(item: Item) -> CallSession:
         called=str(item.get("To") or ""), profile=_session_profile(item.get("userContext")),
         greeting=greeting if isinstance(greeting, str) else None,
         created_at=float(item.get("createdAt") or 0.0),
-        generation=int(item.get("generation") or 0),
-        history_after_ms=int(item.get("historyAfterMs") or 0))
+        generation=int(item.get("generation") or 0))
 
 
 def socket_mark_sk(prefix: str, generation: int) -> str:
@@ -382,11 +378,39 @@ def chat_from_item(item: Item) -> ChatEntry:
 
 def chat_entries(items: Iterable[Item]) -> tuple[ChatEntry, ...]:
     """A call's chat items (as ``query`` returns them, in key order) as its conversation:
-    tombstones left out. A tombstone (``chat`` empty, ``dropped`` true) is written over the
-    item of a message a barge-in later cut away or moved; the store has no delete in its
-    write-behind path, and a put keeps the per-key order the queue already guarantees."""
+    tombstones and set-aside marks left out. A tombstone (``chat`` empty, ``dropped`` true)
+    is written over the item of a message a barge-in later cut away or moved; the store has
+    no delete in its write-behind path, and a put keeps the per-key order the queue already
+    guarantees."""
     entries = (chat_from_item(item) for item in items)
-    return tuple(entry for entry in entries if not entry["meta"].get("dropped"))
+    return tuple(entry for entry in entries if not is_mark(entry["meta"]))
+
+
+def is_mark(item_or_meta: Mapping[str, Any]) -> bool:
+    """A tombstone or a set-aside mark: a chat item that holds no message."""
+    return bool(item_or_meta.get("dropped") or item_or_meta.get(SET_ASIDE))
+
+
+# A saved conversation that a reconnect could not resume is set aside, not deleted (the
+# transcript keeps it): a mark keyed after its last message, before the fresh conversation's
+# first (``History.keep_after`` stamps those later), written in the call's queue ahead of
+# them. Its own item, not a session field: a session write can lose a race with a renewal.
+SET_ASIDE = "setAside"
+SET_ASIDE_SEQ = 999_999
+
+
+def set_aside_item(call_sid: str, at_ms: int, ttl_s: int) -> Item:
+    return {"pk": call_sid, "sk": chat_key(at_ms, SET_ASIDE_SEQ), "chat": {}, SET_ASIDE: True,
+            "expireAt": at_ms // 1000 + ttl_s}
+
+
+def since_set_aside(entries: Sequence[ChatEntry]) -> tuple[ChatEntry, ...]:
+    """The entries after the last set-aside mark (all of them when there is none): the
+    conversation a reconnect resumes. Takes entries with the marks still in them
+    (``chat_from_item`` of each item)."""
+    last = max((n for n, entry in enumerate(entries) if entry["meta"].get(SET_ASIDE)),
+               default=-1)
+    return tuple(e for e in entries[last + 1:] if not is_mark(e["meta"]))
 
 
 # ------------------------------------------------------------------ orders
