@@ -163,6 +163,7 @@ class ToolOutcome:
     side_effect: bool = False
     duration_s: float = 0.0
     ends_call: bool = False
+    spoke: bool = False             # it sent the caller something itself (audio, digits)
 
     def __post_init__(self) -> None:
         if self.status == "error" and not (isinstance(self.content, str) and self.content):

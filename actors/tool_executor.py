@@ -30,9 +30,10 @@ import trio
 
 from actors.messages import Outgoing, ToolBatch, ToolCall, ToolOutcome
 from voiceagent import jsonlimits
+from voiceagent.relay.outbound import Play, SendDigits
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
-from voiceagent.tools.base import ToolContext, ToolDefinition, ToolLog
+from voiceagent.tools.base import ToolContext, ToolDefinition, ToolLog, ToolMessage
 from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import UseCase
 
@@ -43,6 +44,11 @@ CANCELLED = "cancelled: the caller interrupted before this finished"
 # as one item (DynamoDB's limit: 400 KB): past this, it was dropped by the store, and a
 # reconnect then found the conversation broken and started it afresh (helper-25)
 MAX_RESULT_BYTES = 32 * 1024
+# ... and so at most this many calls of one reply run (with the caller's next words, their
+# results stay well within that item); the rest are answered, not run
+MAX_CALLS_PER_ROUND = 8
+TOO_MANY_CALLS = (f"not run: one reply may call at most {MAX_CALLS_PER_ROUND} tools; call it "
+                  "again in the next")
 
 
 @dataclass
@@ -102,8 +108,11 @@ async def _run_calls(batch: ToolBatch, env: ToolEnv) -> None:
 
         async with trio.open_nursery() as calls:
             watcher.start_soon(abandon_when_told)
-            for call in batch.calls:
-                calls.start_soon(_run_one, call, batch.results, env)
+            for n, call in enumerate(batch.calls):
+                if n < MAX_CALLS_PER_ROUND:
+                    calls.start_soon(_run_one, call, batch.results, env)
+                else:
+                    _deliver(batch.results, _error(call, TOO_MANY_CALLS))
         watcher.cancel_scope.cancel()
 
 
@@ -156,11 +165,19 @@ async def _outcome(call: ToolCall, definition: ToolDefinition | None,
 
 async def _invoke(call: ToolCall, definition: ToolDefinition, timeout_s: float | None,
                   env: ToolEnv) -> ToolOutcome:
+    sent: list[ToolMessage] = []
+    outcome = await _run(call, definition, timeout_s, env, sent)
+    heard = any(isinstance(message, Play | SendDigits) for message in sent)
+    return replace(outcome, spoke=True) if heard else outcome
+
+
+async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | None,
+               env: ToolEnv, sent: list[ToolMessage]) -> ToolOutcome:
     limit_s = timeout_s or definition.timeout_s
     started = trio.current_time()
     try:
         with trio.fail_after(limit_s):
-            result = await definition.call(_context(call, definition, env), call.input,
+            result = await definition.call(_context(call, definition, env, sent), call.input,
                                            threads=env.registry.threads)
     except trio.TooSlowError:
         log.warning("tool timed out", extra={"tool": call.name, "timeout_s": limit_s})
@@ -188,23 +205,32 @@ async def _invoke(call: ToolCall, definition: ToolDefinition, timeout_s: float |
         log.warning("tool result too large, dropped; return only what the model needs",
                     extra={"tool": call.name, "bytes": size, "limit": MAX_RESULT_BYTES})
         ran = " The tool did run: check before repeating it." if definition.side_effect else ""
-        return _error(call, f"its result was {size} bytes, over the {MAX_RESULT_BYTES}-byte "
-                            f"limit, so it was dropped.{ran}", definition)
+        return replace(_error(call, f"its result was {size} bytes, over the "
+                                    f"{MAX_RESULT_BYTES}-byte limit, so it was dropped.{ran}",
+                              definition), ends_call=definition.ends_turn)  # it did its work
     log.info("tool done", extra={"tool": call.name, "duration_ms": round(elapsed * 1000)})
     return ToolOutcome(call.tool_use_id, call.name, "success", dict(result),
                        side_effect=definition.side_effect, duration_s=elapsed,
                        ends_call=definition.ends_turn)
 
 
-def _context(call: ToolCall, definition: ToolDefinition, env: ToolEnv) -> ToolContext:
+def _context(call: ToolCall, definition: ToolDefinition, env: ToolEnv,
+             sent: list[ToolMessage]) -> ToolContext:
+    """``sent`` collects what the tool sends the caller: a turn whose model then says
+    nothing is not silence (``ToolOutcome.spoke``)."""
     fields = {"call_sid": env.call_sid, "tool": definition.name,
               "tool_use_id": call.tool_use_id}
+
+    async def send(message: ToolMessage) -> None:
+        await env.outbound.send(message)
+        sent.append(message)
+
     return ToolContext(
         call_sid=env.call_sid, caller=env.caller, called=env.called, use_case=env.use_case,
         tool_name=definition.name, tool_use_id=call.tool_use_id, store=env.store,
         settings=env.settings if env.settings is not None else Settings.model_validate({}),
         log=ToolLog(logging.getLogger(f"voiceagent.tools.{definition.name}"), fields),
-        _sender=env.outbound.send)
+        _sender=send)
 
 
 def _error(call: ToolCall, reason: str, definition: ToolDefinition | None = None

@@ -158,6 +158,7 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
     if not calls and not plan.use_model:
         return
     rounds_done = 0
+    tools_spoke = False             # the last tool round sent the caller audio or digits
     while True:
         if calls:
             if rounds_done >= ctx.max_tool_rounds:
@@ -165,12 +166,13 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
                 return
             outcomes = await _tool_round(ctx, speaker, calls, rounds)
             rounds_done += 1
+            tools_spoke = any(o.spoke for o in outcomes)
             if any(o.ends_call for o in outcomes):
                 return
         calls = await _model_round(ctx, speaker)
         if not calls:
-            if speaker.quiet and (rounds_done or ctx.stats.rounds[-1].stop_reason
-                                  in STOPPED_QUIET):
+            if speaker.quiet and not tools_spoke and (
+                    rounds_done or ctx.stats.rounds[-1].stop_reason in STOPPED_QUIET):
                 await speaker.say_text(NO_WORDS)
             return
 

@@ -157,6 +157,40 @@ async def test_a_tool_result_over_the_limit_reaches_neither_the_model_nor_the_st
             "run: check before repeating it.")
 
 
+async def test_one_reply_s_tool_results_stay_one_item_the_store_keeps(
+        autojump_clock: Any) -> None:
+    """Each result within its cap, but 13 of them in one reply made a 413 KB results
+    message, one chat item both stores refuse (helper-28): past MAX_CALLS_PER_ROUND the
+    calls are answered, not run, and the round's results, with the most caller words a
+    user message keeps, fit."""
+    from actors.history import MAX_UNANSWERED_CHARS
+    from voiceagent.store import records
+    from voiceagent.store.base import check_item_size
+
+    ran: list[str] = []
+
+    async def place(ctx: Any, args: Any) -> dict[str, Any]:
+        ran.append(ctx.tool_use_id)
+        return {"page": "x" * (tool_executor.MAX_RESULT_BYTES - 20)}
+
+    env, _outbound = _order_env(place)
+    calls = tuple(ToolCall(f"tu_{n:02d}", "placeOrder", {}) for n in range(13))
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            with tool_executor.ToolExecutor(nursery, env) as executor:
+                results_send, results = trio.open_memory_channel[ToolOutcome](len(calls))
+                executor.submit(ToolBatch(calls, results_send))
+                outcomes = [await results.receive() for _ in calls]
+    assert sorted(ran) == [f"tu_{n:02d}" for n in range(tool_executor.MAX_CALLS_PER_ROUND)]
+    assert sorted(o.tool_use_id for o in outcomes
+                  if o.content == tool_executor.TOO_MANY_CALLS) == [
+        f"tu_{n:02d}" for n in range(tool_executor.MAX_CALLS_PER_ROUND, 13)]
+    message = {"role": "user", "content": [
+        *(o.to_block() for o in outcomes), {"text": "é" * MAX_UNANSWERED_CHARS}]}
+    check_item_size(records.chat_item("CA1", 1_700_000_000_000, 3, message,
+                                      {"at_ms": 1_700_000_000_000, "turn": 9}, 3600))
+
+
 def _order_env(place: Any) -> tuple[tool_executor.ToolEnv,
                                      trio.MemoryReceiveChannel[Outbound]]:
     """A call whose one tool, ``placeOrder``, is ``place`` with side effects."""

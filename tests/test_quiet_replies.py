@@ -17,6 +17,9 @@ from tests.fakes import FakeLLM, tool_use, words
 from tests.test_call_actors import TOOLS, order_registry
 from voiceagent.llm.base import StreamEnd, TextDelta
 from voiceagent.llm.converse import NO_REPLY
+from voiceagent.relay.outbound import End
+from voiceagent.tools.base import ToolDefinition
+from voiceagent.tools.registry import ToolRegistry, default_registry
 
 
 def _texts(message: dict[str, Any]) -> list[str]:
@@ -88,3 +91,49 @@ async def test_caller_words_after_a_cut_follow_up_go_apart_from_the_tool_results
     merged = [m for m in call.history if m["role"] == "user"
               and any("toolResult" in b for b in m["content"])]
     assert _texts(merged[-1]) == ["actually, how long?"]      # the history keeps it as was
+
+
+PLAY_TOOLS = [{"name": "playAudio", "description": "Play an audio file to the caller.",
+               "input_schema": {"type": "object", "required": ["url"],
+                                "properties": {"url": {"type": "string"}}}}]
+
+
+async def test_no_words_after_a_tool_that_played_the_caller_something(
+        autojump_clock: Any) -> None:
+    """The model plays the hold recording and rightly says nothing more: the caller heard
+    the recording, then "Sorry, I lost my train of thought" over it (helper-28)."""
+    llm = FakeLLM([tool_use("tu_play", "playAudio", {"url": "https://example.com/hold.mp3"}),
+                   [0.2, StreamEnd("end_turn")]])
+    async with open_test_call(llm, use_case=plain_use_case(tools=PLAY_TOOLS),
+                              registry=default_registry()) as call:
+        call.say("play me the hold music please")
+        assert (await call.frame())["type"] == "play"
+        await trio.sleep(5)
+        after = call.socket.pending()
+    assert after == []                  # nothing spoken: not even the talk cycle's closer
+    assert len(llm.requests) == 2
+
+
+async def test_an_ends_turn_tool_whose_result_is_capped_still_ends_the_turn(
+        autojump_clock: Any) -> None:
+    """A handoff (ends_turn) sent its ``end`` and returned more than a result may hold: the
+    result is replaced by an error, but the tool did its work, and the model is not asked
+    again after the call's end (nor NO_WORDS recorded as said) (helper-28)."""
+    registry = ToolRegistry()
+
+    async def handoff(ctx: Any, args: Any) -> dict[str, Any]:
+        await ctx.send(End(handoff_data='{"reasonCode": "live-agent-handoff"}'))
+        return {"status": "transferring", "context": "y" * (40 * 1024)}
+
+    registry.register(ToolDefinition("handoff", handoff, timeout_s=10, ends_turn=True))
+    llm = FakeLLM([tool_use("tu_h", "handoff", before="Transferring you now."),
+                   [0.2, StreamEnd("end_turn")]])
+    use_case = plain_use_case(tools=[{"name": "handoff", "description": "To a person"}])
+    async with open_test_call(llm, use_case=use_case, registry=registry) as call:
+        call.say("a person please")
+        await call.reply()
+        await trio.sleep(5)
+    assert len(llm.requests) == 1
+    assert _texts(call.history[-1]) == []                   # the results, nothing after
+    (result,) = call.history[-1]["content"]
+    assert result["toolResult"]["status"] == "error"
