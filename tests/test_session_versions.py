@@ -12,6 +12,7 @@ reconnect's socket was refused on any third process, and the reconnect count wen
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, cast
 
 import trio
@@ -194,3 +195,28 @@ async def test_a_set_aside_history_stays_set_aside_when_the_claim_is_superseded(
             nursery.cancel_scope.cancel()
         plan = await c.resolve(_setup(renewed.token))
     assert [m["content"][0].get("text") for m in plan.history] == ["fresh words"]
+
+
+async def test_a_mint_that_lands_late_never_makes_its_spent_token_good_again(
+        autojump_clock: Any) -> None:
+    """``/twiml``'s session write timed out but DynamoDB applied it, so it was queued again;
+    meanwhile the call's socket claimed the session (token spent). The queued mint, the same
+    generation, landed after the claim: the spent token was good again (helper-28). A
+    generation's claim now outranks its mint."""
+    from tests.fakes import MemoryStore
+
+    store = MemoryStore()
+    writer = WriteBehind(cast(Store, store), jitter=lambda: 1.0)
+    session = records.CallSession(
+        call_sid=CALL_SID, token="minted", use_case=USE_CASE.name, system_prompt="p",
+        model_id="m", caller="", called="", profile=None, greeting=None, created_at=1.0)
+    claimed = records.session_item(replace(session, token=""), 3600)
+    await store.put(claimed)
+    writer.submit(records.session_item(session, 3600), call_sid=CALL_SID, urgent=True,
+                  version=records.SESSION_VERSION)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            assert await writer.flush(timeout_s=5)
+            nursery.cancel_scope.cancel()
+    assert await store.get(CALL_SID, records.SESSION_SK) == claimed

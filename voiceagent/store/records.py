@@ -262,9 +262,11 @@ def _iso_utc(epoch_s: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-# orders a session's writes across processes: a claim queued behind a throttled store must
-# not land over the renewal another process wrote since (``Store.put_unless_newer``)
-SESSION_VERSION = "generation"
+# orders a session's writes across processes (``Store.put_unless_newer``): a claim queued
+# behind a throttled store must not land over the renewal another process wrote since, nor
+# a mint that a timed-out write re-queued (applied all the same) over its own claim, which
+# made the spent token good again: each generation's mint, then its claim, then the next's
+SESSION_VERSION = "version"
 
 
 def session_item(s: CallSession, ttl_s: int) -> Item:
@@ -276,7 +278,7 @@ def session_item(s: CallSession, ttl_s: int) -> Item:
         "systemPrompt": [{"text": s.system_prompt}],
         "token": s.token, "greeting": s.greeting, "From": s.caller, "To": s.called,
         "createdAt": s.created_at, "expireAt": int(s.created_at) + ttl_s,
-        "generation": s.generation,
+        "generation": s.generation, SESSION_VERSION: s.generation * 2 + (0 if s.token else 1),
     }
 
 
