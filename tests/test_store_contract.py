@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -20,7 +21,7 @@ from tests.dynamodb_support import open_test_table, shared_moto, stop_shared_mot
 from tests.store_contract import CHECKS, Check
 from voiceagent.errors import StoreError, StoreRejected
 from voiceagent.store.base import MAX_ITEM_BYTES, Store, check_item_size, item_size
-from voiceagent.store.sqlite import SqliteStore, open_sqlite_store
+from voiceagent.store.sqlite import SWEEP_EVERY_S, SqliteStore, open_sqlite_store
 
 BackendFactory = Callable[[Path], AbstractAsyncContextManager[Store]]
 
@@ -117,6 +118,37 @@ async def test_sqlite_removes_expired_items_when_opened(tmp_path: Path) -> None:
             assert await store.get("old", "x") is None
             assert await store.get("new", "x") is not None
             assert await store.get("forever", "x") is not None
+
+
+async def test_sqlite_removes_expired_items_while_it_runs(tmp_path: Path) -> None:
+    """A server that runs for weeks kept every transcript (callers' words) past
+    SESSION_TTL_S, expiry happening only at open (helper-25)."""
+    with trio.fail_after(10):
+        async with open_sqlite_store(tmp_path / "store.db",
+                                     limiter=trio.CapacityLimiter(2)) as store:
+            await store.put_many([{"pk": "old", "sk": "x", "expireAt": 1_000},
+                                  {"pk": "new", "sk": "x", "expireAt": 4_000_000_000}])
+            assert await store.remove_expired() == 1
+            assert await store.get("old", "x") is None
+            assert await store.get("new", "x") is not None
+
+
+async def test_sqlite_sweeps_hourly_and_a_failed_sweep_waits_for_the_next(
+        tmp_path: Path, autojump_clock: Any) -> None:
+    async with open_sqlite_store(tmp_path / "store.db",
+                                 limiter=trio.CapacityLimiter(2)) as store:
+        swept: list[float] = []
+
+        async def remove_expired() -> int:
+            swept.append(trio.current_time())
+            if len(swept) == 2:
+                raise StoreError("sqlite remove_expired: database is locked")
+            return 3
+
+        store.remove_expired = remove_expired            # type: ignore[method-assign]
+        with trio.move_on_after(3 * SWEEP_EVERY_S + 1):
+            await store.sweep_expired()
+    assert swept == [SWEEP_EVERY_S, 2 * SWEEP_EVERY_S, 3 * SWEEP_EVERY_S]
 
 
 async def test_sqlite_open_error_names_the_path(tmp_path: Path) -> None:

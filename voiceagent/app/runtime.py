@@ -192,6 +192,9 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
             await nursery.start(runtime.sessions.run)
+            sweep = getattr(store, "sweep_expired", None)   # SQLite: DynamoDB's TTL does it
+            if sweep is not None:
+                await nursery.start(sweep)
             await nursery.start(partial(heap.watch_loop_lag, runtime.metrics.observe_loop_lag))
             if runtime.metrics.emf_enabled:
                 await nursery.start(runtime.metrics.run_emf)

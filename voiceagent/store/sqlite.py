@@ -7,8 +7,9 @@ SQLite can key, index and expire on them. Text compares byte-wise in UTF-8 (SQLi
 collation), which is DynamoDB's sort order for string keys.
 
 Like DynamoDB the index is sparse: an item is in it only when it has both ``pk1`` and ``sk1``.
-Expired items (``expireAt`` in the past) are deleted when the store opens, which stands in for
-DynamoDB's TTL sweeper; like DynamoDB, reads do not hide items that expired since.
+Expired items (``expireAt`` in the past) are deleted when the store opens, and hourly while a
+server runs (``sweep_expired``), which stands in for DynamoDB's TTL sweeper; like DynamoDB,
+reads do not hide items that expired since.
 
 Threads: one connection, opened with ``check_same_thread=False`` and used under a
 ``threading.Lock``; every call runs in a worker thread through ``run_blocking`` and the
@@ -49,6 +50,7 @@ Row = tuple[str, str, str | None, str | None, int | float | None, str]
 
 BUSY_TIMEOUT_S = 5.0
 _EPOCH_LIMIT = 2**62                 # expireAt must fit SQLite's 64-bit INTEGER
+SWEEP_EVERY_S = 3600.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -118,6 +120,31 @@ class SqliteStore:
         row = _encode(item)
         return await self._run("put_unless_newer", partial(
             _write_unless_newer, row=row, version=version, value=item[version]))
+
+    async def remove_expired(self) -> int:
+        """Delete the items whose ``expireAt`` has passed; how many."""
+        def remove(db: sqlite3.Connection) -> int:
+            return db.execute("DELETE FROM items WHERE expireAt < ?",
+                              (int(time.time()),)).rowcount
+
+        return await self._run("remove_expired", remove)
+
+    async def sweep_expired(self, *, every_s: float = SWEEP_EVERY_S,
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                            ) -> None:
+        """Remove expired items every ``every_s`` until cancelled: a server that runs for
+        weeks kept every transcript (callers' words) past ``SESSION_TTL_S``, and its file
+        grew, since expiry happened only at open. A failed sweep waits for the next."""
+        task_status.started()
+        while True:
+            await trio.sleep(every_s)
+            try:
+                removed = await self.remove_expired()
+            except StoreError as err:
+                log.warning("sqlite expiry sweep failed", extra={"error": str(err)[:300]})
+                continue
+            if removed:
+                log.info("sqlite expired items removed", extra={"removed": removed})
 
     async def query(self, pk: str, sk_prefix: str = "", *, descending: bool = False,
                     limit: int | None = None) -> list[Item]:
