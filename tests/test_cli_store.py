@@ -57,6 +57,12 @@ def _time_limit() -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+@pytest.fixture(autouse=True)
+def _elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands read ./.env and ./config: run them where neither is the developer's."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def dynamodb_env(moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                  ) -> Iterator[str]:

@@ -293,6 +293,9 @@ def test_without_config_dir_a_checkout_uses_its_config_and_an_install_the_bundle
     beside = tmp_path / "config"               # site-packages/config: another distribution's
     (beside / "usecases").mkdir(parents=True)
     monkeypatch.setattr(settings_module, "SOURCE_CONFIG", beside)
+    here = tmp_path / "here"
+    (here / "config").mkdir(parents=True)      # not laid out like config/: not ours
+    monkeypatch.chdir(here)
     settings = Settings.from_env({"LLM": "scripted", "TWILIO_AUTH_TOKEN": "t"})
     assert settings.resolved_config_dir == BUNDLED_CONFIG
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'voiceagent'\n")
@@ -300,6 +303,29 @@ def test_without_config_dir_a_checkout_uses_its_config_and_an_install_the_bundle
     with_dir = Settings.from_env({"LLM": "scripted", "TWILIO_AUTH_TOKEN": "t",
                                   "CONFIG_DIR": "elsewhere"})
     assert with_dir.resolved_config_dir == Path("elsewhere")
+    (here / "config" / "usecases").mkdir()     # a project's own: it wins over the examples
+    assert settings.resolved_config_dir == Path("config")
+    assert with_dir.resolved_config_dir == Path("elsewhere")
+
+
+def test_config_load_in_a_project_loads_its_own_use_case(project: Path,
+                                                         tmp_path: Path) -> None:
+    """`config load` is the deploy step that writes a project's use case to DynamoDB (README,
+    Path 2 step 4): run in the project's folder it reads .env (CONFIG_DIR, TOOLS) as `serve`
+    does, and without CONFIG_DIR it takes ./config, never voiceagent's examples."""
+    env = {**_clean_env(tmp_path), "PYTHONPATH": f"{ROOT}:{project}", "STORE": "sqlite",
+           "AWS_CONFIG_FILE": str(tmp_path / "none"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
+    dotenv = project / ".env"
+    for number in range(2):
+        done = subprocess.run(
+            [sys.executable, "-m", "voiceagent", "config", "load"], cwd=project,
+            env={**env, "DATA_DIR": str(tmp_path / f"data-{number}")}, capture_output=True,
+            text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[0] == "use case bikeShop: created", done.stdout
+        assert "restaurantOrderingUseCase" not in done.stdout
+        dotenv.write_text(dotenv.read_text().replace("CONFIG_DIR=config\n", ""))
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from voiceagent.errors import SettingsError
 DEFAULT_MODEL = "us.amazon.nova-lite-v1:0"
 BUNDLED_CONFIG = Path(__file__).parent / "bundled_config"
 SOURCE_CONFIG = Path(__file__).parent.parent / "config"
+LOCAL_CONFIG = Path("config")          # relative: the folder the command starts in
 MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", re.ASCII)
 
 
@@ -161,13 +162,15 @@ class Settings(BaseModel):
 
     @property
     def resolved_config_dir(self) -> Path:
-        """``CONFIG_DIR``, else the repository's ``config/`` (running from a checkout), else
-        the copy in the wheel. Only a checkout's: installed, the folder beside the package is
-        site-packages, where a ``config/`` would be some other distribution's."""
+        """``CONFIG_DIR``, else ``./config`` when the current folder has one laid out like
+        ours (a project made by ``voiceagent init``: its own use cases must never lose to
+        voiceagent's examples), else ``packaged_config_dir()``. ``serve``, ``check`` and
+        ``config load`` all read this, so they agree on what a deployment loads."""
         if self.config_dir is not None:
             return self.config_dir
-        checkout = (SOURCE_CONFIG.parent / "pyproject.toml").is_file()
-        return SOURCE_CONFIG if checkout and SOURCE_CONFIG.is_dir() else BUNDLED_CONFIG
+        if (LOCAL_CONFIG / "usecases").is_dir():
+            return LOCAL_CONFIG
+        return packaged_config_dir()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -186,6 +189,14 @@ class Settings(BaseModel):
         if problems:
             raise SettingsError(problems)
         return settings
+
+
+def packaged_config_dir() -> Path:
+    """voiceagent's own example use cases: the repository's ``config/`` (running from a
+    checkout), else the copy in the wheel. Only a checkout's: installed, the folder beside the
+    package is site-packages, where a ``config/`` would be some other distribution's."""
+    checkout = (SOURCE_CONFIG.parent / "pyproject.toml").is_file()
+    return SOURCE_CONFIG if checkout and SOURCE_CONFIG.is_dir() else BUNDLED_CONFIG
 
 
 def _flag(value: Any, default: bool) -> bool:

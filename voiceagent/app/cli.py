@@ -23,7 +23,7 @@ from voiceagent.app.caller import CallerError, Identity, open_call
 from voiceagent.app.cli_store import add_commands
 from voiceagent.app.terminal import Transcript, interactive, scripted
 from voiceagent.errors import ConfigError, SettingsError, StoreError
-from voiceagent.settings import DEFAULT_MODEL, Settings
+from voiceagent.settings import DEFAULT_MODEL, Settings, packaged_config_dir
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +194,13 @@ def _demo(args: argparse.Namespace) -> int:
                           "you, in the browser: use one or the other")
     # --web: Ctrl-C ends a browser call at once (politely, with `end`), no 90 s drain
     web = {"PHONE_PAGE": True, "DRAIN_TIMEOUT_S": 0} if args.web else {}
+    # the restaurant examples even in a project's folder, whose ./config needs its .env
+    config_dir = os.environ.get("CONFIG_DIR") or str(packaged_config_dir())
     with tempfile.TemporaryDirectory(prefix="voiceagent-demo-") as scratch:
         settings = Settings.from_env(
-            {k: v for k, v in os.environ.items() if k in ("CONFIG_DIR", "TIME_ZONE", "TOOLS")},
-            STORE="sqlite", LLM="scripted", DEMO=True, VALIDATE_SIGNATURES=False,
+            {k: v for k, v in os.environ.items() if k in ("TIME_ZONE", "TOOLS")},
+            CONFIG_DIR=config_dir, STORE="sqlite", LLM="scripted", DEMO=True,
+            VALIDATE_SIGNATURES=False,
             DATA_DIR=str(args.data_dir or scratch), HOST="127.0.0.1", PORT=args.port,
             LOG_FORMAT="console", LOG_LEVEL="INFO" if args.verbose else "WARNING", **web)
         logs.configure(settings.log_format, settings.log_level)

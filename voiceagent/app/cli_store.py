@@ -1,10 +1,11 @@
 """``voiceagent config``, ``voiceagent calls`` and ``voiceagent store``: the state behind the
 service, from a terminal or a deploy step.
 
-Every command reads its settings from the environment like ``serve`` (STORE, TABLE_NAME,
-AWS_REGION, DATA_DIR, CONFIG_DIR, ...) and opens the same store the service uses. None of them
-talks to Twilio, so none needs TWILIO_AUTH_TOKEN. Output goes to stdout; a domain error is one
-line on stderr and exit code 2 (``cli.main`` prints ConfigError, SettingsError, StoreError).
+Every command reads its settings from the environment and ``./.env`` like ``serve`` (STORE,
+TABLE_NAME, AWS_REGION, DATA_DIR, CONFIG_DIR, ...) and opens the same store the service uses.
+None of them talks to Twilio, so none needs TWILIO_AUTH_TOKEN. Output goes to stdout; a domain
+error is one line on stderr and exit code 2 (``cli.main`` prints ConfigError, SettingsError,
+StoreError).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic import BaseModel
 import voiceagent.store.records as records
 from voiceagent import logs
 from voiceagent.app import transcripts
+from voiceagent.app.dotenv_file import load_dotenv_file
 from voiceagent.app.runtime import open_store
 from voiceagent.catalog import ConfigSet, read_config_dir, write_config
 from voiceagent.errors import ConfigError
@@ -46,7 +48,8 @@ def add_commands(commands: Any) -> None:
     load = config_commands.add_parser(
         "load", help="validate config/ and write it to the store (idempotent)")
     load.add_argument("--config-dir", type=Path, default=None,
-                      help="folder laid out like config/ (default: $CONFIG_DIR, else ./config)")
+                      help="folder laid out like config/ (default: $CONFIG_DIR, from the "
+                           "environment or ./.env, else ./config, else voiceagent's examples)")
     load.set_defaults(run=_config_load)
     listing = config_commands.add_parser("list", help="use cases and profiles, one line each")
     listing.set_defaults(run=_config_list)
@@ -82,7 +85,10 @@ def add_commands(commands: Any) -> None:
 
 
 def _settings() -> Settings:
-    """The service's settings, minus the Twilio token: these commands never see Twilio."""
+    """The service's settings, minus the Twilio token: these commands never see Twilio.
+    ``./.env`` is read first, as ``serve`` reads it, so a deploy step run in the project's
+    folder (``config load``) sees the same CONFIG_DIR and TOOLS as the service."""
+    load_dotenv_file()
     settings = Settings.from_env(VALIDATE_SIGNATURES=False)
     logs.configure(settings.log_format,
                    "WARNING" if settings.log_level == "INFO" else settings.log_level)

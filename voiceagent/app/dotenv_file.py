@@ -1,7 +1,8 @@
 """The ``.env`` file of the current folder, read into the environment before the settings.
 
-``voiceagent serve`` and ``voiceagent check`` both call ``load_dotenv_file`` first, so a check
-sees exactly the settings the service would. A variable already set in the environment wins
+``voiceagent serve``, ``voiceagent check`` and the ``config``, ``calls`` and ``store`` commands
+all call ``load_dotenv_file`` first, so a check or a ``config load`` sees exactly the settings
+the service would. A variable already set in the environment wins
 over the file (a container's or a shell's value is never overridden by a stale file), and a
 missing file is not an error: production sets everything in the environment.
 """
