@@ -187,6 +187,37 @@ def test_config_load_errors_name_the_file_and_key_path(
         "config/README.md for the keys)\n")
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "latin-1"])
+def test_config_load_names_a_file_that_is_not_utf8(
+        sqlite_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        encoding: str) -> None:
+    """Notepad's "Unicode" (UTF-16) or a Latin-1 editor: the file and the fix, in one line."""
+    config = tmp_path / "config"
+    shutil.copytree(FIXTURE_CONFIG, config)
+    path = config / "usecases" / "windows.yaml"
+    path.write_bytes("name: caf\u00e9UseCase\nprompt: hi\n".encode(encoding))
+    error = fail(capsys, "config", "load", "--config-dir", str(config))
+    assert error.startswith(f"voiceagent: {path}: not UTF-8 text (byte ")
+    assert error.endswith("is not UTF-8); save the file as UTF-8\n")
+    path.unlink()
+    (config / "profiles.yaml").write_bytes(
+        (config / "profiles.yaml").read_text().replace("Ada", "Ad\u00e9").encode(encoding))
+    assert f"{config / 'profiles.yaml'}: not UTF-8" in fail(
+        capsys, "config", "load", "--config-dir", str(config))
+
+
+def test_config_load_skips_hidden_files(sqlite_env: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """macOS writes binary ``._name.yaml`` (AppleDouble) files beside a use case copied to
+    a volume without extended attributes; they are not use cases."""
+    config = tmp_path / "config"
+    shutil.copytree(FIXTURE_CONFIG, config)
+    (config / "usecases" / "._testUseCase.yaml").write_bytes(
+        b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \xff\xfe")
+    assert run(capsys, "config", "load", "--config-dir", str(config))[0] == (
+        "use case testUseCase: created")
+
+
 def test_config_commands_without_a_table_or_a_token_fail_in_one_line(
         dynamodb_env: str, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -75,12 +75,15 @@ class ConfigSet:
 
 
 def read_config_dir(path: Path, registry: ToolRegistry) -> ConfigSet:
-    """Every use case under ``usecases/`` and ``profiles.yaml``, validated; tools must exist."""
+    """Every use case under ``usecases/`` (``*.yaml``, ``*.yml``; not dotfiles) and
+    ``profiles.yaml``, validated; tools must exist."""
     folder = path / "usecases"
     if not folder.is_dir():
         raise ConfigError(str(path), "", "no usecases/ folder here; point CONFIG_DIR at a "
                                          "folder laid out like the repository's config/")
-    files = sorted(folder.glob("*.y*ml"))
+    # dotfiles are not use cases: macOS leaves binary ``._name.yaml`` files (AppleDouble) on
+    # volumes without extended attributes, and editors leave hidden ones
+    files = sorted(f for f in folder.glob("*.y*ml") if not f.name.startswith("."))
     use_cases = tuple(load_use_case_file(f) for f in files)
     for file, use_case in zip(files, use_cases, strict=True):
         try:

@@ -337,6 +337,9 @@ def read_yaml(path: Path) -> Any:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigError(str(path), "", f"cannot read: {err.strerror}") from None
+    except UnicodeDecodeError as err:          # UTF-16 ("Unicode" in Notepad), Latin-1, ...
+        raise ConfigError(str(path), "", f"not UTF-8 text (byte {err.start} is not UTF-8); "
+                                         "save the file as UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else ""
