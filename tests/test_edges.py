@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import socket
+import sys
+from pathlib import Path
+
 import pytest
+import trio
 
 from voiceagent import signature, twiml
 from voiceagent.app.cli import main
 from voiceagent.errors import SettingsError
 from voiceagent.settings import Settings
 from voiceagent.usecases import LanguageEntry, UseCase
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_CONFIG = ROOT / "tests" / "fixtures" / "config"
+SERVE_TIMEOUT_S = 60
 
 
 def test_every_settings_problem_is_reported_at_once() -> None:
@@ -134,3 +143,39 @@ def test_serve_with_bedrock_and_no_aws_identity_stops_at_start(
     assert "AWS_REGION" in err
     assert "voiceagent demo" in err
     assert "Traceback" not in err
+
+
+async def _serve_fails(tmp_path: Path, host: str, port: int) -> str:
+    """``voiceagent serve`` in a process of its own (it sets up logging and signals) with a
+    clean environment; it must exit 2 without a traceback. Its last stderr line."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT),
+           "LLM": "scripted", "TWILIO_AUTH_TOKEN": "t", "DATA_DIR": str(tmp_path / "data"),
+           "CONFIG_DIR": str(FIXTURE_CONFIG), "HOST": host, "PORT": str(port),
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    with trio.fail_after(SERVE_TIMEOUT_S):
+        done = await trio.run_process([sys.executable, "-m", "voiceagent", "serve"], env=env,
+                                      cwd=tmp_path, capture_stderr=True, check=False)
+    err = done.stderr.decode()
+    assert "Traceback" not in err, err[-3000:]
+    assert done.returncode == 2
+    return err.splitlines()[-1]
+
+
+async def test_serve_on_a_port_in_use_or_a_host_not_here_says_so_in_one_line(
+        tmp_path: Path) -> None:
+    """A second `voiceagent serve`, or a port another program holds, is the commonest way
+    for a start to fail: which address, why, and which setting to change."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert await _serve_fails(tmp_path, "127.0.0.1", port) == (
+            f"voiceagent: cannot listen on 127.0.0.1:{port}: the port is in use (another "
+            "`voiceagent serve`, or another program): choose a free one (PORT; `demo --port`), "
+            "or stop the process that holds it")
+    not_here = await _serve_fails(tmp_path, "192.0.2.1", 3000)     # TEST-NET-1, nobody's
+    assert not_here.startswith("voiceagent: cannot listen on 192.0.2.1:3000: HOST is not an "
+                               "address of this machine: set HOST")
+    unknown = await _serve_fails(tmp_path, "no-such-host.invalid", 3000)
+    assert unknown.startswith("voiceagent: cannot listen on no-such-host.invalid:3000: HOST is "
+                              "neither an IP address nor a name that resolves")

@@ -3,6 +3,7 @@
     VoiceAgentError
     ├── ConfigError            a use-case or profile file is wrong (path, key path, problem)
     ├── SettingsError          environment settings missing or invalid (all listed at once)
+    ├── ListenError            HOST:PORT cannot be listened on (port in use, HOST not here)
     ├── RelayError
     │   ├── RelayProtocolError a frame from Twilio broke the protocol (type, field, problem)
     │   ├── RelayClosed        we closed the socket (end sent, teardown)
@@ -44,6 +45,17 @@ class SettingsError(VoiceAgentError):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"cannot start, {len(problems)} setting(s) to fix:\n{lines}")
+
+
+class ListenError(VoiceAgentError):
+    """The server cannot open its port: the settings are valid, the machine says no."""
+
+    def __init__(self, host: str, port: int, problem: str) -> None:
+        self.host = host
+        self.port = port
+        self.problem = problem
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(f"cannot listen on {where}: {problem}")
 
 
 class RelayError(VoiceAgentError):

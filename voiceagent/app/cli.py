@@ -22,7 +22,7 @@ from voiceagent.app import bench_cli, check, init
 from voiceagent.app.caller import CallerError, Identity, open_call
 from voiceagent.app.cli_store import add_commands
 from voiceagent.app.terminal import Transcript, interactive, scripted
-from voiceagent.errors import ConfigError, SettingsError, StoreError
+from voiceagent.errors import ConfigError, ListenError, SettingsError, StoreError
 from voiceagent.settings import DEFAULT_MODEL, Settings, packaged_config_dir
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ EPILOG = """\
 Settings come from environment variables and a .env file in the current folder (the
 environment wins); .env.example lists every one. `voiceagent COMMAND --help` for a command."""
 
+# printed as one line with exit code 2; anything else is a bug and keeps its traceback
+DOMAIN_ERRORS = (SettingsError, ConfigError, CallerError, StoreError, ListenError)
 DEMO_WARNING = ("DEMO MODE: Twilio signature checks are OFF, the model is the offline "
                 "scripted one and state is in a local SQLite file. Never expose this server.")
 
@@ -49,11 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args))
-    except (SettingsError, ConfigError, CallerError, StoreError) as err:
+    except DOMAIN_ERRORS as err:
         print(f"voiceagent: {err}", file=sys.stderr)
         return 2
     except BaseExceptionGroup as group:          # errors from inside a nursery arrive grouped
-        known, rest = group.split((SettingsError, ConfigError, CallerError, StoreError))
+        known, rest = group.split(DOMAIN_ERRORS)
         if known is None or rest is not None:
             raise
         for leaf in _leaves(known):

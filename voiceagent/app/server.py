@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -28,6 +29,7 @@ from hypercorn.typing import (
 from voiceagent.app import connection_cycle
 from voiceagent.app.runtime import Runtime, open_runtime
 from voiceagent.app.web import create_app
+from voiceagent.errors import ListenError
 from voiceagent.llm.base import LLM
 from voiceagent.settings import Settings
 from voiceagent.tools.registry import ToolRegistry
@@ -60,9 +62,12 @@ def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0,
     # hypercorn 0.18 sets only for its own multi-worker mode.
     host = host.strip("[]")               # HOST=[::1] is allowed, as hypercorn took it
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.create_server(      # IPv4 too on "::", as hypercorn's own bind had it
-        (host, port), family=family, reuse_port=reuse_port,
-        dualstack_ipv6=family == socket.AF_INET6 and socket.has_dualstack_ipv6())
+    try:
+        listener = socket.create_server(  # IPv4 too on "::", as hypercorn's own bind had it
+            (host, port), family=family, reuse_port=reuse_port,
+            dualstack_ipv6=family == socket.AF_INET6 and socket.has_dualstack_ipv6())
+    except OSError as err:
+        raise ListenError(host, port, _listen_problem(err)) from err
     _drop_dead_peers(listener)
     config.bind = [f"fd://{listener.detach()}"]
     config.websocket_max_message_size = HARD_FRAME_LIMIT
@@ -78,6 +83,22 @@ def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0,
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
+
+
+def _listen_problem(err: OSError) -> str:
+    """What went wrong and which setting fixes it; the commonest is a second ``serve``."""
+    if err.errno == errno.EADDRINUSE:
+        return ("the port is in use (another `voiceagent serve`, or another program): choose "
+                "a free one (PORT; `demo --port`), or stop the process that holds it")
+    if err.errno == errno.EADDRNOTAVAIL:
+        return ("HOST is not an address of this machine: set HOST to one of its addresses, "
+                "0.0.0.0 for all of them or 127.0.0.1 for this machine only")
+    if err.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges): set PORT to 1024 or more"
+    if isinstance(err, socket.gaierror) or (err.errno or 0) < 0:   # create_server re-wraps
+        return ("HOST is neither an IP address nor a name that resolves: set HOST to an "
+                "address of this machine (0.0.0.0 for all, 127.0.0.1 for this one only)")
+    return f"{err.strerror or err}: check HOST and PORT"
 
 
 def _drop_dead_peers(listener: socket.socket) -> None:
