@@ -303,6 +303,16 @@ def test_original_sample_items_list_show_and_export(
     assert [p.phone for p in exported.profiles] == ["+15555550100"]
 
 
+def test_config_export_to_a_folder_it_cannot_create_fails_in_one_line(
+        sqlite_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "config", "load")
+    (tmp_path / "taken").write_text("a file, not a folder\n")
+    out = tmp_path / "taken" / "export"
+    assert fail(capsys, "config", "export", "--out", str(out)) == (
+        f"voiceagent: cannot write {out / 'usecases'}: Not a directory; choose another "
+        "--out\n")
+
+
 # ------------------------------------------------------------------ calls
 
 

@@ -192,8 +192,13 @@ async def _export(settings: Settings, out: Path) -> int:
                     for item in await store.query_index(records.PROFILE_INDEX)]
     for path, text in export_files(use_cases, profiles).items():
         target = out / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        except OSError as err:              # a file where a folder goes, no permission, ...
+            print(f"voiceagent: cannot write {err.filename or target}: "
+                  f"{err.strerror or err}; choose another --out", file=sys.stderr)
+            return 2
         print(f"wrote {target}")
     print(f"{len(use_cases)} use cases and {len(profiles)} profiles from {store.name}")
     return 0
