@@ -809,8 +809,30 @@ def test_alarm_conditions() -> None:
     assert parameters["AlarmTurnLatencyP99Ms"]["Default"] == 2000
     assert latency["TreatMissingData"] == "notBreaching"
 
-    # the app publishes every custom metric an alarm or the scaling policy reads
-    for name in ("ModelErrors", "StoreWriteFailures", "TurnLatency", "ActiveCalls"):
+
+
+def _custom_metric_names(node: Any) -> list[Any]:
+    """The MetricName of every metric the template reads in the app's namespace, as written
+    (a parameter reference stays a dict)."""
+    if isinstance(node, list):
+        return [name for element in node for name in _custom_metric_names(element)]
+    if not isinstance(node, dict):
+        return []
+    own = ([node["MetricName"]] if node.get("Namespace") == {"Ref": "MetricNamespace"}
+           and "MetricName" in node else [])
+    return own + [name for value in node.values() for name in _custom_metric_names(value)]
+
+
+def test_every_custom_metric_the_template_reads_is_one_the_app_emits() -> None:
+    """The app's names are the contract (app/metrics.py hard-codes them): a metric name the
+    template takes as a parameter would let a deploy scale and alarm on a metric that never
+    arrives, so each is a literal the app publishes."""
+    template = _template(CLOUD)
+    names = _custom_metric_names([r for r in template["Resources"].values() if r["Type"] in (
+        "AWS::CloudWatch::Alarm", "AWS::ApplicationAutoScaling::ScalingPolicy")])
+    assert set(map(json.dumps, names)) == set(map(json.dumps, [
+        "ModelErrors", "StoreWriteFailures", "TurnLatency", "ActiveCalls"]))
+    for name in names:
         assert app_metrics._is_metric_name(name), name
 
 
@@ -824,7 +846,7 @@ def test_metrics_missing_alarm_counts_the_points_each_task_owes() -> None:
         {"Name": "ClusterName", "Value": {"Ref": "Cluster"}},
         {"Name": "ServiceName", "Value": {"Fn::GetAtt": ["Service", "Name"]}}]
     reports = queries["reports"]["MetricStat"]
-    assert reports["Metric"]["MetricName"] == {"Ref": "ActiveCallsMetricName"}
+    assert reports["Metric"]["MetricName"] == "ActiveCalls"
     assert reports["Stat"] == "SampleCount"
     assert running["Period"] == reports["Period"] == 300
     # Container Insights is on: RunningTaskCount exists
