@@ -363,7 +363,8 @@ def test_bedrock_and_write_behind_figures_sampled_at_scrape() -> None:
         cancel_to_closed_s=(0.001, 0.002, 0.003), cancel_to_exit_s=(),
         first_token_s=(0.3,))
     writer = WriteBehindStatistics(pending=4, written=10, failed=1, retries=2,
-                                   oldest_pending_age_s=1.5, store_down=False)
+                                   oldest_pending_age_s=1.5, store_down=False,
+                                   pending_bytes=5_000)
     settings = make_settings(Path("/nonexistent"))
     runtime: Any = SimpleNamespace(
         settings=settings, calls=SimpleNamespace(active=2), draining=False,
@@ -376,6 +377,7 @@ def test_bedrock_and_write_behind_figures_sampled_at_scrape() -> None:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     assert _value(samples, "voiceagent_active_calls") == 2
     assert _value(samples, "voiceagent_write_behind_pending") == 4
+    assert _value(samples, "voiceagent_write_behind_pending_bytes") == 5_000
     assert _value(samples, "voiceagent_write_behind_lag_seconds") == 1.5
     assert _value(samples, "voiceagent_write_behind_failed_total") == 1
     assert _value(samples, "voiceagent_bedrock_cancellations_total") == 3

@@ -266,6 +266,9 @@ class _Sampled(Collector):
         writer = runtime.writer.statistics()
         yield _gauge("voiceagent_write_behind_pending", "History items not yet written",
                      writer.pending)
+        yield _gauge("voiceagent_write_behind_pending_bytes",
+                     "About the memory the items not yet written hold",
+                     writer.pending_bytes)
         yield _gauge("voiceagent_write_behind_lag_seconds",
                      "Age of the oldest pending history item", writer.oldest_pending_age_s)
         yield _gauge("voiceagent_write_behind_store_down", "1 while the store refuses writes",

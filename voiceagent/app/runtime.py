@@ -20,6 +20,7 @@ import voiceagent.store.records as records
 from actors.call import CallReport, CallServices
 from actors.end_signal import EndSignal
 from voiceagent.app import heap
+from voiceagent.app.memory_budget import backlog_budget_bytes
 from voiceagent.app.metrics import Metrics
 from voiceagent.app.relay_answers import RelayAnswers
 from voiceagent.app.sessions import Sessions
@@ -105,6 +106,11 @@ class Runtime:
     sockets_waiting: dict[Any, None] = field(default_factory=dict)
     claims_running: int = 0                      # setups whose call is being looked up
     metrics: Metrics | None = None
+    backlog_bytes_max: int = 0                   # see memory_budget; set in __post_init__
+
+    def __post_init__(self) -> None:
+        if not self.backlog_bytes_max:
+            self.backlog_bytes_max = backlog_budget_bytes(self.settings)
 
     def call_services(self) -> CallServices:
         settings = self.settings
@@ -126,7 +132,8 @@ class Runtime:
     def at_capacity(self) -> bool:
         """Sockets whose calls are being looked up (at the first read) are calls to come."""
         return (self.calls.active + self.claims_running >= self.settings.max_calls
-                or self.writer.pending >= self.settings.write_backlog_max)
+                or self.writer.pending >= self.settings.write_backlog_max
+                or self.writer.pending_bytes >= self.backlog_bytes_max)
 
     def _persist(self, call_sid: str, index: int, message: dict[str, Any],
                  meta: dict[str, Any]) -> None:

@@ -121,7 +121,9 @@ async def twiml_webhook(runtime: Runtime) -> Response:
     if runtime.draining or runtime.at_capacity:
         log.warning("call refused", extra={"draining": runtime.draining,
                                            "active_calls": runtime.calls.active,
-                                           "write_backlog": runtime.writer.pending})
+                                           "write_backlog": runtime.writer.pending,
+                                           "write_backlog_mb": round(
+                                               runtime.writer.pending_bytes / 1e6, 1)})
         return _refuse_call(settings)
     try:
         session = await runtime.sessions.prepare(form)

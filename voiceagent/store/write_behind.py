@@ -32,7 +32,7 @@ import trio
 
 from voiceagent.errors import StoreError, StorePartlyWritten
 from voiceagent.logs import mask_phone
-from voiceagent.store.base import BATCH_LIMIT, Item, Store
+from voiceagent.store.base import BATCH_LIMIT, Item, Store, item_size
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,19 @@ BACKOFF_CAP_S = 5.0
 
 def is_permanent(err: BaseException) -> bool:
     return bool(getattr(err, "permanent", False))
+
+
+ENTRY_OVERHEAD = 700    # bytes a queued item holds beyond its DynamoDB size (its dicts)
+
+
+def _cost(item: Item) -> int:
+    """Measured: a small chat item (~200 bytes as DynamoDB counts) held ~0.9 KB queued; a
+    large one, about its size. Anything ``item_size`` cannot measure costs its overhead: the
+    store refuses it anyway."""
+    try:
+        return item_size(item) + ENTRY_OVERHEAD
+    except (TypeError, ValueError):
+        return ENTRY_OVERHEAD
 
 
 def _jitter_factor() -> float:
@@ -56,6 +69,7 @@ class WriteBehindStatistics:
     retries: int                     # attempts repeated after a transient error
     oldest_pending_age_s: float      # the lag; 0.0 when nothing is pending
     store_down: bool
+    pending_bytes: int = 0           # about the memory the pending items hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +80,7 @@ class _Entry:
     item: Item
     submitted_at: float
     version: str | None = None       # see ``submit``
+    cost: int = 0                    # memory it holds while queued, roughly (``_cost``)
 
 
 class WriteBehind:
@@ -92,6 +107,7 @@ class WriteBehind:
         self._failed = 0
         self._retries = 0
         self._down_since: float | None = None
+        self._pending_bytes = 0
         self._running = False
         self._retries_before_outage = 0
 
@@ -109,8 +125,10 @@ class WriteBehind:
             raise ValueError("a store item needs string 'pk' and 'sk' attributes")
         seq = self._next_seq
         self._next_seq += 1
+        cost = _cost(item)
         self._queue.append(_Entry(seq, call_sid, (pk, sk), copy.deepcopy(item),
-                                  trio.current_time(), version))
+                                  trio.current_time(), version, cost))
+        self._pending_bytes += cost
         self._last_by_call[call_sid] = seq
         self._wakeup.set()
         if urgent:
@@ -159,6 +177,11 @@ class WriteBehind:
         """Submitted, not yet written or dropped: memory a store outage makes grow."""
         return len(self._queue)
 
+    @property
+    def pending_bytes(self) -> int:
+        """About the memory the pending items hold (a store outage makes it grow)."""
+        return self._pending_bytes
+
     def queued(self, call_sid: str) -> bool:
         """Whether a write of ``call_sid`` is still waiting here (its store is behind it)."""
         return call_sid in self._last_by_call
@@ -191,7 +214,7 @@ class WriteBehind:
         return WriteBehindStatistics(
             pending=self.pending, written=self._written, failed=self._failed,
             retries=self._retries, oldest_pending_age_s=age,
-            store_down=self._down_since is not None)
+            store_down=self._down_since is not None, pending_bytes=self._pending_bytes)
 
     # ------------------------------------------------------------------ the drainer
 
@@ -224,6 +247,7 @@ class WriteBehind:
             await self._write(batch)
             for _ in batch:
                 entry = self._queue.popleft()
+                self._pending_bytes -= entry.cost
                 if self._last_by_call.get(entry.call_sid) == entry.seq:
                     del self._last_by_call[entry.call_sid]
             self._done_seq = batch[-1].seq
