@@ -149,11 +149,13 @@ async def _outcome(call: ToolCall, definition: ToolDefinition | None,
         log.info("tool input invalid", extra={"tool": call.name, "problems": len(problems)})
         return _error(call, "invalid input: " + "; ".join(problems))
     if definition.side_effect:
+        # asked again (a retried model round): its one outcome, which sent nothing this time
         if call.tool_use_id in env.done:
-            return env.done[call.tool_use_id]
+            return replace(env.done[call.tool_use_id], spoke=False)
         if (running := env.running.get(call.tool_use_id)) is not None:
             await running.wait()
-            return env.done.get(call.tool_use_id) or _error(call, "duplicate call failed")
+            done = env.done.get(call.tool_use_id)
+            return replace(done, spoke=False) if done else _error(call, "duplicate call failed")
         env.running[call.tool_use_id] = trio.Event()
         try:
             with trio.CancelScope(shield=True):

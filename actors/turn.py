@@ -21,6 +21,7 @@ from actors.context import CallContext, ModelRound
 from actors.messages import End, ToolBatch, ToolCall, ToolOutcome
 from actors.relay_control import ReplyFlags
 from actors.speaker import Speaker
+from actors.tool_executor import MAX_CALLS_PER_ROUND
 from voiceagent.errors import LLMError, ModelRejected
 from voiceagent.llm.base import (
     HeldReads,
@@ -262,7 +263,7 @@ async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall,
     rounds.append(current)
     ctx.stats.tool_calls += len(calls)
     if ctx.relay is not None:
-        for call in calls:
+        for call in calls[:MAX_CALLS_PER_ROUND]:         # the rest do not run
             for message in ctx.relay.for_tool(call.name):
                 await ctx.outbound.send(message)     # before the tool runs: hints, a model
     ctx.tools.submit(current.batch)

@@ -63,9 +63,11 @@ class CountingStore:
         self._note("put_new")
         return await self.inner.put_new(item)  # type: ignore[no-any-return]
 
-    async def put_unless_newer(self, item: Item, version: str) -> bool:
+    async def put_unless_newer(self, item: Item, version: str, *,
+                               legacy: str | None = None) -> bool:
         self._note("put_unless_newer")
-        return await self.inner.put_unless_newer(item, version)  # type: ignore[no-any-return]
+        return await self.inner.put_unless_newer(  # type: ignore[no-any-return]
+            item, version, legacy=legacy)
 
     async def query(self, pk: str, sk_prefix: str = "", **kw: Any) -> list[Item]:
         self._note("query")

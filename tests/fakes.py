@@ -17,6 +17,7 @@ import trio
 from voiceagent.errors import ModelRejected, RelayBroken
 from voiceagent.llm.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolUseRequest
 from voiceagent.llm.converse import converse_problems
+from voiceagent.store.base import is_newer
 
 Step = LLMEvent | float | BaseException          # a float is a pause in seconds
 
@@ -206,10 +207,10 @@ class MemoryStore:
         self.items[(item["pk"], item["sk"])] = json.loads(json.dumps(item))
         return True
 
-    async def put_unless_newer(self, item: dict[str, Any], version: str) -> bool:
+    async def put_unless_newer(self, item: dict[str, Any], version: str, *,
+                               legacy: str | None = None) -> bool:
         await trio.lowlevel.checkpoint()
-        stored = self.items.get((item["pk"], item["sk"]), {}).get(version)
-        if isinstance(stored, int | float) and stored > item[version]:
+        if is_newer(self.items.get((item["pk"], item["sk"]), {}), item, version, legacy):
             return False
         self.puts += 1                          # no checkpoint since the look: atomic
         self.items[(item["pk"], item["sk"])] = json.loads(json.dumps(item))

@@ -101,6 +101,25 @@ async def check_put_unless_newer_never_goes_back_a_version(store: Store) -> None
 
 
 @check
+async def check_put_unless_newer_compares_an_earlier_release_s_items_by_legacy(
+        store: Store) -> None:
+    """During a rolling deploy the item there may come from the release before, which had
+    no ``version`` (sessions: only their generation): compared by ``legacy`` then, a late
+    claim cannot undo that release's renewal (helper-31)."""
+    renewed = {"pk": "call", "sk": "connection", "generation": 1, "token": "renewed"}
+    await store.put(renewed)                                # the earlier release's write
+    late_claim = {"pk": "call", "sk": "connection", "generation": 0, "version": 1,
+                  "token": ""}
+    assert not await store.put_unless_newer(late_claim, "version", legacy="generation")
+    assert await store.get("call", "connection") == renewed
+    claim = {**late_claim, "generation": 1, "version": 3}
+    assert await store.put_unless_newer(claim, "version", legacy="generation")
+    assert await store.get("call", "connection") == claim
+    mint = {**claim, "version": 2, "token": "minted"}     # versions compare first now
+    assert not await store.put_unless_newer(mint, "version", legacy="generation")
+
+
+@check
 async def check_get_missing(store: Store) -> None:
     assert await store.get("nobody", "nothing") is None
     await store.put({"pk": "a", "sk": "b"})

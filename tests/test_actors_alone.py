@@ -131,6 +131,30 @@ async def test_the_executor_lets_the_writer_end_only_after_its_last_batch(
     assert ended_at == [pytest.approx(2.0)]
 
 
+async def test_a_side_effect_outcome_served_again_did_not_speak_again(
+        autojump_clock: Any) -> None:
+    """The same toolUseId asked in a later round gets the outcome it had, not its ``spoke``:
+    nothing was played this time, and a model that then says nothing leaves silence unless
+    NO_WORDS fills it (helper-31)."""
+    async def place(ctx: Any, args: Any) -> dict[str, Any]:
+        await ctx.send(Play("https://example.com/chime.mp3"))
+        return {"status": "placed"}
+
+    env, outbound = _order_env(place)
+    spoke: list[bool] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            with tool_executor.ToolExecutor(nursery, env) as executor:
+                for _ in range(2):
+                    results_send, results = trio.open_memory_channel[ToolOutcome](1)
+                    executor.submit(ToolBatch((ToolCall("tu_1", "placeOrder", {}),),
+                                              results_send))
+                    spoke.append((await results.receive()).spoke)
+        sent = [m async for m in outbound]          # every clone closed: it ends
+    assert spoke == [True, False]
+    assert [m.source for m in sent if isinstance(m, Play)] == ["https://example.com/chime.mp3"]
+
+
 @pytest.mark.parametrize(("chars", "status"), [(30_000, "success"), (40_000, "error")])
 async def test_a_tool_result_over_the_limit_reaches_neither_the_model_nor_the_store(
         autojump_clock: Any, chars: int, status: str) -> None:

@@ -15,7 +15,7 @@ from actors.turn import NO_WORDS
 from tests.call_harness import open_test_call, plain_use_case
 from tests.fakes import FakeLLM, tool_use, words
 from tests.test_call_actors import TOOLS, order_registry
-from voiceagent.llm.base import StreamEnd, TextDelta
+from voiceagent.llm.base import StreamEnd, TextDelta, ToolUseRequest
 from voiceagent.llm.converse import NO_REPLY
 from voiceagent.relay.outbound import End
 from voiceagent.tools.base import ToolDefinition
@@ -137,3 +137,25 @@ async def test_an_ends_turn_tool_whose_result_is_capped_still_ends_the_turn(
     assert _texts(call.history[-1]) == []                   # the results, nothing after
     (result,) = call.history[-1]["content"]
     assert result["toolResult"]["status"] == "error"
+
+
+async def test_a_call_past_the_per_reply_limit_fires_no_relay_rule(
+        autojump_clock: Any) -> None:
+    """A ninth call in one reply is answered, not run: a ``once`` rule for its tool (speech
+    hints) must not be used up by it, nor sent (helper-31)."""
+    runs: list[float] = []
+    nine = [ToolUseRequest(f"tu_{n}", "placeOrder", {"item": "pizza"}) for n in range(8)]
+    nine.append(ToolUseRequest("tu_8", "pickupTime", {}))
+    llm = FakeLLM([[0.1, *nine, StreamEnd("tool_use")], words("Orders placed."),
+                   tool_use("tu_9", "pickupTime"), words("Twenty minutes.")])
+    use_case = plain_use_case(tools=TOOLS, relay_updates=[
+        {"when": {"tool": "pickupTime"}, "hints": ["twenty"]}])
+    async with open_test_call(llm, use_case=use_case,
+                              registry=order_registry(runs, duration_s=0.5)) as call:
+        call.say("eight pizzas, and when can I pick up?")
+        _, first = await call.reply()
+        call.say("so when?")
+        _, second = await call.reply()
+    assert [f["type"] for f in first if f["type"] != "text"] == []
+    assert [f["type"] for f in second if f["type"] != "text"] == ["hints"]
+    assert len(runs) == 9                       # eight orders, then the time

@@ -59,9 +59,10 @@ class ThrottledView:
         for item in items:
             await self._store.put(item)
 
-    async def put_unless_newer(self, item: dict[str, Any], version: str) -> bool:
+    async def put_unless_newer(self, item: dict[str, Any], version: str, *,
+                               legacy: str | None = None) -> bool:
         await self._ok()
-        return await self._store.put_unless_newer(item, version)
+        return await self._store.put_unless_newer(item, version, legacy=legacy)
 
 
 def _sessions_on(store: Any) -> tuple[Sessions, WriteBehind]:

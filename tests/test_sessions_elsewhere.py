@@ -66,9 +66,10 @@ class CountingStore(MemoryStore):
         await trio.sleep(self.stall_s)
         await super().put(item)
 
-    async def put_unless_newer(self, item: dict[str, Any], version: str) -> bool:
+    async def put_unless_newer(self, item: dict[str, Any], version: str, *,
+                               legacy: str | None = None) -> bool:
         await trio.sleep(self.stall_s)
-        return await super().put_unless_newer(item, version)
+        return await super().put_unless_newer(item, version, legacy=legacy)
 
 
 def _process(store: CountingStore) -> tuple[Sessions, WriteBehind]:

@@ -306,7 +306,7 @@ async def test_b_picks_up_the_session_a_prepared(servers: Servers) -> None:
             items = await _messages(store, identity.call_sid, 3)
             # the same session, its token used up: the socket's claim is written too
             assert await store.get(identity.call_sid, records.SESSION_SK) == {
-                **session, "token": "", records.SESSION_VERSION: 1}       # claimed
+                **session, "token": "", records.SESSION_VERSION.attribute: 1}       # claimed
     entries = [records.chat_from_item(item) for item in items]
     assert entries[0]["chat"] == {"role": "assistant",
                                   "content": [{"text": "Hello, this is Test Pizza."}]}

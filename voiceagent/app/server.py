@@ -98,7 +98,7 @@ def _listen_problem(err: OSError) -> str:
     if isinstance(err, socket.gaierror) or (err.errno or 0) < 0:   # create_server re-wraps
         return ("HOST is neither an IP address nor a name that resolves: set HOST to an "
                 "address of this machine (0.0.0.0 for all, 127.0.0.1 for this one only)")
-    return f"{err.strerror or err}: check HOST and PORT"
+    return f"{err.strerror or err} (errno {err.errno})"
 
 
 def _drop_dead_peers(listener: socket.socket) -> None:

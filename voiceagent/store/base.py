@@ -12,6 +12,7 @@ is what lets one contract test suite cover them all.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -88,6 +89,26 @@ def check_item_nesting(item: Item) -> None:
         stack.extend((element, level + 1, name) for element in elements)
 
 
+@dataclass(frozen=True, slots=True)
+class Version:
+    """The attribute that orders an item's writes across processes (``put_unless_newer``),
+    and the one that did before it, for items an earlier release wrote."""
+
+    attribute: str
+    legacy: str | None = None
+
+
+def is_newer(stored: Mapping[str, Any], item: Mapping[str, Any], version: str,
+             legacy: str | None = None) -> bool:
+    """Whether ``stored`` outranks ``item`` (``Store.put_unless_newer``'s rule, for stores
+    that check it themselves)."""
+    for name in (version, legacy) if legacy else (version,):
+        value = stored.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return bool(value > item[name])
+    return False
+
+
 def item_size(item: Mapping[str, Any]) -> int:
     """An item's size as DynamoDB counts it against its 400 KB (names plus values, by the
     rules of its "item sizes and formats" page), never its JSON: escapes and punctuation are
@@ -157,12 +178,15 @@ class Store(Protocol):
         got no answer."""
         ...
 
-    async def put_unless_newer(self, item: Item, version: str) -> bool:
+    async def put_unless_newer(self, item: Item, version: str, *,
+                               legacy: str | None = None) -> bool:
         """Insert or replace the item, atomically across processes, unless the one there
         has a greater number in its ``version`` attribute: a write that a queue held back
         (a call's claim, behind a throttled store) must not undo a later process's newer
         one (the reconnect's session). False if it did not land for that reason. ``item``
-        must carry ``version`` as a number; an item there without one is replaced."""
+        must carry ``version`` (and ``legacy``) as a number. An item there without
+        ``version`` is compared by ``legacy`` instead (one an earlier release wrote, during
+        a rolling deploy), and is replaced when it has neither."""
         ...
 
     async def query(

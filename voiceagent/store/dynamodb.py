@@ -178,15 +178,21 @@ class DynamoDBStore(TableAdmin):
             return self._decode(found) == item
         return True
 
-    async def put_unless_newer(self, item: Item, version: str) -> bool:
+    async def put_unless_newer(self, item: Item, version: str, *,
+                               legacy: str | None = None) -> bool:
         key, attributes, _ = self._encode(item)
-        if "N" not in attributes.get(version, {}):
-            raise ValueError(f"put_unless_newer: the item's {version!r} must be a number")
+        for name in (version, legacy) if legacy else (version,):
+            if "N" not in attributes.get(name, {}):
+                raise ValueError(f"put_unless_newer: the item's {name!r} must be a number")
+        names, values = {"#v": version}, {":v": attributes[version]}
+        unversioned = "attribute_not_exists(#v)"
+        if legacy:
+            names["#l"], values[":l"] = legacy, attributes[legacy]
+            unversioned = f"({unversioned} AND (attribute_not_exists(#l) OR #l <= :l))"
         request = {"TableName": self.table_name, "Item": attributes,
-                   "ConditionExpression": "attribute_not_exists(pk) OR "
-                                          "attribute_not_exists(#v) OR #v <= :v",
-                   "ExpressionAttributeNames": {"#v": version},
-                   "ExpressionAttributeValues": {":v": attributes[version]}}
+                   "ConditionExpression": f"attribute_not_exists(pk) OR {unversioned} "
+                                          "OR #v <= :v",
+                   "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
         try:
             if self._http is not None:
                 await self._call_http("put_unless_newer", "PutItem", request, [key])

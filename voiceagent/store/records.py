@@ -32,7 +32,7 @@ from typing import Any, TypedDict
 
 from voiceagent.errors import ConfigError
 from voiceagent.logs import mask_phone
-from voiceagent.store.base import Item
+from voiceagent.store.base import Item, Version
 from voiceagent.usecases import RELAY_BUILDER_ATTRIBUTES, Profile, UseCase, parse_model
 
 log = logging.getLogger(__name__)
@@ -266,7 +266,7 @@ def _iso_utc(epoch_s: float) -> str:
 # behind a throttled store must not land over the renewal another process wrote since, nor
 # a mint that a timed-out write re-queued (applied all the same) over its own claim, which
 # made the spent token good again: each generation's mint, then its claim, then the next's
-SESSION_VERSION = "version"
+SESSION_VERSION = Version("version", legacy="generation")   # the release before: generation
 
 
 def session_item(s: CallSession, ttl_s: int) -> Item:
@@ -278,7 +278,8 @@ def session_item(s: CallSession, ttl_s: int) -> Item:
         "systemPrompt": [{"text": s.system_prompt}],
         "token": s.token, "greeting": s.greeting, "From": s.caller, "To": s.called,
         "createdAt": s.created_at, "expireAt": int(s.created_at) + ttl_s,
-        "generation": s.generation, SESSION_VERSION: s.generation * 2 + (0 if s.token else 1),
+        "generation": s.generation,
+        SESSION_VERSION.attribute: s.generation * 2 + (0 if s.token else 1),
     }
 
 

@@ -40,6 +40,7 @@ from voiceagent.store.base import (
     check_item_nesting,
     check_item_size,
     describe_key,
+    is_newer,
 )
 from voiceagent.threads import run_blocking
 
@@ -114,12 +115,14 @@ class SqliteStore:
 
         return await self._run("put_new", insert)
 
-    async def put_unless_newer(self, item: Item, version: str) -> bool:
-        if not _is_number(item.get(version)):
-            raise ValueError(f"put_unless_newer: the item's {version!r} must be a number")
+    async def put_unless_newer(self, item: Item, version: str, *,
+                               legacy: str | None = None) -> bool:
+        for name in (version, legacy) if legacy else (version,):
+            if not _is_number(item.get(name)):
+                raise ValueError(f"put_unless_newer: the item's {name!r} must be a number")
         row = _encode(item)
         return await self._run("put_unless_newer", partial(
-            _write_unless_newer, row=row, version=version, value=item[version]))
+            _write_unless_newer, row=row, item=item, version=version, legacy=legacy))
 
     async def remove_expired(self) -> int:
         """Delete the items whose ``expireAt`` has passed; how many."""
@@ -278,15 +281,13 @@ def _write_chunk(db: sqlite3.Connection, rows: list[Row]) -> None:
     db.execute("COMMIT")
 
 
-def _write_unless_newer(db: sqlite3.Connection, row: Row, version: str, value: float
-                        ) -> bool:
+def _write_unless_newer(db: sqlite3.Connection, row: Row, item: Item, version: str,
+                        legacy: str | None) -> bool:
     db.execute("BEGIN IMMEDIATE")           # the look and the write: one writer at a time
     try:
         found = db.execute("SELECT attrs FROM items WHERE pk = ? AND sk = ?",
                            row[:2]).fetchone()
-        stored = _decode(found[0]).get(version) if found is not None else None
-        newer = isinstance(stored, int | float) and not isinstance(stored, bool) and (
-            stored > value)
+        newer = found is not None and is_newer(_decode(found[0]), item, version, legacy)
         if not newer:
             db.execute(_UPSERT, row)
     except BaseException:

@@ -32,7 +32,7 @@ import trio
 
 from voiceagent.errors import StoreError, StorePartlyWritten
 from voiceagent.logs import mask_phone
-from voiceagent.store.base import BATCH_LIMIT, Item, Store, item_size
+from voiceagent.store.base import BATCH_LIMIT, Item, Store, Version, item_size
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class _Entry:
     key: tuple[str, str]
     item: Item
     submitted_at: float
-    version: str | None = None       # see ``submit``
+    version: Version | None = None   # see ``submit``
     cost: int = 0                    # memory it holds while queued, roughly (``_cost``)
 
 
@@ -114,7 +114,7 @@ class WriteBehind:
     # ------------------------------------------------------------------ producers
 
     def submit(self, item: Item, *, call_sid: str, urgent: bool = False,
-               version: str | None = None) -> None:
+               version: Version | None = None) -> None:
         """Queue ``item`` (copied, so later changes by the caller do not leak in). Never
         blocks. Raises ``ValueError`` at once for an item without string pk and sk.
         ``urgent``: another process may look for it soon (a session): do not linger.
@@ -135,7 +135,7 @@ class WriteBehind:
             self._hurry.set()
 
     async def write_now(self, item: Item, *, call_sid: str, timeout_s: float,
-                        ordered: bool = True, version: str | None = None) -> bool:
+                        ordered: bool = True, version: Version | None = None) -> bool:
         """Write ``item`` at once, ahead of the queue, for a reader in another process that
         cannot wait for the backlog (a session, whose socket a balancer may send anywhere).
         Order per call holds: with a write of ``call_sid`` still queued (unless ``ordered``
@@ -165,12 +165,13 @@ class WriteBehind:
                 self.submit(item, call_sid=call_sid, urgent=True, version=version)
         return written
 
-    async def _put(self, item: Item, version: str | None) -> None:
+    async def _put(self, item: Item, version: Version | None) -> None:
         if version is None:
             await self._store.put(item)
-        elif not await self._store.put_unless_newer(item, version):
+        elif not await self._store.put_unless_newer(item, version.attribute,
+                                                    legacy=version.legacy):
             log.info("store write superseded by a newer one, dropped",
-                     extra={"sk": item.get("sk"), "version": item.get(version)})
+                     extra={"sk": item.get("sk"), "version": item.get(version.attribute)})
 
     @property
     def pending(self) -> int:
