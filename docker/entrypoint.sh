@@ -46,6 +46,7 @@ if [ "$workers" -eq 1 ]; then
 fi
 
 export REUSE_PORT=1
+export WORKERS="$workers"      # each process takes its part of the container's memory
 pids=""
 stopping=0
 signalled=0

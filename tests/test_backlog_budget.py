@@ -42,6 +42,8 @@ def test_the_budget_follows_the_container_limit_unless_set(tmp_path: Path) -> No
     assert backlog_budget_bytes(settings, 1024 * MB) == int(1024 * MB * BUDGET_SHARE)
     set_ = Settings.model_validate({"WRITE_BACKLOG_MAX_MB": "64"})
     assert backlog_budget_bytes(set_, 1024 * MB) == 64 * MB
+    three = Settings.model_validate({"WORKERS": "3"})       # processes in one container
+    assert backlog_budget_bytes(three, 1024 * MB) == int(1024 * MB * BUDGET_SHARE) // 3
 
 
 def test_no_limit_found_means_the_old_budget(monkeypatch: Any) -> None:
@@ -91,3 +93,15 @@ async def test_new_calls_are_refused_while_the_backlog_holds_its_budget(
             status, body = await post(url, FORM, headers)
     assert status == 200
     assert "ConversationRelay" in body
+
+
+def test_the_fargate_task_gives_its_container_a_limit_to_read() -> None:
+    """Fargate enforces only the task's memory unless the container has its own limit, and
+    the container's cgroup then reads "no limit": the budget fell back to 800 MB whatever
+    TaskMemory was, more than a 512 MiB task has (helper-32)."""
+    from tests.test_deploy import CLOUD, _template
+
+    template = _template(CLOUD)
+    (definition,) = template["Resources"]["TaskDefinition"]["Properties"][
+        "ContainerDefinitions"]
+    assert definition["Memory"] == {"Ref": "TaskMemory"}

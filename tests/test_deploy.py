@@ -1133,7 +1133,7 @@ def fake_workers(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "voiceagent").write_text(
         "#!/bin/sh\n"
-        'echo "$$ REUSE_PORT=$REUSE_PORT $*" >> "$RECORD"\n'
+        'echo "$$ REUSE_PORT=$REUSE_PORT $* WORKERS=${WORKERS:-}" >> "$RECORD"\n'
         "trap 'echo \"$$ TERM\" >> \"$RECORD\"; exit ${FAKE_STATUS:-0}' TERM\n"
         'if [ -n "${DIE_AFTER:-}" ]; then sleep "$DIE_AFTER"; exit 3; fi\n'
         "while :; do sleep 0.1; done\n")
@@ -1181,6 +1181,24 @@ def test_entrypoint_forwards_sigterm_to_every_worker(fake_workers: Path, tmp_pat
     terminated = {line.split()[0] for line in record.read_text().splitlines()
                   if line.endswith(" TERM")}
     assert terminated == pids
+
+
+def test_entrypoint_tells_each_worker_how_many_share_the_container(
+        fake_workers: Path, tmp_path: Path) -> None:
+    """One worker per CPU when WORKERS is unset: each takes its part of the container's
+    memory for its write backlog (memory_budget.py), so each must know how many there are;
+    3 workers each took 40 % of it (helper-32)."""
+    (fake_workers / "nproc").write_text("#!/bin/sh\necho 3\n")
+    (fake_workers / "nproc").chmod(0o755)
+    record = tmp_path / "record"
+    process = _entrypoint(fake_workers, record)
+    try:
+        started = _wait_for_lines(record, 3)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+    finally:
+        _stop_group(process)
+    assert all(line.endswith(" WORKERS=3") for line in started), started
 
 
 def test_entrypoint_reports_a_failing_drain(fake_workers: Path, tmp_path: Path) -> None:

@@ -83,9 +83,11 @@ class Settings(BaseModel):
     # capacity, so a long store outage ends in "busy" answers, not in a killed process
     write_backlog_max: int = Field(1_000_000, alias="WRITE_BACKLOG_MAX", ge=100,
                                    le=100_000_000)
-    # ... and in memory (memory_budget.py): unset, 40 % of the container's memory limit
+    # ... and in memory (memory_budget.py): unset, 40 % of the container's memory limit,
+    # shared by the WORKERS processes docker/entrypoint.sh starts in it
     write_backlog_max_mb: int | None = Field(None, alias="WRITE_BACKLOG_MAX_MB", ge=1,
                                              le=1_000_000)
+    workers: int = Field(1, alias="WORKERS", ge=1, le=1024)
     # relay sockets accepted but without a resolved setup yet (each for SETUP_TIMEOUT_S at
     # most): their own budget, so sockets that never send setup cannot crowd out calls
     max_sockets_waiting: int = Field(50, alias="MAX_SOCKETS_WAITING", ge=1, le=100_000)

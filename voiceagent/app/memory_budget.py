@@ -33,11 +33,13 @@ def container_memory_limit(paths: tuple[Path, ...] = _CGROUP_LIMITS) -> int | No
 
 
 def backlog_budget_bytes(settings: Settings, limit: int | None = None) -> int:
-    """``WRITE_BACKLOG_MAX_MB`` when set; else a share of the container's limit."""
+    """``WRITE_BACKLOG_MAX_MB`` when set; else this process's part of a share of the
+    container's limit: ``WORKERS`` processes share the container (docker/entrypoint.sh),
+    and each took the whole share, 3 of them 120 % of it (helper-32)."""
     if settings.write_backlog_max_mb is not None:
         return settings.write_backlog_max_mb * 1024 * 1024
     if limit is None:
         limit = container_memory_limit()
     if limit is None:
-        return NO_LIMIT_BUDGET_MB * 1024 * 1024
-    return int(limit * BUDGET_SHARE)
+        return NO_LIMIT_BUDGET_MB * 1024 * 1024 // settings.workers
+    return int(limit * BUDGET_SHARE) // settings.workers
