@@ -72,7 +72,10 @@ def _post_form(url: str, form: dict[str, str], auth_token: str | None) -> str:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
             return str(response.read().decode())
     except urllib.error.HTTPError as err:
-        raise CallerError(f"{url} answered HTTP {err.code}: {err.read()[:200].decode()}") from None
+        hint = ("; the request went unsigned: set TWILIO_AUTH_TOKEN (or --auth-token) to the "
+                "server's" if err.code == 403 and not auth_token else "")
+        raise CallerError(f"{url} answered HTTP {err.code}: "
+                          f"{err.read()[:200].decode()}{hint}") from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise CallerError(f"cannot reach {url}: {reason}. Is the server running?") from None
@@ -114,6 +117,7 @@ class RelayCall:
         self.target = target
         self.identity = identity
         self.heard = ""                 # tokens of the talk cycle now "playing"
+        self._cycle_closed = False      # its ``last`` came: the next text starts another
         self.session_id = "VX" + secrets.token_hex(16)   # this relay session's, as Twilio's
         self.closed_by_server: int | None = None
 
@@ -146,6 +150,7 @@ class RelayCall:
         return spoken
 
     async def dtmf(self, digit: str) -> None:
+        self.heard = ""
         await self.send_json({"type": "dtmf", "digit": digit})
 
     async def receive(self) -> dict[str, Any] | None:
@@ -160,7 +165,10 @@ class RelayCall:
             raise CallerError("the server sent a binary frame; ConversationRelay is JSON text")
         frame: dict[str, Any] = json.loads(message)
         if frame.get("type") == "text":
+            if self._cycle_closed:          # a new talk cycle: Twilio's heard text starts anew
+                self.heard, self._cycle_closed = "", False
             self.heard += str(frame.get("token", ""))
+            self._cycle_closed = bool(frame.get("last"))
         return frame
 
     async def read_reply(self) -> Reply:

@@ -1,0 +1,40 @@
+"""The WebSocket caller that plays Twilio (``voiceagent call``, the tests, the benchmarks): what
+it reports as heard must be what Twilio would, the talk cycle being played now."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from voiceagent.app.caller import CallerError, open_call
+
+
+async def test_a_barge_in_after_a_keypress_reports_the_keypad_reply_alone(
+        tmp_path: Path) -> None:
+    """``heard`` was reset by a prompt only: after a keypress the barge-in sent the reply
+    before it and the keypad reply run together, and the transcript marked both as cut
+    (helper-33)."""
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                await call.say("what are your hours?")
+                assert (await call.read_reply()).closed
+                await call.dtmf("1")
+                keypad = await call.read_reply()
+                heard = await call.interrupt()
+                await call.hang_up()
+    assert keypad.text == "We are open from eleven to nine."
+    assert heard == keypad.text
+
+
+async def test_an_unsigned_call_refused_says_the_token_is_missing(tmp_path: Path) -> None:
+    """``voiceagent call`` without a token sent an unsigned webhook, and said only "403:
+    invalid signature", as if the token were wrong (helper-33)."""
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            with pytest.raises(CallerError, match="went unsigned: set TWILIO_AUTH_TOKEN"):
+                async with open_call(server.url, auth_token=None):
+                    pass
