@@ -191,14 +191,33 @@ async def test_bad_settings_are_all_listed_and_the_rest_skipped(tmp_path: Path) 
     lines = run.lines
     assert run.code == 1
     assert lines["settings"].status == "fail"
-    assert lines["settings"].detail == "4 problem(s) in the environment"
-    for name in ("PORT:", "TIME_ZONE:", "TABLE_NAME:", "TWILIO_AUTH_TOKEN:"):
+    # what serve would refuse too: no region and no credentials for Bedrock (helper-33)
+    assert lines["settings"].detail == "6 problem(s) in the environment"
+    for name in ("PORT:", "TIME_ZONE:", "TABLE_NAME:", "TWILIO_AUTH_TOKEN:", "AWS_REGION:",
+                 "AWS credentials:"):
         assert any(a.startswith(name) for a in lines["settings"].advice), run.out
     assert [(name, line.status) for name, line in lines.items()][1:] == [
         ("AWS credentials", "skip"), ("store", "skip"), ("Bedrock models", "skip"),
         ("Twilio", "skip")]
     assert "Traceback" not in run.err
     assert run.out.endswith("\n1 of 5 checks failed, 4 skipped\n")
+
+
+async def test_settings_serve_would_refuse_are_not_valid_and_the_rest_still_runs(
+        tmp_path: Path) -> None:
+    """Valid settings with no AWS region or credentials for Bedrock: ``check`` said
+    "settings: valid" where ``serve`` refuses to start (helper-33); the other checks still
+    run and say more."""
+    env = base_env(tmp_path, LLM="bedrock", STORE="sqlite", DATA_DIR=str(tmp_path / "data"))
+    with trio.fail_after(RUN_TIMEOUT_S):
+        run = await run_check(env, tmp_path)
+    lines = run.lines
+    assert lines["settings"].status == "fail"
+    assert lines["settings"].detail == "2 problem(s) in the environment"
+    assert [a.split(":")[0] for a in lines["settings"].advice][:2] == [
+        "AWS_REGION", "AWS credentials"]
+    assert lines["SQLite data dir"].status == "pass"
+    assert "Traceback" not in run.err
 
 
 # ---------------------------------------------------------------------------- the table

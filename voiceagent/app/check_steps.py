@@ -97,12 +97,15 @@ class CheckContext:
 
 def settings_outcome(dotenv: Path | None) -> tuple[Settings | None, Outcome]:
     """The settings as ``serve`` builds them, every problem listed when they are invalid."""
+    from voiceagent.app.cli import serving_problems  # cli imports the checks
+
     source = "environment" + (f" and {dotenv}" if dotenv is not None else "")
-    try:
-        settings = Settings.from_env()
-    except SettingsError as err:
-        return None, failed("settings", f"{len(err.problems)} problem(s) in the {source}",
-                            *err.problems, "every setting is described in .env.example")
+    settings, problems = serving_problems()
+    if problems or settings is None:
+        # valid settings that serve would still refuse (no AWS region or credentials) go on
+        # to the other checks, which say more about them
+        return settings, failed("settings", f"{len(problems)} problem(s) in the {source}",
+                                *problems, "every setting is described in .env.example")
     return settings, passed("settings", f"valid ({source}; STORE={settings.store}, "
                                         f"LLM={settings.llm})")
 

@@ -145,6 +145,15 @@ def settings_for_serving() -> Settings:
     """The settings, or one SettingsError with every problem: the settings' own and what
     would stop Bedrock (no region, no credentials), so a deploy fails once, not once per
     mistake."""
+    settings, problems = serving_problems()
+    if problems or settings is None:
+        raise SettingsError(problems)
+    return settings
+
+
+def serving_problems() -> tuple[Settings | None, list[str]]:
+    """The settings (None when invalid) and every problem that would stop ``serve``; also
+    what ``check`` reports, so the two agree (it said "valid" where serve refused)."""
     problems: list[str] = []
     settings: Settings | None = None
     try:
@@ -157,9 +166,7 @@ def settings_for_serving() -> Settings:
         problems.extend(check_bedrock_ready(settings or Settings.model_construct(
             aws_region=os.environ.get("AWS_REGION") or None,
             model_identifier=os.environ.get("MODEL_IDENTIFIER") or DEFAULT_MODEL)))
-    if problems or settings is None:
-        raise SettingsError(problems)
-    return settings
+    return settings, problems
 
 
 def _version() -> str:
