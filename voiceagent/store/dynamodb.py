@@ -61,7 +61,7 @@ from voiceagent.store.base import (
     check_item_size,
     describe_key,
 )
-from voiceagent.store.dynamodb_admin import CREDENTIAL_CODES, TableAdmin
+from voiceagent.store.dynamodb_admin import TableAdmin, store_error
 from voiceagent.store.dynamodb_client import make_both
 from voiceagent.store.dynamodb_http import DynamoDBHttp, DynamoDBHttpError
 from voiceagent.store.dynamodb_values import (
@@ -72,6 +72,7 @@ from voiceagent.store.dynamodb_values import (
     error_code,
     plain,
     to_dynamo,
+    unless_newer,
     where,
 )
 from voiceagent.threads import run_blocking
@@ -85,7 +86,6 @@ UNPROCESSED_ATTEMPTS = 6             # BatchWriteItem rounds before UnprocessedI
 UNPROCESSED_BACKOFF_BASE_S = 0.05
 UNPROCESSED_BACKOFF_CAP_S = 1.0
 
-_PERMANENT_CODES = frozenset({"ValidationException", "SerializationException"})
 CONDITION_FAILED = "ConditionalCheckFailedException"    # put_new: the item was there
 
 
@@ -181,18 +181,8 @@ class DynamoDBStore(TableAdmin):
     async def put_unless_newer(self, item: Item, version: str, *,
                                legacy: str | None = None) -> bool:
         key, attributes, _ = self._encode(item)
-        for name in (version, legacy) if legacy else (version,):
-            if "N" not in attributes.get(name, {}):
-                raise ValueError(f"put_unless_newer: the item's {name!r} must be a number")
-        names, values = {"#v": version}, {":v": attributes[version]}
-        unversioned = "attribute_not_exists(#v)"
-        if legacy:
-            names["#l"], values[":l"] = legacy, attributes[legacy]
-            unversioned = f"({unversioned} AND (attribute_not_exists(#l) OR #l <= :l))"
         request = {"TableName": self.table_name, "Item": attributes,
-                   "ConditionExpression": f"attribute_not_exists(pk) OR {unversioned} "
-                                          "OR #v <= :v",
-                   "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
+                   **unless_newer(attributes, version, legacy)}
         try:
             if self._http is not None:
                 await self._call_http("put_unless_newer", "PutItem", request, [key])
@@ -348,19 +338,7 @@ class DynamoDBStore(TableAdmin):
 
     def _error(self, operation: str, code: str | None, message: str, keys: Sequence[Key]
                ) -> StoreError:
-        message = message[:300]
-        if code in _PERMANENT_CODES:
-            return StoreRejected(f"DynamoDB refused {where(keys)}({operation}, {code}): "
-                                 f"{message}")
-        if code == "ResourceNotFoundException":
-            return StoreError(f"DynamoDB table {self.table_name!r} not found at "
-                              f"{self.endpoint} ({operation}); create it with "
-                              "`voiceagent store init` or check TABLE_NAME and AWS_REGION")
-        if code in CREDENTIAL_CODES:
-            return StoreError(f"DynamoDB denied {operation} on {self.table_name} ({code}): "
-                              f"{message}; check the AWS credentials and their permissions")
-        return StoreError(f"DynamoDB {operation} on {self.table_name} failed ({code}): "
-                          f"{message}")
+        return store_error(self.table_name, self.endpoint, operation, code, message, keys)
 
     def _key(self, pk: str, sk: str) -> dict[str, Any]:
         return {"pk": {"S": pk}, "sk": {"S": sk}}

@@ -10,10 +10,10 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from voiceagent.errors import StoreError
+from voiceagent.errors import StoreError, StoreRejected
 from voiceagent.store.base import INDEX_NAME, TTL_ATTRIBUTE
 from voiceagent.store.dynamodb_table import is_active, table_definition, table_problems
-from voiceagent.store.dynamodb_values import Key, error_code
+from voiceagent.store.dynamodb_values import Key, error_code, where
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +129,23 @@ class TableAdmin(_StoreParts):
             TableName=self.table_name, TimeToLiveSpecification={
                 "Enabled": True, "AttributeName": TTL_ATTRIBUTE}))
         return [f"enabled TTL on {TTL_ATTRIBUTE}"]
+
+
+_PERMANENT_CODES = frozenset({"ValidationException", "SerializationException"})
+
+
+def store_error(table: str, endpoint: str, operation: str, code: str | None, message: str,
+                keys: Sequence[Key]) -> StoreError:
+    """A DynamoDB error as the store raises it: ``StoreRejected`` for the item's own fault
+    (retrying cannot help), else a transient ``StoreError`` that says what to check."""
+    message = message[:300]
+    if code in _PERMANENT_CODES:
+        return StoreRejected(f"DynamoDB refused {where(keys)}({operation}, {code}): {message}")
+    if code == "ResourceNotFoundException":
+        return StoreError(f"DynamoDB table {table!r} not found at {endpoint} ({operation}); "
+                          "create it with `voiceagent store init` or check TABLE_NAME and "
+                          "AWS_REGION")
+    if code in CREDENTIAL_CODES:
+        return StoreError(f"DynamoDB denied {operation} on {table} ({code}): {message}; "
+                          "check the AWS credentials and their permissions")
+    return StoreError(f"DynamoDB {operation} on {table} failed ({code}): {message}")

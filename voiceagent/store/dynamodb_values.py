@@ -5,7 +5,7 @@ both stores refuse by)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -115,3 +115,19 @@ def batches(encoded: Sequence[Encoded]) -> Iterator[list[Encoded]]:
         wire += size
     if batch:
         yield batch
+
+
+def unless_newer(attributes: Mapping[str, Any], version: str, legacy: str | None
+                 ) -> dict[str, Any]:
+    """The condition of ``Store.put_unless_newer`` for a PutItem of ``attributes``; every
+    attribute name goes through ExpressionAttributeNames (``version`` is a reserved word)."""
+    for name in (version, legacy) if legacy else (version,):
+        if "N" not in attributes.get(name, {}):
+            raise ValueError(f"put_unless_newer: the item's {name!r} must be a number")
+    names, values = {"#v": version}, {":v": attributes[version]}
+    unversioned = "attribute_not_exists(#v)"
+    if legacy:
+        names["#l"], values[":l"] = legacy, attributes[legacy]
+        unversioned = f"({unversioned} AND (attribute_not_exists(#l) OR #l <= :l))"
+    return {"ConditionExpression": f"attribute_not_exists(pk) OR {unversioned} OR #v <= :v",
+            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
