@@ -45,7 +45,7 @@ APOLOGY_CUT = " Sorry, I lost my train of thought. Could you say that again?"
 # a model round that ends without a word where the caller waits for one: after a tool round
 # (the caller heard "let me check", then silence until the idle re-prompt), or stopped by a
 # content filter or guardrail
-NO_WORDS = "Sorry, I lost my train of thought. Could you say that again?"
+NO_WORDS = APOLOGY_CUT.strip()
 STOPPED_QUIET = ("content_filtered", "guardrail_intervened")
 
 

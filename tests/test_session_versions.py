@@ -98,6 +98,25 @@ async def _claimed_on_throttled_a(nursery: trio.Nursery, a: Sessions, a_writer: 
     await a.resolve(_setup(session.token))
 
 
+async def _a_fails_then_b_renews(shared: CountingStore, view: ThrottledView, a: Sessions,
+                                 a_writer: WriteBehind, b: Sessions,
+                                 last: tuple[int, int, str]) -> records.CallSession:
+    """A's socket hands its last words (at_ms, position, text) to A's throttled queue and
+    fails; ``/action`` on B renews the session as B reads it; then A reaches the store
+    again and drains. The renewal."""
+    at_ms, seq, text = last
+    a_writer.submit(records.chat_item(CALL_SID, at_ms, seq, {
+        "role": "user", "content": [{"text": text}]}, {}, 3600), call_sid=CALL_SID)
+    await a.socket_ended(CALL_SID)
+    a.release(CALL_SID)
+    item = await shared.get(CALL_SID, records.SESSION_SK)
+    assert item is not None
+    renewed, _ = await b.renew(records.session_from_item(item))
+    view.down = False                                     # A reaches the store again
+    assert await a_writer.flush(timeout_s=10)
+    return renewed
+
+
 async def test_a_claim_held_back_by_a_throttled_queue_never_undoes_the_renewal(
         autojump_clock: Any) -> None:
     shared, view, (a, a_writer), b, c = await _three_processes()
@@ -137,16 +156,8 @@ async def test_a_claim_that_lands_after_a_renewal_is_dropped_not_written(
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
             await _claimed_on_throttled_a(nursery, a, a_writer, view)
-            a_writer.submit(records.chat_item(CALL_SID, 2_000, 1, {
-                "role": "user", "content": [{"text": "hello?"}]}, {}, 3600),
-                call_sid=CALL_SID)
-            await a.socket_ended(CALL_SID)
-            a.release(CALL_SID)
-            item = await shared.get(CALL_SID, records.SESSION_SK)
-            assert item is not None
-            renewed, _ = await b.renew(records.session_from_item(item))
-            view.down = False                             # A reaches the store again
-            assert await a_writer.flush(timeout_s=10)
+            renewed = await _a_fails_then_b_renews(shared, view, a, a_writer, b,
+                                                   (2_000, 1, "hello?"))
             nursery.cancel_scope.cancel()
         stored = await shared.get(CALL_SID, records.SESSION_SK)
         plan = await c.resolve(_setup(renewed.token))
@@ -183,16 +194,8 @@ async def test_a_set_aside_history_stays_set_aside_when_the_claim_is_superseded(
             view.down = True
             plan = await a.resolve(_setup(session.token))   # minted elsewhere: resumes
             assert (plan.history, plan.history_after_ms) == ((), 1_001)
-            a_writer.submit(records.chat_item(CALL_SID, 5_000, 0, {
-                "role": "user", "content": [{"text": "fresh words"}]}, {}, 3600),
-                call_sid=CALL_SID)
-            await a.socket_ended(CALL_SID)
-            a.release(CALL_SID)
-            item = await shared.get(CALL_SID, records.SESSION_SK)
-            assert item is not None
-            renewed, _ = await b.renew(records.session_from_item(item))
-            view.down = False
-            assert await a_writer.flush(timeout_s=10)
+            renewed = await _a_fails_then_b_renews(shared, view, a, a_writer, b,
+                                                   (5_000, 0, "fresh words"))
             nursery.cancel_scope.cancel()
         plan = await c.resolve(_setup(renewed.token))
     assert [m["content"][0].get("text") for m in plan.history] == ["fresh words"]

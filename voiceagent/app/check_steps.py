@@ -30,7 +30,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 import voiceagent.store.records as records
 from voiceagent.errors import ConfigError, SettingsError, StoreError
-from voiceagent.settings import Settings
+from voiceagent.settings import DEFAULT_MODEL, Settings
 from voiceagent.store.base import INDEX_NAME
 from voiceagent.store.dynamodb import DynamoDBStore
 from voiceagent.store.dynamodb_client import make_client
@@ -95,10 +95,26 @@ class CheckContext:
 
 # ---------------------------------------------------------------- settings
 
+def serving_problems() -> tuple[Settings | None, list[str]]:
+    """The settings (None when invalid) and every problem that would stop ``serve``; also
+    what ``check`` reports, so the two agree (it said "valid" where serve refused)."""
+    problems: list[str] = []
+    settings: Settings | None = None
+    try:
+        settings = Settings.from_env()
+    except SettingsError as err:
+        problems.extend(err.problems)
+    llm = settings.llm if settings is not None else os.environ.get("LLM") or "bedrock"
+    if llm == "bedrock":
+        from voiceagent.llm.bedrock import check_bedrock_ready
+        problems.extend(check_bedrock_ready(settings or Settings.model_construct(
+            aws_region=os.environ.get("AWS_REGION") or None,
+            model_identifier=os.environ.get("MODEL_IDENTIFIER") or DEFAULT_MODEL)))
+    return settings, problems
+
+
 def settings_outcome(dotenv: Path | None) -> tuple[Settings | None, Outcome]:
     """The settings as ``serve`` builds them, every problem listed when they are invalid."""
-    from voiceagent.app.cli import serving_problems  # cli imports the checks
-
     source = "environment" + (f" and {dotenv}" if dotenv is not None else "")
     settings, problems = serving_problems()
     if problems or settings is None:

@@ -23,7 +23,7 @@ from voiceagent.app.caller import CallerError, Identity, open_call
 from voiceagent.app.cli_store import add_commands
 from voiceagent.app.terminal import Transcript, interactive, scripted
 from voiceagent.errors import ConfigError, ListenError, SettingsError, StoreError
-from voiceagent.settings import DEFAULT_MODEL, Settings, packaged_config_dir
+from voiceagent.settings import Settings, packaged_config_dir
 
 log = logging.getLogger(__name__)
 
@@ -145,28 +145,12 @@ def settings_for_serving() -> Settings:
     """The settings, or one SettingsError with every problem: the settings' own and what
     would stop Bedrock (no region, no credentials), so a deploy fails once, not once per
     mistake."""
+    from voiceagent.app.check_steps import serving_problems  # boto3 and the checks
+
     settings, problems = serving_problems()
     if problems or settings is None:
         raise SettingsError(problems)
     return settings
-
-
-def serving_problems() -> tuple[Settings | None, list[str]]:
-    """The settings (None when invalid) and every problem that would stop ``serve``; also
-    what ``check`` reports, so the two agree (it said "valid" where serve refused)."""
-    problems: list[str] = []
-    settings: Settings | None = None
-    try:
-        settings = Settings.from_env()
-    except SettingsError as err:
-        problems.extend(err.problems)
-    llm = settings.llm if settings is not None else os.environ.get("LLM") or "bedrock"
-    if llm == "bedrock":
-        from voiceagent.llm.bedrock import check_bedrock_ready
-        problems.extend(check_bedrock_ready(settings or Settings.model_construct(
-            aws_region=os.environ.get("AWS_REGION") or None,
-            model_identifier=os.environ.get("MODEL_IDENTIFIER") or DEFAULT_MODEL)))
-    return settings, problems
 
 
 def _version() -> str:

@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from voiceagent import jsonlimits
 from voiceagent.relay.outbound import (
@@ -162,6 +162,7 @@ class _BadField(Exception):
 
 
 _Frame = dict[str, object]
+T = TypeVar("T")
 
 _LOGGABLE_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,40}")
 _CALL_SID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -249,16 +250,19 @@ def _parse_dtmf(frame: _Frame) -> Dtmf:
 
 def _parse_interrupt(frame: _Frame) -> Interrupt:
     problems: list[str] = []
-    heard = duration_ms = None
-    try:
-        heard = _optional_str(frame, "utteranceUntilInterrupt")
-    except _BadField as err:
-        problems.append(err.problem)
-    try:
-        duration_ms = _optional_int(frame, "durationUntilInterruptMs")
-    except _BadField as err:
-        problems.append(err.problem)
+    heard = _or_absent(problems, _optional_str, frame, "utteranceUntilInterrupt")
+    duration_ms = _or_absent(problems, _optional_int, frame, "durationUntilInterruptMs")
     return Interrupt(heard, duration_ms, "; ".join(problems) or None)
+
+
+def _or_absent(problems: list[str], parse: Callable[[_Frame, str], T | None], frame: _Frame,
+               key: str) -> T | None:
+    """The field as ``parse`` reads it, or None with its problem noted."""
+    try:
+        return parse(frame, key)
+    except _BadField as err:
+        problems.append(err.problem)
+        return None
 
 
 _SPEAKERS: dict[str, Literal["agent", "caller"]] = {"agentSpeaking": "agent",

@@ -62,8 +62,7 @@ def check_item_keys(item: Item) -> None:
                                 f"attribute {key!r} is {len(item[key].encode())} bytes, over "
                                 f"DynamoDB's {limit} for a key")
     expire_at = item.get(TTL_ATTRIBUTE)
-    if expire_at is not None and (isinstance(expire_at, bool)
-                                  or not isinstance(expire_at, int | float)):
+    if expire_at is not None and not is_number(expire_at):
         raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: item attribute "
                             f"{TTL_ATTRIBUTE!r} must be epoch seconds (a number)")
 
@@ -104,9 +103,14 @@ def is_newer(stored: Mapping[str, Any], item: Mapping[str, Any], version: str,
     that check it themselves)."""
     for name in (version, legacy) if legacy else (version,):
         value = stored.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if is_number(value):
             return bool(value > item[name])
     return False
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number (``bool`` is an ``int`` to Python, not to JSON)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def item_size(item: Mapping[str, Any]) -> int:

@@ -143,13 +143,8 @@ class DynamoDBStore(TableAdmin):
                     raise StorePartlyWritten(str(err), err.remaining + later) from None
                 continue
             key, attributes, _ = batch[0]
-            if self._http is not None:
-                await self._call_http("put", "PutItem", {
-                    "TableName": self.table_name, "Item": attributes}, [key])
-            else:
-                await self._call("put", partial(self._client.put_item,
-                                                TableName=self.table_name, Item=attributes),
-                                 keys=[key])
+            await self._put_item("put", {"TableName": self.table_name, "Item": attributes},
+                                 key)
 
     async def put_new(self, item: Item) -> bool:
         key, attributes, _ = self._encode(item)
@@ -157,11 +152,7 @@ class DynamoDBStore(TableAdmin):
                    "ConditionExpression": "attribute_not_exists(pk)",
                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
         try:
-            if self._http is not None:
-                await self._call_http("put_new", "PutItem", request, [key])
-            else:
-                await self._call("put_new", partial(self._client.put_item, **request),
-                                 keys=[key])
+            await self._put_item("put_new", request, key)
         except StoreError as err:
             if error_code(err.__cause__) != CONDITION_FAILED:
                 raise
@@ -184,16 +175,19 @@ class DynamoDBStore(TableAdmin):
         request = {"TableName": self.table_name, "Item": attributes,
                    **unless_newer(attributes, version, legacy)}
         try:
-            if self._http is not None:
-                await self._call_http("put_unless_newer", "PutItem", request, [key])
-            else:
-                await self._call("put_unless_newer", partial(self._client.put_item,
-                                                             **request), keys=[key])
+            await self._put_item("put_unless_newer", request, key)
         except StoreError as err:
             if error_code(err.__cause__) != CONDITION_FAILED:
                 raise
             return False            # a resend of an applied attempt meets <=: never here
         return True
+
+    async def _put_item(self, operation: str, request: dict[str, Any], key: Key) -> None:
+        """One PutItem, over the loop's HTTP transport when there is one, else boto3."""
+        if self._http is not None:
+            await self._call_http(operation, "PutItem", request, [key])
+        else:
+            await self._call(operation, partial(self._client.put_item, **request), keys=[key])
 
     async def query(self, pk: str, sk_prefix: str = "", *, descending: bool = False,
                     limit: int | None = None) -> list[Item]:

@@ -41,6 +41,7 @@ from voiceagent.store.base import (
     check_item_size,
     describe_key,
     is_newer,
+    is_number,
 )
 from voiceagent.threads import run_blocking
 
@@ -118,7 +119,7 @@ class SqliteStore:
     async def put_unless_newer(self, item: Item, version: str, *,
                                legacy: str | None = None) -> bool:
         for name in (version, legacy) if legacy else (version,):
-            if not _is_number(item.get(name)):
+            if not is_number(item.get(name)):
                 raise ValueError(f"put_unless_newer: the item's {name!r} must be a number")
         row = _encode(item)
         return await self._run("put_unless_newer", partial(
@@ -126,11 +127,7 @@ class SqliteStore:
 
     async def remove_expired(self) -> int:
         """Delete the items whose ``expireAt`` has passed; how many."""
-        def remove(db: sqlite3.Connection) -> int:
-            return db.execute("DELETE FROM items WHERE expireAt < ?",
-                              (int(time.time()),)).rowcount
-
-        return await self._run("remove_expired", remove)
+        return await self._run("remove_expired", _delete_expired)
 
     async def sweep_expired(self, *, every_s: float = SWEEP_EVERY_S,
                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -241,8 +238,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         _switch_to_wal(connection, deadline=time.monotonic() + BUSY_TIMEOUT_S)
         connection.execute("PRAGMA synchronous = NORMAL")
         connection.executescript(SCHEMA)
-        expired = connection.execute("DELETE FROM items WHERE expireAt < ?",
-                                     (int(time.time()),)).rowcount
+        expired = _delete_expired(connection)
     except sqlite3.Error as err:
         if connection is not None:
             connection.close()
@@ -250,6 +246,10 @@ def _connect(path: Path) -> sqlite3.Connection:
                          "a writable file and not another program's database") from err
     log.info("sqlite store opened", extra={"path": str(path), "expired_removed": expired})
     return connection
+
+
+def _delete_expired(db: sqlite3.Connection) -> int:
+    return db.execute("DELETE FROM items WHERE expireAt < ?", (int(time.time()),)).rowcount
 
 
 def _switch_to_wal(connection: sqlite3.Connection, *, deadline: float) -> None:
@@ -295,10 +295,6 @@ def _write_unless_newer(db: sqlite3.Connection, row: Row, item: Item, version: s
         raise
     db.execute("COMMIT")
     return not newer
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _decode(attrs: str) -> Item:
