@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import sys
 from pathlib import Path
@@ -99,6 +100,22 @@ def test_demo_plays_a_scripted_caller(capsys: pytest.CaptureFixture[str],
     assert lines[4].startswith("agent: We're open")
     assert "goodbye" in lines[-1].lower()
     assert "DEMO MODE" in out.err
+
+
+def test_demo_reads_a_piped_script_and_waits_for_each_answer(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`echo ... | voiceagent demo` used to hang up at end of input, before any answer."""
+    for name in ("CONFIG_DIR", "TIME_ZONE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("sys.stdin", io.StringIO("What are your hours?\n\n/dtmf 1\ngoodbye\n"))
+    code = main(["demo"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert lines[1] == "caller: What are your hours?"
+    assert lines[2].startswith("agent: We're open Tuesday through Thursday")
+    assert lines[3] == "caller: /dtmf 1"        # the blank line is skipped, not said
+    assert lines[-2] == "caller: goodbye"
+    assert "goodbye" in lines[-1].lower()
 
 
 def test_call_reports_an_unreachable_server_in_one_line(

@@ -21,7 +21,7 @@ from voiceagent import logs
 from voiceagent.app import bench_cli, check, init
 from voiceagent.app.caller import CallerError, Identity, open_call
 from voiceagent.app.cli_store import add_commands
-from voiceagent.app.terminal import Transcript, interactive, scripted
+from voiceagent.app.terminal import Transcript, interactive, piped_lines, scripted
 from voiceagent.errors import ConfigError, ListenError, SettingsError, StoreError
 from voiceagent.settings import Settings, packaged_config_dir
 
@@ -244,5 +244,7 @@ async def _converse(url: str, auth_token: str | None, identity: Identity,
     async with open_call(url, auth_token=auth_token, identity=identity) as call:
         if lines:
             await scripted(call, lines, transcript)
+        elif not sys.stdin.isatty():     # `echo hello | voiceagent call`: a script on stdin
+            await scripted(call, piped_lines(), transcript)
         else:
             await interactive(call, transcript)

@@ -7,7 +7,8 @@ Lines starting with ``/`` are commands: ``/interrupt`` barges in and reports wha
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from contextlib import aclosing
 from typing import TextIO
 
 import trio
@@ -65,11 +66,34 @@ def _show(frame: dict[str, object], transcript: Transcript) -> bool:
     return False
 
 
-async def scripted(call: RelayCall, lines: Sequence[str], transcript: Transcript) -> None:
-    """Say each line, wait for the whole reply, print both. For the README and CI."""
+async def piped_lines(stream: TextIO | None = None) -> AsyncGenerator[str, None]:
+    """The lines of a pipe, read as they come: ``echo hello | voiceagent call`` should wait
+    for the answer to each line, as ``--say`` does, not hang up at end of input while the
+    agent is still thinking. Read one at a time so a slow producer still drives the call."""
+    source = stream or sys.stdin
+    while line := await trio.to_thread.run_sync(source.readline, abandon_on_cancel=True):
+        yield line.rstrip("\r\n")
+
+
+async def _each(lines: Iterable[str]) -> AsyncGenerator[str, None]:
+    for line in lines:
+        yield line
+
+
+async def scripted(call: RelayCall, lines: Iterable[str] | AsyncGenerator[str, None],
+                   transcript: Transcript) -> None:
+    """Say each line, wait for the whole reply, print both. For the README, CI and pipes."""
     if call.target.greeting:
         transcript.line(f"agent: {call.target.greeting}")
-    for line in lines:
+    said = lines if isinstance(lines, AsyncGenerator) else _each(lines)
+    async with aclosing(said):
+        await _say_each(call, said, transcript)
+
+
+async def _say_each(call: RelayCall, lines: AsyncIterator[str], transcript: Transcript) -> None:
+    async for line in lines:
+        if not line.strip():
+            continue
         transcript.line(f"caller: {line}")
         if not await _command(call, line, transcript):
             return
