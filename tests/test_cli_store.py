@@ -396,6 +396,20 @@ def test_calls_list_and_show_from_sqlite(sqlite_env: Path,
     _assert_calls_output(capsys)
 
 
+def test_reading_commands_leave_no_store_behind_where_there_is_none(
+        sqlite_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run in the wrong folder, they used to create an empty store and report it empty."""
+    for argv in (("calls", "list"), ("calls", "show", CALL_SID), ("config", "list"),
+                 ("config", "show", "testUseCase"), ("config", "export")):
+        err = fail(capsys, *argv)
+        assert f"no SQLite store at {sqlite_env / 'voiceagent.db'}" in err, argv
+        assert "set DATA_DIR" in err
+    assert not sqlite_env.exists()
+    assert not Path("config-export").exists()
+    assert run(capsys, "store", "init") and (sqlite_env / "voiceagent.db").exists()
+    assert run(capsys, "calls", "list") == [f"no calls in sqlite:{sqlite_env / 'voiceagent.db'}"]
+
+
 def _assert_calls_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "calls", "list") == [
         "CALL SID                            STARTED                  USE CASE      CALLER"

@@ -135,7 +135,7 @@ def _config_list(args: argparse.Namespace) -> int:
 
 
 async def _list(settings: Settings) -> int:
-    async with open_store(settings) as store:
+    async with open_store(settings, create=False) as store:
         use_case_items = await store.query_index(records.USE_CASE_INDEX)
         profile_items = await store.query_index(records.PROFILE_INDEX)
     code = 0
@@ -169,7 +169,7 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 async def _show(settings: Settings, name: str) -> int:
-    async with open_store(settings) as store:
+    async with open_store(settings, create=False) as store:
         item = await store.get(name, records.USE_CASE_SK)
         if item is None:
             names = [i["pk"] for i in await store.query_index(records.USE_CASE_INDEX)]
@@ -185,7 +185,7 @@ def _config_export(args: argparse.Namespace) -> int:
 
 
 async def _export(settings: Settings, out: Path) -> int:
-    async with open_store(settings) as store:
+    async with open_store(settings, create=False) as store:
         use_cases = [records.use_case_from_item(item)
                      for item in await store.query_index(records.USE_CASE_INDEX)]
         profiles = [records.profile_from_item(item)
@@ -263,7 +263,7 @@ def _calls_list(args: argparse.Namespace) -> int:
 
 
 async def _recent(settings: Settings, limit: int) -> int:
-    async with open_store(settings) as store:
+    async with open_store(settings, create=False) as store:
         calls = await transcripts.recent_calls(store, limit=limit)
     if not calls:
         print(f"no calls in {store.name}")
@@ -277,7 +277,7 @@ def _calls_show(args: argparse.Namespace) -> int:
 
 
 async def _transcript(settings: Settings, call_sid: str) -> int:
-    async with open_store(settings) as store:
+    async with open_store(settings, create=False) as store:
         transcript = await transcripts.load_transcript(store, call_sid)
     if transcript is None:
         print(f"voiceagent: no call {call_sid} in {store.name} (items expire after "

@@ -26,6 +26,7 @@ from voiceagent.app.relay_answers import RelayAnswers
 from voiceagent.app.sessions import Sessions
 from voiceagent.app.task_protection import AgentEndpoint, Policy, hold_while_busy
 from voiceagent.catalog import Catalog, read_config_dir, write_config
+from voiceagent.errors import StoreError
 from voiceagent.llm.base import LLM
 from voiceagent.llm.scripted import ScriptedLLM
 from voiceagent.settings import Settings
@@ -233,15 +234,22 @@ def _aws_session(settings: Settings, *, store_given: bool,
 
 
 @asynccontextmanager
-async def open_store(settings: Settings, *, aws: StartupSession | None = None
-                     ) -> AsyncIterator[Store]:
+async def open_store(settings: Settings, *, aws: StartupSession | None = None,
+                     create: bool = True) -> AsyncIterator[Store]:
     """The store the settings name, with its own thread limiter (never trio's default).
-    ``aws``: the session to make the DynamoDB client from (else its own)."""
+    ``aws``: the session to make the DynamoDB client from (else its own). ``create=False``
+    is for commands that only read: run in the wrong folder, they should say where they
+    looked, not leave an empty ``.voiceagent/`` behind."""
     limiter = trio.CapacityLimiter(settings.store_threads)
     if settings.store == "sqlite":
         from voiceagent.store.sqlite import open_sqlite_store
-        async with open_sqlite_store(settings.data_dir / "voiceagent.db",
-                                     limiter=limiter) as store:
+        path = settings.data_dir / "voiceagent.db"
+        if not create and not path.exists():
+            raise StoreError(f"no SQLite store at {path}: nothing has been stored there yet "
+                             "(the server creates it on its first call, `voiceagent config "
+                             "load` writes config into it); run this in the project's folder "
+                             "or set DATA_DIR")
+        async with open_sqlite_store(path, limiter=limiter) as store:
             yield store
     else:
         from voiceagent.store.dynamodb import open_dynamodb_store
