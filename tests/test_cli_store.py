@@ -406,8 +406,10 @@ def test_reading_commands_leave_no_store_behind_where_there_is_none(
         assert "set DATA_DIR" in err
     assert not sqlite_env.exists()
     assert not Path("config-export").exists()
-    assert run(capsys, "store", "init") and (sqlite_env / "voiceagent.db").exists()
-    assert run(capsys, "calls", "list") == [f"no calls in sqlite:{sqlite_env / 'voiceagent.db'}"]
+    run(capsys, "store", "init")
+    path = sqlite_env / "voiceagent.db"
+    assert path.exists()
+    assert run(capsys, "calls", "list") == [f"no calls in sqlite:{path}"]
 
 
 def _assert_calls_output(capsys: pytest.CaptureFixture[str]) -> None:

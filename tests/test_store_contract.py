@@ -18,7 +18,9 @@ import pytest
 import trio
 
 from tests.dynamodb_support import open_test_table, shared_moto, stop_shared_moto
+from tests.server_harness import make_settings
 from tests.store_contract import CHECKS, Check
+from voiceagent.app.runtime import open_runtime
 from voiceagent.errors import StoreError, StoreRejected
 from voiceagent.store.base import MAX_ITEM_BYTES, Store, check_item_size, item_size
 from voiceagent.store.sqlite import SWEEP_EVERY_S, SqliteStore, open_sqlite_store
@@ -149,6 +151,25 @@ async def test_sqlite_sweeps_hourly_and_a_failed_sweep_waits_for_the_next(
         with trio.move_on_after(3 * SWEEP_EVERY_S + 1):
             await store.sweep_expired()
     assert swept == [SWEEP_EVERY_S, 2 * SWEEP_EVERY_S, 3 * SWEEP_EVERY_S]
+
+
+@pytest.mark.timeout(60)        # real seconds: the virtual clock runs the hours
+async def test_the_runtime_keeps_the_sqlite_sweep_running(
+        tmp_path: Path, autojump_clock: Any) -> None:
+    """The wiring: a server on the embedded store sweeps while it serves, not only at open."""
+    async with open_sqlite_store(tmp_path / "store.db",
+                                 limiter=trio.CapacityLimiter(2)) as store:
+        swept: list[float] = []
+
+        async def remove_expired() -> int:
+            swept.append(trio.current_time())
+            return 0
+
+        store.remove_expired = remove_expired            # type: ignore[method-assign]
+        started = trio.current_time()
+        async with open_runtime(make_settings(tmp_path), store=store):
+            await trio.sleep(2 * SWEEP_EVERY_S + 1)
+    assert [round(t - started) for t in swept] == [SWEEP_EVERY_S, 2 * SWEEP_EVERY_S]
 
 
 async def test_sqlite_open_error_names_the_path(tmp_path: Path) -> None:
