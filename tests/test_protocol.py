@@ -670,3 +670,14 @@ def test_encode_shape_and_round_trip(message: Outbound) -> None:
     if isinstance(message, Text):
         assert isinstance(wire["last"], bool)
     assert type(message)(**{names[key]: value for key, value in wire.items()}) == message
+
+
+# Twilio, "Update configuration during a call"
+# (https://www.twilio.com/docs/voice/conversationrelay/dynamic-configuration, "What you can
+# update"): "Change a language's settings: Update the speech model, hints, transcription
+# provider, voice, TTS provider, and text normalization for a language." asrSmartFormat
+# (transcript smart formatting) is none of these, so a config frame carrying it would be
+# refused by Twilio (error 64107) and the whole change dropped with it.
+def test_config_refuses_language_settings_twilio_does_not_list() -> None:
+    with pytest.raises(ValueError, match="cannot change \\['asrSmartFormat'\\]"):
+        Config.of(languages=[{"code": "en-US", "asrSmartFormat": True}])

@@ -72,10 +72,11 @@ CONFIG_SESSION_SETTINGS = frozenset({
     "interruptible", "preemptible", "dtmfDetection", "reportInputDuringAgentSpeech",
     "partialPrompts", "speechTimeout", "echoPromptFiltering", "interruptSensitivity",
     "ignoreBackchannel", "profanityFilter", "eotThreshold"})
+# (per language: "the speech model, hints, transcription provider, voice, TTS provider, and
+# text normalization"; smart formatting of transcripts is not among them)
 CONFIG_LANGUAGE_SETTINGS = frozenset({
     "speechModel", "hints", "transcriptionProvider", "voice", "ttsProvider",
-    "ttsTextNormalization", "ttsLanguageTextNormalization", "elevenlabsTextNormalization",
-    "asrSmartFormat"})
+    "ttsTextNormalization", "ttsLanguageTextNormalization", "elevenlabsTextNormalization"})
 
 
 @dataclass(frozen=True, slots=True)
