@@ -374,3 +374,19 @@ def test_new_keys_survive_the_store_and_the_export(tmp_path: Path) -> None:
     (again,) = read_config_dir(out, default_registry()).use_cases
     assert again == use_case
     assert again.languages[0].attributes() == {"code": "en-US", "voice": "v", "hints": "a,b"}
+
+
+# Twilio, "Provider failover for Conversation Relay"
+# (https://www.twilio.com/docs/voice/conversationrelay/provider-failover): "Specify your
+# backups: Name the backup provider, voice, and model for each language"; changelog 18 Nov
+# 2026: "Specify the backup provider, voice, and model for each language". A <Failover>
+# <Language> is a backup provider, voice and model, nothing else: hints, smart formatting or
+# text normalization there is an attribute Twilio does not document, and a bad TwiML
+# attribute can end the call at setup.
+@pytest.mark.parametrize("name", ["hints", "asrSmartFormat", "ttsTextNormalization",
+                                  "ttsLanguageTextNormalization"])
+def test_failover_takes_only_a_backup_provider_voice_and_model(tmp_path: Path,
+                                                               name: str) -> None:
+    _, err = _error(tmp_path, languages=[{"code": "es-ES", "failover": {
+        "ttsProvider": "Google", name: "x"}}])
+    assert err.key_path == f"languages[0].failover.{name}"

@@ -56,6 +56,12 @@ LANGUAGE_SOURCE = ("attributes the installed twilio package's ConversationRelay 
                     f"names for <Language> (twilio {TWILIO_VERSION}, "
                     "ConversationRelay.language), spelled as in TwiML")
 
+# A backup is "the backup provider, voice, and model for each language" (Twilio, Provider
+# failover for Conversation Relay): nothing else of a <Language> goes inside <Failover>.
+FAILOVER_ATTRIBUTES = frozenset({"ttsProvider", "voice", "transcriptionProvider", "speechModel"})
+FAILOVER_SOURCE = ("backup provider, voice and model attributes Twilio documents for "
+                   "<Failover> (ttsProvider, voice, transcriptionProvider, speechModel)")
+
 # A validation error whose key path goes deeper than where the validator sits: ``at`` is
 # appended to pydantic's location, so a bad key inside a mapping is named itself.
 KEY_PROBLEM = "voiceagent_key_problem"
@@ -146,11 +152,10 @@ class LanguageEntry(BaseModel):
         if not value:
             raise ValueError("failover needs at least one attribute (leave it out for "
                              "Twilio's default backup)")
-        allowed = LANGUAGE_BUILDER_ATTRIBUTES - {"code"}
         for key in value:
-            if key not in allowed:
+            if key not in FAILOVER_ATTRIBUTES:
                 raise key_problem((key,), unknown_attribute(
-                    key, allowed, "<Failover> <Language>", LANGUAGE_SOURCE + ", code aside"))
+                    key, FAILOVER_ATTRIBUTES, "<Failover> <Language>", FAILOVER_SOURCE))
         return value
 
     def attributes(self) -> dict[str, Setting]:
