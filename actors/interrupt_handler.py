@@ -52,6 +52,9 @@ from voiceagent.usecases import DtmfConfig
 
 log = logging.getLogger(__name__)
 
+_ERROR_CODE = re.compile(r"\b6\d{4}\b")                       # 64107 and its kin
+_DROPPED_TYPE = re.compile(r'"type"\s*:\s*"([A-Za-z]{1,20})"')
+
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 REPROMPT = "Are you still there?"
 MAX_AGENT_SPEECH_S = 120.0       # the silence timer waits at most this long for "agent off"
@@ -361,8 +364,14 @@ class _Gate:
                 log.debug("speaker event", extra={"who": who, "speaking": speaking})
             case Info(name=name):
                 log.debug("relay info", extra={"name": name})
-            case RelayErrorReport():
-                log.warning("twilio rejected a message we sent")
+            case RelayErrorReport(description=description):
+                # Twilio's description quotes the frame it dropped (agent words included):
+                # only its error code and that frame's type reach the log
+                code = _ERROR_CODE.search(description)
+                dropped = _DROPPED_TYPE.search(description)
+                log.warning("twilio reported an error", extra={
+                    "error_code": code.group(0) if code else None,
+                    "dropped_type": dropped.group(1) if dropped else None})
             case Setup():
                 log.warning("second setup ignored")     # the reader drops these already
             case _:

@@ -534,3 +534,24 @@ async def test_no_word_of_a_cut_turn_leaves_after_the_interrupt_is_read(
     assert after[:1] == [{"type": "text", "token": "", "last": True}] or after == []
     spoken = "".join(f.get("token", "") for kind, f in timeline[:read_at] if kind == "send")
     assert call.history[-1] == {"role": "assistant", "content": [{"text": spoken.strip()}]}
+
+
+# Twilio, "Getting and sending WebSocket messages"
+# (https://www.twilio.com/docs/voice/conversationrelay/websocket-messages): "ConversationRelay
+# sends this message when an error occurs during the session" ({"type": "error",
+# "description": ...}); "If validation fails then Twilio returns error 64107 with details about
+# the validation failure." Error 64107's page: "Looking at the message can give an insight into
+# why this might happen." The description is the only thing that says which frame Twilio
+# dropped and why; the call logs "twilio rejected a message we sent" with none of it.
+async def test_twilios_error_report_reaches_the_log_with_its_code(
+        autojump_clock: Any, caplog: pytest.LogCaptureFixture) -> None:
+    llm = FakeLLM([words("Fine.")])
+    description = ('Invalid message received, code: 64107, '
+                   '{"type":"hints","hints":"pizza"}')
+    with caplog.at_level("WARNING"):
+        async with open_test_call(llm) as call:
+            call.socket.push(json.dumps({"type": "error", "description": description}))
+            call.say("still there?")
+            await call.reply()
+    logged = [" ".join(str(v) for v in vars(r).values()) for r in caplog.records]
+    assert any("64107" in line for line in logged), logged
