@@ -69,6 +69,12 @@ RUN groupadd --system --gid 10001 voiceagent \
 COPY --from=build /opt/venv /opt/venv
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/voiceagent-entrypoint
 
+# The SAM task mounts an empty volume at /tmp (its root file system is read-only). Fargate
+# makes such a volume root-owned 0755, which user 10001 cannot write, unless the image
+# declares the path as a VOLUME: then it copies this folder's mode (1777, as in the base).
+RUN chmod 1777 /tmp
+VOLUME ["/tmp"]
+
 USER 10001:10001
 WORKDIR /var/lib/voiceagent
 EXPOSE 3000
