@@ -178,18 +178,20 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
     limit_s = timeout_s or definition.timeout_s
     started = trio.current_time()
     try:
-        with trio.fail_after(limit_s):
+        # move_on_after, not fail_after: a TooSlowError the tool raises itself (its own
+        # trio.fail_after around a slow API) is the tool's failure, not this limit expiring
+        with trio.move_on_after(limit_s) as limit:
             result = await definition.call(_context(call, definition, env, sent), call.input,
                                            threads=env.registry.threads)
-    except trio.TooSlowError:
-        log.warning("tool timed out", extra={"tool": call.name, "timeout_s": limit_s})
-        return _error(call, f"timed out after {limit_s:g} s; tell the caller and offer "
-                            "another way", definition)
     except trio.Cancelled:
         raise
     except Exception as err:
         log.warning("tool failed", extra={"tool": call.name, "error": type(err).__name__})
         return _error(call, f"failed: {type(err).__name__}: {err}"[:300], definition)
+    if limit.cancelled_caught:
+        log.warning("tool timed out", extra={"tool": call.name, "timeout_s": limit_s})
+        return _error(call, f"timed out after {limit_s:g} s; tell the caller and offer "
+                            "another way", definition)
     elapsed = trio.current_time() - started
     if not isinstance(result, Mapping):
         return _error(call, "returned something that is not a JSON object", definition)

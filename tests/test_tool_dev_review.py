@@ -1,0 +1,81 @@
+"""A developer's own tools, written as docs/tools.md says: what they and the model see when
+something goes wrong. Each test is one defect found by following the docs literally."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.test_tool_plugins import (
+    TEST_LIMIT_S,
+    call_tool,
+    unique,
+    write_module,
+)
+from tests.server_harness import make_settings
+
+pytestmark = pytest.mark.timeout(60)
+
+DELIVERY = '''
+import trio
+
+from voiceagent.tools import ToolContext, tool
+
+
+async def slow_partner_api():
+    await trio.sleep(30)
+
+
+@tool("CheckDeliveryTime", timeout_s=5.0)
+async def check_delivery_time(ctx: ToolContext, args):
+    with trio.fail_after(0.2):           # the tool's own limit on a slow partner API
+        await slow_partner_api()
+    return {"minutes": 40}
+
+
+@tool("BookTable", side_effect=True, timeout_s=5.0)
+async def book_table(ctx: ToolContext, args):
+    await ctx.store.put({"pk": ctx.call_sid, "sk": "booking", "party": 4})
+    # forgot `return {...}`: the booking is written, the function returns None
+'''
+
+USE_CASE = '''
+name: diner
+title: Diner
+prompt: You book tables.
+tools:
+  - name: CheckDeliveryTime
+    description: How long a delivery takes.
+  - name: BookTable
+    description: Books a table.
+'''
+
+
+def diner_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    module = unique("diner_tools")
+    write_module(tmp_path / "plugins", module, DELIVERY)
+    monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
+    (tmp_path / "config" / "usecases").mkdir(parents=True)
+    (tmp_path / "config" / "usecases" / "diner.yaml").write_text(USE_CASE, encoding="utf-8")
+    return make_settings(tmp_path / "data", CONFIG_DIR=str(tmp_path / "config"),
+                         STACK_USE_CASE="diner", TOOLS=module)
+
+
+async def test_a_tools_own_timeout_is_not_reported_as_the_tool_timeout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tool's own ``trio.fail_after(0.2)`` around a slow API fired after 0.2 s; the model
+    (and the log, and `voiceagent calls show`) are told 'timed out after 5 s', the tool's
+    limit, which never expired. It is an exception the tool raised (TooSlowError)."""
+    settings = diner_settings(tmp_path, monkeypatch)
+    with trio.fail_after(TEST_LIMIT_S):
+        started = trio.current_time()
+        result, _, _ = await call_tool(settings, "CheckDeliveryTime", {})
+        elapsed = trio.current_time() - started
+    assert elapsed < 5                                  # the 5 s limit never expired
+    assert result["status"] == "error"
+    text = result["content"][0]["text"]
+    assert not text.startswith("timed out after 5 s"), text
+    assert "TooSlowError" in text, text
