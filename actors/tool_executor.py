@@ -193,14 +193,20 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
         return _error(call, f"timed out after {limit_s:g} s; tell the caller and offer "
                             "another way", definition)
     elapsed = trio.current_time() - started
+    # the tool did its work: say so, or the model may run a side effect again
+    ran = " The tool did run: check before repeating it." if definition.side_effect else ""
     if not isinstance(result, Mapping):
-        return _error(call, "returned something that is not a JSON object", definition)
+        kind = type(result).__name__
+        log.warning("tool result is not a dict; return a JSON object",
+                    extra={"tool": call.name, "returned": kind})
+        return _error(call, f"returned {kind}, not a JSON object.{ran}", definition)
     try:
         result, changed = jsonlimits.plain(result)
     except ValueError as err:
         log.warning("tool result cannot be JSON", extra={"tool": call.name,
                                                          "problem": str(err)[:200]})
-        return _error(call, f"returned a result JSON cannot hold: {err}"[:300], definition)
+        return _error(call, f"returned a result JSON cannot hold: {str(err)[:200]}.{ran}",
+                      definition)
     if changed:
         log.warning("tool result changed to fit JSON; return text, numbers, lists and dicts",
                     extra={"tool": call.name, "changed": sorted(set(changed))[:10]})
@@ -208,7 +214,6 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
     if size > MAX_RESULT_BYTES:
         log.warning("tool result too large, dropped; return only what the model needs",
                     extra={"tool": call.name, "bytes": size, "limit": MAX_RESULT_BYTES})
-        ran = " The tool did run: check before repeating it." if definition.side_effect else ""
         return replace(_error(call, f"its result was {size} bytes, over the "
                                     f"{MAX_RESULT_BYTES}-byte limit, so it was dropped.{ran}",
                               definition), ends_call=definition.ends_turn)  # it did its work

@@ -79,3 +79,22 @@ async def test_a_tools_own_timeout_is_not_reported_as_the_tool_timeout(
     text = result["content"][0]["text"]
     assert not text.startswith("timed out after 5 s"), text
     assert "TooSlowError" in text, text
+
+
+async def test_a_side_effect_tool_returning_none_says_what_it_returned_and_that_it_ran(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``BookTable`` wrote the booking and forgot its ``return``. The model is told only
+    'returned something that is not a JSON object': not what it returned (None), and not that
+    the side effect happened, so a real model asks again and books a second table (the
+    oversize path says 'The tool did run: check before repeating it'). Nothing is logged, so
+    the developer sees no warning in the server log either."""
+    settings = diner_settings(tmp_path, monkeypatch)
+    with trio.fail_after(TEST_LIMIT_S):
+        result, _, runtime = await call_tool(settings, "BookTable", {})
+    assert result["status"] == "error"
+    text = result["content"][0]["text"]
+    assert "NoneType" in text, text                     # what it returned
+    assert "did run" in text, text                      # the booking exists
+    assert any(r.name == "actors.tool_executor" and r.levelname == "WARNING"
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
