@@ -98,3 +98,27 @@ async def test_a_side_effect_tool_returning_none_says_what_it_returned_and_that_
     assert "did run" in text, text                      # the booking exists
     assert any(r.name == "actors.tool_executor" and r.levelname == "WARNING"
                for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_a_tool_declared_twice_in_a_use_case_is_refused_at_load(tmp_path: Path) -> None:
+    """Two declarations of one name load without a word: the model request carries both
+    toolSpecs (Bedrock refuses a toolConfig whose tool names repeat) and the call uses the
+    first (``UseCase.tool``), so the second's schema and timeout_s are silently ignored."""
+    from voiceagent.errors import ConfigError
+    from voiceagent.tools.registry import default_registry
+    from voiceagent.usecases import load_use_case_file
+
+    path = tmp_path / "diner.yaml"
+    path.write_text('''
+name: diner
+prompt: You end calls.
+tools:
+  - name: endCall
+    description: Hang up.
+  - name: endCall
+    description: Hang up when the caller says goodbye.
+    timeout_s: 1
+''', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        default_registry().check_use_case(load_use_case_file(path))
+    assert caught.value.key_path == "tools[1].name"

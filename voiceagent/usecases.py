@@ -210,7 +210,12 @@ class UseCase(Strict):
         if self.auto_language and not self.languages:
             raise key_problem(("auto_language",), "auto_language switches among the "
                                "languages declared under languages; declare them")
-        declared = {t.name for t in self.tools}
+        declared: set[str] = set()
+        for i, declaration in enumerate(self.tools):
+            if declaration.name in declared:       # Bedrock refuses repeated tool names
+                raise key_problem(("tools", i, "name"),
+                                   f"tool {declaration.name} is declared twice")
+            declared.add(declaration.name)
         for i, rule in enumerate(self.relay_updates):
             if rule.when.tool is not None and rule.when.tool not in declared:
                 raise key_problem(("relay_updates", i, "when", "tool"),
