@@ -122,3 +122,29 @@ tools:
     with pytest.raises(ConfigError) as caught:
         default_registry().check_use_case(load_use_case_file(path))
     assert caught.value.key_path == "tools[1].name"
+
+
+@pytest.mark.parametrize("key_path, changes", [
+    ("scripted.rules[0].tool.input", {"scripted": {"rules": [
+        {"match": "book", "tool": {"name": "PlaceOrderFunction",
+                                   "input": {"order_type": "carryout"}}}]}}),
+    ("dtmf.handlers.2.input", {"dtmf": {"handlers": {"2": {"tool": "PlaceOrderFunction"}}}}),
+])
+def test_a_fixed_tool_input_that_fails_the_schema_is_refused_at_load(
+        key_path: str, changes: dict[str, Any]) -> None:
+    """A scripted rule's or a DTMF handler's ``input`` is fixed in the file, yet it is only
+    checked against the tool's input_schema when a caller says the words or presses the key:
+    `config load` and `serve` accept it, and the call hears 'Sorry, I couldn't get that done'
+    (calls show: 'invalid input: ...')."""
+    from voiceagent.errors import ConfigError
+    from voiceagent.tools.registry import default_registry
+    from voiceagent.usecases import UseCase
+
+    data: dict[str, Any] = {"name": "demo", "prompt": "Hi.", "tools": [{
+        "name": "PlaceOrderFunction", "description": "Order.", "input_schema": {
+            "type": "object", "required": ["order_type"],
+            "properties": {"order_type": {"type": "string", "enum": ["pickup", "delivery"]}}}}]}
+    data.update(changes)
+    with pytest.raises(ConfigError) as caught:
+        default_registry().check_use_case(UseCase.model_validate(data))
+    assert caught.value.key_path == key_path

@@ -79,6 +79,16 @@ class ToolRegistry:
             if name not in declared:
                 raise ConfigError(source, key_path, f"tool {name!r} is not declared in this "
                                   f"use case's tools; declared: {sorted(declared)}")
+        # the inputs fixed in the file: checked now, not when a caller presses the key
+        fixed = [(handler.tool, handler.input, f"dtmf.handlers.{digit}.input")
+                 for digit, handler in uc.dtmf.handlers.items() if handler.tool is not None]
+        fixed += [(rule.tool.name, rule.tool.input, f"scripted.rules[{i}].tool.input")
+                  for i, rule in enumerate(uc.scripted.rules) if rule.tool is not None]
+        for name, args, key_path in fixed:
+            declaration = uc.tool(name)
+            if declaration is not None and (problems := self.validate_input(declaration, args)):
+                raise ConfigError(source, key_path, f"does not fit tool {name}'s input_schema: "
+                                  + "; ".join(problems))
 
     def _require(self, name: str, source: str, key_path: str) -> None:
         if name not in self._definitions:
