@@ -148,3 +148,28 @@ def test_a_fixed_tool_input_that_fails_the_schema_is_refused_at_load(
     with pytest.raises(ConfigError) as caught:
         default_registry().check_use_case(UseCase.model_validate(data))
     assert caught.value.key_path == key_path
+
+
+@pytest.mark.parametrize("schema, key_path", [
+    ({"type": "object", "properties": {"party_size": {"type": "integer"}},
+      "requried": ["party_size"]}, "tools[0].input_schema.requried"),
+    ({"type": "object", "properties": {"party_size": {"type": "integer", "minimun": 1}}},
+     "tools[0].input_schema.properties.party_size.minimun"),
+    ({"type": "object", "propertes": {"party_size": {"type": "integer"}}},
+     "tools[0].input_schema.propertes"),
+])
+def test_a_misspelt_schema_keyword_is_refused_at_load(schema: dict[str, Any],
+                                                      key_path: str) -> None:
+    """config/README.md: files are read strictly, 'so a typo fails at load time'. In an
+    input_schema a misspelt keyword is accepted and ignored: with 'requried' the model may
+    leave party_size out and the tool fails with KeyError on the call; with 'minimun' a party
+    of 0 reaches the tool; with 'propertes' the model is shown no fields at all."""
+    from voiceagent.errors import ConfigError
+    from voiceagent.tools.registry import default_registry
+    from voiceagent.usecases import UseCase
+
+    uc = UseCase.model_validate({"name": "demo", "prompt": "Hi.", "tools": [
+        {"name": "endCall", "description": "Hang up.", "input_schema": schema}]})
+    with pytest.raises(ConfigError) as caught:
+        default_registry().check_use_case(uc)
+    assert caught.value.key_path == key_path

@@ -129,12 +129,55 @@ class ToolRegistry:
             where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.path)
             raise ConfigError(source, key_path + where,
                               f"not a valid JSON schema: {err.message}") from None
+        if (typo := _unknown_keyword(schema)) is not None:
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in typo[0])
+            raise ConfigError(source, key_path + where,
+                              f"unknown JSON Schema keyword {typo[1]!r} (a typo would be "
+                              "ignored, not enforced); keywords: see json-schema.org")
         if schema.get("type") != "object":
             raise ConfigError(source, key_path + ".type",
                               'a tool input schema must be {"type": "object", ...} (Bedrock)')
         validator = Draft202012Validator(schema)
         self._validators[key] = validator
         return validator
+
+
+# Keywords of JSON Schema 2020-12 that do not validate (annotations, identifiers), and the
+# older spellings models and tools still write; the validating ones are the validator's own
+ANNOTATIONS = frozenset({
+    "$schema", "$id", "$anchor", "$dynamicAnchor", "$vocabulary", "$comment", "$defs",
+    "definitions", "title", "description", "default", "examples", "deprecated", "readOnly",
+    "writeOnly", "contentMediaType", "contentEncoding", "contentSchema", "additionalItems",
+    "dependencies", "then", "else"})
+KEYWORDS = frozenset(Draft202012Validator.VALIDATORS) | ANNOTATIONS
+_ONE = ("additionalProperties", "items", "not", "if", "then", "else", "contains",
+        "propertyNames", "unevaluatedItems", "unevaluatedProperties", "additionalItems",
+        "contentSchema")
+_MANY = ("allOf", "anyOf", "oneOf", "prefixItems")
+_BY_NAME = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+
+def _unknown_keyword(schema: Any, path: tuple[str | int, ...] = ()
+                     ) -> tuple[tuple[str | int, ...], str] | None:
+    """The path and name of the first keyword JSON Schema does not define, or None: an
+    unknown keyword is valid JSON Schema but ignored, so a misspelt ``required`` or
+    ``minimum`` would never be enforced."""
+    if not isinstance(schema, dict):
+        return None
+    for key, value in schema.items():
+        if key not in KEYWORDS:
+            return (*path, key), key
+        children: list[tuple[tuple[str | int, ...], Any]] = []
+        if key in _ONE:
+            children = [((*path, key), value)]
+        elif key in _MANY and isinstance(value, list):
+            children = [((*path, key, i), v) for i, v in enumerate(value)]
+        elif key in _BY_NAME and isinstance(value, dict):
+            children = [((*path, key, name), v) for name, v in value.items()]
+        for child_path, child in children:
+            if (found := _unknown_keyword(child, child_path)) is not None:
+                return found
+    return None
 
 
 def _field_path(error: ValidationError) -> str:
