@@ -187,7 +187,7 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
         raise
     except Exception as err:
         log.warning("tool failed", extra={"tool": call.name, "error": type(err).__name__})
-        return _error(call, f"failed: {type(err).__name__}: {err}"[:300], definition)
+        return _error(call, f"failed: {_described(err)}"[:300], definition)
     if limit.cancelled_caught:
         log.warning("tool timed out", extra={"tool": call.name, "timeout_s": limit_s})
         return _error(call, f"timed out after {limit_s:g} s; tell the caller and offer "
@@ -221,6 +221,14 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
     return ToolOutcome(call.tool_use_id, call.name, "success", dict(result),
                        side_effect=definition.side_effect, duration_s=elapsed,
                        ends_call=definition.ends_turn)
+
+
+def _described(err: BaseException) -> str:
+    """``Type: message``; for an exception group (a nursery in the tool), its leaves', so
+    the message the tool wrote for the model reaches it."""
+    if isinstance(err, BaseExceptionGroup):
+        return "; ".join(_described(inner) for inner in err.exceptions)
+    return f"{type(err).__name__}: {err}"
 
 
 def _context(call: ToolCall, definition: ToolDefinition, env: ToolEnv,

@@ -29,7 +29,9 @@ from tests.fake_bedrock import (
 from tests.fake_twilio_api import FakeTwilioApi, running_fake_twilio_api
 from voiceagent.app.dotenv_file import load_dotenv_file
 from voiceagent.catalog import read_config_dir, write_config
+from voiceagent.store import records
 from voiceagent.tools.registry import default_registry
+from voiceagent.usecases import UseCase
 
 __all__ = ["moto_endpoint"]          # the fixture, imported so pytest finds it here
 
@@ -160,8 +162,9 @@ async def test_everything_ready_passes_every_check(moto_endpoint: str, tmp_path:
     assert run.code == 0, run.out + run.err
     # the table lists use cases by name: billing (GOOD), frontDesk (the default), orders
     assert list(lines) == ["settings", "AWS credentials", f"DynamoDB table {store.table_name}",
-                           f"Bedrock model {GOOD}", f"Bedrock model {DEFAULT_MODEL}",
-                           "Twilio credentials", f"Twilio number {NUMBER}"]
+                           "use cases and tools", f"Bedrock model {GOOD}",
+                           f"Bedrock model {DEFAULT_MODEL}", "Twilio credentials",
+                           f"Twilio number {NUMBER}"]
     assert all(line.status == "pass" and not line.advice for line in lines.values()), run.out
     assert "account 123456789012" in lines["AWS credentials"].detail
     assert "3 use case(s), frontDesk among them" in lines[
@@ -169,7 +172,9 @@ async def test_everything_ready_passes_every_check(moto_endpoint: str, tmp_path:
     assert "use cases billing, orders, from the table" in lines[f"Bedrock model {GOOD}"].detail
     assert lines[f"Twilio number {NUMBER}"].detail == \
         f"voice webhook is {PUBLIC_URL}/twiml (POST)"
-    assert run.out.endswith("\nall 7 checks passed\n")
+    assert lines["use cases and tools"].detail.startswith("3 use case(s) naming ")
+    assert lines["use cases and tools"].detail.endswith(" in the table")
+    assert run.out.endswith("\nall 8 checks passed\n")
     # one request per distinct model, one token asked, over TLS through the CA bundle
     assert sorted(r.model_id for r in bedrock.requests) == sorted([DEFAULT_MODEL, GOOD])
     assert [r.body["inferenceConfig"] for r in bedrock.requests] == [{"maxTokens": 1}] * 2
@@ -197,10 +202,10 @@ async def test_bad_settings_are_all_listed_and_the_rest_skipped(tmp_path: Path) 
                  "AWS credentials:"):
         assert any(a.startswith(name) for a in lines["settings"].advice), run.out
     assert [(name, line.status) for name, line in lines.items()][1:] == [
-        ("AWS credentials", "skip"), ("store", "skip"), ("Bedrock models", "skip"),
-        ("Twilio", "skip")]
+        ("AWS credentials", "skip"), ("store", "skip"), ("use cases and tools", "skip"),
+        ("Bedrock models", "skip"), ("Twilio", "skip")]
     assert "Traceback" not in run.err
-    assert run.out.endswith("\n1 of 5 checks failed, 4 skipped\n")
+    assert run.out.endswith("\n1 of 6 checks failed, 5 skipped\n")
 
 
 async def test_settings_serve_would_refuse_are_not_valid_and_the_rest_still_runs(
@@ -253,6 +258,27 @@ async def test_a_missing_or_wrongly_keyed_table_fails_with_advice(
         assert "key schema is id/None, expected pk/sk" in table.advice
         assert any(a.startswith("no global secondary index 'index-1-full'")
                    for a in table.advice)
+
+
+async def test_a_stored_use_case_naming_a_tool_this_process_lacks_fails(
+        moto_endpoint: str, tmp_path: Path) -> None:
+    """config/ gained a tool and was loaded into the table, but the image was not rebuilt:
+    every call of that use case would fail on the tool, and the checks said all was well."""
+    use_case = UseCase.model_validate({"name": "frontDesk", "prompt": "Hi.", "tools": [
+        {"name": "bookTable", "description": "Book a table."}]})
+    with trio.fail_after(RUN_TIMEOUT_S):
+        async with open_test_table(moto_endpoint, name=table_name()) as store:
+            await store.put(records.use_case_item(use_case))
+            env = base_env(tmp_path, STORE="dynamodb", TABLE_NAME=store.table_name,
+                           LLM="scripted", STACK_USE_CASE="frontDesk",
+                           **moto_env(moto_endpoint, tmp_path))
+            run = await run_check(env, tmp_path)
+    tools = run.lines["use cases and tools"]
+    assert run.code == 1, run.out
+    assert run.lines[f"DynamoDB table {store.table_name}"].status == "pass"
+    assert (tools.status, tools.detail) == (
+        "fail", "1 use case(s) in the table do not fit the tools this process registers")
+    assert tools.advice[0].startswith("use case frontDesk: tools[0].name: no tool registered")
 
 
 # ---------------------------------------------------------------------------- models
@@ -350,10 +376,10 @@ async def test_sqlite_and_scripted_pass_offline_with_settings_from_dotenv(
     assert lines["settings"].detail == "valid (environment and .env; STORE=sqlite, LLM=scripted)"
     assert [(name, line.status) for name, line in lines.items()] == [
         ("settings", "pass"), ("AWS credentials", "skip"), ("SQLite data dir", "pass"),
-        ("Bedrock models", "skip"), ("Twilio", "skip")]
+        ("use cases and tools", "pass"), ("Bedrock models", "skip"), ("Twilio", "skip")]
     # the environment wins over .env
     assert lines["SQLite data dir"].detail.startswith(f"{tmp_path / 'from-environment'} ")
-    assert run.out.endswith("\nall 2 checks passed, 3 skipped\n")
+    assert run.out.endswith("\nall 3 checks passed, 3 skipped\n")
     assert ascii_run.code == 0
     assert ascii_run.out.splitlines()[:2] == [
         "[ok] settings: valid (environment and .env; STORE=sqlite, LLM=scripted)",
@@ -361,7 +387,8 @@ async def test_sqlite_and_scripted_pass_offline_with_settings_from_dotenv(
     document = json.loads(json_run.out)
     assert json_run.code == 0
     assert document["ok"] is True
-    assert [c["status"] for c in document["checks"]] == ["pass", "skip", "pass", "skip", "skip"]
+    assert [c["status"] for c in document["checks"]] == [
+        "pass", "skip", "pass", "pass", "skip", "skip"]
 
 
 def test_dotenv_file_never_overrides_the_environment(tmp_path: Path,

@@ -115,12 +115,14 @@ async def run_checks(dotenv: Path | None, number: str | None,
 
 def _steps() -> tuple[tuple[str, Step], ...]:
     """Imported here, so boto3 and the Bedrock backend load only when a check runs."""
+    from voiceagent.app.check_config import config_check
     from voiceagent.app.check_models import model_checks
     from voiceagent.app.check_steps import aws_identity, store_check
     from voiceagent.app.check_twilio import twilio_checks
 
     return (("AWS credentials", aws_identity), ("store", store_check),
-            ("Bedrock models", model_checks), ("Twilio", twilio_checks))
+            ("use cases and tools", config_check), ("Bedrock models", model_checks),
+            ("Twilio", twilio_checks))
 
 
 async def _guarded(name: str, step: Step, context: CheckContext) -> list[Outcome]:

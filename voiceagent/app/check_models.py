@@ -28,14 +28,12 @@ from voiceagent.app.check_steps import (
     passed,
     skipped,
 )
-from voiceagent.catalog import read_config_dir
-from voiceagent.errors import ConfigError, LLMError, ModelThrottled, ModelUnavailable
+from voiceagent.errors import LLMError, ModelThrottled, ModelUnavailable
 from voiceagent.llm.base import InferenceConfig, LLMRequest
 from voiceagent.llm.bedrock import BedrockLLM, check_bedrock_ready
 from voiceagent.llm.bedrock_errors import ACCESS_HINT, CREDENTIALS_HINT
 from voiceagent.settings import Settings
 from voiceagent.threads import run_blocking
-from voiceagent.tools.plugins import build_registry
 from voiceagent.usecases import UseCase
 
 MODEL_TIMEOUT_S = 30.0               # connect + first event + Bedrock's own retries, with room
@@ -74,19 +72,9 @@ async def model_checks(ctx: CheckContext) -> list[Outcome]:
     settings = ctx.settings
     if settings.llm == "scripted":
         return [skipped(NAME, "LLM=scripted: the offline model answers, Bedrock is not called")]
-    use_cases: Iterable[UseCase]
-    if ctx.stored_use_cases:            # STORE=dynamodb: what the service reads
-        use_cases, source = ctx.stored_use_cases, "the table"
-    else:
-        try:
-            config = await run_blocking(lambda: read_config_dir(
-                settings.resolved_config_dir, build_registry(settings)), limiter=ctx.limiter)
-        except ConfigError as err:
-            return [failed(NAME, f"cannot read the use cases: {err}",
-                           "fix that file (config/README.md lists every key) or tool module "
-                           "(docs/tools.md), or point CONFIG_DIR at a folder laid out like "
-                           "config/")]
-        use_cases, source = config.use_cases, str(settings.resolved_config_dir)
+    if ctx.use_cases is None:
+        return [skipped(NAME, "needs readable use cases and tools, see above")]
+    use_cases, source = ctx.use_cases, ctx.use_cases_from
     problems, region = await run_blocking(partial(_ready, settings), limiter=ctx.limiter)
     if problems:
         return [failed(NAME, "Bedrock cannot be called with these settings", *problems)]

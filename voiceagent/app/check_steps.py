@@ -84,13 +84,16 @@ def skipped(name: str, detail: str, *advice: str) -> Outcome:
 @dataclass
 class CheckContext:
     """What the checks share: the settings, and what an earlier check learnt that a later one
-    uses (the account for IAM ARNs in advice, the use cases the table holds)."""
+    uses (the account for IAM ARNs in advice, the use cases the table holds, the use cases
+    checked against the tools, whose models the model check asks)."""
 
     settings: Settings
     limiter: trio.CapacityLimiter
     number: str | None = None
     account_id: str | None = None
     stored_use_cases: tuple[UseCase, ...] | None = None    # None: the table was not read
+    use_cases: tuple[UseCase, ...] | None = None    # what the service reads; None: unreadable
+    use_cases_from: str = ""
 
 
 # ---------------------------------------------------------------- settings

@@ -19,6 +19,8 @@ message, no traceback), it registers no tool, or one of its names is already tak
 from __future__ import annotations
 
 import importlib
+import pkgutil
+import sys
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
@@ -84,9 +86,25 @@ def load_module(source: ToolSource) -> tuple[ToolDefinition, ...]:
         raise source.error(f"cannot import it: {type(err).__name__}: {message}") from err
     definitions = tools_defined_in(source.module)
     if not definitions:
+        if submodules := _unimported_submodules(source.module):
+            raise source.error(
+                f"registers no tools: it is a package, and importing it does not import its "
+                f"modules {submodules}; name the one with the tools "
+                f"({submodules[0]}) instead, or import it in "
+                f"{source.module}/__init__.py")
         raise source.error("registers no tools: decorate its tool functions with "
                            "@voiceagent.tools.tool(\"ToolName\")")
     return definitions
+
+
+def _unimported_submodules(module: str) -> list[str]:
+    """A package's submodules that were not imported (found without importing them)."""
+    package = sys.modules.get(module)
+    path = getattr(package, "__path__", None)
+    if path is None:
+        return []
+    return [f"{module}.{info.name}" for info in pkgutil.iter_modules(path)
+            if f"{module}.{info.name}" not in sys.modules]
 
 
 def _add(registry: ToolRegistry, definitions: tuple[ToolDefinition, ...], origin: str,

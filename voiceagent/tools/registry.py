@@ -85,8 +85,8 @@ class ToolRegistry:
         fixed += [(rule.tool.name, rule.tool.input, f"scripted.rules[{i}].tool.input")
                   for i, rule in enumerate(uc.scripted.rules) if rule.tool is not None]
         for name, args, key_path in fixed:
-            declaration = uc.tool(name)
-            if declaration is not None and (problems := self.validate_input(declaration, args)):
+            target = uc.tool(name)
+            if target is not None and (problems := self.validate_input(target, args)):
                 raise ConfigError(source, key_path, f"does not fit tool {name}'s input_schema: "
                                   + "; ".join(problems))
 
@@ -165,7 +165,7 @@ def _unknown_keyword(schema: Any, path: tuple[str | int, ...] = ()
     if not isinstance(schema, dict):
         return None
     for key, value in schema.items():
-        if key not in KEYWORDS:
+        if key not in KEYWORDS and not key.startswith("x-"):     # x-: vendor extensions
             return (*path, key), key
         children: list[tuple[tuple[str | int, ...], Any]] = []
         if key in _ONE:

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import trio
 
+from tests.server_harness import make_settings
 from tests.test_tool_plugins import (
     TEST_LIMIT_S,
     call_tool,
     unique,
     write_module,
 )
-from tests.server_harness import make_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,7 +91,7 @@ async def test_a_side_effect_tool_returning_none_says_what_it_returned_and_that_
     the developer sees no warning in the server log either."""
     settings = diner_settings(tmp_path, monkeypatch)
     with trio.fail_after(TEST_LIMIT_S):
-        result, _, runtime = await call_tool(settings, "BookTable", {})
+        result, _, _runtime = await call_tool(settings, "BookTable", {})
     assert result["status"] == "error"
     text = result["content"][0]["text"]
     assert "NoneType" in text, text                     # what it returned
@@ -124,7 +124,7 @@ tools:
     assert caught.value.key_path == "tools[1].name"
 
 
-@pytest.mark.parametrize("key_path, changes", [
+@pytest.mark.parametrize(("key_path", "changes"), [
     ("scripted.rules[0].tool.input", {"scripted": {"rules": [
         {"match": "book", "tool": {"name": "PlaceOrderFunction",
                                    "input": {"order_type": "carryout"}}}]}}),
@@ -150,7 +150,7 @@ def test_a_fixed_tool_input_that_fails_the_schema_is_refused_at_load(
     assert caught.value.key_path == key_path
 
 
-@pytest.mark.parametrize("schema, key_path", [
+@pytest.mark.parametrize(("schema", "key_path"), [
     ({"type": "object", "properties": {"party_size": {"type": "integer"}},
       "requried": ["party_size"]}, "tools[0].input_schema.requried"),
     ({"type": "object", "properties": {"party_size": {"type": "integer", "minimun": 1}}},
@@ -173,3 +173,101 @@ def test_a_misspelt_schema_keyword_is_refused_at_load(schema: dict[str, Any],
     with pytest.raises(ConfigError) as caught:
         default_registry().check_use_case(uc)
     assert caught.value.key_path == key_path
+
+
+def test_schema_annotations_and_vendor_keywords_still_load() -> None:
+    """Only misspellings are refused: what JSON Schema defines as annotations, and vendor
+    ``x-`` extensions, which it reserves for this, load."""
+    from voiceagent.tools.registry import default_registry
+    from voiceagent.usecases import UseCase
+
+    schema = {"type": "object", "title": "Hang up", "x-owner": "ops", "$comment": "why",
+              "properties": {"reason": {"type": "string", "examples": ["done"],
+                                        "x-ui": {"anything": True}}}}
+    uc = UseCase.model_validate({"name": "demo", "prompt": "Hi.", "tools": [
+        {"name": "endCall", "description": "Hang up.", "input_schema": schema}]})
+    default_registry().check_use_case(uc)
+
+
+
+async def test_check_with_the_scripted_model_fails_a_config_serve_refuses(
+        tmp_path: Path) -> None:
+    """docs/tools.md: `voiceagent check` checks the use cases against the same tools as
+    serve. With LLM=scripted (what `voiceagent init` writes) it never reads them: a use case
+    naming a tool nobody registered, or a TOOLS module that does not import, gets 'all 2
+    checks passed' and exit 0, while `voiceagent serve` exits 2 on the same settings."""
+    from tests.test_check import RUN_TIMEOUT_S, base_env, run_check
+
+    (tmp_path / "config" / "usecases").mkdir(parents=True)
+    (tmp_path / "config" / "usecases" / "diner.yaml").write_text(
+        "name: diner\nprompt: Hi.\ntools:\n  - name: bookTable\n    description: Book.\n")
+    env = base_env(tmp_path, STORE="sqlite", LLM="scripted", DATA_DIR=str(tmp_path / "data"),
+                   CONFIG_DIR=str(tmp_path / "config"), STACK_USE_CASE="diner",
+                   TOOLS="diner_tools_that_do_not_exist")
+    with trio.fail_after(RUN_TIMEOUT_S):
+        run = await run_check(env, tmp_path)
+    assert run.code == 1, run.out + run.err
+    assert "diner_tools_that_do_not_exist" in run.out, run.out
+
+
+def test_tools_naming_the_package_says_its_tools_module_was_not_imported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/tools.md: 'Registering a module means importing it: its @tool functions, and
+    those of its submodules (a package may spread its tools over files), register
+    themselves.' So a developer sets TOOLS=diner for the `voiceagent init` project (package
+    diner, tools in diner/tools.py). Importing a package does not import its submodules, and
+    the one line says to decorate functions that are decorated: it should say that
+    diner.tools was never imported (name it in TOOLS, or import it in diner/__init__.py)."""
+    from voiceagent.errors import ConfigError
+    from voiceagent.settings import Settings
+    from voiceagent.tools.plugins import build_registry
+
+    package = unique("diner")
+    write_module(tmp_path / "plugins" / package, "__init__", '"""Diner."""\n')
+    write_module(tmp_path / "plugins" / package, "tools", '''
+        from voiceagent.tools import tool
+
+        @tool("BookTable")
+        async def book_table(ctx, args):
+            return {}
+        ''')
+    monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
+    with pytest.raises(ConfigError) as caught:
+        build_registry(Settings.model_validate({"TOOLS": package}))
+    assert f"{package}.tools" in str(caught.value), str(caught.value)
+
+
+async def test_a_tool_failing_in_its_own_nursery_tells_the_model_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/tools.md: 'To fail, raise: the model gets failed: <ExceptionType>: <message>', so
+    write messages the model can act on. A trio tool that asks two APIs at once (a nursery)
+    and whose one child raises such a message gets, under trio's strict exception groups,
+    'failed: ExceptionGroup: Exceptions from Trio nursery (1 sub-exception)': the message
+    the developer wrote for the model is lost."""
+    module = unique("nursery_tools")
+    write_module(tmp_path / "plugins", module, '''
+        import trio
+        from voiceagent.tools import tool
+
+        async def ask_partner():
+            raise ValueError("a delivery needs a postcode: ask the caller for it")
+
+        @tool("CheckDeliveryTime")
+        async def check_delivery_time(ctx, args):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask_partner)
+                nursery.start_soon(trio.sleep, 1)
+            return {}
+        ''')
+    monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
+    (tmp_path / "config" / "usecases").mkdir(parents=True)
+    (tmp_path / "config" / "usecases" / "diner.yaml").write_text(USE_CASE, encoding="utf-8")
+    (tmp_path / "config" / "usecases" / "diner.yaml").write_text(
+        "name: diner\nprompt: Hi.\ntools:\n  - name: CheckDeliveryTime\n"
+        "    description: How long.\n", encoding="utf-8")
+    settings = make_settings(tmp_path / "data", CONFIG_DIR=str(tmp_path / "config"),
+                             STACK_USE_CASE="diner", TOOLS=module)
+    with trio.fail_after(TEST_LIMIT_S):
+        result, _, _ = await call_tool(settings, "CheckDeliveryTime", {})
+    text = result["content"][0]["text"]
+    assert "ask the caller for it" in text, text

@@ -1,0 +1,77 @@
+"""``voiceagent check``: the use cases against the tools this process registers.
+
+``serve`` refuses to start on a TOOLS module that does not import or a use case that names a
+tool nobody registered; a check that only looked at Bedrock passed such a config whenever
+LLM=scripted (what ``voiceagent init`` writes). This step builds the registry as ``serve``
+does and checks what the service will read: the table's use cases (STORE=dynamodb, read by
+the store check), else CONFIG_DIR. The model check then asks the models these use cases name.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from voiceagent.app.check_steps import CheckContext, Outcome, failed, passed
+from voiceagent.catalog import read_config_dir
+from voiceagent.errors import ConfigError
+from voiceagent.settings import Settings
+from voiceagent.threads import run_blocking
+from voiceagent.tools.plugins import build_registry
+from voiceagent.tools.registry import ToolRegistry
+from voiceagent.usecases import UseCase
+
+NAME = "use cases and tools"
+FIX_ADVICE = ("fix that file (config/README.md lists every key) or tool module "
+              "(docs/tools.md), or point CONFIG_DIR at a folder laid out like config/")
+
+
+async def config_check(ctx: CheckContext) -> list[Outcome]:
+    settings = ctx.settings
+    try:
+        registry = await run_blocking(partial(build_registry, settings), limiter=ctx.limiter)
+    except ConfigError as err:
+        return [failed(NAME, f"the tools do not load: {err}", FIX_ADVICE)]
+    if ctx.stored_use_cases is not None:            # STORE=dynamodb: what the service reads
+        return [_stored_outcome(ctx, registry, ctx.stored_use_cases)]
+    try:
+        config = await run_blocking(partial(read_config_dir, settings.resolved_config_dir,
+                                            registry), limiter=ctx.limiter)
+    except ConfigError as err:
+        return [failed(NAME, f"cannot read the use cases: {err}", FIX_ADVICE)]
+    ctx.use_cases, ctx.use_cases_from = config.use_cases, str(settings.resolved_config_dir)
+    names = sorted(u.name for u in config.use_cases)
+    if settings.store == "sqlite" and settings.stack_use_case not in names:
+        return [failed(NAME, f"no use case {settings.stack_use_case!r} (STACK_USE_CASE) in "
+                             f"{ctx.use_cases_from}; calls would hear an apology",
+                       f"set STACK_USE_CASE to one of: {', '.join(names) or '(none)'}")]
+    where = ("" if settings.store == "sqlite"
+             else " (the table was not read: checked what `voiceagent config load` writes)")
+    return [passed(NAME, _summary(config.use_cases, registry, settings)
+                   + f" in {ctx.use_cases_from}{where}")]
+
+
+def _stored_outcome(ctx: CheckContext, registry: ToolRegistry,
+                    use_cases: tuple[UseCase, ...]) -> Outcome:
+    """The table's use cases may name tools this image does not register (a tool added
+    to config/ and loaded, but the image not rebuilt): every such call would fail."""
+    ctx.use_cases, ctx.use_cases_from = use_cases, "the table"
+    problems = []
+    for use_case in use_cases:
+        try:
+            registry.check_use_case(use_case)
+        except ConfigError as err:
+            problems.append(f"use case {use_case.name}: {err.key_path}: {err.problem}")
+    if problems:
+        return failed(NAME, f"{len(problems)} use case(s) in the table do not fit the tools "
+                            "this process registers", *problems,
+                      "register the tools (TOOLS, or the image's installed plugins), or fix "
+                      "the use case in config/ and run `voiceagent config load`")
+    return passed(NAME, _summary(use_cases, registry, ctx.settings) + " in the table")
+
+
+def _summary(use_cases: tuple[UseCase, ...], registry: ToolRegistry,
+             settings: Settings) -> str:
+    named = sorted({t.name for u in use_cases for t in u.tools})
+    extra = f", TOOLS={','.join(settings.tools_modules)}" if settings.tools_modules else ""
+    return (f"{len(use_cases)} use case(s) naming {len(named)} tool(s), all among the "
+            f"{len(registry.names())} registered{extra}")
