@@ -7,6 +7,7 @@ moto server with a table per test; SQLite a file under tmp_path.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from boto3.dynamodb.types import TypeSerializer
 import voiceagent.store.records as records
 from tests.dynamodb_support import aws_env, isolate_env, moto_endpoint, raw_client, table_name
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from voiceagent.app import transcripts
 from voiceagent.app.caller import Identity, open_call
 from voiceagent.app.cli import main
 from voiceagent.catalog import read_config_dir
@@ -32,6 +34,7 @@ from voiceagent.tools.registry import default_registry
 __all__ = ["moto_endpoint"]          # the fixture, imported so pytest finds it here
 
 TESTS = Path(__file__).parent
+ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_CONFIG = TESTS / "fixtures" / "config"
 SAMPLE = TESTS / "fixtures" / "original-sample"
 REPO_CONFIG = TESTS.parent / "config"
@@ -422,6 +425,40 @@ def _assert_calls_output(capsys: pytest.CaptureFixture[str]) -> None:
         "CA" + "b" * 32 + "  2025-06-15 16:06:40 UTC  otherUseCase  +1555***0123  0"]
     assert run(capsys, "calls", "show", CALL_SID) == EXPECTED_TRANSCRIPT
     assert "no call CA" in fail(capsys, "calls", "show", "CA" + "c" * 32)
+
+
+def test_a_failed_tool_result_reads_failed_once() -> None:
+    """The executor's error text starts with "failed: " itself: ``calls show`` printed
+    "<- BookTable failed: failed: RuntimeError: ..." (helper-36)."""
+    use = {"toolUseId": "t1", "name": "BookTable", "input": {}}
+    result = {"toolUseId": "t1", "status": "error",
+              "content": [{"text": "failed: RuntimeError: no kitchen printer"}]}
+    entries = tuple(records.chat_from_item(records.chat_item(
+        CALL_SID, EPOCH_S * 1000 + at, seq, {"role": role, "content": [block]}, {},
+        ttl_s=TTL_S)) for seq, (at, role, block) in enumerate(
+            [(0, "assistant", {"toolUse": use}), (100, "user", {"toolResult": result})]))
+    lines = transcripts.transcript_lines(transcripts.Transcript(CALL_SID, None, entries))
+    assert lines[-1].text == "<- BookTable failed: RuntimeError: no kitchen printer"
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(
+        sqlite_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`voiceagent calls list | head -1`: the pipe closes before the output is written."""
+    import subprocess
+    import sys
+    run(capsys, "store", "init")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "voiceagent", "calls", "list"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=60, cwd=str(tmp_path),
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr
+    assert "BrokenPipeError" not in done.stderr
+    assert done.returncode == 141
 
 
 def test_calls_show_a_real_call(sqlite_env: Path, tmp_path: Path,

@@ -312,7 +312,7 @@ def broken_setup(kind: str, tmp_path: Path) -> tuple[Path, Path, str, list[str]]
         write_module(plugins, first, 'raise RuntimeError("no kitchen printer configured")\n')
         return plugins, config, first, [
             f"voiceagent: TOOLS: {first}: cannot import it: RuntimeError: no kitchen printer "
-            "configured"]
+            "configured", f" (at {plugins / first}.py:1)"]     # where: no traceback to read
     if kind == "nothing":
         write_module(plugins, first, "async def lookup(ctx, args):\n    return {}\n")
         return plugins, config, first, [

@@ -44,6 +44,18 @@ DEMO_WARNING = ("DEMO MODE: Twilio signature checks are OFF, the model is the of
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()          # here, not at exit, where a closed pipe prints a traceback
+    except BrokenPipeError:
+        # `voiceagent calls list | head -1`: the reader left, as a Unix tool's would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13             # as if killed by SIGPIPE, which Python ignores
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):

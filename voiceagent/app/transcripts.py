@@ -155,7 +155,10 @@ def _block_lines(block: Mapping[str, Any], role: Any, meta: Mapping[str, Any], o
         status = "failed" if result.get("status") == "error" else "result"
         parts = [_json(c["json"]) if "json" in c else _one_line(str(c.get("text", "")))
                  for c in result.get("content") or [] if isinstance(c, Mapping)]
-        return [Line(offset, "tool", f"<- {name} {status}: {' '.join(parts)}")]
+        said = " ".join(parts)
+        if status == "failed":      # the executor's own words often start with it already
+            said = said.removeprefix("failed: ")
+        return [Line(offset, "tool", f"<- {name} {status}: {said}")]
     return [Line(offset, "agent" if role == "assistant" else "caller",
                  f"[{', '.join(block)} block]")]
 

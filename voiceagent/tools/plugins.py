@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
+import traceback
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
@@ -83,7 +84,8 @@ def load_module(source: ToolSource) -> tuple[ToolDefinition, ...]:
         importlib.import_module(source.module)
     except Exception as err:
         message = " ".join(str(err).split())[:MAX_PROBLEM_CHARS]
-        raise source.error(f"cannot import it: {type(err).__name__}: {message}") from err
+        raise source.error(f"cannot import it: {type(err).__name__}: {message}"
+                           f"{_where(err)}") from err
     definitions = tools_defined_in(source.module)
     if not definitions:
         if submodules := _unimported_submodules(source.module):
@@ -95,6 +97,15 @@ def load_module(source: ToolSource) -> tuple[ToolDefinition, ...]:
         raise source.error("registers no tools: decorate its tool functions with "
                            "@voiceagent.tools.tool(\"ToolName\")")
     return definitions
+
+
+def _where(err: Exception) -> str:
+    """Where the import failed, as `` (at FILE:LINE)``: a KeyError from a missing environment
+    variable names neither. A SyntaxError carries its own place in its message."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if isinstance(err, SyntaxError) or not frames:
+        return ""
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})"
 
 
 def _unimported_submodules(module: str) -> list[str]:
