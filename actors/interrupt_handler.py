@@ -363,7 +363,7 @@ class _Gate:
             case SpeakerEvent(who=who, speaking=speaking):
                 log.debug("speaker event", extra={"who": who, "speaking": speaking})
             case Info(name=name):
-                log.debug("relay info", extra={"name": name})
+                log.debug("relay info", extra={"info_name": name[:40]})
             case RelayErrorReport(description=description):
                 # Twilio's description quotes the frame it dropped (agent words included):
                 # only its error code and that frame's type reach the log

@@ -40,6 +40,7 @@ MAX_CONSECUTIVE_REJECTS = 10     # Twilio's own rule for what it receives: then 
 # Only frames that are not ConversationRelay at all count toward that limit. Twilio adds
 # message types (and fields) over time: a type or a field we do not know is counted and
 # ignored, whatever the number, and never ends a call.
+WARN_REJECTS_PER_REASON = 5     # per call; more are counted, logged at DEBUG
 MALFORMED = frozenset({"binary", "too_large", "too_deep", "bad_json", "not_object",
                        "missing_type"})
 
@@ -59,10 +60,15 @@ class FrameStats:
         self.rejected[rejected.reason] += 1
         if rejected.reason in MALFORMED:
             self.consecutive_rejects += 1
-        log.warning("frame rejected", extra={"reason": rejected.reason,
-                                             "frame_type": rejected.frame_type,
-                                             "size": rejected.size,
-                                             "problem": rejected.problem})
+        # the first few of each reason say what is wrong; the rest are only counted (the
+        # "call ended" line sums them), or a message type Twilio adds, sent a few times a
+        # second, would be thousands of warnings per call
+        seen = self.rejected[rejected.reason]
+        level = logging.WARNING if seen <= WARN_REJECTS_PER_REASON else logging.DEBUG
+        log.log(level, "frame rejected", extra={
+            "reason": rejected.reason, "frame_type": rejected.frame_type,
+            "size": rejected.size, "problem": rejected.problem,
+            "more_counted_only": seen == WARN_REJECTS_PER_REASON})
 
 
 def _loggable(name: str) -> str:

@@ -168,7 +168,10 @@ async def _outcome(call: ToolCall, definition: ToolDefinition | None,
 async def _invoke(call: ToolCall, definition: ToolDefinition, timeout_s: float | None,
                   env: ToolEnv) -> ToolOutcome:
     sent: list[ToolMessage] = []
+    started = trio.current_time()
     outcome = await _run(call, definition, timeout_s, env, sent)
+    if outcome.status == "error":       # timed too: a timeout is the slowest call of all
+        outcome = replace(outcome, duration_s=trio.current_time() - started)
     heard = any(isinstance(message, Play | SendDigits) for message in sent)
     return replace(outcome, spoke=True) if heard else outcome
 

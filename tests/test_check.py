@@ -278,7 +278,8 @@ async def test_a_stored_use_case_naming_a_tool_this_process_lacks_fails(
     assert run.lines[f"DynamoDB table {store.table_name}"].status == "pass"
     assert (tools.status, tools.detail) == (
         "fail", "1 use case(s) in the table do not fit the tools this process registers")
-    assert tools.advice[0].startswith("use case frontDesk: tools[0].name: no tool registered")
+    assert tools.advice[0].startswith(
+        "use case frontDesk: tools[0].name: no tool 'bookTable' is registered")
 
 
 # ---------------------------------------------------------------------------- models

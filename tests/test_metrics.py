@@ -25,6 +25,7 @@ from voiceagent.app.runtime import CallCounters
 from voiceagent.logs import JsonFormatter, _ContextFilter
 from voiceagent.settings import Settings
 from voiceagent.store.write_behind import WriteBehind
+from voiceagent.tools.registry import ToolRegistry, default_registry
 
 METRICS_TOKEN = "test-metrics-token"
 
@@ -235,12 +236,13 @@ async def test_active_calls_emitted_periodically(tmp_path: Path) -> None:
 
 @dataclass
 class _Observed:
-    """The four things Metrics reads, around a write-behind queue over a refusing store."""
+    """The things Metrics reads, around a write-behind queue over a refusing store."""
     settings: Settings
     writer: WriteBehind
     calls: CallCounters = field(default_factory=CallCounters)
     draining: bool = False
     llm: Any = None
+    registry: ToolRegistry = field(default_factory=default_registry)
 
 
 async def test_emf_counts_write_failures_once_and_model_errors_per_turn(
@@ -342,7 +344,8 @@ def test_a_partial_reconnect_is_its_own_emf_figure() -> None:
     settings = make_settings(Path("/nonexistent"), METRICS_NAMESPACE="TestNamespace",
                              METRICS_SERVICE_NAME="test-service")
     stream = io.StringIO()
-    metrics = Metrics(cast(Any, SimpleNamespace(settings=settings)), emf_stream=stream)
+    metrics = Metrics(cast(Any, SimpleNamespace(settings=settings, registry=default_registry())),
+                      emf_stream=stream)
     metrics.on_reconnect("resumed_partial", "CA" + "5" * 32)
     (document,) = [_check_emf(line) for line in stream.getvalue().splitlines()]
     assert {m["Name"] for m in document["_aws"]["CloudWatchMetrics"][0]["Metrics"]} == {
@@ -369,7 +372,7 @@ def test_bedrock_and_write_behind_figures_sampled_at_scrape() -> None:
     runtime: Any = SimpleNamespace(
         settings=settings, calls=SimpleNamespace(active=2), draining=False,
         writer=SimpleNamespace(statistics=lambda: writer),
-        llm=SimpleNamespace(statistics=lambda: bedrock))
+        llm=SimpleNamespace(statistics=lambda: bedrock), registry=default_registry())
     text = Metrics(runtime).exposition().decode()
     samples = {}
     for family in text_string_to_metric_families(text):
@@ -406,8 +409,8 @@ async def test_model_and_tool_errors_by_kind(tmp_path: Path) -> None:
             await server.runtime.calls.wait_idle()
             _, samples = await trio.to_thread.run_sync(_scrape, server.url)
     assert _value(samples, "voiceagent_model_errors_total", type="ModelThrottled") == 1
-    assert _value(samples, "voiceagent_tool_errors_total", tool="NoSuchTool") == 1
-    assert _value(samples, "voiceagent_tool_duration_seconds_count", tool="NoSuchTool") == 1
+    assert _value(samples, "voiceagent_tool_errors_total", tool="unknown") == 1
+    assert _value(samples, "voiceagent_tool_duration_seconds_count", tool="unknown") == 1
     assert _value(samples, "voiceagent_turns_total") == 2
     assert _value(samples, "voiceagent_turn_latency_seconds_count") == 2
 

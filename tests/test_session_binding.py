@@ -462,6 +462,11 @@ async def test_sockets_that_never_send_setup_never_keep_a_call_out(tmp_path: Pat
                 for ws in (idle2, idle3):
                     await ws.aclose()
             await server.runtime.calls.wait_idle()
+            ended = {how: server.runtime.metrics.registry.get_sample_value(
+                "voiceagent_calls_total", {"ended_by": how}) or 0
+                for how in ("evicted", "no-setup", "hangup")}
+    # one call; the sockets that were never calls are counted by how they ended
+    assert ended == {"evicted": 1, "no-setup": 2, "hangup": 1}
 
 
 async def test_setups_for_calls_nobody_prepared_stay_within_the_waiting_budget(
@@ -502,8 +507,14 @@ async def test_setups_for_calls_nobody_prepared_stay_within_the_waiting_budget(
             await server.runtime.calls.wait_idle()
             assert server.runtime.calls.total == 0
             assert not server.runtime.sockets_waiting
+            ended = {how: server.runtime.metrics.registry.get_sample_value(
+                "voiceagent_calls_total", {"ended_by": how}) or 0
+                for how in ("evicted", "rejected", "hangup")}
     assert codes == [1008] * sockets
     assert most <= 3 + 1
+    # never calls, but the metrics count each socket by how it ended: evicted during its
+    # lookup, a socket is refused when the lookup ends
+    assert ended == {"evicted": 0, "rejected": sockets, "hangup": 0}
 
 
 async def test_twilio_s_own_sockets_resolving_from_a_slow_store_do_not_evict_each_other(

@@ -334,7 +334,7 @@ def broken_setup(kind: str, tmp_path: Path) -> tuple[Path, Path, str, list[str]]
     config = write_config(tmp_path / "config", "endCall", "BookTable")
     return plugins, config, "", [
         f"voiceagent: {config / 'usecases' / 'plugUseCase.yaml'}: tools[1].name: no tool "
-        "registered under this name; registered: [", "'endCall'"]
+        "'BookTable' is registered; registered: [", "'endCall'"]
 
 
 MISTAKES = ["import", "nothing", "duplicate", "unknown"]

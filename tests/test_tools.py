@@ -144,7 +144,7 @@ def test_unknown_tool_in_a_use_case_names_the_key_path() -> None:
         default_registry().check_use_case(uc)
     assert caught.value.path == "use case demo"
     assert caught.value.key_path == "tools[1].name"
-    assert caught.value.problem.startswith("no tool registered under this name; registered: [")
+    assert caught.value.problem.startswith("no tool 'BookTable' is registered; registered: [")
     assert "'PlaceOrderFunction'" in caught.value.problem
 
 

@@ -27,6 +27,12 @@ class UnknownUseCase(LookupError):
     pass
 
 
+class UnusableUseCase(UnknownUseCase):
+    """In the store, but not servable here: unreadable, or naming a tool this process does
+    not register (config loaded from a checkout whose image was not rebuilt, a rolling
+    deploy). Its calls are apologised to, as for a missing one, never answered with a 500."""
+
+
 class Catalog:
     def __init__(self, store: Store, registry: ToolRegistry) -> None:
         self._store = store
@@ -52,8 +58,12 @@ class Catalog:
         if item is None:
             raise UnknownUseCase(f"no use case {name!r} in the store; run "
                                  "`voiceagent config load` or check STACK_USE_CASE")
-        use_case = records.use_case_from_item(item)
-        self._registry.check_use_case(use_case)
+        try:
+            use_case = records.use_case_from_item(item)
+            self._registry.check_use_case(use_case)
+        except ConfigError as err:
+            raise UnusableUseCase(f"use case {name!r} cannot be served by this process: "
+                                  f"{err}") from err
         self._cache[name] = (trio.current_time(), use_case)
         return use_case
 

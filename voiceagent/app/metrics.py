@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from voiceagent.llm.base import LLM
     from voiceagent.settings import Settings
     from voiceagent.store.write_behind import WriteBehind
+    from voiceagent.tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class Observed(Protocol):
     def writer(self) -> WriteBehind: ...
     @property
     def llm(self) -> LLM: ...
+    @property
+    def registry(self) -> ToolRegistry: ...
 
 
 class Metrics:
@@ -89,6 +92,7 @@ class Metrics:
         self.service_name = settings.metrics_service_name
         self._emf_stream = emf_stream
         self._failed_reported = 0            # write-behind failures already in an EMF line
+        self._tool_names = frozenset(runtime.registry.names())
         self.registry = CollectorRegistry()
         r = self.registry
         self.calls = Counter("voiceagent_calls", "Calls ended, by how they ended",
@@ -158,9 +162,12 @@ class Metrics:
         if summary.get("cut_by"):
             self.cut_turns.labels(summary["cut_by"]).inc()
         for tool in summary.get("tools", ()):
-            self.tool_latency.labels(tool["tool"]).observe(tool["duration_ms"] / 1000)
+            # a label per registered tool only: the name comes from the model, and one it
+            # made up (or a caller talked it into) would be a new series for ever
+            name = tool["tool"] if tool["tool"] in self._tool_names else "unknown"
+            self.tool_latency.labels(name).observe(tool["duration_ms"] / 1000)
             if tool["status"] != "success":
-                self.tool_errors.labels(tool["tool"]).inc()
+                self.tool_errors.labels(name).inc()
         if summary.get("model_error"):
             self.model_errors.labels(summary["model_error"]).inc()
         if self.emf_enabled:
@@ -194,11 +201,14 @@ class Metrics:
                   "RelayOverhead": summary.get("overhead_ms")}
         present = {k: v for k, v in values.items() if v is not None}
         metrics = [{"Name": name, "Unit": "Milliseconds"} for name in present]
-        metrics.append({"Name": "Turns", "Unit": "Count"})
+        if summary.get("kind") == "caller":      # as voiceagent_turns: not re-prompts
+            metrics.append({"Name": "Turns", "Unit": "Count"})
         if summary.get("barge_in"):
             metrics.append({"Name": "BargeIns", "Unit": "Count"})
         if summary.get("model_error"):
             metrics.append({"Name": "ModelErrors", "Unit": "Count"})
+        if not metrics:
+            return
         self._emit(metrics, {**present, "Turns": 1, "BargeIns": 1, "ModelErrors": 1,
                              "CallSid": summary.get("call_sid", ""),
                              "Turn": summary.get("turn", 0),

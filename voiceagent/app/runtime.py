@@ -67,14 +67,22 @@ class CallCounters:
         self.live.remove(report)
         self.reports.append(report)
         del self.reports[:-self.keep]
+        self._report(report)
+        if self.active == 0:
+            self._idle.set()
+        self._announce()
+
+    def never_started(self, report: CallReport) -> None:
+        """A socket closed before its call started (refused, unavailable, evicted, no
+        setup): not a live call, but the metrics count it by how it ended."""
+        self._report(report)
+
+    def _report(self, report: CallReport) -> None:
         if self.on_finished is not None:
             try:
                 self.on_finished(report)
             except Exception:
                 log.exception("call report hook failed")
-        if self.active == 0:
-            self._idle.set()
-        self._announce()
 
     async def wait_changed(self) -> None:
         """Until a call starts or ends (task protection follows the count)."""

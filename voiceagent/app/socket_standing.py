@@ -8,7 +8,7 @@ from actors.call import CallPlan, CallRejected, CallReport, CallUnavailable
 from actors.messages import Setup
 from voiceagent.app.runtime import Runtime
 from voiceagent.catalog import UnknownUseCase
-from voiceagent.errors import StoreError
+from voiceagent.errors import ConfigError, StoreError
 
 CAPACITY_MARGIN = 10     # sockets for calls /twiml admitted just before the limit was reached
 
@@ -75,7 +75,7 @@ class SocketStanding:
         try:
             with trio.CancelScope() as self._resolving:
                 plan = await runtime.sessions.resolve(setup, on_retry=self._looked_up_again)
-        except (StoreError, UnknownUseCase) as err:
+        except (StoreError, UnknownUseCase, ConfigError) as err:
             raise CallUnavailable(f"{type(err).__name__}: {err}") from err
         finally:                        # refused too: out of the budget, no scope to cancel
             self._uncount()
@@ -111,6 +111,12 @@ class SocketStanding:
         if self._call_sid is not None:
             self._runtime.sessions.release(self._call_sid)
             self._runtime.calls.finished(self.report)
+            return
+        if self.scope.cancelled_caught:         # evicted: run_call had no say in it
+            self.report.ended_by = "evicted"
+        # never a call, yet counted by how it ended: during a store outage the sockets
+        # closed "unavailable" are what an alarm should see
+        self._runtime.calls.never_started(self.report)
 
     def _leave_waiting(self) -> None:
         if self._waiting:

@@ -133,8 +133,8 @@ async def twiml_webhook(runtime: Runtime) -> Response:
         # sent it, so the first answer stands
         log.warning("call webhook for a call already prepared: refused")
         return Response("this call was already answered", status=409)
-    except UnknownUseCase as err:
-        log.error("use case missing", extra={"error": str(err)})
+    except UnknownUseCase as err:           # missing, or not servable by this process
+        log.error("use case missing or unusable", extra={"error": str(err)[:500]})
         return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
     except StoreError as err:
         # throttled or unreachable: a 500 would have Twilio play its "application error";
@@ -191,7 +191,7 @@ async def action_webhook(runtime: Runtime) -> Response:
         try:
             use_case = await runtime.catalog.use_case(session.use_case)
         except UnknownUseCase as err:
-            log.error("use case missing", extra={"error": str(err)})
+            log.error("use case missing or unusable", extra={"error": str(err)[:500]})
         except StoreError as err:
             # its cache ran out and the store is throttled or unreachable: as above
             log.error("use case unreadable", extra={"error": str(err)[:300]})

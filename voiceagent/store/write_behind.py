@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import trio
 
 from voiceagent.errors import StoreError, StorePartlyWritten
-from voiceagent.logs import mask_phone
+from voiceagent.logs import call_sid_var, mask_phone
 from voiceagent.store.base import BATCH_LIMIT, Item, Store, Version, item_size
 
 log = logging.getLogger(__name__)
@@ -306,10 +306,14 @@ class WriteBehind:
             return
         entry = batch[0]
         self._failed += 1
-        log.error("store refused item, dropped", exc_info=not isinstance(err, StoreError),
-                  extra={"pk": mask_phone(entry.key[0]) if entry.key[0].startswith("+")
-                         else entry.key[0], "sk": entry.key[1],
-                         "error": type(err).__name__, "failed": self._failed})
+        token = call_sid_var.set(entry.call_sid)       # the drainer serves every call
+        try:
+            log.error("store refused item, dropped", exc_info=not isinstance(err, StoreError),
+                      extra={"pk": mask_phone(entry.key[0]) if entry.key[0].startswith("+")
+                             else entry.key[0], "sk": entry.key[1],
+                             "error": type(err).__name__, "failed": self._failed})
+        finally:
+            call_sid_var.reset(token)
 
     def _backoff_s(self, attempt: int) -> float:
         delay: float = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** (attempt - 1))

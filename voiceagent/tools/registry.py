@@ -92,7 +92,7 @@ class ToolRegistry:
 
     def _require(self, name: str, source: str, key_path: str) -> None:
         if name not in self._definitions:
-            raise ConfigError(source, key_path, "no tool registered under this name; "
+            raise ConfigError(source, key_path, f"no tool {name!r} is registered; "
                               f"registered: {list(self.names())}")
 
     # ------------------------------------------------------------------ input validation
