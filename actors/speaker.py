@@ -38,6 +38,7 @@ class Speaker:
         self._held_chars = 0
         self._flush_at = math.inf
         self._closed = False
+        self._apart = False                 # a fixed sentence meets other words: a space
         self.spoke = False
         self.first_token_at: float | None = None        # handed to the writer
         self.first_token_sent_at: float | None = None   # on the socket (the writer says)
@@ -69,8 +70,9 @@ class Speaker:
         if not token:
             return
         first_of_segment = not self._segment and not self._held
-        if first_of_segment and self.spoke and not token[0].isspace():
+        if ((first_of_segment and self.spoke) or self._apart) and not token[0].isspace():
             token = " " + token             # a new segment after a tool round: keep words apart
+        self._apart = False
         if not self._clause_sent or self._hold_s <= 0:
             await self._send(token)
             self._sent_chars += len(token)
@@ -98,10 +100,12 @@ class Speaker:
 
     async def say_text(self, text: str) -> None:
         """Speak a fixed sentence (a fallback or a DTMF reply): it is whole, so nothing of it
-        is left held."""
+        is left held. Words before or after it (the model's) are kept apart from it."""
+        self._apart = bool(self._segment or self._held)
         for token in split_tokens(text):
             await self.say(token)
         await self.flush()
+        self._apart = True
 
     async def flush(self) -> None:
         """Send what is held now (the hold expired, a tool round starts, an apology follows)."""

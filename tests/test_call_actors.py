@@ -387,6 +387,23 @@ async def test_dtmf_handler_reply_and_multi_digit_entry(autojump_clock: Any) -> 
         {"text": "(The caller pressed 427 on the keypad.)"}]}
 
 
+async def test_a_keypad_reply_and_the_model_words_after_it_are_kept_apart(
+        autojump_clock: Any) -> None:
+    """A key handler's fixed reply, then the model (``to_model``): the model's first token
+    has no leading space (models rarely give one), and only a new segment after a tool
+    round used to get one, so Twilio was sent, spoke and the history recorded
+    "One moment.Sure, ..." (review s14)."""
+    use_case = plain_use_case(dtmf={"handlers": {"1": {"reply": "One moment.",
+                                                       "to_model": True}}})
+    llm = FakeLLM([words("Sure, we open at nine.")])
+    async with open_test_call(llm, use_case=use_case) as call:
+        call.dtmf("1")
+        text, _ = await call.reply()
+    assert text == "One moment. Sure, we open at nine."
+    assert call.history[-1] == {"role": "assistant", "content": [
+        {"text": "One moment. Sure, we open at nine."}]}
+
+
 async def test_a_keypad_tool_in_a_resumed_call_gets_an_id_of_its_own(
         autojump_clock: Any) -> None:
     """A resumed call counts its turns from 0 again: keypad tool ids made from the turn
