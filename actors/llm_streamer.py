@@ -50,6 +50,9 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
             playing = _Playing(ctx.history.session_start)
             ending = False                      # EndCall sent: no new turns
             async for command in commands:
+                # `end` taken by the writer (a tool's too: endCall, a handoff): the session
+                # is over, and a turn started now would only be billed, never heard
+                closed = ending or ctx.marks.ended
                 match command:
                     case BargeIn(heard=heard):
                         ctx.stats.barge_ins += 1
@@ -61,7 +64,7 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                             await slot.cancel_and_wait(reason="barge-in")
                         playing.cut(ctx.history, through, heard,
                                     ctx.marks.take_unrecorded(through))
-                    case UserSaid() | KeyPressed() if not ending:
+                    case UserSaid() | KeyPressed() if not closed:
                         # Planned first: a key entry the use case ignores starts no turn, so
                         # it must not cut the reply in flight either (with interruptible
                         # "speech", Twilio goes on playing it).
@@ -84,13 +87,13 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                         playing.started(await slot.restart(
                             partial(_turn, ctx, plan, command, ctx.stats.turns)), start, dropped)
                     case Reprompt(text=text):
-                        if not slot.busy and not ending:
+                        if not slot.busy and not closed:
                             start = ctx.history.mark()
                             playing.started(await slot.restart(partial(
                                 turn.run, ctx, turn.TurnPlan(say_first=text, use_model=False))),
                                 start)
                     case EndCall(text=text, reason=reason):
-                        if ending:
+                        if closed:
                             continue
                         ending = True
                         log.info("ending the call", extra={"reason": reason})
@@ -100,7 +103,7 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                             say_first=text, use_model=False, end_reason=reason)),
                             reason="ending", goodbye=True), start)
                     case UserSaid() | KeyPressed():
-                        pass                    # the call is ending: no new turns
+                        pass                    # the call is ending or ended: no new turns
                     case _:
                         assert_never(command)
             await slot.cancel_and_wait(reason="hangup")

@@ -57,6 +57,8 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
                                 if isinstance(outgoing, Timed) else (outgoing, None))
             if ended:
                 stats.dropped_after_end += 1
+                if isinstance(message, Text) and message.token and marks is not None:
+                    marks.withhold(message.token)   # never sent: never recorded as said
                 continue
             if (isinstance(message, Text) and message.token and marks is not None
                     and marks.speaking_cut):
@@ -85,6 +87,10 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
                     pass
                 case _:
                     assert_never(message)
+            if isinstance(message, End):
+                ended = True                    # taken: nothing after it goes out
+                if marks is not None:
+                    marks.end_taken()
             try:
                 for frame in frames:
                     await socket.send(encode(frame))
@@ -97,7 +103,7 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
                 log.info("relay writer stopped: peer gone")
                 return
             if isinstance(message, End):
-                ended = stats.ended = True
+                stats.ended = True
                 log.info("end sent", extra={"handoff": message.handoff_data is not None})
                 if on_end is not None:
                     on_end()

@@ -40,8 +40,8 @@ class CutMarks:
     Plain attributes, no locks: everything runs in one trio thread and nothing here awaits.
     """
 
-    __slots__ = ("_cut_through", "_cuts", "_earlier", "_recorded", "_scope", "_silent_goodbye",
-                 "_turn", "withheld")
+    __slots__ = ("_cut_through", "_cuts", "_earlier", "_ended", "_recorded", "_scope",
+                 "_silent_goodbye", "_turn", "withheld")
 
     def __init__(self) -> None:
         self._turn = 0                  # turns started so far; the newest may be speaking
@@ -52,6 +52,7 @@ class CutMarks:
         self._recorded = 0              # of ``withheld``, what ``sent_part`` took off
         self._earlier: dict[int, str] = {}  # a cut turn's unrecorded words, once superseded
         self._silent_goodbye = False    # the newest turn is a goodbye not a word of which is out
+        self._ended = False             # the writer took `end`: nothing more is sent
 
     def turn_started(self, scope: trio.CancelScope | None = None, *,
                      goodbye: bool = False) -> int:
@@ -82,6 +83,15 @@ class CutMarks:
         self._cuts.append(through)
         if self._scope is not None and through == self._turn:   # a finished turn's: ignored
             self._scope.cancel(reason="barge-in")
+
+    def end_taken(self) -> None:
+        """The writer took ``end`` (whoever sent it: a goodbye, the endCall or handoff tool):
+        no frame after it is sent, so no turn may start and no word after it is said."""
+        self._ended = True
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
 
     def spoke(self) -> None:
         """The writer sent a word of the newest turn."""

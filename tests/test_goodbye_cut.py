@@ -1,6 +1,8 @@
-"""A barge-in that reaches the streamer after EndCall (a drain, the call's length limit) used to
-cancel the goodbye turn: `end` was never sent, every later prompt was ignored, and the call
-never ended. Found by a review of the actors (2026-12-05)."""
+"""The end of a call and the caller's words around it. A barge-in that reaches the streamer
+after EndCall (a drain, the call's length limit) used to cancel the goodbye turn: `end` was
+never sent, every later prompt was ignored, and the call never ended. Found by a review of the
+actors (2026-12-05). After a tool's `end` (endCall, a handoff), a prompt already on its way
+started a model turn nobody could hear, recorded as said (review s14)."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,6 +13,8 @@ import trio.testing
 
 from tests.call_harness import open_test_call, plain_use_case
 from tests.fakes import FakeLLM, tool_use, words
+from voiceagent.llm.converse import converse_problems
+from voiceagent.relay.outbound import End
 from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
 
@@ -43,3 +47,40 @@ async def test_drain_goodbye_survives_a_barge_in(autojump_clock: Any) -> None:
         await trio.sleep(20)
         frames += call.socket.pending()
         assert any(f["type"] == "end" for f in frames), frames
+
+
+def _texts(message: dict[str, Any]) -> list[str]:
+    return [block["text"] for block in message["content"] if "text" in block]
+
+
+def _end_registry() -> ToolRegistry:
+    async def end_call(ctx: Any, args: Any) -> dict[str, Any]:
+        await ctx.send(End(handoff_data='{"reasonCode": "end-call"}'))
+        return {"status": "ended"}
+    return ToolRegistry([ToolDefinition("endCall", end_call, timeout_s=5, ends_turn=True)])
+
+
+async def test_a_prompt_after_the_end_tool_sent_end_starts_no_unheard_reply(
+        autojump_clock: Any) -> None:
+    """The model said goodbye and called endCall: ``end`` is on the socket. Twilio closes
+    about 90 ms later, but a prompt it had already sent (the caller's "thanks, bye") still
+    arrives. It started a new model turn: Bedrock was called (and billed) for a reply the
+    writer drops after ``end``, and the history recorded that reply as said, though the
+    caller never heard a word of it (a reconnect or transcript then shows it)."""
+    llm = FakeLLM([tool_use("tu_end", "endCall", before="Goodbye, have a nice day."),
+                   words("You are welcome, goodbye!")])
+    use_case = plain_use_case(tools=[{"name": "endCall", "description": "Hang up."}])
+    async with open_test_call(llm, use_case=use_case, registry=_end_registry()) as call:
+        call.say("that's all, thanks")
+        while (await call.frame())["type"] != "end":
+            pass
+        call.say("thanks, bye")                 # already on its way when `end` went out
+        await trio.sleep(2)
+        sent_after_end = call.socket.pending()
+    assert sent_after_end == []                 # the writer sent nothing after `end` ...
+    said = [t for m in call.history if m["role"] == "assistant" for t in _texts(m)]
+    # ... so nothing after the goodbye may be recorded as said
+    assert said[-1] == "Goodbye, have a nice day.", said
+    assert len(llm.requests) == 1, "the model was asked for a reply nobody can hear"
+    assert [entry["chat"] for entry in call.writer.stored()] == list(call.history)
+    assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
