@@ -185,7 +185,7 @@ class ToolBatch:
     """The tool uses of one model reply. The executor runs them concurrently and sends one
     outcome per call on ``results`` (buffered to ``len(calls)`` so it never blocks). Setting
     ``abandoned`` (the turn was cancelled) cancels the calls without side effects; side-effect
-    calls run on, shielded, and still report."""
+    calls, and calls that already sent ``end``, run on, shielded, and still report."""
 
     calls: tuple[ToolCall, ...]
     results: trio.MemorySendChannel[ToolOutcome]

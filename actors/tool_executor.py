@@ -2,7 +2,8 @@
 
 Tools run in the executor's nursery, not in the turn's cancel scope, because a barge-in must
 not cut a tool that changes the world halfway. A batch the turn abandons is cancelled, except
-for side-effect tools, which run on shielded and still report. Side-effect tools run at most
+for side-effect tools, and tools that already sent ``end`` (the session is over), which run on
+shielded and still report. Side-effect tools run at most
 once per toolUseId. Every failure becomes an ``error`` outcome with a reason the model can
 act on; nothing a tool does can raise into the call.
 
@@ -30,7 +31,7 @@ import trio
 
 from actors.messages import Outgoing, ToolBatch, ToolCall, ToolOutcome
 from voiceagent import jsonlimits
-from voiceagent.relay.outbound import Play, SendDigits
+from voiceagent.relay.outbound import End, Play, SendDigits
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 from voiceagent.tools.base import ToolContext, ToolDefinition, ToolLog, ToolMessage
@@ -120,14 +121,41 @@ async def _run_one(call: ToolCall, results: trio.MemorySendChannel[ToolOutcome],
                    env: ToolEnv) -> None:
     definition = env.registry.get(call.name)
     side_effect = definition is not None and definition.side_effect
+    sent = _Sent()
     try:
-        outcome = await _outcome(call, definition, env)
+        with sent.scope:
+            outcome = await _outcome(call, definition, env, sent)
     except trio.Cancelled:
-        _deliver(results, ToolOutcome(call.tool_use_id, call.name, "error", CANCELLED))
+        # what it already sent the caller stays in the history with it (``spoke``)
+        _deliver(results, ToolOutcome(call.tool_use_id, call.name, "error", CANCELLED,
+                                      spoke=sent.heard))
         raise
     _deliver(results, outcome)
     if side_effect:
         env.done[call.tool_use_id] = outcome
+
+
+class _Sent:
+    """What one tool call sent the caller, and its cancel scope: once the tool has sent
+    ``end`` the session is over, and a barge-in abandoning the turn no longer cuts the tool
+    (the rest of its work, a handoff's summary, is the session's last act, and its result
+    goes in the history)."""
+
+    __slots__ = ("messages", "scope")
+
+    def __init__(self) -> None:
+        self.messages: list[ToolMessage] = []
+        self.scope = trio.CancelScope()
+
+    def add(self, message: ToolMessage) -> None:
+        self.messages.append(message)
+        if isinstance(message, End):
+            self.scope.shield = True
+
+    @property
+    def heard(self) -> bool:
+        """It sent the caller audio or digits."""
+        return any(isinstance(message, Play | SendDigits) for message in self.messages)
 
 
 def _deliver(results: trio.MemorySendChannel[ToolOutcome], outcome: ToolOutcome) -> None:
@@ -138,7 +166,7 @@ def _deliver(results: trio.MemorySendChannel[ToolOutcome], outcome: ToolOutcome)
 
 
 async def _outcome(call: ToolCall, definition: ToolDefinition | None,
-                   env: ToolEnv) -> ToolOutcome:
+                   env: ToolEnv, sent: _Sent) -> ToolOutcome:
     declaration = env.use_case.tool(call.name)
     if definition is None or declaration is None:
         return _error(call, f"unknown tool {call.name!r}; available: "
@@ -159,25 +187,23 @@ async def _outcome(call: ToolCall, definition: ToolDefinition | None,
         env.running[call.tool_use_id] = trio.Event()
         try:
             with trio.CancelScope(shield=True):
-                return await _invoke(call, definition, declaration.timeout_s, env)
+                return await _invoke(call, definition, declaration.timeout_s, env, sent)
         finally:
             env.running.pop(call.tool_use_id).set()
-    return await _invoke(call, definition, declaration.timeout_s, env)
+    return await _invoke(call, definition, declaration.timeout_s, env, sent)
 
 
 async def _invoke(call: ToolCall, definition: ToolDefinition, timeout_s: float | None,
-                  env: ToolEnv) -> ToolOutcome:
-    sent: list[ToolMessage] = []
+                  env: ToolEnv, sent: _Sent) -> ToolOutcome:
     started = trio.current_time()
     outcome = await _run(call, definition, timeout_s, env, sent)
     if outcome.status == "error":       # timed too: a timeout is the slowest call of all
         outcome = replace(outcome, duration_s=trio.current_time() - started)
-    heard = any(isinstance(message, Play | SendDigits) for message in sent)
-    return replace(outcome, spoke=True) if heard else outcome
+    return replace(outcome, spoke=True) if sent.heard else outcome
 
 
 async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | None,
-               env: ToolEnv, sent: list[ToolMessage]) -> ToolOutcome:
+               env: ToolEnv, sent: _Sent) -> ToolOutcome:
     limit_s = timeout_s or definition.timeout_s
     started = trio.current_time()
     try:
@@ -235,7 +261,7 @@ def _described(err: BaseException) -> str:
 
 
 def _context(call: ToolCall, definition: ToolDefinition, env: ToolEnv,
-             sent: list[ToolMessage]) -> ToolContext:
+             sent: _Sent) -> ToolContext:
     """``sent`` collects what the tool sends the caller: a turn whose model then says
     nothing is not silence (``ToolOutcome.spoke``)."""
     fields = {"call_sid": env.call_sid, "tool": definition.name,
@@ -243,7 +269,7 @@ def _context(call: ToolCall, definition: ToolDefinition, env: ToolEnv,
 
     async def send(message: ToolMessage) -> None:
         await env.outbound.send(message)
-        sent.append(message)
+        sent.add(message)           # no checkpoint between: taken `end` shields at once
 
     return ToolContext(
         call_sid=env.call_sid, caller=env.caller, called=env.called, use_case=env.use_case,

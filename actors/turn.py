@@ -285,8 +285,9 @@ async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall,
 
 
 async def _settle_side_effects(rounds: list[_ToolRound]) -> None:
-    """After a cancel: tools without side effects are abandoned; those with side effects run
-    on (shielded in the executor), and their results are awaited so history records them."""
+    """After a cancel: tools without side effects are abandoned; those with side effects, or
+    that already sent ``end``, run on (shielded in the executor), and their results are
+    awaited so history records them."""
     for current in rounds:
         current.batch.abandoned.set()
         while current.delivered and len(current.outcomes) < len(current.calls):
@@ -297,9 +298,12 @@ async def _settle_side_effects(rounds: list[_ToolRound]) -> None:
 
 
 def _record_cut(ctx: CallContext, speaker: Speaker, rounds: list[_ToolRound]) -> None:
-    """Record a cut-short turn: what was spoken, plus side-effect tools that really ran."""
+    """Record a cut-short turn: what was spoken, plus the tools that did something the cut
+    cannot undo: side effects that really ran, a tool that ended the session (its ``end``
+    went out), one that sent the caller audio or digits."""
     for current in rounds:
-        done = {o.tool_use_id: o for o in current.outcomes if o.side_effect}
+        done = {o.tool_use_id: o for o in current.outcomes
+                if o.side_effect or o.ends_call or o.spoke}
         kept = [c for c in current.calls if c.tool_use_id in done]
         ctx.history.add_assistant(current.text, [_use_block(c) for c in kept])
         ctx.history.add_tool_results([done[c.tool_use_id].to_block() for c in kept])

@@ -16,11 +16,13 @@ import trio.testing
 
 from actors.call import CallPlan
 from actors.history import CALL_CONNECTED
+from actors.tool_executor import CANCELLED
 from tests.call_harness import CALL_SID, GREETING, open_test_call, plain_use_case
 from tests.fakes import FakeLLM, tool_use, words
 from voiceagent.errors import ModelStreamFailed, ModelThrottled
 from voiceagent.llm.base import StreamEnd, TextDelta, ToolUseRequest
 from voiceagent.llm.converse import converse_problems
+from voiceagent.relay.outbound import Play
 from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
 
@@ -227,6 +229,35 @@ async def test_tool_without_side_effects_is_abandoned_on_barge_in(autojump_clock
         await trio.sleep(10)
         assert runs == []                                # cancelled, never finished
     assert call.history[-1] == {"role": "assistant", "content": [{"text": "Let me check."}]}
+    assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
+
+
+async def test_a_cut_tool_that_played_the_caller_something_stays_in_history(
+        autojump_clock: Any) -> None:
+    """A tool without side effects that had already played a recording when the caller cut
+    in: the caller heard it, so its toolUse stays, answered as cancelled (review s14)."""
+    started = trio.Event()
+
+    async def hold_music(ctx: Any, args: Any) -> dict[str, Any]:
+        await ctx.send(Play("https://example.com/hold.mp3"))
+        started.set()
+        await trio.sleep(5)
+        return {"played": True}
+
+    registry = ToolRegistry([ToolDefinition("holdMusic", hold_music, timeout_s=10)])
+    llm = FakeLLM([tool_use("tu_p", "holdMusic", before="One moment.")])
+    use_case = plain_use_case(tools=[{"name": "holdMusic", "description": "Play hold music"}])
+    async with open_test_call(llm, use_case=use_case, registry=registry) as call:
+        call.say("can you hold?")
+        await started.wait()
+        call.interrupt(heard="One moment.")
+        await trio.sleep(10)
+    assert call.history[-2:] == (
+        {"role": "assistant", "content": [
+            {"text": "One moment."},
+            {"toolUse": {"toolUseId": "tu_p", "name": "holdMusic", "input": {}}}]},
+        {"role": "user", "content": [{"toolResult": {
+            "toolUseId": "tu_p", "content": [{"text": CANCELLED}], "status": "error"}}]})
     assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
 
 

@@ -2,7 +2,8 @@
 after EndCall (a drain, the call's length limit) used to cancel the goodbye turn: `end` was
 never sent, every later prompt was ignored, and the call never ended. Found by a review of the
 actors (2026-12-05). After a tool's `end` (endCall, a handoff), a prompt already on its way
-started a model turn nobody could hear, recorded as said (review s14)."""
+started a model turn nobody could hear, recorded as said, and a barge-in dropped the handoff
+itself from the history (review s14)."""
 from __future__ import annotations
 
 from typing import Any
@@ -83,4 +84,71 @@ async def test_a_prompt_after_the_end_tool_sent_end_starts_no_unheard_reply(
     assert said[-1] == "Goodbye, have a nice day.", said
     assert len(llm.requests) == 1, "the model was asked for a reply nobody can hear"
     assert [entry["chat"] for entry in call.writer.stored()] == list(call.history)
+    assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
+
+
+async def test_a_handoff_whose_end_went_out_stays_in_history_after_a_barge_in(
+        autojump_clock: Any) -> None:
+    """The handoff tool sent ``end`` (the session is over: POST /action connects a person)
+    and then wrote its summary to the store; the caller cut into "Let me transfer you" in
+    that moment. The tool is not a side effect, so the cut abandoned it and recorded neither
+    its toolUse nor its result: the history (the stored transcript, what a reconnect or the
+    person taking the call sees) said the agent never transferred, though it did. Once its
+    ``end`` is out, the tool runs on and its result is recorded."""
+    summaries: list[float] = []
+
+    async def handoff(ctx: Any, args: Any) -> dict[str, Any]:
+        await ctx.send(End(handoff_data='{"reasonCode": "live-agent-handoff"}'))
+        await trio.sleep(0.5)                   # e.g. the summary written to the store
+        summaries.append(trio.current_time())
+        return {"status": "transferring"}
+
+    registry = ToolRegistry([ToolDefinition("handoff", handoff, timeout_s=10, ends_turn=True)])
+    llm = FakeLLM([tool_use("tu_h", "handoff", before="Let me transfer you.")])
+    use_case = plain_use_case(tools=[{"name": "handoff", "description": "To a person"}])
+    async with open_test_call(llm, use_case=use_case, registry=registry) as call:
+        call.say("a person please")
+        while (await call.frame())["type"] != "end":
+            pass
+        call.interrupt(heard="Let me transfer you.")
+        await trio.sleep(2)
+    assert len(summaries) == 1                  # not cut by the barge-in
+    assert call.history[-2:] == (
+        {"role": "assistant", "content": [
+            {"text": "Let me transfer you."},
+            {"toolUse": {"toolUseId": "tu_h", "name": "handoff", "input": {}}}]},
+        {"role": "user", "content": [{"toolResult": {
+            "toolUseId": "tu_h", "content": [{"json": {"status": "transferring"}}],
+            "status": "success"}}]})
+    assert [entry["chat"] for entry in call.writer.stored()] == list(call.history)
+    assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
+
+
+async def test_a_barge_in_before_the_end_tool_sent_end_still_stops_it(
+        autojump_clock: Any) -> None:
+    """Until its ``end`` is out, an ending tool is cut like any other: the caller who cuts
+    in ("no, wait") keeps the call."""
+    ends: list[float] = []
+
+    async def handoff(ctx: Any, args: Any) -> dict[str, Any]:
+        await trio.sleep(0.5)                   # looks something up first
+        ends.append(trio.current_time())
+        await ctx.send(End(handoff_data='{"reasonCode": "live-agent-handoff"}'))
+        return {"status": "transferring"}
+
+    registry = ToolRegistry([ToolDefinition("handoff", handoff, timeout_s=10, ends_turn=True)])
+    llm = FakeLLM([tool_use("tu_h", "handoff", before="Let me transfer you."),
+                   words("Sure, what else?")])
+    use_case = plain_use_case(tools=[{"name": "handoff", "description": "To a person"}])
+    async with open_test_call(llm, use_case=use_case, registry=registry) as call:
+        call.say("a person please")
+        while not (await call.frame()).get("token", "").endswith("you."):
+            pass
+        call.interrupt(heard="Let me transfer you.")
+        await trio.sleep(2)
+        assert ends == []
+        call.socket.pending()                   # the cut reply's closer
+        call.say("no wait, one more thing")
+        assert (await call.reply())[0] == "Sure, what else?"
+    assert not call.report.writer.ended
     assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
