@@ -47,6 +47,7 @@ from actors.messages import (
     TurnCommand,
     UserSaid,
 )
+from actors.played import Played
 from actors.turn_slot import CutMarks
 from voiceagent.usecases import DtmfConfig
 
@@ -58,7 +59,6 @@ _DROPPED_TYPE = re.compile(r'"type"\s*:\s*"([A-Za-z]{1,20})"')
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 REPROMPT = "Are you still there?"
 MAX_AGENT_SPEECH_S = 120.0       # the silence timer waits at most this long for "agent off"
-MAX_PLAYED_CHARS = 8000          # tokensPlayed kept per turn (a reply is far shorter)
 MAX_DETAIL_CHARS = 500           # of a configUpdated payload, in the log
 IDLE_GOODBYE = "I haven't heard from you, so I'll end the call now. Please call back anytime."
 DRAINING = ("I'm sorry, we have to end this call now for maintenance. "
@@ -294,10 +294,8 @@ class _Gate:
         self.commands = commands
         self.idle = idle
         self.starts = (-math.inf, -math.inf)       # when the last two turns started
-        # tokensPlayed since the last turn started: what the caller heard of its reply, for
-        # an interrupt that does not say (utteranceUntilInterrupt left out)
-        self.played: list[str] = []
-        self.played_chars = 0
+        # tokensPlayed: what the caller heard, for an interrupt that does not say
+        self.played = Played()
 
     async def take(self, message: Inbound) -> None:
         """One message in arrival order; a turn if it is words or completes a key entry."""
@@ -335,7 +333,7 @@ class _Gate:
         command = held.command()
         if command is not None:
             self.starts = (self.starts[1], trio.current_time())
-            self.played, self.played_chars = [], 0
+            self.played.turn_started()
             await self.commands.send(command)
 
     async def _join(self, message: Inbound, held: _Held) -> None:
@@ -348,20 +346,19 @@ class _Gate:
                 if (entry := self.keys.press(digit)) is not None:
                     held.add_entry(entry)
             case Interrupt(heard=heard, duration_ms=duration_ms):
-                if heard is None and self.played:
-                    heard = " ".join(self.played)
-                self.played, self.played_chars = [], 0
-                await self.commands.send(
-                    BargeIn(heard.strip() if heard is not None else None, duration_ms))
+                played = self.played.heard() if heard is None else ()
+                self.played.clear()
+                await self.commands.send(BargeIn(heard.strip() if heard is not None else None,
+                                                 duration_ms, played))
             case TokensPlayed(text=text):
-                if text.strip() and self.played_chars < MAX_PLAYED_CHARS:
-                    self.played.append(text.strip())
-                    self.played_chars += len(text)
+                self.played.add(text)
             case ConfigUpdated(detail=detail):
                 log.info("relay configuration updated",
                          extra={"detail": detail[:MAX_DETAIL_CHARS]})
             case SpeakerEvent(who=who, speaking=speaking):
                 log.debug("speaker event", extra={"who": who, "speaking": speaking})
+                if who == "agent" and not speaking:
+                    self.played.clear()         # all of it played: a new record begins
             case Info(name=name):
                 log.debug("relay info", extra={"info_name": name[:40]})
             case RelayErrorReport(description=description):

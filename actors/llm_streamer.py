@@ -54,7 +54,7 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                 # is over, and a turn started now would only be billed, never heard
                 closed = ending or ctx.marks.ended
                 match command:
-                    case BargeIn(heard=heard):
+                    case BargeIn(heard=heard, played=played):
                         ctx.stats.barge_ins += 1
                         through = ctx.marks.take_cut()
                         # The caller is speaking: stop, except the goodbye if it began
@@ -63,7 +63,7 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                         if through >= ctx.marks.turn or not ending:
                             await slot.cancel_and_wait(reason="barge-in")
                         playing.cut(ctx.history, through, heard,
-                                    ctx.marks.take_unrecorded(through))
+                                    ctx.marks.take_unrecorded(through), played)
                     case UserSaid() | KeyPressed() if not closed:
                         # Planned first: a key entry the use case ignores starts no turn, so
                         # it must not cut the reply in flight either (with interruptible
@@ -131,18 +131,30 @@ class _Playing:
             earlier = [(n, m) for n, s in earlier if (m := s.after_trim(dropped)) is not None]
         self.starts = [*earlier, (number, start)]
 
-    def cut(self, history: History, through: int, heard: str | None, unsent: str) -> None:
+    def cut(self, history: History, through: int, heard: str | None, unsent: str,
+            played: tuple[str, ...] = ()) -> None:
         """Record the caller cutting off turn ``through``: the turns up to it are cut to
         ``heard`` (Twilio's words, if it said) or lose ``unsent`` (what the writer withheld),
         and none of them plays any more. With none left (a second interrupt into the same
-        turn) nothing is cut again: "" would drop a message the store already holds."""
+        turn) nothing is cut again: "" would drop a message the store already holds.
+
+        ``played`` (tokensPlayed, when Twilio did not say) stands in for ``heard`` only where
+        it fits a turn: a record we put together may begin in the middle of a reply that
+        played across a turn's start, and must not be written over another reply's words
+        (Twilio's own ``heard`` that fits no turn is its rendering of the newest: kept)."""
         cut = [start for number, start in self.starts if number <= through]
         later = [(number, start) for number, start in self.starts if number > through]
         if not cut:
             return
         end = later[0][1] if later else None
         chosen = cut[-1]
-        if heard is not None and not history.fits(chosen, heard, end):
+        if heard is None and played:
+            chosen, heard = next(((start, option) for option in played
+                                  for start in reversed(cut) if history.fits(start, option, end)),
+                                 (chosen, None))
+            if heard is None:
+                log.info("tokensPlayed fit no reply still playing: what was sent counts")
+        elif heard is not None and not history.fits(chosen, heard, end):
             chosen = next((s for s in reversed(cut[:-1]) if history.fits(s, heard, end)),
                           chosen)
         moved = history.record_cut(chosen, end, heard=heard, unsent=unsent)

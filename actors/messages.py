@@ -123,10 +123,13 @@ class KeyPressed:
 @dataclass(frozen=True, slots=True)
 class BargeIn:
     """The caller cut into our speech. ``heard`` is what Twilio says was played (stripped),
-    or None when Twilio did not say, in which case what we sent is what counts."""
+    or None when Twilio did not say: then ``played``, what tokensPlayed reported, from the
+    record's start and from each later turn start (``actors.played``), stands in for it, and
+    with none of those fitting a reply, what we sent is what counts."""
 
     heard: str | None
     duration_ms: int | None = None
+    played: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from actors.messages import (
     TurnCommand,
     UserSaid,
 )
+from actors.played import MAX_PLAYED_CHARS, MAX_PLAYED_TURNS, Played
 from tests.call_harness import open_test_call, plain_use_case
 from tests.fakes import FakeLLM, tool_use, words
 from voiceagent.llm.converse import converse_problems
@@ -478,7 +479,10 @@ async def test_only_junk_frames_close_the_call(autojump_clock: Any) -> None:
 async def test_tokens_played_stand_in_for_an_interrupt_that_does_not_say(
         autojump_clock: Any) -> None:
     """tokensPlayed (the ``tokens-played`` subscription) is what the caller really heard: an
-    interrupt without utteranceUntilInterrupt uses it, and a new turn starts it afresh."""
+    interrupt without utteranceUntilInterrupt uses it. A new turn does not start it afresh
+    (the reply before may still be playing, its new reply queued behind it): the record runs
+    from the last interrupt, or from Twilio saying the agent stopped speaking, and is also
+    offered from each turn start on (review s14)."""
     in_send, in_recv = trio.open_memory_channel[Inbound](math.inf)
     cmd_send, cmd_recv = trio.open_memory_channel[TurnCommand](math.inf)
     async with trio.open_nursery() as nursery:
@@ -490,13 +494,37 @@ async def test_tokens_played_stand_in_for_an_interrupt_that_does_not_say(
                         Prompt("and Sunday?", received_at=trio.current_time()),
                         TokensPlayed("Closed Sunday."),
                         Interrupt("Closed", 300),
+                        TokensPlayed("Anything else?"), SpeakerEvent("agent", False),
                         Interrupt(None, 10)):
             in_send.send_nowait(message)
             await trio.sleep(0.5)
         in_send.close()
     commands = [command async for command in cmd_recv]
-    said = [(type(c).__name__, getattr(c, "text", None) or getattr(c, "heard", None))
-            for c in commands]
-    assert said == [("UserSaid", "hours?"), ("BargeIn", "We open at nine, and close"),
-                    ("UserSaid", "and Sunday?"), ("BargeIn", "Closed"), ("BargeIn", None)]
+    said = [(type(c).__name__, getattr(c, "text", None) or getattr(c, "heard", None),
+             getattr(c, "played", None)) for c in commands]
+    assert said == [("UserSaid", "hours?", None),
+                    ("BargeIn", None, ("Welcome! We open at nine, and close",
+                                       "We open at nine, and close")),
+                    ("UserSaid", "and Sunday?", None),
+                    ("BargeIn", "Closed", ()),
+                    ("BargeIn", None, ())]       # all of it had played: nothing to stand in
     assert [c.duration_ms for c in commands if isinstance(c, BargeIn)] == [900, 300, 10]
+
+
+def test_the_tokens_played_record_stays_bounded_without_interrupts() -> None:
+    """With no interrupt and no speaker events the record is never cleared: it keeps the
+    last turns' (as many as the streamer may cut) and at most MAX_PLAYED_CHARS, the oldest
+    turns' going first, so a long call's record still ends with what plays now."""
+    played = Played()
+    for turn in range(3 * MAX_PLAYED_TURNS):
+        played.turn_started()
+        played.add(f"reply {turn}.")
+    options = played.heard()
+    assert len(options) == MAX_PLAYED_TURNS
+    assert options[-1] == f"reply {3 * MAX_PLAYED_TURNS - 1}."
+    for _ in range(3):
+        played.turn_started()
+        for _ in range(MAX_PLAYED_CHARS // 100):
+            played.add("x" * 99)
+    assert sum(len(t) for t in played.heard()[:1]) <= MAX_PLAYED_CHARS
+    assert played.heard()[-1].startswith("x")

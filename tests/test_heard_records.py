@@ -1,7 +1,8 @@
 """What the history records when the caller cuts in, in the corners a review of the actors
 (2026-12-05) found wrong: a re-prompt or goodbye that merges into the reply before it, an
 apology after a model error, a key entry the use case ignores, and the last words of a reply
-that the writer withheld after the turn had recorded them. Each failed before its fix.
+that the writer withheld after the turn had recorded them; and (review s14) tokensPlayed of a
+reply still playing when the next turn started. Each failed before its fix.
 
 On trio's virtual clock, with the test playing Twilio (``open_test_call``) or, where the race
 is between two actors, playing the relay writer itself.
@@ -313,6 +314,56 @@ async def test_an_interrupt_into_the_newest_reply_leaves_the_earlier_one_whole(
             {"role": "assistant", "content": [{"text": REPLY}]},
             {"role": "user", "content": [{"text": "mhm"}]},
             {"role": "assistant", "content": [{"text": "Sure, any"}]})
+
+
+def _played(text: str) -> dict[str, Any]:
+    return {"type": "info", "name": "tokensPlayed", "value": text}
+
+
+def _texts(message: dict[str, Any]) -> list[str]:
+    return [block["text"] for block in message["content"] if "text" in block]
+
+
+async def test_tokens_played_of_a_reply_still_playing_are_not_taken_for_the_next_reply(
+        autojump_clock: Any) -> None:
+    """Twilio was still playing reply 1 when the caller's "mhm" (reported during agent
+    speech, not an interrupt) started turn 2; its reply queued behind reply 1. The rest of
+    reply 1 played (tokensPlayed), then the caller cut in as reply 2 began, and the interrupt
+    did not say what was heard. The handler emptied its tokensPlayed record when turn 2
+    started, so the barge-in's heard words were the *tail* of reply 1; they fit no turn, and
+    the newest turn's reply was replaced by them: the history said the agent answered "mhm"
+    with "close at ten tonight." (words of the earlier reply), and reply 1 was kept whole
+    (review s14)."""
+    reply_1 = "We open at nine and close at ten tonight."
+    reply_2 = "Is there anything else I can help you with today?"
+    llm = FakeLLM([words(reply_1), words(reply_2)])
+    async with open_test_call(llm) as call:
+        call.say("hours?")
+        assert (await call.reply())[0] == reply_1
+        call.socket.push(_played("We open at nine and"))
+        call.say("mhm")
+        assert (await call.reply())[0] == reply_2
+        call.socket.push(_played("close at ten tonight."))  # reply 1 played to its end
+        call.interrupt(heard=None)                  # cut in as reply 2 began
+        await trio.testing.wait_all_tasks_blocked()
+        said = [(m["role"], _texts(m)) for m in call.history]
+    # reply 1 was heard whole; of reply 2, nothing Twilio reported
+    assert said[-2:] == [("assistant", [reply_1]), ("user", ["mhm"])], said
+    assert [entry["chat"] for entry in call.writer.stored()] == list(call.history)
+
+
+async def test_tokens_played_that_fit_no_reply_leave_what_was_sent(autojump_clock: Any) -> None:
+    """A tokensPlayed record that fits none of the replies that may be playing (it began in
+    the middle of one) says nothing usable about what was heard: the reply keeps what was
+    sent, and is not replaced by those words."""
+    llm = FakeLLM([words(REPLY)])
+    async with open_test_call(llm) as call:
+        call.say("hours?")
+        await call.reply()
+        call.socket.push(_played("ten tonight."))
+        call.interrupt(heard=None)
+        await trio.testing.wait_all_tasks_blocked()
+    assert call.history[-1] == {"role": "assistant", "content": [{"text": REPLY}]}
 
 
 async def test_a_caller_who_keeps_cutting_in_does_not_grow_the_request(
