@@ -109,6 +109,15 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
             await slot.cancel_and_wait(reason="hangup")
 
 
+def drop_unsent_at_end(ctx: CallContext) -> None:
+    """Once the call's actors are done: words of the last turn that the writer withheld after
+    the turn had recorded them (its last frame failed to send on a broken socket, or came
+    after ``end``), with no barge-in left to take them off, come off now, before the last
+    write to the store: a reconnect resumes what was sent, not what the model said."""
+    if unsent := ctx.marks.take_unrecorded(ctx.marks.turn):
+        ctx.history.drop_unsent(Mark(0), unsent)    # the last assistant text is that turn's
+
+
 class _Playing:
     """Where the turns begin whose words Twilio may still be playing: every turn started since
     the last barge-in (a few at most), since a new turn's audio queues behind the reply still

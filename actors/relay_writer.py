@@ -101,6 +101,8 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
                         on_sent(trio.current_time())
             except RelayBroken:
                 log.info("relay writer stopped: peer gone")
+                if isinstance(message, Text) and message.token and marks is not None:
+                    marks.withhold(message.token)   # taken, never sent: not said
                 return
             if isinstance(message, End):
                 stats.ended = True

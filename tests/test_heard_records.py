@@ -2,7 +2,8 @@
 (2026-12-05) found wrong: a re-prompt or goodbye that merges into the reply before it, an
 apology after a model error, a key entry the use case ignores, and the last words of a reply
 that the writer withheld after the turn had recorded them; and (review s14) tokensPlayed of a
-reply still playing when the next turn started. Each failed before its fix.
+reply still playing when the next turn started, a frame the writer could not send, and words
+the writer dropped after a tool's ``end``. Each failed before its fix.
 
 On trio's virtual clock, with the test playing Twilio (``open_test_call``) or, where the race
 is between two actors, playing the relay writer itself.
@@ -29,6 +30,8 @@ from tests.fakes import FakeLLM, MemorySocket, MemoryStore, WallClock, tool_use,
 from voiceagent.errors import ModelStreamFailed
 from voiceagent.llm.base import TextDelta
 from voiceagent.llm.converse import converse_problems
+from voiceagent.relay.outbound import End
+from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
 
 REPLY = "We open at nine and close at ten tonight."
@@ -364,6 +367,91 @@ async def test_tokens_played_that_fit_no_reply_leave_what_was_sent(autojump_cloc
         call.interrupt(heard=None)
         await trio.testing.wait_all_tasks_blocked()
     assert call.history[-1] == {"role": "assistant", "content": [{"text": REPLY}]}
+
+
+async def test_a_frame_the_writer_could_not_send_is_not_recorded_as_said(
+        autojump_clock: Any) -> None:
+    """The relay socket broke mid-reply (a relay failure: Twilio reconnects the call and the
+    next session resumes the stored history). The writer had taken the next frame from the
+    turn and failed to send it; the turn counted it as said all the same, so the stored
+    reply held words that never left the server (review s14)."""
+    llm = FakeLLM([words(REPLY, gap_s=0.5)])
+    async with open_test_call(llm) as call:
+        call.say("hours?")
+        sent = [(await call.frame())["token"] for _ in range(3)]     # "We open at"
+        call.socket.hung_up = True          # the connection is gone: sends fail from now
+        await trio.sleep(2)
+        call.socket.hang_up()
+        with trio.fail_after(10):
+            await call.done.wait()
+    assert "".join(sent) == "We open at"
+    stored = [entry["chat"] for entry in call.writer.stored()]
+    assert stored[-1] == {"role": "assistant", "content": [{"text": "We open at"}]}, stored[-1]
+    assert stored == list(call.history)
+
+
+class _BreaksOnSend(MemorySocket):
+    """The connection breaks while the frame holding ``word`` is being sent: the send fails
+    a moment after the writer took the frame, as a real socket's does."""
+
+    def __init__(self, word: str) -> None:
+        super().__init__()
+        self.word = word
+
+    async def send(self, text: str) -> None:
+        if self.word in text and not self.hung_up:
+            await trio.sleep(0.05)
+            self.hung_up = True
+        await super().send(text)
+
+
+async def test_a_last_frame_that_failed_after_the_turn_recorded_it_is_not_stored(
+        autojump_clock: Any) -> None:
+    """The reply's last frame (its held words, ``last: true``) was taken by the writer, the
+    turn ended and recorded it, and only then did the send fail: no barge-in follows a
+    broken socket to take the words off, so they come off when the call's actors are done,
+    before the last write to the store."""
+    llm = FakeLLM([words("We open at nine, and close at ten", gap_s=0.05)])
+    socket = _BreaksOnSend("close")
+    async with open_test_call(llm, socket=socket,
+                              services_changes={"token_hold_s": 0.5}) as call:
+        call.say("hours?")
+        await trio.sleep(3)
+        sent = "".join(f.get("token", "") for f in call.socket.pending())
+        call.socket.hang_up()
+        with trio.fail_after(10):
+            await call.done.wait()
+    assert sent == "We open at nine,"
+    stored = [entry["chat"] for entry in call.writer.stored()]
+    assert stored[-1] == {"role": "assistant", "content": [{"text": "We open at nine,"}]}
+    assert stored == list(call.history)
+
+
+async def test_words_of_a_turn_after_a_tool_sent_end_are_not_recorded(
+        autojump_clock: Any) -> None:
+    """A tool that is not an ending one sent ``end``; the model's next round still spoke,
+    and the writer dropped every word of it (nothing goes after ``end``): they were never
+    heard, so neither history nor store holds them."""
+    async def hang_up(ctx: Any, args: Any) -> dict[str, Any]:
+        await ctx.send(End(handoff_data='{"reasonCode": "end-call"}'))
+        return {"status": "ended"}
+
+    registry = ToolRegistry([ToolDefinition("hangUp", hang_up, timeout_s=5)])
+    llm = FakeLLM([tool_use("tu_x", "hangUp", before="Goodbye."),
+                   words("Is there anything else?")])
+    use_case = plain_use_case(tools=[{"name": "hangUp", "description": "Hang up."}])
+    async with open_test_call(llm, use_case=use_case, registry=registry) as call:
+        call.say("bye")
+        await trio.sleep(3)
+        call.socket.hang_up()
+        with trio.fail_after(10):
+            await call.done.wait()
+    assert call.report.writer.dropped_after_end > 0
+    said = [block.get("text") for m in call.history if m["role"] == "assistant"
+            for block in m["content"] if "text" in block]
+    assert said[-1] == "Goodbye.", said
+    assert [entry["chat"] for entry in call.writer.stored()] == list(call.history)
+    assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
 
 
 async def test_a_caller_who_keeps_cutting_in_does_not_grow_the_request(
