@@ -24,6 +24,12 @@ fi
 workers="${WORKERS:-}"
 if [ -z "$workers" ]; then
     workers="$(nproc 2>/dev/null || echo 1)"
+    case "$(printf '%s' "${PHONE_PAGE:-}" | tr '[:upper:]' '[:lower:]')" in
+        1 | true | yes | on)
+            # the browser phone's tickets live in the process that served its page
+            log "PHONE_PAGE is on: 1 worker, so each page's socket reaches its process"
+            workers=1 ;;
+    esac
 fi
 case "$workers" in
     '' | *[!0-9]* | 0*)

@@ -1201,6 +1201,23 @@ def test_entrypoint_tells_each_worker_how_many_share_the_container(
     assert all(line.endswith(" WORKERS=3") for line in started), started
 
 
+def test_entrypoint_runs_one_worker_for_the_browser_phone(
+        fake_workers: Path, tmp_path: Path) -> None:
+    """A phone page's socket must reach the process that served the page (its ticket)."""
+    (fake_workers / "nproc").write_text("#!/bin/sh\necho 3\n")
+    (fake_workers / "nproc").chmod(0o755)
+    record = tmp_path / "record"
+    process = _entrypoint(fake_workers, record, PHONE_PAGE="True")
+    try:
+        (started,) = _wait_for_lines(record, 1)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+    finally:
+        _stop_group(process)
+    assert "REUSE_PORT= serve" in started, started
+    assert "PHONE_PAGE is on: 1 worker" in record.with_suffix(".log").read_text()
+
+
 def test_entrypoint_reports_a_failing_drain(fake_workers: Path, tmp_path: Path) -> None:
     record = tmp_path / "record"
     process = _entrypoint(fake_workers, record, WORKERS="2", FAKE_STATUS="5")

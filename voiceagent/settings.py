@@ -231,6 +231,11 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
                         f"served only on a loopback HOST, not on {host!r}: set "
                         "HOST=127.0.0.1, or turn PHONE_PAGE off (voiceagent demo --web "
                         "serves it on 127.0.0.1)")
+    if (_flag(values.get("PHONE_PAGE", values.get("phone_page")), False)
+            and _flag(values.get("REUSE_PORT", values.get("reuse_port")), False)):
+        problems.append("PHONE_PAGE: a page's call ticket lives in the process that served "
+                        "the page, and with REUSE_PORT (WORKERS > 1) its socket may reach "
+                        "another: run one process (WORKERS=1) for the browser phone")
     return problems
 
 

@@ -82,6 +82,14 @@ def local_host(headers: Mapping[str, str]) -> str | None:
     return host if name and is_loopback(name) else None
 
 
+def _navigated_to(headers: Mapping[str, str]) -> bool:
+    """Loaded as a page by the browser's own user (typed, bookmarked, reloaded), as the
+    fetch metadata browsers send say; a client that sends none (curl, an old browser) is
+    taken at its word."""
+    return (headers.get("sec-fetch-site", "none") in ("none", "same-origin")
+            and headers.get("sec-fetch-mode", "navigate") == "navigate")
+
+
 def security_headers(host: str) -> dict[str, str]:
     """A strict policy: scripts, styles and sockets from this origin only, nothing inline."""
     policy = "; ".join([
@@ -110,6 +118,11 @@ class PhoneDesk:
         if host is None:
             log.warning("phone page asked for from outside this machine: refused")
             return Response("not found", status=404)
+        if not _navigated_to(headers):
+            # another site's no-cors fetch or <img> cannot read the page, but each load
+            # mints a call and takes a ticket, pushing out the developer's own
+            log.warning("phone page asked for by another site: refused")
+            return Response("open this page in the address bar", status=403)
         runtime = self._runtime
         if runtime.draining or runtime.at_capacity:
             return Response("the server is not taking calls right now", status=503,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -21,7 +22,7 @@ from actors.call import run_call
 from voiceagent import jsonlimits, signature, twiml
 from voiceagent.app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voiceagent.app.phone_page import PATH as PHONE_PATH
-from voiceagent.app.phone_page import PhoneDesk, PhoneRefused
+from voiceagent.app.phone_page import PhoneDesk, PhoneRefused, local_host
 from voiceagent.app.relay_answers import ActionReplayed
 from voiceagent.app.runtime import Runtime
 from voiceagent.app.sessions import (
@@ -90,6 +91,9 @@ async def _signed_form(settings: Settings) -> dict[str, str] | Response:
     if settings.validate_signatures and "x-twilio-signature" not in _headers():
         log.warning("unsigned webhook", extra={"path": request.path})
         return Response("invalid signature", status=403)
+    if not settings.validate_signatures and not addressed_here(settings, _headers()):
+        log.warning("unsigned webhook for another host: refused", extra={"path": request.path})
+        return Response("not found", status=404)
     if (request.content_length or 0) > MAX_WEBHOOK_BYTES:
         log.warning("webhook body too large", extra={"path": request.path,
                                                      "bytes": request.content_length})
@@ -100,6 +104,16 @@ async def _signed_form(settings: Settings) -> dict[str, str] | Response:
         log.warning("bad signature", extra={"path": request.path})
         return Response("invalid signature", status=403)
     return form
+
+
+def addressed_here(settings: Settings, headers: Mapping[str, str]) -> bool:
+    """With signatures off nothing says a request is Twilio's, so take only those addressed
+    to this machine by a loopback name (no proxy between), or to PUBLIC_URL's host (a
+    tunnel): a DNS name rebound to 127.0.0.1 reaches the port, but not by these names."""
+    if local_host(headers) is not None:
+        return True
+    public = urlsplit(settings.public_url).netloc if settings.public_url else None
+    return public is not None and headers.get("host", "").lower() == public.lower()
 
 
 def _refuse_call(settings: Settings) -> Response:
@@ -298,6 +312,16 @@ def _admit(runtime: Runtime, scope: dict[str, Any], phone: PhoneDesk | None) -> 
         except PhoneRefused as err:
             log.warning("phone page socket refused", extra={"reason": str(err)})
             raise _Refused("invalid session token") from None
+    if bound is None and not settings.validate_signatures:
+        # nothing proves who sent it: only this machine's (or PUBLIC_URL's) own clients, and
+        # never a web page of another origin (a site the developer visits, its DNS name
+        # rebound to 127.0.0.1, would otherwise hold calls with the agent)
+        host = headers.get("host", "")
+        origin = headers.get("origin")
+        if not addressed_here(settings, headers) or origin not in (
+                None, f"http://{host}", f"https://{host}"):
+            log.warning("unsigned relay upgrade from another host or origin: refused")
+            raise _Refused("unsigned sockets are taken from this host's own clients only")
     if bound is None and settings.validate_signatures:
         base = signature.public_base(headers, "https" if scope["scheme"] == "wss" else "http",
                                      headers.get("host", ""), settings.public_url,

@@ -480,6 +480,7 @@
       note("mic", `Speech input is not available here (${e.error}): type what the caller says.`);
     });
     r.addEventListener("end", () => {
+      if (recognition !== null && recognition !== r) return;   // an old one, aborted: a newer listens
       recognition = null;
       speaking(false);
       if (state === "live" && ui.mic.checked && !recognitionBroken) setTimeout(listen, 250);
