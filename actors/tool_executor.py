@@ -128,7 +128,7 @@ async def _run_one(call: ToolCall, results: trio.MemorySendChannel[ToolOutcome],
     except trio.Cancelled:
         # what it already sent the caller stays in the history with it (``spoke``)
         _deliver(results, ToolOutcome(call.tool_use_id, call.name, "error", CANCELLED,
-                                      spoke=sent.heard))
+                                      spoke=sent.heard, ends_call=sent.ended))
         raise
     _deliver(results, outcome)
     if side_effect:
@@ -151,6 +151,11 @@ class _Sent:
         self.messages.append(message)
         if isinstance(message, End):
             self.scope.shield = True
+
+    @property
+    def ended(self) -> bool:
+        """It sent ``end``: whatever it returns, the session is over."""
+        return any(isinstance(message, End) for message in self.messages)
 
     @property
     def heard(self) -> bool:
@@ -199,6 +204,8 @@ async def _invoke(call: ToolCall, definition: ToolDefinition, timeout_s: float |
     outcome = await _run(call, definition, timeout_s, env, sent)
     if outcome.status == "error":       # timed too: a timeout is the slowest call of all
         outcome = replace(outcome, duration_s=trio.current_time() - started)
+    if sent.ended:                      # failed or timed out after its `end` went out
+        outcome = replace(outcome, ends_call=True)
     return replace(outcome, spoke=True) if sent.heard else outcome
 
 

@@ -1,0 +1,71 @@
+"""Review s14 (helper): a tool that sent ``end`` and then did not return a result (it raised,
+or its limit expired). The call is over (Twilio got ``end``), yet the turn and the history
+treat the tool as if it had not ended anything."""
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio.testing
+
+from tests.call_harness import open_test_call, plain_use_case
+from tests.fakes import FakeLLM, tool_use, words
+from voiceagent.llm.converse import converse_problems
+from voiceagent.relay.outbound import End
+from voiceagent.tools.base import ToolDefinition
+from voiceagent.tools.registry import ToolRegistry
+
+USE_CASE = plain_use_case(tools=[{"name": "handoff", "description": "To a person"}])
+
+
+def _failing_handoff(summaries: list[str]) -> ToolRegistry:
+    async def handoff(ctx: Any, args: Any) -> dict[str, Any]:
+        await ctx.send(End(handoff_data='{"reasonCode": "live-agent-handoff"}'))
+        await trio.sleep(0.5)                   # the summary, written to a store ...
+        summaries.append("failed")
+        raise RuntimeError("summary store unavailable")   # ... that fails
+    return ToolRegistry([ToolDefinition("handoff", handoff, timeout_s=10, ends_turn=True)])
+
+
+async def test_a_tool_that_sent_end_and_then_failed_does_not_start_another_model_round(
+        autojump_clock: Any) -> None:
+    """The handoff's ``end`` is out (the transfer happens), then its summary write raised.
+    The turn only stops after an ending tool whose *result* came back, so it asked the
+    model again: a billed round whose words the writer drops after ``end``; the model,
+    told the handoff failed, may call it again."""
+    summaries: list[str] = []
+    llm = FakeLLM([tool_use("tu_h", "handoff", before="Let me transfer you."),
+                   words("Sorry, the transfer failed. Let me try again.")])
+    async with open_test_call(llm, use_case=USE_CASE,
+                              registry=_failing_handoff(summaries)) as call:
+        call.say("a person please")
+        with trio.fail_after(5):
+            while (await call.frame())["type"] != "end":
+                pass
+        await trio.sleep(3)
+    assert summaries == ["failed"]
+    assert len(llm.requests) == 1, "the model was asked again after the call had ended"
+    assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
+
+
+async def test_a_tool_that_sent_end_and_then_failed_stays_in_history_after_a_barge_in(
+        autojump_clock: Any) -> None:
+    """Same tool, and the caller cut into "Let me transfer you." after ``end`` went out. The
+    tool ran on (shielded) but failed, so its outcome is an error, not ``ends_call``, not a
+    side effect, not audio: ``_record_cut`` drops it, and the history says the agent never
+    transferred, though it did (the case commit a2c9466 fixed for a tool that succeeds)."""
+    summaries: list[str] = []
+    llm = FakeLLM([tool_use("tu_h", "handoff", before="Let me transfer you.")])
+    async with open_test_call(llm, use_case=USE_CASE,
+                              registry=_failing_handoff(summaries)) as call:
+        call.say("a person please")
+        with trio.fail_after(5):
+            while (await call.frame())["type"] != "end":
+                pass
+        call.interrupt(heard="Let me transfer you.")
+        await trio.sleep(3)
+    assert summaries == ["failed"]
+    uses = [b["toolUse"]["toolUseId"] for m in call.history for b in m["content"]
+            if "toolUse" in b]
+    assert uses == ["tu_h"], call.history
+    assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
