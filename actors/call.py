@@ -217,6 +217,7 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
             report.ended_by = "bad-frames"
             await socket.close(1008, "too many unusable frames")
         nursery.cancel_scope.deadline = trio.current_time() + TEARDOWN_S
+        ctx.tools.tear_down_by(nursery.cancel_scope.deadline)   # a tool past its `end` too
     llm_streamer.drop_unsent_at_end(ctx)
     if report.writer.ended and report.ended_by == "hangup":
         report.ended_by = "end"

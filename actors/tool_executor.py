@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -64,6 +65,10 @@ class ToolEnv:
     settings: Settings | None = None
     done: dict[str, ToolOutcome] = field(default_factory=dict)     # side effects, by id
     running: dict[str, trio.Event] = field(default_factory=dict)
+    # the call's teardown deadline, once it is set, and the tool calls it must reach: one
+    # that sent `end` is shielded from a barge-in, not from the end of the call
+    teardown: list[float] = field(default_factory=lambda: [math.inf])
+    live: set[_Sent] = field(default_factory=set)
 
 
 class ToolExecutor:
@@ -80,6 +85,13 @@ class ToolExecutor:
         # the same ``done`` and ``running`` (side effects run once per call), its own outbound
         batch_env = replace(self._env, outbound=self._env.outbound.clone())
         self._nursery.start_soon(_run_batch, batch, batch_env, name="tool batch")
+
+    def tear_down_by(self, deadline: float) -> None:
+        """The call is ending: every tool call still running (one that sent ``end`` too, which
+        a barge-in no longer cuts) is cut at ``deadline``; side effects stay shielded."""
+        self._env.teardown[0] = min(self._env.teardown[0], deadline)
+        for sent in self._env.live:
+            sent.scope.deadline = min(sent.scope.deadline, deadline)
 
     def close(self) -> None:
         """No batch after this; the executor's outbound clone goes (running batches hold
@@ -122,6 +134,9 @@ async def _run_one(call: ToolCall, results: trio.MemorySendChannel[ToolOutcome],
     definition = env.registry.get(call.name)
     side_effect = definition is not None and definition.side_effect
     sent = _Sent()
+    sent.scope.deadline = env.teardown[0]
+    env.live.add(sent)
+    outcome: ToolOutcome | None = None
     try:
         with sent.scope:
             outcome = await _outcome(call, definition, env, sent)
@@ -130,6 +145,11 @@ async def _run_one(call: ToolCall, results: trio.MemorySendChannel[ToolOutcome],
         _deliver(results, ToolOutcome(call.tool_use_id, call.name, "error", CANCELLED,
                                       spoke=sent.heard, ends_call=sent.ended))
         raise
+    finally:
+        env.live.discard(sent)
+    if outcome is None:                 # the call's teardown deadline cut it (tear_down_by)
+        outcome = ToolOutcome(call.tool_use_id, call.name, "error", CANCELLED,
+                              spoke=sent.heard, ends_call=sent.ended)
     _deliver(results, outcome)
     if side_effect:
         env.done[call.tool_use_id] = outcome

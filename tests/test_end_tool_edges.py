@@ -69,3 +69,31 @@ async def test_a_tool_that_sent_end_and_then_failed_stays_in_history_after_a_bar
             if "toolUse" in b]
     assert uses == ["tu_h"], call.history
     assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
+
+
+async def test_a_tool_that_sent_end_and_hangs_does_not_hold_teardown_to_its_timeout(
+        autojump_clock: Any) -> None:
+    """A handoff that sent ``end`` and then hangs (a summary written to a store that does
+    not answer). Twilio closes the socket ~90 ms after ``end``; teardown is bounded
+    (TEARDOWN_S, docs/architecture.md: "Teardown in bounded time"), side-effect tools
+    aside. Since the tool's own scope is shielded once its ``end`` is taken, the call, its
+    MAX_CALLS slot and its final store write wait the tool's whole limit (60 s here)."""
+    async def handoff(ctx: Any, args: Any) -> dict[str, Any]:
+        await ctx.send(End(handoff_data='{"reasonCode": "live-agent-handoff"}'))
+        await trio.sleep_forever()              # the store never answers
+        return {"status": "transferring"}
+
+    registry = ToolRegistry([ToolDefinition("handoff", handoff, timeout_s=60, ends_turn=True)])
+    llm = FakeLLM([tool_use("tu_h", "handoff", before="Let me transfer you.")])
+    async with open_test_call(llm, use_case=USE_CASE, registry=registry) as call:
+        call.say("a person please")
+        with trio.fail_after(5):
+            while (await call.frame())["type"] != "end":
+                pass
+        await trio.sleep(0.1)
+        closed_at = trio.current_time()
+        call.socket.hang_up()                   # Twilio closes after our `end`
+        await call.done.wait()
+        took = trio.current_time() - closed_at
+    assert took <= 2.0 + 1.0, f"teardown took {took:.1f} s"
+    assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
