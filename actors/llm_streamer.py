@@ -114,8 +114,10 @@ def drop_unsent_at_end(ctx: CallContext) -> None:
     the turn had recorded them (its last frame failed to send on a broken socket, or came
     after ``end``), with no barge-in left to take them off, come off now, before the last
     write to the store: a reconnect resumes what was sent, not what the model said."""
-    if unsent := ctx.marks.take_unrecorded(ctx.marks.turn):
-        ctx.history.drop_unsent(Mark(0), unsent)    # the last assistant text is that turn's
+    for unsent in ctx.marks.take_all_unrecorded():
+        # the last assistant text is that turn's: a later turn that began after the socket
+        # broke recorded nothing (it only comes off if it ends the last assistant text)
+        ctx.history.drop_unsent(Mark(0), unsent)
 
 
 class _Playing:

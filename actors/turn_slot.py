@@ -136,6 +136,14 @@ class CutMarks:
             del self._earlier[older]
         return unrecorded
 
+    def take_all_unrecorded(self) -> list[str]:
+        """At the end of the call: every turn's unrecorded words (``take_unrecorded``), the
+        newest turn's first; an earlier turn's are there when no barge-in took them (the
+        socket broke, and a prompt already read started another turn)."""
+        earlier = [self._earlier[t] for t in sorted(self._earlier, reverse=True)
+                   if t < self._turn]
+        return [w for w in (self.take_unrecorded(self._turn), *earlier) if w]
+
     @property
     def turn_running(self) -> bool:
         """A turn is in flight (the model, a tool): the silence is ours, not the caller's."""

@@ -97,3 +97,34 @@ async def test_a_tool_that_sent_end_and_hangs_does_not_hold_teardown_to_its_time
         took = trio.current_time() - closed_at
     assert took <= 2.0 + 1.0, f"teardown took {took:.1f} s"
     assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
+
+
+async def test_unsent_last_frame_stays_unsaid_when_a_prompt_follows_the_broken_socket(
+        autojump_clock: Any) -> None:
+    """As test_heard_records' test_a_last_frame_that_failed_after_the_turn_recorded_it_is_
+    not_stored (the reply's last frame taken, the turn recorded it, then the send failed),
+    but the caller's next prompt was already on its way and started another turn before
+    the call noticed the socket was gone. ``turn_started`` moves the unsent words to
+    ``_earlier``, and ``drop_unsent_at_end`` only takes the newest turn's: the store keeps
+    "and close at ten" as said, and a reconnect resumes from words Twilio never got. (Twilio
+    sent the prompt and closed; our send failed first, then the reader drained the prompt
+    the socket had buffered before it saw the close.)"""
+    from tests.test_heard_records import _BreaksOnSend
+
+    llm = FakeLLM([words("We open at nine, and close at ten", gap_s=0.05), words("Okay.")])
+    socket = _BreaksOnSend("close")
+    async with open_test_call(llm, socket=socket,
+                              services_changes={"token_hold_s": 0.5}) as call:
+        call.say("hours?")
+        await trio.sleep(3)
+        sent = "".join(f.get("token", "") for f in call.socket.pending())
+        call.say("mhm")                         # read before the close reaches the reader
+        await trio.sleep(3)
+        call.socket.hang_up()
+        with trio.fail_after(10):
+            await call.done.wait()
+    assert sent == "We open at nine,"
+    said = [b["text"] for m in call.history if m["role"] == "assistant"
+            for b in m["content"] if "text" in b]
+    assert "We open at nine," in said and not any("close at ten" in t for t in said), said
+    assert [entry["chat"] for entry in call.writer.stored()] == list(call.history)
