@@ -126,5 +126,6 @@ async def test_unsent_last_frame_stays_unsaid_when_a_prompt_follows_the_broken_s
     assert sent == "We open at nine,"
     said = [b["text"] for m in call.history if m["role"] == "assistant"
             for b in m["content"] if "text" in b]
-    assert "We open at nine," in said and not any("close at ten" in t for t in said), said
+    assert "We open at nine," in said, said
+    assert not any("close at ten" in t for t in said), said
     assert [entry["chat"] for entry in call.writer.stored()] == list(call.history)

@@ -3,6 +3,7 @@ that Bedrock's Converse API accepts, and every request the model saw was valid t
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import trio
@@ -34,12 +35,17 @@ def registry() -> ToolRegistry:
                          ToolDefinition("lookup", slow)])
 
 
+_TOOL_IDS = itertools.count()
+
+
 def script(request: LLMRequest) -> list[Step]:
     last = request.messages[-1]["content"]
     if "toolResult" in last[0]:
         return words("All done, anything else?", gap_s=0.05)
     said = " ".join(b.get("text", "") for b in last)
-    n = len(request.messages)
+    # unique for the whole run, as Bedrock's are: the message count repeats once the
+    # history is trimmed, and a repeated toolUse id is a history Bedrock refuses
+    n = next(_TOOL_IDS)
     if "order" in said:
         return tool_use(f"tu_{n}", "placeOrder", before="Placing that")
     if "both" in said:
