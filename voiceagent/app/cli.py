@@ -47,7 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = _main(argv)
         sys.stdout.flush()          # here, not at exit, where a closed pipe prints a traceback
-    except BrokenPipeError:
+    except (BrokenPipeError, BaseExceptionGroup) as err:
+        # printed inside trio's nurseries (demo, call), it comes wrapped in a group
+        if isinstance(err, BaseExceptionGroup) and err.split(BrokenPipeError)[1] is not None:
+            raise
         # `voiceagent calls list | head -1`: the reader left, as a Unix tool's would
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
