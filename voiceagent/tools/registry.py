@@ -149,7 +149,9 @@ ANNOTATIONS = frozenset({
     "definitions", "title", "description", "default", "examples", "deprecated", "readOnly",
     "writeOnly", "contentMediaType", "contentEncoding", "contentSchema", "additionalItems",
     "dependencies", "then", "else"})
-KEYWORDS = frozenset(Draft202012Validator.VALIDATORS) | ANNOTATIONS
+# minContains/maxContains validate, but inside the validator's ``contains``, not as its keys
+KEYWORDS = (frozenset(Draft202012Validator.VALIDATORS) | ANNOTATIONS
+            | {"minContains", "maxContains"})
 _ONE = ("additionalProperties", "items", "not", "if", "then", "else", "contains",
         "propertyNames", "unevaluatedItems", "unevaluatedProperties", "additionalItems",
         "contentSchema")
