@@ -102,7 +102,11 @@ def load_module(source: ToolSource) -> tuple[ToolDefinition, ...]:
 def _where(err: Exception) -> str:
     """Where the import failed, as `` (at FILE:LINE)``: a KeyError from a missing environment
     variable names neither. A SyntaxError carries its own place in its message."""
-    frames = traceback.extract_tb(err.__traceback__)
+    # the deepest frame of real code: not Python's frozen modules (os.environ's KeyError
+    # is raised in <frozen os>), not this call of import_module
+    frames = [frame for frame in traceback.extract_tb(err.__traceback__)
+              if not frame.filename.startswith("<")
+              and frame.filename not in (__file__, importlib.__file__)]
     if isinstance(err, SyntaxError) or not frames:
         return ""
     return f" (at {frames[-1].filename}:{frames[-1].lineno})"
