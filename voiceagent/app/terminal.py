@@ -72,7 +72,7 @@ async def piped_lines(stream: TextIO | None = None) -> AsyncGenerator[str, None]
     agent is still thinking. Read one at a time so a slow producer still drives the call."""
     source = stream or sys.stdin
     while line := await trio.to_thread.run_sync(source.readline, abandon_on_cancel=True):
-        yield line.rstrip("\r\n")
+        yield line.strip()          # as typed lines are (interactive): '/hangup ' hangs up
 
 
 async def _each(lines: Iterable[str]) -> AsyncGenerator[str, None]:
