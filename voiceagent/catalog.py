@@ -60,7 +60,7 @@ class Catalog:
                                  "`voiceagent config load` or check STACK_USE_CASE")
         try:
             use_case = records.use_case_from_item(item)
-            self._registry.check_use_case(use_case)
+            self._registry.check_use_case(use_case, keywords=False)    # loaded already
         except ConfigError as err:
             raise UnusableUseCase(f"use case {name!r} cannot be served by this process: "
                                   f"{err}") from err

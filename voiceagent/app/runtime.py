@@ -254,7 +254,7 @@ async def open_store(settings: Settings, *, aws: StartupSession | None = None,
         path = settings.data_dir / "voiceagent.db"
         if not create and not path.exists():
             raise StoreError(f"no SQLite store at {path}: nothing has been stored there yet "
-                             "(the server creates it on its first call, `voiceagent config "
+                             "(the server creates it when it starts, `voiceagent config "
                              "load` writes config into it); run this in the project's folder "
                              "or set DATA_DIR")
         async with open_sqlite_store(path, limiter=limiter) as store:

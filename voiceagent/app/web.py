@@ -93,7 +93,7 @@ async def _signed_form(settings: Settings) -> dict[str, str] | Response:
         return Response("invalid signature", status=403)
     if not settings.validate_signatures and not addressed_here(settings, _headers()):
         log.warning("unsigned webhook for another host: refused", extra={"path": request.path})
-        return Response("not found", status=404)
+        return Response(UNSIGNED_ELSEWHERE, status=403)
     if (request.content_length or 0) > MAX_WEBHOOK_BYTES:
         log.warning("webhook body too large", extra={"path": request.path,
                                                      "bytes": request.content_length})
@@ -104,6 +104,11 @@ async def _signed_form(settings: Settings) -> dict[str, str] | Response:
         log.warning("bad signature", extra={"path": request.path})
         return Response("invalid signature", status=403)
     return form
+
+
+UNSIGNED_ELSEWHERE = ("signatures are off (VALIDATE_SIGNATURES=false), so only requests "
+                      "addressed to this machine (127.0.0.1, localhost, ::1) or to PUBLIC_URL's "
+                      "host are served")
 
 
 def addressed_here(settings: Settings, headers: Mapping[str, str]) -> bool:

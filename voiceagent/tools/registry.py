@@ -61,13 +61,20 @@ class ToolRegistry:
 
     # ------------------------------------------------------------------ load-time checks
 
-    def check_use_case(self, uc: UseCase) -> None:
+    def check_use_case(self, uc: UseCase, *, keywords: bool = True) -> None:
         """Every tool the use case names has code here and a valid schema; raises
-        ``ConfigError`` at the first problem, with the key path inside the use case."""
+        ``ConfigError`` at the first problem, with the key path inside the use case.
+        ``keywords``: also refuse schema keywords JSON Schema does not define (a typo would
+        be ignored); on for files being loaded, off for use cases already in the table,
+        whose calls must not stop being served when an upgrade tightens the check."""
         source = f"use case {uc.name}"
         for i, declaration in enumerate(uc.tools):
             self._require(declaration.name, source, f"tools[{i}].name")
             self._compile(declaration.input_schema, source, f"tools[{i}].input_schema")
+            if keywords and (typo := _unknown_keyword(declaration.input_schema)) is not None:
+                where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in typo[0])
+                raise ConfigError(source, f"tools[{i}].input_schema{where}",
+                                  _keyword_problem(typo[1]))
         declared = {t.name for t in uc.tools}
         named: list[tuple[str, str]] = [
             (handler.tool, f"dtmf.handlers.{digit}.tool")
@@ -129,11 +136,6 @@ class ToolRegistry:
             where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.path)
             raise ConfigError(source, key_path + where,
                               f"not a valid JSON schema: {err.message}") from None
-        if (typo := _unknown_keyword(schema)) is not None:
-            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in typo[0])
-            raise ConfigError(source, key_path + where,
-                              f"unknown JSON Schema keyword {typo[1]!r} (a typo would be "
-                              "ignored, not enforced); keywords: see json-schema.org")
         if schema.get("type") != "object":
             raise ConfigError(source, key_path + ".type",
                               'a tool input schema must be {"type": "object", ...} (Bedrock)')
@@ -157,6 +159,24 @@ _ONE = ("additionalProperties", "items", "not", "if", "then", "else", "contains"
         "contentSchema")
 _MANY = ("allOf", "anyOf", "oneOf", "prefixItems")
 _BY_NAME = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+
+# OpenAPI's own keywords, common in schemas written for other model APIs: JSON Schema ignores
+# them, so what they seem to say is not enforced
+OPENAPI_HINTS = {
+    "nullable": 'to allow null, list it in the type: "type": ["string", "null"]',
+    "example": 'JSON Schema spells it "examples", a list',
+    "discriminator": "choose between schemas with oneOf",
+    "externalDocs": 'put the link in "description"',
+    "xml": "a tool's input is JSON; remove it"}
+
+
+def _keyword_problem(keyword: str) -> str:
+    if keyword in OPENAPI_HINTS:
+        return (f"{keyword!r} is OpenAPI's, not JSON Schema's, and would be ignored: "
+                f"{OPENAPI_HINTS[keyword]}")
+    return (f"unknown JSON Schema keyword {keyword!r} (a typo would be ignored, not "
+            "enforced); keywords: see json-schema.org")
 
 
 def _unknown_keyword(schema: Any, path: tuple[str | int, ...] = ()

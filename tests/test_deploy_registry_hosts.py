@@ -1,4 +1,4 @@
-"""Review s14: ECRRepoURL's new AllowedPattern refuses registry hosts that worked before."""
+"""ECRRepoURL takes every ECR registry host form that deploys (FIPS included)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review s14: a TOOLS module that fails on import names the file and line it failed at."""
+"""A TOOLS module that fails on import names the file and line it failed at."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review s14: a piped caller script is read as typed lines were (stripped)."""
+"""A piped caller script is read as typed lines are: stripped."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review s14: a closed stdout pipe exits 141 for every command, as cli.main promises."""
+"""A closed stdout pipe (`... | head -1`) exits 141 without a traceback, for every command."""
 
 from __future__ import annotations
 
