@@ -255,6 +255,8 @@ class History:
             texts = [n for n, block in enumerate(blocks) if _text(block) is not None]
             last = texts[-1] if texts else -1
             said = _text(blocks[last]) if texts else None
+            if said is None and at >= start.index:
+                continue        # a tool round with no words (a later turn's, at the end)
             if (said is None or last < start.first_block(at)
                     or not unsent or not said.endswith(unsent)):
                 return

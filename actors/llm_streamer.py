@@ -116,7 +116,8 @@ def drop_unsent_at_end(ctx: CallContext) -> None:
     write to the store: a reconnect resumes what was sent, not what the model said."""
     for unsent in ctx.marks.take_all_unrecorded():
         # the last assistant text is that turn's: a later turn that began after the socket
-        # broke recorded nothing (it only comes off if it ends the last assistant text)
+        # broke said nothing (a tool round of its, with no words, is passed over; the words
+        # only come off if they end the last assistant text)
         ctx.history.drop_unsent(Mark(0), unsent)
 
 
