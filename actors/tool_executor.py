@@ -42,6 +42,7 @@ from voiceagent.usecases import UseCase
 log = logging.getLogger(__name__)
 
 CANCELLED = "cancelled: the caller interrupted before this finished"
+ENDED = "cut: the call ended before this finished"      # the teardown deadline (tear_down_by)
 # A result goes to the model on every request after it, and one round's results are stored
 # as one item (DynamoDB's limit: 400 KB): past this, it was dropped by the store, and a
 # reconnect then found the conversation broken and started it afresh (helper-25)
@@ -148,7 +149,7 @@ async def _run_one(call: ToolCall, results: trio.MemorySendChannel[ToolOutcome],
     finally:
         env.live.discard(sent)
     if outcome is None:                 # the call's teardown deadline cut it (tear_down_by)
-        outcome = ToolOutcome(call.tool_use_id, call.name, "error", CANCELLED,
+        outcome = ToolOutcome(call.tool_use_id, call.name, "error", ENDED,
                               spoke=sent.heard, ends_call=sent.ended)
     _deliver(results, outcome)
     if side_effect:
