@@ -1,4 +1,4 @@
-"""A piped caller script is read as typed lines are: stripped."""
+"""A caller script, piped or given with --say, is read as typed lines are: stripped."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ pytestmark = pytest.mark.timeout(90)
 
 def test_a_piped_script_with_stray_spaces_presses_keys_and_hangs_up(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Before, piped input went through `interactive`, which strips each line: '  /dtmf 1'
-    pressed 1 and '/hangup ' hung up. The piped script keeps the spaces: '  /dtmf 1' is
-    said to the agent as words ('Sorry, I didn't quite get that') and '/hangup ' is an
-    unknown command, so the script carries on."""
+    """As typed lines are ('  /dtmf 1' presses 1, '/hangup ' hangs up); a script that kept
+    the spaces said '  /dtmf 1' to the agent as words and carried on past '/hangup '."""
     for name in ("CONFIG_DIR", "TIME_ZONE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr("sys.stdin", io.StringIO("  /dtmf 1\n/hangup \nWhen are you open?\n"))
@@ -25,3 +23,14 @@ def test_a_piped_script_with_stray_spaces_presses_keys_and_hangs_up(
     assert "unknown command" not in out, out
     assert "didn't quite get that" not in out, out
     assert "When are you open?" not in out, out
+
+
+def test_say_lines_with_stray_spaces_are_commands_too(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CONFIG_DIR", "TIME_ZONE"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["demo", "--say", " /dtmf 1", "--say", "/hangup ", "--say", "hello"]) == 0
+    out = capsys.readouterr().out
+    assert "[you hung up]" in out, out
+    assert "caller: hello" not in out, out
+    assert "didn't quite get that" not in out, out

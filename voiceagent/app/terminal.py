@@ -91,8 +91,8 @@ async def scripted(call: RelayCall, lines: Iterable[str] | AsyncGenerator[str, N
 
 
 async def _say_each(call: RelayCall, lines: AsyncIterator[str], transcript: Transcript) -> None:
-    async for line in lines:
-        if not line.strip():
+    async for raw in lines:
+        if not (line := raw.strip()):       # as typed input is: "/hangup " hangs up
             continue
         transcript.line(f"caller: {line}")
         if not await _command(call, line, transcript):

@@ -1,5 +1,5 @@
-"""Review s14-late: words the writer never sent stay out of the stored history at the end of
-the call, whatever the turn after them recorded (77f69bf, CutMarks.take_all_unrecorded)."""
+"""Words the writer never sent stay out of the stored history at the end of the call,
+whatever the turn after them recorded (``CutMarks.take_all_unrecorded``)."""
 from __future__ import annotations
 
 from typing import Any

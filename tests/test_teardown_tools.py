@@ -1,5 +1,4 @@
-"""Review s14-late: what the model is told about a tool the call's teardown cut (36dd27b,
-``ToolExecutor.tear_down_by``)."""
+"""What the model is told about a tool the call's teardown cut (``ToolExecutor.tear_down_by``)."""
 from __future__ import annotations
 
 from typing import Any

@@ -1,5 +1,5 @@
-"""Review s14-late: `voiceagent check` on the table's use cases agrees with what the service
-does with them (039c652: Catalog checks stored use cases with ``keywords=False``)."""
+"""`voiceagent check` on the table's use cases agrees with what the service does with them
+(the Catalog checks stored use cases with ``keywords=False``)."""
 from __future__ import annotations
 
 import trio
