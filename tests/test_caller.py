@@ -38,3 +38,13 @@ async def test_an_unsigned_call_refused_says_the_token_is_missing(tmp_path: Path
             with pytest.raises(CallerError, match="went unsigned: set TWILIO_AUTH_TOKEN"):
                 async with open_call(server.url, auth_token=None):
                     pass
+
+
+async def test_a_call_signed_with_another_token_says_which_token_to_use(tmp_path: Path) -> None:
+    """A wrong token got a bare "403: invalid signature", with nothing to do about it
+    (s14-tutorial review)."""
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            with pytest.raises(CallerError, match=r"use the server's TWILIO_AUTH_TOKEN .*\.env"):
+                async with open_call(server.url, auth_token=AUTH_TOKEN + "-not"):
+                    pass

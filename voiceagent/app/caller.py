@@ -72,13 +72,24 @@ def _post_form(url: str, form: dict[str, str], auth_token: str | None) -> str:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
             return str(response.read().decode())
     except urllib.error.HTTPError as err:
-        hint = ("; the request went unsigned: set TWILIO_AUTH_TOKEN (or --auth-token) to the "
-                "server's" if err.code == 403 and not auth_token else "")
-        raise CallerError(f"{url} answered HTTP {err.code}: "
-                          f"{err.read()[:200].decode()}{hint}") from None
+        body = err.read()[:200].decode(errors="replace")
+        raise CallerError(f"{url} answered HTTP {err.code}: {body}"
+                          f"{_refusal_hint(err.code, body, auth_token)}") from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise CallerError(f"cannot reach {url}: {reason}. Is the server running?") from None
+
+
+def _refusal_hint(code: int, body: str, auth_token: str | None) -> str:
+    """What to do about a webhook the server refused for its signature."""
+    if code != 403 or body != "invalid signature":
+        return ""
+    if not auth_token:
+        return ("; the request went unsigned: set TWILIO_AUTH_TOKEN (or --auth-token) to the "
+                "server's")
+    return ("; it was signed with --auth-token or $TWILIO_AUTH_TOKEN: use the server's "
+            "TWILIO_AUTH_TOKEN (in a project's folder, `set -a; . ./.env; set +a` reads it), "
+            "and call the URL the server checks signatures against (PUBLIC_URL when it is set)")
 
 
 async def post_form(url: str, form: dict[str, str], auth_token: str | None = None) -> str:

@@ -18,6 +18,17 @@ from voiceagent.app.caller import RelayCall, Reply
 HELP = ("Type what the caller says and press Enter. Commands: /interrupt (barge in), "
         "/dtmf 123 (press keys), /hangup, /help")
 REPLY_TIMEOUT_S = 30.0
+KEYS = frozenset("0123456789*#ABCD")       # what the server takes in a dtmf frame
+DTMF_USAGE = "[usage: /dtmf 123 (keys 0-9, * and #); nothing was pressed]"
+
+
+def _keys(line: str) -> str | None:
+    """The keys a ``/dtmf`` line presses (spaces between them allowed), or None when it is
+    not one, or names no key or one a keypad does not have."""
+    if not line.startswith("/dtmf"):
+        return None
+    keys = "".join(line.removeprefix("/dtmf").split())
+    return keys if keys and set(keys) <= KEYS else None
 
 
 class Transcript:
@@ -97,8 +108,8 @@ async def _say_each(call: RelayCall, lines: AsyncIterator[str], transcript: Tran
         transcript.line(f"caller: {line}")
         if not await _command(call, line, transcript):
             return
-        if line.startswith("/") and not line.startswith("/dtmf"):
-            continue
+        if line.startswith("/") and _keys(line) is None:
+            continue                    # nothing was sent: there is no reply to wait for
         with trio.move_on_after(REPLY_TIMEOUT_S) as waited:
             reply = await _print_reply(call, transcript)
         if waited.cancelled_caught:
@@ -133,11 +144,11 @@ async def _command(call: RelayCall, line: str, transcript: Transcript) -> bool:
         heard = await call.interrupt()
         transcript.line(f"[you barged in; the caller had heard: {heard!r}]")
     elif line.startswith("/dtmf"):
-        digits = line.removeprefix("/dtmf").strip()
-        for digit in digits:
-            await call.dtmf(digit)
-        if not digits:
-            transcript.line("[usage: /dtmf 123]")
+        keys = _keys(line)
+        if keys is None:                # the server would drop the frame, and the caller
+            transcript.line(DTMF_USAGE) # would wait for the idle re-prompt to hear anything
+        for key in keys or ():
+            await call.dtmf(key)
     elif line == "/help":
         transcript.line(HELP)
     elif line.startswith("/"):
