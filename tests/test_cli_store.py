@@ -269,6 +269,18 @@ def test_yaml_to_table_to_yaml_is_stable(dynamodb_env: str, tmp_path: Path,
         assert (rounds[0] / relative).read_bytes() == (rounds[1] / relative).read_bytes()
 
 
+def test_loading_an_export_back_changes_nothing(sqlite_env: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The export sorts a schema's keys (a DynamoDB map keeps no order): loading it back
+    reported every use case with a tool as "updated", and so did the source after it."""
+    run(capsys, "config", "load", "--config-dir", str(REPO_CONFIG))
+    run(capsys, "config", "export", "--out", str(tmp_path / "export"))
+    for folder in (tmp_path / "export", REPO_CONFIG):
+        lines = run(capsys, "config", "load", "--config-dir", str(folder))
+        assert ": 0 created, 0 updated, " in lines[-1], lines
+        assert not [line for line in lines if line.endswith(": updated")], lines
+
+
 def _put_sample_items(endpoint: str, table: str) -> None:
     """The original sample's items, as its loaders wrote them (raw DynamoDB JSON)."""
     client = raw_client(endpoint)

@@ -121,7 +121,7 @@ async def write_config(store: Store, config: ConfigSet) -> dict[str, str]:
     for item in items:
         current = await store.get(item["pk"], item["sk"])
         label = f"{item['sk']}:{item['pk']}"
-        if current == item:
+        if records.same_item(current, item):
             outcome[label] = "unchanged"
             continue
         await store.put(item)
