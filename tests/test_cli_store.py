@@ -235,7 +235,7 @@ def test_config_list_and_show(dynamodb_env: str, capsys: pytest.CaptureFixture[s
     run(capsys, "store", "init")
     run(capsys, "config", "load")
     assert run(capsys, "config", "list") == [
-        "use case testUseCase: Test Pizza (1 tools, 1 keys, default model)",
+        "use case testUseCase: Test Pizza (1 tool, 1 key, default model)",
         "profile +1555***0111: Ada Lovelace, use case testUseCase"]
     shown = "\n".join(run(capsys, "config", "show", "testUseCase")) + "\n"
     assert shown.startswith("name: testUseCase\ntitle: Test Pizza\n")
@@ -299,7 +299,7 @@ def test_original_sample_items_list_show_and_export(
     run(capsys, "store", "init")
     _put_sample_items(moto_endpoint, dynamodb_env)
     assert run(capsys, "config", "list") == [
-        "use case albertEinsteinUseCase: Albert Einstein Guide (1 tools, 10 keys, "
+        "use case albertEinsteinUseCase: Albert Einstein Guide (1 tool, 10 keys, "
         "default model)",
         "use case restaurantOrderingUseCase: Restaurant Ordering (3 tools, 10 keys, "
         "default model)",

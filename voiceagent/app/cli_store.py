@@ -148,7 +148,8 @@ async def _list(settings: Settings) -> int:
             continue
         model = use_case.model or "default model"
         print(f"use case {use_case.name}: {use_case.title or '(no title)'} "
-              f"({len(use_case.tools)} tools, {len(use_case.dtmf.handlers)} keys, {model})")
+              f"({_count(len(use_case.tools), 'tool')}, "
+              f"{_count(len(use_case.dtmf.handlers), 'key')}, {model})")
     for item in profile_items:
         try:
             profile = records.profile_from_item(item)
@@ -162,6 +163,10 @@ async def _list(settings: Settings) -> int:
     if not use_case_items and not profile_items:
         print(f"nothing in {store.name}; load config/ with `voiceagent config load`")
     return code
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 def _config_show(args: argparse.Namespace) -> int:
@@ -200,7 +205,8 @@ async def _export(settings: Settings, out: Path) -> int:
                   f"{err.strerror or err}; choose another --out", file=sys.stderr)
             return 2
         print(f"wrote {target}")
-    print(f"{len(use_cases)} use cases and {len(profiles)} profiles from {store.name}")
+    print(f"{_count(len(use_cases), 'use case')} and {_count(len(profiles), 'profile')} "
+          f"from {store.name}")
     return 0
 
 
