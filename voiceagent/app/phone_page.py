@@ -37,7 +37,7 @@ from quart import Response, request
 from voiceagent.app.runtime import Runtime
 from voiceagent.app.sessions import TOKEN_PARAMETER
 from voiceagent.catalog import UnknownUseCase
-from voiceagent.settings import is_loopback
+from voiceagent.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,21 @@ def _navigated_to(headers: Mapping[str, str]) -> bool:
     taken at its word."""
     return (headers.get("sec-fetch-site", "none") in ("none", "same-origin")
             and headers.get("sec-fetch-mode", "navigate") == "navigate")
+
+
+UNSIGNED_ELSEWHERE = ("signatures are off (VALIDATE_SIGNATURES=false), so only requests "
+                      "addressed to this machine (127.0.0.1, localhost, ::1) or to PUBLIC_URL's "
+                      "host are served")
+
+
+def addressed_here(settings: Settings, headers: Mapping[str, str]) -> bool:
+    """With signatures off nothing says a request is Twilio's, so take only those addressed
+    to this machine by a loopback name (no proxy between), or to PUBLIC_URL's host (a
+    tunnel): a DNS name rebound to 127.0.0.1 reaches the port, but not by these names."""
+    if local_host(headers) is not None:
+        return True
+    public = urlsplit(settings.public_url).netloc if settings.public_url else None
+    return public is not None and headers.get("host", "").lower() == public.lower()
 
 
 def security_headers(host: str) -> dict[str, str]:

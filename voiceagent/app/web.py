@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -22,7 +21,7 @@ from actors.call import run_call
 from voiceagent import jsonlimits, signature, twiml
 from voiceagent.app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voiceagent.app.phone_page import PATH as PHONE_PATH
-from voiceagent.app.phone_page import PhoneDesk, PhoneRefused, local_host
+from voiceagent.app.phone_page import UNSIGNED_ELSEWHERE, PhoneDesk, PhoneRefused, addressed_here
 from voiceagent.app.relay_answers import ActionReplayed
 from voiceagent.app.runtime import Runtime
 from voiceagent.app.sessions import (
@@ -104,21 +103,6 @@ async def _signed_form(settings: Settings) -> dict[str, str] | Response:
         log.warning("bad signature", extra={"path": request.path})
         return Response("invalid signature", status=403)
     return form
-
-
-UNSIGNED_ELSEWHERE = ("signatures are off (VALIDATE_SIGNATURES=false), so only requests "
-                      "addressed to this machine (127.0.0.1, localhost, ::1) or to PUBLIC_URL's "
-                      "host are served")
-
-
-def addressed_here(settings: Settings, headers: Mapping[str, str]) -> bool:
-    """With signatures off nothing says a request is Twilio's, so take only those addressed
-    to this machine by a loopback name (no proxy between), or to PUBLIC_URL's host (a
-    tunnel): a DNS name rebound to 127.0.0.1 reaches the port, but not by these names."""
-    if local_host(headers) is not None:
-        return True
-    public = urlsplit(settings.public_url).netloc if settings.public_url else None
-    return public is not None and headers.get("host", "").lower() == public.lower()
 
 
 def _refuse_call(settings: Settings) -> Response:
