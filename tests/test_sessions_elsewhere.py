@@ -614,14 +614,32 @@ async def _reconnect(store: CountingStore, on: Sessions) -> CallPlan:
     return await on.resolve(_setup(renewed.token))
 
 
+async def test_a_reconnect_with_nothing_stored_records_no_greeting(
+        autojump_clock: Any) -> None:
+    """The first socket wrote nothing (the caller hung on in silence, or its writes were
+    lost): the reconnect starts with an empty history, but its TwiML leaves the welcome
+    greeting out, so the model must not be told the caller heard it (helper-45)."""
+    store = await _store_with_use_case()
+    a, a_writer = _process(store)
+    b, _ = _process(store)
+    with trio.fail_after(30):
+        first = await _claimed_on_a(store, a, a_writer)
+        await a.socket_ended(CALL_SID)
+        a.release(CALL_SID)
+        await _drained(a_writer)
+        plan = await _reconnect(store, b)
+    assert first.greeting == "Hello from elsewhere."
+    assert (plan.history, plan.greeting) == ((), None)
+
+
 async def test_a_fresh_start_sets_the_unusable_history_aside_for_the_next_reconnect(
         autojump_clock: Any) -> None:
-    """A reconnect that finds the saved history unusable starts afresh (greeting again) and
-    writes from position 0 again, under later times. The next reconnect must resume that
-    fresh conversation: it read the unusable items too, and started afresh on every
-    reconnect. Read back, each socket's messages stay together, the old ones first
-    (ordering by position interleaved them: helper-22), and ``calls show`` says where the
-    call started afresh."""
+    """A reconnect that finds the saved history unusable starts afresh (no greeting: the
+    reconnect's TwiML plays none, so none is recorded as said) and writes from position 0
+    again, under later times. The next reconnect must resume that fresh conversation: it
+    read the unusable items too, and started afresh on every reconnect. Read back, each
+    socket's messages stay together, the old ones first (ordering by position interleaved
+    them: helper-22), and ``calls show`` says where the call started afresh."""
     from actors.history import History
     from voiceagent.app.transcripts import AFRESH_NOTE, format_transcript, load_transcript
 
@@ -639,7 +657,7 @@ async def test_a_fresh_start_sets_the_unusable_history_aside_for_the_next_reconn
         await _drained(a_writer)
 
         plan = await _reconnect(store, b)
-        assert (plan.history, plan.greeting) == ((), "Hello from elsewhere.")
+        assert (plan.history, plan.greeting) == ((), None)
         fresh = History()
         fresh.add_assistant("new: Hello again.")
         fresh.add_user_text("new: where were we?")

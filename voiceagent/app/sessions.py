@@ -207,7 +207,8 @@ class Sessions:
                             version=records.SESSION_VERSION)    # nor over a renewal
         return CallPlan(call_sid=session.call_sid, use_case=use_case,
                         system_prompt=session.system_prompt, model_id=session.model_id,
-                        greeting=None if history else session.greeting,
+                        # a renewal's TwiML plays no greeting: none is recorded as said
+                        greeting=None if history or session.generation else session.greeting,
                         caller=session.caller, called=session.called, history=history,
                         history_meta=history_meta, history_after_ms=set_aside_at)
 
