@@ -29,7 +29,7 @@ from actors import interrupt_handler, llm_streamer, relay_reader, relay_writer, 
 from actors.context import CallContext, TurnStats
 from actors.end_signal import EndSignal
 from actors.history import History
-from actors.messages import Inbound, Outgoing, Setup, TurnCommand
+from actors.messages import End, Inbound, Outgoing, Setup, TurnCommand
 from actors.relay_control import RelayControl
 from actors.relay_reader import FrameStats
 from actors.relay_socket import RelaySocket
@@ -103,6 +103,9 @@ class CallServices:
     log_content: bool = False
     token_hold_s: float = 0.0
     on_turn: Callable[[dict[str, Any]], None] | None = None   # each turn's summary (metrics)
+    # the agent ended the call (`end` taken, with its handoff data): marked in the store at
+    # once, so that a relay session failing after it is answered by that end, not resumed
+    relay_ended: Callable[[str, str | None], None] | None = None
 
 
 @dataclass
@@ -196,8 +199,13 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
         def after_end() -> None:
             reading.deadline = min(reading.deadline, trio.current_time() + END_CLOSE_S)
 
+        def end_taken(end: End) -> None:
+            if services.relay_ended is not None:
+                services.relay_ended(plan.call_sid, end.handoff_data)
+
         nursery.start_soon(partial(relay_writer.run, socket=socket, outbound=out_recv,
-                                   stats=report.writer, marks=marks, on_end=after_end))
+                                   stats=report.writer, marks=marks, on_end=after_end,
+                                   on_end_taken=end_taken))
         nursery.start_soon(partial(llm_streamer.run, commands=cmd_recv, ctx=ctx,
                                    persist=persist))
         policy = interrupt_handler.InputPolicy(

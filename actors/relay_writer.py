@@ -46,9 +46,12 @@ class WriterStats:
 
 async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoing],
               stats: WriterStats, marks: CutMarks | None = None,
-              on_end: Callable[[], None] | None = None) -> None:
+              on_end: Callable[[], None] | None = None,
+              on_end_taken: Callable[[End], None] | None = None) -> None:
     """Returns when every sender closed its end, or when the peer went away. ``on_end``: told
-    once ``end`` is on the socket (the supervisor then waits a while for Twilio to close)."""
+    once ``end`` is on the socket (the supervisor then waits a while for Twilio to close).
+    ``on_end_taken``: told as ``end`` is taken, before its send, which may fail: the agent
+    ended the call either way, and a relay session that then fails must not be resumed."""
     cycle_open = False
     ended = False
     with outbound:
@@ -91,6 +94,8 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
                 ended = True                    # taken: nothing after it goes out
                 if marks is not None:
                     marks.end_taken()
+                if on_end_taken is not None:
+                    on_end_taken(message)
             try:
                 for frame in frames:
                     await socket.send(encode(frame))

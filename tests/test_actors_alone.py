@@ -42,6 +42,24 @@ async def test_the_writer_sends_nothing_after_end(autojump_clock: Any) -> None:
     assert stats.dropped_after_end == 3
 
 
+async def test_the_writer_tells_of_an_end_it_took_even_when_the_peer_is_gone(
+        autojump_clock: Any) -> None:
+    """The agent's ``end`` counts from the moment the writer takes it: a socket broken under
+    its send leaves Twilio reporting a failed session, and resuming that would reopen a
+    conversation the agent had closed (the call marks its relay ended on this)."""
+    socket, stats = MemorySocket(), WriterStats()
+    send, receive = trio.open_memory_channel[Outbound](math.inf)
+    taken: list[End] = []
+    socket.hang_up()
+    send.send_nowait(End('{"reasonCode": "live-agent-handoff"}'))
+    send.close()
+    with trio.fail_after(10):
+        await relay_writer.run(socket=socket, outbound=receive, stats=stats,
+                               on_end_taken=taken.append)
+    assert [end.handoff_data for end in taken] == ['{"reasonCode": "live-agent-handoff"}']
+    assert not stats.ended                                  # never on the socket
+
+
 async def test_the_writer_withholds_the_words_of_a_cut_turn(autojump_clock: Any) -> None:
     socket, stats, marks = MemorySocket(), WriterStats(), CutMarks()
     send, receive = trio.open_memory_channel[Outbound](math.inf)

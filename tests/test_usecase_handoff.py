@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import xml.etree.ElementTree as ET
 from contextlib import AbstractAsyncContextManager
@@ -11,7 +12,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from voiceagent.app.caller import RelayCall, parse_relay_twiml
+from voiceagent.app.caller import CallerError, RelayCall, parse_relay_twiml
 from voiceagent.app.testing import agent_server
 from voiceagent.llm.base import LLMEvent, LLMRequest
 from voiceagent.llm.scripted import ScriptedLLM
@@ -183,3 +184,51 @@ async def test_only_the_handoff_tools_end_hands_off(tmp_path: Path, reason: str)
                 "HandoffData": json.dumps({"handoff": True, "reasonCode": reason or "x"})})
     assert [c.tag for c in ET.fromstring(body)] == ["Say", "Hangup"]
     assert "Enqueue" in [c.tag for c in ET.fromstring(handoff)]
+
+
+async def test_a_failed_session_after_the_agent_ended_the_call_is_not_reconnected(
+        tmp_path: Path) -> None:
+    """A tool ended the call (``end`` went out with its handoff data), then ``/action``
+    reports the relay session failed with the call in progress: the ``end`` was lost on the
+    way, or the request is a replay. Reconnecting would resume a conversation the agent
+    closed and hand a fresh session token to whoever asked; the agent's own last word
+    stands instead, the handoff it asked for (helper-45)."""
+    with trio.fail_after(30):
+        async with agent_server(SOURCE_CONFIG, use_case=RESTAURANT, data_dir=tmp_path,
+                                METRICS_TOKEN="t" * 24, METRICS_NAMESPACE="Test") as agent:
+            metrics = agent.runtime.metrics
+            assert metrics is not None
+            metrics._emf_stream = emf = io.StringIO()
+            async with agent.call() as call:
+                turn = await call.say("can I talk to a person please")
+                assert turn.ended is not None
+            body = await agent.post("/action", {
+                "CallSid": call.call_sid, "SessionId": call.relay.session_id,
+                "SessionStatus": "failed", "CallStatus": "in-progress",
+                "ErrorCode": "64105", "ErrorMessage": "Websocket ended"})
+            with pytest.raises(CallerError, match="HTTP 409"):     # its replay: refused
+                await agent.post("/action", {
+                    "CallSid": call.call_sid, "SessionId": call.relay.session_id,
+                    "SessionStatus": "failed", "CallStatus": "in-progress",
+                    "ErrorCode": "64105", "ErrorMessage": "Websocket ended"})
+    root = ET.fromstring(body)
+    assert [child.tag for child in root] == ["Say", "Enqueue"]
+    assert root[1].text == "dough-boy-front-counter"
+    assert metrics.reconnects.labels("ended_by_agent")._value.get() == 1
+    reconnects = [d for d in map(json.loads, emf.getvalue().splitlines()) if "Reconnects" in d]
+    assert [d["Outcome"] for d in reconnects] == ["ended_by_agent", "refused_replay"]
+    assert "ReconnectsRefused" not in reconnects[0]     # nobody is hung up on: no alarm
+
+
+async def test_a_failed_session_after_a_goodbye_says_goodbye_again(tmp_path: Path) -> None:
+    """As above, for an ``end`` without a handoff: the call ends, it is not resumed."""
+    with trio.fail_after(30):
+        async with agent_server(SOURCE_CONFIG, use_case=RESTAURANT, data_dir=tmp_path) as agent:
+            async with agent.call() as call:
+                turn = await call.say("that's all, goodbye")
+                assert turn.ended is not None
+            body = await agent.post("/action", {
+                "CallSid": call.call_sid, "SessionId": call.relay.session_id,
+                "SessionStatus": "failed", "CallStatus": "in-progress",
+                "ErrorCode": "64105", "ErrorMessage": "Websocket ended"})
+    assert [child.tag for child in ET.fromstring(body)] == ["Say", "Hangup"]

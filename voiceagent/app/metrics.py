@@ -116,7 +116,8 @@ class Metrics:
             "voiceagent_reconnects",
             "Reconnects Twilio asked for after a failed relay session, by outcome: resumed, "
             "resumed_partial (the failed socket's last messages may be missing), refused_busy, "
-            "refused_limit, refused_replay", ["outcome"], registry=r)
+            "refused_limit, refused_replay, ended_by_agent (the agent had sent end: answered "
+            "with that end's handoff or goodbye)", ["outcome"], registry=r)
         self.barge_ins = Counter("voiceagent_barge_ins", "Barge-ins (interrupt frames acted on)",
                                  registry=r)
         self.cut_turns = Counter("voiceagent_turns_cut", "Turns cancelled before their end",
@@ -220,7 +221,8 @@ class Metrics:
         metrics = [{"Name": "Reconnects", "Unit": "Count"}]
         if outcome == "resumed_partial":
             metrics.append({"Name": "ReconnectsPartial", "Unit": "Count"})
-        elif outcome not in ("resumed", "refused_replay"):    # a replay hangs up on nobody
+        elif outcome not in ("resumed", "refused_replay", "ended_by_agent"):
+            # a replay hangs up on nobody; an agent's end is answered as it asked
             metrics.append({"Name": "ReconnectsRefused", "Unit": "Count"})
         self._emit(metrics, {"Reconnects": 1, "ReconnectsPartial": 1, "ReconnectsRefused": 1,
                              "Outcome": outcome, "CallSid": call_sid})

@@ -35,6 +35,17 @@ class ActionReplayed(Exception):
     call's relay ended: a replayed request, since Twilio asks once per relay session."""
 
 
+class AgentEnded(Exception):
+    """The agent had ended the call (``end`` taken) before its relay session failed: the
+    answer is that end's (its ``handoff_data``: a handoff, or a goodbye), never a reconnect.
+    The ``end`` may have been lost on its way to Twilio; resuming would reopen a
+    conversation the agent closed, or let a replayed request mint a session token."""
+
+    def __init__(self, handoff_data: str) -> None:
+        super().__init__("the agent ended the call before its relay session failed")
+        self.handoff_data = handoff_data
+
+
 class RelayAnswers:
     def __init__(self, *, settings: Settings, store: Store, writer: WriteBehind) -> None:
         self._settings = settings
@@ -47,7 +58,7 @@ class RelayAnswers:
         """Claim the one answer a failed relay session's ``/action`` gets: claimed in the
         store with a conditional write, which one process wins, before the answer, and
         here, for a replay racing that write; none once the call's relay has ended
-        (``relay_ended``). ``ActionReplayed`` otherwise,
+        (``relay_ended``). ``AgentEnded`` when the agent ended it, ``ActionReplayed`` otherwise,
         ``ValueError`` for a SessionId that is not one, ``StoreError`` when the marks cannot
         be read. A store that cannot take the claim in SESSION_WRITE_S gets it queued, and
         the reconnect goes on: a caller hung up on during a store incident is the surer
@@ -62,8 +73,13 @@ class RelayAnswers:
             raise ActionReplayed("this relay session's end was answered before")
         self._answered[key] = trio.current_time()
         answered = records.RELAY_ANSWERED_PREFIX + session_id
-        marks = {item["sk"] for item in await self._store.query(call_sid, records.RELAY_PREFIX)}
+        items = {item["sk"]: item
+                 for item in await self._store.query(call_sid, records.RELAY_PREFIX)}
+        marks = set(items)
         if records.RELAY_ENDED_SK in marks:
+            agent_end = items[records.RELAY_ENDED_SK].get(records.AGENT_END_ATTRIBUTE)
+            if isinstance(agent_end, str):
+                raise AgentEnded(agent_end)
             raise ActionReplayed("the call's relay has ended")
         if answered in marks:
             raise ActionReplayed("this relay session's end was answered before")
@@ -87,3 +103,12 @@ class RelayAnswers:
         self._writer.submit(records.relay_mark_item(call_sid, records.RELAY_ENDED_SK,
                                                     time.time(), self._settings.session_ttl_s),
                             call_sid=call_sid, urgent=True)
+
+    def agent_ended(self, call_sid: str, handoff_data: str | None) -> None:
+        """The call's socket took ``end`` (a tool's handoff or goodbye, an idle or too-long
+        call, a draining server): its relay is over, and a failed session's ``/action``
+        gets that end's answer (``AgentEnded``). Queued at once, ahead of the socket's
+        close, so that ``/action``'s flush of the call's writes finds it."""
+        self._writer.submit(records.relay_mark_item(
+            call_sid, records.RELAY_ENDED_SK, time.time(), self._settings.session_ttl_s,
+            handoff_data=handoff_data or ""), call_sid=call_sid, urgent=True)

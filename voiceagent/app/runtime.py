@@ -135,7 +135,8 @@ class Runtime:
             max_reprompts=settings.max_reprompts, end_calls=self.end_calls,
             log_content=settings.log_content,
             token_hold_s=settings.token_hold_ms / 1000,
-            on_turn=self.metrics.on_turn if self.metrics is not None else None)
+            on_turn=self.metrics.on_turn if self.metrics is not None else None,
+            relay_ended=self.relay_answers.agent_ended)
 
     @property
     def at_capacity(self) -> bool:

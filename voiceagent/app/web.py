@@ -22,7 +22,7 @@ from voiceagent import jsonlimits, signature, twiml
 from voiceagent.app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voiceagent.app.phone_page import PATH as PHONE_PATH
 from voiceagent.app.phone_page import UNSIGNED_ELSEWHERE, PhoneDesk, PhoneRefused, addressed_here
-from voiceagent.app.relay_answers import ActionReplayed
+from voiceagent.app.relay_answers import ActionReplayed, AgentEnded
 from voiceagent.app.runtime import Runtime
 from voiceagent.app.sessions import (
     MAX_RECONNECTS,
@@ -36,6 +36,7 @@ from voiceagent.errors import StoreError
 from voiceagent.logs import call_sid_var
 from voiceagent.relay import asgi_socket
 from voiceagent.settings import Settings
+from voiceagent.usecases import UseCase
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,11 @@ async def action_webhook(runtime: Runtime) -> Response:
             return last_words(SORRY)
         try:
             await runtime.relay_answers.answer_failure(call_sid, form.get("SessionId", ""))
+        except AgentEnded as err:
+            log.warning("reconnect refused: the agent had ended the call; answering its end",
+                        extra={"handoff": bool(err.handoff_data)})
+            _count_reconnect(runtime, "ended_by_agent", call_sid)
+            return _session_over(runtime, call_sid, err.handoff_data, use_case)
         except ValueError as err:
             log.warning("reconnect refused: bad SessionId", extra={"error": str(err)})
             return Response(f"{err}: this endpoint is ConversationRelay's action callback",
@@ -236,9 +242,15 @@ async def action_webhook(runtime: Runtime) -> Response:
             ws_url=ws_url, action_url=_base_url(settings) + "/action", use_case=use_case,
             parameters={TOKEN_PARAMETER: renewed.token}, greeting=False)
         return Response(document, mimetype=XML)
+    return _session_over(runtime, call_sid, form.get("HandoffData", ""), use_case)
+
+
+def _session_over(runtime: Runtime, call_sid: str, handoff_data: str,
+                  use_case: UseCase | None) -> Response:
+    """A handoff or a goodbye, as the session's ``end`` asked: the call's relay is over."""
     if call_sid:
-        runtime.relay_answers.relay_ended(call_sid)          # a handoff or a goodbye: over
-    handoff = _handoff_data(form.get("HandoffData", ""))
+        runtime.relay_answers.relay_ended(call_sid)
+    handoff = _handoff_data(handoff_data)
     reason = str(handoff.get("reasonCode", ""))
     wants_person = handoff.get("handoff") is True or reason == HANDOFF_REASON
     if wants_person and use_case is not None:

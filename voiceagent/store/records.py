@@ -14,7 +14,7 @@ Keys (pk / sk, GSI pk1 / sk1):
     profile        +E.164      profile                           profile / +E.164
     call session   CallSid     connection                        call / <ISO UTC>#<CallSid>
     socket end     CallSid     socketClosed:: / socketWritten::<generation:6>
-    relay answered CallSid     relayAnswered::<SessionId>, relayEnded
+    relay answered CallSid     relayAnswered::<SessionId>, relayEnded (agentEnd: `end` taken)
     call seen      CallSid     connectionSeen
     chat message   CallSid     chat::<epoch ms:13>::<seq:6>  (a tombstone: chat {}, dropped)
     order          owner       restaurantOrder::<sid[-4:]>::<s>  restaurantOrder / to-number
@@ -47,6 +47,7 @@ SOCKET_WRITTEN_PREFIX = "socketWritten::"    # and behind its last messages
 RELAY_PREFIX = "relay"                       # both items below
 RELAY_ANSWERED_PREFIX = "relayAnswered::"    # a failed relay session /action answered
 RELAY_ENDED_SK = "relayEnded"                # the call's last relay session is over
+AGENT_END_ATTRIBUTE = "agentEnd"             # on it: the agent sent `end` (its handoffData)
 CALL_SEEN_SK = "connectionSeen"              # /twiml prepared this call once (kept long)
 ORDER_PREFIX = "restaurantOrder::"
 
@@ -244,11 +245,16 @@ def socket_mark_item(prefix: str, call_sid: str, generation: int, at: float,
             "expireAt": int(at) + ttl_s}
 
 
-def relay_mark_item(call_sid: str, sk: str, at: float, ttl_s: int) -> Item:
+def relay_mark_item(call_sid: str, sk: str, at: float, ttl_s: int, *,
+                    handoff_data: str | None = None) -> Item:
     """That ``/action`` has answered a relay session's end (``RELAY_ANSWERED_PREFIX`` and its
     SessionId), or that the call's relay is over (``RELAY_ENDED_SK``): a replay of a signed
-    ``/action`` must not mint a reconnect token again."""
-    return {"pk": call_sid, "sk": sk, "at": at, "expireAt": int(at) + ttl_s}
+    ``/action`` must not mint a reconnect token again. ``handoff_data``: the agent ended the
+    call with ``end`` (its handoff data, "" for none), the answer a failed session gets."""
+    item: Item = {"pk": call_sid, "sk": sk, "at": at, "expireAt": int(at) + ttl_s}
+    if handoff_data is not None:
+        item[AGENT_END_ATTRIBUTE] = handoff_data
+    return item
 
 
 def call_seen_item(call_sid: str, at: float, ttl_s: int) -> Item:
