@@ -253,7 +253,7 @@ class Sessions:
         now, ttl_s = time.time(), self._settings.session_ttl_s
         self._writer.submit(records.socket_mark_item(records.SOCKET_WRITTEN_PREFIX, call_sid,
                                                      generation, now, ttl_s),
-                            call_sid=call_sid, urgent=True)
+                            call_sid=call_sid, urgent=True, fence=True)
         self._socket_gone(call_sid)     # a renewal waiting here goes on: its flush has the mark
         if self._writer.statistics().oldest_pending_age_s < QUEUE_BEHIND_S:
             return      # "written" lands well within a reconnect's grace: no write of its own

@@ -10,9 +10,12 @@ Order: items are written in global FIFO order (so per-call order holds). A batch
 two writes of one pk/sk (DynamoDB rejects that): the batch ends before the second one. The one
 exception is ``write_now`` (a session, which another process may read at once): it goes ahead
 of the queue only when its call has nothing queued, so per-call order still holds (or for a
-key no other write of the call touches: a socket's end mark). Across processes, writes of one
-key can still cross (one process's queue behind a throttled store): an item whose writes
-carry a ``version`` (a session's generation) is written on condition, never over a newer one.
+key no other write of the call touches: a socket's end mark). A batch is not atomic (DynamoDB
+may apply any part of one and hand the rest back), so an item that vouches for its call's
+earlier writes (``submit``'s ``fence``) never shares a batch with one of them. Across
+processes, writes of one key can still cross (one process's queue behind a throttled store):
+an item whose writes carry a ``version`` (a session's generation) is written on condition,
+never over a newer one.
 
 Failures: a ``StoreError`` is transient and retried forever, unless it is ``permanent`` (the
 store refused the item itself, see ``StoreRejected``). A permanently refused batch is retried
@@ -81,6 +84,7 @@ class _Entry:
     submitted_at: float
     version: Version | None = None   # see ``submit``
     cost: int = 0                    # memory it holds while queued, roughly (``_cost``)
+    fence: bool = False              # see ``submit``
 
 
 class WriteBehind:
@@ -114,12 +118,14 @@ class WriteBehind:
     # ------------------------------------------------------------------ producers
 
     def submit(self, item: Item, *, call_sid: str, urgent: bool = False,
-               version: Version | None = None) -> None:
+               version: Version | None = None, fence: bool = False) -> None:
         """Queue ``item`` (copied, so later changes by the caller do not leak in). Never
         blocks. Raises ``ValueError`` at once for an item without string pk and sk.
         ``urgent``: another process may look for it soon (a session): do not linger.
         ``version``: the attribute that orders this key's writes across processes (a
-        session's generation); written alone, and dropped if the store has a newer one."""
+        session's generation); written alone, and dropped if the store has a newer one.
+        ``fence``: its presence in the store says the call's earlier writes are there too (a
+        socket's "written" mark): written only once they have all landed."""
         pk, sk = item.get("pk"), item.get("sk")
         if not isinstance(pk, str) or not isinstance(sk, str):
             raise ValueError("a store item needs string 'pk' and 'sk' attributes")
@@ -127,7 +133,7 @@ class WriteBehind:
         self._next_seq += 1
         cost = _cost(item)
         self._queue.append(_Entry(seq, call_sid, (pk, sk), copy.deepcopy(item),
-                                  trio.current_time(), version, cost))
+                                  trio.current_time(), version, cost, fence))
         self._pending_bytes += cost
         self._last_by_call[call_sid] = seq
         self._wakeup.set()
@@ -256,15 +262,19 @@ class WriteBehind:
             self._progress = trio.Event()
 
     def _next_batch(self) -> list[_Entry]:
-        """The head of the queue: at most BATCH_LIMIT entries, no key twice."""
+        """The head of the queue: at most BATCH_LIMIT entries, no key twice, no fence
+        after a write of its own call."""
         batch: list[_Entry] = []
         keys: set[tuple[str, str]] = set()
+        calls: set[str] = set()
         for entry in self._queue:
             if len(batch) == BATCH_LIMIT or entry.key in keys or (
-                    batch and (entry.version or batch[0].version)):
+                    batch and (entry.version or batch[0].version)) or (
+                    entry.fence and entry.call_sid in calls):
                 break
             batch.append(entry)
             keys.add(entry.key)
+            calls.add(entry.call_sid)
         return batch
 
     async def _write(self, batch: list[_Entry]) -> None:
