@@ -275,10 +275,18 @@ def _write_chunk(db: sqlite3.Connection, rows: list[Row]) -> None:
     db.execute("BEGIN IMMEDIATE")
     try:
         db.executemany(_UPSERT, rows)
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        _roll_back(db)
         raise
-    db.execute("COMMIT")
+
+
+def _roll_back(db: sqlite3.Connection) -> None:
+    """End a failed transaction, also one whose COMMIT failed: SQLite rolls back some of
+    those itself (SQLITE_FULL, SQLITE_IOERR) and leaves others open (SQLITE_BUSY), and one
+    left open made every later BEGIN on the shared connection fail, for good."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 def _write_unless_newer(db: sqlite3.Connection, row: Row, item: Item, version: str,
@@ -290,10 +298,10 @@ def _write_unless_newer(db: sqlite3.Connection, row: Row, item: Item, version: s
         newer = found is not None and is_newer(_decode(found[0]), item, version, legacy)
         if not newer:
             db.execute(_UPSERT, row)
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        _roll_back(db)
         raise
-    db.execute("COMMIT")
     return not newer
 
 
