@@ -86,13 +86,14 @@ async def place_order(ctx: ToolContext, args: Mapping[str, Any], *,
 async def check_order_status(ctx: ToolContext, args: Mapping[str, Any], *,
                              clock: Clock = time.time) -> ToolResult:
     """The caller's recent orders at this restaurant (the number they called), newest
-    first, each with whether it should be ready or on its way by now."""
+    first, each with whether it should be ready or on its way by now. Read from the
+    caller's own partition (orders are keyed by their number), consistently: the index
+    holds every order of the restaurant's week, pages of them on every question."""
     if not ctx.caller or not ctx.called:
         return {"orders": [], "note": "the caller's number is unknown, so their orders "
                 "cannot be looked up"}
-    items = await ctx.store.query_index("restaurantOrder", ctx.called)
-    mine = [item for item in items if item.get("pk") == ctx.caller
-            and str(item.get("sk", "")).startswith("restaurantOrder::")]
+    items = await ctx.store.query(ctx.caller, "restaurantOrder::")
+    mine = [item for item in items if item.get("sk1") == ctx.called]
     mine.sort(key=_placed_at, reverse=True)
     now = int(clock())
     orders = [_order_status(item, now) for item in mine[:RECENT_ORDERS]]
