@@ -38,13 +38,16 @@ class CredentialsServer:
     """``GET {path}`` answers the current keys; anything else 404.
 
     ``fail_next(n)`` answers the next ``n`` requests 500; ``failing = True`` answers 500 until
-    set back. With ``auth_token`` set, a request whose ``Authorization`` is not exactly it gets
-    401 (what the ECS agent does); ``authorizations`` records what each request sent."""
+    set back; ``answers_held`` (an unset ``trio.Event``) keeps every answer until it is set,
+    as an endpoint that hangs would. With ``auth_token`` set, a request whose
+    ``Authorization`` is not exactly it gets 401 (what the ECS agent does);
+    ``authorizations`` records what each request sent."""
 
     expires_in_s: float = 3600.0
     auth_token: str | None = None
     path: str = CREDENTIALS_PATH
     failing: bool = False
+    answers_held: trio.Event | None = None
     port: int = 0
     requests: int = 0               # every request, whatever it was answered
     served: int = 0                 # answered 200 with keys
@@ -140,6 +143,8 @@ class CredentialsServer:
                 del buffer[:end + 4 + length]
                 method, target, _ = lines[0].split(" ", 2)
                 status, body = self._answer(method, target, headers)
+                if self.answers_held is not None:
+                    await self.answers_held.wait()
                 keep = headers.get("connection", "").lower() != "close"
                 await stream.send_all(_response(status, body, keep_alive=keep))
                 if not keep:

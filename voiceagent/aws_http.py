@@ -86,12 +86,15 @@ class Signer:
     unknown (rotated or revoked before their stated expiry), so one refusal costs one retry,
     not every call until the process restarts.
 
-    Credential work has threads of its own (``REFRESH_THREADS``), never a limiter its callers
-    may hold: the store signed while holding a token of the limiter its refreshes waited on,
-    so STORE_THREADS requests in a refresh window (or refused as expired) waited for each
-    other forever, their writes shielded. botocore refreshes one at a time and, until the
-    last minutes, hands the others the current credentials at once, so a few threads keep
-    requests moving while one refresh waits on the network.
+    Credential work has threads of its own (``REFRESH_THREADS``), abandoned when their caller
+    is cancelled (a barge-in, a hang-up: nothing was sent yet, and the next turn waits for the
+    cut one, so not for a fetch that botocore gives ~8 s against a hanging container
+    endpoint); never a limiter its callers may hold: the store signed while holding a token
+    of the limiter its refreshes waited on, so STORE_THREADS requests in a refresh window (or
+    refused as expired) waited for each other forever, their writes shielded. botocore
+    refreshes one at a time and, until the last minutes, hands the others the current
+    credentials at once, so a few threads keep requests moving while one refresh waits on
+    the network.
     """
 
     def __init__(self, endpoint: Endpoint, resolve: Callable[[], Credentials | None],
@@ -119,7 +122,8 @@ class Signer:
         async with self._renewing:
             if self.renewals != seen:
                 return                      # renewed while this request waited its turn
-            found = await run_blocking(self._resolve, limiter=self._refresh_limiter)
+            found = await run_blocking(self._resolve, limiter=self._refresh_limiter,
+                                       abandon_on_cancel=True)
             self.renewals += 1
         if found is None:
             log.warning("the AWS credential chain found nothing; keeping the credentials "
@@ -135,7 +139,8 @@ class Signer:
         if refresh_needed is not None and refresh_needed():
             # near expiry: fetching new ones may do network I/O (STS, the container endpoint)
             frozen: ReadOnlyCredentials = await run_blocking(
-                credentials.get_frozen_credentials, limiter=self._refresh_limiter)
+                credentials.get_frozen_credentials, limiter=self._refresh_limiter,
+                abandon_on_cancel=True)
             return frozen
         return credentials.get_frozen_credentials()
 
