@@ -16,7 +16,8 @@ Resilience. Every fault (HTTP errors, errors inside the stream, and every networ
 ``Failure`` (``bedrock_errors``). Those that may pass and arrive before any content reached the
 caller are retried inside the stream: bounded, jittered, within a latency budget, and within
 the process's retry quota. After content, any error raises ``ModelStreamFailed(after_tokens=
-True)`` and the turn apologises after what was said. No fault escapes as a library exception.
+True)`` and the turn apologises after what was said, except a lost connection once the reply
+was whole (``messageStop``): it ends as a reply. No fault escapes as a library exception.
 """
 
 from __future__ import annotations

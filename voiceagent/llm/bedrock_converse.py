@@ -272,6 +272,11 @@ class ReplyAssembler:
         self._usage: Usage | None = None
         self.first_content_at: float | None = None
 
+    @property
+    def stopped(self) -> bool:
+        """``messageStop`` came: the reply is whole, whatever follows (usage, the body's end)."""
+        return self._stop_reason is not None
+
     def feed(self, event: Mapping[str, Any], out: list[LLMEvent]) -> None:
         """``event`` shaped as botocore's iterator yields it: ``{event_type: body}``."""
         for event_type, body in event.items():

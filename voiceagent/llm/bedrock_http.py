@@ -46,7 +46,7 @@ from voiceagent.llm.bedrock_errors import (
     ReadTimeout,
     classify,
 )
-from voiceagent.llm.eventstream import FrameDecoder, ReplyError, event_of
+from voiceagent.llm.eventstream import FrameDecoder, ReplyError, StreamFault, event_of
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,28 @@ class Attempt:
                 self._drop_connection()
                 await self.open(fresh=True)
                 return True
+            if self._assembler.stopped and not isinstance(err, ReplyError | StreamFault):
+                self._end_whole(fault)
+                return True
             self._fail(classify(fault))
         return True
+
+    def _end_whole(self, fault: Exception) -> None:
+        """The connection failed after ``messageStop``: the caller has heard the whole reply,
+        so it ends as one (no usage if ``metadata`` was lost), not as a failure with an
+        apology after a complete answer. The connection is not kept."""
+        log.info("bedrock reply whole, its connection lost before the end",
+                 extra={"code": classify(fault).code})
+        out: list[LLMEvent] = []
+        try:
+            self._assembler.finish(out)
+        except ReplyError as err:
+            self._fail(classify(err))
+            return
+        self._items.extend(out)
+        self._ended = True
+        self._drop_connection()
+        self._watchdog.forget(self)
 
     def _take(self, event: Any) -> None:
         if isinstance(event, h11.Response):
