@@ -21,6 +21,7 @@ executor and the last batch is done.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -238,7 +239,10 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
         # move_on_after, not fail_after: a TooSlowError the tool raises itself (its own
         # trio.fail_after around a slow API) is the tool's failure, not this limit expiring
         with trio.move_on_after(limit_s) as limit:
-            result = await definition.call(_context(call, definition, env, sent), call.input,
+            # its own copy: the input is the history's toolUse (or a DTMF handler's, shared
+            # by every call), which a tool's ``args.pop(...)`` must not rewrite
+            result = await definition.call(_context(call, definition, env, sent),
+                                           copy.deepcopy(dict(call.input)),
                                            threads=env.registry.threads)
     except trio.Cancelled:
         raise
