@@ -139,7 +139,10 @@ class ToolRegistry:
         if schema.get("type") != "object":
             raise ConfigError(source, key_path + ".type",
                               'a tool input schema must be {"type": "object", ...} (Bedrock)')
-        validator = Draft202012Validator(schema)
+        # ``format`` is only an annotation in 2020-12 unless checked: a schema saying "email"
+        # or "date" means the tool may rely on it
+        validator = Draft202012Validator(schema,
+                                         format_checker=Draft202012Validator.FORMAT_CHECKER)
         self._validators[key] = validator
         return validator
 
