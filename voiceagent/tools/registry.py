@@ -147,19 +147,18 @@ class ToolRegistry:
         return validator
 
 
-# Keywords of JSON Schema 2020-12 that do not validate (annotations, identifiers), and the
-# older spellings models and tools still write; the validating ones are the validator's own
+# Keywords of JSON Schema 2020-12 that do not validate (annotations, identifiers), and
+# "definitions", the older $defs ($ref still reaches it); the validating ones are the
+# validator's own
 ANNOTATIONS = frozenset({
     "$schema", "$id", "$anchor", "$dynamicAnchor", "$vocabulary", "$comment", "$defs",
     "definitions", "title", "description", "default", "examples", "deprecated", "readOnly",
-    "writeOnly", "contentMediaType", "contentEncoding", "contentSchema", "additionalItems",
-    "dependencies", "then", "else"})
+    "writeOnly", "contentMediaType", "contentEncoding", "contentSchema", "then", "else"})
 # minContains/maxContains validate, but inside the validator's ``contains``, not as its keys
 KEYWORDS = (frozenset(Draft202012Validator.VALIDATORS) | ANNOTATIONS
             | {"minContains", "maxContains"})
 _ONE = ("additionalProperties", "items", "not", "if", "then", "else", "contains",
-        "propertyNames", "unevaluatedItems", "unevaluatedProperties", "additionalItems",
-        "contentSchema")
+        "propertyNames", "unevaluatedItems", "unevaluatedProperties", "contentSchema")
 _MANY = ("allOf", "anyOf", "oneOf", "prefixItems")
 _BY_NAME = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 
@@ -172,12 +171,20 @@ OPENAPI_HINTS = {
     "discriminator": "choose between schemas with oneOf",
     "externalDocs": 'put the link in "description"',
     "xml": "a tool's input is JSON; remove it"}
+# older drafts' keywords that 2020-12, which tool inputs are validated with, ignores
+OLDER_DRAFT_HINTS = {
+    "dependencies": "use dependentRequired (a list of field names) or dependentSchemas (a "
+                    "schema)",
+    "additionalItems": 'with prefixItems, "items" is the schema of the items after them'}
 
 
 def _keyword_problem(keyword: str) -> str:
     if keyword in OPENAPI_HINTS:
         return (f"{keyword!r} is OpenAPI's, not JSON Schema's, and would be ignored: "
                 f"{OPENAPI_HINTS[keyword]}")
+    if keyword in OLDER_DRAFT_HINTS:
+        return (f"{keyword!r} is an older draft's, and would be ignored under JSON Schema "
+                f"2020-12: {OLDER_DRAFT_HINTS[keyword]}")
     return (f"unknown JSON Schema keyword {keyword!r} (a typo would be ignored, not "
             "enforced); keywords: see json-schema.org")
 
