@@ -131,6 +131,10 @@ def tool(name: str, *, side_effect: bool = False, timeout_s: float = 10.0,
     Mistakes (a bad name, an async/plain mismatch, a name used twice in one module) raise
     when the module is imported.
     """
+    if not isinstance(name, str):
+        function = getattr(name, "__qualname__", type(name).__name__)
+        raise TypeError(f"@tool needs the tool's name, as the use case declares it: "
+                        f"@tool(\"ToolName\") above {function}, not a bare @tool")
     if not TOOL_NAME.match(name):
         raise ValueError(f"tool name {name!r}: 1-64 of a-z A-Z 0-9 _ - (Bedrock's rule)")
     if not timeout_s > 0:

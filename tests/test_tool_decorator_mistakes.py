@@ -1,0 +1,38 @@
+"""Mistakes in writing ``@tool`` that docs/tools.md says stop start-up: the one line on
+stderr must say what to write instead, and where in the developer's own module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_tool_plugins import unique, write_module
+from voiceagent.errors import ConfigError
+from voiceagent.settings import Settings
+from voiceagent.tools.plugins import build_registry
+
+
+def _load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str) -> ConfigError:
+    module = unique("diner_tools")
+    write_module(tmp_path / "plugins", module, source)
+    monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
+    with pytest.raises(ConfigError) as caught:
+        build_registry(Settings.model_validate({"TOOLS": module}))
+    return caught.value
+
+
+def test_tool_without_its_name_says_to_give_the_name(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``@tool`` written bare, as many decorators are: the line read 'TypeError: expected
+    string or bytes-like object, got 'function'' (re.match's words), naming neither the
+    tool nor what is missing."""
+    error = _load(tmp_path, monkeypatch, '''
+        from voiceagent.tools import tool
+
+        @tool
+        async def book_table(ctx, args):
+            return {}
+        ''')
+    assert "@tool(\"ToolName\")" in error.problem, error.problem
+    assert "book_table" in error.problem, error.problem
