@@ -36,3 +36,20 @@ def test_tool_without_its_name_says_to_give_the_name(tmp_path: Path,
         ''')
     assert "@tool(\"ToolName\")" in error.problem, error.problem
     assert "book_table" in error.problem, error.problem
+
+
+@pytest.mark.parametrize("decorator", ['@tool("book table")', '@tool("BookTable", blocking=True)'])
+def test_a_decorator_mistake_points_at_the_developers_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decorator: str) -> None:
+    """The line ends '(at FILE:LINE)' so the developer finds the mistake; for a mistake
+    ``@tool`` refuses, it named voiceagent/tools/base.py, where the refusal is raised."""
+    error = _load(tmp_path, monkeypatch, f'''
+        from voiceagent.tools import tool
+
+
+        {decorator}
+        async def book_table(ctx, args):
+            return {{}}
+        ''')
+    assert "voiceagent/tools/base.py" not in error.problem, error.problem
+    assert str(tmp_path / "plugins") in error.problem, error.problem

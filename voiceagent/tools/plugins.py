@@ -19,14 +19,17 @@ message, no traceback), it registers no tool, or one of its names is already tak
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
 import traceback
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 
 import trio
 
+import voiceagent
 from voiceagent.errors import ConfigError
 from voiceagent.settings import Settings
 from voiceagent.tools.base import ToolDefinition, tools_defined_in
@@ -34,6 +37,7 @@ from voiceagent.tools.registry import BUILTIN_MODULES, ToolRegistry
 
 ENTRY_POINT_GROUP = "voiceagent.tools"
 MAX_PROBLEM_CHARS = 300             # an import error's message, on one line
+_PACKAGE = str(Path(voiceagent.__file__).parent) + os.sep
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +111,11 @@ def _where(err: Exception) -> str:
     frames = [frame for frame in traceback.extract_tb(err.__traceback__)
               if not frame.filename.startswith("<")
               and frame.filename not in (__file__, importlib.__file__)]
-    if isinstance(err, SyntaxError) or not frames:
+    # a mistake voiceagent refuses (``@tool``'s checks) is on the module's own line
+    own = [frame for frame in frames if not frame.filename.startswith(_PACKAGE)] or frames
+    if isinstance(err, SyntaxError) or not own:
         return ""
-    return f" (at {frames[-1].filename}:{frames[-1].lineno})"
+    return f" (at {own[-1].filename}:{own[-1].lineno})"
 
 
 def _unimported_submodules(module: str) -> list[str]:
