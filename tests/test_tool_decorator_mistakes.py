@@ -53,3 +53,39 @@ def test_a_decorator_mistake_points_at_the_developers_line(
         ''')
     assert "voiceagent/tools/base.py" not in error.problem, error.problem
     assert str(tmp_path / "plugins") in error.problem, error.problem
+
+
+@pytest.mark.parametrize("parameters", ["args", "ctx, args, extra", "*, ctx, args"])
+def test_a_tool_that_cannot_take_the_context_and_input_is_refused_at_import(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parameters: str) -> None:
+    """A tool is called as ``function(ctx, args)``. One written ``async def f(args)`` loaded,
+    passed `voiceagent check`, and failed every call with 'TypeError: f() takes 1 positional
+    argument but 2 were given' (the caller hears an apology each time)."""
+    error = _load(tmp_path, monkeypatch, f'''
+        from voiceagent.tools import tool
+
+        @tool("BookTable")
+        async def book_table({parameters}):
+            return {{}}
+        ''')
+    assert "(ctx, args)" in error.problem, error.problem
+    assert "BookTable" in error.problem, error.problem
+
+
+def test_tools_with_defaults_or_star_args_still_load(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    module = unique("diner_tools")
+    write_module(tmp_path / "plugins", module, '''
+        from voiceagent.tools import tool
+
+        @tool("BookTable")
+        async def book_table(ctx, args, retries=3):
+            return {}
+
+        @tool("CountCovers")
+        async def count_covers(*parts):
+            return {}
+        ''')
+    monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
+    registry = build_registry(Settings.model_validate({"TOOLS": module}))
+    assert {"BookTable", "CountCovers"} <= set(registry.names())

@@ -98,6 +98,14 @@ class ToolDefinition:
         if not self.blocking and not is_async:
             raise TypeError(f"tool {self.name!r} is a plain def: make it an async def, or "
                             "pass blocking=True to run it in a worker thread")
+        try:
+            inspect.signature(self.function).bind(None, None)
+        except TypeError:
+            raise TypeError(f"tool {self.name!r} is called as function(ctx, args): give it "
+                            "those two parameters (ctx: ToolContext, args: Mapping[str, Any])"
+                            ) from None
+        except ValueError:              # no signature to read (a builtin): called as is
+            pass
 
     async def call(self, context: ToolContext, args: Mapping[str, Any], *,
                    threads: trio.CapacityLimiter) -> object:
