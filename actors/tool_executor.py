@@ -25,6 +25,7 @@ import copy
 import json
 import logging
 import math
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -247,7 +248,8 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
     except trio.Cancelled:
         raise
     except Exception as err:
-        log.warning("tool failed", extra={"tool": call.name, "error": type(err).__name__})
+        log.warning("tool failed", extra={"tool": call.name, "error": type(err).__name__,
+                                          "at": _raised_at(err)})
         return _error(call, f"failed: {_described(err)}"[:300], definition)
     if limit.cancelled_caught:
         log.warning("tool timed out", extra={"tool": call.name, "timeout_s": limit_s})
@@ -290,6 +292,15 @@ def _described(err: BaseException) -> str:
     if isinstance(err, BaseExceptionGroup):
         return "; ".join(_described(inner) for inner in err.exceptions)
     return f"{type(err).__name__}: {err}"
+
+
+def _raised_at(err: BaseException) -> str:
+    """``file:line in function`` where it was raised (an exception group's first leaf): the
+    place, for the developer, and never the message, which may hold the caller's words."""
+    while isinstance(err, BaseExceptionGroup) and err.exceptions:
+        err = err.exceptions[0]
+    frames = traceback.extract_tb(err.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
 
 
 def _context(call: ToolCall, definition: ToolDefinition, env: ToolEnv,
