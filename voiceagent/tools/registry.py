@@ -13,7 +13,7 @@ caller said (an address, a name), so no argument value is echoed into problems o
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import trio
@@ -143,6 +143,14 @@ class ToolRegistry:
         # or "date" means the tool may rely on it
         validator = Draft202012Validator(schema,
                                          format_checker=Draft202012Validator.FORMAT_CHECKER)
+        for path, ref in _refs(schema):
+            try:                # resolved as the validator would, from the schema's root
+                list(validator.evolve(schema={"$ref": ref}).iter_errors(None))
+            except Exception:   # jsonschema's reference errors are private classes
+                where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+                raise ConfigError(source, key_path + where, (
+                    f"$ref {ref!r} points at nothing in this schema (nothing is fetched): "
+                    "point into its own $defs, e.g. '#/$defs/name'")) from None
         self._validators[key] = validator
         return validator
 
@@ -189,8 +197,21 @@ def _keyword_problem(keyword: str) -> str:
             "enforced); keywords: see json-schema.org")
 
 
-def _unknown_keyword(schema: Any, path: tuple[str | int, ...] = ()
-                     ) -> tuple[tuple[str | int, ...], str] | None:
+SchemaPath = tuple[str | int, ...]
+
+
+def _children(path: SchemaPath, key: str, value: Any) -> list[tuple[SchemaPath, Any]]:
+    """The subschemas under ``key``, with their paths."""
+    if key in _ONE:
+        return [((*path, key), value)]
+    if key in _MANY and isinstance(value, list):
+        return [((*path, key, i), v) for i, v in enumerate(value)]
+    if key in _BY_NAME and isinstance(value, dict):
+        return [((*path, key, name), v) for name, v in value.items()]
+    return []
+
+
+def _unknown_keyword(schema: Any, path: SchemaPath = ()) -> tuple[SchemaPath, str] | None:
     """The path and name of the first keyword JSON Schema does not define, or None: an
     unknown keyword is valid JSON Schema but ignored, so a misspelt ``required`` or
     ``minimum`` would never be enforced."""
@@ -199,17 +220,21 @@ def _unknown_keyword(schema: Any, path: tuple[str | int, ...] = ()
     for key, value in schema.items():
         if key not in KEYWORDS and not key.startswith("x-"):     # x-: vendor extensions
             return (*path, key), key
-        children: list[tuple[tuple[str | int, ...], Any]] = []
-        if key in _ONE:
-            children = [((*path, key), value)]
-        elif key in _MANY and isinstance(value, list):
-            children = [((*path, key, i), v) for i, v in enumerate(value)]
-        elif key in _BY_NAME and isinstance(value, dict):
-            children = [((*path, key, name), v) for name, v in value.items()]
-        for child_path, child in children:
+        for child_path, child in _children(path, key, value):
             if (found := _unknown_keyword(child, child_path)) is not None:
                 return found
     return None
+
+
+def _refs(schema: Any, path: SchemaPath = ()) -> Iterator[tuple[SchemaPath, str]]:
+    """Every ``$ref`` and its path, but none under a nested ``$id`` (resolved from there)."""
+    if not isinstance(schema, dict) or (path and "$id" in schema):
+        return
+    if isinstance(ref := schema.get("$ref"), str):
+        yield (*path, "$ref"), ref
+    for key, value in schema.items():
+        for child_path, child in _children(path, key, value):
+            yield from _refs(child, child_path)
 
 
 def _field_path(error: ValidationError) -> str:
