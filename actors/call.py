@@ -96,6 +96,7 @@ class CallServices:
     flush_timeout_s: float = 5.0
     max_call_duration_s: float = 4 * 3600.0      # Twilio's own limit; set lower in settings
     max_history_messages: int = 200
+    max_history_chars: int | None = 100_000
     max_prompt_chars: int = 2000
     idle_reprompt_s: float | None = None
     max_reprompts: int = 2
@@ -189,7 +190,8 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
             outbound=out_send.clone(), tools=tool_executor.ToolExecutor(nursery, env),
             max_tool_rounds=services.max_tool_rounds,
             tool_wait_s=_longest_tool_timeout(plan.use_case, services.registry),
-            max_history_messages=services.max_history_messages, stats=report.turns,
+            max_history_messages=services.max_history_messages,
+            max_history_chars=services.max_history_chars, stats=report.turns,
             log_content=services.log_content, token_hold_s=services.token_hold_s,
             on_turn=services.on_turn, relay=RelayControl.for_use_case(plan.use_case))
         marks = ctx.marks                            # reader marks, slot counts, writer obeys

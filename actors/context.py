@@ -61,6 +61,7 @@ class CallContext:
     max_tool_rounds: int = 4
     tool_wait_s: float = 30.0        # longest a cancelled turn waits for side-effect tools
     max_history_messages: int = 200  # older turns are trimmed (in valid pairs) from memory
+    max_history_chars: int | None = 100_000   # and by size (history_trim)
     log_content: bool = False        # LOG_CONTENT: what was said, redacted, at debug level
     token_hold_s: float = 0.0        # TOKEN_HOLD_MS: later tokens of a reply sent together
     stats: TurnStats = field(default_factory=TurnStats)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from actors.history_span import Mark, next_words, rejoin, split_off, unmoved
+from actors.history_trim import MessageSizes, trim_point
 from voiceagent.llm.base import Message
 from voiceagent.llm.converse import results_apart
 
@@ -53,6 +54,7 @@ class History:
         # the wall clock does (stepped back, another process's a little behind): a reconnect
         # reads the messages in key order
         self._last_at_ms = max((_at_ms(m) for m in self._meta), default=0)
+        self._sizes = MessageSizes()        # for ``trim`` by size
         # A message is never changed in place once it is in ``_messages``: a change (a merge,
         # a barge-in cut) puts a new dict in its slot. So model requests share the messages
         # themselves, with no copy per request and no second copy kept for requests.
@@ -320,25 +322,23 @@ class History:
             for k in range(stored, len(at)))]
         return out
 
-    def trim(self, max_messages: int) -> int:
-        """Forget the oldest sealed messages so at most ``max_messages`` stay in memory.
+    def trim(self, max_messages: int, max_chars: int | None = None) -> int:
+        """Forget the oldest sealed messages so at most ``max_messages`` stay in memory, and
+        at most ``max_chars`` of content when given (``history_trim``).
 
         The cut lands on a user message that holds caller words (not tool results), so the
         history still opens with the user and no toolUse loses its result. Returns how many
         messages were dropped. Unsealed messages are never dropped: they are not stored yet.
         """
-        if len(self._messages) <= max_messages:
-            return 0
-        for cut in range(len(self._messages) - max_messages, self._sealed + 1):
-            message = self._messages[cut] if cut < len(self._messages) else None
-            if message is not None and message["role"] == "user" and not any(
-                    "toolResult" in block for block in message["content"]):
-                del self._messages[:cut], self._meta[:cut]
-                self._sealed -= cut
-                self._offset += cut
-                del self._stored_at[:cut]
-                return cut
-        return 0
+        sizes = self._sizes.of(self._messages) if max_chars is not None else None
+        cut = trim_point(self._messages, sizes, sealed=self._sealed,
+                         max_messages=max_messages, max_chars=max_chars)
+        if cut:
+            del self._messages[:cut], self._meta[:cut]
+            self._sealed -= cut
+            self._offset += cut
+            del self._stored_at[:cut]
+        return cut
 
     # ------------------------------------------------------------------ requests
 

@@ -77,7 +77,8 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                             ctx.stats.superseded += 1
                         await slot.cancel_and_wait(reason="superseded")
                         persist(ctx.history.take_sealed())
-                        dropped = ctx.history.trim(ctx.max_history_messages)
+                        dropped = ctx.history.trim(ctx.max_history_messages,
+                                                   ctx.max_history_chars)
                         ctx.history.add_user_text(_user_words(command))
                         if ctx.log_content:
                             log.debug("caller said", extra={

@@ -97,6 +97,10 @@ class Settings(BaseModel):
     idle_reprompt_s: float = Field(20.0, alias="IDLE_REPROMPT_S", ge=0, le=600)
     max_reprompts: int = Field(2, alias="MAX_REPROMPTS", ge=0, le=10)
     max_history_messages: int = Field(200, alias="MAX_HISTORY_MESSAGES", ge=4, le=10_000)
+    # the history's content sent with each request (~4 characters a token): input size adds
+    # to every turn's first-token time, and past the model's context window Bedrock refuses
+    max_history_chars: int = Field(100_000, alias="MAX_HISTORY_CHARS", ge=2_000,
+                                   le=2_000_000)
     max_prompt_chars: int = Field(2000, alias="MAX_PROMPT_CHARS", ge=10, le=100_000)
     drain_timeout_s: float = Field(90.0, alias="DRAIN_TIMEOUT_S", ge=0, le=3600)
     end_grace_s: float = Field(10.0, alias="END_GRACE_S", ge=0, le=600)  # goodbye -> hung up

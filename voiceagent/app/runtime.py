@@ -130,6 +130,7 @@ class Runtime:
             flush_timeout_s=settings.flush_timeout_s,
             max_call_duration_s=settings.max_call_duration_s,
             max_history_messages=settings.max_history_messages,
+            max_history_chars=settings.max_history_chars,
             max_prompt_chars=settings.max_prompt_chars,
             idle_reprompt_s=settings.idle_reprompt_s or None,
             max_reprompts=settings.max_reprompts, end_calls=self.end_calls,
