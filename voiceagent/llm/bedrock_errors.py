@@ -17,6 +17,7 @@ sustained throttling the process stops multiplying its load instead of tripling 
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 from dataclasses import dataclass
@@ -165,7 +166,19 @@ def _by_code(raw_code: str, message: str, status: int, exc: BaseException, *,
     if kind == "credentials":
         hint = ACCESS_HINT if code == "AccessDeniedException" else CREDENTIALS_HINT
         message = f"{message}; {hint}"
-    return Failure(code, message, kind, retryable, exc)
+    return Failure(code, without_echoed_values(message), kind, retryable, exc)
+
+
+_ECHOED_VALUE = re.compile(r"\bValue '.*?(' at '|\Z)", re.DOTALL | re.IGNORECASE)
+
+
+def without_echoed_values(message: str) -> str:
+    """AWS's validation messages quote the value they refused (``Value '...' at
+    'messages.1.member.content...' failed to satisfy constraint``): the caller's words, the
+    model's or a tool's result, which must not reach the log. The value is masked; the path
+    and the constraint, which tell the operator what broke, stay."""
+    return _ECHOED_VALUE.sub(lambda m: "Value '…'" + (" at '" if m.group(1) else ""),
+                             message)
 
 
 class RetryBudget:
