@@ -62,6 +62,30 @@ async def test_sigterm_drains_live_calls_then_exits_zero(tmp_path: Path) -> None
     assert "call back in a minute" in said[-1]
 
 
+async def test_a_second_sigterm_during_the_drain_does_not_kill_the_process(
+        tmp_path: Path) -> None:
+    """The multi-worker entrypoint signals each worker twice, and an operator or supervisor
+    may repeat a SIGTERM: once the first had been taken, the handler was back to the default,
+    so the second killed the process mid-drain (status -15): live calls cut without their
+    goodbye, the write-behind queue lost, no final line."""
+    identity = Identity()
+    with trio.fail_after(60):
+        async with serve_process(tmp_path, DRAIN_TIMEOUT_S="1.5", END_GRACE_S="5") as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN, identity=identity) as call:
+                await call.say("what are your hours?")
+                assert (await call.read_reply()).text.startswith("We are open")
+                server.process.send_signal(signal.SIGTERM)
+                await server.wait_log("draining")
+                server.process.send_signal(signal.SIGTERM)
+                await server.wait_log("signal received again: already draining")
+                goodbye = await call.read_reply()
+                assert "call back in a minute" in goodbye.text
+            assert await server.process.wait() == 0
+            drained = await server.wait_log("drained")
+            await server.wait_log("server stopped")
+    assert drained["flushed"] is True
+
+
 async def _twiml_status_and_body(base: str) -> str:
     from voiceagent.app.caller import post_form
     form = {"CallSid": "CA" + "9" * 32, "From": "+15555550100", "To": "+15555550199"}

@@ -179,12 +179,12 @@ async def _serve_async(settings: Settings) -> None:
     from voiceagent.app import heap
     from voiceagent.app.open_files import ensure_open_files
     from voiceagent.app.runtime import open_runtime
-    from voiceagent.app.server import serve, wait_signal
+    from voiceagent.app.server import serve, serve_signals
 
     stop = trio.Event()
     pauses = heap.record_gc_pauses()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(wait_signal, stop)       # before start-up: an early SIGTERM drains
+        nursery.start_soon(serve_signals, stop)     # before start-up: an early SIGTERM drains
         async with open_runtime(settings) as runtime:
             ensure_open_files(settings)             # once start-up went well: one line if not
             heap.settle_after_startup()
@@ -233,7 +233,7 @@ async def _serve_phone_page(url: str, from_number: str) -> None:
     from urllib.parse import quote
 
     from voiceagent.app.phone_page import DEFAULT_FROM
-    from voiceagent.app.server import wait_signal
+    from voiceagent.app.server import serve_signals
 
     query = "" if from_number == DEFAULT_FROM else f"?from={quote(from_number)}"
     print(f"Talk to the agent in your browser: {url}/phone{query}", flush=True)
@@ -241,7 +241,7 @@ async def _serve_phone_page(url: str, from_number: str) -> None:
           file=sys.stderr)
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(wait_signal, stop)
+        nursery.start_soon(serve_signals, stop)
         await stop.wait()
         nursery.cancel_scope.cancel()
 

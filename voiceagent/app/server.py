@@ -122,11 +122,9 @@ async def serve(runtime: Runtime, *, host: str, port: int,
     stop = shutdown if shutdown is not None else trio.Event()
 
     async def trigger() -> None:
-        async with trio.open_nursery() as nursery:
-            if shutdown is None:
-                nursery.start_soon(wait_signal, stop)
-            await stop.wait()
-            nursery.cancel_scope.cancel()
+        if shutdown is None:
+            outer.start_soon(serve_signals, stop)
+        await stop.wait()
         await drain(runtime)
         outer.start_soon(_watchdog)
 
@@ -227,10 +225,17 @@ async def _watchdog() -> None:
     os._exit(0)
 
 
-async def wait_signal(stop: trio.Event) -> None:
-    """Set ``stop`` on the first SIGINT or SIGTERM."""
+async def serve_signals(stop: trio.Event) -> None:
+    """Set ``stop`` on the first SIGINT or SIGTERM, and take the later ones until cancelled
+    (after the drain): the multi-worker entrypoint signals each worker twice, and a person
+    or supervisor may repeat it. Left to the default action, a repeat would kill the
+    process mid-drain: calls cut without their goodbye, pending writes lost."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
-            log.info("signal received", extra={"signal": signal.Signals(signum).name})
+            name = signal.Signals(signum).name
+            if stop.is_set():
+                log.info("signal received again: already draining",
+                         extra={"signal": name, "to_stop_at_once": "SIGKILL"})
+                continue
+            log.info("signal received", extra={"signal": name})
             stop.set()
-            return
