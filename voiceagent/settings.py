@@ -208,12 +208,15 @@ def packaged_config_dir() -> Path:
     return SOURCE_CONFIG if checkout and SOURCE_CONFIG.is_dir() else BUNDLED_CONFIG
 
 
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+
+
 def _flag(value: Any, default: bool) -> bool:
     if value is None:
         return default
     if isinstance(value, bool):
         return value
-    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+    return str(value).strip().lower() in _TRUE     # pydantic's own: the field agrees
 
 
 def _cross_checks(values: Mapping[str, Any]) -> list[str]:
