@@ -39,7 +39,8 @@ def test_the_oldest_exchanges_go_until_the_history_fits_its_size() -> None:
     for n in range(6):
         _exchange(history, n)
     history.take_sealed()
-    assert len(history) < 200 and _chars(history.messages) > 8000   # under the count only
+    assert len(history) < 200
+    assert _chars(history.messages) > 8000
     dropped = history.trim(200, 8000)
     assert dropped > 0
     assert _chars(history.messages) <= 8000
@@ -90,6 +91,7 @@ async def test_a_call_with_large_tool_results_sends_a_bounded_history(
                 assert text == f"Answer {n}."
     first_round = llm.sent_messages[-2]          # the last turn's request before its tool ran
     said = [b["text"] for m in first_round for b in m["content"] if "text" in b]
-    assert "question 0" not in said and said[-1] == "question 5"
+    assert "question 0" not in said
+    assert said[-1] == "question 5"
     assert _chars(first_round) <= 8000 + 100     # the new prompt came after the trim
     assert llm.violations == []
