@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from voiceagent.errors import SettingsError
 
@@ -121,6 +128,14 @@ class Settings(BaseModel):
     task_protection_max_minutes: int = Field(120, alias="TASK_PROTECTION_MAX_MINUTES", ge=1,
                                              le=2880)
     ecs_agent_uri: str | None = Field(None, alias="ECS_AGENT_URI")
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any, info: ValidationInfo) -> Any:
+        """``LOG_LEVEL=debug`` is as clear as DEBUG: it stopped start-up."""
+        if not isinstance(value, str):
+            return value
+        return value.upper() if info.field_name == "log_level" else value.lower()
 
     @field_validator("time_zone")
     @classmethod
