@@ -500,7 +500,7 @@ def test_calls_show_a_real_call(sqlite_env: Path, tmp_path: Path,
     assert listed[1].endswith("testUseCase  +1555***0111  7")
     shown = run(capsys, "calls", "show", identity.call_sid)
     assert shown[1] == ("  use case testUseCase, from +1555***0111 to +1555***0199, "
-                        "model us.amazon.nova-lite-v1:0")
+                        "model scripted (offline)")           # not the Bedrock model unused
     speakers = [line[11:17].strip() for line in shown[4:] if line[11:17].strip()]
     assert speakers == ["agent", "caller", "agent", "caller", "agent", "tool", "agent"]
     text = "\n".join(shown)

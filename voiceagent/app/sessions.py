@@ -49,6 +49,7 @@ from actors.history import History
 from actors.messages import Setup
 from voiceagent.app.socket_marks import SOCKET_CLOSED_GRACE_S, previous_socket_ended
 from voiceagent.catalog import Catalog
+from voiceagent.llm import scripted
 from voiceagent.llm.base import Message
 from voiceagent.llm.converse import converse_problems
 from voiceagent.logs import call_sid_var, mask_phone
@@ -350,7 +351,10 @@ class Sessions:
                                self._settings.time_zone)
         return records.CallSession(
             call_sid=call_sid, token=token, use_case=use_case.name, system_prompt=prompt,
-            model_id=use_case.model or self._settings.model_identifier, caller=caller,
+            # the model that answers, as `calls show` tells it
+            model_id=(scripted.MODEL_ID if self._settings.llm == "scripted"
+                      else use_case.model or self._settings.model_identifier),
+            caller=caller,
             called=called, profile=profile, greeting=use_case.welcome_greeting,
             created_at=now)
 

@@ -36,6 +36,7 @@ from voiceagent.usecases import ScriptedConfig, ScriptedRule, UseCase
 
 log = logging.getLogger(__name__)
 
+MODEL_ID = "scripted (offline)"     # what a call's session records as its model (LLM=scripted)
 DEFAULT_FIRST_TOKEN_DELAY_S = 0.25
 DEFAULT_TOKEN_DELAY_S = 0.025
 APOLOGY = "Sorry, I couldn't get that done just now. Could we try that again?"
