@@ -383,10 +383,11 @@ def _texts(message: Message) -> str:
 
 
 def _take_prefix(said: str, heard: str) -> tuple[str, str]:
-    """Split ``heard`` into the part that covers ``said`` and the rest."""
-    if not heard:
-        return "", ""
-    if len(heard) >= len(said):
-        rest = heard[len(said):].lstrip()
-        return (heard[:len(said)] if heard.startswith(said) else said).rstrip(), rest
+    """Split ``heard`` into the part that covers ``said`` and the rest, word by word: Twilio
+    may space what it played otherwise than we sent it (a model's blank line), and counted
+    in characters the rest would start inside a word of ``said``."""
+    words = heard.split()
+    covered = len(said.split())
+    if len(words) > covered:
+        return said, " ".join(words[covered:])
     return heard.rstrip(), ""
