@@ -70,6 +70,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"voiceagent: {err}", file=sys.stderr)
         return 2
     except BaseExceptionGroup as group:          # errors from inside a nursery arrive grouped
+        if group.split(KeyboardInterrupt)[1] is None:    # Ctrl-C during a call
+            return 130
         known, rest = group.split(DOMAIN_ERRORS)
         if known is None or rest is not None:
             raise
