@@ -7,6 +7,7 @@ and returns non-zero.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import sys
@@ -44,6 +45,10 @@ DEMO_WARNING = ("DEMO MODE: Twilio signature checks are OFF, the model is the of
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # a terminal or file that is not UTF-8 (cp1252, Latin-1): '\xe9' for what it cannot
+        # show, as Python does on stderr, rather than dying at a caller's 'café'
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         code = _main(argv)
         sys.stdout.flush()          # here, not at exit, where a closed pipe prints a traceback
