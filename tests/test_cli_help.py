@@ -40,6 +40,13 @@ def test_every_command_and_option_has_help() -> None:
     assert not missing, f"options without help: {missing}"
 
 
+def test_every_command_describes_itself_in_its_own_help() -> None:
+    """`voiceagent demo --help` showed its options under no description at all: the line in
+    the parent's list is not shown in the command's own help."""
+    bare = [path for path, parser, _ in _parsers(cli._parser()) if not parser.description]
+    assert not bare, f"commands whose --help has no description: {bare}"
+
+
 def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stop:
         cli.main(["--version"])

@@ -112,7 +112,13 @@ def _parser() -> argparse.ArgumentParser:
                             "variables already in the environment win")
     serve.set_defaults(run=_serve)
 
-    demo = commands.add_parser("demo", help="run offline and talk to the restaurant agent")
+    demo = commands.add_parser(
+        "demo", help="run offline and talk to the restaurant agent",
+        description="Serve the example agents on 127.0.0.1 with the offline scripted model and "
+                    "an embedded store, and be the caller: type what you say, /interrupt to "
+                    "barge in, /dtmf 12 to press keys, /hangup to end, /help. Without a "
+                    "terminal, lines piped in (or --say) are the caller's. Signature checks "
+                    "are off: for your machine only.")
     demo.add_argument("--say", action="append", default=[], metavar="TEXT",
                       help="play a scripted caller instead of typing (repeatable)")
     demo.add_argument("--port", type=int, default=0, help="port to serve on (default: any free)")

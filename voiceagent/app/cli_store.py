@@ -42,42 +42,68 @@ LINE_WIDTH = 10_000                 # long values stay on one line, as in config
 
 def add_commands(commands: Any) -> None:
     """Add the subcommands to ``voiceagent``'s subparsers (``argparse._SubParsersAction``)."""
-    config = commands.add_parser("config", help="use cases and profiles in the store")
+    config = commands.add_parser(
+        "config", help="use cases and profiles in the store",
+        description="Use cases and profiles in the store the settings name (STORE: the "
+                    "embedded SQLite file, or the DynamoDB table).")
     config_commands = config.add_subparsers(dest="config_command", required=True,
                                              metavar="{load,list,show,export}")
     load = config_commands.add_parser(
-        "load", help="validate config/ and write it to the store (idempotent)")
+        "load", help="validate config/ and write it to the store (idempotent)",
+        description="Check every file of config/ against the registered tools, then write "
+                    "the use cases and profiles to the store; nothing is written when a "
+                    "file is wrong. Says per item whether it was created, changed or "
+                    "unchanged.")
     load.add_argument("--config-dir", type=Path, default=None,
                       help="folder laid out like config/ (default: $CONFIG_DIR, from the "
                            "environment or ./.env, else ./config, else voiceagent's examples)")
     load.set_defaults(run=_config_load)
-    listing = config_commands.add_parser("list", help="use cases and profiles, one line each")
+    listing = config_commands.add_parser(
+        "list", help="use cases and profiles, one line each",
+        description="The store's use cases and profiles, one line each.")
     listing.set_defaults(run=_config_list)
-    show = config_commands.add_parser("show", help="one use case as YAML")
+    show = config_commands.add_parser(
+        "show", help="one use case as YAML",
+        description="One use case from the store, as YAML laid out like config/usecases/.")
     show.add_argument("name", help="the use case's name")
     show.set_defaults(run=_config_show)
     export = config_commands.add_parser(
-        "export", help="write the store's use cases and profiles as YAML files like config/")
+        "export", help="write the store's use cases and profiles as YAML files like config/",
+        description="Write the store's use cases and profiles as YAML files laid out like "
+                    "config/ (files there are replaced; comments are not kept).")
     export.add_argument("--out", type=Path, default=DEFAULT_EXPORT_DIR,
                         help=f"folder to write (default: ./{DEFAULT_EXPORT_DIR})")
     export.set_defaults(run=_config_export)
 
-    calls = commands.add_parser("calls", help="recorded calls and their transcripts")
+    calls = commands.add_parser(
+        "calls", help="recorded calls and their transcripts",
+        description="Calls recorded in the store, and what was said in them (phone numbers "
+                    "masked).")
     calls_commands = calls.add_subparsers(dest="calls_command", required=True,
                                            metavar="{list,show}")
-    recent = calls_commands.add_parser("list", help="recent calls, newest first")
+    recent = calls_commands.add_parser(
+        "list", help="recent calls, newest first",
+        description="Recent calls, newest first: CallSid, start, use case, caller (masked), "
+                    "messages.")
     recent.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     recent.set_defaults(run=_calls_list)
-    one = calls_commands.add_parser("show", help="one call, turn by turn")
+    one = calls_commands.add_parser(
+        "show", help="one call, turn by turn",
+        description="One call turn by turn: who spoke when, what the caller heard where a "
+                    "barge-in cut the agent, and each tool's input and result.")
     one.add_argument("call_sid", metavar="CALLSID",
                      help="the call's CallSid (CA...), as `voiceagent calls list` shows it")
     one.set_defaults(run=_calls_show)
 
-    store = commands.add_parser("store", help="the store itself")
+    store = commands.add_parser("store", help="the store itself",
+                                description="The store itself (STORE, TABLE_NAME).")
     store_commands = store.add_subparsers(dest="store_command", required=True,
                                            metavar="{init}")
     init = store_commands.add_parser(
-        "init", help="create the DynamoDB table (or the SQLite file) if it does not exist")
+        "init", help="create the DynamoDB table (or the SQLite file) if it does not exist",
+        description="Create the DynamoDB table with its index and TTL (or the SQLite file) "
+                    "if it does not exist; an existing one is checked (its TTL switched on "
+                    "if off).")
     init.set_defaults(run=_store_init)
 
 
