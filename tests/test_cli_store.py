@@ -328,6 +328,26 @@ def test_config_export_to_a_folder_it_cannot_create_fails_in_one_line(
         "--out\n")
 
 
+def test_config_export_does_not_replace_your_own_config_unless_forced(
+        sqlite_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`config export --out config` silently rewrote the source files, their comments lost;
+    an earlier export there is replaced as before."""
+    run(capsys, "config", "load", "--config-dir", str(REPO_CONFIG))
+    mine = tmp_path / "config"
+    shutil.copytree(REPO_CONFIG, mine)
+    before = {p: p.read_bytes() for p in mine.rglob("*.yaml")}
+    refused = fail(capsys, "config", "export", "--out", str(mine))
+    assert refused.startswith(f"voiceagent: {mine / 'usecases'}")
+    assert refused.rstrip().endswith("Choose another --out, or pass --force")
+    assert {p: p.read_bytes() for p in mine.rglob("*.yaml")} == before
+    first = run(capsys, "config", "export", "--out", str(tmp_path / "export"))
+    again = run(capsys, "config", "export", "--out", str(tmp_path / "export"))
+    assert again == first                                   # an export's own files: replaced
+    forced = run(capsys, "config", "export", "--out", str(mine), "--force")
+    assert forced[0].startswith(f"wrote {mine}")
+    assert all(p.read_text().startswith("# Exported by") for p in mine.rglob("*.yaml"))
+
+
 # ------------------------------------------------------------------ calls
 
 

@@ -14,6 +14,7 @@ import argparse
 import sys
 from collections import Counter
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,13 @@ def add_commands(commands: Any) -> None:
     export = config_commands.add_parser(
         "export", help="write the store's use cases and profiles as YAML files like config/",
         description="Write the store's use cases and profiles as YAML files laid out like "
-                    "config/ (files there are replaced; comments are not kept).")
+                    "config/. Earlier exports there are replaced; files you wrote are not, "
+                    "unless --force (comments are not kept).")
     export.add_argument("--out", type=Path, default=DEFAULT_EXPORT_DIR,
                         help=f"folder to write (default: ./{DEFAULT_EXPORT_DIR})")
+    export.add_argument("--force", action="store_true",
+                        help="replace files not written by an export (your config/ itself: "
+                             "their comments are lost)")
     export.set_defaults(run=_config_export)
 
     calls = commands.add_parser(
@@ -212,16 +217,24 @@ async def _show(settings: Settings, name: str) -> int:
 
 
 def _config_export(args: argparse.Namespace) -> int:
-    return trio.run(_export, _settings(), args.out)
+    return trio.run(partial(_export, _settings(), args.out, force=args.force))
 
 
-async def _export(settings: Settings, out: Path) -> int:
+async def _export(settings: Settings, out: Path, *, force: bool = False) -> int:
     async with open_store(settings, create=False) as store:
         use_cases = [records.use_case_from_item(item)
                      for item in await store.query_index(records.USE_CASE_INDEX)]
         profiles = [records.profile_from_item(item)
                     for item in await store.query_index(records.PROFILE_INDEX)]
-    for path, text in export_files(use_cases, profiles).items():
+    files = export_files(use_cases, profiles)
+    own = [out / path for path in files if _hand_written(out / path)]
+    if own and not force:
+        more = f" and {len(own) - 1} more" if len(own) > 1 else ""
+        print(f"voiceagent: {own[0]}{more}: not written by an export; replacing would lose "
+              "what the store does not keep (comments, layout). Choose another --out, or "
+              "pass --force", file=sys.stderr)
+        return 2
+    for path, text in files.items():
         target = out / path
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -234,6 +247,17 @@ async def _export(settings: Settings, out: Path) -> int:
     print(f"{_count(len(use_cases), 'use case')} and {_count(len(profiles), 'profile')} "
           f"from {store.name}")
     return 0
+
+
+def _hand_written(path: Path) -> bool:
+    """A file there that an export did not write (it lacks the header): someone's config/."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as file:
+            return file.read(len(EXPORT_HEADER)) != EXPORT_HEADER
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return False            # not a file (a folder, no permission): the write says so
 
 
 def export_files(use_cases: list[UseCase], profiles: list[Profile]) -> dict[str, str]:
