@@ -86,3 +86,21 @@ def test_serve_reads_dotenv_and_the_environment_wins(tmp_path: Path) -> None:
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2
     assert "--env-file: no file at nowhere.env" in missing.stderr
+
+
+def test_serve_says_which_addresses_to_give_twilio() -> None:
+    """Behind a tunnel the address Twilio calls is not the one the server binds (hypercorn's
+    'Running on http://0.0.0.0:3000'), and nothing said what to paste into the console."""
+    from voiceagent.settings import Settings
+
+    tunnel = Settings.from_env({"PUBLIC_URL": "https://abc.ngrok.app/", "LLM": "scripted",
+                                "VALIDATE_SIGNATURES": "false"})
+    assert cli.webhook_addresses(tunnel) == {
+        "voice_url": "https://abc.ngrok.app/twiml (POST)",
+        "relay_socket": "wss://abc.ngrok.app/relay"}
+    bare = Settings.from_env({"LLM": "scripted", "VALIDATE_SIGNATURES": "false",
+                              "PHONE_PAGE": "true", "HOST": "127.0.0.1", "PORT": "3000"})
+    said = cli.webhook_addresses(bare)
+    assert said["voice_url"].endswith("/twiml (POST)")
+    assert "PUBLIC_URL" in said["hint"]
+    assert said["phone_page"] == "http://127.0.0.1:3000/phone"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from voiceagent import logs
+from voiceagent import logs, signature
 from voiceagent.app import bench_cli, check, init
 from voiceagent.app.caller import CallerError, Identity, open_call
 from voiceagent.app.cli_store import add_commands
@@ -201,12 +201,31 @@ async def _serve_async(settings: Settings) -> None:
         async with open_runtime(settings) as runtime:
             ensure_open_files(settings)             # once start-up went well: one line if not
             heap.settle_after_startup()
+            log.info("twilio webhooks", extra=webhook_addresses(settings))
             await serve(runtime, host=settings.host, port=settings.port, shutdown=stop)
             lag_ms = round((runtime.metrics.loop_lag_longest if runtime.metrics else 0) * 1e3, 2)
         nursery.cancel_scope.cancel()
     # what the process's calls waited for, beyond their own work (benchmarks read this line)
     log.info("server stopped", extra={"gc_pauses": pauses.summary(),
                                       "loop_lag_longest_ms": lag_ms})
+
+
+def webhook_addresses(settings: Settings) -> dict[str, str]:
+    """What to paste into the Twilio console, said at start-up: behind a tunnel the address
+    Twilio calls is not the one the server binds, and a developer had to work it out."""
+    from voiceagent.app.phone_page import PATH as PHONE_PATH
+    from voiceagent.app.web import DEFAULT_RELAY_PATH
+
+    base = (settings.public_url or "").rstrip("/")
+    said = ({"voice_url": f"{base}/twiml (POST)",
+             "relay_socket": settings.ws_url or signature.to_ws(base) + DEFAULT_RELAY_PATH}
+            if base else
+            {"voice_url": "<the https address Twilio reaches>/twiml (POST)",
+             "hint": "set PUBLIC_URL to that address (your tunnel's) so signatures check "
+                     "against it"})
+    if settings.phone_page:
+        said["phone_page"] = f"http://{settings.host}:{settings.port}{PHONE_PATH}"
+    return said
 
 
 def _demo(args: argparse.Namespace) -> int:
