@@ -174,8 +174,8 @@ class History:
 
         Twilio's ``utteranceUntilInterrupt`` covers the whole talk cycle, which may span several
         assistant messages (text, tool round, more text). It is matched against their texts in
-        order by length; tool blocks stay, since their results already stand in the history.
-        Assistant messages left with nothing are removed and the neighbours merged.
+        order, word by word; tool blocks stay, since their results already stand in the
+        history. Assistant messages left with nothing are removed and the neighbours merged.
         """
         remaining = heard.strip()
         # An earlier turn's message may be in the store already: what changes is stored again
