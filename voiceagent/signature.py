@@ -53,8 +53,11 @@ def is_valid(auth_token: str, url: str, params: Mapping[str, str],
     if not secret:
         return False
     algorithm = get_signature_algorithm(settings)
-    return bool(RequestValidator(secret).validate(url, dict(params), signature,
-                                                  algorithm=algorithm))
+    try:
+        return bool(RequestValidator(secret).validate(url, dict(params), signature,
+                                                      algorithm=algorithm))
+    except ValueError:      # the Host (or X-Forwarded-Host) made no URL: "h:abc", "[::1"
+        return False
 
 
 def sign(auth_token: str, url: str, params: Mapping[str, str] | None = None) -> str:
