@@ -43,6 +43,11 @@ HARD_FRAME_LIMIT = 1024 * 1024     # hypercorn closes the socket (1009) beyond t
                                    # reader drops frames over MAX_FRAME_BYTES before that
 BODY_TIMEOUT_S = 10.0              # a request's whole body, from the end of its headers:
                                    # Twilio sends its few KB at once
+# A connection's idle time before its first request and between requests, each request's
+# headers included (hypercorn has one timer for both). Above the ALB's idle timeout (300 s,
+# sam/cloud-deploy-infra-template.yml): a target that closes a kept-alive connection first
+# races the ALB's next request on it, which the ALB answers 502 (AWS's own advice).
+KEEP_ALIVE_S = 310.0
 # A peer gone without a FIN (a NAT or balancer dropped the flow) or one that stopped reading
 # (its window at zero) would hold a call's send for ever: hypercorn shields send_all from
 # cancellation, so neither the call's teardown nor a drain can end it, and the call keeps its
@@ -75,11 +80,13 @@ def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0,
     # WebSocket pings keep the path alive without a frame Twilio would reject.
     config.websocket_ping_interval = ping_interval_s or None
     config.graceful_timeout = GRACEFUL_S
+    config.keep_alive_timeout = KEEP_ALIVE_S
     # Slow bodies are bounded by ``bounded_bodies``, not by ``config.read_timeout``: that one
     # bounds every read of a connection, WebSockets included, so it would cut a quiet call
     # (Twilio sends nothing between utterances, and pings may be off), while a body trickled
     # a byte at a time, just under it, would never trip it. Slow headers are already bounded
-    # by ``keep_alive_timeout`` (5 s), which runs from the connection's start to its request.
+    # by ``keep_alive_timeout``, which runs from the connection's start, or its last answer
+    # (see ``bounded_bodies``), to its next request.
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
@@ -140,7 +147,8 @@ async def serve(runtime: Runtime, *, host: str, port: int,
 def bounded_bodies(app: ASGIFramework) -> ASGIFramework:
     """An HTTP request whose body has not all arrived ``BODY_TIMEOUT_S`` after its headers is
     answered 408 and its connection closed (hypercorn closes a connection whose request body
-    was left unread), however slowly the bytes keep coming. Quart's own BODY_TIMEOUT (60 s)
+    was left unread), however slowly the bytes keep coming. Its last body is sent shielded,
+    so that the connection's idle timer runs again after it. Quart's own BODY_TIMEOUT (60 s)
     applies only to a handler that reads the body; this applies to every request. WebSocket
     upgrades have no body and pass untouched."""
     async def asgi(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
@@ -158,6 +166,13 @@ def bounded_bodies(app: ASGIFramework) -> ASGIFramework:
         async def send_noting(message: ASGISendEvent) -> None:
             nonlocal responded
             responded = responded or message["type"] == "http.response.start"
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                # hypercorn restarts the connection's idle timer (KEEP_ALIVE_S) inside this
+                # send, and quart-trio cancels the task once the body is out: unshielded, a
+                # kept-alive connection had no timer at all after its first answer
+                with trio.move_on_after(BODY_TIMEOUT_S, shield=True):
+                    await send(message)
+                return
             await send(message)
 
         with trio.CancelScope(deadline=trio.current_time() + BODY_TIMEOUT_S) as body_clock:
