@@ -40,7 +40,8 @@ def to_ws(url: str) -> str:
 
 def is_valid(auth_token: str, url: str, params: Mapping[str, str],
              headers: Mapping[str, str], *, shared_key_secret: str | None = None) -> bool:
-    """True when the request carries a valid signature for ``url`` and ``params``.
+    """True when the request carries a valid signature for ``url`` and ``params``: a
+    multi-valued mapping (werkzeug's ``MultiDict``) is checked with every value of a name.
 
     With a Webhooks Rule, Twilio signs with a shared key (HMAC-SHA256) and says so in
     X-Twilio-Webhooks-Signature-Settings; otherwise with the auth token (HMAC-SHA1).
@@ -54,7 +55,7 @@ def is_valid(auth_token: str, url: str, params: Mapping[str, str],
         return False
     algorithm = get_signature_algorithm(settings)
     try:
-        return bool(RequestValidator(secret).validate(url, dict(params), signature,
+        return bool(RequestValidator(secret).validate(url, params, signature,
                                                       algorithm=algorithm))
     except ValueError:      # the Host (or X-Forwarded-Host) made no URL: "h:abc", "[::1"
         return False

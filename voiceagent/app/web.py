@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -78,7 +79,7 @@ def _base_url(settings: Settings) -> str:
                                  trust_forwarded=settings.trust_proxy_headers)
 
 
-def _check(settings: Settings, url: str, params: dict[str, str],
+def _check(settings: Settings, url: str, params: Mapping[str, str],
            given: dict[str, str]) -> bool:
     return signature.is_valid(settings.twilio_auth_token or "", url, params, given,
                               shared_key_secret=settings.twilio_shared_key_secret)
@@ -98,12 +99,12 @@ async def _signed_form(settings: Settings) -> dict[str, str] | Response:
         log.warning("webhook body too large", extra={"path": request.path,
                                                      "bytes": request.content_length})
         return Response("request body too large", status=413)
-    form = dict((await request.form).items())
+    received = await request.form          # every value of a repeated name is signed
     if settings.validate_signatures and not _check(settings,
-            _base_url(settings) + request.full_path.rstrip("?"), form, _headers()):
+            _base_url(settings) + request.full_path.rstrip("?"), received, _headers()):
         log.warning("bad signature", extra={"path": request.path})
         return Response("invalid signature", status=403)
-    return form
+    return dict(received.items())
 
 
 def _refuse_call(settings: Settings) -> Response:
