@@ -26,7 +26,7 @@ from hypercorn.typing import (
     Scope,
 )
 
-from voiceagent.app import connection_cycle
+from voiceagent.app import connection_cycle, ws_compression
 from voiceagent.app.runtime import Runtime, open_runtime
 from voiceagent.app.web import create_app
 from voiceagent.errors import ListenError
@@ -138,6 +138,7 @@ async def serve(runtime: Runtime, *, host: str, port: int,
     config = hypercorn_config(host, port, ping_interval_s=runtime.settings.ping_interval_s,
                               reuse_port=runtime.settings.reuse_port)
     connection_cycle.install()
+    ws_compression.install()
     async with trio.open_nursery() as outer:
         await hypercorn.trio.serve(bounded_bodies(create_app(runtime)), config,
                                    shutdown_trigger=trigger, task_status=task_status)
