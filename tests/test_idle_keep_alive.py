@@ -1,4 +1,4 @@
-"""A kept-alive HTTP connection is closed once it has been idle KEEP_ALIVE_S after its last
+"""A kept-alive HTTP connection is closed once it has been idle HTTP_IDLE_TIMEOUT_S after its last
 answer, and the next request's headers must all arrive within that time: anyone can open
 connections (a GET /health, an unsigned POST answered 403), and each one held open for ever,
 silent or trickling a header byte now and then, keeps a file descriptor and its tasks until
@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import trio
 
-import voiceagent.app.server
 from tests.server_harness import make_settings, running_server
 
 REQUESTS = {
@@ -38,11 +37,10 @@ async def answer(stream: trio.SocketStream) -> bytes:
 @pytest.mark.parametrize("request_name", list(REQUESTS))
 @pytest.mark.parametrize("trickle", [False, True], ids=["silent", "trickling headers"])
 async def test_a_kept_alive_connection_is_closed_when_idle(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request_name: str,
-        trickle: bool) -> None:
-    monkeypatch.setattr(voiceagent.app.server, "KEEP_ALIVE_S", 0.5)
+        tmp_path: Path, request_name: str, trickle: bool) -> None:
     with trio.fail_after(20):
-        async with running_server(make_settings(tmp_path)) as server:
+        async with running_server(make_settings(tmp_path,
+                                                HTTP_IDLE_TIMEOUT_S="0.5")) as server:
             host = server.url.removeprefix("http://")
             address, port = host.split(":")
             async with await trio.open_tcp_stream(address, int(port)) as stream, \

@@ -112,6 +112,8 @@ class Settings(BaseModel):
     drain_timeout_s: float = Field(90.0, alias="DRAIN_TIMEOUT_S", ge=0, le=3600)
     end_grace_s: float = Field(10.0, alias="END_GRACE_S", ge=0, le=600)  # goodbye -> hung up
     ping_interval_s: float = Field(20.0, alias="PING_INTERVAL_S", ge=0, le=300)
+    # an HTTP connection's idle time (and its next request's headers): see server.py
+    http_idle_timeout_s: float = Field(310.0, alias="HTTP_IDLE_TIMEOUT_S", gt=0, le=3600)
     twilio_sms_from: str | None = Field(None, alias="TWILIO_SMS_FROM")   # sendConfirmationSms
     twilio_api_base_url: str | None = Field(None, alias="TWILIO_API_BASE_URL")  # tests, mocks
     # CloudWatch Embedded Metric Format lines on stdout; unset: on when METRICS_NAMESPACE is

@@ -44,10 +44,10 @@ HARD_FRAME_LIMIT = 1024 * 1024     # hypercorn closes the socket (1009) beyond t
 BODY_TIMEOUT_S = 10.0              # a request's whole body, from the end of its headers:
                                    # Twilio sends its few KB at once
 # A connection's idle time before its first request and between requests, each request's
-# headers included (hypercorn has one timer for both). Above the ALB's idle timeout (300 s,
-# sam/cloud-deploy-infra-template.yml): a target that closes a kept-alive connection first
-# races the ALB's next request on it, which the ALB answers 502 (AWS's own advice).
-KEEP_ALIVE_S = 310.0
+# headers included (hypercorn has one timer for both): HTTP_IDLE_TIMEOUT_S, by default above
+# the ALB's idle timeout (300 s, sam/cloud-deploy-infra-template.yml): a target that closes a
+# kept-alive connection first races the ALB's next request on it, which the ALB answers 502
+# (AWS's own advice). A server exposed without a proxy in front may want it lower.
 # A peer gone without a FIN (a NAT or balancer dropped the flow) or one that stopped reading
 # (its window at zero) would hold a call's send for ever: hypercorn shields send_all from
 # cancellation, so neither the call's teardown nor a drain can end it, and the call keeps its
@@ -59,7 +59,7 @@ KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 20, 5, 3
 
 
 def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0,
-                     reuse_port: bool = False) -> Config:
+                     reuse_port: bool = False, idle_timeout_s: float = 310.0) -> Config:
     config = Config()
     # Bound here and handed to hypercorn as an fd: accepted connections inherit the
     # listener's options (``_drop_dead_peers``), which hypercorn offers no hook for; and for
@@ -80,7 +80,7 @@ def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0,
     # WebSocket pings keep the path alive without a frame Twilio would reject.
     config.websocket_ping_interval = ping_interval_s or None
     config.graceful_timeout = GRACEFUL_S
-    config.keep_alive_timeout = KEEP_ALIVE_S
+    config.keep_alive_timeout = idle_timeout_s
     # Slow bodies are bounded by ``bounded_bodies``, not by ``config.read_timeout``: that one
     # bounds every read of a connection, WebSockets included, so it would cut a quiet call
     # (Twilio sends nothing between utterances, and pings may be off), while a body trickled
@@ -136,7 +136,8 @@ async def serve(runtime: Runtime, *, host: str, port: int,
         outer.start_soon(_watchdog)
 
     config = hypercorn_config(host, port, ping_interval_s=runtime.settings.ping_interval_s,
-                              reuse_port=runtime.settings.reuse_port)
+                              reuse_port=runtime.settings.reuse_port,
+                              idle_timeout_s=runtime.settings.http_idle_timeout_s)
     connection_cycle.install()
     ws_compression.install()
     async with trio.open_nursery() as outer:
@@ -168,7 +169,7 @@ def bounded_bodies(app: ASGIFramework) -> ASGIFramework:
             nonlocal responded
             responded = responded or message["type"] == "http.response.start"
             if message["type"] == "http.response.body" and not message.get("more_body"):
-                # hypercorn restarts the connection's idle timer (KEEP_ALIVE_S) inside this
+                # hypercorn restarts the connection's idle timer (HTTP_IDLE_TIMEOUT_S) in this
                 # send, and quart-trio cancels the task once the body is out: unshielded, a
                 # kept-alive connection had no timer at all after its first answer
                 with trio.move_on_after(BODY_TIMEOUT_S, shield=True):
