@@ -20,6 +20,7 @@ import trio
 
 import voiceagent.store.records as records
 from voiceagent.app.sessions import PENDING_TTL_S, SESSION_WRITE_S
+from voiceagent.app.socket_marks import AgentEnded
 from voiceagent.errors import StoreError
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
@@ -33,17 +34,6 @@ SESSION_ID = re.compile(r"^[A-Za-z0-9]{1,64}$")      # Twilio's are VX + 32 hex 
 class ActionReplayed(Exception):
     """A failed relay session's ``/action`` answered before, or one that came after the
     call's relay ended: a replayed request, since Twilio asks once per relay session."""
-
-
-class AgentEnded(Exception):
-    """The agent had ended the call (``end`` taken) before its relay session failed: the
-    answer is that end's (its ``handoff_data``: a handoff, or a goodbye), never a reconnect.
-    The ``end`` may have been lost on its way to Twilio; resuming would reopen a
-    conversation the agent closed, or let a replayed request mint a session token."""
-
-    def __init__(self, handoff_data: str) -> None:
-        super().__init__("the agent ended the call before its relay session failed")
-        self.handoff_data = handoff_data
 
 
 class RelayAnswers:

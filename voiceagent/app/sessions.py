@@ -140,7 +140,8 @@ class Sessions:
         the renewal is written (SESSION_WRITE_S at most): Twilio gives up on a webhook after
         15 s, and a mass failure (a task dying with hundreds of calls) backs the store up.
         A socket here that has closed but whose call still winds down (a side-effect tool
-        finishing) is waited for up to the deadline."""
+        finishing) is waited for up to the deadline. ``AgentEnded`` (``socket_marks``) when,
+        its writes in, the old socket turns out to have taken the agent's ``end``."""
         if deadline is None:
             deadline = trio.current_time() + self._settings.flush_timeout_s
         if session.call_sid in self._live:

@@ -3,7 +3,8 @@
 A reconnect may land on a third process, which resumes the conversation from the store, so
 the process that served the failed socket marks its end behind its last messages
 ("written"), and at once when its queue is behind or its call still winds down ("closed");
-here a renewal reads them, a bounded while.
+here a renewal reads them, a bounded while, and then whether that socket took the agent's
+``end`` (its ``relayEnded`` mark, which the "written" mark follows).
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ SOCKET_END_FIRST_WAIT_S = 0.05   # renew reads the old socket's end marks again 
 SOCKET_END_LONGEST_WAIT_S = 0.8  # doubling from this to this, until renew's deadline
 SOCKET_CLOSED_GRACE_S = 1.5      # no "closed" mark by then: no process is draining its writes
 MARK_READ_S = 1.0                # the least time the mark reads get, past renew's deadline
+
+
+class AgentEnded(Exception):
+    """The agent had ended the call (``end`` taken) before its relay session failed: the
+    answer is that end's (its ``handoff_data``: a handoff, or a goodbye), never a reconnect.
+    The ``end`` may have been lost on its way to Twilio; resuming would reopen a
+    conversation the agent closed, or let a replayed request mint a session token."""
+
+    def __init__(self, handoff_data: str) -> None:
+        super().__init__("the agent ended the call before its relay session failed")
+        self.handoff_data = handoff_data
 
 
 async def previous_socket_ended(store: Store, writer: WriteBehind,
@@ -50,7 +62,10 @@ async def previous_socket_ended(store: Store, writer: WriteBehind,
     queued here: this process's own ``/action`` flush has already waited for them.
 
     False when it stopped waiting without the "written" mark (the resumed history may
-    miss the old socket's last messages), or when those are still queued here."""
+    miss the old socket's last messages), or when those are still queued here.
+    ``AgentEnded`` when the marks read show that the old socket took the agent's ``end``:
+    ``/action``'s first look may have come before that mark landed (queued on the process
+    that served the socket, or taken while the renewal waited for the socket here)."""
     call_sid, generation = session.call_sid, session.generation
     if writer.queued(call_sid):
         return False
@@ -59,8 +74,10 @@ async def previous_socket_ended(store: Store, writer: WriteBehind,
     # a store slow to answer must not stretch the webhook either; one read always fits
     with trio.move_on_at(max(deadline, trio.current_time() + MARK_READ_S)):
         try:
-            return await _read_socket_marks(store, call_sid, session.token, written,
-                                          closed, deadline)
+            complete = await _read_socket_marks(store, call_sid, session.token, written,
+                                                closed, deadline)
+            await _refuse_after_agent_end(store, call_sid)
+            return complete
         except StoreError as err:       # a reconnect with what is stored beats none
             log.warning("the previous socket's end marks unreadable: reconnecting with "
                         "the history stored", extra={"error": str(err)})
@@ -98,6 +115,13 @@ async def _read_socket_marks(store: Store, call_sid: str, token: str, written: s
                 "reconnecting with the history stored",
                 extra={"waited_ms": round(waited * 1000)})
     return False
+
+
+async def _refuse_after_agent_end(store: Store, call_sid: str) -> None:
+    item = await store.get(call_sid, records.RELAY_ENDED_SK)
+    handoff_data = item.get(records.AGENT_END_ATTRIBUTE) if item is not None else None
+    if isinstance(handoff_data, str):
+        raise AgentEnded(handoff_data)
 
 
 def _pauses(budget_s: float) -> list[float]:

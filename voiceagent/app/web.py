@@ -23,7 +23,7 @@ from voiceagent import jsonlimits, signature, twiml
 from voiceagent.app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voiceagent.app.phone_page import PATH as PHONE_PATH
 from voiceagent.app.phone_page import UNSIGNED_ELSEWHERE, PhoneDesk, PhoneRefused, addressed_here
-from voiceagent.app.relay_answers import ActionReplayed, AgentEnded
+from voiceagent.app.relay_answers import ActionReplayed
 from voiceagent.app.runtime import Runtime
 from voiceagent.app.sessions import (
     MAX_RECONNECTS,
@@ -31,6 +31,7 @@ from voiceagent.app.sessions import (
     SessionBusy,
     SessionExists,
 )
+from voiceagent.app.socket_marks import AgentEnded
 from voiceagent.app.socket_standing import SocketStanding
 from voiceagent.catalog import UnknownUseCase
 from voiceagent.errors import StoreError
@@ -207,6 +208,12 @@ async def action_webhook(runtime: Runtime) -> Response:
             return last_words(SORRY)
         try:
             await runtime.relay_answers.answer_failure(call_sid, form.get("SessionId", ""))
+            if session.generation >= MAX_RECONNECTS:       # by any process: the store counts
+                log.warning("reconnect refused: the call's relay session keeps failing",
+                            extra={"reconnects": session.generation})
+                _count_reconnect(runtime, "refused_limit", call_sid)
+                return last_words(SORRY)
+            renewed, complete = await runtime.sessions.renew(session, deadline=deadline)
         except AgentEnded as err:
             log.warning("reconnect refused: the agent had ended the call; answering its end",
                         extra={"handoff": bool(err.handoff_data)})
@@ -225,13 +232,6 @@ async def action_webhook(runtime: Runtime) -> Response:
         except StoreError as err:
             log.error("relay session marks unreadable", extra={"error": str(err)})
             return last_words(SORRY)
-        if session.generation >= MAX_RECONNECTS:       # by any process: the store counts
-            log.warning("reconnect refused: the call's relay session keeps failing",
-                        extra={"reconnects": session.generation})
-            _count_reconnect(runtime, "refused_limit", call_sid)
-            return last_words(SORRY)
-        try:
-            renewed, complete = await runtime.sessions.renew(session, deadline=deadline)
         except SessionBusy:
             log.warning("reconnect refused: the call's socket is still connected")
             _count_reconnect(runtime, "refused_busy", call_sid)
