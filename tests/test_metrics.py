@@ -161,7 +161,8 @@ async def test_action_answers_an_apology_when_the_store_cannot_give_the_session(
     from voiceagent.errors import StoreError
 
     with trio.fail_after(30):
-        async with running_server(make_settings(tmp_path)) as server:
+        async with running_server(make_settings(tmp_path,
+                                                METRICS_TOKEN=METRICS_TOKEN)) as server:
             async def unreadable(pk: str, sk: str) -> dict[str, Any] | None:
                 raise StoreError("dynamodb get: no answer within 4 s")
 
@@ -169,8 +170,15 @@ async def test_action_answers_an_apology_when_the_store_cannot_give_the_session(
             answer = await post_form(server.url + "/action", {
                 "CallSid": "CA" + "6" * 32, "SessionId": "VX1", "SessionStatus": "failed",
                 "CallStatus": "in-progress", "ErrorCode": "64105"}, AUTH_TOKEN)
+            gone = await post_form(server.url + "/action", {      # the caller hung up: no one
+                "CallSid": "CA" + "7" * 32, "SessionId": "VX2", "SessionStatus": "failed",
+                "CallStatus": "completed", "ErrorCode": "64105"}, AUTH_TOKEN)
+            _, samples = await trio.to_thread.run_sync(_scrape, server.url)
     assert "<Hangup />" in answer
     assert "<Say" in answer
+    assert "<Hangup />" in gone
+    # the caller hung up on is a refused reconnect: an alarm on refusals sees a store outage
+    assert _value(samples, "voiceagent_reconnects_total", outcome="refused_unavailable") == 1
 
 
 def _check_emf(line: str) -> dict[str, Any]:

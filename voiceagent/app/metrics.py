@@ -116,8 +116,9 @@ class Metrics:
             "voiceagent_reconnects",
             "Reconnects Twilio asked for after a failed relay session, by outcome: resumed, "
             "resumed_partial (the failed socket's last messages may be missing), refused_busy, "
-            "refused_limit, refused_replay, ended_by_agent (the agent had sent end: answered "
-            "with that end's handoff or goodbye)", ["outcome"], registry=r)
+            "refused_limit, refused_unavailable (the store, the session or its use case "
+            "could not be had), refused_replay, ended_by_agent (the agent had sent end: "
+            "answered with that end's handoff or goodbye)", ["outcome"], registry=r)
         self.barge_ins = Counter("voiceagent_barge_ins", "Barge-ins (interrupt frames acted on)",
                                  registry=r)
         self.cut_turns = Counter("voiceagent_turns_cut", "Turns cancelled before their end",

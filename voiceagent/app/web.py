@@ -167,11 +167,14 @@ async def action_webhook(runtime: Runtime) -> Response:
     log.info("relay session ended", extra={"status": status,
                                            "error_code": form.get("ErrorCode", "")})
 
-    def last_words(text: str) -> Response:
+    def last_words(text: str, outcome: str = "refused_unavailable") -> Response:
         """Any answer but a reconnect ends the call's relay for good: say so in the store,
-        so that this signed request, replayed later to any process, renews nothing."""
+        so that this signed request, replayed later to any process, renews nothing; for a
+        failed session of a call in progress, count the refused reconnect (alarms)."""
         if call_sid:
             runtime.relay_answers.relay_ended(call_sid)
+        if status == "failed" and form.get("CallStatus", "").lower() == "in-progress":
+            _count_reconnect(runtime, outcome, call_sid)
         return Response(twiml.say_and_hang_up(text), mimetype=XML)
 
     if status == "completed":                # the caller hung up: Twilio ignores the TwiML
@@ -211,8 +214,7 @@ async def action_webhook(runtime: Runtime) -> Response:
             if session.generation >= MAX_RECONNECTS:       # by any process: the store counts
                 log.warning("reconnect refused: the call's relay session keeps failing",
                             extra={"reconnects": session.generation})
-                _count_reconnect(runtime, "refused_limit", call_sid)
-                return last_words(SORRY)
+                return last_words(SORRY, "refused_limit")
             renewed, complete = await runtime.sessions.renew(session, deadline=deadline)
         except AgentEnded as err:
             log.warning("reconnect refused: the agent had ended the call; answering its end",
@@ -234,8 +236,7 @@ async def action_webhook(runtime: Runtime) -> Response:
             return last_words(SORRY)
         except SessionBusy:
             log.warning("reconnect refused: the call's socket is still connected")
-            _count_reconnect(runtime, "refused_busy", call_sid)
-            return last_words(SORRY)
+            return last_words(SORRY, "refused_busy")
         # the new socket resumes the history
         _count_reconnect(runtime, "resumed" if complete else "resumed_partial", call_sid)
         ws_url = settings.ws_url or signature.to_ws(_base_url(settings)) + path
