@@ -90,6 +90,10 @@ class DtmfHandler(Strict):
 
     @model_validator(mode="after")
     def _flags_need_reply(self) -> DtmfHandler:
+        if self.reply is None and self.tool is None and not self.to_model:
+            raise key_problem((), "a handler needs reply, tool and/or to_model: true")
+        if self.input and self.tool is None:
+            raise key_problem(("input",), "input is the tool's input; set tool")
         if self.reply is None and (self.interruptible is not None
                                    or self.preemptible is not None):
             raise key_problem((), "interruptible and preemptible apply to reply; set reply")
