@@ -25,8 +25,8 @@ from pydantic import (
 )
 
 from voiceagent.errors import ConfigError
-from voiceagent.llm.base import InferenceConfig, ModelOptions
 from voiceagent.relay.protocol import Setting
+from voiceagent.usecase_model import InferenceSettings, ModelOptionSettings
 from voiceagent.usecase_relay import (
     KEY_PROBLEM,
     LANGUAGE_BUILDER_ATTRIBUTES,
@@ -46,7 +46,8 @@ from voiceagent.usecase_relay import (
 )
 
 __all__ = ["LANGUAGE_BUILDER_ATTRIBUTES", "RELAY_BUILDER_ATTRIBUTES", "TWILIO_VERSION",
-           "LanguageEntry", "RelayTrigger", "RelayUpdate", "ReplyControls", "Setting"]
+           "InferenceSettings", "LanguageEntry", "ModelOptionSettings", "RelayTrigger",
+           "RelayUpdate", "ReplyControls", "Setting"]
 
 USER_CONTEXT_MARK = "<<USER_CONTEXT>>"     # the original sample's placeholders, kept so its
 CURRENT_DATE_MARK = "<<CURRENT_DATE>>"     # prompt items work unchanged
@@ -262,28 +263,6 @@ class UseCase(Strict):
 
 def _primary_subtag(code: str) -> str:
     return code.replace("_", "-").split("-", 1)[0].lower()
-
-
-class InferenceSettings(Strict):
-    max_tokens: int = Field(default=300, ge=1, le=8192)
-    temperature: float | None = Field(default=None, ge=0, le=1)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    stop_sequences: tuple[str, ...] = ()
-
-    def to_config(self) -> InferenceConfig:
-        return InferenceConfig(self.max_tokens, self.temperature, self.top_p,
-                               self.stop_sequences)
-
-
-class ModelOptionSettings(Strict):
-    latency_optimized: bool = False
-    prompt_caching: bool = False
-    guardrail_id: str | None = None
-    guardrail_version: str | None = None
-
-    def to_options(self) -> ModelOptions:
-        return ModelOptions(self.latency_optimized, self.prompt_caching, self.guardrail_id,
-                            self.guardrail_version)
 
 
 UseCase.model_rebuild()
