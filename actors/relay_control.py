@@ -37,9 +37,7 @@ class RelayControl:
 
     @classmethod
     def for_use_case(cls, use_case: UseCase) -> RelayControl:
-        relay = use_case.relay
-        start = relay.get("ttsLanguage") or relay.get("language") or "en-US"
-        return cls(use_case, str(start))
+        return cls(use_case, _first_language(use_case))
 
     # ------------------------------------------------------------------ language
 
@@ -62,8 +60,7 @@ class RelayControl:
         moved off the use case's first language (the persona prompt is written in one)."""
         if not self.use_case.auto_language_enabled:
             return None
-        first = self.use_case.relay.get("ttsLanguage") or self.use_case.relay.get("language")
-        if first is not None and _same(str(first), self.tts_language):
+        if _same(_first_language(self.use_case), self.tts_language):
             return None
         entry: LanguageEntry | None = self.use_case.language_for(self.tts_language)
         code = entry.code if entry is not None else self.tts_language
@@ -91,6 +88,12 @@ class RelayControl:
             log.info("relay update", extra={"rule": index, "messages": [
                 type(m).__name__.lower() for m in rule.messages()]})
         return messages
+
+
+def _first_language(use_case: UseCase) -> str:
+    """What Twilio speaks at the start: the TwiML's language, else its default, en-US."""
+    relay = use_case.relay
+    return str(relay.get("ttsLanguage") or relay.get("language") or "en-US")
 
 
 def _matches(pattern: str | None, text: str) -> bool:
