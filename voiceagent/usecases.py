@@ -133,6 +133,15 @@ class ScriptedRule(Strict):
     def _regex_ok(cls, value: str) -> str:
         return regex_ok(value)
 
+    @model_validator(mode="after")
+    def _answers(self) -> ScriptedRule:
+        if self.tool is None:
+            if self.reply is None:
+                raise key_problem((), "a rule needs reply and/or tool")
+            if self.then is not None:
+                raise key_problem(("then",), "then is said after the tool's result; set tool")
+        return self
+
 
 class ScriptedConfig(Strict):
     rules: tuple[ScriptedRule, ...] = ()
