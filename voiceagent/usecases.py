@@ -12,7 +12,7 @@ import datetime as dt
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -26,6 +26,7 @@ from pydantic import (
 
 from voiceagent.errors import ConfigError
 from voiceagent.relay.protocol import Setting
+from voiceagent.usecase_handoff import HandoffConfig
 from voiceagent.usecase_model import InferenceSettings, ModelOptionSettings
 from voiceagent.usecase_relay import (
     KEY_PROBLEM,
@@ -46,8 +47,8 @@ from voiceagent.usecase_relay import (
 )
 
 __all__ = ["LANGUAGE_BUILDER_ATTRIBUTES", "RELAY_BUILDER_ATTRIBUTES", "TWILIO_VERSION",
-           "InferenceSettings", "LanguageEntry", "ModelOptionSettings", "RelayTrigger",
-           "RelayUpdate", "ReplyControls", "Setting"]
+           "HandoffConfig", "InferenceSettings", "LanguageEntry", "ModelOptionSettings",
+           "RelayTrigger", "RelayUpdate", "ReplyControls", "Setting"]
 
 USER_CONTEXT_MARK = "<<USER_CONTEXT>>"     # the original sample's placeholders, kept so its
 CURRENT_DATE_MARK = "<<CURRENT_DATE>>"     # prompt items work unchanged
@@ -111,6 +112,14 @@ class DtmfConfig(Strict):
     max_digits: int = Field(default=12, ge=1, le=64)
     default_to_model: bool = True      # keys without a handler go to the model
 
+    @field_validator("terminator")
+    @classmethod
+    def _one_key(cls, value: str) -> str:
+        """Else an entry could only end by its timeout or length."""
+        if len(value) != 1 or value not in "0123456789*#":
+            raise key_problem((), f"{value!r} is not one key: use one of 0-9, * or #")
+        return value
+
 
 
 
@@ -148,16 +157,6 @@ class ScriptedConfig(Strict):
     fallback: str = "Sorry, I did not catch that. Could you say it another way?"
     first_token_delay_ms: int | None = Field(default=None, ge=0, le=10_000)
     token_delay_ms: int | None = Field(default=None, ge=0, le=2_000)
-
-
-class HandoffConfig(Strict):
-    """Where ``liveAgentHandoff`` sends the caller (used by ``POST /action``)."""
-
-    mode: Literal["enqueue", "dial", "none"] = "none"
-    queue: str | None = None
-    workflow_sid: str | None = None
-    number: str | None = None
-    message: str = "Connecting you with a member of our team."
 
 
 class UseCase(Strict):
