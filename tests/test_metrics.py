@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import io
+import itertools
 import json
 import logging
 import urllib.request
@@ -225,19 +226,38 @@ async def test_emf_lines_per_turn_and_active_calls(tmp_path: Path) -> None:
     assert active == [{**active[0], "ActiveCalls": 1}]
 
 
+class _TimedLines(io.StringIO):
+    """Notes when each line ends; ``third`` is set at the third."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended_at: list[float] = []
+        self.third = trio.Event()
+
+    def write(self, text: str, /) -> int:
+        for _ in range(text.count("\n")):
+            self.ended_at.append(trio.current_time())
+        if len(self.ended_at) >= 3:
+            self.third.set()
+        return super().write(text)
+
+
 async def test_active_calls_emitted_periodically(tmp_path: Path) -> None:
+    """Three lines, each at least the interval after the one before (trio.sleep never
+    returns early, so the lower bound holds under any load; no upper bound is asserted)."""
     settings = make_settings(tmp_path, METRICS_EMF="true", METRICS_NAMESPACE="TestNamespace",
                              METRICS_SERVICE_NAME="test-service")
     with trio.fail_after(10):
         async with running_server(settings) as server:
-            stream = io.StringIO()
+            stream = _TimedLines()
             metrics = Metrics(server.runtime, emf_stream=stream)
             async with trio.open_nursery() as nursery:
                 await nursery.start(metrics.run_emf, 0.05)
-                await trio.sleep(0.22)
+                await stream.third.wait()
                 nursery.cancel_scope.cancel()
     documents = [_check_emf(line) for line in stream.getvalue().splitlines()]
-    assert len(documents) >= 3
+    assert len(documents) == 3
+    assert all(b - a >= 0.05 for a, b in itertools.pairwise(stream.ended_at))
     assert all(d["ActiveCalls"] == 0 for d in documents)
     assert all(d["StoreWriteFailures"] == 0 for d in documents)     # zeros are points too
 
