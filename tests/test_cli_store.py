@@ -32,6 +32,8 @@ from voiceagent.store.sqlite import open_sqlite_store
 from voiceagent.tools.registry import default_registry
 
 __all__ = ["moto_endpoint"]          # the fixture, imported so pytest finds it here
+# the commands are synchronous and talk to moto over HTTP: no trio scope can bound them
+pytestmark = pytest.mark.timeout(60)
 
 TESTS = Path(__file__).parent
 ROOT = Path(__file__).resolve().parent.parent
