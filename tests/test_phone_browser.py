@@ -385,8 +385,9 @@ def test_serve_refuses_to_start_with_the_page_off_loopback(
 
 
 async def test_demo_web_prints_the_page_url_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("CONFIG_DIR", None)
+    # not the developer's environment: an LLM, STORE or AWS_* there would change the demo
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+           "PYTHONPATH": str(ROOT), "AWS_EC2_METADATA_DISABLED": "true"}
     with trio.fail_after(30):
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "voiceagent", "demo", "--web"], cwd=tmp_path, env=env,
