@@ -399,6 +399,26 @@ async def test_a_failing_or_hanging_tool_becomes_an_error_result(
     assert result["content"][0]["text"].startswith(reason)
 
 
+@pytest.mark.parametrize(("declared_s", "limit_s"), [(None, 5.0), (1.5, 1.5)])
+async def test_a_hanging_tool_is_cut_at_its_own_limit_or_the_use_cases(
+        autojump_clock: Any, declared_s: float | None, limit_s: float) -> None:
+    """The tool's ``timeout_s``, unless the use case declares one for it; the model is asked
+    again exactly that long (virtual time) after the tool was asked for."""
+    llm = FakeLLM([tool_use("tu_1", "hang"), words("Sorry, that did not work.")])
+    declaration: dict[str, Any] = {"name": "hang", "description": "y"}
+    if declared_s is not None:
+        declaration["timeout_s"] = declared_s
+    use_case = plain_use_case(tools=[declaration])
+    async with open_test_call(llm, use_case=use_case, registry=flaky_registry()) as call:
+        call.say("do it")
+        text, _ = await call.reply()
+        assert text == "Sorry, that did not work."
+    result = call.history[3]["content"][0]["toolResult"]
+    assert result["content"][0]["text"].startswith(f"timed out after {limit_s:g} s")
+    asked_at = llm.opened_at[0] + 0.1                   # tool_use pauses 0.1 s, then asks
+    assert llm.opened_at[1] - asked_at == pytest.approx(limit_s, abs=1e-9)
+
+
 async def test_a_tool_result_json_cannot_hold_is_made_plain_not_fatal(
         autojump_clock: Any) -> None:
     """A plugin returning a datetime, a Decimal, NaN, a set or a lone surrogate: the history
