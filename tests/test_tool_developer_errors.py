@@ -177,7 +177,8 @@ def test_a_misspelt_schema_keyword_is_refused_at_load(schema: dict[str, Any],
 
 def test_schema_annotations_and_vendor_keywords_still_load() -> None:
     """Only misspellings are refused: what JSON Schema defines as annotations, and vendor
-    ``x-`` extensions, which it reserves for this, load."""
+    ``x-`` extensions, which it reserves for this, load. No assert: the defect (one of these
+    taken for a misspelling) is a ConfigError from ``check_use_case``, which fails the test."""
     from voiceagent.tools.registry import default_registry
     from voiceagent.usecases import UseCase
 
