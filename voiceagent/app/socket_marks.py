@@ -15,7 +15,7 @@ import trio
 
 import voiceagent.store.records as records
 from voiceagent.errors import StoreError
-from voiceagent.store.base import Store
+from voiceagent.store.base import Item, Store
 from voiceagent.store.write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ async def previous_socket_ended(store: Store, writer: WriteBehind,
     that served the socket, or taken while the renewal waited for the socket here)."""
     call_sid, generation = session.call_sid, session.generation
     if writer.queued(call_sid):
+        # the store is behind this process: its own queue may hold the agent's end
+        _refuse_after_agent_end(writer.queued_item(call_sid, records.RELAY_ENDED_SK))
         return False
     written = records.socket_mark_sk(records.SOCKET_WRITTEN_PREFIX, generation)
     closed = records.socket_mark_sk(records.SOCKET_CLOSED_PREFIX, generation)
@@ -76,7 +78,7 @@ async def previous_socket_ended(store: Store, writer: WriteBehind,
         try:
             complete = await _read_socket_marks(store, call_sid, session.token, written,
                                                 closed, deadline)
-            await _refuse_after_agent_end(store, call_sid)
+            _refuse_after_agent_end(await store.get(call_sid, records.RELAY_ENDED_SK))
             return complete
         except StoreError as err:       # a reconnect with what is stored beats none
             log.warning("the previous socket's end marks unreadable: reconnecting with "
@@ -117,8 +119,7 @@ async def _read_socket_marks(store: Store, call_sid: str, token: str, written: s
     return False
 
 
-async def _refuse_after_agent_end(store: Store, call_sid: str) -> None:
-    item = await store.get(call_sid, records.RELAY_ENDED_SK)
+def _refuse_after_agent_end(item: Item | None) -> None:
     handoff_data = item.get(records.AGENT_END_ATTRIBUTE) if item is not None else None
     if isinstance(handoff_data, str):
         raise AgentEnded(handoff_data)

@@ -193,6 +193,13 @@ class WriteBehind:
         """Whether a write of ``call_sid`` is still waiting here (its store is behind it)."""
         return call_sid in self._last_by_call
 
+    def queued_item(self, pk: str, sk: str) -> Item | None:
+        """The last item of ``pk``/``sk`` waiting here, unwritten: newer than the store's."""
+        for entry in reversed(self._queue):
+            if entry.key == (pk, sk):
+                return entry.item
+        return None
+
     async def flush(self, call_sid: str | None = None, *, timeout_s: float) -> bool:
         """Wait until every item submitted before this call (for ``call_sid``, or all) is
         written or dropped. False when ``timeout_s`` passed first; the items stay queued."""
