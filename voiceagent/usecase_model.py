@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from voiceagent.llm.base import InferenceConfig, ModelOptions
-from voiceagent.usecase_relay import Strict, key_problem
+from voiceagent.usecase_relay import Strict, key_problem, stored
 
 # Bedrock's patterns (GuardrailStreamConfiguration): anything else fails every request
 GUARDRAIL_ID = re.compile(r"^([a-z0-9]+|arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}:[0-9]{12}:"
@@ -40,22 +40,23 @@ class ModelOptionSettings(Strict):
 
     @field_validator("guardrail_id")
     @classmethod
-    def _guardrail_id_ok(cls, value: str | None) -> str | None:
-        if value is not None and not GUARDRAIL_ID.match(value):
+    def _guardrail_id_ok(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not stored(info) and not GUARDRAIL_ID.match(value):
             raise ValueError("not a Bedrock guardrail id (lower-case letters and digits) "
                              "or guardrail ARN")
         return value
 
     @field_validator("guardrail_version")
     @classmethod
-    def _guardrail_version_ok(cls, value: str | None) -> str | None:
-        if value is not None and not GUARDRAIL_VERSION.match(value):
+    def _guardrail_version_ok(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not stored(info) and not GUARDRAIL_VERSION.match(value):
             raise ValueError("a guardrail version is a number such as \"1\" (quoted) or DRAFT")
         return value
 
     @model_validator(mode="after")
-    def _version_needs_id(self) -> ModelOptionSettings:
-        if self.guardrail_version is not None and self.guardrail_id is None:
+    def _version_needs_id(self, info: ValidationInfo) -> ModelOptionSettings:
+        if self.guardrail_version is not None and self.guardrail_id is None and not stored(
+                info):
             raise key_problem(("guardrail_version",), "a guardrail version needs "
                                "guardrail_id (which guardrail)")
         return self

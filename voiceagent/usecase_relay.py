@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -69,6 +70,17 @@ KEY_PROBLEM = "voiceagent_key_problem"
 
 def key_problem(at: tuple[str | int, ...], problem: str) -> PydanticCustomError:
     return PydanticCustomError(KEY_PROBLEM, "{problem}", {"problem": problem, "at": at})
+
+
+# The validation context of a use case read back from the table: an older release stored
+# it, and a check added since (``stored``) must not make an upgrade drop it for the sample
+# attributes (its handoff, DTMF and model settings lost): it is served as it was, while
+# ``config load`` refuses the same file.
+STORED: Mapping[str, Any] = {"stored": True}
+
+
+def stored(info: ValidationInfo) -> bool:
+    return isinstance(info.context, Mapping) and bool(info.context.get("stored"))
 
 
 def _did_you_mean(name: str, allowed: frozenset[str]) -> str | None:

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -43,6 +44,7 @@ from voiceagent.usecase_relay import (
     Strict,
     key_problem,
     regex_ok,
+    stored,
     unknown_attribute,
 )
 
@@ -91,10 +93,11 @@ class DtmfHandler(Strict):
     preemptible: bool | None = None
 
     @model_validator(mode="after")
-    def _flags_need_reply(self) -> DtmfHandler:
-        if self.reply is None and self.tool is None and not self.to_model:
+    def _flags_need_reply(self, info: ValidationInfo) -> DtmfHandler:
+        new_check = not stored(info)
+        if new_check and self.reply is None and self.tool is None and not self.to_model:
             raise key_problem((), "a handler needs reply, tool and/or to_model: true")
-        if self.input and self.tool is None:
+        if new_check and self.input and self.tool is None:
             raise key_problem(("input",), "input is the tool's input; set tool")
         if self.reply is None and (self.interruptible is not None
                                    or self.preemptible is not None):
@@ -114,9 +117,9 @@ class DtmfConfig(Strict):
 
     @field_validator("terminator")
     @classmethod
-    def _one_key(cls, value: str) -> str:
+    def _one_key(cls, value: str, info: ValidationInfo) -> str:
         """Else an entry could only end by its timeout or length."""
-        if len(value) != 1 or value not in "0123456789*#":
+        if not stored(info) and (len(value) != 1 or value not in "0123456789*#"):
             raise key_problem((), f"{value!r} is not one key: use one of 0-9, * or #")
         return value
 
@@ -143,8 +146,8 @@ class ScriptedRule(Strict):
         return regex_ok(value)
 
     @model_validator(mode="after")
-    def _answers(self) -> ScriptedRule:
-        if self.tool is None:
+    def _answers(self, info: ValidationInfo) -> ScriptedRule:
+        if self.tool is None and not stored(info):
             if self.reply is None:
                 raise key_problem((), "a rule needs reply and/or tool")
             if self.then is not None:
@@ -313,10 +316,12 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def parse_model(model: type[M], data: Any, source: str) -> M:
-    """Validate ``data``; the first problem becomes a ConfigError naming source and key path."""
+def parse_model(model: type[M], data: Any, source: str,
+                context: Mapping[str, Any] | None = None) -> M:
+    """Validate ``data``; the first problem becomes a ConfigError naming source and key path.
+    ``context``: ``STORED`` for a use case read back from the table."""
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as err:
         first = err.errors()[0]
         loc = tuple(first["loc"])

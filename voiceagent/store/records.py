@@ -34,6 +34,7 @@ from voiceagent.errors import ConfigError
 from voiceagent.logs import mask_phone
 from voiceagent.store.base import Item, Version
 from voiceagent.store.sample_records import sample_use_case
+from voiceagent.usecase_relay import STORED
 from voiceagent.usecases import Profile, UseCase, parse_model
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def use_case_from_item(item: Item) -> UseCase:
     full = item.get("voiceagent")
     if isinstance(full, Mapping):
         try:
-            uc = parse_model(UseCase, full, source)
+            uc = parse_model(UseCase, full, source, STORED)
         except ConfigError as err:   # e.g. written by a newer version during a rolling deploy
             log.warning("use case voiceagent attribute unreadable, using the sample attributes",
                         extra={"use_case": item["pk"], "key_path": err.key_path,
@@ -132,7 +133,7 @@ def use_case_from_item(item: Item) -> UseCase:
         else:
             _warn_if_edited(item, uc)
             return uc
-    return parse_model(UseCase, sample_use_case(item, source), source)
+    return parse_model(UseCase, sample_use_case(item, source), source, STORED)
 
 
 def _warn_if_edited(item: Item, uc: UseCase) -> None:
