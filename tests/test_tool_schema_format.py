@@ -40,3 +40,13 @@ def test_a_scripted_input_that_breaks_a_format_is_refused_at_load() -> None:
     with pytest.raises(ConfigError) as caught:
         default_registry().check_use_case(uc)
     assert caught.value.key_path == "scripted.rules[0].tool.input"
+
+
+def test_a_stored_use_case_whose_fixed_input_breaks_a_format_is_still_served() -> None:
+    """Stored before formats were checked: refusing it now would refuse every call of the
+    use case (``UnusableUseCase``); the key's tool gets an invalid-input error when pressed."""
+    uc = _use_case(dtmf={"handlers": {"5": {"tool": "sendConfirmationSms",
+                                            "input": {"day": "tomorrow"}}}})
+    default_registry().check_use_case(uc, keywords=False)
+    assert default_registry().validate_input(uc.tools[0], {"day": "tomorrow"}) == [
+        "day: must be a valid date"]

@@ -28,9 +28,20 @@ def _use_case(schema: dict[str, Any]) -> UseCase:
                                  "#/properties/nothing"])
 def test_a_ref_that_points_at_nothing_is_refused_at_load(ref: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        default_registry().check_use_case(_use_case(_schema(ref)), keywords=False)
+        default_registry().check_use_case(_use_case(_schema(ref)))
     assert caught.value.key_path == "tools[0].input_schema.properties.reason.$ref"
     assert ref in caught.value.problem
+
+
+def test_a_stored_use_case_with_one_is_served_and_its_tool_gets_an_error() -> None:
+    """Stored by a release before the check: refusing it now would refuse every call of the
+    use case; the one tool whose input cannot be checked gets an error result instead, and
+    the reference error no longer escapes the input check (it took the call's tools down)."""
+    uc = _use_case(_schema("#/$defs/reasons"))
+    registry = default_registry()
+    registry.check_use_case(uc, keywords=False)
+    [problem] = registry.validate_input(uc.tools[0], {"reason": "done"})
+    assert problem.startswith("input_schema: cannot be checked")
 
 
 @pytest.mark.parametrize("ref", ["#/$defs/reason", "#/properties/other", "#"])

@@ -64,17 +64,24 @@ class ToolRegistry:
     def check_use_case(self, uc: UseCase, *, keywords: bool = True) -> None:
         """Every tool the use case names has code here and a valid schema; raises
         ``ConfigError`` at the first problem, with the key path inside the use case.
-        ``keywords``: also refuse schema keywords JSON Schema does not define (a typo would
-        be ignored); on for files being loaded, off for use cases already in the table,
-        whose calls must not stop being served when an upgrade tightens the check."""
+        ``keywords``: the checks added since use cases were first stored, too (schema
+        keywords JSON Schema does not define, ``$ref`` that points at nothing, fixed inputs
+        against the schema, formats included); on for files being loaded, off for use cases
+        already in the table, whose calls must not stop being served when an upgrade
+        tightens a check: at call time such a tool input is an error result, not a refusal."""
         source = f"use case {uc.name}"
         for i, declaration in enumerate(uc.tools):
             self._require(declaration.name, source, f"tools[{i}].name")
-            self._compile(declaration.input_schema, source, f"tools[{i}].input_schema")
-            if keywords and (typo := _unknown_keyword(declaration.input_schema)) is not None:
+            validator = self._compile(declaration.input_schema, source,
+                                      f"tools[{i}].input_schema")
+            if not keywords:
+                continue
+            if (typo := _unknown_keyword(declaration.input_schema)) is not None:
                 where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in typo[0])
                 raise ConfigError(source, f"tools[{i}].input_schema{where}",
                                   _keyword_problem(typo[1]))
+            _check_refs(validator, declaration.input_schema, source,
+                        f"tools[{i}].input_schema")
         declared = {t.name for t in uc.tools}
         named: list[tuple[str, str]] = [
             (handler.tool, f"dtmf.handlers.{digit}.tool")
@@ -91,7 +98,7 @@ class ToolRegistry:
                  for digit, handler in uc.dtmf.handlers.items() if handler.tool is not None]
         fixed += [(rule.tool.name, rule.tool.input, f"scripted.rules[{i}].tool.input")
                   for i, rule in enumerate(uc.scripted.rules) if rule.tool is not None]
-        for name, args, key_path in fixed:
+        for name, args, key_path in fixed if keywords else []:
             target = uc.tool(name)
             if target is not None and (problems := self.validate_input(target, args)):
                 raise ConfigError(source, key_path, f"does not fit tool {name}'s input_schema: "
@@ -116,8 +123,13 @@ class ToolRegistry:
         if jsonlimits.depth(dict(args)) > jsonlimits.MAX_DEPTH:
             return [f"input: nested deeper than {jsonlimits.MAX_DEPTH} levels"]
         validator = self.validator_for(decl)
-        errors = sorted(validator.iter_errors(dict(args)),
-                        key=lambda e: (_field_path(e), str(e.validator)))
+        try:
+            errors = sorted(validator.iter_errors(dict(args)),
+                            key=lambda e: (_field_path(e), str(e.validator)))
+        except Exception as err:    # a $ref that points at nothing (a use case stored before
+            # load refused it): the tool cannot be given its input, but the call goes on
+            return [f"input_schema: cannot be checked ({type(err).__name__}); fix the "
+                    "use case's schema"]
         problems: list[str] = []
         for error in errors:
             problem = f"{_field_path(error)}: {_describe(error)}"
@@ -143,16 +155,20 @@ class ToolRegistry:
         # or "date" means the tool may rely on it
         validator = Draft202012Validator(schema,
                                          format_checker=Draft202012Validator.FORMAT_CHECKER)
-        for path, ref in _refs(schema):
-            try:                # resolved as the validator would, from the schema's root
-                list(validator.evolve(schema={"$ref": ref}).iter_errors(None))
-            except Exception:   # jsonschema's reference errors are private classes
-                where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
-                raise ConfigError(source, key_path + where, (
-                    f"$ref {ref!r} points at nothing in this schema (nothing is fetched): "
-                    "point into its own $defs, e.g. '#/$defs/name'")) from None
         self._validators[key] = validator
         return validator
+
+
+def _check_refs(validator: Draft202012Validator, schema: dict[str, Any], source: str,
+                key_path: str) -> None:
+    for path, ref in _refs(schema):
+        try:                    # resolved as the validator would, from the schema's root
+            list(validator.evolve(schema={"$ref": ref}).iter_errors(None))
+        except Exception:       # jsonschema's reference errors are private classes
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+            raise ConfigError(source, key_path + where, (
+                f"$ref {ref!r} points at nothing in this schema (nothing is fetched): "
+                "point into its own $defs, e.g. '#/$defs/name'")) from None
 
 
 # Keywords of JSON Schema 2020-12 that do not validate (annotations, identifiers), and
