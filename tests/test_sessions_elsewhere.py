@@ -25,6 +25,7 @@ from actors.call import CallPlan, CallRejected
 from tests.fakes import MemoryStore, setup_frame
 from voiceagent.app.sessions import (
     MINTED_ELSEWHERE_WAITS_S,
+    PENDING_TTL_S,
     SESSION_WRITE_S,
     SOCKET_CLOSED_GRACE_S,
     SessionBusy,
@@ -685,3 +686,22 @@ async def test_a_fresh_start_sets_the_unusable_history_aside_for_the_next_reconn
     assert "new: Hello again." in shown[note - 1]
     assert sum(AFRESH_NOTE in line for line in shown) == 1
     assert "5 messages" in shown[2]
+
+
+async def test_a_renewal_whose_socket_never_came_is_forgotten(autojump_clock: Any) -> None:
+    """Stale offers were dropped only by ``/twiml``: a process answering only renewals
+    (``/action``) kept each one whose socket never came, for the process's life."""
+    store = await _store_with_use_case()
+    a, a_writer = _process(store)
+    with trio.fail_after(PENDING_TTL_S * 3):
+        first = await _claimed_on_a(store, a, a_writer)
+        await a.socket_ended(CALL_SID)
+        a.release(CALL_SID)
+        await _drained(a_writer)
+        renewed, _ = await a.renew(first)              # Twilio reconnects; no socket comes
+        assert CALL_SID in a._pending
+        await trio.sleep(PENDING_TTL_S + 1)
+        other = replace(renewed, call_sid="CA" + "e" * 32, token="t2")
+        await a._offer(other, resumes=True)            # the next renewal, for another call
+    assert CALL_SID not in a._pending
+    assert other.call_sid in a._pending

@@ -3,7 +3,9 @@
 Twilio signs the URL it was given (scheme, public host, path, query), plus the sorted form
 parameters for a POST. Behind a TLS-terminating proxy the app sees ``http`` on an internal
 host, so the URL is rebuilt from PUBLIC_URL / WS_URL when set, else from the request as it
-arrived (with X-Forwarded-Proto/Host, which our own proxies set).
+arrived (with X-Forwarded-Proto/Host, only when TRUST_PROXY_HEADERS says a proxy of ours sets
+them). An AWS ALB sets X-Forwarded-Proto but passes a client's X-Forwarded-Host through: behind
+one, set PUBLIC_URL (the SAM template does) rather than trust the headers.
 """
 
 from __future__ import annotations

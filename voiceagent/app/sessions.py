@@ -159,7 +159,10 @@ class Sessions:
         written before the webhook answers, ahead of the write-behind queue: behind it, with
         two processes at 1000 calls, the socket reached the other process first for ~30 % of
         calls, the backlog being seconds long. A slow or failing store leaves it to the
-        queue after ``SESSION_WRITE_S``; the socket here is served either way."""
+        queue after ``SESSION_WRITE_S``; the socket here is served either way. Stale offers
+        go first: a process that answers only renewals (``/action``) kept every one whose
+        socket never came."""
+        self._forget_stale()
         self._pending[session.call_sid] = (trio.current_time(), session, resumes)
         await self._writer.write_now(records.session_item(session, self._settings.session_ttl_s),
                                      call_sid=session.call_sid, timeout_s=SESSION_WRITE_S,
