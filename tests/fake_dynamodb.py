@@ -51,7 +51,7 @@ class Reply:
     the last ``count`` items and answer those as UnprocessedItems; ``reset`` (RST), ``hangup``
     (FIN): close before answering; ``truncated``: headers and part of the body, then FIN;
     ``stall``: answer nothing (until the client closes); ``hold``: answer once ``release``
-    is set."""
+    is set; ``page``: ``status`` with an HTML page, as a proxy on the way answers."""
 
     kind: str
     status: int = 200
@@ -229,7 +229,8 @@ class FakeDynamoDB:
             if reply.kind == "hold":
                 await self.release.wait()
             status, answer = self._answer(seen, reply)
-            data = json.dumps(answer).encode()
+            data = (b"<html><body>Request Entity Too Large</body></html>" if reply.kind == "page"
+                    else json.dumps(answer).encode())
             crc = zlib.crc32(data) + (1 if reply.kind == "bad_crc" else 0)
             headers = [("Content-Type", "application/x-amz-json-1.0"),
                        ("Content-Length", str(len(data))), ("x-amz-crc32", str(crc)),
@@ -244,6 +245,8 @@ class FakeDynamoDB:
             state.start_next_cycle()
 
     def _answer(self, seen: Seen, reply: Reply) -> tuple[int, dict[str, Any]]:
+        if reply.kind == "page":
+            return reply.status, {}
         if reply.kind == "error":
             return reply.status, {"__type": ERROR_PREFIX + reply.code,
                                   "message": f"fake: {reply.code}"}

@@ -100,6 +100,26 @@ async def test_an_error_answer_is_transient_or_permanent_by_its_code(
     assert list(fake.items) == [(PHONE, "chat::1")]
 
 
+async def test_a_proxy_refusing_a_batch_as_too_large_costs_only_what_still_fails(
+        fake: FakeDynamoDB) -> None:
+    """A proxy's HTML 413 was a transient "not a JSON object": the write-behind retried the
+    batch for ever and every later write of the process waited behind it. It is permanent:
+    the batch goes again item by item, and only an item the proxy still refuses is dropped."""
+    fake.script.extend([Reply("page", 413), Reply("page", 413)])
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            writer = WriteBehind(store, jitter=lambda: 1.0)
+            for i in range(3):
+                writer.submit({"pk": f"CA{i:02d}", "sk": "chat::0001"}, call_sid=f"CA{i:02d}")
+            async with trio.open_nursery() as nursery:
+                await nursery.start(writer.run)
+                assert await writer.flush(timeout_s=5)
+                nursery.cancel_scope.cancel()
+    assert [r.operation for r in fake.requests] == ["BatchWriteItem"] + ["PutItem"] * 3
+    assert sorted(pk for pk, _ in fake.items) == ["CA01", "CA02"]   # the first one refused
+    assert writer.statistics().failed == 1
+
+
 async def test_an_expired_token_is_transient_and_the_credentials_are_found_anew(
         fake: FakeDynamoDB, monkeypatch: pytest.MonkeyPatch) -> None:
     fake.script.extend([Reply("error", 500, "InternalServerError"),

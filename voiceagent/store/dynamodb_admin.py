@@ -131,7 +131,10 @@ class TableAdmin(_StoreParts):
         return [f"enabled TTL on {TTL_ATTRIBUTE}"]
 
 
-_PERMANENT_CODES = frozenset({"ValidationException", "SerializationException"})
+# an item's own fault: retrying cannot help. A 413 (a proxy's limit) refuses the request's
+# size: the write-behind then writes the batch item by item, and drops only what still fails
+_PERMANENT_CODES = frozenset({"ValidationException", "SerializationException",
+                              "RequestEntityTooLarge"})
 
 
 def store_error(table: str, endpoint: str, operation: str, code: str | None, message: str,

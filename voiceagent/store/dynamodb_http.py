@@ -47,6 +47,7 @@ TARGET_PREFIX = "DynamoDB_20120810"
 CONTENT_TYPE = "application/x-amz-json-1.0"
 SIGNING_NAME = "dynamodb"
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024      # a write's answer is small; a read's at most ~1 MB
+TOO_LARGE = "RequestEntityTooLarge"         # HTTP 413, from a proxy on the way: permanent
 
 
 class DynamoDBHttpError(Exception):
@@ -91,10 +92,13 @@ class DynamoDBHttp:
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
-            raise DynamoDBHttpError("InvalidResponse", f"HTTP {status}, not a JSON object: "
+            # a proxy's own page; a 413 says the request is too large, which no retry cures
+            code = TOO_LARGE if status == 413 else "InvalidResponse"
+            raise DynamoDBHttpError(code, f"HTTP {status}, not a JSON object: "
                                     f"{data[:200]!r}", status)
         if status >= 300:
-            code = str(answer.get("__type", "")).rpartition("#")[2] or f"HTTP{status}"
+            code = (str(answer.get("__type", "")).rpartition("#")[2]
+                    or (TOO_LARGE if status == 413 else f"HTTP{status}"))
             message = str(answer.get("message") or answer.get("Message") or "")
             if code in RENEW_CREDENTIALS:
                 await self._signer.renew()          # rotated or expired: the next try signs anew
