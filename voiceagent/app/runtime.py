@@ -34,6 +34,7 @@ from voiceagent.store.base import Store
 from voiceagent.store.write_behind import WriteBehind
 from voiceagent.tools.plugins import build_registry
 from voiceagent.tools.registry import ToolRegistry
+from voiceagent.usecases import ScriptedConfig
 
 if TYPE_CHECKING:
     from voiceagent.aws_session import StartupSession
@@ -271,10 +272,13 @@ async def open_store(settings: Settings, *, aws: StartupSession | None = None,
 async def _open_llm(settings: Settings, catalog: Catalog, *,
                     aws: StartupSession | None = None) -> AsyncIterator[LLM]:
     if settings.llm == "scripted":
-        yield ScriptedLLM.from_use_cases(
-            await catalog.all_use_cases(),
+        async def current(name: str) -> ScriptedConfig:
+            return (await catalog.use_case(name)).scripted
+
+        yield ScriptedLLM(
+            {uc.name: uc.scripted for uc in await catalog.all_use_cases()},
             first_token_delay_s=settings.scripted_first_token_delay_ms / 1000,
-            token_delay_s=settings.scripted_token_delay_ms / 1000)
+            token_delay_s=settings.scripted_token_delay_ms / 1000, current=current)
         return
     from voiceagent.llm.bedrock import open_bedrock_llm
     async with open_bedrock_llm(settings, session=aws) as bedrock:

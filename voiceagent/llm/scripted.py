@@ -14,7 +14,7 @@ import copy
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -80,10 +80,15 @@ class ScriptedLLM:
 
     def __init__(self, scripts: Mapping[str, ScriptedConfig], *,
                  first_token_delay_s: float = DEFAULT_FIRST_TOKEN_DELAY_S,
-                 token_delay_s: float = DEFAULT_TOKEN_DELAY_S, strict: bool = True) -> None:
+                 token_delay_s: float = DEFAULT_TOKEN_DELAY_S, strict: bool = True,
+                 current: Callable[[str], Awaitable[ScriptedConfig]] | None = None) -> None:
+        """``current``: the use case's rules as they stand now (the server's catalog, which
+        a ``config load`` updates within its cache's minute); a failure keeps the ones
+        held. Without it the rules are the ones given here, for the process's life."""
         self._first_token_delay_s = first_token_delay_s
         self._token_delay_s = token_delay_s
         self._strict = strict
+        self._current = current
         self._scripts = {name: self._prepare(config) for name, config in scripts.items()}
         self._default = self._prepare(ScriptedConfig())
         self._opened = 0
@@ -105,6 +110,18 @@ class ScriptedLLM:
             self._first_token_delay_s if first is None else first / 1000,
             self._token_delay_s if gap is None else gap / 1000)
 
+    async def _refresh(self, name: str) -> None:
+        try:
+            config = await self._current(name) if self._current is not None else None
+        except Exception as err:        # unknown, unusable or unreadable: keep what is held
+            log.debug("scripted rules not refreshed", extra={"use_case": name,
+                                                             "error": type(err).__name__})
+            return
+        held = self._scripts.get(name)
+        if config is not None and (held is None or (held.config is not config
+                                                    and held.config != config)):
+            self._scripts[name] = self._prepare(config)
+
     def statistics(self) -> ScriptedStatistics:
         return ScriptedStatistics(self._opened, self._open)
 
@@ -113,6 +130,8 @@ class ScriptedLLM:
             LLMEvent]]:
         """Leaving the context ends the stream between tokens, like closing Bedrock's stream.
         Raises ``ModelRejected`` (strict) where ConverseStream would."""
+        if self._current is not None:
+            await self._refresh(request.use_case)
         reply = self.reply(request)
         self._opened += 1
         self._open += 1
