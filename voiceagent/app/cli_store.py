@@ -254,10 +254,8 @@ def _hand_written(path: Path) -> bool:
     try:
         with path.open(encoding="utf-8", errors="replace") as file:
             return file.read(len(EXPORT_HEADER)) != EXPORT_HEADER
-    except FileNotFoundError:
+    except OSError:             # none there, or not a file (no permission): the write says so
         return False
-    except OSError:
-        return False            # not a file (a folder, no permission): the write says so
 
 
 def export_files(use_cases: list[UseCase], profiles: list[Profile]) -> dict[str, str]:

@@ -20,7 +20,7 @@ import trio
 
 import voiceagent.store.records as records
 from voiceagent.app.sessions import PENDING_TTL_S, SESSION_WRITE_S
-from voiceagent.app.socket_marks import AgentEnded
+from voiceagent.app.socket_marks import refuse_after_agent_end
 from voiceagent.errors import StoreError
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
@@ -63,13 +63,10 @@ class RelayAnswers:
             raise ActionReplayed("this relay session's end was answered before")
         self._answered[key] = trio.current_time()
         answered = records.RELAY_ANSWERED_PREFIX + session_id
-        items = {item["sk"]: item
+        marks = {item["sk"]: item
                  for item in await self._store.query(call_sid, records.RELAY_PREFIX)}
-        marks = set(items)
         if records.RELAY_ENDED_SK in marks:
-            agent_end = items[records.RELAY_ENDED_SK].get(records.AGENT_END_ATTRIBUTE)
-            if isinstance(agent_end, str):
-                raise AgentEnded(agent_end)
+            refuse_after_agent_end(marks[records.RELAY_ENDED_SK])
             raise ActionReplayed("the call's relay has ended")
         if answered in marks:
             raise ActionReplayed("this relay session's end was answered before")

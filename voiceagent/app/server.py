@@ -43,11 +43,6 @@ HARD_FRAME_LIMIT = 1024 * 1024     # hypercorn closes the socket (1009) beyond t
                                    # reader drops frames over MAX_FRAME_BYTES before that
 BODY_TIMEOUT_S = 10.0              # a request's whole body, from the end of its headers:
                                    # Twilio sends its few KB at once
-# A connection's idle time before its first request and between requests, each request's
-# headers included (hypercorn has one timer for both): HTTP_IDLE_TIMEOUT_S, by default above
-# the ALB's idle timeout (300 s, sam/cloud-deploy-infra-template.yml): a target that closes a
-# kept-alive connection first races the ALB's next request on it, which the ALB answers 502
-# (AWS's own advice). A server exposed without a proxy in front may want it lower.
 # A peer gone without a FIN (a NAT or balancer dropped the flow) or one that stopped reading
 # (its window at zero) would hold a call's send for ever: hypercorn shields send_all from
 # cancellation, so neither the call's teardown nor a drain can end it, and the call keeps its
@@ -80,6 +75,11 @@ def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0,
     # WebSocket pings keep the path alive without a frame Twilio would reject.
     config.websocket_ping_interval = ping_interval_s or None
     config.graceful_timeout = GRACEFUL_S
+    # A connection's idle time before its first request and between requests, each
+    # request's headers included (hypercorn has one timer for both): HTTP_IDLE_TIMEOUT_S, by
+    # default above the ALB's idle timeout (300 s, sam/cloud-deploy-infra-template.yml): a
+    # target that closes a kept-alive connection first races the ALB's next request on it,
+    # which the ALB answers 502 (AWS's own advice). Without a proxy in front, set it lower.
     config.keep_alive_timeout = idle_timeout_s
     # Slow bodies are bounded by ``bounded_bodies``, not by ``config.read_timeout``: that one
     # bounds every read of a connection, WebSockets included, so it would cut a quiet call

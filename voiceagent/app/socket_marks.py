@@ -69,7 +69,7 @@ async def previous_socket_ended(store: Store, writer: WriteBehind,
     call_sid, generation = session.call_sid, session.generation
     if writer.queued(call_sid):
         # the store is behind this process: its own queue may hold the agent's end
-        _refuse_after_agent_end(writer.queued_item(call_sid, records.RELAY_ENDED_SK))
+        refuse_after_agent_end(writer.queued_item(call_sid, records.RELAY_ENDED_SK))
         return False
     written = records.socket_mark_sk(records.SOCKET_WRITTEN_PREFIX, generation)
     closed = records.socket_mark_sk(records.SOCKET_CLOSED_PREFIX, generation)
@@ -78,7 +78,7 @@ async def previous_socket_ended(store: Store, writer: WriteBehind,
         try:
             complete = await _read_socket_marks(store, call_sid, session.token, written,
                                                 closed, deadline)
-            _refuse_after_agent_end(await store.get(call_sid, records.RELAY_ENDED_SK))
+            refuse_after_agent_end(await store.get(call_sid, records.RELAY_ENDED_SK))
             return complete
         except StoreError as err:       # a reconnect with what is stored beats none
             log.warning("the previous socket's end marks unreadable: reconnecting with "
@@ -119,7 +119,8 @@ async def _read_socket_marks(store: Store, call_sid: str, token: str, written: s
     return False
 
 
-def _refuse_after_agent_end(item: Item | None) -> None:
+def refuse_after_agent_end(item: Item | None) -> None:
+    """``AgentEnded`` when ``item`` (the call's ``relayEnded`` mark) says the agent sent `end`."""
     handoff_data = item.get(records.AGENT_END_ATTRIBUTE) if item is not None else None
     if isinstance(handoff_data, str):
         raise AgentEnded(handoff_data)

@@ -110,16 +110,16 @@ class ScriptedLLM:
             self._first_token_delay_s if first is None else first / 1000,
             self._token_delay_s if gap is None else gap / 1000)
 
-    async def _refresh(self, name: str) -> None:
+    async def _refresh(self, current: Callable[[str], Awaitable[ScriptedConfig]],
+                       name: str) -> None:
         try:
-            config = await self._current(name) if self._current is not None else None
+            config = await current(name)
         except Exception as err:        # unknown, unusable or unreadable: keep what is held
             log.debug("scripted rules not refreshed", extra={"use_case": name,
                                                              "error": type(err).__name__})
             return
         held = self._scripts.get(name)
-        if config is not None and (held is None or (held.config is not config
-                                                    and held.config != config)):
+        if held is None or (held.config is not config and held.config != config):
             self._scripts[name] = self._prepare(config)
 
     def statistics(self) -> ScriptedStatistics:
@@ -131,7 +131,7 @@ class ScriptedLLM:
         """Leaving the context ends the stream between tokens, like closing Bedrock's stream.
         Raises ``ModelRejected`` (strict) where ConverseStream would."""
         if self._current is not None:
-            await self._refresh(request.use_case)
+            await self._refresh(self._current, request.use_case)
         reply = self.reply(request)
         self._opened += 1
         self._open += 1

@@ -77,7 +77,7 @@ class ToolRegistry:
             if not keywords:
                 continue
             if (typo := _unknown_keyword(declaration.input_schema)) is not None:
-                where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in typo[0])
+                where = _suffix(typo[0])
                 raise ConfigError(source, f"tools[{i}].input_schema{where}",
                                   _keyword_problem(typo[1]))
             _check_refs(validator, declaration.input_schema, source,
@@ -145,7 +145,7 @@ class ToolRegistry:
         try:
             Draft202012Validator.check_schema(schema)
         except SchemaError as err:
-            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.path)
+            where = _suffix(err.path)
             raise ConfigError(source, key_path + where,
                               f"not a valid JSON schema: {err.message}") from None
         if schema.get("type") != "object":
@@ -159,13 +159,18 @@ class ToolRegistry:
         return validator
 
 
+def _suffix(path: Iterable[str | int]) -> str:
+    """A schema path as a key path's continuation: ``.properties.day``, ``[0]``."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+
+
 def _check_refs(validator: Draft202012Validator, schema: dict[str, Any], source: str,
                 key_path: str) -> None:
     for path, ref in _refs(schema):
         try:                    # resolved as the validator would, from the schema's root
             list(validator.evolve(schema={"$ref": ref}).iter_errors(None))
         except Exception:       # jsonschema's reference errors are private classes
-            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+            where = _suffix(path)
             raise ConfigError(source, key_path + where, (
                 f"$ref {ref!r} points at nothing in this schema (nothing is fetched): "
                 "point into its own $defs, e.g. '#/$defs/name'")) from None
