@@ -72,10 +72,18 @@ async def send_confirmation_sms(ctx: ToolContext, args: Mapping[str, Any]) -> To
 @tool("switchLanguage", timeout_s=5.0)
 async def switch_language(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     """Switch speech and transcription to one of the use case's ``languages`` (its schema's
-    ``enum`` lists them); the voice for the language comes from the TwiML ``<Language>``."""
+    ``enum`` lists them); the voice for the language comes from the TwiML ``<Language>``.
+    Under ``multi`` transcription only the speech switches: Deepgram already hears every
+    language, and a fixed transcription language would stop it hearing the others (a caller
+    switching back would be transcribed as the wrong language)."""
     code = str(args.get("language", "")).strip()
     if not code:
         raise ValueError("language is empty: give one of the language codes offered")
-    await ctx.send(Language(tts_language=code, transcription_language=code))
+    relay = ctx.use_case.relay
+    hearing = str(relay.get("transcriptionLanguage") or relay.get("language") or "")
+    if hearing.lower() == "multi":
+        await ctx.send(Language(tts_language=code))
+    else:
+        await ctx.send(Language(tts_language=code, transcription_language=code))
     return {"status": "switched", "language": code,
             "instruction": f"From now on, reply only in the language {code}."}
