@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from actors.heard_words import split_heard
 from actors.history_span import Mark, next_words, rejoin, split_off, unmoved
 from actors.history_trim import MessageSizes, trim_point
 from voiceagent.llm.base import Message
@@ -173,32 +174,27 @@ class History:
         """Cut the assistant text since ``start`` down to what the caller heard.
 
         Twilio's ``utteranceUntilInterrupt`` covers the whole talk cycle, which may span several
-        assistant messages (text, tool round, more text). It is matched against their texts in
-        order, word by word; tool blocks stay, since their results already stand in the
+        assistant messages (text, tool round, more text). It is split between their texts in
+        order (``heard_words``: word by word, or aligned where Twilio's words render a text
+        otherwise than we sent it); tool blocks stay, since their results already stand in the
         history. Assistant messages left with nothing are removed and the neighbours merged.
         """
-        remaining = heard.strip()
         # An earlier turn's message may be in the store already: what changes is stored again
         self._sealed = min(self._sealed, start.index)
-        for at in range(start.index, len(self._messages)):
-            message, meta = self._messages[at], self._meta[at]
-            if message["role"] != "assistant":
-                continue
-            before = start.first_block(at)
-            kept: list[dict[str, Any]] = list(message["content"][:before])
-            cut = False
-            for block in message["content"][before:]:
-                said = _text(block)
-                if said is None:
-                    kept.append(block)
-                    continue
-                take, remaining = _take_prefix(said, remaining)
-                cut = True
-                if take:
-                    kept.append({"text": take})
+        places = [(at, n) for at in range(start.index, len(self._messages))
+                  if self._messages[at]["role"] == "assistant"
+                  for n, block in enumerate(self._messages[at]["content"])
+                  if n >= start.first_block(at) and _text(block) is not None]
+        takes = dict(zip(places, split_heard(
+            [str(self._messages[at]["content"][n]["text"]) for at, n in places],
+            heard.strip()), strict=True))
+        for at in sorted({at for at, _ in places}):
+            message = self._messages[at]
+            kept = [block if (at, n) not in takes else {"text": takes[at, n]}
+                    for n, block in enumerate(message["content"])
+                    if (at, n) not in takes or takes[at, n]]
             self._messages[at] = {"role": "assistant", "content": kept}
-            if cut:
-                meta.update(generated=_texts(message), interrupted=True)
+            self._meta[at].update(generated=_texts(message), interrupted=True)
         self._drop_empty(start.index)
 
     def fits(self, start: Mark, heard: str, end: Mark | None = None) -> bool:
@@ -380,14 +376,3 @@ def _normal(text: str) -> str:
 
 def _texts(message: Message) -> str:
     return " ".join(t for b in message["content"] if (t := _text(b)) is not None)
-
-
-def _take_prefix(said: str, heard: str) -> tuple[str, str]:
-    """Split ``heard`` into the part that covers ``said`` and the rest, word by word: Twilio
-    may space what it played otherwise than we sent it (a model's blank line), and counted
-    in characters the rest would start inside a word of ``said``."""
-    words = heard.split()
-    covered = len(said.split())
-    if len(words) > covered:
-        return said, " ".join(words[covered:])
-    return heard.rstrip(), ""
