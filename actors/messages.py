@@ -125,7 +125,14 @@ class BargeIn:
     """The caller cut into our speech. ``heard`` is what Twilio says was played (stripped),
     or None when Twilio did not say: then ``played``, what tokensPlayed reported, from the
     record's start and from each later turn start (``actors.played``), stands in for it, and
-    with none of those fitting a reply, what we sent is what counts."""
+    with none of those fitting a reply, what we sent is what counts.
+
+    ``duration_ms`` (durationUntilInterruptMs: how long the agent's audio played) is not
+    turned into words heard: that needs the voice's speaking rate, which differs by provider,
+    voice, language (some have no spaces to count) and SSML, a spoken-out number takes longer
+    than its digits, and Twilio does not say where the duration starts when a reply queued
+    behind another. An estimate wrong either way corrupts the history (too short and the
+    model repeats what the caller heard), where what was sent errs one way only."""
 
     heard: str | None
     duration_ms: int | None = None
