@@ -23,7 +23,13 @@ RelayMessage = Language | Config | Hints
 
 @dataclass(frozen=True, slots=True)
 class ReplyFlags:
-    """``interruptible`` / ``preemptible`` for a reply's text frames (None: the TwiML's)."""
+    """``interruptible`` / ``preemptible`` for a reply's text frames (None: the TwiML's).
+
+    A ``preemptible`` reply that the next one cuts short stays whole in the history: Twilio
+    sends no ``interrupt`` for it (Voice Insights records ``preempted`` only after the call),
+    and ``tokensPlayed``, when subscribed, names no reply and races the next one's frames,
+    so nothing says where it was cut. Keep preemptible for words whose loss does not
+    mislead the model (a "let me check" before the answer)."""
 
     interruptible: bool | None = None
     preemptible: bool | None = None
