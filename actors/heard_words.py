@@ -1,6 +1,7 @@
 """Which of the words Twilio says were heard (``utteranceUntilInterrupt``) belong to which text
 of a cut reply: a reply with a tool round is several texts in the history, and each is cut to
-its own share of the heard words.
+its own share of the heard words; and whether they can be a reply's at all (``begins_alike``,
+which picks among replies still playing), judged by the same words.
 
 Twilio may space, case and punctuate what it played otherwise than we sent it, so words are
 compared, not characters. When the heard words begin with the words we sent (the last one
@@ -45,6 +46,30 @@ def split_heard(texts: Sequence[str], heard: str) -> list[str]:
         else:
             out.append("")
     return out
+
+
+def begins_alike(said: str, heard: str) -> bool:
+    """Whether one of ``said`` and ``heard`` begins the other, word by word as the heard
+    words are split (case, spacing and punctuation aside; the last word of either may be cut
+    inside). Nothing heard fits any text; nothing said fits only nothing heard."""
+    said_keys, heard_keys = _keys(said), _keys(heard)
+    if not heard_keys or not said_keys:
+        return not heard_keys
+    shorter = min(len(said_keys), len(heard_keys))
+    for k in range(shorter):
+        said_word, heard_word = said_keys[k], heard_keys[k]
+        if said_word == heard_word:
+            continue
+        if k != shorter - 1:
+            return False
+        return ((k == len(heard_keys) - 1 and said_word.startswith(heard_word))
+                or (k == len(said_keys) - 1 and heard_word.startswith(said_word)))
+    return True
+
+
+def _keys(text: str) -> list[str]:
+    """The words to compare, those of punctuation alone left out (a dash Twilio may drop)."""
+    return [key for key in map(_key, text.split()) if key]
 
 
 # Each heard word's text, and the texts heard whole whatever came after them.

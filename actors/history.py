@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from actors.heard_words import split_heard
+from actors.heard_words import begins_alike, split_heard
 from actors.history_span import Mark, next_words, rejoin, split_off, unmoved
 from actors.history_trim import MessageSizes, trim_point
 from voiceagent.llm.base import Message
@@ -199,18 +199,16 @@ class History:
 
     def fits(self, start: Mark, heard: str, end: Mark | None = None) -> bool:
         """Whether ``heard`` can be what the caller heard of the words from ``start`` (up to
-        ``end``, a later turn's start): one begins the other (case and spacing aside).
-        Nothing heard fits any turn."""
-        heard = _normal(heard)
+        ``end``, a later turn's start): one begins the other, word by word (case, spacing
+        and punctuation aside: ``begins_alike``). Nothing heard fits any turn."""
         stop = len(self._messages) if end is None else min(end.index + 1, len(self._messages))
-        said = _normal(" ".join(
+        said = " ".join(
             t for at in range(start.index, stop)
             if self._messages[at]["role"] == "assistant"
             for b in self._messages[at]["content"][
                 start.first_block(at):None if end is None or at < end.index else end.blocks]
-            if (t := _text(b)) is not None))
-        shorter = min(len(heard), len(said))
-        return not heard or (shorter > 0 and heard[:shorter] == said[:shorter])
+            if (t := _text(b)) is not None)
+        return begins_alike(said, heard)
 
     def record_cut(self, start: Mark, end: Mark | None, *, heard: str | None,
                    unsent: str) -> Callable[[Mark], Mark]:
@@ -368,10 +366,6 @@ class History:
 def _at_ms(meta: dict[str, Any]) -> int:
     """The item key's time, as the store writes it (``records.chat_key``)."""
     return int(meta.get("at_ms", 0))
-
-
-def _normal(text: str) -> str:
-    return " ".join(text.casefold().split())
 
 
 def _texts(message: Message) -> str:
