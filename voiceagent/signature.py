@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from twilio.request_validator import RequestValidator, get_signature_algorithm
 
@@ -30,6 +31,16 @@ def public_base(headers: Mapping[str, str], scheme: str, host: str,
     proto = headers.get("x-forwarded-proto", scheme).split(",")[0].strip()
     forwarded_host = headers.get("x-forwarded-host", "").split(",")[0].strip()
     return f"{proto}://{forwarded_host or host}"
+
+
+def target_as_sent(scope: Mapping[str, Any]) -> str:
+    """An ASGI request's path and query as they arrived: Twilio signs the URL exactly as it
+    was configured, percent-encoding and all. Quart's ``full_path`` decodes the path
+    (``/tw%69ml`` routes to /twiml), and stripping its '?' cut a query's own last one."""
+    raw_path = scope.get("raw_path")            # hypercorn's; the query is apart
+    path = raw_path.decode("utf-8", "replace") if raw_path else str(scope["path"])
+    query = bytes(scope.get("query_string", b"")).decode("utf-8", "replace")
+    return f"{path}?{query}" if query else path
 
 
 def to_ws(url: str) -> str:

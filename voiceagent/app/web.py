@@ -101,8 +101,8 @@ async def _signed_form(settings: Settings) -> dict[str, str] | Response:
                                                      "bytes": request.content_length})
         return Response("request body too large", status=413)
     received = await request.form          # every value of a repeated name is signed
-    if settings.validate_signatures and not _check(settings,
-            _base_url(settings) + request.full_path.rstrip("?"), received, _headers()):
+    url = _base_url(settings) + signature.target_as_sent(request.scope)   # as Twilio signs it
+    if settings.validate_signatures and not _check(settings, url, received, _headers()):
         log.warning("bad signature", extra={"path": request.path})
         return Response("invalid signature", status=403)
     return dict(received.items())
