@@ -48,6 +48,7 @@ from actors.call import CallPlan, CallRejected
 from actors.history import History
 from actors.messages import Setup
 from voiceagent.app.socket_marks import SOCKET_CLOSED_GRACE_S, previous_socket_ended
+from voiceagent.app.spent_tokens import SpentTokens
 from voiceagent.catalog import Catalog
 from voiceagent.llm import scripted
 from voiceagent.llm.base import Message
@@ -101,6 +102,7 @@ class Sessions:
         # minted, not claimed yet: when, the session, and whether it resumes a conversation
         self._pending: dict[str, tuple[float, records.CallSession, bool]] = {}
         self._live: dict[str, int] = {}         # CallSids with a socket here: its generation
+        self._spent = SpentTokens()             # claimed while other sockets looked them up
         self._gone: dict[str, trio.Event] = {}  # set when that socket ends (a renewal waits)
         self._closing: dict[str, trio.Event] = {}   # set when it closed, its call winding down
         # sockets closed here lately, oldest first: when to look again, CallSid, generation
@@ -174,6 +176,10 @@ class Sessions:
         docstring); ``CallRejected`` for anything but the one unused token of a known call.
         The caller must ``release`` the call when its socket ends. ``on_retry``: called once
         if the call was not in the store at the first read and is looked up again."""
+        with self._spent.looking_up(setup.call_sid):
+            return await self._resolve(setup, on_retry)
+
+    async def _resolve(self, setup: Setup, on_retry: Callable[[], None] | None) -> CallPlan:
         call_sid = setup.call_sid
         token = setup.custom_parameters.get(TOKEN_PARAMETER, "")
         if not token:
@@ -200,6 +206,8 @@ class Sessions:
         use_case = await self._catalog.use_case(session.use_case)
         if call_sid in self._live:                  # another socket won while we waited
             raise CallRejected("a socket is already connected for this call")
+        if not self._spent.spend(call_sid, session.generation):     # ...and is gone
+            raise CallRejected("this call's session token was used already")
         self._pending.pop(call_sid, None)
         self._live[call_sid] = session.generation
         if set_aside_at:                # ahead of everything this socket writes: see records
