@@ -48,7 +48,7 @@ from actors.call import CallPlan, CallRejected
 from actors.history import History
 from actors.messages import Setup
 from voiceagent.app.socket_marks import SOCKET_CLOSED_GRACE_S, previous_socket_ended
-from voiceagent.app.spent_tokens import SpentTokens
+from voiceagent.app.spent_tokens import SpentTokens, newest_session
 from voiceagent.catalog import Catalog
 from voiceagent.llm import scripted
 from voiceagent.llm.base import Message
@@ -237,8 +237,8 @@ class Sessions:
         reads and ~1.5 s of its own socket, no more."""
         waited = 0.0
         for pause in (*MINTED_ELSEWHERE_WAITS_S, None):
-            item = await self._store.get(call_sid, "connection")
-            session = records.session_from_item(item) if item is not None else None
+            session = newest_session(await self._store.get(call_sid, records.SESSION_SK),
+                                     self._writer.queued_item(call_sid, records.SESSION_SK))
             if session is not None and _matches(session, token):
                 if waited:
                     log.info("session found in the store after waiting",

@@ -7,13 +7,16 @@ claimed and gone by the time the second one re-checks, which then found nothing 
 and was served the same call. So a claim records its session's generation for as long as
 any lookup of that call is in flight; a lookup that ends after it is refused. Memory stays
 with the calls being looked up: once none is, the spent token is gone from ``_pending`` and
-consumed in the store (or queued to be: see ``Sessions._minted_elsewhere``).
+consumed in the store, or queued here to be, which ``newest_session`` prefers to the store.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import voiceagent.store.records as records
+from voiceagent.store.base import Item
 
 
 class SpentTokens:
@@ -42,3 +45,14 @@ class SpentTokens:
             return False
         self._spent[call_sid] = generation
         return True
+
+
+def newest_session(stored: Item | None, queued: Item | None) -> records.CallSession | None:
+    """A call's session as this process knows it: the store's, unless this process has a
+    write of it still queued that is as new (a claim's, its token spent; the store behind it,
+    throttled or backed up, still shows the token, which opened the call again)."""
+    session = records.session_from_item(stored) if stored is not None else None
+    if queued is None:
+        return session
+    mine = records.session_from_item(queued)
+    return mine if session is None or mine.generation >= session.generation else session
