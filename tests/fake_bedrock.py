@@ -9,7 +9,8 @@ exception frames mid-stream, HTTP errors with ``x-amzn-ErrorType``, or delayed h
 
 Faults a network can make are replies too: ``Hangup`` (the connection closes mid-stream, FIN
 or RST), ``HangupBeforeHeaders`` (closed after the request, not one byte answered) and
-``Stall`` (headers and some frames, then silence until the client gives up).
+``Stall`` (headers and some frames, then silence until the client gives up), and ``Trickle``
+(bytes keep coming, a few seconds apart, and never make a whole event).
 
 Every request body is recorded and checked against Converse's rules; problems collect in
 ``violations`` so a test asserts there are none. Every connection records when the client
@@ -217,7 +218,19 @@ class Stall:
     headers_delay_s: float = 0.0
 
 
-Reply = StreamReply | HttpError | Hangup | HangupBeforeHeaders | Stall
+@dataclass(frozen=True, slots=True)
+class Trickle:
+    """``200`` headers and ``frames`` whole, then the body of ``trickled`` (chunked, as
+    ``StreamReply`` sends it) ``piece_bytes`` at a time, ``gap_s`` apart: bytes keep coming
+    and no event is ever whole in time. Held open after the last piece, as ``Stall``."""
+    trickled: tuple[Frame, ...]
+    frames: tuple[Frame, ...] = ()
+    piece_bytes: int = 1
+    gap_s: float = 3.0
+    headers_delay_s: float = 0.0
+
+
+Reply = StreamReply | HttpError | Hangup | HangupBeforeHeaders | Stall | Trickle
 
 
 def stream_reply(*parts: Frame | Sequence[Frame], headers_delay_s: float = 0.0) -> StreamReply:
@@ -516,10 +529,12 @@ class FakeBedrock:
                                    reply.headers_delay_s, end=False)
                 request.outcome = _hang_up(raw, record, reset=reply.reset)
                 return
-            if isinstance(reply, Stall):
-                await _send_stream(stream, request, reply.frames, reply.headers_delay_s,
-                                   end=False)
+            if isinstance(reply, Stall | Trickle):
+                await _send_stream(stream, request, reply.frames,
+                                   reply.headers_delay_s, end=False)
                 request.outcome = "stalled"
+                if isinstance(reply, Trickle):
+                    await _trickle(stream, reply)
                 await trio.sleep_forever()      # until the reader sees the client close
             await _send_stream(stream, request, reply.frames, reply.headers_delay_s, end=True)
             request.outcome = "complete"
@@ -597,6 +612,13 @@ async def _send_stream(stream: trio.abc.Stream, request: RecordedRequest,
             request.first_late_s = trio.current_time() - due    # this side's lag
     if end:
         await stream.send_all(b"0\r\n\r\n")
+
+
+async def _trickle(stream: trio.abc.Stream, reply: Trickle) -> None:
+    body = b"".join(b"%x\r\n%b\r\n" % (len(f.data), f.data) for f in reply.trickled)
+    for at in range(0, len(body), reply.piece_bytes):
+        await trio.sleep(reply.gap_s)
+        await stream.send_all(body[at:at + reply.piece_bytes])
 
 
 def _hang_up(raw: trio.SocketStream, record: ConnectionRecord, *, reset: bool) -> str:

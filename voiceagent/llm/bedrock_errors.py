@@ -64,7 +64,7 @@ class BedrockHTTPError(Exception):
 
 
 class ReadTimeout(Exception):
-    """No byte from Bedrock for longer than the read timeout."""
+    """No whole event (nor the headers) from Bedrock for longer than the read timeout."""
 
 
 _KINDS: dict[str, tuple[str, bool]] = {

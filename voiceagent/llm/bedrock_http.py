@@ -92,7 +92,7 @@ class ReadWatchdog:
                 attempt.time_out()
             if self._attempts:
                 soonest = min(a.read_deadline for a in self._attempts)
-                # Deadlines only move later as data comes, so waking at the soonest one is
+                # Deadlines only move later as events come, so waking at the soonest one is
                 # early, never late; the slack batches the checks of busy streams.
                 await trio.sleep_until(max(soonest, now + WATCHDOG_SLACK_S))
 
@@ -196,14 +196,13 @@ class Attempt:
                     if ready is None:
                         return False
                     data = ready
-                self.read_deadline = trio.current_time() + self._read_timeout_s
                 connection.h11.receive_data(data)
                 return True
             self._take(event)
         except Exception as err:
             fault: Exception = err
             if self._timed_out:
-                fault = ReadTimeout(f"no data from Bedrock for {self._read_timeout_s:g} s")
+                fault = ReadTimeout(f"no event from Bedrock for {self._read_timeout_s:g} s")
             elif (self._reused and self._status is None and not self.cancelled_at
                   and not isinstance(err, BedrockHTTPError | ReplyError)):
                 # a kept-alive connection the server had closed: the request never ran
@@ -236,15 +235,19 @@ class Attempt:
     def _take(self, event: Any) -> None:
         if isinstance(event, h11.Response):
             self._status = event.status_code
+            self._progressed()
             for name, value in event.headers:
                 if name == b"x-amzn-errortype":
                     self._error_type = value.decode("latin-1").split(":", 1)[0]
         elif isinstance(event, h11.Data):
             if self._status == 200:
                 out: list[LLMEvent] = []
-                for headers, payload in self._decoder.feed(bytes(event.data)):
+                frames = self._decoder.feed(bytes(event.data))
+                for headers, payload in frames:
                     event_type, body = event_of(headers, payload)   # raises StreamFault
                     self._assembler.feed_event(event_type, body, out)
+                if frames:
+                    self._progressed()
                 self._items.extend(out)
             elif len(self._error_body) < MAX_ERROR_BODY:
                 self._error_body += event.data
@@ -260,6 +263,12 @@ class Attempt:
             self._watchdog.forget(self)
         elif isinstance(event, h11.ConnectionClosed):
             raise ConnectionResetError("Bedrock closed the connection")
+
+    def _progressed(self) -> None:
+        """The headers or a whole event came: the read timeout starts again. Bytes alone do
+        not move it: a peer that trickles a byte every few seconds and never completes an
+        event (a sick front end, a middlebox) would hold the turn, in silence, for ever."""
+        self.read_deadline = trio.current_time() + self._read_timeout_s
 
     def _http_error(self) -> BedrockHTTPError:
         status = self._status or 0
