@@ -22,7 +22,8 @@ kept-alive connections per endpoint, through the proxy that
 HTTPS_PROXY / NO_PROXY name, if any. An idle connection with anything to read (the server
 closed it) or older than ``IDLE_MAX_S`` is dropped before reuse; a request whose reused
 connection dies before any response byte is sent again once on a new connection, as urllib3
-does. Only an exchange that completed cleanly goes back to the pool.
+does. Only an exchange that completed cleanly (an error answer read to its end included) goes
+back to the pool.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ class Attempt:
             if self._timed_out:
                 fault = ReadTimeout(f"no event from Bedrock for {self._read_timeout_s:g} s")
             elif (self._reused and self._status is None and not self.cancelled_at
-                  and not isinstance(err, BedrockHTTPError | ReplyError)):
+                  and not isinstance(err, ReplyError)):
                 # a kept-alive connection the server had closed: the request never ran
                 self._drop_connection()
                 await self.open(fresh=True)
@@ -253,7 +254,13 @@ class Attempt:
                 self._error_body += event.data
         elif isinstance(event, h11.EndOfMessage):
             if self._status != 200:
-                raise self._http_error()
+                # An error answer read to its end leaves the connection as reusable as a
+                # reply does (as urllib3 keeps it): closing it made every retry after a 429
+                # or a 503 pay a new TCP and TLS handshake, when Bedrock is already slow.
+                self._items.append(classify(self._http_error()))
+                self._ended = self._complete = True
+                self._watchdog.forget(self)
+                return
             if self._decoder.pending:
                 raise ReplyError("IncompleteStream", "the body ended inside an event frame")
             out = []
