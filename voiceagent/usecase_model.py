@@ -19,6 +19,10 @@ from voiceagent.usecase_relay import Strict, key_problem, stored
 GUARDRAIL_ID = re.compile(r"^([a-z0-9]+|arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}:[0-9]{12}:"
                           r"guardrail/[a-z0-9]+)$")
 GUARDRAIL_VERSION = re.compile(r"^([1-9][0-9]{0,7}|DRAFT)$")
+# Claude models that refuse temperature and top_p in one request ("`temperature` and `top_p`
+# cannot both be specified for this model"): Opus 4.1, the 4.5 and 4.6 families, and later
+# (Anthropic's migration guides). The minor version is one digit: opus-4-2025... is a date.
+ONE_SAMPLER = re.compile(r"anthropic\.claude-(opus-4-[1-9]|(sonnet|haiku)-4-[5-9])(?![0-9])")
 
 
 class InferenceSettings(Strict):
@@ -30,6 +34,17 @@ class InferenceSettings(Strict):
     def to_config(self) -> InferenceConfig:
         return InferenceConfig(self.max_tokens, self.temperature, self.top_p,
                                self.stop_sequences)
+
+
+def check_samplers(model: str | None, inference: InferenceSettings) -> None:
+    """Refuse (``key_problem``) temperature with top_p for a model that refuses the pair: it
+    would fail every turn. A use case that names no model gets MODEL_IDENTIFIER, which is
+    not known here."""
+    both = inference.temperature is not None and inference.top_p is not None
+    if both and model is not None and ONE_SAMPLER.search(model):
+        raise key_problem(("inference", "top_p"), f"{model} refuses temperature and top_p "
+                          "together (a ValidationException on every turn); set only one of "
+                          "them, usually temperature")
 
 
 class ModelOptionSettings(Strict):

@@ -28,7 +28,7 @@ from pydantic import (
 from voiceagent.errors import ConfigError
 from voiceagent.relay.protocol import Setting
 from voiceagent.usecase_handoff import HandoffConfig
-from voiceagent.usecase_model import InferenceSettings, ModelOptionSettings
+from voiceagent.usecase_model import InferenceSettings, ModelOptionSettings, check_samplers
 from voiceagent.usecase_relay import (
     KEY_PROBLEM,
     LANGUAGE_BUILDER_ATTRIBUTES,
@@ -237,6 +237,12 @@ class UseCase(Strict):
                 raise key_problem(("relay_updates", i, "when", "tool"),
                                    f"tool {rule.when.tool!r} is not declared in this use "
                                    f"case's tools; declared: {sorted(declared)}")
+        return self
+
+    @model_validator(mode="after")
+    def _samplers_ok(self, info: ValidationInfo) -> UseCase:
+        if not stored(info):                # a stored one is served as it was
+            check_samplers(self.model, self.inference)
         return self
 
     @property

@@ -1,0 +1,64 @@
+"""Claude Opus 4.1 and the 4.5 / 4.6 families (and later) on Bedrock refuse temperature and
+top_p in one request ("`temperature` and `top_p` cannot both be specified for this model"),
+so a use case naming such a model with both loaded fine and then cost every turn of every call
+a ValidationException and an apology. A file is refused at load with the fix in the message;
+a use case already in the table is still served as stored (validation context STORED), and
+models that take both (Nova, older Claude, or a model left to MODEL_IDENTIFIER) still load."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from voiceagent.errors import ConfigError
+from voiceagent.store import records
+from voiceagent.usecases import UseCase, parse_model
+
+BOTH = {"temperature": 0.3, "top_p": 0.9}
+
+
+def _use_case(model: str | None, **inference: Any) -> dict[str, Any]:
+    return {"name": "desk", "prompt": "Answer briefly.", "model": model,
+            "inference": inference}
+
+
+@pytest.mark.parametrize("model", [
+    "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+    "global.anthropic.claude-haiku-4-5-20251001-v1:0",
+    "anthropic.claude-opus-4-1-20250805-v1:0",
+    "us.anthropic.claude-sonnet-4-6",
+    "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-opus-4-6-v1",
+])
+def test_both_samplers_for_a_model_that_refuses_them_are_refused_at_load(model: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_model(UseCase, _use_case(model, **BOTH), "desk.yaml")
+    assert caught.value.key_path == "inference.top_p"
+    assert "set only one" in caught.value.problem
+    assert model in caught.value.problem
+
+
+@pytest.mark.parametrize(("model", "inference"), [
+    ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", {"temperature": 0.3}),
+    ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", {"top_p": 0.9}),
+    ("us.amazon.nova-lite-v1:0", BOTH),
+    ("us.anthropic.claude-3-7-sonnet-20250219-v1:0", BOTH),
+    ("us.anthropic.claude-sonnet-4-20250514-v1:0", BOTH),       # "4-2...": a date, not 4.2
+    ("us.anthropic.claude-opus-4-20250514-v1:0", BOTH),
+    (None, BOTH),
+])
+def test_what_the_model_takes_still_loads(model: str | None,
+                                          inference: dict[str, Any]) -> None:
+    loaded = parse_model(UseCase, _use_case(model, **inference), "desk.yaml")
+    assert loaded.inference.to_config().temperature == inference.get("temperature")
+    assert loaded.inference.to_config().top_p == inference.get("top_p")
+
+
+def test_a_stored_use_case_with_both_is_still_served_as_stored() -> None:
+    model = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    item = records.use_case_item(UseCase(name="desk", prompt="Answer briefly.", model=model))
+    item["voiceagent"] = {**item["voiceagent"], "inference": {"max_tokens": 200, **BOTH}}
+    served = records.use_case_from_item(item)
+    assert served.model == model
+    assert (served.inference.temperature, served.inference.top_p) == (0.3, 0.9)
+    assert served.inference.max_tokens == 200       # its own settings, not the sample's
