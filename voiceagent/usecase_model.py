@@ -13,16 +13,13 @@ from typing import Annotated
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from voiceagent.llm.base import InferenceConfig, ModelOptions
+from voiceagent.llm.samplers import one_sampler_only
 from voiceagent.usecase_relay import Strict, key_problem, stored
 
 # Bedrock's patterns (GuardrailStreamConfiguration): anything else fails every request
 GUARDRAIL_ID = re.compile(r"^([a-z0-9]+|arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}:[0-9]{12}:"
                           r"guardrail/[a-z0-9]+)$")
 GUARDRAIL_VERSION = re.compile(r"^([1-9][0-9]{0,7}|DRAFT)$")
-# Claude models that refuse temperature and top_p in one request ("`temperature` and `top_p`
-# cannot both be specified for this model"): Opus 4.1, the 4.5 and 4.6 families, and later
-# (Anthropic's migration guides). The minor version is one digit: opus-4-2025... is a date.
-ONE_SAMPLER = re.compile(r"anthropic\.claude-(opus-4-[1-9]|(sonnet|haiku)-4-[5-9])(?![0-9])")
 
 
 class InferenceSettings(Strict):
@@ -41,7 +38,7 @@ def check_samplers(model: str | None, inference: InferenceSettings) -> None:
     would fail every turn. A use case that names no model gets MODEL_IDENTIFIER, which is
     not known here."""
     both = inference.temperature is not None and inference.top_p is not None
-    if both and model is not None and ONE_SAMPLER.search(model):
+    if both and model is not None and one_sampler_only(model):
         raise key_problem(("inference", "top_p"), f"{model} refuses temperature and top_p "
                           "together (a ValidationException on every turn); set only one of "
                           "them, usually temperature")

@@ -27,6 +27,7 @@ from voiceagent.llm.base import (
     Usage,
 )
 from voiceagent.llm.eventstream import ReplyError
+from voiceagent.llm.samplers import one_sampler
 
 log = logging.getLogger("voiceagent.llm.bedrock")
 
@@ -79,6 +80,7 @@ def build_converse_request(request: LLMRequest) -> dict[str, Any]:
     if tools is not None:
         body["toolConfig"] = tools
     body["inferenceConfig"] = inference_config(request.inference)
+    one_sampler(body["inferenceConfig"], request.model_id, request.use_case)
     options = request.options
     if options.latency_optimized:
         body["performanceConfig"] = {"latency": "optimized"}
