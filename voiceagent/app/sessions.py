@@ -377,9 +377,8 @@ class Sessions:
         repair, the call starts afresh: the third value is where to set the old conversation
         aside (0: nothing to). It used to be read again, and the call started afresh again,
         on every reconnect."""
-        entries = records.since_set_aside([records.chat_from_item(item) for item in
-                                           await self._store.query(call_sid,
-                                                                   records.CHAT_PREFIX)])
+        read, _ = records.readable_chat(await self._store.query(call_sid, records.CHAT_PREFIX))
+        entries = records.since_set_aside(read)
         messages = tuple(entry["chat"] for entry in entries)
         meta = tuple({**entry["meta"], "at_ms": entry["at_ms"]} for entry in entries)
         if messages and converse_problems(History.resumed(messages, meta).for_request()):

@@ -42,6 +42,7 @@ class Transcript:
     call_sid: str
     session: records.CallSession | None      # None for a call whose session item is gone
     entries: tuple[records.ChatEntry, ...]      # set-aside marks included (shown as notes)
+    unreadable: tuple[str, ...] = ()            # the sk of each chat item left out
 
     @property
     def started_at(self) -> float:
@@ -83,13 +84,12 @@ async def load_transcript(store: Store, call_sid: str) -> Transcript | None:
     """The call's session and messages in order; None when the store has neither."""
     item = await store.get(call_sid, records.SESSION_SK)
     session = records.session_from_item(item) if item is not None else None
+    read, unreadable = records.readable_chat(await store.query(call_sid, records.CHAT_PREFIX))
     # the set-aside marks stay in, for ``transcript_lines`` to show; tombstones do not
-    entries = tuple(entry for entry in (records.chat_from_item(item) for item in
-                                        await store.query(call_sid, records.CHAT_PREFIX))
-                    if not entry["meta"].get("dropped"))
-    if session is None and not entries:
+    entries = tuple(entry for entry in read if not entry["meta"].get("dropped"))
+    if session is None and not entries and not unreadable:
         return None
-    return Transcript(call_sid, session, entries)
+    return Transcript(call_sid, session, entries, tuple(unreadable))
 
 
 # ------------------------------------------------------------------ formatting
@@ -154,7 +154,7 @@ def _block_lines(block: Mapping[str, Any], role: Any, meta: Mapping[str, Any], o
         name = names.get(str(result.get("toolUseId")), "tool")
         status = "failed" if result.get("status") == "error" else "result"
         parts = [_json(c["json"]) if "json" in c else _one_line(str(c.get("text", "")))
-                 for c in result.get("content") or [] if isinstance(c, Mapping)]
+                 for c in _list(result.get("content")) if isinstance(c, Mapping)]
         said = " ".join(parts)
         if status == "failed":      # the executor's own words often start with it already
             said = said.removeprefix("failed: ")
@@ -174,6 +174,8 @@ def format_transcript(transcript: Transcript, zone: str) -> list[str]:
         head.append("  (no session item: it expired or was never written)")
     head.append(f"  started {format_time(transcript.started_at, zone)}, "
                 f"{sum(not records.is_mark(e['meta']) for e in transcript.entries)} messages")
+    head.extend(f"  item {sk} could not be read (another tool's, or a later version's): "
+                "left out" for sk in transcript.unreadable)
     body: list[str] = []
     for line in transcript_lines(transcript):
         body.append(f"{_offset(line.offset_s):>9}  {line.speaker:<6}  {line.text}")
@@ -185,6 +187,10 @@ def _offset(seconds: float) -> str:
     sign = "-" if seconds < 0 else "+"
     minutes, rest = divmod(abs(seconds), 60)
     return f"{sign}{int(minutes)}:{rest:05.2f}"
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _one_line(text: str) -> str:

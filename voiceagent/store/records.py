@@ -32,7 +32,7 @@ from typing import Any, TypedDict
 
 from voiceagent.errors import ConfigError
 from voiceagent.logs import mask_phone
-from voiceagent.store.base import Item, Version
+from voiceagent.store.base import Item, Version, describe_key
 from voiceagent.store.sample_records import sample_use_case
 from voiceagent.usecase_relay import STORED
 from voiceagent.usecases import Profile, UseCase, parse_model
@@ -305,23 +305,56 @@ def chat_item(call_sid: str, at_ms: int, seq: int, message: Mapping[str, Any],
 
 
 def chat_from_item(item: Item) -> ChatEntry:
-    """Also reads the sample's ``chat::<ms>`` keys (seq 0)."""
+    """Also reads the sample's ``chat::<ms>`` keys (seq 0). ``ValueError`` (naming types,
+    never content) for an item that holds no message a history or a transcript can take."""
     sk = item.get("sk")
     match = _CHAT_SK.match(sk) if isinstance(sk, str) else None
-    if match is None or not isinstance(item.get("chat"), Mapping):
-        raise ValueError("not a chat item: expected sk 'chat::<epoch ms>...' and a chat map")
+    if match is None:
+        raise ValueError("not a chat item: expected sk 'chat::<epoch ms>...'")
     meta = {k: v for k, v in item.items() if k not in KEY_ATTRIBUTES and k != "chat"}
+    if problem := _message_problem(item.get("chat"), meta):
+        raise ValueError(f"not a chat item: {problem}")
     return ChatEntry(call_sid=item["pk"], at_ms=int(match.group(1)),
                      seq=int(match.group(2) or 0), chat=dict(item["chat"]), meta=meta)
 
 
+def _message_problem(chat: Any, meta: Mapping[str, Any]) -> str | None:
+    """What the readers index without looking: a role, content a list of maps (a mark's
+    chat: empty)."""
+    if not isinstance(chat, Mapping):
+        return f"its chat is a {type(chat).__name__}, not a map"
+    if not chat and is_mark(meta):
+        return None
+    if not isinstance(chat.get("role"), str):
+        return "its chat has no role"
+    content = chat.get("content")
+    if not isinstance(content, list) or not all(isinstance(b, Mapping) for b in content):
+        return "its chat's content is not a list of maps"
+    return None
+
+
+def readable_chat(items: Iterable[Item]) -> tuple[list[ChatEntry], list[str]]:
+    """Chat items as entries (marks included) and the sk of each that could not be read
+    (another tool's, or a later version's): left out with a warning naming its key, never
+    its content, so it costs the call that message, not its reconnect or transcript."""
+    entries: list[ChatEntry] = []
+    unreadable: list[str] = []
+    for item in items:
+        try:
+            entries.append(chat_from_item(item))
+        except ValueError as err:
+            log.warning("chat item unreadable, skipped", extra={
+                "key": describe_key(item.get("pk"), item.get("sk")), "problem": str(err)})
+            unreadable.append(str(item.get("sk")))
+    return entries, unreadable
+
+
 def chat_entries(items: Iterable[Item]) -> tuple[ChatEntry, ...]:
     """A call's chat items (as ``query`` returns them, in key order) as its conversation:
-    tombstones and set-aside marks left out. A tombstone (``chat`` empty, ``dropped`` true)
-    is written over the item of a message a barge-in later cut away or moved; the store has
-    no delete in its write-behind path, and a put keeps the per-key order the queue already
-    guarantees."""
-    entries = (chat_from_item(item) for item in items)
+    tombstones, set-aside marks and unreadable items left out. A tombstone (``chat`` empty,
+    ``dropped`` true) is written over the item of a message a barge-in later cut away or
+    moved: the write-behind path has no delete, and a put keeps the queue's per-key order."""
+    entries, _ = readable_chat(items)
     return tuple(entry for entry in entries if not is_mark(entry["meta"]))
 
 

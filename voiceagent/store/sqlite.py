@@ -180,7 +180,7 @@ class SqliteStore:
                       descending: bool, limit: int | None) -> list[Item]:
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
-        sql = f"SELECT attrs FROM items WHERE {key} = ? AND {sort} IS NOT NULL"
+        sql = f"SELECT pk, sk, attrs FROM items WHERE {key} = ? AND {sort} IS NOT NULL"
         params: list[Any] = [value]
         if prefix:                   # the range uses the index; substr makes it exact
             sql += f" AND {sort} >= ? AND substr({sort}, 1, ?) = ?"
@@ -190,7 +190,8 @@ class SqliteStore:
         params.append(limit if limit is not None else -1)
 
         def read(db: sqlite3.Connection) -> list[Item]:
-            return [_decode(row[0]) for row in db.execute(sql, params)]
+            return [item for pk, sk, attrs in db.execute(sql, params)
+                    if (item := _decode_or_skip(pk, sk, attrs)) is not None]
 
         return await self._run(operation, read)
 
@@ -313,6 +314,18 @@ def _decode(attrs: str) -> Item:
     if not isinstance(item, dict):
         raise StoreError("an item in the sqlite store is not a JSON object")
     return item
+
+
+def _decode_or_skip(pk: str, sk: str, attrs: str) -> Item | None:
+    """A row a query cannot decode (written by hand or by another program) is left out with
+    a warning naming its key: one such row failed the whole query (a call's reconnect, or
+    ``calls show``, for one bad chat item)."""
+    try:
+        return _decode(attrs)
+    except StoreError as err:
+        log.warning("sqlite item unreadable, skipped", extra={
+            "key": describe_key(pk, sk), "problem": str(err)})
+        return None
 
 
 # ------------------------------------------------------------------ item checks
