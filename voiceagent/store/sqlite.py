@@ -53,6 +53,7 @@ Row = tuple[str, str, str | None, str | None, int | float | None, str]
 BUSY_TIMEOUT_S = 5.0
 _EPOCH_LIMIT = 2**62                 # expireAt must fit SQLite's 64-bit INTEGER
 SWEEP_EVERY_S = 3600.0
+SWEEP_BATCH_ROWS = 1000              # rows per DELETE: other writes get the lock in between
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -69,6 +70,8 @@ CREATE INDEX IF NOT EXISTS items_expire_at ON items (expireAt);
 """
 _UPSERT = ("INSERT OR REPLACE INTO items (pk, sk, pk1, sk1, expireAt, attrs) "
            "VALUES (?, ?, ?, ?, ?, ?)")
+_DELETE_EXPIRED = ("DELETE FROM items WHERE (pk, sk) IN "
+                   "(SELECT pk, sk FROM items WHERE expireAt < ? LIMIT ?)")
 _INSERT_NEW = ("INSERT OR IGNORE INTO items (pk, sk, pk1, sk1, expireAt, attrs) "
                "VALUES (?, ?, ?, ?, ?, ?)")
 
@@ -125,9 +128,18 @@ class SqliteStore:
         return await self._run("put_unless_newer", partial(
             _write_unless_newer, row=row, item=item, version=version, legacy=legacy))
 
-    async def remove_expired(self) -> int:
-        """Delete the items whose ``expireAt`` has passed; how many."""
-        return await self._run("remove_expired", _delete_expired)
+    async def remove_expired(self, *, batch_rows: int = SWEEP_BATCH_ROWS) -> int:
+        """Delete the items whose ``expireAt`` has passed; how many. ``batch_rows`` at a time,
+        each batch its own turn of the lock: one DELETE of a large backlog (a server down for
+        days, a shortened SESSION_TTL_S) kept every write of the process waiting behind it."""
+        now = int(time.time())
+        removed = 0
+        while True:
+            batch = await self._run("remove_expired", partial(
+                _delete_expired_batch, now=now, limit=batch_rows))
+            removed += batch
+            if batch < batch_rows:
+                return removed
 
     async def sweep_expired(self, *, every_s: float = SWEEP_EVERY_S,
                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -250,7 +262,17 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _delete_expired(db: sqlite3.Connection) -> int:
-    return db.execute("DELETE FROM items WHERE expireAt < ?", (int(time.time()),)).rowcount
+    """At open, in batches too: each DELETE commits, so another process sharing the file
+    (WORKERS=2) may write between them."""
+    now = int(time.time())
+    removed = 0
+    while (batch := _delete_expired_batch(db, now, SWEEP_BATCH_ROWS)) == SWEEP_BATCH_ROWS:
+        removed += batch
+    return removed + batch
+
+
+def _delete_expired_batch(db: sqlite3.Connection, now: int, limit: int) -> int:
+    return db.execute(_DELETE_EXPIRED, (now, limit)).rowcount
 
 
 def _switch_to_wal(connection: sqlite3.Connection, *, deadline: float) -> None:
