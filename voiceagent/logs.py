@@ -2,7 +2,10 @@
 
 Every line carries the CallSid and turn number of the task that wrote it (contextvars, which
 ``run_blocking`` copies into worker threads). Content (prompts, transcripts, tool inputs) is
-never logged unless LOG_CONTENT is on; phone numbers go through ``mask_phone``.
+never logged unless LOG_CONTENT is on; phone numbers go through ``mask_phone``. A logged
+exception keeps its types and frames, but its message and notes are hidden unless LOG_CONTENT
+is on: a bug's message is often built from what it was handed (a KeyError naming a caller's
+words, a tool's error, a service that quotes its input).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import logging
 import re
 import sys
 import time
+import traceback
+from types import TracebackType
 from typing import Any, Literal
 
 call_sid_var: contextvars.ContextVar[str] = contextvars.ContextVar("call_sid", default="-")
@@ -49,7 +54,55 @@ class _ContextFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, *, content: bool = False) -> None:
+        super().__init__()
+        self.content = content             # LOG_CONTENT: exception messages shown
+
+    def formatException(self, ei: ExcInfo) -> str:
+        if self.content or ei[1] is None:
+            return super().formatException(ei)
+        return "".join(_masked(ei[1], set())).rstrip("\n")
+
+
+def _masked(exc: BaseException, seen: set[int]) -> list[str]:
+    """``traceback.format_exception``'s frames, causes and groups, each message hidden."""
+    seen.add(id(exc))
+    lines: list[str] = []
+    if exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        lines += [*_masked(exc.__cause__, seen), "\nThe above exception was the direct cause "
+                  "of the following exception:\n\n"]
+    elif (exc.__context__ is not None and not exc.__suppress_context__
+          and id(exc.__context__) not in seen):
+        lines += [*_masked(exc.__context__, seen), "\nDuring handling of the above exception, "
+                  "another exception occurred:\n\n"]
+    if exc.__traceback__ is not None:
+        lines += ["Traceback (most recent call last):\n",
+                  *traceback.format_tb(exc.__traceback__)]
+    kind = type(exc)
+    name = (kind.__qualname__ if kind.__module__ in ("builtins", "__main__")
+            else f"{kind.__module__}.{kind.__qualname__}")
+    lines.append(f"{name}{_hidden(exc)}\n")
+    inner_exceptions = exc.exceptions if isinstance(exc, BaseExceptionGroup) else ()
+    for n, inner in enumerate(inner_exceptions, start=1):
+        lines.append(f"  +---- {n} ----\n")
+        lines += ["  | " + line for line in "".join(_masked(inner, seen)).splitlines(True)]
+    return lines
+
+
+def _hidden(exc: BaseException) -> str:
+    """Its size only: enough to tell an empty message from one worth turning LOG_CONTENT on."""
+    try:
+        size = f"{len(str(exc)) + sum(len(str(n)) for n in getattr(exc, '__notes__', ()))}"
+    except Exception:                      # a broken __str__ must not lose the log line
+        size = "?"
+    return f": [message hidden ({size} characters); LOG_CONTENT=true shows it]" * (size != "0")
+
+
+class JsonFormatter(_Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": round(record.created, 3),
@@ -63,7 +116,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-class ConsoleFormatter(logging.Formatter):
+class ConsoleFormatter(_Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = _fields(record)
         call = fields.pop("call_sid", "-")
@@ -78,11 +131,14 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
-def configure(fmt: Literal["auto", "json", "console"] = "auto", level: str = "INFO") -> None:
-    """Install one handler on the root logger; safe to call more than once."""
+def configure(fmt: Literal["auto", "json", "console"] = "auto", level: str = "INFO", *,
+              content: bool = False) -> None:
+    """Install one handler on the root logger; safe to call more than once. ``content``
+    (LOG_CONTENT): exceptions' messages are logged too."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if use_json else ConsoleFormatter())
+    formatter = JsonFormatter if use_json else ConsoleFormatter
+    handler.setFormatter(formatter(content=content))
     handler.addFilter(_ContextFilter())
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_voiceagent", False)]:

@@ -56,7 +56,7 @@ class Settings(BaseModel):
     time_zone: str = Field("UTC", alias="TIME_ZONE")
     log_format: Literal["auto", "json", "console"] = Field("auto", alias="LOG_FORMAT")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
-    log_content: bool = Field(False, alias="LOG_CONTENT")   # prompts/transcripts in debug logs
+    log_content: bool = Field(False, alias="LOG_CONTENT")   # content in logs: debug, exceptions
     scripted_first_token_delay_ms: int = Field(250, alias="SCRIPTED_FIRST_TOKEN_DELAY_MS",
                                                ge=0, le=10_000)
     scripted_token_delay_ms: int = Field(25, alias="SCRIPTED_TOKEN_DELAY_MS", ge=0, le=2_000)

@@ -162,7 +162,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise SettingsError([f"--env-file: no file at {args.env_file}"])
     read = load_dotenv_file(args.env_file)
     settings = settings_for_serving()
-    logs.configure(settings.log_format, settings.log_level)
+    logs.configure(settings.log_format, settings.log_level, content=settings.log_content)
     if read is not None:
         log.info("settings read from a file too", extra={"env_file": str(read)})
     trio.run(_serve_async, settings)

@@ -122,7 +122,8 @@ def _settings() -> Settings:
     load_dotenv_file()
     settings = Settings.from_env(VALIDATE_SIGNATURES=False)
     logs.configure(settings.log_format,
-                   "WARNING" if settings.log_level == "INFO" else settings.log_level)
+                   "WARNING" if settings.log_level == "INFO" else settings.log_level,
+                   content=settings.log_content)
     return settings
 
 
