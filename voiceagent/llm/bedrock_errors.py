@@ -169,14 +169,18 @@ def _by_code(raw_code: str, message: str, status: int, exc: BaseException, *,
     return Failure(code, without_echoed_values(message), kind, retryable, exc)
 
 
-_ECHOED_VALUE = re.compile(r"\bValue '.*?(' at '|\Z)", re.DOTALL | re.IGNORECASE)
+# up to the last `' at '<path>'` (greedy: the value may hold `' at '` itself), else the end
+_ECHOED_VALUE = re.compile(r"\bValue '(?:.*(' at ')(?=[\w.\[\]-]+')|.*\Z)",
+                           re.DOTALL | re.IGNORECASE)
 
 
 def without_echoed_values(message: str) -> str:
     """AWS's validation messages quote the value they refused (``Value '...' at
     'messages.1.member.content...' failed to satisfy constraint``): the caller's words, the
     model's or a tool's result, which must not reach the log. The value is masked; the path
-    and the constraint, which tell the operator what broke, stay."""
+    and the constraint, which tell the operator what broke, stay. Masking stopped at the
+    first ``' at '``, so a value holding one leaked the rest of itself; now it runs to the
+    last one followed by a path (of several errors in one message, the last's path stays)."""
     return _ECHOED_VALUE.sub(lambda m: "Value '…'" + (" at '" if m.group(1) else ""),
                              message)
 
