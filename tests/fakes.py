@@ -17,7 +17,7 @@ import trio
 from voiceagent.errors import ModelRejected, RelayBroken
 from voiceagent.llm.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolUseRequest
 from voiceagent.llm.converse import converse_problems
-from voiceagent.store.base import is_newer
+from voiceagent.store.base import is_newer, is_own_item
 
 Step = LLMEvent | float | BaseException          # a float is a pause in seconds
 
@@ -202,7 +202,7 @@ class MemoryStore:
     async def put_new(self, item: dict[str, Any]) -> bool:
         await trio.lowlevel.checkpoint()
         if (item["pk"], item["sk"]) in self.items:
-            return bool(self.items[(item["pk"], item["sk"])] == item)
+            return is_own_item(self.items[(item["pk"], item["sk"])], item)
         self.puts += 1                          # no checkpoint since the look: atomic
         self.items[(item["pk"], item["sk"])] = json.loads(json.dumps(item))
         return True

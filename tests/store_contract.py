@@ -80,6 +80,19 @@ async def check_put_new_claims_once(store: Store) -> None:
 
 
 @check
+async def check_put_new_knows_its_own_item_read_back(store: Store) -> None:
+    """A claim holding a tuple comes back with a list: sent again (its first attempt
+    applied, the answer lost) it is still its own, not another's; one that differs is not."""
+    claim = {"pk": "call", "sk": "slot", "at": 1_750_000_000.25, "hours": (18, [19, 30]),
+             "by": {"ids": ("a", "b")}}
+    assert await store.put_new(claim)
+    assert await store.get("call", "slot") == {**claim, "hours": [18, [19, 30]],
+                                               "by": {"ids": ["a", "b"]}}
+    assert await store.put_new(claim)
+    assert not await store.put_new({**claim, "hours": (18, [19, 31])})
+
+
+@check
 async def check_put_unless_newer_never_goes_back_a_version(store: Store) -> None:
     """A write of the same or a later version lands; one of an earlier version (a queue
     that was behind) does not, and says so; a first write, or one over an item without the

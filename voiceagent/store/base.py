@@ -108,6 +108,21 @@ def is_newer(stored: Mapping[str, Any], item: Mapping[str, Any], version: str,
     return False
 
 
+def is_own_item(found: Mapping[str, Any] | None, item: Mapping[str, Any]) -> bool:
+    """``Store.put_new``'s "an item equal to it is there", as the store reads items back:
+    tuples come back lists, so a claim holding one, resent after its first attempt was
+    applied, found its own item unequal and read it as another's claim."""
+    return found is not None and found == _as_read_back(item)
+
+
+def _as_read_back(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _as_read_back(element) for key, element in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_read_back(element) for element in value]
+    return value
+
+
 def is_number(value: Any) -> bool:
     """A JSON number (``bool`` is an ``int`` to Python, not to JSON)."""
     return isinstance(value, int | float) and not isinstance(value, bool)

@@ -60,6 +60,7 @@ from voiceagent.store.base import (
     check_item_nesting,
     check_item_size,
     describe_key,
+    is_own_item,
 )
 from voiceagent.store.dynamodb_admin import TableAdmin, store_error
 from voiceagent.store.dynamodb_client import make_both
@@ -163,10 +164,10 @@ class DynamoDBStore(TableAdmin):
             found = condition_failed_item(err.__cause__)
             if found is None:
                 try:
-                    return await self.get(*key) == item
+                    return is_own_item(await self.get(*key), item)
                 except StoreError:
                     return False
-            return self._decode(found) == item
+            return is_own_item(self._decode(found), item)
         return True
 
     async def put_unless_newer(self, item: Item, version: str, *,

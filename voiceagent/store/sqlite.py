@@ -42,6 +42,7 @@ from voiceagent.store.base import (
     describe_key,
     is_newer,
     is_number,
+    is_own_item,
 )
 from voiceagent.threads import run_blocking
 
@@ -115,7 +116,7 @@ class SqliteStore:
                 return True
             found = db.execute("SELECT attrs FROM items WHERE pk = ? AND sk = ?",
                                row[:2]).fetchone()
-            return found is not None and _decode(found[0]) == item
+            return is_own_item(_decode(found[0]) if found is not None else None, item)
 
         return await self._run("put_new", insert)
 
