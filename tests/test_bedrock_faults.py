@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,17 @@ async def llm(fake: FakeBedrock) -> AsyncIterator[BedrockLLM]:
     backend = BedrockLLM(region="us-east-1", retry_base_delay_s=0.01, read_timeout_s=0.5)
     yield backend
     await backend.aclose()
+
+
+@asynccontextmanager
+async def new_llm(**options: Any) -> AsyncIterator[BedrockLLM]:
+    """A client made now, for a test that changes the environment first (the ``llm``
+    fixture's was made before the test ran); closed on exit, still there to read after."""
+    backend = BedrockLLM(region="us-east-1", **{"retry_base_delay_s": 0.01, **options})
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
 
 
 def request(text: str = "When do you open?") -> LLMRequest:
@@ -166,12 +178,9 @@ async def test_an_untrusted_certificate_is_refused_and_says_what_to_set(
     other = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other))
     monkeypatch.setenv("AWS_CA_BUNDLE", str(other))
-    llm = BedrockLLM(region="us-east-1", retry_base_delay_s=0.01)
-    try:
+    async with new_llm() as llm:
         with trio.fail_after(10), pytest.raises(ModelUnavailable) as caught:
             await collect(llm)
-    finally:
-        await llm.aclose()
     assert caught.value.code == "TLSCertificateError"
     assert "AWS_CA_BUNDLE" in str(caught.value)
     assert llm.statistics().retries == 0            # a certificate does not fix itself
@@ -184,12 +193,9 @@ async def test_a_refused_connection_is_retried_then_unavailable(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", f"http://127.0.0.1:{port}")
-    llm = BedrockLLM(region="us-east-1", retry_base_delay_s=0.01)
-    try:
+    async with new_llm() as llm:
         with trio.fail_after(10), pytest.raises(ModelUnavailable) as caught:
             await collect(llm)
-    finally:
-        await llm.aclose()
     assert caught.value.code == "ConnectionRefused"
     assert llm.statistics().errors_by_code == {"ConnectionRefused": 3}
 
@@ -210,13 +216,12 @@ async def test_a_name_that_does_not_resolve_is_retried_then_unavailable(
     monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME",
                        f"https://bedrock.example.invalid:{fake.port}")
     previous = trio.socket.set_custom_hostname_resolver(NoSuchHost())
-    llm = BedrockLLM(region="us-east-1", retry_base_delay_s=0.01)
     try:
-        with trio.fail_after(10), pytest.raises(ModelUnavailable) as caught:
-            await collect(llm)
+        async with new_llm() as llm:
+            with trio.fail_after(10), pytest.raises(ModelUnavailable) as caught:
+                await collect(llm)
     finally:
         trio.socket.set_custom_hostname_resolver(previous)
-        await llm.aclose()
     assert caught.value.code == "DNSError"
     assert llm.statistics().retries == 2
 
@@ -227,19 +232,16 @@ async def test_through_a_connect_proxy_over_tls_and_a_barge_in_closes_the_upstre
         fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch) -> None:
     async with running_proxy(basic_auth="agent:s3cret") as proxy:
         monkeypatch.setenv("HTTPS_PROXY", proxy.url_with_auth("agent", "s3cret"))
-        llm = BedrockLLM(region="us-east-1", retry_base_delay_s=0.01)
         fake.push(text_reply(["We open", " at eleven."]),
                   stream_reply(message_start(), text_events([f" w{n}" for n in range(50)],
                                                             gap_s=0.05)))
-        try:
+        async with new_llm() as llm:
             with trio.fail_after(15):
                 events = await collect(llm)
                 async with llm.stream(request()) as stream:
                     assert isinstance(await stream.receive(), TextDelta)
                 # left mid-reply: the endpoint sees its connection closed, through the proxy
                 await fake.requests[1].connection.closed.wait()
-        finally:
-            await llm.aclose()
     assert texts(events) == ["We open", " at eleven."]
     assert fake.requests[1].outcome == "client_closed"
     assert fake.requests[1].frames_sent < 20
@@ -250,12 +252,9 @@ async def test_a_proxy_that_refuses_is_a_model_error_that_names_the_proxy(
         fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch) -> None:
     async with running_proxy(basic_auth="agent:s3cret") as proxy:
         monkeypatch.setenv("HTTPS_PROXY", proxy.url_with_auth("agent", "wrong"))
-        llm = BedrockLLM(region="us-east-1", retry_base_delay_s=0.01)
-        try:
+        async with new_llm() as llm:
             with trio.fail_after(15), pytest.raises(ModelUnavailable) as caught:
                 await collect(llm)
-        finally:
-            await llm.aclose()
     assert caught.value.code == "ProxyRefused"
     assert "407" in str(caught.value)
     assert "HTTPS_PROXY" in str(caught.value)
@@ -276,16 +275,13 @@ async def test_credentials_rotated_during_a_call_are_found_anew(
         first = credentials.access_key_id
         fake.accepted_keys = {first}
         fake.push(text_reply(["One."]), text_reply(["Two."]), text_reply(["Three."]))
-        llm = BedrockLLM(region="us-east-1", retry_base_delay_s=0.01)
-        try:
+        async with new_llm() as llm:
             with trio.fail_after(15):
                 assert texts(await collect(llm)) == ["One."]
                 second = credentials.rotate()
                 fake.accepted_keys = {second}
                 assert texts(await collect(llm)) == ["Two."]
                 assert texts(await collect(llm)) == ["Three."]
-        finally:
-            await llm.aclose()
     assert [r.access_key for r in fake.requests] == [first, first, second, second]
     assert llm.statistics().errors_by_code == {"ExpiredTokenException": 1}
 
@@ -329,14 +325,11 @@ async def test_credentials_near_expiry_are_refreshed_in_a_thread_before_signing(
     async with running_credentials_server(expires_in_s=300) as credentials:
         monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", credentials.url)
         fake.push(text_reply(["One."]), text_reply(["Two."]))
-        llm = BedrockLLM(region="us-east-1", retry_base_delay_s=0.01)
-        try:
+        async with new_llm() as llm:
             with trio.fail_after(15):
                 assert texts(await collect(llm)) == ["One."]
                 fake.accepted_keys = {credentials.rotate()}
                 assert texts(await collect(llm)) == ["Two."]
-        finally:
-            await llm.aclose()
     assert llm.statistics().errors_by_code == {}
     assert fake.requests[-1].access_key in fake.accepted_keys
     assert credentials.requests >= 3                # resolved, then refreshed per signature
@@ -350,12 +343,9 @@ async def test_the_profiles_ca_bundle_is_honoured_too(
     monkeypatch.delenv("AWS_CA_BUNDLE")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
     fake.push(text_reply(["Trusted."]))
-    llm = BedrockLLM(region="us-east-1")
-    try:
+    async with new_llm() as llm:
         with trio.fail_after(10):
             assert texts(await collect(llm)) == ["Trusted."]
-    finally:
-        await llm.aclose()
     assert fake.tls_failures == 0
 
 
