@@ -683,6 +683,22 @@ async def running_fake_bedrock(*, ca_dir: Path | None = None,
             nursery.cancel_scope.cancel()
 
 
+def fake_bedrock_env(fake: FakeBedrock, tmp_path: Path) -> dict[str, str]:
+    """The AWS environment that points boto3 at ``fake`` and at nothing else: static dummy
+    keys, one region, no AWS files or instance metadata, the fake's endpoint and, over TLS,
+    its private CA. NO_PROXY is emptied over TLS so a developer's list naming localhost
+    cannot make a proxy test skip its proxy. For a subprocess's env, or ``monkeypatch``."""
+    env = {"AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "not-a-secret",
+           "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+           "AWS_EC2_METADATA_DISABLED": "true",
+           "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake.endpoint_url}
+    if fake.ca_bundle is not None:
+        env.update({"AWS_CA_BUNDLE": fake.ca_bundle, "NO_PROXY": ""})
+    return env
+
+
 # ---------------------------------------------------------------------------- benchmark mode
 
 def bench_reply(request: RecordedRequest) -> Reply:

@@ -25,6 +25,7 @@ from tests.fake_bedrock import (
     HangupBeforeHeaders,
     Stall,
     exception,
+    fake_bedrock_env,
     message_end,
     message_start,
     running_fake_bedrock,
@@ -43,11 +44,11 @@ CALL_SID = "CA0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture
-async def fake(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeBedrock]:
+async def fake(aws_env: None, monkeypatch: pytest.MonkeyPatch,
+               tmp_path: Path) -> AsyncIterator[FakeBedrock]:
     async with running_fake_bedrock(tls=True) as server:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", server.endpoint_url)
-        monkeypatch.setenv("AWS_CA_BUNDLE", str(server.ca_bundle))
-        monkeypatch.setenv("NO_PROXY", "")
+        for name, value in fake_bedrock_env(server, tmp_path).items():
+            monkeypatch.setenv(name, value)
         yield server
 
 

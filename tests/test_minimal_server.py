@@ -23,6 +23,7 @@ import trio
 
 from tests.fake_bedrock import (
     FakeBedrock,
+    fake_bedrock_env,
     message_end,
     message_start,
     running_fake_bedrock,
@@ -41,16 +42,10 @@ STOP_S = 5.0
 pytestmark = pytest.mark.timeout(60)
 
 
-def _env(endpoint_url: str, tmp_path: Path) -> dict[str, str]:
+def _env(fake: FakeBedrock, tmp_path: Path) -> dict[str, str]:
     """Dummy credentials and no AWS files: nothing may reach AWS."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update({"PYTHONPATH": str(ROOT), "AWS_REGION": "us-east-1",
-                "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
-                "AWS_SECRET_ACCESS_KEY": "not-a-secret",
-                "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
-                "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
-                "AWS_EC2_METADATA_DISABLED": "true",
-                "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": endpoint_url})
+    env.update({"PYTHONPATH": str(ROOT), **fake_bedrock_env(fake, tmp_path)})
     return env
 
 
@@ -62,7 +57,7 @@ async def minimal_server(fake: FakeBedrock, tmp_path: Path
     with (tmp_path / "server.stderr").open("wb") as stderr:
         process = await trio.lowlevel.open_process(
             [sys.executable, str(SERVER), "--port", "0", "--use-case", "testUseCase"],
-            env=_env(fake.endpoint_url, tmp_path), stdin=subprocess.DEVNULL,
+            env=_env(fake, tmp_path), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=stderr)
         try:
             assert process.stdout is not None

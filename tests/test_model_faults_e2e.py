@@ -26,6 +26,7 @@ from tests.fake_bedrock import (
     RecordedRequest,
     Reply,
     Stall,
+    fake_bedrock_env,
     message_end,
     message_start,
     running_fake_bedrock,
@@ -67,16 +68,11 @@ def cut(deltas: Sequence[str], *, reset: bool) -> Hangup:
 
 def bedrock_env(fake: FakeBedrock, tmp_path: Path, **more: str) -> dict[str, str]:
     """The server's whole AWS environment: static keys unless ``more`` names another source."""
-    keys = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "not-a-secret"}
+    env = {"LLM": "bedrock", **fake_bedrock_env(fake, tmp_path),
+           "BEDROCK_READ_TIMEOUT_S": "0.5", **more}
     if "AWS_CONTAINER_CREDENTIALS_FULL_URI" in more:
-        keys = {}
-    return {"LLM": "bedrock", "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
-            **keys, "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake.endpoint_url,
-            "AWS_CA_BUNDLE": str(fake.ca_bundle), "NO_PROXY": "",
-            "BEDROCK_READ_TIMEOUT_S": "0.5", **more}
+        del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+    return env
 
 
 @asynccontextmanager
