@@ -43,10 +43,10 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _env(fake: FakeBedrock, tmp_path: Path) -> dict[str, str]:
-    """Dummy credentials and no AWS files: nothing may reach AWS."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update({"PYTHONPATH": str(ROOT), **fake_bedrock_env(fake, tmp_path)})
-    return env
+    """Dummy credentials and no AWS files: nothing may reach AWS. Nothing else of the
+    developer's environment either (a proxy, MODEL_IDENTIFIER, MAX_CONCURRENT_TURNS)."""
+    return {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+            "PYTHONPATH": str(ROOT), **fake_bedrock_env(fake, tmp_path)}
 
 
 @asynccontextmanager
