@@ -63,6 +63,15 @@ class TestCall:
                 text = "".join(f.get("token", "") for f in frames if f["type"] == "text")
                 return text, frames
 
+    async def until_end(self, within_s: float = 5) -> list[dict[str, Any]]:
+        """Frames up to and including ``end`` (an ending tool's, a goodbye's), which must
+        come within ``within_s`` (virtual time under autojump_clock)."""
+        frames: list[dict[str, Any]] = []
+        with trio.fail_after(within_s):
+            while not frames or frames[-1]["type"] != "end":
+                frames.append(await self.frame())
+        return frames
+
     @property
     def history(self) -> tuple[dict[str, Any], ...]:
         assert self.report.history is not None

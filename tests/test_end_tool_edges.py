@@ -8,19 +8,18 @@ from typing import Any
 import trio
 import trio.testing
 
-from tests.call_harness import open_test_call, plain_use_case
+from tests.breaking_socket import hours_on_a_socket_that_breaks
+from tests.call_harness import open_test_call
+from tests.end_tools import HANDOFF_END, HANDOFF_USE_CASE, hanging_handoff
 from tests.fakes import FakeLLM, tool_use, words
 from voiceagent.llm.converse import converse_problems
-from voiceagent.relay.outbound import End
 from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
-
-USE_CASE = plain_use_case(tools=[{"name": "handoff", "description": "To a person"}])
 
 
 def _failing_handoff(summaries: list[str]) -> ToolRegistry:
     async def handoff(ctx: Any, args: Any) -> dict[str, Any]:
-        await ctx.send(End(handoff_data='{"reasonCode": "live-agent-handoff"}'))
+        await ctx.send(HANDOFF_END)
         await trio.sleep(0.5)                   # the summary, written to a store ...
         summaries.append("failed")
         raise RuntimeError("summary store unavailable")   # ... that fails
@@ -36,12 +35,10 @@ async def test_a_tool_that_sent_end_and_then_failed_does_not_start_another_model
     summaries: list[str] = []
     llm = FakeLLM([tool_use("tu_h", "handoff", before="Let me transfer you."),
                    words("Sorry, the transfer failed. Let me try again.")])
-    async with open_test_call(llm, use_case=USE_CASE,
+    async with open_test_call(llm, use_case=HANDOFF_USE_CASE,
                               registry=_failing_handoff(summaries)) as call:
         call.say("a person please")
-        with trio.fail_after(5):
-            while (await call.frame())["type"] != "end":
-                pass
+        await call.until_end()
         await trio.sleep(3)
     assert summaries == ["failed"]
     assert len(llm.requests) == 1, "the model was asked again after the call had ended"
@@ -56,12 +53,10 @@ async def test_a_tool_that_sent_end_and_then_failed_stays_in_history_after_a_bar
     transferred, though it did (the case commit a2c9466 fixed for a tool that succeeds)."""
     summaries: list[str] = []
     llm = FakeLLM([tool_use("tu_h", "handoff", before="Let me transfer you.")])
-    async with open_test_call(llm, use_case=USE_CASE,
+    async with open_test_call(llm, use_case=HANDOFF_USE_CASE,
                               registry=_failing_handoff(summaries)) as call:
         call.say("a person please")
-        with trio.fail_after(5):
-            while (await call.frame())["type"] != "end":
-                pass
+        await call.until_end()
         call.interrupt(heard="Let me transfer you.")
         await trio.sleep(3)
     assert summaries == ["failed"]
@@ -78,18 +73,11 @@ async def test_a_tool_that_sent_end_and_hangs_does_not_hold_teardown_to_its_time
     (TEARDOWN_S, docs/architecture.md: "Teardown in bounded time"), side-effect tools
     aside. Since the tool's own scope is shielded once its ``end`` is taken, the call, its
     MAX_CALLS slot and its final store write wait the tool's whole limit (60 s here)."""
-    async def handoff(ctx: Any, args: Any) -> dict[str, Any]:
-        await ctx.send(End(handoff_data='{"reasonCode": "live-agent-handoff"}'))
-        await trio.sleep_forever()              # the store never answers
-        return {"status": "transferring"}
-
-    registry = ToolRegistry([ToolDefinition("handoff", handoff, timeout_s=60, ends_turn=True)])
     llm = FakeLLM([tool_use("tu_h", "handoff", before="Let me transfer you.")])
-    async with open_test_call(llm, use_case=USE_CASE, registry=registry) as call:
+    async with open_test_call(llm, use_case=HANDOFF_USE_CASE,
+                              registry=hanging_handoff()) as call:
         call.say("a person please")
-        with trio.fail_after(5):
-            while (await call.frame())["type"] != "end":
-                pass
+        await call.until_end()
         await trio.sleep(0.1)
         closed_at = trio.current_time()
         call.socket.hang_up()                   # Twilio closes after our `end`
@@ -109,20 +97,8 @@ async def test_unsent_last_frame_stays_unsaid_when_a_prompt_follows_the_broken_s
     "and close at ten" as said, and a reconnect resumes from words Twilio never got. (Twilio
     sent the prompt and closed; our send failed first, then the reader drained the prompt
     the socket had buffered before it saw the close.)"""
-    from tests.test_heard_records import _BreaksOnSend
-
     llm = FakeLLM([words("We open at nine, and close at ten", gap_s=0.05), words("Okay.")])
-    socket = _BreaksOnSend("close")
-    async with open_test_call(llm, socket=socket,
-                              services_changes={"token_hold_s": 0.5}) as call:
-        call.say("hours?")
-        await trio.sleep(3)
-        sent = "".join(f.get("token", "") for f in call.socket.pending())
-        call.say("mhm")                         # read before the close reaches the reader
-        await trio.sleep(3)
-        call.socket.hang_up()
-        with trio.fail_after(10):
-            await call.done.wait()
+    call, sent = await hours_on_a_socket_that_breaks(llm, then="mhm")
     assert sent == "We open at nine,"
     said = [b["text"] for m in call.history if m["role"] == "assistant"
             for b in m["content"] if "text" in b]

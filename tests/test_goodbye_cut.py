@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from tests.call_harness import open_test_call, plain_use_case
+from tests.end_tools import HANDOFF_END, HANDOFF_USE_CASE
 from tests.fakes import FakeLLM, tool_use, words
 from voiceagent.llm.converse import converse_problems
 from voiceagent.relay.outbound import End
@@ -73,8 +74,7 @@ async def test_a_prompt_after_the_end_tool_sent_end_starts_no_unheard_reply(
     use_case = plain_use_case(tools=[{"name": "endCall", "description": "Hang up."}])
     async with open_test_call(llm, use_case=use_case, registry=_end_registry()) as call:
         call.say("that's all, thanks")
-        while (await call.frame())["type"] != "end":
-            pass
+        await call.until_end()
         call.say("thanks, bye")                 # already on its way when `end` went out
         await trio.sleep(2)
         sent_after_end = call.socket.pending()
@@ -98,18 +98,16 @@ async def test_a_handoff_whose_end_went_out_stays_in_history_after_a_barge_in(
     summaries: list[float] = []
 
     async def handoff(ctx: Any, args: Any) -> dict[str, Any]:
-        await ctx.send(End(handoff_data='{"reasonCode": "live-agent-handoff"}'))
+        await ctx.send(HANDOFF_END)
         await trio.sleep(0.5)                   # e.g. the summary written to the store
         summaries.append(trio.current_time())
         return {"status": "transferring"}
 
     registry = ToolRegistry([ToolDefinition("handoff", handoff, timeout_s=10, ends_turn=True)])
     llm = FakeLLM([tool_use("tu_h", "handoff", before="Let me transfer you.")])
-    use_case = plain_use_case(tools=[{"name": "handoff", "description": "To a person"}])
-    async with open_test_call(llm, use_case=use_case, registry=registry) as call:
+    async with open_test_call(llm, use_case=HANDOFF_USE_CASE, registry=registry) as call:
         call.say("a person please")
-        while (await call.frame())["type"] != "end":
-            pass
+        await call.until_end()
         call.interrupt(heard="Let me transfer you.")
         await trio.sleep(2)
     assert len(summaries) == 1                  # not cut by the barge-in
@@ -133,14 +131,13 @@ async def test_a_barge_in_before_the_end_tool_sent_end_still_stops_it(
     async def handoff(ctx: Any, args: Any) -> dict[str, Any]:
         await trio.sleep(0.5)                   # looks something up first
         ends.append(trio.current_time())
-        await ctx.send(End(handoff_data='{"reasonCode": "live-agent-handoff"}'))
+        await ctx.send(HANDOFF_END)
         return {"status": "transferring"}
 
     registry = ToolRegistry([ToolDefinition("handoff", handoff, timeout_s=10, ends_turn=True)])
     llm = FakeLLM([tool_use("tu_h", "handoff", before="Let me transfer you."),
                    words("Sure, what else?")])
-    use_case = plain_use_case(tools=[{"name": "handoff", "description": "To a person"}])
-    async with open_test_call(llm, use_case=use_case, registry=registry) as call:
+    async with open_test_call(llm, use_case=HANDOFF_USE_CASE, registry=registry) as call:
         call.say("a person please")
         while not (await call.frame()).get("token", "").endswith("you."):
             pass

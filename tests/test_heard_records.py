@@ -25,6 +25,7 @@ from actors.context import CallContext
 from actors.history import MAX_UNANSWERED_CHARS, History
 from actors.messages import BargeIn, EndCall, Outgoing, Text, Timed, TurnCommand, UserSaid
 from actors.relay_writer import WriterStats
+from tests.breaking_socket import hours_on_a_socket_that_breaks
 from tests.call_harness import open_test_call, plain_use_case
 from tests.fakes import FakeLLM, MemorySocket, MemoryStore, WallClock, tool_use, words
 from voiceagent.errors import ModelStreamFailed
@@ -390,21 +391,6 @@ async def test_a_frame_the_writer_could_not_send_is_not_recorded_as_said(
     assert stored == list(call.history)
 
 
-class _BreaksOnSend(MemorySocket):
-    """The connection breaks while the frame holding ``word`` is being sent: the send fails
-    a moment after the writer took the frame, as a real socket's does."""
-
-    def __init__(self, word: str) -> None:
-        super().__init__()
-        self.word = word
-
-    async def send(self, text: str) -> None:
-        if self.word in text and not self.hung_up:
-            await trio.sleep(0.05)
-            self.hung_up = True
-        await super().send(text)
-
-
 async def test_a_last_frame_that_failed_after_the_turn_recorded_it_is_not_stored(
         autojump_clock: Any) -> None:
     """The reply's last frame (its held words, ``last: true``) was taken by the writer, the
@@ -412,15 +398,7 @@ async def test_a_last_frame_that_failed_after_the_turn_recorded_it_is_not_stored
     broken socket to take the words off, so they come off when the call's actors are done,
     before the last write to the store."""
     llm = FakeLLM([words("We open at nine, and close at ten", gap_s=0.05)])
-    socket = _BreaksOnSend("close")
-    async with open_test_call(llm, socket=socket,
-                              services_changes={"token_hold_s": 0.5}) as call:
-        call.say("hours?")
-        await trio.sleep(3)
-        sent = "".join(f.get("token", "") for f in call.socket.pending())
-        call.socket.hang_up()
-        with trio.fail_after(10):
-            await call.done.wait()
+    call, sent = await hours_on_a_socket_that_breaks(llm)
     assert sent == "We open at nine,"
     stored = [entry["chat"] for entry in call.writer.stored()]
     assert stored[-1] == {"role": "assistant", "content": [{"text": "We open at nine,"}]}

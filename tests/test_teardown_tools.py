@@ -5,13 +5,9 @@ from typing import Any
 
 import trio
 
-from tests.call_harness import open_test_call, plain_use_case
+from tests.call_harness import open_test_call
+from tests.end_tools import HANDOFF_USE_CASE, hanging_handoff
 from tests.fakes import FakeLLM, tool_use
-from voiceagent.relay.outbound import End
-from voiceagent.tools.base import ToolDefinition
-from voiceagent.tools.registry import ToolRegistry
-
-USE_CASE = plain_use_case(tools=[{"name": "handoff", "description": "To a person"}])
 
 
 async def test_a_tool_cut_by_the_teardown_is_not_said_to_be_interrupted_by_the_caller(
@@ -19,18 +15,11 @@ async def test_a_tool_cut_by_the_teardown_is_not_said_to_be_interrupted_by_the_c
     """A handoff that sent ``end`` and hangs is cut by the teardown deadline (36dd27b). Its
     toolResult, which a resumed session's model reads, says "the caller interrupted before
     this finished" (CANCELLED): nobody interrupted; the call ended under it."""
-    async def handoff(ctx: Any, args: Any) -> dict[str, Any]:
-        await ctx.send(End(handoff_data='{"reasonCode": "live-agent-handoff"}'))
-        await trio.sleep_forever()
-        return {"status": "transferring"}
-
-    registry = ToolRegistry([ToolDefinition("handoff", handoff, timeout_s=60, ends_turn=True)])
     llm = FakeLLM([tool_use("tu_h", "handoff", before="Let me transfer you.")])
-    async with open_test_call(llm, use_case=USE_CASE, registry=registry) as call:
+    async with open_test_call(llm, use_case=HANDOFF_USE_CASE,
+                              registry=hanging_handoff()) as call:
         call.say("a person please")
-        with trio.fail_after(5):
-            while (await call.frame())["type"] != "end":
-                pass
+        await call.until_end()
         await trio.sleep(0.1)
         call.socket.hang_up()
         with trio.fail_after(10):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import trio
-
-from tests.call_harness import open_test_call, plain_use_case
+from tests.breaking_socket import hours_on_a_socket_that_breaks
+from tests.call_harness import plain_use_case
 from tests.fakes import FakeLLM, tool_use, words
 from voiceagent.llm.converse import converse_problems
 from voiceagent.tools.base import ToolDefinition
@@ -20,8 +19,6 @@ async def test_unsent_words_come_off_when_the_next_turn_recorded_a_tool_round(
     before it) before its reply failed to send. Its toolUse message is now the last
     assistant message, so ``drop_unsent`` (which looks only at the last one's text) returns
     without taking T1's "and close at ten" off: the store keeps words Twilio never got."""
-    from tests.test_heard_records import _BreaksOnSend
-
     async def lookup(ctx: Any, args: Any) -> dict[str, Any]:
         return {"open": "9-22"}
 
@@ -29,17 +26,8 @@ async def test_unsent_words_come_off_when_the_next_turn_recorded_a_tool_round(
     use_case = plain_use_case(tools=[{"name": "lookup", "description": "Hours"}])
     llm = FakeLLM([words("We open at nine, and close at ten", gap_s=0.05),
                    tool_use("tu_l", "lookup"), words("Okay.")])
-    socket = _BreaksOnSend("close")
-    async with open_test_call(llm, use_case=use_case, registry=registry, socket=socket,
-                              services_changes={"token_hold_s": 0.5}) as call:
-        call.say("hours?")
-        await trio.sleep(3)
-        sent = "".join(f.get("token", "") for f in call.socket.pending())
-        call.say("mhm")                         # read before the close reaches the reader
-        await trio.sleep(3)
-        call.socket.hang_up()
-        with trio.fail_after(10):
-            await call.done.wait()
+    call, sent = await hours_on_a_socket_that_breaks(llm, then="mhm", use_case=use_case,
+                                                     registry=registry)
     assert sent == "We open at nine,"
     uses = [b["toolUse"]["toolUseId"] for m in call.history for b in m["content"]
             if "toolUse" in b]
