@@ -23,6 +23,19 @@ from voiceagent.usecases import load_use_case_file
 RESTAURANT = "restaurantOrderingUseCase"
 
 
+def ended(call_sid: str, handoff: str, **more: str) -> dict[str, str]:
+    """Twilio's /action form once the agent's ``end`` closed the session."""
+    return {"CallSid": call_sid, "SessionStatus": "ended", "CallStatus": "in-progress",
+            "HandoffData": handoff, **more}
+
+
+def failed(relay: RelayCall) -> dict[str, str]:
+    """Twilio's /action form when the relay session failed with the call in progress."""
+    return {"CallSid": relay.identity.call_sid, "SessionId": relay.session_id,
+            "SessionStatus": "failed", "CallStatus": "in-progress",
+            "ErrorCode": "64105", "ErrorMessage": "Websocket ended"}
+
+
 def _config_with_handoff(tmp_path: Path, handoff: str) -> Path:
     """A copy of the shipped config whose restaurant use case hands off as given."""
     config = tmp_path / "config"
@@ -44,9 +57,8 @@ async def test_handoff_tool_then_action_enqueues(tmp_path: Path) -> None:
                 assert turn.tool("liveAgentHandoff").input["reason_code"] == "user-requested"
             handoff = turn.ended["handoffData"]
             assert json.loads(handoff)["reasonCode"] == "user-requested"
-            body = await agent.post("/action", {
-                "CallSid": call.call_sid, "SessionStatus": "ended", "CallStatus": "in-progress",
-                "HandoffData": handoff, "SessionId": "VX1", "SessionDuration": "5"})
+            body = await agent.post("/action", ended(call.call_sid, handoff, SessionId="VX1",
+                                                     SessionDuration="5"))
     root = ET.fromstring(body)
     assert [child.tag for child in root] == ["Say", "Enqueue"]
     assert root[0].text == "One moment, I'm connecting you with someone at the restaurant."
@@ -61,9 +73,8 @@ async def test_handoff_to_a_flex_workflow_carries_the_task(tmp_path: Path) -> No
             async with agent.call() as call:
                 turn = await call.press("0")
                 assert turn.ended is not None
-            body = await agent.post("/action", {
-                "CallSid": call.call_sid, "SessionStatus": "ended", "CallStatus": "in-progress",
-                "HandoffData": turn.ended["handoffData"]})
+            body = await agent.post("/action", ended(call.call_sid,
+                                                     turn.ended["handoffData"]))
     enqueue = ET.fromstring(body).find("Enqueue")
     assert enqueue is not None
     assert enqueue.attrib["workflowSid"] == "WW0123456789abcdef0123456789abcdef"
@@ -81,9 +92,8 @@ async def test_handoff_dials_the_number(tmp_path: Path) -> None:
             async with agent.call() as call:
                 turn = await call.say("I want to speak to a manager")
                 assert turn.ended is not None
-            body = await agent.post("/action", {
-                "CallSid": call.call_sid, "SessionStatus": "ended", "CallStatus": "in-progress",
-                "HandoffData": turn.ended["handoffData"]})
+            body = await agent.post("/action", ended(call.call_sid,
+                                                     turn.ended["handoffData"]))
     root = ET.fromstring(body)
     assert [(c.tag, c.text) for c in root] == [("Say", "Putting you through."),
                                                ("Dial", "+15555550123")]
@@ -95,9 +105,8 @@ async def test_end_call_and_completed_sessions(tmp_path: Path) -> None:
             async with agent.call() as call:
                 turn = await call.say("that's all, goodbye")
                 assert turn.ended is not None
-            ended = await agent.post("/action", {
-                "CallSid": call.call_sid, "SessionStatus": "ended", "CallStatus": "in-progress",
-                "HandoffData": turn.ended["handoffData"]})
+            by_agent = await agent.post("/action", ended(call.call_sid,
+                                                         turn.ended["handoffData"]))
             completed = await agent.post("/action", {
                 "CallSid": call.call_sid, "SessionStatus": "completed",
                 "CallStatus": "completed"})
@@ -107,7 +116,7 @@ async def test_end_call_and_completed_sessions(tmp_path: Path) -> None:
             unknown = await agent.post("/action", {
                 "CallSid": "CA" + "9" * 32, "SessionStatus": "ended",
                 "HandoffData": json.dumps({"reasonCode": "legal"})})
-    assert [c.tag for c in ET.fromstring(ended)] == ["Say", "Hangup"]
+    assert [c.tag for c in ET.fromstring(by_agent)] == ["Say", "Hangup"]
     assert list(ET.fromstring(completed)) == []
     assert [c.tag for c in ET.fromstring(unknown)] == ["Say", "Hangup"]
     assert [c.tag for c in ET.fromstring(dropped)] == ["Say", "Hangup"]   # no reconnect
@@ -141,10 +150,7 @@ async def test_failed_session_reconnects_and_resumes(tmp_path: Path) -> None:
             async with agent.call() as call:
                 first = await call.say("what are your hours?")
                 assert "Tuesday" in first.text
-            body = await agent.post("/action", {
-                "CallSid": call.call_sid, "SessionId": call.relay.session_id,
-                "SessionStatus": "failed", "CallStatus": "in-progress",
-                "ErrorCode": "64105", "ErrorMessage": "Websocket ended"})
+            body = await agent.post("/action", failed(call.relay))
             target = parse_relay_twiml(body)
             assert target.greeting is None
             assert "welcomeGreeting" not in target.attributes
@@ -174,14 +180,10 @@ async def test_only_the_handoff_tools_end_hands_off(tmp_path: Path, reason: str)
         async with agent_server(SOURCE_CONFIG, use_case=RESTAURANT, data_dir=tmp_path) as agent:
             async with agent.call() as call:
                 await call.say("hello")
-            body = await agent.post("/action", {
-                "CallSid": call.call_sid, "SessionStatus": "ended",
-                "CallStatus": "in-progress",
-                "HandoffData": json.dumps({"reasonCode": reason}) if reason else ""})
-            handoff = await agent.post("/action", {
-                "CallSid": call.call_sid, "SessionStatus": "ended",
-                "CallStatus": "in-progress",
-                "HandoffData": json.dumps({"handoff": True, "reasonCode": reason or "x"})})
+            body = await agent.post("/action", ended(
+                call.call_sid, json.dumps({"reasonCode": reason}) if reason else ""))
+            handoff = await agent.post("/action", ended(
+                call.call_sid, json.dumps({"handoff": True, "reasonCode": reason or "x"})))
     assert [c.tag for c in ET.fromstring(body)] == ["Say", "Hangup"]
     assert "Enqueue" in [c.tag for c in ET.fromstring(handoff)]
 
@@ -202,15 +204,9 @@ async def test_a_failed_session_after_the_agent_ended_the_call_is_not_reconnecte
             async with agent.call() as call:
                 turn = await call.say("can I talk to a person please")
                 assert turn.ended is not None
-            body = await agent.post("/action", {
-                "CallSid": call.call_sid, "SessionId": call.relay.session_id,
-                "SessionStatus": "failed", "CallStatus": "in-progress",
-                "ErrorCode": "64105", "ErrorMessage": "Websocket ended"})
+            body = await agent.post("/action", failed(call.relay))
             with pytest.raises(CallerError, match="HTTP 409"):     # its replay: refused
-                await agent.post("/action", {
-                    "CallSid": call.call_sid, "SessionId": call.relay.session_id,
-                    "SessionStatus": "failed", "CallStatus": "in-progress",
-                    "ErrorCode": "64105", "ErrorMessage": "Websocket ended"})
+                await agent.post("/action", failed(call.relay))
     root = ET.fromstring(body)
     assert [child.tag for child in root] == ["Say", "Enqueue"]
     assert root[1].text == "dough-boy-front-counter"
@@ -227,8 +223,5 @@ async def test_a_failed_session_after_a_goodbye_says_goodbye_again(tmp_path: Pat
             async with agent.call() as call:
                 turn = await call.say("that's all, goodbye")
                 assert turn.ended is not None
-            body = await agent.post("/action", {
-                "CallSid": call.call_sid, "SessionId": call.relay.session_id,
-                "SessionStatus": "failed", "CallStatus": "in-progress",
-                "ErrorCode": "64105", "ErrorMessage": "Websocket ended"})
+            body = await agent.post("/action", failed(call.relay))
     assert [child.tag for child in ET.fromstring(body)] == ["Say", "Hangup"]
