@@ -72,8 +72,8 @@ async def test_a_peer_that_stops_reading_loses_its_call_and_frees_its_place(
             # closed on the way out even when the test fails, before the server shuts down:
             # a send still stalled there would hold the shutdown too
             async with await _stalled_call(server.url, identity):
-                while server.runtime.calls.active == 0:     # noqa: ASYNC110 - until it claims
-                    await trio.sleep(0.01)
+                while server.runtime.calls.active == 0:     # until it claims
+                    await server.runtime.calls.wait_changed()
                 await server.runtime.calls.wait_idle()     # the kernel dropped the connection
                 assert identity.call_sid not in server.runtime.sessions._live
                 async with open_call(server.url, auth_token=AUTH_TOKEN) as call:  # its place

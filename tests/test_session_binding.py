@@ -481,12 +481,12 @@ async def test_setups_for_calls_nobody_prepared_stay_within_the_waiting_budget(
     sockets = 9
     with trio.fail_after(30):
         async with running_server(settings) as server:
-            sessions, running, most, lookups = server.runtime.sessions, 0, 0, 0
-            lookup = sessions._minted_elsewhere
+            sessions, running, most = server.runtime.sessions, 0, 0
+            lookup, lookups = sessions._minted_elsewhere, trio.Semaphore(0)   # one per start
 
             async def counted(call_sid: str, token: str, on_retry: Any) -> object:
-                nonlocal running, most, lookups
-                lookups += 1
+                nonlocal running, most
+                lookups.release()
                 running += 1
                 most = max(most, running)
                 try:
@@ -501,8 +501,7 @@ async def test_setups_for_calls_nobody_prepared_stay_within_the_waiting_budget(
                     ws = await stack.enter_async_context(signed_socket(server))
                     await ws.send_message(setup_frame(f"CA{n:032d}", "made-up"))
                     opened.append(ws)
-                    while lookups <= n:        # noqa: ASYNC110 - until its lookup started
-                        await trio.sleep(0.001)
+                    await lookups.acquire()    # until its lookup started
                 codes = [await closed_with(ws) for ws in opened]
             await server.runtime.calls.wait_idle()
             assert server.runtime.calls.total == 0
@@ -532,25 +531,23 @@ async def test_twilio_s_own_sockets_resolving_from_a_slow_store_do_not_evict_eac
                 "CallSid": identity.call_sid, "From": VICTIM, "To": "+15555550199"},
                 AUTH_TOKEN)) for identity in calls]
             store = second.runtime.store
-            real_get, reading = store.get, 0
+            real_get, reading = store.get, trio.Semaphore(0)   # one per read started
 
             async def slow(pk: str, sk: str) -> Any:
-                nonlocal reading
-                reading += 1
+                reading.release()
                 await trio.sleep(0.3)                   # a store under a mass reconnect
                 return await real_get(pk, sk)
 
             store.get = slow                            # type: ignore[method-assign]
             async with contextlib.AsyncExitStack() as stack:
                 opened = []
-                for n, (identity, token) in enumerate(zip(calls, tokens, strict=True)):
+                for identity, token in zip(calls, tokens, strict=True):
                     ws = await stack.enter_async_context(signed_socket(second))
                     await ws.send_message(setup_frame(identity.call_sid, token))
                     await ws.send_message(json.dumps({"type": "prompt", "lang": "en-US",
                                                       "voicePrompt": "hours?", "last": True}))
                     opened.append(ws)
-                    while reading <= n:        # noqa: ASYNC110 - until its read started
-                        await trio.sleep(0.005)
+                    await reading.acquire()    # until its read started
                 codes = [await closed_with(ws) for ws in opened]
                 for ws in opened:
                     await ws.aclose()
@@ -815,19 +812,20 @@ async def test_a_call_being_looked_up_counts_for_twiml(tmp_path: Path) -> None:
             token = token_in(await post_form(first.url + "/twiml", {
                 "CallSid": identity.call_sid, "From": VICTIM, "To": "+15555550199"},
                 AUTH_TOKEN))
-            store, answer = second.runtime.store, trio.Event()
+            store, answer, claiming = second.runtime.store, trio.Event(), trio.Event()
             real_get = store.get
 
             async def slow(pk: str, sk: str) -> Any:
                 if pk == identity.call_sid:
+                    claiming.set()                      # the socket's claim reads it
                     await answer.wait()                 # the store under a mass reconnect
                 return await real_get(pk, sk)
 
             store.get = slow                            # type: ignore[method-assign]
             async with signed_socket(second) as ws:
                 await ws.send_message(setup_frame(identity.call_sid, token))
-                while second.runtime.claims_running == 0:  # noqa: ASYNC110 - no event
-                    await trio.sleep(0.005)
+                await claiming.wait()
+                assert second.runtime.claims_running == 1
                 refused = await post_form(second.url + "/twiml", {
                     "CallSid": newcomer.call_sid, "From": VICTIM, "To": "+15555550199"},
                     AUTH_TOKEN)
