@@ -7,14 +7,14 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from voiceagent.errors import ModelRejected, RelayBroken
+from voiceagent.errors import ModelRejected, RelayBroken, StoreError
 from voiceagent.llm.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolUseRequest
 from voiceagent.llm.converse import converse_problems
 from voiceagent.store.base import is_newer, is_own_item
@@ -251,3 +251,21 @@ class WallClock:
     @staticmethod
     def time() -> float:
         return 1_700_000_000.0 + trio.current_time()
+
+
+@contextmanager
+def throttled_queries(store: Any, sk_prefix: str) -> Iterator[None]:
+    """Until exit, ``store``'s queries for ``sk_prefix`` fail as a throttled DynamoDB's do
+    (a real store's, patched: the server under test keeps every other read)."""
+    real_query = store.query
+
+    async def throttled(pk: str, prefix: str = "", **kw: Any) -> Any:
+        if prefix == sk_prefix:
+            raise StoreError("dynamodb query: ProvisionedThroughputExceededException")
+        return await real_query(pk, prefix, **kw)
+
+    store.query = throttled
+    try:
+        yield
+    finally:
+        store.query = real_query

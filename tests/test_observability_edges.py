@@ -73,38 +73,20 @@ async def test_a_call_the_store_could_not_load_is_counted(tmp_path: Path) -> Non
     only for calls whose claim succeeded. An alarm on calls that failed for our store sees
     nothing during a store outage; nor do the frames that socket had rejected."""
     import voiceagent.store.records as records
+    from tests.fakes import throttled_queries
     from tests.test_metrics import METRICS_TOKEN, _scrape, _value
-    from tests.test_session_binding import (
-        closed_with,
-        reconnect_token,
-        setup_frame,
-        signed_socket,
-    )
-    from voiceagent.errors import StoreError
+    from tests.test_session_binding import closed_with, setup_frame, signed_socket
+    from tests.test_store_outages import a_call_to_resume
 
     with trio.fail_after(30):
         async with running_server(make_settings(tmp_path,
                                                 METRICS_TOKEN=METRICS_TOKEN)) as server:
-            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
-                call_sid = call.identity.call_sid
-                await call.say("what are your hours?")
-                await call.read_reply()
-                await call.hang_up()
-            await server.runtime.calls.wait_idle()
-            token = await reconnect_token(server, call_sid, call.session_id)
-            store = server.runtime.store
-            real_query = store.query
-
-            async def throttled(pk: str, sk_prefix: str = "", **kw: Any) -> Any:
-                if sk_prefix == records.CHAT_PREFIX:
-                    raise StoreError("dynamodb query: ProvisionedThroughputExceededException")
-                return await real_query(pk, sk_prefix, **kw)
-
-            store.query = throttled                     # type: ignore[method-assign]
-            async with signed_socket(server) as ws:
-                await ws.send_message(setup_frame(call_sid, token))
-                code = await closed_with(ws)
-            await server.runtime.calls.wait_idle()
+            call_sid, token = await a_call_to_resume(server)
+            with throttled_queries(server.runtime.store, records.CHAT_PREFIX):
+                async with signed_socket(server) as ws:
+                    await ws.send_message(setup_frame(call_sid, token))
+                    code = await closed_with(ws)
+                await server.runtime.calls.wait_idle()
             _, samples = await trio.to_thread.run_sync(_scrape, server.url)
     assert code == 1011
     assert _value(samples, "voiceagent_calls_total", ended_by="hangup") == 1

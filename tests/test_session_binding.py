@@ -25,6 +25,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 import voiceagent.app.sessions as sessions_module
 import voiceagent.store.records as records
 from actors.call import CallRejected
+from tests.fakes import throttled_queries
 from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
 from voiceagent.app.caller import CallerError, Identity, open_call, post_form, release_transport
 from voiceagent.app.socket_standing import CAPACITY_MARGIN, SocketStanding
@@ -339,17 +340,8 @@ async def test_a_failure_answered_with_an_apology_stays_unrenewable(tmp_path: Pa
     with trio.fail_after(30):
         async with prepared_on_two(tmp_path, identity) as (first, second):
             form = failed_form(identity.call_sid, "VX" + "c" * 32)
-            store = first.runtime.store
-            real_query = store.query
-
-            async def throttled(pk: str, sk_prefix: str = "", **kw: Any) -> Any:
-                if sk_prefix == records.RELAY_PREFIX:
-                    raise StoreError("ProvisionedThroughputExceededException")
-                return await real_query(pk, sk_prefix, **kw)
-
-            store.query = throttled                     # type: ignore[method-assign]
-            answer = await post_form(first.url + "/action", form, AUTH_TOKEN)
-            store.query = real_query                    # type: ignore[method-assign]
+            with throttled_queries(first.runtime.store, records.RELAY_PREFIX):
+                answer = await post_form(first.url + "/action", form, AUTH_TOKEN)
             await first.runtime.writer.flush(timeout_s=5)
             assert "409" in await refused(second.url, form)
     assert "<Hangup" in answer

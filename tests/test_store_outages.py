@@ -14,8 +14,8 @@ import pytest
 import trio
 
 import voiceagent.store.records as records
-from tests.fakes import MemoryStore
-from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from tests.fakes import MemoryStore, throttled_queries
+from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
 from tests.test_session_binding import (
     answered,
     closed_with,
@@ -32,6 +32,18 @@ from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import UseCase
 
 
+async def a_call_to_resume(server: RunningServer) -> tuple[str, str]:
+    """One call answered and hung up, then Twilio's /action for its failed session: its
+    CallSid and the reconnect's session token."""
+    async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+        await call.say("what are your hours?")
+        await call.read_reply()
+        await call.hang_up()
+    await server.runtime.calls.wait_idle()
+    call_sid = call.identity.call_sid
+    return call_sid, await reconnect_token(server, call_sid, call.session_id)
+
+
 async def test_a_reconnect_the_store_fails_to_load_is_closed_as_ours_and_can_reconnect_again(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Twilio reconnects a failed relay session; the new socket's saved history cannot be
@@ -39,28 +51,13 @@ async def test_a_reconnect_the_store_fails_to_load_is_closed_as_ours_and_can_rec
     token is not spent, and Twilio's next ``/action``, with the store back, resumes."""
     with trio.fail_after(30):
         async with running_server(make_settings(tmp_path)) as server:
-            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
-                call_sid = call.identity.call_sid
-                await call.say("what are your hours?")
-                await call.read_reply()
-                await call.hang_up()
-            await server.runtime.calls.wait_idle()
-            token = await reconnect_token(server, call_sid, call.session_id)
-            store = server.runtime.store
-            real_query = store.query
-
-            async def throttled(pk: str, sk_prefix: str = "", **kw: Any) -> Any:
-                if sk_prefix == records.CHAT_PREFIX:
-                    raise StoreError("dynamodb query: ProvisionedThroughputExceededException")
-                return await real_query(pk, sk_prefix, **kw)
-
-            store.query = throttled                     # type: ignore[method-assign]
-            with caplog.at_level(logging.INFO):
+            call_sid, token = await a_call_to_resume(server)
+            with throttled_queries(server.runtime.store, records.CHAT_PREFIX), \
+                    caplog.at_level(logging.INFO):
                 async with signed_socket(server) as ws:
                     await ws.send_message(setup_frame(call_sid, token))
                     code = await closed_with(ws)
                 await server.runtime.calls.wait_idle()
-            store.query = real_query                    # type: ignore[method-assign]
             again = await reconnect_token(server, call_sid, "VX" + "2" * 32)
             assert await answered(server, call_sid, again)
     assert code == 1011
