@@ -30,6 +30,8 @@ from typing import Any
 
 import trio
 
+from tests.http_requests import receive_request
+
 CREDENTIALS_PATH = "/v2/credentials/fake-task-role"
 
 
@@ -121,27 +123,8 @@ class CredentialsServer:
     async def _handle(self, stream: trio.SocketStream) -> None:
         buffer = bytearray()
         try:
-            while True:
-                end = buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    buffer += data
-                    continue
-                lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
-                headers = {}
-                for line in lines[1:]:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length", "0"))
-                while len(buffer) < end + 4 + length:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    buffer += data
-                del buffer[:end + 4 + length]
-                method, target, _ = lines[0].split(" ", 2)
+            while (request := await receive_request(stream, buffer)) is not None:
+                method, target, headers, _ = request
                 status, body = self._answer(method, target, headers)
                 if self.answers_held is not None:
                     await self.answers_held.wait()

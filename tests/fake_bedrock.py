@@ -56,6 +56,7 @@ from urllib.parse import unquote
 
 import trio
 
+from tests.http_requests import parse_request
 from voiceagent.catalog import read_config_dir
 from voiceagent.errors import ModelRejected
 from voiceagent.llm.base import LLMRequest, TextDelta, ToolUseRequest, Usage
@@ -486,7 +487,7 @@ class FakeBedrock:
                     writer.cancel()             # stop writing a reply nobody reads
                     return
                 buffer += data
-                while (request := _parse_request(buffer)) is not None:
+                while (request := parse_request(buffer)) is not None:
                     await send.send(request)
 
     async def _respond(self, stream: trio.abc.Stream, raw: trio.SocketStream,
@@ -634,25 +635,6 @@ def _hang_up(raw: trio.SocketStream, record: ConnectionRecord, *, reset: bool) -
             sock.shutdown(socket.SHUT_WR)
     sock.close()
     return "reset" if reset else "hangup"
-
-
-def _parse_request(buffer: bytearray) -> tuple[str, str, dict[str, str], bytes] | None:
-    """Take one complete request off the front of ``buffer``, if there is one."""
-    end = buffer.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
-    method, path, _ = head[0].split(" ", 2)
-    headers = {}
-    for line in head[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    if len(buffer) < end + 4 + length:
-        return None
-    body = bytes(buffer[end + 4:end + 4 + length])
-    del buffer[:end + 4 + length]
-    return method, path, headers, body
 
 
 async def _send_json(stream: trio.abc.Stream, status: int, body: Any, *,
