@@ -27,10 +27,10 @@ from pydantic import (
 
 from voiceagent.errors import ConfigError
 from voiceagent.relay.protocol import Setting
+from voiceagent.usecase_errors import first_problem
 from voiceagent.usecase_handoff import HandoffConfig
 from voiceagent.usecase_model import InferenceSettings, ModelOptionSettings, check_samplers
 from voiceagent.usecase_relay import (
-    KEY_PROBLEM,
     LANGUAGE_BUILDER_ATTRIBUTES,
     RELAY_BUILDER_ATTRIBUTES,
     RELAY_EXTRA_NAME,
@@ -324,18 +324,12 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
 
 def parse_model(model: type[M], data: Any, source: str,
                 context: Mapping[str, Any] | None = None) -> M:
-    """Validate ``data``; the first problem becomes a ConfigError naming source and key path.
-    ``context``: ``STORED`` for a use case read back from the table."""
+    """Validate ``data``; one problem (``first_problem``) becomes a ConfigError naming source
+    and key path. ``context``: ``STORED`` for a use case read back from the table."""
     try:
         return model.model_validate(data, context=context)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = tuple(first["loc"])
-        problem = first["msg"]
-        if first["type"] == "extra_forbidden":
-            problem = "unknown key (check the spelling; see config/README.md for the keys)"
-        elif first["type"] == KEY_PROBLEM:
-            loc += tuple(first.get("ctx", {}).get("at", ()))
+        loc, problem = first_problem(err.errors())
         raise ConfigError(source, _key_path(loc), problem) from None
 
 

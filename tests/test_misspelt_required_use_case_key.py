@@ -1,0 +1,55 @@
+"""A required key misspelt in a use-case file (``promt:``) was reported as the key that is
+missing (``prompt: Field required``), pydantic's first error, while the key actually written,
+the cause, went unsaid; it is now reported as that unknown key, with the name it should have.
+An unknown key with no required key missing beside it is reported as before."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from voiceagent.errors import ConfigError
+from voiceagent.usecases import load_profiles_file, load_use_case_file
+
+USE_CASE = """\
+name: shop
+prompt: You answer the phone for the shop.
+tools:
+  - name: lookUp
+    description: Looks a thing up.
+    input_schema: {type: object}
+"""
+
+
+def problem(path: Path, text: str) -> str:
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_use_case_file(path)
+    return str(caught.value)
+
+
+def test_a_misspelt_required_key_is_named_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "shop.yaml"
+    said = problem(path, USE_CASE.replace("prompt:", "promt:"))
+    assert said == (f"{path}: promt: unknown key (did you mean prompt? it is required; see "
+                    "config/README.md for the keys)")
+    said = problem(path, USE_CASE.replace("  - name: lookUp", "  - nam: lookUp"))
+    assert said.startswith(f"{path}: tools[0].nam: unknown key (did you mean name?")
+
+
+def test_a_missing_key_with_no_look_alike_is_said_missing(tmp_path: Path) -> None:
+    path = tmp_path / "shop.yaml"
+    said = problem(path, USE_CASE.replace("prompt: You", "persona: You"))
+    assert said == f"{path}: prompt: Field required"
+    said = problem(path, USE_CASE + "inferense: {max_tokens: 10}\n")
+    assert said == (f"{path}: inferense: unknown key (check the spelling; see "
+                    "config/README.md for the keys)")
+
+
+def test_a_profile_too(tmp_path: Path) -> None:
+    path = tmp_path / "profiles.yaml"
+    path.write_text("profiles:\n  - phne: '+15555550100'\n    first_name: Pat\n")
+    with pytest.raises(ConfigError, match=r"profiles\[0\]\.phne: unknown key \(did you mean "
+                                          r"phone\?"):
+        load_profiles_file(path)
