@@ -12,6 +12,7 @@ caller said (an address, a name), so no argument value is echoed into problems o
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -105,9 +106,17 @@ class ToolRegistry:
                                   + "; ".join(problems))
 
     def _require(self, name: str, source: str, key_path: str) -> None:
-        if name not in self._definitions:
-            raise ConfigError(source, key_path, f"no tool {name!r} is registered; "
-                              f"registered: {list(self.names())}")
+        """A name nobody registered: the look-alike when there is one (a typo), else where
+        the code of a tool comes from (a TOOLS module left out, or TOOLS itself unset)."""
+        if name in self._definitions:
+            return
+        names = list(self.names())
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
+        fix = (f"did you mean {close[0]!r}?" if close else
+               f"its code is a function decorated with @voiceagent.tools.tool({name!r}) in a "
+               "module named in TOOLS, or in a voiceagent.tools entry point (docs/tools.md)")
+        raise ConfigError(source, key_path, f"no tool {name!r} is registered; "
+                                            f"registered: {names}; {fix}")
 
     # ------------------------------------------------------------------ input validation
 
