@@ -357,7 +357,6 @@ async def _init(settings: Settings) -> int:
     from voiceagent.store.dynamodb import open_dynamodb_store
     async with open_dynamodb_store(settings, limiter=trio.CapacityLimiter(STORE_THREADS),
                                    check_table=False) as store:
-        for line in await store.ensure_table():
-            print(line)
+        await store.ensure_table(report=lambda line: print(line, flush=True))
         print(f"{store.name} at {store.endpoint} is ready")
     return 0

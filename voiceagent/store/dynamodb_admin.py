@@ -74,21 +74,32 @@ class TableAdmin(_StoreParts):
             raise StoreError(f"DynamoDB table {self.table_name!r} does not have voiceagent's "
                              f"schema: {'; '.join(problems)}")
 
-    async def ensure_table(self, *, timeout_s: float = TABLE_ACTIVE_TIMEOUT_S) -> list[str]:
+    async def ensure_table(self, *, timeout_s: float = TABLE_ACTIVE_TIMEOUT_S,
+                           report: Callable[[str], None] | None = None) -> list[str]:
         """Create the table (on-demand, GSI, TTL) unless it exists, wait until it is ACTIVE,
-        and return what was done, one line each. An existing table with the right keys is
-        left as it is (TTL is switched on if off); other keys raise ``StoreError`` listing
-        every difference."""
+        and return what was done, one line each, each also given to ``report`` as it is
+        done, and before the wait (tens of seconds on AWS, in silence otherwise) a line
+        saying so. An existing table with the right keys is left as it is (TTL is switched
+        on if off); other keys raise ``StoreError`` listing every difference."""
         done: list[str] = []
+
+        def did(line: str) -> None:
+            done.append(line)
+            if report is not None:
+                report(line)
+
         table = await self.describe()
         if table is None:
             table = await self._create_table()
-            done.append(f"created table {self.table_name} (pk/sk strings, GSI {INDEX_NAME} "
-                        "on pk1/sk1 projecting ALL, on-demand)")
+            did(f"created table {self.table_name} (pk/sk strings, GSI {INDEX_NAME} on "
+                "pk1/sk1 projecting ALL, on-demand)")
         problems = table_problems(table)
         if problems:
             raise StoreError(f"DynamoDB table {self.table_name!r} exists at {self.endpoint} "
                              f"with another schema: {'; '.join(problems)}")
+        if report is not None and not is_active(table):
+            report(f"waiting for table {self.table_name} and its index to be ACTIVE (usually "
+                   f"under a minute; at most {timeout_s:g} s)...")
         with trio.move_on_after(timeout_s):
             while not is_active(table):
                 await trio.sleep(TABLE_POLL_S)
@@ -97,9 +108,10 @@ class TableAdmin(_StoreParts):
             raise StoreError(f"DynamoDB table {self.table_name!r} is not ACTIVE after "
                              f"{timeout_s:g} s (status {table.get('TableStatus')}); run "
                              "`voiceagent store init` again to keep waiting")
-        done.extend(await self._ensure_ttl())
+        for line in await self._ensure_ttl():
+            did(line)
         if not done:
-            done.append(f"table {self.table_name} already exists with the expected schema")
+            did(f"table {self.table_name} already exists with the expected schema")
         return done
 
     async def _create_table(self) -> dict[str, Any]:
