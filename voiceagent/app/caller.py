@@ -23,6 +23,7 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
 
 from voiceagent import signature
+from voiceagent.settings import is_loopback
 
 HTTP_TIMEOUT_S = 10.0
 
@@ -207,6 +208,22 @@ class RelayCall:
         await self.ws.aclose(code=1011, reason="relay session failed")
 
 
+def http_url_for(given: str) -> str:
+    """The http(s) URL meant by one without a scheme (``127.0.0.1:4000``, a tunnel's host) or
+    with a socket's (``wss://``): the server's own address, not a default port it may not
+    be on."""
+    scheme, sep, rest = given.partition("://")
+    if sep:
+        secure = scheme.lower() in ("https", "wss")
+    else:
+        rest = given
+        host = rest.split("/")[0].rsplit(":", 1)[0].strip("[]")
+        secure = not is_loopback(host)
+    if not rest:
+        return "http://127.0.0.1:3000"
+    return ("https://" if secure else "http://") + rest
+
+
 @asynccontextmanager
 async def open_call(base_url: str, *, auth_token: str | None = None,
                     identity: Identity | None = None) -> AsyncIterator[RelayCall]:
@@ -214,7 +231,7 @@ async def open_call(base_url: str, *, auth_token: str | None = None,
     identity = identity or Identity()
     base = base_url.rstrip("/")
     if not base.startswith(("http://", "https://")):
-        raise CallerError(f"{base_url!r} is not an http(s) URL; try http://127.0.0.1:3000")
+        raise CallerError(f"{base_url!r} is not an http(s) URL; try {http_url_for(base)}")
     form = {"CallSid": identity.call_sid, "AccountSid": identity.account_sid,
             "From": identity.from_number, "To": identity.to_number,
             "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}
