@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from tests.fake_bedrock import FakeBedrock, running_fake_bedrock
 from tests.wheelhouse import Wheelhouse, WheelVenv, build_wheelhouse, make_wheel_venv
 
 
@@ -23,6 +25,16 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+async def fake_bedrock(aws_env: None, monkeypatch: pytest.MonkeyPatch
+                       ) -> AsyncIterator[FakeBedrock]:
+    """The local ConverseStream endpoint over plain HTTP, boto3's Bedrock endpoint pointed at
+    it (a module that needs TLS, a proxy or other credentials makes its own)."""
+    async with running_fake_bedrock() as server:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", server.endpoint_url)
+        yield server
 
 
 

@@ -95,10 +95,8 @@ BOOK = {"name": "book_table", "description": "Book a table.",
 
 
 @pytest.fixture
-async def fake(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeBedrock]:
-    async with running_fake_bedrock() as server:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", server.endpoint_url)
-        yield server
+def fake(fake_bedrock: FakeBedrock) -> FakeBedrock:
+    return fake_bedrock
 
 
 @pytest.fixture

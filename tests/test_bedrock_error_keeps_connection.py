@@ -9,17 +9,15 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from tests.fake_bedrock import FakeBedrock, HttpError, running_fake_bedrock, text_reply
+from tests.fake_bedrock import FakeBedrock, HttpError, text_reply
 from voiceagent.errors import ModelRejected
 from voiceagent.llm.base import LLMEvent, LLMRequest, TextDelta
 from voiceagent.llm.bedrock import BedrockLLM
 
 
 @pytest.fixture
-async def fake(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeBedrock]:
-    async with running_fake_bedrock() as server:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", server.endpoint_url)
-        yield server
+def fake(fake_bedrock: FakeBedrock) -> FakeBedrock:
+    return fake_bedrock
 
 
 @pytest.fixture

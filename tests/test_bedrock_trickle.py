@@ -20,7 +20,6 @@ from tests.fake_bedrock import (
     FakeBedrock,
     Trickle,
     message_start,
-    running_fake_bedrock,
     stream_reply,
     text_events,
     text_reply,
@@ -33,10 +32,8 @@ READ_TIMEOUT_S = 10.0
 
 
 @pytest.fixture
-async def fake(aws_env: None, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeBedrock]:
-    async with running_fake_bedrock() as server:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", server.endpoint_url)
-        yield server
+def fake(fake_bedrock: FakeBedrock) -> FakeBedrock:
+    return fake_bedrock
 
 
 @pytest.fixture
