@@ -59,6 +59,7 @@ _DROPPED_TYPE = re.compile(r'"type"\s*:\s*"([A-Za-z]{1,20})"')
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 REPROMPT = "Are you still there?"
 MAX_AGENT_SPEECH_S = 120.0       # the silence timer waits at most this long for "agent off"
+MAX_CALLER_SPEECH_S = 120.0      # ... and for "client off"
 MAX_DETAIL_CHARS = 500           # of a configUpdated payload, in the log
 IDLE_GOODBYE = "I haven't heard from you, so I'll end the call now. Please call back anytime."
 DRAINING = ("I'm sorry, we have to end this call now for maintenance. "
@@ -103,7 +104,7 @@ class _KeyBuffer:
 
 class _Idle:
     """Silence timer: restarts on any caller input. With Twilio's speaker events, it also
-    stands still while the agent speaks and restarts when the agent stops: a reply longer
+    stands still while the agent or the caller speaks and restarts when they stop: a reply longer
     than ``idle_reprompt_s`` of audio (60 words at 150 a minute) would otherwise be followed
     at once by "are you still there?", the caller never having had a silence to answer in."""
 
@@ -119,9 +120,14 @@ class _Idle:
 
     def saw(self, message: Inbound) -> None:
         """Every message from Twilio passes here, whichever loop reads it."""
-        if isinstance(message, Prompt | Dtmf | Interrupt) or (
-                isinstance(message, SpeakerEvent) and message.who == "caller"):
+        if isinstance(message, Prompt | Dtmf | Interrupt):
             self.heard_from_caller()
+        elif isinstance(message, SpeakerEvent) and message.who == "caller":
+            self.heard_from_caller()
+            # talking is not silence: the prompt comes only once they stop, and a caller
+            # still talking past idle_reprompt_s was asked "are you still there?"
+            if message.speaking:
+                self.deadline += MAX_CALLER_SPEECH_S
         elif isinstance(message, SpeakerEvent):
             self.agent_speaking(message.speaking)
 
