@@ -76,7 +76,9 @@ class Settings(BaseModel):
     session_ttl_s: int = Field(24 * 3600, alias="SESSION_TTL_S", ge=60)
     flush_timeout_s: float = Field(5.0, alias="FLUSH_TIMEOUT_S", gt=0, le=120)
     setup_timeout_s: float = Field(10.0, alias="SETUP_TIMEOUT_S", gt=0, le=120)
-    max_frame_bytes: int = Field(64 * 1024, alias="MAX_FRAME_BYTES", ge=1024)
+    # at most hypercorn's own message limit (server.HARD_FRAME_LIMIT), which closes the socket
+    # (1009) above it: a larger value had no effect and said nothing
+    max_frame_bytes: int = Field(64 * 1024, alias="MAX_FRAME_BYTES", ge=1024, le=1024 * 1024)
     demo: bool = Field(False, alias="DEMO")
     # GET /phone: a browser page that plays Twilio's side of a call (docs/phone.md); for
     # development only, so only on a loopback HOST (or with DEMO)
