@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import assert_never
 
+from voiceagent.jsonlimits import valid_text
+
 # ---------------------------------------------------------------- us -> Twilio
 
 
@@ -136,7 +138,11 @@ Outbound = Text | Play | SendDigits | Language | Config | Hints | End
 
 
 def encode(message: Outbound) -> str:
-    """Optional fields are left out when None, so Twilio's own defaults (and TwiML) apply."""
+    """Optional fields are left out when None, so Twilio's own defaults (and TwiML) apply.
+
+    A lone surrogate (a model's or a tool's text, decoded from a JSON escape whose other half
+    never came) becomes U+FFFD: the socket encodes the frame as UTF-8, which cannot hold one,
+    and its failed send reads as the peer gone, leaving the caller in silence."""
     match message:
         case Text():
             body = _frame("text", token=message.token, last=message.last, lang=message.lang,
@@ -161,7 +167,7 @@ def encode(message: Outbound) -> str:
             body = _frame("end", handoffData=message.handoff_data)
         case _:
             assert_never(message)
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return valid_text(json.dumps(body, separators=(",", ":"), ensure_ascii=False))
 
 
 def _frame(frame_type: str, **fields: object) -> dict[str, object]:
