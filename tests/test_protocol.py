@@ -481,6 +481,14 @@ def test_handoff_data_stays_a_string_on_the_wire() -> None:
     assert json.loads(encode(End(handoff_data=data)))["handoffData"] == data
 
 
+@pytest.mark.parametrize("data", [{"reasonCode": "transfer"}, ["a"], 7, b"{}"])
+def test_handoff_data_that_is_not_a_string_is_refused_where_it_is_made(data: Any) -> None:
+    """Twilio drops an `end` whose handoffData is not a string, and the session goes on in
+    silence: the tool that made it fails instead, saying what to do."""
+    with pytest.raises(TypeError, match=r"must be a string.*json\.dumps"):
+        End(handoff_data=data)
+
+
 @pytest.mark.parametrize(("settings", "languages", "problem"), [
     ({}, [], "at least one setting"),
     ({"url": "wss://elsewhere"}, [], "cannot change \\['url'\\] mid-call"),

@@ -130,6 +130,15 @@ class Hints:
 class End:
     handoff_data: str | None = None  # a string on the wire: JSON-encode structured data first
 
+    def __post_init__(self) -> None:
+        # A dict went out as a JSON object: Twilio drops that `end` (64107) and the session
+        # goes on, while the writer, having taken `end`, sends nothing more: the caller sat
+        # in silence until we closed the socket, and the handoff came back as a failure.
+        if self.handoff_data is not None and not isinstance(self.handoff_data, str):
+            raise TypeError(f"End.handoff_data must be a string, not "
+                            f"{type(self.handoff_data).__name__}: JSON-encode structured "
+                            "data first (json.dumps)")
+
 
 Outbound = Text | Play | SendDigits | Language | Config | Hints | End
 
