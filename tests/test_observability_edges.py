@@ -245,6 +245,40 @@ async def test_the_write_behind_line_about_a_dropped_item_carries_its_call_sid(
     assert line["call_sid"] == call_sid, line
 
 
+async def test_the_write_behind_line_about_a_superseded_write_carries_its_call_sid(
+        captured: _Capture) -> None:  # noqa: F811
+    """A queued session write (its write ahead of the queue timed out) that a newer one,
+    written by another process, outranks is dropped by the drainer with "store write
+    superseded by a newer one, dropped": a line about one call, which a search by its
+    call_sid must find, like the drainer's "store refused item, dropped"."""
+    import json
+
+    from tests.test_write_behind import FakeStore
+    from voiceagent.logs import call_sid_var
+    from voiceagent.store.base import Version
+    from voiceagent.store.write_behind import WriteBehind
+
+    class _NewerStored(FakeStore):
+        async def put_unless_newer(self, item: dict[str, Any], version: str, *,
+                                   legacy: str | None = None) -> bool:
+            await trio.lowlevel.checkpoint()
+            return False                     # another process wrote a newer one
+
+    call_sid = "CA" + "6" * 32
+    writer = WriteBehind(_NewerStored())
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            call_sid_var.set(call_sid)               # as a webhook's task has it
+            writer.submit({"pk": call_sid, "sk": "connection", "version": 1},
+                          call_sid=call_sid, urgent=True, version=Version("version"))
+            assert await writer.flush(call_sid, timeout_s=5)
+            nursery.cancel_scope.cancel()
+    (line,) = [e for e in map(json.loads, captured.lines)
+               if e["event"] == "store write superseded by a newer one, dropped"]
+    assert line["call_sid"] == call_sid, line
+
+
 async def test_a_tool_that_timed_out_is_timed_as_long_as_it_ran(tmp_path: Path) -> None:
     """voiceagent_tool_duration_seconds observes ``ToolOutcome.duration_s``, which only a
     success sets: every error outcome (a timeout, an exception, invalid input) is observed

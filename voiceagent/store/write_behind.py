@@ -291,7 +291,12 @@ class WriteBehind:
         while True:
             try:
                 if batch[0].version is not None:        # always alone: see _next_batch
-                    await self._put(batch[0].item, batch[0].version)
+                    # the drainer serves every call: its "superseded" line names this one
+                    token = call_sid_var.set(batch[0].call_sid)
+                    try:
+                        await self._put(batch[0].item, batch[0].version)
+                    finally:
+                        call_sid_var.reset(token)
                 else:
                     await self._store.put_many([entry.item for entry in batch])
             except trio.Cancelled:
