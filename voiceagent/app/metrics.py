@@ -7,7 +7,8 @@ arrive three ways:
 * per turn, from the turn summary (``CallServices.on_turn``): turns, application latency,
   model time to first token, relay overhead, tokens, tool latency/errors, model errors;
 * per call, from the ``CallReport`` when the call ends (``CallCounters.on_finished``): calls,
-  barge-ins, frames rejected by reason;
+  barge-ins, frames rejected by reason; and calls turned away at ``/twiml``, by why
+  (``on_call_refused``: no socket, so no report);
 * at scrape time, from the parts' own ``statistics()``: active calls, write-behind queue,
   Bedrock streams and cancel -> upstream-closed times.
 
@@ -112,6 +113,11 @@ class Metrics:
             "First model delta received -> handed to the relay writer",
             buckets=OVERHEAD_BUCKETS, registry=r)
         self.tokens = Counter("voiceagent_model_tokens", "Model tokens", ["kind"], registry=r)
+        self.refused = Counter(
+            "voiceagent_calls_refused",
+            "Calls turned away at the call webhook, by reason: draining, capacity (MAX_CALLS, "
+            "or the write backlog's limits), store (the call's session could not be written), "
+            "use_case (missing, or not servable by this process)", ["reason"], registry=r)
         self.reconnects = Counter(
             "voiceagent_reconnects",
             "Reconnects Twilio asked for after a failed relay session, by outcome: resumed, "
@@ -182,6 +188,15 @@ class Metrics:
         for reason, count in report.frames.rejected.items():
             self.frames_rejected.labels(reason).inc(count)
         self.info_other.inc(sum(report.frames.other_info.values()))
+
+    def on_call_refused(self, reason: str) -> None:
+        """A caller turned away before any socket (the apology, or Twilio's fallback URL):
+        invisible to ``voiceagent_calls_total``, which counts sockets, yet what says a
+        service is too small or its store down."""
+        self.refused.labels(reason).inc()
+        if self.emf_enabled:
+            self._emit([{"Name": "CallsRefused", "Unit": "Count"}],
+                       {"CallsRefused": 1, "Reason": reason})
 
     def on_reconnect(self, outcome: str, call_sid: str) -> None:
         self.reconnects.labels(outcome).inc()
@@ -263,7 +278,7 @@ class Metrics:
 def _is_metric_name(key: str) -> bool:
     return key in {"TurnLatency", "ModelFirstToken", "RelayOverhead", "Turns", "BargeIns",
                    "ModelErrors", "ActiveCalls", "StoreWriteFailures", "Reconnects",
-                   "ReconnectsPartial", "ReconnectsRefused"}
+                   "ReconnectsPartial", "ReconnectsRefused", "CallsRefused"}
 
 
 class _Sampled(Collector):

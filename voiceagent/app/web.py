@@ -108,8 +108,8 @@ async def _signed_form(settings: Settings) -> dict[str, str] | Response:
     return dict(received.items())
 
 
-def _refuse_call(settings: Settings) -> Response:
-    if settings.over_capacity == "503":           # Twilio's fallback URL takes over
+def _refuse_call(runtime: Runtime, reason: str) -> Response:
+    if runtime.refuse_call(reason):              # Twilio's fallback URL takes over
         return Response("over capacity", status=503, headers={"Retry-After": "5"})
     return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
 
@@ -130,7 +130,7 @@ async def twiml_webhook(runtime: Runtime) -> Response:
                                            "write_backlog": runtime.writer.pending,
                                            "write_backlog_mb": round(
                                                runtime.writer.pending_bytes / 1e6, 1)})
-        return _refuse_call(settings)
+        return _refuse_call(runtime, "draining" if runtime.draining else "capacity")
     try:
         session = await runtime.sessions.prepare(form)
         use_case = await runtime.catalog.use_case(session.use_case)
@@ -141,13 +141,13 @@ async def twiml_webhook(runtime: Runtime) -> Response:
         return Response("this call was already answered", status=409)
     except UnknownUseCase as err:           # missing, or not servable by this process
         log.error("use case missing or unusable", extra={"error": str(err)[:500]})
-        return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
+        return _refuse_call(runtime, "use_case")
     except StoreError as err:
         # throttled or unreachable: a 500 would have Twilio play its "application error";
         # refused as over capacity instead (the fallback URL with OVER_CAPACITY=503)
         log.error("store unavailable while preparing a call: refused",
                   extra={"error": str(err)[:300]})
-        return _refuse_call(settings)
+        return _refuse_call(runtime, "store")
     ws_url = settings.ws_url or signature.to_ws(_base_url(settings)) + path
     document = twiml.connect_relay(
         ws_url=ws_url, action_url=_base_url(settings) + "/action", use_case=use_case,
