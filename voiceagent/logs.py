@@ -49,7 +49,11 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.call_sid = call_sid_var.get()
+        call_sid = call_sid_var.get()
+        # a line that names its call (a tool's ctx.log) keeps it where the context has none:
+        # a thread a tool or its library started itself does not inherit the contextvars
+        if call_sid != "-" or not isinstance(getattr(record, "call_sid", None), str):
+            record.call_sid = call_sid
         record.turn = turn_var.get()
         return True
 
