@@ -347,7 +347,13 @@ class _Gate:
             case Prompt(last=False):
                 pass
             case Prompt(text=text, lang=lang):
-                held.add_words(clean_prompt(text, self.policy.max_prompt_chars), lang)
+                said = clean_prompt(text, self.policy.max_prompt_chars)
+                # keys typed just before, their entry unfinished, go with the words and
+                # ahead of them: left to end on their timeout, they started a turn that cut
+                # this one's reply, and the history had them after the words
+                if said and self.keys.digits and (entry := self.keys.take()) is not None:
+                    held.add_entry(entry)
+                held.add_words(said, lang)
             case Dtmf(digit=digit):
                 if (entry := self.keys.press(digit)) is not None:
                     held.add_entry(entry)
