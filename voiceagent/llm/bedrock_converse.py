@@ -333,7 +333,9 @@ class ReplyAssembler:
         if text:
             if self.first_content_at is None:
                 self.first_content_at = time.perf_counter()
-            out.append(TextDelta(text))
+            # a lone surrogate (an escape whose pair never came) would go on to the history,
+            # where the store cannot write it as UTF-8 and the next request carries it
+            out.append(TextDelta(jsonlimits.valid_text(text)))
 
     def _tool(self, pending: _PendingTool, out: list[LLMEvent]) -> None:
         value, problem = _tool_input(pending)
