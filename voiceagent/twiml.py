@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from twilio.twiml.voice_response import VoiceResponse
 
 from voiceagent.relay.protocol import Setting
+from voiceagent.usecase_relay import on_off
 from voiceagent.usecases import UseCase
 
 MAX_TWIML_BYTES = 64 * 1024          # Twilio's limit for one document
@@ -24,7 +25,7 @@ def connect_relay(*, ws_url: str, action_url: str, use_case: UseCase,
     response = VoiceResponse()
     connect = response.connect(action=action_url)
     # TwiML names pass through the builder as-is: lower_camel keeps names without "_"
-    attributes = {k: _value(v) for k, v in (use_case.relay | use_case.relay_extra).items()
+    attributes = {k: v for k, v in _values(use_case.relay | use_case.relay_extra).items()
                   if greeting or k != "welcomeGreeting"}
     relay = connect.conversation_relay(url=ws_url, **attributes)
     for entry in use_case.languages:
@@ -61,7 +62,8 @@ def _value(value: Setting) -> str:
 
 
 def _values(attributes: Mapping[str, Setting]) -> dict[str, str]:
-    return {name: _value(value) for name, value in attributes.items()}
+    """TwiML attribute values: on/off attributes as on/off, other booleans as true/false."""
+    return {name: _value(value) for name, value in on_off(attributes).items()}
 
 
 def enqueue(message: str, *, queue: str | None, workflow_sid: str | None = None,

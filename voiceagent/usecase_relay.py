@@ -63,6 +63,11 @@ FAILOVER_ATTRIBUTES = frozenset({"ttsProvider", "voice", "transcriptionProvider"
 FAILOVER_SOURCE = ("backup provider, voice and model attributes Twilio documents for "
                    "<Failover> (ttsProvider, voice, transcriptionProvider, speechModel)")
 
+# Attributes whose values are auto/on/off (Twilio; the builder's docstrings). YAML reads an
+# unquoted on/off as true/false, which would go out as "true"/"false", values Twilio does not
+# document for them; a boolean is written as the on/off it was typed as.
+ON_OFF_ATTRIBUTES = frozenset({"ttsTextNormalization", "elevenlabsTextNormalization"})
+
 # A validation error whose key path goes deeper than where the validator sits: ``at`` is
 # appended to pydantic's location, so a bad key inside a mapping is named itself.
 KEY_PROBLEM = "voiceagent_key_problem"
@@ -81,6 +86,14 @@ STORED: Mapping[str, Any] = {"stored": True}
 
 def stored(info: ValidationInfo) -> bool:
     return isinstance(info.context, Mapping) and bool(info.context.get("stored"))
+
+
+def on_off(attributes: Mapping[str, Setting]) -> dict[str, Setting]:
+    """``attributes`` as Twilio spells them: a boolean of an auto/on/off attribute is "on" or
+    "off". Applied where TwiML and messages are made, so stored items stay as they were."""
+    return {name: ("on" if value else "off")
+            if name in ON_OFF_ATTRIBUTES and isinstance(value, bool) else value
+            for name, value in attributes.items()}
 
 
 def _did_you_mean(name: str, allowed: frozenset[str]) -> str | None:
@@ -250,8 +263,8 @@ class RelayUpdate(Strict):
         together), then ``hints``."""
         messages: list[Config | Hints] = []
         if self.config is not None or self.languages is not None:
-            messages.append(Config.of(dict(self.config or {}),
-                                      [dict(entry) for entry in self.languages or ()]))
+            messages.append(Config.of(on_off(self.config or {}),
+                                      [on_off(entry) for entry in self.languages or ()]))
         if self.hints is not None:
             messages.append(Hints(self.hints, self.hints_language))
         return tuple(messages)
