@@ -13,6 +13,7 @@ from pathlib import Path
 import trio
 
 import voiceagent.store.records as records
+from voiceagent import twiml
 from voiceagent.errors import ConfigError, StoreError
 from voiceagent.store.base import Store
 from voiceagent.tools.registry import ToolRegistry
@@ -100,6 +101,9 @@ def read_config_dir(path: Path, registry: ToolRegistry) -> ConfigSet:
             registry.check_use_case(use_case)
         except ConfigError as err:          # say which file, not only which use case
             raise ConfigError(str(file), err.key_path, err.problem) from err
+        problem = twiml.size_problem(use_case)
+        if problem is not None:
+            raise ConfigError(str(file), "relay", problem)
     names = [u.name for u in use_cases]
     if len(set(names)) != len(names):
         raise ConfigError(str(folder), "name", f"two files declare the same use case: {names}")

@@ -11,10 +11,14 @@ from voiceagent.usecase_relay import on_off
 from voiceagent.usecases import UseCase
 
 MAX_TWIML_BYTES = 64 * 1024          # Twilio's limit for one document
+# Room kept, when a use case is loaded, for what each call adds: the socket and action URLs
+# (a public host and path) and the session token
+CALL_ROOM_BYTES = 2 * 1024
 
 
 def connect_relay(*, ws_url: str, action_url: str, use_case: UseCase,
-                  parameters: Mapping[str, str], greeting: bool = True) -> str:
+                  parameters: Mapping[str, str], greeting: bool = True,
+                  check_size: bool = True) -> str:
     """``<Connect action><ConversationRelay url …>`` with the use case's attributes, its
     ``<Language>`` children, one ``<Failover>`` holding the backup of each language that
     declares one, and the ``<Parameter>``s.
@@ -39,9 +43,23 @@ def connect_relay(*, ws_url: str, action_url: str, use_case: UseCase,
     for name, value in parameters.items():
         relay.parameter(name=name, value=value)
     document = str(response)
-    if len(document.encode()) > MAX_TWIML_BYTES:
+    if check_size and len(document.encode()) > MAX_TWIML_BYTES:
         raise ValueError(f"TwiML for use case {use_case.name!r} is over Twilio's 64 KB limit")
     return document
+
+
+def size_problem(use_case: UseCase) -> str | None:
+    """Why the use case's TwiML would not fit Twilio's limit on a call, else None. Checked
+    when files are loaded: at call time the document is refused, and the caller would hear
+    Twilio's application error on every call to the use case."""
+    document = connect_relay(ws_url="", action_url="", use_case=use_case, parameters={},
+                             check_size=False)
+    size = len(document.encode())
+    if size + CALL_ROOM_BYTES <= MAX_TWIML_BYTES:
+        return None
+    return (f"its TwiML (the greeting, hints, languages and the other relay attributes) is "
+            f"{size} bytes; with {CALL_ROOM_BYTES} kept for the URLs and the session token, "
+            f"it must be under Twilio's {MAX_TWIML_BYTES}-byte limit for a document")
 
 
 def say_and_hang_up(message: str) -> str:
