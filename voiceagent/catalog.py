@@ -104,6 +104,11 @@ def read_config_dir(path: Path, registry: ToolRegistry) -> ConfigSet:
         problem = twiml.size_problem(use_case)
         if problem is not None:
             raise ConfigError(str(file), "relay", problem)
+        if _keys_never_sent(use_case):
+            raise ConfigError(str(file), "dtmf.handlers", (
+                "Twilio sends no keys unless relay.dtmfDetection is true (its default is "
+                "off), so these handlers would never run; set dtmfDetection: true under "
+                "relay:, or turn it on mid-call in a relay_updates rule's config"))
     names = [u.name for u in use_cases]
     if len(set(names)) != len(names):
         raise ConfigError(str(folder), "name", f"two files declare the same use case: {names}")
@@ -131,3 +136,14 @@ async def write_config(store: Store, config: ConfigSet) -> dict[str, str]:
         await store.put(item)
         outcome[label] = "created" if current is None else "updated"
     return outcome
+
+
+def _keys_never_sent(use_case: UseCase) -> bool:
+    """Key handlers, but no dtmfDetection at the start nor from a relay update: a file
+    check only (a use case already stored is served as it was)."""
+    def on(value: object) -> bool:
+        return value is True or str(value).lower() == "true"
+    if not use_case.dtmf.handlers or on(use_case.relay.get("dtmfDetection")):
+        return False
+    return not any(on((rule.config or {}).get("dtmfDetection"))
+                   for rule in use_case.relay_updates)
