@@ -20,7 +20,7 @@ def _load(tmp_path: Path, handler: dict[str, Any]) -> None:
     folder = tmp_path / "config"
     (folder / "usecases").mkdir(parents=True)
     (folder / "usecases" / "keys.yaml").write_text(yaml.safe_dump({
-        "name": "keys", "prompt": "You answer the phone.",
+        "name": "keys", "prompt": "You answer the phone.", "relay": {"dtmfDetection": True},
         "dtmf": {"handlers": {"5": handler}}}))
     read_config_dir(folder, default_registry())
 

@@ -314,7 +314,7 @@ def test_relay_update_errors(tmp_path: Path, rule: dict[str, Any], key_path: str
 
 
 def test_reply_controls_parse(tmp_path: Path) -> None:
-    use_case = _load(tmp_path, tools=[
+    use_case = _load(tmp_path, relay={"dtmfDetection": True}, tools=[
         {"name": "PlaceOrderFunction", "description": "Place it.",
          "reply": {"interruptible": False}},
         {"name": "endCall", "description": "Hang up.",
@@ -357,7 +357,8 @@ def test_reply_control_errors(tmp_path: Path, changes: dict[str, Any], key_path:
 
 
 def test_new_keys_survive_the_store_and_the_export(tmp_path: Path) -> None:
-    use_case = _load(tmp_path, relay={"language": "en-US"}, relay_extra={"eotThreshold": 0.7},
+    use_case = _load(tmp_path, relay={"language": "en-US", "dtmfDetection": True},
+                     relay_extra={"eotThreshold": 0.7},
                      languages=[{"code": "en-US", "voice": "v", "hints": "a,b"},
                                 {"code": "es-ES", "failover": {"ttsProvider": "Google"}}],
                      auto_language=True,
