@@ -263,8 +263,8 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
         log.warning("tool result is not a dict; return a JSON object",
                     extra={"tool": call.name, "returned": kind})
         return _error(call, f"returned {kind}, not a JSON object.{ran}", definition)
-    try:
-        result, changed = jsonlimits.plain(result)
+    try:            # dict() first: a MappingProxyType or ChainMap would be dumped as text
+        result, changed = jsonlimits.plain(dict(result))
     except ValueError as err:
         log.warning("tool result cannot be JSON", extra={"tool": call.name,
                                                          "problem": str(err)[:200]})
