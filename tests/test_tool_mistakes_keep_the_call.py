@@ -80,3 +80,17 @@ async def test_a_mapping_that_is_not_a_dict_is_the_tools_json_result(settings: A
     assert result["status"] == "success", result
     assert result["content"] == [{"json": {"free_tables": 3}}]
     assert said == "Done."
+
+
+async def test_a_value_whose_text_cannot_be_read_fails_the_tool_not_the_call(
+        settings: Any) -> None:
+    """A value JSON has no type for becomes its text; one whose str() raised (an ORM row
+    read after its session closed) raised out of the executor and ended the call."""
+    result, said = await run(settings, "RowInResult")
+    assert result["status"] == "error", result
+    text = result["content"][0]["text"]
+    assert "a Booking value cannot be made text" in text, text      # what to fix
+    assert "its str() raised RuntimeError" in text, text              # and why
+    assert "not bound" not in text, text      # an exception's message may hold caller data
+    assert "did run" in text, text            # a side effect: the model must not repeat it
+    assert said == "Done."

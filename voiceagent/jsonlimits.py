@@ -116,14 +116,21 @@ def plain(value: Any) -> tuple[Any, list[str]]:
     far from the tool, where a ``datetime`` would end the call; failing the tool instead
     could make the model run a side effect again. So values JSON has no type for become
     their text, NaN and infinities null, and a lone surrogate U+FFFD (UTF-8 cannot encode
-    it). ``ValueError`` for what cannot be made JSON: too deep, circular, a non-text key."""
+    it). ``ValueError`` for what cannot be made JSON: too deep, circular, a non-text key, a
+    value whose ``str()`` raises."""
     if depth(value) > MAX_DEPTH:
         raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     changed: list[str] = []
 
     def as_text(other: Any) -> str:
         changed.append(f"{type(other).__name__} as text")
-        return str(other)
+        try:
+            return str(other)
+        except Exception as err:    # its own code (an ORM row's lazy load): only the type,
+            # as its message may hold what the caller said
+            raise ValueError(f"a {type(other).__name__} value cannot be made text (its str() "
+                             f"raised {type(err).__name__}); return its fields instead"
+                             ) from None
 
     def as_null(constant: str) -> None:
         changed.append(f"{constant} as null")
