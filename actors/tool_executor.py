@@ -291,7 +291,10 @@ def _described(err: BaseException) -> str:
     the message the tool wrote for the model reaches it."""
     if isinstance(err, BaseExceptionGroup):
         return "; ".join(_described(inner) for inner in err.exceptions)
-    return f"{type(err).__name__}: {err}"
+    try:
+        return f"{type(err).__name__}: {err}"
+    except Exception as broken:     # its own __str__ raised: the type still says what failed
+        return f"{type(err).__name__} (its message could not be read: {type(broken).__name__})"
 
 
 def _raised_at(err: BaseException) -> str:

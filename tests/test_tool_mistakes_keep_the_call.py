@@ -94,3 +94,15 @@ async def test_a_value_whose_text_cannot_be_read_fails_the_tool_not_the_call(
     assert "not bound" not in text, text      # an exception's message may hold caller data
     assert "did run" in text, text            # a side effect: the model must not repeat it
     assert said == "Done."
+
+
+async def test_an_exception_whose_message_cannot_be_read_is_still_the_tools_error(
+        settings: Any) -> None:
+    """'failed: <Type>: <message>' read the message with str(), inside the handler that
+    turns the tool's exception into its result: a str() that raised went up and ended the
+    call."""
+    result, said = await run(settings, "UnprintableError")
+    assert result["status"] == "error", result
+    text = result["content"][0]["text"]
+    assert text.startswith("failed: Unprintable"), text
+    assert said == "Done."
