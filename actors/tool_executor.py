@@ -247,7 +247,9 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
                                            threads=env.registry.threads)
     except trio.Cancelled:
         raise
-    except Exception as err:
+    # SystemExit too: a library written for the command line exits on its errors, and here it
+    # would end the call, not the process; KeyboardInterrupt stays the operator's Ctrl-C
+    except (Exception, SystemExit) as err:
         log.warning("tool failed", extra={"tool": call.name, "error": type(err).__name__,
                                           "at": _raised_at(err)})
         return _error(call, f"failed: {_described(err)}"[:300], definition)

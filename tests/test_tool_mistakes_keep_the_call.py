@@ -106,3 +106,13 @@ async def test_an_exception_whose_message_cannot_be_read_is_still_the_tools_erro
     text = result["content"][0]["text"]
     assert text.startswith("failed: Unprintable"), text
     assert said == "Done."
+
+
+async def test_a_tool_calling_sys_exit_fails_the_tool_not_the_call(settings: Any) -> None:
+    """A library written for the command line calls sys.exit(): SystemExit is no Exception,
+    so it went past the executor and ended the call (the server lived on: hypercorn caught
+    it for the socket)."""
+    result, said = await run(settings, "ExitsInThread")
+    assert result["status"] == "error", result
+    assert result["content"][0]["text"] == "failed: SystemExit: the CRM client gave up"
+    assert said == "Done."
