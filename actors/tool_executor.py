@@ -255,8 +255,12 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
         return _error(call, f"failed: {_described(err)}"[:300], definition)
     if limit.cancelled_caught:
         log.warning("tool timed out", extra={"tool": call.name, "timeout_s": limit_s})
+        # a side effect cut mid-way may have happened (a request sent, its answer not in),
+        # and a blocking tool's thread runs on: asked again, the model would book twice
+        maybe = (" It may still have taken effect: check before repeating it."
+                 if definition.side_effect else "")
         return _error(call, f"timed out after {limit_s:g} s; tell the caller and offer "
-                            "another way", definition)
+                            f"another way.{maybe}", definition)
     elapsed = trio.current_time() - started
     # the tool did its work: say so, or the model may run a side effect again
     ran = " The tool did run: check before repeating it." if definition.side_effect else ""
