@@ -11,7 +11,9 @@ when the text has enough brackets to exceed the bound at all, so ordinary frames
 Numbers JSON has no value for (``NaN``, ``Infinity``, and ``1e999``, which Python reads as
 infinity) are refused too unless the caller asks for them: the model's tool input goes into
 the history, and a request body holding ``Infinity`` is not JSON, so Bedrock would refuse
-every later request of the call.
+every later request of the call. So are numbers the store cannot hold (an int of more than 38
+digits, a float beyond 1e-130 to 1e126): SQLite and Bedrock take them, DynamoDB refuses the
+history item, and that round of the conversation was lost from the store.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import json
 import math
 import re
 from typing import Any
+
+from voiceagent.store.base import is_storable_number
 
 # A tool's input and result are stored inside a chat item, 7 levels down (chat > content >
 # block > toolResult > content > block > json); DynamoDB refuses an item nested past 32
@@ -39,23 +43,50 @@ class NotFinite(ValueError):
                          "64-bit float); JSON has no such value")
 
 
-def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH, finite: bool = True) -> Any:
-    """``json.loads`` that raises ``TooDeep`` past ``max_depth`` levels and, unless
-    ``finite`` is False, ``NotFinite`` for NaN, Infinity or a number out of a float's range:
-    both ``ValueError``, like any other malformed JSON."""
+class NotStorable(ValueError):
+    """The text holds a number the store cannot hold (``base.is_storable_number``)."""
+
+    def __init__(self) -> None:
+        super().__init__("a number with more than 38 digits, or of a magnitude outside 1e-130 "
+                         "to 1e126, which the store cannot hold; send it as a string")
+
+
+def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH, finite: bool = True,
+          storable: bool = False) -> Any:
+    """``json.loads`` that raises ``TooDeep`` past ``max_depth`` levels, unless ``finite``
+    is False ``NotFinite`` for NaN, Infinity or a number out of a float's range, and with
+    ``storable`` (and ``finite``) ``NotStorable`` for a number the store cannot hold: all
+    ``ValueError``, like any other malformed JSON."""
     if isinstance(text, bytes | bytearray):
         text = bytes(text).decode("utf-8")
     if text.count("[") + text.count("{") > max_depth:
         _check_depth(text, max_depth)
     if not finite:
         return json.loads(text)
-    return json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
+    if not storable:
+        return json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
+    return json.loads(text, parse_float=_storable_float, parse_int=_storable_int,
+                      parse_constant=_refuse_constant)
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise NotFinite
+    return value
+
+
+def _storable_float(text: str) -> float:
+    value = _finite_float(text)
+    if not is_storable_number(value):
+        raise NotStorable
+    return value
+
+
+def _storable_int(text: str) -> int:
+    value = int(text)
+    if not is_storable_number(value):
+        raise NotStorable
     return value
 
 
@@ -115,9 +146,10 @@ def plain(value: Any) -> tuple[Any, list[str]]:
     result), and what had to change. The model request and the store serialize it later,
     far from the tool, where a ``datetime`` would end the call; failing the tool instead
     could make the model run a side effect again. So values JSON has no type for become
-    their text, NaN and infinities null, and a lone surrogate U+FFFD (UTF-8 cannot encode
-    it). ``ValueError`` for what cannot be made JSON: too deep, circular, a non-text key, a
-    value whose ``str()`` raises."""
+    their text, NaN and infinities null, a number the store cannot hold its decimal text
+    (DynamoDB refuses it), and a lone surrogate U+FFFD (UTF-8 cannot encode it).
+    ``ValueError`` for what cannot be made JSON: too deep, circular, a non-text key, a value
+    whose ``str()`` raises."""
     if depth(value) > MAX_DEPTH:
         raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     changed: list[str] = []
@@ -135,10 +167,25 @@ def plain(value: Any) -> tuple[Any, list[str]]:
     def as_null(constant: str) -> None:
         changed.append(f"{constant} as null")
 
+    def int_or_text(number: str) -> int | str:
+        value = int(number)
+        if is_storable_number(value):
+            return value
+        changed.append("int of more than 38 digits as text")
+        return number
+
+    def float_or_text(number: str) -> float | str:
+        value = float(number)           # finite: json.dumps wrote NaN and infinities as such
+        if is_storable_number(value):
+            return value
+        changed.append("float out of the store's range as text")
+        return number
+
     try:
         text = json.dumps(value, ensure_ascii=False, default=as_text)
     except (TypeError, ValueError, RecursionError) as err:
         raise ValueError(str(err)) from None
     if (cleaned := valid_text(text)) != text:
         changed.append("lone surrogate as U+FFFD")
-    return json.loads(cleaned, parse_constant=as_null), changed
+    return json.loads(cleaned, parse_constant=as_null, parse_int=int_or_text,
+                      parse_float=float_or_text), changed

@@ -365,14 +365,15 @@ class ReplyAssembler:
 def _tool_input(pending: _PendingTool) -> tuple[Any, str | None]:
     """The input as parsed (None if it is not JSON), and why it cannot be used as sent. A
     number JSON has no value for becomes null: the history must stay JSON for the model
-    request, and the problem becomes the tool's error result."""
+    request, and the problem becomes the tool's error result. One the store cannot hold
+    becomes its text alike (DynamoDB would refuse the history item)."""
     raw = "".join(pending.parts).strip() or "{}"
     try:
-        return jsonlimits.loads(raw), None
+        return jsonlimits.loads(raw, storable=True), None
     except jsonlimits.TooDeep:
         raise ReplyError("MalformedToolInput", f"tool {pending.name!r}: the input nests "
                          f"deeper than {jsonlimits.MAX_DEPTH} levels") from None
-    except jsonlimits.NotFinite as err:
+    except (jsonlimits.NotFinite, jsonlimits.NotStorable) as err:
         try:
             value, _ = jsonlimits.plain(jsonlimits.loads(raw, finite=False))
         except ValueError:                  # malformed further on as well

@@ -11,6 +11,7 @@ is what lets one contract test suite cover them all.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -26,6 +27,11 @@ TTL_ATTRIBUTE = "expireAt"
 BATCH_LIMIT = 25                      # DynamoDB BatchWriteItem's limit; enforced for both stores
 MAX_ITEM_BYTES = 400 * 1024           # DynamoDB's item limit, counted by ``item_size``
 MAX_NESTING_LEVELS = 32               # DynamoDB's for a document, an attribute being level 1
+# DynamoDB's numbers: 38 digits (boto3 refuses an int of more, even 10**38, as Rounded), and a
+# magnitude from 1e-130 to 9.99...e125 (moto lets 1e126 through; DynamoDB does not)
+MAX_NUMBER_DIGITS = 38
+SMALLEST_NUMBER = Decimal("1e-130")
+NUMBER_BOUND = Decimal("1e126")
 
 
 def describe_key(pk: Any, sk: Any) -> str:
@@ -86,6 +92,18 @@ def check_item_nesting(item: Item) -> None:
                                 f"{MAX_NESTING_LEVELS} levels (the attribute is level 1)")
         elements = value.values() if isinstance(value, dict) else value
         stack.extend((element, level + 1, name) for element in elements)
+
+
+def is_storable_number(value: int | float) -> bool:
+    """Whether DynamoDB holds ``value`` (a finite number) as it is: what comes from outside
+    (a tool's result, the model's tool input) turns the others into their text first
+    (``jsonlimits``), or DynamoDB would refuse the history item that holds them."""
+    if isinstance(value, int):
+        return bool(abs(value) < 10**MAX_NUMBER_DIGITS)   # not str(): it raises past 4300 digits
+    if not math.isfinite(value):
+        return False
+    magnitude = abs(Decimal(repr(value)))     # the float as it is sent: its shortest repr
+    return magnitude == 0 or SMALLEST_NUMBER <= magnitude < NUMBER_BOUND
 
 
 @dataclass(frozen=True, slots=True)
