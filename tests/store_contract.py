@@ -301,6 +301,29 @@ async def check_nesting_is_bounded_as_dynamodb_bounds_it(store: Store) -> None:
 
 
 @check
+async def check_numbers_dynamodb_cannot_hold_are_refused_alike(store: Store) -> None:
+    """DynamoDB holds 38 digits and magnitudes from 1e-130 to 9.99...e125 (moto lets 1e126
+    through, DynamoDB does not); SQLite refused none of the others, so an item one store
+    kept the other lost. Both refuse them before anything of the call is written, naming the
+    attribute, and take the numbers at the limits."""
+    for where, bad in (("id", 2**128 - 1), ("id", -(10**38)), ("tiny", 1e-131),
+                       ("tiny", -1e-200), ("huge", 1e126), ("huge", -1e200)):
+        with pytest.raises(StoreRejected, match=rf"'v\.l\[0\]\.{where}' is a number "
+                                                r"DynamoDB cannot hold .* as text") as caught:
+            await store.put_many([{"pk": "n", "sk": "ok"},
+                                  {"pk": "n", "sk": "bad", "v": {"l": [{where: bad}]}}])
+        assert is_permanent(caught.value)
+    assert await store.query("n") == []
+    edges = {"pk": "n", "sk": "edges", "ints": [10**38 - 1, -(10**38 - 1)],
+             "floats": [1e-130, -1e-130, 9.999999999999998e125, 0.0, -0.0]}
+    await store.put(edges)
+    stored = await store.get("n", "edges")
+    assert stored is not None
+    assert stored["ints"] == edges["ints"]
+    assert stored["floats"][:2] == [1e-130, -1e-130]
+
+
+@check
 async def check_use_case_round_trip(store: Store) -> None:
     use_case = UseCase(
         name="roundTrip", title="Round trip", description="Every kind of field",

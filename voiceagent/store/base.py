@@ -95,15 +95,24 @@ def check_item_nesting(item: Item) -> None:
 
 
 def is_storable_number(value: int | float) -> bool:
-    """Whether DynamoDB holds ``value`` (a finite number) as it is: what comes from outside
-    (a tool's result, the model's tool input) turns the others into their text first
-    (``jsonlimits``), or DynamoDB would refuse the history item that holds them."""
+    """Whether DynamoDB holds ``value`` (a finite number) as it is. Both stores refuse the
+    others alike (``check_number``), and what comes from outside (a tool's result, the
+    model's tool input) turns them into their text first (``jsonlimits``)."""
     if isinstance(value, int):
         return bool(abs(value) < 10**MAX_NUMBER_DIGITS)   # not str(): it raises past 4300 digits
     if not math.isfinite(value):
         return False
     magnitude = abs(Decimal(repr(value)))     # the float as it is sent: its shortest repr
     return magnitude == 0 or SMALLEST_NUMBER <= magnitude < NUMBER_BOUND
+
+
+def check_number(value: int | float, where: str) -> None:
+    """``StoreRejected`` naming the attribute for a number DynamoDB cannot hold, so SQLite
+    refuses what DynamoDB would, and DynamoDB before the batch is sent."""
+    if not is_storable_number(value):
+        raise StoreRejected(f"item attribute {where!r} is a number DynamoDB cannot hold (more "
+                            f"than {MAX_NUMBER_DIGITS} digits, or a magnitude outside 1e-130 "
+                            "to 1e126); store it as text")
 
 
 @dataclass(frozen=True, slots=True)

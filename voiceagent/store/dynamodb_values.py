@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 from botocore.exceptions import ClientError
 
 from voiceagent.errors import StoreRejected
-from voiceagent.store.base import BATCH_LIMIT, describe_key
+from voiceagent.store.base import BATCH_LIMIT, check_number, describe_key
 from voiceagent.store.dynamodb_http import DynamoDBHttpError
 
 Key = tuple[str, str]                # (pk, sk)
@@ -36,12 +36,17 @@ BATCH_WIRE_BYTES = REQUEST_BYTES_MAX - 64 * 1024      # room for the request's e
 
 def to_dynamo(value: Any, where: str) -> Any:
     """Plain values as TypeSerializer takes them: floats become Decimals (exactly the
-    float's shortest repr), tuples lists; anything else JSON would not hold is refused."""
-    if value is None or isinstance(value, str | bool | int):
+    float's shortest repr), tuples lists; anything else JSON would not hold is refused, and
+    a number DynamoDB cannot hold by ``base.check_number``, naming the attribute."""
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, int):
+        check_number(value, where)
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise StoreRejected(f"item attribute {where!r} is {value}: not storable")
+        check_number(value, where)
         return Decimal(repr(value))
     if isinstance(value, list | tuple):
         return [to_dynamo(element, f"{where}[{i}]") for i, element in enumerate(value)]

@@ -39,6 +39,7 @@ from voiceagent.store.base import (
     check_item_keys,
     check_item_nesting,
     check_item_size,
+    check_number,
     describe_key,
     is_newer,
     is_number,
@@ -373,11 +374,15 @@ def _encode(item: Item) -> Row:
 
 def _check_value(value: Any, where: str) -> None:
     """Plain JSON values only, so what comes back equals what went in."""
-    if value is None or isinstance(value, str | bool | int):
+    if value is None or isinstance(value, str | bool):
+        return
+    if isinstance(value, int):
+        check_number(value, where)          # what DynamoDB refuses, refused here alike
         return
     if isinstance(value, float):
         if not math.isfinite(value):
             raise StoreRejected(f"item attribute {where!r} is {value}: not storable")
+        check_number(value, where)
         return
     if isinstance(value, list | tuple):
         for index, element in enumerate(value):
