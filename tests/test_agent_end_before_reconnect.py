@@ -53,7 +53,7 @@ async def test_an_end_still_queued_on_the_socket_s_process_is_not_reconnected(
         _answers(store, a_writer).agent_ended(CALL_SID, HANDOFF)   # A's writer took end
         await _a_socket_ends(a, a_writer, ["a person please", "Connecting you."],
                              behind_s=1.0)
-        await _answers(store, b_writer).answer_failure(CALL_SID, SESSION_ID)   # claimed
+        await _answers(store, b_writer).answer_failure(CALL_SID, SESSION_ID, 0)   # claimed
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_drains_after, a_writer, 1.0)
             with pytest.raises(AgentEnded) as ended:
@@ -84,7 +84,7 @@ async def test_an_end_taken_while_the_renewal_waits_here_is_not_reconnected(
 
         async with trio.open_nursery() as nursery:
             await nursery.start(a_writer.run)
-            await answers.answer_failure(CALL_SID, SESSION_ID)     # nothing ended yet
+            await answers.answer_failure(CALL_SID, SESSION_ID, 0)     # nothing ended yet
             nursery.start_soon(goodbye_then_socket_ends)
             with pytest.raises(AgentEnded) as ended:
                 await a.renew(session)

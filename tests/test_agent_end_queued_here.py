@@ -37,7 +37,7 @@ async def test_an_end_queued_on_this_process_is_not_reconnected(autojump_clock: 
         answers.agent_ended(CALL_SID, HANDOFF)              # A's writer took end
         await _a_socket_ends(a, a_writer, ["a person please", "Connecting you."])
         assert not await a_writer.flush(CALL_SID, timeout_s=1.0)   # A's store is behind
-        await answers.answer_failure(CALL_SID, SESSION_ID)         # the store shows no end
+        await answers.answer_failure(CALL_SID, SESSION_ID, 0)         # the store shows no end
         with pytest.raises(AgentEnded) as ended:
             await a.renew(claimed, deadline=trio.current_time() + 1.0)
     assert ended.value.handoff_data == HANDOFF

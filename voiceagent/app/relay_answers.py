@@ -44,7 +44,7 @@ class RelayAnswers:
         # (CallSid, SessionId) of failed relay sessions answered here lately: when
         self._answered: dict[tuple[str, str], float] = {}
 
-    async def answer_failure(self, call_sid: str, session_id: str) -> None:
+    async def answer_failure(self, call_sid: str, session_id: str, generation: int) -> int:
         """Claim the one answer a failed relay session's ``/action`` gets: claimed in the
         store with a conditional write, which one process wins, before the answer, and
         here, for a replay racing that write; none once the call's relay has ended
@@ -52,7 +52,14 @@ class RelayAnswers:
         ``ValueError`` for a SessionId that is not one, ``StoreError`` when the marks cannot
         be read. A store that cannot take the claim in SESSION_WRITE_S gets it queued, and
         the reconnect goes on: a caller hung up on during a store incident is the surer
-        harm than a replay racing Twilio's own request to the millisecond."""
+        harm than a replay racing Twilio's own request to the millisecond.
+
+        Returns how many reconnects the call has had: the stored session's ``generation``,
+        or, when more, the failed sessions answered before this one (the store's marks and
+        this process's own). A renewal waits in its process's queue behind the call's
+        writes (a backed-up queue, a slow store) while the answer's mark goes straight in:
+        counted by the generation alone, each failure of a reconnect whose token never
+        landed was given another, past MAX_RECONNECTS, the caller kept in the loop."""
         if not SESSION_ID.match(session_id):
             raise ValueError(f"SessionId {session_id[:70]!r} is not a relay session's id")
         cutoff = trio.current_time() - PENDING_TTL_S
@@ -70,6 +77,9 @@ class RelayAnswers:
             raise ActionReplayed("the call's relay has ended")
         if answered in marks:
             raise ActionReplayed("this relay session's end was answered before")
+        earlier = len({sk for sk in marks if sk.startswith(records.RELAY_ANSWERED_PREFIX)} | {
+            records.RELAY_ANSWERED_PREFIX + sid for (sid_call, sid) in self._answered
+            if sid_call == call_sid and sid != session_id})
         mark = {**records.relay_mark_item(call_sid, answered, time.time(),
                                           self._settings.session_ttl_s),
                 "claim": secrets.token_urlsafe(12)}    # ours alone: see Store.put_new
@@ -80,9 +90,10 @@ class RelayAnswers:
             log.warning("the relay session's answer could not be claimed in the store: "
                         "answering, its mark queued", extra={"error": str(err)[:300]})
             self._writer.submit(mark, call_sid=call_sid, urgent=True)
-            return
+            return max(generation, earlier)
         if not claimed:
             raise ActionReplayed("this relay session's end was answered by another process")
+        return max(generation, earlier)
 
     def relay_ended(self, call_sid: str) -> None:
         """The call's relay is over for good (the caller hung up, or ``/action`` answered

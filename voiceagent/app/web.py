@@ -210,10 +210,11 @@ async def action_webhook(runtime: Runtime) -> Response:
                 or use_case is None):
             return last_words(SORRY)
         try:
-            await runtime.relay_answers.answer_failure(call_sid, form.get("SessionId", ""))
-            if session.generation >= MAX_RECONNECTS:       # by any process: the store counts
+            reconnects = await runtime.relay_answers.answer_failure(   # by any process
+                call_sid, form.get("SessionId", ""), session.generation)
+            if reconnects >= MAX_RECONNECTS:
                 log.warning("reconnect refused: the call's relay session keeps failing",
-                            extra={"reconnects": session.generation})
+                            extra={"reconnects": reconnects})
                 return last_words(SORRY, "refused_limit")
             renewed, complete = await runtime.sessions.renew(session, deadline=deadline)
         except AgentEnded as err:
@@ -237,7 +238,6 @@ async def action_webhook(runtime: Runtime) -> Response:
         except SessionBusy:
             log.warning("reconnect refused: the call's socket is still connected")
             return last_words(SORRY, "refused_busy")
-        # the new socket resumes the history
         _count_reconnect(runtime, "resumed" if complete else "resumed_partial", call_sid)
         ws_url = settings.ws_url or signature.to_ws(_base_url(settings)) + path
         document = twiml.connect_relay(
