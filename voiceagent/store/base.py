@@ -30,6 +30,7 @@ MAX_NESTING_LEVELS = 32               # DynamoDB's for a document, an attribute 
 # DynamoDB's numbers: 38 digits (boto3 refuses an int of more, even 10**38, as Rounded), and a
 # magnitude from 1e-130 to 9.99...e125 (moto lets 1e126 through; DynamoDB does not)
 MAX_NUMBER_DIGITS = 38
+_INT_BOUND = 10**MAX_NUMBER_DIGITS
 SMALLEST_NUMBER = Decimal("1e-130")
 NUMBER_BOUND = Decimal("1e126")
 
@@ -99,7 +100,7 @@ def is_storable_number(value: int | float) -> bool:
     others alike (``check_number``), and what comes from outside (a tool's result, the
     model's tool input) turns them into their text first (``jsonlimits``)."""
     if isinstance(value, int):
-        return bool(abs(value) < 10**MAX_NUMBER_DIGITS)   # not str(): it raises past 4300 digits
+        return bool(abs(value) < _INT_BOUND)    # not str(): it raises past 4300 digits
     if not math.isfinite(value):
         return False
     magnitude = abs(Decimal(repr(value)))     # the float as it is sent: its shortest repr
