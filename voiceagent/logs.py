@@ -17,11 +17,24 @@ import re
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Literal
 
 call_sid_var: contextvars.ContextVar[str] = contextvars.ContextVar("call_sid", default="-")
 turn_var: contextvars.ContextVar[int] = contextvars.ContextVar("turn", default=0)
+
+
+@contextmanager
+def for_call(call_sid: str) -> Iterator[None]:
+    """Lines logged inside name ``call_sid``: for a task that serves every call (the
+    write-behind's drainer) doing one call's work."""
+    token = call_sid_var.set(call_sid)
+    try:
+        yield
+    finally:
+        call_sid_var.reset(token)
 
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 

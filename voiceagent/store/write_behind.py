@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import trio
 
 from voiceagent.errors import StoreError, StorePartlyWritten
-from voiceagent.logs import call_sid_var, mask_phone
+from voiceagent.logs import for_call, mask_phone
 from voiceagent.store.base import BATCH_LIMIT, Item, Store, Version, item_size
 
 log = logging.getLogger(__name__)
@@ -291,12 +291,8 @@ class WriteBehind:
         while True:
             try:
                 if batch[0].version is not None:        # always alone: see _next_batch
-                    # the drainer serves every call: its "superseded" line names this one
-                    token = call_sid_var.set(batch[0].call_sid)
-                    try:
+                    with for_call(batch[0].call_sid):   # its "superseded" line names it
                         await self._put(batch[0].item, batch[0].version)
-                    finally:
-                        call_sid_var.reset(token)
                 else:
                     await self._store.put_many([entry.item for entry in batch])
             except trio.Cancelled:
@@ -328,14 +324,11 @@ class WriteBehind:
             return
         entry = batch[0]
         self._failed += 1
-        token = call_sid_var.set(entry.call_sid)       # the drainer serves every call
-        try:
+        with for_call(entry.call_sid):
             log.error("store refused item, dropped", exc_info=not isinstance(err, StoreError),
                       extra={"pk": mask_phone(entry.key[0]) if entry.key[0].startswith("+")
                              else entry.key[0], "sk": entry.key[1],
                              "error": type(err).__name__, "failed": self._failed})
-        finally:
-            call_sid_var.reset(token)
 
     def _backoff_s(self, attempt: int) -> float:
         delay: float = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** (attempt - 1))
