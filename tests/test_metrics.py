@@ -115,8 +115,9 @@ async def test_reconnects_counted_by_outcome(tmp_path: Path) -> None:
     """Twilio's ``/action`` after failed relay sessions: on one call, asked while its socket
     stays connected (refused once the wait for its end runs out: the call is hung up on);
     on another, three for sessions no socket took, one over the limit, and a replay of the
-    first."""
-    settings = make_settings(tmp_path, METRICS_TOKEN=METRICS_TOKEN,
+    first. Two of the three find the session unclaimed: they are counted once the renewal's
+    waits are over (``reconnect_outcomes``), FLUSH_TIMEOUT_S after."""
+    settings = make_settings(tmp_path, METRICS_TOKEN=METRICS_TOKEN, FLUSH_TIMEOUT_S=1,
                              METRICS_NAMESPACE="TestNamespace", METRICS_SERVICE_NAME="test-service")
     failed = {"SessionStatus": "failed", "CallStatus": "in-progress", "ErrorCode": "64105"}
     with trio.fail_after(30):
@@ -137,6 +138,7 @@ async def test_reconnects_counted_by_outcome(tmp_path: Path) -> None:
             with pytest.raises(CallerError, match="409"):
                 await post_form(server.url + "/action", {
                     **failed, "CallSid": call_sid, "SessionId": "VX0"}, AUTH_TOKEN)
+            await server.runtime.reconnects.settled()
             _, samples = await trio.to_thread.run_sync(_scrape, server.url)
     assert "<Hangup />" in busy
     assert ["<ConversationRelay" in answer for answer in answers] == [True, True, True, False]
@@ -148,10 +150,10 @@ async def test_reconnects_counted_by_outcome(tmp_path: Path) -> None:
     documents = [_check_emf(line) for line in stream.getvalue().splitlines()]
     reconnects = [d for d in documents if "Reconnects" in d]
     assert [d["Outcome"] for d in reconnects] == [
-        "refused_busy", "resumed", "resumed", "resumed", "refused_limit", "refused_replay"]
+        "refused_busy", "resumed", "refused_limit", "refused_replay", "resumed", "resumed"]
     assert [d["CallSid"] for d in reconnects] == [busy_sid] + [call_sid] * 5
     assert all(d["Reconnects"] == 1 for d in reconnects)
-    assert [d.get("ReconnectsRefused") for d in reconnects] == [1, None, None, None, 1, None]
+    assert [d.get("ReconnectsRefused") for d in reconnects] == [1, None, 1, None, None, None]
     assert not any("ReconnectsPartial" in d for d in reconnects)
 
 

@@ -22,6 +22,7 @@ from actors.end_signal import EndSignal
 from voiceagent.app import heap
 from voiceagent.app.memory_budget import backlog_budget_bytes
 from voiceagent.app.metrics import Metrics
+from voiceagent.app.reconnect_outcomes import ReconnectOutcomes
 from voiceagent.app.relay_answers import RelayAnswers
 from voiceagent.app.sessions import Sessions
 from voiceagent.app.task_protection import AgentEndpoint, Policy, hold_while_busy
@@ -109,6 +110,7 @@ class Runtime:
     catalog: Catalog
     sessions: Sessions
     relay_answers: RelayAnswers
+    reconnects: ReconnectOutcomes               # counted once known (web.py's /action)
     calls: CallCounters = field(default_factory=CallCounters)
     draining: bool = False                       # /health fails, /twiml refuses new calls
     end_calls: EndSignal = field(default_factory=EndSignal)     # live calls end politely
@@ -214,12 +216,14 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
                           sessions=Sessions(settings=settings, store=store, catalog=catalog,
                                             writer=writer),
                           relay_answers=RelayAnswers(settings=settings, store=store,
-                                                     writer=writer))
+                                                     writer=writer),
+                          reconnects=ReconnectOutcomes(store))
         runtime.metrics = Metrics(runtime)
         runtime.calls.on_finished = runtime.metrics.on_call_finished
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
             await nursery.start(runtime.sessions.run)
+            await nursery.start(runtime.reconnects.run)
             sweep = getattr(store, "sweep_expired", None)   # SQLite: DynamoDB's TTL does it
             if sweep is not None:
                 await nursery.start(sweep)

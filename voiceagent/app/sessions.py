@@ -81,7 +81,8 @@ QUEUE_BEHIND_S = 0.5
 
 class Renewal(NamedTuple):
     session: records.CallSession      # the fresh token for the reconnect
-    history_complete: bool            # False: the failed socket's last messages may be missing
+    history_complete: bool | None     # False: the failed socket's last messages may be
+    #                                   missing; None: no claim of it stored (socket_marks)
 
 
 class SessionExists(Exception):
@@ -148,8 +149,8 @@ class Sessions:
             deadline = trio.current_time() + self._settings.flush_timeout_s
         if session.call_sid in self._live:
             await self._socket_here_ended(session.call_sid, deadline)
-        complete = await previous_socket_ended(self._store, self._writer, session,
-                                               deadline)
+            session = replace(session, token="")    # claimed here, whatever the item said
+        complete = await previous_socket_ended(self._store, self._writer, session, deadline)
         renewed = replace(session, token=secrets.token_urlsafe(18),
                           generation=session.generation + 1)
         await self._offer(renewed, resumes=True)

@@ -38,7 +38,7 @@ class AgentEnded(Exception):
 
 
 async def previous_socket_ended(store: Store, writer: WriteBehind,
-                                session: records.CallSession, deadline: float) -> bool:
+                                session: records.CallSession, deadline: float) -> bool | None:
     """Wait for the socket that a reconnect replaces to have written everything. That
     socket may have been served by another process, whose queue can be seconds behind
     under load, and the new socket may reach a third process, which reads the
@@ -58,8 +58,11 @@ async def previous_socket_ended(store: Store, writer: WriteBehind,
     token and no "closed" mark is there: as far as the store knows no socket claimed it
     (refused, or never came), and no mark will ever come for it, at any of Twilio's
     reconnects. (With a "closed" mark, a socket did claim it and failed before its claim
-    landed: that claim is on its way, and is waited for.) Nor with the marks still
-    queued here: this process's own ``/action`` flush has already waited for them.
+    landed: that claim is on its way, and is waited for.) None then, not True: a claim
+    may be on its way still, with its "closed" mark about to land, and the resumed history
+    may miss what that socket said (``reconnect_outcomes`` looks again, for the count). Nor
+    with the marks still queued here: this process's own ``/action`` flush has already
+    waited for them.
 
     False when it stopped waiting without the "written" mark (the resumed history may
     miss the old socket's last messages), or when those are still queued here.
@@ -89,11 +92,11 @@ async def previous_socket_ended(store: Store, writer: WriteBehind,
     return False
 
 async def _read_socket_marks(store: Store, call_sid: str, token: str, written: str,
-                         closed: str, deadline: float) -> bool:
+                         closed: str, deadline: float) -> bool | None:
     closed_seen = False
     if token:
         if await store.get(call_sid, closed) is None:
-            return True
+            return None                 # no socket claimed it, as far as the store knows
         closed_seen = True
     waited = 0.0
     for pause in (*_pauses(deadline - trio.current_time()), None):

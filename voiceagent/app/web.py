@@ -10,6 +10,7 @@ import json
 import logging
 import secrets
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -25,12 +26,7 @@ from voiceagent.app.phone_page import PATH as PHONE_PATH
 from voiceagent.app.phone_page import UNSIGNED_ELSEWHERE, PhoneDesk, PhoneRefused, addressed_here
 from voiceagent.app.relay_answers import ActionReplayed
 from voiceagent.app.runtime import Runtime
-from voiceagent.app.sessions import (
-    MAX_RECONNECTS,
-    TOKEN_PARAMETER,
-    SessionBusy,
-    SessionExists,
-)
+from voiceagent.app.sessions import MAX_RECONNECTS, TOKEN_PARAMETER, SessionBusy, SessionExists
 from voiceagent.app.socket_marks import AgentEnded
 from voiceagent.app.socket_standing import SocketStanding
 from voiceagent.catalog import UnknownUseCase
@@ -238,7 +234,7 @@ async def action_webhook(runtime: Runtime) -> Response:
         except SessionBusy:
             log.warning("reconnect refused: the call's socket is still connected")
             return last_words(SORRY, "refused_busy")
-        _count_reconnect(runtime, "resumed" if complete else "resumed_partial", call_sid)
+        runtime.reconnects.resumed(renewed, complete, deadline, partial(_count_reconnect, runtime))
         ws_url = settings.ws_url or signature.to_ws(_base_url(settings)) + path
         document = twiml.connect_relay(
             ws_url=ws_url, action_url=_base_url(settings) + "/action", use_case=use_case,
