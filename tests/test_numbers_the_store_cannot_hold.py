@@ -4,6 +4,9 @@ or the model's tool input holding one was written to the history, and the Dynamo
 refused that chat item: the round was lost from the store (a reconnect resumed without it).
 They become their decimal text where they come in, and both stores refuse such an item alike,
 naming the attribute (the contract's ``check_numbers_dynamodb_cannot_hold_are_refused_alike``).
+So with an empty object key, which DynamoDB refuses at any depth of an item ("Empty attribute
+name"): a result's gets a name, an input's is the tool's error, and both stores refuse it
+(``check_empty_attribute_names_are_refused_alike``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from voiceagent.tools import ToolContext, tool
 
 @tool("LookupOrder")
 async def lookup_order(ctx: ToolContext, args):
-    return {{"order": {LONG_ID}, "tiny": 1e-200, "huge": [1e200, 1e126], "n": 12, "x": 0.5}}
+    return {{"order": {LONG_ID}, "tiny": 1e-200, "huge": [1e200, 1e126], "n": 12, "x": 0.5,
+             "lines": [{{"": "one"}}]}}
 '''
 
 
@@ -65,6 +69,30 @@ def test_model_tool_input_with_a_number_the_store_cannot_hold_is_a_call_the_tool
     assert request.input_problem is not None
     assert "38 digits" in request.input_problem
     assert "send it as a string" in request.input_problem
+
+
+def test_an_empty_key_in_a_tool_result_is_renamed() -> None:
+    """DynamoDB refuses an empty attribute name at any depth; the key gets a name, one no
+    other key of that object has."""
+    value, changed = jsonlimits.plain({"": 1, "(empty)": 2, "inner": [{"": {"": 3}}],
+                                       "text": '"": a string', "blank": ""})
+    assert value == {"(empty)": 2, "(empty)_": 1, "inner": [{"(empty)": {"(empty)": 3}}],
+                     "text": '"": a string', "blank": ""}
+    assert sorted(changed) == ["empty key as '(empty)'"] * 2 + ["empty key as '(empty)_'"]
+    assert jsonlimits.plain({"a": "", "b": ['""', '"":']}) == (
+        {"a": "", "b": ['""', '"":']}, [])
+
+
+def test_model_tool_input_with_an_empty_key_is_a_call_the_tool_refuses() -> None:
+    [request] = assembled_tool(['{"items": [{"" : 2}], "note": "\\"\\":"}'])
+    assert isinstance(request, ToolUseRequest)
+    assert request.input == {"items": [{"(empty)": 2}], "note": '"":'}
+    assert request.input_problem is not None
+    assert "name every key" in request.input_problem
+    [fine] = assembled_tool(['{"note": "\\"\\": is not a key", "x": ""}'])
+    assert isinstance(fine, ToolUseRequest)
+    assert fine.input == {"note": '"": is not a key', "x": ""}
+    assert fine.input_problem is None
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "dynamodb"])
@@ -110,7 +138,7 @@ async def test_a_call_whose_tool_returns_such_numbers_is_stored_whole(
     assert block["toolResult"]["status"] == "success"
     assert block["toolResult"]["content"] == [{"json": {
         "order": str(LONG_ID), "tiny": "1e-200", "huge": ["1e+200", "1e+126"], "n": 12,
-        "x": 0.5}}]
+        "x": 0.5, "lines": [{"(empty)": "one"}]}}]
     assert statistics.failed == 0
     assert history is not None
     chat = [records.chat_from_item(item)["chat"] for item in stored]

@@ -43,12 +43,19 @@ class NotFinite(ValueError):
                          "64-bit float); JSON has no such value")
 
 
-class NotStorable(ValueError):
-    """The text holds a number the store cannot hold (``base.is_storable_number``)."""
+NUMBER_NOT_STORABLE = ("a number with more than 38 digits, or of a magnitude outside 1e-130 "
+                       "to 1e126, which the store cannot hold; send it as a string")
+EMPTY_KEY = "an object key that is empty, which the store cannot hold; name every key"
+EMPTY_KEY_NAME = "(empty)"          # what ``plain`` calls such a key
+_EMPTY_KEY = re.compile(r'""\s*:')    # in the text: an empty key, or something much like it
 
-    def __init__(self) -> None:
-        super().__init__("a number with more than 38 digits, or of a magnitude outside 1e-130 "
-                         "to 1e126, which the store cannot hold; send it as a string")
+
+class NotStorable(ValueError):
+    """The text holds a number the store cannot hold (``base.is_storable_number``), or an
+    empty object key (DynamoDB refuses an empty attribute name at any depth of an item)."""
+
+    def __init__(self, why: str = NUMBER_NOT_STORABLE) -> None:
+        super().__init__(why)
 
 
 def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH, finite: bool = True,
@@ -66,7 +73,8 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH, finite: bool = True,
     if not storable:
         return json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
     return json.loads(text, parse_float=_storable_float, parse_int=_storable_int,
-                      parse_constant=_refuse_constant)
+                      parse_constant=_refuse_constant,
+                      object_pairs_hook=_named_object if _EMPTY_KEY.search(text) else None)
 
 
 def _finite_float(text: str) -> float:
@@ -92,6 +100,12 @@ def _storable_int(text: str) -> int:
 
 def _refuse_constant(constant: str) -> None:
     raise NotFinite
+
+
+def _named_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if any(not key for key, _ in pairs):
+        raise NotStorable(EMPTY_KEY)
+    return dict(pairs)
 
 
 def _check_depth(text: str, max_depth: int) -> None:
@@ -147,7 +161,8 @@ def plain(value: Any) -> tuple[Any, list[str]]:
     far from the tool, where a ``datetime`` would end the call; failing the tool instead
     could make the model run a side effect again. So values JSON has no type for become
     their text, NaN and infinities null, a number the store cannot hold its decimal text
-    (DynamoDB refuses it), and a lone surrogate U+FFFD (UTF-8 cannot encode it).
+    (DynamoDB refuses it), an empty key ``EMPTY_KEY_NAME`` (DynamoDB refuses it too), and a
+    lone surrogate U+FFFD (UTF-8 cannot encode it).
     ``ValueError`` for what cannot be made JSON: too deep, circular, a non-text key, a value
     whose ``str()`` raises."""
     if depth(value) > MAX_DEPTH:
@@ -185,7 +200,19 @@ def plain(value: Any) -> tuple[Any, list[str]]:
         text = json.dumps(value, ensure_ascii=False, default=as_text)
     except (TypeError, ValueError, RecursionError) as err:
         raise ValueError(str(err)) from None
+    def key_named(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if "" in out:
+            name = EMPTY_KEY_NAME
+            while name in out:
+                name += "_"
+            out[name] = out.pop("")
+            changed.append(f"empty key as {name!r}")
+        return out
+
     if (cleaned := valid_text(text)) != text:
         changed.append("lone surrogate as U+FFFD")
     return json.loads(cleaned, parse_constant=as_null, parse_int=int_or_text,
-                      parse_float=float_or_text), changed
+                      parse_float=float_or_text,
+                      object_pairs_hook=key_named if _EMPTY_KEY.search(cleaned) else None
+                      ), changed

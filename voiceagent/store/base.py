@@ -81,8 +81,14 @@ def check_item_nesting(item: Item) -> None:
     to 32: a scalar under 31 maps is stored, under 32 refused, so a list or map at level 32
     is refused, here even when empty (erring towards refusing here rather than in the middle
     of a batch). A loop, not recursion, and run before anything else walks the item, so an
-    item nested thousands deep is refused, not a ``RecursionError``."""
+    item nested thousands deep is refused, not a ``RecursionError``.
+
+    Also refused: an empty attribute name, at any depth (DynamoDB's "Empty attribute name";
+    moto stores a map with an empty key and gives it back changed)."""
     stack = [(value, 1, name) for name, value in item.items()]
+    if "" in item:
+        raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: an item attribute has "
+                            "an empty name, which DynamoDB refuses")
     while stack:
         value, level, name = stack.pop()
         if not isinstance(value, dict | list | tuple):
@@ -91,6 +97,10 @@ def check_item_nesting(item: Item) -> None:
             raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: item attribute "
                                 f"{name!r} nests lists and maps deeper than DynamoDB's "
                                 f"{MAX_NESTING_LEVELS} levels (the attribute is level 1)")
+        if isinstance(value, dict) and "" in value:
+            raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: item attribute "
+                                f"{name!r} holds a map with an empty key, which DynamoDB "
+                                "refuses (an empty attribute name); name every key")
         elements = value.values() if isinstance(value, dict) else value
         stack.extend((element, level + 1, name) for element in elements)
 
