@@ -32,6 +32,25 @@ def test_every_settings_problem_is_reported_at_once() -> None:
     assert len(caught.value.problems) == 5
 
 
+@pytest.mark.parametrize("ws_url", ["wss://agent.example.com", "wss://agent.example.com/",
+                                    "wss://agent.example.com/relay%20v2",
+                                    "wss://agent.example.com/relay v2", "wss:///relay",
+                                    "wss://agent.example.com/relay/<path>",
+                                    "wss://agent.example.com/relay#top"])
+def test_a_ws_url_whose_path_the_relay_route_cannot_match_is_refused(ws_url: str) -> None:
+    """Its path is the relay route, matched against the path as the server reads it: with
+    an escape or a space (decoded before matching), a converter's brackets, or no path at
+    all (Twilio connects to /, the route is /relay), every call's socket got a 404."""
+    with pytest.raises(SettingsError, match=r"WS_URL.*relay route"):
+        Settings.from_env({"WS_URL": ws_url, "TWILIO_AUTH_TOKEN": "t"})
+
+
+def test_ws_urls_with_a_plain_path_are_taken() -> None:
+    for ws_url in ("wss://agent.example.com/relay", "wss://agent.example.com:8443/v2/relay.ws",
+                   "ws://127.0.0.1:3000/relay?region=eu", "wss://a.ngrok.app/~agent/relay_1"):
+        assert Settings.from_env({"WS_URL": ws_url, "TWILIO_AUTH_TOKEN": "t"}).ws_url == ws_url
+
+
 def test_settings_defaults_and_the_original_sample_alias() -> None:
     settings = Settings.from_env({"TWILIO_AUTH_TOKEN": "s3cr3t-token",
                                   "INFERENCE_PROFILE_ARN": "arn:aws:bedrock:x"})

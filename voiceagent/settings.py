@@ -27,6 +27,7 @@ from voiceagent.errors import SettingsError
 
 DEFAULT_MODEL = "us.amazon.nova-lite-v1:0"
 BUNDLED_CONFIG = Path(__file__).parent / "bundled_config"
+WS_URL_SHAPE = re.compile(r"wss?://[^/?#\s]+/[A-Za-z0-9._~-][A-Za-z0-9._~/-]*(\?[^#\s]*)?\Z")
 SOURCE_CONFIG = Path(__file__).parent.parent / "config"
 LOCAL_CONFIG = Path("config")          # relative: the folder the command starts in
 MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", re.ASCII)
@@ -169,6 +170,12 @@ class Settings(BaseModel):
     def _wss(cls, value: str | None) -> str | None:
         if value and not value.startswith(("wss://", "ws://")):
             raise ValueError("must start with wss:// (Twilio only connects to wss)")
+        if value and not WS_URL_SHAPE.match(value):
+            # its path is the relay route, matched as the server reads it (decoded): a
+            # %-escape or a space never matched, and every call's socket got a 404
+            raise ValueError("must be wss://host[:port]/path (e.g. wss://agent.example.com/"
+                             "relay), the path of letters, digits and - _ . ~ / only (it is "
+                             "the relay route), and an optional ?query")
         return value
 
     @field_validator("public_url")
