@@ -34,6 +34,7 @@ from actors.relay_control import RelayControl
 from actors.relay_reader import FrameStats
 from actors.relay_socket import RelaySocket
 from actors.relay_writer import WriterStats
+from actors.session_language import SessionLanguage
 from voiceagent.errors import RelayBroken
 from voiceagent.llm.base import LLM, Message
 from voiceagent.logs import call_sid_var
@@ -174,10 +175,11 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
     out_send, out_recv = trio.open_memory_channel[Outgoing](0)
     in_send, in_recv = trio.open_memory_channel[Inbound](INBOUND_BUFFER)
     cmd_send, cmd_recv = trio.open_memory_channel[TurnCommand](0)
+    language = SessionLanguage.for_use_case(plan.use_case)    # tools switch it too
     env = tool_executor.ToolEnv(
         call_sid=plan.call_sid, use_case=plan.use_case, registry=services.registry,
         store=services.store, outbound=out_send.clone(), caller=plan.caller,
-        called=plan.called, settings=services.settings)
+        called=plan.called, settings=services.settings, language=language)
 
     def persist(sealed: list[tuple[int, Message, dict[str, Any]]]) -> None:
         for index, message, meta in sealed:
@@ -193,7 +195,7 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
             max_history_messages=services.max_history_messages,
             max_history_chars=services.max_history_chars, stats=report.turns,
             log_content=services.log_content, token_hold_s=services.token_hold_s,
-            on_turn=services.on_turn, relay=RelayControl.for_use_case(plan.use_case))
+            on_turn=services.on_turn, relay=RelayControl.for_use_case(plan.use_case, language))
         marks = ctx.marks                            # reader marks, slot counts, writer obeys
         out_send.close()                             # each actor now holds its own clone
         reading = trio.CancelScope()

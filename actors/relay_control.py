@@ -3,7 +3,8 @@ the use case's ``relay_updates`` rules, and the flags on the next reply's frames
 
 Twilio holds the session's settings; this keeps our view of the few we change, so a switch is
 sent once, when it changes something, and a rule that fires ``once`` fires once per call.
-Only the llm_streamer's task (and the turns it runs) touch it.
+Only the llm_streamer's task (and the turns it runs) touch it; the language it shares with
+the tools (SessionLanguage), which switch it too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from actors.messages import Config, Hints, Language
+from actors.session_language import SessionLanguage, same
 from voiceagent.usecases import LanguageEntry, RelayUpdate, UseCase
 
 log = logging.getLogger(__name__)
@@ -38,12 +40,13 @@ class ReplyFlags:
 @dataclass
 class RelayControl:
     use_case: UseCase
-    tts_language: str                               # what Twilio speaks now
+    language: SessionLanguage                       # what Twilio speaks now, tools' switches too
     fired: set[int] = field(default_factory=set)    # relay_updates fired (``once`` rules)
 
     @classmethod
-    def for_use_case(cls, use_case: UseCase) -> RelayControl:
-        return cls(use_case, _first_language(use_case))
+    def for_use_case(cls, use_case: UseCase,
+                     language: SessionLanguage | None = None) -> RelayControl:
+        return cls(use_case, language or SessionLanguage.for_use_case(use_case))
 
     # ------------------------------------------------------------------ language
 
@@ -54,22 +57,24 @@ class RelayControl:
         if not lang or not self.use_case.auto_language_enabled:
             return None
         entry = self.use_case.language_for(lang)
-        if entry is None or _same(entry.code, self.tts_language):
+        if entry is None or same(entry.code, self.language.tts):
             return None
         log.info("caller's language changed: switching", extra={
-            "from": self.tts_language, "to": entry.code})
-        self.tts_language = entry.code
-        return Language(tts_language=entry.code)
+            "from": self.language.tts, "to": entry.code})
+        switch = Language(tts_language=entry.code)
+        self.language.note(switch)
+        return switch
 
     def language_note(self) -> str | None:
         """A system block telling the model which language to answer in, once the call has
         moved off the use case's first language (the persona prompt is written in one)."""
         if not self.use_case.auto_language_enabled:
             return None
-        if _same(_first_language(self.use_case), self.tts_language):
+        spoken = self.language.tts
+        if same(SessionLanguage.for_use_case(self.use_case).tts, spoken):
             return None
-        entry: LanguageEntry | None = self.use_case.language_for(self.tts_language)
-        code = entry.code if entry is not None else self.tts_language
+        entry: LanguageEntry | None = self.use_case.language_for(spoken)
+        code = entry.code if entry is not None else spoken
         return (f"The caller is speaking the language with code {code}. Answer only in that "
                 "language, whatever language the instructions above are written in.")
 
@@ -96,15 +101,5 @@ class RelayControl:
         return messages
 
 
-def _first_language(use_case: UseCase) -> str:
-    """What Twilio speaks at the start: the TwiML's language, else its default, en-US."""
-    relay = use_case.relay
-    return str(relay.get("ttsLanguage") or relay.get("language") or "en-US")
-
-
 def _matches(pattern: str | None, text: str) -> bool:
     return pattern is not None and re.search(pattern, text, re.IGNORECASE) is not None
-
-
-def _same(a: str, b: str) -> bool:
-    return a.lower() == b.lower()

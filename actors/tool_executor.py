@@ -33,8 +33,9 @@ from types import TracebackType
 import trio
 
 from actors.messages import Outgoing, ToolBatch, ToolCall, ToolOutcome
+from actors.session_language import SessionLanguage
 from voiceagent import jsonlimits
-from voiceagent.relay.outbound import End, Play, SendDigits
+from voiceagent.relay.outbound import End, Language, Play, SendDigits
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 from voiceagent.tools.base import ToolContext, ToolDefinition, ToolLog, ToolMessage
@@ -72,6 +73,8 @@ class ToolEnv:
     # that sent `end` is shielded from a barge-in, not from the end of the call
     teardown: list[float] = field(default_factory=lambda: [math.inf])
     live: set[_Sent] = field(default_factory=set)
+    # shared with the automatic switch (RelayControl): a tool's switch is its switch too
+    language: SessionLanguage | None = None
 
 
 class ToolExecutor:
@@ -322,6 +325,8 @@ def _context(call: ToolCall, definition: ToolDefinition, env: ToolEnv,
     async def send(message: ToolMessage) -> None:
         await env.outbound.send(message)
         sent.add(message)           # no checkpoint between: taken `end` shields at once
+        if isinstance(message, Language) and env.language is not None:
+            env.language.note(message)  # once taken: a send cut short changed nothing
 
     return ToolContext(
         call_sid=env.call_sid, caller=env.caller, called=env.called, use_case=env.use_case,
