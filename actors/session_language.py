@@ -30,6 +30,13 @@ class SessionLanguage:
         return cls(str(relay.get("ttsLanguage") or spoken),
                    str(relay.get("transcriptionLanguage") or spoken))
 
+    def changes(self, message: Language) -> bool:
+        """Whether ``message`` moves either language (case aside: BCP-47 ignores it)."""
+        return ((message.tts_language is not None
+                 and not same(message.tts_language, self.tts))
+                or (message.transcription_language is not None
+                    and not same(message.transcription_language, self.transcription)))
+
     def note(self, message: Language) -> None:
         """``message`` went to the relay writer: Twilio speaks and hears what it says."""
         self.tts = message.tts_language or self.tts

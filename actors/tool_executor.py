@@ -323,10 +323,14 @@ def _context(call: ToolCall, definition: ToolDefinition, env: ToolEnv,
               "tool_use_id": call.tool_use_id}
 
     async def send(message: ToolMessage) -> None:
+        switch = message if isinstance(message, Language) else None
+        if switch is not None and env.language is not None and not env.language.changes(switch):
+            log.info("language already set: not sent again", extra={"tool": definition.name})
+            return
         await env.outbound.send(message)
         sent.add(message)           # no checkpoint between: taken `end` shields at once
-        if isinstance(message, Language) and env.language is not None:
-            env.language.note(message)  # once taken: a send cut short changed nothing
+        if switch is not None and env.language is not None:
+            env.language.note(switch)   # once taken: a send cut short changed nothing
 
     return ToolContext(
         call_sid=env.call_sid, caller=env.caller, called=env.called, use_case=env.use_case,

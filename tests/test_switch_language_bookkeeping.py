@@ -94,3 +94,27 @@ async def test_a_fixed_transcription_language_moves_with_the_tool(tmp_path: Path
         [("can we speak Spanish?", "en-US"), ("¿a qué hora abren?", "es-ES")])
     assert frames == [[{"type": "language", "ttsLanguage": "es-ES",
                         "transcriptionLanguage": "es-ES"}], []]
+
+
+async def test_the_tool_switching_to_the_language_spoken_sends_nothing(
+        tmp_path: Path) -> None:
+    """The caller's Spanish switched the voice; the model then calls the tool as well."""
+    frames = await _conversation(
+        tmp_path, MULTI,
+        [tool_use("t1", "switchLanguage", {"language": "es-ES"}), words("Claro.")],
+        [("¿hablan español?", "es")])
+    assert frames == [[{"type": "language", "ttsLanguage": "es-ES"}]]
+
+
+async def test_under_a_fixed_transcription_the_tool_still_moves_what_twilio_hears(
+        tmp_path: Path) -> None:
+    """The automatic switch moved the voice only; the tool's switch also moves the
+    transcription, a real change, so it goes out whole."""
+    frames = await _conversation(
+        tmp_path, FIXED,
+        [words("Hola."), tool_use("t1", "switchLanguage", {"language": "es-ES"}),
+         words("Claro.")],
+        [("hola", "es-ES"), ("en español, por favor", "es-ES")])
+    assert frames == [[{"type": "language", "ttsLanguage": "es-ES"}],
+                      [{"type": "language", "ttsLanguage": "es-ES",
+                        "transcriptionLanguage": "es-ES"}]]

@@ -69,7 +69,9 @@ class ToolContext:
     async def send(self, message: ToolMessage) -> None:
         """Queue a ``Play``, ``SendDigits``, ``Language``, ``End``, ``Config`` or ``Hints``
         for the relay writer. Anything else (a ``Text``) raises ``ToolMessageRefused``, which
-        the model sees as the tool's error."""
+        the model sees as the tool's error. A ``Language`` naming the languages Twilio already
+        speaks and hears (the automatic switch or an earlier tool set them) is not sent: the
+        call keeps one record of them, shared with the automatic switch."""
         if not isinstance(message, ToolMessage):
             raise ToolMessageRefused(self.tool_name, (
                 f"a tool cannot send {type(message).__name__}: only the model speaks to the "
