@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from twilio.twiml.voice_response import VoiceResponse
 
 from voiceagent.relay.protocol import Setting
 from voiceagent.usecase_relay import on_off
+from voiceagent.usecase_xml import not_xml, xml_safe
 from voiceagent.usecases import UseCase
+
+log = logging.getLogger(__name__)
 
 MAX_TWIML_BYTES = 64 * 1024          # Twilio's limit for one document
 # Room kept, when a use case is loaded, for what each call adds: the socket and action URLs
@@ -29,17 +33,18 @@ def connect_relay(*, ws_url: str, action_url: str, use_case: UseCase,
     response = VoiceResponse()
     connect = response.connect(action=action_url)
     # TwiML names pass through the builder as-is: lower_camel keeps names without "_"
-    attributes = {k: v for k, v in _values(use_case.relay | use_case.relay_extra).items()
+    name = use_case.name
+    attributes = {k: v for k, v in _values(use_case.relay | use_case.relay_extra, name).items()
                   if greeting or k != "welcomeGreeting"}
     relay = connect.conversation_relay(url=ws_url, **attributes)
     for entry in use_case.languages:
-        relay.language(**_values(entry.attributes()))
+        relay.language(**_values(entry.attributes(), name))
     backups = [attrs for entry in use_case.languages
                if (attrs := entry.failover_attributes()) is not None]
     if backups:
         failover = relay.add_child("Failover")      # twilio 9.13.0 has no builder for it
         for attrs in backups:
-            failover.add_child("Language", **_values(attrs))
+            failover.add_child("Language", **_values(attrs, name))
     for name, value in parameters.items():
         relay.parameter(name=name, value=value)
     document = str(response)
@@ -64,7 +69,7 @@ def size_problem(use_case: UseCase) -> str | None:
 
 def say_and_hang_up(message: str) -> str:
     response = VoiceResponse()
-    response.say(message)
+    response.say(_text(message, "message"))
     response.hangup()
     return str(response)
 
@@ -73,15 +78,28 @@ def empty() -> str:
     return str(VoiceResponse())
 
 
+def _text(text: str, where: str, use_case: str = "") -> str:
+    """``text`` as XML can carry it. A use case loaded from a file cannot hold what XML
+    cannot (``usecase_xml``), but one an older release stored may: its document is still
+    made, and valid, and the log says where to fix it (never the text)."""
+    safe = xml_safe(text)
+    if safe != text:
+        log.warning("TwiML text held characters XML cannot carry: left out; fix the use case",
+                    extra={"use_case": use_case, "attribute": where,
+                           "characters": not_xml(text)})
+    return safe
+
+
 def _value(value: Setting) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
 
 
-def _values(attributes: Mapping[str, Setting]) -> dict[str, str]:
+def _values(attributes: Mapping[str, Setting], use_case: str) -> dict[str, str]:
     """TwiML attribute values: on/off attributes as on/off, other booleans as true/false."""
-    return {name: _value(value) for name, value in on_off(attributes).items()}
+    return {name: _text(_value(value), name, use_case)
+            for name, value in on_off(attributes).items()}
 
 
 def enqueue(message: str, *, queue: str | None, workflow_sid: str | None = None,
@@ -90,9 +108,11 @@ def enqueue(message: str, *, queue: str | None, workflow_sid: str | None = None,
     ``<Task>``) when ``workflow_sid`` is set, else the named queue."""
     response = VoiceResponse()
     if message:
-        response.say(message)
+        response.say(_text(message, "handoff.message"))
+    queue = queue and _text(queue, "handoff.queue")
     if workflow_sid:
-        element = response.enqueue(queue, workflow_sid=workflow_sid)
+        element = response.enqueue(queue, workflow_sid=_text(workflow_sid,
+                                                              "handoff.workflow_sid"))
         if task:
             element.task(task)
     else:
@@ -104,6 +124,6 @@ def dial(message: str, number: str) -> str:
     """``<Say>`` then ``<Dial>`` the number (a person's phone or a front desk)."""
     response = VoiceResponse()
     if message:
-        response.say(message)
-    response.dial(number)
+        response.say(_text(message, "handoff.message"))
+    response.dial(_text(number, "handoff.number"))
     return str(response)

@@ -47,6 +47,7 @@ from voiceagent.usecase_relay import (
     stored,
     unknown_attribute,
 )
+from voiceagent.usecase_xml import twiml_text_problem
 
 __all__ = ["LANGUAGE_BUILDER_ATTRIBUTES", "RELAY_BUILDER_ATTRIBUTES", "TWILIO_VERSION",
            "HandoffConfig", "InferenceSettings", "LanguageEntry", "ModelOptionSettings",
@@ -240,9 +241,12 @@ class UseCase(Strict):
         return self
 
     @model_validator(mode="after")
-    def _samplers_ok(self, info: ValidationInfo) -> UseCase:
-        if not stored(info):                # a stored one is served as it was
-            check_samplers(self.model, self.inference)
+    def _file_checks(self, info: ValidationInfo) -> UseCase:
+        if stored(info):                    # a stored one is served as it was
+            return self
+        check_samplers(self.model, self.inference)
+        if (problem := twiml_text_problem(self)) is not None:
+            raise key_problem(*problem)
         return self
 
     @property
