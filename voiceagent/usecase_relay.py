@@ -119,6 +119,32 @@ def _scalar(value: Any) -> Any:
 SettingValue = Annotated[Setting, BeforeValidator(_scalar)]
 
 
+def hints_joined(data: Any) -> Any:
+    """``data`` (attributes by TwiML name) with ``hints`` given as a list, as in a relay
+    update, written as TwiML takes it: one comma-separated string."""
+    phrases = data.get("hints") if isinstance(data, Mapping) else None
+    if not isinstance(phrases, list | tuple):
+        return data
+    if not phrases:
+        raise key_problem(("hints",), "no hints listed: list phrases, or leave hints out")
+    for index, phrase in enumerate(phrases):
+        if not isinstance(phrase, str):
+            problem = f'each hint is text; quote it as you wrote it ("{phrase}")'
+        elif not phrase.strip():
+            problem = "a blank hint: remove it"
+        elif "," in phrase:
+            problem = ("TwiML separates hints with commas, so a hint cannot hold one: make "
+                       f"{phrase!r} two hints")
+        else:
+            continue
+        raise key_problem(("hints", index), problem)
+    return {**data, "hints": ",".join(phrases)}
+
+
+# A map of TwiML attributes (or of a config message's settings) as a file writes them
+Attributes = Annotated[dict[str, SettingValue], BeforeValidator(hints_joined)]
+
+
 def regex_ok(value: str) -> str:
     try:
         re.compile(value)
@@ -157,7 +183,7 @@ class LanguageEntry(BaseModel):
     __pydantic_extra__: dict[str, SettingValue] = Field(init=False)
 
     code: str = Field(min_length=1)
-    failover: dict[str, SettingValue] | None = None
+    failover: Attributes | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -167,7 +193,7 @@ class LanguageEntry(BaseModel):
                 if key != "failover" and key not in LANGUAGE_BUILDER_ATTRIBUTES:
                     raise key_problem((str(key),), unknown_attribute(
                         str(key), LANGUAGE_BUILDER_ATTRIBUTES, "<Language>", LANGUAGE_SOURCE))
-        return data
+        return hints_joined(data)
 
     @field_validator("failover")
     @classmethod
@@ -225,8 +251,8 @@ class RelayUpdate(Strict):
     building the protocol message it becomes."""
 
     when: RelayTrigger
-    config: dict[str, SettingValue] | None = None
-    languages: tuple[dict[str, SettingValue], ...] | None = None
+    config: Attributes | None = None
+    languages: tuple[Attributes, ...] | None = None
     hints: tuple[str, ...] | None = None
     hints_language: str | None = Field(default=None, min_length=1)
     once: bool = True                  # fire at most once per call
@@ -243,6 +269,12 @@ class RelayUpdate(Strict):
         if value is None:
             return None
         return _built(lambda: Config.of(languages=[dict(entry) for entry in value]), value)
+
+    @field_validator("hints", mode="before")
+    @classmethod
+    def _hints_split(cls, value: Any) -> Any:
+        """Comma-separated, as ``relay.hints`` takes them, or a list."""
+        return tuple(value.split(",")) if isinstance(value, str) else value
 
     @field_validator("hints")
     @classmethod

@@ -36,11 +36,11 @@ from voiceagent.usecase_relay import (
     RELAY_EXTRA_NAME,
     RELAY_SOURCE,
     TWILIO_VERSION,
+    Attributes,
     LanguageEntry,
     RelayTrigger,
     RelayUpdate,
     ReplyControls,
-    SettingValue,
     Strict,
     key_problem,
     regex_ok,
@@ -172,8 +172,8 @@ class UseCase(Strict):
     time_zone: str | None = None
     inference: InferenceSettings = Field(default_factory=lambda: InferenceSettings())
     model_options: ModelOptionSettings = Field(default_factory=lambda: ModelOptionSettings())
-    relay: dict[str, SettingValue] = Field(default_factory=dict)
-    relay_extra: dict[str, SettingValue] = Field(default_factory=dict)
+    relay: Attributes = Field(default_factory=dict)
+    relay_extra: Attributes = Field(default_factory=dict)
     languages: tuple[LanguageEntry, ...] = ()
     auto_language: bool | None = None
     relay_updates: tuple[RelayUpdate, ...] = ()
