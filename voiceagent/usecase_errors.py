@@ -3,7 +3,8 @@
 A file is reported by one problem, named by its key path. Pydantic lists them in field order,
 so a misspelt required key (``promt:``) came out as ``prompt: Field required`` while the key
 actually written, the cause, went unsaid; a missing key is now reported as the unknown key
-beside it that looks like it, with the name it should have.
+beside it that looks like it, with the name it should have. Text that YAML read as a
+boolean (``code: no``, Norwegian) says to quote it: "a valid string" did not say why.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from difflib import get_close_matches
 
 from pydantic_core import ErrorDetails
 
-from voiceagent.usecase_relay import KEY_PROBLEM
+from voiceagent.usecase_relay import KEY_PROBLEM, quote_it
 
 UNKNOWN_KEY = "unknown key (check the spelling; see config/README.md for the keys)"
 CLOSE = 0.7
@@ -34,4 +35,7 @@ def first_problem(errors: Sequence[ErrorDetails]) -> tuple[tuple[int | str, ...]
         return loc, UNKNOWN_KEY
     if first["type"] == KEY_PROBLEM:
         return loc + tuple(first.get("ctx", {}).get("at", ())), first["msg"]
+    if first["type"] == "string_type" and isinstance(first["input"], bool):
+        key = loc[-1] if loc and isinstance(loc[-1], str) else None
+        return loc, f"must be text, not true/false; {quote_it(first['input'], key)}"
     return loc, first["msg"]

@@ -15,6 +15,7 @@ from importlib.metadata import version
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -68,6 +69,14 @@ FAILOVER_SOURCE = ("backup provider, voice and model attributes Twilio documents
 # document for them; a boolean is written as the on/off it was typed as.
 ON_OFF_ATTRIBUTES = frozenset({"ttsTextNormalization", "elevenlabsTextNormalization"})
 
+# Attributes whose value is text in Twilio's docs (ConversationRelay and <Language> attributes):
+# true/false there is YAML 1.1 reading an unquoted no (Norwegian), yes, on or off, and went
+# out as "false" (a language Twilio has not heard of) where a file said language: no.
+TEXT_ATTRIBUTES = frozenset({
+    "language", "ttsLanguage", "transcriptionLanguage", "code", "voice", "ttsProvider",
+    "transcriptionProvider", "speechModel", "welcomeGreeting", "hints", "debug", "events",
+    "intelligenceService", "customerName", "interruptSensitivity", "includeInPrompt"})
+
 # A validation error whose key path goes deeper than where the validator sits: ``at`` is
 # appended to pydantic's location, so a bad key inside a mapping is named itself.
 KEY_PROBLEM = "voiceagent_key_problem"
@@ -110,6 +119,14 @@ def unknown_attribute(name: str, allowed: frozenset[str], what: str, source: str
     return f"unknown {what} attribute {name!r}{hint}; allowed are the {source}"
 
 
+def quote_it(value: bool, key: str | None = None) -> str:
+    """What to do when YAML made a boolean of what was meant as text."""
+    words, example = ("yes, on or true", "yes") if value else ("no, off or false", "no")
+    shown = f'{key}: "{example}"' if key else f'"{example}"'
+    return (f"YAML reads an unquoted {words} as the boolean {str(value).lower()}: quote it "
+            f"as you wrote it, e.g. {shown}")
+
+
 def _scalar(value: Any) -> Any:
     if not isinstance(value, str | bool | int | float):
         raise ValueError("must be a string, a number or true/false")
@@ -128,7 +145,9 @@ def hints_joined(data: Any) -> Any:
     if not phrases:
         raise key_problem(("hints",), "no hints listed: list phrases, or leave hints out")
     for index, phrase in enumerate(phrases):
-        if not isinstance(phrase, str):
+        if isinstance(phrase, bool):
+            problem = "each hint is text; " + quote_it(phrase)
+        elif not isinstance(phrase, str):
             problem = f'each hint is text; quote it as you wrote it ("{phrase}")'
         elif not phrase.strip():
             problem = "a blank hint: remove it"
@@ -141,8 +160,18 @@ def hints_joined(data: Any) -> Any:
     return {**data, "hints": ",".join(phrases)}
 
 
+def _text_not_bool(value: dict[str, Setting], info: ValidationInfo) -> dict[str, Setting]:
+    if not stored(info):                # an older release stored it: served as it was
+        for name, setting in value.items():
+            if name in TEXT_ATTRIBUTES and isinstance(setting, bool):
+                raise key_problem((name,), f"{name} takes text, not true/false; "
+                                   + quote_it(setting, name))
+    return value
+
+
 # A map of TwiML attributes (or of a config message's settings) as a file writes them
-Attributes = Annotated[dict[str, SettingValue], BeforeValidator(hints_joined)]
+Attributes = Annotated[dict[str, SettingValue], BeforeValidator(hints_joined),
+                       AfterValidator(_text_not_bool)]
 
 
 def regex_ok(value: str) -> str:
@@ -194,6 +223,11 @@ class LanguageEntry(BaseModel):
                     raise key_problem((str(key),), unknown_attribute(
                         str(key), LANGUAGE_BUILDER_ATTRIBUTES, "<Language>", LANGUAGE_SOURCE))
         return hints_joined(data)
+
+    @model_validator(mode="after")
+    def _text_ok(self, info: ValidationInfo) -> LanguageEntry:
+        _text_not_bool(self.model_extra or {}, info)
+        return self
 
     @field_validator("failover")
     @classmethod
