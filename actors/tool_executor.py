@@ -25,13 +25,13 @@ import copy
 import json
 import logging
 import math
-import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 
 import trio
 
+from actors import tool_failures
 from actors.messages import Outgoing, ToolBatch, ToolCall, ToolOutcome
 from actors.session_language import SessionLanguage
 from voiceagent import jsonlimits
@@ -146,10 +146,12 @@ async def _run_one(call: ToolCall, results: trio.MemorySendChannel[ToolOutcome],
     try:
         with sent.scope:
             outcome = await _outcome(call, definition, env, sent)
-    except trio.Cancelled:
-        # what it already sent the caller stays in the history with it (``spoke``)
-        _deliver(results, ToolOutcome(call.tool_use_id, call.name, "error", CANCELLED,
-                                      spoke=sent.heard, ends_call=sent.ended))
+    except BaseException as err:
+        # grouped too (a nursery of the tool's): unreported, the cut turn waited the longest
+        # tool timeout for it; what it already sent the caller stays in the history with it
+        if tool_failures.holds(err, trio.Cancelled):
+            _deliver(results, ToolOutcome(call.tool_use_id, call.name, "error", CANCELLED,
+                                          spoke=sent.heard, ends_call=sent.ended))
         raise
     finally:
         env.live.discard(sent)
@@ -248,14 +250,16 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
             result = await definition.call(_context(call, definition, env, sent),
                                            copy.deepcopy(dict(call.input)),
                                            threads=env.registry.threads)
-    except trio.Cancelled:
-        raise
-    # SystemExit too: a library written for the command line exits on its errors, and here it
-    # would end the call, not the process; KeyboardInterrupt stays the operator's Ctrl-C
-    except (Exception, SystemExit) as err:
-        log.warning("tool failed", extra={"tool": call.name, "error": type(err).__name__,
-                                          "at": _raised_at(err)})
-        return _error(call, f"failed: {_described(err)}"[:300], definition)
+    except BaseException as err:
+        failure, rest = tool_failures.split(err)
+        if failure is not None:
+            log.warning("tool failed", extra={"tool": call.name, "error": type(failure).__name__,
+                                              "at": tool_failures.raised_at(failure)})
+        if rest is err:
+            raise
+        if rest is not None:            # a Cancelled or Ctrl-C, which the failures came beside
+            raise rest from None
+        return _error(call, f"failed: {tool_failures.described(err)}"[:300], definition)
     if limit.cancelled_caught:
         log.warning("tool timed out", extra={"tool": call.name, "timeout_s": limit_s})
         # a side effect cut mid-way may have happened (a request sent, its answer not in),
@@ -293,26 +297,6 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
     return ToolOutcome(call.tool_use_id, call.name, "success", dict(result),
                        side_effect=definition.side_effect, duration_s=elapsed,
                        ends_call=definition.ends_turn)
-
-
-def _described(err: BaseException) -> str:
-    """``Type: message``; for an exception group (a nursery in the tool), its leaves', so
-    the message the tool wrote for the model reaches it."""
-    if isinstance(err, BaseExceptionGroup):
-        return "; ".join(_described(inner) for inner in err.exceptions)
-    try:
-        return f"{type(err).__name__}: {err}"
-    except Exception as broken:     # its own __str__ raised: the type still says what failed
-        return f"{type(err).__name__} (its message could not be read: {type(broken).__name__})"
-
-
-def _raised_at(err: BaseException) -> str:
-    """``file:line in function`` where it was raised (an exception group's first leaf): the
-    place, for the developer, and never the message, which may hold the caller's words."""
-    while isinstance(err, BaseExceptionGroup) and err.exceptions:
-        err = err.exceptions[0]
-    frames = traceback.extract_tb(err.__traceback__)
-    return f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
 
 
 def _context(call: ToolCall, definition: ToolDefinition, env: ToolEnv,
