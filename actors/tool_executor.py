@@ -241,10 +241,11 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
                env: ToolEnv, sent: _Sent) -> ToolOutcome:
     limit_s = timeout_s or definition.timeout_s
     started = trio.current_time()
+    # move_on_after, not fail_after: a TooSlowError the tool raises itself (its own
+    # trio.fail_after around a slow API) is the tool's failure, not this limit expiring
+    limit = trio.move_on_after(limit_s)
     try:
-        # move_on_after, not fail_after: a TooSlowError the tool raises itself (its own
-        # trio.fail_after around a slow API) is the tool's failure, not this limit expiring
-        with trio.move_on_after(limit_s) as limit:
+        with limit:
             # its own copy: the input is the history's toolUse (or a DTMF handler's, shared
             # by every call), which a tool's ``args.pop(...)`` must not rewrite
             result = await definition.call(_context(call, definition, env, sent),
@@ -259,15 +260,13 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
             raise
         if rest is not None:            # a Cancelled or Ctrl-C, which the failures came beside
             raise rest from None
+        # failed as its limit cut it (a client's close raising as it was cancelled): it timed
+        # out, and the model must hear that a side effect may have run
+        if limit.cancel_called:
+            return _timed_out(call, definition, limit_s)
         return _error(call, f"failed: {tool_failures.described(err)}"[:300], definition)
     if limit.cancelled_caught:
-        log.warning("tool timed out", extra={"tool": call.name, "timeout_s": limit_s})
-        # a side effect cut mid-way may have happened (a request sent, its answer not in),
-        # and a blocking tool's thread runs on: asked again, the model would book twice
-        maybe = (" It may still have taken effect: check before repeating it."
-                 if definition.side_effect else "")
-        return _error(call, f"timed out after {limit_s:g} s; tell the caller and offer "
-                            f"another way.{maybe}", definition)
+        return _timed_out(call, definition, limit_s)
     elapsed = trio.current_time() - started
     # the tool did its work: say so, or the model may run a side effect again
     ran = " The tool did run: check before repeating it." if definition.side_effect else ""
@@ -297,6 +296,16 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
     return ToolOutcome(call.tool_use_id, call.name, "success", dict(result),
                        side_effect=definition.side_effect, duration_s=elapsed,
                        ends_call=definition.ends_turn)
+
+
+def _timed_out(call: ToolCall, definition: ToolDefinition, limit_s: float) -> ToolOutcome:
+    log.warning("tool timed out", extra={"tool": call.name, "timeout_s": limit_s})
+    # a side effect cut mid-way may have happened (a request sent, its answer not in), and a
+    # blocking tool's thread runs on: asked again, the model would book twice
+    maybe = (" It may still have taken effect: check before repeating it."
+             if definition.side_effect else "")
+    return _error(call, f"timed out after {limit_s:g} s; tell the caller and offer another "
+                        f"way.{maybe}", definition)
 
 
 def _context(call: ToolCall, definition: ToolDefinition, env: ToolEnv,

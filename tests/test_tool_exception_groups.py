@@ -49,13 +49,14 @@ async def _close_fails() -> None:
         raise ConnectionResetError("closing the client failed") from None
 
 
-def _registry(*lookups: Callable[[], Awaitable[object]],
+def _registry(*lookups: Callable[[], Awaitable[object]], side_effect: bool = False,
               started: trio.Event | None = None) -> ToolRegistry:
     async def look_up(ctx: Any, args: Any) -> dict[str, Any]:
         if started is not None:
             started.set()
         return await _at_once(*lookups)
-    return ToolRegistry([ToolDefinition("lookUp", look_up, timeout_s=TOOL_TIMEOUT_S)])
+    return ToolRegistry([ToolDefinition("lookUp", look_up, timeout_s=TOOL_TIMEOUT_S,
+                                        side_effect=side_effect)])
 
 
 async def test_sys_exit_inside_a_tools_nursery_fails_the_tool_not_the_call(
@@ -94,6 +95,16 @@ async def test_a_barge_in_during_a_tool_with_a_nursery_is_answered_at_once(
         assert replies == ["Let me check.", "Yes, go ahead."]
         assert not call.done.is_set()
     assert not any("toolUse" in b for m in call.history for b in m["content"])
+
+
+async def test_a_side_effect_tool_timed_out_while_its_nursery_failed_says_it_may_have_run(
+        autojump_clock: Any) -> None:
+    """The timeout cancels the nursery and its client's close fails: that error was the
+    model's whole answer, without 'it may still have taken effect', so it booked again."""
+    outcome = await _one_outcome(_registry(_close_fails, _slow, side_effect=True))
+    assert outcome.content == (
+        f"timed out after {TOOL_TIMEOUT_S:g} s; tell the caller and offer another way. "
+        "It may still have taken effect: check before repeating it.")
 
 
 async def test_ctrl_c_inside_a_tools_nursery_still_stops_the_server(
