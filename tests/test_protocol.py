@@ -641,10 +641,13 @@ def test_valid_prompt_and_interrupt_parse_to_the_same_values(prompt: Prompt,
 
 
 optional_bool = st.none() | st.booleans()
+# any path a web URL can carry unescaped (Play refuses spaces and control characters)
+play_sources = st.text(st.characters(min_codepoint=0x21, exclude_characters="\x7f"),
+                       max_size=200).map(lambda path: "https://cdn.example.com/" + path)
 outbound_messages = st.one_of(
     st.builds(Text, token=st.text(), last=st.booleans(), lang=st.none() | st.text(min_size=1),
               interruptible=optional_bool, preemptible=optional_bool),
-    st.builds(Play, source=st.text(min_size=1), loop=st.none() | st.integers(0, 1000),
+    st.builds(Play, source=play_sources, loop=st.none() | st.integers(0, 1000),
               preemptible=optional_bool, interruptible=optional_bool),
     st.builds(SendDigits, digits=st.text(alphabet="0123456789w#*", min_size=1)),
     st.builds(Language, tts_language=st.text(min_size=1),

@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from typing import assert_never
+from urllib.parse import urlsplit
 
 from voiceagent.jsonlimits import valid_text
 
@@ -28,6 +29,38 @@ class Text:
     # No check on ``token``: "" with last=True is how a talk cycle is closed.
 
 
+# Twilio documents no limit; every HTTP stack and CDN takes this much, and a longer one is
+# more likely model output pasted into a URL than an address of an audio file
+MAX_PLAY_SOURCE = 2048
+
+
+def play_source_problem(source: str) -> str | None:
+    """What makes ``source`` a URL Twilio cannot fetch audio from, said after the field's
+    name; None when it can. Twilio drops a ``play`` with a bad source (64107) with no word
+    to us, and the caller hears nothing: a ``javascript:`` or ``file:`` URL, a relative path,
+    a host left out."""
+    if not source:
+        return "must be a non-empty URL"
+    if len(source) > MAX_PLAY_SOURCE:
+        return (f"is {len(source)} characters; at most {MAX_PLAY_SOURCE}: the address of an "
+                "audio file, not its content")
+    # checked before urlsplit, which drops tabs and newlines without a word
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in source):
+        return "must not hold spaces or control characters: percent-encode them (%20)"
+    try:
+        parts = urlsplit(source)
+        _ = parts.port              # raises for a port out of range or not a number
+    except ValueError:              # that, or a bracketed host left open ("http://[::1")
+        return "is not a valid URL: check its host and port"
+    if parts.scheme not in ("http", "https"):
+        given = f"{parts.scheme[:20]}:" if parts.scheme else "a relative one"
+        return (f"must be an absolute http:// or https:// URL Twilio can fetch the audio "
+                f"from (like https://example.com/hold.mp3), not {given}")
+    if not parts.hostname:
+        return "must name a host, like https://example.com/hold.mp3"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Play:
     source: str
@@ -36,8 +69,11 @@ class Play:
     interruptible: bool | None = None
 
     def __post_init__(self) -> None:
-        if not self.source:
-            raise ValueError("Play.source must be a non-empty URL")
+        if not isinstance(self.source, str):
+            raise TypeError(f"Play.source must be a URL string, not "
+                            f"{type(self.source).__name__}")
+        if (problem := play_source_problem(self.source)) is not None:
+            raise ValueError(f"Play.source {problem}")
         if self.loop is not None and self.loop < 0:
             raise ValueError("Play.loop must be >= 0 (0 means 1000 times)")
 

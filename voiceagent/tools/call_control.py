@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
-from voiceagent.relay.outbound import Hints, Play, SendDigits
+from voiceagent.relay.outbound import Hints, Play, SendDigits, play_source_problem
 from voiceagent.tools.base import ToolContext, ToolResult, tool
 
 MAX_LOOP = 10                   # Twilio allows 1000 (loop=0); a model should never need that
@@ -26,9 +25,10 @@ class ToolInputError(ValueError):
 @tool("playAudio", timeout_s=5.0)
 async def play_audio(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     source = str(args.get("url", ""))
-    parts = urlsplit(source)
-    if parts.scheme != "https" or not parts.netloc:
+    if not source.lower().startswith("https://"):
         raise ToolInputError("url: must be an https:// URL of an audio file Twilio can fetch")
+    if (problem := play_source_problem(source)) is not None:      # no host, too long, ...
+        raise ToolInputError(f"url: {problem}")
     loop = int(args.get("loop", 1))
     if not 1 <= loop <= MAX_LOOP:
         raise ToolInputError(f"loop: must be 1 to {MAX_LOOP}")
