@@ -233,6 +233,8 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
     llm_streamer.drop_unsent_at_end(ctx)
     if report.writer.ended and report.ended_by == "hangup":
         report.ended_by = "end"
+    elif report.frames.dropped and report.ended_by == "hangup":
+        report.ended_by = "dropped"     # the relay session failed: /action may reconnect
 
 
 async def _wait_setup(socket: RelaySocket, services: CallServices,

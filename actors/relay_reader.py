@@ -53,6 +53,7 @@ class FrameStats:
         self.rejected: Counter[str] = Counter()
         self.consecutive_rejects = 0
         self.abusive = False            # closed for sending junk only
+        self.dropped = False            # the socket was lost, not closed: RelayBroken.dropped
         # info events this release has no type for, by name (Twilio adds them over time)
         self.other_info: Counter[str] = Counter()
 
@@ -82,8 +83,10 @@ async def run(*, socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
         while True:
             try:
                 frame = await socket.receive()
-            except RelayBroken:
-                log.info("relay closed by peer", extra={"frames": stats.received})
+            except RelayBroken as err:
+                stats.dropped = err.dropped
+                log.info("relay closed by peer", extra={"frames": stats.received,
+                                                        "dropped": err.dropped})
                 return
             received_at = trio.current_time()
             stats.received += 1

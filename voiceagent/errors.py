@@ -75,7 +75,14 @@ class RelayClosed(RelayError):
 
 
 class RelayBroken(RelayError):
-    """The peer closed the socket or the network failed: a normal way for a call to end."""
+    """The peer closed the socket or the network failed: a normal way for a call to end.
+    ``dropped``: not the peer's normal close (1000, Twilio's after a hang-up or our ``end``)
+    but a lost connection or an error code: the relay session failed, and Twilio asks
+    ``/action`` whether to reconnect; counted apart from hang-ups."""
+
+    def __init__(self, message: str, *, dropped: bool = False) -> None:
+        super().__init__(message)
+        self.dropped = dropped
 
 
 class LLMError(VoiceAgentError):

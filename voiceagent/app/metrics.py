@@ -96,8 +96,13 @@ class Metrics:
         self._tool_names = frozenset(runtime.registry.names())
         self.registry = CollectorRegistry()
         r = self.registry
-        self.calls = Counter("voiceagent_calls", "Calls ended, by how they ended",
-                             ["ended_by"], registry=r)
+        self.calls = Counter(
+            "voiceagent_calls",
+            "Relay sockets ended, by how: hangup (the caller), dropped (the socket lost or "
+            "closed with an error: the relay session failed, and /action may reconnect the "
+            "call on a new socket, see voiceagent_reconnects), end (the agent sent end: a "
+            "goodbye or a handoff), error, bad-frames; and sockets that never became calls: "
+            "rejected, unavailable, evicted, no-setup", ["ended_by"], registry=r)
         self.turns = Counter("voiceagent_turns", "Turns (prompts and keypresses answered)",
                              registry=r)
         self.latency = Histogram(

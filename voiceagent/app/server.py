@@ -31,6 +31,7 @@ from voiceagent.app.runtime import Runtime, open_runtime
 from voiceagent.app.web import create_app
 from voiceagent.errors import ListenError
 from voiceagent.llm.base import LLM
+from voiceagent.relay import peer_close
 from voiceagent.settings import Settings
 from voiceagent.tools.registry import ToolRegistry
 
@@ -140,6 +141,7 @@ async def serve(runtime: Runtime, *, host: str, port: int,
                               idle_timeout_s=runtime.settings.http_idle_timeout_s)
     connection_cycle.install()
     ws_compression.install()
+    peer_close.install()
     async with trio.open_nursery() as outer:
         await hypercorn.trio.serve(bounded_bodies(create_app(runtime)), config,
                                    shutdown_trigger=trigger, task_status=task_status)

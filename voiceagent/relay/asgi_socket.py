@@ -12,8 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 from voiceagent.errors import RelayBroken
+from voiceagent.relay import peer_close
 
 log = logging.getLogger(__name__)
+
+NORMAL_CLOSE = 1000     # Twilio's close after a hang-up, or after our `end`
 
 Scope = dict[str, Any]
 Receive = Any      # hypercorn's ASGIReceiveCallable
@@ -45,7 +48,9 @@ class AsgiRelaySocket:
                 return bytes(event.get("bytes") or b"")
             if kind == "websocket.disconnect":
                 self._mark_closed()
-                raise RelayBroken(f"peer closed the socket (code {event.get('code')})")
+                code = event.get("code")
+                raise RelayBroken(f"peer closed the socket (code {code})",
+                                  dropped=code != NORMAL_CLOSE and peer_close.codes_known())
 
     async def send(self, text: str) -> None:
         if self._closed:
@@ -54,7 +59,7 @@ class AsgiRelaySocket:
             await self._send({"type": "websocket.send", "text": text})
         except Exception as err:          # hypercorn raises its own types on a dead transport
             self._mark_closed()
-            raise RelayBroken(f"send failed: {type(err).__name__}") from err
+            raise RelayBroken(f"send failed: {type(err).__name__}", dropped=True) from err
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self._closed:

@@ -1,0 +1,100 @@
+"""How calls ended, as the metrics count them, through the real server: a relay socket that
+failed (and the call that went on over a reconnect) apart from a caller hanging up."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hypercorn.protocol.h2 as h2
+import hypercorn.protocol.h11 as h11
+import pytest
+import trio
+from hypercorn.protocol.ws_stream import WSStream
+
+from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from tests.test_metrics import METRICS_TOKEN, _scrape, _value
+from voiceagent.app.caller import open_call, open_relay, parse_relay_twiml, post_form
+from voiceagent.relay import peer_close
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _failed(call_sid: str, session_id: str) -> dict[str, str]:
+    """Twilio's /action form when the relay session failed with the call in progress."""
+    return {"CallSid": call_sid, "SessionId": session_id, "SessionStatus": "failed",
+            "CallStatus": "in-progress", "ErrorCode": "64105",
+            "ErrorMessage": "Websocket ended"}
+
+
+async def test_a_failed_socket_whose_call_reconnected_is_not_a_hangup(tmp_path: Path) -> None:
+    """hypercorn told every close it did not start as 1006, Twilio's hang-up (1000) too, so
+    a socket that failed (closed with an error, or its connection lost) counted as
+    ``ended_by="hangup"``, and a call that reconnected counted a hang-up for a caller who
+    was still talking. Now: "dropped" for the failed socket, "hangup" for the one the
+    caller hung up on, and the reconnect in between as before."""
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path,
+                                                METRICS_TOKEN=METRICS_TOKEN)) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                await call.say("what are your hours?")
+                await call.read_reply()
+                await call.fail()                       # closed 1011, as Twilio's failure
+            target = parse_relay_twiml(await post_form(
+                server.url + "/action", _failed(call.identity.call_sid, call.session_id),
+                AUTH_TOKEN))
+            async with open_relay(target, call.identity, auth_token=AUTH_TOKEN) as again:
+                await again.say("what are your hours?")
+                await again.read_reply()
+                await again.ws._close_stream()          # lost: no close frame at all
+            await server.runtime.calls.wait_idle()
+            target = parse_relay_twiml(await post_form(
+                server.url + "/action", _failed(call.identity.call_sid, again.session_id),
+                AUTH_TOKEN))
+            async with open_relay(target, call.identity, auth_token=AUTH_TOKEN) as last:
+                await last.say("what are your hours?")
+                await last.read_reply()
+                await last.hang_up()
+            await server.runtime.calls.wait_idle()
+            reports = list(server.runtime.calls.reports)
+            _, samples = await trio.to_thread.run_sync(_scrape, server.url)
+    assert [r.ended_by for r in reports] == ["dropped", "dropped", "hangup"]
+    assert _value(samples, "voiceagent_calls_total", ended_by="dropped") == 2
+    assert _value(samples, "voiceagent_calls_total", ended_by="hangup") == 1
+    assert _value(samples, "voiceagent_reconnects_total", outcome="resumed") == 2
+
+
+async def test_without_the_peers_close_codes_every_close_is_a_hangup_as_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hypercorn the stream class does not fit: its disconnects say 1006 whoever closed,
+    so a socket cannot be called dropped by its code, and a hang-up must not be."""
+    monkeypatch.setattr(peer_close, "install", lambda: False)
+    monkeypatch.setattr(h11, "WSStream", WSStream)
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                await call.say("what are your hours?")
+                await call.read_reply()
+                await call.fail()
+            await server.runtime.calls.wait_idle()
+    assert server.runtime.calls.reports[-1].ended_by == "hangup"
+
+
+def test_install_is_idempotent_and_refuses_an_unknown_hypercorn(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(h11, "WSStream", WSStream)
+    monkeypatch.setattr(h2, "WSStream", WSStream)
+    assert peer_close.install()
+    assert peer_close.install()                             # again: nothing changes
+    assert h11.WSStream is h2.WSStream is peer_close.PeerCodeWSStream
+    assert peer_close.codes_known()
+
+    class SomethingElse:
+        pass
+
+    monkeypatch.setattr(h11, "WSStream", SomethingElse)
+    with caplog.at_level(logging.WARNING, logger="voiceagent.relay.peer_close"):
+        assert not peer_close.install()
+    assert h11.WSStream is SomethingElse                    # left as found
+    assert not peer_close.codes_known()
+    assert "not the one expected" in caplog.text

@@ -1,0 +1,66 @@
+"""The close code the peer sent, in hypercorn's ``websocket.disconnect``.
+
+hypercorn 0.18 reports every close it did not start as 1006, whatever the peer sent
+(pgjones/hypercorn#127): Twilio's close after a hang-up (1000, "Closing websocket session")
+looked like a dropped connection, so a call could not tell the caller hanging up from its
+relay session failing (the failure Twilio then asks ``/action`` about, which may reconnect),
+and every failed socket was counted as a hang-up. hypercorn answers the peer's close frame by
+echoing it; the stream class below keeps that code and puts it in the disconnect event, so a
+connection lost without a close frame is still 1006. hypercorn has no hook for its stream
+class, so its protocol modules' attribute is set to the subclass; ``install`` does that only
+when hypercorn is the version it was written against and says so otherwise (then
+``codes_known`` is False, and the relay socket takes every close for a hang-up, as before).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import hypercorn.protocol.h2 as h2
+import hypercorn.protocol.h11 as h11
+from hypercorn.protocol.ws_stream import WSStream
+from wsproto.connection import ConnectionState
+from wsproto.events import CloseConnection
+
+log = logging.getLogger(__name__)
+
+Put = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class PeerCodeWSStream(WSStream):
+    async def _send_wsproto_event(self, event: Any) -> None:
+        # hypercorn echoes the peer's close (REMOTE_CLOSING) just before it ends the stream
+        # and tells the app, through app_put, with its own code
+        if (isinstance(event, CloseConnection) and self.app_put is not None
+                and self.connection.state is ConnectionState.REMOTE_CLOSING):
+            self.app_put = _with_code(self.app_put, int(event.code))
+        await super()._send_wsproto_event(event)
+
+
+def _with_code(put: Put, code: int) -> Put:
+    async def put_with_code(message: dict[str, Any]) -> None:
+        if message.get("type") == "websocket.disconnect":
+            message = {**message, "code": code}
+        await put(message)
+    return put_with_code
+
+
+def install() -> bool:
+    """Idempotent. False (and a warning) when hypercorn's streams no longer look as
+    expected."""
+    modules = (h11, h2)
+    if (any(getattr(m, "WSStream", None) not in (WSStream, PeerCodeWSStream) for m in modules)
+            or not callable(getattr(WSStream, "_send_wsproto_event", None))):
+        log.warning("hypercorn's WebSocket stream is not the one expected; a socket closed "
+                    "by its peer counts as a hang-up, whatever its close code")
+        return False
+    for module in modules:
+        setattr(module, "WSStream", PeerCodeWSStream)   # noqa: B010 (not exported)
+    return True
+
+
+def codes_known() -> bool:
+    """Whether a disconnect's code is the peer's: else a hang-up reads as 1006 too."""
+    return getattr(h11, "WSStream", None) is PeerCodeWSStream
