@@ -1,8 +1,11 @@
 """How calls ended, as the metrics count them, through the real server: a relay socket that
-failed (and the call that went on over a reconnect) apart from a caller hanging up."""
+failed (and the call that went on over a reconnect) apart from a caller hanging up, and the
+calls the agent handed to a person."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 from pathlib import Path
 
@@ -14,8 +17,11 @@ from hypercorn.protocol.ws_stream import WSStream
 
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from tests.test_metrics import METRICS_TOKEN, _scrape, _value
+from tests.test_usecase_handoff import RESTAURANT, _config_with_handoff, ended, failed
 from voiceagent.app.caller import open_call, open_relay, parse_relay_twiml, post_form
+from voiceagent.app.testing import agent_server
 from voiceagent.relay import peer_close
+from voiceagent.settings import SOURCE_CONFIG
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,3 +104,55 @@ def test_install_is_idempotent_and_refuses_an_unknown_hypercorn(
     assert h11.WSStream is SomethingElse                    # left as found
     assert not peer_close.codes_known()
     assert "not the one expected" in caplog.text
+
+
+async def test_calls_handed_to_a_person_are_counted_by_outcome(tmp_path: Path) -> None:
+    """A call the agent handed to a person ended its socket as ``ended_by="end"``, like a
+    goodbye, and nothing else counted it: how many callers went to a person, or asked for
+    one and reached no one, could not be told from the metrics. Counted as /action answers
+    them, ``end`` kept as it was."""
+    with trio.fail_after(30):
+        async with agent_server(SOURCE_CONFIG, use_case=RESTAURANT, data_dir=tmp_path,
+                                METRICS_NAMESPACE="Test") as agent:
+            metrics = agent.runtime.metrics
+            assert metrics is not None
+            metrics._emf_stream = emf = io.StringIO()
+            async with agent.call() as handed:
+                turn = await handed.say("can I talk to a person please")
+                assert turn.ended is not None
+            await agent.post("/action", ended(handed.call_sid, turn.ended["handoffData"]))
+            async with agent.call() as lost:          # its end lost, the session failed
+                assert (await lost.say("can I talk to a person please")).ended is not None
+            await agent.post("/action", failed(lost.relay))
+            async with agent.call() as goodbye:
+                last = await goodbye.say("that's all, goodbye")
+                assert last.ended is not None
+            await agent.post("/action", ended(goodbye.call_sid, last.ended["handoffData"]))
+            await agent.post("/action", ended("CA" + "9" * 32, json.dumps({"handoff": True})))
+            reports = list(agent.runtime.calls.reports)
+    assert [r.ended_by for r in reports] == ["end", "end", "end"]
+    assert metrics.handoffs.labels("enqueue")._value.get() == 2
+    assert metrics.handoffs.labels("unavailable")._value.get() == 1
+    lines = [d for d in map(json.loads, emf.getvalue().splitlines()) if "Handoffs" in d]
+    assert [(d["Outcome"], d.get("HandoffsFailed")) for d in lines] == [
+        ("enqueue", None), ("enqueue", None), ("unavailable", 1)]
+    assert lines[0]["CallSid"] == handed.call_sid
+
+
+@pytest.mark.parametrize(("handoff", "outcome"), [
+    ("handoff:\n  mode: none\n", "no_target"),
+    ("handoff:\n  mode: dial\n  number: '+15555550123'\n", "dial")])
+async def test_a_handoff_is_counted_by_where_it_went(tmp_path: Path, handoff: str,
+                                                    outcome: str) -> None:
+    config = _config_with_handoff(tmp_path, handoff)
+    with trio.fail_after(30):
+        async with agent_server(config, use_case=RESTAURANT, data_dir=tmp_path,
+                                METRICS_TOKEN=METRICS_TOKEN) as agent:
+            async with agent.call() as call:
+                turn = await call.say("I want to speak to a manager")
+                assert turn.ended is not None
+            await agent.post("/action", ended(call.call_sid, turn.ended["handoffData"]))
+            _, samples = await trio.to_thread.run_sync(_scrape, agent.url)
+    assert _value(samples, "voiceagent_handoffs_total", outcome=outcome) == 1
+    assert sum(v for (name, _), v in samples.items()
+               if name == "voiceagent_handoffs_total") == 1

@@ -15,6 +15,7 @@ from voiceagent.usecases import UseCase
 log = logging.getLogger(__name__)
 
 MAX_TWIML_BYTES = 64 * 1024          # Twilio's limit for one document
+CONTENT_TYPE = "text/xml; charset=utf-8"
 # Room kept, when a use case is loaded, for what each call adds: the socket and action URLs
 # (a public host and path) and the session token
 CALL_ROOM_BYTES = 2 * 1024

@@ -8,7 +8,8 @@ arrive three ways:
   model time to first token, relay overhead, tokens, tool latency/errors, model errors;
 * per call, from the ``CallReport`` when the call ends (``CallCounters.on_finished``): calls,
   barge-ins, frames rejected by reason; and calls turned away at ``/twiml``, by why
-  (``on_call_refused``: no socket, so no report);
+  (``on_call_refused``: no socket, so no report); from ``/action``, reconnects and handoffs
+  to a person, by outcome (``on_reconnect``, ``on_handoff``);
 * at scrape time, from the parts' own ``statistics()``: active calls, write-behind queue,
   Bedrock streams and cancel -> upstream-closed times.
 
@@ -130,6 +131,13 @@ class Metrics:
             "refused_limit, refused_unavailable (the store, the session or its use case "
             "could not be had), refused_replay, ended_by_agent (the agent had sent end: "
             "answered with that end's handoff or goodbye)", ["outcome"], registry=r)
+        self.handoffs = Counter(
+            "voiceagent_handoffs",
+            "Calls the agent handed to a person, as /action answered them, by outcome: "
+            "enqueue, dial (to the use case's handoff target), no_target (its handoff mode "
+            "is none: the caller heard that no one is available), unavailable (the call's "
+            "session or use case could not be had: the caller heard goodbye)", ["outcome"],
+            registry=r)
         self.barge_ins = Counter("voiceagent_barge_ins", "Barge-ins (interrupt frames acted on)",
                                  registry=r)
         self.cut_turns = Counter("voiceagent_turns_cut", "Turns cancelled before their end",
@@ -208,6 +216,16 @@ class Metrics:
         if self.emf_enabled:
             self.emit_reconnect(outcome, call_sid)
 
+    def on_handoff(self, outcome: str, call_sid: str) -> None:
+        """``Handoffs`` for each, and ``HandoffsFailed`` for those that reached no one."""
+        self.handoffs.labels(outcome).inc()
+        if self.emf_enabled:
+            metrics = [{"Name": "Handoffs", "Unit": "Count"}]
+            if outcome not in ("enqueue", "dial"):
+                metrics.append({"Name": "HandoffsFailed", "Unit": "Count"})
+            self._emit(metrics, {"Handoffs": 1, "HandoffsFailed": 1, "Outcome": outcome,
+                                 "CallSid": call_sid})
+
     def observe_loop_lag(self, lag_s: float) -> None:
         self.loop_lag.observe(lag_s)
         self.loop_lag_longest = max(self.loop_lag_longest, lag_s)
@@ -283,7 +301,8 @@ class Metrics:
 def _is_metric_name(key: str) -> bool:
     return key in {"TurnLatency", "ModelFirstToken", "RelayOverhead", "Turns", "BargeIns",
                    "ModelErrors", "ActiveCalls", "StoreWriteFailures", "Reconnects",
-                   "ReconnectsPartial", "ReconnectsRefused", "CallsRefused"}
+                   "ReconnectsPartial", "ReconnectsRefused", "CallsRefused", "Handoffs",
+                   "HandoffsFailed"}
 
 
 class _Sampled(Collector):

@@ -20,12 +20,13 @@ from quart_trio import QuartTrio
 
 import voiceagent.store.records as records
 from actors.call import run_call
-from voiceagent import jsonlimits, signature, twiml
+from voiceagent import signature, twiml
 from voiceagent.app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voiceagent.app.phone_page import PATH as PHONE_PATH
 from voiceagent.app.phone_page import UNSIGNED_ELSEWHERE, PhoneDesk, PhoneRefused, addressed_here
 from voiceagent.app.relay_answers import ActionReplayed
 from voiceagent.app.runtime import Runtime
+from voiceagent.app.session_end import session_over as _session_over
 from voiceagent.app.sessions import MAX_RECONNECTS, TOKEN_PARAMETER, SessionBusy, SessionExists
 from voiceagent.app.socket_marks import AgentEnded
 from voiceagent.app.socket_standing import SocketStanding
@@ -34,31 +35,13 @@ from voiceagent.errors import StoreError
 from voiceagent.logs import call_sid_var
 from voiceagent.relay import asgi_socket
 from voiceagent.settings import Settings
-from voiceagent.usecases import UseCase
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RELAY_PATH = "/relay"
 SORRY = "Sorry, we cannot take your call right now. Please try again later."
-XML = "text/xml; charset=utf-8"
-GOODBYE = "Thank you for calling. Goodbye."
-NO_AGENT = "Sorry, no one is available to take your call right now. Please call back later."
-# A session end hands the call to a person only when its HandoffData says so: the handoff
-# tool's {"handoff": true, ...}, or Twilio's samples' reasonCode "live-agent-handoff". Every
-# other end (the caller was silent, the call's time was up, the server drains, the agent hung
-# up) says goodbye and hangs up.
-HANDOFF_REASON = "live-agent-handoff"
+XML = twiml.CONTENT_TYPE
 MAX_WEBHOOK_BYTES = 64 * 1024   # Twilio's webhook bodies are a few KB
-
-
-def _handoff_data(text: str) -> dict[str, Any]:
-    """``HandoffData`` as sent in our ``end`` frame: a JSON object, else nothing usable."""
-    try:
-        # finite=False: our own end frame's JSON (json.dumps writes NaN), read as written
-        data = jsonlimits.loads(text, finite=False) if text else {}
-    except ValueError:                  # not JSON, or nested too deep: TooDeep
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def relay_path(runtime: Runtime) -> str:
@@ -241,28 +224,6 @@ async def action_webhook(runtime: Runtime) -> Response:
             parameters={TOKEN_PARAMETER: renewed.token}, greeting=False)
         return Response(document, mimetype=XML)
     return _session_over(runtime, call_sid, form.get("HandoffData", ""), use_case)
-
-
-def _session_over(runtime: Runtime, call_sid: str, handoff_data: str,
-                  use_case: UseCase | None) -> Response:
-    """A handoff or a goodbye, as the session's ``end`` asked: the call's relay is over."""
-    if call_sid:
-        runtime.relay_answers.relay_ended(call_sid)
-    handoff = _handoff_data(handoff_data)
-    reason = str(handoff.get("reasonCode", ""))
-    wants_person = handoff.get("handoff") is True or reason == HANDOFF_REASON
-    if wants_person and use_case is not None:
-        config = use_case.handoff
-        log.info("live-agent handoff", extra={"reason": reason, "mode": config.mode})
-        if config.mode == "enqueue" and (config.queue or config.workflow_sid):
-            return Response(twiml.enqueue(config.message, queue=config.queue,
-                                          workflow_sid=config.workflow_sid,
-                                          task=json.dumps(handoff)), mimetype=XML)
-        if config.mode == "dial" and config.number:
-            return Response(twiml.dial(config.message, config.number), mimetype=XML)
-        log.warning("handoff asked for, but the use case has no handoff target")
-        return Response(twiml.say_and_hang_up(NO_AGENT), mimetype=XML)
-    return Response(twiml.say_and_hang_up(GOODBYE), mimetype=XML)
 
 
 def _count_reconnect(runtime: Runtime, outcome: str, call_sid: str) -> None:

@@ -1,0 +1,76 @@
+"""What ``/action`` answers once the agent ended a call's relay session (its ``end``, or a
+session that failed after it): a person, as the use case's handoff says, or a goodbye.
+
+Each handoff is counted here (``voiceagent_handoffs_total``, EMF ``Handoffs``): the socket
+of a call handed to a person ends as ``ended_by="end"``, like a goodbye's, and may have been
+served by another process than the one Twilio asks; this answer is where the call goes to a
+person, or is told no one can take it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from quart import Response
+
+from voiceagent import jsonlimits, twiml
+from voiceagent.app.runtime import Runtime
+from voiceagent.usecases import UseCase
+
+log = logging.getLogger(__name__)
+
+GOODBYE = "Thank you for calling. Goodbye."
+NO_AGENT = "Sorry, no one is available to take your call right now. Please call back later."
+# A session end hands the call to a person only when its HandoffData says so: the handoff
+# tool's {"handoff": true, ...}, or Twilio's samples' reasonCode "live-agent-handoff". Every
+# other end (the caller was silent, the call's time was up, the server drains, the agent hung
+# up) says goodbye and hangs up.
+HANDOFF_REASON = "live-agent-handoff"
+
+
+def _handoff_data(text: str) -> dict[str, Any]:
+    """``HandoffData`` as sent in our ``end`` frame: a JSON object, else nothing usable."""
+    try:
+        # finite=False: our own end frame's JSON (json.dumps writes NaN), read as written
+        data = jsonlimits.loads(text, finite=False) if text else {}
+    except ValueError:                  # not JSON, or nested too deep: TooDeep
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def session_over(runtime: Runtime, call_sid: str, handoff_data: str,
+                 use_case: UseCase | None) -> Response:
+    """A handoff or a goodbye, as the session's ``end`` asked: the call's relay is over."""
+    if call_sid:
+        runtime.relay_answers.relay_ended(call_sid)
+    handoff = _handoff_data(handoff_data)
+    reason = str(handoff.get("reasonCode", ""))
+    if handoff.get("handoff") is not True and reason != HANDOFF_REASON:
+        return _xml(twiml.say_and_hang_up(GOODBYE))
+    if use_case is None:
+        log.warning("handoff asked for, but the call's session or use case is gone: goodbye")
+        _count_handoff(runtime, "unavailable", call_sid)
+        return _xml(twiml.say_and_hang_up(GOODBYE))
+    config = use_case.handoff
+    log.info("live-agent handoff", extra={"reason": reason, "mode": config.mode})
+    if config.mode == "enqueue" and (config.queue or config.workflow_sid):
+        _count_handoff(runtime, "enqueue", call_sid)
+        return _xml(twiml.enqueue(config.message, queue=config.queue,
+                                  workflow_sid=config.workflow_sid, task=json.dumps(handoff)))
+    if config.mode == "dial" and config.number:
+        _count_handoff(runtime, "dial", call_sid)
+        return _xml(twiml.dial(config.message, config.number))
+    log.warning("handoff asked for, but the use case has no handoff target")
+    _count_handoff(runtime, "no_target", call_sid)
+    return _xml(twiml.say_and_hang_up(NO_AGENT))
+
+
+def _xml(document: str) -> Response:
+    return Response(document, mimetype=twiml.CONTENT_TYPE)
+
+
+def _count_handoff(runtime: Runtime, outcome: str, call_sid: str) -> None:
+    if runtime.metrics is not None:
+        runtime.metrics.on_handoff(outcome, call_sid)
