@@ -46,6 +46,7 @@ __all__ = [
     "Dtmf",
     "End",
     "EndCall",
+    "FromTool",
     "Hints",
     "Inbound",
     "Info",
@@ -85,7 +86,21 @@ class Timed:
     on_sent: Callable[[float], None] = field(compare=False, repr=False)
 
 
-Outgoing = Outbound | Timed                 # what the relay writer's channel carries
+@dataclass(frozen=True, slots=True)
+class FromTool:
+    """Audio or digits a tool sends, with the turn whose tool round sent them. A tool runs on
+    past its turn (a side effect is shielded from the barge-in), so the writer cannot take
+    the newest turn for the frame's own, as it does for text: ``turn`` says. The writer
+    withholds the frame when the caller has cut that turn off (Twilio dropped what was
+    queued then; sent now, it would start over the caller's words) and tells ``on_taken``
+    whether it did, before sending: the tool learns whether the caller gets it."""
+
+    frame: Play | SendDigits
+    turn: int
+    on_taken: Callable[[bool], None] = field(compare=False, repr=False)   # True: withheld
+
+
+Outgoing = Outbound | Timed | FromTool      # what the relay writer's channel carries
 
 
 # ------------------------------------------------------ interrupt_handler -> llm_streamer
@@ -200,3 +215,4 @@ class ToolBatch:
     calls: tuple[ToolCall, ...]
     results: trio.MemorySendChannel[ToolOutcome]
     abandoned: trio.Event = field(default_factory=trio.Event)
+    turn: int = 0                   # the turn that asked (CutMarks' number): see FromTool

@@ -4,7 +4,8 @@ It also keeps the talk-cycle rule in one place: a cycle opened by a token is clo
 one ``last: true`` frame, a closing frame with nothing to close is dropped, an ``end`` first
 closes an open cycle, and nothing is sent after ``end``. And the barge-in rule: once the relay
 reader has read an interrupt, no word of the cut turn is sent (``CutMarks``); its closing
-frame still is, since it carries no word and closes the cycle.
+frame still is, since it carries no word and closes the cycle. Nor is a tool's audio or
+digits (``FromTool``) of that turn or an earlier one: the turn's tools may run on after it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import trio
 from actors.messages import (
     Config,
     End,
+    FromTool,
     Hints,
     Language,
     Outbound,
@@ -56,8 +58,22 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
     ended = False
     with outbound:
         async for outgoing in outbound:
-            message, on_sent = ((outgoing.frame, outgoing.on_sent)
-                                if isinstance(outgoing, Timed) else (outgoing, None))
+            message: Outbound
+            on_sent: Callable[[float], None] | None = None
+            if isinstance(outgoing, Timed):
+                message, on_sent = outgoing.frame, outgoing.on_sent
+            elif isinstance(outgoing, FromTool):
+                message = outgoing.frame
+                # as for a word: no await between this check and the send
+                cut = not ended and marks is not None and marks.cut_off(outgoing.turn)
+                outgoing.on_taken(cut)
+                if cut:
+                    stats.dropped_after_cut += 1
+                    log.info("tool audio withheld: the caller cut its turn off",
+                             extra={"kind": type(message).__name__})
+                    continue
+            else:
+                message = outgoing
             if ended:
                 stats.dropped_after_end += 1
                 if isinstance(message, Text) and message.token and marks is not None:

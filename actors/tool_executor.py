@@ -32,7 +32,7 @@ from types import TracebackType
 import trio
 
 from actors import tool_failures
-from actors.messages import Outgoing, ToolBatch, ToolCall, ToolOutcome
+from actors.messages import FromTool, Outgoing, ToolBatch, ToolCall, ToolOutcome
 from actors.session_language import SessionLanguage
 from voiceagent import jsonlimits
 from voiceagent.relay.outbound import End, Language, Play, SendDigits
@@ -75,6 +75,7 @@ class ToolEnv:
     live: set[_Sent] = field(default_factory=set)
     # shared with the automatic switch (RelayControl): a tool's switch is its switch too
     language: SessionLanguage | None = None
+    turn: int = 0                   # the batch's turn: its audio and digits are that turn's
 
 
 class ToolExecutor:
@@ -89,7 +90,7 @@ class ToolExecutor:
         if self._closed:
             raise trio.ClosedResourceError("the tool executor is closed: the call is ending")
         # the same ``done`` and ``running`` (side effects run once per call), its own outbound
-        batch_env = replace(self._env, outbound=self._env.outbound.clone())
+        batch_env = replace(self._env, outbound=self._env.outbound.clone(), turn=batch.turn)
         self._nursery.start_soon(_run_batch, batch, batch_env, name="tool batch")
 
     def tear_down_by(self, deadline: float) -> None:
@@ -315,15 +316,32 @@ def _context(call: ToolCall, definition: ToolDefinition, env: ToolEnv,
     fields = {"call_sid": env.call_sid, "tool": definition.name,
               "tool_use_id": call.tool_use_id}
 
-    async def send(message: ToolMessage) -> None:
-        switch = message if isinstance(message, Language) else None
-        if switch is not None and env.language is not None and not env.language.changes(switch):
-            log.info("language already set: not sent again", extra={"tool": definition.name})
-            return
-        await env.outbound.send(message)
-        sent.add(message)           # no checkpoint between: taken `end` shields at once
-        if switch is not None and env.language is not None:
-            env.language.note(switch)   # once taken: a send cut short changed nothing
+    async def send(message: ToolMessage) -> bool:
+        if not isinstance(message, Play | SendDigits):
+            switch = message if isinstance(message, Language) else None
+            if (switch is not None and env.language is not None
+                    and not env.language.changes(switch)):
+                log.info("language already set: not sent again",
+                         extra={"tool": definition.name})
+                return True
+            await env.outbound.send(message)
+            sent.add(message)       # no checkpoint between: taken `end` shields at once
+            if switch is not None and env.language is not None:
+                env.language.note(switch)   # once taken: a send cut short changed nothing
+            return True
+        told = trio.Event()
+        withheld = False
+
+        def taken(cut: bool) -> None:       # the writer, as it takes it: no await between
+            nonlocal withheld
+            withheld = cut
+            if not cut:
+                sent.add(message)           # heard, even if a cancel reaches us first
+            told.set()
+
+        await env.outbound.send(FromTool(message, env.turn, taken))
+        await told.wait()
+        return not withheld
 
     return ToolContext(
         call_sid=env.call_sid, caller=env.caller, called=env.called, use_case=env.use_case,

@@ -259,7 +259,8 @@ async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall,
                       rounds: list[_ToolRound]) -> list[ToolOutcome]:
     await speaker.flush()                   # spoken while the tool runs
     results_send, results = trio.open_memory_channel[ToolOutcome](len(calls))
-    current = _ToolRound(speaker.segment, calls, ToolBatch(calls, results_send), results)
+    batch = ToolBatch(calls, results_send, turn=ctx.marks.turn)    # this turn: the newest
+    current = _ToolRound(speaker.segment, calls, batch, results)
     rounds.append(current)
     ctx.stats.tool_calls += len(calls)
     if ctx.relay is not None:

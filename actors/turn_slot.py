@@ -149,6 +149,11 @@ class CutMarks:
         """A turn is in flight (the model, a tool): the silence is ours, not the caller's."""
         return self._scope is not None
 
+    def cut_off(self, turn: int) -> bool:
+        """The caller has cut ``turn`` off, or a turn after it: Twilio dropped everything
+        queued at that interrupt, so nothing of ``turn`` is to start after it."""
+        return turn <= self._cut_through
+
     @property
     def speaking_cut(self) -> bool:
         return self._cut_through == self._turn

@@ -5,6 +5,7 @@ break it is not tested by a whole call)."""
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import pytest
@@ -12,7 +13,16 @@ import trio
 import trio.testing
 
 from actors import relay_writer, tool_executor
-from actors.messages import End, Outbound, Text, Timed, ToolBatch, ToolCall, ToolOutcome
+from actors.messages import (
+    End,
+    Outbound,
+    Outgoing,
+    Text,
+    Timed,
+    ToolBatch,
+    ToolCall,
+    ToolOutcome,
+)
 from actors.relay_writer import WriterStats
 from actors.turn_slot import CutMarks
 from tests.call_harness import plain_use_case
@@ -125,12 +135,11 @@ async def test_the_executor_lets_the_writer_end_only_after_its_last_batch(
         return {"status": "placed"}
 
     env, outbound = _order_env(announce)
-    heard: list[Outbound] = []
+    socket = MemorySocket()
     ended_at: list[float] = []
 
     async def writer() -> None:
-        async for message in outbound:
-            heard.append(message)
+        await relay_writer.run(socket=socket, outbound=outbound, stats=WriterStats())
         ended_at.append(trio.current_time())
 
     with trio.fail_after(30):
@@ -145,7 +154,8 @@ async def test_the_executor_lets_the_writer_end_only_after_its_last_batch(
                                           results_send))
             outcome = await results.receive()
     assert outcome.status == "success"
-    assert [m.source for m in heard if isinstance(m, Play)] == ["https://example.com/chime.mp3"]
+    assert [f["source"] for f in socket.pending() if f["type"] == "play"] == [
+        "https://example.com/chime.mp3"]
     assert ended_at == [pytest.approx(2.0)]
 
 
@@ -159,18 +169,21 @@ async def test_a_side_effect_outcome_served_again_did_not_speak_again(
         return {"status": "placed"}
 
     env, outbound = _order_env(place)
+    socket = MemorySocket()
     spoke: list[bool] = []
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(relay_writer.run, socket=socket, outbound=outbound,
+                                       stats=WriterStats()))
             with tool_executor.ToolExecutor(nursery, env) as executor:
                 for _ in range(2):
                     results_send, results = trio.open_memory_channel[ToolOutcome](1)
                     executor.submit(ToolBatch((ToolCall("tu_1", "placeOrder", {}),),
                                               results_send))
                     spoke.append((await results.receive()).spoke)
-        sent = [m async for m in outbound]          # every clone closed: it ends
     assert spoke == [True, False]
-    assert [m.source for m in sent if isinstance(m, Play)] == ["https://example.com/chime.mp3"]
+    assert [f["source"] for f in socket.pending() if f["type"] == "play"] == [
+        "https://example.com/chime.mp3"]
 
 
 @pytest.mark.parametrize(("chars", "status"), [(30_000, "success"), (40_000, "error")])
@@ -234,10 +247,10 @@ async def test_one_reply_s_tool_results_stay_one_item_the_store_keeps(
 
 
 def _order_env(place: Any) -> tuple[tool_executor.ToolEnv,
-                                     trio.MemoryReceiveChannel[Outbound]]:
+                                     trio.MemoryReceiveChannel[Outgoing]]:
     """A call whose one tool, ``placeOrder``, is ``place`` with side effects."""
     registry = ToolRegistry([ToolDefinition("placeOrder", place, side_effect=True)])
-    outbound_send, outbound = trio.open_memory_channel[Outbound](math.inf)
+    outbound_send, outbound = trio.open_memory_channel[Outgoing](math.inf)
     env = tool_executor.ToolEnv(call_sid="CA1", use_case=plain_use_case(tools=ORDER_TOOL),
                                 registry=registry, store=MemoryStore(),
                                 outbound=outbound_send)

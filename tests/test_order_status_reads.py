@@ -49,8 +49,9 @@ class CountingReads:
         return found
 
 
-async def _noop(message: Any) -> None:
+async def _noop(message: Any) -> bool:
     await trio.lowlevel.checkpoint()
+    return True
 
 
 async def _run(store: CountingReads, name: str, *, call_sid: str, caller: str, called: str,

@@ -30,8 +30,9 @@ def _use_case(relay: dict[str, Any]) -> UseCase:
 async def _switch(use_case: UseCase, code: str) -> list[ToolMessage]:
     sent: list[ToolMessage] = []
 
-    async def record(message: ToolMessage) -> None:
+    async def record(message: ToolMessage) -> bool:
         sent.append(message)
+        return True
 
     ctx = ToolContext(call_sid="CA" + "0" * 32, caller="", called="", use_case=use_case,
                       tool_name="switchLanguage", tool_use_id="tooluse_1",

@@ -61,8 +61,9 @@ class FakeContext:
             store=cast(Store, store), settings=Settings.model_validate({}),
             log=ToolLog(logging.getLogger("test"), {}), _sender=self._record)
 
-    async def _record(self, message: ToolMessage) -> None:
+    async def _record(self, message: ToolMessage) -> bool:
         self.sent.append(message)
+        return True
 
 
 def _tools() -> dict[str, ToolDefinition]:

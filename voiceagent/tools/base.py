@@ -64,19 +64,24 @@ class ToolContext:
     store: Store                      # the service's store (async get / put / query_index)
     settings: Settings                # the process's settings (defaults in a settings-less test)
     log: ToolLog                      # entries carry call_sid, tool and tool_use_id
-    _sender: Callable[[ToolMessage], Awaitable[None]] = field(repr=False)
+    _sender: Callable[[ToolMessage], Awaitable[bool]] = field(repr=False)
 
-    async def send(self, message: ToolMessage) -> None:
+    async def send(self, message: ToolMessage) -> bool:
         """Queue a ``Play``, ``SendDigits``, ``Language``, ``End``, ``Config`` or ``Hints``
         for the relay writer. Anything else (a ``Text``) raises ``ToolMessageRefused``, which
         the model sees as the tool's error. A ``Language`` naming the languages Twilio already
         speaks and hears (the automatic switch or an earlier tool set them) is not sent: the
-        call keeps one record of them, shared with the automatic switch."""
+        call keeps one record of them, shared with the automatic switch.
+
+        False: a ``Play`` or ``SendDigits`` was withheld, since the caller had cut off the
+        turn that called the tool (Twilio dropped what was queued then; sent now, it would
+        start over the caller's words). Nothing reached the caller: say so in the result, so
+        the model asks before trying again. A tool that does not look still runs to its end."""
         if not isinstance(message, ToolMessage):
             raise ToolMessageRefused(self.tool_name, (
                 f"a tool cannot send {type(message).__name__}: only the model speaks to the "
                 "caller; return what should be said in the tool's result instead"))
-        await self._sender(message)
+        return await self._sender(message)
 
 
 ToolFunction = Callable[[ToolContext, Mapping[str, Any]], Awaitable[ToolResult]]

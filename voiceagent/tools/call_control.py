@@ -16,6 +16,8 @@ from voiceagent.relay.outbound import Hints, Play, SendDigits, play_source_probl
 from voiceagent.tools.base import ToolContext, ToolResult, tool
 
 MAX_LOOP = 10                   # Twilio allows 1000 (loop=0); a model should never need that
+# ctx.send said no: the caller cut in before it went out (see ToolContext.send)
+WITHHELD = "not sent: the caller interrupted first; ask before trying again"
 
 
 class ToolInputError(ValueError):
@@ -32,11 +34,14 @@ async def play_audio(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     loop = int(args.get("loop", 1))
     if not 1 <= loop <= MAX_LOOP:
         raise ToolInputError(f"loop: must be 1 to {MAX_LOOP}")
-    await ctx.send(Play(source, loop=loop, interruptible=bool(args.get("interruptible", True))))
+    if not await ctx.send(Play(source, loop=loop,
+                               interruptible=bool(args.get("interruptible", True)))):
+        return {"playing": False, "withheld": WITHHELD}
     return {"playing": True, "loop": loop}
 
 
-# A key pressed cannot be taken back: it runs once per toolUseId and a barge-in does not cut it.
+# A key pressed cannot be taken back: it runs once per toolUseId and a barge-in does not cut it
+# (keys the writer still holds when the caller cuts in are withheld, and the result says so).
 @tool("sendDigits", side_effect=True, timeout_s=5.0)
 async def send_digits(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     digits = str(args.get("digits", ""))
@@ -45,7 +50,8 @@ async def send_digits(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     except ValueError:
         raise ToolInputError("digits: only 0-9, *, # and w (a half-second pause), "
                              "at least one") from None
-    await ctx.send(message)
+    if not await ctx.send(message):
+        return {"sent": 0, "withheld": WITHHELD}
     return {"sent": len(digits)}
 
 
