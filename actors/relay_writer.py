@@ -1,11 +1,12 @@
 """The only code that sends on the relay socket, so frames never interleave.
 
 It also keeps the talk-cycle rule in one place: a cycle opened by a token is closed by exactly
-one ``last: true`` frame, a closing frame with nothing to close is dropped, an ``end`` first
-closes an open cycle, and nothing is sent after ``end``. And the barge-in rule: once the relay
-reader has read an interrupt, no word of the cut turn is sent (``CutMarks``); its closing
-frame still is, since it carries no word and closes the cycle. Nor is a tool's audio or
-digits (``FromTool``) of that turn or an earlier one: the turn's tools may run on after it.
+one ``last: true`` frame, a closing frame with nothing to close is dropped, an ``end`` or a
+new turn's first word first closes an open cycle, and nothing is sent after ``end``. And the
+barge-in rule: once the relay reader has read an interrupt, no word of the cut turn is sent
+(``CutMarks``); its closing frame still is, since it carries no word and closes the cycle.
+Nor is a tool's audio or digits (``FromTool``) of that turn or an earlier one: the turn's
+tools may run on after it.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
     ``on_end_taken``: told as ``end`` is taken, before its send, which may fail: the agent
     ended the call either way, and a relay session that then fails must not be resumed."""
     cycle_open = False
+    cycle_turn = 0                      # the turn whose word opened the cycle (CutMarks)
     ended = False
     with outbound:
         async for outgoing in outbound:
@@ -97,8 +99,14 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
             match message:
                 case Text(token="", last=True) if not cycle_open:
                     continue
-                case Text(last=last):
-                    cycle_open = not last
+                case Text(token=token, last=last):
+                    turn = marks.turn if marks is not None else 0
+                    if token and cycle_open and turn != cycle_turn:
+                        # the turn that opened it was cut and its closer dropped (a bounded
+                        # send, the writer stuck on a slow Twilio): not in the next reply
+                        frames.insert(0, Text("", last=True))
+                        log.info("talk cycle closed for the turn before")
+                    cycle_open, cycle_turn = not last, turn
                 case End() if cycle_open:
                     frames.insert(0, Text("", last=True))
                     cycle_open = False
