@@ -51,6 +51,18 @@ def test_ws_urls_with_a_plain_path_are_taken() -> None:
         assert Settings.from_env({"WS_URL": ws_url, "TWILIO_AUTH_TOKEN": "t"}).ws_url == ws_url
 
 
+def test_items_that_would_expire_during_a_call_are_refused_at_start() -> None:
+    """A call's session item keeps the expiry it got as the call started: with
+    SESSION_TTL_S under MAX_CALL_DURATION_S, a long call's handoff and reconnects failed once
+    DynamoDB's TTL (or the SQLite sweep) removed it."""
+    with pytest.raises(SettingsError, match=r"SESSION_TTL_S: 600 s is shorter than "
+                                            r"MAX_CALL_DURATION_S \(3600 s\)"):
+        Settings.from_env({"SESSION_TTL_S": "600", "TWILIO_AUTH_TOKEN": "t"})
+    taken = Settings.from_env({"SESSION_TTL_S": "600", "MAX_CALL_DURATION_S": "600",
+                               "TWILIO_AUTH_TOKEN": "t"})
+    assert (taken.session_ttl_s, taken.max_call_duration_s) == (600, 600)
+
+
 def test_settings_defaults_and_the_original_sample_alias() -> None:
     settings = Settings.from_env({"TWILIO_AUTH_TOKEN": "s3cr3t-token",
                                   "INFERENCE_PROFILE_ARN": "arn:aws:bedrock:x"})

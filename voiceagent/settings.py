@@ -221,6 +221,8 @@ class Settings(BaseModel):
         except ValidationError as err:
             problems = [f"{_env_name(e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
                         for e in err.errors()] + problems
+        else:
+            problems += _checks_of_values(settings)
         if problems:
             raise SettingsError(problems)
         return settings
@@ -243,6 +245,20 @@ def _flag(value: Any, default: bool) -> bool:
     if isinstance(value, bool):
         return value
     return str(value).strip().lower() in _TRUE     # pydantic's own: the field agrees
+
+
+def _checks_of_values(settings: Settings) -> list[str]:
+    """Rules that span settings, checked on their values once each is valid."""
+    problems = []
+    if settings.session_ttl_s < settings.max_call_duration_s:
+        # a call's session item keeps the expiry it got when the call started, and its
+        # conversation items theirs: removed mid-call, the call's handoff says goodbye
+        # instead, and a reconnect is refused or resumes part of the conversation
+        problems.append(
+            f"SESSION_TTL_S: {settings.session_ttl_s} s is shorter than MAX_CALL_DURATION_S "
+            f"({settings.max_call_duration_s:g} s), so a long call's items could expire while "
+            "it runs (its handoff and reconnects would fail); make it at least as long")
+    return problems
 
 
 def _cross_checks(values: Mapping[str, Any]) -> list[str]:
