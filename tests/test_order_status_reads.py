@@ -35,8 +35,8 @@ class CountingReads:
         self._store = store
         self.items_read = 0
 
-    async def put(self, item: Item) -> None:
-        await self._store.put(item)
+    async def put_new(self, item: Item) -> bool:
+        return await self._store.put_new(item)
 
     async def query(self, pk: str, sk_prefix: str = "", **kwargs: Any) -> list[Item]:
         found = await self._store.query(pk, sk_prefix, **kwargs)

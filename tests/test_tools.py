@@ -37,6 +37,11 @@ class FakeStore:
     async def put(self, item: Item) -> None:
         self.items[item["pk"], item["sk"]] = json.loads(json.dumps(item))
 
+    async def put_new(self, item: Item) -> bool:
+        if (item["pk"], item["sk"]) not in self.items:
+            await self.put(item)
+        return self.items[item["pk"], item["sk"]] == json.loads(json.dumps(item))
+
     async def get(self, pk: str, sk: str) -> Item | None:
         return self.items.get((pk, sk))
 
@@ -202,7 +207,7 @@ async def test_place_order_writes_the_order_item() -> None:
                   "order_total": 29.90},
         "expireAt": NOW_S + 7 * 24 * 3600,      # the sample's item, and for CheckOrderStatus:
         "orderNumber": result["order_number"], "placedAt": NOW_S,
-        "readyInMinutes": result["ready_in_minutes"]}
+        "readyInMinutes": result["ready_in_minutes"], "toolUseId": "tooluse_1"}
     assert [i["sk"] for i in await store.query_index("restaurantOrder", "+1555555019")] == [sk]
     number = order_number(SID, NOW_S)
     assert len(number) == 4

@@ -28,6 +28,7 @@ from voiceagent.tools.base import (
 )
 
 ORDER_TTL_S = 7 * 24 * 3600
+ORDER_SECONDS_TRIED = 16           # a reply runs at most 8 tool calls at once
 PICKUP_MINUTES = (15, 20, 25)
 DELIVERY_MINUTES = (30, 40, 45)
 LARGE_ORDER_ITEMS = 5              # this many items or more take a little longer
@@ -61,22 +62,30 @@ async def place_order(ctx: ToolContext, args: Mapping[str, Any], *,
     if order_type == "delivery" and not address:
         raise ValueError("a delivery order needs delivery_address: ask the caller for "
                          "the address, then place the order again")
-    epoch_s = int(clock())
     items = [dict(line) for line in args.get("current_order", ())]
     order: dict[str, Any] = {"order_items": items, "order_type": order_type,
                              "order_total": args["order_total"]}
     if order_type == "delivery":
         order["delivery_address"] = str(address)
-    item: dict[str, Any] = {
-        "pk": ctx.caller or ctx.call_sid,
-        "sk": f"restaurantOrder::{ctx.call_sid[-4:]}::{epoch_s}",
-        "order": order, "expireAt": epoch_s + ORDER_TTL_S}
-    if ctx.called:             # a GSI key may not be empty: unindexed without a number
-        item.update(pk1="restaurantOrder", sk1=ctx.called)
-    number = order_number(ctx.call_sid, epoch_s)
     minutes = _minutes(ctx.call_sid, order_type, len(items))
-    item.update(orderNumber=number, placedAt=epoch_s, readyInMinutes=minutes)
-    await ctx.store.put(item)
+    first = int(clock())
+    # keyed by the call and the second, as the sample did: another order of this call may
+    # hold that second already (a reply's calls run at once; a clock stepped back), so take
+    # the next free one rather than write over it; the toolUseId tells a retried write apart
+    for epoch_s in range(first, first + ORDER_SECONDS_TRIED):
+        number = order_number(ctx.call_sid, epoch_s)
+        item: dict[str, Any] = {
+            "pk": ctx.caller or ctx.call_sid,
+            "sk": f"restaurantOrder::{ctx.call_sid[-4:]}::{epoch_s}",
+            "order": order, "expireAt": epoch_s + ORDER_TTL_S, "orderNumber": number,
+            "placedAt": epoch_s, "readyInMinutes": minutes, "toolUseId": ctx.tool_use_id}
+        if ctx.called:             # a GSI key may not be empty: unindexed without a number
+            item.update(pk1="restaurantOrder", sk1=ctx.called)
+        if await ctx.store.put_new(item):
+            break
+    else:
+        raise RuntimeError(f"this call's orders hold every second tried from {first}: "
+                           "try again in a moment")
     return {"status": "placed", "order_number": number,
             "order_type": order_type, "order_total": order["order_total"],
             "ready_in_minutes": minutes}
