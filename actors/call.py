@@ -78,7 +78,7 @@ class CallPlan:
     called: str = ""
     history: tuple[Message, ...] = ()       # a resumed conversation (reconnect)
     history_meta: tuple[dict[str, Any], ...] = ()   # its stored facts, at_ms included
-    history_after_ms: int = 0   # a saved conversation set aside up to here: stamp after it
+    history_after_ms: int = 0   # the last chat item stored, marks too: stamp new ones after
 
 
 @dataclass

@@ -519,7 +519,7 @@ async def test_an_interrupt_into_a_reply_playing_behind_two_newer_turns_cuts_tha
 
 
 def _resumable(call: Any) -> list[dict[str, Any]]:
-    """What a reconnect would resume from the store (``sessions._saved_history``), checked
+    """What a reconnect would resume from the store (``saved_history.saved_history``), checked
     as it checks it ("saved history unusable, starting fresh" when it fails)."""
     entries = call.writer.stored()
     resumed = [entry["chat"] for entry in entries]

@@ -137,7 +137,7 @@ async def test_a_call_resumed_anywhere_goes_on_with_a_valid_history(
     monkeypatch.setattr(history_module, "time", WallClock)  # at_ms apart, as in a call
     async with open_test_call(llm, use_case=use_case, registry=registry()) as first:
         await play(first, schedule[:split])
-    entries = first.writer.stored()                 # as sessions._saved_history reads them
+    entries = first.writer.stored()                 # as saved_history.saved_history reads them
     plan = CallPlan(call_sid=CALL_SID, use_case=use_case, system_prompt=use_case.prompt,
                     model_id="test-model", greeting=None,
                     history=tuple(entry["chat"] for entry in entries),

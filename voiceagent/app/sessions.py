@@ -39,20 +39,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import trio
 
 import voiceagent.store.records as records
 from actors.call import CallPlan, CallRejected
-from actors.history import History
 from actors.messages import Setup
+from voiceagent.app.saved_history import SavedHistory, saved_history
 from voiceagent.app.socket_marks import SOCKET_CLOSED_GRACE_S, previous_socket_ended
 from voiceagent.app.spent_tokens import SpentTokens, newest_session
 from voiceagent.catalog import Catalog
 from voiceagent.llm import scripted
-from voiceagent.llm.base import Message
-from voiceagent.llm.converse import converse_problems
 from voiceagent.logs import call_sid_var, mask_phone
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
@@ -187,8 +185,6 @@ class Sessions:
             raise CallRejected("no session token in setup")
         if call_sid in self._live:
             raise CallRejected("a socket is already connected for this call")
-        history: tuple[Message, ...] = ()
-        history_meta: tuple[dict[str, Any], ...] = ()
         pending = self._pending.get(call_sid)
         if pending is not None and _matches(pending[1], token):
             _, session, resumes = pending
@@ -201,9 +197,8 @@ class Sessions:
         if not _matches(session, token):
             # a wrong token consumes nothing: the right socket may still come
             raise CallRejected("session token does not match the call's signed request")
-        set_aside_at = 0
-        if resumes:
-            history, history_meta, set_aside_at = await self._saved_history(call_sid)
+        saved = (saved_history(await self._store.query(call_sid, records.CHAT_PREFIX))
+                 if resumes else SavedHistory((), (), 0, 0))
         use_case = await self._catalog.use_case(session.use_case)
         if call_sid in self._live:                  # another socket won while we waited
             raise CallRejected("a socket is already connected for this call")
@@ -211,8 +206,8 @@ class Sessions:
             raise CallRejected("this call's session token was used already")
         self._pending.pop(call_sid, None)
         self._live[call_sid] = session.generation
-        if set_aside_at:                # ahead of everything this socket writes: see records
-            self._writer.submit(records.set_aside_item(call_sid, set_aside_at,
+        if saved.set_aside_at:          # ahead of everything this socket writes: see records
+            self._writer.submit(records.set_aside_item(call_sid, saved.set_aside_at,
                                                        self._settings.session_ttl_s),
                                 call_sid=call_sid)
         self._writer.submit(records.session_item(replace(session, token=""),
@@ -222,9 +217,10 @@ class Sessions:
         return CallPlan(call_sid=session.call_sid, use_case=use_case,
                         system_prompt=session.system_prompt, model_id=session.model_id,
                         # a renewal's TwiML plays no greeting: none is recorded as said
-                        greeting=None if history or session.generation else session.greeting,
-                        caller=session.caller, called=session.called, history=history,
-                        history_meta=history_meta, history_after_ms=set_aside_at)
+                        greeting=None if saved.messages or session.generation
+                        else session.greeting, caller=session.caller, called=session.called,
+                        history=saved.messages, history_meta=saved.meta,
+                        history_after_ms=saved.after_ms)
 
     async def _minted_elsewhere(self, call_sid: str, token: str,
                                 on_retry: Callable[[], None] | None = None
@@ -370,23 +366,6 @@ class Sessions:
             caller=caller,
             called=called, profile=profile, greeting=use_case.welcome_greeting,
             created_at=now)
-
-    async def _saved_history(self, call_sid: str
-                             ) -> tuple[tuple[Message, ...], tuple[dict[str, Any], ...], int]:
-        """The conversation so far and each message's stored facts (its at_ms keys it), for a
-        socket that reconnects to a known call; repaired as ``History.resumed`` does. Beyond
-        repair, the call starts afresh: the third value is where to set the old conversation
-        aside (0: nothing to). It used to be read again, and the call started afresh again,
-        on every reconnect."""
-        read, _ = records.readable_chat(await self._store.query(call_sid, records.CHAT_PREFIX))
-        entries = records.since_set_aside(read)
-        messages = tuple(entry["chat"] for entry in entries)
-        meta = tuple({**entry["meta"], "at_ms": entry["at_ms"]} for entry in entries)
-        if messages and converse_problems(History.resumed(messages, meta).for_request()):
-            log.warning("saved history unusable, starting fresh",
-                        extra={"messages": len(messages)})
-            return (), (), max(entry["at_ms"] for entry in entries)
-        return messages, meta, 0
 
     def _forget_stale(self) -> None:
         cutoff = trio.current_time() - PENDING_TTL_S
