@@ -139,8 +139,15 @@ async def _why_cancelled(cancel: trio.Cancelled) -> str:
     try:
         await trio.lowlevel.checkpoint()
     except trio.Cancelled as own:
-        return str(own.reason or cancel.reason or "cancelled")
-    return str(cancel.reason or "cancelled")
+        return _named(own) or _named(cancel) or "cancelled"
+    return _named(cancel) or "cancelled"
+
+
+def _named(cancel: trio.Cancelled) -> str | None:
+    """The reason our own cancels give (barge-in, superseded, ...). trio writes its own for
+    a nursery whose child raised: the exception's repr, which carries what it was handed (the
+    caller's words) into the "turn done" line, and was a new /metrics series per failure."""
+    return cancel.reason if cancel.source == "explicit" else None
 
 
 async def _converse(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
