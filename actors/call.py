@@ -79,6 +79,7 @@ class CallPlan:
     history: tuple[Message, ...] = ()       # a resumed conversation (reconnect)
     history_meta: tuple[dict[str, Any], ...] = ()   # its stored facts, at_ms included
     history_after_ms: int = 0   # the last chat item stored, marks too: stamp new ones after
+    generation: int = 0         # the call's relay sessions before this one (reconnects)
 
 
 @dataclass

@@ -601,7 +601,7 @@ async def test_a_socket_whose_lookup_claimed_its_call_is_never_evicted_as_a_call
             on_retry()                          # not at the first read: waits in the budget
             await looked_up.wait()              # the store answers the second read
             claimed.append(setup.call_sid)      # token consumed, the call live
-            return SimpleNamespace(call_sid=setup.call_sid)
+            return SimpleNamespace(call_sid=setup.call_sid, generation=0)
 
     served = await served_after_eviction(LookedUpAgain(), looked_up, setup_arrives=False)
     assert claimed == ["CA1"]
@@ -619,7 +619,7 @@ async def test_a_socket_evicted_as_its_setup_arrives_is_not_cut_after_claiming()
     class InMemory:
         async def resolve(self, setup: Any, *, on_retry: Any) -> Any:
             claimed.append(setup.call_sid)      # found in _pending: no await at all
-            return SimpleNamespace(call_sid=setup.call_sid)
+            return SimpleNamespace(call_sid=setup.call_sid, generation=0)
 
     served = await served_after_eviction(InMemory(), trio.Event(), setup_arrives=True)
     assert not claimed                          # refused before its token was spent
@@ -756,7 +756,7 @@ async def test_setups_looked_up_at_once_stay_within_the_capacity_margin(
     class SlowStore:
         async def resolve(self, setup: Any, *, on_retry: Any) -> Any:
             await trio.sleep(1)                 # every lookup awaits the store
-            return SimpleNamespace(call_sid=setup.call_sid)
+            return SimpleNamespace(call_sid=setup.call_sid, generation=0)
 
     started: list[str] = []
     runtime = _runtime_for_claims(SlowStore(), waiting=100, started=started)
@@ -779,7 +779,7 @@ async def test_setups_looked_up_again_do_not_refuse_a_real_call(autojump_clock: 
     class Sessions:
         async def resolve(self, setup: Any, *, on_retry: Any) -> Any:
             if setup.call_sid == "CAreal":
-                return SimpleNamespace(call_sid="CAreal")
+                return SimpleNamespace(call_sid="CAreal", generation=0)
             await trio.sleep(0.01)
             on_retry()                          # back in the waiting budget
             await trio.sleep(1.5)

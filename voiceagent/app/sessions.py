@@ -48,7 +48,7 @@ from actors.call import CallPlan, CallRejected
 from actors.messages import Setup
 from voiceagent.app.saved_history import SavedHistory, saved_history
 from voiceagent.app.socket_marks import SOCKET_CLOSED_GRACE_S, previous_socket_ended
-from voiceagent.app.spent_tokens import SpentTokens, newest_session
+from voiceagent.app.spent_tokens import SpentTokens, matches, newest_session
 from voiceagent.catalog import Catalog
 from voiceagent.llm import scripted
 from voiceagent.logs import call_sid_var, mask_phone
@@ -186,7 +186,7 @@ class Sessions:
         if call_sid in self._live:
             raise CallRejected("a socket is already connected for this call")
         pending = self._pending.get(call_sid)
-        if pending is not None and _matches(pending[1], token):
+        if pending is not None and matches(pending[1], token):
             _, session, resumes = pending
         else:
             # Not minted here, or minted here and renewed since by another process: the call's
@@ -194,7 +194,7 @@ class Sessions:
             # (a stale pending session refused it at once before)
             session = await self._minted_elsewhere(call_sid, token, on_retry)
             resumes = True
-        if not _matches(session, token):
+        if not matches(session, token):
             # a wrong token consumes nothing: the right socket may still come
             raise CallRejected("session token does not match the call's signed request")
         saved = (saved_history(await self._store.query(call_sid, records.CHAT_PREFIX))
@@ -220,7 +220,7 @@ class Sessions:
                         greeting=None if saved.messages or session.generation
                         else session.greeting, caller=session.caller, called=session.called,
                         history=saved.messages, history_meta=saved.meta,
-                        history_after_ms=saved.after_ms)
+                        history_after_ms=saved.after_ms, generation=session.generation)
 
     async def _minted_elsewhere(self, call_sid: str, token: str,
                                 on_retry: Callable[[], None] | None = None
@@ -236,7 +236,7 @@ class Sessions:
         for pause in (*MINTED_ELSEWHERE_WAITS_S, None):
             session = newest_session(await self._store.get(call_sid, records.SESSION_SK),
                                      self._writer.queued_item(call_sid, records.SESSION_SK))
-            if session is not None and _matches(session, token):
+            if session is not None and matches(session, token):
                 if waited:
                     log.info("session found in the store after waiting",
                              extra={"waited_ms": round(waited * 1000)})
@@ -344,10 +344,13 @@ class Sessions:
                 event.set()
         return self._live.pop(call_sid, None)
 
-    def release(self, call_sid: str) -> None:
-        """The socket that claimed ``call_sid`` has ended (and its writes were flushed, or
-        given up on); ``socket_ended`` has usually said so already."""
-        self._socket_gone(call_sid)
+    def release(self, call_sid: str, generation: int | None = None) -> None:
+        """The socket that claimed ``call_sid`` (its plan's ``generation``; None: whichever)
+        has ended, its writes flushed or given up on. ``socket_ended`` has usually said so
+        already, and a reconnect may have claimed the call since (the flush outlasted the
+        renewal: a slow store): that claim is not this socket's to let go."""
+        if generation is None or self._live.get(call_sid) == generation:
+            self._socket_gone(call_sid)
 
     async def _build(self, call_sid: str, caller: str, called: str, *,
                      token: str) -> records.CallSession:
@@ -371,8 +374,3 @@ class Sessions:
         cutoff = trio.current_time() - PENDING_TTL_S
         for call_sid in [k for k, (at, _, _) in self._pending.items() if at < cutoff]:
             del self._pending[call_sid]
-
-
-def _matches(session: records.CallSession, token: str) -> bool:
-    return bool(session.token) and secrets.compare_digest(session.token.encode(),
-                                                          token.encode())

@@ -36,6 +36,7 @@ class SocketStanding:
         self._resolving: trio.CancelScope | None = None   # its call's lookup, while it runs
         self._waiting = False
         self._call_sid: str | None = None
+        self._generation = 0                    # of the session it claimed
         self._socket_closed = False
         self._counted = False                   # in runtime.claims_running
         self._enter_waiting()
@@ -84,7 +85,7 @@ class SocketStanding:
         if plan is None:
             raise CallRejected("closed while its call was looked up, to make room for newer "
                                "sockets")
-        self._call_sid = plan.call_sid
+        self._call_sid, self._generation = plan.call_sid, plan.generation
         if self._socket_closed:
             runtime.sessions.socket_closed(plan.call_sid)
         runtime.calls.started(self.report)
@@ -109,7 +110,7 @@ class SocketStanding:
     def end(self) -> None:
         self._leave_waiting()
         if self._call_sid is not None:
-            self._runtime.sessions.release(self._call_sid)
+            self._runtime.sessions.release(self._call_sid, self._generation)
             self._runtime.calls.finished(self.report)
             return
         if self.scope.cancelled_caught:         # evicted: run_call had no say in it

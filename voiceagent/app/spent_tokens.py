@@ -12,6 +12,7 @@ consumed in the store, or queued here to be, which ``newest_session`` prefers to
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -45,6 +46,12 @@ class SpentTokens:
             return False
         self._spent[call_sid] = generation
         return True
+
+
+def matches(session: records.CallSession, token: str) -> bool:
+    """Whether ``token`` is ``session``'s, unspent (compared in constant time)."""
+    return bool(session.token) and secrets.compare_digest(session.token.encode(),
+                                                          token.encode())
 
 
 def newest_session(stored: Item | None, queued: Item | None) -> records.CallSession | None:
