@@ -35,6 +35,7 @@ from actors.relay_reader import FrameStats
 from actors.relay_socket import RelaySocket
 from actors.relay_writer import WriterStats
 from actors.session_language import SessionLanguage
+from actors.tool_steps import ToolBlocking
 from voiceagent.errors import RelayBroken
 from voiceagent.llm.base import LLM, Message
 from voiceagent.logs import call_sid_var
@@ -118,6 +119,7 @@ class CallReport:
     frames: FrameStats = field(default_factory=FrameStats)
     writer: WriterStats = field(default_factory=WriterStats)
     turns: TurnStats = field(default_factory=TurnStats)
+    tool_blocking: ToolBlocking = field(default_factory=ToolBlocking)   # tools that held the loop
     flushed: bool = True
     history: History | None = None
 
@@ -180,7 +182,8 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
     env = tool_executor.ToolEnv(
         call_sid=plan.call_sid, use_case=plan.use_case, registry=services.registry,
         store=services.store, outbound=out_send.clone(), caller=plan.caller,
-        called=plan.called, settings=services.settings, language=language)
+        called=plan.called, settings=services.settings, language=language,
+        blocking=report.tool_blocking)
 
     def persist(sealed: list[tuple[int, Message, dict[str, Any]]]) -> None:
         for index, message, meta in sealed:

@@ -9,7 +9,8 @@ act on; nothing a tool does can raise into the call.
 
 Every tool gets a ``ToolContext`` (voiceagent/tools/base.py). An async tool runs on trio; a
 blocking one in a worker thread from the registry's limiter (TOOL_THREADS), under the same
-timeout: when it expires the thread is abandoned, not stopped, and runs on to its end.
+timeout: when it expires the thread is abandoned, not stopped, and runs on to its end. An
+async tool that blocks the loop anyway is named in a warning (``tool_steps``).
 
 The executor has no standing task: the streamer hands it a batch (``submit``) and the batch
 runs as its own task in the call's nursery. Most turns call no tool, and a task waiting on a
@@ -31,7 +32,7 @@ from types import TracebackType
 
 import trio
 
-from actors import tool_failures
+from actors import tool_failures, tool_steps
 from actors.messages import FromTool, Outgoing, ToolBatch, ToolCall, ToolOutcome
 from actors.session_language import SessionLanguage
 from voiceagent import jsonlimits
@@ -76,6 +77,7 @@ class ToolEnv:
     # shared with the automatic switch (RelayControl): a tool's switch is its switch too
     language: SessionLanguage | None = None
     turn: int = 0                   # the batch's turn: its audio and digits are that turn's
+    blocking: tool_steps.ToolBlocking = field(default_factory=tool_steps.ToolBlocking)
 
 
 class ToolExecutor:
@@ -249,9 +251,12 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
         with limit:
             # its own copy: the input is the history's toolUse (or a DTMF handler's, shared
             # by every call), which a tool's ``args.pop(...)`` must not rewrite
-            result = await definition.call(_context(call, definition, env, sent),
-                                           copy.deepcopy(dict(call.input)),
-                                           threads=env.registry.threads)
+            running = definition.call(_context(call, definition, env, sent),
+                                      copy.deepcopy(dict(call.input)),
+                                      threads=env.registry.threads)
+            # an async tool's steps are timed: one that blocks stalls every call
+            result = await (running if definition.blocking else
+                            tool_steps.timed(running, call.name, env.blocking))
     except BaseException as err:
         failure, rest = tool_failures.split(err)
         if failure is not None:
