@@ -13,18 +13,22 @@ import logging
 import time
 import types
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import trio
 import trio.lowlevel
 
+from actors.call import CallReport
 from actors.tool_steps import BLOCKING_STEP_S, TimedSteps
 from tests.call_harness import open_test_call, plain_use_case
 from tests.fakes import FakeLLM, tool_use, words
+from tests.server_harness import make_settings
+from voiceagent.app.metrics import Metrics
 from voiceagent.llm.base import StreamEnd, ToolUseRequest
 from voiceagent.tools.base import ToolDefinition
-from voiceagent.tools.registry import ToolRegistry
+from voiceagent.tools.registry import ToolRegistry, default_registry
 
 TOOLS = [{"name": "stall", "description": "Blocks."}, {"name": "wait", "description": "Awaits."}]
 BLOCK_S = BLOCKING_STEP_S * 1.5
@@ -177,3 +181,19 @@ def test_timed_steps_pass_what_is_sent_thrown_and_closed_through() -> None:
     steps.close()
     assert seen == ["sent", ("thrown",), "closed"]
 
+
+def test_runs_that_held_the_loop_are_counted_by_tool() -> None:
+    from types import SimpleNamespace
+
+    registry = default_registry()
+    name = registry.names()[0]
+    metrics = Metrics(cast(Any, SimpleNamespace(settings=make_settings(Path("/nonexistent")),
+                                                registry=registry)))
+    report = CallReport()
+    report.tool_blocking.runs.update({name: 2, "notRegistered": 1})
+    metrics.on_call_finished(report)
+    (family,) = metrics.tool_stalls.collect()
+    assert {(s.name, s.labels["tool"], s.value) for s in family.samples
+            if s.name.endswith("_total")} == {
+        ("voiceagent_tool_loop_stalls_total", name, 2.0),
+        ("voiceagent_tool_loop_stalls_total", "unknown", 1.0)}

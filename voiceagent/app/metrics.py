@@ -7,9 +7,10 @@ arrive three ways:
 * per turn, from the turn summary (``CallServices.on_turn``): turns, application latency,
   model time to first token, relay overhead, tokens, tool latency/errors, model errors;
 * per call, from the ``CallReport`` when the call ends (``CallCounters.on_finished``): calls,
-  barge-ins, frames rejected by reason; and calls turned away at ``/twiml``, by why
-  (``on_call_refused``: no socket, so no report); from ``/action``, reconnects and handoffs
-  to a person, by outcome (``on_reconnect``, ``on_handoff``);
+  barge-ins, frames rejected by reason, tools that held the event loop; and calls turned
+  away at ``/twiml``, by why (``on_call_refused``: no socket, so no report); from
+  ``/action``, reconnects and handoffs to a person, by outcome (``on_reconnect``,
+  ``on_handoff``);
 * at scrape time, from the parts' own ``statistics()``: active calls, write-behind queue,
   Bedrock streams and cancel -> upstream-closed times.
 
@@ -147,6 +148,9 @@ class Metrics:
                                       buckets=TOOL_BUCKETS, registry=r)
         self.tool_errors = Counter("voiceagent_tool_errors", "Tool error outcomes, by tool",
                                    ["tool"], registry=r)
+        self.tool_stalls = Counter(
+            "voiceagent_tool_loop_stalls", "Async tool runs that held the event loop over 100 "
+            "ms at once, stalling every call, by tool (at the call's end)", ["tool"], registry=r)
         self.model_errors = Counter("voiceagent_model_errors",
                                     "Model errors that reached a caller, by type", ["type"],
                                     registry=r)
@@ -201,6 +205,8 @@ class Metrics:
         for reason, count in report.frames.rejected.items():
             self.frames_rejected.labels(reason).inc(count)
         self.info_other.inc(sum(report.frames.other_info.values()))
+        for tool, runs in report.tool_blocking.runs.items():
+            self.tool_stalls.labels(tool if tool in self._tool_names else "unknown").inc(runs)
 
     def on_call_refused(self, reason: str) -> None:
         """A caller turned away before any socket (the apology, or Twilio's fallback URL):
