@@ -112,7 +112,9 @@ class CallServices:
     relay_ended: Callable[[str, str | None], None] | None = None
 
 
-@dataclass
+# eq=False: a report is one call's, found by identity; the runtime takes a finished call's
+# out of its list of live ones, and compared every field of each before it (at 2000 calls)
+@dataclass(eq=False)
 class CallReport:
     call_sid: str = ""
     ended_by: str = "hangup"
