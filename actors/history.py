@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from actors.heard_words import begins_alike, split_heard
+from actors.heard_words import heard_within, split_heard
 from actors.history_span import Mark, next_words, rejoin, split_off, unmoved
 from actors.history_trim import MessageSizes, trim_point
 from voiceagent.llm.base import Message
@@ -173,11 +173,13 @@ class History:
     def apply_heard(self, start: Mark, heard: str) -> None:
         """Cut the assistant text since ``start`` down to what the caller heard.
 
-        Twilio's ``utteranceUntilInterrupt`` covers the whole talk cycle, which may span several
-        assistant messages (text, tool round, more text). It is split between their texts in
-        order (``heard_words``: word by word, or aligned where Twilio's words render a text
-        otherwise than we sent it); tool blocks stay, since their results already stand in the
-        history. Assistant messages left with nothing are removed and the neighbours merged.
+        Twilio's ``utteranceUntilInterrupt`` holds the words of the chunk it was speaking,
+        anywhere in the talk cycle, which may span several assistant messages (text, tool
+        round, more text). The texts before it were heard whole, and its words are split
+        between the texts in order (``heard_words``: word by word, or aligned where Twilio's
+        words render a text otherwise than we sent it); tool blocks stay, since their results
+        already stand in the history. Assistant messages left with nothing are removed and
+        the neighbours merged.
         """
         # An earlier turn's message may be in the store already: what changes is stored again
         self._sealed = min(self._sealed, start.index)
@@ -199,8 +201,9 @@ class History:
 
     def fits(self, start: Mark, heard: str, end: Mark | None = None) -> bool:
         """Whether ``heard`` can be what the caller heard of the words from ``start`` (up to
-        ``end``, a later turn's start): one begins the other, word by word (case, spacing
-        and punctuation aside: ``begins_alike``). Nothing heard fits any turn."""
+        ``end``, a later turn's start): one begins the other, or the heard words are a run
+        of them further on (a later chunk), word by word (case, spacing and punctuation
+        aside: ``heard_within``). Nothing heard fits any turn."""
         stop = len(self._messages) if end is None else min(end.index + 1, len(self._messages))
         said = " ".join(
             t for at in range(start.index, stop)
@@ -208,7 +211,7 @@ class History:
             for b in self._messages[at]["content"][
                 start.first_block(at):None if end is None or at < end.index else end.blocks]
             if (t := _text(b)) is not None)
-        return begins_alike(said, heard)
+        return heard_within(said, heard)
 
     def record_cut(self, start: Mark, end: Mark | None, *, heard: str | None,
                    unsent: str) -> Callable[[Mark], Mark]:
