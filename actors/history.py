@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from actors.heard_audio import AudioUses, said_before_audio
 from actors.heard_words import heard_within, split_heard
 from actors.history_span import Mark, next_words, rejoin, split_off, unmoved
 from actors.history_trim import MessageSizes, trim_point
@@ -56,6 +57,7 @@ class History:
         # reads the messages in key order
         self._last_at_ms = max((_at_ms(m) for m in self._meta), default=0)
         self._sizes = MessageSizes()        # for ``trim`` by size
+        self.audio_uses = AudioUses()       # tool uses that played the caller something
         # A message is never changed in place once it is in ``_messages``: a change (a merge,
         # a barge-in cut) puts a new dict in its slot. So model requests share the messages
         # themselves, with no copy per request and no second copy kept for requests.
@@ -170,7 +172,7 @@ class History:
 
     # ------------------------------------------------------------------ barge-in
 
-    def apply_heard(self, start: Mark, heard: str) -> None:
+    def apply_heard(self, start: Mark, heard: str, duration_ms: int | None = None) -> None:
         """Cut the assistant text since ``start`` down to what the caller heard.
 
         Twilio's ``utteranceUntilInterrupt`` holds the words of the chunk it was speaking,
@@ -179,7 +181,8 @@ class History:
         between the texts in order (``heard_words``: word by word, or aligned where Twilio's
         words render a text otherwise than we sent it); tool blocks stay, since their results
         already stand in the history. Assistant messages left with nothing are removed and
-        the neighbours merged.
+        the neighbours merged. Nothing heard while audio played (``duration_ms``): the words
+        before a tool's audio were (``heard_audio``).
         """
         # An earlier turn's message may be in the store already: what changes is stored again
         self._sealed = min(self._sealed, start.index)
@@ -187,9 +190,11 @@ class History:
                   if self._messages[at]["role"] == "assistant"
                   for n, block in enumerate(self._messages[at]["content"])
                   if n >= start.first_block(at) and _text(block) is not None]
-        takes = dict(zip(places, split_heard(
-            [str(self._messages[at]["content"][n]["text"]) for at, n in places],
-            heard.strip()), strict=True))
+        texts = [str(self._messages[at]["content"][n]["text"]) for at, n in places]
+        audio_only = not heard.strip() and duration_ms is not None and duration_ms > 0
+        shares = (said_before_audio(self._messages, start, texts, self.audio_uses)
+                  if audio_only else split_heard(texts, heard.strip()))
+        takes = dict(zip(places, shares, strict=True))
         for at in sorted({at for at, _ in places}):
             message = self._messages[at]
             kept = [block if (at, n) not in takes else {"text": takes[at, n]}
@@ -214,7 +219,7 @@ class History:
         return heard_within(said, heard)
 
     def record_cut(self, start: Mark, end: Mark | None, *, heard: str | None,
-                   unsent: str) -> Callable[[Mark], Mark]:
+                   unsent: str, duration_ms: int | None = None) -> Callable[[Mark], Mark]:
         """Cut the turns from ``start`` to what the caller heard (``apply_heard``), or, when
         Twilio did not say, take off the words the writer withheld (``drop_unsent``).
 
@@ -227,7 +232,7 @@ class History:
             return unmoved
         tail = split_off(self._messages, self._meta, end) if end is not None else None
         if heard is not None:
-            self.apply_heard(start, heard)
+            self.apply_heard(start, heard, duration_ms)
         else:
             self.drop_unsent(start, unsent)
         if end is None or tail is None:

@@ -54,7 +54,7 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                 # is over, and a turn started now would only be billed, never heard
                 closed = ending or ctx.marks.ended
                 match command:
-                    case BargeIn(heard=heard, played=played):
+                    case BargeIn(heard=heard, duration_ms=duration_ms, played=played):
                         ctx.stats.barge_ins += 1
                         through = ctx.marks.take_cut()
                         # The caller is speaking: stop, except the goodbye if it began
@@ -63,7 +63,7 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                         if through >= ctx.marks.turn or not ending:
                             await slot.cancel_and_wait(reason="barge-in")
                         playing.cut(ctx.history, through, heard,
-                                    ctx.marks.take_unrecorded(through), played)
+                                    ctx.marks.take_unrecorded(through), played, duration_ms)
                     case UserSaid() | KeyPressed() if not closed:
                         # Planned first: a key entry the use case ignores starts no turn, so
                         # it must not cut the reply in flight either (with interruptible
@@ -145,7 +145,7 @@ class _Playing:
         self.starts = [*earlier, (number, start)]
 
     def cut(self, history: History, through: int, heard: str | None, unsent: str,
-            played: tuple[str, ...] = ()) -> None:
+            played: tuple[str, ...] = (), duration_ms: int | None = None) -> None:
         """Record the caller cutting off turn ``through``: the turns up to it are cut to
         ``heard`` (Twilio's words, if it said) or lose ``unsent`` (what the writer withheld),
         and none of them plays any more. With none left (a second interrupt into the same
@@ -170,7 +170,8 @@ class _Playing:
         elif heard is not None and not history.fits(chosen, heard, end):
             chosen = next((s for s in reversed(cut[:-1]) if history.fits(s, heard, end)),
                           chosen)
-        moved = history.record_cut(chosen, end, heard=heard, unsent=unsent)
+        moved = history.record_cut(chosen, end, heard=heard, unsent=unsent,
+                                   duration_ms=duration_ms)
         self.starts = [(number, moved(start)) for number, start in later]
 
 

@@ -147,7 +147,9 @@ class BargeIn:
     voice, language (some have no spaces to count) and SSML, a spoken-out number takes longer
     than its digits, and Twilio does not say where the duration starts when a reply queued
     behind another. An estimate wrong either way corrupts the history (too short and the
-    model repeats what the caller heard), where what was sent errs one way only."""
+    model repeats what the caller heard), where what was sent errs one way only. It says
+    only whether audio played when ``heard`` is empty: a tool's ``play``, whose words before
+    it were then heard (``actors.heard_audio``)."""
 
     heard: str | None
     duration_ms: int | None = None

@@ -282,6 +282,7 @@ async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall,
     ctx.stats.tools.extend((o.name, o.status, o.duration_s) for o in ordered)
     ctx.history.add_assistant(current.text, [_use_block(c) for c in calls])
     ctx.history.add_tool_results([o.to_block() for o in ordered])
+    ctx.history.audio_uses.add(o.tool_use_id for o in ordered if o.spoke)
     rounds.remove(current)
     speaker.new_segment()
     for call in calls:
@@ -315,6 +316,7 @@ def _record_cut(ctx: CallContext, speaker: Speaker, rounds: list[_ToolRound]) ->
         kept = [c for c in current.calls if c.tool_use_id in done]
         ctx.history.add_assistant(current.text, [_use_block(c) for c in kept])
         ctx.history.add_tool_results([done[c.tool_use_id].to_block() for c in kept])
+        ctx.history.audio_uses.add(c.tool_use_id for c in kept if done[c.tool_use_id].spoke)
         if current.text == speaker.segment:
             speaker.new_segment()
     ctx.history.add_assistant(ctx.marks.sent_part(speaker.segment))
