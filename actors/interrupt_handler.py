@@ -358,7 +358,8 @@ class _Gate:
                 if (entry := self.keys.press(digit)) is not None:
                     held.add_entry(entry)
             case Interrupt(heard=heard, duration_ms=duration_ms):
-                played = self.played.heard() if heard is None else ()
+                # nothing said of the item playing: what played before it still was heard
+                played = self.played.heard() if not (heard or "").strip() else ()
                 self.played.clear()
                 await self.commands.send(BargeIn(heard.strip() if heard is not None else None,
                                                  duration_ms, played))

@@ -151,23 +151,26 @@ class _Playing:
         and none of them plays any more. With none left (a second interrupt into the same
         turn) nothing is cut again: "" would drop a message the store already holds.
 
-        ``played`` (tokensPlayed, when Twilio did not say) stands in for ``heard`` only where
-        it fits a turn: a record we put together may begin in the middle of a reply that
-        played across a turn's start, and must not be written over another reply's words
-        (Twilio's own ``heard`` that fits no turn is its rendering of the newest: kept)."""
+        ``played`` (tokensPlayed, when Twilio did not say or said nothing was heard of the
+        item playing: what played before it was) stands in for ``heard`` only where it fits
+        a turn: a record we put together may begin in the middle of a reply that played
+        across a turn's start, and must not be written over another reply's words (Twilio's
+        own ``heard`` that fits no turn is its rendering of the newest: kept)."""
         cut = [start for number, start in self.starts if number <= through]
         later = [(number, start) for number, start in self.starts if number > through]
         if not cut:
             return
         end = later[0][1] if later else None
         chosen = cut[-1]
-        if heard is None and played:
-            chosen, heard = next(((start, option) for option in played
-                                  for start in reversed(cut) if history.fits(start, option, end)),
-                                 (chosen, None))
-            if heard is None:
-                log.info("tokensPlayed fit no reply still playing: what was sent counts")
-        elif heard is not None and not history.fits(chosen, heard, end):
+        if not heard and played:
+            chosen, option = next(((start, option) for option in played
+                                   for start in reversed(cut) if history.fits(start, option, end)),
+                                  (chosen, None))
+            if option is None:          # what was sent counts, or Twilio's "nothing"
+                log.info("tokensPlayed fit no reply still playing",
+                         extra={"heard_reported": heard is not None})
+            heard = heard if option is None else option
+        elif heard and not history.fits(chosen, heard, end):
             chosen = next((s for s in reversed(cut[:-1]) if history.fits(s, heard, end)),
                           chosen)
         moved = history.record_cut(chosen, end, heard=heard, unsent=unsent,

@@ -51,6 +51,29 @@ async def test_twilio_words_of_a_later_sentence_keep_the_sentences_before(
     assert converse_problems(llm.requests[-1].messages) == []
 
 
+async def test_cut_as_a_sentence_began_keeps_what_tokens_played_said_was_heard(
+        tmp_path: Path) -> None:
+    """Cut as the second sentence began, before its first word: Twilio says nothing was
+    heard of it, but tokensPlayed said the first had played. Before, tokensPlayed stood in
+    only for an interrupt that left the words out, and the empty report dropped the reply."""
+    llm = FakeLLM([words(f"{FIRST} {SECOND}", first_s=0.01, gap_s=0.01), words("Sure.")])
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path), llm=llm) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                await call.say("talk to me")
+                assert (await call.read_reply()).text == f"{FIRST} {SECOND}"
+                for played in ("Sentence 1 of twelve:", FIRST.split(":")[1]):
+                    await call.send_json({"type": "info", "name": "tokensPlayed",
+                                          "value": played})
+                await call.interrupt(heard="", duration_ms=0)
+                await call.say("stop")
+                assert (await call.read_reply()).text == "Sure."
+                await call.hang_up()
+            await server.runtime.calls.wait_idle()
+    assert _texts(llm.requests[-1].messages[-3:]) == [
+        ("user", ["talk to me"]), ("assistant", [FIRST]), ("user", ["stop"])]
+
+
 async def test_a_later_chunk_of_a_reply_still_playing_cuts_that_reply(
         autojump_clock: Any) -> None:
     """A "mhm" started a turn while the first reply played; its reply queued behind. The
