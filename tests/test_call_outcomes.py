@@ -20,6 +20,7 @@ from tests.test_metrics import METRICS_TOKEN, _scrape, _value
 from tests.test_usecase_handoff import RESTAURANT, _config_with_handoff, ended, failed
 from voiceagent.app.caller import open_call, open_relay, parse_relay_twiml, post_form
 from voiceagent.app.testing import agent_server
+from voiceagent.logs import _ContextFilter
 from voiceagent.relay import peer_close
 from voiceagent.settings import SOURCE_CONFIG
 
@@ -156,3 +157,31 @@ async def test_a_handoff_is_counted_by_where_it_went(tmp_path: Path, handoff: st
     assert _value(samples, "voiceagent_handoffs_total", outcome=outcome) == 1
     assert sum(v for (name, _), v in samples.items()
                if name == "voiceagent_handoffs_total") == 1
+
+
+async def test_a_handoff_that_reached_no_one_says_what_to_do(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The warnings of a handoff that reached no one said what happened, not why nor what to
+    change: which use case lacks a target and how to give it one; and, for a call whose
+    session is gone, that it expired or was never this service's (no line said so)."""
+    config = _config_with_handoff(tmp_path, "handoff:\n  mode: none\n")
+    gone = "CA" + "8" * 32
+    with trio.fail_after(30):
+        async with agent_server(config, use_case=RESTAURANT, data_dir=tmp_path) as agent:
+            async with agent.call() as call:
+                turn = await call.say("I want to speak to a manager")
+                assert turn.ended is not None
+            caplog.handler.addFilter(_ContextFilter())     # the CallSid, as in production
+            with caplog.at_level(logging.WARNING, logger="voiceagent"):
+                await agent.post("/action", ended(call.call_sid, turn.ended["handoffData"]))
+                await agent.post("/action", ended(gone, json.dumps({"handoff": True})))
+    (no_target,) = [r for r in caplog.records if "no handoff target" in r.getMessage()]
+    assert "mode enqueue with queue or workflow_sid, or dial with number" in \
+        no_target.getMessage()
+    assert (no_target.use_case, no_target.call_sid) == (  # type: ignore[attr-defined]
+        RESTAURANT, call.call_sid)
+    (missing,) = [r for r in caplog.records if r.getMessage().startswith("call session")]
+    assert "SESSION_TTL_S" in missing.getMessage()
+    assert missing.call_sid == gone                         # type: ignore[attr-defined]
+    (goodbye,) = [r for r in caplog.records if "could not be had" in r.getMessage()]
+    assert goodbye.call_sid == gone                         # type: ignore[attr-defined]

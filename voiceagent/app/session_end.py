@@ -50,7 +50,8 @@ def session_over(runtime: Runtime, call_sid: str, handoff_data: str,
     if handoff.get("handoff") is not True and reason != HANDOFF_REASON:
         return _xml(twiml.say_and_hang_up(GOODBYE))
     if use_case is None:
-        log.warning("handoff asked for, but the call's session or use case is gone: goodbye")
+        log.warning("handoff asked for, but the call's session or use case could not be had "
+                    "(see the line before): the caller heard goodbye, not a person")
         _count_handoff(runtime, "unavailable", call_sid)
         return _xml(twiml.say_and_hang_up(GOODBYE))
     config = use_case.handoff
@@ -62,7 +63,10 @@ def session_over(runtime: Runtime, call_sid: str, handoff_data: str,
     if config.mode == "dial" and config.number:
         _count_handoff(runtime, "dial", call_sid)
         return _xml(twiml.dial(config.message, config.number))
-    log.warning("handoff asked for, but the use case has no handoff target")
+    log.warning("handoff asked for, but the use case has no handoff target: the caller heard "
+                "that no one is available; give its handoff a target (mode enqueue with queue "
+                "or workflow_sid, or dial with number) and run `voiceagent config load`",
+                extra={"use_case": use_case.name, "mode": config.mode})
     _count_handoff(runtime, "no_target", call_sid)
     return _xml(twiml.say_and_hang_up(NO_AGENT))
 

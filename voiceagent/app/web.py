@@ -174,6 +174,11 @@ async def action_webhook(runtime: Runtime) -> Response:
             log.error("call session unreadable", extra={"error": str(err)})
             return last_words(SORRY)
         session = records.session_from_item(item) if item is not None else None
+        if session is None:
+            # said here: the answers below (an apology, a goodbye) cannot tell why
+            log.warning("call session not found: it expired (SESSION_TTL_S after the call "
+                        "started) or this service did not prepare the call; nothing to "
+                        "resume or hand off")
     use_case = None
     if session is not None:
         try:
