@@ -335,7 +335,7 @@ async def check_empty_attribute_names_are_refused_alike(store: Store) -> None:
             await store.put_many([{"pk": "e", "sk": "ok"}, item])
         assert is_permanent(caught.value)
     assert await store.query("e") == []
-    await store.put({"pk": "e", "sk": "fine", "v": {"k": "", "l": [""]}})   # empty values are
+    await store.put({"pk": "e", "sk": "fine", "v": {"k": "", "l": [""]}})  # values may be empty
     assert await store.get("e", "fine") == {"pk": "e", "sk": "fine", "v": {"k": "", "l": [""]}}
 
 
