@@ -18,6 +18,7 @@ write-behind queue and flushed within a bound.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -81,6 +82,7 @@ class CallPlan:
     history_meta: tuple[dict[str, Any], ...] = ()   # its stored facts, at_ms included
     history_after_ms: int = 0   # the last chat item stored, marks too: stamp new ones after
     generation: int = 0         # the call's relay sessions before this one (reconnects)
+    started_at: float = 0.0     # epoch seconds the call was prepared at (0: not known)
 
 
 @dataclass
@@ -221,7 +223,7 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
         policy = interrupt_handler.InputPolicy(
             dtmf=plan.use_case.dtmf, max_prompt_chars=services.max_prompt_chars,
             idle_reprompt_s=services.idle_reprompt_s, max_reprompts=services.max_reprompts,
-            max_call_s=services.max_call_duration_s)
+            max_call_s=_call_time_left(plan, services.max_call_duration_s))
         nursery.start_soon(partial(interrupt_handler.run, inbound=in_recv, commands=cmd_send,
                                    policy=policy, ending=services.end_calls, marks=marks))
         with reading:
@@ -241,6 +243,17 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
         report.ended_by = "end"
     elif report.frames.dropped and report.ended_by == "hangup":
         report.ended_by = "dropped"     # the relay session failed: /action may reconnect
+
+
+def _call_time_left(plan: CallPlan, max_call_s: float) -> float:
+    """MAX_CALL_DURATION_S counts from the call's start, not from this socket's: a reconnect
+    started it again, so a call that reconnected (up to three times) ran several times the
+    limit, and outlived its session item (SESSION_TTL_S, checked against the limit). A
+    reconnect past it hears the goodbye at once. Another process's clock may differ by a
+    little, nothing next to the limit."""
+    if plan.started_at <= 0:
+        return max_call_s
+    return max(0.0, max_call_s - max(0.0, time.time() - plan.started_at))
 
 
 async def _wait_setup(socket: RelaySocket, services: CallServices,

@@ -4,6 +4,7 @@ prompts, silent callers, maximum duration, the server draining, tools that fail 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -13,7 +14,7 @@ import trio
 import trio.testing
 
 from actors import interrupt_handler
-from actors.call import END_CLOSE_S
+from actors.call import END_CLOSE_S, CallPlan
 from actors.end_signal import EndSignal
 from actors.history import History
 from actors.interrupt_handler import DRAINING, IDLE_GOODBYE, REPROMPT
@@ -22,6 +23,7 @@ from actors.messages import (
     Inbound,
     Interrupt,
     Prompt,
+    Setup,
     SpeakerEvent,
     TokensPlayed,
     TurnCommand,
@@ -320,6 +322,30 @@ async def test_maximum_call_duration_ends_politely(autojump_clock: Any) -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert call.socket.pending() == []
     assert converse_problems(call.report.history.for_request()) == []  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("elapsed_s", "goodbye_at_s"), [(25.0, 5.0), (40.0, 0.0)])
+async def test_maximum_call_duration_counts_from_the_call_s_start(
+        autojump_clock: Any, elapsed_s: float, goodbye_at_s: float) -> None:
+    """A reconnect's socket started the limit again, so a call that reconnected ran several
+    times it (and outlived its session item). A resumed call gets what is left of it; one
+    past it hears the goodbye at once."""
+    llm = FakeLLM([words("A very long story " * 20, gap_s=1.0)])
+
+    async def resumed(setup: Setup) -> CallPlan:
+        use_case = plain_use_case()
+        return CallPlan(call_sid=setup.call_sid, use_case=use_case,
+                        system_prompt=use_case.prompt, model_id="test-model", generation=1,
+                        started_at=time.time() - elapsed_s)
+
+    async with open_test_call(llm, resolve=resumed,
+                              services_changes={"max_call_duration_s": 30.0}) as call:
+        if goodbye_at_s:
+            call.say("tell me everything")
+        while (frame := await call.frame())["type"] != "end":
+            pass
+        assert trio.current_time() == pytest.approx(goodbye_at_s, abs=0.5)
+        assert frame["handoffData"] == '{"reasonCode": "max-duration"}'
 
 
 async def test_draining_ends_live_calls_politely(autojump_clock: Any) -> None:

@@ -139,6 +139,7 @@ async def test_the_session_is_in_the_store_when_the_webhook_answers(
     assert trio.current_time() == started               # found at the first read
     assert store.session_reads == 1                     # B's one read (A's check: a query)
     assert plan.system_prompt == session.system_prompt  # A's session, not rebuilt
+    assert plan.started_at == session.created_at > 0    # MAX_CALL_DURATION_S counts from it
     assert plan.greeting == "Hello from elsewhere."
     with pytest.raises(CallRejected, match="already connected"):   # claimed: B holds it
         await b.resolve(_setup(session.token))

@@ -220,7 +220,8 @@ class Sessions:
                         greeting=None if saved.messages or session.generation
                         else session.greeting, caller=session.caller, called=session.called,
                         history=saved.messages, history_meta=saved.meta,
-                        history_after_ms=saved.after_ms, generation=session.generation)
+                        history_after_ms=saved.after_ms, generation=session.generation,
+                        started_at=session.created_at)
 
     async def _minted_elsewhere(self, call_sid: str, token: str,
                                 on_retry: Callable[[], None] | None = None
