@@ -30,7 +30,7 @@ languages:
       - diavola
 relay_updates:
   - when: {caller_says: 'order'}
-    hints: margherita,pepperoni
+    hints: margherita, pepperoni
   - when: {caller_says: 'italiano'}
     languages:
       - code: it-IT

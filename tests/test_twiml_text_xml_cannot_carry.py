@@ -80,7 +80,8 @@ def _stored(relay: dict[str, Any], handoff: dict[str, Any] | None = None) -> rec
 
 
 def test_a_stored_use_case_is_served_with_valid_twiml_and_a_warning(
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(twiml, "_WARNED", set())          # what earlier tests warned of
     greeting = "Welcome to the desk.\x0bHow can I help?\x01"
     use_case = records.use_case_from_item(_stored({"welcomeGreeting": greeting,
                                                    "voice": "\ud800Joanna-Neural"}))
@@ -95,6 +96,9 @@ def test_a_stored_use_case_is_served_with_valid_twiml_and_a_warning(
     assert {r.__dict__["attribute"] for r in warnings} == {"welcomeGreeting", "voice"}
     assert all(r.__dict__["use_case"] == "desk" for r in warnings)
     assert "How can I help" not in caplog.text
+    assert _document(use_case) == document                # every call: the same document,
+    again = [r for r in caplog.records if "XML cannot carry" in r.getMessage()]
+    assert len(again) == 2                                # and no new warning
 
 
 def test_a_stored_table_of_the_sample_is_served_with_valid_twiml() -> None:

@@ -84,11 +84,16 @@ def _text(text: str, where: str, use_case: str = "") -> str:
     cannot (``usecase_xml``), but one an older release stored may: its document is still
     made, and valid, and the log says where to fix it (never the text)."""
     safe = xml_safe(text)
-    if safe != text:
+    if safe != text and (use_case, where) not in _WARNED:
+        # once per process and attribute: a stored use case is rendered for every call
+        _WARNED.add((use_case, where))
         log.warning("TwiML text held characters XML cannot carry: left out; fix the use case",
                     extra={"use_case": use_case, "attribute": where,
                            "characters": not_xml(text)})
     return safe
+
+
+_WARNED: set[tuple[str, str]] = set()    # (use case, attribute): as many as the config has
 
 
 def _value(value: Setting) -> str:

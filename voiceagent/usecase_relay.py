@@ -307,8 +307,10 @@ class RelayUpdate(Strict):
     @field_validator("hints", mode="before")
     @classmethod
     def _hints_split(cls, value: Any) -> Any:
-        """Comma-separated, as ``relay.hints`` takes them, or a list."""
-        return tuple(value.split(",")) if isinstance(value, str) else value
+        """Comma-separated, as ``relay.hints`` takes them (a space after a comma is not part
+        of the phrase), or a list."""
+        return tuple(part.strip() for part in value.split(",")) if isinstance(value, str) \
+            else value
 
     @field_validator("hints")
     @classmethod
