@@ -187,6 +187,8 @@ async def _turn(ctx: CallContext, plan: turn.TurnPlan, command: UserSaid | KeyPr
         with suppress(trio.BrokenResourceError, trio.ClosedResourceError):   # caller gone
             for message in ([switch] if switch else []) + ctx.relay.for_caller(command.text):
                 await ctx.outbound.send(message)
+                if message is switch:       # taken: Twilio speaks it, for tools too
+                    ctx.relay.language.note(switch)
     await turn.run(ctx, plan, received_at=command.received_at)
 
 

@@ -53,7 +53,10 @@ class RelayControl:
     def switch_for(self, lang: str) -> Language | None:
         """The ``language`` message that makes Twilio answer in ``lang`` (a final prompt's
         language), when the use case declares it, switches automatically, and it is not the
-        language spoken now; else None."""
+        language spoken now; else None. Not recorded here: the sender notes it in
+        ``language`` once the writer has taken it. A send cut short (a prompt superseding the
+        turn while Twilio was slow) changed nothing, and a record saying otherwise held back
+        the next prompt's switch, and a tool's too."""
         if not lang or not self.use_case.auto_language_enabled:
             return None
         entry = self.use_case.language_for(lang)
@@ -61,9 +64,7 @@ class RelayControl:
             return None
         log.info("caller's language changed: switching", extra={
             "from": self.language.tts, "to": entry.code})
-        switch = Language(tts_language=entry.code)
-        self.language.note(switch)
-        return switch
+        return Language(tts_language=entry.code)
 
     def language_note(self) -> str | None:
         """A system block telling the model which language to answer in, once the call has
