@@ -93,7 +93,8 @@ class FromTool:
     the newest turn for the frame's own, as it does for text: ``turn`` says. The writer
     withholds the frame when the caller has cut that turn off (Twilio dropped what was
     queued then; sent now, it would start over the caller's words) and tells ``on_taken``
-    whether it did, before sending: the tool learns whether the caller gets it."""
+    whether it did, before sending (after ``end`` it drops it too, and says so): the tool
+    learns whether the caller gets it."""
 
     frame: Play | SendDigits
     turn: int

@@ -68,7 +68,7 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
                 message = outgoing.frame
                 # as for a word: no await between this check and the send
                 cut = not ended and marks is not None and marks.cut_off(outgoing.turn)
-                outgoing.on_taken(cut)
+                outgoing.on_taken(cut or ended)     # after `end`, dropped below: not played
                 if cut:
                     stats.dropped_after_cut += 1
                     log.info("tool audio withheld: the caller cut its turn off",

@@ -15,6 +15,7 @@ import trio
 import yaml
 
 from tests.call_harness import open_test_call, plain_use_case
+from tests.end_tools import HANDOFF_END
 from tests.fakes import FakeLLM, MemorySocket, Step, tool_use, words
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from voiceagent.app.caller import open_call
@@ -139,3 +140,44 @@ async def test_digits_still_queued_in_the_writer_at_a_barge_in_are_not_pressed(
     assert call.history[-1] == {"role": "user", "content": [{"toolResult": {
         "toolUseId": "tu_keys", "content": [{"json": {"sent": 0, "withheld": WITHHELD}}],
         "status": "success"}}]}
+
+
+async def test_keys_and_audio_after_the_end_are_reported_as_not_sent(
+        autojump_clock: Any) -> None:
+    """One reply hands the call to a person and presses an extension at once; the handoff's
+    ``end`` reached the writer first, which sends nothing after it. The keys were dropped as
+    before, but the writer told the tool they went out: its result said the keys were
+    pressed, and the call's record says the caller heard them."""
+    handed_off = trio.Event()
+    told: list[bool] = []
+
+    async def handoff(ctx: Any, args: Any) -> dict[str, Any]:
+        await ctx.send(HANDOFF_END)
+        handed_off.set()
+        return {"status": "transferring"}
+
+    async def press_extension(ctx: Any, args: Any) -> dict[str, Any]:
+        await handed_off.wait()
+        told.append(await ctx.send(SendDigits("1234#")))
+        told.append(await ctx.send(Play(HOLD)))
+        return {"keys_pressed": told[0]}
+
+    registry = ToolRegistry([ToolDefinition("handoff", handoff, ends_turn=True),
+                             ToolDefinition("pressExtension", press_extension,
+                                            side_effect=True)])
+    use_case = plain_use_case(tools=[{"name": "handoff", "description": "To a person"},
+                                     {"name": "pressExtension", "description": "Dial it"}])
+    llm = FakeLLM([[ToolUseRequest("tu_hand", "handoff", {}),
+                    ToolUseRequest("tu_keys", "pressExtension", {}), StreamEnd("tool_use")]])
+    socket = MemorySocket()
+    async with open_test_call(llm, use_case=use_case, registry=registry,
+                              socket=socket) as call:
+        call.say("put me through to sales")
+        await call.until_end()
+        await trio.sleep(5)
+        frames = socket.pending()
+    assert [f["type"] for f in frames] == []
+    assert told == [False, False]
+    results = {b["toolResult"]["toolUseId"]: b["toolResult"]["content"][0]
+               for m in call.history for b in m["content"] if "toolResult" in b}
+    assert results["tu_keys"] == {"json": {"keys_pressed": False}}

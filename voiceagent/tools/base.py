@@ -75,7 +75,8 @@ class ToolContext:
 
         False: a ``Play`` or ``SendDigits`` was withheld, since the caller had cut off the
         turn that called the tool (Twilio dropped what was queued then; sent now, it would
-        start over the caller's words). Nothing reached the caller: say so in the result, so
+        start over the caller's words), or since the call's ``end`` had gone out (nothing
+        follows it). Nothing reached the caller: say so in the result, so
         the model asks before trying again. A tool that does not look still runs to its end."""
         if not isinstance(message, ToolMessage):
             raise ToolMessageRefused(self.tool_name, (
