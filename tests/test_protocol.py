@@ -641,8 +641,10 @@ def test_valid_prompt_and_interrupt_parse_to_the_same_values(prompt: Prompt,
 
 
 optional_bool = st.none() | st.booleans()
-# any path a web URL can carry unescaped (Play refuses spaces and control characters)
-play_sources = st.text(st.characters(min_codepoint=0x21, exclude_characters="\x7f"),
+# any path a web URL can carry unescaped (Play refuses spaces and control characters); no
+# lone surrogate, which encode sends as U+FFFD (test_unencodable_reply_text): no round trip
+play_sources = st.text(st.characters(min_codepoint=0x21, exclude_characters="\x7f",
+                                     exclude_categories=("Cs",)),
                        max_size=200).map(lambda path: "https://cdn.example.com/" + path)
 outbound_messages = st.one_of(
     st.builds(Text, token=st.text(), last=st.booleans(), lang=st.none() | st.text(min_size=1),
