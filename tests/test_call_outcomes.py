@@ -105,6 +105,11 @@ def test_install_is_idempotent_and_refuses_an_unknown_hypercorn(
     assert h11.WSStream is SomethingElse                    # left as found
     assert not peer_close.codes_known()
     assert "not the one expected" in caplog.text
+    monkeypatch.setattr(h11, "WSStream", WSStream)          # the class, a newer release
+    monkeypatch.setattr(peer_close, "hypercorn_release", lambda: "0.19.0")
+    assert not peer_close.install()
+    assert h11.WSStream is WSStream
+    assert not peer_close.codes_known()
 
 
 async def test_calls_handed_to_a_person_are_counted_by_outcome(tmp_path: Path) -> None:

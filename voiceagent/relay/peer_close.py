@@ -7,8 +7,8 @@ relay session failing (the failure Twilio then asks ``/action`` about, which may
 and every failed socket was counted as a hang-up. hypercorn answers the peer's close frame by
 echoing it; the stream class below keeps that code and puts it in the disconnect event, so a
 connection lost without a close frame is still 1006. hypercorn has no hook for its stream
-class, so its protocol modules' attribute is set to the subclass; ``install`` does that only
-when hypercorn is the version it was written against and says so otherwise (then
+class, so its protocol modules' attribute is set to the subclass; ``install`` does that
+only for a release it was written against (``KNOWN_RELEASES``), and says so otherwise (then
 ``codes_known`` is False, and the relay socket takes every close for a hang-up, as before).
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from importlib.metadata import version
 from typing import Any
 
 import hypercorn.protocol.h2 as h2
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 Put = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+# the releases whose WSStream keeps ``app_put`` and ``connection`` as read below: another
+# one is left alone (``install``), not guessed at, since a wrong guess fails at every close
+KNOWN_RELEASES = ("0.18.",)
+
+
 class PeerCodeWSStream(WSStream):
     async def _send_wsproto_event(self, event: Any) -> None:
         # hypercorn echoes the peer's close (REMOTE_CLOSING) just before it ends the stream
@@ -37,6 +43,10 @@ class PeerCodeWSStream(WSStream):
                 and self.connection.state is ConnectionState.REMOTE_CLOSING):
             self.app_put = _with_code(self.app_put, int(event.code))
         await super()._send_wsproto_event(event)
+
+
+def hypercorn_release() -> str:
+    return version("hypercorn")
 
 
 def _with_code(put: Put, code: int) -> Put:
@@ -52,9 +62,11 @@ def install() -> bool:
     expected."""
     modules = (h11, h2)
     if (any(getattr(m, "WSStream", None) not in (WSStream, PeerCodeWSStream) for m in modules)
-            or not callable(getattr(WSStream, "_send_wsproto_event", None))):
+            or not callable(getattr(WSStream, "_send_wsproto_event", None))
+            or not hypercorn_release().startswith(KNOWN_RELEASES)):
         log.warning("hypercorn's WebSocket stream is not the one expected; a socket closed "
-                    "by its peer counts as a hang-up, whatever its close code")
+                    "by its peer counts as a hang-up, whatever its close code",
+                    extra={"hypercorn": hypercorn_release(), "known": KNOWN_RELEASES})
         return False
     for module in modules:
         setattr(module, "WSStream", PeerCodeWSStream)   # noqa: B010 (not exported)
