@@ -20,6 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_CONFIG = ROOT / "tests" / "fixtures" / "config"
 SERVE_TIMEOUT_S = 60
 
+# main() runs the demo's server, or serve (if start-up stopped nothing, on HOST, for ever),
+# in this process: a bound, as for every test that does I/O
+IN_PROCESS_LIMIT = pytest.mark.timeout(SERVE_TIMEOUT_S)
+
 
 def test_every_settings_problem_is_reported_at_once() -> None:
     with pytest.raises(SettingsError) as caught:
@@ -116,6 +120,7 @@ def test_twiml_carries_the_relay_attributes_languages_and_token() -> None:
     assert "welcomeGreeting" not in again
 
 
+@IN_PROCESS_LIMIT
 def test_demo_plays_a_scripted_caller(capsys: pytest.CaptureFixture[str],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("CONFIG_DIR", "TIME_ZONE"):
@@ -133,6 +138,7 @@ def test_demo_plays_a_scripted_caller(capsys: pytest.CaptureFixture[str],
     assert "DEMO MODE" in out.err
 
 
+@IN_PROCESS_LIMIT
 def test_demo_reads_a_piped_script_and_waits_for_each_answer(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """`echo ... | voiceagent demo` used to hang up at end of input, before any answer."""
@@ -149,6 +155,7 @@ def test_demo_reads_a_piped_script_and_waits_for_each_answer(
     assert "goodbye" in lines[-1].lower()
 
 
+@IN_PROCESS_LIMIT
 def test_call_reports_an_unreachable_server_in_one_line(
         capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["call", "http://127.0.0.1:9", "--say", "hi"])
@@ -159,8 +166,11 @@ def test_call_reports_an_unreachable_server_in_one_line(
 
 
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
-    """Nothing from the developer's shell: no AWS identity, no Twilio token."""
+    """Nothing from the developer's shell: no AWS identity, no Twilio token; and run from
+    ``tmp_path``, so serve's ./.env is not the checkout's (a developer's .env with a token
+    would start a server there, and load_dotenv writes os.environ past monkeypatch)."""
     import os
+    monkeypatch.chdir(tmp_path)
     for name in list(os.environ):
         if name.startswith(("AWS_", "TWILIO_")) or name in (
                 "STORE", "LLM", "DEMO", "VALIDATE_SIGNATURES", "TABLE_NAME", "PORT"):
@@ -170,6 +180,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
+@IN_PROCESS_LIMIT
 def test_serve_without_a_token_says_what_to_set(capsys: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 tmp_path: object) -> None:
@@ -181,6 +192,7 @@ def test_serve_without_a_token_says_what_to_set(capsys: pytest.CaptureFixture[st
     assert "Traceback" not in err
 
 
+@IN_PROCESS_LIMIT
 def test_serve_with_bedrock_and_no_aws_identity_stops_at_start(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
         tmp_path: object) -> None:

@@ -372,6 +372,7 @@ def test_the_setting_is_refused_off_loopback() -> None:
     assert not Settings.from_env({"TWILIO_AUTH_TOKEN": "x"}).phone_page   # never by default
 
 
+@pytest.mark.timeout(60)                 # were it not refused: serve, in this process
 def test_serve_refuses_to_start_with_the_page_off_loopback(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -245,6 +245,7 @@ def test_an_entry_point_module_registers_its_tools(
     config = write_config(tmp_path / "config", "CheckTableAvailability")
     isolate_env(monkeypatch, {"STORE": "sqlite", "DATA_DIR": str(tmp_path / "data"),
                               "CONFIG_DIR": str(config), "TOOLS": ""})
+    monkeypatch.chdir(tmp_path)     # config load reads ./.env: not the checkout's
     assert main(["config", "load"]) == 0
     assert "use case plugUseCase: created" in capsys.readouterr().out
 
@@ -365,6 +366,7 @@ def test_config_load_stops_with_one_line(kind: str, tmp_path: Path,
     monkeypatch.syspath_prepend(str(plugins))
     isolate_env(monkeypatch, {"STORE": "sqlite", "DATA_DIR": str(tmp_path / "data"),
                               "CONFIG_DIR": str(config), "TOOLS": tools})
+    monkeypatch.chdir(tmp_path)     # config load reads ./.env: not the checkout's
     assert main(["config", "load"]) == 2
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
