@@ -22,7 +22,10 @@ def test_a_typo_names_the_setting_it_meant(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.chdir(tmp_path)
     for name in ("TWILIO_AUTH_TOKN", "MAX_CALS", "AWS_PROFLE", "MY_API_KEY", "NGROK_DOMAIN",
                  "AWS_ENDPOINT_URL_S3", "PORT"):
-        monkeypatch.delenv(name, raising=False)
+        # set, then deleted: monkeypatch then removes what load_dotenv_file writes into
+        # os.environ (delenv alone, of a name not set, records nothing to undo)
+        monkeypatch.setenv(name, "placeholder")
+        monkeypatch.delenv(name)
     (tmp_path / ".env").write_text("TWILIO_AUTH_TOKN=abc\nMAX_CALS=10\nAWS_PROFLE=dev\n"
                                    "MY_API_KEY=mine\nNGROK_DOMAIN=x.ngrok.app\n"
                                    "AWS_ENDPOINT_URL_S3=http://127.0.0.1:9\nPORT=3001\n")
