@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.server_harness import make_settings, running_server
@@ -149,13 +150,20 @@ async def test_another_site_cannot_mint_page_calls_or_evict_the_developers_token
 ASYNC_END = """
 (() => {
   // As browsers do (Web Speech API: the end event is queued as a task), abort() fires "end"
-  // after it returns, not inside it. Counts the recognisers started and not yet ended.
+  // after it returns, not inside it. Counts the recognisers started and not yet ended, and
+  // the late ends whose aftermath is over: a timer the page's "end" handler set (listen()
+  // again 250 ms on) is due before one set after the handler returned, 600 ms on.
   window.liveRecognisers = 0;
+  window.settledEnds = 0;
   const Base = window.SpeechRecognition;
   class SpecRecognition extends Base {
     start() { super.start(); window.liveRecognisers += 1; }
     abort() {
-      setTimeout(() => { window.liveRecognisers -= 1; super.abort(); }, 20);
+      setTimeout(() => {
+        window.liveRecognisers -= 1;
+        super.abort();
+        setTimeout(() => { window.settledEnds += 1; }, 600);
+      }, 20);
     }
   }
   window.SpeechRecognition = window.webkitSpeechRecognition = SpecRecognition;
@@ -163,6 +171,7 @@ ASYNC_END = """
 """
 
 
+@pytest.mark.timeout(60)
 def test_toggling_the_microphone_leaves_one_recogniser_listening(tmp_path: Path) -> None:
     """phone.js listen(): each recogniser's "end" handler sets the shared `recognition` to
     null whichever recogniser it belongs to. Unticking and ticking Microphone quickly (the
@@ -170,8 +179,6 @@ def test_toggling_the_microphone_leaves_one_recogniser_listening(tmp_path: Path)
     starts a second recogniser; the first one's late "end" then forgets the second and
     schedules listen() again, which starts a third while the second still listens: every
     utterance is then transcribed, and sent as a prompt, twice."""
-    import pytest
-
     from tests.browser_support import CHROMIUM, launch_chromium, phone_settings, server_thread
     if not CHROMIUM.exists():
         pytest.skip("needs Debian's Chromium")
@@ -193,7 +200,8 @@ def test_toggling_the_microphone_leaves_one_recogniser_listening(tmp_path: Path)
                     page.wait_for_function("() => window.liveRecognisers === 1")
                     page.get_by_test_id("mic").evaluate(     # off and on, within 20 ms
                         "m => { m.click(); m.click(); }")
-                    page.wait_for_timeout(600)          # the 250 ms restart, and some
+                    # the first recogniser's late "end", and any listen() it scheduled
+                    page.wait_for_function("() => window.settledEnds === 1")
                     live = page.evaluate("() => window.liveRecognisers")
                     page.get_by_test_id("hang-up").click()
                 finally:
