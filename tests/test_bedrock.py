@@ -1091,25 +1091,16 @@ async def test_take_ready_hands_over_what_arrived_without_waiting(
     in order, and nothing is waited for."""
     deltas = [f" w{n}" for n in range(12)]
     fake.push(text_reply(deltas, gap_s=0.02))
-    texts: list[str] = []
     with trio.fail_after(5):
         async with llm.stream(request()) as events:
             assert isinstance(events, HeldReads)        # turns read it once per window
             first = await events.receive()
-            assert isinstance(first, TextDelta)
-            texts.append(first.text)
-            await trio.sleep(0.1)
+            await fake.requests[0].done.wait()          # the rest sent: in our socket
             batch = await events.take_ready()  # type: ignore[attr-defined]
-            assert len(batch) >= 3
-            end = None
-            while end is None:
-                for item in [*batch, await events.receive()]:
-                    if isinstance(item, TextDelta):
-                        texts.append(item.text)
-                    elif isinstance(item, StreamEnd):
-                        end = item
-                batch = []
-    assert texts == deltas
+    assert first == TextDelta(deltas[0])
+    *texts, end = batch
+    assert texts == [TextDelta(d) for d in deltas[1:]]
+    assert isinstance(end, StreamEnd)
     assert end.stop_reason == "end_turn"
 
 
@@ -1140,7 +1131,7 @@ async def test_take_ready_gives_the_events_before_a_failure_first(
     with trio.fail_after(5):
         async with llm.stream(request()) as events:
             assert await events.receive() == TextDelta("Sure,")
-            await trio.sleep(0.1)
+            await fake.requests[0].done.wait()          # " we" and the exception sent
             assert await events.take_ready() == [TextDelta(" we")]  # type: ignore[attr-defined]
             with pytest.raises(ModelStreamFailed) as failed:
                 await events.receive()
