@@ -17,7 +17,7 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
 from tests.test_write_behind import FakeStore
 from voiceagent.app import heap
 from voiceagent.app.caller import CallerError, open_call, post_form
@@ -445,6 +445,12 @@ async def test_model_and_tool_errors_by_kind(tmp_path: Path) -> None:
     assert _value(samples, "voiceagent_turn_latency_seconds_count") == 2
 
 
+def _lag_count(server: RunningServer) -> float:
+    """The loop-lag samples the server's sampler has taken so far."""
+    return server.runtime.metrics.registry.get_sample_value(
+        "voiceagent_event_loop_lag_seconds_count") or 0
+
+
 async def test_gc_pauses_and_loop_lag_are_exposed(tmp_path: Path) -> None:
     """What every call waits for beyond its own work: collections by generation (once the
     process records them, as ``voiceagent serve`` does) and the event loop's lag."""
@@ -452,7 +458,8 @@ async def test_gc_pauses_and_loop_lag_are_exposed(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with running_server(make_settings(tmp_path,
                                                 METRICS_TOKEN=METRICS_TOKEN)) as server:
-            await trio.sleep(0.25)                      # a couple of lag samples
+            while _lag_count(server) < 2:   # noqa: ASYNC110 - a couple of samples; no event
+                await trio.sleep(heap.LAG_INTERVAL_S)
             gc.collect(1)
             _, samples = await trio.to_thread.run_sync(_scrape, server.url)
     assert _value(samples, "voiceagent_gc_pause_seconds_count", generation="1") >= 1
