@@ -9,6 +9,7 @@ frame now carries U+FFFD in its place, and the call goes on.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import trio
@@ -38,6 +39,12 @@ async def test_a_lone_surrogate_in_a_reply_is_spoken_around_and_the_call_goes_on
 
 
 def test_every_outbound_frame_is_valid_utf8() -> None:
-    for message in (Text("a \udc00 b", last=True), Play("https://x.example/\ud800.mp3"),
-                    End(handoff_data='{"summary": "\ud83d"}')):
-        encode(message).encode("utf-8")         # what the socket does with it
+    """Each lone surrogate becomes U+FFFD where it stood; nothing else of the frame changes."""
+    frames = [encode(message).encode("utf-8")     # what the socket does with it
+              for message in (Text("a \udc00 b", last=True),
+                              Play("https://x.example/\ud800.mp3"),
+                              End(handoff_data='{"summary": "\ud83d"}'))]
+    assert [json.loads(frame) for frame in frames] == [
+        {"type": "text", "token": "a \ufffd b", "last": True},
+        {"type": "play", "source": "https://x.example/\ufffd.mp3"},
+        {"type": "end", "handoffData": '{"summary": "\ufffd"}'}]
