@@ -177,8 +177,8 @@ def test_a_misspelt_schema_keyword_is_refused_at_load(schema: dict[str, Any],
 
 def test_schema_annotations_and_vendor_keywords_still_load() -> None:
     """Only misspellings are refused: what JSON Schema defines as annotations, and vendor
-    ``x-`` extensions, which it reserves for this, load. No assert: the defect (one of these
-    taken for a misspelling) is a ConfigError from ``check_use_case``, which fails the test."""
+    ``x-`` extensions, which it reserves for this, load (``check_use_case`` raises no
+    ConfigError), and the schema around them still checks the tool's input."""
     from voiceagent.tools.registry import default_registry
     from voiceagent.usecases import UseCase
 
@@ -187,7 +187,11 @@ def test_schema_annotations_and_vendor_keywords_still_load() -> None:
                                         "x-ui": {"anything": True}}}}
     uc = UseCase.model_validate({"name": "demo", "prompt": "Hi.", "tools": [
         {"name": "endCall", "description": "Hang up.", "input_schema": schema}]})
-    default_registry().check_use_case(uc)
+    registry = default_registry()
+    registry.check_use_case(uc)
+    assert registry.validate_input(uc.tools[0], {"reason": "done"}) == []
+    assert registry.validate_input(uc.tools[0], {"reason": 5}) == [
+        "reason: must be of type string"]
 
 
 

@@ -41,5 +41,8 @@ def test_an_older_drafts_keyword_that_would_be_ignored_is_refused_with_its_2020_
 
 def test_a_stored_use_case_with_one_is_still_served() -> None:
     """With ``keywords=False`` (a use case already in the store) the older keyword does not
-    stop it being served. No assert: the defect is the ConfigError above, which fails it."""
-    _check({"type": "object", "dependencies": {"a": ["b"]}}, keywords=False)
+    stop it being served: the same schema a file being loaded is refused for passes."""
+    schema = {"type": "object", "dependencies": {"a": ["b"]}}
+    with pytest.raises(ConfigError, match="would be ignored"):
+        _check(schema)
+    _check(schema, keywords=False)
