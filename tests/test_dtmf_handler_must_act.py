@@ -14,15 +14,17 @@ import yaml
 from voiceagent.catalog import read_config_dir
 from voiceagent.errors import ConfigError
 from voiceagent.tools.registry import default_registry
+from voiceagent.usecases import UseCase
 
 
-def _load(tmp_path: Path, handler: dict[str, Any]) -> None:
+def _load(tmp_path: Path, handler: dict[str, Any]) -> UseCase:
     folder = tmp_path / "config"
     (folder / "usecases").mkdir(parents=True)
     (folder / "usecases" / "keys.yaml").write_text(yaml.safe_dump({
         "name": "keys", "prompt": "You answer the phone.", "relay": {"dtmfDetection": True},
         "dtmf": {"handlers": {"5": handler}}}))
-    read_config_dir(folder, default_registry())
+    (use_case,) = read_config_dir(folder, default_registry()).use_cases
+    return use_case
 
 
 @pytest.mark.parametrize("handler", [{}, {"to_model": False}, {"input": {"x": 1}},
@@ -36,4 +38,5 @@ def test_a_handler_that_does_nothing_is_refused(tmp_path: Path,
 
 @pytest.mark.parametrize("handler", [{"reply": "We open at nine."}, {"to_model": True}])
 def test_a_handler_that_acts_loads(tmp_path: Path, handler: dict[str, Any]) -> None:
-    _load(tmp_path, handler)
+    loaded = _load(tmp_path, handler).dtmf.handlers["5"]
+    assert loaded.model_dump(include=set(handler)) == handler

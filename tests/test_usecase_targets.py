@@ -13,14 +13,16 @@ import yaml
 from voiceagent.catalog import read_config_dir
 from voiceagent.errors import ConfigError
 from voiceagent.tools.registry import default_registry
+from voiceagent.usecases import UseCase
 
 
-def _load(tmp_path: Path, **keys: Any) -> None:
+def _load(tmp_path: Path, **keys: Any) -> UseCase:
     folder = tmp_path / "config"
     (folder / "usecases").mkdir(parents=True)
     (folder / "usecases" / "desk.yaml").write_text(yaml.safe_dump({
         "name": "desk", "prompt": "You answer the phone.", **keys}))
-    read_config_dir(folder, default_registry())
+    (use_case,) = read_config_dir(folder, default_registry()).use_cases
+    return use_case
 
 
 @pytest.mark.parametrize(("handoff", "key_path", "said"), [
@@ -43,7 +45,8 @@ def test_a_handoff_without_its_target_is_refused(tmp_path: Path, handoff: dict[s
     {"mode": "dial", "number": "+15555550123"},
     {"mode": "none"}])
 def test_a_handoff_with_its_target_loads(tmp_path: Path, handoff: dict[str, Any]) -> None:
-    _load(tmp_path, handoff=handoff)
+    loaded = _load(tmp_path, handoff=handoff).handoff
+    assert loaded.model_dump(include=set(handoff)) == handoff
 
 
 @pytest.mark.parametrize("terminator", ["", "##", "x"])
@@ -54,4 +57,4 @@ def test_a_terminator_is_one_key(tmp_path: Path, terminator: str) -> None:
 
 
 def test_a_star_ends_an_entry_too(tmp_path: Path) -> None:
-    _load(tmp_path, dtmf={"terminator": "*"})
+    assert _load(tmp_path, dtmf={"terminator": "*"}).dtmf.terminator == "*"
