@@ -55,5 +55,9 @@ def _within(part: Any, whole: Any) -> bool:
 
 @pytest.mark.parametrize("change", LOADED_BY_AN_OLDER_RELEASE)
 def test_the_same_settings_in_a_file_are_refused(change: dict[str, Any]) -> None:
-    with pytest.raises(ConfigError):
+    """Refused for the setting changed: the use case around it loads from a file as it is."""
+    assert parse_model(UseCase, _stored({})["voiceagent"], "config/desk.yaml").name == "desk"
+    with pytest.raises(ConfigError) as caught:
         parse_model(UseCase, _stored(change)["voiceagent"], "config/desk.yaml")
+    (changed,) = change
+    assert caught.value.key_path.split(".")[0] == changed
