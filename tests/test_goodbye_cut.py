@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from actors.interrupt_handler import DRAINING
 from tests.call_harness import open_test_call, plain_use_case
 from tests.end_tools import HANDOFF_END, HANDOFF_USE_CASE
 from tests.fakes import FakeLLM, tool_use, words
@@ -48,7 +49,10 @@ async def test_drain_goodbye_survives_a_barge_in(autojump_clock: Any) -> None:
         call.say("hello? are you there?")    # the caller keeps talking
         await trio.sleep(20)
         frames += call.socket.pending()
-        assert any(f["type"] == "end" for f in frames), frames
+    said = "".join(f.get("token", "") for f in frames if f["type"] == "text")
+    assert said.endswith(DRAINING), said                     # the goodbye, whole
+    assert frames[-1] == {"type": "end", "handoffData": '{"reasonCode": "server-draining"}'}
+    assert len(llm.requests) == 1                # the words after it asked the model nothing
 
 
 def _texts(message: dict[str, Any]) -> list[str]:
