@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from voiceagent.errors import StoreError, StoreRejected
+from voiceagent.log_episodes import QUIET_S
 from voiceagent.store.base import BATCH_LIMIT, Item
 from voiceagent.store.write_behind import WriteBehind
 
@@ -156,6 +157,7 @@ async def test_retries_with_backoff_while_down_then_drains_in_order(
             assert stats.retries == 3                               # at 0.05, 0.15, 0.35
             assert await writer.flush(timeout_s=10.0)
             assert trio.current_time() == pytest.approx(1.55)
+            await trio.sleep(QUIET_S)       # the outage's end is logged once it has been quiet
             nursery.cancel_scope.cancel(reason="test over")
     # 0 fails, then waits of 0.05, 0.1, 0.2, 0.4, 0.8; the store is back at 1.0
     assert attempt_times(store) == [0.0, 0.05, 0.15, 0.35, 0.75, 1.55, 1.55]
@@ -167,7 +169,8 @@ async def test_retries_with_backoff_while_down_then_drains_in_order(
     assert logged.count("store writes failing, retrying with backoff") == 1
     assert logged.count("store writes recovered") == 1
     recovered = next(r for r in caplog.records if r.getMessage() == "store writes recovered")
-    assert vars(recovered)["retries"] == 5
+    assert vars(recovered)["counts"] == {"StoreError": 5}
+    assert vars(recovered)["lasted_s"] == 0.8       # its first failure to its last
     assert "4111" not in caplog.text
 
 

@@ -19,7 +19,9 @@ never over a newer one.
 
 Failures: a ``StoreError`` is transient and retried forever, unless it is ``permanent`` (the
 store refused the item itself, see ``StoreRejected``). A permanently refused batch is retried
-item by item so only the bad item is dropped; it is logged by key, never by content.
+item by item so only the bad item is dropped; it is logged by key, never by content. An outage
+is logged as an episode (``log_episodes``): its first failure of each kind, a summary with
+counts and the backlog each minute while it lasts, and its end.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import collections
 import copy
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 import trio
 
 from voiceagent.errors import StoreError, StorePartlyWritten
+from voiceagent.log_episodes import Episode
 from voiceagent.logs import for_call, mask_phone
 from voiceagent.store.base import BATCH_LIMIT, Item, Store, Version, item_size
 
@@ -113,7 +117,11 @@ class WriteBehind:
         self._down_since: float | None = None
         self._pending_bytes = 0
         self._running = False
-        self._retries_before_outage = 0
+        # the log's view of an outage: its first failure, a summary a minute, its end once
+        # no write failed for QUIET_S (a throttled store fails every other batch: a line
+        # per failure and per recovery was ~8 a second at 300 calls)
+        self._outage = Episode(log, lasts="store writes still failing",
+                               ended="store writes recovered", state=self._backlog)
 
     # ------------------------------------------------------------------ producers
 
@@ -250,7 +258,9 @@ class WriteBehind:
         while True:
             if not self._queue:
                 self._wakeup = trio.Event()
-                await self._wakeup.wait()
+                with trio.move_on_at(self._outage.quiet_at or math.inf):
+                    await self._wakeup.wait()
+                self._outage.expire()
                 continue
             if self._linger_s > 0 and len(self._queue) < BATCH_LIMIT and not self._flushing:
                 with trio.move_on_after(self._linger_s):
@@ -337,14 +347,14 @@ class WriteBehind:
     def _note_failure(self, err: StoreError) -> None:
         if self._down_since is None:
             self._down_since = trio.current_time()
-            self._retries_before_outage = self._retries
-            log.warning("store writes failing, retrying with backoff", extra={
-                "error": type(err).__name__, "reason": str(err), "pending": len(self._queue)})
+        self._outage.note(type(err).__name__, "store writes failing, retrying with backoff",
+                          error=type(err).__name__, reason=str(err), pending=len(self._queue))
 
     def _note_recovery(self) -> None:
-        if self._down_since is not None:
-            log.info("store writes recovered", extra={
-                "down_s": round(trio.current_time() - self._down_since, 3),
-                "retries": self._retries - self._retries_before_outage,
-                "pending": len(self._queue)})
-            self._down_since = None
+        self._down_since = None
+        self._outage.succeeded()
+
+    def _backlog(self) -> dict[str, float]:
+        stats = self.statistics()
+        return {"pending": stats.pending, "pending_bytes": stats.pending_bytes,
+                "oldest_pending_s": round(stats.oldest_pending_age_s, 1)}
