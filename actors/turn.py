@@ -374,9 +374,14 @@ def _use_block(call: ToolCall) -> dict[str, object]:
 
 
 def _log_model_error(ctx: CallContext, err: LLMError) -> None:
+    """A refusal is this call's history: its shape, each time. Any other error is the
+    model's state, the same for every call (the backend logs it, in proportion), and the
+    "turn done" line names it: here at DEBUG only, or throttling wrote this per turn."""
     extra: dict[str, object] = {"code": err.code, "kind": type(err).__name__}
-    if isinstance(err, ModelRejected):
-        extra["history_shape"] = [
-            f"{m['role'][0]}:{'+'.join(next(iter(b)) for b in m['content'])}"
-            for m in ctx.history.for_request()]
+    if not isinstance(err, ModelRejected):
+        log.debug("model error, apologising", extra=extra)
+        return
+    extra["history_shape"] = [
+        f"{m['role'][0]}:{'+'.join(next(iter(b)) for b in m['content'])}"
+        for m in ctx.history.for_request()]
     log.warning("model error, apologising", extra=extra)

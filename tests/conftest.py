@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import settings as hypothesis_settings
 
 from tests.fake_bedrock import FakeBedrock, running_fake_bedrock
 from tests.wheelhouse import Wheelhouse, WheelVenv, build_wheelhouse, make_wheel_venv
+from voiceagent.logs import _ContextFilter
 
 # Tests are deterministic: each property test draws the same examples on every run (its seed
 # comes from the test), and no example fails for being slow on a loaded machine; a play
@@ -47,6 +49,24 @@ async def fake_bedrock(aws_env: None, monkeypatch: pytest.MonkeyPatch
         yield server
 
 
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    """Every record at INFO and above (the default level), after our context filter ran."""
+    kept: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            kept.append(record)
+
+    handler = Collect(level=logging.INFO)
+    handler.addFilter(_ContextFilter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield kept
+    root.removeHandler(handler)
+    root.setLevel(old_level)
 
 
 @pytest.fixture(scope="session")

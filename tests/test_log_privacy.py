@@ -11,7 +11,6 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from tests.fake_bedrock import (
 )
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from voiceagent.app.caller import Identity, open_relay, parse_relay_twiml, post_form
-from voiceagent.logs import JsonFormatter, _ContextFilter
+from voiceagent.logs import JsonFormatter
 from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
 
@@ -47,26 +46,6 @@ SECRETS = {
     "metrics_token": "SENTINEL-METRICS-9999",
 }
 CALLER = "+15555550987"
-
-
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    """Every record at INFO and above (the default level), after our context filter ran."""
-    kept: list[logging.LogRecord] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            kept.append(record)
-
-    handler = Collect(level=logging.INFO)
-    handler.addFilter(_ContextFilter())
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    yield kept
-    root.removeHandler(handler)
-    root.setLevel(old_level)
 
 
 def _said(request: RecordedRequest) -> str:

@@ -61,7 +61,7 @@ class Episode:
         waits, so the end line does not wait for the next success)."""
         return None if self._began is None else self._last + self._quiet_s
 
-    def note(self, kind: str, event: str, *, level: int | None = None,
+    def note(self, kind: str, event: str, /, *, level: int | None = None,
              **fields: Any) -> bool:
         """One occurrence: ``event`` with ``fields`` is logged if ``kind`` is new in this
         episode, else counted (and logged at DEBUG). True when it was logged."""

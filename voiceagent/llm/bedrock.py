@@ -56,6 +56,7 @@ from voiceagent.llm.bedrock_http import Attempt, ReadWatchdog
 from voiceagent.llm.bedrock_signing import BedrockSigner, request_body
 from voiceagent.llm.bedrock_stream import ModelStream
 from voiceagent.llm.converse import converse_problems
+from voiceagent.log_episodes import Episode
 from voiceagent.settings import Settings
 from voiceagent.threads import run_blocking
 
@@ -148,6 +149,11 @@ class BedrockLLM:
         self._setup_lock = trio.Lock()
         self._watchdog = ReadWatchdog()
         self._counts = _Counts()
+        # throttling or an outage fails every turn of every call with the same fact: logged
+        # in full once per code, then counted (bedrock_stream), ended by a stream that works
+        self.failing = Episode(log, lasts="bedrock calls still failing",
+                               ended="bedrock calls recovered", state=lambda: {
+                                   "retry_quota": self.retry_quota.available})
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> BedrockLLM:
@@ -257,6 +263,7 @@ class BedrockLLM:
     def _stream_completed(self, end: StreamEnd, quota_taken: int) -> None:
         self._counts.streams_completed += 1
         self.retry_quota.succeeded(quota_taken)
+        self.failing.succeeded()
         if end.first_token_s is not None:
             self._counts.first_token_s.append(end.first_token_s)
 

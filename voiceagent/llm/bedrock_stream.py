@@ -5,7 +5,10 @@ Retries happen only while nothing reached the caller: bounded in number, jittere
 latency budget and within the process's retry quota (``bedrock_errors.RetryBudget``). Once
 per stream, credentials refused as expired or unknown are found anew through the chain and
 the request is sent again. What cannot be retried raises an ``LLMError`` subclass, and
-nothing else: a library exception here would end the call instead of an apology.
+nothing else: a library exception here would end the call instead of an apology. A failure
+that is Bedrock's state (throttling, an outage, credentials) is the same for every call: it
+goes to the backend's ``failing`` episode (``log_episodes``), logged in full once per code;
+a refused request (its history's shape) and a bug are logged each time.
 """
 
 from __future__ import annotations
@@ -144,8 +147,9 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         self._attempt = None
         self._retries += 1
         backend._counts.retries += 1
-        log.info("bedrock call retried", extra={"code": failure.code, "retry": self._retries,
-                                                "delay_ms": round(delay * 1000)})
+        backend.failing.note(f"{failure.code} retried", "bedrock call retried",
+                             level=logging.INFO, code=failure.code, retry=self._retries,
+                             delay_ms=round(delay * 1000))
         await trio.sleep(delay)
         self._attempt = await backend._start_attempt(self._model_id, self._body,
                                                      self._started_at)
@@ -163,11 +167,14 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         try:
             await signer.renew()
         except Exception as err:            # the chain itself fails now: say so, once
-            log.error("bedrock credentials could not be renewed",
-                      extra={"error": f"{type(err).__name__}: {err}"})
+            self._backend.failing.note("credentials not renewed",
+                                       "bedrock credentials could not be renewed",
+                                       level=logging.ERROR,
+                                       error=f"{type(err).__name__}: {err}")
             return False
-        log.warning("bedrock refused our credentials: renewed them through the chain",
-                    extra={"code": failure.code})
+        self._backend.failing.note(f"{failure.code} renewed",
+                                   "bedrock refused our credentials: renewed them through the "
+                                   "chain", code=failure.code)
         return True
 
     def _retry_delay(self, failure: Failure) -> float | None:
@@ -180,8 +187,8 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
             return None
         cost = backend.retry_quota.take(failure)
         if not cost:
-            log.warning("bedrock retry quota spent: not retried",
-                        extra={"code": failure.code})
+            backend.failing.note("retry quota spent", "bedrock retry quota spent: not retried",
+                                 code=failure.code)
             return None
         self._quota_taken = cost
         return delay
@@ -195,12 +202,15 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         if failure.kind == "bug":
             log.error("bedrock call failed: a bug in voiceagent", extra=extra,
                       exc_info=failure.cause)
+        elif failure.kind == "rejected":        # this request's own: its shape, each time
+            log.warning("bedrock call failed", extra={**extra, "error": failure.message})
         elif failure.kind == "credentials":
-            log.error("bedrock refused our credentials", extra={
-                **extra, "model_id": self._request.model_id, "what_to_check": failure.message})
-        else:
-            extra["error"] = failure.message
-            log.warning("bedrock call failed", extra=extra)
+            self._backend.failing.note(
+                failure.code, "bedrock refused our credentials", level=logging.ERROR,
+                **extra, model_id=self._request.model_id, what_to_check=failure.message)
+        else:                                   # Bedrock's state: the same for every call
+            self._backend.failing.note(failure.code, "bedrock call failed", **extra,
+                                       error=failure.message)
 
     def close(self) -> None:
         """Sync and non-blocking, so it is safe in ``finally`` when cancelled."""
