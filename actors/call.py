@@ -171,9 +171,12 @@ async def run_call(socket: RelaySocket, *, resolve: Resolve, services: CallServi
     finally:
         with trio.move_on_after(services.flush_timeout_s, shield=True):
             report.flushed = await _persist_all(plan.call_sid, history, services)
-    log.info("call ended", extra={"ended_by": report.ended_by, "turns": report.turns.turns,
-                                  "barge_ins": report.turns.barge_ins,
-                                  "frames_rejected": sum(report.frames.rejected.values())})
+    extra = {"ended_by": report.ended_by, "turns": report.turns.turns,
+             "barge_ins": report.turns.barge_ins,
+             "frames_rejected": sum(report.frames.rejected.values())}
+    if not_logged := report.frames.not_logged():     # a flood's lines, counted instead
+        extra["lines_not_logged"] = not_logged
+    log.info("call ended", extra=extra)
     return report
 
 
@@ -225,7 +228,8 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
             idle_reprompt_s=services.idle_reprompt_s, max_reprompts=services.max_reprompts,
             max_call_s=_call_time_left(plan, services.max_call_duration_s))
         nursery.start_soon(partial(interrupt_handler.run, inbound=in_recv, commands=cmd_send,
-                                   policy=policy, ending=services.end_calls, marks=marks))
+                                   policy=policy, ending=services.end_calls, marks=marks,
+                                   stats=report.frames))
         with reading:
             await relay_reader.run(socket=socket, inbound=in_send, stats=report.frames,
                                    max_frame_bytes=services.max_frame_bytes, marks=marks)
@@ -272,9 +276,8 @@ async def _wait_setup(socket: RelaySocket, services: CallServices,
             if isinstance(message, Rejected):
                 stats.reject(message)
             else:
-                stats.rejected["before_setup"] += 1
-                log.warning("message before setup dropped",
-                            extra={"kind": type(message).__name__})
+                stats.count_rejected("before_setup", "message before setup dropped",
+                                     kind=type(message).__name__)
     log.warning("no setup received", extra={"frames": stats.received})
     return None
 

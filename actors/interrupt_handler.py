@@ -48,6 +48,7 @@ from actors.messages import (
     UserSaid,
 )
 from actors.played import Played
+from actors.relay_reader import FrameStats
 from actors.turn_slot import CutMarks
 from voiceagent.usecases import DtmfConfig
 
@@ -197,7 +198,7 @@ def clean_prompt(text: str, limit: int) -> str:
 async def run(*, inbound: trio.MemoryReceiveChannel[Inbound],
               commands: trio.MemorySendChannel[TurnCommand],
               policy: InputPolicy | None = None, ending: EndSignal | None = None,
-              marks: CutMarks | None = None) -> None:
+              marks: CutMarks | None = None, stats: FrameStats | None = None) -> None:
     """Owns ``commands``; returns when ``inbound`` ends (the caller hung up). ``ending``: the
     server's signal to end its calls (draining). ``marks``: whether a turn is in flight; the
     silence of a caller waiting for a slow tool or model is not theirs to be re-prompted for
@@ -205,7 +206,7 @@ async def run(*, inbound: trio.MemoryReceiveChannel[Inbound],
     policy = policy or InputPolicy()
     keys, idle = _KeyBuffer(policy.dtmf), _Idle(policy)
     limits = _Limits(policy, ending or EndSignal())
-    gate = _Gate(policy, keys, idle, inbound, commands)
+    gate = _Gate(policy, keys, idle, inbound, commands, stats or FrameStats())
     with inbound, commands:
         while True:
             if (goodbye := limits.reached()) is not None:
@@ -293,8 +294,9 @@ class _Gate:
 
     def __init__(self, policy: InputPolicy, keys: _KeyBuffer, idle: _Idle,
                  inbound: trio.MemoryReceiveChannel[Inbound],
-                 commands: trio.MemorySendChannel[TurnCommand]) -> None:
+                 commands: trio.MemorySendChannel[TurnCommand], stats: FrameStats) -> None:
         self.policy = policy
+        self.stats = stats          # lines about frames: a few of each kind per call
         self.keys = keys
         self.inbound = inbound
         self.commands = commands
@@ -311,7 +313,7 @@ class _Gate:
         if held.entry is not None or held.words:
             await self.start(held)
         elif isinstance(message, Prompt) and message.last:
-            log.info("blank prompt ignored")
+            self.stats.note("blank_prompt", "blank prompt ignored", level=logging.INFO)
 
     async def start(self, held: _Held) -> None:
         """Starts the held turn once the gate opens: at once unless two turns started in the
@@ -366,8 +368,8 @@ class _Gate:
             case TokensPlayed(text=text):
                 self.played.add(text)
             case ConfigUpdated(detail=detail):
-                log.info("relay configuration updated",
-                         extra={"detail": detail[:MAX_DETAIL_CHARS]})
+                self.stats.note("config_updated", "relay configuration updated",
+                                level=logging.INFO, detail=detail[:MAX_DETAIL_CHARS])
             case SpeakerEvent(who=who, speaking=speaking):
                 log.debug("speaker event", extra={"who": who, "speaking": speaking})
                 if who == "agent" and not speaking:
@@ -379,10 +381,10 @@ class _Gate:
                 # only its error code and that frame's type reach the log
                 code = _ERROR_CODE.search(description)
                 dropped = _DROPPED_TYPE.search(description)
-                log.warning("twilio reported an error", extra={
-                    "error_code": code.group(0) if code else None,
-                    "dropped_type": dropped.group(1) if dropped else None})
-            case Setup():
-                log.warning("second setup ignored")     # the reader drops these already
+                self.stats.note("twilio_error", "twilio reported an error",
+                                error_code=code.group(0) if code else None,
+                                dropped_type=dropped.group(1) if dropped else None)
+            case Setup():                               # the reader drops these already
+                self.stats.note("second_setup", "second setup ignored")
             case _:
                 assert_never(message)

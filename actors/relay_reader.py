@@ -1,8 +1,9 @@
 """WebSocket frames in -> typed messages out, in arrival order.
 
 A frame we cannot use is counted and logged (reason, type, size; never content) and dropped:
-one bad frame must not end the call. The reader returns when the peer closes the socket,
-which is how a hang-up reaches the supervisor.
+one bad frame must not end the call. Lines about frames are budgeted per call (``FrameStats``):
+the first few of each kind, the rest counted in the "call ended" line. The reader returns
+when the peer closes the socket, which is how a hang-up reaches the supervisor.
 """
 
 from __future__ import annotations
@@ -40,17 +41,20 @@ MAX_CONSECUTIVE_REJECTS = 10     # Twilio's own rule for what it receives: then 
 # Only frames that are not ConversationRelay at all count toward that limit. Twilio adds
 # message types (and fields) over time: a type or a field we do not know is counted and
 # ignored, whatever the number, and never ends a call.
-WARN_REJECTS_PER_REASON = 5     # per call; more are counted, logged at DEBUG
+WARN_REJECTS_PER_REASON = 5     # lines per call and kind; more are counted, logged at DEBUG
 MALFORMED = frozenset({"binary", "too_large", "too_deep", "bad_json", "not_object",
                        "missing_type"})
 
 
 class FrameStats:
-    """Per-call frame counters; the metrics layer sums them across calls."""
+    """Per-call frame counters; the metrics layer sums them across calls. Also the call's
+    budget of lines about frames: a peer sends frames at wire speed, and a line per frame,
+    each saying the same thing, was ~550 lines a second from one socket (measured)."""
 
     def __init__(self) -> None:
         self.received = 0
         self.rejected: Counter[str] = Counter()
+        self.noted: Counter[str] = Counter()     # frames used, or ignored, with a line
         self.consecutive_rejects = 0
         self.abusive = False            # closed for sending junk only
         self.dropped = False            # the socket was lost, not closed: RelayBroken.dropped
@@ -58,18 +62,39 @@ class FrameStats:
         self.other_info: Counter[str] = Counter()
 
     def reject(self, rejected: Rejected) -> None:
-        self.rejected[rejected.reason] += 1
         if rejected.reason in MALFORMED:
             self.consecutive_rejects += 1
-        # the first few of each reason say what is wrong; the rest are only counted (the
-        # "call ended" line sums them), or a message type Twilio adds, sent a few times a
-        # second, would be thousands of warnings per call
-        seen = self.rejected[rejected.reason]
-        level = logging.WARNING if seen <= WARN_REJECTS_PER_REASON else logging.DEBUG
-        log.log(level, "frame rejected", extra={
-            "reason": rejected.reason, "frame_type": rejected.frame_type,
-            "size": rejected.size, "problem": rejected.problem,
-            "more_counted_only": seen == WARN_REJECTS_PER_REASON})
+        # or a message type Twilio adds, sent a few times a second, would be thousands of
+        # warnings per call
+        self.count_rejected(rejected.reason, "frame rejected", reason=rejected.reason,
+                            frame_type=rejected.frame_type, size=rejected.size,
+                            problem=rejected.problem)
+
+    def count_rejected(self, reason: str, event: str, /, **fields: object) -> None:
+        """A frame (or a field of one) we cannot use, counted by ``reason`` (the metrics'
+        label), with a line for the first few of each reason in this call."""
+        self.rejected[reason] += 1
+        _budgeted(self.rejected[reason], logging.WARNING, event, fields)
+
+    def note(self, kind: str, event: str, /, *, level: int = logging.WARNING,
+             **fields: object) -> None:
+        """A line about a frame (a second setup, an error Twilio reported): the first few of
+        each ``kind`` in this call, the rest counted (the "call ended" line sums them)."""
+        self.noted[kind] += 1
+        _budgeted(self.noted[kind], level, event, fields)
+
+    def not_logged(self) -> dict[str, int]:
+        """Lines about frames left out of the log (at DEBUG only), by reason or kind."""
+        return {kind: count - WARN_REJECTS_PER_REASON
+                for counts in (self.rejected, self.noted) for kind, count in counts.items()
+                if count > WARN_REJECTS_PER_REASON}
+
+
+def _budgeted(seen: int, level: int, event: str, fields: dict[str, object]) -> None:
+    """The first few of a kind say what is wrong; the rest are counted, logged at DEBUG."""
+    log.log(level if seen <= WARN_REJECTS_PER_REASON else logging.DEBUG, event,
+            extra={**fields, "more_counted_only": seen == WARN_REJECTS_PER_REASON},
+            stacklevel=3)
 
 
 def _loggable(name: str) -> str:
@@ -101,14 +126,13 @@ async def run(*, socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
                         return
                     continue
                 case Setup():
-                    log.warning("second setup ignored")
+                    stats.note("second_setup", "second setup ignored")
                 case Interrupt():
                     if marks is not None:
                         marks.cut()             # before anything else runs: see CutMarks
                     if message.problem is not None:
-                        stats.rejected["interrupt_field"] += 1
-                        log.warning("interrupt field unusable, taken as absent",
-                                    extra={"problem": message.problem})
+                        stats.count_rejected("interrupt_field", "interrupt field unusable, "
+                                             "taken as absent", problem=message.problem)
                     await inbound.send(message)
                 case Prompt(last=True) | Dtmf():
                     await inbound.send(replace(message, received_at=received_at))

@@ -1,0 +1,72 @@
+"""How many lines one socket's flood of frames writes to the log (CloudWatch bills each one),
+through the real server and a real WebSocket: a second setup, a blank prompt, an error
+report, an interrupt with a field we cannot read, a configuration Twilio says it applied,
+each sent hundreds of times. Each was a line per frame (~550 lines a second from one socket,
+measured); now the first few of each kind per call are logged, and the call's "call ended"
+line counts the rest."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+import trio
+
+from actors.call import MAX_FRAMES_BEFORE_SETUP
+from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from tests.test_session_binding import closed_with, signed_socket
+from voiceagent.app.caller import open_call
+
+ROUNDS = 200
+FLOOD = [
+    {"type": "setup", "sessionId": "VX1", "callSid": "CA" + "0" * 32},
+    {"type": "prompt", "voicePrompt": "   ", "lang": "en-US", "last": True},
+    {"type": "error", "description": "Invalid message received (64107)"},
+    {"type": "interrupt", "utteranceUntilInterrupt": 7, "durationUntilInterruptMs": "soon"},
+    {"type": "info", "name": "configUpdated", "value": "language"},
+]
+PER_KIND = {"second setup ignored": "second_setup", "blank prompt ignored": "blank_prompt",
+            "twilio reported an error": "twilio_error",
+            "interrupt field unusable, taken as absent": "interrupt_field",
+            "relay configuration updated": "config_updated"}
+
+
+async def test_a_flood_from_one_socket_is_a_few_lines_per_kind_and_a_count(
+        tmp_path: Path, records: list[logging.LogRecord]) -> None:
+    with trio.fail_after(60):
+        async with running_server(make_settings(tmp_path)) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                for _ in range(ROUNDS):
+                    for frame in FLOOD:
+                        await call.send_raw(json.dumps(frame))
+                await call.say("what are your hours?")
+                await call.read_reply()                    # every frame before was read
+                await call.hang_up()
+            await server.runtime.calls.wait_idle()
+    mine = [r for r in records if vars(r).get("call_sid") == call.identity.call_sid]
+    events = Counter(r.getMessage() for r in mine)
+    assert {event: events[event] for event in PER_KIND} == dict.fromkeys(PER_KIND, 5)
+    assert len(mine) < 40, events.most_common(5)
+    (ended,) = [r for r in mine if r.getMessage() == "call ended"]
+    assert vars(ended)["lines_not_logged"] == {kind: ROUNDS - 5 for kind in PER_KIND.values()}
+    fifth = [r for r in mine if r.getMessage() == "second setup ignored"][-1]
+    assert vars(fifth)["more_counted_only"] is True
+
+
+async def test_frames_before_setup_are_a_few_lines_per_socket(
+        tmp_path: Path, records: list[logging.LogRecord]) -> None:
+    """A replayed signed upgrade that sends prompts instead of setup: each socket is closed
+    after MAX_FRAMES_BEFORE_SETUP frames; a line for each of them was 20 lines a socket."""
+    with trio.fail_after(60):
+        async with running_server(make_settings(tmp_path)) as server:
+            for _ in range(3):
+                async with signed_socket(server) as ws:
+                    for _ in range(MAX_FRAMES_BEFORE_SETUP):
+                        await ws.send_message(json.dumps(FLOOD[1]))
+                    assert await closed_with(ws) == 1008
+            await server.runtime.calls.wait_idle()
+    events = Counter(r.getMessage() for r in records)
+    assert events["message before setup dropped"] == 3 * 5
+    assert events["no setup received"] == 3
