@@ -30,6 +30,7 @@ from voiceagent.catalog import Catalog, read_config_dir, write_config
 from voiceagent.errors import StoreError
 from voiceagent.llm.base import LLM
 from voiceagent.llm.scripted import ScriptedLLM
+from voiceagent.log_episodes import Episode
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 from voiceagent.store.write_behind import WriteBehind
@@ -119,6 +120,11 @@ class Runtime:
     claims_running: int = 0                      # setups whose call is being looked up
     metrics: Metrics | None = None
     backlog_bytes_max: int = 0                   # see memory_budget; set in __post_init__
+    # requests refused before any work (a bad signature, a body too large or too slow):
+    # anyone can send them, at any rate, so the log counts them (web.py, server.py)
+    edge_refusals: Episode = field(default_factory=lambda: Episode(
+        logging.getLogger("voiceagent.app.web"), lasts="requests still refused at the edge",
+        ended="requests no longer refused at the edge"))
 
     def __post_init__(self) -> None:
         if not self.backlog_bytes_max:

@@ -31,6 +31,7 @@ from voiceagent.app.runtime import Runtime, open_runtime
 from voiceagent.app.web import create_app
 from voiceagent.errors import ListenError
 from voiceagent.llm.base import LLM
+from voiceagent.log_episodes import Episode
 from voiceagent.relay import peer_close
 from voiceagent.settings import Settings
 from voiceagent.tools.registry import ToolRegistry
@@ -143,12 +144,13 @@ async def serve(runtime: Runtime, *, host: str, port: int,
     ws_compression.install()
     peer_close.install()
     async with trio.open_nursery() as outer:
-        await hypercorn.trio.serve(bounded_bodies(create_app(runtime)), config,
-                                   shutdown_trigger=trigger, task_status=task_status)
+        app = bounded_bodies(create_app(runtime), runtime.edge_refusals)
+        await hypercorn.trio.serve(app, config, shutdown_trigger=trigger,
+                                   task_status=task_status)
         outer.cancel_scope.cancel()
 
 
-def bounded_bodies(app: ASGIFramework) -> ASGIFramework:
+def bounded_bodies(app: ASGIFramework, refusals: Episode) -> ASGIFramework:
     """An HTTP request whose body has not all arrived ``BODY_TIMEOUT_S`` after its headers is
     answered 408 and its connection closed (hypercorn closes a connection whose request body
     was left unread), however slowly the bytes keep coming. Its last body is sent shielded,
@@ -182,8 +184,8 @@ def bounded_bodies(app: ASGIFramework) -> ASGIFramework:
         with trio.CancelScope(deadline=trio.current_time() + BODY_TIMEOUT_S) as body_clock:
             await app(scope, receive_in_time, send_noting)
         if body_clock.cancelled_caught:
-            log.warning("request body too slow", extra={"path": scope.get("path", ""),
-                                                        "timeout_s": BODY_TIMEOUT_S})
+            refusals.note("body_too_slow", "request body too slow",
+                          path=scope.get("path", ""), timeout_s=BODY_TIMEOUT_S)
             if not responded:
                 await send(HTTPResponseStartEvent(
                     type="http.response.start", status=408, trailers=False,

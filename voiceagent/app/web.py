@@ -65,25 +65,27 @@ def _check(settings: Settings, url: str, params: Mapping[str, str],
                               shared_key_secret=settings.twilio_shared_key_secret)
 
 
-async def _signed_form(settings: Settings) -> dict[str, str] | Response:
+async def _signed_form(runtime: Runtime) -> dict[str, str] | Response:
     """The webhook's form if its signature is valid, else the answer to send. Nothing
     unauthenticated is parsed: the signature header must be there before the body is
-    read, and the body must fit MAX_WEBHOOK_BYTES (Twilio's are a few KB)."""
+    read, and the body must fit MAX_WEBHOOK_BYTES (Twilio's are a few KB). Refusals are
+    logged in proportion (``Runtime.edge_refusals``): anyone can send them, at any rate."""
+    settings, refused, path = runtime.settings, runtime.edge_refusals.note, request.path
     if settings.validate_signatures and "x-twilio-signature" not in _headers():
-        log.warning("unsigned webhook", extra={"path": request.path})
+        refused("unsigned", "unsigned webhook", path=path)
         return Response("invalid signature", status=403)
     if not settings.validate_signatures and not addressed_here(settings, _headers()):
-        log.warning("unsigned webhook for another host: refused", extra={"path": request.path})
+        refused("unsigned_elsewhere", "unsigned webhook for another host: refused", path=path)
         return Response(UNSIGNED_ELSEWHERE, status=403)
     if (request.content_length or 0) > MAX_WEBHOOK_BYTES:
-        log.warning("webhook body too large", extra={"path": request.path,
-                                                     "bytes": request.content_length})
+        refused("too_large", "webhook body too large", path=path, bytes=request.content_length)
         return Response("request body too large", status=413)
     received = await request.form          # every value of a repeated name is signed
     url = _base_url(settings) + signature.target_as_sent(request.scope)   # as Twilio signs it
     if settings.validate_signatures and not _check(settings, url, received, _headers()):
-        log.warning("bad signature", extra={"path": request.path})
+        refused("bad_signature", "bad signature", path=path)
         return Response("invalid signature", status=403)
+    runtime.edge_refusals.succeeded()
     return dict(received.items())
 
 
@@ -96,7 +98,7 @@ def _refuse_call(runtime: Runtime, reason: str) -> Response:
 async def twiml_webhook(runtime: Runtime) -> Response:
     """Twilio's call webhook, while the phone rings: the session, then the relay's TwiML."""
     settings, path = runtime.settings, relay_path(runtime)
-    form = await _signed_form(settings)
+    form = await _signed_form(runtime)
     if isinstance(form, Response):
         return form
     if "CallSid" not in form:
@@ -137,7 +139,7 @@ async def twiml_webhook(runtime: Runtime) -> Response:
 async def action_webhook(runtime: Runtime) -> Response:
     """Twilio's session-end callback: hand over to a person, say goodbye, or reconnect."""
     settings, path = runtime.settings, relay_path(runtime)
-    form = await _signed_form(settings)
+    form = await _signed_form(runtime)
     if isinstance(form, Response):
         return form
     status, call_sid = form.get("SessionStatus", ""), form.get("CallSid", "")
@@ -285,7 +287,8 @@ def _admit(runtime: Runtime, scope: dict[str, Any], phone: PhoneDesk | None) -> 
         origin = headers.get("origin")
         if not addressed_here(settings, headers) or origin not in (
                 None, f"http://{host}", f"https://{host}"):
-            log.warning("unsigned relay upgrade from another host or origin: refused")
+            runtime.edge_refusals.note("upgrade_unsigned_elsewhere", "unsigned relay upgrade "
+                                       "from another host or origin: refused")
             raise _Refused("unsigned sockets are taken from this host's own clients only")
     if bound is None and settings.validate_signatures:
         base = signature.public_base(headers, "https" if scope["scheme"] == "wss" else "http",
@@ -293,8 +296,9 @@ def _admit(runtime: Runtime, scope: dict[str, Any], phone: PhoneDesk | None) -> 
                                      trust_forwarded=settings.trust_proxy_headers)
         url = settings.ws_url or signature.to_ws(base) + relay_path(runtime)
         if not _check(settings, url, {}, headers):
-            log.warning("bad signature on relay upgrade")
+            runtime.edge_refusals.note("upgrade_bad_signature", "bad signature on relay upgrade")
             raise _Refused("invalid signature")
+        runtime.edge_refusals.succeeded()
     return bound
 
 
