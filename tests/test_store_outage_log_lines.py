@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+import voiceagent.store.records as records
+from tests.fakes import MemoryStore
 from tests.test_write_behind import FakeStore, chat
+from voiceagent.catalog import USE_CASE_TTL_S, Catalog
 from voiceagent.errors import StoreError
 from voiceagent.log_episodes import QUIET_S
 from voiceagent.store.base import Item
 from voiceagent.store.write_behind import WriteBehind
+from voiceagent.tools.registry import ToolRegistry
+from voiceagent.usecases import UseCase
 
 LOGGER = "voiceagent.store.write_behind"
 CALLS = 50
@@ -130,3 +136,34 @@ async def test_the_failure_logged_in_full_is_the_first_of_each_kind(
         ("store writes failing, retrying with backoff", "NoAnswer"),
         ("store writes recovered", None)]
     assert vars(lines(caplog)[-1])["counts"] == {"StoreError": 2, "NoAnswer": 1}
+
+
+async def test_lookups_served_from_the_cache_while_the_store_fails_are_counted(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    """Past its cache time a use case is read again at each lookup (each call, and each
+    turn of the scripted model) and, while the store fails, served from the cache: a line
+    each was ~8 a second at 300 calls. Three minutes of it: the first, a summary a minute,
+    and a line when a read works again."""
+    caplog.set_level(logging.INFO, logger="voiceagent.catalog")
+    store = MemoryStore()
+    await store.put(records.use_case_item(UseCase(name="cachedUseCase", prompt="Be brief.")))
+    catalog = Catalog(store, ToolRegistry())
+    await catalog.use_case("cachedUseCase")
+    await trio.sleep(USE_CASE_TTL_S)
+    real_get = store.get
+
+    async def failing(pk: str, sk: str) -> Any:
+        raise StoreError("dynamodb get: ThrottlingException")
+
+    store.get = failing                                 # type: ignore[method-assign]
+    for _ in range(180 * 5):                            # five lookups a second
+        assert (await catalog.use_case("cachedUseCase")).prompt == "Be brief."
+        await trio.sleep(0.2)
+    store.get = real_get                                # type: ignore[method-assign]
+    await catalog.use_case("cachedUseCase")
+    logged = [r for r in caplog.records if r.name == "voiceagent.catalog"]
+    assert [r.getMessage() for r in logged] == [
+        "use case unreadable, using the cached one",
+        *["use cases still unreadable, served from the cache"] * 2, "use cases read again"]
+    assert vars(logged[0])["error"] == "dynamodb get: ThrottlingException"
+    assert vars(logged[-1])["counts"] == {"cachedUseCase": 900}

@@ -15,6 +15,7 @@ import trio
 import voiceagent.store.records as records
 from voiceagent import twiml
 from voiceagent.errors import ConfigError, StoreError
+from voiceagent.log_episodes import Episode
 from voiceagent.store.base import Store
 from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import Profile, UseCase, load_profiles_file, load_use_case_file
@@ -39,6 +40,10 @@ class Catalog:
         self._store = store
         self._registry = registry
         self._cache: dict[str, tuple[float, UseCase]] = {}
+        # a store down fails every lookup past the cache's time (each call, or each turn
+        # of the scripted model): the first of each use case in full, then counts
+        self._stale = Episode(log, lasts="use cases still unreadable, served from the cache",
+                              ended="use cases read again", quiet_s=0)
 
     async def use_case(self, name: str) -> UseCase:
         cached = self._cache.get(name)
@@ -51,10 +56,9 @@ class Catalog:
                 raise
             # throttled or unreachable: the use case it had is better than no call at all;
             # the next lookup reads again
-            log.warning("use case unreadable, using the cached one",
-                        extra={"use_case": name, "age_s": round(trio.current_time()
-                                                                - cached[0]),
-                               "error": str(err)[:300]})
+            self._stale.note(name, "use case unreadable, using the cached one", use_case=name,
+                             age_s=round(trio.current_time() - cached[0]),
+                             error=str(err)[:300])
             return cached[1]
         if item is None:
             raise UnknownUseCase(f"no use case {name!r} in the store; run "
@@ -66,6 +70,7 @@ class Catalog:
             raise UnusableUseCase(f"use case {name!r} cannot be served by this process: "
                                   f"{err}") from err
         self._cache[name] = (trio.current_time(), use_case)
+        self._stale.succeeded()
         return use_case
 
     async def all_use_cases(self) -> list[UseCase]:
