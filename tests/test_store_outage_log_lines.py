@@ -167,3 +167,28 @@ async def test_lookups_served_from_the_cache_while_the_store_fails_are_counted(
         *["use cases still unreadable, served from the cache"] * 2, "use cases read again"]
     assert vars(logged[0])["error"] == "dynamodb get: ThrottlingException"
     assert vars(logged[-1])["counts"] == {"cachedUseCase": 900}
+
+
+async def test_sessions_written_ahead_of_the_queue_while_the_store_fails_are_counted(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    """Each call's session (and each socket's end mark) is tried ahead of the queue: while
+    the store throttles, a line each time (two or more a call) said the same thing."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    store = Faulty("throttled")
+    writer = WriteBehind(store, jitter=lambda: 1.0)
+    with trio.fail_after(600):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            for n in range(100):                        # a call picked up every 0.5 s
+                call_sid = f"CA{n:032d}"
+                await writer.write_now({"pk": call_sid, "sk": "connection"},
+                                       call_sid=call_sid, timeout_s=2.0)
+                await trio.sleep(0.5)
+            store.fault = None
+            await trio.sleep(QUIET_S)
+            assert await writer.flush(timeout_s=10)
+            await trio.sleep(QUIET_S)
+            nursery.cancel_scope.cancel(reason="test over")
+    assert [r.getMessage() for r in lines(caplog)] == [
+        "store write ahead of the queue failed; queued instead", "store writes recovered"]
+    assert vars(lines(caplog)[-1])["counts"] == {"ahead_of_queue": 100}

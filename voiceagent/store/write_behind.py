@@ -169,9 +169,10 @@ class WriteBehind:
                 try:
                     await self._put(item, version)  # awaited here: nothing can change it
                     written = True
-                except StoreError as err:
-                    log.warning("store write ahead of the queue failed; queued instead",
-                                extra={"error": type(err).__name__, "sk": item.get("sk")})
+                except StoreError as err:       # one of the outage's failures
+                    self._outage.note("ahead_of_queue", "store write ahead of the queue "
+                                      "failed; queued instead", error=type(err).__name__,
+                                      sk=item.get("sk"))
         finally:        # also when the webhook itself is cancelled: the item is never lost
             if written:
                 self._written += 1
