@@ -125,6 +125,11 @@ class Runtime:
     edge_refusals: Episode = field(default_factory=lambda: Episode(
         logging.getLogger("voiceagent.app.web"), lasts="requests still refused at the edge",
         ended="requests no longer refused at the edge"))
+    # calls turned away at /twiml (the store down, at MAX_CALLS, draining): each one is
+    # counted in the metrics; the log says why once, then how many (web.py)
+    call_refusals: Episode = field(default_factory=lambda: Episode(
+        logging.getLogger("voiceagent.app.web"), lasts="calls still refused",
+        ended="calls taken again"))
 
     def __post_init__(self) -> None:
         if not self.backlog_bytes_max:

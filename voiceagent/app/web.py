@@ -105,13 +105,13 @@ async def twiml_webhook(runtime: Runtime) -> Response:
         return Response("CallSid missing: this endpoint is Twilio's voice webhook",
                         status=400)
     call_sid_var.set(form["CallSid"])
+    refused = runtime.call_refusals.note        # the first of each reason, then counts
     if runtime.draining or runtime.at_capacity:
-        log.warning("call refused", extra={"draining": runtime.draining,
-                                           "active_calls": runtime.calls.active,
-                                           "write_backlog": runtime.writer.pending,
-                                           "write_backlog_mb": round(
-                                               runtime.writer.pending_bytes / 1e6, 1)})
-        return _refuse_call(runtime, "draining" if runtime.draining else "capacity")
+        reason = "draining" if runtime.draining else "capacity"
+        refused(reason, "call refused", draining=runtime.draining,
+                active_calls=runtime.calls.active, write_backlog=runtime.writer.pending,
+                write_backlog_mb=round(runtime.writer.pending_bytes / 1e6, 1))
+        return _refuse_call(runtime, reason)
     try:
         session = await runtime.sessions.prepare(form)
         use_case = await runtime.catalog.use_case(session.use_case)
@@ -121,14 +121,16 @@ async def twiml_webhook(runtime: Runtime) -> Response:
         log.warning("call webhook for a call already prepared: refused")
         return Response("this call was already answered", status=409)
     except UnknownUseCase as err:           # missing, or not servable by this process
-        log.error("use case missing or unusable", extra={"error": str(err)[:500]})
+        refused("use_case", "use case missing or unusable", level=logging.ERROR,
+                error=str(err)[:500])
         return _refuse_call(runtime, "use_case")
     except StoreError as err:
         # throttled or unreachable: a 500 would have Twilio play its "application error";
         # refused as over capacity instead (the fallback URL with OVER_CAPACITY=503)
-        log.error("store unavailable while preparing a call: refused",
-                  extra={"error": str(err)[:300]})
+        refused("store", "store unavailable while preparing a call: refused",
+                level=logging.ERROR, error=str(err)[:300])
         return _refuse_call(runtime, "store")
+    runtime.call_refusals.succeeded()
     ws_url = settings.ws_url or signature.to_ws(_base_url(settings)) + path
     document = twiml.connect_relay(
         ws_url=ws_url, action_url=_base_url(settings) + "/action", use_case=use_case,
