@@ -187,10 +187,11 @@ class _Limits:
         self.ending.done_waiting(scope)
 
 
-def clean_prompt(text: str, limit: int) -> str:
+def clean_prompt(text: str, limit: int, stats: FrameStats) -> str:
     cleaned = CONTROL.sub(" ", text).strip()
     if len(cleaned) > limit:
-        log.warning("prompt truncated", extra={"chars": len(cleaned), "limit": limit})
+        stats.note("prompt_truncated", "prompt truncated", logger=log, chars=len(cleaned),
+                   limit=limit)
         cleaned = cleaned[:limit]
     return cleaned
 
@@ -274,10 +275,10 @@ class _Held:
         if entry in dtmf.handlers or dtmf.default_to_model:
             self.add_words(KeyPressed(entry).as_words(), "")
 
-    def command(self) -> UserSaid | KeyPressed | None:
+    def command(self, stats: FrameStats) -> UserSaid | KeyPressed | None:
         if self.entry is not None:
             return KeyPressed(self.entry, received_at=self.received_at)
-        said = clean_prompt(" ".join(self.words), self.policy.max_prompt_chars)
+        said = clean_prompt(" ".join(self.words), self.policy.max_prompt_chars, stats)
         return UserSaid(said, self.lang, received_at=self.received_at) if said else None
 
 
@@ -313,7 +314,8 @@ class _Gate:
         if held.entry is not None or held.words:
             await self.start(held)
         elif isinstance(message, Prompt) and message.last:
-            self.stats.note("blank_prompt", "blank prompt ignored", level=logging.INFO)
+            self.stats.note("blank_prompt", "blank prompt ignored", level=logging.INFO,
+                            logger=log)
 
     async def start(self, held: _Held) -> None:
         """Starts the held turn once the gate opens: at once unless two turns started in the
@@ -338,7 +340,7 @@ class _Gate:
         if joined:
             log.info("queued input merged", extra={"frames": joined + 1,
                                                    "entries_replaced": held.replaced})
-        command = held.command()
+        command = held.command(self.stats)
         if command is not None:
             self.starts = (self.starts[1], trio.current_time())
             self.played.turn_started()
@@ -349,7 +351,7 @@ class _Gate:
             case Prompt(last=False):
                 pass
             case Prompt(text=text, lang=lang):
-                said = clean_prompt(text, self.policy.max_prompt_chars)
+                said = clean_prompt(text, self.policy.max_prompt_chars, self.stats)
                 # keys typed just before, their entry unfinished, go with the words and
                 # ahead of them: left to end on their timeout, they started a turn that cut
                 # this one's reply, and the history had them after the words
@@ -369,7 +371,8 @@ class _Gate:
                 self.played.add(text)
             case ConfigUpdated(detail=detail):
                 self.stats.note("config_updated", "relay configuration updated",
-                                level=logging.INFO, detail=detail[:MAX_DETAIL_CHARS])
+                                level=logging.INFO, logger=log,
+                                detail=detail[:MAX_DETAIL_CHARS])
             case SpeakerEvent(who=who, speaking=speaking):
                 log.debug("speaker event", extra={"who": who, "speaking": speaking})
                 if who == "agent" and not speaking:
@@ -381,10 +384,10 @@ class _Gate:
                 # only its error code and that frame's type reach the log
                 code = _ERROR_CODE.search(description)
                 dropped = _DROPPED_TYPE.search(description)
-                self.stats.note("twilio_error", "twilio reported an error",
+                self.stats.note("twilio_error", "twilio reported an error", logger=log,
                                 error_code=code.group(0) if code else None,
                                 dropped_type=dropped.group(1) if dropped else None)
             case Setup():                               # the reader drops these already
-                self.stats.note("second_setup", "second setup ignored")
+                self.stats.note("second_setup", "second setup ignored", logger=log)
             case _:
                 assert_never(message)

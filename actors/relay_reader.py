@@ -77,11 +77,11 @@ class FrameStats:
         _budgeted(self.rejected[reason], logging.WARNING, event, fields)
 
     def note(self, kind: str, event: str, /, *, level: int = logging.WARNING,
-             **fields: object) -> None:
+             logger: logging.Logger = log, **fields: object) -> None:
         """A line about a frame (a second setup, an error Twilio reported): the first few of
         each ``kind`` in this call, the rest counted (the "call ended" line sums them)."""
         self.noted[kind] += 1
-        _budgeted(self.noted[kind], level, event, fields)
+        _budgeted(self.noted[kind], level, event, fields, logger)
 
     def not_logged(self) -> dict[str, int]:
         """Lines about frames left out of the log (at DEBUG only), by reason or kind."""
@@ -90,9 +90,10 @@ class FrameStats:
                 if count > WARN_REJECTS_PER_REASON}
 
 
-def _budgeted(seen: int, level: int, event: str, fields: dict[str, object]) -> None:
+def _budgeted(seen: int, level: int, event: str, fields: dict[str, object],
+              logger: logging.Logger = log) -> None:
     """The first few of a kind say what is wrong; the rest are counted, logged at DEBUG."""
-    log.log(level if seen <= WARN_REJECTS_PER_REASON else logging.DEBUG, event,
+    logger.log(level if seen <= WARN_REJECTS_PER_REASON else logging.DEBUG, event,
             extra={**fields, "more_counted_only": seen == WARN_REJECTS_PER_REASON},
             stacklevel=3)
 
