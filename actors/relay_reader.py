@@ -64,8 +64,8 @@ class FrameStats:
     def reject(self, rejected: Rejected) -> None:
         if rejected.reason in MALFORMED:
             self.consecutive_rejects += 1
-        # or a message type Twilio adds, sent a few times a second, would be thousands of
-        # warnings per call
+        # lines for the first few of each reason only: a message type Twilio adds, sent a
+        # few times a second, would be thousands of warnings per call
         self.count_rejected(rejected.reason, "frame rejected", reason=rejected.reason,
                             frame_type=rejected.frame_type, size=rejected.size,
                             problem=rejected.problem)
@@ -94,8 +94,8 @@ def _budgeted(seen: int, level: int, event: str, fields: dict[str, object],
               logger: logging.Logger = log) -> None:
     """The first few of a kind say what is wrong; the rest are counted, logged at DEBUG."""
     logger.log(level if seen <= WARN_REJECTS_PER_REASON else logging.DEBUG, event,
-            extra={**fields, "more_counted_only": seen == WARN_REJECTS_PER_REASON},
-            stacklevel=3)
+               extra={**fields, "more_counted_only": seen == WARN_REJECTS_PER_REASON},
+               stacklevel=3)
 
 
 def _loggable(name: str) -> str:
