@@ -115,3 +115,19 @@ async def _call(url: str) -> None:
             await call.say("what are your hours?")
             await call.read_reply()
         await call.hang_up()
+
+
+@pytest.mark.timeout(60)
+async def test_a_backend_closed_mid_episode_logs_what_it_counted(
+        fake_bedrock: FakeBedrock, mock_clock: trio.testing.MockClock,
+        records: list[logging.LogRecord]) -> None:
+    fake_bedrock.responder = lambda request: THROTTLED
+    llm = BedrockLLM(region="us-east-1", retry_base_delay_s=0.0, max_retries=0)
+    with trio.fail_after(600):
+        assert await turns(llm, mock_clock, calls=2, seconds=20) == 8
+        await llm.aclose()
+    logged = [r for r in records if r.getMessage() in EPISODE]
+    assert [r.getMessage() for r in logged] == ["bedrock call failed",
+                                                "bedrock calls still failing"]
+    assert vars(logged[-1])["counts"] == {"ThrottlingException": 8}
+    assert vars(logged[-1])["stopping"] is True

@@ -58,3 +58,20 @@ async def test_a_flood_of_bad_signatures_is_counted_not_logged_one_by_one(
     assert Counter(r.getMessage() for r in records if r.levelno >= logging.WARNING) == Counter(
         {"bad signature": 1, "bad signature on relay upgrade": 1,
          "requests still refused at the edge": 3})
+
+
+@pytest.mark.timeout(60)
+async def test_a_server_stopping_mid_flood_logs_what_it_counted(
+        tmp_path: Path, mock_clock: trio.testing.MockClock,
+        records: list[logging.LogRecord]) -> None:
+    with trio.fail_after(600):
+        async with running_server(make_settings(tmp_path)) as server:
+            await refused(server, posts=1, upgrades=0)
+            mock_clock.jump(5.0)
+            await refused(server, posts=3, upgrades=2)
+    logged = [r for r in records if r.getMessage() in LINES]
+    assert [r.getMessage() for r in logged] == [
+        "bad signature", "bad signature on relay upgrade", "requests still refused at the edge"]
+    assert vars(logged[-1])["counts"] == {"bad_signature": 4, "upgrade_bad_signature": 2}
+    assert vars(logged[-1])["stopping"] is True
+    assert vars(logged[-1])["for_s"] == 5.0

@@ -192,3 +192,21 @@ async def test_sessions_written_ahead_of_the_queue_while_the_store_fails_are_cou
     assert [r.getMessage() for r in lines(caplog)] == [
         "store write ahead of the queue failed; queued instead", "store writes recovered"]
     assert vars(lines(caplog)[-1])["counts"] == {"ahead_of_queue": 100}
+
+
+async def test_a_process_stopping_mid_outage_logs_what_it_counted(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    writer = WriteBehind(Faulty("down"), jitter=lambda: 1.0)
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            nursery.start_soon(calls_writing, writer, 30.0)
+            await trio.sleep(30.0)
+            nursery.cancel_scope.cancel(reason="process stopping")
+    assert [r.getMessage() for r in lines(caplog)] == [
+        "store writes failing, retrying with backoff", "store writes still failing"]
+    last = lines(caplog)[-1]
+    assert vars(last)["stopping"] is True
+    assert vars(last)["counts"]["StoreError"] > 5
+    assert vars(last)["pending"] == CALLS * 15

@@ -73,6 +73,10 @@ class Catalog:
         self._stale.succeeded()
         return use_case
 
+    def close(self) -> None:
+        """At shutdown: stale lookups counted since the last summary line."""
+        self._stale.close()
+
     async def all_use_cases(self) -> list[UseCase]:
         items = await self._store.query_index("use-case")
         return [records.use_case_from_item(item) for item in items]

@@ -10,7 +10,8 @@ is over (no occurrence for ``quiet_s``, noticed at the next success, the next oc
 an owner's ``expire``; with ``quiet_s`` 0, at the next success). The rest are still logged
 at DEBUG, so LOG_LEVEL=DEBUG shows each.
 
-The summary and end lines are about the process, not one call: they carry no CallSid.
+The summary and end lines are about the process, not one call: they carry no CallSid. A
+process that stops mid-episode logs a last summary (``close``, with ``stopping``).
 """
 
 from __future__ import annotations
@@ -95,6 +96,16 @@ class Episode:
         a success ends it)."""
         if self._quiet_s > 0:
             self._end_if_quiet()
+
+    def close(self) -> None:
+        """At shutdown, mid-episode: what was counted since the last summary, which would
+        otherwise be lost with the process."""
+        if self._began is not None and (self._window or self._ok_window):
+            now = trio.current_time()
+            self._line(self._level, self._lasts, for_s=round(now - self._began, 1),
+                       counts=dict(self._window), ok=self._ok_window, stopping=True)
+            self._window.clear()
+            self._ok_window = 0
 
     def _end_if_quiet(self) -> None:
         if self._began is None or trio.current_time() - self._last < self._quiet_s:

@@ -253,6 +253,9 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
                 with trio.move_on_after(settings.flush_timeout_s, shield=True):
                     await writer.flush(timeout_s=settings.flush_timeout_s)
                 nursery.cancel_scope.cancel(reason="runtime closing")
+                runtime.edge_refusals.close()   # the counts since their last summary lines
+                runtime.call_refusals.close()
+                catalog.close()
 
 
 def _aws_session(settings: Settings, *, store_given: bool,

@@ -188,6 +188,7 @@ class BedrockLLM:
                  extra={"connect_ms": round((time.perf_counter() - started) * 1000, 1)})
 
     async def aclose(self) -> None:
+        self.failing.close()
         if self._setup is not None:
             self._setup.pool.close()
         await trio.lowlevel.checkpoint()

@@ -254,6 +254,7 @@ class WriteBehind:
             await self._drain()
         finally:
             self._running = False
+            self._outage.close()
 
     async def _drain(self) -> None:
         while True:
