@@ -145,6 +145,22 @@ class MemorySocket:
         self._in_send.close()
 
 
+class SlowAtTheWordSocket(MemorySocket):
+    """Twilio slow to take the first frame holding ``word`` (``delay_s``: a congested link):
+    what is sent meanwhile waits in the writer's channel."""
+
+    def __init__(self, word: str, delay_s: float = 2.0) -> None:
+        super().__init__()
+        self.word = word
+        self.delay_s = delay_s
+
+    async def send(self, text: str) -> None:
+        if self.word and self.word in json.loads(text).get("token", ""):
+            self.word = ""
+            await trio.sleep(self.delay_s)
+        await super().send(text)
+
+
 @dataclass
 class RecordingWriter:
     """Stands for the write-behind queue: records what the call persisted, flushes at once."""

@@ -8,27 +8,12 @@ for a repeat and not sent either. Found by a review of the day's changes (s17)."
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import trio
 
 from tests.call_harness import open_test_call, plain_use_case
-from tests.fakes import FakeLLM, MemorySocket, words
-
-
-class _SlowAtTheWordSocket(MemorySocket):
-    """Twilio takes one word five seconds late (a congested link)."""
-
-    def __init__(self, word: str) -> None:
-        super().__init__()
-        self.word = word
-
-    async def send(self, text: str) -> None:
-        if self.word and self.word in json.loads(text).get("token", ""):
-            self.word = ""
-            await trio.sleep(5)
-        await super().send(text)
+from tests.fakes import FakeLLM, SlowAtTheWordSocket, words
 
 
 def _prompt(text: str, lang: str) -> dict[str, Any]:
@@ -40,7 +25,7 @@ async def test_a_switch_cut_short_is_sent_on_the_next_prompt(autojump_clock: Any
         relay={"language": "en-US", "transcriptionLanguage": "multi",
                "transcriptionProvider": "Deepgram", "speechModel": "nova-3-general"},
         languages=[{"code": "en-US"}, {"code": "es-ES", "voice": "es-voice"}])
-    socket = _SlowAtTheWordSocket(" there")
+    socket = SlowAtTheWordSocket(" there", delay_s=5)
     llm = FakeLLM([words("Hello there, how can I help you today?"), words("Hola, claro.")])
     async with open_test_call(llm, use_case=use_case, socket=socket) as call:
         call.say("hello")

@@ -7,34 +7,19 @@ Found by a review of the barge-in path (s17)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 import trio
 
 from tests.call_harness import open_test_call
-from tests.fakes import FakeLLM, MemorySocket, words
-
-
-class _SlowAtTheWordSocket(MemorySocket):
-    """Twilio takes one word two seconds late (a congested link)."""
-
-    def __init__(self, word: str) -> None:
-        super().__init__()
-        self.word = word
-
-    async def send(self, text: str) -> None:
-        if self.word and self.word in json.loads(text).get("token", ""):
-            self.word = ""
-            await trio.sleep(2)
-        await super().send(text)
+from tests.fakes import FakeLLM, SlowAtTheWordSocket, words
 
 
 @pytest.mark.parametrize("cut_by", ["interrupt", "prompt"])
 async def test_the_next_reply_starts_its_own_talk_cycle(autojump_clock: Any,
                                                         cut_by: str) -> None:
-    socket = _SlowAtTheWordSocket(" at")
+    socket = SlowAtTheWordSocket(" at")
     llm = FakeLLM([words("We open at nine and close at ten tonight."), words("Sure thing.")])
     async with open_test_call(llm, socket=socket) as call:
         call.say("hours?")

@@ -7,7 +7,6 @@ review of the barge-in path (s17)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import yaml
 
 from tests.call_harness import open_test_call, plain_use_case
 from tests.end_tools import HANDOFF_END
-from tests.fakes import FakeLLM, MemorySocket, Step, tool_use, words
+from tests.fakes import FakeLLM, MemorySocket, SlowAtTheWordSocket, Step, tool_use, words
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from voiceagent.app.caller import open_call
 from voiceagent.llm.base import StreamEnd, ToolUseRequest
@@ -102,26 +101,13 @@ async def test_a_side_effect_tool_of_a_cut_turn_plays_nothing_and_presses_no_key
     assert results["tu_dial"] == {"json": {"connected": True, "keys_pressed": False}}
 
 
-class _SlowAtTheWordSocket(MemorySocket):
-    """Twilio slow to take one word (two seconds: a congested link): what is sent meanwhile
-    waits in the writer's channel."""
-
-    def __init__(self, word: str) -> None:
-        super().__init__()
-        self.word = word
-
-    async def send(self, text: str) -> None:
-        if self.word and self.word in json.loads(text).get("token", ""):
-            self.word = ""
-            await trio.sleep(2)
-        await super().send(text)
 
 
 async def test_digits_still_queued_in_the_writer_at_a_barge_in_are_not_pressed(
         autojump_clock: Any) -> None:
     """The built-in sendDigits ran as the turn's words went out; its keys waited behind a
     word Twilio was slow to take, and the caller cut in meanwhile."""
-    socket = _SlowAtTheWordSocket(" moment.")
+    socket = SlowAtTheWordSocket(" moment.")
     llm = FakeLLM([tool_use("tu_keys", "sendDigits", {"digits": "1234"}, before="One moment."),
                    words("Done.")])
     use_case = plain_use_case(tools=[{
