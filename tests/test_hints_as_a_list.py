@@ -7,12 +7,11 @@ phrases joined with commas, as Twilio documents the attribute."""
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from voiceagent import twiml
+from tests.twiml_support import relay_element
 from voiceagent.errors import ConfigError
 from voiceagent.relay.outbound import encode
 from voiceagent.store import records
@@ -44,17 +43,8 @@ def _load(tmp_path: Path, text: str) -> UseCase:
     return load_use_case_file(path)
 
 
-def _relay(use_case: UseCase) -> ET.Element:
-    document = twiml.connect_relay(ws_url="wss://a.example/relay",
-                                   action_url="https://a.example/action", use_case=use_case,
-                                   parameters={"sessionToken": "tok"})
-    element = ET.fromstring(document).find("Connect/ConversationRelay")
-    assert element is not None
-    return element
-
-
 def test_a_list_of_hints_goes_into_twiml_comma_separated(tmp_path: Path) -> None:
-    relay = _relay(_load(tmp_path, USE_CASE))
+    relay = relay_element(_load(tmp_path, USE_CASE))
     assert relay.get("hints") == "margherita,quattro formaggi,calzone"
     language = relay.find("Language")
     assert language is not None
@@ -72,7 +62,7 @@ def test_relay_updates_take_either_form(tmp_path: Path) -> None:
 def test_the_store_keeps_the_twiml_string(tmp_path: Path) -> None:
     item = records.use_case_item(_load(tmp_path, USE_CASE))
     assert item["conversationRelayParams"]["hints"] == "margherita,quattro formaggi,calzone"
-    assert _relay(records.use_case_from_item(item)).get("hints") == (
+    assert relay_element(records.use_case_from_item(item)).get("hints") == (
         "margherita,quattro formaggi,calzone")
 
 

@@ -5,10 +5,9 @@ in a ``<Language>``, and in a relay update's ``config`` message."""
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from voiceagent import twiml
+from tests.twiml_support import relay_element
 from voiceagent.relay.outbound import encode
 from voiceagent.store import records
 from voiceagent.usecases import UseCase, load_use_case_file
@@ -31,15 +30,6 @@ relay_updates:
 """
 
 
-def _relay(use_case: UseCase) -> ET.Element:
-    document = twiml.connect_relay(ws_url="wss://a.example/relay",
-                                   action_url="https://a.example/action", use_case=use_case,
-                                   parameters={"sessionToken": "tok"})
-    element = ET.fromstring(document).find("Connect/ConversationRelay")
-    assert element is not None
-    return element
-
-
 def _loaded(tmp_path: Path) -> UseCase:
     path = tmp_path / "normalized.yaml"
     path.write_text(USE_CASE, encoding="utf-8")
@@ -47,7 +37,7 @@ def _loaded(tmp_path: Path) -> UseCase:
 
 
 def test_unquoted_on_and_off_are_rendered_as_on_and_off(tmp_path: Path) -> None:
-    relay = _relay(_loaded(tmp_path))
+    relay = relay_element(_loaded(tmp_path))
     assert relay.get("ttsTextNormalization") == "on"
     assert relay.get("elevenlabsTextNormalization") == "off"
     assert relay.get("dtmfDetection") == "true"          # a real boolean stays one
@@ -66,4 +56,4 @@ def test_a_relay_update_sends_on_rather_than_true(tmp_path: Path) -> None:
 def test_a_stored_use_case_keeps_its_boolean_and_is_rendered_as_on(tmp_path: Path) -> None:
     stored = records.use_case_from_item(records.use_case_item(_loaded(tmp_path)))
     assert stored.relay["ttsTextNormalization"] is True      # the item is not rewritten
-    assert _relay(stored).get("ttsTextNormalization") == "on"
+    assert relay_element(stored).get("ttsTextNormalization") == "on"

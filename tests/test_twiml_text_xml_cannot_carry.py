@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.twiml_support import relay_document
 from voiceagent import twiml
 from voiceagent.errors import ConfigError
 from voiceagent.store import records
@@ -41,12 +42,6 @@ def _load(tmp_path: Path, text: str) -> UseCase:
     return load_use_case_file(path)
 
 
-def _document(use_case: UseCase) -> str:
-    return twiml.connect_relay(ws_url="wss://a.example/relay",
-                               action_url="https://a.example/action", use_case=use_case,
-                               parameters={"sessionToken": "tok"})
-
-
 @pytest.mark.parametrize(("text", "key_path", "code_point"), REFUSED,
                          ids=[code_point for _, _, code_point in REFUSED])
 def test_a_file_with_a_character_xml_cannot_carry_is_refused(
@@ -62,7 +57,7 @@ def test_a_file_with_a_character_xml_cannot_carry_is_refused(
 def test_tab_newline_and_carriage_return_are_legal_and_kept(tmp_path: Path) -> None:
     use_case = _load(tmp_path, 'relay:\n  welcomeGreeting: "Hi\\tthere.\\r\\nHow can I '
                                'help? \\x85\\u00e9"\n')
-    relay = ET.fromstring(_document(use_case)).find("Connect/ConversationRelay")
+    relay = ET.fromstring(relay_document(use_case)).find("Connect/ConversationRelay")
     assert relay is not None
     assert relay.get("welcomeGreeting") == "Hi\tthere.\r\nHow can I help? \x85\u00e9"
 
@@ -86,7 +81,7 @@ def test_a_stored_use_case_is_served_with_valid_twiml_and_a_warning(
     use_case = records.use_case_from_item(_stored({"welcomeGreeting": greeting,
                                                    "voice": "\ud800Joanna-Neural"}))
     assert use_case.relay["welcomeGreeting"] == greeting      # the item is not rewritten
-    document = _document(use_case)
+    document = relay_document(use_case)
     relay = ET.fromstring(document).find("Connect/ConversationRelay")
     assert relay is not None
     assert relay.get("welcomeGreeting") == "Welcome to the desk. How can I help?"
@@ -96,7 +91,7 @@ def test_a_stored_use_case_is_served_with_valid_twiml_and_a_warning(
     assert {r.__dict__["attribute"] for r in warnings} == {"welcomeGreeting", "voice"}
     assert all(r.__dict__["use_case"] == "desk" for r in warnings)
     assert "How can I help" not in caplog.text
-    assert _document(use_case) == document                # every call: the same document,
+    assert relay_document(use_case) == document                # every call: the same document,
     again = [r for r in caplog.records if "XML cannot carry" in r.getMessage()]
     assert len(again) == 2                                # and no new warning
 
@@ -104,7 +99,7 @@ def test_a_stored_use_case_is_served_with_valid_twiml_and_a_warning(
 def test_a_stored_table_of_the_sample_is_served_with_valid_twiml() -> None:
     item = _stored({"welcomeGreeting": "Hello\x02"})
     del item["voiceagent"]                                    # as the Node sample wrote it
-    relay = ET.fromstring(_document(records.use_case_from_item(item))).find(
+    relay = ET.fromstring(relay_document(records.use_case_from_item(item))).find(
         "Connect/ConversationRelay")
     assert relay is not None
     assert relay.get("welcomeGreeting") == "Hello"

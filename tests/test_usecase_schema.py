@@ -5,7 +5,6 @@ Every file goes through the loader the server uses (``read_config_dir``)."""
 from __future__ import annotations
 
 import inspect
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import yaml
 from twilio.twiml import lower_camel
 from twilio.twiml.voice_response import Connect, ConversationRelay
 
-from voiceagent import twiml
+from tests.twiml_support import relay_element
 from voiceagent.app.cli_store import export_files
 from voiceagent.catalog import read_config_dir
 from voiceagent.errors import ConfigError
@@ -58,15 +57,6 @@ def _error(tmp_path: Path, **changes: Any) -> tuple[Path, ConfigError]:
     return path, caught.value
 
 
-def _relay_element(use_case: UseCase, *, greeting: bool = True) -> ET.Element:
-    document = twiml.connect_relay(ws_url="wss://a.example/relay",
-                                   action_url="https://a.example/action", use_case=use_case,
-                                   parameters={"sessionToken": "tok"}, greeting=greeting)
-    element = ET.fromstring(document).find("Connect/ConversationRelay")
-    assert element is not None
-    return element
-
-
 # ------------------------------------------------------------------ relay and relay_extra
 
 
@@ -74,7 +64,7 @@ def test_every_builder_named_relay_attribute_is_accepted_and_rendered(tmp_path: 
     names = _named(Connect.conversation_relay, leave_out="url")
     assert {"welcomeGreeting", "speechTimeout", "turnDetection"} <= set(names)
     use_case = _load(tmp_path, relay={name: f"v-{name}" for name in names})
-    attributes = _relay_element(use_case).attrib
+    attributes = relay_element(use_case).attrib
     assert {name: attributes[name] for name in names} == {name: f"v-{name}" for name in names}
     assert attributes["url"] == "wss://a.example/relay"
 
@@ -107,7 +97,7 @@ def test_relay_extra_is_rendered_verbatim(tmp_path: Path) -> None:
                      relay_extra={"eotThreshold": 0.7, "conversationConfiguration": "cfg1"})
     assert use_case.relay_extra == {"eotThreshold": 0.7, "conversationConfiguration": "cfg1"}
     for greeting in (True, False):
-        attributes = _relay_element(use_case, greeting=greeting).attrib
+        attributes = relay_element(use_case, greeting=greeting).attrib
         assert attributes["eotThreshold"] == "0.7"
         assert attributes["conversationConfiguration"] == "cfg1"
         assert attributes["turnDetection"] == "true"
@@ -146,7 +136,7 @@ def test_every_builder_named_language_attribute_is_accepted(tmp_path: Path) -> N
     assert language.code == "es-ES"
     assert language.attributes() == entry
     assert language.failover_attributes() is None
-    (element,) = _relay_element(use_case).findall("Language")
+    (element,) = relay_element(use_case).findall("Language")
     assert element.attrib == entry
 
 
@@ -191,7 +181,7 @@ def test_failover_is_one_element_with_a_language_per_backup(tmp_path: Path) -> N
     assert use_case.languages[2].failover_attributes() == {
         "code": "es-ES", "ttsProvider": "Google", "voice": "es-ES-Neural2-A",
         "transcriptionProvider": "Google", "speechModel": "telephony"}
-    relay = _relay_element(use_case)
+    relay = relay_element(use_case)
     assert [child.tag for child in relay] == ["Language"] * 3 + ["Failover", "Parameter"]
     assert [child.attrib for child in relay.findall("Language")] == [
         {"code": "en-US", "voice": "v-en"}, {"code": "fr-FR"},
@@ -206,7 +196,7 @@ def test_failover_is_one_element_with_a_language_per_backup(tmp_path: Path) -> N
 
 def test_no_failover_no_element(tmp_path: Path) -> None:
     use_case = _load(tmp_path, languages=[{"code": "en-US"}, {"code": "es-ES"}])
-    assert _relay_element(use_case).find("Failover") is None
+    assert relay_element(use_case).find("Failover") is None
 
 
 # ------------------------------------------------------------------ automatic language

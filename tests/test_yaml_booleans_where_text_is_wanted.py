@@ -6,12 +6,11 @@ and a use case already stored is served as it was."""
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from voiceagent import twiml
+from tests.twiml_support import relay_element
 from voiceagent.errors import ConfigError
 from voiceagent.store import records
 from voiceagent.usecases import UseCase, load_use_case_file
@@ -46,15 +45,6 @@ def _load(tmp_path: Path, text: str) -> UseCase:
     return load_use_case_file(path)
 
 
-def _relay(use_case: UseCase) -> ET.Element:
-    document = twiml.connect_relay(ws_url="wss://a.example/relay",
-                                   action_url="https://a.example/action", use_case=use_case,
-                                   parameters={"sessionToken": "tok"})
-    element = ET.fromstring(document).find("Connect/ConversationRelay")
-    assert element is not None
-    return element
-
-
 @pytest.mark.parametrize(("text", "key_path", "example"), UNQUOTED,
                          ids=[key_path for _, key_path, _ in UNQUOTED])
 def test_a_boolean_where_text_is_wanted_says_to_quote_it(
@@ -67,7 +57,7 @@ def test_a_boolean_where_text_is_wanted_says_to_quote_it(
 
 
 def test_quoted_the_language_goes_out_as_written(tmp_path: Path) -> None:
-    relay = _relay(_load(tmp_path, 'relay:\n  language: "no"\nlanguages:\n  - code: "no"\n'))
+    relay = relay_element(_load(tmp_path, 'relay:\n  language: "no"\nlanguages:\n  - code: "no"\n'))
     assert relay.get("language") == "no"
     language = relay.find("Language")
     assert language is not None
@@ -75,7 +65,7 @@ def test_quoted_the_language_goes_out_as_written(tmp_path: Path) -> None:
 
 
 def test_booleans_stay_where_they_are_meant(tmp_path: Path) -> None:
-    relay = _relay(_load(tmp_path, "relay:\n  dtmfDetection: on\n  interruptible: no\n"
+    relay = relay_element(_load(tmp_path, "relay:\n  dtmfDetection: on\n  interruptible: no\n"
                                    "  ttsTextNormalization: off\n"))
     assert relay.get("dtmfDetection") == "true"
     assert relay.get("interruptible") == "false"
@@ -90,4 +80,4 @@ def test_a_stored_use_case_is_served_as_it_was() -> None:
     item["conversationRelayParams"] = relay
     use_case = records.use_case_from_item(item)
     assert use_case.relay == relay
-    assert _relay(use_case).get("language") == "false"
+    assert relay_element(use_case).get("language") == "false"
