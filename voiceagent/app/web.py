@@ -46,7 +46,7 @@ MAX_WEBHOOK_BYTES = 64 * 1024   # Twilio's webhook bodies are a few KB
 
 def relay_path(runtime: Runtime) -> str:
     if runtime.settings.ws_url:
-        return urlsplit(runtime.settings.ws_url).path or DEFAULT_RELAY_PATH
+        return urlsplit(runtime.settings.ws_url).path    # never empty: settings.WS_URL_SHAPE
     return DEFAULT_RELAY_PATH
 
 
