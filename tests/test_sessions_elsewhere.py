@@ -706,3 +706,25 @@ async def test_a_renewal_whose_socket_never_came_is_forgotten(autojump_clock: An
         await a._offer(other, resumes=True)            # the next renewal, for another call
     assert CALL_SID not in a._pending
     assert other.call_sid in a._pending
+
+
+async def test_stale_offers_are_dropped_oldest_first_and_a_renewed_one_counts_anew(
+        autojump_clock: Any) -> None:
+    """``_forget_stale`` drops from the front instead of scanning every offer, so the order
+    must stay the minting order: an offer made again (a renewal) moves to the back, and
+    does not keep an older one behind it alive."""
+    store = await _store_with_use_case()
+    a, a_writer = _process(store)
+    with trio.fail_after(PENDING_TTL_S * 3):
+        first = await _claimed_on_a(store, a, a_writer)
+        early = replace(first, call_sid="CA" + "1" * 32, token="t-early")
+        later = replace(first, call_sid="CA" + "2" * 32, token="t-later")
+        await a._offer(early, resumes=False)
+        await trio.sleep(10)
+        await a._offer(later, resumes=False)
+        await trio.sleep(40)
+        await a._offer(replace(early, token="t-early-again"), resumes=True)
+        await trio.sleep(PENDING_TTL_S - 35)       # `later` is stale, `early` made again is not
+        a._forget_stale()
+    assert later.call_sid not in a._pending
+    assert a._pending[early.call_sid][1].token == "t-early-again"

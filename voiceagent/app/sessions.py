@@ -164,6 +164,7 @@ class Sessions:
         go first: a process that answers only renewals (``/action``) kept every one whose
         socket never came."""
         self._forget_stale()
+        self._pending.pop(session.call_sid, None)     # re-entered at the end: oldest first
         self._pending[session.call_sid] = (trio.current_time(), session, resumes)
         await self._writer.write_now(records.session_item(session, self._settings.session_ttl_s),
                                      call_sid=session.call_sid, timeout_s=SESSION_WRITE_S,
@@ -372,6 +373,13 @@ class Sessions:
             created_at=now)
 
     def _forget_stale(self) -> None:
+        """Drop the sessions minted over PENDING_TTL_S ago, from the front: ``_pending`` is
+        kept oldest first, so each call costs what it drops, not a scan of every session
+        minted in the last two minutes (with several processes, most of them claimed on
+        another process and never removed here)."""
         cutoff = trio.current_time() - PENDING_TTL_S
-        for call_sid in [k for k, (at, _, _) in self._pending.items() if at < cutoff]:
+        while self._pending:
+            call_sid, (at, _, _) = next(iter(self._pending.items()))
+            if at >= cutoff:
+                return
             del self._pending[call_sid]
