@@ -94,11 +94,14 @@ class FromTool:
     withholds the frame when the caller has cut that turn off (Twilio dropped what was
     queued then; sent now, it would start over the caller's words) and tells ``on_taken``
     whether it did, before sending (after ``end`` it drops it too, and says so): the tool
-    learns whether the caller gets it."""
+    learns whether the caller gets it. ``on_taken`` answers False when the frame is no longer
+    wanted (its tool's call ended before the writer took it, and its outcome said nothing
+    played): the writer drops it."""
 
     frame: Play | SendDigits
     turn: int
-    on_taken: Callable[[bool], None] = field(compare=False, repr=False)   # True: withheld
+    # given True: withheld; answers False: not wanted any more
+    on_taken: Callable[[bool], bool] = field(compare=False, repr=False)
 
 
 Outgoing = Outbound | Timed | FromTool      # what the relay writer's channel carries

@@ -68,11 +68,14 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
                 message = outgoing.frame
                 # as for a word: no await between this check and the send
                 cut = not ended and marks is not None and marks.cut_off(outgoing.turn)
-                outgoing.on_taken(cut or ended)     # after `end`, dropped below: not played
+                # after `end`, dropped below: not played
+                wanted = outgoing.on_taken(cut or ended)
                 if cut:
                     stats.dropped_after_cut += 1
                     log.info("tool audio withheld: the caller cut its turn off",
                              extra={"kind": type(message).__name__})
+                    continue
+                if not wanted and not ended:    # its tool's call was over: the tool logs it
                     continue
             else:
                 message = outgoing

@@ -150,17 +150,21 @@ async def _run_one(call: ToolCall, results: trio.MemorySendChannel[ToolOutcome],
         with sent.scope:
             outcome = await _outcome(call, definition, env, sent)
     except BaseException as err:
+        spoke = sent.finish()
         # grouped too (a nursery of the tool's): unreported, the cut turn waited the longest
         # tool timeout for it; what it already sent the caller stays in the history with it
         if tool_failures.holds(err, trio.Cancelled):
             _deliver(results, ToolOutcome(call.tool_use_id, call.name, "error", CANCELLED,
-                                          spoke=sent.heard, ends_call=sent.ended))
+                                          spoke=spoke, ends_call=sent.ended))
         raise
     finally:
         env.live.discard(sent)
+    spoke = sent.finish()
     if outcome is None:                 # the call's teardown deadline cut it (tear_down_by)
         outcome = ToolOutcome(call.tool_use_id, call.name, "error", ENDED,
-                              spoke=sent.heard, ends_call=sent.ended)
+                              spoke=spoke, ends_call=sent.ended)
+    elif spoke:
+        outcome = replace(outcome, spoke=True)
     _deliver(results, outcome)
     if side_effect:
         env.done[call.tool_use_id] = outcome
@@ -172,11 +176,24 @@ class _Sent:
     (the rest of its work, a handoff's summary, is the session's last act, and its result
     goes in the history)."""
 
-    __slots__ = ("messages", "scope")
+    __slots__ = ("messages", "over", "scope")
 
     def __init__(self) -> None:
         self.messages: list[ToolMessage] = []
         self.scope = trio.CancelScope()
+        self.over = False
+
+    def finish(self) -> bool:
+        """Whether it spoke, fixed as its outcome is made: audio or digits the writer takes
+        after this are withheld. A blocking tool's ``send`` runs as a task of its own
+        (``trio.from_thread.run``), outside ``scope``, and its thread is abandoned, not
+        stopped: its timeout or a barge-in ends the call at once, while a ``play`` is still
+        on its way to the writer (handed over in the same scheduler pass, or queued behind
+        a busy writer), or is sent later still. Played then, the model would be told the
+        tool said nothing and say it again. (An async tool's send waits for the writer in
+        the tool's own scope, and the writer answers first.)"""
+        self.over = True
+        return self.heard
 
     def add(self, message: ToolMessage) -> None:
         self.messages.append(message)
@@ -237,7 +254,7 @@ async def _invoke(call: ToolCall, definition: ToolDefinition, timeout_s: float |
         outcome = replace(outcome, duration_s=trio.current_time() - started)
     if sent.ended:                      # failed or timed out after its `end` went out
         outcome = replace(outcome, ends_call=True)
-    return replace(outcome, spoke=True) if sent.heard else outcome
+    return outcome
 
 
 async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | None,
@@ -337,12 +354,16 @@ def _context(call: ToolCall, definition: ToolDefinition, env: ToolEnv,
         told = trio.Event()
         withheld = False
 
-        def taken(cut: bool) -> None:       # the writer, as it takes it: no await between
+        def taken(cut: bool) -> bool:       # the writer, as it takes it: no await between
             nonlocal withheld
-            withheld = cut
-            if not cut:
+            withheld = cut or sent.over
+            if not withheld:
                 sent.add(message)           # heard, even if a cancel reaches us first
+            elif not cut:
+                log.info("tool audio withheld: its tool call had ended",
+                         extra={"tool": definition.name, "kind": type(message).__name__})
             told.set()
+            return not withheld
 
         await env.outbound.send(FromTool(message, env.turn, taken))
         await told.wait()

@@ -76,8 +76,10 @@ class ToolContext:
         False: a ``Play`` or ``SendDigits`` was withheld, since the caller had cut off the
         turn that called the tool (Twilio dropped what was queued then; sent now, it would
         start over the caller's words), or since the call's ``end`` had gone out (nothing
-        follows it). Nothing reached the caller: say so in the result, so
-        the model asks before trying again. A tool that does not look still runs to its end."""
+        follows it), or since the tool's own call had ended before the writer took it (a
+        blocking tool's timeout: its thread runs on). Nothing reached the caller: say so in
+        the result, so the model asks before trying again. A tool that does not look still
+        runs to its end."""
         if not isinstance(message, ToolMessage):
             raise ToolMessageRefused(self.tool_name, (
                 f"a tool cannot send {type(message).__name__}: only the model speaks to the "
