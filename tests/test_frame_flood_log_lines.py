@@ -13,8 +13,12 @@ from collections import Counter
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from actors.call import MAX_FRAMES_BEFORE_SETUP
+from actors.interrupt_handler import InputPolicy
+from tests.call_harness import CALL_SID, open_test_call
+from tests.fakes import FakeLLM, words
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from tests.test_session_binding import closed_with, signed_socket
 from voiceagent.app.caller import open_call
@@ -80,3 +84,33 @@ async def test_frames_before_setup_are_a_few_lines_per_socket(
     events = Counter(r.getMessage() for r in records)
     assert events["message before setup dropped"] == 3 * 5
     assert events["no setup received"] == 3
+
+
+async def test_a_flood_that_starts_turns_logs_a_few_lines_per_turn_the_gate_lets_through(
+        autojump_clock: trio.testing.MockClock, records: list[logging.LogRecord]) -> None:
+    """Prompts, interrupts and key entries at wire speed, for a minute. The per-turn lines
+    ("turn done", "turn cancelled", "queued input merged", "unanswered caller words
+    dropped") are not budgeted: the turn gate (two turns per MIN_TURN_GAP) already bounds
+    them, each turn is a model request that costs far more than its lines, and the CallSid
+    on each shows an operator which call is hammering. Measured: ~3.5 lines (~250 bytes
+    each) per turn, 6.7 turns a second, ~21 MB of log an hour (a normal call: one line a
+    turn). A line per frame instead would be ~400 a second: this says so."""
+    seconds, gap_s = 60.0, InputPolicy().min_turn_gap_s
+    frames = 0
+    async with open_test_call(FakeLLM([words("We open at nine.", first_s=0.4)])) as call:
+        await trio.sleep(1)
+        started = trio.current_time()
+        while trio.current_time() - started < seconds:
+            call.say(f"now {frames}")
+            call.interrupt(heard="We open", duration_ms=100)
+            call.socket.push({"type": "dtmf", "digit": "1"})
+            call.socket.push({"type": "dtmf", "digit": "#"})
+            frames += 4
+            await trio.sleep(0.01)
+        await call.hang_up()
+    events = Counter(r.getMessage() for r in records)
+    turns = events["turn done"]
+    assert 1.5 * seconds / gap_s < turns <= 2 * seconds / gap_s + 2, events
+    assert sum(events.values()) <= 4 * turns + 10, events
+    assert sum(events.values()) < frames / 10
+    assert {vars(r)["call_sid"] for r in records} == {CALL_SID}
