@@ -339,6 +339,12 @@ def _context(call: ToolCall, definition: ToolDefinition, env: ToolEnv,
               "tool_use_id": call.tool_use_id}
 
     async def send(message: ToolMessage) -> bool:
+        if sent.over:
+            # an abandoned blocking tool's thread, on after its timeout or the caller's cut:
+            # its `end` would hang up on a caller the model went on talking to
+            log.info("tool message withheld: its tool call had ended",
+                     extra={"tool": definition.name, "kind": type(message).__name__})
+            return False
         if not isinstance(message, Play | SendDigits):
             switch = message if isinstance(message, Language) else None
             if (switch is not None and env.language is not None

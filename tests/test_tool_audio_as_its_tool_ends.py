@@ -12,6 +12,7 @@ Found by review (s18)."""
 from __future__ import annotations
 
 import math
+import threading
 from functools import partial
 from typing import Any
 
@@ -24,7 +25,7 @@ from actors.messages import Outgoing, Text, ToolBatch, ToolCall, ToolOutcome
 from actors.relay_writer import WriterStats
 from tests.call_harness import plain_use_case
 from tests.fakes import MemorySocket, MemoryStore, SlowAtTheWordSocket
-from voiceagent.relay.outbound import Play
+from voiceagent.relay.outbound import End, Play
 from voiceagent.tools.base import ToolContext, ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
 
@@ -134,3 +135,46 @@ async def test_a_play_queued_behind_a_busy_writer_as_its_tool_call_ends(
     assert [o.status for o in outcomes if o.name == "lookUp"] == ["success"]
     assert (hold.content == tool_executor.CANCELLED) == (ended_by == "the turn abandoning it")
     _agrees(hold, told, socket)
+
+
+@pytest.mark.timeout(20)
+async def test_an_end_the_thread_sends_after_its_tool_timed_out_is_withheld(
+        mock_clock: trio.testing.MockClock) -> None:
+    """The thread of a blocking tool runs on after its timeout (threads cannot be
+    cancelled); the model has been told the tool failed and talks on with the caller. An
+    ``end`` the thread sends then would hang up on them: it is withheld, and ``send`` says
+    so."""
+    waiting = trio.Event()
+    outcome_made, answered = threading.Event(), threading.Event()
+    told: list[bool] = []
+
+    def hang_up_late(ctx: ToolContext, args: Any) -> dict[str, Any]:
+        trio.from_thread.run_sync(waiting.set)
+        outcome_made.wait(10)
+        try:
+            told.append(trio.from_thread.run(ctx.send, End()))
+        except BaseException as err:        # shown in the assertion below, not lost here
+            told.append(repr(err))
+        answered.set()
+        return {"ended": told[-1]}
+
+    env, outbound = _env(hang_up_late)
+    socket = MemorySocket()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(relay_writer.run, socket=socket, outbound=outbound,
+                                   stats=WriterStats()))
+        results_send, results = trio.open_memory_channel[ToolOutcome](1)
+        with tool_executor.ToolExecutor(nursery, env) as executor:
+            executor.submit(ToolBatch((ToolCall("tu_hold", "holdMusic", {}),
+                                       ToolCall("tu_look", "lookUp", {})), results_send))
+        await waiting.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(LIMIT_S)
+        outcome = await results.receive()
+        outcome_made.set()
+        await trio.to_thread.run_sync(answered.wait, 10)
+        mock_clock.autojump_threshold = 0       # lookUp, a side effect, runs to its end
+    assert (outcome.name, outcome.status) == ("holdMusic", "error")
+    assert not outcome.ends_call
+    assert told == [False]
+    assert [f["type"] for f in socket.pending()] == []
