@@ -2,10 +2,11 @@
 
 With the settings ``serve`` would use (the environment, then ``./.env`` for what it leaves
 unset), it checks in order: the settings; the AWS credentials (STS); the DynamoDB table, or the
-SQLite data folder; one token from every model the use cases name; Twilio's credentials and,
-with ``--number``, that number's voice webhook. One line per check, ✓ or ✗ (or skipped), and
-under a failure what to do about it. Checks that need something an earlier one lacked are
-skipped, never crashed; every other check runs whatever failed before it.
+SQLite data folder; the use cases against the tools, as ``serve`` loads them; one token from
+every model the use cases name; Twilio's credentials and, with ``--number``, that number's
+voice webhook. One line per check, ✓ or ✗ (or skipped), and under a failure what to do about
+it. Checks that need something an earlier one lacked are skipped, never crashed; every other
+check runs whatever failed before it.
 
 Exit code 1 when any check failed, 0 otherwise (skipped checks are not failures).
 """
@@ -37,10 +38,10 @@ CHECK_THREADS = 8
 DESCRIPTION = (
     "Check that a real call can work, with the settings `voiceagent serve` would use (the "
     "environment, then ./.env for what it leaves unset): the settings; the AWS credentials "
-    "(STS); the DynamoDB table, or the SQLite data folder; one token from each model the use "
-    "cases name; Twilio's credentials and, with --number, the number's voice webhook. One "
-    "line per check, and under a failure what to do. Exit code 1 when a check failed, else 0 "
-    "(skipped checks are not failures).")
+    "(STS); the DynamoDB table, or the SQLite data folder; the use cases against the tools, "
+    "as serve loads them; one token from each model the use cases name; Twilio's credentials "
+    "and, with --number, the number's voice webhook. One line per check, and under a failure "
+    "what to do. Exit code 1 when a check failed, else 0 (skipped checks are not failures).")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -58,7 +59,8 @@ ASCII = Marks("[ok]", "[FAIL]", "[skip]", "->")
 def add_command(commands: Any) -> None:
     """Add ``check`` to ``voiceagent``'s subparsers (``argparse._SubParsersAction``)."""
     check = commands.add_parser(
-        "check", help="check settings, AWS, the store, the models and Twilio before a call",
+        "check", help="check settings, AWS, the store, the tools, the models and Twilio "
+                 "before a call",
         description=DESCRIPTION)
     check.add_argument("--number", type=_e164, default=None, metavar="+E164",
                        help="also check this Twilio number's voice webhook: PUBLIC_URL/twiml "
