@@ -959,8 +959,9 @@ async def test_a_kept_alive_connection_the_server_dropped_is_replaced_unseen(
 
 
 async def test_silence_past_the_read_timeout_ends_the_attempt(fake: FakeBedrock) -> None:
-    """Before any content: the attempt is retried (the next one answers); after content:
-    the stream failed after tokens, and the runtime apologises."""
+    """Before any content: the attempt is retried at its first-event timeout (here the read
+    timeout's, the shorter) and the next one answers; after content: the stream failed after
+    tokens, and the runtime apologises."""
     fake.push(stream_reply(message_start(), text_events(["late"], first_delay_s=1.0)),
               text_reply(["On time."]),
               stream_reply(message_start(), text_events(["Early", " then"], gap_s=1.0,
@@ -982,7 +983,7 @@ async def test_silence_past_the_read_timeout_ends_the_attempt(fake: FakeBedrock)
     finally:
         await llm.aclose()
     assert without_end(retried) == [TextDelta("On time.")]
-    assert llm.statistics().errors_by_code == {"ReadTimeout": 2}
+    assert llm.statistics().errors_by_code == {"FirstEventTimeout": 1, "ReadTimeout": 1}
     assert after.value.code == "ReadTimeout"
     assert after.value.after_tokens
     assert received == [TextDelta("Early")]

@@ -26,7 +26,7 @@ from tests.fake_bedrock import (
 )
 from voiceagent.errors import ModelStreamFailed
 from voiceagent.llm.base import LLMEvent, LLMRequest, StreamEnd, TextDelta
-from voiceagent.llm.bedrock import BedrockLLM
+from voiceagent.llm.bedrock import FIRST_EVENT_TIMEOUT_S, BedrockLLM
 
 READ_TIMEOUT_S = 10.0
 
@@ -59,10 +59,11 @@ async def collect(llm: BedrockLLM, into: list[LLMEvent]) -> None:
             into.append(item)
 
 
-async def test_bytes_that_never_make_an_event_are_retried_at_the_read_timeout(
+async def test_bytes_that_never_make_an_event_are_retried_at_the_first_event_timeout(
         fake: FakeBedrock, llm: BedrockLLM, mock_clock: trio.testing.MockClock) -> None:
-    """Before any content: the trickling attempt ends at the read timeout and the retry
-    answers, READ_TIMEOUT_S after the start (a byte every 3 s held it for minutes)."""
+    """Before any content: the trickling attempt ends at the first-event timeout and the
+    retry answers, FIRST_EVENT_TIMEOUT_S after the start (a byte every 3 s held it for
+    minutes)."""
     fake.push(Trickle(trickled=(message_start(),), gap_s=3.0), text_reply(["We open."]))
     events: list[LLMEvent] = []
     started = trio.current_time()
@@ -70,8 +71,8 @@ async def test_bytes_that_never_make_an_event_are_retried_at_the_read_timeout(
         await collect(llm, events)
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["We open."]
     assert isinstance(events[-1], StreamEnd)
-    assert trio.current_time() - started == pytest.approx(READ_TIMEOUT_S, abs=0.5)
-    assert llm.statistics().errors_by_code == {"ReadTimeout": 1}
+    assert trio.current_time() - started == pytest.approx(FIRST_EVENT_TIMEOUT_S, abs=0.5)
+    assert llm.statistics().errors_by_code == {"FirstEventTimeout": 1}
     assert fake.requests[0].frames_sent == 0        # not one whole frame went out
 
 

@@ -66,10 +66,14 @@ class Settings(BaseModel):
     # clause) and sent as one frame; 0 sends every token as it comes
     token_hold_ms: int = Field(100, alias="TOKEN_HOLD_MS", ge=0, le=1000)
     max_concurrent_turns: int = Field(400, alias="MAX_CONCURRENT_TURNS", ge=1, le=10_000)
-    # TCP + proxy tunnel + TLS handshake; longest silence from Bedrock, first event included
+    # TCP + proxy tunnel + TLS handshake; longest silence from Bedrock once it answers;
+    # request sent -> the model's first output event, then tried again once (llm/bedrock.py),
+    # at most the read timeout (the default is lowered to it, a value set above it refused)
     bedrock_connect_timeout_s: float = Field(3.0, alias="BEDROCK_CONNECT_TIMEOUT_S", gt=0,
                                              le=60)
     bedrock_read_timeout_s: float = Field(10.0, alias="BEDROCK_READ_TIMEOUT_S", gt=0, le=300)
+    bedrock_first_event_timeout_s: float = Field(3.0, alias="BEDROCK_FIRST_EVENT_TIMEOUT_S",
+                                                 gt=0, le=300)
     store_threads: int = Field(32, alias="STORE_THREADS", ge=1, le=1024)
     # modules whose @tool functions are registered at start-up, comma-separated (docs/tools.md)
     tools_modules: tuple[str, ...] = Field((), alias="TOOLS")
@@ -258,6 +262,13 @@ def _checks_of_values(settings: Settings) -> list[str]:
             f"SESSION_TTL_S: {settings.session_ttl_s} s is shorter than MAX_CALL_DURATION_S "
             f"({settings.max_call_duration_s:g} s), so a long call's items could expire while "
             "it runs (its handoff and reconnects would fail); make it at least as long")
+    if ("bedrock_first_event_timeout_s" in settings.model_fields_set
+            and settings.bedrock_first_event_timeout_s > settings.bedrock_read_timeout_s):
+        problems.append(
+            f"BEDROCK_FIRST_EVENT_TIMEOUT_S: {settings.bedrock_first_event_timeout_s:g} s is "
+            f"longer than BEDROCK_READ_TIMEOUT_S ({settings.bedrock_read_timeout_s:g} s), "
+            "which ends the wait for the first event anyway (with no retry); make it shorter, "
+            "or raise BEDROCK_READ_TIMEOUT_S too")
     return problems
 
 

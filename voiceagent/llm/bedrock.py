@@ -18,6 +18,11 @@ caller are retried inside the stream: bounded, jittered, within a latency budget
 the process's retry quota. After content, any error raises ``ModelStreamFailed(after_tokens=
 True)`` and the turn apologises after what was said, except a lost connection once the reply
 was whole (``messageStop``): it ends as a reply. No fault escapes as a library exception.
+
+Silence. The model must begin to answer within the first-event timeout of the request
+(``FirstEventTimeout``: tried again once, past the latency budget too), then send an event
+at least every read timeout (``ReadTimeout``), and the whole stream must be over by its
+first-event timeout plus its maxTokens at the pace speech is heard (``ReplyTooSlow``).
 """
 
 from __future__ import annotations
@@ -63,7 +68,12 @@ from voiceagent.threads import run_blocking
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 3.0
-READ_TIMEOUT_S = 10.0               # longest silence between events, first one included
+READ_TIMEOUT_S = 10.0               # longest silence between events once the model answers
+# request sent -> the model's first output event (never more than the read timeout). Past
+# it the attempt is closed and tried again once, whatever RETRY_BUDGET_S: 1.5 times the p99
+# the shipped turn-latency alarm calls unhealthy (2 s), and a caller who has heard 3 s of
+# silence is still on the line; at 10 s (the read timeout) many have hung up.
+FIRST_EVENT_TIMEOUT_S = 3.0
 MAX_RETRIES = 2
 RETRY_BUDGET_S = 2.5                # no retry starts later than this after the stream opened
 RETRY_BASE_DELAY_S = 0.2            # retry n waits base * 2**n, half of it jittered
@@ -128,7 +138,9 @@ class BedrockLLM:
 
     def __init__(self, *, region: str | None = None, max_concurrent_streams: int = 400,
                  connect_timeout_s: float = CONNECT_TIMEOUT_S,
-                 read_timeout_s: float = READ_TIMEOUT_S, max_retries: int = MAX_RETRIES,
+                 read_timeout_s: float = READ_TIMEOUT_S,
+                 first_event_timeout_s: float = FIRST_EVENT_TIMEOUT_S,
+                 max_retries: int = MAX_RETRIES,
                  retry_budget_s: float = RETRY_BUDGET_S,
                  retry_base_delay_s: float = RETRY_BASE_DELAY_S,
                  check_history: bool = True,
@@ -138,6 +150,7 @@ class BedrockLLM:
         self.max_concurrent_streams = max_concurrent_streams
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
+        self.first_event_timeout_s = min(first_event_timeout_s, read_timeout_s)
         self.max_retries = max_retries
         self.retry_budget_s = retry_budget_s
         self.retry_base_delay_s = retry_base_delay_s
@@ -160,7 +173,9 @@ class BedrockLLM:
         options: dict[str, Any] = {"region": settings.aws_region,
                                    "max_concurrent_streams": settings.max_concurrent_turns,
                                    "connect_timeout_s": settings.bedrock_connect_timeout_s,
-                                   "read_timeout_s": settings.bedrock_read_timeout_s}
+                                   "read_timeout_s": settings.bedrock_read_timeout_s,
+                                   "first_event_timeout_s":
+                                       settings.bedrock_first_event_timeout_s}
         options.update(overrides)
         return cls(**options)
 
@@ -231,7 +246,8 @@ class BedrockLLM:
         finally:
             model_stream.close()
 
-    async def _start_attempt(self, model_id: str, body: bytes, started_at: float) -> Attempt:
+    async def _start_attempt(self, model_id: str, body: bytes, started_at: float,
+                             deadline: float) -> Attempt:
         """Sign, connect (or reuse) and send; a failure to do so is the attempt's first item,
         so retries and errors follow one path."""
         setup = await self._ready()
@@ -242,7 +258,9 @@ class BedrockLLM:
             failure = classify(err)
         attempt = Attempt(setup.pool, target, headers, body, started_at=started_at,
                           read_timeout_s=self.read_timeout_s,
-                          on_finished=self._attempt_finished, watchdog=self._watchdog)
+                          first_event_timeout_s=self.first_event_timeout_s,
+                          deadline=deadline, on_finished=self._attempt_finished,
+                          watchdog=self._watchdog)
         await self._limiter.acquire_on_behalf_of(attempt)
         try:
             if failure is not None:

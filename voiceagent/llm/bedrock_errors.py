@@ -67,6 +67,18 @@ class ReadTimeout(Exception):
     """No whole event (nor the headers) from Bedrock for longer than the read timeout."""
 
 
+class FirstEventTimeout(ReadTimeout):
+    """The request went out and the model said nothing (no content block, no stop; the
+    headers and ``messageStart`` do not count) within the first-event timeout. Nothing has
+    been spoken, so it is tried again: a request that stalls at its start (a black-holed
+    connection, a stuck host) most often answers at once on a new connection."""
+
+
+class ReplyTooSlow(Exception):
+    """The reply was not whole by the stream's deadline: events kept coming, but slower than
+    the caller hears them spoken, so the turn would drip a word every few seconds."""
+
+
 _KINDS: dict[str, tuple[str, bool]] = {
     "ThrottlingException": ("throttled", True),
     "ServiceUnavailableException": ("unavailable", True),
@@ -109,6 +121,10 @@ def classify(exc: BaseException) -> Failure:
 def network_failure(exc: BaseException) -> Failure:
     """Every way the connection itself can fail. Anything not known here is a bug."""
     exc = _connect_error(exc)
+    if isinstance(exc, FirstEventTimeout):
+        return Failure("FirstEventTimeout", str(exc), "unavailable", True, exc)
+    if isinstance(exc, ReplyTooSlow):
+        return Failure("ReplyTooSlow", str(exc), "stream", False, exc)
     if isinstance(exc, ReadTimeout):
         return Failure("ReadTimeout", str(exc), "unavailable", True, exc)
     if isinstance(exc, ConnectTimeout | trio.TooSlowError):

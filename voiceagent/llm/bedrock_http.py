@@ -44,7 +44,9 @@ from voiceagent.llm.bedrock_converse import ReplyAssembler
 from voiceagent.llm.bedrock_errors import (
     BedrockHTTPError,
     Failure,
+    FirstEventTimeout,
     ReadTimeout,
+    ReplyTooSlow,
     classify,
 )
 from voiceagent.llm.eventstream import FrameDecoder, ReplyError, StreamFault, event_of
@@ -60,7 +62,7 @@ Item = LLMEvent | Failure
 # ---------------------------------------------------------------- read timeouts
 
 class ReadWatchdog:
-    """Ends reads that have waited longer than the read timeout: one task for every stream
+    """Ends reads that have waited longer than their deadline: one task for every stream
     of a trio run, instead of a cancel scope around each read (one per model event, which
     cost as much as parsing the event). It sleeps while no stream is open."""
 
@@ -68,34 +70,35 @@ class ReadWatchdog:
         self._attempts: set[Attempt] = set()
         self._token: trio.lowlevel.TrioToken | None = None
         self._changed = trio.Event()
+        self._wakes_at = math.inf
 
     def watch(self, attempt: Attempt) -> None:
         token = trio.lowlevel.current_trio_token()
         if self._token is not token:          # a new trio run (tests start many)
             self._token, self._attempts = token, set()
-            self._changed = trio.Event()
+            self._changed, self._wakes_at = trio.Event(), math.inf
             trio.lowlevel.spawn_system_task(self._run, name="bedrock read watchdog")
         self._attempts.add(attempt)
-        self._changed.set()
+        # a new attempt's first-event deadline may come before the reads already watched
+        if attempt.read_deadline < self._wakes_at:
+            self._changed.set()
 
     def forget(self, attempt: Attempt) -> None:
         self._attempts.discard(attempt)
 
     async def _run(self) -> None:
         while True:
-            if not self._attempts:
-                self._changed = trio.Event()
-                await self._changed.wait()
-                continue
+            self._changed = trio.Event()
             now = trio.current_time()
             for attempt in [a for a in self._attempts if a.read_deadline <= now]:
                 self._attempts.discard(attempt)
                 attempt.time_out()
-            if self._attempts:
-                soonest = min(a.read_deadline for a in self._attempts)
-                # Deadlines only move later as events come, so waking at the soonest one is
-                # early, never late; the slack batches the checks of busy streams.
-                await trio.sleep_until(max(soonest, now + WATCHDOG_SLACK_S))
+            soonest = min((a.read_deadline for a in self._attempts), default=math.inf)
+            # A watched attempt's deadline only moves later as events come, so waking at the
+            # soonest one is early, never late; the slack batches the checks of busy streams.
+            self._wakes_at = max(soonest, now + WATCHDOG_SLACK_S)
+            with trio.move_on_at(self._wakes_at):
+                await self._changed.wait()
 
 
 # ---------------------------------------------------------------- one exchange
@@ -112,13 +115,18 @@ class Attempt:
     def __init__(self, pool: ConnectionPool, target: str, headers: list[tuple[str, str]],
                  body: bytes, *, started_at: float, read_timeout_s: float,
                  on_finished: Callable[[Attempt, float], None],
-                 watchdog: ReadWatchdog) -> None:
+                 watchdog: ReadWatchdog, first_event_timeout_s: float | None = None,
+                 deadline: float = math.inf) -> None:
         self._pool = pool
         self._watchdog = watchdog
         self._target = target
         self._headers = headers
         self._body = body
         self._read_timeout_s = read_timeout_s
+        self._first_event_timeout_s = (read_timeout_s if first_event_timeout_s is None
+                                       else min(first_event_timeout_s, read_timeout_s))
+        self._deadline = deadline           # trio time: the whole stream is over by then
+        self._answering = False             # an event of the model's own output came
         self._on_finished = on_finished
         self._assembler = ReplyAssembler(started_at)
         self._decoder = FrameDecoder()
@@ -131,7 +139,7 @@ class Attempt:
         self._ended = False                 # nothing more will be queued
         self._complete = False              # the exchange finished cleanly: reusable
         self._closed = False
-        self._timed_out = False
+        self._timed_out: Exception | None = None
         self.read_deadline = math.inf       # the watchdog ends the read past this
         self.cancelled_at: float | None = None      # perf_counter() at abort
         self.closed_at: float | None = None         # perf_counter() when the socket closed
@@ -162,7 +170,8 @@ class Attempt:
             self._drop_connection()
             raise
         if not self._ended:
-            self.read_deadline = trio.current_time() + self._read_timeout_s
+            self.read_deadline = min(trio.current_time() + self._first_event_timeout_s,
+                                     self._deadline)
             self._watchdog.watch(self)
 
     async def receive(self) -> Item:
@@ -202,8 +211,8 @@ class Attempt:
             self._take(event)
         except Exception as err:
             fault: Exception = err
-            if self._timed_out:
-                fault = ReadTimeout(f"no event from Bedrock for {self._read_timeout_s:g} s")
+            if self._timed_out is not None:
+                fault = self._timed_out
             elif (self._reused and self._status is None and not self.cancelled_at
                   and not isinstance(err, ReplyError)):
                 # a kept-alive connection the server had closed: the request never ran
@@ -247,6 +256,7 @@ class Attempt:
                 for headers, payload in frames:
                     event_type, body = event_of(headers, payload)   # raises StreamFault
                     self._assembler.feed_event(event_type, body, out)
+                    self._answering = self._answering or event_type != "messageStart"
                 if frames:
                     self._progressed()
                 self._items.extend(out)
@@ -272,10 +282,15 @@ class Attempt:
             raise ConnectionResetError("Bedrock closed the connection")
 
     def _progressed(self) -> None:
-        """The headers or a whole event came: the read timeout starts again. Bytes alone do
-        not move it: a peer that trickles a byte every few seconds and never completes an
-        event (a sick front end, a middlebox) would hold the turn, in silence, for ever."""
-        self.read_deadline = trio.current_time() + self._read_timeout_s
+        """A whole event came: the read timeout starts again, once the model has begun to
+        answer (the headers and ``messageStart`` leave the first-event deadline where it
+        is: they say the request arrived, not that the model is answering it). Bytes alone
+        do not move it: a peer that trickles a byte every few seconds and never completes an
+        event (a sick front end, a middlebox) would hold the turn, in silence, for ever. The
+        stream's deadline bounds it all."""
+        if self._answering:
+            self.read_deadline = min(trio.current_time() + self._read_timeout_s,
+                                     self._deadline)
 
     def _http_error(self) -> BedrockHTTPError:
         status = self._status or 0
@@ -305,7 +320,16 @@ class Attempt:
 
     def time_out(self) -> None:
         """The watchdog's: the read has waited too long; closing the socket ends it."""
-        self._timed_out = True
+        if trio.current_time() >= self._deadline:
+            self._timed_out = ReplyTooSlow("the reply was not whole by the stream's deadline "
+                                           "(its maxTokens at the pace speech is heard)")
+        elif not self._answering:
+            self._timed_out = FirstEventTimeout(
+                f"the model said nothing within {self._first_event_timeout_s:g} s of the "
+                "request (BEDROCK_FIRST_EVENT_TIMEOUT_S)")
+        else:
+            self._timed_out = ReadTimeout(f"no event from Bedrock for "
+                                          f"{self._read_timeout_s:g} s")
         if self._connection is not None:
             self._connection.link.close_now()
 

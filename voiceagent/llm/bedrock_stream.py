@@ -2,7 +2,10 @@
 after each failure, to try again or to raise.
 
 Retries happen only while nothing reached the caller: bounded in number, jittered, within a
-latency budget and within the process's retry quota (``bedrock_errors.RetryBudget``). Once
+latency budget and within the process's retry quota (``bedrock_errors.RetryBudget``). A start
+that stalled (no output within the first-event timeout) is tried again once although the
+budget is spent: its deadline is set to leave time for that. Every attempt shares the
+stream's deadline (``SPOKEN_TOKENS_PER_S``). Once
 per stream, credentials refused as expired or unknown are found anew through the chain and
 the request is sent again. What cannot be retried raises an ``LLMError`` subclass, and
 nothing else: a library exception here would end the call instead of an apology. A failure
@@ -37,6 +40,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("voiceagent.llm.bedrock")
 
+# The whole stream must end by its first-event timeout plus its maxTokens at the pace they
+# are heard spoken (~150-180 words a minute, ~1.3 tokens a word). A healthy model writes
+# 20-100 tokens a second and is 5-25 times inside it; events dripping just under the read
+# timeout apart no longer hold a turn for maxTokens x 10 s.
+SPOKEN_TOKENS_PER_S = 4.0
+
 RENEWABLE = frozenset({"ExpiredTokenException", "ExpiredToken", "UnrecognizedClientException",
                        "InvalidClientTokenId", "InvalidSignatureException"})
 
@@ -66,19 +75,22 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         self._model_id = model_id
         self._body = body                   # the request as sent, every attempt
         self._opened_at = trio.current_time()
+        self._deadline = (self._opened_at + backend.first_event_timeout_s
+                          + request.inference.max_tokens / SPOKEN_TOKENS_PER_S)
         self._started_at = time.perf_counter()
         self._attempt: Attempt | None = None
         self._ready: list[Item] = []        # taken, not yet handed (rarely any)
         self._retries = 0
         self._quota_taken = 0               # the last retry's cost, given back on success
         self._renewed = False               # credentials found anew once already
+        self._restarted = False             # a stalled start tried again once already
         self._content = False               # content reached the caller: no more retries
         self._ended = False
         self._closed = False
 
     async def start(self) -> None:
         self._attempt = await self._backend._start_attempt(self._model_id, self._body,
-                                                           self._started_at)
+                                                           self._started_at, self._deadline)
 
     async def receive(self) -> LLMEvent:
         while True:
@@ -152,7 +164,7 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
                              delay_ms=round(delay * 1000))
         await trio.sleep(delay)
         self._attempt = await backend._start_attempt(self._model_id, self._body,
-                                                     self._started_at)
+                                                     self._started_at, self._deadline)
 
     async def _renewed_credentials(self, failure: Failure) -> bool:
         """Credentials refused as expired or unknown, before any content: found anew through
@@ -183,7 +195,11 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
             return None
         base = backend.retry_base_delay_s * 2.0 ** self._retries
         delay = base / 2 + random.uniform(0, base / 2)
-        if trio.current_time() - self._opened_at + delay > backend.retry_budget_s:
+        # a start that stalled is tried again once although it has spent the budget: that
+        # is what its deadline is for, and a new connection most often answers at once
+        restart = failure.code == "FirstEventTimeout" and not self._restarted
+        if (not restart
+                and trio.current_time() - self._opened_at + delay > backend.retry_budget_s):
             return None
         cost = backend.retry_quota.take(failure)
         if not cost:
@@ -191,6 +207,7 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
                                  code=failure.code)
             return None
         self._quota_taken = cost
+        self._restarted = self._restarted or restart
         return delay
 
     def _log_failure(self, failure: Failure) -> None:
