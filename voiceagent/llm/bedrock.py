@@ -20,7 +20,8 @@ True)`` and the turn apologises after what was said, except a lost connection on
 was whole (``messageStop``): it ends as a reply. No fault escapes as a library exception.
 
 Silence. The model must begin to answer within the first-event timeout of the request
-(``FirstEventTimeout``: tried again once, past the latency budget too), then send an event
+(``FirstEventTimeout``: tried again once, past the latency budget too, and given the read
+timeout to begin that time), then send an event
 at least every read timeout (``ReadTimeout``), and the whole stream must be over by its
 first-event timeout plus its maxTokens at the pace speech is heard (``ReplyTooSlow``).
 """
@@ -247,9 +248,10 @@ class BedrockLLM:
             model_stream.close()
 
     async def _start_attempt(self, model_id: str, body: bytes, started_at: float,
-                             deadline: float) -> Attempt:
+                             deadline: float, *, patient: bool = False) -> Attempt:
         """Sign, connect (or reuse) and send; a failure to do so is the attempt's first item,
-        so retries and errors follow one path."""
+        so retries and errors follow one path. ``patient``: after a stalled start, the model
+        is given the read timeout to begin (see ``bedrock_stream``)."""
         setup = await self._ready()
         target, headers, failure = "", list[tuple[str, str]](), None
         try:
@@ -258,7 +260,8 @@ class BedrockLLM:
             failure = classify(err)
         attempt = Attempt(setup.pool, target, headers, body, started_at=started_at,
                           read_timeout_s=self.read_timeout_s,
-                          first_event_timeout_s=self.first_event_timeout_s,
+                          first_event_timeout_s=(self.read_timeout_s if patient
+                                                 else self.first_event_timeout_s),
                           deadline=deadline, on_finished=self._attempt_finished,
                           watchdog=self._watchdog)
         await self._limiter.acquire_on_behalf_of(attempt)

@@ -4,8 +4,11 @@ after each failure, to try again or to raise.
 Retries happen only while nothing reached the caller: bounded in number, jittered, within a
 latency budget and within the process's retry quota (``bedrock_errors.RetryBudget``). A start
 that stalled (no output within the first-event timeout) is tried again once although the
-budget is spent: its deadline is set to leave time for that. Every attempt shares the
-stream's deadline (``SPOKEN_TOKENS_PER_S``). Once
+budget is spent, on a new connection, and that attempt is given the whole read timeout to
+begin: a lost request or a stuck host answers at once then, while a model that is merely
+slow to start (a long prompt: a call's history grows with every turn) still answers, late,
+instead of the apology on every turn once its first token passes the timeout. Every attempt
+shares the stream's deadline (``SPOKEN_TOKENS_PER_S``), moved on by that extra patience. Once
 per stream, credentials refused as expired or unknown are found anew through the chain and
 the request is sent again. What cannot be retried raises an ``LLMError`` subclass, and
 nothing else: a library exception here would end the call instead of an apology. A failure
@@ -164,7 +167,8 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
                              delay_ms=round(delay * 1000))
         await trio.sleep(delay)
         self._attempt = await backend._start_attempt(self._model_id, self._body,
-                                                     self._started_at, self._deadline)
+                                                     self._started_at, self._deadline,
+                                                     patient=self._restarted)
 
     async def _renewed_credentials(self, failure: Failure) -> bool:
         """Credentials refused as expired or unknown, before any content: found anew through
@@ -207,7 +211,9 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
                                  code=failure.code)
             return None
         self._quota_taken = cost
-        self._restarted = self._restarted or restart
+        if restart:
+            self._restarted = True
+            self._deadline += backend.read_timeout_s - backend.first_event_timeout_s
         return delay
 
     def _log_failure(self, failure: Failure) -> None:
