@@ -228,6 +228,7 @@ def main() -> None:
               f"server side only, tracemalloc", flush=True)
         if args.in_flight:                  # the model's read timeout must outlast the wait
             settings["BEDROCK_READ_TIMEOUT_S"] = str(2 * IN_FLIGHT_FIRST_TOKEN_MS / 1000)
+            settings["BEDROCK_FIRST_EVENT_TIMEOUT_S"] = settings["BEDROCK_READ_TIMEOUT_S"]
         trio.run(measure, args.calls, args.turns, args.top, settings, args.in_flight)
 
 

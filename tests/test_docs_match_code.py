@@ -207,11 +207,12 @@ def _series(metrics: Metrics) -> dict[str, tuple[str, ...]]:
 
 def _expand(token: str) -> Iterator[tuple[str, tuple[str, ...] | None]]:
     """``a_{b,c{d}}`` -> (a_b, None), (a_c, (d,)); braces after ``_`` are alternatives, braces
-    after a name are its labels."""
+    after a name are its labels (a selector's values left out: ``a{d="x"}`` -> (a, (d,)))."""
     match = re.search(r"_\{", token)
     if match is None:
         name, _, labels = token.partition("{")
-        yield name, tuple(labels.rstrip("}").split(",")) if labels else None
+        yield name, tuple(label.partition("=")[0] for label in labels.rstrip("}").split(",")
+                          ) if labels else None
         return
     parts, depth, start = [], 0, match.end()
     for end in range(match.end(), len(token)):
