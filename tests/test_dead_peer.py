@@ -87,12 +87,18 @@ async def test_a_peer_that_stops_reading_loses_its_call_and_frees_its_place(
     assert llm.closed_at                               # the model stream was closed too
 
 
-@pytest.mark.parametrize(("host", "connect_to"), [("127.0.0.1", "127.0.0.1"),
-                                                  ("::", "127.0.0.1"), ("[::1]", "::1")])
+def _assert_dead_peer_options(accepted: socket.socket) -> None:
+    assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == int(
+        server_module.DEAD_PEER_S * 1000)
+    assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == (
+        server_module.KEEPALIVE_IDLE_S)
+
+
+@pytest.mark.parametrize(("host", "connect_to"), [("127.0.0.1", "127.0.0.1"), ("[::1]", "::1")])
 def test_the_listener_hands_its_limits_to_every_connection(host: str, connect_to: str) -> None:
     """Accepted sockets inherit the listener's options (hypercorn has no hook for its
-    accepted sockets); on "::" IPv4 callers still get in, and HOST=[::1] binds, as with
-    hypercorn's own bind."""
+    accepted sockets), and HOST=[::1] binds, as with hypercorn's own bind."""
     if ":" in host and not socket.has_dualstack_ipv6():
         pytest.skip("no dual-stack IPv6 here")
     config = server_module.hypercorn_config(host, 0)
@@ -102,8 +108,26 @@ def test_the_listener_hands_its_limits_to_every_connection(host: str, connect_to
         with socket.create_connection((connect_to, port), timeout=5):
             accepted, _ = listener.accept()
         with accepted:
-            assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == int(
-                server_module.DEAD_PEER_S * 1000)
-            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == (
-                server_module.KEEPALIVE_IDLE_S)
+            _assert_dead_peer_options(accepted)
+
+
+def test_the_listener_on_every_address_lets_ipv4_callers_in() -> None:
+    """HOST=:: is one IPv6 socket, which must take IPv4 callers too (IPV6_V6ONLY off), as
+    hypercorn's own bind did. The socket hypercorn_config builds for "::" is checked without
+    listening on every interface: bound instead to 127.0.0.1 as IPv6 writes it
+    (::ffff:127.0.0.1), which an IPv6-only socket cannot bind, and called over IPv4."""
+    if not socket.has_dualstack_ipv6():
+        pytest.skip("no dual-stack IPv6 here")
+    with server_module.unbound_listener("::") as listener:
+        assert listener.family == socket.AF_INET6
+        assert listener.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+        listener.bind(("::ffff:127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(5)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as caller:
+            accepted, peer = listener.accept()
+            assert caller.family == socket.AF_INET
+        with accepted:
+            assert peer[0] == "::ffff:127.0.0.1"
+            _assert_dead_peer_options(accepted)

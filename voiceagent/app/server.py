@@ -63,14 +63,15 @@ def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0,
     # one trio process per core (docker/entrypoint.sh starts them) SO_REUSEPORT, which
     # hypercorn 0.18 sets only for its own multi-worker mode.
     host = host.strip("[]")               # HOST=[::1] is allowed, as hypercorn took it
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = None
     try:
-        listener = socket.create_server(  # IPv4 too on "::", as hypercorn's own bind had it
-            (host, port), family=family, reuse_port=reuse_port,
-            dualstack_ipv6=family == socket.AF_INET6 and socket.has_dualstack_ipv6())
+        listener = unbound_listener(host, reuse_port=reuse_port)
+        listener.bind((host, port))
+        listener.listen()
     except OSError as err:
+        if listener is not None:
+            listener.close()
         raise ListenError(host, port, _listen_problem(err)) from err
-    _drop_dead_peers(listener)
     config.bind = [f"fd://{listener.detach()}"]
     config.websocket_max_message_size = HARD_FRAME_LIMIT
     # Twilio sends nothing on a quiet call and the ALB cuts idle connections (60 s default):
@@ -94,6 +95,26 @@ def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0,
     return config
 
 
+def unbound_listener(host: str, *, reuse_port: bool = False) -> socket.socket:
+    """The listener for ``host`` (no brackets) with all its options, before it is bound:
+    what socket.create_server would make, built apart so that the one for "::" (every
+    interface) can be checked without listening on every interface. On an IPv6 address
+    IPV6_V6ONLY is off, so "::" lets IPv4 callers in too, as hypercorn's own bind did."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # restart at once
+        if reuse_port:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and socket.has_dualstack_ipv6():
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        _drop_dead_peers(listener)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
 def _listen_problem(err: OSError) -> str:
     """What went wrong and which setting fixes it; the commonest is a second ``serve``."""
     if err.errno == errno.EADDRINUSE:
@@ -104,7 +125,7 @@ def _listen_problem(err: OSError) -> str:
                 "0.0.0.0 for all of them or 127.0.0.1 for this machine only")
     if err.errno == errno.EACCES:
         return "permission denied (ports below 1024 need privileges): set PORT to 1024 or more"
-    if isinstance(err, socket.gaierror) or (err.errno or 0) < 0:   # create_server re-wraps
+    if isinstance(err, socket.gaierror):
         return ("HOST is neither an IP address nor a name that resolves: set HOST to an "
                 "address of this machine (0.0.0.0 for all, 127.0.0.1 for this one only)")
     return f"{err.strerror or err} (errno {err.errno})"
