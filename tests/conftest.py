@@ -11,7 +11,13 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 from tests.fake_bedrock import FakeBedrock, running_fake_bedrock
-from tests.wheelhouse import Wheelhouse, WheelVenv, build_wheelhouse, make_wheel_venv
+from tests.wheelhouse import (
+    Wheelhouse,
+    WheelhouseUnusable,
+    WheelVenv,
+    make_wheel_venv,
+    open_wheelhouse,
+)
 from voiceagent.logs import _ContextFilter
 
 # Tests are deterministic: each property test draws the same examples on every run (its seed
@@ -71,9 +77,14 @@ def records() -> Iterator[list[logging.LogRecord]]:
 
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Wheelhouse:
-    """voiceagent's wheel and every wheel installing it needs, fetched once per session
-    (tests/wheelhouse.py); installs from it run offline."""
-    return build_wheelhouse(tmp_path_factory.mktemp("wheelhouse") / "wheels")
+    """Every wheel installing voiceagent needs, from .wheelhouse/ (filled at install time by
+    `python -m tests.wheelhouse fill`), and voiceagent's wheel built from this checkout;
+    installs from it run offline (tests/wheelhouse.py)."""
+    try:
+        return open_wheelhouse(tmp_path_factory.mktemp("wheel"))
+    except WheelhouseUnusable as err:
+        problem = str(err)
+    pytest.fail(problem, pytrace=False)
 
 
 @pytest.fixture(scope="session")

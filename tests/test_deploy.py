@@ -38,7 +38,7 @@ from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 from samtranslator.yaml_helper import yaml_parse
 
-from tests.wheelhouse import Wheelhouse
+from tests.wheelhouse import Wheelhouse, offline_env
 from voiceagent.app import metrics as app_metrics
 from voiceagent.settings import Settings
 
@@ -1337,9 +1337,8 @@ def _free_port() -> int:
 
 
 def _pip(*args: str, timeout: float) -> None:
-    result = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check",
-                             *args], capture_output=True, text=True, timeout=timeout,
-                            check=False)
+    result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True,
+                            text=True, timeout=timeout, check=False, env=offline_env())
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
 

@@ -30,6 +30,9 @@ PROJECT = canonicalize_name(PYPROJECT["project"]["name"])
 FIRST_PARTY = {"voiceagent", "actors"}
 SERVICE_LOCK = ROOT / "requirements" / "service.lock.txt"
 DEV_LOCK = ROOT / "requirements" / "dev.lock.txt"
+BUILD_LOCK = ROOT / "requirements" / "build.lock.txt"
+BUILD_IN = ROOT / "requirements" / "build.in"
+SCAFFOLD_PYPROJECT = ROOT / "voiceagent" / "scaffold" / "templates" / "pyproject.toml.tmpl"
 LOCK_SCRIPT = ROOT / "requirements" / "lock.sh"
 PIN_SCRIPT = ROOT / "docker" / "pin-base-image.sh"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -280,7 +283,8 @@ def test_bench_without_its_extra_says_so_in_one_line(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------- locks
 
-@pytest.mark.parametrize("lock", [SERVICE_LOCK, DEV_LOCK], ids=["service", "dev"])
+@pytest.mark.parametrize("lock", [SERVICE_LOCK, DEV_LOCK, BUILD_LOCK],
+                         ids=["service", "dev", "build"])
 def test_every_lock_entry_is_an_exact_pin_with_hashes(lock: Path) -> None:
     pins = _lock(lock)
     assert pins
@@ -290,7 +294,8 @@ def test_every_lock_entry_is_an_exact_pin_with_hashes(lock: Path) -> None:
         Version(pin.version)                        # a version, not a range
 
 
-@pytest.mark.parametrize("lock", [SERVICE_LOCK, DEV_LOCK], ids=["service", "dev"])
+@pytest.mark.parametrize("lock", [SERVICE_LOCK, DEV_LOCK, BUILD_LOCK],
+                         ids=["service", "dev", "build"])
 def test_lock_says_how_to_regenerate_it(lock: Path) -> None:
     header = lock.read_text().split("\n", 6)[:6]
     assert any("requirements/lock.sh" in line for line in header), header
@@ -334,6 +339,36 @@ def test_service_and_dev_locks_pin_the_same_versions() -> None:
         assert {p.version for p in pins} <= {p.version for p in dev[name]}, name
 
 
+def _build_requirements() -> list[Requirement]:
+    return [Requirement(line) for line in (line.partition("#")[0].strip()
+                                           for line in BUILD_IN.read_text().splitlines())
+            if line]
+
+
+def test_build_lock_pins_the_backend_that_voiceagent_and_a_generated_project_build_with() -> None:
+    """The wheels the tests build with are the backend both pyprojects ask for, fresh."""
+    wanted = {str(r) for r in _build_requirements()}
+    # the template's [build-system] has no placeholders: it reads as TOML up to [project]
+    template = tomllib.loads(SCAFFOLD_PYPROJECT.read_text().partition("[project]")[0])
+    for asked in (PYPROJECT["build-system"]["requires"], template["build-system"]["requires"]):
+        assert set(asked) <= wanted, f"{asked}: not all in {BUILD_IN.name}"
+    pinned = _pinned(BUILD_LOCK)
+    stale = []
+    for requirement in _build_requirements():
+        pins = pinned.get(canonicalize_name(requirement.name), [])
+        assert pins, f"{requirement.name} is not in {BUILD_LOCK.name}: run requirements/lock.sh"
+        stale += [f"{pin.name}=={pin.version} does not satisfy {requirement}" for pin in pins
+                  if not requirement.specifier.contains(pin.version, prereleases=True)]
+    assert not stale, "\n".join(stale) + "\nrun requirements/lock.sh"
+
+
+def test_build_and_dev_locks_pin_the_same_versions() -> None:
+    """A generated project's tests and its build share packaging and pluggy: one version."""
+    build, dev = _pinned(BUILD_LOCK), _pinned(DEV_LOCK)
+    for name in build.keys() & dev.keys():
+        assert {p.version for p in build[name]} == {p.version for p in dev[name]}, name
+
+
 # ------------------------------------------------------------------------------- installs
 
 def test_dockerfile_bases_are_pinned_by_the_same_digest() -> None:
@@ -364,6 +399,14 @@ def test_ci_installs_the_dev_lock_with_hashes_then_the_project_alone() -> None:
         assert ("--require-hashes" in arguments or "--no-deps" in arguments
                 or arguments[-2:] == ["--upgrade", "pip"]), arguments
     assert commands[-3:] == ["ruff check .", "mypy", "python -m pytest -q"]
+
+
+def test_ci_fills_the_wheelhouse_before_the_tests_so_they_stay_offline() -> None:
+    commands = _shell_commands(CI_RUN)
+    assert "python -m tests.wheelhouse fill" in commands
+    assert commands.index("python -m tests.wheelhouse fill") > commands.index(
+        "python -m pip install --quiet --require-hashes -r requirements/dev.lock.txt")
+    assert ".wheelhouse/" in (ROOT / ".gitignore").read_text().splitlines()
 
 
 # ------------------------------------------------------------------------------- scripts
