@@ -232,6 +232,16 @@ class MemoryStore:
         self.items[(item["pk"], item["sk"])] = json.loads(json.dumps(item))
         return True
 
+    async def put_if_newer(self, item: dict[str, Any], version: str, *,
+                           legacy: str | None = None) -> bool:
+        await trio.lowlevel.checkpoint()
+        stored = self.items.get((item["pk"], item["sk"]))
+        if stored is not None and is_newer(stored, item, version, legacy, strict=True):
+            return is_own_item(stored, item)
+        self.puts += 1                          # no checkpoint since the look: atomic
+        self.items[(item["pk"], item["sk"])] = json.loads(json.dumps(item))
+        return True
+
     async def query(self, pk: str, sk_prefix: str = "", *, descending: bool = False,
                     limit: int | None = None) -> list[dict[str, Any]]:
         found = sorted((v for (p, s), v in self.items.items()

@@ -133,6 +133,44 @@ async def check_put_unless_newer_compares_an_earlier_release_s_items_by_legacy(
 
 
 @check
+async def check_put_if_newer_lets_one_writer_of_a_version_win(store: Store) -> None:
+    """Of several writes of one version at once (two processes minting one call's session,
+    claiming one token, renewing one generation), exactly one lands and the others are told
+    they lost; an older one loses too; the winner's own item sent again (its first attempt
+    applied, the answer lost) still wins."""
+    won: list[dict[str, Any]] = []
+
+    async def mint(n: int) -> None:
+        item = {"pk": "call", "sk": "connection", "version": 0, "generation": 0,
+                "token": f"token-{n}"}
+        if await store.put_if_newer(item, "version", legacy="generation"):
+            won.append(item)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(4):
+            nursery.start_soon(mint, n)
+    assert len(won) == 1
+    assert await store.get("call", "connection") == won[0]
+    assert await store.put_if_newer(won[0], "version", legacy="generation")     # resent
+    claim = {**won[0], "version": 1, "token": "", "claim": "mine"}
+    assert await store.put_if_newer(claim, "version", legacy="generation")
+    assert not await store.put_if_newer({**claim, "claim": "theirs"}, "version",
+                                        legacy="generation")            # the same token
+    assert not await store.put_if_newer(won[0], "version", legacy="generation")   # older
+    renewal = {**won[0], "version": 2, "generation": 1, "token": "renewed"}
+    assert await store.put_if_newer(renewal, "version", legacy="generation")
+    assert not await store.put_if_newer({**renewal, "token": "again"}, "version",
+                                        legacy="generation")
+    assert await store.get("call", "connection") == renewal
+    # an earlier release's item (no version) compares by legacy, as put_unless_newer does
+    await store.put({"pk": "call", "sk": "legacy", "generation": 1, "token": "old"})
+    assert await store.put_if_newer({**claim, "sk": "legacy", "generation": 1, "version": 3},
+                                    "version", legacy="generation")
+    with pytest.raises(ValueError, match="must be a number"):
+        await store.put_if_newer({"pk": "call", "sk": "x", "version": "1"}, "version")
+
+
+@check
 async def check_get_missing(store: Store) -> None:
     assert await store.get("nobody", "nothing") is None
     await store.put({"pk": "a", "sk": "b"})

@@ -129,20 +129,25 @@ def check_number(value: int | float, where: str) -> None:
 @dataclass(frozen=True, slots=True)
 class Version:
     """The attribute that orders an item's writes across processes (``put_unless_newer``),
-    and the one that did before it, for items an earlier release wrote."""
+    and the one that did before it, for items an earlier release wrote. ``strict``: a write
+    that only one process may make (``put_if_newer``), never over one of the same version."""
 
     attribute: str
     legacy: str | None = None
+    strict: bool = False
 
 
 def is_newer(stored: Mapping[str, Any], item: Mapping[str, Any], version: str,
-             legacy: str | None = None) -> bool:
+             legacy: str | None = None, *, strict: bool = False) -> bool:
     """Whether ``stored`` outranks ``item`` (``Store.put_unless_newer``'s rule, for stores
-    that check it themselves)."""
-    for name in (version, legacy) if legacy else (version,):
-        value = stored.get(name)
-        if is_number(value):
-            return bool(value > item[name])
+    that check it themselves); ``strict``: ``put_if_newer``'s, where the same ``version``
+    outranks it too (an earlier release's item, compared by ``legacy``, never does: that
+    release decided its claims in memory)."""
+    value = stored.get(version)
+    if is_number(value):
+        return bool(value >= item[version] if strict else value > item[version])
+    if legacy is not None and is_number(stored.get(legacy)):
+        return bool(stored[legacy] > item[legacy])
     return False
 
 
@@ -244,6 +249,16 @@ class Store(Protocol):
         must carry ``version`` (and ``legacy``) as a number. An item there without
         ``version`` is compared by ``legacy`` instead (one an earlier release wrote, during
         a rolling deploy), and is replaced when it has neither."""
+        ...
+
+    async def put_if_newer(self, item: Item, version: str, *,
+                           legacy: str | None = None) -> bool:
+        """``put_unless_newer``, but an item there of the same ``version`` wins too: of
+        several writes of one version, exactly one lands, the store deciding (a call's
+        session minted, claimed or renewed by one process only). True if written, or if an
+        item equal to it is there (a resent attempt whose first try was applied: so each
+        such item carries something unique to its writer); False otherwise. An item there
+        without ``version`` is compared by ``legacy`` as ``put_unless_newer`` does."""
         ...
 
     async def query(

@@ -148,39 +148,43 @@ class DynamoDBStore(TableAdmin):
                                  key)
 
     async def put_new(self, item: Item) -> bool:
+        return await self._put_on_condition("put_new", item, lambda _: {
+            "ConditionExpression": "attribute_not_exists(pk)"}, own=True)
+
+    async def put_unless_newer(self, item: Item, version: str, *,
+                               legacy: str | None = None) -> bool:
+        # a resend of an applied attempt meets <=: never refused for its own item
+        return await self._put_on_condition("put_unless_newer", item, lambda attributes:
+                                            unless_newer(attributes, version, legacy))
+
+    async def put_if_newer(self, item: Item, version: str, *,
+                           legacy: str | None = None) -> bool:
+        return await self._put_on_condition("put_if_newer", item, lambda attributes:
+                                            unless_newer(attributes, version, legacy,
+                                                         strict=True), own=True)
+
+    async def _put_on_condition(self, operation: str, item: Item,
+                                condition: Callable[[dict[str, Any]], dict[str, Any]], *,
+                                own: bool = False) -> bool:
+        """One PutItem (a BatchWriteItem takes no condition); False when the condition
+        failed, unless (``own``) the item found is this one: a resend (our client's on a dead
+        kept-alive connection, botocore's on a 500) of an attempt DynamoDB applied. That item
+        comes with the failure; without it, a read, and a read that fails counts as lost."""
         key, attributes, _ = self._encode(item)
-        request = {"TableName": self.table_name, "Item": attributes,
-                   "ConditionExpression": "attribute_not_exists(pk)",
+        request = {"TableName": self.table_name, "Item": attributes, **condition(attributes),
                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
         try:
-            await self._put_item("put_new", request, key)
+            await self._put_item(operation, request, key)
         except StoreError as err:
             if error_code(err.__cause__) != CONDITION_FAILED:
                 raise
-            # A resend (our HTTP client's on a dead kept-alive connection, botocore's on a
-            # 500) of an attempt DynamoDB had applied finds our own item: still ours. The
-            # item found comes with the failed condition; an endpoint that leaves it out
-            # costs a read, and a read that fails counts as lost: the item is somebody's.
-            found = condition_failed_item(err.__cause__)
-            if found is None:
+            found = condition_failed_item(err.__cause__) if own else None
+            if own and found is None:
                 try:
                     return is_own_item(await self.get(*key), item)
                 except StoreError:
                     return False
-            return is_own_item(self._decode(found), item)
-        return True
-
-    async def put_unless_newer(self, item: Item, version: str, *,
-                               legacy: str | None = None) -> bool:
-        key, attributes, _ = self._encode(item)
-        request = {"TableName": self.table_name, "Item": attributes,
-                   **unless_newer(attributes, version, legacy)}
-        try:
-            await self._put_item("put_unless_newer", request, key)
-        except StoreError as err:
-            if error_code(err.__cause__) != CONDITION_FAILED:
-                raise
-            return False            # a resend of an applied attempt meets <=: never here
+            return found is not None and is_own_item(self._decode(found), item)
         return True
 
     async def _put_item(self, operation: str, request: dict[str, Any], key: Key) -> None:

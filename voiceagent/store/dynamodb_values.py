@@ -122,17 +122,20 @@ def batches(encoded: Sequence[Encoded]) -> Iterator[list[Encoded]]:
         yield batch
 
 
-def unless_newer(attributes: Mapping[str, Any], version: str, legacy: str | None
-                 ) -> dict[str, Any]:
-    """The condition of ``Store.put_unless_newer`` for a PutItem of ``attributes``; every
-    attribute name goes through ExpressionAttributeNames (``version`` is a reserved word)."""
+def unless_newer(attributes: Mapping[str, Any], version: str, legacy: str | None, *,
+                 strict: bool = False) -> dict[str, Any]:
+    """The condition of ``Store.put_unless_newer`` (``strict``: ``put_if_newer``'s) for a
+    PutItem of ``attributes``; every attribute name goes through ExpressionAttributeNames
+    (``version`` is a reserved word)."""
     for name in (version, legacy) if legacy else (version,):
         if "N" not in attributes.get(name, {}):
-            raise ValueError(f"put_unless_newer: the item's {name!r} must be a number")
+            raise ValueError(f"put_{'if' if strict else 'unless'}_newer: the item's {name!r} "
+                             "must be a number")
     names, values = {"#v": version}, {":v": attributes[version]}
     unversioned = "attribute_not_exists(#v)"
     if legacy:
         names["#l"], values[":l"] = legacy, attributes[legacy]
         unversioned = f"({unversioned} AND (attribute_not_exists(#l) OR #l <= :l))"
-    return {"ConditionExpression": f"attribute_not_exists(pk) OR {unversioned} OR #v <= :v",
+    older = "#v < :v" if strict else "#v <= :v"
+    return {"ConditionExpression": f"attribute_not_exists(pk) OR {unversioned} OR {older}",
             "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sqlite3
 import threading
 import time
@@ -33,27 +32,15 @@ from typing import Any, TypeVar
 import trio
 
 from voiceagent.errors import StoreError, StoreRejected
-from voiceagent.store.base import (
-    BATCH_LIMIT,
-    Item,
-    check_item_keys,
-    check_item_nesting,
-    check_item_size,
-    check_number,
-    describe_key,
-    is_newer,
-    is_number,
-    is_own_item,
-)
+from voiceagent.store.base import BATCH_LIMIT, Item, describe_key, is_newer, is_number, is_own_item
+from voiceagent.store.sqlite_rows import Row, encode
 from voiceagent.threads import run_blocking
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Row = tuple[str, str, str | None, str | None, int | float | None, str]
 
 BUSY_TIMEOUT_S = 5.0
-_EPOCH_LIMIT = 2**62                 # expireAt must fit SQLite's 64-bit INTEGER
 SWEEP_EVERY_S = 3600.0
 SWEEP_BATCH_ROWS = 1000              # rows per DELETE: other writes get the lock in between
 
@@ -104,13 +91,13 @@ class SqliteStore:
     async def put_many(self, items: Sequence[Item]) -> None:
         """Every item is checked before anything is written (``StoreRejected`` names the
         problem); then each chunk of ``BATCH_LIMIT`` is one transaction, in order."""
-        rows = [_encode(item) for item in items]
+        rows = [encode(item) for item in items]
         for start in range(0, len(rows), BATCH_LIMIT):
             chunk = rows[start:start + BATCH_LIMIT]
             await self._run("put", partial(_write_chunk, rows=chunk))
 
     async def put_new(self, item: Item) -> bool:
-        row = _encode(item)
+        row = encode(item)
 
         def insert(db: sqlite3.Connection) -> bool:
             if db.execute(_INSERT_NEW, row).rowcount == 1:      # autocommit: atomic
@@ -126,9 +113,19 @@ class SqliteStore:
         for name in (version, legacy) if legacy else (version,):
             if not is_number(item.get(name)):
                 raise ValueError(f"put_unless_newer: the item's {name!r} must be a number")
-        row = _encode(item)
         return await self._run("put_unless_newer", partial(
-            _write_unless_newer, row=row, item=item, version=version, legacy=legacy))
+            _write_unless_newer, row=encode(item), item=item, version=version, legacy=legacy))
+
+    async def put_if_newer(self, item: Item, version: str, *,
+                           legacy: str | None = None) -> bool:
+        """One transaction that takes the write lock first (BEGIN IMMEDIATE), so processes
+        sharing the file (WORKERS=2) decide one at a time: the look and the write."""
+        for name in (version, legacy) if legacy else (version,):
+            if not is_number(item.get(name)):
+                raise ValueError(f"put_if_newer: the item's {name!r} must be a number")
+        return await self._run("put_if_newer", partial(
+            _write_unless_newer, row=encode(item), item=item, version=version, legacy=legacy,
+            strict=True))
 
     async def remove_expired(self, *, batch_rows: int = SWEEP_BATCH_ROWS) -> int:
         """Delete the items whose ``expireAt`` has passed; how many. ``batch_rows`` at a time,
@@ -315,19 +312,20 @@ def _roll_back(db: sqlite3.Connection) -> None:
 
 
 def _write_unless_newer(db: sqlite3.Connection, row: Row, item: Item, version: str,
-                        legacy: str | None) -> bool:
+                        legacy: str | None, strict: bool = False) -> bool:
     db.execute("BEGIN IMMEDIATE")           # the look and the write: one writer at a time
     try:
         found = db.execute("SELECT attrs FROM items WHERE pk = ? AND sk = ?",
                            row[:2]).fetchone()
-        newer = found is not None and is_newer(_decode(found[0]), item, version, legacy)
+        stored = _decode(found[0]) if found is not None else None
+        newer = stored is not None and is_newer(stored, item, version, legacy, strict=strict)
         if not newer:
             db.execute(_UPSERT, row)
         db.execute("COMMIT")
     except BaseException:
         _roll_back(db)
         raise
-    return not newer
+    return not newer or (strict and is_own_item(stored, item))
 
 
 def _decode(attrs: str) -> Item:
@@ -350,50 +348,3 @@ def _decode_or_skip(pk: str, sk: str, attrs: str) -> Item | None:
         log.warning("sqlite item unreadable, skipped", extra={
             "key": describe_key(pk, sk), "problem": str(err)})
         return None
-
-
-# ------------------------------------------------------------------ item checks
-
-
-def _encode(item: Item) -> Row:
-    """The row for an item, or ``StoreRejected`` for what DynamoDB would refuse too."""
-    check_item_keys(item)
-    expire_at = item.get("expireAt")
-    if expire_at is not None and not abs(expire_at) < _EPOCH_LIMIT:
-        raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: item attribute "
-                            "'expireAt' must be epoch seconds (a number)")
-    check_item_nesting(item)
-    for key, value in item.items():
-        _check_value(value, key)
-    check_item_size(item)            # as DynamoDB counts it: the JSON's escapes are not stored
-    attrs = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
-    indexed = "pk1" in item and "sk1" in item
-    return (item["pk"], item["sk"], item["pk1"] if indexed else None,
-            item["sk1"] if indexed else None, expire_at, attrs)
-
-
-def _check_value(value: Any, where: str) -> None:
-    """Plain JSON values only, so what comes back equals what went in."""
-    if value is None or isinstance(value, str | bool):
-        return
-    if isinstance(value, int):
-        check_number(value, where)          # what DynamoDB refuses, refused here alike
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise StoreRejected(f"item attribute {where!r} is {value}: not storable")
-        check_number(value, where)
-        return
-    if isinstance(value, list | tuple):
-        for index, element in enumerate(value):
-            _check_value(element, f"{where}[{index}]")
-        return
-    if isinstance(value, dict):
-        for key, element in value.items():
-            if not isinstance(key, str):
-                raise StoreRejected(f"item attribute {where!r} has a {type(key).__name__} "
-                                    "key; map keys must be strings")
-            _check_value(element, f"{where}.{key}")
-        return
-    raise StoreRejected(f"item attribute {where!r} is a {type(value).__name__}; items hold "
-                        "str, int, float, bool, None, lists and dicts")
