@@ -12,9 +12,10 @@ import pytest
 import trio
 import trio.testing
 
+from tests.fakes import MemoryStore
 from voiceagent.errors import StoreError, StoreRejected
 from voiceagent.log_episodes import QUIET_S
-from voiceagent.store.base import BATCH_LIMIT, Item
+from voiceagent.store.base import BATCH_LIMIT, Item, Version
 from voiceagent.store.write_behind import WriteBehind
 
 Key = tuple[str, str]
@@ -504,3 +505,43 @@ async def test_write_now_cancelled_from_outside_still_queues_the_item(
             assert await writer.flush(timeout_s=10)
             nursery.cancel_scope.cancel(reason="test over")
     assert store.items[("CA1", "connection")]["token"] == "t1"
+
+
+async def test_write_decided_is_the_store_s_answer_or_left_to_the_queue_on_its_condition(
+        autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session's mint, claim or renewal is the store's to decide: the first write of a
+    version wins and the next is told it lost. One the store does not answer in time is
+    queued, undecided, and written later on the same condition: it never lands over the
+    one another process had decided meanwhile."""
+    store = MemoryStore()
+    writer = WriteBehind(store, jitter=lambda: 1.0)
+    strict = Version("version", strict=True)
+
+    def minted(token: str, version: int = 0) -> Item:
+        return {"pk": "CA1", "sk": "connection", "token": token, "version": version}
+
+    with trio.fail_after(60):
+        assert await writer.write_decided(minted("a"), call_sid="CA1", timeout_s=2.0,
+                                          version=strict)
+        assert not await writer.write_decided(minted("b"), call_sid="CA1", timeout_s=2.0,
+                                              version=strict)
+        real_put = store.put_if_newer
+
+        async def stalled(*args: Any, **kwargs: Any) -> bool:
+            await trio.sleep(30.0)
+            return await real_put(*args, **kwargs)
+
+        monkeypatch.setattr(store, "put_if_newer", stalled)
+        started = trio.current_time()
+        assert await writer.write_decided(minted("c", 2), call_sid="CA1", timeout_s=2.0,
+                                          version=strict) is None
+        assert trio.current_time() - started == pytest.approx(2.0)
+        monkeypatch.setattr(store, "put_if_newer", real_put)
+        assert await store.put_if_newer(minted("d", 2), "version")     # another process
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            assert await writer.flush(timeout_s=10)
+            nursery.cancel_scope.cancel(reason="test over")
+    assert store.items[("CA1", "connection")]["token"] == "d"
+    stats = writer.statistics()
+    assert (stats.undecided, stats.pending, stats.failed) == (1, 0, 0)

@@ -10,8 +10,10 @@ Order: items are written in global FIFO order (so per-call order holds). A batch
 two writes of one pk/sk (DynamoDB rejects that): the batch ends before the second one. The one
 exception is ``write_now`` (a session, which another process may read at once): it goes ahead
 of the queue only when its call has nothing queued, so per-call order still holds (or for a
-key no other write of the call touches: a socket's end mark). A batch is not atomic (DynamoDB
-may apply any part of one and hand the rest back), so an item that vouches for its call's
+key no other write of the call touches: a socket's end mark); and ``write_decided`` (a
+session minted, claimed or renewed, the store deciding which process wins: ordered against
+the call's other session writes by its version). A batch is not atomic (DynamoDB may apply
+any part of one and hand the rest back), so an item that vouches for its call's
 earlier writes (``submit``'s ``fence``) never shares a batch with one of them. Across
 processes, writes of one key can still cross (one process's queue behind a throttled store):
 an item whose writes carry a ``version`` (a session's generation) is written on condition,
@@ -77,6 +79,7 @@ class WriteBehindStatistics:
     oldest_pending_age_s: float      # the lag; 0.0 when nothing is pending
     store_down: bool
     pending_bytes: int = 0           # about the memory the pending items hold
+    undecided: int = 0               # conditional writes the store did not answer in time
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,7 @@ class WriteBehind:
         self._written = 0
         self._failed = 0
         self._retries = 0
+        self._undecided = 0
         self._down_since: float | None = None
         self._pending_bytes = 0
         self._running = False
@@ -180,13 +184,42 @@ class WriteBehind:
                 self.submit(item, call_sid=call_sid, urgent=True, version=version)
         return written
 
+    async def write_decided(self, item: Item, *, call_sid: str, timeout_s: float,
+                            version: Version, queue: bool = True) -> bool | None:
+        """Write ``item`` at once, on ``version``'s condition (``strict``: one process
+        wins), for an answer only the store can give: True written, False refused (the
+        store holds one as new, or newer). Ahead of the call's queued writes: their order
+        against it is ``version``'s. None when the store did not answer in ``timeout_s``
+        (or failed): then it is queued (unless not ``queue``) and written on the same
+        condition once the store is back, and that may still lose."""
+        decided: bool | None = None
+        try:
+            with trio.move_on_after(timeout_s):
+                try:
+                    decided = await self._conditional_put(item, version)
+                except StoreError as err:       # one of the outage's failures
+                    self._outage.note("ahead_of_queue", "store write ahead of the queue "
+                                      "failed; left undecided", error=type(err).__name__,
+                                      sk=item.get("sk"))
+        finally:        # also when cancelled from outside: the item is never lost
+            if decided:
+                self._written += 1
+            elif decided is None:
+                self._undecided += 1
+                if queue:
+                    self.submit(item, call_sid=call_sid, urgent=True, version=version)
+        return decided
+
     async def _put(self, item: Item, version: Version | None) -> None:
         if version is None:
             await self._store.put(item)
-        elif not await self._store.put_unless_newer(item, version.attribute,
-                                                    legacy=version.legacy):
+        elif not await self._conditional_put(item, version):
             log.info("store write superseded by a newer one, dropped",
                      extra={"sk": item.get("sk"), "version": item.get(version.attribute)})
+
+    async def _conditional_put(self, item: Item, version: Version) -> bool:
+        put = self._store.put_if_newer if version.strict else self._store.put_unless_newer
+        return await put(item, version.attribute, legacy=version.legacy)
 
     @property
     def pending(self) -> int:
@@ -237,7 +270,8 @@ class WriteBehind:
         return WriteBehindStatistics(
             pending=self.pending, written=self._written, failed=self._failed,
             retries=self._retries, oldest_pending_age_s=age,
-            store_down=self._down_since is not None, pending_bytes=self._pending_bytes)
+            store_down=self._down_since is not None, pending_bytes=self._pending_bytes,
+            undecided=self._undecided)
 
     # ------------------------------------------------------------------ the drainer
 
