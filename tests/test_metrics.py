@@ -105,6 +105,7 @@ async def test_metrics_after_real_calls(tmp_path: Path) -> None:
     assert _value(samples, "voiceagent_write_behind_pending") == 0
     assert _value(samples, "voiceagent_write_behind_failed_total") == 0
     assert _value(samples, "voiceagent_write_behind_written_total") > 0
+    assert _value(samples, "voiceagent_write_behind_undecided_total") == 0     # store decided
     latencies = sum(len(r.turns.latencies_s) for r in reports)
     assert latencies == 4
     bound = max(s for r in reports for s in r.turns.latencies_s)

@@ -57,6 +57,11 @@ class HeldStore(CountingStore):
         await self._wait(self.held)
         return await super().put_unless_newer(item, version, legacy=legacy)
 
+    async def put_if_newer(self, item: dict[str, Any], version: str, *,
+                           legacy: str | None = None) -> bool:
+        await self._wait(self.held)
+        return await super().put_if_newer(item, version, legacy=legacy)
+
     async def put_new(self, item: dict[str, Any]) -> bool:
         await self._wait(self.claims_held)
         return await super().put_new(item)

@@ -25,7 +25,8 @@ from voiceagent.store.base import Store
 
 
 async def _renew_on_b_and_count(a_drains_after_s: float | None) -> tuple[list[str], bool | None]:
-    """A's socket claims and fails with its writes queued; B renews and counts. A's queue
+    """A's socket claims (the store throttled: its claim left to A's queue) and fails
+    with its writes queued; B renews and counts. A's queue
     drains ``a_drains_after_s`` after B answered (None: A died with it)."""
     store, a, a_writer, b = await _two_processes()
     counted: list[str] = []
@@ -34,7 +35,9 @@ async def _renew_on_b_and_count(a_drains_after_s: float | None) -> tuple[list[st
         async with trio.open_nursery() as nursery:
             await nursery.start(outcomes.run)
             session = await _prepare_on(a)
-            await a.resolve(_setup(session.token))             # the claim: queued on A
+            store.throttled = True              # the store refuses A's claim for now:
+            await a.resolve(_setup(session.token))  # served on A's word, the claim queued
+            store.throttled = False
             await _a_socket_ends(a, a_writer, ["hello?", "Hi, how can I help?"])
             item = await store.get(CALL_SID, records.SESSION_SK)
             assert item is not None

@@ -64,6 +64,11 @@ class ThrottledView:
         await self._ok()
         return await self._store.put_unless_newer(item, version, legacy=legacy)
 
+    async def put_if_newer(self, item: dict[str, Any], version: str, *,
+                           legacy: str | None = None) -> bool:
+        await self._ok()
+        return await self._store.put_if_newer(item, version, legacy=legacy)
+
 
 def _sessions_on(store: Any) -> tuple[Sessions, WriteBehind]:
     writer = WriteBehind(cast(Store, store), jitter=lambda: 1.0)
@@ -176,11 +181,12 @@ BROKEN = [  # a toolUse whose next message is caller words, not its result: beyo
 
 async def test_a_set_aside_history_stays_set_aside_when_the_claim_is_superseded(
         autojump_clock: Any) -> None:
-    """A reconnect on A sets a broken history aside and the call goes on afresh while A's
-    writes are throttled; the socket fails and B renews the session before A's claim lands
-    (then dropped as older). The set-aside was a field of that claim, so the next reconnect
-    read the broken items again and threw the fresh conversation away with them (helper-28).
-    It is a mark among the chat items now, in A's queue ahead of the fresh messages."""
+    """A reconnect on A (renewed there) sets a broken history aside and the call goes on
+    afresh while A's writes are throttled (its claim queued: served on A's word); the socket
+    fails and B renews the session before A's claim lands (then dropped as older). The
+    set-aside was a field of that claim, so the next reconnect read the broken items again
+    and threw the fresh conversation away with them (helper-28). It is a mark among the
+    chat items now, in A's queue ahead of the fresh messages."""
     shared, view, (a, a_writer), b, c = await _three_processes()
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
@@ -191,8 +197,9 @@ async def test_a_set_aside_history_stays_set_aside_when_the_claim_is_superseded(
                                             "To": "+15555550199"})
             for at_ms, message in BROKEN:
                 await shared.put(records.chat_item(CALL_SID, at_ms, 0, message, {}, 3600))
+            first, _ = await a.renew(session)               # its socket never came
             view.down = True
-            plan = await a.resolve(_setup(session.token))   # minted elsewhere: resumes
+            plan = await a.resolve(_setup(first.token))     # a renewal: resumes
             assert (plan.history, plan.history_after_ms) == ((), 1_001)
             renewed = await _a_fails_then_b_renews(shared, view, a, a_writer, b,
                                                    (5_000, 0, "fresh words"))

@@ -75,21 +75,22 @@ async def test_two_sockets_racing_with_one_token_claim_the_call_once(
 
 async def test_a_token_spent_here_opens_nothing_while_the_store_still_shows_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The claim's write of the spent session waits in the write-behind queue (writes
-    throttled, or a backlog ahead of it) while the store still holds the token: a socket
-    with that token, after the first one went, was served from the store's stale item."""
+    """The claim's write of the spent session waits in the write-behind queue (the store
+    did not decide it: writes throttled; the session minted here is served on this
+    process's word) while the store still holds the token: a socket with that token, after
+    the first one went, was served from the store's stale item."""
     monkeypatch.setattr(sessions_module, "MINTED_ELSEWHERE_WAITS_S", ())   # one read
     with trio.fail_after(20):
         async with running_server(make_settings(tmp_path)) as server:
             twiml = await post_form(server.url + "/twiml", {
                 "CallSid": CALL_SID, "From": VICTIM, "To": "+15555550199"}, AUTH_TOKEN)
             store, sessions = server.runtime.store, server.runtime.sessions
-            real_put = store.put_unless_newer
+            real_put = store.put_if_newer
 
             async def throttled(*args: Any, **kwargs: Any) -> bool:
                 raise StoreError("throttled")           # transient: retried, kept queued
 
-            store.put_unless_newer = throttled          # type: ignore[method-assign]
+            store.put_if_newer = throttled          # type: ignore[method-assign]
             setup = Setup(session_id="VX1", call_sid=CALL_SID,
                           custom_parameters={"sessionToken": token_in(twiml)})
             await sessions.resolve(setup)               # served: the token is spent
@@ -98,6 +99,6 @@ async def test_a_token_spent_here_opens_nothing_while_the_store_still_shows_it(
             assert stored.get("token") == token_in(twiml)     # the store is behind
             with pytest.raises(CallRejected, match="token does not match"):
                 await sessions.resolve(setup)
-            store.put_unless_newer = real_put           # type: ignore[method-assign]
+            store.put_if_newer = real_put           # type: ignore[method-assign]
             assert await server.runtime.writer.flush(CALL_SID, timeout_s=10)
             assert (await store.get(CALL_SID, "connection") or {}).get("token") == ""

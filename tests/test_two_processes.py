@@ -47,6 +47,7 @@ from tests.dynamodb_support import (
 )
 from tests.server_harness import AUTH_TOKEN, FIXTURE_CONFIG
 from voiceagent.app.caller import Identity, RelayCall, RelayTarget, parse_relay_twiml, post_form
+from voiceagent.app.session_claims import CLAIM_NONCE
 from voiceagent.signature import sign
 from voiceagent.store.dynamodb import DynamoDBStore
 from voiceagent.usecases import Profile, UseCase
@@ -304,9 +305,12 @@ async def test_b_picks_up_the_session_a_prepared(servers: Servers) -> None:
                 await call.hang_up()
 
             items = await _messages(store, identity.call_sid, 3)
-            # the same session, its token used up: the socket's claim is written too
-            assert await store.get(identity.call_sid, records.SESSION_SK) == {
-                **session, "token": "", records.SESSION_VERSION.attribute: 1}       # claimed
+            # the same session, its token used up: the socket's claim is written too, with
+            # a nonce of its own (``session_claims``)
+            claimed = await store.get(identity.call_sid, records.SESSION_SK)
+            assert claimed is not None
+            assert claimed.pop(CLAIM_NONCE)
+            assert claimed == {**session, "token": "", records.SESSION_VERSION.attribute: 1}
     entries = [records.chat_from_item(item) for item in items]
     assert entries[0]["chat"] == {"role": "assistant",
                                   "content": [{"text": "Hello, this is Test Pizza."}]}

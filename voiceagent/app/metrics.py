@@ -331,12 +331,13 @@ class _Sampled(Collector):
                      "Age of the oldest pending history item", writer.oldest_pending_age_s)
         yield _gauge("voiceagent_write_behind_store_down", "1 while the store refuses writes",
                      int(writer.store_down))
-        yield _counter("voiceagent_write_behind_written", "History items written",
-                       writer.written)
-        yield _counter("voiceagent_write_behind_failed",
-                       "History items refused permanently and dropped", writer.failed)
-        yield _counter("voiceagent_write_behind_retries", "Write attempts repeated",
-                       writer.retries)
+        for name, text, total in (
+                ("written", "History items written", writer.written),
+                ("failed", "History items refused permanently and dropped", writer.failed),
+                ("retries", "Write attempts repeated", writer.retries),
+                ("undecided", "Session claims (mints, renewals) the store did not decide in "
+                 "time: served on this process's word, written later", writer.undecided)):
+            yield _counter(f"voiceagent_write_behind_{name}", text, total)
         pauses = heap.gc_pauses()
         if pauses is not None:
             gc_family = HistogramMetricFamily(

@@ -4,7 +4,7 @@
 ``<Parameter>`` and comes back in ``setup``, and writes the session item before it answers
 (``_offer``). The socket finds the session in this process's memory (no store round trip),
 else in the store (the webhook landed on another process), where it may not have landed
-yet: see ``_minted_elsewhere``.
+yet: see ``spent_tokens.minted_elsewhere``.
 
 Why a token at all: Twilio's signature on the WebSocket upgrade covers only the URL, which
 is the same for every call, so a captured signed upgrade could otherwise open any call with
@@ -12,8 +12,8 @@ any ``from`` and ``to``. So a socket is served only with a session that a signed
 minted, and each token is used once:
 
 * a CallSid nobody prepared, a token that does not match, and an empty token are refused;
-* claiming consumes the token (in memory and in the store), so the token of a call that
-  ended, or of a socket that went away, opens nothing;
+* claiming consumes the token, so the token of a call that ended, or of a socket that
+  went away, opens nothing;
 * while a socket holds the call, a second one for the same CallSid is refused, and a
   replayed ``/twiml`` for a CallSid already seen mints nothing (it would take the call over,
   or, once the call is over, open a new one with the caller's profile in its prompt): the
@@ -24,6 +24,11 @@ minted, and each token is used once:
   ``/action`` callback (``renew``), once the old socket is gone; once per relay session,
   and never after the call's relay ended (``relay_answers.RelayAnswers``), so a captured
   ``/action`` replayed later cannot reopen the call and read its history.
+
+Across processes the store decides each of these (``session_claims``): the mint, the claim
+and the renewal are conditional writes on the session's version, so one process wins each,
+whichever process answered what; this process's memory only decides among its own sockets
+(``spent_tokens``), and when the store cannot answer in time (what then: ``session_claims``).
 
 A reconnect may land on a third process, which resumes the conversation from the store. So
 the old socket's end is marked in the store behind its last messages (``socket_ended``), and
@@ -47,8 +52,9 @@ import voiceagent.store.records as records
 from actors.call import CallPlan, CallRejected
 from actors.messages import Setup
 from voiceagent.app.saved_history import SavedHistory, saved_history
+from voiceagent.app.session_claims import SESSION_WRITE_S, SessionClaims
 from voiceagent.app.socket_marks import SOCKET_CLOSED_GRACE_S, previous_socket_ended
-from voiceagent.app.spent_tokens import SpentTokens, matches, newest_session
+from voiceagent.app.spent_tokens import SpentTokens, matches, minted_elsewhere
 from voiceagent.catalog import Catalog
 from voiceagent.llm import scripted
 from voiceagent.logs import call_sid_var, mask_phone
@@ -68,7 +74,6 @@ MINTED_ELSEWHERE_WAITS_S = (0.05, 0.1, 0.2, 0.4, 0.8)
 # A socket that keeps failing must not keep the caller in a loop: at most this many fresh
 # relay sessions per call, counted in its session item (its generation), so across processes.
 MAX_RECONNECTS = 3
-SESSION_WRITE_S = 2.0            # /twiml waits this long for the session item, then queues it
 CALL_SEEN_TTL_S = 400 * 24 * 3600    # a replayed /twiml refused this long (rotate the token)
 # The "closed" mark is written (one store write ahead of the queue) only when the queue is
 # this far behind, that is, when the "written" mark may not land within the grace above; or
@@ -91,6 +96,11 @@ class SessionBusy(Exception):
     """A fresh token was asked for a call whose socket is still connected here."""
 
 
+class SessionRenewed(Exception):
+    """Another renewal of the call's session from the same generation was stored first: a
+    replayed ``/action`` racing Twilio's, or this one read a generation already renewed."""
+
+
 class Sessions:
     def __init__(self, *, settings: Settings, store: Store, catalog: Catalog,
                  writer: WriteBehind) -> None:
@@ -98,6 +108,7 @@ class Sessions:
         self._store = store
         self._catalog = catalog
         self._writer = writer
+        self._claims = SessionClaims(writer=writer, ttl_s=settings.session_ttl_s)
         # minted, not claimed yet: when, the session, and whether it resumes a conversation
         self._pending: dict[str, tuple[float, records.CallSession, bool]] = {}
         self._live: dict[str, int] = {}         # CallSids with a socket here: its generation
@@ -118,7 +129,8 @@ class Sessions:
         session = await self._build(call_sid, caller, called, token=secrets.token_urlsafe(18))
         if call_sid in self._pending or call_sid in self._live:     # raced while building
             raise SessionExists(call_sid)
-        await self._offer(session, resumes=False)
+        if not await self._offer(session, resumes=False):   # another process's answer stands
+            raise SessionExists(call_sid)
         self._writer.submit(records.call_seen_item(call_sid, session.created_at, max(
             CALL_SEEN_TTL_S, self._settings.session_ttl_s)), call_sid=call_sid)
         log.info("session prepared", extra={"use_case": session.use_case,
@@ -142,7 +154,8 @@ class Sessions:
         15 s, and a mass failure (a task dying with hundreds of calls) backs the store up.
         A socket here that has closed but whose call still winds down (a side-effect tool
         finishing) is waited for up to the deadline. ``AgentEnded`` (``socket_marks``) when,
-        its writes in, the old socket turns out to have taken the agent's ``end``."""
+        its writes in, the old socket turns out to have taken the agent's ``end``;
+        ``SessionRenewed`` when the store already holds a renewal of this generation."""
         if deadline is None:
             deadline = trio.current_time() + self._settings.flush_timeout_s
         if session.call_sid in self._live:
@@ -151,24 +164,29 @@ class Sessions:
         complete = await previous_socket_ended(self._store, self._writer, session, deadline)
         renewed = replace(session, token=secrets.token_urlsafe(18),
                           generation=session.generation + 1)
-        await self._offer(renewed, resumes=True)
+        if not await self._offer(renewed, resumes=True):
+            raise SessionRenewed(session.call_sid)
         log.info("session token renewed for a reconnect")
         return Renewal(renewed, complete)
 
-    async def _offer(self, session: records.CallSession, *, resumes: bool) -> None:
+    async def _offer(self, session: records.CallSession, *, resumes: bool) -> bool:
         """Wait for the socket here, and in the store for a sibling process. The item is
         written before the webhook answers, ahead of the write-behind queue: behind it, with
         two processes at 1000 calls, the socket reached the other process first for ~30 % of
-        calls, the backlog being seconds long. A slow or failing store leaves it to the
-        queue after ``SESSION_WRITE_S``; the socket here is served either way. Stale offers
-        go first: a process that answers only renewals (``/action``) kept every one whose
+        calls, the backlog being seconds long. It is written on condition, the store
+        deciding (``session_claims``): False when another session of its generation, or a
+        later one, is there. A slow or failing store leaves it to the queue after
+        ``SESSION_WRITE_S``: True then, and the socket here is served. Stale offers go
+        first: a process that answers only renewals (``/action``) kept every one whose
         socket never came."""
         self._forget_stale()
         self._pending.pop(session.call_sid, None)     # re-entered at the end: oldest first
         self._pending[session.call_sid] = (trio.current_time(), session, resumes)
-        await self._writer.write_now(records.session_item(session, self._settings.session_ttl_s),
-                                     call_sid=session.call_sid, timeout_s=SESSION_WRITE_S,
-                                     version=records.SESSION_VERSION)
+        if await self._claims.offer(session) is not False:
+            return True
+        if self._pending.get(session.call_sid, (0.0, None, False))[1] is session:
+            del self._pending[session.call_sid]       # its token never leaves this process
+        return False
 
     async def resolve(self, setup: Setup, *,
                       on_retry: Callable[[], None] | None = None) -> CallPlan:
@@ -203,7 +221,11 @@ class Sessions:
         use_case = await self._catalog.use_case(session.use_case)
         if call_sid in self._live:                  # another socket won while we waited
             raise CallRejected("a socket is already connected for this call")
-        if not self._spent.spend(call_sid, session.generation):     # ...and is gone
+        minted_here = pending is not None and pending[1] is session
+        if not (self._spent.spend(call_sid, session.generation)     # ...and is gone
+                and await self._claims.claim(session, in_memory=minted_here)):
+            if minted_here:                 # claimed on another process: gone here too
+                self._pending.pop(call_sid, None)
             raise CallRejected("this call's session token was used already")
         self._pending.pop(call_sid, None)
         self._live[call_sid] = session.generation
@@ -211,10 +233,6 @@ class Sessions:
             self._writer.submit(records.set_aside_item(call_sid, saved.set_aside_at,
                                                        self._settings.session_ttl_s),
                                 call_sid=call_sid)
-        self._writer.submit(records.session_item(replace(session, token=""),
-                                                 self._settings.session_ttl_s),
-                            call_sid=call_sid, urgent=True,      # used: never again
-                            version=records.SESSION_VERSION)    # nor over a renewal
         return CallPlan(call_sid=session.call_sid, use_case=use_case,
                         system_prompt=session.system_prompt, model_id=session.model_id,
                         # a renewal's TwiML plays no greeting: none is recorded as said
@@ -227,32 +245,8 @@ class Sessions:
     async def _minted_elsewhere(self, call_sid: str, token: str,
                                 on_retry: Callable[[], None] | None = None
                                 ) -> records.CallSession:
-        """The session of a call whose signed ``/twiml`` (or ``/action``) another process
-        answered. That process writes the session before it answers, unless its store
-        stalled (then it is queued) or the call has writes queued there (a renewal waits
-        behind them), and a balancer may send the socket here straight away. So a missing
-        item, or one whose token does not match yet (a renewal), is read again after each
-        pause of ``MINTED_ELSEWHERE_WAITS_S``; a CallSid nobody prepared costs six consistent
-        reads and ~1.5 s of its own socket, no more."""
-        waited = 0.0
-        for pause in (*MINTED_ELSEWHERE_WAITS_S, None):
-            session = newest_session(await self._store.get(call_sid, records.SESSION_SK),
-                                     self._writer.queued_item(call_sid, records.SESSION_SK))
-            if session is not None and matches(session, token):
-                if waited:
-                    log.info("session found in the store after waiting",
-                             extra={"waited_ms": round(waited * 1000)})
-                return session
-            if pause is None:
-                break
-            if not waited and on_retry is not None:
-                on_retry()
-            await trio.sleep(pause)
-            waited += pause
-        if session is None:
-            raise CallRejected("no call was prepared with this CallSid (none in the store "
-                               f"after {waited:.2f} s)")
-        return session                      # refused by the caller: the token differs
+        return await minted_elsewhere(self._store, self._writer, call_sid, token,
+                                      waits_s=MINTED_ELSEWHERE_WAITS_S, on_retry=on_retry)
 
     async def socket_ended(self, call_sid: str) -> None:
         """``call_sid``'s socket here has ended and handed its last messages to the

@@ -1,4 +1,5 @@
-"""Which session tokens were spent here while other sockets were still looking theirs up.
+"""Which session tokens were spent here while other sockets were still looking theirs up,
+and the lookup of a session another process minted (``minted_elsewhere``).
 
 ``Sessions.resolve`` awaits between finding a call's session and claiming it (the saved
 history, the use case), so two sockets carrying one token can both hold the session. The
@@ -12,12 +13,19 @@ consumed in the store, or queued here to be, which ``newest_session`` prefers to
 
 from __future__ import annotations
 
+import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+import trio
+
 import voiceagent.store.records as records
-from voiceagent.store.base import Item
+from actors.call import CallRejected
+from voiceagent.store.base import Item, Store
+from voiceagent.store.write_behind import WriteBehind
+
+log = logging.getLogger(__name__)
 
 
 class SpentTokens:
@@ -63,3 +71,35 @@ def newest_session(stored: Item | None, queued: Item | None) -> records.CallSess
         return session
     mine = records.session_from_item(queued)
     return mine if session is None or mine.generation >= session.generation else session
+
+
+async def minted_elsewhere(store: Store, writer: WriteBehind, call_sid: str, token: str, *,
+                           waits_s: Sequence[float],
+                           on_retry: Callable[[], None] | None = None) -> records.CallSession:
+    """The session of a call whose signed ``/twiml`` (or ``/action``) another process
+    answered. That process writes the session before it answers, unless its store
+    stalled (then it is queued) or the call has writes queued there (a renewal waits
+    behind them), and a balancer may send the socket here straight away. So a missing
+    item, or one whose token does not match yet (a renewal), is read again after each
+    pause of ``waits_s`` (``sessions.MINTED_ELSEWHERE_WAITS_S``: a CallSid nobody prepared
+    costs six consistent reads and ~1.5 s of its own socket, no more). ``on_retry``: called
+    before the first pause."""
+    waited = 0.0
+    for pause in (*waits_s, None):
+        session = newest_session(await store.get(call_sid, records.SESSION_SK),
+                                 writer.queued_item(call_sid, records.SESSION_SK))
+        if session is not None and matches(session, token):
+            if waited:
+                log.info("session found in the store after waiting",
+                         extra={"waited_ms": round(waited * 1000)})
+            return session
+        if pause is None:
+            break
+        if not waited and on_retry is not None:
+            on_retry()
+        await trio.sleep(pause)
+        waited += pause
+    if session is None:
+        raise CallRejected("no call was prepared with this CallSid (none in the store "
+                           f"after {waited:.2f} s)")
+    return session                      # refused by the caller: the token differs

@@ -27,7 +27,13 @@ from voiceagent.app.phone_page import UNSIGNED_ELSEWHERE, PhoneDesk, PhoneRefuse
 from voiceagent.app.relay_answers import ActionReplayed
 from voiceagent.app.runtime import Runtime
 from voiceagent.app.session_end import session_over as _session_over
-from voiceagent.app.sessions import MAX_RECONNECTS, TOKEN_PARAMETER, SessionBusy, SessionExists
+from voiceagent.app.sessions import (
+    MAX_RECONNECTS,
+    TOKEN_PARAMETER,
+    SessionBusy,
+    SessionExists,
+    SessionRenewed,
+)
 from voiceagent.app.socket_marks import AgentEnded
 from voiceagent.app.socket_standing import SocketStanding
 from voiceagent.catalog import UnknownUseCase
@@ -220,6 +226,12 @@ async def action_webhook(runtime: Runtime) -> Response:
                         extra={"error": str(err)})
             _count_reconnect(runtime, "refused_replay", call_sid)
             return Response("this relay session's end was already answered", status=409)
+        except SessionRenewed:
+            # another renewal of this generation is in the store: its token stands, alone
+            log.warning("reconnect refused: the call's session was renewed by another "
+                        "request first")
+            _count_reconnect(runtime, "refused_replay", call_sid)
+            return Response("this call's session was already renewed", status=409)
         except StoreError as err:
             log.error("relay session marks unreadable", extra={"error": str(err)})
             return last_words(SORRY)
