@@ -8,7 +8,7 @@ the store is back. Calls that end ``flush`` their own items with a deadline.
 
 Order: items are written in global FIFO order (so per-call order holds). A batch never holds
 two writes of one pk/sk (DynamoDB rejects that): the batch ends before the second one. The one
-exception is ``write_now`` (a session, which another process may read at once): it goes ahead
+exception is ``write_now`` (an item another process may read at once): it goes ahead
 of the queue only when its call has nothing queued, so per-call order still holds (or for a
 key no other write of the call touches: a socket's end mark); and ``write_decided`` (a
 session minted, claimed or renewed, the store deciding which process wins: ordered against
@@ -155,7 +155,7 @@ class WriteBehind:
     async def write_now(self, item: Item, *, call_sid: str, timeout_s: float,
                         ordered: bool = True, version: Version | None = None) -> bool:
         """Write ``item`` at once, ahead of the queue, for a reader in another process that
-        cannot wait for the backlog (a session, whose socket a balancer may send anywhere).
+        cannot wait for the backlog (a socket's end mark, which a reconnect elsewhere reads).
         Order per call holds: with a write of ``call_sid`` still queued (unless ``ordered``
         is False: a key no other write of the call touches), or the store known to be down,
         or no answer within ``timeout_s`` (or a store error), the item is queued as
