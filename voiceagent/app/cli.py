@@ -12,7 +12,8 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from importlib import metadata
 from pathlib import Path
 
@@ -245,19 +246,25 @@ def _demo(args: argparse.Namespace) -> int:
             LOG_FORMAT="console", LOG_LEVEL="INFO" if args.verbose else "WARNING", **web)
         logs.configure(settings.log_format, settings.log_level)
         print(DEMO_WARNING, file=sys.stderr)
-        trio.run(_demo_async, settings, args)
-    return 0
+        return int(trio.run(_demo_async, settings, args))
 
 
-async def _demo_async(settings: Settings, args: argparse.Namespace) -> None:
-    from voiceagent.app.server import open_server
+async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
+    from voiceagent.app.ctrl_c import signals_stop
 
-    async with open_server(settings) as (url, _):
-        print(f"server listening on {url}", file=sys.stderr)
-        if args.web:
-            await _serve_phone_page(url, args.from_number)
-        else:
-            await _converse(url, None, Identity(from_number=args.from_number), args.say)
+    async with signals_stop() as stopping:
+        # a second or more to import: a Ctrl-C meanwhile is taken as the signal already
+        from voiceagent.app.server import open_server
+
+        async with open_server(settings) as (url, _):
+            print(f"server listening on {url}", file=sys.stderr)
+            if args.web:
+                with stopping.talking():
+                    await _serve_phone_page(url, args.from_number)
+            else:
+                await _converse(url, None, Identity(from_number=args.from_number), args.say,
+                                stopping.talking)
+    return 0 if args.web else stopping.exit_code    # the page is a server, stopped as asked
 
 
 async def _serve_phone_page(url: str, from_number: str) -> None:
@@ -265,17 +272,12 @@ async def _serve_phone_page(url: str, from_number: str) -> None:
     from urllib.parse import quote
 
     from voiceagent.app.phone_page import DEFAULT_FROM
-    from voiceagent.app.server import serve_signals
 
     query = "" if from_number == DEFAULT_FROM else f"?from={quote(from_number)}"
     print(f"Talk to the agent in your browser: {url}/phone{query}", flush=True)
     print("(Chrome, Edge or Safari for speech; any browser to type. Ctrl-C stops.)",
           file=sys.stderr)
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve_signals, stop)
-        await stop.wait()
-        nursery.cancel_scope.cancel()
+    await trio.sleep_forever()
 
 
 def _call(args: argparse.Namespace) -> int:
@@ -286,12 +288,16 @@ def _call(args: argparse.Namespace) -> int:
 
 
 async def _converse(url: str, auth_token: str | None, identity: Identity,
-                    lines: Sequence[str]) -> None:
+                    lines: Sequence[str],
+                    talking: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
+    """``talking``: what ends the conversation early (the demo's Ctrl-C); the call is then
+    hung up as ``/hangup`` would."""
     transcript = Transcript()
     async with open_call(url, auth_token=auth_token, identity=identity) as call:
-        if lines:
-            await scripted(call, lines, transcript)
-        elif not sys.stdin.isatty():     # `echo hello | voiceagent call`: a script on stdin
-            await scripted(call, piped_lines(), transcript)
-        else:
-            await interactive(call, transcript)
+        with talking():
+            if lines:
+                await scripted(call, lines, transcript)
+            elif not sys.stdin.isatty():     # `echo hello | voiceagent call`: a script on stdin
+                await scripted(call, piped_lines(), transcript)
+            else:
+                await interactive(call, transcript)
