@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from voiceagent.errors import StoreRejected
-from voiceagent.store import records
+from voiceagent.store import config_records, records
 from voiceagent.store.base import (
     BATCH_LIMIT,
     MAX_ITEM_BYTES,
@@ -390,14 +390,14 @@ async def check_use_case_round_trip(store: Store) -> None:
         dtmf=DtmfConfig(handlers={"1": DtmfHandler(reply="One"),
                                   "2": DtmfHandler(tool="CheckRestaurantPickUpTime")},
                         idle_timeout_s=2.0))
-    item = records.use_case_item(use_case)
+    item = config_records.use_case_item(use_case)
     await store.put(item)
     stored = await store.get("roundTrip", "configuration")
     assert stored == item
     assert stored is not None
-    assert records.use_case_from_item(stored) == use_case
+    assert config_records.use_case_from_item(stored) == use_case
     listed = await store.query_index("use-case")
-    assert [records.use_case_from_item(i).name for i in listed] == ["roundTrip"]
+    assert [config_records.use_case_from_item(i).name for i in listed] == ["roundTrip"]
 
 
 @check
@@ -406,11 +406,11 @@ async def check_profile_round_trip(store: Store) -> None:
                         email="ada@example.com", use_case="restaurantOrderingUseCase"),
                 Profile(phone="+15555550100", first_name="Pat")]
     for profile in profiles:
-        await store.put(records.profile_item(profile))
+        await store.put(config_records.profile_item(profile))
     stored = await store.get("+15555550101", "profile")
     assert stored is not None
-    assert records.profile_from_item(stored) == profiles[0]
-    listed = [records.profile_from_item(i) for i in await store.query_index("profile")]
+    assert config_records.profile_from_item(stored) == profiles[0]
+    listed = [config_records.profile_from_item(i) for i in await store.query_index("profile")]
     assert listed == [profiles[1], profiles[0]]             # by phone number
 
 

@@ -29,7 +29,7 @@ from tests.fake_bedrock import (
 from tests.fake_twilio_api import FakeTwilioApi, running_fake_twilio_api
 from voiceagent.app.dotenv_file import load_dotenv_file
 from voiceagent.catalog import read_config_dir, write_config
-from voiceagent.store import records
+from voiceagent.store import config_records
 from voiceagent.tools.registry import default_registry
 from voiceagent.usecases import UseCase
 
@@ -268,7 +268,7 @@ async def test_a_stored_use_case_naming_a_tool_this_process_lacks_fails(
         {"name": "bookTable", "description": "Book a table."}]})
     with trio.fail_after(RUN_TIMEOUT_S):
         async with open_test_table(moto_endpoint, name=table_name()) as store:
-            await store.put(records.use_case_item(use_case))
+            await store.put(config_records.use_case_item(use_case))
             env = base_env(tmp_path, STORE="dynamodb", TABLE_NAME=store.table_name,
                            LLM="scripted", STACK_USE_CASE="frontDesk",
                            **moto_env(moto_endpoint, tmp_path))

@@ -14,7 +14,7 @@ import pytest
 from tests.twiml_support import relay_element
 from voiceagent.errors import ConfigError
 from voiceagent.relay.outbound import encode
-from voiceagent.store import records
+from voiceagent.store import config_records
 from voiceagent.usecases import UseCase, load_use_case_file
 
 USE_CASE = """\
@@ -60,9 +60,9 @@ def test_relay_updates_take_either_form(tmp_path: Path) -> None:
 
 
 def test_the_store_keeps_the_twiml_string(tmp_path: Path) -> None:
-    item = records.use_case_item(_load(tmp_path, USE_CASE))
+    item = config_records.use_case_item(_load(tmp_path, USE_CASE))
     assert item["conversationRelayParams"]["hints"] == "margherita,quattro formaggi,calzone"
-    assert relay_element(records.use_case_from_item(item)).get("hints") == (
+    assert relay_element(config_records.use_case_from_item(item)).get("hints") == (
         "margherita,quattro formaggi,calzone")
 
 

@@ -171,7 +171,7 @@ async def test_a_webhook_for_a_use_case_this_process_cannot_serve_gets_an_apolog
     """The same use case on /twiml: a 500 had Twilio play its "application error"."""
     import json
 
-    import voiceagent.store.records as records
+    import voiceagent.store.config_records as config_records
     from voiceagent.app.caller import Identity, post_form
     from voiceagent.usecases import UseCase
 
@@ -179,7 +179,7 @@ async def test_a_webhook_for_a_use_case_this_process_cannot_serve_gets_an_apolog
         {"name": "PluginGone", "description": "A tool of the previous image."}]})
     with trio.fail_after(20):
         async with running_server(make_settings(tmp_path)) as server:
-            await server.runtime.store.put(records.use_case_item(gone))
+            await server.runtime.store.put(config_records.use_case_item(gone))
             identity = Identity()
             document = await post_form(server.url + "/twiml", {
                 "CallSid": identity.call_sid, "From": identity.from_number,

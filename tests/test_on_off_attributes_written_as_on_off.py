@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.twiml_support import relay_element
 from voiceagent.relay.outbound import encode
-from voiceagent.store import records
+from voiceagent.store import config_records
 from voiceagent.usecases import UseCase, load_use_case_file
 
 USE_CASE = """\
@@ -54,6 +54,6 @@ def test_a_relay_update_sends_on_rather_than_true(tmp_path: Path) -> None:
 
 
 def test_a_stored_use_case_keeps_its_boolean_and_is_rendered_as_on(tmp_path: Path) -> None:
-    stored = records.use_case_from_item(records.use_case_item(_loaded(tmp_path)))
+    stored = config_records.use_case_from_item(config_records.use_case_item(_loaded(tmp_path)))
     assert stored.relay["ttsTextNormalization"] is True      # the item is not rewritten
     assert relay_element(stored).get("ttsTextNormalization") == "on"

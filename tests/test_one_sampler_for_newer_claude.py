@@ -16,7 +16,7 @@ import pytest
 from voiceagent.errors import ConfigError
 from voiceagent.llm.base import InferenceConfig, LLMRequest
 from voiceagent.llm.bedrock_converse import build_converse_request
-from voiceagent.store import records
+from voiceagent.store import config_records
 from voiceagent.usecases import UseCase, parse_model
 
 BOTH = {"temperature": 0.3, "top_p": 0.9}
@@ -60,9 +60,9 @@ def test_what_the_model_takes_still_loads(model: str | None,
 
 def test_a_stored_use_case_with_both_is_still_served_as_stored() -> None:
     model = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
-    item = records.use_case_item(UseCase(name="desk", prompt="Answer briefly.", model=model))
+    item = config_records.use_case_item(UseCase(name="desk", prompt="Answer briefly.", model=model))
     item["voiceagent"] = {**item["voiceagent"], "inference": {"max_tokens": 200, **BOTH}}
-    served = records.use_case_from_item(item)
+    served = config_records.use_case_from_item(item)
     assert served.model == model
     assert (served.inference.temperature, served.inference.top_p) == (0.3, 0.9)
     assert served.inference.max_tokens == 200       # its own settings, not the sample's

@@ -15,6 +15,7 @@ from typing import Any, cast
 import pytest
 import trio
 
+import voiceagent.store.config_records as config_records
 import voiceagent.store.records as records
 from tests.test_sessions_elsewhere import (
     CALL_SID,
@@ -69,7 +70,7 @@ class HeldStore(CountingStore):
 
 async def _held_store() -> HeldStore:
     store = HeldStore()
-    await store.put(records.use_case_item(USE_CASE))
+    await store.put(config_records.use_case_item(USE_CASE))
     return store
 
 

@@ -14,7 +14,7 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer
 
 from voiceagent.errors import ConfigError
-from voiceagent.store import records
+from voiceagent.store import config_records, records
 from voiceagent.tools.registry import default_registry
 from voiceagent.usecases import (
     DtmfConfig,
@@ -48,7 +48,7 @@ def sample_item(name: str) -> dict[str, Any]:
 
 def test_restaurant_sample_loads(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="voiceagent.store.records")
-    uc = records.use_case_from_item(sample_item("restaurantOrderingUseCase"))
+    uc = config_records.use_case_from_item(sample_item("restaurantOrderingUseCase"))
 
     assert uc.name == "restaurantOrderingUseCase"
     assert uc.title == "Restaurant Ordering"
@@ -93,7 +93,7 @@ def test_restaurant_sample_loads(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_persona_sample_loads(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="voiceagent.store.records")
-    uc = records.use_case_from_item(sample_item("albertEinsteinUseCase"))
+    uc = config_records.use_case_from_item(sample_item("albertEinsteinUseCase"))
 
     assert uc.name == "albertEinsteinUseCase"
     assert uc.title == "Albert Einstein Guide"
@@ -117,17 +117,17 @@ def test_persona_sample_loads(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_sample_profile_loads() -> None:
     item = json.loads((SAMPLE / "user-profile-example.json").read_text(encoding="utf-8"))
-    profile = records.profile_from_item(item)
+    profile = config_records.profile_from_item(item)
     assert profile == Profile(phone="+15555550100", first_name="Pat", last_name="Example",
                               email="caller@example.com", use_case="restaurantOrderingUseCase")
-    assert records.profile_item(profile) == item             # same attributes, same values
+    assert config_records.profile_item(profile) == item             # same attributes, same values
 
 
 def test_sample_item_shape_is_what_we_write() -> None:
     """Our items read like the sample's: the same attributes and the same string encodings,
     so the Node app's readers (and people reading the console) see what they expect."""
     sample = sample_item("restaurantOrderingUseCase")
-    ours = records.use_case_item(records.use_case_from_item(sample))
+    ours = config_records.use_case_item(config_records.use_case_from_item(sample))
     assert set(sample) - set(ours) == set()
     assert set(ours) - set(sample) == {"voiceagent"}
     assert json.loads(ours["tools"]) == json.loads(sample["tools"])
@@ -144,11 +144,11 @@ def test_sample_item_shape_is_what_we_write() -> None:
 @pytest.mark.parametrize("path", sorted(CONFIG.glob("*.yaml")), ids=lambda p: p.stem)
 def test_our_use_cases_round_trip(path: Path) -> None:
     uc = load_use_case_file(path)
-    item = records.use_case_item(uc)
+    item = config_records.use_case_item(uc)
     assert item["pk"] == item["sk1"] == uc.name
     assert (item["sk"], item["pk1"]) == ("configuration", "use-case")
-    assert records.use_case_from_item(item) == uc
-    assert records.use_case_from_item(json.loads(json.dumps(item))) == uc
+    assert config_records.use_case_from_item(item) == uc
+    assert config_records.use_case_from_item(json.loads(json.dumps(item))) == uc
 
 
 def test_use_case_without_voiceagent_attribute_still_round_trips_sample_fields() -> None:
@@ -157,27 +157,27 @@ def test_use_case_without_voiceagent_attribute_still_round_trips_sample_fields()
                  tools=(ToolDeclaration(name="endCall", description="Hang up"),),
                  dtmf=DtmfConfig(handlers={"0": DtmfHandler(reply="Zero", tool="endCall"),
                                            "#": DtmfHandler(tool="endCall")}))
-    item = records.use_case_item(uc)
+    item = config_records.use_case_item(uc)
     del item["voiceagent"]
-    assert records.use_case_from_item(item) == uc
+    assert config_records.use_case_from_item(item) == uc
 
 
 def test_edited_sample_attribute_is_reported(caplog: pytest.LogCaptureFixture) -> None:
     uc = UseCase(name="edited", prompt="Original")
-    item = {**records.use_case_item(uc), "prompt": "Changed in the console"}
+    item = {**config_records.use_case_item(uc), "prompt": "Changed in the console"}
     with caplog.at_level(logging.WARNING, logger="voiceagent.store.records"):
-        assert records.use_case_from_item(item).prompt == "Original"
+        assert config_records.use_case_from_item(item).prompt == "Original"
     assert [vars(r)["attributes"] for r in caplog.records] == [["prompt"]]
 
 
 def test_broken_sample_item_names_the_attribute() -> None:
     item = {"pk": "broken", "sk": "configuration", "prompt": "x", "tools": "[{oops"}
     with pytest.raises(ConfigError) as caught:
-        records.use_case_from_item(item)
+        config_records.use_case_from_item(item)
     assert caught.value.key_path == "tools"
     assert "broken" in caught.value.path
     with pytest.raises(ValueError, match="not a use case item"):
-        records.use_case_from_item({"pk": "x", "sk": "profile"})
+        config_records.use_case_from_item({"pk": "x", "sk": "profile"})
 
 
 def test_session_item_shape() -> None:
@@ -189,7 +189,7 @@ def test_session_item_shape() -> None:
     item = records.session_item(session, ttl_s=86_400)
     assert item["sk1"] == "2025-06-15T15:06:40.500Z#CA0123456789abcdef0123456789abcdef"
     assert item["systemPrompt"] == [{"text": "Prompt"}]
-    assert item["userContext"] == records.profile_item(profile)
+    assert item["userContext"] == config_records.profile_item(profile)
     assert (item["From"], item["To"], item["expireAt"]) == ("+15555550100", "+15555550199",
                                                             1_750_086_400)
     assert records.session_from_item(item) == session
@@ -260,9 +260,9 @@ def test_order_item_keys() -> None:
 def test_unreadable_voiceagent_attribute_falls_back_to_sample_attributes(
         caplog: pytest.LogCaptureFixture) -> None:
     uc = UseCase(name="newer", prompt="Hi", relay={"welcomeGreeting": "Hello"})
-    item = records.use_case_item(uc)
+    item = config_records.use_case_item(uc)
     item["voiceagent"] = {**item["voiceagent"], "field_from_a_newer_version": 1}
     with caplog.at_level(logging.WARNING, logger="voiceagent.store.records"):
-        assert records.use_case_from_item(item) == uc
+        assert config_records.use_case_from_item(item) == uc
     [record] = caplog.records
     assert vars(record)["key_path"] == "field_from_a_newer_version"

@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-import voiceagent.store.records as records
+import voiceagent.store.config_records as config_records
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from tests.test_metrics import METRICS_TOKEN, _scrape, _value
 from voiceagent.app.caller import CallerError, Identity, open_call, post_form
@@ -102,7 +102,7 @@ async def test_a_call_sent_to_the_fallback_url_is_counted_too(tmp_path: Path) ->
             server.runtime.draining = True
             assert "HTTP 503" in await _ring(server.url)
             server.runtime.draining = False
-            await server.runtime.store.put(records.use_case_item(gone))
+            await server.runtime.store.put(config_records.use_case_item(gone))
             assert "<Hangup" in await _ring(server.url)
             _, samples = await trio.to_thread.run_sync(_scrape, server.url)
     assert _value(samples, "voiceagent_calls_refused_total", reason="draining") == 1

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 import voiceagent.catalog
-import voiceagent.store.records as records
+import voiceagent.store.config_records as config_records
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from voiceagent.app.caller import open_call
 from voiceagent.usecases import ScriptedConfig, ScriptedRule
@@ -30,7 +30,7 @@ async def test_a_rule_loaded_while_serving_answers_the_next_turn(
                 changed = use_case.model_copy(update={"scripted": ScriptedConfig(
                     rules=(rule, *use_case.scripted.rules),
                     fallback=use_case.scripted.fallback)})
-                await runtime.store.put(records.use_case_item(changed))   # a `config load`
+                await runtime.store.put(config_records.use_case_item(changed))   # a `config load`
                 await call.say("any parrots today?")
                 after = (await call.read_reply()).text
                 await call.hang_up()

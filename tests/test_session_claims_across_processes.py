@@ -20,6 +20,7 @@ import pytest
 import trio
 
 import voiceagent.app.sessions as sessions_module
+import voiceagent.store.config_records as config_records
 import voiceagent.store.records as records
 from actors.call import CallRejected
 from tests.dynamodb_support import aws_env, isolate_env, moto_endpoint, open_test_table
@@ -73,8 +74,8 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path,
     opened = (_dynamodb(tmp_path, request.getfixturevalue("moto_endpoint"), monkeypatch)
               if request.param == "dynamodb" else _sqlite(tmp_path))
     async with opened as (a, b):
-        await a.put(records.use_case_item(USE_CASE))
-        await a.put(records.profile_item(Profile(phone=CALLER, first_name="Ada")))
+        await a.put(config_records.use_case_item(USE_CASE))
+        await a.put(config_records.profile_item(Profile(phone=CALLER, first_name="Ada")))
         yield a, b
 
 

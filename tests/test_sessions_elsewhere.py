@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 import pytest
 import trio
 
+import voiceagent.store.config_records as config_records
 import voiceagent.store.records as records
 from actors.call import CallPlan, CallRejected
 from tests.fakes import MemoryStore, setup_frame
@@ -97,7 +98,7 @@ def _setup(token: str) -> Setup:
 
 async def _store_with_use_case() -> CountingStore:
     store = CountingStore()
-    await store.put(records.use_case_item(USE_CASE))
+    await store.put(config_records.use_case_item(USE_CASE))
     return store
 
 

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import trio
 
+import voiceagent.store.config_records as config_records
 import voiceagent.store.records as records
 from tests.fakes import MemoryStore
 from tests.test_sessions_elsewhere import (
@@ -50,7 +51,7 @@ class ThrottledBatches(MemoryStore):
 async def test_the_written_mark_lands_only_after_the_socket_s_messages(
         autojump_clock: Any) -> None:
     store = ThrottledBatches()
-    await store.put(records.use_case_item(USE_CASE))
+    await store.put(config_records.use_case_item(USE_CASE))
     a, a_writer = _process(cast(Any, store))
     with trio.fail_after(10):
         session = await a.prepare({"CallSid": CALL_SID, "From": "+15555550100",

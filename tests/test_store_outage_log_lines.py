@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-import voiceagent.store.records as records
+import voiceagent.store.config_records as config_records
 from tests.fakes import MemoryStore
 from tests.test_write_behind import FakeStore, chat
 from voiceagent.catalog import USE_CASE_TTL_S, Catalog
@@ -146,7 +146,7 @@ async def test_lookups_served_from_the_cache_while_the_store_fails_are_counted(
     and a line when a read works again."""
     caplog.set_level(logging.INFO, logger="voiceagent.catalog")
     store = MemoryStore()
-    await store.put(records.use_case_item(UseCase(name="cachedUseCase", prompt="Be brief.")))
+    await store.put(config_records.use_case_item(UseCase(name="cachedUseCase", prompt="Be brief.")))
     catalog = Catalog(store, ToolRegistry())
     await catalog.use_case("cachedUseCase")
     await trio.sleep(USE_CASE_TTL_S)

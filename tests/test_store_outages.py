@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import trio
 
+import voiceagent.store.config_records as config_records
 import voiceagent.store.records as records
 from tests.fakes import MemoryStore, throttled_queries
 from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
@@ -102,10 +103,10 @@ async def test_a_use_case_the_store_cannot_give_again_is_served_from_the_cache(
     again. Nothing cached: the failure is the caller's to answer."""
     store = MemoryStore()
     use_case = UseCase(name="cachedUseCase", prompt="Be brief.")
-    await store.put(records.use_case_item(use_case))
+    await store.put(config_records.use_case_item(use_case))
     catalog = Catalog(store, ToolRegistry())
     assert (await catalog.use_case("cachedUseCase")).prompt == "Be brief."
-    await store.put(records.use_case_item(UseCase(name="cachedUseCase", prompt="Be kind.")))
+    await store.put(config_records.use_case_item(UseCase(name="cachedUseCase", prompt="Be kind.")))
     await trio.sleep(USE_CASE_TTL_S + 1)
     real_get = store.get
     reads: list[str] = []

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from voiceagent.errors import ConfigError
-from voiceagent.store import records
+from voiceagent.store import config_records, records
 from voiceagent.usecases import UseCase, parse_model
 
 LOADED_BY_AN_OLDER_RELEASE: list[dict[str, Any]] = [
@@ -26,7 +26,7 @@ LOADED_BY_AN_OLDER_RELEASE: list[dict[str, Any]] = [
 
 
 def _stored(change: dict[str, Any]) -> records.Item:
-    item = records.use_case_item(UseCase(name="desk", prompt="Answer briefly."))
+    item = config_records.use_case_item(UseCase(name="desk", prompt="Answer briefly."))
     full = dict(item["voiceagent"])
     for key, value in change.items():
         full[key] = {**full[key], **value}
@@ -37,7 +37,7 @@ def _stored(change: dict[str, Any]) -> records.Item:
 @pytest.mark.parametrize("change", LOADED_BY_AN_OLDER_RELEASE)
 def test_a_stored_use_case_keeps_its_settings(change: dict[str, Any],
                                               caplog: pytest.LogCaptureFixture) -> None:
-    served = records.use_case_from_item(_stored(change)).model_dump(mode="json")
+    served = config_records.use_case_from_item(_stored(change)).model_dump(mode="json")
     assert _within(change, served)
     assert "unreadable" not in caplog.text
 

@@ -33,7 +33,7 @@ async def test_a_use_case_stored_yesterday_with_an_openapi_keyword_is_still_serv
     the image is upgraded: Catalog.use_case raises UnusableUseCase ('a typo')."""
     from tests.fakes import MemoryStore
     from voiceagent.catalog import Catalog
-    from voiceagent.store import records
+    from voiceagent.store import config_records
     from voiceagent.tools.registry import default_registry
     from voiceagent.usecases import UseCase
 
@@ -42,7 +42,7 @@ async def test_a_use_case_stored_yesterday_with_an_openapi_keyword_is_still_serv
             "type": "object", "properties": {"reason": {
                 "type": "string", "nullable": True, "example": "done"}}}}]})
     store = MemoryStore()
-    await store.put(records.use_case_item(uc))         # what yesterday's `config load` wrote
+    await store.put(config_records.use_case_item(uc))         # what yesterday's `config load` wrote
     served = await Catalog(store, default_registry()).use_case("orders")  # type: ignore[arg-type]
     assert served.name == "orders"
 

@@ -15,7 +15,7 @@ import pytest
 from tests.twiml_support import relay_document
 from voiceagent import twiml
 from voiceagent.errors import ConfigError
-from voiceagent.store import records
+from voiceagent.store import config_records, records
 from voiceagent.usecases import UseCase, load_use_case_file
 
 BASE = "name: desk\nprompt: You answer the phone.\n"
@@ -64,7 +64,7 @@ def test_tab_newline_and_carriage_return_are_legal_and_kept(tmp_path: Path) -> N
 
 def _stored(relay: dict[str, Any], handoff: dict[str, Any] | None = None) -> records.Item:
     """The item an older release wrote for a use case holding these values."""
-    item = records.use_case_item(UseCase(name="desk", prompt="Answer briefly."))
+    item = config_records.use_case_item(UseCase(name="desk", prompt="Answer briefly."))
     full = dict(item["voiceagent"])
     full["relay"] = relay
     if handoff is not None:
@@ -78,7 +78,7 @@ def test_a_stored_use_case_is_served_with_valid_twiml_and_a_warning(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(twiml, "_WARNED", set())          # what earlier tests warned of
     greeting = "Welcome to the desk.\x0bHow can I help?\x01"
-    use_case = records.use_case_from_item(_stored({"welcomeGreeting": greeting,
+    use_case = config_records.use_case_from_item(_stored({"welcomeGreeting": greeting,
                                                    "voice": "\ud800Joanna-Neural"}))
     assert use_case.relay["welcomeGreeting"] == greeting      # the item is not rewritten
     document = relay_document(use_case)
@@ -99,7 +99,7 @@ def test_a_stored_use_case_is_served_with_valid_twiml_and_a_warning(
 def test_a_stored_table_of_the_sample_is_served_with_valid_twiml() -> None:
     item = _stored({"welcomeGreeting": "Hello\x02"})
     del item["voiceagent"]                                    # as the Node sample wrote it
-    relay = ET.fromstring(relay_document(records.use_case_from_item(item))).find(
+    relay = ET.fromstring(relay_document(config_records.use_case_from_item(item))).find(
         "Connect/ConversationRelay")
     assert relay is not None
     assert relay.get("welcomeGreeting") == "Hello"
@@ -113,7 +113,7 @@ def test_a_stored_table_of_the_sample_is_served_with_valid_twiml() -> None:
 ])
 def test_a_stored_handoff_is_answered_with_valid_twiml(handoff: dict[str, Any], verb: str,
                                                        target: str) -> None:
-    config = records.use_case_from_item(_stored({}, handoff)).handoff
+    config = config_records.use_case_from_item(_stored({}, handoff)).handoff
     if config.mode == "dial":
         assert config.number is not None
         document = twiml.dial(config.message, config.number)

@@ -37,6 +37,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
+import voiceagent.store.config_records as config_records
 import voiceagent.store.records as records
 from tests.dynamodb_support import (
     aws_env,
@@ -289,8 +290,8 @@ async def test_b_picks_up_the_session_a_prepared(servers: Servers) -> None:
             # Were B to rebuild the session now, this caller would get another use case.
             other = UseCase(name="otherUseCase", prompt="Other. <<USER_CONTEXT>>",
                             relay={"welcomeGreeting": "Hello from the other use case."})
-            await store.put(records.use_case_item(other))
-            await store.put(records.profile_item(Profile(
+            await store.put(config_records.use_case_item(other))
+            await store.put(config_records.profile_item(Profile(
                 phone=identity.from_number, first_name="Grace", use_case=other.name)))
 
             async with _socket_on_b(servers, target, identity, "not-the-token") as call:

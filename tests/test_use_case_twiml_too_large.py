@@ -12,7 +12,7 @@ import yaml
 from voiceagent import twiml
 from voiceagent.catalog import read_config_dir
 from voiceagent.errors import ConfigError
-from voiceagent.store import records
+from voiceagent.store import config_records
 from voiceagent.tools.registry import default_registry
 from voiceagent.usecases import UseCase
 
@@ -49,4 +49,4 @@ def test_a_stored_use_case_over_the_limit_still_loads() -> None:
     """The check is on files only: an item an older version stored is read as it was."""
     big = UseCase.model_validate({"name": "big", "prompt": "p",
                                   "relay": {"hints": "x" * 70_000}})
-    assert records.use_case_from_item(records.use_case_item(big)) == big
+    assert config_records.use_case_from_item(config_records.use_case_item(big)) == big

@@ -18,7 +18,7 @@ from voiceagent.app.cli_store import export_files
 from voiceagent.catalog import read_config_dir
 from voiceagent.errors import ConfigError
 from voiceagent.relay.protocol import Config, Hints
-from voiceagent.store import records
+from voiceagent.store import config_records
 from voiceagent.tools.registry import default_registry
 from voiceagent.usecases import UseCase
 
@@ -357,7 +357,7 @@ def test_new_keys_survive_the_store_and_the_export(tmp_path: Path) -> None:
                      tools=[{"name": "endCall", "description": "x",
                              "reply": {"preemptible": True}}],
                      dtmf={"handlers": {"9": {"reply": "Hi.", "interruptible": False}}})
-    assert records.use_case_from_item(records.use_case_item(use_case)) == use_case
+    assert config_records.use_case_from_item(config_records.use_case_item(use_case)) == use_case
     out = tmp_path / "exported"
     for relative, text in export_files([use_case], []).items():
         (out / relative).parent.mkdir(parents=True, exist_ok=True)

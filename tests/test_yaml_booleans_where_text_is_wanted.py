@@ -12,7 +12,7 @@ import pytest
 
 from tests.twiml_support import relay_element
 from voiceagent.errors import ConfigError
-from voiceagent.store import records
+from voiceagent.store import config_records
 from voiceagent.usecases import UseCase, load_use_case_file
 
 BASE = "name: desk\nprompt: You answer the phone.\n"
@@ -73,11 +73,11 @@ def test_booleans_stay_where_they_are_meant(tmp_path: Path) -> None:
 
 
 def test_a_stored_use_case_is_served_as_it_was() -> None:
-    item = records.use_case_item(UseCase(name="desk", prompt="Answer briefly."))
+    item = config_records.use_case_item(UseCase(name="desk", prompt="Answer briefly."))
     relay = {"language": False, "voice": True}
     item["voiceagent"] = {**item["voiceagent"], "relay": relay,
                           "languages": [{"code": "nb-NO", "voice": False}]}
     item["conversationRelayParams"] = relay
-    use_case = records.use_case_from_item(item)
+    use_case = config_records.use_case_from_item(item)
     assert use_case.relay == relay
     assert relay_element(use_case).get("language") == "false"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import trio
 
-import voiceagent.store.records as records
+import voiceagent.store.config_records as config_records
 from voiceagent import twiml
 from voiceagent.errors import ConfigError, StoreError
 from voiceagent.log_episodes import Episode
@@ -64,7 +64,7 @@ class Catalog:
             raise UnknownUseCase(f"no use case {name!r} in the store; run "
                                  "`voiceagent config load` or check STACK_USE_CASE")
         try:
-            use_case = records.use_case_from_item(item)
+            use_case = config_records.use_case_from_item(item)
             self._registry.check_use_case(use_case, keywords=False)    # loaded already
         except ConfigError as err:
             raise UnusableUseCase(f"use case {name!r} cannot be served by this process: "
@@ -79,13 +79,13 @@ class Catalog:
 
     async def all_use_cases(self) -> list[UseCase]:
         items = await self._store.query_index("use-case")
-        return [records.use_case_from_item(item) for item in items]
+        return [config_records.use_case_from_item(item) for item in items]
 
     async def profile(self, phone: str) -> Profile | None:
         if not phone:
             return None
         item = await self._store.get(phone, "profile")
-        return records.profile_from_item(item) if item is not None else None
+        return config_records.profile_from_item(item) if item is not None else None
 
 
 @dataclass(frozen=True)
@@ -134,12 +134,12 @@ async def write_config(store: Store, config: ConfigSet) -> dict[str, str]:
     """Write use cases and profiles; returns what happened to each (created, updated,
     unchanged) so a re-run is visibly idempotent."""
     outcome: dict[str, str] = {}
-    items = [records.use_case_item(u) for u in config.use_cases]
-    items += [records.profile_item(p) for p in config.profiles]
+    items = [config_records.use_case_item(u) for u in config.use_cases]
+    items += [config_records.profile_item(p) for p in config.profiles]
     for item in items:
         current = await store.get(item["pk"], item["sk"])
         label = f"{item['sk']}:{item['pk']}"
-        if records.same_item(current, item):
+        if config_records.same_item(current, item):
             outcome[label] = "unchanged"
             continue
         await store.put(item)

@@ -28,7 +28,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-import voiceagent.store.records as records
+import voiceagent.store.config_records as config_records
 from voiceagent.errors import ConfigError, SettingsError, StoreError
 from voiceagent.settings import DEFAULT_MODEL, Settings
 from voiceagent.store.base import INDEX_NAME
@@ -256,9 +256,9 @@ async def _inspect_table(ctx: CheckContext, store: DynamoDBStore, name: str,
 async def _stored_use_cases(store: DynamoDBStore) -> tuple[tuple[UseCase, ...], list[str]]:
     use_cases: list[UseCase] = []
     unreadable: list[str] = []
-    for item in await store.query_index(records.USE_CASE_INDEX):
+    for item in await store.query_index(config_records.USE_CASE_INDEX):
         try:
-            use_cases.append(records.use_case_from_item(item))
+            use_cases.append(config_records.use_case_from_item(item))
         except ConfigError as err:
             unreadable.append(f"use case {item.get('pk')}: {err.problem}")
     return tuple(use_cases), unreadable

@@ -22,7 +22,7 @@ import trio
 import yaml
 from pydantic import BaseModel
 
-import voiceagent.store.records as records
+import voiceagent.store.config_records as config_records
 from voiceagent import logs
 from voiceagent.app import transcripts
 from voiceagent.app.dotenv_file import load_dotenv_file
@@ -144,15 +144,16 @@ async def _load(settings: Settings, config: ConfigSet, folder: Path) -> None:
         outcome = await write_config(store, config)
         known_use_cases = {u.name for u in config.use_cases}
         known_profiles = {p.phone for p in config.profiles}
-        extra_use_cases = [i["pk"] for i in await store.query_index(records.USE_CASE_INDEX)
+        extra_use_cases = [i["pk"] for i in await store.query_index(config_records.USE_CASE_INDEX)
                            if i["pk"] not in known_use_cases]
-        extra_profiles = [i["pk"] for i in await store.query_index(records.PROFILE_INDEX)
+        extra_profiles = [i["pk"] for i in await store.query_index(config_records.PROFILE_INDEX)
                           if i["pk"] not in known_profiles]
     for use_case in config.use_cases:
-        print(f"use case {use_case.name}: {outcome[f'{records.USE_CASE_SK}:{use_case.name}']}")
+        print(f"use case {use_case.name}: "
+              f"{outcome[f'{config_records.USE_CASE_SK}:{use_case.name}']}")
     for profile in config.profiles:
         print(f"profile {mask_phone(profile.phone)}: "
-              f"{outcome[f'{records.PROFILE_SK}:{profile.phone}']}")
+              f"{outcome[f'{config_records.PROFILE_SK}:{profile.phone}']}")
     for name in extra_use_cases:
         print(f"use case {name}: kept (in the store, not in {folder})")
     for phone in extra_profiles:
@@ -168,12 +169,12 @@ def _config_list(args: argparse.Namespace) -> int:
 
 async def _list(settings: Settings) -> int:
     async with open_store(settings, create=False) as store:
-        use_case_items = await store.query_index(records.USE_CASE_INDEX)
-        profile_items = await store.query_index(records.PROFILE_INDEX)
+        use_case_items = await store.query_index(config_records.USE_CASE_INDEX)
+        profile_items = await store.query_index(config_records.PROFILE_INDEX)
     code = 0
     for item in use_case_items:
         try:
-            use_case = records.use_case_from_item(item)
+            use_case = config_records.use_case_from_item(item)
         except ConfigError as err:
             print(f"use case {item['pk']}: unreadable: {err}")
             code = 1
@@ -184,7 +185,7 @@ async def _list(settings: Settings) -> int:
               f"{_count(len(use_case.dtmf.handlers), 'key')}, {model})")
     for item in profile_items:
         try:
-            profile = records.profile_from_item(item)
+            profile = config_records.profile_from_item(item)
         except ConfigError as err:
             print(f"profile {mask_phone(str(item['pk']))}: unreadable: {err.problem}")
             code = 1
@@ -207,13 +208,13 @@ def _config_show(args: argparse.Namespace) -> int:
 
 async def _show(settings: Settings, name: str) -> int:
     async with open_store(settings, create=False) as store:
-        item = await store.get(name, records.USE_CASE_SK)
+        item = await store.get(name, config_records.USE_CASE_SK)
         if item is None:
-            names = [i["pk"] for i in await store.query_index(records.USE_CASE_INDEX)]
+            names = [i["pk"] for i in await store.query_index(config_records.USE_CASE_INDEX)]
             print(f"voiceagent: no use case {name!r} in {store.name}; there are: "
                   f"{', '.join(names) or 'none'}", file=sys.stderr)
             return 2
-    sys.stdout.write(dump_yaml(exportable(records.use_case_from_item(item))))
+    sys.stdout.write(dump_yaml(exportable(config_records.use_case_from_item(item))))
     return 0
 
 
@@ -223,10 +224,10 @@ def _config_export(args: argparse.Namespace) -> int:
 
 async def _export(settings: Settings, out: Path, *, force: bool = False) -> int:
     async with open_store(settings, create=False) as store:
-        use_cases = [records.use_case_from_item(item)
-                     for item in await store.query_index(records.USE_CASE_INDEX)]
-        profiles = [records.profile_from_item(item)
-                    for item in await store.query_index(records.PROFILE_INDEX)]
+        use_cases = [config_records.use_case_from_item(item)
+                     for item in await store.query_index(config_records.USE_CASE_INDEX)]
+        profiles = [config_records.profile_from_item(item)
+                    for item in await store.query_index(config_records.PROFILE_INDEX)]
     files = export_files(use_cases, profiles)
     own = [out / path for path in files if _hand_written(out / path)]
     if own and not force:

@@ -45,6 +45,13 @@ def _masked(value: Any) -> str:
     return mask_phone(text) if text.startswith("+") else text
 
 
+def expect_sk(item: Item, sk: str, kind: str) -> None:
+    """``ValueError`` unless the item is of the kind a reader takes (its sk, a string pk):
+    shared by the item mappings, ``records`` and ``config_records``."""
+    if item.get("sk") != sk or not isinstance(item.get("pk"), str):
+        raise ValueError(f"not a {kind} item: expected sk={sk!r} and a string pk")
+
+
 KEY_BYTES = {"pk": 2048, "pk1": 2048, "sk": 1024, "sk1": 1024}    # DynamoDB's key limits
 
 

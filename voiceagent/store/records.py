@@ -2,11 +2,9 @@
 
 Every backend stores exactly these items, so one contract suite covers them all. Attribute
 names and encodings follow the original Node sample, so voiceagent runs against a table that
-sample filled: ``tools`` and ``dtmfHandlers`` are JSON *strings*, ``conversationRelayParams``
-a map, ``systemPrompt`` a list of ``{"text"}`` blocks. Use-case items also carry a
-``voiceagent`` attribute with the whole model, so fields the sample has no attribute for
-(inference settings, scripted replies, handoff) survive the round trip; when it is present
-it wins, and the sample attributes are a compatible view of it.
+sample filled: a session's ``systemPrompt`` is a list of ``{"text"}`` blocks, its
+``userContext`` the caller's profile item. Use-case and profile items, the configuration an
+operator loads, are mapped in ``config_records``; this module maps what the calls write.
 
 Keys (pk / sk, GSI pk1 / sk1):
 
@@ -23,7 +21,6 @@ Keys (pk / sk, GSI pk1 / sk1):
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,16 +28,12 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from voiceagent.errors import ConfigError
-from voiceagent.logs import mask_phone
-from voiceagent.store.base import Item, Version, describe_key
-from voiceagent.store.sample_records import sample_use_case
-from voiceagent.usecase_relay import STORED
-from voiceagent.usecases import Profile, UseCase, parse_model
+from voiceagent.store.base import Item, Version, describe_key, expect_sk
+from voiceagent.store.config_records import PROFILE_SK, profile_from_item, profile_item
+from voiceagent.usecases import Profile
 
 log = logging.getLogger(__name__)
 
-USE_CASE_SK = "configuration"
-PROFILE_SK = "profile"
 SESSION_SK = "connection"
 CHAT_PREFIX = "chat::"
 SOCKET_CLOSED_PREFIX = "socketClosed::"      # a socket's end, written at once
@@ -52,118 +45,11 @@ AGENT_END_ATTRIBUTE = "agentEnd"             # on it: the agent sent `end` (its 
 CALL_SEEN_SK = "connectionSeen"              # /twiml prepared this call once (kept long)
 ORDER_PREFIX = "restaurantOrder::"
 
-USE_CASE_INDEX = "use-case"          # pk1 values: list one kind of item through the GSI
-PROFILE_INDEX = "profile"
-CALL_INDEX = "call"
+CALL_INDEX = "call"                  # pk1 values: list one kind of item through the GSI
 ORDER_INDEX = "restaurantOrder"
 
 KEY_ATTRIBUTES = frozenset({"pk", "sk", "pk1", "sk1", "expireAt"})
-_SAMPLE_USE_CASE_ATTRIBUTES = ("title", "description", "prompt", "tools", "dtmfHandlers",
-                               "conversationRelayParams", "llmModel")
 _CHAT_SK = re.compile(r"^chat::(\d+)(?:::(\d+))?")
-
-
-JSON_TEXT_FIELDS = ("tools", "dtmfHandlers")    # JSON kept as text, as the sample kept it
-
-
-def same_item(a: Item | None, b: Item) -> bool:
-    """Equal as data: the JSON text fields compared parsed, since a round trip through a
-    DynamoDB map (``config export``, then ``config load``) may reorder a schema's keys."""
-    if a is None or a.keys() != b.keys():
-        return False
-    for key, value in a.items():
-        other = b[key]
-        if key in JSON_TEXT_FIELDS and isinstance(value, str) and isinstance(other, str):
-            try:
-                if json.loads(value) != json.loads(other):
-                    return False
-            except ValueError:
-                if value != other:
-                    return False
-        elif value != other:
-            return False
-    return True
-
-
-def _json_text(value: Any) -> str:
-    """JSON as the sample's ``JSON.stringify`` wrote it: compact, non-ASCII kept."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _expect_sk(item: Item, sk: str, kind: str) -> None:
-    if item.get("sk") != sk or not isinstance(item.get("pk"), str):
-        raise ValueError(f"not a {kind} item: expected sk={sk!r} and a string pk")
-
-
-# ------------------------------------------------------------------ use cases
-
-
-def use_case_item(uc: UseCase) -> Item:
-    handlers = {
-        digit: {"replyWithText": handler.reply is not None, "replyText": handler.reply or "",
-                "replyWithFunction": handler.tool is not None,
-                "replyFunction": handler.tool or ""}
-        for digit, handler in uc.dtmf.handlers.items()}
-    item: Item = {
-        "pk": uc.name, "sk": USE_CASE_SK, "pk1": USE_CASE_INDEX, "sk1": uc.name,
-        "title": uc.title, "description": uc.description, "prompt": uc.prompt,
-        "tools": _json_text([{"toolSpec": spec} for spec in uc.tool_specs()]),
-        "dtmfHandlers": _json_text(handlers),
-        "conversationRelayParams": dict(uc.relay),
-        "voiceagent": uc.model_dump(mode="json"),
-    }
-    if uc.model is not None:
-        item["llmModel"] = uc.model
-    return item
-
-
-def use_case_from_item(item: Item) -> UseCase:
-    """The use case an item describes: from its ``voiceagent`` attribute when present, else
-    from the sample's attributes. Raises ``ConfigError`` naming the item and key path."""
-    _expect_sk(item, USE_CASE_SK, "use case")
-    source = f"store item {item['pk']}/{USE_CASE_SK}"
-    full = item.get("voiceagent")
-    if isinstance(full, Mapping):
-        try:
-            uc = parse_model(UseCase, full, source, STORED)
-        except ConfigError as err:   # e.g. written by a newer version during a rolling deploy
-            log.warning("use case voiceagent attribute unreadable, using the sample attributes",
-                        extra={"use_case": item["pk"], "key_path": err.key_path,
-                               "problem": err.problem})
-        else:
-            _warn_if_edited(item, uc)
-            return uc
-    return parse_model(UseCase, sample_use_case(item, source), source, STORED)
-
-
-def _warn_if_edited(item: Item, uc: UseCase) -> None:
-    """Someone changed a sample attribute (say the prompt, in the console) but not the
-    ``voiceagent`` attribute, which wins: say so rather than silently ignore the edit."""
-    ours = use_case_item(uc)
-    edited = [key for key in _SAMPLE_USE_CASE_ATTRIBUTES if item.get(key) != ours.get(key)]
-    if edited:
-        log.warning("use case item edited outside voiceagent; its voiceagent attribute wins",
-                    extra={"use_case": uc.name, "attributes": edited})
-
-
-# ------------------------------------------------------------------ profiles
-
-
-def profile_item(p: Profile) -> Item:
-    item: Item = {"pk": p.phone, "sk": PROFILE_SK, "pk1": PROFILE_INDEX, "sk1": p.phone,
-                  "firstName": p.first_name, "lastName": p.last_name, "email": p.email}
-    if p.use_case is not None:
-        item["useCase"] = p.use_case
-    return item
-
-
-def profile_from_item(item: Item) -> Profile:
-    """Raises ``ConfigError`` (phone number masked) when the item is not a valid profile."""
-    _expect_sk(item, PROFILE_SK, "profile")
-    data = {"phone": item["pk"], "first_name": item.get("firstName") or "",
-            "last_name": item.get("lastName") or "", "email": item.get("email") or "",
-            "use_case": item.get("useCase") or None}
-    return parse_model(Profile, data, f"store item {mask_phone(item['pk'])}/{PROFILE_SK}")
 
 
 # ------------------------------------------------------------------ call sessions
@@ -216,7 +102,7 @@ def session_item(s: CallSession, ttl_s: int) -> Item:
 
 def session_from_item(item: Item) -> CallSession:
     """Also reads the sample's session items (no token, createdAt or generation: empty and 0)."""
-    _expect_sk(item, SESSION_SK, "call session")
+    expect_sk(item, SESSION_SK, "call session")
     blocks = item.get("systemPrompt") or []
     prompt = "\n".join(b["text"] for b in blocks
                        if isinstance(b, Mapping) and isinstance(b.get("text"), str))

@@ -1,9 +1,9 @@
 """Use-case items as the original Node sample wrote them, read as voiceagent's use cases.
 
-``records.use_case_from_item`` falls back on these when an item has no ``voiceagent``
+``config_records.use_case_from_item`` falls back on these when an item has no ``voiceagent``
 attribute (a table the sample filled): ``tools`` and ``dtmfHandlers`` are JSON *strings*,
-``conversationRelayParams`` a map, the prompt ``JSON.stringify``-ed. Apart from records.py so
-that the mapping of today's items stays short.
+``conversationRelayParams`` a map, the prompt ``JSON.stringify``-ed. Apart from
+config_records.py so that the mapping of today's items stays short.
 """
 
 from __future__ import annotations
