@@ -20,10 +20,11 @@ come back as ``int`` when whole and ``float`` otherwise (DynamoDB keeps no numbe
 float with a whole value comes back as an int: equal to it up to 2**53; beyond, the int of
 its shortest decimal form, e.g. 1e30 comes back as 10**30, which differs from the float).
 
-Errors: ``StoreError`` for what may pass (throttling, 5xx, the endpoint unreachable, the table
-or the credentials missing: fixable without losing the item), ``StoreRejected`` (permanent)
-for an item DynamoDB refuses, with the item's pk/sk in the message (phone numbers masked).
-Items are checked before anything is sent, so a call that names a bad item writes nothing.
+Errors (translated in ``dynamodb_calls``): ``StoreError`` for what may pass (throttling, 5xx,
+the endpoint unreachable, the table or the credentials missing: fixable without losing the
+item), ``StoreRejected`` (permanent) for an item DynamoDB refuses, with the item's pk/sk in
+the message (phone numbers masked). Items are checked before anything is sent, so a call that
+names a bad item writes nothing.
 """
 
 from __future__ import annotations
@@ -31,27 +32,16 @@ from __future__ import annotations
 import decimal
 import logging
 import math
-import socket
-import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
-import h11
 import trio
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    NoCredentialsError,
-    ParamValidationError,
-)
 
-from voiceagent.aws_http import ConnectTimeout
 from voiceagent.aws_session import StartupSession
 from voiceagent.errors import SettingsError, StoreError, StorePartlyWritten, StoreRejected
-from voiceagent.net import ProxyRefused
 from voiceagent.settings import Settings
 from voiceagent.store.base import (
     INDEX_NAME,
@@ -62,9 +52,10 @@ from voiceagent.store.base import (
     describe_key,
     is_own_item,
 )
-from voiceagent.store.dynamodb_admin import TableAdmin, store_error
+from voiceagent.store.dynamodb_admin import TableAdmin
+from voiceagent.store.dynamodb_calls import DynamoDBCalls
 from voiceagent.store.dynamodb_client import make_both
-from voiceagent.store.dynamodb_http import DynamoDBHttp, DynamoDBHttpError
+from voiceagent.store.dynamodb_http import DynamoDBHttp
 from voiceagent.store.dynamodb_values import (
     Encoded,
     Key,
@@ -74,13 +65,10 @@ from voiceagent.store.dynamodb_values import (
     plain,
     to_dynamo,
     unless_newer,
-    where,
 )
 from voiceagent.threads import run_blocking
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 DEFAULT_POOL_CONNECTIONS = 64       # for a limiter without a bound
 UNPROCESSED_ATTEMPTS = 6             # BatchWriteItem rounds before UnprocessedItems is an error
@@ -90,7 +78,7 @@ UNPROCESSED_BACKOFF_CAP_S = 1.0
 CONDITION_FAILED = "ConditionalCheckFailedException"    # put_new: the item was there
 
 
-class DynamoDBStore(TableAdmin):
+class DynamoDBStore(DynamoDBCalls, TableAdmin):
     """A ``Store`` on one table. Owns ``client`` (``aclose`` closes it); built by
     ``open_dynamodb_store``, or directly in tests with any table name and boto3 client."""
 
@@ -273,72 +261,6 @@ class DynamoDBStore(TableAdmin):
                                                         and len(items) >= limit):
                 return items[:limit] if limit is not None else items
 
-    async def _call(self, operation: str, fn: Callable[[], T], *,
-                    keys: Sequence[Key] = (), read: bool = False) -> T:
-        """Run one client call in a worker thread; translate botocore's errors. Reads are
-        abandoned when cancelled (nobody wants the answer); writes finish their attempt."""
-        if self._closed:
-            raise StoreError(f"dynamodb {operation} on {self.table_name}: the store is closed")
-        try:
-            return await run_blocking(fn, limiter=self._limiter, abandon_on_cancel=read)
-        except ClientError as err:
-            raise self._client_error(operation, err, keys) from err
-        except ParamValidationError as err:
-            raise StoreRejected(f"dynamodb {operation} refused {where(keys)}before sending: "
-                                f"{err}") from err
-        except NoCredentialsError as err:
-            raise StoreError(f"dynamodb {operation}: no AWS credentials found; set them the "
-                             "usual AWS way (role, profile, or AWS_ACCESS_KEY_ID)") from err
-        except BotoCoreError as err:
-            raise StoreError(f"dynamodb {operation} on {self.table_name} failed: {err}") from err
-
-    async def _call_http(self, operation: str, target: str, payload: dict[str, Any],
-                         keys: Sequence[Key], *, read: bool = False) -> dict[str, Any]:
-        """One request from the event loop, errors translated as ``_call`` does. A cancel
-        waits for a write's attempt to end (bounded by the connect and read timeouts), as a
-        write in a thread would; a read is abandoned (its connection closed). A caller's
-        deadline still ends a write's attempt: ``write_now``'s 2 s for a session became the
-        attempt's 4 s read timeout, or ~10 s with a dead kept-alive connection, under a
-        stalled DynamoDB (``/twiml`` and ``/action`` wait on it, and Twilio on them)."""
-        if self._closed or self._http is None:
-            raise StoreError(f"dynamodb {operation} on {self.table_name}: the store is closed")
-        deadline = math.inf if read else trio.current_effective_deadline()
-        try:
-            async with self._limiter:       # at most STORE_THREADS requests at once, as threads
-                with trio.CancelScope(shield=not read):
-                    with trio.CancelScope(deadline=deadline) as budget:
-                        answer = await self._http.call(target, payload)
-                if budget.cancelled_caught:
-                    raise StoreError(f"dynamodb {operation} on {self.table_name}: no answer "
-                                     "within the caller's time; it may still be applied")
-        except DynamoDBHttpError as err:
-            raise self._error(operation, err.code, err.message, keys) from err
-        except NoCredentialsError as err:
-            raise StoreError(f"dynamodb {operation}: no AWS credentials found; set them the "
-                             "usual AWS way (role, profile, or AWS_ACCESS_KEY_ID)") from err
-        except trio.TooSlowError as err:
-            raise StoreError(f"dynamodb {operation} on {self.table_name}: no answer from "
-                             f"{self.endpoint} within {self._http.read_timeout_s:g} s") from err
-        except ssl.SSLCertVerificationError as err:
-            raise StoreError(f"dynamodb {operation}: the certificate of {self.endpoint} is not "
-                             f"trusted ({err}); if a proxy or a private endpoint signs with "
-                             "its own CA, point AWS_CA_BUNDLE at that CA") from err
-        except (OSError, ssl.SSLError, socket.gaierror, h11.ProtocolError, ConnectTimeout,
-                ProxyRefused, BotoCoreError, trio.BrokenResourceError,
-                trio.ClosedResourceError) as err:
-            raise StoreError(f"dynamodb {operation} on {self.table_name} failed: "
-                             f"{type(err).__name__}: {err}") from err
-        return answer
-
-    def _client_error(self, operation: str, err: ClientError, keys: Sequence[Key]
-                      ) -> StoreError:
-        message = str(err.response.get("Error", {}).get("Message", ""))
-        return self._error(operation, error_code(err), message, keys)
-
-    def _error(self, operation: str, code: str | None, message: str, keys: Sequence[Key]
-               ) -> StoreError:
-        return store_error(self.table_name, self.endpoint, operation, code, message, keys)
-
     def _key(self, pk: str, sk: str) -> dict[str, Any]:
         return {"pk": {"S": pk}, "sk": {"S": sk}}
 
@@ -394,5 +316,3 @@ async def open_dynamodb_store(settings: Settings, *, limiter: trio.CapacityLimit
     finally:
         await store.aclose()
 
-
-# ------------------------------------------------------------------ values

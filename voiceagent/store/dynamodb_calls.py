@@ -1,0 +1,117 @@
+"""One request to DynamoDB by either path, its errors translated: through botocore's client
+in a worker thread (``_call``), or from the event loop over ``dynamodb_http`` (``_call_http``).
+
+Apart from ``dynamodb.py``, which says what each ``Store`` operation asks of the table: this
+module is how a request goes and what its failure means (``StoreError`` for what may pass,
+``StoreRejected`` for what never will), the same for the item calls and the table calls
+(``TableAdmin``). Mixed into ``DynamoDBStore``.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+import h11
+import trio
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    ParamValidationError,
+)
+
+from voiceagent.aws_http import ConnectTimeout
+from voiceagent.errors import StoreError, StoreRejected
+from voiceagent.net import ProxyRefused
+from voiceagent.store.dynamodb_admin import store_error
+from voiceagent.store.dynamodb_http import DynamoDBHttp, DynamoDBHttpError
+from voiceagent.store.dynamodb_values import Key, error_code, where
+from voiceagent.threads import run_blocking
+
+T = TypeVar("T")
+
+
+class _StoreParts(Protocol):
+    """What ``DynamoDBCalls`` uses of the store it is mixed into (``DynamoDBStore``)."""
+
+    table_name: str
+    _http: DynamoDBHttp | None
+    _limiter: trio.CapacityLimiter
+    _closed: bool
+
+    @property
+    def endpoint(self) -> str: ...
+
+
+class DynamoDBCalls(_StoreParts):
+    """Mixed into ``DynamoDBStore``: how each of its requests goes, apart from what it asks."""
+
+    async def _call(self, operation: str, fn: Callable[[], T], *,
+                    keys: Sequence[Key] = (), read: bool = False) -> T:
+        """Run one client call in a worker thread; translate botocore's errors. Reads are
+        abandoned when cancelled (nobody wants the answer); writes finish their attempt."""
+        if self._closed:
+            raise StoreError(f"dynamodb {operation} on {self.table_name}: the store is closed")
+        try:
+            return await run_blocking(fn, limiter=self._limiter, abandon_on_cancel=read)
+        except ClientError as err:
+            raise self._client_error(operation, err, keys) from err
+        except ParamValidationError as err:
+            raise StoreRejected(f"dynamodb {operation} refused {where(keys)}before sending: "
+                                f"{err}") from err
+        except NoCredentialsError as err:
+            raise StoreError(f"dynamodb {operation}: no AWS credentials found; set them the "
+                             "usual AWS way (role, profile, or AWS_ACCESS_KEY_ID)") from err
+        except BotoCoreError as err:
+            raise StoreError(f"dynamodb {operation} on {self.table_name} failed: {err}") from err
+
+    async def _call_http(self, operation: str, target: str, payload: dict[str, Any],
+                         keys: Sequence[Key], *, read: bool = False) -> dict[str, Any]:
+        """One request from the event loop, errors translated as ``_call`` does. A cancel
+        waits for a write's attempt to end (bounded by the connect and read timeouts), as a
+        write in a thread would; a read is abandoned (its connection closed). A caller's
+        deadline still ends a write's attempt: ``write_now``'s 2 s for a session became the
+        attempt's 4 s read timeout, or ~10 s with a dead kept-alive connection, under a
+        stalled DynamoDB (``/twiml`` and ``/action`` wait on it, and Twilio on them)."""
+        if self._closed or self._http is None:
+            raise StoreError(f"dynamodb {operation} on {self.table_name}: the store is closed")
+        deadline = math.inf if read else trio.current_effective_deadline()
+        try:
+            async with self._limiter:       # at most STORE_THREADS requests at once, as threads
+                with trio.CancelScope(shield=not read):
+                    with trio.CancelScope(deadline=deadline) as budget:
+                        answer = await self._http.call(target, payload)
+                if budget.cancelled_caught:
+                    raise StoreError(f"dynamodb {operation} on {self.table_name}: no answer "
+                                     "within the caller's time; it may still be applied")
+        except DynamoDBHttpError as err:
+            raise self._error(operation, err.code, err.message, keys) from err
+        except NoCredentialsError as err:
+            raise StoreError(f"dynamodb {operation}: no AWS credentials found; set them the "
+                             "usual AWS way (role, profile, or AWS_ACCESS_KEY_ID)") from err
+        except trio.TooSlowError as err:
+            raise StoreError(f"dynamodb {operation} on {self.table_name}: no answer from "
+                             f"{self.endpoint} within {self._http.read_timeout_s:g} s") from err
+        except ssl.SSLCertVerificationError as err:
+            raise StoreError(f"dynamodb {operation}: the certificate of {self.endpoint} is not "
+                             f"trusted ({err}); if a proxy or a private endpoint signs with "
+                             "its own CA, point AWS_CA_BUNDLE at that CA") from err
+        except (OSError, ssl.SSLError, socket.gaierror, h11.ProtocolError, ConnectTimeout,
+                ProxyRefused, BotoCoreError, trio.BrokenResourceError,
+                trio.ClosedResourceError) as err:
+            raise StoreError(f"dynamodb {operation} on {self.table_name} failed: "
+                             f"{type(err).__name__}: {err}") from err
+        return answer
+
+    def _client_error(self, operation: str, err: ClientError, keys: Sequence[Key]
+                      ) -> StoreError:
+        message = str(err.response.get("Error", {}).get("Message", ""))
+        return self._error(operation, error_code(err), message, keys)
+
+    def _error(self, operation: str, code: str | None, message: str, keys: Sequence[Key]
+               ) -> StoreError:
+        return store_error(self.table_name, self.endpoint, operation, code, message, keys)
