@@ -33,13 +33,13 @@ from types import TracebackType
 import trio
 
 from actors import tool_failures, tool_steps
-from actors.messages import FromTool, Outgoing, ToolBatch, ToolCall, ToolOutcome
+from actors.messages import Outgoing, ToolBatch, ToolCall, ToolOutcome
 from actors.session_language import SessionLanguage
+from actors.tool_sends import Sent, tool_context
 from voiceagent import jsonlimits
-from voiceagent.relay.outbound import End, Language, Play, SendDigits
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
-from voiceagent.tools.base import ToolContext, ToolDefinition, ToolLog, ToolMessage
+from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import UseCase
 
@@ -73,7 +73,7 @@ class ToolEnv:
     # the call's teardown deadline, once it is set, and the tool calls it must reach: one
     # that sent `end` is shielded from a barge-in, not from the end of the call
     teardown: list[float] = field(default_factory=lambda: [math.inf])
-    live: set[_Sent] = field(default_factory=set)
+    live: set[Sent] = field(default_factory=set)
     # shared with the automatic switch (RelayControl): a tool's switch is its switch too
     language: SessionLanguage | None = None
     turn: int = 0                   # the batch's turn: its audio and digits are that turn's
@@ -142,7 +142,7 @@ async def _run_one(call: ToolCall, results: trio.MemorySendChannel[ToolOutcome],
                    env: ToolEnv) -> None:
     definition = env.registry.get(call.name)
     side_effect = definition is not None and definition.side_effect
-    sent = _Sent()
+    sent = Sent()
     sent.scope.deadline = env.teardown[0]
     env.live.add(sent)
     outcome: ToolOutcome | None = None
@@ -170,47 +170,6 @@ async def _run_one(call: ToolCall, results: trio.MemorySendChannel[ToolOutcome],
         env.done[call.tool_use_id] = outcome
 
 
-class _Sent:
-    """What one tool call sent the caller, and its cancel scope: once the tool has sent
-    ``end`` the session is over, and a barge-in abandoning the turn no longer cuts the tool
-    (the rest of its work, a handoff's summary, is the session's last act, and its result
-    goes in the history)."""
-
-    __slots__ = ("messages", "over", "scope")
-
-    def __init__(self) -> None:
-        self.messages: list[ToolMessage] = []
-        self.scope = trio.CancelScope()
-        self.over = False
-
-    def finish(self) -> bool:
-        """Whether it spoke, fixed as its outcome is made: audio or digits the writer takes
-        after this are withheld. A blocking tool's ``send`` runs as a task of its own
-        (``trio.from_thread.run``), outside ``scope``, and its thread is abandoned, not
-        stopped: its timeout or a barge-in ends the call at once, while a ``play`` is still
-        on its way to the writer (handed over in the same scheduler pass, or queued behind
-        a busy writer), or is sent later still. Played then, the model would be told the
-        tool said nothing and say it again. (An async tool's send waits for the writer in
-        the tool's own scope, and the writer answers first.)"""
-        self.over = True
-        return self.heard
-
-    def add(self, message: ToolMessage) -> None:
-        self.messages.append(message)
-        if isinstance(message, End):
-            self.scope.shield = True
-
-    @property
-    def ended(self) -> bool:
-        """It sent ``end``: whatever it returns, the session is over."""
-        return any(isinstance(message, End) for message in self.messages)
-
-    @property
-    def heard(self) -> bool:
-        """It sent the caller audio or digits."""
-        return any(isinstance(message, Play | SendDigits) for message in self.messages)
-
-
 def _deliver(results: trio.MemorySendChannel[ToolOutcome], outcome: ToolOutcome) -> None:
     try:
         results.send_nowait(outcome)       # buffered to the batch size: never blocks
@@ -219,7 +178,7 @@ def _deliver(results: trio.MemorySendChannel[ToolOutcome], outcome: ToolOutcome)
 
 
 async def _outcome(call: ToolCall, definition: ToolDefinition | None,
-                   env: ToolEnv, sent: _Sent) -> ToolOutcome:
+                   env: ToolEnv, sent: Sent) -> ToolOutcome:
     declaration = env.use_case.tool(call.name)
     if definition is None or declaration is None:
         return _error(call, f"unknown tool {call.name!r}; available: "
@@ -247,7 +206,7 @@ async def _outcome(call: ToolCall, definition: ToolDefinition | None,
 
 
 async def _invoke(call: ToolCall, definition: ToolDefinition, timeout_s: float | None,
-                  env: ToolEnv, sent: _Sent) -> ToolOutcome:
+                  env: ToolEnv, sent: Sent) -> ToolOutcome:
     started = trio.current_time()
     outcome = await _run(call, definition, timeout_s, env, sent)
     if outcome.status == "error":       # timed too: a timeout is the slowest call of all
@@ -258,7 +217,7 @@ async def _invoke(call: ToolCall, definition: ToolDefinition, timeout_s: float |
 
 
 async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | None,
-               env: ToolEnv, sent: _Sent) -> ToolOutcome:
+               env: ToolEnv, sent: Sent) -> ToolOutcome:
     limit_s = timeout_s or definition.timeout_s
     started = trio.current_time()
     # move_on_after, not fail_after: a TooSlowError the tool raises itself (its own
@@ -268,7 +227,7 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
         with limit:
             # its own copy: the input is the history's toolUse (or a DTMF handler's, shared
             # by every call), which a tool's ``args.pop(...)`` must not rewrite
-            running = definition.call(_context(call, definition, env, sent),
+            running = definition.call(tool_context(call, definition, env, sent),
                                       copy.deepcopy(dict(call.input)),
                                       threads=env.registry.threads)
             # an async tool's steps are timed: one that blocks stalls every call
@@ -329,58 +288,6 @@ def _timed_out(call: ToolCall, definition: ToolDefinition, limit_s: float) -> To
              if definition.side_effect else "")
     return _error(call, f"timed out after {limit_s:g} s; tell the caller and offer another "
                         f"way.{maybe}", definition)
-
-
-def _context(call: ToolCall, definition: ToolDefinition, env: ToolEnv,
-             sent: _Sent) -> ToolContext:
-    """``sent`` collects what the tool sends the caller: a turn whose model then says
-    nothing is not silence (``ToolOutcome.spoke``)."""
-    fields = {"call_sid": env.call_sid, "tool": definition.name,
-              "tool_use_id": call.tool_use_id}
-
-    async def send(message: ToolMessage) -> bool:
-        if sent.over:
-            # an abandoned blocking tool's thread, on after its timeout or the caller's cut:
-            # its `end` would hang up on a caller the model went on talking to
-            log.info("tool message withheld: its tool call had ended",
-                     extra={"tool": definition.name, "kind": type(message).__name__})
-            return False
-        if not isinstance(message, Play | SendDigits):
-            switch = message if isinstance(message, Language) else None
-            if (switch is not None and env.language is not None
-                    and not env.language.changes(switch)):
-                log.info("language already set: not sent again",
-                         extra={"tool": definition.name})
-                return True
-            await env.outbound.send(message)
-            sent.add(message)       # no checkpoint between: taken `end` shields at once
-            if switch is not None and env.language is not None:
-                env.language.note(switch)   # once taken: a send cut short changed nothing
-            return True
-        told = trio.Event()
-        withheld = False
-
-        def taken(cut: bool) -> bool:       # the writer, as it takes it: no await between
-            nonlocal withheld
-            withheld = cut or sent.over
-            if not withheld:
-                sent.add(message)           # heard, even if a cancel reaches us first
-            elif not cut:
-                log.info("tool audio withheld: its tool call had ended",
-                         extra={"tool": definition.name, "kind": type(message).__name__})
-            told.set()
-            return not withheld
-
-        await env.outbound.send(FromTool(message, env.turn, taken))
-        await told.wait()
-        return not withheld
-
-    return ToolContext(
-        call_sid=env.call_sid, caller=env.caller, called=env.called, use_case=env.use_case,
-        tool_name=definition.name, tool_use_id=call.tool_use_id, store=env.store,
-        settings=env.settings if env.settings is not None else Settings.model_validate({}),
-        log=ToolLog(logging.getLogger(f"voiceagent.tools.{definition.name}"), fields),
-        _sender=send)
 
 
 def _error(call: ToolCall, reason: str, definition: ToolDefinition | None = None
