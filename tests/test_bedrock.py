@@ -63,11 +63,7 @@ from voiceagent.llm.base import (
     Usage,
     tool_specs,
 )
-from voiceagent.llm.bedrock import (
-    BedrockLLM,
-    check_bedrock_ready,
-    open_bedrock_llm,
-)
+from voiceagent.llm.bedrock import BedrockLLM
 from voiceagent.llm.bedrock_converse import (
     CUT_OFF,
     ThinkingFilter,
@@ -77,6 +73,7 @@ from voiceagent.llm.bedrock_converse import (
     prompt_caching,
 )
 from voiceagent.llm.bedrock_errors import BedrockHTTPError, classify
+from voiceagent.llm.bedrock_startup import check_bedrock_ready, open_bedrock_llm
 from voiceagent.llm.eventstream import FrameDecoder, ReplyError, StreamFault, event_of
 from voiceagent.llm.scripted import ScriptedLLM
 from voiceagent.net import proxy_for, redact_url

@@ -30,8 +30,9 @@ from voiceagent.app.check_steps import (
 )
 from voiceagent.errors import LLMError, ModelThrottled, ModelUnavailable
 from voiceagent.llm.base import InferenceConfig, LLMRequest
-from voiceagent.llm.bedrock import BedrockLLM, check_bedrock_ready
+from voiceagent.llm.bedrock import BedrockLLM
 from voiceagent.llm.bedrock_errors import ACCESS_HINT, CREDENTIALS_HINT
+from voiceagent.llm.bedrock_startup import check_bedrock_ready
 from voiceagent.settings import Settings
 from voiceagent.threads import run_blocking
 from voiceagent.usecases import UseCase

@@ -109,7 +109,7 @@ def serving_problems() -> tuple[Settings | None, list[str]]:
         problems.extend(err.problems)
     llm = settings.llm if settings is not None else os.environ.get("LLM") or "bedrock"
     if llm == "bedrock":
-        from voiceagent.llm.bedrock import check_bedrock_ready
+        from voiceagent.llm.bedrock_startup import check_bedrock_ready
         problems.extend(check_bedrock_ready(settings or Settings.model_construct(
             aws_region=os.environ.get("AWS_REGION") or None,
             model_identifier=os.environ.get("MODEL_IDENTIFIER") or DEFAULT_MODEL)))

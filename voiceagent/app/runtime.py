@@ -307,6 +307,6 @@ async def _open_llm(settings: Settings, catalog: Catalog, *,
             first_token_delay_s=settings.scripted_first_token_delay_ms / 1000,
             token_delay_s=settings.scripted_token_delay_ms / 1000, current=current)
         return
-    from voiceagent.llm.bedrock import open_bedrock_llm
+    from voiceagent.llm.bedrock_startup import open_bedrock_llm
     async with open_bedrock_llm(settings, session=aws) as bedrock:
         yield bedrock

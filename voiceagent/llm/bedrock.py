@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import boto3
 import trio
 from botocore.exceptions import BotoCoreError
 
@@ -53,7 +52,6 @@ from voiceagent.aws_http import (
 from voiceagent.aws_session import StartupSession, session_from
 from voiceagent.errors import (
     ModelUnavailable,
-    SettingsError,
 )
 from voiceagent.llm.base import LLMEvent, LLMRequest, StreamEnd
 from voiceagent.llm.bedrock_converse import build_converse_request, history_shape
@@ -79,7 +77,6 @@ MAX_RETRIES = 2
 RETRY_BUDGET_S = 2.5                # no retry starts later than this after the stream opened
 RETRY_BASE_DELAY_S = 0.2            # retry n waits base * 2**n, half of it jittered
 RECENT = 100                        # durations kept for statistics()
-OFFLINE_HINT = "or run `voiceagent demo` for an offline try-out"
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})     # local fakes: plain http is fine
 
 
@@ -343,55 +340,3 @@ class BedrockLLM:
                               max_idle=self.max_concurrent_streams,
                               ssl_context=link.ssl_context, proxy=link.proxy)
         return _Setup(pool, signer)
-
-
-# ---------------------------------------------------------------- start-up
-
-def check_bedrock_ready(settings: Settings) -> list[str]:
-    """What stops the Bedrock backend from working, as messages that say what to set; empty
-    when a region and credentials resolve through boto3's standard chain. Blocking: call it
-    before the event loop starts."""
-    try:
-        session = boto3.session.Session(region_name=settings.aws_region)
-    except BotoCoreError as err:            # e.g. AWS_PROFILE names no profile
-        return [f"AWS configuration: {err}; fix AWS_PROFILE or ~/.aws/config, {OFFLINE_HINT}"]
-    problems = []
-    if not session.region_name:
-        problems.append("AWS_REGION: not set, and no region in the AWS config; set it to the "
-                        f"Bedrock region (for example us-east-1), {OFFLINE_HINT}")
-    if not os.environ.get("AWS_BEARER_TOKEN_BEDROCK"):
-        try:
-            credentials = session.get_credentials()
-            detail = ""
-        except BotoCoreError as err:
-            credentials, detail = None, f" ({err})"
-        if credentials is None:
-            problems.append(
-                f"AWS credentials: none found{detail} (environment, AWS_PROFILE and ~/.aws, "
-                "SSO, container or instance role); set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
-                f"AWS_SECRET_ACCESS_KEY, or AWS_BEARER_TOKEN_BEDROCK, {OFFLINE_HINT}")
-    if not settings.model_identifier.strip():
-        problems.append("MODEL_IDENTIFIER: empty; set a Bedrock model id, inference profile "
-                        "id or ARN")
-    return problems
-
-
-@asynccontextmanager
-async def open_bedrock_llm(settings: Settings, *, session: StartupSession | None = None
-                           ) -> AsyncIterator[BedrockLLM]:
-    """The backend for ``settings``, warmed up; its client is closed on exit. A client that
-    cannot be created (no region, bad profile) raises ``SettingsError``. ``session``: the
-    runtime's botocore session, lent while the store's client is made from it too."""
-    if os.environ.get("BEDROCK_TRANSPORT"):
-        log.warning("BEDROCK_TRANSPORT is no longer read: there is one transport (trio HTTP, "
-                    "through HTTPS_PROXY when one applies); remove the setting")
-    llm = BedrockLLM.from_settings(settings, session=session)
-    try:
-        try:
-            await llm.warm_up()
-        except ModelUnavailable as err:
-            raise SettingsError([f"Bedrock: {err}; {OFFLINE_HINT}"]) from err
-        yield llm
-    finally:
-        with trio.move_on_after(settings.flush_timeout_s, shield=True):
-            await llm.aclose()
