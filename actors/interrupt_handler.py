@@ -28,19 +28,18 @@ from typing import assert_never
 
 import trio
 
+from actors.call_timers import Idle, Limits
 from actors.end_signal import EndSignal
 from actors.messages import (
     BargeIn,
     ConfigUpdated,
     Dtmf,
-    EndCall,
     Inbound,
     Info,
     Interrupt,
     KeyPressed,
     Prompt,
     RelayErrorReport,
-    Reprompt,
     Setup,
     SpeakerEvent,
     TokensPlayed,
@@ -58,14 +57,7 @@ _ERROR_CODE = re.compile(r"\b6\d{4}\b")                       # 64107 and its ki
 _DROPPED_TYPE = re.compile(r'"type"\s*:\s*"([A-Za-z]{1,20})"')
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-REPROMPT = "Are you still there?"
-MAX_AGENT_SPEECH_S = 120.0       # the silence timer waits at most this long for "agent off"
-MAX_CALLER_SPEECH_S = 120.0      # ... and for "client off"
 MAX_DETAIL_CHARS = 500           # of a configUpdated payload, in the log
-IDLE_GOODBYE = "I haven't heard from you, so I'll end the call now. Please call back anytime."
-DRAINING = ("I'm sorry, we have to end this call now for maintenance. "
-            "Please call back in a minute.")
-TOO_LONG = "I'm sorry, we have reached the time limit for this call. Please call back anytime."
 
 
 @dataclass(frozen=True)
@@ -103,90 +95,6 @@ class _KeyBuffer:
         return entry or None
 
 
-class _Idle:
-    """Silence timer: restarts on any caller input. With Twilio's speaker events, it also
-    stands still while the agent or the caller speaks and restarts when they stop: a reply longer
-    than ``idle_reprompt_s`` of audio (60 words at 150 a minute) would otherwise be followed
-    at once by "are you still there?", the caller never having had a silence to answer in."""
-
-    def __init__(self, policy: InputPolicy) -> None:
-        self.policy = policy
-        self.reprompts = 0
-        self.deadline = math.inf
-        self.heard_from_caller()
-
-    def heard_from_caller(self) -> None:
-        self.reprompts = 0
-        self._arm()
-
-    def saw(self, message: Inbound) -> None:
-        """Every message from Twilio passes here, whichever loop reads it."""
-        if isinstance(message, Prompt | Dtmf | Interrupt):
-            self.heard_from_caller()
-        elif isinstance(message, SpeakerEvent) and message.who == "caller":
-            self.heard_from_caller()
-            # talking is not silence: the prompt comes only once they stop, and a caller
-            # still talking past idle_reprompt_s was asked "are you still there?"
-            if message.speaking:
-                self.deadline += MAX_CALLER_SPEECH_S
-        elif isinstance(message, SpeakerEvent):
-            self.agent_speaking(message.speaking)
-
-    def agent_speaking(self, speaking: bool) -> None:
-        if self.deadline == math.inf:       # off, or the goodbye is said: nothing to move
-            return
-        self._arm()
-        if speaking:                        # an "off" that never comes cannot stop it
-            self.deadline += MAX_AGENT_SPEECH_S
-
-    def _arm(self) -> None:
-        after = self.policy.idle_reprompt_s
-        self.deadline = trio.current_time() + after if after else math.inf
-
-    def waiting_for_agent(self) -> None:
-        """The silence ran out while a turn was in flight: it counts from now again."""
-        self._arm()
-
-    def expired(self) -> TurnCommand:
-        self.reprompts += 1
-        self._arm()
-        if self.reprompts > self.policy.max_reprompts:
-            self.deadline = math.inf
-            return EndCall(IDLE_GOODBYE, "caller-silent")
-        return Reprompt(REPROMPT)
-
-
-class _Limits:
-    """The call's end from outside the conversation: its maximum length, or the server
-    draining. At most one goodbye, whichever comes first."""
-
-    def __init__(self, policy: InputPolicy, ending: EndSignal) -> None:
-        self.deadline = trio.current_time() + policy.max_call_s
-        self.ending = ending
-        self.said = False
-
-    def reached(self) -> EndCall | None:
-        if self.said:
-            return None
-        if self.ending.is_set():
-            command = EndCall(DRAINING, "server-draining")
-        elif trio.current_time() >= self.deadline:
-            command = EndCall(TOO_LONG, "max-duration")
-        else:
-            return None
-        self.said, self.deadline = True, math.inf
-        return command
-
-    def wake(self, scope: trio.CancelScope) -> None:
-        """Until the goodbye is said, the server draining wakes the wait in ``scope``."""
-        if not self.said:
-            self.ending.waiting(scope)
-
-    def done(self, scope: trio.CancelScope) -> None:
-        """The wait in ``scope`` is over: the server draining no longer wakes it."""
-        self.ending.done_waiting(scope)
-
-
 def clean_prompt(text: str, limit: int, stats: FrameStats) -> str:
     cleaned = CONTROL.sub(" ", text).strip()
     if len(cleaned) > limit:
@@ -205,8 +113,8 @@ async def run(*, inbound: trio.MemoryReceiveChannel[Inbound],
     silence of a caller waiting for a slow tool or model is not theirs to be re-prompted for
     (nor, three times over, hung up on)."""
     policy = policy or InputPolicy()
-    keys, idle = _KeyBuffer(policy.dtmf), _Idle(policy)
-    limits = _Limits(policy, ending or EndSignal())
+    keys, idle = _KeyBuffer(policy.dtmf), Idle(policy)
+    limits = Limits(policy, ending or EndSignal())
     gate = _Gate(policy, keys, idle, inbound, commands, stats or FrameStats())
     with inbound, commands:
         while True:
@@ -293,7 +201,7 @@ class _Gate:
     turn; other messages start nothing (they still move the silence timer). So the gathering
     never stops early, and a flood of anything is read as fast as it comes."""
 
-    def __init__(self, policy: InputPolicy, keys: _KeyBuffer, idle: _Idle,
+    def __init__(self, policy: InputPolicy, keys: _KeyBuffer, idle: Idle,
                  inbound: trio.MemoryReceiveChannel[Inbound],
                  commands: trio.MemorySendChannel[TurnCommand], stats: FrameStats) -> None:
         self.policy = policy

@@ -15,9 +15,9 @@ import trio.testing
 
 from actors import interrupt_handler
 from actors.call import END_CLOSE_S, CallPlan
+from actors.call_timers import DRAINING, IDLE_GOODBYE, REPROMPT
 from actors.end_signal import EndSignal
 from actors.history import History
-from actors.interrupt_handler import DRAINING, IDLE_GOODBYE, REPROMPT
 from actors.messages import (
     BargeIn,
     Inbound,
@@ -235,7 +235,7 @@ async def test_the_silence_timer_counts_from_the_end_of_the_agents_speech(
     """With speaker events, a reply that plays longer than IDLE_REPROMPT_S is not followed
     at once by "are you still there?": silence counts from when Twilio says the agent
     stopped. An "off" that never comes holds the timer back by MAX_AGENT_SPEECH_S at most."""
-    from actors.interrupt_handler import MAX_AGENT_SPEECH_S
+    from actors.call_timers import MAX_AGENT_SPEECH_S
 
     def agent(speaking: str) -> dict[str, Any]:
         return {"type": "info", "name": "agentSpeaking", "value": speaking}

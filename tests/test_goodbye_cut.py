@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors.interrupt_handler import DRAINING
+from actors.call_timers import DRAINING
 from tests.call_harness import open_test_call, plain_use_case
 from tests.end_tools import HANDOFF_END, HANDOFF_USE_CASE
 from tests.fakes import FakeLLM, tool_use, words

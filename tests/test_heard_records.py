@@ -20,7 +20,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors import interrupt_handler, llm_streamer, relay_writer, tool_executor
+from actors import call_timers, llm_streamer, relay_writer, tool_executor
 from actors.context import CallContext
 from actors.history import MAX_UNANSWERED_CHARS, History
 from actors.messages import BargeIn, EndCall, Outgoing, Text, Timed, TurnCommand, UserSaid
@@ -46,7 +46,7 @@ async def test_a_cut_reprompt_keeps_the_reply_before_it_whole(autojump_clock: An
         call.say("hours?")
         await call.reply()
         text, _ = await call.reply()                    # five silent seconds later
-        assert text == interrupt_handler.REPROMPT
+        assert text == call_timers.REPROMPT
         call.interrupt(heard="Are you")
         await trio.testing.wait_all_tasks_blocked()
         assert call.history[-1] == {"role": "assistant",
@@ -64,7 +64,7 @@ async def test_a_cut_goodbye_cuts_only_the_goodbye(autojump_clock: Any) -> None:
         await call.reply()
         call.services.end_calls.set()
         text, _ = await call.reply()
-        assert text.startswith(interrupt_handler.DRAINING[:20])
+        assert text.startswith(call_timers.DRAINING[:20])
         call.interrupt(heard="I'm sorry, we have")
         await trio.testing.wait_all_tasks_blocked()
         assert call.history[-1] == {"role": "assistant", "content": [
@@ -657,7 +657,7 @@ async def test_a_goodbye_sends_end_even_when_twilio_is_slow_to_take_it(
             await call.reply()
             call.services.end_calls.set()
             text, frames = await call.reply()
-            assert text.startswith(interrupt_handler.DRAINING[:20])
+            assert text.startswith(call_timers.DRAINING[:20])
             while frames[-1]["type"] != "end":
                 frames.append(await call.frame())
     assert call.report.writer.ended

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from actors.interrupt_handler import MAX_CALLER_SPEECH_S, REPROMPT
+from actors.call_timers import MAX_CALLER_SPEECH_S, REPROMPT
 from tests.call_harness import open_test_call
 from tests.fakes import FakeLLM, words
 
