@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import pytest
 import trio
 
+import voiceagent.app.session_claims as session_claims
 import voiceagent.store.records as records
 from tests.test_sessions_elsewhere import (
     CALL_SID,
@@ -24,10 +26,15 @@ from voiceagent.app.socket_marks import SOCKET_CLOSED_GRACE_S
 from voiceagent.store.base import Store
 
 
-async def _renew_on_b_and_count(a_drains_after_s: float | None) -> tuple[list[str], bool | None]:
+async def _renew_on_b_and_count(a_drains_after_s: float | None,
+                                monkeypatch: pytest.MonkeyPatch
+                                ) -> tuple[list[str], bool | None]:
     """A's socket claims (the store throttled: its claim left to A's queue) and fails
     with its writes queued; B renews and counts. A's queue
-    drains ``a_drains_after_s`` after B answered (None: A died with it)."""
+    drains ``a_drains_after_s`` after B answered (None: A died with it). A gives up on
+    its claim soon: the 2 s it tries would put its queue QUEUE_BEHIND_S behind, and its
+    "closed" mark in the store."""
+    monkeypatch.setattr(session_claims, "SESSION_WRITE_S", 0.1)
     store, a, a_writer, b = await _two_processes()
     counted: list[str] = []
     outcomes = ReconnectOutcomes(cast(Store, store))
@@ -57,16 +64,19 @@ async def _renew_on_b_and_count(a_drains_after_s: float | None) -> tuple[list[st
     return counted, complete
 
 
-async def test_the_socket_that_claimed_elsewhere_makes_it_partial(autojump_clock: Any) -> None:
-    counted, complete = await _renew_on_b_and_count(a_drains_after_s=0.2)
+async def test_the_socket_that_claimed_elsewhere_makes_it_partial(
+        autojump_clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    counted, complete = await _renew_on_b_and_count(a_drains_after_s=0.2,
+                                                    monkeypatch=monkeypatch)
     assert complete is None             # B could not tell when it answered
     assert counted == ["resumed_partial"]
 
 
-async def test_a_socket_that_never_claimed_leaves_it_resumed(autojump_clock: Any) -> None:
+async def test_a_socket_that_never_claimed_leaves_it_resumed(
+        autojump_clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A's queue never drains (A died with it): as far as anyone can know, no socket
     claimed the call, as with a socket that never came."""
-    counted, _ = await _renew_on_b_and_count(a_drains_after_s=None)
+    counted, _ = await _renew_on_b_and_count(a_drains_after_s=None, monkeypatch=monkeypatch)
     assert counted == ["resumed"]
 
 

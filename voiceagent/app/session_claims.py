@@ -14,7 +14,9 @@ writes of one version exactly one lands: one mint per call, one socket per gener
 renewal per generation. A claim item carries a nonce of its own, so that a resent claim
 whose first attempt was applied knows it won and another process's identical claim does not.
 
-When the store does not answer in time (SESSION_WRITE_S) or fails, nothing is decided:
+A write that fails (throttled, its connection reset) is tried again until SESSION_WRITE_S is
+up: most sockets reach a process that did not mint their session, and one throttled claim
+refused them. When the store has not decided by then, nothing is decided:
 
 * a mint or a renewal is queued (to be written on the same condition) and the webhook
   answers with its token, as before: refusing would hang up on a caller whose store is

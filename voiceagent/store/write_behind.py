@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import itertools
 import logging
 import math
 import random
@@ -153,25 +154,24 @@ class WriteBehind:
             self._hurry.set()
 
     async def write_now(self, item: Item, *, call_sid: str, timeout_s: float,
-                        ordered: bool = True, version: Version | None = None) -> bool:
+                        ordered: bool = True) -> bool:
         """Write ``item`` at once, ahead of the queue, for a reader in another process that
         cannot wait for the backlog (a socket's end mark, which a reconnect elsewhere reads).
         Order per call holds: with a write of ``call_sid`` still queued (unless ``ordered``
         is False: a key no other write of the call touches), or the store known to be down,
         or no answer within ``timeout_s`` (or a store error), the item is queued as
-        ``submit(urgent=True)`` would, and False is returned. True: it is in the store (or
-        superseded: see ``submit``'s ``version``). A key of its own (not ``ordered``) is
-        tried even while the queue backs off from a failing store: a socket's end mark
-        says this process is alive and behind, which is when a reconnect elsewhere needs
-        it most (queued, it told the other process nothing: helper-25)."""
+        ``submit(urgent=True)`` would, and False is returned. True: it is in the store. A
+        key of its own (not ``ordered``) is tried even while the queue backs off from a
+        failing store: a socket's end mark says this process is alive and behind, when a
+        reconnect elsewhere needs it most (queued, it told that process nothing)."""
         if (ordered and (self.queued(call_sid) or self._down_since is not None)):
-            self.submit(item, call_sid=call_sid, urgent=True, version=version)
+            self.submit(item, call_sid=call_sid, urgent=True)
             return False
         written = False
         try:
             with trio.move_on_after(timeout_s):
                 try:
-                    await self._put(item, version)  # awaited here: nothing can change it
+                    await self._store.put(item)     # awaited here: nothing can change it
                     written = True
                 except StoreError as err:       # one of the outage's failures
                     self._outage.note("ahead_of_queue", "store write ahead of the queue "
@@ -181,26 +181,29 @@ class WriteBehind:
             if written:
                 self._written += 1
             else:
-                self.submit(item, call_sid=call_sid, urgent=True, version=version)
+                self.submit(item, call_sid=call_sid, urgent=True)
         return written
 
     async def write_decided(self, item: Item, *, call_sid: str, timeout_s: float,
                             version: Version, queue: bool = True) -> bool | None:
-        """Write ``item`` at once, on ``version``'s condition (``strict``: one process
-        wins), for an answer only the store can give: True written, False refused (the
-        store holds one as new, or newer). Ahead of the call's queued writes: their order
-        against it is ``version``'s. None when the store did not answer in ``timeout_s``
-        (or failed): then it is queued (unless not ``queue``) and written on the same
-        condition once the store is back, and that may still lose."""
+        """Write ``item`` at once, ahead of the call's queue (ordered by ``version``), on its
+        condition (``strict``: one process wins): True written, False refused (the store
+        holds one as new, or newer). Tried again after a transient failure until
+        ``timeout_s`` (a resend of an applied one finds its own item); None if undecided by
+        then: queued (unless not ``queue``) on the same condition, which may still lose."""
         decided: bool | None = None
         try:
             with trio.move_on_after(timeout_s):
-                try:
-                    decided = await self._conditional_put(item, version)
-                except StoreError as err:       # one of the outage's failures
-                    self._outage.note("ahead_of_queue", "store write ahead of the queue "
-                                      "failed; left undecided", error=type(err).__name__,
-                                      sk=item.get("sk"))
+                for attempt in itertools.count(1):
+                    try:
+                        decided = await self._conditional_put(item, version)
+                        break
+                    except StoreError as err:       # one of the outage's failures
+                        self._outage.note("ahead_of_queue", "store write ahead of the queue "
+                                          "failed", error=type(err).__name__, sk=item.get("sk"))
+                        if is_permanent(err):
+                            break
+                        await trio.sleep(self._backoff_s(attempt))
         finally:        # also when cancelled from outside: the item is never lost
             if decided:
                 self._written += 1

@@ -1,0 +1,154 @@
+"""A session's mint, claim and renewal when DynamoDB's network misbehaves once: a write
+throttled (ProvisionedThroughputExceeded, answered at once), or applied with its answer lost
+(the connection reset on the way back). Two processes over one moto table, B's store behind
+``dynamodb_front``, which passes every request to moto and so lets the table decide every
+condition. Each such write had one attempt: a throttled claim of a session minted on A was
+refused as "the store unavailable" (Twilio's reconnect the only way on), and a claim that
+had landed, its answer lost, was refused too, its token spent in the store for nobody. The
+store decides within SESSION_WRITE_S: the write is tried again, and a resent write of an
+item already there counts as won only when that item is its own (the claim's nonce).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+import voiceagent.app.sessions as sessions_module
+import voiceagent.store.records as records
+from actors.call import CallRejected
+from tests.dynamodb_front import Fault, Front, running_front
+from tests.dynamodb_support import aws_env, isolate_env, moto_endpoint, open_test_table
+from tests.fakes import setup_frame
+from voiceagent.app.session_claims import CLAIM_NONCE, SessionClaims
+from voiceagent.app.sessions import Sessions
+from voiceagent.catalog import Catalog
+from voiceagent.relay.protocol import Setup, parse_frame
+from voiceagent.settings import Settings
+from voiceagent.store.base import Store
+from voiceagent.store.dynamodb import open_dynamodb_store
+from voiceagent.store.write_behind import WriteBehind
+from voiceagent.tools.registry import ToolRegistry
+from voiceagent.usecases import Profile, UseCase
+
+__all__ = ["moto_endpoint"]          # the fixture, imported so pytest finds it here
+
+pytestmark = pytest.mark.timeout(60)
+
+CALL_SID = "CA" + "6" * 32
+CALLER = "+15555550100"
+USE_CASE = UseCase(name="faultsUseCase", prompt="Be brief. <<USER_CONTEXT>>",
+                   relay={"welcomeGreeting": "Hello."})
+FORM = {"CallSid": CALL_SID, "From": CALLER, "To": "+15555550199"}
+
+
+class Two:
+    def __init__(self, a: Store, b: Store, front: Front) -> None:
+        self.a, self.b, self.front = a, b, front
+        self.sessions_a, self.writer_a = _process(a)
+        self.sessions_b, self.writer_b = _process(b)
+
+
+FAULTS = [(Fault.THROTTLE, True), (Fault.LOSE_ANSWER, True), (Fault.LOSE_ANSWER, False)]
+FAULT_IDS = ["throttled", "answer-lost-resent-by-the-client", "answer-lost-on-a-new-connection"]
+
+
+@pytest.fixture(params=[True], ids=["kept-alive"])
+async def two(request: pytest.FixtureRequest, tmp_path: Path, moto_endpoint: str,
+              monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Two]:
+    """A straight to moto, B through the front; the use case and the caller in the table.
+    Parametrized indirectly with whether the front keeps B's connections alive."""
+    monkeypatch.setattr(sessions_module, "MINTED_ELSEWHERE_WAITS_S", ())     # one read
+    isolate_env(monkeypatch, aws_env(moto_endpoint, tmp_path))
+    async with open_test_table(moto_endpoint) as table, running_front(
+            moto_endpoint, keep_alive=request.param) as front:
+        settings = Settings.from_env(STORE="dynamodb", TABLE_NAME=table.table_name,
+                                     VALIDATE_SIGNATURES=False)
+        async with open_dynamodb_store(settings, limiter=trio.CapacityLimiter(4)) as a:
+            monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", front.url)
+            async with open_dynamodb_store(settings, limiter=trio.CapacityLimiter(4)) as b:
+                await a.put(records.use_case_item(USE_CASE))
+                await a.put(records.profile_item(Profile(phone=CALLER, first_name="Ada")))
+                yield Two(a, b, front)
+
+
+def _process(store: Store) -> tuple[Sessions, WriteBehind]:
+    writer = WriteBehind(store, jitter=lambda: 1.0)         # never drained: no queue help
+    settings = Settings.model_validate({"STACK_USE_CASE": USE_CASE.name})
+    return Sessions(settings=settings, store=store, catalog=Catalog(store, ToolRegistry()),
+                    writer=writer), writer
+
+
+def _setup(token: str) -> Setup:
+    frame = parse_frame(json.dumps(setup_frame(CALL_SID, token)))
+    assert isinstance(frame, Setup)
+    return frame
+
+
+async def _stored(store: Store) -> dict[str, object]:
+    item = await store.get(CALL_SID, records.SESSION_SK)
+    assert item is not None
+    return item
+
+
+@pytest.mark.parametrize(("fault", "two"), FAULTS, ids=FAULT_IDS, indirect=["two"])
+async def test_a_claim_of_a_session_minted_elsewhere_survives_one_fault(
+        two: Two, fault: Fault) -> None:
+    """Most sockets reach a process that did not mint their session; one throttled or
+    answer-lost PutItem no longer refuses the caller's socket: B's claim is decided by the
+    table, B's own, and nothing is left undecided."""
+    with trio.fail_after(30):
+        session = await two.sessions_a.prepare(FORM)
+        two.front.faults["PutItem"].append(fault)
+        plan = await two.sessions_b.resolve(_setup(session.token))
+        stored = await _stored(two.a)
+    assert plan.call_sid == CALL_SID
+    assert (stored["token"], stored["version"]) == ("", 1)
+    assert two.front.seen.count(("PutItem", fault)) == 1
+    assert two.writer_b.statistics().undecided == 0
+
+
+@pytest.mark.parametrize(("fault", "two"), FAULTS, ids=FAULT_IDS, indirect=["two"])
+async def test_a_mint_and_a_renewal_survive_one_fault(two: Two, fault: Fault) -> None:
+    """B's ``/twiml`` and B's renewal, each PutItem faulted once: decided by the table
+    (the mint's token, then the renewal's, stored), not left to B's word and its queue."""
+    with trio.fail_after(30):
+        two.front.faults["PutItem"].append(fault)
+        minted = await two.sessions_b.prepare(FORM)
+        assert (await _stored(two.a))["token"] == minted.token
+        await two.sessions_a.resolve(_setup(minted.token))
+        await two.sessions_a.socket_ended(CALL_SID)
+        two.sessions_a.release(CALL_SID)
+        await two.writer_a.flush(timeout_s=0)                # never drained: nothing waits
+        await two.a.put(records.socket_mark_item(records.SOCKET_WRITTEN_PREFIX, CALL_SID, 0,
+                                                 1.0, 3600))
+        claimed = records.session_from_item(await _stored(two.b))
+        two.front.faults["PutItem"].append(fault)
+        renewal = await two.sessions_b.renew(claimed)
+        stored = await _stored(two.a)
+    assert (stored["token"], stored["generation"]) == (renewal.session.token, 1)
+    assert two.front.seen.count(("PutItem", fault)) == 2
+    assert two.writer_b.statistics().undecided == 0
+
+
+@pytest.mark.parametrize("two", [True, False], ids=["kept-alive", "new-connections"],
+                         indirect=True)
+async def test_a_resent_claim_that_lost_to_another_process_stays_lost(two: Two) -> None:
+    """B's claim goes out after A's landed, and its answer (refused) is lost: sent again,
+    the table's item is A's claim, not B's, so B has lost, and A's claim stands."""
+    with trio.fail_after(30):
+        session = await two.sessions_a.prepare(FORM)
+        await two.sessions_a.resolve(_setup(session.token))
+        a_claim = await _stored(two.a)
+        two.front.faults["PutItem"].append(Fault.LOSE_ANSWER)
+        claims_b = SessionClaims(writer=two.writer_b, ttl_s=3600)
+        assert not await claims_b.claim(session, in_memory=False)
+        assert await _stored(two.a) == a_claim
+    assert isinstance(a_claim[CLAIM_NONCE], str)
+    assert two.front.seen.count(("PutItem", Fault.LOSE_ANSWER)) == 1
+    with pytest.raises(CallRejected, match="does not match"):
+        await two.sessions_b.resolve(_setup(session.token))
