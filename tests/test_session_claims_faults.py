@@ -19,6 +19,7 @@ import pytest
 import trio
 
 import voiceagent.app.sessions as sessions_module
+import voiceagent.store.config_records as config_records
 import voiceagent.store.records as records
 from actors.call import CallRejected
 from tests.dynamodb_front import Fault, Front, running_front
@@ -71,8 +72,8 @@ async def two(request: pytest.FixtureRequest, tmp_path: Path, moto_endpoint: str
         async with open_dynamodb_store(settings, limiter=trio.CapacityLimiter(4)) as a:
             monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", front.url)
             async with open_dynamodb_store(settings, limiter=trio.CapacityLimiter(4)) as b:
-                await a.put(records.use_case_item(USE_CASE))
-                await a.put(records.profile_item(Profile(phone=CALLER, first_name="Ada")))
+                await a.put(config_records.use_case_item(USE_CASE))
+                await a.put(config_records.profile_item(Profile(phone=CALLER, first_name="Ada")))
                 yield Two(a, b, front)
 
 
