@@ -12,7 +12,9 @@ request without the right ``Proxy-Authorization`` is answered ``407``. Its log (
 stderr) is read line by line into ``log`` as it comes; it writes one access-log line per
 connection when that connection closes: ``CONNECT host:port - N bytes`` for a tunnel,
 ``CONNECT None:None`` after a refused one. It drops a tunnel idle for ``idle_timeout_s``
-(``--timeout``, proxy.py's default 10 s). On exit the whole process group is killed.
+(``--timeout``, proxy.py's default 10 s). ``stopped()`` SIGSTOPs it for a block: every
+connection through it goes half-open (the kernel still accepts and acknowledges, nothing
+answers or closes). On exit the whole process group is killed.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -38,6 +40,7 @@ _TUNNEL = re.compile(r" - CONNECT (?P<target>\S+:\S+) - (?P<bytes>\d+) bytes - "
 class RunningProxy:
     port: int
     basic_auth: str | None = None       # "user:password"
+    pid: int = 0                        # leads its process group
     log: list[str] = field(default_factory=list)
     _logged: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot)
 
@@ -67,6 +70,16 @@ class RunningProxy:
         """``host:port`` of every CONNECT that reached its target and has closed since."""
         return [m["target"] for line in self.log if (m := _TUNNEL.search(line))
                 and not m["target"].startswith("None:")]
+
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        """SIGSTOP for the block, SIGCONT after (whatever happened in it)."""
+        os.killpg(self.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            with suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGCONT)
 
     def auth_failures(self) -> int:
         return sum("ProxyAuthenticationFailed" in line for line in self.log)
@@ -113,7 +126,7 @@ async def running_proxy(*, basic_auth: str | None = None, idle_timeout_s: int = 
             stderr=subprocess.STDOUT, start_new_session=True)
         try:
             async with trio.open_nursery() as nursery:
-                proxy = RunningProxy(0, basic_auth)
+                proxy = RunningProxy(0, basic_auth, process.pid)
                 assert process.stdout is not None
                 nursery.start_soon(proxy._collect, process.stdout)
                 try:

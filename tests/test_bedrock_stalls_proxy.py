@@ -1,0 +1,244 @@
+"""The stall limits (first-event timeout, whole-stream deadline) with the parts production
+has between us and Bedrock: TLS with a private CA (AWS_CA_BUNDLE) and a real HTTP CONNECT
+proxy process, on the real clock, limits shortened through the constructor.
+
+``test_bedrock_stalls`` proves the timing on the virtual clock against the endpoint alone;
+what only real parts show is whether the connection given up on is really gone: the proxy
+logs the tunnel's close, the endpoint sees it end, this process holds no socket for it, and
+no limiter token or pool connection stays behind. A half-open connection (the proxy
+SIGSTOPped: the kernel acknowledges, nothing answers, nothing closes) is the case a polite
+fake never makes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.fake_bedrock import (
+    FakeBedrock,
+    Stall,
+    fake_bedrock_env,
+    message_end,
+    message_start,
+    running_fake_bedrock,
+    stream_reply,
+    text_events,
+    text_reply,
+)
+from tests.proxy_support import RunningProxy, running_proxy
+from voiceagent.errors import ModelStreamFailed, ModelUnavailable
+from voiceagent.llm.base import InferenceConfig, LLMEvent, LLMRequest, StreamEnd, TextDelta
+from voiceagent.llm.bedrock import BedrockLLM
+
+FIRST_EVENT_S = 0.3
+READ_S = 0.6
+CONNECT_S = 0.5
+RETRY_BUDGET_S = 0.25       # shorter than the first-event timeout, as in production (2.5, 3)
+SLACK_S = 0.25              # the retry's jitter (<= 0.02 s), the watchdog's, a busy machine
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+async def fake(aws_env: None, monkeypatch: pytest.MonkeyPatch,
+               tmp_path: Path) -> AsyncIterator[FakeBedrock]:
+    async with running_fake_bedrock(tls=True) as server:
+        for name, value in fake_bedrock_env(server, tmp_path).items():
+            monkeypatch.setenv(name, value)
+        yield server
+
+
+@pytest.fixture
+async def proxy(fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch
+                ) -> AsyncIterator[RunningProxy]:
+    async with running_proxy() as running:
+        monkeypatch.setenv("HTTPS_PROXY", running.url)
+        yield running
+
+
+@asynccontextmanager
+async def short_limits(**options: Any) -> AsyncIterator[BedrockLLM]:
+    backend = BedrockLLM(region="us-east-1", **{
+        "first_event_timeout_s": FIRST_EVENT_S, "read_timeout_s": READ_S,
+        "connect_timeout_s": CONNECT_S, "retry_budget_s": RETRY_BUDGET_S,
+        "retry_base_delay_s": 0.01, **options})
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+
+
+def request(max_tokens: int = 300) -> LLMRequest:
+    return LLMRequest(call_sid="CA0123456789abcdef0123456789abcdef", use_case="stalls",
+                      model_id="us.amazon.nova-lite-v1:0", system=("You are a host.",),
+                      messages=({"role": "user", "content": [{"text": "Open?"}]},),
+                      inference=InferenceConfig(max_tokens=max_tokens))
+
+
+async def collect(llm: BedrockLLM, into: list[LLMEvent] | None = None,
+                  max_tokens: int = 300) -> list[LLMEvent]:
+    events = [] if into is None else into
+    async with llm.stream(request(max_tokens)) as stream:
+        async for item in stream:
+            events.append(item)
+    return events
+
+
+def texts(events: Sequence[LLMEvent]) -> list[str]:
+    return [e.text for e in events if isinstance(e, TextDelta)]
+
+
+async def answered_twice_at_once(llm: BedrockLLM, fake: FakeBedrock) -> None:
+    """Two turns at the same time: two tunnels, both kept in the pool afterwards."""
+    fake.push(text_reply(["One."], headers_delay_s=0.05), text_reply(["Two."]))
+    results: list[list[LLMEvent]] = [[], []]
+    async with trio.open_nursery() as nursery:
+        for into in results:
+            nursery.start_soon(collect, llm, into)
+    assert sorted(texts(r)[0] for r in results) == ["One.", "Two."]
+
+
+def sockets_to(port: int) -> int:
+    """This process's open TCP sockets whose peer is ``port`` on loopback: its descriptors
+    (/proc/self/fd) matched by inode with the kernel's table (/proc/net/tcp, tcp6). A socket
+    closed here has no descriptor, whatever state TCP still keeps it in."""
+    ours: set[str] = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue                    # the listing's own descriptor, gone already
+        if target.startswith("socket:["):
+            ours.add(target[len("socket:["):-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                count += remote_port == port and fields[9] in ours
+    return count
+
+
+def pooled(llm: BedrockLLM) -> int:
+    """Connections kept alive in the backend's pool."""
+    setup = llm._setup
+    assert setup is not None
+    return setup.pool.idle
+
+
+def assert_nothing_held(llm: BedrockLLM) -> None:
+    stats = llm.statistics()
+    assert llm.limiter.borrowed_tokens == 0
+    assert (stats.attempts_open, stats.streams_open) == (0, 0)
+
+
+# ---------------------------------------------------------------- a stalled start
+
+async def test_a_stall_before_the_first_event_closes_its_tunnel_and_a_new_one_answers(
+        fake: FakeBedrock, proxy: RunningProxy) -> None:
+    """The kept-alive tunnel carries the request; the endpoint answers the headers and
+    ``messageStart`` and nothing more. At the first-event timeout the attempt is closed: the
+    proxy logs the tunnel closed, the endpoint sees its connection end, and this process
+    holds no socket for it; the retry opens a second tunnel, which answers and is kept."""
+    async with short_limits() as llm:
+        fake.push(text_reply(["Warm."]), Stall(frames=(message_start(),)),
+                  text_reply(["We open at nine."]))
+        with trio.fail_after(10):
+            assert texts(await collect(llm)) == ["Warm."]
+            assert sockets_to(proxy.port) == 1          # kept in the pool
+            started = trio.current_time()
+            events = await collect(llm)
+            waited = trio.current_time() - started
+            await fake.requests[1].connection.closed.wait()
+            assert await proxy.wait_tunnels(1) == [f"localhost:{fake.port}"]
+        assert texts(events) == ["We open at nine."]
+        assert isinstance(events[-1], StreamEnd)
+        assert FIRST_EVENT_S <= waited <= FIRST_EVENT_S + SLACK_S
+        assert fake.requests[1].connection.id == fake.requests[0].connection.id
+        assert fake.requests[2].connection.id != fake.requests[1].connection.id
+        assert [r.outcome for r in fake.requests] == ["complete", "client_closed", "complete"]
+        assert llm.statistics().errors_by_code == {"FirstEventTimeout": 1}
+        assert (llm.statistics().connections_opened, pooled(llm)) == (2, 1)
+        assert sockets_to(proxy.port) == 1              # the second tunnel, kept
+        assert_nothing_held(llm)
+
+
+# ---------------------------------------------------------------- a reply too slow
+
+async def test_a_reply_dripping_past_its_deadline_closes_its_tunnel_and_the_next_turn_reuses(
+        fake: FakeBedrock, proxy: RunningProxy) -> None:
+    """Events 0.2 s apart, inside the read timeout, for a reply of maxTokens 2: the stream
+    is due whole at 0.3 + 2 / 4 = 0.8 s and ends there as ReplyTooSlow after its words. Its
+    tunnel is closed (never back in the pool); the next turn takes the other kept one."""
+    async with short_limits() as llm:
+        with trio.fail_after(10):
+            await answered_twice_at_once(llm, fake)
+            fake.push(stream_reply(message_start(), text_events(
+                [f" w{n}" for n in range(20)], gap_s=0.2, first_delay_s=0.05), message_end()),
+                      text_reply(["Next."]))
+            said: list[LLMEvent] = []
+            started = trio.current_time()
+            with pytest.raises(ModelStreamFailed) as failed:
+                await collect(llm, said, max_tokens=2)
+            waited = trio.current_time() - started
+            await fake.requests[2].connection.closed.wait()
+            assert await proxy.wait_tunnels(1) == [f"localhost:{fake.port}"]
+            assert sockets_to(proxy.port) == 1
+            after = await collect(llm)
+        limit_s = FIRST_EVENT_S + 2 / 4
+        assert failed.value.code == "ReplyTooSlow"
+        assert failed.value.after_tokens
+        # sent at 0.05, 0.25, 0.45, 0.65 s after the request came; 0.85 s is past the limit
+        assert texts(said) == [f" w{n}" for n in range(len(said))]
+        assert 3 <= len(said) <= 4
+        assert limit_s <= waited <= limit_s + SLACK_S
+        assert texts(after) == ["Next."]
+        kept = {fake.requests[0].connection.id, fake.requests[1].connection.id}
+        assert fake.requests[3].connection.id in kept - {fake.requests[2].connection.id}
+        assert llm.statistics().errors_by_code == {"ReplyTooSlow": 1}
+        assert (llm.statistics().connections_opened, llm.statistics().retries) == (2, 0)
+        assert sockets_to(proxy.port) == 1
+        assert_nothing_held(llm)
+
+
+# ---------------------------------------------------------------- half-open
+
+async def test_a_half_open_tunnel_is_given_up_at_the_first_event_timeout_and_holds_nothing(
+        fake: FakeBedrock, proxy: RunningProxy) -> None:
+    """The proxy is stopped: the kept tunnel takes the request (the kernel acknowledges it)
+    and nothing comes back, nor a close. At the first-event timeout it is closed; the retry's
+    CONNECT is accepted by the kernel and never answered (ConnectTimeout), past the budget
+    no more. The caller gets the model-error path, and nothing stays: no limiter token, no
+    pool connection, no socket. Once the proxy runs again the endpoint sees the old
+    connection end and the next turn opens a new tunnel."""
+    async with short_limits() as llm:
+        fake.push(text_reply(["Warm."]))
+        with trio.fail_after(10):
+            assert texts(await collect(llm)) == ["Warm."]
+            # once the proxy runs again it may deliver the stalled request: answered alike
+            fake.responder = lambda request: text_reply(["Back."])
+            with proxy.stopped():
+                started = trio.current_time()
+                with pytest.raises(ModelUnavailable) as failed:
+                    await collect(llm)
+                waited = trio.current_time() - started
+                assert_nothing_held(llm)
+                assert pooled(llm) == 0
+                assert sockets_to(proxy.port) == 0
+            await fake.connections[0].closed.wait()
+            after = await collect(llm)
+        assert failed.value.code == "ConnectTimeout"
+        assert llm.statistics().errors_by_code == {"FirstEventTimeout": 1, "ConnectTimeout": 1}
+        assert waited <= FIRST_EVENT_S + CONNECT_S + SLACK_S
+        assert texts(after) == ["Back."]
+        assert fake.requests[-1].connection.id != fake.connections[0].id
+        assert_nothing_held(llm)
