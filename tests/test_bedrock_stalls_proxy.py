@@ -23,6 +23,8 @@ import trio
 
 from tests.fake_bedrock import (
     FakeBedrock,
+    RecordedRequest,
+    Reply,
     Stall,
     fake_bedrock_env,
     message_end,
@@ -169,6 +171,35 @@ async def test_a_stall_before_the_first_event_closes_its_tunnel_and_a_new_one_an
         assert llm.statistics().errors_by_code == {"FirstEventTimeout": 1}
         assert (llm.statistics().connections_opened, pooled(llm)) == (2, 1)
         assert sockets_to(proxy.port) == 1              # the second tunnel, kept
+        assert_nothing_held(llm)
+
+
+async def test_a_stalled_start_is_tried_on_a_new_tunnel_not_another_kept_alive_one(
+        fake: FakeBedrock, proxy: RunningProxy) -> None:
+    """The stall is the path's (a stuck host, a flow a middlebox dropped): every connection
+    kept alive from before it stalls alike, a new one answers. With two tunnels kept, the
+    retry took the other kept-alive one, stalled on it for the read timeout, and the caller
+    got the apology; it opens a new tunnel, and the kept one is left for later turns."""
+    async with short_limits() as llm:
+        with trio.fail_after(10):
+            await answered_twice_at_once(llm, fake)
+            stuck = {c.id for c in fake.connections}
+
+            def stalls_on_old_connections(request: RecordedRequest) -> Reply:
+                if request.connection.id in stuck:
+                    return Stall()
+                return text_reply(["We open at nine."])
+
+            fake.responder = stalls_on_old_connections
+            started = trio.current_time()
+            events = await collect(llm)
+            waited = trio.current_time() - started
+        assert texts(events) == ["We open at nine."]
+        assert waited <= FIRST_EVENT_S + SLACK_S
+        assert fake.requests[3].connection.id not in stuck
+        assert llm.statistics().errors_by_code == {"FirstEventTimeout": 1}
+        assert (llm.statistics().connections_opened, pooled(llm)) == (3, 2)
+        assert sockets_to(proxy.port) == 2
         assert_nothing_held(llm)
 
 

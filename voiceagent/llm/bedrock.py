@@ -248,7 +248,8 @@ class BedrockLLM:
                              deadline: float, *, patient: bool = False) -> Attempt:
         """Sign, connect (or reuse) and send; a failure to do so is the attempt's first item,
         so retries and errors follow one path. ``patient``: after a stalled start, the model
-        is given the read timeout to begin (see ``bedrock_stream``)."""
+        is given the read timeout to begin, on a new connection: a kept-alive one from
+        before the stall shares its path (see ``bedrock_stream``)."""
         setup = await self._ready()
         target, headers, failure = "", list[tuple[str, str]](), None
         try:
@@ -266,7 +267,7 @@ class BedrockLLM:
             if failure is not None:
                 attempt.fail(failure)
             else:
-                await attempt.open()
+                await attempt.open(fresh=patient)
         except BaseException:
             attempt.close()                 # gives the limiter token back
             raise
