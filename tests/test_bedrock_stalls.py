@@ -140,6 +140,7 @@ async def test_two_stalled_starts_end_in_the_model_error_path_after_the_read_tim
     waited = trio.current_time() - started
     limit_s = FIRST_EVENT_TIMEOUT_S + READ_TIMEOUT_S
     assert failed.value.code == "FirstEventTimeout"
+    assert "within 10 s of the request (BEDROCK_READ_TIMEOUT_S, the retry's" in str(failed.value)
     assert limit_s <= waited <= limit_s + RETRY_DELAY_S + 0.1
     assert len(fake.requests) == 2
     assert [r.outcome for r in fake.requests] == ["client_closed", "client_closed"]

@@ -261,7 +261,10 @@ class BedrockLLM:
                           first_event_timeout_s=(self.read_timeout_s if patient
                                                  else self.first_event_timeout_s),
                           deadline=deadline, on_finished=self._attempt_finished,
-                          watchdog=self._watchdog)
+                          watchdog=self._watchdog,
+                          first_event_setting=("BEDROCK_READ_TIMEOUT_S, the retry's after a "
+                                               "stalled start" if patient
+                                               else "BEDROCK_FIRST_EVENT_TIMEOUT_S"))
         await self._limiter.acquire_on_behalf_of(attempt)
         try:
             if failure is not None:

@@ -116,7 +116,8 @@ class Attempt:
                  body: bytes, *, started_at: float, read_timeout_s: float,
                  on_finished: Callable[[Attempt, float], None],
                  watchdog: ReadWatchdog, first_event_timeout_s: float | None = None,
-                 deadline: float = math.inf) -> None:
+                 deadline: float = math.inf,
+                 first_event_setting: str = "BEDROCK_FIRST_EVENT_TIMEOUT_S") -> None:
         self._pool = pool
         self._watchdog = watchdog
         self._target = target
@@ -126,6 +127,7 @@ class Attempt:
         self._first_event_timeout_s = (read_timeout_s if first_event_timeout_s is None
                                        else min(first_event_timeout_s, read_timeout_s))
         self._deadline = deadline           # trio time: the whole stream is over by then
+        self._first_event_setting = first_event_setting     # named when it expires
         self._answering = False             # an event of the model's own output came
         self._on_finished = on_finished
         self._assembler = ReplyAssembler(started_at)
@@ -326,7 +328,7 @@ class Attempt:
         elif not self._answering:
             self._timed_out = FirstEventTimeout(
                 f"the model said nothing within {self._first_event_timeout_s:g} s of the "
-                "request (BEDROCK_FIRST_EVENT_TIMEOUT_S)")
+                f"request ({self._first_event_setting})")
         else:
             self._timed_out = ReadTimeout(f"no event from Bedrock for "
                                           f"{self._read_timeout_s:g} s")
