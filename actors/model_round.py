@@ -1,0 +1,120 @@
+"""One model round of a turn: the request built from the call, the reply streamed into the
+speaker (token by token, or one hold window at a time once a clause is out), and the round's
+record in the call's statistics.
+
+Apart from ``turn``, which decides what a turn does around its rounds (tool rounds, what is
+recorded when it is cut, its summary): this module only reads one reply, so the turn sees
+the tool calls it asked for and nothing of how its text was paced.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import assert_never
+
+import trio
+
+from actors.context import CallContext, ModelRound
+from actors.messages import ToolCall
+from actors.speaker import Speaker
+from voiceagent.llm.base import (
+    HeldReads,
+    LLMEvent,
+    LLMRequest,
+    StreamEnd,
+    TextDelta,
+    ToolUseRequest,
+    Usage,
+)
+
+
+async def model_round(ctx: CallContext, speaker: Speaker) -> tuple[ToolCall, ...]:
+    """One request to the model, its reply said as it streams: the tool calls it asked for.
+    The round is recorded in ``ctx.stats`` however it ends (``cancelled`` when cut)."""
+    note = ctx.relay.language_note() if ctx.relay is not None else None
+    request = LLMRequest(
+        call_sid=ctx.call_sid, use_case=ctx.use_case.name, model_id=ctx.model_id,
+        system=(ctx.system_prompt, note) if note else (ctx.system_prompt,),
+        messages=ctx.history.for_request(),
+        tools=ctx.use_case.tool_specs(), inference=ctx.use_case.inference.to_config(),
+        options=ctx.use_case.model_options.to_options())
+    received = _Received()
+    try:
+        async with ctx.llm.stream(request) as events:
+            take_ready = events.take_ready if isinstance(events, HeldReads) else None
+            with suppress(trio.EndOfChannel):
+                while received.end is None:
+                    if speaker.flush_at == math.inf:
+                        await _take(await events.receive(), speaker, received)
+                    elif take_ready is not None:
+                        await _held_windows(speaker, take_ready, received, ctx.token_hold_s)
+                    else:
+                        # One deadline for the whole window, not one per token. A clause-end
+                        # flush cut by it keeps its text held; the flush below sends it.
+                        with trio.move_on_at(speaker.flush_at):
+                            while speaker.flush_at < math.inf:
+                                await _take(await events.receive(), speaker, received)
+                        await speaker.flush()
+    finally:
+        ctx.stats.rounds.append(_round_record(ctx, received.end, received.overhead_s))
+    return tuple(received.calls)
+
+
+@dataclass
+class _Received:
+    calls: list[ToolCall] = field(default_factory=list)
+    overhead_s: float | None = None     # first delta received -> handed to the writer
+    end: StreamEnd | None = None
+
+
+async def _held_windows(speaker: Speaker, take_ready: Callable[[], Awaitable[list[LLMEvent]]],
+                        received: _Received, hold_s: float) -> None:
+    """Text is held (the reply's first clause is out): the model is read once per hold window,
+    not once per token, and what came in the window goes out in one frame at its end. The
+    caller is listening to the first clause meanwhile, so a later clause sent at the end of
+    its window instead of at its last word is not heard; the turn wakes a few times a
+    second instead of at every token. Returns when a window brought nothing (the model paused
+    or ended): the next token is waited for as usual."""
+    due = speaker.flush_at
+    while True:
+        await trio.sleep_until(due)         # a cut here: the held text was never sent
+        batch = await take_ready()
+        for event in batch:
+            if isinstance(event, TextDelta):
+                await speaker.hold(event.text)
+            else:
+                await _take(event, speaker, received)
+        if received.end is not None:
+            return                          # the reply's last frame carries it, last: true
+        await speaker.flush()
+        if not batch:
+            return
+        due = trio.current_time() + hold_s
+
+
+async def _take(event: LLMEvent, speaker: Speaker, received: _Received) -> None:
+    match event:
+        case TextDelta(text=text):
+            at = trio.current_time()
+            await speaker.say(text)
+            if received.overhead_s is None:
+                received.overhead_s = trio.current_time() - at
+        case ToolUseRequest():
+            received.calls.append(event)
+        case StreamEnd():
+            received.end = event
+        case _:
+            assert_never(event)
+
+
+def _round_record(ctx: CallContext, end: StreamEnd | None,
+                  overhead_s: float | None) -> ModelRound:
+    usage = end.usage if end is not None and end.usage is not None else Usage()
+    return ModelRound(
+        turn=ctx.stats.turns, stop_reason=end.stop_reason if end else "cancelled",
+        first_token_s=end.first_token_s if end else None, overhead_s=overhead_s,
+        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens)
