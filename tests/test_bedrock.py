@@ -65,14 +65,13 @@ from voiceagent.llm.base import (
 )
 from voiceagent.llm.bedrock import BedrockLLM
 from voiceagent.llm.bedrock_converse import (
-    CUT_OFF,
-    ThinkingFilter,
     build_converse_request,
     history_shape,
     metadata_value,
     prompt_caching,
 )
 from voiceagent.llm.bedrock_errors import BedrockHTTPError, classify
+from voiceagent.llm.bedrock_reply import CUT_OFF, ThinkingFilter
 from voiceagent.llm.bedrock_startup import check_bedrock_ready, open_bedrock_llm
 from voiceagent.llm.eventstream import FrameDecoder, ReplyError, StreamFault, event_of
 from voiceagent.llm.scripted import ScriptedLLM

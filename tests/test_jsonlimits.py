@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from voiceagent import jsonlimits
 from voiceagent.jsonlimits import MAX_DEPTH, NotFinite, TooDeep, depth, loads
 from voiceagent.llm.base import LLMEvent, StreamEnd, ToolUseRequest
-from voiceagent.llm.bedrock_converse import CUT_OFF, ReplyAssembler
+from voiceagent.llm.bedrock_reply import CUT_OFF, ReplyAssembler
 from voiceagent.llm.eventstream import ReplyError
 from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import ToolDeclaration

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from voiceagent.llm.base import LLMEvent, TextDelta
-from voiceagent.llm.bedrock_converse import ReplyAssembler
+from voiceagent.llm.bedrock_reply import ReplyAssembler
 
 
 def test_a_lone_surrogate_in_the_model_s_text_is_replaced_where_it_arrives() -> None:

@@ -40,7 +40,6 @@ import trio
 
 from voiceagent.aws_http import Connection, ConnectionPool, ConnectTimeout
 from voiceagent.llm.base import LLMEvent
-from voiceagent.llm.bedrock_converse import ReplyAssembler
 from voiceagent.llm.bedrock_errors import (
     BedrockHTTPError,
     Failure,
@@ -49,6 +48,7 @@ from voiceagent.llm.bedrock_errors import (
     ReplyTooSlow,
     classify,
 )
+from voiceagent.llm.bedrock_reply import ReplyAssembler
 from voiceagent.llm.eventstream import FrameDecoder, ReplyError, StreamFault, event_of
 
 log = logging.getLogger(__name__)
