@@ -215,7 +215,7 @@ def webhook_addresses(settings: Settings) -> dict[str, str]:
     """What to paste into the Twilio console, said at start-up: behind a tunnel the address
     Twilio calls is not the one the server binds, and a developer had to work it out."""
     from voiceagent.app.phone_page import PATH as PHONE_PATH
-    from voiceagent.app.web import DEFAULT_RELAY_PATH
+    from voiceagent.app.relay_route import DEFAULT_RELAY_PATH
 
     base = (settings.public_url or "").rstrip("/")
     said = ({"voice_url": f"{base}/twiml (POST)",

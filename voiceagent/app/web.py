@@ -1,7 +1,8 @@
 """The HTTP and WebSocket edges: POST /twiml, POST /action, GET /health, WS relay.
 
-The relay route is served straight on ASGI (see ``relay/asgi_socket.py``); everything else is
-a small quart-trio app. Signatures are checked before any work when VALIDATE_SIGNATURES is on.
+The relay route is served straight on ASGI (``relay_route``, see ``relay/asgi_socket.py``);
+everything else is a small quart-trio app. Signatures are checked before any work when
+VALIDATE_SIGNATURES is on.
 """
 
 from __future__ import annotations
@@ -9,22 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Mapping
 from functools import partial
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
 import voiceagent.store.records as records
-from actors.call import run_call
 from voiceagent import signature, twiml
 from voiceagent.app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voiceagent.app.phone_page import PATH as PHONE_PATH
-from voiceagent.app.phone_page import UNSIGNED_ELSEWHERE, PhoneDesk, PhoneRefused, addressed_here
+from voiceagent.app.phone_page import UNSIGNED_ELSEWHERE, PhoneDesk, addressed_here
 from voiceagent.app.relay_answers import ActionReplayed
+from voiceagent.app.relay_route import relay, relay_path, signed
 from voiceagent.app.runtime import Runtime
 from voiceagent.app.session_end import session_over as _session_over
 from voiceagent.app.sessions import (
@@ -35,25 +34,16 @@ from voiceagent.app.sessions import (
     SessionRenewed,
 )
 from voiceagent.app.socket_marks import AgentEnded
-from voiceagent.app.socket_standing import SocketStanding
 from voiceagent.catalog import UnknownUseCase
 from voiceagent.errors import StoreError
 from voiceagent.logs import call_sid_var
-from voiceagent.relay import asgi_socket
 from voiceagent.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RELAY_PATH = "/relay"
 SORRY = "Sorry, we cannot take your call right now. Please try again later."
 XML = twiml.CONTENT_TYPE
 MAX_WEBHOOK_BYTES = 64 * 1024   # Twilio's webhook bodies are a few KB
-
-
-def relay_path(runtime: Runtime) -> str:
-    if runtime.settings.ws_url:
-        return urlsplit(runtime.settings.ws_url).path    # never empty: settings.WS_URL_SHAPE
-    return DEFAULT_RELAY_PATH
 
 
 def _headers() -> dict[str, str]:
@@ -63,12 +53,6 @@ def _headers() -> dict[str, str]:
 def _base_url(settings: Settings) -> str:
     return signature.public_base(_headers(), request.scheme, request.host, settings.public_url,
                                  trust_forwarded=settings.trust_proxy_headers)
-
-
-def _check(settings: Settings, url: str, params: Mapping[str, str],
-           given: dict[str, str]) -> bool:
-    return signature.is_valid(settings.twilio_auth_token or "", url, params, given,
-                              shared_key_secret=settings.twilio_shared_key_secret)
 
 
 async def _signed_form(runtime: Runtime) -> dict[str, str] | Response:
@@ -88,7 +72,7 @@ async def _signed_form(runtime: Runtime) -> dict[str, str] | Response:
         return Response("request body too large", status=413)
     received = await request.form          # every value of a repeated name is signed
     url = _base_url(settings) + signature.target_as_sent(request.scope)   # as Twilio signs it
-    if settings.validate_signatures and not _check(settings, url, received, _headers()):
+    if settings.validate_signatures and not signed(settings, url, received, _headers()):
         refused("bad_signature", "bad signature", path=path)
         return Response("invalid signature", status=403)
     runtime.edge_refusals.succeeded()
@@ -273,73 +257,6 @@ async def metrics(runtime: Runtime) -> Response:
         return Response("unauthorized", status=401,
                         headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     return Response(runtime.metrics.exposition(), content_type=METRICS_CONTENT_TYPE)
-
-
-class _Refused(Exception):
-    """The upgrade is refused (403); the message says why, to the peer."""
-
-
-def _admit(runtime: Runtime, scope: dict[str, Any], phone: PhoneDesk | None) -> str | None:
-    """The CallSid a phone-page socket is bound to, or None for Twilio's (signed) socket.
-    Apart from ``relay`` so that the upgrade's headers die here and are not held by the
-    call's frame for the call's life (~1 KiB a call, issue 20)."""
-    settings = runtime.settings
-    headers = {k.decode("latin1").lower(): v.decode("latin1")
-               for k, v in scope.get("headers", [])}
-    bound = None
-    if phone is not None:
-        try:
-            bound = phone.admit(scope, headers)
-        except PhoneRefused as err:
-            log.warning("phone page socket refused", extra={"reason": str(err)})
-            raise _Refused("invalid session token") from None
-    if bound is None and not settings.validate_signatures:
-        # nothing proves who sent it: only this machine's (or PUBLIC_URL's) own clients, and
-        # never a web page of another origin (a site the developer visits, its DNS name
-        # rebound to 127.0.0.1, would otherwise hold calls with the agent)
-        host = headers.get("host", "")
-        origin = headers.get("origin")
-        if not addressed_here(settings, headers) or origin not in (
-                None, f"http://{host}", f"https://{host}"):
-            runtime.edge_refusals.note("upgrade_unsigned_elsewhere", "unsigned relay upgrade "
-                                       "from another host or origin: refused")
-            raise _Refused("unsigned sockets are taken from this host's own clients only")
-    if bound is None and settings.validate_signatures:
-        base = signature.public_base(headers, "https" if scope["scheme"] == "wss" else "http",
-                                     headers.get("host", ""), settings.public_url,
-                                     trust_forwarded=settings.trust_proxy_headers)
-        url = settings.ws_url or signature.to_ws(base) + relay_path(runtime)
-        if not _check(settings, url, {}, headers):
-            runtime.edge_refusals.note("upgrade_bad_signature", "bad signature on relay upgrade")
-            raise _Refused("invalid signature")
-        runtime.edge_refusals.succeeded()
-    return bound
-
-
-async def relay(runtime: Runtime, scope: dict[str, Any], receive: Any, send: Any,
-                phone: PhoneDesk | None = None) -> None:
-    """The relay socket: signature on the upgrade (or, with the phone page on, the token of
-    one page load: ``PhoneDesk.admit``), then one call (see ``SocketStanding``)."""
-    try:
-        bound = _admit(runtime, scope, phone)
-    except _Refused as err:
-        await asgi_socket.reject(receive, send, 403, str(err))
-        return
-    if not await asgi_socket.accept(receive, send):
-        return
-    standing = SocketStanding(runtime, call_sid=bound)
-    socket = asgi_socket.AsgiRelaySocket(receive, send, on_closed=standing.socket_closed)
-    try:
-        with standing.scope:
-            await run_call(socket, resolve=standing.claim,
-                           services=runtime.call_services(), report=standing.report)
-        if standing.scope.cancelled_caught:
-            log.warning("relay socket closed: no setup, or its call not found yet, while "
-                        "newer sockets waited")
-            with trio.move_on_after(1.0, shield=True):
-                await socket.close(1008, "setup expected")
-    finally:
-        standing.end()
 
 
 def create_app(runtime: Runtime) -> Any:
