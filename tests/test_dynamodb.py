@@ -26,7 +26,7 @@ from tests.dynamodb_support import (
     raw_client,
     table_name,
 )
-from voiceagent.errors import SettingsError, StoreError, StoreRejected
+from voiceagent.errors import SettingsError, StoreError, StoreRejected, is_permanent
 from voiceagent.settings import Settings
 from voiceagent.store import dynamodb_admin
 from voiceagent.store.base import BATCH_LIMIT
@@ -36,7 +36,6 @@ from voiceagent.store.dynamodb import (
     open_dynamodb_store,
 )
 from voiceagent.store.dynamodb_table import table_definition
-from voiceagent.store.write_behind import is_permanent
 
 __all__ = ["moto_endpoint"]          # the fixture, imported so pytest finds it here
 

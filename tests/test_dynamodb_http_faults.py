@@ -26,9 +26,9 @@ from tests.fake_dynamodb import (
     running_fake_dynamodb,
     signature_ok,
 )
-from voiceagent.errors import StoreError, StorePartlyWritten, StoreRejected
+from voiceagent.errors import StoreError, StorePartlyWritten, StoreRejected, is_permanent
 from voiceagent.store import dynamodb, write_behind
-from voiceagent.store.write_behind import WriteBehind, is_permanent
+from voiceagent.store.write_behind import WriteBehind
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -156,3 +156,7 @@ class StoreRejected(StoreError):
     ``permanent`` attribute is treated the same way."""
 
     permanent = True
+
+
+def is_permanent(err: BaseException) -> bool:
+    return bool(getattr(err, "permanent", False))

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import itertools
 import logging
 import math
 import random
@@ -39,19 +38,16 @@ from dataclasses import dataclass
 
 import trio
 
-from voiceagent.errors import StoreError, StorePartlyWritten
+from voiceagent.errors import StoreError, StorePartlyWritten, is_permanent
 from voiceagent.log_episodes import Episode
 from voiceagent.logs import for_call, mask_phone
 from voiceagent.store.base import BATCH_LIMIT, Item, Store, Version, item_size
+from voiceagent.store.write_ahead import WriteAhead
 
 log = logging.getLogger(__name__)
 
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 5.0
-
-
-def is_permanent(err: BaseException) -> bool:
-    return bool(getattr(err, "permanent", False))
 
 
 ENTRY_OVERHEAD = 700    # bytes a queued item holds beyond its DynamoDB size (its dicts)
@@ -95,7 +91,7 @@ class _Entry:
     fence: bool = False              # see ``submit``
 
 
-class WriteBehind:
+class WriteBehind(WriteAhead):
     """Owns the queue; the store stays owned (and closed) by whoever opened it."""
 
     def __init__(self, store: Store, *, jitter: Callable[[], float] = _jitter_factor,
@@ -153,76 +149,12 @@ class WriteBehind:
         if urgent:
             self._hurry.set()
 
-    async def write_now(self, item: Item, *, call_sid: str, timeout_s: float,
-                        ordered: bool = True) -> bool:
-        """Write ``item`` at once, ahead of the queue, for a reader in another process that
-        cannot wait for the backlog (a socket's end mark, which a reconnect elsewhere reads).
-        Order per call holds: with a write of ``call_sid`` still queued (unless ``ordered``
-        is False: a key no other write of the call touches), or the store known to be down,
-        or no answer within ``timeout_s`` (or a store error), the item is queued as
-        ``submit(urgent=True)`` would, and False is returned. True: it is in the store. A
-        key of its own (not ``ordered``) is tried even while the queue backs off from a
-        failing store: a socket's end mark says this process is alive and behind, when a
-        reconnect elsewhere needs it most (queued, it told that process nothing)."""
-        if (ordered and (self.queued(call_sid) or self._down_since is not None)):
-            self.submit(item, call_sid=call_sid, urgent=True)
-            return False
-        written = False
-        try:
-            with trio.move_on_after(timeout_s):
-                try:
-                    await self._store.put(item)     # awaited here: nothing can change it
-                    written = True
-                except StoreError as err:       # one of the outage's failures
-                    self._outage.note("ahead_of_queue", "store write ahead of the queue "
-                                      "failed; queued instead", error=type(err).__name__,
-                                      sk=item.get("sk"))
-        finally:        # also when the webhook itself is cancelled: the item is never lost
-            if written:
-                self._written += 1
-            else:
-                self.submit(item, call_sid=call_sid, urgent=True)
-        return written
-
-    async def write_decided(self, item: Item, *, call_sid: str, timeout_s: float,
-                            version: Version, queue: bool = True) -> bool | None:
-        """Write ``item`` at once, ahead of the call's queue (ordered by ``version``), on its
-        condition (``strict``: one process wins): True written, False refused (the store
-        holds one as new, or newer). Tried again after a transient failure until
-        ``timeout_s`` (a resend of an applied one finds its own item); None if undecided by
-        then: queued (unless not ``queue``) on the same condition, which may still lose."""
-        decided: bool | None = None
-        try:
-            with trio.move_on_after(timeout_s):
-                for attempt in itertools.count(1):
-                    try:
-                        decided = await self._conditional_put(item, version)
-                        break
-                    except StoreError as err:       # one of the outage's failures
-                        self._outage.note("ahead_of_queue", "store write ahead of the queue "
-                                          "failed", error=type(err).__name__, sk=item.get("sk"))
-                        if is_permanent(err):
-                            break
-                        await trio.sleep(self._backoff_s(attempt))
-        finally:        # also when cancelled from outside: the item is never lost
-            if decided:
-                self._written += 1
-            elif decided is None:
-                self._undecided += 1
-                if queue:
-                    self.submit(item, call_sid=call_sid, urgent=True, version=version)
-        return decided
-
     async def _put(self, item: Item, version: Version | None) -> None:
         if version is None:
             await self._store.put(item)
         elif not await self._conditional_put(item, version):
             log.info("store write superseded by a newer one, dropped",
                      extra={"sk": item.get("sk"), "version": item.get(version.attribute)})
-
-    async def _conditional_put(self, item: Item, version: Version) -> bool:
-        put = self._store.put_if_newer if version.strict else self._store.put_unless_newer
-        return await put(item, version.attribute, legacy=version.legacy)
 
     @property
     def pending(self) -> int:
