@@ -11,6 +11,7 @@ when the store does not answer. Mixed into ``WriteBehind``.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Protocol
 
 import trio
@@ -76,8 +77,10 @@ class WriteAhead(_QueueParts):
         """Write ``item`` at once, ahead of the call's queue (ordered by ``version``), on its
         condition (``strict``: one process wins): True written, False refused (the store
         holds one as new, or newer). Tried again after a transient failure until
-        ``timeout_s`` (a resend of an applied one finds its own item); None if undecided by
-        then: queued (unless not ``queue``) on the same condition, which may still lose."""
+        ``timeout_s`` (a resend of an applied one finds its own item), unless the queue has
+        itself failed that long (the store is down, not slow: one try, see
+        ``session_claims``); None if undecided by then: queued (unless not ``queue``) on the
+        same condition, which may still lose."""
         decided: bool | None = None
         try:
             with trio.move_on_after(timeout_s):
@@ -88,7 +91,8 @@ class WriteAhead(_QueueParts):
                     except StoreError as err:       # one of the outage's failures
                         self._outage.note("ahead_of_queue", "store write ahead of the queue "
                                           "failed", error=type(err).__name__, sk=item.get("sk"))
-                        if is_permanent(err):
+                        down = math.inf if self._down_since is None else self._down_since
+                        if is_permanent(err) or trio.current_time() - down >= timeout_s:
                             break
                         await trio.sleep(self._backoff_s(attempt))
         finally:        # also when cancelled from outside: the item is never lost
