@@ -37,8 +37,13 @@ decided in time, nothing is decided:
   claim is counted (the write-behind's ``undecided``) and logged as an episode;
 * a claim of a session read from the store (minted elsewhere) is refused as the store
   being unavailable: only the store vouches for it, and serving it here is the one case
-  where two processes would both serve it on their own word. Its claim is not queued, so
-  the token stays unspent for the ``/action`` that Twilio sends for the refused socket.
+  where two processes would both serve it on their own word. Its claim is not queued, and
+  the ``/action`` that Twilio sends for the refused socket renews the call. An attempt cut
+  off at SESSION_WRITE_S may have been sent, though, and land later: the token is then
+  spent for a socket nobody serves, and that ``/action`` waits SOCKET_CLOSED_GRACE_S for
+  end marks no socket will write before it renews (counted ``resumed_partial``). Marks are
+  per generation, not per claim, so a mark written here for the refused socket would vouch
+  for whichever claim of it won; telling them apart needs the claim's nonce on the marks.
 
 A queued write lands later on the same condition, so it never undoes a decided one: a
 queued mint or renewal finds its generation claimed, or a renewal of it, and is dropped; a
