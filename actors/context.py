@@ -25,7 +25,7 @@ class ModelRound:
     """One model call of a turn, for metrics and the per-turn summary."""
 
     turn: int
-    stop_reason: str                       # "cancelled" when a barge-in or hang-up cut it
+    stop_reason: str      # "cancelled" when a barge-in or hang-up cut it; "model_error"
     first_token_s: float | None = None     # request sent -> first delta (backend's figure)
     overhead_s: float | None = None        # first delta received -> handed to the writer
     input_tokens: int = 0

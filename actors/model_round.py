@@ -20,6 +20,7 @@ import trio
 from actors.context import CallContext, ModelRound
 from actors.messages import ToolCall
 from actors.speaker import Speaker
+from voiceagent.errors import LLMError
 from voiceagent.llm.base import (
     HeldReads,
     LLMEvent,
@@ -33,7 +34,8 @@ from voiceagent.llm.base import (
 
 async def model_round(ctx: CallContext, speaker: Speaker) -> tuple[ToolCall, ...]:
     """One request to the model, its reply said as it streams: the tool calls it asked for.
-    The round is recorded in ``ctx.stats`` however it ends (``cancelled`` when cut)."""
+    The round is recorded in ``ctx.stats`` however it ends (``cancelled`` when cut,
+    ``model_error`` when the model failed)."""
     note = ctx.relay.language_note() if ctx.relay is not None else None
     request = LLMRequest(
         call_sid=ctx.call_sid, use_case=ctx.use_case.name, model_id=ctx.model_id,
@@ -42,6 +44,7 @@ async def model_round(ctx: CallContext, speaker: Speaker) -> tuple[ToolCall, ...
         tools=ctx.use_case.tool_specs(), inference=ctx.use_case.inference.to_config(),
         options=ctx.use_case.model_options.to_options())
     received = _Received()
+    failed = False
     try:
         async with ctx.llm.stream(request) as events:
             take_ready = events.take_ready if isinstance(events, HeldReads) else None
@@ -58,8 +61,12 @@ async def model_round(ctx: CallContext, speaker: Speaker) -> tuple[ToolCall, ...
                             while speaker.flush_at < math.inf:
                                 await _take(await events.receive(), speaker, received)
                         await speaker.flush()
+    except LLMError:
+        failed = True
+        raise
     finally:
-        ctx.stats.rounds.append(_round_record(ctx, received.end, received.overhead_s))
+        ctx.stats.rounds.append(_round_record(ctx, received.end, received.overhead_s,
+                                              failed=failed))
     return tuple(received.calls)
 
 
@@ -110,11 +117,15 @@ async def _take(event: LLMEvent, speaker: Speaker, received: _Received) -> None:
             assert_never(event)
 
 
-def _round_record(ctx: CallContext, end: StreamEnd | None,
-                  overhead_s: float | None) -> ModelRound:
+def _round_record(ctx: CallContext, end: StreamEnd | None, overhead_s: float | None, *,
+                  failed: bool) -> ModelRound:
+    """A round that ended with no reply is ``model_error`` when the model failed, else
+    ``cancelled`` (a barge-in, a new prompt, the hang-up): an alarm or a query on
+    ``StopReason=cancelled`` would otherwise count model errors as the callers' doing."""
     usage = end.usage if end is not None and end.usage is not None else Usage()
+    stop_reason = end.stop_reason if end else "model_error" if failed else "cancelled"
     return ModelRound(
-        turn=ctx.stats.turns, stop_reason=end.stop_reason if end else "cancelled",
+        turn=ctx.stats.turns, stop_reason=stop_reason,
         first_token_s=end.first_token_s if end else None, overhead_s=overhead_s,
         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens)

@@ -144,6 +144,7 @@ async def test_each_fault_is_an_apology_after_what_was_said_and_the_call_goes_on
     failed = [e for e in turns if e.get("model_error")]
     assert len(failed) == len(FAULTS)
     assert {e["model_error"] for e in failed} == {"ModelStreamFailed"}
+    assert {e["stop_reason"] for e in failed} == {"model_error"}    # not the callers' cut
     assert not [e for e in events if e.get("level") in ("error", "ERROR", "critical")]
     for word, (partial, _) in FAULTS.items():
         history = await stored_history(tmp_path, sids[word])
