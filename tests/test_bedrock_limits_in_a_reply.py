@@ -16,7 +16,8 @@ counts. Where a cut lands decides the ending:
   the reply finished is not run, nor recorded. After a stalled start the deadline is 7 s
   later and the read timeout (10 s after the last event) comes first: ``ReadTimeout``, the
   same ending;
-- after ``messageStop``: the reply is whole and ends as one at that limit.
+- after ``messageStop``: the reply is whole and ends as one, 1 s after it
+  (``WHOLE_GRACE_S``: only its usage is missing), or at the limit if that comes first.
 
 Reasoning (a ``reasoningContent`` block, or ``<thinking>`` in the text) is the model's output
 though never heard: a stall in it is not a stalled start. Each case runs with and without
@@ -50,6 +51,7 @@ from tests.fake_bedrock import (
     tool_events,
 )
 from voiceagent.llm.bedrock import FIRST_EVENT_TIMEOUT_S, READ_TIMEOUT_S, BedrockLLM
+from voiceagent.llm.bedrock_http import WHOLE_GRACE_S
 from voiceagent.llm.bedrock_stream import SPOKEN_TOKENS_PER_S
 from voiceagent.llm.converse import converse_problems
 from voiceagent.tools.base import ToolDefinition
@@ -176,9 +178,10 @@ def expected(steps: Sequence[Step], cuts: Sequence[int], opened: Sequence[float]
             return Expected("unavailable", "", False, errors,
                             min(opened[attempt] + first_s, deadline))
         last_event = opened[attempt] + sum(s.frame.delay_s for s in sent)
-        given_up_at = min(last_event + READ_TIMEOUT_S, deadline)
         if any(s.stops for s in sent):
-            return Expected("whole", heard(steps), True, errors, given_up_at)
+            return Expected("whole", heard(steps), True, errors,
+                            min(last_event + WHOLE_GRACE_S, deadline))
+        given_up_at = min(last_event + READ_TIMEOUT_S, deadline)
         errors.append("ReplyTooSlow" if given_up_at == deadline else "ReadTimeout")
         content = any(s.heard or s.yields for s in sent)
         return Expected("failed", heard(sent), content, errors, given_up_at)

@@ -54,6 +54,10 @@ from voiceagent.llm.eventstream import FrameDecoder, ReplyError, StreamFault, ev
 log = logging.getLogger(__name__)
 
 WATCHDOG_SLACK_S = 0.05             # read timeouts fire up to this late
+# After messageStop the reply is whole; only metadata (its usage) and the body's end follow,
+# at once on a healthy stream. Past this the reply ends as whole without them (see
+# ``_end_whole``), instead of holding its tools and last frame for the read timeout.
+WHOLE_GRACE_S = 1.0
 MAX_ERROR_BODY = 64 * 1024
 
 Item = LLMEvent | Failure
@@ -94,8 +98,9 @@ class ReadWatchdog:
                 self._attempts.discard(attempt)
                 attempt.time_out()
             soonest = min((a.read_deadline for a in self._attempts), default=math.inf)
-            # A watched attempt's deadline only moves later as events come, so waking at the
-            # soonest one is early, never late; the slack batches the checks of busy streams.
+            # A watched attempt's deadline moves later as events come (earlier only at
+            # messageStop, which watches it again), so waking at the soonest one is early,
+            # never late; the slack batches the checks of busy streams.
             self._wakes_at = max(soonest, now + WATCHDOG_SLACK_S)
             with trio.move_on_at(self._wakes_at):
                 await self._changed.wait()
@@ -289,8 +294,15 @@ class Attempt:
         is: they say the request arrived, not that the model is answering it). Bytes alone
         do not move it: a peer that trickles a byte every few seconds and never completes an
         event (a sick front end, a middlebox) would hold the turn, in silence, for ever. The
-        stream's deadline bounds it all."""
-        if self._answering:
+        stream's deadline bounds it all; after ``messageStop``, WHOLE_GRACE_S does."""
+        if self._assembler.stopped:
+            was = self.read_deadline
+            self.read_deadline = min(trio.current_time() + min(WHOLE_GRACE_S,
+                                                               self._read_timeout_s),
+                                     self._deadline)
+            if self.read_deadline < was:    # earlier: the watchdog may sleep past it
+                self._watchdog.watch(self)
+        elif self._answering:
             self.read_deadline = min(trio.current_time() + self._read_timeout_s,
                                      self._deadline)
 
@@ -325,6 +337,9 @@ class Attempt:
         if trio.current_time() >= self._deadline:
             self._timed_out = ReplyTooSlow("the reply was not whole by the stream's deadline "
                                            "(its maxTokens at the pace speech is heard)")
+        elif self._assembler.stopped:
+            self._timed_out = ReadTimeout(f"nothing from Bedrock for {WHOLE_GRACE_S:g} s after "
+                                          "messageStop (the reply is whole)")
         elif not self._answering:
             self._timed_out = FirstEventTimeout(
                 f"the model said nothing within {self._first_event_timeout_s:g} s of the "
