@@ -36,6 +36,7 @@ import trio
 import trio.testing
 
 from actors.turn import APOLOGY_CUT, APOLOGY_SILENT
+from tests.bedrock_clock import llm_on_virtual_clock
 from tests.call_harness import GREETING, open_test_call, plain_use_case
 from tests.fake_bedrock import (
     FakeBedrock,
@@ -191,11 +192,8 @@ def expected(steps: Sequence[Step], cuts: Sequence[int], opened: Sequence[float]
 @pytest.fixture
 async def llm(fake_bedrock: FakeBedrock, mock_clock: trio.testing.MockClock
               ) -> AsyncIterator[BedrockLLM]:
-    backend = BedrockLLM(region="us-east-1")        # the production limits
-    await backend.warm_up()             # the setup's thread, before time may jump
-    mock_clock.autojump_threshold = 0
-    yield backend
-    await backend.aclose()
+    async with llm_on_virtual_clock(mock_clock) as backend:    # the production limits
+        yield backend
 
 
 def tools(runs: list[str]) -> ToolRegistry:

@@ -22,6 +22,7 @@ import trio
 import trio.testing
 
 from actors.turn import APOLOGY_CUT, APOLOGY_SILENT
+from tests.bedrock_clock import llm_on_virtual_clock
 from tests.call_harness import open_test_call
 from tests.fake_bedrock import (
     FakeBedrock,
@@ -49,11 +50,8 @@ def fake(fake_bedrock: FakeBedrock) -> FakeBedrock:
 @pytest.fixture
 async def llm(fake: FakeBedrock, mock_clock: trio.testing.MockClock
               ) -> AsyncIterator[BedrockLLM]:
-    backend = BedrockLLM(region="us-east-1")        # the production limits
-    await backend.warm_up()             # the setup's thread, before time may jump
-    mock_clock.autojump_threshold = 0
-    yield backend
-    await backend.aclose()
+    async with llm_on_virtual_clock(mock_clock) as backend:    # the production limits
+        yield backend
 
 
 def request(max_tokens: int = 300) -> LLMRequest:

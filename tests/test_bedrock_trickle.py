@@ -16,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.bedrock_clock import llm_on_virtual_clock
 from tests.fake_bedrock import (
     FakeBedrock,
     Trickle,
@@ -39,12 +40,9 @@ def fake(fake_bedrock: FakeBedrock) -> FakeBedrock:
 @pytest.fixture
 async def llm(fake: FakeBedrock, mock_clock: trio.testing.MockClock
               ) -> AsyncIterator[BedrockLLM]:
-    backend = BedrockLLM(region="us-east-1", read_timeout_s=READ_TIMEOUT_S,
-                         retry_base_delay_s=0.01, retry_budget_s=60.0)
-    await backend.warm_up()             # the setup's thread, before time may jump
-    mock_clock.autojump_threshold = 0
-    yield backend
-    await backend.aclose()
+    async with llm_on_virtual_clock(mock_clock, read_timeout_s=READ_TIMEOUT_S,
+                                    retry_base_delay_s=0.01, retry_budget_s=60.0) as backend:
+        yield backend
 
 
 def request() -> LLMRequest:
