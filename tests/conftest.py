@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from tests.fake_bedrock import FakeBedrock, running_fake_bedrock
+from tests.fake_bedrock import FakeBedrock, fake_bedrock_env, running_fake_bedrock
 from tests.wheelhouse import (
     Wheelhouse,
     WheelhouseUnusable,
@@ -52,6 +52,17 @@ async def fake_bedrock(aws_env: None, monkeypatch: pytest.MonkeyPatch
     it (a module that needs TLS, a proxy or other credentials makes its own)."""
     async with running_fake_bedrock() as server:
         monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", server.endpoint_url)
+        yield server
+
+
+@pytest.fixture
+async def fake_bedrock_tls(aws_env: None, monkeypatch: pytest.MonkeyPatch,
+                           tmp_path: Path) -> AsyncIterator[FakeBedrock]:
+    """The local ConverseStream endpoint over TLS with the private CA, everything boto3 and
+    our client need to reach it set in the environment (``fake_bedrock_env``)."""
+    async with running_fake_bedrock(tls=True) as server:
+        for name, value in fake_bedrock_env(server, tmp_path).items():
+            monkeypatch.setenv(name, value)
         yield server
 
 

@@ -25,10 +25,8 @@ from tests.fake_bedrock import (
     HangupBeforeHeaders,
     Stall,
     exception,
-    fake_bedrock_env,
     message_end,
     message_start,
-    running_fake_bedrock,
     stream_reply,
     text_events,
     text_reply,
@@ -44,12 +42,8 @@ CALL_SID = "CA0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture
-async def fake(aws_env: None, monkeypatch: pytest.MonkeyPatch,
-               tmp_path: Path) -> AsyncIterator[FakeBedrock]:
-    async with running_fake_bedrock(tls=True) as server:
-        for name, value in fake_bedrock_env(server, tmp_path).items():
-            monkeypatch.setenv(name, value)
-        yield server
+def fake(fake_bedrock_tls: FakeBedrock) -> FakeBedrock:
+    return fake_bedrock_tls
 
 
 @pytest.fixture

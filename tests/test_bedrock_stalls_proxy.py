@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,10 +25,8 @@ from tests.fake_bedrock import (
     RecordedRequest,
     Reply,
     Stall,
-    fake_bedrock_env,
     message_end,
     message_start,
-    running_fake_bedrock,
     stream_reply,
     text_events,
     text_reply,
@@ -49,12 +46,8 @@ pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture
-async def fake(aws_env: None, monkeypatch: pytest.MonkeyPatch,
-               tmp_path: Path) -> AsyncIterator[FakeBedrock]:
-    async with running_fake_bedrock(tls=True) as server:
-        for name, value in fake_bedrock_env(server, tmp_path).items():
-            monkeypatch.setenv(name, value)
-        yield server
+def fake(fake_bedrock_tls: FakeBedrock) -> FakeBedrock:
+    return fake_bedrock_tls
 
 
 @pytest.fixture
