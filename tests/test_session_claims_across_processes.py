@@ -10,7 +10,6 @@ generation each minted the next; here each race has exactly one winner.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,16 +23,14 @@ import voiceagent.store.config_records as config_records
 import voiceagent.store.records as records
 from actors.call import CallRejected
 from tests.dynamodb_support import aws_env, isolate_env, moto_endpoint, open_test_table
-from tests.fakes import setup_frame
+from tests.sessions_support import sessions_on, setup_message
 from voiceagent.app.sessions import SessionExists, SessionRenewed, Sessions
-from voiceagent.catalog import Catalog
-from voiceagent.relay.protocol import Setup, parse_frame
+from voiceagent.relay.protocol import Setup
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 from voiceagent.store.dynamodb import open_dynamodb_store
 from voiceagent.store.sqlite import open_sqlite_store
 from voiceagent.store.write_behind import WriteBehind
-from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import Profile, UseCase
 
 __all__ = ["moto_endpoint"]          # the fixture, imported so pytest finds it here
@@ -79,17 +76,12 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path,
         yield a, b
 
 
-def _process(store: Store) -> tuple[Sessions, WriteBehind]:
-    writer = WriteBehind(store, jitter=lambda: 1.0)
-    settings = Settings.model_validate({"STACK_USE_CASE": USE_CASE.name})
-    return Sessions(settings=settings, store=store, catalog=Catalog(store, ToolRegistry()),
-                    writer=writer), writer
+def _process(store: Any) -> tuple[Sessions, WriteBehind]:
+    return sessions_on(store, USE_CASE.name)
 
 
 def _setup(token: str) -> Setup:
-    frame = parse_frame(json.dumps(setup_frame(CALL_SID, token)))
-    assert isinstance(frame, Setup)
-    return frame
+    return setup_message(CALL_SID, token)
 
 
 async def _outcome(sessions: Sessions, token: str) -> str:

@@ -11,9 +11,9 @@ item already there counts as won only when that item is its own (the claim's non
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -24,16 +24,14 @@ import voiceagent.store.records as records
 from actors.call import CallRejected
 from tests.dynamodb_front import Fault, Front, running_front
 from tests.dynamodb_support import aws_env, isolate_env, moto_endpoint, open_test_table
-from tests.fakes import setup_frame
+from tests.sessions_support import sessions_on, setup_message
 from voiceagent.app.session_claims import CLAIM_NONCE, SessionClaims
 from voiceagent.app.sessions import Sessions
-from voiceagent.catalog import Catalog
-from voiceagent.relay.protocol import Setup, parse_frame
+from voiceagent.relay.protocol import Setup
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 from voiceagent.store.dynamodb import open_dynamodb_store
 from voiceagent.store.write_behind import WriteBehind
-from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import Profile, UseCase
 
 __all__ = ["moto_endpoint"]          # the fixture, imported so pytest finds it here
@@ -77,17 +75,12 @@ async def two(request: pytest.FixtureRequest, tmp_path: Path, moto_endpoint: str
                 yield Two(a, b, front)
 
 
-def _process(store: Store) -> tuple[Sessions, WriteBehind]:
-    writer = WriteBehind(store, jitter=lambda: 1.0)         # never drained: no queue help
-    settings = Settings.model_validate({"STACK_USE_CASE": USE_CASE.name})
-    return Sessions(settings=settings, store=store, catalog=Catalog(store, ToolRegistry()),
-                    writer=writer), writer
+def _process(store: Any) -> tuple[Sessions, WriteBehind]:
+    return sessions_on(store, USE_CASE.name)
 
 
 def _setup(token: str) -> Setup:
-    frame = parse_frame(json.dumps(setup_frame(CALL_SID, token)))
-    assert isinstance(frame, Setup)
-    return frame
+    return setup_message(CALL_SID, token)
 
 
 async def _stored(store: Store) -> dict[str, object]:

@@ -11,7 +11,6 @@ reconnect's socket was refused on any third process, and the reconnect count wen
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import Any, cast
 
@@ -19,16 +18,12 @@ import trio
 
 import voiceagent.store.records as records
 from actors.messages import Setup
-from tests.fakes import setup_frame
+from tests.sessions_support import sessions_on, setup_message
 from tests.test_sessions_elsewhere import USE_CASE, CountingStore, _store_with_use_case
 from voiceagent.app.sessions import Sessions
-from voiceagent.catalog import Catalog
 from voiceagent.errors import StoreError
-from voiceagent.relay.protocol import parse_frame
-from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 from voiceagent.store.write_behind import WriteBehind
-from voiceagent.tools.registry import ToolRegistry
 
 CALL_SID = "CA" + "7" * 32
 
@@ -71,16 +66,11 @@ class ThrottledView:
 
 
 def _sessions_on(store: Any) -> tuple[Sessions, WriteBehind]:
-    writer = WriteBehind(cast(Store, store), jitter=lambda: 1.0)
-    settings = Settings.model_validate({"STACK_USE_CASE": USE_CASE.name})
-    return Sessions(settings=settings, store=cast(Store, store),
-                    catalog=Catalog(cast(Store, store), ToolRegistry()), writer=writer), writer
+    return sessions_on(store, USE_CASE.name)
 
 
 def _setup(token: str) -> Setup:
-    frame = parse_frame(json.dumps(setup_frame(CALL_SID, token)))
-    assert isinstance(frame, Setup)
-    return frame
+    return setup_message(CALL_SID, token)
 
 
 async def _three_processes() -> tuple[CountingStore, ThrottledView, tuple[Sessions, WriteBehind],

@@ -12,7 +12,6 @@ may still hold the socket's last messages, which the resuming socket reads from 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar, cast
@@ -23,7 +22,8 @@ import trio
 import voiceagent.store.config_records as config_records
 import voiceagent.store.records as records
 from actors.call import CallPlan, CallRejected
-from tests.fakes import MemoryStore, setup_frame
+from tests.fakes import MemoryStore
+from tests.sessions_support import sessions_on, setup_message
 from voiceagent.app.sessions import (
     MINTED_ELSEWHERE_WAITS_S,
     PENDING_TTL_S,
@@ -32,13 +32,11 @@ from voiceagent.app.sessions import (
     SessionBusy,
     Sessions,
 )
-from voiceagent.catalog import Catalog
 from voiceagent.errors import StoreError
-from voiceagent.relay.protocol import Setup, parse_frame
+from voiceagent.relay.protocol import Setup
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 from voiceagent.store.write_behind import WriteBehind
-from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import UseCase
 
 T = TypeVar("T")
@@ -82,18 +80,12 @@ class CountingStore(MemoryStore):
         return await super().put_if_newer(item, version, legacy=legacy)
 
 
-def _process(store: CountingStore) -> tuple[Sessions, WriteBehind]:
-    writer = WriteBehind(cast(Store, store), jitter=lambda: 1.0)
-    settings = Settings.model_validate({"STACK_USE_CASE": USE_CASE.name})
-    sessions = Sessions(settings=settings, store=cast(Store, store),
-                        catalog=Catalog(cast(Store, store), ToolRegistry()), writer=writer)
-    return sessions, writer
+def _process(store: Any) -> tuple[Sessions, WriteBehind]:
+    return sessions_on(store, USE_CASE.name)
 
 
 def _setup(token: str) -> Setup:
-    frame = parse_frame(json.dumps(setup_frame(CALL_SID, token)))
-    assert isinstance(frame, Setup)
-    return frame
+    return setup_message(CALL_SID, token)
 
 
 async def _store_with_use_case() -> CountingStore:
