@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.metrics import MetricWrapperBase
 from pydantic import BaseModel
 
+from actors.call import CallReport
 from voiceagent.app import cli, heap
 from voiceagent.app.dotenv_file import OTHER_NAMES
 from voiceagent.app.metrics import Metrics
@@ -175,12 +175,13 @@ def test_the_readme_defaults_are_the_code_defaults() -> None:
 
 
 def _metrics(monkeypatch: pytest.MonkeyPatch) -> tuple[Metrics, io.StringIO]:
-    """A Metrics over parts that report every family (Bedrock's, the GC's included)."""
+    """A Metrics over parts that report every family (Bedrock's, the GC's included), each
+    labelled one with a sample (an error code, quantiles over a window)."""
     monkeypatch.setattr(heap, "gc_pauses", heap.GcPauses)
     bedrock = BedrockStatistics(
-        streams_opened=1, streams_open=0, streams_completed=1, retries=0, cancellations=0,
-        errors_by_code={}, attempts_open=0, cancel_to_closed_s=(), cancel_to_exit_s=(),
-        first_token_s=())
+        streams_opened=1, streams_open=0, streams_completed=1, retries=0, cancellations=1,
+        errors_by_code={"ThrottlingException": 1}, attempts_open=0, cancel_to_closed_s=(0.1,),
+        cancel_to_exit_s=(0.1,), first_token_s=(0.5,))
     writer = WriteBehindStatistics(pending=0, written=0, failed=0, retries=0,
                                    oldest_pending_age_s=0.0, store_down=False)
     runtime: Any = SimpleNamespace(
@@ -192,16 +193,36 @@ def _metrics(monkeypatch: pytest.MonkeyPatch) -> tuple[Metrics, io.StringIO]:
     return Metrics(runtime, emf_stream=stream), stream
 
 
+def _feed(metrics: Metrics) -> None:
+    """A figure for every labelled family the calls feed, through the calls' own entry
+    points: a family's label names are read from its samples, and it has none before."""
+    tool = default_registry().names()[0]
+    metrics.on_turn({"kind": "caller", "latency_ms": 1, "first_token_ms_by_round": [1],
+                     "overhead_ms": 1, "input_tokens": 1, "output_tokens": 1,
+                     "cut_by": "barge-in", "model_error": "ModelThrottled",
+                     "tools": [{"tool": tool, "duration_ms": 1, "status": "error"}]})
+    report = CallReport()
+    report.frames.rejected["oversized"] += 1
+    report.tool_blocking.runs[tool] = 1
+    metrics.on_call_finished(report)
+    metrics.on_call_refused("capacity")
+    metrics.on_handoff("enqueue", "CA1")
+    metrics.on_reconnect("resumed", "CA1")
+
+
 def _series(metrics: Metrics) -> dict[str, tuple[str, ...]]:
-    """Each family as /metrics names it (counters with ``_total``) -> its label names."""
-    wrappers = {w._name: w for w in vars(metrics).values() if isinstance(w, MetricWrapperBase)}
+    """Each family as /metrics names it (counters with ``_total``) -> its label names, as its
+    samples carry them (a histogram's ``le`` left out)."""
+    _feed(metrics)
     series = {}
     for family in metrics.registry.collect():
-        source = wrappers.get(family.name, family)
-        # label names, set for a labelled wrapper or family even before its first sample
-        labels = tuple(name for name in vars(source)["_labelnames"] if name != "le")
+        assert family.samples, (
+            f"{family.name} has no sample, so its labels cannot be read: give it a figure "
+            "in _feed (or _metrics, for a family read at scrape time)")
+        labels = dict.fromkeys(name for sample in family.samples for name in sample.labels
+                               if name != "le")
         suffix = "_total" if family.type == "counter" else ""
-        series[family.name + suffix] = labels
+        series[family.name + suffix] = tuple(labels)
     return series
 
 
@@ -272,6 +293,7 @@ def _emf_documents(metrics: Metrics, stream: io.StringIO) -> list[dict[str, Any]
     metrics.on_turn({"kind": "caller", "latency_ms": 1, "first_token_ms": 1, "overhead_ms": 1,
                      "barge_in": True, "model_error": "ModelThrottled", "call_sid": "CA1"})
     metrics.on_call_refused("capacity")
+    metrics.on_handoff("enqueue", "CA1")
     metrics.on_reconnect("resumed_partial", "CA1")
     metrics.on_reconnect("refused_limit", "CA1")
     metrics.on_handoff("no_target", "CA1")
