@@ -359,22 +359,41 @@ def _shown_commands(text: str) -> Iterator[list[str]]:
                 yield rest.split()
 
 
-def _check_shown(words: list[str], parser: argparse.ArgumentParser) -> tuple[str, str | None]:
-    """The command path the words name, and what in them the parser does not know."""
-    path = "voiceagent"
+def _parsers(parser: argparse.ArgumentParser, path: str = "voiceagent") -> Iterator[
+        tuple[str, argparse.ArgumentParser]]:
+    """Every command's parser, the groups' (``config``) and ``voiceagent``'s own included."""
+    yield path, parser
+    for name, sub in _subparsers(parser).items():
+        yield from _parsers(sub, f"{path} {name}")
+
+
+class Shown(typing.NamedTuple):
+    path: str                              # the command the words name
+    options: list[tuple[str, str]]         # (command, option) for each option given
+    problem: str | None                    # what in them the parser does not know
+
+
+def _check_shown(words: list[str], parser: argparse.ArgumentParser) -> Shown:
+    """An option after a placeholder (``voiceagent COMMAND --help``) is every command's:
+    its command is ``*``."""
+    path, options = "voiceagent", []
     for word in words:
         commands = _subparsers(parser)
         if word.startswith("-"):
             option = word.split("=")[0]
-            if option not in parser._option_string_actions:
-                return path, f"`{path}` has no option {option}"
+            if path == "*":
+                if not all(option in sub._option_string_actions for _, sub in _parsers(parser)):
+                    return Shown(path, options, f"not every command has the option {option}")
+            elif option not in parser._option_string_actions:
+                return Shown(path, options, f"`{path}` has no option {option}")
+            options.append((path, option))
         elif commands and ENV_NAME.fullmatch(word):
-            return path, None                     # COMMAND, a placeholder: any of them
+            path = "*"                            # COMMAND, a placeholder: any of them
         elif commands:
             if word not in commands:
-                return path, f"`{path}` has no command {word!r}"
+                return Shown(path, options, f"`{path}` has no command {word!r}")
             path, parser = f"{path} {word}", commands[word]
-    return path, None
+    return Shown(path, options, None)
 
 
 def test_the_commands_the_documents_show_exist() -> None:
@@ -382,7 +401,7 @@ def test_the_commands_the_documents_show_exist() -> None:
     wrong = []
     for doc in USER_DOCS:
         for words in _shown_commands(doc.read_text(encoding="utf-8")):
-            _, problem = _check_shown(words, parser)
+            problem = _check_shown(words, parser).problem
             if problem is not None:
                 wrong.append(f"{doc.relative_to(ROOT)}: voiceagent {' '.join(words)}: {problem}")
     assert not wrong, "commands shown in the documents that the CLI refuses:\n" + "\n".join(
@@ -391,11 +410,68 @@ def test_the_commands_the_documents_show_exist() -> None:
 
 def test_every_command_is_in_the_readme() -> None:
     parser = cli._parser()
-    shown = {_check_shown(words, parser)[0]
+    shown = {_check_shown(words, parser).path
              for words in _shown_commands(README.read_text(encoding="utf-8"))}
     missing = sorted(set(_commands(parser)) - shown)
     assert not missing, (f"{missing}: the CLI has them (voiceagent/app/cli.py and the modules "
                          "it adds commands from), README.md never shows them: show each once")
+
+
+def _sections(text: str) -> Iterator[str]:
+    """The text from each heading to the next (a ``#`` line in a fenced block is a comment)."""
+    section: list[str] = []
+    fenced = False
+    for line in text.splitlines():
+        fenced ^= line.startswith("```")
+        if line.startswith("#") and not fenced and section:
+            yield "\n".join(section)
+            section = []
+        section.append(line)
+    yield "\n".join(section)
+
+
+def _documented_options(parser: argparse.ArgumentParser) -> set[tuple[str, str]]:
+    """(command, option) for each option README.md gives a command it shows, or names in the
+    same section: backticked in the text (`--json`) or in a shell comment of a code block
+    (``# validate config/ (or --config-dir DIR)``). Two commands shown in one section share
+    the options it names: they are documented next to each other."""
+    documented = set()
+    for section in _sections(README.read_text(encoding="utf-8")):
+        shown = [_check_shown(words, parser) for words in _shown_commands(section)]
+        documented |= {option for read in shown for option in read.options}
+        prose = re.sub(r"```.*?```", "", section, flags=re.DOTALL)
+        named = {token.split()[0].split("=")[0] for token in TICKED.findall(prose)
+                 if token.startswith("-")}
+        for block in _fenced(section):
+            for comment in re.findall(r"(?:^|\s)#(.*)", block, re.MULTILINE):
+                named |= set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", comment))
+        documented |= {(read.path, option) for read in shown for option in named}
+    return documented
+
+
+# Options README.md need not name: each must say all there is to say in its --help line, and
+# a comment here says why. Empty: every option so far changes what a user sees or gets.
+SELF_EXPLANATORY: frozenset[tuple[str, str]] = frozenset()
+
+
+def test_every_option_is_in_the_readme() -> None:
+    """Every command's options, so one added to the CLI (``serve --env-file`` was, and was in
+    --help only for a while) is documented where users read about the command."""
+    parser = cli._parser()
+    documented = _documented_options(parser)
+    missing = []
+    for path, command in _parsers(parser):
+        for action in command._actions:
+            names = action.option_strings
+            if not names or any((path, name) in documented or ("*", name) in documented
+                                or (path, name) in SELF_EXPLANATORY for name in names):
+                continue
+            missing.append(f"{path} {'/'.join(names)}")
+    assert not missing, (
+        f"the CLI has these options, which README.md neither shows with their command nor "
+        f"names (backticked) in the section that shows it: {missing}; document each there "
+        "(what it does, its default), or, if its --help line says all, add it to "
+        "SELF_EXPLANATORY with a comment why")
 
 
 # ------------------------------------------------------------------------------- use cases
