@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from voiceagent.usecases import UseCase
+    from voiceagent.usecase_schema import UseCase
 
 # The complement of XML 1.0's Char production: #x9 | #xA | #xD | [#x20-#xD7FF] |
 # [#xE000-#xFFFD] | [#x10000-#x10FFFF]

@@ -1,386 +1,54 @@
 """Use cases and caller profiles: the YAML in ``config/`` and the store items made from it.
 
-A use case is everything that makes one agent differ from another: persona prompt, model,
-tools, DTMF handlers, ConversationRelay attributes and (for offline runs) scripted replies.
-Files are read strictly: an unknown key or a wrong type is a ``ConfigError`` naming the file
-and the key path, so a typo fails at load time rather than on a live call.
+The public face of three modules, so callers import from one place: ``usecase_schema`` (the
+models, checked strictly), ``usecase_loading`` (files -> models, errors naming file and key
+path) and ``usecase_prompt`` (a call's system prompt).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import re
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-import yaml
-from pydantic import (
-    BaseModel,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
-
-from voiceagent.errors import ConfigError
 from voiceagent.relay.protocol import Setting
-from voiceagent.usecase_errors import first_problem
 from voiceagent.usecase_handoff import HandoffConfig
-from voiceagent.usecase_model import InferenceSettings, ModelOptionSettings, check_samplers
+from voiceagent.usecase_loading import (
+    load_profiles_file,
+    load_use_case_file,
+    parse_model,
+    read_yaml,
+)
+from voiceagent.usecase_model import InferenceSettings, ModelOptionSettings
+from voiceagent.usecase_prompt import (
+    CURRENT_DATE_MARK,
+    USER_CONTEXT_MARK,
+    caller_context,
+    render_prompt,
+)
 from voiceagent.usecase_relay import (
     LANGUAGE_BUILDER_ATTRIBUTES,
     RELAY_BUILDER_ATTRIBUTES,
-    RELAY_EXTRA_NAME,
-    RELAY_SOURCE,
     TWILIO_VERSION,
-    Attributes,
     LanguageEntry,
     RelayTrigger,
     RelayUpdate,
     ReplyControls,
-    Strict,
-    key_problem,
-    regex_ok,
-    stored,
-    unknown_attribute,
 )
-from voiceagent.usecase_xml import twiml_text_problem
-
-__all__ = ["LANGUAGE_BUILDER_ATTRIBUTES", "RELAY_BUILDER_ATTRIBUTES", "TWILIO_VERSION",
-           "HandoffConfig", "InferenceSettings", "LanguageEntry", "ModelOptionSettings",
-           "RelayTrigger", "RelayUpdate", "ReplyControls", "Setting"]
-
-USER_CONTEXT_MARK = "<<USER_CONTEXT>>"     # the original sample's placeholders, kept so its
-CURRENT_DATE_MARK = "<<CURRENT_DATE>>"     # prompt items work unchanged
-
-M = TypeVar("M", bound=BaseModel)
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-class ToolDeclaration(Strict):
-    """A tool the model may call: Bedrock's toolSpec, with the schema checked on every call."""
-
-    name: str
-    description: str = Field(min_length=1)
-    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object",
-                                                                  "properties": {}})
-    timeout_s: float | None = Field(default=None, gt=0, le=120)
-    reply: ReplyControls | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name_ok(cls, value: str) -> str:
-        if not TOOL_NAME.match(value):
-            raise ValueError("tool names are 1-64 of a-z A-Z 0-9 _ - (Bedrock's rule)")
-        return value
-
-    def tool_spec(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description,
-                "inputSchema": {"json": self.input_schema}}
-
-
-class DtmfHandler(Strict):
-    """What one key (or a buffered entry) does. ``reply`` is spoken, with ``interruptible`` /
-    ``preemptible`` on its frames when set; ``tool`` runs a tool; ``to_model`` hands the keys
-    to the model as caller input. At least one must be set."""
-
-    reply: str | None = None
-    tool: str | None = None
-    input: dict[str, Any] = Field(default_factory=dict)
-    to_model: bool = False
-    interruptible: bool | None = None
-    preemptible: bool | None = None
-
-    @model_validator(mode="after")
-    def _flags_need_reply(self, info: ValidationInfo) -> DtmfHandler:
-        new_check = not stored(info)
-        if new_check and self.reply is None and self.tool is None and not self.to_model:
-            raise key_problem((), "a handler needs reply, tool and/or to_model: true")
-        if new_check and self.input and self.tool is None:
-            raise key_problem(("input",), "input is the tool's input; set tool")
-        if self.reply is None and (self.interruptible is not None
-                                   or self.preemptible is not None):
-            raise key_problem((), "interruptible and preemptible apply to reply; set reply")
-        return self
-
-
-class DtmfConfig(Strict):
-    """Keys with a handler act at once; other keys collect into an entry (an order number)
-    that ends with the terminator, ``max_digits`` or ``idle_timeout_s`` of silence."""
-
-    handlers: dict[str, DtmfHandler] = Field(default_factory=dict)
-    terminator: str = "#"              # ends a multi-digit entry
-    idle_timeout_s: float = Field(default=2.0, gt=0, le=30)
-    max_digits: int = Field(default=12, ge=1, le=64)
-    default_to_model: bool = True      # keys without a handler go to the model
-
-    @field_validator("terminator")
-    @classmethod
-    def _one_key(cls, value: str, info: ValidationInfo) -> str:
-        """Else an entry could only end by its timeout or length."""
-        if not stored(info) and (len(value) != 1 or value not in "0123456789*#"):
-            raise key_problem((), f"{value!r} is not one key: use one of 0-9, * or #")
-        return value
-
-
-
-
-class ScriptedToolStep(Strict):
-    name: str
-    input: dict[str, Any] = Field(default_factory=dict)
-
-
-class ScriptedRule(Strict):
-    """Offline model behaviour: a regex over the caller's words -> a streamed reply, or a tool
-    call whose result is spoken with ``then`` (``{field}`` fills from the result object)."""
-
-    match: str
-    reply: str | None = None
-    tool: ScriptedToolStep | None = None
-    then: str | None = None
-
-    @field_validator("match")
-    @classmethod
-    def _regex_ok(cls, value: str) -> str:
-        return regex_ok(value)
-
-    @model_validator(mode="after")
-    def _answers(self, info: ValidationInfo) -> ScriptedRule:
-        if self.tool is None and not stored(info):
-            if self.reply is None:
-                raise key_problem((), "a rule needs reply and/or tool")
-            if self.then is not None:
-                raise key_problem(("then",), "then is said after the tool's result; set tool")
-        return self
-
-
-class ScriptedConfig(Strict):
-    rules: tuple[ScriptedRule, ...] = ()
-    fallback: str = "Sorry, I did not catch that. Could you say it another way?"
-    first_token_delay_ms: int | None = Field(default=None, ge=0, le=10_000)
-    token_delay_ms: int | None = Field(default=None, ge=0, le=2_000)
-
-
-class UseCase(Strict):
-    name: str = Field(min_length=1)
-    title: str = ""
-    description: str = ""
-    prompt: str = Field(min_length=1)
-    model: str | None = None
-    time_zone: str | None = None
-    inference: InferenceSettings = Field(default_factory=lambda: InferenceSettings())
-    model_options: ModelOptionSettings = Field(default_factory=lambda: ModelOptionSettings())
-    relay: Attributes = Field(default_factory=dict)
-    relay_extra: Attributes = Field(default_factory=dict)
-    languages: tuple[LanguageEntry, ...] = ()
-    auto_language: bool | None = None
-    relay_updates: tuple[RelayUpdate, ...] = ()
-    tools: tuple[ToolDeclaration, ...] = ()
-    dtmf: DtmfConfig = Field(default_factory=DtmfConfig)
-    handoff: HandoffConfig = Field(default_factory=HandoffConfig)
-    scripted: ScriptedConfig = Field(default_factory=ScriptedConfig)
-
-    @field_validator("relay")
-    @classmethod
-    def _relay_known(cls, value: dict[str, Setting]) -> dict[str, Setting]:
-        for key in value:
-            if key not in RELAY_BUILDER_ATTRIBUTES:
-                problem = unknown_attribute(key, RELAY_BUILDER_ATTRIBUTES,
-                                             "ConversationRelay", RELAY_SOURCE)
-                raise key_problem((key,), problem + "; put an attribute Twilio documents "
-                                   "that the builder does not name yet under relay_extra")
-        return value
-
-    @field_validator("relay_extra")
-    @classmethod
-    def _extra_not_builder_named(cls, value: dict[str, Setting]) -> dict[str, Setting]:
-        for key in value:
-            if key in RELAY_BUILDER_ATTRIBUTES:
-                problem = f"the installed twilio builder names {key}: put {key} under relay:"
-            elif key == "url":
-                problem = "url is the relay socket's address, which the server sets"
-            elif not RELAY_EXTRA_NAME.match(key):
-                problem = ("not a TwiML attribute name: lowerCamelCase letters and digits, "
-                           "spelled as in Twilio's docs (e.g. eotThreshold)")
-            else:
-                continue
-            raise key_problem((key,), problem)
-        return value
-
-    @field_validator("time_zone")
-    @classmethod
-    def _zone_ok(cls, value: str | None) -> str | None:
-        if value is not None:
-            _zone(value)
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> UseCase:
-        seen: set[str] = set()
-        for i, entry in enumerate(self.languages):
-            if entry.code.lower() in seen:
-                raise key_problem(("languages", i, "code"),
-                                   f"language {entry.code} is declared twice")
-            seen.add(entry.code.lower())
-        if self.auto_language and not self.languages:
-            raise key_problem(("auto_language",), "auto_language switches among the "
-                               "languages declared under languages; declare them")
-        declared: set[str] = set()
-        for i, declaration in enumerate(self.tools):
-            if declaration.name in declared:       # Bedrock refuses repeated tool names
-                raise key_problem(("tools", i, "name"),
-                                   f"tool {declaration.name} is declared twice")
-            declared.add(declaration.name)
-        for i, rule in enumerate(self.relay_updates):
-            if rule.when.tool is not None and rule.when.tool not in declared:
-                raise key_problem(("relay_updates", i, "when", "tool"),
-                                   f"tool {rule.when.tool!r} is not declared in this use "
-                                   f"case's tools; declared: {sorted(declared)}")
-        return self
-
-    @model_validator(mode="after")
-    def _file_checks(self, info: ValidationInfo) -> UseCase:
-        if stored(info):                    # a stored one is served as it was
-            return self
-        check_samplers(self.model, self.inference)
-        if (problem := twiml_text_problem(self)) is not None:
-            raise key_problem(*problem)
-        return self
-
-    @property
-    def welcome_greeting(self) -> str | None:
-        greeting = self.relay.get("welcomeGreeting")
-        return str(greeting) if greeting else None
-
-    @property
-    def auto_language_enabled(self) -> bool:
-        """Whether to answer in the language the caller speaks: ``auto_language`` when set,
-        else whether the use case declares more than one language."""
-        if self.auto_language is not None:
-            return self.auto_language
-        return len(self.languages) > 1
-
-    def language_for(self, lang: str) -> LanguageEntry | None:
-        """The declared language for ``lang``: the entry whose code equals it (case aside),
-        else the first with the same primary subtag (Twilio's ``multi`` transcription
-        reports only ``es``), else None."""
-        if not lang:
-            return None
-        wanted = lang.lower()
-        exact = next((e for e in self.languages if e.code.lower() == wanted), None)
-        if exact is not None:
-            return exact
-        primary = _primary_subtag(wanted)
-        return next((e for e in self.languages if _primary_subtag(e.code) == primary), None)
-
-    def tool(self, name: str) -> ToolDeclaration | None:
-        return next((t for t in self.tools if t.name == name), None)
-
-    def tool_specs(self) -> tuple[dict[str, Any], ...]:
-        return tuple(t.tool_spec() for t in self.tools)
-
-
-def _primary_subtag(code: str) -> str:
-    return code.replace("_", "-").split("-", 1)[0].lower()
-
-
-UseCase.model_rebuild()
-
-
-class Profile(Strict):
-    phone: str
-    first_name: str = ""
-    last_name: str = ""
-    email: str = ""
-    use_case: str | None = None
-
-    @field_validator("phone")
-    @classmethod
-    def _e164(cls, value: str) -> str:
-        if not E164.match(value):
-            raise ValueError("must be an E.164 number such as +14155550100")
-        return value
-
-
-class ProfilesFile(Strict):
-    profiles: tuple[Profile, ...] = ()
-
-
-# ------------------------------------------------------------------ loading
-
-
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as "
-                         "America/Los_Angeles") from None
-
-
-def _key_path(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
-
-
-def parse_model(model: type[M], data: Any, source: str,
-                context: Mapping[str, Any] | None = None) -> M:
-    """Validate ``data``; one problem (``first_problem``) becomes a ConfigError naming source
-    and key path. ``context``: ``STORED`` for a use case read back from the table."""
-    try:
-        return model.model_validate(data, context=context)
-    except ValidationError as err:
-        loc, problem = first_problem(err.errors())
-        raise ConfigError(source, _key_path(loc), problem) from None
-
-
-def read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(str(path), "", f"cannot read: {err.strerror}") from None
-    except UnicodeDecodeError as err:          # UTF-16 ("Unicode" in Notepad), Latin-1, ...
-        raise ConfigError(str(path), "", f"not UTF-8 text (byte {err.start} is not UTF-8); "
-                                         "save the file as UTF-8") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(str(path), where, f"not valid YAML: {err}") from None
-
-
-def load_use_case_file(path: Path) -> UseCase:
-    data = read_yaml(path)
-    if not isinstance(data, Mapping):
-        raise ConfigError(str(path), "", "must be a YAML mapping of use-case keys")
-    return parse_model(UseCase, data, str(path))
-
-
-def load_profiles_file(path: Path) -> tuple[Profile, ...]:
-    data = read_yaml(path)
-    return parse_model(ProfilesFile, data or {}, str(path)).profiles
-
-
-# ------------------------------------------------------------------ prompt rendering
-
-
-def caller_context(profile: Profile | None) -> str:
-    if profile is not None and profile.first_name:
-        name = f"{profile.first_name} {profile.last_name}".strip()
-        return (f"The caller is {name}, a returning customer. Greet them by first name "
-                "and do not ask for their name again.")
-    return ("The caller's name is not known. Ask for their first name early in the "
-            "conversation, naturally, and use it afterwards.")
-
-
-def render_prompt(use_case: UseCase, profile: Profile | None, now: dt.datetime,
-                  default_zone: str) -> str:
-    """The system prompt for one call, with the caller and the local date filled in."""
-    zone = _zone(use_case.time_zone or default_zone)
-    local = now.astimezone(zone)
-    date_text = local.strftime("%A, %B %-d, %Y, %-I:%M %p ") + (local.tzname() or "")
-    return (use_case.prompt
-            .replace(USER_CONTEXT_MARK, caller_context(profile))
-            .replace(CURRENT_DATE_MARK, date_text.strip()))
+from voiceagent.usecase_schema import (
+    E164,
+    TOOL_NAME,
+    DtmfConfig,
+    DtmfHandler,
+    Profile,
+    ProfilesFile,
+    ScriptedConfig,
+    ScriptedRule,
+    ScriptedToolStep,
+    ToolDeclaration,
+    UseCase,
+)
+
+__all__ = ["CURRENT_DATE_MARK", "E164", "LANGUAGE_BUILDER_ATTRIBUTES",
+           "RELAY_BUILDER_ATTRIBUTES", "TOOL_NAME", "TWILIO_VERSION", "USER_CONTEXT_MARK",
+           "DtmfConfig", "DtmfHandler", "HandoffConfig", "InferenceSettings", "LanguageEntry",
+           "ModelOptionSettings", "Profile", "ProfilesFile", "RelayTrigger", "RelayUpdate",
+           "ReplyControls", "ScriptedConfig", "ScriptedRule", "ScriptedToolStep", "Setting",
+           "ToolDeclaration", "UseCase", "caller_context", "load_profiles_file",
+           "load_use_case_file", "parse_model", "read_yaml", "render_prompt"]
