@@ -89,3 +89,76 @@ def test_tools_with_defaults_or_star_args_still_load(tmp_path: Path,
     monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
     registry = build_registry(Settings.model_validate({"TOOLS": module}))
     assert {"BookTable", "CountCovers"} <= set(registry.names())
+
+
+@pytest.mark.parametrize(("options", "wanted"), [
+    ('timeout_s=os.environ.get("CRM_TIMEOUT_S", "5")', "convert it with float()"),
+    ("timeout_s=None", "not None"),
+    ("timeout_s=math.inf", "at most 120"),
+    ("timeout_s=math.nan", "more than 0"),
+    ("timeout_s=0", "more than 0"),
+    ('side_effect="no"', "side_effect must be True or False"),
+    ("blocking=1", "blocking must be True or False"),
+])
+def test_an_option_of_the_wrong_kind_says_what_it_must_be(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: str, wanted: str) -> None:
+    """A timeout read from the environment is text: the line read "TypeError: '>' not
+    supported between instances of 'str' and 'int'", naming neither the tool nor the
+    option. ``math.inf`` loaded, and a hung side-effect tool then held its call open for
+    good (it runs on, shielded, within its own timeout); the use case's own ``timeout_s``
+    stops at 120. ``side_effect="no"`` was taken as True."""
+    error = _load(tmp_path, monkeypatch, f'''
+        import math
+        import os
+
+        from voiceagent.tools import tool
+
+        @tool("BookTable", {options})
+        async def book_table(ctx, args):
+            return {{}}
+        ''')
+    assert "BookTable" in error.problem, error.problem
+    assert wanted in error.problem, error.problem
+    assert str(tmp_path / "plugins") in error.problem, error.problem
+
+
+def test_an_async_generator_is_told_to_return_its_dict(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ``async def`` that yields was told it "is a plain def: make it an async def",
+    which it is."""
+    error = _load(tmp_path, monkeypatch, '''
+        from voiceagent.tools import tool
+
+        @tool("BookTable")
+        async def book_table(ctx, args):
+            yield {"booked": True}
+        ''')
+    assert "async generator" in error.problem, error.problem
+    assert "plain def" not in error.problem, error.problem
+
+
+@pytest.mark.parametrize("target", ["functools.partial(book, retries=3)", "Booker()"])
+def test_a_partial_or_a_callable_object_is_refused_with_what_to_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+    """``tool("BookTable")(functools.partial(...))`` failed with "AttributeError:
+    'functools.partial' object has no attribute '__qualname__'"; a callable object with an
+    async ``__call__`` was told it "is a plain def"."""
+    error = _load(tmp_path, monkeypatch, f'''
+        import functools
+
+        from voiceagent.tools import tool
+
+
+        async def book(ctx, args, retries):
+            return {{}}
+
+
+        class Booker:
+            async def __call__(self, ctx, args):
+                return {{}}
+
+
+        tool("BookTable")({target})
+        ''')
+    assert "BookTable" in error.problem, error.problem
+    assert "write a small function that calls it" in error.problem, error.problem

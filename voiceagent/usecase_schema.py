@@ -36,6 +36,9 @@ from voiceagent.usecase_xml import twiml_text_problem
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+# the longest a tool may take, in the use case or in its @tool: one that hangs past it holds
+# the turn, and a side-effect tool, which runs on after the caller hangs up, the call itself
+MAX_TOOL_TIMEOUT_S = 120.0
 
 
 class ToolDeclaration(Strict):
@@ -45,7 +48,7 @@ class ToolDeclaration(Strict):
     description: str = Field(min_length=1)
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object",
                                                                   "properties": {}})
-    timeout_s: float | None = Field(default=None, gt=0, le=120)
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_TOOL_TIMEOUT_S)
     reply: ReplyControls | None = None
 
     @field_validator("name")

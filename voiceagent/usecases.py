@@ -33,6 +33,7 @@ from voiceagent.usecase_relay import (
 )
 from voiceagent.usecase_schema import (
     E164,
+    MAX_TOOL_TIMEOUT_S,
     TOOL_NAME,
     DtmfConfig,
     DtmfHandler,
@@ -45,7 +46,7 @@ from voiceagent.usecase_schema import (
     UseCase,
 )
 
-__all__ = ["CURRENT_DATE_MARK", "E164", "LANGUAGE_BUILDER_ATTRIBUTES",
+__all__ = ["CURRENT_DATE_MARK", "E164", "LANGUAGE_BUILDER_ATTRIBUTES", "MAX_TOOL_TIMEOUT_S",
            "RELAY_BUILDER_ATTRIBUTES", "TOOL_NAME", "TWILIO_VERSION", "USER_CONTEXT_MARK",
            "DtmfConfig", "DtmfHandler", "HandoffConfig", "InferenceSettings", "LanguageEntry",
            "ModelOptionSettings", "Profile", "ProfilesFile", "RelayTrigger", "RelayUpdate",

@@ -22,7 +22,7 @@ import trio
 from voiceagent.errors import ToolMessageRefused
 from voiceagent.relay.outbound import Config, End, Hints, Language, Play, SendDigits
 from voiceagent.threads import run_blocking
-from voiceagent.usecases import TOOL_NAME
+from voiceagent.usecases import MAX_TOOL_TIMEOUT_S, TOOL_NAME
 
 if TYPE_CHECKING:
     from voiceagent.settings import Settings
@@ -102,6 +102,9 @@ class ToolDefinition:
 
     def __post_init__(self) -> None:
         is_async = inspect.iscoroutinefunction(self.function)
+        if inspect.isasyncgenfunction(self.function):
+            raise TypeError(f"tool {self.name!r} is an async generator (it yields): a tool "
+                            "returns one dict; return it instead of yielding")
         if self.blocking and is_async:
             raise TypeError(f"tool {self.name!r} is an async def with blocking=True: drop "
                             "blocking (it runs on trio), or make it a plain def")
@@ -155,10 +158,17 @@ def tool(name: str, *, side_effect: bool = False, timeout_s: float = 10.0,
                         f"@tool(\"ToolName\") above {function}, not a bare @tool")
     if not TOOL_NAME.match(name):
         raise ValueError(f"tool name {name!r}: 1-64 of a-z A-Z 0-9 _ - (Bedrock's rule)")
-    if not timeout_s > 0:
-        raise ValueError(f"tool {name!r}: timeout_s must be more than 0")
+    _check_options(name, timeout_s, side_effect=side_effect, ends_turn=ends_turn,
+                   blocking=blocking)
 
     def decorate(function: F) -> F:
+        if not (isinstance(getattr(function, "__qualname__", None), str)
+                and isinstance(getattr(function, "__module__", None), str)):
+            # a functools.partial or a callable object: its module is not the one that
+            # registers it (a partial's is "functools"), so TOOLS would find no tool there
+            raise TypeError(f"tool {name!r}: @tool registers a function written with def or "
+                            f"async def, not a {type(function).__name__} object; write a small "
+                            "function that calls it")
         definition = ToolDefinition(name, function, side_effect=side_effect,
                                     timeout_s=timeout_s, ends_turn=ends_turn, blocking=blocking)
         module = _COLLECTED.setdefault(function.__module__, {})
@@ -169,6 +179,20 @@ def tool(name: str, *, side_effect: bool = False, timeout_s: float = 10.0,
         module[name] = (function.__qualname__, definition)
         return function
     return decorate
+
+
+def _check_options(name: str, timeout_s: object, **flags: object) -> None:
+    """Options of the wrong type: a timeout read from the environment is a str, which
+    failed as "'>' not supported between instances of 'str' and 'int'", and one of
+    ``math.inf`` let a hung side-effect tool hold its call open for good."""
+    if (isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float)
+            or not 0 < timeout_s <= MAX_TOOL_TIMEOUT_S):
+        raise ValueError(f"tool {name!r}: timeout_s must be a number of seconds, more than 0 "
+                         f"and at most {MAX_TOOL_TIMEOUT_S:g}, not {timeout_s!r}"
+                         + (" (convert it with float())" if isinstance(timeout_s, str) else ""))
+    for option, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"tool {name!r}: {option} must be True or False, not {value!r}")
 
 
 def tools_defined_in(module: str) -> tuple[ToolDefinition, ...]:
