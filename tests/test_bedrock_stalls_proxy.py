@@ -100,6 +100,15 @@ async def answered_twice_at_once(llm: BedrockLLM, fake: FakeBedrock) -> None:
     assert sorted(texts(r)[0] for r in results) == ["One.", "Two."]
 
 
+async def answered_twice_at_once_again(llm: BedrockLLM) -> None:
+    """Two turns at the same time once every old tunnel stalls: both answered at once."""
+    results: list[list[LLMEvent]] = [[], []]
+    async with trio.open_nursery() as nursery:
+        for into in results:
+            nursery.start_soon(collect, llm, into)
+    assert [texts(r) for r in results] == [["We open at nine."]] * 2
+
+
 def sockets_to(port: int) -> int:
     """This process's open TCP sockets whose peer is ``port`` on loopback: its descriptors
     (/proc/self/fd) matched by inode with the kernel's table (/proc/net/tcp, tcp6). A socket
@@ -167,12 +176,14 @@ async def test_a_stall_before_the_first_event_closes_its_tunnel_and_a_new_one_an
         assert_nothing_held(llm)
 
 
-async def test_a_stalled_start_is_tried_on_a_new_tunnel_not_another_kept_alive_one(
+async def test_a_stalled_start_is_tried_on_a_new_tunnel_and_the_quiet_kept_ones_are_closed(
         fake: FakeBedrock, proxy: RunningProxy) -> None:
     """The stall is the path's (a stuck host, a flow a middlebox dropped): every connection
     kept alive from before it stalls alike, a new one answers. With two tunnels kept, the
     retry took the other kept-alive one, stalled on it for the read timeout, and the caller
-    got the apology; it opens a new tunnel, and the kept one is left for later turns."""
+    got the apology; it opens a new tunnel. And the other kept one, quiet since before the
+    stalled request, is closed at the stall: it stayed, and the next two turns at once took
+    it for one of them, which stalled again (0.3 s, then a new tunnel)."""
     async with short_limits() as llm:
         with trio.fail_after(10):
             await answered_twice_at_once(llm, fake)
@@ -187,12 +198,80 @@ async def test_a_stalled_start_is_tried_on_a_new_tunnel_not_another_kept_alive_o
             started = trio.current_time()
             events = await collect(llm)
             waited = trio.current_time() - started
+            assert (llm.statistics().connections_dropped, pooled(llm)) == (1, 1)
+            assert sockets_to(proxy.port) == 1
+            for connection in fake.connections[:2]:
+                await connection.closed.wait()
+            await answered_twice_at_once_again(llm)
         assert texts(events) == ["We open at nine."]
         assert waited <= FIRST_EVENT_S + SLACK_S
-        assert fake.requests[3].connection.id not in stuck
+        assert all(r.connection.id not in stuck for r in fake.requests[3:])
         assert llm.statistics().errors_by_code == {"FirstEventTimeout": 1}
-        assert (llm.statistics().connections_opened, pooled(llm)) == (3, 2)
+        assert (llm.statistics().connections_opened, pooled(llm)) == (4, 2)
         assert sockets_to(proxy.port) == 2
+        assert_nothing_held(llm)
+
+
+async def test_a_stall_mid_reply_closes_the_quiet_kept_tunnels_so_the_next_turn_is_answered(
+        fake: FakeBedrock, proxy: RunningProxy) -> None:
+    """A reply goes silent after its first words (the path died under it): no retry after
+    words, the caller hears the apology at the read timeout. The other kept tunnel has been
+    quiet as long and shares the path: it stayed in the pool, the next turn took it, and
+    that turn stalled as well (the first-event timeout, then a new tunnel). It is closed at
+    the stall, and the next turn opens a new tunnel and is answered at once."""
+    async with short_limits() as llm:
+        with trio.fail_after(10):
+            await answered_twice_at_once(llm, fake)
+            stuck = {c.id for c in fake.connections}
+
+            def dies_on_old_connections(request: RecordedRequest) -> Reply:
+                if request.connection.id in stuck:
+                    return Stall(frames=(message_start(), *text_events([" We"], stop=False)))
+                return text_reply(["We open at nine."])
+
+            fake.responder = dies_on_old_connections
+            said: list[LLMEvent] = []
+            with pytest.raises(ModelStreamFailed) as failed:
+                await collect(llm, said)
+            started = trio.current_time()
+            after = await collect(llm)
+            waited = trio.current_time() - started
+            assert texts(after) == ["We open at nine."]
+            assert llm.statistics().errors_by_code == {"ReadTimeout": 1}
+            for connection in fake.connections[:2]:
+                await connection.closed.wait()
+            assert await proxy.wait_tunnels(2) == [f"localhost:{fake.port}"] * 2
+        assert (failed.value.code, failed.value.after_tokens) == ("ReadTimeout", True)
+        assert texts(said) == [" We"]
+        assert waited < FIRST_EVENT_S
+        assert fake.requests[3].connection.id not in stuck
+        stats = llm.statistics()
+        assert (stats.connections_opened, stats.connections_dropped, pooled(llm)) == (3, 1, 1)
+        assert sockets_to(proxy.port) == 1
+        assert_nothing_held(llm)
+
+
+async def test_a_tunnel_that_answered_while_another_stalled_is_kept(
+        fake: FakeBedrock, proxy: RunningProxy) -> None:
+    """Only the tunnels quiet since the stalled request went out are closed: one that
+    carried a whole reply while it stalled has shown its path works (a lost request, one
+    stuck host), and closing it would cost a later turn a handshake for nothing."""
+    async with short_limits() as llm:
+        with trio.fail_after(10):
+            await answered_twice_at_once(llm, fake)
+            stalled = len(fake.requests)
+            fake.responder = lambda request: (Stall() if request.index == stalled
+                                              else text_reply(["Yes."]))
+            results: list[list[LLMEvent]] = [[], []]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(collect, llm, results[0])
+                await fake.wait_requests(stalled + 1)
+                nursery.start_soon(collect, llm, results[1])
+        assert [texts(r) for r in results] == [["Yes."], ["Yes."]]
+        assert fake.requests[stalled + 1].connection.id in {c.id for c in fake.connections[:2]}
+        stats = llm.statistics()
+        assert stats.errors_by_code == {"FirstEventTimeout": 1}
+        assert (stats.connections_opened, stats.connections_dropped, pooled(llm)) == (3, 0, 2)
         assert_nothing_held(llm)
 
 

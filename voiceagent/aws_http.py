@@ -190,6 +190,7 @@ class ConnectionPool:
         self.opened = 0
         self.reused = 0
         self.expired = 0                    # closed for idling past IDLE_MAX_S
+        self.dropped = 0                    # closed after a stall (``close_idle_since``)
 
     async def acquire(self, *, fresh: bool = False) -> tuple[Connection, bool]:
         """A connection and whether it had carried a request before."""
@@ -243,6 +244,21 @@ class ConnectionPool:
         while idle and now - idle[0].idle_since >= IDLE_MAX_S:
             idle.popleft().link.close_now()
             self.expired += 1
+
+    def close_idle_since(self, since: float) -> int:
+        """Close the connections idle since ``since`` or before; how many. After a stall on
+        a connection last heard from at ``since``: a path that died (a NAT or firewall that
+        forgot the flow, a proxy restarted, a network change) kills every connection on it
+        without a FIN, so these look usable and would cost a later turn the same stall. One
+        released later has answered since the stalled one went quiet: its path works, and it
+        is kept (a handshake saved). The deque is in ``idle_since`` order."""
+        idle = self._idle
+        count = 0
+        while idle and idle[0].idle_since <= since:
+            idle.popleft().link.close_now()
+            count += 1
+        self.dropped += count
+        return count
 
     def close(self) -> None:
         while self._idle:

@@ -95,6 +95,7 @@ class BedrockStatistics:
     connections_opened: int = 0             # new connections (the rest reused)
     connections_reused: int = 0
     connections_expired: int = 0            # closed after idling past IDLE_MAX_S
+    connections_dropped: int = 0            # idle ones closed after a stall on their path
     retry_quota: int = 0                    # what is left of the process's retry quota
 
 
@@ -220,6 +221,7 @@ class BedrockLLM:
             connections_opened=pool.opened if pool is not None else 0,
             connections_reused=pool.reused if pool is not None else 0,
             connections_expired=pool.expired if pool is not None else 0,
+            connections_dropped=pool.dropped if pool is not None else 0,
             retry_quota=self.retry_quota.available)
 
     # -- streams

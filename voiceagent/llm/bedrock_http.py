@@ -23,7 +23,8 @@ HTTPS_PROXY / NO_PROXY name, if any. An idle connection with anything to read (t
 closed it) or older than ``IDLE_MAX_S`` is dropped before reuse; a request whose reused
 connection dies before any response byte is sent again once on a new connection, as urllib3
 does. Only an exchange that completed cleanly (an error answer read to its end included) goes
-back to the pool.
+back to the pool. A stall also closes the idle connections not heard from since the stalled
+one was (``ConnectionPool.close_idle_since``): a path that dies sends no FIN.
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ class Attempt:
         self._closed = False
         self._timed_out: Exception | None = None
         self.read_deadline = math.inf       # the watchdog ends the read past this
+        self.heard_at = math.inf            # trio time: request sent, or the last whole event
         self.cancelled_at: float | None = None      # perf_counter() at abort
         self.closed_at: float | None = None         # perf_counter() when the socket closed
 
@@ -177,7 +179,8 @@ class Attempt:
             self._drop_connection()
             raise
         if not self._ended:
-            self.read_deadline = min(trio.current_time() + self._first_event_timeout_s,
+            self.heard_at = trio.current_time()
+            self.read_deadline = min(self.heard_at + self._first_event_timeout_s,
                                      self._deadline)
             self._watchdog.watch(self)
 
@@ -295,16 +298,15 @@ class Attempt:
         do not move it: a peer that trickles a byte every few seconds and never completes an
         event (a sick front end, a middlebox) would hold the turn, in silence, for ever. The
         stream's deadline bounds it all; after ``messageStop``, WHOLE_GRACE_S does."""
+        now = self.heard_at = trio.current_time()
         if self._assembler.stopped:
             was = self.read_deadline
-            self.read_deadline = min(trio.current_time() + min(WHOLE_GRACE_S,
-                                                               self._read_timeout_s),
+            self.read_deadline = min(now + min(WHOLE_GRACE_S, self._read_timeout_s),
                                      self._deadline)
             if self.read_deadline < was:    # earlier: the watchdog may sleep past it
                 self._watchdog.watch(self)
         elif self._answering:
-            self.read_deadline = min(trio.current_time() + self._read_timeout_s,
-                                     self._deadline)
+            self.read_deadline = min(now + self._read_timeout_s, self._deadline)
 
     def _http_error(self) -> BedrockHTTPError:
         status = self._status or 0
@@ -344,11 +346,24 @@ class Attempt:
             self._timed_out = FirstEventTimeout(
                 f"the model said nothing within {self._first_event_timeout_s:g} s of the "
                 f"request ({self._first_event_setting})")
+            self._drop_quiet_idle()
         else:
             self._timed_out = ReadTimeout(f"no event from Bedrock for "
                                           f"{self._read_timeout_s:g} s")
+            self._drop_quiet_idle()
         if self._connection is not None:
             self._connection.link.close_now()
+
+    def _drop_quiet_idle(self) -> None:
+        """A stall (seconds of silence, not a slow pace): the pool's idle connections not
+        heard from since this one was are closed too. If its path died, each of them would
+        stall a later turn the same way; if it did not, each costs one handshake, and LIFO
+        reuse reaches them last."""
+        dropped = self._pool.close_idle_since(self.heard_at)
+        if dropped:
+            log.info("bedrock stall: closed the idle connections not heard from since",
+                     extra={"connections": dropped,
+                            "silent_s": round(trio.current_time() - self.heard_at, 3)})
 
     def abort(self) -> None:
         """Stop now, wherever the exchange is: the socket is closed from here."""
