@@ -11,11 +11,11 @@ counts. Where a cut lands decides the ending:
 
 - before the model's own output (nothing, or ``messageStart`` only): ``FirstEventTimeout``
   at 3 s, tried once more; a second start that says nothing is the silent apology;
-- after output began and before ``messageStop``: ``ReplyTooSlow`` at the stream's deadline
-  (3 s + maxTokens 20 at 4 a second = 8 s), what was said and then the apology; a toolUse
-  the reply finished is not run, nor recorded. After a stalled start the deadline is 7 s
-  later and the read timeout (10 s after the last event) comes first: ``ReadTimeout``, the
-  same ending;
+- after output began and before ``messageStop``: ``ReplyTooSlow`` at the attempt's deadline
+  (3 s + maxTokens 20 at 4 a second = 8 s after its request), what was said and then the
+  apology; a toolUse the reply finished is not run, nor recorded. After a stalled start the
+  retry is given the read timeout to begin (10 + 5 s) and the read timeout (10 s after the
+  last event) comes first: ``ReadTimeout``, the same ending;
 - after ``messageStop``: the reply is whole and ends as one, 1 s after it
   (``WHOLE_GRACE_S``: only its usage is missing), or at the limit if that comes first.
 
@@ -59,7 +59,7 @@ from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
 
 MAX_TOKENS = 20
-DEADLINE_S = FIRST_EVENT_TIMEOUT_S + MAX_TOKENS / SPOKEN_TOKENS_PER_S     # 8 s
+PACE_S = MAX_TOKENS / SPOKEN_TOKENS_PER_S     # 5 s: an attempt's deadline is 3 + 5 s
 LATE_S = 0.3            # the watchdog's slack, a retry's jittered wait, the frames' own pace
 EPSILON = 1e-6         # float sums of virtual times
 GAP_S = 0.1             # between deltas: a whole reply streams in about a second
@@ -165,16 +165,16 @@ def expected(steps: Sequence[Step], cuts: Sequence[int], opened: Sequence[float]
     """What the stream's limits make of attempts cut at ``cuts`` (a whole one follows),
     opened at ``opened``: each is given up at whichever comes first of its first-event
     timeout (the read timeout after a stalled start), the read timeout after its last event
-    once the model answers, and the stream's deadline, moved on by a stalled start."""
+    once the model answers, and its deadline: its first-event timeout and the pace of its
+    maxTokens after its own request."""
     errors: list[str] = []
-    deadline = opened[0] + DEADLINE_S
     for attempt, cut in enumerate(cuts):
         sent = steps[:cut]
+        first_s = FIRST_EVENT_TIMEOUT_S if attempt == 0 else READ_TIMEOUT_S
+        deadline = opened[attempt] + first_s + PACE_S
         if not any(s.answers for s in sent):
-            first_s = FIRST_EVENT_TIMEOUT_S if attempt == 0 else READ_TIMEOUT_S
             errors.append("FirstEventTimeout")
             if attempt == 0:
-                deadline += READ_TIMEOUT_S - FIRST_EVENT_TIMEOUT_S
                 continue
             return Expected("unavailable", "", False, errors,
                             min(opened[attempt] + first_s, deadline))

@@ -27,6 +27,7 @@ from tests.call_harness import open_test_call
 from tests.fake_bedrock import (
     FakeBedrock,
     Stall,
+    StreamReply,
     message_end,
     message_start,
     stream_reply,
@@ -222,6 +223,69 @@ async def test_events_dripping_under_the_read_timeout_end_at_the_stream_deadline
     assert fake.requests[1].outcome == "client_closed"
     assert llm.statistics().errors_by_code == {"ReplyTooSlow": 1}
     assert llm.statistics().retries == 0
+
+
+async def behind_a_reply_holding_the_only_slot(
+        mock_clock: trio.testing.MockClock, fake: FakeBedrock, reply: StreamReply
+        ) -> tuple[list[LLMEvent], ModelStreamFailed | None, float, float]:
+    """A stream of maxTokens 40 (3 + 40 / 4 = 13 s) opened while another reply (8 s) holds
+    the backend's only limiter slot: its events, its failure, when its request reached the
+    endpoint and when it ended, both from when it was opened."""
+    fake.push(text_reply([f" a{n}" for n in range(8)], gap_s=1.0), reply)
+    events: list[LLMEvent] = []
+    failed: list[ModelStreamFailed] = []
+    sent: list[float] = []
+
+    async def queued() -> None:
+        try:
+            await collect(llm, events, max_tokens=40)
+        except ModelStreamFailed as err:
+            failed.append(err)
+
+    async with llm_on_virtual_clock(mock_clock, max_concurrent_streams=1) as llm:
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(collect, llm, [])
+                await fake.wait_requests(1)
+                opened = trio.current_time()
+                nursery.start_soon(queued)
+                await fake.wait_requests(2)
+                sent.append(trio.current_time() - opened)
+        ended = trio.current_time() - opened
+        assert llm.statistics().retries == 0
+    return events, (failed or [None])[0], sent[0], ended
+
+
+async def test_a_reply_queued_for_a_limiter_slot_is_timed_from_its_request_sent(
+        fake: FakeBedrock, mock_clock: trio.testing.MockClock) -> None:
+    """Its 13 s counted from when the stream was opened, the 8 s it waited for the slot
+    left 5 s for a reply of 10 s: a healthy reply was cut mid-sentence for time it spent
+    queued, not for the model's pace, and under load every reply queued long enough was."""
+    healthy = stream_reply(message_start(), text_events(
+        [f" w{n}" for n in range(10)], gap_s=1.0, first_delay_s=0.5), message_end())
+    events, failed, sent, ended = await behind_a_reply_holding_the_only_slot(
+        mock_clock, fake, healthy)
+    assert failed is None
+    assert texts(events) == [f" w{n}" for n in range(10)]
+    assert isinstance(events[-1], StreamEnd)
+    assert 8.0 <= sent <= 8.1
+    assert sent + 9.5 <= ended <= sent + 9.6
+
+
+async def test_a_reply_queued_for_a_limiter_slot_still_drips_only_to_its_deadline(
+        fake: FakeBedrock, mock_clock: trio.testing.MockClock) -> None:
+    """The deadline moved with the request, not away: a reply dripping an event every 9 s
+    ends 13 s after its request reached the endpoint, after what was said."""
+    dripping = stream_reply(message_start(), text_events(
+        [f" w{n}" for n in range(30)], gap_s=9.0, first_delay_s=0.5), message_end())
+    events, failed, sent, ended = await behind_a_reply_holding_the_only_slot(
+        mock_clock, fake, dripping)
+    limit_s = FIRST_EVENT_TIMEOUT_S + 40 / SPOKEN_TOKENS_PER_S
+    assert failed is not None
+    assert (failed.code, failed.after_tokens) == ("ReplyTooSlow", True)
+    assert texts(events) == [" w0", " w1"]          # at 0.5 s and 9.5 s after the request
+    assert 8.0 <= sent <= 8.1
+    assert sent + limit_s <= ended <= sent + limit_s + 0.1
 
 
 # ---------------------------------------------------------------- what the caller hears

@@ -22,8 +22,9 @@ was whole (``messageStop``): it ends as a reply. No fault escapes as a library e
 Silence. The model must begin to answer within the first-event timeout of the request
 (``FirstEventTimeout``: tried again once, past the latency budget too, and given the read
 timeout to begin that time), then send an event
-at least every read timeout (``ReadTimeout``), and the whole stream must be over by its
-first-event timeout plus its maxTokens at the pace speech is heard (``ReplyTooSlow``).
+at least every read timeout (``ReadTimeout``), and the reply must be whole by its
+first-event timeout plus its maxTokens at the pace speech is heard (``ReplyTooSlow``), all
+counted from the request sent: a wait for a slot of the limiter is not the model's.
 """
 
 from __future__ import annotations
@@ -247,7 +248,7 @@ class BedrockLLM:
             model_stream.close()
 
     async def _start_attempt(self, model_id: str, body: bytes, started_at: float,
-                             deadline: float, *, patient: bool = False) -> Attempt:
+                             pace_s: float, *, patient: bool = False) -> Attempt:
         """Sign, connect (or reuse) and send; a failure to do so is the attempt's first item,
         so retries and errors follow one path. ``patient``: after a stalled start, the model
         is given the read timeout to begin, on a new connection: a kept-alive one from
@@ -262,7 +263,7 @@ class BedrockLLM:
                           read_timeout_s=self.read_timeout_s,
                           first_event_timeout_s=(self.read_timeout_s if patient
                                                  else self.first_event_timeout_s),
-                          deadline=deadline, on_finished=self._attempt_finished,
+                          pace_s=pace_s, on_finished=self._attempt_finished,
                           watchdog=self._watchdog,
                           first_event_setting=("BEDROCK_READ_TIMEOUT_S, the retry's after a "
                                                "stalled start" if patient

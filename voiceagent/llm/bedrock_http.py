@@ -122,7 +122,7 @@ class Attempt:
                  body: bytes, *, started_at: float, read_timeout_s: float,
                  on_finished: Callable[[Attempt, float], None],
                  watchdog: ReadWatchdog, first_event_timeout_s: float | None = None,
-                 deadline: float = math.inf,
+                 pace_s: float = math.inf,
                  first_event_setting: str = "BEDROCK_FIRST_EVENT_TIMEOUT_S") -> None:
         self._pool = pool
         self._watchdog = watchdog
@@ -132,7 +132,9 @@ class Attempt:
         self._read_timeout_s = read_timeout_s
         self._first_event_timeout_s = (read_timeout_s if first_event_timeout_s is None
                                        else min(first_event_timeout_s, read_timeout_s))
-        self._deadline = deadline           # trio time: the whole stream is over by then
+        # the reply is whole by its first-event timeout plus this after the request is sent
+        self._pace_s = pace_s
+        self._deadline = math.inf           # trio time: set when the request is on the wire
         self._first_event_setting = first_event_setting     # named when it expires
         self._answering = False             # an event of the model's own output came
         self._on_finished = on_finished
@@ -179,9 +181,12 @@ class Attempt:
             self._drop_connection()
             raise
         if not self._ended:
+            # From here, not from when the stream was opened: the wait for a limiter slot,
+            # signing and connecting are not the model's pace (under load a reply was judged
+            # too slow, or cut mid-sentence, for time it spent queued before it was sent).
             self.heard_at = trio.current_time()
-            self.read_deadline = min(self.heard_at + self._first_event_timeout_s,
-                                     self._deadline)
+            self.read_deadline = self.heard_at + self._first_event_timeout_s
+            self._deadline = self.read_deadline + self._pace_s
             self._watchdog.watch(self)
 
     async def receive(self) -> Item:
@@ -297,7 +302,7 @@ class Attempt:
         is: they say the request arrived, not that the model is answering it). Bytes alone
         do not move it: a peer that trickles a byte every few seconds and never completes an
         event (a sick front end, a middlebox) would hold the turn, in silence, for ever. The
-        stream's deadline bounds it all; after ``messageStop``, WHOLE_GRACE_S does."""
+        reply's deadline bounds it all; after ``messageStop``, WHOLE_GRACE_S does."""
         now = self.heard_at = trio.current_time()
         if self._assembler.stopped:
             was = self.read_deadline
@@ -337,8 +342,8 @@ class Attempt:
     def time_out(self) -> None:
         """The watchdog's: the read has waited too long; closing the socket ends it."""
         if trio.current_time() >= self._deadline:
-            self._timed_out = ReplyTooSlow("the reply was not whole by the stream's deadline "
-                                           "(its maxTokens at the pace speech is heard)")
+            self._timed_out = ReplyTooSlow("the reply was not whole by its deadline (its "
+                                           "maxTokens at the pace speech is heard)")
         elif self._assembler.stopped:
             self._timed_out = ReadTimeout(f"nothing from Bedrock for {WHOLE_GRACE_S:g} s after "
                                           "messageStop (the reply is whole)")

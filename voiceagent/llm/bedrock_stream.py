@@ -7,8 +7,9 @@ that stalled (no output within the first-event timeout) is tried again once alth
 budget is spent, on a new connection, and that attempt is given the whole read timeout to
 begin: a lost request or a stuck host answers at once then, while a model that is merely
 slow to start (a long prompt: a call's history grows with every turn) still answers, late,
-instead of the apology on every turn once its first token passes the timeout. Every attempt
-shares the stream's deadline (``SPOKEN_TOKENS_PER_S``), moved on by that extra patience. Once
+instead of the apology on every turn once its first token passes the timeout. Each attempt
+has its deadline (``SPOKEN_TOKENS_PER_S``) from when its request is sent, that patience
+included; the retries before it are bounded by the budget and the one restart. Once
 per stream, credentials refused as expired or unknown are found anew through the chain and
 the request is sent again. What cannot be retried raises an ``LLMError`` subclass, and
 nothing else: a library exception here would end the call instead of an apology. A failure
@@ -43,10 +44,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("voiceagent.llm.bedrock")
 
-# The whole stream must end by its first-event timeout plus its maxTokens at the pace they
-# are heard spoken (~150-180 words a minute, ~1.3 tokens a word). A healthy model writes
-# 20-100 tokens a second and is 5-25 times inside it; events dripping just under the read
-# timeout apart no longer hold a turn for maxTokens x 10 s.
+# A reply must end by its first-event timeout plus its maxTokens at the pace they are heard
+# spoken (~150-180 words a minute, ~1.3 tokens a word), counted from its request sent, not
+# from a wait for a limiter slot. A healthy model writes 20-100 tokens a second and is 5-25
+# times inside it; events dripping just under the read timeout apart no longer hold a turn
+# for maxTokens x 10 s.
 SPOKEN_TOKENS_PER_S = 4.0
 
 RENEWABLE = frozenset({"ExpiredTokenException", "ExpiredToken", "UnrecognizedClientException",
@@ -78,8 +80,8 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         self._model_id = model_id
         self._body = body                   # the request as sent, every attempt
         self._opened_at = trio.current_time()
-        self._deadline = (self._opened_at + backend.first_event_timeout_s
-                          + request.inference.max_tokens / SPOKEN_TOKENS_PER_S)
+        # each attempt is whole by its first-event timeout plus this, from its request sent
+        self._pace_s = request.inference.max_tokens / SPOKEN_TOKENS_PER_S
         self._started_at = time.perf_counter()
         self._attempt: Attempt | None = None
         self._ready: list[Item] = []        # taken, not yet handed (rarely any)
@@ -93,7 +95,7 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
 
     async def start(self) -> None:
         self._attempt = await self._backend._start_attempt(self._model_id, self._body,
-                                                           self._started_at, self._deadline)
+                                                           self._started_at, self._pace_s)
 
     async def receive(self) -> LLMEvent:
         while True:
@@ -167,7 +169,7 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
                              delay_ms=round(delay * 1000))
         await trio.sleep(delay)
         self._attempt = await backend._start_attempt(self._model_id, self._body,
-                                                     self._started_at, self._deadline,
+                                                     self._started_at, self._pace_s,
                                                      patient=self._restarted)
 
     async def _renewed_credentials(self, failure: Failure) -> bool:
@@ -213,7 +215,6 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         self._quota_taken = cost
         if restart:
             self._restarted = True
-            self._deadline += backend.read_timeout_s - backend.first_event_timeout_s
         return delay
 
     def _log_failure(self, failure: Failure) -> None:
