@@ -12,7 +12,9 @@ waits for its operation (``front.faults["PutItem"].append(Fault.LOSE_ANSWER)``):
 * ``LOSE_ANSWER``: sent on and applied (moto's answer read whole), then the client's
   connection is reset instead of answered: a timeout or a reset on the way back. On a
   kept-alive connection the store's client sends it again on a new one (``dynamodb_http``);
-  with ``keep_alive`` off, every request comes on a new connection, which it does not.
+  with ``keep_alive`` off, every request comes on a new connection, which it does not;
+* ``LATE``: held ``late_s``, then sent on and applied (``landed_late`` set), the client
+  having given up on it by then: a write DynamoDB applies after its caller's deadline.
 
     async with running_front(moto_endpoint) as front:
         ...          # a store whose AWS_ENDPOINT_URL_DYNAMODB is front.url
@@ -39,6 +41,7 @@ HOP_BY_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-leng
 class Fault(enum.Enum):
     THROTTLE = "throttle"
     LOSE_ANSWER = "lose_answer"
+    LATE = "late"
 
 
 class Front:
@@ -48,6 +51,8 @@ class Front:
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.faults: defaultdict[str, deque[Fault]] = defaultdict(deque)
         self.seen: list[tuple[str, Fault | None]] = []      # operation, fault met
+        self.late_s = 3.0
+        self.landed_late = trio.Event()
         self.port = 0
 
     @property
@@ -76,7 +81,11 @@ class Front:
                 if fault is Fault.THROTTLE:
                     status, headers, answer = _throttled()
                 else:
+                    if fault is Fault.LATE:
+                        await trio.sleep(self.late_s)
                     status, headers, answer = await self._pass_on(request, body)
+                    if fault is Fault.LATE:
+                        self.landed_late.set()
                 if fault is Fault.LOSE_ANSWER:      # applied; the client never hears of it
                     client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                              struct.pack("ii", 1, 0))

@@ -193,6 +193,10 @@ def test_session_item_shape() -> None:
     assert (item["From"], item["To"], item["expireAt"]) == ("+15555550100", "+15555550199",
                                                             1_750_086_400)
     assert records.session_from_item(item) == session
+    assert records.CLAIM_ATTRIBUTE not in item          # unclaimed: as before claims had one
+    claimed = records.session_item(dataclasses.replace(session, token="", claim="n1"), 60)
+    assert (claimed[records.CLAIM_ATTRIBUTE], claimed["version"]) == ("n1", 1)
+    assert records.session_from_item(claimed).claim == "n1"
     anonymous = records.session_item(dataclasses.replace(session, profile=None), ttl_s=1)
     assert anonymous["userContext"] == {}
     assert records.session_from_item(anonymous).profile is None
@@ -206,7 +210,8 @@ def test_sample_session_item_reads() -> None:
             "systemPrompt": [{"text": "You are"}], "tools": "[]", "dtmfHandlers": "{}",
             "expireAt": 1_750_086_400, "From": "+15555550100", "To": "+15555550199"}
     session = records.session_from_item(item)
-    assert (session.token, session.created_at, session.greeting) == ("", 0.0, None)
+    assert (session.token, session.created_at, session.greeting, session.claim) == (
+        "", 0.0, None, "")
     assert session.profile is not None
     assert session.profile.first_name == "Pat"
     assert session.system_prompt == "You are"

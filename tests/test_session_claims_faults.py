@@ -27,6 +27,8 @@ from tests.dynamodb_support import aws_env, isolate_env, moto_endpoint, open_tes
 from tests.sessions_support import sessions_on, setup_message
 from voiceagent.app.session_claims import CLAIM_NONCE, SessionClaims
 from voiceagent.app.sessions import Sessions
+from voiceagent.app.socket_marks import SOCKET_CLOSED_GRACE_S
+from voiceagent.errors import StoreError
 from voiceagent.relay.protocol import Setup
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
@@ -146,3 +148,63 @@ async def test_a_resent_claim_that_lost_to_another_process_stays_lost(two: Two) 
     assert two.front.seen.count(("PutItem", Fault.LOSE_ANSWER)) == 1
     with pytest.raises(CallRejected, match="does not match"):
         await two.sessions_b.resolve(_setup(session.token))
+
+
+@pytest.mark.parametrize("b_drains_after_s", [None, 0.3], ids=["mark-there", "mark-late"])
+async def test_a_claim_given_up_that_lands_later_is_told_apart(
+        two: Two, b_drains_after_s: float | None) -> None:
+    """B's claim of a session minted on A is held on its way past SESSION_WRITE_S: B gives
+    up and refuses the socket (1011), then DynamoDB applies the claim, spending the token
+    for nobody. The ``/action`` (on A, its own queue flushed) found the session claimed
+    and no mark of its socket's end, waited SOCKET_CLOSED_GRACE_S for marks no socket
+    would write, and called the history incomplete (``resumed_partial``). B marks the
+    refused socket under its claim's nonce: A renews as soon as that mark is there (None:
+    before the renewal; else B's queue drains that long into it), the history complete."""
+    with trio.fail_after(30):
+        session = await two.sessions_a.prepare(FORM)
+        two.front.faults["PutItem"].append(Fault.LATE)
+        with pytest.raises(StoreError, match="did not decide"):
+            await two.sessions_b.resolve(_setup(session.token))
+        await two.front.landed_late.wait()
+        stored = records.session_from_item(await _stored(two.a))
+        assert stored.token == ""                # B's claim, landed: spent for nobody
+        assert stored.claim
+        async with trio.open_nursery() as nursery:
+            await nursery.start(two.writer_a.run)       # A's /action flushes its queue
+            assert await two.writer_a.flush(timeout_s=5)
+
+            async def b_drains() -> None:
+                await trio.sleep(b_drains_after_s or 0)
+                await nursery.start(two.writer_b.run)
+
+            if b_drains_after_s is None:
+                await nursery.start(two.writer_b.run)
+                assert await two.writer_b.flush(timeout_s=5)
+            else:
+                nursery.start_soon(b_drains)
+            started = trio.current_time()
+            renewal = await two.sessions_a.renew(stored)
+            took = trio.current_time() - started
+            nursery.cancel_scope.cancel()
+    assert renewal.history_complete is True
+    assert renewal.session.claim == ""                  # the renewal is nobody's claim
+    assert took < (b_drains_after_s or 0) + SOCKET_CLOSED_GRACE_S / 2
+    assert await two.a.get(CALL_SID, records.socket_refused_sk(0, stored.claim)) is not None
+
+
+async def test_a_refused_mark_of_another_claim_vouches_for_nothing(two: Two) -> None:
+    """A's socket claimed the call (its marks still queued on A); B's claim, given up,
+    lost, and B marked its refused socket. That mark is not the stored claim's: the
+    renewal waits for the served socket's marks as before, and finding none after the
+    grace, says the history may miss its last messages."""
+    with trio.fail_after(30):
+        session = await two.sessions_a.prepare(FORM)
+        await two.sessions_a.resolve(_setup(session.token))
+        stored = records.session_from_item(await _stored(two.a))
+        await two.b.put(records.socket_refused_item(CALL_SID, 0, "not-" + stored.claim,
+                                                    1.0, 3600))
+        started = trio.current_time()
+        renewal = await two.sessions_b.renew(stored)
+        took = trio.current_time() - started
+    assert renewal.history_complete is False
+    assert took >= SOCKET_CLOSED_GRACE_S

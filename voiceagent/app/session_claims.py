@@ -40,10 +40,13 @@ decided in time, nothing is decided:
   where two processes would both serve it on their own word. Its claim is not queued, and
   the ``/action`` that Twilio sends for the refused socket renews the call. An attempt cut
   off at SESSION_WRITE_S may have been sent, though, and land later: the token is then
-  spent for a socket nobody serves, and that ``/action`` waits SOCKET_CLOSED_GRACE_S for
-  end marks no socket will write before it renews (counted ``resumed_partial``). Marks are
-  per generation, not per claim, so a mark written here for the refused socket would vouch
-  for whichever claim of it won; telling them apart needs the claim's nonce on the marks.
+  spent for a socket nobody serves, and that ``/action`` waited SOCKET_CLOSED_GRACE_S for
+  end marks no socket would write, and counted the reconnect ``resumed_partial``. So the
+  refused socket's end is marked (queued: the socket is not held for it) under its claim's
+  nonce, ``records.socket_refused_item``: the ``/action`` that finds the stored claim
+  carrying that nonce knows its socket wrote nothing, and renews at once (``socket_marks``).
+  The "closed" and "written" marks are per generation, not per claim: such a mark written
+  for the refused socket would have vouched for whichever claim of it won.
 
 A queued write lands later on the same condition, so it never undoes a decided one: a
 queued mint or renewal finds its generation claimed, or a renewal of it, and is dropped; a
@@ -57,6 +60,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+import time
 
 import voiceagent.store.records as records
 from voiceagent.errors import StoreError
@@ -67,7 +71,7 @@ log = logging.getLogger(__name__)
 
 SESSION_WRITE_S = 2.0            # /twiml waits this long for the session item, then queues it
 SESSION_DECIDED = dataclasses.replace(records.SESSION_VERSION, strict=True)
-CLAIM_NONCE = "claim"            # the claim item's own attribute (``Store.put_if_newer``)
+CLAIM_NONCE = records.CLAIM_ATTRIBUTE    # the claim item's own (``Store.put_if_newer``)
 
 
 class SessionClaims:
@@ -96,14 +100,19 @@ class SessionClaims:
         if another claim of its generation (or a later generation) is there. ``in_memory``:
         the session was minted here, so an undecided claim is served (and queued); else it
         is ``StoreError`` (module docstring)."""
-        item = {**records.session_item(dataclasses.replace(session, token=""), self._ttl_s),
-                CLAIM_NONCE: secrets.token_urlsafe(12)}
+        nonce = secrets.token_urlsafe(12)
+        item = records.session_item(dataclasses.replace(session, token="", claim=nonce),
+                                    self._ttl_s)
         decided = await self._writer.write_decided(
             item, call_sid=session.call_sid, timeout_s=SESSION_WRITE_S,
             version=SESSION_DECIDED, queue=in_memory)
         if in_memory or decided is not None:
             self._note(decided, "claim")
         else:
+            # the attempt may land yet: say, under its nonce, that its socket writes nothing
+            self._writer.submit(records.socket_refused_item(
+                session.call_sid, session.generation, nonce, time.time(), self._ttl_s),
+                call_sid=session.call_sid, urgent=True)
             raise StoreError("the store did not decide this socket's claim of its session in "
                              f"{SESSION_WRITE_S:g} s; the session was read from the store, "
                              "which alone can vouch that no other process serves it")

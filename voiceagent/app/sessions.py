@@ -163,7 +163,7 @@ class Sessions:
             session = replace(session, token="")    # claimed here, whatever the item said
         complete = await previous_socket_ended(self._store, self._writer, session, deadline)
         renewed = replace(session, token=secrets.token_urlsafe(18),
-                          generation=session.generation + 1)
+                          generation=session.generation + 1, claim="")
         if not await self._offer(renewed, resumes=True):
             raise SessionRenewed(session.call_sid)
         log.info("session token renewed for a reconnect")

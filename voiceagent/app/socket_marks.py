@@ -10,6 +10,7 @@ here a renewal reads them, a bounded while, and then whether that socket took th
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import trio
 
@@ -62,7 +63,11 @@ async def previous_socket_ended(store: Store, writer: WriteBehind,
     may be on its way still, with its "closed" mark about to land, and the resumed history
     may miss what that socket said (``reconnect_outcomes`` looks again, for the count). Nor
     with the marks still queued here: this process's own ``/action`` flush has already
-    waited for them.
+    waited for them. Nor once the stored claim's own "refused" mark is there (its nonce's:
+    the process whose socket it was gave up on the claim, which landed after all, and
+    refused the socket): True, that socket wrote nothing; unless a "closed" mark says a
+    socket of the generation was served all the same (on its process's word, its own claim
+    queued and lost), whose marks are waited for.
 
     False when it stopped waiting without the "written" mark (the resumed history may
     miss the old socket's last messages), or when those are still queued here.
@@ -76,11 +81,14 @@ async def previous_socket_ended(store: Store, writer: WriteBehind,
         return False
     written = records.socket_mark_sk(records.SOCKET_WRITTEN_PREFIX, generation)
     closed = records.socket_mark_sk(records.SOCKET_CLOSED_PREFIX, generation)
+    # the claim stored: its socket's "refused" mark (an earlier release's claim: none)
+    refused = (records.socket_refused_sk(generation, session.claim)
+               if session.claim and not session.token else None)
     # a store slow to answer must not stretch the webhook either; one read always fits
     with trio.move_on_at(max(deadline, trio.current_time() + MARK_READ_S)):
         try:
-            complete = await _read_socket_marks(store, call_sid, session.token, written,
-                                                closed, deadline)
+            complete = await _read_socket_marks(store, call_sid, session.token,
+                                                _Marks(written, closed, refused), deadline)
             refuse_after_agent_end(await store.get(call_sid, records.RELAY_ENDED_SK))
             return complete
         except StoreError as err:       # a reconnect with what is stored beats none
@@ -91,22 +99,39 @@ async def previous_socket_ended(store: Store, writer: WriteBehind,
                 "reconnecting with the history stored")
     return False
 
-async def _read_socket_marks(store: Store, call_sid: str, token: str, written: str,
-                         closed: str, deadline: float) -> bool | None:
-    closed_seen = False
+class _Marks(NamedTuple):
+    """The sks of the marks a renewal reads; ``refused``: None unless the claim stored has
+    a nonce (``records.socket_refused_item``)."""
+
+    written: str
+    closed: str
+    refused: str | None
+
+
+async def _read_socket_marks(store: Store, call_sid: str, token: str, marks: _Marks,
+                             deadline: float) -> bool | None:
+    closed_seen, refused = False, marks.refused
     if token:
-        if await store.get(call_sid, closed) is None:
+        if await store.get(call_sid, marks.closed) is None:
             return None                 # no socket claimed it, as far as the store knows
         closed_seen = True
     waited = 0.0
     for pause in (*_pauses(deadline - trio.current_time()), None):
-        if await store.get(call_sid, written) is not None:
+        if await store.get(call_sid, marks.written) is not None:
             if waited:
                 log.info("the previous socket's messages found in the store after waiting",
                          extra={"waited_ms": round(waited * 1000)})
             return True
+        if refused is not None and await store.get(call_sid, refused) is not None:
+            refused = None
+            closed_seen = closed_seen or await store.get(call_sid, marks.closed) is not None
+            if not closed_seen:
+                log.info("the previous socket was refused, its claim given up before it "
+                         "landed: no messages of it to wait for",
+                         extra={"waited_ms": round(waited * 1000)})
+                return True
         if not closed_seen and waited >= SOCKET_CLOSED_GRACE_S:
-            closed_seen = await store.get(call_sid, closed) is not None
+            closed_seen = await store.get(call_sid, marks.closed) is not None
             if not closed_seen:
                 log.warning("no process reported the previous socket's end (it may have "
                             "died with its queue): reconnecting with the history stored",

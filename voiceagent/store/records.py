@@ -12,6 +12,7 @@ Keys (pk / sk, GSI pk1 / sk1):
     profile        +E.164      profile                           profile / +E.164
     call session   CallSid     connection                        call / <ISO UTC>#<CallSid>
     socket end     CallSid     socketClosed:: / socketWritten::<generation:6>
+    socket refused CallSid     socketRefused::<generation:6>::<claim nonce>
     relay answered CallSid     relayAnswered::<SessionId>, relayEnded (agentEnd: `end` taken)
     call seen      CallSid     connectionSeen
     chat message   CallSid     chat::<epoch ms:13>::<seq:6>  (a tombstone: chat {}, dropped)
@@ -38,6 +39,8 @@ SESSION_SK = "connection"
 CHAT_PREFIX = "chat::"
 SOCKET_CLOSED_PREFIX = "socketClosed::"      # a socket's end, written at once
 SOCKET_WRITTEN_PREFIX = "socketWritten::"    # and behind its last messages
+SOCKET_REFUSED_PREFIX = "socketRefused::"    # a socket refused, its claim given up undecided
+CLAIM_ATTRIBUTE = "claim"                    # a claimed session's nonce (``session_claims``)
 RELAY_PREFIX = "relay"                       # both items below
 RELAY_ANSWERED_PREFIX = "relayAnswered::"    # a failed relay session /action answered
 RELAY_ENDED_SK = "relayEnded"                # the call's last relay session is over
@@ -71,6 +74,7 @@ class CallSession:
     greeting: str | None
     created_at: float                # epoch seconds
     generation: int = 0              # relay sessions before this one (each reconnect adds 1)
+    claim: str = ""                  # the stored claim's nonce; "" unclaimed (or not known)
 
 
 def _iso_utc(epoch_s: float) -> str:
@@ -97,6 +101,7 @@ def session_item(s: CallSession, ttl_s: int) -> Item:
         "createdAt": s.created_at, "expireAt": int(s.created_at) + ttl_s,
         "generation": s.generation,
         SESSION_VERSION.attribute: s.generation * 2 + (0 if s.token else 1),
+        **({CLAIM_ATTRIBUTE: s.claim} if s.claim else {}),
     }
 
 
@@ -114,7 +119,8 @@ def session_from_item(item: Item) -> CallSession:
         called=str(item.get("To") or ""), profile=_session_profile(item.get("userContext")),
         greeting=greeting if isinstance(greeting, str) else None,
         created_at=float(item.get("createdAt") or 0.0),
-        generation=int(item.get("generation") or 0))
+        generation=int(item.get("generation") or 0),
+        claim=str(item.get(CLAIM_ATTRIBUTE) or ""))
 
 
 def socket_mark_sk(prefix: str, generation: int) -> str:
@@ -129,6 +135,20 @@ def socket_mark_item(prefix: str, call_sid: str, generation: int, at: float,
     behind the socket's last messages in the same write-behind queue, which keeps order per
     call, so once it is in the store everything the socket wrote is too."""
     return {"pk": call_sid, "sk": socket_mark_sk(prefix, generation), "at": at,
+            "expireAt": int(at) + ttl_s}
+
+
+def socket_refused_sk(generation: int, claim: str) -> str:
+    return f"{SOCKET_REFUSED_PREFIX}{generation:06d}::{claim}"
+
+
+def socket_refused_item(call_sid: str, generation: int, claim: str, at: float,
+                        ttl_s: int) -> Item:
+    """That the socket whose claim (of ``generation``) carried the nonce ``claim`` was refused,
+    the store not having decided that claim in time: the claim may still land, but that
+    socket wrote nothing. Keyed by the nonce, so it vouches for that claim alone, never for
+    another claim of the generation that won (whose socket was served and wrote)."""
+    return {"pk": call_sid, "sk": socket_refused_sk(generation, claim), "at": at,
             "expireAt": int(at) + ttl_s}
 
 
