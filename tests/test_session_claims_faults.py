@@ -25,7 +25,7 @@ from actors.call import CallRejected
 from tests.dynamodb_front import Fault, Front, running_front
 from tests.dynamodb_support import aws_env, isolate_env, moto_endpoint, open_test_table
 from tests.sessions_support import sessions_on, setup_message
-from voiceagent.app.session_claims import CLAIM_NONCE, SessionClaims
+from voiceagent.app.session_claims import CLAIM_NONCE, SESSION_WRITE_S, SessionClaims
 from voiceagent.app.sessions import Sessions
 from voiceagent.app.socket_marks import SOCKET_CLOSED_GRACE_S
 from voiceagent.errors import StoreError
@@ -208,3 +208,27 @@ async def test_a_refused_mark_of_another_claim_vouches_for_nothing(two: Two) -> 
         took = trio.current_time() - started
     assert renewal.history_complete is False
     assert took >= SOCKET_CLOSED_GRACE_S
+
+
+async def test_failing_claims_mark_the_store_down_and_an_answered_one_up(two: Two) -> None:
+    """B serves only sockets of sessions minted on A: its claims are its only writes, never
+    queued when undecided. Their failures counted nowhere, so B's ``store_down`` stayed 0
+    through an outage and every claim was tried for SESSION_WRITE_S. Now failing claims
+    mark the store down (the next is refused after one try), and an answered one up."""
+    claims_b = SessionClaims(writer=two.writer_b, ttl_s=3600)
+    with trio.fail_after(30):
+        session = await two.sessions_a.prepare(FORM)
+        two.front.faults["PutItem"].extend([Fault.THROTTLE] * 1000)
+        with pytest.raises(StoreError, match="did not decide"):
+            await claims_b.claim(session, in_memory=False)
+        assert two.writer_b.statistics().store_down
+        tried = two.front.seen.count(("PutItem", Fault.THROTTLE))
+        started = trio.current_time()
+        with pytest.raises(StoreError, match="did not decide"):
+            await claims_b.claim(session, in_memory=False)
+        took = trio.current_time() - started
+        two.front.faults["PutItem"].clear()
+        assert await claims_b.claim(session, in_memory=False)
+    assert took < SESSION_WRITE_S / 4            # one try, not 2 s of them
+    assert not two.writer_b.statistics().store_down
+    assert tried > 1                    # the first claim was tried again, the store not down

@@ -16,10 +16,11 @@ whose first attempt was applied knows it won and another process's identical cla
 
 A write that fails (throttled, its connection reset) is tried again until SESSION_WRITE_S is
 up: most sockets reach a process that did not mint their session, and one throttled claim
-refused them. Not once the write-behind queue has failed for SESSION_WRITE_S itself: that is
-a store down (refusing connections, failing every write), not a throttle or a blip, which the
-queue's next tries get past well within that; each write then gets one try, not 2 s of them,
-and the queue's retries tell when the store is back. (A store refusing connections fails the
+refused them. Not once the process's writes (its write-behind queue's, or these) have failed
+for SESSION_WRITE_S without one answered: that is a store down (refusing connections, failing
+every write), not a throttle or a blip, which the next tries get past well within that; each
+write then gets one try, not 2 s of them, and the first write answered (the queue's retries,
+or one of these) tells that the store is back. (A store refusing connections fails the
 reads too, so ``/twiml`` and ``/action`` give up at their reads before any such write: the
 2 s fell on sockets of calls minted just before, and on a store whose writes alone fail, such
 as SQLite on a full disk or a role that may read but not write.) When the store has not

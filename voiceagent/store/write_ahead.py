@@ -11,7 +11,6 @@ when the store does not answer. Mixed into ``WriteBehind``.
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Protocol
 
 import trio
@@ -36,6 +35,10 @@ class _QueueParts(Protocol):
     def queued(self, call_sid: str) -> bool: ...
 
     def _backoff_s(self, attempt: int) -> float: ...
+
+    def _note_down(self) -> float: ...
+
+    def _note_recovery(self) -> None: ...
 
 
 class WriteAhead(_QueueParts):
@@ -77,22 +80,27 @@ class WriteAhead(_QueueParts):
         """Write ``item`` at once, ahead of the call's queue (ordered by ``version``), on its
         condition (``strict``: one process wins): True written, False refused (the store
         holds one as new, or newer). Tried again after a transient failure until
-        ``timeout_s`` (a resend of an applied one finds its own item), unless the queue has
-        itself failed that long (the store is down, not slow: one try, see
+        ``timeout_s`` (a resend of an applied one finds its own item), unless the store's
+        writes have failed that long (the store is down, not slow: one try, see
         ``session_claims``); None if undecided by then: queued (unless not ``queue``) on the
-        same condition, which may still lose."""
+        same condition, which may still lose. Its failures and answers tell whether the
+        store is down as the queue's do: a process whose writes are mostly these (sockets
+        of sessions minted elsewhere, refused undecided and never queued) gave every claim
+        its 2 s through an outage, and showed ``store_down`` 0 all along."""
         decided: bool | None = None
         try:
             with trio.move_on_after(timeout_s):
                 for attempt in itertools.count(1):
                     try:
                         decided = await self._conditional_put(item, version)
+                        self._note_recovery()       # the store answered: it is up
                         break
                     except StoreError as err:       # one of the outage's failures
                         self._outage.note("ahead_of_queue", "store write ahead of the queue "
                                           "failed", error=type(err).__name__, sk=item.get("sk"))
-                        down = math.inf if self._down_since is None else self._down_since
-                        if is_permanent(err) or trio.current_time() - down >= timeout_s:
+                        if is_permanent(err):       # this item refused: says nothing of it
+                            break
+                        if trio.current_time() - self._note_down() >= timeout_s:
                             break
                         await trio.sleep(self._backoff_s(attempt))
         finally:        # also when cancelled from outside: the item is never lost

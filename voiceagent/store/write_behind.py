@@ -316,10 +316,15 @@ class WriteBehind(WriteAhead):
         return delay * self._jitter()
 
     def _note_failure(self, err: StoreError) -> None:
-        if self._down_since is None:
-            self._down_since = trio.current_time()
+        self._note_down()
         self._outage.note(type(err).__name__, "store writes failing, retrying with backoff",
                           error=type(err).__name__, reason=str(err), pending=len(self._queue))
+
+    def _note_down(self) -> float:
+        """A write failed (not refused as bad): the store is down since when, from now on."""
+        if self._down_since is None:
+            self._down_since = trio.current_time()
+        return self._down_since
 
     def _note_recovery(self) -> None:
         self._down_since = None
