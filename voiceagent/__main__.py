@@ -1,5 +1,5 @@
 import sys
 
-from voiceagent.app.cli import main
+from voiceagent.app.entry import main
 
 sys.exit(main())
