@@ -152,8 +152,10 @@ async def _run_one(call: ToolCall, results: trio.MemorySendChannel[ToolOutcome],
     except BaseException as err:
         spoke = sent.finish()
         # grouped too (a nursery of the tool's): unreported, the cut turn waited the longest
-        # tool timeout for it; what it already sent the caller stays in the history with it
-        if tool_failures.holds(err, trio.Cancelled):
+        # tool timeout for it; what it already sent the caller stays in the history with it.
+        # A Ctrl-C raised in the tool (a program embedding the server) cuts the turn as well.
+        if tool_failures.holds(err, trio.Cancelled) or tool_failures.holds(
+                err, KeyboardInterrupt):
             _deliver(results, ToolOutcome(call.tool_use_id, call.name, "error", CANCELLED,
                                           spoke=spoke, ends_call=sent.ended))
         raise

@@ -27,6 +27,7 @@ from hypercorn.typing import (
 )
 
 from voiceagent.app import connection_cycle, ws_compression
+from voiceagent.app.ctrl_c import interrupt_alone, interrupts_escape
 from voiceagent.app.runtime import Runtime, open_runtime
 from voiceagent.app.web import create_app
 from voiceagent.errors import ListenError
@@ -148,15 +149,21 @@ async def serve(runtime: Runtime, *, host: str, port: int,
                 shutdown: trio.Event | None = None,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until ``shutdown`` is set (by default: until SIGINT/SIGTERM). ``task_status``
-    gets the bound URLs (port 0 picks a free port: tests and the demo use that)."""
+    gets the bound URLs (port 0 picks a free port: tests and the demo use that).
+
+    A KeyboardInterrupt raised in the server's code (no SIGINT receiver, as in a program that
+    embeds it) ends it at once and goes on up, as anywhere else (see ``ctrl_c``)."""
     stop = shutdown if shutdown is not None else trio.Event()
+    stopped = False
 
     async def trigger() -> None:
+        nonlocal stopped
         if shutdown is None:
             outer.start_soon(serve_signals, stop)
         await stop.wait()
         await drain(runtime)
         outer.start_soon(_watchdog)
+        stopped = True
 
     config = hypercorn_config(host, port, ping_interval_s=runtime.settings.ping_interval_s,
                               reuse_port=runtime.settings.reuse_port,
@@ -165,9 +172,14 @@ async def serve(runtime: Runtime, *, host: str, port: int,
     ws_compression.install()
     peer_close.install()
     async with trio.open_nursery() as outer:
-        app = bounded_bodies(create_app(runtime), runtime.edge_refusals)
+        app = interrupts_escape(bounded_bodies(create_app(runtime), runtime.edge_refusals))
         await hypercorn.trio.serve(app, config, shutdown_trigger=trigger,
                                    task_status=task_status)
+        if not stopped:
+            # hypercorn ended before its trigger, which only a KeyboardInterrupt in one of
+            # its own tasks does (max_requests is not set): taken for its shutdown, it was
+            # lost on the way
+            raise KeyboardInterrupt
         outer.cancel_scope.cancel()
 
 
@@ -223,16 +235,22 @@ async def open_server(settings: Settings, *, llm: LLM | None = None,
                       ) -> AsyncIterator[tuple[str, Runtime]]:
     """The whole service in this process on the settings' host and port (port 0 picks a free
     one), yielding its URL and runtime; leaving drains and stops it. For the demo, tests and
-    ``voiceagent.app.testing``."""
-    async with open_runtime(settings, llm=llm, registry=registry) as runtime, \
-            trio.open_nursery() as nursery:
-        stop = trio.Event()
-        binds = await nursery.start(partial(serve, runtime, host=settings.host,
-                                            port=settings.port, shutdown=stop))
-        try:
-            yield binds[0], runtime
-        finally:
-            stop.set()
+    ``voiceagent.app.testing``. A KeyboardInterrupt comes out bare, not in a group."""
+    try:
+        async with open_runtime(settings, llm=llm, registry=registry) as runtime, \
+                trio.open_nursery() as nursery:
+            stop = trio.Event()
+            binds = await nursery.start(partial(serve, runtime, host=settings.host,
+                                                port=settings.port, shutdown=stop))
+            try:
+                yield binds[0], runtime
+            finally:
+                stop.set()
+    except BaseExceptionGroup as group:
+        interrupt = interrupt_alone(group)
+        if interrupt is None:
+            raise
+        raise interrupt from None
 
 
 async def drain(runtime: Runtime) -> None:
