@@ -4,7 +4,8 @@ Landing in the server's code, hypercorn lost it: in a call's task it was logged 
 ASGI Framework" and the program waited for its caller; in hypercorn's own tasks (here: the
 shutdown trigger, which drains) it was taken for a shutdown and the program went on as if
 nothing had been pressed. Now it reaches the program, bare: ``except KeyboardInterrupt``
-sees it.
+sees it. And a shutdown stuck on a peer that stopped reading no longer exits such a
+program 0, which would pass a test run that never finished.
 
 Each Ctrl-C is a real SIGINT to a real process, sent when it says (on stdout) that it waits on
 stdin where the signal should land."""
@@ -153,3 +154,13 @@ async def test_ctrl_c_landing_in_an_embedded_server_reaches_the_program(
     assert printed == "waiting\nCtrl-C reached the program\n", errors
     assert code == 130, errors
     assert "Error in ASGI Framework" not in errors
+
+
+@pytest.mark.slow
+async def test_a_stuck_shutdown_does_not_exit_an_embedding_program_0(tmp_path: Path) -> None:
+    """The watchdog ends a process whose shutdown a peer that stopped reading holds: exit 0
+    there was a test run passed that never got to its end."""
+    with trio.fail_after(40):          # drain 0.5 + goodbye 0.5 + hypercorn 2 + watchdog 10
+        code, printed, errors = await run_embedder(tmp_path, "stuck", ctrl_c=False)
+    assert "shutdown stuck on a connection that stopped reading" in errors, errors
+    assert (code, printed) == (1, "")

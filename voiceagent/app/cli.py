@@ -256,7 +256,12 @@ async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
         # a second or more to import: a Ctrl-C meanwhile is taken as the signal already
         from voiceagent.app.server import open_server
 
-        async with open_server(settings) as (url, _):
+        def code() -> int:
+            """Also the watchdog's, should the shutdown stick: the page is a server, stopped
+            as asked; the terminal's call ends as the signal says (130 for Ctrl-C)."""
+            return 0 if args.web else stopping.exit_code
+
+        async with open_server(settings, exit_code=code) as (url, _):
             print(f"server listening on {url}", file=sys.stderr)
             if args.web:
                 with stopping.talking():
@@ -264,7 +269,7 @@ async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
             else:
                 await _converse(url, None, Identity(from_number=args.from_number), args.say,
                                 stopping.talking)
-    return 0 if args.web else stopping.exit_code    # the page is a server, stopped as asked
+    return code()
 
 
 async def _serve_phone_page(url: str, from_number: str) -> None:

@@ -8,7 +8,7 @@ import math
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 GRACEFUL_S = 2.0                   # after our own drain, hypercorn's last grace
 WATCHDOG_S = 10.0                  # a peer that stopped reading can hold a shielded send
                                    # (until DEAD_PEER_S, on Linux)
+EMBEDDED_STUCK_EXIT = 1            # a program embedding the server, cut short by the watchdog
 HARD_FRAME_LIMIT = 1024 * 1024     # hypercorn closes the socket (1009) beyond this; the
                                    # reader drops frames over MAX_FRAME_BYTES before that
 BODY_TIMEOUT_S = 10.0              # a request's whole body, from the end of its headers:
@@ -146,10 +147,12 @@ def _drop_dead_peers(listener: socket.socket) -> None:
 
 
 async def serve(runtime: Runtime, *, host: str, port: int,
-                shutdown: trio.Event | None = None,
+                shutdown: trio.Event | None = None, exit_code: Callable[[], int] = lambda: 0,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until ``shutdown`` is set (by default: until SIGINT/SIGTERM). ``task_status``
     gets the bound URLs (port 0 picks a free port: tests and the demo use that).
+    ``exit_code``: what the process exits with when a connection holds the shutdown past
+    the watchdog, the code it would have exited with had the shutdown gone through.
 
     A KeyboardInterrupt raised in the server's code (no SIGINT receiver, as in a program that
     embeds it) ends it at once and goes on up, as anywhere else (see ``ctrl_c``)."""
@@ -162,7 +165,7 @@ async def serve(runtime: Runtime, *, host: str, port: int,
             outer.start_soon(serve_signals, stop)
         await stop.wait()
         await drain(runtime)
-        outer.start_soon(_watchdog)
+        outer.start_soon(_watchdog, exit_code)
         stopped = True
 
     config = hypercorn_config(host, port, ping_interval_s=runtime.settings.ping_interval_s,
@@ -231,17 +234,20 @@ def bounded_bodies(app: ASGIFramework, refusals: Episode) -> ASGIFramework:
 
 @asynccontextmanager
 async def open_server(settings: Settings, *, llm: LLM | None = None,
-                      registry: ToolRegistry | None = None
+                      registry: ToolRegistry | None = None,
+                      exit_code: Callable[[], int] = lambda: EMBEDDED_STUCK_EXIT
                       ) -> AsyncIterator[tuple[str, Runtime]]:
     """The whole service in this process on the settings' host and port (port 0 picks a free
     one), yielding its URL and runtime; leaving drains and stops it. For the demo, tests and
-    ``voiceagent.app.testing``. A KeyboardInterrupt comes out bare, not in a group."""
+    ``voiceagent.app.testing``. ``exit_code``: see ``serve``; by default not 0, since the
+    program that embeds the server was cut short. A KeyboardInterrupt comes out bare."""
     try:
         async with open_runtime(settings, llm=llm, registry=registry) as runtime, \
                 trio.open_nursery() as nursery:
             stop = trio.Event()
             binds = await nursery.start(partial(serve, runtime, host=settings.host,
-                                                port=settings.port, shutdown=stop))
+                                                port=settings.port, shutdown=stop,
+                                                exit_code=exit_code))
             try:
                 yield binds[0], runtime
             finally:
@@ -276,13 +282,15 @@ async def drain(runtime: Runtime) -> None:
     log.info("drained", extra={"active_calls": runtime.calls.active, "flushed": flushed})
 
 
-async def _watchdog() -> None:
+async def _watchdog(exit_code: Callable[[], int]) -> None:
     """hypercorn shields a WebSocket send; a peer that stopped reading would hold the process
     past any deadline. Everything is flushed by now, so exiting is safe."""
     await trio.sleep(GRACEFUL_S + WATCHDOG_S)
-    log.error("shutdown stuck on a connection that stopped reading; exiting")
+    code = exit_code()
+    log.error("shutdown stuck on a connection that stopped reading; exiting",
+              extra={"exit_code": code})
     logging.shutdown()
-    os._exit(0)
+    os._exit(code)
 
 
 async def serve_signals(stop: trio.Event) -> None:
