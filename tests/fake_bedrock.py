@@ -13,8 +13,11 @@ or RST), ``HangupBeforeHeaders`` (closed after the request, not one byte answere
 (bytes keep coming, a few seconds apart, and never make a whole event).
 
 Every request body is recorded and checked against Converse's rules; problems collect in
-``violations`` so a test asserts there are none. Every connection records when the client
-closed it, from a reader that watches the socket while the reply is being written.
+``violations`` so a test asserts there are none. A request that leaves out (or changes) the
+reasoning a reply sent with its tool use is answered as Bedrock answers it for a Claude model
+thinking with tools, HTTP 400 ValidationException (``fake_reasoning``), and is a violation.
+Every connection records when the client closed it, from a reader that watches the socket
+while the reply is being written.
 
     async with running_fake_bedrock() as fake:
         fake.push(text_reply(["Hello", " there"]))
@@ -56,6 +59,7 @@ from urllib.parse import unquote
 
 import trio
 
+from tests.fake_reasoning import ReasoningRule
 from tests.http_requests import parse_request
 from voiceagent.catalog import read_config_dir
 from voiceagent.errors import ModelRejected
@@ -98,12 +102,14 @@ def _header(name: str, value: str) -> bytes:
 class Frame:
     data: bytes
     delay_s: float = 0.0                # slept before this frame is sent
+    # (event type, body) of an event, for the endpoint's own rules (``fake_reasoning``)
+    parsed: tuple[str, Any] | None = field(default=None, compare=False)
 
 
 def event(event_type: str, body: Mapping[str, Any], *, delay_s: float = 0.0) -> Frame:
     headers = {":message-type": "event", ":event-type": event_type,
                ":content-type": "application/json"}
-    return Frame(encode_frame(headers, json.dumps(body).encode()), delay_s)
+    return Frame(encode_frame(headers, json.dumps(body).encode()), delay_s, (event_type, body))
 
 
 def exception(exception_type: str, message: str = "scripted", *, delay_s: float = 0.0,
@@ -149,13 +155,23 @@ def tool_events(index: int, tool_use_id: str, name: str, fragments: Iterable[str
     return frames
 
 
-def reasoning_events(index: int, texts: Iterable[str]) -> list[Frame]:
+def reasoning_events(index: int, texts: Iterable[str], *,
+                     signature: str | None = "c2lnbmF0dXJl") -> list[Frame]:
+    """A reasoning block: its text in deltas, then (as Claude sends it) its signature."""
     frames = [event("contentBlockDelta", {"contentBlockIndex": index, "delta": {
         "reasoningContent": {"text": text}}}) for text in texts]
-    frames.append(event("contentBlockDelta", {"contentBlockIndex": index, "delta": {
-        "reasoningContent": {"signature": "c2lnbmF0dXJl"}}}))
+    if signature is not None:
+        frames.append(event("contentBlockDelta", {"contentBlockIndex": index, "delta": {
+            "reasoningContent": {"signature": signature}}}))
     frames.append(event("contentBlockStop", {"contentBlockIndex": index}))
     return frames
+
+
+def redacted_events(index: int, blob: str) -> list[Frame]:
+    """A redacted reasoning block: the encrypted blob, base64 as the wire carries it."""
+    return [event("contentBlockDelta", {"contentBlockIndex": index, "delta": {
+        "reasoningContent": {"redactedContent": blob}}}),
+        event("contentBlockStop", {"contentBlockIndex": index})]
 
 
 def message_end(stop_reason: str = "end_turn", *, input_tokens: int = 12,
@@ -348,6 +364,7 @@ class FakeBedrock:
         self.requests: list[RecordedRequest] = []
         self.connections: list[ConnectionRecord] = []
         self.violations: list[str] = []
+        self.reasoning = ReasoningRule()
         self.accepted_keys = accepted_keys
         self.tls = tls
         self.ca: trustme.CA | None = None
@@ -512,6 +529,12 @@ class FakeBedrock:
                 await _send_json(stream, 403, {"message": EXPIRED_TOKEN_MESSAGE},
                                  error_type="ExpiredTokenException")
                 return
+            if (refusal := self.reasoning.refusal(request.body)) is not None:
+                self.violations.append(f"request {request.index}: {refusal}")
+                request.outcome = "http_error"      # no scripted reply taken, as Bedrock's
+                await _send_json(stream, 400, {"message": refusal},
+                                 error_type="ValidationException")
+                return
             reply = self._next_reply(request)
             if not self.keep_bodies:
                 request.body = {"requestMetadata": request.body.get("requestMetadata", {})}
@@ -525,11 +548,15 @@ class FakeBedrock:
                 await trio.sleep(reply.delay_s)
                 request.outcome = _hang_up(raw, record, reset=reply.reset)
                 return
+            # what a reply sends is issued before it is sent: a client in this process may
+            # ask again before this task runs again
             if isinstance(reply, Hangup):
+                self.reasoning.issued(reply.frames[:reply.after_frames])
                 await _send_stream(stream, request, reply.frames[:reply.after_frames],
                                    reply.headers_delay_s, end=False)
                 request.outcome = _hang_up(raw, record, reset=reply.reset)
                 return
+            self.reasoning.issued(reply.frames)
             if isinstance(reply, Stall | Trickle):
                 await _send_stream(stream, request, reply.frames,
                                    reply.headers_delay_s, end=False)
