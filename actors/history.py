@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from actors.heard_audio import AudioUses, said_before_audio
@@ -138,10 +138,14 @@ class History:
         log.warning("unanswered caller words dropped", extra={
             "prompts": dropped, "limit_chars": MAX_UNANSWERED_CHARS})
 
-    def add_assistant(self, text: str, tool_uses: Sequence[dict[str, Any]] = ()) -> None:
+    def add_assistant(self, text: str, tool_uses: Sequence[dict[str, Any]] = (), *,
+                      reasoning: Sequence[Mapping[str, Any]] = ()) -> None:
         """Record what the assistant said (right-stripped: Converse rejects trailing blanks)
-        and the tools it asked for. Nothing said and nothing asked records nothing."""
-        blocks: list[dict[str, Any]] = []
+        and the tools it asked for, after the reasoning blocks of the reply that asked for
+        them, as it sent them (a reasoning model wants them back, first, unchanged; never
+        without a tool use). Nothing said and nothing asked records nothing."""
+        blocks: list[dict[str, Any]] = ([copy.deepcopy(dict(b)) for b in reasoning]
+                                        if tool_uses else [])
         if text.strip():
             blocks.append({"text": text.strip()})
         blocks.extend({"toolUse": copy.deepcopy(dict(use))} for use in tool_uses)

@@ -10,10 +10,10 @@ the tool calls it asked for and nothing of how its text was paced.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import assert_never
+from typing import Any, assert_never
 
 import trio
 
@@ -25,6 +25,7 @@ from voiceagent.llm.base import (
     HeldReads,
     LLMEvent,
     LLMRequest,
+    Reasoning,
     StreamEnd,
     TextDelta,
     ToolUseRequest,
@@ -32,10 +33,19 @@ from voiceagent.llm.base import (
 )
 
 
-async def model_round(ctx: CallContext, speaker: Speaker) -> tuple[ToolCall, ...]:
-    """One request to the model, its reply said as it streams: the tool calls it asked for.
-    The round is recorded in ``ctx.stats`` however it ends (``cancelled`` when cut,
-    ``model_error`` when the model failed)."""
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """What a whole reply asks of the turn: its tool calls, and its reasoning blocks (for the
+    tool round's assistant message; the turn decides where they are kept)."""
+
+    calls: tuple[ToolCall, ...] = ()
+    reasoning: tuple[Mapping[str, Any], ...] = ()
+
+
+async def model_round(ctx: CallContext, speaker: Speaker) -> Asked:
+    """One request to the model, its reply said as it streams: what it asked for. The round
+    is recorded in ``ctx.stats`` however it ends (``cancelled`` when cut, ``model_error``
+    when the model failed)."""
     note = ctx.relay.language_note() if ctx.relay is not None else None
     request = LLMRequest(
         call_sid=ctx.call_sid, use_case=ctx.use_case.name, model_id=ctx.model_id,
@@ -67,12 +77,13 @@ async def model_round(ctx: CallContext, speaker: Speaker) -> tuple[ToolCall, ...
     finally:
         ctx.stats.rounds.append(_round_record(ctx, received.end, received.overhead_s,
                                               failed=failed))
-    return tuple(received.calls)
+    return Asked(tuple(received.calls), received.reasoning)
 
 
 @dataclass
 class _Received:
     calls: list[ToolCall] = field(default_factory=list)
+    reasoning: tuple[Mapping[str, Any], ...] = ()
     overhead_s: float | None = None     # first delta received -> handed to the writer
     end: StreamEnd | None = None
 
@@ -111,6 +122,8 @@ async def _take(event: LLMEvent, speaker: Speaker, received: _Received) -> None:
                 received.overhead_s = trio.current_time() - at
         case ToolUseRequest():
             received.calls.append(event)
+        case Reasoning(blocks=blocks):
+            received.reasoning = blocks
         case StreamEnd():
             received.end = event
         case _:

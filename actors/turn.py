@@ -3,12 +3,21 @@
 A turn runs inside its own cancel scope (see ``turn_slot``). Whatever way it ends (done,
 barge-in, superseded, hang-up, model error), it records what the caller can have heard, closes
 the talk cycle, and leaves the history valid for the next request.
+
+Reasoning (a model's extended thinking) is never spoken. It is kept where a model needs it
+back: first in the assistant message of a tool round, verbatim, since a model with thinking and
+tools (Anthropic's) refuses the tool-result round without it. A round that ends in words drops
+it: a completed turn's thinking may be left out (most models ignore it there), and kept it
+would add input tokens to every later request and store space to every call. A tool round the
+caller cut drops it too: the next request opens a new turn with the caller's words, so the cut
+round is an earlier turn's, and its message no longer holds what the model sent.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +65,7 @@ class _ToolRound:
     calls: tuple[ToolCall, ...]
     batch: ToolBatch
     results: trio.MemoryReceiveChannel[ToolOutcome]
+    reasoning: tuple[Mapping[str, Any], ...] = ()     # the reply's, for its message
     outcomes: list[ToolOutcome] = field(default_factory=list)
     delivered: bool = False          # the executor has the batch: outcomes will come
 
@@ -153,6 +163,7 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
         await speaker.say_text(plan.say_first)
         speaker.flags = ReplyFlags()
     calls: tuple[ToolCall, ...] = (plan.tool_first,) if plan.tool_first else ()
+    reasoning: tuple[Mapping[str, Any], ...] = ()
     if not calls and not plan.use_model:
         return
     rounds_done = 0
@@ -162,12 +173,13 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
             if rounds_done >= ctx.max_tool_rounds:
                 await speaker.say_text(TOO_MANY_ROUNDS)
                 return
-            outcomes = await _tool_round(ctx, speaker, calls, rounds)
+            outcomes = await _tool_round(ctx, speaker, calls, rounds, reasoning)
             rounds_done += 1
             tools_spoke = any(o.spoke for o in outcomes)
             if any(o.ends_call for o in outcomes):
                 return
-        calls = await model_round(ctx, speaker)
+        asked = await model_round(ctx, speaker)
+        calls, reasoning = asked.calls, asked.reasoning
         if not calls:
             if speaker.quiet and not tools_spoke and (
                     rounds_done or ctx.stats.rounds[-1].stop_reason in STOPPED_QUIET):
@@ -176,11 +188,12 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
 
 
 async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall, ...],
-                      rounds: list[_ToolRound]) -> list[ToolOutcome]:
+                      rounds: list[_ToolRound], reasoning: tuple[Mapping[str, Any], ...]
+                      ) -> list[ToolOutcome]:
     await speaker.flush()                   # spoken while the tool runs
     results_send, results = trio.open_memory_channel[ToolOutcome](len(calls))
     batch = ToolBatch(calls, results_send, turn=ctx.marks.turn)    # this turn: the newest
-    current = _ToolRound(speaker.segment, calls, batch, results)
+    current = _ToolRound(speaker.segment, calls, batch, results, reasoning)
     rounds.append(current)
     ctx.stats.tool_calls += len(calls)
     if ctx.relay is not None:
@@ -193,7 +206,8 @@ async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall,
         current.outcomes.append(await results.receive())
     ordered = _in_call_order(current)
     ctx.stats.tools.extend((o.name, o.status, o.duration_s) for o in ordered)
-    ctx.history.add_assistant(current.text, [_use_block(c) for c in calls])
+    ctx.history.add_assistant(current.text, [_use_block(c) for c in calls],
+                              reasoning=current.reasoning)
     ctx.history.add_tool_results([o.to_block() for o in ordered])
     ctx.history.audio_uses.add(o.tool_use_id for o in ordered if o.spoke)
     rounds.remove(current)
@@ -222,7 +236,8 @@ async def _settle_side_effects(rounds: list[_ToolRound]) -> None:
 def _record_cut(ctx: CallContext, speaker: Speaker, rounds: list[_ToolRound]) -> None:
     """Record a cut-short turn: what was spoken, plus the tools that did something the cut
     cannot undo: side effects that really ran, a tool that ended the session (its ``end``
-    went out), one that sent the caller audio or digits."""
+    went out), one that sent the caller audio or digits. Without their reasoning (see the
+    module's docstring)."""
     for current in rounds:
         done = {o.tool_use_id: o for o in current.outcomes
                 if o.side_effect or o.ends_call or o.spoke}

@@ -456,6 +456,22 @@ async def check_chat_ordering(store: Store) -> None:
 
 
 @check
+async def check_chat_with_reasoning_round_trips(store: Store) -> None:
+    """A tool round's reasoning (a model thinking with tools wants it back verbatim) comes back
+    as written: its signature, and redacted reasoning as the base64 text it arrived as."""
+    call_sid = "CA" + "4" * 32
+    message = {"role": "assistant", "content": [
+        {"reasoningContent": {"reasoningText": {"text": "Pickup time? \u00e9\n  x ",
+                                                "signature": "RXFB" * 300}}},
+        {"reasoningContent": {"redactedContent": "ZW5j" * 2000}},
+        {"toolUse": {"toolUseId": "tu_1", "name": "pickupTime", "input": {}}}]}
+    await store.put(records.chat_item(call_sid, 1_750_000_000_000, 0, message, {"turn": 1},
+                                      ttl_s=3_600))
+    [item] = await store.query(call_sid, "chat::")
+    assert records.chat_from_item(item)["chat"] == message
+
+
+@check
 async def check_order_via_query_index(store: Store) -> None:
     order = {"order_items": [{"line_item": "Cheese pizza", "line_amount": 10.95}],
              "order_type": "pickup", "order_total": 10.95}

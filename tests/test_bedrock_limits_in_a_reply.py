@@ -51,6 +51,7 @@ from tests.fake_bedrock import (
     text_events,
     tool_events,
 )
+from tests.fake_reasoning import reasoning_blocks
 from voiceagent.llm.bedrock import FIRST_EVENT_TIMEOUT_S, READ_TIMEOUT_S, BedrockLLM
 from voiceagent.llm.bedrock_http import WHOLE_GRACE_S
 from voiceagent.llm.bedrock_stream import SPOKEN_TOKENS_PER_S
@@ -124,6 +125,10 @@ TOOL_FIRST = [*start(), *tool(0, "tu_pickup", "pickupTime", ["{", "}"]), *end("t
 # (h) the round after a tool result
 FIRST_ROUND = [*start(), *said(["Let me check."]), *tool(1, "tu_pickup", "pickupTime", ["{}"]),
                *end("tool_use")]
+# reasoning with a tool use: kept, first in the round's message, when the round is whole (the
+# endpoint refuses the round after it otherwise, as Bedrock does for Claude thinking with tools)
+THOUGHT_TOOL = [*start(), *[Step(f) for f in reasoning_events(0, ["Pickup", " time?"])],
+                *tool(1, "tu_pickup", "pickupTime", ["{}"]), *end("tool_use")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +146,8 @@ SHAPES = {
     "thinking tags in the text": Rounds((THINKING,), 0, ((),)),
     "a tool and no words": Rounds((TOOL_FIRST, ANSWER), 0, ((PICKUP,), ())),
     "second round": Rounds((FIRST_ROUND, ANSWER), 1, ((PICKUP,), ())),
+    "reasoning and a tool": Rounds((THOUGHT_TOOL, ANSWER), 0, ((PICKUP,), ())),
+    "the round after reasoning and a tool": Rounds((THOUGHT_TOOL, ANSWER), 1, ((PICKUP,), ())),
 }
 HOLD_S = 0.2             # TOKEN_HOLD_MS: later words held and sent together
 CASES = [pytest.param(shape, stalled_first, cut, hold_s,
@@ -280,6 +287,8 @@ async def test_a_limit_at_every_position_leaves_what_was_heard_and_a_valid_histo
         words = heard(shape.rounds[n]).strip()
         uses = shape.uses[n]
         content = [{"text": words}] if words else []
+        if uses:
+            content[:0] = reasoning_blocks(frames(shape.rounds[n]))
         history.append({"role": "assistant",
                         "content": content + [{"toolUse": use} for use in uses]})
         if uses:

@@ -159,6 +159,8 @@ def _block_lines(block: Mapping[str, Any], role: Any, meta: Mapping[str, Any], o
         if status == "failed":      # the executor's own words often start with it already
             said = said.removeprefix("failed: ")
         return [Line(offset, "tool", f"<- {name} {status}: {said}")]
+    if "reasoningContent" in block:
+        return []                   # the model's thinking: never said, kept for the model
     return [Line(offset, "agent" if role == "assistant" else "caller",
                  f"[{', '.join(block)} block]")]
 

@@ -15,8 +15,10 @@ from typing import Any, Protocol, runtime_checkable
 import trio
 
 # A Converse message: {"role": "user"|"assistant", "content": [block, ...]}. Blocks are
-# {"text": str}, {"toolUse": {"toolUseId", "name", "input"}} or
-# {"toolResult": {"toolUseId", "content": [{"json": {...}} | {"text": str}], "status"}}.
+# {"text": str}, {"toolUse": {"toolUseId", "name", "input"}},
+# {"toolResult": {"toolUseId", "content": [{"json": {...}} | {"text": str}], "status"}} or,
+# first in an assistant message, {"reasoningContent": {"reasoningText": {"text", "signature"?}}
+# | {"redactedContent": base64 str}} (the wire's own form of the blob, so it stays JSON).
 Message = dict[str, Any]
 
 
@@ -80,7 +82,18 @@ class StreamEnd:
     first_token_s: float | None = None  # request sent -> first delta, when the backend knows
 
 
-LLMEvent = TextDelta | ToolUseRequest | StreamEnd
+@dataclass(frozen=True, slots=True)
+class Reasoning:
+    """The reply's reasoning blocks (Converse ``reasoningContent``), whole and verbatim, in
+    the order the model sent them; yielded once, just before ``StreamEnd``, so a stream that
+    fails or is retried never hands on a part. Never spoken. A model with extended thinking
+    and tools (Anthropic's) refuses the next request unless the blocks of a round that asked
+    for tools come back, unchanged, first in its assistant message."""
+
+    blocks: tuple[Mapping[str, Any], ...]
+
+
+LLMEvent = TextDelta | ToolUseRequest | Reasoning | StreamEnd
 
 
 @runtime_checkable

@@ -1,6 +1,6 @@
 """The Converse reply assembled from its stream's events (decoded by ``eventstream``): text
-passed on delta by delta without thinking spans, each toolUse joined into one call, the end
-with its stop reason and usage.
+passed on delta by delta without thinking spans, each toolUse joined into one call, the
+reasoning blocks kept whole for the history, the end with its stop reason and usage.
 
 Apart from ``bedrock_converse``, which builds what goes to Bedrock: this module reads what
 comes back, on the turn's own task as the body's chunks are read, so the turn only ever sees
@@ -9,6 +9,7 @@ finished ``LLMEvent`` values. Pure like it, and shared by the backend and its te
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from collections.abc import Mapping
@@ -16,7 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from voiceagent import jsonlimits
-from voiceagent.llm.base import LLMEvent, StreamEnd, TextDelta, ToolUseRequest, Usage
+from voiceagent.llm.base import (
+    LLMEvent,
+    Reasoning,
+    StreamEnd,
+    TextDelta,
+    ToolUseRequest,
+    Usage,
+)
 from voiceagent.llm.eventstream import ReplyError
 
 log = logging.getLogger("voiceagent.llm.bedrock")
@@ -93,24 +101,55 @@ class _PendingTool:
     parts: list[str]
 
 
+@dataclass(slots=True)
+class _PendingReasoning:
+    parts: list[str]
+    signature: str | None = None
+    redacted: str | None = None         # base64, as the wire carries it
+
+    def add(self, delta: Mapping[str, Any]) -> None:
+        if (text := delta.get("text")) is not None:
+            self.parts.append(str(text))
+        if (signature := delta.get("signature")) is not None:
+            self.signature = str(signature)
+        if (redacted := delta.get("redactedContent")) is not None:
+            self.redacted = (base64.b64encode(redacted).decode("ascii")
+                             if isinstance(redacted, bytes) else str(redacted))
+
+    def block(self) -> dict[str, Any] | None:
+        if self.redacted is not None:
+            return {"reasoningContent": {"redactedContent": self.redacted}}
+        text = "".join(self.parts)
+        if not text and self.signature is None:
+            return None
+        # the signature covers the text as sent; only a lone surrogate (which no store can
+        # write) is replaced, as in spoken text
+        reasoning: dict[str, Any] = {"text": jsonlimits.valid_text(text)}
+        if self.signature is not None:
+            reasoning["signature"] = self.signature
+        return {"reasoningContent": {"reasoningText": reasoning}}
+
+
 class ReplyAssembler:
     """ConverseStream events in, ``LLMEvent`` values out, for one HTTP attempt.
 
     Text is passed on delta by delta (minus thinking spans); a toolUse block becomes one
     ``ToolUseRequest`` when it stops, its input joined from the streamed JSON fragments;
-    reasoning, citations and unknown deltas are dropped. ``finish`` adds the ``StreamEnd``,
+    reasoning blocks are joined and yielded as one ``Reasoning`` at the end; citations and
+    unknown deltas are dropped. ``finish`` adds the ``Reasoning`` and the ``StreamEnd``,
     after any toolUse whose input is not JSON: only the stop reason, which comes after the
     blocks, says whether maxTokens cut it off. Owned by the task that reads the reply.
     """
 
-    __slots__ = ("_filter", "_started_at", "_stop_reason", "_tools", "_unparsed", "_usage",
-                 "first_content_at")
+    __slots__ = ("_filter", "_reasoning", "_started_at", "_stop_reason", "_tools",
+                 "_unparsed", "_usage", "first_content_at")
 
     def __init__(self, started_at: float) -> None:
         self._started_at = started_at       # perf_counter() when the stream was opened
         self._filter = ThinkingFilter()
         self._tools: dict[int, _PendingTool] = {}
         self._unparsed: list[_PendingTool] = []     # input not a JSON object; see finish
+        self._reasoning: dict[int, _PendingReasoning] = {}  # by block index, in arrival order
         self._stop_reason: str | None = None
         self._usage: Usage | None = None
         self.first_content_at: float | None = None
@@ -136,6 +175,12 @@ class ReplyAssembler:
                 pending = self._tools.get(body.get("contentBlockIndex", -1))
                 if pending is not None:
                     pending.parts.append(delta["toolUse"].get("input", ""))
+            elif "reasoningContent" in delta:
+                index = body.get("contentBlockIndex", -1)
+                reasoning = self._reasoning.get(index)
+                if reasoning is None:
+                    reasoning = self._reasoning[index] = _PendingReasoning([])
+                reasoning.add(delta["reasoningContent"])
             return
         if event_type == "contentBlockStart":
             use = body.get("start", {}).get("toolUse")
@@ -166,6 +211,9 @@ class ReplyAssembler:
             raise ReplyError("IncompleteStream", "the event stream ended before messageStop")
         for pending in self._unparsed:
             self._unparsed_tool(pending, out)
+        blocks = tuple(b for r in self._reasoning.values() if (b := r.block()) is not None)
+        if blocks:
+            out.append(Reasoning(blocks))
         first = (None if self.first_content_at is None
                  else self.first_content_at - self._started_at)
         out.append(StreamEnd(self._stop_reason, usage=self._usage, first_token_s=first))

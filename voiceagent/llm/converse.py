@@ -6,7 +6,9 @@ would, the call's history keeps them by construction, and the tests' local endpo
 every request it receives. The triggers are the ValidationExceptions measured against the
 service: roles alternate and start with the user, no empty content or blank text, every
 toolUse answered by exactly its toolResults in the next message, tool blocks only with a
-toolConfig, no trailing whitespace at the end of a final assistant message.
+toolConfig, no trailing whitespace at the end of a final assistant message, reasoning only in
+an assistant message and in one of its two shapes (whether a model wants its reasoning back
+is its own rule: the tests' endpoint keeps Anthropic's).
 """
 
 from __future__ import annotations
@@ -105,7 +107,25 @@ def _block_problems(where: str, block: Any, role: Any, uses: list[str],
             if "text" in item and not str(item["text"]).strip():
                 problems.append(f"{where}: toolResult text is blank")
         return problems
+    if kind == "reasoningContent":
+        return _reasoning_problems(where, value, role)
     return [f"{where}: unexpected block {kind!r}"]
+
+
+def _reasoning_problems(where: str, value: Any, role: Any) -> list[str]:
+    if role != "assistant":
+        return [f"{where}: reasoningContent outside an assistant message"]
+    if not isinstance(value, dict) or len(value) != 1:
+        return [f"{where}: reasoningContent has exactly one of reasoningText, redactedContent"]
+    (shape, body), = value.items()
+    if shape == "redactedContent":
+        return [] if isinstance(body, str) and body else [
+            f"{where}: redactedContent must be the blob (base64)"]
+    if shape != "reasoningText" or not isinstance(body, dict):
+        return [f"{where}: reasoningContent has exactly one of reasoningText, redactedContent"]
+    if not isinstance(body.get("text"), str) or not isinstance(body.get("signature", ""), str):
+        return [f"{where}: reasoningText needs a text (and a signature, if any) as strings"]
+    return []
 
 
 # stands between a tool round's results and caller words that came before any reply to them
