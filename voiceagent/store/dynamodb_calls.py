@@ -20,6 +20,7 @@ import trio
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    EndpointConnectionError,
     NoCredentialsError,
     ParamValidationError,
 )
@@ -66,6 +67,14 @@ class DynamoDBCalls(_StoreParts):
         except NoCredentialsError as err:
             raise StoreError(f"dynamodb {operation}: no AWS credentials found; set them the "
                              "usual AWS way (role, profile, or AWS_ACCESS_KEY_ID)") from err
+        except EndpointConnectionError as err:
+            # the first thing `store init`, `config load` or `serve` meets when DynamoDB Local
+            # is not started yet, or the endpoint setting is wrong: say where to look
+            raise StoreError(f"dynamodb {operation} on {self.table_name}: cannot reach "
+                             f"{self.endpoint} ({err}); is DynamoDB running there? Check "
+                             "AWS_ENDPOINT_URL_DYNAMODB (DynamoDB Local must be up at it), or, "
+                             "for AWS itself, AWS_REGION and the network path (HTTPS_PROXY / "
+                             "NO_PROXY)") from err
         except BotoCoreError as err:
             raise StoreError(f"dynamodb {operation} on {self.table_name} failed: {err}") from err
 
