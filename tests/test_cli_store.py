@@ -441,6 +441,8 @@ def test_reading_commands_leave_no_store_behind_where_there_is_none(
         err = fail(capsys, *argv)
         assert f"no SQLite store at {sqlite_env / 'voiceagent.db'}" in err, argv
         assert "set DATA_DIR" in err
+        assert "`voiceagent demo` keeps its calls in a temporary folder unless given " \
+               "--data-dir .voiceagent" in " ".join(err.split())
     assert not sqlite_env.exists()
     assert not Path("config-export").exists()
     run(capsys, "store", "init")

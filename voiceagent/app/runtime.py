@@ -286,7 +286,8 @@ async def open_store(settings: Settings, *, aws: StartupSession | None = None,
             raise StoreError(f"no SQLite store at {path}: nothing has been stored there yet "
                              "(the server creates it when it starts, `voiceagent config "
                              "load` writes config into it); run this in the project's folder "
-                             "or set DATA_DIR")
+                             "or set DATA_DIR (`voiceagent demo` keeps its calls in a "
+                             "temporary folder unless given --data-dir .voiceagent)")
         async with open_sqlite_store(path, limiter=limiter) as store:
             yield store
     else:
