@@ -164,4 +164,6 @@ def configure(fmt: Literal["auto", "json", "console"] = "auto", level: str = "IN
     root.addHandler(handler)
     root.setLevel(level)
     for noisy in ("botocore", "urllib3", "hypercorn.access", "quart.serving"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        # at least WARNING, and never below the level asked for: `voiceagent check` asks
+        # for CRITICAL, and botocore's tracebacks of a failed SSO refresh buried its checklist
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

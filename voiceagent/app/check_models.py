@@ -22,11 +22,13 @@ from botocore.exceptions import BotoCoreError
 from voiceagent.app.check_steps import (
     CREDENTIALS_ADVICE,
     NETWORK_ADVICE,
+    SSO_CODES,
     CheckContext,
     Outcome,
     failed,
     passed,
     skipped,
+    sso_advice,
 )
 from voiceagent.errors import LLMError, ModelThrottled, ModelUnavailable
 from voiceagent.llm.base import InferenceConfig, LLMRequest
@@ -141,7 +143,8 @@ async def _ask(llm: BedrockLLM, model: _Model, source: str) -> Outcome:
 def _model_failure(name: str, model: _Model, err: LLMError) -> Outcome:
     """``err`` as what to do about it, by its code."""
     code, where = err.code, f"{model.model_id} in {model.region}"
-    said = ("error: " if code in _NETWORK else "Bedrock said: ") + str(err).removesuffix(
+    not_bedrock = code in _NETWORK or code in SSO_CODES      # it never answered
+    said = ("error: " if not_bedrock else "Bedrock said: ") + str(err).removesuffix(
         f"; {ACCESS_HINT}").removesuffix(f"; {CREDENTIALS_HINT}")[:300]
     if code == "AccessDeniedException":
         return failed(name, f"access not granted ({code})",
@@ -165,6 +168,9 @@ def _model_failure(name: str, model: _Model, err: LLMError) -> Outcome:
                       f"minute for {where}", said)
     if code in _CREDENTIALS:
         return failed(name, f"AWS refused the credentials ({code})", CREDENTIALS_ADVICE, said)
+    if code in SSO_CODES:           # not Bedrock's fault: the profile's sign-in is missing
+        return failed(name, f"no AWS credentials: SSO sign-in missing or expired ({code})",
+                      sso_advice(), said)
     if code in _NETWORK:
         return failed(name, f"network: cannot reach Bedrock ({code})", NETWORK_ADVICE,
                       "AWS_ENDPOINT_URL_BEDROCK_RUNTIME, when set, must point at a running "

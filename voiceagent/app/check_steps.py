@@ -25,6 +25,8 @@ from botocore.exceptions import (
     ClientError,
     HTTPClientError,
     NoCredentialsError,
+    SSOError,
+    TokenRetrievalError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -53,6 +55,11 @@ CREDENTIALS_ADVICE = ("set AWS credentials the usual way: AWS_PROFILE (after `aw
                       "supplies them")
 STORE_ACTIONS = ("dynamodb:DescribeTable, dynamodb:GetItem, dynamodb:PutItem, "
                  "dynamodb:DeleteItem, dynamodb:BatchWriteItem and dynamodb:Query")
+# an SSO profile whose sign-in is missing or has run out (`aws configure sso` signs in once,
+# for a session that ends): botocore's errors, by class and by name (as Bedrock codes them)
+SSO_ERRORS = (SSOError, TokenRetrievalError)
+SSO_CODES = frozenset({"SSOError", "SSOTokenLoadError", "UnauthorizedSSOTokenError",
+                       "TokenRetrievalError"})
 _REFUSED_KEYS = frozenset({"InvalidClientTokenId", "SignatureDoesNotMatch",
                            "UnrecognizedClientException", "InvalidSignatureException",
                            "MissingAuthenticationTokenException"})
@@ -151,11 +158,19 @@ async def aws_identity(ctx: CheckContext) -> list[Outcome]:
         return [_sts_refused(name, err)]
     except (BotoConnectionError, HTTPClientError) as err:
         return [failed(name, f"cannot reach STS: {err}", NETWORK_ADVICE)]
+    except SSO_ERRORS as err:
+        return [failed(name, f"AWS SSO sign-in missing or expired: {err}", sso_advice())]
     except BotoCoreError as err:        # a profile that does not exist, a bad config file
         return [failed(name, f"AWS configuration: {err}",
                        "fix AWS_PROFILE or ~/.aws/config, or unset AWS_PROFILE")]
     ctx.account_id = str(identity["Account"])
     return [passed(name, f"account {identity['Account']}, {identity['Arn']}")]
+
+
+def sso_advice() -> str:
+    profile = os.environ.get("AWS_PROFILE")
+    return (f"sign in again: `aws sso login{f' --profile {profile}' if profile else ''}`, "
+            "then run the check again")
 
 
 def _caller_identity(region: str | None) -> dict[str, Any]:
