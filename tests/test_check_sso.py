@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from botocore.exceptions import SSOTokenLoadError
 
 from tests.test_check import RUN_TIMEOUT_S, base_env, run_check
+from voiceagent.llm.bedrock_errors import classify
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -64,3 +66,12 @@ async def test_an_sso_profile_without_a_live_sign_in_says_aws_sso_login(
                                                 "dev`"), run.out
     assert "try again in a minute" not in run.out
     assert "Traceback" not in run.err, run.err      # botocore's, below the asked-for level
+
+
+def test_a_call_whose_sso_sign_in_ran_out_logs_aws_sso_login() -> None:
+    """`serve` starts with such a profile (its credentials load lazily); each turn then
+    fails, and the log line's what-to-check names the fix."""
+    failure = classify(SSOTokenLoadError(error_msg="Token for my-sso does not exist"))
+    assert failure.kind == "credentials"
+    assert not failure.retryable
+    assert "`aws sso login` for an SSO profile" in failure.message

@@ -36,8 +36,9 @@ RETRY_COST = 14
 THROTTLING_RETRY_COST = 5
 NO_RETRY_INCREMENT = 1
 
-CREDENTIALS_HINT = ("check the task role or AWS_PROFILE / AWS_ACCESS_KEY_ID, that temporary "
-                    "credentials are refreshed, and the machine's clock")
+CREDENTIALS_HINT = ("check the task role or AWS_PROFILE (`aws sso login` for an SSO profile) / "
+                    "AWS_ACCESS_KEY_ID, that temporary credentials are refreshed, and the "
+                    "machine's clock")
 ACCESS_HINT = ("grant bedrock:InvokeModelWithResponseStream on the model (and its inference "
                "profile) and enable model access in the Bedrock console for this region")
 TLS_HINT = ("the endpoint's certificate is not trusted: if a proxy or a private endpoint "
