@@ -28,6 +28,9 @@ from voiceagent.errors import SettingsError
 DEFAULT_MODEL = "us.amazon.nova-lite-v1:0"
 BUNDLED_CONFIG = Path(__file__).parent / "bundled_config"
 WS_URL_SHAPE = re.compile(r"wss?://[^/?#\s]+/[A-Za-z0-9._~-][A-Za-z0-9._~/-]*(\?[^#\s]*)?\Z")
+# scheme and host (and port) only: the server adds /twiml, /action and /relay itself
+HOST_AND_PORT = r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?"
+PUBLIC_URL_SHAPE = re.compile(rf"https?://{HOST_AND_PORT}/?\Z")
 SOURCE_CONFIG = Path(__file__).parent.parent / "config"
 LOCAL_CONFIG = Path("config")          # relative: the folder the command starts in
 MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", re.ASCII)
@@ -188,6 +191,15 @@ class Settings(BaseModel):
         if value and not value.startswith(("https://", "http://")):
             raise ValueError("must be the https:// base URL Twilio calls, e.g. "
                              "https://agent.example.com")
+        if value and not PUBLIC_URL_SHAPE.match(value):
+            host = re.split(r"[/?#]", value.split("://", 1)[1], maxsplit=1)[0]
+            if not re.fullmatch(HOST_AND_PORT, host):
+                raise ValueError(f"{value} has no host name in it; put your tunnel's or load "
+                                 "balancer's host there, e.g. https://abc123.ngrok.app")
+            # a pasted webhook URL: Twilio's would be .../twiml/twiml, every call a 403
+            raise ValueError(f"must be the base URL only, scheme and host (e.g. "
+                             f"https://agent.example.com), not {value}: the server adds "
+                             "/twiml and /relay to it")
         return value.rstrip("/") if value else value
 
     @property
