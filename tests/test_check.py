@@ -392,6 +392,26 @@ async def test_sqlite_and_scripted_pass_offline_with_settings_from_dotenv(
         "pass", "skip", "pass", "pass", "skip", "skip"]
 
 
+async def test_dynamodb_local_and_scripted_need_no_aws_identity(moto_endpoint: str,
+                                                                  tmp_path: Path) -> None:
+    """compose's dev path: DynamoDB Local takes dummy keys, which STS would refuse. No
+    AWS_ENDPOINT_URL_STS here: asked, STS (unreachable offline) would fail the run."""
+    config = config_dir(tmp_path / "config", {"frontDesk": None})
+    with trio.fail_after(RUN_TIMEOUT_S):
+        async with open_test_table(moto_endpoint, name=table_name()) as store:
+            await write_config(store, read_config_dir(config, default_registry()))
+            env = base_env(tmp_path, STORE="dynamodb", LLM="scripted",
+                           TABLE_NAME=store.table_name, CONFIG_DIR=str(config),
+                           STACK_USE_CASE="frontDesk", **aws_env(moto_endpoint, tmp_path))
+            run = await run_check(env, tmp_path)
+    lines = run.lines
+    assert run.code == 0, run.out + run.err
+    assert lines["AWS credentials"].status == "skip"
+    assert lines["AWS credentials"].detail == (
+        f"skipped (LLM=scripted, and DynamoDB is at {moto_endpoint}, not AWS)")
+    assert lines[f"DynamoDB table {store.table_name}"].status == "pass"
+
+
 def test_dotenv_file_never_overrides_the_environment(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import boto3
 import trio
@@ -145,6 +146,15 @@ async def aws_identity(ctx: CheckContext) -> list[Outcome]:
         return [skipped(name, "STORE=sqlite and LLM=scripted: nothing calls AWS")]
     if settings.store == "sqlite" and os.environ.get("AWS_BEARER_TOKEN_BEDROCK"):
         return [skipped(name, "STORE=sqlite, and Bedrock takes AWS_BEARER_TOKEN_BEDROCK")]
+    local = _local_dynamodb()
+    if settings.store == "dynamodb" and local and not os.environ.get(
+            "AWS_ENDPOINT_URL_STS") and (
+            settings.llm == "scripted" or os.environ.get("AWS_BEARER_TOKEN_BEDROCK")):
+        # DynamoDB Local takes any keys (compose's dummy ones), which STS would refuse; an
+        # STS endpoint set on purpose is still asked
+        model = ("LLM=scripted" if settings.llm == "scripted"
+                 else "Bedrock takes AWS_BEARER_TOKEN_BEDROCK")
+        return [skipped(name, f"{model}, and DynamoDB is at {local}, not AWS")]
     try:
         with trio.fail_after(AWS_TIMEOUT_S):
             identity = await run_blocking(partial(_caller_identity, settings.aws_region),
@@ -165,6 +175,17 @@ async def aws_identity(ctx: CheckContext) -> list[Outcome]:
                        "fix AWS_PROFILE or ~/.aws/config, or unset AWS_PROFILE")]
     ctx.account_id = str(identity["Account"])
     return [passed(name, f"account {identity['Account']}, {identity['Arn']}")]
+
+
+def _local_dynamodb() -> str | None:
+    """The DynamoDB endpoint boto3 is pointed at when it is not AWS's (DynamoDB Local, moto),
+    else None: AWS's own hosts end in amazonaws.com (.com.cn in China) or api.aws."""
+    endpoint = (os.environ.get("AWS_ENDPOINT_URL_DYNAMODB")
+                or os.environ.get("AWS_ENDPOINT_URL") or "")
+    host = urlsplit(endpoint).hostname or ""
+    if not host or host.endswith((".amazonaws.com", ".amazonaws.com.cn", ".api.aws")):
+        return None
+    return endpoint
 
 
 def sso_advice() -> str:
