@@ -104,3 +104,18 @@ def test_serve_says_which_addresses_to_give_twilio() -> None:
     assert said["voice_url"].endswith("/twiml (POST)")
     assert "PUBLIC_URL" in said["hint"]
     assert said["phone_page"] == "http://127.0.0.1:3000/phone"
+
+
+@pytest.mark.parametrize("args", [["demo", "--from", "15551234567"],
+                                  ["call", "--from", "+1 555 123 4567"],
+                                  ["call", "--to", "555-0199"]])
+def test_a_caller_number_not_in_e164_is_refused_with_the_form_to_use(
+        args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Profiles match the E.164 numbers Twilio sends: a number without its + matched none,
+    and the default use case answered without a word about why."""
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(args)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument {args[1]}: {args[2]!r} is not an E.164 number" in error
+    assert "(e.g. +15551234567)" in error

@@ -26,6 +26,7 @@ from voiceagent.app.cli_store import add_commands
 from voiceagent.app.terminal import Transcript, interactive, piped_lines, scripted
 from voiceagent.errors import ConfigError, ListenError, SettingsError, StoreError
 from voiceagent.settings import Settings, packaged_config_dir
+from voiceagent.usecases import E164
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", type=Path, default=None,
                       help="where the SQLite store lives (default: a temporary folder)")
     demo.add_argument("--from", dest="from_number", default="+15555550100",
+                      type=phone_number,
                       help="caller's number (profiles in config/profiles.yaml pick use cases)")
     demo.add_argument("-v", "--verbose", action="store_true", help="show server logs")
     demo.add_argument("--web", action="store_true",
@@ -142,9 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"),
                       help="sign requests as Twilio would (default: $TWILIO_AUTH_TOKEN)")
     call.add_argument("--from", dest="from_number", default="+15555550100",
+                      type=phone_number,
                       help="the caller's number (default +15555550100); profiles pick use "
                            "cases by it")
     call.add_argument("--to", dest="to_number", default="+15555550199",
+                      type=phone_number,
                       help="the number called (default +15555550199)")
     call.add_argument("--say", action="append", default=[], metavar="TEXT",
                       help="play a scripted caller instead of typing (repeatable)")
@@ -270,6 +274,16 @@ async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
                 await _converse(url, None, Identity(from_number=args.from_number), args.say,
                                 stopping.talking)
     return code()
+
+
+def phone_number(value: str) -> str:
+    """argparse's check of --from/--to: profiles match the E.164 form Twilio sends, so a
+    number without its + matched none and the default use case answered, silently."""
+    if not E164.match(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an E.164 number: + then country code and number, no spaces "
+            "(e.g. +15551234567)")
+    return value
 
 
 async def _serve_phone_page(url: str, from_number: str) -> None:
