@@ -205,7 +205,7 @@ def _feed(metrics: Metrics) -> None:
     report.frames.rejected["oversized"] += 1
     report.tool_blocking.runs[tool] = 1
     metrics.on_call_finished(report)
-    metrics.on_call_refused("capacity")
+    metrics.on_call_refused("capacity", "CA1")
     metrics.on_handoff("enqueue", "CA1")
     metrics.on_reconnect("resumed", "CA1")
 
@@ -292,7 +292,7 @@ def _emf_documents(metrics: Metrics, stream: io.StringIO) -> list[dict[str, Any]
     """Every kind of EMF line, with every figure it can carry."""
     metrics.on_turn({"kind": "caller", "latency_ms": 1, "first_token_ms": 1, "overhead_ms": 1,
                      "barge_in": True, "model_error": "ModelThrottled", "call_sid": "CA1"})
-    metrics.on_call_refused("capacity")
+    metrics.on_call_refused("capacity", "CA1")
     metrics.on_handoff("enqueue", "CA1")
     metrics.on_reconnect("resumed_partial", "CA1")
     metrics.on_reconnect("refused_limit", "CA1")

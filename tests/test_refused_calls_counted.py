@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +109,41 @@ async def test_a_call_sent_to_the_fallback_url_is_counted_too(tmp_path: Path) ->
     assert _value(samples, "voiceagent_calls_refused_total", reason="draining") == 1
     assert _value(samples, "voiceagent_calls_refused_total", reason="use_case") == 1
     assert not [key for key in samples if key[0] == "voiceagent_calls_total"]
+
+
+async def test_every_call_refused_in_an_outage_is_found_by_its_call_sid(
+        tmp_path: Path, records: list[logging.LogRecord]) -> None:
+    """The operator has the CallSid from Twilio's console and one grep over the log group.
+    The log says why only for the first refusal of an outage (the rest are counted, at DEBUG),
+    so the EMF line each refusal prints must name its call: before, it named none, and a
+    grep for any caller but the first found nothing at all."""
+    settings = make_settings(tmp_path, METRICS_NAMESPACE="TestNamespace",
+                             METRICS_SERVICE_NAME="test-service")
+    rung = [Identity() for _ in range(3)]
+    with trio.fail_after(30):
+        async with running_server(settings) as server:
+            runtime = server.runtime
+            assert runtime.metrics is not None
+            stream = io.StringIO()
+            runtime.metrics._emf_stream = stream
+
+            async def throttled(caller: str) -> Any:
+                raise StoreError("ProvisionedThroughputExceededException")
+
+            runtime.catalog.profile = throttled  # type: ignore[method-assign]
+            for identity in rung:
+                body = await post_form(server.url + "/twiml", {
+                    "CallSid": identity.call_sid, "From": identity.from_number,
+                    "To": identity.to_number}, AUTH_TOKEN)
+                assert "<Hangup" in body
+    logged = "\n".join(f"{vars(r).get('call_sid')} {r.getMessage()}" for r in records
+                       if r.levelno >= logging.INFO)
+    emf = stream.getvalue()
+    for n, identity in enumerate(rung):
+        found = [line for line in (logged + "\n" + emf).splitlines()
+                 if identity.call_sid in line]
+        assert found, f"call {n}: nothing in the log names it"
+        assert (identity.call_sid in logged) == (n == 0)      # the episode's first line
+    refused = _emf_refusals(stream)
+    assert [(d["CallSid"], d["Reason"]) for d in refused] == [
+        (identity.call_sid, "store") for identity in rung]

@@ -199,14 +199,16 @@ class Metrics:
         for tool, runs in report.tool_blocking.runs.items():
             self.tool_stalls.labels(tool if tool in self._tool_names else "unknown").inc(runs)
 
-    def on_call_refused(self, reason: str) -> None:
+    def on_call_refused(self, reason: str, call_sid: str) -> None:
         """A caller turned away before any socket (the apology, or Twilio's fallback URL):
         invisible to ``voiceagent_calls_total``, which counts sockets, yet what says a
-        service is too small or its store down."""
+        service is too small or its store down. The EMF line names the call: the log says
+        why only for the first refusal of an outage (``log_episodes``), so for the others
+        it is the one line a grep for the CallSid Twilio shows finds."""
         self.refused.labels(reason).inc()
         if self.emf_enabled:
             self._emit([{"Name": "CallsRefused", "Unit": "Count"}],
-                       {"CallsRefused": 1, "Reason": reason})
+                       {"CallsRefused": 1, "Reason": reason, "CallSid": call_sid})
 
     def on_reconnect(self, outcome: str, call_sid: str) -> None:
         self.reconnects.labels(outcome).inc()

@@ -160,13 +160,13 @@ class Runtime:
                 or self.writer.pending >= self.settings.write_backlog_max
                 or self.writer.pending_bytes >= self.backlog_bytes_max)
 
-    def refuse_call(self, reason: str) -> bool:
+    def refuse_call(self, reason: str, call_sid: str) -> bool:
         """Count a call turned away at ``/twiml`` (``Metrics.on_call_refused`` says the
         reasons); whether it goes to Twilio's fallback URL (OVER_CAPACITY=503) rather than
         hearing the apology: an overload may be served elsewhere, a use case this process
         cannot serve gets the apology whatever the setting."""
         if self.metrics is not None:
-            self.metrics.on_call_refused(reason)
+            self.metrics.on_call_refused(reason, call_sid)
         return reason != "use_case" and self.settings.over_capacity == "503"
 
     def _persist(self, call_sid: str, index: int, message: dict[str, Any],

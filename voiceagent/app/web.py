@@ -80,7 +80,7 @@ async def _signed_form(runtime: Runtime) -> dict[str, str] | Response:
 
 
 def _refuse_call(runtime: Runtime, reason: str) -> Response:
-    if runtime.refuse_call(reason):              # Twilio's fallback URL takes over
+    if runtime.refuse_call(reason, call_sid_var.get()):      # Twilio's fallback URL takes over
         return Response("over capacity", status=503, headers={"Retry-After": "5"})
     return Response(twiml.say_and_hang_up(SORRY), mimetype=XML)
 
