@@ -16,6 +16,7 @@ arrive three ways:
 
 With ``METRICS_EMF`` on, every turn also prints one EMF JSON line on stdout (CloudWatch Logs
 turns it into metrics), and ``run_emf`` prints ``ActiveCalls`` and ``StoreWriteFailures``
+(and ``BadSignatures``, requests refused for their signature since the last line)
 every 10 s: the metrics the SAM template's autoscaling policy and alarms read (namespace
 ``METRICS_NAMESPACE``, dimension ``ServiceName`` = ``METRICS_SERVICE_NAME``). A turn that
 ended on a model error adds ``ModelErrors`` to its line.
@@ -86,6 +87,7 @@ class Metrics:
         self.service_name = settings.metrics_service_name
         self._emf_stream = emf_stream
         self._failed_reported = 0            # write-behind failures already in an EMF line
+        self._bad_signatures = 0             # since the last EMF line
         self._tool_names = frozenset(runtime.registry.names())
         self.registry = CollectorRegistry()
         r = self.registry
@@ -123,6 +125,11 @@ class Metrics:
             "refused_limit, refused_unavailable (the store, the session or its use case "
             "could not be had), refused_replay, ended_by_agent (the agent had sent end: "
             "answered with that end's handoff or goodbye)", ["outcome"], registry=r)
+        self.bad_signatures = Counter(
+            "voiceagent_bad_signatures",
+            "Webhooks and relay upgrades refused because their X-Twilio-Signature does not "
+            "check: forged, or Twilio's own when the auth token or the public URL is wrong "
+            "(then every call fails)", registry=r)
         self.handoffs = Counter(
             "voiceagent_handoffs",
             "Calls the agent handed to a person, as /action answered them, by outcome: "
@@ -210,6 +217,12 @@ class Metrics:
             self._emit([{"Name": "CallsRefused", "Unit": "Count"}],
                        {"CallsRefused": 1, "Reason": reason, "CallSid": call_sid})
 
+    def on_bad_signature(self) -> None:
+        """Counted, not printed one by one: anyone can send them, at any rate; the 10 s line
+        carries how many (``BadSignatures``)."""
+        self.bad_signatures.inc()
+        self._bad_signatures += 1
+
     def on_reconnect(self, outcome: str, call_sid: str) -> None:
         self.reconnects.labels(outcome).inc()
         if self.emf_enabled:
@@ -266,14 +279,17 @@ class Metrics:
                              "Outcome": outcome, "CallSid": call_sid})
 
     def emit_active_calls(self) -> None:
-        """Both figures every interval, zeros included: the alarms tell "no failures" from
+        """Every figure every interval, zeros included: the alarms tell "no failures" from
         "no reports" by the points' count."""
         failed = self.runtime.writer.statistics().failed
         self._emit([{"Name": "ActiveCalls", "Unit": "Count"},
-                    {"Name": "StoreWriteFailures", "Unit": "Count"}],
+                    {"Name": "StoreWriteFailures", "Unit": "Count"},
+                    {"Name": "BadSignatures", "Unit": "Count"}],
                    {"ActiveCalls": self.runtime.calls.active,
-                    "StoreWriteFailures": failed - self._failed_reported})
+                    "StoreWriteFailures": failed - self._failed_reported,
+                    "BadSignatures": self._bad_signatures})
         self._failed_reported = failed
+        self._bad_signatures = 0
 
     def _emit(self, metrics: list[dict[str, str]], values: Mapping[str, Any]) -> None:
         names = {m["Name"] for m in metrics}
@@ -301,4 +317,4 @@ def _is_metric_name(key: str) -> bool:
     return key in {"TurnLatency", "ModelFirstToken", "RelayOverhead", "Turns", "BargeIns",
                    "ModelErrors", "ActiveCalls", "StoreWriteFailures", "Reconnects",
                    "ReconnectsPartial", "ReconnectsRefused", "CallsRefused", "Handoffs",
-                   "HandoffsFailed"}
+                   "HandoffsFailed", "BadSignatures"}

@@ -77,7 +77,8 @@ def _admit(runtime: Runtime, scope: dict[str, Any], phone: PhoneDesk | None) -> 
                                      trust_forwarded=settings.trust_proxy_headers)
         url = settings.ws_url or signature.to_ws(base) + relay_path(runtime)
         if not signed(settings, url, {}, headers):
-            runtime.edge_refusals.note("upgrade_bad_signature", "bad signature on relay upgrade")
+            runtime.signature_refused("upgrade_bad_signature", "bad signature on relay upgrade",
+                                      checked_url=url)
             raise _Refused("invalid signature")
         runtime.edge_refusals.succeeded()
     return bound

@@ -43,6 +43,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SIGNATURE_CHECK = (
+    "if Twilio sent it, every call fails here (Twilio's debugger shows HTTP 403 for its "
+    "CallSid): TWILIO_AUTH_TOKEN must be the account's current auth token (rotated?), and "
+    "checked_url the very URL the number's webhook (or WS_URL) names, scheme and host "
+    "included (PUBLIC_URL, or the proxy's forwarded headers with TRUST_PROXY_HEADERS)")
+
 WRITE_LINGER_S = 0.05     # write-behind: a batch waits this long for company (see WriteBehind)
 
 
@@ -159,6 +165,18 @@ class Runtime:
         return (self.calls.active + self.claims_running >= self.settings.max_calls
                 or self.writer.pending >= self.settings.write_backlog_max
                 or self.writer.pending_bytes >= self.backlog_bytes_max)
+
+    def signature_refused(self, kind: str, event: str, *, checked_url: str,
+                          **fields: Any) -> None:
+        """A request whose X-Twilio-Signature does not check. Anyone can send one, so the
+        log has the first of an episode in full and counts the rest; but when it is Twilio's
+        (a rotated auth token, PUBLIC_URL or WS_URL not the address Twilio calls) every call
+        fails before any other figure moves, so each is counted for the alarms too
+        (``BadSignatures``), and the line says what to compare."""
+        self.edge_refusals.note(kind, event, checked_url=checked_url[:300],
+                                what_to_check=SIGNATURE_CHECK, **fields)
+        if self.metrics is not None:
+            self.metrics.on_bad_signature()
 
     def refuse_call(self, reason: str, call_sid: str) -> bool:
         """Count a call turned away at ``/twiml`` (``Metrics.on_call_refused`` says the

@@ -73,7 +73,9 @@ async def _signed_form(runtime: Runtime) -> dict[str, str] | Response:
     received = await request.form          # every value of a repeated name is signed
     url = _base_url(settings) + signature.target_as_sent(request.scope)   # as Twilio signs it
     if settings.validate_signatures and not signed(settings, url, received, _headers()):
-        refused("bad_signature", "bad signature", path=path)
+        runtime.signature_refused("bad_signature", "bad signature", path=path,
+                                  checked_url=url,
+                                  claimed_call_sid=received.get("CallSid", "")[:64])
         return Response("invalid signature", status=403)
     runtime.edge_refusals.succeeded()
     return dict(received.items())
