@@ -739,7 +739,7 @@ def test_alarms_notify_a_topic_that_cloudwatch_can_publish_to() -> None:
 
     alarms = [r["Properties"] for r in resources.values()
               if r["Type"] == "AWS::CloudWatch::Alarm"]
-    assert len(alarms) == 8
+    assert len(alarms) == 9
     resolver = Resolver(template, TEST_PARAMETERS)
     for alarm in alarms:
         name = resolver.resolve(alarm["AlarmName"])
@@ -793,6 +793,7 @@ def test_alarm_conditions() -> None:
     for name, statistic, threshold in (
             ("ModelErrors", "Sum", {"Ref": "AlarmModelErrorsPerFiveMinutes"}),
             ("CallsRefused", "Sum", {"Ref": "AlarmCallsRefusedPerFiveMinutes"}),
+            ("BadSignatures", "Sum", {"Ref": "AlarmBadSignaturesPerFiveMinutes"}),
             ("StoreWriteFailures", "Sum", 0)):
         alarm = alarms[name]
         assert alarm["Namespace"] == {"Ref": "MetricNamespace"}
@@ -803,6 +804,8 @@ def test_alarm_conditions() -> None:
         assert alarm["TreatMissingData"] == "notBreaching"
     assert parameters["AlarmModelErrorsPerFiveMinutes"]["Default"] == 5
     assert parameters["AlarmCallsRefusedPerFiveMinutes"]["Default"] == 0     # any caller
+    # any refused Twilio request: when they are Twilio's, nothing else sees every call fail
+    assert parameters["AlarmBadSignaturesPerFiveMinutes"]["Default"] == 0
 
     latency = alarms["TurnLatency"]
     assert latency["Namespace"] == {"Ref": "MetricNamespace"}
@@ -835,7 +838,8 @@ def test_every_custom_metric_the_template_reads_is_one_the_app_emits() -> None:
     names = _custom_metric_names([r for r in template["Resources"].values() if r["Type"] in (
         "AWS::CloudWatch::Alarm", "AWS::ApplicationAutoScaling::ScalingPolicy")])
     assert set(map(json.dumps, names)) == set(map(json.dumps, [
-        "ModelErrors", "CallsRefused", "StoreWriteFailures", "TurnLatency", "ActiveCalls"]))
+        "ModelErrors", "CallsRefused", "StoreWriteFailures", "TurnLatency", "ActiveCalls",
+        "BadSignatures"]))
     for name in names:
         assert app_metrics._is_metric_name(name), name
 
