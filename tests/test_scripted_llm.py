@@ -260,8 +260,9 @@ async def test_shipped_order_round(autojump_clock: trio.testing.MockClock) -> No
               "ready_in_minutes": 40}
     history += _tool_round(use, {"content": [{"json": result}], "status": "success"})
     events = await _timed(llm, _request(history, use_case=uc.name, tools=uc.tool_specs()))
-    assert _text(events) == ("All set, that's order number 4821. Your total is $29.69, and it "
-                             "should be at your door in about 40 minutes.")
+    assert _text(events) == ("All set, a large Classic Pepperoni with extra mushroom and an "
+                             "order of mozzarella sticks, order number 4821. Your total is "
+                             "$29.69, and it should be at your door in about 40 minutes.")
 
 
 async def test_is_an_llm() -> None:
