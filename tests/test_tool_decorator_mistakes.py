@@ -3,13 +3,16 @@ stderr must say what to write instead, and where in the developer's own module."
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.test_tool_plugins import unique, write_module
 from voiceagent.errors import ConfigError
 from voiceagent.settings import Settings
+from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.plugins import build_registry
 
 
@@ -162,3 +165,38 @@ def test_a_partial_or_a_callable_object_is_refused_with_what_to_write(
         ''')
     assert "BookTable" in error.problem, error.problem
     assert "write a small function that calls it" in error.problem, error.problem
+
+
+@pytest.mark.parametrize(("options", "wanted"), [
+    ({"timeout_s": "5"}, "convert it with float()"),
+    ({"timeout_s": math.inf}, "at most 120"),
+    ({"timeout_s": 0}, "more than 0"),
+    ({"timeout_s": True}, "a number of seconds"),
+    ({"side_effect": "no"}, "side_effect must be True or False"),
+    ({"ends_turn": 1}, "ends_turn must be True or False"),
+    ({"blocking": "yes"}, "blocking must be True or False"),
+])
+def test_a_definition_built_directly_gets_the_decorators_checks(
+        options: dict[str, Any], wanted: str) -> None:
+    """``ToolDefinition`` is exported for registries built by hand, and skipped every check
+    ``@tool`` makes of its options: ``side_effect="no"`` ran the tool shielded and once per
+    id, ``timeout_s="5"`` failed in the call with "'<=' not supported between instances of
+    'str' and ...", ``timeout_s=math.inf`` held a hung side-effect tool's call open for good.
+    Found by review (s19)."""
+    async def book_table(ctx: Any, args: Any) -> dict[str, Any]:
+        return {}
+
+    with pytest.raises((TypeError, ValueError)) as caught:
+        ToolDefinition("BookTable", book_table, **options)
+    assert "BookTable" in str(caught.value), caught.value
+    assert wanted in str(caught.value), caught.value
+
+
+def test_a_definition_built_directly_with_a_name_bedrock_refuses_is_refused() -> None:
+    """The name was first checked when a use case declaring it loaded: "no tool 'book
+    table' is registered", about a tool that was."""
+    async def book_table(ctx: Any, args: Any) -> dict[str, Any]:
+        return {}
+
+    with pytest.raises(ValueError, match="Bedrock's rule"):
+        ToolDefinition("book table", book_table)

@@ -101,6 +101,12 @@ class ToolDefinition:
     blocking: bool = False            # True: a plain def, run in a worker thread
 
     def __post_init__(self) -> None:
+        """The same checks ``@tool`` makes, for a definition built directly (a test's, a
+        plugin's own registry): a name Bedrock refuses failed only as the use case loaded,
+        and ``timeout_s="5"`` or ``side_effect="no"`` only in a live call."""
+        _check_name(self.name)
+        _check_options(self.name, self.timeout_s, side_effect=self.side_effect,
+                       ends_turn=self.ends_turn, blocking=self.blocking)
         is_async = inspect.iscoroutinefunction(self.function)
         if inspect.isasyncgenfunction(self.function):
             raise TypeError(f"tool {self.name!r} is an async generator (it yields): a tool "
@@ -156,8 +162,7 @@ def tool(name: str, *, side_effect: bool = False, timeout_s: float = 10.0,
         function = getattr(name, "__qualname__", type(name).__name__)
         raise TypeError(f"@tool needs the tool's name, as the use case declares it: "
                         f"@tool(\"ToolName\") above {function}, not a bare @tool")
-    if not TOOL_NAME.match(name):
-        raise ValueError(f"tool name {name!r}: 1-64 of a-z A-Z 0-9 _ - (Bedrock's rule)")
+    _check_name(name)
     _check_options(name, timeout_s, side_effect=side_effect, ends_turn=ends_turn,
                    blocking=blocking)
 
@@ -179,6 +184,11 @@ def tool(name: str, *, side_effect: bool = False, timeout_s: float = 10.0,
         module[name] = (function.__qualname__, definition)
         return function
     return decorate
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not TOOL_NAME.match(name):
+        raise ValueError(f"tool name {name!r}: 1-64 of a-z A-Z 0-9 _ - (Bedrock's rule)")
 
 
 def _check_options(name: str, timeout_s: object, **flags: object) -> None:
