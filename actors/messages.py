@@ -222,3 +222,6 @@ class ToolBatch:
     results: trio.MemorySendChannel[ToolOutcome]
     abandoned: trio.Event = field(default_factory=trio.Event)
     turn: int = 0                   # the turn that asked (CutMarks' number): see FromTool
+    # set once the writer has taken a call's audio, digits or ``end``: the caller is not
+    # waiting in silence (or the session is over), so no filler is said (actors.tool_filler)
+    sounded: trio.Event = field(default_factory=trio.Event)

@@ -95,6 +95,11 @@ class ToolExecutor:
         batch_env = replace(self._env, outbound=self._env.outbound.clone(), turn=batch.turn)
         self._nursery.start_soon(_run_batch, batch, batch_env, name="tool batch")
 
+    def ends_call(self, name: str) -> bool:
+        """Whether the tool ``name`` ends the call (``ends_turn``: endCall, a handoff)."""
+        definition = self._env.registry.get(name)
+        return definition is not None and definition.ends_turn
+
     def tear_down_by(self, deadline: float) -> None:
         """The call is ending: every tool call still running (one that sent ``end`` too, which
         a barge-in no longer cuts) is cut at ``deadline``; side effects stay shielded."""
@@ -132,17 +137,17 @@ async def _run_calls(batch: ToolBatch, env: ToolEnv) -> None:
             watcher.start_soon(abandon_when_told)
             for n, call in enumerate(batch.calls):
                 if n < MAX_CALLS_PER_ROUND:
-                    calls.start_soon(_run_one, call, batch.results, env)
+                    calls.start_soon(_run_one, call, batch, env)
                 else:
                     _deliver(batch.results, _error(call, TOO_MANY_CALLS))
         watcher.cancel_scope.cancel()
 
 
-async def _run_one(call: ToolCall, results: trio.MemorySendChannel[ToolOutcome],
-                   env: ToolEnv) -> None:
+async def _run_one(call: ToolCall, batch: ToolBatch, env: ToolEnv) -> None:
+    results = batch.results
     definition = env.registry.get(call.name)
     side_effect = definition is not None and definition.side_effect
-    sent = Sent()
+    sent = Sent(batch.sounded)
     sent.scope.deadline = env.teardown[0]
     env.live.add(sent)
     outcome: ToolOutcome | None = None

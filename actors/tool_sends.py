@@ -31,12 +31,13 @@ class Sent:
     (the rest of its work, a handoff's summary, is the session's last act, and its result
     goes in the history)."""
 
-    __slots__ = ("messages", "over", "scope")
+    __slots__ = ("messages", "over", "scope", "sounded")
 
-    def __init__(self) -> None:
+    def __init__(self, sounded: trio.Event | None = None) -> None:
         self.messages: list[ToolMessage] = []
         self.scope = trio.CancelScope()
         self.over = False
+        self.sounded = sounded          # its batch's (ToolBatch.sounded)
 
     def finish(self) -> bool:
         """Whether it spoke, fixed as its outcome is made: audio or digits the writer takes
@@ -54,6 +55,8 @@ class Sent:
         self.messages.append(message)
         if isinstance(message, End):
             self.scope.shield = True
+        if isinstance(message, End | Play | SendDigits) and self.sounded is not None:
+            self.sounded.set()
 
     @property
     def ended(self) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from actors.model_round import model_round
 from actors.relay_control import ReplyFlags
 from actors.speaker import Speaker
 from actors.tool_executor import MAX_CALLS_PER_ROUND
+from actors.tool_filler import filler_due, filler_for, say_filler
 from voiceagent.errors import LLMError, ModelRejected
 from voiceagent.logs import redact, turn_var
 
@@ -61,7 +63,7 @@ class TurnPlan:
 
 @dataclass
 class _ToolRound:
-    text: str
+    text: str                        # said before its toolUse: the model's words, or a filler
     calls: tuple[ToolCall, ...]
     batch: ToolBatch
     results: trio.MemoryReceiveChannel[ToolOutcome]
@@ -168,12 +170,13 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
         return
     rounds_done = 0
     tools_spoke = False             # the last tool round sent the caller audio or digits
+    fillers: set[str] = set()       # said in this turn: each once
     while True:
         if calls:
             if rounds_done >= ctx.max_tool_rounds:
                 await speaker.say_text(TOO_MANY_ROUNDS)
                 return
-            outcomes = await _tool_round(ctx, speaker, calls, rounds, reasoning)
+            outcomes = await _tool_round(ctx, speaker, calls, rounds, reasoning, fillers)
             rounds_done += 1
             tools_spoke = any(o.spoke for o in outcomes)
             if any(o.ends_call for o in outcomes):
@@ -188,9 +191,10 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
 
 
 async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall, ...],
-                      rounds: list[_ToolRound], reasoning: tuple[Mapping[str, Any], ...]
-                      ) -> list[ToolOutcome]:
+                      rounds: list[_ToolRound], reasoning: tuple[Mapping[str, Any], ...],
+                      fillers: set[str]) -> list[ToolOutcome]:
     await speaker.flush()                   # spoken while the tool runs
+    due = filler_due(speaker)
     results_send, results = trio.open_memory_channel[ToolOutcome](len(calls))
     batch = ToolBatch(calls, results_send, turn=ctx.marks.turn)    # this turn: the newest
     current = _ToolRound(speaker.segment, calls, batch, results, reasoning)
@@ -203,7 +207,17 @@ async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall,
     ctx.tools.submit(current.batch)
     current.delivered = True
     while len(current.outcomes) < len(calls):
-        current.outcomes.append(await results.receive())
+        with trio.move_on_at(due) as waiting:
+            current.outcomes.append(await results.receive())
+        if waiting.cancelled_caught:
+            due = math.inf
+            filler = filler_for(ctx.use_case, ctx.tools, batch, current.outcomes, fillers)
+            if filler is not None:
+                fillers.add(filler)
+                try:
+                    await say_filler(speaker, filler)
+                finally:                    # what was sent of it, however it ends
+                    current.text = speaker.segment
     ordered = _in_call_order(current)
     ctx.stats.tools.extend((o.name, o.status, o.duration_s) for o in ordered)
     ctx.history.add_assistant(current.text, [_use_block(c) for c in calls],

@@ -386,7 +386,9 @@ async def check_use_case_round_trip(store: Store) -> None:
         relay={"welcomeGreeting": "Hi", "interruptible": True, "speechTimeout": 1.5},
         tools=(ToolDeclaration(name="CheckRestaurantPickUpTime", description="When",
                                input_schema={"type": "object", "properties": {
-                                   "n": {"type": "integer"}}}, timeout_s=2.0),),
+                                   "n": {"type": "integer"}}}, timeout_s=2.0,
+                               filler="One moment while I check the kitchen."),
+               ToolDeclaration(name="CheckOrderStatus", description="Where")),
         dtmf=DtmfConfig(handlers={"1": DtmfHandler(reply="One"),
                                   "2": DtmfHandler(tool="CheckRestaurantPickUpTime")},
                         idle_timeout_s=2.0))

@@ -13,7 +13,14 @@ import re
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from voiceagent.relay.protocol import Setting
 from voiceagent.usecase_handoff import HandoffConfig
@@ -32,17 +39,22 @@ from voiceagent.usecase_relay import (
     stored,
     unknown_attribute,
 )
-from voiceagent.usecase_xml import twiml_text_problem
+from voiceagent.usecase_xml import NOT_XML, describe, twiml_text_problem
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 # the longest a tool may take, in the use case or in its @tool: one that hangs past it holds
 # the turn, and a side-effect tool, which runs on after the caller hangs up, the call itself
 MAX_TOOL_TIMEOUT_S = 120.0
+# a filler is one short sentence: the model's answer queues behind it, so one longer than the
+# wait it fills (about 15 characters a second of speech) delays the answer it stands in for
+MAX_FILLER_CHARS = 100
 
 
 class ToolDeclaration(Strict):
-    """A tool the model may call: Bedrock's toolSpec, with the schema checked on every call."""
+    """A tool the model may call: Bedrock's toolSpec, with the schema checked on every call.
+    ``filler``: said to the caller while the tool runs, when it is still running a moment
+    after the model called it without a word first (``actors.tool_filler``)."""
 
     name: str
     description: str = Field(min_length=1)
@@ -50,6 +62,7 @@ class ToolDeclaration(Strict):
                                                                   "properties": {}})
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_TOOL_TIMEOUT_S)
     reply: ReplyControls | None = None
+    filler: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -57,6 +70,36 @@ class ToolDeclaration(Strict):
         if not TOOL_NAME.match(value):
             raise ValueError("tool names are 1-64 of a-z A-Z 0-9 _ - (Bedrock's rule)")
         return value
+
+    @field_validator("filler")
+    @classmethod
+    def _filler_ok(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        text = value.strip()
+        if not text:
+            raise key_problem((), "a filler is said while the tool runs: write one short "
+                              "sentence (\"One moment while I check that.\"), or leave "
+                              "filler out for silence")
+        if len(text) > MAX_FILLER_CHARS:
+            raise key_problem((), f"{len(text)} characters; a filler is one short sentence "
+                              f"of at most {MAX_FILLER_CHARS} (the answer waits behind it): "
+                              "shorten it")
+        if (odd := next((c for c in text if c in "\t\n\r" or NOT_XML.match(c)), None)):
+            raise key_problem((), f"holds {describe(odd)}: a filler is one line of plain "
+                              "text; remove it")
+        return text
+
+    @model_serializer(mode="wrap")
+    def _without_an_unset_filler(self, handler: SerializerFunctionWrapHandler
+                                 ) -> dict[str, Any]:
+        """No ``filler`` key when none is set: a release from before fillers (a rolling
+        deploy, a rollback) reads the stored item as it always did, where a ``filler: null``
+        made its strict schema refuse the item's whole ``voiceagent`` attribute."""
+        data: dict[str, Any] = handler(self)
+        if self.filler is None:
+            data.pop("filler", None)
+        return data
 
     def tool_spec(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description,

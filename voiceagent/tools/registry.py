@@ -77,6 +77,10 @@ class ToolRegistry:
                                       f"tools[{i}].input_schema")
             if not keywords:
                 continue
+            if declaration.filler is not None and self._definitions[declaration.name].ends_turn:
+                raise ConfigError(source, f"tools[{i}].filler", (
+                    f"{declaration.name} ends the call (ends_turn), so no filler is said "
+                    "while it runs: the model says goodbye or why it transfers; remove filler"))
             if (typo := _unknown_keyword(declaration.input_schema)) is not None:
                 where = _suffix(typo[0])
                 raise ConfigError(source, f"tools[{i}].input_schema{where}",
