@@ -1,6 +1,7 @@
 """A use case's model settings: ``inference`` (Converse's inferenceConfig) and
-``model_options`` (latency, prompt caching, a guardrail), checked against what Bedrock
-accepts, so a value it refuses fails at load instead of on every turn of every call.
+``model_options`` (latency, prompt caching, a guardrail, extended thinking), checked against
+what Bedrock accepts, so a value it refuses fails at load instead of on every turn of every
+call.
 
 Split from ``usecases``, which re-exports them.
 """
@@ -8,22 +9,32 @@ Split from ``usecases``, which re-exports them.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from voiceagent.llm.base import InferenceConfig, ModelOptions
 from voiceagent.llm.samplers import one_sampler_only
+from voiceagent.llm.thinking import (
+    MIN_BUDGET_TOKENS,
+    MIN_TOP_P,
+    SUPPORTED,
+    thinking_support,
+    why_not,
+)
 from voiceagent.usecase_relay import Strict, key_problem, stored
 
 # Bedrock's patterns (GuardrailStreamConfiguration): anything else fails every request
 GUARDRAIL_ID = re.compile(r"^([a-z0-9]+|arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}:[0-9]{12}:"
                           r"guardrail/[a-z0-9]+)$")
 GUARDRAIL_VERSION = re.compile(r"^([1-9][0-9]{0,7}|DRAFT)$")
+MAX_TOKENS = 8192
+THINKING = ("model_options", "thinking_budget_tokens")
 
 
 class InferenceSettings(Strict):
-    max_tokens: int = Field(default=300, ge=1, le=8192)
+    max_tokens: int = Field(default=300, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=1)
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop_sequences: tuple[Annotated[str, Field(min_length=1)], ...] = ()   # Bedrock: 1+
@@ -44,11 +55,59 @@ def check_samplers(model: str | None, inference: InferenceSettings) -> None:
                           "them, usually temperature")
 
 
+def check_thinking(model: str | None, inference: InferenceSettings,
+                   options: ModelOptionSettings, keypad_tools: Mapping[str, str]) -> None:
+    """Refuse (``key_problem``) what Bedrock refuses with a thinking budget, on every turn:
+    a model that cannot think, a budget not below max_tokens, a temperature other than 1, a
+    top_p below 0.95; and a keypad handler's tool (``keypad_tools``: keys -> tool), whose
+    round has no thinking, so the model's next round is refused. A model the id cannot tell
+    (an application-inference-profile ARN, or none: MODEL_IDENTIFIER) is left to Bedrock."""
+    budget = options.thinking_budget_tokens
+    if budget is None:
+        return
+    if model is not None and thinking_support(model) is False:
+        raise key_problem(THINKING, f"{why_not(model)}; name a model that can think "
+                          f"({SUPPORTED}) or remove thinking_budget_tokens")
+    if inference.max_tokens <= budget:
+        raise key_problem(("inference", "max_tokens"), "max_tokens counts the thinking too, "
+                          f"so it must be above model_options.thinking_budget_tokens ({budget})"
+                          f"; write max_tokens: {min(budget + 300, MAX_TOKENS)} (the budget "
+                          "plus the spoken reply's tokens) or lower the budget")
+    if inference.temperature is not None and inference.temperature != 1:
+        raise key_problem(("inference", "temperature"), "with thinking on "
+                          "(model_options.thinking_budget_tokens) Bedrock refuses any "
+                          "temperature but 1; remove inference.temperature")
+    if inference.top_p is not None and inference.top_p < MIN_TOP_P:
+        raise key_problem(("inference", "top_p"), "with thinking on "
+                          "(model_options.thinking_budget_tokens) top_p must be between "
+                          f"{MIN_TOP_P} and 1; remove inference.top_p or raise it")
+    if keypad_tools:
+        keys, tool = next(iter(keypad_tools.items()))
+        raise key_problem(("dtmf", "handlers", keys, "tool"), f"a keypad handler's tool "
+                          f"({tool}) runs without the model's thinking, and with thinking on "
+                          "(model_options.thinking_budget_tokens) Bedrock refuses the "
+                          "model's answer to its result (a tool round must start with the "
+                          "model's thinking); let the model call the tool instead (to_model: "
+                          "true, and say in the prompt what the key is for), or turn "
+                          "thinking off")
+
+
 class ModelOptionSettings(Strict):
     latency_optimized: bool = False
     prompt_caching: bool = False
     guardrail_id: str | None = None
     guardrail_version: str | None = None
+    # off by default: the model thinks before its first word, which the caller waits through
+    thinking_budget_tokens: int | None = Field(default=None, le=MAX_TOKENS - 1)
+
+    @field_validator("thinking_budget_tokens")
+    @classmethod
+    def _budget_ok(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not stored(info) and value < MIN_BUDGET_TOKENS:
+            raise ValueError(f"Bedrock's smallest thinking budget is {MIN_BUDGET_TOKENS} "
+                             f"tokens: write {MIN_BUDGET_TOKENS} or more, or leave "
+                             "thinking_budget_tokens out (no thinking, the fastest for voice)")
+        return value
 
     @field_validator("guardrail_id")
     @classmethod
@@ -75,4 +134,4 @@ class ModelOptionSettings(Strict):
 
     def to_options(self) -> ModelOptions:
         return ModelOptions(self.latency_optimized, self.prompt_caching, self.guardrail_id,
-                            self.guardrail_version)
+                            self.guardrail_version, self.thinking_budget_tokens)

@@ -24,7 +24,12 @@ from pydantic import (
 
 from voiceagent.relay.protocol import Setting
 from voiceagent.usecase_handoff import HandoffConfig
-from voiceagent.usecase_model import InferenceSettings, ModelOptionSettings, check_samplers
+from voiceagent.usecase_model import (
+    InferenceSettings,
+    ModelOptionSettings,
+    check_samplers,
+    check_thinking,
+)
 from voiceagent.usecase_relay import (
     RELAY_BUILDER_ATTRIBUTES,
     RELAY_EXTRA_NAME,
@@ -268,6 +273,8 @@ class UseCase(Strict):
         if stored(info):                    # a stored one is served as it was
             return self
         check_samplers(self.model, self.inference)
+        check_thinking(self.model, self.inference, self.model_options,
+                       {keys: h.tool for keys, h in self.dtmf.handlers.items() if h.tool})
         if (problem := twiml_text_problem(self)) is not None:
             raise key_problem(*problem)
         return self

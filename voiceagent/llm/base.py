@@ -38,6 +38,7 @@ class ModelOptions:
     prompt_caching: bool = False        # cachePoint after the static system prompt and tools
     guardrail_id: str | None = None
     guardrail_version: str | None = None
+    thinking_budget_tokens: int | None = None   # Claude's extended thinking (``thinking``)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from voiceagent.llm.base import InferenceConfig, LLMRequest, Message
 from voiceagent.llm.samplers import one_sampler
+from voiceagent.llm.thinking import thinking_fields
 
 CACHE_POINT_TYPE = "default"
 METADATA_LIMIT = 256
@@ -71,6 +72,9 @@ def build_converse_request(request: LLMRequest) -> dict[str, Any]:
             "guardrailVersion": options.guardrail_version or "DRAFT",
             "streamProcessingMode": "async",    # sync would hold text back until scanned
         }
+    fields = thinking_fields(request.model_id, options.thinking_budget_tokens, request.use_case)
+    if fields is not None:
+        body["additionalModelRequestFields"] = fields
     body["requestMetadata"] = {"callSid": metadata_value(request.call_sid),
                                "useCase": metadata_value(request.use_case)}
     return body

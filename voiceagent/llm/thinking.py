@@ -1,0 +1,77 @@
+"""Claude's extended thinking with a token budget (Converse ``additionalModelRequestFields``:
+``{"thinking": {"type": "enabled", "budget_tokens": N}}``), and which model ids take it.
+
+Anthropic and Bedrock document it for Claude 3.7 Sonnet, Sonnet 4, Opus 4 and 4.1, and the 4.5
+and 4.6 models (deprecated on 4.6, still accepted); Claude 4.7 and later think only
+adaptively and refuse a budget with a 400, as does every model that is not Claude. The budget
+is at least 1024 tokens and below maxTokens, which counts the thinking too; thinking refuses a
+temperature other than 1, a top_p below 0.95 and a forced tool choice.
+
+A use case file that names a model which cannot think is refused at load (``usecase_model``).
+A request to one (a use case that names no model and runs under such a ``MODEL_IDENTIFIER``)
+goes without thinking, with a warning: every turn of every call would fail otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+log = logging.getLogger("voiceagent.llm.bedrock")
+
+MIN_BUDGET_TOKENS = 1024                # Anthropic's minimum
+MIN_TOP_P = 0.95                        # the lowest top_p thinking accepts
+SUPPORTED = ("Claude 3.7 Sonnet, Claude Sonnet 4, 4.5 and 4.6, Claude Opus 4, 4.1, 4.5 and 4.6, "
+             "Claude Haiku 4.5")
+# family and minor version: the minor is one digit (claude-opus-4-20250514 is a date, not 4.2)
+_CLAUDE = re.compile(r"anthropic\.claude-(?:(?P<old>3-7-sonnet)|(?P<family>opus|sonnet|haiku)"
+                     r"-4(?:-(?P<minor>[0-9]))?)(?![0-9])")
+_ANY_CLAUDE = re.compile(r"anthropic\.claude-")
+# ARNs that name a model (directly or through a system inference profile); others (an
+# application inference profile, a provisioned or custom model) hide which model runs
+_NAMING_ARN = re.compile(r"^arn:[^:]+:bedrock:[^:]*:[^:]*:(foundation-model|inference-profile)/")
+_warned: set[str] = set()               # model ids told about, once per process
+
+
+def thinking_support(model_id: str) -> bool | None:
+    """Whether ``model_id`` takes a thinking budget: None when the id cannot tell (an
+    application-inference-profile ARN; Bedrock refuses the request if its model cannot)."""
+    if model_id.startswith("arn:") and not _NAMING_ARN.match(model_id):
+        return None
+    found = _CLAUDE.search(model_id)
+    if found is None:
+        return False
+    if found["old"]:
+        return True
+    minor = int(found["minor"] or 0)            # no Claude Haiku 4 before 4.5
+    return minor <= 6 and (found["family"] != "haiku" or minor >= 5)
+
+
+def why_not(model_id: str) -> str:
+    """Why ``model_id`` cannot take a budget, for an error or a warning."""
+    found = _CLAUDE.search(model_id)
+    if found is not None and not found["old"] and int(found["minor"] or 0) >= 7:
+        return (f"{model_id} thinks only adaptively and refuses a thinking budget "
+                "(a ValidationException on every turn)")
+    if _ANY_CLAUDE.search(model_id):
+        return f"{model_id} has no extended thinking (a ValidationException on every turn)"
+    return (f"{model_id} is not a Claude model: only Claude takes a thinking budget "
+            "(a ValidationException on every turn)")
+
+
+def thinking_fields(model_id: str, budget_tokens: int | None, use_case: str
+                    ) -> dict[str, Any] | None:
+    """The ``additionalModelRequestFields`` that turn thinking on, or None: thinking off, or
+    ``model_id`` known not to take it (then a warning, once per model)."""
+    if budget_tokens is None:
+        return None
+    if thinking_support(model_id) is False:
+        if model_id not in _warned:
+            _warned.add(model_id)
+            log.warning("thinking not sent: the model cannot think with a budget", extra={
+                "model_id": model_id, "use_case": use_case,
+                "fix": f"name a model that can ({SUPPORTED}) or remove "
+                       "model_options.thinking_budget_tokens"})
+        return None
+    return {"thinking": {"type": "enabled", "budget_tokens": budget_tokens}}
