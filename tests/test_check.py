@@ -314,6 +314,53 @@ async def test_refused_and_unknown_models_each_say_what_to_do(moto_endpoint: str
     assert sorted(r.model_id for r in bedrock.requests) == sorted([GOOD, REFUSED, UNKNOWN])
 
 
+async def test_a_model_a_use_case_thinks_with_is_asked_with_thinking(moto_endpoint: str,
+                                                                     tmp_path: Path) -> None:
+    """1 output token cannot hold a thinking budget: such a model is asked with the smallest
+    budget (1024) under maxTokens 1025, and read to its first word only. A model that refuses
+    thinking, or a MODEL_IDENTIFIER that cannot think, fails with what to do."""
+    thinker, profile = "us.anthropic.claude-sonnet-4-20250514-v1:0", (
+        "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3")
+    config = tmp_path / "config"
+    (config / "usecases").mkdir(parents=True)
+    for name, model in {"frontDesk": thinker, "lab": profile, "vip": None}.items():
+        data: dict[str, object] = {
+            "name": name, "prompt": "You answer in one word.",
+            "inference": {"max_tokens": 1400}, "model_options": {"thinking_budget_tokens": 1024}}
+        if model is not None:
+            data["model"] = model
+        (config / "usecases" / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    bodies: dict[str, dict[str, object]] = {}
+
+    def respond(request: RecordedRequest) -> Reply:
+        bodies[request.model_id] = request.body
+        if request.model_id == profile:         # its model cannot think
+            return HttpError(400, "ValidationException", "The model returned the following "
+                             "errors: thinking: Extra inputs are not permitted")
+        return text_reply(["Hi", " there,", " how can I help?"])
+
+    with trio.fail_after(RUN_TIMEOUT_S):
+        async with running_fake_bedrock(tls=True, responder=respond) as bedrock:
+            env = base_env(tmp_path, STORE="sqlite", DATA_DIR=str(tmp_path / "data"),
+                           CONFIG_DIR=str(config), STACK_USE_CASE="frontDesk",
+                           **moto_env(moto_endpoint, tmp_path), **bedrock_env(bedrock))
+            run = await run_check(env, tmp_path)
+    lines = run.lines
+    assert run.code == 1
+    assert lines[f"Bedrock model {thinker}"].status == "pass"
+    assert bodies[thinker]["inferenceConfig"] == {"maxTokens": 1025}
+    assert bodies[thinker]["additionalModelRequestFields"] == {
+        "thinking": {"type": "enabled", "budget_tokens": 1024}}
+    refused = lines[f"Bedrock model {profile}"]
+    assert (refused.status, refused.detail) == ("fail",
+                                                "refused with thinking on (ValidationException)")
+    assert refused.advice[0].startswith("thinking is on in lab (model_options.")
+    default = lines[f"Bedrock model {DEFAULT_MODEL}"]
+    assert (default.status, default.detail) == ("fail", "cannot think (thinking is on in vip)")
+    assert "set MODEL_IDENTIFIER or the use case's model" in default.said
+    assert DEFAULT_MODEL not in bodies                  # not asked: it would not think
+
+
 # ---------------------------------------------------------------------------- Twilio
 
 async def test_a_wrong_twilio_token_fails_and_the_number_is_skipped(tmp_path: Path) -> None:

@@ -3,9 +3,12 @@
 The call goes through ``BedrockLLM``, the backend the server streams with, so the endpoint,
 credentials, TLS (AWS_CA_BUNDLE), proxy and timeout settings are the service's own. Each
 distinct model id is asked once, all of them at the same time: one user message, at most one
-output token. A refusal is told apart by its error code, so the advice says whether to
-enable model access, grant an IAM action, fix the model id or region, wait out throttling,
-or look at the network.
+output token. A model that a use case thinks with (``model_options.thinking_budget_tokens``)
+is asked with thinking on, so that a model or profile that refuses it fails here, not on every
+turn: Bedrock's smallest budget (1024) under maxTokens 1025, the answer read to its first word
+and then cut (a refusal comes before any). A refusal is told apart by its error code, so the
+advice says whether to enable model access, grant an IAM action, fix the model id or region,
+wait out throttling, or look at the network.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ from voiceagent.app.check_steps import (
     sso_advice,
 )
 from voiceagent.errors import LLMError, ModelThrottled, ModelUnavailable
-from voiceagent.llm.base import InferenceConfig, LLMRequest
+from voiceagent.llm.base import InferenceConfig, LLMRequest, ModelOptions
 from voiceagent.llm.bedrock import BedrockLLM
 from voiceagent.llm.bedrock_errors import ACCESS_HINT, CREDENTIALS_HINT
 from voiceagent.llm.bedrock_startup import check_bedrock_ready
+from voiceagent.llm.thinking import MIN_BUDGET_TOKENS, SUPPORTED, thinking_support, why_not
 from voiceagent.settings import Settings
 from voiceagent.threads import run_blocking
 from voiceagent.usecases import UseCase
@@ -63,6 +67,7 @@ class _Model:
     use_cases: tuple[str, ...]      # empty: only MODEL_IDENTIFIER names it
     region: str
     account_id: str | None
+    thinks: tuple[str, ...] = ()    # the use cases that turn thinking on with it
 
     @property
     def named_by(self) -> str:
@@ -81,7 +86,9 @@ async def model_checks(ctx: CheckContext) -> list[Outcome]:
     problems, region = await run_blocking(partial(_ready, settings), limiter=ctx.limiter)
     if problems:
         return [failed(NAME, "Bedrock cannot be called with these settings", *problems)]
-    models = [_Model(model_id, tuple(names), region, ctx.account_id)
+    thinkers = {u.name for u in use_cases if u.model_options.thinking_budget_tokens}
+    models = [_Model(model_id, tuple(names), region, ctx.account_id,
+                     tuple(n for n in names if n in thinkers))
               for model_id, names in models_by_id(use_cases, settings).items()]
     outcomes: list[Outcome] = [skipped(NAME, "not checked")] * len(models)
     llm = BedrockLLM.from_settings(settings, max_concurrent_streams=len(models),
@@ -123,14 +130,24 @@ async def _ask_into(llm: BedrockLLM, model: _Model, source: str, outcomes: list[
 async def _ask(llm: BedrockLLM, model: _Model, source: str) -> Outcome:
     name = f"Bedrock model {model.model_id}"
     use_case = model.use_cases[0] if model.use_cases else CHECK_CALL_SID
+    inference, options = InferenceConfig(max_tokens=1), ModelOptions()
+    if model.thinks:
+        if thinking_support(model.model_id) is False:   # MODEL_IDENTIFIER: sent without it
+            return failed(name, f"cannot think (thinking is on in {', '.join(model.thinks)})",
+                          f"{why_not(model.model_id)}: the server sends it without thinking",
+                          f"set MODEL_IDENTIFIER or the use case's model to one that can "
+                          f"({SUPPORTED}), or remove model_options.thinking_budget_tokens")
+        inference = InferenceConfig(max_tokens=MIN_BUDGET_TOKENS + 1)
+        options = ModelOptions(thinking_budget_tokens=MIN_BUDGET_TOKENS)
     request = LLMRequest(call_sid=CHECK_CALL_SID, use_case=use_case, model_id=model.model_id,
-                         system=(), messages=(PROBE,), inference=InferenceConfig(max_tokens=1))
+                         system=(), messages=(PROBE,), inference=inference, options=options)
     started = trio.current_time()
     try:
         with trio.fail_after(MODEL_TIMEOUT_S):
             async with llm.stream(request) as events:
                 async for _ in events:
-                    pass
+                    if model.thinks:
+                        break           # accepted: the rest of its answer is not paid for
     except trio.TooSlowError:
         return failed(name, f"no answer within {MODEL_TIMEOUT_S:g} s", NETWORK_ADVICE)
     except LLMError as err:
@@ -153,6 +170,12 @@ def _model_failure(name: str, model: _Model, err: LLMError) -> Outcome:
                       "it routes to)",
                       f"allow IAM bedrock:InvokeModelWithResponseStream on "
                       f"{' and '.join(_resources(model))}", said)
+    if code == "ValidationException" and model.thinks:
+        return failed(name, f"refused with thinking on ({code})",
+                      f"thinking is on in {', '.join(model.thinks)} "
+                      f"(model_options.thinking_budget_tokens); if Bedrock's words are "
+                      f"about thinking, {model.model_id} cannot think with a budget: name a "
+                      f"model that can ({SUPPORTED}) or remove the key", said)
     if code in ("ValidationException", "ResourceNotFoundException"):
         return failed(name, f"wrong region or unknown model ({code})",
                       f"check that {model.model_id} ({model.named_by}) is offered in "
