@@ -57,9 +57,10 @@ from voiceagent.errors import (
 from voiceagent.llm.base import LLMEvent, LLMRequest, StreamEnd
 from voiceagent.llm.bedrock_converse import build_converse_request, history_shape
 from voiceagent.llm.bedrock_errors import RetryBudget, classify
-from voiceagent.llm.bedrock_http import Attempt, ReadWatchdog
+from voiceagent.llm.bedrock_http import Attempt
 from voiceagent.llm.bedrock_signing import BedrockSigner, request_body
 from voiceagent.llm.bedrock_stream import ModelStream
+from voiceagent.llm.bedrock_watchdog import ReadWatchdog
 from voiceagent.llm.converse import converse_problems
 from voiceagent.log_episodes import Episode
 from voiceagent.settings import Settings
