@@ -275,6 +275,38 @@ async def test_a_tunnel_that_answered_while_another_stalled_is_kept(
         assert_nothing_held(llm)
 
 
+async def test_a_barge_in_into_dead_air_closes_the_quiet_kept_tunnels_as_a_stall_would(
+        fake: FakeBedrock, proxy: RunningProxy) -> None:
+    """The path of both kept tunnels is dead; the caller, in silence, speaks before the
+    first-event timeout (1 s here) and the turn is cancelled at 0.75 s. The other kept
+    tunnel stayed, and the caller's next turn took it and stalled for the whole timeout
+    before a new tunnel answered. It is closed at the barge-in, as at a stall, and the next
+    turn opens a new tunnel and is answered at once."""
+    async with short_limits(first_event_timeout_s=1.0, read_timeout_s=2.0) as llm:
+        with trio.fail_after(10):
+            await answered_twice_at_once(llm, fake)
+            stuck = {c.id for c in fake.connections}
+            fake.responder = lambda request: (Stall() if request.connection.id in stuck
+                                              else text_reply(["We open at nine."]))
+            with trio.move_on_after(0.75) as barge_in:
+                await collect(llm)
+            started = trio.current_time()
+            after = await collect(llm)
+            waited = trio.current_time() - started
+            for connection in fake.connections[:2]:
+                await connection.closed.wait()
+            assert await proxy.wait_tunnels(2) == [f"localhost:{fake.port}"] * 2
+        assert barge_in.cancelled_caught
+        assert texts(after) == ["We open at nine."]
+        assert waited < FIRST_EVENT_S
+        assert fake.requests[3].connection.id not in stuck
+        stats = llm.statistics()
+        assert stats.errors_by_code == {}
+        assert (stats.connections_opened, stats.connections_dropped, pooled(llm)) == (3, 1, 1)
+        assert sockets_to(proxy.port) == 1
+        assert_nothing_held(llm)
+
+
 # ---------------------------------------------------------------- a reply too slow
 
 async def test_a_reply_dripping_past_its_deadline_closes_its_tunnel_and_the_next_turn_reuses(

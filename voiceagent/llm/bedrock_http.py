@@ -24,7 +24,8 @@ closed it) or older than ``IDLE_MAX_S`` is dropped before reuse; a request whose
 connection dies before any response byte is sent again once on a new connection, as urllib3
 does. Only an exchange that completed cleanly (an error answer read to its end included) goes
 back to the pool. A stall also closes the idle connections not heard from since the stalled
-one was (``ConnectionPool.close_idle_since``): a path that dies sends no FIN.
+one was (``ConnectionPool.close_idle_since``): a path that dies sends no FIN. So does a cancel
+into a long silence (``ABORTED_STALL_SHARE``): a caller in dead air speaks before it times out.
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ log = logging.getLogger(__name__)
 # ``_end_whole``), instead of holding its tools and last frame for the read timeout.
 WHOLE_GRACE_S = 1.0
 MAX_ERROR_BODY = 64 * 1024
+# An exchange cancelled (the caller spoke, or hung up) after this share of the silence that
+# would end it as a stall is taken for the stall: a caller in dead air says "hello?" before
+# the timeout fires, and the kept connections on a dead path would stall the next turn. A
+# healthy model begins well inside the first-event timeout and streams many events a second,
+# so a barge-in while it talks is silent for milliseconds; a wrong guess costs a handshake for
+# each connection closed, a dead one kept the next turn's first-event timeout.
+ABORTED_STALL_SHARE = 0.5
 
 Item = LLMEvent | Failure
 
@@ -308,15 +316,15 @@ class Attempt:
             self._timed_out = FirstEventTimeout(
                 f"the model said nothing within {self._first_event_timeout_s:g} s of the "
                 f"request ({self._first_event_setting})")
-            self._drop_quiet_idle()
+            self._drop_quiet_idle("timeout")
         else:
             self._timed_out = ReadTimeout(f"no event from Bedrock for "
                                           f"{self._read_timeout_s:g} s")
-            self._drop_quiet_idle()
+            self._drop_quiet_idle("timeout")
         if self._connection is not None:
             self._connection.link.close_now()
 
-    def _drop_quiet_idle(self) -> None:
+    def _drop_quiet_idle(self, found_by: str) -> None:
         """A stall (seconds of silence, not a slow pace): the pool's idle connections not
         heard from since this one was are closed too. If its path died, each of them would
         stall a later turn the same way; if it did not, each costs one handshake, and LIFO
@@ -324,15 +332,20 @@ class Attempt:
         dropped = self._pool.close_idle_since(self.heard_at)
         if dropped:
             log.info("bedrock stall: closed the idle connections not heard from since",
-                     extra={"connections": dropped,
+                     extra={"connections": dropped, "found_by": found_by,
                             "silent_s": round(trio.current_time() - self.heard_at, 3)})
 
     def abort(self) -> None:
-        """Stop now, wherever the exchange is: the socket is closed from here."""
+        """Stop now, wherever the exchange is: the socket is closed from here. Cancelled into
+        a long silence, it also closes what a stall would (``ABORTED_STALL_SHARE``)."""
         self.cancelled_at = time.perf_counter()
         if self._connection is not None:
             self._drop_connection()
             self.closed_at = time.perf_counter()
+            waiting = not (self._ended or self._assembler.stopped) and self._timed_out is None
+            timeout = self._read_timeout_s if self._answering else self._first_event_timeout_s
+            if waiting and trio.current_time() - self.heard_at >= ABORTED_STALL_SHARE * timeout:
+                self._drop_quiet_idle("abort")
         self._ended = True
 
     def close(self) -> None:
