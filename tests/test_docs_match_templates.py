@@ -19,15 +19,45 @@ from typing import Any
 
 import pytest
 
-from tests.test_deploy import CLOUD, _template
-from tests.test_docs_match_code import TICKED, _section, _tables
+from tests.test_deploy import CLOUD, LOCAL, _template
+from tests.test_docs_match_code import README, TICKED, _section, _tables
 
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+# README's section that deploys each template, and holds its parameter table
+PARAMETER_TABLES = [pytest.param(CLOUD, "### Path 2: AWS Fargate", id="cloud"),
+                    pytest.param(LOCAL, "### Path 1: your machine, with a tunnel",
+                                 id="local-dev")]
 CAMEL = re.compile(r"\b[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)+\b")     # MaxTaskCount, DynamoDB
 PRODUCTS = {"CloudWatch", "DynamoDB"}                              # names, not identifiers
+
+
+def _documented_parameters(section: str) -> list[str]:
+    section_text = _section(README, section)
+    return [name.split("=")[0] for _, rows in _tables(section_text, "parameter")
+            for row in rows for name in TICKED.findall(row[0])]
+
+
+@pytest.mark.parametrize(("path", "section"), PARAMETER_TABLES)
+def test_every_template_parameter_is_in_the_readme_table(path: Path, section: str) -> None:
+    """`sam deploy --guided` asks for each one; README is where a user reads what it means."""
+    parameters = set(_template(path)["Parameters"])
+    documented = _documented_parameters(section)
+    missing = sorted(parameters - set(documented))
+    assert not missing, (
+        f"{path.relative_to(ROOT)} has the parameters {missing}, which README.md's parameter "
+        f"table ({section}: | parameter | meaning |) does not list: add them to a row's first "
+        "column, backticked")
+
+
+@pytest.mark.parametrize(("path", "section"), PARAMETER_TABLES)
+def test_every_parameter_the_readme_table_names_exists(path: Path, section: str) -> None:
+    parameters = set(_template(path)["Parameters"])
+    unknown = sorted(set(_documented_parameters(section)) - parameters)
+    assert not unknown, (f"README.md's parameter table ({section}) lists {unknown}, which "
+                         f"{path.relative_to(ROOT)} does not have: fix or remove them")
 
 
 # ------------------------------------------------------------------------------- alarms
