@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import yaml
 from boto3.dynamodb.types import TypeSerializer
 
 import voiceagent.store.records as records
+from tests.alarm_limit import alarm_limit
 from tests.dynamodb_support import aws_env, isolate_env, moto_endpoint, raw_client, table_name
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from voiceagent.app import transcripts
@@ -48,18 +48,8 @@ TTL_S = 50 * 365 * 86_400           # the SQLite store removes expired items whe
 
 @pytest.fixture(autouse=True)
 def _time_limit() -> Iterator[None]:
-    """These tests are sync (``main`` runs its own ``trio.run``), so ``fail_after`` cannot
-    bound them: SIGALRM does, failing the test rather than hanging the run."""
-    def expired(signum: int, frame: object) -> None:
-        raise TimeoutError(f"test still running after {TEST_LIMIT_S} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, TEST_LIMIT_S)
-    try:
+    with alarm_limit(TEST_LIMIT_S):      # sync: ``main`` runs its own ``trio.run``
         yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(autouse=True)

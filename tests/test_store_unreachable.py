@@ -8,13 +8,13 @@ connection to it is refused at once.
 
 from __future__ import annotations
 
-import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.alarm_limit import alarm_limit
 from tests.dynamodb_support import aws_env, isolate_env
 from voiceagent.app.cli import main
 
@@ -23,17 +23,8 @@ TEST_LIMIT_S = 30.0
 
 @pytest.fixture(autouse=True)
 def _time_limit() -> Iterator[None]:
-    """``main`` runs its own ``trio.run``, so no trio scope bounds it: SIGALRM does."""
-    def expired(signum: int, frame: object) -> None:
-        raise TimeoutError(f"test still running after {TEST_LIMIT_S} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, TEST_LIMIT_S)
-    try:
+    with alarm_limit(TEST_LIMIT_S):      # sync: ``main`` runs its own ``trio.run``
         yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture
