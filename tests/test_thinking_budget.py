@@ -137,6 +137,19 @@ def test_the_budget_is_stored_and_read_back_and_older_items_load_without_it() ->
     assert config_records.use_case_from_item(item).model_options.thinking_budget_tokens is None
 
 
+def test_a_use_case_without_thinking_is_stored_as_older_releases_read_it() -> None:
+    """No ``thinking_budget_tokens`` key when thinking is off: a release from before it reads
+    the item's ``voiceagent`` attribute strictly, and ``thinking_budget_tokens: null`` made it
+    refuse the whole attribute (a rolling deploy, a rollback) and serve every use case from
+    the sample attributes alone, without its inference, model options or languages."""
+    data = _use_case()
+    del data["model_options"]
+    item = config_records.use_case_item(parse_model(UseCase, data, "desk.yaml"))
+    assert set(item["voiceagent"]["model_options"]) == {
+        "latency_optimized", "prompt_caching", "guardrail_id", "guardrail_version"}
+    assert config_records.use_case_from_item(item).model_options.thinking_budget_tokens is None
+
+
 # ------------------------------------------------------------------ the request
 
 def _request(model_id: str = SONNET, budget: int | None = 1024, *, max_tokens: int = 1400,

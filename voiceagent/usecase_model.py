@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from voiceagent.llm.base import InferenceConfig, ModelOptions
 from voiceagent.llm.samplers import one_sampler_only
@@ -131,6 +138,17 @@ class ModelOptionSettings(Strict):
             raise key_problem(("guardrail_version",), "a guardrail version needs "
                                "guardrail_id (which guardrail)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_an_unset_budget(self, handler: SerializerFunctionWrapHandler
+                                 ) -> dict[str, Any]:
+        """No ``thinking_budget_tokens`` key when thinking is off: a release from before it
+        (a rolling deploy, a rollback) reads the stored item as it always did, where a
+        ``null`` made its strict schema refuse the item's whole ``voiceagent`` attribute."""
+        data: dict[str, Any] = handler(self)
+        if self.thinking_budget_tokens is None:
+            data.pop("thinking_budget_tokens", None)
+        return data
 
     def to_options(self) -> ModelOptions:
         return ModelOptions(self.latency_optimized, self.prompt_caching, self.guardrail_id,
