@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import logging
+import socket
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.dynamodb_support import aws_env, isolate_env
 from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
 from tests.test_write_behind import FakeStore
 from voiceagent.app import heap
@@ -25,6 +27,7 @@ from voiceagent.app.metrics import Metrics
 from voiceagent.app.runtime import CallCounters
 from voiceagent.logs import JsonFormatter, _ContextFilter
 from voiceagent.settings import Settings
+from voiceagent.store.dynamodb import open_dynamodb_store
 from voiceagent.store.write_behind import WriteBehind
 from voiceagent.tools.registry import ToolRegistry, default_registry
 
@@ -305,6 +308,79 @@ async def test_emf_counts_write_failures_once_and_model_errors_per_turn(
         "TurnLatency", "Turns", "ModelErrors"}
     assert failed_turn["ModelErrors"] == 1
     assert "ModelErrors" not in good_turn
+
+
+
+@pytest.mark.timeout(60)
+async def test_emf_store_write_lag_grows_while_the_store_refuses_connections(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """DynamoDB down (a port bound, never listening: every connection refused) while a call
+    writes: the queue retries and drops nothing, so ``StoreWriteFailures`` stays 0 and only
+    ``StoreWriteLag`` says the call's items are not being saved: on each 10 s line, how long
+    the first of them has waited."""
+    with socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{refusing.getsockname()[1]}"
+        isolate_env(monkeypatch, aws_env(endpoint, tmp_path))
+        settings = Settings.from_env(STORE="dynamodb", TABLE_NAME="storeDown",
+                                     VALIDATE_SIGNATURES=False,
+                                     METRICS_NAMESPACE="TestNamespace",
+                                     METRICS_SERVICE_NAME="test-service")
+        stream = io.StringIO()
+        # opened before the virtual deadline: making the client is a thread's real time, in
+        # which the clock jumps (the test's time limit is the timeout mark's)
+        async with open_dynamodb_store(settings, limiter=trio.CapacityLimiter(4),
+                                       check_table=False) as store, trio.open_nursery(
+                                           ) as nursery:
+            writer = WriteBehind(store, jitter=lambda: 1.0)
+            metrics = Metrics(_Observed(settings, writer), emf_stream=stream)
+            with trio.fail_after(300):
+                await nursery.start(writer.run)
+                metrics.emit_active_calls()                 # nothing pending yet
+                writer.submit({"pk": "CA1", "sk": "chat::0001"}, call_sid="CA1")
+                await trio.sleep(5)
+                writer.submit({"pk": "CA1", "sk": "chat::0002"}, call_sid="CA1")
+                for _ in range(12):                         # two minutes of lines
+                    await trio.sleep(10)
+                    metrics.emit_active_calls()
+                down = writer.statistics()
+            nursery.cancel_scope.cancel(reason="test over")
+    documents = [_check_emf(line) for line in stream.getvalue().splitlines()]
+    assert (down.store_down, down.pending, down.failed) == (True, 2, 0)
+    assert [d["StoreWriteFailures"] for d in documents] == [0] * 13
+    lags = [d["StoreWriteLag"] for d in documents]
+    assert lags[0] == 0
+    # the oldest item's age (submitted at 0), not the newest's (at 5)
+    assert lags[1:] == [pytest.approx(15 + 10 * n, abs=0.2) for n in range(12)]
+    assert {"Name": "StoreWriteLag", "Unit": "Seconds"} in documents[0]["_aws"][
+        "CloudWatchMetrics"][0]["Metrics"]
+
+
+async def test_emf_store_write_lag_back_to_zero_once_the_store_takes_the_writes(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """The alarm clears when the backlog is written, not when the first write lands: with
+    items still queued, the lag is the oldest one's."""
+    store = FakeStore()
+    store.down = True
+    writer = WriteBehind(store, jitter=lambda: 1.0)
+    observed = _Observed(make_settings(tmp_path, METRICS_NAMESPACE="TestNamespace",
+                                       METRICS_SERVICE_NAME="test-service"), writer)
+    stream = io.StringIO()
+    metrics = Metrics(observed, emf_stream=stream)
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            writer.submit({"pk": "CA1", "sk": "chat::0001"}, call_sid="CA1")
+            await trio.sleep(90)
+            metrics.emit_active_calls()
+            store.down = False
+            assert await writer.flush(timeout_s=10)
+            metrics.emit_active_calls()
+            nursery.cancel_scope.cancel(reason="test over")
+    documents = [_check_emf(line) for line in stream.getvalue().splitlines()]
+    assert [d["StoreWriteLag"] for d in documents] == [90, 0]
+    assert store.written == [("CA1", "chat::0001")]
 
 
 class _Capture(logging.Handler):

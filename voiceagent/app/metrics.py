@@ -15,8 +15,9 @@ arrive three ways:
   write-behind queue, Bedrock streams and cancel -> upstream-closed times.
 
 With ``METRICS_EMF`` on, every turn also prints one EMF JSON line on stdout (CloudWatch Logs
-turns it into metrics), and ``run_emf`` prints ``ActiveCalls`` and ``StoreWriteFailures``
-(and ``BadSignatures``, requests refused for their signature since the last line)
+turns it into metrics), and ``run_emf`` prints ``ActiveCalls``, ``StoreWriteFailures``,
+``StoreWriteLag`` (how long the oldest write not yet in the store has waited) and
+``BadSignatures`` (requests refused for their signature since the last line)
 every 10 s: the metrics the SAM template's autoscaling policy and alarms read (namespace
 ``METRICS_NAMESPACE``, dimension ``ServiceName`` = ``METRICS_SERVICE_NAME``). A turn that
 ended on a model error adds ``ModelErrors`` to its line.
@@ -50,7 +51,7 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 TOOL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAG_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-# ActiveCalls and StoreWriteFailures: the scaling policy needs a point a minute, and the
+# ActiveCalls and the figures with it: the scaling policy needs a point a minute, and the
 # "ActiveCalls missing" alarm counts 30 points per task in five minutes to see a silent task
 EMF_ACTIVE_CALLS_INTERVAL_S = 10.0
 
@@ -280,15 +281,22 @@ class Metrics:
 
     def emit_active_calls(self) -> None:
         """Every figure every interval, zeros included: the alarms tell "no failures" from
-        "no reports" by the points' count."""
-        failed = self.runtime.writer.statistics().failed
+        "no reports" by the points' count. ``StoreWriteLag`` is what a store outage (or
+        throttling, or a role that may no longer write) shows: the write-behind queue retries
+        those writes for ever and drops none, so ``StoreWriteFailures`` stays 0 while no
+        transcript is saved. The age of the oldest pending write says that directly; the
+        ``store_down`` flag does not (a throttled store fails every other batch, and the
+        flag is 0 at each success), nor does the backlog's size (it grows with the calls)."""
+        writer = self.runtime.writer.statistics()
         self._emit([{"Name": "ActiveCalls", "Unit": "Count"},
                     {"Name": "StoreWriteFailures", "Unit": "Count"},
+                    {"Name": "StoreWriteLag", "Unit": "Seconds"},
                     {"Name": "BadSignatures", "Unit": "Count"}],
                    {"ActiveCalls": self.runtime.calls.active,
-                    "StoreWriteFailures": failed - self._failed_reported,
+                    "StoreWriteFailures": writer.failed - self._failed_reported,
+                    "StoreWriteLag": round(writer.oldest_pending_age_s, 1),
                     "BadSignatures": self._bad_signatures})
-        self._failed_reported = failed
+        self._failed_reported = writer.failed
         self._bad_signatures = 0
 
     def _emit(self, metrics: list[dict[str, str]], values: Mapping[str, Any]) -> None:
@@ -315,6 +323,6 @@ class Metrics:
 
 def _is_metric_name(key: str) -> bool:
     return key in {"TurnLatency", "ModelFirstToken", "RelayOverhead", "Turns", "BargeIns",
-                   "ModelErrors", "ActiveCalls", "StoreWriteFailures", "Reconnects",
-                   "ReconnectsPartial", "ReconnectsRefused", "CallsRefused", "Handoffs",
-                   "HandoffsFailed", "BadSignatures"}
+                   "ModelErrors", "ActiveCalls", "StoreWriteFailures", "StoreWriteLag",
+                   "Reconnects", "ReconnectsPartial", "ReconnectsRefused", "CallsRefused",
+                   "Handoffs", "HandoffsFailed", "BadSignatures"}
