@@ -41,6 +41,7 @@ from samtranslator.yaml_helper import yaml_parse
 from tests.wheelhouse import Wheelhouse, offline_env
 from voiceagent.app import metrics as app_metrics
 from voiceagent.settings import Settings
+from voiceagent.store.write_behind import BACKOFF_CAP_S
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = Path(__file__).resolve().parent / "deploy"
@@ -739,7 +740,7 @@ def test_alarms_notify_a_topic_that_cloudwatch_can_publish_to() -> None:
 
     alarms = [r["Properties"] for r in resources.values()
               if r["Type"] == "AWS::CloudWatch::Alarm"]
-    assert len(alarms) == 9
+    assert len(alarms) == 10
     resolver = Resolver(template, TEST_PARAMETERS)
     for alarm in alarms:
         name = resolver.resolve(alarm["AlarmName"])
@@ -807,6 +808,21 @@ def test_alarm_conditions() -> None:
     # any refused Twilio request: when they are Twilio's, nothing else sees every call fail
     assert parameters["AlarmBadSignaturesPerFiveMinutes"]["Default"] == 0
 
+    # a store outage: writes are retried, never dropped, so StoreWriteFailures stays 0; the
+    # oldest pending write's age (a point every 10 s) over the threshold for two minutes
+    lag = alarms["StoreWriteLag"]
+    assert lag["Namespace"] == {"Ref": "MetricNamespace"}
+    assert lag["Dimensions"] == service
+    assert (lag["Statistic"], lag["Period"], lag["EvaluationPeriods"], lag["DatapointsToAlarm"],
+            lag["ComparisonOperator"]) == ("Maximum", 60, 3, 2, "GreaterThanThreshold")
+    assert lag["Threshold"] == {"Ref": "AlarmStoreWriteLagSeconds"}
+    assert lag["TreatMissingData"] == "notBreaching"
+    assert parameters["AlarmStoreWriteLagSeconds"]["Default"] == 60
+    # well above a healthy queue's lag (a batch lingers WRITE_LINGER_S, backs off up to
+    # BACKOFF_CAP_S after a throttle) and each period holds several points
+    assert parameters["AlarmStoreWriteLagSeconds"]["MinValue"] >= 2 * BACKOFF_CAP_S
+    assert lag["Period"] >= 3 * app_metrics.EMF_ACTIVE_CALLS_INTERVAL_S
+
     latency = alarms["TurnLatency"]
     assert latency["Namespace"] == {"Ref": "MetricNamespace"}
     assert latency["Dimensions"] == service
@@ -838,8 +854,8 @@ def test_every_custom_metric_the_template_reads_is_one_the_app_emits() -> None:
     names = _custom_metric_names([r for r in template["Resources"].values() if r["Type"] in (
         "AWS::CloudWatch::Alarm", "AWS::ApplicationAutoScaling::ScalingPolicy")])
     assert set(map(json.dumps, names)) == set(map(json.dumps, [
-        "ModelErrors", "CallsRefused", "StoreWriteFailures", "TurnLatency", "ActiveCalls",
-        "BadSignatures"]))
+        "ModelErrors", "CallsRefused", "StoreWriteFailures", "StoreWriteLag", "TurnLatency",
+        "ActiveCalls", "BadSignatures"]))
     for name in names:
         assert app_metrics._is_metric_name(name), name
 
