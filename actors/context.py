@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -18,6 +18,9 @@ from actors.tool_executor import ToolExecutor
 from actors.turn_slot import CutMarks
 from voiceagent.llm.base import LLM
 from voiceagent.usecases import UseCase
+
+if TYPE_CHECKING:
+    from actors.settling import Settling
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +71,5 @@ class CallContext:
     on_turn: Callable[[dict[str, Any]], None] | None = None   # the turn summary (metrics)
     marks: CutMarks = field(default_factory=CutMarks)         # barge-in, shared with the writer
     relay: RelayControl | None = None                         # language, rules, reply flags
+    # side-effect tools a cut turn left running, answered before the next model round
+    settling: list[Settling] = field(default_factory=list)

@@ -157,6 +157,21 @@ class History:
         if results:
             self._append("user", [copy.deepcopy(dict(r)) for r in results])
 
+    def answer(self, result: dict[str, Any]) -> bool:
+        """Put ``result`` in place of the stand-in with its toolUseId (``actors.settling``),
+        stored again if stored; False when no message holds it any more (trimmed)."""
+        tool_use_id = result["toolResult"]["toolUseId"]
+        for at in range(len(self._messages) - 1, -1, -1):
+            blocks = self._messages[at]["content"]
+            for n, block in enumerate(blocks):
+                held = block.get("toolResult")
+                if isinstance(held, dict) and held.get("toolUseId") == tool_use_id:
+                    self._messages[at] = {"role": self._messages[at]["role"], "content": [
+                        *blocks[:n], copy.deepcopy(dict(result)), *blocks[n + 1:]]}
+                    self._sealed = min(self._sealed, at)
+                    return True
+        return False
+
     def annotate(self, **meta: Any) -> None:
         """Attach transcript facts (turn number, kind) to the last message."""
         if self._messages:

@@ -17,7 +17,7 @@ from typing import Any, assert_never
 
 import trio
 
-from actors import turn
+from actors import settling, turn
 from actors.context import CallContext
 from actors.history import History, Mark
 from actors.messages import (
@@ -108,6 +108,9 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                     case _:
                         assert_never(command)
             await slot.cancel_and_wait(reason="hangup")
+            # a cut turn's side-effect tool still running: its result, for the store
+            with trio.move_on_after(ctx.tool_wait_s, shield=True):
+                await settling.receive_all(ctx)
 
 
 def drop_unsent_at_end(ctx: CallContext) -> None:

@@ -100,6 +100,11 @@ class ToolExecutor:
         definition = self._env.registry.get(name)
         return definition is not None and definition.ends_turn
 
+    def side_effect(self, name: str) -> bool:
+        """Whether the tool ``name`` runs on when its turn is cut (``side_effect``)."""
+        definition = self._env.registry.get(name)
+        return definition is not None and definition.side_effect
+
     def tear_down_by(self, deadline: float) -> None:
         """The call is ending: every tool call still running (one that sent ``end`` too, which
         a barge-in no longer cuts) is cut at ``deadline``; side effects stay shielded."""

@@ -29,6 +29,7 @@ from actors.context import CallContext
 from actors.messages import End, ToolBatch, ToolCall, ToolOutcome
 from actors.model_round import model_round
 from actors.relay_control import ReplyFlags
+from actors.settling import Settling, receive_all, stand_in
 from actors.speaker import Speaker
 from actors.tool_executor import MAX_CALLS_PER_ROUND
 from actors.tool_filler import filler_due, filler_for, say_filler
@@ -83,7 +84,7 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
     except trio.Cancelled as cancel:
         cut_by = await _why_cancelled(cancel)
         with trio.move_on_after(ctx.tool_wait_s, shield=True):
-            await _settle_side_effects(rounds)
+            await _settle_side_effects(ctx, rounds)
         _record_cut(ctx, speaker, rounds)
         raise
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -181,6 +182,8 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
             tools_spoke = any(o.spoke for o in outcomes)
             if any(o.ends_call for o in outcomes):
                 return
+        if ctx.settling:                # a cut turn's side-effect tool: its result first
+            await receive_all(ctx, speaker=speaker, fillers=fillers)
         asked = await model_round(ctx, speaker)
         calls, reasoning = asked.calls, asked.reasoning
         if not calls:
@@ -234,31 +237,48 @@ async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall,
     return ordered
 
 
-async def _settle_side_effects(rounds: list[_ToolRound]) -> None:
-    """After a cancel: tools without side effects are abandoned; those with side effects, or
-    that already sent ``end``, run on (shielded in the executor), and their results are
-    awaited so history records them."""
+async def _settle_side_effects(ctx: CallContext, rounds: list[_ToolRound]) -> None:
+    """After a cancel: tools without side effects are abandoned, and their outcomes awaited
+    (a cancel at once; one that already sent ``end`` runs on, shielded in the executor), so
+    history records what they did. Side-effect tools run on too, but are not waited for:
+    their results come in before the next model round (``actors.settling``), so the
+    caller's next words are not held up by them."""
     for current in rounds:
         current.batch.abandoned.set()
-        while current.delivered and len(current.outcomes) < len(current.calls):
+        while current.delivered and _running(ctx, current, side_effect=False):
             try:
                 current.outcomes.append(await current.results.receive())
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 break
 
 
+def _running(ctx: CallContext, current: _ToolRound, *, side_effect: bool) -> list[ToolCall]:
+    """The round's calls with no outcome yet, with side effects or without."""
+    arrived = {o.tool_use_id for o in current.outcomes}
+    return [c for c in current.calls if c.tool_use_id not in arrived
+            and ctx.tools.side_effect(c.name) == side_effect]
+
+
 def _record_cut(ctx: CallContext, speaker: Speaker, rounds: list[_ToolRound]) -> None:
     """Record a cut-short turn: what was spoken, plus the tools that did something the cut
     cannot undo: side effects that really ran, a tool that ended the session (its ``end``
     went out), one that sent the caller audio or digits. Without their reasoning (see the
-    module's docstring)."""
+    module's docstring). A side-effect tool still running gets a stand-in result, answered
+    when it ends (``actors.settling``)."""
     for current in rounds:
         done = {o.tool_use_id: o for o in current.outcomes
                 if o.side_effect or o.ends_call or o.spoke}
-        kept = [c for c in current.calls if c.tool_use_id in done]
+        running = {c.tool_use_id for c in _running(ctx, current, side_effect=True)
+                   if current.delivered}
+        kept = [c for c in current.calls if c.tool_use_id in done or c.tool_use_id in running]
         ctx.history.add_assistant(current.text, [_use_block(c) for c in kept])
-        ctx.history.add_tool_results([done[c.tool_use_id].to_block() for c in kept])
-        ctx.history.audio_uses.add(c.tool_use_id for c in kept if done[c.tool_use_id].spoke)
+        ctx.history.add_tool_results([done[c.tool_use_id].to_block()
+                                      if c.tool_use_id in done else stand_in(c) for c in kept])
+        ctx.history.audio_uses.add(c.tool_use_id for c in kept
+                                   if c.tool_use_id in done and done[c.tool_use_id].spoke)
+        if running:
+            ctx.settling.append(Settling(current.batch, current.results, current.outcomes,
+                                         running))
         if current.text == speaker.segment:
             speaker.new_segment()
     ctx.history.add_assistant(ctx.marks.sent_part(speaker.segment))

@@ -1,8 +1,9 @@
 """One turn in flight: each turn runs in its own cancel scope, and starting the next one first
 cancels the current one and waits for it to finish recording what the caller heard.
 
-Waiting matters: the cancelled turn writes its partial reply (and any side-effect tool results)
-to the history in its cleanup, and the next turn must see that history, not race it. Only the
+Waiting matters: the cancelled turn writes its partial reply (and its side-effect tool calls, a
+stand-in result for one still running: ``settling``) to the history in its cleanup, and the
+next turn must see that history, not race it. Only the
 llm_streamer task calls ``restart`` and ``cancel_and_wait``.
 """
 
