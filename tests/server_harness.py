@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from voiceagent.app.runtime import Runtime
 from voiceagent.app.server import open_server
 from voiceagent.llm.base import LLM
@@ -30,6 +32,18 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "PING_INTERVAL_S": "0"}
     values.update({k: str(v) for k, v in overrides.items()})
     return Settings.from_env(values)
+
+
+def one_use_case_config(tmp_path: Path, use_case: dict[str, Any],
+                        file_name: str | None = None) -> Path:
+    """A CONFIG_DIR holding ``use_case`` alone (as ``<name>.yaml``, or ``file_name``) and no
+    profiles, under ``tmp_path/config``."""
+    folder = tmp_path / "config"
+    (folder / "usecases").mkdir(parents=True)
+    (folder / "profiles.yaml").write_text("profiles: []\n")
+    name = file_name or f"{use_case['name']}.yaml"
+    (folder / "usecases" / name).write_text(yaml.safe_dump(use_case))
+    return folder
 
 
 @dataclass

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import yaml
 
 from tests.fakes import FakeLLM, tool_use, words
-from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from tests.server_harness import AUTH_TOKEN, make_settings, one_use_case_config, running_server
 from voiceagent.app.caller import RelayCall, Reply, open_call, post_form
 from voiceagent.llm.base import LLMRequest
 
@@ -55,12 +54,7 @@ USE_CASE: dict[str, Any] = {
 
 
 def _config_dir(tmp_path: Path, **changes: Any) -> Path:
-    folder = tmp_path / "config"
-    (folder / "usecases").mkdir(parents=True)
-    (folder / "profiles.yaml").write_text("profiles: []\n")
-    (folder / "usecases" / "relayControls.yaml").write_text(
-        yaml.safe_dump({**USE_CASE, **changes}))
-    return folder
+    return one_use_case_config(tmp_path, {**USE_CASE, **changes}, "relayControls.yaml")
 
 
 def _settings(tmp_path: Path, **changes: Any) -> Any:

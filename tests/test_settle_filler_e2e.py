@@ -16,11 +16,10 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-import yaml
 
 from actors.tool_filler import FILLER_AFTER_S
 from tests.fakes import FakeLLM, Step, words
-from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from tests.server_harness import AUTH_TOKEN, make_settings, one_use_case_config, running_server
 from voiceagent.app.caller import RelayCall, open_call
 from voiceagent.llm.base import StreamEnd, ToolUseRequest
 from voiceagent.llm.converse import converse_problems
@@ -46,10 +45,7 @@ pytestmark = pytest.mark.timeout(60)    # virtual time below; this bounds the re
 
 
 def _settings(tmp_path: Path) -> Any:
-    folder = tmp_path / "config"
-    (folder / "usecases").mkdir(parents=True)
-    (folder / "profiles.yaml").write_text("profiles: []\n")
-    (folder / "usecases" / "orders.yaml").write_text(yaml.safe_dump(USE_CASE))
+    folder = one_use_case_config(tmp_path, USE_CASE)
     return make_settings(tmp_path, CONFIG_DIR=str(folder), STACK_USE_CASE="orders")
 
 

@@ -37,7 +37,13 @@ from tests.fake_reasoning import (
     TOP_P,
     thinking_refusal,
 )
-from tests.server_harness import AUTH_TOKEN, FIXTURE_CONFIG, make_settings, running_server
+from tests.server_harness import (
+    AUTH_TOKEN,
+    FIXTURE_CONFIG,
+    make_settings,
+    one_use_case_config,
+    running_server,
+)
 from voiceagent.app.caller import open_call
 from voiceagent.errors import ConfigError, ModelRejected
 from voiceagent.llm.base import InferenceConfig, LLMRequest, ModelOptions, TextDelta
@@ -234,11 +240,7 @@ def _config_dir(tmp_path: Path) -> Path:
     data = yaml.safe_load((FIXTURE_CONFIG / "usecases" / "testUseCase.yaml").read_text())
     data.update(model=SONNET, inference={"max_tokens": 1400},
                 model_options={"thinking_budget_tokens": 1024})
-    folder = tmp_path / "config"
-    (folder / "usecases").mkdir(parents=True)
-    (folder / "profiles.yaml").write_text("profiles: []\n")
-    (folder / "usecases" / "testUseCase.yaml").write_text(yaml.safe_dump(data))
-    return folder
+    return one_use_case_config(tmp_path, data, "testUseCase.yaml")
 
 
 async def test_a_thinking_tool_turn_works_end_to_end(fake_bedrock: FakeBedrock,

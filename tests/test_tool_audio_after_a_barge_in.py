@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import yaml
 
 from tests.call_harness import open_test_call, plain_use_case
 from tests.end_tools import HANDOFF_END
 from tests.fakes import FakeLLM, MemorySocket, SlowAtTheWordSocket, Step, tool_use, words
-from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from tests.server_harness import AUTH_TOKEN, make_settings, one_use_case_config, running_server
 from voiceagent.app.caller import open_call
 from voiceagent.llm.base import StreamEnd, ToolUseRequest
 from voiceagent.relay.outbound import Play, SendDigits
@@ -37,10 +36,7 @@ USE_CASE: dict[str, Any] = {
 
 
 def _settings(tmp_path: Path) -> Any:
-    folder = tmp_path / "config"
-    (folder / "usecases").mkdir(parents=True)
-    (folder / "profiles.yaml").write_text("profiles: []\n")
-    (folder / "usecases" / "transfers.yaml").write_text(yaml.safe_dump(USE_CASE))
+    folder = one_use_case_config(tmp_path, USE_CASE)
     return make_settings(tmp_path, CONFIG_DIR=str(folder), STACK_USE_CASE="transfers")
 
 
