@@ -144,7 +144,7 @@ async def test_a_second_round_of_calls_leaves_nothing_more_behind(tmp_path: Path
             runtime = server.runtime
             await _round(server, 0)
             first = await _held(runtime)
-            answered = len(runtime.relay_answers._answered)
+            answered = len(runtime.relay_answers._answered_order)
             await _round(server, len(KINDS))
             second = await _held(runtime)
             # sockets that became calls: all but no_setup, bad_signature and the second
@@ -154,7 +154,7 @@ async def test_a_second_round_of_calls_leaves_nothing_more_behind(tmp_path: Path
     assert second == first
     # kept PENDING_TTL_S by design, one per failed relay session answered, nothing else
     assert answered == len(RECONNECTS)
-    assert len(runtime.relay_answers._answered) == 2 * len(RECONNECTS)
+    assert len(runtime.relay_answers._answered_order) == 2 * len(RECONNECTS)
 
 
 async def test_answered_relay_sessions_are_forgotten_after_their_time(
@@ -167,9 +167,11 @@ async def test_answered_relay_sessions_are_forgotten_after_their_time(
     with trio.fail_after(PENDING_TTL_S * 3):
         for i in range(5):
             await answers.answer_failure(f"CA{i:032x}", "VX" + "a" * 32, 0)
-        assert len(answers._answered) == 5
+        assert len(answers._answered_order) == len(answers._answered) == 5
         with pytest.raises(ActionReplayed):
             await answers.answer_failure(f"CA{0:032x}", "VX" + "a" * 32, 0)
         await trio.sleep(PENDING_TTL_S + 1)
         await answers.answer_failure("CA" + "f" * 32, "VX" + "a" * 32, 0)
-    assert list(answers._answered) == [("CA" + "f" * 32, "VX" + "a" * 32)]
+    assert [(call, sid) for _, call, sid in answers._answered_order] == [
+        ("CA" + "f" * 32, "VX" + "a" * 32)]
+    assert answers._answered == {"CA" + "f" * 32: {"VX" + "a" * 32}}     # no empty sets left

@@ -15,6 +15,7 @@ import logging
 import re
 import secrets
 import time
+from collections import deque
 
 import trio
 
@@ -42,8 +43,12 @@ class RelayAnswers:
         self._settings = settings
         self._store = store
         self._writer = writer
-        # (CallSid, SessionId) of failed relay sessions answered here lately: when
-        self._answered: dict[tuple[str, str], float] = {}
+        # Failed relay sessions answered here in the last PENDING_TTL_S: the SessionIds by
+        # CallSid, and (when, CallSid, SessionId) oldest first, so that each /action drops
+        # what expired from the front and looks its call up, whatever the number kept (after
+        # a mass reconnect, 1000 calls' answers were scanned twice by every /action)
+        self._answered: dict[str, set[str]] = {}
+        self._answered_order: deque[tuple[float, str, str]] = deque()
 
     async def answer_failure(self, call_sid: str, session_id: str, generation: int) -> int:
         """Claim the one answer a failed relay session's ``/action`` gets: claimed in the
@@ -63,13 +68,12 @@ class RelayAnswers:
         landed was given another, past MAX_RECONNECTS, the caller kept in the loop."""
         if not SESSION_ID.match(session_id):
             raise ValueError(f"SessionId {session_id[:70]!r} is not a relay session's id")
-        cutoff = trio.current_time() - PENDING_TTL_S
-        for stale in [k for k, at in self._answered.items() if at < cutoff]:
-            del self._answered[stale]
-        key = (call_sid, session_id)
-        if key in self._answered:
+        self._forget_stale()
+        answered_here = self._answered.setdefault(call_sid, set())
+        if session_id in answered_here:
             raise ActionReplayed("this relay session's end was answered before")
-        self._answered[key] = trio.current_time()
+        answered_here.add(session_id)
+        self._answered_order.append((trio.current_time(), call_sid, session_id))
         answered = records.RELAY_ANSWERED_PREFIX + session_id
         marks = {item["sk"]: item
                  for item in await self._store.query(call_sid, records.RELAY_PREFIX)}
@@ -79,8 +83,8 @@ class RelayAnswers:
         if answered in marks:
             raise ActionReplayed("this relay session's end was answered before")
         earlier = len({sk for sk in marks if sk.startswith(records.RELAY_ANSWERED_PREFIX)} | {
-            records.RELAY_ANSWERED_PREFIX + sid for (sid_call, sid) in self._answered
-            if sid_call == call_sid and sid != session_id})
+            records.RELAY_ANSWERED_PREFIX + sid for sid in self._answered.get(call_sid, ())
+            if sid != session_id})
         mark = {**records.relay_mark_item(call_sid, answered, time.time(),
                                           self._settings.session_ttl_s),
                 "claim": secrets.token_urlsafe(12)}    # ours alone: see Store.put_new
@@ -95,6 +99,17 @@ class RelayAnswers:
         if not claimed:
             raise ActionReplayed("this relay session's end was answered by another process")
         return max(generation, earlier)
+
+    def _forget_stale(self) -> None:
+        """Drop the answers given over PENDING_TTL_S ago, from the front (they are kept in
+        the order given): each call costs what it drops."""
+        cutoff = trio.current_time() - PENDING_TTL_S
+        while self._answered_order and self._answered_order[0][0] < cutoff:
+            _, call_sid, session_id = self._answered_order.popleft()
+            answered_here = self._answered[call_sid]
+            answered_here.discard(session_id)
+            if not answered_here:
+                del self._answered[call_sid]
 
     def relay_ended(self, call_sid: str) -> None:
         """The call's relay is over for good (the caller hung up, or ``/action`` answered
