@@ -21,7 +21,12 @@ import voiceagent.app.relay_answers as relay_answers_module
 import voiceagent.store.records as records
 from tests.fakes import MemoryStore
 from tests.test_reconnect_limit_while_renewals_queued import _held_store
-from tests.test_sessions_elsewhere import CALL_SID, _process
+from tests.test_sessions_elsewhere import (
+    CALL_SID,
+    _prepare_on,
+    _process,
+    _store_with_use_case,
+)
 from voiceagent.app.relay_answers import ActionReplayed, RelayAnswers
 from voiceagent.app.sessions import PENDING_TTL_S
 from voiceagent.settings import Settings
@@ -91,3 +96,26 @@ async def test_an_action_s_work_does_not_grow_with_the_answers_kept(
     assert few > 0
     assert many == few
 
+
+async def test_a_minted_session_whose_socket_never_came_is_forgotten_with_no_later_call(
+        autojump_clock: Any) -> None:
+    """No ``/twiml`` or ``/action`` comes after it: ``Sessions.run`` forgets each offer at
+    PENDING_TTL_S, one after the other."""
+    store = await _store_with_use_case()
+    sessions, _ = _process(store)
+    other = "CA" + "e" * 32
+    with trio.fail_after(PENDING_TTL_S * 3):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sessions.run)
+            start = trio.current_time()
+            await _prepare_on(sessions)
+            await trio.sleep_until(start + 60)
+            await sessions.prepare({"CallSid": other, "From": "+15555550101",
+                                    "To": "+15555550199"})
+            await trio.sleep_until(start + PENDING_TTL_S - 1)
+            assert list(sessions._pending) == [CALL_SID, other]
+            await trio.sleep_until(start + PENDING_TTL_S + 1)
+            assert list(sessions._pending) == [other]
+            await trio.sleep_until(start + 60 + PENDING_TTL_S + 1)
+            assert not sessions._pending
+            nursery.cancel_scope.cancel()

@@ -41,7 +41,7 @@ import datetime as dt
 import logging
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import NamedTuple
@@ -109,8 +109,10 @@ class Sessions:
         self._catalog = catalog
         self._writer = writer
         self._claims = SessionClaims(writer=writer, ttl_s=settings.session_ttl_s)
-        # minted, not claimed yet: when, the session, and whether it resumes a conversation
-        self._pending: dict[str, tuple[float, records.CallSession, bool]] = {}
+        # minted, not claimed yet, oldest first (a dict finds its first entry by walking past
+        # those deleted): when, the session, and whether it resumes a conversation
+        self._pending: OrderedDict[str, tuple[float, records.CallSession, bool]] = OrderedDict()
+        self._pending_added = trio.Event()
         self._live: dict[str, int] = {}         # CallSids with a socket here: its generation
         self._spent = SpentTokens()             # claimed while other sockets looked them up
         self._gone: dict[str, trio.Event] = {}  # set when that socket ends (a renewal waits)
@@ -182,6 +184,7 @@ class Sessions:
         self._forget_stale()
         self._pending.pop(session.call_sid, None)     # re-entered at the end: oldest first
         self._pending[session.call_sid] = (trio.current_time(), session, resumes)
+        self._pending_added.set()
         if await self._claims.offer(session) is not False:
             return True
         if self._pending.get(session.call_sid, (0.0, None, False))[1] is session:
@@ -284,8 +287,10 @@ class Sessions:
         the mark, a reconnect answered by another process took the silence for a dead
         process after SOCKET_CLOSED_GRACE_S and resumed the call without the tool's result,
         which the history repair then calls an error (the order placed, the caller told it
-        failed). One task for every call; each mark is written in a task of its own."""
+        failed). One task for every call; each mark is written in a task of its own. And
+        forgets the offers whose socket never came (``_expire_pending``)."""
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._expire_pending)
             task_status.started()
             while True:
                 if not self._wind_downs:
@@ -366,14 +371,29 @@ class Sessions:
             called=called, profile=profile, greeting=use_case.welcome_greeting,
             created_at=now)
 
+    async def _expire_pending(self) -> None:
+        """Forget each offer PENDING_TTL_S after it was made, on a quiet process too:
+        ``prepare`` and ``_offer`` forget them only when the next one comes, and each holds
+        a rendered prompt with the caller's profile in it. Wakes when the oldest expires (an
+        offer made meanwhile is newer): its work is what it drops, each offer made by a
+        signed request."""
+        while True:
+            if not self._pending:
+                self._pending_added = trio.Event()
+                await self._pending_added.wait()
+                continue
+            at, _, _ = next(iter(self._pending.values()))
+            await trio.sleep_until(at + PENDING_TTL_S)
+            self._forget_stale()
+
     def _forget_stale(self) -> None:
-        """Drop the sessions minted over PENDING_TTL_S ago, from the front: ``_pending`` is
-        kept oldest first, so each call costs what it drops, not a scan of every session
+        """Drop the sessions minted PENDING_TTL_S ago or more, from the front: ``_pending``
+        is kept oldest first, so each call costs what it drops, not a scan of every session
         minted in the last two minutes (with several processes, most of them claimed on
         another process and never removed here)."""
-        cutoff = trio.current_time() - PENDING_TTL_S
+        now = trio.current_time()
         while self._pending:
-            call_sid, (at, _, _) = next(iter(self._pending.items()))
-            if at >= cutoff:
+            at, _, _ = next(iter(self._pending.values()))
+            if at + PENDING_TTL_S > now:
                 return
-            del self._pending[call_sid]
+            self._pending.popitem(last=False)
