@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.server_harness import make_settings, running_server
+from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from tests.test_e2e import upgrade_status
 from tests.test_security import post
+from voiceagent.app.caller import open_call
 
 SHARED_KEY_SECRET = "shared-key-secret-not-secret"
 
@@ -44,3 +45,49 @@ async def test_made_up_signature_algorithms_are_counted_not_logged_one_by_one(
                         "requests still refused at the edge"]      # the last: stopping
     assert not any("X" * 100 in r.getMessage() or "X" * 100 in str(vars(r))
                    for r in records)
+
+
+async def raw_answer(server_url: str, head: bytes) -> bytes:
+    """What the server sends back to ``head`` (a request's bytes) before it closes or 2 s
+    pass: b"" for a connection dropped unanswered."""
+    host, port = server_url.removeprefix("http://").split(":")
+    answer = b""
+    async with await trio.open_tcp_stream(host, int(port)) as stream:
+        await stream.send_all(head)
+        with trio.move_on_after(2):
+            while chunk := await stream.receive_some(4096):
+                answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("header", ["Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions",
+                                    "Connection"])
+@pytest.mark.timeout(60)
+async def test_an_upgrade_with_a_byte_past_ascii_in_a_header_leaves_the_server_up(
+        tmp_path: Path, header: str, records: list[logging.LogRecord]) -> None:
+    """hypercorn splits these headers of any upgrade (any path, before the app or a
+    signature check sees it) with wsproto, which decodes them as ASCII: one byte past it
+    raised out of the connection's task, and trio's listener took the whole server down
+    with it (every call in the process cut, every later request refused). Now that
+    connection alone is dropped, and the episode of edge refusals counts it."""
+    value = "Upgrade, x" if header == "Connection" else "x"
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            host = server.url.removeprefix("http://")
+            for _ in range(3):
+                head = (f"GET /relay HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                        "Sec-WebSocket-Version: 13\r\n"
+                        + ("" if header == "Connection" else "Connection: Upgrade\r\n")
+                        + f"{header}: {value}\xe9\r\n\r\n").encode("latin1")
+                answer = await raw_answer(server.url, head)
+                assert not answer.startswith(b"HTTP/1.1 101")
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                await call.say("what are your hours?")
+                assert (await call.read_reply()).text.startswith("We are open")
+                await call.hang_up()
+            await server.runtime.calls.wait_idle()
+    failed = [r for r in records if r.getMessage() == "connection failed in the server's "
+              "HTTP code: dropped"]
+    assert len(failed) == 1
+    assert "UnicodeDecodeError" in vars(failed[0])["error"]

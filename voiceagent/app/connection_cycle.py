@@ -15,6 +15,14 @@ connection is done, which breaks the cycle so reference counting frees it at onc
 has no setting or hook for its connection class, so the worker's module attribute is set to
 a subclass; ``install`` does that only when hypercorn is the version it was written against
 and says so otherwise (the server still works, and holds the garbage as before).
+
+The same subclass keeps one connection's failure to that connection. An exception out of
+hypercorn's own code for a connection (not the app's: hypercorn catches those) went up
+through trio's listener, which cancels every other connection and ends the server: one
+upgrade with a byte past ASCII in its Sec-WebSocket-Protocol did that (wsproto decodes it as
+ASCII), sent by anyone, before any signature check. Such a connection is now dropped and
+counted in the edge's refusals (``Runtime.edge_refusals``, handed over on hypercorn's
+``Config``: the first in full, then counts), and the server goes on.
 """
 
 from __future__ import annotations
@@ -22,18 +30,44 @@ from __future__ import annotations
 import logging
 
 import hypercorn.trio.run as worker
+from hypercorn.config import Config
 from hypercorn.trio.tcp_server import TCPServer
 
+from voiceagent.log_episodes import Episode
+
 log = logging.getLogger(__name__)
+
+FAILED = "connection failed in the server's HTTP code: dropped"
+
+
+class EdgeConfig(Config):
+    """hypercorn's settings, and where a connection that fails in its code is counted."""
+
+    edge_refusals: Episode | None = None
 
 
 class ReleasingTCPServer(TCPServer):
     async def run(self) -> None:
         try:
             await super().run()
+        except Exception as err:      # its stream is closed already: hypercorn's finally
+            refusals = getattr(self.config, "edge_refusals", None)
+            cause = _first_leaf(err)
+            error = f"{type(cause).__name__}: {cause}"[:300]
+            if refusals is None:
+                log.warning(FAILED, extra={"error": error})
+            else:
+                refusals.note("connection_failed", FAILED, error=error)
         finally:
             # nothing reads it after ``run``: hypercorn's own ``_close`` ran in its finally
             self.__dict__.pop("protocol", None)
+
+
+def _first_leaf(err: BaseException) -> BaseException:
+    """What went wrong, out of the task groups' nesting."""
+    while isinstance(err, BaseExceptionGroup) and err.exceptions:
+        err = err.exceptions[0]
+    return err
 
 
 def install() -> bool:
@@ -43,7 +77,8 @@ def install() -> bool:
         return True
     if current is not TCPServer or not callable(getattr(TCPServer, "protocol_send", None)):
         log.warning("hypercorn's connection class is not the one expected; per-connection "
-                    "garbage waits for a full collection", extra={"found": repr(current)})
+                    "garbage waits for a full collection, and a connection failing in "
+                    "hypercorn's code ends the server", extra={"found": repr(current)})
         return False
     setattr(worker, "TCPServer", ReleasingTCPServer)   # noqa: B010 (not exported: typed as such)
     return True

@@ -14,7 +14,6 @@ from functools import partial
 
 import hypercorn.trio
 import trio
-from hypercorn.config import Config
 from hypercorn.typing import (
     ASGIFramework,
     ASGIReceiveCallable,
@@ -27,6 +26,7 @@ from hypercorn.typing import (
 )
 
 from voiceagent.app import connection_cycle, ws_compression
+from voiceagent.app.connection_cycle import EdgeConfig
 from voiceagent.app.ctrl_c import interrupt_alone, interrupts_escape
 from voiceagent.app.runtime import Runtime, open_runtime
 from voiceagent.app.web import create_app
@@ -58,8 +58,8 @@ KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 20, 5, 3
 
 
 def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0,
-                     reuse_port: bool = False, idle_timeout_s: float = 310.0) -> Config:
-    config = Config()
+                     reuse_port: bool = False, idle_timeout_s: float = 310.0) -> EdgeConfig:
+    config = EdgeConfig()
     # Bound here and handed to hypercorn as an fd: accepted connections inherit the
     # listener's options (``_drop_dead_peers``), which hypercorn offers no hook for; and for
     # one trio process per core (docker/entrypoint.sh starts them) SO_REUSEPORT, which
@@ -171,6 +171,7 @@ async def serve(runtime: Runtime, *, host: str, port: int,
     config = hypercorn_config(host, port, ping_interval_s=runtime.settings.ping_interval_s,
                               reuse_port=runtime.settings.reuse_port,
                               idle_timeout_s=runtime.settings.http_idle_timeout_s)
+    config.edge_refusals = runtime.edge_refusals
     connection_cycle.install()
     ws_compression.install()
     peer_close.install()
