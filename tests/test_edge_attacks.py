@@ -14,7 +14,8 @@ import trio
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from tests.test_e2e import upgrade_status
 from tests.test_security import post
-from voiceagent.app.caller import open_call
+from voiceagent.app.caller import Identity, open_call
+from voiceagent.signature import sign
 
 SHARED_KEY_SECRET = "shared-key-secret-not-secret"
 
@@ -91,3 +92,32 @@ async def test_an_upgrade_with_a_byte_past_ascii_in_a_header_leaves_the_server_u
               "HTTP code: dropped"]
     assert len(failed) == 1
     assert "UnicodeDecodeError" in vars(failed[0])["error"]
+
+
+@pytest.mark.timeout(60)
+async def test_a_captured_twiml_request_cut_at_other_places_mints_nothing(
+        tmp_path: Path) -> None:
+    """Twilio signs the URL followed by each name and value, sorted by name, with nothing
+    between them: moving where a name ends and its value starts keeps the signature. The
+    request of a call, captured, then sent with ``CallStatus`` and its value folded into
+    the CallSid, was a call nobody had prepared yet: a new session (with the real caller's
+    From, so their profile) and a token for whoever sent it; a replay is refused only for a
+    CallSid already seen. Twilio's CallSids are CA and 32 hex digits, so such a request is
+    refused before anything is minted."""
+    identity = Identity()
+    form = {"CallSid": identity.call_sid, "AccountSid": identity.account_sid,
+            "From": identity.from_number, "To": identity.to_number,
+            "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}
+    folded = {k: v for k, v in form.items() if k != "CallStatus"}
+    folded["CallSid"] = identity.call_sid + "CallStatusringing"
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            url = server.url + "/twiml"
+            headers = {"X-Twilio-Signature": sign(AUTH_TOKEN, url, form)}
+            assert sign(AUTH_TOKEN, url, folded) == headers["X-Twilio-Signature"]
+            status, _ = await post(url, form, headers)          # Twilio's own
+            assert status == 200
+            status, body = await post(url, folded, headers)     # the same, cut elsewhere
+            assert "sessionToken" not in body
+            assert status == 400
+            assert "CallSid" in body

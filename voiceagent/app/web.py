@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 from functools import partial
 from typing import Any, cast
@@ -44,6 +45,11 @@ log = logging.getLogger(__name__)
 SORRY = "Sorry, we cannot take your call right now. Please try again later."
 XML = twiml.CONTENT_TYPE
 MAX_WEBHOOK_BYTES = 64 * 1024   # Twilio's webhook bodies are a few KB
+# Twilio's CallSids. A signature covers the URL then each name and value, sorted, with nothing
+# between them: a captured /twiml sent again with a boundary moved ("CallSid=CA…" absorbing
+# "CallStatusringing") keeps its signature, and a CallSid nobody has seen would mint a new
+# session for whoever sent it. Its length fixed, a CallSid cannot absorb or lose a character.
+TWILIO_CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
 
 
 def _headers() -> dict[str, str]:
@@ -96,6 +102,12 @@ async def twiml_webhook(runtime: Runtime) -> Response:
     if "CallSid" not in form:
         return Response("CallSid missing: this endpoint is Twilio's voice webhook",
                         status=400)
+    if settings.validate_signatures and not TWILIO_CALL_SID.fullmatch(form["CallSid"]):
+        # signed, so rare and not the edge's flood: a replay re-cut, or not Twilio's request
+        log.warning("call webhook with a CallSid unlike Twilio's: refused",
+                    extra={"claimed_call_sid": form["CallSid"][:64]})
+        return Response("CallSid: expected CA and 32 hex digits, as Twilio sends; this "
+                        "endpoint is Twilio's voice webhook", status=400)
     call_sid_var.set(form["CallSid"])
     refused = runtime.call_refusals.note        # the first of each reason, then counts
     if runtime.draining or runtime.at_capacity:
