@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from twilio.request_validator import RequestValidator
 
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from tests.test_e2e import upgrade_status
@@ -121,3 +122,57 @@ async def test_a_captured_twiml_request_cut_at_other_places_mints_nothing(
             assert "sessionToken" not in body
             assert status == 400
             assert "CallSid" in body
+
+
+@pytest.mark.timeout(60)
+async def test_a_webhook_of_thousands_of_fields_is_refused_before_its_signature_is_checked(
+        tmp_path: Path) -> None:
+    """64 KB of ``k1=&k2=&…`` (9,000 fields) with any X-Twilio-Signature: parsed into a form,
+    then signed twice over (with and without the port) by the twilio package at ~5 µs a
+    field, ~50 ms of the event loop each, every call in the process stalled meanwhile, and
+    anyone can send them back to back. Twilio sends a few dozen fields; past MAX_FIELDS
+    the request is refused (413) before the form is parsed or the signature computed."""
+    calls = 0
+    real = RequestValidator.compute_signature
+
+    def counted(self: RequestValidator, *args: object, **kwargs: object) -> str:
+        nonlocal calls
+        calls += 1
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    body = "&".join(f"k{i}=" for i in range(9000))
+    with trio.fail_after(30), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RequestValidator, "compute_signature", counted)
+        async with running_server(make_settings(tmp_path)) as server:
+            answer = await raw_answer(server.url, (
+                f"POST /twiml HTTP/1.1\r\nHost: {server.url.removeprefix('http://')}\r\n"
+                "Content-Type: application/x-www-form-urlencoded\r\n"
+                f"X-Twilio-Signature: bm90\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n" + body).encode())
+            assert answer.startswith(b"HTTP/1.1 413 ")
+            assert b"fields" in answer
+            assert calls == 0
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:   # Twilio's
+                await call.say("what are your hours?")
+                assert (await call.read_reply()).text.startswith("We are open")
+                await call.hang_up()
+            await server.runtime.calls.wait_idle()
+    assert calls > 0
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=b", "application/json"])
+@pytest.mark.timeout(60)
+async def test_a_webhook_body_that_is_not_a_form_is_refused_unparsed(
+        tmp_path: Path, content_type: str) -> None:
+    """Twilio's webhooks are urlencoded forms: no other body reaches a parser (a multipart
+    one went through the multipart parser before its signature was checked), and the answer
+    says what was expected."""
+    body = "--b\r\nContent-Disposition: form-data; name=\"CallSid\"\r\n\r\nCA1\r\n--b--\r\n"
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            answer = await raw_answer(server.url, (
+                f"POST /twiml HTTP/1.1\r\nHost: {server.url.removeprefix('http://')}\r\n"
+                f"Content-Type: {content_type}\r\nX-Twilio-Signature: bm90\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}").encode())
+    assert answer.startswith(b"HTTP/1.1 415 ")
+    assert b"application/x-www-form-urlencoded" in answer
