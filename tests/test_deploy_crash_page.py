@@ -268,12 +268,13 @@ def test_both_publishers_are_in_the_topics_policy() -> None:
 
 
 def test_cloudwatch_may_publish_for_this_stacks_alarms_only() -> None:
-    """The alarms relied on the default policy; now they need their own statement, and the
-    confused-deputy conditions keep other accounts' and other stacks' alarms out."""
+    """The alarms relied on the default policy; now they need their own statement, and its
+    aws:SourceArn (an alarm's ARN names its account) keeps other accounts' and other stacks'
+    alarms out. Re:Post's "not receiving SNS for an alarm" gives this form."""
     cloudwatch, = _statements_for(_topic_policy()["PolicyDocument"]["Statement"],
                                   "cloudwatch.amazonaws.com")
     condition = cloudwatch["Condition"]
-    assert condition["StringEquals"] == {"aws:SourceAccount": "111122223333"}
+    assert set(condition) == {"ArnLike"}, condition
     pattern = condition["ArnLike"]["aws:SourceArn"]
     wildcard = re.compile(re.escape(pattern).replace(r"\*", ".*"))
     resolver = Resolver(_template(CLOUD), TEST_PARAMETERS)
