@@ -25,6 +25,7 @@ from voiceagent.app import heap
 from voiceagent.app.caller import CallerError, open_call, post_form
 from voiceagent.app.metrics import Metrics
 from voiceagent.app.runtime import CallCounters
+from voiceagent.app.socket_marks import SOCKET_CLOSED_GRACE_S
 from voiceagent.logs import JsonFormatter, _ContextFilter
 from voiceagent.settings import Settings
 from voiceagent.store.dynamodb import open_dynamodb_store
@@ -45,6 +46,13 @@ def _scrape(url: str) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]]
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return content_type, samples
+
+
+async def _until_started(calls: CallCounters, total: int) -> None:
+    """Until ``total`` calls have started: a socket's setup is resolved (its claim made)
+    after ``open_call`` returns, and ``wait_idle`` does not wait for a call not started."""
+    while calls.total < total:
+        await calls.wait_changed()
 
 
 def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
@@ -115,36 +123,55 @@ async def test_metrics_after_real_calls(tmp_path: Path) -> None:
     assert _value(samples, "voiceagent_turn_latency_seconds_sum") <= bound * 4 + 1e-9
 
 
-async def test_reconnects_counted_by_outcome(tmp_path: Path) -> None:
+@pytest.mark.timeout(60)    # virtual time below; this bounds the real waits
+async def test_reconnects_counted_by_outcome(tmp_path: Path,
+                                             mock_clock: trio.testing.MockClock) -> None:
     """Twilio's ``/action`` after failed relay sessions: on one call, asked while its socket
     stays connected (refused once the wait for its end runs out: the call is hung up on);
     on another, three for sessions no socket took, one over the limit, and a replay of the
     first. Two of the three find the session unclaimed: they are counted once the renewal's
-    waits are over (``reconnect_outcomes``), FLUSH_TIMEOUT_S after."""
+    waits are over (``reconnect_outcomes``), FLUSH_TIMEOUT_S after.
+
+    The clock moves only when the test moves it (by the waits above, once the server is
+    parked in them): on the real clock a loaded machine let a webhook's flush, or the later
+    looks, run out of time before the work they wait for, and the count came out different."""
     settings = make_settings(tmp_path, METRICS_TOKEN=METRICS_TOKEN, FLUSH_TIMEOUT_S=1,
                              METRICS_NAMESPACE="TestNamespace", METRICS_SERVICE_NAME="test-service")
     failed = {"SessionStatus": "failed", "CallStatus": "in-progress", "ErrorCode": "64105"}
-    with trio.fail_after(30):
-        async with running_server(settings) as server:
-            stream = _capture_emf(server.runtime)
-            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
-                busy_sid = call.identity.call_sid
-                busy = await post_form(server.url + "/action", {
-                    **failed, "CallSid": busy_sid, "SessionId": call.session_id}, AUTH_TOKEN)
-                await call.hang_up()
-            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
-                call_sid = call.identity.call_sid
-                await call.hang_up()
-            await server.runtime.calls.wait_idle()
-            answers = [await post_form(server.url + "/action", {
-                **failed, "CallSid": call_sid, "SessionId": f"VX{n}"}, AUTH_TOKEN)
-                for n in range(4)]
-            with pytest.raises(CallerError, match="409"):
-                await post_form(server.url + "/action", {
-                    **failed, "CallSid": call_sid, "SessionId": "VX0"}, AUTH_TOKEN)
-            await server.runtime.reconnects.settled()
-            _, samples = await trio.to_thread.run_sync(_scrape, server.url)
-    assert "<Hangup />" in busy
+    async with running_server(settings) as server:
+        calls, sessions = server.runtime.calls, server.runtime.sessions
+        stream = _capture_emf(server.runtime)
+        async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+            busy_sid = call.identity.call_sid
+            await _until_started(calls, 1)          # its socket has claimed the call
+            busy: list[str] = []
+
+            async def ask() -> None:
+                busy.append(await post_form(server.url + "/action", {
+                    **failed, "CallSid": busy_sid, "SessionId": call.session_id}, AUTH_TOKEN))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask)
+                while busy_sid not in sessions._gone:   # the renewal waits for the socket
+                    await trio.testing.wait_all_tasks_blocked(cushion=0.001)
+                mock_clock.jump(settings.flush_timeout_s)
+            await call.hang_up()
+        async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+            call_sid = call.identity.call_sid
+            await _until_started(calls, 2)
+            await call.hang_up()
+        await calls.wait_idle()
+        answers = [await post_form(server.url + "/action", {
+            **failed, "CallSid": call_sid, "SessionId": f"VX{n}"}, AUTH_TOKEN)
+            for n in range(4)]
+        with pytest.raises(CallerError, match="409"):
+            await post_form(server.url + "/action", {
+                **failed, "CallSid": call_sid, "SessionId": "VX0"}, AUTH_TOKEN)
+        mock_clock.jump(SOCKET_CLOSED_GRACE_S)      # the later looks' time, past the deadline
+        await server.runtime.reconnects.settled()
+        _, samples = await trio.to_thread.run_sync(_scrape, server.url)
+    (busy_answer,) = busy
+    assert "<Hangup />" in busy_answer
     assert ["<ConversationRelay" in answer for answer in answers] == [True, True, True, False]
     assert _value(samples, "voiceagent_reconnects_total", outcome="refused_busy") == 1
     assert _value(samples, "voiceagent_reconnects_total", outcome="resumed") == 3
