@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from voiceagent.app.runtime import Runtime
+from voiceagent.app.runtime import CallCounters, Runtime
 from voiceagent.app.server import open_server
 from voiceagent.llm.base import LLM
 from voiceagent.settings import Settings
@@ -58,3 +58,12 @@ async def running_server(settings: Settings, *, llm: LLM | None = None,
                          ) -> AsyncIterator[RunningServer]:
     async with open_server(settings, llm=llm, registry=registry) as (url, runtime):
         yield RunningServer(url, runtime)
+
+
+async def until_started(calls: CallCounters, total: int) -> None:
+    """Until ``total`` calls have started here. ``open_call`` returns once setup is sent,
+    before the server has resolved it (claimed the call), and ``wait_idle`` does not wait
+    for a call that has not started: a test that hangs up at once and then asks ``/action``
+    would race the socket's claim and its end marks."""
+    while calls.total < total:
+        await calls.wait_changed()

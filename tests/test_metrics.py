@@ -19,7 +19,13 @@ import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.dynamodb_support import aws_env, isolate_env
-from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
+from tests.server_harness import (
+    AUTH_TOKEN,
+    RunningServer,
+    make_settings,
+    running_server,
+    until_started,
+)
 from tests.test_write_behind import FakeStore
 from voiceagent.app import heap
 from voiceagent.app.caller import CallerError, open_call, post_form
@@ -46,13 +52,6 @@ def _scrape(url: str) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]]
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return content_type, samples
-
-
-async def _until_started(calls: CallCounters, total: int) -> None:
-    """Until ``total`` calls have started: a socket's setup is resolved (its claim made)
-    after ``open_call`` returns, and ``wait_idle`` does not wait for a call not started."""
-    while calls.total < total:
-        await calls.wait_changed()
 
 
 def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
@@ -143,7 +142,7 @@ async def test_reconnects_counted_by_outcome(tmp_path: Path,
         stream = _capture_emf(server.runtime)
         async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
             busy_sid = call.identity.call_sid
-            await _until_started(calls, 1)          # its socket has claimed the call
+            await until_started(calls, 1)          # its socket has claimed the call
             busy: list[str] = []
 
             async def ask() -> None:
@@ -158,7 +157,7 @@ async def test_reconnects_counted_by_outcome(tmp_path: Path,
             await call.hang_up()
         async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
             call_sid = call.identity.call_sid
-            await _until_started(calls, 2)
+            await until_started(calls, 2)
             await call.hang_up()
         await calls.wait_idle()
         answers = [await post_form(server.url + "/action", {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import trio
 
-from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from tests.server_harness import AUTH_TOKEN, make_settings, running_server, until_started
 from voiceagent.app.caller import open_call, parse_relay_twiml, post_form
 from voiceagent.app.sessions import MAX_RECONNECTS, TOKEN_PARAMETER
 
@@ -20,6 +20,7 @@ async def test_the_last_allowed_reconnect_is_given_and_the_one_after_it_refused(
         async with running_server(make_settings(tmp_path)) as server:
             async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
                 call_sid = call.identity.call_sid
+                await until_started(server.runtime.calls, 1)
                 await call.hang_up()
             await server.runtime.calls.wait_idle()
             answers = [await post_form(server.url + "/action", {

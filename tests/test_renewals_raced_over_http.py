@@ -15,7 +15,7 @@ import pytest
 import trio
 
 import voiceagent.store.records as records
-from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from tests.server_harness import AUTH_TOKEN, make_settings, running_server, until_started
 from tests.test_metrics import METRICS_TOKEN, _scrape, _value
 from voiceagent.app.caller import CallerError, open_call, open_relay, parse_relay_twiml, post_form
 from voiceagent.app.runtime import Runtime
@@ -53,6 +53,7 @@ async def test_two_renewals_of_one_generation_on_two_servers_answer_one_reconnec
         async with running_server(settings) as a, running_server(settings) as b:
             async with open_call(a.url, auth_token=AUTH_TOKEN) as call:
                 call_sid = call.identity.call_sid
+                await until_started(a.runtime.calls, 1)
                 await call.hang_up()
             await a.runtime.calls.wait_idle()
             assert await a.runtime.writer.flush(timeout_s=10)

@@ -26,7 +26,13 @@ import voiceagent.app.sessions as sessions_module
 import voiceagent.store.records as records
 from actors.call import CallRejected
 from tests.fakes import throttled_queries
-from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
+from tests.server_harness import (
+    AUTH_TOKEN,
+    RunningServer,
+    make_settings,
+    running_server,
+    until_started,
+)
 from voiceagent.app.caller import CallerError, Identity, open_call, post_form, release_transport
 from voiceagent.app.socket_standing import CAPACITY_MARGIN, SocketStanding
 from voiceagent.errors import StoreError
@@ -150,6 +156,7 @@ async def test_the_token_of_an_ended_call_opens_nothing(tmp_path: Path) -> None:
             identity = Identity()
             async with open_call(server.url, auth_token=AUTH_TOKEN, identity=identity) as call:
                 token = call.target.parameters["sessionToken"]
+                await until_started(server.runtime.calls, 1)    # its claim spent the token
                 await call.hang_up()
             await server.runtime.calls.wait_idle()
             await server.runtime.writer.flush(identity.call_sid, timeout_s=5)
