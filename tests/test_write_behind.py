@@ -113,6 +113,29 @@ async def test_order_holds_and_batches_stay_within_the_limit(
     assert not stats.store_down
 
 
+async def test_the_queue_announces_filling_and_emptying_not_each_item(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """Task protection follows these edges; every other ``submit`` must not wake it."""
+    store = FakeStore(latency_s=0.01)
+    writer = WriteBehind(store, jitter=lambda: 1.0)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            empty = writer.filled_or_emptied
+            writer.submit(chat("CA1", 1), call_sid="CA1")
+            assert empty.is_set()
+            filled = writer.filled_or_emptied
+            writer.submit(chat("CA1", 2), call_sid="CA1")
+            writer.submit(chat("CA2", 1), call_sid="CA2")
+            await trio.sleep(0.005)                       # the batch in flight
+            assert not filled.is_set()
+            assert await writer.flush(timeout_s=5.0)
+            assert filled.is_set()
+            assert writer.pending == 0
+            assert not writer.filled_or_emptied.is_set()
+            nursery.cancel_scope.cancel(reason="test over")
+
+
 async def test_a_batch_never_writes_one_key_twice(
         autojump_clock: trio.testing.MockClock) -> None:
     store = FakeStore()

@@ -111,6 +111,7 @@ class WriteBehind(WriteAhead):
         self._last_by_call: dict[str, int] = {}
         self._wakeup = trio.Event()
         self._progress = trio.Event()
+        self._filled_or_emptied = trio.Event()
         self._written = 0
         self._failed = 0
         self._retries = 0
@@ -146,6 +147,8 @@ class WriteBehind(WriteAhead):
         self._pending_bytes += cost
         self._last_by_call[call_sid] = seq
         self._wakeup.set()
+        if len(self._queue) == 1:
+            self._announce_filled_or_emptied()
         if urgent:
             self._hurry.set()
 
@@ -165,6 +168,18 @@ class WriteBehind(WriteAhead):
     def pending_bytes(self) -> int:
         """About the memory the pending items hold (a store outage makes it grow)."""
         return self._pending_bytes
+
+    @property
+    def filled_or_emptied(self) -> trio.Event:
+        """Set when ``pending`` next goes from 0 to more or back to 0: what task protection
+        follows (unsaved writes hold the task). Only at those edges, so a queue that stays
+        busy costs ``submit`` one length check. Taken before looking at ``pending``, it cannot
+        miss a change."""
+        return self._filled_or_emptied
+
+    def _announce_filled_or_emptied(self) -> None:
+        self._filled_or_emptied.set()
+        self._filled_or_emptied = trio.Event()
 
     def queued(self, call_sid: str) -> bool:
         """Whether a write of ``call_sid`` is still waiting here (its store is behind it)."""
@@ -248,6 +263,8 @@ class WriteBehind(WriteAhead):
             self._done_seq = batch[-1].seq
             self._progress.set()
             self._progress = trio.Event()
+            if not self._queue:
+                self._announce_filled_or_emptied()
 
     def _next_batch(self) -> list[_Entry]:
         """The head of the queue: at most BATCH_LIMIT entries, no key twice, no fence
