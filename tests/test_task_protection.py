@@ -1,5 +1,7 @@
-"""ECS task scale-in protection: the holder's rules in virtual time, the HTTP client against a
-local fake of the ECS agent endpoint, and the real server holding it through a real call."""
+"""ECS task scale-in protection: the holder's rules in virtual time (live calls and unsaved
+writes, with a stand-in queue and the real write-behind queue over a store that fails, then
+recovers), the HTTP client against a local fake of the ECS agent endpoint, and the real server
+holding it through a real call."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import trio.testing
 
 from tests.fake_ecs_agent import open_fake_agent
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from tests.test_write_behind import FakeStore
 from voiceagent.app.caller import open_call
 from voiceagent.app.runtime import CallCounters
 from voiceagent.app.task_protection import (
@@ -22,6 +25,7 @@ from voiceagent.app.task_protection import (
     ProtectionError,
     hold_while_busy,
 )
+from voiceagent.store.write_behind import WriteBehind
 
 LOGGER = "voiceagent.app.task_protection"
 
@@ -30,13 +34,15 @@ class RecordingAgent:
     """Every request with its virtual time; ``down`` makes requests fail as an unreachable
     agent does."""
 
-    def __init__(self) -> None:
+    def __init__(self, latency_s: float = 0.0) -> None:
         self.requests: list[tuple[float, bool, int | None]] = []
         self.down = False
+        self.latency_s = latency_s
 
     async def set(self, enabled: bool, expires_minutes: int | None) -> None:
         await trio.lowlevel.checkpoint()
         self.requests.append((trio.current_time(), enabled, expires_minutes))
+        await trio.sleep(self.latency_s)
         if self.down:
             raise ProtectionError("ECS agent not reachable: connection refused")
 
@@ -45,10 +51,31 @@ class Call:
     """A stand-in for a CallReport: CallCounters only keeps it in a list."""
 
 
+class Queue:
+    """A stand-in for the write-behind queue: the test sets ``pending``; its edges (0 to more
+    and back) are announced as ``WriteBehind`` announces them."""
+
+    def __init__(self) -> None:
+        self.filled_or_emptied = trio.Event()
+        self._pending = 0
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @pending.setter
+    def pending(self, count: int) -> None:
+        edge = (self._pending > 0) != (count > 0)
+        self._pending = count
+        if edge:
+            self.filled_or_emptied.set()
+            self.filled_or_emptied = trio.Event()
+
+
 async def _run(calls: CallCounters, agent: RecordingAgent, policy: Policy,
-               script: object) -> None:
+               script: object, writes: Queue | WriteBehind | None = None) -> None:
     async with trio.open_nursery() as nursery:
-        await nursery.start(hold_while_busy, calls, agent, policy)
+        await nursery.start(hold_while_busy, calls, writes or Queue(), agent, policy)
         await script()                                    # type: ignore[operator]
         nursery.cancel_scope.cancel(reason="test over")
 
@@ -169,6 +196,177 @@ async def test_stopping_releases_a_hold(autojump_clock: trio.testing.MockClock) 
     with trio.fail_after(60):
         await _run(calls, agent, Policy(), script)
     assert [(t, on) for t, on, _ in agent.requests] == [(0.0, True), (5.0, False)]
+
+
+# ---------------------------------------------------------------- unsaved writes
+
+
+async def test_unsaved_writes_keep_the_hold_after_the_last_call(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A store outage: the call ends with its writes still queued; the task stays protected
+    until they are in, and is released ``idle_release_s`` after the queue drained."""
+    calls, agent, call, queue = CallCounters(), RecordingAgent(), Call(), Queue()
+
+    async def script() -> None:
+        calls.started(call)                               # type: ignore[arg-type]
+        await trio.sleep(10)
+        queue.pending = 3
+        await trio.sleep(50)
+        calls.finished(call)                              # type: ignore[arg-type]
+        await trio.sleep(640)                             # idle calls, writes waiting
+        queue.pending = 0                                 # at 700: the store is back
+        await trio.sleep(100)
+
+    with trio.fail_after(3600):
+        await _run(calls, agent, Policy(idle_release_s=30), script, queue)
+    renew_every = EXPIRES_MINUTES * 60 - RENEW_BEFORE_S
+    assert [(t, on) for t, on, _ in agent.requests] == [
+        (0.0, True), (renew_every, True), (730.0, False)]
+
+
+async def test_writes_queued_while_idle_take_and_keep_the_hold(
+        autojump_clock: trio.testing.MockClock) -> None:
+    calls, agent, call, queue = CallCounters(), RecordingAgent(), Call(), Queue()
+
+    async def script() -> None:
+        await trio.sleep(100)
+        queue.pending = 2                                 # no call: writes alone hold it
+        await trio.sleep(50)
+        queue.pending = 0
+        await trio.sleep(60)                              # released at 180
+        calls.started(call)                               # type: ignore[arg-type]
+        await trio.sleep(40)
+        calls.finished(call)                              # type: ignore[arg-type]
+        await trio.sleep(10)
+        queue.pending = 1                                 # inside the idle countdown
+        await trio.sleep(100)
+        queue.pending = 0
+        await trio.sleep(31)
+
+    with trio.fail_after(3600):
+        await _run(calls, agent, Policy(idle_release_s=30), script, queue)
+    assert [(t, on) for t, on, _ in agent.requests] == [
+        (100.0, True), (180.0, False), (210.0, True), (390.0, False)]
+
+
+async def test_writes_queued_while_the_release_is_in_flight_take_the_hold_again(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The agent takes a second to answer; a write queued meanwhile is seen at its answer,
+    not an hour later."""
+    calls, agent, call, queue = CallCounters(), RecordingAgent(latency_s=1.0), Call(), Queue()
+
+    async def script() -> None:
+        calls.started(call)                               # type: ignore[arg-type]
+        await trio.sleep(60)
+        calls.finished(call)                              # type: ignore[arg-type]
+        await trio.sleep(30.5)                            # the release was asked at 90
+        queue.pending = 1
+        await trio.sleep(10)
+
+    with trio.fail_after(3600):
+        await _run(calls, agent, Policy(idle_release_s=30), script, queue)
+    assert [(t, on) for t, on, _ in agent.requests] == [
+        (0.0, True), (90.0, False), (91.0, True), (100.5, False)]        # the last: stopping
+
+
+async def test_a_queue_that_drains_while_calls_run_changes_nothing(
+        autojump_clock: trio.testing.MockClock) -> None:
+    calls, agent, call, queue = CallCounters(), RecordingAgent(), Call(), Queue()
+
+    async def script() -> None:
+        calls.started(call)                               # type: ignore[arg-type]
+        for _ in range(5):                                # turns written one by one
+            await trio.sleep(10)
+            queue.pending = 4
+            await trio.sleep(10)
+            queue.pending = 0
+        await trio.sleep(100)
+        queue.pending = 2                                 # the last turn's, store slow
+        calls.finished(call)                              # type: ignore[arg-type]
+        await trio.sleep(45)
+        queue.pending = 0
+        await trio.sleep(31)
+
+    with trio.fail_after(3600):
+        await _run(calls, agent, Policy(idle_release_s=30), script, queue)
+    assert [(t, on) for t, on, _ in agent.requests] == [(0.0, True), (275.0, False)]
+
+
+async def test_a_backlog_that_never_drains_is_given_up_at_the_longest_hold(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    calls, agent, queue = CallCounters(), RecordingAgent(), Queue()
+
+    async def script() -> None:
+        queue.pending = 7                                 # a store down for 200 minutes
+        await trio.sleep(200 * 60)
+        queue.pending = 0                                 # idle: re-armed
+        await trio.sleep(60)
+        queue.pending = 1
+        await trio.sleep(1)
+
+    with trio.fail_after(50_000):
+        await _run(calls, agent, Policy(max_hold_minutes=60), script, queue)
+    sets = [t for t, on, _ in agent.requests if on]
+    assert max(t for t in sets if t < 200 * 60) < 60 * 60             # stopped at the cap
+    assert sets[-1] == 200 * 60 + 60                                    # armed again
+    (warning,) = [r for r in caplog.records if "held for 60 minutes" in r.getMessage()]
+    assert warning.__dict__["pending_writes"] == 7
+
+
+async def test_shared_task_renews_for_unsaved_writes_and_lets_the_hold_lapse(
+        autojump_clock: trio.testing.MockClock) -> None:
+    calls, agent, call, queue = CallCounters(), RecordingAgent(), Call(), Queue()
+
+    async def script() -> None:
+        calls.started(call)                               # type: ignore[arg-type]
+        queue.pending = 1
+        await trio.sleep(60)
+        calls.finished(call)                              # type: ignore[arg-type]
+        await trio.sleep(900)
+        queue.pending = 0
+        await trio.sleep(3600)
+
+    with trio.fail_after(10_000):
+        await _run(calls, agent, Policy(shared=True), script, queue)
+    renew_every = EXPIRES_MINUTES * 60 - RENEW_BEFORE_S
+    assert [(t, on) for t, on, _ in agent.requests] == [
+        (n * renew_every, True) for n in range(3)]                      # 0, 360, 720
+
+
+async def test_the_real_queue_holds_the_task_through_a_store_outage(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The write-behind queue itself, over a store that fails and then recovers: the call's
+    history waits in memory past its end, and the task is released only after it landed."""
+    store = FakeStore()
+    store.down = True
+    writer = WriteBehind(store, jitter=lambda: 1.0)
+    calls, agent, call = CallCounters(), RecordingAgent(), Call()
+
+    async def script() -> None:
+        calls.started(call)                               # type: ignore[arg-type]
+        for turn in range(3):
+            await trio.sleep(20)
+            writer.submit({"pk": "CA1", "sk": f"chat::{turn:04d}"}, call_sid="CA1")
+        calls.finished(call)                              # type: ignore[arg-type]
+        assert not await writer.flush("CA1", timeout_s=5)  # the call's flush times out
+        await trio.sleep(600)
+        assert writer.pending == 3
+        assert [on for _, on, _ in agent.requests] == [True, True]     # held, renewed
+        store.down = False                                # the store is back
+        await trio.sleep(60)
+        assert writer.pending == 0
+
+    with trio.fail_after(3600):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await _run(calls, agent, Policy(idle_release_s=30), script, writer)
+            nursery.cancel_scope.cancel(reason="test over")
+    landed = store.attempts[-1][0]
+    assert store.written == [("CA1", f"chat::{n:04d}") for n in range(3)]
+    assert 665 < landed <= 670                            # within one capped backoff
+    renew_every = EXPIRES_MINUTES * 60 - RENEW_BEFORE_S
+    assert [(t, on) for t, on, _ in agent.requests] == [
+        (0.0, True), (renew_every, True), (landed + 30, False)]
 
 
 # ---------------------------------------------------------------- the HTTP client

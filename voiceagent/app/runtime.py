@@ -261,7 +261,7 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
                 await nursery.start(runtime.metrics.run_emf)
             if settings.task_protection == "auto" and settings.ecs_agent_uri:
                 await nursery.start(partial(
-                    hold_while_busy, runtime.calls, AgentEndpoint(settings.ecs_agent_uri),
+                    hold_while_busy, runtime.calls, writer, AgentEndpoint(settings.ecs_agent_uri),
                     Policy(idle_release_s=settings.task_protection_idle_s,
                            max_hold_minutes=settings.task_protection_max_minutes,
                            shared=settings.reuse_port)))

@@ -1,12 +1,15 @@
-"""ECS task scale-in protection, held while this process has live calls.
+"""ECS task scale-in protection, held while this process has live calls or unsaved writes.
 
-A stopping ECS task loses its calls, so while calls run the task asks the ECS agent
+A stopping ECS task loses its calls, and the writes its write-behind queue has not got into
+the store yet (a store outage or throttling keeps them there; a stopping task gets only
+``FLUSH_TIMEOUT_S`` to write them). So while either is there the task asks the ECS agent
 (``$ECS_AGENT_URI/task-protection/v1/state``) not to be picked by a scale-in or a deployment.
 The hold is short and renewed (``EXPIRES_MINUTES``), so a hung process stops protecting its
-task within minutes; it is released when the process has been idle ``TASK_PROTECTION_IDLE_S``;
-and it is given up after ``TASK_PROTECTION_MAX_MINUTES`` of continuous hold, so a task that
-never goes idle cannot block a deployment forever (the target group's deregistration delay
-still lets its calls finish). See docs/deploy.md for the whole story.
+task within minutes; it is released when the process has had neither for
+``TASK_PROTECTION_IDLE_S``; and it is given up after ``TASK_PROTECTION_MAX_MINUTES`` of
+continuous hold, so a task that never goes idle cannot block a deployment forever (the target
+group's deregistration delay still lets its calls finish). See docs/deploy.md for the whole
+story.
 
 Protection is best effort: a failure to set it is logged and retried, never fatal, because a
 call without protection is still a call.
@@ -49,6 +52,16 @@ class Busy(Protocol):
     def active(self) -> int: ...
 
     async def wait_changed(self) -> None: ...
+
+
+class Unsaved(Protocol):
+    """The writes not in the store yet (``WriteBehind``): a task that stops loses them."""
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def filled_or_emptied(self) -> trio.Event: ...
 
 
 @dataclass(frozen=True)
@@ -117,22 +130,50 @@ def _check_reply(reply: tuple[int, bytes], enabled: bool) -> None:
     raise ProtectionError(f"ECS agent answered HTTP {status}")
 
 
-async def hold_while_busy(calls: Busy, agent: Agent, policy: Policy, *,
+async def hold_while_busy(calls: Busy, writes: Unsaved, agent: Agent, policy: Policy, *,
                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                           ) -> None:
     """Run until cancelled. On the way out an unshared hold is released (bounded, shielded):
-    a process that stops has no calls left to protect."""
+    it is the process's last act, after its final flush.
+
+    The loop wakes when calls start or end and when the write queue fills or empties, never
+    per write. While calls run the queue is not watched: it cannot change the answer."""
     holder = _Holder(agent, policy)
     task_status.started()
     try:
         while True:
-            wake_in = await holder.step(calls.active, trio.current_time())
+            seen = (calls.active, writes.pending)
+            wake_in = await holder.step(*seen, trio.current_time())
+            writes_changed = writes.filled_or_emptied
+            if _busy(calls.active, writes.pending) != _busy(*seen):
+                continue                  # changed while the agent was asked: look again
             with trio.move_on_after(wake_in):
-                await calls.wait_changed()
+                if calls.active:
+                    await calls.wait_changed()
+                else:
+                    await _calls_or_writes_change(calls, writes_changed)
     finally:
         if holder.held and not policy.shared:
             with trio.move_on_after(REQUEST_TIMEOUT_S + 1, shield=True):
                 await holder.release(trio.current_time())
+
+
+def _busy(active: int, pending: int) -> bool:
+    return active > 0 or pending > 0
+
+
+async def _calls_or_writes_change(calls: Busy, writes_changed: trio.Event) -> None:
+    """Until either changes. ``writes_changed`` is taken by the caller before it looked at the
+    queue, and this task waits for the calls before any checkpoint, so neither change can
+    slip in unseen."""
+    async with trio.open_nursery() as nursery:
+        async def writes() -> None:
+            await writes_changed.wait()
+            nursery.cancel_scope.cancel(reason="the write queue filled or emptied")
+
+        nursery.start_soon(writes)
+        await calls.wait_changed()
+        nursery.cancel_scope.cancel(reason="a call started or ended")
 
 
 class _Holder:
@@ -152,16 +193,17 @@ class _Holder:
     def held(self) -> bool:
         return self.held_until is not None
 
-    async def step(self, active: int, now: float) -> float:
-        """Act on the state at ``now``; return how long to wait at most before the next step
-        (a change in the calls wakes the loop earlier)."""
+    async def step(self, active: int, pending: int, now: float) -> float:
+        """Act on the state at ``now`` (live calls, unsaved writes); return how long to wait
+        at most before the next step (a change in either wakes the loop earlier)."""
+        busy = _busy(active, pending)
         if self.held_until is not None and now >= self.held_until:
             self.held_until = None                # lapsed by itself
-            if active == 0:
+            if not busy:
                 self.held_since = None
-        if active:
+        if busy:
             self.idle_since = None
-            return await self._busy(now)
+            return await self._busy(active, pending, now)
         if self.idle_since is None:
             self.idle_since = now
         self.gave_up = False
@@ -178,7 +220,13 @@ class _Holder:
         await self.release(now)
         return self.retry_at - now if self.held else 3600.0
 
-    async def _busy(self, now: float) -> float:
+    async def _busy(self, active: int, pending: int, now: float) -> float:
+        """The cap counts a backlog of writes as it counts calls: the hold is given up after
+        ``max_hold_minutes`` without an idle moment, whatever kept it. A queue that has not
+        emptied for that long is a store refusing writes for that long; holding on past it
+        would block every deployment for as long as the fault lasts, the one that fixes its
+        cause (a table name, say) included. The warning then says how many writes are still
+        waiting, so a stop that loses them is not a surprise."""
         if self.gave_up:
             return 3600.0
         held_for = now - self.held_since if self.held_since is not None else 0.0
@@ -186,8 +234,10 @@ class _Holder:
             self.gave_up = True
             log.warning("task protection: held for %d minutes without an idle moment; "
                         "letting it lapse so a deployment or scale-in can go ahead (the "
-                        "load balancer's deregistration delay still lets live calls finish)",
-                        self.policy.max_hold_minutes)
+                        "load balancer's deregistration delay still lets live calls finish; "
+                        "writes not in the store by the end of the stop's flush are lost)",
+                        self.policy.max_hold_minutes,
+                        extra={"calls": active, "pending_writes": pending})
             return 3600.0
         renew_at = (self.held_until - RENEW_BEFORE_S) if self.held_until is not None else now
         if now < max(renew_at, self.retry_at):
@@ -197,7 +247,8 @@ class _Holder:
         except ProtectionError as err:
             return self._failed("set", err, now)
         if self.held_until is None:
-            log.info("task protection on", extra={"expires_minutes": EXPIRES_MINUTES})
+            log.info("task protection on", extra={"expires_minutes": EXPIRES_MINUTES,
+                                                  "calls": active, "pending_writes": pending})
         self.held_until = now + EXPIRES_MINUTES * 60
         self.held_since = self.held_since if self.held_since is not None else now
         self.failures = 0
@@ -209,7 +260,7 @@ class _Holder:
         except ProtectionError as err:
             self._failed("release", err, now)
             return
-        log.info("task protection off: no calls")
+        log.info("task protection off: no calls and no unsaved writes")
         self.held_until = self.held_since = None
         self.failures = 0
 
