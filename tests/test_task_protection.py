@@ -6,17 +6,20 @@ holding it through a real call."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 from tests.fake_ecs_agent import open_fake_agent
+from tests.fakes import MemoryStore
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from tests.test_write_behind import FakeStore
 from voiceagent.app.caller import open_call
-from voiceagent.app.runtime import CallCounters
+from voiceagent.app.runtime import CallCounters, open_runtime
 from voiceagent.app.task_protection import (
     EXPIRES_MINUTES,
     RENEW_BEFORE_S,
@@ -25,6 +28,7 @@ from voiceagent.app.task_protection import (
     ProtectionError,
     hold_while_busy,
 )
+from voiceagent.errors import StoreError
 from voiceagent.store.write_behind import WriteBehind
 
 LOGGER = "voiceagent.app.task_protection"
@@ -445,3 +449,36 @@ async def test_server_without_the_agent_or_with_it_off_asks_nothing(tmp_path: Pa
                     await call.hang_up()
                 await server.runtime.calls.wait_idle()
     assert fake.requests == []
+
+
+class DownStore(MemoryStore):
+    """Takes no batch while ``down``, as DynamoDB in an outage: the queue keeps them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def put_many(self, items: Sequence[dict[str, Any]]) -> None:
+        if self.down:
+            await trio.lowlevel.checkpoint()
+            raise StoreError("the store is down")
+        await super().put_many(items)
+
+
+async def test_the_runtime_holds_the_task_for_its_unsaved_writes(tmp_path: Path) -> None:
+    store = DownStore()
+    with trio.fail_after(20):
+        async with open_fake_agent() as fake:
+            settings = make_settings(tmp_path, ECS_AGENT_URI=fake.uri,
+                                     TASK_PROTECTION_IDLE_S="0")
+            async with open_runtime(settings, store=store) as runtime:
+                store.down = True
+                runtime.writer.submit({"pk": "CA1", "sk": "chat::0001"}, call_sid="CA1")
+                (held,) = await fake.wait_requests(1)
+                assert held.body == {"ProtectionEnabled": True,
+                                     "ExpiresInMinutes": EXPIRES_MINUTES}
+                assert runtime.calls.active == 0                  # no call: the write holds it
+                store.down = False
+                await fake.wait_requests(2)
+                assert fake.requests[1].body == {"ProtectionEnabled": False}
+                assert ("CA1", "chat::0001") in store.items
