@@ -49,7 +49,7 @@ from voiceagent.errors import ConfigError, ModelRejected
 from voiceagent.llm.base import InferenceConfig, LLMRequest, ModelOptions, TextDelta
 from voiceagent.llm.bedrock import BedrockLLM
 from voiceagent.llm.bedrock_converse import build_converse_request
-from voiceagent.llm.thinking import thinking_support
+from voiceagent.llm.thinking import thinking_support, why_not
 from voiceagent.store import config_records
 from voiceagent.usecases import UseCase, parse_model
 
@@ -92,6 +92,27 @@ def test_which_models_take_a_thinking_budget(model: str, supported: bool | None)
     assert thinking_support(model) is supported
 
 
+# Bedrock's "Adaptive thinking" page (claude-messages-adaptive-thinking): Opus 4.7, the Claude
+# 5 models, Mythos and Fable refuse thinking.type "enabled" with budget_tokens (a 400)
+@pytest.mark.parametrize(("model", "says"), [
+    ("us.anthropic.claude-opus-4-7", "thinks only adaptively"),
+    ("anthropic.claude-opus-5", "thinks only adaptively"),
+    ("eu.anthropic.claude-sonnet-5", "thinks only adaptively"),
+    ("anthropic.claude-haiku-5-5", "thinks only adaptively"),
+    ("anthropic.claude-mythos-preview", "thinks only adaptively"),
+    ("global.anthropic.claude-fable-5-1", "thinks only adaptively"),
+    ("anthropic.claude-3-5-haiku-20241022-v1:0", "has no extended thinking"),
+    ("anthropic.claude-3-5-sonnet-20241022-v2:0", "has no extended thinking"),
+    ("anthropic.claude-3-haiku-20240307-v1:0", "has no extended thinking"),
+    ("anthropic.claude-instant-v1", "has no extended thinking"),
+    ("anthropic.claude-v2:1", "has no extended thinking"),
+    ("us.amazon.nova-lite-v1:0", "not a Claude model"),
+])
+def test_why_a_model_takes_no_budget(model: str, says: str) -> None:
+    assert thinking_support(model) is False
+    assert says in why_not(model)
+
+
 @pytest.mark.parametrize(("data", "at", "says"), [
     (_use_case(budget=1000), "model_options.thinking_budget_tokens", "1024 or more"),
     (_use_case(max_tokens=300), "inference.max_tokens", "write max_tokens: 1324"),
@@ -102,6 +123,8 @@ def test_which_models_take_a_thinking_budget(model: str, supported: bool | None)
     (_use_case("us.amazon.nova-lite-v1:0"), "model_options.thinking_budget_tokens",
      "not a Claude model"),
     (_use_case("us.anthropic.claude-opus-4-7"), "model_options.thinking_budget_tokens",
+     "thinks only adaptively"),
+    (_use_case("anthropic.claude-mythos-5"), "model_options.thinking_budget_tokens",
      "thinks only adaptively"),
     (_use_case("anthropic.claude-3-5-haiku-20241022-v1:0"),
      "model_options.thinking_budget_tokens", "has no extended thinking"),

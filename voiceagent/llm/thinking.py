@@ -2,8 +2,9 @@
 ``{"thinking": {"type": "enabled", "budget_tokens": N}}``), and which model ids take it.
 
 Anthropic and Bedrock document it for Claude 3.7 Sonnet, Sonnet 4, Opus 4 and 4.1, and the 4.5
-and 4.6 models (deprecated on 4.6, still accepted); Claude 4.7 and later think only
-adaptively and refuse a budget with a 400, as does every model that is not Claude. The budget
+and 4.6 models (deprecated on 4.6, still accepted); Claude Opus 4.7 and the models after it
+(the Claude 5 models, Mythos, Fable) think only adaptively and refuse a budget with a 400
+(Bedrock's "Adaptive thinking" page), as does every model that is not Claude. The budget
 is at least 1024 tokens and below maxTokens, which counts the thinking too; thinking refuses a
 temperature other than 1, a top_p below 0.95 and a forced tool choice.
 
@@ -28,6 +29,10 @@ SUPPORTED = ("Claude 3.7 Sonnet, Claude Sonnet 4, 4.5 and 4.6, Claude Opus 4, 4.
 _CLAUDE = re.compile(r"anthropic\.claude-(?:(?P<old>3-7-sonnet)|(?P<family>opus|sonnet|haiku)"
                      r"-4(?:-(?P<minor>[0-9]))?)(?![0-9])")
 _ANY_CLAUDE = re.compile(r"anthropic\.claude-")
+# Claude models from before thinking (2.x, Instant, 3 and 3.5); a Claude id that is neither
+# one of these nor one that takes a budget is from Opus 4.7 on, which thinks only adaptively
+_BEFORE_THINKING = re.compile(
+    r"anthropic\.claude-(?:v[0-9]|instant|3-(?:5-)?(?:haiku|sonnet|opus))")
 # ARNs that name a model (directly or through a system inference profile); others (an
 # application inference profile, a provisioned or custom model) hide which model runs
 _NAMING_ARN = re.compile(r"^arn:[^:]+:bedrock:[^:]*:[^:]*:(foundation-model|inference-profile)/")
@@ -51,9 +56,11 @@ def thinking_support(model_id: str) -> bool | None:
 def why_not(model_id: str) -> str:
     """Why ``model_id`` cannot take a budget, for an error or a warning."""
     found = _CLAUDE.search(model_id)
-    if found is not None and not found["old"] and int(found["minor"] or 0) >= 7:
-        return (f"{model_id} thinks only adaptively and refuses a thinking budget "
-                "(a ValidationException on every turn)")
+    before = _BEFORE_THINKING.search(model_id) is not None or (
+        found is not None and found["family"] == "haiku" and int(found["minor"] or 0) < 5)
+    if _ANY_CLAUDE.search(model_id) and not before:
+        return (f"{model_id} thinks only adaptively (as Claude Opus 4.7 and later do) and "
+                "refuses a thinking budget (a ValidationException on every turn)")
     if _ANY_CLAUDE.search(model_id):
         return f"{model_id} has no extended thinking (a ValidationException on every turn)"
     return (f"{model_id} is not a Claude model: only Claude takes a thinking budget "
