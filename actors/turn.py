@@ -7,10 +7,11 @@ the talk cycle, and leaves the history valid for the next request.
 Reasoning (a model's extended thinking) is never spoken. It is kept where a model needs it
 back: first in the assistant message of a tool round, verbatim, since a model with thinking and
 tools (Anthropic's) refuses the tool-result round without it. A round that ends in words drops
-it: a completed turn's thinking may be left out (most models ignore it there), and kept it
-would add input tokens to every later request and store space to every call. A tool round the
-caller cut drops it too: the next request opens a new turn with the caller's words, so the cut
-round is an earlier turn's, and its message no longer holds what the model sent.
+it: a completed turn's thinking may be left out (Anthropic allows it; models before Opus 4.5 and
+Sonnet 4.6 ignore it there, later ones would read it), and kept it would add input tokens to
+every later request and store space to every call. A tool round the caller cut drops it too:
+the next request opens a new turn with the caller's words, so the cut round is an earlier
+turn's, and its message no longer holds what the model sent.
 """
 
 from __future__ import annotations
