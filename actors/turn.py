@@ -26,6 +26,7 @@ from typing import Any
 
 import trio
 
+from actors import model_trouble
 from actors.context import CallContext
 from actors.messages import End, ToolBatch, ToolCall, ToolOutcome
 from actors.model_round import model_round
@@ -80,6 +81,7 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
     marks = (len(ctx.stats.rounds), len(ctx.stats.tools))
     cut_by: str | None = None
     model_error: str | None = None
+    end_data = None if plan.end_reason is None else json.dumps({"reasonCode": plan.end_reason})
     try:
         await _converse(ctx, plan, speaker, rounds)
     except trio.Cancelled as cancel:
@@ -95,16 +97,23 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
         model_error = type(err).__name__
         ctx.stats.model_errors += 1
         _log_model_error(ctx, err)
+        ending = model_trouble.failed(ctx, err.code)    # the same failure turn after turn
+        end_data = ending or end_data
         try:
             with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await speaker.flush()       # what the model said before it failed
-                await speaker.say_text(APOLOGY_CUT if speaker.segment else APOLOGY_SILENT)
+                if ending is not None:
+                    await speaker.say_text(model_trouble.last_words(
+                        ctx, said_some=bool(speaker.segment)))
+                else:
+                    await speaker.say_text(APOLOGY_CUT if speaker.segment else APOLOGY_SILENT)
         except trio.Cancelled as cancel:    # the caller cut into the apology
             cut_by = await _why_cancelled(cancel)
             _record_cut(ctx, speaker, rounds)
             raise
         ctx.history.add_assistant(ctx.marks.sent_part(speaker.segment))
     else:
+        model_trouble.answered(ctx, marks[0])
         ctx.history.add_assistant(ctx.marks.sent_part(speaker.segment))
         if ctx.relay is not None and speaker.spoke:
             with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -116,7 +125,7 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
         with (trio.move_on_after(CLOSE_TIMEOUT_S, shield=True),
               suppress(trio.BrokenResourceError, trio.ClosedResourceError)):
             await speaker.close()
-        if plan.end_reason is not None:
+        if end_data is not None:
             # A goodbye ends the session even when a barge-in or a model error cut it: the
             # streamer ignores everything once it is ending, so without ``end`` the caller
             # was left with an agent that answers nothing until they hang up. It gets its
@@ -125,7 +134,7 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
             # stops and its channel breaks).
             with (trio.move_on_after(END_TIMEOUT_S, shield=True),
                   suppress(trio.BrokenResourceError, trio.ClosedResourceError)):
-                await ctx.outbound.send(End(json.dumps({"reasonCode": plan.end_reason})))
+                await ctx.outbound.send(End(end_data))
         # The closer above went through the writer after the first token did, so the writer
         # has stamped the first token's send by now (unless the caller was gone first).
         latency_s = None

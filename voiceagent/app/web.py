@@ -19,6 +19,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 import voiceagent.store.records as records
+from actors.model_trouble import CANNOT_GO_ON
 from voiceagent import signature, twiml
 from voiceagent.app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voiceagent.app.phone_page import PATH as PHONE_PATH
@@ -42,7 +43,7 @@ from voiceagent.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SORRY = "Sorry, we cannot take your call right now. Please try again later."
+SORRY = CANNOT_GO_ON        # also what a call hears when the model keeps failing
 XML = twiml.CONTENT_TYPE
 MAX_WEBHOOK_BYTES = 64 * 1024   # Twilio's webhook bodies are a few KB
 # Twilio's webhooks carry a few dozen fields (a SIP call's headers add some). Checking a

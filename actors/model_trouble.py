@@ -1,0 +1,60 @@
+"""When the model fails turn after turn: the call ends, or goes to a person, instead of the
+same apology on every turn.
+
+A turn whose model call fails apologises and asks the caller to say it again, and the call
+goes on: one failure is most often passing (a throttled moment, a dropped connection). But a
+failure that is the model's state (credentials expired, the model throttled or down for
+minutes, a history the model refuses) fails every later turn the same way, and the caller
+heard "Sorry, I'm having a little trouble right now. Could you say that again?" each time
+they spoke, until they gave up and hung up. So after ``FAILED_TURNS_BEFORE_GOODBYE`` failed
+turns in a row the turn ends the session: with the use case's handoff when it has a target
+(``/action`` then says its ``message`` and connects a person), else with the words a caller
+hears when the server cannot take the call, and ``/action``'s goodbye.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from actors.context import CallContext
+
+log = logging.getLogger(__name__)
+
+# Two apologies are a hiccup the caller can ride out; a third in a row is a loop.
+FAILED_TURNS_BEFORE_GOODBYE = 3
+# the words of a call the server cannot take (``voiceagent.app.web`` says them too)
+CANNOT_GO_ON = "Sorry, we cannot take your call right now. Please try again later."
+END_REASON = "model-unavailable"
+
+
+def failed(ctx: CallContext, code: str) -> str | None:
+    """A turn's model call failed: the session's ``end`` data when the call should end now
+    (this is the last of ``FAILED_TURNS_BEFORE_GOODBYE`` failed turns in a row), else None."""
+    ctx.stats.failed_in_a_row += 1
+    if ctx.stats.failed_in_a_row < FAILED_TURNS_BEFORE_GOODBYE:
+        return None
+    handoff = ctx.use_case.handoff.mode != "none"
+    log.warning("the model failed turns in a row: ending the call",
+                extra={"failed_turns": ctx.stats.failed_in_a_row, "code": code,
+                       "handoff": handoff})
+    data: dict[str, object] = {"reasonCode": END_REASON}
+    if handoff:
+        data["handoff"] = True
+    return json.dumps(data)
+
+
+def last_words(ctx: CallContext, *, said_some: bool) -> str:
+    """What the turn says before its ``end``: nothing when a person takes over (the handoff's
+    message is said by ``/action``), else that the call cannot go on."""
+    if ctx.use_case.handoff.mode != "none":
+        return ""
+    return " " + CANNOT_GO_ON if said_some else CANNOT_GO_ON
+
+
+def answered(ctx: CallContext, first_round: int) -> None:
+    """A turn ended without a model error: a round of it that the model completed ends the
+    run of failures (a turn with no model round, a re-prompt, says nothing of the model)."""
+    if any(r.stop_reason not in ("model_error", "cancelled")
+           for r in ctx.stats.rounds[first_round:]):
+        ctx.stats.failed_in_a_row = 0
