@@ -23,6 +23,8 @@ from actors.relay_control import ReplyFlags
 
 SPLIT = " "
 CLAUSE_ENDS = (".", ",", "!", "?", ";", ":", "\n")
+SENTENCE_ENDS = (".", "!", "?", "\u2026", "\u3002", "\uff01", "\uff1f")   # ... and CJK . ! ?
+CLOSERS = "\"')]\u00bb\u201d\u2019"        # a quote or bracket after a sentence's end
 STREAMED_CHARS = 60         # a first clause longer than this is held from here on
 MAX_HELD_CHARS = 400        # keep frames small: Twilio's frame size limit is not documented
 
@@ -49,6 +51,12 @@ class Speaker:
     @property
     def segment(self) -> str:
         return "".join(self._segment)
+
+    @property
+    def mid_sentence(self) -> bool:
+        """What was said since the last tool round (held text too) stops inside a sentence."""
+        said = "".join(self._segment + self._held).rstrip().rstrip(CLOSERS)
+        return bool(said) and not said.endswith(SENTENCE_ENDS)
 
     @property
     def quiet(self) -> bool:

@@ -47,10 +47,10 @@ TOO_MANY_ROUNDS = ("I'm sorry, that is taking me longer than it should. "
 APOLOGY_SILENT = "Sorry, I'm having a little trouble right now. Could you say that again?"
 APOLOGY_CUT = " Sorry, I lost my train of thought. Could you say that again?"
 # a model round that ends without a word where the caller waits for one: after a tool round
-# (the caller heard "let me check", then silence until the idle re-prompt), or stopped by a
-# content filter or guardrail
+# (the caller heard "let me check", then silence until the idle re-prompt), stopped by a
+# content filter or guardrail, or by maxTokens before its first word (reasoning took them)
 NO_WORDS = APOLOGY_CUT.strip()
-STOPPED_QUIET = ("content_filtered", "guardrail_intervened")
+STOPPED_QUIET = ("content_filtered", "guardrail_intervened", "max_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,9 +197,11 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
         asked = await model_round(ctx, speaker)
         calls, reasoning = asked.calls, asked.reasoning
         if not calls:
-            if speaker.quiet and not tools_spoke and (
-                    rounds_done or ctx.stats.rounds[-1].stop_reason in STOPPED_QUIET):
+            stop_reason = ctx.stats.rounds[-1].stop_reason
+            if speaker.quiet and not tools_spoke and (rounds_done or stop_reason in STOPPED_QUIET):
                 await speaker.say_text(NO_WORDS)
+            elif stop_reason == "max_tokens" and speaker.mid_sentence:
+                await speaker.say_text(APOLOGY_CUT)     # not half a sentence, then silence
             return
 
 
