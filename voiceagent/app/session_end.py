@@ -40,15 +40,21 @@ def _handoff_data(text: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def hands_off(handoff_data: str) -> bool:
+    """The session's ``end`` asked for a person (else its answer is a goodbye)."""
+    handoff = _handoff_data(handoff_data)
+    return handoff.get("handoff") is True or handoff.get("reasonCode") == HANDOFF_REASON
+
+
 def session_over(runtime: Runtime, call_sid: str, handoff_data: str,
                  use_case: UseCase | None) -> Response:
     """A handoff or a goodbye, as the session's ``end`` asked: the call's relay is over."""
     if call_sid:
         runtime.relay_answers.relay_ended(call_sid)
+    if not hands_off(handoff_data):
+        return _xml(twiml.say_and_hang_up(GOODBYE))
     handoff = _handoff_data(handoff_data)
     reason = str(handoff.get("reasonCode", ""))
-    if handoff.get("handoff") is not True and reason != HANDOFF_REASON:
-        return _xml(twiml.say_and_hang_up(GOODBYE))
     if use_case is None:
         log.warning("handoff asked for, but the call's session or use case could not be had "
                     "(see the line before): the caller heard goodbye, not a person")

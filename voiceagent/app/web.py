@@ -27,6 +27,7 @@ from voiceagent.app.phone_page import UNSIGNED_ELSEWHERE, PhoneDesk, addressed_h
 from voiceagent.app.relay_answers import ActionReplayed
 from voiceagent.app.relay_route import relay, relay_path, signed
 from voiceagent.app.runtime import Runtime
+from voiceagent.app.session_end import hands_off
 from voiceagent.app.session_end import session_over as _session_over
 from voiceagent.app.sessions import (
     MAX_RECONNECTS,
@@ -182,11 +183,17 @@ async def action_webhook(runtime: Runtime) -> Response:
         if call_sid:
             runtime.relay_answers.relay_ended(call_sid)
         return Response(twiml.empty(), mimetype=XML)
+    handoff_data = form.get("HandoffData", "")
+    if status != "failed" and not hands_off(handoff_data):
+        # a goodbye: nothing stored changes it, and a store that is down held it for the
+        # flush's timeout in silence, then turned it into the apology for a refused call
+        return _session_over(runtime, call_sid, handoff_data, None)
     session = None
     # everything a reconnect waits for ends by then (Twilio gives up on a webhook at 15 s)
     deadline = trio.current_time() + settings.flush_timeout_s
     if call_sid:
-        # the socket's write-behind may still hold this call's last messages
+        # the socket's write-behind may still hold this call's last messages (its session
+        # item too, when the store was slow as the call began)
         await runtime.writer.flush(call_sid, timeout_s=settings.flush_timeout_s)
         try:
             item = await runtime.store.get(call_sid, "connection")
@@ -256,7 +263,7 @@ async def action_webhook(runtime: Runtime) -> Response:
             ws_url=ws_url, action_url=_base_url(settings) + "/action", use_case=use_case,
             parameters={TOKEN_PARAMETER: renewed.token}, greeting=False)
         return Response(document, mimetype=XML)
-    return _session_over(runtime, call_sid, form.get("HandoffData", ""), use_case)
+    return _session_over(runtime, call_sid, handoff_data, use_case)
 
 
 def _count_reconnect(runtime: Runtime, outcome: str, call_sid: str) -> None:
