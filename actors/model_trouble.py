@@ -35,9 +35,9 @@ def failed(ctx: CallContext, code: str) -> str | None:
     if ctx.stats.failed_in_a_row < FAILED_TURNS_BEFORE_GOODBYE:
         return None
     handoff = ctx.use_case.handoff.mode != "none"
-    log.warning("the model failed turns in a row: ending the call",
-                extra={"failed_turns": ctx.stats.failed_in_a_row, "code": code,
-                       "handoff": handoff})
+    # per call, as any other end of a call is; the failure itself is the backend's episode
+    log.info("ending the call", extra={"reason": END_REASON, "code": code, "handoff": handoff,
+                                       "failed_turns": ctx.stats.failed_in_a_row})
     data: dict[str, object] = {"reasonCode": END_REASON}
     if handoff:
         data["handoff"] = True

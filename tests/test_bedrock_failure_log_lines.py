@@ -16,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 
+from actors.model_trouble import FAILED_TURNS_BEFORE_GOODBYE
 from tests.fake_bedrock import FakeBedrock, HttpError, RecordedRequest, Reply, text_reply
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from tests.test_bedrock import collect, request
@@ -87,9 +88,10 @@ def _throttled(request: RecordedRequest) -> Reply:
 
 async def test_a_throttled_turn_is_one_line_beside_the_episode(
         tmp_path: Path, fake_bedrock: FakeBedrock, records: list[logging.LogRecord]) -> None:
-    """Through the real server and real sockets: three calls, four turns each, every one
-    throttled. Each turn's apology is its 'turn done' line, naming the error, under its
-    CallSid; the fact that Bedrock throttles is said once."""
+    """Through the real server and real sockets: three calls, three turns each (the third
+    failed turn in a row ends the call), every one throttled. Each turn's apology is its
+    'turn done' line, naming the error, under its CallSid; the fact that Bedrock throttles
+    is said once."""
     fake_bedrock.responder = _throttled
     settings = make_settings(tmp_path, LLM="bedrock", AWS_REGION="us-east-1")
     with trio.fail_after(60):
@@ -99,7 +101,7 @@ async def test_a_throttled_turn_is_one_line_beside_the_episode(
                     nursery.start_soon(_call, server.url)
             await server.runtime.calls.wait_idle()
     events = Counter(r.getMessage() for r in records)
-    assert events["turn done"] == 12
+    assert events["turn done"] == 3 * FAILED_TURNS_BEFORE_GOODBYE
     done = [r for r in records if r.getMessage() == "turn done"]
     assert {vars(r)["model_error"] for r in done} == {"ModelThrottled"}
     assert len({vars(r)["call_sid"] for r in done}) == 3
@@ -111,7 +113,7 @@ async def test_a_throttled_turn_is_one_line_beside_the_episode(
 
 async def _call(url: str) -> None:
     async with open_call(url, auth_token=AUTH_TOKEN) as call:
-        for _ in range(4):
+        for _ in range(FAILED_TURNS_BEFORE_GOODBYE):
             await call.say("what are your hours?")
             await call.read_reply()
         await call.hang_up()
