@@ -18,6 +18,7 @@ from voiceagent.app.cli_store import export_files
 from voiceagent.catalog import read_config_dir
 from voiceagent.errors import ConfigError
 from voiceagent.relay.protocol import Config, Hints
+from voiceagent.relay_values import CHOICES, FLAGS, RANGES
 from voiceagent.store import config_records
 from voiceagent.tools.registry import default_registry
 from voiceagent.usecases import UseCase
@@ -57,15 +58,27 @@ def _error(tmp_path: Path, **changes: Any) -> tuple[Path, ConfigError]:
     return path, caught.value
 
 
+def _value(name: str) -> str:
+    """Text for the attribute ``name`` that its documented values (``relay_values``) allow:
+    free text where Twilio documents none."""
+    if name in CHOICES:
+        return CHOICES[name][-1]
+    if name in FLAGS:
+        return "true"
+    if name in RANGES:
+        return str(RANGES[name][0])
+    return f"v-{name}"
+
+
 # ------------------------------------------------------------------ relay and relay_extra
 
 
 def test_every_builder_named_relay_attribute_is_accepted_and_rendered(tmp_path: Path) -> None:
     names = _named(Connect.conversation_relay, leave_out="url")
     assert {"welcomeGreeting", "speechTimeout", "turnDetection"} <= set(names)
-    use_case = _load(tmp_path, relay={name: f"v-{name}" for name in names})
+    use_case = _load(tmp_path, relay={name: _value(name) for name in names})
     attributes = relay_element(use_case).attrib
-    assert {name: attributes[name] for name in names} == {name: f"v-{name}" for name in names}
+    assert {name: attributes[name] for name in names} == {name: _value(name) for name in names}
     assert attributes["url"] == "wss://a.example/relay"
 
 
@@ -130,7 +143,7 @@ def test_a_relay_value_must_be_a_scalar(tmp_path: Path) -> None:
 def test_every_builder_named_language_attribute_is_accepted(tmp_path: Path) -> None:
     names = [n for n in _named(ConversationRelay.language) if n != "code"]
     assert {"voice", "ttsProvider", "hints", "asrSmartFormat"} <= set(names)
-    entry = {"code": "es-ES"} | {name: f"v-{name}" for name in names}
+    entry = {"code": "es-ES"} | {name: _value(name) for name in names}
     use_case = _load(tmp_path, languages=[entry])
     (language,) = use_case.languages
     assert language.code == "es-ES"

@@ -29,6 +29,7 @@ from twilio.twiml import lower_camel
 from twilio.twiml.voice_response import Connect, ConversationRelay
 
 from voiceagent.relay.protocol import Config, Hints, Setting
+from voiceagent.relay_values import ANY_NONE_ATTRIBUTES, value_problem
 
 RELAY_EXTRA_NAME = re.compile(r"^[a-z][A-Za-z0-9]*$")
 
@@ -99,10 +100,19 @@ def stored(info: ValidationInfo) -> bool:
 
 def on_off(attributes: Mapping[str, Setting]) -> dict[str, Setting]:
     """``attributes`` as Twilio spells them: a boolean of an auto/on/off attribute is "on" or
-    "off". Applied where TwiML and messages are made, so stored items stay as they were."""
-    return {name: ("on" if value else "off")
-            if name in ON_OFF_ATTRIBUTES and isinstance(value, bool) else value
-            for name, value in attributes.items()}
+    "off", of a none/dtmf/speech/any one "any" or "none". Applied where TwiML and messages are
+    made, so stored items stay as they were."""
+    return {name: _spelled(name, value) for name, value in attributes.items()}
+
+
+def _spelled(name: str, value: Setting) -> Setting:
+    if not isinstance(value, bool):
+        return value
+    if name in ON_OFF_ATTRIBUTES:
+        return "on" if value else "off"
+    if name in ANY_NONE_ATTRIBUTES:
+        return "any" if value else "none"
+    return value
 
 
 def _did_you_mean(name: str, allowed: frozenset[str]) -> str | None:
@@ -161,8 +171,12 @@ def hints_joined(data: Any) -> Any:
 
 
 def _text_not_bool(value: dict[str, Setting], info: ValidationInfo) -> dict[str, Setting]:
+    """Also the values Twilio documents (``relay_values``): an attribute Twilio cannot use
+    is found at load, not by the callers of every call."""
     if not stored(info):                # an older release stored it: served as it was
         for name, setting in value.items():
+            if (problem := value_problem(name, setting)) is not None:
+                raise key_problem((name,), problem)
             if name in TEXT_ATTRIBUTES and isinstance(setting, bool):
                 raise key_problem((name,), f"{name} takes text, not true/false; "
                                    + quote_it(setting, name))

@@ -1,0 +1,92 @@
+"""The values Twilio documents for the ``<ConversationRelay>`` attributes that take one of a
+few (``interruptible``, ``interruptSensitivity`` ...), on/off flags, and ranges, checked when a
+use case file is loaded.
+
+Why at load: the twilio builder writes whatever it is given, and Twilio reads the attributes
+only when a call is answered, so a typo (``interruptible: speach``) reached every call to the
+use case, found by a caller. What Twilio does with such a value is documented only for some
+(an invalid provider and voice pair ends the call); the safe side is to send none.
+
+Sources: Twilio's TwiML ``<ConversationRelay>`` reference
+(https://www.twilio.com/docs/voice/twiml/connect/conversationrelay), its 1 Apr 2025 changelog
+(``interruptible``'s booleans), and the installed builder's docstrings for the newer ones.
+An attribute whose values are not documented is not checked here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+
+from voiceagent.relay.outbound import Setting
+
+_INPUTS = ("none", "dtmf", "speech", "any")
+_ON_OFF = ("auto", "on", "off")
+
+# Attributes that take one of a few words, spelled as Twilio documents them.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "interruptible": _INPUTS,
+    "welcomeGreetingInterruptible": _INPUTS,
+    "reportInputDuringAgentSpeech": _INPUTS,
+    "interruptSensitivity": ("low", "medium", "high"),
+    "ttsTextNormalization": _ON_OFF,
+    "elevenlabsTextNormalization": _ON_OFF,
+}
+
+# Of those, the ones a boolean is fine for: written as the word it stands for where the
+# TwiML and messages are made (``ANY_NONE_ATTRIBUTES``, ``ON_OFF_ATTRIBUTES``), or documented
+# as an alias (``interruptible``: true = any, false = none).
+BOOLEAN_OK = frozenset(CHOICES) - {"interruptSensitivity"}
+
+# ``reportInputDuringAgentSpeech`` was a boolean once; Twilio now documents only
+# none/dtmf/speech/any for it (and the builder's docstring still says "Whether"). A boolean
+# goes out as the documented word with the same meaning, so no call depends on Twilio still
+# taking the old form.
+ANY_NONE_ATTRIBUTES = frozenset({"reportInputDuringAgentSpeech"})
+
+# On/off attributes: true or false (YAML's yes/no/on/off are read as those too)
+FLAGS = frozenset({
+    "dtmfDetection", "partialPrompts", "preemptible", "profanityFilter",
+    "deepgramSmartFormat", "ignoreBackchannel", "partialPromptOnHangup", "asrSmartFormat",
+    "ttsLanguageTextNormalization", "elevenlabsLanguageTextNormalization",
+    "applicationReconnect", "echoPromptFiltering", "turnDetection"})
+
+RANGES: dict[str, tuple[float, float]] = {"eagerEotThreshold": (0.3, 0.9)}
+
+
+def value_problem(name: str, value: Setting) -> str | None:
+    """What is wrong with ``value`` for the attribute ``name``, or None: also None for an
+    attribute whose values Twilio does not document."""
+    if name in CHOICES:
+        if isinstance(value, bool):
+            return None if name in BOOLEAN_OK else _choose(name, value)
+        return None if str(value) in CHOICES[name] else _choose(name, value)
+    if name in FLAGS:
+        if isinstance(value, bool) or value in ("true", "false"):
+            return None
+        return f"{name} is on or off: write true or false, not {value!r}"
+    if name in RANGES:
+        low, high = RANGES[name]
+        number = _number(value)
+        if number is None or not low <= number <= high:
+            return f"{name} is a number from {low} to {high}, not {value!r}"
+    return None
+
+
+def _choose(name: str, value: Setting) -> str:
+    allowed = CHOICES[name]
+    close = difflib.get_close_matches(str(value).lower(), allowed, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    also = " or true/false" if name in BOOLEAN_OK else ""
+    return (f"{name} takes one of {', '.join(allowed)}{also}, as Twilio documents it; "
+            f"{value!r} would reach Twilio only when a call is answered{hint}")
+
+
+def _number(value: Setting) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
