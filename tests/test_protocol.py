@@ -524,6 +524,9 @@ def test_play_checks() -> None:
         Play("")
     with pytest.raises(ValueError, match=">= 0"):
         Play("https://example.com/a.mp3", loop=-1)
+    with pytest.raises(ValueError, match=r"at most 1000 .* not 1001"):
+        Play("https://example.com/a.mp3", loop=1001)
+    assert Play("https://example.com/a.mp3", loop=1000).loop == 1000
 
 
 # ---------------------------------------------------------------- properties

@@ -32,6 +32,7 @@ class Text:
 # Twilio documents no limit; every HTTP stack and CDN takes this much, and a longer one is
 # more likely model output pasted into a URL than an address of an audio file
 MAX_PLAY_SOURCE = 2048
+MAX_PLAY_LOOP = 1000                # Twilio's maximum ("0 means 1000 times")
 
 
 def play_source_problem(source: str) -> str | None:
@@ -74,8 +75,11 @@ class Play:
                             f"{type(self.source).__name__}")
         if (problem := play_source_problem(self.source)) is not None:
             raise ValueError(f"Play.source {problem}")
-        if self.loop is not None and self.loop < 0:
-            raise ValueError("Play.loop must be >= 0 (0 means 1000 times)")
+        # Twilio: 0 plays it 1000 times, "the maximum"; a larger count is a play it drops
+        # (64107), and the caller hears nothing
+        if self.loop is not None and not 0 <= self.loop <= MAX_PLAY_LOOP:
+            raise ValueError(f"Play.loop must be >= 0 and at most {MAX_PLAY_LOOP} "
+                             f"(0 means {MAX_PLAY_LOOP} times), not {self.loop}")
 
 
 _SEND_DIGITS = re.compile(r"[0-9w#*]+")
