@@ -3,7 +3,7 @@
 ``RelayAnswers`` remembers each failed relay session ``/action`` answered (a replay racing
 the store's mark is refused in memory), and every ``/action`` once scanned all of them twice,
 to prune and to count the call's earlier answers: ~100 us each after a mass reconnect of
-1000 calls. ``Sessions._pending`` holds each session ``/twiml`` (or a renewal) minted until
+1000 calls. ``SessionOffers`` holds each session ``/twiml`` (or a renewal) minted until
 its socket comes, and was pruned only by the next one: on a quiet process it stayed, with
 the caller's profile in its prompt, until the next call. On the virtual clock.
 """
@@ -28,7 +28,7 @@ from tests.test_sessions_elsewhere import (
     _store_with_use_case,
 )
 from voiceagent.app.relay_answers import ActionReplayed, RelayAnswers
-from voiceagent.app.sessions import PENDING_TTL_S
+from voiceagent.app.session_offers import PENDING_TTL_S
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 
@@ -113,9 +113,9 @@ async def test_a_minted_session_whose_socket_never_came_is_forgotten_with_no_lat
             await sessions.prepare({"CallSid": other, "From": "+15555550101",
                                     "To": "+15555550199"})
             await trio.sleep_until(start + PENDING_TTL_S - 1)
-            assert list(sessions._pending) == [CALL_SID, other]
+            assert list(sessions._offers) == [CALL_SID, other]
             await trio.sleep_until(start + PENDING_TTL_S + 1)
-            assert list(sessions._pending) == [other]
+            assert list(sessions._offers) == [other]
             await trio.sleep_until(start + 60 + PENDING_TTL_S + 1)
-            assert not sessions._pending
+            assert not sessions._offers
             nursery.cancel_scope.cancel()

@@ -625,7 +625,7 @@ async def test_a_socket_evicted_as_its_setup_arrives_is_not_cut_after_claiming()
 
     class InMemory:
         async def resolve(self, setup: Any, *, on_retry: Any) -> Any:
-            claimed.append(setup.call_sid)      # found in _pending: no await at all
+            claimed.append(setup.call_sid)      # found among the offers: no await at all
             return SimpleNamespace(call_sid=setup.call_sid, generation=0)
 
     served = await served_after_eviction(InMemory(), trio.Event(), setup_arrives=True)

@@ -24,9 +24,9 @@ import voiceagent.store.records as records
 from actors.call import CallPlan, CallRejected
 from tests.fakes import MemoryStore
 from tests.sessions_support import sessions_on, setup_message
+from voiceagent.app.session_offers import PENDING_TTL_S
 from voiceagent.app.sessions import (
     MINTED_ELSEWHERE_WAITS_S,
-    PENDING_TTL_S,
     SESSION_WRITE_S,
     SOCKET_CLOSED_GRACE_S,
     SessionBusy,
@@ -705,19 +705,19 @@ async def test_a_renewal_whose_socket_never_came_is_forgotten(autojump_clock: An
         a.release(CALL_SID)
         await _drained(a_writer)
         renewed, _ = await a.renew(first)              # Twilio reconnects; no socket comes
-        assert CALL_SID in a._pending
+        assert CALL_SID in a._offers
         await trio.sleep(PENDING_TTL_S + 1)
         other = replace(renewed, call_sid="CA" + "e" * 32, token="t2")
         await a._offer(other, resumes=True)            # the next renewal, for another call
-    assert CALL_SID not in a._pending
-    assert other.call_sid in a._pending
+    assert CALL_SID not in a._offers
+    assert other.call_sid in a._offers
 
 
 async def test_stale_offers_are_dropped_oldest_first_and_a_renewed_one_counts_anew(
         autojump_clock: Any) -> None:
-    """``_forget_stale`` drops from the front instead of scanning every offer, so the order
-    must stay the minting order: an offer made again (a renewal) moves to the back, and
-    does not keep an older one behind it alive."""
+    """``SessionOffers.forget_stale`` drops from the front instead of scanning every offer,
+    so the order must stay the minting order: an offer made again (a renewal) moves to the
+    back, and does not keep an older one behind it alive."""
     store = await _store_with_use_case()
     a, a_writer = _process(store)
     with trio.fail_after(PENDING_TTL_S * 3):
@@ -730,6 +730,8 @@ async def test_stale_offers_are_dropped_oldest_first_and_a_renewed_one_counts_an
         await trio.sleep(40)
         await a._offer(replace(early, token="t-early-again", generation=1), resumes=True)
         await trio.sleep(PENDING_TTL_S - 35)       # `later` is stale, `early` made again is not
-        a._forget_stale()
-    assert later.call_sid not in a._pending
-    assert a._pending[early.call_sid][1].token == "t-early-again"
+        a._offers.forget_stale()
+    assert later.call_sid not in a._offers
+    offer = a._offers.get(early.call_sid)
+    assert offer is not None
+    assert offer.session.token == "t-early-again"

@@ -8,7 +8,7 @@ after the second round every per-call structure is back where the first left it,
 not measured in bytes (over 900 such calls the traced heap grew ~150 B a call between
 checkpoints: trio's stale deadline entries, which it prunes, and the measuring itself).
 
-``Sessions._pending`` and ``RelayAnswers._answered`` are kept for PENDING_TTL_S by design (a
+``SessionOffers`` and ``RelayAnswers._answered`` are kept for PENDING_TTL_S by design (a
 socket may still come; a replay may still race): here they hold only what this test made
 in the last two minutes, and the unit test below shows the answers pruned after it.
 """
@@ -37,7 +37,7 @@ from voiceagent.app.caller import (
 )
 from voiceagent.app.relay_answers import ActionReplayed, RelayAnswers
 from voiceagent.app.runtime import Runtime
-from voiceagent.app.sessions import PENDING_TTL_S
+from voiceagent.app.session_offers import PENDING_TTL_S
 from voiceagent.settings import Settings
 from voiceagent.signature import sign
 from voiceagent.store.base import Store
@@ -125,7 +125,7 @@ async def _held(runtime: Runtime) -> dict[str, int]:
         "sessions live": len(sessions._live), "renewals waiting": len(sessions._gone),
         "winding down": len(sessions._closing), "wind-down marks": len(sessions._wind_downs),
         "lookups": len(sessions._spent._looking), "spent tokens": len(sessions._spent._spent),
-        "offers": len(sessions._pending), "calls live": len(runtime.calls.live),
+        "offers": len(sessions._offers), "calls live": len(runtime.calls.live),
         "claims": runtime.claims_running,       # (calls.reports: the last 100, for tests)
         "sockets waiting": len(runtime.sockets_waiting), "queued": runtime.writer.pending,
         "queued calls": len(runtime.writer._last_by_call),

@@ -21,7 +21,7 @@ import trio
 
 import voiceagent.store.records as records
 from voiceagent.app.session_claims import SESSION_WRITE_S
-from voiceagent.app.sessions import PENDING_TTL_S
+from voiceagent.app.session_offers import PENDING_TTL_S
 from voiceagent.app.socket_marks import refuse_after_agent_end
 from voiceagent.errors import StoreError
 from voiceagent.settings import Settings

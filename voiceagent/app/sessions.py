@@ -2,9 +2,9 @@
 
 ``/twiml`` picks the use case, renders the prompt, mints a token that goes to Twilio in a
 ``<Parameter>`` and comes back in ``setup``, and writes the session item before it answers
-(``_offer``). The socket finds the session in this process's memory (no store round trip),
-else in the store (the webhook landed on another process), where it may not have landed
-yet: see ``spent_tokens.minted_elsewhere``.
+(``_offer``). The socket finds the session in this process's memory (``session_offers``: no
+store round trip), else in the store (the webhook landed on another process), where it may
+not have landed yet: see ``spent_tokens.minted_elsewhere``.
 
 Why a token at all: Twilio's signature on the WebSocket upgrade covers only the URL, which
 is the same for every call, so a captured signed upgrade could otherwise open any call with
@@ -41,7 +41,7 @@ import datetime as dt
 import logging
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import NamedTuple
@@ -53,6 +53,7 @@ from actors.call import CallPlan, CallRejected
 from actors.messages import Setup
 from voiceagent.app.saved_history import SavedHistory, saved_history
 from voiceagent.app.session_claims import SESSION_WRITE_S, SessionClaims
+from voiceagent.app.session_offers import SessionOffers
 from voiceagent.app.socket_marks import SOCKET_CLOSED_GRACE_S, previous_socket_ended
 from voiceagent.app.spent_tokens import SpentTokens, matches, minted_elsewhere
 from voiceagent.catalog import Catalog
@@ -66,7 +67,6 @@ from voiceagent.usecases import render_prompt
 log = logging.getLogger(__name__)
 
 TOKEN_PARAMETER = "sessionToken"
-PENDING_TTL_S = 120.0            # a /twiml whose socket never came is forgotten after this
 # A session minted by another process may still be queued there (its store stalled, or a
 # renewal waits behind the call's writes): read the store again after each of these pauses
 # (~1.5 s in all) before refusing.
@@ -109,10 +109,7 @@ class Sessions:
         self._catalog = catalog
         self._writer = writer
         self._claims = SessionClaims(writer=writer, ttl_s=settings.session_ttl_s)
-        # minted, not claimed yet, oldest first (a dict finds its first entry by walking past
-        # those deleted): when, the session, and whether it resumes a conversation
-        self._pending: OrderedDict[str, tuple[float, records.CallSession, bool]] = OrderedDict()
-        self._pending_added = trio.Event()
+        self._offers = SessionOffers()          # minted here, their sockets not come yet
         self._live: dict[str, int] = {}         # CallSids with a socket here: its generation
         self._spent = SpentTokens()             # claimed while other sockets looked them up
         self._gone: dict[str, trio.Event] = {}  # set when that socket ends (a renewal waits)
@@ -125,11 +122,11 @@ class Sessions:
         """Build the session for Twilio's call webhook (form fields CallSid, From, To).
         Raises ``SessionExists`` for a CallSid already prepared, here or in the store."""
         call_sid, caller, called = form["CallSid"], form.get("From", ""), form.get("To", "")
-        self._forget_stale()
-        if call_sid in self._pending or call_sid in self._live or await self._seen(call_sid):
+        self._offers.forget_stale()
+        if call_sid in self._offers or call_sid in self._live or await self._seen(call_sid):
             raise SessionExists(call_sid)
         session = await self._build(call_sid, caller, called, token=secrets.token_urlsafe(18))
-        if call_sid in self._pending or call_sid in self._live:     # raced while building
+        if call_sid in self._offers or call_sid in self._live:      # raced while building
             raise SessionExists(call_sid)
         if not await self._offer(session, resumes=False):   # another process's answer stands
             raise SessionExists(call_sid)
@@ -178,17 +175,11 @@ class Sessions:
         calls, the backlog being seconds long. It is written on condition, the store
         deciding (``session_claims``): False when another session of its generation, or a
         later one, is there. A slow or failing store leaves it to the queue after
-        ``SESSION_WRITE_S``: True then, and the socket here is served. Stale offers go
-        first: a process that answers only renewals (``/action``) kept every one whose
-        socket never came."""
-        self._forget_stale()
-        self._pending.pop(session.call_sid, None)     # re-entered at the end: oldest first
-        self._pending[session.call_sid] = (trio.current_time(), session, resumes)
-        self._pending_added.set()
+        ``SESSION_WRITE_S``: True then, and the socket here is served."""
+        self._offers.add(session, resumes=resumes)
         if await self._claims.offer(session) is not False:
             return True
-        if self._pending.get(session.call_sid, (0.0, None, False))[1] is session:
-            del self._pending[session.call_sid]       # its token never leaves this process
+        self._offers.withdraw(session)
         return False
 
     async def resolve(self, setup: Setup, *,
@@ -207,13 +198,13 @@ class Sessions:
             raise CallRejected("no session token in setup")
         if call_sid in self._live:
             raise CallRejected("a socket is already connected for this call")
-        pending = self._pending.get(call_sid)
-        if pending is not None and matches(pending[1], token):
-            _, session, resumes = pending
+        offer = self._offers.get(call_sid)
+        if offer is not None and matches(offer.session, token):
+            session, resumes = offer.session, offer.resumes
         else:
             # Not minted here, or minted here and renewed since by another process: the call's
             # first socket went elsewhere, failed, and the reconnect's socket came back here
-            # (a stale pending session refused it at once before)
+            # (a stale offer refused it at once before)
             session = await self._minted_elsewhere(call_sid, token, on_retry)
             resumes = True
         if not matches(session, token):
@@ -224,13 +215,13 @@ class Sessions:
         use_case = await self._catalog.use_case(session.use_case)
         if call_sid in self._live:                  # another socket won while we waited
             raise CallRejected("a socket is already connected for this call")
-        minted_here = pending is not None and pending[1] is session
+        minted_here = offer is not None and offer.session is session
         if not (self._spent.spend(call_sid, session.generation)     # ...and is gone
                 and await self._claims.claim(session, in_memory=minted_here)):
             if minted_here:                 # claimed on another process: gone here too
-                self._pending.pop(call_sid, None)
+                self._offers.discard(call_sid)
             raise CallRejected("this call's session token was used already")
-        self._pending.pop(call_sid, None)
+        self._offers.discard(call_sid)
         self._live[call_sid] = session.generation
         if saved.set_aside_at:          # ahead of everything this socket writes: see records
             self._writer.submit(records.set_aside_item(call_sid, saved.set_aside_at,
@@ -288,9 +279,9 @@ class Sessions:
         process after SOCKET_CLOSED_GRACE_S and resumed the call without the tool's result,
         which the history repair then calls an error (the order placed, the caller told it
         failed). One task for every call; each mark is written in a task of its own. And
-        forgets the offers whose socket never came (``_expire_pending``)."""
+        forgets the offers whose socket never came (``SessionOffers.expire``)."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._expire_pending)
+            nursery.start_soon(self._offers.expire)
             task_status.started()
             while True:
                 if not self._wind_downs:
@@ -370,30 +361,3 @@ class Sessions:
             caller=caller,
             called=called, profile=profile, greeting=use_case.welcome_greeting,
             created_at=now)
-
-    async def _expire_pending(self) -> None:
-        """Forget each offer PENDING_TTL_S after it was made, on a quiet process too:
-        ``prepare`` and ``_offer`` forget them only when the next one comes, and each holds
-        a rendered prompt with the caller's profile in it. Wakes when the oldest expires (an
-        offer made meanwhile is newer): its work is what it drops, each offer made by a
-        signed request."""
-        while True:
-            if not self._pending:
-                self._pending_added = trio.Event()
-                await self._pending_added.wait()
-                continue
-            at, _, _ = next(iter(self._pending.values()))
-            await trio.sleep_until(at + PENDING_TTL_S)
-            self._forget_stale()
-
-    def _forget_stale(self) -> None:
-        """Drop the sessions minted PENDING_TTL_S ago or more, from the front: ``_pending``
-        is kept oldest first, so each call costs what it drops, not a scan of every session
-        minted in the last two minutes (with several processes, most of them claimed on
-        another process and never removed here)."""
-        now = trio.current_time()
-        while self._pending:
-            at, _, _ = next(iter(self._pending.values()))
-            if at + PENDING_TTL_S > now:
-                return
-            self._pending.popitem(last=False)

@@ -7,7 +7,7 @@ claim is refused while a socket is connected for the call, but the first socket 
 claimed and gone by the time the second one re-checks, which then found nothing connected
 and was served the same call. So a claim records its session's generation for as long as
 any lookup of that call is in flight; a lookup that ends after it is refused. Memory stays
-with the calls being looked up: once none is, the spent token is gone from ``_pending`` and
+with the calls being looked up: once none is, the spent token is gone from the offers here and
 consumed in the store, or queued here to be, which ``newest_session`` prefers to the store.
 """
 
