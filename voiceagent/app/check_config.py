@@ -5,6 +5,7 @@ tool nobody registered; a check that only looked at Bedrock passed such a config
 LLM=scripted (what ``voiceagent init`` writes). This step builds the registry as ``serve``
 does and checks what the service will read: the table's use cases (STORE=dynamodb, read by
 the store check), else CONFIG_DIR. The model check then asks the models these use cases name.
+It also notes, without failing, the tools that can leave a caller in silence (no ``filler``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import UseCase
 
 NAME = "use cases and tools"
+# a filler is said once a tool has run 1 s (actors.tool_filler.FILLER_AFTER_S); a tool whose
+# limit is longer than this can hold a caller in a silence that makes them ask "hello?"
+SILENCE_NOTE_OVER_S = 3.0
 FIX_ADVICE = ("fix that file (config/README.md lists every key) or tool module "
               "(docs/tools.md), or point CONFIG_DIR at a folder laid out like config/")
 
@@ -47,7 +51,8 @@ async def config_check(ctx: CheckContext) -> list[Outcome]:
     where = ("" if settings.store == "sqlite"
              else " (the table was not read: checked what `voiceagent config load` writes)")
     return [passed(NAME, _summary(config.use_cases, registry, settings)
-                   + f" in {ctx.use_cases_from}{where}")]
+                   + f" in {ctx.use_cases_from}{where}"
+                   + _silences(config.use_cases, registry, "in its use case's file"))]
 
 
 def _stored_outcome(ctx: CheckContext, registry: ToolRegistry,
@@ -75,7 +80,9 @@ def _stored_outcome(ctx: CheckContext, registry: ToolRegistry,
                       "the use case in config/ and run `voiceagent config load`")
     note = ("; served, but `voiceagent config load` would refuse: " + "; ".join(notes)
             if notes else "")
-    return passed(NAME, _summary(use_cases, registry, ctx.settings) + " in the table" + note)
+    return passed(NAME, _summary(use_cases, registry, ctx.settings) + " in the table" + note
+                  + _silences(use_cases, registry,
+                              "in config/, then run `voiceagent config load`"))
 
 
 def _summary(use_cases: tuple[UseCase, ...], registry: ToolRegistry,
@@ -84,3 +91,28 @@ def _summary(use_cases: tuple[UseCase, ...], registry: ToolRegistry,
     extra = f", TOOLS={','.join(settings.tools_modules)}" if settings.tools_modules else ""
     return (f"{len(use_cases)} use case(s) naming {len(named)} tool(s), all among the "
             f"{len(registry.names())} registered{extra}")
+
+
+def _silences(use_cases: tuple[UseCase, ...], registry: ToolRegistry, where: str) -> str:
+    """A note (not a failure: a tool may well answer fast) on the tools a model can call
+    without a word first and that may run past ``SILENCE_NOTE_OVER_S`` with no ``filler``:
+    the caller hears nothing until the tool ends, up to its timeout. Tools that end the call
+    are left out: they cannot have a filler (the model says goodbye itself)."""
+    found: list[str] = []
+    for use_case in use_cases:
+        silent = []
+        for declaration in use_case.tools:
+            definition = registry.get(declaration.name)
+            if definition is None or definition.ends_turn or declaration.filler is not None:
+                continue
+            limit_s = declaration.timeout_s or definition.timeout_s   # as the executor runs it
+            if limit_s > SILENCE_NOTE_OVER_S:
+                silent.append(f"{declaration.name} (up to {limit_s:g} s)")
+        if silent:
+            found.append(f"use case {use_case.name}: {', '.join(silent)}")
+    if not found:
+        return ""
+    return ("; no filler, so a caller hears silence while these run when the model calls "
+            "them without a word first: " + "; ".join(found) + "; give each a filler, said "
+            "once it has run 1 s (`filler: \"One moment while I check that.\"` in its "
+            f"declaration, {where}; docs/tools.md); one that plays audio itself needs none")
