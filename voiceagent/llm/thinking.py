@@ -53,12 +53,21 @@ def thinking_support(model_id: str) -> bool | None:
     return minor <= 6 and (found["family"] != "haiku" or minor >= 5)
 
 
+def adaptive_only(model_id: str) -> bool:
+    """Whether ``model_id`` is a Claude model from Opus 4.7 on, which thinks only adaptively
+    and refuses sampling parameters too (``samplers``). A Claude id not known to be older
+    counts as newer: lists of the new ones broke with every release. False when the id cannot
+    tell (an application-inference-profile ARN)."""
+    if thinking_support(model_id) is not False or not _ANY_CLAUDE.search(model_id):
+        return False
+    found = _CLAUDE.search(model_id)
+    return _BEFORE_THINKING.search(model_id) is None and not (
+        found is not None and found["family"] == "haiku" and int(found["minor"] or 0) < 5)
+
+
 def why_not(model_id: str) -> str:
     """Why ``model_id`` cannot take a budget, for an error or a warning."""
-    found = _CLAUDE.search(model_id)
-    before = _BEFORE_THINKING.search(model_id) is not None or (
-        found is not None and found["family"] == "haiku" and int(found["minor"] or 0) < 5)
-    if _ANY_CLAUDE.search(model_id) and not before:
+    if adaptive_only(model_id):
         return (f"{model_id} thinks only adaptively (as Claude Opus 4.7 and later do) and "
                 "refuses a thinking budget (a ValidationException on every turn)")
     if _ANY_CLAUDE.search(model_id):
