@@ -15,7 +15,8 @@ or RST), ``HangupBeforeHeaders`` (closed after the request, not one byte answere
 Every request body is recorded and checked against Converse's rules; problems collect in
 ``violations`` so a test asserts there are none. A request that leaves out (or changes) the
 reasoning a reply sent with its tool use is answered as Bedrock answers it for a Claude model
-thinking with tools, HTTP 400 ValidationException (``fake_reasoning``), and is a violation.
+thinking with tools, HTTP 400 ValidationException (``fake_reasoning``), and is a violation;
+so is one with a sampling parameter the model refuses (``fake_samplers``).
 Every connection records when the client closed it, from a reader that watches the socket
 while the reply is being written.
 
@@ -60,6 +61,7 @@ from urllib.parse import unquote
 import trio
 
 from tests.fake_reasoning import ReasoningRule
+from tests.fake_samplers import sampler_refusal
 from tests.http_requests import parse_request
 from voiceagent.catalog import read_config_dir
 from voiceagent.errors import ModelRejected
@@ -529,7 +531,9 @@ class FakeBedrock:
                 await _send_json(stream, 403, {"message": EXPIRED_TOKEN_MESSAGE},
                                  error_type="ExpiredTokenException")
                 return
-            if (refusal := self.reasoning.refusal(request.body)) is not None:
+            refusal = (sampler_refusal(request.model_id, request.body)
+                       or self.reasoning.refusal(request.body))
+            if refusal is not None:
                 self.violations.append(f"request {request.index}: {refusal}")
                 request.outcome = "http_error"      # no scripted reply taken, as Bedrock's
                 await _send_json(stream, 400, {"message": refusal},

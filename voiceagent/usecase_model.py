@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from voiceagent.llm.base import InferenceConfig, ModelOptions
-from voiceagent.llm.samplers import one_sampler_only
+from voiceagent.llm.samplers import no_samplers, one_sampler_only
 from voiceagent.llm.thinking import (
     MIN_BUDGET_TOKENS,
     MIN_TOP_P,
@@ -52,9 +52,17 @@ class InferenceSettings(Strict):
 
 
 def check_samplers(model: str | None, inference: InferenceSettings) -> None:
-    """Refuse (``key_problem``) temperature with top_p for a model that refuses the pair: it
-    would fail every turn. A use case that names no model gets MODEL_IDENTIFIER, which is
-    not known here."""
+    """Refuse (``key_problem``) a sampling parameter for a model that takes none, and
+    temperature with top_p for a model that refuses the pair: either would fail every turn.
+    A use case that names no model gets MODEL_IDENTIFIER, which is not known here."""
+    if model is not None and no_samplers(model):
+        key = "temperature" if inference.temperature is not None else "top_p"
+        if getattr(inference, key) is not None:
+            raise key_problem(("inference", key), f"{model} takes no sampling parameters "
+                              "(Claude Opus 4.7 and the models after it refuse temperature, "
+                              "top_p and top_k: a ValidationException on every turn); remove "
+                              "inference.temperature and inference.top_p")
+        return
     both = inference.temperature is not None and inference.top_p is not None
     if both and model is not None and one_sampler_only(model):
         raise key_problem(("inference", "top_p"), f"{model} refuses temperature and top_p "

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voiceagent.llm.base import InferenceConfig, LLMRequest, Message
-from voiceagent.llm.samplers import one_sampler
+from voiceagent.llm.samplers import fit_samplers
 from voiceagent.llm.thinking import thinking_fields
 
 CACHE_POINT_TYPE = "default"
@@ -62,7 +62,7 @@ def build_converse_request(request: LLMRequest) -> dict[str, Any]:
     if tools is not None:
         body["toolConfig"] = tools
     body["inferenceConfig"] = inference_config(request.inference)
-    one_sampler(body["inferenceConfig"], request.model_id, request.use_case)
+    fit_samplers(body["inferenceConfig"], request.model_id, request.use_case)
     options = request.options
     if options.latency_optimized:
         body["performanceConfig"] = {"latency": "optimized"}
