@@ -25,7 +25,7 @@ from hypercorn.typing import (
     Scope,
 )
 
-from voiceagent.app import connection_cycle, ws_compression
+from voiceagent.app import connection_cycle, http1_only, ws_compression
 from voiceagent.app.connection_cycle import EdgeConfig
 from voiceagent.app.ctrl_c import interrupt_alone, interrupts_escape
 from voiceagent.app.runtime import Runtime, open_runtime
@@ -76,6 +76,7 @@ def hypercorn_config(host: str, port: int, *, ping_interval_s: float = 20.0,
         raise ListenError(host, port, _listen_problem(err)) from err
     config.bind = [f"fd://{listener.detach()}"]
     config.websocket_max_message_size = HARD_FRAME_LIMIT
+    config.alpn_protocols = ["http/1.1"]   # HTTP/1.1 only, should TLS ever be ours (http1_only)
     # Twilio sends nothing on a quiet call and the ALB cuts idle connections (60 s default):
     # WebSocket pings keep the path alive without a frame Twilio would reject.
     config.websocket_ping_interval = ping_interval_s or None
@@ -174,6 +175,7 @@ async def serve(runtime: Runtime, *, host: str, port: int,
     config.edge_refusals = runtime.edge_refusals
     connection_cycle.install()
     ws_compression.install()
+    http1_only.install()
     peer_close.install()
     async with trio.open_nursery() as outer:
         app = interrupts_escape(bounded_bodies(create_app(runtime), runtime.edge_refusals))
