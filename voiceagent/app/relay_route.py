@@ -78,7 +78,7 @@ def _admit(runtime: Runtime, scope: dict[str, Any], phone: PhoneDesk | None) -> 
         url = settings.ws_url or signature.to_ws(base) + relay_path(runtime)
         if not signed(settings, url, {}, headers):
             runtime.signature_refused("upgrade_bad_signature", "bad signature on relay upgrade",
-                                      checked_url=url)
+                                      checked_url=url, **signature.unknown_algorithm(headers))
             raise _Refused("invalid signature")
         runtime.edge_refusals.succeeded()
     return bound

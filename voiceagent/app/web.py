@@ -96,7 +96,8 @@ async def _signed_form(runtime: Runtime) -> dict[str, str] | Response:
     if settings.validate_signatures and not signed(settings, url, received, _headers()):
         runtime.signature_refused("bad_signature", "bad signature", path=path,
                                   checked_url=url,
-                                  claimed_call_sid=received.get("CallSid", "")[:64])
+                                  claimed_call_sid=received.get("CallSid", "")[:64],
+                                  **signature.unknown_algorithm(_headers()))
         return Response("invalid signature", status=403)
     runtime.edge_refusals.succeeded()
     return dict(received.items())
