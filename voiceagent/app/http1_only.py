@@ -2,16 +2,17 @@
 
 hypercorn honours both on any plain connection, and has no setting to stop it (its
 ``alpn_protocols`` covers TLS only, which this server does not terminate). Twilio and the ALB
-reach the tasks over HTTP/1.1 (the target group's ProtocolVersion is HTTP1,
-sam/cloud-deploy-infra-template.yml), so HTTP/2's flow-control and stream machinery
-(zero-window streams, CONTINUATION and rapid-reset floods) would serve nobody but whoever
-connects to a task exposed without a proxy. The HTTP/1.1 protocol that hypercorn makes for
-each connection is swapped for a subclass: an ``Upgrade: h2c`` is ignored (the request is
-answered in HTTP/1.1, as RFC 9113 lets a server do), a preface is answered 505 and the
-connection closed; both are counted in the edge's refusals (``Runtime.edge_refusals``, on
-hypercorn's ``Config``: the first logged, then counts). ``install`` does that only when
-hypercorn is the version it was written against, and says so otherwise (the server then
-speaks h2c as before).
+reach the tasks over HTTP/1.1 (the ALB target group in sam/cloud-deploy-infra-template.yml sets
+no ProtocolVersion: HTTP1; docker-compose's ngrok tunnel sets no app_protocol), so HTTP/2's
+flow-control and stream machinery (zero-window streams, CONTINUATION and rapid-reset floods)
+would serve nobody but whoever connects to a task exposed without a proxy. The HTTP/1.1
+protocol that hypercorn makes for each connection is swapped for a subclass: an
+``Upgrade: h2c`` is ignored (the request is answered in HTTP/1.1, as RFC 9113 lets a server
+do), a preface is answered 505 and the connection closed; both are counted in the edge's
+refusals (``Runtime.edge_refusals``, on hypercorn's ``Config``: the first logged, then
+counts).
+``install`` does that only when hypercorn is the version it was written against, and says so
+otherwise (the server then speaks h2c as before).
 """
 
 from __future__ import annotations
