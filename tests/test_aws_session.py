@@ -105,6 +105,14 @@ async def test_a_store_opened_alone_reads_the_aws_config_through_one_session(
     assert linked == [made[0][1]]
 
 
+# botocore's data is parsed 4 frames under its loader (json's loads, decode, raw_decode);
+# 8 leaves room for another Python's json. Every frame kept is paid on every allocation
+# traced: with 16 the test took 6 s alone, 20 s beside two busy cores and ran past its 30 s
+# limit under the full suite's load; 8 finds the same bytes (1.95 MB, or 8.98 MB with the
+# session kept) in 3.5 s, 11 s beside the two cores.
+TRACED_FRAMES = 8
+
+
 def _botocore_data_bytes(snapshot: tracemalloc.Snapshot) -> int:
     """Bytes still alive that botocore's loader allocated (the JSON data files it parsed)."""
     return sum(stat.size for stat in snapshot.statistics("traceback")
@@ -127,7 +135,7 @@ async def test_once_both_clients_exist_nothing_keeps_the_session_or_its_data(
             settings = Settings.from_env(STORE="dynamodb", TABLE_NAME=table.table_name,
                                          LLM="bedrock", VALIDATE_SIGNATURES=False,
                                          CONFIG_DIR=str(tmp_path))
-            tracemalloc.start(16)
+            tracemalloc.start(TRACED_FRAMES)
             try:
                 async with open_runtime(settings) as runtime:
                     gc.collect()
