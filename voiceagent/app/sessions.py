@@ -54,7 +54,7 @@ from actors.messages import Setup
 from voiceagent.app.saved_history import SavedHistory, saved_history
 from voiceagent.app.session_claims import SESSION_WRITE_S, SessionClaims
 from voiceagent.app.session_offers import SessionOffers
-from voiceagent.app.socket_marks import SOCKET_CLOSED_GRACE_S, previous_socket_ended
+from voiceagent.app.socket_marks import SOCKET_CLOSED_GRACE_S, SocketMarks
 from voiceagent.app.spent_tokens import SpentTokens, matches, minted_elsewhere
 from voiceagent.catalog import Catalog
 from voiceagent.llm import scripted
@@ -109,6 +109,7 @@ class Sessions:
         self._catalog = catalog
         self._writer = writer
         self._claims = SessionClaims(writer=writer, ttl_s=settings.session_ttl_s)
+        self._marks = SocketMarks(store, writer)
         self._offers = SessionOffers()          # minted here, their sockets not come yet
         self._live: dict[str, int] = {}         # CallSids with a socket here: its generation
         self._spent = SpentTokens()             # claimed while other sockets looked them up
@@ -160,7 +161,7 @@ class Sessions:
         if session.call_sid in self._live:
             await self._socket_here_ended(session.call_sid, deadline)
             session = replace(session, token="")    # claimed here, whatever the item said
-        complete = await previous_socket_ended(self._store, self._writer, session, deadline)
+        complete = await self._marks.previous_socket_ended(session, deadline)
         renewed = replace(session, token=secrets.token_urlsafe(18),
                           generation=session.generation + 1, claim="")
         if not await self._offer(renewed, resumes=True):
@@ -358,6 +359,5 @@ class Sessions:
             # the model that answers, as `calls show` tells it
             model_id=(scripted.MODEL_ID if self._settings.llm == "scripted"
                       else use_case.model or self._settings.model_identifier),
-            caller=caller,
-            called=called, profile=profile, greeting=use_case.welcome_greeting,
+            caller=caller, called=called, profile=profile, greeting=use_case.welcome_greeting,
             created_at=now)

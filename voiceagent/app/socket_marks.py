@@ -16,6 +16,7 @@ import trio
 
 import voiceagent.store.records as records
 from voiceagent.errors import StoreError
+from voiceagent.log_episodes import Episode
 from voiceagent.store.base import Item, Store
 from voiceagent.store.write_behind import WriteBehind
 
@@ -38,66 +39,92 @@ class AgentEnded(Exception):
         self.handoff_data = handoff_data
 
 
-async def previous_socket_ended(store: Store, writer: WriteBehind,
-                                session: records.CallSession, deadline: float) -> bool | None:
-    """Wait for the socket that a reconnect replaces to have written everything. That
-    socket may have been served by another process, whose queue can be seconds behind
-    under load, and the new socket may reach a third process, which reads the
-    conversation from the store. Once the old socket's "written" mark is there (it is
-    queued behind its messages, its claim included), the resumed history misses
-    nothing, and the old claim (token "") cannot land after the renewal and lock the
-    reconnect out. Its "closed" mark, written at once when that process's queue is
-    ``sessions.QUEUE_BEHIND_S`` or more behind (or its call still winds down that long after
-    the socket closed), says it is alive and draining: then the wait goes on up to the
-    deadline (FLUSH_TIMEOUT_S), as long as that process waits for its own writes. With
-    neither after SOCKET_CLOSED_GRACE_S, the process died (its queue with it) or has not
-    seen its socket close: nothing more will come. (A queue less behind than that lands
-    the "written" mark within the grace; so the usual call end costs no write of its
-    own.) A store that fails the reads: the reconnect goes on too.
+class SocketMarks:
+    """A process's renewals reading the old socket's end marks (``previous_socket_ended``).
+    Its own log of the reconnects it resumes with that socket's writes still queued here: a
+    stalled store under a mass failure (a task dying with hundreds of calls) sends every
+    call's ``/action`` there, so the first is logged in full, the rest counted."""
 
-    Not waited for when ``session`` (as ``/action`` read it from the store) still has a
-    token and no "closed" mark is there: as far as the store knows no socket claimed it
-    (refused, or never came), and no mark will ever come for it, at any of Twilio's
-    reconnects. (With a "closed" mark, a socket did claim it and failed before its claim
-    landed: that claim is on its way, and is waited for.) None then, not True: a claim
-    may be on its way still, with its "closed" mark about to land, and the resumed history
-    may miss what that socket said (``reconnect_outcomes`` looks again, for the count). Nor
-    with the marks still queued here: this process's own ``/action`` flush has already
-    waited for them. Nor once the stored claim's own "refused" mark is there (its nonce's:
-    the process whose socket it was gave up on the claim, which landed after all, and
-    refused the socket): True, that socket wrote nothing; unless a "closed" mark says a
-    socket of the generation was served all the same (on its process's word, its own claim
-    queued and lost), whose marks are waited for.
+    def __init__(self, store: Store, writer: WriteBehind) -> None:
+        self._store = store
+        self._writer = writer
+        self._queued_here = Episode(
+            log, lasts="reconnects still resumed with their calls' writes queued here",
+            ended="reconnects no longer find their calls' writes queued here",
+            state=lambda: _backlog(writer))
 
-    False when it stopped waiting without the "written" mark (the resumed history may
-    miss the old socket's last messages), or when those are still queued here.
-    ``AgentEnded`` when the marks read show that the old socket took the agent's ``end``:
-    ``/action``'s first look may have come before that mark landed (queued on the process
-    that served the socket, or taken while the renewal waited for the socket here)."""
-    call_sid, generation = session.call_sid, session.generation
-    if writer.queued(call_sid):
-        # the store is behind this process: its own queue may hold the agent's end
-        refuse_after_agent_end(writer.queued_item(call_sid, records.RELAY_ENDED_SK))
-        return False
-    written = records.socket_mark_sk(records.SOCKET_WRITTEN_PREFIX, generation)
-    closed = records.socket_mark_sk(records.SOCKET_CLOSED_PREFIX, generation)
-    # the claim stored: its socket's "refused" mark (an earlier release's claim: none)
-    refused = (records.socket_refused_sk(generation, session.claim)
-               if session.claim and not session.token else None)
-    # a store slow to answer must not stretch the webhook either; one read always fits
-    with trio.move_on_at(max(deadline, trio.current_time() + MARK_READ_S)):
-        try:
-            complete = await _read_socket_marks(store, call_sid, session.token,
-                                                _Marks(written, closed, refused), deadline)
-            refuse_after_agent_end(await store.get(call_sid, records.RELAY_ENDED_SK))
-            return complete
-        except StoreError as err:       # a reconnect with what is stored beats none
-            log.warning("the previous socket's end marks unreadable: reconnecting with "
-                        "the history stored", extra={"error": str(err)})
+    async def previous_socket_ended(self, session: records.CallSession,
+                                    deadline: float) -> bool | None:
+        """Wait for the socket that a reconnect replaces to have written everything. That socket may
+        have been served by another process, whose queue can be seconds behind under load, and the
+        new socket may reach a third process, which reads the conversation from the store. Once the
+        old socket's "written" mark is there (it is queued behind its messages, its claim included),
+        the resumed history misses nothing, and the old claim (token "") cannot land after the
+        renewal and lock the reconnect out. Its "closed" mark, written at once when that process's
+        queue is ``sessions.QUEUE_BEHIND_S`` or more behind (or its call still winds down that long
+        after the socket closed), says it is alive and draining: then the wait goes on up to the
+        deadline (FLUSH_TIMEOUT_S), as long as that process waits for its own writes. With neither
+        after SOCKET_CLOSED_GRACE_S, the process died (its queue with it) or has not seen its socket
+        close: nothing more will come. (A queue less behind than that lands the "written" mark
+        within the grace; so the usual call end costs no write of its own.) A store that fails the
+        reads: the reconnect goes on too.
+
+        Not waited for when ``session`` (as ``/action`` read it from the store) still has a token
+        and no "closed" mark is there: as far as the store knows no socket claimed it (refused, or
+        never came), and no mark will ever come for it, at any of Twilio's reconnects. (With a
+        "closed" mark, a socket did claim it and failed before its claim landed: that claim is on
+        its way, and is waited for.) None then, not True: a claim may be on its way still, with its
+        "closed" mark about to land, and the resumed history may miss what that socket said
+        (``reconnect_outcomes`` looks again, for the count). Nor with the marks still queued here:
+        this process's own ``/action`` flush has already waited for them. Nor once the stored
+        claim's own "refused" mark is there (its nonce's: the process whose socket it was gave up on
+        the claim, which landed after all, and refused the socket): True, that socket wrote nothing;
+        unless a "closed" mark says a socket of the generation was served all the same (on its
+        process's word, its own claim queued and lost), whose marks are waited for.
+
+        False when it stopped waiting without the "written" mark (the resumed history may miss the
+        old socket's last messages), or when those are still queued here. ``AgentEnded`` when the
+        marks read show that the old socket took the agent's ``end``: ``/action``'s first look may
+        have come before that mark landed (queued on the process that served the socket, or taken
+        while the renewal waited for the socket here)."""
+        call_sid, generation = session.call_sid, session.generation
+        if self._writer.queued(call_sid):
+            # the store is behind this process: its own queue may hold the agent's end
+            refuse_after_agent_end(self._writer.queued_item(call_sid, records.RELAY_ENDED_SK))
+            backlog = self._writer.statistics()
+            self._queued_here.note(
+                "queued", "reconnecting before the previous socket's last writes reached the "
+                "store (still queued here: /action's flush of them timed out): the resumed "
+                "conversation may miss what was said last, so the caller may hear the agent "
+                "ask or say it again; counted resumed_partial", pending=backlog.pending,
+                oldest_pending_s=round(backlog.oldest_pending_age_s, 1))
             return False
-    log.warning("the store did not answer for the previous socket's end marks in time: "
-                "reconnecting with the history stored")
-    return False
+        self._queued_here.succeeded()
+        written = records.socket_mark_sk(records.SOCKET_WRITTEN_PREFIX, generation)
+        closed = records.socket_mark_sk(records.SOCKET_CLOSED_PREFIX, generation)
+        # the claim stored: its socket's "refused" mark (an earlier release's claim: none)
+        refused = (records.socket_refused_sk(generation, session.claim)
+                   if session.claim and not session.token else None)
+        # a store slow to answer must not stretch the webhook either; one read always fits
+        with trio.move_on_at(max(deadline, trio.current_time() + MARK_READ_S)):
+            try:
+                complete = await _read_socket_marks(self._store, call_sid, session.token,
+                                                    _Marks(written, closed, refused), deadline)
+                refuse_after_agent_end(await self._store.get(call_sid, records.RELAY_ENDED_SK))
+                return complete
+            except StoreError as err:       # a reconnect with what is stored beats none
+                log.warning("the previous socket's end marks unreadable: reconnecting with "
+                            "the history stored", extra={"error": str(err)})
+                return False
+        log.warning("the store did not answer for the previous socket's end marks in time: "
+                    "reconnecting with the history stored")
+        return False
+
+
+def _backlog(writer: WriteBehind) -> dict[str, float]:
+    stats = writer.statistics()
+    return {"pending": stats.pending, "oldest_pending_s": round(stats.oldest_pending_age_s, 1)}
+
 
 class _Marks(NamedTuple):
     """The sks of the marks a renewal reads; ``refused``: None unless the claim stored has
