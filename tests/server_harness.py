@@ -66,9 +66,9 @@ async def running_server(settings: Settings, *, llm: LLM | None = None,
 
 async def until_started(calls: CallCounters, total: int) -> None:
     """Until ``total`` calls have started here. ``open_call`` returns once setup is sent,
-    before the server has resolved it (claimed the call), and ``wait_idle`` does not wait
-    for a call that has not started: a test that hangs up at once and then asks ``/action``
-    would race the socket's claim and its end marks."""
+    before the server has read it, and ``wait_idle`` waits only for the calls started and
+    those being claimed: a test that hangs up at once and then asks ``/action`` would race
+    the socket's claim and its end marks."""
     while calls.total < total:
         await calls.wait_changed()
 

@@ -34,6 +34,7 @@ from tests.server_harness import (
     until_started,
 )
 from voiceagent.app.caller import CallerError, Identity, open_call, post_form, release_transport
+from voiceagent.app.runtime import CallCounters
 from voiceagent.app.socket_standing import CAPACITY_MARGIN, SocketStanding
 from voiceagent.errors import StoreError
 from voiceagent.signature import sign
@@ -568,8 +569,7 @@ async def served_after_eviction(sessions: object, release: trio.Event, *,
     inside its lookup), and in that same pass of the scheduler a newer socket evicts it.
     Whether the socket went on to serve its call."""
     runtime = SimpleNamespace(settings=SimpleNamespace(max_sockets_waiting=1, max_calls=10),
-                              calls=SimpleNamespace(active=0, started=lambda report: None),
-                              sockets_waiting={}, sessions=sessions, claims_running=0)
+                              calls=CallCounters(), sockets_waiting={}, sessions=sessions)
     standing = SocketStanding(runtime)          # type: ignore[arg-type]
     served = False
 
@@ -735,12 +735,11 @@ async def test_a_session_that_failed_before_the_reply_resumes_with_a_valid_histo
     assert all(a != b for a, b in itertools.pairwise(roles))
 
 
-def _runtime_for_claims(sessions: object, *, waiting: int, started: list[str]) -> Any:
-    """A runtime at MAX_CALLS 2 for SocketStanding alone, counting the calls started."""
+def _runtime_for_claims(sessions: object, *, waiting: int) -> Any:
+    """A runtime at MAX_CALLS 2 for SocketStanding alone (its calls never end)."""
     return SimpleNamespace(
         settings=SimpleNamespace(max_sockets_waiting=waiting, max_calls=2),
-        calls=SimpleNamespace(active=0, started=lambda report: started.append("call")),
-        sockets_waiting={}, claims_running=0, sessions=sessions)
+        calls=CallCounters(), sockets_waiting={}, sessions=sessions)
 
 
 async def _claim(runtime: Any, call_sid: str, outcome: dict[str, str]) -> None:
@@ -765,17 +764,16 @@ async def test_setups_looked_up_at_once_stay_within_the_capacity_margin(
             await trio.sleep(1)                 # every lookup awaits the store
             return SimpleNamespace(call_sid=setup.call_sid, generation=0)
 
-    started: list[str] = []
-    runtime = _runtime_for_claims(SlowStore(), waiting=100, started=started)
+    runtime = _runtime_for_claims(SlowStore(), waiting=100)
     outcome: dict[str, str] = {}
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             for n in range(20):
                 nursery.start_soon(_claim, runtime, f"CA{n}", outcome)
-    assert len(started) == 2 + CAPACITY_MARGIN
+    assert runtime.calls.total == 2 + CAPACITY_MARGIN
     refused = [result for result in outcome.values() if result != "call"]
     assert refused == ["over capacity"] * (20 - 2 - CAPACITY_MARGIN)
-    assert runtime.claims_running == 0
+    assert runtime.calls.claims == 0
 
 
 async def test_setups_looked_up_again_do_not_refuse_a_real_call(autojump_clock: Any) -> None:
@@ -792,7 +790,7 @@ async def test_setups_looked_up_again_do_not_refuse_a_real_call(autojump_clock: 
             await trio.sleep(1.5)
             raise CallRejected("no such call")
 
-    runtime = _runtime_for_claims(Sessions(), waiting=50, started=[])
+    runtime = _runtime_for_claims(Sessions(), waiting=50)
     outcome: dict[str, str] = {}
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -800,10 +798,10 @@ async def test_setups_looked_up_again_do_not_refuse_a_real_call(autojump_clock: 
                 nursery.start_soon(_claim, runtime, f"CAmadeup{n}", outcome)
             await trio.sleep(0.1)
             assert len(runtime.sockets_waiting) == 2 + CAPACITY_MARGIN
-            assert runtime.claims_running == 0
+            assert runtime.calls.claims == 0
             await _claim(runtime, "CAreal", outcome)
     assert outcome["CAreal"] == "call"
-    assert runtime.claims_running == 0
+    assert runtime.calls.claims == 0
 
 
 async def test_a_call_being_looked_up_counts_for_twiml(tmp_path: Path) -> None:
@@ -831,7 +829,7 @@ async def test_a_call_being_looked_up_counts_for_twiml(tmp_path: Path) -> None:
             async with signed_socket(second) as ws:
                 await ws.send_message(setup_frame(identity.call_sid, token))
                 await claiming.wait()
-                assert second.runtime.claims_running == 1
+                assert second.runtime.calls.claims == 1
                 refused = await post_form(second.url + "/twiml", {
                     "CallSid": newcomer.call_sid, "From": VICTIM, "To": "+15555550199"},
                     AUTH_TOKEN)

@@ -126,7 +126,7 @@ async def _held(runtime: Runtime) -> dict[str, int]:
         "winding down": len(sessions._closing), "wind-down marks": len(sessions._wind_downs),
         "lookups": len(sessions._spent._looking), "spent tokens": len(sessions._spent._spent),
         "offers": len(sessions._offers), "calls live": len(runtime.calls.live),
-        "claims": runtime.claims_running,       # (calls.reports: the last 100, for tests)
+        "claims": runtime.calls.claims,       # (calls.reports: the last 100, for tests)
         "sockets waiting": len(runtime.sockets_waiting), "queued": runtime.writer.pending,
         "queued calls": len(runtime.writer._last_by_call),
         "use cases cached": len(runtime.catalog._cache),

@@ -56,6 +56,7 @@ WRITE_LINGER_S = 0.05     # write-behind: a batch waits this long for company (s
 class CallCounters:
     active: int = 0
     total: int = 0
+    claims: int = 0             # sockets whose setup's call is being looked up (not calls yet)
     reports: list[CallReport] = field(default_factory=list)   # the last few, for tests/metrics
     live: list[CallReport] = field(default_factory=list)      # calls in progress
     keep: int = 100
@@ -64,8 +65,7 @@ class CallCounters:
     _changed: trio.Event = field(default_factory=trio.Event)
 
     def started(self, report: CallReport) -> None:
-        if self.active == 0:
-            self._idle = trio.Event()
+        self._busy()
         self.active += 1
         self.total += 1
         self.live.append(report)
@@ -77,9 +77,27 @@ class CallCounters:
         self.reports.append(report)
         del self.reports[:-self.keep]
         self._report(report)
-        if self.active == 0:
-            self._idle.set()
+        self._idle_unless_busy()
         self._announce()
+
+    def claim_started(self) -> None:
+        """A socket's setup is being looked up (``SocketStanding``): it counts for capacity,
+        and a drain waits for it, since it becomes a call a moment later."""
+        self._busy()
+        self.claims += 1
+
+    def claim_done(self) -> None:
+        """Its lookup is over: a call (``started`` follows at once) or refused."""
+        self.claims -= 1
+        self._idle_unless_busy()
+
+    def _busy(self) -> None:
+        if self._idle.is_set():
+            self._idle = trio.Event()
+
+    def _idle_unless_busy(self) -> None:
+        if not self.active and not self.claims:
+            self._idle.set()
 
     def never_started(self, report: CallReport) -> None:
         """A socket closed before its call started (refused, unavailable, evicted, no
@@ -102,8 +120,10 @@ class CallCounters:
         self._changed = trio.Event()
 
     async def wait_idle(self) -> None:
-        """Until no call is in progress (drain, tests)."""
-        if self.active:
+        """Until no call is in progress and no socket's call is being looked up (drain,
+        tests). Looked again after each wake-up: a claim that ends as its call starts sets
+        the event a moment before the call counts."""
+        while self.active or self.claims:
             await self._idle.wait()
 
 
@@ -123,7 +143,6 @@ class Runtime:
     end_calls: EndSignal = field(default_factory=EndSignal)     # live calls end politely
     # relay sockets accepted whose setup is not resolved yet, oldest first (web.py)
     sockets_waiting: dict[Any, None] = field(default_factory=dict)
-    claims_running: int = 0                      # setups whose call is being looked up
     metrics: Metrics | None = None
     backlog_bytes_max: int = 0                   # see memory_budget; set in __post_init__
     # requests refused before any work (a bad signature, a body too large or too slow):
@@ -162,7 +181,7 @@ class Runtime:
     @property
     def at_capacity(self) -> bool:
         """Sockets whose calls are being looked up (at the first read) are calls to come."""
-        return (self.calls.active + self.claims_running >= self.settings.max_calls
+        return (self.calls.active + self.calls.claims >= self.settings.max_calls
                 or self.writer.pending >= self.settings.write_backlog_max
                 or self.writer.pending_bytes >= self.backlog_bytes_max)
 

@@ -38,7 +38,7 @@ class SocketStanding:
         self._call_sid: str | None = None
         self._generation = 0                    # of the session it claimed
         self._socket_closed = False
-        self._counted = False                   # in runtime.claims_running
+        self._counted = False                   # in runtime.calls.claims
         self._enter_waiting()
 
     def _enter_waiting(self) -> None:
@@ -67,11 +67,11 @@ class SocketStanding:
         # it (a mass reconnect). One looked up again waits in the budget instead, where it
         # can be evicted: its call was nowhere at the first read, and a flood of made-up
         # CallSids must not refuse real calls.
-        if (runtime.calls.active + runtime.claims_running
+        if (runtime.calls.active + runtime.calls.claims
                 >= runtime.settings.max_calls + CAPACITY_MARGIN):
             raise CallRejected("over capacity")
         plan = None
-        runtime.claims_running += 1
+        runtime.calls.claim_started()
         self._counted = True
         try:
             with trio.CancelScope() as self._resolving:
@@ -98,7 +98,7 @@ class SocketStanding:
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
-            self._runtime.claims_running -= 1
+            self._runtime.calls.claim_done()
 
     def socket_closed(self) -> None:
         """Its socket closed (the peer left, a send failed, or we closed it): a reconnect
