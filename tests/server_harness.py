@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-import trio
-import trio.testing
 import yaml
 
 from voiceagent.app.runtime import CallCounters, Runtime
@@ -72,25 +68,3 @@ async def until_started(calls: CallCounters, total: int) -> None:
     while calls.total < total:
         await calls.wait_changed()
 
-
-def jump_when_settled(clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Trio's autojump for a test that runs the real server: the virtual clock jumps to the
-    next deadline once every task waits and no worker thread is running (SQLite, the caller's
-    webhooks). Plain autojump counts a task waiting on a thread as idle, so the clock would
-    run on while the thread works (as far as the next timeout) by however long it takes."""
-    run_sync = trio.to_thread.run_sync
-    running = 0
-
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        nonlocal running
-        running += 1
-        clock.autojump_threshold = math.inf
-        try:
-            return await run_sync(*args, **kwargs)
-        finally:
-            running -= 1
-            if not running:
-                clock.autojump_threshold = 0
-
-    monkeypatch.setattr(trio.to_thread, "run_sync", counted)
-    clock.autojump_threshold = 0

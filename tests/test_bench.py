@@ -12,7 +12,8 @@ import pytest
 import trio
 import trio.testing
 
-from tests.server_harness import AUTH_TOKEN, jump_when_settled, make_settings, running_server
+from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from tests.settled_clock import jump_when_settled
 from voiceagent.app import cli
 from voiceagent.app.bench import BenchOptions, Step, run_bench
 from voiceagent.app.bench_report import format_table, percentiles
