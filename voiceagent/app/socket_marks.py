@@ -40,10 +40,10 @@ class AgentEnded(Exception):
 
 
 class SocketMarks:
-    """A process's renewals reading the old socket's end marks (``previous_socket_ended``).
-    Its own log of the reconnects it resumes with that socket's writes still queued here: a
-    stalled store under a mass failure (a task dying with hundreds of calls) sends every
-    call's ``/action`` there, so the first is logged in full, the rest counted."""
+    """A process's renewals reading the old socket's end marks (``previous_socket_ended``),
+    and its log of the reconnects resumed with that socket's writes still queued here. Under
+    a mass failure (a task dying with hundreds of calls) with the store stalled, every call's
+    ``/action`` can find its writes queued: the first is logged in full, the rest counted."""
 
     def __init__(self, store: Store, writer: WriteBehind) -> None:
         self._store = store
