@@ -15,6 +15,7 @@ goes without thinking, with a warning: every turn of every call would fail other
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from typing import Any
@@ -53,6 +54,7 @@ def thinking_support(model_id: str) -> bool | None:
     return minor <= 6 and (found["family"] != "haiku" or minor >= 5)
 
 
+@functools.lru_cache(maxsize=64)     # asked per model request (samplers): a few ids a process
 def adaptive_only(model_id: str) -> bool:
     """Whether ``model_id`` is a Claude model from Opus 4.7 on, which thinks only adaptively
     and refuses sampling parameters too (``samplers``). A Claude id not known to be older
