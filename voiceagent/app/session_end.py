@@ -42,7 +42,10 @@ def _handoff_data(text: str) -> dict[str, Any]:
 
 def hands_off(handoff_data: str) -> bool:
     """The session's ``end`` asked for a person (else its answer is a goodbye)."""
-    handoff = _handoff_data(handoff_data)
+    return _asks_for_person(_handoff_data(handoff_data))
+
+
+def _asks_for_person(handoff: dict[str, Any]) -> bool:
     return handoff.get("handoff") is True or handoff.get("reasonCode") == HANDOFF_REASON
 
 
@@ -51,9 +54,9 @@ def session_over(runtime: Runtime, call_sid: str, handoff_data: str,
     """A handoff or a goodbye, as the session's ``end`` asked: the call's relay is over."""
     if call_sid:
         runtime.relay_answers.relay_ended(call_sid)
-    if not hands_off(handoff_data):
-        return _xml(twiml.say_and_hang_up(GOODBYE))
     handoff = _handoff_data(handoff_data)
+    if not _asks_for_person(handoff):
+        return _xml(twiml.say_and_hang_up(GOODBYE))
     reason = str(handoff.get("reasonCode", ""))
     if use_case is None:
         log.warning("handoff asked for, but the call's session or use case could not be had "
