@@ -53,8 +53,10 @@ def reasoning_blocks(frames: Sequence[Frame]) -> tuple[dict[str, Any], ...]:
             part = parts.setdefault(body["contentBlockIndex"], {})
             for key, value in delta["reasoningContent"].items():
                 part[key] = part.get(key, "") + value if key == "text" else value
+    # a reasoningText block always has its text (Converse's ReasoningTextBlock requires it),
+    # empty when the model sent none: Claude Opus 4.7 and later omit it by default
     return tuple({"reasoningContent": {"redactedContent": p["redactedContent"]}
-                  if "redactedContent" in p else {"reasoningText": p}}
+                  if "redactedContent" in p else {"reasoningText": {"text": "", **p}}}
                  for p in parts.values())
 
 
