@@ -16,7 +16,8 @@ Every request body is recorded and checked against Converse's rules; problems co
 ``violations`` so a test asserts there are none. A request that leaves out (or changes) the
 reasoning a reply sent with its tool use is answered as Bedrock answers it for a Claude model
 thinking with tools, HTTP 400 ValidationException (``fake_reasoning``), and is a violation;
-so is one with a sampling parameter the model refuses (``fake_samplers``).
+so is one with a sampling parameter the model refuses (``fake_samplers``), or a kind of
+thinking or an effort it does not take (``fake_effort``).
 Every connection records when the client closed it, from a reader that watches the socket
 while the reply is being written.
 
@@ -60,6 +61,7 @@ from urllib.parse import unquote
 
 import trio
 
+from tests.fake_effort import effort_refusal
 from tests.fake_reasoning import ReasoningRule
 from tests.fake_samplers import sampler_refusal
 from tests.http_requests import parse_request
@@ -532,6 +534,7 @@ class FakeBedrock:
                                  error_type="ExpiredTokenException")
                 return
             refusal = (sampler_refusal(request.model_id, request.body)
+                       or effort_refusal(request.model_id, request.body)
                        or self.reasoning.refusal(request.body))
             if refusal is not None:
                 self.violations.append(f"request {request.index}: {refusal}")

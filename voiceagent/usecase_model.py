@@ -22,6 +22,13 @@ from pydantic import (
 )
 
 from voiceagent.llm.base import InferenceConfig, ModelOptions
+from voiceagent.llm.effort import (
+    ADAPTIVE_MODELS,
+    EFFORTS,
+    effort_support,
+    level_problem,
+    why_no_effort,
+)
 from voiceagent.llm.samplers import no_samplers, one_sampler_only
 from voiceagent.llm.thinking import (
     MIN_BUDGET_TOKENS,
@@ -38,6 +45,7 @@ GUARDRAIL_ID = re.compile(r"^([a-z0-9]+|arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}
 GUARDRAIL_VERSION = re.compile(r"^([1-9][0-9]{0,7}|DRAFT)$")
 MAX_TOKENS = 8192
 THINKING = ("model_options", "thinking_budget_tokens")
+EFFORT = ("model_options", "effort")
 
 
 class InferenceSettings(Strict):
@@ -81,8 +89,10 @@ def check_thinking(model: str | None, inference: InferenceSettings,
     if budget is None:
         return
     if model is not None and thinking_support(model) is False:
+        instead = ("; to think with it, write model_options.effort (adaptive thinking) "
+                   "instead" if effort_support(model) else "")
         raise key_problem(THINKING, f"{why_not(model)}; name a model that can think "
-                          f"({SUPPORTED}) or remove thinking_budget_tokens")
+                          f"({SUPPORTED}) or remove thinking_budget_tokens{instead}")
     if inference.max_tokens <= budget:
         raise key_problem(("inference", "max_tokens"), "max_tokens counts the thinking too, "
                           f"so it must be above model_options.thinking_budget_tokens ({budget})"
@@ -107,6 +117,25 @@ def check_thinking(model: str | None, inference: InferenceSettings,
                           "thinking off")
 
 
+def check_effort(model: str | None, options: ModelOptionSettings) -> None:
+    """Refuse (``key_problem``) an effort Bedrock refuses on every turn: with a budget (a
+    request thinks one way), for a model that does not think adaptively, or at a level the
+    model does not offer. A model the id cannot tell is left to Bedrock, as for a budget."""
+    effort = options.effort
+    if effort is None:
+        return
+    if options.thinking_budget_tokens is not None:
+        raise key_problem(EFFORT, "effort turns on adaptive thinking, and "
+                          "thinking_budget_tokens thinking with a budget: a model takes one "
+                          f"of them; keep effort for {ADAPTIVE_MODELS}, "
+                          "thinking_budget_tokens for the models before them")
+    if model is not None and effort_support(model) is False:
+        raise key_problem(EFFORT, f"{why_no_effort(model)}; name one of them or remove "
+                          "effort (a budget, thinking_budget_tokens, is how the others think)")
+    if model is not None and (problem := level_problem(model, effort)) is not None:
+        raise key_problem(EFFORT, problem)
+
+
 class ModelOptionSettings(Strict):
     latency_optimized: bool = False
     prompt_caching: bool = False
@@ -114,6 +143,17 @@ class ModelOptionSettings(Strict):
     guardrail_version: str | None = None
     # off by default: the model thinks before its first word, which the caller waits through
     thinking_budget_tokens: int | None = Field(default=None, le=MAX_TOKENS - 1)
+    # adaptive thinking (the models that think only so): off unless set; low is the fastest
+    effort: str | None = None
+
+    @field_validator("effort")
+    @classmethod
+    def _effort_ok(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not stored(info) and value not in EFFORTS:
+            raise ValueError(f"effort is one of {', '.join(EFFORTS)} (Converse's "
+                             "outputConfig.effort): low for the fastest first word, or leave "
+                             "effort out")
+        return value
 
     @field_validator("thinking_budget_tokens")
     @classmethod
@@ -148,16 +188,17 @@ class ModelOptionSettings(Strict):
         return self
 
     @model_serializer(mode="wrap")
-    def _without_an_unset_budget(self, handler: SerializerFunctionWrapHandler
-                                 ) -> dict[str, Any]:
-        """No ``thinking_budget_tokens`` key when thinking is off: a release from before it
-        (a rolling deploy, a rollback) reads the stored item as it always did, where a
-        ``null`` made its strict schema refuse the item's whole ``voiceagent`` attribute."""
+    def _without_unset_thinking(self, handler: SerializerFunctionWrapHandler
+                                ) -> dict[str, Any]:
+        """No ``thinking_budget_tokens`` or ``effort`` key when it is off: a release from
+        before it (a rolling deploy, a rollback) reads the stored item as it always did, where
+        a ``null`` made its strict schema refuse the item's whole ``voiceagent`` attribute."""
         data: dict[str, Any] = handler(self)
-        if self.thinking_budget_tokens is None:
-            data.pop("thinking_budget_tokens", None)
+        for key in ("thinking_budget_tokens", "effort"):
+            if getattr(self, key) is None:
+                data.pop(key, None)
         return data
 
     def to_options(self) -> ModelOptions:
         return ModelOptions(self.latency_optimized, self.prompt_caching, self.guardrail_id,
-                            self.guardrail_version, self.thinking_budget_tokens)
+                            self.guardrail_version, self.thinking_budget_tokens, self.effort)

@@ -27,6 +27,7 @@ from voiceagent.usecase_handoff import HandoffConfig
 from voiceagent.usecase_model import (
     InferenceSettings,
     ModelOptionSettings,
+    check_effort,
     check_samplers,
     check_thinking,
 )
@@ -275,6 +276,7 @@ class UseCase(Strict):
         check_samplers(self.model, self.inference)
         check_thinking(self.model, self.inference, self.model_options,
                        {keys: h.tool for keys, h in self.dtmf.handlers.items() if h.tool})
+        check_effort(self.model, self.model_options)
         if (problem := twiml_text_problem(self)) is not None:
             raise key_problem(*problem)
         return self

@@ -39,6 +39,7 @@ class ModelOptions:
     guardrail_id: str | None = None
     guardrail_version: str | None = None
     thinking_budget_tokens: int | None = None   # Claude's extended thinking (``thinking``)
+    effort: str | None = None           # Claude's adaptive thinking at this effort (``effort``)
 
 
 @dataclass(frozen=True, slots=True)

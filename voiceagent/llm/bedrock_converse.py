@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voiceagent.llm.base import InferenceConfig, LLMRequest, Message
+from voiceagent.llm.effort import effort_fields
 from voiceagent.llm.samplers import fit_samplers
 from voiceagent.llm.thinking import thinking_fields
 
@@ -75,6 +76,11 @@ def build_converse_request(request: LLMRequest) -> dict[str, Any]:
     fields = thinking_fields(request.model_id, options.thinking_budget_tokens, request.use_case)
     if fields is not None:
         body["additionalModelRequestFields"] = fields
+    adaptive = effort_fields(request.model_id, options.effort, request.use_case)
+    if adaptive is not None:            # never with a budget: a use case takes one (at load)
+        body["additionalModelRequestFields"], output_config = adaptive
+        if output_config is not None:
+            body["outputConfig"] = output_config
     body["requestMetadata"] = {"callSid": metadata_value(request.call_sid),
                                "useCase": metadata_value(request.use_case)}
     return body
