@@ -471,3 +471,50 @@ def test_dotenv_file_never_overrides_the_environment(tmp_path: Path,
     assert load_dotenv_file() == Path(".env")
     assert os.environ["VOICEAGENT_TEST_SET"] == "from-environment"
     assert os.environ["VOICEAGENT_TEST_UNSET"] == "from-file"
+
+
+async def test_a_model_a_use_case_thinks_adaptively_with_is_asked_at_its_effort(
+        moto_endpoint: str, tmp_path: Path) -> None:
+    """A model with ``model_options.effort`` is asked with adaptive thinking at that effort
+    and read to its first word. A model that refuses it, or a MODEL_IDENTIFIER that does not
+    think adaptively, fails with what to do."""
+    opus, profile = "us.anthropic.claude-opus-4-7", (
+        "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3")
+    config = tmp_path / "config"
+    (config / "usecases").mkdir(parents=True)
+    for name, model in {"frontDesk": opus, "lab": profile, "vip": None}.items():
+        data: dict[str, object] = {
+            "name": name, "prompt": "You answer in one word.",
+            "inference": {"max_tokens": 1400}, "model_options": {"effort": "low"}}
+        if model is not None:
+            data["model"] = model
+        (config / "usecases" / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    bodies: dict[str, dict[str, object]] = {}
+
+    def respond(request: RecordedRequest) -> Reply:
+        bodies[request.model_id] = request.body
+        if request.model_id == profile:         # its model does not think adaptively
+            return HttpError(400, "ValidationException", "The model returned the following "
+                             "errors: thinking.type.adaptive is not supported for this model.")
+        return text_reply(["Hi", " there,", " how can I help?"])
+
+    with trio.fail_after(RUN_TIMEOUT_S):
+        async with running_fake_bedrock(tls=True, responder=respond) as bedrock:
+            env = base_env(tmp_path, STORE="sqlite", DATA_DIR=str(tmp_path / "data"),
+                           CONFIG_DIR=str(config), STACK_USE_CASE="frontDesk",
+                           **moto_env(moto_endpoint, tmp_path), **bedrock_env(bedrock))
+            run = await run_check(env, tmp_path)
+    lines = run.lines
+    assert run.code == 1
+    assert lines[f"Bedrock model {opus}"].status == "pass"
+    assert bodies[opus]["additionalModelRequestFields"] == {"thinking": {"type": "adaptive"}}
+    assert bodies[opus]["outputConfig"] == {"effort": "low"}
+    refused = lines[f"Bedrock model {profile}"]
+    assert (refused.status, refused.detail) == (
+        "fail", "refused with adaptive thinking on (ValidationException)")
+    assert refused.advice[0].startswith("adaptive thinking is on in lab (model_options.effort")
+    default = lines[f"Bedrock model {DEFAULT_MODEL}"]
+    assert (default.status, default.detail) == (
+        "fail", "does not think adaptively (effort is set in vip)")
+    assert "set MODEL_IDENTIFIER or the use case's model" in default.said
+    assert DEFAULT_MODEL not in bodies                  # not asked: it would not think

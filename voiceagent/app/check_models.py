@@ -6,9 +6,10 @@ distinct model id is asked once, all of them at the same time: one user message,
 output token. A model that a use case thinks with (``model_options.thinking_budget_tokens``)
 is asked with thinking on, so that a model or profile that refuses it fails here, not on every
 turn: Bedrock's smallest budget (1024) under maxTokens 1025, the answer read to its first word
-and then cut (a refusal comes before any). A refusal is told apart by its error code, so the
-advice says whether to enable model access, grant an IAM action, fix the model id or region,
-wait out throttling, or look at the network.
+and then cut (a refusal comes before any). A model a use case thinks adaptively with
+(``model_options.effort``) is asked so too, at that effort, read the same way. A refusal is
+told apart by its error code, so the advice says whether to enable model access, grant an IAM
+action, fix the model id or region, wait out throttling, or look at the network.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from voiceagent.llm.base import InferenceConfig, LLMRequest, ModelOptions
 from voiceagent.llm.bedrock import BedrockLLM
 from voiceagent.llm.bedrock_errors import ACCESS_HINT, CREDENTIALS_HINT
 from voiceagent.llm.bedrock_startup import check_bedrock_ready
+from voiceagent.llm.effort import ADAPTIVE_MODELS, effort_support, why_no_effort
 from voiceagent.llm.thinking import MIN_BUDGET_TOKENS, SUPPORTED, thinking_support, why_not
 from voiceagent.settings import Settings
 from voiceagent.threads import run_blocking
@@ -68,6 +70,8 @@ class _Model:
     region: str
     account_id: str | None
     thinks: tuple[str, ...] = ()    # the use cases that turn thinking on with it
+    effort: str | None = None       # the effort the first use case thinking adaptively sets
+    adapts: tuple[str, ...] = ()    # the use cases that think adaptively with it
 
     @property
     def named_by(self) -> str:
@@ -87,8 +91,11 @@ async def model_checks(ctx: CheckContext) -> list[Outcome]:
     if problems:
         return [failed(NAME, "Bedrock cannot be called with these settings", *problems)]
     thinkers = {u.name for u in use_cases if u.model_options.thinking_budget_tokens}
+    efforts = {u.name: u.model_options.effort for u in use_cases if u.model_options.effort}
     models = [_Model(model_id, tuple(names), region, ctx.account_id,
-                     tuple(n for n in names if n in thinkers))
+                     tuple(n for n in names if n in thinkers),
+                     next((efforts[n] for n in names if n in efforts), None),
+                     tuple(n for n in names if n in efforts))
               for model_id, names in models_by_id(use_cases, settings).items()]
     outcomes: list[Outcome] = [skipped(NAME, "not checked")] * len(models)
     llm = BedrockLLM.from_settings(settings, max_concurrent_streams=len(models),
@@ -139,6 +146,14 @@ async def _ask(llm: BedrockLLM, model: _Model, source: str) -> Outcome:
                           f"({SUPPORTED}), or remove model_options.thinking_budget_tokens")
         inference = InferenceConfig(max_tokens=MIN_BUDGET_TOKENS + 1)
         options = ModelOptions(thinking_budget_tokens=MIN_BUDGET_TOKENS)
+    elif model.effort is not None:
+        if effort_support(model.model_id) is False:     # MODEL_IDENTIFIER: sent without it
+            return failed(name, f"does not think adaptively (effort is set in "
+                          f"{', '.join(model.adapts)})",
+                          f"{why_no_effort(model.model_id)}: the server sends it without",
+                          f"set MODEL_IDENTIFIER or the use case's model to one that does "
+                          f"({ADAPTIVE_MODELS}), or remove model_options.effort")
+        options = ModelOptions(effort=model.effort)
     request = LLMRequest(call_sid=CHECK_CALL_SID, use_case=use_case, model_id=model.model_id,
                          system=(), messages=(PROBE,), inference=inference, options=options)
     started = trio.current_time()
@@ -146,7 +161,7 @@ async def _ask(llm: BedrockLLM, model: _Model, source: str) -> Outcome:
         with trio.fail_after(MODEL_TIMEOUT_S):
             async with llm.stream(request) as events:
                 async for _ in events:
-                    if model.thinks:
+                    if model.thinks or model.adapts:
                         break           # accepted: the rest of its answer is not paid for
     except trio.TooSlowError:
         return failed(name, f"no answer within {MODEL_TIMEOUT_S:g} s", NETWORK_ADVICE)
@@ -176,6 +191,13 @@ def _model_failure(name: str, model: _Model, err: LLMError) -> Outcome:
                       f"(model_options.thinking_budget_tokens); if Bedrock's words are "
                       f"about thinking, {model.model_id} cannot think with a budget: name a "
                       f"model that can ({SUPPORTED}) or remove the key", said)
+    if code == "ValidationException" and model.adapts:
+        return failed(name, f"refused with adaptive thinking on ({code})",
+                      f"adaptive thinking is on in {', '.join(model.adapts)} "
+                      f"(model_options.effort: {model.effort}); if Bedrock's words are about "
+                      f"thinking or effort, {model.model_id} does not take it: name a model "
+                      f"that does ({ADAPTIVE_MODELS}), another effort, or remove the key",
+                      said)
     if code in ("ValidationException", "ResourceNotFoundException"):
         return failed(name, f"wrong region or unknown model ({code})",
                       f"check that {model.model_id} ({model.named_by}) is offered in "
