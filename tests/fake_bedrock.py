@@ -357,12 +357,16 @@ class FakeBedrock:
     ``tls``: serve HTTPS, certificate for localhost and 127.0.0.1 from ``ca`` (a new
     ``trustme.CA`` unless given). ``accepted_keys``: when a set, a request signed with an
     access key id outside it is answered 403 ``ExpiredTokenException`` (and takes no scripted
-    reply); the set is kept, not copied, so a test changes it in place."""
+    reply); the set is kept, not copied, so a test changes it in place. ``profiles``: the
+    model each application-inference-profile ARN runs, whose refusals (its sampling
+    parameters) the ARN gets, as Bedrock's own: the ARN does not say which model it is."""
 
     def __init__(self, *, responder: Callable[[RecordedRequest], Reply] | None = None,
                  keep_bodies: bool = True, tls: bool = False, ca: trustme.CA | None = None,
-                 accepted_keys: set[str] | None = None) -> None:
+                 accepted_keys: set[str] | None = None,
+                 profiles: Mapping[str, str] | None = None) -> None:
         self.responder = responder
+        self.profiles = dict(profiles or {})
         self.keep_bodies = keep_bodies
         self.port = 0
         self.requests: list[RecordedRequest] = []
@@ -533,8 +537,9 @@ class FakeBedrock:
                 await _send_json(stream, 403, {"message": EXPIRED_TOKEN_MESSAGE},
                                  error_type="ExpiredTokenException")
                 return
-            refusal = (sampler_refusal(request.model_id, request.body)
-                       or effort_refusal(request.model_id, request.body)
+            model_id = self.profiles.get(request.model_id, request.model_id)
+            refusal = (sampler_refusal(model_id, request.body)
+                       or effort_refusal(model_id, request.body)
                        or self.reasoning.refusal(request.body))
             if refusal is not None:
                 self.violations.append(f"request {request.index}: {refusal}")

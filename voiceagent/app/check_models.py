@@ -2,21 +2,26 @@
 
 The call goes through ``BedrockLLM``, the backend the server streams with, so the endpoint,
 credentials, TLS (AWS_CA_BUNDLE), proxy and timeout settings are the service's own. Each
-distinct model id is asked once, all of them at the same time: one user message, at most one
-output token. A model that a use case thinks with (``model_options.thinking_budget_tokens``)
-is asked with thinking on, so that a model or profile that refuses it fails here, not on every
-turn: Bedrock's smallest budget (1024) under maxTokens 1025, the answer read to its first word
-and then cut (a refusal comes before any). A model a use case thinks adaptively with
-(``model_options.effort``) is asked so too, at that effort, read the same way. A refusal is
-told apart by its error code, so the advice says whether to enable model access, grant an IAM
-action, fix the model id or region, wait out throttling, or look at the network.
+distinct model id is asked, all of them at the same time: one user message, at most one
+output token. The request carries what a call of the use case sends, built by the same code:
+its ``inference`` and ``model_options`` as the call path turns them into the request (the
+backend then takes out what a model it can name refuses), only shorter. So a deployment whose
+every turn Bedrock would refuse fails here: a temperature sent to a model behind an
+application-inference-profile ARN that takes none, a guardrail that does not exist. A model
+that use cases ask with different settings is asked once per distinct set. With thinking on
+(``model_options.thinking_budget_tokens``) it is asked with Bedrock's smallest budget (1024)
+under maxTokens 1025, the answer read to its first word and then cut (a refusal comes before
+any); with adaptive thinking (``model_options.effort``) it is asked at that effort, read the
+same way. A refusal is told apart by its error code and words, so the advice says which key to
+remove, whether to enable model access, grant an IAM action, fix the model id or region, wait
+out throttling, or look at the network.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import boto3
@@ -61,23 +66,80 @@ _CREDENTIALS = frozenset({"NoCredentials", "ExpiredTokenException", "ExpiredToke
                           "InvalidClientTokenId", "SignatureDoesNotMatch"})
 _THROTTLED = frozenset({"ThrottlingException", "ServiceQuotaExceededException",
                         "TooManyRequestsException"})
+# Bedrock's words when a model refuses a sampling parameter ("`temperature` is deprecated for
+# this model", "`temperature` and `top_p` cannot both be specified for this model")
+_SAMPLER_WORDS = re.compile(r"temperature|top_?p|top_?k", re.IGNORECASE)
+_NOT_BOTH = re.compile(r"cannot both be specified", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    """One request to ask a model: the settings of the use cases that send them."""
+
+    inference: InferenceConfig
+    options: ModelOptions
+    use_cases: tuple[str, ...]      # empty: only MODEL_IDENTIFIER names the model
+
+    @property
+    def thinks(self) -> bool:
+        return self.options.thinking_budget_tokens is not None
+
+    @property
+    def adapts(self) -> bool:
+        """Adaptive thinking at an effort (``model_options.effort``)."""
+        return self.options.effort is not None
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        """The sampling keys these use cases set, as their files name them."""
+        return tuple(f"inference.{key}" for key, value in (
+            ("temperature", self.inference.temperature), ("top_p", self.inference.top_p))
+            if value is not None)
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        """The other keys that change what Bedrock is sent, and that it may refuse."""
+        options = self.options
+        return tuple(key for key, there in (
+            ("inference.stop_sequences", bool(self.inference.stop_sequences)),
+            ("model_options.latency_optimized", options.latency_optimized),
+            ("model_options.guardrail_id", options.guardrail_id is not None)) if there)
+
+    @property
+    def named_by(self) -> str:
+        return _named_by(self.use_cases)
 
 
 @dataclass(frozen=True, slots=True)
 class _Model:
     model_id: str
-    use_cases: tuple[str, ...]      # empty: only MODEL_IDENTIFIER names it
+    probes: tuple[_Probe, ...]      # one per distinct set of settings the use cases send
     region: str
     account_id: str | None
-    thinks: tuple[str, ...] = ()    # the use cases that turn thinking on with it
-    effort: str | None = None       # the effort the first use case thinking adaptively sets
-    adapts: tuple[str, ...] = ()    # the use cases that think adaptively with it
+
+    @property
+    def use_cases(self) -> tuple[str, ...]:
+        return tuple(name for probe in self.probes for name in probe.use_cases)
+
+    @property
+    def thinks(self) -> tuple[str, ...]:
+        """The use cases that turn thinking on with it."""
+        return tuple(name for probe in self.probes if probe.thinks for name in probe.use_cases)
+
+    @property
+    def adapts(self) -> tuple[str, ...]:
+        """The use cases that think adaptively with it."""
+        return tuple(name for probe in self.probes if probe.adapts for name in probe.use_cases)
 
     @property
     def named_by(self) -> str:
-        if not self.use_cases:
-            return "MODEL_IDENTIFIER"
-        return f"use case{'s' if len(self.use_cases) > 1 else ''} {', '.join(self.use_cases)}"
+        return _named_by(self.use_cases)
+
+
+def _named_by(use_cases: tuple[str, ...]) -> str:
+    if not use_cases:
+        return "MODEL_IDENTIFIER"
+    return f"use case{'s' if len(use_cases) > 1 else ''} {', '.join(use_cases)}"
 
 
 async def model_checks(ctx: CheckContext) -> list[Outcome]:
@@ -90,13 +152,8 @@ async def model_checks(ctx: CheckContext) -> list[Outcome]:
     problems, region = await run_blocking(partial(_ready, settings), limiter=ctx.limiter)
     if problems:
         return [failed(NAME, "Bedrock cannot be called with these settings", *problems)]
-    thinkers = {u.name for u in use_cases if u.model_options.thinking_budget_tokens}
-    efforts = {u.name: u.model_options.effort for u in use_cases if u.model_options.effort}
-    models = [_Model(model_id, tuple(names), region, ctx.account_id,
-                     tuple(n for n in names if n in thinkers),
-                     next((efforts[n] for n in names if n in efforts), None),
-                     tuple(n for n in names if n in efforts))
-              for model_id, names in models_by_id(use_cases, settings).items()]
+    models = [_Model(model_id, probes, region, ctx.account_id)
+              for model_id, probes in probes_by_model(use_cases, settings).items()]
     outcomes: list[Outcome] = [skipped(NAME, "not checked")] * len(models)
     llm = BedrockLLM.from_settings(settings, max_concurrent_streams=len(models),
                                    check_history=False)
@@ -110,13 +167,36 @@ async def model_checks(ctx: CheckContext) -> list[Outcome]:
     return outcomes
 
 
-def models_by_id(use_cases: Iterable[UseCase], settings: Settings) -> dict[str, list[str]]:
-    """Each distinct model id and the use cases that use it (MODEL_IDENTIFIER for those that
-    name none); with no use case at all, MODEL_IDENTIFIER alone."""
-    models: dict[str, list[str]] = {}
+def probes_by_model(use_cases: Iterable[UseCase], settings: Settings
+                    ) -> dict[str, tuple[_Probe, ...]]:
+    """Each distinct model id (MODEL_IDENTIFIER for the use cases that name none) and the
+    distinct requests its use cases send; with no use case at all, MODEL_IDENTIFIER alone,
+    with the default settings."""
+    models: dict[str, dict[tuple[InferenceConfig, ModelOptions], list[str]]] = {}
     for use_case in use_cases:
-        models.setdefault(use_case.model or settings.model_identifier, []).append(use_case.name)
-    return models or {settings.model_identifier: []}
+        # what actors.model_round puts in every request of the use case's calls
+        sent = probe_settings(use_case.inference.to_config(),
+                              use_case.model_options.to_options())
+        model_id = use_case.model or settings.model_identifier
+        models.setdefault(model_id, {}).setdefault(sent, []).append(use_case.name)
+    if not models:
+        return {settings.model_identifier: (
+            _Probe(*probe_settings(InferenceConfig(), ModelOptions()), ()),)}
+    return {model_id: tuple(_Probe(inference, options, tuple(names))
+                            for (inference, options), names in shapes.items())
+            for model_id, shapes in models.items()}
+
+
+def probe_settings(inference: InferenceConfig, options: ModelOptions
+                   ) -> tuple[InferenceConfig, ModelOptions]:
+    """A call's request settings, only shorter: one output token, or with thinking on
+    Bedrock's smallest budget under maxTokens one above it. The rest (samplers, stop
+    sequences, latency, guardrail, thinking) is sent as the call sends it: any of it can be
+    what Bedrock refuses on every turn."""
+    if options.thinking_budget_tokens is None:
+        return replace(inference, max_tokens=1), options
+    return (replace(inference, max_tokens=MIN_BUDGET_TOKENS + 1),
+            replace(options, thinking_budget_tokens=MIN_BUDGET_TOKENS))
 
 
 def _ready(settings: Settings) -> tuple[list[str], str]:
@@ -136,44 +216,43 @@ async def _ask_into(llm: BedrockLLM, model: _Model, source: str, outcomes: list[
 
 async def _ask(llm: BedrockLLM, model: _Model, source: str) -> Outcome:
     name = f"Bedrock model {model.model_id}"
-    use_case = model.use_cases[0] if model.use_cases else CHECK_CALL_SID
-    inference, options = InferenceConfig(max_tokens=1), ModelOptions()
-    if model.thinks:
-        if thinking_support(model.model_id) is False:   # MODEL_IDENTIFIER: sent without it
-            return failed(name, f"cannot think (thinking is on in {', '.join(model.thinks)})",
-                          f"{why_not(model.model_id)}: the server sends it without thinking",
-                          f"set MODEL_IDENTIFIER or the use case's model to one that can "
-                          f"({SUPPORTED}), or remove model_options.thinking_budget_tokens")
-        inference = InferenceConfig(max_tokens=MIN_BUDGET_TOKENS + 1)
-        options = ModelOptions(thinking_budget_tokens=MIN_BUDGET_TOKENS)
-    elif model.effort is not None:
-        if effort_support(model.model_id) is False:     # MODEL_IDENTIFIER: sent without it
-            return failed(name, f"does not think adaptively (effort is set in "
-                          f"{', '.join(model.adapts)})",
-                          f"{why_no_effort(model.model_id)}: the server sends it without",
-                          f"set MODEL_IDENTIFIER or the use case's model to one that does "
-                          f"({ADAPTIVE_MODELS}), or remove model_options.effort")
-        options = ModelOptions(effort=model.effort)
-    request = LLMRequest(call_sid=CHECK_CALL_SID, use_case=use_case, model_id=model.model_id,
-                         system=(), messages=(PROBE,), inference=inference, options=options)
+    if model.thinks and thinking_support(model.model_id) is False:
+        # MODEL_IDENTIFIER: the server sends it without thinking, so asking proves nothing
+        return failed(name, f"cannot think (thinking is on in {', '.join(model.thinks)})",
+                      f"{why_not(model.model_id)}: the server sends it without thinking",
+                      f"set MODEL_IDENTIFIER or the use case's model to one that can "
+                      f"({SUPPORTED}), or remove model_options.thinking_budget_tokens")
+    if model.adapts and effort_support(model.model_id) is False:
+        # MODEL_IDENTIFIER: the server sends it without the effort, so asking proves nothing
+        return failed(name, f"does not think adaptively (effort is set in "
+                      f"{', '.join(model.adapts)})",
+                      f"{why_no_effort(model.model_id)}: the server sends it without",
+                      f"set MODEL_IDENTIFIER or the use case's model to one that does "
+                      f"({ADAPTIVE_MODELS}), or remove model_options.effort")
     started = trio.current_time()
-    try:
-        with trio.fail_after(MODEL_TIMEOUT_S):
-            async with llm.stream(request) as events:
-                async for _ in events:
-                    if model.thinks or model.adapts:
-                        break           # accepted: the rest of its answer is not paid for
-    except trio.TooSlowError:
-        return failed(name, f"no answer within {MODEL_TIMEOUT_S:g} s", NETWORK_ADVICE)
-    except LLMError as err:
-        return _model_failure(name, model, err)
+    for probe in model.probes:
+        use_case = probe.use_cases[0] if probe.use_cases else CHECK_CALL_SID
+        request = LLMRequest(call_sid=CHECK_CALL_SID, use_case=use_case,
+                             model_id=model.model_id, system=(), messages=(PROBE,),
+                             inference=probe.inference, options=probe.options)
+        try:
+            with trio.fail_after(MODEL_TIMEOUT_S):
+                async with llm.stream(request) as events:
+                    async for _ in events:
+                        if probe.thinks or probe.adapts:
+                            break       # accepted: the rest of its answer is not paid for
+        except trio.TooSlowError:
+            return failed(name, f"no answer within {MODEL_TIMEOUT_S:g} s", NETWORK_ADVICE)
+        except LLMError as err:
+            return _model_failure(name, model, probe, err)
     took = trio.current_time() - started
     return passed(name, f"answers in {model.region} ({took:.1f} s; {model.named_by}, "
                         f"from {source})")
 
 
-def _model_failure(name: str, model: _Model, err: LLMError) -> Outcome:
-    """``err`` as what to do about it, by its code."""
+def _model_failure(name: str, model: _Model, probe: _Probe, err: LLMError) -> Outcome:
+    """``err`` as what to do about it, by its code (and, for a refused request, its words:
+    which of the use cases' keys Bedrock refused)."""
     code, where = err.code, f"{model.model_id} in {model.region}"
     not_bedrock = code in _NETWORK or code in SSO_CODES      # it never answered
     said = ("error: " if not_bedrock else "Bedrock said: ") + str(err).removesuffix(
@@ -185,19 +264,22 @@ def _model_failure(name: str, model: _Model, err: LLMError) -> Outcome:
                       "it routes to)",
                       f"allow IAM bedrock:InvokeModelWithResponseStream on "
                       f"{' and '.join(_resources(model))}", said)
-    if code == "ValidationException" and model.thinks:
+    if code == "ValidationException" and probe.samplers and _SAMPLER_WORDS.search(str(err)):
+        return _samplers_refused(name, model, probe, code, said, both=bool(
+            _NOT_BOTH.search(str(err))))
+    if code == "ValidationException" and probe.thinks:
         return failed(name, f"refused with thinking on ({code})",
-                      f"thinking is on in {', '.join(model.thinks)} "
+                      f"thinking is on in {', '.join(probe.use_cases)} "
                       f"(model_options.thinking_budget_tokens); if Bedrock's words are "
                       f"about thinking, {model.model_id} cannot think with a budget: name a "
                       f"model that can ({SUPPORTED}) or remove the key", said)
-    if code == "ValidationException" and model.adapts:
+    if code == "ValidationException" and probe.adapts:
         return failed(name, f"refused with adaptive thinking on ({code})",
-                      f"adaptive thinking is on in {', '.join(model.adapts)} "
-                      f"(model_options.effort: {model.effort}); if Bedrock's words are about "
-                      f"thinking or effort, {model.model_id} does not take it: name a model "
-                      f"that does ({ADAPTIVE_MODELS}), another effort, or remove the key",
-                      said)
+                      f"adaptive thinking is on in {', '.join(probe.use_cases)} "
+                      f"(model_options.effort: {probe.options.effort}); if Bedrock's words "
+                      f"are about thinking or effort, {model.model_id} does not take it: name "
+                      f"a model that does ({ADAPTIVE_MODELS}), another effort, or remove the "
+                      "key", said)
     if code in ("ValidationException", "ResourceNotFoundException"):
         return failed(name, f"wrong region or unknown model ({code})",
                       f"check that {model.model_id} ({model.named_by}) is offered in "
@@ -205,7 +287,8 @@ def _model_failure(name: str, model: _Model, err: LLMError) -> Outcome:
                       "inference for profile ids such as us.<model id>",
                       "some models are invoked only through an inference profile: use its id "
                       "(us.<model id>) or ARN instead of the bare model id",
-                      "or set AWS_REGION to the region where the model is enabled", said)
+                      "or set AWS_REGION to the region where the model is enabled",
+                      *_settings_advice(probe), said)
     if isinstance(err, ModelThrottled) or code in _THROTTLED:
         return failed(name, f"throttled ({code}), also after retries",
                       "try again in a minute; if it persists, raise the model's quota: "
@@ -224,6 +307,31 @@ def _model_failure(name: str, model: _Model, err: LLMError) -> Outcome:
         return failed(name, f"Bedrock is unavailable ({code})",
                       "try again in a minute; the AWS Health Dashboard shows incidents", said)
     return failed(name, f"the call failed ({code})", said)
+
+
+def _samplers_refused(name: str, model: _Model, probe: _Probe, code: str, said: str, *,
+                      both: bool) -> Outcome:
+    """A sampling parameter the model refuses, sent because the id cannot say which model
+    runs (an application-inference-profile ARN): every turn of these use cases fails."""
+    where = f"use case {', '.join(probe.use_cases)}" if probe.use_cases else "MODEL_IDENTIFIER"
+    if both:
+        fix = (f"set only one of inference.temperature and inference.top_p in {where} "
+               f"(usually temperature): {model.model_id} refuses the two together")
+    else:
+        fix = (f"remove {' and '.join(probe.samplers)} from {where}: the model behind "
+               f"{model.model_id} takes no sampling parameters (Claude Opus 4.7 and later)")
+    return failed(name, f"refuses the sampling parameters of {probe.named_by} ({code}): "
+                        "every turn would fail", fix,
+                  "the server sends what the use case sets when the model id does not say "
+                  "which model runs (an application-inference-profile ARN)", said)
+
+
+def _settings_advice(probe: _Probe) -> list[str]:
+    """For a refused request that carried use case settings: they may be what was refused."""
+    if not probe.settings:
+        return []
+    return [f"or Bedrock refused a setting {probe.named_by} sends with every request "
+            f"({', '.join(probe.settings)}): if its words are about one, fix or remove it"]
 
 
 def _resources(model: _Model) -> list[str]:
