@@ -146,15 +146,16 @@ async def aws_identity(ctx: CheckContext) -> list[Outcome]:
         return [skipped(name, "STORE=sqlite and LLM=scripted: nothing calls AWS")]
     if settings.store == "sqlite" and os.environ.get("AWS_BEARER_TOKEN_BEDROCK"):
         return [skipped(name, "STORE=sqlite, and Bedrock takes AWS_BEARER_TOKEN_BEDROCK")]
-    local = _local_dynamodb()
-    if settings.store == "dynamodb" and local and not os.environ.get(
-            "AWS_ENDPOINT_URL_STS") and (
-            settings.llm == "scripted" or os.environ.get("AWS_BEARER_TOKEN_BEDROCK")):
-        # DynamoDB Local takes any keys (compose's dummy ones), which STS would refuse; an
-        # STS endpoint set on purpose is still asked
-        model = ("LLM=scripted" if settings.llm == "scripted"
-                 else "Bedrock takes AWS_BEARER_TOKEN_BEDROCK")
-        return [skipped(name, f"{model}, and DynamoDB is at {local}, not AWS")]
+    if settings.store == "dynamodb" and (settings.llm == "scripted"
+                                         or os.environ.get("AWS_BEARER_TOKEN_BEDROCK")):
+        local, sts = await run_blocking(partial(_resolved_endpoints, settings),
+                                        limiter=ctx.limiter)
+        if local and not _sts_on_purpose(sts, local):
+            # DynamoDB Local takes any keys (compose's dummy ones), which STS would refuse;
+            # an STS endpoint set on purpose is still asked
+            model = ("LLM=scripted" if settings.llm == "scripted"
+                     else "Bedrock takes AWS_BEARER_TOKEN_BEDROCK")
+            return [skipped(name, f"{model}, and DynamoDB is at {local}, not AWS")]
     try:
         with trio.fail_after(AWS_TIMEOUT_S):
             identity = await run_blocking(partial(_caller_identity, settings.aws_region),
@@ -177,15 +178,48 @@ async def aws_identity(ctx: CheckContext) -> list[Outcome]:
     return [passed(name, f"account {identity['Account']}, {identity['Arn']}")]
 
 
-def _local_dynamodb() -> str | None:
-    """The DynamoDB endpoint boto3 is pointed at when it is not AWS's (DynamoDB Local, moto),
-    else None: AWS's own hosts end in amazonaws.com (.com.cn in China) or api.aws."""
-    endpoint = (os.environ.get("AWS_ENDPOINT_URL_DYNAMODB")
-                or os.environ.get("AWS_ENDPOINT_URL") or "")
+def _resolved_endpoints(settings: Settings) -> tuple[str | None, str | None]:
+    """Worker thread: the DynamoDB endpoint when it is not AWS's (DynamoDB Local, moto), else
+    None, and STS's endpoint; as botocore resolves them for the clients the store and this
+    check build (AWS_ENDPOINT_URL_<SERVICE>, AWS_ENDPOINT_URL, the AWS config file's
+    ``services`` sections and ``endpoint_url``), which reading the environment missed. A
+    client that cannot be built counts as AWS's: the store check says why."""
+    try:
+        dynamodb = make_client(settings, max_pool_connections=1)
+    except (SettingsError, StoreError):
+        local = None
+    else:
+        try:
+            local = _not_aws(str(dynamodb.meta.endpoint_url))
+        finally:
+            dynamodb.close()
+    try:
+        sts = _sts_client(settings.aws_region)
+    except BotoCoreError:
+        return local, None
+    try:
+        return local, str(sts.meta.endpoint_url)
+    finally:
+        sts.close()
+
+
+def _not_aws(endpoint: str) -> str | None:
+    """``endpoint`` unless it is AWS's own: hosts ending in amazonaws.com (.com.cn in China)
+    or api.aws."""
     host = urlsplit(endpoint).hostname or ""
     if not host or host.endswith((".amazonaws.com", ".amazonaws.com.cn", ".api.aws")):
         return None
     return endpoint
+
+
+def _sts_on_purpose(sts: str | None, local_dynamodb: str) -> bool:
+    """Whether STS was pointed somewhere that may take DynamoDB Local's dummy keys (moto,
+    LocalStack): an endpoint that is not AWS's, and either its own variable or another than
+    DynamoDB's. One endpoint for every service (AWS_ENDPOINT_URL, or ``endpoint_url`` in the
+    config file) is DynamoDB Local's, which does not answer STS."""
+    if sts is None or _not_aws(sts) is None:
+        return False
+    return sts != local_dynamodb or bool(os.environ.get("AWS_ENDPOINT_URL_STS"))
 
 
 def sso_advice() -> str:
@@ -197,15 +231,20 @@ def sso_advice() -> str:
 def _caller_identity(region: str | None) -> dict[str, Any]:
     """Worker thread: one STS call with short timeouts. Without a region (the other checks
     say so) the credentials are still checked, in STS's global endpoint's region."""
-    config = Config(connect_timeout=AWS_CONNECT_TIMEOUT_S, read_timeout=AWS_READ_TIMEOUT_S,
-                    retries={"mode": "standard", "total_max_attempts": 2})
-    session = boto3.session.Session(region_name=region)
-    client = session.client("sts", region_name=session.region_name or STS_FALLBACK_REGION,
-                            config=config)
+    client = _sts_client(region)
     try:
         return dict(client.get_caller_identity())
     finally:
         client.close()
+
+
+def _sts_client(region: str | None) -> Any:
+    """Blocking: the STS client of ``_caller_identity``, short timeouts."""
+    config = Config(connect_timeout=AWS_CONNECT_TIMEOUT_S, read_timeout=AWS_READ_TIMEOUT_S,
+                    retries={"mode": "standard", "total_max_attempts": 2})
+    session = boto3.session.Session(region_name=region)
+    return session.client("sts", region_name=session.region_name or STS_FALLBACK_REGION,
+                          config=config)
 
 
 def _sts_refused(name: str, err: ClientError) -> Outcome:
@@ -312,7 +351,8 @@ def _store_failure(ctx: CheckContext, name: str, region: str, err: StoreError) -
         return failed(name, str(err), CREDENTIALS_ADVICE)
     if isinstance(err.__cause__, BotoConnectionError | HTTPClientError):
         return failed(name, f"cannot reach DynamoDB: {err.__cause__}", NETWORK_ADVICE,
-                      "AWS_ENDPOINT_URL_DYNAMODB, when set, must point at a running endpoint")
+                      "a DynamoDB endpoint set (AWS_ENDPOINT_URL_DYNAMODB, AWS_ENDPOINT_URL, "
+                      "or endpoint_url in the AWS config file) must point at a running one")
     return failed(name, str(err))
 
 
