@@ -102,6 +102,7 @@ def test_tools_with_defaults_or_star_args_still_load(tmp_path: Path,
     ("timeout_s=0", "more than 0"),
     ('side_effect="no"', "side_effect must be True or False"),
     ("blocking=1", "blocking must be True or False"),
+    ('plays_audio="yes"', "plays_audio must be True or False"),
 ])
 def test_an_option_of_the_wrong_kind_says_what_it_must_be(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: str, wanted: str) -> None:
@@ -175,6 +176,7 @@ def test_a_partial_or_a_callable_object_is_refused_with_what_to_write(
     ({"side_effect": "no"}, "side_effect must be True or False"),
     ({"ends_turn": 1}, "ends_turn must be True or False"),
     ({"blocking": "yes"}, "blocking must be True or False"),
+    ({"plays_audio": 1}, "plays_audio must be True or False"),
 ])
 def test_a_definition_built_directly_gets_the_decorators_checks(
         options: dict[str, Any], wanted: str) -> None:

@@ -3,10 +3,11 @@
 With the settings ``serve`` would use (the environment, then ``./.env`` for what it leaves
 unset), it checks in order: the settings; the AWS credentials (STS); the DynamoDB table, or the
 SQLite data folder; the use cases against the tools, as ``serve`` loads them; one token from
-every model the use cases name; Twilio's credentials and, with ``--number``, that number's
-voice webhook. One line per check, ✓ or ✗ (or skipped), and under a failure what to do about
-it. Checks that need something an earlier one lacked are skipped, never crashed; every other
-check runs whatever failed before it.
+every model the use cases name, asked with their settings; Twilio's credentials and, with
+``--number``, that number's voice webhook. One line per check, ✓ or ✗ (or skipped), and under
+a failure what to do about it (notes under a pass; on a terminal, wrapped to its width).
+Checks that need something an earlier one lacked are skipped, never crashed; every other check
+runs whatever failed before it.
 
 Exit code 1 when any check failed, 0 otherwise (skipped checks are not failures).
 """
@@ -17,7 +18,9 @@ import argparse
 import dataclasses
 import json
 import logging
+import shutil
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -39,7 +42,8 @@ DESCRIPTION = (
     "Check that a real call can work, with the settings `voiceagent serve` would use (the "
     "environment, then ./.env for what it leaves unset): the settings; the AWS credentials "
     "(STS); the DynamoDB table, or the SQLite data folder; the use cases against the tools, "
-    "as serve loads them; one token from each model the use cases name; Twilio's credentials "
+    "as serve loads them; one token from each model the use cases name, asked with their "
+    "settings (temperature, guardrail...); Twilio's credentials "
     "and, with --number, the number's voice webhook. One line per check, and under a failure "
     "what to do. Exit code 1 when a check failed, else 0 (skipped checks are not failures).")
 
@@ -84,7 +88,8 @@ def _check(args: argparse.Namespace) -> int:
 
     dotenv = load_dotenv_file()
     logs.configure("console", "INFO" if args.verbose else "CRITICAL")
-    checklist = Checklist(sys.stdout, as_json=args.json)
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    checklist = Checklist(sys.stdout, as_json=args.json, width=width)
     outcomes = trio.run(run_checks, dotenv, args.number, checklist.show)
     checklist.finish(outcomes)
     return 1 if any(o.status == "fail" for o in outcomes) else 0
@@ -143,11 +148,16 @@ async def _guarded(name: str, step: Step, context: CheckContext) -> list[Outcome
 
 class Checklist:
     """Prints outcomes as a checklist (✓/✗, ASCII when the stream cannot encode them), or
-    collects them for one JSON object at the end."""
+    collects them for one JSON object at the end. ``width``: a terminal's, to which each line
+    and each advice is wrapped, indented under itself; None (a pipe, a file) keeps one line
+    each, for whatever reads them."""
 
-    def __init__(self, stream: TextIO, *, as_json: bool) -> None:
+    MIN_WIDTH = 40
+
+    def __init__(self, stream: TextIO, *, as_json: bool, width: int | None = None) -> None:
         self._stream = stream
         self._as_json = as_json
+        self._width = None if width is None else max(width, self.MIN_WIDTH)
         self._ascii = not _can_encode(stream, UNICODE.passed + UNICODE.failed
                                       + UNICODE.skipped + UNICODE.advice)
         self.marks = ASCII if self._ascii else UNICODE
@@ -158,9 +168,16 @@ class Checklist:
         mark = {"pass": self.marks.passed, "fail": self.marks.failed,
                 "skip": self.marks.skipped}[outcome.status]
         detail = outcome.detail if outcome.status != "skip" else f"skipped ({outcome.detail})"
-        lines = [f"{mark} {outcome.name}: {detail}"]
-        lines += [f"    {self.marks.advice} {line}" for line in outcome.advice]
+        lines = [self._wrap(f"{mark} {outcome.name}: {detail}", "  ")]
+        lines += [self._wrap(f"    {self.marks.advice} {line}", "      ")
+                  for line in outcome.advice]
         self._write("\n".join(lines) + "\n")
+
+    def _wrap(self, line: str, indent: str) -> str:
+        if self._width is None or len(line) <= self._width:
+            return line
+        return textwrap.fill(line, self._width, subsequent_indent=indent,
+                             break_long_words=False, break_on_hyphens=False)
 
     def finish(self, outcomes: list[Outcome]) -> None:
         failures = sum(o.status == "fail" for o in outcomes)

@@ -51,8 +51,8 @@ async def config_check(ctx: CheckContext) -> list[Outcome]:
     where = ("" if settings.store == "sqlite"
              else " (the table was not read: checked what `voiceagent config load` writes)")
     return [passed(NAME, _summary(config.use_cases, registry, settings)
-                   + f" in {ctx.use_cases_from}{where}"
-                   + _silences(config.use_cases, registry, "in its use case's file"))]
+                   + f" in {ctx.use_cases_from}{where}",
+                   *_silences(config.use_cases, registry, "in its use case's file"))]
 
 
 def _stored_outcome(ctx: CheckContext, registry: ToolRegistry,
@@ -80,9 +80,9 @@ def _stored_outcome(ctx: CheckContext, registry: ToolRegistry,
                       "the use case in config/ and run `voiceagent config load`")
     note = ("; served, but `voiceagent config load` would refuse: " + "; ".join(notes)
             if notes else "")
-    return passed(NAME, _summary(use_cases, registry, ctx.settings) + " in the table" + note
-                  + _silences(use_cases, registry,
-                              "in config/, then run `voiceagent config load`"))
+    return passed(NAME, _summary(use_cases, registry, ctx.settings) + " in the table" + note,
+                  *_silences(use_cases, registry,
+                             "in config/, then run `voiceagent config load`"))
 
 
 def _summary(use_cases: tuple[UseCase, ...], registry: ToolRegistry,
@@ -93,17 +93,20 @@ def _summary(use_cases: tuple[UseCase, ...], registry: ToolRegistry,
             f"{len(registry.names())} registered{extra}")
 
 
-def _silences(use_cases: tuple[UseCase, ...], registry: ToolRegistry, where: str) -> str:
-    """A note (not a failure: a tool may well answer fast) on the tools a model can call
-    without a word first and that may run past ``SILENCE_NOTE_OVER_S`` with no ``filler``:
-    the caller hears nothing until the tool ends, up to its timeout. Tools that end the call
-    are left out: they cannot have a filler (the model says goodbye itself)."""
+def _silences(use_cases: tuple[UseCase, ...], registry: ToolRegistry, where: str
+              ) -> tuple[str, ...]:
+    """Notes (not a failure: a tool may well answer fast), one line each, on the tools a
+    model can call without a word first and that may run past ``SILENCE_NOTE_OVER_S`` with
+    no ``filler``: the caller hears nothing until the tool ends, up to its timeout. Left out:
+    tools that end the call (they cannot have a filler: the model says goodbye itself) and
+    tools that play audio themselves (``plays_audio``: their sound fills the wait)."""
     found: list[str] = []
     for use_case in use_cases:
         silent = []
         for declaration in use_case.tools:
             definition = registry.get(declaration.name)
-            if definition is None or definition.ends_turn or declaration.filler is not None:
+            if (definition is None or definition.ends_turn or definition.plays_audio
+                    or declaration.filler is not None):
                 continue
             limit_s = declaration.timeout_s or definition.timeout_s   # as the executor runs it
             if limit_s > SILENCE_NOTE_OVER_S:
@@ -111,8 +114,10 @@ def _silences(use_cases: tuple[UseCase, ...], registry: ToolRegistry, where: str
         if silent:
             found.append(f"use case {use_case.name}: {', '.join(silent)}")
     if not found:
-        return ""
-    return ("; no filler, so a caller hears silence while these run when the model calls "
-            "them without a word first: " + "; ".join(found) + "; give each a filler, said "
-            "once it has run 1 s (`filler: \"One moment while I check that.\"` in its "
-            f"declaration, {where}; docs/tools.md); one that plays audio itself needs none")
+        return ()
+    return ("no filler: a caller hears silence while these run, when the model calls them "
+            "without a word first", *found,
+            "give each a filler, said once it has run 1 s (`filler: \"One moment while I check "
+            f"that.\"` in its declaration, {where}; docs/tools.md)",
+            "a tool that plays audio itself needs none: declare it with "
+            "@tool(..., plays_audio=True) and it is not listed")

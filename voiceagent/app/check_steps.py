@@ -69,7 +69,8 @@ _EXPIRED = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired"}
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One line of the checklist, and what to do under it (failures and some skips)."""
+    """One line of the checklist, and what to do under it (failures, some skips, and notes
+    on a pass)."""
 
     name: str
     status: Status
@@ -77,8 +78,9 @@ class Outcome:
     advice: tuple[str, ...] = ()
 
 
-def passed(name: str, detail: str) -> Outcome:
-    return Outcome(name, "pass", detail)
+def passed(name: str, detail: str, *notes: str) -> Outcome:
+    """``notes``: said under the line as advice is, for what passes but is worth a look."""
+    return Outcome(name, "pass", detail, notes)
 
 
 def failed(name: str, detail: str, *advice: str) -> Outcome:

@@ -99,6 +99,7 @@ class ToolDefinition:
     timeout_s: float = 10.0
     ends_turn: bool = False           # True: the model is not called again after it (endCall)
     blocking: bool = False            # True: a plain def, run in a worker thread
+    plays_audio: bool = False         # True: it sends the caller audio itself (no filler asked)
 
     def __post_init__(self) -> None:
         """The same checks ``@tool`` makes, for a definition built directly (a test's, a
@@ -106,7 +107,8 @@ class ToolDefinition:
         and ``timeout_s="5"`` or ``side_effect="no"`` only in a live call."""
         _check_name(self.name)
         _check_options(self.name, self.timeout_s, side_effect=self.side_effect,
-                       ends_turn=self.ends_turn, blocking=self.blocking)
+                       ends_turn=self.ends_turn, blocking=self.blocking,
+                       plays_audio=self.plays_audio)
         is_async = inspect.iscoroutinefunction(self.function)
         if inspect.isasyncgenfunction(self.function):
             raise TypeError(f"tool {self.name!r} is an async generator (it yields): a tool "
@@ -148,13 +150,17 @@ _COLLECTED: dict[str, dict[str, tuple[str, ToolDefinition]]] = {}
 
 
 def tool(name: str, *, side_effect: bool = False, timeout_s: float = 10.0,
-         ends_turn: bool = False, blocking: bool = False) -> Callable[[F], F]:
+         ends_turn: bool = False, blocking: bool = False,
+         plays_audio: bool = False) -> Callable[[F], F]:
     """Register the decorated function as the tool ``name``; returns it unchanged.
 
     ``side_effect``: it changes the world, so it runs once per toolUseId and a barge-in does
     not cut it. ``timeout_s``: the limit unless the use case sets its own. ``ends_turn``: the
     model is not called again after it (it ended the call). ``blocking``: a plain ``def`` run
     in a worker thread (TOOL_THREADS of them); otherwise an ``async def`` run on trio.
+    ``plays_audio``: it sends the caller audio (``Play``) or keys itself as it starts, which
+    fills the wait a ``filler`` is for; only ``voiceagent check`` reads it (the call itself
+    sees the ``Play`` go out), so its note on slow tools without a filler leaves it out.
     Mistakes (a bad name, an async/plain mismatch, a name used twice in one module) raise
     when the module is imported.
     """
@@ -164,7 +170,7 @@ def tool(name: str, *, side_effect: bool = False, timeout_s: float = 10.0,
                         f"@tool(\"ToolName\") above {function}, not a bare @tool")
     _check_name(name)
     _check_options(name, timeout_s, side_effect=side_effect, ends_turn=ends_turn,
-                   blocking=blocking)
+                   blocking=blocking, plays_audio=plays_audio)
 
     def decorate(function: F) -> F:
         if not (isinstance(getattr(function, "__qualname__", None), str)
@@ -175,7 +181,8 @@ def tool(name: str, *, side_effect: bool = False, timeout_s: float = 10.0,
                             f"async def, not a {type(function).__name__} object; write a small "
                             "function that calls it")
         definition = ToolDefinition(name, function, side_effect=side_effect,
-                                    timeout_s=timeout_s, ends_turn=ends_turn, blocking=blocking)
+                                    timeout_s=timeout_s, ends_turn=ends_turn, blocking=blocking,
+                                    plays_audio=plays_audio)
         module = _COLLECTED.setdefault(function.__module__, {})
         earlier = module.get(name)
         if earlier is not None and earlier[0] != function.__qualname__:

@@ -24,7 +24,7 @@ class ToolInputError(ValueError):
     """The model's input breaks one of Twilio's rules: the message says which."""
 
 
-@tool("playAudio", timeout_s=5.0)
+@tool("playAudio", timeout_s=5.0, plays_audio=True)
 async def play_audio(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     source = str(args.get("url", ""))
     if not source.lower().startswith("https://"):
@@ -42,7 +42,7 @@ async def play_audio(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
 
 # A key pressed cannot be taken back: it runs once per toolUseId and a barge-in does not cut it
 # (keys the writer still holds when the caller cuts in are withheld, and the result says so).
-@tool("sendDigits", side_effect=True, timeout_s=5.0)
+@tool("sendDigits", side_effect=True, timeout_s=5.0, plays_audio=True)
 async def send_digits(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     digits = str(args.get("digits", ""))
     try:
