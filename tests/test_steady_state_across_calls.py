@@ -127,6 +127,7 @@ async def _held(runtime: Runtime) -> dict[str, int]:
         "lookups": len(sessions._spent._looking), "spent tokens": len(sessions._spent._spent),
         "offers": len(sessions._offers), "calls live": len(runtime.calls.live),
         "claims": runtime.calls.claims,       # (calls.reports: the last 100, for tests)
+        "calls looked up": runtime.calls.lookups,
         "sockets waiting": len(runtime.sockets_waiting), "queued": runtime.writer.pending,
         "queued calls": len(runtime.writer._last_by_call),
         "use cases cached": len(runtime.catalog._cache),

@@ -56,7 +56,8 @@ WRITE_LINGER_S = 0.05     # write-behind: a batch waits this long for company (s
 class CallCounters:
     active: int = 0
     total: int = 0
-    claims: int = 0             # sockets whose setup's call is being looked up (not calls yet)
+    claims: int = 0             # sockets whose setup's call is at its first read (capacity)
+    lookups: int = 0            # sockets whose setup's call is being looked up at all (drain)
     reports: list[CallReport] = field(default_factory=list)   # the last few, for tests/metrics
     live: list[CallReport] = field(default_factory=list)      # calls in progress
     keep: int = 100
@@ -85,10 +86,19 @@ class CallCounters:
         and a drain waits for it, since it becomes a call a moment later."""
         self._busy()
         self.claims += 1
+        self.lookups += 1
 
-    def claim_done(self) -> None:
-        """Its lookup is over: a call (``started`` follows at once) or refused."""
+    def looked_up_again(self) -> None:
+        """Its call was not there at the first read: no longer counted for capacity (a flood
+        of made-up CallSids must not refuse real calls), but still waited for by a drain:
+        its session may be on its way from another process, and the call start then."""
         self.claims -= 1
+
+    def claim_done(self, *, at_first_read: bool = True) -> None:
+        """Its lookup is over: a call (``started`` follows at once) or refused.
+        ``at_first_read``: not ``looked_up_again``, so still counted for capacity."""
+        self.claims -= at_first_read
+        self.lookups -= 1
         self._idle_unless_busy()
 
     def _busy(self) -> None:
@@ -96,7 +106,7 @@ class CallCounters:
             self._idle = trio.Event()
 
     def _idle_unless_busy(self) -> None:
-        if not self.active and not self.claims:
+        if not self.active and not self.lookups:
             self._idle.set()
 
     def never_started(self, report: CallReport) -> None:
@@ -121,9 +131,9 @@ class CallCounters:
 
     async def wait_idle(self) -> None:
         """Until no call is in progress and no socket's call is being looked up (drain,
-        tests). Looked again after each wake-up: a claim that ends as its call starts sets
-        the event a moment before the call counts."""
-        while self.active or self.claims:
+        tests), at its first read or again. Looked again after each wake-up: a claim that
+        ends as its call starts sets the event a moment before the call counts."""
+        while self.active or self.lookups:
             await self._idle.wait()
 
 

@@ -26,7 +26,8 @@ class SocketStanding:
     whose call is not there at the first read is looked up again for ~1.5 s (its session
     may still be on its way from another process), and waits in the budget again meanwhile:
     a flood of setups naming calls nobody prepared costs a bounded number of sockets and
-    store reads. A socket whose setup claims its call is one of the calls until it ends."""
+    store reads. A drain waits for either lookup (``CallCounters.lookups``): each may
+    become a call. A socket whose setup claims its call is one of the calls until it ends."""
 
     def __init__(self, runtime: Runtime, *, call_sid: str | None = None) -> None:
         self._runtime = runtime
@@ -38,7 +39,8 @@ class SocketStanding:
         self._call_sid: str | None = None
         self._generation = 0                    # of the session it claimed
         self._socket_closed = False
-        self._counted = False                   # in runtime.calls.claims
+        self._looking = False                   # in runtime.calls.lookups
+        self._counted = False                   # in runtime.calls.claims (its first read)
         self._enter_waiting()
 
     def _enter_waiting(self) -> None:
@@ -72,14 +74,14 @@ class SocketStanding:
             raise CallRejected("over capacity")
         plan = None
         runtime.calls.claim_started()
-        self._counted = True
+        self._looking = self._counted = True
         try:
             with trio.CancelScope() as self._resolving:
                 plan = await runtime.sessions.resolve(setup, on_retry=self._looked_up_again)
         except (StoreError, UnknownUseCase, ConfigError) as err:
             raise CallUnavailable(f"{type(err).__name__}: {err}") from err
         finally:                        # refused too: out of the budget, no scope to cancel
-            self._uncount()
+            self._lookup_over()
             self._resolving = None
             self._leave_waiting()
         if plan is None:
@@ -92,13 +94,16 @@ class SocketStanding:
         return plan
 
     def _looked_up_again(self) -> None:
-        self._uncount()
-        self._enter_waiting()
-
-    def _uncount(self) -> None:
         if self._counted:
             self._counted = False
-            self._runtime.calls.claim_done()
+            self._runtime.calls.looked_up_again()
+        self._enter_waiting()
+
+    def _lookup_over(self) -> None:
+        if self._looking:
+            self._looking = False
+            self._runtime.calls.claim_done(at_first_read=self._counted)
+            self._counted = False
 
     def socket_closed(self) -> None:
         """Its socket closed (the peer left, a send failed, or we closed it): a reconnect
