@@ -14,12 +14,15 @@ import pytest
 import trio
 import trio.testing
 
+import voiceagent.store.records as records
 from tests.fake_ecs_agent import open_fake_agent
 from tests.fakes import MemoryStore
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from tests.test_session_binding import token_in
 from tests.test_write_behind import FakeStore
-from voiceagent.app.caller import open_call
+from voiceagent.app.caller import Identity, RelayTarget, open_call, open_relay, post_form
 from voiceagent.app.runtime import CallCounters, open_runtime
+from voiceagent.app.sessions import TOKEN_PARAMETER
 from voiceagent.app.task_protection import (
     EXPIRES_MINUTES,
     RENEW_BEFORE_S,
@@ -436,6 +439,53 @@ async def test_server_holds_protection_through_a_real_call(tmp_path: Path) -> No
                 await fake.wait_requests(2)
                 assert fake.requests[1].body == {"ProtectionEnabled": False}
                 assert not fake.enabled
+
+
+async def test_server_holds_protection_from_the_moment_a_socket_claims_its_call(
+        tmp_path: Path) -> None:
+    """A socket's call is being looked up (a reconnect landing on an idle task, its store
+    slow): it becomes a call a moment later, and counts as one for capacity and for the
+    drain; the hold waited for the call to start, so a scale-in could pick the task in
+    between (found by a review)."""
+    identity = Identity()
+    with trio.fail_after(30):
+        async with open_fake_agent() as fake, \
+                running_server(make_settings(tmp_path)) as minting, \
+                running_server(make_settings(tmp_path, ECS_AGENT_URI=fake.uri,
+                                             TASK_PROTECTION_IDLE_S="0")) as server:
+            token = token_in(await post_form(minting.url + "/twiml", {
+                "CallSid": identity.call_sid, "From": identity.from_number,
+                "To": identity.to_number}, AUTH_TOKEN))
+            store, reading, answer = server.runtime.store, trio.Event(), trio.Event()
+            real_get = store.get
+
+            async def slow(pk: str, sk: str) -> Any:
+                if (pk, sk) == (identity.call_sid, records.SESSION_SK):
+                    reading.set()
+                    await answer.wait()             # the store under a mass reconnect
+                return await real_get(pk, sk)
+
+            store.get = slow                        # type: ignore[method-assign]
+            target = RelayTarget(url=server.url.replace("http", "ws", 1) + "/relay",
+                                 action="", greeting=None, attributes={},
+                                 parameters={TOKEN_PARAMETER: token})
+            async with trio.open_nursery() as nursery:
+                async def call() -> None:
+                    async with open_relay(target, identity, auth_token=AUTH_TOKEN) as relay:
+                        await relay.say("what are your hours?")
+                        assert (await relay.read_reply()).closed
+                        await relay.hang_up()
+
+                nursery.start_soon(call)
+                await reading.wait()
+                with trio.move_on_after(5):         # bounds the failure: none came
+                    await fake.wait_requests(1)
+                assert server.runtime.calls.active == 0     # not a call yet...
+                assert [r.body for r in fake.requests] == [
+                    {"ProtectionEnabled": True, "ExpiresInMinutes": EXPIRES_MINUTES}]
+                answer.set()                                # ...the same hold for the call
+            await fake.wait_requests(2)
+    assert [r.body for r in fake.requests][1:] == [{"ProtectionEnabled": False}]
 
 
 async def test_server_without_the_agent_or_with_it_off_asks_nothing(tmp_path: Path) -> None:

@@ -87,6 +87,7 @@ class CallCounters:
         self._busy()
         self.claims += 1
         self.lookups += 1
+        self._announce()
 
     def looked_up_again(self) -> None:
         """Its call was not there at the first read: no longer counted for capacity (a flood
@@ -100,6 +101,7 @@ class CallCounters:
         self.claims -= at_first_read
         self.lookups -= 1
         self._idle_unless_busy()
+        self._announce()
 
     def _busy(self) -> None:
         if self._idle.is_set():
@@ -122,7 +124,8 @@ class CallCounters:
                 log.exception("call report hook failed")
 
     async def wait_changed(self) -> None:
-        """Until a call starts or ends (task protection follows the count)."""
+        """Until a call, or a socket's lookup of its call, starts or ends (task protection
+        follows the count)."""
         await self._changed.wait()
 
     def _announce(self) -> None:

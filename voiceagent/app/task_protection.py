@@ -1,4 +1,5 @@
-"""ECS task scale-in protection, held while this process has live calls or unsaved writes.
+"""ECS task scale-in protection, held while this process has live calls (or sockets whose
+call is being looked up) or unsaved writes.
 
 A stopping ECS task loses its calls, and the writes its write-behind queue has not got into
 the store yet (a store outage or throttling keeps them there; a stopping task gets only
@@ -46,10 +47,16 @@ class Agent(Protocol):
 
 
 class Busy(Protocol):
-    """What the holder watches: the process's live calls (``CallCounters``)."""
+    """What the holder watches: the process's live calls (``CallCounters``), and the
+    sockets whose call is being looked up: each becomes a call a moment later (a mass
+    reconnect on a slow store: seconds), so a task being claimed is as busy as one whose
+    calls have started, as it is for capacity and for the drain."""
 
     @property
     def active(self) -> int: ...
+
+    @property
+    def lookups(self) -> int: ...
 
     async def wait_changed(self) -> None: ...
 
@@ -142,13 +149,13 @@ async def hold_while_busy(calls: Busy, writes: Unsaved, agent: Agent, policy: Po
     task_status.started()
     try:
         while True:
-            seen = (calls.active, writes.pending)
+            seen = (_calls(calls), writes.pending)
             wake_in = await holder.step(*seen, trio.current_time())
             writes_changed = writes.filled_or_emptied
-            if _busy(calls.active, writes.pending) != _busy(*seen):
+            if _busy(_calls(calls), writes.pending) != _busy(*seen):
                 continue                  # changed while the agent was asked: look again
             with trio.move_on_after(wake_in):
-                if calls.active:
+                if _calls(calls):
                     await calls.wait_changed()
                 else:
                     await _calls_or_writes_change(calls, writes_changed)
@@ -156,6 +163,11 @@ async def hold_while_busy(calls: Busy, writes: Unsaved, agent: Agent, policy: Po
         if holder.held and not policy.shared:
             with trio.move_on_after(REQUEST_TIMEOUT_S + 1, shield=True):
                 await holder.release(trio.current_time())
+
+
+def _calls(calls: Busy) -> int:
+    """The calls live and those being claimed (``Busy``)."""
+    return calls.active + calls.lookups
 
 
 def _busy(active: int, pending: int) -> bool:
