@@ -305,6 +305,7 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
                 nursery.cancel_scope.cancel(reason="runtime closing")
                 runtime.edge_refusals.close()   # the counts since their last summary lines
                 runtime.call_refusals.close()
+                runtime.sessions.close()
                 catalog.close()
 
 

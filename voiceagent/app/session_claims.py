@@ -119,6 +119,10 @@ class SessionClaims:
                              "which alone can vouch that no other process serves it")
         return decided is not False
 
+    def close(self) -> None:
+        """At shutdown: the claims decided in memory since the episode's last line."""
+        self._undecided.close()
+
     def _note(self, decided: bool | None, kind: str) -> None:
         if decided is not None:
             self._undecided.succeeded()

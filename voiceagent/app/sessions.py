@@ -295,6 +295,11 @@ class Sessions:
                 if self._live.get(call_sid) == generation:
                     nursery.start_soon(self._mark_closed, call_sid, generation)
 
+    def close(self) -> None:
+        """At shutdown: the last lines of the episodes its parts log (``Episode.close``)."""
+        self._marks.close()
+        self._claims.close()
+
     async def _mark_closed(self, call_sid: str, generation: int) -> None:
         call_sid_var.set(call_sid)
         log.info("call still winding down after its socket closed: marking the socket's end")

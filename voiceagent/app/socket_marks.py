@@ -121,6 +121,13 @@ class SocketMarks:
         return False
 
 
+    def close(self) -> None:
+        """At shutdown: the storm's count since its last line (``Episode.close``); only a
+        renewal ends the episode otherwise, and a process stopping mid-storm said nothing of
+        the reconnects it counted."""
+        self._queued_here.close()
+
+
 def _backlog(writer: WriteBehind) -> dict[str, float]:
     stats = writer.statistics()
     return {"pending": stats.pending, "oldest_pending_s": round(stats.oldest_pending_age_s, 1)}
