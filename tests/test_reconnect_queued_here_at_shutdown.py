@@ -3,7 +3,7 @@ a task died with hundreds of calls, the store stalled) counts all but the first,
 a renewal ended the episode: a process stopped mid-storm never said what it had counted,
 nor that the storm was still going as it stopped. Its last line now comes at shutdown, as
 every other episode's does (``Episode.close``): the summary, with ``stopping``, through the
-real server."""
+real server; or its end, if it was over by then and no renewal had noticed."""
 
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ import pytest
 import trio
 
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server, until_started
-from tests.test_reconnect_queued_here_log import QUEUED
+from tests.test_reconnect_queued_here_log import QUEUED, SIDS, _a_call_whose_socket_failed
 from tests.test_session_binding import reconnect_token
+from tests.test_sessions_elsewhere import _process, _store_with_use_case
 from voiceagent.app.caller import open_call
 from voiceagent.errors import StoreError
+from voiceagent.log_episodes import QUIET_S
+from voiceagent.logs import for_call
 
 STILL = "reconnects still resumed with their calls' writes queued here"
 ENDED = "reconnects no longer find their calls' writes queued here"
@@ -54,3 +57,19 @@ async def test_a_server_stopping_mid_storm_logs_what_it_counted(
     assert vars(last[0])["pending"] > 0                 # the backlog it stopped with
     assert vars(last[0])["call_sid"] == "-"             # the process's line, not a call's
 
+
+async def test_a_storm_over_when_the_process_stops_logs_its_end(
+        autojump_clock: Any, records: list[logging.LogRecord]) -> None:
+    """Over for QUIET_S, but no renewal came since to say so: the stop says it."""
+    store = await _store_with_use_case()
+    a, writer = _process(store)
+    with trio.fail_after(60):
+        for sid in SIDS[:2]:
+            session = await _a_call_whose_socket_failed(a, writer, sid)
+            with for_call(sid):
+                await a.renew(session, deadline=trio.current_time() + 1.0)
+        await trio.sleep(QUIET_S)
+        a.close()
+    last = [r for r in records if r.getMessage() in (STILL, ENDED)]
+    assert [r.getMessage() for r in last] == [ENDED]
+    assert vars(last[0])["counts"] == {"queued": 2}

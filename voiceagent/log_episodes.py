@@ -11,7 +11,8 @@ an owner's ``expire``; with ``quiet_s`` 0, at the next success). The rest are st
 at DEBUG, so LOG_LEVEL=DEBUG shows each.
 
 The summary and end lines are about the process, not one call: they carry no CallSid. A
-process that stops mid-episode logs a last summary (``close``, with ``stopping``).
+process that stops mid-episode logs a last summary (``close``, with ``stopping``), or the
+end line if the episode was over by then and nothing had noticed.
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ class Episode:
 
     def close(self) -> None:
         """At shutdown, mid-episode: what was counted since the last summary, which would
-        otherwise be lost with the process."""
+        otherwise be lost with the process. An episode already over (quiet for ``quiet_s``)
+        that nothing has noticed yet (no success since, no owner's ``expire``) logs its end
+        instead: "still failing" with ``stopping`` would say the fault outlived the process."""
+        self.expire()
         if self._began is not None and (self._window or self._ok_window):
             now = trio.current_time()
             self._line(self._level, self._lasts, for_s=round(now - self._began, 1),
