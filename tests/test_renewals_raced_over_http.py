@@ -69,6 +69,8 @@ async def test_two_renewals_of_one_generation_on_two_servers_answer_one_reconnec
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(ask, "a", a.url, "VX" + "a" * 32)
                 nursery.start_soon(ask, "b", b.url, "VX" + "b" * 32)
+            offered = {name: call_sid in server.runtime.sessions._offers
+                       for name, server in (("a", a), ("b", b))}
             for server in (a, b):
                 await server.runtime.reconnects.settled()
             samples = {name: (await trio.to_thread.run_sync(_scrape, server.url))[1]
@@ -94,6 +96,7 @@ async def test_two_renewals_of_one_generation_on_two_servers_answer_one_reconnec
     assert claimed is not None
     assert (claimed["generation"], claimed["token"]) == (1, "")     # its claim landed
     assert "HTTP 409: this call's session was already renewed" in answers[loser]
+    assert offered == {winner: True, loser: False}      # the lost renewal taken back
     assert _value(samples[loser], "voiceagent_reconnects_total", outcome="refused_replay") == 1
     assert _value(samples[winner], "voiceagent_reconnects_total", outcome="refused_replay") == 0
     assert sum(_value(samples[name], "voiceagent_reconnects_total", outcome=outcome)
