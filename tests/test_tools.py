@@ -135,7 +135,8 @@ def test_bad_schema_is_a_config_error_at_load_time() -> None:
         default_registry().check_use_case(uc)
     assert caught.value.path == "use case demo"
     assert caught.value.key_path == "tools[0].input_schema.properties.why.type"
-    assert caught.value.problem.startswith("not a valid JSON schema")
+    assert caught.value.problem.startswith("'strin' is not a JSON Schema type (did you mean "
+                                           "string?)")
     uc = _use_case(tools=[{"name": "endCall", "description": "Hang up.",
                            "input_schema": {"type": "array"}}])
     with pytest.raises(ConfigError) as caught:

@@ -27,6 +27,7 @@ import voiceagent.tools.restaurant
 from voiceagent import jsonlimits
 from voiceagent.errors import ConfigError
 from voiceagent.tools.base import ToolDefinition, tools_defined_in
+from voiceagent.tools.schema_mistakes import schema_problem
 from voiceagent.usecases import ToolDeclaration, UseCase
 
 BUILTIN_MODULES = (voiceagent.tools.restaurant.__name__, voiceagent.tools.messaging.__name__,
@@ -159,8 +160,7 @@ class ToolRegistry:
             Draft202012Validator.check_schema(schema)
         except SchemaError as err:
             where = _suffix(err.path)
-            raise ConfigError(source, key_path + where,
-                              f"not a valid JSON schema: {err.message}") from None
+            raise ConfigError(source, key_path + where, schema_problem(err)) from None
         if schema.get("type") != "object":
             raise ConfigError(source, key_path + ".type",
                               'a tool input schema must be {"type": "object", ...} (Bedrock)')
