@@ -23,7 +23,9 @@ import os
 import pkgutil
 import sys
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from voiceagent.tools.registry import BUILTIN_MODULES, ToolRegistry
 
 ENTRY_POINT_GROUP = "voiceagent.tools"
 MAX_PROBLEM_CHARS = 300             # an import error's message, on one line
+MAX_SOURCE_BYTES = 1 << 20          # of a module TOOLS leaves out, searched for a tool's name
 _PACKAGE = str(Path(voiceagent.__file__).parent) + os.sep
 
 
@@ -64,7 +67,49 @@ def build_registry(settings: Settings) -> ToolRegistry:
     sources = [*entry_point_sources(), *(ToolSource("TOOLS", m) for m in settings.tools_modules)]
     for source in sources:
         _add(registry, load_module(source), str(source), source)
+    modules = tuple(settings.tools_modules)
+    registry.tools_hint = partial(tools_hint, modules, _unlisted_modules(modules))
     return registry
+
+
+def tools_hint(modules: tuple[str, ...], unlisted: Mapping[str, Path], name: str) -> str:
+    """TOOLS, said to a use case naming tool ``name`` that nothing registered, with the
+    module beside TOOLS's that mentions the name if there is one: a tool written in a new
+    file of the project, the file never added to TOOLS (or added to .env, not to the
+    project's tests)."""
+    if not modules:
+        return " (TOOLS is not set)"
+    found = [module for module, file in unlisted.items() if _mentions(file, name)]
+    left_out = (f"; {found[0]} mentions {name!r} but is not in it: add it to TOOLS"
+                if found else "")
+    return f" (TOOLS is {','.join(modules)}{left_out})"
+
+
+def _unlisted_modules(modules: tuple[str, ...]) -> dict[str, Path]:
+    """The source files of the modules in the packages of TOOLS's modules that nothing
+    imported, found without importing them; none beside a top-level module, whose folder
+    may hold anything."""
+    found: dict[str, Path] = {}
+    for package in dict.fromkeys(m.rpartition(".")[0] for m in modules):
+        path = getattr(sys.modules.get(package), "__path__", None) if package else None
+        for info in pkgutil.iter_modules(path or []):
+            name, folder = f"{package}.{info.name}", getattr(info.module_finder, "path", None)
+            if name in sys.modules or name in modules or not isinstance(folder, str):
+                continue
+            file = Path(folder, info.name, "__init__.py") if info.ispkg else \
+                Path(folder, f"{info.name}.py")
+            found[name] = file
+    return found
+
+
+def _mentions(file: Path, name: str) -> bool:
+    """Whether the source names the tool in quotes, as ``@tool("name")`` does."""
+    try:
+        with file.open("rb") as source:
+            text = source.read(MAX_SOURCE_BYTES).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return f'"{name}"' in text or f"'{name}'" in text
 
 
 def entry_point_sources() -> list[ToolSource]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import trio
@@ -45,6 +45,9 @@ class ToolRegistry:
         self._validators: dict[str, Draft202012Validator] = {}   # by canonical schema JSON
         self.threads = threads or trio.CapacityLimiter(DEFAULT_TOOL_THREADS)
         self.origins: dict[str, str] = {}        # tool name -> where it came from, for people
+        # for a tool nobody registered: what TOOLS is, and the module it leaves out, if any
+        # (" (TOOLS is a.tools; ...)"); plugins.build_registry sets it
+        self.tools_hint: Callable[[str], str] = lambda name: ""
         for definition in definitions:
             self.register(definition)
 
@@ -119,7 +122,8 @@ class ToolRegistry:
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
         fix = (f"did you mean {close[0]!r}?" if close else
                f"its code is a function decorated with @voiceagent.tools.tool({name!r}) in a "
-               "module named in TOOLS, or in a voiceagent.tools entry point (docs/tools.md)")
+               f"module named in TOOLS{self.tools_hint(name)}, or in a voiceagent.tools "
+               "entry point (docs/tools.md)")
         raise ConfigError(source, key_path, f"no tool {name!r} is registered; "
                                             f"registered: {names}; {fix}")
 
