@@ -159,6 +159,37 @@ async def test_missing_result_fields_are_left_out(autojump_clock: trio.testing.M
     assert _text(events) == "About 15 minutes, ticket."
 
 
+async def test_a_field_the_result_lacks_is_logged_by_name(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    """A `then` naming a field the tool does not return (``{ticket}`` misspelt, or never
+    returned) was a silent gap in the sentence: the warning names it, and the fields there
+    are, never their values."""
+    use = ToolUseRequest("tooluse_1", "CheckWait", {})
+    history = [_user("wait?"), *_tool_round(use, {"content": [{"json": {
+        "minutes": 15, "tickets": "A7-private"}}], "status": "success"})]
+    with caplog.at_level("WARNING", logger="voiceagent.llm.scripted"):
+        events = await _timed(_llm(), _request(history))
+    assert _text(events) == "About 15 minutes, ticket."
+    (record,) = [r for r in caplog.records
+                 if r.getMessage() == "scripted reply left out fields its tool's result lacks"]
+    assert record.__dict__["tool"] == "CheckWait"
+    assert record.__dict__["missing"] == ["ticket"]
+    assert record.__dict__["result_fields"] == ["minutes", "tickets"]
+    assert "A7-private" not in str(record.__dict__)
+
+
+async def test_a_list_in_the_result_is_said_as_its_items(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A tool returning free slots as a list was spoken as Python writes a list, brackets
+    and quotes: "ticket ['A7', 'B2']"."""
+    use = ToolUseRequest("tooluse_1", "CheckWait", {})
+    history = [_user("wait?"), *_tool_round(use, {"content": [{"json": {
+        "minutes": [10, 15], "ticket": ["A7", "B2"]}}], "status": "success"})]
+    events = await _timed(_llm(), _request(history))
+    assert _text(events) == "About 10, 15 minutes, ticket A7, B2."
+    assert fill("{prices:.2f} or {none}.", {"prices": [1, 2.5], "none": []}) == "1.00, 2.50 or."
+
+
 async def test_error_result_gets_an_apology(autojump_clock: trio.testing.MockClock) -> None:
     use = ToolUseRequest("tooluse_1", "CheckWait", {})
     history = [_user("wait?"), *_tool_round(use, {"content": [{"text": "timed out"}],

@@ -14,6 +14,7 @@ import copy
 import json
 import logging
 import re
+import string
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -274,7 +275,23 @@ def _after_tool(config: ScriptedConfig, messages: Sequence[Message],
     rule = _rule_for(config.rules, use)
     if rule is None or rule.then is None:
         return DONE
-    return fill(rule.then, _result_data(result)) or DONE
+    data = _result_data(result)
+    if missing := _missing_fields(rule.then, data):
+        # said without them, as documented, but a field name misspelt in `then`, or one the
+        # tool never returns, is otherwise a silent gap in the sentence: names only, no values
+        log.warning("scripted reply left out fields its tool's result lacks", extra={
+            "tool": use.get("name"), "missing": missing, "result_fields": sorted(data)})
+    return fill(rule.then, data) or DONE
+
+
+def _missing_fields(template: str, data: Mapping[str, Any]) -> list[str]:
+    """The top-level names of ``template``'s placeholders that ``data`` lacks."""
+    try:
+        names = [field for _, field, _, _ in string.Formatter().parse(template) if field]
+    except ValueError:                          # unbalanced braces: fill drops them
+        return []
+    tops = dict.fromkeys(re.split(r"[.\[]", name, maxsplit=1)[0] for name in names)
+    return [top for top in tops if top and not top.isdigit() and top not in data]
 
 
 def _rule_for(rules: Sequence[ScriptedRule], use: Mapping[str, Any]) -> ScriptedRule | None:
@@ -307,13 +324,15 @@ class _Field:
     def __format__(self, spec: str) -> str:
         if self.value is None:
             return ""
+        if _scalars(self.value):                # a list is said as its items, not as Python
+            return ", ".join(format(_Field(item), spec) for item in self.value)   # writes it
         try:
             return format(self.value, spec)
         except (ValueError, TypeError):
             return str(self.value)
 
     def __str__(self) -> str:
-        return "" if self.value is None else str(self.value)
+        return "" if self.value is None else format(self, "")
 
     __repr__ = __str__
 
@@ -325,6 +344,12 @@ class _Field:
 
     def __getattr__(self, name: str) -> _Field:
         return _Field(None)                     # JSON results have no attributes
+
+
+def _scalars(value: Any) -> bool:
+    """A list of text and numbers: what a tool returns for slots, items or times."""
+    return isinstance(value, list) and all(
+        isinstance(item, str | int | float) and not isinstance(item, bool) for item in value)
 
 
 class _Fields(dict[str, _Field]):
