@@ -94,6 +94,25 @@ def test_a_module_left_out_of_tools_is_named(tmp_path: Path,
                          "voiceagent.tools entry point (docs/tools.md)")
 
 
+def test_a_module_imported_by_a_tools_module_but_not_in_tools_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing the new file from the TOOLS module does not register its tools (a module's
+    tools are its own and its submodules'): the module that defines the tool is named."""
+    package = project(tmp_path, monkeypatch)
+    (tmp_path / package / "moves.py").write_text(textwrap.dedent('''
+        from voiceagent.tools import tool
+
+        @tool("moveAppointment", side_effect=True)
+        async def move(ctx, args):
+            return {"status": "moved"}
+        '''))
+    tools = tmp_path / package / "tools.py"
+    tools.write_text(f"from {package} import moves  # noqa: F401\n" + tools.read_text())
+    said = served_problem(tmp_path, "moveAppointment", f"{package}.tools")
+    assert f"(TOOLS is {package}.tools; {package}.moves defines 'moveAppointment' " \
+           "but is not in it: add it to TOOLS)" in said
+
+
 def test_tools_unset_is_said(tmp_path: Path) -> None:
     """A project's .env not read (the server started from another folder): TOOLS unset."""
     said = served_problem(tmp_path, "cancelAppointment", "")

@@ -212,6 +212,13 @@ def _check_options(name: str, timeout_s: object, **flags: object) -> None:
             raise TypeError(f"tool {name!r}: {option} must be True or False, not {value!r}")
 
 
+def modules_defining(name: str) -> list[str]:
+    """The imported modules with a ``@tool(name)``: one that no TOOLS module covers (a
+    sibling the TOOLS module imports) registers nothing, and is what to add to TOOLS."""
+    return [module for module, tools in list(_COLLECTED.items())
+            if any(definition.name == name for _, definition in tools.values())]
+
+
 def tools_defined_in(module: str) -> tuple[ToolDefinition, ...]:
     """Definitions ``@tool`` recorded in ``module`` or its submodules (a package may spread
     its tools over files), in the order they were defined, module by module."""

@@ -34,7 +34,7 @@ import trio
 import voiceagent
 from voiceagent.errors import ConfigError
 from voiceagent.settings import Settings
-from voiceagent.tools.base import ToolDefinition, tools_defined_in
+from voiceagent.tools.base import ToolDefinition, modules_defining, tools_defined_in
 from voiceagent.tools.registry import BUILTIN_MODULES, ToolRegistry
 
 ENTRY_POINT_GROUP = "voiceagent.tools"
@@ -74,14 +74,16 @@ def build_registry(settings: Settings) -> ToolRegistry:
 
 def tools_hint(modules: tuple[str, ...], unlisted: Mapping[str, Path], name: str) -> str:
     """TOOLS, said to a use case naming tool ``name`` that nothing registered, with the
-    module beside TOOLS's that mentions the name if there is one: a tool written in a new
-    file of the project, the file never added to TOOLS (or added to .env, not to the
-    project's tests)."""
+    module that defines it (imported, by a TOOLS module, but not itself in TOOLS: a module's
+    tools are its own and its submodules') or, beside TOOLS's, mentions it if there is one:
+    a tool written in a new file of the project, the file never added to TOOLS (or added to
+    .env, not to the project's tests)."""
     if not modules:
         return " (TOOLS is not set)"
-    found = [module for module, file in unlisted.items() if _mentions(file, name)]
-    left_out = (f"; {found[0]} mentions {name!r} but is not in it: add it to TOOLS"
-                if found else "")
+    defined = [f"{module} defines" for module in modules_defining(name)]
+    found = defined or [f"{module} mentions" for module, file in unlisted.items()
+                        if _mentions(file, name)]
+    left_out = f"; {found[0]} {name!r} but is not in it: add it to TOOLS" if found else ""
     return f" (TOOLS is {','.join(modules)}{left_out})"
 
 
