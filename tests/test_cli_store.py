@@ -178,8 +178,8 @@ def test_config_load_errors_name_the_file_and_key_path(
                                              "  - name: CheckRestaurantPickUpTime\n"
                                              "    inpt_schema: {}\n"))
     assert fail(capsys, "config", "load", "--config-dir", str(broken)) == (
-        f"voiceagent: {path}: tools[0].inpt_schema: unknown key (check the spelling; see "
-        "config/README.md for the keys)\n")
+        f"voiceagent: {path}: tools[0].inpt_schema: unknown key (did you mean input_schema? "
+        "see config/README.md for the keys)\n")
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "latin-1"])

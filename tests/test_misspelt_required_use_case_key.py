@@ -42,8 +42,8 @@ def test_a_missing_key_with_no_look_alike_is_said_missing(tmp_path: Path) -> Non
     path = tmp_path / "shop.yaml"
     said = problem(path, USE_CASE.replace("prompt: You", "persona: You"))
     assert said == f"{path}: prompt: Field required"
-    said = problem(path, USE_CASE + "inferense: {max_tokens: 10}\n")
-    assert said == (f"{path}: inferense: unknown key (check the spelling; see "
+    said = problem(path, USE_CASE + "persona: {max_tokens: 10}\n")
+    assert said == (f"{path}: persona: unknown key (check the spelling; see "
                     "config/README.md for the keys)")
 
 
@@ -53,3 +53,25 @@ def test_a_profile_too(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"profiles\[0\]\.phne: unknown key \(did you mean "
                                           r"phone\?"):
         load_profiles_file(path)
+
+
+@pytest.mark.parametrize(("misspelt", "written", "meant"), [
+    ("dtmf:\n  handler: {}\n", "dtmf.handler", "handlers"),
+    ("scripted:\n  rules:\n    - match: hi\n      reply: Hi.\n      them: Bye.\n",
+     "scripted.rules[0].them", "then"),
+    ("dtmf:\n  handlers:\n    '1': {reply: Hi., interruptable: true}\n",
+     "dtmf.handlers.1.interruptable", "interruptible"),
+    ("handof:\n  mode: none\n", "handof", "handoff"),
+    ("tools:\n  - name: lookUp\n    description: Looks.\n    timeout: 3\n",
+     "tools[0].timeout", "timeout_s"),
+])
+def test_an_optional_key_misspelt_is_told_the_key_it_looks_like(
+        tmp_path: Path, misspelt: str, written: str, meant: str) -> None:
+    """An optional key misspelt got only 'check the spelling', the allowed keys left to be
+    found in config/README.md: ``them:`` for ``then:`` in a scripted rule, ``handler:`` in
+    ``dtmf``."""
+    path = tmp_path / "shop.yaml"
+    text = USE_CASE if not misspelt.startswith("tools:") else "name: shop\nprompt: Hi.\n"
+    said = problem(path, text + misspelt)
+    assert said == (f"{path}: {written}: unknown key (did you mean {meant}? see "
+                    "config/README.md for the keys)")

@@ -32,7 +32,7 @@ def parse_model(model: type[M], data: Any, source: str,
     try:
         return model.model_validate(data, context=context)
     except ValidationError as err:
-        loc, problem = first_problem(err.errors())
+        loc, problem = first_problem(err.errors(), model)
         raise ConfigError(source, _key_path(loc), problem) from None
 
 
