@@ -139,6 +139,27 @@ def test_demo_plays_a_scripted_caller(capsys: pytest.CaptureFixture[str],
 
 
 @IN_PROCESS_LIMIT
+def test_demo_in_a_projects_folder_says_it_is_not_the_projects_agent(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """`voiceagent demo`, tried first in the folder `voiceagent init` made, answered as the
+    pizza place with no word that the folder's own agent is run another way."""
+    for name in ("CONFIG_DIR", "TIME_ZONE"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "config" / "usecases").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    code = main(["demo", "--say", "goodbye"])
+    out = capsys.readouterr()
+    assert code == 0
+    assert out.out.startswith("agent: Hi, thanks for calling Twilio Dough Boy Pizza")
+    assert ("demo runs voiceagent's example restaurant agent, not this folder's "
+            "config/usecases/. For yours: `voiceagent serve` here") in out.err
+    monkeypatch.chdir(Path(__file__).parent.parent)     # the checkout: its config/ is the demo's
+    assert main(["demo", "--say", "goodbye"]) == 0
+    assert "not this folder's" not in capsys.readouterr().err
+
+
+@IN_PROCESS_LIMIT
 def test_demo_reads_a_piped_script_and_waits_for_each_answer(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """`echo ... | voiceagent demo` used to hang up at end of input, before any answer."""

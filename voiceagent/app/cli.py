@@ -25,7 +25,7 @@ from voiceagent.app.caller import CallerError, Identity, open_call
 from voiceagent.app.cli_store import add_commands
 from voiceagent.app.terminal import Transcript, interactive, piped_lines, scripted
 from voiceagent.errors import ConfigError, ListenError, SettingsError, StoreError
-from voiceagent.settings import Settings, packaged_config_dir
+from voiceagent.settings import LOCAL_CONFIG, Settings, packaged_config_dir
 from voiceagent.usecases import E164
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,11 @@ environment wins); .env.example lists every one. `voiceagent COMMAND --help` for
 DOMAIN_ERRORS = (SettingsError, ConfigError, CallerError, StoreError, ListenError)
 DEMO_WARNING = ("DEMO MODE: Twilio signature checks are OFF, the model is the offline "
                 "scripted one and state is in a local SQLite file. Never expose this server.")
+
+NOT_YOUR_AGENT = ("demo runs voiceagent's example restaurant agent, not this folder's "
+                  "config/usecases/. For yours: `voiceagent serve` here, then `voiceagent "
+                  "call` in a second terminal, or PHONE_PAGE=true for the browser phone "
+                  "(docs/build-your-own-agent.md, docs/phone.md).")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -250,7 +255,18 @@ def _demo(args: argparse.Namespace) -> int:
             LOG_FORMAT="console", LOG_LEVEL="INFO" if args.verbose else "WARNING", **web)
         logs.configure(settings.log_format, settings.log_level)
         print(DEMO_WARNING, file=sys.stderr)
+        if _project_here():
+            print(NOT_YOUR_AGENT, file=sys.stderr)
         return int(trio.run(_demo_async, settings, args))
+
+
+def _project_here() -> bool:
+    """A folder with use cases of its own (a project from `voiceagent init`), not the
+    examples that demo runs: `voiceagent demo` there, the first thing tried, answered as the
+    pizza place without a word on why."""
+    here = LOCAL_CONFIG / "usecases"
+    return (here.is_dir() and not os.environ.get("CONFIG_DIR")
+            and here.resolve() != (packaged_config_dir() / "usecases").resolve())
 
 
 async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
