@@ -12,8 +12,9 @@ from tests.serve_process import serve_process
 from voiceagent.app.open_files import files_needed
 from voiceagent.settings import Settings
 
-# MAX_CALLS=1000 with the scripted model and SQLite: 1000 + 10 + 0 + 8 + 128 (open_files.py)
-NEEDED = 1146
+# MAX_CALLS=1000 with the scripted model and SQLite: connections 1000 + 10 + 50 (sockets
+# waiting) + 250 (webhooks: open_connections.py), then 0 + 8 + 128 (open_files.py)
+NEEDED = 1446
 
 
 def _proc_limits(pid: int) -> tuple[int, int]:
@@ -41,6 +42,7 @@ async def test_a_hard_limit_too_low_is_a_warning_with_the_fix(tmp_path: Path) ->
             entry = await server.wait_log("open-file limit too low for MAX_CALLS")
             assert entry["level"] == "warning"
             assert (entry["soft"], entry["hard"], entry["needed"]) == (512, 512, NEEDED)
+            assert entry["max_connections"] == 512 - 8 - 128    # the rest of the limit
             assert "--ulimit nofile" in entry["fix"]
             assert "MAX_CALLS" in entry["fix"]
             assert _proc_limits(server.process.pid) == (512, 512)   # raised as far as allowed
@@ -82,11 +84,14 @@ async def test_connections_past_the_old_soft_limit_are_answered(tmp_path: Path) 
 
 
 def test_the_count_is_the_one_the_readme_gives() -> None:
-    """README: about MAX_CALLS + MAX_CONCURRENT_TURNS + 2 x STORE_THREADS + 138 in production
-    (Bedrock, DynamoDB); neither pool with the scripted model and SQLite."""
+    """README: about 1.25 x MAX_CALLS + MAX_SOCKETS_WAITING + MAX_CONCURRENT_TURNS
+    + 2 x STORE_THREADS + 138 in production (Bedrock, DynamoDB); neither pool with the
+    scripted model and SQLite."""
     production = Settings.model_construct(max_calls=2500, max_concurrent_turns=300,
-                                          store_threads=16, llm="bedrock", store="dynamodb")
-    assert files_needed(production) == 2500 + 300 + 2 * 16 + 138
+                                          store_threads=16, llm="bedrock", store="dynamodb",
+                                          max_sockets_waiting=50)
+    assert files_needed(production) == 2500 * 1.25 + 50 + 300 + 2 * 16 + 138
     local = Settings.model_construct(max_calls=1000, max_concurrent_turns=300,
-                                     store_threads=16, llm="scripted", store="sqlite")
+                                     store_threads=16, llm="scripted", store="sqlite",
+                                     max_sockets_waiting=50)
     assert files_needed(local) == NEEDED

@@ -23,6 +23,10 @@ upgrade with a byte past ASCII in its Sec-WebSocket-Protocol did that (wsproto d
 ASCII), sent by anyone, before any signature check. Such a connection is now dropped and
 counted in the edge's refusals (``Runtime.edge_refusals``, handed over on hypercorn's
 ``Config``: the first in full, then counts), and the server goes on.
+
+It is also where the cap on open connections (``open_connections``) is kept: a connection
+is counted in as it starts and out as it ends, and its idle timer (hypercorn's, which runs
+exactly while no request is under way) is where one is closed to make room.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ from __future__ import annotations
 import logging
 
 import hypercorn.trio.run as worker
+import trio
 from hypercorn.config import Config
 from hypercorn.trio.tcp_server import TCPServer
 
+from voiceagent.app.open_connections import OpenConnections
 from voiceagent.log_episodes import Episode
 
 log = logging.getLogger(__name__)
@@ -44,10 +50,15 @@ class EdgeConfig(Config):
     """hypercorn's settings, and where a connection that fails in its code is counted."""
 
     edge_refusals: Episode | None = None
+    open_connections: OpenConnections | None = None
 
 
 class ReleasingTCPServer(TCPServer):
     async def run(self) -> None:
+        connections = getattr(self.config, "open_connections", None)
+        if connections is not None and not connections.admit(self, _peer(self.stream)):
+            await self.stream.aclose()
+            return
         try:
             await super().run()
         except Exception as err:      # its stream is closed already: hypercorn's finally
@@ -61,6 +72,26 @@ class ReleasingTCPServer(TCPServer):
         finally:
             # nothing reads it after ``run``: hypercorn's own ``_close`` ran in its finally
             self.__dict__.pop("protocol", None)
+            if connections is not None:
+                connections.closed(self)
+
+    async def _idle_timeout(self) -> None:
+        """hypercorn's, with the wait cut short when the connection is closed to make room."""
+        connections = getattr(self.config, "open_connections", None)
+        if connections is None:
+            await super()._idle_timeout()
+            return
+        with connections.idle(self), trio.move_on_after(self.config.keep_alive_timeout):
+            await self.context.terminated.wait()
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
+
+
+def _peer(stream: object) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])       # type: ignore[attr-defined]
+    except (AttributeError, OSError, IndexError, TypeError):
+        return ""
 
 
 def _first_leaf(err: BaseException) -> BaseException:
@@ -75,10 +106,13 @@ def install() -> bool:
     current = getattr(worker, "TCPServer", None)
     if current is ReleasingTCPServer:
         return True
-    if current is not TCPServer or not callable(getattr(TCPServer, "protocol_send", None)):
+    expected = all(callable(getattr(TCPServer, name, None)) for name in
+                   ("protocol_send", "_idle_timeout", "_initiate_server_close"))
+    if current is not TCPServer or not expected:
         log.warning("hypercorn's connection class is not the one expected; per-connection "
-                    "garbage waits for a full collection, and a connection failing in "
-                    "hypercorn's code ends the server", extra={"found": repr(current)})
+                    "garbage waits for a full collection, a connection failing in "
+                    "hypercorn's code ends the server, and open connections are not capped",
+                    extra={"found": repr(current)})
         return False
     setattr(worker, "TCPServer", ReleasingTCPServer)   # noqa: B010 (not exported: typed as such)
     return True

@@ -28,6 +28,8 @@ from hypercorn.typing import (
 from voiceagent.app import connection_cycle, http1_only, ws_compression
 from voiceagent.app.connection_cycle import EdgeConfig
 from voiceagent.app.ctrl_c import interrupt_alone, interrupts_escape
+from voiceagent.app.open_connections import OpenConnections
+from voiceagent.app.open_files import connection_limit
 from voiceagent.app.runtime import Runtime, open_runtime
 from voiceagent.app.web import create_app
 from voiceagent.errors import ListenError
@@ -173,6 +175,8 @@ async def serve(runtime: Runtime, *, host: str, port: int,
                               reuse_port=runtime.settings.reuse_port,
                               idle_timeout_s=runtime.settings.http_idle_timeout_s)
     config.edge_refusals = runtime.edge_refusals
+    config.open_connections = OpenConnections(connection_limit(runtime.settings),
+                                              runtime.edge_refusals)
     connection_cycle.install()
     ws_compression.install()
     http1_only.install()

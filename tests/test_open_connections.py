@@ -1,0 +1,129 @@
+"""The cap on open connections (``voiceagent.app.open_connections``), through the real server
+and real TCP clients: without a proxy in front, anyone could open connections that never
+finish their headers, each held for HTTP_IDLE_TIMEOUT_S (310 s), until the process had no
+descriptors left for calls, the model or the store. MAX_CALLS=1 and MAX_SOCKETS_WAITING=1
+make the cap 1 + 10 + 1 + 64 = 76 connections."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from tests.test_edge_attacks import raw_answer
+from voiceagent.app.caller import open_call
+from voiceagent.app.open_connections import EVICTED, REFUSED
+from voiceagent.app.open_files import connection_limit
+
+SMALL = {"MAX_CALLS": "1", "MAX_SOCKETS_WAITING": "1"}
+CAP = 76
+SLOW_HEAD = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "       # never finished
+# headers complete, body never sent: a request under way until BODY_TIMEOUT_S (10 s); the
+# 100 Continue says the server has read the headers
+SLOW_BODY = (b"POST /twiml HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Twilio-Signature: bm90\r\n"
+             b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n"
+             b"Expect: 100-continue\r\n\r\n")
+
+
+async def _connect(url: str) -> trio.SocketStream:
+    host, port = url.removeprefix("http://").split(":")
+    return await trio.open_tcp_stream(host, int(port))
+
+
+async def _closed(stream: trio.SocketStream) -> bool:
+    """True once the server has closed it (what it sent before, if anything, is read)."""
+    try:
+        while await stream.receive_some(4096):
+            pass
+    except trio.BrokenResourceError:           # a reset: what we sent was left unread
+        pass
+    return True
+
+
+@pytest.mark.timeout(60)
+async def test_slow_header_connections_make_room_and_a_live_call_goes_on(
+        tmp_path: Path, records: list[logging.LogRecord]) -> None:
+    """Past the cap, each new connection closes the one idle longest (here the oldest
+    slow-header connections); the live call's socket is never closed, the call goes on, and
+    a new request is answered. The first closing is logged in full, the rest counted."""
+    settings = make_settings(tmp_path, **SMALL)
+    assert connection_limit(settings) == CAP
+    slow = CAP + 10
+    closed: set[int] = set()
+    with trio.fail_after(30):
+        async with running_server(settings) as server, \
+                open_call(server.url, auth_token=AUTH_TOKEN) as call:
+            await call.say("what are your hours?")
+            assert (await call.read_reply()).text.startswith("We are open")
+            streams = []
+            for _ in range(slow):
+                stream = await _connect(server.url)
+                await stream.send_all(SLOW_HEAD)
+                streams.append(stream)
+            answer = await raw_answer(server.url, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:60]
+            # the call's socket + 75 slow ones fill the cap: 11 slow ones made room for the
+            # 11 past it, one more for the /health connection
+            expected = slow - (CAP - 1) + 1
+            enough = trio.Event()
+
+            async def watch(n: int, stream: trio.SocketStream) -> None:
+                await _closed(stream)
+                closed.add(n)
+                if len(closed) == expected:
+                    enough.set()
+
+            async with trio.open_nursery() as nursery:
+                for n, stream in enumerate(streams):
+                    nursery.start_soon(watch, n, stream)
+                await enough.wait()
+                await call.say("what are your hours?")       # the call went on throughout
+                assert (await call.read_reply()).text.startswith("We are open")
+                await call.hang_up()
+                await server.runtime.calls.wait_idle()
+                nursery.cancel_scope.cancel()
+            for stream in streams:
+                await stream.aclose()
+    assert closed == set(range(expected))                   # the oldest, and only those
+    logged = [r for r in records if r.getMessage() == EVICTED]
+    assert len(logged) == 1
+    assert logged[0].levelno == logging.WARNING
+    assert (vars(logged[0])["max_connections"], vars(logged[0])["peer"]) == (CAP, "127.0.0.1")
+
+
+@pytest.mark.timeout(60)
+async def test_with_no_connection_idle_a_new_one_is_closed_at_once(
+        tmp_path: Path, records: list[logging.LogRecord]) -> None:
+    """The call's socket and 75 requests under way (bodies not sent yet) fill the cap: a new
+    connection is closed unanswered, well before any of those requests times out, and the
+    call goes on."""
+    settings = make_settings(tmp_path, **SMALL)
+    with trio.fail_after(30):
+        async with running_server(settings) as server, \
+                open_call(server.url, auth_token=AUTH_TOKEN) as call:
+            await call.say("what are your hours?")
+            assert (await call.read_reply()).text.startswith("We are open")
+            busy = []
+            for _ in range(CAP - 1):
+                stream = await _connect(server.url)
+                await stream.send_all(SLOW_BODY)
+                continued = await stream.receive_some(4096)
+                assert continued.startswith(b"HTTP/1.1 100 "), continued[:60]
+                busy.append(stream)
+            started = trio.current_time()
+            answer = await raw_answer(server.url, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer == b""
+            assert trio.current_time() - started < 2         # closed, not left to time out
+            await call.say("what are your hours?")
+            assert (await call.read_reply()).text.startswith("We are open")
+            await call.hang_up()
+            await server.runtime.calls.wait_idle()
+            for stream in busy:
+                await stream.aclose()
+    logged = [r for r in records if r.getMessage() == REFUSED]
+    assert len(logged) == 1
+    assert logged[0].levelno == logging.WARNING
+    assert vars(logged[0])["open_connections"] == CAP
