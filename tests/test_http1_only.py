@@ -47,3 +47,25 @@ async def test_h2c_by_preface_or_upgrade_is_refused_and_calls_still_work(
     assert messages.count(PREFACE) == 1                                 # then counted
     assert messages.count(H2C) == 1
     assert vars(next(r for r in records if r.getMessage() == PREFACE))["peer"] == "127.0.0.1"
+
+
+@pytest.mark.timeout(60)
+async def test_an_ignored_h2c_upgrade_is_served_not_counted_as_refused(
+        tmp_path: Path, records: list[logging.LogRecord]) -> None:
+    """An ``Upgrade: h2c`` is answered in HTTP/1.1 like any request: it was counted among the
+    edge's refusals (a warning, then "requests still refused at the edge" summaries) though
+    nothing was refused. Now the first is an INFO line, the rest DEBUG with their count."""
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            host = server.url.removeprefix("http://")
+            for _ in range(3):
+                answer = await raw_answer(server.url, (
+                    f"GET /health HTTP/1.1\r\nHost: {host}\r\n"
+                    "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                    "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n").encode())
+                assert answer.startswith(b"HTTP/1.1 200 "), answer[:60]
+            assert not server.runtime.edge_refusals.active
+    ignored = [r for r in records if r.getMessage() == H2C]
+    assert [r.levelno for r in ignored] == [logging.INFO]
+    assert vars(ignored[0])["ignored"] == 1
+    assert not [r for r in records if "refused at the edge" in r.getMessage()]

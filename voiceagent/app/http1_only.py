@@ -8,9 +8,11 @@ flow-control and stream machinery (zero-window streams, CONTINUATION and rapid-r
 would serve nobody but whoever connects to a task exposed without a proxy. The HTTP/1.1
 protocol that hypercorn makes for each connection is swapped for a subclass: an
 ``Upgrade: h2c`` is ignored (the request is answered in HTTP/1.1, as RFC 9113 lets a server
-do), a preface is answered 505 and the connection closed; both are counted in the edge's
-refusals (``Runtime.edge_refusals``, on hypercorn's ``Config``: the first logged, then
-counts).
+do), a preface is answered 505 and the connection closed. Only the preface is refused, and
+counted in the edge's refusals (``Runtime.edge_refusals``, on hypercorn's ``Config``: the
+first logged, then counts); an ignored upgrade is served, so it is no refusal: the first is
+logged at INFO (a client trying HTTP/2, curl's ``--http2`` on an http URL), the rest at
+DEBUG with their count, on the ``Config`` as well.
 ``install`` does that only when hypercorn is the version it was written against, and says so
 otherwise (the server then speaks h2c as before).
 """
@@ -21,6 +23,7 @@ import logging
 
 import h11
 import hypercorn.protocol as protocol
+from hypercorn.config import Config
 from hypercorn.events import Closed
 from hypercorn.protocol.h11 import H11Protocol
 
@@ -43,7 +46,10 @@ class Http1OnlyProtocol(H11Protocol):
             await self.send(Closed())
         elif any(name.lower() == b"upgrade" and value.strip().lower() == b"h2c"
                  for name, value in event.headers):
-            self._note("h2c_upgrade", H2C)
+            ignored = h2c_ignored(self.config) + 1
+            setattr(self.config, "h2c_ignored", ignored)  # noqa: B010 (a plain Config too)
+            log.log(logging.INFO if ignored == 1 else logging.DEBUG, H2C,
+                    extra={"peer": self._peer(), "ignored": ignored})
 
     async def _create_stream(self, request: h11.Request) -> None:
         if not self._refused:        # a refused request never reaches the app
@@ -51,11 +57,18 @@ class Http1OnlyProtocol(H11Protocol):
 
     def _note(self, kind: str, event: str) -> None:
         refusals = getattr(self.config, "edge_refusals", None)
-        peer = str(self.client[0]) if self.client else ""
         if refusals is None:
-            log.warning(event, extra={"peer": peer})
+            log.warning(event, extra={"peer": self._peer()})
         else:
-            refusals.note(kind, event, peer=peer)
+            refusals.note(kind, event, peer=self._peer())
+
+    def _peer(self) -> str:
+        return str(self.client[0]) if self.client else ""
+
+
+def h2c_ignored(config: Config) -> int:
+    """How many ``Upgrade: h2c`` the server with this ``config`` has ignored."""
+    return int(getattr(config, "h2c_ignored", 0))
 
 
 def install() -> bool:
