@@ -276,8 +276,10 @@ def _count_reconnect(runtime: Runtime, outcome: str, call_sid: str) -> None:
 
 
 async def health(runtime: Runtime) -> Response:
-    body = {"status": "draining" if runtime.draining else "ok",
-            "active_calls": runtime.calls.active}
+    """For the ALB's check and ECS's (they read the status code alone) on the public port:
+    no call count, which told anyone how busy the service is; the operator has it from
+    /metrics (with its token) and the ActiveCalls metric."""
+    body = {"status": "draining" if runtime.draining else "ok"}
     return Response(json.dumps(body), status=503 if runtime.draining else 200,
                     mimetype="application/json")
 
