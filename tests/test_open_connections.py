@@ -14,6 +14,8 @@ import trio
 
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from tests.test_edge_attacks import raw_answer
+from tests.test_session_binding import signed_socket
+from voiceagent.app import server as server_module
 from voiceagent.app.caller import open_call
 from voiceagent.app.open_connections import EVICTED, REFUSED
 from voiceagent.app.open_files import connection_limit
@@ -95,11 +97,12 @@ async def test_slow_header_connections_make_room_and_a_live_call_goes_on(
 
 
 @pytest.mark.timeout(60)
-async def test_with_no_connection_idle_a_new_one_is_closed_at_once(
+async def test_with_no_connection_idle_the_oldest_slow_body_makes_room(
         tmp_path: Path, records: list[logging.LogRecord]) -> None:
-    """The call's socket and 75 requests under way (bodies not sent yet) fill the cap: a new
-    connection is closed unanswered, well before any of those requests times out, and the
-    call goes on."""
+    """The call's socket and 75 requests whose bodies never come fill the cap (a header
+    claiming a signature is all it takes; each would hold its place for BODY_TIMEOUT_S):
+    a new connection is answered, the oldest of them gets a 503 and is closed, and the call
+    goes on."""
     settings = make_settings(tmp_path, **SMALL)
     with trio.fail_after(30):
         async with running_server(settings) as server, \
@@ -114,16 +117,52 @@ async def test_with_no_connection_idle_a_new_one_is_closed_at_once(
                 assert continued.startswith(b"HTTP/1.1 100 "), continued[:60]
                 busy.append(stream)
             started = trio.current_time()
-            answer = await raw_answer(server.url, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert answer == b""
-            assert trio.current_time() - started < 2         # closed, not left to time out
+            answer = await raw_answer(
+                server.url, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:60]
+            oldest = b""
+            while chunk := await busy[0].receive_some(4096):
+                oldest += chunk
+            assert oldest.startswith(b"HTTP/1.1 503 "), oldest[:60]
+            assert trio.current_time() - started < 2     # made room, not timed out (10 s)
             await call.say("what are your hours?")
             assert (await call.read_reply()).text.startswith("We are open")
             await call.hang_up()
             await server.runtime.calls.wait_idle()
             for stream in busy:
                 await stream.aclose()
+    logged = [r for r in records if r.getMessage() == EVICTED]
+    assert len(logged) == 1
+    assert not [r for r in records if r.getMessage() == "request body too slow"]
+
+
+@pytest.mark.timeout(60)
+async def test_with_nothing_to_close_a_new_connection_is_closed_at_once(
+        tmp_path: Path, records: list[logging.LogRecord],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A live call and relay sockets waiting for their setup are never closed to make room:
+    with the cap at 4, the call and three such sockets fill it, and a new connection is
+    closed unanswered at once; the call goes on. (The cap is set here: derived, it always
+    leaves room for more than the sockets that may wait.)"""
+    monkeypatch.setattr(server_module, "connection_limit", lambda settings: 4)
+    settings = make_settings(tmp_path, MAX_SOCKETS_WAITING="10", SETUP_TIMEOUT_S="60")
+    with trio.fail_after(30):
+        async with running_server(settings) as server, \
+                open_call(server.url, auth_token=AUTH_TOKEN) as call:
+            await call.say("what are your hours?")
+            assert (await call.read_reply()).text.startswith("We are open")
+            async with signed_socket(server), signed_socket(server), signed_socket(server):
+                started = trio.current_time()
+                answer = await raw_answer(server.url,
+                                          b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert answer == b""
+                assert trio.current_time() - started < 1     # not left to time out
+                assert len(server.runtime.sockets_waiting) == 3
+                await call.say("what are your hours?")
+                assert (await call.read_reply()).text.startswith("We are open")
+            await call.hang_up()
+            await server.runtime.calls.wait_idle()
     logged = [r for r in records if r.getMessage() == REFUSED]
     assert len(logged) == 1
     assert logged[0].levelno == logging.WARNING
-    assert vars(logged[0])["open_connections"] == CAP
+    assert (vars(logged[0])["open_connections"], vars(logged[0])["max_connections"]) == (4, 4)

@@ -37,8 +37,9 @@ import hypercorn.trio.run as worker
 import trio
 from hypercorn.config import Config
 from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.utils import parse_socket_addr
 
-from voiceagent.app.open_connections import OpenConnections
+from voiceagent.app.open_connections import OpenConnections, Peer
 from voiceagent.log_episodes import Episode
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,13 @@ class EdgeConfig(Config):
 
 
 class ReleasingTCPServer(TCPServer):
+    _peer: Peer | None = None
+
     async def run(self) -> None:
         connections = getattr(self.config, "open_connections", None)
-        if connections is not None and not connections.admit(self, _peer(self.stream)):
-            await self.stream.aclose()
+        self._peer = peer = _peer(self.stream)
+        if connections is not None and (peer is None or not connections.admit(peer)):
+            await self.stream.aclose()           # over the cap, or its peer gone already
             return
         try:
             await super().run()
@@ -72,26 +76,29 @@ class ReleasingTCPServer(TCPServer):
         finally:
             # nothing reads it after ``run``: hypercorn's own ``_close`` ran in its finally
             self.__dict__.pop("protocol", None)
-            if connections is not None:
-                connections.closed(self)
+            if connections is not None and peer is not None:
+                connections.closed(peer)
 
     async def _idle_timeout(self) -> None:
         """hypercorn's, with the wait cut short when the connection is closed to make room."""
         connections = getattr(self.config, "open_connections", None)
-        if connections is None:
+        peer = getattr(self, "_peer", None)
+        if connections is None or peer is None:
             await super()._idle_timeout()
             return
-        with connections.idle(self), trio.move_on_after(self.config.keep_alive_timeout):
+        with connections.idle(peer), trio.move_on_after(self.config.keep_alive_timeout):
             await self.context.terminated.wait()
         with trio.CancelScope(shield=True):
             await self._initiate_server_close()
 
 
-def _peer(stream: object) -> str:
+def _peer(stream: object) -> Peer | None:
+    """The peer's address as hypercorn gives it to the app (the ASGI scope's ``client``)."""
     try:
-        return str(stream.socket.getpeername()[0])       # type: ignore[attr-defined]
-    except (AttributeError, OSError, IndexError, TypeError):
-        return ""
+        sock = stream.socket                                  # type: ignore[attr-defined]
+        return parse_socket_addr(sock.family, sock.getpeername())
+    except (AttributeError, OSError):
+        return None
 
 
 def _first_leaf(err: BaseException) -> BaseException:

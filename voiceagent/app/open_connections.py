@@ -12,12 +12,15 @@ for their setup (MAX_SOCKETS_WAITING), and webhooks in flight; and never more th
 open-file limit leaves once the model's and the store's pools and the process's own files are
 counted (``open_files.connection_limit``). No new setting.
 
-A connection accepted over the cap makes room by closing the connection idle the longest:
-one with no request under way (hypercorn's idle timer running: before its first request's
-headers are complete, or kept alive between requests), which a slow-header connection always
-is. A relay socket is never idle after its upgrade, so a live call's socket is never the one
-closed. When no connection is idle, the new one is closed at once. Both are edge refusals
-(``Runtime.edge_refusals``): the first of each kind logged in full, then counted.
+A connection accepted over the cap makes room by closing another that costs nobody a call:
+first the one idle longest (no request under way, hypercorn's idle timer running: before its
+first request's headers are complete, which a slow-header connection always is, or kept
+alive between requests); else the oldest whose request body is still arriving (answered 503
+and closed: Twilio sends its few KB at once, and a body trickled for up to BODY_TIMEOUT_S
+was the cheapest way to hold places). A relay socket is neither after its upgrade, so a live
+call's socket is never the one closed. When there is no such connection, the new one is
+closed at once. Both are edge refusals (``Runtime.edge_refusals``): the first of each kind
+logged in full, then counted.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 WEBHOOKS_MIN = 64
 WEBHOOKS_PER_CALL = 0.25
 
+Peer = tuple[str, int]        # an accepted connection's peer address: unique among them
+
 EVICTED = "connection closed to make room: open connections at their cap"
 REFUSED = "connection refused: open connections at their cap, none idle"
 
@@ -51,53 +56,83 @@ def connections_allowed(settings: Settings) -> int:
 
 
 class OpenConnections:
-    """The connections one server holds, and which of them are idle (oldest idle first)."""
+    """The connections one server holds, and those that may be closed to make room: the
+    idle ones (oldest idle first), then those whose request body is still arriving (oldest
+    first). A connection is known by its peer address, as in its requests' ASGI scope."""
 
     def __init__(self, limit: int, refusals: Episode | None = None) -> None:
         self.limit = limit
         self._refusals = refusals
-        self._open: set[object] = set()
-        self._leaving: set[object] = set()            # closed to make room, not yet gone
-        self._idle: dict[object, trio.CancelScope] = {}   # in the order they became idle
+        self._open: set[Peer] = set()
+        self._leaving: set[Peer] = set()          # closed to make room, not yet gone
+        self._idle: dict[Peer, trio.CancelScope] = {}       # in the order they became idle
+        self._bodies: dict[Peer, trio.CancelScope] = {}     # in the order they began
 
     @property
     def open(self) -> int:
         return len(self._open) - len(self._leaving)
 
-    def admit(self, connection: object, peer: str) -> bool:
-        """Count ``connection`` in, closing the one idle longest if at the cap; False when
-        none is idle: the caller closes ``connection`` at once."""
+    def admit(self, peer: Peer) -> bool:
+        """Count ``peer``'s new connection in, closing another if at the cap; False when
+        none may be closed: the caller closes the new one at once."""
         if self.open >= self.limit:
-            if not self._idle:
+            room = self._idle or self._bodies
+            if not room:
                 self._note("connection_refused", REFUSED, peer)
                 return False
-            oldest = next(iter(self._idle))
-            self._idle.pop(oldest).cancel()          # its idle timer ends: hypercorn closes it
+            oldest = next(iter(room))
+            room.pop(oldest).cancel()
             self._leaving.add(oldest)
             self._note("connection_evicted", EVICTED, peer)
-        self._open.add(connection)
+        self._open.add(peer)
         return True
 
-    def closed(self, connection: object) -> None:
-        self._open.discard(connection)
-        self._leaving.discard(connection)
-        self._idle.pop(connection, None)
+    def closed(self, peer: Peer) -> None:
+        self._open.discard(peer)
+        self._leaving.discard(peer)
+        self._idle.pop(peer, None)
+        self._bodies.pop(peer, None)
 
     @contextmanager
-    def idle(self, connection: object) -> Iterator[trio.CancelScope]:
-        """While ``connection`` waits for a request: the scope is cancelled to close it."""
+    def idle(self, peer: Peer) -> Iterator[trio.CancelScope]:
+        """While ``peer``'s connection waits for a request: the scope is cancelled to close
+        it (hypercorn's idle timeout, early)."""
         with trio.CancelScope() as scope:
-            if connection in self._leaving:          # made room already: close at once
+            if peer in self._leaving:            # picked while busy: closed when it is not
                 scope.cancel()
             else:
-                self._idle[connection] = scope
+                self._idle[peer] = scope
             try:
                 yield scope
             finally:
-                self._idle.pop(connection, None)
+                self._idle.pop(peer, None)
 
-    def _note(self, kind: str, event: str, peer: str) -> None:
-        fields: dict[str, Any] = {"peer": peer, "max_connections": self.limit,
+    @contextmanager
+    def body_arriving(self, peer: Peer | None, scope: trio.CancelScope) -> Iterator[None]:
+        """While a request's body arrives: ``scope`` is cancelled to close the connection
+        (``server.bounded_bodies`` answers and closes it); ``body_arrived`` ends it early."""
+        if peer is None or peer not in self._open:
+            yield
+            return
+        if peer in self._leaving:
+            scope.cancel()
+        else:
+            self._bodies[peer] = scope
+        try:
+            yield
+        finally:
+            self._bodies.pop(peer, None)
+
+    def body_arrived(self, peer: Peer | None) -> None:
+        if peer is not None:
+            self._bodies.pop(peer, None)
+
+    def made_room(self, peer: Peer | None) -> bool:
+        """Whether ``peer``'s connection was closed to make room (not timed out)."""
+        return peer in self._leaving
+
+    def _note(self, kind: str, event: str, peer: Peer) -> None:
+        fields: dict[str, Any] = {"peer": str(peer[0]), "max_connections": self.limit,
                                   "open_connections": self.open}
         if self._refusals is None:
             log.warning(event, extra=fields)

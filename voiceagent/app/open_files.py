@@ -80,8 +80,8 @@ def ensure_open_files(settings: Settings) -> None:
             "max_calls": settings.max_calls,
             "max_concurrent_turns": settings.max_concurrent_turns,
             "max_connections": connection_limit(settings),
-            "effect": "connections are capped below what MAX_CALLS needs: past the cap new "
-                      "ones are closed",
+            "effect": "open connections are capped at max_connections, below what "
+                      "MAX_CALLS needs: past it new calls are refused",
             "fix": "raise the hard limit (docker run --ulimit nofile=65536, systemd "
                    "LimitNOFILE=65536; the SAM template sets 65536) or lower MAX_CALLS"})
     else:

@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from functools import partial
 
 import hypercorn.trio
@@ -22,6 +22,7 @@ from hypercorn.typing import (
     ASGISendEvent,
     HTTPResponseBodyEvent,
     HTTPResponseStartEvent,
+    HTTPScope,
     Scope,
 )
 
@@ -182,7 +183,8 @@ async def serve(runtime: Runtime, *, host: str, port: int,
     http1_only.install()
     peer_close.install()
     async with trio.open_nursery() as outer:
-        app = interrupts_escape(bounded_bodies(create_app(runtime), runtime.edge_refusals))
+        app = interrupts_escape(bounded_bodies(create_app(runtime), runtime.edge_refusals,
+                                               config.open_connections))
         await hypercorn.trio.serve(app, config, shutdown_trigger=trigger,
                                    task_status=task_status)
         if not stopped:
@@ -193,23 +195,29 @@ async def serve(runtime: Runtime, *, host: str, port: int,
         outer.cancel_scope.cancel()
 
 
-def bounded_bodies(app: ASGIFramework, refusals: Episode) -> ASGIFramework:
+def bounded_bodies(app: ASGIFramework, refusals: Episode,
+                   connections: OpenConnections | None = None) -> ASGIFramework:
     """An HTTP request whose body has not all arrived ``BODY_TIMEOUT_S`` after its headers is
     answered 408 and its connection closed (hypercorn closes a connection whose request body
     was left unread), however slowly the bytes keep coming. Its last body is sent shielded,
     so that the connection's idle timer runs again after it. Quart's own BODY_TIMEOUT (60 s)
     applies only to a handler that reads the body; this applies to every request. WebSocket
-    upgrades have no body and pass untouched."""
+    upgrades have no body and pass untouched. While the body arrives, ``connections`` may
+    close it sooner to make room for a new connection: then it is answered 503."""
     async def asgi(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
         responded = False
+        client = scope.get("client")
+        peer = (str(client[0]), int(client[1])) if client and _has_body(scope) else None
 
         async def receive_in_time() -> ASGIReceiveEvent:
             message = await receive()
             if not message.get("more_body", False):
                 body_clock.deadline = math.inf        # all there: the handler takes its time
+                if connections is not None:
+                    connections.body_arrived(peer)
             return message
 
         async def send_noting(message: ASGISendEvent) -> None:
@@ -224,19 +232,31 @@ def bounded_bodies(app: ASGIFramework, refusals: Episode) -> ASGIFramework:
                 return
             await send(message)
 
-        with trio.CancelScope(deadline=trio.current_time() + BODY_TIMEOUT_S) as body_clock:
+        with trio.CancelScope(deadline=trio.current_time() + BODY_TIMEOUT_S) as body_clock, \
+                (connections.body_arriving(peer, body_clock) if connections is not None
+                 else nullcontext()):
             await app(scope, receive_in_time, send_noting)
-        if body_clock.cancelled_caught:
+        if not body_clock.cancelled_caught:
+            return
+        status, text = 408, b"request body too slow"
+        if connections is not None and connections.made_room(peer):   # counted there
+            status, text = 503, b"server busy: too many connections, try again"
+        else:
             refusals.note("body_too_slow", "request body too slow",
                           path=scope.get("path", ""), timeout_s=BODY_TIMEOUT_S)
-            if not responded:
-                await send(HTTPResponseStartEvent(
-                    type="http.response.start", status=408, trailers=False,
-                    headers=[(b"content-type", b"text/plain"), (b"connection", b"close")]))
-                await send(HTTPResponseBodyEvent(type="http.response.body",
-                                                 body=b"request body too slow",
-                                                 more_body=False))
+        if not responded:
+            await send(HTTPResponseStartEvent(
+                type="http.response.start", status=status, trailers=False,
+                headers=[(b"content-type", b"text/plain"), (b"connection", b"close")]))
+            await send(HTTPResponseBodyEvent(type="http.response.body", body=text,
+                                             more_body=False))
     return asgi
+
+
+def _has_body(scope: HTTPScope) -> bool:
+    return any(name.lower() == b"transfer-encoding"
+               or (name.lower() == b"content-length" and value.strip() != b"0")
+               for name, value in scope["headers"])
 
 
 @asynccontextmanager
