@@ -3,8 +3,9 @@
 Anyone who reaches the port can open connections, silent or sending a header byte now and
 then: each is held until HTTP_IDLE_TIMEOUT_S (310 s by default, above the ALB's idle timeout)
 and costs a file descriptor and a few tasks before any signature is checked. Without a proxy
-in front, a few thousand of them took the process's descriptors and every new call with them
-(``accept`` failing with EMFILE), and the model's and the store's connections too.
+in front, enough of them (the open-file limit: 1024 on many systems) took the process's
+descriptors and every new call with them (``accept`` failing with EMFILE), and the model's
+and the store's connections too.
 
 The cap is what the settings already say the process serves (``connections_allowed``): a
 socket per call (MAX_CALLS and the margin of ``socket_standing``), the relay sockets waiting
@@ -46,7 +47,7 @@ WEBHOOKS_PER_CALL = 0.25
 Peer = tuple[str, int]        # an accepted connection's peer address: unique among them
 
 EVICTED = "connection closed to make room: open connections at their cap"
-REFUSED = "connection refused: open connections at their cap, none idle"
+REFUSED = "connection refused: open connections at their cap, none that may be closed"
 
 
 def connections_allowed(settings: Settings) -> int:
