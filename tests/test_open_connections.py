@@ -6,12 +6,14 @@ make the cap 1 + 10 + 1 + 64 = 76 connections."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
 import pytest
 import trio
 
+from tests.serve_process import serve_process
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from tests.test_edge_attacks import raw_answer
 from tests.test_session_binding import signed_socket
@@ -166,3 +168,23 @@ async def test_with_nothing_to_close_a_new_connection_is_closed_at_once(
     assert len(logged) == 1
     assert logged[0].levelno == logging.WARNING
     assert (vars(logged[0])["open_connections"], vars(logged[0])["max_connections"]) == (4, 4)
+
+
+@pytest.mark.timeout(60)
+async def test_idle_connections_past_the_open_file_limit_keep_no_one_out(
+        tmp_path: Path) -> None:
+    """``voiceagent serve`` held to 256 open files (a hard limit it cannot raise): 300 silent
+    connections took every descriptor, accept failed with EMFILE and a /health waited
+    unanswered. The cap (256 less the files reserved for the store and the process: 120)
+    closes the oldest silent ones instead, and /health is answered at once."""
+    with trio.fail_after(30):
+        async with serve_process(tmp_path, open_files=(256, 256), MAX_CALLS="1000") as server:
+            entry = await server.wait_log("open-file limit too low for MAX_CALLS")
+            assert entry["max_connections"] == 120
+            async with contextlib.AsyncExitStack() as stack:
+                for _ in range(300):
+                    await stack.enter_async_context(await _connect(server.url))
+                with trio.fail_after(3):
+                    answer = await raw_answer(server.url, b"GET /health HTTP/1.1\r\n"
+                                                          b"Host: x\r\nConnection: close\r\n\r\n")
+                assert answer.startswith(b"HTTP/1.1 200 "), answer[:60]
