@@ -18,6 +18,7 @@ from typing import Any, assert_never
 import trio
 
 from actors.context import CallContext, ModelRound
+from actors.hold_line import covering
 from actors.messages import ToolCall
 from actors.speaker import Speaker
 from voiceagent.errors import LLMError
@@ -42,10 +43,12 @@ class Asked:
     reasoning: tuple[Mapping[str, Any], ...] = ()
 
 
-async def model_round(ctx: CallContext, speaker: Speaker) -> Asked:
+async def model_round(ctx: CallContext, speaker: Speaker, hold_line: str | None = None
+                      ) -> Asked:
     """One request to the model, its reply said as it streams: what it asked for. The round
     is recorded in ``ctx.stats`` however it ends (``cancelled`` when cut, ``model_error``
-    when the model failed)."""
+    when the model failed). ``hold_line``: said if the model is slow to begin
+    (``actors.hold_line``)."""
     note = ctx.relay.language_note() if ctx.relay is not None else None
     request = LLMRequest(
         call_sid=ctx.call_sid, use_case=ctx.use_case.name, model_id=ctx.model_id,
@@ -56,9 +59,12 @@ async def model_round(ctx: CallContext, speaker: Speaker) -> Asked:
     received = _Received()
     failed = False
     try:
-        async with ctx.llm.stream(request) as events:
+        async with covering(hold_line, speaker) as cover, ctx.llm.stream(request) as events:
             take_ready = events.take_ready if isinstance(events, HeldReads) else None
             with suppress(trio.EndOfChannel):
+                first = await events.receive()
+                await cover.begun()             # the hold line, if it was due, is out whole
+                await _take(first, speaker, received)
                 while received.end is None:
                     if speaker.flush_at == math.inf:
                         await _take(await events.receive(), speaker, received)

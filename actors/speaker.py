@@ -41,6 +41,8 @@ class Speaker:
         self._flush_at = math.inf
         self._closed = False
         self._apart = False                 # a fixed sentence meets other words: a space
+        self._aside = 0                     # of ``_segment``, the parts a hold line sent
+        self._timed = True                  # the next frame with text is the reply's first
         self.spoke = False
         self.first_token_at: float | None = None        # handed to the writer
         self.first_token_sent_at: float | None = None   # on the socket (the writer says)
@@ -60,8 +62,9 @@ class Speaker:
 
     @property
     def quiet(self) -> bool:
-        """Nothing sent or held since the last tool round (or the turn's start)."""
-        return not self._segment and not self._held
+        """Nothing sent or held since the last tool round (or the turn's start) but a hold
+        line: the model has not spoken in this round."""
+        return not self._held and len(self._segment) == self._aside
 
     @property
     def flush_at(self) -> float:
@@ -70,6 +73,7 @@ class Speaker:
 
     def new_segment(self) -> None:
         self._segment = []
+        self._aside = 0
         self._clause_sent = False
         self._sent_chars = 0
 
@@ -115,6 +119,24 @@ class Speaker:
         await self.flush()
         self._apart = True
 
+    async def say_aside(self, text: str) -> None:
+        """Say a hold line before the model's reply (``actors.hold_line``): the reply is still
+        to come, so the round stays ``quiet``, the reply's first clause then streams token by
+        token as if nothing had been said (those are the words the caller waits for), and
+        its first frame, not this, is the turn's first token for its latency: a hold line
+        must not hide a slow model from the latency alarm. With the TwiML's flags, as a
+        filler: a tool's ``reply`` controls are for the model's reply."""
+        timed, self._timed = self._timed, False
+        flags, self.flags = self.flags, ReplyFlags()
+        try:
+            await self.say_text(text)
+        finally:
+            self._timed = timed
+            self.flags = flags
+            self._aside = len(self._segment)
+            self._clause_sent = False
+            self._sent_chars = 0
+
     async def flush(self) -> None:
         """Send what is held now (the hold expired, a tool round starts, an apology follows)."""
         if self._held:
@@ -138,15 +160,16 @@ class Speaker:
         self._closed = True
 
     async def _send(self, text: str, *, last: bool = False) -> None:
-        first = bool(text) and not self.spoke
+        first = bool(text) and self._timed
         frame = Text(text, last=last, interruptible=self.flags.interruptible,
                      preemptible=self.flags.preemptible)
         await self._outbound.send(Timed(frame, self._first_sent) if first else frame)
         self._drop_held()
         if text:
             self._segment.append(text)
+            self.spoke = True
             if first:
-                self.spoke = True
+                self._timed = False
                 self.first_token_at = trio.current_time()
 
     def _first_sent(self, at: float) -> None:

@@ -102,11 +102,12 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
         try:
             with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await speaker.flush()       # what the model said before it failed
+                # a hold line is not the model's words: the model said nothing of its reply
                 if ending is not None:
                     await speaker.say_text(model_trouble.last_words(
-                        ctx, said_some=bool(speaker.segment)))
+                        ctx, said_some=not speaker.quiet))
                 else:
-                    await speaker.say_text(APOLOGY_CUT if speaker.segment else APOLOGY_SILENT)
+                    await speaker.say_text(APOLOGY_SILENT if speaker.quiet else APOLOGY_CUT)
         except trio.Cancelled as cancel:    # the caller cut into the apology
             cut_by = await _why_cancelled(cancel)
             _record_cut(ctx, speaker, rounds)
@@ -182,6 +183,7 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
     rounds_done = 0
     tools_spoke = False             # the last tool round sent the caller audio or digits
     fillers: set[str] = set()       # said in this turn: each once
+    hold_line = ctx.use_case.hold_line       # said in the first model round, if at all
     while True:
         if calls:
             if rounds_done >= ctx.max_tool_rounds:
@@ -194,7 +196,11 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
                 return
         if ctx.settling:                # a cut turn's side-effect tool: its result first
             await receive_all(ctx, speaker=speaker, fillers=fillers)
-        asked = await model_round(ctx, speaker)
+        # not after a tool's audio or digits: the caller hears those, the model's words
+        # queue behind them. The first round only: one timer a turn, where the silence is
+        # the caller's first; a later round follows a tool, which has its filler.
+        asked = await model_round(ctx, speaker, None if tools_spoke else hold_line)
+        hold_line = None
         calls, reasoning = asked.calls, asked.reasoning
         if not calls:
             stop_reason = ctx.stats.rounds[-1].stop_reason

@@ -57,6 +57,24 @@ MAX_TOOL_TIMEOUT_S = 120.0
 MAX_FILLER_CHARS = 100
 
 
+def one_short_line(value: str | None, key: str, when: str, example: str) -> str | None:
+    """A fixed sentence said for the model while the caller waits (a filler, a hold line):
+    the model's answer queues behind it, so it is one short line, and says so when not."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        raise key_problem((), f"a {key} is {when}: write one short sentence "
+                          f"(\"{example}\"), or leave {key} out for silence")
+    if len(text) > MAX_FILLER_CHARS:
+        raise key_problem((), f"{len(text)} characters; a {key} is one short sentence of at "
+                          f"most {MAX_FILLER_CHARS} (the answer waits behind it): shorten it")
+    if (odd := next((c for c in text if c in "\t\n\r" or NOT_XML.match(c)), None)):
+        raise key_problem((), f"holds {describe(odd)}: a {key} is one line of plain text; "
+                          "remove it")
+    return text
+
+
 class ToolDeclaration(Strict):
     """A tool the model may call: Bedrock's toolSpec, with the schema checked on every call.
     ``filler``: said to the caller while the tool runs, when it is still running a moment
@@ -80,21 +98,8 @@ class ToolDeclaration(Strict):
     @field_validator("filler")
     @classmethod
     def _filler_ok(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        text = value.strip()
-        if not text:
-            raise key_problem((), "a filler is said while the tool runs: write one short "
-                              "sentence (\"One moment while I check that.\"), or leave "
-                              "filler out for silence")
-        if len(text) > MAX_FILLER_CHARS:
-            raise key_problem((), f"{len(text)} characters; a filler is one short sentence "
-                              f"of at most {MAX_FILLER_CHARS} (the answer waits behind it): "
-                              "shorten it")
-        if (odd := next((c for c in text if c in "\t\n\r" or NOT_XML.match(c)), None)):
-            raise key_problem((), f"holds {describe(odd)}: a filler is one line of plain "
-                              "text; remove it")
-        return text
+        return one_short_line(value, "filler", "said while the tool runs",
+                              "One moment while I check that.")
 
     @model_serializer(mode="wrap")
     def _without_an_unset_filler(self, handler: SerializerFunctionWrapHandler
@@ -210,6 +215,9 @@ class UseCase(Strict):
     dtmf: DtmfConfig = Field(default_factory=DtmfConfig)
     handoff: HandoffConfig = Field(default_factory=HandoffConfig)
     scripted: ScriptedConfig = Field(default_factory=ScriptedConfig)
+    # said once in a turn when the model has not begun to answer a moment after it was asked
+    # (``actors.hold_line``)
+    hold_line: str | None = None
 
     @field_validator("relay")
     @classmethod
@@ -237,6 +245,23 @@ class UseCase(Strict):
                 continue
             raise key_problem((key,), problem)
         return value
+
+    @field_validator("hold_line")
+    @classmethod
+    def _hold_line_ok(cls, value: str | None) -> str | None:
+        return one_short_line(value, "hold_line", "said while the model is slow to begin",
+                              "One moment, please.")
+
+    @model_serializer(mode="wrap")
+    def _without_an_unset_hold_line(self, handler: SerializerFunctionWrapHandler
+                                    ) -> dict[str, Any]:
+        """No ``hold_line`` key when none is set: a release from before hold lines reads the
+        stored item strictly, and ``hold_line: null`` would make it refuse the whole use
+        case (as with a tool's ``filler``)."""
+        data: dict[str, Any] = handler(self)
+        if self.hold_line is None:
+            data.pop("hold_line", None)
+        return data
 
     @field_validator("time_zone")
     @classmethod
