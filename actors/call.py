@@ -55,6 +55,7 @@ TEARDOWN_S = 2.0                 # hang-up -> every actor finished (side-effect 
 END_CLOSE_S = 10.0
 MAX_FRAMES_BEFORE_SETUP = 20
 INBOUND_BUFFER = 16              # absorbs a burst of frames while a barge-in is processed
+FLUSH_MARGIN_S = 1.0             # past FLUSH_TIMEOUT_S: the flush times itself out first
 
 
 class CallRejected(Exception):
@@ -168,16 +169,34 @@ async def run_call(socket: RelaySocket, *, resolve: Resolve, services: CallServi
         report.ended_by = "error"
         log.exception("call failed")
         await socket.close(1011, "internal error")
+    except BaseException:
+        # the process stopping under the call (a peer still there past END_GRACE_S, a
+        # Ctrl-C in a program embedding the server): not the caller hanging up, and the
+        # call's "call ended" line must still be written, or its CallSid's story stops
+        report.ended_by = "cancelled"
+        raise
     finally:
-        with trio.move_on_after(services.flush_timeout_s, shield=True):
+        # the flush's own timeout decides, and logs "store flush timed out" under this
+        # CallSid; a bound equal to it fired first, hiding both that line and the outcome
+        with trio.move_on_after(services.flush_timeout_s + FLUSH_MARGIN_S,
+                                shield=True) as bound:
             report.flushed = await _persist_all(plan.call_sid, history, services)
+        if bound.cancelled_caught:
+            report.flushed = False
+        _log_ended(report)
+    return report
+
+
+def _log_ended(report: CallReport) -> None:
+    """The call's last line: how it ended, and whether its transcript reached the store
+    (``flushed`` false: still queued here, written later or lost with the process)."""
     extra = {"ended_by": report.ended_by, "turns": report.turns.turns,
              "barge_ins": report.turns.barge_ins,
-             "frames_rejected": sum(report.frames.rejected.values())}
+             "frames_rejected": sum(report.frames.rejected.values()),
+             "flushed": report.flushed}
     if not_logged := report.frames.not_logged():     # a flood's lines, counted instead
         extra["lines_not_logged"] = not_logged
     log.info("call ended", extra=extra)
-    return report
 
 
 async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,

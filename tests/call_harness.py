@@ -100,9 +100,9 @@ async def open_test_call(llm: FakeLLM | LLM, *, use_case: UseCase | None = None,
     async def default_resolve(setup: Setup) -> CallPlan:
         return plan
 
-    services = CallServices(llm=llm, store=store, registry=registry or ToolRegistry(),
-                            persist=writer.persist, flush=writer.flush,
-                            **(services_changes or {}))
+    parts: dict[str, Any] = {"persist": writer.persist, "flush": writer.flush}
+    parts.update(services_changes or {})          # a real write-behind's, say
+    services = CallServices(llm=llm, store=store, registry=registry or ToolRegistry(), **parts)
     report, done = CallReport(), trio.Event()
 
     async def run() -> None:

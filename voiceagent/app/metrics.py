@@ -97,7 +97,8 @@ class Metrics:
             "Relay sockets ended, by how: hangup (the caller), dropped (the socket lost or "
             "closed with an error: the relay session failed, and /action may reconnect the "
             "call on a new socket, see voiceagent_reconnects), end (the agent sent end: a "
-            "goodbye or a handoff), error, bad-frames; and sockets that never became calls: "
+            "goodbye or a handoff), error, bad-frames, cancelled (the server stopped under it: a "
+            "peer still there past END_GRACE_S); and sockets that never became calls: "
             "rejected, unavailable, evicted, no-setup", ["ended_by"], registry=r)
         self.turns = Counter("voiceagent_turns", "Turns (prompts and keypresses answered)",
                              registry=r)
