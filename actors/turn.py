@@ -33,7 +33,7 @@ from actors.model_round import model_round
 from actors.relay_control import ReplyFlags
 from actors.settling import Settling, receive_all, stand_in
 from actors.speaker import Speaker
-from actors.tool_executor import MAX_CALLS_PER_ROUND
+from actors.tool_executor import CANCELLED, ENDED, MAX_CALLS_PER_ROUND
 from actors.tool_filler import filler_due, filler_for, say_filler
 from voiceagent.errors import LLMError, ModelRejected
 from voiceagent.logs import redact, turn_var
@@ -143,7 +143,8 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
             latency_s = speaker.first_token_sent_at - received_at
             ctx.stats.latencies_s.append(latency_s)
         _summarise(ctx, marks, kind="caller" if received_at is not None else "system",
-                   latency_s=latency_s, cut_by=cut_by, model_error=model_error)
+                   latency_s=latency_s, cut_by=cut_by, model_error=model_error,
+                   unfinished=_unfinished(ctx, rounds))
 
 
 async def _why_cancelled(cancel: trio.Cancelled) -> str:
@@ -306,9 +307,28 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
+def _unfinished(ctx: CallContext, rounds: list[_ToolRound]) -> list[dict[str, str]]:
+    """A cut turn's tool round still in flight, call by call: ``cut`` (cancelled: it may
+    have done part of its work), ``running`` (a side effect, shielded: its "tool done" or
+    "tool failed" line comes later), or the status of one that had answered. "turn done"
+    listed only finished rounds, so a caller hanging up mid-tool left no trace of which
+    tool it was, nor whether an order it was placing went through."""
+    unfinished: list[dict[str, str]] = []
+    for current in rounds:
+        arrived = {o.tool_use_id: ("cut" if o.content in (CANCELLED, ENDED) else o.status)
+                   for o in current.outcomes}
+        for call in current.calls:
+            state = arrived.get(call.tool_use_id) or (
+                "running" if current.delivered and ctx.tools.side_effect(call.name) else "cut")
+            unfinished.append({"tool": call.name, "state": state})
+    return unfinished
+
+
 def _summarise(ctx: CallContext, marks: tuple[int, int], *, kind: str,
-               latency_s: float | None, cut_by: str | None, model_error: str | None) -> None:
-    """The turn's one summary line ("turn done"), also handed to ``ctx.on_turn``."""
+               latency_s: float | None, cut_by: str | None, model_error: str | None,
+               unfinished: list[dict[str, str]]) -> None:
+    """The turn's one summary line ("turn done"), also handed to ``ctx.on_turn``; a cut
+    turn's tools in flight (``tools_cut``) are in the line only: no tool finished them."""
     rounds = ctx.stats.rounds[marks[0]:]
     first = rounds[0] if rounds else None
     summary: dict[str, Any] = {
@@ -325,8 +345,11 @@ def _summarise(ctx: CallContext, marks: tuple[int, int], *, kind: str,
         "barge_in": cut_by == "barge-in", "cut_by": cut_by, "model_error": model_error,
         "tools": [{"tool": name, "status": status, "duration_ms": _ms(seconds)}
                   for name, status, seconds in ctx.stats.tools[marks[1]:]]}
-    log.info("turn done", extra={k: v for k, v in summary.items()
-                                 if k not in ("call_sid", "turn", "first_token_ms_by_round")})
+    line = {k: v for k, v in summary.items()
+            if k not in ("call_sid", "turn", "first_token_ms_by_round")}
+    if unfinished:
+        line["tools_cut"] = unfinished
+    log.info("turn done", extra=line)
     if ctx.on_turn is not None:
         try:
             ctx.on_turn(summary)
