@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from voiceagent.logs import turn_var
+
 log = logging.getLogger(__name__)
 
 MAX_PENDING_CUTS = 64   # interrupts read but not yet taken by the streamer; the channels
@@ -188,7 +190,13 @@ class TurnSlot:
     async def cancel_and_wait(self, *, reason: str) -> None:
         """Cancel the turn in flight (if any) and wait until its cleanup has run."""
         if self._scope is not None and self._done is not None and not self._done.is_set():
-            log.info("turn cancelled", extra={"reason": reason})
+            # logged from the streamer's task, whose context says turn 0: named for the
+            # turn it cuts, as that turn's own "turn done" is
+            named = turn_var.set(self._marks.turn)
+            try:
+                log.info("turn cancelled", extra={"reason": reason})
+            finally:
+                turn_var.reset(named)
             self._scope.cancel(reason=reason)
             await self._done.wait()
         self._scope = None

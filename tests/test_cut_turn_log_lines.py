@@ -1,7 +1,10 @@
-"""A caller who hangs up while a tool runs: the operator reading the call's lines must see
-which tool was cut. "turn done" listed the tools of finished rounds only, and a cut tool
-logs nothing of its own, so the turn said ``stop_reason: tool_use, cut_by: hangup,
-tools: []`` and no line named the tool."""
+"""A turn cut short, read from its log lines as an operator filtering on the CallSid (and
+the turn) reads them.
+
+A caller who hangs up while a tool runs: "turn done" listed the tools of finished rounds
+only, and a cut tool logs nothing of its own, so the turn said ``stop_reason: tool_use,
+cut_by: hangup, tools: []`` and no line named the tool. And "turn cancelled" carried turn
+0, the streamer's, not the turn it cut."""
 
 from __future__ import annotations
 
@@ -82,3 +85,27 @@ async def test_a_side_effect_tool_running_on_past_the_hang_up_is_named_running(
     assert vars(done)["tools_cut"] == [{"tool": "CheckRestaurantPickUpTime",
                                         "state": "running"}]
     assert events.index("turn done") < events.index("tool done")
+
+
+async def test_the_turn_cancelled_line_names_the_turn_it_cut(
+        tmp_path: Path, records: list[logging.LogRecord]) -> None:
+    """It carried turn 0 (the streamer's task), so filtering on CallSid and turn found the
+    barge-in's "turn done" but not the line saying the turn was cut."""
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                await call.say("what are your hours?")
+                await call.read_reply()
+                await call.say("tell me a story")              # turn 2, long
+                first = await call.receive()
+                assert first is not None
+                assert first["type"] == "text"
+                await call.interrupt()
+                await call.hang_up()
+            await server.runtime.calls.wait_idle()
+    (cancelled,) = [r for r in records if r.getMessage() == "turn cancelled"]
+    assert vars(cancelled)["reason"] == "barge-in"
+    assert vars(cancelled)["turn"] == 2
+    cut = [vars(r)["turn"] for r in records
+           if r.getMessage() == "turn done" and vars(r)["cut_by"] == "barge-in"]
+    assert cut == [2]
