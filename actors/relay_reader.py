@@ -112,7 +112,8 @@ async def run(*, socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
             except RelayBroken as err:
                 stats.dropped = err.dropped
                 log.info("relay closed by peer", extra={"frames": stats.received,
-                                                        "dropped": err.dropped})
+                                                        "dropped": err.dropped,
+                                                        "close_code": err.code})
                 return
             received_at = trio.current_time()
             stats.received += 1

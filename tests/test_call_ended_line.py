@@ -8,7 +8,8 @@ which fired first, so the write-behind's "store flush timed out" line (with its 
 was never written and the call ended as if flushed. A call still up when the server stopped
 (a peer that had not closed past END_GRACE_S): the call was cancelled, and its "call ended"
 line, written after the teardown, was skipped; the CallSid's story stopped at "end sent",
-and the call was counted as a hang-up."""
+and the call was counted as a hang-up. And the line before it, "relay closed by peer", did
+not give the peer's close code."""
 
 from __future__ import annotations
 
@@ -119,3 +120,23 @@ async def test_a_call_cut_by_the_server_stopping_still_has_its_end_line(
     assert vars(ended)["ended_by"] == "cancelled"
     assert vars(ended)["turns"] == 1
     assert events.index("end sent") < events.index("call ended")
+
+
+async def test_the_relay_close_line_gives_the_peers_close_code(
+        tmp_path: Path, records: list[logging.LogRecord]) -> None:
+    """"relay closed by peer" said ``dropped`` only: Twilio's side failing (1011, its
+    debugger has the error) and a hang-up looked alike but for that flag."""
+    sids: list[str] = []
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            for fail in (False, True):
+                async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                    sids.append(call.identity.call_sid)
+                    await call.say("what are your hours?")
+                    await call.read_reply()
+                    await (call.fail() if fail else call.hang_up())
+            await server.runtime.calls.wait_idle()
+    closed = {vars(r)["call_sid"]: vars(r) for r in records
+              if r.getMessage() == "relay closed by peer"}
+    assert (closed[sids[0]]["close_code"], closed[sids[0]]["dropped"]) == (1000, False)
+    assert (closed[sids[1]]["close_code"], closed[sids[1]]["dropped"]) == (1011, True)

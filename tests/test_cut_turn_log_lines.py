@@ -109,3 +109,4 @@ async def test_the_turn_cancelled_line_names_the_turn_it_cut(
     cut = [vars(r)["turn"] for r in records
            if r.getMessage() == "turn done" and vars(r)["cut_by"] == "barge-in"]
     assert cut == [2]
+

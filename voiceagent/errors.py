@@ -78,11 +78,14 @@ class RelayBroken(RelayError):
     """The peer closed the socket or the network failed: a normal way for a call to end.
     ``dropped``: not the peer's normal close (1000, Twilio's after a hang-up or our ``end``)
     but a lost connection or an error code: the relay session failed, and Twilio asks
-    ``/action`` whether to reconnect; counted apart from hang-ups."""
+    ``/action`` whether to reconnect; counted apart from hang-ups. ``code``: the peer's close
+    code when it sent one (1011: Twilio's side failed, its debugger says why; 1006: the
+    connection was lost), for the log."""
 
-    def __init__(self, message: str, *, dropped: bool = False) -> None:
+    def __init__(self, message: str, *, dropped: bool = False, code: int | None = None) -> None:
         super().__init__(message)
         self.dropped = dropped
+        self.code = code
 
 
 class LLMError(VoiceAgentError):

@@ -50,7 +50,9 @@ class AsgiRelaySocket:
                 self._mark_closed()
                 code = event.get("code")
                 raise RelayBroken(f"peer closed the socket (code {code})",
-                                  dropped=code != NORMAL_CLOSE and peer_close.codes_known())
+                                  dropped=code != NORMAL_CLOSE and peer_close.codes_known(),
+                                  code=code if isinstance(code, int) and peer_close.codes_known()
+                                  else None)
 
     async def send(self, text: str) -> None:
         if self._closed:
