@@ -61,6 +61,7 @@ from voiceagent.llm.bedrock_http import Attempt
 from voiceagent.llm.bedrock_signing import BedrockSigner, request_body
 from voiceagent.llm.bedrock_stream import ModelStream
 from voiceagent.llm.bedrock_watchdog import ReadWatchdog
+from voiceagent.llm.binding import ThinkingBindings, binds_thinking
 from voiceagent.llm.converse import converse_problems
 from voiceagent.log_episodes import Episode
 from voiceagent.settings import Settings
@@ -163,6 +164,7 @@ class BedrockLLM:
         self._setup_lock = trio.Lock()
         self._watchdog = ReadWatchdog()
         self._counts = _Counts()
+        self._bindings = ThinkingBindings()     # what each reasoning block was signed under
         # throttling or an outage fails every turn of every call with the same fact: logged
         # in full once per code, then counted (bedrock_stream), ended by a stream that works
         self.failing = Episode(log, lasts="bedrock calls still failing",
@@ -237,9 +239,13 @@ class BedrockLLM:
         payload = build_converse_request(request)
         if self._check_history:
             self._warn_on_history(request, "toolConfig" in payload)
+        # a model that binds its thinking to the conversation refuses a block whose prefix
+        # changed (a trimmed history, a cut answer, a new system note): left out (binding)
+        prefix = (self._bindings.fit(payload) if binds_thinking(request.model_id) else None)
         model_id, body = request_body(payload)     # once for every attempt; ModelRejected
         await self._ready()
-        model_stream = ModelStream(self, request, model_id, body)
+        model_stream = ModelStream(self, request, model_id, body,
+                                   signed=prefix.signed if prefix is not None else None)
         self._counts.streams_opened += 1
         self._counts.streams_open += 1
         try:

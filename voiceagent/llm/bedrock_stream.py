@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -34,7 +35,7 @@ from voiceagent.errors import (
     ModelThrottled,
     ModelUnavailable,
 )
-from voiceagent.llm.base import LLMEvent, LLMRequest, StreamEnd
+from voiceagent.llm.base import LLMEvent, LLMRequest, Reasoning, StreamEnd
 from voiceagent.llm.bedrock_converse import history_shape
 from voiceagent.llm.bedrock_errors import Failure
 from voiceagent.llm.bedrock_http import Attempt, Item
@@ -74,8 +75,10 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
     nothing else."""
 
     def __init__(self, backend: BedrockLLM, request: LLMRequest, model_id: str,
-                 body: bytes) -> None:
+                 body: bytes, *,
+                 signed: Callable[[Sequence[Mapping[str, Any]]], None] | None = None) -> None:
         self._backend = backend
+        self._signed = signed               # told the reply's reasoning blocks (binding)
         self._request = request
         self._model_id = model_id
         self._body = body                   # the request as sent, every attempt
@@ -138,6 +141,8 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
                 return out
 
     def _note(self, item: LLMEvent) -> LLMEvent:
+        if isinstance(item, Reasoning) and self._signed is not None:
+            self._signed(item.blocks)
         if isinstance(item, StreamEnd):
             self._ended = True
             self._backend._stream_completed(item, self._quota_taken)
