@@ -17,7 +17,9 @@ Every request body is recorded and checked against Converse's rules; problems co
 reasoning a reply sent with its tool use is answered as Bedrock answers it for a Claude model
 thinking with tools, HTTP 400 ValidationException (``fake_reasoning``), and is a violation;
 so is one with a sampling parameter the model refuses (``fake_samplers``), or a kind of
-thinking or an effort it does not take (``fake_effort``).
+thinking or an effort it does not take (``fake_effort``), or one that sends a reasoning block
+back after what came before it changed, to a model that binds its thinking to the
+conversation (``fake_binding``).
 Every connection records when the client closed it, from a reader that watches the socket
 while the reply is being written.
 
@@ -61,6 +63,7 @@ from urllib.parse import unquote
 
 import trio
 
+from tests.fake_binding import BindingRule
 from tests.fake_effort import effort_refusal
 from tests.fake_reasoning import ReasoningRule
 from tests.fake_samplers import sampler_refusal
@@ -373,6 +376,7 @@ class FakeBedrock:
         self.connections: list[ConnectionRecord] = []
         self.violations: list[str] = []
         self.reasoning = ReasoningRule()
+        self.binding = BindingRule()
         self.accepted_keys = accepted_keys
         self.tls = tls
         self.ca: trustme.CA | None = None
@@ -540,7 +544,8 @@ class FakeBedrock:
             model_id = self.profiles.get(request.model_id, request.model_id)
             refusal = (sampler_refusal(model_id, request.body)
                        or effort_refusal(model_id, request.body)
-                       or self.reasoning.refusal(request.body))
+                       or self.reasoning.refusal(request.body)
+                       or self.binding.refusal(model_id, request.body))
             if refusal is not None:
                 self.violations.append(f"request {request.index}: {refusal}")
                 request.outcome = "http_error"      # no scripted reply taken, as Bedrock's
@@ -548,6 +553,7 @@ class FakeBedrock:
                                  error_type="ValidationException")
                 return
             reply = self._next_reply(request)
+            asked = self.binding.asked(request.body)
             if not self.keep_bodies:
                 request.body = {"requestMetadata": request.body.get("requestMetadata", {})}
             if isinstance(reply, HttpError):
@@ -564,11 +570,13 @@ class FakeBedrock:
             # ask again before this task runs again
             if isinstance(reply, Hangup):
                 self.reasoning.issued(reply.frames[:reply.after_frames])
+                self.binding.issued(asked, reply.frames[:reply.after_frames])
                 await _send_stream(stream, request, reply.frames[:reply.after_frames],
                                    reply.headers_delay_s, end=False)
                 request.outcome = _hang_up(raw, record, reset=reply.reset)
                 return
             self.reasoning.issued(reply.frames)
+            self.binding.issued(asked, reply.frames)
             if isinstance(reply, Stall | Trickle):
                 await _send_stream(stream, request, reply.frames,
                                    reply.headers_delay_s, end=False)
