@@ -164,15 +164,12 @@ async def collect(backend: BedrockLLM, request: LLMRequest) -> list[Any]:
         return [event async for event in events]
 
 
-@pytest.mark.parametrize("fitted", [True, False])
 async def test_a_changed_system_prompt_leaves_the_earlier_thinking_out(
-        fake_bedrock: FakeBedrock, monkeypatch: pytest.MonkeyPatch, fitted: bool) -> None:
+        fake_bedrock: FakeBedrock, monkeypatch: pytest.MonkeyPatch) -> None:
     """The endpoint refuses, as Bedrock does, a block sent back under another system prompt
     (here: the language note that comes once the caller switches language); the backend
-    leaves it out and the request is answered."""
+    leaves it out and the request is answered. Unchanged, the block goes back whole."""
     fake = fake_bedrock
-    if not fitted:                      # as before: every block sent back as it was kept
-        monkeypatch.setattr(bedrock_module, "binds_thinking", lambda model_id: False)
     question = said("user", "Pickup?")
     backend = BedrockLLM(region="us-east-1")
     try:
@@ -187,22 +184,22 @@ async def test_a_changed_system_prompt_leaves_the_earlier_thinking_out(
             await collect(backend, ask(question, tool_round, RESULT))
             history = (question, tool_round, RESULT, said("assistant", "Twenty minutes."),
                        said("user", "Merci."))
+            french = ask(*history, system="Host. Answer in French.")
+            # as before: every block sent back as the history keeps it
+            monkeypatch.setattr(bedrock_module, "binds_thinking", lambda model_id: False,
+                                raising=False)
+            with pytest.raises(ModelRejected) as refused:
+                await collect(backend, french)
+            assert BOUND_ELSEWHERE.format(at=1, n=0) in str(refused.value)
+            monkeypatch.undo()
             fake.push(text_reply(["De rien."]))
-            if fitted:
-                events = await collect(backend, ask(*history, system="Host. Answer in French."))
-            else:
-                with pytest.raises(ModelRejected) as refused:
-                    await collect(backend, ask(*history, system="Host. Answer in French."))
-                assert BOUND_ELSEWHERE.format(at=1, n=0) in str(refused.value)
+            events = await collect(backend, french)
     finally:
         await backend.aclose()
     assert fake.requests[1].body["messages"][1] == tool_round       # unchanged: sent whole
-    if fitted:
-        assert TextDelta("De rien.") in events
-        assert fake.requests[2].body["messages"][1] == {"role": "assistant", "content": [USE]}
-        assert fake.violations == []
-    else:
-        assert len(fake.violations) == 1
+    assert TextDelta("De rien.") in events
+    assert fake.requests[3].body["messages"][1] == {"role": "assistant", "content": [USE]}
+    assert len(fake.violations) == 1                    # the refused request, and only it
 
 
 # ------------------------------------------------------------------------- a whole call
@@ -229,14 +226,13 @@ def last_block(request: RecordedRequest) -> dict[str, Any]:
     return dict(request.body["messages"][-1]["content"][-1])
 
 
-@pytest.mark.parametrize("trimmed", [True, False])
 async def test_a_call_with_a_barge_in_and_a_trimmed_history_goes_on_thinking(
-        fake_bedrock: FakeBedrock, llm: BedrockLLM, mock_clock: trio.testing.MockClock,
-        trimmed: bool) -> None:
+        fake_bedrock: FakeBedrock, llm: BedrockLLM, mock_clock: trio.testing.MockClock
+        ) -> None:
     """Claude Fable 5.1 thinks on every turn (unasked). The caller cuts the answer after a
     tool round (its reasoning kept), and at the next turn the oldest exchange is trimmed:
     the tool round's reasoning now follows another conversation, so it is left out, and the
-    caller hears the answer, not an apology. Untrimmed, it goes back as it came."""
+    caller hears the answer, not an apology."""
     fake = fake_bedrock
     thinking = reasoning_events(0, [""], signature=SIGNATURE)
 
@@ -273,8 +269,7 @@ async def test_a_call_with_a_barge_in_and_a_trimmed_history_goes_on_thinking(
                         called="+15555550199")
 
     async with open_test_call(llm, use_case=use_case, registry=tools, resolve=resolve,
-                              services_changes={"max_history_messages":
-                                                4 if trimmed else 200}) as call:
+                              services_changes={"max_history_messages": 4}) as call:
         call.say("Hello")
         assert (await call.reply())[0] == GREET_BACK
         call.say(QUESTION)
@@ -295,8 +290,7 @@ async def test_a_call_with_a_barge_in_and_a_trimmed_history_goes_on_thinking(
     assert last[-1]["content"][-1] == {"text": NEXT}
     assert {"role": "assistant", "content": [{"text": "Ready"}]} in last     # what was heard
     sent = next(m for m in last if any("toolUse" in b for b in m["content"]))
-    if trimmed:
-        assert last[0] == said("user", QUESTION)                    # the greeting exchange went
-        assert sent == {"role": "assistant", "content": tool_round["content"][1:]}
-    else:
-        assert sent == tool_round
+    assert last[0] == said("user", QUESTION)                        # the greeting exchange went
+    assert sent == {"role": "assistant", "content": tool_round["content"][1:]}
+    answered = next(r for r in fake.requests if "toolResult" in last_block(r))
+    assert answered.body["messages"][-2] == tool_round  # within its turn, sent back whole
