@@ -46,7 +46,7 @@ class TurnStats:
     superseded: int = 0
     tool_calls: int = 0
     model_errors: int = 0
-    failed_in_a_row: int = 0     # turns whose model call failed, since one it answered
+    failed_in_a_row: int = 0     # turns that ended in an apology, since one answered
     latencies_s: list[float] = field(default_factory=list)   # prompt in -> first token out
     rounds: list[ModelRound] = field(default_factory=list)
     tools: list[tuple[str, str, float]] = field(default_factory=list)  # name, status, seconds

@@ -1,15 +1,24 @@
 """When the model fails turn after turn: the call ends, or goes to a person, instead of the
 same apology on every turn.
 
-A turn whose model call fails apologises and asks the caller to say it again, and the call
-goes on: one failure is most often passing (a throttled moment, a dropped connection). But a
-failure that is the model's state (credentials expired, the model throttled or down for
-minutes, a history the model refuses) fails every later turn the same way, and the caller
-heard "Sorry, I'm having a little trouble right now. Could you say that again?" each time
-they spoke, until they gave up and hung up. So after ``FAILED_TURNS_BEFORE_GOODBYE`` failed
-turns in a row the turn ends the session: with the use case's handoff when it has a target
-(``/action`` then says its ``message`` and connects a person), else with the words a caller
-hears when the server cannot take the call, and ``/action``'s goodbye.
+A turn that gets no answer from the model apologises and asks the caller to say it again, and
+the call goes on: one failure is most often passing (a throttled moment, a dropped connection).
+But a failure that is the model's state (credentials expired, the model throttled or down for
+minutes, a history the model refuses, a model stuck calling tools or answering with nothing)
+fails every later turn the same way, and the caller heard the apology each time they spoke,
+until they gave up and hung up. So after ``FAILED_TURNS_BEFORE_GOODBYE`` failed turns in a row
+the turn ends the session: with the use case's handoff when it has a target (``/action`` then
+says its ``message`` and connects a person), else with the words a caller hears when the
+server cannot take the call, and ``/action``'s goodbye.
+
+A failed turn is one that ends in an apology asking the caller again (``actors.turn``): its
+model call failed (an error, a stall), it reached ``MAX_TOOL_ROUNDS`` without an answer
+(``TOO_MANY_ROUNDS``), its model round ended without a word where the caller waits for one
+(``NO_WORDS``: after a tool round, or stopped by a filter or maxTokens before a word), or
+maxTokens cut its answer mid-sentence. Each is the same loop for the caller, so all count in
+one streak. A turn that ends in the model's own words (or a tool's audio, or the call's end)
+starts it again; a turn cut by the caller, or with no model round (a re-prompt, a keypad
+reply), leaves it as it was.
 """
 
 from __future__ import annotations
@@ -29,8 +38,9 @@ END_REASON = "model-unavailable"
 
 
 def failed(ctx: CallContext, code: str) -> str | None:
-    """A turn's model call failed: the session's ``end`` data when the call should end now
-    (this is the last of ``FAILED_TURNS_BEFORE_GOODBYE`` failed turns in a row), else None."""
+    """A turn failed (see the module docstring): the session's ``end`` data when the call
+    should end now (this is the last of ``FAILED_TURNS_BEFORE_GOODBYE`` failed turns in a
+    row), else None."""
     ctx.stats.failed_in_a_row += 1
     if ctx.stats.failed_in_a_row < FAILED_TURNS_BEFORE_GOODBYE:
         return None
@@ -53,8 +63,8 @@ def last_words(ctx: CallContext, *, said_some: bool) -> str:
 
 
 def answered(ctx: CallContext, first_round: int) -> None:
-    """A turn ended without a model error: a round of it that the model completed ends the
-    run of failures (a turn with no model round, a re-prompt, says nothing of the model)."""
+    """A turn ended with an answer: a round of it that the model completed ends the run of
+    failures (a turn with no model round, a re-prompt, says nothing of the model)."""
     if any(r.stop_reason not in ("model_error", "cancelled")
            for r in ctx.stats.rounds[first_round:]):
         ctx.stats.failed_in_a_row = 0

@@ -82,8 +82,16 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
     cut_by: str | None = None
     model_error: str | None = None
     end_data = None if plan.end_reason is None else json.dumps({"reasonCode": plan.end_reason})
+    gave_up: tuple[str, str] | None = None
     try:
-        await _converse(ctx, plan, speaker, rounds)
+        gave_up = await _say_all(ctx, plan, speaker, rounds)
+        if gave_up is not None:
+            # counted as a model error is: a model stuck in a tool loop, or answering with
+            # nothing, would otherwise have the caller hear the same apology every turn
+            ending = model_trouble.failed(ctx, gave_up[0])
+            end_data = ending or end_data
+            await _apologise(ctx, speaker, gave_up[1], last=ending is not None)
+        await speaker.finish()
     except trio.Cancelled as cancel:
         cut_by = await _why_cancelled(cancel)
         with trio.move_on_after(ctx.tool_wait_s, shield=True):
@@ -103,18 +111,16 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
             with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await speaker.flush()       # what the model said before it failed
                 # a hold line is not the model's words: the model said nothing of its reply
-                if ending is not None:
-                    await speaker.say_text(model_trouble.last_words(
-                        ctx, said_some=not speaker.quiet))
-                else:
-                    await speaker.say_text(APOLOGY_SILENT if speaker.quiet else APOLOGY_CUT)
+                await _apologise(ctx, speaker, APOLOGY_SILENT if speaker.quiet else APOLOGY_CUT,
+                                 last=ending is not None)
         except trio.Cancelled as cancel:    # the caller cut into the apology
             cut_by = await _why_cancelled(cancel)
             _record_cut(ctx, speaker, rounds)
             raise
         ctx.history.add_assistant(ctx.marks.sent_part(speaker.segment))
     else:
-        model_trouble.answered(ctx, marks[0])
+        if gave_up is None:
+            model_trouble.answered(ctx, marks[0])
         ctx.history.add_assistant(ctx.marks.sent_part(speaker.segment))
         if ctx.relay is not None and speaker.spoke:
             with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -165,14 +171,18 @@ def _named(cancel: trio.Cancelled) -> str | None:
     return cancel.reason if cancel.source == "explicit" else None
 
 
-async def _converse(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
-                    rounds: list[_ToolRound]) -> None:
-    await _say_all(ctx, plan, speaker, rounds)
-    await speaker.finish()
+async def _apologise(ctx: CallContext, speaker: Speaker, apology: str, *, last: bool) -> None:
+    """The apology that asks the caller again; on the last failed turn in a row, the words
+    that end the call instead (none when a person takes over)."""
+    words = model_trouble.last_words(ctx, said_some=not speaker.quiet) if last else apology
+    if words:
+        await speaker.say_text(words)
 
 
 async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
-                   rounds: list[_ToolRound]) -> None:
+                   rounds: list[_ToolRound]) -> tuple[str, str] | None:
+    """Speak the turn. When it ends without an answer, what it gives up with, not yet said:
+    the code ``model_trouble`` logs, and the apology."""
     if plan.say_first:
         speaker.flags = plan.say_first_flags
         await speaker.say_text(plan.say_first)
@@ -180,7 +190,7 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
     calls: tuple[ToolCall, ...] = (plan.tool_first,) if plan.tool_first else ()
     reasoning: tuple[Mapping[str, Any], ...] = ()
     if not calls and not plan.use_model:
-        return
+        return None
     rounds_done = 0
     tools_spoke = False             # the last tool round sent the caller audio or digits
     fillers: set[str] = set()       # said in this turn: each once
@@ -188,13 +198,12 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
     while True:
         if calls:
             if rounds_done >= ctx.max_tool_rounds:
-                await speaker.say_text(TOO_MANY_ROUNDS)
-                return
+                return "TooManyToolRounds", TOO_MANY_ROUNDS
             outcomes = await _tool_round(ctx, speaker, calls, rounds, reasoning, fillers)
             rounds_done += 1
             tools_spoke = any(o.spoke for o in outcomes)
             if any(o.ends_call for o in outcomes):
-                return
+                return None
         if ctx.settling:                # a cut turn's side-effect tool: its result first
             await receive_all(ctx, speaker=speaker, fillers=fillers)
         # not after a tool's audio or digits: the caller hears those, the model's words
@@ -206,10 +215,10 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
         if not calls:
             stop_reason = ctx.stats.rounds[-1].stop_reason
             if speaker.quiet and not tools_spoke and (rounds_done or stop_reason in STOPPED_QUIET):
-                await speaker.say_text(NO_WORDS)
-            elif stop_reason == "max_tokens" and speaker.mid_sentence:
-                await speaker.say_text(APOLOGY_CUT)     # not half a sentence, then silence
-            return
+                return "NoWords", NO_WORDS
+            if stop_reason == "max_tokens" and speaker.mid_sentence:
+                return "CutAtMaxTokens", APOLOGY_CUT    # not half a sentence, then silence
+            return None
 
 
 async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall, ...],
