@@ -1105,9 +1105,9 @@ async def test_take_ready_returns_at_once_when_nothing_has_arrived(
         fake: FakeBedrock, llm: BedrockLLM, mock_clock: trio.testing.MockClock) -> None:
     """Nothing arrived: an empty batch now, not a wait for the next event. The clock is
     virtual and jumps as soon as everything waits: a wait would show as time passed, the
-    fake's next event being 5 s away. (It jumps only once the setup's worker thread is
+    fake's next event being 2.5 s away. (It jumps only once the setup's worker thread is
     done, or it would jump past every deadline while the thread runs.)"""
-    fake.push(stream_reply(message_start(), text_events(["Hi", " there"], gap_s=5.0,
+    fake.push(stream_reply(message_start(), text_events(["Hi", " there"], gap_s=2.5,
                                                         first_delay_s=0.0)))
     with trio.fail_after(600):
         async with llm.stream(request()) as events:
@@ -1117,7 +1117,7 @@ async def test_take_ready_returns_at_once_when_nothing_has_arrived(
             assert await events.take_ready() == []  # type: ignore[attr-defined]
             assert trio.current_time() == before
             assert await events.receive() == TextDelta(" there")
-            assert trio.current_time() - before == pytest.approx(5.0, abs=0.1)
+            assert trio.current_time() - before == pytest.approx(2.5, abs=0.1)
 
 
 async def test_take_ready_gives_the_events_before_a_failure_first(

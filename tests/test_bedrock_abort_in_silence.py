@@ -23,6 +23,7 @@ from tests.fake_bedrock import (
     FakeBedrock,
     Reply,
     Stall,
+    event,
     message_start,
     text_events,
     text_reply,
@@ -58,7 +59,11 @@ def pooled(llm: BedrockLLM) -> int:
 
 
 WORDS_THEN_SILENCE = Stall(frames=(message_start(), *text_events([" We"], stop=False)))
+# a toolUse block begun, its input not yet sent (Anthropic's models buffer it on Bedrock)
+TOOL_THEN_SILENCE = Stall(frames=(message_start(), event("contentBlockStart", {
+    "contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "tu_1", "name": "pickup"}}})))
 BEFORE_ANSWERING = FIRST_EVENT_TIMEOUT_S * ABORTED_STALL_SHARE      # 1.5 s
+AFTER_WORDS = FIRST_EVENT_TIMEOUT_S * ABORTED_STALL_SHARE           # 1.5 s: the words gap's
 WHILE_ANSWERING = READ_TIMEOUT_S * ABORTED_STALL_SHARE              # 5 s
 
 CASES: dict[str, tuple[Reply, float, int]] = {
@@ -69,8 +74,10 @@ CASES: dict[str, tuple[Reply, float, int]] = {
                                   BEFORE_ANSWERING - 0.1, 0),
     "nothing yet, dead air": (Stall(frames=(message_start(),)), BEFORE_ANSWERING + 0.1, 1),
     "nothing at all, dead air": (Stall(), FIRST_EVENT_TIMEOUT_S - 0.1, 1),
-    "words, then a short pause": (WORDS_THEN_SILENCE, WHILE_ANSWERING - 0.1, 0),
-    "words, then dead air": (WORDS_THEN_SILENCE, WHILE_ANSWERING + 0.1, 1),
+    "words, then a short pause": (WORDS_THEN_SILENCE, AFTER_WORDS - 0.1, 0),
+    "words, then dead air": (WORDS_THEN_SILENCE, AFTER_WORDS + 0.1, 1),
+    "a tool's input awaited, a short pause": (TOOL_THEN_SILENCE, WHILE_ANSWERING - 0.1, 0),
+    "a tool's input awaited, dead air": (TOOL_THEN_SILENCE, WHILE_ANSWERING + 0.1, 1),
 }
 
 

@@ -76,6 +76,7 @@ class Step:
     answers: bool = True        # the model's own output (messageStart is not)
     stops: bool = False         # messageStop: the reply is whole
     yields: bool = False        # a whole toolUse: the turn has it, the caller hears nothing
+    words: bool = False         # a text delta: the next event is due within the words gap
 
 
 def start() -> list[Step]:
@@ -85,7 +86,8 @@ def start() -> list[Step]:
 def said(deltas: Sequence[str], *, index: int = 0, heard: Sequence[str] | None = None
          ) -> list[Step]:
     frames = text_events(deltas, index=index, gap_s=GAP_S)
-    return [Step(f, h) for f, h in zip(frames, [*(heard or deltas), ""], strict=True)]
+    return [Step(f, h, words=n < len(deltas))
+            for n, (f, h) in enumerate(zip(frames, [*(heard or deltas), ""], strict=True))]
 
 
 def tool(index: int, tool_use_id: str, name: str, fragments: Sequence[str]) -> list[Step]:
@@ -172,8 +174,9 @@ def expected(steps: Sequence[Step], cuts: Sequence[int], opened: Sequence[float]
     """What the stream's limits make of attempts cut at ``cuts`` (a whole one follows),
     opened at ``opened``: each is given up at whichever comes first of its first-event
     timeout (the read timeout after a stalled start), the read timeout after its last event
-    once the model answers, and its deadline: its first-event timeout and the pace of its
-    maxTokens after its own request."""
+    once the model answers (the first-event timeout after a text delta: the words gap), and
+    its deadline: its first-event timeout and the pace of its maxTokens after its own
+    request."""
     errors: list[str] = []
     for attempt, cut in enumerate(cuts):
         sent = steps[:cut]
@@ -189,7 +192,8 @@ def expected(steps: Sequence[Step], cuts: Sequence[int], opened: Sequence[float]
         if any(s.stops for s in sent):
             return Expected("whole", heard(steps), True, errors,
                             min(last_event + WHOLE_GRACE_S, deadline))
-        given_up_at = min(last_event + READ_TIMEOUT_S, deadline)
+        silence_s = FIRST_EVENT_TIMEOUT_S if sent[-1].words else READ_TIMEOUT_S
+        given_up_at = min(last_event + silence_s, deadline)
         errors.append("ReplyTooSlow" if given_up_at == deadline else "ReadTimeout")
         content = any(s.heard or s.yields for s in sent)
         return Expected("failed", heard(sent), content, errors, given_up_at)

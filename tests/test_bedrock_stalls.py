@@ -28,19 +28,30 @@ from tests.fake_bedrock import (
     FakeBedrock,
     Stall,
     StreamReply,
+    event,
     message_end,
     message_start,
     stream_reply,
     text_events,
     text_reply,
+    tool_events,
 )
 from voiceagent.errors import ModelStreamFailed, ModelUnavailable, SettingsError
-from voiceagent.llm.base import InferenceConfig, LLMEvent, LLMRequest, StreamEnd, TextDelta
+from voiceagent.llm.base import (
+    InferenceConfig,
+    LLMEvent,
+    LLMRequest,
+    StreamEnd,
+    TextDelta,
+    ToolUseRequest,
+)
 from voiceagent.llm.bedrock import FIRST_EVENT_TIMEOUT_S, READ_TIMEOUT_S, BedrockLLM
 from voiceagent.llm.bedrock_stream import SPOKEN_TOKENS_PER_S
+from voiceagent.llm.bedrock_watchdog import WATCHDOG_SLACK_S
 from voiceagent.settings import Settings
 
 RETRY_DELAY_S = 0.2         # the backend's first retry waits 0.1-0.2 s (jittered)
+DRIP_S = FIRST_EVENT_TIMEOUT_S - 0.1    # words just inside the silence allowed after words
 
 
 @pytest.fixture
@@ -167,13 +178,43 @@ async def test_a_model_slower_to_begin_than_the_timeout_is_answered_by_its_secon
     assert len(fake.requests) == 2
 
 
+async def test_after_words_the_silence_allowed_is_the_first_event_timeout_not_the_read_timeout(
+        fake: FakeBedrock, mock_clock: trio.testing.MockClock) -> None:
+    """A healthy model's words come milliseconds apart: a stream silent after them is dead,
+    and the caller, half a sentence heard, waited the read timeout (10 s) for the apology.
+    Now the silence allowed after a text delta is the first-event timeout (here set to
+    1.5 s). A toolUse begun after the words keeps the read timeout: Bedrock may hold a
+    tool's input for seconds."""
+    tool_start = event("contentBlockStart", {"contentBlockIndex": 1, "start": {
+        "toolUse": {"toolUseId": "tu_1", "name": "pickup"}}})
+    fake.push(Stall(frames=(message_start(), *text_events(["We open"], stop=False))),
+              Stall(frames=(message_start(), *text_events(["Let me check."]), tool_start)))
+    waited: list[float] = []
+    errors: list[ModelStreamFailed] = []
+    async with llm_on_virtual_clock(mock_clock, first_event_timeout_s=1.5) as llm:
+        for _ in range(2):
+            started = trio.current_time()
+            with trio.fail_after(60), pytest.raises(ModelStreamFailed) as failed:
+                await collect(llm, [])
+            waited.append(trio.current_time() - started)
+            errors.append(failed.value)
+            await fake.requests[-1].done.wait()     # the endpoint saw us close it
+    assert 1.5 <= waited[0] <= 1.5 + WATCHDOG_SLACK_S + 0.01
+    assert READ_TIMEOUT_S <= waited[1] <= READ_TIMEOUT_S + WATCHDOG_SLACK_S + 0.01
+    assert [(e.code, e.after_tokens) for e in errors] == [("ReadTimeout", True)] * 2
+    assert "for 1.5 s after its last words (BEDROCK_FIRST_EVENT_TIMEOUT_S" in str(errors[0])
+    assert [r.outcome for r in fake.requests] == ["client_closed", "client_closed"]
+
+
 async def test_a_new_stall_is_caught_at_its_deadline_while_a_slow_stream_is_watched(
         fake: FakeBedrock, llm: BedrockLLM, mock_clock: trio.testing.MockClock) -> None:
     """One watchdog ends every stream's reads. A stream already answering is due only at
-    its read timeout (10 s on); a request sent after it stalls and is due 3 s on, earlier:
+    its read timeout (10 s on: a toolUse's input, which Bedrock may hold for seconds); a
+    request sent after it stalls and is due 3 s on, earlier:
     the watchdog must wake for it, not sleep until the other's deadline."""
-    fake.push(stream_reply(message_start(), text_events(
-        [f" w{n}" for n in range(4)], gap_s=5.0, first_delay_s=0.0), message_end()))
+    fake.push(stream_reply(message_start(), tool_events(    # a tool's input, 5 s a fragment
+        0, "tu_1", "pickup", ['{"item": ', '"pizza", ', '"size": ', '"large"}'], gap_s=5.0),
+        message_end("tool_use")))
     fake.push(Stall(), text_reply(["Second try."]))
     slow: list[LLMEvent] = []
     retried: list[LLMEvent] = []
@@ -191,22 +232,25 @@ async def test_a_new_stall_is_caught_at_its_deadline_while_a_slow_stream_is_watc
         async with trio.open_nursery() as nursery:
             nursery.start_soon(collect, llm, slow)
             nursery.start_soon(stalled_then_retried)
-    assert texts(slow) == [f" w{n}" for n in range(4)]
+    assert [(e.name, e.input) for e in slow if isinstance(e, ToolUseRequest)] == [
+        ("pickup", {"item": "pizza", "size": "large"})]
     assert texts(retried) == ["Second try."]
     assert answered_after[0] <= FIRST_EVENT_TIMEOUT_S + RETRY_DELAY_S + 0.1
 
 
 async def test_events_dripping_under_the_read_timeout_end_at_the_stream_deadline(
         fake: FakeBedrock, llm: BedrockLLM, mock_clock: trio.testing.MockClock) -> None:
-    """Each event 9 s after the last (the read timeout is 10): the caller heard a word every
-    9 s for as long as the reply lasted (maxTokens x 9 s). With maxTokens 40 the stream ends
-    at 3 + 40 / 4 = 13 s, after what was said, as any model error after words does, and the
-    endpoint sees the connection closed. A slow but healthy model (300 tokens at 20 a
-    second, 15 s) is far inside its own limit (3 + 300 / 4 = 78 s) and is not cut."""
+    """Each word 2.9 s after the last (the silence allowed after words is 3 s): the caller
+    heard a word every 2.9 s for as long as the reply lasted (maxTokens x 2.9 s). With
+    maxTokens 40 the stream ends at 3 + 40 / 4 = 13 s, after what was said, as any model
+    error after words does, and the endpoint sees the connection closed. A slow but healthy
+    model (300 tokens at 20 a second, 15 s) is far inside its own limit (3 + 300 / 4 = 78 s)
+    and is not cut."""
     limit_s = FIRST_EVENT_TIMEOUT_S + 40 / SPOKEN_TOKENS_PER_S
     fake.push(text_reply([f" w{n}" for n in range(300)], gap_s=0.05),
               stream_reply(message_start(), text_events(
-                  [f" w{n}" for n in range(30)], gap_s=9.0, first_delay_s=0.5), message_end()))
+                  [f" w{n}" for n in range(30)], gap_s=DRIP_S, first_delay_s=0.5),
+                  message_end()))
     healthy: list[LLMEvent] = []
     events: list[LLMEvent] = []
     with trio.fail_after(600):
@@ -218,7 +262,7 @@ async def test_events_dripping_under_the_read_timeout_end_at_the_stream_deadline
     assert len(texts(healthy)) == 300
     assert failed.value.code == "ReplyTooSlow"
     assert failed.value.after_tokens
-    assert texts(events) == [" w0", " w1"]          # at 0.5 s and 9.5 s
+    assert texts(events) == [f" w{n}" for n in range(5)]    # at 0.5 s, 3.4 s ... 12.1 s
     assert limit_s <= trio.current_time() - started <= limit_s + 0.1
     assert fake.requests[1].outcome == "client_closed"
     assert llm.statistics().errors_by_code == {"ReplyTooSlow": 1}
@@ -274,16 +318,16 @@ async def test_a_reply_queued_for_a_limiter_slot_is_timed_from_its_request_sent(
 
 async def test_a_reply_queued_for_a_limiter_slot_still_drips_only_to_its_deadline(
         fake: FakeBedrock, mock_clock: trio.testing.MockClock) -> None:
-    """The deadline moved with the request, not away: a reply dripping an event every 9 s
+    """The deadline moved with the request, not away: a reply dripping a word every 2.9 s
     ends 13 s after its request reached the endpoint, after what was said."""
     dripping = stream_reply(message_start(), text_events(
-        [f" w{n}" for n in range(30)], gap_s=9.0, first_delay_s=0.5), message_end())
+        [f" w{n}" for n in range(30)], gap_s=DRIP_S, first_delay_s=0.5), message_end())
     events, failed, sent, ended = await behind_a_reply_holding_the_only_slot(
         mock_clock, fake, dripping)
     limit_s = FIRST_EVENT_TIMEOUT_S + 40 / SPOKEN_TOKENS_PER_S
     assert failed is not None
     assert (failed.code, failed.after_tokens) == ("ReplyTooSlow", True)
-    assert texts(events) == [" w0", " w1"]          # at 0.5 s and 9.5 s after the request
+    assert texts(events) == [f" w{n}" for n in range(5)]    # 0.5 s ... 12.1 s after it
     assert 8.0 <= sent <= 8.1
     assert sent + limit_s <= ended <= sent + limit_s + 0.1
 
@@ -311,7 +355,7 @@ async def test_the_caller_hears_the_apology_after_two_stalls_and_the_next_turn_w
 async def test_the_caller_hears_the_apology_after_the_words_of_a_dripping_reply(
         fake: FakeBedrock, llm: BedrockLLM, mock_clock: trio.testing.MockClock) -> None:
     fake.push(stream_reply(message_start(), text_events(
-        [f" w{n}" for n in range(200)], gap_s=9.0, first_delay_s=0.5), message_end()))
+        [f" w{n}" for n in range(200)], gap_s=DRIP_S, first_delay_s=0.5), message_end()))
     async with open_test_call(llm) as call:
         call.say("Tell me everything.")
         started = trio.current_time()

@@ -74,10 +74,11 @@ async def test_bytes_that_never_make_an_event_are_retried_at_the_first_event_tim
     assert fake.requests[0].frames_sent == 0        # not one whole frame went out
 
 
-async def test_a_trickle_after_content_fails_the_stream_at_the_read_timeout(
+async def test_a_trickle_after_words_fails_the_stream_at_the_silence_allowed_after_words(
         fake: FakeBedrock, llm: BedrockLLM, mock_clock: trio.testing.MockClock) -> None:
-    """After content: the turn gets its failure (and the caller an apology) at the read
-    timeout after the last whole event, and the endpoint sees the connection closed."""
+    """After words: the turn gets its failure (and the caller an apology) at the silence
+    allowed after a text delta (the first-event timeout) after the last whole event, however
+    many bytes come, and the endpoint sees the connection closed."""
     spoken = stream_reply(message_start(), text_events(["We open"], stop=False)).frames
     more = text_events([" at eleven, and we close at ten tonight."], stop=False)
     fake.push(Trickle(trickled=tuple(more), frames=spoken, piece_bytes=2, gap_s=1.0))
@@ -90,5 +91,5 @@ async def test_a_trickle_after_content_fails_the_stream_at_the_read_timeout(
     assert failed.value.code == "ReadTimeout"
     assert failed.value.after_tokens
     assert events == [TextDelta("We open")]
-    assert trio.current_time() - started == pytest.approx(READ_TIMEOUT_S, abs=0.5)
+    assert trio.current_time() - started == pytest.approx(FIRST_EVENT_TIMEOUT_S, abs=0.5)
     assert fake.requests[0].outcome == "client_closed"

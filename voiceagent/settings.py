@@ -71,7 +71,8 @@ class Settings(BaseModel):
     max_concurrent_turns: int = Field(400, alias="MAX_CONCURRENT_TURNS", ge=1, le=10_000)
     # TCP + proxy tunnel + TLS handshake; longest silence from Bedrock once it answers;
     # request sent -> the model's first output event, then tried again once (llm/bedrock.py),
-    # at most the read timeout (the default is lowered to it, a value set above it refused)
+    # at most the read timeout (the default is lowered to it, a value set above it refused),
+    # and the longest silence after a text delta (mid-sentence, a stream that quiet is dead)
     bedrock_connect_timeout_s: float = Field(3.0, alias="BEDROCK_CONNECT_TIMEOUT_S", gt=0,
                                              le=60)
     bedrock_read_timeout_s: float = Field(10.0, alias="BEDROCK_READ_TIMEOUT_S", gt=0, le=300)

@@ -21,8 +21,10 @@ was whole (``messageStop``): it ends as a reply. No fault escapes as a library e
 
 Silence. The model must begin to answer within the first-event timeout of the request
 (``FirstEventTimeout``: tried again once, past the latency budget too, and given the read
-timeout to begin that time), then send an event
-at least every read timeout (``ReadTimeout``), and the reply must be whole by its
+timeout to begin that time), then send an event at least every read timeout, or every
+first-event timeout after a text delta (``ReadTimeout``: a healthy model's words come
+milliseconds apart, its long silences are its start, its reasoning and a toolUse's input),
+and the reply must be whole by its
 first-event timeout plus its maxTokens at the pace speech is heard (``ReplyTooSlow``), all
 counted from the request sent: a wait for a slot of the limiter is not the model's.
 """
@@ -71,6 +73,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 10.0               # longest silence between events once the model answers
+# (after a text delta: the first-event timeout, the model's words come milliseconds apart)
 # request sent -> the model's first output event (never more than the read timeout). Past
 # it the attempt is closed and tried again once, whatever RETRY_BUDGET_S: 1.5 times the p99
 # the shipped turn-latency alarm calls unhealthy (2 s), and a caller who has heard 3 s of
@@ -270,6 +273,7 @@ class BedrockLLM:
                           read_timeout_s=self.read_timeout_s,
                           first_event_timeout_s=(self.read_timeout_s if patient
                                                  else self.first_event_timeout_s),
+                          words_gap_s=self.first_event_timeout_s,
                           pace_s=pace_s, on_finished=self._attempt_finished,
                           watchdog=self._watchdog,
                           first_event_setting=("BEDROCK_READ_TIMEOUT_S, the retry's after a "

@@ -87,7 +87,7 @@ class Attempt:
                  body: bytes, *, started_at: float, read_timeout_s: float,
                  on_finished: Callable[[Attempt, float], None],
                  watchdog: ReadWatchdog, first_event_timeout_s: float | None = None,
-                 pace_s: float = math.inf,
+                 words_gap_s: float | None = None, pace_s: float = math.inf,
                  first_event_setting: str = "BEDROCK_FIRST_EVENT_TIMEOUT_S") -> None:
         self._pool = pool
         self._watchdog = watchdog
@@ -97,11 +97,15 @@ class Attempt:
         self._read_timeout_s = read_timeout_s
         self._first_event_timeout_s = (read_timeout_s if first_event_timeout_s is None
                                        else min(first_event_timeout_s, read_timeout_s))
+        # the silence allowed after a text delta (see ``_progressed``)
+        self._words_gap_s = (read_timeout_s if words_gap_s is None
+                             else min(words_gap_s, read_timeout_s))
         # the reply is whole by its first-event timeout plus this after the request is sent
         self._pace_s = pace_s
         self._deadline = math.inf           # trio time: set when the request is on the wire
         self._first_event_setting = first_event_setting     # named when it expires
         self._answering = False             # an event of the model's own output came
+        self._in_words = False              # the last event was a text delta
         self._on_finished = on_finished
         self._assembler = ReplyAssembler(started_at)
         self._decoder = FrameDecoder()
@@ -237,6 +241,7 @@ class Attempt:
                     event_type, body = event_of(headers, payload)   # raises StreamFault
                     self._assembler.feed_event(event_type, body, out)
                     self._answering = self._answering or event_type != "messageStart"
+                    self._in_words = _is_words(event_type, body)
                 if frames:
                     self._progressed()
                 self._items.extend(out)
@@ -267,7 +272,15 @@ class Attempt:
         is: they say the request arrived, not that the model is answering it). Bytes alone
         do not move it: a peer that trickles a byte every few seconds and never completes an
         event (a sick front end, a middlebox) would hold the turn, in silence, for ever. The
-        reply's deadline bounds it all; after ``messageStop``, WHOLE_GRACE_S does."""
+        reply's deadline bounds it all; after ``messageStop``, WHOLE_GRACE_S does.
+
+        After a text delta the silence allowed is the words gap (the first-event timeout):
+        a healthy model's words come tens of milliseconds apart, so a stream silent for
+        seconds mid-sentence is dead, and the caller, half a sentence heard, waited the read
+        timeout for the apology. A healthy stream's long silences come before its first
+        event, while it reasons, and inside a toolUse block (Anthropic's models on Bedrock
+        buffer its input after its ``contentBlockStart``): any other event gives the read
+        timeout back."""
         now = self.heard_at = trio.current_time()
         if self._assembler.stopped:
             was = self.read_deadline
@@ -276,7 +289,16 @@ class Attempt:
             if self.read_deadline < was:    # earlier: the watchdog may sleep past it
                 self._watchdog.watch(self)
         elif self._answering:
-            self.read_deadline = min(now + self._read_timeout_s, self._deadline)
+            was = self.read_deadline
+            self.read_deadline = min(now + self._silence_allowed(), self._deadline)
+            if self.read_deadline < was:    # words after a long wait: see above
+                self._watchdog.watch(self)
+
+    def _silence_allowed(self) -> float:
+        """How long the exchange may now go without a whole event."""
+        if not self._answering:
+            return self._first_event_timeout_s
+        return self._words_gap_s if self._in_words else self._read_timeout_s
 
     def _http_error(self) -> BedrockHTTPError:
         status = self._status or 0
@@ -317,6 +339,12 @@ class Attempt:
                 f"the model said nothing within {self._first_event_timeout_s:g} s of the "
                 f"request ({self._first_event_setting})")
             self._drop_quiet_idle("timeout")
+        elif self._in_words:
+            self._timed_out = ReadTimeout(
+                f"no event from Bedrock for {self._words_gap_s:g} s after its last words "
+                "(BEDROCK_FIRST_EVENT_TIMEOUT_S: a stream silent that long mid-sentence is "
+                "taken for dead)")
+            self._drop_quiet_idle("timeout")
         else:
             self._timed_out = ReadTimeout(f"no event from Bedrock for "
                                           f"{self._read_timeout_s:g} s")
@@ -343,8 +371,8 @@ class Attempt:
             self._drop_connection()
             self.closed_at = time.perf_counter()
             waiting = not (self._ended or self._assembler.stopped) and self._timed_out is None
-            timeout = self._read_timeout_s if self._answering else self._first_event_timeout_s
-            if waiting and trio.current_time() - self.heard_at >= ABORTED_STALL_SHARE * timeout:
+            silent_s = trio.current_time() - self.heard_at
+            if waiting and silent_s >= ABORTED_STALL_SHARE * self._silence_allowed():
                 self._drop_quiet_idle("abort")
         self._ended = True
 
@@ -362,3 +390,10 @@ class Attempt:
             else:
                 connection.link.close_now()
         self._on_finished(self, time.perf_counter())
+
+
+def _is_words(event_type: str, body: Any) -> bool:
+    """A text delta: the model is speaking, and its next event is due within milliseconds."""
+    delta = body.get("delta") if event_type == "contentBlockDelta" and isinstance(body, dict) \
+        else None
+    return isinstance(delta, dict) and "text" in delta

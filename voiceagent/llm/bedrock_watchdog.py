@@ -58,8 +58,8 @@ class ReadWatchdog:
                 attempt.time_out()
             soonest = min((a.read_deadline for a in self._attempts), default=math.inf)
             # A watched attempt's deadline moves later as events come (earlier only at
-            # messageStop, which watches it again), so waking at the soonest one is early,
-            # never late; the slack batches the checks of busy streams.
+            # messageStop or words after a long wait, which watch it again), so waking at
+            # the soonest one is early, never late; the slack batches busy streams' checks.
             self._wakes_at = max(soonest, now + WATCHDOG_SLACK_S)
             with trio.move_on_at(self._wakes_at):
                 await self._changed.wait()
