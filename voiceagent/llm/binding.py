@@ -26,6 +26,7 @@ resumed call, one forgotten) counts as changed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -40,6 +41,7 @@ _BINDING = re.compile(r"anthropic\.claude-(?:(?:fable|mythos)-5-[1-9]|(?:opus|so
 REMEMBERED = 20_000         # signed blocks remembered by the process (32-byte keys and digests)
 
 
+@functools.lru_cache(maxsize=64)     # asked per model request: a few ids a process
 def binds_thinking(model_id: str) -> bool:
     """Whether ``model_id`` is a Claude model whose reasoning blocks are bound to what came
     before them. An application-inference-profile ARN does not say: False (as before)."""
