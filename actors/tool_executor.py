@@ -39,8 +39,10 @@ from actors.tool_sends import Sent, tool_context
 from voiceagent import jsonlimits
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
+from voiceagent.tools import unawaited
 from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
+from voiceagent.tools.unawaited import Handouts
 from voiceagent.usecases import UseCase
 
 log = logging.getLogger(__name__)
@@ -235,11 +237,12 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
     # move_on_after, not fail_after: a TooSlowError the tool raises itself (its own
     # trio.fail_after around a slow API) is the tool's failure, not this limit expiring
     limit = trio.move_on_after(limit_s)
+    handouts = Handouts()
     try:
         with limit:
             # its own copy: the input is the history's toolUse (or a DTMF handler's, shared
             # by every call), which a tool's ``args.pop(...)`` must not rewrite
-            running = definition.call(tool_context(call, definition, env, sent),
+            running = definition.call(tool_context(call, definition, env, sent, handouts),
                                       copy.deepcopy(dict(call.input)),
                                       threads=env.registry.threads)
             # an async tool's steps are timed: one that blocks stalls every call
@@ -247,6 +250,7 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
                             tool_steps.timed(running, call.name, env.blocking))
     except BaseException as err:
         failure, rest = tool_failures.split(err)
+        forgotten = handouts.settle()
         if failure is not None:
             log.warning("tool failed", extra={"tool": call.name, "error": type(failure).__name__,
                                               "at": tool_failures.raised_at(failure)})
@@ -258,12 +262,19 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
         # out, and the model must hear that a side effect may have run
         if limit.cancel_called:
             return _timed_out(call, definition, limit_s)
-        return _error(call, f"failed: {tool_failures.described(err)}"[:300], definition)
-    if limit.cancelled_caught:
+        described = tool_failures.described(err)
+        if forgotten:                   # the likely cause: a coroutine where a value was due
+            described = f"{_never_awaited(call, definition, forgotten)}; it raised {described}"
+        return _error(call, f"failed: {described}"[:300], definition)
+    forgotten = handouts.settle()       # closed either way; timed out, not yet reached is no
+    if limit.cancelled_caught:          # mistake (nor in a cut or Ctrl-C above)
         return _timed_out(call, definition, limit_s)
     elapsed = trio.current_time() - started
     # the tool did its work: say so, or the model may run a side effect again
     ran = " The tool did run: check before repeating it." if definition.side_effect else ""
+    if forgotten:
+        return _error(call, f"failed: {_never_awaited(call, definition, forgotten)}.{ran}",
+                      definition)
     if not isinstance(result, Mapping):
         kind = type(result).__name__
         log.warning("tool result is not a dict; return a JSON object",
@@ -290,6 +301,14 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
     return ToolOutcome(call.tool_use_id, call.name, "success", dict(result),
                        side_effect=definition.side_effect, duration_s=elapsed,
                        ends_call=definition.ends_turn)
+
+
+def _never_awaited(call: ToolCall, definition: ToolDefinition, forgotten: list[str]) -> str:
+    """A forgotten ``await`` (a write or a message that never happened), logged with the
+    call and the tool and said to the model as the tool's failure."""
+    advice = unawaited.advice(forgotten, blocking=definition.blocking)
+    log.warning(advice, extra={"tool": call.name, "never_awaited": forgotten})
+    return advice
 
 
 def _timed_out(call: ToolCall, definition: ToolDefinition, limit_s: float) -> ToolOutcome:

@@ -18,6 +18,7 @@ from actors.messages import FromTool, ToolCall
 from voiceagent.relay.outbound import End, Language, Play, SendDigits
 from voiceagent.settings import Settings
 from voiceagent.tools.base import ToolContext, ToolDefinition, ToolLog, ToolMessage
+from voiceagent.tools.unawaited import Handouts, tracked_store
 
 if TYPE_CHECKING:
     from actors.tool_executor import ToolEnv
@@ -70,9 +71,10 @@ class Sent:
 
 
 def tool_context(call: ToolCall, definition: ToolDefinition, env: ToolEnv,
-                 sent: Sent) -> ToolContext:
+                 sent: Sent, handouts: Handouts | None = None) -> ToolContext:
     """``sent`` collects what the tool sends the caller: a turn whose model then says
-    nothing is not silence (``ToolOutcome.spoke``)."""
+    nothing is not silence (``ToolOutcome.spoke``). ``handouts`` holds the coroutines its
+    ``store`` and ``send`` return, for the executor to find one never awaited."""
     fields = {"call_sid": env.call_sid, "tool": definition.name,
               "tool_use_id": call.tool_use_id}
 
@@ -115,7 +117,8 @@ def tool_context(call: ToolCall, definition: ToolDefinition, env: ToolEnv,
 
     return ToolContext(
         call_sid=env.call_sid, caller=env.caller, called=env.called, use_case=env.use_case,
-        tool_name=definition.name, tool_use_id=call.tool_use_id, store=env.store,
+        tool_name=definition.name, tool_use_id=call.tool_use_id,
+        store=env.store if handouts is None else tracked_store(env.store, handouts),
         settings=env.settings if env.settings is not None else Settings.model_validate({}),
         log=ToolLog(logging.getLogger(f"voiceagent.tools.{definition.name}"), fields),
-        _sender=send)
+        _sender=send, _handouts=handouts)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -22,6 +22,7 @@ import trio
 from voiceagent.errors import ToolMessageRefused
 from voiceagent.relay.outbound import Config, End, Hints, Language, Play, SendDigits
 from voiceagent.threads import run_blocking
+from voiceagent.tools.unawaited import Handouts
 from voiceagent.usecases import MAX_TOOL_TIMEOUT_S, TOOL_NAME
 
 if TYPE_CHECKING:
@@ -65,8 +66,10 @@ class ToolContext:
     settings: Settings                # the process's settings (defaults in a settings-less test)
     log: ToolLog                      # entries carry call_sid, tool and tool_use_id
     _sender: Callable[[ToolMessage], Awaitable[bool]] = field(repr=False)
+    # the executor's: holds each ``send`` until the tool is done, to name one never awaited
+    _handouts: Handouts | None = field(default=None, repr=False)
 
-    async def send(self, message: ToolMessage) -> bool:
+    def send(self, message: ToolMessage) -> Coroutine[Any, Any, bool]:
         """Queue a ``Play``, ``SendDigits``, ``Language``, ``End``, ``Config`` or ``Hints``
         for the relay writer. Anything else (a ``Text``) raises ``ToolMessageRefused``, which
         the model sees as the tool's error. A ``Language`` naming the languages Twilio already
@@ -79,7 +82,14 @@ class ToolContext:
         follows it), or since the tool's own call had ended before the writer took it (a
         blocking tool's timeout: its thread runs on). Nothing reached the caller: say so in
         the result, so the model asks before trying again. A tool that does not look still
-        runs to its end."""
+        runs to its end.
+
+        A plain def returning the coroutine, so the executor can hold it: one never awaited
+        (a forgotten ``await``) fails the tool, naming it, instead of sending nothing."""
+        sending = self._send(message)
+        return self._handouts.track("ctx.send(...)", sending) if self._handouts else sending
+
+    async def _send(self, message: ToolMessage) -> bool:
         if not isinstance(message, ToolMessage):
             raise ToolMessageRefused(self.tool_name, (
                 f"a tool cannot send {type(message).__name__}: only the model speaks to the "
