@@ -115,7 +115,12 @@ async def test_order_status_finds_this_callers_order(tmp_path: Path) -> None:
     assert run.result["latest"]["items"] == ["Large Classic Pepperoni", "Caesar Salad"]
     assert status.text == f"Your order number {number} is being prepared."
     assert nothing.tool("CheckOrderStatus").result == {
-        "orders": [], "note": "no recent orders from this caller's number"}
+        "orders": [], "note": "no recent orders from this caller's number",
+        "summary": "I don't see any recent orders from this number. Would you like to "
+                   "place one?"}
+    # its own reply: the order's sentence without its fields said "Your order number is."
+    assert nothing.text == ("I don't see any recent orders from this number. Would you like "
+                            "to place one?")
 
 
 async def test_switch_to_spanish(tmp_path: Path) -> None:

@@ -100,16 +100,24 @@ async def check_order_status(ctx: ToolContext, args: Mapping[str, Any], *,
     holds every order of the restaurant's week, pages of them on every question."""
     if not ctx.caller or not ctx.called:
         return {"orders": [], "note": "the caller's number is unknown, so their orders "
-                "cannot be looked up"}
+                "cannot be looked up", "summary": "I can't see the number you're calling "
+                "from, so I can't look up your orders."}
     items = await ctx.store.query(ctx.caller, "restaurantOrder::")
     mine = [item for item in items if item.get("sk1") == ctx.called]
     mine.sort(key=_placed_at, reverse=True)
     now = int(clock())
     orders = [_order_status(item, now) for item in mine[:RECENT_ORDERS]]
+    # ``summary``, one sentence for each case, is what the sample's scripted rule says: a
+    # ``then`` cannot choose between sentences, and "Your order number {order_number} is
+    # {state}." without an order was "Your order number is."
     if not orders:
-        return {"orders": [], "note": "no recent orders from this caller's number"}
-    return {"orders": orders, "latest": orders[0], "order_number": orders[0]["order_number"],
-            "state": orders[0]["state"]}
+        return {"orders": [], "note": "no recent orders from this caller's number",
+                "summary": "I don't see any recent orders from this number. Would you like "
+                           "to place one?"}
+    latest = orders[0]
+    return {"orders": orders, "latest": latest, "order_number": latest["order_number"],
+            "state": latest["state"],
+            "summary": f"Your order number {latest['order_number']} is {latest['state']}."}
 
 
 def restaurant_tools(*, clock: Clock = time.time) -> tuple[ToolDefinition, ...]:
