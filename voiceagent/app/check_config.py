@@ -27,6 +27,12 @@ NAME = "use cases and tools"
 SILENCE_NOTE_OVER_S = 3.0
 FIX_ADVICE = ("fix that file (config/README.md lists every key) or tool module "
               "(docs/tools.md), or point CONFIG_DIR at a folder laid out like config/")
+# the tools fail before any file is read: YAML keys and CONFIG_DIR are beside the point
+TOOLS_ADVICE = ("fix TOOLS (module names, comma-separated, each importable: an installed "
+                "package, or a folder on PYTHONPATH, as PYTHONPATH=. for one beside config/) "
+                "or the module it names (docs/tools.md, \"When something is wrong\")")
+ENTRY_POINT_ADVICE = ("fix or uninstall the package whose voiceagent.tools entry point it is "
+                      "(docs/tools.md, \"Entry points\")")
 
 
 async def config_check(ctx: CheckContext) -> list[Outcome]:
@@ -34,7 +40,8 @@ async def config_check(ctx: CheckContext) -> list[Outcome]:
     try:
         registry = await run_blocking(partial(build_registry, settings), limiter=ctx.limiter)
     except ConfigError as err:
-        return [failed(NAME, f"the tools do not load: {err}", FIX_ADVICE)]
+        advice = ENTRY_POINT_ADVICE if err.path.startswith("entry point") else TOOLS_ADVICE
+        return [failed(NAME, f"the tools do not load: {err}", advice)]
     if ctx.stored_use_cases is not None:            # STORE=dynamodb: what the service reads
         return [_stored_outcome(ctx, registry, ctx.stored_use_cases)]
     try:

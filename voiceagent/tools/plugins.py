@@ -18,6 +18,7 @@ message, no traceback), it registers no tool, or one of its names is already tak
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import pkgutil
@@ -136,7 +137,7 @@ def load_module(source: ToolSource) -> tuple[ToolDefinition, ...]:
     except Exception as err:
         message = " ".join(str(err).split())[:MAX_PROBLEM_CHARS]
         raise source.error(f"cannot import it: {type(err).__name__}: {message}"
-                           f"{_where(err)}") from err
+                           f"{_where(err)}{_misspelt(source.module, err)}") from err
     definitions = tools_defined_in(source.module)
     if not definitions:
         if submodules := _unimported_submodules(source.module):
@@ -148,6 +149,26 @@ def load_module(source: ToolSource) -> tuple[ToolDefinition, ...]:
         raise source.error("registers no tools: decorate its tool functions with "
                            "@voiceagent.tools.tool(\"ToolName\")")
     return definitions
+
+
+def _misspelt(module: str, err: Exception) -> str:
+    """`` ; did you mean dentist.tools?`` when the name itself is what is not there (a typo in
+    TOOLS), not something the module imports; or, for a first part found nowhere, where
+    Python looks. Close names are the importable siblings of the part not found."""
+    missing = err.name if isinstance(err, ModuleNotFoundError) else None
+    if not missing or not (module == missing or module.startswith(missing + ".")):
+        return ""
+    parent, _, last = missing.rpartition(".")
+    path = getattr(sys.modules.get(parent), "__path__", None) if parent else sys.path
+    if path is None:                    # its parent is a module, not a package
+        return ""
+    names = [info.name for info in pkgutil.iter_modules(path)]
+    if close := difflib.get_close_matches(last, names, n=1, cutoff=0.75):
+        return f"; did you mean {missing[:-len(last)]}{close[0]}{module[len(missing):]}?"
+    if parent:
+        return ""
+    return (f"; no {missing} on the Python path: run from the folder holding {missing}/, or "
+            "add that folder to PYTHONPATH")
 
 
 def _where(err: Exception) -> str:
