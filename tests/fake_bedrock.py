@@ -19,7 +19,8 @@ thinking with tools, HTTP 400 ValidationException (``fake_reasoning``), and is a
 so is one with a sampling parameter the model refuses (``fake_samplers``), or a kind of
 thinking or an effort it does not take (``fake_effort``), or one that sends a reasoning block
 back after what came before it changed, to a model that binds its thinking to the
-conversation (``fake_binding``).
+conversation (``fake_binding``), or that puts a cache point where the model takes none
+(``fake_caching``).
 Every connection records when the client closed it, from a reader that watches the socket
 while the reply is being written.
 
@@ -64,6 +65,7 @@ from urllib.parse import unquote
 import trio
 
 from tests.fake_binding import BindingRule
+from tests.fake_caching import caching_refusal
 from tests.fake_effort import effort_refusal
 from tests.fake_reasoning import ReasoningRule
 from tests.fake_samplers import sampler_refusal
@@ -542,6 +544,13 @@ class FakeBedrock:
                                  error_type="ExpiredTokenException")
                 return
             model_id = self.profiles.get(request.model_id, request.model_id)
+            cache_refusal = caching_refusal(model_id, request.body)
+            if cache_refusal is not None:
+                status, error_type, message = cache_refusal
+                self.violations.append(f"request {request.index}: {message}")
+                request.outcome = "http_error"
+                await _send_json(stream, status, {"message": message}, error_type=error_type)
+                return
             refusal = (sampler_refusal(model_id, request.body)
                        or effort_refusal(model_id, request.body)
                        or self.reasoning.refusal(request.body)

@@ -24,7 +24,13 @@ UNAVAILABLE_TOOL = ("A tool used earlier in this call. It is not available now; 
 _METADATA_DISALLOWED = re.compile(r"[^a-zA-Z0-9 \t\n\r\f\v:_@$#=/+,\-.]")
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 # Prompt caching: Claude caches system, messages and tools; Nova caches system and messages.
-_CLAUDE_CACHING = re.compile(r"anthropic\.claude-(3-5-haiku|3-7-sonnet|(sonnet|opus|haiku)-4|4)")
+# Claude: 3.5 Haiku, 3.7 Sonnet, the 4.x models, and the Claude 5 ones (Opus, Sonnet and Haiku
+# 5 and 5.5, Fable and Mythos 5, 5.1 and 5.2: each Bedrock model card lists "system, messages,
+# and tools"), and every Claude from 6 on (taken to keep to it, as binding.py takes them to
+# bind their thinking). Claude 3 Haiku/Sonnet/Opus and 3.5 Sonnet (preview only) have none.
+_CLAUDE_CACHING = re.compile(
+    r"anthropic\.claude-(?:3-5-haiku|3-7-sonnet|(?:sonnet|opus|haiku)-4|4"
+    r"|(?:opus|sonnet|haiku|fable|mythos)-5|[a-z]+-(?:[6-9]|[1-9][0-9]))(?![0-9])")
 _NOVA_CACHING = re.compile(r"amazon\.nova-(2-)?(micro|lite|pro|premier)")
 
 
