@@ -43,16 +43,26 @@ class Asked:
     reasoning: tuple[Mapping[str, Any], ...] = ()
 
 
-async def model_round(ctx: CallContext, speaker: Speaker, hold_line: str | None = None
-                      ) -> Asked:
+def system_blocks(ctx: CallContext) -> tuple[str, ...]:
+    """The call's system prompt, and the note on which language to answer in once the call
+    moved off its first one. Taken once a turn, at its first model round (``turn``): a note
+    that changed between two rounds of one turn (a tool switched the language) changed what
+    the first round's reasoning was signed under, and a model binding its thinking to that
+    (``voiceagent.llm.binding``) was then sent the tool round without its reasoning, which
+    Claude thinking with tools refuses. The tool's result says the new language meanwhile."""
+    note = ctx.relay.language_note() if ctx.relay is not None else None
+    return (ctx.system_prompt, note) if note else (ctx.system_prompt,)
+
+
+async def model_round(ctx: CallContext, speaker: Speaker, hold_line: str | None = None, *,
+                      system: tuple[str, ...]) -> Asked:
     """One request to the model, its reply said as it streams: what it asked for. The round
     is recorded in ``ctx.stats`` however it ends (``cancelled`` when cut, ``model_error``
     when the model failed). ``hold_line``: said if the model is slow to begin
-    (``actors.hold_line``)."""
-    note = ctx.relay.language_note() if ctx.relay is not None else None
+    (``actors.hold_line``). ``system``: the turn's blocks (``system_blocks``)."""
     request = LLMRequest(
         call_sid=ctx.call_sid, use_case=ctx.use_case.name, model_id=ctx.model_id,
-        system=(ctx.system_prompt, note) if note else (ctx.system_prompt,),
+        system=system,
         messages=ctx.history.for_request(),
         tools=ctx.use_case.tool_specs(), inference=ctx.use_case.inference.to_config(),
         options=ctx.use_case.model_options.to_options())

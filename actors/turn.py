@@ -29,7 +29,7 @@ import trio
 from actors import model_trouble
 from actors.context import CallContext
 from actors.messages import End, ToolBatch, ToolCall, ToolOutcome
-from actors.model_round import model_round
+from actors.model_round import model_round, system_blocks
 from actors.relay_control import ReplyFlags
 from actors.settling import Settling, receive_all, stand_in
 from actors.speaker import Speaker
@@ -195,6 +195,7 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
     tools_spoke = False             # the last tool round sent the caller audio or digits
     fillers: set[str] = set()       # said in this turn: each once
     hold_line = ctx.use_case.hold_line       # said in the first model round, if at all
+    system: tuple[str, ...] | None = None    # the turn's, from its first model round on
     while True:
         if calls:
             if rounds_done >= ctx.max_tool_rounds:
@@ -209,7 +210,9 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
         # not after a tool's audio or digits: the caller hears those, the model's words
         # queue behind them. The first round only: one timer a turn, where the silence is
         # the caller's first; a later round follows a tool, which has its filler.
-        asked = await model_round(ctx, speaker, None if tools_spoke else hold_line)
+        system = system or system_blocks(ctx)
+        asked = await model_round(ctx, speaker, None if tools_spoke else hold_line,
+                                  system=system)
         hold_line = None
         calls, reasoning = asked.calls, asked.reasoning
         if not calls:

@@ -14,7 +14,9 @@ is bound to a different conversation."
 
 A call edits what it sent: the oldest turns are trimmed, an answer the caller cut is cut to
 what they heard, a stand-in tool result is answered, the language note in the system prompt
-comes and goes, the tools offered follow the history. The escape Anthropic documents
+comes and goes (between turns only: ``actors.model_round.system_blocks``, so a tool round's
+reasoning, which Claude requires back with its result, is never left out), the tools offered
+follow the history. The escape Anthropic documents
 (``thinking.block_binding.prefix_mismatch_behavior: "drop_block"`` behind the beta
 ``thinking-binding-controls-2026-08-01``) has no documented place on Converse, so it is not
 sent. Instead each request leaves out the reasoning blocks whose prefix changed since the
