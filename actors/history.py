@@ -10,33 +10,26 @@ next message; and an assistant message records what the caller heard.
 from __future__ import annotations
 
 import copy
-import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from actors.heard_audio import AudioUses, said_before_audio
-from actors.heard_words import heard_within, split_heard
-from actors.history_span import Mark, next_words, rejoin, split_off, unmoved
+from actors import history_cuts
+from actors.heard_audio import AudioUses
+from actors.history_cuts import Held
+from actors.history_span import Mark, next_words, texts_of
 from actors.history_trim import MessageSizes, trim_point
+from actors.unanswered_words import cap_unanswered
 from voiceagent.llm.base import Message
 from voiceagent.llm.converse import results_apart
 
-log = logging.getLogger(__name__)
-
-__all__ = ["CALL_CONNECTED", "LOST_RESULT", "MAX_UNANSWERED_CHARS", "History", "Mark"]
+__all__ = ["CALL_CONNECTED", "LOST_RESULT", "History", "Mark"]
 
 CALL_CONNECTED = "(The call has connected.)"   # stands before a greeting: Converse must open
                                                # with a user message
 _CALL_CONNECTED_MESSAGE: Message = {"role": "user", "content": [{"text": CALL_CONNECTED}]}
-MAX_UNANSWERED_CHARS = 8000      # caller words one user message keeps (4 prompts at the cap)
 LOST_RESULT = ("The call's connection dropped before this tool's result was recorded; "
                "whether it ran is unknown. Check before repeating it.")
-
-
-def _text(block: dict[str, Any]) -> str | None:
-    value = block.get("text")
-    return value if isinstance(value, str) else None
 
 
 class History:
@@ -109,34 +102,12 @@ class History:
     # ------------------------------------------------------------------ appending
 
     def add_user_text(self, text: str) -> None:
+        """The caller's words; prompts left unanswered merge, up to a cap
+        (``unanswered_words``)."""
         text = text.strip()
         if text:
             self._append("user", [{"text": text}])
-            self._cap_caller_words()
-
-    def _cap_caller_words(self, at: int = -1) -> None:
-        """Prompts the agent never answered (each reply cut before a word was heard) merge
-        into one user message; a caller who keeps cutting in, or a noisy line, would grow it
-        without end, and every model request and store write carries all of it. Past
-        ``MAX_UNANSWERED_CHARS`` its oldest words go (tool results stay)."""
-        blocks = self._messages[at]["content"]
-        total = sum(len(t) for b in blocks if (t := _text(b)) is not None)
-        if total <= MAX_UNANSWERED_CHARS:
-            return
-        kept: list[dict[str, Any]] = []
-        dropped = 0
-        for n, block in enumerate(blocks):
-            said = _text(block)
-            if said is not None and total > MAX_UNANSWERED_CHARS and n < len(blocks) - 1:
-                total -= len(said)
-                dropped += 1
-                continue
-            kept.append(block)
-        self._messages[at] = {"role": "user", "content": kept}
-        meta = self._meta[at]
-        meta["words_dropped"] = int(meta.get("words_dropped", 0)) + dropped
-        log.warning("unanswered caller words dropped", extra={
-            "prompts": dropped, "limit_chars": MAX_UNANSWERED_CHARS})
+            cap_unanswered(self._messages, self._meta)
 
     def add_assistant(self, text: str, tool_uses: Sequence[dict[str, Any]] = (), *,
                       reasoning: Sequence[Mapping[str, Any]] = ()) -> None:
@@ -191,127 +162,35 @@ class History:
 
     # ------------------------------------------------------------------ barge-in
 
-    def apply_heard(self, start: Mark, heard: str, duration_ms: int | None = None) -> None:
-        """Cut the assistant text since ``start`` down to what the caller heard.
+    def _held(self) -> Held:
+        return Held(self._messages, self._meta, self._store_again)
 
-        Twilio's ``utteranceUntilInterrupt`` holds the words of the chunk it was speaking,
-        anywhere in the talk cycle, which may span several assistant messages (text, tool
-        round, more text). The texts before it were heard whole, and its words are split
-        between the texts in order (``heard_words``: word by word, or aligned where Twilio's
-        words render a text otherwise than we sent it); tool blocks stay, since their results
-        already stand in the history. Assistant messages left with nothing are removed and
-        the neighbours merged. Nothing heard while audio played (``duration_ms``): the words
-        before a tool's audio were (``heard_audio``).
-        """
-        # An earlier turn's message may be in the store already: what changes is stored again
-        self._sealed = min(self._sealed, start.index)
-        places = [(at, n) for at in range(start.index, len(self._messages))
-                  if self._messages[at]["role"] == "assistant"
-                  for n, block in enumerate(self._messages[at]["content"])
-                  if n >= start.first_block(at) and _text(block) is not None]
-        texts = [str(self._messages[at]["content"][n]["text"]) for at, n in places]
-        audio_only = not heard.strip() and duration_ms is not None and duration_ms > 0
-        shares = (said_before_audio(self._messages, start, texts, self.audio_uses)
-                  if audio_only else split_heard(texts, heard.strip()))
-        takes = dict(zip(places, shares, strict=True))
-        for at in sorted({at for at, _ in places}):
-            message = self._messages[at]
-            kept = [block if (at, n) not in takes else {"text": takes[at, n]}
-                    for n, block in enumerate(message["content"])
-                    if (at, n) not in takes or takes[at, n]]
-            self._messages[at] = {"role": "assistant", "content": kept}
-            self._meta[at].update(generated=_texts(message), interrupted=True)
-        self._drop_empty(start.index)
+    def _store_again(self, at: int) -> None:
+        """Message ``at`` changed: it (and every one after it) goes to the store again."""
+        self._sealed = min(self._sealed, at)
+
+    def apply_heard(self, start: Mark, heard: str, duration_ms: int | None = None) -> None:
+        """Cut the assistant text since ``start`` down to what the caller heard
+        (``history_cuts.apply_heard``)."""
+        history_cuts.apply_heard(self._held(), start, heard, duration_ms, self.audio_uses)
 
     def fits(self, start: Mark, heard: str, end: Mark | None = None) -> bool:
         """Whether ``heard`` can be what the caller heard of the words from ``start`` (up to
-        ``end``, a later turn's start): one begins the other, or the heard words are a run
-        of them further on (a later chunk), word by word (case, spacing and punctuation
-        aside: ``heard_within``). Nothing heard fits any turn."""
-        stop = len(self._messages) if end is None else min(end.index + 1, len(self._messages))
-        said = " ".join(
-            t for at in range(start.index, stop)
-            if self._messages[at]["role"] == "assistant"
-            for b in self._messages[at]["content"][
-                start.first_block(at):None if end is None or at < end.index else end.blocks]
-            if (t := _text(b)) is not None)
-        return heard_within(said, heard)
+        ``end``): ``history_cuts.fits``."""
+        return history_cuts.fits(self._messages, start, heard, end)
 
     def record_cut(self, start: Mark, end: Mark | None, *, heard: str | None,
                    unsent: str, duration_ms: int | None = None) -> Callable[[Mark], Mark]:
-        """Cut the turns from ``start`` to what the caller heard (``apply_heard``), or, when
-        Twilio did not say, take off the words the writer withheld (``drop_unsent``).
-
-        ``end``: where a turn that started after the caller cut in begins (a goodbye, a
-        re-prompt). Its words went out after the interrupt and are heard, so the cut stops
-        there; they are set aside, and put back after the cut. Returns where a mark at or
-        after ``end`` now stands (the cut may have emptied or shortened the message a
-        goodbye merged into)."""
-        if heard is None and not unsent:
-            return unmoved
-        tail = split_off(self._messages, self._meta, end) if end is not None else None
-        if heard is not None:
-            self.apply_heard(start, heard, duration_ms)
-        else:
-            self.drop_unsent(start, unsent)
-        if end is None or tail is None:
-            return unmoved
-        moved, merged = rejoin(self._messages, self._meta, end, tail)
-        for at in merged:
-            self._sealed = min(self._sealed, at)
-            if self._messages[at]["role"] == "user":    # a prompt put back after one
-                self._cap_caller_words(at)
-        return moved
+        """Cut the turns from ``start`` (up to ``end``) to what the caller heard, or take off
+        the words the writer withheld (``history_cuts.record_cut``); returns where a mark at
+        or after ``end`` now stands."""
+        return history_cuts.record_cut(self._held(), start, end, heard=heard, unsent=unsent,
+                                       duration_ms=duration_ms, audio_uses=self.audio_uses)
 
     def drop_unsent(self, start: Mark, unsent: str) -> None:
-        """Take ``unsent`` (words the relay writer withheld after the turn recorded them) off
-        the end of the assistant text since ``start``: with no word from Twilio on what was
-        heard, what was sent is what counts."""
-        unsent = unsent.strip()
-        for at in range(len(self._messages) - 1, start.index - 1, -1):
-            message = self._messages[at]
-            if message["role"] != "assistant":
-                continue
-            # the last text of the turn: a tool round's text stands before its toolUse blocks,
-            # which never went to the writer
-            blocks = message["content"]
-            texts = [n for n, block in enumerate(blocks) if _text(block) is not None]
-            last = texts[-1] if texts else -1
-            said = _text(blocks[last]) if texts else None
-            if said is None and at >= start.index:
-                continue        # a tool round with no words (a later turn's, at the end)
-            if (said is None or last < start.first_block(at)
-                    or not unsent or not said.endswith(unsent)):
-                return
-            kept = said[:len(said) - len(unsent)].rstrip()
-            self._sealed = min(self._sealed, at)
-            self._messages[at] = {"role": "assistant", "content": [
-                *blocks[:last], *([{"text": kept}] if kept else []), *blocks[last + 1:]]}
-            self._meta[at].update(generated=_texts(message), interrupted=True)
-            self._drop_empty(start.index)
-            return
-
-    def _drop_empty(self, start: int) -> None:
-        rebuilt, meta = self._messages[:start], self._meta[:start]
-        merged: list[int] = []
-        for message, facts in zip(self._messages[start:], self._meta[start:], strict=True):
-            if not message["content"]:
-                continue
-            if rebuilt and rebuilt[-1]["role"] == message["role"]:
-                rebuilt[-1] = {"role": message["role"],
-                               "content": [*rebuilt[-1]["content"], *message["content"]]}
-                # the merged message keeps its own store key (at_ms, index), and is stored
-                # again under it; its own facts win over the later message's
-                meta[-1] = {**facts, **meta[-1]}
-                self._sealed = min(self._sealed, len(rebuilt) - 1)
-                if message["role"] == "user":
-                    merged.append(len(rebuilt) - 1)
-            else:
-                rebuilt.append(message)
-                meta.append(facts)
-        self._messages, self._meta = rebuilt, meta
-        for at in merged:               # two prompts the cut reply stood between
-            self._cap_caller_words(at)
+        """Take ``unsent`` off the end of the assistant text since ``start``
+        (``history_cuts.drop_unsent``)."""
+        history_cuts.drop_unsent(self._held(), start, unsent)
 
     # ------------------------------------------------------------------ persistence
 
@@ -382,7 +261,7 @@ class History:
     def last_assistant_text(self) -> str:
         for message in reversed(self._messages):
             if message["role"] == "assistant":
-                return _texts(message)
+                return texts_of(message)
         return ""
 
     def has_tool_blocks(self) -> bool:
@@ -394,6 +273,3 @@ def _at_ms(meta: dict[str, Any]) -> int:
     """The item key's time, as the store writes it (``records.chat_key``)."""
     return int(meta.get("at_ms", 0))
 
-
-def _texts(message: Message) -> str:
-    return " ".join(t for b in message["content"] if (t := _text(b)) is not None)

@@ -1,6 +1,7 @@
 """Where a turn's words stand in the history (``Mark``), and setting aside the messages of
 the turns after one while a barge-in cuts the turns before: a goodbye that began after the
-caller cut in went out after the interrupt, and is heard.
+caller cut in went out after the interrupt, and is heard. Also the words a block or a message
+holds (``text_of``, ``texts_of``), which every part of the history reads.
 """
 
 from __future__ import annotations
@@ -91,3 +92,14 @@ def next_words(messages: list[Message]) -> Mark:
     if last is not None and last["role"] == "assistant":
         return Mark(len(messages) - 1, len(last["content"]))
     return Mark(len(messages))
+
+
+def text_of(block: dict[str, Any]) -> str | None:
+    """A block's text; None for any other block (a tool use or result, reasoning)."""
+    value = block.get("text")
+    return value if isinstance(value, str) else None
+
+
+def texts_of(message: Message) -> str:
+    """A message's texts, joined by a space."""
+    return " ".join(t for b in message["content"] if (t := text_of(b)) is not None)

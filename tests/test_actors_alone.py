@@ -218,7 +218,7 @@ async def test_one_reply_s_tool_results_stay_one_item_the_store_keeps(
     message, one chat item both stores refuse (helper-28): past MAX_CALLS_PER_ROUND the
     calls are answered, not run, and the round's results, with the most caller words a
     user message keeps, fit."""
-    from actors.history import MAX_UNANSWERED_CHARS
+    from actors.unanswered_words import MAX_UNANSWERED_CHARS
     from voiceagent.store import records
     from voiceagent.store.base import check_item_size
 

@@ -22,9 +22,10 @@ import trio.testing
 
 from actors import call_timers, llm_streamer, relay_writer, tool_executor
 from actors.context import CallContext
-from actors.history import MAX_UNANSWERED_CHARS, History
+from actors.history import History
 from actors.messages import BargeIn, EndCall, Outgoing, Text, Timed, TurnCommand, UserSaid
 from actors.relay_writer import WriterStats
+from actors.unanswered_words import MAX_UNANSWERED_CHARS
 from tests.breaking_socket import hours_on_a_socket_that_breaks
 from tests.call_harness import open_test_call, plain_use_case
 from tests.fakes import FakeLLM, MemorySocket, MemoryStore, WallClock, tool_use, words

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from actors.history import CALL_CONNECTED, MAX_UNANSWERED_CHARS, History, Mark
+from actors.history import CALL_CONNECTED, History, Mark
+from actors.unanswered_words import MAX_UNANSWERED_CHARS
 from voiceagent.llm.converse import NO_REPLY, converse_problems
 
 
