@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -26,15 +25,13 @@ from typing import Any
 
 import trio
 
-from actors import model_trouble
+from actors import model_trouble, tool_rounds
 from actors.context import CallContext
-from actors.messages import End, ToolBatch, ToolCall, ToolOutcome
+from actors.messages import End, ToolCall
 from actors.model_round import model_round, system_blocks
 from actors.relay_control import ReplyFlags
-from actors.settling import Settling, receive_all, stand_in
+from actors.settling import receive_all
 from actors.speaker import Speaker
-from actors.tool_executor import CANCELLED, ENDED, MAX_CALLS_PER_ROUND
-from actors.tool_filler import filler_due, filler_for, say_filler
 from voiceagent.errors import LLMError, ModelRejected
 from voiceagent.logs import redact, turn_var
 
@@ -64,20 +61,9 @@ class TurnPlan:
     end_reason: str | None = None       # send `end` after speaking (a polite end of call)
 
 
-@dataclass
-class _ToolRound:
-    text: str                        # said before its toolUse: the model's words, or a filler
-    calls: tuple[ToolCall, ...]
-    batch: ToolBatch
-    results: trio.MemoryReceiveChannel[ToolOutcome]
-    reasoning: tuple[Mapping[str, Any], ...] = ()     # the reply's, for its message
-    outcomes: list[ToolOutcome] = field(default_factory=list)
-    delivered: bool = False          # the executor has the batch: outcomes will come
-
-
 async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = None) -> None:
     speaker = Speaker(ctx.outbound, ctx.token_hold_s)
-    rounds: list[_ToolRound] = []
+    rounds: list[tool_rounds.ToolRound] = []
     marks = (len(ctx.stats.rounds), len(ctx.stats.tools))
     cut_by: str | None = None
     model_error: str | None = None
@@ -95,12 +81,12 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
     except trio.Cancelled as cancel:
         cut_by = await _why_cancelled(cancel)
         with trio.move_on_after(ctx.tool_wait_s, shield=True):
-            await _settle_side_effects(ctx, rounds)
-        _record_cut(ctx, speaker, rounds)
+            await tool_rounds.settle_side_effects(ctx, rounds)
+        tool_rounds.record_cut(ctx, speaker, rounds)
         raise
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         cut_by = "writer-gone"                  # the caller hung up mid-turn: end quietly
-        _record_cut(ctx, speaker, rounds)
+        tool_rounds.record_cut(ctx, speaker, rounds)
     except LLMError as err:
         model_error = type(err).__name__
         ctx.stats.model_errors += 1
@@ -115,7 +101,7 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
                                  last=ending is not None)
         except trio.Cancelled as cancel:    # the caller cut into the apology
             cut_by = await _why_cancelled(cancel)
-            _record_cut(ctx, speaker, rounds)
+            tool_rounds.record_cut(ctx, speaker, rounds)
             raise
         ctx.history.add_assistant(ctx.marks.sent_part(speaker.segment))
     else:
@@ -150,7 +136,7 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
             ctx.stats.latencies_s.append(latency_s)
         _summarise(ctx, marks, kind="caller" if received_at is not None else "system",
                    latency_s=latency_s, cut_by=cut_by, model_error=model_error,
-                   unfinished=_unfinished(ctx, rounds))
+                   unfinished=tool_rounds.unfinished(ctx, rounds))
 
 
 async def _why_cancelled(cancel: trio.Cancelled) -> str:
@@ -180,7 +166,7 @@ async def _apologise(ctx: CallContext, speaker: Speaker, apology: str, *, last: 
 
 
 async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
-                   rounds: list[_ToolRound]) -> tuple[str, str] | None:
+                   rounds: list[tool_rounds.ToolRound]) -> tuple[str, str] | None:
     """Speak the turn. When it ends without an answer, what it gives up with, not yet said:
     the code ``model_trouble`` logs, and the apology."""
     if plan.say_first:
@@ -200,7 +186,7 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
         if calls:
             if rounds_done >= ctx.max_tool_rounds:
                 return "TooManyToolRounds", TOO_MANY_ROUNDS
-            outcomes = await _tool_round(ctx, speaker, calls, rounds, reasoning, fillers)
+            outcomes = await tool_rounds.run_round(ctx, speaker, calls, rounds, reasoning, fillers)
             rounds_done += 1
             tools_spoke = any(o.spoke for o in outcomes)
             if any(o.ends_call for o in outcomes):
@@ -224,116 +210,8 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
             return None
 
 
-async def _tool_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall, ...],
-                      rounds: list[_ToolRound], reasoning: tuple[Mapping[str, Any], ...],
-                      fillers: set[str]) -> list[ToolOutcome]:
-    await speaker.flush()                   # spoken while the tool runs
-    due = filler_due(speaker)
-    results_send, results = trio.open_memory_channel[ToolOutcome](len(calls))
-    batch = ToolBatch(calls, results_send, turn=ctx.marks.turn)    # this turn: the newest
-    current = _ToolRound(speaker.segment, calls, batch, results, reasoning)
-    rounds.append(current)
-    ctx.stats.tool_calls += len(calls)
-    if ctx.relay is not None:
-        for call in calls[:MAX_CALLS_PER_ROUND]:         # the rest do not run
-            for message in ctx.relay.for_tool(call.name):
-                await ctx.outbound.send(message)     # before the tool runs: hints, a model
-    ctx.tools.submit(current.batch)
-    current.delivered = True
-    while len(current.outcomes) < len(calls):
-        with trio.move_on_at(due) as waiting:
-            current.outcomes.append(await results.receive())
-        if waiting.cancelled_caught:
-            due = math.inf
-            filler = filler_for(ctx.use_case, ctx.tools, batch, current.outcomes, fillers)
-            if filler is not None:
-                fillers.add(filler)
-                try:
-                    await say_filler(speaker, filler)
-                finally:                    # what was sent of it, however it ends
-                    current.text = speaker.segment
-    ordered = _in_call_order(current)
-    ctx.stats.tools.extend((o.name, o.status, o.duration_s) for o in ordered)
-    ctx.history.add_assistant(current.text, [_use_block(c) for c in calls],
-                              reasoning=current.reasoning)
-    ctx.history.add_tool_results([o.to_block() for o in ordered])
-    ctx.history.audio_uses.add(o.tool_use_id for o in ordered if o.spoke)
-    rounds.remove(current)
-    speaker.new_segment()
-    for call in calls:
-        declaration = ctx.use_case.tool(call.name)
-        if declaration is not None and declaration.reply is not None:
-            speaker.flags = ReplyFlags(declaration.reply.interruptible,
-                                       declaration.reply.preemptible)
-    return ordered
-
-
-async def _settle_side_effects(ctx: CallContext, rounds: list[_ToolRound]) -> None:
-    """After a cancel: tools without side effects are abandoned, and their outcomes awaited
-    (a cancel at once; one that already sent ``end`` runs on, shielded in the executor), so
-    history records what they did. Side-effect tools run on too, but are not waited for:
-    their results come in before the next model round (``actors.settling``), so the
-    caller's next words are not held up by them."""
-    for current in rounds:
-        current.batch.abandoned.set()
-        while current.delivered and _running(ctx, current, side_effect=False):
-            try:
-                current.outcomes.append(await current.results.receive())
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                break
-
-
-def _running(ctx: CallContext, current: _ToolRound, *, side_effect: bool) -> list[ToolCall]:
-    """The round's calls with no outcome yet, with side effects or without."""
-    arrived = {o.tool_use_id for o in current.outcomes}
-    return [c for c in current.calls if c.tool_use_id not in arrived
-            and ctx.tools.side_effect(c.name) == side_effect]
-
-
-def _record_cut(ctx: CallContext, speaker: Speaker, rounds: list[_ToolRound]) -> None:
-    """Record a cut-short turn: what was spoken, plus the tools that did something the cut
-    cannot undo: side effects that really ran, a tool that ended the session (its ``end``
-    went out), one that sent the caller audio or digits. Without their reasoning (see the
-    module's docstring). A side-effect tool still running gets a stand-in result, answered
-    when it ends (``actors.settling``)."""
-    for current in rounds:
-        done = {o.tool_use_id: o for o in current.outcomes
-                if o.side_effect or o.ends_call or o.spoke}
-        running = {c.tool_use_id for c in _running(ctx, current, side_effect=True)
-                   if current.delivered}
-        kept = [c for c in current.calls if c.tool_use_id in done or c.tool_use_id in running]
-        ctx.history.add_assistant(current.text, [_use_block(c) for c in kept])
-        ctx.history.add_tool_results([done[c.tool_use_id].to_block()
-                                      if c.tool_use_id in done else stand_in(c) for c in kept])
-        ctx.history.audio_uses.add(c.tool_use_id for c in kept
-                                   if c.tool_use_id in done and done[c.tool_use_id].spoke)
-        if running:
-            ctx.settling.append(Settling(current.batch, current.results, current.outcomes,
-                                         running))
-        if current.text == speaker.segment:
-            speaker.new_segment()
-    ctx.history.add_assistant(ctx.marks.sent_part(speaker.segment))
-
-
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
-
-
-def _unfinished(ctx: CallContext, rounds: list[_ToolRound]) -> list[dict[str, str]]:
-    """A cut turn's tool round still in flight, call by call: ``cut`` (cancelled: it may
-    have done part of its work), ``running`` (a side effect, shielded: its "tool done" or
-    "tool failed" line comes later), or the status of one that had answered. "turn done"
-    listed only finished rounds, so a caller hanging up mid-tool left no trace of which
-    tool it was, nor whether an order it was placing went through."""
-    unfinished: list[dict[str, str]] = []
-    for current in rounds:
-        arrived = {o.tool_use_id: ("cut" if o.content in (CANCELLED, ENDED) else o.status)
-                   for o in current.outcomes}
-        for call in current.calls:
-            state = arrived.get(call.tool_use_id) or (
-                "running" if current.delivered and ctx.tools.side_effect(call.name) else "cut")
-            unfinished.append({"tool": call.name, "state": state})
-    return unfinished
 
 
 def _summarise(ctx: CallContext, marks: tuple[int, int], *, kind: str,
@@ -367,15 +245,6 @@ def _summarise(ctx: CallContext, marks: tuple[int, int], *, kind: str,
             ctx.on_turn(summary)
         except Exception:
             log.exception("turn summary hook failed")
-
-
-def _in_call_order(current: _ToolRound) -> list[ToolOutcome]:
-    by_id = {o.tool_use_id: o for o in current.outcomes}
-    return [by_id[c.tool_use_id] for c in current.calls if c.tool_use_id in by_id]
-
-
-def _use_block(call: ToolCall) -> dict[str, object]:
-    return {"toolUseId": call.tool_use_id, "name": call.name, "input": dict(call.input)}
 
 
 def _log_model_error(ctx: CallContext, err: LLMError) -> None:

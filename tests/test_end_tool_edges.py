@@ -49,8 +49,9 @@ async def test_a_tool_that_sent_end_and_then_failed_stays_in_history_after_a_bar
         autojump_clock: Any) -> None:
     """Same tool, and the caller cut into "Let me transfer you." after ``end`` went out. The
     tool ran on (shielded) but failed, so its outcome is an error, not ``ends_call``, not a
-    side effect, not audio: ``_record_cut`` drops it, and the history says the agent never
-    transferred, though it did (the case commit a2c9466 fixed for a tool that succeeds)."""
+    side effect, not audio: ``tool_rounds.record_cut`` drops it, and the history says the
+    agent never transferred, though it did (the case commit a2c9466 fixed for a tool that
+    succeeds)."""
     summaries: list[str] = []
     llm = FakeLLM([tool_use("tu_h", "handoff", before="Let me transfer you.")])
     async with open_test_call(llm, use_case=HANDOFF_USE_CASE,
