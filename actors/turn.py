@@ -237,6 +237,10 @@ def _summarise(ctx: CallContext, marks: tuple[int, int], *, kind: str,
                   for name, status, seconds in ctx.stats.tools[marks[1]:]]}
     line = {k: v for k, v in summary.items()
             if k not in ("call_sid", "turn", "first_token_ms_by_round")}
+    if len(summary["first_token_ms_by_round"]) > 1:
+        # a slow tool round's model (its prompt grown by the results) is told from a slow
+        # first round only here: ``first_token_ms`` is the first round's
+        line["first_token_ms_by_round"] = summary["first_token_ms_by_round"]
     if unfinished:
         line["tools_cut"] = unfinished
     log.info("turn done", extra=line)
