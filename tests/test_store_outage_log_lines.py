@@ -210,3 +210,30 @@ async def test_a_process_stopping_mid_outage_logs_what_it_counted(
     assert vars(last)["stopping"] is True
     assert vars(last)["counts"]["StoreError"] > 5
     assert vars(last)["pending"] == CALLS * 15
+
+
+async def test_the_failure_names_the_calls_whose_writes_failed(
+        autojump_clock: trio.testing.MockClock, records: list[logging.LogRecord]) -> None:
+    """A batch holds several calls' items, so its failure carried CallSid "-": an operator
+    searching a call's CallSid for why its transcript was late did not find it. One call's
+    batch is logged under its CallSid; several calls' name the first few."""
+    failing = "store writes failing, retrying with backoff"
+    store = Faulty(None, [StoreError("throttled")])
+    writer = WriteBehind(store, jitter=lambda: 1.0)
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            writer.submit(chat("CA" + "7" * 32, 0), call_sid="CA" + "7" * 32)
+            assert await writer.flush(timeout_s=60.0)
+            await trio.sleep(QUIET_S)           # that episode over: the next is logged anew
+            store.errors = [StoreError("throttled")]
+            for call in range(CALLS):
+                writer.submit(chat(f"CA{call:032d}", 0), call_sid=f"CA{call:032d}")
+            assert await writer.flush(timeout_s=60.0)
+            nursery.cancel_scope.cancel(reason="test over")
+    alone, several = [vars(r) for r in records if r.getMessage() == failing]
+    assert alone["call_sid"] == "CA" + "7" * 32
+    assert "calls" not in alone
+    assert several["call_sid"] == "-"
+    assert several["calls"] == [f"CA{call:032d}" for call in range(5)]
+    assert several["calls_in_batch"] == 25

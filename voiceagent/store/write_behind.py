@@ -35,6 +35,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -50,6 +51,7 @@ BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 5.0
 
 
+CALLS_NAMED = 5         # of a failed batch's calls, in its log line (a batch holds up to 25)
 ENTRY_OVERHEAD = 700    # bytes a queued item holds beyond its DynamoDB size (its dicts)
 
 
@@ -302,7 +304,7 @@ class WriteBehind(WriteAhead):
                     batch = [entry for entry in batch if entry.key in left] or batch
                 if isinstance(err, StoreError) and not is_permanent(err):
                     attempt += 1
-                    self._note_failure(err)
+                    self._note_failure(err, batch)
                     await trio.sleep(self._backoff_s(attempt))
                     self._retries += 1
                     continue
@@ -332,10 +334,18 @@ class WriteBehind(WriteAhead):
         delay: float = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** (attempt - 1))
         return delay * self._jitter()
 
-    def _note_failure(self, err: StoreError) -> None:
+    def _note_failure(self, err: StoreError, batch: list[_Entry]) -> None:
+        """The line an outage starts with names the calls whose writes failed: under the
+        CallSid when the batch is one call's, else a few of them in ``calls``, so an
+        operator searching a call's CallSid finds why its transcript is late."""
         self._note_down()
-        self._outage.note(type(err).__name__, "store writes failing, retrying with backoff",
-                          error=type(err).__name__, reason=str(err), pending=len(self._queue))
+        sids = list(dict.fromkeys(entry.call_sid for entry in batch))
+        named: dict[str, Any] = {} if len(sids) == 1 else {
+            "calls": sids[:CALLS_NAMED], "calls_in_batch": len(sids)}
+        with for_call(sids[0] if len(sids) == 1 else "-"):
+            self._outage.note(type(err).__name__, "store writes failing, retrying with "
+                              "backoff", error=type(err).__name__, reason=str(err),
+                              pending=len(self._queue), **named)
 
     def _note_down(self) -> float:
         """A write failed (not refused as bad): the store is down since when, from now on."""
