@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from voiceagent.llm.bedrock_errors import without_echoed_values
+from voiceagent.llm.bedrock_errors import (
+    BedrockHTTPError,
+    Failure,
+    logged_message,
+    without_echoed_values,
+)
 
 SECRET = "SENTINEL-ECHO-8181"
 CONSTRAINT = " failed to satisfy constraint: Member must have length less than or equal to 10"
@@ -39,3 +44,23 @@ def test_of_several_errors_the_last_path_stays_and_no_value() -> None:
 def test_a_message_without_a_value_is_kept() -> None:
     message = "Malformed input request: messages.0.content is empty, please reformat"
     assert without_echoed_values(message) == message
+
+
+@pytest.mark.parametrize("message", [
+    "A conversation must alternate between user and assistant roles.",
+    "The text field in the ContentBlock object at messages.3.content.0 is blank.",
+    "1 validation error detected: Value '…' at 'messages.1.member.content' failed to satisfy "
+    "constraint: Member must have length greater than or equal to 1",
+    "messages.3: `tool_use` ids were found without `tool_result` blocks immediately after: "
+    "toolu_01AB. Each `tool_use` block must have a corresponding `tool_result` block",
+    "Malformed input request: #/messages/0/content/0/text: expected minLength: 1, actual: 0, "
+    "please reformat your input and try again.",
+    "The format of the value at 'messages.1.content.0.toolUse.input' is invalid.",
+])
+def test_a_logged_refusal_keeps_the_fields_it_names(message: str) -> None:
+    """What the operator needs of a refusal (paths, ids, field names) is not masked as if
+    it were the caller's words: only quoted phrases, bare words and JSON are (a field's bare
+    name too, as in "extraneous key [cachePoint]": it cannot be told from one word said)."""
+    failure = Failure("ValidationException", message, "rejected", False,
+                      BedrockHTTPError(400, "ValidationException", message))
+    assert logged_message(failure, content=False) == message

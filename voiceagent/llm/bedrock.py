@@ -149,8 +149,9 @@ class BedrockLLM:
                  retry_budget_s: float = RETRY_BUDGET_S,
                  retry_base_delay_s: float = RETRY_BASE_DELAY_S,
                  check_history: bool = True,
-                 session: StartupSession | None = None) -> None:
+                 session: StartupSession | None = None, log_content: bool = False) -> None:
         self.region = region
+        self.log_content = log_content  # LOG_CONTENT: Bedrock's refusals logged whole
         self._session = session         # the runtime's, shared with the store; else our own
         self.max_concurrent_streams = max_concurrent_streams
         self.connect_timeout_s = connect_timeout_s
@@ -181,7 +182,8 @@ class BedrockLLM:
                                    "connect_timeout_s": settings.bedrock_connect_timeout_s,
                                    "read_timeout_s": settings.bedrock_read_timeout_s,
                                    "first_event_timeout_s":
-                                       settings.bedrock_first_event_timeout_s}
+                                       settings.bedrock_first_event_timeout_s,
+                                   "log_content": settings.log_content}
         options.update(overrides)
         return cls(**options)
 

@@ -29,6 +29,7 @@ from botocore.retries.quota import RetryQuota
 
 from voiceagent.aws_http import ConnectTimeout
 from voiceagent.llm.eventstream import ReplyError, StreamFault
+from voiceagent.logs import redact
 from voiceagent.net import ProxyRefused
 
 # botocore.retries.standard.RetryQuotaChecker's costs (private there, so restated here)
@@ -200,6 +201,47 @@ def without_echoed_values(message: str) -> str:
     last one followed by a path (of several errors in one message, the last's path stays)."""
     return _ECHOED_VALUE.sub(lambda m: "Value '…'" + (" at '" if m.group(1) else ""),
                              message)
+
+
+MESSAGE_LOGGED_CHARS = 200
+CONTENT_LOGGED_CHARS = 4000
+# a quoted span: '..' (not an apostrophe inside a word), "..", `..`, [..], or a JSON object
+_QUOTED = re.compile(r"(?<![A-Za-z])'[^']*'|\"[^\"]*\"|`[^`]*`|\[[^\]]*\]|\{.*\}", re.DOTALL)
+# what a quoted span may be and stay: a path (messages.1.content, #/messages/0), an id
+# (toolu_01AB), a field's name with a separator, a short index; not a bare word or a phrase
+_NAMES_A_FIELD = re.compile(r"[A-Za-z#][\w.#/:\[\]-]{0,79}|\d{1,4}")
+
+
+def logged_message(failure: Failure, *, content: bool) -> str:
+    """What the log says of ``failure``'s message. Bedrock's own words about a request it
+    refused can quote the request (the caller's words, a tool's arguments or result) in
+    shapes ``without_echoed_values`` does not know: unless LOG_CONTENT is on, each quoted
+    span that does not name a field is masked and the message is cut, so the line keeps
+    what it says is wrong (the code, the field's path, the constraint) and drops what it
+    quotes. With LOG_CONTENT it is whole but for phone and card numbers, as content is.
+    Our own messages (network faults, timeouts) and a refusal of our credentials hold
+    nothing of the request: they are kept, hints included."""
+    if (not isinstance(failure.cause, BedrockHTTPError | StreamFault)
+            or failure.kind == "credentials"):
+        return failure.message
+    if content:
+        return _cut(redact(failure.message), CONTENT_LOGGED_CHARS, "")
+    return _cut(_QUOTED.sub(_masked_unless_a_field, failure.message), MESSAGE_LOGGED_CHARS,
+                "; LOG_CONTENT=true shows it")
+
+
+def _masked_unless_a_field(match: re.Match[str]) -> str:
+    quoted = match.group()
+    inside = quoted[1:-1]
+    if inside == "…" or (_NAMES_A_FIELD.fullmatch(inside) and not inside.isalpha()):
+        return quoted
+    return f"{quoted[0]}…{quoted[-1]}"
+
+
+def _cut(message: str, limit: int, hint: str) -> str:
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit].rstrip()}… (cut from {len(message)} characters{hint})"
 
 
 class RetryBudget:

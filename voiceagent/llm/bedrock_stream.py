@@ -37,7 +37,7 @@ from voiceagent.errors import (
 )
 from voiceagent.llm.base import LLMEvent, LLMRequest, Reasoning, StreamEnd
 from voiceagent.llm.bedrock_converse import history_shape
-from voiceagent.llm.bedrock_errors import Failure
+from voiceagent.llm.bedrock_errors import Failure, logged_message
 from voiceagent.llm.bedrock_http import Attempt, Item
 
 if TYPE_CHECKING:
@@ -228,18 +228,19 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         if failure.kind == "rejected":
             extra["history_shape"] = history_shape(self._request.messages)
             extra["model_id"] = self._request.model_id
+        error = logged_message(failure, content=self._backend.log_content)
         if failure.kind == "bug":
             log.error("bedrock call failed: a bug in voiceagent", extra=extra,
                       exc_info=failure.cause)
         elif failure.kind == "rejected":        # this request's own: its shape, each time
-            log.warning("bedrock call failed", extra={**extra, "error": failure.message})
+            log.warning("bedrock call failed", extra={**extra, "error": error})
         elif failure.kind == "credentials":
             self._backend.failing.note(
                 failure.code, "bedrock refused our credentials", level=logging.ERROR,
                 **extra, model_id=self._request.model_id, what_to_check=failure.message)
         else:                                   # Bedrock's state: the same for every call
             self._backend.failing.note(failure.code, "bedrock call failed", **extra,
-                                       error=failure.message)
+                                       error=error)
 
     def close(self) -> None:
         """Sync and non-blocking, so it is safe in ``finally`` when cancelled."""
