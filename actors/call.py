@@ -120,6 +120,7 @@ class CallServices:
 @dataclass(eq=False)
 class CallReport:
     call_sid: str = ""
+    via: str = "twilio"              # or "phone-page": the browser phone's socket
     ended_by: str = "hangup"
     frames: FrameStats = field(default_factory=FrameStats)
     writer: WriterStats = field(default_factory=WriterStats)
@@ -137,6 +138,7 @@ async def run_call(socket: RelaySocket, *, resolve: Resolve, services: CallServi
     """Serve one ConversationRelay session until it ends. Never raises for the caller's or
     Twilio's behaviour; a bug in an actor ends this call (1011) and no other."""
     report = report if report is not None else CallReport()
+    opened_at = trio.current_time()
     setup = await _wait_setup(socket, services, report.frames)
     if setup is None:
         report.ended_by = "no-setup"
@@ -156,6 +158,7 @@ async def run_call(socket: RelaySocket, *, resolve: Resolve, services: CallServi
         report.ended_by = "unavailable"
         await socket.close(1011, "call unavailable")
         return report
+    _log_connected(setup, plan, report, setup_s=trio.current_time() - opened_at)
     history = (History.resumed(plan.history, plan.history_meta or [{} for _ in plan.history])
                if plan.history else History())
     history.keep_after(plan.history_after_ms)
@@ -185,6 +188,21 @@ async def run_call(socket: RelaySocket, *, resolve: Resolve, services: CallServi
             report.flushed = False
         _log_ended(report)
     return report
+
+
+def _log_connected(setup: Setup, plan: CallPlan, report: CallReport, *,
+                   setup_s: float) -> None:
+    """The call's first line on its socket: without it, a call whose story stopped at
+    "session prepared" could be Twilio never connecting or a caller who said nothing. It
+    names the relay session as Twilio's console does (``session_id``) and which of the
+    call's sockets this is (``generation``: 0, or the reconnect's number, with the messages
+    it resumes); no number, the caller's is in "session prepared", masked."""
+    log.info("call connected", extra={
+        "via": report.via, "session_id": setup.session_id, "generation": plan.generation,
+        "resumed_messages": len(plan.history), "use_case": plan.use_case.name,
+        "model_id": plan.model_id, "direction": setup.direction,
+        "call_status": setup.call_status, "setup_ms": round(setup_s * 1000, 1),
+        "frames_before_setup": report.frames.received - 1})
 
 
 def _log_ended(report: CallReport) -> None:

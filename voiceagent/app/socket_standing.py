@@ -32,7 +32,7 @@ class SocketStanding:
     def __init__(self, runtime: Runtime, *, call_sid: str | None = None) -> None:
         self._runtime = runtime
         self._bound = call_sid                  # a phone page socket claims only its call
-        self.report = CallReport()
+        self.report = CallReport(via="twilio" if call_sid is None else "phone-page")
         self.scope = trio.CancelScope()         # cancelled only to evict it while waiting
         self._resolving: trio.CancelScope | None = None   # its call's lookup, while it runs
         self._waiting = False
