@@ -25,17 +25,19 @@ from actors.messages import (
     SpeakerEvent,
     TurnCommand,
 )
+from voiceagent.usecase_lines import DEFAULT_LINES
 
 if TYPE_CHECKING:
     from actors.interrupt_handler import InputPolicy
 
-REPROMPT = "Are you still there?"
+# The English defaults of the lines said here (a use case may give its own, per language:
+# ``actors.spoken_lines``); each is said through ``policy.lines``, by the name in the comment.
+REPROMPT = DEFAULT_LINES["reprompt"]                      # reprompt
+IDLE_GOODBYE = DEFAULT_LINES["idle_goodbye"]              # idle_goodbye
+DRAINING = DEFAULT_LINES["draining_goodbye"]              # draining_goodbye
+TOO_LONG = DEFAULT_LINES["time_limit_goodbye"]            # time_limit_goodbye
 MAX_AGENT_SPEECH_S = 120.0       # the silence timer waits at most this long for "agent off"
 MAX_CALLER_SPEECH_S = 120.0      # ... and for "client off"
-IDLE_GOODBYE = "I haven't heard from you, so I'll end the call now. Please call back anytime."
-DRAINING = ("I'm sorry, we have to end this call now for maintenance. "
-            "Please call back in a minute.")
-TOO_LONG = "I'm sorry, we have reached the time limit for this call. Please call back anytime."
 
 
 class Idle:
@@ -87,8 +89,8 @@ class Idle:
         self._arm()
         if self.reprompts > self.policy.max_reprompts:
             self.deadline = math.inf
-            return EndCall(IDLE_GOODBYE, "caller-silent")
-        return Reprompt(REPROMPT)
+            return EndCall(self.policy.lines("idle_goodbye"), "caller-silent")
+        return Reprompt(self.policy.lines("reprompt"))
 
 
 class Limits:
@@ -96,6 +98,7 @@ class Limits:
     draining. At most one goodbye, whichever comes first."""
 
     def __init__(self, policy: InputPolicy, ending: EndSignal) -> None:
+        self.policy = policy
         self.deadline = trio.current_time() + policy.max_call_s
         self.ending = ending
         self.said = False
@@ -104,9 +107,9 @@ class Limits:
         if self.said:
             return None
         if self.ending.is_set():
-            command = EndCall(DRAINING, "server-draining")
+            command = EndCall(self.policy.lines("draining_goodbye"), "server-draining")
         elif trio.current_time() >= self.deadline:
-            command = EndCall(TOO_LONG, "max-duration")
+            command = EndCall(self.policy.lines("time_limit_goodbye"), "max-duration")
         else:
             return None
         self.said, self.deadline = True, math.inf

@@ -14,6 +14,7 @@ import trio
 from actors.history import History
 from actors.messages import Outgoing
 from actors.relay_control import RelayControl
+from actors.spoken_lines import SpokenLines
 from actors.tool_executor import ToolExecutor
 from actors.turn_slot import CutMarks
 from voiceagent.llm.base import LLM
@@ -74,3 +75,5 @@ class CallContext:
     relay: RelayControl | None = None                         # language, rules, reply flags
     # side-effect tools a cut turn left running, answered before the next model round
     settling: list[Settling] = field(default_factory=list)
+    # voiceagent's own words (apologies, the call's end), in the language spoken now
+    lines: SpokenLines = field(default_factory=SpokenLines)

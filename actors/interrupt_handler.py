@@ -48,6 +48,7 @@ from actors.messages import (
 )
 from actors.played import Played
 from actors.relay_reader import FrameStats
+from actors.spoken_lines import SpokenLines
 from actors.turn_slot import CutMarks
 from voiceagent.usecases import DtmfConfig
 
@@ -68,6 +69,8 @@ class InputPolicy:
     max_reprompts: int = 2                      # then end the call
     min_turn_gap_s: float = 0.3                 # at most two turns start in this window
     max_call_s: float = math.inf                # then end the call
+    # the re-prompt and the goodbyes, in the language spoken when they are said
+    lines: SpokenLines = field(default_factory=SpokenLines)
 
 
 class _KeyBuffer:

@@ -27,13 +27,15 @@ import json
 import logging
 
 from actors.context import CallContext
+from voiceagent.usecase_lines import DEFAULT_LINES
 
 log = logging.getLogger(__name__)
 
 # Two apologies are a hiccup the caller can ride out; a third in a row is a loop.
 FAILED_TURNS_BEFORE_GOODBYE = 3
-# the words of a call the server cannot take (``voiceagent.app.web`` says them too)
-CANNOT_GO_ON = "Sorry, we cannot take your call right now. Please try again later."
+# the words of a call the server cannot take (``voiceagent.app.web`` says them too), the
+# default of the use case's ``cannot_go_on`` line
+CANNOT_GO_ON = DEFAULT_LINES["cannot_go_on"]
 END_REASON = "model-unavailable"
 
 
@@ -54,12 +56,12 @@ def failed(ctx: CallContext, code: str) -> str | None:
     return json.dumps(data)
 
 
-def last_words(ctx: CallContext, *, said_some: bool) -> str:
+def last_words(ctx: CallContext) -> str:
     """What the turn says before its ``end``: nothing when a person takes over (the handoff's
     message is said by ``/action``), else that the call cannot go on."""
     if ctx.use_case.handoff.mode != "none":
         return ""
-    return " " + CANNOT_GO_ON if said_some else CANNOT_GO_ON
+    return ctx.lines("cannot_go_on")
 
 
 def answered(ctx: CallContext, first_round: int) -> None:

@@ -34,19 +34,21 @@ from actors.settling import receive_all
 from actors.speaker import Speaker
 from voiceagent.errors import LLMError, ModelRejected
 from voiceagent.logs import redact, turn_var
+from voiceagent.usecase_lines import DEFAULT_LINES
 
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 1.0
 END_TIMEOUT_S = 10.0    # a goodbye's `end`: the writer may still be sending to a slow Twilio
-TOO_MANY_ROUNDS = ("I'm sorry, that is taking me longer than it should. "
-                   "Could you tell me once more what you need?")
-APOLOGY_SILENT = "Sorry, I'm having a little trouble right now. Could you say that again?"
-APOLOGY_CUT = " Sorry, I lost my train of thought. Could you say that again?"
+# The English defaults of the lines a turn says (a use case may give its own, per language:
+# ``actors.spoken_lines``); each is said through ``ctx.lines``, by the name in the comment.
+TOO_MANY_ROUNDS = DEFAULT_LINES["too_many_rounds"]        # too_many_rounds
+APOLOGY_SILENT = DEFAULT_LINES["trouble"]                 # trouble: failed before a word
+APOLOGY_CUT = " " + DEFAULT_LINES["lost_thought"]         # lost_thought, after the words
 # a model round that ends without a word where the caller waits for one: after a tool round
 # (the caller heard "let me check", then silence until the idle re-prompt), stopped by a
 # content filter or guardrail, or by maxTokens before its first word (reasoning took them)
-NO_WORDS = APOLOGY_CUT.strip()
+NO_WORDS = DEFAULT_LINES["lost_thought"]                  # lost_thought
 STOPPED_QUIET = ("content_filtered", "guardrail_intervened", "max_tokens")
 
 
@@ -97,7 +99,8 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
             with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await speaker.flush()       # what the model said before it failed
                 # a hold line is not the model's words: the model said nothing of its reply
-                await _apologise(ctx, speaker, APOLOGY_SILENT if speaker.quiet else APOLOGY_CUT,
+                await _apologise(ctx, speaker,
+                                 ctx.lines("trouble" if speaker.quiet else "lost_thought"),
                                  last=ending is not None)
         except trio.Cancelled as cancel:    # the caller cut into the apology
             cut_by = await _why_cancelled(cancel)
@@ -159,8 +162,9 @@ def _named(cancel: trio.Cancelled) -> str | None:
 
 async def _apologise(ctx: CallContext, speaker: Speaker, apology: str, *, last: bool) -> None:
     """The apology that asks the caller again; on the last failed turn in a row, the words
-    that end the call instead (none when a person takes over)."""
-    words = model_trouble.last_words(ctx, said_some=not speaker.quiet) if last else apology
+    that end the call instead (none when a person takes over). The speaker keeps them apart
+    from words said before them."""
+    words = model_trouble.last_words(ctx) if last else apology
     if words:
         await speaker.say_text(words)
 
@@ -185,7 +189,7 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
     while True:
         if calls:
             if rounds_done >= ctx.max_tool_rounds:
-                return "TooManyToolRounds", TOO_MANY_ROUNDS
+                return "TooManyToolRounds", ctx.lines("too_many_rounds")
             outcomes = await tool_rounds.run_round(ctx, speaker, calls, rounds, reasoning, fillers)
             rounds_done += 1
             tools_spoke = any(o.spoke for o in outcomes)
@@ -204,9 +208,10 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
         if not calls:
             stop_reason = ctx.stats.rounds[-1].stop_reason
             if speaker.quiet and not tools_spoke and (rounds_done or stop_reason in STOPPED_QUIET):
-                return "NoWords", NO_WORDS
+                return "NoWords", ctx.lines("lost_thought")
             if stop_reason == "max_tokens" and speaker.mid_sentence:
-                return "CutAtMaxTokens", APOLOGY_CUT    # not half a sentence, then silence
+                # not half a sentence, then silence
+                return "CutAtMaxTokens", ctx.lines("lost_thought")
             return None
 
 

@@ -20,16 +20,21 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 from twilio.twiml import lower_camel
 from twilio.twiml.voice_response import Connect, ConversationRelay
 
 from voiceagent.relay.protocol import Config, Hints, Setting
 from voiceagent.relay_values import ANY_NONE_ATTRIBUTES, value_problem
+from voiceagent.usecase_base import KEY_PROBLEM as KEY_PROBLEM
+from voiceagent.usecase_base import Strict as Strict
+from voiceagent.usecase_base import key_problem as key_problem
+from voiceagent.usecase_lines import SpokenLines
 
 RELAY_EXTRA_NAME = re.compile(r"^[a-z][A-Za-z0-9]*$")
 
@@ -77,15 +82,6 @@ TEXT_ATTRIBUTES = frozenset({
     "language", "ttsLanguage", "transcriptionLanguage", "code", "voice", "ttsProvider",
     "transcriptionProvider", "speechModel", "welcomeGreeting", "hints", "debug", "events",
     "intelligenceService", "customerName", "interruptSensitivity", "includeInPrompt"})
-
-# A validation error whose key path goes deeper than where the validator sits: ``at`` is
-# appended to pydantic's location, so a bad key inside a mapping is named itself.
-KEY_PROBLEM = "voiceagent_key_problem"
-
-
-def key_problem(at: tuple[str | int, ...], problem: str) -> PydanticCustomError:
-    return PydanticCustomError(KEY_PROBLEM, "{problem}", {"problem": problem, "at": at})
-
 
 # The validation context of a use case read back from the table: an older release stored
 # it, and a check added since (``stored``) must not make an upgrade drop it for the sample
@@ -196,10 +192,6 @@ def regex_ok(value: str) -> str:
     return value
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 class ReplyControls(Strict):
     """``interruptible`` / ``preemptible`` on the text frames of one spoken reply (None: as
     the TwiML set them). On a tool: the model's reply after that tool runs, so an order
@@ -227,13 +219,14 @@ class LanguageEntry(BaseModel):
 
     code: str = Field(min_length=1)
     failover: Attributes | None = None
+    lines: SpokenLines | None = None        # said while this language is spoken; not TwiML
 
     @model_validator(mode="before")
     @classmethod
     def _names_known(cls, data: Any) -> Any:
         if isinstance(data, Mapping):
             for key in data:
-                if key != "failover" and key not in LANGUAGE_BUILDER_ATTRIBUTES:
+                if key not in ("failover", "lines") and key not in LANGUAGE_BUILDER_ATTRIBUTES:
                     raise key_problem((str(key),), unknown_attribute(
                         str(key), LANGUAGE_BUILDER_ATTRIBUTES, "<Language>", LANGUAGE_SOURCE))
         return hints_joined(data)
@@ -256,6 +249,15 @@ class LanguageEntry(BaseModel):
                 raise key_problem((key,), unknown_attribute(
                     key, FAILOVER_ATTRIBUTES, "<Failover> <Language>", FAILOVER_SOURCE))
         return value
+
+    @model_serializer(mode="wrap")
+    def _without_unset_lines(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """No ``lines`` key when none are set: a release from before them refuses an entry
+        with a key it does not know, and with it the whole stored use case."""
+        data: dict[str, Any] = handler(self)
+        if self.lines is None:
+            data.pop("lines", None)
+        return data
 
     def attributes(self) -> dict[str, Setting]:
         """The ``<Language>`` element's attributes by TwiML name, ``code`` first."""

@@ -24,6 +24,8 @@ from pydantic import (
 
 from voiceagent.relay.protocol import Setting
 from voiceagent.usecase_handoff import HandoffConfig
+from voiceagent.usecase_lines import MAX_FILLER_CHARS as MAX_FILLER_CHARS
+from voiceagent.usecase_lines import SpokenLines, one_short_line
 from voiceagent.usecase_model import (
     InferenceSettings,
     ModelOptionSettings,
@@ -45,36 +47,13 @@ from voiceagent.usecase_relay import (
     stored,
     unknown_attribute,
 )
-from voiceagent.usecase_xml import NOT_XML, describe, twiml_text_problem
+from voiceagent.usecase_xml import twiml_text_problem
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 # the longest a tool may take, in the use case or in its @tool: one that hangs past it holds
 # the turn, and a side-effect tool, which runs on after the caller hangs up, the call itself
 MAX_TOOL_TIMEOUT_S = 120.0
-# a filler is one short sentence: the model's answer queues behind it, so one longer than the
-# wait it fills (about 15 characters a second of speech) delays the answer it stands in for
-MAX_FILLER_CHARS = 100
-
-
-def one_short_line(value: str | None, key: str, when: str, example: str) -> str | None:
-    """A fixed sentence said for the model while the caller waits (a filler, a hold line):
-    the model's answer queues behind it, so it is one short line, and says so when not."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        raise key_problem((), f"a {key} is {when}: write one short sentence "
-                          f"(\"{example}\"), or leave {key} out for silence")
-    if len(text) > MAX_FILLER_CHARS:
-        raise key_problem((), f"{len(text)} characters; a {key} is one short sentence of at "
-                          f"most {MAX_FILLER_CHARS} (the answer waits behind it): shorten it")
-    if (odd := next((c for c in text if c in "\t\n\r" or NOT_XML.match(c)), None)):
-        raise key_problem((), f"holds {describe(odd)}: a {key} is one line of plain text; "
-                          "remove it")
-    return text
-
-
 class ToolDeclaration(Strict):
     """A tool the model may call: Bedrock's toolSpec, with the schema checked on every call.
     ``filler``: said to the caller while the tool runs, when it is still running a moment
@@ -218,6 +197,8 @@ class UseCase(Strict):
     # said once in a turn when the model has not begun to answer a moment after it was asked
     # (``actors.hold_line``)
     hold_line: str | None = None
+    # its words for voiceagent's own lines, in every language (``usecase_lines``)
+    lines: SpokenLines | None = None
 
     @field_validator("relay")
     @classmethod
@@ -253,7 +234,7 @@ class UseCase(Strict):
                               "One moment, please.")
 
     @model_serializer(mode="wrap")
-    def _without_an_unset_hold_line(self, handler: SerializerFunctionWrapHandler
+    def _without_unset_lines(self, handler: SerializerFunctionWrapHandler
                                     ) -> dict[str, Any]:
         """No ``hold_line`` key when none is set: a release from before hold lines reads the
         stored item strictly, and ``hold_line: null`` would make it refuse the whole use
@@ -261,6 +242,8 @@ class UseCase(Strict):
         data: dict[str, Any] = handler(self)
         if self.hold_line is None:
             data.pop("hold_line", None)
+        if self.lines is None:          # the same for ``lines``, which came later still
+            data.pop("lines", None)
         return data
 
     @field_validator("time_zone")
