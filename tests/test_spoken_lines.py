@@ -3,6 +3,7 @@ TwiML, and looked up for the language Twilio speaks when a line is said."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,3 +84,12 @@ def test_the_line_follows_the_language_spoken_then() -> None:
     language.note(Language(tts_language="fr-FR"))       # no entry at all: the top level
     assert lines("reprompt") == "Hello?"
     assert SpokenLines()("reprompt") == DEFAULT_LINES["reprompt"]
+
+
+def test_config_readme_lists_every_line_with_its_default() -> None:
+    text = (Path(__file__).resolve().parent.parent / "config" / "README.md").read_text(
+        encoding="utf-8")
+    section = text[text.index("## Spoken lines"):text.index("## Relay updates")]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| `")]
+    assert {row[0].strip("`"): row[1] for row in rows} == DEFAULT_LINES
