@@ -36,7 +36,6 @@ from actors.relay_reader import FrameStats
 from actors.relay_socket import RelaySocket
 from actors.relay_writer import WriterStats
 from actors.session_language import SessionLanguage
-from actors.spoken_lines import SpokenLines
 from actors.tool_steps import ToolBlocking
 from voiceagent.errors import RelayBroken
 from voiceagent.llm.base import LLM, Message
@@ -224,7 +223,6 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
     in_send, in_recv = trio.open_memory_channel[Inbound](INBOUND_BUFFER)
     cmd_send, cmd_recv = trio.open_memory_channel[TurnCommand](0)
     language = SessionLanguage.for_use_case(plan.use_case)    # tools switch it too
-    lines = SpokenLines(plan.use_case, language)                # ... and the words said
     env = tool_executor.ToolEnv(
         call_sid=plan.call_sid, use_case=plan.use_case, registry=services.registry,
         store=services.store, outbound=out_send.clone(), caller=plan.caller,
@@ -245,8 +243,7 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
             max_history_messages=services.max_history_messages,
             max_history_chars=services.max_history_chars, stats=report.turns,
             log_content=services.log_content, token_hold_s=services.token_hold_s,
-            on_turn=services.on_turn, relay=RelayControl.for_use_case(plan.use_case, language),
-            lines=lines)
+            on_turn=services.on_turn, relay=RelayControl.for_use_case(plan.use_case, language))
         marks = ctx.marks                            # reader marks, slot counts, writer obeys
         out_send.close()                             # each actor now holds its own clone
         reading = trio.CancelScope()
@@ -266,7 +263,7 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
         policy = interrupt_handler.InputPolicy(
             dtmf=plan.use_case.dtmf, max_prompt_chars=services.max_prompt_chars,
             idle_reprompt_s=services.idle_reprompt_s, max_reprompts=services.max_reprompts,
-            max_call_s=_call_time_left(plan, services.max_call_duration_s), lines=lines)
+            max_call_s=_call_time_left(plan, services.max_call_duration_s), lines=ctx.lines)
         nursery.start_soon(partial(interrupt_handler.run, inbound=in_recv, commands=cmd_send,
                                    policy=policy, ending=services.end_calls, marks=marks,
                                    stats=report.frames))

@@ -75,5 +75,10 @@ class CallContext:
     relay: RelayControl | None = None                         # language, rules, reply flags
     # side-effect tools a cut turn left running, answered before the next model round
     settling: list[Settling] = field(default_factory=list)
-    # voiceagent's own words (apologies, the call's end), in the language spoken now
-    lines: SpokenLines = field(default_factory=SpokenLines)
+    # voiceagent's own words (apologies, the call's end, the hold line, fillers), in the
+    # language spoken now: the relay's record of it, which tools' switches move too
+    lines: SpokenLines = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lines = SpokenLines(self.use_case,
+                                 self.relay.language if self.relay is not None else None)

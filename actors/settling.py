@@ -87,7 +87,7 @@ async def receive_all(ctx: CallContext, *, speaker: Speaker | None = None,
         if waiting.cancelled_caught:
             due = math.inf
             filler = next((f for s in ctx.settling if (f := filler_for(
-                ctx.use_case, ctx.tools, s.batch, s.outcomes, said)) is not None), None)
+                ctx.lines, ctx.tools, s.batch, s.outcomes, said)) is not None), None)
             if filler is not None and speaker is not None:
                 said.add(filler)
                 await say_filler(speaker, filler)

@@ -1,54 +1,84 @@
 """The words a call says for voiceagent itself, in the language Twilio speaks when it says
-them: the ``lines`` of that language's ``languages`` entry, else the use case's top-level
-``lines``, else the English default (``voiceagent.usecase_lines``).
+them: voiceagent's own lines (``lines``), the use case's ``hold_line`` and its tools'
+fillers. Each is that language's ``languages`` entry's, else the use case's top-level one
+(``lines``, ``hold_line``, a tool's ``filler``), else the default: English for the lines,
+silence for the others (``voiceagent.usecase_lines``).
 
-Every spoken line of the actors is looked up here, when it is said: a tool's switchLanguage
-or the automatic switch moves ``SessionLanguage``, and the next line follows it. The tables
-are made once per call, so saying a line costs a dict lookup or two.
+Every one of them is looked up here, when it is said: a tool's switchLanguage or the
+automatic switch moves ``SessionLanguage``, and the next line follows it. The tables are
+made once per call, so saying a line costs a dict lookup or two.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from actors.session_language import SessionLanguage
 from voiceagent.usecase_lines import DEFAULT_LINES
-from voiceagent.usecases import UseCase
+from voiceagent.usecases import LanguageEntry, UseCase
 
-_DEFAULTS = MappingProxyType(DEFAULT_LINES)
+_DEFAULTS: Mapping[str, str] = MappingProxyType(DEFAULT_LINES)
+_NONE: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class _Words:
+    lines: Mapping[str, str]        # every name of ``usecase_lines.LINES``
+    hold_line: str | None
+    fillers: Mapping[str, str]      # tool name -> its filler
+
+    def under(self, entry: LanguageEntry) -> _Words:
+        """These, with what ``entry`` says in their place."""
+        return _Words({**self.lines, **entry.lines.given()} if entry.lines else self.lines,
+                      entry.hold_line or self.hold_line,
+                      {**self.fillers, **entry.fillers} if entry.fillers else self.fillers)
 
 
 class SpokenLines:
-    """One call's lines; ``language`` is the call's record of what Twilio speaks (None: the
-    use case's top-level lines in every language)."""
+    """One call's words; ``language`` is the call's record of what Twilio speaks (None: the
+    use case's top-level words in every language)."""
 
     def __init__(self, use_case: UseCase | None = None,
                  language: SessionLanguage | None = None) -> None:
         self.language = language
-        top = use_case.lines.given() if use_case is not None and use_case.lines else {}
-        self.everywhere: Mapping[str, str] = {**DEFAULT_LINES, **top} if top else _DEFAULTS
-        self.by_code: dict[str, Mapping[str, str]] = {}
-        entries = use_case.languages if use_case is not None else ()
-        if not any(entry.lines for entry in entries):
+        self.by_code: dict[str, _Words] = {}
+        if use_case is None:
+            self.everywhere = _Words(_DEFAULTS, None, _NONE)
+            return
+        top = use_case.lines.given() if use_case.lines else {}
+        self.everywhere = _Words({**DEFAULT_LINES, **top} if top else _DEFAULTS,
+                                 use_case.hold_line,
+                                 {t.name: t.filler for t in use_case.tools if t.filler})
+        entries = use_case.languages
+        if not any(e.lines or e.hold_line or e.fillers for e in entries):
             return                      # the same words in every language
         for entry in entries:
-            lines = ({**self.everywhere, **entry.lines.given()} if entry.lines
-                     else self.everywhere)
+            words = self.everywhere.under(entry)
             code = entry.code.lower()
-            self.by_code[code] = lines
+            self.by_code[code] = words
             # as ``UseCase.language_for``: an entry of the code itself, else the first of its
             # primary subtag (an en-US without lines is not spoken with en-GB's)
-            self.by_code.setdefault(_primary(code), lines)
+            self.by_code.setdefault(_primary(code), words)
 
     def __call__(self, name: str) -> str:
         """The line ``name`` (a key of ``usecase_lines.LINES``) as the caller hears it now."""
+        return self._now().lines[name]
+
+    def hold_line(self) -> str | None:
+        return self._now().hold_line
+
+    def filler(self, tool: str) -> str | None:
+        return self._now().fillers.get(tool)
+
+    def _now(self) -> _Words:
         if self.by_code and self.language is not None:
             spoken = self.language.tts.lower()
-            lines = self.by_code.get(spoken) or self.by_code.get(_primary(spoken))
-            if lines is not None:
-                return lines[name]
-        return self.everywhere[name]
+            words = self.by_code.get(spoken) or self.by_code.get(_primary(spoken))
+            if words is not None:
+                return words
+        return self.everywhere
 
 
 def _primary(code: str) -> str:

@@ -23,8 +23,8 @@ import trio
 from actors.messages import ToolBatch, ToolOutcome
 from actors.relay_control import ReplyFlags
 from actors.speaker import Speaker
+from actors.spoken_lines import SpokenLines
 from actors.tool_executor import MAX_CALLS_PER_ROUND, ToolExecutor
-from voiceagent.usecases import UseCase
 
 # How long a tool runs before its filler is said. Silence in a conversation starts to read
 # as trouble at about a second (the caller has already waited for the model's first round);
@@ -38,21 +38,22 @@ def filler_due(speaker: Speaker) -> float:
     return trio.current_time() + FILLER_AFTER_S if speaker.quiet else math.inf
 
 
-def filler_for(use_case: UseCase, tools: ToolExecutor, batch: ToolBatch,
+def filler_for(lines: SpokenLines, tools: ToolExecutor, batch: ToolBatch,
                outcomes: Iterable[ToolOutcome], said: set[str]) -> str | None:
     """The filler of the first call of the round (in the model's order) still running that
-    declares one; None when a call already sent the caller audio, digits or ``end``, or the
-    only filler left was said earlier in the turn. A tool that ends the call never has one
-    (refused at load; a stored use case or a changed tool is checked here too)."""
+    has one (in the language spoken now: ``lines``); None when a call already sent the caller
+    audio, digits or ``end``, or the only filler left was said earlier in the turn. A tool
+    that ends the call never has one (refused at load; a stored use case or a changed tool is
+    checked here too)."""
     if batch.sounded.is_set():
         return None
     done = {o.tool_use_id for o in outcomes}
     for call in batch.calls[:MAX_CALLS_PER_ROUND]:
-        declaration = use_case.tool(call.name)
-        if (call.tool_use_id in done or declaration is None or declaration.filler is None
-                or declaration.filler in said or tools.ends_call(call.name)):
+        filler = lines.filler(call.name)
+        if (call.tool_use_id in done or filler is None or filler in said
+                or tools.ends_call(call.name)):
             continue
-        return declaration.filler
+        return filler
     return None
 
 

@@ -56,7 +56,7 @@ async def run_round(ctx: CallContext, speaker: Speaker, calls: tuple[ToolCall, .
             current.outcomes.append(await results.receive())
         if waiting.cancelled_caught:
             due = math.inf
-            filler = filler_for(ctx.use_case, ctx.tools, batch, current.outcomes, fillers)
+            filler = filler_for(ctx.lines, ctx.tools, batch, current.outcomes, fillers)
             if filler is not None:
                 fillers.add(filler)
                 try:

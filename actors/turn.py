@@ -184,7 +184,7 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
     rounds_done = 0
     tools_spoke = False             # the last tool round sent the caller audio or digits
     fillers: set[str] = set()       # said in this turn: each once
-    hold_line = ctx.use_case.hold_line       # said in the first model round, if at all
+    first_round = True                       # the hold line's, if it is said at all
     system: tuple[str, ...] | None = None    # the turn's, from its first model round on
     while True:
         if calls:
@@ -201,9 +201,10 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
         # queue behind them. The first round only: one timer a turn, where the silence is
         # the caller's first; a later round follows a tool, which has its filler.
         system = system or system_blocks(ctx)
-        asked = await model_round(ctx, speaker, None if tools_spoke else hold_line,
-                                  system=system)
-        hold_line = None
+        # in the language spoken now: a tool round before it may have switched it
+        asked = await model_round(ctx, speaker, ctx.lines.hold_line()
+                                  if first_round and not tools_spoke else None, system=system)
+        first_round = False
         calls, reasoning = asked.calls, asked.reasoning
         if not calls:
             stop_reason = ctx.stats.rounds[-1].stop_reason

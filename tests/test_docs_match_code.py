@@ -32,7 +32,11 @@ from voiceagent.llm.bedrock import BedrockStatistics
 from voiceagent.settings import Settings
 from voiceagent.store.write_behind import WriteBehindStatistics
 from voiceagent.tools.registry import default_registry
-from voiceagent.usecase_relay import LANGUAGE_BUILDER_ATTRIBUTES, RELAY_BUILDER_ATTRIBUTES
+from voiceagent.usecase_relay import (
+    LANGUAGE_BUILDER_ATTRIBUTES,
+    NOT_ATTRIBUTES,
+    RELAY_BUILDER_ATTRIBUTES,
+)
 from voiceagent.usecases import ProfilesFile, UseCase
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -583,7 +587,7 @@ def test_config_readme_names_no_key_the_schema_refuses() -> None:
         unknown += [f"{path} ({problem}, in a yaml example)"
                     for path, problem in _example_paths(data, model) if problem is not None]
     languages = [code for data, _ in _examples() for entry in data.get("languages") or []
-                 for code in entry if code not in ("code", "failover", "lines")
+                 for code in entry if code not in NOT_ATTRIBUTES
                  and code not in LANGUAGE_BUILDER_ATTRIBUTES]
     unknown += [f"languages[].{name} (not a <Language> attribute)" for name in languages]
     assert not unknown, (f"config/README.md names {unknown}, which the use-case schema "

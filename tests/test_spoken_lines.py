@@ -14,6 +14,7 @@ from voiceagent import twiml
 from voiceagent.errors import ConfigError
 from voiceagent.relay.outbound import Language
 from voiceagent.store import config_records
+from voiceagent.tools.registry import default_registry
 from voiceagent.usecase_lines import DEFAULT_LINES, LINES, MAX_LINE_CHARS
 from voiceagent.usecase_lines import SpokenLines as LinesKey
 from voiceagent.usecases import UseCase, parse_model
@@ -93,3 +94,49 @@ def test_config_readme_lists_every_line_with_its_default() -> None:
     rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
             for line in section.splitlines() if line.startswith("| `")]
     assert {row[0].strip("`"): row[1] for row in rows} == DEFAULT_LINES
+
+
+LOOK_UP = {"name": "lookUp", "description": "Look it up."}
+
+
+@pytest.mark.parametrize(("entry", "path", "wanted"), [
+    ({"hold_line": " "}, "languages[0].hold_line", "leave hold_line out for silence"),
+    ({"hold_line": "x" * 101}, "languages[0].hold_line", "at most 100"),
+    ({"fillers": {}}, "languages[0].fillers", "at least one tool"),
+    ({"fillers": {"lookUp": "Un momento.\nYa casi."}}, "languages[0].fillers.lookUp",
+     "U+000A"),
+    ({"fillers": {"lookup": "Un momento."}}, "languages[0].fillers.lookup",
+     "tool 'lookup' is not declared in this use case's tools; declared: ['lookUp']"),
+])
+def test_an_entry_s_hold_line_or_filler_is_checked_as_the_use_case_s_are(
+        entry: dict[str, Any], path: str, wanted: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _use_case(tools=[LOOK_UP], languages=[{"code": "es-US", **entry}])
+    assert caught.value.key_path == path
+    assert wanted in caught.value.problem, caught.value.problem
+
+
+def test_no_filler_in_any_language_for_a_tool_that_ends_the_call() -> None:
+    use_case = _use_case(tools=[{"name": "endCall", "description": "Hang up."}],
+                         languages=[{"code": "es-US", "fillers": {"endCall": "Adiós."}}])
+    with pytest.raises(ConfigError) as caught:
+        default_registry().check_use_case(use_case)
+    assert caught.value.key_path == "languages[0].fillers.endCall"
+    assert "ends the call" in caught.value.problem
+    default_registry().check_use_case(use_case, keywords=False)     # stored: served
+
+
+def test_an_entry_s_hold_line_and_fillers_are_stored_only_when_set() -> None:
+    use_case = _use_case(tools=[LOOK_UP], languages=[
+        {"code": "en-US"}, {"code": "es-US", "hold_line": "Un momento.",
+                            "fillers": {"lookUp": "Lo compruebo."}}])
+    item = config_records.use_case_item(use_case)
+    first, second = item["voiceagent"]["languages"]
+    assert not {"hold_line", "fillers"} & set(first)
+    assert (second["hold_line"], second["fillers"]) == ("Un momento.", {"lookUp": "Lo compruebo."})
+    assert config_records.use_case_from_item(item) == use_case
+    language = SessionLanguage.for_use_case(use_case)
+    lines = SpokenLines(use_case, language)
+    assert (lines.hold_line(), lines.filler("lookUp")) == (None, None)
+    language.note(Language(tts_language="es-US"))
+    assert (lines.hold_line(), lines.filler("lookUp")) == ("Un momento.", "Lo compruebo.")

@@ -60,22 +60,32 @@ DEFAULT_LINES: dict[str, str] = {name: text for name, (text, _) in LINES.items()
 
 def one_short_line(value: str | None, key: str, when: str, example: str, *,
                    limit: int = MAX_FILLER_CHARS, why: str = "the answer waits behind it",
-                   unset: str = "silence") -> str | None:
+                   unset: str = "silence", at: tuple[str | int, ...] = ()) -> str | None:
     """A fixed sentence said for the model (a filler, a hold line, a spoken line): one short
-    line, and says so when not."""
+    line, and says so when not (``at``: the key under the validated one it is at)."""
     if value is None:
         return None
     text = value.strip()
     if not text:
-        raise key_problem((), f"a {key} is {when}: write one short sentence "
+        raise key_problem(at, f"a {key} is {when}: write one short sentence "
                           f"(\"{example}\"), or leave {key} out for {unset}")
     if len(text) > limit:
-        raise key_problem((), f"{len(text)} characters; a {key} is one short sentence of at "
+        raise key_problem(at, f"{len(text)} characters; a {key} is one short sentence of at "
                           f"most {limit} ({why}): shorten it")
     if (odd := next((c for c in text if c in "\t\n\r" or NOT_XML.match(c)), None)):
-        raise key_problem((), f"holds {describe(odd)}: a {key} is one line of plain text; "
+        raise key_problem(at, f"holds {describe(odd)}: a {key} is one line of plain text; "
                           "remove it")
     return text
+
+
+def filler_ok(value: str | None, at: tuple[str | int, ...] = ()) -> str | None:
+    return one_short_line(value, "filler", "said while the tool runs",
+                          "One moment while I check that.", at=at)
+
+
+def hold_line_ok(value: str | None) -> str | None:
+    return one_short_line(value, "hold_line", "said while the model is slow to begin",
+                          "One moment, please.")
 
 
 class SpokenLines(Strict):

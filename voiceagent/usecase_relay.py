@@ -34,7 +34,7 @@ from voiceagent.relay_values import ANY_NONE_ATTRIBUTES, value_problem
 from voiceagent.usecase_base import KEY_PROBLEM as KEY_PROBLEM
 from voiceagent.usecase_base import Strict as Strict
 from voiceagent.usecase_base import key_problem as key_problem
-from voiceagent.usecase_lines import SpokenLines
+from voiceagent.usecase_lines import SpokenLines, filler_ok, hold_line_ok
 
 RELAY_EXTRA_NAME = re.compile(r"^[a-z][A-Za-z0-9]*$")
 
@@ -66,6 +66,8 @@ LANGUAGE_SOURCE = ("attributes the installed twilio package's ConversationRelay 
 
 # A backup is "the backup provider, voice, and model for each language" (Twilio, Provider
 # failover for Conversation Relay): nothing else of a <Language> goes inside <Failover>.
+# the keys of a ``languages`` entry that are not <Language> attributes
+NOT_ATTRIBUTES = ("failover", "lines", "hold_line", "fillers")
 FAILOVER_ATTRIBUTES = frozenset({"ttsProvider", "voice", "transcriptionProvider", "speechModel"})
 FAILOVER_SOURCE = ("backup provider, voice and model attributes Twilio documents for "
                    "<Failover> (ttsProvider, voice, transcriptionProvider, speechModel)")
@@ -219,14 +221,18 @@ class LanguageEntry(BaseModel):
 
     code: str = Field(min_length=1)
     failover: Attributes | None = None
-    lines: SpokenLines | None = None        # said while this language is spoken; not TwiML
+    # said while this language is spoken (not TwiML): voiceagent's own lines, the use case's
+    # hold_line and its tools' fillers (by tool name), each in place of the use case's own
+    lines: SpokenLines | None = None
+    hold_line: str | None = None
+    fillers: dict[str, str] | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _names_known(cls, data: Any) -> Any:
         if isinstance(data, Mapping):
             for key in data:
-                if key not in ("failover", "lines") and key not in LANGUAGE_BUILDER_ATTRIBUTES:
+                if key not in NOT_ATTRIBUTES and key not in LANGUAGE_BUILDER_ATTRIBUTES:
                     raise key_problem((str(key),), unknown_attribute(
                         str(key), LANGUAGE_BUILDER_ATTRIBUTES, "<Language>", LANGUAGE_SOURCE))
         return hints_joined(data)
@@ -250,13 +256,30 @@ class LanguageEntry(BaseModel):
                     key, FAILOVER_ATTRIBUTES, "<Failover> <Language>", FAILOVER_SOURCE))
         return value
 
+    @field_validator("hold_line")
+    @classmethod
+    def _hold_line_ok(cls, value: str | None) -> str | None:
+        return hold_line_ok(value)
+
+    @field_validator("fillers")
+    @classmethod
+    def _fillers_ok(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("fillers needs at least one tool (leave it out for the tools' "
+                             "own fillers)")
+        return {name: str(filler_ok(text, (name,))) for name, text in value.items()}
+
     @model_serializer(mode="wrap")
     def _without_unset_lines(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """No ``lines`` key when none are set: a release from before them refuses an entry
-        with a key it does not know, and with it the whole stored use case."""
+        """No ``lines``, ``hold_line`` or ``fillers`` key when unset: a release from before
+        them refuses an entry with a key it does not know, and with it the whole stored use
+        case."""
         data: dict[str, Any] = handler(self)
-        if self.lines is None:
-            data.pop("lines", None)
+        for key in ("lines", "hold_line", "fillers"):
+            if getattr(self, key) is None:
+                data.pop(key, None)
         return data
 
     def attributes(self) -> dict[str, Setting]:

@@ -25,7 +25,7 @@ from pydantic import (
 from voiceagent.relay.protocol import Setting
 from voiceagent.usecase_handoff import HandoffConfig
 from voiceagent.usecase_lines import MAX_FILLER_CHARS as MAX_FILLER_CHARS
-from voiceagent.usecase_lines import SpokenLines, one_short_line
+from voiceagent.usecase_lines import SpokenLines, filler_ok, hold_line_ok
 from voiceagent.usecase_model import (
     InferenceSettings,
     ModelOptionSettings,
@@ -77,8 +77,7 @@ class ToolDeclaration(Strict):
     @field_validator("filler")
     @classmethod
     def _filler_ok(cls, value: str | None) -> str | None:
-        return one_short_line(value, "filler", "said while the tool runs",
-                              "One moment while I check that.")
+        return filler_ok(value)
 
     @model_serializer(mode="wrap")
     def _without_an_unset_filler(self, handler: SerializerFunctionWrapHandler
@@ -230,8 +229,7 @@ class UseCase(Strict):
     @field_validator("hold_line")
     @classmethod
     def _hold_line_ok(cls, value: str | None) -> str | None:
-        return one_short_line(value, "hold_line", "said while the model is slow to begin",
-                              "One moment, please.")
+        return hold_line_ok(value)
 
     @model_serializer(mode="wrap")
     def _without_unset_lines(self, handler: SerializerFunctionWrapHandler
@@ -270,6 +268,12 @@ class UseCase(Strict):
                 raise key_problem(("tools", i, "name"),
                                    f"tool {declaration.name} is declared twice")
             declared.add(declaration.name)
+        for i, entry in enumerate(self.languages):
+            for name in entry.fillers or {}:
+                if name not in declared:
+                    raise key_problem(("languages", i, "fillers", name),
+                                       f"tool {name!r} is not declared in this use case's "
+                                       f"tools; declared: {sorted(declared)}")
         for i, rule in enumerate(self.relay_updates):
             if rule.when.tool is not None and rule.when.tool not in declared:
                 raise key_problem(("relay_updates", i, "when", "tool"),

@@ -91,6 +91,13 @@ class ToolRegistry:
                                   _keyword_problem(typo[1]))
             _check_refs(validator, declaration.input_schema, source,
                         f"tools[{i}].input_schema")
+        for i, entry in enumerate(uc.languages if keywords else ()):
+            for name in entry.fillers or {}:
+                definition = self._definitions.get(name)
+                if definition is not None and definition.ends_turn:
+                    raise ConfigError(source, f"languages[{i}].fillers.{name}", (
+                        f"{name} ends the call (ends_turn), so no filler is said while it "
+                        "runs: the model says goodbye or why it transfers; remove it"))
         declared = {t.name for t in uc.tools}
         named: list[tuple[str, str]] = [
             (handler.tool, f"dtmf.handlers.{digit}.tool")
