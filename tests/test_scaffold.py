@@ -119,6 +119,14 @@ def test_the_use_case_declares_one_tool_and_one_dtmf_handler(project: Path) -> N
     assert [p.use_case for p in profiles] == ["bikeShop"]
 
 
+def test_the_use_case_says_something_while_the_model_or_its_tool_is_slow(project: Path) -> None:
+    """A new project starts with what the sample restaurant has: a hold line for a model slow
+    to begin and a filler for its tool, so its first callers do not sit in silence."""
+    use_case = load_use_case_file(project / "config" / "usecases" / "bikeShop.yaml")
+    assert use_case.hold_line == "One moment, please."
+    assert [t.filler for t in use_case.tools] == ["One moment, let me look that up."]
+
+
 def test_settings_name_the_tools_and_config_and_keep_the_token_out(project: Path) -> None:
     example = (project / ".env.example").read_text()
     settings = dict(re.findall(r"^([A-Z_]+)=(.*)$", example, re.MULTILINE))
