@@ -12,13 +12,14 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from tests.fake_bedrock import FakeBedrock, text_reply
+from tests.fake_bedrock import FakeBedrock, HttpError, text_reply
 from tests.fake_caching import EXTRANEOUS, NO_CACHING
 from voiceagent.errors import LLMError
 from voiceagent.llm import bedrock_converse
 from voiceagent.llm.base import LLMRequest, ModelOptions
 from voiceagent.llm.bedrock import BedrockLLM
 from voiceagent.llm.bedrock_converse import CacheSupport, prompt_caching
+from voiceagent.llm.bedrock_errors import ACCESS_HINT, CACHING_HINT
 
 LOOKUP = {"name": "lookup_hours", "description": "Opening hours for a date.",
           "inputSchema": {"json": {"type": "object", "properties": {}}}}
@@ -92,3 +93,38 @@ async def test_the_endpoint_refuses_a_cache_point_where_the_model_takes_none(
         await ask(llm, cached(model_id))
     assert refused in str(failed.value)
     assert len(fake_bedrock.violations) == 1
+
+
+async def test_a_model_that_refuses_caching_is_told_apart_from_one_without_access(
+        fake_bedrock: FakeBedrock, llm: BedrockLLM, caplog: pytest.LogCaptureFixture) -> None:
+    """A later Claude, which the server guesses takes cache points, that Bedrock offers
+    without them (the endpoint answers for it as for Claude 3 Haiku): Bedrock's 403 has the
+    code of a model never enabled, but its words are about prompt caching, and so are the
+    hint and the log line; the permissions hint would send the operator the wrong way."""
+    later = "us.anthropic.claude-opus-6-v1:0"
+    fake_bedrock.profiles[later] = "anthropic.claude-3-haiku-20240307-v1:0"
+    with trio.fail_after(10), pytest.raises(LLMError) as failed:
+        await ask(llm, cached(later))
+    said = str(failed.value)
+    assert failed.value.code == "AccessDeniedException"
+    assert said.startswith(f"AccessDeniedException: {NO_CACHING}; "), said
+    assert "turn it off in that use case" in said
+    assert "model_options.prompt_caching" in said
+    assert ACCESS_HINT not in said
+    logged = [r for r in caplog.records if r.name.startswith("voiceagent")
+              and r.levelname == "ERROR"]
+    assert [r.getMessage() for r in logged] == ["bedrock refused the request's prompt caching"]
+    assert logged[0].what_to_check == f"{NO_CACHING}; {CACHING_HINT}"
+    assert logged[0].model_id == later
+
+
+async def test_a_model_without_access_still_gets_the_permissions_hint(
+        fake_bedrock: FakeBedrock, llm: BedrockLLM, caplog: pytest.LogCaptureFixture) -> None:
+    fake_bedrock.push(HttpError(403, "AccessDeniedException",
+                                "You don't have access to the model with the specified model "
+                                "ID."))
+    with trio.fail_after(10), pytest.raises(LLMError) as failed:
+        await ask(llm, cached("anthropic.claude-opus-5"))
+    assert str(failed.value).endswith(f"; {ACCESS_HINT}")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        "bedrock refused our credentials"]

@@ -42,6 +42,10 @@ CREDENTIALS_HINT = ("check the task role or AWS_PROFILE (`aws sso login` for an 
                     "machine's clock")
 ACCESS_HINT = ("grant bedrock:InvokeModelWithResponseStream on the model (and its inference "
                "profile) and enable model access in the Bedrock console for this region")
+CACHING_HINT = ("the model takes no cache points here, so every request of a use case with "
+                "model_options.prompt_caching on is refused: turn it off in that use case, or "
+                "name a model that takes them by its model id (not an ARN); this is not about "
+                "model access or IAM")
 TLS_HINT = ("the endpoint's certificate is not trusted: if a proxy or a private endpoint "
             "presents its own CA, set AWS_CA_BUNDLE (or ca_bundle in the AWS profile)")
 
@@ -182,9 +186,22 @@ def _by_code(raw_code: str, message: str, status: int, exc: BaseException, *,
     else:
         kind, retryable = ("stream" if in_stream else "rejected"), False
     if kind == "credentials":
-        hint = ACCESS_HINT if code == "AccessDeniedException" else CREDENTIALS_HINT
+        hint = (CREDENTIALS_HINT if code != "AccessDeniedException"
+                else CACHING_HINT if refuses_caching(message) else ACCESS_HINT)
         message = f"{message}; {hint}"
     return Failure(code, without_echoed_values(message), kind, retryable, exc)
+
+
+# Bedrock's 403 AccessDeniedException for a cache point sent to a model that takes none:
+# "You invoked an unsupported model or your request did not allow prompt caching"
+_NO_CACHING_WORDS = re.compile(r"\bprompt caching\b", re.IGNORECASE)
+
+
+def refuses_caching(message: str) -> bool:
+    """Whether an AccessDeniedException's words are about prompt caching, not access: a
+    cache point sent to a model that takes none is refused with the same 403 code as a
+    model never enabled, and the permissions hint would send the operator the wrong way."""
+    return bool(_NO_CACHING_WORDS.search(message))
 
 
 # up to the last `' at '<path>'` (greedy: the value may hold `' at '` itself), else the end

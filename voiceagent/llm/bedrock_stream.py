@@ -37,7 +37,7 @@ from voiceagent.errors import (
 )
 from voiceagent.llm.base import LLMEvent, LLMRequest, Reasoning, StreamEnd
 from voiceagent.llm.bedrock_converse import history_shape
-from voiceagent.llm.bedrock_errors import Failure, logged_message
+from voiceagent.llm.bedrock_errors import Failure, logged_message, refuses_caching
 from voiceagent.llm.bedrock_http import Attempt, Item
 
 if TYPE_CHECKING:
@@ -235,8 +235,12 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         elif failure.kind == "rejected":        # this request's own: its shape, each time
             log.warning("bedrock call failed", extra={**extra, "error": error})
         elif failure.kind == "credentials":
+            refused = ("bedrock refused the request's prompt caching"
+                       if failure.code == "AccessDeniedException"
+                       and refuses_caching(failure.message)
+                       else "bedrock refused our credentials")
             self._backend.failing.note(
-                failure.code, "bedrock refused our credentials", level=logging.ERROR,
+                failure.code, refused, level=logging.ERROR,
                 **extra, model_id=self._request.model_id, what_to_check=failure.message)
         else:                                   # Bedrock's state: the same for every call
             self._backend.failing.note(failure.code, "bedrock call failed", **extra,
