@@ -15,6 +15,7 @@ import yaml
 
 from tests.dynamodb_support import moto_endpoint
 from tests.fake_bedrock import RecordedRequest, Reply, running_fake_bedrock, text_reply
+from tests.fake_caching import NO_CACHING
 from tests.fake_samplers import BOTH, DEPRECATED
 from tests.test_check import RUN_TIMEOUT_S, base_env, bedrock_env, moto_env, run_check
 from voiceagent.llm.base import LLMRequest
@@ -132,3 +133,36 @@ async def test_a_model_its_use_cases_ask_differently_is_asked_once_per_set(
         run.out
     assert [r.body["inferenceConfig"] for r in bedrock.requests] == [
         {"maxTokens": 1}, {"maxTokens": 1, "temperature": 0.3}]
+
+
+async def test_a_model_that_refuses_prompt_caching_is_told_to_turn_it_off(
+        moto_endpoint: str, tmp_path: Path) -> None:
+    """A use case with prompt caching on, whose model Bedrock offers without it: the probe
+    carries the cache point a call sends after its prompt, and Bedrock's 403 (the code of a
+    model never enabled, the words of prompt caching) is advised as what it is, not as model
+    access or IAM."""
+    later = "us.anthropic.claude-opus-6-v1:0"    # guessed to take cache points; here, not
+    config = tmp_path / "config"
+    (config / "usecases").mkdir(parents=True)
+    for name, extra in {"frontDesk": {"model_options": {"prompt_caching": True}},
+                        "orders": {}}.items():
+        (config / "usecases" / f"{name}.yaml").write_text(yaml.safe_dump(
+            {"name": name, "prompt": "You answer in one word.", "model": later, **extra}))
+    with trio.fail_after(RUN_TIMEOUT_S):
+        async with running_fake_bedrock(tls=True, responder=one_token, profiles={
+                later: "anthropic.claude-3-haiku-20240307-v1:0"}) as bedrock:
+            env = base_env(tmp_path, STORE="sqlite", DATA_DIR=str(tmp_path / "data"),
+                           CONFIG_DIR=str(config), STACK_USE_CASE="orders",
+                           **moto_env(moto_endpoint, tmp_path), **bedrock_env(bedrock))
+            run = await run_check(env, tmp_path)
+    line = run.lines[f"Bedrock model {later}"]
+    assert run.code == 1, run.out + run.err
+    assert (line.status, line.detail) == (
+        "fail", "refuses prompt caching (AccessDeniedException): every turn would fail"), run.out
+    assert line.advice[0] == ("turn model_options.prompt_caching off in use case frontDesk: "
+                              f"Bedrock takes no cache points from {later} in us-east-1")
+    assert not any("IAM bedrock:" in a or "enable model access" in a for a in line.advice)
+    assert line.advice[-1] == f"Bedrock said: AccessDeniedException: {NO_CACHING}"
+    # frontDesk's request, with the cache point its calls send; refused, orders' is not asked
+    assert [r.body.get("system") for r in bedrock.requests] == [
+        [{"text": "You answer in one word."}, {"cachePoint": {"type": "default"}}]]

@@ -7,14 +7,16 @@ output token. The request carries what a call of the use case sends, built by th
 its ``inference`` and ``model_options`` as the call path turns them into the request (the
 backend then takes out what a model it can name refuses), only shorter. So a deployment whose
 every turn Bedrock would refuse fails here: a temperature sent to a model behind an
-application-inference-profile ARN that takes none, a guardrail that does not exist. A model
+application-inference-profile ARN that takes none, a guardrail that does not exist, the cache
+point of prompt caching (after a one-line system prompt) to a model that takes none. A model
 that use cases ask with different settings is asked once per distinct set. With thinking on
 (``model_options.thinking_budget_tokens``) it is asked with Bedrock's smallest budget (1024)
 under maxTokens 1025, the answer read to its first word and then cut (a refusal comes before
 any); with adaptive thinking (``model_options.effort``) it is asked at that effort, read the
 same way. A refusal is told apart by its error code and words, so the advice says which key to
-remove, whether to enable model access, grant an IAM action, fix the model id or region, wait
-out throttling, or look at the network.
+remove (prompt caching's 403 has the code of a model never enabled, but not its words),
+whether to enable model access, grant an IAM action, fix the model id or region, wait out
+throttling, or look at the network.
 """
 
 from __future__ import annotations
@@ -42,7 +44,12 @@ from voiceagent.app.check_steps import (
 from voiceagent.errors import LLMError, ModelThrottled, ModelUnavailable
 from voiceagent.llm.base import InferenceConfig, LLMRequest, ModelOptions
 from voiceagent.llm.bedrock import BedrockLLM
-from voiceagent.llm.bedrock_errors import ACCESS_HINT, CREDENTIALS_HINT
+from voiceagent.llm.bedrock_errors import (
+    ACCESS_HINT,
+    CACHING_HINT,
+    CREDENTIALS_HINT,
+    refuses_caching,
+)
 from voiceagent.llm.bedrock_startup import check_bedrock_ready
 from voiceagent.llm.effort import ADAPTIVE_MODELS, effort_support, why_no_effort
 from voiceagent.llm.thinking import MIN_BUDGET_TOKENS, SUPPORTED, thinking_support, why_not
@@ -53,6 +60,9 @@ from voiceagent.usecases import UseCase
 MODEL_TIMEOUT_S = 30.0               # connect + first event + Bedrock's own retries, with room
 CHECK_CALL_SID = "voiceagent-check"
 PROBE = {"role": "user", "content": [{"text": "Hi"}]}
+# with prompt caching on, a call's cache point follows its static prompt: the probe has one
+# too, so a model that takes none refuses here and not on every turn
+PROBE_SYSTEM = ("You answer in one word.",)
 NAME = "Bedrock models"
 
 # system-defined (cross-region) inference profiles: a geography in front of the model id
@@ -233,7 +243,8 @@ async def _ask(llm: BedrockLLM, model: _Model, source: str) -> Outcome:
     for probe in model.probes:
         use_case = probe.use_cases[0] if probe.use_cases else CHECK_CALL_SID
         request = LLMRequest(call_sid=CHECK_CALL_SID, use_case=use_case,
-                             model_id=model.model_id, system=(), messages=(PROBE,),
+                             model_id=model.model_id, messages=(PROBE,),
+                             system=PROBE_SYSTEM if probe.options.prompt_caching else (),
                              inference=probe.inference, options=probe.options)
         try:
             with trio.fail_after(MODEL_TIMEOUT_S):
@@ -256,7 +267,11 @@ def _model_failure(name: str, model: _Model, probe: _Probe, err: LLMError) -> Ou
     code, where = err.code, f"{model.model_id} in {model.region}"
     not_bedrock = code in _NETWORK or code in SSO_CODES      # it never answered
     said = ("error: " if not_bedrock else "Bedrock said: ") + str(err).removesuffix(
-        f"; {ACCESS_HINT}").removesuffix(f"; {CREDENTIALS_HINT}")[:300]
+        f"; {ACCESS_HINT}").removesuffix(f"; {CREDENTIALS_HINT}").removesuffix(
+        f"; {CACHING_HINT}")[:300]
+    if (code == "AccessDeniedException" and probe.options.prompt_caching
+            and refuses_caching(str(err))):
+        return _caching_refused(name, model, probe, code, said)
     if code == "AccessDeniedException":
         return failed(name, f"access not granted ({code})",
                       f"enable model access in the Bedrock console for {where} (Bedrock "
@@ -324,6 +339,20 @@ def _samplers_refused(name: str, model: _Model, probe: _Probe, code: str, said: 
                         "every turn would fail", fix,
                   "the server sends what the use case sets when the model id does not say "
                   "which model runs (an application-inference-profile ARN)", said)
+
+
+def _caching_refused(name: str, model: _Model, probe: _Probe, code: str, said: str
+                     ) -> Outcome:
+    """A cache point sent to a model that takes none: Bedrock answers 403, as for a model
+    never enabled, but enabling access or granting IAM actions changes nothing."""
+    advice = [f"turn model_options.prompt_caching off in {probe.named_by}: Bedrock takes no "
+              f"cache points from {model.model_id} in {model.region}"]
+    if model.model_id.startswith("arn:"):
+        advice.append("or name the model by its model id (or inference-profile id) instead "
+                      "of the ARN, if it is one that takes them")
+    return failed(name, f"refuses prompt caching ({code}): every turn would fail", *advice,
+                  "model access and IAM are not the cause: Bedrock's words are about "
+                  "prompt caching", said)
 
 
 def _settings_advice(probe: _Probe) -> list[str]:
