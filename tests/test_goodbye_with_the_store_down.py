@@ -56,4 +56,4 @@ async def test_a_goodbye_with_the_store_down_is_answered_at_once_as_a_goodbye(
                 setattr(store, name, method)
     root = ET.fromstring(answer)
     assert [(child.tag, child.text) for child in root] == [("Say", GOODBYE), ("Hangup", None)]
-    assert waited < 1.0
+    assert waited < 3.0                    # not the flush's 5 s; real time, a loaded machine

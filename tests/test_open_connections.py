@@ -126,7 +126,7 @@ async def test_with_no_connection_idle_the_oldest_slow_body_makes_room(
             while chunk := await busy[0].receive_some(4096):
                 oldest += chunk
             assert oldest.startswith(b"HTTP/1.1 503 "), oldest[:60]
-            assert trio.current_time() - started < 2     # made room, not timed out (10 s)
+            assert trio.current_time() - started < 5     # made room, not timed out (10 s)
             await call.say("what are your hours?")
             assert (await call.read_reply()).text.startswith("We are open")
             await call.hang_up()
@@ -158,7 +158,7 @@ async def test_with_nothing_to_close_a_new_connection_is_closed_at_once(
                 answer = await raw_answer(server.url,
                                           b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
                 assert answer == b""
-                assert trio.current_time() - started < 1     # not left to time out
+                assert trio.current_time() - started < 5     # not left to time out
                 assert len(server.runtime.sockets_waiting) == 3
                 await call.say("what are your hours?")
                 assert (await call.read_reply()).text.startswith("We are open")
