@@ -17,13 +17,14 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Literal
 
 call_sid_var: contextvars.ContextVar[str] = contextvars.ContextVar("call_sid", default="-")
 turn_var: contextvars.ContextVar[int] = contextvars.ContextVar("turn", default=0)
+_told: set[Hashable] = set()        # warn_once's keys, told about once per process
 
 
 @contextmanager
@@ -37,6 +38,14 @@ def for_call(call_sid: str) -> Iterator[None]:
         call_sid_var.reset(token)
 
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+
+
+def warn_once(logger: logging.Logger, key: Hashable, message: str, **extra: Any) -> None:
+    """A warning about what is the same on every request (a model that refuses what a use
+    case sends it): said once per process and ``key``, not on every turn of every call."""
+    if key not in _told:
+        _told.add(key)
+        logger.warning(message, extra=extra)
 
 
 def mask_phone(number: str) -> str:

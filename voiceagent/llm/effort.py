@@ -21,13 +21,13 @@ import re
 from typing import Any
 
 from voiceagent.llm.thinking import adaptive_only, thinking_support
+from voiceagent.logs import warn_once
 
 log = logging.getLogger("voiceagent.llm.bedrock")
 
 EFFORTS = ("low", "medium", "high", "xhigh", "max")
 ADAPTIVE_MODELS = ("Claude Opus 4.7 and later, the Claude 5 models, Mythos and Fable")
 _NO_XHIGH = re.compile(r"anthropic\.claude-mythos-preview")   # Anthropic's "Effort" page
-_warned: set[tuple[str, str]] = set()       # (model id, effort) told about, once per process
 
 
 def effort_support(model_id: str) -> bool | None:
@@ -77,7 +77,5 @@ def effort_fields(model_id: str, effort: str | None, use_case: str
 
 
 def _warn_once(model_id: str, effort: str, message: str, use_case: str, fix: str) -> None:
-    if (model_id, effort) not in _warned:
-        _warned.add((model_id, effort))
-        log.warning(message, extra={"model_id": model_id, "use_case": use_case,
-                                    "effort": effort, "fix": fix})
+    warn_once(log, ("effort", model_id, effort), message, model_id=model_id,
+              use_case=use_case, effort=effort, fix=fix)

@@ -20,13 +20,13 @@ import re
 from typing import Any
 
 from voiceagent.llm.thinking import adaptive_only
+from voiceagent.logs import warn_once
 
 log = logging.getLogger("voiceagent.llm.bedrock")
 
 # The minor version is one digit: claude-opus-4-20250514 is a date, not 4.2.
 _ONE_SAMPLER = re.compile(r"anthropic\.claude-(opus-4-[1-9]|(sonnet|haiku)-4-[5-9])(?![0-9])")
 _SAMPLERS = ("temperature", "topP")         # inferenceConfig's names
-_warned: set[str] = set()           # model ids told about, once per process
 
 
 def one_sampler_only(model_id: str) -> bool:
@@ -60,6 +60,5 @@ def fit_samplers(inference: dict[str, Any], model_id: str, use_case: str) -> Non
 
 
 def _warn_once(model_id: str, message: str, use_case: str, fix: str) -> None:
-    if model_id not in _warned:
-        _warned.add(model_id)
-        log.warning(message, extra={"model_id": model_id, "use_case": use_case, "fix": fix})
+    warn_once(log, ("samplers", model_id), message, model_id=model_id, use_case=use_case,
+              fix=fix)

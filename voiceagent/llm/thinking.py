@@ -20,6 +20,8 @@ import logging
 import re
 from typing import Any
 
+from voiceagent.logs import warn_once
+
 log = logging.getLogger("voiceagent.llm.bedrock")
 
 MIN_BUDGET_TOKENS = 1024                # Anthropic's minimum
@@ -37,7 +39,6 @@ _BEFORE_THINKING = re.compile(
 # ARNs that name a model (directly or through a system inference profile); others (an
 # application inference profile, a provisioned or custom model) hide which model runs
 _NAMING_ARN = re.compile(r"^arn:[^:]+:bedrock:[^:]*:[^:]*:(foundation-model|inference-profile)/")
-_warned: set[str] = set()               # model ids told about, once per process
 
 
 def thinking_support(model_id: str) -> bool | None:
@@ -85,11 +86,10 @@ def thinking_fields(model_id: str, budget_tokens: int | None, use_case: str
     if budget_tokens is None:
         return None
     if thinking_support(model_id) is False:
-        if model_id not in _warned:
-            _warned.add(model_id)
-            log.warning("thinking not sent: the model cannot think with a budget", extra={
-                "model_id": model_id, "use_case": use_case,
-                "fix": f"name a model that can ({SUPPORTED}) or remove "
-                       "model_options.thinking_budget_tokens"})
+        warn_once(log, ("thinking", model_id),
+                  "thinking not sent: the model cannot think with a budget",
+                  model_id=model_id, use_case=use_case,
+                  fix=f"name a model that can ({SUPPORTED}) or remove "
+                      "model_options.thinking_budget_tokens")
         return None
     return {"thinking": {"type": "enabled", "budget_tokens": budget_tokens}}
