@@ -24,7 +24,6 @@ import os
 import pkgutil
 import sys
 import traceback
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import EntryPoint, entry_points
@@ -69,11 +68,11 @@ def build_registry(settings: Settings) -> ToolRegistry:
     for source in sources:
         _add(registry, load_module(source), str(source), source)
     modules = tuple(settings.tools_modules)
-    registry.tools_hint = partial(tools_hint, modules, _unlisted_modules(modules))
+    registry.tools_hint = partial(tools_hint, modules)     # asked only for a missing tool
     return registry
 
 
-def tools_hint(modules: tuple[str, ...], unlisted: Mapping[str, Path], name: str) -> str:
+def tools_hint(modules: tuple[str, ...], name: str) -> str:
     """TOOLS, said to a use case naming tool ``name`` that nothing registered, with the
     module that defines it (imported, by a TOOLS module, but not itself in TOOLS: a module's
     tools are its own and its submodules') or, beside TOOLS's, mentions it if there is one:
@@ -82,8 +81,8 @@ def tools_hint(modules: tuple[str, ...], unlisted: Mapping[str, Path], name: str
     if not modules:
         return " (TOOLS is not set)"
     defined = [f"{module} defines" for module in modules_defining(name)]
-    found = defined or [f"{module} mentions" for module, file in unlisted.items()
-                        if _mentions(file, name)]
+    found = defined or [f"{module} mentions" for module, file in
+                        _unlisted_modules(modules).items() if _mentions(file, name)]
     left_out = f"; {found[0]} {name!r} but is not in it: add it to TOOLS" if found else ""
     return f" (TOOLS is {','.join(modules)}{left_out})"
 
