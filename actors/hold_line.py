@@ -4,10 +4,12 @@ When Bedrock's first event is late the caller heard nothing: the first attempt w
 first-event timeout (3 s), a patient retry up to the read timeout (10 s), and only then the
 apology. On a phone a silence past a second or two makes callers say "hello?", which barges in
 and cancels the turn. So a use case with a ``hold_line`` has it said once in a turn, when the
-model has sent nothing a fixed moment (``HOLD_LINE_AFTER_S``) after the turn's first round was
-asked of it, and nothing was said before (a keypad handler's reply). A model that begins in
-time is heard as before. One timer a turn: a later round follows a tool, whose ``filler``
-covers its silence.
+model has sent nothing a fixed moment (``HOLD_LINE_AFTER_S``) after a round was asked of it,
+and the caller has heard nothing in the turn yet (a keypad handler's reply, a tool's filler,
+the line itself). A model that begins in time is heard as before. A round after a fast tool
+is covered as the first is: the model went straight to the tool, the tool was too quick for
+its filler, and the caller has been waiting since their words; a timer from the round's own
+request, not the turn's, so a healthy second round's words are not queued behind the line.
 
 The line is said as a filler is (``actors.tool_filler``): through the turn's speaker, so a
 barge-in cuts it as any reply and the history keeps it as far as it was sent (or heard), as

@@ -184,7 +184,6 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
     rounds_done = 0
     tools_spoke = False             # the last tool round sent the caller audio or digits
     fillers: set[str] = set()       # said in this turn: each once
-    first_round = True                       # the hold line's, if it is said at all
     system: tuple[str, ...] | None = None    # the turn's, from its first model round on
     while True:
         if calls:
@@ -198,13 +197,13 @@ async def _say_all(ctx: CallContext, plan: TurnPlan, speaker: Speaker,
         if ctx.settling:                # a cut turn's side-effect tool: its result first
             await receive_all(ctx, speaker=speaker, fillers=fillers)
         # not after a tool's audio or digits: the caller hears those, the model's words
-        # queue behind them. The first round only: one timer a turn, where the silence is
-        # the caller's first; a later round follows a tool, which has its filler.
+        # queue behind them. A later round is covered too while the caller has heard nothing
+        # in the turn (the model went straight to a tool too fast for its filler); anything
+        # sent (the line itself, a filler, the model's words) ends that: once a turn at most.
         system = system or system_blocks(ctx)
         # in the language spoken now: a tool round before it may have switched it
-        asked = await model_round(ctx, speaker, ctx.lines.hold_line()
-                                  if first_round and not tools_spoke else None, system=system)
-        first_round = False
+        asked = await model_round(ctx, speaker, None if tools_spoke or speaker.spoke
+                                  else ctx.lines.hold_line(), system=system)
         calls, reasoning = asked.calls, asked.reasoning
         if not calls:
             stop_reason = ctx.stats.rounds[-1].stop_reason

@@ -1,7 +1,8 @@
 """A use case's ``hold_line`` in one call's actors, on trio's virtual clock: once per turn
-whatever its rounds, the apology after it is the one for a model that said nothing, the turn's
-latency is its reply's, a tool's filler still fills the tool's silence after it, and the key is
-checked as a filler is and stored only when set.
+whatever its rounds (a round after a tool too, while the caller has heard nothing), the
+apology after it is the one for a model that said nothing, the turn's latency is its reply's,
+a tool's filler still fills the tool's silence after it, and the key is checked as a filler
+is and stored only when set.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from actors.turn import APOLOGY_CUT, APOLOGY_SILENT
 from tests.call_harness import open_test_call, plain_use_case
 from tests.fakes import FakeLLM, Step, words
 from voiceagent.errors import ConfigError, ModelStreamFailed
-from voiceagent.llm.base import StreamEnd, ToolUseRequest
+from voiceagent.llm.base import StreamEnd, TextDelta, ToolUseRequest
 from voiceagent.store import config_records
 from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
@@ -57,10 +58,11 @@ async def test_said_once_in_a_turn_whose_rounds_are_both_slow(autojump_clock: An
                          "status": "success"}}]]
 
 
-async def test_only_the_first_round_has_a_timer_then_the_next_turn_has_its_own(
+async def test_a_round_after_a_fast_silent_tool_is_covered_and_the_next_turn_has_its_own(
         autojump_clock: Any) -> None:
-    """One timer a turn: a round after a tool is not covered (the tool's ``filler`` is what
-    covers a tool's wait), and the next turn's first round is."""
+    """The model went straight to a tool that was too quick for its filler: the caller has
+    heard nothing since their words, so the slow round after the tool is covered as a first
+    round is (timed from its own request); the next turn's first round has its own line."""
     llm = FakeLLM([_tool_round(0.1), words("It is there.", first_s=SLOW_S),
                    words("Yes.", first_s=SLOW_S)])
     async with open_test_call(llm, use_case=_use_case(tools=[LOOK_UP]),
@@ -69,7 +71,29 @@ async def test_only_the_first_round_has_a_timer_then_the_next_turn_has_its_own(
         first, _ = await call.reply()
         call.say("open today?")
         second, _ = await call.reply()
-    assert (first, second) == ("It is there.", f"{HOLD} Yes.")
+    assert (first, second) == (f"{HOLD} It is there.", f"{HOLD} Yes.")
+    assert [m["content"] for m in llm.sent_messages[2][-2:]] == [
+        [{"text": f"{HOLD} It is there."}], [{"text": "open today?"}]]
+
+
+async def test_no_line_after_a_round_when_the_caller_heard_the_model_or_a_filler(
+        autojump_clock: Any) -> None:
+    """Words before the tool, or the tool's filler, broke the silence: the slow round after
+    the tool is heard as it comes, with no line in front of it."""
+    spoke_first = FakeLLM([[0.1, TextDelta("Let me check."), ToolUseRequest("tu_1", "lookUp", {}),
+                            StreamEnd("tool_use")], words("It is there.", first_s=SLOW_S)])
+    async with open_test_call(spoke_first, use_case=_use_case(tools=[LOOK_UP]),
+                              registry=_registry(0.1)) as call:
+        call.say("is it there?")
+        after_words, _ = await call.reply()
+    filler = "Let me look."
+    slow_tool = FakeLLM([_tool_round(0.1), words("It is there.", first_s=SLOW_S)])
+    async with open_test_call(slow_tool, use_case=_use_case(tools=[{**LOOK_UP, "filler": filler}]),
+                              registry=_registry(FILLER_AFTER_S + 0.5)) as call:
+        call.say("is it there?")
+        after_filler, _ = await call.reply()
+    assert (after_words, after_filler) == ("Let me check. It is there.",
+                                           f"{filler} It is there.")
 
 
 async def test_each_turn_has_its_own(autojump_clock: Any) -> None:
