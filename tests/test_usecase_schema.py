@@ -18,7 +18,7 @@ from voiceagent.app.cli_store import export_files
 from voiceagent.catalog import read_config_dir
 from voiceagent.errors import ConfigError
 from voiceagent.relay.protocol import Config, Hints
-from voiceagent.relay_values import CHOICES, FLAGS, RANGES
+from voiceagent.relay_values import CHOICES, FLAGS, NOT_SERVED, RANGES
 from voiceagent.store import config_records
 from voiceagent.tools.registry import default_registry
 from voiceagent.usecases import UseCase
@@ -59,12 +59,13 @@ def _error(tmp_path: Path, **changes: Any) -> tuple[Path, ConfigError]:
 
 
 def _value(name: str) -> str:
-    """Text for the attribute ``name`` that its documented values (``relay_values``) allow:
-    free text where Twilio documents none."""
+    """Text for the attribute ``name`` that its documented values (``relay_values``) allow,
+    and this release serves (off, for what it does not serve on): free text where Twilio
+    documents none."""
     if name in CHOICES:
         return CHOICES[name][-1]
     if name in FLAGS:
-        return "true"
+        return "false" if name in NOT_SERVED else "true"
     if name in RANGES:
         return str(RANGES[name][0])
     return f"v-{name}"

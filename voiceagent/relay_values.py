@@ -53,6 +53,24 @@ FLAGS = frozenset({
 
 RANGES: dict[str, tuple[float, float]] = {"eagerEotThreshold": (0.3, 0.9)}
 
+# On/off attributes this release cannot serve turned on, each with why and what it serves
+# instead. ``applicationReconnect``: Twilio documents only that it connects to the same URL
+# again and replays up to 500 buffered events (changelog, 28 Oct 2026; Studio, 4 Dec 2026),
+# not the handshake (a second setup? the same sessionId?), so nothing here can tell its
+# socket from a replayed one; each session token opens one socket, and Twilio's would be
+# refused while the caller waits on it. Off, a drop fails the session at once and /action
+# reconnects the call (docs/conversation-relay-2026.md).
+NOT_SERVED: dict[str, str] = {
+    "applicationReconnect": (
+        "applicationReconnect: true is not served by this release: Twilio documents that it "
+        "reconnects to the same URL and replays up to 500 buffered events, but not what that "
+        "socket sends (a second setup? the same sessionId?), and each session token here "
+        "opens one socket, so Twilio's reconnect would be refused while the caller waits in "
+        "silence. Leave it out (or false): a dropped socket then fails the session at once "
+        "and the /action callback reconnects the call, resuming the conversation from the "
+        "store (see docs/conversation-relay-2026.md)"),
+}
+
 
 def value_problem(name: str, value: Setting) -> str | None:
     """What is wrong with ``value`` for the attribute ``name``, or None: also None for an
@@ -70,6 +88,14 @@ def value_problem(name: str, value: Setting) -> str | None:
         number = _number(value)
         if number is None or not low <= number <= high:
             return f"{name} is a number from {low} to {high}, not {value!r}"
+    return None
+
+
+def not_served(name: str, value: Setting) -> str | None:
+    """Why the server cannot serve ``value`` for the attribute ``name``, or None. Apart from
+    ``value_problem``: the value is one Twilio documents, and the refusal is ours."""
+    if name in NOT_SERVED and (value is True or value == "true"):
+        return NOT_SERVED[name]
     return None
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from twilio.twiml.voice_response import VoiceResponse
 
 from voiceagent.relay.protocol import Setting
+from voiceagent.relay_values import not_served
 from voiceagent.usecase_relay import on_off
 from voiceagent.usecase_xml import not_xml, xml_safe
 from voiceagent.usecases import UseCase
@@ -36,7 +37,7 @@ def connect_relay(*, ws_url: str, action_url: str, use_case: UseCase,
     # TwiML names pass through the builder as-is: lower_camel keeps names without "_"
     name = use_case.name
     attributes = {k: v for k, v in _values(use_case.relay | use_case.relay_extra, name).items()
-                  if greeting or k != "welcomeGreeting"}
+                  if (greeting or k != "welcomeGreeting") and _served(k, v, name)}
     relay = connect.conversation_relay(url=ws_url, **attributes)
     for entry in use_case.languages:
         relay.language(**_values(entry.attributes(), name))
@@ -94,6 +95,22 @@ def _text(text: str, where: str, use_case: str = "") -> str:
 
 
 _WARNED: set[tuple[str, str]] = set()    # (use case, attribute): as many as the config has
+
+
+def _served(name: str, value: str, use_case: str) -> bool:
+    """Whether the attribute goes out. A use case loaded from a file cannot turn on one this
+    release does not serve (``relay_values.NOT_SERVED``), but one an older release stored may:
+    it is left out, since Twilio would hold each dropped call on a reconnect we refuse rather
+    than fail it to ``/action``, which reconnects it, and the log says where to fix it."""
+    problem = not_served(name, value)
+    if problem is not None and (use_case, name) not in _LEFT_OUT:
+        _LEFT_OUT.add((use_case, name))   # once per process and attribute, as in ``_text``
+        log.warning("TwiML attribute not served by this release: left out; fix the use case",
+                    extra={"use_case": use_case, "attribute": name, "problem": problem})
+    return problem is None
+
+
+_LEFT_OUT: set[tuple[str, str]] = set()    # (use case, attribute)
 
 
 def _value(value: Setting) -> str:

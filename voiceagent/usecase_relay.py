@@ -30,7 +30,7 @@ from twilio.twiml import lower_camel
 from twilio.twiml.voice_response import Connect, ConversationRelay
 
 from voiceagent.relay.protocol import Config, Hints, Setting
-from voiceagent.relay_values import ANY_NONE_ATTRIBUTES, value_problem
+from voiceagent.relay_values import ANY_NONE_ATTRIBUTES, not_served, value_problem
 from voiceagent.usecase_base import KEY_PROBLEM as KEY_PROBLEM
 from voiceagent.usecase_base import Strict as Strict
 from voiceagent.usecase_base import key_problem as key_problem
@@ -169,11 +169,12 @@ def hints_joined(data: Any) -> Any:
 
 
 def _text_not_bool(value: dict[str, Setting], info: ValidationInfo) -> dict[str, Setting]:
-    """Also the values Twilio documents (``relay_values``): an attribute Twilio cannot use
+    """Also the values Twilio documents, and the ones this release does not serve
+    (``relay_values``): an attribute Twilio cannot use, or one that would strand the caller,
     is found at load, not by the callers of every call."""
     if not stored(info):                # an older release stored it: served as it was
         for name, setting in value.items():
-            if (problem := value_problem(name, setting)) is not None:
+            if (problem := value_problem(name, setting) or not_served(name, setting)):
                 raise key_problem((name,), problem)
             if name in TEXT_ATTRIBUTES and isinstance(setting, bool):
                 raise key_problem((name,), f"{name} takes text, not true/false; "
