@@ -126,7 +126,7 @@ def _request(model_id: str = OPUS, effort: str | None = "low", *,
              budget: int | None = None) -> LLMRequest:
     return LLMRequest(call_sid="CA" + "0" * 32, use_case="desk", model_id=model_id,
                       system=("Hi.",), messages=messages,
-                      tools=({"name": "hours", "inputSchema": {"json": {}}},),
+                      tools=({"name": "hours", "inputSchema": {"json": {"type": "object"}}},),
                       inference=InferenceConfig(max_tokens=2000),
                       options=ModelOptions(thinking_budget_tokens=budget, effort=effort))
 

@@ -214,7 +214,7 @@ async def test_without_its_reasoning_the_tool_round_is_refused_as_bedrock_refuse
     def ask(*messages: dict[str, Any]) -> LLMRequest:
         return LLMRequest(call_sid="CA1", use_case="test", model_id=CLAUDE, system=("Host.",),
                           messages=messages, tools=({"name": "CheckRestaurantPickUpTime",
-                                                     "inputSchema": {"json": {}}},))
+                                                     "inputSchema": {"json": {"type": "object"}}},))
 
     backend = BedrockLLM(region="us-east-1")
     try:

@@ -187,7 +187,7 @@ def _request(model_id: str = SONNET, budget: int | None = 1024, *, max_tokens: i
              **inference: Any) -> LLMRequest:
     return LLMRequest(call_sid="CA" + "0" * 32, use_case="desk", model_id=model_id,
                       system=("Hi.",), messages=messages,
-                      tools=({"name": "hours", "inputSchema": {"json": {}}},),
+                      tools=({"name": "hours", "inputSchema": {"json": {"type": "object"}}},),
                       inference=InferenceConfig(max_tokens=max_tokens, **inference),
                       options=ModelOptions(thinking_budget_tokens=budget))
 
