@@ -20,7 +20,7 @@ so is one with a sampling parameter the model refuses (``fake_samplers``), or a 
 thinking or an effort it does not take (``fake_effort``), or one that sends a reasoning block
 back after what came before it changed, to a model that binds its thinking to the
 conversation (``fake_binding``), or that puts a cache point where the model takes none
-(``fake_caching``).
+(``fake_caching``), or offers a tool spec Bedrock or the model refuses (``fake_tools``).
 Every connection records when the client closed it, from a reader that watches the socket
 while the reply is being written.
 
@@ -69,6 +69,7 @@ from tests.fake_caching import caching_refusal
 from tests.fake_effort import effort_refusal
 from tests.fake_reasoning import ReasoningRule
 from tests.fake_samplers import sampler_refusal
+from tests.fake_tools import tool_refusal
 from tests.http_requests import parse_request
 from voiceagent.catalog import read_config_dir
 from voiceagent.errors import ModelRejected
@@ -551,7 +552,8 @@ class FakeBedrock:
                 request.outcome = "http_error"
                 await _send_json(stream, status, {"message": message}, error_type=error_type)
                 return
-            refusal = (sampler_refusal(model_id, request.body)
+            refusal = (tool_refusal(model_id, request.body)
+                       or sampler_refusal(model_id, request.body)
                        or effort_refusal(model_id, request.body)
                        or self.reasoning.refusal(request.body)
                        or self.binding.refusal(model_id, request.body))
