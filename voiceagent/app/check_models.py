@@ -5,11 +5,13 @@ credentials, TLS (AWS_CA_BUNDLE), proxy and timeout settings are the service's o
 distinct model id is asked, all of them at the same time: one user message, at most one
 output token. The request carries what a call of the use case sends, built by the same code:
 its ``inference`` and ``model_options`` as the call path turns them into the request (the
-backend then takes out what a model it can name refuses), only shorter. So a deployment whose
+backend then takes out what a model it can name refuses), and its tools as the call offers
+them (toolChoice left to the model, as a call leaves it), only shorter. So a deployment whose
 every turn Bedrock would refuse fails here: a temperature sent to a model behind an
 application-inference-profile ARN that takes none, a guardrail that does not exist, the cache
-point of prompt caching (after a one-line system prompt) to a model that takes none. A model
-that use cases ask with different settings is asked once per distinct set. With thinking on
+point of prompt caching (after a one-line system prompt) to a model that takes none, a tool
+schema the model refuses (``check_refused_tools`` names the tool). A model that use cases ask
+with different settings or tools is asked once per distinct set. With thinking on
 (``model_options.thinking_budget_tokens``) it is asked with Bedrock's smallest budget (1024)
 under maxTokens 1025, the answer read to its first word and then cut (a refusal comes before
 any); with adaptive thinking (``model_options.effort``) it is asked at that effort, read the
@@ -21,15 +23,18 @@ throttling, or look at the network.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Any
 
 import boto3
 import trio
 from botocore.exceptions import BotoCoreError
 
+from voiceagent.app.check_refused_tools import refused_tool_outcome
 from voiceagent.app.check_steps import (
     CREDENTIALS_ADVICE,
     NETWORK_ADVICE,
@@ -84,11 +89,12 @@ _NOT_BOTH = re.compile(r"cannot both be specified", re.IGNORECASE)
 
 @dataclass(frozen=True, slots=True)
 class _Probe:
-    """One request to ask a model: the settings of the use cases that send them."""
+    """One request to ask a model: the settings and tools of the use cases that send them."""
 
     inference: InferenceConfig
     options: ModelOptions
     use_cases: tuple[str, ...]      # empty: only MODEL_IDENTIFIER names the model
+    tools: tuple[Mapping[str, Any], ...] = ()   # the use cases' toolSpecs, in their order
 
     @property
     def thinks(self) -> bool:
@@ -180,20 +186,26 @@ async def model_checks(ctx: CheckContext) -> list[Outcome]:
 def probes_by_model(use_cases: Iterable[UseCase], settings: Settings
                     ) -> dict[str, tuple[_Probe, ...]]:
     """Each distinct model id (MODEL_IDENTIFIER for the use cases that name none) and the
-    distinct requests its use cases send; with no use case at all, MODEL_IDENTIFIER alone,
-    with the default settings."""
-    models: dict[str, dict[tuple[InferenceConfig, ModelOptions], list[str]]] = {}
+    distinct requests its use cases send, tools included (a tool schema Bedrock refuses
+    fails every turn as surely as a setting does); with no use case at all,
+    MODEL_IDENTIFIER alone, with the default settings and no tools."""
+    models: dict[str, dict[tuple[InferenceConfig, ModelOptions, str], list[str]]] = {}
+    tools: dict[str, tuple[Mapping[str, Any], ...]] = {}
     for use_case in use_cases:
         # what actors.model_round puts in every request of the use case's calls
-        sent = probe_settings(use_case.inference.to_config(),
-                              use_case.model_options.to_options())
+        inference, options = probe_settings(use_case.inference.to_config(),
+                                             use_case.model_options.to_options())
+        specs = use_case.tool_specs()
+        tools_key = json.dumps(specs, sort_keys=True, default=str)
+        tools.setdefault(tools_key, specs)
         model_id = use_case.model or settings.model_identifier
-        models.setdefault(model_id, {}).setdefault(sent, []).append(use_case.name)
+        models.setdefault(model_id, {}).setdefault(
+            (inference, options, tools_key), []).append(use_case.name)
     if not models:
         return {settings.model_identifier: (
             _Probe(*probe_settings(InferenceConfig(), ModelOptions()), ()),)}
-    return {model_id: tuple(_Probe(inference, options, tuple(names))
-                            for (inference, options), names in shapes.items())
+    return {model_id: tuple(_Probe(inference, options, tuple(names), tools[tools_key])
+                            for (inference, options, tools_key), names in shapes.items())
             for model_id, shapes in models.items()}
 
 
@@ -245,7 +257,8 @@ async def _ask(llm: BedrockLLM, model: _Model, source: str) -> Outcome:
         request = LLMRequest(call_sid=CHECK_CALL_SID, use_case=use_case,
                              model_id=model.model_id, messages=(PROBE,),
                              system=PROBE_SYSTEM if probe.options.prompt_caching else (),
-                             inference=probe.inference, options=probe.options)
+                             tools=probe.tools, inference=probe.inference,
+                             options=probe.options)
         try:
             with trio.fail_after(MODEL_TIMEOUT_S):
                 async with llm.stream(request) as events:
@@ -272,6 +285,9 @@ def _model_failure(name: str, model: _Model, probe: _Probe, err: LLMError) -> Ou
     if (code == "AccessDeniedException" and probe.options.prompt_caching
             and refuses_caching(str(err))):
         return _caching_refused(name, model, probe, code, said)
+    if code == "ValidationException" and probe.tools and (refused := refused_tool_outcome(
+            name, str(err), probe.tools, probe.use_cases, said)) is not None:
+        return refused
     if code == "AccessDeniedException":
         return failed(name, f"access not granted ({code})",
                       f"enable model access in the Bedrock console for {where} (Bedrock "
