@@ -28,6 +28,7 @@ from actors.call import CallReport
 from voiceagent.app import cli, heap
 from voiceagent.app.dotenv_file import OTHER_NAMES
 from voiceagent.app.metrics import Metrics
+from voiceagent.app.open_connections import OpenConnections
 from voiceagent.llm.bedrock import BedrockStatistics
 from voiceagent.settings import Settings
 from voiceagent.store.write_behind import WriteBehindStatistics
@@ -192,7 +193,8 @@ def _metrics(monkeypatch: pytest.MonkeyPatch) -> tuple[Metrics, io.StringIO]:
         settings=Settings.from_env({"VALIDATE_SIGNATURES": "false", "METRICS_EMF": "true"}),
         calls=SimpleNamespace(active=0), draining=False,
         writer=SimpleNamespace(statistics=lambda: writer),
-        llm=SimpleNamespace(statistics=lambda: bedrock), registry=default_registry())
+        llm=SimpleNamespace(statistics=lambda: bedrock), registry=default_registry(),
+        connections=OpenConnections(4))
     stream = io.StringIO()
     return Metrics(runtime, emf_stream=stream), stream
 

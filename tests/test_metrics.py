@@ -505,7 +505,8 @@ def test_bedrock_and_write_behind_figures_sampled_at_scrape() -> None:
     runtime: Any = SimpleNamespace(
         settings=settings, calls=SimpleNamespace(active=2), draining=False,
         writer=SimpleNamespace(statistics=lambda: writer),
-        llm=SimpleNamespace(statistics=lambda: bedrock), registry=default_registry())
+        llm=SimpleNamespace(statistics=lambda: bedrock), registry=default_registry(),
+        connections=None)
     text = Metrics(runtime).exposition().decode()
     samples = {}
     for family in text_string_to_metric_families(text):

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.serve_process import serve_process
-from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
 from tests.test_edge_attacks import raw_answer
 from tests.test_session_binding import signed_socket
 from voiceagent.app import server as server_module
@@ -84,6 +85,8 @@ async def test_slow_header_connections_make_room_and_a_live_call_goes_on(
                 for n, stream in enumerate(streams):
                     nursery.start_soon(watch, n, stream)
                 await enough.wait()
+                assert _sampled(server)[("voiceagent_connections_over_cap_total",
+                                         "closed_idle")] == expected
                 await call.say("what are your hours?")       # the call went on throughout
                 assert (await call.read_reply()).text.startswith("We are open")
                 await call.hang_up()
@@ -127,6 +130,9 @@ async def test_with_no_connection_idle_the_oldest_slow_body_makes_room(
                 oldest += chunk
             assert oldest.startswith(b"HTTP/1.1 503 "), oldest[:60]
             assert trio.current_time() - started < 5     # made room, not timed out (10 s)
+            figures = _sampled(server)
+            assert figures[("voiceagent_connections_over_cap_total", "closed_body")] == 1
+            assert figures[("voiceagent_connections_over_cap_total", "refused")] == 0
             await call.say("what are your hours?")
             assert (await call.read_reply()).text.startswith("We are open")
             await call.hang_up()
@@ -139,13 +145,37 @@ async def test_with_no_connection_idle_the_oldest_slow_body_makes_room(
 
 
 @pytest.mark.timeout(60)
-async def test_with_nothing_to_close_a_new_connection_is_closed_at_once(
+def _sampled(server: RunningServer) -> dict[tuple[str, str], float]:
+    """The connection figures as ``GET /metrics`` has them (read in-process: over the cap, a
+    scrape would be refused too)."""
+    metrics = server.runtime.metrics
+    assert metrics is not None
+    figures = {}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            if "connections" in sample.name:
+                figures[(sample.name, sample.labels.get("outcome", ""))] = sample.value
+    return figures
+
+
+def _is_busy(answer: bytes) -> None:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 503 Service Unavailable", answer[:80]
+    assert b"Retry-After: 5" in lines, head
+    assert b"Connection: close" in lines, head
+    assert body == b"server busy: too many connections, try again"
+
+
+@pytest.mark.timeout(60)
+async def test_with_nothing_to_close_a_new_connection_is_answered_503_at_once(
         tmp_path: Path, records: list[logging.LogRecord],
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A live call and relay sockets waiting for their setup are never closed to make room:
-    with the cap at 4, the call and three such sockets fill it, and a new connection is
-    closed unanswered at once; the call goes on. (The cap is set here: derived, it always
-    leaves room for more than the sockets that may wait.)"""
+    with the cap at 4, the call and three such sockets fill it, and a new connection gets a
+    fixed 503 (it was closed unanswered: Twilio said 64102, a balancer logged a reset) at
+    once, and is counted; the call goes on. (The cap is set here: derived, it always leaves
+    room for more than the sockets that may wait.)"""
     monkeypatch.setattr(server_module, "connection_limit", lambda settings: 4)
     settings = make_settings(tmp_path, MAX_SOCKETS_WAITING="10", SETUP_TIMEOUT_S="60")
     with trio.fail_after(30):
@@ -154,12 +184,16 @@ async def test_with_nothing_to_close_a_new_connection_is_closed_at_once(
             await call.say("what are your hours?")
             assert (await call.read_reply()).text.startswith("We are open")
             async with signed_socket(server), signed_socket(server), signed_socket(server):
+                assert _sampled(server)[("voiceagent_open_connections", "")] == 4
                 started = trio.current_time()
                 answer = await raw_answer(server.url,
                                           b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-                assert answer == b""
-                assert trio.current_time() - started < 5     # not left to time out
+                _is_busy(answer)
+                assert trio.current_time() - started < 1.5   # closed, not left to time out
                 assert len(server.runtime.sockets_waiting) == 3
+                figures = _sampled(server)
+                assert figures[("voiceagent_connections_over_cap_total", "refused")] == 1
+                assert figures[("voiceagent_open_connections_limit", "")] == 4
                 await call.say("what are your hours?")
                 assert (await call.read_reply()).text.startswith("We are open")
             await call.hang_up()
@@ -168,6 +202,40 @@ async def test_with_nothing_to_close_a_new_connection_is_closed_at_once(
     assert len(logged) == 1
     assert logged[0].levelno == logging.WARNING
     assert (vars(logged[0])["open_connections"], vars(logged[0])["max_connections"]) == (4, 4)
+
+
+@pytest.mark.timeout(60)
+async def test_peers_that_never_read_their_503_hold_nothing_and_log_one_line(
+        tmp_path: Path, records: list[logging.LogRecord],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the cap, 40 peers send a request and never read: each is answered and closed
+    at once all the same (the 503 waits in its receive buffer), so they hold no place and no
+    task, and a peer that does read gets its 503 at once after them. One warning says so for
+    the whole episode; the metrics count each."""
+    monkeypatch.setattr(server_module, "connection_limit", lambda settings: 2)
+    settings = make_settings(tmp_path, MAX_SOCKETS_WAITING="10", SETUP_TIMEOUT_S="60")
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    with trio.fail_after(30):
+        async with running_server(settings) as server, \
+                signed_socket(server), signed_socket(server), \
+                contextlib.AsyncExitStack() as stack:
+            silent = []
+            for _ in range(40):
+                stream = await stack.enter_async_context(await _connect(server.url))
+                await stream.send_all(request)
+                silent.append(stream)
+            started = trio.current_time()
+            _is_busy(await raw_answer(server.url, request))
+            assert trio.current_time() - started < 1.5
+            assert _sampled(server)[("voiceagent_connections_over_cap_total", "refused")] == 41
+            assert _sampled(server)[("voiceagent_open_connections", "")] == 2
+            for stream in silent:                  # their answers were there all along
+                answer = b""
+                with contextlib.suppress(trio.BrokenResourceError):
+                    while chunk := await stream.receive_some(4096):
+                        answer += chunk
+                _is_busy(answer)
+    assert len([r for r in records if r.getMessage() == REFUSED]) == 1
 
 
 @pytest.mark.timeout(60)

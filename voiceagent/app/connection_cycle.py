@@ -26,12 +26,20 @@ counted in the edge's refusals (``Runtime.edge_refusals``, handed over on hyperc
 
 It is also where the cap on open connections (``open_connections``) is kept: a connection
 is counted in as it starts and out as it ends, and its idle timer (hypercorn's, which runs
-exactly while no request is under way) is where one is closed to make room.
+exactly while no request is under way) is where one is closed to make room. A connection
+refused over the cap was closed without a word: Twilio reported a generic connect failure
+(64102), a balancer's health check or a proxy logged a reset, and nothing said why. It now
+gets ``BUSY``, a fixed 503, before it is closed: its request is never read (nothing
+unauthenticated is parsed), and the one write is small enough for an empty send buffer to
+take at once, so a peer that does not read holds nothing (``REFUSAL_SEND_S`` bounds it
+anyway; what the kernel has not sent at the close it delivers or drops on its own, with no
+descriptor of the process's).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 
 import hypercorn.trio.run as worker
 import trio
@@ -45,6 +53,11 @@ from voiceagent.log_episodes import Episode
 log = logging.getLogger(__name__)
 
 FAILED = "connection failed in the server's HTTP code: dropped"
+BUSY_TEXT = b"server busy: too many connections, try again"
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nConnection: close\r\n"
+        b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(BUSY_TEXT), BUSY_TEXT))
+REFUSAL_SEND_S = 0.5          # never reached in practice: see the module's docstring
 
 
 class EdgeConfig(Config):
@@ -61,7 +74,9 @@ class ReleasingTCPServer(TCPServer):
         connections = getattr(self.config, "open_connections", None)
         self._peer = peer = _peer(self.stream)
         if connections is not None and (peer is None or not connections.admit(peer)):
-            await self.stream.aclose()           # over the cap, or its peer gone already
+            if peer is not None:                 # over the cap (else its peer is gone)
+                await _answer_busy(self.stream)
+            await self.stream.aclose()
             return
         try:
             await super().run()
@@ -99,6 +114,19 @@ def _peer(stream: object) -> Peer | None:
         return parse_socket_addr(sock.family, sock.getpeername())
     except (AttributeError, OSError):
         return None
+
+
+async def _answer_busy(stream: object) -> None:
+    """``BUSY``, then no more from us (a FIN after it): see the module's docstring. Only on
+    a plain TCP stream (a TLS one would need a handshake first: closed unanswered)."""
+    if not isinstance(stream, trio.SocketStream):
+        return
+    with trio.move_on_after(REFUSAL_SEND_S):
+        try:
+            await stream.send_all(BUSY)
+            stream.socket.shutdown(socket.SHUT_WR)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass                                 # gone already: nothing to tell it
 
 
 def _first_leaf(err: BaseException) -> BaseException:

@@ -12,7 +12,8 @@ arrive three ways:
   ``/action``, reconnects and handoffs to a person, by outcome (``on_reconnect``,
   ``on_handoff``);
 * at scrape time, from the parts' own ``statistics()`` (``metrics_sampled``): active calls,
-  write-behind queue, Bedrock streams and cancel -> upstream-closed times.
+  open connections and those accepted at their cap, write-behind queue, Bedrock streams and
+  cancel -> upstream-closed times.
 
 With ``METRICS_EMF`` on, every turn also prints one EMF JSON line on stdout (CloudWatch Logs
 turns it into metrics), and ``run_emf`` prints ``ActiveCalls``, ``StoreWriteFailures``,
@@ -39,6 +40,7 @@ from voiceagent.app.metrics_sampled import Sampled
 
 if TYPE_CHECKING:
     from actors.call import CallReport
+    from voiceagent.app.open_connections import OpenConnections
     from voiceagent.llm.base import LLM
     from voiceagent.settings import Settings
     from voiceagent.store.write_behind import WriteBehind
@@ -77,6 +79,8 @@ class Observed(Protocol):
     def llm(self) -> LLM: ...
     @property
     def registry(self) -> ToolRegistry: ...
+    @property
+    def connections(self) -> OpenConnections | None: ...
 
 
 class Metrics:

@@ -1,5 +1,6 @@
-"""The figures ``GET /metrics`` reads from the parts at scrape time: active calls, the
-write-behind queue, garbage-collection pauses, Bedrock's streams and cancel -> closed times.
+"""The figures ``GET /metrics`` reads from the parts at scrape time: active calls, open
+connections, the write-behind queue, garbage-collection pauses, Bedrock's streams and
+cancel -> closed times.
 
 Apart from ``metrics.py``, which counts what the calls report as they happen (and prints the
 EMF lines): this side keeps no bookkeeping of its own, it only turns each part's
@@ -37,6 +38,22 @@ class Sampled(Collector):
         runtime = self.runtime
         yield _gauge("voiceagent_active_calls", "Calls in progress", runtime.calls.active)
         yield _gauge("voiceagent_draining", "1 while the process drains", int(runtime.draining))
+        connections = runtime.connections          # None: no server around it
+        if connections is not None:
+            yield _gauge("voiceagent_open_connections", "TCP connections open (the cap counts "
+                         "them before any request is read)", connections.open)
+            yield _gauge("voiceagent_open_connections_limit", "The cap on open connections",
+                         connections.limit)
+            over_cap = CounterMetricFamily(
+                "voiceagent_connections_over_cap",
+                "Connections accepted with open connections at their cap, by outcome: refused "
+                "(answered 503 and closed: every open one was a call or a relay socket "
+                "waiting for its setup), closed_idle, closed_body (another closed to make "
+                "room: idle, or its request body still arriving, answered 503)",
+                labels=["outcome"])
+            for outcome in ("refused", "closed_idle", "closed_body"):
+                over_cap.add_metric([outcome], connections.over_cap[outcome])
+            yield over_cap
         writer = runtime.writer.statistics()
         yield _gauge("voiceagent_write_behind_pending", "History items not yet written",
                      writer.pending)

@@ -20,13 +20,16 @@ alive between requests); else the oldest whose request body is still arriving (a
 and closed: Twilio sends its few KB at once, and a body trickled for up to BODY_TIMEOUT_S
 was the cheapest way to hold places). A relay socket is neither after its upgrade, so a live
 call's socket is never the one closed. When there is no such connection, the new one is
-closed at once. Both are edge refusals (``Runtime.edge_refusals``): the first of each kind
-logged in full, then counted.
+answered a fixed 503 and closed (``connection_cycle``: its request is never read). Both are
+edge refusals (``Runtime.edge_refusals``): the first of each kind in an episode logged in
+full, then counted; and both are counted by outcome (``over_cap``) for the metrics, with the
+connections open (``open``), read at scrape time.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -47,7 +50,8 @@ WEBHOOKS_PER_CALL = 0.25
 Peer = tuple[str, int]        # an accepted connection's peer address: unique among them
 
 EVICTED = "connection closed to make room: open connections at their cap"
-REFUSED = "connection refused: open connections at their cap, none that may be closed"
+REFUSED = ("connection refused (answered 503): open connections at their cap, each a call or "
+           "a relay socket waiting for its setup")
 
 
 def connections_allowed(settings: Settings) -> int:
@@ -68,6 +72,9 @@ class OpenConnections:
         self._leaving: set[Peer] = set()          # closed to make room, not yet gone
         self._idle: dict[Peer, trio.CancelScope] = {}       # in the order they became idle
         self._bodies: dict[Peer, trio.CancelScope] = {}     # in the order they began
+        # connections accepted at the cap, by outcome: refused (the new one answered 503),
+        # closed_idle and closed_body (another closed to make room for it)
+        self.over_cap: Counter[str] = Counter()
 
     @property
     def open(self) -> int:
@@ -79,8 +86,10 @@ class OpenConnections:
         if self.open >= self.limit:
             room = self._idle or self._bodies
             if not room:
+                self.over_cap["refused"] += 1
                 self._note("connection_refused", REFUSED, peer)
                 return False
+            self.over_cap["closed_idle" if self._idle else "closed_body"] += 1
             oldest = next(iter(room))
             room.pop(oldest).cancel()
             self._leaving.add(oldest)

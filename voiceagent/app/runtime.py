@@ -39,6 +39,7 @@ from voiceagent.tools.registry import ToolRegistry
 from voiceagent.usecases import ScriptedConfig
 
 if TYPE_CHECKING:
+    from voiceagent.app.open_connections import OpenConnections
     from voiceagent.aws_session import StartupSession
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,9 @@ class Runtime:
     # relay sockets accepted whose setup is not resolved yet, oldest first (web.py)
     sockets_waiting: dict[Any, None] = field(default_factory=dict)
     metrics: Metrics | None = None
+    # the cap on open connections, while a server serves this runtime (server.serve): its
+    # figures are read at scrape time (metrics_sampled)
+    connections: OpenConnections | None = None
     backlog_bytes_max: int = 0                   # see memory_budget; set in __post_init__
     # requests refused before any work (a bad signature, a body too large or too slow):
     # anyone can send them, at any rate, so the log counts them (web.py, server.py)

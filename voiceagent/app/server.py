@@ -176,8 +176,8 @@ async def serve(runtime: Runtime, *, host: str, port: int,
                               reuse_port=runtime.settings.reuse_port,
                               idle_timeout_s=runtime.settings.http_idle_timeout_s)
     config.edge_refusals = runtime.edge_refusals
-    config.open_connections = OpenConnections(connection_limit(runtime.settings),
-                                              runtime.edge_refusals)
+    config.open_connections = runtime.connections = OpenConnections(
+        connection_limit(runtime.settings), runtime.edge_refusals)
     connection_cycle.install()
     ws_compression.install()
     http1_only.install()
