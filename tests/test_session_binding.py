@@ -604,7 +604,7 @@ async def test_a_socket_whose_lookup_claimed_its_call_is_never_evicted_as_a_call
     claimed: list[str] = []
 
     class LookedUpAgain:
-        async def resolve(self, setup: Any, *, on_retry: Any) -> Any:
+        async def resolve(self, setup: Any, *, on_retry: Any, on_match: Any) -> Any:
             on_retry()                          # not at the first read: waits in the budget
             await looked_up.wait()              # the store answers the second read
             claimed.append(setup.call_sid)      # token consumed, the call live
@@ -624,7 +624,7 @@ async def test_a_socket_evicted_as_its_setup_arrives_is_not_cut_after_claiming()
     claimed: list[str] = []
 
     class InMemory:
-        async def resolve(self, setup: Any, *, on_retry: Any) -> Any:
+        async def resolve(self, setup: Any, *, on_retry: Any, on_match: Any) -> Any:
             claimed.append(setup.call_sid)      # found among the offers: no await at all
             return SimpleNamespace(call_sid=setup.call_sid, generation=0)
 
@@ -760,7 +760,7 @@ async def test_setups_looked_up_at_once_stay_within_the_capacity_margin(
     check before any became a call, and all became calls, far past MAX_CALLS and the
     open-file budget sized for MAX_CALLS + CAPACITY_MARGIN. Lookups under way now count."""
     class SlowStore:
-        async def resolve(self, setup: Any, *, on_retry: Any) -> Any:
+        async def resolve(self, setup: Any, *, on_retry: Any, on_match: Any) -> Any:
             await trio.sleep(1)                 # every lookup awaits the store
             return SimpleNamespace(call_sid=setup.call_sid, generation=0)
 
@@ -782,7 +782,7 @@ async def test_setups_looked_up_again_do_not_refuse_a_real_call(autojump_clock: 
     where they can be evicted; counted as calls to come, a dozen of them refused a real
     Twilio socket as over capacity (found by a review helper, helper-21)."""
     class Sessions:
-        async def resolve(self, setup: Any, *, on_retry: Any) -> Any:
+        async def resolve(self, setup: Any, *, on_retry: Any, on_match: Any) -> Any:
             if setup.call_sid == "CAreal":
                 return SimpleNamespace(call_sid="CAreal", generation=0)
             await trio.sleep(0.01)

@@ -443,10 +443,11 @@ async def test_server_holds_protection_through_a_real_call(tmp_path: Path) -> No
 
 async def test_server_holds_protection_from_the_moment_a_socket_claims_its_call(
         tmp_path: Path) -> None:
-    """A socket's call is being looked up (a reconnect landing on an idle task, its store
-    slow): it becomes a call a moment later, and counts as one for capacity and for the
-    drain; the hold waited for the call to start, so a scale-in could pick the task in
-    between (found by a review)."""
+    """A socket's token matched its call's session, its saved history still being read (a
+    reconnect landing on an idle task, its store slow): it becomes a call a moment later;
+    the hold waited for the call to start, so a scale-in could pick the task in between
+    (found by a review). Not before the match: a replayed upgrade with a spent token must
+    take no hold (``test_replay_takes_no_protection``)."""
     identity = Identity()
     with trio.fail_after(30):
         async with open_fake_agent() as fake, \
@@ -457,15 +458,15 @@ async def test_server_holds_protection_from_the_moment_a_socket_claims_its_call(
                 "CallSid": identity.call_sid, "From": identity.from_number,
                 "To": identity.to_number}, AUTH_TOKEN))
             store, reading, answer = server.runtime.store, trio.Event(), trio.Event()
-            real_get = store.get
+            real_query = store.query
 
-            async def slow(pk: str, sk: str) -> Any:
-                if (pk, sk) == (identity.call_sid, records.SESSION_SK):
+            async def slow(pk: str, prefix: str, **kwargs: Any) -> Any:
+                if (pk, prefix) == (identity.call_sid, records.CHAT_PREFIX):
                     reading.set()
                     await answer.wait()             # the store under a mass reconnect
-                return await real_get(pk, sk)
+                return await real_query(pk, prefix, **kwargs)
 
-            store.get = slow                        # type: ignore[method-assign]
+            store.query = slow                      # type: ignore[method-assign]
             target = RelayTarget(url=server.url.replace("http", "ws", 1) + "/relay",
                                  action="", greeting=None, attributes={},
                                  parameters={TOKEN_PARAMETER: token})

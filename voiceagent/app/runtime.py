@@ -59,6 +59,7 @@ class CallCounters:
     total: int = 0
     claims: int = 0             # sockets whose setup's call is at its first read (capacity)
     lookups: int = 0            # sockets whose setup's call is being looked up at all (drain)
+    matched: int = 0            # of those, whose token matched its session (task protection)
     reports: list[CallReport] = field(default_factory=list)   # the last few, for tests/metrics
     live: list[CallReport] = field(default_factory=list)      # calls in progress
     keep: int = 100
@@ -96,11 +97,23 @@ class CallCounters:
         its session may be on its way from another process, and the call start then."""
         self.claims -= 1
 
-    def claim_done(self, *, at_first_read: bool = True) -> None:
+    def token_matched(self) -> None:
+        """Its setup's token is its call's session's: it claims the call, unless a socket
+        racing it with the same token claims it first. Task protection counts it from here,
+        not from ``claim_started``: a captured signed upgrade replayed with a spent token, or
+        a CallSid nobody prepared, is looked up for ~1.5 s before it is refused, and anyone
+        can send one every few seconds (the upgrade's signature covers only the URL), which
+        kept an idle task protected, and every deployment and scale-in off it."""
+        self.matched += 1
+        self._announce()
+
+    def claim_done(self, *, at_first_read: bool = True, matched: bool = False) -> None:
         """Its lookup is over: a call (``started`` follows at once) or refused.
-        ``at_first_read``: not ``looked_up_again``, so still counted for capacity."""
+        ``at_first_read``: not ``looked_up_again``, so still counted for capacity;
+        ``matched``: counted in ``token_matched``."""
         self.claims -= at_first_read
         self.lookups -= 1
+        self.matched -= matched
         self._idle_unless_busy()
         self._announce()
 
@@ -125,8 +138,8 @@ class CallCounters:
                 log.exception("call report hook failed")
 
     async def wait_changed(self) -> None:
-        """Until a call, or a socket's lookup of its call, starts or ends (task protection
-        follows the count)."""
+        """Until a call, or a socket's lookup of its call, starts or ends, or a lookup finds
+        its token matched (task protection follows the count)."""
         await self._changed.wait()
 
     def _announce(self) -> None:

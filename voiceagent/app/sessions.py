@@ -184,15 +184,19 @@ class Sessions:
         return False
 
     async def resolve(self, setup: Setup, *,
-                      on_retry: Callable[[], None] | None = None) -> CallPlan:
+                      on_retry: Callable[[], None] | None = None,
+                      on_match: Callable[[], None] | None = None) -> CallPlan:
         """The plan for a socket that sent ``setup``, which claims the call (see the module
         docstring); ``CallRejected`` for anything but the one unused token of a known call.
         The caller must ``release`` the call when its socket ends. ``on_retry``: called once
-        if the call was not in the store at the first read and is looked up again."""
+        if the call was not in the store at the first read and is looked up again;
+        ``on_match``: once its token is found to be the session's, unspent (before the
+        saved history and the claim: task protection counts it from there)."""
         with self._spent.looking_up(setup.call_sid):
-            return await self._resolve(setup, on_retry)
+            return await self._resolve(setup, on_retry, on_match)
 
-    async def _resolve(self, setup: Setup, on_retry: Callable[[], None] | None) -> CallPlan:
+    async def _resolve(self, setup: Setup, on_retry: Callable[[], None] | None,
+                       on_match: Callable[[], None] | None) -> CallPlan:
         call_sid = setup.call_sid
         token = setup.custom_parameters.get(TOKEN_PARAMETER, "")
         if not token:
@@ -211,6 +215,8 @@ class Sessions:
         if not matches(session, token):
             # a wrong token consumes nothing: the right socket may still come
             raise CallRejected("session token does not match the call's signed request")
+        if on_match is not None:
+            on_match()
         saved = (saved_history(await self._store.query(call_sid, records.CHAT_PREFIX))
                  if resumes else SavedHistory((), (), 0, 0))
         use_case = await self._catalog.use_case(session.use_case)

@@ -41,6 +41,7 @@ class SocketStanding:
         self._socket_closed = False
         self._looking = False                   # in runtime.calls.lookups
         self._counted = False                   # in runtime.calls.claims (its first read)
+        self._matched = False                   # in runtime.calls.matched
         self._enter_waiting()
 
     def _enter_waiting(self) -> None:
@@ -77,7 +78,8 @@ class SocketStanding:
         self._looking = self._counted = True
         try:
             with trio.CancelScope() as self._resolving:
-                plan = await runtime.sessions.resolve(setup, on_retry=self._looked_up_again)
+                plan = await runtime.sessions.resolve(setup, on_retry=self._looked_up_again,
+                                                      on_match=self._token_matched)
         except (StoreError, UnknownUseCase, ConfigError) as err:
             raise CallUnavailable(f"{type(err).__name__}: {err}") from err
         finally:                        # refused too: out of the budget, no scope to cancel
@@ -99,11 +101,16 @@ class SocketStanding:
             self._runtime.calls.looked_up_again()
         self._enter_waiting()
 
+    def _token_matched(self) -> None:
+        if self._looking and not self._matched:
+            self._matched = True
+            self._runtime.calls.token_matched()
+
     def _lookup_over(self) -> None:
         if self._looking:
             self._looking = False
-            self._runtime.calls.claim_done(at_first_read=self._counted)
-            self._counted = False
+            self._runtime.calls.claim_done(at_first_read=self._counted, matched=self._matched)
+            self._counted = self._matched = False
 
     def socket_closed(self) -> None:
         """Its socket closed (the peer left, a send failed, or we closed it): a reconnect

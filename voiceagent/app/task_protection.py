@@ -1,5 +1,5 @@
-"""ECS task scale-in protection, held while this process has live calls (or sockets whose
-call is being looked up) or unsaved writes.
+"""ECS task scale-in protection, held while this process has live calls (or sockets claiming
+theirs with a token that matched) or unsaved writes.
 
 A stopping ECS task loses its calls, and the writes its write-behind queue has not got into
 the store yet (a store outage or throttling keeps them there; a stopping task gets only
@@ -48,15 +48,17 @@ class Agent(Protocol):
 
 class Busy(Protocol):
     """What the holder watches: the process's live calls (``CallCounters``), and the
-    sockets whose call is being looked up: each becomes a call a moment later (a mass
-    reconnect on a slow store: seconds), so a task being claimed is as busy as one whose
-    calls have started, as it is for capacity and for the drain."""
+    sockets claiming a call, their token found to match its session: each becomes a call a
+    moment later (its saved history and the claim's conditional write to go: seconds on a
+    store slowed by a mass reconnect), so a task being claimed is as busy as one whose
+    calls have started. A socket whose lookup has not found its session yet does not count
+    (``CallCounters.token_matched`` says why): the one read of it is left unprotected."""
 
     @property
     def active(self) -> int: ...
 
     @property
-    def lookups(self) -> int: ...
+    def matched(self) -> int: ...
 
     async def wait_changed(self) -> None: ...
 
@@ -167,7 +169,7 @@ async def hold_while_busy(calls: Busy, writes: Unsaved, agent: Agent, policy: Po
 
 def _calls(calls: Busy) -> int:
     """The calls live and those being claimed (``Busy``)."""
-    return calls.active + calls.lookups
+    return calls.active + calls.matched
 
 
 def _busy(active: int, pending: int) -> bool:
