@@ -303,6 +303,7 @@ class _Observed:
     draining: bool = False
     llm: Any = None
     registry: ToolRegistry = field(default_factory=default_registry)
+    connections: None = None                # no server around it
 
 
 async def test_emf_counts_write_failures_once_and_model_errors_per_turn(

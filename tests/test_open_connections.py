@@ -7,6 +7,7 @@ make the cap 1 + 10 + 1 + 64 = 76 connections."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.serve_process import serve_process
 from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
 from tests.test_edge_attacks import raw_answer
+from tests.test_metrics import _capture_emf
 from tests.test_session_binding import signed_socket
 from voiceagent.app import server as server_module
 from voiceagent.app.caller import open_call
@@ -183,8 +185,11 @@ async def test_with_nothing_to_close_a_new_connection_is_answered_503_at_once(
                 open_call(server.url, auth_token=AUTH_TOKEN) as call:
             await call.say("what are your hours?")
             assert (await call.read_reply()).text.startswith("We are open")
+            stream = _capture_emf(server.runtime)
             async with signed_socket(server), signed_socket(server), signed_socket(server):
                 assert _sampled(server)[("voiceagent_open_connections", "")] == 4
+                assert server.runtime.metrics is not None
+                server.runtime.metrics.emit_active_calls()       # none refused yet
                 started = trio.current_time()
                 answer = await raw_answer(server.url,
                                           b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -194,10 +199,15 @@ async def test_with_nothing_to_close_a_new_connection_is_answered_503_at_once(
                 figures = _sampled(server)
                 assert figures[("voiceagent_connections_over_cap_total", "refused")] == 1
                 assert figures[("voiceagent_open_connections_limit", "")] == 4
+                server.runtime.metrics.emit_active_calls()
+                server.runtime.metrics.emit_active_calls()       # counted in one line only
                 await call.say("what are your hours?")
                 assert (await call.read_reply()).text.startswith("We are open")
             await call.hang_up()
             await server.runtime.calls.wait_idle()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(d["OpenConnections"], d["ConnectionsRefused"]) for d in lines
+            if "ActiveCalls" in d] == [(4, 0), (4, 1), (4, 0)]
     logged = [r for r in records if r.getMessage() == REFUSED]
     assert len(logged) == 1
     assert logged[0].levelno == logging.WARNING

@@ -17,8 +17,9 @@ arrive three ways:
 
 With ``METRICS_EMF`` on, every turn also prints one EMF JSON line on stdout (CloudWatch Logs
 turns it into metrics), and ``run_emf`` prints ``ActiveCalls``, ``StoreWriteFailures``,
-``StoreWriteLag`` (how long the oldest write not yet in the store has waited) and
-``BadSignatures`` (requests refused for their signature since the last line)
+``StoreWriteLag`` (how long the oldest write not yet in the store has waited),
+``BadSignatures`` (requests refused for their signature since the last line),
+``OpenConnections`` and ``ConnectionsRefused`` (answered 503 at the cap since the last line)
 every 10 s: the metrics the SAM template's autoscaling policy and alarms read (namespace
 ``METRICS_NAMESPACE``, dimension ``ServiceName`` = ``METRICS_SERVICE_NAME``). A turn that
 ended on a model error adds ``ModelErrors`` to its line.
@@ -93,6 +94,7 @@ class Metrics:
         self._emf_stream = emf_stream
         self._failed_reported = 0            # write-behind failures already in an EMF line
         self._bad_signatures = 0             # since the last EMF line
+        self._refused_reported = 0           # connections refused at the cap, in a line
         self._tool_names = frozenset(runtime.registry.names())
         self.registry = CollectorRegistry()
         r = self.registry
@@ -293,16 +295,23 @@ class Metrics:
         ``store_down`` flag does not (a throttled store fails every other batch, and the
         flag is 0 at each success), nor does the backlog's size (it grows with the calls)."""
         writer = self.runtime.writer.statistics()
+        connections = self.runtime.connections
+        refused = connections.over_cap["refused"] if connections is not None else 0
         self._emit([{"Name": "ActiveCalls", "Unit": "Count"},
                     {"Name": "StoreWriteFailures", "Unit": "Count"},
                     {"Name": "StoreWriteLag", "Unit": "Seconds"},
-                    {"Name": "BadSignatures", "Unit": "Count"}],
+                    {"Name": "BadSignatures", "Unit": "Count"},
+                    {"Name": "OpenConnections", "Unit": "Count"},
+                    {"Name": "ConnectionsRefused", "Unit": "Count"}],
                    {"ActiveCalls": self.runtime.calls.active,
                     "StoreWriteFailures": writer.failed - self._failed_reported,
                     "StoreWriteLag": round(writer.oldest_pending_age_s, 1),
-                    "BadSignatures": self._bad_signatures})
+                    "BadSignatures": self._bad_signatures,
+                    "OpenConnections": connections.open if connections is not None else 0,
+                    "ConnectionsRefused": refused - self._refused_reported})
         self._failed_reported = writer.failed
         self._bad_signatures = 0
+        self._refused_reported = refused
 
     def _emit(self, metrics: list[dict[str, str]], values: Mapping[str, Any]) -> None:
         names = {m["Name"] for m in metrics}
@@ -330,4 +339,5 @@ def _is_metric_name(key: str) -> bool:
     return key in {"TurnLatency", "ModelFirstToken", "RelayOverhead", "Turns", "BargeIns",
                    "ModelErrors", "ActiveCalls", "StoreWriteFailures", "StoreWriteLag",
                    "Reconnects", "ReconnectsPartial", "ReconnectsRefused", "CallsRefused",
-                   "Handoffs", "HandoffsFailed", "BadSignatures"}
+                   "Handoffs", "HandoffsFailed", "BadSignatures", "OpenConnections",
+                   "ConnectionsRefused"}
