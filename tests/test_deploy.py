@@ -740,7 +740,7 @@ def test_alarms_notify_a_topic_that_cloudwatch_can_publish_to() -> None:
 
     alarms = [r["Properties"] for r in resources.values()
               if r["Type"] == "AWS::CloudWatch::Alarm"]
-    assert len(alarms) == 11
+    assert len(alarms) == 12
     resolver = Resolver(template, TEST_PARAMETERS)
     for alarm in alarms:
         name = resolver.resolve(alarm["AlarmName"])
@@ -795,6 +795,7 @@ def test_alarm_conditions() -> None:
             ("ModelErrors", "Sum", {"Ref": "AlarmModelErrorsPerFiveMinutes"}),
             ("CallsRefused", "Sum", {"Ref": "AlarmCallsRefusedPerFiveMinutes"}),
             ("BadSignatures", "Sum", {"Ref": "AlarmBadSignaturesPerFiveMinutes"}),
+            ("ConnectionsRefused", "Sum", {"Ref": "AlarmConnectionsRefusedPerFiveMinutes"}),
             ("StoreWriteFailures", "Sum", 0)):
         alarm = alarms[name]
         assert alarm["Namespace"] == {"Ref": "MetricNamespace"}
@@ -807,6 +808,8 @@ def test_alarm_conditions() -> None:
     assert parameters["AlarmCallsRefusedPerFiveMinutes"]["Default"] == 0     # any caller
     # any refused Twilio request: when they are Twilio's, nothing else sees every call fail
     assert parameters["AlarmBadSignaturesPerFiveMinutes"]["Default"] == 0
+    # the cap leaves room for MAX_CALLS calls and their webhooks: any refusal is a call failing
+    assert parameters["AlarmConnectionsRefusedPerFiveMinutes"]["Default"] == 0
 
     # a store outage: writes are retried, never dropped, so StoreWriteFailures stays 0; the
     # oldest pending write's age (a point every 10 s) over the threshold for two minutes
@@ -855,7 +858,7 @@ def test_every_custom_metric_the_template_reads_is_one_the_app_emits() -> None:
         "AWS::CloudWatch::Alarm", "AWS::ApplicationAutoScaling::ScalingPolicy")])
     assert set(map(json.dumps, names)) == set(map(json.dumps, [
         "ModelErrors", "CallsRefused", "StoreWriteFailures", "StoreWriteLag", "TurnLatency",
-        "ActiveCalls", "BadSignatures"]))
+        "ActiveCalls", "BadSignatures", "ConnectionsRefused"]))
     for name in names:
         assert app_metrics._is_metric_name(name), name
 
