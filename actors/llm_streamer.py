@@ -214,6 +214,7 @@ def _plan(ctx: CallContext, command: UserSaid | KeyPressed) -> turn.TurnPlan | N
         # again): some models refuse a toolUse id used before
         tool = ToolCall(f"dtmf_{secrets.token_hex(6)}_{handler.tool}"[:64], handler.tool,
                         handler.input)
-    return turn.TurnPlan(say_first=handler.reply, tool_first=tool,
+    # its reply in the language spoken now (a ``languages`` entry's ``dtmf_replies``)
+    return turn.TurnPlan(say_first=ctx.lines.dtmf_reply(command.digits), tool_first=tool,
                          use_model=handler.to_model or tool is not None,
                          say_first_flags=ReplyFlags(handler.interruptible, handler.preemptible))

@@ -65,7 +65,8 @@ async def model_round(ctx: CallContext, speaker: Speaker, hold_line: str | None 
         system=system,
         messages=ctx.history.for_request(),
         tools=ctx.use_case.tool_specs(), inference=ctx.use_case.inference.to_config(),
-        options=ctx.use_case.model_options.to_options())
+        options=ctx.use_case.model_options.to_options(),
+        language=ctx.relay.language.tts if ctx.relay is not None else None)
     received = _Received()
     failed = False
     try:

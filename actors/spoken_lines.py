@@ -1,8 +1,9 @@
-"""The words a call says for voiceagent itself, in the language Twilio speaks when it says
-them: voiceagent's own lines (``lines``), the use case's ``hold_line`` and its tools'
-fillers. Each is that language's ``languages`` entry's, else the use case's top-level one
-(``lines``, ``hold_line``, a tool's ``filler``), else the default: English for the lines,
-silence for the others (``voiceagent.usecase_lines``).
+"""The fixed words a call says, in the language Twilio speaks when it says them: voiceagent's
+own lines (``lines``), the use case's ``hold_line``, its tools' fillers, its handoff's
+message, its scripted fallback and its keys' replies. Each is that language's ``languages``
+entry's, else the use case's own (``lines``, ``hold_line``, a tool's ``filler``,
+``handoff.message``, ``scripted.fallback``, a handler's ``reply``), else the default:
+English for the lines, silence for the hold line and fillers (``voiceagent.usecase_lines``).
 
 Every one of them is looked up here, when it is said: a tool's switchLanguage or the
 automatic switch moves ``SessionLanguage``, and the next line follows it. The tables are
@@ -17,10 +18,13 @@ from types import MappingProxyType
 
 from actors.session_language import SessionLanguage
 from voiceagent.usecase_lines import DEFAULT_LINES
-from voiceagent.usecases import LanguageEntry, UseCase
+from voiceagent.usecase_relay import WORDS
+from voiceagent.usecases import HandoffConfig, LanguageEntry, ScriptedConfig, UseCase
 
 _DEFAULTS: Mapping[str, str] = MappingProxyType(DEFAULT_LINES)
 _NONE: Mapping[str, str] = MappingProxyType({})
+HANDOFF_MESSAGE: str = HandoffConfig.model_fields["message"].default
+SCRIPTED_FALLBACK: str = ScriptedConfig.model_fields["fallback"].default
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,12 +32,20 @@ class _Words:
     lines: Mapping[str, str]        # every name of ``usecase_lines.LINES``
     hold_line: str | None
     fillers: Mapping[str, str]      # tool name -> its filler
+    handoff_message: str
+    scripted_fallback: str
+    dtmf_replies: Mapping[str, str]     # keys -> the reply of their handler
+    code: str | None = None         # the entry these are for (None: every language)
 
     def under(self, entry: LanguageEntry) -> _Words:
         """These, with what ``entry`` says in their place."""
         return _Words({**self.lines, **entry.lines.given()} if entry.lines else self.lines,
                       entry.hold_line or self.hold_line,
-                      {**self.fillers, **entry.fillers} if entry.fillers else self.fillers)
+                      {**self.fillers, **entry.fillers} if entry.fillers else self.fillers,
+                      entry.handoff_message or self.handoff_message,
+                      entry.scripted_fallback or self.scripted_fallback,
+                      {**self.dtmf_replies, **entry.dtmf_replies} if entry.dtmf_replies
+                      else self.dtmf_replies, entry.code)
 
 
 class SpokenLines:
@@ -45,14 +57,18 @@ class SpokenLines:
         self.language = language
         self.by_code: dict[str, _Words] = {}
         if use_case is None:
-            self.everywhere = _Words(_DEFAULTS, None, _NONE)
+            self.everywhere = _Words(_DEFAULTS, None, _NONE, HANDOFF_MESSAGE,
+                                     SCRIPTED_FALLBACK, _NONE)
             return
         top = use_case.lines.given() if use_case.lines else {}
         self.everywhere = _Words({**DEFAULT_LINES, **top} if top else _DEFAULTS,
                                  use_case.hold_line,
-                                 {t.name: t.filler for t in use_case.tools if t.filler})
+                                 {t.name: t.filler for t in use_case.tools if t.filler},
+                                 use_case.handoff.message, use_case.scripted.fallback,
+                                 {keys: h.reply for keys, h in use_case.dtmf.handlers.items()
+                                  if h.reply is not None})
         entries = use_case.languages
-        if not any(e.lines or e.hold_line or e.fillers for e in entries):
+        if not any(getattr(e, key) for e in entries for key in WORDS):
             return                      # the same words in every language
         for entry in entries:
             words = self.everywhere.under(entry)
@@ -71,6 +87,16 @@ class SpokenLines:
 
     def filler(self, tool: str) -> str | None:
         return self._now().fillers.get(tool)
+
+    def dtmf_reply(self, keys: str) -> str | None:
+        """The reply of the handler of ``keys`` (None: it has none)."""
+        return self._now().dtmf_replies.get(keys)
+
+    def handoff_message(self) -> str:
+        return self._now().handoff_message
+
+    def scripted_fallback(self) -> str:
+        return self._now().scripted_fallback
 
     def _now(self) -> _Words:
         if self.by_code and self.language is not None:

@@ -1,5 +1,6 @@
 """The words voiceagent itself says in a call (apologies, the re-prompt, its goodbyes), and a
-use case's own words for them, per language.
+use case's own words for them, per language; and the check of a ``languages`` entry's words
+for the texts a use case says elsewhere (``SAID_INSTEAD``).
 
 The defaults are English. A use case that speaks Spanish had its caller hear "Are you still
 there?" read by a Spanish voice: ``lines`` at the use case's top level gives its words for
@@ -30,6 +31,9 @@ MAX_FILLER_CHARS = 100
 # a spoken line stands in for the answer, or ends the call: a sentence or two. The English
 # ones are under 100 characters; other languages say the same in up to half as many more.
 MAX_LINE_CHARS = 150
+# a use case's own fixed text (its handoff's message, a key's reply) in another language: the
+# English one may run to a few sentences (the restaurant's hours, 170 characters)
+MAX_SAID_INSTEAD_CHARS = 300
 
 # name -> (the English default, when it is said): the names a ``lines`` mapping may use
 LINES: dict[str, tuple[str, str]] = {
@@ -86,6 +90,39 @@ def filler_ok(value: str | None, at: tuple[str | int, ...] = ()) -> str | None:
 def hold_line_ok(value: str | None) -> str | None:
     return one_short_line(value, "hold_line", "said while the model is slow to begin",
                           "One moment, please.")
+
+
+# a ``languages`` entry's key for a text the use case says elsewhere -> (what it stands in
+# for, when it is said, an example)
+SAID_INSTEAD: dict[str, tuple[str, str, str]] = {
+    "handoff_message": ("handoff.message", "said before the transfer",
+                        "Le paso con una persona de nuestro equipo."),
+    "scripted_fallback": ("scripted.fallback", "said when no scripted rule matches",
+                          "Perdone, no le he entendido."),
+    "dtmf_replies": ("a dtmf.handlers entry's reply", "said when its keys are pressed",
+                     "Abrimos a las once."),
+}
+
+
+def said_instead_ok(key: str, value: Any) -> Any:
+    """A ``languages`` entry's words for a text the use case says elsewhere (the handoff's
+    message, the scripted fallback, keys' replies, by their keys): checked as a spoken line
+    is, to a longer limit, since the use case's own may be a few sentences."""
+    _, when, example = SAID_INSTEAD[key]
+
+    def checked(text: str, at: tuple[str | int, ...] = ()) -> str:
+        return str(one_short_line(text, key, when, example, limit=MAX_SAID_INSTEAD_CHARS,
+                                  why="it stands in for an answer, or ends the call",
+                                  unset="the use case's own", at=at))
+
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return checked(value)
+    if not value:
+        raise key_problem((), f"{key} needs at least one key (leave it out for the "
+                          "handlers' own replies)")
+    return {keys: checked(text, (keys,)) for keys, text in value.items()}
 
 
 class SpokenLines(Strict):

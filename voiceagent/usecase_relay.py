@@ -34,7 +34,7 @@ from voiceagent.relay_values import ANY_NONE_ATTRIBUTES, not_served, value_probl
 from voiceagent.usecase_base import KEY_PROBLEM as KEY_PROBLEM
 from voiceagent.usecase_base import Strict as Strict
 from voiceagent.usecase_base import key_problem as key_problem
-from voiceagent.usecase_lines import SpokenLines, filler_ok, hold_line_ok
+from voiceagent.usecase_lines import SpokenLines, filler_ok, hold_line_ok, said_instead_ok
 
 RELAY_EXTRA_NAME = re.compile(r"^[a-z][A-Za-z0-9]*$")
 
@@ -67,7 +67,9 @@ LANGUAGE_SOURCE = ("attributes the installed twilio package's ConversationRelay 
 # A backup is "the backup provider, voice, and model for each language" (Twilio, Provider
 # failover for Conversation Relay): nothing else of a <Language> goes inside <Failover>.
 # the keys of a ``languages`` entry that are not <Language> attributes
-NOT_ATTRIBUTES = ("failover", "lines", "hold_line", "fillers")
+# said while the language is spoken, not TwiML (``usecase_lines``)
+WORDS = ("lines", "hold_line", "fillers", "handoff_message", "scripted_fallback", "dtmf_replies")
+NOT_ATTRIBUTES = ("failover", *WORDS)
 FAILOVER_ATTRIBUTES = frozenset({"ttsProvider", "voice", "transcriptionProvider", "speechModel"})
 FAILOVER_SOURCE = ("backup provider, voice and model attributes Twilio documents for "
                    "<Failover> (ttsProvider, voice, transcriptionProvider, speechModel)")
@@ -222,11 +224,14 @@ class LanguageEntry(BaseModel):
 
     code: str = Field(min_length=1)
     failover: Attributes | None = None
-    # said while this language is spoken (not TwiML): voiceagent's own lines, the use case's
-    # hold_line and its tools' fillers (by tool name), each in place of the use case's own
+    # said while this language is spoken (not TwiML), each in place of the use case's own:
+    # see ``usecase_lines`` (fillers by tool name, dtmf_replies by keys)
     lines: SpokenLines | None = None
     hold_line: str | None = None
     fillers: dict[str, str] | None = None
+    handoff_message: str | None = None
+    scripted_fallback: str | None = None
+    dtmf_replies: dict[str, str] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -272,13 +277,17 @@ class LanguageEntry(BaseModel):
                              "own fillers)")
         return {name: str(filler_ok(text, (name,))) for name, text in value.items()}
 
+    @field_validator("handoff_message", "scripted_fallback", "dtmf_replies")
+    @classmethod
+    def _said_instead_ok(cls, value: Any, info: ValidationInfo) -> Any:
+        return said_instead_ok(str(info.field_name), value)
+
     @model_serializer(mode="wrap")
     def _without_unset_lines(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """No ``lines``, ``hold_line`` or ``fillers`` key when unset: a release from before
-        them refuses an entry with a key it does not know, and with it the whole stored use
-        case."""
+        """No key of ``WORDS`` when unset: a release from before them refuses an entry with
+        a key it does not know, and with it the whole stored use case."""
         data: dict[str, Any] = handler(self)
-        for key in ("lines", "hold_line", "fillers"):
+        for key in WORDS:
             if getattr(self, key) is None:
                 data.pop(key, None)
         return data

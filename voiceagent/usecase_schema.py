@@ -274,6 +274,13 @@ class UseCase(Strict):
                     raise key_problem(("languages", i, "fillers", name),
                                        f"tool {name!r} is not declared in this use case's "
                                        f"tools; declared: {sorted(declared)}")
+        replied = sorted(keys for keys, h in self.dtmf.handlers.items() if h.reply is not None)
+        for i, entry in enumerate(self.languages):
+            for keys in entry.dtmf_replies or {}:
+                if keys not in replied:
+                    raise key_problem(("languages", i, "dtmf_replies", keys),
+                                       f"keys {keys!r} have no handler with a reply in this "
+                                       f"use case's dtmf.handlers; with a reply: {replied}")
         for i, rule in enumerate(self.relay_updates):
             if rule.when.tool is not None and rule.when.tool not in declared:
                 raise key_problem(("relay_updates", i, "when", "tool"),

@@ -36,7 +36,7 @@ from voiceagent.store.base import Store
 from voiceagent.store.write_behind import WriteBehind
 from voiceagent.tools.plugins import build_registry
 from voiceagent.tools.registry import ToolRegistry
-from voiceagent.usecases import ScriptedConfig
+from voiceagent.usecases import UseCase
 
 if TYPE_CHECKING:
     from voiceagent.app.open_connections import OpenConnections
@@ -368,11 +368,11 @@ async def open_store(settings: Settings, *, aws: StartupSession | None = None,
 async def _open_llm(settings: Settings, catalog: Catalog, *,
                     aws: StartupSession | None = None) -> AsyncIterator[LLM]:
     if settings.llm == "scripted":
-        async def current(name: str) -> ScriptedConfig:
-            return (await catalog.use_case(name)).scripted
+        async def current(name: str) -> UseCase:
+            return await catalog.use_case(name)
 
         yield ScriptedLLM(
-            {uc.name: uc.scripted for uc in await catalog.all_use_cases()},
+            {uc.name: uc for uc in await catalog.all_use_cases()},
             first_token_delay_s=settings.scripted_first_token_delay_ms / 1000,
             token_delay_s=settings.scripted_token_delay_ms / 1000, current=current)
         return

@@ -52,6 +52,9 @@ class LLMRequest:
     tools: tuple[Mapping[str, Any], ...] = ()   # Bedrock toolSpec objects
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     options: ModelOptions = field(default_factory=ModelOptions)
+    # the language Twilio speaks now (None: the relay's own): Bedrock reads it in ``system``'s
+    # note; the offline model answers its fallback in it
+    language: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

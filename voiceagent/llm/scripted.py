@@ -62,10 +62,16 @@ class ScriptedReply:
 
 @dataclass(frozen=True, slots=True)
 class _Script:
+    source: ScriptedConfig | UseCase
     config: ScriptedConfig
     patterns: tuple[re.Pattern[str], ...]
     first_token_delay_s: float
     token_delay_s: float
+
+    def fallback(self, language: str | None) -> str:
+        """In ``language`` (Twilio's now): its entry's ``scripted_fallback``, else the own."""
+        entry = isinstance(self.source, UseCase) and self.source.language_for(language or "")
+        return (entry and entry.scripted_fallback) or self.config.fallback
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +85,15 @@ class ScriptedLLM:
 
     name = "scripted"
 
-    def __init__(self, scripts: Mapping[str, ScriptedConfig], *,
+    def __init__(self, scripts: Mapping[str, ScriptedConfig | UseCase], *,
                  first_token_delay_s: float = DEFAULT_FIRST_TOKEN_DELAY_S,
                  token_delay_s: float = DEFAULT_TOKEN_DELAY_S, strict: bool = True,
-                 current: Callable[[str], Awaitable[ScriptedConfig]] | None = None) -> None:
-        """``current``: the use case's rules as they stand now (the server's catalog, which
-        a ``config load`` updates within its cache's minute); a failure keeps the ones
-        held. Without it the rules are the ones given here, for the process's life."""
+                 current: Callable[[str], Awaitable[ScriptedConfig | UseCase]] | None = None
+                 ) -> None:
+        """``scripts``: each use case, or its ``scripted`` section (no ``languages``).
+        ``current``: the same as they stand now (the server's catalog, which a ``config
+        load`` updates within its cache's minute); a failure keeps the ones held. Without it
+        the rules are the ones given here, for the process's life."""
         self._first_token_delay_s = first_token_delay_s
         self._token_delay_s = token_delay_s
         self._strict = strict
@@ -100,28 +108,29 @@ class ScriptedLLM:
                        first_token_delay_s: float = DEFAULT_FIRST_TOKEN_DELAY_S,
                        token_delay_s: float = DEFAULT_TOKEN_DELAY_S,
                        strict: bool = True) -> ScriptedLLM:
-        return cls({uc.name: uc.scripted for uc in use_cases},
+        return cls({uc.name: uc for uc in use_cases},
                    first_token_delay_s=first_token_delay_s, token_delay_s=token_delay_s,
                    strict=strict)
 
-    def _prepare(self, config: ScriptedConfig) -> _Script:
+    def _prepare(self, source: ScriptedConfig | UseCase) -> _Script:
+        config = source.scripted if isinstance(source, UseCase) else source
         first, gap = config.first_token_delay_ms, config.token_delay_ms
         return _Script(
-            config, tuple(re.compile(rule.match, re.IGNORECASE) for rule in config.rules),
+            source, config, tuple(re.compile(rule.match, re.IGNORECASE) for rule in config.rules),
             self._first_token_delay_s if first is None else first / 1000,
             self._token_delay_s if gap is None else gap / 1000)
 
-    async def _refresh(self, current: Callable[[str], Awaitable[ScriptedConfig]],
+    async def _refresh(self, current: Callable[[str], Awaitable[ScriptedConfig | UseCase]],
                        name: str) -> None:
         try:
-            config = await current(name)
+            source = await current(name)
         except Exception as err:        # unknown, unusable or unreadable: keep what is held
             log.debug("scripted rules not refreshed", extra={"use_case": name,
                                                              "error": type(err).__name__})
             return
         held = self._scripts.get(name)
-        if held is None or (held.config is not config and held.config != config):
-            self._scripts[name] = self._prepare(config)
+        if held is None or (held.source is not source and held.source != source):
+            self._scripts[name] = self._prepare(source)
 
     def statistics(self) -> ScriptedStatistics:
         return ScriptedStatistics(self._opened, self._open)
@@ -228,7 +237,7 @@ class _Paced(trio.abc.ReceiveChannel[LLMEvent]):
 
 def _plan(script: _Script, request: LLMRequest) -> _Plan:
     messages = request.messages
-    fallback = _Plan(script.config.fallback)
+    fallback = _Plan(script.fallback(request.language))
     last = messages[-1] if messages else None
     if last is None or last.get("role") != "user" or not last.get("content"):
         return fallback
@@ -238,7 +247,7 @@ def _plan(script: _Script, request: LLMRequest) -> _Plan:
         return _answer(script, words, request)
     results = [b["toolResult"] for b in blocks if isinstance(b.get("toolResult"), dict)]
     if results:
-        return _Plan(_after_tool(script.config, messages, results))
+        return _Plan(_after_tool(script, messages, results, request.language))
     return fallback
 
 
@@ -250,23 +259,24 @@ def _answer(script: _Script, words: str, request: LLMRequest) -> _Plan:
             continue
         if rule.tool is None:
             log.debug("scripted rule matched", extra={"rule": index, "kind": "reply"})
-            return _Plan(rule.reply or script.config.fallback)
+            return _Plan(rule.reply or script.fallback(request.language))
         if rule.tool.name not in offered:       # a model cannot call a tool it was not given
             continue
         log.debug("scripted rule matched", extra={"rule": index, "kind": "tool"})
         use_id = f"tooluse_{_count_tool_uses(request.messages) + 1}"
         return _Plan((rule.reply or "").strip(),
                      ToolUseRequest(use_id, rule.tool.name, copy.deepcopy(rule.tool.input)))
-    return _Plan(script.config.fallback)
+    return _Plan(script.fallback(request.language))
 
 
-def _after_tool(config: ScriptedConfig, messages: Sequence[Message],
-                results: list[dict[str, Any]]) -> str:
+def _after_tool(script: _Script, messages: Sequence[Message],
+                results: list[dict[str, Any]], language: str | None) -> str:
+    config = script.config
     previous = messages[-2] if len(messages) >= 2 else {}
     uses = [b["toolUse"] for b in previous.get("content", ())
             if previous.get("role") == "assistant" and isinstance(b.get("toolUse"), dict)]
     if not uses:
-        return config.fallback
+        return script.fallback(language)
     use = uses[-1]
     result = next((r for r in results if r.get("toolUseId") == use.get("toolUseId")),
                   results[-1])
