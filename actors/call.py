@@ -37,6 +37,7 @@ from actors.relay_socket import RelaySocket
 from actors.relay_writer import WriterStats
 from actors.session_language import SessionLanguage
 from actors.tool_steps import ToolBlocking
+from voiceagent import handoff_language
 from voiceagent.errors import RelayBroken
 from voiceagent.llm.base import LLM, Message
 from voiceagent.logs import call_sid_var
@@ -223,6 +224,7 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
     in_send, in_recv = trio.open_memory_channel[Inbound](INBOUND_BUFFER)
     cmd_send, cmd_recv = trio.open_memory_channel[TurnCommand](0)
     language = SessionLanguage.for_use_case(plan.use_case)    # tools switch it too
+    stamps = handoff_language.needed(plan.use_case)     # the end, for /action's words
     env = tool_executor.ToolEnv(
         call_sid=plan.call_sid, use_case=plan.use_case, registry=services.registry,
         store=services.store, outbound=out_send.clone(), caller=plan.caller,
@@ -255,9 +257,17 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
             if services.relay_ended is not None:
                 services.relay_ended(plan.call_sid, end.handoff_data)
 
+        def stamp_end(end: End) -> End:
+            """The language spoken now and the use case, for ``/action``'s words, when it
+            has its own (``voiceagent.handoff_language``)."""
+            if not stamps:
+                return end
+            return End(handoff_language.stamped(end.handoff_data, language.tts,
+                                                plan.use_case.name))
+
         nursery.start_soon(partial(relay_writer.run, socket=socket, outbound=out_recv,
                                    stats=report.writer, marks=marks, on_end=after_end,
-                                   on_end_taken=end_taken))
+                                   on_end_taken=end_taken, stamp_end=stamp_end))
         nursery.start_soon(partial(llm_streamer.run, commands=cmd_recv, ctx=ctx,
                                    persist=persist))
         policy = interrupt_handler.InputPolicy(

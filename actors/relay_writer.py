@@ -50,11 +50,14 @@ class WriterStats:
 async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoing],
               stats: WriterStats, marks: CutMarks | None = None,
               on_end: Callable[[], None] | None = None,
-              on_end_taken: Callable[[End], None] | None = None) -> None:
+              on_end_taken: Callable[[End], None] | None = None,
+              stamp_end: Callable[[End], End] | None = None) -> None:
     """Returns when every sender closed its end, or when the peer went away. ``on_end``: told
     once ``end`` is on the socket (the supervisor then waits a while for Twilio to close).
     ``on_end_taken``: told as ``end`` is taken, before its send, which may fail: the agent
-    ended the call either way, and a relay session that then fails must not be resumed."""
+    ended the call either way, and a relay session that then fails must not be resumed.
+    ``stamp_end``: the ``end`` sent (and told) in place of the one taken, whoever sent it
+    (the language spoken, for ``/action``: ``voiceagent.handoff_language``)."""
     cycle_open = False
     cycle_turn = 0                      # the turn whose word opened the cycle (CutMarks)
     ended = False
@@ -84,6 +87,8 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
                 if isinstance(message, Text) and message.token and marks is not None:
                     marks.withhold(message.token)   # never sent: never recorded as said
                 continue
+            if isinstance(message, End) and stamp_end is not None:
+                message = stamp_end(message)
             if (isinstance(message, Text) and message.token and marks is not None
                     and marks.speaking_cut):
                 # Checked here, with no await between the check and the send (CutMarks).

@@ -4,6 +4,7 @@ message, its scripted fallback and its keys' replies. Each is that language's ``
 entry's, else the use case's own (``lines``, ``hold_line``, a tool's ``filler``,
 ``handoff.message``, ``scripted.fallback``, a handler's ``reply``), else the default:
 English for the lines, silence for the hold line and fillers (``voiceagent.usecase_lines``).
+``/action`` looks its ``<Say>`` lines up here too, for the language the call last spoke.
 
 Every one of them is looked up here, when it is said: a tool's switchLanguage or the
 automatic switch moves ``SessionLanguage``, and the next line follows it. The tables are
@@ -97,6 +98,11 @@ class SpokenLines:
 
     def scripted_fallback(self) -> str:
         return self._now().scripted_fallback
+
+    def entry_code(self) -> str | None:
+        """The code of the ``languages`` entry whose words are said now (None: the use
+        case's top-level ones, for every language)."""
+        return self._now().code
 
     def _now(self) -> _Words:
         if self.by_code and self.language is not None:

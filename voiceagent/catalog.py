@@ -73,6 +73,13 @@ class Catalog:
         self._stale.succeeded()
         return use_case
 
+    def held(self, name: str) -> UseCase | None:
+        """The use case as this process last read it, however long ago, without reading the
+        store (None: never read here): for words said where a store read would cost more
+        than they are worth (``/action``'s plain goodbye)."""
+        cached = self._cache.get(name)
+        return cached[1] if cached is not None else None
+
     def close(self) -> None:
         """At shutdown: stale lookups counted since the last summary line."""
         self._stale.close()

@@ -69,11 +69,18 @@ def size_problem(use_case: UseCase) -> str | None:
             f"it must be under Twilio's {MAX_TWIML_BYTES}-byte limit for a document")
 
 
-def say_and_hang_up(message: str) -> str:
+def say_and_hang_up(message: str, language: str | None = None) -> str:
+    """``<Say>`` then ``<Hangup>``; ``language``: the text's, for Twilio's voice (None: its
+    default, en-US)."""
     response = VoiceResponse()
-    response.say(_text(message, "message"))
+    _say(response, message, "message", language)
     response.hangup()
     return str(response)
+
+
+def _say(response: VoiceResponse, message: str, where: str, language: str | None) -> None:
+    response.say(_text(message, where),
+                 language=_text(language, "language") if language else None)
 
 
 def empty() -> str:
@@ -126,12 +133,12 @@ def _values(attributes: Mapping[str, Setting], use_case: str) -> dict[str, str]:
 
 
 def enqueue(message: str, *, queue: str | None, workflow_sid: str | None = None,
-            task: str | None = None) -> str:
+            task: str | None = None, language: str | None = None) -> str:
     """``<Say>`` then ``<Enqueue>``: a TaskRouter/Flex workflow (with the handoff data as the
     ``<Task>``) when ``workflow_sid`` is set, else the named queue."""
     response = VoiceResponse()
     if message:
-        response.say(_text(message, "handoff.message"))
+        _say(response, message, "handoff.message", language)
     queue = queue and _text(queue, "handoff.queue")
     if workflow_sid:
         element = response.enqueue(queue, workflow_sid=_text(workflow_sid,
@@ -143,10 +150,10 @@ def enqueue(message: str, *, queue: str | None, workflow_sid: str | None = None,
     return str(response)
 
 
-def dial(message: str, number: str) -> str:
+def dial(message: str, number: str, language: str | None = None) -> str:
     """``<Say>`` then ``<Dial>`` the number (a person's phone or a front desk)."""
     response = VoiceResponse()
     if message:
-        response.say(_text(message, "handoff.message"))
+        _say(response, message, "handoff.message", language)
     response.dial(_text(number, "handoff.number"))
     return str(response)

@@ -1,6 +1,6 @@
-"""The words voiceagent itself says in a call (apologies, the re-prompt, its goodbyes), and a
-use case's own words for them, per language; and the check of a ``languages`` entry's words
-for the texts a use case says elsewhere (``SAID_INSTEAD``).
+"""The words voiceagent itself says in a call (apologies, the re-prompt, its goodbyes, and
+``/action``'s ``<Say>``), and a use case's own words for them, per language; and the check of
+a ``languages`` entry's words for the texts a use case says elsewhere (``SAID_INSTEAD``).
 
 The defaults are English. A use case that speaks Spanish had its caller hear "Are you still
 there?" read by a Spanish voice: ``lines`` at the use case's top level gives its words for
@@ -58,6 +58,12 @@ LINES: dict[str, tuple[str, str]] = {
     "draining_goodbye": ("I'm sorry, we have to end this call now for maintenance. "
                          "Please call back in a minute.",
                          "said before the call ends because the server is stopping"),
+    "goodbye": ("Thank you for calling. Goodbye.",
+                "said by /action when the agent ended the call, or asked for a person and "
+                "the call's session could not be read"),
+    "no_agent": ("Sorry, no one is available to take your call right now. "
+                 "Please call back later.",
+                 "said by /action when a person is asked for and handoff has no target"),
 }
 DEFAULT_LINES: dict[str, str] = {name: text for name, (text, _) in LINES.items()}
 
@@ -137,6 +143,8 @@ class SpokenLines(Strict):
     idle_goodbye: str | None = None
     time_limit_goodbye: str | None = None
     draining_goodbye: str | None = None
+    goodbye: str | None = None
+    no_agent: str | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from quart_trio import QuartTrio
 import voiceagent.store.records as records
 from actors.model_trouble import CANNOT_GO_ON
 from voiceagent import signature, twiml
+from voiceagent.app.action_words import ActionWords
 from voiceagent.app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voiceagent.app.phone_page import PATH as PHONE_PATH
 from voiceagent.app.phone_page import UNSIGNED_ELSEWHERE, PhoneDesk, addressed_here
@@ -41,6 +42,7 @@ from voiceagent.catalog import UnknownUseCase
 from voiceagent.errors import StoreError
 from voiceagent.logs import call_sid_var
 from voiceagent.settings import Settings
+from voiceagent.usecases import UseCase
 
 log = logging.getLogger(__name__)
 
@@ -170,15 +172,20 @@ async def action_webhook(runtime: Runtime) -> Response:
     log.info("relay session ended", extra={"status": status,
                                            "error_code": form.get("ErrorCode", "")})
 
-    def last_words(text: str, outcome: str = "refused_unavailable") -> Response:
+    use_case: UseCase | None = None
+
+    def last_words(outcome: str = "refused_unavailable") -> Response:
         """Any answer but a reconnect ends the call's relay for good: say so in the store,
         so that this signed request, replayed later to any process, renews nothing; for a
-        failed session of a call in progress, count the refused reconnect (alarms)."""
+        failed session of a call in progress, count the refused reconnect (alarms). The
+        apology is the use case's, when it was read, in its first language: a failed
+        session's end carries no word of the one the call last spoke."""
         if call_sid:
             runtime.relay_answers.relay_ended(call_sid)
         if status == "failed" and form.get("CallStatus", "").lower() == "in-progress":
             _count_reconnect(runtime, outcome, call_sid)
-        return Response(twiml.say_and_hang_up(text), mimetype=XML)
+        said = ActionWords(use_case).line("cannot_go_on")
+        return Response(twiml.say_and_hang_up(said.text, said.language), mimetype=XML)
 
     if status == "completed":                # the caller hung up: Twilio ignores the TwiML
         if call_sid:
@@ -202,14 +209,13 @@ async def action_webhook(runtime: Runtime) -> Response:
             # without the session nothing can be resumed or handed off: an apology, not a
             # 500 (Twilio would play its own application error)
             log.error("call session unreadable", extra={"error": str(err)})
-            return last_words(SORRY)
+            return last_words()
         session = records.session_from_item(item) if item is not None else None
         if session is None:
             # said here: the answers below (an apology, a goodbye) cannot tell why
             log.warning("call session not found: it expired (SESSION_TTL_S after the call "
                         "started) or this service did not prepare the call; nothing to "
                         "resume or hand off")
-    use_case = None
     if session is not None:
         try:
             use_case = await runtime.catalog.use_case(session.use_case)
@@ -218,18 +224,18 @@ async def action_webhook(runtime: Runtime) -> Response:
         except StoreError as err:
             # its cache ran out and the store is throttled or unreachable: as above
             log.error("use case unreadable", extra={"error": str(err)[:300]})
-            return last_words(SORRY)
+            return last_words()
     if status == "failed":
         if (form.get("CallStatus", "").lower() != "in-progress" or session is None
                 or use_case is None):
-            return last_words(SORRY)
+            return last_words()
         try:
             reconnects = await runtime.relay_answers.answer_failure(   # by any process
                 call_sid, form.get("SessionId", ""), session.generation)
             if reconnects >= MAX_RECONNECTS:
                 log.warning("reconnect refused: the call's relay session keeps failing",
                             extra={"reconnects": reconnects})
-                return last_words(SORRY, "refused_limit")
+                return last_words("refused_limit")
             renewed, complete = await runtime.sessions.renew(session, deadline=deadline)
         except AgentEnded as err:
             log.warning("reconnect refused: the agent had ended the call; answering its end",
@@ -254,10 +260,10 @@ async def action_webhook(runtime: Runtime) -> Response:
             return Response("this call's session was already renewed", status=409)
         except StoreError as err:
             log.error("relay session marks unreadable", extra={"error": str(err)})
-            return last_words(SORRY)
+            return last_words()
         except SessionBusy:
             log.warning("reconnect refused: the call's socket is still connected")
-            return last_words(SORRY, "refused_busy")
+            return last_words("refused_busy")
         runtime.reconnects.resumed(renewed, complete, deadline, partial(_count_reconnect, runtime))
         ws_url = settings.ws_url or signature.to_ws(_base_url(settings)) + path
         document = twiml.connect_relay(
