@@ -33,6 +33,7 @@ from actors.messages import (
 from actors.relay_socket import RelaySocket
 from actors.turn_slot import CutMarks
 from voiceagent.errors import RelayBroken
+from voiceagent.handoff_data import hands_off
 from voiceagent.relay.protocol import encode
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
                 return
             if isinstance(message, End):
                 stats.ended = True
-                log.info("end sent", extra={"handoff": message.handoff_data is not None})
+                # a goodbye may carry data too (the language stamp): not a handoff
+                log.info("end sent", extra={"handoff": hands_off(message.handoff_data)})
                 if on_end is not None:
                     on_end()

@@ -11,6 +11,7 @@ read by Twilio's en-US voice. Found by review (s22).
 from __future__ import annotations
 
 import json
+import logging
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -190,3 +191,17 @@ async def test_without_words_of_its_own_the_call_and_action_are_as_before(
     assert _says(failed) == [("Say", NO_AGENT, {}), ("Hangup", None, {})]
     assert _says(goodbye) == [("Say", GOODBYE, {}), ("Hangup", None, {})]
     assert heard == [HOURS, FALLBACK]
+
+
+async def test_the_end_sent_line_says_handoff_only_for_a_handoff(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A goodbye's ``end`` carries the language stamp as data of its own: the call's
+    "end sent" line must still say it was no handoff (an operator reads it at 3 a.m.)."""
+    caplog.set_level(logging.INFO, logger="actors.relay_writer")
+    with trio.fail_after(40):
+        async with _server(tmp_path, _use_case()) as agent:
+            goodbye, _ = await _ended(agent, tmp_path, "es-US", "adiós")
+            handoff, _ = await _ended(agent, tmp_path, "es-US", "quiero una persona")
+    assert goodbye["ttsLanguage"] == handoff["ttsLanguage"] == "es-US"
+    assert [getattr(r, "handoff", None) for r in caplog.records
+            if r.getMessage() == "end sent"] == [False, True]

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 from quart import Response
 
-from voiceagent import handoff_language, jsonlimits, twiml
+from voiceagent import handoff_language, twiml
 from voiceagent.app.action_words import ActionWords, Said
 from voiceagent.app.runtime import Runtime
+from voiceagent.handoff_data import asks_for_person, parsed
 from voiceagent.usecase_lines import DEFAULT_LINES
 from voiceagent.usecases import UseCase
 
@@ -26,30 +26,6 @@ log = logging.getLogger(__name__)
 # the English defaults (a use case's ``lines`` give its own, per language)
 GOODBYE = DEFAULT_LINES["goodbye"]
 NO_AGENT = DEFAULT_LINES["no_agent"]
-# A session end hands the call to a person only when its HandoffData says so: the handoff
-# tool's {"handoff": true, ...}, or Twilio's samples' reasonCode "live-agent-handoff". Every
-# other end (the caller was silent, the call's time was up, the server drains, the agent hung
-# up) says goodbye and hangs up.
-HANDOFF_REASON = "live-agent-handoff"
-
-
-def _handoff_data(text: str) -> dict[str, Any]:
-    """``HandoffData`` as sent in our ``end`` frame: a JSON object, else nothing usable."""
-    try:
-        # finite=False: our own end frame's JSON (json.dumps writes NaN), read as written
-        data = jsonlimits.loads(text, finite=False) if text else {}
-    except ValueError:                  # not JSON, or nested too deep: TooDeep
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def hands_off(handoff_data: str) -> bool:
-    """The session's ``end`` asked for a person (else its answer is a goodbye)."""
-    return _asks_for_person(_handoff_data(handoff_data))
-
-
-def _asks_for_person(handoff: dict[str, Any]) -> bool:
-    return handoff.get("handoff") is True or handoff.get("reasonCode") == HANDOFF_REASON
 
 
 def session_over(runtime: Runtime, call_sid: str, handoff_data: str,
@@ -58,14 +34,14 @@ def session_over(runtime: Runtime, call_sid: str, handoff_data: str,
     Said in the language the ``end`` says the call last spoke (``action_words``)."""
     if call_sid:
         runtime.relay_answers.relay_ended(call_sid)
-    handoff = _handoff_data(handoff_data)
+    handoff = parsed(handoff_data)
     speaking = use_case
     if speaking is None and (name := handoff_language.use_case_of(handoff)):
         # no session read (a goodbye needs none) or none to read: the use case the end
         # names, as this process holds it, for its words alone
         speaking = runtime.catalog.held(name)
     words = ActionWords(speaking, handoff_language.spoken_in(handoff))
-    if not _asks_for_person(handoff):
+    if not asks_for_person(handoff):
         return _say_and_hang_up(words.line("goodbye"))
     reason = str(handoff.get("reasonCode", ""))
     if use_case is None:

@@ -28,7 +28,6 @@ from voiceagent.app.phone_page import UNSIGNED_ELSEWHERE, PhoneDesk, addressed_h
 from voiceagent.app.relay_answers import ActionReplayed
 from voiceagent.app.relay_route import relay, relay_path, signed
 from voiceagent.app.runtime import Runtime
-from voiceagent.app.session_end import hands_off
 from voiceagent.app.session_end import session_over as _session_over
 from voiceagent.app.sessions import (
     MAX_RECONNECTS,
@@ -40,6 +39,7 @@ from voiceagent.app.sessions import (
 from voiceagent.app.socket_marks import AgentEnded
 from voiceagent.catalog import UnknownUseCase
 from voiceagent.errors import StoreError
+from voiceagent.handoff_data import hands_off
 from voiceagent.logs import call_sid_var
 from voiceagent.settings import Settings
 from voiceagent.usecases import UseCase
@@ -239,7 +239,7 @@ async def action_webhook(runtime: Runtime) -> Response:
             renewed, complete = await runtime.sessions.renew(session, deadline=deadline)
         except AgentEnded as err:
             log.warning("reconnect refused: the agent had ended the call; answering its end",
-                        extra={"handoff": bool(err.handoff_data)})
+                        extra={"handoff": hands_off(err.handoff_data)})
             _count_reconnect(runtime, "ended_by_agent", call_sid)
             return _session_over(runtime, call_sid, err.handoff_data, use_case)
         except ValueError as err:
