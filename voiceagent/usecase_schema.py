@@ -43,10 +43,13 @@ from voiceagent.usecase_relay import (
     ReplyControls,
     Strict,
     key_problem,
-    regex_ok,
     stored,
     unknown_attribute,
 )
+from voiceagent.usecase_scripted import ScriptedConfig as ScriptedConfig
+from voiceagent.usecase_scripted import ScriptedRule as ScriptedRule
+from voiceagent.usecase_scripted import ScriptedToolStep as ScriptedToolStep
+from voiceagent.usecase_scripted import ThenCase as ThenCase
 from voiceagent.usecase_xml import twiml_text_problem
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -137,42 +140,6 @@ class DtmfConfig(Strict):
         if not stored(info) and (len(value) != 1 or value not in "0123456789*#"):
             raise key_problem((), f"{value!r} is not one key: use one of 0-9, * or #")
         return value
-
-
-class ScriptedToolStep(Strict):
-    name: str
-    input: dict[str, Any] = Field(default_factory=dict)
-
-
-class ScriptedRule(Strict):
-    """Offline model behaviour: a regex over the caller's words -> a streamed reply, or a tool
-    call whose result is spoken with ``then`` (``{field}`` fills from the result object)."""
-
-    match: str
-    reply: str | None = None
-    tool: ScriptedToolStep | None = None
-    then: str | None = None
-
-    @field_validator("match")
-    @classmethod
-    def _regex_ok(cls, value: str) -> str:
-        return regex_ok(value)
-
-    @model_validator(mode="after")
-    def _answers(self, info: ValidationInfo) -> ScriptedRule:
-        if self.tool is None and not stored(info):
-            if self.reply is None:
-                raise key_problem((), "a rule needs reply and/or tool")
-            if self.then is not None:
-                raise key_problem(("then",), "then is said after the tool's result; set tool")
-        return self
-
-
-class ScriptedConfig(Strict):
-    rules: tuple[ScriptedRule, ...] = ()
-    fallback: str = "Sorry, I did not catch that. Could you say it another way?"
-    first_token_delay_ms: int | None = Field(default=None, ge=0, le=10_000)
-    token_delay_ms: int | None = Field(default=None, ge=0, le=2_000)
 
 
 class UseCase(Strict):

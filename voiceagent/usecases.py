@@ -42,6 +42,7 @@ from voiceagent.usecase_schema import (
     ScriptedConfig,
     ScriptedRule,
     ScriptedToolStep,
+    ThenCase,
     ToolDeclaration,
     UseCase,
 )
@@ -51,5 +52,5 @@ __all__ = ["CURRENT_DATE_MARK", "E164", "LANGUAGE_BUILDER_ATTRIBUTES", "MAX_TOOL
            "DtmfConfig", "DtmfHandler", "HandoffConfig", "InferenceSettings", "LanguageEntry",
            "ModelOptionSettings", "Profile", "ProfilesFile", "RelayTrigger", "RelayUpdate",
            "ReplyControls", "ScriptedConfig", "ScriptedRule", "ScriptedToolStep", "Setting",
-           "ToolDeclaration", "UseCase", "caller_context", "load_profiles_file",
+           "ThenCase", "ToolDeclaration", "UseCase", "caller_context", "load_profiles_file",
            "load_use_case_file", "parse_model", "read_yaml", "render_prompt"]

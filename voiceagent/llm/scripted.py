@@ -14,7 +14,6 @@ import copy
 import json
 import logging
 import re
-import string
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from voiceagent.llm.base import (
     Usage,
 )
 from voiceagent.llm.converse import converse_problems
+from voiceagent.llm.scripted_then import choose, fill, missing_fields
 from voiceagent.usecases import ScriptedConfig, ScriptedRule, UseCase
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ DEFAULT_TOKEN_DELAY_S = 0.025
 APOLOGY = "Sorry, I couldn't get that done just now. Could we try that again?"
 DONE = "Okay, that's taken care of."
 _TOKEN = re.compile(r"\s*\S+")
-_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,28 +279,28 @@ def _after_tool(script: _Script, messages: Sequence[Message],
     use = uses[-1]
     result = next((r for r in results if r.get("toolUseId") == use.get("toolUseId")),
                   results[-1])
-    if result.get("status") == "error":
-        return APOLOGY
+    failed = result.get("status") == "error"
     rule = _rule_for(config.rules, use)
     if rule is None or rule.then is None:
-        return DONE
-    data = _result_data(result)
-    if missing := _missing_fields(rule.then, data):
+        return APOLOGY if failed else DONE
+    data = {} if failed else _result_data(result)
+    chosen = choose(rule.then, data, failed=failed)
+    names = {"tool": use.get("name"), "result_fields": sorted(data)}
+    if chosen.absent:
+        # a `when` naming a field the tool never returns (misspelt, or from another tool)
+        # never fits, and the caller hears another sentence: names only, no values
+        log.warning("scripted then-case named fields its tool's result lacks",
+                    extra={**names, "missing": list(chosen.absent)})
+    if chosen.say is None:
+        if not failed:
+            log.warning("no scripted then-case fits its tool's result", extra=names)
+        return APOLOGY if failed else DONE
+    if missing := missing_fields(chosen.say, data):
         # said without them, as documented, but a field name misspelt in `then`, or one the
         # tool never returns, is otherwise a silent gap in the sentence: names only, no values
-        log.warning("scripted reply left out fields its tool's result lacks", extra={
-            "tool": use.get("name"), "missing": missing, "result_fields": sorted(data)})
-    return fill(rule.then, data) or DONE
-
-
-def _missing_fields(template: str, data: Mapping[str, Any]) -> list[str]:
-    """The top-level names of ``template``'s placeholders that ``data`` lacks."""
-    try:
-        names = [field for _, field, _, _ in string.Formatter().parse(template) if field]
-    except ValueError:                          # unbalanced braces: fill drops them
-        return []
-    tops = dict.fromkeys(re.split(r"[.\[]", name, maxsplit=1)[0] for name in names)
-    return [top for top in tops if top and not top.isdigit() and top not in data]
+        log.warning("scripted reply left out fields its tool's result lacks",
+                    extra={**names, "missing": missing})
+    return fill(chosen.say, data) or (APOLOGY if failed else DONE)
 
 
 def _rule_for(rules: Sequence[ScriptedRule], use: Mapping[str, Any]) -> ScriptedRule | None:
@@ -320,62 +319,6 @@ def _result_data(result: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(item.get("text"), str):
             return {"text": item["text"]}
     return {}
-
-
-class _Field:
-    """A result value for ``str.format_map``: a missing field or a spec that does not fit
-    the value renders as plain text (or nothing) instead of raising."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __format__(self, spec: str) -> str:
-        if self.value is None:
-            return ""
-        if _scalars(self.value):                # a list is said as its items, not as Python
-            return ", ".join(format(_Field(item), spec) for item in self.value)   # writes it
-        try:
-            return format(self.value, spec)
-        except (ValueError, TypeError):
-            return str(self.value)
-
-    def __str__(self) -> str:
-        return "" if self.value is None else format(self, "")
-
-    __repr__ = __str__
-
-    def __getitem__(self, key: Any) -> _Field:
-        try:
-            return _Field(self.value[key])
-        except (KeyError, IndexError, TypeError):
-            return _Field(None)
-
-    def __getattr__(self, name: str) -> _Field:
-        return _Field(None)                     # JSON results have no attributes
-
-
-def _scalars(value: Any) -> bool:
-    """A list of text and numbers: what a tool returns for slots, items or times."""
-    return isinstance(value, list) and all(
-        isinstance(item, str | int | float) and not isinstance(item, bool) for item in value)
-
-
-class _Fields(dict[str, _Field]):
-    def __missing__(self, key: str) -> _Field:
-        return _Field(None)
-
-
-def fill(template: str, data: Mapping[str, Any]) -> str:
-    """``template`` with ``{field}`` placeholders filled from ``data``; never raises."""
-    try:
-        text = template.format_map(_Fields({k: _Field(v) for k, v in data.items()}))
-    except (ValueError, IndexError, KeyError):  # unbalanced braces or positional fields
-        text = _PLACEHOLDER.sub("", template)
-    text = re.sub(r"\$(?=[\s.,!?]|$)", "", text)             # a price that was left out
-    text = re.sub(r"\s+([.,!?;:])", r"\1", re.sub(r"\s+", " ", text))
-    return re.sub(r"[,;:]+(?=[.,!?;:])", "", text).strip()      # "soup,." -> "soup."
 
 
 def _tool_names(tools: Sequence[Mapping[str, Any]]) -> set[str]:

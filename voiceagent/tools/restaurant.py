@@ -107,9 +107,9 @@ async def check_order_status(ctx: ToolContext, args: Mapping[str, Any], *,
     mine.sort(key=_placed_at, reverse=True)
     now = int(clock())
     orders = [_order_status(item, now) for item in mine[:RECENT_ORDERS]]
-    # ``summary``, one sentence for each case, is what the sample's scripted rule says: a
-    # ``then`` cannot choose between sentences, and "Your order number {order_number} is
-    # {state}." without an order was "Your order number is."
+    # ``summary``, one sentence for each of the three cases, is what the sample's scripted
+    # rule says; a model may say it as it is too ("Your order number {order_number} is
+    # {state}." without an order was "Your order number is.")
     if not orders:
         return {"orders": [], "note": "no recent orders from this caller's number",
                 "summary": "I don't see any recent orders from this number. Would you like "
