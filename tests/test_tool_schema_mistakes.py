@@ -63,3 +63,32 @@ def test_a_single_name_where_a_list_belongs_says_to_write_a_list() -> None:
     assert err.key_path == "tools[0].input_schema.required"
     assert err.problem == "required takes a list, not a single value: write required: [day]"
 
+
+
+def test_required_one_level_too_deep_says_where_it_goes() -> None:
+    """``required: [day]`` inside the string property ``day``: valid JSON Schema, so it was
+    taken, and ignored (required only constrains objects): ``day`` was never required."""
+    err = refusal({"type": "object", "properties": {
+        "day": {"type": "string", "required": ["day"]}}})
+    assert err.key_path == "tools[0].input_schema.properties.day.required"
+    assert err.problem == (
+        "required only applies to an object, and day is a string, so it would be ignored "
+        "here: remove it here and list the property by name in its object, beside "
+        "properties: required: [day]")
+    err = refusal({"type": "object", "properties": {"slots": {"type": "array", "items": {
+        "type": ["integer", "null"], "required": ["start", "end"]}}}})
+    assert err.key_path == "tools[0].input_schema.properties.slots.items.required"
+    assert err.problem.startswith("required only applies to an object, and this is an "
+                                  "integer or null, so it would be ignored")
+
+
+@pytest.mark.parametrize("where", [
+    {"type": "object", "properties": {"day": {"type": "string"}}, "required": ["day"]},
+    {"type": "object", "properties": {"when": {"type": ["object", "null"], "properties": {
+        "day": {"type": "string"}}, "required": ["day"]}}},
+    {"type": "object", "properties": {"when": {"properties": {}, "required": ["day"]}}},
+])
+def test_required_on_an_object_is_not_flagged(where: dict[str, Any]) -> None:
+    use_case = UseCase.model_validate({"name": "dentist", "prompt": "Hi.", "tools": [
+        {"name": "endCall", "description": "Hang up.", "input_schema": where}]})
+    default_registry().check_use_case(use_case)

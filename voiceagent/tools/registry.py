@@ -27,7 +27,7 @@ import voiceagent.tools.restaurant
 from voiceagent import jsonlimits
 from voiceagent.errors import ConfigError
 from voiceagent.tools.base import ToolDefinition, tools_defined_in
-from voiceagent.tools.schema_mistakes import schema_problem
+from voiceagent.tools.schema_mistakes import required_off_object, schema_problem
 from voiceagent.usecases import ToolDeclaration, UseCase
 
 BUILTIN_MODULES = (voiceagent.tools.restaurant.__name__, voiceagent.tools.messaging.__name__,
@@ -89,6 +89,10 @@ class ToolRegistry:
                 where = _suffix(typo[0])
                 raise ConfigError(source, f"tools[{i}].input_schema{where}",
                                   _keyword_problem(typo[1]))
+            for path, subschema in _subschemas(declaration.input_schema):
+                if (slip := required_off_object(subschema, path)) is not None:
+                    raise ConfigError(source, f"tools[{i}].input_schema{_suffix(path)}"
+                                              ".required", slip)
             _check_refs(validator, declaration.input_schema, source,
                         f"tools[{i}].input_schema")
         for i, entry in enumerate(uc.languages if keywords else ()):
@@ -269,6 +273,15 @@ def _unknown_keyword(schema: Any, path: SchemaPath = ()) -> tuple[SchemaPath, st
             if (found := _unknown_keyword(child, child_path)) is not None:
                 return found
     return None
+
+
+def _subschemas(schema: Any, path: SchemaPath = ()) -> Iterator[tuple[SchemaPath, Any]]:
+    """``schema`` and every schema in it, each with its path."""
+    yield path, schema
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            for child_path, child in _children(path, key, value):
+                yield from _subschemas(child, child_path)
 
 
 def _refs(schema: Any, path: SchemaPath = ()) -> Iterator[tuple[SchemaPath, str]]:

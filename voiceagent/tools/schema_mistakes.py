@@ -71,3 +71,22 @@ def _required_flag(path: Sequence[Any], flag: bool) -> str:
     prop = path[-2] if len(path) > 2 and path[-3] == "properties" else "name"
     return ("required is not a flag on a property in JSON Schema: remove it here and list "
             f"the property by name in its object, beside properties: required: [{prop}]")
+
+
+def required_off_object(schema: Any, path: Sequence[Any]) -> str | None:
+    """``required: [x]`` in a schema whose ``type`` cannot be an object (a string property):
+    valid JSON Schema, so nothing refused it, but ``required`` only constrains objects and
+    is ignored here; it was meant one level up, beside the object's ``properties``."""
+    if not isinstance(schema, dict) or not isinstance(names := schema.get("required"), list):
+        return None
+    kind = schema.get("type")
+    kinds = kind if isinstance(kind, list) else [kind]
+    if kind is None or "object" in kinds:
+        return None
+    what = " or ".join(str(k) for k in kinds)
+    what = f"{'an' if what[:1] in 'aeiou' else 'a'} {what}"
+    where = f"{path[-1]} is" if len(path) > 1 and path[-2] == "properties" else "this is"
+    listed = ", ".join(str(n) for n in names)
+    return (f"required only applies to an object, and {where} {what}, so it would be "
+            "ignored here: remove it here and list the property by name in its object, "
+            f"beside properties: required: [{listed}]")
