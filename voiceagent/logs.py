@@ -56,7 +56,7 @@ def mask_phone(number: str) -> str:
 
 
 PHONE = re.compile(r"\+?\d[\d\s().-]{7,}\d")
-CARD = re.compile(r"\b(?:\d[ -]?){13,19}\b")
+CARD = re.compile(r"\b\d(?:[ -]?\d){12,18}\b")    # separators between digits, not after
 
 
 def redact(text: str) -> str:
