@@ -59,8 +59,22 @@ def test_a_message_without_a_value_is_kept() -> None:
 ])
 def test_a_logged_refusal_keeps_the_fields_it_names(message: str) -> None:
     """What the operator needs of a refusal (paths, ids, field names) is not masked as if
-    it were the caller's words: only quoted phrases, bare words and JSON are (a field's bare
-    name too, as in "extraneous key [cachePoint]": it cannot be told from one word said)."""
+    it were the caller's words: only quoted phrases, bare words and JSON are."""
     failure = Failure("ValidationException", message, "rejected", False,
                       BedrockHTTPError(400, "ValidationException", message))
     assert logged_message(failure, content=False) == message
+
+
+def test_a_key_named_in_brackets_is_kept_and_bracketed_words_are_not() -> None:
+    """"extraneous key [cachePoint]" was logged as "extraneous key […]": the one key the
+    operator had to find, masked as if it were a word the caller said. A bracketed phrase,
+    or a list of quoted values, is still masked."""
+    message = ("Malformed input request: #/toolConfig/tools/1: extraneous key [cachePoint] "
+               "is not permitted, please reformat your input and try again.")
+    failure = Failure("ValidationException", message, "rejected", False,
+                      BedrockHTTPError(400, "ValidationException", message))
+    assert logged_message(failure, content=False) == message
+    message = f"bad values [call me at home] and ['{SECRET}'] at [text]"
+    failure = Failure("ValidationException", message, "rejected", False,
+                      BedrockHTTPError(400, "ValidationException", message))
+    assert logged_message(failure, content=False) == "bad values […] and […] at [text]"

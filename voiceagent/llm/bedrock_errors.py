@@ -227,6 +227,9 @@ _QUOTED = re.compile(r"(?<![A-Za-z])'[^']*'|\"[^\"]*\"|`[^`]*`|\[[^\]]*\]|\{.*\}
 # what a quoted span may be and stay: a path (messages.1.content, #/messages/0), an id
 # (toolu_01AB), a field's name with a separator, a short index; not a bare word or a phrase
 _NAMES_A_FIELD = re.compile(r"[A-Za-z#][\w.#/:\[\]-]{0,79}|\d{1,4}")
+# in brackets, a bare name too: "extraneous key [cachePoint]" is how the schema validators
+# behind Bedrock name a key; words said are quoted, not bracketed
+_BRACKETED_NAME = re.compile(r"\[[A-Za-z_]\w{0,79}\]")
 
 
 def logged_message(failure: Failure, *, content: bool) -> str:
@@ -251,6 +254,8 @@ def _masked_unless_a_field(match: re.Match[str]) -> str:
     quoted = match.group()
     inside = quoted[1:-1]
     if inside == "…" or (_NAMES_A_FIELD.fullmatch(inside) and not inside.isalpha()):
+        return quoted
+    if _BRACKETED_NAME.fullmatch(quoted):
         return quoted
     return f"{quoted[0]}…{quoted[-1]}"
 
