@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import traceback
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -108,3 +110,25 @@ async def test_with_log_content_the_refusal_is_logged_whole_numbers_masked(
     assert "+1415***0123" in error
     assert PHONE not in error
     assert error.rstrip().endswith("Reformat and retry.")         # not cut
+
+
+async def test_the_error_a_turn_sees_holds_the_refusal_bounded(
+        fake_bedrock: FakeBedrock, llm: BedrockLLM) -> None:
+    """``ModelRejected`` held Bedrock's whole message, 60 KB here (a refusal quoting a long
+    history), and chained the HTTP error holding it again: every traceback or error page
+    showing it printed it all, card number included. It holds what the LOG_CONTENT line
+    has: the start, which says what broke, numbers masked, and the length it had."""
+    start = "The model returned the following errors: messages.0.content.0.text: too long "
+    fake_bedrock.responder = lambda request: HttpError(
+        400, "ValidationException", start + f"{SAID} " * 600)
+    with trio.fail_after(30), pytest.raises(ModelRejected) as caught:
+        await collect(llm, request([user(SAID)]))
+    err = caught.value
+    assert err.code == "ValidationException"
+    assert str(err).startswith(f"ValidationException: {start}my card is [card] and")
+    cut = re.search(r"… \(cut from (\d+) characters\)$", str(err))
+    assert cut is not None
+    assert int(cut.group(1)) > 30_000
+    shown = "".join(traceback.format_exception(err))
+    assert len(shown) < 6000
+    assert "4111" not in shown

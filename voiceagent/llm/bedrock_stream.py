@@ -37,8 +37,14 @@ from voiceagent.errors import (
 )
 from voiceagent.llm.base import LLMEvent, LLMRequest, Reasoning, StreamEnd
 from voiceagent.llm.bedrock_converse import history_shape
-from voiceagent.llm.bedrock_errors import Failure, logged_message, refuses_caching
+from voiceagent.llm.bedrock_errors import (
+    BedrockHTTPError,
+    Failure,
+    logged_message,
+    refuses_caching,
+)
 from voiceagent.llm.bedrock_http import Attempt, Item
+from voiceagent.llm.eventstream import StreamFault
 
 if TYPE_CHECKING:
     from voiceagent.llm.bedrock import BedrockLLM
@@ -57,15 +63,26 @@ RENEWABLE = frozenset({"ExpiredTokenException", "ExpiredToken", "UnrecognizedCli
 
 
 def _llm_error(failure: Failure, *, after_tokens: bool) -> LLMError:
+    """The error a turn sees. Bedrock's words are held as the LOG_CONTENT line has them
+    (numbers masked, cut to a few thousand characters with the length they had): a refusal
+    can quote the whole request, and an exception holding tens of kilobytes travels whole
+    through every traceback and error page that shows it."""
+    message = logged_message(failure, content=True)
     if after_tokens:
-        return ModelStreamFailed(failure.code, failure.message, after_tokens=True)
+        return ModelStreamFailed(failure.code, message, after_tokens=True)
     if failure.kind == "throttled":
-        return ModelThrottled(failure.code, failure.message)
+        return ModelThrottled(failure.code, message)
     if failure.kind in ("unavailable", "credentials"):
-        return ModelUnavailable(failure.code, failure.message)
+        return ModelUnavailable(failure.code, message)
     if failure.kind == "rejected":
-        return ModelRejected(failure.code, failure.message)
-    return ModelStreamFailed(failure.code, failure.message, after_tokens=False)
+        return ModelRejected(failure.code, message)
+    return ModelStreamFailed(failure.code, message, after_tokens=False)
+
+
+def _chained(cause: BaseException) -> BaseException | None:
+    """What an error raised for ``cause`` chains to: not Bedrock's own answer, whose code
+    and words the error holds (bounded), where a traceback would print them whole."""
+    return None if isinstance(cause, BedrockHTTPError | StreamFault) else cause
 
 
 # ---------------------------------------------------------------- the stream a turn sees
@@ -164,7 +181,7 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
                 raise ModelStreamFailed("InternalError", f"{type(failure.cause).__name__}: "
                                         f"{failure.message}", after_tokens=self._content
                                         ) from failure.cause
-            raise _llm_error(failure, after_tokens=self._content) from failure.cause
+            raise _llm_error(failure, after_tokens=self._content) from _chained(failure.cause)
         attempt.close()
         self._attempt = None
         self._retries += 1
