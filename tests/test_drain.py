@@ -86,6 +86,26 @@ async def test_a_second_sigterm_during_the_drain_does_not_kill_the_process(
     assert drained["flushed"] is True
 
 
+async def test_ctrl_c_drains_the_same_and_exits_130(tmp_path: Path) -> None:
+    """A Ctrl-C at the terminal running ``voiceagent serve`` exited 0, as if the service had
+    finished; a shell reports a command SIGINT stopped as 130, as the other commands (and
+    this one, during its imports) exit. SIGTERM, the stop ECS and docker ask for, stays 0."""
+    with trio.fail_after(60):
+        async with serve_process(tmp_path, DRAIN_TIMEOUT_S="1.5", END_GRACE_S="5") as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                await call.say("what are your hours?")
+                assert (await call.read_reply()).text.startswith("We are open")
+                server.process.send_signal(signal.SIGINT)
+                await server.wait_log("draining")
+                goodbye = await call.read_reply()
+                assert "call back in a minute" in goodbye.text
+            assert await server.process.wait() == 130
+            drained = await server.wait_log("drained")
+            stopped = await server.wait_log("server stopped")
+    assert drained["flushed"] is True
+    assert stopped["exit_code"] == 130
+
+
 async def _twiml_status_and_body(base: str) -> str:
     from voiceagent.app.caller import post_form
     form = {"CallSid": "CA" + "9" * 32, "From": "+15555550100", "To": "+15555550199"}

@@ -10,6 +10,7 @@ import argparse
 import io
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -175,8 +176,7 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(settings.log_format, settings.log_level, content=settings.log_content)
     if read is not None:
         log.info("settings read from a file too", extra={"env_file": str(read)})
-    trio.run(_serve_async, settings)
-    return 0
+    return int(trio.run(_serve_async, settings))
 
 
 def settings_for_serving() -> Settings:
@@ -198,26 +198,38 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-async def _serve_async(settings: Settings) -> None:
+async def _serve_async(settings: Settings) -> int:
+    """The exit code: 0 after a SIGTERM, the stop a deploy, a scale-in or ``docker stop``
+    asks for (ECS, compose and the entrypoint read anything else as a failure); 130 after
+    a Ctrl-C, as a shell reports a command it interrupted, and as the other commands do.
+    The drain is the same for both."""
     from voiceagent.app import heap
     from voiceagent.app.open_files import ensure_open_files
     from voiceagent.app.runtime import open_runtime
     from voiceagent.app.server import serve, serve_signals
 
     stop = trio.Event()
+    stopped_by: list[signal.Signals] = []
+
+    def code() -> int:
+        return 128 + signal.SIGINT if stopped_by == [signal.SIGINT] else 0
+
     pauses = heap.record_gc_pauses()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve_signals, stop)     # before start-up: an early SIGTERM drains
+        # before start-up: an early SIGTERM drains
+        nursery.start_soon(serve_signals, stop, stopped_by.append)
         async with open_runtime(settings) as runtime:
             ensure_open_files(settings)             # once start-up went well: one line if not
             heap.settle_after_startup()
             log.info("twilio webhooks", extra=webhook_addresses(settings))
-            await serve(runtime, host=settings.host, port=settings.port, shutdown=stop)
+            await serve(runtime, host=settings.host, port=settings.port, shutdown=stop,
+                        exit_code=code)
             lag_ms = round((runtime.metrics.loop_lag_longest if runtime.metrics else 0) * 1e3, 2)
         nursery.cancel_scope.cancel()
     # what the process's calls waited for, beyond their own work (benchmarks read this line)
     log.info("server stopped", extra={"gc_pauses": pauses.summary(),
-                                      "loop_lag_longest_ms": lag_ms})
+                                      "loop_lag_longest_ms": lag_ms, "exit_code": code()})
+    return code()
 
 
 def webhook_addresses(settings: Settings) -> dict[str, str]:

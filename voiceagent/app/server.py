@@ -320,11 +320,12 @@ async def _watchdog(exit_code: Callable[[], int]) -> None:
     os._exit(code)
 
 
-async def serve_signals(stop: trio.Event) -> None:
-    """Set ``stop`` on the first SIGINT or SIGTERM, and take the later ones until cancelled
-    (after the drain): the multi-worker entrypoint signals each worker twice, and a person
-    or supervisor may repeat it. Left to the default action, a repeat would kill the
-    process mid-drain: calls cut without their goodbye, pending writes lost."""
+async def serve_signals(stop: trio.Event,
+                        first: Callable[[signal.Signals], None] | None = None) -> None:
+    """Set ``stop`` on the first SIGINT or SIGTERM (told to ``first``), and take the later
+    ones until cancelled (after the drain): the multi-worker entrypoint signals each worker
+    twice, and a person or supervisor may repeat it. Left to the default action, a repeat
+    would kill the process mid-drain: calls cut without their goodbye, pending writes lost."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
@@ -333,4 +334,6 @@ async def serve_signals(stop: trio.Event) -> None:
                          extra={"signal": name, "to_stop_at_once": "SIGKILL"})
                 continue
             log.info("signal received", extra={"signal": name})
+            if first is not None:
+                first(signal.Signals(signum))
             stop.set()
