@@ -7,6 +7,7 @@ placed it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,8 @@ def _load(then: Any) -> UseCase:
     ([{"when": "fail", "say": "No."}], "then[0].when", "or 'failed' for a tool that failed"),
     ([{"when": {"state": ["a", "b"]}, "say": "No."}], "then[0].when.state",
      "one value (text, a number, true/false or null), not a list"),
+    ([{"when": {"day": date(2026, 12, 6)}, "say": "No."}], "then[0].when.day",
+     "not a date (quote it to compare text)"),                  # YAML's unquoted 2026-12-06
     ([{"when": {}, "say": "No."}], "then[0].when", "when names no field"),
     ([], "then", "then lists no case"),
     ([{"when": {"a": 1}}], "then[0].say", "Field required"),

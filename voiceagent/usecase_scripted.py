@@ -53,9 +53,11 @@ class ThenCase(Strict):
                                       "when no case before it fits")
             for field, expected in value.items():
                 if not (expected is None or isinstance(expected, str | int | float | bool)):
+                    kind = type(expected).__name__
+                    kind = {"dict": "map", "list": "list"}.get(
+                        kind, f"{kind} (quote it to compare text)")    # YAML's dates
                     raise key_problem((field,), "a result field is compared with one value "
-                                      "(text, a number, true/false or null), not a "
-                                      f"{type(expected).__name__}")
+                                      f"(text, a number, true/false or null), not a {kind}")
         elif value is not None:
             raise key_problem((), f"when is a map of result fields to values, or {FAILED!r}")
         return value
