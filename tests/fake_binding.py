@@ -9,7 +9,8 @@ that produced it. Claude Fable 5.1 runs this check. Claude Mythos 5.1 records th
 signature but doesn't run it." Anthropic's "What's new in Claude Fable 5.2": the check applies
 to every account on Fable 5.2 and Mythos 5.2. Anthropic's "Prefix checks": it "also fails if a
 thinking block between others was left out or moved"; ``cache_control`` (Converse's
-cachePoint) is no part of it. The refusal's words are Anthropic's, as Bedrock relays them.
+cachePoint, in system, tools or a message) is no part of it. The refusal's words are
+Anthropic's, as Bedrock relays them.
 
 Written apart from the client's ``voiceagent.llm.binding`` (whole prefixes compared, not
 hashes), so the two are not the same mistake twice.
@@ -51,7 +52,8 @@ def _prefix(body: Mapping[str, Any], messages: Sequence[Any]) -> str:
         return [b for b in blocks if not (isinstance(b, Mapping) and "cachePoint" in b)]
     tools = (body.get("toolConfig") or {}).get("tools") or ()
     return json.dumps({"system": content(body.get("system") or ()), "tools": content(tools),
-                       "messages": list(messages)}, sort_keys=True)
+                       "messages": [{**m, "content": content(m.get("content") or ())}
+                                    for m in messages]}, sort_keys=True)
 
 
 class BindingRule:

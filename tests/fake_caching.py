@@ -18,6 +18,21 @@ test of that module against itself could not fail):
   your request did not allow prompt caching" (BerriAI/litellm#39210).
 
 A Claude id not listed (a later model) is not judged: the documents say nothing of it yet.
+
+Where a cache point may stand, for every model (``placement_refusal``), as Bedrock answers:
+
+- at most 4 in a request, system, tools and messages together ("Max checkpoints per request:
+  4" in the page's table); a fifth, "A maximum of 4 blocks with cache_control may be
+  provided. Found 5." (Bike4Mind/bike4mind#2208);
+- a block of its own: "ContentBlock object at messages.0.content.0 can only set one of the
+  following keys: ..." (envoyproxy/ai-gateway#1717);
+- not first in a message (so never alone in one): nothing before it in the same message to
+  cache, "There is nothing available to cache" (strands-agents/harness-sdk#3677,
+  zed-industries/zed#59436);
+- not right after a reasoning block: "Cache point cannot be inserted after reasoning block.
+  Please remove the invalid cache point and try again." (anomalyco/opencode#36517);
+- not inside a toolResult's content, where the schema has no cachePoint (a validation
+  failure, langchain-ai/langchain-aws#499; the words here are the endpoint's own).
 """
 
 from __future__ import annotations
@@ -30,6 +45,15 @@ EXTRANEOUS = ("Malformed input request: #/{path}: extraneous key [cachePoint] is
               "permitted, please reformat your input and try again.")
 NO_CACHING = ("You invoked an unsupported model or your request did not allow prompt "
               "caching")
+TOO_MANY = "A maximum of 4 blocks with cache_control may be provided. Found {found}."
+NOT_ALONE = ("ContentBlock object at {path} can only set one of the following keys: text, "
+             "image, toolUse, toolResult, document, video, cachePoint, reasoningContent, "
+             "citationsContent, searchResult.")
+NOTHING_BEFORE = "{path}: There is nothing available to cache"
+AFTER_REASONING = ("Cache point cannot be inserted after reasoning block. Please remove the "
+                   "invalid cache point and try again.")
+IN_TOOL_RESULT = "{path}: extraneous key [cachePoint] is not permitted in a toolResult's content"
+MOST = 4
 _ALL = frozenset({"system", "messages", "tools"})
 _CLAUDE = re.compile(
     r"anthropic\.claude-(?:3-7-sonnet|3-5-haiku|sonnet-4(?:-[56])?|opus-4(?:-[1-8])?|haiku-4-5"
@@ -53,15 +77,42 @@ def accepted(model_id: str) -> frozenset[str] | None:
 
 def caching_refusal(model_id: str, body: Mapping[str, Any]) -> tuple[int, str, str] | None:
     """Bedrock's answer (status, error type, message) to ``body`` sent to ``model_id`` for its
-    cache points, or None when it takes them (or the documents do not say)."""
+    cache points, or None when it takes them (the fields taken judged only where the
+    documents say, the placement for every model)."""
     fields = accepted(model_id)
-    if fields is None:
-        return None
-    for field, path in _cache_points(body):
+    for field, path in _cache_points(body) if fields is not None else ():
         if not fields:
             return 403, "AccessDeniedException", NO_CACHING
         if field not in fields:
             return 400, "ValidationException", EXTRANEOUS.format(path=path)
+    placement = placement_refusal(body)
+    return None if placement is None else (400, "ValidationException", placement)
+
+
+def placement_refusal(body: Mapping[str, Any]) -> str | None:
+    """Bedrock's words refusing ``body`` for where its cache points stand, or None."""
+    found = sum(1 for _ in _cache_points(body))
+    if found > MOST:
+        return TOO_MANY.format(found=found)
+    for at, message in enumerate(body.get("messages") or ()):
+        content = list(message.get("content") or ()) if isinstance(message, Mapping) else []
+        for n, block in enumerate(content):
+            path = f"messages.{at}.content.{n}"
+            if not isinstance(block, Mapping):
+                continue
+            if "cachePoint" in block and len(block) > 1:
+                return NOT_ALONE.format(path=path)
+            result = block.get("toolResult")
+            for k, item in enumerate((result or {}).get("content") or ()):
+                if isinstance(item, Mapping) and "cachePoint" in item:
+                    return IN_TOOL_RESULT.format(path=f"{path}.toolResult.content.{k}")
+            if "cachePoint" not in block:
+                continue
+            if n == 0:
+                return NOTHING_BEFORE.format(path=path)
+            before = content[n - 1]
+            if isinstance(before, Mapping) and "reasoningContent" in before:
+                return AFTER_REASONING
     return None
 
 

@@ -122,7 +122,8 @@ class ReasoningRule:
                     return BAD_SIGNATURE.format(at=at, n=n)
         # the last tool round: the first assistant message after the caller's last words
         said = [at for at, m in enumerate(messages) if m.get("role") == "user"
-                and any("toolResult" not in b for b in m.get("content") or ())]
+                and any("toolResult" not in b and "cachePoint" not in b
+                        for b in m.get("content") or ())]
         after = said[-1] + 1 if said else 0
         first = next((at for at in range(after, len(messages))
                       if messages[at].get("role") == "assistant"), None)
