@@ -56,7 +56,7 @@ async def ask(llm: BedrockLLM, request: LLMRequest) -> None:
                                       "anthropic.claude-opus-4-8",
                                       "anthropic.claude-sonnet-4-20250514-v1:0"])
 def test_the_claude_5_models_and_later_cache_system_and_tools(model_id: str) -> None:
-    assert prompt_caching(model_id) == CacheSupport(system=True, tools=True)
+    assert prompt_caching(model_id) == CacheSupport(system=True, tools=True, messages=True)
 
 
 @pytest.mark.parametrize("model_id", [

@@ -12,11 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from voiceagent.llm.base import InferenceConfig, LLMRequest, Message
+from voiceagent.llm.cache_points import (
+    MAX_CACHE_POINTS,
+    cache_point,
+    count_cache_points,
+    with_moving_point,
+)
 from voiceagent.llm.effort import effort_fields
 from voiceagent.llm.samplers import fit_samplers
 from voiceagent.llm.thinking import thinking_fields
 
-CACHE_POINT_TYPE = "default"
 METADATA_LIMIT = 256
 UNAVAILABLE_TOOL = ("A tool used earlier in this call. It is not available now; "
                     "do not call it.")
@@ -28,6 +33,8 @@ _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 # 5 and 5.5, Fable and Mythos 5, 5.1 and 5.2: each Bedrock model card lists "system, messages,
 # and tools"), and every Claude from 6 on (taken to keep to it, as binding.py takes them to
 # bind their thinking). Claude 3 Haiku/Sonnet/Opus and 3.5 Sonnet (preview only) have none.
+# Claude also gets the moving point in the conversation (``cache_points``); Nova, whose
+# caching documents no look-back to an earlier point, would only write it, never read it.
 _CLAUDE_CACHING = re.compile(
     r"anthropic\.claude-(?:3-5-haiku|3-7-sonnet|(?:sonnet|opus|haiku)-4|4"
     r"|(?:opus|sonnet|haiku|fable|mythos)-5|[a-z]+-(?:[6-9]|[1-9][0-9]))(?![0-9])")
@@ -38,6 +45,7 @@ _NOVA_CACHING = re.compile(r"amazon\.nova-(2-)?(micro|lite|pro|premier)")
 class CacheSupport:
     system: bool = False
     tools: bool = False
+    messages: bool = False          # the moving point at the end of the conversation
 
 
 def prompt_caching(model_id: str) -> CacheSupport:
@@ -45,7 +53,7 @@ def prompt_caching(model_id: str) -> CacheSupport:
     cachePoint blocks. Unknown ids, such as application-inference-profile ARNs, get none:
     a cachePoint a model does not support fails the whole request."""
     if _CLAUDE_CACHING.search(model_id):
-        return CacheSupport(system=True, tools=True)
+        return CacheSupport(system=True, tools=True, messages=True)
     if _NOVA_CACHING.search(model_id):
         return CacheSupport(system=True)
     return CacheSupport()
@@ -63,11 +71,15 @@ def build_converse_request(request: LLMRequest) -> dict[str, Any]:
     system: list[dict[str, Any]] = [{"text": text} for text in request.system if text.strip()]
     if system:
         if caching.system:               # after the static part, which comes first
-            system.insert(1, {"cachePoint": {"type": CACHE_POINT_TYPE}})
+            system.insert(1, cache_point())
         body["system"] = system
     tools = tool_config(request.tools, request.messages, cache=caching.tools)
     if tools is not None:
         body["toolConfig"] = tools
+    if caching.messages:
+        used = count_cache_points(system) + count_cache_points((tools or {}).get("tools", ()))
+        body["messages"] = list(with_moving_point(body["messages"],
+                                                  room=MAX_CACHE_POINTS - used))
     body["inferenceConfig"] = inference_config(request.inference)
     fit_samplers(body["inferenceConfig"], request.model_id, request.use_case)
     options = request.options
@@ -109,7 +121,7 @@ def tool_config(tools: Sequence[Mapping[str, Any]], messages: Sequence[Message],
     if not entries:
         return None
     if cache:
-        entries.append({"cachePoint": {"type": CACHE_POINT_TYPE}})
+        entries.append(cache_point())
     return {"tools": entries}
 
 

@@ -36,6 +36,8 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from voiceagent.llm.cache_points import content_of, is_cache_point
+
 # Claude with preserved thinking: Fable and Mythos from 5.1, Opus, Sonnet and Haiku from 5.5,
 # and every Claude from 6 on (a newer model is taken to keep to it, as the 5.x ones do)
 _BINDING = re.compile(r"anthropic\.claude-(?:(?:fable|mythos)-5-[1-9]|(?:opus|sonnet|haiku)"
@@ -69,6 +71,9 @@ class ThinkingBindings:
             running.update(_item("role", message.get("role")))
             kept: list[Any] = []
             for block in message.get("content") or ():
+                if is_cache_point(block):       # a marker, and it moves every request
+                    kept.append(block)
+                    continue
                 key = _key(block)
                 if key is not None:
                     signed_under = self._prefixes.get(key)
@@ -109,16 +114,13 @@ class Prefix:
 
 def _start(body: Mapping[str, Any]) -> Any:
     """The hash of what precedes the messages: system and tools, cache points aside (they
-    are markers, not content: Anthropic leaves ``cache_control`` out of the check)."""
+    are markers, not content: Anthropic leaves ``cache_control`` out of the check), as in
+    the messages."""
     running = hashlib.sha256()
-    running.update(_item("system", _content(body.get("system") or ())))
+    running.update(_item("system", content_of(body.get("system") or ())))
     tools = (body.get("toolConfig") or {}).get("tools") or ()
-    running.update(_item("tools", _content(tools)))
+    running.update(_item("tools", content_of(tools)))
     return running
-
-
-def _content(blocks: Sequence[Any]) -> list[Any]:
-    return [b for b in blocks if not (isinstance(b, Mapping) and "cachePoint" in b)]
 
 
 def _item(kind: str, value: Any) -> bytes:

@@ -8,7 +8,8 @@ service: roles alternate and start with the user, no empty content or blank text
 toolUse answered by exactly its toolResults in the next message, tool blocks only with a
 toolConfig, no trailing whitespace at the end of a final assistant message, reasoning only in
 an assistant message and in one of its two shapes (whether a model wants its reasoning back
-is its own rule: the tests' endpoint keeps Anthropic's).
+is its own rule: the tests' endpoint keeps Anthropic's). A request's cache points are
+markers, no block of the conversation (where they may stand: ``cache_points``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def converse_problems(messages: Sequence[Message], *, tools_configured: bool = T
         results: list[str] = []
         for j, block in enumerate(content):
             problems.extend(_block_problems(f"{where}.content[{j}]", block, role, uses, results))
-        if results and len(results) < len(content):
+        marks = sum(1 for block in content if isinstance(block, dict) and "cachePoint" in block)
+        if results and len(results) < len(content) - marks:
             problems.append(f"{where}: toolResult blocks and other blocks in one user turn "
                             "(some models refuse it: put the results in a turn of their own)")
         if pending_uses and sorted(results) != sorted(pending_uses):
@@ -109,6 +111,8 @@ def _block_problems(where: str, block: Any, role: Any, uses: list[str],
         return problems
     if kind == "reasoningContent":
         return _reasoning_problems(where, value, role)
+    if kind == "cachePoint":        # a marker; where it may stand is prompt caching's rule
+        return [] if value == {"type": "default"} else [f"{where}: cachePoint type default"]
     return [f"{where}: unexpected block {kind!r}"]
 
 
