@@ -21,7 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_docs_match_code import ROOT, TICKED, USER_DOCS, _fenced, _prose
+from tests.test_docs_match_code import (
+    README,
+    ROOT,
+    TICKED,
+    USER_DOCS,
+    _fenced,
+    _prose,
+    _section,
+    _tables,
+)
 from voiceagent.app.dotenv_file import OTHER_NAMES
 from voiceagent.settings import Settings
 
@@ -160,3 +169,39 @@ def test_every_relative_link_and_anchor_resolves() -> None:
                 wrong.append(f"{doc.relative_to(ROOT)}: {link} (no heading with that anchor "
                              f"in {target.relative_to(ROOT)})")
     assert not wrong, "links in the documents that lead nowhere: " + "; ".join(wrong)
+
+
+# ------------------------------------------------------------------------------- benchmarks
+
+
+def _benchmark_rows() -> dict[str, str]:
+    """README's benchmarks table: script -> the rest of its row."""
+    section = _section(README, "## Metrics and benchmarks")
+    return {TICKED.findall(row[0])[0]: " | ".join(row[1:])
+            for _, rows in _tables(section, "script") for row in rows}
+
+
+def test_every_benchmark_is_in_the_readme_table() -> None:
+    """bench_history.py and bench_workers_health.py had results in benchmarks/RESULTS.md and
+    no row, so a reader of README never learnt they exist."""
+    scripts = {path.name for path in (ROOT / "benchmarks").glob("bench_*.py")}
+    missing = sorted(scripts - set(_benchmark_rows()))
+    assert not missing, (f"benchmarks/ has {missing}, which README.md's table of benchmarks "
+                         "(## Metrics and benchmarks: | script | measures |) does not list: "
+                         "add a row saying what each measures")
+
+
+def test_the_benchmark_table_names_only_scripts_and_options_that_exist() -> None:
+    """An option a row names must be one a benchmark script takes (``before_after.py``'s row
+    shows it running ``bench_bedrock.py --streams``, so any script of benchmarks/ counts)."""
+    sources = "\n".join(path.read_text(encoding="utf-8")
+                        for path in sorted((ROOT / "benchmarks").glob("*.py")))
+    wrong = []
+    for script, row in _benchmark_rows().items():
+        if not (ROOT / "benchmarks" / script).is_file():
+            wrong.append(f"{script} (no such script in benchmarks/)")
+            continue
+        for option in sorted(set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", row))):
+            if f'"{option}"' not in sources:
+                wrong.append(f"{script}: {option} (no benchmark script takes it)")
+    assert not wrong, f"README.md's table of benchmarks names what does not exist: {wrong}"
