@@ -1,6 +1,8 @@
 """The names and places the documents give exist: each backticked UPPER_CASE name (a setting,
 a variable a script reads, a constant the text points at), each path into this repository and
-each relative link, its ``#anchor`` included.
+each relative link, its ``#anchor`` included; and README's table of benchmarks has a row for
+each script in benchmarks/, naming only options they take; config/README.md names every
+built-in tool.
 
 test_docs_match_code compares the settings and metrics tables and the commands with the code;
 the prose around them was compared with nothing. A name there that a rename left behind
@@ -22,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_docs_match_code import (
+    CONFIG_README,
     README,
     ROOT,
     TICKED,
@@ -33,6 +36,7 @@ from tests.test_docs_match_code import (
 )
 from voiceagent.app.dotenv_file import OTHER_NAMES
 from voiceagent.settings import Settings
+from voiceagent.tools.registry import default_registry
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -205,3 +209,13 @@ def test_the_benchmark_table_names_only_scripts_and_options_that_exist() -> None
             if f'"{option}"' not in sources:
                 wrong.append(f"{script}: {option} (no benchmark script takes it)")
     assert not wrong, f"README.md's table of benchmarks names what does not exist: {wrong}"
+
+
+def test_config_readme_names_every_built_in_tool() -> None:
+    """Its list of the built-in tools a use case may declare left out the three that act on
+    the call (playAudio, sendDigits, setSpeechHints): a use-case writer never learnt of them."""
+    ticked = set(TICKED.findall(_prose(CONFIG_README)))
+    missing = sorted(set(default_registry().names()) - ticked)
+    assert not missing, (f"voiceagent's built-in tools {missing} are not named in "
+                         "config/README.md: add each, with its inputs, to the list of built-in "
+                         "tools under the use-case keys")
