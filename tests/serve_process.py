@@ -26,9 +26,10 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, process: trio.Process, url: str) -> None:
+    def __init__(self, process: trio.Process, port: int) -> None:
         self.process = process
-        self.url = url
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
         self.events: list[dict[str, Any]] = []
         self._buffer = b""
 
@@ -68,7 +69,7 @@ async def serve_process(tmp_path: Path, config_dir: Path = FIXTURE_CONFIG, *,
         [sys.executable, "-m", "voiceagent", "serve"], env=values,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         preexec_fn=limit_open_files if open_files is not None else None)
-    server = ServerProcess(process, f"http://127.0.0.1:{port}")
+    server = ServerProcess(process, port)
     try:
         settled = await server.wait_log("heap settled")     # start-up frozen, then it listens
         assert settled["frozen_objects"] > 10_000

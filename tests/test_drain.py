@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.send_waits import until_it_waits_to_send
 from tests.serve_process import serve_process
 from tests.server_harness import AUTH_TOKEN
 from voiceagent.app.caller import Identity, open_call
@@ -132,7 +133,8 @@ async def test_a_peer_that_stopped_reading_cannot_hold_a_deploy(tmp_path: Path) 
                 await call.say("read me everything")
                 first = await call.receive()              # then stop reading
                 assert first is not None
-                await server.wait_log("session prepared")
+                # the drain must find the send stuck, not a reply still filling buffers
+                await until_it_waits_to_send(server.process.pid, server.port)
                 started = trio.current_time()
                 server.process.send_signal(signal.SIGTERM)
                 assert await server.process.wait() == 0
