@@ -26,6 +26,7 @@ from tests.fake_dynamodb import (
     running_fake_dynamodb,
     signature_ok,
 )
+from tests.settled_clock import jump_when_settled
 from voiceagent.errors import StoreError, StorePartlyWritten, StoreRejected, is_permanent
 from voiceagent.store import dynamodb, write_behind
 from voiceagent.store.write_behind import WriteBehind
@@ -264,8 +265,13 @@ async def test_a_reset_before_the_answer_is_a_transient_error(fake: FakeDynamoDB
     assert list(fake.items) == [(PHONE, "b")]
 
 
-async def test_no_answer_is_a_transient_error_at_the_read_timeout(fake: FakeDynamoDB) -> None:
+async def test_no_answer_is_a_transient_error_at_the_read_timeout(
+        fake: FakeDynamoDB, mock_clock: trio.testing.MockClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the virtual clock, jumping once every task waits and no thread works: the wait is
+    the read timeout to the instant, whatever else the machine runs."""
     fake.script.append(Reply("stall"))
+    jump_when_settled(mock_clock, monkeypatch)
     with trio.fail_after(10):
         async with http_store(fake.endpoint_url, read_timeout_s=0.3) as store:
             start = trio.current_time()
@@ -274,7 +280,7 @@ async def test_no_answer_is_a_transient_error_at_the_read_timeout(fake: FakeDyna
             waited = trio.current_time() - start
             await fake.wait_client_closed(1)        # the client gave the connection up
             await store.put(item("b"))
-    assert 0.3 <= waited < 2.0
+    assert waited == pytest.approx(0.3)
     assert not is_permanent(caught.value)
     assert fake.endpoint_url in str(caught.value)
     assert fake.connections == 2
