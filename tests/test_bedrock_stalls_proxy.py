@@ -36,11 +36,15 @@ from voiceagent.errors import ModelStreamFailed, ModelUnavailable
 from voiceagent.llm.base import InferenceConfig, LLMEvent, LLMRequest, StreamEnd, TextDelta
 from voiceagent.llm.bedrock import BedrockLLM
 
-FIRST_EVENT_S = 0.3
-READ_S = 0.6
+FIRST_EVENT_S = 0.5         # a reply through the proxy comes well inside it on a busy machine
+READ_S = 1.0
 CONNECT_S = 0.5
 RETRY_BUDGET_S = 0.25       # shorter than the first-event timeout, as in production (2.5, 3)
-SLACK_S = 0.25              # the retry's jitter (<= 0.02 s), the watchdog's, a busy machine
+# The real clock, since a proxy process is in the path: a wait is bounded below by its limit
+# (a limit cannot end sooner, however loaded the machine) and above only by LATE_S past it,
+# which a limit 10x too long, or one that never fires, crosses and a busy machine does not.
+# Which limit ended a wait, and on which connection the next request went, are events.
+LATE_S = 2.0
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -166,7 +170,7 @@ async def test_a_stall_before_the_first_event_closes_its_tunnel_and_a_new_one_an
             assert await proxy.wait_tunnels(1) == [f"localhost:{fake.port}"]
         assert texts(events) == ["We open at nine."]
         assert isinstance(events[-1], StreamEnd)
-        assert FIRST_EVENT_S <= waited <= FIRST_EVENT_S + SLACK_S
+        assert FIRST_EVENT_S <= waited < FIRST_EVENT_S + LATE_S
         assert fake.requests[1].connection.id == fake.requests[0].connection.id
         assert fake.requests[2].connection.id != fake.requests[1].connection.id
         assert [r.outcome for r in fake.requests] == ["complete", "client_closed", "complete"]
@@ -183,7 +187,7 @@ async def test_a_stalled_start_is_tried_on_a_new_tunnel_and_the_quiet_kept_ones_
     retry took the other kept-alive one, stalled on it for the read timeout, and the caller
     got the apology; it opens a new tunnel. And the other kept one, quiet since before the
     stalled request, is closed at the stall: it stayed, and the next two turns at once took
-    it for one of them, which stalled again (0.3 s, then a new tunnel)."""
+    it for one of them, which stalled again (the first-event timeout, then a new tunnel)."""
     async with short_limits() as llm:
         with trio.fail_after(10):
             await answered_twice_at_once(llm, fake)
@@ -204,7 +208,7 @@ async def test_a_stalled_start_is_tried_on_a_new_tunnel_and_the_quiet_kept_ones_
                 await connection.closed.wait()
             await answered_twice_at_once_again(llm)
         assert texts(events) == ["We open at nine."]
-        assert waited <= FIRST_EVENT_S + SLACK_S
+        assert FIRST_EVENT_S <= waited < FIRST_EVENT_S + LATE_S
         assert all(r.connection.id not in stuck for r in fake.requests[3:])
         assert llm.statistics().errors_by_code == {"FirstEventTimeout": 1}
         assert (llm.statistics().connections_opened, pooled(llm)) == (4, 2)
@@ -233,9 +237,7 @@ async def test_a_stall_mid_reply_closes_the_quiet_kept_tunnels_so_the_next_turn_
             said: list[LLMEvent] = []
             with pytest.raises(ModelStreamFailed) as failed:
                 await collect(llm, said)
-            started = trio.current_time()
             after = await collect(llm)
-            waited = trio.current_time() - started
             assert texts(after) == ["We open at nine."]
             assert llm.statistics().errors_by_code == {"ReadTimeout": 1}
             for connection in fake.connections[:2]:
@@ -243,7 +245,7 @@ async def test_a_stall_mid_reply_closes_the_quiet_kept_tunnels_so_the_next_turn_
             assert await proxy.wait_tunnels(2) == [f"localhost:{fake.port}"] * 2
         assert (failed.value.code, failed.value.after_tokens) == ("ReadTimeout", True)
         assert texts(said) == [" We"]
-        assert waited < FIRST_EVENT_S
+        assert len(fake.requests) == 4          # answered at once: one request, on a new tunnel
         assert fake.requests[3].connection.id not in stuck
         stats = llm.statistics()
         assert (stats.connections_opened, stats.connections_dropped, pooled(llm)) == (3, 1, 1)
@@ -290,15 +292,13 @@ async def test_a_barge_in_into_dead_air_closes_the_quiet_kept_tunnels_as_a_stall
                                               else text_reply(["We open at nine."]))
             with trio.move_on_after(0.75) as barge_in:
                 await collect(llm)
-            started = trio.current_time()
             after = await collect(llm)
-            waited = trio.current_time() - started
             for connection in fake.connections[:2]:
                 await connection.closed.wait()
             assert await proxy.wait_tunnels(2) == [f"localhost:{fake.port}"] * 2
         assert barge_in.cancelled_caught
         assert texts(after) == ["We open at nine."]
-        assert waited < FIRST_EVENT_S
+        assert len(fake.requests) == 4          # answered at once: one request, on a new tunnel
         assert fake.requests[3].connection.id not in stuck
         stats = llm.statistics()
         assert stats.errors_by_code == {}
@@ -311,9 +311,10 @@ async def test_a_barge_in_into_dead_air_closes_the_quiet_kept_tunnels_as_a_stall
 
 async def test_a_reply_dripping_past_its_deadline_closes_its_tunnel_and_the_next_turn_reuses(
         fake: FakeBedrock, proxy: RunningProxy) -> None:
-    """Events 0.2 s apart, inside the read timeout, for a reply of maxTokens 2: the stream
-    is due whole at 0.3 + 2 / 4 = 0.8 s and ends there as ReplyTooSlow after its words. Its
-    tunnel is closed (never back in the pool); the next turn takes the other kept one."""
+    """Events 0.2 s apart, inside the silence allowed after words (the first-event timeout),
+    for a reply of maxTokens 2: the stream is due whole at 0.5 + 2 / 4 = 1 s and ends there
+    as ReplyTooSlow after its words. Its tunnel is closed (never back in the pool); the next
+    turn takes the other kept one."""
     async with short_limits() as llm:
         with trio.fail_after(10):
             await answered_twice_at_once(llm, fake)
@@ -332,10 +333,11 @@ async def test_a_reply_dripping_past_its_deadline_closes_its_tunnel_and_the_next
         limit_s = FIRST_EVENT_S + 2 / 4
         assert failed.value.code == "ReplyTooSlow"
         assert failed.value.after_tokens
-        # sent at 0.05, 0.25, 0.45, 0.65 s after the request came; 0.85 s is past the limit
+        # sent 0.05, 0.25, ... 0.85 s after the request came, 1.05 s past the limit; a busy
+        # machine only delays them, so fewer may have come, never more
         assert texts(said) == [f" w{n}" for n in range(len(said))]
-        assert 3 <= len(said) <= 4
-        assert limit_s <= waited <= limit_s + SLACK_S
+        assert 1 <= len(said) <= 5
+        assert limit_s <= waited < limit_s + LATE_S
         assert texts(after) == ["Next."]
         kept = {fake.requests[0].connection.id, fake.requests[1].connection.id}
         assert fake.requests[3].connection.id in kept - {fake.requests[2].connection.id}
@@ -373,7 +375,7 @@ async def test_a_half_open_tunnel_is_given_up_at_the_first_event_timeout_and_hol
             after = await collect(llm)
         assert failed.value.code == "ConnectTimeout"
         assert llm.statistics().errors_by_code == {"FirstEventTimeout": 1, "ConnectTimeout": 1}
-        assert waited <= FIRST_EVENT_S + CONNECT_S + SLACK_S
+        assert FIRST_EVENT_S <= waited < FIRST_EVENT_S + CONNECT_S + LATE_S
         assert texts(after) == ["Back."]
         assert fake.requests[-1].connection.id != fake.connections[0].id
         assert_nothing_held(llm)
