@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from tests.fake_reasoning import reasoning_blocks
 
 if TYPE_CHECKING:
-    from tests.fake_bedrock import Frame
+    from tests.fake_bedrock_frames import Frame
 
 BOUND_ELSEWHERE = (
     "The model returned the following errors: messages.{at}.content.{n}: Invalid `signature` "

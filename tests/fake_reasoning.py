@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tests.fake_bedrock import Frame
+    from tests.fake_bedrock_frames import Frame
 
 # Bedrock's words (ValidationException) for a tool round sent back without its thinking
 MISSING_THINKING = (
