@@ -15,7 +15,7 @@ import pytest
 import trio
 import yaml
 
-from tests.test_check import RUN_TIMEOUT_S, base_env, run_check
+from tests.check_support import RUN_TIMEOUT_S, base_env, run_check
 from voiceagent.app.check import Checklist
 from voiceagent.app.check_config import _stored_outcome
 from voiceagent.app.check_steps import CheckContext, Outcome

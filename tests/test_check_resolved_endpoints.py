@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.check_support import RUN_TIMEOUT_S, base_env, run_check
 from tests.dynamodb_support import REGION, moto_endpoint, table_name
-from tests.test_check import RUN_TIMEOUT_S, base_env, run_check
 
 __all__ = ["moto_endpoint"]          # the fixture, imported so pytest finds it here
 

@@ -13,11 +13,11 @@ import pytest
 import trio
 import yaml
 
+from tests.check_support import RUN_TIMEOUT_S, base_env, bedrock_env, moto_env, run_check
 from tests.dynamodb_support import moto_endpoint
 from tests.fake_bedrock import RecordedRequest, Reply, running_fake_bedrock, text_reply
 from tests.fake_caching import NO_CACHING
 from tests.fake_samplers import BOTH, DEPRECATED
-from tests.test_check import RUN_TIMEOUT_S, base_env, bedrock_env, moto_env, run_check
 from voiceagent.llm.base import LLMRequest
 from voiceagent.llm.bedrock_converse import build_converse_request
 from voiceagent.usecases import UseCase

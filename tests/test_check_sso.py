@@ -18,7 +18,7 @@ import pytest
 import trio
 from botocore.exceptions import SSOTokenLoadError
 
-from tests.test_check import RUN_TIMEOUT_S, base_env, run_check
+from tests.check_support import RUN_TIMEOUT_S, base_env, run_check
 from voiceagent.llm.bedrock_errors import classify
 
 pytestmark = pytest.mark.timeout(90)

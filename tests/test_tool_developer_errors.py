@@ -201,7 +201,7 @@ async def test_check_with_the_scripted_model_fails_a_config_serve_refuses(
     serve. With LLM=scripted (what `voiceagent init` writes) it never reads them: a use case
     naming a tool nobody registered, or a TOOLS module that does not import, gets 'all 2
     checks passed' and exit 0, while `voiceagent serve` exits 2 on the same settings."""
-    from tests.test_check import RUN_TIMEOUT_S, base_env, run_check
+    from tests.check_support import RUN_TIMEOUT_S, base_env, run_check
 
     (tmp_path / "config" / "usecases").mkdir(parents=True)
     (tmp_path / "config" / "usecases" / "diner.yaml").write_text(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.test_check import RUN_TIMEOUT_S, base_env, run_check
+from tests.check_support import RUN_TIMEOUT_S, base_env, run_check
 from tests.test_tool_plugins import unique, write_distribution, write_module
 from voiceagent.errors import ConfigError
 from voiceagent.settings import Settings
