@@ -17,22 +17,10 @@ import sys
 import pytest
 import trio
 
+from tests.proc_sockets import ESTABLISHED, socket_descriptors, tcp_rows
+
 EPOLLOUT = 0x4
 ZERO_WINDOW_PROBE = "04"            # /proc/net/tcp's ``tr``: ICSK_TIME_PROBE0
-ESTABLISHED = "01"
-
-
-def _socket_inodes(pid: int) -> dict[str, int]:
-    """The process's socket inodes, each with its descriptor."""
-    found: dict[str, int] = {}
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue                    # closed while listed
-        if target.startswith("socket:["):
-            found[target[len("socket:["):-1]] = int(fd)
-    return found
 
 
 def _epoll_write_waits(pid: int) -> set[int]:
@@ -55,23 +43,15 @@ def _epoll_write_waits(pid: int) -> set[int]:
 
 def _probing_zero_window(port: int) -> set[str]:
     """Inodes of established sockets on local ``port`` whose peer's window is shut."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as rows:
-            next(rows)
-            for row in rows:
-                fields = row.split()
-                local_port = int(fields[1].rsplit(":", 1)[1], 16)
-                if (local_port == port and fields[3] == ESTABLISHED
-                        and fields[5].split(":")[0] == ZERO_WINDOW_PROBE):
-                    inodes.add(fields[9])
-    return inodes
+    return {row.inode for row in tcp_rows()
+            if row.local_port == port and row.state == ESTABLISHED
+            and row.timer == ZERO_WINDOW_PROBE}
 
 
 def waits_to_send(pid: int, port: int) -> bool:
     """Whether process ``pid`` waits to send on a connection it accepted on ``port`` that
     only the peer's reading can unblock."""
-    sockets = _socket_inodes(pid)
+    sockets = socket_descriptors(pid)
     shut = {sockets[inode] for inode in _probing_zero_window(port) if inode in sockets}
     return bool(shut & _epoll_write_waits(pid))
 

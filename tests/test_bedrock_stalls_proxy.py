@@ -12,7 +12,6 @@ fake never makes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +30,7 @@ from tests.fake_bedrock import (
     text_events,
     text_reply,
 )
+from tests.proc_sockets import socket_descriptors, tcp_rows
 from tests.proxy_support import RunningProxy, running_proxy
 from voiceagent.errors import ModelStreamFailed, ModelUnavailable
 from voiceagent.llm.base import InferenceConfig, LLMEvent, LLMRequest, StreamEnd, TextDelta
@@ -114,26 +114,9 @@ async def answered_twice_at_once_again(llm: BedrockLLM) -> None:
 
 
 def sockets_to(port: int) -> int:
-    """This process's open TCP sockets whose peer is ``port`` on loopback: its descriptors
-    (/proc/self/fd) matched by inode with the kernel's table (/proc/net/tcp, tcp6). A socket
-    closed here has no descriptor, whatever state TCP still keeps it in."""
-    ours: set[str] = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue                    # the listing's own descriptor, gone already
-        if target.startswith("socket:["):
-            ours.add(target[len("socket:["):-1])
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as rows:
-            next(rows)
-            for row in rows:
-                fields = row.split()
-                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-                count += remote_port == port and fields[9] in ours
-    return count
+    """This process's open TCP sockets whose peer is ``port`` on loopback."""
+    ours = socket_descriptors()
+    return sum(row.remote_port == port and row.inode in ours for row in tcp_rows())
 
 
 def pooled(llm: BedrockLLM) -> int:
