@@ -13,6 +13,7 @@ import pytest
 import trio
 import yaml
 
+from tests.check_support import RUN_TIMEOUT_S, base_env, bedrock_env, moto_env, run_check
 from tests.dynamodb_support import moto_endpoint
 from tests.fake_bedrock import (
     RecordedRequest,
@@ -24,7 +25,6 @@ from tests.fake_bedrock import (
     tool_events,
 )
 from tests.fake_tools import TOP_LEVEL, tool_refusal
-from tests.test_check import RUN_TIMEOUT_S, base_env, bedrock_env, moto_env, run_check
 from tests.test_check_sends_what_calls_send import one_token
 from voiceagent.app.check_refused_tools import refused_tool_outcome
 from voiceagent.llm.base import LLMRequest
