@@ -105,7 +105,6 @@ class Attempt:
         self._deadline = math.inf           # trio time: set when the request is on the wire
         self._first_event_setting = first_event_setting     # named when it expires
         self._answering = False             # an event of the model's own output came
-        self._in_words = False              # the last event was a text delta
         self._on_finished = on_finished
         self._assembler = ReplyAssembler(started_at)
         self._decoder = FrameDecoder()
@@ -241,7 +240,6 @@ class Attempt:
                     event_type, body = event_of(headers, payload)   # raises StreamFault
                     self._assembler.feed_event(event_type, body, out)
                     self._answering = self._answering or event_type != "messageStart"
-                    self._in_words = _is_words(event_type, body)
                 if frames:
                     self._progressed()
                 self._items.extend(out)
@@ -298,7 +296,7 @@ class Attempt:
         """How long the exchange may now go without a whole event."""
         if not self._answering:
             return self._first_event_timeout_s
-        return self._words_gap_s if self._in_words else self._read_timeout_s
+        return self._words_gap_s if self._assembler.in_words else self._read_timeout_s
 
     def _http_error(self) -> BedrockHTTPError:
         status = self._status or 0
@@ -339,7 +337,7 @@ class Attempt:
                 f"the model said nothing within {self._first_event_timeout_s:g} s of the "
                 f"request ({self._first_event_setting})")
             self._drop_quiet_idle("timeout")
-        elif self._in_words:
+        elif self._assembler.in_words:
             self._timed_out = ReadTimeout(
                 f"no event from Bedrock for {self._words_gap_s:g} s after its last words "
                 "(BEDROCK_FIRST_EVENT_TIMEOUT_S: a stream silent that long mid-sentence is "
@@ -391,9 +389,3 @@ class Attempt:
                 connection.link.close_now()
         self._on_finished(self, time.perf_counter())
 
-
-def _is_words(event_type: str, body: Any) -> bool:
-    """A text delta: the model is speaking, and its next event is due within milliseconds."""
-    delta = body.get("delta") if event_type == "contentBlockDelta" and isinstance(body, dict) \
-        else None
-    return isinstance(delta, dict) and "text" in delta

@@ -142,7 +142,7 @@ class ReplyAssembler:
     """
 
     __slots__ = ("_filter", "_reasoning", "_started_at", "_stop_reason", "_tools",
-                 "_unparsed", "_usage", "first_content_at")
+                 "_unparsed", "_usage", "first_content_at", "in_words")
 
     def __init__(self, started_at: float) -> None:
         self._started_at = started_at       # perf_counter() when the stream was opened
@@ -153,6 +153,9 @@ class ReplyAssembler:
         self._stop_reason: str | None = None
         self._usage: Usage | None = None
         self.first_content_at: float | None = None
+        # the last event was a text delta: the model is speaking, and its next event is due
+        # within milliseconds (known here as the event is read, not looked up again after)
+        self.in_words = False
 
     @property
     def stopped(self) -> bool:
@@ -169,6 +172,7 @@ class ReplyAssembler:
         if event_type == "contentBlockDelta":
             delta = body["delta"]
             text = delta.get("text")
+            self.in_words = "text" in delta
             if text is not None:
                 self._text(self._filter.feed(text), out)
             elif "toolUse" in delta:
@@ -182,6 +186,7 @@ class ReplyAssembler:
                     reasoning = self._reasoning[index] = _PendingReasoning([])
                 reasoning.add(delta["reasoningContent"])
             return
+        self.in_words = False
         if event_type == "contentBlockStart":
             use = body.get("start", {}).get("toolUse")
             if use is not None:
