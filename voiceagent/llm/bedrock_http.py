@@ -226,13 +226,9 @@ class Attempt:
         self._watchdog.forget(self)
 
     def _take(self, event: Any) -> None:
-        if isinstance(event, h11.Response):
-            self._status = event.status_code
-            self._progressed()
-            for name, value in event.headers:
-                if name == b"x-amzn-errortype":
-                    self._error_type = value.decode("latin-1").split(":", 1)[0]
-        elif isinstance(event, h11.Data):
+        # Data first, by its exact type: one per model event, and h11's events are ABCs, whose
+        # isinstance runs two Python frames (abc's __instancecheck__ and __subclasscheck__)
+        if type(event) is h11.Data:
             if self._status == 200:
                 out: list[LLMEvent] = []
                 frames = self._decoder.feed(bytes(event.data))
@@ -245,6 +241,12 @@ class Attempt:
                 self._items.extend(out)
             elif len(self._error_body) < MAX_ERROR_BODY:
                 self._error_body += event.data
+        elif isinstance(event, h11.Response):
+            self._status = event.status_code
+            self._progressed()
+            for name, value in event.headers:
+                if name == b"x-amzn-errortype":
+                    self._error_type = value.decode("latin-1").split(":", 1)[0]
         elif isinstance(event, h11.EndOfMessage):
             if self._status != 200:
                 # An error answer read to its end leaves the connection as reusable as a
