@@ -144,7 +144,7 @@ class Attempt:
             if isinstance(err, trio.TooSlowError):
                 err = ConnectTimeout(f"could not send the request within "
                                      f"{self._pool.connect_timeout_s:g} s")
-            self._fail(classify(err))
+            self.fail(classify(err))
         except BaseException:
             self._drop_connection()
             raise
@@ -177,7 +177,7 @@ class Attempt:
         """Take one h11 event, or read once. False (``wait`` off): nothing has arrived."""
         connection = self._connection
         if connection is None:
-            self._fail(classify(ConnectionResetError("the connection is gone")))
+            self.fail(classify(ConnectionResetError("the connection is gone")))
             return True
         try:
             event = connection.h11.next_event()
@@ -205,7 +205,7 @@ class Attempt:
             if self._assembler.stopped and not isinstance(err, ReplyError | StreamFault):
                 self._end_whole(fault)
                 return True
-            self._fail(classify(fault))
+            self.fail(classify(fault))
         return True
 
     def _end_whole(self, fault: Exception) -> None:
@@ -218,7 +218,7 @@ class Attempt:
         try:
             self._assembler.finish(out)
         except ReplyError as err:
-            self._fail(classify(err))
+            self.fail(classify(err))
             return
         self._items.extend(out)
         self._ended = True
@@ -313,9 +313,6 @@ class Attempt:
 
     def fail(self, failure: Failure) -> None:
         """End the attempt with ``failure`` as its next item (signing failed, say)."""
-        self._fail(failure)
-
-    def _fail(self, failure: Failure) -> None:
         self._items.append(failure)
         self._ended = True
         self._drop_connection()
