@@ -115,6 +115,7 @@ class Attempt:
         self._error_type = ""
         self._error_body = bytearray()
         self._ended = False                 # nothing more will be queued
+        self._unheard = False               # events read, the deadline not yet moved for
         self._complete = False              # the exchange finished cleanly: reusable
         self._closed = False
         self._timed_out: Exception | None = None
@@ -163,6 +164,8 @@ class Attempt:
             if self._ended:
                 raise trio.EndOfChannel
             await self._step()
+        if self._unheard:
+            self._progressed()
         return self._items.pop(0)
 
     async def take_ready(self) -> list[Item]:
@@ -171,6 +174,8 @@ class Attempt:
         while not self._ended and await self._step(wait=False):
             pass
         items, self._items = self._items, []
+        if self._unheard:
+            self._progressed()
         return items
 
     async def _step(self, *, wait: bool = True) -> bool:
@@ -183,6 +188,8 @@ class Attempt:
             event = connection.h11.next_event()
             if event is h11.NEED_DATA:
                 if wait:
+                    if self._unheard:           # before the wait the watchdog bounds
+                        self._progressed()
                     data = await connection.link.receive()
                 else:
                     ready = connection.link.receive_nowait()
@@ -226,8 +233,7 @@ class Attempt:
         self._watchdog.forget(self)
 
     def _take(self, event: Any) -> None:
-        # Data first, by its exact type: one per model event, and h11's events are ABCs, whose
-        # isinstance runs two Python frames (abc's __instancecheck__ and __subclasscheck__)
+        # Data first, by exact type: one per model event (isinstance on h11's ABCs runs abc's)
         if type(event) is h11.Data:
             if self._status == 200:
                 out: list[LLMEvent] = []
@@ -236,14 +242,13 @@ class Attempt:
                     event_type, body = event_of(headers, payload)   # raises StreamFault
                     self._assembler.feed_event(event_type, body, out)
                     self._answering = self._answering or event_type != "messageStart"
-                if frames:
-                    self._progressed()
+                self._unheard |= bool(frames)
                 self._items.extend(out)
             elif len(self._error_body) < MAX_ERROR_BODY:
                 self._error_body += event.data
         elif isinstance(event, h11.Response):
             self._status = event.status_code
-            self._progressed()
+            self._unheard = True
             for name, value in event.headers:
                 if name == b"x-amzn-errortype":
                     self._error_type = value.decode("latin-1").split(":", 1)[0]
@@ -280,7 +285,11 @@ class Attempt:
         timeout for the apology. A healthy stream's long silences come before its first
         event, while it reasons, and inside a toolUse block (Anthropic's models on Bedrock
         buffer its input after its ``contentBlockStart``): any other event gives the read
-        timeout back."""
+        timeout back. Once per read, before the exchange waits or hands its events over, not
+        once per event: the events of one read came at once (a held window reads several)."""
+        self._unheard = False
+        if self._ended:                     # the watchdog has forgotten it
+            return
         now = self.heard_at = trio.current_time()
         if self._assembler.stopped:
             was = self.read_deadline
