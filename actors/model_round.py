@@ -117,10 +117,10 @@ async def _held_windows(speaker: Speaker, take_ready: Callable[[], Awaitable[lis
     while True:
         await trio.sleep_until(due)         # a cut here: the held text was never sent
         batch = await take_ready()
+        # the window's words in one call; the other events (a tool call, the end) say nothing
+        await speaker.hold([event.text for event in batch if isinstance(event, TextDelta)])
         for event in batch:
-            if isinstance(event, TextDelta):
-                await speaker.hold(event.text)
-            else:
+            if not isinstance(event, TextDelta):
                 await _take(event, speaker, received)
         if received.end is not None:
             return                          # the reply's last frame carries it, last: true

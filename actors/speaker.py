@@ -15,6 +15,7 @@ keeps only what could have been heard.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import trio
 
@@ -95,14 +96,14 @@ class Speaker:
                 or trio.current_time() >= self._flush_at):
             await self.flush()
 
-    async def hold(self, token: str) -> None:
-        """Add a token to what the next ``flush`` sends (a held window read all at once);
-        only the size cap sends early."""
-        if not token:
-            return
-        self._add_held(token)
-        if self._held_chars >= MAX_HELD_CHARS:
-            await self.flush()
+    async def hold(self, tokens: Iterable[str]) -> None:
+        """Add tokens to what the next ``flush`` sends (a held window read all at once, in
+        one call: not a call and a coroutine per token); only the size cap sends early."""
+        for token in tokens:
+            if token:
+                self._add_held(token)
+                if self._held_chars >= MAX_HELD_CHARS:
+                    await self.flush()
 
     def _add_held(self, token: str) -> None:
         if not self._held:
