@@ -35,7 +35,7 @@ from voiceagent.errors import (
     ModelThrottled,
     ModelUnavailable,
 )
-from voiceagent.llm.base import LLMEvent, LLMRequest, Reasoning, StreamEnd
+from voiceagent.llm.base import LLMEvent, LLMRequest, Reasoning, StreamEnd, TextDelta
 from voiceagent.llm.bedrock_converse import history_shape
 from voiceagent.llm.bedrock_errors import (
     BedrockHTTPError,
@@ -147,6 +147,10 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
             items = [*self._ready, *await attempt.take_ready()]
             self._ready.clear()
             for at, item in enumerate(items):
+                if type(item) is TextDelta:     # most of a window: nothing to note but content
+                    self._content = True
+                    out.append(item)
+                    continue
                 if isinstance(item, Failure):
                     if out:
                         self._ready.extend(items[at:])
