@@ -18,6 +18,11 @@ checks (a test of them against themselves could not fail):
   "The model returned the following errors: tools.6.custom.input_schema: input_schema does
   not support oneOf, allOf, or anyOf at the top level" (trycua/cua#3303,
   code-yeongyu/senpi#1947: a Qwen model took the same schema).
+- Claude on Bedrock takes no integer in an input schema past a 32-bit one (a ``maxLength`` of
+  9007199254740991, as MCP servers write): "ValidationException: The model returned the
+  following errors: tools.32.custom.input_schema: int too big to convert"
+  (tailcallhq/forgecode#3307, Claude Opus 4.7; its fix, #3308, clamps bounds to the i32
+  range). Counted from 0, as the other relayed checks.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ NOT_OBJECT = ("The value at toolConfig.tools.{index}.toolSpec.inputSchema.json.t
               "one of the following: object.")
 TOP_LEVEL = ("The model returned the following errors: tools.{index}.custom.input_schema: "
              "input_schema does not support oneOf, allOf, or anyOf at the top level")
+INT_TOO_BIG = ("The model returned the following errors: tools.{index}.custom.input_schema: "
+               "int too big to convert")
+_INT32 = range(-2**31, 2**31)
 _CLAUDE = re.compile(r"anthropic\.claude-")
 _COMBINATORS = ("oneOf", "allOf", "anyOf")
 
@@ -54,9 +62,21 @@ def tool_refusal(model_id: str, body: Mapping[str, Any]) -> str | None:
             return NOT_OBJECT.format(index=n)
     if _CLAUDE.search(model_id):
         for n, spec in specs:
-            if any(key in spec["inputSchema"]["json"] for key in _COMBINATORS):
+            schema = spec["inputSchema"]["json"]
+            if any(key in schema for key in _COMBINATORS):
                 return TOP_LEVEL.format(index=n)
+            if _holds_a_big_int(schema):
+                return INT_TOO_BIG.format(index=n)
     return None
+
+
+def _holds_a_big_int(value: Any) -> bool:
+    """Whether ``value`` holds, at any depth, an integer outside a 32-bit signed one."""
+    if isinstance(value, Mapping):
+        return any(_holds_a_big_int(inner) for inner in value.values())
+    if isinstance(value, list):
+        return any(_holds_a_big_int(inner) for inner in value)
+    return isinstance(value, int) and not isinstance(value, bool) and value not in _INT32
 
 
 def _field_problems(index: int, spec: Mapping[str, Any]) -> list[str]:
