@@ -32,7 +32,7 @@ from actors.model_round import model_round, system_blocks
 from actors.relay_control import ReplyFlags
 from actors.settling import receive_all
 from actors.speaker import Speaker
-from voiceagent.errors import LLMError, ModelRejected
+from voiceagent.errors import LLMError, ModelRejected, ModelToolsRefused
 from voiceagent.logs import redact, turn_var
 from voiceagent.usecase_lines import DEFAULT_LINES
 
@@ -259,9 +259,10 @@ def _summarise(ctx: CallContext, marks: tuple[int, int], *, kind: str,
 def _log_model_error(ctx: CallContext, err: LLMError) -> None:
     """A refusal is this call's history: its shape, each time. Any other error is the
     model's state, the same for every call (the backend logs it, in proportion), and the
-    "turn done" line names it: here at DEBUG only, or throttling wrote this per turn."""
+    "turn done" line names it: here at DEBUG only, or throttling wrote this per turn. A
+    refusal of the use case's tools is the model's state too (every call offers them)."""
     extra: dict[str, object] = {"code": err.code, "kind": type(err).__name__}
-    if not isinstance(err, ModelRejected):
+    if not isinstance(err, ModelRejected) or isinstance(err, ModelToolsRefused):
         log.debug("model error, apologising", extra=extra)
         return
     extra["history_shape"] = [

@@ -12,6 +12,7 @@
     │   ├── ModelThrottled
     │   ├── ModelUnavailable
     │   ├── ModelRejected      a ValidationException: the request (usually history) was refused
+    │   │   └── ModelToolsRefused  a tool the use case offers: every turn fails alike
     │   └── ModelStreamFailed  the stream broke after it started
     ├── ToolError
     │   ├── ToolInputInvalid   arguments did not match the tool's JSON schema
@@ -106,6 +107,11 @@ class ModelUnavailable(LLMError):
 
 class ModelRejected(LLMError):
     retryable = False
+
+
+class ModelToolsRefused(ModelRejected):
+    """The use case's tools, not this call's history: Bedrock refuses every request that
+    offers them, so it is the model's state for that use case, logged once per episode."""
 
 
 class ModelStreamFailed(LLMError):

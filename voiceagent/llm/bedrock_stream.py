@@ -15,7 +15,9 @@ the request is sent again. What cannot be retried raises an ``LLMError`` subclas
 nothing else: a library exception here would end the call instead of an apology. A failure
 that is Bedrock's state (throttling, an outage, credentials) is the same for every call: it
 goes to the backend's ``failing`` episode (``log_episodes``), logged in full once per code;
-a refused request (its history's shape) and a bug are logged each time.
+so does a refusal of the use case's tools (``tool_refusals``: every request that offers them
+is refused, in every call), once per use case and model, naming the tool and what to change.
+A refused request (its history's shape) and a bug are logged each time.
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ from voiceagent.errors import (
     ModelRejected,
     ModelStreamFailed,
     ModelThrottled,
+    ModelToolsRefused,
     ModelUnavailable,
 )
 from voiceagent.llm.base import LLMEvent, LLMRequest, Reasoning, StreamEnd, TextDelta
-from voiceagent.llm.bedrock_converse import history_shape
+from voiceagent.llm.bedrock_converse import history_shape, tool_config
 from voiceagent.llm.bedrock_errors import (
     BedrockHTTPError,
     Failure,
@@ -45,6 +48,7 @@ from voiceagent.llm.bedrock_errors import (
 )
 from voiceagent.llm.bedrock_http import Attempt, Item
 from voiceagent.llm.eventstream import StreamFault
+from voiceagent.llm.tool_refusals import CHECK_ADVICE, ToolRefusal, refused_tool
 
 if TYPE_CHECKING:
     from voiceagent.llm.bedrock import BedrockLLM
@@ -62,7 +66,7 @@ RENEWABLE = frozenset({"ExpiredTokenException", "ExpiredToken", "UnrecognizedCli
                        "InvalidClientTokenId", "InvalidSignatureException"})
 
 
-def _llm_error(failure: Failure, *, after_tokens: bool) -> LLMError:
+def _llm_error(failure: Failure, *, after_tokens: bool, tools_refused: bool) -> LLMError:
     """The error a turn sees. Bedrock's words are held as the LOG_CONTENT line has them
     (numbers masked, cut to a few thousand characters with the length they had): a refusal
     can quote the whole request, and an exception holding tens of kilobytes travels whole
@@ -75,8 +79,13 @@ def _llm_error(failure: Failure, *, after_tokens: bool) -> LLMError:
     if failure.kind in ("unavailable", "credentials"):
         return ModelUnavailable(failure.code, message)
     if failure.kind == "rejected":
-        return ModelRejected(failure.code, message)
+        return (ModelToolsRefused if tools_refused else ModelRejected)(failure.code, message)
     return ModelStreamFailed(failure.code, message, after_tokens=False)
+
+
+def _bounded(name: str) -> str:
+    """A tool's name as the log holds it: a name refused for its length can be any length."""
+    return name if len(name) <= 80 else f"{name[:80]}…"
 
 
 def _chained(cause: BaseException) -> BaseException | None:
@@ -180,12 +189,14 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
             delay = 0.0
         if delay is None:
             self._ended = True
-            self._log_failure(failure)
+            refusal = self._tools_refused(failure)
+            self._log_failure(failure, refusal)
             if failure.kind == "bug":
                 raise ModelStreamFailed("InternalError", f"{type(failure.cause).__name__}: "
                                         f"{failure.message}", after_tokens=self._content
                                         ) from failure.cause
-            raise _llm_error(failure, after_tokens=self._content) from _chained(failure.cause)
+            raise _llm_error(failure, after_tokens=self._content,
+                             tools_refused=refusal is not None) from _chained(failure.cause)
         attempt.close()
         self._attempt = None
         self._retries += 1
@@ -243,9 +254,20 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
             self._restarted = True
         return delay
 
-    def _log_failure(self, failure: Failure) -> None:
+    def _tools_refused(self, failure: Failure) -> ToolRefusal | None:
+        """Bedrock's refusal of the offered tools (a ValidationException about them), which
+        no retry and no other turn can get past."""
+        if failure.code != "ValidationException" or failure.kind != "rejected":
+            return None
+        return refused_tool(failure.message, with_history=True)
+
+    def _log_failure(self, failure: Failure, refusal: ToolRefusal | None) -> None:
         extra: dict[str, Any] = {"code": failure.code, "kind": failure.kind,
                                  "after_tokens": self._content, "retries": self._retries}
+        if refusal is not None:
+            self._log_tools_refused(refusal, extra,
+                                    logged_message(failure, content=self._backend.log_content))
+            return
         if failure.kind == "rejected":
             extra["history_shape"] = history_shape(self._request.messages)
             extra["model_id"] = self._request.model_id
@@ -266,6 +288,34 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         else:                                   # Bedrock's state: the same for every call
             self._backend.failing.note(failure.code, "bedrock call failed", **extra,
                                        error=error)
+
+    def _log_tools_refused(self, refusal: ToolRefusal, extra: dict[str, Any],
+                           error: str) -> None:
+        """Once per episode for the use case and its model: every turn of its calls meets the
+        same refusal until its tools are fixed. The tool is named by its place in the
+        ``toolConfig`` sent: the use case's tools in their order, then placeholders for the
+        tools its history used that it no longer offers."""
+        request = self._request
+        where = f"use case {request.use_case}"
+        config = tool_config(request.tools, request.messages) or {"tools": []}
+        specs = [entry.get("toolSpec") or {} for entry in config["tools"]]
+        place = refusal.place
+        if place is None or not 0 <= place < len(specs):
+            tool = None
+            fix = (f"find the tool in {where}'s tools from Bedrock's words (a place in "
+                   f"toolConfig.tools is counted from 0, or from 1 before .member), then: "
+                   f"{refusal.hint}")
+        else:
+            tool = _bounded(str(specs[place].get("name", "?")))
+            fix = (f"fix tools[{place}] ({tool}) in {where}: {refusal.hint}"
+                   if place < len(request.tools) else
+                   f"tool {tool} is one the call's history used and {where} offers no more "
+                   "(voiceagent sends a placeholder spec for it): report it as a bug")
+        self._backend.failing.note(
+            f"{extra['code']} tools {request.use_case} {request.model_id}",
+            "bedrock refused the use case's tools", level=logging.ERROR, **extra,
+            model_id=request.model_id, use_case=request.use_case, tool=tool,
+            what_to_do=f"{fix}; {CHECK_ADVICE}", error=error)
 
     def close(self) -> None:
         """Sync and non-blocking, so it is safe in ``finally`` when cancelled."""
