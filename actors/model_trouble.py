@@ -18,7 +18,9 @@ model call failed (an error, a stall), it reached ``MAX_TOOL_ROUNDS`` without an
 maxTokens cut its answer mid-sentence. Each is the same loop for the caller, so all count in
 one streak. A turn that ends in the model's own words (or a tool's audio, or the call's end)
 starts it again; a turn cut by the caller, or with no model round (a re-prompt, a keypad
-reply), leaves it as it was.
+reply), leaves it as it was. A failure certain to come back on every turn (Bedrock refusing
+the use case's tools: the same specs go with every request) ends the call on its first turn:
+the apologies in between would change nothing, and a person (the handoff) is what helps.
 """
 
 from __future__ import annotations
@@ -39,17 +41,18 @@ CANNOT_GO_ON = DEFAULT_LINES["cannot_go_on"]
 END_REASON = "model-unavailable"
 
 
-def failed(ctx: CallContext, code: str) -> str | None:
+def failed(ctx: CallContext, code: str, *, certain: bool = False) -> str | None:
     """A turn failed (see the module docstring): the session's ``end`` data when the call
     should end now (this is the last of ``FAILED_TURNS_BEFORE_GOODBYE`` failed turns in a
-    row), else None."""
+    row, or ``certain``: every later turn would fail the same way), else None."""
     ctx.stats.failed_in_a_row += 1
-    if ctx.stats.failed_in_a_row < FAILED_TURNS_BEFORE_GOODBYE:
+    if ctx.stats.failed_in_a_row < FAILED_TURNS_BEFORE_GOODBYE and not certain:
         return None
     handoff = ctx.use_case.handoff.mode != "none"
     # per call, as any other end of a call is; the failure itself is the backend's episode
     log.info("ending the call", extra={"reason": END_REASON, "code": code, "handoff": handoff,
-                                       "failed_turns": ctx.stats.failed_in_a_row})
+                                       "failed_turns": ctx.stats.failed_in_a_row,
+                                       "fails_every_turn": certain})
     data: dict[str, object] = {"reasonCode": END_REASON}
     if handoff:
         data["handoff"] = True

@@ -93,7 +93,9 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
         model_error = type(err).__name__
         ctx.stats.model_errors += 1
         _log_model_error(ctx, err)
-        ending = model_trouble.failed(ctx, err.code)    # the same failure turn after turn
+        # the same failure turn after turn; a refusal of the use case's tools, on every one
+        ending = model_trouble.failed(ctx, err.code,
+                                      certain=isinstance(err, ModelToolsRefused))
         end_data = ending or end_data
         try:
             with suppress(trio.BrokenResourceError, trio.ClosedResourceError):

@@ -5,10 +5,13 @@ and 'model error, apologising' with the history's shape, as if the call's histor
 fault, and nothing said which tool to fix. Now the backend's episode logs it once (per use
 case and model), naming the tool, what to change in it and `voiceagent check`; each turn's
 'turn done' names ``ModelToolsRefused``. The local endpoint refuses what Bedrock refuses in a
-toolConfig (``fake_tools``). A refusal cannot pass on a retry, and none is made."""
+toolConfig (``fake_tools``). A refusal cannot pass on a retry, and none is made; nor on
+the next turn, so the call ends on its first (to the handoff, else with the words of a call
+that cannot go on), not after two apologies."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -45,15 +48,22 @@ UNBOUNDED = {**STATUS, "input_schema": {
                                                "maxLength": 9007199254740991}}}}
 
 
-async def _call(url: str) -> None:
+async def _call(url: str, ends: list[dict[str, Any]]) -> None:
+    """Up to the turns the three-failures rule allows, until the agent ends the call."""
     async with open_call(url, auth_token=AUTH_TOKEN) as call:
         for _ in range(FAILED_TURNS_BEFORE_GOODBYE):
             await call.say("where is my order?")
-            await call.read_reply()
+            reply = await call.read_reply()
+            if reply.ended is not None:
+                ends.append(reply.ended)
+                break
         await call.hang_up()
 
 
-async def _calls(tmp_path: Path, tools: list[dict[str, Any]], count: int) -> None:
+async def _calls(tmp_path: Path, tools: list[dict[str, Any]],
+                 count: int) -> list[dict[str, Any]]:
+    """``count`` calls at once: their ``end`` frames."""
+    ends: list[dict[str, Any]] = []
     config = one_use_case_config(tmp_path, {"name": "orders", "model": CLAUDE,
                                             "prompt": "You take orders.", "tools": tools})
     settings = make_settings(tmp_path, LLM="bedrock", AWS_REGION="us-east-1",
@@ -62,18 +72,21 @@ async def _calls(tmp_path: Path, tools: list[dict[str, Any]], count: int) -> Non
         async with running_server(settings) as server:
             async with trio.open_nursery() as nursery:
                 for _ in range(count):
-                    nursery.start_soon(_call, server.url)
+                    nursery.start_soon(_call, server.url, ends)
             await server.runtime.calls.wait_idle()
+    return ends
 
 
 async def test_a_refused_tool_is_named_once_for_every_turn_of_every_call(
         tmp_path: Path, fake_bedrock: FakeBedrock,
         records: list[logging.LogRecord]) -> None:
     fake_bedrock.responder = lambda r: text_reply(["Fine."])    # never reached
-    await _calls(tmp_path, [STATUS, EITHER], count=2)
-    turns = 2 * FAILED_TURNS_BEFORE_GOODBYE
+    ends = await _calls(tmp_path, [STATUS, EITHER], count=2)
+    turns = 2                               # each call's first: it cannot pass on the next
     # one request a turn: a refusal cannot pass on a retry, patient or not
     assert len(fake_bedrock.requests) == turns
+    assert [json.loads(e["handoffData"]) for e in ends] == [
+        {"reasonCode": "model-unavailable"}] * 2
     events = Counter(r.getMessage() for r in records)
     assert events[REFUSED] == 1
     assert events["bedrock call failed"] == 0
@@ -91,7 +104,9 @@ async def test_a_refused_tool_is_named_once_for_every_turn_of_every_call(
     assert "; run `voiceagent check`: it asks each model" in line["what_to_do"]
     assert line["error"] == TOP_LEVEL.format(index=1)
     ended = [r for r in records if r.getMessage() == "ending the call"]
-    assert len(ended) == 2                                  # the three-failures rule
+    assert len(ended) == 2                                  # on each call's first turn
+    assert {(vars(r)["failed_turns"], vars(r)["fails_every_turn"]) for r in ended} == {
+        (1, True)}
     assert [r for r in records if r.levelno >= logging.WARNING
             and r.getMessage() not in (REFUSED, "bedrock calls still failing")] == []
 
@@ -103,7 +118,7 @@ async def test_a_bound_past_32_bits_is_named_with_what_to_change(
     fake_bedrock.responder = lambda r: text_reply(["Fine."])
     await _calls(tmp_path, [EITHER | {"input_schema": {"type": "object"}}, UNBOUNDED],
                  count=1)
-    assert len(fake_bedrock.requests) == FAILED_TURNS_BEFORE_GOODBYE
+    assert len(fake_bedrock.requests) == 1
     refused = [vars(r) for r in records if r.getMessage() == REFUSED]
     assert len(refused) == 1
     assert refused[0]["tool"] == "CheckOrderStatus"
