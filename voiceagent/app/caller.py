@@ -132,6 +132,13 @@ class RelayCall:
         self._cycle_closed = False      # its ``last`` came: the next text starts another
         self.session_id = "VX" + secrets.token_hex(16)   # this relay session's, as Twilio's
         self.closed_by_server: int | None = None
+        attributes = target.attributes
+        # What Twilio speaks and hears now: the TwiML's, then each `language` frame's, so a
+        # prompt after a switch reports the language Twilio was told to hear, as Twilio's
+        # does (a fixed en-US would switch an auto_language use case straight back).
+        self.tts_language = attributes.get("ttsLanguage") or attributes.get("language") or "en-US"
+        self.transcription_language = (attributes.get("transcriptionLanguage")
+                                       or attributes.get("language") or "en-US")
 
     async def send_json(self, frame: dict[str, Any]) -> None:
         await self.ws.send_message(json.dumps(frame))
@@ -148,8 +155,18 @@ class RelayCall:
             "callerName": "", "direction": "inbound", "callStatus": "RINGING",
             "customParameters": self.target.parameters})
 
-    async def say(self, text: str, *, last: bool = True, lang: str = "en-US") -> None:
+    def prompt_language(self) -> str:
+        """The ``lang`` Twilio would report now: the language it hears, or, under ``multi``
+        (which reports the primary subtag it detects), that of the language it speaks, on
+        the view that a caller answers in the language they are spoken to."""
+        if self.transcription_language.lower() == "multi":
+            return self.tts_language.split("-")[0].lower()
+        return self.transcription_language
+
+    async def say(self, text: str, *, last: bool = True, lang: str | None = None) -> None:
+        """Say ``text``; ``lang`` is the prompt's language (default: ``prompt_language()``)."""
         self.heard = ""
+        lang = lang or self.prompt_language()
         await self.send_json({"type": "prompt", "voicePrompt": text, "lang": lang,
                               "last": last})
 
@@ -181,6 +198,10 @@ class RelayCall:
                 self.heard, self._cycle_closed = "", False
             self.heard += str(frame.get("token", ""))
             self._cycle_closed = bool(frame.get("last"))
+        elif frame.get("type") == "language":
+            self.tts_language = str(frame.get("ttsLanguage") or self.tts_language)
+            self.transcription_language = str(frame.get("transcriptionLanguage")
+                                              or self.transcription_language)
         return frame
 
     async def read_reply(self) -> Reply:

@@ -84,8 +84,10 @@ class Conversation:
         """The underlying Twilio-side session, for anything this class does not cover."""
         return self._call
 
-    async def say(self, text: str) -> Turn:
-        return await self._turn(self._call.say(text))
+    async def say(self, text: str, *, lang: str | None = None) -> Turn:
+        """Say ``text`` as Twilio reports it: in the language Twilio hears now (the TwiML's,
+        or the last switch's), or in ``lang`` (``"es"``, as ``multi`` detects it)."""
+        return await self._turn(self._call.say(text, lang=lang))
 
     async def press(self, digits: str) -> Turn:
         """Press keys one by one (then ``#`` yourself when the use case wants a terminator)."""
