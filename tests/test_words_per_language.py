@@ -58,3 +58,16 @@ def test_an_entry_s_words_are_stored_only_when_set_and_are_no_twiml_attribute() 
                                    use_case=use_case, parameters={})
     assert "Abrimos" not in document
     assert "Perdone" not in document
+
+
+@pytest.mark.parametrize(("key", "meant"), [
+    ("handoff_mesage", "handoff_message"), ("scriptedFallback", "scripted_fallback"),
+    ("dtmf_reply", "dtmf_replies"), ("filler", "fillers"), ("hold-line", "hold_line")])
+def test_an_entry_s_own_key_misspelt_is_told_its_name(key: str, meant: str) -> None:
+    """Found by review (s22): ``handoff_mesage`` was told only of the <Language> attributes
+    the twilio builder names, none of them alike, so the entry's own keys went unsuggested."""
+    with pytest.raises(ConfigError) as caught:
+        _use_case(languages=[{"code": "es-US", key: "Le paso."}])
+    assert caught.value.key_path == f"languages[0].{key}"
+    assert f"did you mean {meant}?" in caught.value.problem
+    assert "scripted_fallback, dtmf_replies" in caught.value.problem

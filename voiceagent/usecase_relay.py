@@ -129,6 +129,19 @@ def unknown_attribute(name: str, allowed: frozenset[str], what: str, source: str
     return f"unknown {what} attribute {name!r}{hint}; allowed are the {source}"
 
 
+def _unknown_entry_key(name: str) -> str:
+    """A ``languages`` entry's key that is neither its own (``handoff_message``, ...) nor a
+    <Language> attribute: the nearest of both is suggested, since a misspelt
+    ``handoff_mesage`` was told only of the builder's attributes, none of them alike."""
+    guess = _did_you_mean(name, LANGUAGE_BUILDER_ATTRIBUTES | frozenset(NOT_ATTRIBUTES))
+    if guess not in NOT_ATTRIBUTES:
+        return unknown_attribute(name, LANGUAGE_BUILDER_ATTRIBUTES, "<Language>",
+                                 LANGUAGE_SOURCE)
+    return (f"unknown key {name!r} (did you mean {guess}?); besides code and the <Language> "
+            f"attributes, an entry takes {', '.join(NOT_ATTRIBUTES)} (config/README.md, "
+            "Spoken lines)")
+
+
 def quote_it(value: bool, key: str | None = None) -> str:
     """What to do when YAML made a boolean of what was meant as text."""
     words, example = ("yes, on or true", "yes") if value else ("no, off or false", "no")
@@ -239,8 +252,7 @@ class LanguageEntry(BaseModel):
         if isinstance(data, Mapping):
             for key in data:
                 if key not in NOT_ATTRIBUTES and key not in LANGUAGE_BUILDER_ATTRIBUTES:
-                    raise key_problem((str(key),), unknown_attribute(
-                        str(key), LANGUAGE_BUILDER_ATTRIBUTES, "<Language>", LANGUAGE_SOURCE))
+                    raise key_problem((str(key),), _unknown_entry_key(str(key)))
         return hints_joined(data)
 
     @model_validator(mode="after")
