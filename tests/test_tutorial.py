@@ -149,8 +149,9 @@ def test_every_command_of_the_tutorial_runs(user_venv: WheelVenv, tmp_path: Path
     served = log.read_text() if log.exists() else "(no server log)"
     assert process.returncode == 0, f"{output[-6000:]}\n--- voiceagent serve:\n{served[-3000:]}"
     assert "Traceback" not in served, served[-3000:]
-    # the project's tests as generated (3), then with the new tool's two (5)
-    assert re.findall(r"^(\d+) passed in", output, re.MULTILINE) == ["3", "5"], output[-4000:]
+    # the project's tests as generated (3), with the new tool's two (5), then the Spanish one (6)
+    assert re.findall(r"^(\d+) passed in", output, re.MULTILINE) == ["3", "5", "6"], \
+        output[-4000:]
     printed = [line.rstrip() for line in output.splitlines()]
     for block in page:
         if block.language != "console":
