@@ -112,6 +112,19 @@ class HeldReads(Protocol):
         ...
 
 
+@runtime_checkable
+class ClosesNow(Protocol):
+    """A model stream whose upstream can be closed synchronously, from any task of the call:
+    a barge-in closes it the moment the relay reader reads the interrupt (``CutMarks``),
+    not a scheduler pass later, when the cut turn's task runs again (at a thousand busy
+    calls each pass of the run queue is milliseconds). A stream closed under a read that
+    was already under way ends that read with the turn's cancel, never with an error."""
+
+    def close_now(self) -> None:
+        """Close the upstream now (idempotent; never blocks, never raises)."""
+        ...
+
+
 class LLM(Protocol):
     """A model backend. One instance per process, shared by every call."""
 
@@ -126,7 +139,8 @@ class LLM(Protocol):
         channels): a turn waits on it under the deadline of its held text.
 
         A stream may also be a ``HeldReads``: a turn holding text then reads it once per hold
-        window instead of once per token; both built-in backends' streams are."""
+        window instead of once per token; both built-in backends' streams are. Bedrock's is
+        also a ``ClosesNow``."""
         ...
 
     async def aclose(self) -> None:

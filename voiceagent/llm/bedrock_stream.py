@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import trio
 
@@ -129,7 +129,9 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
     async def receive(self) -> LLMEvent:
         while True:
             attempt = self._attempt
-            if attempt is None or self._closed:
+            if self._closed:
+                await self._closed_under_us()
+            if attempt is None:
                 raise trio.ClosedResourceError("the model stream was closed")
             if self._ready:
                 item = self._ready.pop(0)
@@ -137,8 +139,12 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
                 try:
                     item = await attempt.receive()
                 except trio.EndOfChannel:
+                    if self._closed:
+                        await self._closed_under_us()
                     self._ended = True
                     raise
+                if self._closed:
+                    await self._closed_under_us()
             if isinstance(item, Failure):
                 await self._after_failure(attempt, item)
                 continue
@@ -151,9 +157,13 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         out: list[LLMEvent] = []
         while True:
             attempt = self._attempt
-            if attempt is None or self._closed:
+            if self._closed:
+                await self._closed_under_us()
+            if attempt is None:
                 raise trio.ClosedResourceError("the model stream was closed")
             items = [*self._ready, *await attempt.take_ready()]
+            if self._closed:
+                await self._closed_under_us()
             self._ready.clear()
             for at, item in enumerate(items):
                 if type(item) is TextDelta:     # most of a window: nothing to note but content
@@ -317,19 +327,33 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
             model_id=request.model_id, use_case=request.use_case, tool=tool,
             what_to_do=f"{fix}; {CHECK_ADVICE}", error=error)
 
+    async def _closed_under_us(self) -> NoReturn:
+        """A read met the stream closed. A barge-in closes it from the relay reader's task
+        (``close_now``) with the turn's scope already cancelled, and the turn's task may have
+        been woken before that (its socket readable, a hold window over): this checkpoint
+        raises the turn's cancel, so the cut is a cut, not a model error (the closed socket's
+        failure) nor a writer gone (``ClosedResourceError``) in the turn's summary."""
+        await trio.lowlevel.checkpoint()
+        raise trio.ClosedResourceError("the model stream was closed")
+
+    def close_now(self) -> None:
+        """``base.ClosesNow``: the barge-in's, from another task of the call."""
+        self.close()
+
     def close(self) -> None:
-        """Sync and non-blocking, so it is safe in ``finally`` when cancelled."""
-        if self._closed:
-            return
-        self._closed = True
-        attempt = self._attempt
-        if not self._ended:
-            self._backend._counts.cancellations += 1
-            if attempt is not None:
-                attempt.abort()
+        """Sync and non-blocking, so it is safe in ``finally`` when cancelled. Again after
+        ``close_now`` it closes an attempt a retry opened meanwhile: the turn's task may
+        have been inside ``_start_attempt`` when the reader closed the stream."""
+        attempt, self._attempt = self._attempt, None
+        if not self._closed:
+            self._closed = True
+            self._backend._counts.streams_open -= 1
+            if not self._ended:
+                self._backend._counts.cancellations += 1
         if attempt is not None:
+            if not self._ended:
+                attempt.abort()
             attempt.close()
-        self._backend._counts.streams_open -= 1
 
     async def aclose(self) -> None:
         self.close()
