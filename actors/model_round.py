@@ -69,8 +69,10 @@ async def model_round(ctx: CallContext, speaker: Speaker, hold_line: str | None 
         language=ctx.relay.language.tts if ctx.relay is not None else None)
     received = _Received()
     failed = False
+    events: object = None
     try:
         async with covering(hold_line, speaker) as cover, ctx.llm.stream(request) as events:
+            ctx.marks.upstream(events)          # a barge-in closes it from the reader's task
             take_ready = events.take_ready if isinstance(events, HeldReads) else None
             with suppress(trio.EndOfChannel):
                 first = await events.receive()
@@ -92,6 +94,8 @@ async def model_round(ctx: CallContext, speaker: Speaker, hold_line: str | None 
         failed = True
         raise
     finally:
+        if events is not None:
+            ctx.marks.upstream_done(events)
         ctx.stats.rounds.append(_round_record(ctx, received.end, received.overhead_s,
                                               failed=failed))
     return Asked(tuple(received.calls), received.reasoning)

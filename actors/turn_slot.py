@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from voiceagent.llm.base import ClosesNow
 from voiceagent.logs import turn_var
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,11 @@ class CutMarks:
     relay reader marks the cut the moment it reads the interrupt (``cut``), before anything
     else runs, and the writer checks the mark right before each send (``speaking_cut``):
     once the reader has read an interrupt, no text of the cut turn leaves the writer. The
-    same moment cancels the speaking turn's scope, so its model stream closes at once, not
-    after the interrupt has passed through the handler and the streamer (each hop a pass of
-    the scheduler, ~3 ms each at 1000 calls); the streamer's barge-in then finds the turn
+    same moment cancels the speaking turn's scope and closes its model stream (``upstream``:
+    a stream that can be closed from here, ``ClosesNow``), so Bedrock gets the FIN before
+    any other task runs: not after the interrupt has passed through the handler and the
+    streamer, nor a pass later when the cut turn's task runs its cleanup (each a pass of the
+    scheduler, milliseconds at 1000 calls). The streamer's barge-in then finds the turn
     cancelled and waits for its cleanup as before. The slot counts turns (``turn_started``),
     so the next turn speaks freely; each cut remembers the turn it cut (``take_cut``), since
     a goodbye may start before the barge-in arrives and must not be taken for the turn cut.
@@ -44,13 +47,14 @@ class CutMarks:
     """
 
     __slots__ = ("_cut_through", "_cuts", "_earlier", "_ended", "_recorded", "_scope",
-                 "_silent_goodbye", "_turn", "withheld")
+                 "_silent_goodbye", "_turn", "_upstream", "withheld")
 
     def __init__(self) -> None:
         self._turn = 0                  # turns started so far; the newest may be speaking
         self._cut_through = -1          # the newest turn the caller cut off
         self._cuts: deque[int] = deque(maxlen=MAX_PENDING_CUTS)   # per cut, the turn it cut
         self._scope: trio.CancelScope | None = None     # the newest turn's
+        self._upstream: ClosesNow | None = None         # its model stream, while open
         self.withheld = ""              # the speaking turn's words the writer did not send
         self._recorded = 0              # of ``withheld``, what ``sent_part`` took off
         self._earlier: dict[int, str] = {}  # a cut turn's unrecorded words, once superseded
@@ -66,6 +70,7 @@ class CutMarks:
             self._earlier[self._turn] = unrecorded
         self._turn += 1
         self._scope = scope
+        self._upstream = None
         self._silent_goodbye = goodbye
         self.withheld = ""
         self._recorded = 0
@@ -74,7 +79,16 @@ class CutMarks:
     def turn_ended(self, scope: trio.CancelScope) -> None:
         """The turn is done: a cut has nothing left to cancel, so let its scope go."""
         if self._scope is scope:
-            self._scope = None
+            self._scope = self._upstream = None
+
+    def upstream(self, stream: object) -> None:
+        """The newest turn opened ``stream`` (a model round): a cut closes it at once, if it
+        can be closed from another task (``ClosesNow``)."""
+        self._upstream = stream if isinstance(stream, ClosesNow) else None
+
+    def upstream_done(self, stream: object) -> None:
+        if self._upstream is stream:
+            self._upstream = None
 
     def cut(self) -> None:
         """An interrupt is about the speech Twilio plays: a goodbye that has not sent a word
@@ -85,7 +99,14 @@ class CutMarks:
         self._cut_through = through
         self._cuts.append(through)
         if self._scope is not None and through == self._turn:   # a finished turn's: ignored
-            self._scope.cancel(reason="barge-in")
+            self._scope.cancel(reason="barge-in")       # first: a read under way ends cut
+            if (upstream := self._upstream) is not None:
+                self._upstream = None
+                named = turn_var.set(self._turn)        # its lines are the cut turn's
+                try:
+                    upstream.close_now()
+                finally:
+                    turn_var.reset(named)
 
     def end_taken(self) -> None:
         """The writer took ``end`` (whoever sent it: a goodbye, the endCall or handoff tool):

@@ -1,14 +1,18 @@
-"""A Bedrock stream closed from another task of the call (``close_now``: a barge-in's, from
-the relay reader) while the turn's task is inside a read: the read ends with the turn's
-cancel, never a model error, also when the task had already been woken by the model's next
-bytes; and an attempt a retry opened meanwhile is closed too.
+"""A barge-in closes the cut turn's Bedrock stream from the relay reader's own step, before any
+other task runs: at a thousand busy calls each pass of the scheduler's run queue costs
+milliseconds, and the cut turn's task waiting for its pass kept Bedrock generating (and the
+limiter token held) meanwhile. What the turn records is unchanged: the cut is a cut, with
+what was heard, never a model error. A stream closed so (``close_now``) while the turn's task
+is inside a read ends that read with the turn's cancel, also when the task had already been
+woken by the model's next bytes; and an attempt a retry opened meanwhile is closed too.
 
-Real parts throughout: ``BedrockLLM``, the local endpoint on 127.0.0.1,
+Real parts throughout: the call's actors, ``BedrockLLM``, the local endpoint on 127.0.0.1,
 trio's virtual clock (the instants are exact; nothing here is timed).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,10 +21,14 @@ import trio
 import trio.testing
 
 from tests.bedrock_clock import llm_on_virtual_clock
+from tests.call_harness import open_test_call
 from tests.fake_bedrock import FakeBedrock, HttpError, text_reply
+from tests.fakes import MemorySocket
 from voiceagent.errors import LLMError
 from voiceagent.llm.base import InferenceConfig, LLMRequest, TextDelta
 from voiceagent.llm.bedrock import BedrockLLM
+
+WORDS = [f" w{n}" for n in range(40)]        # no clause end: the first clause is 60 chars
 
 
 @pytest.fixture
@@ -28,6 +36,60 @@ async def llm(fake_bedrock: FakeBedrock, mock_clock: trio.testing.MockClock
               ) -> AsyncIterator[BedrockLLM]:
     async with llm_on_virtual_clock(mock_clock) as backend:
         yield backend
+
+
+class FirstStepOfTheCutTurn(trio.abc.Instrument):
+    """The model streams open when the cut turn's task first runs after the reader read the
+    interrupt: 0 once the reader closed its stream itself."""
+
+    def __init__(self, socket: MemorySocket, llm: BedrockLLM) -> None:
+        self.socket = socket
+        self.llm = llm
+        self.streams_open: int | None = None
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if (self.streams_open is None and task.name.endswith("TurnSlot._run_scoped")
+                and any(kind == "read" and frame.get("type") == "interrupt"
+                        for kind, frame in self.socket.timeline)):
+            self.streams_open = self.llm.statistics().streams_open
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["first clause", "hold window"])
+async def test_the_reader_closes_the_stream_and_the_turn_records_its_cut(
+        fake_bedrock: FakeBedrock, llm: BedrockLLM, records: list[logging.LogRecord],
+        held: bool) -> None:
+    fake_bedrock.push(text_reply(WORDS, gap_s=0.02), text_reply([" Pizza."]))
+    socket = MemorySocket()
+    watch = FirstStepOfTheCutTurn(socket, llm)
+    trio.lowlevel.add_instrument(watch)
+    try:
+        async with open_test_call(llm, socket=socket,
+                                  services_changes={"token_hold_s": 0.1 if held else 0.0}
+                                  ) as call:
+            call.say("what is on the menu?")
+            text = ""
+            while len(text) < (70 if held else 9):      # held: the first clause is out
+                text += (await call.frame())["token"]
+            await trio.sleep(0.05 if held else 0.005)   # in a hold window; between words
+            call.interrupt(heard=None)
+            _, after = await call.reply()
+            assert after == [{"type": "text", "token": "", "last": True}]   # no more words
+            call.say("and pizza?")
+            assert (await call.reply())[0] == " Pizza."
+    finally:
+        trio.lowlevel.remove_instrument(watch)
+    assert watch.streams_open == 0
+    first, second = fake_bedrock.requests
+    assert first.outcome == "client_closed"
+    assert first.connection.closed_at is not None
+    assert first.connection.closed_at <= second.received_at     # before the next turn began
+    assert call.history[-3] == {"role": "assistant", "content": [{"text": text.strip()}]}
+    done = [r for r in records if r.getMessage() == "turn done"]
+    assert [(r.cut_by, r.model_error) for r in done] == [
+        ("barge-in", None), (None, None)]
+    stats = llm.statistics()
+    assert (stats.cancellations, stats.errors_by_code, stats.streams_open) == (1, {}, 0)
+    assert stats.attempts_open == 0                 # the limiter token given back
 
 
 def request() -> LLMRequest:
