@@ -22,7 +22,15 @@ import trio.testing
 
 from tests.bedrock_clock import llm_on_virtual_clock
 from tests.call_harness import open_test_call
-from tests.fake_bedrock import FakeBedrock, HttpError, text_reply
+from tests.fake_bedrock import (
+    FakeBedrock,
+    HttpError,
+    message_end,
+    message_start,
+    stream_reply,
+    text_events,
+    text_reply,
+)
 from tests.fakes import MemorySocket
 from voiceagent.errors import LLMError
 from voiceagent.llm.base import InferenceConfig, LLMRequest, TextDelta
@@ -58,7 +66,13 @@ class FirstStepOfTheCutTurn(trio.abc.Instrument):
 async def test_the_reader_closes_the_stream_and_the_turn_records_its_cut(
         fake_bedrock: FakeBedrock, llm: BedrockLLM, records: list[logging.LogRecord],
         held: bool) -> None:
-    fake_bedrock.push(text_reply(WORDS, gap_s=0.02), text_reply([" Pizza."]))
+    # the words, then a pause no cut waits out: on the virtual clock a thread's wait (the
+    # store's) lets the endpoint's timers run ahead, and a held window leaves its bytes
+    # unread; ending with the words, the reply could be all written before the cut came
+    fake_bedrock.push(stream_reply(message_start(), text_events(WORDS, gap_s=0.02, stop=False),
+                                   text_events([" later"], first_delay_s=30.0),
+                                   message_end("end_turn")),
+                      text_reply([" Pizza."]))
     socket = MemorySocket()
     watch = FirstStepOfTheCutTurn(socket, llm)
     trio.lowlevel.add_instrument(watch)
