@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import trio
 
 from actors.hold_line import HOLD_LINE_AFTER_S
 from actors.tool_filler import FILLER_AFTER_S
-from actors.turn import APOLOGY_CUT, APOLOGY_SILENT
+from actors.turn import APOLOGY_CUT, APOLOGY_SILENT, CLOSE_TIMEOUT_S
 from tests.call_harness import open_test_call, plain_use_case
-from tests.fakes import FakeLLM, Step, words
-from voiceagent.errors import ConfigError, ModelStreamFailed
+from tests.fakes import FakeLLM, MemorySocket, Step, words
+from voiceagent.errors import ConfigError, ModelStreamFailed, RelayBroken
 from voiceagent.llm.base import StreamEnd, TextDelta, ToolUseRequest
 from voiceagent.store import config_records
 from voiceagent.tools.base import ToolDefinition
@@ -197,3 +198,56 @@ def test_the_store_keeps_a_hold_line_and_items_without_one_have_no_key() -> None
     older = config_records.use_case_item(plain_use_case())
     assert "hold_line" not in older["voiceagent"]
     assert config_records.use_case_from_item(older).hold_line is None
+
+
+class _SlowSocket(MemorySocket):
+    """A Twilio that takes no frame while ``gate`` is closed: the writer waits on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: trio.Event | None = None
+        self.broken = False             # a send fails as on a socket gone
+
+    async def send(self, text: str) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.broken:
+            raise RelayBroken("gone")
+        await super().send(text)
+
+
+async def test_a_barge_in_cuts_a_hold_line_the_socket_is_slow_to_take(
+        autojump_clock: Any) -> None:
+    """The line is a part of the turn: a barge-in while its words wait on a slow socket stops
+    it with the turn, so the caller's next words are put to the model at once, not once the
+    socket has taken the rest of a line nobody will hear."""
+    socket = _SlowSocket()
+    llm = FakeLLM([words("Yes.", first_s=60), words("Sure.", first_s=0.1)])
+    async with open_test_call(llm, use_case=_use_case(), socket=socket) as call:
+        gate = socket.gate = trio.Event()
+        call.say("open?")
+        await trio.sleep(HOLD_LINE_AFTER_S + 0.5)   # the line's first word waits on the gate
+        call.interrupt(heard=None)
+        call.say("today?")
+        # the cut turn's closer waits its bound on the slow socket; the gate is still closed
+        await trio.sleep(CLOSE_TIMEOUT_S + 0.5)
+        asked_again = len(llm.sent_messages)
+        gate.set()
+        cut, _ = await call.reply()
+        answer, _ = await call.reply()
+    assert asked_again == 2
+    assert (cut, answer) == ("One", "Sure.")
+
+
+async def test_a_socket_gone_under_the_hold_line_ends_the_round_at_once(
+        autojump_clock: Any) -> None:
+    """Saying the line found the writer gone (the caller hung up as it went out): the round
+    ends then, its model stream closed, not when the slow model would have begun."""
+    socket = _SlowSocket()
+    llm = FakeLLM([words("Yes.", first_s=60)])
+    async with open_test_call(llm, use_case=_use_case(), socket=socket) as call:
+        socket.broken = True
+        call.say("open?")
+        await trio.sleep(HOLD_LINE_AFTER_S + 1)
+        closed_by_then = list(llm.closed_at)
+    assert closed_by_then == [pytest.approx(HOLD_LINE_AFTER_S)]
