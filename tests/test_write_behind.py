@@ -568,3 +568,25 @@ async def test_write_decided_is_the_store_s_answer_or_left_to_the_queue_on_its_c
     assert store.items[("CA1", "connection")]["token"] == "d"
     stats = writer.statistics()
     assert (stats.undecided, stats.pending, stats.failed) == (1, 0, 0)
+
+
+async def test_an_item_is_written_as_it_was_submitted_whatever_its_maker_changes_after(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The queue's copy is the only one: ``History.take_sealed`` hands over its own messages
+    (it replaces a message, never changes one), so nothing the call still holds may reach
+    the store's thread through the queue."""
+    store = FakeStore()
+    writer = WriteBehind(store, jitter=lambda: 1.0)
+    message = {"role": "user", "content": [{"text": "open today?"}]}
+    item = chat("CA1", 1, chat=message, generated=["open"])
+    writer.submit(item, call_sid="CA1")
+    message["content"][0]["text"] = "changed"
+    item["generated"].append("changed")
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            assert await writer.flush(timeout_s=5.0)
+            nursery.cancel_scope.cancel(reason="test over")
+    written = store.items[("CA1", "chat::0001")]
+    assert written["chat"] == {"role": "user", "content": [{"text": "open today?"}]}
+    assert written["generated"] == ["open"]
