@@ -202,7 +202,11 @@ class History:
 
         A stored message that a cut dropped, or moved to another position (its item is keyed
         by at_ms and position), comes first as a tombstone: an empty message with
-        ``{"at_ms": ..., "dropped": True}``, written over the old item."""
+        ``{"at_ms": ..., "dropped": True}``, written over the old item.
+
+        The messages themselves, not copies: the history replaces a message, never changes
+        one (requests hold them too), and the write-behind queue copies what it keeps (copying
+        here as well cost each turn a second deep copy of its messages)."""
         end = len(self._messages) if final else max(len(self._messages) - 1, 0)
         # Below ``_sealed`` nothing changed since it was stored (a change lowers it), so only
         # the positions from there on are compared: a turn's start stays O(new messages).
@@ -213,7 +217,7 @@ class History:
             (self._offset + low + k, {}, {"at_ms": old, "dropped": True})
             for k, old in enumerate(was)
             if old is not None and (k >= len(at) or old != at[k])]
-        out += [(self._offset + i, copy.deepcopy(self._messages[i]), dict(self._meta[i]))
+        out += [(self._offset + i, self._messages[i], dict(self._meta[i]))
                 for i in range(self._sealed, end)]
         self._sealed = max(self._sealed, end)
         stored = self._sealed - low
