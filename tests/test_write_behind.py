@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,8 @@ import trio.testing
 from tests.fakes import MemoryStore
 from voiceagent.errors import StoreError, StoreRejected
 from voiceagent.log_episodes import QUIET_S
-from voiceagent.store.base import BATCH_LIMIT, Item, Version
+from voiceagent.store.base import BATCH_LIMIT, MAX_ITEM_BYTES, Item, Version, item_size
+from voiceagent.store.sqlite import open_sqlite_store
 from voiceagent.store.write_behind import WriteBehind
 
 Key = tuple[str, str]
@@ -590,3 +592,25 @@ async def test_an_item_is_written_as_it_was_submitted_whatever_its_maker_changes
     written = store.items[("CA1", "chat::0001")]
     assert written["chat"] == {"role": "user", "content": [{"text": "open today?"}]}
     assert written["generated"] == ["open"]
+
+
+async def test_an_item_over_dynamodbs_limit_is_still_refused_by_the_store_it_is_queued_for(
+        tmp_path: Path) -> None:
+    """The queue measures each item as it takes it; the store's 400 KB check is still the
+    store's, and refuses what DynamoDB would (SQLite itself would take it)."""
+    over = {"pk": "CA1", "sk": "chat::0001", "text": "é" * (MAX_ITEM_BYTES // 2)}
+    fine = {"pk": "CA1", "sk": "chat::0002", "text": "é" * (MAX_ITEM_BYTES // 4)}
+    assert item_size(fine) < MAX_ITEM_BYTES < item_size(over)
+    with trio.fail_after(30):
+        async with (open_sqlite_store(tmp_path / "voiceagent.db",
+                                      limiter=trio.CapacityLimiter(1)) as store,
+                    trio.open_nursery() as nursery):
+            writer = WriteBehind(store, jitter=lambda: 1.0)
+            await nursery.start(writer.run)
+            writer.submit(over, call_sid="CA1")
+            writer.submit(fine, call_sid="CA1")
+            assert await writer.flush(timeout_s=20.0)
+            stored = [item["sk"] for item in await store.query("CA1", "chat::")]
+            nursery.cancel_scope.cancel(reason="test over")
+    assert stored == ["chat::0002"]
+    assert writer.statistics().failed == 1
