@@ -42,7 +42,14 @@ import trio
 from voiceagent.errors import StoreError, StorePartlyWritten, is_permanent
 from voiceagent.log_episodes import Episode
 from voiceagent.logs import for_call, mask_phone
-from voiceagent.store.base import BATCH_LIMIT, Item, Store, Version, item_size
+from voiceagent.store.base import (
+    BATCH_LIMIT,
+    Item,
+    MeasuredItem,
+    Store,
+    Version,
+    item_size,
+)
 from voiceagent.store.write_ahead import WriteAhead
 
 log = logging.getLogger(__name__)
@@ -55,14 +62,18 @@ CALLS_NAMED = 5         # of a failed batch's calls, in its log line (a batch ho
 ENTRY_OVERHEAD = 700    # bytes a queued item holds beyond its DynamoDB size (its dicts)
 
 
-def _cost(item: Item) -> int:
-    """Measured: a small chat item (~200 bytes as DynamoDB counts) held ~0.9 KB queued; a
-    large one, about its size. Anything ``item_size`` cannot measure costs its overhead: the
-    store refuses it anyway."""
+def _queued(item: Item) -> tuple[Item, int]:
+    """The queue's own copy of ``item``, and its cost. Measured: a small chat item (~200
+    bytes as DynamoDB counts) held ~0.9 KB queued; a large one, about its size. The size is
+    kept with the copy (``MeasuredItem``): the store checks it against DynamoDB's limit
+    without measuring again. Anything ``item_size`` cannot measure costs its overhead, and
+    is left for the store to measure and refuse."""
+    copied = copy.deepcopy(item)
     try:
-        return item_size(item) + ENTRY_OVERHEAD
+        size = item_size(copied)
     except (TypeError, ValueError):
-        return ENTRY_OVERHEAD
+        return copied, ENTRY_OVERHEAD
+    return MeasuredItem(copied, size), size + ENTRY_OVERHEAD
 
 
 def _jitter_factor() -> float:
@@ -89,7 +100,7 @@ class _Entry:
     item: Item
     submitted_at: float
     version: Version | None = None   # see ``submit``
-    cost: int = 0                    # memory it holds while queued, roughly (``_cost``)
+    cost: int = 0                    # memory it holds while queued, roughly (``_queued``)
     fence: bool = False              # see ``submit``
 
 
@@ -143,9 +154,9 @@ class WriteBehind(WriteAhead):
             raise ValueError("a store item needs string 'pk' and 'sk' attributes")
         seq = self._next_seq
         self._next_seq += 1
-        cost = _cost(item)
-        self._queue.append(_Entry(seq, call_sid, (pk, sk), copy.deepcopy(item),
-                                  trio.current_time(), version, cost, fence))
+        queued, cost = _queued(item)
+        self._queue.append(_Entry(seq, call_sid, (pk, sk), queued, trio.current_time(),
+                                  version, cost, fence))
         self._pending_bytes += cost
         self._last_by_call[call_sid] = seq
         self._wakeup.set()
