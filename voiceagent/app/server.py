@@ -26,7 +26,7 @@ from hypercorn.typing import (
     Scope,
 )
 
-from voiceagent.app import connection_cycle, http1_only, ws_compression
+from voiceagent.app import connection_cycle, http1_only, ws_compression, ws_pings
 from voiceagent.app.connection_cycle import EdgeConfig
 from voiceagent.app.ctrl_c import interrupt_alone, interrupts_escape
 from voiceagent.app.open_connections import OpenConnections
@@ -180,6 +180,7 @@ async def serve(runtime: Runtime, *, host: str, port: int,
         connection_limit(runtime.settings), runtime.edge_refusals)
     connection_cycle.install()
     ws_compression.install()
+    ws_pings.install()
     http1_only.install()
     peer_close.install()
     async with trio.open_nursery() as outer:

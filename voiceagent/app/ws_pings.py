@@ -1,0 +1,62 @@
+"""A WebSocket's ping task ends when its socket closes, not at its next ping.
+
+hypercorn 0.18 pings each WebSocket every ``websocket_ping_interval`` (PING_INTERVAL_S, 20 s)
+from a task in the connection's task group, and that task looks at whether the socket has
+closed only when it wakes. The connection's task group, and with it the connection (its
+protocol, wsproto's and h11's state, the socket object, its place under the cap on open
+connections), waited for it: every call stayed in the process up to 20 s after it ended.
+Measured with ``benchmarks/bench_soak.py`` (calls ending at ~25 a second): ~480 ended calls'
+connections held at any time, ~170 tracked objects each (their tasks, cancel scopes, h11's and
+wsproto's state, the socket object), each still counted under the cap on open connections
+(``open_connections``), which answers a 503 once it is full. The stream's class in
+hypercorn's HTTP/1.1 protocol (the only one served: ``http1_only``) is swapped for one whose
+ping loop is cancelled the moment the socket is marked closed. ``install`` swaps it only when
+hypercorn is the version it was written against, and says so otherwise (the server works as
+before, connections lingering).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hypercorn.protocol.h11 as h11_protocol
+import trio
+from hypercorn.protocol.ws_stream import WSStream
+
+log = logging.getLogger(__name__)
+
+
+class PromptPings(WSStream):
+    """hypercorn's stream, whose ``closed`` flag also ends its ping loop."""
+
+    _closed = False
+    _pings: trio.CancelScope | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        self._closed = value
+        if value and self._pings is not None:
+            self._pings.cancel()
+
+    async def _send_pings(self) -> None:
+        with trio.CancelScope() as self._pings:
+            if not self._closed:
+                await super()._send_pings()
+
+
+def install() -> bool:
+    """Idempotent. False (and a warning) when hypercorn's HTTP/1.1 protocol no longer looks
+    as expected."""
+    current = getattr(h11_protocol, "WSStream", None)
+    if current is PromptPings:
+        return True
+    if current is not WSStream or not callable(getattr(WSStream, "_send_pings", None)):
+        log.warning("hypercorn's WebSocket stream is not the one expected; a closed socket's "
+                    "connection stays until its next ping", extra={"found": repr(current)})
+        return False
+    setattr(h11_protocol, "WSStream", PromptPings)   # noqa: B010 (not exported)
+    return True
