@@ -57,6 +57,29 @@ async def test_ended_connections_leave_nothing_for_the_collector(tmp_path: Path)
             assert _servers() == before
 
 
+async def test_a_connection_closed_by_its_peer_while_idle_goes_at_once(tmp_path: Path) -> None:
+    """A bare connect that closes before any request (a health check's probe, an idle
+    keep-alive connection let go by its peer): nothing of it is left, and it no longer counts
+    under the cap, without waiting for its idle timer (HTTP_IDLE_TIMEOUT_S, 310 s)."""
+    with trio.fail_after(30):
+        async with agent_server(SOURCE_CONFIG, use_case="restaurantOrderingUseCase",
+                                data_dir=tmp_path) as agent:
+            connections = agent.runtime.connections
+            assert connections is not None
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            gc.collect()
+            before, open_before = _servers(), connections.open
+            port = int(agent.url.rsplit(":", 1)[1])
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            assert connections.open == open_before + 1  # accepted and counted
+            await stream.aclose()
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            gc.collect()
+            assert connections.open == open_before
+            assert _servers() == before
+
+
 def test_install_is_idempotent_and_refuses_an_unknown_hypercorn(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(worker, "TCPServer", TCPServer)

@@ -94,6 +94,15 @@ class ReleasingTCPServer(TCPServer):
             if connections is not None and peer is not None:
                 connections.closed(peer)
 
+    async def _read_data(self) -> None:
+        """hypercorn's; then its idle timer stops. A peer that closed while no request was
+        under way (an idle keep-alive connection, a health check's bare connect) ended the
+        reading, but the timer went on to HTTP_IDLE_TIMEOUT_S (310 s), holding the
+        connection's task group, the connection, and its place under the cap, for nothing:
+        there is nobody left to time out."""
+        await super()._read_data()
+        await self.idle_task.stop()
+
     async def _idle_timeout(self) -> None:
         """hypercorn's, with the wait cut short when the connection is closed to make room."""
         connections = getattr(self.config, "open_connections", None)
@@ -142,7 +151,7 @@ def install() -> bool:
     if current is ReleasingTCPServer:
         return True
     expected = all(callable(getattr(TCPServer, name, None)) for name in
-                   ("protocol_send", "_idle_timeout", "_initiate_server_close"))
+                   ("protocol_send", "_read_data", "_idle_timeout", "_initiate_server_close"))
     if current is not TCPServer or not expected:
         log.warning("hypercorn's connection class is not the one expected; per-connection "
                     "garbage waits for a full collection, a connection failing in "
