@@ -177,11 +177,12 @@ def _metrics(base: str) -> dict[str, float]:
             if line and not line.startswith("#")}
 
 
-def _wait_quiet(base: str) -> int:
+def _wait_quiet(base: str) -> tuple[int, int]:
     """Until no call is up and the write-behind is empty, then until every connection but
     this request's has closed (a relay socket's lingered until its ping task woke:
     PING_INTERVAL_S), or CONNECTIONS_WAIT_S: what is held then is kept. Returns the
-    connections still counted open besides this request's."""
+    connections counted open besides this request's when the last call had ended, and
+    after the wait."""
     deadline = time.monotonic() + DUMP_TIMEOUT_S
     while True:
         values = _metrics(base)
@@ -194,13 +195,15 @@ def _wait_quiet(base: str) -> int:
                              f"calls, {values.get('voiceagent_write_behind_pending')} writes")
         time.sleep(0.5)
     deadline = time.monotonic() + CONNECTIONS_WAIT_S
-    while (others := int(values.get("voiceagent_open_connections", 1)) - 1) > 0:
+    at_end = others = int(values.get("voiceagent_open_connections", 1)) - 1
+    while others > 0:
         if time.monotonic() > deadline:
             break
         time.sleep(0.5)
         values = _metrics(base)
+        others = int(values.get("voiceagent_open_connections", 1)) - 1
     time.sleep(0.5)             # this request's connection ends
-    return others
+    return at_end, others
 
 
 def _ask_report(process: subprocess.Popen[bytes], dump_dir: Path, n: int) -> dict[str, Any]:
@@ -306,7 +309,7 @@ def main() -> None:
                 trio.run(_calls, base, local_stack.TOKEN, done, count, args.concurrency,
                          errors, barged)
                 done += count
-                lingering = _wait_quiet(base)
+                at_end, lingering = _wait_quiet(base)
                 if args.trace_calls and done >= args.calls - args.trace_calls:
                     (scratch / "trace-now").touch()
                 report = _ask_report(process, scratch, len(reports) + 1)
@@ -315,7 +318,8 @@ def main() -> None:
                       f"RSS {report['rss_kb'] / 1024:7.1f} MiB  traced "
                       f"{report['traced'] / 2**20:6.1f} MiB  gc objects "
                       f"{sum(report['gc'].values()):8d}  barge-ins {barged[0]}  errors "
-                      f"{sum(errors.values())}  connections open {lingering}",
+                      f"{sum(errors.values())}  connections open {at_end} as the calls "
+                      f"ended, {lingering} {CONNECTIONS_WAIT_S:g} s later",
                       flush=True)
                 if len(reports) >= 2:
                     (was, old), (now, new) = reports[-2], reports[-1]
