@@ -17,6 +17,8 @@ from hypercorn.trio.tcp_server import TCPServer
 
 from voiceagent.app import ws_pings
 from voiceagent.app.testing import agent_server
+from voiceagent.relay import peer_close
+from voiceagent.relay.peer_close import PeerCodeWSStream
 from voiceagent.settings import SOURCE_CONFIG
 
 pytestmark = pytest.mark.timeout(60)
@@ -59,6 +61,16 @@ def test_install_is_idempotent_and_refuses_an_unknown_hypercorn(
 
     class SomethingElse:
         pass
+
+    monkeypatch.setattr(h11_protocol, "WSStream", PeerCodeWSStream)   # the server's order
+    assert ws_pings.install()
+    assert ws_pings.install()
+    installed = h11_protocol.WSStream
+    assert issubclass(installed, ws_pings.PromptPings)
+    assert issubclass(installed, PeerCodeWSStream)
+    assert peer_close.codes_known()                         # still the peer's codes
+    assert peer_close.install()
+    assert h11_protocol.WSStream is installed
 
     monkeypatch.setattr(h11_protocol, "WSStream", SomethingElse)
     assert not ws_pings.install()

@@ -180,9 +180,9 @@ async def serve(runtime: Runtime, *, host: str, port: int,
         connection_limit(runtime.settings), runtime.edge_refusals)
     connection_cycle.install()
     ws_compression.install()
-    ws_pings.install()
     http1_only.install()
     peer_close.install()
+    ws_pings.install()          # after peer_close: it builds on that stream class
     async with trio.open_nursery() as outer:
         app = interrupts_escape(bounded_bodies(create_app(runtime), runtime.edge_refusals,
                                                config.open_connections))

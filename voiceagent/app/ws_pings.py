@@ -50,13 +50,17 @@ class PromptPings(WSStream):
 
 def install() -> bool:
     """Idempotent. False (and a warning) when hypercorn's HTTP/1.1 protocol no longer looks
-    as expected."""
+    as expected. Call it after the other stream swaps (``peer_close``): it builds on the
+    class in place, which must be hypercorn's or a subclass of it."""
     current = getattr(h11_protocol, "WSStream", None)
-    if current is PromptPings:
+    if isinstance(current, type) and issubclass(current, PromptPings):
         return True
-    if current is not WSStream or not callable(getattr(WSStream, "_send_pings", None)):
+    if (not isinstance(current, type) or not issubclass(current, WSStream)
+            or not callable(getattr(WSStream, "_send_pings", None))):
         log.warning("hypercorn's WebSocket stream is not the one expected; a closed socket's "
                     "connection stays until its next ping", extra={"found": repr(current)})
         return False
-    setattr(h11_protocol, "WSStream", PromptPings)   # noqa: B010 (not exported)
+    swapped = PromptPings if current is WSStream else type(
+        f"PromptPings{current.__name__}", (PromptPings, current), {})
+    setattr(h11_protocol, "WSStream", swapped)   # noqa: B010 (not exported)
     return True

@@ -59,9 +59,10 @@ def _with_code(put: Put, code: int) -> Put:
 
 def install() -> bool:
     """Idempotent. False (and a warning) when hypercorn's streams no longer look as
-    expected."""
+    expected. A subclass of ours in place (``ws_pings`` builds on it) counts as ours."""
     modules = (h11, h2)
-    if (any(getattr(m, "WSStream", None) not in (WSStream, PeerCodeWSStream) for m in modules)
+    if (any(getattr(m, "WSStream", None) is not WSStream
+            and not _ours(getattr(m, "WSStream", None)) for m in modules)
             or not callable(getattr(WSStream, "_send_wsproto_event", None))
             or not hypercorn_release().startswith(KNOWN_RELEASES)):
         log.warning("hypercorn's WebSocket stream is not the one expected; a socket closed "
@@ -69,10 +70,15 @@ def install() -> bool:
                     extra={"hypercorn": hypercorn_release(), "known": KNOWN_RELEASES})
         return False
     for module in modules:
-        setattr(module, "WSStream", PeerCodeWSStream)   # noqa: B010 (not exported)
+        if getattr(module, "WSStream", None) is WSStream:
+            setattr(module, "WSStream", PeerCodeWSStream)   # noqa: B010 (not exported)
     return True
+
+
+def _ours(found: object) -> bool:
+    return isinstance(found, type) and issubclass(found, PeerCodeWSStream)
 
 
 def codes_known() -> bool:
     """Whether a disconnect's code is the peer's: else a hang-up reads as 1006 too."""
-    return getattr(h11, "WSStream", None) is PeerCodeWSStream
+    return _ours(getattr(h11, "WSStream", None))
