@@ -39,13 +39,13 @@ from voiceagent.usecase_relay import (
     RELAY_SOURCE,
     Attributes,
     LanguageEntry,
-    RelayUpdate,
     ReplyControls,
     Strict,
     key_problem,
     stored,
     unknown_attribute,
 )
+from voiceagent.usecase_relay_updates import RelayUpdate
 from voiceagent.usecase_scripted import ScriptedConfig as ScriptedConfig
 from voiceagent.usecase_scripted import ScriptedRule as ScriptedRule
 from voiceagent.usecase_scripted import ScriptedToolStep as ScriptedToolStep

@@ -27,10 +27,9 @@ from voiceagent.usecase_relay import (
     RELAY_BUILDER_ATTRIBUTES,
     TWILIO_VERSION,
     LanguageEntry,
-    RelayTrigger,
-    RelayUpdate,
     ReplyControls,
 )
+from voiceagent.usecase_relay_updates import RelayTrigger, RelayUpdate
 from voiceagent.usecase_schema import (
     E164,
     MAX_TOOL_TIMEOUT_S,
