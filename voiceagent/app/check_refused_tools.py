@@ -26,19 +26,14 @@ def refused_tool_outcome(name: str, message: str, tools: Sequence[Mapping[str, A
     if refusal is None:
         return None
     where = f"use case {', '.join(use_cases)}" if use_cases else "MODEL_IDENTIFIER"
-    hint, place = refusal.hint, refusal.place
-    if place is None or not 0 <= place < len(tools):
+    tool, fix = refusal.fix([str(spec.get("name", "?")) for spec in tools], where)
+    if tool is None:
         return failed(name, f"refuses the tools of {where} (ValidationException): every turn "
-                      "would fail",
-                      f"find the tool in {where}'s tools from Bedrock's words (a place in "
-                      "toolConfig.tools is counted from 0, or from 1 before .member), "
-                      f"then: {hint}",
+                      "would fail", fix,
                       "model access, IAM and the region are not the cause: Bedrock's words "
                       "are about the tools", said)
-    tool = str(tools[place].get("name", "?"))
     return failed(name, f"refuses tool {tool} of {where} (ValidationException): every turn "
-                  "would fail",
-                  f"fix tools[{place}] ({tool}) in {where}: {hint}",
+                  "would fail", fix,
                   "model access, IAM and the region are not the cause: Bedrock's words are "
                   "about that tool", said)
 

@@ -308,18 +308,10 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         request = self._request
         where = f"use case {request.use_case}"
         config = tool_config(request.tools, request.messages) or {"tools": []}
-        specs = [entry.get("toolSpec") or {} for entry in config["tools"]]
-        place = refusal.place
-        if place is None or not 0 <= place < len(specs):
-            tool = None
-            fix = (f"find the tool in {where}'s tools from Bedrock's words (a place in "
-                   f"toolConfig.tools is counted from 0, or from 1 before .member), then: "
-                   f"{refusal.hint}")
-        else:
-            tool = _bounded(str(specs[place].get("name", "?")))
-            fix = (f"fix tools[{place}] ({tool}) in {where}: {refusal.hint}"
-                   if place < len(request.tools) else
-                   f"tool {tool} is one the call's history used and {where} offers no more "
+        tool, fix = refusal.fix([_bounded(str((entry.get("toolSpec") or {}).get("name", "?")))
+                                 for entry in config["tools"]], where)
+        if tool is not None and refusal.place is not None and refusal.place >= len(request.tools):
+            fix = (f"tool {tool} is one the call's history used and {where} offers no more "
                    "(voiceagent sends a placeholder spec for it): report it as a bug")
         self._backend.failing.note(
             f"{extra['code']} tools {request.use_case} {request.model_id}",

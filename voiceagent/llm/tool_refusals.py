@@ -20,6 +20,7 @@ by its place in ``toolConfig.tools``, counted three ways:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 # (where a place is written, what it counts from), the most specific first
@@ -55,6 +56,17 @@ CHECK_ADVICE = ("run `voiceagent check`: it asks each model with each use case's
 class ToolRefusal:
     place: int | None               # the tool's index in toolConfig.tools, from 0, if named
     hint: str                       # what to change in that tool
+
+    def fix(self, names: Sequence[str], where: str) -> tuple[str | None, str]:
+        """The tool refused, from ``names`` (the offered tools' names in toolConfig order),
+        and what to change in ``where``: said alike by ``voiceagent check`` and a call's log.
+        No name when the words give no place among ``names``."""
+        if self.place is None or not 0 <= self.place < len(names):
+            return None, (f"find the tool in {where}'s tools from Bedrock's words (a place in "
+                          "toolConfig.tools is counted from 0, or from 1 before .member), "
+                          f"then: {self.hint}")
+        tool = names[self.place]
+        return tool, f"fix tools[{self.place}] ({tool}) in {where}: {self.hint}"
 
 
 def refused_tool(message: str, *, with_history: bool) -> ToolRefusal | None:
