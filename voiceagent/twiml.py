@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from twilio.twiml.voice_response import VoiceResponse
 
+from voiceagent.logs import warn_once
 from voiceagent.relay.protocol import Setting
 from voiceagent.relay_values import not_served
 from voiceagent.usecase_relay import on_off
@@ -110,14 +111,11 @@ def _served(name: str, value: str, use_case: str) -> bool:
     it is left out, since Twilio would hold each dropped call on a reconnect we refuse rather
     than fail it to ``/action``, which reconnects it, and the log says where to fix it."""
     problem = not_served(name, value)
-    if problem is not None and (use_case, name) not in _LEFT_OUT:
-        _LEFT_OUT.add((use_case, name))   # once per process and attribute, as in ``_text``
-        log.warning("TwiML attribute not served by this release: left out; fix the use case",
-                    extra={"use_case": use_case, "attribute": name, "problem": problem})
+    if problem is not None:                 # once per process and attribute, as in ``_text``
+        warn_once(log, ("not served", use_case, name),
+                  "TwiML attribute not served by this release: left out; fix the use case",
+                  use_case=use_case, attribute=name, problem=problem)
     return problem is None
-
-
-_LEFT_OUT: set[tuple[str, str]] = set()    # (use case, attribute)
 
 
 def _value(value: Setting) -> str:
