@@ -406,7 +406,7 @@ async def test_demo_web_prints_the_page_url_and_stops_on_ctrl_c(tmp_path: Path) 
             assert status == 200
             assert "Restaurant Ordering" in body
             process.send_signal(signal.SIGINT)
-            assert await process.wait() == 0
+            assert await process.wait() == 130      # as `serve` and the terminal demo exit
         finally:
             if process.returncode is None:
                 process.kill()

@@ -289,9 +289,11 @@ async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
         from voiceagent.app.server import open_server
 
         def code() -> int:
-            """Also the watchdog's, should the shutdown stick: the page is a server, stopped
-            as asked; the terminal's call ends as the signal says (130 for Ctrl-C)."""
-            return 0 if args.web else stopping.exit_code
+            """Also the watchdog's, should the shutdown stick: as the signal says, 130 for
+            Ctrl-C, with --web too: a run Ctrl-C ended exits as `serve` and `call` do, and a
+            script that starts the page and then stops it can tell an interrupt from a
+            clean end."""
+            return stopping.exit_code
 
         async with open_server(settings, exit_code=code) as (url, _):
             print(f"server listening on {url}", file=sys.stderr)
