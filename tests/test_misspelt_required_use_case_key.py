@@ -75,3 +75,27 @@ def test_an_optional_key_misspelt_is_told_the_key_it_looks_like(
     said = problem(path, text + misspelt)
     assert said == (f"{path}: {written}: unknown key (did you mean {meant}? see "
                     "config/README.md for the keys)")
+
+
+THEN_CASES = """\
+scripted:
+  rules:
+    - match: look
+      tool: {name: lookUp}
+      then:
+        - say: Found it.
+          when: {found: true}
+        - say: Not found.
+"""
+
+
+@pytest.mark.parametrize("misspelt", ["sya", "sai"])
+def test_a_short_key_one_slip_off_is_told_the_key_it_looks_like(
+        tmp_path: Path, misspelt: str) -> None:
+    """``sya:`` for ``say:`` in a scripted ``then`` case came out as ``say: Field required``:
+    difflib rates a three-letter key with two letters swapped 0.67, under the cut-off, so the
+    key actually written went unsaid. One slip (swapped, wrong, missing) is a look-alike."""
+    path = tmp_path / "shop.yaml"
+    said = problem(path, USE_CASE + THEN_CASES.replace("- say: Found", f"- {misspelt}: Found"))
+    assert said == (f"{path}: scripted.rules[0].then[0].{misspelt}: unknown key (did you mean "
+                    "say? it is required; see config/README.md for the keys)")
