@@ -48,3 +48,26 @@ async def test_a_call_signed_with_another_token_says_which_token_to_use(tmp_path
             with pytest.raises(CallerError, match=r"use the server's TWILIO_AUTH_TOKEN .*\.env"):
                 async with open_call(server.url, auth_token=AUTH_TOKEN + "-not"):
                     pass
+
+
+async def test_a_call_is_dialled_while_trios_default_threads_are_all_taken(
+        tmp_path: Path) -> None:
+    """The webhook POST ran on trio's default thread limiter, which a process embedding the
+    server (voiceagent.app.testing, the demo) shares with blocking work in tools, sent there
+    by ``trio.to_thread.run_sync``: with its threads all held, no call could be dialled. The
+    caller's POSTs now take threads of their own (``run_blocking``)."""
+    default = trio.to_thread.current_default_thread_limiter()
+    with trio.fail_after(30):
+        async with running_server(make_settings(tmp_path)) as server:
+            holders = [object() for _ in range(int(default.total_tokens))]
+            for holder in holders:              # slow blocking tools, say, on every thread
+                default.acquire_on_behalf_of_nowait(holder)
+            try:
+                with trio.fail_after(10):
+                    async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                        await call.say("what are your hours?")
+                        assert (await call.read_reply()).closed
+                        await call.hang_up()
+            finally:
+                for holder in holders:
+                    default.release_on_behalf_of(holder)

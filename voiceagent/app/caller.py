@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -24,8 +25,16 @@ from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from voiceagent import signature
 from voiceagent.settings import is_loopback
+from voiceagent.threads import run_blocking
 
 HTTP_TIMEOUT_S = 10.0
+# The webhook POSTs' worker threads, apart from trio's default limiter: in one process with
+# the server (voiceagent.app.testing, the demo) that one is shared with blocking work in
+# tools (the advice to a tool that held the event loop sends it there), and no call could
+# be dialled while such work held it. As many as the default gave before: the load
+# generator's webhooks at a ramp's peak.
+HTTP_THREADS = 40
+_HTTP_LIMITER = trio.CapacityLimiter(HTTP_THREADS)
 
 
 class CallerError(Exception):
@@ -95,7 +104,8 @@ def _refusal_hint(code: int, body: str, auth_token: str | None) -> str:
 
 async def post_form(url: str, form: dict[str, str], auth_token: str | None = None) -> str:
     """POST a Twilio-style form webhook; returns the body (TwiML)."""
-    return await trio.to_thread.run_sync(_post_form, url, form, auth_token)
+    return await run_blocking(partial(_post_form, url, form, auth_token),
+                              limiter=_HTTP_LIMITER)
 
 
 def parse_relay_twiml(document: str) -> RelayTarget:
