@@ -125,3 +125,21 @@ def test_the_note_is_wrapped_to_a_terminal_and_left_whole_for_a_pipe(width: int 
                                                         f"{outcome.detail}"
     said = " ".join(line.strip() for line in notes).split("→ ")[1:]
     assert [note.strip() for note in said] == list(outcome.advice)
+
+
+def test_a_tool_that_answers_at_once_is_not_listed() -> None:
+    """switchLanguage and setSpeechHints (5 s limits, no filler) queue a message and return:
+    no caller waits on them, yet the check listed them as slow, and the example use case cut
+    switchLanguage's limit to 3 s only to quiet the note (a filler there would be said in the
+    language being left). They are ``instant``; a slow tool beside them is still noted."""
+    use_case = UseCase.model_validate({"name": "bilingual", "prompt": "Hi.", "tools": [
+        {"name": "switchLanguage", "description": "Switch language.", "input_schema": {
+            "type": "object", "properties": {"language": {"type": "string",
+                                                          "enum": ["en-US", "es-US"]}}}},
+        {"name": "setSpeechHints", "description": "Hints."},
+        {"name": "CheckOrderStatus", "description": "Where an order is."}]})
+    switch = default_registry().get("switchLanguage")
+    assert switch is not None
+    assert switch.timeout_s > 3                 # long enough to be listed
+    assert _check_table(use_case).advice[1] == \
+        "use case bilingual: CheckOrderStatus (up to 5 s)"

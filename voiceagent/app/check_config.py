@@ -105,15 +105,18 @@ def _silences(use_cases: tuple[UseCase, ...], registry: ToolRegistry, where: str
     """Notes (not a failure: a tool may well answer fast), one line each, on the tools a
     model can call without a word first and that may run past ``SILENCE_NOTE_OVER_S`` with
     no ``filler``: the caller hears nothing until the tool ends, up to its timeout. Left out:
-    tools that end the call (they cannot have a filler: the model says goodbye itself) and
-    tools that play audio themselves (``plays_audio``: their sound fills the wait)."""
+    tools that end the call (they cannot have a filler: the model says goodbye itself),
+    tools that play audio themselves (``plays_audio``: their sound fills the wait) and tools
+    that answer at once (``instant``, as ``switchLanguage``: its limit is a guard, no wait;
+    listed, it was given a shorter limit to quiet the note, or a filler said in the language
+    being left)."""
     found: list[str] = []
     for use_case in use_cases:
         silent = []
         for declaration in use_case.tools:
             definition = registry.get(declaration.name)
             if (definition is None or definition.ends_turn or definition.plays_audio
-                    or declaration.filler is not None):
+                    or definition.instant or declaration.filler is not None):
                 continue
             limit_s = declaration.timeout_s or definition.timeout_s   # as the executor runs it
             if limit_s > SILENCE_NOTE_OVER_S:

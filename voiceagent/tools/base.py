@@ -110,6 +110,7 @@ class ToolDefinition:
     ends_turn: bool = False           # True: the model is not called again after it (endCall)
     blocking: bool = False            # True: a plain def, run in a worker thread
     plays_audio: bool = False         # True: it sends the caller audio itself (no filler asked)
+    instant: bool = False             # True: it answers at once, waiting on nothing (no filler)
 
     def __post_init__(self) -> None:
         """The same checks ``@tool`` makes, for a definition built directly (a test's, a
@@ -118,7 +119,7 @@ class ToolDefinition:
         _check_name(self.name)
         _check_options(self.name, self.timeout_s, side_effect=self.side_effect,
                        ends_turn=self.ends_turn, blocking=self.blocking,
-                       plays_audio=self.plays_audio)
+                       plays_audio=self.plays_audio, instant=self.instant)
         is_async = inspect.iscoroutinefunction(self.function)
         if inspect.isasyncgenfunction(self.function):
             raise TypeError(f"tool {self.name!r} is an async generator (it yields): a tool "
@@ -161,7 +162,7 @@ _COLLECTED: dict[str, dict[str, tuple[str, ToolDefinition]]] = {}
 
 def tool(name: str, *, side_effect: bool = False, timeout_s: float = 10.0,
          ends_turn: bool = False, blocking: bool = False,
-         plays_audio: bool = False) -> Callable[[F], F]:
+         plays_audio: bool = False, instant: bool = False) -> Callable[[F], F]:
     """Register the decorated function as the tool ``name``; returns it unchanged.
 
     ``side_effect``: it changes the world, so it runs once per toolUseId and a barge-in does
@@ -171,6 +172,10 @@ def tool(name: str, *, side_effect: bool = False, timeout_s: float = 10.0,
     ``plays_audio``: it sends the caller audio (``Play``) or keys itself as it starts, which
     fills the wait a ``filler`` is for; only ``voiceagent check`` reads it (the call itself
     sees the ``Play`` go out), so its note on slow tools without a filler leaves it out.
+    ``instant``: it answers at once from what the process has, waiting on no service, store
+    or thread (``switchLanguage`` queues a message and returns): its ``timeout_s`` is a
+    guard, not a wait a caller could hear, so that note leaves it out too; only ``voiceagent
+    check`` reads it.
     Mistakes (a bad name, an async/plain mismatch, a name used twice in one module) raise
     when the module is imported.
     """
@@ -180,7 +185,7 @@ def tool(name: str, *, side_effect: bool = False, timeout_s: float = 10.0,
                         f"@tool(\"ToolName\") above {function}, not a bare @tool")
     _check_name(name)
     _check_options(name, timeout_s, side_effect=side_effect, ends_turn=ends_turn,
-                   blocking=blocking, plays_audio=plays_audio)
+                   blocking=blocking, plays_audio=plays_audio, instant=instant)
 
     def decorate(function: F) -> F:
         if not (isinstance(getattr(function, "__qualname__", None), str)
@@ -192,7 +197,7 @@ def tool(name: str, *, side_effect: bool = False, timeout_s: float = 10.0,
                             "function that calls it")
         definition = ToolDefinition(name, function, side_effect=side_effect,
                                     timeout_s=timeout_s, ends_turn=ends_turn, blocking=blocking,
-                                    plays_audio=plays_audio)
+                                    plays_audio=plays_audio, instant=instant)
         module = _COLLECTED.setdefault(function.__module__, {})
         earlier = module.get(name)
         if earlier is not None and earlier[0] != function.__qualname__:

@@ -55,7 +55,7 @@ async def send_digits(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     return {"sent": len(digits)}
 
 
-@tool("setSpeechHints", timeout_s=5.0)
+@tool("setSpeechHints", timeout_s=5.0, instant=True)
 async def set_hints(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     phrases = tuple(str(p).strip() for p in args.get("phrases", ()))
     try:

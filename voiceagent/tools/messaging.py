@@ -69,7 +69,7 @@ async def send_confirmation_sms(ctx: ToolContext, args: Mapping[str, Any]) -> To
     return {"status": "sent", "message_sid": sid}
 
 
-@tool("switchLanguage", timeout_s=5.0)
+@tool("switchLanguage", timeout_s=5.0, instant=True)
 async def switch_language(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResult:
     """Switch speech and transcription to one of the use case's ``languages`` (its schema's
     ``enum`` lists them); the voice for the language comes from the TwiML ``<Language>``.
