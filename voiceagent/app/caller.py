@@ -149,6 +149,9 @@ class RelayCall:
         self.tts_language = attributes.get("ttsLanguage") or attributes.get("language") or "en-US"
         self.transcription_language = (attributes.get("transcriptionLanguage")
                                        or attributes.get("language") or "en-US")
+        # what a person at a terminal says they now speak (``/lang es``): the ``lang`` every
+        # prompt reports until they say otherwise; None: the language Twilio hears, above
+        self.speaking: str | None = None
 
     async def send_json(self, frame: dict[str, Any]) -> None:
         await self.ws.send_message(json.dumps(frame))
@@ -166,9 +169,12 @@ class RelayCall:
             "customParameters": self.target.parameters})
 
     def prompt_language(self) -> str:
-        """The ``lang`` Twilio would report now: the language it hears, or, under ``multi``
-        (which reports the primary subtag it detects), that of the language it speaks, on
-        the view that a caller answers in the language they are spoken to."""
+        """The ``lang`` Twilio would report now: the language the caller said they speak
+        (``speaking``), else the language it hears, or, under ``multi`` (which reports the
+        primary subtag it detects), that of the language it speaks, on the view that a
+        caller answers in the language they are spoken to."""
+        if self.speaking:
+            return self.speaking
         if self.transcription_language.lower() == "multi":
             return self.tts_language.split("-")[0].lower()
         return self.transcription_language

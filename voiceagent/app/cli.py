@@ -124,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="run offline and talk to the restaurant agent",
         description="Serve the example agents on 127.0.0.1 with the offline scripted model and "
                     "an embedded store, and be the caller: type what you say, /interrupt to "
-                    "barge in, /dtmf 12 to press keys, /hangup to end, /help. Without a "
+                    "barge in, /dtmf 12 to press keys, /lang es to speak another language, "
+                    "/hangup to end, /help. Without a "
                     "terminal, lines piped in (or --say) are the caller's. Signature checks "
                     "are off: for your machine only.")
     demo.add_argument("--say", action="append", default=[], metavar="TEXT",
@@ -144,7 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     call = commands.add_parser(
         "call", help="be the caller against a running server",
         description="Play Twilio against a running server: POST /twiml signed with the auth "
-                    "token, open the relay socket, then type (or --say) what the caller says.")
+                    "token, open the relay socket, then type (or --say) what the caller says: "
+                    "/interrupt, /dtmf 12, /lang es (speak another language), /hangup, /help.")
     call.add_argument("url", nargs="?", default="http://127.0.0.1:3000",
                       help="the server's base URL (default http://127.0.0.1:3000)")
     call.add_argument("--auth-token", default=os.environ.get("TWILIO_AUTH_TOKEN"),

@@ -1,11 +1,13 @@
 """The conversation in a terminal: a person (or a list of lines) plays the caller.
 
 Lines starting with ``/`` are commands: ``/interrupt`` barges in and reports what was heard,
-``/dtmf 1`` presses keys, ``/hangup`` ends the call, ``/help`` lists them.
+``/dtmf 1`` presses keys, ``/lang es`` speaks another language (the ``lang`` the prompts
+report, as Twilio's transcription would), ``/hangup`` ends the call, ``/help`` lists them.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import aclosing
@@ -16,10 +18,15 @@ import trio
 from voiceagent.app.caller import RelayCall, Reply
 
 HELP = ("Type what the caller says and press Enter. Commands: /interrupt (barge in), "
-        "/dtmf 123 (press keys), /hangup, /help")
+        "/dtmf 123 (press keys), /lang es (speak another language), /hangup, /help")
 REPLY_TIMEOUT_S = 30.0
 KEYS = frozenset("0123456789*#ABCD")       # what the server takes in a dtmf frame
 DTMF_USAGE = "[usage: /dtmf 123 (keys 0-9, * and #); nothing was pressed]"
+# a BCP-47 tag as Twilio reports one (en-US; under multi the primary subtag alone: es)
+LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
+LANG_USAGE = ("[usage: /lang es-US (a language code, as Twilio reports the caller's: es "
+              "under transcriptionLanguage multi), or /lang alone to speak the language "
+              "Twilio hears again]")
 
 
 def _keys(line: str) -> str | None:
@@ -149,6 +156,8 @@ async def _command(call: RelayCall, line: str, transcript: Transcript) -> bool:
             transcript.line(DTMF_USAGE) # would wait for the idle re-prompt to hear anything
         for key in keys or ():
             await call.dtmf(key)
+    elif line == "/lang" or line.startswith("/lang "):
+        _speak(call, line.removeprefix("/lang").strip(), transcript)
     elif line == "/help":
         transcript.line(HELP)
     elif line.startswith("/"):
@@ -156,6 +165,17 @@ async def _command(call: RelayCall, line: str, transcript: Transcript) -> bool:
     elif line.strip():
         await call.say(line)
     return True
+
+
+def _speak(call: RelayCall, code: str, transcript: Transcript) -> None:
+    """``/lang``: a multi-language use case tried from the terminal. The language is what the
+    caller's prompts report from now on (the use case answers in it when it switches
+    automatically); alone, back to the language Twilio hears, which follows the server."""
+    if code and not LANGUAGE_TAG.fullmatch(code):
+        transcript.line(LANG_USAGE)
+        return
+    call.speaking = code or None
+    transcript.line(f"[your words now report lang {call.prompt_language()}]")
 
 
 async def interactive(call: RelayCall, transcript: Transcript) -> None:
