@@ -32,6 +32,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 import voiceagent.store.config_records as config_records
+from voiceagent.app import unset_public_url
 from voiceagent.errors import ConfigError, SettingsError, StoreError
 from voiceagent.settings import DEFAULT_MODEL, Settings
 from voiceagent.store.base import INDEX_NAME
@@ -117,6 +118,8 @@ def serving_problems() -> tuple[Settings | None, list[str]]:
         settings = Settings.from_env()
     except SettingsError as err:
         problems.extend(err.problems)
+    if settings is not None and (unset := unset_public_url.problem(settings)):
+        problems.append(unset)
     llm = settings.llm if settings is not None else os.environ.get("LLM") or "bedrock"
     if llm == "bedrock":
         from voiceagent.llm.bedrock_startup import check_bedrock_ready

@@ -21,7 +21,7 @@ from pathlib import Path
 import trio
 
 from voiceagent import logs, signature
-from voiceagent.app import bench_cli, check, init
+from voiceagent.app import bench_cli, check, init, unset_public_url
 from voiceagent.app.caller import CallerError, Identity, open_call
 from voiceagent.app.cli_store import add_commands
 from voiceagent.app.terminal import Transcript, interactive, piped_lines, scripted
@@ -224,6 +224,9 @@ async def _serve_async(settings: Settings) -> int:
             ensure_open_files(settings)             # once start-up went well: one line if not
             heap.settle_after_startup()
             log.info("twilio webhooks", extra=webhook_addresses(settings))
+            if (unset := unset_public_url.warning(settings)) is not None:
+                log.warning("PUBLIC_URL is not set: signatures are checked against each "
+                            "request's own address", extra=unset)
             await serve(runtime, host=settings.host, port=settings.port, shutdown=stop,
                         exit_code=code)
             lag_ms = round((runtime.metrics.loop_lag_longest if runtime.metrics else 0) * 1e3, 2)
