@@ -103,7 +103,17 @@ class CallCounters:
         not from ``claim_started``: a captured signed upgrade replayed with a spent token, or
         a CallSid nobody prepared, is looked up for ~1.5 s before it is refused, and anyone
         can send one every few seconds (the upgrade's signature covers only the URL), which
-        kept an idle task protected, and every deployment and scale-in off it."""
+        kept an idle task protected, and every deployment and scale-in off it.
+
+        A token spent on another task whose claim has not reached the store (queued there
+        behind a slow or throttled store) matches here too, until this socket's own claim is
+        refused: the saved history's read and the claim's SESSION_WRITE_S (2 s; an attempt
+        under way then ends at the store's read timeout), seconds, then TASK_PROTECTION_IDLE_S
+        more of protection. Left so: it takes the call's token (Twilio's socket or a replay of
+        its setup, both inside TLS), only while that claim is held back (once in, the token
+        matches nowhere), and a claim refused undecided queues its socket's end mark, which
+        holds the protection itself until the store takes it. Counting from the claim instead
+        would leave a real call's seconds of claiming on a slow store unprotected."""
         self.matched += 1
         self._announce()
 
