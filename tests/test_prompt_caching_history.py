@@ -1,10 +1,11 @@
 """Prompt caching on a long call: with ``prompt_caching`` on, a Claude request carries one more
 cache point, after the last block of its last message (the caller's words, or a tool round's
-results), once the conversation reaches the largest per-checkpoint minimum of a caching Claude
-(4,096 tokens); the next round and the next turn re-send everything before it unchanged, a
-barge-in cutting only what comes after it. Never more than Bedrock's 4 points in a request;
-none in the history, the store or the transcript. The local endpoint refuses what Bedrock
-refuses (``fake_caching``), so a point put where Bedrock would not take it fails here.
+results), once the conversation reaches the model's per-checkpoint minimum (512 tokens on
+Opus 5, 1,024 on Sonnet 5, 2,048 on 3.5 Haiku, 4,096 on Haiku 4.5 and on a Claude the
+documents do not list yet); the next round and the next turn re-send everything before it
+unchanged, a barge-in cutting only what comes after it. Never more than Bedrock's 4 points in
+a request; none in the history, the store or the transcript. The local endpoint refuses what
+Bedrock refuses (``fake_caching``), so a point put where Bedrock would not take it fails here.
 """
 
 from __future__ import annotations
@@ -50,13 +51,16 @@ from voiceagent.llm.cache_points import with_moving_point
 from voiceagent.tools.base import ToolDefinition
 from voiceagent.tools.registry import ToolRegistry
 
-OPUS = "us.anthropic.claude-opus-5"
+OPUS = "us.anthropic.claude-opus-5"                   # 512 tokens a checkpoint
+HAIKU = "us.anthropic.claude-haiku-4-5-20251001-v1:0"   # 4,096
 FABLE = "global.anthropic.claude-fable-5-1"       # binds its thinking, thinks unasked
 NOVA = "us.amazon.nova-pro-v1:0"
 CACHE = {"cachePoint": {"type": "default"}}
 # 6,000 characters: 1,500 tokens at four characters a token (Claude's English runs about 3.5
 # a token, so more); three of them pass 4,096 tokens, two do not (MAX_PROMPT_CHARS raised)
 LONG = ("Let me tell you about the order. " * 200)[:6000].strip()
+# 3,000 characters, 750 tokens: one passes 512, two 1,024, three 2,048, six 4,096
+HALF = LONG[:3000].strip()
 TOOL = {"name": "pickupTime", "description": "Minutes to pickup"}
 ANSWER = "Ready in twenty minutes, and I can also tell you more about the order if you like."
 
@@ -128,7 +132,7 @@ async def test_each_turn_of_a_long_call_caches_up_to_the_callers_words(
     the reply after it). System, tools and the moving point: 3 of Bedrock's 4."""
     fake_bedrock.responder = lambda request: text_reply([f"Noted {len(request.body['messages'])}, "
                                                          "and what else would you like?"])
-    async with call_on(llm, OPUS) as call:
+    async with call_on(llm, HAIKU) as call:
         for n in range(1, 5):
             call.say(long_prompt(n))
             await call.reply()
@@ -236,6 +240,24 @@ async def test_thinking_bound_to_its_conversation_survives_the_moving_point(
     assert answered["messages"][-1]["content"][-1] == CACHE
 
 
+@pytest.mark.parametrize(("model_id", "first_turn"), [
+    (OPUS, 1), ("anthropic.claude-sonnet-5", 2), ("anthropic.claude-3-5-haiku-20241022-v1:0", 3),
+    (HAIKU, 6), ("anthropic.claude-opus-6", 6)])
+async def test_the_point_comes_once_the_conversation_reaches_the_models_minimum(
+        fake_bedrock: FakeBedrock, llm: BedrockLLM, model_id: str, first_turn: int) -> None:
+    """750 tokens a turn: Opus 5 caches the conversation from the first turn, where a Claude
+    whose minimum the documents do not give waits for the largest, 4,096 tokens."""
+    fake_bedrock.responder = lambda request: text_reply(["Noted."])
+    async with call_on(llm, model_id) as call:
+        for n in range(1, 7):
+            call.say(f"{HALF} Question {n}?")
+            await call.reply()
+        await call.hang_up()
+    assert fake_bedrock.violations == []
+    marked = [bool(message_points(r.body)) for r in fake_bedrock.requests]
+    assert marked == [n >= first_turn for n in range(1, 7)]
+
+
 # --------------------------------------------------------- the endpoint keeps Bedrock's rules
 
 def said(role: str, *blocks: dict[str, Any]) -> dict[str, Any]:
@@ -284,7 +306,8 @@ async def test_a_point_put_first_in_the_last_message_fails_the_request(
         fake_bedrock: FakeBedrock, llm: BedrockLLM, monkeypatch: pytest.MonkeyPatch) -> None:
     """What a wrong placement costs: the whole request (and so every turn past the
     minimum)."""
-    def first(messages: Sequence[dict[str, Any]], *, room: int) -> list[dict[str, Any]]:
+    def first(messages: Sequence[dict[str, Any]], *, room: int,
+              min_tokens: int) -> list[dict[str, Any]]:
         last = copy.deepcopy(messages[-1])
         return [*messages[:-1], {**last, "content": [CACHE, *last["content"]]}]
 

@@ -20,6 +20,7 @@ from voiceagent.llm.base import LLMRequest, ModelOptions
 from voiceagent.llm.bedrock import BedrockLLM
 from voiceagent.llm.bedrock_converse import CacheSupport, prompt_caching
 from voiceagent.llm.bedrock_errors import ACCESS_HINT, CACHING_HINT
+from voiceagent.llm.cache_points import messages_min_tokens
 
 LOOKUP = {"name": "lookup_hours", "description": "Opening hours for a date.",
           "inputSchema": {"json": {"type": "object", "properties": {}}}}
@@ -65,6 +66,32 @@ def test_the_claude_5_models_and_later_cache_system_and_tools(model_id: str) -> 
     "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc"])
 def test_models_without_caching_get_no_cache_point(model_id: str) -> None:
     assert prompt_caching(model_id) == CacheSupport()
+
+
+# "Min tokens per cache checkpoint", written out from the documents: Anthropic's "Cache
+# limitations" (October 2026), Bedrock's table and model cards; Opus 4.7 and 4.8, 2,048 and
+# 1,024 on Anthropic's page but 4,096 on OpenRouter's, take the larger; a Claude none lists
+# (Fable and Mythos 5.2, Opus 6), the largest of all.
+@pytest.mark.parametrize(("model_id", "tokens"), [
+    ("us.anthropic.claude-opus-5", 512), ("anthropic.claude-opus-5-5", 512),
+    ("eu.anthropic.claude-sonnet-5-5", 512), ("global.anthropic.claude-haiku-5-5", 512),
+    ("anthropic.claude-fable-5", 512), ("global.anthropic.claude-fable-5-1", 512),
+    ("anthropic.claude-mythos-5", 512), ("us.anthropic.claude-mythos-5-1", 512),
+    ("anthropic.claude-sonnet-5", 1_024), ("anthropic.claude-3-7-sonnet-20250219-v1:0", 1_024),
+    ("anthropic.claude-sonnet-4-20250514-v1:0", 1_024),
+    ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", 1_024),
+    ("anthropic.claude-sonnet-4-6", 1_024), ("anthropic.claude-opus-4-20250514-v1:0", 1_024),
+    ("anthropic.claude-opus-4-1-20250805-v1:0", 1_024),
+    ("anthropic.claude-3-5-haiku-20241022-v1:0", 2_048),
+    ("anthropic.claude-haiku-4-5-20251001-v1:0", 4_096),
+    ("global.anthropic.claude-opus-4-5-20251101-v1:0", 4_096),
+    ("anthropic.claude-opus-4-6-v1", 4_096), ("anthropic.claude-opus-4-7", 4_096),
+    ("anthropic.claude-opus-4-8", 4_096), ("global.anthropic.claude-fable-5-2", 4_096),
+    ("anthropic.claude-mythos-5-2", 4_096), ("anthropic.claude-opus-6", 4_096),
+    ("anthropic.claude-sonnet-4-7", 4_096)])
+def test_each_claude_caches_its_conversation_from_its_own_minimum(model_id: str,
+                                                                  tokens: int) -> None:
+    assert messages_min_tokens(model_id) == tokens
 
 
 @pytest.mark.parametrize("model_id", CLAUDE_5)

@@ -16,6 +16,7 @@ from voiceagent.llm.cache_points import (
     MAX_CACHE_POINTS,
     cache_point,
     count_cache_points,
+    messages_min_tokens,
     with_moving_point,
 )
 from voiceagent.llm.effort import effort_fields
@@ -78,8 +79,9 @@ def build_converse_request(request: LLMRequest) -> dict[str, Any]:
         body["toolConfig"] = tools
     if caching.messages:
         used = count_cache_points(system) + count_cache_points((tools or {}).get("tools", ()))
-        body["messages"] = list(with_moving_point(body["messages"],
-                                                  room=MAX_CACHE_POINTS - used))
+        body["messages"] = list(with_moving_point(
+            body["messages"], room=MAX_CACHE_POINTS - used,
+            min_tokens=messages_min_tokens(request.model_id)))
     body["inferenceConfig"] = inference_config(request.inference)
     fit_samplers(body["inferenceConfig"], request.model_id, request.use_case)
     options = request.options

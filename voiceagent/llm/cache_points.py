@@ -13,10 +13,11 @@ What Bedrock does with them (the sources are the documents and the refusals quot
 - Each model has a minimum of tokens per checkpoint; a point placed before it is accepted
   and caches nothing ("your inference will still succeed, but your prefix won't be
   cached", the page; "the first cache checkpoint can be defined after 1,024 tokens and the
-  second after 2,048 tokens", so the minimum is counted per checkpoint). The largest
-  minimum of the Claude models that cache is 4,096 tokens (Opus 4.5, Haiku 4.5: Anthropic's
-  "Prompt caching" page, https://platform.claude.com/docs/en/build-with-claude/prompt-caching;
-  "4,096 tokens for Claude Haiku", strandsagents.com's Bedrock prompt caching page).
+  second after 2,048 tokens", so the minimum is counted per checkpoint). It differs by
+  model, eightfold (``messages_min_tokens``): Bedrock's page and its model cards ("Min
+  tokens per cache checkpoint"), and Anthropic's "Cache limitations"
+  (https://platform.claude.com/docs/en/build-with-claude/prompt-caching#cache-limitations,
+  which warns that "the minimum for newly released models" can differ by platform).
 - A point is a content block of its own (envoyproxy/ai-gateway#1717: "ContentBlock object
   ... can only set one of the following keys"), in a message's content, never inside a
   toolResult's (langchain-ai/langchain-aws#499), never first in a message ("There is nothing
@@ -46,6 +47,7 @@ messages with every request): the history, the store and the transcripts never s
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -54,6 +56,21 @@ from voiceagent.llm.base import Message
 CACHE_POINT_TYPE = "default"
 MAX_CACHE_POINTS = 4                # per request: system, tools and messages together
 MESSAGES_MIN_TOKENS = 4_096         # the largest per-checkpoint minimum of a caching Claude
+# The minimum tokens per checkpoint by Claude family. 512: Anthropic's list of October 2026
+# (Opus 5 and 5.5, Sonnet and Haiku 5.5, Fable and Mythos 5 and 5.1) and the Bedrock cards of
+# Opus 5 and Fable 5.1; 1,024, 2,048 and 4,096: Bedrock's table and Anthropic's (3.7 Sonnet,
+# 3.5 Haiku, the 4.x models, Sonnet 5). Where the documents differ, the larger: Opus 4.7 and
+# 4.8 are 2,048 and 1,024 on Anthropic's page, 4,096 on OpenRouter's
+# (https://openrouter.ai/docs/features/prompt-caching; Bedrock's table too for 4.7). A
+# Claude not listed (Fable and Mythos 5.2, later ones) gets the largest, 4,096.
+_MINIMUMS: tuple[tuple[re.Pattern[str], int], ...] = tuple(
+    # neither more digits nor a minor version after the family (a date is no version)
+    (re.compile(r"anthropic\.claude-(?:" + family + r")(?![0-9]|-[1-9](?![0-9]))"), tokens)
+    for family, tokens in (
+        (r"(?:opus|fable|mythos)-5(?:-1)?|(?:opus|sonnet|haiku)-5-5", 512),
+        (r"sonnet-5|3-7-sonnet|sonnet-4(?:-[56])?|opus-4(?:-1)?", 1_024),
+        (r"3-5-haiku", 2_048),
+    ))
 # Anthropic: a Claude token is about 3.5 English characters; fewer in other languages and
 # in JSON. Four characters a token counts fewer tokens than there are (see estimated_tokens).
 CHARS_PER_TOKEN = 4
@@ -78,21 +95,36 @@ def count_cache_points(blocks: Iterable[Any]) -> int:
     return sum(1 for block in blocks if is_cache_point(block))
 
 
-def with_moving_point(messages: Sequence[Message], *, room: int) -> Sequence[Message]:
+def messages_min_tokens(model_id: str) -> int:
+    """The tokens a conversation needs before its point caches anything on ``model_id`` (a
+    caching Claude): below them the point is accepted and ignored, so none is sent."""
+    for pattern, tokens in _MINIMUMS:
+        if pattern.search(model_id):
+            return tokens
+    return MESSAGES_MIN_TOKENS
+
+
+def with_moving_point(messages: Sequence[Message], *, room: int,
+                      min_tokens: int = MESSAGES_MIN_TOKENS) -> Sequence[Message]:
     """``messages`` with a cache point after the last block of the last message, when there is
-    ``room`` for one (the request's other points counted) and the messages reach the
-    minimum; else ``messages`` themselves. The last message is a new dict: the others are
-    the history's own, shared, and unchanged."""
-    if room < 1 or not messages:
+    ``room`` for one (the request's other points counted) and the messages reach
+    ``min_tokens``; else ``messages`` themselves. The last message is a new dict: the others
+    are the history's own, shared, and unchanged."""
+    if room < 1 or not messages or not _takes_point(messages[-1]):
         return messages
-    last = messages[-1]
-    content = last.get("content") or []
-    if (last.get("role") != "user" or not content or is_cache_point(content[-1])
-            or "reasoningContent" in content[-1]):
+    if estimated_tokens(messages) < min_tokens:
         return messages
-    if estimated_tokens(messages) < MESSAGES_MIN_TOKENS:
-        return messages
-    return [*messages[:-1], {**last, "content": [*content, cache_point()]}]
+    return [*messages[:-1], _with_point(messages[-1])]
+
+
+def _takes_point(message: Message) -> bool:
+    content = message.get("content") or []
+    return (message.get("role") == "user" and bool(content) and not is_cache_point(content[-1])
+            and "reasoningContent" not in content[-1])
+
+
+def _with_point(message: Message) -> Message:
+    return {**message, "content": [*message["content"], cache_point()]}
 
 
 def estimated_tokens(messages: Sequence[Message]) -> int:
