@@ -33,6 +33,11 @@ Where a cache point may stand, for every model (``placement_refusal``), as Bedro
   Please remove the invalid cache point and try again." (anomalyco/opencode#36517);
 - not inside a toolResult's content, where the schema has no cachePoint (a validation
   failure, langchain-ai/langchain-aws#499; the words here are the endpoint's own).
+
+What a request reads of the one before (``reads_from``): Claude reads a prefix cached at a
+point of the request, or one "up to approximately 20 blocks before" it (Anthropic's "Prompt
+caching" page, https://platform.claude.com/docs/en/build-with-claude/prompt-caching; "Bedrock
+checks ~20 preceding blocks", aws/agent-toolkit-for-aws), 20 taken here as the exact bound.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ AFTER_REASONING = ("Cache point cannot be inserted after reasoning block. Please
                    "invalid cache point and try again.")
 IN_TOOL_RESULT = "{path}: extraneous key [cachePoint] is not permitted in a toolResult's content"
 MOST = 4
+LOOKBACK = 20
 _ALL = frozenset({"system", "messages", "tools"})
 _CLAUDE = re.compile(
     r"anthropic\.claude-(?:3-7-sonnet|3-5-haiku|sonnet-4(?:-[56])?|opus-4(?:-[1-8])?|haiku-4-5"
@@ -129,3 +135,36 @@ def _cache_points(body: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
     for n, entry in enumerate(tools):
         if isinstance(entry, Mapping) and "cachePoint" in entry:
             yield "tools", f"toolConfig/tools/{n}"
+
+
+def reads_from(previous: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
+    """Whether ``body`` reads the conversation ``previous`` cached at its last message point
+    (taken as written): the same blocks up to there, and a point of ``body`` at most
+    ``LOOKBACK`` blocks after it."""
+    ends = _message_point_ends(previous)
+    if not ends:
+        return False
+    written = ends[-1]
+    if _blocks(body)[:written] != _blocks(previous)[:written]:
+        return False
+    return any(0 <= end - written <= LOOKBACK for end in _message_point_ends(body))
+
+
+def _blocks(body: Mapping[str, Any]) -> list[tuple[int, Any, Any]]:
+    """The conversation's content blocks in order, points left out, each with its message."""
+    return [(at, message.get("role"), block)
+            for at, message in enumerate(body.get("messages") or ())
+            for block in message.get("content") or () if "cachePoint" not in block]
+
+
+def _message_point_ends(body: Mapping[str, Any]) -> list[int]:
+    """For each message point, how many blocks of the conversation stand before it."""
+    ends: list[int] = []
+    count = 0
+    for message in body.get("messages") or ():
+        for block in message.get("content") or ():
+            if "cachePoint" in block:
+                ends.append(count)
+            else:
+                count += 1
+    return ends

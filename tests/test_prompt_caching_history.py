@@ -3,9 +3,11 @@ cache point, after the last block of its last message (the caller's words, or a 
 results), once the conversation reaches the model's per-checkpoint minimum (512 tokens on
 Opus 5, 1,024 on Sonnet 5, 2,048 on 3.5 Haiku, 4,096 on Haiku 4.5 and on a Claude the
 documents do not list yet); the next round and the next turn re-send everything before it
-unchanged, a barge-in cutting only what comes after it. Never more than Bedrock's 4 points in
-a request; none in the history, the store or the transcript. The local endpoint refuses what
-Bedrock refuses (``fake_caching``), so a point put where Bedrock would not take it fails here.
+unchanged, a barge-in cutting only what comes after it. A round of more blocks than Claude
+walks back over keeps the previous point too. Never more than Bedrock's 4 points in a
+request; none in the history, the store or the transcript. The local endpoint refuses what
+Bedrock refuses (``fake_caching``), so a point put where Bedrock would not take it fails here,
+and models what a request reads of the one before (``reads_from``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from tests.fake_caching import (
     NOTHING_BEFORE,
     TOO_MANY,
     placement_refusal,
+    reads_from,
 )
 from voiceagent.errors import LLMError
 from voiceagent.llm import bedrock_converse
@@ -258,6 +261,43 @@ async def test_the_point_comes_once_the_conversation_reaches_the_models_minimum(
     assert marked == [n >= first_turn for n in range(1, 7)]
 
 
+def tool_round(calls: int) -> Reply:
+    return stream_reply(message_start(),
+                        *(tool_events(n, f"tu_{n}", "pickupTime", ["{}"]) for n in range(calls)),
+                        message_end("tool_use"))
+
+
+@pytest.mark.parametrize(("calls", "kept"), [(2, False), (12, True)])
+async def test_a_round_of_more_blocks_than_claude_walks_back_keeps_the_previous_point(
+        fake_bedrock: FakeBedrock, llm: BedrockLLM, calls: int, kept: bool) -> None:
+    """Twelve tools at once are 24 blocks between the caller's words and the results, more
+    than the 20 Claude walks back over: the round keeps the point after the words, the fourth
+    and last of the request, and reads the conversation cached; two tools need no second."""
+    def respond(request: RecordedRequest) -> Reply:
+        if any("toolResult" in b for b in request.body["messages"][-1]["content"]):
+            return text_reply([ANSWER])
+        if last_words(request) == long_prompt(2):
+            return tool_round(calls)
+        return text_reply(["Noted, and what else would you like to know?"])
+
+    fake_bedrock.responder = respond
+    async with call_on(llm, OPUS) as call:
+        for n in range(1, 3):
+            call.say(long_prompt(n))
+            text = (await call.reply())[0]
+        await call.hang_up()
+    assert text == ANSWER
+    assert fake_bedrock.violations == []
+    asked, answered = fake_bedrock.requests[-2].body, fake_bedrock.requests[-1].body
+    assert len(answered["messages"][-1]["content"]) == calls + 1       # the results, a point
+    last = len(answered["messages"]) - 1
+    words = (last - 2, len(answered["messages"][last - 2]["content"]) - 1)
+    assert message_points(answered) == ([words] if kept else []) + [(last, calls)]
+    assert points(answered) == (4 if kept else 3)
+    assert reads_from(asked, answered)
+    assert_never_kept(call)
+
+
 # --------------------------------------------------------- the endpoint keeps Bedrock's rules
 
 def said(role: str, *blocks: dict[str, Any]) -> dict[str, Any]:
@@ -292,6 +332,25 @@ def test_no_point_without_room_for_one() -> None:
     assert with_moving_point(messages, room=1)[-1]["content"] == [{"text": LONG}, CACHE]
     assert with_moving_point(messages, room=0) == messages
     assert messages[-1]["content"] == [{"text": LONG}]        # the history's, unchanged
+
+
+def test_the_previous_point_is_kept_only_with_room_for_both() -> None:
+    uses = [{"toolUse": {"toolUseId": f"tu_{n}", "name": "pickupTime", "input": {}}}
+            for n in range(12)]
+    note = "Ready at the front desk, ask for the order by name. " * 2     # 26 tokens
+    results = [{"toolResult": {"toolUseId": f"tu_{n}",
+                               "content": [{"json": {"minutes": 20, "note": note}}]}}
+               for n in range(12)]
+    messages = [said("user", {"text": LONG}), said("assistant", *uses), said("user", *results)]
+    both = with_moving_point(messages, room=2, min_tokens=512)
+    assert [m["content"][-1] == CACHE for m in both] == [True, False, True]
+    one = with_moving_point(messages, room=1, min_tokens=512)
+    assert [m["content"][-1] == CACHE for m in one] == [False, False, True]
+    # 1,500 tokens before the round, 1,500 + 12 x 32 after: at a minimum of 1,700 the words
+    # never took a point, so there is nothing there to read
+    later = with_moving_point(messages, room=2, min_tokens=1_700)
+    assert [m["content"][-1] == CACHE for m in later] == [False, False, True]
+    assert messages[0]["content"] == [{"text": LONG}]          # the history's, unchanged
 
 
 def test_the_endpoint_takes_a_point_after_words_or_results() -> None:

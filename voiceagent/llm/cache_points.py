@@ -30,7 +30,11 @@ What Bedrock does with them (the sources are the documents and the refusals quot
   which documents no such look-back, gets no moving point: it would write and never read).
   Anthropic's way for a conversation is that one point, on the last block of the last
   message, moving forward every turn ("Automatic caching ... applies the cache breakpoint to
-  the last cacheable block and moves it forward as the conversation grows").
+  the last cacheable block and moves it forward as the conversation grows"). The walk back
+  is bounded ("up to approximately 20 blocks before your explicit breakpoint", the same
+  page; "Bedrock checks ~20 preceding blocks automatically", AWS's agent toolkit,
+  aws/agent-toolkit-for-aws skills/core-skills/amazon-bedrock/references/prompt-caching.md):
+  a round adding more blocks than that misses.
 
 Where the moving point goes. A request ends with a user message: the caller's words, or a
 tool round's results. Nothing a call does later changes what stands before it and it itself:
@@ -39,6 +43,17 @@ the next turn append after it. So the point goes after its last block; the next 
 turn) walks back from its own point to this one, a few blocks (one reply, one result). When a
 reply is cut to nothing and two prompts merge, the first prompt's block still closes the same
 prefix; when the reply is cut to what was heard, the walk back finds the turn's prompt.
+
+When the walk back cannot reach. A tool round of many calls at once (each a toolUse and a
+toolResult block) puts more blocks between the two points than Claude walks back over: the
+round would read nothing of the conversation and write all of it again, at the write price.
+So it keeps the previous request's point as well, on the caller's words before the model's
+reply, which reads that prefix (at a tenth of the input price) and writes only the round.
+The kept point takes the request's fourth and last checkpoint (system, tools, two here), so
+it is kept only near the bound and only with room; kept a little early (``FAR_BLOCKS``), it
+costs nothing (its prefix is cached, the walk back would have read it too). Were the round
+shorter than the minimum, its own point caches nothing (counted per checkpoint) and the next
+turn writes the conversation again: as dear as without the kept point, never dearer.
 
 The point is added to the request only, in a new message dict (the history shares its
 messages with every request): the history, the store and the transcripts never see one.
@@ -56,6 +71,10 @@ from voiceagent.llm.base import Message
 CACHE_POINT_TYPE = "default"
 MAX_CACHE_POINTS = 4                # per request: system, tools and messages together
 MESSAGES_MIN_TOKENS = 4_096         # the largest per-checkpoint minimum of a caching Claude
+LOOKBACK_BLOCKS = 20                # how far back Claude looks from a point for a cached prefix
+# keep the previous point from this many blocks on: "approximately 20", and a kept point the
+# walk back would have reached costs nothing
+FAR_BLOCKS = LOOKBACK_BLOCKS - 4
 # The minimum tokens per checkpoint by Claude family. 512: Anthropic's list of October 2026
 # (Opus 5 and 5.5, Sonnet and Haiku 5.5, Fable and Mythos 5 and 5.1) and the Bedrock cards of
 # Opus 5 and Fable 5.1; 1,024, 2,048 and 4,096: Bedrock's table and Anthropic's (3.7 Sonnet,
@@ -108,13 +127,19 @@ def with_moving_point(messages: Sequence[Message], *, room: int,
                       min_tokens: int = MESSAGES_MIN_TOKENS) -> Sequence[Message]:
     """``messages`` with a cache point after the last block of the last message, when there is
     ``room`` for one (the request's other points counted) and the messages reach
-    ``min_tokens``; else ``messages`` themselves. The last message is a new dict: the others
-    are the history's own, shared, and unchanged."""
+    ``min_tokens``; and one after the previous request's last message too when the walk back
+    would not reach it and there is room for both. Else ``messages`` themselves. A message
+    that gets a point is a new dict: the others are the history's own, shared, and
+    unchanged."""
     if room < 1 or not messages or not _takes_point(messages[-1]):
         return messages
     if estimated_tokens(messages) < min_tokens:
         return messages
-    return [*messages[:-1], _with_point(messages[-1])]
+    marked = [*messages[:-1], _with_point(messages[-1])]
+    previous = _previous_end(messages, min_tokens) if room >= 2 else None
+    if previous is not None:
+        marked[previous] = _with_point(messages[previous])
+    return marked
 
 
 def _takes_point(message: Message) -> bool:
@@ -125,6 +150,19 @@ def _takes_point(message: Message) -> bool:
 
 def _with_point(message: Message) -> Message:
     return {**message, "content": [*message["content"], cache_point()]}
+
+
+def _previous_end(messages: Sequence[Message], min_tokens: int) -> int | None:
+    """The index of the message the previous request ended with (the one before the model's
+    last reply), when it took a point and the blocks since then are too many to walk back
+    over; else None."""
+    if (len(messages) < 3 or messages[-2].get("role") != "assistant"
+            or not _takes_point(messages[-3])):
+        return None
+    since = sum(len(message.get("content") or ()) for message in messages[-2:])
+    if since < FAR_BLOCKS or estimated_tokens(messages[:-2]) < min_tokens:
+        return None
+    return len(messages) - 3
 
 
 def estimated_tokens(messages: Sequence[Message]) -> int:
