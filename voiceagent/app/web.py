@@ -28,6 +28,7 @@ from voiceagent.app.phone_page import UNSIGNED_ELSEWHERE, PhoneDesk, addressed_h
 from voiceagent.app.relay_answers import ActionReplayed
 from voiceagent.app.relay_route import relay, relay_path, signed
 from voiceagent.app.runtime import Runtime
+from voiceagent.app.session_end import handoff_use_case
 from voiceagent.app.session_end import session_over as _session_over
 from voiceagent.app.sessions import (
     MAX_RECONNECTS,
@@ -192,10 +193,16 @@ async def action_webhook(runtime: Runtime) -> Response:
             runtime.relay_answers.relay_ended(call_sid)
         return Response(twiml.empty(), mimetype=XML)
     handoff_data = form.get("HandoffData", "")
-    if status != "failed" and not hands_off(handoff_data):
-        # a goodbye: nothing stored changes it, and a store that is down held it for the
-        # flush's timeout in silence, then turned it into the apology for a refused call
-        return _session_over(runtime, call_sid, handoff_data, None)
+    if status != "failed":
+        if not hands_off(handoff_data):
+            # a goodbye: nothing stored changes it, and a store that is down held it for
+            # the flush's timeout in silence, then turned it into the apology
+            return _session_over(runtime, call_sid, handoff_data, None)
+        try:        # a handoff: the session's use case alone, read without the flush
+            use_case = await handoff_use_case(runtime, call_sid, handoff_data)
+        except StoreError:
+            return last_words()
+        return _session_over(runtime, call_sid, handoff_data, use_case)
     session = None
     # everything a reconnect waits for ends by then (Twilio gives up on a webhook at 15 s)
     deadline = trio.current_time() + settings.flush_timeout_s
@@ -206,16 +213,16 @@ async def action_webhook(runtime: Runtime) -> Response:
         try:
             item = await runtime.store.get(call_sid, "connection")
         except StoreError as err:
-            # without the session nothing can be resumed or handed off: an apology, not a
-            # 500 (Twilio would play its own application error)
+            # without the session nothing can be resumed: an apology, not a 500 (Twilio
+            # would play its own application error)
             log.error("call session unreadable", extra={"error": str(err)})
             return last_words()
         session = records.session_from_item(item) if item is not None else None
         if session is None:
-            # said here: the answers below (an apology, a goodbye) cannot tell why
+            # said here: the apology below cannot tell why
             log.warning("call session not found: it expired (SESSION_TTL_S after the call "
                         "started) or this service did not prepare the call; nothing to "
-                        "resume or hand off")
+                        "resume")
     if session is not None:
         try:
             use_case = await runtime.catalog.use_case(session.use_case)
@@ -225,52 +232,50 @@ async def action_webhook(runtime: Runtime) -> Response:
             # its cache ran out and the store is throttled or unreachable: as above
             log.error("use case unreadable", extra={"error": str(err)[:300]})
             return last_words()
-    if status == "failed":
-        if (form.get("CallStatus", "").lower() != "in-progress" or session is None
-                or use_case is None):
-            return last_words()
-        try:
-            reconnects = await runtime.relay_answers.answer_failure(   # by any process
-                call_sid, form.get("SessionId", ""), session.generation)
-            if reconnects >= MAX_RECONNECTS:
-                log.warning("reconnect refused: the call's relay session keeps failing",
-                            extra={"reconnects": reconnects})
-                return last_words("refused_limit")
-            renewed, complete = await runtime.sessions.renew(session, deadline=deadline)
-        except AgentEnded as err:
-            log.warning("reconnect refused: the agent had ended the call; answering its end",
-                        extra={"handoff": hands_off(err.handoff_data)})
-            _count_reconnect(runtime, "ended_by_agent", call_sid)
-            return _session_over(runtime, call_sid, err.handoff_data, use_case)
-        except ValueError as err:
-            log.warning("reconnect refused: bad SessionId", extra={"error": str(err)})
-            return Response(f"{err}: this endpoint is ConversationRelay's action callback",
-                            status=400)
-        except ActionReplayed as err:
-            # the first answer stands: another token would open the call to whoever sent this
-            log.warning("reconnect refused: a replayed action callback",
-                        extra={"error": str(err)})
-            _count_reconnect(runtime, "refused_replay", call_sid)
-            return Response("this relay session's end was already answered", status=409)
-        except SessionRenewed:
-            # another renewal of this generation is in the store: its token stands, alone
-            log.warning("reconnect refused: the call's session was renewed by another "
-                        "request first")
-            _count_reconnect(runtime, "refused_replay", call_sid)
-            return Response("this call's session was already renewed", status=409)
-        except StoreError as err:
-            log.error("relay session marks unreadable", extra={"error": str(err)})
-            return last_words()
-        except SessionBusy:
-            log.warning("reconnect refused: the call's socket is still connected")
-            return last_words("refused_busy")
-        runtime.reconnects.resumed(renewed, complete, deadline, partial(_count_reconnect, runtime))
-        ws_url = settings.ws_url or signature.to_ws(_base_url(settings)) + path
-        document = twiml.connect_relay(
-            ws_url=ws_url, action_url=_base_url(settings) + "/action", use_case=use_case,
-            parameters={TOKEN_PARAMETER: renewed.token}, greeting=False)
-        return Response(document, mimetype=XML)
-    return _session_over(runtime, call_sid, handoff_data, use_case)
+    if (form.get("CallStatus", "").lower() != "in-progress" or session is None
+            or use_case is None):
+        return last_words()
+    try:
+        reconnects = await runtime.relay_answers.answer_failure(   # by any process
+            call_sid, form.get("SessionId", ""), session.generation)
+        if reconnects >= MAX_RECONNECTS:
+            log.warning("reconnect refused: the call's relay session keeps failing",
+                        extra={"reconnects": reconnects})
+            return last_words("refused_limit")
+        renewed, complete = await runtime.sessions.renew(session, deadline=deadline)
+    except AgentEnded as err:
+        log.warning("reconnect refused: the agent had ended the call; answering its end",
+                    extra={"handoff": hands_off(err.handoff_data)})
+        _count_reconnect(runtime, "ended_by_agent", call_sid)
+        return _session_over(runtime, call_sid, err.handoff_data, use_case)
+    except ValueError as err:
+        log.warning("reconnect refused: bad SessionId", extra={"error": str(err)})
+        return Response(f"{err}: this endpoint is ConversationRelay's action callback",
+                        status=400)
+    except ActionReplayed as err:
+        # the first answer stands: another token would open the call to whoever sent this
+        log.warning("reconnect refused: a replayed action callback",
+                    extra={"error": str(err)})
+        _count_reconnect(runtime, "refused_replay", call_sid)
+        return Response("this relay session's end was already answered", status=409)
+    except SessionRenewed:
+        # another renewal of this generation is in the store: its token stands, alone
+        log.warning("reconnect refused: the call's session was renewed by another "
+                    "request first")
+        _count_reconnect(runtime, "refused_replay", call_sid)
+        return Response("this call's session was already renewed", status=409)
+    except StoreError as err:
+        log.error("relay session marks unreadable", extra={"error": str(err)})
+        return last_words()
+    except SessionBusy:
+        log.warning("reconnect refused: the call's socket is still connected")
+        return last_words("refused_busy")
+    runtime.reconnects.resumed(renewed, complete, deadline, partial(_count_reconnect, runtime))
+    ws_url = settings.ws_url or signature.to_ws(_base_url(settings)) + path
+    document = twiml.connect_relay(
+        ws_url=ws_url, action_url=_base_url(settings) + "/action", use_case=use_case,
+        parameters={TOKEN_PARAMETER: renewed.token}, greeting=False)
+    return Response(document, mimetype=XML)
 
 
 def _count_reconnect(runtime: Runtime, outcome: str, call_sid: str) -> None:

@@ -1,0 +1,152 @@
+"""The agent hands the caller to a person while the store is down or stalled (a DynamoDB
+incident as the call ends), through the real server, the offline model and a real WebSocket
+caller, on the virtual clock.
+
+Twilio's ``/action`` for a handoff first waited for the call's writes to reach the store
+(FLUSH_TIMEOUT_S, 5 s) and then read the call's session: with the store refusing, the caller,
+who had just asked for a person, sat 5 s in silence and then heard "Sorry, we cannot take
+your call right now" and was hung up on; with the store stalled, Twilio's webhook timed out.
+A handoff needs the call's use case (its handoff target), not its history: it waits for no
+flush, reads the session within HANDOFF_READ_S, and with the store unable to give it goes
+where the end's own ``useCase`` says.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from tests.server_harness import one_use_case_config
+from tests.settled_clock import jump_when_settled
+from voiceagent import signature
+from voiceagent.app.session_end import HANDOFF_READ_S
+from voiceagent.app.testing import AUTH_TOKEN, AgentServer, agent_server
+from voiceagent.errors import StoreError
+from voiceagent.store.base import Store
+
+pytestmark = pytest.mark.timeout(60)
+
+NUMBER, MESSAGE = "+15555550123", "Connecting you now."
+USE_CASE = {
+    "name": "deli", "prompt": "You answer for a deli.",
+    "handoff": {"mode": "dial", "number": NUMBER, "message": MESSAGE},
+    "tools": [{"name": "liveAgentHandoff", "description": "Hands the caller to a person.",
+               "input_schema": {"type": "object", "properties": {
+                   "reason_code": {"type": "string"}, "summary": {"type": "string"}}}}],
+    "scripted": {"fallback": "We open at eleven.", "rules": [
+        {"match": r"\bperson\b", "tool": {"name": "liveAgentHandoff", "input": {
+            "reason_code": "user-requested", "summary": "Wants a person."}}}]}}
+METHODS = ("get", "put", "put_many")
+
+
+@asynccontextmanager
+async def _server(tmp_path: Path) -> AsyncIterator[AgentServer]:
+    folder = one_use_case_config(tmp_path, USE_CASE)
+    async with agent_server(folder, use_case="deli", data_dir=tmp_path) as agent:
+        yield agent
+
+
+@asynccontextmanager
+async def _store_failing(store: Store, failure: Callable[[], Awaitable[None]]
+                         ) -> AsyncIterator[None]:
+    """Every read and write of ``store`` goes through ``failure`` first (it raises, or waits
+    until the store is back, then the real call runs); as it was on leaving."""
+    working = {name: getattr(store, name) for name in METHODS}
+
+    def through(name: str) -> Callable[..., Awaitable[Any]]:
+        async def method(*args: Any, **kwargs: Any) -> Any:
+            await failure()
+            return await working[name](*args, **kwargs)
+        return method
+
+    for name in METHODS:
+        setattr(store, name, through(name))
+    try:
+        yield
+    finally:
+        for name, method in working.items():
+            setattr(store, name, method)
+
+
+async def _handed_off(agent: AgentServer, failure: Callable[[], Awaitable[None]]
+                      ) -> tuple[ET.Element, float]:
+    """A call whose caller asks for a person once the store has gone: ``/action``'s answer to
+    the ``end`` the agent sent, as Twilio posts it, and how long the caller waited for it."""
+    async with agent.call() as call:
+        assert "eleven" in (await call.say("when do you open?")).text
+        async with _store_failing(agent.runtime.store, failure):
+            turn = await call.say("a person please")
+            assert turn.ended is not None
+            started = trio.current_time()
+            body = await _post(agent, "/action", {
+                "CallSid": call.call_sid, "SessionId": "VX1", "SessionStatus": "ended",
+                "CallStatus": "in-progress", "HandoffData": str(turn.ended["handoffData"])})
+            waited = trio.current_time() - started
+    return ET.fromstring(body), waited
+
+
+async def _post(agent: AgentServer, path: str, form: dict[str, str]) -> str:
+    """A signed webhook on trio's own sockets: ``post_form`` waits in a worker thread, and
+    the virtual clock stands still while one runs (``jump_when_settled``), so a server
+    waiting on that clock would never answer it."""
+    url = agent.url + path
+    body = urllib.parse.urlencode(form).encode()
+    host, port = agent.url.removeprefix("http://").split(":")
+    head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close",
+            "Content-Type: application/x-www-form-urlencoded", f"Content-Length: {len(body)}",
+            f"X-Twilio-Signature: {signature.sign(AUTH_TOKEN, url, form)}"]
+    answer = b""
+    async with await trio.open_tcp_stream(host, int(port)) as stream:
+        await stream.send_all(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+    status, _, rest = answer.partition(b"\r\n\r\n")
+    assert status.split(b" ", 2)[1] == b"200", answer[:300]
+    return rest.decode()
+
+
+def _said(root: ET.Element) -> list[tuple[str, str | None]]:
+    return [(child.tag, child.text) for child in root]
+
+
+async def test_a_handoff_with_the_store_refusing_goes_to_a_person_at_once(
+        tmp_path: Path, mock_clock: trio.testing.MockClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    jump_when_settled(mock_clock, monkeypatch)
+
+    async def refused() -> None:
+        await trio.sleep(0.05)
+        raise StoreError("dynamodb: connection refused")
+
+    with trio.fail_after(40):
+        async with _server(tmp_path) as agent:
+            answer, waited = await _handed_off(agent, refused)
+    assert _said(answer) == [("Say", MESSAGE), ("Dial", NUMBER)]     # not the apology
+    assert waited < 0.5                     # not the flush's 5 s of silence first
+
+
+async def test_a_handoff_with_the_store_stalled_goes_to_a_person_within_its_read_bound(
+        tmp_path: Path, mock_clock: trio.testing.MockClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    jump_when_settled(mock_clock, monkeypatch)
+    back = trio.Event()
+
+    async def stalled() -> None:
+        await back.wait()
+
+    with trio.fail_after(40):
+        async with _server(tmp_path) as agent:
+            try:
+                answer, waited = await _handed_off(agent, stalled)
+            finally:
+                back.set()                  # the queue drains: the server stops at once
+    assert _said(answer) == [("Say", MESSAGE), ("Dial", NUMBER)]
+    assert waited == pytest.approx(HANDOFF_READ_S, abs=0.25)   # the read bound, no more
