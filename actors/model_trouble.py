@@ -29,6 +29,7 @@ import json
 import logging
 
 from actors.context import CallContext
+from voiceagent import handoff_language
 from voiceagent.usecase_lines import DEFAULT_LINES
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ def failed(ctx: CallContext, code: str, *, certain: bool = False) -> str | None:
                                        "fails_every_turn": certain})
     data: dict[str, object] = {"reasonCode": END_REASON}
     if handoff:
-        data["handoff"] = True
+        # named as the handoff tool names it: /action hands the call off by it when the
+        # store cannot give the call's session (an outage of both at once)
+        data |= {"handoff": True, handoff_language.USE_CASE_KEY: ctx.use_case.name}
     return json.dumps(data)
 
 

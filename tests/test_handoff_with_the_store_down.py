@@ -24,12 +24,15 @@ import pytest
 import trio
 import trio.testing
 
+from actors.model_trouble import FAILED_TURNS_BEFORE_GOODBYE
+from tests.fakes import FakeLLM, words
 from tests.server_harness import one_use_case_config
 from tests.settled_clock import jump_when_settled
 from voiceagent import signature
 from voiceagent.app.session_end import HANDOFF_READ_S
 from voiceagent.app.testing import AUTH_TOKEN, AgentServer, agent_server
-from voiceagent.errors import StoreError
+from voiceagent.errors import ModelUnavailable, StoreError
+from voiceagent.llm.base import LLM
 from voiceagent.store.base import Store
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,9 +51,9 @@ METHODS = ("get", "put", "put_many")
 
 
 @asynccontextmanager
-async def _server(tmp_path: Path) -> AsyncIterator[AgentServer]:
+async def _server(tmp_path: Path, llm: LLM | None = None) -> AsyncIterator[AgentServer]:
     folder = one_use_case_config(tmp_path, USE_CASE)
-    async with agent_server(folder, use_case="deli", data_dir=tmp_path) as agent:
+    async with agent_server(folder, use_case="deli", data_dir=tmp_path, llm=llm) as agent:
         yield agent
 
 
@@ -76,14 +79,17 @@ async def _store_failing(store: Store, failure: Callable[[], Awaitable[None]]
             setattr(store, name, method)
 
 
-async def _handed_off(agent: AgentServer, failure: Callable[[], Awaitable[None]]
+async def _handed_off(agent: AgentServer, failure: Callable[[], Awaitable[None]], *,
+                      asks: tuple[str, ...] = ("a person please",)
                       ) -> tuple[ET.Element, float]:
-    """A call whose caller asks for a person once the store has gone: ``/action``'s answer to
-    the ``end`` the agent sent, as Twilio posts it, and how long the caller waited for it."""
+    """A call whose caller, once the store has gone, says ``asks`` until the agent ends the
+    session: ``/action``'s answer to that ``end``, as Twilio posts it, and how long the
+    caller waited for it."""
     async with agent.call() as call:
         assert "eleven" in (await call.say("when do you open?")).text
         async with _store_failing(agent.runtime.store, failure):
-            turn = await call.say("a person please")
+            for words in asks:
+                turn = await call.say(words)
             assert turn.ended is not None
             started = trio.current_time()
             body = await _post(agent, "/action", {
@@ -150,3 +156,26 @@ async def test_a_handoff_with_the_store_stalled_goes_to_a_person_within_its_read
                 back.set()                  # the queue drains: the server stops at once
     assert _said(answer) == [("Say", MESSAGE), ("Dial", NUMBER)]
     assert waited == pytest.approx(HANDOFF_READ_S, abs=0.25)   # the read bound, no more
+
+
+async def test_a_model_failing_with_the_store_down_still_hands_the_caller_to_a_person(
+        tmp_path: Path, mock_clock: trio.testing.MockClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A regional incident takes the model and the store at once: after the failed turns the
+    call goes to a person (the use case has a handoff target), its end naming the use case
+    as the handoff tool's does, since the session cannot be read."""
+    jump_when_settled(mock_clock, monkeypatch)
+    llm = FakeLLM([words("We open at eleven."),
+                   [ModelUnavailable("ServiceUnavailableException", "down")]])
+
+    async def refused() -> None:
+        await trio.sleep(0.05)
+        raise StoreError("dynamodb: connection refused")
+
+    with trio.fail_after(60):
+        async with _server(tmp_path, llm) as agent:
+            answer, waited = await _handed_off(
+                agent, refused, asks=tuple(f"hello {n}" for n in range(
+                    FAILED_TURNS_BEFORE_GOODBYE)))
+    assert _said(answer) == [("Say", MESSAGE), ("Dial", NUMBER)]
+    assert waited < 0.5

@@ -108,7 +108,7 @@ async def test_with_a_handoff_target_the_caller_goes_to_a_person(
                                                            str(end["handoffData"])))
     assert [text for text, _ in heard] == [APOLOGY_SILENT, APOLOGY_SILENT, ""]
     assert json.loads(end["handoffData"]) == {"reasonCode": "model-unavailable",
-                                              "handoff": True}
+                                              "handoff": True, "useCase": RESTAURANT}
     root = ET.fromstring(answer)
     assert [(child.tag, child.text) for child in root] == [
         ("Say", "Let me get someone from the front desk."), ("Dial", "+15555550123")]
