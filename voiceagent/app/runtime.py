@@ -308,8 +308,13 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
                           reconnects=ReconnectOutcomes(store))
         runtime.metrics = Metrics(runtime)
         runtime.calls.on_finished = runtime.metrics.on_call_finished
+        # The drainer outlives a cancel of what embeds the runtime (a program's cancel
+        # scope, its Ctrl-C) until the flush below: cancelled with the rest, it died first,
+        # and each cancelled call's shielded flush, then this one, waited FLUSH_TIMEOUT_S
+        # for writes nobody would make (a healthy store, the transcripts lost).
+        draining = trio.CancelScope(shield=True)
         async with trio.open_nursery() as nursery:
-            await nursery.start(writer.run)
+            await nursery.start(_drain_until_closed, writer, draining)
             await nursery.start(runtime.sessions.run)
             await nursery.start(runtime.reconnects.run)
             sweep = getattr(store, "sweep_expired", None)   # SQLite: DynamoDB's TTL does it
@@ -329,11 +334,20 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
             finally:
                 with trio.move_on_after(settings.flush_timeout_s, shield=True):
                     await writer.flush(timeout_s=settings.flush_timeout_s)
+                draining.cancel(reason="runtime closing")
                 nursery.cancel_scope.cancel(reason="runtime closing")
                 runtime.edge_refusals.close()   # the counts since their last summary lines
                 runtime.call_refusals.close()
                 runtime.sessions.close()
                 catalog.close()
+
+
+async def _drain_until_closed(writer: WriteBehind, scope: trio.CancelScope, *,
+                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                              ) -> None:
+    """``writer``'s drainer, cancelled by ``scope`` alone (see ``open_runtime``)."""
+    with scope:
+        await writer.run(task_status=task_status)
 
 
 def _aws_session(settings: Settings, *, store_given: bool,
