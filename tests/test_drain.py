@@ -140,6 +140,9 @@ async def test_a_peer_that_stopped_reading_cannot_hold_a_deploy(tmp_path: Path) 
                 assert await server.process.wait() == 0
                 took = trio.current_time() - started
                 await server.wait_log("calls stuck at shutdown")
+                # the watchdog ended it, not the kernel dropping the peer (DEAD_PEER_S, 30 s)
+                await server.wait_log("shutdown stuck on a connection that stopped reading; "
+                                      "exiting")
     assert took < 25                   # drain 0.5 + goodbye 1 + hypercorn 2 + watchdog 10
     async with open_sqlite_store(tmp_path / "data" / "voiceagent.db",
                                  limiter=trio.CapacityLimiter(1)) as store:
