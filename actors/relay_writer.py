@@ -90,8 +90,9 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
                 continue
             if isinstance(message, End) and stamp_end is not None:
                 message = stamp_end(message)
+            turn: int | None = None         # the word's turn, from the marks (CutMarks)
             if (isinstance(message, Text) and message.token and marks is not None
-                    and marks.speaking_cut):
+                    and (turn := marks.speak()) is None):
                 # Checked here, with no await between the check and the send (CutMarks).
                 # The marks are the newest turn's: a frame is checked in the scheduler pass
                 # after the writer takes it, before its turn's end can wake the streamer to
@@ -102,14 +103,14 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
                 if not message.last:
                     continue
                 message, on_sent = Text("", last=True), None  # the words go, the cycle closes
-            elif isinstance(message, Text) and message.token and marks is not None:
-                marks.spoke()                   # from here on, a cut is of this turn
+            # else ``speak`` marked the turn as spoken: from here on, a cut is of this turn
             frames: list[Outbound] = [message]
             match message:
                 case Text(token="", last=True) if not cycle_open:
                     continue
                 case Text(token=token, last=last):
-                    turn = marks.turn if marks is not None else 0
+                    if turn is None:                    # a closer, or no marks
+                        turn = marks.turn if marks is not None else 0
                     if token and cycle_open and turn != cycle_turn:
                         # the turn that opened it was cut and its closer dropped (a bounded
                         # send, the writer stuck on a slow Twilio): not in the next reply

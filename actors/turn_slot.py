@@ -182,6 +182,16 @@ class CutMarks:
     def speaking_cut(self) -> bool:
         return self._cut_through == self._turn
 
+    def speak(self) -> int | None:
+        """The writer is about to send a word, with no await before the send: None when the
+        caller has cut the newest turn off (``speaking_cut``: the word is withheld), else the
+        turn's number, and the turn has spoken (``spoke``). One call where there were three,
+        on the path every word takes."""
+        if self._cut_through == self._turn:
+            return None
+        self._silent_goodbye = False
+        return self._turn
+
 
 class TurnSlot:
     """The streamer's handle on the turn in flight. A finished turn's scope and event are let
