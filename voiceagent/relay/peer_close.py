@@ -39,7 +39,8 @@ class PeerCodeWSStream(WSStream):
     async def _send_wsproto_event(self, event: Any) -> None:
         # hypercorn echoes the peer's close (REMOTE_CLOSING) just before it ends the stream
         # and tells the app, through app_put, with its own code
-        if (isinstance(event, CloseConnection) and self.app_put is not None
+        # type(), not isinstance(): wsproto's events are ABCs, and this runs for every frame
+        if (type(event) is CloseConnection and self.app_put is not None
                 and self.connection.state is ConnectionState.REMOTE_CLOSING):
             self.app_put = _with_code(self.app_put, int(event.code))
         await super()._send_wsproto_event(event)
