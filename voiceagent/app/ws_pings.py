@@ -18,6 +18,7 @@ before, connections lingering).
 from __future__ import annotations
 
 import logging
+from operator import attrgetter
 
 import hypercorn.protocol.h11 as h11_protocol
 import trio
@@ -32,15 +33,14 @@ class PromptPings(WSStream):
     _closed = False
     _pings: trio.CancelScope | None = None
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @closed.setter
-    def closed(self, value: bool) -> None:
+    def _set_closed(self, value: bool) -> None:
         self._closed = value
         if value and self._pings is not None:
             self._pings.cancel()
+
+    # hypercorn reads ``closed`` at every frame sent and received: a C getter (attrgetter),
+    # not a Python one, costs no Python frame there; only setting it needs ours
+    closed = property(attrgetter("_closed"), _set_closed)
 
     async def _send_pings(self) -> None:
         with trio.CancelScope() as self._pings:
