@@ -3,11 +3,12 @@ was handed over, because that (not what the model generated) is what the caller 
 
 A reply's first clause, or its first ``STREAMED_CHARS`` characters (and the same after a tool
 round), streams token by token: it is the latency the caller notices, whatever the TTS needs
-before it starts speaking. Later tokens are held briefly and sent together, at the end of a
-clause or when ``hold_s`` has passed, whichever comes first (or, when the model's stream can
-hand over what has arrived, everything that came in the window at its end: ``hold``). The
-caller is by then listening to the first clause, and ConversationRelay speaks clause by
-clause, so the hold is not heard; it cuts the frames (and their CPU, here and at Twilio).
+before it starts speaking (tokens that had arrived together go in one frame: ``say_together``).
+Later tokens are held briefly and sent together, at the end of a clause or when ``hold_s`` has
+passed, whichever comes first (or, when the model's stream can hand over what has arrived,
+everything that came in the window at its end: ``hold``). The caller is by then listening to
+the first clause, and ConversationRelay speaks clause by clause, so the hold is not heard; it
+cuts the frames (and their CPU, here and at Twilio).
 Held text that was never sent is dropped on a cut and is not in ``segment``: the history
 keeps only what could have been heard.
 """
@@ -15,7 +16,7 @@ keeps only what could have been heard.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import trio
 
@@ -95,6 +96,22 @@ class Speaker:
         if (_ends_clause(token) or self._held_chars >= MAX_HELD_CHARS
                 or trio.current_time() >= self._flush_at):
             await self.flush()
+
+    async def say_together(self, tokens: Sequence[str]) -> None:
+        """Tokens that arrived together, said as ``say`` would say them one by one, but a
+        clause's worth in one call: the streamed ones go in one frame, not one each. Split
+        after each clause end, so what follows the first clause is held as ever, and at
+        ``MAX_HELD_CHARS``, so a frame is no larger than a held one."""
+        run: list[str] = []
+        chars = 0
+        for token in tokens:
+            run.append(token)
+            chars += len(token)
+            if _ends_clause(token) or chars >= MAX_HELD_CHARS:
+                await self.say("".join(run))
+                run, chars = [], 0
+        if run:
+            await self.say("".join(run))
 
     async def hold(self, tokens: Iterable[str]) -> None:
         """Add tokens to what the next ``flush`` sends (a held window read all at once, in

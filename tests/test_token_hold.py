@@ -303,3 +303,24 @@ async def test_scripted_take_ready_keeps_the_models_own_pace(autojump_clock: Any
     end = rest[1]
     assert isinstance(end, StreamEnd)
     assert end.first_token_s == pytest.approx(0.1)
+
+
+async def test_first_clause_tokens_that_arrived_together_go_in_one_frame(
+        autojump_clock: Any) -> None:
+    """A burst (the model's, or a turn's task running late on a loaded machine): the first
+    clause's tokens that had arrived when its first was read go in one frame, not one each
+    (a frame costs the writer and hypercorn ~135 Python frames, whatever its size); the
+    clause rule still splits them. TOKEN_HOLD_MS=0 stays one frame per token."""
+    text = "We open at nine, and close at ten."
+    async with open_test_call(scripted(text, gap_ms=0), services_changes=HOLD) as call:
+        call.say("when are you open?")
+        frames = await timed_reply(call)
+    assert frames == [(0.2, "We open at nine,", False), (0.2, " and close at ten.", False),
+                      (0.2, "", True)]
+    assert call.history[-1]["content"] == [{"text": text}]
+    async with open_test_call(scripted(text, gap_ms=0),
+                              services_changes={"token_hold_s": 0.0}) as call:
+        call.say("when are you open?")
+        frames = await timed_reply(call)
+    assert [token for _, token, _ in frames] == [
+        "We", " open", " at", " nine,", " and", " close", " at", " ten.", ""]
