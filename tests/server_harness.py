@@ -12,6 +12,7 @@ import yaml
 
 from voiceagent.app.runtime import CallCounters, Runtime
 from voiceagent.app.server import open_server
+from voiceagent.app.testing import REPORTS_KEPT
 from voiceagent.llm.base import LLM
 from voiceagent.settings import Settings
 from voiceagent.tools.registry import ToolRegistry
@@ -56,7 +57,10 @@ class RunningServer:
 async def running_server(settings: Settings, *, llm: LLM | None = None,
                          registry: ToolRegistry | None = None
                          ) -> AsyncIterator[RunningServer]:
+    """The server as ``voiceagent serve`` runs it, but keeping the last REPORTS_KEPT ended
+    calls' reports for the test to read (a server keeps none)."""
     async with open_server(settings, llm=llm, registry=registry) as (url, runtime):
+        runtime.calls.keep = REPORTS_KEPT
         yield RunningServer(url, runtime)
 
 

@@ -60,9 +60,13 @@ class CallCounters:
     claims: int = 0             # sockets whose setup's call is at its first read (capacity)
     lookups: int = 0            # sockets whose setup's call is being looked up at all (drain)
     matched: int = 0            # of those, whose token matched its session (task protection)
-    reports: list[CallReport] = field(default_factory=list)   # the last few, for tests/metrics
     live: list[CallReport] = field(default_factory=list)      # calls in progress
-    keep: int = 100
+    # Ended calls' reports, each with its whole History (what was said, tool results): the
+    # last ``keep``, for tests to read after a call (voiceagent.app.testing). A server keeps
+    # none: the metrics take each report as its call ends (``on_finished``), and nothing
+    # else reads one, so keeping them only held transcripts after their calls.
+    reports: list[CallReport] = field(default_factory=list)
+    keep: int = 0
     on_finished: Callable[[CallReport], None] | None = None    # metrics
     _idle: trio.Event = field(default_factory=trio.Event)
     _changed: trio.Event = field(default_factory=trio.Event)
@@ -77,8 +81,9 @@ class CallCounters:
     def finished(self, report: CallReport) -> None:
         self.active -= 1
         self.live.remove(report)
-        self.reports.append(report)
-        del self.reports[:-self.keep]
+        if self.keep:
+            self.reports.append(report)
+            del self.reports[:-self.keep]
         self._report(report)
         self._idle_unless_busy()
         self._announce()

@@ -40,6 +40,9 @@ from voiceagent.tools.registry import ToolRegistry
 
 AUTH_TOKEN = "voiceagent-testing-token"     # signs the test's webhooks; not a real credential
 TURN_TIMEOUT_S = 10.0
+# ended calls' reports (histories included) the test's server keeps, for ``history`` after a
+# call; a server run by ``voiceagent serve`` keeps none (``CallCounters.keep``)
+REPORTS_KEPT = 100
 
 
 @dataclass(frozen=True)
@@ -248,4 +251,5 @@ async def agent_server(config_dir: str | Path, *, use_case: str | None = None,
         chosen = make_settings(config_dir, use_case=use_case,
                                data_dir=data_dir or scratch, **settings)
         async with open_server(chosen, llm=llm, registry=registry) as (url, runtime):
+            runtime.calls.keep = REPORTS_KEPT       # no call has started yet
             yield AgentServer(url, runtime, chosen.twilio_auth_token or "")
