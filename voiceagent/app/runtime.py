@@ -61,10 +61,8 @@ class CallCounters:
     lookups: int = 0            # sockets whose setup's call is being looked up at all (drain)
     matched: int = 0            # of those, whose token matched its session (task protection)
     live: list[CallReport] = field(default_factory=list)      # calls in progress
-    # Ended calls' reports, each with its whole History (what was said, tool results): the
-    # last ``keep``, for tests to read after a call (voiceagent.app.testing). A server keeps
-    # none: the metrics take each report as its call ends (``on_finished``), and nothing
-    # else reads one, so keeping them only held transcripts after their calls.
+    # Ended calls' reports, whole History included: the last ``keep``, for tests
+    # (voiceagent.app.testing). A server keeps none: only the metrics read one, at its end.
     reports: list[CallReport] = field(default_factory=list)
     keep: int = 0
     on_finished: Callable[[CallReport], None] | None = None    # metrics
@@ -108,17 +106,9 @@ class CallCounters:
         not from ``claim_started``: a captured signed upgrade replayed with a spent token, or
         a CallSid nobody prepared, is looked up for ~1.5 s before it is refused, and anyone
         can send one every few seconds (the upgrade's signature covers only the URL), which
-        kept an idle task protected, and every deployment and scale-in off it.
-
-        A token spent on another task whose claim has not reached the store (queued there
-        behind a slow or throttled store) matches here too, until this socket's own claim is
-        refused: the saved history's read and the claim's SESSION_WRITE_S (2 s; an attempt
-        under way then ends at the store's read timeout), seconds, then TASK_PROTECTION_IDLE_S
-        more of protection. Left so: it takes the call's token (Twilio's socket or a replay of
-        its setup, both inside TLS), only while that claim is held back (once in, the token
-        matches nowhere), and a claim refused undecided queues its socket's end mark, which
-        holds the protection itself until the store takes it. Counting from the claim instead
-        would leave a real call's seconds of claiming on a slow store unprotected."""
+        kept an idle task protected, and every deployment and scale-in off it. A token spent
+        on another task whose claim is still queued there (a slow store) matches here too,
+        for seconds, until this socket's claim is refused: accepted, see docs/deploy.md."""
         self.matched += 1
         self._announce()
 
@@ -313,10 +303,9 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
                           reconnects=ReconnectOutcomes(store))
         runtime.metrics = Metrics(runtime)
         runtime.calls.on_finished = runtime.metrics.on_call_finished
-        # The drainer outlives a cancel of what embeds the runtime (a program's cancel
-        # scope, its Ctrl-C) until the flush below: cancelled with the rest, it died first,
-        # and each cancelled call's shielded flush, then this one, waited FLUSH_TIMEOUT_S
-        # for writes nobody would make (a healthy store, the transcripts lost).
+        # The drainer outlives a cancel of what embeds the runtime until the flush below:
+        # cancelled with the rest, every shielded flush waited FLUSH_TIMEOUT_S for writes
+        # nobody would make (a healthy store, the transcripts lost).
         draining = trio.CancelScope(shield=True)
         async with trio.open_nursery() as nursery:
             await nursery.start(_drain_until_closed, writer, draining)
