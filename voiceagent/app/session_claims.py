@@ -34,7 +34,9 @@ decided in time, nothing is decided:
   its claim queued: as before, a store outage does not stop such a call. Another process
   can only serve the same token if it reads it from the store and the store answers it
   but not us (a replay of the setup, during a partial outage, within those seconds): the
-  harm of hanging up on every call whose setup meets a slow store is surer. Each such
+  harm of hanging up on every call whose setup meets a slow store is surer. Should this
+  process stop with the claim still queued, the store keeps the token unspent: it opens
+  nothing PENDING_TTL_S after its mint all the same (``spent_tokens.too_late``). Each such
   claim is counted (the write-behind's ``undecided``) and logged as an episode;
 * a claim of a session read from the store (minted elsewhere) is refused as the store
   being unavailable: only the store vouches for it, and serving it here is the one case

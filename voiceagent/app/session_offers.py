@@ -17,7 +17,9 @@ import trio
 
 import voiceagent.store.records as records
 
-PENDING_TTL_S = 120.0            # a /twiml whose socket never came is forgotten after this
+# a /twiml whose socket never came is forgotten after this; and its token, read from the
+# store, opens nothing after it either (``spent_tokens.too_late``)
+PENDING_TTL_S = 120.0
 
 
 class Offer(NamedTuple):

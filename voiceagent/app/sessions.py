@@ -13,7 +13,9 @@ minted, and each token is used once:
 
 * a CallSid nobody prepared, a token that does not match, and an empty token are refused;
 * claiming consumes the token, so the token of a call that ended, or of a socket that
-  went away, opens nothing;
+  went away, opens nothing; and a token opens a socket only within PENDING_TTL_S of its
+  mint, so one whose claim was lost with its process does not open it later
+  (``spent_tokens``);
 * while a socket holds the call, a second one for the same CallSid is refused, and a
   replayed ``/twiml`` for a CallSid already seen mints nothing (it would take the call over,
   or, once the call is over, open a new one with the caller's profile in its prompt): the
@@ -163,7 +165,7 @@ class Sessions:
             session = replace(session, token="")    # claimed here, whatever the item said
         complete = await self._marks.previous_socket_ended(session, deadline)
         renewed = replace(session, token=secrets.token_urlsafe(18),
-                          generation=session.generation + 1, claim="")
+                          generation=session.generation + 1, claim="", minted_at=time.time())
         if not await self._offer(renewed, resumes=True):
             raise SessionRenewed(session.call_sid)
         log.info("session token renewed for a reconnect")
@@ -371,4 +373,4 @@ class Sessions:
             model_id=(scripted.MODEL_ID if self._settings.llm == "scripted"
                       else use_case.model or self._settings.model_identifier),
             caller=caller, called=called, profile=profile, greeting=use_case.welcome_greeting,
-            created_at=now)
+            created_at=now, minted_at=now)

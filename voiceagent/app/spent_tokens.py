@@ -9,12 +9,23 @@ and was served the same call. So a claim records its session's generation for as
 any lookup of that call is in flight; a lookup that ends after it is refused. Memory stays
 with the calls being looked up: once none is, the spent token is gone from the offers here and
 consumed in the store, or queued here to be, which ``newest_session`` prefers to the store.
+
+A claim decided on a process's word (its store not answering in time) is queued there, and
+lost if that process stops first (its drain's flush timed out, a crash): the store then
+holds the token unspent until the session expires (SESSION_TTL_S, a day), and a replay of
+that socket's setup, on any process, was served the call, its prompt and its conversation.
+Only that store could have said the token was spent, so instead a token opens a socket only
+within PENDING_TTL_S of its mint (``too_late``), as an offer here is held no longer: a lost
+claim leaves its token good that long at most. A socket comes within seconds of the signed
+request that minted its token (Twilio connects it on the TwiML); processes' clocks agree to
+well within that (a task's clock is NTP-synced).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -22,6 +33,7 @@ import trio
 
 import voiceagent.store.records as records
 from actors.call import CallRejected
+from voiceagent.app.session_offers import PENDING_TTL_S
 from voiceagent.store.base import Item, Store
 from voiceagent.store.write_behind import WriteBehind
 
@@ -62,6 +74,17 @@ def matches(session: records.CallSession, token: str) -> bool:
                                                           token.encode())
 
 
+def too_late(session: records.CallSession) -> str | None:
+    """Why ``session``'s token opens no socket any more (see the module docstring), or None.
+    A session without its mint's time (written by the release before) is not bounded."""
+    age_s = time.time() - session.minted_at
+    if not session.minted_at or age_s <= PENDING_TTL_S:
+        return None
+    return (f"this call's session token was minted {age_s:.0f} s ago, and a token opens "
+            f"its socket within {PENDING_TTL_S:g} s (a replayed setup, or a socket that "
+            "came too late: Twilio's /action gets the call a fresh token)")
+
+
 def newest_session(stored: Item | None, queued: Item | None) -> records.CallSession | None:
     """A call's session as this process knows it: the store's, unless this process has a
     write of it still queued that is as new (a claim's, its token spent; the store behind it,
@@ -89,6 +112,8 @@ async def minted_elsewhere(store: Store, writer: WriteBehind, call_sid: str, tok
         session = newest_session(await store.get(call_sid, records.SESSION_SK),
                                  writer.queued_item(call_sid, records.SESSION_SK))
         if session is not None and matches(session, token):
+            if (late := too_late(session)) is not None:
+                raise CallRejected(late)
             if waited:
                 log.info("session found in the store after waiting",
                          extra={"waited_ms": round(waited * 1000)})

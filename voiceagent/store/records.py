@@ -75,6 +75,8 @@ class CallSession:
     created_at: float                # epoch seconds
     generation: int = 0              # relay sessions before this one (each reconnect adds 1)
     claim: str = ""                  # the stored claim's nonce; "" unclaimed (or not known)
+    minted_at: float = 0.0           # epoch seconds its token was minted; 0.0 not known (an
+    #                                  item of the release before: ``spent_tokens.too_late``)
 
 
 def _iso_utc(epoch_s: float) -> str:
@@ -102,6 +104,7 @@ def session_item(s: CallSession, ttl_s: int) -> Item:
         "generation": s.generation,
         SESSION_VERSION.attribute: s.generation * 2 + (0 if s.token else 1),
         **({CLAIM_ATTRIBUTE: s.claim} if s.claim else {}),
+        **({"mintedAt": s.minted_at} if s.minted_at else {}),
     }
 
 
@@ -120,7 +123,8 @@ def session_from_item(item: Item) -> CallSession:
         greeting=greeting if isinstance(greeting, str) else None,
         created_at=float(item.get("createdAt") or 0.0),
         generation=int(item.get("generation") or 0),
-        claim=str(item.get(CLAIM_ATTRIBUTE) or ""))
+        claim=str(item.get(CLAIM_ATTRIBUTE) or ""),
+        minted_at=float(item.get("mintedAt") or 0.0))
 
 
 def socket_mark_sk(prefix: str, generation: int) -> str:
