@@ -14,8 +14,10 @@ from contextlib import aclosing
 from typing import TextIO
 
 import trio
+from trio.lowlevel import RunVar
 
 from voiceagent.app.caller import RelayCall, Reply
+from voiceagent.threads import run_blocking
 
 HELP = ("Type what the caller says and press Enter. Commands: /interrupt (barge in), "
         "/dtmf 123 (press keys), /lang es (speak another language), /hangup, /help")
@@ -27,6 +29,23 @@ LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
 LANG_USAGE = ("[usage: /lang es-US (a language code, as Twilio reports the caller's: es "
               "under transcriptionLanguage multi), or /lang alone to speak the language "
               "Twilio hears again]")
+_READER: RunVar[trio.CapacityLimiter] = RunVar("voiceagent_terminal_reader")
+
+
+def reader_limiter() -> trio.CapacityLimiter:
+    """The one thread that reads the terminal. A read is abandoned when its call ends, and
+    holds its thread until Enter is pressed: on trio's default limiter it held one of the
+    threads that a process embedding the server (the demo) shares with tools' blocking work
+    (``trio.to_thread.run_sync``), and with those all taken by tools, the person's lines
+    waited for one. Of one: a second reader waits for the abandoned one (which takes the next line)
+    rather than race it for lines. One per trio run, as trio's default limiter is: a
+    reader abandoned by a run that has ended never gives its token back."""
+    try:
+        return _READER.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(1)
+        _READER.set(limiter)
+        return limiter
 
 
 def _keys(line: str) -> str | None:
@@ -89,7 +108,8 @@ async def piped_lines(stream: TextIO | None = None) -> AsyncGenerator[str, None]
     for the answer to each line, as ``--say`` does, not hang up at end of input while the
     agent is still thinking. Read one at a time so a slow producer still drives the call."""
     source = stream or sys.stdin
-    while line := await trio.to_thread.run_sync(source.readline, abandon_on_cancel=True):
+    while line := await run_blocking(source.readline, limiter=reader_limiter(),
+                                     abandon_on_cancel=True):
         yield line.strip()          # as typed lines are (interactive): '/hangup ' hangs up
 
 
@@ -194,7 +214,8 @@ async def interactive(call: RelayCall, transcript: Transcript) -> None:
         nursery.start_soon(listen)
         while True:
             try:
-                line = await trio.to_thread.run_sync(input, abandon_on_cancel=True)
+                line = await run_blocking(input, limiter=reader_limiter(),
+                                          abandon_on_cancel=True)
             except EOFError:
                 line = "/hangup"
             if not await _command(call, line.strip(), transcript):
