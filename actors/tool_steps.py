@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 
 # a step this long is no await-free bookkeeping: it is audio every caller did not hear
 BLOCKING_STEP_S = 0.1
-ADVICE = ("run blocking work with trio.to_thread.run_sync (or make the tool a plain def "
-          "with blocking=True), or use an async client")
+# blocking=True first: its threads are the tools' own (TOOL_THREADS); trio.to_thread's default
+# limiter is shared with the rest of the process, and a thread left running holds it
+ADVICE = ("make the tool a plain def with blocking=True (it runs in the tools' own threads), "
+          "or use an async client")
 
 T = TypeVar("T")
 

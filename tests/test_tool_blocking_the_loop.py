@@ -32,9 +32,8 @@ from voiceagent.tools.registry import ToolRegistry, default_registry
 
 TOOLS = [{"name": "stall", "description": "Blocks."}, {"name": "wait", "description": "Awaits."}]
 BLOCK_S = BLOCKING_STEP_S * 1.5
-WARNING = ("tool held the event loop, stalling every call; run blocking work with "
-           "trio.to_thread.run_sync (or make the tool a plain def with blocking=True), or use "
-           "an async client")
+WARNING = ("tool held the event loop, stalling every call; make the tool a plain def with "
+           "blocking=True (it runs in the tools' own threads), or use an async client")
 
 
 def _sync_client() -> None:
