@@ -17,6 +17,7 @@ sustained throttling the process stops multiplying its load instead of tripling 
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import ssl
@@ -67,6 +68,18 @@ class BedrockHTTPError(Exception):
         self.code = code
         self.message = message
         super().__init__(f"HTTP {status} {code}: {message}")
+
+    @classmethod
+    def of_answer(cls, status: int, error_type: str, body: bytes) -> BedrockHTTPError:
+        """From the answer: its x-amzn-ErrorType, else its JSON body's ``__type``, names it."""
+        message = ""
+        try:
+            parsed = json.loads(body or b"{}")
+            message = str(parsed.get("message") or parsed.get("Message") or "")
+            code = error_type or str(parsed.get("__type", "")).rsplit("#", 1)[-1]
+        except (ValueError, AttributeError):
+            code = error_type
+        return cls(status, code or f"HTTP{status}", message)
 
 
 class ReadTimeout(Exception):

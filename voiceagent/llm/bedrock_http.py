@@ -30,7 +30,6 @@ into a long silence (``ABORTED_STALL_SHARE``): a caller in dead air speaks befor
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -257,7 +256,8 @@ class Attempt:
                 # An error answer read to its end leaves the connection as reusable as a
                 # reply does (as urllib3 keeps it): closing it made every retry after a 429
                 # or a 503 pay a new TCP and TLS handshake, when Bedrock is already slow.
-                self._items.append(classify(self._http_error()))
+                self._items.append(classify(BedrockHTTPError.of_answer(
+                    self._status or 0, self._error_type, bytes(self._error_body))))
                 self._ended = self._complete = True
                 self._watchdog.forget(self)
                 return
@@ -308,17 +308,6 @@ class Attempt:
         if not self._answering:
             return self._first_event_timeout_s
         return self._words_gap_s if self._assembler.in_words else self._read_timeout_s
-
-    def _http_error(self) -> BedrockHTTPError:
-        status = self._status or 0
-        message = ""
-        try:
-            body = json.loads(self._error_body or b"{}")
-            message = str(body.get("message") or body.get("Message") or "")
-            code = self._error_type or str(body.get("__type", "")).rsplit("#", 1)[-1]
-        except (ValueError, AttributeError):
-            code = self._error_type
-        return BedrockHTTPError(status, code or f"HTTP{status}", message)
 
     def fail(self, failure: Failure) -> None:
         """End the attempt with ``failure`` as its next item (signing failed, say)."""
