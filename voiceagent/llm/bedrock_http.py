@@ -109,6 +109,7 @@ class Attempt:
         self._decoder = FrameDecoder()
         self._items: list[Item] = []      # a list: an empty deque costs ~600 B a turn
         self._connection: Connection | None = None
+        self._parsed: list[Any] = []        # h11's events from the last read, not yet taken
         self._reused = False
         self._status: int | None = None
         self._error_type = ""
@@ -169,7 +170,7 @@ class Attempt:
 
     async def take_ready(self) -> list[Item]:
         """Everything that has already arrived (in the socket, the TLS layer or the parser),
-        without waiting for more."""
+        without waiting for more; when nothing has (``_parse``), one read and no h11 call."""
         while not self._ended and await self._step(wait=False):
             pass
         items, self._items = self._items, []
@@ -184,19 +185,17 @@ class Attempt:
             self.fail(classify(ConnectionResetError("the connection is gone")))
             return True
         try:
-            event = connection.h11.next_event()
-            if event is h11.NEED_DATA:
-                if wait:
-                    if self._unheard:           # before the wait the watchdog bounds
-                        self._progressed()
-                    data = await connection.link.receive()
-                else:
-                    ready = connection.link.receive_nowait()
-                    if ready is None:
-                        return False
-                    data = ready
-                connection.h11.receive_data(data)
+            if not self._parsed:
+                if wait and self._unheard:      # before the wait the watchdog bounds
+                    self._progressed()
+                data = await connection.link.receive() if wait else connection.link.receive_nowait()
+                if data is None:
+                    return False
+                self._parse(connection.h11, data)
                 return True
+            event = self._parsed.pop(0)
+            if isinstance(event, h11.RemoteProtocolError):
+                raise event
             self._take(event)
         except Exception as err:
             fault: Exception = err
@@ -213,6 +212,16 @@ class Attempt:
                 return True
             self.fail(classify(fault))
         return True
+
+    def _parse(self, state: h11.Connection, data: bytes) -> None:
+        """A read split into h11's events at once: whether more has come is then a read, not
+        a call into h11 too. ``_step`` takes them one at a time, h11's error in its place."""
+        state.receive_data(data)
+        try:
+            while (event := state.next_event()) is not h11.NEED_DATA and event is not h11.PAUSED:
+                self._parsed.append(event)
+        except h11.RemoteProtocolError as err:
+            self._parsed.append(err)
 
     def _end_whole(self, fault: Exception) -> None:
         """The connection failed after ``messageStop``: the caller has heard the whole reply,
@@ -320,6 +329,7 @@ class Attempt:
         if self._connection is not None:
             self._connection.link.close_now()
             self._connection = None
+            self._parsed.clear()
 
     def time_out(self) -> None:
         """The watchdog's: the read has waited too long; closing the socket ends it."""
