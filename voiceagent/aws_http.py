@@ -19,14 +19,13 @@ import botocore
 import botocore.session
 import h11
 import trio
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
 from botocore.exceptions import NoCredentialsError
 from botocore.httpsession import get_cert_path
 
 from voiceagent import __version__
 from voiceagent.net import Link, Proxy, open_link, proxy_for, redact_url
+from voiceagent.sigv4 import BytesRequest, KeptKeySigV4Auth, SigningKeys
 from voiceagent.threads import run_blocking
 
 log = logging.getLogger(__name__)
@@ -107,6 +106,7 @@ class Signer:
         self._user_agent = user_agent
         self._refresh_limiter = trio.CapacityLimiter(REFRESH_THREADS)
         self._renewing = trio.Lock()
+        self._keys = SigningKeys()
         self.renewals = 0                   # completed lookups through the chain
 
     @property
@@ -150,10 +150,9 @@ class Signer:
         if self._bearer_token:
             headers = {**headers, "Authorization": f"Bearer {self._bearer_token}"}
         else:
-            signed = AWSRequest(method="POST", url=self._endpoint.url(path), data=body,
-                                headers=headers)
-            SigV4Auth(await self._frozen(), self._signing_name,
-                      self._endpoint.region).add_auth(signed)
+            signed = BytesRequest(self._endpoint.url(path), body, headers)
+            KeptKeySigV4Auth(await self._frozen(), self._signing_name, self._endpoint.region,
+                             self._keys).add_auth(signed)
             headers = dict(signed.headers.items())
         return [("Host", self._endpoint.netloc), *headers.items(),
                 ("User-Agent", self._user_agent), ("Content-Length", str(len(body)))]
