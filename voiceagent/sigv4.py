@@ -28,21 +28,22 @@ class SigningKeys:
     the current credentials, so an old key would only keep an old secret's derivative
     alive."""
 
-    __slots__ = ("_key", "_scope", "_secret")
+    __slots__ = ("_kept",)
 
     def __init__(self) -> None:
-        self._secret = ""
-        self._scope = ""
-        self._key = b""
+        # one tuple, read and replaced whole: a signer in another thread never pairs one
+        # secret's key with another's scope
+        self._kept: tuple[str, str, bytes] = ("", "", b"")
 
     def key(self, secret: str, scope: str) -> bytes:
         """The signing key for ``scope`` (``date/region/service/aws4_request``)."""
-        if secret != self._secret or scope != self._scope or not self._key:
+        kept_secret, kept_scope, key = self._kept
+        if secret != kept_secret or scope != kept_scope or not key:
             key = f"AWS4{secret}".encode()
             for part in scope.split("/"):
                 key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-            self._secret, self._scope, self._key = secret, scope, key
-        return self._key
+            self._kept = (secret, scope, key)
+        return key
 
 
 class KeptKeySigV4Auth(SigV4Auth):  # type: ignore[misc]
