@@ -64,7 +64,8 @@ class FirstStepOfTheCutTurn(trio.abc.Instrument):
 
 @pytest.mark.parametrize("held", [False, True], ids=["first clause", "hold window"])
 async def test_the_reader_closes_the_stream_and_the_turn_records_its_cut(
-        fake_bedrock: FakeBedrock, llm: BedrockLLM, records: list[logging.LogRecord],
+        fake_bedrock: FakeBedrock, llm: BedrockLLM,
+        mock_clock: trio.testing.MockClock, records: list[logging.LogRecord],
         held: bool) -> None:
     # the words, then a pause no cut waits out: on the virtual clock a thread's wait (the
     # store's) lets the endpoint's timers run ahead, and a held window leaves its bytes
@@ -131,7 +132,8 @@ class CutBeforeItsStep(trio.abc.Instrument):
 
 @pytest.mark.parametrize("held", [False, True], ids=["receive", "take_ready"])
 async def test_a_read_already_woken_when_the_stream_closes_ends_cancelled(
-        fake_bedrock: FakeBedrock, llm: BedrockLLM, held: bool) -> None:
+        fake_bedrock: FakeBedrock, llm: BedrockLLM,
+        mock_clock: trio.testing.MockClock, held: bool) -> None:
     """Its socket closed under it, the read failed; the turn took that for the model
     failing (an apology, a model error counted) instead of the caller's cut."""
     fake_bedrock.push(text_reply([" We", " open", " at", " nine"], gap_s=0.5))
@@ -167,7 +169,8 @@ async def test_a_read_already_woken_when_the_stream_closes_ends_cancelled(
 
 
 async def test_a_retry_opened_as_the_stream_closed_is_closed_too(
-        fake_bedrock: FakeBedrock, llm: BedrockLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+        fake_bedrock: FakeBedrock, llm: BedrockLLM,
+        mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
     """The cut lands while the turn's task is inside a retry's start (throttled before a
     word), which then returns its attempt to a stream already closed: that attempt's
     connection and limiter token would be held for ever."""

@@ -73,7 +73,8 @@ def notes(request: RecordedRequest) -> list[str]:
 
 
 async def test_a_language_switch_mid_turn_keeps_the_tool_rounds_thinking(
-        fake_bedrock: FakeBedrock, llm: BedrockLLM) -> None:
+        fake_bedrock: FakeBedrock, llm: BedrockLLM,
+        mock_clock: trio.testing.MockClock) -> None:
     fake_bedrock.responder = respond
     use_case = plain_use_case(languages=[{"code": "en-US"}, {"code": "es-ES",
                                                             "voice": "es-voice"}],

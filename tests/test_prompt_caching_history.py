@@ -129,7 +129,8 @@ def assert_never_kept(call: call_harness.TestCall) -> None:
 
 
 async def test_each_turn_of_a_long_call_caches_up_to_the_callers_words(
-        fake_bedrock: FakeBedrock, llm: BedrockLLM) -> None:
+        fake_bedrock: FakeBedrock, llm: BedrockLLM,
+        mock_clock: trio.testing.MockClock) -> None:
     """Turn by turn: no message point while the conversation is short; then one, after the
     caller's words, and the next turn re-sends all it covered (the barge-in in between cut
     the reply after it). System, tools and the moving point: 3 of Bedrock's 4."""
@@ -161,7 +162,8 @@ async def test_each_turn_of_a_long_call_caches_up_to_the_callers_words(
 
 
 async def test_a_tool_round_caches_after_its_results_over_the_prefix_of_the_round_before(
-        fake_bedrock: FakeBedrock, llm: BedrockLLM) -> None:
+        fake_bedrock: FakeBedrock, llm: BedrockLLM,
+        mock_clock: trio.testing.MockClock) -> None:
     def respond(request: RecordedRequest) -> Reply:
         last = request.body["messages"][-1]["content"]
         if any("toolResult" in b for b in last):
@@ -192,7 +194,8 @@ async def test_a_tool_round_caches_after_its_results_over_the_prefix_of_the_roun
 
 
 async def test_a_short_call_and_a_nova_call_get_no_point_in_the_conversation(
-        fake_bedrock: FakeBedrock, llm: BedrockLLM) -> None:
+        fake_bedrock: FakeBedrock, llm: BedrockLLM,
+        mock_clock: trio.testing.MockClock) -> None:
     """Under the minimum a point caches nothing (Bedrock takes it and ignores it); Nova
     documents no look-back from a later point, so a moving one would be written, never read."""
     fake_bedrock.responder = lambda request: text_reply(["Sure, anything else?"])
@@ -212,7 +215,8 @@ async def test_a_short_call_and_a_nova_call_get_no_point_in_the_conversation(
 
 
 async def test_thinking_bound_to_its_conversation_survives_the_moving_point(
-        fake_bedrock: FakeBedrock, llm: BedrockLLM) -> None:
+        fake_bedrock: FakeBedrock, llm: BedrockLLM,
+        mock_clock: trio.testing.MockClock) -> None:
     """Claude Fable 5.1 signs its reasoning with all before it, and refuses it back when
     anything there changed: the point that moved from the caller's words to the tool's
     results is no part of that (Anthropic leaves ``cache_control`` out of the check), so the
@@ -247,7 +251,8 @@ async def test_thinking_bound_to_its_conversation_survives_the_moving_point(
     (OPUS, 1), ("anthropic.claude-sonnet-5", 2), ("anthropic.claude-3-5-haiku-20241022-v1:0", 3),
     (HAIKU, 6), ("anthropic.claude-opus-6", 6)])
 async def test_the_point_comes_once_the_conversation_reaches_the_models_minimum(
-        fake_bedrock: FakeBedrock, llm: BedrockLLM, model_id: str, first_turn: int) -> None:
+        fake_bedrock: FakeBedrock, llm: BedrockLLM,
+        mock_clock: trio.testing.MockClock, model_id: str, first_turn: int) -> None:
     """750 tokens a turn: Opus 5 caches the conversation from the first turn, where a Claude
     whose minimum the documents do not give waits for the largest, 4,096 tokens."""
     fake_bedrock.responder = lambda request: text_reply(["Noted."])
@@ -269,7 +274,8 @@ def tool_round(calls: int) -> Reply:
 
 @pytest.mark.parametrize(("calls", "kept"), [(2, False), (12, True)])
 async def test_a_round_of_more_blocks_than_claude_walks_back_keeps_the_previous_point(
-        fake_bedrock: FakeBedrock, llm: BedrockLLM, calls: int, kept: bool) -> None:
+        fake_bedrock: FakeBedrock, llm: BedrockLLM,
+        mock_clock: trio.testing.MockClock, calls: int, kept: bool) -> None:
     """Twelve tools at once are 24 blocks between the caller's words and the results, more
     than the 20 Claude walks back over: the round keeps the point after the words, the fourth
     and last of the request, and reads the conversation cached; two tools need no second."""
@@ -362,7 +368,8 @@ def test_the_endpoint_takes_a_point_after_words_or_results() -> None:
 
 
 async def test_a_point_put_first_in_the_last_message_fails_the_request(
-        fake_bedrock: FakeBedrock, llm: BedrockLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+        fake_bedrock: FakeBedrock, llm: BedrockLLM,
+        mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch) -> None:
     """What a wrong placement costs: the whole request (and so every turn past the
     minimum)."""
     def first(messages: Sequence[dict[str, Any]], *, room: int,
