@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -103,3 +104,22 @@ def user_venv(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Wheelhouse) 
     """A folder whose .venv has voiceagent installed from its wheel, as a user would have it,
     with pytest and pytest-trio: one per session, shared by the scaffold and tutorial tests."""
     return make_wheel_venv(tmp_path_factory.mktemp("user"), wheelhouse)
+
+
+# pytest-trio hands trio.run the clock found among the *test's* own arguments: a MockClock that
+# only a fixture asks for is set up and ignored, and the test runs on the real clock while its
+# docstring, its fixture and its timings all say virtual time (eleven Bedrock tests had gone
+# that way). A test whose fixtures use a clock must name it too.
+VIRTUAL_CLOCKS = ("mock_clock", "autojump_clock")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    function = getattr(item, "obj", None)
+    if not isinstance(item, pytest.Function) or function is None:
+        return
+    own = set(inspect.signature(function).parameters)
+    for name in VIRTUAL_CLOCKS:
+        if name in item.fixturenames and name not in own:
+            pytest.fail(f"a fixture of this test uses `{name}`, the test does not: pytest-trio "
+                        f"would run it on the real clock; add `{name}: "
+                        f"trio.testing.MockClock` to the test's arguments", pytrace=False)
