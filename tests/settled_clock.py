@@ -7,7 +7,9 @@ thread works, as far as the next timeout, by however long the thread takes; on t
 clock a loaded machine makes the same work take seconds. With this, a thread's work takes
 no time, and a test's ``fail_after`` catches a hang, not a slow machine. Only threads
 started through ``trio.to_thread.run_sync`` (``voiceagent.threads.run_blocking`` included)
-are seen."""
+are seen. Opt-in, not every autojump test's clock: a blocking tool whose thread waits on the
+loop (``trio.from_thread.run``) while virtual time must pass would hang here for ever
+(test_tool_audio_as_its_tool_ends does exactly that, by design)."""
 
 from __future__ import annotations
 
