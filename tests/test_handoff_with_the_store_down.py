@@ -171,10 +171,10 @@ async def test_a_handoff_with_the_store_stalled_goes_to_a_person_within_its_read
 async def test_a_model_failing_with_the_store_down_still_hands_the_caller_to_a_person(
         tmp_path: Path, mock_clock: trio.testing.MockClock,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    jump_when_settled(mock_clock, monkeypatch)
     """A regional incident takes the model and the store at once: after the failed turns the
     call goes to a person (the use case has a handoff target), its end naming the use case
     as the handoff tool's does, since the session cannot be read."""
+    jump_when_settled(mock_clock, monkeypatch)
     llm = FakeLLM([words("We open at eleven."),
                    [ModelUnavailable("ServiceUnavailableException", "down")]])
 
