@@ -27,7 +27,7 @@ from tests.test_jsonlimits import assembled_tool
 from tests.test_tool_plugins import unique, write_config, write_module
 from voiceagent import jsonlimits
 from voiceagent.app.caller import Identity, open_call
-from voiceagent.app.runtime import open_store
+from voiceagent.app.open_backends import open_store
 from voiceagent.catalog import read_config_dir
 from voiceagent.catalog import write_config as load_config
 from voiceagent.llm.base import ToolUseRequest

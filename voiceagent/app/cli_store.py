@@ -26,7 +26,7 @@ import voiceagent.store.config_records as config_records
 from voiceagent import logs
 from voiceagent.app import transcripts
 from voiceagent.app.dotenv_file import load_dotenv_file
-from voiceagent.app.runtime import open_store
+from voiceagent.app.open_backends import open_store
 from voiceagent.catalog import ConfigSet, read_config_dir, write_config
 from voiceagent.errors import ConfigError
 from voiceagent.logs import mask_phone

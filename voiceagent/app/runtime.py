@@ -8,7 +8,7 @@ many runtimes as they like, each with its own fakes passed in.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -17,30 +17,28 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 import voiceagent.store.records as records
-from actors.call import CallReport, CallServices
+from actors.call import CallServices
 from actors.end_signal import EndSignal
 from voiceagent.app import heap
+from voiceagent.app.call_counters import CallCounters
 from voiceagent.app.memory_budget import backlog_budget_bytes
 from voiceagent.app.metrics import Metrics
+from voiceagent.app.open_backends import open_llm, open_store, shared_aws_session
 from voiceagent.app.reconnect_outcomes import ReconnectOutcomes
 from voiceagent.app.relay_answers import RelayAnswers
 from voiceagent.app.sessions import Sessions
 from voiceagent.app.task_protection import AgentEndpoint, Policy, hold_while_busy
 from voiceagent.catalog import Catalog, read_config_dir, write_config
-from voiceagent.errors import StoreError
 from voiceagent.llm.base import LLM
-from voiceagent.llm.scripted import ScriptedLLM
 from voiceagent.log_episodes import Episode
 from voiceagent.settings import Settings
 from voiceagent.store.base import Store
 from voiceagent.store.write_behind import WriteBehind
 from voiceagent.tools.plugins import build_registry
 from voiceagent.tools.registry import ToolRegistry
-from voiceagent.usecases import UseCase
 
 if TYPE_CHECKING:
     from voiceagent.app.open_connections import OpenConnections
-    from voiceagent.aws_session import StartupSession
 
 log = logging.getLogger(__name__)
 
@@ -51,112 +49,6 @@ SIGNATURE_CHECK = (
     "included (PUBLIC_URL, or the proxy's forwarded headers with TRUST_PROXY_HEADERS)")
 
 WRITE_LINGER_S = 0.05     # write-behind: a batch waits this long for company (see WriteBehind)
-
-
-@dataclass
-class CallCounters:
-    active: int = 0
-    total: int = 0
-    claims: int = 0             # sockets whose setup's call is at its first read (capacity)
-    lookups: int = 0            # sockets whose setup's call is being looked up at all (drain)
-    matched: int = 0            # of those, whose token matched its session (task protection)
-    live: list[CallReport] = field(default_factory=list)      # calls in progress
-    # Ended calls' reports, whole History included: the last ``keep``, for tests
-    # (voiceagent.app.testing). A server keeps none: only the metrics read one, at its end.
-    reports: list[CallReport] = field(default_factory=list)
-    keep: int = 0
-    on_finished: Callable[[CallReport], None] | None = None    # metrics
-    _idle: trio.Event = field(default_factory=trio.Event)
-    _changed: trio.Event = field(default_factory=trio.Event)
-
-    def started(self, report: CallReport) -> None:
-        self._busy()
-        self.active += 1
-        self.total += 1
-        self.live.append(report)
-        self._announce()
-
-    def finished(self, report: CallReport) -> None:
-        self.active -= 1
-        self.live.remove(report)
-        if self.keep:
-            self.reports.append(report)
-            del self.reports[:-self.keep]
-        self._report(report)
-        self._idle_unless_busy()
-        self._announce()
-
-    def claim_started(self) -> None:
-        """A socket's setup is being looked up (``SocketStanding``): it counts for capacity,
-        and a drain waits for it, since it becomes a call a moment later."""
-        self._busy()
-        self.claims += 1
-        self.lookups += 1
-        self._announce()
-
-    def looked_up_again(self) -> None:
-        """Its call was not there at the first read: no longer counted for capacity (a flood
-        of made-up CallSids must not refuse real calls), but still waited for by a drain:
-        its session may be on its way from another process, and the call start then."""
-        self.claims -= 1
-
-    def token_matched(self) -> None:
-        """Its setup's token is its call's session's: it claims the call, unless a socket
-        racing it with the same token claims it first. Task protection counts it from here,
-        not from ``claim_started``: a captured signed upgrade replayed with a spent token, or
-        a CallSid nobody prepared, is looked up for ~1.5 s before it is refused, and anyone
-        can send one every few seconds (the upgrade's signature covers only the URL), which
-        kept an idle task protected, and every deployment and scale-in off it. A token spent
-        on another task whose claim is still queued there (a slow store) matches here too,
-        for seconds, until this socket's claim is refused: accepted, see docs/deploy.md."""
-        self.matched += 1
-        self._announce()
-
-    def claim_done(self, *, at_first_read: bool = True, matched: bool = False) -> None:
-        """Its lookup is over: a call (``started`` follows at once) or refused.
-        ``at_first_read``: not ``looked_up_again``, so still counted for capacity;
-        ``matched``: counted in ``token_matched``."""
-        self.claims -= at_first_read
-        self.lookups -= 1
-        self.matched -= matched
-        self._idle_unless_busy()
-        self._announce()
-
-    def _busy(self) -> None:
-        if self._idle.is_set():
-            self._idle = trio.Event()
-
-    def _idle_unless_busy(self) -> None:
-        if not self.active and not self.lookups:
-            self._idle.set()
-
-    def never_started(self, report: CallReport) -> None:
-        """A socket closed before its call started (refused, unavailable, evicted, no
-        setup): not a live call, but the metrics count it by how it ended."""
-        self._report(report)
-
-    def _report(self, report: CallReport) -> None:
-        if self.on_finished is not None:
-            try:
-                self.on_finished(report)
-            except Exception:
-                log.exception("call report hook failed")
-
-    async def wait_changed(self) -> None:
-        """Until a call, or a socket's lookup of its call, starts or ends, or a lookup finds
-        its token matched (task protection follows the count)."""
-        await self._changed.wait()
-
-    def _announce(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_idle(self) -> None:
-        """Until no call is in progress and no socket's call is being looked up (drain,
-        tests), at its first read or again. Looked again after each wake-up: a claim that
-        ends as its call starts sets the event a moment before the call counts."""
-        while self.active or self.lookups:
-            await self._idle.wait()
 
 
 @dataclass
@@ -281,7 +173,8 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
     log.info("tools registered", extra={"tools": len(registry.names()),
                                         "from": sorted(set(registry.origins.values()))})
     async with AsyncExitStack() as stack:
-        aws = _aws_session(settings, store_given=store is not None, llm_given=llm is not None)
+        aws = shared_aws_session(settings, store_given=store is not None,
+                                 llm_given=llm is not None)
         if store is None:
             store = await stack.enter_async_context(open_store(settings, aws=aws))
         if config is not None:
@@ -290,7 +183,7 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
                      extra={"changed": sum(v != "unchanged" for v in changes.values())})
         catalog = Catalog(store, registry)
         if llm is None:
-            llm = await stack.enter_async_context(_open_llm(settings, catalog, aws=aws))
+            llm = await stack.enter_async_context(open_llm(settings, catalog, aws=aws))
         if aws is not None:
             aws.release()           # both clients exist: botocore's data files can go
         writer = WriteBehind(store, linger_s=WRITE_LINGER_S)
@@ -342,58 +235,3 @@ async def _drain_until_closed(writer: WriteBehind, scope: trio.CancelScope, *,
     """``writer``'s drainer, cancelled by ``scope`` alone (see ``open_runtime``)."""
     with scope:
         await writer.run(task_status=task_status)
-
-
-def _aws_session(settings: Settings, *, store_given: bool,
-                 llm_given: bool) -> StartupSession | None:
-    """One botocore session for the DynamoDB client and the Bedrock endpoint, when both are
-    ours to open: the AWS config is read and botocore's data parsed once. Each session loads
-    its own copy of that data (~10 MB); a second one cost every server process ~7 MB at
-    start, and the session's data kept after start-up another ~8 MB (benchmarks/RESULTS.md,
-    issue 20), hence one, released once both clients exist."""
-    if (store_given or settings.store != "dynamodb") or (llm_given or settings.llm != "bedrock"):
-        return None                     # one AWS user at most: it makes its own
-    from voiceagent.aws_session import StartupSession
-    return StartupSession()
-
-
-@asynccontextmanager
-async def open_store(settings: Settings, *, aws: StartupSession | None = None,
-                     create: bool = True) -> AsyncIterator[Store]:
-    """The store the settings name, with its own thread limiter (never trio's default).
-    ``aws``: the session to make the DynamoDB client from (else its own). ``create=False``
-    is for commands that only read: run in the wrong folder, they should say where they
-    looked, not leave an empty ``.voiceagent/`` behind."""
-    limiter = trio.CapacityLimiter(settings.store_threads)
-    if settings.store == "sqlite":
-        from voiceagent.store.sqlite import open_sqlite_store
-        path = settings.data_dir / "voiceagent.db"
-        if not create and not path.exists():
-            raise StoreError(f"no SQLite store at {path}: nothing has been stored there yet "
-                             "(the server creates it when it starts, `voiceagent config "
-                             "load` writes config into it); run this in the project's folder "
-                             "or set DATA_DIR (`voiceagent demo` keeps its calls in a "
-                             "temporary folder unless given --data-dir .voiceagent)")
-        async with open_sqlite_store(path, limiter=limiter) as store:
-            yield store
-    else:
-        from voiceagent.store.dynamodb import open_dynamodb_store
-        async with open_dynamodb_store(settings, limiter=limiter, session=aws) as store:
-            yield store
-
-
-@asynccontextmanager
-async def _open_llm(settings: Settings, catalog: Catalog, *,
-                    aws: StartupSession | None = None) -> AsyncIterator[LLM]:
-    if settings.llm == "scripted":
-        async def current(name: str) -> UseCase:
-            return await catalog.use_case(name)
-
-        yield ScriptedLLM(
-            {uc.name: uc for uc in await catalog.all_use_cases()},
-            first_token_delay_s=settings.scripted_first_token_delay_ms / 1000,
-            token_delay_s=settings.scripted_token_delay_ms / 1000, current=current)
-        return
-    from voiceagent.llm.bedrock_startup import open_bedrock_llm
-    async with open_bedrock_llm(settings, session=aws) as bedrock:
-        yield bedrock
