@@ -27,6 +27,7 @@ from voiceagent.app.open_backends import open_llm, open_store, shared_aws_sessio
 from voiceagent.app.reconnect_outcomes import ReconnectOutcomes
 from voiceagent.app.relay_answers import RelayAnswers
 from voiceagent.app.sessions import Sessions
+from voiceagent.app.stop_budget import Stop, flushes_end, log_dropped
 from voiceagent.app.task_protection import AgentEndpoint, Policy, hold_while_busy
 from voiceagent.catalog import Catalog, read_config_dir, write_config
 from voiceagent.llm.base import LLM
@@ -64,6 +65,7 @@ class Runtime:
     reconnects: ReconnectOutcomes               # counted once known (web.py's /action)
     calls: CallCounters = field(default_factory=CallCounters)
     draining: bool = False                       # /health fails, /twiml refuses new calls
+    stop: Stop | None = None                     # from the signal on: the stop's one budget
     end_calls: EndSignal = field(default_factory=EndSignal)     # live calls end politely
     # relay sockets accepted whose setup is not resolved yet, oldest first (web.py)
     sockets_waiting: dict[Any, None] = field(default_factory=dict)
@@ -82,6 +84,8 @@ class Runtime:
     call_refusals: Episode = field(default_factory=lambda: Episode(
         logging.getLogger("voiceagent.app.web"), lasts="calls still refused",
         ended="calls taken again"))
+    # the write-behind drainer's scope: at a stop, its attempts end with the stop's flushes
+    drainer: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     def __post_init__(self) -> None:
         if not self.backlog_bytes_max:
@@ -104,6 +108,19 @@ class Runtime:
             token_hold_s=settings.token_hold_ms / 1000,
             on_turn=self.metrics.on_turn if self.metrics is not None else None,
             relay_ended=self.relay_answers.agent_ended)
+
+    def begin_stop(self) -> Stop:
+        """The stop starts now (the drain): its budget bounds every flush from here on,
+        and the drainer's write in flight, which would otherwise run its read timeout."""
+        if self.stop is None:
+            self.stop = Stop.starting_now(self.settings)
+            self.drainer.deadline = self.stop.flushes_end
+        self.draining = True
+        return self.stop
+
+    def flush_s(self, timeout_s: float) -> float:
+        """A flush's timeout: ``timeout_s``, less if the stop has less left."""
+        return self.stop.flush_s(timeout_s) if self.stop is not None else timeout_s
 
     @property
     def at_capacity(self) -> bool:
@@ -153,9 +170,12 @@ class Runtime:
 
     async def _flush(self, call_sid: str, timeout_s: float) -> bool:
         """The call's socket handed over its last messages: mark its end behind them (a
-        reconnect on another process waits for the mark), then wait for the writes."""
-        await self.sessions.socket_ended(call_sid)
-        return await self.writer.flush(call_sid, timeout_s=timeout_s)
+        reconnect on another process waits for the mark), then wait for the writes, within
+        what is left of a stop's budget."""
+        with trio.move_on_at(flushes_end(self.stop)):
+            await self.sessions.socket_ended(call_sid)
+            return await self.writer.flush(call_sid, timeout_s=self.flush_s(timeout_s))
+        return False
 
 
 @asynccontextmanager
@@ -199,34 +219,48 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
         # The drainer outlives a cancel of what embeds the runtime until the flush below:
         # cancelled with the rest, every shielded flush waited FLUSH_TIMEOUT_S for writes
         # nobody would make (a healthy store, the transcripts lost).
-        draining = trio.CancelScope(shield=True)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(_drain_until_closed, writer, draining)
-            await nursery.start(runtime.sessions.run)
-            await nursery.start(runtime.reconnects.run)
-            sweep = getattr(store, "sweep_expired", None)   # SQLite: DynamoDB's TTL does it
-            if sweep is not None:
-                await nursery.start(sweep)
-            await nursery.start(partial(heap.watch_loop_lag, runtime.metrics.observe_loop_lag))
-            if runtime.metrics.emf_enabled:
-                await nursery.start(runtime.metrics.run_emf)
-            if settings.task_protection == "auto" and settings.ecs_agent_uri:
-                await nursery.start(partial(
-                    hold_while_busy, runtime.calls, writer, AgentEndpoint(settings.ecs_agent_uri),
-                    Policy(idle_release_s=settings.task_protection_idle_s,
-                           max_hold_minutes=settings.task_protection_max_minutes,
-                           shared=settings.reuse_port)))
-            try:
-                yield runtime
-            finally:
-                with trio.move_on_after(settings.flush_timeout_s, shield=True):
-                    await writer.flush(timeout_s=settings.flush_timeout_s)
-                draining.cancel(reason="runtime closing")
-                nursery.cancel_scope.cancel(reason="runtime closing")
-                runtime.edge_refusals.close()   # the counts since their last summary lines
-                runtime.call_refusals.close()
-                runtime.sessions.close()
-                catalog.close()
+        draining = runtime.drainer
+        draining.shield = True
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(_drain_until_closed, writer, draining)
+                await _start_services(nursery, runtime)
+                try:
+                    yield runtime
+                finally:
+                    last_s = runtime.flush_s(settings.flush_timeout_s)
+                    with trio.move_on_after(last_s, shield=True):
+                        await writer.flush(timeout_s=last_s)
+                    draining.cancel(reason="runtime closing")
+                    nursery.cancel_scope.cancel(reason="runtime closing")
+                    runtime.edge_refusals.close()   # the counts since their last summary lines
+                    runtime.call_refusals.close()
+                    runtime.sessions.close()
+                    catalog.close()
+        finally:        # the drainer has ended: what is still queued is lost with the process
+            log_dropped(writer.unwritten(), why="the store did not take them in time"
+                        if runtime.stop is not None else "the runtime closed before them")
+
+
+async def _start_services(nursery: trio.Nursery, runtime: Runtime) -> None:
+    """The runtime's own tasks, besides the drainer: they end with it."""
+    settings, metrics = runtime.settings, runtime.metrics
+    assert metrics is not None
+    await nursery.start(runtime.sessions.run)
+    await nursery.start(runtime.reconnects.run)
+    sweep = getattr(runtime.store, "sweep_expired", None)   # SQLite: DynamoDB's TTL does it
+    if sweep is not None:
+        await nursery.start(sweep)
+    await nursery.start(partial(heap.watch_loop_lag, metrics.observe_loop_lag))
+    if metrics.emf_enabled:
+        await nursery.start(metrics.run_emf)
+    if settings.task_protection == "auto" and settings.ecs_agent_uri:
+        await nursery.start(partial(
+            hold_while_busy, runtime.calls, runtime.writer,
+            AgentEndpoint(settings.ecs_agent_uri),
+            Policy(idle_release_s=settings.task_protection_idle_s,
+                   max_hold_minutes=settings.task_protection_max_minutes,
+                   shared=settings.reuse_port)))
 
 
 async def _drain_until_closed(writer: WriteBehind, scope: trio.CancelScope, *,

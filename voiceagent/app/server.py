@@ -32,6 +32,7 @@ from voiceagent.app.ctrl_c import interrupt_alone, interrupts_escape
 from voiceagent.app.open_connections import OpenConnections
 from voiceagent.app.open_files import connection_limit
 from voiceagent.app.runtime import Runtime, open_runtime
+from voiceagent.app.stop_budget import GRACEFUL_S, budget_s, log_dropped
 from voiceagent.app.web import create_app
 from voiceagent.errors import ListenError
 from voiceagent.llm.base import LLM
@@ -42,7 +43,6 @@ from voiceagent.tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
 
-GRACEFUL_S = 2.0                   # after our own drain, hypercorn's last grace
 WATCHDOG_S = 10.0                  # a peer that stopped reading can hold a shielded send
                                    # (until DEAD_PEER_S, on Linux)
 EMBEDDED_STUCK_EXIT = 1            # a program embedding the server, cut short by the watchdog
@@ -169,7 +169,7 @@ async def serve(runtime: Runtime, *, host: str, port: int,
             outer.start_soon(serve_signals, stop)
         await stop.wait()
         await drain(runtime)
-        outer.start_soon(_watchdog, exit_code)
+        outer.start_soon(_watchdog, runtime, exit_code)
         stopped = True
 
     config = hypercorn_config(host, port, ping_interval_s=runtime.settings.ping_interval_s,
@@ -290,11 +290,12 @@ async def open_server(settings: Settings, *, llm: LLM | None = None,
 async def drain(runtime: Runtime) -> None:
     """Stop taking calls, let live ones finish up to DRAIN_TIMEOUT_S, then end them politely
     and flush pending writes. /health fails from the first moment, so the load balancer
-    stops routing while the calls run on."""
-    runtime.draining = True
+    stops routing while the calls run on. The stop's budget (``stop_budget``) starts here."""
+    runtime.begin_stop()
     settings = runtime.settings
     log.info("draining", extra={"active_calls": runtime.calls.active,
-                                "deadline_s": settings.drain_timeout_s})
+                                "deadline_s": settings.drain_timeout_s,
+                                "stop_budget_s": budget_s(settings)})
     with trio.move_on_after(settings.drain_timeout_s):
         await runtime.calls.wait_idle()
     if runtime.calls.active:
@@ -306,17 +307,22 @@ async def drain(runtime: Runtime) -> None:
     if runtime.calls.active:
         log.warning("calls stuck at shutdown", extra={
             "active_calls": runtime.calls.active, "messages": runtime.persist_stuck_calls()})
-    flushed = await runtime.writer.flush(timeout_s=settings.flush_timeout_s)
+    flushed = await runtime.writer.flush(timeout_s=runtime.flush_s(settings.flush_timeout_s))
     log.info("drained", extra={"active_calls": runtime.calls.active, "flushed": flushed})
 
 
-async def _watchdog(exit_code: Callable[[], int]) -> None:
+async def _watchdog(runtime: Runtime, exit_code: Callable[[], int]) -> None:
     """hypercorn shields a WebSocket send; a peer that stopped reading would hold the process
-    past any deadline. Everything is flushed by now, so exiting is safe."""
-    await trio.sleep(GRACEFUL_S + WATCHDOG_S)
+    past any deadline. The drain has flushed; what the store has not taken by now (it is
+    down, or stalled) is lost, and said so. Never past the stop's budget."""
+    deadline = trio.current_time() + GRACEFUL_S + WATCHDOG_S
+    if runtime.stop is not None:
+        deadline = min(deadline, runtime.stop.deadline)
+    await trio.sleep_until(deadline)
     code = exit_code()
     log.error("shutdown stuck on a connection that stopped reading; exiting",
               extra={"exit_code": code})
+    log_dropped(runtime.writer.unwritten(), why="the process exits under a stuck connection")
     logging.shutdown()
     os._exit(code)
 

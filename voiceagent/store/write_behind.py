@@ -198,6 +198,14 @@ class WriteBehind(WriteAhead):
         """Whether a write of ``call_sid`` is still waiting here (its store is behind it)."""
         return call_sid in self._last_by_call
 
+    def unwritten(self) -> dict[str, int]:
+        """The writes still waiting, counted by call, oldest call first: what a process that
+        stops now loses (``stop_budget.log_dropped``)."""
+        counts: dict[str, int] = {}
+        for entry in self._queue:
+            counts[entry.call_sid] = counts.get(entry.call_sid, 0) + 1
+        return counts
+
     def queued_item(self, pk: str, sk: str) -> Item | None:
         """The last item of ``pk``/``sk`` waiting here, unwritten: newer than the store's."""
         for entry in reversed(self._queue):
