@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -24,7 +25,13 @@ from voiceagent import logs, signature
 from voiceagent.app import bench_cli, check, init, unset_public_url
 from voiceagent.app.caller import CallerError, Identity, open_call
 from voiceagent.app.cli_store import add_commands
-from voiceagent.app.terminal import Transcript, interactive, piped_lines, scripted
+from voiceagent.app.terminal import (
+    LANGUAGE_TAG,
+    Transcript,
+    interactive,
+    piped_lines,
+    scripted,
+)
 from voiceagent.errors import ConfigError, ListenError, SettingsError, StoreError
 from voiceagent.settings import LOCAL_CONFIG, Settings, packaged_config_dir
 from voiceagent.usecases import E164
@@ -130,6 +137,10 @@ def _parser() -> argparse.ArgumentParser:
                     "are off: for your machine only.")
     demo.add_argument("--say", action="append", default=[], metavar="TEXT",
                       help="play a scripted caller instead of typing (repeatable)")
+    demo.add_argument("--lang", type=language_code, default=None, metavar="CODE",
+                      help="speak CODE from the first word (e.g. es-US, or es under "
+                           "transcriptionLanguage multi), as /lang CODE would; default: the "
+                           "language Twilio hears")
     demo.add_argument("--port", type=int, default=0, help="port to serve on (default: any free)")
     demo.add_argument("--data-dir", type=Path, default=None,
                       help="where the SQLite store lives (default: a temporary folder)")
@@ -160,6 +171,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="the number called (default +15555550199)")
     call.add_argument("--say", action="append", default=[], metavar="TEXT",
                       help="play a scripted caller instead of typing (repeatable)")
+    call.add_argument("--lang", type=language_code, default=None, metavar="CODE",
+                      help="speak CODE from the first word (e.g. es-US, or es under "
+                           "transcriptionLanguage multi), as /lang CODE would; default: the "
+                           "language Twilio hears")
     call.set_defaults(run=_call)
     add_commands(commands)
     bench_cli.add_command(commands)
@@ -259,6 +274,9 @@ def _demo(args: argparse.Namespace) -> int:
     if args.web and args.say:
         raise CallerError("--say plays a scripted caller here; with --web the caller is "
                           "you, in the browser: use one or the other")
+    if args.web and args.lang:
+        raise CallerError("--lang sets the language of the caller at this terminal; with "
+                          "--web the caller is you, in the browser: use one or the other")
     # --web: Ctrl-C ends a browser call at once (politely, with `end`), no 90 s drain
     web = {"PHONE_PAGE": True, "DRAIN_TIMEOUT_S": 0} if args.web else {}
     # the restaurant examples even in a project's folder, whose ./config needs its .env
@@ -307,7 +325,7 @@ async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
                     await _serve_phone_page(url, args.from_number)
             else:
                 await _converse(url, None, Identity(from_number=args.from_number), args.say,
-                                stopping.talking)
+                                stopping.talking, lang=args.lang)
     return code()
 
 
@@ -318,6 +336,17 @@ def phone_number(value: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not an E.164 number: + then country code and number, no spaces "
             "(e.g. +15551234567)")
+    return value
+
+
+def language_code(value: str) -> str:
+    """argparse's check of --lang, the rule ``/lang`` applies: refused before the call, not
+    a call whose every prompt reports a language Twilio never would."""
+    if not LANGUAGE_TAG.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a language code: one as Twilio reports the caller's, letters "
+            "then optional -subtags, no spaces (e.g. es-US, en-GB, or es under "
+            "transcriptionLanguage multi)")
     return value
 
 
@@ -337,17 +366,21 @@ async def _serve_phone_page(url: str, from_number: str) -> None:
 def _call(args: argparse.Namespace) -> int:
     logs.configure("console", "WARNING")
     identity = Identity(from_number=args.from_number, to_number=args.to_number)
-    trio.run(_converse, args.url, args.auth_token, identity, args.say)
+    trio.run(partial(_converse, args.url, args.auth_token, identity, args.say, lang=args.lang))
     return 0
 
 
 async def _converse(url: str, auth_token: str | None, identity: Identity,
                     lines: Sequence[str],
-                    talking: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
+                    talking: Callable[[], AbstractContextManager[None]] = nullcontext, *,
+                    lang: str | None = None) -> None:
     """``talking``: what ends the conversation early (the demo's Ctrl-C); the call is then
-    hung up as ``/hangup`` would."""
+    hung up as ``/hangup`` would. ``lang``: the language the caller speaks from the first
+    word (``--lang``), as ``/lang`` sets it later: a use case that switches on the caller's
+    language could only be tried after a first prompt in the language Twilio hears."""
     transcript = Transcript()
     async with open_call(url, auth_token=auth_token, identity=identity) as call:
+        call.speaking = lang
         with talking():
             if lines:
                 await scripted(call, lines, transcript)
