@@ -21,6 +21,7 @@ from voiceagent.app.check_config import _stored_outcome
 from voiceagent.app.check_steps import CheckContext, Outcome
 from voiceagent.settings import Settings
 from voiceagent.tools.registry import default_registry
+from voiceagent.usecase_loading import load_use_case_file
 from voiceagent.usecases import UseCase
 
 pytestmark = pytest.mark.timeout(90)
@@ -143,3 +144,17 @@ def test_a_tool_that_answers_at_once_is_not_listed() -> None:
     assert switch.timeout_s > 3                 # long enough to be listed
     assert _check_table(use_case).advice[1] == \
         "use case bilingual: CheckOrderStatus (up to 5 s)"
+
+
+def test_the_examples_give_no_instant_tool_a_limit() -> None:
+    """The restaurant example cut switchLanguage's limit to 3 s to quiet the note above,
+    which ``instant`` now leaves it out of: copied into a project, the line taught a knob
+    that changes nothing a caller hears (an instant tool's limit is a guard, not a wait)."""
+    registry = default_registry()
+    examples = sorted((Path(__file__).parent.parent / "config" / "usecases").glob("*.yaml"))
+    assert examples
+    limited = [f"{path.name}: {declaration.name}" for path in examples
+               for declaration in load_use_case_file(path).tools
+               if (definition := registry.get(declaration.name)) is not None
+               and definition.instant and declaration.timeout_s is not None]
+    assert not limited, limited
