@@ -15,9 +15,9 @@ An attribute whose values are not documented is not checked here.
 
 from __future__ import annotations
 
-import difflib
 import math
 
+from voiceagent.look_alike import look_alike
 from voiceagent.relay.outbound import Setting
 
 _INPUTS = ("none", "dtmf", "speech", "any")
@@ -101,8 +101,8 @@ def not_served(name: str, value: Setting) -> str | None:
 
 def _choose(name: str, value: Setting) -> str:
     allowed = CHOICES[name]
-    close = difflib.get_close_matches(str(value).lower(), allowed, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
+    close = look_alike(str(value), allowed, cutoff=0.6)
+    hint = f" (did you mean {close}?)" if close else ""
     also = " or true/false" if name in BOOLEAN_OK else ""
     return (f"{name} takes one of {', '.join(allowed)}{also}, as Twilio documents it; "
             f"{value!r} would reach Twilio only when a call is answered{hint}")

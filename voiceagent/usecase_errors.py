@@ -13,45 +13,16 @@ from __future__ import annotations
 
 from collections import abc
 from collections.abc import Sequence
-from difflib import get_close_matches
 from types import UnionType
 from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
+from voiceagent.look_alike import look_alike
 from voiceagent.usecase_relay import KEY_PROBLEM, quote_it
 
 UNKNOWN_KEY = "unknown key (check the spelling; see config/README.md for the keys)"
-CLOSE = 0.7
-
-
-def look_alike(written: str, keys: Sequence[str]) -> str | None:
-    """The one of ``keys`` that ``written`` most looks like: by difflib's ratio, or one slip
-    of the fingers (two letters swapped, one missing, extra or wrong). The ratio alone
-    missed the short keys: ``sya`` for ``say`` scores 0.67, and a misspelt ``say`` of a
-    scripted ``then`` case came out as ``say: Field required``, the key written unnamed."""
-    close = get_close_matches(written, keys, n=1, cutoff=CLOSE)
-    if close:
-        return close[0]
-    if len(written) < 3:                        # one slip from half the short keys
-        return None
-    return next((key for key in sorted(keys) if _one_slip(written, key)), None)
-
-
-def _one_slip(a: str, b: str) -> bool:
-    """``a`` and ``b`` differ by one edit, two neighbouring letters swapped counted as one."""
-    if abs(len(a) - len(b)) > 1 or a == b:
-        return False
-    start = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
-                 min(len(a), len(b)))
-    if len(a) == len(b):
-        one_wrong = a[start + 1:] == b[start + 1:]
-        two_swapped = (a[start:start + 2] == b[start:start + 2][::-1]
-                       and a[start + 2:] == b[start + 2:])
-        return one_wrong or two_swapped
-    shorter, longer = (a, b) if len(a) < len(b) else (b, a)
-    return shorter[start:] == longer[start + 1:]                          # one missing
 
 
 def first_problem(errors: Sequence[ErrorDetails],

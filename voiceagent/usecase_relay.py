@@ -7,7 +7,6 @@ Split from ``usecases`` so each stays readable; ``usecases`` re-exports what cal
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
 from collections.abc import Callable, Mapping
@@ -29,6 +28,7 @@ from pydantic import (
 from twilio.twiml import lower_camel
 from twilio.twiml.voice_response import Connect, ConversationRelay
 
+from voiceagent.look_alike import look_alike
 from voiceagent.relay.protocol import Setting
 from voiceagent.relay_values import ANY_NONE_ATTRIBUTES, not_served, value_problem
 from voiceagent.usecase_base import KEY_PROBLEM as KEY_PROBLEM
@@ -118,9 +118,7 @@ def _spelled(name: str, value: Setting) -> Setting:
 def _did_you_mean(name: str, allowed: frozenset[str]) -> str | None:
     if lower_camel(name) in allowed:           # welcome_greeting: the Python spelling
         return str(lower_camel(name))
-    by_lower = {a.lower(): a for a in allowed}
-    close = difflib.get_close_matches(name.lower(), sorted(by_lower), n=1)
-    return by_lower[close[0]] if close else None
+    return look_alike(name, allowed, cutoff=0.6)
 
 
 def unknown_attribute(name: str, allowed: frozenset[str], what: str, source: str) -> str:

@@ -15,11 +15,11 @@ names (a tool's own, compose's) are the user's business and pass without a word.
 from __future__ import annotations
 
 import sys
-from difflib import get_close_matches
 from pathlib import Path
 
 from dotenv import dotenv_values, load_dotenv
 
+from voiceagent.look_alike import look_alike
 from voiceagent.settings import Settings
 
 DOTENV_NAME = ".env"
@@ -60,7 +60,6 @@ def misspelt_names(path: Path) -> list[tuple[str, str]]:
     for name in dotenv_values(path, encoding="utf-8"):
         if name in known or name.upper().startswith("AWS_ENDPOINT_URL_"):  # any service's
             continue
-        close = get_close_matches(name.upper(), sorted(aliases), n=1, cutoff=CLOSE)
-        if close:
-            found.append((name, close[0]))
+        if (close := look_alike(name, aliases, cutoff=CLOSE)) is not None:
+            found.append((name, close))
     return found

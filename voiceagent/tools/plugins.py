@@ -18,7 +18,6 @@ message, no traceback), it registers no tool, or one of its names is already tak
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import pkgutil
@@ -33,6 +32,7 @@ import trio
 
 import voiceagent
 from voiceagent.errors import ConfigError
+from voiceagent.look_alike import look_alike
 from voiceagent.settings import Settings
 from voiceagent.tools.base import ToolDefinition, modules_defining, tools_defined_in
 from voiceagent.tools.registry import BUILTIN_MODULES, ToolRegistry
@@ -162,8 +162,8 @@ def _misspelt(module: str, err: Exception) -> str:
     if path is None:                    # its parent is a module, not a package
         return ""
     names = [info.name for info in pkgutil.iter_modules(path)]
-    if close := difflib.get_close_matches(last, names, n=1, cutoff=0.75):
-        return f"; did you mean {missing[:-len(last)]}{close[0]}{module[len(missing):]}?"
+    if close := look_alike(last, names, cutoff=0.75):
+        return f"; did you mean {missing[:-len(last)]}{close}{module[len(missing):]}?"
     if parent:
         return ""
     return (f"; no {missing} on the Python path: run from the folder holding {missing}/, or "

@@ -12,7 +12,6 @@ caller said (an address, a name), so no argument value is echoed into problems o
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -26,6 +25,7 @@ import voiceagent.tools.messaging
 import voiceagent.tools.restaurant
 from voiceagent import jsonlimits
 from voiceagent.errors import ConfigError
+from voiceagent.look_alike import look_alike
 from voiceagent.tools.base import ToolDefinition, tools_defined_in
 from voiceagent.tools.schema_mistakes import required_off_object, schema_problem
 from voiceagent.usecases import ToolDeclaration, UseCase
@@ -130,8 +130,8 @@ class ToolRegistry:
         if name in self._definitions:
             return
         names = list(self.names())
-        close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
-        fix = (f"did you mean {close[0]!r}?" if close else
+        close = look_alike(name, names, cutoff=0.8)
+        fix = (f"did you mean {close!r}?" if close else
                f"its code is a function decorated with @voiceagent.tools.tool({name!r}) in a "
                f"module named in TOOLS{self.tools_hint(name)}, or in a voiceagent.tools "
                "entry point (docs/tools.md)")

@@ -10,10 +10,11 @@ file, never a caller's words, so its values may be quoted back.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from difflib import get_close_matches
 from typing import Any
 
 from jsonschema.exceptions import SchemaError
+
+from voiceagent.look_alike import look_alike
 
 JSON_TYPES = ("array", "boolean", "integer", "null", "number", "object", "string")
 # the names other languages and schema dialects give JSON's types
@@ -54,9 +55,7 @@ def _unknown_types(value: Any) -> list[str]:
 
 def _type_problem(unknown: Sequence[str]) -> str:
     name = unknown[0]
-    guess = (TYPE_ALIASES.get(name.lower())
-             or (name.lower() if name.lower() in JSON_TYPES else None)
-             or next(iter(get_close_matches(name.lower(), JSON_TYPES, n=1, cutoff=0.6)), None))
+    guess = TYPE_ALIASES.get(name.lower()) or look_alike(name, JSON_TYPES, cutoff=0.6)
     hint = f" (did you mean {guess}?)" if guess else ""
     return (f"{name!r} is not a JSON Schema type{hint}; the types are "
             f"{', '.join(JSON_TYPES)}")
