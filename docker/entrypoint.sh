@@ -76,7 +76,8 @@ trap 'on_signal SIGINT' INT
 
 i=0
 while [ "$i" -lt "$workers" ]; do
-    "$@" &
+    # its number: worker 0 alone logs what concerns the server, not each process
+    WORKER_INDEX="$i" "$@" &
     pids="$pids $!"
     i=$((i + 1))
 done

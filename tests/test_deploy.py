@@ -1164,7 +1164,8 @@ def fake_workers(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "voiceagent").write_text(
         "#!/bin/sh\n"
-        'echo "$$ REUSE_PORT=$REUSE_PORT $* WORKERS=${WORKERS:-}" >> "$RECORD"\n'
+        'echo "$$ WORKER_INDEX=${WORKER_INDEX:-} REUSE_PORT=$REUSE_PORT $* '
+        'WORKERS=${WORKERS:-}" >> "$RECORD"\n'
         "trap 'echo \"$$ TERM\" >> \"$RECORD\"; exit ${FAKE_STATUS:-0}' TERM\n"
         'if [ -n "${DIE_AFTER:-}" ]; then sleep "$DIE_AFTER"; exit 3; fi\n'
         "while :; do sleep 0.1; done\n")
@@ -1230,6 +1231,20 @@ def test_entrypoint_tells_each_worker_how_many_share_the_container(
     finally:
         _stop_group(process)
     assert all(line.endswith(" WORKERS=3") for line in started), started
+
+
+def test_entrypoint_numbers_its_workers(fake_workers: Path, tmp_path: Path) -> None:
+    """Worker 0 alone logs what concerns the server (an unset PUBLIC_URL), not each one."""
+    record = tmp_path / "record"
+    process = _entrypoint(fake_workers, record, WORKERS="3")
+    try:
+        started = _wait_for_lines(record, 3)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
+    finally:
+        _stop_group(process)
+    assert sorted(line.split()[1] for line in started) == [
+        "WORKER_INDEX=0", "WORKER_INDEX=1", "WORKER_INDEX=2"], started
 
 
 def test_entrypoint_runs_one_worker_for_the_browser_phone(

@@ -54,6 +54,8 @@ def test_the_refusal_is_for_ecs_with_signatures_checked_and_no_public_url(
     ({"TRUST_PROXY_HEADERS": "true"},
      "<X-Forwarded-Proto>://<X-Forwarded-Host, else Host>/twiml"),
     ({"PUBLIC_URL": "https://agent.example.com"}, None),
+    # a second worker of the image's entrypoint: worker 0 says it for the server
+    ({"WORKERS": "2", "WORKER_INDEX": "1"}, None),
 ])
 @pytest.mark.timeout(60)
 async def test_serve_says_at_start_which_url_it_checks_without_public_url(
@@ -69,3 +71,14 @@ async def test_serve_says_at_start_which_url_it_checks_without_public_url(
     assert said[0]["checked_url"] == checked_url
     assert "PUBLIC_URL" in said[0]["fix"]
     assert ("403" if not env else "X-Forwarded-Host") in said[0]["risk"]
+
+
+def test_the_warning_is_said_once_per_server_by_worker_0() -> None:
+    """With WORKERS > 1 every process of the entrypoint logged it: one unset setting read as
+    a warning per CPU. Worker 0 (and a lone process, which has no number) says it."""
+    said = [unset_public_url.warning(Settings.from_env(
+        {"LLM": "scripted", "TWILIO_AUTH_TOKEN": "not-secret", **workers}))
+        for workers in ({}, {"WORKERS": "3", "WORKER_INDEX": "0"},
+                        {"WORKERS": "3", "WORKER_INDEX": "1"},
+                        {"WORKERS": "3", "WORKER_INDEX": "2"})]
+    assert [fields is not None for fields in said] == [True, True, False, False]

@@ -106,6 +106,9 @@ class Settings(BaseModel):
     write_backlog_max_mb: int | None = Field(None, alias="WRITE_BACKLOG_MAX_MB", ge=1,
                                              le=1_000_000)
     workers: int = Field(1, alias="WORKERS", ge=1, le=1024)
+    # this process's number among them, from 0 (docker/entrypoint.sh): what a server says
+    # once at start, not once per process, worker 0 says (unset_public_url.py)
+    worker_index: int = Field(0, alias="WORKER_INDEX", ge=0, le=1023)
     # relay sockets accepted but without a resolved setup yet (each for SETUP_TIMEOUT_S at
     # most): their own budget, so sockets that never send setup cannot crowd out calls
     max_sockets_waiting: int = Field(50, alias="MAX_SOCKETS_WAITING", ge=1, le=100_000)

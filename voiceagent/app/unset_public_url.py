@@ -11,7 +11,9 @@ On ECS (``ECS_AGENT_URI`` is set in every task) the task is always behind a load
 with a fixed public address, so the setting is required there: the task then fails at start,
 and the deployment circuit breaker rolls back a deploy that would otherwise pass its health
 checks and refuse every call. Elsewhere (a laptop, ``docker compose`` before the tunnel's URL
-is known) it is a warning at start naming the URL it will check.
+is known) it is a warning at start naming the URL it will check, said once per server: with
+several processes on one port (``WORKERS`` > 1, the image's entrypoint), by worker 0 alone,
+as each process said it before and one unset setting read as several problems.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ def problem(settings: Settings) -> str | None:
 
 
 def warning(settings: Settings) -> dict[str, str] | None:
-    """The fields of the one warning ``serve`` logs at start, or None when PUBLIC_URL is set
-    or nothing is signature-checked."""
-    if not settings.validate_signatures or settings.public_url:
+    """The fields of the one warning ``serve`` logs at start, or None when PUBLIC_URL is set,
+    nothing is signature-checked, or another worker of the server says it (``WORKER_INDEX``
+    above 0)."""
+    if not settings.validate_signatures or settings.public_url or settings.worker_index:
         return None
     if settings.trust_proxy_headers:
         checked = "<X-Forwarded-Proto>://<X-Forwarded-Host, else Host>/twiml"
