@@ -6,7 +6,8 @@ thread that woke for each event and needed the GIL; at 500 concurrent calls the 
 queued behind ~100 of them (p99 overhead 177 ms, interrupt -> upstream closed 116 ms). Here an
 event costs one read, h11's chunk parse and the frame decoder, with no hand-off; a cancel
 closes the socket at once (Bedrock gets the FIN that stops generation) because the read that
-waits for it is our own.
+waits for it is our own. What the reads bring is parsed by ``bedrock_answer.Answer``; this
+module owns the connection, the reads and the read deadline.
 
 Libraries, each through its public API: h11 parses HTTP/1.1 (the parser under httpx and
 hypercorn); the standard library's ``ssl`` does TLS with certificate and host-name checks
@@ -41,8 +42,8 @@ import trio
 
 from voiceagent.aws_http import Connection, ConnectionPool, ConnectTimeout
 from voiceagent.llm.base import LLMEvent
+from voiceagent.llm.bedrock_answer import Answer, Item
 from voiceagent.llm.bedrock_errors import (
-    BedrockHTTPError,
     Failure,
     FirstEventTimeout,
     ReadTimeout,
@@ -51,7 +52,7 @@ from voiceagent.llm.bedrock_errors import (
 )
 from voiceagent.llm.bedrock_reply import ReplyAssembler
 from voiceagent.llm.bedrock_watchdog import ReadWatchdog
-from voiceagent.llm.eventstream import FrameDecoder, ReplyError, StreamFault, event_of
+from voiceagent.llm.eventstream import ReplyError, StreamFault
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 # at once on a healthy stream. Past this the reply ends as whole without them (see
 # ``_end_whole``), instead of holding its tools and last frame for the read timeout.
 WHOLE_GRACE_S = 1.0
-MAX_ERROR_BODY = 64 * 1024
 # An exchange cancelled (the caller spoke, or hung up) after this share of the silence that
 # would end it as a stall is taken for the stall: a caller in dead air says "hello?" before
 # the timeout fires, and the kept connections on a dead path would stall the next turn. A
@@ -67,8 +67,6 @@ MAX_ERROR_BODY = 64 * 1024
 # so a barge-in while it talks is silent for milliseconds; a wrong guess costs a handshake for
 # each connection closed, a dead one kept the next turn's first-event timeout.
 ABORTED_STALL_SHARE = 0.5
-
-Item = LLMEvent | Failure
 
 
 # ---------------------------------------------------------------- one exchange
@@ -103,20 +101,15 @@ class Attempt:
         self._pace_s = pace_s
         self._deadline = math.inf           # trio time: set when the request is on the wire
         self._first_event_setting = first_event_setting     # named when it expires
-        self._answering = False             # an event of the model's own output came
         self._on_finished = on_finished
-        self._assembler = ReplyAssembler(started_at)
-        self._decoder = FrameDecoder()
+        self._assembler = ReplyAssembler(started_at)        # its state moves the deadline
+        self._answer = Answer(self._assembler)
         self._items: list[Item] = []      # a list: an empty deque costs ~600 B a turn
         self._connection: Connection | None = None
         self._parsed: list[Any] = []        # h11's events from the last read, not yet taken
         self._reused = False
-        self._status: int | None = None
-        self._error_type = ""
-        self._error_body = bytearray()
         self._ended = False                 # nothing more will be queued
         self._unheard = False               # events read, the deadline not yet moved for
-        self._complete = False              # the exchange finished cleanly: reusable
         self._closed = False
         self._timed_out: Exception | None = None
         self.read_deadline = math.inf       # the watchdog ends the read past this
@@ -196,12 +189,16 @@ class Attempt:
             event = self._parsed.pop(0)
             if isinstance(event, h11.RemoteProtocolError):
                 raise event
-            self._take(event)
+            if self._answer.take(event, self._items):
+                self._unheard = True
+            elif self._answer.complete:     # read to its end: the connection is reusable
+                self._ended = True
+                self._watchdog.forget(self)
         except Exception as err:
             fault: Exception = err
             if self._timed_out is not None:
                 fault = self._timed_out
-            elif (self._reused and self._status is None and not self.cancelled_at
+            elif (self._reused and self._answer.status is None and not self.cancelled_at
                   and not isinstance(err, ReplyError)):
                 # a kept-alive connection the server had closed: the request never ran
                 self._drop_connection()
@@ -240,46 +237,6 @@ class Attempt:
         self._drop_connection()
         self._watchdog.forget(self)
 
-    def _take(self, event: Any) -> None:
-        # Data first, by exact type: one per model event (isinstance on h11's ABCs runs abc's)
-        if type(event) is h11.Data:
-            if self._status == 200:
-                out: list[LLMEvent] = []
-                frames = self._decoder.feed(bytes(event.data))
-                for headers, payload in frames:
-                    event_type, body = event_of(headers, payload)   # raises StreamFault
-                    self._assembler.feed_event(event_type, body, out)
-                    self._answering = self._answering or event_type != "messageStart"
-                self._unheard |= bool(frames)
-                self._items.extend(out)
-            elif len(self._error_body) < MAX_ERROR_BODY:
-                self._error_body += event.data
-        elif isinstance(event, h11.Response):
-            self._status = event.status_code
-            self._unheard = True
-            for name, value in event.headers:
-                if name == b"x-amzn-errortype":
-                    self._error_type = value.decode("latin-1").split(":", 1)[0]
-        elif isinstance(event, h11.EndOfMessage):
-            if self._status != 200:
-                # An error answer read to its end leaves the connection as reusable as a
-                # reply does (as urllib3 keeps it): closing it made every retry after a 429
-                # or a 503 pay a new TCP and TLS handshake, when Bedrock is already slow.
-                self._items.append(classify(BedrockHTTPError.of_answer(
-                    self._status or 0, self._error_type, bytes(self._error_body))))
-                self._ended = self._complete = True
-                self._watchdog.forget(self)
-                return
-            if self._decoder.pending:
-                raise ReplyError("IncompleteStream", "the body ended inside an event frame")
-            out = []
-            self._assembler.finish(out)
-            self._items.extend(out)
-            self._ended = self._complete = True
-            self._watchdog.forget(self)
-        elif isinstance(event, h11.ConnectionClosed):
-            raise ConnectionResetError("Bedrock closed the connection")
-
     def _progressed(self) -> None:
         """A whole event came: the read timeout starts again, once the model has begun to
         answer (the headers and ``messageStart`` leave the first-event deadline where it
@@ -306,7 +263,7 @@ class Attempt:
                                      self._deadline)
             if self.read_deadline < was:    # earlier: the watchdog may sleep past it
                 self._watchdog.watch(self)
-        elif self._answering:
+        elif self._answer.answering:
             was = self.read_deadline
             self.read_deadline = min(now + self._silence_allowed(), self._deadline)
             if self.read_deadline < was:    # words after a long wait: see above
@@ -314,7 +271,7 @@ class Attempt:
 
     def _silence_allowed(self) -> float:
         """How long the exchange may now go without a whole event."""
-        if not self._answering:
+        if not self._answer.answering:
             return self._first_event_timeout_s
         return self._words_gap_s if self._assembler.in_words else self._read_timeout_s
 
@@ -339,7 +296,7 @@ class Attempt:
         elif self._assembler.stopped:
             self._timed_out = ReadTimeout(f"nothing from Bedrock for {WHOLE_GRACE_S:g} s after "
                                           "messageStop (the reply is whole)")
-        elif not self._answering:
+        elif not self._answer.answering:
             self._timed_out = FirstEventTimeout(
                 f"the model said nothing within {self._first_event_timeout_s:g} s of the "
                 f"request ({self._first_event_setting})")
@@ -390,7 +347,7 @@ class Attempt:
         self._watchdog.forget(self)
         connection, self._connection = self._connection, None
         if connection is not None:
-            if self._complete:
+            if self._answer.complete:       # finished cleanly: reusable
                 self._pool.release(connection)
             else:
                 connection.link.close_now()

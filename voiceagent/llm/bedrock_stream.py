@@ -39,6 +39,7 @@ from voiceagent.errors import (
     ModelUnavailable,
 )
 from voiceagent.llm.base import LLMEvent, LLMRequest, Reasoning, StreamEnd, TextDelta
+from voiceagent.llm.bedrock_answer import Item
 from voiceagent.llm.bedrock_converse import history_shape, tool_config
 from voiceagent.llm.bedrock_errors import (
     BedrockHTTPError,
@@ -46,7 +47,7 @@ from voiceagent.llm.bedrock_errors import (
     logged_message,
     refuses_caching,
 )
-from voiceagent.llm.bedrock_http import Attempt, Item
+from voiceagent.llm.bedrock_http import Attempt
 from voiceagent.llm.eventstream import StreamFault
 from voiceagent.llm.tool_refusals import CHECK_ADVICE, ToolRefusal, refused_tool
 
