@@ -163,7 +163,10 @@ class Attempt:
 
     async def take_ready(self) -> list[Item]:
         """Everything that has already arrived (in the socket, the TLS layer or the parser),
-        without waiting for more; when nothing has (``_parse``), one read and no h11 call."""
+        without waiting for more; when nothing has (``_parse``), one read and no h11 call.
+        The read stays even right after ``receive`` read: skipping it saves ~3 frames a probe
+        (~37 a turn, under 1 %), and only the caller knows whether it yielded since (a turn's
+        first token waits for its hold line); one that had would leave a backlog unread."""
         while not self._ended and await self._step(wait=False):
             pass
         items, self._items = self._items, []
