@@ -5,14 +5,17 @@ credential refresh (a new secret, even under the same access key id) and a new d
 from __future__ import annotations
 
 import datetime
+from collections import Counter
+from typing import Any
 
 import pytest
 import trio
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials, RefreshableCredentials
+from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
 
 from voiceagent.aws_http import Endpoint, Signer
+from voiceagent.sigv4 import BytesRequest, KeptKeySigV4Auth, SigningKeys
 
 ENDPOINT = Endpoint.from_url("https://bedrock-runtime.us-east-1.amazonaws.com", "us-east-1")
 PATH = "/model/us.amazon.nova-lite-v1%3A0/converse-stream"
@@ -111,3 +114,57 @@ async def test_a_new_day_derives_a_new_key(clock: Clock) -> None:
                     datetime.datetime(2026, 12, 7, 0, 0, 1)):
             clock.now = now
             assert await signer.headers(PATH, BODY, JSON) == botocores(credentials, BODY, JSON)
+
+
+async def test_one_signature_lists_the_signed_headers_once(
+        clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore's ``add_auth`` asks for the header list and its names twice (the canonical
+    request, then the Authorization header), each a new email-style header map; the signer
+    builds them once."""
+    built: Counter[str] = Counter()
+
+    def counted(name: str) -> None:
+        original = getattr(SigV4Auth, name)
+
+        def count(*args: Any) -> Any:
+            built[name] += 1
+            return original(*args)
+        monkeypatch.setattr(SigV4Auth, name, count)
+
+    counted("headers_to_sign")
+    counted("signed_headers")
+    signer = signer_of([Credentials("AKIDEXAMPLE", "not-a-secret", "session-token")])
+    with trio.fail_after(5):
+        for _ in range(3):
+            await signer.headers(PATH, BODY, JSON)
+    assert built == {"headers_to_sign": 3, "signed_headers": 3}
+
+
+def test_a_kept_header_list_is_not_given_for_other_headers() -> None:
+    """The list is kept by what it is made from: asked again after the request's headers or
+    URL, or the list itself, changed, the signer answers as botocore would then."""
+    credentials = ReadOnlyCredentials("AKIDEXAMPLE", "not-a-secret", None)
+    ours = KeptKeySigV4Auth(credentials, "bedrock", "us-east-1", SigningKeys())
+    theirs = SigV4Auth(credentials, "bedrock", "us-east-1")
+    request = BytesRequest(ENDPOINT.url(PATH), BODY, {"Content-Type": "application/json"})
+
+    def agree() -> list[tuple[str, str]]:
+        listed = ours.headers_to_sign(request)
+        expected = theirs.headers_to_sign(request)
+        assert listed.items() == expected.items()
+        assert ours.signed_headers(listed) == theirs.signed_headers(expected)
+        return listed.items()
+
+    first = agree()
+    assert agree() == first
+    request.headers["X-Amz-Date"] = "20261206T120000Z"
+    agree()
+    request.headers.replace_header("X-Amz-Date", "20261206T120001Z")
+    agree()
+    request.url = Endpoint.from_url("http://127.0.0.1:8123", "us-east-1").url(PATH)
+    agree()
+    ours.headers_to_sign(request)["X-Amz-Target"] = "added to the list after it was made"
+    agree()
+    del request.headers["Content-Type"]
+    request.headers["X-Amz-Target"] = "DynamoDB_20120810.PutItem"   # as many, other names
+    assert "content-type" not in dict(agree())
