@@ -8,6 +8,7 @@ import datetime
 from collections import Counter
 from typing import Any
 
+import botocore.auth
 import pytest
 import trio
 from botocore.auth import SigV4Auth
@@ -41,17 +42,18 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 def botocores(credentials: Credentials, body: bytes, headers: dict[str, str],
-              path: str = PATH) -> list[tuple[str, str]]:
-    """The headers botocore's own signer gives the same request, as ``Signer`` lays them out."""
-    request = AWSRequest(method="POST", url=ENDPOINT.url(path), data=body, headers=headers)
+              path: str = PATH, endpoint: Endpoint = ENDPOINT) -> list[tuple[str, str]]:
+    """The headers botocore's own signer gives the same request, as ``Signer`` lays them out:
+    botocore finds the Host it signs in the URL."""
+    request = AWSRequest(method="POST", url=endpoint.url(path), data=body, headers=headers)
     SigV4Auth(credentials.get_frozen_credentials(), "bedrock", "us-east-1").add_auth(request)
-    return [("Host", ENDPOINT.netloc), *request.headers.items(), ("User-Agent", "ua"),
+    return [("Host", endpoint.netloc), *request.headers.items(), ("User-Agent", "ua"),
             ("Content-Length", str(len(body)))]
 
 
-def signer_of(credentials: list[Credentials]) -> Signer:
+def signer_of(credentials: list[Credentials], endpoint: Endpoint = ENDPOINT) -> Signer:
     """A signer whose credential chain finds ``credentials[0]``, whatever it holds then."""
-    return Signer(ENDPOINT, lambda: credentials[0], None, "ua", signing_name="bedrock")
+    return Signer(endpoint, lambda: credentials[0], None, "ua", signing_name="bedrock")
 
 
 @pytest.mark.parametrize("token", [None, "session-token"])
@@ -116,11 +118,38 @@ async def test_a_new_day_derives_a_new_key(clock: Clock) -> None:
             assert await signer.headers(PATH, BODY, JSON) == botocores(credentials, BODY, JSON)
 
 
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8123",                        # the local endpoints tests and check use
+    "https://bedrock-runtime.us-east-1.amazonaws.com:443",
+    "http://dynamodb.local:80/base",
+    "https://vpce-0a1b.Bedrock-Runtime.US-EAST-1.vpce.amazonaws.com:8443",
+    "http://[::1]:8000",
+    "https://[2001:db8::1]",
+])
+@pytest.mark.parametrize(("path", "headers"), [
+    ("/model/m/converse-stream?b=2&a=1&a=0", JSON),
+    ("/", {"content-TYPE": "  application/x-amz-json-1.0 ",
+           "X-Amz-Target": "DynamoDB_20120810.PutItem   with\t spaces"}),
+])
+async def test_the_host_signed_is_the_host_botocore_finds_in_the_url(
+        clock: Clock, url: str, path: str, headers: dict[str, str]) -> None:
+    """``Signer`` signs the Host it sends; botocore works it out from the URL (lower case,
+    the default port left out, an IPv6 address bracketed). Both must agree."""
+    endpoint = Endpoint.from_url(url, "us-east-1")
+    credentials = Credentials("AKIDEXAMPLE", "not-a-secret", "session-token")
+    signer = signer_of([credentials], endpoint)
+    path = endpoint.base_path + path
+    with trio.fail_after(5):
+        for body in (BODY, b""):
+            assert await signer.headers(path, body, headers) == botocores(
+                credentials, body, headers, path, endpoint)
+
+
 async def test_one_signature_lists_the_signed_headers_once(
         clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
     """botocore's ``add_auth`` asks for the header list and its names twice (the canonical
-    request, then the Authorization header), each a new email-style header map; the signer
-    builds them once."""
+    request, then the Authorization header), each a new email-style header map, and finds
+    the Host in the URL; the signer builds them once and parses no URL."""
     built: Counter[str] = Counter()
 
     def counted(name: str) -> None:
@@ -133,6 +162,12 @@ async def test_one_signature_lists_the_signed_headers_once(
 
     counted("headers_to_sign")
     counted("signed_headers")
+    host_from_url = botocore.auth._host_from_url
+
+    def parsed(url: str) -> str:
+        built["host from URL"] += 1
+        return host_from_url(url)
+    monkeypatch.setattr(botocore.auth, "_host_from_url", parsed)
     signer = signer_of([Credentials("AKIDEXAMPLE", "not-a-secret", "session-token")])
     with trio.fail_after(5):
         for _ in range(3):

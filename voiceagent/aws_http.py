@@ -147,15 +147,18 @@ class Signer:
     async def headers(self, path: str, body: bytes, headers: dict[str, str]
                       ) -> list[tuple[str, str]]:
         """``headers`` plus what proves who sent a POST of ``body`` to ``path``."""
+        sent: list[tuple[str, str]]
         if self._bearer_token:
-            headers = {**headers, "Authorization": f"Bearer {self._bearer_token}"}
+            bearer = {**headers, "Authorization": f"Bearer {self._bearer_token}"}
+            sent = [("Host", self._endpoint.netloc), *bearer.items()]
         else:
-            signed = BytesRequest(self._endpoint.url(path), body, headers)
+            # the Host sent is the Host signed: botocore would parse it out of the URL again
+            signed = BytesRequest(self._endpoint.url(path), body,
+                                  {"Host": self._endpoint.netloc, **headers})
             KeptKeySigV4Auth(await self._frozen(), self._signing_name, self._endpoint.region,
                              self._keys).add_auth(signed)
-            headers = dict(signed.headers.items())
-        return [("Host", self._endpoint.netloc), *headers.items(),
-                ("User-Agent", self._user_agent), ("Content-Length", str(len(body)))]
+            sent = signed.header_list()
+        return [*sent, ("User-Agent", self._user_agent), ("Content-Length", str(len(body)))]
 
 
 class Connection:

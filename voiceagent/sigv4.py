@@ -108,3 +108,7 @@ class BytesRequest(AWSRequest):  # type: ignore[misc]
     def body(self) -> bytes | None:
         return self._body or None           # as botocore's: an empty body is no body
 
+    def header_list(self) -> list[tuple[str, str]]:
+        """The headers as set, in order: ``items`` would run each value through the email
+        policy again on the way out."""
+        return list(self.headers.raw_items())
