@@ -9,7 +9,6 @@ as the other edges' are.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,7 +33,7 @@ def relay_path(runtime: Runtime) -> str:
     return DEFAULT_RELAY_PATH
 
 
-def signed(settings: Settings, url: str, params: Mapping[str, str],
+def signed(settings: Settings, url: str, params: signature.Form,
            given: dict[str, str]) -> bool:
     """Whether the request's headers (``given``) sign ``url`` and ``params`` as this
     server's settings say: the webhooks' check and the upgrade's."""

@@ -96,7 +96,8 @@ async def _signed_form(runtime: Runtime) -> dict[str, str] | Response:
         return Response(f"request body of more than {MAX_FIELDS} fields", status=413)
     received = await request.form          # every value of a repeated name is signed
     url = _base_url(settings) + signature.target_as_sent(request.scope)   # as Twilio signs it
-    if settings.validate_signatures and not signed(settings, url, received, _headers()):
+    fields = list(received.items(multi=True))     # (name, value) pairs: the check's one pass
+    if settings.validate_signatures and not signed(settings, url, fields, _headers()):
         runtime.signature_refused("bad_signature", "bad signature", path=path,
                                   checked_url=url,
                                   claimed_call_sid=received.get("CallSid", "")[:64],
