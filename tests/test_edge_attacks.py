@@ -187,3 +187,50 @@ async def test_a_webhook_body_that_is_not_a_form_is_refused_unparsed(
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}").encode())
     assert answer.startswith(b"HTTP/1.1 415 ")
     assert b"application/x-www-form-urlencoded" in answer
+
+
+@pytest.mark.parametrize(("body", "said"), [
+    (b"k=%zz" * 13000, b"two hex digits"),                  # 64 KiB, ~10 ms of parse_qsl
+    (b"CallSid=CA1&From=%2B1415\xff", b"not UTF-8")])
+@pytest.mark.timeout(60)
+async def test_a_webhook_body_no_form_encoder_writes_is_refused_before_its_signature(
+        tmp_path: Path, records: list[logging.LogRecord], body: bytes, said: bytes) -> None:
+    """A '%' that starts no escape was decoded by parse_qsl one raised exception at a time
+    (64 KiB of them: ~10 ms of the event loop a request, with any signature); a body not in
+    UTF-8 was read as an empty form and its signature checked. Twilio sends neither: such a
+    body is refused (400, saying what was wrong) before a signature is computed, and
+    logged with the edge's refusals."""
+    with trio.fail_after(30), counted_checks() as checks:
+        async with running_server(make_settings(tmp_path)) as server:
+            answer = await raw_answer(server.url, (
+                f"POST /action HTTP/1.1\r\nHost: {server.url.removeprefix('http://')}\r\n"
+                "Content-Type: application/x-www-form-urlencoded\r\n"
+                f"X-Twilio-Signature: bm90\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n").encode() + body)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert said in answer
+    assert b"urlencoded" in answer
+    assert checks == []
+    refusal, = (vars(r) for r in records if r.getMessage() == "webhook body not a urlencoded form")
+    assert refusal["path"] == "/action"
+    assert said.decode() in refusal["error"]
+
+
+@pytest.mark.timeout(60)
+async def test_a_webhook_of_escapes_up_to_the_cap_is_read_as_twilio_signed_it(
+        tmp_path: Path) -> None:
+    """Twilio's encoder escapes every byte of a non-ASCII value and each of ``+&=%``: a field
+    of 3,000 ``é+ &=%`` is 57 KB, mostly escapes, decoded without urllib's per-escape loop
+    to what Twilio signed."""
+    identity = Identity()
+    form = {"CallSid": identity.call_sid, "AccountSid": identity.account_sid,
+            "From": identity.from_number, "To": identity.to_number, "CallStatus": "ringing",
+            "SipHeader_X-Note": "é+ &=%" * 3000}
+    with trio.fail_after(30), counted_checks() as checks:
+        async with running_server(make_settings(tmp_path)) as server:
+            url = server.url + "/twiml"
+            status, body = await post(url, form, {"X-Twilio-Signature": sign(AUTH_TOKEN, url,
+                                                                              form)})
+    assert status == 200
+    assert "sessionToken" in body
+    assert checks == [url]

@@ -21,6 +21,7 @@ from quart_trio import QuartTrio
 import voiceagent.store.records as records
 from actors.model_trouble import CANNOT_GO_ON
 from voiceagent import signature, twiml
+from voiceagent.app import webhook_form
 from voiceagent.app.action_words import ActionWords
 from voiceagent.app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voiceagent.app.phone_page import PATH as PHONE_PATH
@@ -49,10 +50,13 @@ log = logging.getLogger(__name__)
 
 SORRY = CANNOT_GO_ON        # also what a call hears when the model keeps failing
 XML = twiml.CONTENT_TYPE
-MAX_WEBHOOK_BYTES = 64 * 1024   # Twilio's webhook bodies are a few KB
-# Twilio's webhooks carry a few dozen fields (a SIP call's headers add some). Checking a
-# signature costs ~10 µs a field on the event loop (the twilio package signs twice, with and
-# without the port): 64 KB of "k1=&k2=&..." was ~50 ms, every call stalled, from anyone.
+# Twilio's webhook bodies are a few KB; HandoffData (ours, written by the use case's tools)
+# may add more. Decoding and checking the largest, of any content, is ~0.7 ms of the event
+# loop (webhook_form, signature.is_valid), for anyone who can reach the URL.
+MAX_WEBHOOK_BYTES = 64 * 1024
+# Twilio's webhooks carry a few dozen fields (a SIP call's headers add some). Each field costs
+# the decoding and the signature check ~1.5 µs: 64 KB of "k1=&k2=&..." (9,000 fields) was
+# ~50 ms when the twilio package's validator checked it.
 MAX_FIELDS = 200
 FORM = "application/x-www-form-urlencoded"      # what Twilio sends; no other parser is reached
 # Twilio's CallSids. A signature covers the URL then each name and value, sorted, with nothing
@@ -72,10 +76,12 @@ def _base_url(settings: Settings) -> str:
 
 
 async def _signed_form(runtime: Runtime) -> dict[str, str] | Response:
-    """The webhook's form if its signature is valid, else the answer to send. Nothing
-    unauthenticated is parsed: the signature header must be there before the body is
-    read, and the body must fit MAX_WEBHOOK_BYTES (Twilio's are a few KB). Refusals are
-    logged in proportion (``Runtime.edge_refusals``): anyone can send them, at any rate."""
+    """The webhook's form if its signature is valid, else the answer to send. The
+    signature header must be there before the body is read, the body must fit
+    MAX_WEBHOOK_BYTES and MAX_FIELDS before it is decoded, and decoding is bytewise work
+    (``webhook_form``): the signature covers the decoded fields, so they are decoded
+    unauthenticated. Refusals are logged in proportion (``Runtime.edge_refusals``):
+    anyone can send them, at any rate."""
     settings, refused, path = runtime.settings, runtime.edge_refusals.note, request.path
     if settings.validate_signatures and "x-twilio-signature" not in _headers():
         refused("unsigned", "unsigned webhook", path=path)
@@ -94,17 +100,23 @@ async def _signed_form(runtime: Runtime) -> dict[str, str] | Response:
     if body.count(b"&") >= MAX_FIELDS:                       # before anything is parsed
         refused("too_many_fields", "webhook body of too many fields", path=path)
         return Response(f"request body of more than {MAX_FIELDS} fields", status=413)
-    received = await request.form          # every value of a repeated name is signed
+    try:
+        received = webhook_form.fields(body)       # every value of a repeated name is signed
+    except webhook_form.BadForm as err:
+        refused("bad_form", "webhook body not a urlencoded form", path=path, error=str(err))
+        return Response(f"request body: {err}", status=400)
+    form: dict[str, str] = {}
+    for name, value in received:
+        form.setdefault(name, value)            # the first value of a repeated name, as read
     url = _base_url(settings) + signature.target_as_sent(request.scope)   # as Twilio signs it
-    fields = list(received.items(multi=True))     # (name, value) pairs: the check's one pass
-    if settings.validate_signatures and not signed(settings, url, fields, _headers()):
+    if settings.validate_signatures and not signed(settings, url, received, _headers()):
         runtime.signature_refused("bad_signature", "bad signature", path=path,
                                   checked_url=url,
-                                  claimed_call_sid=received.get("CallSid", "")[:64],
+                                  claimed_call_sid=form.get("CallSid", "")[:64],
                                   **signature.unknown_algorithm(_headers()))
         return Response("invalid signature", status=403)
     runtime.edge_refusals.succeeded()
-    return dict(received.items())
+    return form
 
 
 def _refuse_call(runtime: Runtime, reason: str) -> Response:
