@@ -29,7 +29,6 @@ counts and the backlog each minute while it lasts, and its end.
 from __future__ import annotations
 
 import collections
-import copy
 import logging
 import math
 import random
@@ -48,6 +47,7 @@ from voiceagent.store.base import (
     MeasuredItem,
     Store,
     Version,
+    copy_item,
     item_size,
 )
 from voiceagent.store.write_ahead import WriteAhead
@@ -68,7 +68,7 @@ def _queued(item: Item) -> tuple[Item, int]:
     kept with the copy (``MeasuredItem``): the store checks it against DynamoDB's limit
     without measuring again. Anything ``item_size`` cannot measure costs its overhead, and
     is left for the store to measure and refuse."""
-    copied = copy.deepcopy(item)
+    copied = copy_item(item)
     try:
         size = item_size(copied)
     except (TypeError, ValueError):
