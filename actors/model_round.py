@@ -150,7 +150,7 @@ async def _streamed(first: LLMEvent,
     if take_ready is None or type(first) is not TextDelta:
         await _take(first, speaker, received)
         return
-    at = trio.current_time()
+    at = trio.current_time() if received.overhead_s is None else 0.0
     try:
         ready = await take_ready()
     except LLMError:
@@ -169,11 +169,12 @@ async def _streamed(first: LLMEvent,
 
 async def _take(event: LLMEvent, speaker: Speaker, received: _Received) -> None:
     match event:
+        case TextDelta(text=text) if received.overhead_s is not None:
+            await speaker.say(text)             # the round's overhead is measured: no clock
         case TextDelta(text=text):
             at = trio.current_time()
             await speaker.say(text)
-            if received.overhead_s is None:
-                received.overhead_s = trio.current_time() - at
+            received.overhead_s = trio.current_time() - at
         case ToolUseRequest():
             received.calls.append(event)
         case Reasoning(blocks=blocks):
