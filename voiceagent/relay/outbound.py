@@ -197,9 +197,16 @@ def encode(message: Outbound) -> str:
     never came) becomes U+FFFD: the socket encodes the frame as UTF-8, which cannot hold one,
     and its failed send reads as the peer gone, leaving the caller in silence."""
     match message:
-        case Text():
-            body = _frame("text", token=message.token, last=message.last, lang=message.lang,
-                          interruptible=message.interruptible, preemptible=message.preemptible)
+        case Text(token=token, last=last, lang=lang, interruptible=interruptible,
+                  preemptible=preemptible):
+            # built here, not by ``_frame``: every token's frame is one (two calls less)
+            body = {"type": "text", "token": token, "last": last}
+            if lang is not None:
+                body["lang"] = lang
+            if interruptible is not None:
+                body["interruptible"] = interruptible
+            if preemptible is not None:
+                body["preemptible"] = preemptible
         case Play():
             body = _frame("play", source=message.source, loop=message.loop,
                           preemptible=message.preemptible, interruptible=message.interruptible)
