@@ -63,7 +63,12 @@ async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoi
     cycle_turn = 0                      # the turn whose word opened the cycle (CutMarks)
     ended = False
     with outbound:
-        async for outgoing in outbound:
+        while True:
+            # not ``async for``: its ``__anext__`` is two Python frames more a frame sent
+            try:
+                outgoing = await outbound.receive()
+            except trio.EndOfChannel:
+                return
             message: Outbound
             on_sent: Callable[[float], None] | None = None
             if isinstance(outgoing, Timed):
