@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import assert_never
 
@@ -235,12 +234,16 @@ class _Gate:
         joined, ended = 0, False
         while True:
             queued: Inbound | None = None
-            with trio.move_on_at(hold_until), suppress(trio.WouldBlock):
-                try:
-                    queued = await self.inbound.receive() \
-                        if trio.current_time() < hold_until else self.inbound.receive_nowait()
-                except trio.EndOfChannel:
-                    ended = True
+            try:
+                if trio.current_time() < hold_until:
+                    with trio.move_on_at(hold_until):
+                        queued = await self.inbound.receive()
+                else:                       # open (nearly every turn): no deadline to set
+                    queued = self.inbound.receive_nowait()
+            except trio.WouldBlock:
+                pass
+            except trio.EndOfChannel:
+                ended = True
             if queued is None:
                 break
             self.idle.saw(queued)
