@@ -229,7 +229,8 @@ class ReplyAssembler:
                 self.first_content_at = time.perf_counter()
             # a lone surrogate (an escape whose pair never came) would go on to the history,
             # where the store cannot write it as UTF-8 and the next request carries it
-            out.append(TextDelta(jsonlimits.valid_text(text)))
+            # (nearly every delta is ASCII, which cannot hold one: no call for those)
+            out.append(TextDelta(text if text.isascii() else jsonlimits.valid_text(text)))
 
     def _tool(self, pending: _PendingTool, out: list[LLMEvent]) -> None:
         value, problem = _tool_input(pending)

@@ -227,7 +227,8 @@ def encode(message: Outbound) -> str:
             body = _frame("end", handoffData=message.handoff_data)
         case _:
             assert_never(message)
-    return valid_text(_JSON.encode(body))
+    frame = _JSON.encode(body)
+    return frame if frame.isascii() else valid_text(frame)   # ASCII holds no surrogate
 
 
 def _frame(frame_type: str, **fields: object) -> dict[str, object]:
