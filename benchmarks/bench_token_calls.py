@@ -8,8 +8,9 @@ at a real model's pace). One call, one turn, a reply of ``--long`` words, then t
 ``--short`` words; each turn is profiled from the prompt sent to the reply's last frame
 (``sys.setprofile``, the trio thread only). A call is charged to the task that made it:
 the server's tasks (and the Bedrock read watchdog), the endpoint's, the caller's, or trio's
-run loop between tasks (shared: it runs every task's wake-ups). Per token = (long - short)
-/ (long words - short words), so the turn's fixed costs cancel out.
+run loop between tasks (shared: it runs every task's wake-ups); the process's samplers (the
+loop-lag watch, every 100 ms whatever the calls) apart. Per token = (long - short) / (long
+words - short words), so the turn's fixed costs cancel out.
 
 * frames: Python frames entered, a coroutine resumed included (``call`` events);
 * C calls: built-in functions and methods called (``c_call`` events);
@@ -60,7 +61,9 @@ USE_CASE: dict[str, Any] = {
     "relay": {"welcomeGreeting": "Hello."}, "hold_line": "One moment, please."}
 MINIMAL = False                         # --minimal: benchmarks/minimal_server.py instead
 CALLERS_OF: list[str] = []             # --callers: functions whose callers are listed
-GROUPS = ("server", "server threads", "endpoint", "caller", "run loop")
+GROUPS = ("server", "server samplers", "server threads", "endpoint", "caller", "run loop")
+# process-wide tasks on a timer, not per call: per token only as the virtual clock runs longer
+SAMPLERS = ("voiceagent.app.heap.watch_loop_lag",)
 
 
 def words(count: int) -> list[str]:
@@ -111,6 +114,8 @@ class Counts:
     def _find(self, task: trio.lowlevel.Task) -> str:
         if task.name == "bedrock read watchdog":
             return "server"
+        if task.name in SAMPLERS:
+            return "server samplers"
         walker: trio.lowlevel.Task | None = task
         while walker is not None:
             if walker in self.roles:
@@ -126,11 +131,14 @@ class Counts:
         return ours
 
     def hook(self, frame: FrameType, event: str, arg: Any) -> None:
-        if event == "call":
-            group = self._group()
-            path = frame.f_code.co_filename
-            library = self._libraries.get(path) or self._libraries.setdefault(
-                path, _library(path))
+        if event != "call" and event != "c_call":
+            return
+        group = self._group()
+        path = frame.f_code.co_filename
+        library = self._libraries.get(path) or self._libraries.setdefault(path, _library(path))
+        if event == "c_call":
+            self.c_calls[group, library] += 1
+        else:
             self.frames[group, library] += 1
             if group in ("server", "server threads"):
                 code = frame.f_code
@@ -148,14 +156,6 @@ class Counts:
                         chain.append(back.f_code.co_qualname)
                         back = back.f_back
                     self.callers[code.co_qualname, " < ".join(chain)] += 1
-        elif event == "c_call":
-            group = self._group()
-            path = frame.f_code.co_filename
-            library = self._libraries.get(path) or self._libraries.setdefault(
-                path, _library(path))
-            self.c_calls[group, library] += 1
-        else:
-            return
         now = sys.getallocatedblocks()
         if now > self._blocks:
             self.blocks[group] += now - self._blocks
