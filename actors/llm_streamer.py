@@ -80,7 +80,7 @@ async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallCont
                         dropped = ctx.history.trim(ctx.max_history_messages,
                                                    ctx.max_history_chars)
                         ctx.history.add_user_text(_user_words(command))
-                        if ctx.log_content:
+                        if ctx.log_content and log.isEnabledFor(logging.DEBUG):
                             log.debug("caller said", extra={
                                 "text": redact(_user_words(command))})
                         start = ctx.history.mark()

@@ -118,7 +118,7 @@ async def run(ctx: CallContext, plan: TurnPlan, *, received_at: float | None = N
                 for message in ctx.relay.for_agent(ctx.history.last_assistant_text()):
                     await ctx.outbound.send(message)
     finally:
-        if ctx.log_content and speaker.spoke:
+        if ctx.log_content and speaker.spoke and log.isEnabledFor(logging.DEBUG):
             log.debug("agent said", extra={"text": redact(ctx.history.last_assistant_text())})
         with (trio.move_on_after(CLOSE_TIMEOUT_S, shield=True),
               suppress(trio.BrokenResourceError, trio.ClosedResourceError)):
