@@ -11,6 +11,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
 from functools import partial
+from typing import NoReturn
 
 import hypercorn.trio
 import trio
@@ -150,13 +151,23 @@ def _drop_dead_peers(listener: socket.socket) -> None:
             listener.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
+def exit_at_once(code: int) -> NoReturn:
+    """The watchdog's exit: the log lines out, then the process ends without unwinding,
+    since the task a stuck send holds would never let it unwind."""
+    logging.shutdown()
+    os._exit(code)
+
+
 async def serve(runtime: Runtime, *, host: str, port: int,
                 shutdown: trio.Event | None = None, exit_code: Callable[[], int] = lambda: 0,
+                exit_process: Callable[[int], object] = exit_at_once,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until ``shutdown`` is set (by default: until SIGINT/SIGTERM). ``task_status``
     gets the bound URLs (port 0 picks a free port: tests and the demo use that).
     ``exit_code``: what the process exits with when a connection holds the shutdown past
     the watchdog, the code it would have exited with had the shutdown gone through.
+    ``exit_process``: how the watchdog exits, ``exit_at_once`` but in the tests of its
+    deadline, whose exit returns (the watchdog then ends, and the stop waits on as before).
 
     A KeyboardInterrupt raised in the server's code (no SIGINT receiver, as in a program that
     embeds it) ends it at once and goes on up, as anywhere else (see ``ctrl_c``)."""
@@ -169,7 +180,7 @@ async def serve(runtime: Runtime, *, host: str, port: int,
             outer.start_soon(serve_signals, stop)
         await stop.wait()
         await drain(runtime)
-        outer.start_soon(_watchdog, runtime, exit_code)
+        outer.start_soon(_watchdog, runtime, exit_code, exit_process)
         stopped = True
 
     config = hypercorn_config(host, port, ping_interval_s=runtime.settings.ping_interval_s,
@@ -311,7 +322,8 @@ async def drain(runtime: Runtime) -> None:
     log.info("drained", extra={"active_calls": runtime.calls.active, "flushed": flushed})
 
 
-async def _watchdog(runtime: Runtime, exit_code: Callable[[], int]) -> None:
+async def _watchdog(runtime: Runtime, exit_code: Callable[[], int],
+                    exit_process: Callable[[int], object]) -> None:
     """hypercorn shields a WebSocket send; a peer that stopped reading would hold the process
     past any deadline. The drain has flushed; what the store has not taken by now (it is
     down, or stalled) is lost, and said so. Never past the stop's budget."""
@@ -323,8 +335,7 @@ async def _watchdog(runtime: Runtime, exit_code: Callable[[], int]) -> None:
     log.error("shutdown stuck on a connection that stopped reading; exiting",
               extra={"exit_code": code})
     log_dropped(runtime.writer.unwritten(), why="the process exits under a stuck connection")
-    logging.shutdown()
-    os._exit(code)
+    exit_process(code)
 
 
 async def serve_signals(stop: trio.Event,
