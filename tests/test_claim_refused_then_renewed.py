@@ -1,7 +1,7 @@
 """A socket refused because the store could not decide its claim, and the call it belongs
 to: two real servers over one SQLite file, the call minted on A, its socket on B, whose
 claim's write stalls. A session read from the store is served only on the store's word
-(``session_claims``), so B closes the socket 1011 once SESSION_WRITE_S is up; Twilio then
+(``session_claims``), so B closes the socket 1011 once CLAIM_ELSEWHERE_S is up; Twilio then
 asks ``/action``, and that must renew the call, since the refused claim was never queued
 (its token unspent), and the reconnect's socket, on the other server, must be served."""
 
@@ -17,7 +17,7 @@ import trio
 import voiceagent.store.records as records
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from voiceagent.app.caller import Identity, open_relay, parse_relay_twiml, post_form
-from voiceagent.app.session_claims import SESSION_WRITE_S
+from voiceagent.app.session_claims import CLAIM_ELSEWHERE_S
 from voiceagent.app.sessions import TOKEN_PARAMETER
 
 pytestmark = pytest.mark.timeout(60)
@@ -58,7 +58,7 @@ async def test_a_claim_the_store_did_not_decide_is_refused_and_the_call_renewed(
                 await reconnect.say("hello?")           # served on A, minted on B
                 reply = await reconnect.read_reply()
                 await reconnect.hang_up()
-    assert waited >= SESSION_WRITE_S                    # the caller's silence before 1011
+    assert waited >= CLAIM_ELSEWHERE_S                  # the caller's silence before 1011
     assert reply.tokens
     assert b.runtime.writer.statistics().undecided == 1
     assert a.runtime.writer.statistics().undecided == 0

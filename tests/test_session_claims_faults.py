@@ -25,7 +25,12 @@ from actors.call import CallRejected
 from tests.dynamodb_front import Fault, Front, running_front
 from tests.dynamodb_support import aws_env, isolate_env, moto_endpoint, open_test_table
 from tests.sessions_support import sessions_on, setup_message
-from voiceagent.app.session_claims import CLAIM_NONCE, SESSION_WRITE_S, SessionClaims
+from voiceagent.app.session_claims import (
+    CLAIM_ELSEWHERE_S,
+    CLAIM_NONCE,
+    SESSION_WRITE_S,
+    SessionClaims,
+)
 from voiceagent.app.sessions import Sessions
 from voiceagent.app.socket_marks import SOCKET_CLOSED_GRACE_S
 from voiceagent.errors import StoreError
@@ -153,7 +158,7 @@ async def test_a_resent_claim_that_lost_to_another_process_stays_lost(two: Two) 
 @pytest.mark.parametrize("b_drains_after_s", [None, 0.3], ids=["mark-there", "mark-late"])
 async def test_a_claim_given_up_that_lands_later_is_told_apart(
         two: Two, b_drains_after_s: float | None) -> None:
-    """B's claim of a session minted on A is held on its way past SESSION_WRITE_S: B gives
+    """B's claim of a session minted on A is held on its way past CLAIM_ELSEWHERE_S: B gives
     up and refuses the socket (1011), then DynamoDB applies the claim, spending the token
     for nobody. The ``/action`` (on A, its own queue flushed) found the session claimed
     and no mark of its socket's end, waited SOCKET_CLOSED_GRACE_S for marks no socket
@@ -163,6 +168,7 @@ async def test_a_claim_given_up_that_lands_later_is_told_apart(
     with trio.fail_after(30):
         session = await two.sessions_a.prepare(FORM)
         two.front.faults["PutItem"].append(Fault.LATE)
+        two.front.late_s = CLAIM_ELSEWHERE_S + 1.0      # past what B waits for its claim
         with pytest.raises(StoreError, match="did not decide"):
             await two.sessions_b.resolve(_setup(session.token))
         await two.front.landed_late.wait()

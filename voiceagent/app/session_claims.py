@@ -41,8 +41,12 @@ decided in time, nothing is decided:
 * a claim of a session read from the store (minted elsewhere) is refused as the store
   being unavailable: only the store vouches for it, and serving it here is the one case
   where two processes would both serve it on their own word. Its claim is not queued, and
-  the ``/action`` that Twilio sends for the refused socket renews the call. An attempt cut
-  off at SESSION_WRITE_S may have been sent, though, and land later: the token is then
+  the ``/action`` that Twilio sends for the refused socket renews the call. Refusing is all
+  this claim can fall back on, so it waits CLAIM_ELSEWHERE_S rather than SESSION_WRITE_S:
+  at 2 s, a store whose writes took 2-3 s refused every socket that reached a process that
+  had not minted its session, and their reconnects met the same store (with N processes,
+  each served only on the one that renewed it). An attempt cut
+  off at CLAIM_ELSEWHERE_S may have been sent, though, and land later: the token is then
   spent for a socket nobody serves, and that ``/action`` waited SOCKET_CLOSED_GRACE_S for
   end marks no socket would write, and counted the reconnect ``resumed_partial``. So the
   refused socket's end is marked (queued: the socket is not held for it) under its claim's
@@ -73,6 +77,10 @@ from voiceagent.store.write_behind import WriteBehind
 log = logging.getLogger(__name__)
 
 SESSION_WRITE_S = 2.0            # /twiml waits this long for the session item, then queues it
+# A claim of a session read from the store (minted elsewhere) waits longer: undecided, it is
+# refused, not served. Twice the mint's wait, one DynamoDB attempt's whole read timeout: a
+# store slow but answering (writes of 1-3 s) decides it, while Twilio speaks the greeting.
+CLAIM_ELSEWHERE_S = 4.0
 SESSION_DECIDED = dataclasses.replace(records.SESSION_VERSION, strict=True)
 CLAIM_NONCE = records.CLAIM_ATTRIBUTE    # the claim item's own (``Store.put_if_newer``)
 
@@ -106,9 +114,10 @@ class SessionClaims:
         nonce = secrets.token_urlsafe(12)
         item = records.session_item(dataclasses.replace(session, token="", claim=nonce),
                                     self._ttl_s)
+        timeout_s = SESSION_WRITE_S if in_memory else CLAIM_ELSEWHERE_S
         decided = await self._writer.write_decided(
-            item, call_sid=session.call_sid, timeout_s=SESSION_WRITE_S,
-            version=SESSION_DECIDED, queue=in_memory)
+            item, call_sid=session.call_sid, timeout_s=timeout_s,
+            version=SESSION_DECIDED, queue=in_memory, down_s=SESSION_WRITE_S)
         if in_memory or decided is not None:
             self._note(decided, "claim")
         else:
@@ -117,7 +126,7 @@ class SessionClaims:
                 session.call_sid, session.generation, nonce, time.time(), self._ttl_s),
                 call_sid=session.call_sid, urgent=True)
             raise StoreError("the store did not decide this socket's claim of its session in "
-                             f"{SESSION_WRITE_S:g} s; the session was read from the store, "
+                             f"{timeout_s:g} s; the session was read from the store, "
                              "which alone can vouch that no other process serves it")
         return decided is not False
 

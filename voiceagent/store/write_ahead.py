@@ -76,18 +76,21 @@ class WriteAhead(_QueueParts):
         return written
 
     async def write_decided(self, item: Item, *, call_sid: str, timeout_s: float,
-                            version: Version, queue: bool = True) -> bool | None:
+                            version: Version, queue: bool = True,
+                            down_s: float | None = None) -> bool | None:
         """Write ``item`` at once, ahead of the call's queue (ordered by ``version``), on its
         condition (``strict``: one process wins): True written, False refused (the store
         holds one as new, or newer). Tried again after a transient failure until
         ``timeout_s`` (a resend of an applied one finds its own item), unless the store's
-        writes have failed that long (the store is down, not slow: one try, see
-        ``session_claims``); None if undecided by then: queued (unless not ``queue``) on the
+        writes have failed that long, or ``down_s`` when given (the store is down, not slow:
+        one try, see ``session_claims``); None if undecided by then: queued (unless not
+        ``queue``) on the
         same condition, which may still lose. Its failures and answers tell whether the
         store is down as the queue's do: a process whose writes are mostly these (sockets
         of sessions minted elsewhere, refused undecided and never queued) gave every claim
         its 2 s through an outage, and showed ``store_down`` 0 all along."""
         decided: bool | None = None
+        down_s = timeout_s if down_s is None else down_s
         try:
             with trio.move_on_after(timeout_s):
                 for attempt in itertools.count(1):
@@ -100,7 +103,7 @@ class WriteAhead(_QueueParts):
                                           "failed", error=type(err).__name__, sk=item.get("sk"))
                         if is_permanent(err):       # this item refused: says nothing of it
                             break
-                        if trio.current_time() - self._note_down() >= timeout_s:
+                        if trio.current_time() - self._note_down() >= down_s:
                             break
                         await trio.sleep(self._backoff_s(attempt))
         finally:        # also when cancelled from outside: the item is never lost
