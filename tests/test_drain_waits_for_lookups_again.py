@@ -1,5 +1,5 @@
 """A socket whose call was not in the store at the first read (its session minted by another
-process, still on its way) is looked up again for ~1.5 s, and may become a call then. For
+process, still on its way) is looked up again for ~3.5 s, and may become a call then. For
 capacity it stops counting (a flood of made-up CallSids must not refuse real calls), but
 it stopped counting for the drain too: a server told to stop while such a lookup ran
 drained at once, and the call that started a moment later got no polite end and wrote

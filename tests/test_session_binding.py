@@ -471,10 +471,10 @@ async def test_sockets_that_never_send_setup_never_keep_a_call_out(tmp_path: Pat
 
 async def test_setups_for_calls_nobody_prepared_stay_within_the_waiting_budget(
         tmp_path: Path) -> None:
-    """A setup naming an unknown CallSid is looked up in the store for ~1.5 s (the session
+    """A setup naming an unknown CallSid is looked up in the store for ~3.5 s (the session
     may have been minted by another process). Such sockets left the waiting budget the
     moment they sent setup, so a captured signed upgrade replayed with made-up CallSids
-    had any number of lookups running (six store reads each). Now a socket whose call was
+    had any number of lookups running (eight store reads each). Now a socket whose call was
     not found at the first read waits in the budget again: the oldest lookup makes room
     for the newest (at most one more is at its first read here)."""
     settings = make_settings(tmp_path, MAX_SOCKETS_WAITING="3", SETUP_TIMEOUT_S="60")

@@ -65,7 +65,7 @@ class CallCounters:
         """Its setup's token is its call's session's: it claims the call, unless a socket
         racing it with the same token claims it first. Task protection counts it from here,
         not from ``claim_started``: a captured signed upgrade replayed with a spent token, or
-        a CallSid nobody prepared, is looked up for ~1.5 s before it is refused, and anyone
+        a CallSid nobody prepared, is looked up for ~3.5 s before it is refused, and anyone
         can send one every few seconds (the upgrade's signature covers only the URL), which
         kept an idle task protected, and every deployment and scale-in off it. A token spent
         on another task whose claim is still queued there (a slow store) matches here too,

@@ -71,8 +71,10 @@ log = logging.getLogger(__name__)
 TOKEN_PARAMETER = "sessionToken"
 # A session minted by another process may still be queued there (its store stalled, or a
 # renewal waits behind the call's writes): read the store again after each of these pauses
-# (~1.5 s in all) before refusing.
-MINTED_ELSEWHERE_WAITS_S = (0.05, 0.1, 0.2, 0.4, 0.8)
+# (~3.5 s in all, slow reads included) before refusing. Its /twiml gives up on a slow write
+# after SESSION_WRITE_S and queues it, and the queue's write takes as long again: at ~1.5 s,
+# writes of 3 s refused the socket just before its session landed.
+MINTED_ELSEWHERE_WAITS_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0)
 # A socket that keeps failing must not keep the caller in a loop: at most this many fresh
 # relay sessions per call, counted in its session item (its generation), so across processes.
 MAX_RECONNECTS = 3

@@ -23,7 +23,7 @@ class SocketStanding:
     A setup leaves the budget while its call is looked up: Twilio's own sockets find their
     session at the first read, however slow the store (a mass reconnect after a task died
     lands hundreds on a process that did not mint them), and must not evict each other. One
-    whose call is not there at the first read is looked up again for ~1.5 s (its session
+    whose call is not there at the first read is looked up again for ~3.5 s (its session
     may still be on its way from another process), and waits in the budget again meanwhile:
     a flood of setups naming calls nobody prepared costs a bounded number of sockets and
     store reads. A drain waits for either lookup (``CallCounters.lookups``): each may
