@@ -46,6 +46,7 @@ async def test_lang_speaks_another_language_and_the_agent_answers_in_it(
         "caller: /lang", "[your words now report lang en]"], out
 
 
+@pytest.mark.timeout(60)        # cli.main runs in a thread, which fail_after cannot stop
 async def test_call_lang_speaks_the_language_from_the_first_word(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--lang``: without it, trying a use case that switches on the caller's language
