@@ -34,6 +34,7 @@ import boto3
 import trio
 from botocore.exceptions import BotoCoreError
 
+from voiceagent.app.check_api_key import api_key_outcomes
 from voiceagent.app.check_refused_tools import refused_tool_outcome
 from voiceagent.app.check_steps import (
     CREDENTIALS_ADVICE,
@@ -180,7 +181,7 @@ async def model_checks(ctx: CheckContext) -> list[Outcome]:
     finally:
         with trio.CancelScope(shield=True):
             await llm.aclose()
-    return outcomes
+    return [*api_key_outcomes(), *outcomes]
 
 
 def probes_by_model(use_cases: Iterable[UseCase], settings: Settings

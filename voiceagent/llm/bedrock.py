@@ -174,6 +174,10 @@ class BedrockLLM:
         self.failing = Episode(log, lasts="bedrock calls still failing",
                                ended="bedrock calls recovered", state=lambda: {
                                    "retry_quota": self.retry_quota.available})
+        # a refused API key does not come back by itself (it is read once, at start): its
+        # episode ends only when a stream works, so a quiet night is not a new one each call
+        self.key_refused = Episode(log, lasts="bedrock API key still refused",
+                                   ended="bedrock API key accepted again", quiet_s=0)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> BedrockLLM:
@@ -212,6 +216,7 @@ class BedrockLLM:
 
     async def aclose(self) -> None:
         self.failing.close()
+        self.key_refused.close()
         if self._setup is not None:
             self._setup.pool.close()
         await trio.lowlevel.checkpoint()
@@ -303,6 +308,7 @@ class BedrockLLM:
         self._counts.streams_completed += 1
         self.retry_quota.succeeded(quota_taken)
         self.failing.succeeded()
+        self.key_refused.succeeded()
         if end.first_token_s is not None:
             self._counts.first_token_s.append(end.first_token_s)
 

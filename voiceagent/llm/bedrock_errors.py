@@ -58,6 +58,7 @@ class Failure:
     kind: str                      # throttled | unavailable | rejected | credentials | stream | bug
     retryable: bool                # before any content, trying again may help
     cause: BaseException
+    api_key: bool = False          # Bedrock refused the API key (``bedrock_api_key``)
 
 
 class BedrockHTTPError(Exception):

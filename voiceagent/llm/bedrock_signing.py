@@ -30,6 +30,12 @@ class BedrockSigner(Signer):
         super().__init__(endpoint, resolve, bearer_token, user_agent,
                          signing_name=SIGNING_NAME)
 
+    @property
+    def api_key(self) -> str | None:
+        """The Bedrock API key sent, if one is: to recognise its refusal and keep it out of
+        what is said about it."""
+        return self._bearer_token
+
     async def request(self, model_id: str, body: bytes) -> tuple[str, list[tuple[str, str]]]:
         """The ConverseStream request target and its headers (signed)."""
         path = f"{self._endpoint.base_path}/model/{percent_encode(model_id)}/converse-stream"

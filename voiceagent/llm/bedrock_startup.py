@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +22,7 @@ from botocore.exceptions import BotoCoreError
 from voiceagent.aws_session import StartupSession
 from voiceagent.errors import ModelUnavailable, SettingsError
 from voiceagent.llm.bedrock import BedrockLLM
+from voiceagent.llm.bedrock_api_key import SETTING, expired_problem, expiry_notice
 from voiceagent.settings import Settings
 
 log = logging.getLogger("voiceagent.llm.bedrock")     # as before the split: same logger
@@ -40,7 +42,10 @@ def check_bedrock_ready(settings: Settings) -> list[str]:
     if not session.region_name:
         problems.append("AWS_REGION: not set, and no region in the AWS config; set it to the "
                         f"Bedrock region (for example us-east-1), {OFFLINE_HINT}")
-    if not os.environ.get("AWS_BEARER_TOKEN_BEDROCK"):
+    key = os.environ.get(SETTING)
+    if expired := expired_problem(key, time.time()):
+        problems.append(expired)
+    if not key:
         try:
             credentials = session.get_credentials()
             detail = ""
@@ -66,6 +71,7 @@ async def open_bedrock_llm(settings: Settings, *, session: StartupSession | None
     if os.environ.get("BEDROCK_TRANSPORT"):
         log.warning("BEDROCK_TRANSPORT is no longer read: there is one transport (trio HTTP, "
                     "through HTTPS_PROXY when one applies); remove the setting")
+    log_api_key_expiry(os.environ.get(SETTING), time.time())
     llm = BedrockLLM.from_settings(settings, session=session)
     try:
         try:
@@ -76,3 +82,17 @@ async def open_bedrock_llm(settings: Settings, *, session: StartupSession | None
     finally:
         with trio.move_on_after(settings.flush_timeout_s, shield=True):
             await llm.aclose()
+
+
+def log_api_key_expiry(key: str | None, now: float) -> None:
+    """One line at start when Bedrock takes an API key: when it stops working, as a warning
+    (with what to set instead) when that is within hours, which a short-term key always is."""
+    notice = expiry_notice(key, now)
+    if notice is None:
+        return
+    what, advice = notice
+    if advice is None:
+        log.info("bedrock takes an API key", extra={"api_key": what})
+    else:
+        log.warning("bedrock takes an API key that expires within hours",
+                    extra={"api_key": what, "what_to_do": advice})

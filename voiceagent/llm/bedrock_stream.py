@@ -40,6 +40,7 @@ from voiceagent.errors import (
 )
 from voiceagent.llm.base import LLMEvent, LLMRequest, Reasoning, StreamEnd, TextDelta
 from voiceagent.llm.bedrock_answer import Item
+from voiceagent.llm.bedrock_api_key import SETTING, key_refusal
 from voiceagent.llm.bedrock_converse import history_shape, tool_config
 from voiceagent.llm.bedrock_errors import (
     BedrockHTTPError,
@@ -195,6 +196,7 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         """Start the next attempt, or raise."""
         backend = self._backend
         backend._counts.errors[failure.code] += 1
+        failure = self._as_key_refusal(failure)
         delay = self._retry_delay(failure)
         if delay is None and await self._renewed_credentials(failure):
             delay = 0.0
@@ -219,6 +221,12 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         self._attempt = await backend._start_attempt(self._model_id, self._body,
                                                      self._started_at, self._pace_s,
                                                      patient=self._restarted)
+
+    def _as_key_refusal(self, failure: Failure) -> Failure:
+        """With an API key, a refusal of who we are is the key's: said as such."""
+        setup = self._backend._setup
+        key = setup.signer.api_key if setup is not None else None
+        return failure if not key else key_refusal(failure, key, time.time())
 
     async def _renewed_credentials(self, failure: Failure) -> bool:
         """Credentials refused as expired or unknown, before any content: found anew through
@@ -288,6 +296,11 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
                       exc_info=failure.cause)
         elif failure.kind == "rejected":        # this request's own: its shape, each time
             log.warning("bedrock call failed", extra={**extra, "error": error})
+        elif failure.api_key:                   # once until a stream works again
+            self._backend.key_refused.note(
+                "api key refused", f"bedrock refused the API key ({SETTING})",
+                level=logging.ERROR, **extra, model_id=self._request.model_id,
+                what_to_do=failure.message)
         elif failure.kind == "credentials":
             refused = ("bedrock refused the request's prompt caching"
                        if failure.code == "AccessDeniedException"
