@@ -78,10 +78,13 @@ def test_a_short_term_key_states_when_it_stops_working() -> None:
     assert "unset AWS_BEARER_TOKEN_BEDROCK" in advice
     assert "IAM role credentials" in advice
     assert expired_problem(key, now) is None
+    later = (SIGNED + timedelta(hours=12)).timestamp()
+    assert expiry_notice(key, later) == (
+        "a short-term Bedrock API key that expired at 2026-12-07 03:00:00 UTC", advice)
     from_keys = short_term_key(SIGNED, 3600, session_token=None)
-    what, _ = expiry_notice(from_keys, now) or ("", None)
+    what, _ = expiry_notice(from_keys, SIGNED.timestamp()) or ("", None)
     assert "sooner" not in what
-    assert "expires at 2026-12-06 16:00:00 UTC (in 0 min)" in what
+    assert "expires at 2026-12-06 16:00:00 UTC (in 1 h 00 min)" in what
 
 
 def test_a_key_past_its_expiry_is_a_problem_that_says_when() -> None:

@@ -104,6 +104,8 @@ def expiry_notice(key: str | None, now: float) -> tuple[str, str | None] | None:
                 "taken as valid now; Bedrock refuses every call once it expires or is "
                 "revoked", None)
     left = expiry.expires_at - now
+    if left <= 0:                       # start refuses it; an embedding may not have asked
+        return (f"a short-term Bedrock API key that expired at {expiry.when}", KEY_ADVICE)
     what = (f"a short-term Bedrock API key: it expires at {expiry.when} "
             f"(in {_lasting(left)})")
     if expiry.session_bound:
