@@ -488,6 +488,30 @@ def test_a_partial_reconnect_is_its_own_emf_figure() -> None:
     assert "ReconnectsRefused" not in document
 
 
+def test_per_turn_children_are_bound_once_and_stay_bounded() -> None:
+    """``on_turn`` keeps the children it updates every turn instead of asking ``labels()``
+    each time: the token series exist (at 0) before any turn, and the tool latency children
+    it keeps are the registered names and "unknown" only, whatever names the model made up."""
+    registry = default_registry()
+    writer = WriteBehind(FakeStore())
+    metrics = Metrics(cast(Any, _Observed(make_settings(Path("/nonexistent")), writer,
+                                          registry=registry)))
+    value = metrics.registry.get_sample_value
+    assert value("voiceagent_model_tokens_total", {"kind": "input"}) == 0
+    assert value("voiceagent_model_tokens_total", {"kind": "output"}) == 0
+    real = sorted(registry.names())[0]
+    for n in range(20):
+        metrics.on_turn({"kind": "caller", "input_tokens": 10, "output_tokens": n,
+                         "tools": [{"tool": f"Invented_{n}", "duration_ms": 5,
+                                    "status": "success"},
+                                   {"tool": real, "duration_ms": 5, "status": "success"}]})
+    assert set(metrics._tool_latency_by_name) == {real, "unknown"}
+    assert value("voiceagent_model_tokens_total", {"kind": "input"}) == 200
+    assert value("voiceagent_model_tokens_total", {"kind": "output"}) == sum(range(20))
+    assert value("voiceagent_tool_duration_seconds_count", {"tool": "unknown"}) == 20
+    assert value("voiceagent_tool_duration_seconds_count", {"tool": real}) == 20
+
+
 def test_bedrock_and_write_behind_figures_sampled_at_scrape() -> None:
     from types import SimpleNamespace
 

@@ -121,6 +121,10 @@ class Metrics:
             "First model delta received -> handed to the relay writer",
             buckets=OVERHEAD_BUCKETS, registry=r)
         self.tokens = Counter("voiceagent_model_tokens", "Model tokens", ["kind"], registry=r)
+        # every turn adds to both: ``labels()`` builds a tuple of str() and takes a lock
+        # each time, so the two children are looked up once (a series each from the start)
+        self._input_tokens = self.tokens.labels("input")
+        self._output_tokens = self.tokens.labels("output")
         self.refused = Counter(
             "voiceagent_calls_refused",
             "Calls turned away at the call webhook, by reason: draining, capacity (MAX_CALLS, "
@@ -152,6 +156,9 @@ class Metrics:
         self.tool_latency = Histogram("voiceagent_tool_duration_seconds",
                                       "Tool run time, by tool", ["tool"],
                                       buckets=TOOL_BUCKETS, registry=r)
+        # by tool, as each first runs: a registered name or "unknown", so bounded by the
+        # registry (the rarer labelled updates, errors and cuts, look theirs up each time)
+        self._tool_latency_by_name: dict[str, Histogram] = {}
         self.tool_errors = Counter("voiceagent_tool_errors", "Tool error outcomes, by tool",
                                    ["tool"], registry=r)
         self.tool_stalls = Counter(
@@ -188,15 +195,18 @@ class Metrics:
             self.first_token.observe(first_token_ms / 1000)
         if (overhead_ms := summary.get("overhead_ms")) is not None:
             self.overhead.observe(overhead_ms / 1000)
-        self.tokens.labels("input").inc(summary.get("input_tokens", 0))
-        self.tokens.labels("output").inc(summary.get("output_tokens", 0))
+        self._input_tokens.inc(summary.get("input_tokens", 0))
+        self._output_tokens.inc(summary.get("output_tokens", 0))
         if summary.get("cut_by"):
             self.cut_turns.labels(summary["cut_by"]).inc()
         for tool in summary.get("tools", ()):
             # a label per registered tool only: the name comes from the model, and one it
             # made up (or a caller talked it into) would be a new series for ever
             name = tool["tool"] if tool["tool"] in self._tool_names else "unknown"
-            self.tool_latency.labels(name).observe(tool["duration_ms"] / 1000)
+            latency = self._tool_latency_by_name.get(name)
+            if latency is None:
+                latency = self._tool_latency_by_name[name] = self.tool_latency.labels(name)
+            latency.observe(tool["duration_ms"] / 1000)
             if tool["status"] != "success":
                 self.tool_errors.labels(name).inc()
         if summary.get("model_error"):
