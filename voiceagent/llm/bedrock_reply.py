@@ -142,7 +142,7 @@ class ReplyAssembler:
     """
 
     __slots__ = ("_filter", "_reasoning", "_started_at", "_stop_reason", "_tools",
-                 "_unparsed", "_usage", "first_content_at", "in_words")
+                 "_unparsed", "_usage", "first_content_at", "in_words", "stopped")
 
     def __init__(self, started_at: float) -> None:
         self._started_at = started_at       # perf_counter() when the stream was opened
@@ -156,11 +156,10 @@ class ReplyAssembler:
         # the last event was a text delta: the model is speaking, and its next event is due
         # within milliseconds (known here as the event is read, not looked up again after)
         self.in_words = False
-
-    @property
-    def stopped(self) -> bool:
-        """``messageStop`` came: the reply is whole, whatever follows (usage, the body's end)."""
-        return self._stop_reason is not None
+        # ``messageStop`` came: the reply is whole, whatever follows (usage, the body's end).
+        # An attribute set with the stop reason, not a property: the exchange reads it once
+        # per read of the body, and a property is a call each time
+        self.stopped = False
 
     def feed(self, event: Mapping[str, Any], out: list[LLMEvent]) -> None:
         """``event`` shaped as botocore's iterator yields it: ``{event_type: body}``."""
@@ -200,6 +199,7 @@ class ReplyAssembler:
                 self._tool(pending, out)
         elif event_type == "messageStop":
             self._stop_reason = str(body.get("stopReason") or "end_turn")
+            self.stopped = True
         elif event_type == "metadata":
             usage = body.get("usage") or {}
             self._usage = Usage(input_tokens=usage.get("inputTokens", 0),
