@@ -18,16 +18,15 @@ from voiceagent.app.runtime import CallCounters
 from voiceagent.app.server import drain
 
 
-class _Writer:
-    async def flush(self, *, timeout_s: float) -> bool:
-        return True
+async def _flushed(*, timeout_s: float) -> bool:
+    return True
 
 
 def _runtime(calls: CallCounters) -> Any:
     return SimpleNamespace(
-        draining=False, calls=calls, end_calls=EndSignal(), writer=_Writer(),
+        draining=False, calls=calls, end_calls=EndSignal(),
         settings=SimpleNamespace(drain_timeout_s=30.0, end_grace_s=5.0, flush_timeout_s=1.0),
-        persist_stuck_calls=lambda: 0, begin_stop=lambda: None, flush_s=lambda s: s)
+        persist_stuck_calls=lambda: 0, begin_stop=lambda: None, flush_writes=_flushed)
 
 
 async def test_a_drain_waits_for_a_call_being_looked_up_then_for_that_call(

@@ -23,7 +23,7 @@ from tests.settled_clock import jump_when_settled
 from voiceagent.app.caller import open_call
 from voiceagent.app.runtime import open_runtime
 from voiceagent.app.server import drain
-from voiceagent.app.stop_budget import budget_s
+from voiceagent.app.stop_budget import GRACEFUL_S, budget_s
 from voiceagent.errors import StoreError
 from voiceagent.llm.scripted import ScriptedLLM
 
@@ -133,3 +133,43 @@ async def test_a_stop_with_dynamodb_stalled_ends_within_its_budget(
     assert by_call == {SIDS[0]: 2, SIDS[1]: 3}
     assert (summary["items"], summary["calls"], summary["call_sids"]) == (5, 2, list(SIDS))
     assert not [r for r in records if "secret" in str(vars(r))]
+
+
+
+TIMED_OUT = "store flush timed out"
+
+
+@pytest.mark.parametrize("second_drain", [False, True])
+async def test_a_flush_the_stop_cuts_short_logs_no_timeout_of_its_own(
+        second_drain: bool, tmp_path: Path, mock_clock: trio.testing.MockClock,
+        monkeypatch: pytest.MonkeyPatch, records: list[logging.LogRecord]) -> None:
+    """The store refuses writes at a stop: the drain's flush times out, once, with its
+    FLUSH_TIMEOUT_S. A flush after it has only what is left of the budget: a second drain,
+    past it, logged "store flush timed out" with ``timeout_s`` 0.0, read as another fault;
+    the runtime's last flush, with GRACEFUL_S left, was quiet only because an outer scope
+    with the same deadline took the cancel. The budget spent is said by the dropped-writes
+    lines, under the CallSid."""
+    jump_when_settled(mock_clock, monkeypatch)
+    settings = make_settings(tmp_path, DRAIN_TIMEOUT_S=0, END_GRACE_S=0, FLUSH_TIMEOUT_S=10)
+
+    async def refused(*_: Any, **__: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        raise StoreError("dynamodb BatchWriteItem failed: ServiceUnavailable")
+
+    with trio.fail_after(120):
+        async with open_runtime(settings, llm=ScriptedLLM({})) as runtime:
+            for name in ("put", "put_many", "put_new", "put_if_newer", "put_unless_newer"):
+                monkeypatch.setattr(runtime.store, name, refused)
+            runtime.writer.submit({"pk": SIDS[0], "sk": "chat::0000"}, call_sid=SIDS[0])
+            await drain(runtime)
+            assert runtime.stop is not None
+            assert runtime.stop.flushes_end - trio.current_time() == pytest.approx(GRACEFUL_S)
+            if second_drain:                # a drain with no flush time left
+                await trio.sleep_until(runtime.stop.flushes_end)
+                await drain(runtime)
+    assert [vars(r)["flushed"] for r in records
+            if r.getMessage() == "drained"] == [False] * (1 + second_drain)
+    assert [vars(r)["timeout_s"] for r in records if r.getMessage() == TIMED_OUT] == [10.0]
+    by_call, summary = _dropped(records)
+    assert by_call == {SIDS[0]: 1}
+    assert summary["why"] == "the store did not take them in time"

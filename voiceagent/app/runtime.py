@@ -8,6 +8,7 @@ many runtimes as they like, each with its own fakes passed in.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -118,9 +119,19 @@ class Runtime:
         self.draining = True
         return self.stop
 
-    def flush_s(self, timeout_s: float) -> float:
-        """A flush's timeout: ``timeout_s``, less if the stop has less left."""
-        return self.stop.flush_s(timeout_s) if self.stop is not None else timeout_s
+    async def flush_writes(self, call_sid: str | None = None, *, timeout_s: float) -> bool:
+        """``WriteBehind.flush`` within what is left of a stop's budget: whether the writes
+        were all taken. A flush the budget cuts short ends with it, without a "store flush
+        timed out" line of its own (with no time left, ``timeout_s: 0.0``, read as a second
+        fault): the stop's time is spent, not the store's, and the dropped-writes lines say
+        what was lost."""
+        stop = self.stop
+        if stop is None or stop.flush_s(timeout_s) >= timeout_s:
+            return await self.writer.flush(call_sid, timeout_s=timeout_s)
+        with trio.move_on_at(stop.flushes_end):
+            return await self.writer.flush(call_sid, timeout_s=math.inf)
+        return (not self.writer.queued(call_sid) if call_sid is not None
+                else not self.writer.pending)
 
     @property
     def at_capacity(self) -> bool:
@@ -174,7 +185,7 @@ class Runtime:
         what is left of a stop's budget."""
         with trio.move_on_at(flushes_end(self.stop)):
             await self.sessions.socket_ended(call_sid)
-            return await self.writer.flush(call_sid, timeout_s=self.flush_s(timeout_s))
+            return await self.flush_writes(call_sid, timeout_s=timeout_s)
         return False
 
 
@@ -228,9 +239,8 @@ async def open_runtime(settings: Settings, *, llm: LLM | None = None,
                 try:
                     yield runtime
                 finally:
-                    last_s = runtime.flush_s(settings.flush_timeout_s)
-                    with trio.move_on_after(last_s, shield=True):
-                        await writer.flush(timeout_s=last_s)
+                    with trio.CancelScope(shield=True):     # bounded by itself
+                        await runtime.flush_writes(timeout_s=settings.flush_timeout_s)
                     draining.cancel(reason="runtime closing")
                     nursery.cancel_scope.cancel(reason="runtime closing")
                     runtime.edge_refusals.close()   # the counts since their last summary lines

@@ -318,7 +318,7 @@ async def drain(runtime: Runtime) -> None:
     if runtime.calls.active:
         log.warning("calls stuck at shutdown", extra={
             "active_calls": runtime.calls.active, "messages": runtime.persist_stuck_calls()})
-    flushed = await runtime.writer.flush(timeout_s=runtime.flush_s(settings.flush_timeout_s))
+    flushed = await runtime.flush_writes(timeout_s=settings.flush_timeout_s)
     log.info("drained", extra={"active_calls": runtime.calls.active, "flushed": flushed})
 
 
