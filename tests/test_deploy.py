@@ -38,6 +38,7 @@ from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 from samtranslator.yaml_helper import yaml_parse
 
+from tests.stop_grace import STOP_MARGIN_S, compose_stop_needs_s
 from tests.wheelhouse import Wheelhouse, offline_env
 from voiceagent.app import metrics as app_metrics
 from voiceagent.app.stop_budget import budget_s
@@ -54,7 +55,6 @@ BUILD_SCRIPT = ROOT / "sam" / "build-images.sh"
 CLOUD = ROOT / "sam" / "cloud-deploy-infra-template.yml"
 LOCAL = ROOT / "sam" / "local-dev-cloud-infra-template.yml"
 TEMPLATES = [pytest.param(CLOUD, id="cloud"), pytest.param(LOCAL, id="local-dev")]
-STOP_MARGIN_S = 5.0      # past the stop budget: the interpreter's exit, a loaded host
 
 COMPOSE_SCHEMA = DEPLOY / "compose-spec.json"
 COMPOSE_SCHEMA_SHA256 = "e4e1a42ce687c47e199551d1f025b1e713a4d1f9302706d3f89de9cef1d376a4"
@@ -1329,6 +1329,16 @@ def test_compose_runs_init_before_the_app_and_keeps_ports_local() -> None:
         "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_BEARER_TOKEN_BEDROCK"}
     assert any(mount["target"].endswith("/.aws") and mount["read_only"]
                for mount in services["app"]["volumes"])
+
+
+def test_compose_gives_the_app_its_stop_budget_and_a_margin() -> None:
+    """``docker compose stop`` (``down``, a restart) sends SIGTERM, then SIGKILL after the
+    service's stop_grace_period: the whole stop and the margin ECS's StopTimeout has must fit,
+    as there."""
+    needs_s, grace_s = compose_stop_needs_s(_compose()["services"]["app"])
+    assert needs_s <= grace_s, (
+        f"docker-compose.yml: the app's stop takes up to {needs_s:g} s with its margin, "
+        f"stop_grace_period gives {grace_s:g} s: raise it")
 
 
 def test_compose_tunnel_profile_prints_the_webhook_url() -> None:

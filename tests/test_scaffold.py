@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 import voiceagent.settings as settings_module
+from tests.stop_grace import compose_stop_needs_s
 from tests.wheelhouse import Wheelhouse, WheelVenv, pip
 from voiceagent.app import cli
 from voiceagent.scaffold import BASE_IMAGE, FILES, Project, ScaffoldError, name_for_folder, render
@@ -236,6 +237,13 @@ def test_the_compose_file_follows_the_compose_specification(project: Path) -> No
     assert app["environment"]["HOST"] == "0.0.0.0"       # wins over .env's 127.0.0.1
     assert app["environment"]["CONFIG_DIR"] == "/app/config"
     assert all(str(port).startswith("127.0.0.1:") for port in app["ports"])
+
+
+def test_the_compose_file_gives_the_stop_its_budget(project: Path) -> None:
+    """SIGKILL comes after stop_grace_period: the whole stop, with a margin, fits in it."""
+    compose = yaml.safe_load((project / "docker-compose.yml").read_text())
+    needs_s, grace_s = compose_stop_needs_s(compose["services"]["app"])
+    assert needs_s <= grace_s, f"the stop takes up to {needs_s:g} s, the grace is {grace_s:g} s"
 
 
 # ------------------------------------------------------------------------------ the command
