@@ -10,12 +10,13 @@ import json
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
+from unittest import mock
 
 import pytest
 import trio
 
 from voiceagent.errors import StoreRejected
-from voiceagent.store import config_records, records
+from voiceagent.store import base, config_records, records
 from voiceagent.store.base import (
     BATCH_LIMIT,
     MAX_ITEM_BYTES,
@@ -311,6 +312,29 @@ async def check_item_size_is_dynamodbs_measure(store: Store) -> None:
         with pytest.raises(StoreRejected, match="400 KB"):
             await store.put(over)
     assert await store.get("size", "over") is None
+
+
+@check
+async def check_an_item_too_many_lists_and_maps_to_measure_is_refused(store: Store) -> None:
+    """Measuring stops past MAX_CONTAINERS lists and maps (an item holding that many is over
+    400 KB anyway: ``test_item_size_gives_up_past_its_bound_over_the_limit``): the store
+    refuses it like any item over the limit, naming its key, and writes nothing of the call,
+    where a ``ValueError`` came out. The bound lowered here: 400,000 maps took seconds to
+    encode. A value that contains itself is refused before, as nested past 32 levels."""
+    bound = 50
+    too_many = {"pk": "many", "sk": "over", "maps": [{}] * bound}
+    with mock.patch.object(base, "MAX_CONTAINERS", bound), pytest.raises(
+            StoreRejected, match=f"pk=many sk=over: the item holds more than {bound} lists "
+                                 "and maps") as caught:
+        await store.put_many([{"pk": "many", "sk": "ok"}, too_many])
+    assert is_permanent(caught.value)
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(StoreRejected, match=r"'loop' nests .* 32 levels"):
+        await store.put({"pk": "many", "sk": "loop", "loop": loop})
+    assert await store.query("many") == []
+    await store.put(too_many)                   # under the real bound: a small item
+    assert await store.get("many", "over") == too_many
 
 
 def _nested(levels: int) -> Any:

@@ -22,7 +22,13 @@ from tests.server_harness import make_settings
 from tests.store_contract import CHECKS, Check
 from voiceagent.app.runtime import open_runtime
 from voiceagent.errors import StoreError, StoreRejected
-from voiceagent.store.base import MAX_ITEM_BYTES, Store, check_item_size, item_size
+from voiceagent.store.base import (
+    MAX_CONTAINERS,
+    MAX_ITEM_BYTES,
+    Store,
+    check_item_size,
+    item_size,
+)
 from voiceagent.store.sqlite import SWEEP_EVERY_S, SqliteStore, open_sqlite_store
 
 BackendFactory = Callable[[Path], AbstractAsyncContextManager[Store]]
@@ -76,6 +82,33 @@ def test_item_size_counts_as_dynamodb_does() -> None:
         1 + 3) + (1 + 3) + (1 + 1) + (1 + 1)
     assert item_size({"l": ["ab", []], "m": {"k": "v", "e": {}}}) == (
         1 + 3 + (1 + 2) + (1 + 3)) + (1 + 3 + (1 + 1 + 1) + (1 + 1 + 3))
+
+
+@pytest.mark.timeout(10)         # the walk it bounds looped for ever
+def test_item_size_gives_up_on_a_value_that_contains_itself() -> None:
+    """Stores refuse such a value first (``check_item_nesting``), the write-behind's copy
+    too: should anything measure one, it fails, naming the bound, instead of looping."""
+    loop: list[Any] = []
+    loop.append(loop)
+    mapping: dict[str, Any] = {"k": 1}
+    mapping["self"] = [mapping]
+    for value in (loop, mapping):
+        with pytest.raises(ValueError, match=f"more than {MAX_CONTAINERS} lists and maps"):
+            item_size({"pk": "a", "sk": "b", "value": value})
+
+
+def test_item_size_gives_up_past_its_bound_over_the_limit() -> None:
+    """Each list or map counts 3 bytes at least: an item at MAX_CONTAINERS is measured to
+    the byte and refused by its size; past it, refused without a size, over the limit all
+    the same."""
+    at_bound = {"pk": "many", "sk": "at", "maps": [{}] * (MAX_CONTAINERS - 1)}
+    size = item_size(at_bound)
+    assert size > MAX_ITEM_BYTES
+    with pytest.raises(StoreRejected, match=f"pk=many sk=at: the item is {size} bytes"):
+        check_item_size(at_bound)
+    with pytest.raises(StoreRejected, match=f"pk=many sk=over: the item holds more than "
+                                            f"{MAX_CONTAINERS} lists and maps"):
+        check_item_size({**at_bound, "sk": "over", "one more": []})
 
 
 async def test_item_size_at_the_limit_passes(tmp_path: Path) -> None:

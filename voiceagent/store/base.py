@@ -28,6 +28,10 @@ TTL_ATTRIBUTE = "expireAt"
 BATCH_LIMIT = 25                      # DynamoDB BatchWriteItem's limit; enforced for both stores
 MAX_ITEM_BYTES = 400 * 1024           # DynamoDB's item limit, counted by ``item_size``
 MAX_NESTING_LEVELS = 32               # DynamoDB's for a document, an attribute being level 1
+# Lists and maps ``item_size`` walks before it gives up: each counts 3 bytes at least, so an
+# item holding more is over the 400 KB three times whatever it holds (refused all the same),
+# and a value that contains itself ends here instead of walking for ever.
+MAX_CONTAINERS = MAX_ITEM_BYTES
 # DynamoDB's numbers: 38 digits (boto3 refuses an int of more, even 10**38, as Rounded), and a
 # magnitude from 1e-130 to 9.99...e125 (moto lets 1e126 through; DynamoDB does not)
 MAX_NUMBER_DIGITS = 38
@@ -184,8 +188,11 @@ def item_size(item: Mapping[str, Any]) -> int:
     rules of its "item sizes and formats" page), never its JSON: escapes and punctuation are
     not stored. Both stores refuse by this one measure, so they cannot drift apart. Takes the
     plain values ``check_item_size``'s callers have already checked. One loop over a stack,
-    not a call and a generator per value: the write-behind queue measures every item."""
+    not a call and a generator per value: the write-behind queue measures every item.
+    ``ValueError`` past MAX_CONTAINERS lists and maps (counted as they are walked, the only
+    cost of the bound), so a value that contains itself cannot loop for ever."""
     size = 0
+    walked = 0
     values: list[Any] = []
     for name, value in item.items():
         size += len(name.encode())
@@ -200,15 +207,27 @@ def item_size(item: Mapping[str, Any]) -> int:
             size += _number_size(value)
         elif isinstance(value, list | tuple):
             size += 3 + len(value)          # and a byte an element
+            walked += 1
+            if walked > MAX_CONTAINERS:
+                raise _too_many_containers()
             values.extend(value)
         elif isinstance(value, dict):
             size += 3 + len(value)          # and a byte an entry, with its key
+            walked += 1
+            if walked > MAX_CONTAINERS:
+                raise _too_many_containers()
             for key, element in value.items():
                 size += len(key.encode())
                 values.append(element)
         else:
             raise TypeError(f"not a plain item value: {type(value).__name__}")
     return size
+
+
+def _too_many_containers() -> ValueError:
+    return ValueError(f"the item holds more than {MAX_CONTAINERS} lists and maps, over "
+                      f"DynamoDB's 400 KB item limit ({MAX_ITEM_BYTES} bytes) whatever they "
+                      "hold, or a value that contains itself")
 
 
 def _number_size(value: int | float) -> int:
@@ -251,7 +270,10 @@ class MeasuredItem(dict[str, Any]):
 
 def check_item_size(item: Item) -> int:
     """The item's ``item_size``, or ``StoreRejected`` (naming its key) past DynamoDB's limit."""
-    size = item.size if isinstance(item, MeasuredItem) else item_size(item)
+    try:
+        size = item.size if isinstance(item, MeasuredItem) else item_size(item)
+    except ValueError as err:       # too many lists and maps to be measured: over it too
+        raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: {err}") from None
     if size > MAX_ITEM_BYTES:
         raise StoreRejected(f"{describe_key(item['pk'], item['sk'])}: the item is {size} "
                             f"bytes, over DynamoDB's 400 KB item limit ({MAX_ITEM_BYTES} "
