@@ -146,6 +146,74 @@ async def test_start_up_warns_when_the_key_expires(
     assert_no_key(key, logged(records))
 
 
+WARNED = "bedrock's API key expires within the hour"
+EXPIRED = "bedrock's API key has expired: Bedrock refuses every call until it is replaced"
+
+
+def said_since(records: list[logging.LogRecord], seen: int) -> list[str]:
+    return [r.getMessage() for r in records[seen:]
+            if r.name == "voiceagent.llm.bedrock" and "API key" in r.getMessage()]
+
+
+async def jumped(mock_clock: trio.testing.MockClock, seconds: float) -> None:
+    mock_clock.jump(seconds)
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_a_running_server_warns_an_hour_before_the_key_expires_and_when_it_does(
+        fake_bedrock: FakeBedrock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        mock_clock: trio.testing.MockClock, records: list[logging.LogRecord]) -> None:
+    """Started with 2 h left (less a second: X-Amz-Date has whole seconds): a warning at
+    1 h left and an error at expiry, each once, on trio's clock."""
+    key = key_signed_ago(hours=10)
+    monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", key)
+    settings = make_settings(tmp_path, LLM="bedrock", AWS_REGION="us-east-1")
+    with trio.fail_after(48 * 3600):        # virtual
+        async with open_bedrock_llm(settings):
+            seen = len(records)
+            await jumped(mock_clock, 3590.0)
+            assert said_since(records, seen) == []
+            await jumped(mock_clock, 20.0)              # 1 h left
+            assert said_since(records, seen) == [WARNED]
+            await jumped(mock_clock, 3580.0)
+            assert said_since(records, seen) == [WARNED]
+            await jumped(mock_clock, 20.0)              # expired
+            assert said_since(records, seen) == [WARNED, EXPIRED]
+            await jumped(mock_clock, 24 * 3600.0)
+            assert said_since(records, seen) == [WARNED, EXPIRED]
+    warned, expired = [r for r in records[seen:] if r.getMessage() in (WARNED, EXPIRED)]
+    assert warned.levelno == logging.WARNING
+    assert "(in 1 h 00 min)" in vars(warned)["api_key"]
+    assert expired.levelno == logging.ERROR
+    assert vars(expired)["api_key"].startswith("a short-term Bedrock API key that expired at")
+    for line in (warned, expired):
+        assert "unset AWS_BEARER_TOKEN_BEDROCK" in vars(line)["what_to_do"]
+    assert_no_key(key, logged(records))
+
+
+@pytest.mark.parametrize(("key", "said"), [
+    (key_signed_ago(hours=11.5), [EXPIRED]),        # start's line said it: no second warning
+    ("ABSKQmVkcm9ja0FQSUtleS1leGFtcGxlOnNlY3JldA==", []),     # a long-term key
+    ("", []),                                                   # no key
+], ids=["half-an-hour-left", "long-term", "none"])
+async def test_what_a_running_server_says_of_a_key_with_less_left_or_none_stated(
+        fake_bedrock: FakeBedrock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        mock_clock: trio.testing.MockClock, records: list[logging.LogRecord],
+        key: str, said: list[str]) -> None:
+    monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", key)
+    settings = make_settings(tmp_path, LLM="bedrock", AWS_REGION="us-east-1")
+    with trio.fail_after(48 * 3600):        # virtual
+        async with open_bedrock_llm(settings):
+            seen = len(records)
+            for _ in range(30):
+                await jumped(mock_clock, 3600.0)
+            assert said_since(records, seen) == said
+    if said:
+        assert_no_key(key, logged(records))
+    elif key:
+        assert key not in logged(records)
+
+
 # ---------------------------------------------------------------- refused at runtime
 
 @pytest.fixture

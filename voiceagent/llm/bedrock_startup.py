@@ -22,12 +22,19 @@ from botocore.exceptions import BotoCoreError
 from voiceagent.aws_session import StartupSession
 from voiceagent.errors import ModelUnavailable, SettingsError
 from voiceagent.llm.bedrock import BedrockLLM
-from voiceagent.llm.bedrock_api_key import SETTING, expired_problem, expiry_notice
+from voiceagent.llm.bedrock_api_key import (
+    KEY_ADVICE,
+    SETTING,
+    expired_problem,
+    expiry_notice,
+    key_expiry,
+)
 from voiceagent.settings import Settings
 
 log = logging.getLogger("voiceagent.llm.bedrock")     # as before the split: same logger
 
 OFFLINE_HINT = "or run `voiceagent demo` for an offline try-out"
+KEY_LAST_WARNING_S = 3600.0         # the second warning, while there is time to act on it
 
 
 def check_bedrock_ready(settings: Settings) -> list[str]:
@@ -67,18 +74,27 @@ async def open_bedrock_llm(settings: Settings, *, session: StartupSession | None
                            ) -> AsyncIterator[BedrockLLM]:
     """The backend for ``settings``, warmed up; its client is closed on exit. A client that
     cannot be created (no region, bad profile) raises ``SettingsError``. ``session``: the
-    runtime's botocore session, lent while the store's client is made from it too."""
+    runtime's botocore session, lent while the store's client is made from it too. With a
+    short-term API key, a task of its own says when the key is about to stop working and
+    when it has (``warn_as_the_key_expires``)."""
     if os.environ.get("BEDROCK_TRANSPORT"):
         log.warning("BEDROCK_TRANSPORT is no longer read: there is one transport (trio HTTP, "
                     "through HTTPS_PROXY when one applies); remove the setting")
-    log_api_key_expiry(os.environ.get(SETTING), time.time())
+    key, now = os.environ.get(SETTING), time.time()
+    log_api_key_expiry(key, now)
     llm = BedrockLLM.from_settings(settings, session=session)
     try:
         try:
             await llm.warm_up()
         except ModelUnavailable as err:
             raise SettingsError([f"Bedrock: {err}; {OFFLINE_HINT}"]) from err
-        yield llm
+        async with trio.open_nursery() as nursery:
+            if (left := api_key_left(key, now)) is not None:
+                await nursery.start(warn_as_the_key_expires, key, now, left)
+            try:
+                yield llm
+            finally:
+                nursery.cancel_scope.cancel(reason="bedrock closing")
     finally:
         with trio.move_on_after(settings.flush_timeout_s, shield=True):
             await llm.aclose()
@@ -96,3 +112,32 @@ def log_api_key_expiry(key: str | None, now: float) -> None:
     else:
         log.warning("bedrock takes an API key that expires within hours",
                     extra={"api_key": what, "what_to_do": advice})
+
+
+def api_key_left(key: str | None, now: float) -> float | None:
+    """Seconds until a short-term key stops working; None when there is nothing to wait
+    for (no key, an expiry that cannot be read, or one already past, which start said)."""
+    expiry = key_expiry(key) if key else None
+    if expiry is None or expiry.expires_at <= now:
+        return None
+    return expiry.expires_at - now
+
+
+async def warn_as_the_key_expires(
+        key: str, now: float, left: float, *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """A warning an hour before the key expires (unless start's line was already that
+    close) and an error when it does: a key said once at start, hours before, was seen
+    again only as Bedrock refusing every call. The key's expiry is a wall time; ``left`` is
+    read from the wall clock once, at start (``now``), and waited for on trio's clock."""
+    start = trio.current_time()
+    task_status.started()
+    if left > KEY_LAST_WARNING_S:
+        await trio.sleep_until(start + left - KEY_LAST_WARNING_S)
+        notice = expiry_notice(key, now + left - KEY_LAST_WARNING_S)
+        log.warning("bedrock's API key expires within the hour",
+                    extra={"api_key": notice[0] if notice else "", "what_to_do": KEY_ADVICE})
+    await trio.sleep_until(start + left)
+    notice = expiry_notice(key, now + left)
+    log.error("bedrock's API key has expired: Bedrock refuses every call until it is replaced",
+              extra={"api_key": notice[0] if notice else "", "what_to_do": KEY_ADVICE})
