@@ -8,7 +8,6 @@ many runtimes as they like, each with its own fakes passed in.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -122,16 +121,10 @@ class Runtime:
     async def flush_writes(self, call_sid: str | None = None, *, timeout_s: float) -> bool:
         """``WriteBehind.flush`` within what is left of a stop's budget: whether the writes
         were all taken. A flush the budget cuts short ends with it, without a "store flush
-        timed out" line of its own (with no time left, ``timeout_s: 0.0``, read as a second
-        fault): the stop's time is spent, not the store's, and the dropped-writes lines say
-        what was lost."""
-        stop = self.stop
-        if stop is None or stop.flush_s(timeout_s) >= timeout_s:
-            return await self.writer.flush(call_sid, timeout_s=timeout_s)
-        with trio.move_on_at(stop.flushes_end):
-            return await self.writer.flush(call_sid, timeout_s=math.inf)
-        return (not self.writer.queued(call_sid) if call_sid is not None
-                else not self.writer.pending)
+        timed out" line of its own: the stop's time is spent, not the store's, and the
+        dropped-writes lines say what was lost."""
+        return await self.writer.flush(call_sid, timeout_s=timeout_s,
+                                       until=flushes_end(self.stop))
 
     @property
     def at_capacity(self) -> bool:

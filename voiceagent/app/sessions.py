@@ -343,12 +343,10 @@ class Sessions:
                 await ended.wait()
         if call_sid in self._live:
             raise SessionBusy(call_sid)
-        # Bounded by the deadline, not timed out by itself: with the wind-down having spent
-        # it, a flush given what was left (0.0 at worst) logged "store flush timed out", a
-        # store fault of its own, when the time went to the call. What the reconnect misses
-        # is said by ``previous_socket_ended`` next: the writes are still queued here.
-        with trio.move_on_at(deadline):
-            await self._writer.flush(call_sid, timeout_s=math.inf)
+        # Bounded by the deadline, not timed out by itself (the wind-down may have spent it:
+        # the time went to the call, not to the store). What the reconnect misses is said by
+        # ``previous_socket_ended`` next: the writes are still queued here.
+        await self._writer.flush(call_sid, timeout_s=math.inf, until=deadline)
 
     def _socket_gone(self, call_sid: str) -> int | None:
         """The socket of ``call_sid`` here has ended: its generation, if it had claimed."""

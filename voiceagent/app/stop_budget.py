@@ -56,10 +56,6 @@ class Stop:
         """Every flush of the stop, and the write-behind's attempt in flight, ends by now."""
         return self.deadline - CLOSE_S
 
-    def flush_s(self, timeout_s: float) -> float:
-        """``timeout_s``, or what is left for flushing if less."""
-        return max(0.0, min(timeout_s, self.flushes_end - trio.current_time()))
-
 
 def flushes_end(stop: Stop | None) -> float:
     """When a flush must end at the latest: never, outside a stop."""

@@ -213,22 +213,30 @@ class WriteBehind(WriteAhead):
                 return entry.item
         return None
 
-    async def flush(self, call_sid: str | None = None, *, timeout_s: float) -> bool:
+    async def flush(self, call_sid: str | None = None, *, timeout_s: float,
+                    until: float = math.inf) -> bool:
         """Wait until every item submitted before this call (for ``call_sid``, or all) is
-        written or dropped. False when ``timeout_s`` passed first; the items stay queued."""
+        written or dropped. False when ``timeout_s`` passed first, or the caller's own
+        deadline ``until`` (trio's clock); the items stay queued. Only the first is the
+        store's fault and logged: at ``until`` the caller's time was spent elsewhere (a stop's
+        budget, a reconnect's wind-down), and a "timed out" line with what was left of it
+        (``timeout_s: 0.0`` at worst) read as a second fault."""
         await trio.lowlevel.checkpoint()
         target = self._next_seq - 1 if call_sid is None else self._last_by_call.get(call_sid)
         if target is None or target <= self._done_seq:
             return True
+        timed_out_at = trio.current_time() + timeout_s
         self._flushing += 1
         self._hurry.set()
         try:
-            with trio.move_on_after(timeout_s):
+            with trio.move_on_at(min(timed_out_at, until)):
                 while self._done_seq < target:
                     await self._progress.wait()
                 return True
         finally:
             self._flushing -= 1
+        if until < timed_out_at:
+            return False
         pending = sum(1 for e in self._queue
                       if e.seq <= target and (call_sid is None or e.call_sid == call_sid))
         log.warning("store flush timed out", extra={
