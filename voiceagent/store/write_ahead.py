@@ -84,11 +84,10 @@ class WriteAhead(_QueueParts):
         ``timeout_s`` (a resend of an applied one finds its own item), unless the store's
         writes have failed that long, or ``down_s`` when given (the store is down, not slow:
         one try, see ``session_claims``); None if undecided by then: queued (unless not
-        ``queue``) on the
-        same condition, which may still lose. Its failures and answers tell whether the
-        store is down as the queue's do: a process whose writes are mostly these (sockets
-        of sessions minted elsewhere, refused undecided and never queued) gave every claim
-        its 2 s through an outage, and showed ``store_down`` 0 all along."""
+        ``queue``) on the same condition, which may still lose. Its failures and answers
+        tell whether the store is down as the queue's do: a process whose writes are mostly
+        these (sockets of sessions minted elsewhere, refused undecided and never queued)
+        gave every claim its 2 s through an outage, and showed ``store_down`` 0 all along."""
         decided: bool | None = None
         down_s = timeout_s if down_s is None else down_s
         try:

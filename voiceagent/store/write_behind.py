@@ -201,10 +201,7 @@ class WriteBehind(WriteAhead):
     def unwritten(self) -> dict[str, int]:
         """The writes still waiting, counted by call, oldest call first: what a process that
         stops now loses (``stop_budget.log_dropped``)."""
-        counts: dict[str, int] = {}
-        for entry in self._queue:
-            counts[entry.call_sid] = counts.get(entry.call_sid, 0) + 1
-        return counts
+        return dict(collections.Counter(entry.call_sid for entry in self._queue))
 
     def queued_item(self, pk: str, sk: str) -> Item | None:
         """The last item of ``pk``/``sk`` waiting here, unwritten: newer than the store's."""
