@@ -1,0 +1,137 @@
+"""Calls leave no garbage in reference cycles: reference counting frees all they make.
+
+The server lets a middle-generation collection wait for 1000 young ones
+(``voiceagent/app/heap.py``), because what survives a young collection here is alive (calls'
+await chains and state) and walking it again and again was the p99 tail. That holds only
+while calls make no cyclic garbage: anything that dies in a cycle after a young collection
+now waits a minute or two under load for the next middle collection, and a per-call cycle
+would pile up with the calls. So: whole calls through the real server (a tool round, a
+barge-in on a streaming Bedrock reply, the hang-up and its /action), with the collector off,
+then everything a collection would free is looked at.
+
+The one cycle allowed is werkzeug's route matcher: each request's ``match`` makes a recursive
+closure and drops it a moment later, still young (a young collection frees it), a few
+objects a request.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from tests.fake_bedrock import running_fake_bedrock, text_reply
+from tests.server_harness import FIXTURE_CONFIG
+from voiceagent.app.testing import AgentServer, agent_server
+from voiceagent.settings import SOURCE_CONFIG
+
+pytestmark = pytest.mark.timeout(60)
+
+ROUTE_MATCHER = "StateMachineMatcher.match.<locals>._match"
+ROUTE_MATCHER_OBJECTS = 8           # its function, cells, and the tuples and sets they hold
+
+
+def _kind(obj: Any) -> str:
+    kind = type(obj)
+    code = getattr(obj, "cr_code", None) or getattr(obj, "f_code", None) or getattr(
+        obj, "__code__", None)
+    if code is not None:
+        return f"{kind.__name__} {code.co_qualname}"
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+@contextmanager
+def _cyclic_garbage() -> Iterator[list[Any]]:
+    """What a collection would free of what the block made, reference counting left aside."""
+    gc.collect()
+    gc.disable()
+    found: list[Any] = []
+    try:
+        yield found
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        found.extend(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def _beyond_the_route_matcher(garbage: list[Any], requests: int) -> Counter[str]:
+    """The garbage's kinds, once the route matcher's cycles (at most its size a request)
+    are set aside; empty when calls made no cycle of their own."""
+    kinds = Counter(_kind(obj) for obj in garbage)
+    matchers = kinds.pop(f"function {ROUTE_MATCHER}", 0)
+    assert matchers <= requests
+    allowed = matchers * (ROUTE_MATCHER_OBJECTS - 1)
+    for kind in ("builtins.cell", "builtins.tuple", "builtins.set"):
+        taken = min(kinds[kind], allowed)
+        allowed -= taken
+        kinds[kind] -= taken
+    return +kinds
+
+
+async def _hang_up(agent: AgentServer, call_sid: str) -> None:
+    await agent.post("/action", {"CallSid": call_sid, "SessionStatus": "ended",
+                                 "CallStatus": "completed"})
+
+
+async def test_calls_with_tool_rounds_leave_no_cycles(tmp_path: Path) -> None:
+    with trio.fail_after(40):
+        async with agent_server(SOURCE_CONFIG, use_case="restaurantOrderingUseCase",
+                                data_dir=tmp_path) as agent:
+            async with agent.call() as warm:    # first-call work (caches, pools) aside
+                await warm.say("When are you open?")
+            await _hang_up(agent, warm.call_sid)
+            await trio.testing.wait_all_tasks_blocked(0.05)
+            with _cyclic_garbage() as garbage:
+                for _ in range(3):
+                    async with agent.call() as call:
+                        order = await call.say("I'd like a large pepperoni pizza please")
+                        assert order.tool("PlaceOrderFunction").result is not None
+                        assert (await call.say("When are you open?")).text
+                    await _hang_up(agent, call.call_sid)
+                await trio.testing.wait_all_tasks_blocked(0.05)
+    assert garbage, "the route matcher's cycles were not seen: is the collector looking?"
+    assert _beyond_the_route_matcher(garbage, requests=3 * 2) == Counter()
+
+
+LONG = [f"word{n} " for n in range(40)]
+
+
+async def _cut_reply_closed(relay: Any) -> None:
+    """Frames of the cut reply until the one that closes it (``last``)."""
+    while (frame := await relay.receive()) is not None and not frame.get("last"):
+        pass
+
+
+async def test_barge_ins_on_bedrock_streams_leave_no_cycles(
+        tmp_path: Path, aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running_fake_bedrock(responder=lambda _: text_reply(LONG, gap_s=0.02)) as fake:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake.endpoint_url)
+        with trio.fail_after(40):
+            async with agent_server(FIXTURE_CONFIG, use_case="testUseCase",
+                                    data_dir=tmp_path, LLM="bedrock",
+                                    AWS_REGION="us-east-1") as agent:
+                async with agent.call() as warm:
+                    assert (await warm.say("Hello there")).text
+                await _hang_up(agent, warm.call_sid)
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                with _cyclic_garbage() as garbage:
+                    for _ in range(3):
+                        async with agent.call() as call:
+                            await call.relay.say("Tell me everything")
+                            assert await call.relay.receive() is not None  # streaming
+                            await call.relay.interrupt("word0")
+                            await _cut_reply_closed(call.relay)
+                            assert (await call.say("And then?")).text
+                        await _hang_up(agent, call.call_sid)
+                    await trio.testing.wait_all_tasks_blocked(0.05)
+    assert _beyond_the_route_matcher(garbage, requests=3 * 2) == Counter()
