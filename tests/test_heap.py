@@ -1,4 +1,4 @@
-"""The heap settled for latency (voiceagent.app.heap): start-up frozen, rarer full collections,
+"""The heap settled for latency (voiceagent.app.heap): start-up frozen, rarer middle collections,
 and the pauses that remain measured."""
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ def test_settle_freezes_what_start_up_built(caplog: pytest.LogCaptureFixture) ->
     assert gc.get_freeze_count() == 0
 
 
-def test_settle_waits_longer_between_full_collections() -> None:
+def test_settle_waits_longer_between_middle_collections() -> None:
     before = gc.get_threshold()
     try:
         heap.settle_after_startup()
         assert gc.get_threshold() == heap.GC_THRESHOLDS
-        assert heap.GC_THRESHOLDS[2] > 10                  # CPython's default is 10
+        assert heap.GC_THRESHOLDS[1] >= 100 * 10           # CPython's default is 10
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)

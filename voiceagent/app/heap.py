@@ -3,20 +3,29 @@
 CPython's cyclic collector stops the event loop while it runs, for every call at once, and a
 full collection walks every object the process tracks: about 940 per live call here (trio
 tasks' coroutines, cancel scopes, hypercorn's protocol objects, the call's state), so
-~40-70 ms at 500 calls in one process and ~0.2-0.7 s at 2000. Two settings, measured with
-benchmarks/bench_latency.py (benchmarks/RESULTS.md):
+~40-70 ms at 500 calls in one process and ~0.2-0.7 s at 2000. The server makes almost no
+cyclic garbage: a call's turns, tool rounds, barge-ins and hang-up leave none
+(``tests/test_calls_leave_no_cycles.py``), so nearly everything the collector walks is alive
+and reference counting frees the rest. Settings, measured with benchmarks/bench_latency.py
+(benchmarks/RESULTS.md):
 
 * everything built at start-up (modules, botocore's models, pydantic schemas, the catalog)
   lives as long as the process, so it is frozen out of the collector's walks;
-* a full collection waits for 1000 middle-generation ones instead of 10 (``GC_THRESHOLDS``):
-  a few minutes under load instead of every ~6 s. Calls live for minutes, so their objects
-  reach the oldest generation, and each full collection found little to free: what it
-  finds is mostly hypercorn's per-connection object cycles (~35 objects a connection) and
-  botocore's response parsers. That garbage now waits longer: bounded by the calls of the
-  last ~1000 middle collections (tens of MB at 2000 calls), freed at the next full one.
-  p99 application latency overhead at 500 calls (one worker on its own core): ~20 ms with
-  CPython's defaults, ~13 ms after 100, ~10 ms after 1000. A full collection still stops
-  every call when it comes: ``voiceagent_gc_pause_seconds{generation="2"}`` shows how long.
+* a middle-generation collection waits for 1000 young ones instead of 10
+  (``GC_THRESHOLDS``). What survives a young collection here is each call's await chains
+  (every actor waiting on its channel or socket, made anew at each turn) and the call's
+  state; CPython walked those again every ~10 young collections, several times a second
+  under load, 5-35 ms a time at 500 calls and ~1.5 % of the loop's time: the p99 tail.
+  Most of those chains now die (by reference count, when their wait ends) before any
+  middle collection sees them; one comes every ~1-2 minutes under load and walks what is
+  still alive then, a longer pause (~0.1-0.2 s at 500 calls) that a few turns in a minute
+  meet instead of one in a hundred;
+* a full collection follows every 10 middle ones, CPython's default: every ~15-20 minutes
+  under load, as before.
+
+Garbage in a cycle that outlives a young collection (a library's, a tool's) waits for the
+next middle collection: ``voiceagent_gc_pause_seconds{generation}`` shows how often they
+come and how long they take.
 
 ``GcPauses`` times every collection (``gc.callbacks``) for /metrics, and ``watch_loop_lag``
 samples how late the event loop runs a timer: the latency every call pays, whatever its
@@ -36,7 +45,7 @@ import trio
 
 log = logging.getLogger(__name__)
 
-GC_THRESHOLDS = (700, 10, 1000)         # CPython's defaults are (700, 10, 10)
+GC_THRESHOLDS = (700, 1000, 10)         # CPython's defaults are (700, 10, 10)
 PAUSE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 LAG_INTERVAL_S = 0.1
 
