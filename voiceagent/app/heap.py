@@ -5,27 +5,27 @@ full collection walks every object the process tracks: about 940 per live call h
 tasks' coroutines, cancel scopes, hypercorn's protocol objects, the call's state), so
 ~40-70 ms at 500 calls in one process and ~0.2-0.7 s at 2000. The server makes almost no
 cyclic garbage: a call's turns, tool rounds, barge-ins and hang-up leave none
-(``tests/test_calls_leave_no_cycles.py``), so nearly everything the collector walks is alive
-and reference counting frees the rest. Settings, measured with benchmarks/bench_latency.py
-(benchmarks/RESULTS.md):
+(``tests/test_calls_leave_no_cycles.py``): reference counting frees what they make, and
+nearly everything the collector walks is alive. Settings, measured with
+benchmarks/bench_latency.py (benchmarks/RESULTS.md):
 
 * everything built at start-up (modules, botocore's models, pydantic schemas, the catalog)
   lives as long as the process, so it is frozen out of the collector's walks;
-* a middle-generation collection waits for 1000 young ones instead of 10
-  (``GC_THRESHOLDS``). What survives a young collection here is each call's await chains
-  (every actor waiting on its channel or socket, made anew at each turn) and the call's
-  state; CPython walked those again every ~10 young collections, several times a second
-  under load, 5-35 ms a time at 500 calls and ~1.5 % of the loop's time: the p99 tail.
-  Most of those chains now die (by reference count, when their wait ends) before any
-  middle collection sees them; one comes every ~1-2 minutes under load and walks what is
-  still alive then, a longer pause (~0.1-0.2 s at 500 calls) that a few turns in a minute
-  meet instead of one in a hundred;
-* a full collection follows every 10 middle ones, CPython's default: every ~15-20 minutes
-  under load, as before.
+* a middle-generation collection waits for 10 000 young ones instead of 10
+  (``GC_THRESHOLDS``). What survives a young collection here is alive: each call's await
+  chains (every actor waiting on its channel or socket, made anew at each turn) and its
+  state. CPython's defaults walked those chains again every ~10 young collections, several
+  times a second under load, 5-35 ms a time at 500 calls and ~1 % of the loop's time: the
+  p99 tail. Now a chain dies (by reference count, when its wait ends) without any middle
+  collection seeing it. The first middle collection after 10 000 young ones walks what the
+  full collection walked before (every object made since the last one and still alive) and
+  as often: every ~15-20 minutes under load, a pause the size of a full collection's. Full
+  collections, of what outlived one of those, follow every 10 (CPython's default).
 
 Garbage in a cycle that outlives a young collection (a library's, a tool's) waits for the
-next middle collection: ``voiceagent_gc_pause_seconds{generation}`` shows how often they
-come and how long they take.
+next middle collection, ~15-20 minutes under load, as garbage that reached the oldest
+generation did before. ``voiceagent_gc_pause_seconds{generation}`` shows how often
+collections come and how long they take.
 
 ``GcPauses`` times every collection (``gc.callbacks``) for /metrics, and ``watch_loop_lag``
 samples how late the event loop runs a timer: the latency every call pays, whatever its
@@ -45,7 +45,7 @@ import trio
 
 log = logging.getLogger(__name__)
 
-GC_THRESHOLDS = (700, 1000, 10)         # CPython's defaults are (700, 10, 10)
+GC_THRESHOLDS = (700, 10_000, 10)       # CPython's defaults are (700, 10, 10)
 PAUSE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 LAG_INTERVAL_S = 0.1
 
