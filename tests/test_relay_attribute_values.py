@@ -92,6 +92,31 @@ def test_a_boolean_report_input_goes_out_as_any_or_none(tmp_path: Path) -> None:
                                            "reportInputDuringAgentSpeech": "none"}
 
 
+def test_true_or_false_quoted_is_the_boolean_it_spells(tmp_path: Path) -> None:
+    """Twilio documents true/false for ``interruptible`` (and the greeting's), and a quoted
+    'true' is the same TwiML as an unquoted one; it was refused at load by a message saying
+    the attribute takes "... or true/false". Now it is taken as the boolean everywhere: the
+    documented word in the TwiML, a JSON boolean in a ``config`` frame."""
+    use_case = _load(tmp_path, (
+        "relay:\n  interruptible: 'true'\n  welcomeGreetingInterruptible: 'false'\n"
+        "  reportInputDuringAgentSpeech: 'true'\n"
+        "languages:\n  - code: en-US\n    ttsTextNormalization: 'false'\n"
+        + UPDATE + "    config: {interruptible: 'false', reportInputDuringAgentSpeech: 'false',"
+        " dtmfDetection: 'true'}\n"))
+    relay = relay_element(use_case)
+    assert {name: relay.get(name) for name in (
+        "interruptible", "welcomeGreetingInterruptible", "reportInputDuringAgentSpeech")} == {
+        "interruptible": "true", "welcomeGreetingInterruptible": "false",
+        "reportInputDuringAgentSpeech": "any"}
+    language = relay.find("Language")
+    assert language is not None
+    assert language.get("ttsTextNormalization") == "off"
+    (message,) = use_case.relay_updates[0].messages()
+    assert json.loads(encode(message)) == {"type": "config", "interruptible": False,
+                                           "reportInputDuringAgentSpeech": "none",
+                                           "dtmfDetection": True}
+
+
 def test_a_stored_use_case_with_an_undocumented_value_is_still_served(
         tmp_path: Path) -> None:
     item = config_records.use_case_item(_load(tmp_path, "relay:\n  interruptible: any\n"))

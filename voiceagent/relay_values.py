@@ -38,6 +38,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # as an alias (``interruptible``: true = any, false = none).
 BOOLEAN_OK = frozenset(CHOICES) - {"interruptSensitivity"}
 
+# A boolean as text (a quoted "true" in YAML, a JSON string): in TwiML it is the same
+# attribute value as the boolean, so it is taken as that boolean wherever one is.
+BOOLEAN_WORDS: dict[str, bool] = {"true": True, "false": False}
+
 # ``reportInputDuringAgentSpeech`` was a boolean once; Twilio now documents only
 # none/dtmf/speech/any for it (and the builder's docstring still says "Whether"). A boolean
 # goes out as the documented word with the same meaning, so no call depends on Twilio still
@@ -76,11 +80,11 @@ def value_problem(name: str, value: Setting) -> str | None:
     """What is wrong with ``value`` for the attribute ``name``, or None: also None for an
     attribute whose values Twilio does not document."""
     if name in CHOICES:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or (isinstance(value, str) and value in BOOLEAN_WORDS):
             return None if name in BOOLEAN_OK else _choose(name, value)
         return None if str(value) in CHOICES[name] else _choose(name, value)
     if name in FLAGS:
-        if isinstance(value, bool) or value in ("true", "false"):
+        if isinstance(value, bool) or (isinstance(value, str) and value in BOOLEAN_WORDS):
             return None
         return f"{name} is on or off: write true or false, not {value!r}"
     if name in RANGES:

@@ -30,7 +30,14 @@ from twilio.twiml.voice_response import Connect, ConversationRelay
 
 from voiceagent.look_alike import look_alike
 from voiceagent.relay.protocol import Setting
-from voiceagent.relay_values import ANY_NONE_ATTRIBUTES, not_served, value_problem
+from voiceagent.relay_values import (
+    ANY_NONE_ATTRIBUTES,
+    BOOLEAN_OK,
+    BOOLEAN_WORDS,
+    FLAGS,
+    not_served,
+    value_problem,
+)
 from voiceagent.usecase_base import KEY_PROBLEM as KEY_PROBLEM
 from voiceagent.usecase_base import Strict as Strict
 from voiceagent.usecase_base import key_problem as key_problem
@@ -98,14 +105,22 @@ def stored(info: ValidationInfo) -> bool:
     return isinstance(info.context, Mapping) and bool(info.context.get("stored"))
 
 
+# the attributes whose "true"/"false" written as text is the boolean (``_spelled``)
+_BOOLEAN_NAMES = BOOLEAN_OK | FLAGS
+
+
 def on_off(attributes: Mapping[str, Setting]) -> dict[str, Setting]:
-    """``attributes`` as Twilio spells them: a boolean of an auto/on/off attribute is "on" or
-    "off", of a none/dtmf/speech/any one "any" or "none". Applied where TwiML and messages are
-    made, so stored items stay as they were."""
+    """``attributes`` as Twilio spells them: a boolean (or "true"/"false" as text) of an
+    auto/on/off attribute is "on" or "off", of a none/dtmf/speech/any one "any" or "none", of
+    any other that takes one a boolean. Applied where TwiML and messages are made, so stored
+    items stay as they were."""
     return {name: _spelled(name, value) for name, value in attributes.items()}
 
 
 def _spelled(name: str, value: Setting) -> Setting:
+    if isinstance(value, str) and value in BOOLEAN_WORDS and name in _BOOLEAN_NAMES:
+        # a quoted "true" is the boolean: the same TwiML, and the same ``config`` frame
+        value = BOOLEAN_WORDS[value]
     if not isinstance(value, bool):
         return value
     if name in ON_OFF_ATTRIBUTES:
