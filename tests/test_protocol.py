@@ -276,6 +276,17 @@ def test_info_value_is_coerced_to_text(value: object, kept: str) -> None:
         Info("roundTripDelayMs", kept)
 
 
+def test_config_updated_on_its_own_is_read_as_the_info_event() -> None:
+    """Twilio's changelog names "a new configUpdated outbound event" without its envelope:
+    on its own it was an unknown type, a warning for each of our config frames and each
+    provider failover, and the change unlogged."""
+    assert parse(type="configUpdated", ttsProvider="Amazon", reason="failover", ts=9) == \
+        ConfigUpdated('{"ttsProvider":"Amazon","reason":"failover"}', 9)
+    assert parse(type="configUpdated") == ConfigUpdated("{}", None)
+    assert rejected(type="configUpdated", ts="later").problem == \
+        "ts: expected number, got non-numeric string"
+
+
 def test_info_without_value_or_ts() -> None:
     assert parse(type="info", name="configUpdated") == ConfigUpdated("", None)
     assert parse(type="info", name="somethingNew") == Info("somethingNew", "", None)
@@ -547,6 +558,7 @@ KNOWN_FIELDS = {
     "interrupt": ["utteranceUntilInterrupt", "durationUntilInterruptMs"],
     "info": ["name", "value", "ts"],
     "error": ["description"],
+    "configUpdated": ["ts", "ttsProvider", "transcriptionProvider"],
 }
 plausible = json_values | st.sampled_from(["", "CA1", "460", "460.7", "1", "#", "RINGING"])
 

@@ -284,6 +284,16 @@ def _parse_info(frame: _Frame) -> InfoEvent:
     return Info(name=name, value=value, ts=ts)
 
 
+def _parse_config_updated(frame: _Frame) -> ConfigUpdated:
+    """``configUpdated`` as a message type of its own. Twilio's changelog (28 Oct 2026) calls
+    it "a new configUpdated outbound event" without saying whether it comes as an ``info``
+    event or on its own; read either way, since as an unknown type each of our ``config``
+    frames, and each provider failover, was a "frame rejected" warning and the change went
+    unlogged. Its fields are not documented: all but ``type`` and ``ts`` are kept as JSON."""
+    detail = {name: value for name, value in frame.items() if name not in ("type", "ts")}
+    return ConfigUpdated(_as_text("configUpdated", detail), _optional_int(frame, "ts"))
+
+
 def _parse_error(frame: _Frame) -> RelayErrorReport:
     return RelayErrorReport(_required_str(frame, "description"))
 
@@ -291,6 +301,7 @@ def _parse_error(frame: _Frame) -> RelayErrorReport:
 _PARSERS: dict[str, Callable[[_Frame], Inbound]] = {
     "setup": _parse_setup, "prompt": _parse_prompt, "dtmf": _parse_dtmf,
     "interrupt": _parse_interrupt, "info": _parse_info, "error": _parse_error,
+    "configUpdated": _parse_config_updated,
 }
 
 
