@@ -8,6 +8,9 @@ default):
   wrong field types and bursts of prompts;
 * ``posts``: unsigned 16 MB POSTs to /twiml and /action, and ones with a made-up signature
   header, each sent as fast as the server takes it;
+* ``bodies``: the webhook bodies within the size and field caps that cost the server the most
+  to decode before it can check their (made-up, well-formed) signature, over kept-alive
+  connections to /twiml and /action, as fast as the server answers (``worst_bodies``);
 * ``idle``: validly signed relay sockets (a captured handshake) that never send setup,
   opened again as soon as they are closed;
 * ``dtmf``: calls that press keys as fast as they can;
@@ -24,7 +27,9 @@ Everything stays on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -34,8 +39,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
+import h11
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,11 +51,14 @@ import server_process
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from voiceagent.app.caller import CallerError, Identity, open_call, post_form, release_transport
+from voiceagent.app.web import MAX_FIELDS, MAX_WEBHOOK_BYTES
 from voiceagent.signature import sign
 
 TOKEN = "bench-token"
-ATTACKS = ("frames", "posts", "idle", "dtmf", "replay")
+ATTACKS = ("frames", "posts", "bodies", "idle", "dtmf", "replay")
 POST_BYTES = 16 * 1024 * 1024
+# a signature's shape (base64 of an HMAC-SHA1), not a signature: the body is decoded first
+MADE_UP_SIGNATURE = base64.b64encode(hashlib.sha1(b"made up").digest()).decode()
 CALL_LIMIT_S = 60
 FIRST_TOKEN_MS = 50
 JUNK: list[str | bytes] = [
@@ -139,6 +149,85 @@ async def big_post(url: str, stop: trio.Event, tally: Counter[str]) -> None:
                     nursery.cancel_scope.cancel()
 
 
+def worst_bodies() -> dict[str, tuple[bytes, int]]:
+    """The costliest bodies the webhooks decode (``webhook_form``) and sign-check before they
+    can refuse them, each at the size and field caps, with the status it must get. Measured
+    in-process (timeit, decode and check) beside a dozen other shapes: a literal '=' is the
+    decoder's costliest byte (rewritten as '=3D' for ``binascii.a2b_qp`` in a field holding
+    an escape), the most fields of escapes come next, their keys sorted backwards or one key
+    repeated. A bad escape at the end is refused (400) before the check, cheaper than any of
+    these (as is a body that is not UTF-8): it is sent for that path."""
+    def spread(field: Callable[[int, int], bytes]) -> bytes:
+        size = (MAX_WEBHOOK_BYTES - (MAX_FIELDS - 1)) // MAX_FIELDS     # an '&' between two
+        return b"&".join(field(i, size) for i in range(MAX_FIELDS))
+
+    def fill(unit: bytes, tail: bytes = b"") -> bytes:
+        return b"k=" + unit * ((MAX_WEBHOOK_BYTES - 2 - len(tail)) // len(unit)) + tail
+
+    emoji = b"%F0%9F%98%80"
+    bodies = {
+        "literal '=' in every field": (spread(lambda i, n: b"k=%41" + b"=" * (n - 5)), 403),
+        "long escaped keys, sorted backwards": (
+            spread(lambda i, n: emoji * ((n - 6) // 12) + b"%04d=x" % (MAX_FIELDS - i)), 403),
+        "one key repeated, escaped values": (
+            spread(lambda i, n: b"k=" + emoji * ((n - 6) // 12) + b"%04d" % i), 403),
+        "one value of escapes": (fill(b"%C3%A9"), 403),
+        "a bad escape at the end": (fill(b"%C3%A9", tail=b"%zz"), 400),
+    }
+    for name, (body, _) in bodies.items():
+        if len(body) > MAX_WEBHOOK_BYTES or body.count(b"&") >= MAX_FIELDS:
+            raise ValueError(f"body {name!r} is past the caps: the server would not decode it")
+    return bodies
+
+
+async def hostile_bodies(url: str, stop: trio.Event, tally: Counter[str], first: int) -> None:
+    """The worst bodies in turn with a made-up signature, each answered before the next is
+    sent, over one connection kept alive (dialled again when the server closes it)."""
+    host, port = url.removeprefix("http://").split(":")
+    bodies = list(worst_bodies().items())
+    n = first
+    while not stop.is_set():
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            client = h11.Connection(h11.CLIENT)
+            while not stop.is_set():
+                name, (body, expected) = bodies[n % len(bodies)]
+                path = ("/twiml", "/action")[n // len(bodies) % 2]
+                n += 1
+                headers = [("Host", f"{host}:{port}"), ("Content-Length", str(len(body))),
+                           ("Content-Type", "application/x-www-form-urlencoded"),
+                           ("X-Twilio-Signature", MADE_UP_SIGNATURE)]
+                status = await _exchange(stream, client, h11.Request(
+                    method="POST", target=path, headers=headers), body)
+                if status is None:
+                    tally["bodies: no answer (connection closed, or over 5 s)"] += 1
+                    break
+                verdict = "as expected" if status == expected else f"expected {expected}: a finding"
+                tally[f"bodies: {name} answered {status} ({verdict})"] += 1
+                try:
+                    client.start_next_cycle()
+                except h11.LocalProtocolError:      # the server closes this one: dial again
+                    break
+
+
+async def _exchange(stream: trio.SocketStream, client: h11.Connection, head: h11.Request,
+                    body: bytes) -> int | None:
+    """One request and its answer's status (its body read and dropped), or None when the
+    server closed the connection first or took more than 5 s."""
+    status = None
+    with trio.move_on_after(5), contextlib.suppress(trio.BrokenResourceError):
+        await stream.send_all(client.send(head) + client.send(h11.Data(data=body))
+                              + client.send(h11.EndOfMessage()))
+        while True:
+            event = client.next_event()
+            if event is h11.NEED_DATA:
+                client.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                return status if isinstance(event, h11.EndOfMessage) else None
+    return None
+
+
 async def idle_socket(url: str, stop: trio.Event, tally: Counter[str]) -> None:
     """A captured signed upgrade: connect, say nothing, reconnect when closed."""
     ws_url = url.replace("http://", "ws://") + "/relay"
@@ -219,6 +308,8 @@ async def run_phase(url: str, healthy: int, hostile: int, turns: int,
                 outer.start_soon(hostile_call, url, stop, sent, closed)
             elif attack == "posts":
                 outer.start_soon(big_post, url, stop, tally)
+            elif attack == "bodies":
+                outer.start_soon(hostile_bodies, url, stop, tally, n)
             elif attack == "idle":
                 outer.start_soon(idle_socket, url, stop, tally)
             elif attack == "dtmf":
