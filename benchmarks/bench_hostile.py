@@ -171,7 +171,8 @@ def worst_bodies() -> dict[str, tuple[bytes, int]]:
             spread(lambda i, n: emoji * ((n - 6) // 12) + b"%04d=x" % (MAX_FIELDS - i)), 403),
         "one key repeated, escaped values": (
             spread(lambda i, n: b"k=" + emoji * ((n - 6) // 12) + b"%04d" % i), 403),
-        "one value of escapes": (fill(b"%C3%A9"), 403),
+        "every byte escaped, in every field": (spread(lambda i, n: b"".join(
+            b"%%%02X" % c for c in b"k%03d" % i) + b"=" + b"%C3%A9" * ((n - 13) // 6)), 403),
         "a bad escape at the end": (fill(b"%C3%A9", tail=b"%zz"), 400),
     }
     for name, (body, _) in bodies.items():
