@@ -176,9 +176,10 @@ async def test_a_renewed_token_is_awaited_and_a_wrong_one_still_refused(
         autojump_clock: Any) -> None:
     """Twilio's reconnect gets a fresh token from ``/action`` on A while the store does not
     answer A's writes: the renewal is queued after SESSION_WRITE_S (the store decides it
-    once back), so the reconnect that B gets waits for it."""
+    once back), so the reconnect that B gets waits for it. (The renewal first waits for the
+    call's writes queued on A, to its deadline: FLUSH_TIMEOUT_S.)"""
     store, a, a_writer, b = await _two_processes()
-    with trio.fail_after(10):
+    with trio.fail_after(20):
         session = await _prepare_on(a)
         store.stall_s = 60.0
         renewed, _ = await a.renew(session)

@@ -166,6 +166,12 @@ class Sessions:
         if session.call_sid in self._live:
             await self._socket_here_ended(session.call_sid, deadline)
             session = replace(session, token="")    # claimed here, whatever the item said
+        # the call's last writes, queued here: ``/action`` flushed them for a share of the
+        # deadline only (``web.RECONNECT_FLUSH_S``), so a slow store leaves time for the
+        # reads; bounded by the deadline, not timed out by itself (the time went to the
+        # wind-down or the reads). What the reconnect misses is said by
+        # ``previous_socket_ended`` next: the writes are still queued here.
+        await self._writer.flush(session.call_sid, timeout_s=math.inf, until=deadline)
         complete = await self._marks.previous_socket_ended(session, deadline)
         renewed = replace(session, token=secrets.token_urlsafe(18),
                           generation=session.generation + 1, claim="", minted_at=time.time())
@@ -332,8 +338,9 @@ class Sessions:
         close, its actors to wind down). Wait for the socket to close a bounded while
         (``SessionBusy`` after it: as far as this process knows, it is connected), then for
         the call to wind down, up to the deadline (a side-effect tool finishing; refused
-        after the grace, a reconnect during a 3 s order placement hung up on the caller),
-        then for the socket's last writes: the new socket resumes the call from the store."""
+        after the grace, a reconnect during a 3 s order placement hung up on the caller);
+        ``renew`` then waits for the socket's last writes: the new socket resumes the call
+        from the store."""
         ended = self._gone.setdefault(call_sid, trio.Event())
         closing = self._closing.setdefault(call_sid, trio.Event())
         with trio.move_on_at(min(trio.current_time() + SOCKET_CLOSED_GRACE_S, deadline)):
@@ -343,10 +350,6 @@ class Sessions:
                 await ended.wait()
         if call_sid in self._live:
             raise SessionBusy(call_sid)
-        # Bounded by the deadline, not timed out by itself (the wind-down may have spent it:
-        # the time went to the call, not to the store). What the reconnect misses is said by
-        # ``previous_socket_ended`` next: the writes are still queued here.
-        await self._writer.flush(call_sid, timeout_s=math.inf, until=deadline)
 
     def _socket_gone(self, call_sid: str) -> int | None:
         """The socket of ``call_sid`` here has ended: its generation, if it had claimed."""

@@ -76,9 +76,10 @@ class SocketMarks:
         its way, and is waited for.) None then, not True: a claim may be on its way still, with its
         "closed" mark about to land, and the resumed history may miss what that socket said
         (``reconnect_outcomes`` looks again, for the count). Nor with the marks still queued here:
-        this process's own ``/action`` flush has already waited for them. Nor once the stored
-        claim's own "refused" mark is there (its nonce's: the process whose socket it was gave up on
-        the claim, which landed after all, and refused the socket): True, that socket wrote nothing;
+        this process's own flush of them (``/action``'s, then ``renew``'s) has already waited for
+        them, to the deadline. Nor once the stored claim's own "refused" mark is there (its
+        nonce's: the process whose socket it was gave up on the claim, which landed after all, and
+        refused the socket): True, that socket wrote nothing;
         unless a "closed" mark says a socket of the generation was served all the same (on its
         process's word, its own claim queued and lost), whose marks are waited for.
 

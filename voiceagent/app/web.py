@@ -65,6 +65,13 @@ FORM = "application/x-www-form-urlencoded"      # what Twilio sends; no other pa
 # "CallStatusringing") keeps its signature, and a CallSid nobody has seen would mint a new
 # session for whoever sent it. Its length fixed, a CallSid cannot absorb or lose a character.
 TWILIO_CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
+# A reconnect's first flush of the call's writes gets this much of its deadline: after it
+# come a session read, the answer's read, and two writes given up on at SESSION_WRITE_S
+# (2 s) each (the answer's mark, the renewal). With a store slow but answering within
+# DynamoDB's 4 s read timeout, that is 12 s at worst: 2.5 s leaves the answer in before
+# Twilio gives up at 15 s. A flush of FLUSH_TIMEOUT_S (5 s) first sent it at 16 s when reads
+# took 3.5 s. What the flush has not waited for, ``Sessions.renew`` waits for, to the deadline.
+RECONNECT_FLUSH_S = 2.5
 
 
 def _headers() -> dict[str, str]:
@@ -222,10 +229,11 @@ async def action_webhook(runtime: Runtime) -> Response:
     deadline = trio.current_time() + settings.flush_timeout_s
     if call_sid:
         # the socket's write-behind may still hold this call's last messages (its session
-        # item too, when the store was slow as the call began)
-        await runtime.writer.flush(call_sid, timeout_s=settings.flush_timeout_s)
+        # item too, when the store was slow as the call began): a share of the deadline, the
+        # rest waited for in renew, after the reads (see RECONNECT_FLUSH_S)
+        await runtime.writer.flush(call_sid, timeout_s=RECONNECT_FLUSH_S, until=deadline)
         try:
-            item = await runtime.store.get(call_sid, "connection")
+            item = await runtime.store.get(call_sid, records.SESSION_SK)
         except StoreError as err:
             # without the session nothing can be resumed: an apology, not a 500 (Twilio
             # would play its own application error)
