@@ -215,3 +215,33 @@ async def test_the_call_s_writes_landing_after_the_flush_s_share_still_make_it_c
     assert answered_in < TWILIO_GIVES_UP_S
     assert _outcomes(records) == ["resumed"]
 
+
+async def test_a_session_still_queued_here_is_reconnected_not_apologised_for(
+        autojump_clock: Any, records: list[logging.LogRecord]) -> None:
+    """The store was slow as the call began: ``/twiml`` gave up on its session write after
+    2 s and queued it, the socket's claim too, behind 21 s of other writes. ``/action``
+    found no session in the store after its flush and answered the apology: the caller was
+    hung up on while this process held the call's session. It reads the queued one now."""
+    store = await _slow_store()
+    runtime = _runtime(store)
+    sessions, writer = runtime.sessions, runtime.writer
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await nursery.start(sessions.run)
+            await runtime.catalog.use_case(USE_CASE.name)      # warm, as on a busy server
+            store.delay_s = STORE_S
+            _behind(writer, 10)                                # 35 s of writes ahead
+            session = await sessions.prepare({"CallSid": CALL_SID, "From": "+15555550100",
+                                              "To": "+15555550199"})
+            await sessions.resolve(_setup(session.token))
+            await _socket_fails(sessions, writer)
+            assert await store.get(CALL_SID, store_records.SESSION_SK) is None
+            started = trio.current_time()
+            answer = await _post_action(runtime, FAILED)
+            answered_in = trio.current_time() - started
+            token = _reconnect_token(*answer)
+            await sessions.resolve(_setup(token))              # its socket is served here
+            nursery.cancel_scope.cancel()
+    assert answered_in < TWILIO_GIVES_UP_S
+    assert _outcomes(records) == ["resumed_partial"]

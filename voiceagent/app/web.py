@@ -39,6 +39,7 @@ from voiceagent.app.sessions import (
     SessionRenewed,
 )
 from voiceagent.app.socket_marks import AgentEnded
+from voiceagent.app.spent_tokens import newest_session
 from voiceagent.catalog import UnknownUseCase
 from voiceagent.errors import StoreError
 from voiceagent.handoff_data import hands_off
@@ -239,7 +240,9 @@ async def action_webhook(runtime: Runtime) -> Response:
             # would play its own application error)
             log.error("call session unreadable", extra={"error": str(err)})
             return last_words()
-        session = records.session_from_item(item) if item is not None else None
+        # a write of it still queued here is newer than the store's (a slow store)
+        session = newest_session(item, runtime.writer.queued_item(call_sid,
+                                                                   records.SESSION_SK))
         if session is None:
             # said here: the apology below cannot tell why
             log.warning("call session not found: it expired (SESSION_TTL_S after the call "
