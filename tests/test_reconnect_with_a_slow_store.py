@@ -83,12 +83,12 @@ class SlowStore(CountingStore):
         return await super().put_if_newer(item, version, legacy=legacy)
 
 
-def _runtime(store: SlowStore) -> Runtime:
+def _runtime(store: SlowStore, **more: str) -> Runtime:
     """One process: its sessions, write-behind queue and ``/action``'s parts over ``store``,
     sharing one catalog (warm, as after the call's ``/twiml``)."""
     settings = Settings.model_validate({
         "STACK_USE_CASE": USE_CASE.name, "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "PUBLIC_URL": PUBLIC_URL})
+        "PUBLIC_URL": PUBLIC_URL, **more})
     writer = WriteBehind(cast(Store, store), jitter=lambda: 1.0)
     catalog = Catalog(cast(Store, store), ToolRegistry())
     sessions = Sessions(settings=settings, store=cast(Store, store), catalog=catalog,
@@ -242,6 +242,33 @@ async def test_a_session_still_queued_here_is_reconnected_not_apologised_for(
             answered_in = trio.current_time() - started
             token = _reconnect_token(*answer)
             await sessions.resolve(_setup(token))              # its socket is served here
+            nursery.cancel_scope.cancel()
+    assert answered_in < TWILIO_GIVES_UP_S
+    assert _outcomes(records) == ["resumed_partial"]
+
+
+async def test_a_long_flush_timeout_does_not_stretch_a_reconnect_past_twilio(
+        autojump_clock: Any, records: list[logging.LogRecord]) -> None:
+    """FLUSH_TIMEOUT_S is also the stop's wait for the store (up to 120 s): a reconnect's
+    waits took all of it, and with the store slow the answer came after Twilio gave up."""
+    store = await _slow_store()
+    runtime = _runtime(store, FLUSH_TIMEOUT_S="60")
+    sessions, writer = runtime.sessions, runtime.writer
+    with trio.fail_after(300):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            await nursery.start(sessions.run)
+            session = await sessions.prepare({"CallSid": CALL_SID, "From": "+15555550100",
+                                              "To": "+15555550199"})
+            await sessions.resolve(_setup(session.token))
+            assert await writer.flush(timeout_s=1)
+            store.delay_s = STORE_S
+            _behind(writer, 6)                                 # 21 s of writes ahead
+            await _socket_fails(sessions, writer)
+            started = trio.current_time()
+            answer = await _post_action(runtime, FAILED)
+            answered_in = trio.current_time() - started
+            _reconnect_token(*answer)
             nursery.cancel_scope.cancel()
     assert answered_in < TWILIO_GIVES_UP_S
     assert _outcomes(records) == ["resumed_partial"]

@@ -73,6 +73,9 @@ TWILIO_CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
 # Twilio gives up at 15 s. A flush of FLUSH_TIMEOUT_S (5 s) first sent it at 16 s when reads
 # took 3.5 s. What the flush has not waited for, ``Sessions.renew`` waits for, to the deadline.
 RECONNECT_FLUSH_S = 2.5
+# The reconnect's whole deadline, whatever FLUSH_TIMEOUT_S says: that setting is also the
+# stop's wait for the store (up to 120 s), and the arithmetic above rests on its default.
+RECONNECT_DEADLINE_S = 5.0
 
 
 def _headers() -> dict[str, str]:
@@ -227,7 +230,7 @@ async def action_webhook(runtime: Runtime) -> Response:
         return _session_over(runtime, call_sid, handoff_data, use_case)
     session = None
     # everything a reconnect waits for ends by then (Twilio gives up on a webhook at 15 s)
-    deadline = trio.current_time() + settings.flush_timeout_s
+    deadline = trio.current_time() + min(settings.flush_timeout_s, RECONNECT_DEADLINE_S)
     if call_sid:
         # the socket's write-behind may still hold this call's last messages (its session
         # item too, when the store was slow as the call began): a share of the deadline, the
