@@ -147,6 +147,9 @@ async def run_call(socket: RelaySocket, *, resolve: Resolve, services: CallServi
         return report
     report.call_sid = setup.call_sid
     call_sid_var.set(setup.call_sid)
+    if setup.problem is not None:       # a descriptive field, taken as absent: once a call
+        report.frames.count_rejected("setup_field", "setup field unusable, taken as absent",
+                                     problem=setup.problem)
     try:
         plan = await resolve(setup)
     except CallRejected as err:

@@ -135,10 +135,8 @@ CALL_SID_PROBLEM = "expected 1-128 letters, digits or _ . : -"
     ({"sessionId": "VX1", "callSid": 7}, "callSid: expected string, got number"),
     ({"callSid": "CA1"}, "sessionId: missing"),
     ({"sessionId": ["VX1"], "callSid": "CA1"}, "sessionId: expected string, got array"),
-    ({"sessionId": "VX1", "callSid": "CA1", "from": 12025550100},
-     "from: expected string, got number"),
-    ({"sessionId": "VX1", "callSid": "CA1", "callStatus": True},
-     "callStatus: expected string, got boolean"),
+    ({"callSid": "CA1", "sessionId": 7, "callerName": 7},
+     "sessionId: expected string, got number"),
     ({"sessionId": "VX1", "callSid": "CA1", "customParameters": ["a"]},
      "customParameters: expected object, got array"),
     ({"sessionId": "VX1", "callSid": "CA1", "customParameters": "a=b"},
@@ -147,6 +145,39 @@ CALL_SID_PROBLEM = "expected 1-128 letters, digits or _ . : -"
 def test_setup_bad_fields(fields: dict[str, Any], problem: str) -> None:
     text = frame(type="setup", **fields)
     assert parse_frame(text) == Rejected("bad_field", "setup", len(text), problem)
+
+
+DESCRIPTIVE = {"accountSid": "account_sid", "from": "from_number", "to": "to_number",
+               "callStatus": "call_status", "direction": "direction",
+               "callerName": "caller_name", "parentCallSid": "parent_call_sid",
+               "forwardedFrom": "forwarded_from", "callType": "call_type"}
+
+
+@pytest.mark.parametrize("key", sorted(DESCRIPTIVE))
+@pytest.mark.parametrize(("value", "json_type"), [
+    (12025550100, "number"), (True, "boolean"), (["+1202"], "array"),
+    ({"number": "+1202"}, "object")])
+def test_setup_descriptive_field_unusable_is_taken_as_absent(key: str, value: object,
+                                                             json_type: str) -> None:
+    """Only logged, never used to find or authenticate the call: a caller was lost (the
+    socket closed, "setup expected") for a number in ``callerName``. The problem names the
+    field and its type, never its value (it may be a phone number)."""
+    result = parse(type="setup", sessionId="VX1", callSid="CA1",
+                   customParameters={"sessionToken": "t"}, **{key: value})
+    assert isinstance(result, Setup), result
+    assert getattr(result, DESCRIPTIVE[key]) == ""
+    assert result.custom_parameters == {"sessionToken": "t"}
+    assert result.problem == f"{key}: expected string, got {json_type}"
+    assert "1202" not in result.problem
+
+
+def test_setup_every_unusable_descriptive_field_is_named() -> None:
+    result = parse(type="setup", sessionId="VX1", callSid="CA1", callerName=7,
+                   direction="inbound", callStatus=False)
+    assert result == Setup(session_id="VX1", call_sid="CA1", direction="inbound")
+    assert isinstance(result, Setup)
+    assert result.problem == ("callStatus: expected string, got boolean; "
+                              "callerName: expected string, got number")
 
 
 # ---------------------------------------------------------------- prompt

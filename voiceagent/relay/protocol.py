@@ -59,6 +59,10 @@ class Setup:
     forwarded_from: str = ""
     call_type: str = ""
     custom_parameters: dict[str, str] = field(default_factory=dict)
+    # descriptive fields (only logged) that were there but unusable, and so taken as absent:
+    # a caller was lost for a number in ``callerName``. Those the call is bound and
+    # authenticated by (``sessionId``, ``callSid``, ``customParameters``) stay strict.
+    problem: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,9 +177,12 @@ def parse_frame(data: str | bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Inbou
     """Never raises on bad input, because one bad frame must not end the call.
 
     Known fields are checked strictly so a surprise shows up as a counted rejection rather
-    than a wrong value deep in a turn; unknown fields are ignored because Twilio adds them
-    often. JSON ``null`` in an optional field counts as absent, so a carrier that sends
-    ``null`` instead of leaving a field out does not lose a whole frame.
+    than a wrong value deep in a turn, except where losing the frame costs more than the
+    field is worth: an unusable field of an ``interrupt`` or a descriptive one of ``setup``
+    is taken as absent, named in the message's ``problem``.
+    Unknown fields are ignored because Twilio adds them often. JSON ``null`` in an optional
+    field counts as absent, so a carrier that sends ``null`` instead of leaving a field out
+    does not lose a whole frame.
     """
     if not isinstance(data, str):
         return Rejected("binary", None, len(data))
@@ -224,10 +231,13 @@ def _parse_setup(frame: _Frame) -> Setup:
         # unauthenticated until its token is checked, and a store key and every log line's
         # CallSid after: Twilio's are CA + 32 hex digits (Telnyx's: v3:... ids)
         raise _BadField("callSid: expected 1-128 letters, digits or _ . : -")
-    text = {name: _optional_str(frame, key) or "" for name, key in _SETUP_TEXT.items()}
+    custom_parameters = _custom_parameters(frame)      # the session token's: strict too
+    problems: list[str] = []
+    text = {name: _or_absent(problems, _optional_str, frame, key) or ""
+            for name, key in _SETUP_TEXT.items()}
     text["call_status"] = text["call_status"].lower()  # Twilio IN_PROGRESS, Telnyx active
     return Setup(session_id=session_id, call_sid=call_sid, **text,
-                 custom_parameters=_custom_parameters(frame))
+                 custom_parameters=custom_parameters, problem="; ".join(problems) or None)
 
 
 def _parse_prompt(frame: _Frame) -> Prompt:
