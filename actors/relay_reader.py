@@ -98,6 +98,14 @@ def _budgeted(seen: int, level: int, event: str, fields: dict[str, object],
                stacklevel=3)
 
 
+def _count_unusable_ts(stats: FrameStats,
+                       event: SpeakerEvent | TokensPlayed | ConfigUpdated | Info) -> None:
+    """An info event whose ``ts`` could not be read is passed on without it, and counted."""
+    if event.problem is not None:
+        stats.count_rejected("info_field", "info field unusable, taken as absent",
+                             problem=event.problem)
+
+
 def _loggable(name: str) -> str:
     return name if LOGGABLE_NAME.fullmatch(name) else "<unprintable>"
 
@@ -140,9 +148,12 @@ async def run(*, socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
                     await inbound.send(replace(message, received_at=received_at))
                 case Info(name=name):
                     stats.other_info[_loggable(name)] += 1       # counted, then passed on
+                    _count_unusable_ts(stats, message)
                     await inbound.send(message)
-                case (Prompt() | SpeakerEvent() | TokensPlayed() | ConfigUpdated()
-                      | RelayErrorReport()):
+                case SpeakerEvent() | TokensPlayed() | ConfigUpdated():
+                    _count_unusable_ts(stats, message)
+                    await inbound.send(message)
+                case Prompt() | RelayErrorReport():
                     await inbound.send(message)
                 case _:
                     assert_never(message)

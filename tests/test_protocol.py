@@ -314,8 +314,10 @@ def test_config_updated_on_its_own_is_read_as_the_info_event() -> None:
     assert parse(type="configUpdated", ttsProvider="Amazon", reason="failover", ts=9) == \
         ConfigUpdated('{"ttsProvider":"Amazon","reason":"failover"}', 9)
     assert parse(type="configUpdated") == ConfigUpdated("{}", None)
-    assert rejected(type="configUpdated", ts="later").problem == \
-        "ts: expected number, got non-numeric string"
+    late = parse(type="configUpdated", ttsProvider="Amazon", ts="later")
+    assert late == ConfigUpdated('{"ttsProvider":"Amazon"}', None)
+    assert isinstance(late, ConfigUpdated)
+    assert late.problem == "ts: expected number, got non-numeric string"
 
 
 def test_info_without_value_or_ts() -> None:
@@ -333,11 +335,32 @@ def test_info_ts_as_string_or_float() -> None:
 @pytest.mark.parametrize(("fields", "problem"), [
     ({"value": "on"}, "name: missing"),
     ({"name": 1}, "name: expected string, got number"),
-    ({"name": "agentSpeaking", "ts": "later"}, "ts: expected number, got non-numeric string"),
-    ({"name": "agentSpeaking", "ts": False}, "ts: expected number, got boolean"),
+    ({"name": "agentSpeaking", "value": "maybe", "ts": 1},
+     "value: agentSpeaking expects on or off"),
 ])
 def test_info_bad_fields(fields: dict[str, Any], problem: str) -> None:
     assert rejected(type="info", **fields).problem == problem
+
+
+@pytest.mark.parametrize(("ts", "problem"), [
+    ("later", "ts: expected number, got non-numeric string"),
+    (False, "ts: expected number, got boolean"),
+    ({"ms": 1}, "ts: expected number, got object"),
+    ("Infinity", "ts: expected a finite number"),
+])
+@pytest.mark.parametrize(("name", "value", "event"), [
+    ("clientSpeaking", "on", SpeakerEvent("caller", True)),
+    ("tokensPlayed", "We open at", TokensPlayed("We open at")),
+    ("configUpdated", "language", ConfigUpdated("language")),
+    ("roundTripDelayMs", "80", Info("roundTripDelayMs", "80")),
+])
+def test_info_unusable_ts_is_taken_as_absent(ts: object, problem: str, name: str, value: str,
+                                             event: Any) -> None:
+    """``ts`` is read nowhere, and a ``tokensPlayed`` lost for it was the record of what
+    the caller heard lost; a ``clientSpeaking`` lost, the caller's speech unseen."""
+    result = parse(type="info", name=name, value=value, ts=ts)
+    assert result == event
+    assert getattr(result, "problem", None) == problem
 
 
 def test_error_report() -> None:

@@ -3,7 +3,8 @@
 logged once under the call's CallSid by name and JSON type (never its value: it may be a
 phone number), and the call is served. Before, the whole setup was dropped and the socket
 closed at SETUP_TIMEOUT_S with 1008 "setup expected": the caller was lost for a field the
-server only logs. The fields the socket is bound and authenticated by stay strict."""
+server only logs. The fields the socket is bound and authenticated by stay strict. An info
+event's unusable ``ts`` (read nowhere) is likewise taken as absent."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.test_hostile_input import HOURS, reply_text
 from voiceagent.app.caller import (
     Identity,
     RelayTarget,
+    open_call,
     parse_relay_twiml,
     post_form,
     release_transport,
@@ -134,3 +136,27 @@ async def test_a_setup_without_a_usable_load_bearing_field_is_still_refused(
                    and vars(r).get("frame_type") == "setup"]
         assert vars(line)["problem"] == problem
 
+
+async def test_an_info_event_with_an_unusable_ts_is_passed_on_without_it(
+        tmp_path: Path, records: list[logging.LogRecord]) -> None:
+    """``ts`` is read nowhere: a ``tokensPlayed`` or a ``configUpdated`` was dropped whole for
+    a ``ts`` of "later" (the caller's heard words, a provider failover, unrecorded)."""
+    with trio.fail_after(20):
+        async with running_server(make_settings(tmp_path)) as server:
+            async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
+                await call.send_raw(json.dumps({"type": "info", "name": "tokensPlayed",
+                                                "value": "We open", "ts": "later"}))
+                await call.send_raw(json.dumps({"type": "info", "name": "configUpdated",
+                                                "value": "ttsProvider", "ts": {"ms": 1}}))
+                await call.say("hours?")
+                assert (await call.read_reply()).text.startswith(HOURS)
+                await call.hang_up()
+            await server.runtime.calls.wait_idle()
+    (report,) = server.runtime.calls.reports
+    assert dict(report.frames.rejected) == {"info_field": 2}
+    mine = [r for r in records if vars(r).get("call_sid") == call.identity.call_sid]
+    assert [vars(r)["problem"] for r in mine
+            if r.getMessage() == "info field unusable, taken as absent"] == [
+        "ts: expected number, got non-numeric string", "ts: expected number, got object"]
+    (updated,) = [r for r in mine if r.getMessage() == "relay configuration updated"]
+    assert vars(updated)["detail"] == "ttsProvider"

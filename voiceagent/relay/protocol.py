@@ -97,6 +97,9 @@ class SpeakerEvent:
     who: Literal["agent", "caller"]
     speaking: bool
     ts: int | None = None            # epoch ms, when Twilio gives it
+    # ``ts`` there but unusable, and so taken as absent: nothing reads it, and the event
+    # was lost for it (each info event type below carries the same field)
+    problem: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,7 @@ class TokensPlayed:
 
     text: str
     ts: int | None = None
+    problem: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +120,7 @@ class ConfigUpdated:
 
     detail: str
     ts: int | None = None
+    problem: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +130,7 @@ class Info:
     name: str
     value: str
     ts: int | None = None
+    problem: str | None = field(default=None, compare=False)
 
 
 InfoEvent = SpeakerEvent | TokensPlayed | ConfigUpdated | Info
@@ -178,8 +184,8 @@ def parse_frame(data: str | bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> Inbou
 
     Known fields are checked strictly so a surprise shows up as a counted rejection rather
     than a wrong value deep in a turn, except where losing the frame costs more than the
-    field is worth: an unusable field of an ``interrupt`` or a descriptive one of ``setup``
-    is taken as absent, named in the message's ``problem``.
+    field is worth: an unusable field of an ``interrupt``, a descriptive one of ``setup``
+    and an info event's ``ts`` are taken as absent, named in the message's ``problem``.
     Unknown fields are ignored because Twilio adds them often. JSON ``null`` in an optional
     field counts as absent, so a carrier that sends ``null`` instead of leaving a field out
     does not lose a whole frame.
@@ -282,16 +288,18 @@ _SPEAKERS: dict[str, Literal["agent", "caller"]] = {"agentSpeaking": "agent",
 def _parse_info(frame: _Frame) -> InfoEvent:
     name = _required_str(frame, "name")
     value = _as_text("value", frame.get("value"))
-    ts = _optional_int(frame, "ts")
+    problems: list[str] = []
+    ts = _or_absent(problems, _optional_int, frame, "ts")
+    problem = "; ".join(problems) or None
     if name in _SPEAKERS:
         if value not in ("on", "off"):
             raise _BadField(f"value: {name} expects on or off")
-        return SpeakerEvent(_SPEAKERS[name], value == "on", ts)
+        return SpeakerEvent(_SPEAKERS[name], value == "on", ts, problem)
     if name == "tokensPlayed":
-        return TokensPlayed(value, ts)
+        return TokensPlayed(value, ts, problem)
     if name == "configUpdated":
-        return ConfigUpdated(value, ts)
-    return Info(name=name, value=value, ts=ts)
+        return ConfigUpdated(value, ts, problem)
+    return Info(name=name, value=value, ts=ts, problem=problem)
 
 
 def _parse_config_updated(frame: _Frame) -> ConfigUpdated:
@@ -301,7 +309,9 @@ def _parse_config_updated(frame: _Frame) -> ConfigUpdated:
     frames, and each provider failover, was a "frame rejected" warning and the change went
     unlogged. Its fields are not documented: all but ``type`` and ``ts`` are kept as JSON."""
     detail = {name: value for name, value in frame.items() if name not in ("type", "ts")}
-    return ConfigUpdated(_as_text("configUpdated", detail), _optional_int(frame, "ts"))
+    problems: list[str] = []
+    ts = _or_absent(problems, _optional_int, frame, "ts")
+    return ConfigUpdated(_as_text("configUpdated", detail), ts, "; ".join(problems) or None)
 
 
 def _parse_error(frame: _Frame) -> RelayErrorReport:
