@@ -106,6 +106,10 @@ class Counts:
             task = trio.lowlevel.current_task()
         except RuntimeError:
             return "run loop"
+        return self.role(task)
+
+    def role(self, task: trio.lowlevel.Task) -> str:
+        """The group ``task`` is charged to (one of ``GROUPS``)."""
         owner = self._owner.get(task)
         if owner is None:
             owner = self._owner[task] = self._find(task)
@@ -171,9 +175,14 @@ class Counts:
         threading.setprofile(None)  # type: ignore[arg-type,unused-ignore]
 
 
-async def one_turn(reply_words: int, folder: Path) -> tuple[Counts, int, int]:
+Meter = Callable[[dict[trio.lowlevel.Task, str]], Counts]
+
+
+async def one_turn(reply_words: int, folder: Path,
+                   meter: Meter = Counts) -> tuple[Counts, int, int]:
     """A call, one profiled turn of ``reply_words`` words: the counts, the tokens relayed
-    (the model's deltas, each heard) and the text frames they went in."""
+    (the model's deltas, each heard) and the text frames they went in. ``meter`` makes what
+    starts and stops around the turn (``bench_instructions.py`` counts it in callgrind)."""
     clock = trio.lowlevel.current_clock()
     assert isinstance(clock, trio.testing.MockClock)
     deltas = words(reply_words)
@@ -183,7 +192,7 @@ async def one_turn(reply_words: int, folder: Path) -> tuple[Counts, int, int]:
 
     fake = FakeBedrock(responder=respond)
     roles: dict[trio.lowlevel.Task, str] = {}
-    counts = Counts(roles)
+    counts = meter(roles)
     if CALLERS_OF:
         counts.callers_of = set(CALLERS_OF)
     result: dict[str, int] = {}
@@ -288,14 +297,14 @@ def _aws_env(folder: Path) -> None:
         "AWS_EC2_METADATA_DISABLED": "true"})
 
 
-def measure(reply_words: int) -> tuple[Counts, int, int]:
+def measure(reply_words: int, meter: Meter = Counts) -> tuple[Counts, int, int]:
     with tempfile.TemporaryDirectory(prefix="bench-token-calls-") as scratch:
         folder = Path(scratch)
         _aws_env(folder)
         outcome: list[tuple[Counts, int, int]] = []
 
         async def main() -> None:
-            outcome.append(await one_turn(reply_words, folder))
+            outcome.append(await one_turn(reply_words, folder, meter))
 
         trio.run(main, clock=trio.testing.MockClock())
         return outcome[0]
