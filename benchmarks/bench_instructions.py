@@ -1,0 +1,381 @@
+"""What one relayed token and one turn cost the server in machine instructions, counted by
+callgrind: exact, so neither the hour nor the other processes on the machine can move them,
+and below Python's frames (the cyclic collector, json, hashing, the interpreter's dispatch),
+which ``bench_token_calls.py`` cannot see.
+
+The workload is ``bench_token_calls.py``'s (its harness, reused): one process, trio's virtual
+clock, the real server, the local Bedrock endpoint and a WebSocket caller; one turn of
+``--short`` words, then one of ``--long``. It runs under ``valgrind --tool=callgrind`` with
+collection off; a trio instrument turns it on for each step of a server task (the bedrock
+read watchdog included, the loop-lag sampler not: it runs per process on a timer, not per
+call) and off after it, through callgrind's client requests (Python cannot issue them: a
+3-line C helper is built with ``cc`` against ``valgrind/callgrind.h``; the ctypes calls'
+own instructions, measured once, are taken off each step). So the endpoint, the caller and
+trio's run loop between steps are not counted; a collection the collector starts in a
+server step is, one started in another task's step is not (the report says how many ran
+where). Each turn is dumped apart and read from callgrind's own file: per token = (long -
+short) / the tokens between, per turn = the short turn less its tokens' share. The same for
+``benchmarks/minimal_server.py`` (the floor), in a second callgrind beside it. The child
+runs with ``PYTHONHASHSEED=0``, so two runs take the same paths.
+
+    python benchmarks/bench_instructions.py --long 200 --short 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+MARKER_C = """
+#include <valgrind/callgrind.h>
+void marker_toggle(void) { CALLGRIND_TOGGLE_COLLECT; }
+void marker_dump(const char *name) { CALLGRIND_DUMP_STATS_AT(name); }
+int marker_on_valgrind(void) { return RUNNING_ON_VALGRIND; }
+"""
+SERVERS = ("voiceagent", "minimal")
+CALIBRATION = 2000            # toggle pairs with nothing between: the meter's own cost
+GC = "gc_collect_main"
+BELOW_MAIN = "(below main)"     # callgrind's name for what runs main: all is under it
+# the interpreter and what valgrind puts between its calls: every call passes through them
+INTERPRETER = ("libpython", "python3", "???", "ld-linux", "vgpreload")
+
+
+class Needed(SystemExit):
+    """A tool the benchmark needs is missing: what to install."""
+
+
+def build_marker(folder: Path) -> Path:
+    """The helper that issues callgrind's client requests (Python cannot: they are a magic
+    instruction sequence); outside valgrind its calls do nothing."""
+    if shutil.which("valgrind") is None:
+        raise Needed("bench_instructions.py counts instructions with valgrind's callgrind, "
+                     "and valgrind is not on PATH: install it (apt-get install valgrind) "
+                     "and run again")
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise Needed("bench_instructions.py needs a C compiler (cc) to build its 3-line "
+                     "callgrind marker: install one (apt-get install gcc) and run again")
+    source, library = folder / "marker.c", folder / "marker.so"
+    source.write_text(MARKER_C)
+    built = subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(library),
+                            str(source)], capture_output=True, text=True, timeout=60)
+    if built.returncode != 0:
+        raise Needed(f"building the callgrind marker failed ({compiler}):\n{built.stderr}"
+                     "valgrind/callgrind.h comes with valgrind (on Debian: the valgrind "
+                     "package); install it and run again")
+    return library
+
+
+# ---- in the child, under callgrind ------------------------------------------------------
+
+def child(server: str, marker_path: str, sizes: list[int]) -> int:
+    import bench_token_calls
+    import trio
+    from bench_token_calls import Counts, measure
+
+    marker = ctypes.CDLL(marker_path)
+    marker.marker_dump.argtypes = [ctypes.c_char_p]
+    if not marker.marker_on_valgrind():
+        raise SystemExit("the child runs under callgrind only (bench_instructions.py runs it)")
+    bench_token_calls.MINIMAL = server == "minimal"
+    steps: list[int] = []
+
+    class Steps(trio.abc.Instrument):
+        """Collection on for a server task's step, off after it."""
+
+        def __init__(self, owner: Counts) -> None:
+            self.owner, self.on, self.steps = owner, False, 0
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if self.owner.role(task) == "server":
+                self.steps += 1
+                self.on = True
+                marker.marker_toggle()
+
+        def after_task_step(self, task: trio.lowlevel.Task) -> None:
+            if self.on:
+                marker.marker_toggle()
+                self.on = False
+
+    collections = Counter[str]()
+
+    def collected(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and meters:
+            where = "server" if meters[-1].instrument.on else "elsewhere"
+            collections[f"generation {info['generation']} {where}"] += 1
+
+    gc.callbacks.append(collected)
+    meters: list[Meter] = []
+
+    class Meter(Counts):
+        """The turn's bracket: the instrument in, then out."""
+
+        def start(self) -> None:
+            self.instrument = Steps(self)
+            trio.lowlevel.add_instrument(self.instrument)
+            meters.append(self)
+
+        def stop(self) -> None:
+            trio.lowlevel.remove_instrument(self.instrument)
+            meters.remove(self)
+            steps.append(self.instrument.steps)
+
+    tokens = []
+    for words in sizes:
+        started = time.monotonic()
+        _, relayed, _ = measure(words, Meter)
+        marker.marker_dump(f"turn of {words} words".encode())
+        tokens.append(relayed)
+        print(f"  {server}: a turn of {words} words counted in "
+              f"{time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    for _ in range(CALIBRATION):
+        marker.marker_toggle()
+        marker.marker_toggle()
+    marker.marker_dump(b"calibration")
+    print(json.dumps({"tokens": tokens, "steps": steps, "collections": collections}),
+          flush=True)
+    return 0
+
+
+# ---- in the parent ----------------------------------------------------------------------
+
+@dataclass
+class Dump:
+    """One callgrind dump: its total, each function's own instructions, by (function,
+    object), and the instructions of the calls each function made, by callee."""
+
+    total: int = 0
+    own: Counter[tuple[str, str]] = field(default_factory=Counter)
+    calls: Counter[tuple[tuple[str, str], tuple[str, str]]] = field(default_factory=Counter)
+
+    def inclusive(self, function: tuple[str, str]) -> int:
+        """Its own instructions and its calls' (exact for a function that is never on the
+        stack twice, as the collector: it cannot start inside itself)."""
+        return self.own[function] + sum(cost for (caller, callee), cost in self.calls.items()
+                                        if caller == function and callee != function)
+
+    def entered(self) -> Counter[str]:
+        """By object: the instructions of the calls into it from another object (what its
+        entry points cost, what they called back included)."""
+        into: Counter[str] = Counter()
+        for (caller, callee), cost in self.calls.items():
+            if caller[1] != callee[1]:
+                into[callee[1]] += cost
+        return into
+
+
+def parse_callgrind(text: str) -> Dump:
+    """A callgrind output file (its format: valgrind's docs, "Callgrind Format
+    Specification"): names may be compressed to ``(id)`` after their first use; a cost line
+    after ``calls=`` is that call's inclusive cost, any other is the current function's own.
+    Files, lines and positions are not kept: the costs are by function and object."""
+    dump = Dump()
+    names: dict[str, dict[str, str]] = {"ob": {}, "fn": {}}
+    obj = function = ""
+    callee_obj: str | None = None
+    callee = ""
+    in_call = finished = False
+
+    def name(table: str, value: str) -> str:
+        value = value.strip()
+        if value.startswith("("):
+            ident, _, rest = value.partition(")")
+            if rest.strip():
+                names[table][ident] = os.path.basename(rest.strip())
+            return names[table].get(ident, ident)
+        return os.path.basename(value)
+
+    for line in text.splitlines():
+        if not line:
+            continue
+        head = line[0]
+        if head.isdigit() or head in "+-*":
+            parts = line.split()
+            cost = int(parts[1]) if len(parts) > 1 else 0
+            if in_call:
+                if finished and function != BELOW_MAIN:
+                    key = (callee, callee_obj if callee_obj is not None else obj)
+                    dump.calls[(function, obj), key] += cost
+                in_call, callee_obj = False, None
+            else:
+                dump.own[function, obj] += cost
+        elif line.startswith("ob="):
+            obj = name("ob", line[3:])
+        elif line.startswith("fn="):
+            function, callee_obj = name("fn", line[3:]), None
+        elif line.startswith("cob="):
+            callee_obj = name("ob", line[4:])
+        elif line.startswith("cfn="):
+            callee = name("fn", line[4:])
+        elif line.startswith("calls="):
+            # "calls=0": a call still under way at the dump (main, the loop, the dump's
+            # own caller): its cost is the whole dump's, not a call made in it; so is the
+            # call of main's caller from below it, which callgrind counts as made
+            in_call, finished = True, line[6:].split()[0] != "0"
+        elif line.startswith(("totals:", "summary:")):
+            dump.total = int(line.split()[1])
+    return dump
+
+
+def read_dump(path: Path) -> Dump:
+    dump = parse_callgrind(path.read_text(errors="replace"))
+    if not dump.total and not dump.own:
+        raise SystemExit(f"{path}: a callgrind dump without a totals line: was it cut short?")
+    return dump
+
+
+@dataclass
+class Run:
+    server: str
+    tokens: list[int]
+    steps: list[int]
+    dumps: list[Dump]
+    collections: dict[str, int]
+
+    def pair_cost(self) -> float:
+        """Instructions one on/off toggle pair counts of itself (ctypes in and out)."""
+        return self.dumps[-1].total / CALIBRATION
+
+    def split(self, short: float, long: float) -> tuple[float, float]:
+        """(per token, per turn tokens aside) of a cost measured in both turns."""
+        token = (long - short) / (self.tokens[1] - self.tokens[0])
+        return token, short - token * self.tokens[0]
+
+    def net(self, turn: int) -> float:
+        return self.dumps[turn].total - self.steps[turn] * self.pair_cost()
+
+
+def _interpreter() -> str:
+    """The running Python's binary: valgrind must start the ELF file, not a pyenv shim (a
+    shell script), and through the venv's own link so that the venv's packages are found."""
+    with open(sys.executable, "rb") as program:
+        if program.read(4) == b"\x7fELF":
+            return sys.executable
+    return os.path.realpath(sys.executable)
+
+
+def run_child(server: str, marker: Path, sizes: list[int], folder: Path) -> subprocess.Popen[str]:
+    python = _interpreter()
+    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(ROOT))
+    out = folder / f"{server}.out"
+    command = ["valgrind", "--tool=callgrind", "--collect-atstart=no",
+               f"--callgrind-out-file={out}", "--log-file=" + str(folder / f"{server}.log"),
+               python, str(Path(__file__).resolve()), "--child", server,
+               "--marker", str(marker), "--short", str(sizes[0]), "--long", str(sizes[1])]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def finish(server: str, process: subprocess.Popen[str], folder: Path) -> Run:
+    stdout, _ = process.communicate()
+    if process.returncode != 0:
+        log = (folder / f"{server}.log").read_text(errors="replace")[-2000:]
+        raise SystemExit(f"the {server} run failed (exit {process.returncode}):\n{log}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    dumps = [read_dump(folder / f"{server}.out.{n}") for n in (1, 2, 3)]
+    return Run(server, result["tokens"], result["steps"], dumps, result["collections"])
+
+
+def report(runs: list[Run], top: int) -> None:
+    print(f"\n{'instructions':<44}{'per token':>14}{'per turn':>14}")
+    figures: dict[str, tuple[float, float]] = {}
+    for run in runs:
+        token, turn = run.split(run.net(0), run.net(1))
+        figures[run.server] = (token, turn)
+        collector = next((k for k in run.dumps[0].own | run.dumps[1].own if k[0] == GC),
+                         (GC, "?"))
+        gc_token, gc_turn = run.split(*(dump.inclusive(collector) for dump in run.dumps[:2]))
+        print(f"{run.server + ' server':<44}{token:>14,.0f}{turn:>14,.0f}")
+        print(f"{'  in the cyclic collector (' + GC + ')':<44}{gc_token:>14,.0f}"
+              f"{gc_turn:>14,.0f}   {gc_turn / turn:.1%} of a turn, "
+              f"{gc_token / token:.1%} of a token")
+        print(f"  ({run.tokens[0]} and {run.tokens[1]} tokens; {run.steps[0]} and "
+              f"{run.steps[1]} server steps, each less the meter's own "
+              f"{run.pair_cost():,.0f} instructions)")
+        started = ", ".join(f"{n} of {k}" for k, n in sorted(run.collections.items()))
+        print(f"  (collections started in the two turns: {started or 'none'})")
+    if len(runs) == 2:
+        (ours_token, ours_turn), (floor_token, floor_turn) = (figures[r.server] for r in runs)
+        print(f"{'ours / minimal':<44}{ours_token / floor_token:>14.2f}"
+              f"{ours_turn / floor_turn:>14.2f}")
+    for run in runs:
+        print(f"\n{run.server}: by object, per token and per turn: the calls into it from "
+              "another object (inclusive), its own instructions")
+        entered = [dump.entered() for dump in run.dumps[:2]]
+        owned = [Counter[str]() for _ in range(2)]
+        for counter, dump in zip(owned, run.dumps[:2], strict=True):
+            for (_, obj), cost in dump.own.items():
+                counter[obj] += cost
+        objects = sorted(set(owned[0]) | set(owned[1]), key=lambda o: -owned[0][o])[:top]
+        for obj in objects:
+            own = run.split(owned[0][obj], owned[1][obj])
+            if obj.startswith(INTERPRETER):     # where everything starts and returns to
+                into = f"{'-':>10}{'-':>12}"
+            else:
+                token, turn = run.split(entered[0][obj], entered[1][obj])
+                into = f"{token:>10,.0f}{turn:>12,.0f}"
+            print(f"  {into}{own[0]:>10,.0f}{own[1]:>12,.0f}  {obj}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--long", type=int, default=200, help="words in the long reply")
+    parser.add_argument("--short", type=int, default=50, help="words in the short reply")
+    parser.add_argument("--server", choices=("both", *SERVERS), default="both",
+                        help="count ours, the minimal server, or both side by side (default)")
+    parser.add_argument("--minimal", action="store_const", const="minimal", dest="server",
+                        help="count only benchmarks/minimal_server.py")
+    parser.add_argument("--top", type=int, default=8, help="C functions and objects listed")
+    parser.add_argument("--keep", metavar="DIR", help="keep callgrind's files in DIR")
+    parser.add_argument("--child", choices=SERVERS, help=argparse.SUPPRESS)
+    parser.add_argument("--marker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.long <= args.short:
+        raise SystemExit(f"--long ({args.long}) must be more than --short ({args.short})")
+    sizes = [args.short, args.long]
+    if args.child:
+        return child(args.child, args.marker, sizes)
+    servers = SERVERS if args.server == "both" else (args.server,)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-instructions-") as scratch:
+        folder = Path(args.keep or scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = build_marker(folder)
+        print(f"counting turns of {args.short} and {args.long} words in callgrind "
+              f"({', '.join(servers)}, side by side; ~50x slower than Python alone)",
+              flush=True)
+        processes = {s: run_child(s, marker, sizes, folder) for s in servers}
+        ticker = threading.Event()
+
+        def tick() -> None:
+            while not ticker.wait(30):
+                print(f"  ... {time.monotonic() - started:.0f} s", flush=True)
+        threading.Thread(target=tick, daemon=True).start()
+        try:
+            runs = [finish(s, p, folder) for s, p in processes.items()]
+        finally:
+            ticker.set()
+            for process in processes.values():
+                if process.poll() is None:
+                    process.kill()
+        report(runs, args.top)
+    print(f"\ndone in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
