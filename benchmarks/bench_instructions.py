@@ -8,15 +8,16 @@ clock, the real server, the local Bedrock endpoint and a WebSocket caller; one t
 ``--short`` words, then one of ``--long``. It runs under ``valgrind --tool=callgrind`` with
 collection off; a trio instrument turns it on for each step of a server task (the bedrock
 read watchdog included, the loop-lag sampler not: it runs per process on a timer, not per
-call) and off after it, through callgrind's client requests (Python cannot issue them: a
-3-line C helper is built with ``cc`` against ``valgrind/callgrind.h``; the ctypes calls'
-own instructions, measured once, are taken off each step). So the endpoint, the caller and
-trio's run loop between steps are not counted; a collection the collector starts in a
-server step is, one started in another task's step is not (the report says how many ran
-where). Each turn is dumped apart and read from callgrind's own file: per token = (long -
-short) / the tokens between, per turn = the short turn less its tokens' share. The same for
-``benchmarks/minimal_server.py`` (the floor), in a second callgrind beside it. The child
-runs with ``PYTHONHASHSEED=0``, so two runs take the same paths.
+call) and off after it, and each thread job a server task starts (``run_blocking``: the
+store) turns it on in its worker thread while it runs. Python cannot issue callgrind's
+client requests, so a 3-line C helper is built with ``cc`` against ``valgrind/callgrind.h``;
+the ctypes calls' own instructions, measured once, are taken off each step and job. So the
+endpoint, the caller and trio's run loop between steps are not counted; a collection the
+collector starts in a server step is, one started in another task's step is not (the report
+says how many ran where). Each turn is dumped apart and read from callgrind's own file: per
+token = (long - short) / the tokens between, per turn = the short turn less its tokens'
+share. The same for ``benchmarks/minimal_server.py`` (the floor), in a second callgrind
+beside it. The child runs with ``PYTHONHASHSEED=0``, so two runs take the same paths.
 
     python benchmarks/bench_instructions.py --long 200 --short 50
 """
@@ -35,8 +36,10 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -121,12 +124,31 @@ def child(server: str, marker_path: str, sizes: list[int]) -> int:
 
     gc.callbacks.append(collected)
     meters: list[Meter] = []
+    jobs: list[int] = []
+    run_sync = trio.to_thread.run_sync
+
+    async def counted_run_sync(fn: Callable[..., Any], *args: Any, **options: Any) -> Any:
+        """A server task's thread job (``run_blocking``: the store's writes) counted in its
+        worker thread, whose collection callgrind keeps apart from the trio thread's."""
+        if not meters or meters[-1].role(trio.lowlevel.current_task()) != "server":
+            return await run_sync(fn, *args, **options)
+        meters[-1].jobs += 1
+
+        def job(*given: Any) -> Any:
+            marker.marker_toggle()
+            try:
+                return fn(*given)
+            finally:
+                marker.marker_toggle()
+        return await run_sync(job, *args, **options)
+
+    trio.to_thread.run_sync = counted_run_sync
 
     class Meter(Counts):
         """The turn's bracket: the instrument in, then out."""
 
         def start(self) -> None:
-            self.instrument = Steps(self)
+            self.instrument, self.jobs = Steps(self), 0
             trio.lowlevel.add_instrument(self.instrument)
             meters.append(self)
 
@@ -134,6 +156,7 @@ def child(server: str, marker_path: str, sizes: list[int]) -> int:
             trio.lowlevel.remove_instrument(self.instrument)
             meters.remove(self)
             steps.append(self.instrument.steps)
+            jobs.append(self.jobs)
 
     tokens = []
     for words in sizes:
@@ -147,8 +170,8 @@ def child(server: str, marker_path: str, sizes: list[int]) -> int:
         marker.marker_toggle()
         marker.marker_toggle()
     marker.marker_dump(b"calibration")
-    print(json.dumps({"tokens": tokens, "steps": steps, "collections": collections}),
-          flush=True)
+    print(json.dumps({"tokens": tokens, "steps": steps, "jobs": jobs,
+                      "collections": collections}), flush=True)
     return 0
 
 
@@ -244,6 +267,7 @@ class Run:
     server: str
     tokens: list[int]
     steps: list[int]
+    jobs: list[int]
     dumps: list[Dump]
     collections: dict[str, int]
 
@@ -257,7 +281,7 @@ class Run:
         return token, short - token * self.tokens[0]
 
     def net(self, turn: int) -> float:
-        return self.dumps[turn].total - self.steps[turn] * self.pair_cost()
+        return self.dumps[turn].total - (self.steps[turn] + self.jobs[turn]) * self.pair_cost()
 
 
 def _interpreter() -> str:
@@ -287,7 +311,8 @@ def finish(server: str, process: subprocess.Popen[str], folder: Path) -> Run:
         raise SystemExit(f"the {server} run failed (exit {process.returncode}):\n{log}")
     result = json.loads(stdout.strip().splitlines()[-1])
     dumps = [read_dump(folder / f"{server}.out.{n}") for n in (1, 2, 3)]
-    return Run(server, result["tokens"], result["steps"], dumps, result["collections"])
+    return Run(server, result["tokens"], result["steps"], result["jobs"], dumps,
+               result["collections"])
 
 
 def report(runs: list[Run], top: int) -> None:
@@ -303,9 +328,10 @@ def report(runs: list[Run], top: int) -> None:
         print(f"{'  in the cyclic collector (' + GC + ')':<44}{gc_token:>14,.0f}"
               f"{gc_turn:>14,.0f}   {gc_turn / turn:.1%} of a turn, "
               f"{gc_token / token:.1%} of a token")
-        print(f"  ({run.tokens[0]} and {run.tokens[1]} tokens; {run.steps[0]} and "
-              f"{run.steps[1]} server steps, each less the meter's own "
-              f"{run.pair_cost():,.0f} instructions)")
+        print(f"  (the turns: {run.net(0):,.0f} and {run.net(1):,.0f} instructions, "
+              f"{run.tokens[0]} and {run.tokens[1]} tokens, {run.steps[0]} and "
+              f"{run.steps[1]} server steps, {run.jobs[0]} and {run.jobs[1]} thread jobs, "
+              f"each less the meter's own {run.pair_cost():,.0f})")
         started = ", ".join(f"{n} of {k}" for k, n in sorted(run.collections.items()))
         print(f"  (collections started in the two turns: {started or 'none'})")
     if len(runs) == 2:
@@ -314,7 +340,8 @@ def report(runs: list[Run], top: int) -> None:
               f"{ours_turn / floor_turn:>14.2f}")
     for run in runs:
         print(f"\n{run.server}: by object, per token and per turn: the calls into it from "
-              "another object (inclusive), its own instructions")
+              "another object (inclusive), its own instructions (the meter's ctypes and "
+              "libffi calls in these, not taken off)")
         entered = [dump.entered() for dump in run.dumps[:2]]
         owned = [Counter[str]() for _ in range(2)]
         for counter, dump in zip(owned, run.dumps[:2], strict=True):
