@@ -359,14 +359,16 @@ def report(runs: list[Run], top: int) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(description="What one relayed token and one turn cost "
+                                     "the server in machine instructions (callgrind), ours "
+                                     "and the minimal server's.")
     parser.add_argument("--long", type=int, default=200, help="words in the long reply")
     parser.add_argument("--short", type=int, default=50, help="words in the short reply")
     parser.add_argument("--server", choices=("both", *SERVERS), default="both",
                         help="count ours, the minimal server, or both side by side (default)")
     parser.add_argument("--minimal", action="store_const", const="minimal", dest="server",
                         help="count only benchmarks/minimal_server.py")
-    parser.add_argument("--top", type=int, default=8, help="C functions and objects listed")
+    parser.add_argument("--top", type=int, default=8, help="objects listed (default 8)")
     parser.add_argument("--keep", metavar="DIR", help="keep callgrind's files in DIR")
     parser.add_argument("--child", choices=SERVERS, help=argparse.SUPPRESS)
     parser.add_argument("--marker", help=argparse.SUPPRESS)
