@@ -158,13 +158,15 @@ def _outcomes(logged: list[logging.LogRecord]) -> list[str]:
     return [vars(r)["outcome"] for r in logged if r.getMessage() == "reconnect answered"]
 
 
-async def test_a_reconnect_with_the_store_slow_is_answered_before_twilio_gives_up(
-        autojump_clock: Any, records: list[logging.LogRecord]) -> None:
-    """The flush of FLUSH_TIMEOUT_S first: answered at 16 s, after Twilio gave up."""
+async def _reconnect_after_a_claim(store_s: float, batches_behind: int,
+                                   **settings: str) -> tuple[float, str, str]:
+    """A call's socket claims here, the store turns slow (``store_s`` a call) with the queue
+    ``batches_behind`` other writes behind, the socket fails and Twilio asks ``/action``:
+    how long the answer took, the first token and the reconnect's."""
     store = await _slow_store()
-    runtime = _runtime(store)
+    runtime = _runtime(store, **settings)
     sessions, writer = runtime.sessions, runtime.writer
-    with trio.fail_after(120):
+    with trio.fail_after(300):
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
             await nursery.start(sessions.run)
@@ -172,8 +174,8 @@ async def test_a_reconnect_with_the_store_slow_is_answered_before_twilio_gives_u
                                               "To": "+15555550199"})
             await sessions.resolve(_setup(session.token))
             assert await writer.flush(timeout_s=1)             # the claim landed
-            store.delay_s = STORE_S
-            _behind(writer, 2)                                 # 7 s of writes ahead
+            store.delay_s = store_s
+            _behind(writer, batches_behind)
             await _socket_fails(sessions, writer)
             started = trio.current_time()
             answer = await _post_action(runtime, FAILED)
@@ -181,7 +183,14 @@ async def test_a_reconnect_with_the_store_slow_is_answered_before_twilio_gives_u
             token = _reconnect_token(*answer)
             await sessions.resolve(_setup(token))              # its socket is served here
             nursery.cancel_scope.cancel()
-    assert token != session.token
+    return answered_in, session.token, token
+
+
+async def test_a_reconnect_with_the_store_slow_is_answered_before_twilio_gives_up(
+        autojump_clock: Any, records: list[logging.LogRecord]) -> None:
+    """The flush of FLUSH_TIMEOUT_S first: answered at 16 s, after Twilio gave up."""
+    answered_in, first, token = await _reconnect_after_a_claim(STORE_S, 2)  # 7 s behind
+    assert token != first
     assert answered_in < TWILIO_GIVES_UP_S
     assert answered_in == pytest.approx(13.5)     # 2.5 + 3.5 + 3.5 + 2 + 2
     assert _outcomes(records) == ["resumed_partial"]   # its last message still queued
@@ -193,27 +202,18 @@ async def test_the_call_s_writes_landing_after_the_flush_s_share_still_make_it_c
     mark land at 4 s and 4.4 s, after the first flush's share (2.5 s) and the reads (3.7 s),
     before the deadline (5 s). The renewal waits for them: the reconnect resumes with
     everything, as when the flush had the whole deadline, not ``resumed_partial``."""
-    store = await _slow_store()
-    runtime = _runtime(store)
-    sessions, writer = runtime.sessions, runtime.writer
-    with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(writer.run)
-            await nursery.start(sessions.run)
-            session = await sessions.prepare({"CallSid": CALL_SID, "From": "+15555550100",
-                                              "To": "+15555550199"})
-            await sessions.resolve(_setup(session.token))
-            assert await writer.flush(timeout_s=1)
-            store.delay_s = 0.4
-            _behind(writer, 10)                                # 4 s of writes ahead
-            await _socket_fails(sessions, writer)
-            started = trio.current_time()
-            answer = await _post_action(runtime, FAILED)
-            answered_in = trio.current_time() - started
-            _reconnect_token(*answer)
-            nursery.cancel_scope.cancel()
+    answered_in, _, _ = await _reconnect_after_a_claim(0.4, 10)   # 4 s of writes ahead
     assert answered_in < TWILIO_GIVES_UP_S
     assert _outcomes(records) == ["resumed"]
+
+
+async def test_a_long_flush_timeout_does_not_stretch_a_reconnect_past_twilio(
+        autojump_clock: Any, records: list[logging.LogRecord]) -> None:
+    """FLUSH_TIMEOUT_S is also the stop's wait for the store (up to 120 s): a reconnect's
+    waits took all of it, and with the store slow the answer came after Twilio gave up."""
+    answered_in, _, _ = await _reconnect_after_a_claim(STORE_S, 6, FLUSH_TIMEOUT_S="60")
+    assert answered_in < TWILIO_GIVES_UP_S
+    assert _outcomes(records) == ["resumed_partial"]
 
 
 async def test_a_session_still_queued_here_is_reconnected_not_apologised_for(
@@ -246,29 +246,3 @@ async def test_a_session_still_queued_here_is_reconnected_not_apologised_for(
     assert answered_in < TWILIO_GIVES_UP_S
     assert _outcomes(records) == ["resumed_partial"]
 
-
-async def test_a_long_flush_timeout_does_not_stretch_a_reconnect_past_twilio(
-        autojump_clock: Any, records: list[logging.LogRecord]) -> None:
-    """FLUSH_TIMEOUT_S is also the stop's wait for the store (up to 120 s): a reconnect's
-    waits took all of it, and with the store slow the answer came after Twilio gave up."""
-    store = await _slow_store()
-    runtime = _runtime(store, FLUSH_TIMEOUT_S="60")
-    sessions, writer = runtime.sessions, runtime.writer
-    with trio.fail_after(300):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(writer.run)
-            await nursery.start(sessions.run)
-            session = await sessions.prepare({"CallSid": CALL_SID, "From": "+15555550100",
-                                              "To": "+15555550199"})
-            await sessions.resolve(_setup(session.token))
-            assert await writer.flush(timeout_s=1)
-            store.delay_s = STORE_S
-            _behind(writer, 6)                                 # 21 s of writes ahead
-            await _socket_fails(sessions, writer)
-            started = trio.current_time()
-            answer = await _post_action(runtime, FAILED)
-            answered_in = trio.current_time() - started
-            _reconnect_token(*answer)
-            nursery.cancel_scope.cancel()
-    assert answered_in < TWILIO_GIVES_UP_S
-    assert _outcomes(records) == ["resumed_partial"]
