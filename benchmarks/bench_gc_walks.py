@@ -10,7 +10,9 @@ local Bedrock endpoint and moto, in processes of their own, cannot keep to a vir
 clock). Every collection is counted with what it walked (the objects in the generations it
 collects, counted as it starts, which doubles the run's time, not its figures) and what it
 freed, once with the server's own thresholds (``voiceagent/app/heap.py``) and once with
-each ``--thresholds`` given. Two runs agree within ~3 %.
+each ``--thresholds`` given. Two runs agree within ~3 %. Then, every call still up and idle,
+one collection of generation 1 and one of generation 2 are timed: what the first middle
+collection walks with the server's thresholds, and what a full one walked with the old.
 
     python benchmarks/bench_gc_walks.py --calls 200                      # heap.py vs CPython's
     python benchmarks/bench_gc_walks.py --calls 200 --thresholds 700,10,1000
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -44,10 +47,13 @@ SETTLE_S = 0.002                    # real time everything waits before the cloc
 
 
 class Walks:
-    """Per generation: collections, objects walked (total and longest), objects freed."""
+    """Per generation: collections, objects walked (total and longest), objects freed; and
+    what one more collection of each older generation would walk with every call still up
+    (``held``: generation -> objects, milliseconds)."""
 
     def __init__(self) -> None:
         self.by_generation: dict[int, Counter[str]] = {g: Counter() for g in range(3)}
+        self.held: dict[int, tuple[int, float]] = {}
 
     def callback(self, phase: str, info: dict[str, Any]) -> None:
         counts = self.by_generation[info["generation"]]
@@ -67,12 +73,16 @@ async def measure(calls: int, thresholds: tuple[int, int, int]) -> Walks:
                             MAX_CONCURRENT_TURNS=str(calls + 10),
                             IDLE_REPROMPT_S="0") as agent:
 
+        said, held = trio.Semaphore(0), trio.Event()
+
         async def caller(i: int) -> None:
             async with agent.call(call_sid=f"CA{i:032x}") as conversation:
                 await trio.sleep(i * 0.01)              # 100 calls a (virtual) second
                 for prompt in PROMPTS[:3]:
                     await conversation.say(prompt)
                     await trio.sleep(2 + (i % 7) * 0.5)  # 2-5 s between turns
+                said.release()
+                await held.wait()                       # up, idle, until measured
 
         await trio.testing.wait_all_tasks_blocked(0.05)
         gc.collect()
@@ -84,8 +94,19 @@ async def measure(calls: int, thresholds: tuple[int, int, int]) -> Walks:
             async with trio.open_nursery() as nursery:
                 for i in range(calls):
                     nursery.start_soon(caller, i)
+                for _ in range(calls):
+                    await said.acquire()
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                gc.callbacks.remove(walks.callback)
+                for generation in (1, 2):               # the older ones, every call up
+                    objects = sum(len(gc.get_objects(g)) for g in range(generation + 1))
+                    started = time.perf_counter()
+                    gc.collect(generation)
+                    walks.held[generation] = (objects, (time.perf_counter() - started) * 1e3)
+                held.set()
         finally:
-            gc.callbacks.remove(walks.callback)
+            if walks.callback in gc.callbacks:
+                gc.callbacks.remove(walks.callback)
             gc.set_threshold(*before)
             gc.unfreeze()
     return walks
@@ -122,6 +143,10 @@ def main() -> None:
                   f"{c['freed']:>6}", flush=True)
         print(f"{label:>18} all {'':>11} {total:>9} {total / (3 * args.calls):>7.0f}",
               flush=True)
+        for generation, (objects, ms) in walks.held.items():
+            print(f"{label:>18}   then, every call up and idle: a generation-{generation} "
+                  f"collection walks {objects} objects ({objects / args.calls:.0f} a call), "
+                  f"{ms:.1f} ms", flush=True)
 
 
 if __name__ == "__main__":
