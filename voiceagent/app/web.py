@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any, cast
 
 import trio
-from quart import Response, request
+from quart import Request, Response, request
 from quart_trio import QuartTrio
 
 import voiceagent.store.records as records
@@ -82,8 +82,9 @@ def _headers() -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
-def _base_url(settings: Settings) -> str:
-    return signature.public_base(_headers(), request.scheme, request.host, settings.public_url,
+def _base_url(settings: Settings, headers: dict[str, str] | None = None) -> str:
+    return signature.public_base(_headers() if headers is None else headers, request.scheme,
+                                 request.host, settings.public_url,
                                  trust_forwarded=settings.trust_proxy_headers)
 
 
@@ -93,22 +94,25 @@ async def _signed_form(runtime: Runtime) -> dict[str, str] | Response:
     MAX_WEBHOOK_BYTES and MAX_FIELDS before it is decoded, and decoding is bytewise work
     (``webhook_form``): the signature covers the decoded fields, so they are decoded
     unauthenticated. Refusals are logged in proportion (``Runtime.edge_refusals``):
-    anyone can send them, at any rate."""
-    settings, refused, path = runtime.settings, runtime.edge_refusals.note, request.path
-    if settings.validate_signatures and "x-twilio-signature" not in _headers():
+    anyone can send them, at any rate, so the headers are read into a dict once and the
+    request found once (each ``request.x`` is a context-variable lookup)."""
+    settings, refused = runtime.settings, runtime.edge_refusals.note
+    req: Request = request._get_current_object()     # type: ignore[attr-defined]
+    headers, path = _headers(), req.path
+    if settings.validate_signatures and "x-twilio-signature" not in headers:
         refused("unsigned", "unsigned webhook", path=path)
         return Response("invalid signature", status=403)
-    if not settings.validate_signatures and not addressed_here(settings, _headers()):
+    if not settings.validate_signatures and not addressed_here(settings, headers):
         refused("unsigned_elsewhere", "unsigned webhook for another host: refused", path=path)
         return Response(UNSIGNED_ELSEWHERE, status=403)
-    if (request.content_length or 0) > MAX_WEBHOOK_BYTES:
-        refused("too_large", "webhook body too large", path=path, bytes=request.content_length)
+    if (req.content_length or 0) > MAX_WEBHOOK_BYTES:
+        refused("too_large", "webhook body too large", path=path, bytes=req.content_length)
         return Response("request body too large", status=413)
-    if request.mimetype != FORM:
+    if req.mimetype != FORM:
         refused("not_a_form", "webhook body not a form", path=path,
-                content_type=request.mimetype[:100])
+                content_type=req.mimetype[:100])
         return Response(f"Content-Type: expected {FORM}, as Twilio sends", status=415)
-    body = await request.get_data(cache=True, as_text=False, parse_form_data=False)
+    body = await req.get_data(cache=True, as_text=False, parse_form_data=False)
     if body.count(b"&") >= MAX_FIELDS:                       # before anything is parsed
         refused("too_many_fields", "webhook body of too many fields", path=path)
         return Response(f"request body of more than {MAX_FIELDS} fields", status=413)
@@ -120,12 +124,12 @@ async def _signed_form(runtime: Runtime) -> dict[str, str] | Response:
     form: dict[str, str] = {}
     for name, value in received:
         form.setdefault(name, value)            # the first value of a repeated name, as read
-    url = _base_url(settings) + signature.target_as_sent(request.scope)   # as Twilio signs it
-    if settings.validate_signatures and not signed(settings, url, received, _headers()):
+    url = _base_url(settings, headers) + signature.target_as_sent(req.scope)   # as signed
+    if settings.validate_signatures and not signed(settings, url, received, headers):
         runtime.signature_refused("bad_signature", "bad signature", path=path,
                                   checked_url=url,
                                   claimed_call_sid=form.get("CallSid", "")[:64],
-                                  **signature.unknown_algorithm(_headers()))
+                                  **signature.unknown_algorithm(headers))
         return Response("invalid signature", status=403)
     runtime.edge_refusals.succeeded()
     return form
