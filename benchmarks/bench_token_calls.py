@@ -18,6 +18,8 @@ words - short words), so the turn's fixed costs cancel out.
   of the memory blocks allocated: one allocated and freed between two events is missed).
 
     python benchmarks/bench_token_calls.py --long 400 --short 100
+
+``--hops`` counts instead the task hand-offs on a turn's critical path (``turn_hops.py``).
 """
 
 from __future__ import annotations
@@ -354,7 +356,14 @@ def main() -> int:
                         help="also list who calls these functions in the server")
     parser.add_argument("--minimal", action="store_true",
                         help="count benchmarks/minimal_server.py, the floor, instead")
+    parser.add_argument("--hops", action="store_true",
+                        help="instead of the counts: the server's task steps and hand-offs "
+                        "on a turn's critical path (benchmarks/turn_hops.py), one turn of "
+                        "--short words")
     args = parser.parse_args()
+    if args.hops:
+        import turn_hops
+        return turn_hops.main(args.short, minimal=args.minimal)
     CALLERS_OF.extend(args.callers)
     global MINIMAL
     MINIMAL = args.minimal
