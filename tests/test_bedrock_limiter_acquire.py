@@ -1,0 +1,67 @@
+"""The Bedrock concurrency limiter's slot is taken without a trip through the scheduler when
+one is free (voiceagent.llm.bedrock._acquire): under load that trip costs a turn's first word
+a whole batch of every call's runnable work (``bench_token_calls.py --hops``). A full limiter
+still waits, and a cancelled turn still stops there."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from voiceagent.llm.bedrock import _acquire
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class _Steps(trio.abc.Instrument):
+    """How many times a task has been scheduled to run: one more each schedule point."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task, self.steps = task, 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def test_a_free_slot_is_taken_without_a_schedule_point() -> None:
+    limiter = trio.CapacityLimiter(2)
+    steps = _Steps(trio.lowlevel.current_task())
+    trio.lowlevel.add_instrument(steps)
+    try:
+        await _acquire(limiter, "turn")
+        assert steps.steps == 0                     # the task never gave the loop back
+        await trio.lowlevel.checkpoint()
+        assert steps.steps == 1                     # (and the count sees one when it does)
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert limiter.borrowed_tokens == 1
+    limiter.release_on_behalf_of("turn")
+
+
+async def test_a_full_limiter_still_waits_for_a_slot(autojump_clock: trio.abc.Clock) -> None:
+    limiter = trio.CapacityLimiter(1)
+    limiter.acquire_on_behalf_of_nowait("first")
+    got: list[float] = []
+
+    async def second() -> None:
+        await _acquire(limiter, "second")
+        got.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(second)
+        await trio.sleep(5)
+        assert got == []
+        limiter.release_on_behalf_of("first")
+    assert got == [5.0]
+    assert limiter.borrowed_tokens == 1
+
+
+async def test_a_cancelled_turn_stops_there_and_takes_no_slot() -> None:
+    limiter = trio.CapacityLimiter(1)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await _acquire(limiter, "turn")
+    assert scope.cancelled_caught
+    assert limiter.borrowed_tokens == 0
