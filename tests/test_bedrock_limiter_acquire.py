@@ -9,33 +9,19 @@ import pytest
 import trio
 import trio.testing
 
+from tests.task_steps import steps_of_this_task
 from voiceagent.llm.bedrock import _acquire
 
 pytestmark = pytest.mark.timeout(10)
 
 
-class _Steps(trio.abc.Instrument):
-    """How many times a task has been scheduled to run: one more each schedule point."""
-
-    def __init__(self, task: trio.lowlevel.Task) -> None:
-        self.task, self.steps = task, 0
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        if task is self.task:
-            self.steps += 1
-
-
 async def test_a_free_slot_is_taken_without_a_schedule_point() -> None:
     limiter = trio.CapacityLimiter(2)
-    steps = _Steps(trio.lowlevel.current_task())
-    trio.lowlevel.add_instrument(steps)
-    try:
+    with steps_of_this_task() as steps:
         await _acquire(limiter, "turn")
         assert steps.steps == 0                     # the task never gave the loop back
         await trio.lowlevel.checkpoint()
         assert steps.steps == 1                     # (and the count sees one when it does)
-    finally:
-        trio.lowlevel.remove_instrument(steps)
     assert limiter.borrowed_tokens == 1
     limiter.release_on_behalf_of("turn")
 

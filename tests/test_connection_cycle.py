@@ -20,6 +20,7 @@ import trio.testing
 from hypercorn.events import RawData
 from hypercorn.trio.tcp_server import TCPServer
 
+from tests.task_steps import steps_of_this_task
 from voiceagent.app import connection_cycle
 from voiceagent.app.connection_cycle import ReleasingTCPServer
 from voiceagent.app.testing import agent_server
@@ -100,17 +101,6 @@ def test_install_is_idempotent_and_refuses_an_unknown_hypercorn(
     assert "not the one expected" in caplog.text
 
 
-class _Steps(trio.abc.Instrument):
-    """How many times a task has been scheduled to run: one more each schedule point."""
-
-    def __init__(self, task: trio.lowlevel.Task) -> None:
-        self.task, self.steps = task, 0
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        if task is self.task:
-            self.steps += 1
-
-
 async def test_a_frame_goes_out_before_its_task_gives_the_loop_back() -> None:
     """trio's Lock yields even when free: each frame to a relay socket (a turn's first word
     among them) waited a batch of every call's runnable work at hypercorn's send lock before
@@ -120,26 +110,18 @@ async def test_a_frame_goes_out_before_its_task_gives_the_loop_back() -> None:
     server = ReleasingTCPServer.__new__(ReleasingTCPServer)   # its send path alone
     server.send_lock = trio.Lock()
     server.stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-    steps = _Steps(trio.lowlevel.current_task())
     seen_at_first_step: list[bytes] = []
 
-    class _SawFirstStep(trio.abc.Instrument):
-        def before_task_step(self, task: trio.lowlevel.Task) -> None:
-            if task is steps.task and not seen_at_first_step:
-                try:
-                    seen_at_first_step.append(right.recv(100))
-                except BlockingIOError:
-                    seen_at_first_step.append(b"")     # nothing sent yet
+    def look() -> None:
+        if not seen_at_first_step:
+            try:
+                seen_at_first_step.append(right.recv(100))
+            except BlockingIOError:
+                seen_at_first_step.append(b"")         # nothing sent yet
 
-    first = _SawFirstStep()
     with trio.fail_after(5), right:
-        for instrument in (steps, first):
-            trio.lowlevel.add_instrument(instrument)
-        try:
+        with steps_of_this_task(on_step=look) as steps:
             await server.protocol_send(RawData(b"a relay frame"))
-        finally:
-            for instrument in (steps, first):
-                trio.lowlevel.remove_instrument(instrument)
         await server.stream.aclose()
     assert steps.steps == 1
     assert seen_at_first_step == [b"a relay frame"]
