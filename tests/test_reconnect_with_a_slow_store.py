@@ -158,6 +158,17 @@ def _outcomes(logged: list[logging.LogRecord]) -> list[str]:
     return [vars(r)["outcome"] for r in logged if r.getMessage() == "reconnect answered"]
 
 
+async def _reconnected(runtime: Runtime) -> tuple[float, str]:
+    """Twilio's ``/action`` for the failed socket: how long the answer took, and its fresh
+    token, whose socket is then served here."""
+    started = trio.current_time()
+    answer = await _post_action(runtime, FAILED)
+    answered_in = trio.current_time() - started
+    token = _reconnect_token(*answer)
+    await runtime.sessions.resolve(_setup(token))
+    return answered_in, token
+
+
 async def _reconnect_after_a_claim(store_s: float, batches_behind: int,
                                    **settings: str) -> tuple[float, str, str]:
     """A call's socket claims here, the store turns slow (``store_s`` a call) with the queue
@@ -177,11 +188,7 @@ async def _reconnect_after_a_claim(store_s: float, batches_behind: int,
             store.delay_s = store_s
             _behind(writer, batches_behind)
             await _socket_fails(sessions, writer)
-            started = trio.current_time()
-            answer = await _post_action(runtime, FAILED)
-            answered_in = trio.current_time() - started
-            token = _reconnect_token(*answer)
-            await sessions.resolve(_setup(token))              # its socket is served here
+            answered_in, token = await _reconnected(runtime)
             nursery.cancel_scope.cancel()
     return answered_in, session.token, token
 
@@ -237,11 +244,7 @@ async def test_a_session_still_queued_here_is_reconnected_not_apologised_for(
             await sessions.resolve(_setup(session.token))
             await _socket_fails(sessions, writer)
             assert await store.get(CALL_SID, store_records.SESSION_SK) is None
-            started = trio.current_time()
-            answer = await _post_action(runtime, FAILED)
-            answered_in = trio.current_time() - started
-            token = _reconnect_token(*answer)
-            await sessions.resolve(_setup(token))              # its socket is served here
+            answered_in, _ = await _reconnected(runtime)
             nursery.cancel_scope.cancel()
     assert answered_in < TWILIO_GIVES_UP_S
     assert _outcomes(records) == ["resumed_partial"]
