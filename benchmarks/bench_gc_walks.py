@@ -46,6 +46,11 @@ LONG_WALK = 5000                    # objects: ~1-2 ms on this machine, more in 
 SETTLE_S = 0.002                    # real time everything waits before the clock jumps
 
 
+def _tracked_through(generation: int) -> int:
+    """The objects a collection of ``generation`` walks: those of it and the younger ones."""
+    return sum(len(gc.get_objects(g)) for g in range(generation + 1))
+
+
 class Walks:
     """Per generation: collections, objects walked (total and longest), objects freed; and
     what one more collection of each older generation would walk with every call still up
@@ -58,7 +63,7 @@ class Walks:
     def callback(self, phase: str, info: dict[str, Any]) -> None:
         counts = self.by_generation[info["generation"]]
         if phase == "start":
-            walked = sum(len(gc.get_objects(g)) for g in range(info["generation"] + 1))
+            walked = _tracked_through(info["generation"])
             counts["collections"] += 1
             counts["walked"] += walked
             counts["longest"] = max(counts["longest"], walked)
@@ -99,7 +104,7 @@ async def measure(calls: int, thresholds: tuple[int, int, int]) -> Walks:
                 await trio.testing.wait_all_tasks_blocked(0.05)
                 gc.callbacks.remove(walks.callback)
                 for generation in (1, 2):               # the older ones, every call up
-                    objects = sum(len(gc.get_objects(g)) for g in range(generation + 1))
+                    objects = _tracked_through(generation)
                     started = time.perf_counter()
                     gc.collect(generation)
                     walks.held[generation] = (objects, (time.perf_counter() - started) * 1e3)

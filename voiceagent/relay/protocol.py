@@ -281,6 +281,13 @@ def _or_absent(problems: list[str], parse: Callable[[_Frame, str], T | None], fr
         return None
 
 
+def _optional_ts(frame: _Frame) -> tuple[int | None, str | None]:
+    """An info event's ``ts``, or None with why when it is there but unusable."""
+    problems: list[str] = []
+    ts = _or_absent(problems, _optional_int, frame, "ts")
+    return ts, "; ".join(problems) or None
+
+
 _SPEAKERS: dict[str, Literal["agent", "caller"]] = {"agentSpeaking": "agent",
                                                     "clientSpeaking": "caller"}
 
@@ -288,9 +295,7 @@ _SPEAKERS: dict[str, Literal["agent", "caller"]] = {"agentSpeaking": "agent",
 def _parse_info(frame: _Frame) -> InfoEvent:
     name = _required_str(frame, "name")
     value = _as_text("value", frame.get("value"))
-    problems: list[str] = []
-    ts = _or_absent(problems, _optional_int, frame, "ts")
-    problem = "; ".join(problems) or None
+    ts, problem = _optional_ts(frame)
     if name in _SPEAKERS:
         if value not in ("on", "off"):
             raise _BadField(f"value: {name} expects on or off")
@@ -309,9 +314,7 @@ def _parse_config_updated(frame: _Frame) -> ConfigUpdated:
     frames, and each provider failover, was a "frame rejected" warning and the change went
     unlogged. Its fields are not documented: all but ``type`` and ``ts`` are kept as JSON."""
     detail = {name: value for name, value in frame.items() if name not in ("type", "ts")}
-    problems: list[str] = []
-    ts = _or_absent(problems, _optional_int, frame, "ts")
-    return ConfigUpdated(_as_text("configUpdated", detail), ts, "; ".join(problems) or None)
+    return ConfigUpdated(_as_text("configUpdated", detail), *_optional_ts(frame))
 
 
 def _parse_error(frame: _Frame) -> RelayErrorReport:
