@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from functools import partial
 
 import pytest
@@ -48,7 +49,8 @@ def test_start_up_collections_are_not_counted_as_pauses() -> None:
         gc.collect(2)                                   # start-up work
         assert sum(recorder.counts[2]) >= 1
         heap.settle_after_startup()
-        assert recorder.summary()["2"] == {"count": 0, "total_ms": 0.0, "longest_ms": 0.0}
+        assert recorder.summary()["2"] == {"count": 0, "total_ms": 0.0, "longest_ms": 0.0,
+                                           "longest_cpu_ms": 0.0}
         gc.collect(2)                                   # one while serving: counted
         assert sum(recorder.counts[2]) == 1
         assert recorder.longest[2] > 0
@@ -73,6 +75,27 @@ def test_gc_pauses_are_timed_by_generation() -> None:
     assert summary["2"]["count"] == sum(pauses.counts[2])
     assert summary["2"]["longest_ms"] == round(pauses.longest[2] * 1000, 2)
     assert set(summary) == {"0", "1", "2"}
+
+
+def test_the_longest_pause_says_how_much_of_it_was_cpu() -> None:
+    """A collection stretched by something else holding the core (here: a later callback
+    that sleeps inside the pause, as a descheduled thread would) is long in wall time and
+    short in CPU, and the summary tells the two apart."""
+    pauses = heap.GcPauses()
+
+    def descheduled(phase: str, info: dict[str, object]) -> None:
+        if phase == "start":
+            time.sleep(0.05)
+
+    gc.callbacks.extend([pauses.callback, descheduled])
+    try:
+        gc.collect(0)                   # the young: a walk far shorter than the sleep
+    finally:
+        gc.callbacks.remove(descheduled)
+        gc.callbacks.remove(pauses.callback)
+    row = pauses.summary()["0"]
+    assert row["longest_ms"] >= 50
+    assert 0 < row["longest_cpu_ms"] < row["longest_ms"] / 2
 
 
 def test_loop_lag_is_how_late_a_timer_ran() -> None:

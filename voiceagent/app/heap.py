@@ -63,35 +63,44 @@ def settle_after_startup() -> None:
 
 class GcPauses:
     """Collections by generation: how many, how long (cumulative histogram buckets, as
-    Prometheus wants them), and the longest."""
+    Prometheus wants them), and the longest, with the CPU the collecting thread spent in it:
+    on a shared or throttled core a long pause can be the collector descheduled, not a long
+    walk, and the two need different fixes."""
 
     def __init__(self) -> None:
         self.buckets = PAUSE_BUCKETS
         self._started = 0.0
+        self._cpu_started = 0.0
         self.reset()
 
     def reset(self) -> None:
         self.counts = {g: [0] * (len(PAUSE_BUCKETS) + 1) for g in range(3)}
         self.sums = dict.fromkeys(range(3), 0.0)
         self.longest = dict.fromkeys(range(3), 0.0)
+        self.longest_cpu = dict.fromkeys(range(3), 0.0)
 
     def callback(self, phase: str, info: dict[str, Any]) -> None:
         """For ``gc.callbacks``; it runs inside the pause, so it does very little."""
         if phase == "start":
             self._started = time.perf_counter()
+            self._cpu_started = time.thread_time()
             return
-        generation = int(info.get("generation", 2))
         pause = time.perf_counter() - self._started
+        generation = int(info.get("generation", 2))
         self.counts[generation][bisect.bisect_left(self.buckets, pause)] += 1
         self.sums[generation] += pause
         if pause > self.longest[generation]:
             self.longest[generation] = pause
+            self.longest_cpu[generation] = time.thread_time() - self._cpu_started
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """Per generation: count, total and longest pause (ms), for the exit log line."""
+        """Per generation: count, total and longest pause (ms), and the CPU the longest took
+        (ms), for the exit log line."""
         return {str(g): {"count": sum(self.counts[g]),
                          "total_ms": round(self.sums[g] * 1000, 1),
-                         "longest_ms": round(self.longest[g] * 1000, 2)} for g in range(3)}
+                         "longest_ms": round(self.longest[g] * 1000, 2),
+                         "longest_cpu_ms": round(self.longest_cpu[g] * 1000, 2)}
+                for g in range(3)}
 
 
 _installed: GcPauses | None = None
