@@ -18,10 +18,12 @@ import trio
 
 from tests.fakes import FakeLLM, words
 from tests.server_harness import AUTH_TOKEN, make_settings, one_use_case_config, running_server
+from tests.test_docs_match_code import ROOT, TICKED, _section, _tables
 from tests.twiml_support import relay_element
 from voiceagent.app.caller import open_call, post_form
 from voiceagent.errors import ConfigError
 from voiceagent.relay.outbound import encode
+from voiceagent.relay_values import CHOICES, FLAGS, RANGES
 from voiceagent.store import config_records
 from voiceagent.usecases import UseCase, load_use_case_file
 
@@ -153,3 +155,27 @@ async def test_the_webhook_and_the_socket_carry_any_and_none(tmp_path: Path) -> 
     assert element is not None
     assert element.attrib["reportInputDuringAgentSpeech"] == "any"
     assert reply.frames[0] == {"type": "config", "reportInputDuringAgentSpeech": "none"}
+
+
+RELAY_2026 = ROOT / "docs" / "conversation-relay-2026.md"
+CHECKS_HEADING = "## Attribute values: what is checked at load, and what is not"
+
+
+def test_the_doc_says_which_attribute_values_are_checked_as_the_code_checks_them() -> None:
+    """docs/conversation-relay-2026.md records, per attribute, whether Twilio documents its
+    values and so whether a use case's value is checked at load (``speechTimeout`` and
+    ``eotThreshold``: no range found, not checked). A range added to ``relay_values`` without
+    the doc, or the doc claiming one the code lacks, sends an operator after the wrong cause
+    of a call Twilio ends at setup."""
+    checked = set(CHOICES) | set(FLAGS) | set(RANGES)
+    rows = [row for _, table in _tables(_section(RELAY_2026, CHECKS_HEADING), "attribute")
+            for row in table]
+    assert {"speechTimeout", "eotThreshold"} <= {
+        name for row in rows for name in TICKED.findall(row[0])}
+    for row in rows:
+        names = TICKED.findall(row[0])
+        claimed = row[-1].split(":")[0].strip()
+        assert claimed in ("yes", "no"), row
+        assert (claimed == "yes") == any(name in checked for name in names), (
+            f"{names}: the doc says {claimed!r}; relay_values checks "
+            f"{sorted(set(names) & checked) or 'none of them'}")
