@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -18,6 +18,9 @@ from voiceagent.logs import mask_phone
 from voiceagent.relay.outbound import Language
 from voiceagent.threads import run_blocking
 from voiceagent.tools.base import ToolContext, ToolResult, tool
+
+if TYPE_CHECKING:
+    from voiceagent.usecases import ToolDeclaration, UseCase
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +90,23 @@ async def switch_language(ctx: ToolContext, args: Mapping[str, Any]) -> ToolResu
         await ctx.send(Language(tts_language=code, transcription_language=code))
     return {"status": "switched", "language": code,
             "instruction": f"From now on, reply only in the language {code}."}
+
+
+def switch_language_problem(uc: UseCase, declaration: ToolDeclaration
+                            ) -> tuple[str, str] | None:
+    """A code in the schema's ``enum`` with no ``languages`` entry of exactly that code: the
+    model may switch to it, and the call then speaks it with no declared voice (no
+    ``<Language>`` for Twilio to take it from) and its lines in another language. Found as the
+    file loads, not by a caller. Returns the key path under ``input_schema`` and the problem."""
+    language = (declaration.input_schema.get("properties") or {}).get("language")
+    codes = language.get("enum") if isinstance(language, dict) else None
+    if not isinstance(codes, list):
+        return None
+    declared = {entry.code.lower(): entry.code for entry in uc.languages}
+    missing = [code for code in codes if str(code).lower() not in declared]
+    if not missing:
+        return None
+    return ("properties.language.enum",
+            f"{declaration.name} may switch to {missing}, which have no entry under "
+            f"languages (declared: {sorted(declared.values())}); add one for each (its "
+            "voice and lines: config/README.md), or drop the code from the enum")

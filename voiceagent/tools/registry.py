@@ -33,6 +33,12 @@ from voiceagent.usecases import ToolDeclaration, UseCase
 BUILTIN_MODULES = (voiceagent.tools.restaurant.__name__, voiceagent.tools.messaging.__name__,
                    voiceagent.tools.call_control.__name__)
 DEFAULT_TOOL_THREADS = 16           # TOOL_THREADS' default
+# a built-in tool's own check of the declaration that names it, for files being loaded: by
+# the function, so a plugin's tool of the same name is not held to the built-in's rules
+DECLARATION_CHECKS: dict[object, Callable[[UseCase, ToolDeclaration],
+                                          tuple[str, str] | None]] = {
+    voiceagent.tools.messaging.switch_language:
+        voiceagent.tools.messaging.switch_language_problem}
 
 
 class ToolRegistry:
@@ -95,6 +101,9 @@ class ToolRegistry:
                                               ".required", slip)
             _check_refs(validator, declaration.input_schema, source,
                         f"tools[{i}].input_schema")
+            check = DECLARATION_CHECKS.get(self._definitions[declaration.name].function)
+            if check is not None and (problem := check(uc, declaration)) is not None:
+                raise ConfigError(source, f"tools[{i}].input_schema.{problem[0]}", problem[1])
         for i, entry in enumerate(uc.languages if keywords else ()):
             for name in entry.fillers or {}:
                 definition = self._definitions.get(name)
