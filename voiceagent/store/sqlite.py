@@ -83,7 +83,7 @@ class SqliteStore:
                              (pk, sk)).fetchone()
             return _decode(row[0]) if row is not None else None
 
-        return await self._run("get", read)
+        return await self._run("get", read, read_only=True)
 
     async def put(self, item: Item) -> None:
         await self.put_many([item])
@@ -204,9 +204,14 @@ class SqliteStore:
             return [item for pk, sk, attrs in db.execute(sql, params)
                     if (item := _decode_or_skip(pk, sk, attrs)) is not None]
 
-        return await self._run(operation, read)
+        return await self._run(operation, read, read_only=True)
 
-    async def _run(self, operation: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, operation: str, fn: Callable[[sqlite3.Connection], T], *,
+                   read_only: bool = False) -> T:
+        """``fn`` on the connection, in a worker thread. A read is abandoned when cancelled
+        (nobody wants its answer; it may wait seconds for the lock behind writes, each up to
+        the busy timeout, and a caller's deadline, ``/action``'s, must end the wait); its
+        thread keeps its limiter slot until it ends. A write finishes: its outcome is known."""
         if self._closed:
             raise StoreError(f"sqlite {operation} on {self._path}: the store is closed")
 
@@ -215,7 +220,7 @@ class SqliteStore:
                 return fn(self._connection)
 
         try:
-            return await run_blocking(call, limiter=self._limiter)
+            return await run_blocking(call, limiter=self._limiter, abandon_on_cancel=read_only)
         except (sqlite3.IntegrityError, sqlite3.DataError) as err:
             raise StoreRejected(f"sqlite {operation} on {self._path} refused the item: "
                                 f"{err}") from err
