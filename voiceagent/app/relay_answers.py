@@ -12,14 +12,17 @@ reconnect).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 import time
 from collections import deque
+from functools import partial
 
 import trio
 
 import voiceagent.store.records as records
+from voiceagent.app import action_reads
 from voiceagent.app.session_claims import SESSION_WRITE_S
 from voiceagent.app.session_offers import PENDING_TTL_S
 from voiceagent.app.socket_marks import refuse_after_agent_end
@@ -50,15 +53,17 @@ class RelayAnswers:
         self._answered: dict[str, set[str]] = {}
         self._answered_order: deque[tuple[float, str, str]] = deque()
 
-    async def answer_failure(self, call_sid: str, session_id: str, generation: int) -> int:
+    async def answer_failure(self, call_sid: str, session_id: str, generation: int, *,
+                             read_by: float = math.inf) -> int:
         """Claim the one answer a failed relay session's ``/action`` gets: claimed in the
         store with a conditional write, which one process wins, before the answer, and
         here, for a replay racing that write; none once the call's relay has ended
         (``relay_ended``). ``AgentEnded`` when the agent ended it, ``ActionReplayed`` otherwise,
         ``ValueError`` for a SessionId that is not one, ``StoreError`` when the marks cannot
-        be read. A store that cannot take the claim in SESSION_WRITE_S gets it queued, and
-        the reconnect goes on: a caller hung up on during a store incident is the surer
-        harm than a replay racing Twilio's own request to the millisecond.
+        be read, or not by trio time ``read_by`` (``action_reads``). A store that cannot
+        take the claim in SESSION_WRITE_S gets it queued, and the reconnect goes on: a
+        caller hung up on during a store incident is the surer harm than a replay racing
+        Twilio's own request to the millisecond.
 
         Returns how many reconnects the call has had: the stored session's ``generation``,
         or, when more, the failed sessions answered before this one (the store's marks and
@@ -75,8 +80,8 @@ class RelayAnswers:
         answered_here.add(session_id)
         self._answered_order.append((trio.current_time(), call_sid, session_id))
         answered = records.RELAY_ANSWERED_PREFIX + session_id
-        marks = {item["sk"]: item
-                 for item in await self._store.query(call_sid, records.RELAY_PREFIX)}
+        marks = {item["sk"]: item for item in await action_reads.read_by(
+            read_by, "relay marks", partial(self._store.query, call_sid, records.RELAY_PREFIX))}
         if records.RELAY_ENDED_SK in marks:
             refuse_after_agent_end(marks[records.RELAY_ENDED_SK])
             raise ActionReplayed("the call's relay has ended")

@@ -149,14 +149,15 @@ class Sessions:
         both, their keys sharing the prefix."""
         return bool(await self._store.query(call_sid, records.SESSION_SK, limit=1))
 
-    async def renew(self, session: records.CallSession, *,
-                    deadline: float | None = None) -> Renewal:
+    async def renew(self, session: records.CallSession, *, deadline: float | None = None,
+                    marks_by: float = math.inf) -> Renewal:
         """A fresh token for Twilio's reconnect of ``session``'s call, after its relay
         session failed (the signed ``/action`` callback asks). ``SessionBusy`` while a socket
         still holds the call here, SOCKET_CLOSED_GRACE_S after the ask. Every wait for the
         old socket ends by ``deadline`` (trio time; default FLUSH_TIMEOUT_S from now), then
         the renewal is written (SESSION_WRITE_S at most): Twilio gives up on a webhook after
         15 s, and a mass failure (a task dying with hundreds of calls) backs the store up.
+        The old socket's end marks are read by ``marks_by`` at the latest (``action_reads``).
         A socket here that has closed but whose call still winds down (a side-effect tool
         finishing) is waited for up to the deadline. ``AgentEnded`` (``socket_marks``) when,
         its writes in, the old socket turns out to have taken the agent's ``end``;
@@ -172,7 +173,7 @@ class Sessions:
         # wind-down or the reads). What the reconnect misses is said by
         # ``previous_socket_ended`` next: the writes are still queued here.
         await self._writer.flush(session.call_sid, timeout_s=math.inf, until=deadline)
-        complete = await self._marks.previous_socket_ended(session, deadline)
+        complete = await self._marks.previous_socket_ended(session, deadline, marks_by)
         renewed = replace(session, token=secrets.token_urlsafe(18),
                           generation=session.generation + 1, claim="", minted_at=time.time())
         if not await self._offer(renewed, resumes=True):

@@ -10,6 +10,7 @@ here a renewal reads them, a bounded while, and then whether that socket took th
 from __future__ import annotations
 
 import logging
+import math
 from typing import NamedTuple
 
 import trio
@@ -53,8 +54,8 @@ class SocketMarks:
             ended="reconnects no longer find their calls' writes queued here",
             state=lambda: _backlog(writer))
 
-    async def previous_socket_ended(self, session: records.CallSession,
-                                    deadline: float) -> bool | None:
+    async def previous_socket_ended(self, session: records.CallSession, deadline: float,
+                                    marks_by: float = math.inf) -> bool | None:
         """Wait for the socket that a reconnect replaces to have written everything. That socket may
         have been served by another process, whose queue can be seconds behind under load, and the
         new socket may reach a third process, which reads the conversation from the store. Once the
@@ -106,8 +107,9 @@ class SocketMarks:
         # the claim stored: its socket's "refused" mark (an earlier release's claim: none)
         refused = (records.socket_refused_sk(generation, session.claim)
                    if session.claim and not session.token else None)
-        # a store slow to answer must not stretch the webhook either; one read always fits
-        with trio.move_on_at(max(deadline, trio.current_time() + MARK_READ_S)):
+        # a store slow to answer must not stretch the webhook either; one read fits, unless
+        # the reads before took the time the answer has (``marks_by``: ``action_reads``)
+        with trio.move_on_at(min(max(deadline, trio.current_time() + MARK_READ_S), marks_by)):
             try:
                 complete = await _read_socket_marks(self._store, call_sid, session.token,
                                                     _Marks(written, closed, refused), deadline)

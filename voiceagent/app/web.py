@@ -14,7 +14,6 @@ import secrets
 from functools import partial
 from typing import Any, cast
 
-import trio
 from quart import Request, Response, request
 from quart_trio import QuartTrio
 
@@ -22,6 +21,7 @@ import voiceagent.store.records as records
 from actors.model_trouble import CANNOT_GO_ON
 from voiceagent import signature, twiml
 from voiceagent.app import webhook_form
+from voiceagent.app.action_reads import ReconnectTimes, read_by, reconnect_use_case
 from voiceagent.app.action_words import ActionWords
 from voiceagent.app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voiceagent.app.phone_page import PATH as PHONE_PATH
@@ -68,10 +68,10 @@ FORM = "application/x-www-form-urlencoded"      # what Twilio sends; no other pa
 TWILIO_CALL_SID = re.compile(r"CA[0-9a-fA-F]{32}")
 # A reconnect's first flush of the call's writes gets this much of its deadline: after it
 # come a session read, the answer's read, and two writes given up on at SESSION_WRITE_S
-# (2 s) each (the answer's mark, the renewal). With a store slow but answering within
-# DynamoDB's 4 s read timeout, that is 12 s at worst: 2.5 s leaves the answer in before
-# Twilio gives up at 15 s. A flush of FLUSH_TIMEOUT_S (5 s) first sent it at 16 s when reads
-# took 3.5 s. What the flush has not waited for, ``Sessions.renew`` waits for, to the deadline.
+# (2 s) each (the answer's mark, the renewal). The reads end by ``action_reads.READS_S``
+# (10 s): with a store slow but answering (3.5 s a read) they end at 9.5 s, and the answer
+# goes out at 13.5 s. A flush of FLUSH_TIMEOUT_S (5 s) first sent it at 16 s, reads uncut.
+# What the flush has not waited for, ``Sessions.renew`` waits for, to the deadline.
 RECONNECT_FLUSH_S = 2.5
 # The reconnect's whole deadline, whatever FLUSH_TIMEOUT_S says: that setting is also the
 # stop's wait for the store (up to 120 s), and the arithmetic above rests on its default.
@@ -233,15 +233,17 @@ async def action_webhook(runtime: Runtime) -> Response:
             return last_words()
         return _session_over(runtime, call_sid, handoff_data, use_case)
     session = None
-    # everything a reconnect waits for ends by then (Twilio gives up on a webhook at 15 s)
-    deadline = trio.current_time() + min(settings.flush_timeout_s, RECONNECT_DEADLINE_S)
+    # everything a reconnect waits for ends by then, its reads and the answer before Twilio
+    # gives up on the webhook at 15 s (``action_reads``)
+    times = ReconnectTimes.from_now(min(settings.flush_timeout_s, RECONNECT_DEADLINE_S))
     if call_sid:
         # the socket's write-behind may still hold this call's last messages (its session
         # item too, when the store was slow as the call began): a share of the deadline, the
         # rest waited for in renew, after the reads (see RECONNECT_FLUSH_S)
-        await runtime.writer.flush(call_sid, timeout_s=RECONNECT_FLUSH_S, until=deadline)
+        await runtime.writer.flush(call_sid, timeout_s=RECONNECT_FLUSH_S, until=times.waits)
         try:
-            item = await runtime.store.get(call_sid, records.SESSION_SK)
+            item = await read_by(times.reads, "call session",
+                                 partial(runtime.store.get, call_sid, records.SESSION_SK))
         except StoreError as err:
             # without the session nothing can be resumed: an apology, not a 500 (Twilio
             # would play its own application error)
@@ -257,24 +259,21 @@ async def action_webhook(runtime: Runtime) -> Response:
                         "resume")
     if session is not None:
         try:
-            use_case = await runtime.catalog.use_case(session.use_case)
-        except UnknownUseCase as err:
-            log.error("use case missing or unusable", extra={"error": str(err)[:500]})
-        except StoreError as err:
-            # its cache ran out and the store is throttled or unreachable: as above
-            log.error("use case unreadable", extra={"error": str(err)[:300]})
+            use_case = await reconnect_use_case(runtime, session.use_case, times.reads)
+        except StoreError:
             return last_words()
     if (form.get("CallStatus", "").lower() != "in-progress" or session is None
             or use_case is None):
         return last_words()
     try:
         reconnects = await runtime.relay_answers.answer_failure(   # by any process
-            call_sid, form.get("SessionId", ""), session.generation)
+            call_sid, form.get("SessionId", ""), session.generation, read_by=times.reads)
         if reconnects >= MAX_RECONNECTS:
             log.warning("reconnect refused: the call's relay session keeps failing",
                         extra={"reconnects": reconnects})
             return last_words("refused_limit")
-        renewed, complete = await runtime.sessions.renew(session, deadline=deadline)
+        renewed, complete = await runtime.sessions.renew(session, deadline=times.waits,
+                                                         marks_by=times.marks)
     except AgentEnded as err:
         log.warning("reconnect refused: the agent had ended the call; answering its end",
                     extra={"handoff": hands_off(err.handoff_data)})
@@ -302,7 +301,7 @@ async def action_webhook(runtime: Runtime) -> Response:
     except SessionBusy:
         log.warning("reconnect refused: the call's socket is still connected")
         return last_words("refused_busy")
-    runtime.reconnects.resumed(renewed, complete, deadline, partial(_count_reconnect, runtime))
+    runtime.reconnects.resumed(renewed, complete, times.waits, partial(_count_reconnect, runtime))
     ws_url = settings.ws_url or signature.to_ws(_base_url(settings)) + path
     document = twiml.connect_relay(
         ws_url=ws_url, action_url=_base_url(settings) + "/action", use_case=use_case,
