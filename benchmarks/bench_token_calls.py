@@ -6,11 +6,13 @@ local Bedrock endpoint (``tests/fake_bedrock.py``) and a WebSocket caller playin
 trio's virtual clock (autojump: each event is read and relayed before the next is due, as
 at a real model's pace). One call, one turn, a reply of ``--long`` words, then the same with
 ``--short`` words; each turn is profiled from the prompt sent to the reply's last frame
-(``sys.setprofile``, the trio thread only). A call is charged to the task that made it:
-the server's tasks (and the Bedrock read watchdog), the endpoint's, the caller's, or trio's
-run loop between tasks (shared: it runs every task's wake-ups); the process's samplers (the
-loop-lag watch, every 100 ms whatever the calls) apart. Per token = (long - short) / (long
-words - short words), so the turn's fixed costs cancel out.
+(``sys.setprofile``: the trio thread, and each thread job started meanwhile in its worker
+thread; ``turn_counts.py``). A call is charged to the task that made it: the server's tasks
+(and the Bedrock read watchdog), their thread jobs (``run_blocking``: the store's), the
+endpoint's, the caller's, or trio's run loop between tasks (shared: it runs every task's
+wake-ups); the process's samplers (the loop-lag watch, every 100 ms whatever the calls)
+apart. Per token = (long - short) / (long words - short words), so the turn's fixed costs
+cancel out.
 
 * frames: Python frames entered, a coroutine resumed included (``call`` events);
 * C calls: built-in functions and methods called (``c_call`` events);

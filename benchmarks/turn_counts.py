@@ -1,6 +1,13 @@
 """The profiler behind ``bench_token_calls.py``: a turn's profile events (Python frames, C
-calls, memory blocks) charged to the group of the task that caused them (the server, the
-endpoint, the caller, trio's run loop between tasks, the process's samplers).
+calls, memory blocks) charged to the group of the task that caused them.
+
+A frame in the trio thread is charged to its task's group (the server, the endpoint, the
+caller, trio's run loop between tasks, the process's samplers). A thread job a task starts
+while the turn is counted (``trio.to_thread.run_sync``, which ``voiceagent.threads.
+run_blocking`` calls: the store's reads and writes) is profiled in its worker thread and
+charged to the starting task's group, the server's as "server threads". The profiler is set
+inside each job because ``threading.setprofile`` reaches only threads started after it, and
+trio's worker threads are cached from the call's set-up: with it alone, that row read 0.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ import os
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -46,11 +54,15 @@ class Counts:
         self._owner: dict[trio.lowlevel.Task, str] = {}
         self._libraries: dict[str, str] = {}
         self._blocks = 0
-        self._main = threading.main_thread()
+        self._on = False
+        self._run_sync: Callable[..., Any] = trio.to_thread.run_sync
+        # the meter's own frames on the thread jobs' path: their events are not counted
+        self._threaded_code = Counts._threaded.__code__
+        self._job_code = Counts._job.__code__
+        # one lock for both threads' hooks: the GIL may switch threads inside a hook
+        self._lock = threading.Lock()
 
     def _group(self) -> str:
-        if threading.current_thread() is not self._main:
-            return "server threads"         # the store's, the credentials' (run_blocking)
         try:
             task = trio.lowlevel.current_task()
         except RuntimeError:
@@ -84,9 +96,12 @@ class Counts:
         return ours
 
     def hook(self, frame: FrameType, event: str, arg: Any) -> None:
-        if event != "call" and event != "c_call":
-            return
-        group = self._group()
+        """The trio thread's profiler."""
+        if (event == "call" or event == "c_call") and frame.f_code is not self._threaded_code:
+            with self._lock:
+                self._count(frame, event, self._group())
+
+    def _count(self, frame: FrameType, event: str, group: str) -> None:
         path = frame.f_code.co_filename
         library = self._libraries.get(path) or self._libraries.setdefault(path, _library(path))
         if event == "c_call":
@@ -114,11 +129,37 @@ class Counts:
             self.blocks[group] += now - self._blocks
         self._blocks = now
 
+    async def _threaded(self, fn: Callable[..., Any], *args: Any, **options: Any) -> Any:
+        """``trio.to_thread.run_sync`` while counting: the job profiled in its thread."""
+        sys.setprofile(None)                # the group's look-up is the meter's, not counted
+        try:
+            role = self._group()
+        finally:
+            sys.setprofile(self.hook)
+        group = "server threads" if role == "server" else role
+        return await self._run_sync(self._job, group, fn, *args, **options)
+
+    def _job(self, group: str, fn: Callable[..., Any], *args: Any) -> Any:
+        def hook(frame: FrameType, event: str, arg: Any) -> None:
+            if (self._on and (event == "call" or event == "c_call")
+                    and frame.f_code is not self._job_code):
+                with self._lock:
+                    self._count(frame, event, group)
+
+        sys.setprofile(hook)
+        try:
+            return fn(*args)
+        finally:
+            sys.setprofile(None)
+
     def start(self) -> None:
         self._blocks = sys.getallocatedblocks()
+        self._on = True
+        self._run_sync = trio.to_thread.run_sync
+        trio.to_thread.run_sync = self._threaded
         sys.setprofile(self.hook)
-        threading.setprofile(self.hook)
 
     def stop(self) -> None:
         sys.setprofile(None)
-        threading.setprofile(None)  # type: ignore[arg-type,unused-ignore]
+        trio.to_thread.run_sync = self._run_sync
+        self._on = False                    # a job still running counts no more
