@@ -50,7 +50,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -61,6 +60,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import latency_servers
 import server_process
 from latency_figures import (
     endpoint_lag_ms,
@@ -75,12 +75,12 @@ from latency_figures import (
     turn_summaries,
     upstream_closed_ms,
 )
-from latency_report import check, p_, print_gate_goals, print_level
+from latency_report import check, print_gate_goals, print_level, print_levels
+from latency_servers import helper_cpu_s, pin_layout, start_minimal, start_servers, stop_servers
 from local_stack import TOKEN, Stack, StackOptions, local_stack
 
 from voiceagent.app.bench import FAIL_STEP, BenchOptions, Step, run_bench
 from voiceagent.app.bench_report import percentiles
-from voiceagent.app.procstat import read_process
 
 GOAL_OVERHEAD_P99_MS = {500: 5.0, 2000: 50.0}          # issue 8, the steady shape
 GATE_GOAL_OVERHEAD_P99_MS = {500: 8.0, 2000: 50.0}     # issue 20, the gate shapes
@@ -111,72 +111,6 @@ GATE_SCRIPTS = {"gate": GATE_SCRIPT, "gate-barge": GATE_BARGE_SCRIPT,
                 "gate-fail": GATE_FAIL_SCRIPT}
 
 
-# ------------------------------------------------------------------ the server's side
-
-def pin_layout(workers: int, pin: bool) -> list[set[int]] | None:
-    """With ``pin`` and a core to spare: worker n on core n, and this process (the callers)
-    with everything it starts (the fakes) on the cores left, so the server's figures are
-    its own and not its load generator's. None: no pinning."""
-    cores = sorted(os.sched_getaffinity(0))
-    if not pin or len(cores) <= workers:
-        return None
-    os.sched_setaffinity(0, set(cores[workers:]))
-    return [{core} for core in cores[:workers]]
-
-
-PINNED: list[set[int]] | None = None
-
-
-def start_servers(stack: Stack, log_dir: Path, name: str, workers: int,
-                  extra_env: dict[str, str] | None = None
-                  ) -> tuple[list[subprocess.Popen[bytes]], str, list[Path]]:
-    """``workers`` server processes on one port (REUSE_PORT, as the container runs them);
-    each logs JSON lines to its own file."""
-    env = {**stack.env, "LOG_LEVEL": "INFO", "LOG_FORMAT": "json", "PING_INTERVAL_S": "0",
-           "MAX_CALLS": "5000", "MAX_CONCURRENT_TURNS": "5000", "DRAIN_TIMEOUT_S": "2",
-           "IDLE_REPROMPT_S": "0", "METRICS_NAMESPACE": ""}
-    env.update(extra_env or {})
-    if workers > 1:
-        env["REUSE_PORT"] = "1"
-    processes: list[subprocess.Popen[bytes]] = []
-    logs: list[Path] = []
-    port: int | None = None
-    url = ""
-    for worker in range(workers):
-        log_path = log_dir / f"server-{name}-{worker}.log"
-        with log_path.open("wb") as log_file:
-            process, url = server_process.start_server(
-                env, stderr=log_file, port=port,
-                cpus=PINNED[worker % len(PINNED)] if PINNED else None)
-        port = int(url.rsplit(":", 1)[1])
-        processes.append(process)
-        logs.append(log_path)
-    return processes, url, logs
-
-
-def start_minimal(stack: Stack, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """The floor to compare with (issue 20): ``minimal_server.py`` on the same model
-    endpoint and core as ours, keeping history in memory, signing and storing nothing."""
-    port = server_process.free_port()
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).parent / "minimal_server.py"), "--port",
-             str(port)], env={**os.environ, **stack.env}, stdout=subprocess.DEVNULL,
-            stderr=log_file)
-    if PINNED:
-        os.sched_setaffinity(process.pid, PINNED[0])
-    server_process.wait_for(lambda: server_process.accepts(port), process, 30.0,
-                            "the minimal server")
-    return process, f"http://127.0.0.1:{port}"
-
-
-def stop_servers(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        process.terminate()                  # SIGTERM: the server drains
-    for process in processes:
-        server_process.stop(process, timeout_s=60)
-
-
 # ------------------------------------------------------------------ one level
 
 @dataclass(frozen=True)
@@ -202,15 +136,6 @@ class Plan:
     shape: str = "steady"              # or "gate": see GATE_SCRIPT
     profile: Path | None = None        # py-spy flame graphs of the loaded phase go here
     server_env: tuple[tuple[str, str], ...] = ()    # --server-env: what does X cost?
-
-
-def helper_cpu_s(stack: Stack) -> dict[str, float]:
-    cpu = {}
-    for name, pid in stack.helper_pids.items():
-        figures = read_process(pid)
-        if figures is not None:
-            cpu[name] = figures["cpu_s"]
-    return cpu
 
 
 def loaded_run(url: str, calls: int, plan: Plan, pids: tuple[int, ...],
@@ -314,8 +239,8 @@ def _minus(row: dict[str, Any], ms: float) -> dict[str, Any]:
 # ------------------------------------------------------------------ report
 
 def print_summary(results: list[dict[str, Any]], plan: Plan) -> None:
-    pinning = (f"server worker(s) pinned to {PINNED}, callers and fakes to "
-               f"{sorted(os.sched_getaffinity(0))}" if PINNED else "no pinning")
+    pinning = (f"server worker(s) pinned to {latency_servers.PINNED}, callers and fakes to "
+               f"{sorted(os.sched_getaffinity(0))}" if latency_servers.PINNED else "no pinning")
     if plan.shape.startswith("gate"):
         shape = (f"{plan.shape} shape: calls connect at {GATE_RATE:g}/s, then each waits 0-"
                  f"{GATE_SPREAD_S:g} s and says {len(GATE_SCRIPT)} turns "
@@ -330,25 +255,7 @@ def print_summary(results: list[dict[str, Any]], plan: Plan) -> None:
     print(f"\nmachine: {os.cpu_count()} cpus, {platform.machine()}, python "
           f"{platform.python_version()}; {plan.stack.describe()}; {shape}; "
           f"{plan.workers} server process(es), {pinning}")
-    print(f"{'calls':>6} | {'overhead p50':>12} {'p95':>7} {'p99':>7} | {'client p99':>10} | "
-          f"{'barge stop':>10} {'upstream':>8} | {'KiB/idle':>8} | {'us/token':>8} "
-          f"{'cpu %':>6} {'helpers %':>14} | {'errors':>6}")
-    for r in results:
-        loaded = r["loaded"]
-        server = loaded["server"] or {}
-        helpers = "+".join(f"{v:g}" for v in r["helpers_cpu_percent"].values()) or "-"
-        print(f"{r['calls']:>6} | {p_(r['overhead_ms'], 'p50'):>12} "
-              f"{p_(r['overhead_ms'], 'p95'):>7} {p_(r['overhead_ms'], 'p99'):>7} | "
-              f"{p_(r['client_overhead_ms'], 'p99'):>10} | "
-              f"{p_(loaded['barge_in_stop_ms'], 'p99'):>10} "
-              f"{p_(r['upstream_closed_ms'], 'p99'):>8} | {r['idle_kb_per_call']:>8} | "
-              f"{server.get('cpu_per_token_us')!s:>8} {server.get('cpu_percent')!s:>6} "
-              f"{helpers:>14} | {loaded['errors'] + r['idle_errors']:>6}")
-    print("(overhead: server side, prompt frame in -> first token frame out, minus the "
-          "model's first-token delay as the endpoint delivered it; client p99: the callers' "
-          "latency minus the configured delay; barge stop: "
-          "interrupt sent -> closer received; upstream: interrupt sent -> the endpoint saw "
-          "the stream close; helpers: endpoint+DynamoDB)")
+    print_levels(results)
     goals = GATE_GOAL_OVERHEAD_P99_MS if plan.shape.startswith("gate") else GOAL_OVERHEAD_P99_MS
     for calls, goal in goals.items():
         runs = [r["overhead_ms"]["p99"] for r in results
@@ -445,8 +352,7 @@ def main() -> int:
                         help="let every process run on every core (default: the server's "
                              "workers get a core each when one is left for the callers)")
     args = parser.parse_args()
-    global PINNED
-    PINNED = pin_layout(args.workers, args.pin)
+    pin_layout(args.workers, args.pin)
     baseline = None
     if args.baseline or args.baseline_unchunked or args.baseline_minimal:
         baseline = Baseline(url=args.baseline, pids=tuple(args.baseline_pid or ()),

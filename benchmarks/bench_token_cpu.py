@@ -34,8 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_latency
-from bench_latency import Plan, loaded_run, pin_layout, start_servers, stop_servers
+from bench_latency import Plan, loaded_run
+from latency_servers import pin_layout, start_servers, stop_servers
 from local_stack import StackOptions, local_stack
 
 GOAL_US = 30.0
@@ -77,7 +77,7 @@ def main() -> int:
                         help="let every process run on every core (default: as "
                              "bench_latency.py pins them)")
     args = parser.parse_args()
-    bench_latency.PINNED = pin_layout(args.workers, args.pin)
+    pin_layout(args.workers, args.pin)
     if args.llm != "bedrock":
         raise SystemExit("--times needs the local Bedrock endpoint (--llm bedrock)")
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-token-cpu-{os.getpid()}"

@@ -89,3 +89,26 @@ def print_gate_goals(results: list[dict[str, Any]]) -> None:
         if r["calls"] == 2000 and server.get("rss_kb_peak"):
             print(check("server RSS peak (MB)", round(server["rss_kb_peak"] / 1024, 1),
                         GATE_GOAL_RSS_MB_AT_2000, r["calls"]))
+
+
+def print_levels(results: list[dict[str, Any]]) -> None:
+    """A row a level: the server's overhead, the callers' p99, barge-in, memory, CPU, errors."""
+    print(f"{'calls':>6} | {'overhead p50':>12} {'p95':>7} {'p99':>7} | {'client p99':>10} | "
+          f"{'barge stop':>10} {'upstream':>8} | {'KiB/idle':>8} | {'us/token':>8} "
+          f"{'cpu %':>6} {'helpers %':>14} | {'errors':>6}")
+    for r in results:
+        loaded = r["loaded"]
+        server = loaded["server"] or {}
+        helpers = "+".join(f"{v:g}" for v in r["helpers_cpu_percent"].values()) or "-"
+        print(f"{r['calls']:>6} | {p_(r['overhead_ms'], 'p50'):>12} "
+              f"{p_(r['overhead_ms'], 'p95'):>7} {p_(r['overhead_ms'], 'p99'):>7} | "
+              f"{p_(r['client_overhead_ms'], 'p99'):>10} | "
+              f"{p_(loaded['barge_in_stop_ms'], 'p99'):>10} "
+              f"{p_(r['upstream_closed_ms'], 'p99'):>8} | {r['idle_kb_per_call']:>8} | "
+              f"{server.get('cpu_per_token_us')!s:>8} {server.get('cpu_percent')!s:>6} "
+              f"{helpers:>14} | {loaded['errors'] + r['idle_errors']:>6}")
+    print("(overhead: server side, prompt frame in -> first token frame out, minus the "
+          "model's first-token delay as the endpoint delivered it; client p99: the callers' "
+          "latency minus the configured delay; barge stop: "
+          "interrupt sent -> closer received; upstream: interrupt sent -> the endpoint saw "
+          "the stream close; helpers: endpoint+DynamoDB)")
