@@ -741,7 +741,7 @@ def test_alarms_notify_a_topic_that_cloudwatch_can_publish_to() -> None:
 
     alarms = [r["Properties"] for r in resources.values()
               if r["Type"] == "AWS::CloudWatch::Alarm"]
-    assert len(alarms) == 12
+    assert len(alarms) == 13
     resolver = Resolver(template, TEST_PARAMETERS)
     for alarm in alarms:
         name = resolver.resolve(alarm["AlarmName"])
