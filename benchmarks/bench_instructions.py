@@ -37,12 +37,19 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import instruction_attribution  # noqa: E402
+import instruction_store  # noqa: E402
+from callgrind_files import Dump, parse_callgrind, read_dump  # noqa: E402
+
+__all__ = ["Dump", "Needed", "build_marker", "parse_callgrind", "read_dump"]
 
 MARKER_C = """
 #include <valgrind/callgrind.h>
@@ -51,9 +58,9 @@ void marker_dump(const char *name) { CALLGRIND_DUMP_STATS_AT(name); }
 int marker_on_valgrind(void) { return RUNNING_ON_VALGRIND; }
 """
 SERVERS = ("voiceagent", "minimal")
+ATTRIBUTED = "attributed"       # ours again, through instruction_attribution's evaluator
 CALIBRATION = 2000            # toggle pairs with nothing between: the meter's own cost
 GC = "gc_collect_main"
-BELOW_MAIN = "(below main)"     # callgrind's name for what runs main: all is under it
 # the interpreter and what valgrind puts between its calls: every call passes through them
 INTERPRETER = ("libpython", "python3", "???", "ld-linux", "vgpreload")
 
@@ -86,10 +93,17 @@ def build_marker(folder: Path) -> Path:
 
 # ---- in the child, under callgrind ------------------------------------------------------
 
-def child(server: str, marker_path: str, sizes: list[int]) -> int:
+def child(server: str, marker_path: str, sizes: list[int], attribution: str | None) -> int:
     import bench_token_calls
+    import instruction_store
     import trio
     from bench_token_calls import Counts, measure
+
+    instruction_store.use_dynamodb_in_child()
+    names: dict[int, str] = {}
+    if attribution:
+        import instruction_attribution
+        names = instruction_attribution.start(attribution)
 
     marker = ctypes.CDLL(marker_path)
     marker.marker_dump.argtypes = [ctypes.c_char_p]
@@ -171,96 +185,11 @@ def child(server: str, marker_path: str, sizes: list[int]) -> int:
         marker.marker_toggle()
     marker.marker_dump(b"calibration")
     print(json.dumps({"tokens": tokens, "steps": steps, "jobs": jobs,
-                      "collections": collections}), flush=True)
+                      "collections": collections, "names": names}), flush=True)
     return 0
 
 
 # ---- in the parent ----------------------------------------------------------------------
-
-@dataclass
-class Dump:
-    """One callgrind dump: its total, each function's own instructions, by (function,
-    object), and the instructions of the calls each function made, by callee."""
-
-    total: int = 0
-    own: Counter[tuple[str, str]] = field(default_factory=Counter)
-    calls: Counter[tuple[tuple[str, str], tuple[str, str]]] = field(default_factory=Counter)
-
-    def inclusive(self, function: tuple[str, str]) -> int:
-        """Its own instructions and its calls' (exact for a function that is never on the
-        stack twice, as the collector: it cannot start inside itself)."""
-        return self.own[function] + sum(cost for (caller, callee), cost in self.calls.items()
-                                        if caller == function and callee != function)
-
-    def entered(self) -> Counter[str]:
-        """By object: the instructions of the calls into it from another object (what its
-        entry points cost, what they called back included)."""
-        into: Counter[str] = Counter()
-        for (caller, callee), cost in self.calls.items():
-            if caller[1] != callee[1]:
-                into[callee[1]] += cost
-        return into
-
-
-def parse_callgrind(text: str) -> Dump:
-    """A callgrind output file (its format: valgrind's docs, "Callgrind Format
-    Specification"): names may be compressed to ``(id)`` after their first use; a cost line
-    after ``calls=`` is that call's inclusive cost, any other is the current function's own.
-    Files, lines and positions are not kept: the costs are by function and object."""
-    dump = Dump()
-    names: dict[str, dict[str, str]] = {"ob": {}, "fn": {}}
-    obj = function = ""
-    callee_obj: str | None = None
-    callee = ""
-    in_call = finished = False
-
-    def name(table: str, value: str) -> str:
-        value = value.strip()
-        if value.startswith("("):
-            ident, _, rest = value.partition(")")
-            if rest.strip():
-                names[table][ident] = os.path.basename(rest.strip())
-            return names[table].get(ident, ident)
-        return os.path.basename(value)
-
-    for line in text.splitlines():
-        if not line:
-            continue
-        head = line[0]
-        if head.isdigit() or head in "+-*":
-            parts = line.split()
-            cost = int(parts[1]) if len(parts) > 1 else 0
-            if in_call:
-                if finished and function != BELOW_MAIN:
-                    key = (callee, callee_obj if callee_obj is not None else obj)
-                    dump.calls[(function, obj), key] += cost
-                in_call, callee_obj = False, None
-            else:
-                dump.own[function, obj] += cost
-        elif line.startswith("ob="):
-            obj = name("ob", line[3:])
-        elif line.startswith("fn="):
-            function, callee_obj = name("fn", line[3:]), None
-        elif line.startswith("cob="):
-            callee_obj = name("ob", line[4:])
-        elif line.startswith("cfn="):
-            callee = name("fn", line[4:])
-        elif line.startswith("calls="):
-            # "calls=0": a call still under way at the dump (main, the loop, the dump's
-            # own caller): its cost is the whole dump's, not a call made in it; so is the
-            # call of main's caller from below it, which callgrind counts as made
-            in_call, finished = True, line[6:].split()[0] != "0"
-        elif line.startswith(("totals:", "summary:")):
-            dump.total = int(line.split()[1])
-    return dump
-
-
-def read_dump(path: Path) -> Dump:
-    dump = parse_callgrind(path.read_text(errors="replace"))
-    if not dump.total and not dump.own:
-        raise SystemExit(f"{path}: a callgrind dump without a totals line: was it cut short?")
-    return dump
-
 
 @dataclass
 class Run:
@@ -270,6 +199,7 @@ class Run:
     jobs: list[int]
     dumps: list[Dump]
     collections: dict[str, int]
+    names: dict[int, str]           # the attributed run's slots: functions of ours
 
     def pair_cost(self) -> float:
         """Instructions one on/off toggle pair counts of itself (ctypes in and out)."""
@@ -293,14 +223,21 @@ def _interpreter() -> str:
     return os.path.realpath(sys.executable)
 
 
-def run_child(server: str, marker: Path, sizes: list[int], folder: Path) -> subprocess.Popen[str]:
+def run_child(server: str, marker: Path, sizes: list[int], folder: Path,
+              extra_env: dict[str, str]) -> subprocess.Popen[str]:
     python = _interpreter()
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(ROOT))
+    if server != "minimal":                 # the minimal server keeps no store
+        env.update(extra_env)
+    attribution = []
+    if server == ATTRIBUTED:
+        attribution = ["--attribution", str(instruction_attribution.build(folder, "cc"))]
     out = folder / f"{server}.out"
     command = ["valgrind", "--tool=callgrind", "--collect-atstart=no",
                f"--callgrind-out-file={out}", "--log-file=" + str(folder / f"{server}.log"),
                python, str(Path(__file__).resolve()), "--child", server,
-               "--marker", str(marker), "--short", str(sizes[0]), "--long", str(sizes[1])]
+               "--marker", str(marker), "--short", str(sizes[0]), "--long", str(sizes[1]),
+               *attribution]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
 
 
@@ -310,12 +247,13 @@ def finish(server: str, process: subprocess.Popen[str], folder: Path) -> Run:
         log = (folder / f"{server}.log").read_text(errors="replace")[-2000:]
         raise SystemExit(f"the {server} run failed (exit {process.returncode}):\n{log}")
     result = json.loads(stdout.strip().splitlines()[-1])
+    (folder / f"{server}.json").write_text(json.dumps(result))    # for --keep
     dumps = [read_dump(folder / f"{server}.out.{n}") for n in (1, 2, 3)]
     return Run(server, result["tokens"], result["steps"], result["jobs"], dumps,
-               result["collections"])
+               result["collections"], {int(k): v for k, v in result["names"].items()})
 
 
-def report(runs: list[Run], top: int) -> None:
+def report(runs: list[Run], top: int, functions: int) -> None:
     print(f"\n{'instructions':<44}{'per token':>14}{'per turn':>14}")
     figures: dict[str, tuple[float, float]] = {}
     for run in runs:
@@ -334,11 +272,16 @@ def report(runs: list[Run], top: int) -> None:
               f"each less the meter's own {run.pair_cost():,.0f})")
         started = ", ".join(f"{n} of {k}" for k, n in sorted(run.collections.items()))
         print(f"  (collections started in the two turns: {started or 'none'})")
-    if len(runs) == 2:
-        (ours_token, ours_turn), (floor_token, floor_turn) = (figures[r.server] for r in runs)
+    if "voiceagent" in figures and "minimal" in figures:
+        (ours_token, ours_turn), (floor_token, floor_turn) = (figures[s] for s in SERVERS)
         print(f"{'ours / minimal':<44}{ours_token / floor_token:>14.2f}"
               f"{ours_turn / floor_turn:>14.2f}")
     for run in runs:
+        if run.server == ATTRIBUTED:
+            instruction_attribution.report(run.dumps[:2], run.split, run.names, functions,
+                                           [(run.steps[n] + run.jobs[n]) * run.pair_cost()
+                                            for n in (0, 1)], figures.get("voiceagent"))
+            continue
         print(f"\n{run.server}: by object, per token and per turn: the calls into it from "
               "another object (inclusive), its own instructions (the meter's ctypes and "
               "libffi calls in these, not taken off)")
@@ -369,25 +312,40 @@ def main() -> int:
     parser.add_argument("--minimal", action="store_const", const="minimal", dest="server",
                         help="count only benchmarks/minimal_server.py")
     parser.add_argument("--top", type=int, default=8, help="objects listed (default 8)")
+    parser.add_argument("--store", choices=("sqlite", "dynamodb"), default="sqlite",
+                        help="our store: a SQLite file (default) or DynamoDB on moto's "
+                        "server, as bench_latency.py --shape gate runs it")
+    parser.add_argument("--by-package", action="store_true",
+                        help="also count ours through a frame evaluator that charges each "
+                        "instruction to the package whose Python code runs (and a slot per "
+                        "function of ours): by package, and --functions of ours inclusive")
+    parser.add_argument("--functions", type=int, default=15,
+                        help="functions of ours listed with --by-package (default 15)")
     parser.add_argument("--keep", metavar="DIR", help="keep callgrind's files in DIR")
-    parser.add_argument("--child", choices=SERVERS, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=(*SERVERS, ATTRIBUTED), help=argparse.SUPPRESS)
     parser.add_argument("--marker", help=argparse.SUPPRESS)
+    parser.add_argument("--attribution", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.long <= args.short:
         raise SystemExit(f"--long ({args.long}) must be more than --short ({args.short})")
     sizes = [args.short, args.long]
     if args.child:
-        return child(args.child, args.marker, sizes)
-    servers = SERVERS if args.server == "both" else (args.server,)
+        return child(args.child, args.marker, sizes, args.attribution)
+    servers: tuple[str, ...] = SERVERS if args.server == "both" else (args.server,)
+    if args.by_package:
+        servers = (*servers, ATTRIBUTED)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as scratch:
         folder = Path(args.keep or scratch)
         folder.mkdir(parents=True, exist_ok=True)
         marker = build_marker(folder)
         print(f"counting turns of {args.short} and {args.long} words in callgrind "
-              f"({', '.join(servers)}, side by side; ~50x slower than Python alone)",
-              flush=True)
-        processes = {s: run_child(s, marker, sizes, folder) for s in servers}
+              f"({', '.join(servers)}, side by side; ~50x slower than Python alone; our "
+              f"store: {args.store})", flush=True)
+        stores = ExitStack()
+        extra_env = (stores.enter_context(instruction_store.dynamodb(folder))
+                     if args.store == "dynamodb" else {})
+        processes = {s: run_child(s, marker, sizes, folder, extra_env) for s in servers}
         ticker = threading.Event()
 
         def tick() -> None:
@@ -401,7 +359,8 @@ def main() -> int:
             for process in processes.values():
                 if process.poll() is None:
                     process.kill()
-        report(runs, args.top)
+            stores.close()
+        report(runs, args.top, args.functions)
     print(f"\ndone in {time.monotonic() - started:.0f} s")
     return 0
 

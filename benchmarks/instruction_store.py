@@ -1,0 +1,77 @@
+"""``bench_instructions.py --store dynamodb``: the turn's store is DynamoDB on moto's server,
+as ``bench_latency.py --shape gate`` runs it (``local_stack.py``), so the write-behind's
+path (our HTTP client, SigV4 signing, the JSON request) is counted with the turn.
+
+The parent starts moto (a process of its own, not under callgrind), makes the table and
+loads the workload's use case with the operator's commands (``voiceagent store init``,
+``voiceagent config load``); the child, whose harness writes sqlite settings, gets the table
+through ``Settings.from_env``, the one place every settings object is made.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLE = "voiceagent-bench-instructions"
+ENDPOINT_VARIABLE = "BENCH_INSTRUCTIONS_DYNAMODB"      # the child's cue: moto's URL
+
+
+def _aws(scratch: Path) -> dict[str, str]:
+    """Dummy credentials and no AWS files: nothing may reach AWS."""
+    return {"AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "not-a-secret",
+            "AWS_CONFIG_FILE": str(scratch / "no-config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(scratch / "no-credentials"),
+            "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@contextmanager
+def dynamodb(scratch: Path) -> Iterator[dict[str, str]]:
+    """moto's server with the table and the use case in it, stopped on exit; yields what
+    the child's environment needs on top of the parent's."""
+    from bench_token_calls import USE_CASE
+
+    from tests.dynamodb_support import MotoServer
+    from tests.server_harness import one_use_case_config
+
+    scratch = Path(tempfile.mkdtemp(prefix="dynamodb-", dir=scratch))   # --keep: a fresh one
+    moto = MotoServer(scratch / "moto.log").start()
+    try:
+        env = {**os.environ, **_aws(scratch), "PYTHONPATH": str(ROOT), "STORE": "dynamodb",
+               "TABLE_NAME": TABLE, "AWS_ENDPOINT_URL_DYNAMODB": moto.endpoint}
+        config = one_use_case_config(scratch, USE_CASE)
+        for command in (["store", "init"], ["config", "load", "--config-dir", str(config)]):
+            done = subprocess.run([sys.executable, "-m", "voiceagent", *command], cwd=ROOT,
+                                  env=env, capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                raise SystemExit(f"voiceagent {' '.join(command)} failed:\n{done.stderr}")
+        yield {ENDPOINT_VARIABLE: moto.endpoint}
+    finally:
+        moto.stop()
+
+
+def use_dynamodb_in_child() -> None:
+    """In the child, when the parent started moto: every settings object names the table,
+    and the endpoint is put back after the harness clears the AWS variables."""
+    endpoint = os.environ.get(ENDPOINT_VARIABLE)
+    if not endpoint:
+        return
+    from voiceagent.settings import Settings
+
+    made = Settings.from_env.__func__  # type: ignore[attr-defined]
+
+    def from_env(cls: type[Settings], values: Any = None, *args: Any, **kwargs: Any) -> Any:
+        os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = endpoint
+        if values is not None:
+            values = {**values, "STORE": "dynamodb", "TABLE_NAME": TABLE}
+        return made(cls, values, *args, **kwargs)
+
+    Settings.from_env = classmethod(from_env)  # type: ignore[assignment,method-assign]
