@@ -133,9 +133,13 @@ def check_number(value: int | float, where: str) -> None:
     """``StoreRejected`` naming the attribute for a number DynamoDB cannot hold, so SQLite
     refuses what DynamoDB would, and DynamoDB before the batch is sent."""
     if not is_storable_number(value):
-        raise StoreRejected(f"item attribute {where!r} is a number DynamoDB cannot hold (more "
-                            f"than {MAX_NUMBER_DIGITS} digits, or a magnitude outside 1e-130 "
-                            "to 1e126); store it as text")
+        raise StoreRejected(number_refusal(where))
+
+
+def number_refusal(where: str) -> str:
+    return (f"item attribute {where!r} is a number DynamoDB cannot hold (more than "
+            f"{MAX_NUMBER_DIGITS} digits, or a magnitude outside 1e-130 to 1e126); store it "
+            "as text")
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from functools import partial
 from typing import Any
 
 import trio
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from boto3.dynamodb.types import TypeDeserializer
 
 from voiceagent.aws_session import StartupSession
 from voiceagent.errors import SettingsError, StoreError, StorePartlyWritten, StoreRejected
@@ -63,7 +63,7 @@ from voiceagent.store.dynamodb_values import (
     condition_failed_item,
     error_code,
     plain,
-    to_dynamo,
+    to_attribute,
     unless_newer,
 )
 from voiceagent.threads import run_blocking
@@ -89,7 +89,6 @@ class DynamoDBStore(DynamoDBCalls, TableAdmin):
         self._client = client
         self._http = http               # writes and gets from the loop; None: the client
         self._limiter = limiter
-        self._serializer = TypeSerializer()
         self._deserializer = TypeDeserializer()
         self._closed = False
 
@@ -271,8 +270,7 @@ class DynamoDBStore(DynamoDBCalls, TableAdmin):
         check_item_nesting(item)            # DynamoDB refuses it; moto does not
         key = (item["pk"], item["sk"])
         try:
-            attributes = {name: self._serializer.serialize(to_dynamo(value, name))
-                          for name, value in item.items()}
+            attributes = {name: to_attribute(value, name) for name, value in item.items()}
         except StoreRejected as err:
             raise StoreRejected(f"{describe_key(*key)}: {err}") from None
         except (decimal.DecimalException, TypeError) as err:

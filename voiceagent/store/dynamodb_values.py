@@ -5,14 +5,20 @@ both stores refuse by)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+from boto3.dynamodb.types import DYNAMODB_CONTEXT
 from botocore.exceptions import ClientError
 
 from voiceagent.errors import StoreRejected
-from voiceagent.store.base import BATCH_LIMIT, check_number, describe_key
+from voiceagent.store.base import (
+    BATCH_LIMIT,
+    describe_key,
+    is_storable_number,
+    number_refusal,
+)
 from voiceagent.store.dynamodb_http import DynamoDBHttpError
 
 Key = tuple[str, str]                # (pk, sk)
@@ -34,32 +40,73 @@ WIRE_BYTES_PER_ITEM = 1024
 BATCH_WIRE_BYTES = REQUEST_BYTES_MAX - 64 * 1024      # room for the request's envelope
 
 
-def to_dynamo(value: Any, where: str) -> Any:
-    """Plain values as TypeSerializer takes them: floats become Decimals (exactly the
-    float's shortest repr), tuples lists; anything else JSON would not hold is refused, and
-    a number DynamoDB cannot hold by ``base.check_number``, naming the attribute."""
-    if value is None or isinstance(value, str | bool):
-        return value
-    if isinstance(value, int):
-        check_number(value, where)
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise StoreRejected(f"item attribute {where!r} is {value}: not storable")
-        check_number(value, where)
-        return Decimal(repr(value))
+def to_attribute(value: Any, name: str) -> dict[str, Any]:
+    """An item attribute's value as DynamoDB's typed JSON (``{"S": ...}``, ``{"N": "12"}``,
+    ``{"M": {...}}``...), exactly what boto3's ``TypeSerializer`` makes of it once floats
+    are Decimals of their shortest repr (the float as it is sent) and tuples lists, in one
+    walk: the write-behind encodes every item of every turn, and a plain copy for the
+    serializer to walk again cost as much as the encoding. Anything else JSON would not hold
+    is refused, and a number DynamoDB cannot hold by ``base.check_number``, naming the
+    attribute's path (built only then). ``decimal.DecimalException`` past 38 digits, as the
+    serializer raised. Recursive: ``check_item_nesting`` bounds the depth first."""
+    try:
+        return _attribute(value)
+    except _Refused as err:
+        raise StoreRejected(err.message(name + "".join(reversed(err.path)))) from None
+
+
+class _Refused(Exception):
+    """A value refused deep in an item: the message waits for the path, gathered on the way
+    out (innermost first)."""
+
+    def __init__(self, message: Callable[[str], str]) -> None:
+        self.message = message
+        self.path: list[str] = []
+
+
+def _attribute(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {"NULL": True}
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, int | float):
+        if not is_storable_number(value):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise _Refused(lambda where: f"item attribute {where!r} is {value}: not "
+                               "storable")
+            raise _Refused(lambda where: number_refusal(where))
+        number = Decimal(repr(value)) if isinstance(value, float) else value
+        return {"N": str(DYNAMODB_CONTEXT.create_decimal(number))}
     if isinstance(value, list | tuple):
-        return [to_dynamo(element, f"{where}[{i}]") for i, element in enumerate(value)]
+        elements = []
+        for index, element in enumerate(value):
+            try:
+                elements.append(_attribute(element))
+            except _Refused as err:
+                err.path.append(f"[{index}]")
+                raise
+        return {"L": elements}
     if isinstance(value, dict):
-        out = {}
+        entries = {}
         for key, element in value.items():
             if not isinstance(key, str):
-                raise StoreRejected(f"item attribute {where!r} has a {type(key).__name__} "
-                                    "key; map keys must be strings")
-            out[key] = to_dynamo(element, f"{where}.{key}")
-        return out
-    raise StoreRejected(f"item attribute {where!r} is a {type(value).__name__}; items hold "
-                        "str, int, float, bool, None, lists and dicts")
+                raise _key_refused(type(key).__name__)
+            try:
+                entries[key] = _attribute(element)
+            except _Refused as err:
+                err.path.append(f".{key}")
+                raise
+        return {"M": entries}
+    kind = type(value).__name__
+    raise _Refused(lambda where: f"item attribute {where!r} is a {kind}; items hold str, "
+                   "int, float, bool, None, lists and dicts")
+
+
+def _key_refused(kind: str) -> _Refused:
+    return _Refused(lambda where: f"item attribute {where!r} has a {kind} key; map keys must "
+                    "be strings")
 
 
 def plain(value: Any) -> Any:
