@@ -129,3 +129,34 @@ def test_the_marker_builds_and_does_nothing_outside_valgrind(tmp_path: Path) -> 
     marker = ctypes.CDLL(str(build_marker(tmp_path)))
     assert marker.marker_on_valgrind() == 0
     marker.marker_toggle()                  # a client request outside valgrind: no effect
+
+
+def test_a_call_under_way_at_the_dump_is_kept_apart_with_its_cost_so_far() -> None:
+    dump = parse_callgrind(DUMP)
+    assert dump.underway == {(("__libc_start_main@@GLIBC_2.34", LIBC), ("Py_RunMain", PYTHON)):
+                             860}
+
+
+def test_by_package_charges_each_instruction_to_the_innermost_package() -> None:
+    """trio's step (1000 in all) calls ours (600 in all), which calls json (100) and, through
+    it, trio again (50, recursion named ``'2`` by callgrind); the harness's frame is under
+    way at the dump. Each package keeps what ran while it was innermost."""
+    import instruction_attribution
+    from callgrind_files import Dump
+
+    def arc(caller: str, callee: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        return (caller, "attribution.so"), (callee, "attribution.so")
+
+    dump = Dump(total=1200)
+    dump.underway[arc("attributed", "pkg_benchmarks__from__none")] = 1200
+    dump.calls[arc("attributed", "pkg_trio__from__benchmarks")] = 1000
+    dump.calls[arc("attributed", "pkg_voiceagent__from__trio")] = 600
+    dump.calls[arc("attributed", "pkg_json__from__voiceagent")] = 100
+    dump.calls[arc("attributed", "pkg_trio__from__json'2")] = 50
+    dump.calls[arc("pkg_voiceagent__from__trio", "fn_3")] = 600
+    own = instruction_attribution.by_package(dump)
+    assert {k: v for k, v in own.items() if v} == {
+        "benchmarks": 200, "trio": 400 + 50, "voiceagent": 500, "json": 50}
+    assert sum(own.values()) == dump.total
+    assert instruction_attribution.by_function(dump, {3: "voiceagent.x.run"}) == {
+        "voiceagent.x.run": 600}
