@@ -19,7 +19,15 @@ token = (long - short) / the tokens between, per turn = the short turn less its 
 share. The same for ``benchmarks/minimal_server.py`` (the floor), in a second callgrind
 beside it. The child runs with ``PYTHONHASHSEED=0``, so two runs take the same paths.
 
+``--store dynamodb``: our store is DynamoDB on moto's server (``instruction_store.py``), as
+``bench_latency.py --shape gate`` runs it, so the write-behind's requests (our HTTP client,
+SigV4) count; moto closes each connection, so each write also pays a connect that DynamoDB's
+kept-alive connections do not. ``--by-package``: ours a third time, through a frame evaluator
+that charges each instruction to the package whose Python code ran and gives the functions of
+ours their inclusive cost (``instruction_attribution.py``).
+
     python benchmarks/bench_instructions.py --long 200 --short 50
+    python benchmarks/bench_instructions.py --server voiceagent --store dynamodb --by-package
 """
 
 from __future__ import annotations
