@@ -23,6 +23,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -146,13 +147,17 @@ def start(library: str) -> dict[int, str]:
     names: dict[int, str] = {}
     packages = {name: n for n, name in enumerate(PACKAGES)}
 
+    lock = threading.Lock()     # the store's worker threads classify too: one slot each
+
     def classify(code: Any) -> int:
         package = package_of(code.co_filename)
         slot = -1
-        if package in OURS and len(names) < SLOTS:
-            slot = len(names)
-            module = code.co_filename[len(str(ROOT)) + 1:].removesuffix(".py")
-            names[slot] = f"{module.replace('/', '.')}.{code.co_qualname}"
+        if package in OURS:
+            with lock:
+                if len(names) < SLOTS:
+                    slot = len(names)
+                    module = code.co_filename[len(str(ROOT)) + 1:].removesuffix(".py")
+                    names[slot] = f"{module.replace('/', '.')}.{code.co_qualname}"
         return (slot + 1) * len(PACKAGES) + packages[package]
 
     attribution = ctypes.PyDLL(library)
