@@ -32,9 +32,11 @@ from typing import Any
 from callgrind_files import Dump
 
 ROOT = Path(__file__).resolve().parent.parent
-# the first package a file's path matches, in this order; "stdlib" and "other" for the rest
+# a file's package: site-packages' by their top name, ours, the harness, the standard library
+# (json and logging apart), code made at run time; "other" for the rest
 PACKAGES = ("(none)", "voiceagent", "actors", "trio", "hypercorn", "wsproto", "h11", "quart",
-            "botocore", "json", "logging", "stdlib", "benchmarks", "other")
+            "botocore", "boto3", "json", "logging", "stdlib", "generated", "benchmarks",
+            "other")
 SLOTS = 2048                  # functions of ours given their own trampoline (first seen first)
 OURS = ("voiceagent", "actors")
 PAIR = re.compile(r"^pkg_(\w+?)__from__(\w+?)(?:'\d+)?$")
@@ -53,7 +55,10 @@ def package_of(path: str) -> str:
     if path.startswith(STDLIB + os.sep):
         top = path[len(STDLIB) + 1:].split("/", 1)[0]
         return top if top in ("json", "logging") else "stdlib"
-    return "stdlib" if path.startswith("<frozen") else "other"
+    if path.startswith("<frozen"):
+        return "stdlib"
+    # attrs' and dataclasses' made methods ("<attrs generated init ...>", "<string>")
+    return "generated" if path.startswith("<") else "other"
 
 
 def c_source() -> str:
