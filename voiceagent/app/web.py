@@ -2,7 +2,7 @@
 
 The relay route is served straight on ASGI (``relay_route``, see ``relay/asgi_socket.py``);
 everything else is a small quart-trio app. Signatures are checked before any work when
-VALIDATE_SIGNATURES is on.
+VALIDATE_SIGNATURES is on: the webhooks' on ASGI too, before quart (``webhook_edge``).
 """
 
 from __future__ import annotations
@@ -14,20 +14,20 @@ import secrets
 from functools import partial
 from typing import Any, cast
 
-from quart import Request, Response, request
+from quart import Response, request
 from quart_trio import QuartTrio
 
 import voiceagent.store.records as records
 from actors.model_trouble import CANNOT_GO_ON
 from voiceagent import signature, twiml
-from voiceagent.app import webhook_form
+from voiceagent.app import webhook_edge
 from voiceagent.app.action_reads import ReconnectTimes, read_by, reconnect_use_case
 from voiceagent.app.action_words import ActionWords
 from voiceagent.app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from voiceagent.app.phone_page import PATH as PHONE_PATH
-from voiceagent.app.phone_page import UNSIGNED_ELSEWHERE, PhoneDesk, addressed_here
+from voiceagent.app.phone_page import PhoneDesk
 from voiceagent.app.relay_answers import ActionReplayed
-from voiceagent.app.relay_route import relay, relay_path, signed
+from voiceagent.app.relay_route import relay, relay_path
 from voiceagent.app.runtime import Runtime
 from voiceagent.app.session_end import handoff_use_case
 from voiceagent.app.session_end import session_over as _session_over
@@ -40,6 +40,8 @@ from voiceagent.app.sessions import (
 )
 from voiceagent.app.socket_marks import AgentEnded
 from voiceagent.app.spent_tokens import newest_session
+from voiceagent.app.webhook_edge import MAX_FIELDS as MAX_FIELDS  # where it was
+from voiceagent.app.webhook_edge import MAX_WEBHOOK_BYTES
 from voiceagent.catalog import UnknownUseCase
 from voiceagent.errors import StoreError
 from voiceagent.handoff_data import hands_off
@@ -51,16 +53,6 @@ log = logging.getLogger(__name__)
 
 SORRY = CANNOT_GO_ON        # also what a call hears when the model keeps failing
 XML = twiml.CONTENT_TYPE
-# Twilio's webhook bodies are a few KB; HandoffData (ours, written by the use case's tools)
-# may add more. Decoding and checking the largest is ~0.5 ms of the event loop for 64 KiB of
-# escapes, ~1.2 ms at worst (one escape among 64 KiB of literal '=', each rewritten for the
-# decoder: webhook_form), for anyone who can reach the URL.
-MAX_WEBHOOK_BYTES = 64 * 1024
-# Twilio's webhooks carry a few dozen fields (a SIP call's headers add some). Each field costs
-# the decoding and the signature check ~1.5 µs: 64 KB of "k1=&k2=&..." (9,000 fields) was
-# ~50 ms when the twilio package's validator checked it.
-MAX_FIELDS = 200
-FORM = "application/x-www-form-urlencoded"      # what Twilio sends; no other parser is reached
 # Twilio's CallSids. A signature covers the URL then each name and value, sorted, with nothing
 # between them: a captured /twiml sent again with a boundary moved ("CallSid=CA…" absorbing
 # "CallStatusringing") keeps its signature, and a CallSid nobody has seen would mint a new
@@ -82,57 +74,15 @@ def _headers() -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
-def _base_url(settings: Settings, headers: dict[str, str] | None = None) -> str:
-    return signature.public_base(_headers() if headers is None else headers, request.scheme,
-                                 request.host, settings.public_url,
+def _base_url(settings: Settings) -> str:
+    return signature.public_base(_headers(), request.scheme, request.host, settings.public_url,
                                  trust_forwarded=settings.trust_proxy_headers)
 
 
-async def _signed_form(runtime: Runtime) -> dict[str, str] | Response:
-    """The webhook's form if its signature is valid, else the answer to send. The
-    signature header must be there before the body is read, the body must fit
-    MAX_WEBHOOK_BYTES and MAX_FIELDS before it is decoded, and decoding is bytewise work
-    (``webhook_form``): the signature covers the decoded fields, so they are decoded
-    unauthenticated. Refusals are logged in proportion (``Runtime.edge_refusals``):
-    anyone can send them, at any rate, so the headers are read into a dict once and the
-    request found once (each ``request.x`` is a context-variable lookup)."""
-    settings, refused = runtime.settings, runtime.edge_refusals.note
-    req: Request = request._get_current_object()     # type: ignore[attr-defined]
-    headers, path = _headers(), req.path
-    if settings.validate_signatures and "x-twilio-signature" not in headers:
-        refused("unsigned", "unsigned webhook", path=path)
-        return Response("invalid signature", status=403)
-    if not settings.validate_signatures and not addressed_here(settings, headers):
-        refused("unsigned_elsewhere", "unsigned webhook for another host: refused", path=path)
-        return Response(UNSIGNED_ELSEWHERE, status=403)
-    if (req.content_length or 0) > MAX_WEBHOOK_BYTES:
-        refused("too_large", "webhook body too large", path=path, bytes=req.content_length)
-        return Response("request body too large", status=413)
-    if req.mimetype != FORM:
-        refused("not_a_form", "webhook body not a form", path=path,
-                content_type=req.mimetype[:100])
-        return Response(f"Content-Type: expected {FORM}, as Twilio sends", status=415)
-    body = await req.get_data(cache=True, as_text=False, parse_form_data=False)
-    if body.count(b"&") >= MAX_FIELDS:                       # before anything is parsed
-        refused("too_many_fields", "webhook body of too many fields", path=path)
-        return Response(f"request body of more than {MAX_FIELDS} fields", status=413)
-    try:
-        received = webhook_form.fields(body)       # every value of a repeated name is signed
-    except webhook_form.BadForm as err:
-        refused("bad_form", "webhook body not a urlencoded form", path=path, error=str(err))
-        return Response(f"request body: {err}", status=400)
-    form: dict[str, str] = {}
-    for name, value in received:
-        form.setdefault(name, value)            # the first value of a repeated name, as read
-    url = _base_url(settings, headers) + signature.target_as_sent(req.scope)   # as signed
-    if settings.validate_signatures and not signed(settings, url, received, headers):
-        runtime.signature_refused("bad_signature", "bad signature", path=path,
-                                  checked_url=url,
-                                  claimed_call_sid=form.get("CallSid", "")[:64],
-                                  **signature.unknown_algorithm(headers))
-        return Response("invalid signature", status=403)
-    runtime.edge_refusals.succeeded()
-    return form
+def _signed_form() -> dict[str, str]:
+    """The webhook's form, its signature checked and the request refused before quart when
+    it was not (``webhook_edge``): handed over in the scope, read and decoded once."""
+    return cast(dict[str, str], cast(dict[str, Any], request.scope)[webhook_edge.FORM_KEY])
 
 
 def _refuse_call(runtime: Runtime, reason: str) -> Response:
@@ -144,9 +94,7 @@ def _refuse_call(runtime: Runtime, reason: str) -> Response:
 async def twiml_webhook(runtime: Runtime) -> Response:
     """Twilio's call webhook, while the phone rings: the session, then the relay's TwiML."""
     settings, path = runtime.settings, relay_path(runtime)
-    form = await _signed_form(runtime)
-    if isinstance(form, Response):
-        return form
+    form = _signed_form()
     if "CallSid" not in form:
         return Response("CallSid missing: this endpoint is Twilio's voice webhook",
                         status=400)
@@ -193,9 +141,7 @@ async def twiml_webhook(runtime: Runtime) -> Response:
 async def action_webhook(runtime: Runtime) -> Response:
     """Twilio's session-end callback: hand over to a person, say goodbye, or reconnect."""
     settings, path = runtime.settings, relay_path(runtime)
-    form = await _signed_form(runtime)
-    if isinstance(form, Response):
-        return form
+    form = _signed_form()
     status, call_sid = form.get("SessionStatus", ""), form.get("CallSid", "")
     if call_sid:
         call_sid_var.set(call_sid)
@@ -370,6 +316,8 @@ def create_app(runtime: Runtime) -> Any:
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and scope["path"] == path:
             await relay(runtime, scope, receive, send, phone)
+        elif webhook_edge.is_webhook(scope):    # a refusal never enters quart
+            await webhook_edge.serve(runtime, cast(Any, app), scope, receive, send)
         else:
             await app(cast(Any, scope), receive, send)
 
