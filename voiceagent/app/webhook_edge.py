@@ -1,10 +1,12 @@
 """The webhooks' signatures, checked on ASGI before quart sees the request.
 
 Anyone can POST to /twiml and /action at any rate. A refused request answered by a quart
-route cost the event loop a nursery, two tasks and quart's request machinery (~740 Python
-frames in the app, of which our check was a few dozen); here it is answered with two ASGI
-sends. A signed request goes on to quart's handlers with its body already read, and with its
-form, decoded and checked, in the scope (``FORM_KEY``): nothing is read or decoded twice.
+route cost the event loop a nursery, two tasks and quart's request machinery: ~740 Python
+calls from the ASGI app down for a small form with a made-up signature, ~206 here, where it
+is answered with two ASGI sends (~0.2 ms less of the server's CPU a request, measured over
+a real socket on a shared 2-core machine). A signed request goes on to quart's handlers
+with its body already read, and with its form, decoded and checked, in the scope
+(``FORM_KEY``): nothing is read or decoded twice.
 
 What quart's request object gave the check (its host, mimetype and content length) is taken
 from the same werkzeug functions over the same header values, so the signed URL, the answers
