@@ -47,7 +47,9 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 App = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 
 
-class _Refused(Exception):
+class Refused(Exception):
+    """The answer to a refused webhook: its status and text."""
+
     def __init__(self, status: int, text: str) -> None:
         super().__init__(text)
         self.status, self.text = status, text
@@ -69,7 +71,7 @@ async def serve(runtime: Runtime, app: App, scope: dict[str, Any], receive: Rece
     the scope and its body given again from memory."""
     try:
         form, body = await _signed_form(runtime, scope, receive)
-    except _Refused as refusal:
+    except Refused as refusal:
         text = refusal.text.encode()
         await send({"type": "http.response.start", "status": refusal.status,
                     "headers": [(b"content-type", _TEXT),
@@ -108,7 +110,7 @@ def _headers(scope: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
 
 async def _signed_form(runtime: Runtime, scope: dict[str, Any], receive: Receive
                        ) -> tuple[dict[str, str], bytes]:
-    """The webhook's form and body if its signature is valid, else ``_Refused`` with the
+    """The webhook's form and body if its signature is valid, else ``Refused`` with the
     answer. The signature header must be there before the body is read, the body must fit
     MAX_WEBHOOK_BYTES and MAX_FIELDS before it is decoded, and decoding is bytewise work
     (``webhook_form``): the signature covers the decoded fields, so they are decoded
@@ -118,28 +120,28 @@ async def _signed_form(runtime: Runtime, scope: dict[str, Any], receive: Receive
     path = scope["path"]
     if settings.validate_signatures and "x-twilio-signature" not in headers:
         refused("unsigned", "unsigned webhook", path=path)
-        raise _Refused(403, "invalid signature")
+        raise Refused(403, "invalid signature")
     if not settings.validate_signatures and not addressed_here(settings, headers):
         refused("unsigned_elsewhere", "unsigned webhook for another host: refused", path=path)
-        raise _Refused(403, UNSIGNED_ELSEWHERE)
+        raise Refused(403, UNSIGNED_ELSEWHERE)
     length = get_content_length(first.get("content-length"), first.get("transfer-encoding"))
     if (length or 0) > MAX_WEBHOOK_BYTES:
         refused("too_large", "webhook body too large", path=path, bytes=length)
-        raise _Refused(413, "request body too large")
+        raise Refused(413, "request body too large")
     mimetype = parse_options_header(first.get("content-type", ""))[0].lower()
     if mimetype != FORM:
         refused("not_a_form", "webhook body not a form", path=path,
                 content_type=mimetype[:100])
-        raise _Refused(415, f"Content-Type: expected {FORM}, as Twilio sends")
+        raise Refused(415, f"Content-Type: expected {FORM}, as Twilio sends")
     body = await _body(receive, refused, path)
     if body.count(b"&") >= MAX_FIELDS:                       # before anything is parsed
         refused("too_many_fields", "webhook body of too many fields", path=path)
-        raise _Refused(413, f"request body of more than {MAX_FIELDS} fields")
+        raise Refused(413, f"request body of more than {MAX_FIELDS} fields")
     try:
         received = webhook_form.fields(body)       # every value of a repeated name is signed
     except webhook_form.BadForm as err:
         refused("bad_form", "webhook body not a urlencoded form", path=path, error=str(err))
-        raise _Refused(400, f"request body: {err}") from None
+        raise Refused(400, f"request body: {err}") from None
     form: dict[str, str] = {}
     for name, value in received:
         form.setdefault(name, value)            # the first value of a repeated name, as read
@@ -154,9 +156,17 @@ async def _signed_form(runtime: Runtime, scope: dict[str, Any], receive: Receive
                                   checked_url=url,
                                   claimed_call_sid=form.get("CallSid", "")[:64],
                                   **signature.unknown_algorithm(headers))
-        raise _Refused(403, "invalid signature")
+        raise Refused(403, "invalid signature")
     runtime.edge_refusals.succeeded()
     return form, body
+
+
+async def checked(runtime: Runtime, scope: dict[str, Any], body: bytes) -> dict[str, str]:
+    """The form of a request whose body is already read (a handler reached without
+    ``serve``), checked as ``serve`` checks it; ``Refused`` with the answer."""
+    async def given() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+    return (await _signed_form(runtime, scope, given))[0]
 
 
 async def _body(receive: Receive, refused: Callable[..., object], path: str) -> bytes:
@@ -172,7 +182,7 @@ async def _body(receive: Receive, refused: Callable[..., object], path: str) -> 
         size += len(chunk)
         if size > MAX_WEBHOOK_BYTES:
             refused("too_large", "webhook body too large", path=path, bytes=size)
-            raise _Refused(413, "request body too large")
+            raise Refused(413, "request body too large")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
