@@ -207,10 +207,12 @@ async def test_a_handoff_whose_sqlite_read_waits_for_the_lock_is_answered_in_tim
                 await runtime.sessions.prepare({"CallSid": CALL_SID, "From": "+15555550100",
                                                 "To": "+15555550199"})
                 assert await store.get(CALL_SID, store_records.SESSION_SK) is not None
+                # a write holds the lock: taken once the write-behind's last one, which may
+                # still be in its thread, lets go of it (the clock held till then)
+                await trio.to_thread.run_sync(sqlite._lock.acquire)
                 # from here a thread waiting for the lock lets the clock run, as it does
                 monkeypatch.undo()
                 mock_clock.autojump_threshold = 0
-                assert sqlite._lock.acquire(blocking=False)      # a write holds it
                 released = trio.Event()
 
                 async def write_done() -> None:
