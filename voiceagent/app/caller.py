@@ -24,8 +24,11 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
 
 from voiceagent import signature
+from voiceagent.app import ws_client_pongs
 from voiceagent.settings import is_loopback
 from voiceagent.threads import run_blocking
+
+ws_client_pongs.install()       # hanging up as a ping arrives is not an error
 
 HTTP_TIMEOUT_S = 10.0
 # The webhook POSTs' worker threads, apart from trio's default limiter: in one process with
