@@ -32,12 +32,17 @@ async def test_a_barge_in_after_a_keypress_reports_the_keypad_reply_alone(
 
 async def test_an_unsigned_call_refused_says_the_token_is_missing(tmp_path: Path) -> None:
     """``voiceagent call`` without a token sent an unsigned webhook, and said only "403:
-    invalid signature", as if the token were wrong (helper-33)."""
+    invalid signature", as if the token were wrong (helper-33). It then said to set the
+    token, and nothing of ``.env``: after the README's ``voiceagent serve`` (token in
+    ``.env``), ``voiceagent call`` beside it, which reads no ``.env``, was refused with
+    advice that seemed already followed (s26 README walk)."""
     with trio.fail_after(30):
         async with running_server(make_settings(tmp_path)) as server:
-            with pytest.raises(CallerError, match="went unsigned: set TWILIO_AUTH_TOKEN"):
+            with pytest.raises(CallerError, match="went unsigned: set TWILIO_AUTH_TOKEN") as err:
                 async with open_call(server.url, auth_token=None):
                     pass
+    assert "`voiceagent call` does not read .env" in str(err.value)
+    assert "`set -a; . ./.env; set +a`" in str(err.value)
 
 
 async def test_a_call_signed_with_another_token_says_which_token_to_use(tmp_path: Path) -> None:

@@ -98,8 +98,11 @@ def _refusal_hint(code: int, body: str, auth_token: str | None) -> str:
     if code != 403 or body != "invalid signature":
         return ""
     if not auth_token:
+        # `voiceagent serve` read the token from .env; `call` reads no .env (it may call any
+        # server), which is not what someone who just started `serve` beside it expects
         return ("; the request went unsigned: set TWILIO_AUTH_TOKEN (or --auth-token) to the "
-                "server's")
+                "server's token; `voiceagent call` does not read .env, so where the server "
+                "reads it from .env, `set -a; . ./.env; set +a` first")
     return ("; it was signed with --auth-token or $TWILIO_AUTH_TOKEN: use the server's "
             "TWILIO_AUTH_TOKEN (in a project's folder, `set -a; . ./.env; set +a` reads it), "
             "and call the URL the server checks signatures against (PUBLIC_URL when it is set)")
