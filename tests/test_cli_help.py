@@ -40,6 +40,31 @@ def test_every_command_and_option_has_help() -> None:
     assert not missing, f"options without help: {missing}"
 
 
+def _shown_default(value: object) -> str:
+    """A default as a reader of --help would look for it (``1``, not ``1.0``)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def test_every_option_with_a_default_says_it_in_its_help() -> None:
+    """`voiceagent demo --help` said of --from only "caller's number", where `call --help`
+    gave its default, and `bench --help` did not say where --json writes when not given: a
+    reader of --help cannot tell what leaving an option out does (s26 README walk)."""
+    silent = []
+    for path, parser, _ in _parsers(cli._parser()):
+        for action in parser._actions:
+            default = action.default
+            # none, off, zero, empty: leaving the option out leaves its thing out
+            if (not default or default == argparse.SUPPRESS
+                    or isinstance(action, argparse._HelpAction | argparse._SubParsersAction)):
+                continue
+            if _shown_default(default) not in (action.help or ""):
+                name = "/".join(action.option_strings) or action.dest
+                silent.append(f"{path} {name} (default {_shown_default(default)})")
+    assert not silent, f"options whose --help does not give their default: {silent}"
+
+
 def test_every_command_describes_itself_in_its_own_help() -> None:
     """`voiceagent demo --help` showed its options under no description at all: the line in
     the parent's list is not shown in the command's own help."""

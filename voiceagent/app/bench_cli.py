@@ -60,7 +60,8 @@ def add_command(commands: Any) -> None:
                        help="a local server process: report its CPU and RSS from /proc "
                             "(repeat for each worker; figures are summed)")
     bench.add_argument("--json", type=Path, default=Path("bench-results.json"),
-                       dest="json_path", help="where to write the figures")
+                       dest="json_path",
+                       help="where to write the figures (default bench-results.json)")
     bench.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     bench.set_defaults(run=_run)
 

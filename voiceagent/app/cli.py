@@ -146,7 +146,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="where the SQLite store lives (default: a temporary folder)")
     demo.add_argument("--from", dest="from_number", default="+15555550100",
                       type=phone_number,
-                      help="caller's number (profiles in config/profiles.yaml pick use cases)")
+                      help="caller's number (default +15555550100); profiles in "
+                           "config/profiles.yaml pick use cases by it")
     demo.add_argument("-v", "--verbose", action="store_true", help="show server logs")
     demo.add_argument("--web", action="store_true",
                       help="talk in the browser instead: serve the phone page (/phone) on "
