@@ -74,8 +74,8 @@ async def test_everything_ready_passes_every_check(moto_endpoint: str, tmp_path:
     assert "use cases billing, orders, from the table" in lines[f"Bedrock model {GOOD}"].detail
     assert lines[f"Twilio number {NUMBER}"].detail == \
         f"voice webhook is {PUBLIC_URL}/twiml (POST)"
-    assert lines["use cases and tools"].detail.startswith("3 use case(s) naming ")
-    assert lines["use cases and tools"].detail.endswith(" in the table")
+    assert lines["use cases and tools"].detail.startswith("3 use case(s) in the table naming ")
+    assert lines["use cases and tools"].detail.endswith(" registered")
     assert run.out.endswith("\nall 8 checks passed\n")
     # one request per distinct model, one token asked, over TLS through the CA bundle
     assert sorted(r.model_id for r in bedrock.requests) == sorted([DEFAULT_MODEL, GOOD])

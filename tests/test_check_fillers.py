@@ -62,8 +62,8 @@ async def test_config_dir_tools_that_can_run_silent_are_noted_not_failed(
     line = run.lines["use cases and tools"]
     assert run.code == 0, run.out + run.err
     assert line.status == "pass", run.out
-    assert line.detail == (f"2 use case(s) naming 7 tool(s), all among the 11 registered in "
-                           f"{config}"), line.detail
+    assert line.detail == (f"2 use case(s) in {config} naming 7 tool(s), all among the 11 "
+                           "registered"), line.detail
     assert line.advice == [
         "no filler: a caller hears silence while these run, when the model calls them "
         "without a word first",
@@ -84,8 +84,8 @@ def _check_table(*use_cases: UseCase) -> Outcome:
 def test_table_use_cases_tools_that_can_run_silent_are_noted_with_config_load() -> None:
     outcome = _check_table(UseCase.model_validate(_use_case("orders")),
                            UseCase.model_validate(_use_case("frontDesk")))
-    assert outcome.detail == "2 use case(s) naming 7 tool(s), all among the 11 registered " \
-                             "in the table", outcome
+    assert outcome.detail == "2 use case(s) in the table naming 7 tool(s), all among the 11 " \
+                             "registered", outcome
     assert outcome.advice[1:3] == (
         "use case orders: CheckOrderStatus (up to 5 s), PlaceOrderFunction (up to 10 s)",
         "use case frontDesk: CheckOrderStatus (up to 5 s), PlaceOrderFunction (up to 10 s)")
@@ -98,8 +98,8 @@ def test_table_use_cases_tools_that_can_run_silent_are_noted_with_config_load() 
         {"name": "playAudio", "description": "Hold music."},
         {"name": "liveAgentHandoff", "description": "A person."}]})
     assert _check_table(quiet_use_case) == Outcome(
-        "use cases and tools", "pass", "1 use case(s) naming 4 tool(s), all among the 11 "
-                                       "registered in the table")
+        "use cases and tools", "pass", "1 use case(s) in the table naming 4 tool(s), all "
+                                       "among the 11 registered")
 
 
 @pytest.mark.parametrize("width", [None, 60, 100])

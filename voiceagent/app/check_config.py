@@ -57,8 +57,8 @@ async def config_check(ctx: CheckContext) -> list[Outcome]:
                        f"set STACK_USE_CASE to one of: {', '.join(names) or '(none)'}")]
     where = ("" if settings.store == "sqlite"
              else " (the table was not read: checked what `voiceagent config load` writes)")
-    return [passed(NAME, _summary(config.use_cases, registry, settings)
-                   + f" in {ctx.use_cases_from}{where}",
+    return [passed(NAME, _summary(config.use_cases, ctx.use_cases_from, registry, settings)
+                   + where,
                    *_silences(config.use_cases, registry, "in its use case's file"))]
 
 
@@ -87,17 +87,19 @@ def _stored_outcome(ctx: CheckContext, registry: ToolRegistry,
                       "the use case in config/ and run `voiceagent config load`")
     note = ("; served, but `voiceagent config load` would refuse: " + "; ".join(notes)
             if notes else "")
-    return passed(NAME, _summary(use_cases, registry, ctx.settings) + " in the table" + note,
+    return passed(NAME, _summary(use_cases, "the table", registry, ctx.settings) + note,
                   *_silences(use_cases, registry,
                              "in config/, then run `voiceagent config load`"))
 
 
-def _summary(use_cases: tuple[UseCase, ...], registry: ToolRegistry,
+def _summary(use_cases: tuple[UseCase, ...], source: str, registry: ToolRegistry,
              settings: Settings) -> str:
+    """Where the use cases are comes first: after "registered" it read as where the tools
+    were registered ("all among the 11 registered in config")."""
     named = sorted({t.name for u in use_cases for t in u.tools})
     extra = f", TOOLS={','.join(settings.tools_modules)}" if settings.tools_modules else ""
-    return (f"{len(use_cases)} use case(s) naming {len(named)} tool(s), all among the "
-            f"{len(registry.names())} registered{extra}")
+    return (f"{len(use_cases)} use case(s) in {source} naming {len(named)} tool(s), all "
+            f"among the {len(registry.names())} registered{extra}")
 
 
 def _silences(use_cases: tuple[UseCase, ...], registry: ToolRegistry, where: str
