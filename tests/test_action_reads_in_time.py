@@ -37,8 +37,9 @@ from tests.test_reconnect_with_a_slow_store import (
     _runtime,
     _slow_store,
     _socket_fails,
+    claimed_here,
 )
-from tests.test_sessions_elsewhere import CALL_SID, USE_CASE, CountingStore, _setup
+from tests.test_sessions_elsewhere import CALL_SID, USE_CASE, CountingStore
 from voiceagent.app.action_reads import ANSWER_S, HELD_READ_S, READS_S, TWILIO_GIVES_UP_S
 from voiceagent.app.relay_answers import RelayAnswers
 from voiceagent.app.session_end import HANDOFF_READ_S
@@ -86,12 +87,7 @@ async def _reconnect(store: SlowStore, turn_slow: Any, *, idle_s: float = 0.0
     sessions, writer = runtime.sessions, runtime.writer
     with trio.fail_after(2 * STALLED_S):
         async with trio.open_nursery() as nursery:
-            await nursery.start(writer.run)
-            await nursery.start(sessions.run)
-            session = await sessions.prepare({"CallSid": CALL_SID, "From": "+15555550100",
-                                              "To": "+15555550199"})
-            await sessions.resolve(_setup(session.token))
-            assert await writer.flush(timeout_s=1)             # the claim landed
+            await claimed_here(runtime, nursery)
             await trio.sleep(idle_s)
             turn_slow()
             await _socket_fails(sessions, writer)

@@ -169,6 +169,19 @@ async def _reconnected(runtime: Runtime) -> tuple[float, str]:
     return answered_in, token
 
 
+async def claimed_here(runtime: Runtime, nursery: trio.Nursery) -> store_records.CallSession:
+    """The write-behind and the sessions running in ``nursery``, and a call whose socket set
+    up and claimed it on this task, its claim in the store: its session."""
+    sessions, writer = runtime.sessions, runtime.writer
+    await nursery.start(writer.run)
+    await nursery.start(sessions.run)
+    session = await sessions.prepare({"CallSid": CALL_SID, "From": "+15555550100",
+                                      "To": "+15555550199"})
+    await sessions.resolve(_setup(session.token))
+    assert await writer.flush(timeout_s=1)             # the claim landed
+    return session
+
+
 async def _reconnect_after_a_claim(store_s: float, batches_behind: int,
                                    **settings: str) -> tuple[float, str, str]:
     """A call's socket claims here, the store turns slow (``store_s`` a call) with the queue
@@ -179,12 +192,7 @@ async def _reconnect_after_a_claim(store_s: float, batches_behind: int,
     sessions, writer = runtime.sessions, runtime.writer
     with trio.fail_after(300):
         async with trio.open_nursery() as nursery:
-            await nursery.start(writer.run)
-            await nursery.start(sessions.run)
-            session = await sessions.prepare({"CallSid": CALL_SID, "From": "+15555550100",
-                                              "To": "+15555550199"})
-            await sessions.resolve(_setup(session.token))
-            assert await writer.flush(timeout_s=1)             # the claim landed
+            session = await claimed_here(runtime, nursery)
             store.delay_s = store_s
             _behind(writer, batches_behind)
             await _socket_fails(sessions, writer)
