@@ -19,18 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from local_stack import aws_env
+
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = "voiceagent-bench-instructions"
 ENDPOINT_VARIABLE = "BENCH_INSTRUCTIONS_DYNAMODB"      # the child's cue: moto's URL
-
-
-def _aws(scratch: Path) -> dict[str, str]:
-    """Dummy credentials and no AWS files: nothing may reach AWS."""
-    return {"AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "not-a-secret",
-            "AWS_CONFIG_FILE": str(scratch / "no-config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(scratch / "no-credentials"),
-            "AWS_EC2_METADATA_DISABLED": "true"}
 
 
 @contextmanager
@@ -45,7 +38,7 @@ def dynamodb(scratch: Path) -> Iterator[dict[str, str]]:
     scratch = Path(tempfile.mkdtemp(prefix="dynamodb-", dir=scratch))   # --keep: a fresh one
     moto = MotoServer(scratch / "moto.log").start()
     try:
-        env = {**os.environ, **_aws(scratch), "PYTHONPATH": str(ROOT), "STORE": "dynamodb",
+        env = {**os.environ, **aws_env(scratch), "PYTHONPATH": str(ROOT), "STORE": "dynamodb",
                "TABLE_NAME": TABLE, "AWS_ENDPOINT_URL_DYNAMODB": moto.endpoint}
         config = one_use_case_config(scratch, USE_CASE)
         for command in (["store", "init"], ["config", "load", "--config-dir", str(config)]):

@@ -68,7 +68,7 @@ class Stack:
     helper_pids: dict[str, int] = field(default_factory=dict)   # "bedrock", "dynamodb"
 
 
-def _aws_env(scratch: Path) -> dict[str, str]:
+def aws_env(scratch: Path) -> dict[str, str]:
     """Dummy credentials and no AWS files: nothing may reach AWS."""
     return {"AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
@@ -110,7 +110,7 @@ def local_stack(options: StackOptions, scratch: Path, name: str = "bench") -> It
     servers are started by the caller with ``stack.env``."""
     scratch.mkdir(parents=True, exist_ok=True)
     env = {"CONFIG_DIR": str(CONFIG), "STACK_USE_CASE": "benchUseCase",
-           "TWILIO_AUTH_TOKEN": TOKEN, **_aws_env(scratch)}
+           "TWILIO_AUTH_TOKEN": TOKEN, **aws_env(scratch)}
     stack = Stack(options, env)
     with ExitStack() as cleanup:
         log = cleanup.enter_context((scratch / f"{name}-helpers.log").open("ab"))
