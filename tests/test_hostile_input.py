@@ -147,7 +147,9 @@ async def test_a_lone_surrogate_in_the_call_sid_is_refused_not_an_internal_error
         tmp_path: Path) -> None:
     identity = Identity()
     with trio.fail_after(20):
-        async with running_server(make_settings(tmp_path)) as server:
+        # the setup is rejected as a frame, and the socket then waits for one until
+        # SETUP_TIMEOUT_S: a second here, not the default 10 s of real time
+        async with running_server(make_settings(tmp_path, SETUP_TIMEOUT_S=1)) as server:
             async with prepared_socket(server, identity) as (ws, target):
                 token = target.parameters["sessionToken"]
                 await ws.send_message(setup_text(identity.call_sid[:-1] + "\\ud800", token))
