@@ -8,6 +8,7 @@ which the index, eventually consistent, may not show yet)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any, cast
@@ -19,7 +20,7 @@ from voiceagent.store.base import Item, Store
 from voiceagent.store.sqlite import SqliteStore, open_sqlite_store
 from voiceagent.tools import ToolContext, ToolLog, ToolResult
 from voiceagent.tools.restaurant import restaurant_tools
-from voiceagent.usecases import load_use_case_file
+from voiceagent.usecases import UseCase, load_use_case_file
 
 CALLER = "+15555550100"
 RESTAURANT = "+15555550199"
@@ -54,11 +55,16 @@ async def _noop(message: Any) -> bool:
     return True
 
 
+@functools.cache
+def _use_case() -> UseCase:
+    """Read once: parsing the YAML for each of the 203 tool calls was most of the test's time."""
+    return load_use_case_file(SOURCE_CONFIG / "usecases" / "restaurantOrderingUseCase.yaml")
+
+
 async def _run(store: CountingReads, name: str, *, call_sid: str, caller: str, called: str,
                at_s: int, args: dict[str, Any]) -> ToolResult:
     ctx = ToolContext(
-        call_sid=call_sid, caller=caller, called=called,
-        use_case=load_use_case_file(SOURCE_CONFIG / "usecases" / "restaurantOrderingUseCase.yaml"),
+        call_sid=call_sid, caller=caller, called=called, use_case=_use_case(),
         tool_name=name, tool_use_id="tooluse_1", store=cast(Store, store),
         settings=Settings.model_validate({}), log=ToolLog(logging.getLogger("test"), {}),
         _sender=_noop)
