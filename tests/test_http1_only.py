@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from tests.server_harness import AUTH_TOKEN, make_settings, running_server
-from tests.test_edge_attacks import raw_answer
+from tests.test_edge_attacks import raw_answer, raw_response
 from voiceagent.app.caller import open_call
 from voiceagent.app.http1_only import H2C, PREFACE
 
@@ -32,7 +32,7 @@ async def test_h2c_by_preface_or_upgrade_is_refused_and_calls_still_work(
                     server.url, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SETTINGS_FRAME)
                 assert answer.startswith(b"HTTP/1.1 505 "), answer[:60]
                 assert b"connection: close" in answer.lower()
-                answer = await raw_answer(server.url, (
+                answer = await raw_response(server.url, (
                     f"GET /twiml HTTP/1.1\r\nHost: {host}\r\n"
                     "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
                     "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n").encode())
@@ -59,7 +59,7 @@ async def test_an_ignored_h2c_upgrade_is_served_not_counted_as_refused(
         async with running_server(make_settings(tmp_path)) as server:
             host = server.url.removeprefix("http://")
             for _ in range(3):
-                answer = await raw_answer(server.url, (
+                answer = await raw_response(server.url, (
                     f"GET /health HTTP/1.1\r\nHost: {host}\r\n"
                     "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
                     "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n").encode())
