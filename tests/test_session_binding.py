@@ -120,9 +120,18 @@ async def reconnect_token(server: RunningServer, call_sid: str, session_id: str)
                                     AUTH_TOKEN))
 
 
+@pytest.fixture
+def one_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A setup whose session is missing, or whose token differs, refused after one store
+    read rather than ~3.5 s of real time reading again (MINTED_ELSEWHERE_WAITS_S, whose
+    pauses test_sessions_elsewhere checks on the virtual clock): for the tests of what is
+    refused here, not of how long it is looked for."""
+    monkeypatch.setattr(sessions_module, "MINTED_ELSEWHERE_WAITS_S", ())
+
+
 @pytest.mark.parametrize("token", ["anything", "", None])
 async def test_a_call_sid_nobody_prepared_is_refused_whatever_the_token(
-        tmp_path: Path, token: str | None) -> None:
+        tmp_path: Path, token: str | None, one_lookup: None) -> None:
     with trio.fail_after(20):
         async with running_server(make_settings(tmp_path)) as server:
             async with signed_socket(server) as ws:
@@ -151,7 +160,8 @@ async def test_a_second_socket_for_a_live_call_is_refused_and_the_call_goes_on(
     assert server.runtime.calls.total == 1
 
 
-async def test_the_token_of_an_ended_call_opens_nothing(tmp_path: Path) -> None:
+async def test_the_token_of_an_ended_call_opens_nothing(tmp_path: Path,
+                                                        one_lookup: None) -> None:
     with trio.fail_after(20):
         async with running_server(make_settings(tmp_path)) as server:
             identity = Identity()
@@ -164,7 +174,8 @@ async def test_the_token_of_an_ended_call_opens_nothing(tmp_path: Path) -> None:
             assert not await answered(server, identity.call_sid, token)
 
 
-async def test_a_wrong_token_does_not_spoil_the_right_one(tmp_path: Path) -> None:
+async def test_a_wrong_token_does_not_spoil_the_right_one(tmp_path: Path,
+                                                         one_lookup: None) -> None:
     """A forged setup for a ringing call is refused without consuming the call's token, so
     Twilio's own socket still gets the call."""
     with trio.fail_after(20):
