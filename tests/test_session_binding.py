@@ -235,7 +235,8 @@ async def test_a_replayed_twiml_request_mints_nothing_after_the_session_expired(
     assert seen["expireAt"] - seen["at"] >= 365 * 24 * 3600
 
 
-async def test_twilio_reconnects_a_failed_session_with_a_fresh_token(tmp_path: Path) -> None:
+async def test_twilio_reconnects_a_failed_session_with_a_fresh_token(
+        tmp_path: Path, one_lookup: None) -> None:
     """The relay session fails, Twilio calls /action (signed) and connects again with the
     TwiML it gets back: a fresh token for the same call, which resumes the conversation.
     The old token stays dead."""

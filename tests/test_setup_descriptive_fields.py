@@ -17,6 +17,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+import voiceagent.app.sessions as sessions_module
 from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
 from tests.test_hostile_input import HOURS, reply_text
 from voiceagent.app.caller import (
@@ -113,12 +114,15 @@ async def test_odd_descriptive_setup_fields_are_taken_as_absent_and_the_call_is_
 ])
 async def test_a_setup_without_a_usable_load_bearing_field_is_still_refused(
         tmp_path: Path, records: list[logging.LogRecord], change: dict[str, object],
-        close: tuple[int, str], problem: str | None) -> None:
+        close: tuple[int, str], problem: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CallSid, the relay session's id and the session token bind the socket to its
     signed call: without a usable one the setup is refused as before, whatever else it
     carries (an unparsable one is dropped, and the socket closed when no usable setup came
     within SETUP_TIMEOUT_S), and the rejection names that field. Nothing is consumed: the
     call's own socket, odd descriptive fields and all, is served after it."""
+    # a token that does not match is refused after one store read, not ~3.5 s of real time
+    # reading again (the pauses are test_sessions_elsewhere's, on the virtual clock)
+    monkeypatch.setattr(sessions_module, "MINTED_ELSEWHERE_WAITS_S", ())
     identity = Identity()
     with trio.fail_after(20):
         async with running_server(make_settings(tmp_path, SETUP_TIMEOUT_S="0.5")) as server:
