@@ -18,6 +18,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+import voiceagent.app.sessions as sessions_module
 from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
 from tests.twiml_support import relay_element
 from voiceagent.app.caller import Identity, open_call, post_form, release_transport
@@ -110,11 +111,14 @@ async def _socket_closed_with(server: RunningServer, setup: dict[str, object]) -
 
 
 async def test_a_dropped_call_of_a_stored_use_case_goes_to_action_and_resumes(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Through the server, with real WebSocket clients. The TwiML leaves the attribute out,
     so a drop fails the session to ``/action`` instead of having Twilio reconnect to the
     same URL: there a socket replaying the first setup (what Twilio's undocumented reconnect
     could at best present) is refused, while ``/action``'s fresh token resumes the call."""
+    # the replay is refused after one store read, not ~3.5 s of real time reading again
+    # (the pauses are test_sessions_elsewhere's, on the virtual clock)
+    monkeypatch.setattr(sessions_module, "MINTED_ELSEWHERE_WAITS_S", ())
     identity = Identity(from_number="+15555550123")
     stored = _stored_with_it_on("oldDesk")
     with trio.fail_after(30):
