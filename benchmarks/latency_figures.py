@@ -48,7 +48,8 @@ def pauses(lines: list[dict[str, Any]]) -> dict[str, Any]:
     for line in lines:
         for generation, row in (line.get("gc_pauses") or {}).items():
             into = total.setdefault(generation, {"count": 0, "total_ms": 0.0,
-                                                 "longest_ms": 0.0, "longest_cpu_ms": 0.0})
+                                                 "longest_ms": 0.0, "longest_cpu_ms": 0.0,
+                                                 "longest_collected": 0})
             into["count"] += row["count"]
             into["total_ms"] = round(into["total_ms"] + row["total_ms"], 1)
             if row["longest_ms"] > into["longest_ms"]:
@@ -56,6 +57,7 @@ def pauses(lines: list[dict[str, Any]]) -> dict[str, Any]:
                 # collector waiting for a core, not walking
                 into["longest_ms"] = row["longest_ms"]
                 into["longest_cpu_ms"] = row.get("longest_cpu_ms", 0.0)
+                into["longest_collected"] = row.get("longest_collected", 0)
     return {"gc": total, "loop_lag_longest_ms": max(
         (line.get("loop_lag_longest_ms") or 0.0 for line in lines), default=None)}
 

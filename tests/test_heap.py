@@ -50,7 +50,7 @@ def test_start_up_collections_are_not_counted_as_pauses() -> None:
         assert sum(recorder.counts[2]) >= 1
         heap.settle_after_startup()
         assert recorder.summary()["2"] == {"count": 0, "total_ms": 0.0, "longest_ms": 0.0,
-                                           "longest_cpu_ms": 0.0}
+                                           "longest_cpu_ms": 0.0, "longest_collected": 0}
         gc.collect(2)                                   # one while serving: counted
         assert sum(recorder.counts[2]) == 1
         assert recorder.longest[2] > 0
@@ -75,6 +75,31 @@ def test_gc_pauses_are_timed_by_generation() -> None:
     assert summary["2"]["count"] == sum(pauses.counts[2])
     assert summary["2"]["longest_ms"] == round(pauses.longest[2] * 1000, 2)
     assert set(summary) == {"0", "1", "2"}
+
+
+def test_the_longest_pause_says_how_much_garbage_it_found() -> None:
+    """A long collection that freed cycles is a different fix from one that walked live
+    objects: the summary says which."""
+    pauses = heap.GcPauses()
+
+    def descheduled(phase: str, info: dict[str, object]) -> None:
+        if phase == "start":
+            time.sleep(0.02)            # this one is the longest, whatever the others take
+
+    cycles = []
+    for _ in range(100):
+        pair: list[object] = []
+        pair.append(pair)
+        cycles.append(pair)
+    del pair
+    gc.callbacks.extend([pauses.callback, descheduled])
+    try:
+        del cycles
+        gc.collect(2)                   # wherever a young collection moved them meanwhile
+    finally:
+        gc.callbacks.remove(descheduled)
+        gc.callbacks.remove(pauses.callback)
+    assert pauses.summary()["2"]["longest_collected"] >= 100
 
 
 def test_the_longest_pause_says_how_much_of_it_was_cpu() -> None:

@@ -78,6 +78,7 @@ class GcPauses:
         self.sums = dict.fromkeys(range(3), 0.0)
         self.longest = dict.fromkeys(range(3), 0.0)
         self.longest_cpu = dict.fromkeys(range(3), 0.0)
+        self.longest_collected = dict.fromkeys(range(3), 0)
 
     def callback(self, phase: str, info: dict[str, Any]) -> None:
         """For ``gc.callbacks``; it runs inside the pause, so it does very little."""
@@ -92,14 +93,17 @@ class GcPauses:
         if pause > self.longest[generation]:
             self.longest[generation] = pause
             self.longest_cpu[generation] = time.thread_time() - self._cpu_started
+            self.longest_collected[generation] = int(info.get("collected", 0))
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Per generation: count, total and longest pause (ms), and the CPU the longest took
-        (ms), for the exit log line."""
+        (ms) and the garbage it found (objects: a walk of live objects finds none), for the
+        exit log line."""
         return {str(g): {"count": sum(self.counts[g]),
                          "total_ms": round(self.sums[g] * 1000, 1),
                          "longest_ms": round(self.longest[g] * 1000, 2),
-                         "longest_cpu_ms": round(self.longest_cpu[g] * 1000, 2)}
+                         "longest_cpu_ms": round(self.longest_cpu[g] * 1000, 2),
+                         "longest_collected": self.longest_collected[g]}
                 for g in range(3)}
 
 
