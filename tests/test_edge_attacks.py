@@ -6,7 +6,7 @@ test_edge_refusal_log_lines) did not cover."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -72,20 +72,26 @@ def counted_checks() -> Iterator[list[str]]:
 async def raw_answer(server_url: str, head: bytes) -> bytes:
     """What the server sends back to ``head`` (a request's bytes) before it closes or 2 s
     pass: b"" for a connection dropped unanswered."""
-    host, port = server_url.removeprefix("http://").split(":")
-    answer = b""
-    async with await trio.open_tcp_stream(host, int(port)) as stream:
-        await stream.send_all(head)
-        with trio.move_on_after(2):
-            while chunk := await stream.receive_some(4096):
-                answer += chunk
-    return answer
+    return await _read_answer(server_url, head, lambda answer: False)
 
 
 async def raw_response(server_url: str, head: bytes) -> bytes:
     """One whole response to ``head`` (its head, then as many bytes as its Content-Length
     says), on a connection the server rightly keeps open: ``raw_answer`` waited 2 s of real
     time there for a close that never comes. Without a Content-Length, as ``raw_answer``."""
+    return await _read_answer(server_url, head, _whole_response)
+
+
+def _whole_response(answer: bytes) -> bool:
+    response_head, blank, body = answer.partition(b"\r\n\r\n")
+    lengths = [line.partition(b":")[2] for line in response_head.split(b"\r\n")
+               if line.lower().startswith(b"content-length:")]
+    return bool(blank and lengths and len(body) >= int(lengths[0]))
+
+
+async def _read_answer(server_url: str, head: bytes, done: Callable[[bytes], bool]) -> bytes:
+    """``head`` sent on a fresh connection, then what comes back until the server closes,
+    ``done`` says the answer is whole, or 2 s pass."""
     host, port = server_url.removeprefix("http://").split(":")
     answer = b""
     async with await trio.open_tcp_stream(host, int(port)) as stream:
@@ -93,10 +99,7 @@ async def raw_response(server_url: str, head: bytes) -> bytes:
         with trio.move_on_after(2):
             while chunk := await stream.receive_some(4096):
                 answer += chunk
-                response_head, blank, body = answer.partition(b"\r\n\r\n")
-                lengths = [line.partition(b":")[2] for line in response_head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")]
-                if blank and lengths and len(body) >= int(lengths[0]):
+                if done(answer):
                     break
     return answer
 
