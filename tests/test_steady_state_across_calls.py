@@ -130,6 +130,7 @@ async def _held(runtime: Runtime) -> dict[str, int]:
         "calls looked up": runtime.calls.lookups,
         "sockets waiting": len(runtime.sockets_waiting), "queued": runtime.writer.pending,
         "queued calls": len(runtime.writer._last_by_call),
+        "calls part written": len(runtime.writer._done_by_call),
         "use cases cached": len(runtime.catalog._cache),
         "edge refusal kinds": len(runtime.edge_refusals._total),
         "metric samples": sum(1 for line in runtime.metrics.exposition().splitlines()

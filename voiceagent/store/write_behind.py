@@ -1,20 +1,21 @@
 """The process's write-behind queue: every call's writes go through it, off the critical path.
 
-A call keeps its state in memory and ``submit``s items here; one drainer task (``run``, in the
-server's nursery) writes them in submission order, up to ``BATCH_LIMIT`` at a time. So no
-store round trip sits between a caller's words and the first token, and a store outage does
-not stop a call: writes wait, retried with capped exponential backoff, and land in order once
+A call keeps its state in memory and ``submit``s items here; one drainer task (``run``, in
+the server's nursery) writes them in order, up to ``BATCH_LIMIT`` at a time. So no store
+round trip sits between a caller's words and the first token, and a store outage does not
+stop a call: writes wait, retried with capped exponential backoff, and land in order once
 the store is back. Calls that end ``flush`` their own items with a deadline.
 
-Order: items are written in global FIFO order (so per-call order holds). A batch never holds
-two writes of one pk/sk (DynamoDB rejects that): the batch ends before the second one. The one
-exception is ``write_now`` (an item another process may read at once): it goes ahead
-of the queue only when its call has nothing queued, so per-call order still holds (or for a
-key no other write of the call touches: a socket's end mark); and ``write_decided`` (a
-session minted, claimed or renewed, the store deciding which process wins: ordered against
-the call's other session writes by its version). A batch is not atomic (DynamoDB may apply
-any part of one and hand the rest back), so an item that vouches for its call's
-earlier writes (``submit``'s ``fence``) never shares a batch with one of them. Across
+Order: each call's items are written in the order it submitted them, calls' items oldest
+first; a batch passes over an item that cannot share it (a second write of a key, a fence, a
+versioned write: ``write_batches``), and the rest of that item's call, for other calls'
+items behind. The exceptions are ``write_now`` (an item another process may read at once):
+it goes ahead of the queue only when its call has nothing queued, so per-call order still
+holds (or for a key no other write of the call touches: a socket's end mark); and
+``write_decided`` (a session minted, claimed or renewed, the store deciding which process
+wins: ordered against the call's other session writes by its version). A batch is not atomic
+(DynamoDB may apply any part of one and hand the rest back), so an item that vouches for its
+call's earlier writes (``submit``'s ``fence``) never shares a batch with one of them. Across
 processes, writes of one key can still cross (one process's queue behind a throttled store):
 an item whose writes carry a ``version`` (a session's generation) is written on condition,
 never over a newer one.
@@ -51,6 +52,8 @@ from voiceagent.store.base import (
     item_size,
 )
 from voiceagent.store.write_ahead import WriteAhead
+from voiceagent.store.write_batches import Entry as _Entry
+from voiceagent.store.write_batches import next_batch, take_out
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +95,6 @@ class WriteBehindStatistics:
     undecided: int = 0               # conditional writes the store did not answer in time
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    seq: int
-    call_sid: str
-    key: tuple[str, str]
-    item: Item
-    submitted_at: float
-    version: Version | None = None   # see ``submit``
-    cost: int = 0                    # memory it holds while queued, roughly (``_queued``)
-    fence: bool = False              # see ``submit``
-
-
 class WriteBehind(WriteAhead):
     """Owns the queue; the store stays owned (and closed) by whoever opened it."""
 
@@ -120,8 +111,10 @@ class WriteBehind(WriteAhead):
         self._flushing = 0
         self._queue: collections.deque[_Entry] = collections.deque()
         self._next_seq = 1
-        self._done_seq = 0           # every entry with seq <= this is written or dropped
         self._last_by_call: dict[str, int] = {}
+        # a call with writes queued: the last of them written (a flush of its items up to a
+        # seq is over once this reaches it; a call's writes land in its order)
+        self._done_by_call: dict[str, int] = {}
         self._wakeup = trio.Event()
         self._progress = trio.Event()
         self._filled_or_emptied = trio.Event()
@@ -220,14 +213,14 @@ class WriteBehind(WriteAhead):
         (``timeout_s: 0.0`` at worst) read as a second fault."""
         await trio.lowlevel.checkpoint()
         target = self._next_seq - 1 if call_sid is None else self._last_by_call.get(call_sid)
-        if target is None or target <= self._done_seq:
+        if target is None or self._written_through(call_sid, target):
             return True
         timed_out_at = trio.current_time() + timeout_s
         self._flushing += 1
         self._hurry.set()
         try:
             with trio.move_on_at(min(timed_out_at, until)):
-                while self._done_seq < target:
+                while not self._written_through(call_sid, target):
                     await self._progress.wait()
                 return True
         finally:
@@ -240,6 +233,15 @@ class WriteBehind(WriteAhead):
             "pending": pending, "timeout_s": timeout_s,
             "scope": "call" if call_sid is not None else "all"})
         return False
+
+    def _written_through(self, call_sid: str | None, seq: int) -> bool:
+        """Whether every item up to ``seq`` (of ``call_sid``, or of every call) is written
+        or dropped. The queue stays in submission order (a batch takes items out of it,
+        those left keep their places), so its head is the oldest still waiting."""
+        if call_sid is None:
+            return not self._queue or self._queue[0].seq > seq
+        return (call_sid not in self._last_by_call
+                or self._done_by_call.get(call_sid, 0) >= seq)
 
     def statistics(self) -> WriteBehindStatistics:
         age = trio.current_time() - self._queue[0].submitted_at if self._queue else 0.0
@@ -279,34 +281,19 @@ class WriteBehind(WriteAhead):
                     await self._hurry.wait()
                 if not self._flushing:
                     self._hurry = trio.Event()
-            batch = self._next_batch()
+            batch, looked_at = next_batch(self._queue)
             await self._write(batch)
-            for _ in batch:
-                entry = self._queue.popleft()
+            for entry in take_out(self._queue, batch, looked_at):
                 self._pending_bytes -= entry.cost
                 if self._last_by_call.get(entry.call_sid) == entry.seq:
                     del self._last_by_call[entry.call_sid]
-            self._done_seq = batch[-1].seq
+                    self._done_by_call.pop(entry.call_sid, None)
+                else:
+                    self._done_by_call[entry.call_sid] = entry.seq
             self._progress.set()
             self._progress = trio.Event()
             if not self._queue:
                 self._announce_filled_or_emptied()
-
-    def _next_batch(self) -> list[_Entry]:
-        """The head of the queue: at most BATCH_LIMIT entries, no key twice, no fence
-        after a write of its own call."""
-        batch: list[_Entry] = []
-        keys: set[tuple[str, str]] = set()
-        calls: set[str] = set()
-        for entry in self._queue:
-            if len(batch) == BATCH_LIMIT or entry.key in keys or (
-                    batch and (entry.version or batch[0].version)) or (
-                    entry.fence and entry.call_sid in calls):
-                break
-            batch.append(entry)
-            keys.add(entry.key)
-            calls.add(entry.call_sid)
-        return batch
 
     async def _write(self, batch: list[_Entry]) -> None:
         """Write the batch, retrying transient errors until it lands. Returns once every
