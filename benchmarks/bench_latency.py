@@ -28,8 +28,12 @@ Figures:
 * CPU per relayed token, all in (every cost of the calls over the loaded phase, set-up and
   hang-up included, divided by the words the callers received); ``bench_token_cpu.py``
   measures what one more token costs;
-* the CPU of the endpoint and of DynamoDB, and the server's collections and longest loop lag
-  (its "server stopped" line).
+* the server's event-loop lag and collector pauses over the measured window (its /metrics
+  scraped at the window's start and end, histograms diffed: ``server_window.py``), and over
+  its whole life (its "server stopped" line), and the CPU of the endpoint and of DynamoDB.
+
+Between the two phases the benchmark waits (60 s at most) for the server's store queue to
+drain and the idle calls to end, so their end writes do not run into the loaded phase.
 
 When a core is left over (one worker on two cores), the worker runs on core 0 and the callers
 and fakes on the rest (``--no-pin`` to let them mix): the server's figures are then its own,
@@ -53,6 +57,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +80,10 @@ from latency_figures import (
     turn_summaries,
     upstream_closed_ms,
 )
-from latency_report import check, print_gate_goals, print_level, print_levels
+from latency_report import check, print_gate_goals, print_level, print_levels, print_reconnects
 from latency_servers import helper_cpu_s, pin_layout, start_minimal, start_servers, stop_servers
 from local_stack import TOKEN, Stack, StackOptions, local_stack
+from server_window import Scraper, drain_line, scraped_around, wait_drained, window_figures
 
 from voiceagent.app.bench import FAIL_STEP, BenchOptions, Step, run_bench
 from voiceagent.app.bench_report import percentiles
@@ -139,21 +145,30 @@ class Plan:
 
 
 def loaded_run(url: str, calls: int, plan: Plan, pids: tuple[int, ...],
-               auth_token: str = TOKEN) -> dict[str, Any]:
+               auth_token: str = TOKEN, scrape: Scraper | None = None) -> dict[str, Any]:
     """Every call up at once for ``plan.window_s`` after the ramp; figures from then on. With
-    ``shape="gate"``: every turn counts, the first ones in a burst right after the ramp."""
+    ``shape="gate"``: every turn counts, the first ones in a burst right after the ramp.
+    With ``scrape``: the server's loop lag and collector pauses over that window
+    (``server_window``), from its /metrics at the window's start and end."""
     if plan.shape.startswith("gate"):
         script = GATE_SCRIPTS[plan.shape]
-        return trio.run(run_bench, BenchOptions(
+        options = BenchOptions(
             url=url, calls=calls, ramp_s=calls / GATE_RATE, script=script,
             auth_token=auth_token, server_pids=pids, think_s=GATE_THINK_S,
-            think_jitter=THINK_JITTER, gate=True, spread_s=GATE_SPREAD_S, progress=True))
-    ramp_s = calls * plan.ramp_per_call_s
-    return trio.run(run_bench, BenchOptions(
-        url=url, calls=calls, ramp_s=ramp_s, script=SCRIPT, auth_token=auth_token,
-        server_pids=pids, think_s=plan.think_s, think_jitter=THINK_JITTER,
-        listen_wpm=plan.listen_wpm, until_s=ramp_s + plan.window_s, measure_from_s=ramp_s,
-        progress=True))
+            think_jitter=THINK_JITTER, gate=True, spread_s=GATE_SPREAD_S, progress=True)
+    else:
+        ramp_s = calls * plan.ramp_per_call_s
+        options = BenchOptions(
+            url=url, calls=calls, ramp_s=ramp_s, script=SCRIPT, auth_token=auth_token,
+            server_pids=pids, think_s=plan.think_s, think_jitter=THINK_JITTER,
+            listen_wpm=plan.listen_wpm, until_s=ramp_s + plan.window_s,
+            measure_from_s=ramp_s, progress=True)
+    if scrape is None:
+        return trio.run(run_bench, options)
+    result, before, after = trio.run(scraped_around, partial(run_bench, options),
+                                     options.measure_from_s, scrape)
+    result["server_window"] = window_figures(before, after)
+    return result
 
 
 def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, Any]:
@@ -171,9 +186,12 @@ def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, An
             idle = trio.run(run_bench, BenchOptions(
                 url=url, calls=calls, ramp_s=ramp_s, script=(), auth_token=TOKEN,
                 server_pids=pids, until_s=ramp_s + IDLE_HOLD_S, progress=False))
+            scrape = Scraper(url, latency_servers.METRICS_TOKEN, pids)
+            drain = wait_drained(scrape)
+            print(drain_line(drain))
             helpers_before = helper_cpu_s(stack)
             with server_process.profiling(plan.profile, pids, f"{calls}-calls"):
-                loaded = loaded_run(url, calls, plan, pids)
+                loaded = loaded_run(url, calls, plan, pids, scrape=scrape)
             helpers_after = helper_cpu_s(stack)
             stats = endpoint_stats(stack)
         finally:
@@ -192,6 +210,7 @@ def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, An
         "first_token_ms": plan.stack.first_token_ms,
         "think_s": plan.think_s, "ramp_s": calls * plan.ramp_per_call_s,
         "idle_errors": idle["errors"], "idle_kb_per_call": round(idle_kb, 1),
+        "store_drain_before_loaded": drain,
         "loaded": loaded,
         "overhead_ms": percentiles([v / 1000 for v in server_overheads_ms(
             turns, plan.stack.first_token_ms, lags)]),
@@ -204,7 +223,8 @@ def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, An
         "endpoint_lag_ms": percentiles(endpoint_lag_ms(stats, since)) if stats else None,
         "endpoint_violations": stats["violations"] if stats else None,
         "helpers_cpu_percent": helpers,
-        "server_pauses": pauses(exit_lines(logs)),
+        "server_pauses": pauses(exit_lines(logs)),          # over the process's life
+        "server_window": loaded.pop("server_window", None),  # over the measured window
         "reconnects": reconnects(logs),
         "baseline": base}
 
@@ -271,13 +291,7 @@ def print_summary(results: list[dict[str, Any]], plan: Plan) -> None:
         answered = r["loaded"]["calls_completed"]
         print(f"calls answered at {r['calls']} calls: {answered} of {r['calls']}"
               f" ({'met' if answered == r['calls'] else 'missed'})")
-    for r in results:
-        if r["loaded"]["reconnect_ms"]["count"] or r["reconnects"]["outcomes"]:
-            waited = r["reconnects"]["waited_ms"]
-            print(f"reconnects at {r['calls']} calls: relay session failed -> new socket set "
-                  f"up (ms) {r['loaded']['reconnect_ms']}; /action answered "
-                  f"{r['reconnects']['outcomes']}; waited for the failed socket's last "
-                  f"messages {len(waited)} times (ms): {percentiles([w / 1000 for w in waited])}")
+    print_reconnects(results)
     top = results[-1]
     print(check("memory per idle call (KiB)", top["idle_kb_per_call"], GOAL_IDLE_KB,
                 top["calls"]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from voiceagent.app.bench_report import format_table
+from voiceagent.app.bench_report import format_table, percentiles
 
 GATE_GOAL_CPU_RATIO = 2.0       # issue 20: server CPU at 500 calls / the minimal server's
 GATE_GOAL_RSS_MB_AT_2000 = 200.0
@@ -70,11 +70,28 @@ def print_level(result: dict[str, Any]) -> None:
           f"({result['idle_errors']} errors); helpers' CPU: {result['helpers_cpu_percent']}")
     print(f"server's collections over its life (idle phase included) and longest loop lag: "
           f"{result['server_pauses']}")
+    print(window_lines(result.get("server_window")))
     if result["endpoint_violations"]:
         print(f"!! the endpoint saw requests Converse would refuse: "
               f"{result['endpoint_violations'][:3]}")
     if result["baseline"]:
         print(side_by_side(result))
+
+
+def window_lines(window: dict[str, Any] | None) -> str:
+    """The server's loop lag and collections over the measured window alone."""
+    if not window:
+        return "server's loop lag over the measured window: not scraped"
+    lag = window["loop_lag"] or {}
+    lines = [f"server's event-loop lag over the measured window ({window['workers_scraped']} "
+             f"worker(s), /metrics diffed; p50/p99 are bucket upper bounds, \"at most\"): "
+             f"{lag.get('count')} samples, p50 <= {lag.get('p50_le_ms')} ms, p99 <= "
+             f"{lag.get('p99_le_ms')} ms, {lag.get('over_10ms_percent')} % over 10 ms"]
+    for generation, row in window["gc_pauses"].items():
+        lines.append(f"  collections of generation {generation} in the window: {row['count']}"
+                     f", {row['total_ms']} ms in all, p50 <= {row['p50_le_ms']} ms, p99 <= "
+                     f"{row['p99_le_ms']} ms, {row['over_10ms_percent']} % over 10 ms")
+    return "\n".join(lines)
 
 
 def print_gate_goals(results: list[dict[str, Any]]) -> None:
@@ -95,20 +112,34 @@ def print_levels(results: list[dict[str, Any]]) -> None:
     """A row a level: the server's overhead, the callers' p99, barge-in, memory, CPU, errors."""
     print(f"{'calls':>6} | {'overhead p50':>12} {'p95':>7} {'p99':>7} | {'client p99':>10} | "
           f"{'barge stop':>10} {'upstream':>8} | {'KiB/idle':>8} | {'us/token':>8} "
-          f"{'cpu %':>6} {'helpers %':>14} | {'errors':>6}")
+          f"{'cpu %':>6} {'helpers %':>14} | {'lag p99<=':>9} {'>10ms %':>7} | {'errors':>6}")
     for r in results:
         loaded = r["loaded"]
         server = loaded["server"] or {}
         helpers = "+".join(f"{v:g}" for v in r["helpers_cpu_percent"].values()) or "-"
+        lag = (r.get("server_window") or {}).get("loop_lag") or {}
         print(f"{r['calls']:>6} | {p_(r['overhead_ms'], 'p50'):>12} "
               f"{p_(r['overhead_ms'], 'p95'):>7} {p_(r['overhead_ms'], 'p99'):>7} | "
               f"{p_(r['client_overhead_ms'], 'p99'):>10} | "
               f"{p_(loaded['barge_in_stop_ms'], 'p99'):>10} "
               f"{p_(r['upstream_closed_ms'], 'p99'):>8} | {r['idle_kb_per_call']:>8} | "
               f"{server.get('cpu_per_token_us')!s:>8} {server.get('cpu_percent')!s:>6} "
-              f"{helpers:>14} | {loaded['errors'] + r['idle_errors']:>6}")
+              f"{helpers:>14} | {lag.get('p99_le_ms')!s:>9} {lag.get('over_10ms_percent')!s:>7} | "
+              f"{loaded['errors'] + r['idle_errors']:>6}")
     print("(overhead: server side, prompt frame in -> first token frame out, minus the "
           "model's first-token delay as the endpoint delivered it; client p99: the callers' "
           "latency minus the configured delay; barge stop: "
           "interrupt sent -> closer received; upstream: interrupt sent -> the endpoint saw "
-          "the stream close; helpers: endpoint+DynamoDB)")
+          "the stream close; helpers: endpoint+DynamoDB; lag: the server's event-loop lag "
+          "over the measured window, p99 as a bucket's upper bound (ms) and the share of "
+          "samples over 10 ms)")
+
+
+def print_reconnects(results: list[dict[str, Any]]) -> None:
+    for r in results:
+        if r["loaded"]["reconnect_ms"]["count"] or r["reconnects"]["outcomes"]:
+            waited = r["reconnects"]["waited_ms"]
+            print(f"reconnects at {r['calls']} calls: relay session failed -> new socket set "
+                  f"up (ms) {r['loaded']['reconnect_ms']}; /action answered "
+                  f"{r['reconnects']['outcomes']}; waited for the failed socket's last "
+                  f"messages {len(waited)} times (ms): {percentiles([w / 1000 for w in waited])}")

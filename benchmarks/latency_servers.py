@@ -14,6 +14,9 @@ from local_stack import Stack
 
 from voiceagent.app.procstat import read_process
 
+# /metrics answers only with this (the benchmark reads the loop lag and collector pauses of
+# the measured window, and the store queue before the loaded phase, from it)
+METRICS_TOKEN = "bench-metrics-not-secret"
 # the cores of the server's workers, once ``pin_layout`` has chosen them; None: no pinning
 PINNED: list[set[int]] | None = None
 
@@ -39,7 +42,8 @@ def start_servers(stack: Stack, log_dir: Path, name: str, workers: int,
     each logs JSON lines to its own file."""
     env = {**stack.env, "LOG_LEVEL": "INFO", "LOG_FORMAT": "json", "PING_INTERVAL_S": "0",
            "MAX_CALLS": "5000", "MAX_CONCURRENT_TURNS": "5000", "DRAIN_TIMEOUT_S": "2",
-           "IDLE_REPROMPT_S": "0", "METRICS_NAMESPACE": ""}
+           "IDLE_REPROMPT_S": "0", "METRICS_NAMESPACE": "",
+           "METRICS_TOKEN": METRICS_TOKEN}
     env.update(extra_env or {})
     if workers > 1:
         env["REUSE_PORT"] = "1"
