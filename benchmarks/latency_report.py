@@ -88,9 +88,10 @@ def window_lines(window: dict[str, Any] | None) -> str:
              f"{lag.get('count')} samples, p50 <= {lag.get('p50_le_ms')} ms, p99 <= "
              f"{lag.get('p99_le_ms')} ms, {lag.get('over_10ms_percent')} % over 10 ms"]
     for generation, row in window["gc_pauses"].items():
-        lines.append(f"  collections of generation {generation} in the window: {row['count']}"
-                     f", {row['total_ms']} ms in all, p50 <= {row['p50_le_ms']} ms, p99 <= "
-                     f"{row['p99_le_ms']} ms, {row['over_10ms_percent']} % over 10 ms")
+        lines.append(f"  collections of generation {generation} in the window: " + (
+            f"{row['count']}, {row['total_ms']} ms in all, p50 <= {row['p50_le_ms']} ms, p99 "
+            f"<= {row['p99_le_ms']} ms, {row['over_10ms_percent']} % over 10 ms"
+            if row["count"] else "none"))
     return "\n".join(lines)
 
 
