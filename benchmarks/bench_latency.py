@@ -83,7 +83,7 @@ from latency_figures import (
 from latency_report import check, print_gate_goals, print_level, print_levels, print_reconnects
 from latency_servers import helper_cpu_s, pin_layout, start_minimal, start_servers, stop_servers
 from local_stack import TOKEN, Stack, StackOptions, local_stack
-from server_window import Scraper, drain_line, scraped_around, wait_drained, window_figures
+from server_window import Scraper, drain_line, measured_window, wait_drained
 
 from voiceagent.app.bench import FAIL_STEP, BenchOptions, Step, run_bench
 from voiceagent.app.bench_report import percentiles
@@ -165,9 +165,9 @@ def loaded_run(url: str, calls: int, plan: Plan, pids: tuple[int, ...],
             measure_from_s=ramp_s, progress=True)
     if scrape is None:
         return trio.run(run_bench, options)
-    result, before, after = trio.run(scraped_around, partial(run_bench, options),
-                                     options.measure_from_s, scrape)
-    result["server_window"] = window_figures(before, after)
+    result, window = trio.run(measured_window, partial(run_bench, options),
+                              options.measure_from_s, scrape)
+    result["server_window"] = window
     return result
 
 

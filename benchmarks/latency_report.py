@@ -80,8 +80,9 @@ def print_level(result: dict[str, Any]) -> None:
 
 def window_lines(window: dict[str, Any] | None) -> str:
     """The server's loop lag and collections over the measured window alone."""
-    if not window:
-        return "server's loop lag over the measured window: not scraped"
+    if not window or not window["workers_scraped"]:
+        return ("server's loop lag over the measured window: not scraped "
+                f"{(window or {}).get('scrape_errors') or ''}")
     lag = window["loop_lag"] or {}
     lines = [f"server's event-loop lag over the measured window ({window['workers_scraped']} "
              f"worker(s), /metrics diffed; p50/p99 are bucket upper bounds, \"at most\"): "

@@ -42,6 +42,7 @@ DRAIN_POLL_S = 0.5
 SCRAPE_TIMEOUT_S = 10.0
 
 Buckets = list[tuple[float, float]]     # (upper bound in seconds, cumulative count), sorted
+Blocking = Callable[[Callable[[], dict[int, str]]], Awaitable[dict[int, str]]]
 
 
 # ------------------------------------------------------------------ arithmetic
@@ -216,25 +217,43 @@ def owner(server_port: int, client_port: int, pids: tuple[int, ...]) -> int | No
     return None
 
 
-async def scraped_around(run: Callable[[], Awaitable[dict[str, Any]]], measure_from_s: float,
-                         scrape: Callable[[], dict[int, str]]
-                         ) -> tuple[dict[str, Any], dict[int, str], dict[int, str]]:
+async def measured_window(run: Callable[[], Awaitable[dict[str, Any]]],
+                          measure_from_s: float, scrape: Callable[[], dict[int, str]], *,
+                          blocking: Blocking | None = None
+                          ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``run()`` (the loaded phase), with every worker scraped ``measure_from_s`` after it
-    starts (when its measured window opens) and once it has ended."""
+    starts (when its measured window opens) and once it has ended: its result, and the
+    window's figures. A scrape that fails leaves the figures out and says why, rather than
+    losing the level's other figures (minutes of load) to it. ``blocking`` runs a scrape
+    (default: in a thread, while the callers go on)."""
     limiter = trio.CapacityLimiter(1)
+
+    async def in_thread(fn: Callable[[], dict[int, str]]) -> dict[int, str]:
+        return await run_blocking(fn, limiter=limiter)
+
+    call = blocking or in_thread
+    errors: list[str] = []
     before: dict[int, str] = {}
+
+    def scrape_or_note() -> dict[int, str]:
+        try:
+            return scrape()
+        except (OSError, RuntimeError, http.client.HTTPException) as err:
+            errors.append(f"{type(err).__name__}: {err}")
+            return {}
 
     async def at_window_start(started: float) -> None:
         await trio.sleep_until(started + measure_from_s)
-        before.update(await run_blocking(scrape, limiter=limiter))
+        before.update(await call(scrape_or_note))
 
     async with trio.open_nursery() as nursery:
         if measure_from_s > 0:
             nursery.start_soon(at_window_start, trio.current_time())
         else:
-            before.update(await run_blocking(scrape, limiter=limiter))
+            before.update(await call(scrape_or_note))
         result = await run()
-    return result, before, await run_blocking(scrape, limiter=limiter)
+    window = window_figures(before, await call(scrape_or_note))
+    return result, {**window, "scrape_errors": errors}
 
 
 def wait_drained(scrape: Callable[[], Mapping[int, str]], *, bound_s: float = DRAIN_BOUND_S,

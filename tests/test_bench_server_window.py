@@ -11,13 +11,15 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +31,7 @@ from server_window import (  # noqa: E402
     diff,
     drain_line,
     histograms,
+    measured_window,
     wait_drained,
     window_figures,
 )
@@ -245,3 +248,63 @@ def test_workers_on_one_port_are_told_apart_by_who_holds_the_connection() -> Non
     assert list(answers) == [os.getpid()]
     assert "voiceagent_write_behind_pending 3" in answers[os.getpid()]
     assert len(asked) == 40
+
+
+# ------------------------------------------------------------------ the window's scrapes
+
+def lag_text(samples: int) -> str:
+    registry = CollectorRegistry()
+    lag = Histogram("voiceagent_event_loop_lag_seconds", "lag", buckets=LAG_BUCKETS,
+                    registry=registry)
+    for _ in range(samples):
+        lag.observe(0.0002)
+    return generate_latest(registry).decode()
+
+
+async def inline(fn: Callable[[], dict[int, str]]) -> dict[int, str]:
+    """The scrape run in trio's thread: a worker thread would let the virtual clock jump
+    past every deadline while trio waits for it."""
+    await trio.lowlevel.checkpoint()
+    return fn()
+
+
+async def test_the_window_opens_at_its_start_not_the_runs(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The steady shape measures from the ramp's end: its first scrape waits for that, the
+    second follows the run's end, and the figures are the difference of the two."""
+    scraped_at: list[float] = []
+
+    def scrape() -> dict[int, str]:
+        scraped_at.append(trio.current_time())
+        return {1: lag_text(3 if len(scraped_at) == 1 else 10)}
+
+    async def run() -> dict[str, Any]:
+        started = trio.current_time()
+        await trio.sleep(30)
+        return {"ran_s": trio.current_time() - started}
+
+    with trio.fail_after(120):
+        result, window = await measured_window(run, 12.0, scrape, blocking=inline)
+    assert result == {"ran_s": 30.0}
+    assert len(scraped_at) == 2
+    assert scraped_at == [12.0, 30.0]
+    assert window["loop_lag"]["count"] == 7
+    assert window["scrape_errors"] == []
+
+
+async def test_a_failed_scrape_loses_the_window_not_the_run(
+        autojump_clock: trio.testing.MockClock) -> None:
+    def scrape() -> dict[int, str]:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    async def run() -> dict[str, Any]:
+        await trio.sleep(5)
+        return {"turns": 300}
+
+    with trio.fail_after(120):
+        result, window = await measured_window(run, 0.0, scrape, blocking=inline)
+    assert result == {"turns": 300}
+    assert window["workers_scraped"] == 0
+    assert window["loop_lag"] is None
+    assert window["scrape_errors"] == ["ConnectionRefusedError: [Errno 111] Connection "
+                                       "refused"] * 2
