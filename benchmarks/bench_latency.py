@@ -187,7 +187,7 @@ def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, An
                 url=url, calls=calls, ramp_s=ramp_s, script=(), auth_token=TOKEN,
                 server_pids=pids, until_s=ramp_s + IDLE_HOLD_S, progress=False))
             scrape = Scraper(url, latency_servers.METRICS_TOKEN, pids)
-            drain = wait_drained(scrape)
+            drain = wait_drained(scrape, workers=len(pids))
             print(drain_line(drain))
             helpers_before = helper_cpu_s(stack)
             with server_process.profiling(plan.profile, pids, f"{calls}-calls"):

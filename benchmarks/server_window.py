@@ -256,30 +256,37 @@ async def measured_window(run: Callable[[], Awaitable[dict[str, Any]]],
     return result, {**window, "scrape_errors": errors}
 
 
-def wait_drained(scrape: Callable[[], Mapping[int, str]], *, bound_s: float = DRAIN_BOUND_S,
-                 poll_s: float = DRAIN_POLL_S, clock: Callable[[], float] = time.monotonic,
+def wait_drained(scrape: Callable[[], Mapping[int, str]], *, workers: int = 1,
+                 bound_s: float = DRAIN_BOUND_S, poll_s: float = DRAIN_POLL_S,
+                 clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Until every worker's write-behind queue is empty and it has no call left, or
     ``bound_s``: how long it waited, what was pending when it began, and whether it
-    drained (when not, what was still pending)."""
+    drained (when not, what was still pending, or why it could not be read: a scrape that
+    fails, or misses a worker, is tried again until the bound)."""
     started = clock()
     first: dict[str, float] | None = None
+    now: dict[str, float] | None = None
+    error = ""
     while True:
-        now = _backlog(scrape())
-        first = first or now
+        try:
+            now = _backlog(scrape(), workers)
+            first = first or now
+        except (OSError, RuntimeError, http.client.HTTPException) as err:
+            error = f"{type(err).__name__}: {err}"
         waited = clock() - started
-        if now["pending"] == 0 and now["active_calls"] == 0:
+        if now is not None and now["pending"] == 0 and now["active_calls"] == 0:
             return {"drained": True, "waited_s": round(waited, 2), "at_start": first}
         if waited >= bound_s:
             return {"drained": False, "waited_s": round(waited, 2), "at_start": first,
-                    "left": now}
+                    "left": now, "error": error}
         sleep(min(poll_s, bound_s - waited))
 
 
-def _backlog(answers: Mapping[int, str]) -> dict[str, float]:
-    if not answers:
-        raise RuntimeError("no worker answered /metrics: cannot tell whether the store "
-                           "queue has drained")
+def _backlog(answers: Mapping[int, str], workers: int) -> dict[str, float]:
+    if len(answers) < workers:
+        raise RuntimeError(f"{len(answers)} of {workers} workers answered /metrics: cannot "
+                           "tell whether the store queue has drained")
     total = {"pending": 0.0, "pending_bytes": 0.0, "oldest_s": 0.0, "active_calls": 0.0}
     for text in answers.values():
         total["pending"] += gauge(text, PENDING) or 0.0
@@ -291,14 +298,18 @@ def _backlog(answers: Mapping[int, str]) -> dict[str, float]:
 
 def drain_line(wait: Mapping[str, Any]) -> str:
     start = wait["at_start"]
+    if start is None:
+        return (f"!! store queue before the loaded phase: not read in {wait['waited_s']} s "
+                f"({wait['error']}); the idle phase's end writes may run into the loaded one")
     began = (f"{start['pending']:g} history items pending ({start['pending_bytes'] / 1024:.0f}"
              f" KiB, oldest {start['oldest_s']:g} s), {start['active_calls']:g} calls still "
              "up")
     if wait["drained"]:
         return (f"store queue drained before the loaded phase: waited {wait['waited_s']} s; "
                 f"at the idle phase's end: {began}")
-    left = wait["left"]
+    left = wait["left"]             # the last reading (a later scrape may have failed)
+    failed = f"; then {wait['error']}" if wait["error"] else ""
     return (f"!! store queue NOT drained before the loaded phase after {wait['waited_s']} s "
             f"(at the idle phase's end: {began}; still {left['pending']:g} items pending, "
-            f"oldest {left['oldest_s']:g} s, {left['active_calls']:g} calls up): the idle "
-            "phase's end writes run into the loaded phase")
+            f"oldest {left['oldest_s']:g} s, {left['active_calls']:g} calls up{failed}): the "
+            "idle phase's end writes run into the loaded phase")

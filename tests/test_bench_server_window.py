@@ -308,3 +308,29 @@ async def test_a_failed_scrape_loses_the_window_not_the_run(
     assert window["loop_lag"] is None
     assert window["scrape_errors"] == ["ConnectionRefusedError: [Errno 111] Connection "
                                        "refused"] * 2
+
+
+@pytest.mark.timeout(60)
+def test_a_drain_wait_that_cannot_read_the_queue_ends_at_its_bound_and_says_why() -> None:
+    fake = FakeTime()
+    with fake_metrics([(0, 0)]) as (url, asked):
+        wait = wait_drained(Scraper(url, "wrong", (os.getpid(),)), bound_s=10.0, poll_s=0.5,
+                            clock=fake.clock, sleep=fake.sleep)
+    assert wait["drained"] is False
+    assert wait["waited_s"] == 10.0
+    assert len(asked) == 21
+    assert "answered 401" in wait["error"]
+    assert "not read in 10.0 s" in drain_line(wait)
+    assert "METRICS_TOKEN" in drain_line(wait)
+
+
+@pytest.mark.timeout(60)
+def test_a_drain_wait_does_not_call_a_queue_drained_that_a_worker_did_not_report() -> None:
+    """Of two workers only one (this process) answers, with nothing pending: the other's
+    queue is unknown, so the wait goes on to its bound."""
+    fake = FakeTime()
+    with fake_metrics([(0, 0)]) as (url, _):
+        wait = wait_drained(Scraper(url, TOKEN, (NO_SUCH_PID, os.getpid())), workers=2,
+                            bound_s=1.0, poll_s=0.5, clock=fake.clock, sleep=fake.sleep)
+    assert wait["drained"] is False
+    assert "1 of 2 workers answered" in wait["error"]
