@@ -1,7 +1,11 @@
 """DynamoDB for tests: moto's server mode in a subprocess on 127.0.0.1, and tables on it.
 
 A subprocess rather than ``ThreadedMotoServer``: it does not share the tests' GIL, and it can
-be stopped and started again on the same port (the fault tests). moto keeps its tables in
+be stopped and started again on the same port (the fault tests). ``python -m moto.server``
+closes the connection after every answer (werkzeug's development server), which the tests
+keep: they exercise the connect-per-request path. ``kept_alive=True`` serves the same moto
+with kept-alive connections, as DynamoDB does (``tests/moto_kept_alive.py``): the benchmarks'
+stand-in. moto keeps its tables in
 memory, so a restart is an empty DynamoDB. Every server is stopped by the test that started
 it, or at the end of the session for the shared one.
 
@@ -43,12 +47,18 @@ def free_port() -> int:
         return port
 
 
-class MotoServer:
-    """``python -m moto.server`` on 127.0.0.1; ``stop`` and ``start`` keep the port."""
+KEPT_ALIVE_SCRIPT = Path(__file__).with_name("moto_kept_alive.py")
 
-    def __init__(self, log_path: Path, port: int | None = None) -> None:
+
+class MotoServer:
+    """``python -m moto.server`` on 127.0.0.1 (or, ``kept_alive``, moto under hypercorn);
+    ``stop`` and ``start`` keep the port."""
+
+    def __init__(self, log_path: Path, port: int | None = None, *,
+                 kept_alive: bool = False) -> None:
         self.port = port or free_port()
         self.log_path = log_path
+        self.kept_alive = kept_alive
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,10 +72,11 @@ class MotoServer:
     def start(self) -> MotoServer:
         if self._process is not None:
             raise RuntimeError("moto server already running")
+        command = ([str(KEPT_ALIVE_SCRIPT), "-p", str(self.port)] if self.kept_alive
+                   else ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)])
         with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self._process = subprocess.Popen([sys.executable, *command],
+                                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._process.poll() is not None:

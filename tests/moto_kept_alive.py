@@ -1,0 +1,90 @@
+"""moto's DynamoDB kept alive: the WSGI application ``python -m moto.server`` serves, served
+instead by hypercorn over HTTP/1.1 with kept-alive connections, as DynamoDB's front ends keep
+them. Run as its own process (``MotoServer(kept_alive=True)``)::
+
+    python tests/moto_kept_alive.py -p 5000
+
+Why: moto's own server is werkzeug's development server, which closes the connection after
+every answer and starts a thread for each connection. Under the benchmarks' load every store
+write then paid a TCP connect in our server and an accept plus a thread start in moto, on the
+core the local Bedrock endpoint and the callers share: the benchmark measured its stand-in,
+not what production sees (issue 20).
+
+moto's application runs on hypercorn's event loop, one request at a time, not in hypercorn's
+WSGI threads: a request is a few hundred microseconds of moto's Python, so threads would only
+add GIL hand-offs (to the thread and back for each part of the answer), and moto's global
+state then sees one request at a time. Listens on 127.0.0.1 only. SIGTERM ends it at once, as
+it does ``moto.server`` (moto keeps its tables in memory: nothing to save).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.app_wrappers import WSGIWrapper
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+HOST = "127.0.0.1"
+KEEP_ALIVE_S = 60.0                     # AWS front ends drop idle connections after ~60 s
+MAX_BODY_BYTES = 16 * 1024 * 1024       # DynamoDB's own cap on a request (BatchWriteItem)
+
+
+class InlineWSGI:
+    """An ASGI application that runs a WSGI one in the event loop's own thread: hypercorn's
+    ``WSGIWrapper`` does the environ and the answer, given a "spawn" that calls the
+    application here and a "call soon" that queues the answer's parts until it returns."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self._wsgi = WSGIWrapper(app, MAX_BODY_BYTES)
+
+    async def __call__(self, scope: Any, receive: Callable[..., Any],
+                       send: Callable[..., Any]) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        queued: list[Any] = []
+
+        async def run_here(function: Callable[..., None], *args: Any) -> None:
+            function(*args)
+            for message in queued:
+                await send(message)
+            queued.clear()
+
+        def queue(_send: Any, message: Any) -> None:
+            queued.append(message)
+
+        await self._wsgi(scope, receive, send, run_here, queue)
+
+
+async def _lifespan(receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-p", "--port", type=int, required=True)
+    args = parser.parse_args()
+    os.environ.setdefault("MOTO_PORT", str(args.port))     # as moto.server: moto's own URLs
+    moto = DomainDispatcherApplication(create_backend_app)
+    config = Config()
+    config.bind = [f"{HOST}:{args.port}"]
+    config.keep_alive_timeout = KEEP_ALIVE_S
+    config.accesslog = None
+    trio.run(partial(serve, InlineWSGI(moto), config, mode="asgi"))  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()
