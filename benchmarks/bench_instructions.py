@@ -19,12 +19,13 @@ token = (long - short) / the tokens between, per turn = the short turn less its 
 share. The same for ``benchmarks/minimal_server.py`` (the floor), in a second callgrind
 beside it. The child runs with ``PYTHONHASHSEED=0``, so two runs take the same paths.
 
-``--store dynamodb``: our store is DynamoDB on moto's server (``instruction_store.py``), as
+``--store dynamodb``: our store is DynamoDB on moto (``instruction_store.py``), as
 ``bench_latency.py --shape gate`` runs it, so the write-behind's requests (our HTTP client,
-SigV4) count; moto closes each connection, so each write also pays a connect that DynamoDB's
-kept-alive connections do not. ``--by-package``: ours a third time, through a frame evaluator
-that charges each instruction to the package whose Python code ran and gives the functions of
-ours their inclusive cost (``instruction_attribution.py``).
+SigV4) count; moto keeps connections alive, as DynamoDB does (``--moto werkzeug``: moto's own
+server, which closes each one, so each write also pays a connect). ``--by-package``: ours a
+third time, through a frame evaluator that charges each instruction to the package whose
+Python code ran and gives the functions of ours their inclusive cost
+(``instruction_attribution.py``).
 
     python benchmarks/bench_instructions.py --long 200 --short 50
     python benchmarks/bench_instructions.py --server voiceagent --store dynamodb --by-package
@@ -55,6 +56,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import instruction_attribution  # noqa: E402
 import instruction_store  # noqa: E402
+import local_stack  # noqa: E402
 from callgrind_files import Dump, parse_callgrind, read_dump  # noqa: E402
 
 __all__ = ["Dump", "Needed", "build_marker", "parse_callgrind", "read_dump"]
@@ -323,6 +325,10 @@ def main() -> int:
     parser.add_argument("--store", choices=("sqlite", "dynamodb"), default="sqlite",
                         help="our store: a SQLite file (default) or DynamoDB on moto's "
                         "server, as bench_latency.py --shape gate runs it")
+    parser.add_argument("--moto", choices=local_stack.MOTO_SERVERS, default=local_stack.MOTO,
+                        help="--store dynamodb: moto with kept-alive connections, as "
+                        "DynamoDB (default), or moto's werkzeug server, a connection per "
+                        "request (BENCH_MOTO sets the default)")
     parser.add_argument("--by-package", action="store_true",
                         help="also count ours through a frame evaluator that charges each "
                         "instruction to the package whose Python code runs (and a slot per "
@@ -347,11 +353,13 @@ def main() -> int:
         folder = Path(args.keep or scratch)
         folder.mkdir(parents=True, exist_ok=True)
         marker = build_marker(folder)
+        on_moto = f" on {args.moto} moto" if args.store == "dynamodb" else ""
         print(f"counting turns of {args.short} and {args.long} words in callgrind "
               f"({', '.join(servers)}, side by side; ~50x slower than Python alone; our "
-              f"store: {args.store})", flush=True)
+              f"store: {args.store}{on_moto})", flush=True)
         stores = ExitStack()
-        extra_env = (stores.enter_context(instruction_store.dynamodb(folder))
+        extra_env = (stores.enter_context(instruction_store.dynamodb(
+                         folder, kept_alive=args.moto == "kept-alive"))
                      if args.store == "dynamodb" else {})
         processes = {s: run_child(s, marker, sizes, folder, extra_env) for s in servers}
         ticker = threading.Event()

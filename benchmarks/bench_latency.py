@@ -82,7 +82,7 @@ from latency_figures import (
 )
 from latency_report import check, print_gate_goals, print_level, print_levels, print_reconnects
 from latency_servers import helper_cpu_s, pin_layout, start_minimal, start_servers, stop_servers
-from local_stack import TOKEN, Stack, StackOptions, local_stack
+from local_stack import MOTO, MOTO_SERVERS, TOKEN, Stack, StackOptions, local_stack
 from server_window import Scraper, drain_line, measured_window, wait_drained
 
 from voiceagent.app.bench import FAIL_STEP, BenchOptions, Step, run_bench
@@ -324,6 +324,10 @@ def main() -> int:
                              "(default); scripted: the offline model inside the server")
     parser.add_argument("--store", choices=("dynamodb", "sqlite"), default="dynamodb",
                         help="dynamodb: moto's server (default); sqlite: the embedded file")
+    parser.add_argument("--moto", choices=MOTO_SERVERS, default=MOTO,
+                        help="kept-alive: moto keeps connections alive, as DynamoDB does "
+                             "(default); werkzeug: python -m moto.server, a connection per "
+                             "request (BENCH_MOTO sets the default)")
     parser.add_argument("--first-token-ms", type=float, default=200.0,
                         help="the model's time to first token (default 200)")
     parser.add_argument("--token-ms", type=float, default=25.0,
@@ -376,7 +380,7 @@ def main() -> int:
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-latency-{os.getpid()}"
     plan = Plan(StackOptions(llm=args.llm, store=args.store,
                              first_token_ms=args.first_token_ms, token_ms=args.token_ms,
-                             tls=args.tls),
+                             tls=args.tls, moto=args.moto),
                 workers=args.workers, think_s=args.think,
                 ramp_per_call_s=args.ramp_per_call, scratch=scratch,
                 listen_wpm=args.listen_wpm, window_s=args.window, shape=args.shape,

@@ -27,16 +27,18 @@ ENDPOINT_VARIABLE = "BENCH_INSTRUCTIONS_DYNAMODB"      # the child's cue: moto's
 
 
 @contextmanager
-def dynamodb(scratch: Path) -> Iterator[dict[str, str]]:
-    """moto's server with the table and the use case in it, stopped on exit; yields what
-    the child's environment needs on top of the parent's."""
+def dynamodb(scratch: Path, *, kept_alive: bool = True) -> Iterator[dict[str, str]]:
+    """moto with the table and the use case in it, stopped on exit; yields what the child's
+    environment needs on top of the parent's. ``kept_alive``: served with kept-alive
+    connections, as DynamoDB and the benchmarks' stack (``local_stack.py``) keep them; else
+    ``python -m moto.server``, a connection per request."""
     from bench_token_calls import USE_CASE
 
     from tests.dynamodb_support import MotoServer
     from tests.server_harness import one_use_case_config
 
     scratch = Path(tempfile.mkdtemp(prefix="dynamodb-", dir=scratch))   # --keep: a fresh one
-    moto = MotoServer(scratch / "moto.log").start()
+    moto = MotoServer(scratch / "moto.log", kept_alive=kept_alive).start()
     try:
         env = {**os.environ, **aws_env(scratch), "PYTHONPATH": str(ROOT), "STORE": "dynamodb",
                "TABLE_NAME": TABLE, "AWS_ENDPOINT_URL_DYNAMODB": moto.endpoint}

@@ -2,9 +2,13 @@
 
 Each part is its own process on 127.0.0.1, as in production each is its own service:
 
-* DynamoDB: moto's server (``python -m moto.server``), the table made by ``voiceagent store
-  init`` and the benchmark use case written by ``voiceagent config load``, as an operator
-  would;
+* DynamoDB: moto, the table made by ``voiceagent store init`` and the benchmark use case
+  written by ``voiceagent config load``, as an operator would. moto is served with kept-alive
+  connections, as DynamoDB keeps them (``tests/moto_kept_alive.py``: hypercorn), so our store
+  reuses them as in production; ``--moto werkzeug`` (or ``BENCH_MOTO=werkzeug``) gives back
+  ``python -m moto.server``, which closes every connection after one answer and starts a
+  thread per connection: every write then pays a connect here and an accept and a thread
+  start in moto (issue 20);
 * Bedrock: the fake ConverseStream endpoint (``python -m tests.fake_bedrock --scripted``),
   answering with the benchmark use case's scripted replies at the pace given (first-token
   delay, then one word per delta), so the server's real Bedrock backend parses real frames;
@@ -40,6 +44,10 @@ START_TIMEOUT_S = 30.0
 
 
 TLS_HOST = os.environ.get("BENCH_TLS_HOST", "localhost")   # the certificate names both
+MOTO_SERVERS = ("kept-alive", "werkzeug")
+MOTO = os.environ.get("BENCH_MOTO", MOTO_SERVERS[0])
+if MOTO not in MOTO_SERVERS:
+    raise SystemExit(f"BENCH_MOTO={MOTO!r}: use one of {', '.join(MOTO_SERVERS)}")
 
 
 @dataclass(frozen=True)
@@ -50,15 +58,21 @@ class StackOptions:
     token_ms: float = 25.0              # between tokens (40 tokens/s)
     reply_times: int = 1                # each scripted reply said this many times over
     tls: bool = False                   # the endpoint speaks TLS (a private CA)
+    moto: str = MOTO                    # kept-alive: moto under hypercorn | werkzeug: its own
 
     def describe(self) -> str:
         model = ("local Bedrock endpoint (ConverseStream wire format)" if self.llm == "bedrock"
                  else "scripted model in the server")
-        store = "local DynamoDB (moto server)" if self.store == "dynamodb" else "SQLite file"
+        store = (f"local DynamoDB ({MOTO_DESCRIPTIONS[self.moto]})" if self.store == "dynamodb"
+                 else "SQLite file")
         if self.llm == "bedrock" and self.tls:
             model += " over TLS"
         return (f"{model}, first token {self.first_token_ms:g} ms, then a word every "
                 f"{self.token_ms:g} ms; {store}")
+
+
+MOTO_DESCRIPTIONS = {"kept-alive": "moto, kept-alive connections",
+                     "werkzeug": "moto's werkzeug server, a connection per request"}
 
 
 @dataclass
@@ -130,7 +144,8 @@ def local_stack(options: StackOptions, scratch: Path, name: str = "bench") -> It
                         "SCRIPTED_TOKEN_DELAY_MS": str(round(options.token_ms))})
         if options.store == "dynamodb":
             from tests.dynamodb_support import MotoServer
-            moto = MotoServer(scratch / f"{name}-moto.log").start()
+            moto = MotoServer(scratch / f"{name}-moto.log",
+                              kept_alive=options.moto == "kept-alive").start()
             cleanup.callback(moto.stop)
             env.update({"STORE": "dynamodb", "TABLE_NAME": "voiceagent-bench",
                         "AWS_ENDPOINT_URL_DYNAMODB": moto.endpoint})
