@@ -18,9 +18,11 @@ Figures:
 
 * application latency overhead, server side: from the server's own "turn done" lines, prompt
   frame received -> first token frame sent (Twilio's "application latency"), minus the
-  model's first-token delay as the endpoint delivered it (the configured delay plus the
-  endpoint's own lag for that request, which it records); the figure minus the configured
-  delay only is printed beside it;
+  model's first-token delay as the endpoint delivered it (from the moment it had the whole
+  request to the moment it handed the first token to its socket, which it records: the
+  configured delay plus its own work and lateness; how late it read the request off its
+  socket it cannot see, and that stays in); the figure minus the configured delay only is
+  printed beside it;
 * the same seen by the callers (client side: their own scheduling included);
 * barge-in: interrupt sent -> the cut reply's closer received (client), and interrupt sent ->
   the upstream ConverseStream connection closed, as the Bedrock endpoint saw it (the shared
@@ -68,6 +70,7 @@ import latency_args
 import latency_servers
 import server_process
 from latency_figures import (
+    endpoint_holds_s,
     endpoint_lag_ms,
     endpoint_stats,
     exit_lines,
@@ -199,7 +202,8 @@ def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, An
         base = run_baseline(baseline, stack, calls, plan, scratch) if baseline else None
     turns = steady(turn_summaries(logs), loaded)
     since = loaded["started_at_monotonic"] + loaded["measured_from_s"]
-    lags = lags_by_turn(turn_summaries(logs), stats) if stats else None
+    lags = (lags_by_turn(turn_summaries(logs), stats, plan.stack.first_token_ms) if stats
+            else None)
     idle_server = idle["server"] or {}
     idle_kb = (idle_server.get("rss_kb_peak", 0) - idle_server.get("rss_kb_before", 0)) / calls
     duration = loaded["duration_s"] or 1.0
@@ -221,6 +225,8 @@ def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, An
         "upstream_closed_ms": percentiles(upstream_closed_ms(loaded["barge_ins"], stats))
         if stats else None,
         "endpoint_lag_ms": percentiles(endpoint_lag_ms(stats, since)) if stats else None,
+        "endpoint_hold_ms": percentiles(endpoint_holds_s(
+            stats, since, plan.stack.first_token_ms)) if stats else None,
         "endpoint_violations": stats["violations"] if stats else None,
         "helpers_cpu_percent": helpers,
         "server_pauses": pauses(exit_lines(logs)),          # over the process's life

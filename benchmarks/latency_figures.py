@@ -95,11 +95,12 @@ def server_overheads_ms(turns: list[dict[str, Any]], first_token_ms: float,
     return values
 
 
-def lags_by_turn(turns: list[dict[str, Any]], stats: dict[str, Any]) -> dict[tuple[str, int],
-                                                                             float]:
-    """The endpoint's lag sending the first token of each turn's first request: a call's
-    requests in order against its turns in order, each turn taking as many requests as it
-    had model rounds (a call whose counts do not match is left out)."""
+def lags_by_turn(turns: list[dict[str, Any]], stats: dict[str, Any],
+                 first_token_ms: float) -> dict[tuple[str, int], float]:
+    """The endpoint's own part of each turn's first request, beyond the configured delay
+    (``endpoint_hold_ms``): a call's requests in order against its turns in order, each
+    turn taking as many requests as it had model rounds (a call whose counts do not match is
+    left out)."""
     requests: dict[str, list[dict[str, Any]]] = {}
     for request in stats["requests"]:
         requests.setdefault(request["call_sid"], []).append(request)
@@ -115,10 +116,24 @@ def lags_by_turn(turns: list[dict[str, Any]], stats: dict[str, Any]) -> dict[tup
         at = 0
         for t in ordered:
             rounds = t.get("rounds", 0)
-            if rounds and queue[at].get("first_late_s") is not None:
-                lags[(call_sid, t["turn"])] = queue[at]["first_late_s"] * 1000
+            if rounds and (held := endpoint_hold_ms(queue[at], first_token_ms)) is not None:
+                lags[(call_sid, t["turn"])] = held
             at += rounds
     return lags
+
+
+def endpoint_hold_ms(request: dict[str, Any], first_token_ms: float) -> float | None:
+    """How much longer than the configured delay the endpoint held a request: from the
+    moment it had the whole request (before its own parsing and checks) to the moment it
+    handed the first paced frame to its socket. Its lateness in starting the delay counts
+    here too, not only its lateness in sending (``first_late_s``, what an endpoint that
+    does not record ``first_sent_at`` gives). What it cannot see, and stays in the
+    server's figure, is how late it read the request off its socket."""
+    if request.get("first_sent_at") is not None:
+        return (request["first_sent_at"] - request["received_at"]) * 1000 - first_token_ms
+    if request.get("first_late_s") is not None:
+        return float(request["first_late_s"]) * 1000
+    return None
 
 
 def keypad_latencies_ms(turns: list[dict[str, Any]]) -> list[float]:
@@ -162,3 +177,10 @@ def upstream_closed_ms(barge_ins: list[dict[str, Any]], stats: dict[str, Any]) -
 def endpoint_lag_ms(stats: dict[str, Any], since_monotonic: float) -> list[float]:
     return [r["first_late_s"] for r in stats["requests"]
             if r.get("first_late_s") is not None and r["received_at"] >= since_monotonic]
+
+
+def endpoint_holds_s(stats: dict[str, Any], since_monotonic: float,
+                     first_token_ms: float) -> list[float]:
+    """``endpoint_hold_ms`` of every request since, in seconds (as ``percentiles`` wants)."""
+    return [held / 1000 for r in stats["requests"] if r["received_at"] >= since_monotonic
+            and (held := endpoint_hold_ms(r, first_token_ms)) is not None]

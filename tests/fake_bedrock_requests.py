@@ -43,6 +43,9 @@ class RecordedRequest:
     # complete | client_closed | http_error | hangup | reset | stalled (still held open)
     outcome: str = "pending"
     first_late_s: float | None = None   # the first paced frame went out this late (our lag)
+    # perf_counter() as the first paced frame was handed to the socket: with received_at, the
+    # whole time this side held the request (its own work and lateness, the reply's delay)
+    first_sent_at: float | None = None
     done: trio.Event = field(default_factory=trio.Event)
     path: str = ""                      # as sent, percent-encoding included
     raw_body: bytes = b""               # as sent (kept with keep_bodies)

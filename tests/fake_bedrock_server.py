@@ -301,6 +301,7 @@ class FakeBedrock:
 
     def _record(self, model_id: str, headers: dict[str, str], raw: bytes,
                 connection: ConnectionRecord) -> RecordedRequest:
+        received_at = time.perf_counter()       # before this side's own work on it
         try:
             body = json.loads(raw, parse_constant=not_json)    # NaN, Infinity: as Bedrock
         except ValueError:
@@ -308,8 +309,7 @@ class FakeBedrock:
             self.violations.append(f"request {len(self.requests)}: body is not JSON")
         index = len(self.requests)
         self.violations.extend(f"request {index}: {p}" for p in request_problems(body))
-        request = RecordedRequest(index, model_id, body, headers, connection,
-                                  time.perf_counter())
+        request = RecordedRequest(index, model_id, body, headers, connection, received_at)
         connection.requests += 1
         self.requests.append(request)
         self._arrived.unpark_all()
@@ -330,7 +330,8 @@ class FakeBedrock:
             "requests": [{"index": r.index, "call_sid": r.call_sid,
                           "connection": r.connection.id, "received_at": r.received_at,
                           "frames_sent": r.frames_sent, "outcome": r.outcome,
-                          "first_late_s": r.first_late_s, "access_key": r.access_key}
+                          "first_late_s": r.first_late_s, "first_sent_at": r.first_sent_at,
+                          "access_key": r.access_key}
                          for r in self.requests],
             "violations": self.violations[:20],
             "tls_failures": self.tls_failures,

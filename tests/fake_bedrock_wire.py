@@ -38,6 +38,8 @@ async def send_stream(stream: trio.abc.Stream, request: RecordedRequest,
         if frame.delay_s:
             due += frame.delay_s
             await trio.sleep_until(due)
+        if frame.delay_s and request.first_sent_at is None:
+            request.first_sent_at = time.perf_counter()
         request.frames_sent += 1    # before the send: a client in this process may
                                     # read the frame before this task runs again
         await stream.send_all(b"%x\r\n%b\r\n" % (len(frame.data), frame.data))
