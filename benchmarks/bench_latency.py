@@ -66,6 +66,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import helper_peaks
 import latency_args
 import latency_servers
 import server_process
@@ -193,7 +194,8 @@ def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, An
             drain = wait_drained(scrape, workers=len(pids))
             print(drain_line(drain))
             helpers_before = helper_cpu_s(stack)
-            with server_process.profiling(plan.profile, pids, f"{calls}-calls"):
+            with server_process.profiling(plan.profile, pids, f"{calls}-calls"), \
+                    helper_peaks.sampling(partial(helper_cpu_s, stack)) as peaks:
                 loaded = loaded_run(url, calls, plan, pids, scrape=scrape)
             helpers_after = helper_cpu_s(stack)
             stats = endpoint_stats(stack)
@@ -229,6 +231,7 @@ def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, An
             stats, since, plan.stack.first_token_ms)) if stats else None,
         "endpoint_violations": stats["violations"] if stats else None,
         "helpers_cpu_percent": helpers,
+        "helpers_busiest_percent": peaks.busiest(),     # over helper_peaks.SPAN_S
         "server_pauses": pauses(exit_lines(logs)),          # over the process's life
         "server_window": loaded.pop("server_window", None),  # over the measured window
         "reconnects": reconnects(logs),

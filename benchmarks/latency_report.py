@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import helper_peaks
+
 from voiceagent.app.bench_report import format_table, percentiles
 
 GATE_GOAL_CPU_RATIO = 2.0       # issue 20: server CPU at 500 calls / the minimal server's
@@ -69,7 +71,8 @@ def print_level(result: dict[str, Any]) -> None:
     print(f"interrupt sent -> upstream closed at the endpoint (ms): "
           f"{result['upstream_closed_ms']}")
     print(f"idle: {result['idle_kb_per_call']} KiB RSS per connected idle call "
-          f"({result['idle_errors']} errors); helpers' CPU: {result['helpers_cpu_percent']}")
+          f"({result['idle_errors']} errors); helpers' CPU: {result['helpers_cpu_percent']}, "
+          f"busiest {helper_peaks.SPAN_S:g} s: {result.get('helpers_busiest_percent')}")
     print(f"server's collections over its life (idle phase included) and longest loop lag: "
           f"{result['server_pauses']}")
     print(window_lines(result.get("server_window")))
