@@ -55,6 +55,13 @@ def accepts(port: int) -> bool:
 def _listening(pid: int, port: int) -> bool:
     """Whether ``pid`` itself listens on ``port`` (a sibling worker may already accept on
     it, so a connection proves nothing)."""
+    return socket_owner((pid,), port) == pid
+
+
+def socket_owner(pids: tuple[int, ...], local_port: int,
+                 remote_port: int | None = None) -> int | None:
+    """Which of ``pids`` holds this machine's TCP socket on ``local_port``: the listening
+    one, or with ``remote_port`` the one connected to it (read from /proc: Linux only)."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -63,20 +70,23 @@ def _listening(pid: int, port: int) -> bool:
             continue
         for row in rows:
             fields = row.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(fields[9])
-    try:
-        fds = list(Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:
-        return False
-    for fd in fds:
+            if int(fields[1].rsplit(":", 1)[1], 16) != local_port:
+                continue
+            if (fields[3] == "0A" if remote_port is None
+                    else int(fields[2].rsplit(":", 1)[1], 16) == remote_port):
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
         try:
-            target = os.readlink(fd)
+            fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             continue
-        if target.startswith("socket:[") and target[8:-1] in inodes:
-            return True
-    return False
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return pid
+            except OSError:
+                continue
+    return None
 
 
 def wait_for(probe: Callable[[], T], process: subprocess.Popen[bytes], timeout_s: float,

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import http.client
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import trio
 from prometheus_client.parser import text_string_to_metric_families
+from server_process import socket_owner
 
 from voiceagent.threads import run_blocking
 
@@ -192,29 +191,7 @@ class Scraper:
 
 def owner(server_port: int, client_port: int, pids: tuple[int, ...]) -> int | None:
     """Which of ``pids`` holds the server side of the connection from ``client_port``."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            if (int(fields[1].rsplit(":", 1)[1], 16) == server_port
-                    and int(fields[2].rsplit(":", 1)[1], 16) == client_port):
-                inodes.add(f"socket:[{fields[9]}]")
-    for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                    return pid
-            except OSError:
-                continue
-    return None
+    return socket_owner(pids, server_port, client_port)
 
 
 async def measured_window(run: Callable[[], Awaitable[dict[str, Any]]],
