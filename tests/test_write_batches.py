@@ -121,6 +121,28 @@ async def test_a_versioned_write_goes_alone_without_stopping_other_calls_writes(
                              [("CA-B", "session")], [("CA-B", "chat::0001")]]
 
 
+async def test_a_write_passed_over_holds_back_later_writes_of_its_key_from_other_calls(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A caller's profile is one key that each of its calls writes: the older call's write,
+    held back with its call, must not land after the newer call's and overwrite it."""
+    store = FakeStore(latency_s=0.01)
+    writer = WriteBehind(store, jitter=lambda: 1.0)
+    profile = {"pk": "+15550001", "sk": "profile"}
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            writer.submit(chat("CA-A", 1, v=1), call_sid="CA-A")
+            writer.submit(chat("CA-A", 1, v=2), call_sid="CA-A")     # holds CA-A back
+            writer.submit({**profile, "by": "CA-A"}, call_sid="CA-A")
+            writer.submit({**profile, "by": "CA-B"}, call_sid="CA-B")  # the newer one
+            assert await writer.flush(timeout_s=5.0)
+            nursery.cancel_scope.cancel(reason="test over")
+    assert store.items[("+15550001", "profile")]["by"] == "CA-B"
+    assert store.batches == [[("CA-A", "chat::0001")],
+                             [("CA-A", "chat::0001"), ("+15550001", "profile")],
+                             [("+15550001", "profile")]]
+
+
 def entry(seq: int, call_sid: str, sk: str, **options: Any) -> Entry:
     return Entry(seq, call_sid, (call_sid, sk), {"pk": call_sid, "sk": sk}, 0.0, **options)
 

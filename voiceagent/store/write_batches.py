@@ -3,7 +3,8 @@
 A batch takes the oldest writes that can go together and passes over the ones that cannot
 (a second write of one key, which DynamoDB refuses in one batch; a call's fence after one of
 its own writes, since a batch is not atomic; a versioned write, which goes alone), holding
-back the rest of their call so each call's writes land in the order it made them. Stopping
+back the rest of their call and their key's later writes, so each call's writes, and each
+key's, land in the order they were made. Stopping
 at the first such write instead, as the queue did before, cut batches to ~2 items when many
 calls ended together (each call's last write, then its fence): 500 calls hanging up at once
 took 500 round trips, ~5 s, and their flushes timed out.
@@ -35,7 +36,9 @@ class Entry:
 def next_batch(queue: collections.deque[Entry]) -> tuple[list[Entry], int]:
     """The next batch of a non-empty ``queue``, and how many entries from its head were
     looked at to make it (what ``take_out`` needs). A versioned head goes alone; a
-    versioned entry further on waits to be the head."""
+    versioned entry further on waits to be the head. An entry passed over holds back its
+    call's later entries and its key's (a caller's profile is written by each of its
+    calls): neither may land before it."""
     head = queue[0]
     if head.version is not None:
         return [head], 1
@@ -45,11 +48,10 @@ def next_batch(queue: collections.deque[Entry]) -> tuple[list[Entry], int]:
     held: set[str] = set()
     looked_at = 0
     for looked, entry in enumerate(itertools.islice(queue, SCAN_LIMIT), 1):
-        if entry.call_sid in held:
-            continue
-        if entry.version is not None or entry.key in keys or (
+        if entry.call_sid in held or entry.version is not None or entry.key in keys or (
                 entry.fence and entry.call_sid in calls):
             held.add(entry.call_sid)
+            keys.add(entry.key)     # a later write of its key, any call's, waits behind it
             continue
         batch.append(entry)
         keys.add(entry.key)

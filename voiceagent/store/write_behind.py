@@ -8,17 +8,17 @@ the store is back. Calls that end ``flush`` their own items with a deadline.
 
 Order: each call's items are written in the order it submitted them, calls' items oldest
 first; a batch passes over an item that cannot share it (a second write of a key, a fence, a
-versioned write: ``write_batches``), and the rest of that item's call, for other calls'
-items behind. The exceptions are ``write_now`` (an item another process may read at once):
-it goes ahead of the queue only when its call has nothing queued, so per-call order still
-holds (or for a key no other write of the call touches: a socket's end mark); and
-``write_decided`` (a session minted, claimed or renewed, the store deciding which process
-wins: ordered against the call's other session writes by its version). A batch is not atomic
-(DynamoDB may apply any part of one and hand the rest back), so an item that vouches for its
-call's earlier writes (``submit``'s ``fence``) never shares a batch with one of them. Across
-processes, writes of one key can still cross (one process's queue behind a throttled store):
-an item whose writes carry a ``version`` (a session's generation) is written on condition,
-never over a newer one.
+versioned write: ``write_batches``), and the later writes of its call and of its key, for
+other calls' items behind. The exceptions are ``write_now`` (an item another process may
+read at once): it goes ahead of the queue only when its call has nothing queued, so per-call
+order still holds (or for a key no other write of the call touches: a socket's end mark);
+and ``write_decided`` (a session minted, claimed or renewed, the store deciding which
+process wins: ordered against the call's other session writes by its version). A batch is
+not atomic (DynamoDB may apply any part of one and hand the rest back), so an item that
+vouches for its call's earlier writes (``submit``'s ``fence``) never shares a batch with one
+of them. Across processes, writes of one key can still cross (one process's queue behind a
+throttled store): an item whose writes carry a ``version`` (a session's generation) is
+written on condition, never over a newer one.
 
 Failures: a ``StoreError`` is transient and retried forever, unless it is ``permanent`` (the
 store refused the item itself, see ``StoreRejected``). A permanently refused batch is retried
