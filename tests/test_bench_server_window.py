@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,10 @@ import trio
 import trio.testing
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
+from tests.http_server_support import serving
+
 ROOT = Path(__file__).resolve().parent.parent
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from server_window import (  # noqa: E402
@@ -176,15 +178,8 @@ def fake_metrics(answers: list[tuple[int, int]]) -> Iterator[tuple[str, list[str
         def log_message(self, *args: Any) -> None:
             return None
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", asked
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(Handler) as url:
+        yield url, asked
 
 
 class FakeTime:
@@ -229,7 +224,7 @@ def test_the_drain_wait_ends_when_the_queue_is_empty_and_the_calls_gone() -> Non
     assert len(asked) == 4
     assert wait["at_start"]["pending"] == 30
     assert drain_line(wait).startswith("store queue drained before the loaded phase: waited "
-                                       "1.5 s; at the idle phase's end: 30 history items")
+                                       "1.5 s; at the idle phase's end: 30 store writes")
 
 
 @pytest.mark.timeout(60)

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from tests.http_server_support import serving
 from voiceagent.app.testing import agent_server
 from voiceagent.settings import SOURCE_CONFIG
 
@@ -49,15 +49,8 @@ def fake_twilio_api() -> Iterator[tuple[str, list[dict[str, Any]]]]:
         def log_message(self, *args: Any) -> None:
             return None
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(Handler) as url:
+        yield url, received
 
 
 async def test_order_then_text_a_confirmation(tmp_path: Path) -> None:
