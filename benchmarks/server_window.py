@@ -184,14 +184,9 @@ class Scraper:
             if len(self.pids) == 1:
                 return self.pids[0], body
             assert connection.sock is not None
-            return owner(port, connection.sock.getsockname()[1], self.pids), body
+            return socket_owner(self.pids, port, connection.sock.getsockname()[1]), body
         finally:
             connection.close()
-
-
-def owner(server_port: int, client_port: int, pids: tuple[int, ...]) -> int | None:
-    """Which of ``pids`` holds the server side of the connection from ``client_port``."""
-    return socket_owner(pids, server_port, client_port)
 
 
 async def measured_window(run: Callable[[], Awaitable[dict[str, Any]]],
@@ -278,7 +273,7 @@ def drain_line(wait: Mapping[str, Any]) -> str:
     if start is None:
         return (f"!! store queue before the loaded phase: not read in {wait['waited_s']} s "
                 f"({wait['error']}); the idle phase's end writes may run into the loaded one")
-    began = (f"{start['pending']:g} history items pending ({start['pending_bytes'] / 1024:.0f}"
+    began = (f"{start['pending']:g} store writes pending ({start['pending_bytes'] / 1024:.0f}"
              f" KiB, oldest {start['oldest_s']:g} s), {start['active_calls']:g} calls still "
              "up")
     if wait["drained"]:
