@@ -11,15 +11,13 @@ through ``Settings.from_env``, the one place every settings object is made.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from local_stack import aws_env
+from local_stack import aws_env, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = "voiceagent-bench-instructions"
@@ -44,10 +42,7 @@ def dynamodb(scratch: Path, *, kept_alive: bool = True) -> Iterator[dict[str, st
                "TABLE_NAME": TABLE, "AWS_ENDPOINT_URL_DYNAMODB": moto.endpoint}
         config = one_use_case_config(scratch, USE_CASE)
         for command in (["store", "init"], ["config", "load", "--config-dir", str(config)]):
-            done = subprocess.run([sys.executable, "-m", "voiceagent", *command], cwd=ROOT,
-                                  env=env, capture_output=True, text=True, timeout=120)
-            if done.returncode != 0:
-                raise SystemExit(f"voiceagent {' '.join(command)} failed:\n{done.stderr}")
+            run_cli(command, env)
         yield {ENDPOINT_VARIABLE: moto.endpoint}
     finally:
         moto.stop()

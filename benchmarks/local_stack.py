@@ -110,7 +110,8 @@ def _start_fake_bedrock(options: StackOptions, log: IO[bytes], ca_file: Path
         port_file.unlink(missing_ok=True)
 
 
-def _run_cli(args: list[str], env: dict[str, str]) -> None:
+def run_cli(args: list[str], env: dict[str, str]) -> None:
+    """``voiceagent ARGS`` as an operator runs it, here; exits the benchmark on failure."""
     done = subprocess.run([sys.executable, "-m", "voiceagent", *args], cwd=ROOT,
                           env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=120, check=False)
@@ -151,8 +152,8 @@ def local_stack(options: StackOptions, scratch: Path, name: str = "bench") -> It
                         "AWS_ENDPOINT_URL_DYNAMODB": moto.endpoint})
             if moto.pid is not None:
                 stack.helper_pids["dynamodb"] = moto.pid
-            _run_cli(["store", "init"], env)
-            _run_cli(["config", "load", "--config-dir", str(CONFIG)], env)
+            run_cli(["store", "init"], env)
+            run_cli(["config", "load", "--config-dir", str(CONFIG)], env)
         else:
             env.update({"STORE": "sqlite", "DATA_DIR": str(scratch / f"{name}-data")})
         yield stack
