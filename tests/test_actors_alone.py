@@ -421,3 +421,17 @@ async def test_a_finished_turn_leaves_nothing_behind_in_the_slot(autojump_clock:
             await slot.restart(speaking)
             assert slot.busy
     assert ran == ["spoke", "spoke"]
+
+
+def test_cuts_past_the_pending_limit_drop_the_oldest() -> None:
+    """The pending cuts are a plain list (an empty deque is 760 bytes in every call): past
+    MAX_PENDING_CUTS the oldest go, as the bounded deque dropped them, and each barge-in
+    still takes the oldest kept first; with none pending it cuts the newest turn."""
+    from actors.turn_slot import MAX_PENDING_CUTS
+    marks = CutMarks()
+    for _ in range(MAX_PENDING_CUTS + 2):
+        marks.turn_started()
+        marks.cut()
+    assert [marks.take_cut() for _ in range(MAX_PENDING_CUTS)] == list(
+        range(3, MAX_PENDING_CUTS + 3))
+    assert marks.take_cut() == marks.turn == MAX_PENDING_CUTS + 2

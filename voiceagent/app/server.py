@@ -8,7 +8,7 @@ import math
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, nullcontext
 from functools import partial
 from typing import NoReturn
@@ -216,10 +216,16 @@ def bounded_bodies(app: ASGIFramework, refusals: Episode,
     applies only to a handler that reads the body; this applies to every request. WebSocket
     upgrades have no body and pass untouched. While the body arrives, ``connections`` may
     close it sooner to make room for a new connection: then it is answered 503."""
-    async def asgi(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    def asgi(scope: Scope, receive: ASGIReceiveCallable,
+             send: ASGISendCallable) -> Awaitable[None]:
+        # the app's own coroutine, not awaited here: a WebSocket lasts its whole call, and a
+        # frame awaiting it (~300 B) would last as long, in every call
         if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
+            return app(scope, receive, send)
+        return bounded(scope, receive, send)
+
+    async def bounded(scope: HTTPScope, receive: ASGIReceiveCallable,
+                      send: ASGISendCallable) -> None:
         responded = False
         client = scope.get("client")
         peer = (str(client[0]), int(client[1])) if client and _has_body(scope) else None

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import secrets
+from collections.abc import Awaitable
 from functools import partial
 from typing import Any, cast
 
@@ -325,12 +326,13 @@ def create_app(runtime: Runtime) -> Any:
         app.add_url_rule(PHONE_PATH, "phone", phone.page, methods=["GET"])
         app.add_url_rule(PHONE_PATH + "/<name>", "phone_asset", phone.asset, methods=["GET"])
 
-    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def asgi(scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        # the route's coroutine, not awaited here: a relay socket lasts its whole call, and a
+        # frame awaiting it (~300 B) would last as long, in every call
         if scope["type"] == "websocket" and scope["path"] == path:
-            await relay(runtime, scope, receive, send, phone)
-        elif webhook_edge.is_webhook(scope):    # a refusal never enters quart
-            await webhook_edge.serve(runtime, cast(Any, app), scope, receive, send)
-        else:
-            await app(cast(Any, scope), receive, send)
+            return relay(runtime, scope, receive, send, phone)
+        if webhook_edge.is_webhook(scope):      # a refusal never enters quart
+            return webhook_edge.serve(runtime, cast(Any, app), scope, receive, send)
+        return cast(Awaitable[None], app(cast(Any, scope), receive, send))
 
     return asgi
