@@ -256,6 +256,9 @@ class BedrockLLM:
         await self._ready()
         model_stream = ModelStream(self, request, model_id, body,
                                    signed=prefix.signed if prefix is not None else None)
+        # this frame lasts the reply: the stream lets the body go once content arrived
+        # (no attempt follows then), and the dicts it was written from are not needed
+        del payload, body
         self._counts.streams_opened += 1
         self._counts.streams_open += 1
         try:

@@ -129,6 +129,8 @@ class Attempt:
             data += state.send(h11.EndOfMessage()) or b""
             with trio.fail_after(self._pool.connect_timeout_s):
                 await self._connection.link.send_all(data)
+            # sent: a resend is a new attempt, made from the stream's copy (signed anew)
+            self._body, self._headers = b"", []
         except Exception as err:
             reused = self._reused
             self._drop_connection()

@@ -109,7 +109,10 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         self._signed = signed               # told the reply's reasoning blocks (binding)
         self._request = request
         self._model_id = model_id
-        self._body = body                   # the request as sent, every attempt
+        # the request as sent, every attempt; let go once content reached the caller (no
+        # attempt follows then): a production prompt and tools are tens of KB a turn, held
+        # for the reply's whole length otherwise
+        self._body = body
         self._opened_at = trio.current_time()
         # each attempt is whole by its first-event timeout plus this, from its request sent
         self._pace_s = request.inference.max_tokens / SPOKEN_TOKENS_PER_S
@@ -169,7 +172,7 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
             self._ready.clear()
             for at, item in enumerate(items):
                 if type(item) is TextDelta:     # most of a window: nothing to note but content
-                    self._content = True
+                    self._content, self._body = True, b""
                     out.append(item)
                     continue
                 if isinstance(item, Failure):
@@ -189,7 +192,7 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
             self._ended = True
             self._backend._stream_completed(item, self._quota_taken)
         else:
-            self._content = True
+            self._content, self._body = True, b""
         return item
 
     async def _after_failure(self, attempt: Attempt, failure: Failure) -> None:
