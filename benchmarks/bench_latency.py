@@ -73,6 +73,7 @@ import server_process
 from latency_figures import (
     endpoint_holds_s,
     endpoint_lag_ms,
+    endpoint_read_late_s,
     endpoint_stats,
     exit_lines,
     keypad_latencies_ms,
@@ -229,6 +230,8 @@ def run_level(calls: int, plan: Plan, baseline: Baseline | None) -> dict[str, An
         "endpoint_lag_ms": percentiles(endpoint_lag_ms(stats, since)) if stats else None,
         "endpoint_hold_ms": percentiles(endpoint_holds_s(
             stats, since, plan.stack.first_token_ms)) if stats else None,
+        "endpoint_read_late_ms": percentiles(endpoint_read_late_s(stats, since))
+        if stats else None,
         "endpoint_violations": stats["violations"] if stats else None,
         "helpers_cpu_percent": helpers,
         "helpers_busiest_percent": peaks.busiest(),     # over helper_peaks.SPAN_S

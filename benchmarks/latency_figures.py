@@ -124,13 +124,15 @@ def lags_by_turn(turns: list[dict[str, Any]], stats: dict[str, Any],
 
 def endpoint_hold_ms(request: dict[str, Any], first_token_ms: float) -> float | None:
     """How much longer than the configured delay the endpoint held a request: from the
-    moment it had the whole request (before its own parsing and checks) to the moment it
-    handed the first paced frame to its socket. Its lateness in starting the delay counts
-    here too, not only its lateness in sending (``first_late_s``, what an endpoint that
-    does not record ``first_sent_at`` gives). What it cannot see, and stays in the
-    server's figure, is how late it read the request off its socket."""
+    moment the request reached its socket (the kernel's stamp, ``arrived_at``; on loopback,
+    when the server sent it) to the moment it handed the first paced frame to its socket.
+    Its lateness in reading the request and in starting the delay counts here too, not only
+    its lateness in sending (``first_late_s``, what an endpoint that records neither stamp
+    gives). Without ``arrived_at`` (TLS, or a platform with no stamps) the hold starts when
+    it had the whole request, and how late it read it stays in the server's figure."""
     if request.get("first_sent_at") is not None:
-        return (request["first_sent_at"] - request["received_at"]) * 1000 - first_token_ms
+        start = request.get("arrived_at") or request["received_at"]
+        return float(request["first_sent_at"] - start) * 1000 - first_token_ms
     if request.get("first_late_s") is not None:
         return float(request["first_late_s"]) * 1000
     return None
@@ -177,6 +179,14 @@ def upstream_closed_ms(barge_ins: list[dict[str, Any]], stats: dict[str, Any]) -
 def endpoint_lag_ms(stats: dict[str, Any], since_monotonic: float) -> list[float]:
     return [r["first_late_s"] for r in stats["requests"]
             if r.get("first_late_s") is not None and r["received_at"] >= since_monotonic]
+
+
+def endpoint_read_late_s(stats: dict[str, Any], since_monotonic: float) -> list[float]:
+    """How late the endpoint read each request since: its arrival (the kernel's stamp) ->
+    the endpoint having it whole. Part of ``endpoint_hold_ms``, shown apart: the stand-in
+    sharing the machine's cores, not the server."""
+    return [r["received_at"] - r["arrived_at"] for r in stats["requests"]
+            if r.get("arrived_at") is not None and r["received_at"] >= since_monotonic]
 
 
 def endpoint_holds_s(stats: dict[str, Any], since_monotonic: float,

@@ -66,8 +66,10 @@ def print_level(result: dict[str, Any]) -> None:
           f"{result['overhead_vs_configured_ms']}")
     print(f"keypad replies, no model (ms): {result['keypad_latency_ms']}")
     print(f"endpoint's own lag sending first tokens (ms): {result['endpoint_lag_ms']}")
-    print("endpoint's hold beyond the configured delay, request in -> first token out (ms; "
-          f"taken off the server overhead): {result.get('endpoint_hold_ms')}")
+    print("endpoint's hold beyond the configured delay, request arrived -> first token out "
+          f"(ms; taken off the server overhead): {result.get('endpoint_hold_ms')}")
+    print("  of which the endpoint reading the request late, arrival (kernel stamp) -> read "
+          f"(ms): {result.get('endpoint_read_late_ms')}")
     print(f"interrupt sent -> upstream closed at the endpoint (ms): "
           f"{result['upstream_closed_ms']}")
     print(f"idle: {result['idle_kb_per_call']} KiB RSS per connected idle call "

@@ -46,6 +46,9 @@ class RecordedRequest:
     # perf_counter() as the first paced frame was handed to the socket: with received_at, the
     # whole time this side held the request (its own work and lateness, the reply's delay)
     first_sent_at: float | None = None
+    # perf_counter() as the request's first bytes reached this side's socket (the kernel's
+    # stamp, plain TCP only): received_at less this is how late this side read it
+    arrived_at: float | None = None
     done: trio.Event = field(default_factory=trio.Event)
     path: str = ""                      # as sent, percent-encoding included
     raw_body: bytes = b""               # as sent (kept with keep_bodies)

@@ -41,6 +41,7 @@ from tests.fake_reasoning import ReasoningRule
 from tests.fake_samplers import sampler_refusal
 from tests.fake_tools import tool_refusal
 from tests.http_requests import parse_request
+from tests.kernel_arrival import receive_stamped, stamp_arrivals
 
 if TYPE_CHECKING:
     import trustme
@@ -49,7 +50,8 @@ _PATH = re.compile(r"^/model/(?P<model>[^/]+)/converse-stream$")
 EXPIRED_TOKEN_MESSAGE = "The security token included in the request is expired"
 
 
-_Parsed = tuple[str, str, dict[str, str], bytes]     # method, path, headers, body
+# method, path, headers, body, and when its first bytes arrived (``kernel_arrival``)
+_Parsed = tuple[str, str, dict[str, str], bytes, float | None]
 
 class FakeBedrock:
     """Scripted replies in arrival order (``push``), then ``responder``, else an HTTP 500.
@@ -187,22 +189,32 @@ class FakeBedrock:
                                 send: trio.MemorySendChannel[_Parsed],
                                 receive: trio.MemoryReceiveChannel[_Parsed]) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._read, stream, record, send, nursery.cancel_scope)
+            stamped = raw if stream is raw and stamp_arrivals(raw) else None
+            nursery.start_soon(self._read, stream, stamped, record, send,
+                               nursery.cancel_scope)
             async with receive:
-                async for method, path, headers, body in receive:
-                    await self._respond(stream, raw, record, method, path, headers, body)
+                async for method, path, headers, body, arrived_at in receive:
+                    await self._respond(stream, raw, record, method, path, headers, body,
+                                        arrived_at)
                     if record.hung_up_at is not None:
                         break
             nursery.cancel_scope.cancel()
 
-    async def _read(self, stream: trio.abc.Stream, record: ConnectionRecord,
-                    send: trio.MemorySendChannel[_Parsed], writer: trio.CancelScope) -> None:
-        """Parses requests, and notes the moment the client closes, even mid-reply."""
+    async def _read(self, stream: trio.abc.Stream, stamped: trio.SocketStream | None,
+                    record: ConnectionRecord, send: trio.MemorySendChannel[_Parsed],
+                    writer: trio.CancelScope) -> None:
+        """Parses requests, and notes the moment the client closes, even mid-reply.
+        ``stamped``: the plain TCP stream whose reads carry the kernel's arrival stamps."""
         buffer = bytearray()
+        arrived_at: float | None = None         # of the buffered request's first bytes
         with send:
             while True:
+                stamp = None
                 try:
-                    data = await stream.receive_some(65536)
+                    if stamped is not None:
+                        data, stamp = await receive_stamped(stamped, 65536)
+                    else:
+                        data = await stream.receive_some(65536)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
                 if record.hung_up_at is not None:
@@ -212,13 +224,16 @@ class FakeBedrock:
                     record.closed.set()
                     writer.cancel()             # stop writing a reply nobody reads
                     return
+                if not buffer:
+                    arrived_at = stamp
                 buffer += data
                 while (request := parse_request(buffer)) is not None:
-                    await send.send(request)
+                    await send.send((*request, arrived_at))
+                    arrived_at = stamp          # a pipelined one behind it came with this read
 
     async def _respond(self, stream: trio.abc.Stream, raw: trio.SocketStream,
                        record: ConnectionRecord, method: str, path: str,
-                       headers: dict[str, str], body: bytes) -> None:
+                       headers: dict[str, str], body: bytes, arrived_at: float | None) -> None:
         if method == "GET" and path == "/stats":
             await send_json(stream, 200, self.stats())
             return
@@ -228,6 +243,7 @@ class FakeBedrock:
                              error_type="UnknownOperationException")
             return
         request = self._record(unquote(match["model"]), headers, body, record)
+        request.arrived_at = arrived_at
         request.path = path
         request.access_key = access_key(headers)
         if self.keep_bodies:
@@ -329,6 +345,7 @@ class FakeBedrock:
                             for c in self.connections],
             "requests": [{"index": r.index, "call_sid": r.call_sid,
                           "connection": r.connection.id, "received_at": r.received_at,
+                          "arrived_at": r.arrived_at,
                           "frames_sent": r.frames_sent, "outcome": r.outcome,
                           "first_late_s": r.first_late_s, "first_sent_at": r.first_sent_at,
                           "access_key": r.access_key}

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from latency_figures import (  # noqa: E402
     endpoint_hold_ms,
     endpoint_holds_s,
+    endpoint_read_late_s,
     lags_by_turn,
     server_overheads_ms,
 )
@@ -64,6 +65,16 @@ def test_the_hold_is_the_endpoint_s_whole_time_beyond_the_configured_delay() -> 
     assert endpoint_hold_ms(request("CA1", 0, 10.0, None, None), 300.0) is None
     stats = {"requests": [request("CA1", 0, 9.0, 9.31), request("CA1", 1, 10.0, 10.305)]}
     assert endpoint_holds_s(stats, 9.5, 300.0) == [pytest.approx(0.005)]
+
+
+def test_the_hold_starts_when_the_request_arrived_when_the_endpoint_knows() -> None:
+    """With the kernel's stamp the endpoint's late read is its own, not the server's: the
+    hold runs from the arrival (9.996 s) and the late read is shown apart."""
+    stamped = {**request("CA1", 0, 10.0, 10.3125, 0.002), "arrived_at": 9.996}
+    assert endpoint_hold_ms(stamped, 300.0) == pytest.approx(16.5)
+    stats = {"requests": [stamped, request("CA1", 1, 11.0, 11.31)]}
+    assert endpoint_read_late_s(stats, 9.5) == [pytest.approx(0.004)]
+    assert endpoint_read_late_s(stats, 10.5) == []
 
 
 def test_each_turn_is_charged_its_first_request_s_hold_and_no_more() -> None:

@@ -1,0 +1,62 @@
+"""The local Bedrock endpoint's reads carry the kernel's arrival stamp, so a benchmark can
+tell the stand-in reading a request late (it shares the cores with the server under test)
+from the server sending it late."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+
+from tests.fake_bedrock import burst_reply, running_fake_bedrock
+from tests.kernel_arrival import AVAILABLE, receive_stamped, stamp_arrivals
+from tests.test_fake_endpoints import converse_request, parse_chunked
+
+pytestmark = pytest.mark.skipif(not AVAILABLE, reason="the kernel's receive stamps are Linux's")
+
+BUSY_S = 0.05
+
+
+async def test_a_late_read_still_tells_when_the_bytes_arrived() -> None:
+    """The reader is busy (it holds its thread) for BUSY_S after the bytes arrived: the
+    stamp is the send's moment, not the read's."""
+    with trio.fail_after(5):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        server = await listeners[0].accept()
+        async with client, server, listeners[0]:
+            assert stamp_arrivals(server)
+            before = time.perf_counter()
+            await client.send_all(b"hello")
+            after = time.perf_counter()
+            time.sleep(BUSY_S)  # noqa: ASYNC251 -- on purpose: the stand-in busy elsewhere
+            data, arrived = await receive_stamped(server, 100)
+            read_at = time.perf_counter()
+            await client.aclose()
+            end, _ = await receive_stamped(server, 100)
+    assert data == b"hello"
+    assert end == b""
+    assert arrived is not None
+    assert before - 0.002 <= arrived <= after + 0.002
+    assert read_at - arrived >= BUSY_S
+
+
+async def test_the_endpoint_records_each_request_s_arrival_before_it_had_it() -> None:
+    with trio.fail_after(5):
+        async with running_fake_bedrock() as fake:
+            fake.push(burst_reply(["We open."], first_delay_s=0.01))
+            stream = await trio.open_tcp_stream("127.0.0.1", fake.port)
+            async with stream:
+                sent_at = time.perf_counter()
+                await stream.send_all(converse_request("localhost"))
+                data = b""
+                while not parse_chunked(data)[2]:       # to the terminating chunk
+                    data += await stream.receive_some(65536)
+            (recorded,) = fake.requests
+            await recorded.done.wait()
+            (entry,) = fake.stats()["requests"]
+    assert entry["arrived_at"] == recorded.arrived_at
+    assert recorded.arrived_at is not None
+    assert sent_at - 0.002 <= recorded.arrived_at <= recorded.received_at
