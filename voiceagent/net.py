@@ -157,6 +157,16 @@ class Link:
 
     # ------------------------------------------------------------------ receiving
 
+    def unread(self) -> bool:
+        """Bytes have reached the socket that no read has taken: the peer spoke and this side
+        has not listened yet. False for nothing, a FIN or a reset (nothing to read)."""
+        if self.closed:
+            return False
+        try:
+            return bool(self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:             # BlockingIOError: nothing has; a reset: nothing will
+            return False
+
     async def receive(self) -> bytes:
         """What has arrived, waiting until something has; ``b""`` at the end."""
         while True:
