@@ -10,9 +10,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 @contextmanager
-def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """Its base URL while the block runs; stopped, its socket closed, when the block ends."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+def serving(handler: type[BaseHTTPRequestHandler], *, backlog: int = 5) -> Iterator[str]:
+    """Its base URL while the block runs; stopped, its socket closed, when the block ends.
+    ``backlog``: connections the kernel holds before the server accepts them (the standard
+    library's 5 resets a burst of clients connecting at once on a busy machine)."""
+
+    class Server(ThreadingHTTPServer):
+        request_queue_size = backlog
+
+    server = Server(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

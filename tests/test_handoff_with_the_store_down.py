@@ -103,10 +103,11 @@ async def _handed_off(agent: AgentServer, failure: Callable[[], Awaitable[None]]
     return ET.fromstring(body), waited
 
 
-async def _post_form(url: str, form: dict[str, str], auth_token: str | None = None) -> str:
+async def _post_form(url: str, form: dict[str, str], auth_token: str | None = None, *,
+                     limiter: trio.CapacityLimiter | None = None) -> str:
     """``post_form`` on trio's own sockets: it waits in a worker thread, and the virtual clock
     stands still while one runs (``jump_when_settled``), so a server waiting on that clock
-    (a stalled store write) would never answer it."""
+    (a stalled store write) would never answer it. No thread, so ``limiter`` goes unused."""
     parts = urllib.parse.urlsplit(url)
     host, port, path = parts.hostname or "", parts.port or 80, parts.path
     body = urllib.parse.urlencode(form).encode()

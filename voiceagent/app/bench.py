@@ -45,6 +45,7 @@ from voiceagent.app.caller import (
     open_call,
     open_relay,
     reconnect_target,
+    webhook_limiter,
 )
 from voiceagent.app.procstat import read_processes
 
@@ -91,6 +92,10 @@ class Figures:
     reconnect_s: list[float] = field(default_factory=list)  # socket failed -> new one set up
     arrived: int = 0            # calls connected, or failed before connecting
     gate: trio.Event = field(default_factory=trio.Event)    # every call has arrived
+    # the webhooks' threads, one a call (``run_bench`` sizes it): the caller's default
+    # (``caller.HTTP_THREADS``) queued a burst of /action here, and the wait was timed as
+    # the server's reconnect
+    webhooks: trio.CapacityLimiter = field(default_factory=lambda: webhook_limiter(1))
 
     def latency(self, seconds: float) -> None:
         self.latency_s.append(seconds)
@@ -190,7 +195,8 @@ async def _one_call(options: BenchOptions, index: int, figures: Figures) -> None
         async with AsyncExitStack() as stack:
             try:
                 call = await stack.enter_async_context(open_call(
-                    options.url, auth_token=options.auth_token, identity=identity))
+                    options.url, auth_token=options.auth_token, identity=identity,
+                    limiter=figures.webhooks))
             finally:
                 _arrived(options, figures)      # connected or failed: the gate counts both
             if options.gate:
@@ -235,7 +241,8 @@ async def _reconnect(stack: AsyncExitStack, options: BenchOptions, call: RelayCa
     await call.fail()
     with trio.fail_after(STEP_TIMEOUT_S):
         target = await reconnect_target(options.url, call.identity.call_sid,
-                                        call.session_id, auth_token=options.auth_token)
+                                        call.session_id, auth_token=options.auth_token,
+                                        limiter=figures.webhooks)
     # not inside the deadline's scope: the socket's nursery outlives it (its own connect
     # timeout bounds the handshake)
     again = await stack.enter_async_context(open_relay(target, call.identity,
@@ -267,7 +274,7 @@ async def _pause(options: BenchOptions, heard_words: int, pauses: random.Random)
 async def run_bench(options: BenchOptions, *, stream: TextIO | None = None) -> dict[str, Any]:
     stream = stream if stream is not None else sys.stderr
     bar = progress_bar(options, stream)         # first: without tqdm, fail before any call
-    figures = Figures()
+    figures = Figures(webhooks=webhook_limiter(options.calls))
     before = read_processes(options.server_pids)
     peak_rss = before["rss_kb"] if before else 0.0
     started = trio.current_time()

@@ -34,10 +34,18 @@ HTTP_TIMEOUT_S = 10.0
 # The webhook POSTs' worker threads, apart from trio's default limiter: in one process with
 # the server (voiceagent.app.testing, the demo) that one is shared with blocking work in
 # tools (the advice to a tool that held the event loop sends it there), and no call could
-# be dialled while such work held it. As many as the default gave before: the load
-# generator's webhooks at a ramp's peak.
+# be dialled while such work held it. As many as the default gave before. The load
+# generator brings its own, one thread per call (``webhook_limiter``): Twilio sends each
+# call's webhook when it is due, and a limit here queued them (a burst of failed sessions at
+# 500 calls waited seconds for a thread, timed as the server's reconnect).
 HTTP_THREADS = 40
 _HTTP_LIMITER = trio.CapacityLimiter(HTTP_THREADS)
+
+
+def webhook_limiter(calls: int) -> trio.CapacityLimiter:
+    """Threads for the webhooks of ``calls`` calls at once: a call has at most one in
+    flight, so none waits for another's, as none does at Twilio."""
+    return trio.CapacityLimiter(max(1, calls))
 
 
 class CallerError(Exception):
@@ -108,10 +116,12 @@ def _refusal_hint(code: int, body: str, auth_token: str | None) -> str:
             "and call the URL the server checks signatures against (PUBLIC_URL when it is set)")
 
 
-async def post_form(url: str, form: dict[str, str], auth_token: str | None = None) -> str:
-    """POST a Twilio-style form webhook; returns the body (TwiML)."""
+async def post_form(url: str, form: dict[str, str], auth_token: str | None = None, *,
+                    limiter: trio.CapacityLimiter | None = None) -> str:
+    """POST a Twilio-style form webhook; returns the body (TwiML). ``limiter``: the
+    threads it may wait for (default: ``HTTP_THREADS``, shared by the process)."""
     return await run_blocking(partial(_post_form, url, form, auth_token),
-                              limiter=_HTTP_LIMITER)
+                              limiter=limiter or _HTTP_LIMITER)
 
 
 def parse_relay_twiml(document: str) -> RelayTarget:
@@ -269,8 +279,10 @@ def http_url_for(given: str) -> str:
 
 @asynccontextmanager
 async def open_call(base_url: str, *, auth_token: str | None = None,
-                    identity: Identity | None = None) -> AsyncIterator[RelayCall]:
-    """Dial ``base_url`` as Twilio would and yield the connected session (setup sent)."""
+                    identity: Identity | None = None,
+                    limiter: trio.CapacityLimiter | None = None) -> AsyncIterator[RelayCall]:
+    """Dial ``base_url`` as Twilio would and yield the connected session (setup sent);
+    ``limiter``: the webhook's threads, as ``post_form``'s."""
     identity = identity or Identity()
     base = base_url.rstrip("/")
     if not base.startswith(("http://", "https://")):
@@ -278,7 +290,8 @@ async def open_call(base_url: str, *, auth_token: str | None = None,
     form = {"CallSid": identity.call_sid, "AccountSid": identity.account_sid,
             "From": identity.from_number, "To": identity.to_number,
             "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01"}
-    target = parse_relay_twiml(await post_form(base + "/twiml", form, auth_token))
+    target = parse_relay_twiml(await post_form(base + "/twiml", form, auth_token,
+                                               limiter=limiter))
     async with open_relay(target, identity, auth_token=auth_token) as call:
         yield call
 
@@ -305,13 +318,15 @@ async def open_relay(target: RelayTarget, identity: Identity, *,
 
 
 async def reconnect_target(base_url: str, call_sid: str, session_id: str, *,
-                           auth_token: str | None = None) -> RelayTarget:
+                           auth_token: str | None = None,
+                           limiter: trio.CapacityLimiter | None = None) -> RelayTarget:
     """What Twilio does after a relay session failed with the call still up: ask ``/action``
     (SessionStatus=failed) for the next TwiML, which must connect a new relay session
     (``parse_relay_twiml`` refuses anything else, an apology and hang-up included).
-    ``session_id``: the failed relay session's, as its ``setup`` gave it."""
+    ``session_id``: the failed relay session's, as its ``setup`` gave it; ``limiter``: the
+    webhook's threads, as ``post_form``'s."""
     form = {"CallSid": call_sid, "SessionId": session_id, "SessionStatus": "failed",
             "CallStatus": "in-progress",
             "ErrorCode": "64105", "ErrorMessage": "Websocket ended"}
     return parse_relay_twiml(await post_form(base_url.rstrip("/") + "/action", form,
-                                             auth_token))
+                                             auth_token, limiter=limiter))
