@@ -30,7 +30,11 @@ from voiceagent.threads import run_blocking
 
 ws_client_pongs.install()       # hanging up as a ping arrives is not an error
 
-HTTP_TIMEOUT_S = 10.0
+HTTP_TIMEOUT_S = 10.0           # the relay socket's handshake
+# a webhook's answer: Twilio waits 15 s for one (the server's reconnect deadlines are cut to
+# it, ``web.RECONNECT_DEADLINE_S``); 10 s here counted as failed a slow /action that Twilio
+# would have taken, under the load generator's reconnect bursts
+WEBHOOK_TIMEOUT_S = 15.0
 # The webhook POSTs' worker threads, apart from trio's default limiter: in one process with
 # the server (voiceagent.app.testing, the demo) that one is shared with blocking work in
 # tools (the advice to a tool that held the event loop sends it there), and no call could
@@ -90,7 +94,7 @@ def _post_form(url: str, form: dict[str, str], auth_token: str | None) -> str:
     if auth_token:
         request.add_header("X-Twilio-Signature", signature.sign(auth_token, url, form))
     try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+        with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as response:
             return str(response.read().decode())
     except urllib.error.HTTPError as err:
         body = err.read()[:200].decode(errors="replace")
