@@ -120,6 +120,27 @@ async def test_a_connection_lost_before_the_headers_is_retried(
     assert llm.statistics().retries == 1
 
 
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
+async def test_a_kept_alive_connection_lost_before_the_headers_sends_the_whole_request_again(
+        fake: FakeBedrock, llm: BedrockLLM, reset: bool) -> None:
+    """The endpoint closes a kept-alive connection as our request reaches it (its idle
+    timeout, racing our reuse): the request never ran, and goes out again on a new
+    connection as it was, body and signature, with no retry counted. The attempt lets its
+    copy of the request go only once the answer has begun."""
+    fake.push(text_reply(["One."]), HangupBeforeHeaders(reset=reset), text_reply(["Two."]))
+    with trio.fail_after(10):
+        await collect(llm)
+        events = await collect(llm)
+    assert texts(events) == ["Two."]
+    first, dropped, sent_again = fake.requests
+    assert dropped.connection.id == first.connection.id
+    assert sent_again.connection.id != first.connection.id
+    assert sent_again.body == dropped.body == first.body
+    assert sent_again.access_key is not None
+    assert (llm.statistics().retries, llm.statistics().errors_by_code) == (0, {})
+    assert fake.violations == []
+
+
 async def test_a_stall_mid_reply_ends_at_the_read_timeout(
         fake: FakeBedrock, llm: BedrockLLM) -> None:
     fake.push(Stall(frames=stream_reply(message_start(), text_events(["We open"],

@@ -138,8 +138,6 @@ class Attempt:
             data += state.send(h11.EndOfMessage()) or b""
             with trio.fail_after(self._pool.connect_timeout_s):
                 await self._connection.link.send_all(data)
-            # sent: a resend is a new attempt, made from the stream's copy (signed anew)
-            self._body, self._headers = b"", []
         except Exception as err:
             reused = self._reused
             self._drop_connection()
@@ -203,6 +201,10 @@ class Attempt:
             event = self._parsed.pop(0)
             if isinstance(event, h11.RemoteProtocolError):
                 raise event
+            if type(event) is h11.Response:
+                # the answer has begun: this attempt sends its request no more (a resend is
+                # for a kept-alive connection that closed before it), so it lets it go
+                self._body, self._headers = b"", []
             if self._answer.take(event, self._items):
                 self._unheard = True
             elif self._answer.complete:     # read to its end: the connection is reusable
