@@ -83,6 +83,14 @@ async def read_to_end(stream: trio.abc.ReceiveStream) -> tuple[bytes, BaseExcept
         data += chunk
 
 
+async def read_whole_reply(stream: trio.abc.ReceiveStream) -> bytes:
+    """Reads a chunked reply to its terminating chunk."""
+    data = b""
+    while not parse_chunked(data)[2]:
+        data += await stream.receive_some(65536)
+    return data
+
+
 async def read_chunks(stream: trio.abc.ReceiveStream, count: int) -> list[bytes]:
     """Reads until ``count`` chunks of a chunked 200 have come."""
     data = b""
@@ -239,10 +247,7 @@ async def test_each_event_is_its_own_tls_record() -> None:
                 await stream.do_handshake()
                 mark = len(tap.received)
                 await stream.send_all(converse_request("localhost"))
-                data = b""
-                while not parse_chunked(data)[2]:
-                    data += await stream.receive_some(65536)
-                _, chunks, _ = parse_chunked(data)
+                _, chunks, _ = parse_chunked(await read_whole_reply(stream))
                 records = tls_records(bytes(tap.received[mark:]))
     assert chunks == [f.data for f in reply.frames]
     # the headers, one record per frame, the terminating chunk: all application data

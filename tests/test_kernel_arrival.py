@@ -11,7 +11,7 @@ import trio
 
 from tests.fake_bedrock import burst_reply, running_fake_bedrock
 from tests.kernel_arrival import AVAILABLE, receive_stamped, stamp_arrivals
-from tests.test_fake_endpoints import converse_request, parse_chunked
+from tests.test_fake_endpoints import converse_request, read_whole_reply
 
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason="the kernel's receive stamps are Linux's")
 
@@ -51,9 +51,7 @@ async def test_the_endpoint_records_each_request_s_arrival_before_it_had_it() ->
             async with stream:
                 sent_at = time.perf_counter()
                 await stream.send_all(converse_request("localhost"))
-                data = b""
-                while not parse_chunked(data)[2]:       # to the terminating chunk
-                    data += await stream.receive_some(65536)
+                await read_whole_reply(stream)
             (recorded,) = fake.requests
             await recorded.done.wait()
             (entry,) = fake.stats()["requests"]

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from tests.fake_bedrock import burst_reply, running_fake_bedrock
-from tests.test_fake_endpoints import converse_request, parse_chunked
+from tests.test_fake_endpoints import converse_request, read_whole_reply
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -43,9 +43,7 @@ async def test_the_endpoint_records_when_it_had_a_request_and_when_its_first_tok
             stream = await trio.open_tcp_stream("127.0.0.1", fake.port)
             async with stream:
                 await stream.send_all(converse_request("localhost"))
-                data = b""
-                while not parse_chunked(data)[2]:       # to the terminating chunk
-                    data += await stream.receive_some(65536)
+                await read_whole_reply(stream)
             (recorded,) = fake.requests
             await recorded.done.wait()
             stats = fake.stats()
