@@ -71,6 +71,7 @@ class FakeBedrock:
         self.profiles = dict(profiles or {})
         self.keep_bodies = keep_bodies
         self.port = 0
+        self._stamped = False               # its connections' reads carry arrival stamps
         self.requests: list[RecordedRequest] = []
         self.connections: list[ConnectionRecord] = []
         self.violations: list[str] = []
@@ -133,6 +134,9 @@ class FakeBedrock:
         """Listen on 127.0.0.1, an ephemeral port, until cancelled."""
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
+        # on the listener, which its connections inherit: a request sent as the connection
+        # opened reaches the socket before this side accepts it, and would go unstamped
+        self._stamped = stamp_arrivals(listeners[0].socket)
         task_status.started(self.endpoint_url)
         await trio.serve_listeners(self._handle, listeners)
 
@@ -189,7 +193,7 @@ class FakeBedrock:
                                 send: trio.MemorySendChannel[_Parsed],
                                 receive: trio.MemoryReceiveChannel[_Parsed]) -> None:
         async with trio.open_nursery() as nursery:
-            stamped = raw if stream is raw and stamp_arrivals(raw) else None
+            stamped = raw if stream is raw and self._stamped else None
             nursery.start_soon(self._read, stream, stamped, record, send,
                                nursery.cancel_scope)
             async with receive:

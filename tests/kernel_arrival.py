@@ -26,12 +26,14 @@ _TIMESPEC = struct.Struct("@ll")
 _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size) if _TIMESTAMPNS is not None else 0
 
 
-def stamp_arrivals(stream: trio.SocketStream) -> bool:
-    """Turn the kernel's receive stamps on; False where the platform has none."""
+def stamp_arrivals(sock: trio.socket.SocketType) -> bool:
+    """Turn the kernel's receive stamps on; False where the platform has none. On a
+    listening socket, for every connection it accepts (they inherit it from the moment the
+    kernel takes them, before ``accept``)."""
     if _TIMESTAMPNS is None:
         return False
     try:
-        stream.socket.setsockopt(socket.SOL_SOCKET, _TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, _TIMESTAMPNS, 1)
     except OSError:
         return False
     return True

@@ -27,7 +27,7 @@ async def test_a_late_read_still_tells_when_the_bytes_arrived() -> None:
         client = await trio.open_tcp_stream("127.0.0.1", port)
         server = await listeners[0].accept()
         async with client, server, listeners[0]:
-            assert stamp_arrivals(server)
+            assert stamp_arrivals(server.socket)
             before = time.perf_counter()
             await client.send_all(b"hello")
             after = time.perf_counter()
@@ -41,6 +41,25 @@ async def test_a_late_read_still_tells_when_the_bytes_arrived() -> None:
     assert arrived is not None
     assert before - 0.002 <= arrived <= after + 0.002
     assert read_at - arrived >= BUSY_S
+
+
+async def test_bytes_sent_before_the_accept_are_stamped_through_the_listener() -> None:
+    """A client sends its request as the connection opens, before the server accepts it:
+    stamps turned on for the accepted socket come too late for those bytes; on the listener
+    they do not."""
+    with trio.fail_after(5):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        assert stamp_arrivals(listeners[0].socket)
+        port = listeners[0].socket.getsockname()[1]
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        before = time.perf_counter()
+        await client.send_all(b"hello")
+        server = await listeners[0].accept()
+        async with client, server, listeners[0]:
+            data, arrived = await receive_stamped(server, 100)
+    assert data == b"hello"
+    assert arrived is not None
+    assert arrived >= before - 0.002
 
 
 async def test_the_endpoint_records_each_request_s_arrival_before_it_had_it() -> None:
