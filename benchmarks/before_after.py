@@ -16,6 +16,7 @@ still be installed) and its own ``tests/`` fakes.
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,17 @@ def run(tree: Path, label: str, script: str, args: Sequence[str]) -> int:
     return code
 
 
+def _exit_on_terminate(signum: int, _frame: object) -> None:
+    """A ``timeout`` or a closed terminal ends this script with SIGTERM or SIGHUP, whose
+    default action skips ``finally``: the earlier revision's worktree then stayed registered
+    in this repository (``git worktree list``) after its folder was gone. As an exception,
+    the benchmark running is stopped (``subprocess.call`` kills it) and the worktree removed."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    for terminate in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(terminate, _exit_on_terminate)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rev", required=True, help="the earlier revision (a commit or tag)")
     parser.add_argument("--rounds", type=int, default=1,
