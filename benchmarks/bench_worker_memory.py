@@ -2,10 +2,11 @@
 them (``docker/entrypoint.sh``), or forked from one process that imported the server first.
 
 Forked children share their parent's pages until they write to them, so the modules every
-worker imports (~45 MB of a worker's ~85 at start) could be held once per task instead of
-once per worker. Whether that survives calls (CPython writes reference counts into the
-objects it uses, copying their pages) decides whether a pre-forking launcher is worth its
-supervision code, so both are measured at start and after a load. Memory is the sum of the
+worker imports (their objects ~45 MB by tracemalloc's count; a worker's RSS at start is ~84 MB)
+could be held once per task instead of once per worker. Whether that survives calls
+(CPython writes reference counts into the objects it uses, copying their pages) decides
+whether a pre-forking launcher is worth its supervision code, so both are measured at start
+and after a load. Memory is the sum of the
 processes' PSS (proportional set size: a shared page counts once across them), the launcher
 included, as the task's memory limit sees it; RSS counts shared pages in each process.
 
@@ -111,7 +112,7 @@ def launch(workers: int) -> int:
         pid = os.fork()
         if pid == 0:
             os.environ["WORKER_INDEX"] = str(index)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)   # the pipe is the pids' only
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)   # stdout: the pids' pipe alone
             os._exit(cli.main(["serve"]))
         children.append(pid)
 

@@ -1,6 +1,7 @@
 """``benchmarks/before_after.py`` stopped by SIGTERM (a ``timeout`` around a long comparison)
-leaves no worktree of the earlier revision behind and no benchmark running: before, the signal
-skipped its cleanup, and ``git worktree list`` kept naming a folder that was gone."""
+or SIGHUP (its terminal closed) leaves no worktree of the earlier revision behind and no
+benchmark running: before, the signal skipped its cleanup, and ``git worktree list`` kept
+naming a folder that was gone."""
 
 from __future__ import annotations
 
