@@ -6,9 +6,9 @@ worker imports (their objects ~45 MB by tracemalloc's count; a worker's RSS at s
 could be held once per task instead of once per worker. Whether that survives calls
 (CPython writes reference counts into the objects it uses, copying their pages) decides
 whether a pre-forking launcher is worth its supervision code, so both are measured at start
-and after a load. Memory is the sum of the
-processes' PSS (proportional set size: a shared page counts once across them), the launcher
-included, as the task's memory limit sees it; RSS counts shared pages in each process.
+and after a load. Memory is the sum of the processes' PSS (proportional set size: a page
+shared by n processes counts 1/n in each), the launcher included, as the task's memory limit
+sees it; RSS counts a shared page in each process.
 
     python benchmarks/bench_worker_memory.py --workers 3 --calls 300
 """
