@@ -41,7 +41,7 @@ from tests.fake_reasoning import ReasoningRule
 from tests.fake_samplers import sampler_refusal
 from tests.fake_tools import tool_refusal
 from tests.http_requests import parse_request
-from tests.kernel_arrival import receive_stamped, stamp_arrivals
+from tests.kernel_arrival import receive_stamped, stamp_arrivals, stamping_on
 
 if TYPE_CHECKING:
     import trustme
@@ -135,8 +135,9 @@ class FakeBedrock:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         # on the listener, which its connections inherit: a request sent as the connection
-        # opened reaches the socket before this side accepts it, and would go unstamped
-        self._stamped = stamp_arrivals(listeners[0].socket)
+        # opened reaches the socket before this side accepts it, and would go unstamped;
+        # and on in the kernel before the first request can come (``stamping_on``)
+        self._stamped = stamp_arrivals(listeners[0].socket) and await stamping_on()
         task_status.started(self.endpoint_url)
         await trio.serve_listeners(self._handle, listeners)
 

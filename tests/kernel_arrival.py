@@ -24,6 +24,7 @@ _TIMESTAMPNS: int | None = getattr(socket, "SO_TIMESTAMPNS",
 AVAILABLE = _TIMESTAMPNS is not None
 _TIMESPEC = struct.Struct("@ll")
 _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size) if _TIMESTAMPNS is not None else 0
+PROBES = 100_000        # round trips of a byte, tens of microseconds each: seconds in all
 
 
 def stamp_arrivals(sock: trio.socket.SocketType) -> bool:
@@ -37,6 +38,40 @@ def stamp_arrivals(sock: trio.socket.SocketType) -> bool:
     except OSError:
         return False
     return True
+
+
+async def stamping_on() -> bool:
+    """Whether the kernel now stamps what arrives on a TCP socket that asked for stamps:
+    True once it does.
+
+    Linux turns its receive stamps on for the whole machine only while some socket wants
+    them, and when the first one asks (none did before, or all that did are closed) it does
+    so later, from a work queue: a segment that arrives meanwhile carries no stamp, and a
+    socket that sends right after asking reads its bytes unstamped (7-12 % of tries here).
+    So after ``stamp_arrivals``, while that socket is open, a probe connection of its own
+    sends a byte at a time until one comes stamped: each try is a round trip through the
+    kernel, not a sleep (a deadline would fire at once on a test's virtual clock). False
+    after PROBES tries: a kernel that takes the option and never stamps (the benchmark's
+    figures then fall back to when the endpoint read the request). Loopback only."""
+    if not AVAILABLE:
+        return False
+    listener = trio.socket.socket()
+    client = trio.socket.socket()
+    with listener, client:
+        await listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        if not stamp_arrivals(listener):
+            return False
+        await client.connect(listener.getsockname())
+        accepted, _ = await listener.accept()
+        with accepted:
+            for _ in range(PROBES):
+                await client.send(b".")
+                _, ancillary, _, _ = await accepted.recvmsg(1, _ANCILLARY)
+                if any(level == socket.SOL_SOCKET and kind == _TIMESTAMPNS
+                       for level, kind, _ in ancillary):
+                    return True
+    return False
 
 
 async def receive_stamped(stream: trio.SocketStream, max_bytes: int
