@@ -5,6 +5,8 @@ from the server sending it late."""
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -19,15 +21,23 @@ BUSY_S = 0.05
 TRIES = 1000
 
 
+@asynccontextmanager
+async def _connected() -> AsyncIterator[tuple[trio.SocketStream, trio.SocketStream]]:
+    """A loopback connection, (client, server), accepted before the client sends."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with listeners[0]:
+        port = listeners[0].socket.getsockname()[1]
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        server = await listeners[0].accept()
+        async with client, server:
+            yield client, server
+
+
 async def test_a_late_read_still_tells_when_the_bytes_arrived() -> None:
     """The reader is busy (it holds its thread) for BUSY_S after the bytes arrived: the
     stamp is the send's moment, not the read's."""
     with trio.fail_after(5):
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        port = listeners[0].socket.getsockname()[1]
-        client = await trio.open_tcp_stream("127.0.0.1", port)
-        server = await listeners[0].accept()
-        async with client, server, listeners[0]:
+        async with _connected() as (client, server):
             assert stamp_arrivals(server.socket)
             assert await stamping_on()
             before = time.perf_counter()
@@ -53,11 +63,7 @@ async def test_the_first_bytes_after_stamping_on_are_stamped() -> None:
     run). After ``stamping_on`` none does; without it this test failed in 6 runs of 6."""
     with trio.fail_after(60):
         for _ in range(TRIES):
-            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            port = listeners[0].socket.getsockname()[1]
-            client = await trio.open_tcp_stream("127.0.0.1", port)
-            server = await listeners[0].accept()
-            async with client, server, listeners[0]:
+            async with _connected() as (client, server):
                 assert stamp_arrivals(server.socket)
                 assert await stamping_on()
                 await client.send_all(b"hello")
