@@ -63,8 +63,8 @@ def _report(label: str, pids: Sequence[int]) -> float:
     return pss
 
 
-def _load(url: str, calls: int, pids: Sequence[int], env: dict[str, str]) -> float:
-    """``voiceagent bench`` against the workers; the PSS sum's peak while it runs."""
+def _load(url: str, calls: int, pids: Sequence[int], env: dict[str, str]) -> None:
+    """``voiceagent bench`` against the workers; prints the PSS sum's peak while it runs."""
     ramp_s = calls / CALLS_A_SECOND
     with tempfile.NamedTemporaryFile(suffix=".json") as figures, \
             tempfile.TemporaryFile("w+") as said:
@@ -86,7 +86,6 @@ def _load(url: str, calls: int, pids: Sequence[int], env: dict[str, str]) -> flo
         result = json.loads(text)
     print(f"  {calls} calls, errors: {result.get('errors')} {result.get('error_kinds', '')}; "
           f"PSS peak under the load {peak:.1f} MB", flush=True)
-    return peak
 
 
 def _measure(label: str, url: str, calls: int, pids: Sequence[int],
