@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 from operator import attrgetter
 
-import hypercorn.protocol.h11 as h11_protocol
 import trio
 from hypercorn.protocol.ws_stream import WSStream
+
+from voiceagent.relay import stream_swap
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +53,10 @@ def install() -> bool:
     """Idempotent. False (and a warning) when hypercorn's HTTP/1.1 protocol no longer looks
     as expected. Call it after the other stream swaps (``peer_close``): it builds on the
     class in place, which must be hypercorn's or a subclass of it."""
-    current = getattr(h11_protocol, "WSStream", None)
-    if isinstance(current, type) and issubclass(current, PromptPings):
-        return True
-    if (not isinstance(current, type) or not issubclass(current, WSStream)
-            or not callable(getattr(WSStream, "_send_pings", None))):
+    if (not callable(getattr(WSStream, "_send_pings", None))
+            or not stream_swap.swap_in(PromptPings)):
         log.warning("hypercorn's WebSocket stream is not the one expected; a closed socket's "
-                    "connection stays until its next ping", extra={"found": repr(current)})
+                    "connection stays until its next ping",
+                    extra={"found": repr(stream_swap.in_place())})
         return False
-    swapped = PromptPings if current is WSStream else type(
-        f"PromptPings{current.__name__}", (PromptPings, current), {})
-    setattr(h11_protocol, "WSStream", swapped)   # noqa: B010 (not exported)
     return True
