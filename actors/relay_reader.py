@@ -8,6 +8,7 @@ when the peer closes the socket, which is how a hang-up reaches the supervisor.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 from collections import Counter
@@ -28,7 +29,7 @@ from actors.messages import (
     SpeakerEvent,
     TokensPlayed,
 )
-from actors.relay_socket import RelaySocket
+from actors.relay_socket import LooksFirst, RelaySocket
 from actors.turn_slot import CutMarks
 from voiceagent.errors import RelayBroken
 from voiceagent.relay.protocol import Rejected, parse_frame
@@ -113,6 +114,30 @@ def _loggable(name: str) -> str:
 async def run(*, socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
               stats: FrameStats, max_frame_bytes: int, marks: CutMarks | None = None) -> None:
     """Owns ``inbound``: closing it tells the interrupt handler there is no more input."""
+    if marks is None or not isinstance(socket, LooksFirst):
+        await _read(socket, inbound, stats, max_frame_bytes, marks)
+        return
+    cuts, context = marks, contextvars.copy_context()
+
+    def look(text: str) -> None:
+        # in the call's context: the cut's lines carry its CallSid, in hypercorn's task too
+        context.run(_cut_ahead, cuts, max_frame_bytes, text)
+
+    socket.look_first(look)
+    try:
+        await _read(socket, inbound, stats, max_frame_bytes, marks)
+    finally:
+        socket.look_first(None)
+
+
+def _cut_ahead(marks: CutMarks, max_frame_bytes: int, text: str) -> None:
+    """An interrupt cut where it arrived, before the reader reads it (``LooksFirst``)."""
+    if "interrupt" in text and type(parse_frame(text, max_bytes=max_frame_bytes)) is Interrupt:
+        marks.cut_ahead()
+
+
+async def _read(socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
+                stats: FrameStats, max_frame_bytes: int, marks: CutMarks | None) -> None:
     with inbound:
         while True:
             try:
@@ -139,7 +164,7 @@ async def run(*, socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
                     stats.note("second_setup", "second setup ignored")
                 case Interrupt():
                     if marks is not None:
-                        marks.cut()             # before anything else runs: see CutMarks
+                        marks.cut_read()        # before anything else runs: see CutMarks
                     if message.problem is not None:
                         stats.count_rejected("interrupt_field", "interrupt field unusable, "
                                              "taken as absent", problem=message.problem)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 
 class RelaySocket(Protocol):
@@ -16,4 +17,15 @@ class RelaySocket(Protocol):
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close from our side; never raises."""
+        ...
+
+
+@runtime_checkable
+class LooksFirst(Protocol):
+    """A socket whose frames can be looked at as they arrive, before ``receive`` returns
+    them: the relay reader cuts a barge-in there, a scheduler pass sooner."""
+
+    def look_first(self, look: Callable[[str], None] | None) -> None:
+        """``look(text)`` for each text frame that is the next ``receive`` returns, called
+        where it arrives; it must not await or block. None stops it."""
         ...

@@ -42,11 +42,14 @@ class CutMarks:
     cancelled and waits for its cleanup as before. The slot counts turns (``turn_started``),
     so the next turn speaks freely; each cut remembers the turn it cut (``take_cut``), since
     a goodbye may start before the barge-in arrives and must not be taken for the turn cut.
+    When the socket lets the reader look at a frame where it arrives (``LooksFirst``), an
+    interrupt that is the next frame the reader will read is cut there (``cut_ahead``), a
+    pass before the reader reads it, which then does not cut again (``cut_read``).
     Plain attributes, no locks: everything runs in one trio thread and nothing here awaits.
     """
 
-    __slots__ = ("_cut_through", "_cuts", "_earlier", "_ended", "_recorded", "_scope",
-                 "_silent_goodbye", "_turn", "_upstream", "withheld")
+    __slots__ = ("_ahead", "_cut_through", "_cuts", "_earlier", "_ended", "_recorded",
+                 "_scope", "_silent_goodbye", "_turn", "_upstream", "withheld")
 
     def __init__(self) -> None:
         self._turn = 0                  # turns started so far; the newest may be speaking
@@ -61,6 +64,7 @@ class CutMarks:
         self._earlier: dict[int, str] = {}  # a cut turn's unrecorded words, once superseded
         self._silent_goodbye = False    # the newest turn is a goodbye not a word of which is out
         self._ended = False             # the writer took `end`: nothing more is sent
+        self._ahead = 0                 # interrupts cut before the reader read them
 
     def turn_started(self, scope: trio.CancelScope | None = None, *,
                      goodbye: bool = False) -> int:
@@ -110,6 +114,19 @@ class CutMarks:
                     upstream.close_now()
                 finally:
                     turn_var.reset(named)
+
+    def cut_ahead(self) -> None:
+        """``cut``, for an interrupt the reader has yet to read, which must then not cut
+        again (``cut_read``): each cut is paired with one barge-in (``take_cut``)."""
+        self.cut()
+        self._ahead += 1
+
+    def cut_read(self) -> None:
+        """The reader read an interrupt: cut, unless it was cut ahead (``cut_ahead``)."""
+        if self._ahead:
+            self._ahead -= 1
+        else:
+            self.cut()
 
     def end_taken(self) -> None:
         """The writer took ``end`` (whoever sent it: a goodbye, the endCall or handoff tool):

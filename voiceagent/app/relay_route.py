@@ -95,7 +95,8 @@ async def relay(runtime: Runtime, scope: dict[str, Any], receive: Any, send: Any
     if not await asgi_socket.accept(receive, send):
         return
     standing = SocketStanding(runtime, call_sid=bound)
-    socket = asgi_socket.AsgiRelaySocket(receive, send, on_closed=standing.socket_closed)
+    socket = asgi_socket.AsgiRelaySocket(receive, send, on_closed=standing.socket_closed,
+                                         scope=scope)
     try:
         with standing.scope:
             await run_call(socket, resolve=standing.claim,

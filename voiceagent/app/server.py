@@ -38,7 +38,7 @@ from voiceagent.app.web import create_app
 from voiceagent.errors import ListenError
 from voiceagent.llm.base import LLM
 from voiceagent.log_episodes import Episode
-from voiceagent.relay import peer_close
+from voiceagent.relay import first_look, peer_close
 from voiceagent.settings import Settings
 from voiceagent.tools.registry import ToolRegistry
 
@@ -193,7 +193,8 @@ async def serve(runtime: Runtime, *, host: str, port: int,
     ws_compression.install()
     http1_only.install()
     peer_close.install()
-    ws_pings.install()          # after peer_close: it builds on that stream class
+    ws_pings.install()          # after peer_close: these two build on that stream class
+    first_look.install()
     async with trio.open_nursery() as outer:
         app = interrupts_escape(bounded_bodies(create_app(runtime), runtime.edge_refusals,
                                                config.open_connections))

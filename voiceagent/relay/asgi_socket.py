@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from voiceagent.errors import RelayBroken
-from voiceagent.relay import peer_close
+from voiceagent.relay import first_look, peer_close
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +25,23 @@ Send = Any         # hypercorn's ASGISendCallable
 
 class AsgiRelaySocket:
     def __init__(self, receive: Receive, send: Send,
-                 on_closed: Callable[[], None] | None = None) -> None:
+                 on_closed: Callable[[], None] | None = None,
+                 scope: Scope | None = None) -> None:
         self._receive = receive
         self._send = send
         self._on_closed = on_closed     # once, when the socket is known closed, either side
         self._closed = False
+        self._scope = scope             # the connection's, shared with hypercorn's stream
+
+    def look_first(self, look: first_look.Look | None) -> None:
+        """``look`` sees each text frame in hypercorn's read task, when it is the next one
+        the caller of ``receive`` gets (``first_look``); None stops it."""
+        if self._scope is None:
+            return
+        if look is None:
+            self._scope.pop(first_look.SCOPE_KEY, None)
+        else:
+            self._scope[first_look.SCOPE_KEY] = look
 
     def _mark_closed(self) -> None:
         if not self._closed:

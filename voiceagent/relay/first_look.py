@@ -1,0 +1,82 @@
+"""A relay frame seen in hypercorn's read task, before it is handed to the call's reader.
+
+A barge-in's cut (``CutMarks.cut``) is made by the relay reader the moment it reads the
+interrupt. The frame reaches the reader through hypercorn's queue of ASGI events: the
+connection's read task parses it and puts it there, and the reader runs one pass of the
+scheduler later. At a thousand busy calls that pass is milliseconds, during which Bedrock
+keeps generating for a caller who has stopped listening (issue 20: interrupt -> upstream
+closed, p99 < 10 ms at 2000 calls).
+
+So the stream lets the call look at a text frame first, in the read task itself
+(``look_first``, set in the connection's ASGI scope, the one dict hypercorn and the app
+share). Only when the reader is waiting on that queue with nothing queued ahead: the frame
+is then the very next one the reader reads, and every frame before it has been handled, so
+a cut made now cuts the turn the reader would cut, one pass sooner. With a frame queued
+ahead (a prompt, say) the look is skipped, and the reader cuts in order as before.
+
+hypercorn has no hook for this, so, as ``peer_close`` and ``ws_pings`` do, ``install``
+sets its HTTP/1.1 protocol's stream class to a subclass, only for a release it was written
+against; otherwise every cut is the reader's, one pass later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import trio
+from hypercorn.protocol.events import Request
+from hypercorn.protocol.ws_stream import WSStream
+
+from voiceagent.relay import peer_close, stream_swap
+
+log = logging.getLogger(__name__)
+
+SCOPE_KEY = "voiceagent.look_first"      # in the ASGI scope: a ``Look``, while one is set
+
+Look = Callable[[str], None]
+Put = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class FirstLook(WSStream):
+    """hypercorn's stream, whose text frames the app may look at before they are queued."""
+
+    _queue: trio.MemorySendChannel[Any]        # set with ``_put``, on the upgrade
+    _put: Put
+
+    async def handle(self, event: Any) -> None:
+        await super().handle(event)
+        # the app's queue is made on the upgrade's request; wrapped once, after the
+        # ``websocket.connect`` it carries, which no look is for
+        if (type(event) is Request and getattr(self, "_put", None) is None
+                and isinstance(queue := getattr(self.app_put, "__self__", None),
+                               trio.MemorySendChannel)):
+            self._queue, self._put = queue, queue.send      # what app_put is
+            self.app_put = self._looking_put
+
+    async def _looking_put(self, message: dict[str, Any]) -> None:
+        look = cast("Look | None", self.scope.get(SCOPE_KEY))
+        if look is not None and (text := message.get("text")) is not None:
+            queued = self._queue.statistics()
+            if queued.tasks_waiting_receive and not queued.current_buffer_used:
+                try:
+                    look(text)
+                except Exception:
+                    # the read task serves the whole connection: a look that fails must not
+                    # end it; the reader reads the frame as it would have
+                    log.exception("a frame's first look failed")
+        await self._put(message)
+
+
+def install() -> bool:
+    """Idempotent. False (and a warning) when hypercorn's HTTP/1.1 stream is not the one
+    expected. Builds on the class in place (``peer_close``'s), as ``ws_pings`` does."""
+    if (not peer_close.hypercorn_release().startswith(peer_close.KNOWN_RELEASES)
+            or not stream_swap.swap_in(FirstLook)):
+        log.warning("hypercorn's WebSocket stream is not the one expected; a barge-in is cut "
+                    "when the call's reader reads it, a scheduler pass later",
+                    extra={"found": repr(stream_swap.in_place()),
+                           "hypercorn": peer_close.hypercorn_release()})
+        return False
+    return True
