@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import trio
 import yaml
 
+from voiceagent.app.caller import RelayCall
 from voiceagent.app.runtime import CallCounters, Runtime
 from voiceagent.app.server import open_server
 from voiceagent.app.testing import REPORTS_KEPT
@@ -72,3 +74,26 @@ async def until_started(calls: CallCounters, total: int) -> None:
     while calls.total < total:
         await calls.wait_changed()
 
+
+
+@dataclass
+class BargeIn:
+    received: str           # the story's words before the interrupt
+    heard: str              # what the interrupt said the caller heard: the first two
+    after: list[dict[str, Any]]     # frames that came after it, within half a second
+
+
+async def barge_in_on_the_story(call: RelayCall) -> BargeIn:
+    """The scripted model's long story, cut after its fourth word."""
+    await call.say("tell me a story")
+    tokens = []
+    while len(tokens) < 4:
+        frame = await call.receive()
+        assert frame is not None
+        tokens.append(frame["token"])
+    heard = await call.interrupt(heard="".join(tokens[:2]))
+    after = []
+    with trio.move_on_after(0.5):
+        while (frame := await call.receive()) is not None:
+            after.append(frame)
+    return BargeIn("".join(tokens), heard, after)

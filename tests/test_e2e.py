@@ -15,7 +15,13 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 import actors.call
 import voiceagent.app.sessions as sessions_module
-from tests.server_harness import AUTH_TOKEN, RunningServer, make_settings, running_server
+from tests.server_harness import (
+    AUTH_TOKEN,
+    RunningServer,
+    barge_in_on_the_story,
+    make_settings,
+    running_server,
+)
 from voiceagent.app.caller import CallerError, Identity, open_call, post_form, release_transport
 from voiceagent.signature import sign
 
@@ -46,22 +52,12 @@ async def test_barge_in_mid_stream(tmp_path: Path) -> None:
     with trio.fail_after(20):
         async with running_server(make_settings(tmp_path)) as server:
             async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
-                await call.say("tell me a story")
-                tokens = []
-                while len(tokens) < 4:
-                    frame = await call.receive()
-                    assert frame is not None
-                    tokens.append(frame["token"])
+                barge = await barge_in_on_the_story(call)
                 # Twilio reports less than we sent (speech lags the text): the history must
                 # keep what it reports, not every token received.
-                received = "".join(tokens)
-                heard = await call.interrupt(heard="".join(tokens[:2]))
-                assert received.startswith(heard)
-                assert len(heard) < len(received)
-                after = []
-                with trio.move_on_after(0.5):
-                    while (frame := await call.receive()) is not None:
-                        after.append(frame)
+                heard, after = barge.heard, barge.after
+                assert barge.received.startswith(heard)
+                assert len(heard) < len(barge.received)
                 # frames already on the wire may arrive; then exactly one closer, then nothing
                 closers = [f for f in after if f.get("last")]
                 assert len(closers) == 1

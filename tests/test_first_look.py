@@ -8,6 +8,7 @@ real server and a real WebSocket client playing Twilio for the whole path.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import trio
 
 from actors import relay_reader
 from actors.turn_slot import CutMarks
-from tests.server_harness import AUTH_TOKEN, make_settings, running_server
+from tests.server_harness import AUTH_TOKEN, barge_in_on_the_story, make_settings, running_server
 from voiceagent.app.caller import open_call
 from voiceagent.logs import call_sid_var
 from voiceagent.relay import first_look
@@ -25,30 +26,29 @@ INTERRUPT = '{"type":"interrupt","utteranceUntilInterrupt":"Once","durationUntil
 PROMPT = '{"type":"prompt","voicePrompt":"please do not interrupt","lang":"en-US","last":true}'
 
 
-def _stream(queue: trio.MemorySendChannel[Any], looked: list[str],
-            *, fails: bool = False) -> first_look.FirstLook:
-    """hypercorn's stream as it is once its upgrade is handled: the app's queue in place."""
-    stream = first_look.FirstLook.__new__(first_look.FirstLook)
+Put = Callable[[dict[str, Any]], Awaitable[None]]
 
+
+def _put(queue: trio.MemorySendChannel[Any], looked: list[str], *, fails: bool = False) -> Put:
+    """The put hypercorn's stream makes of the app's queue (``FirstLook``), with a look that
+    notes what it is shown."""
     def look(text: str) -> None:
         looked.append(text)
         if fails:
             raise RuntimeError("a look that fails")
 
-    stream.scope = {"type": "websocket", first_look.SCOPE_KEY: look}
-    stream._queue, stream._put = queue, queue.send
-    return stream
+    return first_look.looking_put(queue, {"type": "websocket", first_look.SCOPE_KEY: look})
 
 
 async def test_a_frame_is_looked_at_only_when_the_reader_waits_with_nothing_ahead() -> None:
     send, receive = trio.open_memory_channel[dict[str, Any]](10)
     looked: list[str] = []
-    stream = _stream(send, looked)
+    put = _put(send, looked)
     got: list[str] = []
     busy = trio.Event()
 
     # nobody waits on the queue yet (the call is still between frames): not looked at
-    await stream._looking_put({"type": "websocket.receive", "text": PROMPT})
+    await put({"type": "websocket.receive", "text": PROMPT})
     assert looked == []
     got.append(receive.receive_nowait()["text"])
 
@@ -62,13 +62,13 @@ async def test_a_frame_is_looked_at_only_when_the_reader_waits_with_nothing_ahea
         nursery.start_soon(reader)
         await trio.testing.wait_all_tasks_blocked()
         # the reader waits with nothing queued: each frame is looked at, the look decides
-        await stream._looking_put({"type": "websocket.receive", "text": PROMPT})
+        await put({"type": "websocket.receive", "text": PROMPT})
         assert looked == [PROMPT]
         await trio.testing.wait_all_tasks_blocked()
         # a frame handed to the reader, which has not run yet (hypercorn's read task put it
         # and goes on with the next frame of the same read): the next is not looked at
         send.send_nowait({"type": "websocket.receive", "text": PROMPT})
-        await stream._looking_put({"type": "websocket.receive", "text": INTERRUPT})
+        await put({"type": "websocket.receive", "text": INTERRUPT})
         assert looked == [PROMPT]
         await trio.testing.wait_all_tasks_blocked()
         # the reader is still handling that frame: the interrupt waits in the queue, in order
@@ -78,11 +78,11 @@ async def test_a_frame_is_looked_at_only_when_the_reader_waits_with_nothing_ahea
         await trio.testing.wait_all_tasks_blocked()
         assert got[-1] == INTERRUPT
         # waiting again with nothing queued: looked at again
-        await stream._looking_put({"type": "websocket.receive", "text": INTERRUPT})
+        await put({"type": "websocket.receive", "text": INTERRUPT})
         assert looked == [PROMPT, INTERRUPT]
         # bytes frames and the socket's other events are not looked at
-        await stream._looking_put({"type": "websocket.receive", "bytes": b"\x00"})
-        await stream._looking_put({"type": "websocket.disconnect", "code": 1000})
+        await put({"type": "websocket.receive", "bytes": b"\x00"})
+        await put({"type": "websocket.disconnect", "code": 1000})
         assert looked == [PROMPT, INTERRUPT]
         nursery.cancel_scope.cancel()
 
@@ -91,12 +91,12 @@ async def test_a_look_that_fails_is_logged_and_its_frame_still_queued(
         caplog: pytest.LogCaptureFixture) -> None:
     send, receive = trio.open_memory_channel[dict[str, Any]](10)
     looked: list[str] = []
-    stream = _stream(send, looked, fails=True)
+    put = _put(send, looked, fails=True)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(receive.receive)
         await trio.testing.wait_all_tasks_blocked()
         with caplog.at_level(logging.ERROR, logger=first_look.__name__):
-            await stream._looking_put({"type": "websocket.receive", "text": INTERRUPT})
+            await put({"type": "websocket.receive", "text": INTERRUPT})
     assert looked == [INTERRUPT]
     assert [r.getMessage() for r in caplog.records] == ["a frame's first look failed"]
     assert send.statistics().current_buffer_used == 0     # the waiting reader took it
@@ -141,24 +141,15 @@ async def test_the_server_cuts_a_barge_in_where_it_arrives(
     with trio.fail_after(20):
         async with running_server(make_settings(tmp_path)) as server:
             async with open_call(server.url, auth_token=AUTH_TOKEN) as call:
-                await call.say("tell me a story")
-                tokens = []
-                while len(tokens) < 4:
-                    frame = await call.receive()
-                    assert frame is not None
-                    tokens.append(frame["token"])
-                heard = await call.interrupt(heard="".join(tokens[:2]))
+                barge = await barge_in_on_the_story(call)
                 call_sid = call.identity.call_sid
-                after = []
-                with trio.move_on_after(0.5):
-                    while (frame := await call.receive()) is not None:
-                        after.append(frame)
                 await call.hang_up()
             await server.runtime.calls.wait_idle()
             history = server.runtime.calls.reports[-1].history
     assert len(reading) == 1
     assert cuts == [False]          # once, and not by the reader
     assert call_sids == [call_sid]
-    assert [f for f in after if f.get("last")] == [{"type": "text", "token": "", "last": True}]
+    assert [f for f in barge.after if f.get("last")] == [
+        {"type": "text", "token": "", "last": True}]
     assert history is not None
-    assert history.messages[-1]["content"][0]["text"] == heard.strip()
+    assert history.messages[-1]["content"][0]["text"] == barge.heard.strip()

@@ -42,23 +42,26 @@ Put = Callable[[dict[str, Any]], Awaitable[None]]
 class FirstLook(WSStream):
     """hypercorn's stream, whose text frames the app may look at before they are queued."""
 
-    _queue: trio.MemorySendChannel[Any]        # set with ``_put``, on the upgrade
-    _put: Put
-
     async def handle(self, event: Any) -> None:
         await super().handle(event)
-        # the app's queue is made on the upgrade's request; wrapped once, after the
+        # the app's queue is made on the upgrade's request; wrapped after the
         # ``websocket.connect`` it carries, which no look is for
-        if (type(event) is Request and getattr(self, "_put", None) is None
-                and isinstance(queue := getattr(self.app_put, "__self__", None),
-                               trio.MemorySendChannel)):
-            self._queue, self._put = queue, queue.send      # what app_put is
-            self.app_put = self._looking_put
+        if type(event) is Request and isinstance(
+                queue := getattr(self.app_put, "__self__", None), trio.MemorySendChannel):
+            self.app_put = looking_put(queue, self.scope)
 
-    async def _looking_put(self, message: dict[str, Any]) -> None:
-        look = cast("Look | None", self.scope.get(SCOPE_KEY))
+
+def looking_put(queue: trio.MemorySendChannel[Any], scope: Any) -> Put:
+    """``queue.send``, which first shows a text frame to the scope's ``Look`` when the
+    frame is the next one the queue's reader gets. A closure, not a method of the stream:
+    the stream holding its own bound method would be a cycle, and every ended connection
+    would wait for the collector (``connection_cycle``)."""
+    put = queue.send
+
+    async def put_looked(message: dict[str, Any]) -> None:
+        look = cast("Look | None", scope.get(SCOPE_KEY))
         if look is not None and (text := message.get("text")) is not None:
-            queued = self._queue.statistics()
+            queued = queue.statistics()
             if queued.tasks_waiting_receive and not queued.current_buffer_used:
                 try:
                     look(text)
@@ -66,7 +69,8 @@ class FirstLook(WSStream):
                     # the read task serves the whole connection: a look that fails must not
                     # end it; the reader reads the frame as it would have
                     log.exception("a frame's first look failed")
-        await self._put(message)
+        await put(message)
+    return put_looked
 
 
 def install() -> bool:
