@@ -18,7 +18,13 @@ Three moments of a reply are cut: while the model streams its first clause (the 
 on the upstream socket), while later words are held (``TOKEN_HOLD_MS``: the turn sleeps out
 a hold window), and before the model's first event.
 
-    PYTHONPATH=. python benchmarks/bench_barge_steps.py [--json]
+``--server`` counts the same path through the real server instead (hypercorn on 127.0.0.1,
+a real WebSocket client playing Twilio, on the real clock), from the moment hypercorn's
+stream has the whole interrupt frame, with the cut where the frame arrives
+(``voiceagent/relay/first_look.py``) and without it (the reader's cut): the pass the
+reader's hop costs, which the harness above does not have.
+
+    PYTHONPATH=. python benchmarks/bench_barge_steps.py [--json] [--server]
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import random
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -38,15 +46,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import hypercorn.protocol.h11 as h11_protocol
 import trio
 import trio.testing
+from hypercorn.protocol.ws_stream import WebsocketBuffer, WSStream
 
 import actors.relay_reader as relay_reader
 from actors.messages import Interrupt
 from tests.call_harness import open_test_call
 from tests.fake_bedrock import ConnectionRecord, running_fake_bedrock, text_reply
+from tests.server_harness import AUTH_TOKEN, make_settings, running_server
 from voiceagent import net
+from voiceagent.app.caller import open_call
 from voiceagent.llm.bedrock import BedrockLLM
+from voiceagent.relay import first_look
 
 HERE = __file__
 WORDS = [f" w{n}" for n in range(40)]          # no clause end: the first clause runs 60 chars
@@ -152,6 +165,49 @@ async def _cut(counter: PathCounter, clock: trio.testing.MockClock, *, moment: s
     return counter.figures
 
 
+async def _cut_through_server(counter: PathCounter, directory: str) -> Figures:
+    reply = text_reply(WORDS, gap_s=0.02)
+    async with running_fake_bedrock(responder=lambda request: reply) as fake:
+        os.environ["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] = fake.endpoint_url
+        backend = BedrockLLM(region="us-east-1")
+        await backend.warm_up()
+        settings = make_settings(Path(directory), LLM="bedrock")
+        async with running_server(settings, llm=backend) as server, \
+                open_call(server.url, auth_token=AUTH_TOKEN) as call:
+            await call.say("what is on the menu?")
+            for _ in range(3):
+                await call.receive()
+            counter.connection = fake.connections[-1]
+            await call.interrupt()
+            with trio.fail_after(10):
+                await counter.connection.closed.wait()
+            await call.hang_up()
+    return counter.figures
+
+
+def measure_server(seed: int, *, first: bool, directory: str) -> Figures:
+    """Through hypercorn, with the cut where the frame arrives (``first``) or the reader's."""
+    counter = _RUNNING[0] = PathCounter()
+    # hypercorn's own, for ``serve`` to swap as it does (the previous run's swaps stayed)
+    setattr(h11_protocol, "WSStream", WSStream)     # noqa: B010
+    trio._core._run._r.seed(seed)
+    random.seed(seed)
+    with _first_look_installs(first):
+        return trio.run(partial(_cut_through_server, counter, directory),
+                        instruments=[counter])
+
+
+@contextmanager
+def _first_look_installs(on: bool) -> Iterator[None]:
+    install = first_look.install
+    if not on:
+        setattr(first_look, "install", lambda: False)      # noqa: B010 (off for this run)
+    try:
+        yield
+    finally:
+        setattr(first_look, "install", install)            # noqa: B010
+
+
 def _patch(counter: list[PathCounter]) -> None:
     """The two ends of the path, seen by the counter of the run in progress."""
     parse = getattr(relay_reader, "parse_frame")     # noqa: B009 (its import)
@@ -169,6 +225,15 @@ def _patch(counter: list[PathCounter]) -> None:
             counter[0].closed()
         close_now(self)
 
+    to_message = WebsocketBuffer.to_message
+
+    def whole_and_arm(self: WebsocketBuffer) -> dict[str, Any]:
+        message = to_message(self)          # hypercorn has the whole frame, before its put
+        if '"interrupt"' in str(message.get("text")):
+            counter[0].arm()
+        return message
+
+    setattr(WebsocketBuffer, "to_message", whole_and_arm)   # noqa: B010 (--server's start)
     setattr(relay_reader, "parse_frame", parse_and_arm)     # noqa: B010 (the reader's)
     setattr(net.Link, "close_now", close_and_count)         # noqa: B010
 
@@ -198,25 +263,34 @@ def _environment(directory: str) -> None:
 
 
 MOMENTS = ("streaming", "held", "before first event")
+SERVER_MODES = {"server, first look": True, "server, reader's cut": False}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="the figures as JSON")
     parser.add_argument("--seeds", type=int, default=3, help="run-queue orders tried")
+    parser.add_argument("--server", action="store_true",
+                        help="through the real server, with and without the first look")
     args = parser.parse_args(argv)
     results: dict[str, list[Figures]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-barge-") as directory:
         _environment(directory)
         _patch(_RUNNING)
-        for moment in MOMENTS:
-            results[moment] = [measure(moment, seed) for seed in range(args.seeds)]
+        if args.server:
+            for label, first in SERVER_MODES.items():
+                results[label] = [measure_server(seed, first=first, directory=directory)
+                                  for seed in range(args.seeds)]
+        else:
+            for moment in MOMENTS:
+                results[moment] = [measure(moment, seed) for seed in range(args.seeds)]
     if args.json:
         print(json.dumps({m: [vars(f) for f in figs] for m, figs in results.items()},
                          indent=2))
         return 0
-    print("interrupt parsed -> upstream close() [-> endpoint read EOF], one call, "
-          f"{args.seeds} run-queue orders (min-max)")
+    start = "frame whole in hypercorn" if args.server else "interrupt parsed"
+    print(f"{start} -> upstream close() [-> endpoint read EOF], one call, "
+          f"{args.seeds} {'runs' if args.server else 'run-queue orders'} (min-max)")
     print(f"{'moment':<20} {'passes':>7} {'steps':>7} {'py calls':>9} {'passes to EOF':>14}")
     for moment, figs in results.items():
         def span(values: list[int]) -> str:
