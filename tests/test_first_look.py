@@ -12,15 +12,18 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import hypercorn.protocol.h11 as h11_protocol
 import pytest
 import trio
+from hypercorn.protocol.ws_stream import WSStream
 
 from actors import relay_reader
 from actors.turn_slot import CutMarks
 from tests.server_harness import AUTH_TOKEN, barge_in_on_the_story, make_settings, running_server
+from voiceagent.app import ws_pings
 from voiceagent.app.caller import open_call
 from voiceagent.logs import call_sid_var
-from voiceagent.relay import first_look
+from voiceagent.relay import first_look, peer_close
 
 INTERRUPT = '{"type":"interrupt","utteranceUntilInterrupt":"Once","durationUntilInterruptMs":9}'
 PROMPT = '{"type":"prompt","voicePrompt":"please do not interrupt","lang":"en-US","last":true}'
@@ -153,3 +156,26 @@ async def test_the_server_cuts_a_barge_in_where_it_arrives(
         {"type": "text", "token": "", "last": True}]
     assert history is not None
     assert history.messages[-1]["content"][0]["text"] == barge.heard.strip()
+
+
+def test_install_stacks_on_the_servers_streams_and_refuses_an_unknown_hypercorn(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(h11_protocol, "WSStream", WSStream)
+    assert peer_close.install()
+    assert ws_pings.install()
+    assert first_look.install()
+    assert first_look.install()
+    installed = h11_protocol.WSStream
+    assert issubclass(installed, first_look.FirstLook)
+    assert issubclass(installed, ws_pings.PromptPings)
+    assert peer_close.codes_known()                     # the peer's close codes still kept
+    assert ws_pings.install()
+    assert h11_protocol.WSStream is installed
+
+    # a release the look was not written against: left alone, and said
+    monkeypatch.setattr(h11_protocol, "WSStream", WSStream)
+    monkeypatch.setattr(peer_close, "hypercorn_release", lambda: "0.19.0")
+    with caplog.at_level(logging.WARNING, logger=first_look.__name__):
+        assert not first_look.install()
+    assert h11_protocol.WSStream is WSStream
+    assert "a barge-in is cut when the call's reader reads it" in caplog.text
