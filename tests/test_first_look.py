@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ import trio
 from hypercorn.protocol.ws_stream import WSStream
 
 from actors import relay_reader
+from actors.messages import Inbound, Interrupt
 from actors.turn_slot import CutMarks
+from tests.fakes import MemorySocket
 from tests.server_harness import AUTH_TOKEN, barge_in_on_the_story, make_settings, running_server
 from voiceagent.app import ws_pings
 from voiceagent.app.caller import open_call
@@ -179,3 +182,40 @@ def test_install_stacks_on_the_servers_streams_and_refuses_an_unknown_hypercorn(
         assert not first_look.install()
     assert h11_protocol.WSStream is WSStream
     assert "a barge-in is cut when the call's reader reads it" in caplog.text
+
+
+class LookingSocket(MemorySocket):
+    """The in-memory socket, with the look the reader sets kept for the test to call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looks: list[Callable[[str], None] | None] = []
+
+    def look_first(self, look: Callable[[str], None] | None) -> None:
+        self.looks.append(look)
+
+
+async def test_the_reader_cuts_ahead_only_for_an_interrupt_and_stops_looking_when_done() -> None:
+    socket, marks = LookingSocket(), CutMarks()
+    speaking = trio.CancelScope()
+    marks.turn_started(speaking)
+    inbound, messages = trio.open_memory_channel[Inbound](10)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(relay_reader.run, socket=socket, inbound=inbound,
+                                       stats=relay_reader.FrameStats(), max_frame_bytes=4096,
+                                       marks=marks))
+            await trio.testing.wait_all_tasks_blocked()
+            [look] = socket.looks
+            assert look is not None
+            look(PROMPT)                    # says "interrupt", is not one
+            assert not speaking.cancel_called
+            look(INTERRUPT)
+            assert speaking.cancel_called
+            socket.push(INTERRUPT)          # the same frame, now read: not cut again
+            assert isinstance(await messages.receive(), Interrupt)
+            assert marks.take_cut() == 1
+            marks.turn_started(trio.CancelScope())
+            assert marks.take_cut() == 2    # none pending: a second cut would say turn 1
+            socket.hang_up()
+    assert socket.looks == [look, None]
