@@ -75,7 +75,6 @@ async def until_started(calls: CallCounters, total: int) -> None:
         await calls.wait_changed()
 
 
-
 @dataclass
 class BargeIn:
     received: str           # the story's words before the interrupt
