@@ -50,7 +50,7 @@ from hypercorn.utils import parse_socket_addr
 
 from voiceagent.app.open_connections import OpenConnections, Peer
 from voiceagent.log_episodes import Episode
-from voiceagent.relay.peer_close import KNOWN_RELEASES, hypercorn_release
+from voiceagent.relay.peer_close import release_known
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nConnection: clos
         % (len(BUSY_TEXT), BUSY_TEXT))
 REFUSAL_SEND_S = 0.5          # never reached in practice: see the module's docstring
 # ``protocol_send``'s raw-data path is hypercorn's own, copied: only for releases it was read in
-SEND_AS_READ = hypercorn_release().startswith(KNOWN_RELEASES)
+SEND_AS_READ = release_known()
 
 
 class EdgeConfig(Config):

@@ -76,8 +76,7 @@ def looking_put(queue: trio.MemorySendChannel[Any], scope: Any) -> Put:
 def install() -> bool:
     """Idempotent. False (and a warning) when hypercorn's HTTP/1.1 stream is not the one
     expected. Builds on the class in place (``peer_close``'s), as ``ws_pings`` does."""
-    if (not peer_close.hypercorn_release().startswith(peer_close.KNOWN_RELEASES)
-            or not stream_swap.swap_in(FirstLook)):
+    if not peer_close.release_known() or not stream_swap.swap_in(FirstLook):
         log.warning("hypercorn's WebSocket stream is not the one expected; a barge-in is cut "
                     "when the call's reader reads it, a scheduler pass later",
                     extra={"found": repr(stream_swap.in_place()),

@@ -50,6 +50,12 @@ def hypercorn_release() -> str:
     return version("hypercorn")
 
 
+def release_known() -> bool:
+    """Whether the hypercorn installed is a release our changes to its internals were
+    written against (``KNOWN_RELEASES``): here, ``first_look`` and ``connection_cycle``."""
+    return hypercorn_release().startswith(KNOWN_RELEASES)
+
+
 def _with_code(put: Put, code: int) -> Put:
     async def put_with_code(message: dict[str, Any]) -> None:
         if message.get("type") == "websocket.disconnect":
@@ -65,7 +71,7 @@ def install() -> bool:
     if (any(getattr(m, "WSStream", None) is not WSStream
             and not _ours(getattr(m, "WSStream", None)) for m in modules)
             or not callable(getattr(WSStream, "_send_wsproto_event", None))
-            or not hypercorn_release().startswith(KNOWN_RELEASES)):
+            or not release_known()):
         log.warning("hypercorn's WebSocket stream is not the one expected; a socket closed "
                     "by its peer counts as a hang-up, whatever its close code",
                     extra={"hypercorn": hypercorn_release(), "known": KNOWN_RELEASES})
