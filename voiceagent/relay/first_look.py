@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import trio
 from hypercorn.protocol.events import Request
@@ -59,7 +59,7 @@ def looking_put(queue: trio.MemorySendChannel[Any], scope: Any) -> Put:
     put = queue.send
 
     async def put_looked(message: dict[str, Any]) -> None:
-        look = cast("Look | None", scope.get(SCOPE_KEY))
+        look: Look | None = scope.get(SCOPE_KEY)
         if look is not None and (text := message.get("text")) is not None:
             queued = queue.statistics()
             if queued.tasks_waiting_receive and not queued.current_buffer_used:
