@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from actors import interrupt_handler, llm_streamer, relay_reader, relay_writer, tool_executor
+from actors.channel import Channel
 from actors.context import CallContext, TurnStats
 from actors.end_signal import EndSignal
 from actors.history import History
@@ -223,9 +224,9 @@ def _log_ended(report: CallReport) -> None:
 
 async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
                      services: CallServices, report: CallReport) -> None:
-    out_send, out_recv = trio.open_memory_channel[Outgoing](0)
-    in_send, in_recv = trio.open_memory_channel[Inbound](INBOUND_BUFFER)
-    cmd_send, cmd_recv = trio.open_memory_channel[TurnCommand](0)
+    out_send, out_recv = Channel[Outgoing](0).ends()     # trio's semantics, a third the memory
+    in_send, in_recv = Channel[Inbound](INBOUND_BUFFER).ends()
+    cmd_send, cmd_recv = Channel[TurnCommand](0).ends()
     language = SessionLanguage.for_use_case(plan.use_case)    # tools switch it too
     stamps = handoff_language.needed(plan.use_case)     # the end, for /action's words
     env = tool_executor.ToolEnv(

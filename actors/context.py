@@ -9,8 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import trio
-
+from actors.channel import Sends
 from actors.history import History
 from actors.messages import Outgoing
 from actors.relay_control import RelayControl
@@ -61,7 +60,7 @@ class CallContext:
     system_prompt: str
     llm: LLM
     history: History
-    outbound: trio.MemorySendChannel[Outgoing]
+    outbound: Sends[Outgoing]
     tools: ToolExecutor
     max_tool_rounds: int = 4
     tool_wait_s: float = 30.0        # longest a cancelled turn waits for side-effect tools

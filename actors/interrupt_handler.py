@@ -28,6 +28,7 @@ from typing import assert_never
 import trio
 
 from actors.call_timers import Idle, Limits
+from actors.channel import Receives, Sends
 from actors.end_signal import EndSignal
 from actors.messages import (
     BargeIn,
@@ -106,8 +107,7 @@ def clean_prompt(text: str, limit: int, stats: FrameStats) -> str:
     return cleaned
 
 
-async def run(*, inbound: trio.MemoryReceiveChannel[Inbound],
-              commands: trio.MemorySendChannel[TurnCommand],
+async def run(*, inbound: Receives[Inbound], commands: Sends[TurnCommand],
               policy: InputPolicy | None = None, ending: EndSignal | None = None,
               marks: CutMarks | None = None, stats: FrameStats | None = None) -> None:
     """Owns ``commands``; returns when ``inbound`` ends (the caller hung up). ``ending``: the
@@ -204,8 +204,8 @@ class _Gate:
     never stops early, and a flood of anything is read as fast as it comes."""
 
     def __init__(self, policy: InputPolicy, keys: _KeyBuffer, idle: Idle,
-                 inbound: trio.MemoryReceiveChannel[Inbound],
-                 commands: trio.MemorySendChannel[TurnCommand], stats: FrameStats) -> None:
+                 inbound: Receives[Inbound], commands: Sends[TurnCommand],
+                 stats: FrameStats) -> None:
         self.policy = policy
         self.stats = stats          # lines about frames: a few of each kind per call
         self.keys = keys

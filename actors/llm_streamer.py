@@ -18,6 +18,7 @@ from typing import Any, assert_never
 import trio
 
 from actors import settling, turn
+from actors.channel import Receives
 from actors.context import CallContext
 from actors.history import History, Mark
 from actors.messages import (
@@ -40,7 +41,7 @@ MAX_PLAYING = 8         # turn starts kept as candidates for an interrupt's hear
 Persist = Callable[[list[tuple[int, dict[str, Any], dict[str, Any]]]], None]
 
 
-async def run(*, commands: trio.MemoryReceiveChannel[TurnCommand], ctx: CallContext,
+async def run(*, commands: Receives[TurnCommand], ctx: CallContext,
               persist: Persist) -> None:
     """Returns when ``commands`` ends, after cancelling the turn in flight. Owns (and closes)
     ``commands``, ``ctx.outbound`` and ``ctx.tools``."""

@@ -17,6 +17,7 @@ from typing import assert_never
 
 import trio
 
+from actors.channel import Sends
 from actors.messages import (
     ConfigUpdated,
     Dtmf,
@@ -111,7 +112,7 @@ def _loggable(name: str) -> str:
     return name if LOGGABLE_NAME.fullmatch(name) else "<unprintable>"
 
 
-async def run(*, socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
+async def run(*, socket: RelaySocket, inbound: Sends[Inbound],
               stats: FrameStats, max_frame_bytes: int, marks: CutMarks | None = None) -> None:
     """Owns ``inbound``: closing it tells the interrupt handler there is no more input."""
     if marks is None or not isinstance(socket, LooksFirst):
@@ -136,7 +137,7 @@ def _cut_ahead(marks: CutMarks, max_frame_bytes: int, text: str) -> None:
         marks.cut_ahead()
 
 
-async def _read(socket: RelaySocket, inbound: trio.MemorySendChannel[Inbound],
+async def _read(socket: RelaySocket, inbound: Sends[Inbound],
                 stats: FrameStats, max_frame_bytes: int, marks: CutMarks | None) -> None:
     with inbound:
         while True:

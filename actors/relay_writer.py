@@ -17,6 +17,7 @@ from typing import assert_never
 
 import trio
 
+from actors.channel import Receives
 from actors.messages import (
     Config,
     End,
@@ -48,7 +49,7 @@ class WriterStats:
         self.ended = False                # we sent `end`
 
 
-async def run(*, socket: RelaySocket, outbound: trio.MemoryReceiveChannel[Outgoing],
+async def run(*, socket: RelaySocket, outbound: Receives[Outgoing],
               stats: WriterStats, marks: CutMarks | None = None,
               on_end: Callable[[], None] | None = None,
               on_end_taken: Callable[[End], None] | None = None,

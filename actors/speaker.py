@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 
 import trio
 
+from actors.channel import Sends
 from actors.messages import Outgoing, Text, Timed
 from actors.relay_control import ReplyFlags
 
@@ -32,7 +33,7 @@ MAX_HELD_CHARS = 400        # keep frames small: Twilio's frame size limit is no
 
 
 class Speaker:
-    def __init__(self, outbound: trio.MemorySendChannel[Outgoing], hold_s: float = 0.0) -> None:
+    def __init__(self, outbound: Sends[Outgoing], hold_s: float = 0.0) -> None:
         self._outbound = outbound
         self._hold_s = hold_s
         self._segment: list[str] = []       # text sent since the last tool round

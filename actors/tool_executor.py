@@ -33,6 +33,7 @@ from types import TracebackType
 import trio
 
 from actors import tool_failures, tool_steps
+from actors.channel import Sends
 from actors.messages import Outgoing, ToolBatch, ToolCall, ToolOutcome
 from actors.session_language import SessionLanguage
 from actors.tool_sends import Sent, tool_context
@@ -66,7 +67,7 @@ class ToolEnv:
     use_case: UseCase
     registry: ToolRegistry
     store: Store
-    outbound: trio.MemorySendChannel[Outgoing]
+    outbound: Sends[Outgoing]
     caller: str = ""
     called: str = ""
     settings: Settings | None = None
