@@ -271,16 +271,17 @@ async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
 
         nursery.start_soon(partial(relay_writer.run, socket=socket, outbound=out_recv,
                                    stats=report.writer, marks=marks, on_end=after_end,
-                                   on_end_taken=end_taken, stamp_end=stamp_end))
+                                   on_end_taken=end_taken, stamp_end=stamp_end),
+                           name="relay_writer")
         nursery.start_soon(partial(llm_streamer.run, commands=cmd_recv, ctx=ctx,
-                                   persist=persist))
+                                   persist=persist), name="llm_streamer")
         policy = interrupt_handler.InputPolicy(
             dtmf=plan.use_case.dtmf, max_prompt_chars=services.max_prompt_chars,
             idle_reprompt_s=services.idle_reprompt_s, max_reprompts=services.max_reprompts,
             max_call_s=_call_time_left(plan, services.max_call_duration_s), lines=ctx.lines)
         nursery.start_soon(partial(interrupt_handler.run, inbound=in_recv, commands=cmd_send,
                                    policy=policy, ending=services.end_calls, marks=marks,
-                                   stats=report.frames))
+                                   stats=report.frames), name="interrupt_handler")
         with reading:
             await relay_reader.run(socket=socket, inbound=in_send, stats=report.frames,
                                    max_frame_bytes=services.max_frame_bytes, marks=marks)

@@ -24,6 +24,7 @@ MAX_PENDING_CUTS = 64   # interrupts read but not yet taken by the streamer; the
                         # then cuts a newer turn: the behaviour before turns were numbered.
 
 Turn = Callable[[], Awaitable[None]]
+TURN_TASK = "turn"      # each turn task's name: a constant, not a string trio formats per turn
 
 
 class CutMarks:
@@ -235,7 +236,8 @@ class TurnSlot:
         await self.cancel_and_wait(reason=reason)
         self._scope, self._done = trio.CancelScope(), trio.Event()
         number = self._marks.turn_started(self._scope, goodbye=goodbye)
-        self._nursery.start_soon(self._run_scoped, turn, self._scope, self._done)
+        self._nursery.start_soon(self._run_scoped, turn, self._scope, self._done,
+                                 name=TURN_TASK)
         return number
 
     async def cancel_and_wait(self, *, reason: str) -> None:

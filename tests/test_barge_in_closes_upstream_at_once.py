@@ -20,6 +20,7 @@ import pytest
 import trio
 import trio.testing
 
+from actors.turn_slot import TURN_TASK
 from tests.bedrock_clock import llm_on_virtual_clock
 from tests.call_harness import open_test_call
 from tests.fake_bedrock import (
@@ -56,7 +57,7 @@ class FirstStepOfTheCutTurn(trio.abc.Instrument):
         self.streams_open: int | None = None
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        if (self.streams_open is None and task.name.endswith("TurnSlot._run_scoped")
+        if (self.streams_open is None and task.name == TURN_TASK
                 and any(kind == "read" and frame.get("type") == "interrupt"
                         for kind, frame in self.socket.timeline)):
             self.streams_open = self.llm.statistics().streams_open
