@@ -224,7 +224,7 @@ def _log_ended(report: CallReport) -> None:
 
 async def _supervise(socket: RelaySocket, plan: CallPlan, history: History,
                      services: CallServices, report: CallReport) -> None:
-    out_send, out_recv = Channel[Outgoing](0).ends()     # trio's semantics, a third the memory
+    out_send, out_recv = Channel[Outgoing](0).ends()     # trio's semantics, a fifth the memory
     in_send, in_recv = Channel[Inbound](INBOUND_BUFFER).ends()
     cmd_send, cmd_recv = Channel[TurnCommand](0).ends()
     language = SessionLanguage.for_use_case(plan.use_case)    # tools switch it too

@@ -1,4 +1,4 @@
-"""The memory channels between a call's actors: trio's semantics, a third of the memory.
+"""The memory channels between a call's actors: trio's semantics, a fifth of the memory.
 
 Every connected call holds three channels for its whole life (outbound, inbound, commands),
 each with a task waiting to receive on it. ``trio.open_memory_channel`` costs ~2.6 KiB for
@@ -8,8 +8,8 @@ tasks, a ``set`` and a ``__dict__`` per endpoint, and per wait an entry in each.
 largest thing an idle call holds of trio (issue 20: ~8 of an idle call's 54 KiB, ~16 MB at
 2000 calls). trio's channels serve any number of receivers and clones of each end; each of
 ours has one reader, so it needs one slot for the waiting receiver, a list for the senders
-that wait, and slotted objects: ~0.9 KiB with the reader waiting (the channel's own objects
-~0.3 KiB of it; ``tests/test_channel.py`` measures it against trio's).
+that wait, and slotted objects: ~0.5 KiB with the reader waiting (``tests/test_channel.py``
+measures it against trio's).
 
 What a caller sees is trio's memory channel, which the tests check side by side against it
 (``tests/test_channel.py``): ``send`` waits for room (with no buffer, for the reader to take
@@ -74,6 +74,12 @@ class _Waiting(Generic[T]):
         self.value = value
         self.sender = sender
 
+    def abort(self, _: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        """A cancelled send: its value is never delivered. A bound method, not a closure per
+        wait: a waiting task keeps its abort for as long as it waits."""
+        self.sender._channel._waiting.remove(self)
+        return trio.lowlevel.Abort.SUCCEEDED
+
 
 class Channel(Generic[T]):
     """The state the ends share. ``Channel[Outgoing](0).ends()`` opens one."""
@@ -94,6 +100,10 @@ class Channel(Generic[T]):
     def ends(self) -> tuple[Sender[T], Receiver[T]]:
         """The first sending end (``clone`` it for more) and the one receiving end."""
         return Sender(self), Receiver(self)
+
+    def _stop_receiving(self, _: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        self._receiving = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def _put(self, value: T) -> bool:
         """Hands ``value`` to the waiting reader or the buffer; False when neither has room."""
@@ -133,32 +143,27 @@ class Sender(trio.abc.SendChannel[T]):
 
     @enable_ki_protection
     def send_nowait(self, value: T) -> None:
+        if not self._handed(value):
+            raise trio.WouldBlock
+
+    def _handed(self, value: T) -> bool:
         if self._closed:
             raise trio.ClosedResourceError
         if not self._channel._receiver_open:
             raise trio.BrokenResourceError
-        if not self._channel._put(value):
-            raise trio.WouldBlock
+        return self._channel._put(value)
 
     @enable_ki_protection
     async def send(self, value: T) -> None:
+        """Waits without raising ``WouldBlock`` first: an exception on the way to a wait
+        costs its raise and keeps the frame it passed through for as long as it waits."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            self.send_nowait(value)
-        except trio.WouldBlock:
-            pass
-        else:
+        if self._handed(value):
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
         parked = _Waiting(trio.lowlevel.current_task(), value, self)
-        waiting = self._channel._waiting
-        waiting.append(parked)
-
-        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            waiting.remove(parked)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+        self._channel._waiting.append(parked)
+        await trio.lowlevel.wait_task_rescheduled(parked.abort)
 
     @enable_ki_protection
     def clone(self) -> Sender[T]:
@@ -207,35 +212,33 @@ class Receiver(trio.abc.ReceiveChannel[T]):
 
     @enable_ki_protection
     def receive_nowait(self) -> T:
+        taken, value = self._taken()
+        if taken:
+            return value        # type: ignore[return-value]  # a T whenever taken
+        raise trio.WouldBlock
+
+    def _taken(self) -> tuple[bool, T | None]:
         if self._closed:
             raise trio.ClosedResourceError
         taken, value = self._channel._take()
-        if taken:
-            return value        # type: ignore[return-value]  # a T whenever taken
-        if not self._channel._senders_open:
+        if not taken and not self._channel._senders_open:
             raise trio.EndOfChannel
-        raise trio.WouldBlock
+        return taken, value
 
     @enable_ki_protection
     async def receive(self) -> T:
+        """Waits without raising ``WouldBlock`` first, as ``Sender.send`` does."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            value = self.receive_nowait()
-        except trio.WouldBlock:
-            pass
-        else:
+        taken, value = self._taken()
+        if taken:
             await trio.lowlevel.cancel_shielded_checkpoint()
-            return value
+            return value        # type: ignore[return-value]  # a T whenever taken
         channel = self._channel
         if channel._receiving is not None:
             raise trio.BusyResourceError("another task is already receiving on this channel")
         channel._receiving = trio.lowlevel.current_task()
-
-        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            channel._receiving = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        return await trio.lowlevel.wait_task_rescheduled(abort)     # type: ignore[no-any-return]
+        return await trio.lowlevel.wait_task_rescheduled(   # type: ignore[no-any-return]
+            channel._stop_receiving)
 
     @enable_ki_protection
     def close(self) -> None:

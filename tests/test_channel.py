@@ -238,9 +238,11 @@ def _held_per_channel(open_channel: Open, count: int) -> float:
         tracemalloc.stop()
 
 
-def test_a_waiting_channel_holds_a_third_of_trios() -> None:
-    """Why the module exists: with every call holding three, trio's cost ~5 KiB a call."""
+def test_a_waiting_channel_holds_a_fifth_of_trios() -> None:
+    """Why the module exists: with every call holding three, trio's cost ~6 KiB a call more.
+    Measured ~0.5 KiB against ~2.6; a closure or an exception on the way to each wait, as
+    trio's ``receive`` has, takes ours past the bound."""
     theirs = _held_per_channel(open_trio, 300)
     ours = _held_per_channel(open_ours, 300)
     assert theirs > 2000
-    assert ours < theirs / 2.5, (ours, theirs)
+    assert ours < theirs / 4, (ours, theirs)
