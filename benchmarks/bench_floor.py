@@ -6,7 +6,8 @@ This prints those floors, measured here and now, so CPU-per-token figures can be
 the machine they ran on:
 
 * a trio timer wakeup, alone and with 100 tasks sharing the wakeups;
-* a memory-channel hand-off between two tasks, and what a deadline adds to a receive;
+* a memory-channel hand-off between two tasks (trio's, and the one a call's actors use), and
+  what a deadline adds to a receive;
 * a text frame sent through hypercorn's WebSocket (a server process on 127.0.0.1, a client
   in this one reading every frame): the raw ASGI send, and ours (``encode`` + the relay
   socket), CPU of the server process per frame.
@@ -23,6 +24,8 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from server_process import free_port
+
+from actors.channel import Channel
 
 FRAMES = 20_000
 
@@ -57,11 +62,13 @@ def wakeups(tasks: int, count: int = 100) -> float:
     return per_call_us(started, tasks * count)
 
 
-def hand_offs(count: int = 50_000) -> tuple[float, float]:
+def hand_off(ends: Callable[[], tuple[Any, Any]], count: int = 50_000) -> float:
+    """CPU per value a task sends another through an unbuffered channel, both waiting in turn:
+    trio's memory channel, or the one a call's actors use (``actors/channel.py``)."""
     results: list[float] = []
 
     async def run() -> None:
-        send, receive = trio.open_memory_channel[int](0)
+        send, receive = ends()
 
         async def consume() -> None:
             async for _ in receive:
@@ -74,6 +81,16 @@ def hand_offs(count: int = 50_000) -> tuple[float, float]:
                 await send.send(n)
             results.append(per_call_us(started, count))
             await send.aclose()
+
+    trio.run(run)
+    return results[0]
+
+
+def deadline_cost(count: int = 50_000) -> float:
+    """What a deadline adds to a receive that does not wait."""
+    results: list[float] = []
+
+    async def run() -> None:
         queue_send, queue = trio.open_memory_channel[int](math.inf)
         for n in range(2 * count):
             queue_send.send_nowait(n)
@@ -88,7 +105,7 @@ def hand_offs(count: int = 50_000) -> tuple[float, float]:
         results.append(round(per_call_us(started, count) - plain, 1))
 
     trio.run(run)
-    return results[0], results[1]
+    return results[0]
 
 
 # ------------------------------------------------------------------ the WebSocket server side
@@ -129,7 +146,8 @@ def serve(port: int, mode: str) -> None:
     config.websocket_ping_interval = None
     config.accesslog = None
     config.errorlog = None
-    trio.run(hypercorn_serve, app, config)
+    asgi: Any = app                 # hypercorn's ASGI types are narrower than this test app's
+    trio.run(partial(hypercorn_serve, asgi, config))
 
 
 def frame_cost(mode: str) -> float:
@@ -174,11 +192,12 @@ def main() -> int:
     if args.serve:
         serve(int(args.serve[0]), args.serve[1])
         return 0
-    hand_off, scope = hand_offs()
     rows = (("trio timer wakeup, alone (25 ms apart)", wakeups(1)),
             ("trio timer wakeup, 100 tasks sharing", wakeups(100)),
-            ("memory channel hand-off (task -> task)", hand_off),
-            ("a deadline around a receive (extra)", scope),
+            ("memory channel hand-off (task -> task)",
+             hand_off(lambda: trio.open_memory_channel[int](0))),
+            ("a call's channel hand-off (actors/channel)", hand_off(Channel[int](0).ends)),
+            ("a deadline around a receive (extra)", deadline_cost()),
             ("WebSocket text frame, raw ASGI send", frame_cost("raw")),
             ("WebSocket text frame, encode + relay socket", frame_cost("relay")))
     print(f"machine: {os.cpu_count()} cpus, {platform.machine()}, "
