@@ -95,10 +95,14 @@ class Channel(Generic[T]):
         self._waiting: list[_Waiting[T]] = []   # senders parked, first come first
         self._receiving: trio.lowlevel.Task | None = None
         self._senders_open = 0
-        self._receiver_open = True
+        self._receiver_open: bool | None = None     # None until ``ends``, False once closed
 
     def ends(self) -> tuple[Sender[T], Receiver[T]]:
-        """The first sending end (``clone`` it for more) and the one receiving end."""
+        """The first sending end (``clone`` it for more) and the one receiving end; once, since
+        a second reader would break the one-reader rule everything here rests on."""
+        if self._receiver_open is not None:
+            raise RuntimeError("a channel's ends are opened once: clone the sender for more")
+        self._receiver_open = True
         return Sender(self), Receiver(self)
 
     def _stop_receiving(self, _: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:

@@ -175,6 +175,13 @@ def test_the_programs_reach_every_ending(open_channel: Open, buffer: int,
     assert trio.run(_play, open_channel, buffer, program) == expected
 
 
+def test_a_channels_ends_are_opened_once() -> None:
+    channel = Channel[int](0)
+    channel.ends()
+    with pytest.raises(RuntimeError, match="opened once"):
+        channel.ends()
+
+
 async def test_a_second_reader_is_refused() -> None:
     sender, receiver = Channel[int](0).ends()
     async with trio.open_nursery() as nursery:
