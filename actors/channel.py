@@ -17,10 +17,11 @@ the value), values arrive in the order sent and blocked senders are served first
 first served; every ``send`` and ``receive`` is a checkpoint; a cancelled ``send`` delivers
 nothing; the reader gets ``EndOfChannel`` once every sender clone is closed, senders get
 ``BrokenResourceError`` once the reader is closed, and a closed end raises
-``ClosedResourceError``. The one difference on purpose: a second task receiving while one
+``ClosedResourceError``. The differences, on purpose: a second task receiving while one
 already waits raises ``trio.BusyResourceError``, not a second wait, since no actor shares its
-input. The ends are ``trio.abc`` channels, so an actor typed with ``Sends``/``Receives``
-takes these and trio's alike (the tests drive actors with trio's).
+input; and the receiving end has no clones (``ends`` opens once; senders ``clone``). The ends
+are ``trio.abc`` channels, so an actor typed with ``Sends``/``Receives`` takes these and
+trio's alike (the tests drive actors with trio's).
 """
 
 from __future__ import annotations
@@ -134,15 +135,46 @@ class Channel(Generic[T]):
         return False, None
 
 
-class Sender(trio.abc.SendChannel[T]):
+class _End:
+    """What both ends share: they close once and synchronously (not a checkpoint, so a
+    cancelled task can close on its way out), on ``with`` too, and ``aclose`` is that plus a
+    checkpoint, as trio's."""
+
+    __slots__ = ("_closed",)
+
+    def __init__(self) -> None:
+        self._closed = False
+
+    @enable_ki_protection
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class Sender(_End, trio.abc.SendChannel[T]):
     """A sending end. Each clone is closed on its own; the reader sees the end of the
     channel once all of them are."""
 
-    __slots__ = ("_channel", "_closed")
+    __slots__ = ("_channel",)
 
     def __init__(self, channel: Channel[T]) -> None:
+        super().__init__()
         self._channel = channel
-        self._closed = False
         channel._senders_open += 1
 
     @enable_ki_protection
@@ -175,12 +207,7 @@ class Sender(trio.abc.SendChannel[T]):
             raise trio.ClosedResourceError
         return Sender(self._channel)
 
-    @enable_ki_protection
-    def close(self) -> None:
-        """Not a checkpoint, so a cancelled task can close on its way out (``with``)."""
-        if self._closed:
-            return
-        self._closed = True
+    def _close(self) -> None:
         channel = self._channel
         if channel._waiting:
             mine = [parked for parked in channel._waiting if parked.sender is self]
@@ -192,27 +219,16 @@ class Sender(trio.abc.SendChannel[T]):
             channel._receiving = None
             trio.lowlevel.reschedule(task, Error(trio.EndOfChannel()))
 
-    async def aclose(self) -> None:
-        self.close()
-        await trio.lowlevel.checkpoint()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-
-class Receiver(trio.abc.ReceiveChannel[T]):
+class Receiver(_End, trio.abc.ReceiveChannel[T]):
     """The one receiving end. Closing it breaks the channel for every sender: those waiting
     get ``BrokenResourceError`` and what was buffered is dropped, as with trio's."""
 
-    __slots__ = ("_channel", "_closed")
+    __slots__ = ("_channel",)
 
     def __init__(self, channel: Channel[T]) -> None:
+        super().__init__()
         self._channel = channel
-        self._closed = False
 
     @enable_ki_protection
     def receive_nowait(self) -> T:
@@ -244,12 +260,7 @@ class Receiver(trio.abc.ReceiveChannel[T]):
         return await trio.lowlevel.wait_task_rescheduled(   # type: ignore[no-any-return]
             channel._stop_receiving)
 
-    @enable_ki_protection
-    def close(self) -> None:
-        """Not a checkpoint, so a cancelled task can close on its way out (``with``)."""
-        if self._closed:
-            return
-        self._closed = True
+    def _close(self) -> None:
         channel = self._channel
         channel._receiver_open = False
         if (task := channel._receiving) is not None:
@@ -259,14 +270,3 @@ class Receiver(trio.abc.ReceiveChannel[T]):
         for parked in waiting:
             trio.lowlevel.reschedule(parked.task, Error(trio.BrokenResourceError()))
         channel._buffered.clear()
-
-    async def aclose(self) -> None:
-        self.close()
-        await trio.lowlevel.checkpoint()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
