@@ -26,6 +26,7 @@ trio's alike (the tests drive actors with trio's).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import Generic, Protocol, Self, TypeVar
 
@@ -135,7 +136,7 @@ class Channel(Generic[T]):
         return False, None
 
 
-class _End:
+class _End(ABC):
     """What both ends share: they close once and synchronously (not a checkpoint, so a
     cancelled task can close on its way out), on ``with`` too, and ``aclose`` is that plus a
     checkpoint, as trio's."""
@@ -151,8 +152,9 @@ class _End:
             self._closed = True
             self._close()
 
+    @abstractmethod
     def _close(self) -> None:
-        raise NotImplementedError
+        """What closing this end does to the channel: run once, by ``close``."""
 
     async def aclose(self) -> None:
         self.close()
