@@ -1,13 +1,14 @@
 """Calls leave no garbage in reference cycles: reference counting frees all they make.
 
-The server lets a middle-generation collection wait for 1000 young ones
+The server lets a middle-generation collection wait for 10 000 young ones
 (``voiceagent/app/heap.py``), because what survives a young collection here is alive (calls'
 await chains and state) and walking it again and again was the p99 tail. That holds only
 while calls make no cyclic garbage: anything that dies in a cycle after a young collection
-now waits a minute or two under load for the next middle collection, and a per-call cycle
+now waits 15-20 minutes under load for the next middle collection, and a per-call cycle
 would pile up with the calls. So: whole calls through the real server (a tool round, a
-barge-in on a streaming Bedrock reply, the hang-up and its /action), with the collector off,
-then everything a collection would free is looked at.
+barge-in on a streaming Bedrock reply, Bedrock's connection closed or reset mid-reply or
+before its answer, the hang-up and its /action), with the collector off, then everything a
+collection would free is looked at.
 
 The one cycle allowed is werkzeug's route matcher: each request's ``match`` makes a recursive
 closure and drops it a moment later, still young (a young collection frees it), a few
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,16 @@ import pytest
 import trio
 import trio.testing
 
-from tests.fake_bedrock import running_fake_bedrock, text_reply
+from tests.fake_bedrock import (
+    Hangup,
+    HangupBeforeHeaders,
+    Reply,
+    running_fake_bedrock,
+    text_reply,
+)
 from tests.server_harness import FIXTURE_CONFIG
 from voiceagent.app.testing import AgentServer, agent_server
+from voiceagent.llm.bedrock_errors import Failure, classify
 from voiceagent.settings import SOURCE_CONFIG
 
 pytestmark = pytest.mark.timeout(60)
@@ -135,3 +143,62 @@ async def test_barge_ins_on_bedrock_streams_leave_no_cycles(
                         await _hang_up(agent, call.call_sid)
                     await trio.testing.wait_all_tasks_blocked(0.05)
     assert _beyond_the_route_matcher(garbage, requests=3 * 2) == Counter()
+
+
+# Faults a network makes mid-exchange. Each failed attempt's exception outlives its handler
+# (a ``Failure``'s cause, a local of the frame that caught it); its traceback's frames held the
+# attempt, its connection and socket, and h11 re-raises its own error from a frame that holds
+# it: a cycle a connection, freed only by a middle collection, minutes away under load.
+CONNECTION_FAULTS = {
+    "closed mid-reply (FIN)": lambda: Hangup(after_frames=2, frames=text_reply(LONG).frames),
+    "reset mid-reply (RST)": lambda: Hangup(after_frames=2, reset=True,
+                                            frames=text_reply(LONG).frames),
+    "closed before its headers": lambda: HangupBeforeHeaders(),
+}
+
+
+@pytest.mark.parametrize("fault", CONNECTION_FAULTS.values(), ids=list(CONNECTION_FAULTS))
+async def test_connection_faults_on_bedrock_streams_leave_no_cycles(
+        fault: Callable[[], Reply], tmp_path: Path, aws_env: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running_fake_bedrock(responder=lambda _: text_reply(["We", " open"])) as fake:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake.endpoint_url)
+        with trio.fail_after(40):
+            async with agent_server(FIXTURE_CONFIG, use_case="testUseCase",
+                                    data_dir=tmp_path, LLM="bedrock",
+                                    AWS_REGION="us-east-1") as agent:
+                async with agent.call() as warm:
+                    assert (await warm.say("Hello there")).text
+                await _hang_up(agent, warm.call_sid)
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                with _cyclic_garbage() as garbage:
+                    for _ in range(3):
+                        fake.push(fault())
+                        async with agent.call() as call:
+                            assert (await call.say("When are you open?")).text
+                        await _hang_up(agent, call.call_sid)
+                    await trio.testing.wait_all_tasks_blocked(0.05)
+    assert len(fake.requests) >= 1 + 3
+    assert _beyond_the_route_matcher(garbage, requests=3 * 2) == Counter()
+
+
+def _classified_where_caught(fault: Exception) -> Failure:
+    try:
+        raise fault
+    except Exception as err:
+        failure = classify(err)     # a local of the frame its cause's traceback holds
+    return failure
+
+
+def test_a_fault_classified_where_it_was_caught_leaves_no_cycle() -> None:
+    with _cyclic_garbage() as garbage:
+        failure = _classified_where_caught(ConnectionResetError("reset by peer"))
+        assert (failure.code, failure.kind) == ("ConnectionClosed", "unavailable")
+        del failure
+    assert garbage == []
+
+
+def test_a_bug_keeps_its_traceback_for_the_log() -> None:
+    failure = _classified_where_caught(KeyError("ours"))
+    assert failure.kind == "bug"
+    assert failure.cause.__traceback__ is not None

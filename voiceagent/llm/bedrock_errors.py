@@ -122,7 +122,31 @@ _KINDS: dict[str, tuple[str, bool]] = {
 
 
 def classify(exc: BaseException) -> Failure:
-    """``exc``, raised while opening or reading an exchange, as a ``Failure``."""
+    """``exc``, raised while opening or reading an exchange, as a ``Failure``.
+
+    A fault we expect (all but a ``bug``) leaves its traceback behind, and its chain's: the
+    failure outlives the handler that caught it, and the frames would keep what they held
+    (the attempt, its connection and socket, h11's state) alive in a cycle, as the frame
+    that caught it holds it in a local and h11 re-raises its own error from a frame that
+    holds it. Reference counting cannot free a cycle; the middle collection that can comes
+    minutes apart under load (``voiceagent.app.heap``). Its code and message are what the
+    log says of it; a bug keeps its traceback for the log."""
+    failure = _classified(exc)
+    if failure.kind != "bug":
+        _forget_frames(exc)
+    return failure
+
+
+def _forget_frames(exc: BaseException) -> None:
+    chained: BaseException | None = exc
+    seen: set[int] = set()
+    while chained is not None and id(chained) not in seen:
+        seen.add(id(chained))
+        chained.__traceback__ = None
+        chained = chained.__cause__ or chained.__context__
+
+
+def _classified(exc: BaseException) -> Failure:
     if isinstance(exc, BedrockHTTPError):
         return _by_code(exc.code, exc.message, exc.status, exc, in_stream=False)
     if isinstance(exc, StreamFault):

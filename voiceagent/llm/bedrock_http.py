@@ -200,7 +200,8 @@ class Attempt:
                 return True
             event = self._parsed.pop(0)
             if isinstance(event, h11.RemoteProtocolError):
-                raise event
+                await self._failed(event)   # in its place among the events, not raised
+                return True
             if type(event) is h11.Response:
                 # the answer has begun: this attempt sends its request no more (a resend is
                 # for a kept-alive connection that closed before it), so it lets it go
@@ -211,30 +212,38 @@ class Attempt:
                 self._ended = True
                 self._watchdog.forget(self)
         except Exception as err:
-            fault: Exception = err
-            if self._timed_out is not None:
-                fault = self._timed_out
-            elif (self._reused and self._answer.status is None and not self.cancelled_at
-                  and not isinstance(err, ReplyError)):
-                # a kept-alive connection the server had closed: the request never ran
-                self._drop_connection()
-                await self.open(fresh=True)
-                return True
-            if self._assembler.stopped and not isinstance(err, ReplyError | StreamFault):
-                self._end_whole(fault)
-                return True
-            self.fail(classify(fault))
+            await self._failed(err)
         return True
+
+    async def _failed(self, err: Exception) -> None:
+        """The exchange met ``err``. Handled here, not in ``_step``'s frame: its traceback
+        holds that frame, and a local there that kept it would be a cycle (see
+        ``bedrock_errors.classify``)."""
+        fault: Exception = err
+        if self._timed_out is not None:
+            fault = self._timed_out
+        elif (self._reused and self._answer.status is None and not self.cancelled_at
+              and not isinstance(err, ReplyError)):
+            # a kept-alive connection the server had closed: the request never ran
+            self._drop_connection()
+            await self.open(fresh=True)
+            return
+        if self._assembler.stopped and not isinstance(err, ReplyError | StreamFault):
+            self._end_whole(fault)
+            return
+        self.fail(classify(fault))
 
     def _parse(self, state: h11.Connection, data: bytes) -> None:
         """A read split into h11's events at once: whether more has come is then a read, not
-        a call into h11 too. ``_step`` takes them one at a time, h11's error in its place."""
+        a call into h11 too. ``_step`` takes them one at a time, h11's error in its place.
+        That error is kept without its traceback: h11 re-raises it from a frame that holds
+        it, a cycle that would keep this connection until a middle collection."""
         state.receive_data(data)
         try:
             while (event := state.next_event()) is not h11.NEED_DATA and event is not h11.PAUSED:
                 self._parsed.append(event)
         except h11.RemoteProtocolError as err:
-            self._parsed.append(err)
+            self._parsed.append(err.with_traceback(None))
 
     def _end_whole(self, fault: Exception) -> None:
         """The connection failed after ``messageStop``: the caller has heard the whole reply,
