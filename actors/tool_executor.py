@@ -251,22 +251,30 @@ async def _run(call: ToolCall, definition: ToolDefinition, timeout_s: float | No
                             tool_steps.timed(running, call.name, env.blocking))
     except BaseException as err:
         failure, rest = tool_failures.split(err)
-        forgotten = handouts.settle()
-        if failure is not None:
-            log.warning("tool failed", extra={"tool": call.name, "error": type(failure).__name__,
-                                              "at": tool_failures.raised_at(failure)})
-        if rest is err:
-            raise
-        if rest is not None:            # a Cancelled or Ctrl-C, which the failures came beside
-            raise rest from None
-        # failed as its limit cut it (a client's close raising as it was cancelled): it timed
-        # out, and the model must hear that a side effect may have run
-        if limit.cancel_called:
-            return _timed_out(call, definition, limit_s)
-        described = tool_failures.described(err)
-        if forgotten:                   # the likely cause: a coroutine where a value was due
-            described = f"{_never_awaited(call, definition, forgotten)}; it raised {described}"
-        return _error(call, f"failed: {described}"[:300], definition)
+        try:
+            forgotten = handouts.settle()
+            if failure is not None:
+                log.warning("tool failed", extra={
+                    "tool": call.name, "error": type(failure).__name__,
+                    "at": tool_failures.raised_at(failure)})
+            if rest is err:
+                raise
+            if rest is not None:        # a Cancelled or Ctrl-C, which the failures came beside
+                raise rest from None
+            # failed as its limit cut it (a client's close raising as it was cancelled): it
+            # timed out, and the model must hear that a side effect may have run
+            if limit.cancel_called:
+                return _timed_out(call, definition, limit_s)
+            described = tool_failures.described(err)
+            if forgotten:               # the likely cause: a coroutine where a value was due
+                described = (f"{_never_awaited(call, definition, forgotten)}; "
+                             f"it raised {described}")
+            return _error(call, f"failed: {described}"[:300], definition)
+        finally:
+            # the tool's error holds this frame (its traceback), and these would hold the
+            # error: a cycle keeping the call's tool environment until a middle collection,
+            # minutes apart under load (voiceagent.app.heap); ``err`` Python deletes itself
+            del failure, rest
     forgotten = handouts.settle()       # closed either way; timed out, not yet reached is no
     if limit.cancelled_caught:          # mistake (nor in a cut or Ctrl-C above)
         return _timed_out(call, definition, limit_s)

@@ -69,6 +69,12 @@ class TimedSteps(Generic[T]):
                 yielded = resume(value)
             except StopIteration as done:
                 return done.value               # type: ignore[no-any-return]
+            except BaseException:
+                # this frame is in the error's traceback: what trio sent (the outcome that
+                # raised it, a Cancelled when the tool's limit cut it) kept here would hold it,
+                # a cycle with the call's tool environment until a middle collection
+                value = None
+                raise
             finally:
                 self.longest_s = max(self.longest_s, perf_counter() - started)
             try:

@@ -7,8 +7,9 @@ while calls make no cyclic garbage: anything that dies in a cycle after a young 
 now waits 15-20 minutes under load for the next middle collection, and a per-call cycle
 would pile up with the calls. So: whole calls through the real server (a tool round, a
 barge-in on a streaming Bedrock reply, Bedrock's connection closed or reset mid-reply or
-before its answer, the hang-up and its /action), with the collector off, then everything a
-collection would free is looked at.
+before its answer, the hang-up and its /action) and calls whose tools fail (raising, in a
+worker thread, past their time limit), with the collector off, then everything a collection
+would free is looked at.
 
 The one cycle allowed is werkzeug's route matcher: each request's ``match`` makes a recursive
 closure and drops it a moment later, still young (a young collection frees it), a few
@@ -28,6 +29,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.call_harness import open_test_call, plain_use_case
 from tests.fake_bedrock import (
     Hangup,
     HangupBeforeHeaders,
@@ -35,10 +37,14 @@ from tests.fake_bedrock import (
     running_fake_bedrock,
     text_reply,
 )
+from tests.fakes import FakeLLM, tool_use, words
 from tests.server_harness import FIXTURE_CONFIG
 from voiceagent.app.testing import AgentServer, agent_server
 from voiceagent.llm.bedrock_errors import Failure, classify
 from voiceagent.settings import SOURCE_CONFIG
+from voiceagent.threads import run_blocking
+from voiceagent.tools import ToolDefinition
+from voiceagent.tools.registry import ToolRegistry
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -202,3 +208,61 @@ def test_a_bug_keeps_its_traceback_for_the_log() -> None:
     failure = _classified_where_caught(KeyError("ours"))
     assert failure.kind == "bug"
     assert failure.cause.__traceback__ is not None
+
+
+# Tools that fail. The tool's error holds the frames it passed through; a frame that kept the
+# error (or trio's outcome of it) in a local, or a worker thread's frames linked to it, was a
+# cycle holding the call's tool environment (its use case, channels, settings).
+BOOK = [{"name": "bookTable", "description": "Book a table."}]
+
+
+async def _raises(ctx: Any, args: Any) -> dict[str, Any]:
+    return {"party": int(args["party_size"])}       # the developer's bug: it is "party"
+
+
+def _raises_in_a_thread(ctx: Any, args: Any) -> dict[str, Any]:
+    return {"party": int(args["party_size"])}
+
+
+async def _never_answers(ctx: Any, args: Any) -> dict[str, Any]:
+    await trio.sleep(3600)
+    return {}
+
+
+FAILING_TOOLS = {
+    "raises": ToolDefinition("bookTable", _raises),
+    "raises in its worker thread": ToolDefinition("bookTable", _raises_in_a_thread,
+                                                  blocking=True),
+    "cut by its time limit": ToolDefinition("bookTable", _never_answers, timeout_s=2.0),
+}
+
+
+@pytest.mark.parametrize("tool", FAILING_TOOLS.values(), ids=list(FAILING_TOOLS))
+async def test_a_failed_tool_leaves_no_cycle(tool: ToolDefinition) -> None:
+    llm = FakeLLM([tool_use("tu_1", "bookTable", {"party": 4}), words("Sorry, no table.")])
+    with trio.fail_after(10), _cyclic_garbage() as garbage:
+        async with open_test_call(llm, use_case=plain_use_case(tools=BOOK),
+                                  registry=ToolRegistry([tool])) as call:
+            call.say("a table for four")
+            with trio.fail_after(5):
+                assert (await call.reply())[0] == "Sorry, no table."
+        await trio.testing.wait_all_tasks_blocked(0.05)
+    (result,) = [block["toolResult"] for message in call.history if message["role"] == "user"
+                 for block in message["content"] if "toolResult" in block]
+    assert result["status"] == "error"
+    assert Counter(_kind(obj) for obj in garbage) == Counter()
+
+
+async def test_a_failure_in_a_worker_thread_leaves_no_cycle() -> None:
+    """A store call or a blocking tool failing in ``run_blocking``'s thread."""
+    def fails() -> None:
+        raise ConnectionResetError("reset by peer")
+
+    limiter = trio.CapacityLimiter(1)
+    with trio.fail_after(10), _cyclic_garbage() as garbage:
+        for abandon_on_cancel in (False, True, False):
+            with pytest.raises(ConnectionResetError, match="reset by peer") as raised:
+                await run_blocking(fails, limiter=limiter, abandon_on_cancel=abandon_on_cancel)
+            assert raised.traceback[-1].name == "fails"     # where it was raised, still shown
+            del raised
+    assert garbage == []
