@@ -12,10 +12,12 @@ the files again (a few milliseconds); a server makes none.
 
 from __future__ import annotations
 
+import base64
 import threading
 from typing import Any
 
 import botocore.loaders
+import botocore.parsers
 import botocore.session
 
 
@@ -62,4 +64,11 @@ def new_session() -> botocore.session.Session:
     loader = botocore.loaders.create_loader(session.get_config_variable("data_path"))
     loader._cache = _KeepNothing()
     session.register_component("data_loader", loader)
+    # botocore makes a parser for every response, and by default each parser keeps its own
+    # bound method as its blob parser: a cycle a request (/twiml's session read, every
+    # query), freed only by a middle collection, minutes apart under load
+    # (``voiceagent.app.heap``). Its default is this function; given, there is no cycle.
+    parsers = botocore.parsers.ResponseParserFactory()
+    parsers.set_parser_defaults(blob_parser=base64.b64decode)
+    session.register_component("response_parser_factory", parsers)
     return session
