@@ -6,7 +6,8 @@ makes a parser for every response, and by default each keeps its own bound metho
 for every query through the boto3 client, one on every ``/twiml`` (its session read). The
 store's session gives botocore's parsers their blob parser (``voiceagent.aws_session``).
 The requests the event loop sends itself (item reads and writes) are looked at too, throttled
-and with their answer lost, through ``dynamodb_front`` in front of moto.
+and with their answer lost, through ``dynamodb_front`` in front of moto; and whole calls on
+the production stack (this store, Bedrock's endpoint): /twiml, turns, a barge-in, the hang-up.
 
 Not covered, and left: botocore's own retry after a connection reset (urllib3 keeps the
 error it raises in a local of the frame it raised it from), a rare path of the client's.
@@ -25,10 +26,22 @@ import trio.testing
 
 from tests.dynamodb_front import Fault, Front, running_front
 from tests.dynamodb_support import aws_env, isolate_env, moto_endpoint, open_test_table
-from tests.test_calls_leave_no_cycles import _cyclic_garbage, _kind
+from tests.fake_bedrock import running_fake_bedrock, text_reply
+from tests.server_harness import FIXTURE_CONFIG
+from tests.test_calls_leave_no_cycles import (
+    LONG,
+    _beyond_the_route_matcher,
+    _cut_reply_closed,
+    _cyclic_garbage,
+    _hang_up,
+    _kind,
+)
+from voiceagent.app.testing import agent_server
+from voiceagent.catalog import read_config_dir, write_config
 from voiceagent.errors import StoreError
 from voiceagent.settings import Settings
 from voiceagent.store.dynamodb import DynamoDBStore, open_dynamodb_store
+from voiceagent.tools.registry import default_registry
 
 __all__ = ["moto_endpoint"]          # the fixture, imported so pytest finds it here
 
@@ -76,3 +89,32 @@ async def test_dynamodb_requests_leave_no_cycles(case: dict[str, Fault] | None, 
     met = Counter(operation for operation, fault in front.seen if fault is not None)
     assert met == Counter({operation: 3 for operation in case or {}})
     assert Counter(_kind(obj) for obj in garbage) == Counter()
+
+
+async def test_calls_on_dynamodb_and_bedrock_leave_no_cycles(
+        tmp_path: Path, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    isolate_env(monkeypatch, aws_env(moto_endpoint, tmp_path))
+    async with open_test_table(moto_endpoint) as table, running_fake_bedrock(
+            responder=lambda _: text_reply(LONG, gap_s=0.01)) as fake:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", fake.endpoint_url)
+        await write_config(table, read_config_dir(Path(FIXTURE_CONFIG), default_registry()))
+        with trio.fail_after(40):
+            async with agent_server(FIXTURE_CONFIG, use_case="testUseCase", data_dir=tmp_path,
+                                    LLM="bedrock", STORE="dynamodb",
+                                    TABLE_NAME=table.table_name) as agent:
+                async with agent.call() as warm:    # first-call work (caches, pools) aside
+                    assert (await warm.say("Hello there")).text
+                await _hang_up(agent, warm.call_sid)
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                with _cyclic_garbage() as garbage:
+                    for _ in range(3):
+                        async with agent.call() as call:
+                            await call.relay.say("Tell me everything")
+                            assert await call.relay.receive() is not None   # streaming
+                            await call.relay.interrupt("word0")
+                            await _cut_reply_closed(call.relay)
+                            assert (await call.say("And then?")).text
+                        await _hang_up(agent, call.call_sid)
+                    await agent.runtime.calls.wait_idle()
+                    await trio.testing.wait_all_tasks_blocked(0.05)
+    assert _beyond_the_route_matcher(garbage, requests=3 * 2) == Counter()
