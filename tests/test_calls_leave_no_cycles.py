@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -126,6 +126,33 @@ async def _cut_reply_closed(relay: Any) -> None:
         pass
 
 
+async def calls_garbage(agent: AgentServer, body: Callable[[Any], Awaitable[None]]
+                        ) -> list[Any]:
+    """What a collection would free of what three calls through ``agent`` made, each doing
+    ``body`` with its ``Conversation`` and hung up, after a first call whose one-off work
+    (caches, pools) is set aside."""
+    async with agent.call() as warm:
+        assert (await warm.say("Hello there")).text
+    await _hang_up(agent, warm.call_sid)
+    await trio.testing.wait_all_tasks_blocked(0.05)
+    with _cyclic_garbage() as garbage:
+        for _ in range(3):
+            async with agent.call() as call:
+                await body(call)
+            await _hang_up(agent, call.call_sid)
+        await agent.runtime.calls.wait_idle()
+        await trio.testing.wait_all_tasks_blocked(0.05)
+    return garbage
+
+
+async def barge_in_on_a_stream(call: Any) -> None:
+    await call.relay.say("Tell me everything")
+    assert await call.relay.receive() is not None      # streaming
+    await call.relay.interrupt("word0")
+    await _cut_reply_closed(call.relay)
+    assert (await call.say("And then?")).text
+
+
 async def test_barge_ins_on_bedrock_streams_leave_no_cycles(
         tmp_path: Path, aws_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     async with running_fake_bedrock(responder=lambda _: text_reply(LONG, gap_s=0.02)) as fake:
@@ -134,20 +161,7 @@ async def test_barge_ins_on_bedrock_streams_leave_no_cycles(
             async with agent_server(FIXTURE_CONFIG, use_case="testUseCase",
                                     data_dir=tmp_path, LLM="bedrock",
                                     AWS_REGION="us-east-1") as agent:
-                async with agent.call() as warm:
-                    assert (await warm.say("Hello there")).text
-                await _hang_up(agent, warm.call_sid)
-                await trio.testing.wait_all_tasks_blocked(0.05)
-                with _cyclic_garbage() as garbage:
-                    for _ in range(3):
-                        async with agent.call() as call:
-                            await call.relay.say("Tell me everything")
-                            assert await call.relay.receive() is not None  # streaming
-                            await call.relay.interrupt("word0")
-                            await _cut_reply_closed(call.relay)
-                            assert (await call.say("And then?")).text
-                        await _hang_up(agent, call.call_sid)
-                    await trio.testing.wait_all_tasks_blocked(0.05)
+                garbage = await calls_garbage(agent, barge_in_on_a_stream)
     assert _beyond_the_route_matcher(garbage, requests=3 * 2) == Counter()
 
 
@@ -173,17 +187,11 @@ async def test_connection_faults_on_bedrock_streams_leave_no_cycles(
             async with agent_server(FIXTURE_CONFIG, use_case="testUseCase",
                                     data_dir=tmp_path, LLM="bedrock",
                                     AWS_REGION="us-east-1") as agent:
-                async with agent.call() as warm:
-                    assert (await warm.say("Hello there")).text
-                await _hang_up(agent, warm.call_sid)
-                await trio.testing.wait_all_tasks_blocked(0.05)
-                with _cyclic_garbage() as garbage:
-                    for _ in range(3):
-                        fake.push(fault())
-                        async with agent.call() as call:
-                            assert (await call.say("When are you open?")).text
-                        await _hang_up(agent, call.call_sid)
-                    await trio.testing.wait_all_tasks_blocked(0.05)
+                async def faulted(call: Any) -> None:
+                    fake.push(fault())      # the turn's exchange meets it; the apology follows
+                    assert (await call.say("When are you open?")).text
+
+                garbage = await calls_garbage(agent, faulted)
     assert len(fake.requests) >= 1 + 3
     assert _beyond_the_route_matcher(garbage, requests=3 * 2) == Counter()
 

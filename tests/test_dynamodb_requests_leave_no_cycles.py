@@ -31,10 +31,10 @@ from tests.server_harness import FIXTURE_CONFIG
 from tests.test_calls_leave_no_cycles import (
     LONG,
     _beyond_the_route_matcher,
-    _cut_reply_closed,
     _cyclic_garbage,
-    _hang_up,
     _kind,
+    barge_in_on_a_stream,
+    calls_garbage,
 )
 from voiceagent.app.testing import agent_server
 from voiceagent.catalog import read_config_dir, write_config
@@ -102,19 +102,5 @@ async def test_calls_on_dynamodb_and_bedrock_leave_no_cycles(
             async with agent_server(FIXTURE_CONFIG, use_case="testUseCase", data_dir=tmp_path,
                                     LLM="bedrock", STORE="dynamodb",
                                     TABLE_NAME=table.table_name) as agent:
-                async with agent.call() as warm:    # first-call work (caches, pools) aside
-                    assert (await warm.say("Hello there")).text
-                await _hang_up(agent, warm.call_sid)
-                await trio.testing.wait_all_tasks_blocked(0.05)
-                with _cyclic_garbage() as garbage:
-                    for _ in range(3):
-                        async with agent.call() as call:
-                            await call.relay.say("Tell me everything")
-                            assert await call.relay.receive() is not None   # streaming
-                            await call.relay.interrupt("word0")
-                            await _cut_reply_closed(call.relay)
-                            assert (await call.say("And then?")).text
-                        await _hang_up(agent, call.call_sid)
-                    await agent.runtime.calls.wait_idle()
-                    await trio.testing.wait_all_tasks_blocked(0.05)
+                garbage = await calls_garbage(agent, barge_in_on_a_stream)
     assert _beyond_the_route_matcher(garbage, requests=3 * 2) == Counter()
