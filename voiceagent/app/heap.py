@@ -4,9 +4,10 @@ CPython's cyclic collector stops the event loop while it runs, for every call at
 full collection walks every object the process tracks: about 940 per live call here (trio
 tasks' coroutines, cancel scopes, hypercorn's protocol objects, the call's state), so
 ~40-70 ms at 500 calls in one process and ~0.2-0.7 s at 2000. The server makes almost no
-cyclic garbage: a call's turns, tool rounds, barge-ins, Bedrock's connection faults and
-hang-up leave none (``tests/test_calls_leave_no_cycles.py``): reference counting frees what
-they make, and nearly everything the collector walks is alive. Settings, measured with
+cyclic garbage: a call's turns, tool rounds, barge-ins, hang-up, Bedrock's connection faults,
+failing tools and DynamoDB's requests leave none (``tests/test_calls_leave_no_cycles.py``,
+``tests/test_dynamodb_requests_leave_no_cycles.py``): reference counting frees what they
+make, and nearly everything the collector walks is alive. Settings, measured with
 benchmarks/bench_latency.py (benchmarks/RESULTS.md):
 
 * everything built at start-up (modules, botocore's models, pydantic schemas, the catalog)
