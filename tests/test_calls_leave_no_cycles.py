@@ -7,9 +7,9 @@ while calls make no cyclic garbage: anything that dies in a cycle after a young 
 now waits 15-20 minutes under load for the next middle collection, and a per-call cycle
 would pile up with the calls. So: whole calls through the real server (a tool round, a
 barge-in on a streaming Bedrock reply, Bedrock's connection closed or reset mid-reply or
-before its answer, the hang-up and its /action) and calls whose tools fail (raising, in a
-worker thread, past their time limit), with the collector off, then everything a collection
-would free is looked at.
+before its answer, the hang-up and its /action), and a call's actors whose tools fail
+(raising, in a worker thread, past their time limit), with the collector off, then everything
+a collection would free is looked at.
 
 The one cycle allowed is werkzeug's route matcher: each request's ``match`` makes a recursive
 closure and drops it a moment later, still young (a young collection frees it), a few
