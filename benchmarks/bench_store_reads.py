@@ -29,6 +29,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.dynamodb_support import MotoServer, aws_env, open_test_table
+from voiceagent.app.procstat import read_process
 from voiceagent.settings import Settings
 from voiceagent.store.dynamodb import DynamoDBStore, open_dynamodb_store
 
@@ -37,9 +38,10 @@ ITEMS_A_CALL = 8
 
 
 def _process_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    figures = read_process(pid)
+    if figures is None:
+        raise SystemExit(f"moto (pid {pid}) is gone: see its log")
+    return figures["cpu_s"]
 
 
 async def _timed(reads: int, concurrency: int, read: Callable[[int], Awaitable[Any]],
