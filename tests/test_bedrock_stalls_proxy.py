@@ -45,6 +45,7 @@ RETRY_BUDGET_S = 0.25       # shorter than the first-event timeout, as in produc
 # which a limit 10x too long, or one that never fires, crosses and a busy machine does not.
 # Which limit ended a wait, and on which connection the next request went, are events.
 LATE_S = 2.0
+NEVER_S = 3600.0        # a reply's headers delayed past every limit: the request was lost
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -240,12 +241,20 @@ async def test_a_tunnel_that_answered_while_another_stalled_is_kept(
         fake: FakeBedrock, proxy: RunningProxy) -> None:
     """Only the tunnels quiet since the stalled request went out are closed: one that
     carried a whole reply while it stalled has shown its path works (a lost request, one
-    stuck host), and closing it would cost a later turn a handshake for nothing."""
+    stuck host), and closing it would cost a later turn a handshake for nothing.
+
+    The stalled request gets no headers before the client gives up. Headers are a sign of
+    life too (``heard_at``): under load, headers sent at once reached the client after the
+    other tunnel's whole reply, so that tunnel was the quieter one and was closed (CI, once
+    in dozens of runs). The request's own stamp comes before ``wait_requests`` wakes: its
+    task stamps ``heard_at`` in the batch after the bytes leave, and the endpoint sees them
+    only after the proxy's hop and a later poll of this loop."""
     async with short_limits() as llm:
         with trio.fail_after(10):
             await answered_twice_at_once(llm, fake)
             stalled = len(fake.requests)
-            fake.responder = lambda request: (Stall() if request.index == stalled
+            lost = Stall(headers_delay_s=NEVER_S)
+            fake.responder = lambda request: (lost if request.index == stalled
                                               else text_reply(["Yes."]))
             results: list[list[LLMEvent]] = [[], []]
             async with trio.open_nursery() as nursery:
