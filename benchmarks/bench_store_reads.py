@@ -6,7 +6,10 @@ served kept-alive as DynamoDB's front ends are (``tests/moto_kept_alive.py``), i
 process: this process's CPU is the store's alone. Each operation runs ``--reads`` times,
 ``--concurrency`` at once, and is reported as this process's CPU a read (what the server
 pays, the GIL included) and the wall time a read waited (p50, p99), with moto's CPU a read
-beside it (the stand-in's cost, not ours).
+beside it (the stand-in's cost, not ours). Each goes both ways, on the same table: from the
+event loop, as the server sends it (``dynamodb_http``), and through boto3's client in a worker
+thread (a store around a bare client: how queries went until the thirty-third pass), with
+the ratio of their CPU.
 
     python benchmarks/bench_store_reads.py --reads 2000 --concurrency 20
 """
@@ -68,24 +71,35 @@ def _pk(n: int) -> str:
     return f"CA{n % CALLS:032x}"
 
 
+def _operations(store: DynamoDBStore) -> dict[str, Callable[[int], Awaitable[Any]]]:
+    return {
+        "Query, one item (a session read)": lambda n: store.query(_pk(n), "chat::", limit=1),
+        f"Query, a call's {ITEMS_A_CALL} items": lambda n: store.query(_pk(n), "chat::"),
+        "GetItem": lambda n: store.get(_pk(n), "chat::0000"),
+    }
+
+
 async def measure(store: DynamoDBStore, reads: int, concurrency: int, moto_pid: int) -> None:
     for call in range(CALLS):
         await store.put_many([{"pk": _pk(call), "sk": f"chat::{i:04d}", "role": "user",
                                "text": "I would like a table for four at eight, please."}
                               for i in range(ITEMS_A_CALL)])
-    operations: dict[str, Callable[[int], Awaitable[Any]]] = {
-        "Query, one item (a session read)": lambda n: store.query(_pk(n), "chat::", limit=1),
-        f"Query, a call's {ITEMS_A_CALL} items": lambda n: store.query(_pk(n), "chat::"),
-        "GetItem": lambda n: store.get(_pk(n), "chat::0000"),
-    }
+    bare = DynamoDBStore(store.table_name, store._client, limiter=store._limiter)
+    ways = {"loop": _operations(store), "boto3 thread": _operations(bare)}
     print(f"{reads} reads of each, {concurrency} at once; moto kept-alive, its own process; "
           f"{os.cpu_count()} cpus, python {platform.python_version()}")
-    print(f"{'':36} {'us CPU a read':>14} {'moto us':>9} {'p50 ms':>8} {'p99 ms':>8}")
-    for name, read in operations.items():
-        await _timed(min(reads, 100), concurrency, read, moto_pid)      # warm: pools, caches
-        ours, moto, waits = await _timed(reads, concurrency, read, moto_pid)
-        cuts = statistics.quantiles(waits, n=100)
-        print(f"{name:36} {ours:14.0f} {moto:9.0f} {cuts[49]:8.2f} {cuts[98]:8.2f}",
+    print(f"{'':36} {'':>12} {'us CPU a read':>14} {'moto us':>9} {'p50 ms':>8} "
+          f"{'p99 ms':>8}")
+    for name in ways["loop"]:
+        cpu: dict[str, float] = {}
+        for way, operations in ways.items():
+            read = operations[name]
+            await _timed(min(reads, 100), concurrency, read, moto_pid)   # warm: pools, caches
+            cpu[way], moto, waits = await _timed(reads, concurrency, read, moto_pid)
+            cuts = statistics.quantiles(waits, n=100)
+            print(f"{name:36} {way:>12} {cpu[way]:14.0f} {moto:9.0f} {cuts[49]:8.2f} "
+                  f"{cuts[98]:8.2f}", flush=True)
+        print(f"{name:36} {'loop/thread':>12} {cpu['loop'] / cpu['boto3 thread']:14.2f}",
               flush=True)
 
 

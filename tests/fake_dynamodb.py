@@ -1,5 +1,6 @@
-"""A local DynamoDB JSON 1.0 endpoint for the store's own writer (``dynamodb_http``), on
-127.0.0.1, that answers PutItem and BatchWriteItem as DynamoDB does, or misbehaves on cue.
+"""A local DynamoDB JSON 1.0 endpoint for the store's own requests (``dynamodb_http``), on
+127.0.0.1, that answers PutItem, BatchWriteItem, GetItem and the store's Query as DynamoDB
+does, or misbehaves on cue.
 
 HTTP/1.1 with keep-alive, parsed with h11; optionally TLS with a certificate for localhost
 and 127.0.0.1 from a private CA (``trustme``). Each request takes the next scripted ``Reply``
@@ -257,6 +258,8 @@ class FakeDynamoDB:
             key = seen.payload["Key"]
             found = self.items.get((key["pk"]["S"], key["sk"]["S"]))
             return 200, {"Item": found} if found is not None else {}
+        if seen.operation == "Query":
+            return 200, self._query(seen.payload)
         items = seen.put_items()
         keep = len(items) - reply.count if reply.kind == "unprocessed" else len(items)
         for item in items[:keep]:
@@ -266,6 +269,27 @@ class FakeDynamoDB:
         left = {name: [{"PutRequest": {"Item": item}} for item in items[keep:]]
                 for name in seen.payload["RequestItems"]} if keep < len(items) else {}
         return 200, {"UnprocessedItems": left}
+
+
+    def _query(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The table's items of one pk, under a sort-key prefix, in order, a page of
+        ``Limit``; what the store's ``query`` asks, not DynamoDB's whole Query."""
+        values = payload["ExpressionAttributeValues"]
+        pk, prefix = values[":key"]["S"], values.get(":prefix", {}).get("S", "")
+        found = sorted((item for (p, sk), item in self.items.items()
+                        if p == pk and sk.startswith(prefix)),
+                       key=lambda item: str(item["sk"]["S"]),
+                       reverse=not payload.get("ScanIndexForward", True))
+        start = payload.get("ExclusiveStartKey")
+        if start is not None:
+            keys = [(item["pk"], item["sk"]) for item in found]
+            found = found[keys.index((start["pk"], start["sk"])) + 1:]
+        limit = payload.get("Limit", len(found))
+        page = found[:limit]
+        answer: dict[str, Any] = {"Items": page, "Count": len(page)}
+        if len(found) > limit:
+            answer["LastEvaluatedKey"] = {"pk": page[-1]["pk"], "sk": page[-1]["sk"]}
+        return answer
 
 
 @asynccontextmanager

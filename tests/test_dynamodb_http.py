@@ -1,5 +1,5 @@
-"""The DynamoDB store's writes over its own HTTP transport (``store/dynamodb_http.py``): through
-moto's real server, what goes in comes back exactly and the writes never touch boto3; moto's
+"""The DynamoDB store's writes and reads over its own HTTP transport (``store/dynamodb_http.py``):
+through moto's real server, what goes in comes back exactly and never touches boto3; moto's
 refusals come out as ``StoreError`` or ``StoreRejected``; and over TLS with a private CA, the
 CA bundle boto3 would use is the one trusted. The faults of a misbehaving endpoint are in
 ``test_dynamodb_http_faults.py``.
@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import trio
 import trustme
+from boto3.dynamodb.types import Binary
 
 from tests.dynamodb_support import (
     aws_env,
@@ -69,7 +70,7 @@ def _spy_on_writes(store: DynamoDBStore, monkeypatch: pytest.MonkeyPatch
         via_boto3.append(model.name)
 
     monkeypatch.setattr(http, "call", spy)
-    for operation in ("PutItem", "BatchWriteItem", "GetItem"):
+    for operation in ("PutItem", "BatchWriteItem", "GetItem", "Query"):
         store._client.meta.events.register(f"before-call.dynamodb.{operation}", record)
     return sent, via_boto3
 
@@ -96,10 +97,10 @@ async def test_writes_go_over_http_and_read_back_exactly(
                 # moto's server (werkzeug) answers "Connection: close": one connection per
                 # request, none kept (reuse is tested against test_dynamodb_http_faults' fake)
                 pool = store._http._pool
-                assert (pool.opened, pool.reused, pool.idle) == (4, 0, 0)
+                assert (pool.opened, pool.reused, pool.idle) == (6, 0, 0)
                 assert await store.get(PHONE, "nothing here") is None
     assert sent == [("PutItem", 1), ("BatchWriteItem", 25), ("BatchWriteItem", 5),
-                    ("GetItem", 1), ("GetItem", 1)]
+                    ("GetItem", 1), ("Query", 1), ("Query", 1), ("GetItem", 1)]
     assert via_boto3 == []
 
 
@@ -184,7 +185,7 @@ async def test_a_key_over_dynamodbs_limit_is_refused_before_anything_is_sent(
                     await store.put_many([*batch, {"pk": PHONE, "sk": too_long, "text": "x"}])
                 await store.put({"pk": PHONE, "sk": "s" * 1024})   # at the limit: written
                 assert [item["sk"] for item in await store.query(PHONE)] == ["s" * 1024]
-    assert sent == [("PutItem", 1)]
+    assert sent == [("PutItem", 1), ("Query", 1)]
     assert is_permanent(caught.value)
     message = str(caught.value)
     assert "'sk' is 1025 bytes, over DynamoDB's 1024" in message
@@ -238,3 +239,28 @@ def test_a_ca_bundle_or_proxy_that_cannot_be_used_stops_start_up_with_what_to_fi
     assert "HTTPS_PROXY" in str(caught.value)
     assert "only http:// proxies" in str(caught.value)
     assert "pw" not in str(caught.value)
+
+
+async def test_an_item_another_program_wrote_with_binary_values_reads_as_through_boto3(
+        moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wire carries a binary value as base64 text; botocore decodes it before boto3's
+    deserializer sees it, which refuses text. Our items hold none, but a table can be shared:
+    a query of that partition failed with a TypeError over the loop's requests."""
+    isolate_env(monkeypatch, aws_env(moto_endpoint, tmp_path))
+    written = {"pk": {"S": PHONE}, "sk": {"S": "blob"}, "data": {"B": b"\x00\xffvoice"},
+               "set": {"BS": [b"a", b"\x01"]}, "nested": {"M": {"b": {"B": b"\x02"}}}}
+    with trio.fail_after(20):
+        async with open_test_table(moto_endpoint) as table:
+            await trio.to_thread.run_sync(partial(table._client.put_item,
+                                                  TableName=table.table_name, Item=written))
+            through_boto3 = await table.get(PHONE, "blob")
+            async with open_dynamodb_store(_settings(table.table_name),
+                                           limiter=trio.CapacityLimiter(2)) as store:
+                sent, via_boto3 = _spy_on_writes(store, monkeypatch)
+                got = await store.get(PHONE, "blob")
+                queried = await store.query(PHONE)
+    assert through_boto3 is not None
+    assert through_boto3["data"] == Binary(b"\x00\xffvoice")
+    assert got == through_boto3
+    assert queried == [through_boto3]
+    assert (sent, via_boto3) == ([("GetItem", 1), ("Query", 1)], [])

@@ -486,3 +486,121 @@ async def test_the_write_behind_retries_until_the_writes_land(
     assert sorted(sk for _, sk in fake.items) == ["chat::0", "chat::1", "chat::2", "fine",
                                                    "good"]
     assert fake.connections == 1                    # error answers keep the connection
+
+
+# ---------------------------------------------------------------- reads tried a second time
+
+READ_FAULTS = [Reply("error", 400, "ProvisionedThroughputExceededException"),
+               Reply("error", 400, "ThrottlingException"),
+               Reply("error", 500, "InternalServerError"),
+               Reply("page", 502), Reply("reset"), Reply("bad_crc"), Reply("truncated")]
+READ_FAULT_IDS = ["throttled", "throttling", "500", "proxy-502", "reset", "bad-crc",
+                  "cut-short"]
+
+
+async def read_back(store: dynamodb.DynamoDBStore, operation: str) -> Any:
+    if operation == "GetItem":
+        return await store.get(PHONE, "chat::1")
+    return await store.query(PHONE, "chat::", limit=1)
+
+
+def read_back_as_written(operation: str) -> Any:
+    return item("chat::1", text="hi") if operation == "GetItem" else [item("chat::1",
+                                                                            text="hi")]
+
+
+@pytest.mark.parametrize("operation", ["GetItem", "Query"])
+@pytest.mark.parametrize("fault", READ_FAULTS, ids=READ_FAULT_IDS)
+async def test_a_read_whose_failure_may_pass_is_tried_once_more(
+        fake: FakeDynamoDB, mock_clock: trio.testing.MockClock,
+        monkeypatch: pytest.MonkeyPatch, operation: str, fault: Reply) -> None:
+    """A /twiml's session check (a Query) and a call's profile (a GetItem) each had one
+    attempt on the loop, where botocore's client had two: one throttled read refused the
+    caller's call. The second goes after 25-50 ms, on a new connection if the first failed
+    with its connection, the same bytes signed anew."""
+    jump_when_settled(mock_clock, monkeypatch)
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            await store.put(item("chat::1", text="hi"))
+            assert store._http is not None
+            store._http.close()                 # a fresh connection: none resent as stale
+            fake.script.append(fault)
+            start = trio.current_time()
+            found = await read_back(store, operation)
+            waited = trio.current_time() - start
+    assert found == read_back_as_written(operation)
+    assert [r.operation for r in fake.requests] == ["PutItem", operation, operation]
+    assert fake.requests[1].payload == fake.requests[2].payload
+    assert 0.025 <= waited <= 0.05
+
+
+@pytest.mark.parametrize("operation", ["GetItem", "Query"])
+async def test_a_read_failing_twice_is_a_transient_error_after_two_tries(
+        fake: FakeDynamoDB, operation: str) -> None:
+    throttled = Reply("error", 400, "ProvisionedThroughputExceededException")
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            await store.put(item("chat::1", text="hi"))
+            fake.script.extend([throttled, throttled])
+            with pytest.raises(StoreError, match="ProvisionedThroughputExceeded") as caught:
+                await read_back(store, operation)
+            assert await read_back(store, operation) == read_back_as_written(operation)
+    assert not is_permanent(caught.value)
+    assert [r.operation for r in fake.requests] == ["PutItem"] + [operation] * 3
+
+
+@pytest.mark.parametrize(("code", "says"), [("ValidationException", "ValidationException"),
+                                            ("AccessDeniedException", "AccessDenied"),
+                                            ("ResourceNotFoundException", "not found")])
+async def test_a_read_that_would_fail_again_is_not_tried_again(
+        fake: FakeDynamoDB, code: str, says: str) -> None:
+    fake.script.append(Reply("error", 400, code))
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            with pytest.raises(StoreError, match=says):
+                await store.query(PHONE)
+    assert [r.operation for r in fake.requests] == ["Query"]
+
+
+async def test_a_silent_read_is_tried_again_after_its_read_timeout(
+        fake: FakeDynamoDB, mock_clock: trio.testing.MockClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first try gives its connection up at the read timeout; the second, on a new
+    connection, is answered: the caller waited one read timeout and the delay."""
+    fake.script.append(Reply("stall"))
+    jump_when_settled(mock_clock, monkeypatch)
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url, read_timeout_s=0.3) as store:
+            start = trio.current_time()
+            assert await store.query(PHONE) == []
+            waited = trio.current_time() - start
+            await fake.wait_client_closed(1)
+    assert 0.325 <= waited <= 0.35
+    assert fake.connections == 2
+
+
+async def test_a_read_refused_as_expired_is_tried_again_with_credentials_found_anew(
+        fake: FakeDynamoDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake.script.append(Reply("error", 400, "ExpiredTokenException"))
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDROTATED")    # rotated underneath
+            monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "rotated-secret")
+            assert await store.get(PHONE, "profile") is None
+    assert [r.access_key for r in fake.requests] == ["AKIDEXAMPLE", "AKIDROTATED"]
+    assert signature_ok(fake.requests[1], "rotated-secret")
+
+
+async def test_a_read_cancelled_while_it_waits_to_try_again_ends_at_once(
+        fake: FakeDynamoDB, mock_clock: trio.testing.MockClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nobody wants the answer: the second try is never sent, and nothing is held."""
+    fake.script.append(Reply("error", 500, "InternalServerError"))
+    jump_when_settled(mock_clock, monkeypatch)
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url, at_once=1) as store:
+            with trio.move_on_after(0.01) as cancelled:
+                await store.query(PHONE)
+            assert store._limiter.borrowed_tokens == 0
+    assert cancelled.cancelled_caught
+    assert [r.operation for r in fake.requests] == ["Query"]

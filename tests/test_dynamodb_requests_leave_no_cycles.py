@@ -3,14 +3,15 @@
 The server lets a middle-generation collection wait for 10 000 young ones
 (``voiceagent/app/heap.py``): a cycle a request is held 15-20 minutes under load. botocore
 makes a parser for every response, and by default each keeps its own bound method: a cycle
-for every query through the boto3 client, one on every ``/twiml`` (its session read). The
-store's session gives botocore's parsers their blob parser (``voiceagent.aws_session``).
-The requests the event loop sends itself (item reads and writes) are looked at too, throttled
-and with their answer lost, through ``dynamodb_front`` in front of moto; and whole calls on
-the production stack (this store, Bedrock's endpoint): /twiml, turns, a barge-in, the hang-up.
+for every request through the boto3 client (table work now; every query once, one on every
+``/twiml``). The store's session gives botocore's parsers their blob
+parser (``voiceagent.aws_session``). The requests the event loop sends itself (queries, item
+reads and writes) are looked at, answered, throttled and with their answer lost (a read then
+tried again), through ``dynamodb_front`` in front of moto; and whole calls on the production
+stack (this store, Bedrock's endpoint): /twiml, turns, a barge-in, the hang-up.
 
 Not covered, and left: botocore's own retry after a connection reset (urllib3 keeps the
-error it raises in a local of the frame it raised it from), a rare path of the client's.
+error it raises in a local of the frame it raised it from), now only on table work.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ pytestmark = pytest.mark.timeout(60)
 
 async def _requests(store: DynamoDBStore, front: Front,
                     faults: dict[str, Fault] | None = None) -> None:
-    """Three rounds of a query (boto3's client), a read and a write (the loop's own), each
-    meeting its operation's fault at the front, if any: answered as a ``StoreError``, or
-    retried within the request by the client."""
+    """Three rounds of a query, a read and a write (the loop's own), each meeting its
+    operation's fault at the front, if any: answered as a ``StoreError``, or tried again
+    within the request by the client."""
     for i in range(3):
         item = {"pk": "+15555550100", "sk": str(i), "v": "x"}
         for operation, request in (("Query", partial(store.query, "+15555550100")),
@@ -67,7 +68,8 @@ async def _requests(store: DynamoDBStore, front: Front,
 CASES = {
     "answered": None,
     "throttled": {"Query": Fault.THROTTLE, "GetItem": Fault.THROTTLE, "PutItem": Fault.THROTTLE},
-    "answer lost": {"GetItem": Fault.LOSE_ANSWER, "PutItem": Fault.LOSE_ANSWER},
+    "answer lost": {"Query": Fault.LOSE_ANSWER, "GetItem": Fault.LOSE_ANSWER,
+                    "PutItem": Fault.LOSE_ANSWER},
 }
 
 

@@ -6,7 +6,8 @@ condition. Each such write had one attempt: a throttled claim of a session minte
 refused as "the store unavailable" (Twilio's reconnect the only way on), and a claim that
 had landed, its answer lost, was refused too, its token spent in the store for nobody. The
 store decides within SESSION_WRITE_S: the write is tried again, and a resent write of an
-item already there counts as won only when that item is its own (the claim's nonce).
+item already there counts as won only when that item is its own (the claim's nonce). And
+``/twiml``'s reads, faulted once: tried a second time, as botocore's client tried them.
 """
 
 from __future__ import annotations
@@ -153,6 +154,40 @@ async def test_a_resent_claim_that_lost_to_another_process_stays_lost(two: Two) 
     assert two.front.seen.count(("PutItem", Fault.LOSE_ANSWER)) == 1
     with pytest.raises(CallRejected, match="does not match"):
         await two.sessions_b.resolve(_setup(session.token))
+
+
+READ_FAULTS = [(Fault.THROTTLE, True), (Fault.LOSE_ANSWER, False)]
+READ_FAULT_IDS = ["throttled", "answer-lost-on-a-new-connection"]
+
+
+@pytest.mark.parametrize("operation", ["Query", "GetItem"])
+@pytest.mark.parametrize(("fault", "two"), READ_FAULTS, ids=READ_FAULT_IDS, indirect=["two"])
+async def test_a_twiml_whose_read_meets_one_fault_prepares_its_session(
+        two: Two, fault: Fault, operation: str) -> None:
+    """``/twiml`` reads before it answers: whether the CallSid was answered before (a Query)
+    and the caller's profile (a GetItem). Each had one attempt from the event loop, and one
+    throttled or lost session check refused the call (Twilio plays its error to the caller).
+    Tried again, it is decided by the table, the caller known."""
+    with trio.fail_after(30):
+        two.front.faults[operation].append(fault)
+        minted = await two.sessions_b.prepare(FORM)
+        stored = await _stored(two.a)
+    assert stored["token"] == minted.token
+    assert minted.profile is not None
+    assert two.front.seen.count((operation, fault)) == 1
+    assert two.front.seen.count((operation, None)) >= 1          # the second try, answered
+
+
+async def test_a_twiml_whose_session_check_fails_twice_refuses_the_call(two: Two) -> None:
+    """Two tries, as botocore's client gave it: a store that stays unanswering is an error
+    ``/twiml`` answers with, not a call prepared on a guess."""
+    with trio.fail_after(30):
+        two.front.faults["Query"].extend([Fault.THROTTLE] * 2)
+        with pytest.raises(StoreError, match="ProvisionedThroughputExceeded"):
+            await two.sessions_b.prepare(FORM)
+        assert await two.b.get(CALL_SID, records.SESSION_SK) is None
+    assert [seen for seen in two.front.seen if seen[0] == "Query"] == [
+        ("Query", Fault.THROTTLE)] * 2
 
 
 @pytest.mark.parametrize("b_drains_after_s", [None, 0.3], ids=["mark-there", "mark-late"])

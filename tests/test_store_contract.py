@@ -2,7 +2,9 @@
 particular to the SQLite file.
 
 A backend is a name in ``BACKENDS`` mapping to a factory that opens a fresh, empty store for
-one test; a DynamoDB entry (moto's server mode on 127.0.0.1, a table per test) slots in there.
+one test. DynamoDB (moto's server mode on 127.0.0.1, a table per test) is there twice: every
+request through boto3's client, and as ``open_dynamodb_store`` makes it, the item requests
+from the event loop (``dynamodb_http``).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from typing import Any
 
 import pytest
 import trio
+from botocore.credentials import Credentials
 
-from tests.dynamodb_support import open_test_table, shared_moto, stop_shared_moto
+from tests.dynamodb_support import REGION, open_test_table, shared_moto, stop_shared_moto
 from tests.server_harness import make_settings
 from tests.store_contract import CHECKS, Check
 from voiceagent.app.runtime import open_runtime
+from voiceagent.aws_http import USER_AGENT, ConnectionPool, Endpoint, Signer
 from voiceagent.errors import StoreError, StoreRejected
 from voiceagent.store.base import (
     MAX_CONTAINERS,
@@ -29,6 +33,8 @@ from voiceagent.store.base import (
     check_item_size,
     item_size,
 )
+from voiceagent.store.dynamodb import DynamoDBStore
+from voiceagent.store.dynamodb_http import SIGNING_NAME, DynamoDBHttp
 from voiceagent.store.sqlite import SWEEP_EVERY_S, SqliteStore, open_sqlite_store
 
 BackendFactory = Callable[[Path], AbstractAsyncContextManager[Store]]
@@ -48,7 +54,25 @@ async def _dynamodb_backend(tmp_path: Path) -> AsyncIterator[Store]:
         yield store
 
 
-BACKENDS: dict[str, BackendFactory] = {"sqlite": _sqlite_backend, "dynamodb": _dynamodb_backend}
+@asynccontextmanager
+async def _dynamodb_loop_backend(tmp_path: Path) -> AsyncIterator[Store]:
+    """The same, with the requests ``open_dynamodb_store`` sends from the event loop (writes,
+    gets, queries: ``dynamodb_http``) going that way, signed with the table's test keys."""
+    async with open_test_table(shared_moto().endpoint) as table:
+        endpoint = Endpoint.from_url(table.endpoint, REGION)
+        signer = Signer(endpoint, lambda: Credentials("testing", "testing"), None, USER_AGENT,
+                        signing_name=SIGNING_NAME)
+        pool = ConnectionPool(endpoint, connect_timeout_s=2.0, max_idle=4, ssl_context=None)
+        http = DynamoDBHttp(pool, signer, read_timeout_s=4.0)
+        try:
+            yield DynamoDBStore(table.table_name, table._client,
+                                limiter=trio.CapacityLimiter(4), http=http)
+        finally:
+            http.close()
+
+
+BACKENDS: dict[str, BackendFactory] = {"sqlite": _sqlite_backend, "dynamodb": _dynamodb_backend,
+                                       "dynamodb-loop": _dynamodb_loop_backend}
 
 
 @pytest.fixture(scope="session", autouse=True)

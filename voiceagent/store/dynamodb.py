@@ -6,14 +6,15 @@ and ``voiceagent store init`` (``ensure_table``) creates the same one anywhere.
 
 One low-level client per process (botocore's, which boto3's clients are), owned by the store
 (``aclose`` closes it), created with ``open_dynamodb_store`` from the botocore session the
-runtime shares with the model, when it has one (``open_runtime``). Queries and table work run
+runtime shares with the model, when it has one (``open_runtime``). Table work and deletes run
 in a worker thread through ``run_blocking`` and the limiter the owner passes in; the client's
-connection pool is sized to that limiter. Writes (every message of every call) and single-item
-reads (every call's profile) go from the event loop instead, through ``dynamodb_http`` (why:
-there), when the store was opened with ``open_dynamodb_store``; a store built around a bare
-client uses it for everything. The endpoint and credentials come from the standard AWS
-variables and files, which boto3 reads itself (``AWS_ENDPOINT_URL_DYNAMODB`` points it at
-DynamoDB Local or moto), and the loop's requests go where the client would.
+connection pool is sized to that limiter. Writes (every message of every call), single-item
+reads (every call's profile) and queries (every call's session check in ``/twiml``, histories)
+go from the event loop instead, through ``dynamodb_http`` (why: there), when the store was
+opened with ``open_dynamodb_store``; a store built around a bare client uses it for everything.
+The endpoint and credentials come from the standard AWS variables and files, which boto3 reads
+itself (``AWS_ENDPOINT_URL_DYNAMODB`` points it at DynamoDB Local or moto), and the loop's
+requests go where the client would.
 
 Values: callers hand in and get back plain JSON-like values. Numbers travel as Decimal and
 come back as ``int`` when whole and ``float`` otherwise (DynamoDB keeps no number type, so a
@@ -38,7 +39,6 @@ from functools import partial
 from typing import Any
 
 import trio
-from boto3.dynamodb.types import TypeDeserializer
 
 from voiceagent.aws_session import StartupSession
 from voiceagent.errors import SettingsError, StoreError, StorePartlyWritten, StoreRejected
@@ -59,6 +59,7 @@ from voiceagent.store.dynamodb_http import DynamoDBHttp
 from voiceagent.store.dynamodb_values import (
     Encoded,
     Key,
+    WireDeserializer,
     batches,
     condition_failed_item,
     error_code,
@@ -89,7 +90,7 @@ class DynamoDBStore(DynamoDBCalls, TableAdmin):
         self._client = client
         self._http = http               # writes and gets from the loop; None: the client
         self._limiter = limiter
-        self._deserializer = TypeDeserializer()
+        self._deserializer = WireDeserializer()
         self._closed = False
 
     @property
@@ -252,8 +253,11 @@ class DynamoDBStore(DynamoDBCalls, TableAdmin):
         while True:
             if limit is not None:
                 request["Limit"] = limit - len(items)
-            page = await self._call(operation, partial(self._client.query, **request),
-                                    read=True)
+            if self._http is not None:      # every call's /twiml (its session) and history
+                page = await self._call_http(operation, "Query", request, (), read=True)
+            else:
+                page = await self._call(operation, partial(self._client.query, **request),
+                                        read=True)
             items.extend(self._decode(found) for found in page.get("Items", []))
             request["ExclusiveStartKey"] = page.get("LastEvaluatedKey")
             if request["ExclusiveStartKey"] is None or (limit is not None

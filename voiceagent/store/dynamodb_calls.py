@@ -5,11 +5,19 @@ Apart from ``dynamodb.py``, which says what each ``Store`` operation asks of the
 module is how a request goes and what its failure means (``StoreError`` for what may pass,
 ``StoreRejected`` for what never will), the same for the item calls and the table calls
 (``TableAdmin``). Mixed into ``DynamoDBStore``.
+
+A read from the loop is tried a second time when its failure may pass (throttled, a 5xx, the
+connection lost or silent, credentials renewed), as botocore's client tries every request
+(``TOTAL_MAX_ATTEMPTS``): ``/twiml`` refuses a call whose session read fails, and a single
+throttled read would otherwise cost a caller their call. Writes are not: the write-behind
+tries them again on its own schedule, and a caller waiting on a write has a deadline for it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import random
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -29,11 +37,18 @@ from voiceagent.aws_http import ConnectTimeout
 from voiceagent.errors import StoreError, StoreRejected
 from voiceagent.net import ProxyRefused
 from voiceagent.store.dynamodb_admin import store_error
-from voiceagent.store.dynamodb_http import DynamoDBHttp, DynamoDBHttpError
+from voiceagent.store.dynamodb_http import RENEW_CREDENTIALS, DynamoDBHttp, DynamoDBHttpError
 from voiceagent.store.dynamodb_values import Key, error_code, where
 from voiceagent.threads import run_blocking
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+
+READ_ATTEMPTS = 2                   # botocore's client too (``dynamodb_client.TOTAL_MAX_ATTEMPTS``)
+READ_RETRY_DELAY_S = 0.05           # times a factor in [0.5, 1]: a caller is waiting on it
+THROTTLED = frozenset({"ProvisionedThroughputExceededException", "ThrottlingException",
+                       "RequestLimitExceeded", "TransactionInProgressException"})
 
 
 class _StoreParts(Protocol):
@@ -85,7 +100,23 @@ class DynamoDBCalls(_StoreParts):
         write in a thread would; a read is abandoned (its connection closed). A caller's
         deadline still ends a write's attempt: ``write_now``'s 2 s for a session became the
         attempt's 4 s read timeout, or ~10 s with a dead kept-alive connection, under a
-        stalled DynamoDB (``/twiml`` and ``/action`` wait on it, and Twilio on them)."""
+        stalled DynamoDB (``/twiml`` and ``/action`` wait on it, and Twilio on them). A
+        read whose failure may pass is tried once more (see the module docstring)."""
+        if not read:
+            return await self._attempt_http(operation, target, payload, keys, read=False)
+        for _ in range(READ_ATTEMPTS - 1):
+            try:
+                return await self._attempt_http(operation, target, payload, keys, read=True)
+            except StoreError as err:
+                if not may_pass(err.__cause__):
+                    raise
+                log.info("dynamodb read failed, trying it again", extra={
+                    "operation": operation, "error": describe_failure(err.__cause__)})
+            await trio.sleep(READ_RETRY_DELAY_S * random.uniform(0.5, 1.0))
+        return await self._attempt_http(operation, target, payload, keys, read=True)
+
+    async def _attempt_http(self, operation: str, target: str, payload: dict[str, Any],
+                            keys: Sequence[Key], *, read: bool) -> dict[str, Any]:
         if self._closed or self._http is None:
             raise StoreError(f"dynamodb {operation} on {self.table_name}: the store is closed")
         deadline = math.inf if read else trio.current_effective_deadline()
@@ -124,3 +155,26 @@ class DynamoDBCalls(_StoreParts):
     def _error(self, operation: str, code: str | None, message: str, keys: Sequence[Key]
                ) -> StoreError:
         return store_error(self.table_name, self.endpoint, operation, code, message, keys)
+
+
+def may_pass(cause: BaseException | None) -> bool:
+    """Whether a loop request's failure may not happen again at once: DynamoDB throttled
+    it, failed on its side (5xx, a proxy's page for one), or called the credentials expired
+    (``DynamoDBHttp`` has renewed them); or the connection failed, or answered nothing in
+    time, or a proxy failed on its side. Not: DynamoDB refusing the request, the table
+    missing, access denied, no credentials, a certificate not trusted, a proxy refusing us."""
+    if isinstance(cause, DynamoDBHttpError):
+        return cause.status >= 500 or cause.code in THROTTLED or cause.code in RENEW_CREDENTIALS
+    if isinstance(cause, ProxyRefused):
+        return cause.status >= 500          # not 407: the proxy wants credentials
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return False
+    return isinstance(cause, OSError | ssl.SSLError | h11.ProtocolError | ConnectTimeout
+                      | trio.TooSlowError | trio.BrokenResourceError)
+
+
+def describe_failure(cause: BaseException | None) -> str:
+    """For the log: DynamoDB's code, or the exception's type (never a payload)."""
+    if isinstance(cause, DynamoDBHttpError):
+        return cause.code
+    return type(cause).__name__

@@ -1,7 +1,7 @@
-"""DynamoDB's writes and single-item reads on the event loop, over the connections and the
-signer the model uses.
+"""DynamoDB's writes and reads on the event loop, over the connections and the signer the model
+uses.
 
-Why not boto3 in a worker thread, as queries still go: botocore spends ~2.5 ms of CPU on
+Why not boto3 in a worker thread, as table work still goes: botocore spends ~2.5 ms of CPU on
 each request (parameter validation, serialisation, signing, urllib3, parsing), and it spends
 it holding the GIL in a thread the event loop then has to win the GIL back from, up to a
 switch interval (5 ms) each time the loop wakes. Measured with the gate shape of
@@ -14,7 +14,8 @@ done in the loop's own time between other work, with no hand-off.
 The protocol: DynamoDB's JSON 1.0, ``POST /`` with ``X-Amz-Target: DynamoDB_20120810.<Op>`` and
 the operation's input as botocore sends it (attribute values already typed: ``{"S": ...}``,
 ``{"N": "12"}``); an error is a 4xx/5xx whose JSON names it in ``__type`` (after the ``#``) and
-``message``. The body's CRC32 (``x-amz-crc32``) is checked, as botocore does. The parts are the
+``message``. A binary attribute value comes as its base64 text (``WireDeserializer`` decodes
+it). The body's CRC32 (``x-amz-crc32``) is checked, as botocore does. The parts are the
 model's (``voiceagent.aws_http`` and ``voiceagent.net``): h11, the standard library's TLS with
 the CA bundle botocore would use, HTTPS_PROXY / NO_PROXY, a LIFO pool of kept-alive
 connections; botocore's SigV4 with the credentials of boto3's standard chain, renewed when
@@ -46,7 +47,10 @@ from voiceagent.errors import SettingsError
 TARGET_PREFIX = "DynamoDB_20120810"
 CONTENT_TYPE = "application/x-amz-json-1.0"
 SIGNING_NAME = "dynamodb"
-MAX_RESPONSE_BYTES = 4 * 1024 * 1024      # a write's answer is small; a read's at most ~1 MB
+# A write's answer is small; a Query's page holds at most 1 MB of items as DynamoDB counts
+# them, and up to ~7 times that as JSON (a control character is a 6-character escape; a null
+# in a list counts 2 bytes and is sent as 14)
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 TOO_LARGE = "RequestEntityTooLarge"         # HTTP 413, from a proxy on the way: permanent
 
 
@@ -76,7 +80,7 @@ class DynamoDBHttp:
     async def call(self, operation: str, payload: dict[str, Any]) -> dict[str, Any]:
         """One request; its answer as JSON. A reused connection that turns out dead before
         any answer arrived is replaced once (the request is sent again, as urllib3 does: the
-        requests sent this way are idempotent puts and gets)."""
+        requests sent this way are idempotent puts and reads)."""
         body = json.dumps(payload, separators=(",", ":")).encode()
         headers = await self._signer.headers(self._path, body, {
             "Content-Type": CONTENT_TYPE, "X-Amz-Target": f"{TARGET_PREFIX}.{operation}"})

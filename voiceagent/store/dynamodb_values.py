@@ -4,12 +4,13 @@ both stores refuse by)."""
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from boto3.dynamodb.types import DYNAMODB_CONTEXT
+from boto3.dynamodb.types import DYNAMODB_CONTEXT, Binary, TypeDeserializer
 from botocore.exceptions import ClientError
 
 from voiceagent.errors import StoreRejected
@@ -109,8 +110,20 @@ def _key_refused(kind: str) -> _Refused:
                     "be strings")
 
 
+class WireDeserializer(TypeDeserializer):  # type: ignore[misc]
+    """boto3's, for answers from either path: the loop's (``dynamodb_http``) carry a binary
+    value as the base64 text on the wire, which botocore's client decodes before boto3's
+    deserializer sees it (and which that deserializer refuses). Our items hold none; an item
+    another program wrote in the table may."""
+
+    def _deserialize_b(self, value: Any) -> Binary:
+        return super()._deserialize_b(base64.b64decode(value) if isinstance(value, str)
+                                      else value)
+
+
 def plain(value: Any) -> Any:
-    """DynamoDB's values as plain Python: Decimal -> int or float, sets -> sorted lists."""
+    """DynamoDB's values as plain Python: Decimal -> int or float, sets -> sorted lists;
+    binary values stay boto3's ``Binary``."""
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, dict):
@@ -118,8 +131,13 @@ def plain(value: Any) -> Any:
     if isinstance(value, list):
         return [plain(element) for element in value]
     if isinstance(value, set | frozenset):
-        return sorted(plain(element) for element in value)
+        return sorted((plain(element) for element in value), key=_set_order)
     return value
+
+
+def _set_order(element: Any) -> Any:
+    """A binary set's elements have no order of their own (another program's items)."""
+    return element.value if isinstance(element, Binary) else element
 
 
 def error_code(err: BaseException | None) -> str:
