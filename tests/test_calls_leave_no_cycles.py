@@ -19,9 +19,11 @@ objects a request.
 from __future__ import annotations
 
 import gc
+import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -273,4 +275,27 @@ async def test_a_failure_in_a_worker_thread_leaves_no_cycle() -> None:
                 await run_blocking(fails, limiter=limiter, abandon_on_cancel=abandon_on_cancel)
             assert raised.traceback[-1].name == "fails"     # where it was raised, still shown
             del raised
+    assert garbage == []
+
+
+async def test_a_worker_thread_abandoned_that_fails_later_leaves_no_cycle() -> None:
+    """A blocking tool cut by a barge-in or its time limit runs on in its thread; when it
+    then failed, its outcome went into the hand-over nobody took it from, which the thread's
+    frames held, linked to the error's traceback."""
+    go = threading.Event()
+
+    def fails_later() -> None:
+        go.wait(10)
+        raise ConnectionResetError("reset by peer")
+
+    limiter = trio.CapacityLimiter(1)
+    with trio.fail_after(10), _cyclic_garbage() as garbage:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(run_blocking, fails_later, limiter=limiter,
+                                       abandon_on_cancel=True))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        go.set()
+        async with limiter:             # the thread's token: given back once it has ended
+            pass
     assert garbage == []
