@@ -170,6 +170,11 @@ async def measure(calls: int, turns: int, top: int, settings: dict[str, Any],
                 assert isinstance(llm, BedrockLLM)
                 streams = llm.limiter   # a token a stream (the warm call's may have ended)
                 while streams.borrowed_tokens < calls:
+                    failed = llm.statistics().errors_by_code
+                    if failed:          # that turn never waits: this loop would, for ever
+                        raise SystemExit(f"a turn's model stream failed ({dict(failed)}), so "
+                                         "not every turn is in flight; run it again, or "
+                                         "with fewer --calls (tracing slows the server)")
                     await trio.testing.wait_all_tasks_blocked(0.01)
                 now, flight_sites = await settled()
                 show("a turn in flight", now)

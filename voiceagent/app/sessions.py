@@ -54,12 +54,14 @@ import trio
 import voiceagent.store.records as records
 from actors.call import CallPlan, CallRejected
 from actors.messages import Setup
+from voiceagent.app.action_reads import ANSWER_S
 from voiceagent.app.saved_history import SavedHistory, saved_history
 from voiceagent.app.session_claims import SESSION_WRITE_S, SessionClaims
 from voiceagent.app.session_offers import SessionOffers
 from voiceagent.app.socket_marks import SOCKET_CLOSED_GRACE_S, SocketMarks
 from voiceagent.app.spent_tokens import SpentTokens, matches, minted_elsewhere
 from voiceagent.catalog import Catalog
+from voiceagent.errors import StoreError
 from voiceagent.llm import scripted
 from voiceagent.logs import call_sid_var, mask_phone
 from voiceagent.settings import Settings
@@ -76,6 +78,11 @@ TOKEN_PARAMETER = "sessionToken"
 # after SESSION_WRITE_S and queues it, and the queue's write takes as long again: at ~1.5 s,
 # writes of 3 s refused the socket just before its session landed.
 MINTED_ELSEWHERE_WAITS_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0)
+# /twiml's reads (whether the CallSid was answered before, the caller's profile, the use
+# case) end by this, which leaves the session's write its SESSION_WRITE_S before the answer
+# is due (``action_reads.ANSWER_S``). A DynamoDB read may take two tries of its 4 s read
+# timeout: with the store stalled, the reads alone ran past Twilio's 15 s.
+PREPARE_READS_S = ANSWER_S - SESSION_WRITE_S
 # A socket that keeps failing must not keep the caller in a loop: at most this many fresh
 # relay sessions per call, counted in its session item (its generation), so across processes.
 MAX_RECONNECTS = 3
@@ -126,12 +133,19 @@ class Sessions:
 
     async def prepare(self, form: Mapping[str, str]) -> records.CallSession:
         """Build the session for Twilio's call webhook (form fields CallSid, From, To).
-        Raises ``SessionExists`` for a CallSid already prepared, here or in the store."""
+        Raises ``SessionExists`` for a CallSid already prepared, here or in the store;
+        ``StoreError`` when the store cannot tell, or not by PREPARE_READS_S."""
         call_sid, caller, called = form["CallSid"], form.get("From", ""), form.get("To", "")
         self._offers.forget_stale()
-        if call_sid in self._offers or call_sid in self._live or await self._seen(call_sid):
-            raise SessionExists(call_sid)
-        session = await self._build(call_sid, caller, called, token=secrets.token_urlsafe(18))
+        with trio.move_on_after(PREPARE_READS_S) as reads:      # a read is abandoned
+            if (call_sid in self._offers or call_sid in self._live
+                    or await self._seen(call_sid)):
+                raise SessionExists(call_sid)
+            session = await self._build(call_sid, caller, called,
+                                        token=secrets.token_urlsafe(18))
+        if reads.cancelled_caught:
+            raise StoreError(f"the store did not answer the call's reads within "
+                             f"{PREPARE_READS_S:g} s (Twilio gives up on /twiml at 15 s)")
         if call_sid in self._offers or call_sid in self._live:      # raced while building
             raise SessionExists(call_sid)
         if not await self._offer(session, resumes=False):   # another process's answer stands
