@@ -36,7 +36,7 @@ from tests.proxy_support import running_proxy
 from voiceagent.errors import ModelStreamFailed, ModelThrottled, ModelUnavailable
 from voiceagent.llm.base import LLMEvent, LLMRequest, StreamEnd, TextDelta, ToolUseRequest
 from voiceagent.llm.bedrock import BedrockLLM
-from voiceagent.llm.bedrock_errors import RetryBudget
+from voiceagent.retry_quota import RetryBudget
 
 CALL_SID = "CA0123456789abcdef0123456789abcdef"
 

@@ -8,6 +8,7 @@ with SigV4 for ``dynamodb``; and the write-behind queue retries until the writes
 from __future__ import annotations
 
 import datetime
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -28,6 +29,7 @@ from tests.fake_dynamodb import (
 )
 from tests.settled_clock import jump_when_settled
 from voiceagent.errors import StoreError, StorePartlyWritten, StoreRejected, is_permanent
+from voiceagent.retry_quota import RetryBudget
 from voiceagent.store import dynamodb, write_behind
 from voiceagent.store.write_behind import WriteBehind
 
@@ -604,3 +606,30 @@ async def test_a_read_cancelled_while_it_waits_to_try_again_ends_at_once(
             assert store._limiter.borrowed_tokens == 0
     assert cancelled.cancelled_caught
     assert [r.operation for r in fake.requests] == ["Query"]
+
+
+async def test_sustained_throttling_spends_the_read_retry_quota_then_stops_retrying(
+        fake: FakeDynamoDB, records: list[logging.LogRecord]) -> None:
+    """As botocore's client: each retry takes from the store's quota and each success gives
+    back, so a store that keeps throttling is not sent every read twice. Throttling fails
+    the reads of every call alike: one line for each kind, the rest counted."""
+    throttled = Reply("error", 400, "ProvisionedThroughputExceededException")
+    fake.script.extend([throttled] * 5)
+    with trio.fail_after(10):
+        async with http_store(fake.endpoint_url) as store:
+            store._read_quota = RetryBudget(capacity=10)    # two throttled retries' worth
+            for _ in range(3):
+                with pytest.raises(StoreError, match="ProvisionedThroughputExceeded"):
+                    await store.get(PHONE, "profile")
+            assert store._read_quota.available == 0
+            assert await store.get(PHONE, "profile") is None
+            assert store._read_quota.available == 1     # a success gives one back
+    assert len(fake.requests) == 2 + 2 + 1 + 1
+    said = [r.getMessage() for r in records if r.getMessage().startswith("dynamodb read")]
+    assert said == ["dynamodb read failed, trying it again",
+                    "dynamodb read failed and the retry quota is spent: not tried again",
+                    "dynamodb reads still failing"]     # the counts, as the store closed
+    summary = records[-1].__dict__
+    assert (summary["counts"], summary["ok"], summary["stopping"]) == (
+        {"ProvisionedThroughputExceededException": 2,
+         "ProvisionedThroughputExceededException, not tried again": 1}, 1, True)

@@ -58,7 +58,7 @@ from voiceagent.errors import (
 )
 from voiceagent.llm.base import LLMEvent, LLMRequest, StreamEnd
 from voiceagent.llm.bedrock_converse import build_converse_request, history_shape
-from voiceagent.llm.bedrock_errors import RetryBudget, classify
+from voiceagent.llm.bedrock_errors import classify
 from voiceagent.llm.bedrock_http import Attempt
 from voiceagent.llm.bedrock_signing import BedrockSigner, request_body
 from voiceagent.llm.bedrock_stream import ModelStream
@@ -66,6 +66,7 @@ from voiceagent.llm.bedrock_watchdog import ReadWatchdog
 from voiceagent.llm.binding import ThinkingBindings, binds_thinking
 from voiceagent.llm.converse import converse_problems
 from voiceagent.log_episodes import Episode
+from voiceagent.retry_quota import RetryBudget
 from voiceagent.settings import Settings
 from voiceagent.threads import run_blocking
 

@@ -10,8 +10,8 @@ request's own fault (usually the history); ``credentials`` is who we are (expire
 or missing credentials, no model access): trying again cannot help, and the log says what to
 check; ``stream`` broke inside a reply; ``bug`` is ours.
 
-Retries share one per-process quota, as botocore's ``standard`` retry mode does (its own
-``RetryQuota`` class and costs): each retry takes from it, each success gives back, so under
+Retries share one per-process quota, as botocore's ``standard`` retry mode does
+(``voiceagent.retry_quota``): each retry takes from it, each success gives back, so under
 sustained throttling the process stops multiplying its load instead of tripling it.
 """
 
@@ -26,17 +26,11 @@ from dataclasses import dataclass
 import h11
 import trio
 from botocore.exceptions import BotoCoreError, NoCredentialsError
-from botocore.retries.quota import RetryQuota
 
 from voiceagent.aws_http import ConnectTimeout
 from voiceagent.llm.eventstream import ReplyError, StreamFault
 from voiceagent.logs import redact
 from voiceagent.net import ProxyRefused
-
-# botocore.retries.standard.RetryQuotaChecker's costs (private there, so restated here)
-RETRY_COST = 14
-THROTTLING_RETRY_COST = 5
-NO_RETRY_INCREMENT = 1
 
 CREDENTIALS_HINT = ("check the task role or AWS_PROFILE (`aws sso login` for an SSO profile) / "
                     "AWS_ACCESS_KEY_ID, that temporary credentials are refreshed, and the "
@@ -302,23 +296,3 @@ def _cut(message: str, limit: int, hint: str) -> str:
     if len(message) <= limit:
         return message
     return f"{message[:limit].rstrip()}… (cut from {len(message)} characters{hint})"
-
-
-class RetryBudget:
-    """The process's retry quota (botocore's ``RetryQuota``, its standard-mode costs)."""
-
-    def __init__(self, capacity: int = RetryQuota.INITIAL_CAPACITY) -> None:
-        self._quota = RetryQuota(capacity)
-
-    @property
-    def available(self) -> int:
-        return int(self._quota.available_capacity)
-
-    def take(self, failure: Failure) -> int:
-        """The cost of retrying after ``failure``, taken from the quota; 0 if it is spent."""
-        cost = THROTTLING_RETRY_COST if failure.kind == "throttled" else RETRY_COST
-        return cost if self._quota.acquire(cost) else 0
-
-    def succeeded(self, taken: int) -> None:
-        """A call succeeded after retries that took ``taken`` (0: none)."""
-        self._quota.release(taken or NO_RETRY_INCREMENT)

@@ -2,7 +2,7 @@
 after each failure, to try again or to raise.
 
 Retries happen only while nothing reached the caller: bounded in number, jittered, within a
-latency budget and within the process's retry quota (``bedrock_errors.RetryBudget``). A start
+latency budget and within the process's retry quota (``retry_quota.RetryBudget``). A start
 that stalled (no output within the first-event timeout) is tried again once although the
 budget is spent, on a new connection, and that attempt is given the whole read timeout to
 begin: a lost request or a stuck host answers at once then, while a model that is merely
@@ -266,7 +266,7 @@ class ModelStream(trio.abc.ReceiveChannel[LLMEvent]):
         if (not restart
                 and trio.current_time() - self._opened_at + delay > backend.retry_budget_s):
             return None
-        cost = backend.retry_quota.take(failure)
+        cost = backend.retry_quota.take(throttled=failure.kind == "throttled")
         if not cost:
             backend.failing.note("retry quota spent", "bedrock retry quota spent: not retried",
                                  code=failure.code)

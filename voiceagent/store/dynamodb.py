@@ -42,6 +42,8 @@ import trio
 
 from voiceagent.aws_session import StartupSession
 from voiceagent.errors import SettingsError, StoreError, StorePartlyWritten, StoreRejected
+from voiceagent.log_episodes import Episode
+from voiceagent.retry_quota import RetryBudget
 from voiceagent.settings import Settings
 from voiceagent.store.base import (
     INDEX_NAME,
@@ -92,6 +94,10 @@ class DynamoDBStore(DynamoDBCalls, TableAdmin):
         self._limiter = limiter
         self._deserializer = WireDeserializer()
         self._closed = False
+        self._read_quota = RetryBudget()     # the loop's reads (``dynamodb_calls``)
+        self._read_faults = Episode(log, lasts="dynamodb reads still failing",
+                                    ended="dynamodb reads answered again", level=logging.INFO,
+                                    state=lambda: {"retry_quota": self._read_quota.available})
 
     @property
     def endpoint(self) -> str:
@@ -200,6 +206,7 @@ class DynamoDBStore(DynamoDBCalls, TableAdmin):
         if self._closed:
             return
         self._closed = True
+        self._read_faults.close()
         if self._http is not None:
             self._http.close()
         with trio.CancelScope(shield=True):

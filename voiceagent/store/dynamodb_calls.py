@@ -9,8 +9,12 @@ module is how a request goes and what its failure means (``StoreError`` for what
 A read from the loop is tried a second time when its failure may pass (throttled, a 5xx, the
 connection lost or silent, credentials renewed), as botocore's client tries every request
 (``TOTAL_MAX_ATTEMPTS``): ``/twiml`` refuses a call whose session read fails, and a single
-throttled read would otherwise cost a caller their call. Writes are not: the write-behind
-tries them again on its own schedule, and a caller waiting on a write has a deadline for it.
+throttled read would otherwise cost a caller their call. Within the store's retry quota, as
+botocore's (``voiceagent.retry_quota``): in an outage the reads stop doubling the load.
+The retries are logged as an episode (the first of each kind, then counts a minute), since
+throttling fails the reads of every call alike. Writes are not tried again here: the
+write-behind tries them on its own schedule, and a caller waiting on a write has a deadline
+for it.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ from botocore.exceptions import (
 
 from voiceagent.aws_http import ConnectTimeout
 from voiceagent.errors import StoreError, StoreRejected
+from voiceagent.log_episodes import Episode
 from voiceagent.net import ProxyRefused
+from voiceagent.retry_quota import RetryBudget
 from voiceagent.store.dynamodb_admin import store_error
 from voiceagent.store.dynamodb_http import RENEW_CREDENTIALS, DynamoDBHttp, DynamoDBHttpError
 from voiceagent.store.dynamodb_values import Key, error_code, where
@@ -58,6 +64,8 @@ class _StoreParts(Protocol):
     _http: DynamoDBHttp | None
     _limiter: trio.CapacityLimiter
     _closed: bool
+    _read_quota: RetryBudget
+    _read_faults: Episode
 
     @property
     def endpoint(self) -> str: ...
@@ -104,16 +112,34 @@ class DynamoDBCalls(_StoreParts):
         read whose failure may pass is tried once more (see the module docstring)."""
         if not read:
             return await self._attempt_http(operation, target, payload, keys, read=False)
+        taken = 0
         for _ in range(READ_ATTEMPTS - 1):
             try:
-                return await self._attempt_http(operation, target, payload, keys, read=True)
+                answer = await self._attempt_http(operation, target, payload, keys, read=True)
             except StoreError as err:
                 if not may_pass(err.__cause__):
                     raise
-                log.info("dynamodb read failed, trying it again", extra={
-                    "operation": operation, "error": describe_failure(err.__cause__)})
+                kind = describe_failure(err.__cause__)
+                taken = self._read_quota.take(throttled=kind in THROTTLED)
+                if not taken:
+                    self._read_faults.note(f"{kind}, not tried again", "dynamodb read failed "
+                                           "and the retry quota is spent: not tried again",
+                                           level=logging.WARNING, operation=operation,
+                                           error=kind)
+                    raise
+                self._read_faults.note(kind, "dynamodb read failed, trying it again",
+                                       operation=operation, error=kind)
+            else:
+                self._read_answered(0)
+                return answer
             await trio.sleep(READ_RETRY_DELAY_S * random.uniform(0.5, 1.0))
-        return await self._attempt_http(operation, target, payload, keys, read=True)
+        answer = await self._attempt_http(operation, target, payload, keys, read=True)
+        self._read_answered(taken)
+        return answer
+
+    def _read_answered(self, taken: int) -> None:
+        self._read_quota.succeeded(taken)
+        self._read_faults.succeeded()
 
     async def _attempt_http(self, operation: str, target: str, payload: dict[str, Any],
                             keys: Sequence[Key], *, read: bool) -> dict[str, Any]:
