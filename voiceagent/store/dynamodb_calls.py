@@ -47,8 +47,6 @@ from voiceagent.store.dynamodb_http import RENEW_CREDENTIALS, DynamoDBHttp, Dyna
 from voiceagent.store.dynamodb_values import Key, error_code, where
 from voiceagent.threads import run_blocking
 
-log = logging.getLogger(__name__)
-
 T = TypeVar("T")
 
 READ_ATTEMPTS = 2                   # botocore's client too (``dynamodb_client.TOTAL_MAX_ATTEMPTS``)
