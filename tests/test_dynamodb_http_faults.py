@@ -507,8 +507,8 @@ async def read_back(store: dynamodb.DynamoDBStore, operation: str) -> Any:
 
 
 def read_back_as_written(operation: str) -> Any:
-    return item("chat::1", text="hi") if operation == "GetItem" else [item("chat::1",
-                                                                            text="hi")]
+    written = item("chat::1", text="hi")
+    return written if operation == "GetItem" else [written]
 
 
 @pytest.mark.parametrize("operation", ["GetItem", "Query"])
