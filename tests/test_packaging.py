@@ -398,7 +398,9 @@ def test_ci_installs_the_dev_lock_with_hashes_then_the_project_alone() -> None:
     for arguments in installs:
         assert ("--require-hashes" in arguments or "--no-deps" in arguments
                 or arguments[-2:] == ["--upgrade", "pip"]), arguments
-    assert commands[-3:] == ["ruff check .", "mypy", "python -m pytest -q"]
+    # the suite on both cores (pytest-xdist), and the very command the README gives
+    assert commands[-3:] == ["ruff check .", "mypy", "python -m pytest -q -n 2"]
+    assert f"`{commands[-1]}`" in (ROOT / "README.md").read_text()
 
 
 def test_ci_fills_the_wheelhouse_before_the_tests_so_they_stay_offline() -> None:
