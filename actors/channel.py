@@ -203,6 +203,12 @@ class Sender(_End, trio.abc.SendChannel[T]):
         self._channel._waiting.append(parked)
         await trio.lowlevel.wait_task_rescheduled(parked.abort)
 
+    def reader_waiting(self) -> bool:
+        """Whether the reader waits, so the next value sent is the next one it reads (it
+        waits only with nothing buffered). ``trio.MemorySendChannel.statistics`` says as much
+        with ``tasks_waiting_receive`` and ``current_buffer_used``."""
+        return self._channel._receiving is not None
+
     @enable_ki_protection
     def clone(self) -> Sender[T]:
         if self._closed:

@@ -19,6 +19,7 @@ import trio
 from hypercorn.protocol.ws_stream import WSStream
 
 from actors import relay_reader
+from actors.channel import Channel, Receiver, Sender
 from actors.messages import Inbound, Interrupt
 from actors.turn_slot import CutMarks
 from tests.fakes import MemorySocket
@@ -33,9 +34,17 @@ PROMPT = '{"type":"prompt","voicePrompt":"please do not interrupt","lang":"en-US
 
 
 Put = Callable[[dict[str, Any]], Awaitable[None]]
+Queue = tuple[Sender[Any] | trio.MemorySendChannel[Any],
+              Receiver[Any] | trio.MemoryReceiveChannel[Any]]
+# the two queues hypercorn may hand frames through: trio's own channel, and ours
+# (``voiceagent/app/asgi_queue.py`` puts it there for the releases it knows)
+QUEUES = pytest.mark.parametrize("open_queue", [
+    pytest.param(lambda: trio.open_memory_channel[dict[str, Any]](10), id="trio"),
+    pytest.param(lambda: Channel[dict[str, Any]](10).ends(), id="ours")])
 
 
-def _put(queue: trio.MemorySendChannel[Any], looked: list[str], *, fails: bool = False) -> Put:
+def _put(queue: Sender[Any] | trio.MemorySendChannel[Any], looked: list[str], *,
+         fails: bool = False) -> Put:
     """The put hypercorn's stream makes of the app's queue (``FirstLook``), with a look that
     notes what it is shown."""
     def look(text: str) -> None:
@@ -46,8 +55,10 @@ def _put(queue: trio.MemorySendChannel[Any], looked: list[str], *, fails: bool =
     return first_look.looking_put(queue, {"type": "websocket", first_look.SCOPE_KEY: look})
 
 
-async def test_a_frame_is_looked_at_only_when_the_reader_waits_with_nothing_ahead() -> None:
-    send, receive = trio.open_memory_channel[dict[str, Any]](10)
+@QUEUES
+async def test_a_frame_is_looked_at_only_when_the_reader_waits_with_nothing_ahead(
+        open_queue: Callable[[], Queue]) -> None:
+    send, receive = open_queue()
     looked: list[str] = []
     put = _put(send, looked)
     got: list[str] = []
@@ -79,7 +90,7 @@ async def test_a_frame_is_looked_at_only_when_the_reader_waits_with_nothing_ahea
         await trio.testing.wait_all_tasks_blocked()
         # the reader is still handling that frame: the interrupt waits in the queue, in order
         assert got == [PROMPT, PROMPT, PROMPT]
-        assert send.statistics().current_buffer_used == 1
+        assert not first_look.reader_waiting(send)
         busy.set()
         await trio.testing.wait_all_tasks_blocked()
         assert got[-1] == INTERRUPT
@@ -93,9 +104,10 @@ async def test_a_frame_is_looked_at_only_when_the_reader_waits_with_nothing_ahea
         nursery.cancel_scope.cancel()
 
 
+@QUEUES
 async def test_a_look_that_fails_is_logged_and_its_frame_still_queued(
-        caplog: pytest.LogCaptureFixture) -> None:
-    send, receive = trio.open_memory_channel[dict[str, Any]](10)
+        open_queue: Callable[[], Queue], caplog: pytest.LogCaptureFixture) -> None:
+    send, receive = open_queue()
     looked: list[str] = []
     put = _put(send, looked, fails=True)
     async with trio.open_nursery() as nursery:
@@ -105,7 +117,8 @@ async def test_a_look_that_fails_is_logged_and_its_frame_still_queued(
             await put({"type": "websocket.receive", "text": INTERRUPT})
     assert looked == [INTERRUPT]
     assert [r.getMessage() for r in caplog.records] == ["a frame's first look failed"]
-    assert send.statistics().current_buffer_used == 0     # the waiting reader took it
+    with pytest.raises(trio.WouldBlock):                 # the waiting reader took it
+        receive.receive_nowait()
 
 
 async def test_an_interrupt_cut_ahead_is_not_cut_again_when_read() -> None:

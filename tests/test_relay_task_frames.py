@@ -38,6 +38,15 @@ def _chain(task: trio.lowlevel.Task) -> list[str]:
     return names
 
 
+def relay_chain() -> list[str]:
+    """The await chain of the one relay socket's task in this run."""
+    root = trio.lowlevel.current_root_task()
+    chains = [_chain(task) for nursery in root.child_nurseries for task in _tasks(nursery)]
+    relay = [chain for chain in chains if "relay" in chain]
+    assert len(relay) == 1, chains
+    return relay[0]
+
+
 async def test_a_connected_call_awaits_through_no_routing_wrapper(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with agent_server(SOURCE_CONFIG, use_case="restaurantOrderingUseCase",
@@ -45,10 +54,6 @@ async def test_a_connected_call_awaits_through_no_routing_wrapper(tmp_path: Path
             async with agent.call() as call:
                 assert (await call.say("When are you open?")).text
                 await trio.testing.wait_all_tasks_blocked(0.05)
-                root = trio.lowlevel.current_root_task()
-                chains = [_chain(task) for nursery in root.child_nurseries
-                          for task in _tasks(nursery)]
-                relay = [chain for chain in chains if "relay" in chain]
-                assert len(relay) == 1, chains
-                wrappers = [name for name in relay[0] if name.endswith("<locals>.asgi")]
-                assert wrappers == ["interrupts_escape.<locals>.asgi"], relay[0]
+                relay = relay_chain()
+                wrappers = [name for name in relay if name.endswith("<locals>.asgi")]
+                assert wrappers == ["interrupts_escape.<locals>.asgi"], relay

@@ -27,7 +27,7 @@ from hypercorn.typing import (
     Scope,
 )
 
-from voiceagent.app import connection_cycle, http1_only, ws_compression, ws_pings
+from voiceagent.app import asgi_queue, connection_cycle, http1_only, ws_compression, ws_pings
 from voiceagent.app.connection_cycle import EdgeConfig
 from voiceagent.app.ctrl_c import interrupt_alone, interrupts_escape
 from voiceagent.app.open_connections import OpenConnections
@@ -190,6 +190,7 @@ async def serve(runtime: Runtime, *, host: str, port: int,
     config.open_connections = runtime.connections = OpenConnections(
         connection_limit(runtime.settings), runtime.edge_refusals)
     connection_cycle.install()
+    asgi_queue.install()
     ws_compression.install()
     http1_only.install()
     peer_close.install()

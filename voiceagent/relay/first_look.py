@@ -29,6 +29,7 @@ import trio
 from hypercorn.protocol.events import Request
 from hypercorn.protocol.ws_stream import WSStream
 
+from actors.channel import Sender
 from voiceagent.relay import peer_close, stream_swap
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,22 @@ class FirstLook(WSStream):
         # the app's queue is made on the upgrade's request; wrapped after the
         # ``websocket.connect`` it carries, which no look is for
         if type(event) is Request and isinstance(
-                queue := getattr(self.app_put, "__self__", None), trio.MemorySendChannel):
+                queue := getattr(self.app_put, "__self__", None),
+                Sender | trio.MemorySendChannel):
             self.app_put = looking_put(queue, self.scope)
 
 
-def looking_put(queue: trio.MemorySendChannel[Any], scope: Any) -> Put:
+def reader_waiting(queue: Sender[Any] | trio.MemorySendChannel[Any]) -> bool:
+    """Whether the app waits on its queue with nothing queued ahead: the next frame put is
+    the very next one it reads. The queue is trio's (hypercorn's own) or ours
+    (``asgi_queue``)."""
+    if isinstance(queue, Sender):
+        return queue.reader_waiting()
+    queued = queue.statistics()
+    return bool(queued.tasks_waiting_receive and not queued.current_buffer_used)
+
+
+def looking_put(queue: Sender[Any] | trio.MemorySendChannel[Any], scope: Any) -> Put:
     """``queue.send``, which first shows a text frame to the scope's ``Look`` when the
     frame is the next one the queue's reader gets. A closure, not a method of the stream:
     the stream holding its own bound method would be a cycle, and every ended connection
@@ -60,15 +72,14 @@ def looking_put(queue: trio.MemorySendChannel[Any], scope: Any) -> Put:
 
     async def put_looked(message: dict[str, Any]) -> None:
         look: Look | None = scope.get(SCOPE_KEY)
-        if look is not None and (text := message.get("text")) is not None:
-            queued = queue.statistics()
-            if queued.tasks_waiting_receive and not queued.current_buffer_used:
-                try:
-                    look(text)
-                except Exception:
-                    # the read task serves the whole connection: a look that fails must not
-                    # end it; the reader reads the frame as it would have
-                    log.exception("a frame's first look failed")
+        if (look is not None and (text := message.get("text")) is not None
+                and reader_waiting(queue)):
+            try:
+                look(text)
+            except Exception:
+                # the read task serves the whole connection: a look that fails must not
+                # end it; the reader reads the frame as it would have
+                log.exception("a frame's first look failed")
         await put(message)
     return put_looked
 
