@@ -31,6 +31,7 @@ from voiceagent.app.metrics import Metrics
 from voiceagent.app.open_connections import OpenConnections
 from voiceagent.llm.bedrock import BedrockStatistics
 from voiceagent.settings import Settings
+from voiceagent.store.dynamodb_calls import ReadCounts
 from voiceagent.store.write_behind import WriteBehindStatistics
 from voiceagent.tools.registry import default_registry
 from voiceagent.usecase_relay import (
@@ -194,7 +195,7 @@ def _metrics(monkeypatch: pytest.MonkeyPatch) -> tuple[Metrics, io.StringIO]:
         calls=SimpleNamespace(active=0), draining=False,
         writer=SimpleNamespace(statistics=lambda: writer),
         llm=SimpleNamespace(statistics=lambda: bedrock), registry=default_registry(),
-        connections=OpenConnections(4))
+        connections=OpenConnections(4), store=SimpleNamespace(read_counts=ReadCounts()))
     stream = io.StringIO()
     return Metrics(runtime, emf_stream=stream), stream
 

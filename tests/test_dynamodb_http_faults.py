@@ -31,6 +31,7 @@ from tests.settled_clock import jump_when_settled
 from voiceagent.errors import StoreError, StorePartlyWritten, StoreRejected, is_permanent
 from voiceagent.retry_quota import RetryBudget
 from voiceagent.store import dynamodb, write_behind
+from voiceagent.store.dynamodb_calls import ReadCounts
 from voiceagent.store.write_behind import WriteBehind
 
 pytestmark = pytest.mark.timeout(30)
@@ -530,7 +531,9 @@ async def test_a_read_whose_failure_may_pass_is_tried_once_more(
             start = trio.current_time()
             found = await read_back(store, operation)
             waited = trio.current_time() - start
+            counts = store.read_counts
     assert found == read_back_as_written(operation)
+    assert counts == ReadCounts(retried=1, failed=0)
     assert [r.operation for r in fake.requests] == ["PutItem", operation, operation]
     assert fake.requests[1].payload == fake.requests[2].payload
     assert 0.025 <= waited <= 0.05
@@ -546,7 +549,9 @@ async def test_a_read_failing_twice_is_a_transient_error_after_two_tries(
             fake.script.extend([throttled, throttled])
             with pytest.raises(StoreError, match="ProvisionedThroughputExceeded") as caught:
                 await read_back(store, operation)
+            assert store.read_counts == ReadCounts(retried=1, failed=1)
             assert await read_back(store, operation) == read_back_as_written(operation)
+            assert store.read_counts == ReadCounts(retried=1, failed=1)
     assert not is_permanent(caught.value)
     assert [r.operation for r in fake.requests] == ["PutItem"] + [operation] * 3
 
@@ -561,6 +566,7 @@ async def test_a_read_that_would_fail_again_is_not_tried_again(
         async with http_store(fake.endpoint_url) as store:
             with pytest.raises(StoreError, match=says):
                 await store.query(PHONE)
+            assert store.read_counts == ReadCounts()       # nothing that may pass
     assert [r.operation for r in fake.requests] == ["Query"]
 
 
@@ -622,6 +628,8 @@ async def test_sustained_throttling_spends_the_read_retry_quota_then_stops_retry
                 with pytest.raises(StoreError, match="ProvisionedThroughputExceeded"):
                     await store.get(PHONE, "profile")
             assert store._read_quota.available == 0
+            # two read twice and failed, the third failed with no second try
+            assert store.read_counts == ReadCounts(retried=2, failed=3)
             assert await store.get(PHONE, "profile") is None
             assert store._read_quota.available == 1     # a success gives one back
     assert len(fake.requests) == 2 + 2 + 1 + 1

@@ -304,6 +304,7 @@ class _Observed:
     llm: Any = None
     registry: ToolRegistry = field(default_factory=default_registry)
     connections: None = None                # no server around it
+    store: Any = None                       # none of DynamoDB's read counts
 
 
 async def test_emf_counts_write_failures_once_and_model_errors_per_turn(
@@ -516,6 +517,7 @@ def test_bedrock_and_write_behind_figures_sampled_at_scrape() -> None:
     from types import SimpleNamespace
 
     from voiceagent.llm.bedrock import BedrockStatistics
+    from voiceagent.store.dynamodb_calls import ReadCounts
     from voiceagent.store.write_behind import WriteBehindStatistics
 
     bedrock = BedrockStatistics(
@@ -531,7 +533,7 @@ def test_bedrock_and_write_behind_figures_sampled_at_scrape() -> None:
         settings=settings, calls=SimpleNamespace(active=2), draining=False,
         writer=SimpleNamespace(statistics=lambda: writer),
         llm=SimpleNamespace(statistics=lambda: bedrock), registry=default_registry(),
-        connections=None)
+        connections=None, store=SimpleNamespace(read_counts=ReadCounts(retried=3, failed=1)))
     text = Metrics(runtime).exposition().decode()
     samples = {}
     for family in text_string_to_metric_families(text):
@@ -548,6 +550,8 @@ def test_bedrock_and_write_behind_figures_sampled_at_scrape() -> None:
                   quantile="0.5") == pytest.approx(0.002)
     assert _value(samples, "voiceagent_bedrock_cancel_to_closed_seconds", quantile="1") == 0.003
     assert _value(samples, "voiceagent_bedrock_first_token_seconds", quantile="0.99") == 0.3
+    assert _value(samples, "voiceagent_store_read_retries_total") == 3
+    assert _value(samples, "voiceagent_store_read_failures_total") == 1
 
 
 async def test_model_and_tool_errors_by_kind(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from voiceagent.app.open_connections import OpenConnections
     from voiceagent.llm.base import LLM
     from voiceagent.settings import Settings
+    from voiceagent.store.base import Store
     from voiceagent.store.write_behind import WriteBehind
     from voiceagent.tools.registry import ToolRegistry
 
@@ -76,6 +77,8 @@ class Observed(Protocol):
     def draining(self) -> bool: ...
     @property
     def writer(self) -> WriteBehind: ...
+    @property
+    def store(self) -> Store: ...
     @property
     def llm(self) -> LLM: ...
     @property

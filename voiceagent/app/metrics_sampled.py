@@ -71,6 +71,14 @@ class Sampled(Collector):
                 ("undecided", "Session claims (mints, renewals) the store did not decide in "
                  "time: served on this process's word, written later", writer.undecided)):
             yield _counter(f"voiceagent_write_behind_{name}", text, total)
+        reads = getattr(runtime.store, "read_counts", None)     # DynamoDB's: the loop's reads
+        if reads is not None:
+            yield _counter("voiceagent_store_read_retries",
+                           "Store reads tried a second time (throttled, a 5xx, the connection "
+                           "lost or silent)", reads.retried)
+            yield _counter("voiceagent_store_read_failures",
+                           "Store reads failed in a way that may pass, after their second try "
+                           "or with the retry quota spent", reads.failed)
         pauses = heap.gc_pauses()
         if pauses is not None:
             gc_family = HistogramMetricFamily(

@@ -55,7 +55,7 @@ from voiceagent.store.base import (
     is_own_item,
 )
 from voiceagent.store.dynamodb_admin import TableAdmin
-from voiceagent.store.dynamodb_calls import DynamoDBCalls
+from voiceagent.store.dynamodb_calls import DynamoDBCalls, ReadCounts
 from voiceagent.store.dynamodb_client import make_both
 from voiceagent.store.dynamodb_http import DynamoDBHttp
 from voiceagent.store.dynamodb_values import (
@@ -95,6 +95,7 @@ class DynamoDBStore(DynamoDBCalls, TableAdmin):
         self._deserializer = WireDeserializer()
         self._closed = False
         self._read_quota = RetryBudget()     # the loop's reads (``dynamodb_calls``)
+        self.read_counts = ReadCounts()
         self._read_faults = Episode(log, lasts="dynamodb reads still failing",
                                     ended="dynamodb reads answered again", level=logging.INFO,
                                     state=lambda: {"retry_quota": self._read_quota.available})

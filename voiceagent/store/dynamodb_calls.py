@@ -25,6 +25,7 @@ import random
 import socket
 import ssl
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import h11
@@ -55,6 +56,16 @@ THROTTLED = frozenset({"ProvisionedThroughputExceededException", "ThrottlingExce
                        "RequestLimitExceeded", "TransactionInProgressException"})
 
 
+@dataclass
+class ReadCounts:
+    """The loop's reads that failed in a way that may pass, for ``GET /metrics``: one
+    throttled read is retried unseen, and throttling that grows shows here before calls
+    are refused (the episode's log lines say it once a minute)."""
+
+    retried: int = 0            # tried a second time
+    failed: int = 0             # failed on their last try, or not tried again (quota spent)
+
+
 class _StoreParts(Protocol):
     """What ``DynamoDBCalls`` uses of the store it is mixed into (``DynamoDBStore``)."""
 
@@ -64,6 +75,7 @@ class _StoreParts(Protocol):
     _closed: bool
     _read_quota: RetryBudget
     _read_faults: Episode
+    read_counts: ReadCounts
 
     @property
     def endpoint(self) -> str: ...
@@ -120,6 +132,7 @@ class DynamoDBCalls(_StoreParts):
                 kind = describe_failure(err.__cause__)
                 taken = self._read_quota.take(throttled=kind in THROTTLED)
                 if not taken:
+                    self.read_counts.failed += 1
                     self._read_faults.note(f"{kind}, not tried again", "dynamodb read failed "
                                            "and the retry quota is spent: not tried again",
                                            level=logging.WARNING, operation=operation,
@@ -127,11 +140,17 @@ class DynamoDBCalls(_StoreParts):
                     raise
                 self._read_faults.note(kind, "dynamodb read failed, trying it again",
                                        operation=operation, error=kind)
+                self.read_counts.retried += 1
             else:
                 self._read_answered(0)
                 return answer
             await trio.sleep(READ_RETRY_DELAY_S * random.uniform(0.5, 1.0))
-        answer = await self._attempt_http(operation, target, payload, keys, read=True)
+        try:
+            answer = await self._attempt_http(operation, target, payload, keys, read=True)
+        except StoreError as err:
+            if may_pass(err.__cause__):
+                self.read_counts.failed += 1
+            raise
         self._read_answered(taken)
         return answer
 
