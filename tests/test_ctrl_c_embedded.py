@@ -125,7 +125,9 @@ async def run_embedder(tmp_path: Path, where: str, *, ctrl_c: bool) -> tuple[int
     (tmp_path / "plugins" / "embedder.py").write_text(EMBEDDER, encoding="utf-8")
     config = bulk_config(tmp_path / "config")
     (config / "usecases" / "hold.yaml").write_text(USE_CASE, encoding="utf-8")
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+    # TMPDIR: the stuck shutdown's watchdog ends the process before agent_server removes
+    # its scratch folder, which would be left in the machine's /tmp after every run
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path / "plugins")])}
     process = await trio.lowlevel.open_process(
         [sys.executable, str(tmp_path / "plugins" / "embedder.py"), str(config), where],
