@@ -43,8 +43,7 @@ QUEUES = pytest.mark.parametrize("open_queue", [
     pytest.param(lambda: Channel[dict[str, Any]](10).ends(), id="ours")])
 
 
-def _put(queue: Sender[Any] | trio.MemorySendChannel[Any], looked: list[str], *,
-         fails: bool = False) -> Put:
+def _put(queue: first_look.Queue, looked: list[str], *, fails: bool = False) -> Put:
     """The put hypercorn's stream makes of the app's queue (``FirstLook``), with a look that
     notes what it is shown."""
     def look(text: str) -> None:

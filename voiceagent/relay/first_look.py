@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import trio
 from hypercorn.protocol.events import Request
 from hypercorn.protocol.ws_stream import WSStream
 
-from actors.channel import Sender
 from voiceagent.relay import peer_close, stream_swap
 
 log = logging.getLogger(__name__)
@@ -38,6 +37,18 @@ SCOPE_KEY = "voiceagent.look_first"      # in the ASGI scope: a ``Look``, while 
 
 Look = Callable[[str], None]
 Put = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@runtime_checkable
+class SaysReaderWaits(Protocol):
+    """A queue that says whether its one reader waits: ``actors.channel``'s sending end,
+    which ``asgi_queue`` puts under hypercorn (this layer does not import the actors')."""
+
+    async def send(self, value: Any) -> None: ...
+    def reader_waiting(self) -> bool: ...
+
+
+Queue = SaysReaderWaits | trio.MemorySendChannel[Any]
 
 
 class FirstLook(WSStream):
@@ -49,21 +60,21 @@ class FirstLook(WSStream):
         # ``websocket.connect`` it carries, which no look is for
         if type(event) is Request and isinstance(
                 queue := getattr(self.app_put, "__self__", None),
-                Sender | trio.MemorySendChannel):
+                SaysReaderWaits | trio.MemorySendChannel):
             self.app_put = looking_put(queue, self.scope)
 
 
-def reader_waiting(queue: Sender[Any] | trio.MemorySendChannel[Any]) -> bool:
+def reader_waiting(queue: Queue) -> bool:
     """Whether the app waits on its queue with nothing queued ahead: the next frame put is
     the very next one it reads. The queue is trio's (hypercorn's own) or ours
     (``asgi_queue``)."""
-    if isinstance(queue, Sender):
-        return queue.reader_waiting()
-    queued = queue.statistics()
-    return bool(queued.tasks_waiting_receive and not queued.current_buffer_used)
+    if isinstance(queue, trio.MemorySendChannel):
+        queued = queue.statistics()
+        return bool(queued.tasks_waiting_receive and not queued.current_buffer_used)
+    return queue.reader_waiting()
 
 
-def looking_put(queue: Sender[Any] | trio.MemorySendChannel[Any], scope: Any) -> Put:
+def looking_put(queue: Queue, scope: Any) -> Put:
     """``queue.send``, which first shows a text frame to the scope's ``Look`` when the
     frame is the next one the queue's reader gets. A closure, not a method of the stream:
     the stream holding its own bound method would be a cycle, and every ended connection
